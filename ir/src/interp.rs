@@ -1,0 +1,599 @@
+//! The reference interpreter: plain loops over row-major data, the oracle every backend is checked
+//! against. f32 graph values are computed in f32, or in f64 for finite-difference checks.
+
+use std::borrow::Cow;
+use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::graph::{Graph, ValueId};
+use crate::infer::concrete_bounds;
+use crate::op::{BinaryOp, Op, ReduceKind, Scan, UnaryOp};
+use crate::tensor::{Data, Tensor};
+use crate::types::{DType, DimEnv};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+/// Runs `graph` on its arguments, given in the order of `graph.args`.
+pub fn run(graph: &Graph, args: &[&Tensor], precision: Precision) -> Result<Vec<Tensor>> {
+    let args = args
+        .iter()
+        .map(|&t| match (precision, &t.data) {
+            (Precision::F64, Data::F32(_)) => Cow::Owned(Tensor::f64(t.shape.clone(), t.to_f64().unwrap())),
+            (Precision::F32, Data::F64(_)) => Cow::Owned(Tensor::f32(t.shape.clone(), t.to_f32().unwrap())),
+            _ => Cow::Borrowed(t),
+        })
+        .collect();
+    exec(graph, args, DimEnv::new(), precision)
+}
+
+fn exec(graph: &Graph, args: Vec<Cow<'_, Tensor>>, mut env: DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
+    ensure!(args.len() == graph.args.len(), "{} takes {} arguments, got {}", graph.name, graph.args.len(), args.len());
+    let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.types.len()];
+    for (arg, t) in graph.args.iter().zip(args) {
+        let ty = graph.ty(arg.value);
+        ensure!(t.dtype() == ty.dtype, "argument {}: expected {ty}, got {}", arg.name, t);
+        ty.bind(&t.shape, &mut env).with_context(|| format!("argument {}", arg.name))?;
+        values[arg.value.index()] = Some(t);
+    }
+    // Free each value after its last use so that long graphs hold only what is live.
+    let mut last_use = vec![usize::MAX; graph.types.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for v in &node.inputs {
+            last_use[v.index()] = i;
+        }
+    }
+    for (_, v) in &graph.outputs {
+        last_use[v.index()] = usize::MAX;
+    }
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let ins: Vec<&Tensor> = node
+            .inputs
+            .iter()
+            .map(|v| values[v.index()].as_deref().expect("verified graphs define values before use"))
+            .collect();
+        let outs = eval(&node.op, &ins, &env, prec).with_context(|| format!("{} (defining %{})", node.op.name(), node.outputs[0].0))?;
+        for v in node.inputs.iter() {
+            if last_use[v.index()] == i {
+                values[v.index()] = None;
+            }
+        }
+        for (v, t) in node.outputs.iter().zip(outs) {
+            values[v.index()] = Some(Cow::Owned(t));
+        }
+    }
+    graph
+        .outputs
+        .iter()
+        .map(|(name, v): &(String, ValueId)| {
+            values[v.index()].as_ref().map(|t| t.clone().into_owned()).with_context(|| format!("output {name} undefined"))
+        })
+        .collect()
+}
+
+/// Evaluates `$body` with `$v` bound to the float data of `$t`, whichever its precision, giving a
+/// tensor of shape `$shape`. (A closure cannot be generic over the float type; a macro can.)
+macro_rules! map_float {
+    ($t:expr, $shape:expr, |$v:ident| $body:expr) => {{
+        let t: &Tensor = $t;
+        let data = match &t.data {
+            Data::F32($v) => Data::F32($body),
+            Data::F64($v) => Data::F64($body),
+            Data::I64(_) => bail!("needs float data, got {t}"),
+        };
+        Tensor { shape: $shape, data }
+    }};
+}
+
+fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
+    let one = |t: Tensor| Ok(vec![t]);
+    match op {
+        Op::Unary(u) => one(map_float!(ins[0], ins[0].shape.clone(), |d| unary(*u, d))),
+        Op::Binary(b) => one(binary(*b, ins[0], ins[1])?),
+        Op::Const { value, dtype } => one(constant(*value, *dtype, prec, vec![], 1)),
+        Op::Iota { len, dtype } => {
+            let n = len.resolve(env)?;
+            one(match dtype {
+                DType::I64 => Tensor::i64(vec![n], (0..n as i64).collect()),
+                DType::F32 => float_tensor(prec, vec![n], (0..n).map(|i| i as f64).collect()),
+            })
+        }
+        Op::Cast { to } => one(cast(ins[0], *to, prec)),
+        Op::Reduce { kind, axis, keepdim } => one(reduce(ins[0], *kind, *axis, *keepdim)?),
+        Op::MatMul => one(matmul(ins[0], ins[1])?),
+        Op::Reshape { shape } => {
+            let shape: Vec<usize> = shape.iter().map(|d| d.resolve(env)).collect::<Result<_>>()?;
+            ensure!(shape.iter().product::<usize>() == ins[0].len(), "cannot reshape {} to {shape:?}", ins[0]);
+            one(Tensor { shape, data: ins[0].data.clone() })
+        }
+        Op::Transpose { perm } => {
+            let t = ins[0];
+            let strides = strides_of(&t.shape);
+            let shape: Vec<usize> = perm.iter().map(|&p| t.shape[p]).collect();
+            let st: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
+            one(strided(t, 0, &st, shape))
+        }
+        Op::Broadcast { shape } => {
+            let shape: Vec<usize> = shape.iter().map(|d| d.resolve(env)).collect::<Result<_>>()?;
+            let st = broadcast_strides(&ins[0].shape, &shape)?;
+            one(strided(ins[0], 0, &st, shape))
+        }
+        Op::Slice { axis, start, end } => {
+            let t = ins[0];
+            let (s, e) = concrete_bounds(t.shape[*axis], *start, *end)?;
+            one(slice(t, *axis, s, e))
+        }
+        Op::Concat { axis } => one(concat(ins, *axis)),
+        Op::Pad { axis, before, after } => one(pad(ins[0], *axis, *before, *after)),
+        Op::Gather { axis } => one(gather(ins[0], ins[1], *axis)?),
+        Op::OneHot { depth } => {
+            let idx = ins[0].as_i64().context("one_hot needs i64")?;
+            let mut v = vec![0.0; idx.len() * depth];
+            for (i, &k) in idx.iter().enumerate() {
+                ensure!(k >= 0 && (k as usize) < *depth, "index {k} out of range for depth {depth}");
+                v[i * depth + k as usize] = 1.0;
+            }
+            let mut shape = ins[0].shape.clone();
+            shape.push(*depth);
+            one(float_tensor(prec, shape, v))
+        }
+        Op::TriMask { fill } => {
+            let t = ins[0];
+            let r = t.shape.len();
+            let (rows, cols) = (t.shape[r - 2], t.shape[r - 1]);
+            one(map_float!(t, t.shape.clone(), |d| tri_mask(d, rows, cols, *fill)))
+        }
+        Op::Scan(scan) => run_scan(scan, ins, env, prec),
+    }
+}
+
+fn run_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
+    let (nc, ns) = (scan.carries, scan.seqs);
+    let total = ins[nc].shape[scan.axis];
+    ensure!(total > 0, "scan over an empty sequence");
+    let mut carries: Vec<Tensor> = ins[..nc].iter().map(|&t| t.clone()).collect();
+    let mut pieces: Vec<Vec<Tensor>> = Vec::new();
+    let mut start = 0;
+    while start < total {
+        let end = (start + scan.chunk).min(total);
+        let mut args: Vec<Cow<'_, Tensor>> = carries.drain(..).map(Cow::Owned).collect();
+        args.extend(ins[nc..nc + ns].iter().map(|&t| Cow::Owned(slice(t, scan.axis, start, end))));
+        args.extend(ins[nc + ns..].iter().map(|&t| Cow::Borrowed(t)));
+        let mut outs = exec(&scan.body, args, env.clone(), prec)
+            .with_context(|| format!("scan body, chunk at {start}"))?;
+        let rest = outs.split_off(nc);
+        carries = outs;
+        if pieces.is_empty() {
+            pieces = rest.into_iter().map(|t| vec![t]).collect();
+        } else {
+            for (p, t) in pieces.iter_mut().zip(rest) {
+                p.push(t);
+            }
+        }
+        start = end;
+    }
+    let stacked = pieces.iter().map(|p| concat(&p.iter().collect::<Vec<_>>(), scan.axis));
+    Ok(carries.into_iter().chain(stacked).collect())
+}
+
+/// The float arithmetic the interpreter needs, for f32 and f64.
+pub trait Real:
+    Copy
+    + PartialOrd
+    + Default
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+{
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn ln_1p(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
+    fn sin(self) -> Self;
+    fn cos(self) -> Self;
+}
+
+macro_rules! impl_real {
+    ($t:ty) => {
+        impl Real for $t {
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            fn sin(self) -> Self {
+                <$t>::sin(self)
+            }
+            fn cos(self) -> Self {
+                <$t>::cos(self)
+            }
+        }
+    };
+}
+impl_real!(f32);
+impl_real!(f64);
+
+fn unary<R: Real>(u: UnaryOp, x: &[R]) -> Vec<R> {
+    let one = R::from_f64(1.0);
+    let half = R::from_f64(0.5);
+    let f = |v: R| -> R {
+        match u {
+            UnaryOp::Neg => -v,
+            UnaryOp::Exp => v.exp(),
+            UnaryOp::Log => v.ln(),
+            UnaryOp::Sqrt => v.sqrt(),
+            UnaryOp::Rsqrt => one / v.sqrt(),
+            UnaryOp::Tanh => v.tanh(),
+            UnaryOp::Sigmoid => one / (one + (-v).exp()),
+            UnaryOp::Silu => v / (one + (-v).exp()),
+            UnaryOp::GeluTanh => {
+                let c = R::from_f64((2.0 / std::f64::consts::PI).sqrt());
+                half * v * (one + (c * (v + R::from_f64(0.044715) * v * v * v)).tanh())
+            }
+            UnaryOp::Softplus => {
+                if v > R::from_f64(20.0) {
+                    v
+                } else {
+                    v.exp().ln_1p()
+                }
+            }
+            UnaryOp::Sin => v.sin(),
+            UnaryOp::Cos => v.cos(),
+        }
+    };
+    x.iter().map(|&v| f(v)).collect()
+}
+
+fn bin<T: Copy + PartialOrd + Add<Output = T> + Sub<Output = T> + Mul<Output = T> + Div<Output = T>>(
+    b: BinaryOp,
+) -> impl Fn(T, T) -> T {
+    move |x, y| match b {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        BinaryOp::Max => {
+            if y > x {
+                y
+            } else {
+                x
+            }
+        }
+    }
+}
+
+fn binary(b: BinaryOp, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let shape = broadcast_shape(&x.shape, &y.shape)?;
+    let sx = broadcast_strides(&x.shape, &shape)?;
+    let sy = broadcast_strides(&y.shape, &shape)?;
+    let data = match (&x.data, &y.data) {
+        (Data::F32(a), Data::F32(c)) => Data::F32(zip_strided(a, &sx, c, &sy, &shape, bin(b))),
+        (Data::F64(a), Data::F64(c)) => Data::F64(zip_strided(a, &sx, c, &sy, &shape, bin(b))),
+        (Data::I64(a), Data::I64(c)) => {
+            if b == BinaryOp::Div && c.contains(&0) {
+                bail!("integer division by zero");
+            }
+            Data::I64(zip_strided(a, &sx, c, &sy, &shape, bin(b)))
+        }
+        _ => bail!("operand types differ: {x} and {y}"),
+    };
+    Ok(Tensor { shape, data })
+}
+
+fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let r = a.len().max(b.len());
+    (0..r)
+        .map(|i| {
+            let da = (i + a.len()).checked_sub(r).map(|j| a[j]).unwrap_or(1);
+            let db = (i + b.len()).checked_sub(r).map(|j| b[j]).unwrap_or(1);
+            match (da, db) {
+                (x, y) if x == y => Ok(x),
+                (1, y) => Ok(y),
+                (x, 1) => Ok(x),
+                (x, y) => bail!("cannot broadcast {a:?} with {b:?} ({x} vs {y})"),
+            }
+        })
+        .collect()
+}
+
+fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Strides that read a tensor of shape `from` as if it had shape `to` (0 along broadcast axes).
+fn broadcast_strides(from: &[usize], to: &[usize]) -> Result<Vec<usize>> {
+    ensure!(from.len() <= to.len(), "cannot broadcast {from:?} to {to:?}");
+    let lead = to.len() - from.len();
+    let fs = strides_of(from);
+    let mut s = vec![0; to.len()];
+    for i in 0..from.len() {
+        if from[i] == to[lead + i] {
+            s[lead + i] = fs[i];
+        } else {
+            ensure!(from[i] == 1, "cannot broadcast {from:?} to {to:?}");
+        }
+    }
+    Ok(s)
+}
+
+/// Calls `f(offset)` for every index of `shape` in row-major order, with the offset that `strides` give.
+fn for_each_offset(shape: &[usize], strides: &[usize], base: usize, mut f: impl FnMut(usize)) {
+    let n: usize = shape.iter().product();
+    if n == 0 {
+        return;
+    }
+    let r = shape.len();
+    let mut idx = vec![0usize; r];
+    let mut off = base;
+    for _ in 0..n {
+        f(off);
+        for a in (0..r).rev() {
+            idx[a] += 1;
+            off += strides[a];
+            if idx[a] < shape[a] {
+                break;
+            }
+            off -= strides[a] * shape[a];
+            idx[a] = 0;
+        }
+    }
+}
+
+fn zip_strided<T: Copy, U: Copy>(a: &[T], sa: &[usize], b: &[T], sb: &[usize], shape: &[usize], f: impl Fn(T, T) -> U) -> Vec<U> {
+    let mut offs_b = Vec::with_capacity(shape.iter().product());
+    for_each_offset(shape, sb, 0, |o| offs_b.push(o));
+    let mut out = Vec::with_capacity(offs_b.len());
+    let mut k = 0;
+    for_each_offset(shape, sa, 0, |o| {
+        out.push(f(a[o], b[offs_b[k]]));
+        k += 1;
+    });
+    out
+}
+
+fn strided(t: &Tensor, base: usize, strides: &[usize], shape: Vec<usize>) -> Tensor {
+    fn pick<T: Copy>(v: &[T], base: usize, strides: &[usize], shape: &[usize]) -> Vec<T> {
+        let mut out = Vec::with_capacity(shape.iter().product());
+        for_each_offset(shape, strides, base, |o| out.push(v[o]));
+        out
+    }
+    let data = match &t.data {
+        Data::F32(v) => Data::F32(pick(v, base, strides, &shape)),
+        Data::F64(v) => Data::F64(pick(v, base, strides, &shape)),
+        Data::I64(v) => Data::I64(pick(v, base, strides, &shape)),
+    };
+    Tensor { shape, data }
+}
+
+fn slice(t: &Tensor, axis: usize, start: usize, end: usize) -> Tensor {
+    let strides = strides_of(&t.shape);
+    let mut shape = t.shape.clone();
+    shape[axis] = end - start;
+    strided(t, start * strides[axis], &strides, shape)
+}
+
+/// `[outer, len, inner]` view of a shape around `axis`.
+fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
+}
+
+fn concat(ts: &[&Tensor], axis: usize) -> Tensor {
+    fn cat<T: Copy>(parts: &[(&[T], usize)], outer: usize, inner: usize) -> Vec<T> {
+        let mut out = Vec::new();
+        for o in 0..outer {
+            for (v, len) in parts {
+                out.extend_from_slice(&v[o * len * inner..(o + 1) * len * inner]);
+            }
+        }
+        out
+    }
+    let (outer, _, inner) = split_at_axis(&ts[0].shape, axis);
+    let mut shape = ts[0].shape.clone();
+    shape[axis] = ts.iter().map(|t| t.shape[axis]).sum();
+    macro_rules! cat_as {
+        ($variant:ident) => {{
+            let parts: Vec<_> = ts
+                .iter()
+                .map(|t| match &t.data {
+                    Data::$variant(v) => (v.as_slice(), t.shape[axis]),
+                    _ => unreachable!("verified: concat operands share a type"),
+                })
+                .collect();
+            Data::$variant(cat(&parts, outer, inner))
+        }};
+    }
+    let data = match &ts[0].data {
+        Data::F32(_) => cat_as!(F32),
+        Data::F64(_) => cat_as!(F64),
+        Data::I64(_) => cat_as!(I64),
+    };
+    Tensor { shape, data }
+}
+
+fn pad(t: &Tensor, axis: usize, before: usize, after: usize) -> Tensor {
+    fn go<T: Copy + Default>(v: &[T], outer: usize, len: usize, inner: usize, before: usize, after: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(outer * (len + before + after) * inner);
+        for o in 0..outer {
+            out.extend(std::iter::repeat_n(T::default(), before * inner));
+            out.extend_from_slice(&v[o * len * inner..(o + 1) * len * inner]);
+            out.extend(std::iter::repeat_n(T::default(), after * inner));
+        }
+        out
+    }
+    let (outer, len, inner) = split_at_axis(&t.shape, axis);
+    let mut shape = t.shape.clone();
+    shape[axis] += before + after;
+    let data = match &t.data {
+        Data::F32(v) => Data::F32(go(v, outer, len, inner, before, after)),
+        Data::F64(v) => Data::F64(go(v, outer, len, inner, before, after)),
+        Data::I64(v) => Data::I64(go(v, outer, len, inner, before, after)),
+    };
+    Tensor { shape, data }
+}
+
+fn gather(table: &Tensor, index: &Tensor, axis: usize) -> Result<Tensor> {
+    let idx = index.as_i64().context("gather index must be i64")?;
+    let (outer, len, inner) = split_at_axis(&table.shape, axis);
+    for &k in idx {
+        ensure!(k >= 0 && (k as usize) < len, "index {k} out of range for an axis of length {len}");
+    }
+    fn go<T: Copy>(v: &[T], idx: &[i64], outer: usize, len: usize, inner: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(outer * idx.len() * inner);
+        for o in 0..outer {
+            for &k in idx {
+                let s = (o * len + k as usize) * inner;
+                out.extend_from_slice(&v[s..s + inner]);
+            }
+        }
+        out
+    }
+    let mut shape = table.shape[..axis].to_vec();
+    shape.extend_from_slice(&index.shape);
+    shape.extend_from_slice(&table.shape[axis + 1..]);
+    let data = match &table.data {
+        Data::F32(v) => Data::F32(go(v, idx, outer, len, inner)),
+        Data::F64(v) => Data::F64(go(v, idx, outer, len, inner)),
+        Data::I64(v) => Data::I64(go(v, idx, outer, len, inner)),
+    };
+    Ok(Tensor { shape, data })
+}
+
+fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Tensor> {
+    let (outer, len, inner) = split_at_axis(&t.shape, axis);
+    ensure!(len > 0 || kind == ReduceKind::Sum, "reduction over an empty axis");
+    let mut shape = t.shape.clone();
+    if keepdim {
+        shape[axis] = 1;
+    } else {
+        shape.remove(axis);
+    }
+    Ok(map_float!(t, shape, |v| reduce_kernel(v, kind, outer, len, inner)))
+}
+
+fn reduce_kernel<R: Real>(v: &[R], kind: ReduceKind, outer: usize, len: usize, inner: usize) -> Vec<R> {
+    let mut out = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| v[(o * len + k) * inner + i];
+            out.push(match kind {
+                ReduceKind::Sum | ReduceKind::Mean => {
+                    let mut s = R::from_f64(0.0);
+                    for k in 0..len {
+                        s += at(k);
+                    }
+                    if kind == ReduceKind::Mean {
+                        s / R::from_f64(len as f64)
+                    } else {
+                        s
+                    }
+                }
+                ReduceKind::Max => (1..len).map(at).fold(at(0), |m, x| if x > m { x } else { m }),
+            });
+        }
+    }
+    out
+}
+
+fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    let (m, k, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 1]);
+    ensure!(b.shape[rb - 2] == k, "matmul of {a} and {b}: contracted dimensions differ");
+    let batch = broadcast_shape(&a.shape[..ra - 2], &b.shape[..rb - 2])?;
+    let mut sa = broadcast_strides(&a.shape[..ra - 2], &batch)?;
+    let mut sb = broadcast_strides(&b.shape[..rb - 2], &batch)?;
+    sa.iter_mut().for_each(|s| *s *= m * k);
+    sb.iter_mut().for_each(|s| *s *= k * n);
+    let (mut offs_a, mut offs_b) = (Vec::new(), Vec::new());
+    for_each_offset(&batch, &sa, 0, |o| offs_a.push(o));
+    for_each_offset(&batch, &sb, 0, |o| offs_b.push(o));
+    let mut shape = batch.clone();
+    shape.extend([m, n]);
+    fn go<R: Real>(x: &[R], y: &[R], offs_a: &[usize], offs_b: &[usize], m: usize, k: usize, n: usize) -> Vec<R> {
+        let mut out = vec![R::default(); offs_a.len() * m * n];
+        for (bi, (&oa, &ob)) in offs_a.iter().zip(offs_b).enumerate() {
+            let c = &mut out[bi * m * n..(bi + 1) * m * n];
+            for i in 0..m {
+                let row = &mut c[i * n..(i + 1) * n];
+                for p in 0..k {
+                    let av = x[oa + i * k + p];
+                    let brow = &y[ob + p * n..ob + (p + 1) * n];
+                    for (r, &bv) in row.iter_mut().zip(brow) {
+                        *r += av * bv;
+                    }
+                }
+            }
+        }
+        out
+    }
+    let data = match (&a.data, &b.data) {
+        (Data::F32(x), Data::F32(y)) => Data::F32(go(x, y, &offs_a, &offs_b, m, k, n)),
+        (Data::F64(x), Data::F64(y)) => Data::F64(go(x, y, &offs_a, &offs_b, m, k, n)),
+        _ => bail!("matmul needs float operands of one precision, got {a} and {b}"),
+    };
+    Ok(Tensor { shape, data })
+}
+
+fn tri_mask<R: Real>(v: &[R], rows: usize, cols: usize, fill: f64) -> Vec<R> {
+    let mut out = v.to_vec();
+    for (i, x) in out.iter_mut().enumerate() {
+        let (r, c) = ((i / cols) % rows, i % cols);
+        if c > r {
+            *x = R::from_f64(fill);
+        }
+    }
+    out
+}
+
+
+fn float_tensor(prec: Precision, shape: Vec<usize>, v: Vec<f64>) -> Tensor {
+    match prec {
+        Precision::F32 => Tensor::f32(shape, v.into_iter().map(|x| x as f32).collect()),
+        Precision::F64 => Tensor::f64(shape, v),
+    }
+}
+
+fn constant(value: f64, dtype: DType, prec: Precision, shape: Vec<usize>, n: usize) -> Tensor {
+    match dtype {
+        DType::I64 => Tensor::i64(shape, vec![value as i64; n]),
+        DType::F32 => float_tensor(prec, shape, vec![value; n]),
+    }
+}
+
+fn cast(t: &Tensor, to: DType, prec: Precision) -> Tensor {
+    match (&t.data, to) {
+        (Data::I64(v), DType::F32) => float_tensor(prec, t.shape.clone(), v.iter().map(|&x| x as f64).collect()),
+        (Data::F32(v), DType::I64) => Tensor::i64(t.shape.clone(), v.iter().map(|&x| x as i64).collect()),
+        (Data::F64(v), DType::I64) => Tensor::i64(t.shape.clone(), v.iter().map(|&x| x as i64).collect()),
+        _ => t.clone(),
+    }
+}

@@ -1,0 +1,19 @@
+//! tttc's graph IR: typed tensor values with static (or symbolic) shapes, a small general op
+//! vocabulary with a structured scan, a text format, a verifier and the reference interpreter.
+
+mod graph;
+mod infer;
+pub mod interp;
+mod op;
+mod tensor;
+pub mod text;
+mod types;
+mod verify;
+
+pub use graph::{Arg, ArgKind, Graph, Node, ValueId};
+pub use infer::infer;
+pub use interp::{run, Precision};
+pub use op::{BinaryOp, Op, ReduceKind, Scan, UnaryOp};
+pub use tensor::{Data, Tensor};
+pub use types::{DType, Dim, DimEnv, Type};
+pub use verify::verify;

@@ -1,0 +1,148 @@
+//! The op vocabulary: small and general, so that every model family is spelled with the same ops.
+
+use crate::graph::Graph;
+use crate::types::{DType, Dim};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Silu,
+    /// `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`
+    GeluTanh,
+    /// `log(1 + eˣ)`, and `x` itself above 20 (PyTorch's threshold).
+    Softplus,
+    Sin,
+    Cos,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+}
+
+/// An operation. Elementwise binary ops broadcast their operands NumPy-style.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    /// A scalar (shape `[]`) that broadcasts against anything.
+    Const { value: f64, dtype: DType },
+    /// `[0, 1, …, len-1]`.
+    Iota { len: Dim, dtype: DType },
+    Cast { to: DType },
+    Reduce { kind: ReduceKind, axis: usize, keepdim: bool },
+    /// `[…, M, K] × […, K, N] → […, M, N]`, batch dimensions broadcast.
+    MatMul,
+    Reshape { shape: Vec<Dim> },
+    Transpose { perm: Vec<usize> },
+    Broadcast { shape: Vec<Dim> },
+    /// Python-style bounds: a negative bound counts from the end; `end: None` is the end.
+    Slice { axis: usize, start: i64, end: Option<i64> },
+    Concat { axis: usize },
+    /// Zero padding along one axis.
+    Pad { axis: usize, before: usize, after: usize },
+    /// `table` indexed along `axis` by an i64 index tensor: the index's shape replaces that axis.
+    Gather { axis: usize },
+    /// i64 `[…]` → f32 `[…, depth]`.
+    OneHot { depth: usize },
+    /// Over the last two axes, entries above the diagonal (column > row) become `fill`.
+    TriMask { fill: f64 },
+    Scan(Box<Scan>),
+}
+
+/// A structured loop over a sequence axis, `chunk` elements at a time (the last chunk may be
+/// shorter). Inputs: `carries` initial states, `seqs` sequences cut into chunks, then loop-invariant
+/// values. The body takes the same three groups and returns the new carries followed by per-chunk
+/// outputs; the scan returns the final carries followed by those outputs concatenated along `axis`.
+/// In the body, the chunk axis of a sequence has a symbolic length (`1` when `chunk` is 1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scan {
+    pub axis: usize,
+    pub chunk: usize,
+    pub carries: usize,
+    pub seqs: usize,
+    pub body: Graph,
+}
+
+impl Op {
+    /// The op's name in the text format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Unary(u) => match u {
+                UnaryOp::Neg => "neg",
+                UnaryOp::Exp => "exp",
+                UnaryOp::Log => "log",
+                UnaryOp::Sqrt => "sqrt",
+                UnaryOp::Rsqrt => "rsqrt",
+                UnaryOp::Tanh => "tanh",
+                UnaryOp::Sigmoid => "sigmoid",
+                UnaryOp::Silu => "silu",
+                UnaryOp::GeluTanh => "gelu_tanh",
+                UnaryOp::Softplus => "softplus",
+                UnaryOp::Sin => "sin",
+                UnaryOp::Cos => "cos",
+            },
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "add",
+                BinaryOp::Sub => "sub",
+                BinaryOp::Mul => "mul",
+                BinaryOp::Div => "div",
+                BinaryOp::Max => "max",
+            },
+            Op::Const { .. } => "const",
+            Op::Iota { .. } => "iota",
+            Op::Cast { .. } => "cast",
+            Op::Reduce { kind, .. } => match kind {
+                ReduceKind::Sum => "reduce_sum",
+                ReduceKind::Mean => "reduce_mean",
+                ReduceKind::Max => "reduce_max",
+            },
+            Op::MatMul => "matmul",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Broadcast { .. } => "broadcast",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Pad { .. } => "pad",
+            Op::Gather { .. } => "gather",
+            Op::OneHot { .. } => "one_hot",
+            Op::TriMask { .. } => "tri_mask",
+            Op::Scan(_) => "scan",
+        }
+    }
+
+    pub const UNARY: [UnaryOp; 12] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Silu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Softplus,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+    ];
+    pub const BINARY: [BinaryOp; 5] =
+        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max];
+    pub const REDUCE: [ReduceKind; 3] = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max];
+}

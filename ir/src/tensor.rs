@@ -1,0 +1,88 @@
+//! Dense row-major tensors, the values the interpreter computes with.
+
+use std::fmt;
+
+use crate::types::DType;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    /// f32 graph values when the interpreter runs in f64 (finite-difference checks).
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+impl Tensor {
+    pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape and data disagree");
+        Tensor { shape, data: Data::F32(values) }
+    }
+
+    pub fn f64(shape: Vec<usize>, values: Vec<f64>) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape and data disagree");
+        Tensor { shape, data: Data::F64(values) }
+    }
+
+    pub fn i64(shape: Vec<usize>, values: Vec<i64>) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape and data disagree");
+        Tensor { shape, data: Data::I64(values) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The IR element type this tensor holds (f64 data is an f32 value computed in f64).
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            Data::F32(_) | Data::F64(_) => DType::F32,
+            Data::I64(_) => DType::I64,
+        }
+    }
+
+    /// Float data as f32 (rounding f64); `None` for integer tensors.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        match &self.data {
+            Data::F32(v) => Some(v.clone()),
+            Data::F64(v) => Some(v.iter().map(|&x| x as f32).collect()),
+            Data::I64(_) => None,
+        }
+    }
+
+    /// Float data as f64; `None` for integer tensors.
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        match &self.data {
+            Data::F32(v) => Some(v.iter().map(|&x| x as f64).collect()),
+            Data::F64(v) => Some(v.clone()),
+            Data::I64(_) => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<&[i64]> {
+        match &self.data {
+            Data::I64(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.data {
+            Data::F32(_) => "f32",
+            Data::F64(_) => "f64",
+            Data::I64(_) => "i64",
+        };
+        write!(f, "{kind}{:?}", self.shape)
+    }
+}

@@ -1,0 +1,1 @@
+//! Text format (to be written).
