@@ -1,1 +1,103 @@
-fn main(){}
+//! The `tttc` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "tttc", version, about = "A compiler for test-time-training layers, Mamba and Llama models")]
+#[command(long_about = "tttc reads a model (a Hugging Face style folder with config.json and \
+model.safetensors, or a model.toml), builds a graph of general tensor ops from it, and runs it.\n\n\
+MODEL is a folder holding config.json (its model.safetensors, when present, supplies the weights) \
+or a model.toml file (see docs/model-toml.md). Without weights, tttc initialises them from a seed.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a forward pass: logits for every position and the mean next-token loss.
+    #[command(long_about = "Run a forward pass.\n\nIN is a safetensors file holding `input_ids` \
+(i64 [B, T]); other tensors in it are ignored. OUT receives `logits` (f32 [B, T, V]) and, when \
+T > 1, `loss` (f32 scalar: the mean cross-entropy of each position's prediction of the next \
+token). OUT is written atomically: on any error it is not created and an existing file is left \
+untouched.")]
+    Run {
+        /// Model folder (config.json) or model.toml.
+        model: PathBuf,
+        /// Safetensors file with `input_ids`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Safetensors file to write `logits` and `loss` to.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Weights file; wins over the folder's model.safetensors and model.toml's `weights`.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Where the graph executes.
+        #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+        backend: BackendArg,
+    },
+    /// Print the model's IR as text (it parses back to the same graph).
+    #[command(long_about = "Print the model's IR as text.\n\nThe graph is verified first. Its text \
+parses back to the same graph (`tttc_ir::text::parse`). Parameters are listed as `param` \
+arguments with their Hugging Face names; `B` and `T` are the symbolic batch and sequence sizes.")]
+    Ir {
+        /// Model folder (config.json) or model.toml.
+        model: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// The reference interpreter.
+    Interp,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of contexts, outermost first.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", msg.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { model, input, output, weights, backend } => run(&model, &input, &output, weights.as_deref(), backend),
+        Command::Ir { model } => {
+            let graph = structure_only(&model)?;
+            tttc_ir::verify(&graph)?;
+            print!("{graph:?}"); // TEXT
+            Ok(())
+        }
+    }
+}
+
+/// The graph of a model without loading its weights.
+fn structure_only(model: &Path) -> Result<tttc_ir::Graph> {
+    Ok(tttc_frontends::load_structure(model)?.g)
+}
+
+fn run(model: &Path, input: &Path, output: &Path, weights: Option<&Path>, backend: BackendArg) -> Result<()> {
+    let model = tttc_frontends::load(model, weights)?;
+    let inputs = tttc_runtime::read_tensors(input)?;
+    let ids = inputs.get("input_ids").with_context(|| format!("{} has no tensor input_ids", input.display()))?;
+    let backend = match backend {
+        BackendArg::Interp => tttc_runtime::Backend::Interp,
+    };
+    let out = tttc_runtime::forward(&model, ids, backend)?;
+    let mut tensors = vec![("logits", &out.logits)];
+    if let Some(loss) = &out.loss {
+        tensors.push(("loss", loss));
+    }
+    tttc_runtime::write_tensors(output, &tensors)
+}

@@ -1,1 +1,29 @@
+//! Frontends: model definitions (a Hugging Face folder with `config.json`, or a `model.toml`)
+//! into a graph of general IR ops plus its weights, loaded from safetensors or initialised from a
+//! seed.
 
+pub mod builder;
+pub mod config;
+mod init;
+pub mod math;
+pub mod weights;
+mod llama;
+mod mamba;
+mod source;
+mod ttt;
+
+use anyhow::Result;
+
+pub use builder::{Init, ModelBuilder};
+pub use source::{load, load_structure, Model, DEFAULT_SEED};
+pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
+
+/// Builds the forward graph of a model: argument `input_ids` i64 `[B, T]`, one `Param` argument per
+/// weight (Hugging Face names), outputs `logits` `[B, T, V]` and `loss` `[]`.
+pub fn build(config: &ModelConfig) -> Result<ModelBuilder> {
+    match config {
+        ModelConfig::Ttt(c) => ttt::build(c),
+        ModelConfig::Mamba(c) => mamba::build(c),
+        ModelConfig::Llama(c) => llama::build(c),
+    }
+}

@@ -1,1 +1,5 @@
+//! IR-to-IR passes.
 
+mod dce;
+
+pub use dce::{dead_code_elimination, keep_outputs};

@@ -1,1 +1,65 @@
+//! The runtime: checks a run's inputs, executes a model's graph on a backend, and reads and writes
+//! tensor files.
 
+mod io;
+
+use anyhow::{bail, ensure, Context, Result};
+use tttc_frontends::Model;
+use tttc_ir::{Graph, Precision, Tensor};
+
+pub use io::{read_tensors, write_tensors};
+
+/// Where a graph executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter (`tttc_ir::interp`).
+    Interp,
+}
+
+/// A forward pass's results: `logits` `[B, T, V]`, and `loss` unless T = 1 (no next token).
+pub struct Forward {
+    pub logits: Tensor,
+    pub loss: Option<Tensor>,
+}
+
+/// Checks `input_ids` against the model: i64, `[B, T]` with B, T ≥ 1, ids in `0..V`.
+pub fn check_input_ids(ids: &Tensor, vocab: usize) -> Result<()> {
+    ensure!(ids.as_i64().is_some(), "input_ids must be i64, got {}", ids);
+    ensure!(ids.shape.len() == 2, "input_ids must have shape [B, T], got {:?}", ids.shape);
+    ensure!(ids.shape[0] > 0, "input_ids has batch size B = 0");
+    ensure!(ids.shape[1] > 0, "input_ids has sequence length T = 0");
+    if let Some((i, &id)) = ids.as_i64().unwrap().iter().enumerate().find(|(_, &id)| id < 0 || id as usize >= vocab) {
+        let t = ids.shape[1];
+        bail!("input_ids[{}, {}] = {id} is outside the vocabulary 0..{vocab}", i / t, i % t);
+    }
+    Ok(())
+}
+
+/// Runs the model forward on `input_ids`.
+pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward> {
+    check_input_ids(ids, model.config.vocab_size())?;
+    let with_loss = ids.shape[1] > 1;
+    let mut graph = model.builder.g.clone();
+    if !with_loss {
+        graph = tttc_passes::keep_outputs(&graph, &["logits"]);
+    }
+    let outs = execute(&graph, model, ids, backend)?;
+    let mut outs = outs.into_iter();
+    let logits = outs.next().context("graph has no logits output")?;
+    Ok(Forward { logits, loss: if with_loss { outs.next() } else { None } })
+}
+
+fn execute(graph: &Graph, model: &Model, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
+    let args: Vec<&Tensor> = graph
+        .args
+        .iter()
+        .map(|a| match a.kind {
+            tttc_ir::ArgKind::Input if a.name == "input_ids" => Ok(ids),
+            tttc_ir::ArgKind::Input => bail!("graph input {} has no value", a.name),
+            tttc_ir::ArgKind::Param => model.weights.get(&a.name).with_context(|| format!("no weight {}", a.name)),
+        })
+        .collect::<Result<_>>()?;
+    match backend {
+        Backend::Interp => tttc_ir::run(graph, &args, Precision::F32),
+    }
+}

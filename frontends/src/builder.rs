@@ -1,0 +1,176 @@
+//! A graph under construction plus how each of its parameters is initialised, and the layers the
+//! model families share (norms, projections, SwiGLU, causal convolution, the language-model head).
+
+use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
+
+use anyhow::Result;
+use tttc_ir::{DType, Dim, Graph, ReduceKind, Type, UnaryOp, ValueId};
+
+/// How a parameter is initialised when a model has no weights file (as the references do).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    Normal { std: f64 },
+    Uniform { bound: f64 },
+    /// Explicit values (Mamba's `A_log`, for one).
+    Values(Vec<f32>),
+    /// Mamba's `dt_proj.bias`: softplus⁻¹ of a time step drawn log-uniformly in [min, max], floored.
+    InverseSoftplusTimeStep { min: f64, max: f64, floor: f64 },
+}
+
+pub struct ModelBuilder {
+    pub g: Graph,
+    pub inits: BTreeMap<String, Init>,
+}
+
+impl Deref for ModelBuilder {
+    type Target = Graph;
+    fn deref(&self) -> &Graph {
+        &self.g
+    }
+}
+
+impl DerefMut for ModelBuilder {
+    fn deref_mut(&mut self) -> &mut Graph {
+        &mut self.g
+    }
+}
+
+impl ModelBuilder {
+    pub fn new(name: &str) -> ModelBuilder {
+        ModelBuilder { g: Graph::new(name), inits: BTreeMap::new() }
+    }
+
+    pub fn weight(&mut self, name: &str, shape: &[usize], init: Init) -> ValueId {
+        self.inits.insert(name.to_string(), init);
+        self.g.param(name, shape)
+    }
+
+    /// `input_ids`: i64 `[B, T]`.
+    pub fn token_input(&mut self) -> ValueId {
+        self.g.input("input_ids", Type::new(DType::I64, vec![Dim::sym("B"), Dim::sym("T")]))
+    }
+
+    /// `x Wᵀ (+ b)` with a PyTorch-layout weight `[out, in]` named `{prefix}.weight`.
+    pub fn linear(&mut self, x: ValueId, prefix: &str, inp: usize, out: usize, bias: bool, std: f64) -> Result<ValueId> {
+        let w = self.weight(&format!("{prefix}.weight"), &[out, inp], Init::Normal { std });
+        let wt = self.transpose_last2(w)?;
+        let y = self.matmul(x, wt)?;
+        if bias {
+            let b = self.weight(&format!("{prefix}.bias"), &[out], Init::Zeros);
+            return self.add(y, b);
+        }
+        Ok(y)
+    }
+
+    /// `w · x / sqrt(mean(x²) + eps)` over the last axis, weight `{name}` `[dim]`.
+    pub fn rms_norm(&mut self, x: ValueId, name: &str, dim: usize, eps: f64) -> Result<ValueId> {
+        let w = self.weight(name, &[dim], Init::Ones);
+        let sq = self.mul(x, x)?;
+        let ms = self.reduce(ReduceKind::Mean, sq, -1, true)?;
+        let e = self.scalar(eps)?;
+        let ms = self.add(ms, e)?;
+        let r = self.unary(UnaryOp::Rsqrt, ms)?;
+        let y = self.mul(x, r)?;
+        self.mul(w, y)
+    }
+
+    /// `down(silu(gate(x)) ⊙ up(x))` with weights under `{prefix}.{gate,up,down}_proj`.
+    pub fn swiglu(&mut self, x: ValueId, prefix: &str, dim: usize, inter: usize, bias: bool, std: f64) -> Result<ValueId> {
+        let gate = self.linear(x, &format!("{prefix}.gate_proj"), dim, inter, bias, std)?;
+        let gate = self.unary(UnaryOp::Silu, gate)?;
+        let up = self.linear(x, &format!("{prefix}.up_proj"), dim, inter, bias, std)?;
+        let h = self.mul(gate, up)?;
+        self.linear(h, &format!("{prefix}.down_proj"), inter, dim, bias, std)
+    }
+
+    /// Depthwise causal convolution over axis 1 of `x` `[B, T, C]`, weight `{prefix}.weight`
+    /// `[C, 1, K]` (PyTorch conv1d, a correlation): `y[t,c] = bias[c] + Σ_k w[c,0,k] · x[t−K+1+k, c]`.
+    pub fn causal_conv(&mut self, x: ValueId, prefix: &str, channels: usize, kernel: usize, bias: bool, std: f64) -> Result<ValueId> {
+        let w = self.weight(&format!("{prefix}.weight"), &[channels, 1, kernel], Init::Normal { std });
+        let w = self.reshape(w, vec![Dim::c(channels), Dim::c(kernel)])?;
+        let w = self.transpose_last2(w)?; // [K, C]
+        let padded = self.pad(x, 1, kernel - 1, 0)?;
+        let mut acc: Option<ValueId> = None;
+        for k in 0..kernel {
+            let back = k as i64 - (kernel as i64 - 1);
+            let xs = self.slice(padded, 1, k as i64, if back < 0 { Some(back) } else { None })?;
+            let wk = self.slice(w, 0, k as i64, Some(k as i64 + 1))?; // [1, C]
+            let term = self.mul(xs, wk)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => self.add(a, term)?,
+            });
+        }
+        let y = acc.expect("kernel size is at least 1");
+        if bias {
+            let b = self.weight(&format!("{prefix}.bias"), &[channels], Init::Zeros);
+            return self.add(y, b);
+        }
+        Ok(y)
+    }
+
+    /// Logits `h · headᵀ` (`head` `[V, D]`) and the mean next-token cross-entropy, as the graph's
+    /// `logits` and `loss` outputs.
+    pub fn lm_head_and_loss(&mut self, h: ValueId, head: ValueId, ids: ValueId, vocab: usize) -> Result<()> {
+        let ht = self.transpose_last2(head)?;
+        let logits = self.matmul(h, ht)?;
+        self.output("logits", logits);
+        let pred = self.slice(logits, 1, 0, Some(-1))?;
+        let target = self.slice(ids, 1, 1, None)?;
+        let m = self.reduce(ReduceKind::Max, pred, -1, true)?;
+        let shifted = self.sub(pred, m)?;
+        let e = self.unary(UnaryOp::Exp, shifted)?;
+        let s = self.reduce(ReduceKind::Sum, e, -1, true)?;
+        let lse = self.unary(UnaryOp::Log, s)?;
+        let lse = self.add(lse, m)?;
+        let onehot = self.one_hot(target, vocab)?;
+        let picked = self.mul(onehot, pred)?;
+        let picked = self.reduce(ReduceKind::Sum, picked, -1, true)?;
+        let nll = self.sub(lse, picked)?; // [B, T-1, 1]
+        let mut loss = nll;
+        for _ in 0..3 {
+            loss = self.reduce(ReduceKind::Mean, loss, -1, false)?;
+        }
+        self.output("loss", loss);
+        Ok(())
+    }
+}
+
+/// Names and sizes of the parts every causal language model here shares.
+pub struct LmShape<'a> {
+    pub embed: &'a str,
+    pub final_norm: &'a str,
+    pub norm_eps: f64,
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub tied: bool,
+    pub init_std: f64,
+}
+
+impl ModelBuilder {
+    /// `input_ids` → embedding → `block` per layer → final RMSNorm → head (`lm_head.weight` or the
+    /// tied embedding) → `logits` and `loss`.
+    pub fn language_model(
+        &mut self,
+        lm: &LmShape,
+        mut block: impl FnMut(&mut ModelBuilder, ValueId, usize) -> Result<ValueId>,
+    ) -> Result<()> {
+        let ids = self.token_input();
+        let table = self.weight(lm.embed, &[lm.vocab, lm.hidden], Init::Normal { std: lm.init_std });
+        let mut h = self.gather(table, ids, 0)?;
+        for layer in 0..lm.layers {
+            h = block(self, h, layer)?;
+        }
+        let h = self.rms_norm(h, lm.final_norm, lm.hidden, lm.norm_eps)?;
+        let head = if lm.tied {
+            table
+        } else {
+            self.weight("lm_head.weight", &[lm.vocab, lm.hidden], Init::Normal { std: lm.init_std })
+        };
+        self.lm_head_and_loss(h, head, ids, lm.vocab)
+    }
+}

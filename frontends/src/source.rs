@@ -1,0 +1,153 @@
+//! Where a model comes from: a Hugging Face style folder (`config.json`, and `model.safetensors`
+//! when present) or a `model.toml` (docs/model-toml.md); weights from a file or from a seed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::builder::ModelBuilder;
+use crate::config::ModelConfig;
+use crate::init::initialise;
+use crate::weights::{load_safetensors, Weights};
+
+/// A model ready to run: its config, its forward graph and a weight for every graph parameter.
+pub struct Model {
+    pub config: ModelConfig,
+    pub builder: ModelBuilder,
+    pub weights: Weights,
+}
+
+/// Seed used when a model without weights names none.
+pub const DEFAULT_SEED: u64 = 0;
+
+/// Loads `path` (a folder with `config.json`, or a `model.toml`). `weights`, when given, wins
+/// over the folder's `model.safetensors` and a `weights` entry in model.toml.
+pub fn load(path: &Path, weights: Option<&Path>) -> Result<Model> {
+    let (config, own_weights, seed) = read_definition(path)?;
+    let builder = crate::build(&config)?;
+    let weights = match weights.map(Path::to_path_buf).or(own_weights) {
+        Some(file) => {
+            let w = load_safetensors(&file)?;
+            check_weights(&builder, &config, w).with_context(|| format!("in {}", file.display()))?
+        }
+        None => initialise(&builder, seed),
+    };
+    Ok(Model { config, builder, weights })
+}
+
+/// The graph of the model at `path`, without reading or drawing its weights.
+pub fn load_structure(path: &Path) -> Result<ModelBuilder> {
+    crate::build(&read_definition(path)?.0)
+}
+
+/// The config, the weights file it names (if any) and the initialisation seed.
+fn read_definition(path: &Path) -> Result<(ModelConfig, Option<PathBuf>, u64)> {
+    Ok(if path.is_dir() {
+        let cfg_path = path.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
+        let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
+        let config = ModelConfig::from_json(&json).with_context(|| format!("in {}", cfg_path.display()))?;
+        let file = path.join("model.safetensors");
+        (config, file.exists().then_some(file), DEFAULT_SEED)
+    } else if path.extension().is_some_and(|e| e == "toml") {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let t = parse_model_toml(&text, path.parent().unwrap_or(Path::new("."))).with_context(|| format!("in {}", path.display()))?;
+        (t.config, t.weights, t.seed)
+    } else if path.exists() {
+        bail!("{} is neither a folder with config.json nor a .toml file", path.display());
+    } else {
+        bail!("model {} does not exist", path.display());
+    })
+}
+
+struct ModelToml {
+    config: ModelConfig,
+    weights: Option<PathBuf>,
+    seed: u64,
+}
+
+/// `model.toml`: top-level `model_type`, optional `weights` (relative to the file) and `seed`, and
+/// a `[config]` table with the family's Hugging Face config keys.
+fn parse_model_toml(text: &str, dir: &Path) -> Result<ModelToml> {
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("malformed model.toml: {}", one_line(&e.to_string())))?;
+    for key in doc.keys() {
+        if !["model_type", "weights", "seed", "config", "name", "description"].contains(&key.as_str()) {
+            bail!("unknown key {key} (expected model_type, weights, seed, name, description, [config])");
+        }
+    }
+    let model_type = doc.get("model_type").context("missing key model_type")?;
+    let model_type = model_type.as_str().context("model_type must be a string")?;
+    let mut config = match doc.get("config") {
+        None => serde_json::Map::new(),
+        Some(toml::Value::Table(t)) => match serde_json::to_value(t)? {
+            Value::Object(m) => m,
+            _ => unreachable!("a table converts to an object"),
+        },
+        Some(_) => bail!("config must be a table ([config])"),
+    };
+    if config.contains_key("model_type") {
+        bail!("model_type belongs at the top level, not in [config]");
+    }
+    config.insert("model_type".into(), Value::String(model_type.to_string()));
+    let config = ModelConfig::from_json(&Value::Object(config))?;
+    let weights = match doc.get("weights") {
+        None => None,
+        Some(toml::Value::String(s)) => Some(dir.join(s)),
+        Some(_) => bail!("weights must be a path string"),
+    };
+    let seed = match doc.get("seed") {
+        None => crate::source::DEFAULT_SEED,
+        Some(toml::Value::Integer(s)) if *s >= 0 => *s as u64,
+        Some(_) => bail!("seed must be a non-negative integer"),
+    };
+    Ok(ModelToml { config, weights, seed })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Every graph parameter present with its shape; a tied model's `lm_head.weight`, when the file
+/// holds one, must equal the embedding.
+fn check_weights(b: &ModelBuilder, config: &ModelConfig, mut file: Weights) -> Result<Weights> {
+    let mut out = Weights::new();
+    let mut missing = Vec::new();
+    for arg in b.g.params() {
+        let want: Vec<usize> = b.g.ty(arg.value).shape.iter().map(|d| d.as_const().expect("static")).collect();
+        match file.remove(&arg.name) {
+            None => missing.push(arg.name.clone()),
+            Some(t) => {
+                if t.dtype() != tttc_ir::DType::F32 {
+                    bail!("tensor {} has dtype {}, expected a float type (f32, f16 or bf16)", arg.name, t.dtype());
+                }
+                if t.shape != want {
+                    bail!("tensor {} has shape {:?}, expected {:?}", arg.name, t.shape, want);
+                }
+                out.insert(arg.name.clone(), t);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let extra: Vec<&String> = file.keys().filter(|k| k.as_str() != "lm_head.weight").collect();
+        let hint = if extra.is_empty() { String::new() } else { format!(" (unexpected: {})", list(&extra)) };
+        bail!("missing tensor {}{hint}", list(&missing));
+    }
+    if config.tie_word_embeddings() {
+        if let Some(head) = file.get("lm_head.weight") {
+            let embed = b.g.params().map(|a| &a.name).find(|n| n.ends_with("embed_tokens.weight") || n.ends_with("embeddings.weight"));
+            if let Some(e) = embed.and_then(|e| out.get(e)) {
+                if head != e {
+                    bail!("tie_word_embeddings is true but lm_head.weight differs from the embedding");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn list<T: std::fmt::Display>(names: &[T]) -> String {
+    let shown: Vec<String> = names.iter().take(3).map(|n| n.to_string()).collect();
+    let more = if names.len() > 3 { format!(" and {} more", names.len() - 3) } else { String::new() };
+    format!("{}{more}", shown.join(", "))
+}

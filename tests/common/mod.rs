@@ -1,0 +1,87 @@
+//! Shared helpers of the integration tests: the reference cases kept in `tests/vectors`, running
+//! the `tttc` binary, reading tensor files and SPEC §1's parity bound.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::{Dtype, SafeTensors};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every reference case: each folder under `tests/vectors` (a case added there is picked up).
+pub fn cases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/vectors"))
+        .expect("tests/vectors exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").exists())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no reference cases in tests/vectors");
+    v
+}
+
+pub fn tttc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tttc")).args(args).output().expect("tttc runs")
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A fresh scratch folder under the target directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[derive(Debug, Clone)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub f32: Vec<f32>,
+    pub i64: Vec<i64>,
+}
+
+pub fn read(path: &Path) -> BTreeMap<String, Array> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let d = v.data();
+            let (f32, i64) = match v.dtype() {
+                Dtype::F32 => (d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(), vec![]),
+                Dtype::I64 => (vec![], d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()),
+                other => panic!("unexpected dtype {other:?}"),
+            };
+            (name, Array { shape: v.shape().to_vec(), f32, i64 })
+        })
+        .collect()
+}
+
+/// Writes tensors to a safetensors file (for building bad inputs).
+pub fn write(path: &Path, tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, shape, data)| (n.to_string(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+pub fn i64_bytes(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// SPEC §1: `max|ours − ref| / (rtol·max|ref| + 1e-6)`; parity when ≤ 1.
+pub fn parity_ratio(ours: &[f32], reference: &[f32], rtol: f64) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "lengths differ");
+    let max_ref = reference.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    let max_err = ours.iter().zip(reference).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    max_err / (rtol * max_ref + 1e-6)
+}
