@@ -96,8 +96,12 @@ fn run(model: &Path, input: &Path, output: &Path, weights: Option<&Path>, backen
     };
     let out = tttc_runtime::forward(&model, ids, backend)?;
     let mut tensors = vec![("logits", &out.logits)];
+    let mut summary = format!("wrote {}: logits {:?}", output.display(), out.logits.shape);
     if let Some(loss) = &out.loss {
         tensors.push(("loss", loss));
+        summary += &format!(", loss {:.6}", loss.to_f64().expect("float")[0]);
     }
-    tttc_runtime::write_tensors(output, &tensors)
+    tttc_runtime::write_tensors(output, &tensors)?;
+    eprintln!("{summary}");
+    Ok(())
 }

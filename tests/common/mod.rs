@@ -85,3 +85,32 @@ pub fn parity_ratio(ours: &[f32], reference: &[f32], rtol: f64) -> f64 {
     let max_err = ours.iter().zip(reference).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
     max_err / (rtol * max_ref + 1e-6)
 }
+
+/// A raw tensor as stored: name, dtype, shape, little-endian bytes.
+pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+pub fn read_raw(path: &Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<RawTensor> =
+        st.tensors().into_iter().map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+pub fn write_raw(path: &Path, tensors: &[RawTensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, shape, data)| (n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Copies a reference case into a scratch folder so a test can damage it.
+pub fn copy_case(case: &str, name: &str) -> PathBuf {
+    let dir = scratch(name);
+    for f in ["config.json", "model.safetensors", "io.safetensors"] {
+        std::fs::copy(repo().join("tests/vectors").join(case).join(f), dir.join(f)).unwrap();
+    }
+    dir
+}

@@ -1,0 +1,226 @@
+//! Bad input gets a one-line error naming the problem, a non-zero exit, and no output file (an
+//! existing OUT is left untouched).
+
+mod common;
+use common::*;
+
+use safetensors::Dtype;
+use std::path::Path;
+
+const CASE: &str = "ttt-linear-transformer-backbone";
+
+/// Runs `tttc run` expecting failure; checks the error is one line containing `needle`, that
+/// nothing panicked, and that the pre-existing OUT was not touched.
+fn expect_error(model: &Path, input: &Path, extra: &[&str], needle: &str) {
+    let dir = model.parent().unwrap().to_path_buf();
+    let out = dir.join("out.safetensors");
+    std::fs::write(&out, b"previous contents").unwrap();
+    let mut args = vec!["run", p(model), "--input", p(input), "--output", p(&out)];
+    args.extend_from_slice(extra);
+    let r = tttc(&args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "expected failure for {needle:?}, got success");
+    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "error is not one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "error does not mention {needle:?}: {stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous contents", "OUT was modified");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+}
+
+fn edit_weights(dir: &Path, f: impl FnOnce(&mut Vec<RawTensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut t = read_raw(&path);
+    f(&mut t);
+    write_raw(&path, &t);
+}
+
+fn write_ids(path: &Path, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) {
+    write_raw(path, &[("input_ids".to_string(), dtype, shape, data)]);
+}
+
+#[test]
+fn missing_tensor() {
+    let dir = copy_case(CASE, "err_missing");
+    edit_weights(&dir, |t| t.retain(|x| x.0 != "model.layers.1.seq_modeling_block.W1"));
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "missing tensor model.layers.1.seq_modeling_block.W1");
+}
+
+#[test]
+fn misnamed_tensor() {
+    let dir = copy_case(CASE, "err_misnamed");
+    edit_weights(&dir, |t| {
+        let x = t.iter_mut().find(|x| x.0 == "model.norm.weight").unwrap();
+        x.0 = "model.final_norm.weight".into();
+    });
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "missing tensor model.norm.weight (unexpected: model.final_norm.weight)");
+}
+
+#[test]
+fn wrong_shape() {
+    let dir = copy_case(CASE, "err_shape");
+    edit_weights(&dir, |t| {
+        let x = t.iter_mut().find(|x| x.0 == "model.layers.0.mlp.up_proj.weight").unwrap();
+        x.2 = vec![64, 128];
+    });
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "tensor model.layers.0.mlp.up_proj.weight has shape [64, 128], expected [128, 64]");
+}
+
+#[test]
+fn wrong_weight_dtype() {
+    let dir = copy_case(CASE, "err_dtype");
+    edit_weights(&dir, |t| {
+        let x = t.iter_mut().find(|x| x.0 == "model.norm.weight").unwrap();
+        x.1 = Dtype::I32;
+    });
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "model.norm.weight has unsupported dtype I32");
+}
+
+#[test]
+fn float_input_ids() {
+    let dir = copy_case(CASE, "err_ids_dtype");
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::F32, vec![1, 2], vec![0; 8]);
+    expect_error(&dir, &input, &[], "input_ids must be i64");
+}
+
+#[test]
+fn token_id_out_of_vocabulary() {
+    let dir = copy_case(CASE, "err_vocab");
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![1, 3], i64_bytes(&[1, 97, 2]));
+    expect_error(&dir, &input, &[], "input_ids[0, 1] = 97 is outside the vocabulary 0..97");
+}
+
+#[test]
+fn negative_token_id() {
+    let dir = copy_case(CASE, "err_negative");
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![1, 2], i64_bytes(&[-1, 2]));
+    expect_error(&dir, &input, &[], "input_ids[0, 0] = -1 is outside the vocabulary");
+}
+
+#[test]
+fn empty_sequence() {
+    let dir = copy_case(CASE, "err_t0");
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![1, 0], vec![]);
+    expect_error(&dir, &input, &[], "sequence length T = 0");
+}
+
+#[test]
+fn empty_batch() {
+    let dir = copy_case(CASE, "err_b0");
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![0, 4], vec![]);
+    expect_error(&dir, &input, &[], "batch size B = 0");
+}
+
+#[test]
+fn input_ids_of_wrong_rank() {
+    let dir = copy_case(CASE, "err_rank");
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![3], i64_bytes(&[1, 2, 3]));
+    expect_error(&dir, &input, &[], "input_ids must have shape [B, T]");
+}
+
+#[test]
+fn no_input_ids() {
+    let dir = copy_case(CASE, "err_no_ids");
+    let input = dir.join("in.safetensors");
+    write_raw(&input, &[("tokens".to_string(), Dtype::I64, vec![1, 2], i64_bytes(&[1, 2]))]);
+    expect_error(&dir, &input, &[], "has no tensor input_ids");
+}
+
+#[test]
+fn truncated_weights() {
+    let dir = copy_case(CASE, "err_truncated");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "is not a valid safetensors file");
+}
+
+#[test]
+fn truncated_input() {
+    let dir = copy_case(CASE, "err_truncated_input");
+    let input = dir.join("io.safetensors");
+    let bytes = std::fs::read(&input).unwrap();
+    std::fs::write(&input, &bytes[..5]).unwrap();
+    expect_error(&dir, &input, &[], "io.safetensors is not a valid safetensors file");
+}
+
+#[test]
+fn unknown_model_type() {
+    let dir = copy_case(CASE, "err_model_type");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"model_type\": \"ttt\"", "\"model_type\": \"gpt2\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "unknown model_type \"gpt2\"");
+}
+
+#[test]
+fn unknown_ttt_layer_type() {
+    let dir = copy_case(CASE, "err_layer_type");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"ttt_layer_type\": \"linear\"", "\"ttt_layer_type\": \"conv\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "unknown ttt_layer_type \"conv\"");
+}
+
+#[test]
+fn unsupported_llama_keys() {
+    let dir = copy_case("llama", "err_rope_scaling");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "rope_scaling");
+}
+
+#[test]
+fn tied_head_that_differs() {
+    let dir = copy_case(CASE, "err_tied_head");
+    edit_weights(&dir, |t| {
+        let mut head = t.iter().find(|x| x.0 == "model.embed_tokens.weight").unwrap().clone();
+        head.0 = "lm_head.weight".into();
+        head.3[0] ^= 1;
+        t.push(head);
+    });
+    expect_error(&dir, &dir.join("io.safetensors"), &[], "lm_head.weight differs from the embedding");
+}
+
+#[test]
+fn malformed_model_toml() {
+    let dir = scratch("err_toml_syntax");
+    let model = dir.join("model.toml");
+    std::fs::write(&model, "model_type = \"ttt\"\n[config\nhidden_size = 64\n").unwrap();
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![1, 2], i64_bytes(&[1, 2]));
+    expect_error(&model, &input, &[], "malformed model.toml");
+}
+
+#[test]
+fn model_toml_missing_key() {
+    let dir = scratch("err_toml_key");
+    let model = dir.join("model.toml");
+    std::fs::write(&model, "model_type = \"llama\"\n[config]\nvocab_size = 10\nhidden_size = 8\n").unwrap();
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![1, 2], i64_bytes(&[1, 2]));
+    expect_error(&model, &input, &[], "config key num_attention_heads is missing");
+}
+
+#[test]
+fn model_toml_wrong_type() {
+    let dir = scratch("err_toml_type");
+    let model = dir.join("model.toml");
+    std::fs::write(&model, "model_type = \"mamba\"\n[config]\nvocab_size = 10\nhidden_size = \"big\"\nnum_hidden_layers = 1\n").unwrap();
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![1, 2], i64_bytes(&[1, 2]));
+    expect_error(&model, &input, &[], "config key hidden_size must be a non-negative integer");
+}
+
+#[test]
+fn missing_model() {
+    let dir = scratch("err_no_model");
+    let input = dir.join("in.safetensors");
+    write_ids(&input, Dtype::I64, vec![1, 2], i64_bytes(&[1, 2]));
+    expect_error(&dir.join("nothing-here"), &input, &[], "does not exist");
+}
