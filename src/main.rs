@@ -76,7 +76,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Ir { model } => {
             let graph = structure_only(&model)?;
             tttc_ir::verify(&graph)?;
-            print!("{graph:?}"); // TEXT
+            print!("{}", tttc_ir::text::print(&graph));
             Ok(())
         }
     }

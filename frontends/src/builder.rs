@@ -53,16 +53,19 @@ impl ModelBuilder {
         self.g.input("input_ids", Type::new(DType::I64, vec![Dim::sym("B"), Dim::sym("T")]))
     }
 
-    /// `x Wᵀ (+ b)` with a PyTorch-layout weight `[out, in]` named `{prefix}.weight`.
-    pub fn linear(&mut self, x: ValueId, prefix: &str, inp: usize, out: usize, bias: bool, std: f64) -> Result<ValueId> {
-        let w = self.weight(&format!("{prefix}.weight"), &[out, inp], Init::Normal { std });
+    /// `x Wᵀ (+ b)` with a PyTorch-layout weight `[out, in]` named `{prefix}.weight` and, when
+    /// `bias` gives its initialiser, a bias `{prefix}.bias` `[out]`.
+    pub fn linear(&mut self, x: ValueId, prefix: &str, inp: usize, out: usize, weight: Init, bias: Option<Init>) -> Result<ValueId> {
+        let w = self.weight(&format!("{prefix}.weight"), &[out, inp], weight);
         let wt = self.transpose_last2(w)?;
         let y = self.matmul(x, wt)?;
-        if bias {
-            let b = self.weight(&format!("{prefix}.bias"), &[out], Init::Zeros);
-            return self.add(y, b);
+        match bias {
+            Some(init) => {
+                let b = self.weight(&format!("{prefix}.bias"), &[out], init);
+                self.add(y, b)
+            }
+            None => Ok(y),
         }
-        Ok(y)
     }
 
     /// `w · x / sqrt(mean(x²) + eps)` over the last axis, weight `{name}` `[dim]`.
@@ -78,18 +81,22 @@ impl ModelBuilder {
     }
 
     /// `down(silu(gate(x)) ⊙ up(x))` with weights under `{prefix}.{gate,up,down}_proj`.
+    /// Weights normal with `std`, biases (when `bias`) zero.
     pub fn swiglu(&mut self, x: ValueId, prefix: &str, dim: usize, inter: usize, bias: bool, std: f64) -> Result<ValueId> {
-        let gate = self.linear(x, &format!("{prefix}.gate_proj"), dim, inter, bias, std)?;
+        let (w, b) = (Init::Normal { std }, bias.then_some(Init::Zeros));
+        let gate = self.linear(x, &format!("{prefix}.gate_proj"), dim, inter, w.clone(), b.clone())?;
         let gate = self.unary(UnaryOp::Silu, gate)?;
-        let up = self.linear(x, &format!("{prefix}.up_proj"), dim, inter, bias, std)?;
+        let up = self.linear(x, &format!("{prefix}.up_proj"), dim, inter, w.clone(), b.clone())?;
         let h = self.mul(gate, up)?;
-        self.linear(h, &format!("{prefix}.down_proj"), inter, dim, bias, std)
+        self.linear(h, &format!("{prefix}.down_proj"), inter, dim, w, b)
     }
 
     /// Depthwise causal convolution over axis 1 of `x` `[B, T, C]`, weight `{prefix}.weight`
     /// `[C, 1, K]` (PyTorch conv1d, a correlation): `y[t,c] = bias[c] + Σ_k w[c,0,k] · x[t−K+1+k, c]`.
-    pub fn causal_conv(&mut self, x: ValueId, prefix: &str, channels: usize, kernel: usize, bias: bool, std: f64) -> Result<ValueId> {
-        let w = self.weight(&format!("{prefix}.weight"), &[channels, 1, kernel], Init::Normal { std });
+    /// Initialised as PyTorch's default `Conv1d` (the references keep it): `U(±1/√K)`, bias too.
+    pub fn causal_conv(&mut self, x: ValueId, prefix: &str, channels: usize, kernel: usize, bias: bool) -> Result<ValueId> {
+        let default = Init::Uniform { bound: 1.0 / (kernel as f64).sqrt() };
+        let w = self.weight(&format!("{prefix}.weight"), &[channels, 1, kernel], default.clone());
         let w = self.reshape(w, vec![Dim::c(channels), Dim::c(kernel)])?;
         let w = self.transpose_last2(w)?; // [K, C]
         let padded = self.pad(x, 1, kernel - 1, 0)?;
@@ -106,7 +113,7 @@ impl ModelBuilder {
         }
         let y = acc.expect("kernel size is at least 1");
         if bias {
-            let b = self.weight(&format!("{prefix}.bias"), &[channels], Init::Zeros);
+            let b = self.weight(&format!("{prefix}.bias"), &[channels], default);
             return self.add(y, b);
         }
         Ok(y)

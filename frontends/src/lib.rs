@@ -20,10 +20,13 @@ pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
 
 /// Builds the forward graph of a model: argument `input_ids` i64 `[B, T]`, one `Param` argument per
 /// weight (Hugging Face names), outputs `logits` `[B, T, V]` and `loss` `[]`.
+/// Values are numbered in definition order (`Graph::canonical`), as the text parser numbers them.
 pub fn build(config: &ModelConfig) -> Result<ModelBuilder> {
-    match config {
+    let mut b = match config {
         ModelConfig::Ttt(c) => ttt::build(c),
         ModelConfig::Mamba(c) => mamba::build(c),
         ModelConfig::Llama(c) => llama::build(c),
-    }
+    }?;
+    b.g = b.g.canonical();
+    Ok(b)
 }

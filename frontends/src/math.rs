@@ -1,7 +1,7 @@
 //! Small compositions of IR ops used inside and outside scan bodies (which are plain graphs).
 
 use anyhow::Result;
-use tttc_ir::{Graph, ReduceKind, UnaryOp, ValueId};
+use tttc_ir::{DType, Dim, Graph, ReduceKind, UnaryOp, ValueId};
 
 /// `((x − μ) / σ, σ)` over the last axis, `σ = sqrt(var + eps)` with the biased variance, kept as `[…, 1]`.
 pub fn normalize(g: &mut Graph, x: ValueId, eps: f64) -> Result<(ValueId, ValueId)> {
@@ -47,4 +47,23 @@ pub fn gelu_tanh_grad(g: &mut Graph, x: ValueId) -> Result<ValueId> {
     let right = g.mul(right, du)?;
     let right = g.mul(half, right)?;
     g.add(left, right)
+}
+
+/// `[B, T, H·d]` → `[B, H, T, d]`: head h takes columns h·d … h·d+d−1.
+pub fn split_heads(g: &mut Graph, x: ValueId, heads: usize, d: usize) -> Result<ValueId> {
+    let x = g.reshape(x, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(heads), Dim::c(d)])?;
+    g.transpose(x, &[0, 2, 1, 3])
+}
+
+/// `cos` and `sin` of the RoPE angles `a[t, i] = t · θ^(−2i/d)` for positions t < `len` and
+/// i < d/2, shaped `[len, d/2]` (computed, not tabled, so positions are not capped).
+pub fn rope_angles(g: &mut Graph, len: Dim, d: usize, theta: f64) -> Result<(ValueId, ValueId)> {
+    let pos = g.iota(len.clone(), DType::F32)?;
+    let pos = g.reshape(pos, vec![len, Dim::c(1)])?;
+    let i = g.iota(Dim::c(d / 2), DType::F32)?;
+    let k = g.scalar(-2.0 * theta.ln() / d as f64)?;
+    let e = g.mul(i, k)?;
+    let inv_freq = g.unary(UnaryOp::Exp, e)?; // [d/2]
+    let angle = g.mul(pos, inv_freq)?; // [len, d/2]
+    Ok((g.unary(UnaryOp::Cos, angle)?, g.unary(UnaryOp::Sin, angle)?))
 }

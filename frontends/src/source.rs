@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::builder::ModelBuilder;
@@ -61,47 +62,44 @@ fn read_definition(path: &Path) -> Result<(ModelConfig, Option<PathBuf>, u64)> {
     })
 }
 
+/// `model.toml` (docs/model-toml.md): the family, an optional weights file (relative to the toml)
+/// and seed, and a `[config]` table with the family's Hugging Face config keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelTomlFile {
+    model_type: String,
+    weights: Option<PathBuf>,
+    seed: Option<u64>,
+    #[allow(dead_code)] // documentation for people
+    name: Option<String>,
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default)]
+    config: serde_json::Map<String, Value>,
+}
+
 struct ModelToml {
     config: ModelConfig,
     weights: Option<PathBuf>,
     seed: u64,
 }
 
-/// `model.toml`: top-level `model_type`, optional `weights` (relative to the file) and `seed`, and
-/// a `[config]` table with the family's Hugging Face config keys.
 fn parse_model_toml(text: &str, dir: &Path) -> Result<ModelToml> {
-    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("malformed model.toml: {}", one_line(&e.to_string())))?;
-    for key in doc.keys() {
-        if !["model_type", "weights", "seed", "config", "name", "description"].contains(&key.as_str()) {
-            bail!("unknown key {key} (expected model_type, weights, seed, name, description, [config])");
-        }
-    }
-    let model_type = doc.get("model_type").context("missing key model_type")?;
-    let model_type = model_type.as_str().context("model_type must be a string")?;
-    let mut config = match doc.get("config") {
-        None => serde_json::Map::new(),
-        Some(toml::Value::Table(t)) => match serde_json::to_value(t)? {
-            Value::Object(m) => m,
-            _ => unreachable!("a table converts to an object"),
-        },
-        Some(_) => bail!("config must be a table ([config])"),
-    };
+    let file: ModelTomlFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+        anyhow::anyhow!("malformed model.toml: {at}{}", one_line(e.message()))
+    })?;
+    let mut config = file.config;
     if config.contains_key("model_type") {
         bail!("model_type belongs at the top level, not in [config]");
     }
-    config.insert("model_type".into(), Value::String(model_type.to_string()));
-    let config = ModelConfig::from_json(&Value::Object(config))?;
-    let weights = match doc.get("weights") {
-        None => None,
-        Some(toml::Value::String(s)) => Some(dir.join(s)),
-        Some(_) => bail!("weights must be a path string"),
-    };
-    let seed = match doc.get("seed") {
-        None => crate::source::DEFAULT_SEED,
-        Some(toml::Value::Integer(s)) if *s >= 0 => *s as u64,
-        Some(_) => bail!("seed must be a non-negative integer"),
-    };
-    Ok(ModelToml { config, weights, seed })
+    config.insert("model_type".into(), Value::String(file.model_type));
+    Ok(ModelToml {
+        config: ModelConfig::from_json(&Value::Object(config))?,
+        weights: file.weights.map(|w| dir.join(w)),
+        seed: file.seed.unwrap_or(DEFAULT_SEED),
+    })
 }
 
 fn one_line(s: &str) -> String {

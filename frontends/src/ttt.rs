@@ -11,7 +11,7 @@ use tttc_ir::{DType, Dim, Graph, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, ModelBuilder};
 use crate::config::{InnerModel, TttConfig};
-use crate::math::{gelu_tanh_grad, layer_norm, normalize};
+use crate::math::{gelu_tanh_grad, layer_norm, normalize, rope_angles, split_heads};
 
 /// LayerNorm eps of the inner model's output and of `post_norm` (fixed in the reference).
 const LN_EPS: f64 = 1e-6;
@@ -40,7 +40,7 @@ fn block(b: &mut ModelBuilder, c: &TttConfig, mut h: ValueId, p: &str) -> Result
     let (dim, std) = (c.hidden_size, c.initializer_range);
     if c.pre_conv {
         let x = b.rms_norm(h, &format!("{p}conv.norm.weight"), dim, c.rms_norm_eps)?;
-        let y = b.causal_conv(x, &format!("{p}conv.conv"), dim, c.conv_kernel, true, std)?;
+        let y = b.causal_conv(x, &format!("{p}conv.conv"), dim, c.conv_kernel, true)?;
         h = b.add(h, y)?;
     }
     let x = b.rms_norm(h, &format!("{p}seq_norm.weight"), dim, c.rms_norm_eps)?;
@@ -61,18 +61,19 @@ fn inner_layers(c: &TttConfig) -> Vec<(usize, usize)> {
 }
 
 fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result<ValueId> {
-    let (dim, heads, d, std) = (c.hidden_size, c.num_heads, c.head_dim(), c.initializer_range);
+    let (dim, heads, d) = (c.hidden_size, c.num_heads, c.head_dim());
+    let normal = Init::Normal { std: c.initializer_range };
     let (q, k) = if c.share_qk {
-        let shared = b.linear(x, &format!("{s}q_proj"), dim, dim, false, std)?;
-        let q = b.causal_conv(shared, &format!("{s}conv_q"), dim, c.conv_kernel, true, std)?;
-        let k = b.causal_conv(shared, &format!("{s}conv_k"), dim, c.conv_kernel, true, std)?;
+        let shared = b.linear(x, &format!("{s}q_proj"), dim, dim, normal.clone(), None)?;
+        let q = b.causal_conv(shared, &format!("{s}conv_q"), dim, c.conv_kernel, true)?;
+        let k = b.causal_conv(shared, &format!("{s}conv_k"), dim, c.conv_kernel, true)?;
         (q, k)
     } else {
-        let q = b.linear(x, &format!("{s}q_proj"), dim, dim, false, std)?;
-        let k = b.linear(x, &format!("{s}k_proj"), dim, dim, false, std)?;
+        let q = b.linear(x, &format!("{s}q_proj"), dim, dim, normal.clone(), None)?;
+        let k = b.linear(x, &format!("{s}k_proj"), dim, dim, normal.clone(), None)?;
         (q, k)
     };
-    let v = b.linear(x, &format!("{s}v_proj"), dim, dim, false, std)?;
+    let v = b.linear(x, &format!("{s}v_proj"), dim, dim, normal.clone(), None)?;
     let (q, k, v) = (split_heads(b, q, heads, d)?, split_heads(b, k, heads, d)?, split_heads(b, v, heads, d)?);
 
     // lr[b,h,t] = base_lr · sigmoid(x_t · w_h + β_h) / d
@@ -118,17 +119,11 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let pb = b.weight(&format!("{s}post_norm.bias"), &[dim], Init::Zeros);
     let mut y = layer_norm(&mut b.g, z, pw, pb, LN_EPS)?;
     if c.use_gate {
-        let gate = b.linear(x, &format!("{s}g_proj"), dim, dim, false, std)?;
+        let gate = b.linear(x, &format!("{s}g_proj"), dim, dim, normal.clone(), None)?;
         let gate = b.unary(UnaryOp::GeluTanh, gate)?;
         y = b.mul(gate, y)?;
     }
-    b.linear(y, &format!("{s}o_proj"), dim, dim, false, std)
-}
-
-/// `[B, T, H·d]` → `[B, H, T, d]`.
-fn split_heads(g: &mut Graph, x: ValueId, heads: usize, d: usize) -> Result<ValueId> {
-    let x = g.reshape(x, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(heads), Dim::c(d)])?;
-    g.transpose(x, &[0, 2, 1, 3])
+    b.linear(y, &format!("{s}o_proj"), dim, dim, normal, None)
 }
 
 /// One mini-batch of n ≤ b tokens, primal form. Arguments: the inner state, the chunk's Q, K, V
@@ -265,7 +260,9 @@ fn rope(g: &mut Graph, x: ValueId, d: usize, theta: f64) -> Result<ValueId> {
     let xp = g.reshape(x, paired)?;
     let even = g.slice(xp, -1, 0, Some(1))?;
     let odd = g.slice(xp, -1, 1, Some(2))?;
-    let (cos, sin) = rope_angles(g, n, d, theta)?;
+    let (cos, sin) = rope_angles(g, n.clone(), d, theta)?;
+    let column = vec![n, Dim::c(half), Dim::c(1)]; // against the [.., d/2, 2] pairs
+    let (cos, sin) = (g.reshape(cos, column.clone())?, g.reshape(sin, column)?);
     let ec = g.mul(even, cos)?;
     let os = g.mul(odd, sin)?;
     let new_even = g.sub(ec, os)?;
@@ -274,17 +271,4 @@ fn rope(g: &mut Graph, x: ValueId, d: usize, theta: f64) -> Result<ValueId> {
     let new_odd = g.add(oc, es)?;
     let out = g.concat(&[new_even, new_odd], -1)?;
     g.reshape(out, shape)
-}
-
-/// `cos` and `sin` of `pos · θ^(−2i/d)` for pos < n, i < d/2, shaped `[n, d/2, 1]`.
-fn rope_angles(g: &mut Graph, n: Dim, d: usize, theta: f64) -> Result<(ValueId, ValueId)> {
-    let pos = g.iota(n.clone(), DType::F32)?;
-    let pos = g.reshape(pos, vec![n.clone(), Dim::c(1), Dim::c(1)])?;
-    let i = g.iota(Dim::c(d / 2), DType::F32)?;
-    let k = g.scalar(-2.0 * theta.ln() / d as f64)?;
-    let e = g.mul(i, k)?;
-    let inv_freq = g.unary(UnaryOp::Exp, e)?;
-    let inv_freq = g.reshape(inv_freq, vec![Dim::c(d / 2), Dim::c(1)])?;
-    let angle = g.mul(pos, inv_freq)?;
-    Ok((g.unary(UnaryOp::Cos, angle)?, g.unary(UnaryOp::Sin, angle)?))
 }

@@ -190,6 +190,45 @@ impl Graph {
         self.push(Op::Scan(Box::new(scan)), inputs)
     }
 
+    /// The same graph with its values numbered in definition order (arguments, then each node's
+    /// results), scan bodies included: the form the text parser produces. A builder that declares
+    /// parameters as it goes calls this when it is done.
+    pub fn canonical(&self) -> Graph {
+        let mut map = vec![ValueId(u32::MAX); self.types.len()];
+        let mut types = Vec::with_capacity(self.types.len());
+        let mut number = |v: ValueId, map: &mut Vec<ValueId>| {
+            map[v.index()] = ValueId(types.len() as u32);
+            types.push(self.types[v.index()].clone());
+        };
+        for a in &self.args {
+            number(a.value, &mut map);
+        }
+        for n in &self.nodes {
+            for &v in &n.outputs {
+                number(v, &mut map);
+            }
+        }
+        let at = |v: &ValueId| map[v.index()];
+        Graph {
+            name: self.name.clone(),
+            types,
+            args: self.args.iter().map(|a| Arg { value: at(&a.value), ..a.clone() }).collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| Node {
+                    op: match &n.op {
+                        Op::Scan(s) => Op::Scan(Box::new(Scan { body: s.body.canonical(), ..(**s).clone() })),
+                        op => op.clone(),
+                    },
+                    inputs: n.inputs.iter().map(at).collect(),
+                    outputs: n.outputs.iter().map(at).collect(),
+                })
+                .collect(),
+            outputs: self.outputs.iter().map(|(name, v)| (name.clone(), at(v))).collect(),
+        }
+    }
+
     /// Normalises a possibly negative axis of `x`.
     pub fn axis(&self, x: ValueId, axis: i64) -> Result<usize> {
         let r = self.ty(x).rank() as i64;

@@ -127,7 +127,9 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
             let t = ins[0];
             ensure!(*axis < t.rank(), "axis {axis} out of range");
             let mut shape = t.shape.clone();
-            shape[*axis] = shape[*axis].plus((before + after) as i64)?;
+            let extra = before.checked_add(*after).and_then(|n| i64::try_from(n).ok());
+            let Some(extra) = extra else { bail!("padding {before} + {after} is too large") };
+            shape[*axis] = shape[*axis].plus(extra)?;
             one(Type::new(t.dtype, shape))
         }
         Op::Gather { axis } => {
@@ -150,6 +152,7 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
         Op::TriMask { .. } => {
             arity(1)?;
             ensure!(ins[0].rank() >= 2, "needs rank ≥ 2");
+            ensure!(ins[0].dtype == DType::F32, "needs f32, got {}", ins[0]);
             one(ins[0].clone())
         }
         Op::Scan(scan) => infer_scan(scan, ins),
@@ -161,7 +164,7 @@ fn infer_scan(scan: &Scan, ins: &[&Type]) -> Result<Vec<Type>> {
     let (nc, ns) = (scan.carries, scan.seqs);
     ensure!(scan.chunk >= 1, "chunk must be at least 1");
     ensure!(ns >= 1, "needs at least one sequence");
-    ensure!(ins.len() >= nc + ns, "expects at least {} operands", nc + ns);
+    ensure!(nc.checked_add(ns).is_some_and(|n| ins.len() >= n), "expects at least {nc} + {ns} operands");
     ensure!(body.args.len() == ins.len(), "body takes {} arguments, scan has {} operands", body.args.len(), ins.len());
     ensure!(body.outputs.len() >= nc, "body returns fewer values than carries");
     let seq_len = ins[nc].shape.get(scan.axis).cloned();
@@ -177,6 +180,17 @@ fn infer_scan(scan: &Scan, ins: &[&Type]) -> Result<Vec<Type>> {
             ensure!(inner == *outer, "body argument {i} is {inner}, operand is {outer}");
         }
     }
+    // The chunk symbol is local to the body: it must not name a dimension of any operand (the
+    // carries and invariants enter the body with their outer types, where it would mean both).
+    let chunk_sym = chunk_dim.as_ref().and_then(|d| d.sym.clone());
+    if let Some(s) = &chunk_sym {
+        for (i, t) in ins.iter().enumerate() {
+            ensure!(
+                !t.shape.iter().any(|d| d.sym.as_ref() == Some(s)),
+                "chunk symbol {s} also names a dimension of operand {i} ({t})"
+            );
+        }
+    }
     let mut outs = Vec::new();
     for (i, (_, v)) in body.outputs.iter().enumerate() {
         let t = body.ty(*v);
@@ -190,6 +204,13 @@ fn infer_scan(scan: &Scan, ins: &[&Type]) -> Result<Vec<Type>> {
                 "body output {i} ({t}) is not chunked along axis {}",
                 scan.axis
             );
+            if let Some(s) = &chunk_sym {
+                ensure!(
+                    t.shape.iter().enumerate().all(|(a, d)| a == scan.axis || d.sym.as_ref() != Some(s)),
+                    "body output {i} ({t}) uses the chunk symbol {s} off axis {}",
+                    scan.axis
+                );
+            }
             let mut shape = t.shape.clone();
             shape[scan.axis] = seq_len.clone();
             outs.push(Type::new(t.dtype, shape));
@@ -236,19 +257,21 @@ pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>> {
 
 /// Equal element counts, decided symbolically: the same constant product and the same symbolic factors.
 fn same_volume(a: &[Dim], b: &[Dim]) -> bool {
-    fn split(s: &[Dim]) -> (usize, Vec<&Dim>) {
-        let mut c: usize = 1;
+    // The constant product is `None` on overflow (or a negative dimension): never the same volume.
+    fn split(s: &[Dim]) -> (Option<usize>, Vec<&Dim>) {
+        let mut c = Some(1usize);
         let mut syms: Vec<&Dim> = Vec::new();
         for d in s {
-            match d.as_const() {
-                Some(n) => c *= n,
-                None => syms.push(d),
+            match d.sym {
+                None => c = c.and_then(|c| c.checked_mul(usize::try_from(d.offset).ok()?)),
+                Some(_) => syms.push(d),
             }
         }
         syms.sort_by_key(|d| d.to_string());
         (c, syms)
     }
-    split(a) == split(b)
+    let (sa, sb) = (split(a), split(b));
+    sa.0.is_some() && sa == sb
 }
 
 /// The length of `x[start:end]` (Python bounds) along a dimension of length `len`.
@@ -257,20 +280,32 @@ pub fn slice_len(len: &Dim, start: i64, end: Option<i64>) -> Result<Dim> {
         let (s, e) = concrete_bounds(n, start, end)?;
         return Ok(Dim::c(e - s));
     }
+    // Bounds on the same side of the dimension must be ordered, as the interpreter requires.
+    let ordered = |e: i64| -> Result<Dim> {
+        ensure!(start <= e, "slice [{start}:{e}] is empty the wrong way round");
+        Ok(Dim::c(e.checked_sub(start).and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX)))
+    };
     match (start >= 0, end) {
         (true, None) => len.plus(-start),
-        (true, Some(e)) if e < 0 => len.plus(e - start),
-        (true, Some(e)) => Ok(Dim::c((e - start).max(0) as usize)),
-        (false, None) => Ok(Dim::c((-start) as usize)),
-        (false, Some(e)) if e < 0 => Ok(Dim::c((e - start).max(0) as usize)),
+        (true, Some(e)) if e < 0 => match e.checked_sub(start) {
+            Some(k) => len.plus(k),
+            None => bail!("slice [{start}:{e}] is out of range"),
+        },
+        (true, Some(e)) => ordered(e),
+        (false, None) => match start.checked_neg().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) => Ok(Dim::c(n)),
+            None => bail!("slice start {start} is out of range"),
+        },
+        (false, Some(e)) if e < 0 => ordered(e),
         (false, Some(_)) => bail!("slice [{start}:{end:?}] of symbolic dimension {len} has no static length"),
     }
 }
 
 /// Resolves Python slice bounds against a concrete length; out-of-range bounds are errors, not clamped.
 pub fn concrete_bounds(n: usize, start: i64, end: Option<i64>) -> Result<(usize, usize)> {
-    let fix = |b: i64| if b < 0 { b + n as i64 } else { b };
-    let (s, e) = (fix(start), end.map(fix).unwrap_or(n as i64));
-    ensure!(0 <= s && s <= e && e <= n as i64, "slice [{start}:{end:?}] out of range for length {n}");
+    let n_i = i64::try_from(n).unwrap_or(i64::MAX);
+    let fix = |b: i64| if b < 0 { b.saturating_add(n_i) } else { b };
+    let (s, e) = (fix(start), end.map(fix).unwrap_or(n_i));
+    ensure!(0 <= s && s <= e && e <= n_i, "slice [{start}:{end:?}] out of range for length {n}");
     Ok((s as usize, e as usize))
 }

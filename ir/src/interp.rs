@@ -47,16 +47,29 @@ fn exec(graph: &Graph, args: Vec<Cow<'_, Tensor>>, mut env: DimEnv, prec: Precis
             last_use[v.index()] = i;
         }
     }
-    for (_, v) in &graph.outputs {
+    for (name, v) in &graph.outputs {
+        ensure!(v.index() < last_use.len(), "output {name} (%{}) does not exist", v.0);
         last_use[v.index()] = usize::MAX;
     }
     for (i, node) in graph.nodes.iter().enumerate() {
+        let what = || match node.outputs.first() {
+            Some(v) => format!("{} (defining %{})", node.op.name(), v.0),
+            None => node.op.name().to_string(),
+        };
         let ins: Vec<&Tensor> = node
             .inputs
             .iter()
-            .map(|v| values[v.index()].as_deref().expect("verified graphs define values before use"))
-            .collect();
-        let outs = eval(&node.op, &ins, &env, prec).with_context(|| format!("{} (defining %{})", node.op.name(), node.outputs[0].0))?;
+            .map(|v| values.get(v.index()).and_then(|t| t.as_deref()))
+            .collect::<Option<_>>()
+            .with_context(|| format!("{}: an operand is not defined (the graph does not verify)", what()))?;
+        let outs = eval(&node.op, &ins, &env, prec).with_context(what)?;
+        ensure!(outs.len() == node.outputs.len(), "{}: gave {} results for {}", what(), outs.len(), node.outputs.len());
+        // The interpreter is the oracle: its results must have the types the graph records.
+        for (v, t) in node.outputs.iter().zip(&outs) {
+            let ty = graph.ty(*v);
+            let shape_ok = ty.resolve(&env).map_or(true, |s| s == t.shape);
+            ensure!(t.dtype() == ty.dtype && shape_ok, "{}: computed {t} for %{} typed {ty}", what(), v.0);
+        }
         for v in node.inputs.iter() {
             if last_use[v.index()] == i {
                 values[v.index()] = None;
@@ -70,7 +83,7 @@ fn exec(graph: &Graph, args: Vec<Cow<'_, Tensor>>, mut env: DimEnv, prec: Precis
         .outputs
         .iter()
         .map(|(name, v): &(String, ValueId)| {
-            values[v.index()].as_ref().map(|t| t.clone().into_owned()).with_context(|| format!("output {name} undefined"))
+            values[v.index()].as_ref().map(|t| t.clone().into_owned()).with_context(|| format!("output {name} is undefined"))
         })
         .collect()
 }
@@ -92,6 +105,10 @@ macro_rules! map_float {
 fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
     let one = |t: Tensor| Ok(vec![t]);
     match op {
+        Op::Unary(UnaryOp::Neg) if ins[0].dtype() == DType::I64 => {
+            let v = ins[0].as_i64().expect("i64 data");
+            one(Tensor::i64(ins[0].shape.clone(), v.iter().map(|x| x.wrapping_neg()).collect()))
+        }
         Op::Unary(u) => one(map_float!(ins[0], ins[0].shape.clone(), |d| unary(*u, d))),
         Op::Binary(b) => one(binary(*b, ins[0], ins[1])?),
         Op::Const { value, dtype } => one(constant(*value, *dtype, prec, vec![], 1)),
@@ -155,6 +172,14 @@ fn run_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Resu
     let (nc, ns) = (scan.carries, scan.seqs);
     let total = ins[nc].shape[scan.axis];
     ensure!(total > 0, "scan over an empty sequence");
+    for t in &ins[nc..nc + ns] {
+        ensure!(t.shape[scan.axis] == total, "scan sequences differ in length: {} and {t}", ins[nc]);
+    }
+    // The chunk symbol is the body's own: an enclosing scope may bind the same name.
+    let mut env = env.clone();
+    if let Some(sym) = scan.body.args.get(nc).and_then(|a| scan.body.ty(a.value).shape.get(scan.axis)).and_then(|d| d.sym.as_ref()) {
+        env.remove(sym);
+    }
     let mut carries: Vec<Tensor> = ins[..nc].iter().map(|&t| t.clone()).collect();
     let mut pieces: Vec<Vec<Tensor>> = Vec::new();
     let mut start = 0;
@@ -299,7 +324,15 @@ fn binary(b: BinaryOp, x: &Tensor, y: &Tensor) -> Result<Tensor> {
             if b == BinaryOp::Div && c.contains(&0) {
                 bail!("integer division by zero");
             }
-            Data::I64(zip_strided(a, &sx, c, &sy, &shape, bin(b)))
+            // Two's-complement wrapping, as on every backend, rather than an overflow panic.
+            let f = move |x: i64, y: i64| match b {
+                BinaryOp::Add => x.wrapping_add(y),
+                BinaryOp::Sub => x.wrapping_sub(y),
+                BinaryOp::Mul => x.wrapping_mul(y),
+                BinaryOp::Div => x.wrapping_div(y),
+                BinaryOp::Max => x.max(y),
+            };
+            Data::I64(zip_strided(a, &sx, c, &sy, &shape, f))
         }
         _ => bail!("operand types differ: {x} and {y}"),
     };

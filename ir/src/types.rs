@@ -57,9 +57,10 @@ impl Dim {
         self.as_const() == Some(1)
     }
 
-    /// `self + k`; fails only if a constant would become negative.
+    /// `self + k`; fails if a constant would become negative or the offset overflows.
     pub fn plus(&self, k: i64) -> Result<Dim> {
-        let d = Dim { sym: self.sym.clone(), offset: self.offset + k };
+        let Some(offset) = self.offset.checked_add(k) else { bail!("dimension {self} + {k} overflows") };
+        let d = Dim { sym: self.sym.clone(), offset };
         if d.sym.is_none() && d.offset < 0 {
             bail!("dimension {self} + {k} is negative");
         }

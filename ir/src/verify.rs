@@ -18,6 +18,9 @@ fn verify_inner(g: &Graph) -> Result<()> {
         defined[v.index()] = true;
         Ok(())
     };
+    for (i, t) in g.types.iter().enumerate() {
+        ensure!(t.shape.iter().all(|d| d.sym.is_some() || d.offset >= 0), "%{i} has a negative dimension: {t}");
+    }
     let mut names = std::collections::HashSet::new();
     for a in &g.args {
         define(a.value, &format!("argument {}", a.name))?;

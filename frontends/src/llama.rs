@@ -1,0 +1,106 @@
+//! Llama (Hugging Face `LlamaForCausalLM`): SPEC §4.
+//!
+//! Pre-norm blocks of grouped-query causal attention with rotate-half RoPE at absolute positions
+//! (angles computed in the graph, so positions are not capped), then a SwiGLU MLP.
+
+use anyhow::Result;
+use tttc_ir::{Dim, Graph, ReduceKind, UnaryOp, ValueId};
+
+use crate::builder::{Init, LmShape, ModelBuilder};
+use crate::config::LlamaConfig;
+use crate::math::{rope_angles, split_heads};
+
+pub fn build(c: &LlamaConfig) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::new("llama");
+    let lm = LmShape {
+        embed: "model.embed_tokens.weight",
+        final_norm: "model.norm.weight",
+        norm_eps: c.rms_norm_eps,
+        vocab: c.vocab_size,
+        hidden: c.hidden_size,
+        layers: c.num_hidden_layers,
+        tied: c.tie_word_embeddings,
+        init_std: c.initializer_range,
+    };
+    // cos / sin of the RoPE angles, built once (at the first layer) and shared by every layer.
+    let mut angles: Option<(ValueId, ValueId)> = None;
+    b.language_model(&lm, |b, mut h, layer| {
+        let p = format!("model.layers.{layer}.");
+        let (dim, eps, std) = (c.hidden_size, c.rms_norm_eps, c.initializer_range);
+        let (cos, sin) = match angles {
+            Some(a) => a,
+            None => {
+                let t = b.dim(h, 1)?;
+                let a = rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta)?;
+                angles = Some(a);
+                a
+            }
+        };
+        let x = b.rms_norm(h, &format!("{p}input_layernorm.weight"), dim, eps)?;
+        let y = attention(b, c, x, cos, sin, &format!("{p}self_attn."))?;
+        h = b.add(h, y)?;
+        let x = b.rms_norm(h, &format!("{p}post_attention_layernorm.weight"), dim, eps)?;
+        let y = b.swiglu(x, &format!("{p}mlp"), dim, c.intermediate_size, c.mlp_bias, std)?;
+        b.add(h, y)
+    })?;
+    Ok(b)
+}
+
+fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, sin: ValueId, s: &str) -> Result<ValueId> {
+    let (dim, heads, kv_heads, d, std) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim(), c.initializer_range);
+    let bias = c.attention_bias;
+    let q = b.linear(x, &format!("{s}q_proj"), dim, heads * d, Init::Normal { std }, bias.then_some(Init::Zeros))?;
+    let k = b.linear(x, &format!("{s}k_proj"), dim, kv_heads * d, Init::Normal { std }, bias.then_some(Init::Zeros))?;
+    let v = b.linear(x, &format!("{s}v_proj"), dim, kv_heads * d, Init::Normal { std }, bias.then_some(Init::Zeros))?;
+    let q = split_heads(&mut b.g, q, heads, d)?; // [B, H, T, d]
+    let k = split_heads(&mut b.g, k, kv_heads, d)?; // [B, Hkv, T, d]
+    let v = split_heads(&mut b.g, v, kv_heads, d)?;
+    let q = rope(&mut b.g, q, cos, sin, d)?;
+    let k = rope(&mut b.g, k, cos, sin, d)?;
+    // Head h reads kv head ⌊h·Hkv/H⌋: repeat each kv head H/Hkv times (HF `repeat_kv`).
+    let k = repeat_kv(&mut b.g, k, heads, kv_heads, d)?;
+    let v = repeat_kv(&mut b.g, v, heads, kv_heads, d)?;
+
+    // Causal softmax(q kᵀ / √d) v, the softmax made stable by subtracting the row maximum.
+    let kt = b.transpose_last2(k)?;
+    let scores = b.matmul(q, kt)?; // [B, H, T, T]
+    let scale = b.scalar((d as f64).sqrt())?;
+    let scores = b.div(scores, scale)?;
+    let scores = b.tri_mask(scores, f64::NEG_INFINITY)?;
+    let m = b.reduce(ReduceKind::Max, scores, -1, true)?;
+    let shifted = b.sub(scores, m)?;
+    let e = b.unary(UnaryOp::Exp, shifted)?;
+    let sum = b.reduce(ReduceKind::Sum, e, -1, true)?;
+    let probs = b.div(e, sum)?;
+    let o = b.matmul(probs, v)?; // [B, H, T, d]
+
+    let o = b.transpose(o, &[0, 2, 1, 3])?;
+    let o = b.reshape(o, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(heads * d)])?;
+    b.linear(o, &format!("{s}o_proj"), heads * d, dim, Init::Normal { std }, bias.then_some(Init::Zeros))
+}
+
+/// `[B, Hkv, T, d]` → `[B, H, T, d]`, kv head j repeated for heads j·r … j·r + r − 1 (r = H/Hkv).
+fn repeat_kv(g: &mut Graph, x: ValueId, heads: usize, kv_heads: usize, d: usize) -> Result<ValueId> {
+    if heads == kv_heads {
+        return Ok(x);
+    }
+    let (bsym, t) = (Dim::sym("B"), g.dim(x, 2)?);
+    let x = g.reshape(x, vec![bsym.clone(), Dim::c(kv_heads), Dim::c(1), t.clone(), Dim::c(d)])?;
+    let x = g.broadcast(x, vec![bsym.clone(), Dim::c(kv_heads), Dim::c(heads / kv_heads), t.clone(), Dim::c(d)])?;
+    g.reshape(x, vec![bsym, Dim::c(heads), t, Dim::c(d)])
+}
+
+/// Rotate-half RoPE over the last axis of `x` `[B, h, T, d]`: for i < d/2,
+/// `x'[i] = x[i]·cos − x[i+d/2]·sin`, `x'[i+d/2] = x[i+d/2]·cos + x[i]·sin`.
+fn rope(g: &mut Graph, x: ValueId, cos: ValueId, sin: ValueId, d: usize) -> Result<ValueId> {
+    let half = (d / 2) as i64;
+    let x1 = g.slice(x, -1, 0, Some(half))?;
+    let x2 = g.slice(x, -1, half, Some(2 * half))?;
+    let a = g.mul(x1, cos)?;
+    let b = g.mul(x2, sin)?;
+    let lo = g.sub(a, b)?;
+    let a = g.mul(x2, cos)?;
+    let b = g.mul(x1, sin)?;
+    let hi = g.add(a, b)?;
+    g.concat(&[lo, hi], -1)
+}
