@@ -1,5 +1,7 @@
 //! The `tttc` command line.
 
+mod compile;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -41,14 +43,58 @@ untouched.")]
         #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
         backend: BackendArg,
     },
-    /// Print the model's IR as text (it parses back to the same graph).
+    /// Print the model's IR as text, as built or after a pass (it parses back to the same graph).
     #[command(long_about = "Print the model's IR as text.\n\nThe graph is verified first. Its text \
 parses back to the same graph (`tttc_ir::text::parse`). Parameters are listed as `param` \
-arguments with their Hugging Face names; `B` and `T` are the symbolic batch and sequence sizes.")]
+arguments with their Hugging Face names; `B` and `T` are the symbolic batch and sequence sizes. \
+With --after PASS, the pass pipeline runs up to and including PASS and the IR it leaves is printed \
+(docs/passes.md describes the passes).")]
     Ir {
         /// Model folder (config.json) or model.toml.
         model: PathBuf,
+        #[arg(long, value_name = "PASS", help = after_help(false), long_help = after_help(true))]
+        after: Option<String>,
     },
+    /// Run the pass pipeline and write the IR after every pass and a manifest with cost estimates.
+    #[command(long_about = "Run the pass pipeline on a model's graph and write what each pass made \
+of it.\n\nThe weights are not needed: only the model's structure is read. DIR receives \
+ir/00-input.ir (the frontend's graph), ir/NN-PASS.ir (the IR after each pass, in pipeline order) \
+and manifest.json: the tttc version, the model (path, model_type, parameter count and bytes), the \
+shape bindings used for the estimates (B = --batch, T = --seq-len), each pass (what it does, its \
+time, nodes before and after, the graph's FLOPs, bytes moved and intermediate bytes after it) and \
+the final graph's regions (each top-level scan: the TTT mini-batch loop, the Mamba scan; and the \
+rest). Every graph is verified after each pass. A progress line per pass goes to stderr. DIR is \
+built next to itself as DIR.tmp-PID and then renamed into place; an existing DIR is replaced only \
+if it is empty or an earlier compile wrote it (it holds manifest.json). See docs/passes.md.")]
+    Compile {
+        /// Model folder (config.json) or model.toml.
+        model: PathBuf,
+        /// Output folder [default: <model stem>.tttc in the current folder].
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// Batch size B the cost estimates are computed for.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
+        /// Sequence length T the cost estimates are computed for.
+        #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+        seq_len: u64,
+    },
+}
+
+/// Help for `tttc ir --after`, naming the pipeline's passes.
+fn after_help(long: bool) -> String {
+    let short = format!("Print the IR after this pass of the pipeline ({})", tttc_passes::pass_names().join(", "));
+    if !long {
+        return short;
+    }
+    let mut s = format!(
+        "{short}.\n\nThe passes run in this order, each followed by the verifier; the IR printed is \
+the graph after the named pass:"
+    );
+    for p in tttc_passes::pipeline() {
+        s += &format!("\n  {:<16} {}", p.name, p.about);
+    }
+    s
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -73,12 +119,23 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run { model, input, output, weights, backend } => run(&model, &input, &output, weights.as_deref(), backend),
-        Command::Ir { model } => {
-            let graph = structure_only(&model)?;
+        Command::Ir { model, after } => {
+            let mut graph = structure_only(&model)?;
             tttc_ir::verify(&graph)?;
+            if let Some(pass) = after {
+                if let Some(r) = tttc_passes::run_pipeline(&graph, Some(&pass))?.pop() {
+                    graph = r.graph;
+                }
+            }
             print!("{}", tttc_ir::text::print(&graph));
             Ok(())
         }
+        Command::Compile { model, output, batch, seq_len } => compile::compile(&compile::Request {
+            model: &model,
+            out: output.as_deref(),
+            batch: usize::try_from(batch).context("--batch is too large")?,
+            seq_len: usize::try_from(seq_len).context("--seq-len is too large")?,
+        }),
     }
 }
 

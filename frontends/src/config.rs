@@ -52,10 +52,158 @@ impl Keys<'_> {
     }
 }
 
+/// The reference inner models, named by `ttt_layer_type`: presets of [`InnerSpec`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InnerModel {
     Linear,
     Mlp,
+}
+
+impl InnerModel {
+    /// `linear`: `f(x) = x + LN(x W1 + b1)`; `mlp`: `f(x) = x + LN(gelu_tanh(x W1 + b1) W2 + b2)`
+    /// with a hidden width of 4d (SPEC §2 step 4).
+    pub fn spec(self) -> InnerSpec {
+        let widths = match self {
+            InnerModel::Linear => vec![],
+            InnerModel::Mlp => vec![4],
+        };
+        InnerSpec {
+            widths,
+            bias: true,
+            activation: Activation::GeluTanh,
+            residual: true,
+            norm: InnerNorm::LayerNorm,
+            loss: InnerLoss::Reconstruction,
+        }
+    }
+}
+
+/// The TTT inner learner built from parts (config key `ttt_inner`, docs/model-toml.md): per head,
+/// `len(widths) + 1` linear layers `d → widths[0]·d → … → d` with `activation` between
+/// consecutive layers, `N` the inner LayerNorm or the identity, and
+/// `f(x) = x + N(Z(x))` with `residual`, `N(Z(x))` without. The self-supervised loss of a token is
+/// `ℓ = ½‖f(k) − v‖²`, built as `½‖N(Z(k)) − t‖²` with target `t = v − k` (residual) or `t = v`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InnerSpec {
+    /// Hidden widths as multiples of the head dimension d (0 to 2 of them).
+    pub widths: Vec<usize>,
+    /// Whether every layer has a bias `b{l}`.
+    pub bias: bool,
+    /// Between consecutive layers (unused by a one-layer model).
+    pub activation: Activation,
+    pub residual: bool,
+    pub norm: InnerNorm,
+    pub loss: InnerLoss,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`
+    GeluTanh,
+    /// `max(x, 0)`
+    Relu,
+    /// `x · sigmoid(x)`
+    Silu,
+}
+
+/// The normalisation of the inner model's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InnerNorm {
+    /// LayerNorm over d, eps 1e-6, weight `ttt_norm_weight[h]`, bias `ttt_norm_bias[h]`.
+    LayerNorm,
+    /// None, and no `ttt_norm_*` weights.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InnerLoss {
+    /// `½‖f(k) − v‖²`.
+    Reconstruction,
+}
+
+/// The keys of a `ttt_inner` table.
+const INNER_KEYS: [&str; 6] = ["widths", "bias", "activation", "residual", "norm", "loss"];
+
+/// Most layers an inner model may have.
+pub const MAX_INNER_DEPTH: usize = 3;
+
+impl InnerSpec {
+    /// The number of linear layers.
+    pub fn depth(&self) -> usize {
+        self.widths.len() + 1
+    }
+
+    /// The preset this spec is, if any (the activation of a one-layer model does not count).
+    pub fn preset(&self) -> Option<InnerModel> {
+        [InnerModel::Linear, InnerModel::Mlp].into_iter().find(|m| {
+            let p = m.spec();
+            let act = self.widths.is_empty() || self.activation == p.activation;
+            act && InnerSpec { activation: p.activation, ..self.clone() } == p
+        })
+    }
+
+    /// `ttt_layer_type`'s preset with the keys of `ttt_inner` (when present) replacing its fields.
+    fn from_keys(k: &Keys) -> Result<InnerSpec> {
+        let mut spec = match k.str_or("ttt_layer_type", "linear")? {
+            "linear" => InnerModel::Linear,
+            "mlp" => InnerModel::Mlp,
+            other => bail!("unknown ttt_layer_type {other:?} (expected \"linear\" or \"mlp\")"),
+        }
+        .spec();
+        let Some(table) = k.get("ttt_inner") else { return Ok(spec) };
+        let table = table
+            .as_object()
+            .with_context(|| format!("config key ttt_inner must be a table of inner-learner keys, got {table}"))?;
+        if let Some(key) = table.keys().find(|key| !INNER_KEYS.contains(&key.as_str())) {
+            bail!("unknown config key ttt_inner.{key} (expected {})", INNER_KEYS.join(", "));
+        }
+        // Errors name the keys with their table: `ttt_inner.bias`.
+        let prefixed: Map<String, Value> = table.iter().map(|(key, v)| (format!("ttt_inner.{key}"), v.clone())).collect();
+        let t = Keys(&prefixed);
+        if let Some(v) = t.get("ttt_inner.widths") {
+            let list = v.as_array().with_context(|| {
+                format!("config key ttt_inner.widths must be a list of positive integers (hidden widths in multiples of the head dimension), got {v}")
+            })?;
+            spec.widths = list
+                .iter()
+                .map(|w| match w.as_u64() {
+                    Some(n) if n > 0 => Ok(n as usize),
+                    _ => bail!("config key ttt_inner.widths must hold positive integers (multiples of the head dimension), got {w}"),
+                })
+                .collect::<Result<_>>()?;
+            if spec.depth() > MAX_INNER_DEPTH {
+                bail!(
+                    "config key ttt_inner.widths = {v} makes an inner model of depth {} (at most {MAX_INNER_DEPTH} layers: 0 to {} hidden widths)",
+                    spec.depth(),
+                    MAX_INNER_DEPTH - 1
+                );
+            }
+        }
+        spec.bias = t.bool_or("ttt_inner.bias", spec.bias)?;
+        spec.residual = t.bool_or("ttt_inner.residual", spec.residual)?;
+        if t.get("ttt_inner.activation").is_some() {
+            spec.activation = match t.str_or("ttt_inner.activation", "")? {
+                "gelu_tanh" => Activation::GeluTanh,
+                "relu" => Activation::Relu,
+                "silu" => Activation::Silu,
+                other => bail!("config key ttt_inner.activation = {other:?} is not supported (expected \"gelu_tanh\", \"relu\" or \"silu\")"),
+            };
+        }
+        if t.get("ttt_inner.norm").is_some() {
+            spec.norm = match t.str_or("ttt_inner.norm", "")? {
+                "layer_norm" => InnerNorm::LayerNorm,
+                "none" => InnerNorm::None,
+                other => bail!("config key ttt_inner.norm = {other:?} is not supported (expected \"layer_norm\" or \"none\")"),
+            };
+        }
+        if t.get("ttt_inner.loss").is_some() {
+            spec.loss = match t.str_or("ttt_inner.loss", "")? {
+                "reconstruction" => InnerLoss::Reconstruction,
+                other => bail!("config key ttt_inner.loss = {other:?} is not supported (only \"reconstruction\")"),
+            };
+        }
+        Ok(spec)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -66,7 +214,8 @@ pub struct TttConfig {
     pub num_hidden_layers: usize,
     pub num_heads: usize,
     pub mini_batch_size: usize,
-    pub inner: InnerModel,
+    /// The inner learner: `ttt_layer_type`'s preset, or its `ttt_inner` refinement.
+    pub inner: InnerSpec,
     pub ttt_base_lr: f64,
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
@@ -177,11 +326,7 @@ fn heads_divide(hidden: usize, heads: usize) -> Result<()> {
 impl TttConfig {
     pub fn from_keys(k: &Keys) -> Result<TttConfig> {
         k.require_silu()?;
-        let inner = match k.str_or("ttt_layer_type", "linear")? {
-            "linear" => InnerModel::Linear,
-            "mlp" => InnerModel::Mlp,
-            other => bail!("unknown ttt_layer_type {other:?} (expected \"linear\" or \"mlp\")"),
-        };
+        let inner = InnerSpec::from_keys(k)?;
         let c = TttConfig {
             vocab_size: positive("vocab_size", k.usize("vocab_size")?)?,
             hidden_size: positive("hidden_size", k.usize("hidden_size")?)?,

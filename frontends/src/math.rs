@@ -22,33 +22,6 @@ pub fn layer_norm(g: &mut Graph, x: ValueId, w: ValueId, b: ValueId, eps: f64) -
     g.add(y, b)
 }
 
-/// d gelu_tanh(x) / dx = ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²), t = tanh(c(x + 0.044715x³)), c = √(2/π).
-pub fn gelu_tanh_grad(g: &mut Graph, x: ValueId) -> Result<ValueId> {
-    let c = (2.0 / std::f64::consts::PI).sqrt();
-    let x2 = g.mul(x, x)?;
-    let k = g.scalar(0.044715)?;
-    let kx2 = g.mul(k, x2)?;
-    let one = g.scalar(1.0)?;
-    let inner = g.add(one, kx2)?; // 1 + 0.044715x²
-    let cs = g.scalar(c)?;
-    let u = g.mul(x, inner)?;
-    let u = g.mul(cs, u)?;
-    let t = g.unary(UnaryOp::Tanh, u)?;
-    let half = g.scalar(0.5)?;
-    let left = g.add(one, t)?;
-    let left = g.mul(half, left)?;
-    let t2 = g.mul(t, t)?;
-    let sech2 = g.sub(one, t2)?;
-    let k3 = g.scalar(3.0 * 0.044715)?;
-    let k3x2 = g.mul(k3, x2)?;
-    let du = g.add(one, k3x2)?;
-    let du = g.mul(cs, du)?;
-    let right = g.mul(x, sech2)?;
-    let right = g.mul(right, du)?;
-    let right = g.mul(half, right)?;
-    g.add(left, right)
-}
-
 /// `[B, T, H·d]` → `[B, H, T, d]`: head h takes columns h·d … h·d+d−1.
 pub fn split_heads(g: &mut Graph, x: ValueId, heads: usize, d: usize) -> Result<ValueId> {
     let x = g.reshape(x, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(heads), Dim::c(d)])?;

@@ -3,23 +3,24 @@
 //! The TTT layer is built in its **primal** form: inside each mini-batch, token i reads the inner
 //! model with its own weights `W_i = W₀ − Σ_{j≤i} η[i,j] g_j`, all gradients taken at the
 //! mini-batch's starting state `W₀`; the mini-batch loop is a `Scan` carrying the inner state.
-//! Deriving the dual form from this is the passes' job. The inner gradient is spelled out here by
-//! hand (LayerNorm + L2 backward, then back through the inner layers).
+//! The inner gradient is not spelled out: it is a `grad` op over the inner loss, which the passes'
+//! autodiff expands; deriving the dual form is the passes' job too.
 
 use anyhow::Result;
-use tttc_ir::{DType, Dim, Graph, Scan, Type, UnaryOp, ValueId};
+use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, ModelBuilder};
-use crate::config::{InnerModel, TttConfig};
-use crate::math::{gelu_tanh_grad, layer_norm, normalize, rope_angles, split_heads};
+use crate::config::{Activation, InnerModel, InnerNorm, InnerSpec, TttConfig};
+use crate::math::{layer_norm, rope_angles, split_heads};
 
 /// LayerNorm eps of the inner model's output and of `post_norm` (fixed in the reference).
 const LN_EPS: f64 = 1e-6;
 
 pub fn build(c: &TttConfig) -> Result<ModelBuilder> {
-    let name = match c.inner {
-        InnerModel::Linear => "ttt_linear",
-        InnerModel::Mlp => "ttt_mlp",
+    let name = match c.inner.preset() {
+        Some(InnerModel::Linear) => "ttt_linear",
+        Some(InnerModel::Mlp) => "ttt_mlp",
+        None => "ttt",
     };
     let mut b = ModelBuilder::new(name);
     let lm = LmShape {
@@ -51,13 +52,13 @@ fn block(b: &mut ModelBuilder, c: &TttConfig, mut h: ValueId, p: &str) -> Result
     b.add(h, y)
 }
 
-/// The inner model's layers: `(in, out)` widths; gelu_tanh between consecutive layers.
+/// The inner model's layers: `(in, out)` widths, `d → widths[0]·d → … → d`.
 fn inner_layers(c: &TttConfig) -> Vec<(usize, usize)> {
     let d = c.head_dim();
-    match c.inner {
-        InnerModel::Linear => vec![(d, d)],
-        InnerModel::Mlp => vec![(d, 4 * d), (4 * d, d)],
-    }
+    let mut sizes = vec![d];
+    sizes.extend(c.inner.widths.iter().map(|w| w * d));
+    sizes.push(d);
+    sizes.windows(2).map(|p| (p[0], p[1])).collect()
 }
 
 fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result<ValueId> {
@@ -90,26 +91,32 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let lr = b.transpose(lr, &[0, 2, 1])?; // [B, H, T]
 
     let token_idx = b.weight(&format!("{s}learnable_token_idx"), &[c.mini_batch_size], Init::Zeros);
-    let ln_w = b.weight(&format!("{s}ttt_norm_weight"), &[heads, d], Init::Ones);
-    let ln_b = b.weight(&format!("{s}ttt_norm_bias"), &[heads, d], Init::Zeros);
-    let per_head = vec![Dim::c(1), Dim::c(heads), Dim::c(1), Dim::c(d)];
-    let ln_w = b.reshape(ln_w, per_head.clone())?;
-    let ln_b = b.reshape(ln_b, per_head)?;
+    let norm = match c.inner.norm {
+        InnerNorm::LayerNorm => {
+            let ln_w = b.weight(&format!("{s}ttt_norm_weight"), &[heads, d], Init::Ones);
+            let ln_b = b.weight(&format!("{s}ttt_norm_bias"), &[heads, d], Init::Zeros);
+            let per_head = vec![Dim::c(1), Dim::c(heads), Dim::c(1), Dim::c(d)];
+            Some([b.reshape(ln_w, per_head.clone())?, b.reshape(ln_b, per_head)?])
+        }
+        InnerNorm::None => None,
+    };
 
-    // The inner state, broadcast over the batch: [W1, b1, W2, b2, …].
+    // The inner state, broadcast over the batch: [W1, b1, W2, b2, …] (no b{l} without bias).
     let batch = Dim::sym("B");
     let mut state = Vec::new();
     for (l, &(fan_in, fan_out)) in inner_layers(c).iter().enumerate() {
         let w = b.weight(&format!("{s}W{}", l + 1), &[heads, fan_in, fan_out], Init::Normal { std: 0.02 });
-        let bias = b.weight(&format!("{s}b{}", l + 1), &[heads, 1, fan_out], Init::Zeros);
-        let w = b.broadcast(w, vec![batch.clone(), Dim::c(heads), Dim::c(fan_in), Dim::c(fan_out)])?;
-        let bias = b.broadcast(bias, vec![batch.clone(), Dim::c(heads), Dim::c(1), Dim::c(fan_out)])?;
-        state.extend([w, bias]);
+        state.push(b.broadcast(w, vec![batch.clone(), Dim::c(heads), Dim::c(fan_in), Dim::c(fan_out)])?);
+        if c.inner.bias {
+            let bias = b.weight(&format!("{s}b{}", l + 1), &[heads, 1, fan_out], Init::Zeros);
+            state.push(b.broadcast(bias, vec![batch.clone(), Dim::c(heads), Dim::c(1), Dim::c(fan_out)])?);
+        }
     }
     let body = mini_batch_body(c, &state.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>())?;
     let carries = state.len();
     let mut inputs = state;
-    inputs.extend([q, k, v, lr, token_idx, ln_w, ln_b]);
+    inputs.extend([q, k, v, lr, token_idx]);
+    inputs.extend(norm.into_iter().flatten());
     let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body }, &inputs)?;
     let z = outs[carries]; // [B, H, T, d]
 
@@ -127,8 +134,14 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
 }
 
 /// One mini-batch of n ≤ b tokens, primal form. Arguments: the inner state, the chunk's Q, K, V
-/// `[B, H, n, d]` and lr `[B, H, n]`, then `learnable_token_idx` and the inner LayerNorm's weight
-/// and bias. Returns the next state (the last token's weights) and the outputs `Q + LN(f_{W_i}(q_i))`.
+/// `[B, H, n, d]` and lr `[B, H, n]`, then `learnable_token_idx` and, with the inner LayerNorm, its
+/// weight and bias. Returns the next state (the last token's weights) and the outputs
+/// `f_{W_i}(q_i)` (`q_i + LN(Z_{W_i}(q_i))` for the reference learners).
+///
+/// Every token reads and is trained through its own copy of the weights, shaped
+/// `[B, H, n, rows, cols]` (a bias is a one-row matrix): the gradient of the summed inner loss with
+/// respect to token j's copy is that token's gradient g_j at W₀. The gradient is a `grad` op over
+/// the inner loss, which the passes expand.
 fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
     let (heads, d) = (c.num_heads, c.head_dim());
     let (bsym, n) = (Dim::sym("B"), Dim::sym("n"));
@@ -140,9 +153,13 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
     let v = g.input("v", chunk);
     let lr = g.input("lr", Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone()]));
     let token_idx = g.input("token_idx", Type::f32(&[c.mini_batch_size]));
-    let per_head = Type::f32(&[1, heads, 1, d]);
-    let ln_w = g.input("ln_weight", per_head.clone());
-    let ln_b = g.input("ln_bias", per_head);
+    let norm = match c.inner.norm {
+        InnerNorm::LayerNorm => {
+            let per_head = Type::f32(&[1, heads, 1, d]);
+            Some([g.input("ln_weight", per_head.clone()), g.input("ln_bias", per_head)])
+        }
+        InnerNorm::None => None,
+    };
 
     let q = rope(&mut g, q, d, c.rope_theta)?;
     let k = rope(&mut g, k, d, c.rope_theta)?;
@@ -156,69 +173,49 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
     let inv = g.div(one, denom)?;
     let tau = g.add(inv, tau)?;
     let zero = g.scalar(0.0)?;
-    let tau = g.binary(tttc_ir::BinaryOp::Max, tau, zero)?;
+    let tau = g.binary(BinaryOp::Max, tau, zero)?;
     let tau = g.reshape(tau, vec![n.clone(), Dim::c(1)])?;
     let lr_row = g.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), n.clone()])?;
     let eta = g.mul(tau, lr_row)?;
     let eta = g.tri_mask(eta, 0.0)?; // [B, H, n, n]
 
-    // Inner forward on the keys, keeping each layer's input and pre-activation.
-    let layers = state.len() / 2;
-    let mut inputs = Vec::new();
-    let mut pre = Vec::new();
-    let mut a = k;
-    for l in 0..layers {
-        inputs.push(a);
-        let z = g.matmul(a, state[2 * l])?;
-        let z = g.add(z, state[2 * l + 1])?;
-        pre.push(z);
-        a = if l + 1 < layers { g.unary(UnaryOp::GeluTanh, z)? } else { z };
+    // The state as matrices with a token axis of 1, and per-token copies of it.
+    let mut start = Vec::new(); // [B, H, 1, rows, cols]
+    let mut copies = Vec::new(); // [B, H, n, rows, cols]
+    for &s in &state {
+        let (rows, cols) = matrix_dims(g.ty(s));
+        let m = g.reshape(s, vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows), Dim::c(cols)])?;
+        copies.push(g.broadcast(m, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?);
+        start.push(m);
     }
-    // ∂ℓ/∂Z of ℓ = ½‖LN(Z) − (v − k)‖², then back through the layers.
-    let target = g.sub(v, k)?;
-    let mut grad = ln_l2_backward(&mut g, pre[layers - 1], target, ln_w, ln_b, d)?;
-    let mut grads = vec![grad; layers];
-    for l in (0..layers - 1).rev() {
-        let wt = g.transpose_last2(state[2 * (l + 1)])?;
-        let back = g.matmul(grad, wt)?;
-        let dact = gelu_tanh_grad(&mut g, pre[l])?;
-        grad = g.mul(back, dact)?;
-        grads[l] = grad;
-    }
+    let mut operands = copies.clone();
+    operands.extend([k, v]);
+    operands.extend(norm.into_iter().flatten());
+    let norm_type = norm.map(|[w, _]| g.ty(w).clone());
+    let loss = inner_loss(&c.inner, &copies.iter().map(|&v| g.ty(v).clone()).collect::<Vec<_>>(), g.ty(k), norm_type.as_ref())?;
+    let grads = g.push(Op::Grad(Box::new(Grad { wrt: (0..copies.len()).collect(), body: loss })), &operands)?;
 
-    // Per-token weights W_i = W₀ − Σ_j η[i,j] (a_jᵀ G_j), b_i = b₀ − Σ_j η[i,j] G_j.
-    let mut per_token = Vec::new();
+    // W_i = W₀ − Σ_j η[i,j] g_j for every weight and bias; the next state is the last token's.
+    let mut weights = Vec::new();
     let mut next_state = Vec::new();
-    for l in 0..layers {
-        let (fan_in, fan_out) = (g.dim(inputs[l], -1)?, g.dim(grads[l], -1)?);
-        let (fi, fo) = (fan_in.as_const().unwrap(), fan_out.as_const().unwrap());
-        let col = g.reshape(inputs[l], vec![bsym.clone(), Dim::c(heads), n.clone(), fan_in.clone(), Dim::c(1)])?;
-        let row = g.reshape(grads[l], vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(1), fan_out.clone()])?;
-        let outer = g.mul(col, row)?;
-        let outer = g.reshape(outer, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(fi * fo)])?;
-        let step = g.matmul(eta, outer)?;
-        let step = g.reshape(step, vec![bsym.clone(), Dim::c(heads), n.clone(), fan_in, fan_out.clone()])?;
-        let w0 = g.reshape(state[2 * l], vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(fi), Dim::c(fo)])?;
-        let w = g.sub(w0, step)?; // [B, H, n, in, out]
-        let bstep = g.matmul(eta, grads[l])?;
-        let bias = g.sub(state[2 * l + 1], bstep)?; // [B, H, n, out]
-        let w_last = g.slice(w, 2, -1, None)?;
-        next_state.push(g.reshape(w_last, vec![bsym.clone(), Dim::c(heads), Dim::c(fi), Dim::c(fo)])?);
-        next_state.push(g.slice(bias, 2, -1, None)?);
-        per_token.push((w, bias, fi, fo));
+    for ((&s, &w0), &gj) in state.iter().zip(&start).zip(&grads) {
+        let (rows, cols) = matrix_dims(g.ty(s));
+        let flat = g.reshape(gj, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows * cols)])?;
+        let step = g.matmul(eta, flat)?;
+        let step = g.reshape(step, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?;
+        let w = g.sub(w0, step)?;
+        let last = g.slice(w, 2, -1, None)?;
+        next_state.push(g.reshape(last, g.ty(s).shape.clone())?);
+        weights.push(w);
     }
 
     // Token i's output: the inner model with weights W_i applied to q_i.
-    let mut a = q;
-    for (l, &(w, bias, fi, fo)) in per_token.iter().enumerate() {
-        let row = g.reshape(a, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(1), Dim::c(fi)])?;
-        let z = g.matmul(row, w)?;
-        let z = g.reshape(z, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(fo)])?;
-        let z = g.add(z, bias)?;
-        a = if l + 1 < layers { g.unary(UnaryOp::GeluTanh, z)? } else { z };
-    }
-    let normed = layer_norm(&mut g, a, ln_w, ln_b, LN_EPS)?;
-    let out = g.add(q, normed)?;
+    let z = inner_model(&mut g, &c.inner, q, &weights)?;
+    let normed = match norm {
+        Some([ln_w, ln_b]) => layer_norm(&mut g, z, ln_w, ln_b, LN_EPS)?,
+        None => z,
+    };
+    let out = if c.inner.residual { g.add(q, normed)? } else { normed };
 
     for (i, s) in next_state.into_iter().enumerate() {
         g.output(&format!("state{i}"), s);
@@ -227,25 +224,70 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
     Ok(g)
 }
 
-/// ∂/∂Z of ½‖LN(Z) − target‖² over the last axis (width `d`):
-/// `(d·ĝ − Σĝ − x̂·Σ(ĝ·x̂)) / (d·σ)` with `ĝ = (LN(Z) − target)·w`.
-fn ln_l2_backward(g: &mut Graph, z: ValueId, target: ValueId, w: ValueId, b: ValueId, d: usize) -> Result<ValueId> {
-    use tttc_ir::ReduceKind::Sum;
-    let (xhat, std) = normalize(g, z, LN_EPS)?;
-    let y = g.mul(w, xhat)?;
-    let y = g.add(y, b)?;
-    let dy = g.sub(y, target)?;
-    let gx = g.mul(dy, w)?;
-    let dn = g.scalar(d as f64)?;
-    let scaled = g.mul(dn, gx)?;
-    let s1 = g.reduce(Sum, gx, -1, true)?;
-    let gxx = g.mul(gx, xhat)?;
-    let s2 = g.reduce(Sum, gxx, -1, true)?;
-    let t = g.sub(scaled, s1)?;
-    let u = g.mul(xhat, s2)?;
-    let t = g.sub(t, u)?;
-    let denom = g.mul(dn, std)?;
-    g.div(t, denom)
+/// `(rows, cols)` of a state tensor `[B, H, rows, cols]` (a bias has one row).
+fn matrix_dims(t: &Type) -> (usize, usize) {
+    let r = t.rank();
+    (t.shape[r - 2].as_const().expect("static"), t.shape[r - 1].as_const().expect("static"))
+}
+
+/// The inner model's layers `Z(x)` on `x` `[B, H, n, d]` with per-token `weights`
+/// `[W1, b1, W2, b2, …]` (no `b{l}` without bias), each `[B, H, n, rows, cols]`: linear layers with
+/// the spec's activation between them. Returns `[B, H, n, d_out]`.
+fn inner_model(g: &mut Graph, spec: &InnerSpec, x: ValueId, weights: &[ValueId]) -> Result<ValueId> {
+    let mut shape = g.ty(x).shape.clone();
+    let mut row_shape = shape.clone();
+    row_shape.insert(3, Dim::c(1));
+    let mut a = g.reshape(x, row_shape)?; // [B, H, n, 1, d]
+    let per_layer = if spec.bias { 2 } else { 1 };
+    let layers = weights.len() / per_layer;
+    debug_assert_eq!(layers, spec.depth());
+    for (l, p) in weights.chunks(per_layer).enumerate() {
+        let mut z = g.matmul(a, p[0])?;
+        if spec.bias {
+            z = g.add(z, p[1])?;
+        }
+        a = if l + 1 < layers { activate(g, spec.activation, z)? } else { z };
+    }
+    *shape.last_mut().unwrap() = g.dim(a, -1)?;
+    g.reshape(a, shape)
+}
+
+fn activate(g: &mut Graph, act: Activation, z: ValueId) -> Result<ValueId> {
+    match act {
+        Activation::GeluTanh => g.unary(UnaryOp::GeluTanh, z),
+        Activation::Silu => g.unary(UnaryOp::Silu, z),
+        Activation::Relu => {
+            let zero = g.scalar(0.0)?;
+            g.binary(BinaryOp::Max, z, zero)
+        }
+    }
+}
+
+/// The inner self-supervised loss summed over the mini-batch's tokens, `Σ_j ½‖f_{W_j}(k_j) − v_j‖²`,
+/// built as `Σ_j ½‖N(Z_{W_j}(k_j)) − t_j‖²` with `t_j = v_j − k_j` when the inner model is residual
+/// and `t_j = v_j` otherwise (N the inner LayerNorm or the identity), as a graph of (per-token
+/// weights…, k, v[, LN weight, LN bias]).
+fn inner_loss(spec: &InnerSpec, weight_types: &[Type], kv: &Type, ln: Option<&Type>) -> Result<Graph> {
+    let mut g = Graph::new("inner_loss");
+    let weights: Vec<ValueId> = weight_types.iter().enumerate().map(|(i, t)| g.input(&format!("w{i}"), t.clone())).collect();
+    let k = g.input("k", kv.clone());
+    let v = g.input("v", kv.clone());
+    let norm = ln.map(|ln| [g.input("ln_weight", ln.clone()), g.input("ln_bias", ln.clone())]);
+    let z = inner_model(&mut g, spec, k, &weights)?;
+    let y = match norm {
+        Some([ln_w, ln_b]) => layer_norm(&mut g, z, ln_w, ln_b, LN_EPS)?,
+        None => z,
+    };
+    let target = if spec.residual { g.sub(v, k)? } else { v };
+    let diff = g.sub(y, target)?;
+    let sq = g.mul(diff, diff)?;
+    let half = g.scalar(0.5)?;
+    let mut loss = g.mul(half, sq)?;
+    while g.ty(loss).rank() > 0 {
+        loss = g.reduce(tttc_ir::ReduceKind::Sum, loss, 0, false)?;
+    }
+    g.output("loss", loss);
+    Ok(g)
 }
 
 /// Interleaved RoPE over the last axis of `x` `[B, H, n, d]` with positions 0…n−1:

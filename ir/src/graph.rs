@@ -217,9 +217,12 @@ impl Graph {
                 .nodes
                 .iter()
                 .map(|n| Node {
-                    op: match &n.op {
-                        Op::Scan(s) => Op::Scan(Box::new(Scan { body: s.body.canonical(), ..(**s).clone() })),
-                        op => op.clone(),
+                    op: {
+                        let mut op = n.op.clone();
+                        if let Some(body) = op.body_mut() {
+                            *body = body.canonical();
+                        }
+                        op
                     },
                     inputs: n.inputs.iter().map(at).collect(),
                     outputs: n.outputs.iter().map(at).collect(),

@@ -1,9 +1,9 @@
 //! Type inference: the result types of an op from its operand types. The builder and the verifier
 //! share it, so a graph is checked by the same rules it was built with.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
-use crate::op::{Op, Scan, UnaryOp};
+use crate::op::{Grad, Op, Scan, UnaryOp};
 use crate::types::{DType, Dim, Type};
 
 pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
@@ -156,7 +156,29 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
             one(ins[0].clone())
         }
         Op::Scan(scan) => infer_scan(scan, ins),
+        Op::Grad(grad) => infer_grad(grad, ins),
     }
+}
+
+fn infer_grad(grad: &Grad, ins: &[&Type]) -> Result<Vec<Type>> {
+    let body = &grad.body;
+    ensure!(body.args.len() == ins.len(), "body takes {} arguments, grad has {} operands", body.args.len(), ins.len());
+    for (i, (arg, outer)) in body.args.iter().zip(ins).enumerate() {
+        let inner = body.ty(arg.value);
+        ensure!(inner == *outer, "body argument {i} is {inner}, operand is {outer}");
+    }
+    ensure!(body.outputs.len() == 1, "body must return one value, returns {}", body.outputs.len());
+    let out = body.ty(body.outputs[0].1);
+    ensure!(out.dtype == DType::F32 && out.rank() == 0, "body must return an f32 scalar, returns {out}");
+    ensure!(!grad.wrt.is_empty(), "needs at least one argument to differentiate");
+    grad.wrt
+        .iter()
+        .map(|&i| {
+            let t = ins.get(i).with_context(|| format!("wrt {i} is not an argument"))?;
+            ensure!(t.dtype == DType::F32, "cannot differentiate with respect to {t}");
+            Ok((*t).clone())
+        })
+        .collect()
 }
 
 fn infer_scan(scan: &Scan, ins: &[&Type]) -> Result<Vec<Type>> {

@@ -165,6 +165,7 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
             one(map_float!(t, t.shape.clone(), |d| tri_mask(d, rows, cols, *fill)))
         }
         Op::Scan(scan) => run_scan(scan, ins, env, prec),
+        Op::Grad(_) => bail!("grad is not executable: the inner-autodiff pass expands it first"),
     }
 }
 
@@ -295,7 +296,7 @@ fn unary<R: Real>(u: UnaryOp, x: &[R]) -> Vec<R> {
     x.iter().map(|&v| f(v)).collect()
 }
 
-fn bin<T: Copy + PartialOrd + Add<Output = T> + Sub<Output = T> + Mul<Output = T> + Div<Output = T>>(
+fn bin<T: Copy + PartialOrd + From<u8> + Add<Output = T> + Sub<Output = T> + Mul<Output = T> + Div<Output = T>>(
     b: BinaryOp,
 ) -> impl Fn(T, T) -> T {
     move |x, y| match b {
@@ -310,6 +311,7 @@ fn bin<T: Copy + PartialOrd + Add<Output = T> + Sub<Output = T> + Mul<Output = T
                 x
             }
         }
+        BinaryOp::Ge => T::from((x >= y) as u8),
     }
 }
 
@@ -331,6 +333,7 @@ fn binary(b: BinaryOp, x: &Tensor, y: &Tensor) -> Result<Tensor> {
                 BinaryOp::Mul => x.wrapping_mul(y),
                 BinaryOp::Div => x.wrapping_div(y),
                 BinaryOp::Max => x.max(y),
+                BinaryOp::Ge => (x >= y) as i64,
             };
             Data::I64(zip_strided(a, &sx, c, &sy, &shape, f))
         }

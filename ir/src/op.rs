@@ -28,6 +28,8 @@ pub enum BinaryOp {
     Mul,
     Div,
     Max,
+    /// `1` where `x ≥ y`, else `0` (in the operands' type): masks for derivatives of max and relu.
+    Ge,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,6 +67,10 @@ pub enum Op {
     /// Over the last two axes, entries above the diagonal (column > row) become `fill`.
     TriMask { fill: f64 },
     Scan(Box<Scan>),
+    /// The gradient of a body's scalar output with respect to some of its arguments. Operands are
+    /// the body's arguments; results are the gradients of arguments `wrt`, in that order. Passes
+    /// expand it into explicit ops (reverse-mode autodiff) before anything executes it.
+    Grad(Box<Grad>),
 }
 
 /// A structured loop over a sequence axis, `chunk` elements at a time (the last chunk may be
@@ -81,7 +87,30 @@ pub struct Scan {
     pub body: Graph,
 }
 
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grad {
+    pub wrt: Vec<usize>,
+    pub body: Graph,
+}
+
 impl Op {
+    /// The nested graph of a `scan` or `grad`.
+    pub fn body(&self) -> Option<&Graph> {
+        match self {
+            Op::Scan(s) => Some(&s.body),
+            Op::Grad(g) => Some(&g.body),
+            _ => None,
+        }
+    }
+
+    pub fn body_mut(&mut self) -> Option<&mut Graph> {
+        match self {
+            Op::Scan(s) => Some(&mut s.body),
+            Op::Grad(g) => Some(&mut g.body),
+            _ => None,
+        }
+    }
+
     /// The op's name in the text format.
     pub fn name(&self) -> &'static str {
         match self {
@@ -105,6 +134,7 @@ impl Op {
                 BinaryOp::Mul => "mul",
                 BinaryOp::Div => "div",
                 BinaryOp::Max => "max",
+                BinaryOp::Ge => "ge",
             },
             Op::Const { .. } => "const",
             Op::Iota { .. } => "iota",
@@ -125,6 +155,7 @@ impl Op {
             Op::OneHot { .. } => "one_hot",
             Op::TriMask { .. } => "tri_mask",
             Op::Scan(_) => "scan",
+            Op::Grad(_) => "grad",
         }
     }
 
@@ -142,7 +173,7 @@ impl Op {
         UnaryOp::Sin,
         UnaryOp::Cos,
     ];
-    pub const BINARY: [BinaryOp; 5] =
-        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max];
+    pub const BINARY: [BinaryOp; 6] =
+        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Ge];
     pub const REDUCE: [ReduceKind; 3] = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max];
 }

@@ -34,7 +34,7 @@ use anyhow::{anyhow, Result};
 
 use crate::graph::{Arg, ArgKind, Graph, Node, ValueId};
 use crate::infer::infer;
-use crate::op::{Op, Scan};
+use crate::op::{Grad, Op, Scan};
 use crate::types::{DType, Dim, Type};
 
 /// Inline argument lists longer than this go one argument per line.
@@ -147,6 +147,10 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             ("carries", s.carries.to_string()),
             ("seqs", s.seqs.to_string()),
         ],
+        Op::Grad(g) => {
+            let ws: Vec<String> = g.wrt.iter().map(|w| w.to_string()).collect();
+            vec![("wrt", format!("[{}]", ws.join(",")))]
+        }
     }
 }
 
@@ -225,8 +229,8 @@ fn print_graph(out: &mut String, g: &Graph, keyword: &str, indent: usize) {
             out.push_str(" : ");
             out.push_str(&ts.join(", "));
         }
-        if let Op::Scan(scan) = &node.op {
-            print_graph(out, &scan.body, " body ", indent + 2);
+        if let Some(body) = node.op.body() {
+            print_graph(out, body, " body ", indent + 2);
         }
         out.push('\n');
     }
@@ -595,6 +599,7 @@ fn op_named(name: &str, a: &mut Attrs) -> Result<Option<Op>> {
             seqs: a.usize("seqs")?,
             body: Graph::default(),
         })),
+        "grad" => Op::Grad(Box::new(Grad { wrt: a.indices("wrt")?, body: Graph::default() })),
         _ => return Ok(None),
     }))
 }
@@ -928,9 +933,9 @@ impl Parser {
         if types.len() != results.len() {
             return Err(anyhow!("line {line}: {opname} has {} results but {} result types", results.len(), types.len()));
         }
-        if let Op::Scan(scan) = &mut op {
-            self.keyword("body", "after the scan's result types")?;
-            scan.body = self.graph(depth + 1)?;
+        if let Some(body) = op.body_mut() {
+            self.keyword("body", "after the result types")?;
+            *body = self.graph(depth + 1)?;
         }
         let in_types: Vec<&Type> = inputs.iter().map(|&v| sc.g.ty(v)).collect();
         let inferred = infer(&op, &in_types).map_err(|e| anyhow!("line {line}: {opname}: {e:#}"))?;

@@ -37,8 +37,8 @@ fn verify_inner(g: &Graph) -> Result<()> {
             define(*v, &what)?;
         }
         let _ = &in_types;
-        if let crate::Op::Scan(scan) = &node.op {
-            verify(&scan.body).with_context(|| format!("{what}: body"))?;
+        if let Some(body) = node.op.body() {
+            verify(body).with_context(|| format!("{what}: body"))?;
         }
         let inferred = infer(&node.op, &in_types).with_context(|| what.clone())?;
         ensure!(inferred.len() == node.outputs.len(), "{what}: returns {} values, op gives {}", node.outputs.len(), inferred.len());

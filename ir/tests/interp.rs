@@ -156,6 +156,7 @@ fn binary_ops_broadcast() {
             BinaryOp::Mul => p * q,
             BinaryOp::Div => p / q,
             BinaryOp::Max => p.max(q),
+            BinaryOp::Ge => (p >= q) as u8 as f64,
         };
         let mut g = Graph::new(Op::Binary(b).name());
         let x = g.input("x", f32t(vec![c(2), c(3)]));
@@ -205,6 +206,7 @@ fn integer_ops() {
             Want::I(vec![4], vec![-14, 14, 0, -2]),
             Want::I(vec![4], vec![-3, 3, 0, i64::MAX / 2]), // truncating division
             Want::I(vec![4], vec![2, 7, 2, i64::MAX]),
+            Want::I(vec![4], vec![0, 1, 0, 1]), // ge
             Want::I(vec![4], vec![7, -7, 0, -i64::MAX]),
         ],
     );

@@ -1,4 +1,5 @@
-//! Dead-code elimination: drop the nodes no output depends on (scan bodies are kept whole).
+//! Dead-code elimination: drop the nodes no output depends on, inside scan bodies too (a body
+//! keeps every output: the scan's results are positional).
 
 use tttc_ir::Graph;
 
@@ -18,7 +19,19 @@ pub fn dead_code_elimination(g: &Graph) -> Graph {
         }
     }
     let mut out = g.clone();
-    out.nodes = g.nodes.iter().zip(&keep).filter(|(_, &k)| k).map(|(n, _)| n.clone()).collect();
+    out.nodes = g
+        .nodes
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|(n, _)| {
+            let mut n = n.clone();
+            if let Some(body) = n.op.body_mut() {
+                *body = dead_code_elimination(body);
+            }
+            n
+        })
+        .collect();
     out
 }
 

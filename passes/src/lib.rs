@@ -2,6 +2,12 @@
 
 mod autodiff;
 mod dce;
+mod dual_form;
 
 pub use autodiff::expand_grads;
+pub use dual_form::{derive_dual_form, derive_with_report, DualFormReport};
 pub use dce::{dead_code_elimination, keep_outputs};
+pub mod cost;
+mod manager;
+
+pub use manager::{compile, count_nodes, pass_names, pipeline, run_passes, run_passes_observed, run_pipeline, Pass, PassResult};

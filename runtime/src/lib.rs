@@ -35,11 +35,14 @@ pub fn check_input_ids(ids: &Tensor, vocab: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs the model forward on `input_ids`.
+/// Runs the model forward on `input_ids`: the model's graph goes through the pass pipeline
+/// (`tttc_passes::pipeline`), then executes.
 pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward> {
     check_input_ids(ids, model.config.vocab_size())?;
     let with_loss = ids.shape[1] > 1;
-    let mut graph = model.builder.g.clone();
+    // The pass pipeline first: it expands `grad` ops, which no backend executes. Pruning the
+    // loss for T = 1 comes after it.
+    let mut graph = tttc_passes::compile(&model.builder.g)?;
     if !with_loss {
         graph = tttc_passes::keep_outputs(&graph, &["logits"]);
     }

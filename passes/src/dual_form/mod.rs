@@ -1,0 +1,203 @@
+//! The `dual-form` pass: re-derives the linear algebra of every scan body with equality
+//! saturation.
+//!
+//! Each value of the body that feeds a non-linear op or leaves the body and involves a
+//! contraction (a root) is lowered to index notation ([`lower`]); all roots share one e-graph,
+//! which general rules saturate ([`ix`]); each root's cheapest term under a FLOP cost model at the
+//! scan's chunk size is lifted back to IR ops ([`lift`]) when it is cheaper than the original.
+//! For a TTT mini-batch written in primal form (per-token weights `W_i = W₀ − Σ_j η_ij g_j`), the
+//! cheapest terms are the dual form: `Σ_a q_ia (Σ_j η_ij k_ja G_jc)` becomes
+//! `Σ_j η_ij (Σ_a q_ia k_ja) G_jc`, i.e. `(η ⊙ QKᵀ) G`, without materialising any `W_i`.
+
+mod ix;
+mod lift;
+mod lower;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use egg::Id;
+use tttc_ir::{Dim, Graph, Op, Scan, ValueId};
+
+use lift::Lifter;
+use lower::Lowering;
+
+/// E-graph limits per scan body.
+const NODE_LIMIT: usize = 100_000;
+const ITER_LIMIT: usize = 30;
+const TIME_LIMIT: Duration = Duration::from_secs(2);
+
+/// What the derivation did for one scan body.
+#[derive(Clone, Debug)]
+pub struct DualFormReport {
+    pub roots: usize,
+    pub rewritten: usize,
+    pub egraph_nodes: usize,
+    pub egraph_classes: usize,
+    pub iterations: usize,
+    pub saturated: bool,
+    pub seconds: f64,
+    /// FLOPs of the roots per chunk (at the chunk size, batch 1) before and after.
+    pub flops_before: f64,
+    pub flops_after: f64,
+}
+
+/// The pass: every scan body re-derived.
+pub fn derive_dual_form(g: &Graph) -> Result<Graph> {
+    Ok(derive_with_report(g)?.0)
+}
+
+/// The pass, with a report per scan body (in node order).
+pub fn derive_with_report(g: &Graph) -> Result<(Graph, Vec<DualFormReport>)> {
+    let mut out = g.clone();
+    let mut reports = Vec::new();
+    for node in out.nodes.iter_mut() {
+        if let Op::Scan(scan) = &node.op {
+            let (body, report) = derive_body(&scan.body, scan.chunk)?;
+            node.op = Op::Scan(Box::new(Scan { body, ..(**scan).clone() }));
+            reports.push(report);
+        }
+    }
+    Ok((out, reports))
+}
+
+fn producing_op(g: &Graph) -> Vec<Option<&Op>> {
+    let mut p = vec![None; g.types.len()];
+    for n in &g.nodes {
+        for o in &n.outputs {
+            p[o.index()] = Some(&n.op);
+        }
+    }
+    p
+}
+
+/// Ops the lowering understands (see `lower.rs`).
+fn is_linear(op: &Op) -> bool {
+    use tttc_ir::{BinaryOp::*, UnaryOp::Neg};
+    matches!(
+        op,
+        Op::Unary(Neg)
+            | Op::Binary(Add | Sub | Mul)
+            | Op::Broadcast { .. }
+            | Op::Transpose { .. }
+            | Op::Reshape { .. }
+            | Op::Slice { .. }
+            | Op::TriMask { .. }
+            | Op::MatMul
+    )
+}
+
+/// The region boundaries of a body: values made by linear ops that a non-linear op reads or that
+/// the body returns. Each is lowered up to the others.
+fn roots(g: &Graph) -> Vec<ValueId> {
+    let producer = producing_op(g);
+    let candidate = |v: &ValueId| producer[v.index()].is_some_and(is_linear);
+    let mut out: Vec<ValueId> = Vec::new();
+    let mut push = |v: ValueId| {
+        if candidate(&v) && !out.contains(&v) {
+            out.push(v);
+        }
+    };
+    for n in g.nodes.iter().filter(|n| !is_linear(&n.op)) {
+        n.inputs.iter().copied().for_each(&mut push);
+    }
+    g.outputs.iter().for_each(|(_, v)| push(*v));
+    out
+}
+
+/// For each value: whether a matmul lies in its region (linear ops back to the boundaries).
+fn contracting(g: &Graph, boundary: &[ValueId]) -> Vec<bool> {
+    let mut has = vec![false; g.types.len()];
+    for n in &g.nodes {
+        let through = is_linear(&n.op) && n.inputs.iter().any(|v| has[v.index()] && !boundary.contains(v));
+        for o in &n.outputs {
+            has[o.index()] = matches!(n.op, Op::MatMul) || through;
+        }
+    }
+    has
+}
+
+/// Whether the term of class `id` (before saturation: one node per class) contains a Σ.
+fn has_sum(eg: &ix::IxGraph, id: Id) -> bool {
+    let mut stack = vec![id];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(c) = stack.pop() {
+        if !seen.insert(c) {
+            continue;
+        }
+        for n in &eg[c].nodes {
+            if matches!(n, ix::Ix::Sum(_)) {
+                return true;
+            }
+            stack.extend(egg::Language::children(n).iter().copied());
+        }
+    }
+    false
+}
+
+fn derive_body(body: &Graph, chunk: usize) -> Result<(Graph, DualFormReport)> {
+    let roots = roots(body);
+    let mut lowering = Lowering::new(body, &roots, contracting(body, &roots));
+    let mut lowered: Vec<(ValueId, Id, Vec<lower::Axis>)> =
+        roots.iter().filter_map(|&v| lowering.root(v).map(|(id, axes)| (v, id, axes))).collect();
+    lowered.retain(|(_, id, _)| has_sum(&lowering.eg, *id));
+    // Sizes for the cost model: the chunk symbol at the chunk size, other symbols (batch) at 1.
+    let sizes: Vec<f64> = lowering
+        .atoms
+        .iter()
+        .map(|d: &Dim| d.as_const().map_or(if d.sym.as_deref() == Some("B") { 1.0 } else { chunk as f64 }, |n| n as f64))
+        .collect();
+    let ids: Vec<Id> = lowered.iter().map(|(_, id, _)| *id).collect();
+    let before = ix::extract(&lowering.eg, &sizes, &ids);
+    let sat = ix::saturate(&mut lowering.eg, NODE_LIMIT, ITER_LIMIT, TIME_LIMIT);
+    let ids: Vec<Id> = ids.iter().map(|&id| lowering.eg.find(id)).collect();
+    let after = ix::extract(&lowering.eg, &sizes, &ids);
+
+    // Rebuild the body, each improved root defined by its lifted term.
+    let mut g = Graph::new(&body.name);
+    let mut map: Vec<Option<ValueId>> = vec![None; body.types.len()];
+    for a in &body.args {
+        map[a.value.index()] = Some(g.arg(&a.name, a.kind, body.ty(a.value).clone()));
+    }
+    let mut rewritten = 0;
+    let (mut flops_before, mut flops_after) = (0.0, 0.0);
+    for node in &body.nodes {
+        let root = lowered.iter().position(|(v, _, _)| node.outputs.first() == Some(v));
+        if let Some(r) = root {
+            let (v, _, axes) = &lowered[r];
+            let ((cost_before, _), (cost_after, expr)) = (&before[r], &after[r]);
+            flops_before += cost_before;
+            if cost_after <= cost_before {
+                let snapshot = map.clone();
+                let value = move |old: ValueId| snapshot[old.index()].context("leaf defined after its root");
+                let mut lifter = Lifter { g: &mut g, atoms: &lowering.atoms, leaves: &lowering.leaves, value: &value };
+                let new = lifter.lift_root(expr, axes, &body.ty(*v).shape).with_context(|| format!("lifting %{}", v.0))?;
+                map[v.index()] = Some(new);
+                rewritten += 1;
+                flops_after += cost_after;
+                continue;
+            }
+            flops_after += cost_before;
+        }
+        let ins: Vec<ValueId> = node.inputs.iter().map(|v| map[v.index()].context("operand undefined")).collect::<Result<_>>()?;
+        let outs = g.push(node.op.clone(), &ins)?;
+        for (o, n) in node.outputs.iter().zip(outs) {
+            map[o.index()] = Some(n);
+        }
+    }
+    for (name, v) in &body.outputs {
+        g.output(name, map[v.index()].context("output undefined")?);
+    }
+    let report = DualFormReport {
+        roots: lowered.len(),
+        rewritten,
+        egraph_nodes: sat.nodes,
+        egraph_classes: sat.classes,
+        iterations: sat.iterations,
+        saturated: sat.saturated,
+        seconds: sat.seconds,
+        flops_before,
+        flops_after,
+    };
+    Ok((g, report))
+}

@@ -1,0 +1,288 @@
+//! `tttc compile`: runs the pass pipeline on a model's graph and writes the IR after every pass
+//! and a JSON manifest (what ran, how long, cost estimates) into an output folder.
+//! docs/passes.md describes the layout and the manifest's fields.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+use tttc_ir::{DimEnv, Graph, Op};
+use tttc_passes::cost::{self, Cost};
+
+/// What `tttc compile` was asked to do.
+pub struct Request<'a> {
+    pub model: &'a Path,
+    pub out: Option<&'a Path>,
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+#[derive(Serialize)]
+struct Manifest {
+    tttc_version: &'static str,
+    model: ModelInfo,
+    /// The values of the symbolic dimensions the estimates are computed for.
+    shapes: BTreeMap<String, usize>,
+    /// The frontend's graph, before any pass.
+    input: Stage,
+    passes: Vec<PassEntry>,
+    /// The final graph split into its top-level scans and everything else.
+    regions: Vec<Region>,
+}
+
+#[derive(Serialize)]
+struct ModelInfo {
+    path: String,
+    model_type: String,
+    graph: String,
+    parameters: u64,
+    parameter_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Totals {
+    flops: u64,
+    bytes_moved: u64,
+    intermediate_bytes: u64,
+    /// Nodes whose op has no FLOP rule (counted as 0 FLOPs).
+    unestimated_nodes: u64,
+}
+
+impl From<Cost> for Totals {
+    fn from(c: Cost) -> Totals {
+        Totals { flops: c.flops, bytes_moved: c.bytes, intermediate_bytes: c.intermediate_bytes, unestimated_nodes: c.unestimated }
+    }
+}
+
+#[derive(Serialize)]
+struct Stage {
+    ir: String,
+    nodes: usize,
+    totals: Totals,
+}
+
+#[derive(Serialize)]
+struct PassEntry {
+    name: &'static str,
+    about: &'static str,
+    ir: String,
+    seconds: f64,
+    nodes_before: usize,
+    nodes_after: usize,
+    totals: Totals,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Region {
+    Scan(ScanRegion),
+    Other(OtherRegion),
+}
+
+#[derive(Serialize)]
+struct ScanRegion {
+    /// Position of the scan among the final graph's top-level nodes.
+    node: usize,
+    /// Its results as named in the final IR (`%149, %150, %151`).
+    results: String,
+    body: String,
+    axis: usize,
+    chunk: usize,
+    iterations: u64,
+    /// Nodes of the body (nested bodies included).
+    body_nodes: usize,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    #[serde(flatten)]
+    totals: Totals,
+}
+
+#[derive(Serialize)]
+struct OtherRegion {
+    /// How many top-level nodes are not scans.
+    nodes: usize,
+    #[serde(flatten)]
+    totals: Totals,
+}
+
+pub fn compile(req: &Request) -> Result<()> {
+    let builder = tttc_frontends::load_structure(req.model)?;
+    let graph = &builder.g;
+    let out = match req.out {
+        Some(o) => o.to_path_buf(),
+        None => default_out_dir(req.model)?,
+    };
+    check_replaceable(&out)?;
+
+    let env: DimEnv = [("B".to_string(), req.batch), ("T".to_string(), req.seq_len)].into_iter().collect();
+    let results = tttc_passes::run_passes_observed(&tttc_passes::pipeline(), graph, None, |r| {
+        eprintln!(
+            "{:<16} {:>9.3} ms  {} -> {} nodes",
+            r.name,
+            r.elapsed.as_secs_f64() * 1e3,
+            r.nodes_before,
+            r.nodes_after
+        );
+    })?;
+    let last = results.last().map_or(graph, |r| &r.graph);
+
+    let params: Vec<&tttc_ir::Arg> = graph.params().collect();
+    let mut parameters = 0u64;
+    let mut parameter_bytes = 0u64;
+    for a in &params {
+        let too_many = || format!("parameter counts overflow at {}", a.name);
+        parameters = parameters.checked_add(cost::elements(graph.ty(a.value), &env)?).with_context(too_many)?;
+        parameter_bytes = parameter_bytes.checked_add(cost::bytes(graph.ty(a.value), &env)?).with_context(too_many)?;
+    }
+    let manifest = Manifest {
+        tttc_version: env!("CARGO_PKG_VERSION"),
+        model: ModelInfo {
+            path: req.model.display().to_string(),
+            model_type: model_type(req.model)?,
+            graph: graph.name.clone(),
+            parameters,
+            parameter_bytes,
+        },
+        shapes: env.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        input: Stage {
+            ir: "ir/00-input.ir".into(),
+            nodes: tttc_passes::count_nodes(graph),
+            totals: cost::graph_cost(graph, &env).context("input graph")?.into(),
+        },
+        passes: results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Ok(PassEntry {
+                    name: r.name,
+                    about: r.about,
+                    ir: ir_file(i + 1, r.name),
+                    seconds: r.elapsed.as_secs_f64(),
+                    nodes_before: r.nodes_before,
+                    nodes_after: r.nodes_after,
+                    totals: cost::graph_cost(&r.graph, &env).with_context(|| format!("after pass {}", r.name))?.into(),
+                })
+            })
+            .collect::<Result<_>>()?,
+        regions: regions(last, &env)?,
+    };
+
+    let mut files: Vec<(String, String)> = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph))];
+    for (i, r) in results.iter().enumerate() {
+        files.push((ir_file(i + 1, r.name), tttc_ir::text::print(&r.graph)));
+    }
+    files.push(("manifest.json".into(), serde_json::to_string_pretty(&manifest)? + "\n"));
+    write_dir(&out, &files)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn ir_file(index: usize, pass: &str) -> String {
+    format!("ir/{index:02}-{pass}.ir")
+}
+
+/// One region per top-level scan of `g`, then one for all other nodes.
+fn regions(g: &Graph, env: &DimEnv) -> Result<Vec<Region>> {
+    let mut regions = Vec::new();
+    let mut other = Cost::default();
+    let mut other_nodes = 0;
+    for (i, node) in g.nodes.iter().enumerate() {
+        let c = cost::node_cost(g, node, env)?;
+        match &node.op {
+            Op::Scan(scan) => {
+                let show = |vs: &[tttc_ir::ValueId]| vs.iter().map(|v| g.ty(*v).to_string()).collect::<Vec<_>>();
+                let results: Vec<String> = node.outputs.iter().map(|v| format!("%{}", v.0)).collect();
+                regions.push(Region::Scan(ScanRegion {
+                    node: i,
+                    results: results.join(", "),
+                    body: scan.body.name.clone(),
+                    axis: scan.axis,
+                    chunk: scan.chunk,
+                    iterations: cost::scan_iterations(g, node, env)?,
+                    body_nodes: tttc_passes::count_nodes(&scan.body),
+                    inputs: show(&node.inputs),
+                    outputs: show(&node.outputs),
+                    totals: c.into(),
+                }));
+            }
+            _ => {
+                other = other.plus(c)?;
+                other_nodes += 1;
+            }
+        }
+    }
+    regions.push(Region::Other(OtherRegion { nodes: other_nodes, totals: other.into() }));
+    Ok(regions)
+}
+
+/// `<model stem>.tttc` in the current folder.
+fn default_out_dir(model: &Path) -> Result<PathBuf> {
+    let stem = match model.file_stem() {
+        Some(s) => s.to_os_string(),
+        None => {
+            let full = model.canonicalize().with_context(|| format!("cannot resolve {}", model.display()))?;
+            full.file_stem().context("cannot name the output folder after the model: give -o DIR")?.to_os_string()
+        }
+    };
+    Ok(PathBuf::from(format!("{}.tttc", stem.to_string_lossy())))
+}
+
+/// An existing `out` is replaced only when it is a folder that an earlier `tttc compile` wrote
+/// (it holds manifest.json) or an empty folder: anything else is left alone.
+fn check_replaceable(out: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(out) {
+        Err(_) => Ok(()),
+        Ok(m) if !m.is_dir() => bail!("{} exists and is not a folder", out.display()),
+        Ok(_) => {
+            let empty = std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?.next().is_none();
+            ensure!(
+                empty || out.join("manifest.json").is_file(),
+                "{} exists and is not the output of tttc compile (no manifest.json); not replacing it",
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Writes `files` (paths relative to `out`) into `out.tmp-<pid>`, then replaces `out` with it.
+/// On failure the temporary folder is removed and an existing `out` is left as it was.
+fn write_dir(out: &Path, files: &[(String, String)]) -> Result<()> {
+    let name = out.file_name().with_context(|| format!("output {} does not name a folder", out.display()))?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = out.with_file_name(tmp_name);
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure!(parent.is_dir(), "cannot create {}: folder {} does not exist", out.display(), parent.display());
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {} (as {})", out.display(), tmp.display()))?;
+    let fill = || -> Result<()> {
+        for (rel, text) in files {
+            let path = tmp.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if out.exists() {
+            std::fs::remove_dir_all(out).with_context(|| format!("cannot remove the old {}", out.display()))?;
+        }
+        std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))
+    };
+    fill().inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })
+}
+
+/// The `model_type` of the definition at `path` (already read successfully by the frontend).
+fn model_type(path: &Path) -> Result<String> {
+    let value = if path.is_dir() {
+        let text = std::fs::read_to_string(path.join("config.json"))?;
+        serde_json::from_str::<serde_json::Value>(&text)?.get("model_type").and_then(|v| v.as_str()).map(str::to_string)
+    } else {
+        let text = std::fs::read_to_string(path)?;
+        toml::from_str::<toml::Table>(&text)?.get("model_type").and_then(|v| v.as_str()).map(str::to_string)
+    };
+    value.with_context(|| format!("{} has no model_type", path.display()))
+}

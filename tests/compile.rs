@@ -1,0 +1,265 @@
+//! `tttc compile` and `tttc ir --after`: the output folder (IR after every pass, manifest), the
+//! pass names, and clean failures.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 8, "expected a tiny and a 125m example per family");
+    v
+}
+
+fn pass_names() -> Vec<&'static str> {
+    tttc_passes::pass_names()
+}
+
+/// Reads and checks one IR file of a compile output: it parses, verifies and prints back the same.
+fn check_ir(path: &Path) -> tttc_ir::Graph {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let g = tttc_ir::text::parse(&text).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    tttc_ir::verify(&g).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    assert_eq!(tttc_ir::text::print(&g), text, "{}: printing is not stable", path.display());
+    g
+}
+
+fn u(v: &Value, what: &str) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("{what} is not an unsigned integer: {v}"))
+}
+
+fn no_temp_dirs(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporary folders left in {}: {left:?}", dir.display());
+}
+
+#[test]
+fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
+    let dir = scratch("compile_examples");
+    for ex in examples() {
+        let stem = ex.file_stem().unwrap().to_string_lossy().to_string();
+        let out = dir.join(format!("{stem}.tttc"));
+        let r = tttc(&["compile", p(&ex), "-o", p(&out), "--seq-len", "100", "--batch", "2"]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{stem}: {stderr}");
+        // One progress line per pass, then where the output went.
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), pass_names().len() + 1, "{stem}: {stderr}");
+        for (line, name) in lines.iter().zip(pass_names()) {
+            assert!(line.starts_with(name) && line.contains("nodes"), "{stem}: {line}");
+        }
+        assert_eq!(lines.last().unwrap(), &format!("wrote {}", out.display()));
+
+        // The IR as built and after each pass, in order.
+        let input = check_ir(&out.join("ir/00-input.ir"));
+        assert!(input == tttc_frontends::load_structure(&ex).unwrap().g, "{stem}: 00-input.ir is not the frontend's graph");
+        let mut graphs = vec![input];
+        for (i, name) in pass_names().iter().enumerate() {
+            graphs.push(check_ir(&out.join(format!("ir/{:02}-{name}.ir", i + 1))));
+        }
+        let expected = tttc_passes::run_pipeline(&graphs[0], None).unwrap();
+        for (i, r) in expected.iter().enumerate() {
+            assert!(graphs[i + 1] == r.graph, "{stem}: the IR after {} is not the pass's graph", r.name);
+        }
+        let files: Vec<_> = std::fs::read_dir(out.join("ir")).unwrap().collect();
+        assert_eq!(files.len(), pass_names().len() + 1, "{stem}: unexpected files in ir/");
+
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(m["tttc_version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(m["model"]["path"], p(&ex));
+        let family = if stem.starts_with("ttt") { "ttt" } else { stem.split('-').next().unwrap() };
+        assert_eq!(m["model"]["model_type"], family, "{stem}");
+        let params: u64 = graphs[0].params().map(|a| graphs[0].ty(a.value).shape.iter().map(|d| d.as_const().unwrap() as u64).product::<u64>()).sum();
+        assert_eq!(u(&m["model"]["parameters"], "parameters"), params, "{stem}");
+        assert_eq!(u(&m["model"]["parameter_bytes"], "parameter_bytes"), 4 * params, "{stem}");
+        assert_eq!(m["shapes"], serde_json::json!({"B": 2, "T": 100}));
+        assert_eq!(m["input"]["ir"], "ir/00-input.ir");
+        assert_eq!(u(&m["input"]["nodes"], "input nodes"), tttc_passes::count_nodes(&graphs[0]) as u64);
+
+        let passes = m["passes"].as_array().unwrap();
+        assert_eq!(passes.len(), pass_names().len());
+        let about: Vec<&str> = tttc_passes::pipeline().iter().map(|p| p.about).collect();
+        let mut nodes = u(&m["input"]["nodes"], "input nodes");
+        for (i, entry) in passes.iter().enumerate() {
+            assert_eq!(entry["name"], pass_names()[i]);
+            assert_eq!(entry["about"], about[i]);
+            assert_eq!(entry["ir"], format!("ir/{:02}-{}.ir", i + 1, pass_names()[i]));
+            assert!(entry["seconds"].as_f64().is_some_and(|s| s >= 0.0), "{stem}: seconds");
+            assert_eq!(u(&entry["nodes_before"], "nodes_before"), nodes, "{stem}: {}", pass_names()[i]);
+            nodes = u(&entry["nodes_after"], "nodes_after");
+            assert_eq!(nodes, tttc_passes::count_nodes(&graphs[i + 1]) as u64);
+            for key in ["flops", "bytes_moved", "intermediate_bytes"] {
+                assert!(u(&entry["totals"][key], key) > 0, "{stem}: {key}");
+            }
+            assert_eq!(u(&entry["totals"]["unestimated_nodes"], "unestimated"), 0, "{stem}");
+        }
+
+        // Regions: every top-level scan of the final graph, then the rest; they add up to the total.
+        let last = graphs.last().unwrap();
+        let regions = m["regions"].as_array().unwrap();
+        let scans = last.nodes.iter().filter(|n| matches!(n.op, tttc_ir::Op::Scan(_))).count();
+        assert_eq!(regions.len(), scans + 1, "{stem}");
+        let other = regions.last().unwrap();
+        assert_eq!(other["kind"], "other");
+        assert_eq!(u(&other["nodes"], "nodes") as usize, last.nodes.len() - scans);
+        let total = &passes.last().unwrap()["totals"];
+        for key in ["flops", "bytes_moved", "intermediate_bytes"] {
+            let sum: u64 = regions.iter().map(|r| u(&r[key], key)).sum();
+            assert_eq!(sum, u(&total[key], key), "{stem}: regions' {key}");
+        }
+        for r in &regions[..scans] {
+            assert_eq!(r["kind"], "scan");
+            let node = &last.nodes[u(&r["node"], "node") as usize];
+            let tttc_ir::Op::Scan(scan) = &node.op else { panic!("{stem}: region is not a scan") };
+            assert_eq!(u(&r["chunk"], "chunk") as usize, scan.chunk);
+            // T = 100: ⌈100 / chunk⌉ iterations (Mamba scans chunk 1, TTT mini-batches 16).
+            assert_eq!(u(&r["iterations"], "iterations") as usize, 100usize.div_ceil(scan.chunk));
+            let shown: Vec<String> = node.inputs.iter().map(|v| last.ty(*v).to_string()).collect();
+            assert_eq!(r["inputs"], serde_json::json!(shown));
+            assert_eq!(r["outputs"].as_array().unwrap().len(), node.outputs.len());
+            assert!(u(&r["flops"], "flops") > 0);
+        }
+        if family != "llama" {
+            assert_eq!(scans, graphs[0].nodes.iter().filter(|n| n.op.name() == "scan").count(), "{stem}: one region per layer");
+            assert!(scans > 0, "{stem}: no scan region");
+        }
+    }
+    no_temp_dirs(&dir);
+}
+
+#[test]
+fn compile_defaults_to_the_model_stem_in_the_current_folder_and_replaces_its_own_output() {
+    let dir = scratch("compile_default");
+    let ex = repo().join("examples/mamba-tiny.toml");
+    let run = || std::process::Command::new(env!("CARGO_BIN_EXE_tttc")).args(["compile", p(&ex)]).current_dir(&dir).output().unwrap();
+    let r = run();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = dir.join("mamba-tiny.tttc");
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["shapes"], serde_json::json!({"B": 1, "T": 2048}));
+    // A second compile replaces the first output, stale files included.
+    std::fs::write(out.join("stale.txt"), "old").unwrap();
+    let r = run();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(out.join("manifest.json").exists() && !out.join("stale.txt").exists());
+    no_temp_dirs(&dir);
+}
+
+/// A failing compile: one-line error containing `needle`, non-zero exit, no panic.
+fn expect_error(args: &[&str], needle: &str) {
+    let r = tttc(args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "expected failure for {args:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "error is not one line: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(needle), "{needle:?} not in: {stderr}");
+}
+
+/// `expect_error`, allowing progress lines on stderr before the error line.
+fn expect_final_error(args: &[&str], needle: &str) {
+    let r = tttc(args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "expected failure for {args:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: ") && last.contains(needle), "{needle:?} not in: {stderr}");
+    assert_eq!(stderr.matches("error").count(), 1, "{stderr}");
+}
+
+#[test]
+fn compile_into_a_missing_folder_fails_cleanly() {
+    let dir = scratch("compile_missing_parent");
+    let ex = repo().join("examples/ttt-linear-tiny.toml");
+    let out = dir.join("no/such/folder/out.tttc");
+    expect_final_error(&["compile", p(&ex), "-o", p(&out)], "cannot create");
+    assert!(!dir.join("no").exists());
+    no_temp_dirs(&dir);
+}
+
+#[test]
+fn compile_into_an_unwritable_folder_fails_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("compile_unwritable");
+    let locked = dir.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(locked.join("probe"), "").is_ok() {
+        // Running as root: permissions do not stop us, nothing to test.
+        let _ = std::fs::remove_file(locked.join("probe"));
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+        eprintln!("skipped: permissions are not enforced for this user");
+        return;
+    }
+    let ex = repo().join("examples/ttt-linear-tiny.toml");
+    expect_final_error(&["compile", p(&ex), "-o", p(&locked.join("out.tttc"))], "cannot create");
+    let left = std::fs::read_dir(&locked).unwrap().count();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(left, 0, "something was written into the locked folder");
+}
+
+#[test]
+fn compile_does_not_replace_a_folder_it_did_not_write() {
+    let dir = scratch("compile_foreign");
+    let out = dir.join("precious");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "keep me").unwrap();
+    let ex = repo().join("examples/ttt-linear-tiny.toml");
+    expect_error(&["compile", p(&ex), "-o", p(&out)], "not the output of tttc compile");
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "keep me");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    expect_error(&["compile", p(&ex), "-o", p(&file)], "is not a folder");
+    no_temp_dirs(&dir);
+}
+
+#[test]
+fn compile_reports_bad_models_and_shapes() {
+    let dir = scratch("compile_bad");
+    expect_error(&["compile", p(&dir.join("missing.toml")), "-o", p(&dir.join("x"))], "missing.toml");
+    assert!(!dir.join("x").exists());
+    let r = tttc(&["compile", p(&repo().join("examples/llama-tiny.toml")), "--seq-len", "0"]);
+    assert!(!r.status.success());
+    no_temp_dirs(&dir);
+}
+
+#[test]
+fn ir_after_a_pass_prints_that_pass_output() {
+    let ex = repo().join("examples/ttt-linear-tiny.toml");
+    let graph = tttc_frontends::load_structure(&ex).unwrap().g;
+    let results = tttc_passes::run_pipeline(&graph, None).unwrap();
+    for (i, name) in pass_names().iter().enumerate() {
+        let r = tttc(&["ir", p(&ex), "--after", name]);
+        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+        let text = String::from_utf8(r.stdout).unwrap();
+        let parsed = tttc_ir::text::parse(&text).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        tttc_ir::verify(&parsed).unwrap();
+        assert!(parsed == results[i].graph, "--after {name}: not the graph after {name}");
+    }
+    // Without --after: the frontend's graph.
+    let r = tttc(&["ir", p(&ex)]);
+    assert!(tttc_ir::text::parse(&String::from_utf8(r.stdout).unwrap()).unwrap() == graph, "ir without --after");
+}
+
+#[test]
+fn ir_after_an_unknown_pass_lists_the_passes() {
+    let ex = repo().join("examples/ttt-linear-tiny.toml");
+    expect_error(&["ir", p(&ex), "--after", "nonsense"], "unknown pass \"nonsense\"");
+    expect_error(&["ir", p(&ex), "--after", "nonsense"], &pass_names().join(", "));
+    let r = tttc(&["ir", "--help"]);
+    let help = String::from_utf8(r.stdout).unwrap();
+    for name in pass_names() {
+        assert!(help.contains(name), "--help does not name {name}");
+    }
+}
