@@ -70,6 +70,9 @@ struct PassEntry {
     seconds: f64,
     nodes_before: usize,
     nodes_after: usize,
+    /// What the pass reported (for dual-form: per scan, what was derived and the e-graph's size
+    /// and saturation time).
+    notes: Vec<String>,
     totals: Totals,
 }
 
@@ -124,6 +127,9 @@ pub fn compile(req: &Request) -> Result<()> {
             r.nodes_before,
             r.nodes_after
         );
+        for note in &r.notes {
+            eprintln!("    {note}");
+        }
     })?;
     let last = results.last().map_or(graph, |r| &r.graph);
 
@@ -161,6 +167,7 @@ pub fn compile(req: &Request) -> Result<()> {
                     seconds: r.elapsed.as_secs_f64(),
                     nodes_before: r.nodes_before,
                     nodes_after: r.nodes_after,
+                    notes: r.notes.clone(),
                     totals: cost::graph_cost(&r.graph, &env).with_context(|| format!("after pass {}", r.name))?.into(),
                 })
             })

@@ -10,4 +10,4 @@ pub use dce::{dead_code_elimination, keep_outputs};
 pub mod cost;
 mod manager;
 
-pub use manager::{compile, count_nodes, pass_names, pipeline, run_passes, run_passes_observed, run_pipeline, Pass, PassResult};
+pub use manager::{compile, count_nodes, pass_names, pipeline, run_passes, run_passes_observed, run_pipeline, Pass, PassResult, Rewrite};

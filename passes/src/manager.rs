@@ -16,7 +16,21 @@ pub struct Pass {
     pub name: &'static str,
     /// One line: what the pass does.
     pub about: &'static str,
-    pub run: fn(&Graph) -> Result<Graph>,
+    pub run: fn(&Graph) -> Result<Rewrite>,
+}
+
+/// A pass's result: the new graph and what the pass has to say about it (one line each, for
+/// people: `tttc compile` prints them and records them in the manifest).
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    pub graph: Graph,
+    pub notes: Vec<String>,
+}
+
+impl From<Graph> for Rewrite {
+    fn from(graph: Graph) -> Rewrite {
+        Rewrite { graph, notes: Vec::new() }
+    }
 }
 
 /// The default pipeline, in the order the passes run.
@@ -25,19 +39,19 @@ pub fn pipeline() -> Vec<Pass> {
         Pass {
             name: "inner-autodiff",
             about: "replaces every grad op by the explicit ops of its reverse-mode gradient",
-            run: crate::autodiff::expand_grads,
+            run: |g| Ok(crate::autodiff::expand_grads(g)?.into()),
         },
         Pass {
             name: "dual-form",
             about: "re-derives each scan body's linear algebra with equality saturation (the mini-batch dual form)",
-            run: crate::dual_form::derive_dual_form,
+            run: crate::dual_form::derive_with_notes,
         },
         Pass { name: "dce", about: "removes the nodes that no graph output depends on", run: dce },
     ]
 }
 
-fn dce(g: &Graph) -> Result<Graph> {
-    Ok(crate::dce::dead_code_elimination(g))
+fn dce(g: &Graph) -> Result<Rewrite> {
+    Ok(crate::dce::dead_code_elimination(g).into())
 }
 
 /// The names of the default pipeline's passes, in order.
@@ -58,6 +72,8 @@ pub struct PassResult {
     /// Nodes before and after the pass, scan-body nodes included ([`count_nodes`]).
     pub nodes_before: usize,
     pub nodes_after: usize,
+    /// What the pass reported ([`Rewrite::notes`]).
+    pub notes: Vec<String>,
 }
 
 /// Runs the default [`pipeline`] on `g`; see [`run_passes`].
@@ -102,14 +118,14 @@ pub fn run_passes_observed(
         let before = results.last().map_or(g, |r| &r.graph);
         let nodes_before = count_nodes(before);
         let start = Instant::now();
-        let graph = (pass.run)(before).with_context(|| format!("pass {}", pass.name))?;
+        let Rewrite { graph, notes } = (pass.run)(before).with_context(|| format!("pass {}", pass.name))?;
         let elapsed = start.elapsed();
         tttc_ir::verify(&graph).with_context(|| format!("pass {} produced an invalid graph", pass.name))?;
         // Values renumbered in definition order, unused types dropped: the form the text parser
         // produces, so the printed IR after a pass parses back to the same graph.
         let graph = graph.canonical();
         let nodes_after = count_nodes(&graph);
-        let result = PassResult { name: pass.name, about: pass.about, graph, elapsed, nodes_before, nodes_after };
+        let result = PassResult { name: pass.name, about: pass.about, graph, elapsed, nodes_before, nodes_after, notes };
         observe(&result);
         results.push(result);
     }

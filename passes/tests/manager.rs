@@ -73,25 +73,25 @@ fn an_unknown_pass_name_lists_the_valid_ones() {
     assert!(err.contains("inner-autodiff, dual-form, dce"), "{err}");
 }
 
-fn breaks_types(g: &Graph) -> Result<Graph> {
+fn breaks_types(g: &Graph) -> Result<tttc_passes::Rewrite> {
     let mut out = g.clone();
     let v = out.nodes[0].outputs[0];
     out.types[v.index()] = Type::f32(&[7]);
-    Ok(out)
+    Ok(out.into())
 }
 
-fn dangles(g: &Graph) -> Result<Graph> {
+fn dangles(g: &Graph) -> Result<tttc_passes::Rewrite> {
     let mut out = g.clone();
     out.outputs.push(("ghost".into(), tttc_ir::ValueId(999)));
-    Ok(out)
+    Ok(out.into())
 }
 
-fn fails(_: &Graph) -> Result<Graph> {
+fn fails(_: &Graph) -> Result<tttc_passes::Rewrite> {
     bail!("cannot do this")
 }
 
-fn identity(g: &Graph) -> Result<Graph> {
-    Ok(g.clone())
+fn identity(g: &Graph) -> Result<tttc_passes::Rewrite> {
+    Ok(g.clone().into())
 }
 
 #[test]

@@ -40,11 +40,43 @@ pub struct DualFormReport {
     /// FLOPs of the roots per chunk (at the chunk size, batch 1) before and after.
     pub flops_before: f64,
     pub flops_after: f64,
+    /// Whether the body, after derivation, still materialises per-token copies of the carried
+    /// state (the primal form): a value at least `chunk` times the largest carry.
+    pub primal_left: bool,
 }
 
 /// The pass: every scan body re-derived.
 pub fn derive_dual_form(g: &Graph) -> Result<Graph> {
     Ok(derive_with_report(g)?.0)
+}
+
+/// The pass with a note per scan body: what was derived, the e-graph's size and saturation time.
+pub fn derive_with_notes(g: &Graph) -> Result<crate::Rewrite> {
+    let (graph, reports) = derive_with_report(g)?;
+    let scans = g.nodes.iter().filter_map(|n| match &n.op {
+        Op::Scan(s) => Some((n.outputs[0], &s.body.name)),
+        _ => None,
+    });
+    let notes = scans.zip(&reports).map(|((v, name), r)| format!("scan %{} ({name}): {}", v.0, r.summary())).collect();
+    Ok(crate::Rewrite { graph, notes })
+}
+
+impl DualFormReport {
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let sat = if self.saturated { "saturated" } else { "stopped at a limit" };
+        let what = if self.roots == 0 {
+            "nothing to derive (no contraction)".to_string()
+        } else if self.primal_left {
+            format!("no dual form found: keeping the primal form ({} of {} regions rewritten)", self.rewritten, self.roots)
+        } else {
+            format!("dual form derived ({} of {} regions rewritten)", self.rewritten, self.roots)
+        };
+        format!(
+            "{what}; FLOPs per chunk {:.3e} → {:.3e}; e-graph {} nodes, {} classes, {sat} after {} iterations in {:.1} ms",
+            self.flops_before, self.flops_after, self.egraph_nodes, self.egraph_classes, self.iterations, self.seconds * 1e3
+        )
+    }
 }
 
 /// The pass, with a report per scan body (in node order).
@@ -103,6 +135,26 @@ fn roots(g: &Graph) -> Vec<ValueId> {
     }
     g.outputs.iter().for_each(|(_, v)| push(*v));
     out
+}
+
+fn dead_code_elimination_of(g: &Graph) -> Graph {
+    crate::dce::dead_code_elimination(g)
+}
+
+/// Whether some value of `body` holds `chunk` or more copies of its largest carried state (at
+/// batch 1, a full chunk): per-token weights.
+fn materialises_per_token_state(body: &Graph, chunk: usize) -> bool {
+    let env: tttc_ir::DimEnv = [("B".to_string(), 1)].into_iter().collect();
+    let chunk_sym = body.args.iter().flat_map(|a| body.ty(a.value).shape.iter()).find_map(|d| d.sym.clone().filter(|s| s != "B"));
+    let mut env = env;
+    if let Some(s) = chunk_sym {
+        env.insert(s, chunk);
+    }
+    let size = |v: &ValueId| body.ty(*v).resolve(&env).map_or(0, |s| s.iter().product::<usize>());
+    // Carries are the leading arguments whose types the body's leading outputs repeat.
+    let carries = body.args.iter().zip(&body.outputs).take_while(|(a, (_, o))| body.ty(a.value) == body.ty(*o)).count();
+    let Some(largest) = body.args[..carries].iter().map(|a| size(&a.value)).max() else { return false };
+    largest > 1 && body.nodes.iter().flat_map(|n| &n.outputs).any(|v| size(v) >= chunk * largest)
 }
 
 /// For each value: whether a matmul lies in its region (linear ops back to the boundaries).
@@ -188,7 +240,9 @@ fn derive_body(body: &Graph, chunk: usize) -> Result<(Graph, DualFormReport)> {
     for (name, v) in &body.outputs {
         g.output(name, map[v.index()].context("output undefined")?);
     }
+    let primal_left = materialises_per_token_state(&dead_code_elimination_of(&g), chunk);
     let report = DualFormReport {
+        primal_left,
         roots: lowered.len(),
         rewritten,
         egraph_nodes: sat.nodes,
