@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 
 use crate::infer::infer;
-use crate::op::{BinaryOp, Op, ReduceKind, Scan, UnaryOp};
+use crate::op::{BinaryOp, Fused, Op, ReduceKind, Scan, UnaryOp};
 use crate::types::{DType, Dim, Type};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -188,6 +188,10 @@ impl Graph {
     }
     pub fn scan(&mut self, scan: Scan, inputs: &[ValueId]) -> Result<Vec<ValueId>> {
         self.push(Op::Scan(Box::new(scan)), inputs)
+    }
+    /// A fused region: `body` called on `inputs` (one per body argument).
+    pub fn fused(&mut self, body: Graph, inputs: &[ValueId]) -> Result<Vec<ValueId>> {
+        self.push(Op::Fused(Box::new(Fused { body })), inputs)
     }
 
     /// The same graph with its values numbered in definition order (arguments, then each node's

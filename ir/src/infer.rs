@@ -3,7 +3,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::op::{Grad, Op, Scan, UnaryOp};
+use crate::op::{Fused, Grad, Op, Scan, UnaryOp};
 use crate::types::{DType, Dim, Type};
 
 pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
@@ -157,7 +157,23 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
         }
         Op::Scan(scan) => infer_scan(scan, ins),
         Op::Grad(grad) => infer_grad(grad, ins),
+        Op::Fused(fused) => infer_fused(fused, ins),
     }
+}
+
+/// A fused region is a call of its body: one operand per body argument, of its type; one result
+/// per body output, of its type.
+fn infer_fused(fused: &Fused, ins: &[&Type]) -> Result<Vec<Type>> {
+    let body = &fused.body;
+    ensure!(body.args.len() == ins.len(), "body takes {} arguments, fused has {} operands", body.args.len(), ins.len());
+    for (i, (arg, outer)) in body.args.iter().zip(ins).enumerate() {
+        let inner = body.types.get(arg.value.index()).with_context(|| format!("body argument {i} has no type"))?;
+        ensure!(inner == *outer, "body argument {i} is {inner}, operand is {outer}");
+    }
+    body.outputs
+        .iter()
+        .map(|(name, v)| body.types.get(v.index()).cloned().with_context(|| format!("body output {name} has no type")))
+        .collect()
 }
 
 fn infer_grad(grad: &Grad, ins: &[&Type]) -> Result<Vec<Type>> {

@@ -166,6 +166,9 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
         }
         Op::Scan(scan) => run_scan(scan, ins, env, prec),
         Op::Grad(_) => bail!("grad is not executable: the inner-autodiff pass expands it first"),
+        // A call of the body, in the same symbol bindings.
+        Op::Fused(f) => exec(&f.body, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), env.clone(), prec)
+            .with_context(|| format!("fused body {}", f.body.name)),
     }
 }
 

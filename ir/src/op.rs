@@ -71,6 +71,10 @@ pub enum Op {
     /// the body's arguments; results are the gradients of arguments `wrt`, in that order. Passes
     /// expand it into explicit ops (reverse-mode autodiff) before anything executes it.
     Grad(Box<Grad>),
+    /// A fused region: a sub-graph executed as one kernel, its intermediate values never
+    /// materialised. Operands are the body's arguments, results the body's outputs. The `fuse`
+    /// pass builds them from runs of top-level nodes.
+    Fused(Box<Fused>),
 }
 
 /// A structured loop over a sequence axis, `chunk` elements at a time (the last chunk may be
@@ -93,12 +97,20 @@ pub struct Grad {
     pub body: Graph,
 }
 
+/// The body of a `fused` node: its arguments are the values the region reads from outside, its
+/// outputs the values used after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fused {
+    pub body: Graph,
+}
+
 impl Op {
-    /// The nested graph of a `scan` or `grad`.
+    /// The nested graph of a `scan`, `grad` or `fused`.
     pub fn body(&self) -> Option<&Graph> {
         match self {
             Op::Scan(s) => Some(&s.body),
             Op::Grad(g) => Some(&g.body),
+            Op::Fused(f) => Some(&f.body),
             _ => None,
         }
     }
@@ -107,6 +119,7 @@ impl Op {
         match self {
             Op::Scan(s) => Some(&mut s.body),
             Op::Grad(g) => Some(&mut g.body),
+            Op::Fused(f) => Some(&mut f.body),
             _ => None,
         }
     }
@@ -156,6 +169,7 @@ impl Op {
             Op::TriMask { .. } => "tri_mask",
             Op::Scan(_) => "scan",
             Op::Grad(_) => "grad",
+            Op::Fused(_) => "fused",
         }
     }
 

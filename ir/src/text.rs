@@ -19,7 +19,8 @@
 //! * An argument is `%v: TYPE input|param "name"`; argument names are always quoted, graph and
 //!   output names only when they are not identifiers. Strings escape `"`, `\` and control characters.
 //! * A node is `RESULTS = OP(OPERANDS) {ATTRIBUTES} : RESULT TYPES`, the attribute block left out
-//!   when the op has none; a scan adds `body NAME(ARGS) { … }`, its body graph.
+//!   when the op has none; a scan (and a grad or fused region) adds `body NAME(ARGS) { … }`, its
+//!   body graph.
 //! * Types are `f32[B,T-1,64]`; a dimension is an integer or a symbol with an optional offset.
 //! * Floats print in Rust's shortest round-trip form (`1e-6`, `0.5`, `-inf`, `NaN`).
 //! * `//` starts a comment that runs to the end of the line.
@@ -34,7 +35,7 @@ use anyhow::{anyhow, Result};
 
 use crate::graph::{Arg, ArgKind, Graph, Node, ValueId};
 use crate::infer::infer;
-use crate::op::{Grad, Op, Scan};
+use crate::op::{Fused, Grad, Op, Scan};
 use crate::types::{DType, Dim, Type};
 
 /// Inline argument lists longer than this go one argument per line.
@@ -120,7 +121,7 @@ fn float(v: f64) -> String {
 
 fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     match op {
-        Op::Unary(_) | Op::Binary(_) | Op::MatMul => vec![],
+        Op::Unary(_) | Op::Binary(_) | Op::MatMul | Op::Fused(_) => vec![],
         Op::Const { value, dtype } => vec![("value", float(*value)), ("dtype", dtype.to_string())],
         Op::Iota { len, dtype } => vec![("len", dim(len)), ("dtype", dtype.to_string())],
         Op::Cast { to } => vec![("to", to.to_string())],
@@ -600,6 +601,7 @@ fn op_named(name: &str, a: &mut Attrs) -> Result<Option<Op>> {
             body: Graph::default(),
         })),
         "grad" => Op::Grad(Box::new(Grad { wrt: a.indices("wrt")?, body: Graph::default() })),
+        "fused" => Op::Fused(Box::new(Fused { body: Graph::default() })),
         _ => return Ok(None),
     }))
 }

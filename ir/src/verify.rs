@@ -1,5 +1,5 @@
 //! The verifier: single assignment, definition before use, and every recorded type equal to the
-//! type the op's rules infer (scan bodies included).
+//! type the op's rules infer (scan, grad and fused bodies included).
 
 use anyhow::{bail, ensure, Context, Result};
 

@@ -204,6 +204,7 @@ fn vjp(g: &mut Graph, node: &Node, seeds: &[Option<ValueId>]) -> Result<Vec<Opti
         Op::Gather { .. } => bail!("gather is not differentiable yet (needs a scatter-add)"),
         Op::Scan(_) => bail!("scan is not differentiable yet"),
         Op::Grad(_) => bail!("nested grad must be expanded first"),
+        Op::Fused(_) => bail!("fused regions are not differentiable: differentiate before the fuse pass"),
     })
 }
 

@@ -12,6 +12,7 @@
 //! | `const`, `iota`, `reshape`, `transpose`, `broadcast`, `slice`, `concat`, `pad`, `gather` | 0 |
 //! | `scan` | its body's cost once per chunk (below) |
 //! | `grad` | the cost of the ops it expands to (below) |
+//! | `fused` | the FLOPs of its body's nodes (below) |
 //!
 //! Bytes moved are the bytes of the operands read plus the results written (4 per f32 element,
 //! 8 per i64), except that `slice` and `gather` read only the elements they copy (plus `gather`'s
@@ -28,6 +29,14 @@
 //! the gradient needs, and the reverse sweep). Should the expansion fail, or an op have no rule,
 //! the node counts 0 FLOPs (its operand and result bytes still count) and `Cost::unestimated`
 //! says how many such nodes there are.
+//!
+//! A `fused` region (built by the `fuse` pass) executes as one kernel: its FLOPs are its body's,
+//! but it moves only what crosses its boundary, each operand read once (only the elements that
+//! slices and gathers copy, when those are an operand's only readers in the body) and each result
+//! written once, and its intermediate bytes are its results alone: the values inside the body are
+//! never materialised. So the intermediate bytes of a fused graph are the bytes of the values that
+//! exist at the top level (region results and the results of the plain nodes between them, scans
+//! included as above).
 
 use anyhow::{bail, Context, Result};
 use tttc_ir::{DType, DimEnv, Graph, Node, Op, Scan, Type, ValueId};
@@ -153,6 +162,11 @@ fn node_cost_inner(g: &Graph, node: &Node, env: &DimEnv) -> Result<Cost> {
             Some(c) => Ok(c),
             None => Ok(Cost { unestimated: 1, ..plain(0, in_bytes)? }),
         },
+        Op::Fused(f) => {
+            let body = graph_cost(&f.body, env).with_context(|| format!("fused body {}", f.body.name))?;
+            let read = fused_reads(&f.body, env)?;
+            Ok(Cost { flops: body.flops, bytes: add(read, out_bytes)?, intermediate_bytes: out_bytes, unestimated: body.unestimated })
+        }
         _ => Ok(Cost { unestimated: 1, ..plain(0, in_bytes)? }),
     }
 }
@@ -171,7 +185,48 @@ fn grad_cost(g: &Graph, node: &Node, env: &DimEnv) -> Result<Option<Cost>> {
     if has_grad(&expanded) {
         return Ok(None);
     }
-    graph_cost(&crate::dce::dead_code_elimination(&expanded), env).map(Some)
+    let simplified = crate::simplify::simplify(&expanded)?;
+    graph_cost(&crate::dce::dead_code_elimination(&simplified), env).map(Some)
+}
+
+/// The bytes a fused body reads from its arguments: each argument once, in full, unless its only
+/// readers in the body are slices and gather tables, which read only what they copy (at most the
+/// whole argument).
+fn fused_reads(body: &Graph, env: &DimEnv) -> Result<u64> {
+    let mut total = 0u64;
+    for a in &body.args {
+        let full = bytes(body.ty(a.value), env)?;
+        let mut partial = Some(0u64);
+        for n in &body.nodes {
+            for (i, &v) in n.inputs.iter().enumerate() {
+                if v != a.value {
+                    continue;
+                }
+                let copied = match (&n.op, i) {
+                    (Op::Slice { .. } | Op::Gather { .. }, 0) => bytes(body.ty(n.outputs[0]), env)?,
+                    _ => {
+                        partial = None;
+                        continue;
+                    }
+                };
+                partial = partial.map(|p| p.saturating_add(copied));
+            }
+        }
+        // An argument that is only returned (or not read at all) is read in full: it is copied out.
+        let read = match partial {
+            Some(p) if p > 0 => p.min(full),
+            _ => full,
+        };
+        total = add(total, read)?;
+    }
+    Ok(total)
+}
+
+/// The bytes of the values `g` materialises: every node result, with a fused region's internal
+/// values left out ([`Cost::intermediate_bytes`] of the whole graph). Comparing a graph before and
+/// after the `fuse` pass shows what fusion saves.
+pub fn intermediate_bytes(g: &Graph, env: &DimEnv) -> Result<u64> {
+    Ok(graph_cost(g, env)?.intermediate_bytes)
 }
 
 fn has_grad(g: &Graph) -> bool {

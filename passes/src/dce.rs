@@ -1,7 +1,8 @@
 //! Dead-code elimination: drop the nodes no output depends on, inside scan bodies too (a body
-//! keeps every output: the scan's results are positional).
+//! keeps every output: the scan's results are positional). A fused region is a call: the results
+//! nobody uses are dropped from it, then the body is pruned, and the operands it no longer reads.
 
-use tttc_ir::Graph;
+use tttc_ir::{Fused, Graph, Node, Op};
 
 /// Removes every node whose results no graph output needs.
 pub fn dead_code_elimination(g: &Graph) -> Graph {
@@ -9,30 +10,53 @@ pub fn dead_code_elimination(g: &Graph) -> Graph {
     for (_, v) in &g.outputs {
         live[v.index()] = true;
     }
-    let mut keep = vec![false; g.nodes.len()];
+    let mut kept: Vec<Option<Node>> = vec![None; g.nodes.len()];
     for (i, node) in g.nodes.iter().enumerate().rev() {
-        if node.outputs.iter().any(|v| live[v.index()]) {
-            keep[i] = true;
-            for v in &node.inputs {
-                live[v.index()] = true;
+        if !node.outputs.iter().any(|v| live[v.index()]) {
+            continue;
+        }
+        let mut n = node.clone();
+        match &mut n.op {
+            Op::Fused(f) => prune_fused(&mut n.inputs, &mut n.outputs, f, &live),
+            op => {
+                if let Some(body) = op.body_mut() {
+                    *body = dead_code_elimination(body);
+                }
             }
         }
+        for v in &n.inputs {
+            live[v.index()] = true;
+        }
+        kept[i] = Some(n);
     }
     let mut out = g.clone();
-    out.nodes = g
-        .nodes
-        .iter()
-        .zip(&keep)
-        .filter(|(_, &k)| k)
-        .map(|(n, _)| {
-            let mut n = n.clone();
-            if let Some(body) = n.op.body_mut() {
-                *body = dead_code_elimination(body);
-            }
-            n
-        })
-        .collect();
+    out.nodes = kept.into_iter().flatten().collect();
     out
+}
+
+/// Drops the results of a fused node that are not `live`, prunes its body, and drops the
+/// arguments (and operands) the body no longer reads.
+fn prune_fused(inputs: &mut Vec<tttc_ir::ValueId>, outputs: &mut Vec<tttc_ir::ValueId>, f: &mut Fused, live: &[bool]) {
+    let keep: Vec<bool> = outputs.iter().map(|v| live[v.index()]).collect();
+    let mut k = keep.iter();
+    outputs.retain(|_| *k.next().unwrap());
+    let mut k = keep.iter();
+    f.body.outputs.retain(|_| *k.next().unwrap());
+    f.body = dead_code_elimination(&f.body);
+    let mut used = vec![false; f.body.types.len()];
+    for n in &f.body.nodes {
+        for v in &n.inputs {
+            used[v.index()] = true;
+        }
+    }
+    for (_, v) in &f.body.outputs {
+        used[v.index()] = true;
+    }
+    let read: Vec<bool> = f.body.args.iter().map(|a| used[a.value.index()]).collect();
+    let mut k = read.iter();
+    f.body.args.retain(|_| *k.next().unwrap());
+    let mut k = read.iter();
+    inputs.retain(|_| *k.next().unwrap());
 }
 
 /// The graph restricted to the named outputs, without the nodes only the others needed.

@@ -46,6 +46,11 @@ pub fn pipeline() -> Vec<Pass> {
             about: "re-derives each scan body's linear algebra with equality saturation (the mini-batch dual form)",
             run: crate::dual_form::derive_with_notes,
         },
+        Pass {
+            name: "simplify",
+            about: "computes common subexpressions once and folds reshape, transpose and broadcast chains",
+            run: |g| Ok(crate::simplify::simplify(g)?.into()),
+        },
         Pass { name: "dce", about: "removes the nodes that no graph output depends on", run: dce },
     ]
 }

@@ -86,6 +86,12 @@ fn dual_form_equals_primal_form() {
         r#""ttt_layer_type": "linear""#,
         r#""ttt_layer_type": "mlp""#,
         r#""ttt_layer_type": "linear", "share_qk": true, "pre_conv": true, "use_gate": true"#,
+        r#""ttt_inner": {"bias": false}"#,
+        r#""ttt_inner": {"norm": "none"}"#,
+        r#""ttt_inner": {"widths": [4, 2], "activation": "relu"}"#,
+        r#""ttt_inner": {"widths": [4], "activation": "silu", "residual": false}"#,
+        r#""ttt_inner": {"widths": [2], "bias": false}"#,
+        r#""ttt_inner": {"widths": [1, 3], "activation": "silu", "bias": false, "norm": "none", "residual": false}"#,
     ];
     for learner in learners {
         for b in [1usize, 4, 7] {
@@ -104,7 +110,7 @@ fn dual_form_equals_primal_form() {
             let primal = dead_code_elimination(&expand_grads(&model.builder.g).unwrap());
             let (dual, reports) = derive_with_report(&primal).unwrap();
             let dual = dead_code_elimination(&dual);
-            assert!(reports.iter().all(|r| r.rewritten > 0), "{config}: {reports:?}");
+            assert!(reports.iter().all(|r| r.rewritten > 0 && !r.primal_left), "{config}: {reports:?}");
             for t in [b.saturating_sub(1).max(1), b, 2 * b + 3] {
                 let ids = Tensor::i64(vec![2, t], (0..2 * t as i64).map(|i| (i * 5 + 3) % 23).collect());
                 let (p, d) = (logits_f64(&primal, &model, &ids), logits_f64(&dual, &model, &ids));
@@ -115,4 +121,48 @@ fn dual_form_equals_primal_form() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A learner whose per-token weights go through a non-linear function before use has no dual
+/// form: the derivation says so, keeps the per-token weights, and computes the same values.
+#[test]
+fn no_dual_form_keeps_the_primal_and_says_so() {
+    use tttc_ir::{DType, Dim, Scan, Type, UnaryOp};
+    let (d, n) = (3usize, Dim::sym("n"));
+    let mut body = Graph::new("step");
+    let w0 = body.input("w", Type::f32(&[d, d]));
+    let x = body.input("x", Type::new(DType::F32, vec![n.clone(), Dim::c(d)]));
+    let col = body.reshape(x, vec![n.clone(), Dim::c(d), Dim::c(1)]).unwrap();
+    let row = body.reshape(x, vec![n.clone(), Dim::c(1), Dim::c(d)]).unwrap();
+    let outer = body.mul(col, row).unwrap();
+    let flat = body.reshape(outer, vec![n.clone(), Dim::c(d * d)]).unwrap();
+    let one = body.scalar(1.0).unwrap();
+    let ones = body.broadcast(one, vec![n.clone(), n.clone()]).unwrap();
+    let mask = body.tri_mask(ones, 0.0).unwrap();
+    let step = body.matmul(mask, flat).unwrap();
+    let step = body.reshape(step, vec![n.clone(), Dim::c(d), Dim::c(d)]).unwrap();
+    let w = body.sub(w0, step).unwrap(); // per-token weights [n, d, d]
+    let w = body.unary(UnaryOp::Tanh, w).unwrap(); // non-linear in the weights: no dual form
+    let z = body.matmul(row, w).unwrap();
+    let z = body.reshape(z, vec![n.clone(), Dim::c(d)]).unwrap();
+    let last = body.slice(w, 0, -1, None).unwrap();
+    let last = body.reshape(last, vec![Dim::c(d), Dim::c(d)]).unwrap();
+    body.output("w", last);
+    body.output("z", z);
+
+    let mut g = Graph::new("outer");
+    let w_init = g.input("w0", Type::f32(&[d, d]));
+    let xs = g.input("xs", Type::new(DType::F32, vec![Dim::sym("T"), Dim::c(d)]));
+    let outs = g.scan(Scan { axis: 0, chunk: 4, carries: 1, seqs: 1, body }, &[w_init, xs]).unwrap();
+    g.output("z", outs[1]);
+
+    let (derived, reports) = derive_with_report(&g).unwrap();
+    assert!(reports[0].primal_left, "{reports:?}");
+    assert!(reports[0].summary().contains("no dual form found: keeping the primal form"), "{}", reports[0].summary());
+    let w = Tensor::f64(vec![d, d], (0..9).map(|i| 0.1 * i as f64 - 0.3).collect());
+    let xs = Tensor::f64(vec![7, d], (0..21).map(|i| ((i * 7 % 5) as f64 - 2.0) * 0.2).collect());
+    let before = run(&g, &[&w, &xs], Precision::F64).unwrap();
+    let after = run(&dead_code_elimination(&derived), &[&w, &xs], Precision::F64).unwrap();
+    let (a, b) = (before[0].to_f64().unwrap(), after[0].to_f64().unwrap());
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-12 * (1.0 + x.abs())));
 }

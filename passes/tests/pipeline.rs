@@ -1,5 +1,6 @@
 //! The default pipeline on real models: snapshots of the IR after each pass for the tiny
-//! TTT-Linear example, and a numeric check that the passes do not change what the graphs compute.
+//! TTT-Linear, TTT-MLP, Mamba and Llama examples, and a numeric check that the passes do not
+//! change what the graphs compute.
 
 use std::path::{Path, PathBuf};
 
@@ -20,19 +21,39 @@ fn tiny_examples() -> Vec<PathBuf> {
     v
 }
 
-/// The IR of the tiny TTT-Linear model as built and after each pass. Review changes: the
-/// snapshots show what each pass does to a real TTT layer (the scan body is where the inner
-/// gradient lives).
-#[test]
-fn ttt_linear_tiny_ir_after_each_pass() {
-    let g = tttc_frontends::load_structure(&examples().join("ttt-linear-tiny.toml")).unwrap().g;
-    insta::assert_snapshot!("ttt_linear_tiny_00_input", tttc_ir::text::print(&g));
+/// The IR of a tiny example as built and after each pass. Review changes: the snapshots show
+/// what each pass does to a real model (for TTT, the scan body is where the inner gradient and
+/// the dual form live).
+fn ir_after_each_pass(example: &str) {
+    let g = tttc_frontends::load_structure(&examples().join(format!("{example}.toml"))).unwrap().g;
+    let stem = example.replace('-', "_");
+    insta::assert_snapshot!(format!("{stem}_00_input"), tttc_ir::text::print(&g));
     for (i, r) in tttc_passes::run_pipeline(&g, None).unwrap().iter().enumerate() {
         let text = tttc_ir::text::print(&r.graph);
         // What is snapshotted must be what the graph is.
         assert!(tttc_ir::text::parse(&text).unwrap() == r.graph, "{}: the IR does not parse back to the graph", r.name);
-        insta::assert_snapshot!(format!("ttt_linear_tiny_{:02}_{}", i + 1, r.name.replace('-', "_")), text);
+        insta::assert_snapshot!(format!("{stem}_{:02}_{}", i + 1, r.name.replace('-', "_")), text);
     }
+}
+
+#[test]
+fn ttt_linear_tiny_ir_after_each_pass() {
+    ir_after_each_pass("ttt-linear-tiny");
+}
+
+#[test]
+fn ttt_mlp_tiny_ir_after_each_pass() {
+    ir_after_each_pass("ttt-mlp-tiny");
+}
+
+#[test]
+fn mamba_tiny_ir_after_each_pass() {
+    ir_after_each_pass("mamba-tiny");
+}
+
+#[test]
+fn llama_tiny_ir_after_each_pass() {
+    ir_after_each_pass("llama-tiny");
 }
 
 fn has_grad(g: &Graph) -> bool {

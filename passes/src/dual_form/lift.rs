@@ -76,9 +76,9 @@ impl Lifter<'_> {
                 };
                 let (mut with, without): (Vec<Lifted>, Vec<Lifted>) = factors.into_iter().partition(|l| l.axes.contains(&Some(k)));
                 ensure!(!with.is_empty(), "Σ over index {k} that no factor mentions");
-                // Multiply factors elementwise while that grows nothing (one's indices within the
-                // other's), or else the pair with the fewest indices together, down to two sides.
-                while with.len() > 2 || (with.len() == 2 && nested(&with[0], &with[1])) {
+                // Multiply factors with the same indices elementwise, and else the pair with the
+                // fewest indices together, down to the two sides of a matmul.
+                while with.len() > 2 || (with.len() == 2 && same_indices(&with[0], &with[1])) {
                     let (i, j) = cheapest_pair(&with, self.atoms);
                     let y = with.remove(j);
                     let x = with.remove(i);
@@ -221,6 +221,13 @@ impl Lifter<'_> {
 
 fn atom_set(l: &Lifted) -> Vec<u32> {
     l.axes.iter().flatten().copied().collect()
+}
+
+fn same_indices(x: &Lifted, y: &Lifted) -> bool {
+    let (mut a, mut b) = (atom_set(x), atom_set(y));
+    a.sort();
+    b.sort();
+    a == b
 }
 
 /// Whether one value's indices are all among the other's.

@@ -69,8 +69,10 @@ impl DualFormReport {
             "nothing to derive (no contraction)".to_string()
         } else if self.primal_left {
             format!("no dual form found: keeping the primal form ({} of {} regions rewritten)", self.rewritten, self.roots)
-        } else {
+        } else if self.flops_after < self.flops_before {
             format!("dual form derived ({} of {} regions rewritten)", self.rewritten, self.roots)
+        } else {
+            format!("no cheaper form ({} regions re-derived as they were)", self.roots)
         };
         format!(
             "{what}; FLOPs per chunk {:.3e} → {:.3e}; e-graph {} nodes, {} classes, {sat} after {} iterations in {:.1} ms",
@@ -85,7 +87,7 @@ pub fn derive_with_report(g: &Graph) -> Result<(Graph, Vec<DualFormReport>)> {
     let mut reports = Vec::new();
     for node in out.nodes.iter_mut() {
         if let Op::Scan(scan) = &node.op {
-            let (body, report) = derive_body(&scan.body, scan.chunk)?;
+            let (body, report) = derive_body(&scan.body, scan.chunk, scan.carries)?;
             node.op = Op::Scan(Box::new(Scan { body, ..(**scan).clone() }));
             reports.push(report);
         }
@@ -137,13 +139,12 @@ fn roots(g: &Graph) -> Vec<ValueId> {
     out
 }
 
-fn dead_code_elimination_of(g: &Graph) -> Graph {
-    crate::dce::dead_code_elimination(g)
-}
-
 /// Whether some value of `body` holds `chunk` or more copies of its largest carried state (at
-/// batch 1, a full chunk): per-token weights.
-fn materialises_per_token_state(body: &Graph, chunk: usize) -> bool {
+/// batch 1, a full chunk): per-token weights. (With chunks of one token the forms coincide.)
+fn materialises_per_token_state(body: &Graph, chunk: usize, carries: usize) -> bool {
+    if chunk < 2 {
+        return false;
+    }
     let env: tttc_ir::DimEnv = [("B".to_string(), 1)].into_iter().collect();
     let chunk_sym = body.args.iter().flat_map(|a| body.ty(a.value).shape.iter()).find_map(|d| d.sym.clone().filter(|s| s != "B"));
     let mut env = env;
@@ -151,8 +152,6 @@ fn materialises_per_token_state(body: &Graph, chunk: usize) -> bool {
         env.insert(s, chunk);
     }
     let size = |v: &ValueId| body.ty(*v).resolve(&env).map_or(0, |s| s.iter().product::<usize>());
-    // Carries are the leading arguments whose types the body's leading outputs repeat.
-    let carries = body.args.iter().zip(&body.outputs).take_while(|(a, (_, o))| body.ty(a.value) == body.ty(*o)).count();
     let Some(largest) = body.args[..carries].iter().map(|a| size(&a.value)).max() else { return false };
     largest > 1 && body.nodes.iter().flat_map(|n| &n.outputs).any(|v| size(v) >= chunk * largest)
 }
@@ -187,7 +186,7 @@ fn has_sum(eg: &ix::IxGraph, id: Id) -> bool {
     false
 }
 
-fn derive_body(body: &Graph, chunk: usize) -> Result<(Graph, DualFormReport)> {
+fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, DualFormReport)> {
     let roots = roots(body);
     let mut lowering = Lowering::new(body, &roots, contracting(body, &roots));
     let mut lowered: Vec<(ValueId, Id, Vec<lower::Axis>)> =
@@ -240,7 +239,7 @@ fn derive_body(body: &Graph, chunk: usize) -> Result<(Graph, DualFormReport)> {
     for (name, v) in &body.outputs {
         g.output(name, map[v.index()].context("output undefined")?);
     }
-    let primal_left = materialises_per_token_state(&dead_code_elimination_of(&g), chunk);
+    let primal_left = materialises_per_token_state(&crate::dce::dead_code_elimination(&g), chunk, carries);
     let report = DualFormReport {
         primal_left,
         roots: lowered.len(),
