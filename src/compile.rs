@@ -27,8 +27,31 @@ struct Manifest {
     /// The frontend's graph, before any pass.
     input: Stage,
     passes: Vec<PassEntry>,
-    /// The final graph split into its top-level scans and everything else.
+    /// The final (fused) graph split up: its fused regions and scans in node order, then one
+    /// entry for the remaining plain nodes.
     regions: Vec<Region>,
+    /// What the `fuse` pass did: regions and materialised bytes before and after it.
+    fusion: Option<Fusion>,
+}
+
+#[derive(Serialize)]
+struct Fusion {
+    /// Top-level nodes of the graph the `fuse` pass received (each one a kernel of its own).
+    regions_before: usize,
+    /// Top-level nodes after it: fused regions, scans and plain nodes.
+    regions_after: usize,
+    fused_regions: usize,
+    scans: usize,
+    plain_nodes: usize,
+    /// Bytes of the values materialised at the top level, before and after fusion.
+    intermediate_bytes_before: u64,
+    intermediate_bytes_after: u64,
+    /// The part of both that scan bodies materialise per iteration (fusion leaves scan bodies
+    /// alone: each is already one kernel per step).
+    scan_body_intermediate_bytes: u64,
+    /// Bytes read and written by the top-level nodes, before and after fusion.
+    bytes_moved_before: u64,
+    bytes_moved_after: u64,
 }
 
 #[derive(Serialize)]
@@ -79,8 +102,26 @@ struct PassEntry {
 #[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum Region {
+    Fused(FusedRegion),
     Scan(ScanRegion),
     Other(OtherRegion),
+}
+
+#[derive(Serialize)]
+struct FusedRegion {
+    /// Position of the fused node among the final graph's top-level nodes.
+    node: usize,
+    /// Its results as named in the final IR.
+    results: String,
+    body: String,
+    /// Nodes inside the region.
+    nodes: usize,
+    /// The ops it contains, by name, with their counts.
+    ops: BTreeMap<&'static str, usize>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    #[serde(flatten)]
+    totals: Totals,
 }
 
 #[derive(Serialize)]
@@ -103,7 +144,7 @@ struct ScanRegion {
 
 #[derive(Serialize)]
 struct OtherRegion {
-    /// How many top-level nodes are not scans.
+    /// How many top-level nodes are neither fused regions nor scans.
     nodes: usize,
     #[serde(flatten)]
     totals: Totals,
@@ -132,6 +173,20 @@ pub fn compile(req: &Request) -> Result<()> {
         }
     })?;
     let last = results.last().map_or(graph, |r| &r.graph);
+    let fusion = fusion(graph, &results, &env)?;
+    if let Some(f) = &fusion {
+        eprintln!(
+            "fusion: {} top-level nodes -> {} regions ({} fused, {} scans, {} plain); intermediates {} -> {} at {}",
+            f.regions_before,
+            f.regions_after,
+            f.fused_regions,
+            f.scans,
+            f.plain_nodes,
+            human_bytes(f.intermediate_bytes_before),
+            human_bytes(f.intermediate_bytes_after),
+            env.iter().collect::<BTreeMap<_, _>>().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+        );
+    }
 
     let params: Vec<&tttc_ir::Arg> = graph.params().collect();
     let mut parameters = 0u64;
@@ -173,6 +228,7 @@ pub fn compile(req: &Request) -> Result<()> {
             })
             .collect::<Result<_>>()?,
         regions: regions(last, &env)?,
+        fusion,
     };
 
     let mut files: Vec<(String, String)> = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph))];
@@ -189,17 +245,79 @@ fn ir_file(index: usize, pass: &str) -> String {
     format!("ir/{index:02}-{pass}.ir")
 }
 
-/// One region per top-level scan of `g`, then one for all other nodes.
+/// `1234567` → `1.23 MB` (decimal units).
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1000.0 && u + 1 < units.len() {
+        x /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.2} {}", units[u])
+    }
+}
+
+/// The graph the `fuse` pass received and the one it made, compared (None when the pipeline has
+/// no `fuse` pass).
+fn fusion(input: &Graph, results: &[tttc_passes::PassResult], env: &DimEnv) -> Result<Option<Fusion>> {
+    let Some(i) = results.iter().position(|r| r.name == "fuse") else { return Ok(None) };
+    let before = if i == 0 { input } else { &results[i - 1].graph };
+    let after = &results[i].graph;
+    let count = |f: fn(&Op) -> bool| after.nodes.iter().filter(|n| f(&n.op)).count();
+    let fused_regions = count(|op| matches!(op, Op::Fused(_)));
+    let scans = count(|op| matches!(op, Op::Scan(_)));
+    let (cb, ca) = (cost::graph_cost(before, env)?, cost::graph_cost(after, env)?);
+    let mut scan_body_intermediate_bytes = 0u64;
+    for n in after.nodes.iter().filter(|n| matches!(n.op, Op::Scan(_))) {
+        let results = n.outputs.iter().try_fold(0u64, |acc, v| Ok::<_, anyhow::Error>(acc + cost::bytes(after.ty(*v), env)?))?;
+        scan_body_intermediate_bytes += cost::node_cost(after, n, env)?.intermediate_bytes - results;
+    }
+    Ok(Some(Fusion {
+        regions_before: before.nodes.len(),
+        regions_after: after.nodes.len(),
+        fused_regions,
+        scans,
+        plain_nodes: after.nodes.len() - fused_regions - scans,
+        intermediate_bytes_before: cb.intermediate_bytes,
+        intermediate_bytes_after: ca.intermediate_bytes,
+        scan_body_intermediate_bytes,
+        bytes_moved_before: cb.bytes,
+        bytes_moved_after: ca.bytes,
+    }))
+}
+
+/// One region per top-level fused region and scan of `g`, in node order, then one for all other
+/// nodes.
 fn regions(g: &Graph, env: &DimEnv) -> Result<Vec<Region>> {
     let mut regions = Vec::new();
     let mut other = Cost::default();
     let mut other_nodes = 0;
+    let show = |vs: &[tttc_ir::ValueId]| vs.iter().map(|v| g.ty(*v).to_string()).collect::<Vec<_>>();
     for (i, node) in g.nodes.iter().enumerate() {
         let c = cost::node_cost(g, node, env)?;
+        let results: Vec<String> = node.outputs.iter().map(|v| format!("%{}", v.0)).collect();
         match &node.op {
+            Op::Fused(f) => {
+                let mut ops = BTreeMap::new();
+                for n in &f.body.nodes {
+                    *ops.entry(n.op.name()).or_insert(0) += 1;
+                }
+                regions.push(Region::Fused(FusedRegion {
+                    node: i,
+                    results: results.join(", "),
+                    body: f.body.name.clone(),
+                    nodes: tttc_passes::count_nodes(&f.body),
+                    ops,
+                    inputs: show(&node.inputs),
+                    outputs: show(&node.outputs),
+                    totals: c.into(),
+                }));
+            }
             Op::Scan(scan) => {
-                let show = |vs: &[tttc_ir::ValueId]| vs.iter().map(|v| g.ty(*v).to_string()).collect::<Vec<_>>();
-                let results: Vec<String> = node.outputs.iter().map(|v| format!("%{}", v.0)).collect();
                 regions.push(Region::Scan(ScanRegion {
                     node: i,
                     results: results.join(", "),

@@ -54,13 +54,15 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let r = tttc(&["compile", p(&ex), "-o", p(&out), "--seq-len", "100", "--batch", "2"]);
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "{stem}: {stderr}");
-        // One progress line per pass (the passes' notes indented under it), then where the
-        // output went.
+        // One progress line per pass (the passes' notes indented under it), the fusion summary,
+        // then where the output went.
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("    ")).collect();
-        assert_eq!(lines.len(), pass_names().len() + 1, "{stem}: {stderr}");
+        assert_eq!(lines.len(), pass_names().len() + 2, "{stem}: {stderr}");
         for (line, name) in lines.iter().zip(pass_names()) {
             assert!(line.starts_with(name) && line.contains("nodes"), "{stem}: {line}");
         }
+        let summary = lines[lines.len() - 2];
+        assert!(summary.starts_with("fusion: ") && summary.contains("regions") && summary.ends_with("at B=2, T=100"), "{stem}: {summary}");
         assert_eq!(lines.last().unwrap(), &format!("wrote {}", out.display()));
 
         // The IR as built and after each pass, in order.
@@ -107,21 +109,53 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
             assert_eq!(u(&entry["totals"]["unestimated_nodes"], "unestimated"), 0, "{stem}");
         }
 
-        // Regions: every top-level scan of the final graph, then the rest; they add up to the total.
+        // Regions: every top-level fused region and scan of the final graph, in node order, then
+        // the rest; they add up to the total.
         let last = graphs.last().unwrap();
         let regions = m["regions"].as_array().unwrap();
         let scans = last.nodes.iter().filter(|n| matches!(n.op, tttc_ir::Op::Scan(_))).count();
-        assert_eq!(regions.len(), scans + 1, "{stem}");
+        let fused = last.nodes.iter().filter(|n| matches!(n.op, tttc_ir::Op::Fused(_))).count();
+        assert!(fused > 0, "{stem}: no fused region");
+        assert_eq!(regions.len(), fused + scans + 1, "{stem}");
         let other = regions.last().unwrap();
         assert_eq!(other["kind"], "other");
-        assert_eq!(u(&other["nodes"], "nodes") as usize, last.nodes.len() - scans);
+        assert_eq!(u(&other["nodes"], "nodes") as usize, last.nodes.len() - scans - fused);
         let total = &passes.last().unwrap()["totals"];
         for key in ["flops", "bytes_moved", "intermediate_bytes"] {
             let sum: u64 = regions.iter().map(|r| u(&r[key], key)).sum();
             assert_eq!(sum, u(&total[key], key), "{stem}: regions' {key}");
         }
-        for r in &regions[..scans] {
-            assert_eq!(r["kind"], "scan");
+        let positions: Vec<u64> = regions[..fused + scans].iter().map(|r| u(&r["node"], "node")).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{stem}: regions not in node order");
+        for r in regions[..fused + scans].iter().filter(|r| r["kind"] == "fused") {
+            let node = &last.nodes[u(&r["node"], "node") as usize];
+            let tttc_ir::Op::Fused(f) = &node.op else { panic!("{stem}: region is not a fused node") };
+            assert_eq!(r["body"], f.body.name.as_str());
+            assert_eq!(u(&r["nodes"], "nodes") as usize, f.body.nodes.len());
+            let counted: u64 = r["ops"].as_object().unwrap().values().map(|c| u(c, "op count")).sum();
+            assert_eq!(counted as usize, f.body.nodes.len(), "{stem}: op counts");
+            let shown: Vec<String> = node.inputs.iter().map(|v| last.ty(*v).to_string()).collect();
+            assert_eq!(r["inputs"], serde_json::json!(shown));
+            let shown: Vec<String> = node.outputs.iter().map(|v| last.ty(*v).to_string()).collect();
+            assert_eq!(r["outputs"], serde_json::json!(shown));
+        }
+        // Fusion: top-level nodes before (the graph the fuse pass received) and after, and fewer
+        // materialised bytes.
+        let fuse_at = pass_names().iter().position(|&n| n == "fuse").expect("a fuse pass");
+        let fusion = &m["fusion"];
+        assert_eq!(u(&fusion["regions_before"], "regions_before") as usize, graphs[fuse_at].nodes.len(), "{stem}");
+        assert_eq!(u(&fusion["regions_after"], "regions_after") as usize, last.nodes.len(), "{stem}");
+        assert_eq!(u(&fusion["fused_regions"], "fused_regions") as usize, fused);
+        assert_eq!(u(&fusion["scans"], "scans") as usize, scans);
+        assert_eq!(u(&fusion["plain_nodes"], "plain_nodes") as usize, last.nodes.len() - fused - scans);
+        let before = u(&fusion["intermediate_bytes_before"], "intermediate_bytes_before");
+        let after = u(&fusion["intermediate_bytes_after"], "intermediate_bytes_after");
+        assert_eq!(before, u(&passes[fuse_at - 1]["totals"]["intermediate_bytes"], "totals"), "{stem}");
+        assert_eq!(after, u(&total["intermediate_bytes"], "totals"), "{stem}");
+        assert!(after < before, "{stem}: fusion does not reduce intermediates ({before} -> {after})");
+        assert!(u(&fusion["scan_body_intermediate_bytes"], "scan bytes") < after, "{stem}");
+        assert!(u(&fusion["bytes_moved_after"], "moved") < u(&fusion["bytes_moved_before"], "moved"), "{stem}");
+        for r in regions[..fused + scans].iter().filter(|r| r["kind"] == "scan") {
             let node = &last.nodes[u(&r["node"], "node") as usize];
             let tttc_ir::Op::Scan(scan) = &node.op else { panic!("{stem}: region is not a scan") };
             assert_eq!(u(&r["chunk"], "chunk") as usize, scan.chunk);

@@ -12,7 +12,9 @@ const CASE: &str = "ttt-linear-transformer-backbone";
 /// Runs `tttc run` expecting failure; checks the error is one line containing `needle`, that
 /// nothing panicked, and that the pre-existing OUT was not touched.
 fn expect_error(model: &Path, input: &Path, extra: &[&str], needle: &str) {
-    let dir = model.parent().unwrap().to_path_buf();
+    // OUT goes next to the model in the test's own folder (a model folder's parent is shared by
+    // every test, which run in parallel).
+    let dir = if model.is_dir() { model.to_path_buf() } else { model.parent().unwrap().to_path_buf() };
     let out = dir.join("out.safetensors");
     std::fs::write(&out, b"previous contents").unwrap();
     let mut args = vec!["run", p(model), "--input", p(input), "--output", p(&out)];

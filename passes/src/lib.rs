@@ -3,12 +3,14 @@
 mod autodiff;
 mod dce;
 mod dual_form;
+mod fuse;
 mod simplify;
 
 pub use autodiff::expand_grads;
 pub use dual_form::{derive_dual_form, derive_with_report, DualFormReport};
 pub use simplify::simplify;
 pub use dce::{dead_code_elimination, keep_outputs};
+pub use fuse::{fuse, fuse_with_report, FuseReport};
 pub mod cost;
 mod manager;
 

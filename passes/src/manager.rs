@@ -52,6 +52,11 @@ pub fn pipeline() -> Vec<Pass> {
             run: |g| Ok(crate::simplify::simplify(g)?.into()),
         },
         Pass { name: "dce", about: "removes the nodes that no graph output depends on", run: dce },
+        Pass {
+            name: "fuse",
+            about: "groups the top-level nodes into fused regions: each matmul or gather with its elementwise epilogue; each scan alone",
+            run: crate::fuse::fuse_with_notes,
+        },
     ]
 }
 

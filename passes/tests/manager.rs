@@ -28,7 +28,7 @@ fn sample() -> Graph {
 
 #[test]
 fn the_default_pipeline_is_autodiff_then_dce() {
-    assert_eq!(pass_names(), ["inner-autodiff", "dual-form", "simplify", "dce"]);
+    assert_eq!(pass_names(), ["inner-autodiff", "dual-form", "simplify", "dce", "fuse"]);
     for p in pipeline() {
         assert!(!p.about.is_empty() && !p.about.contains('\n'), "{}: about must be one line", p.name);
         assert!(p.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{}", p.name);
@@ -53,6 +53,8 @@ fn runs_every_pass_in_order_and_counts_body_nodes() {
     let by_name = |n: &str| results.iter().find(|r| r.name == n).unwrap();
     assert_eq!((by_name("inner-autodiff").nodes_before, by_name("inner-autodiff").nodes_after), (6, 6));
     assert_eq!((by_name("dce").nodes_before, by_name("dce").nodes_after), (6, 5));
+    // fuse wraps exp and the constant the scan reads into one region: one node more.
+    assert_eq!((by_name("fuse").nodes_before, by_name("fuse").nodes_after), (5, 6));
     assert!(tttc_passes::compile(&g).unwrap() == results.last().unwrap().graph);
 }
 
@@ -64,13 +66,14 @@ fn stops_after_the_named_pass() {
     assert_eq!(results[0].name, "inner-autodiff");
     assert_eq!(run_pipeline(&g, Some("dual-form")).unwrap().len(), 2);
     assert_eq!(run_pipeline(&g, Some("dce")).unwrap().len(), 4);
+    assert_eq!(run_pipeline(&g, Some("fuse")).unwrap().len(), 5);
 }
 
 #[test]
 fn an_unknown_pass_name_lists_the_valid_ones() {
     let err = run_pipeline(&sample(), Some("nonsense")).unwrap_err().to_string();
     assert!(err.contains("nonsense"), "{err}");
-    assert!(err.contains("inner-autodiff, dual-form, simplify, dce"), "{err}");
+    assert!(err.contains("inner-autodiff, dual-form, simplify, dce, fuse"), "{err}");
 }
 
 fn breaks_types(g: &Graph) -> Result<tttc_passes::Rewrite> {
