@@ -144,7 +144,9 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
 /// the inner loss, which the passes expand.
 fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
     let (heads, d) = (c.num_heads, c.head_dim());
-    let (bsym, n) = (Dim::sym("B"), Dim::sym("n"));
+    // The chunk length: symbolic (the last mini-batch may be shorter), or 1 for one token a step.
+    let n = if c.mini_batch_size == 1 { Dim::c(1) } else { Dim::sym("n") };
+    let bsym = Dim::sym("B");
     let mut g = Graph::new("mini_batch");
     let state: Vec<ValueId> = state_types.iter().enumerate().map(|(i, t)| g.input(&format!("state{i}"), t.clone())).collect();
     let chunk = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);

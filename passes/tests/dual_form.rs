@@ -166,3 +166,32 @@ fn no_dual_form_keeps_the_primal_and_says_so() {
     let (a, b) = (before[0].to_f64().unwrap(), after[0].to_f64().unwrap());
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-12 * (1.0 + x.abs())));
 }
+
+/// The same extraction picks the dual form for a mini-batch of 16 tokens and, with one token per
+/// step, the recurrent (primal) form: the output reads the updated state the step computes anyway.
+#[test]
+fn one_token_per_step_reads_the_updated_state() {
+    let dir = std::env::temp_dir().join(format!("tttc-decode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for layer in ["linear", "mlp"] {
+        for b in [16usize, 1] {
+            let config = format!(
+                r#"{{"model_type": "ttt", "vocab_size": 23, "hidden_size": 64, "intermediate_size": 24,
+                    "num_hidden_layers": 1, "num_attention_heads": 4, "mini_batch_size": {b}, "ttt_layer_type": "{layer}"}}"#
+            );
+            std::fs::write(dir.join("config.json"), &config).unwrap();
+            let g = tttc_frontends::load_structure(&dir).unwrap().g;
+            let (_, reports) = derive_with_report(&dead_code_elimination(&expand_grads(&g).unwrap())).unwrap();
+            let r = &reports[0];
+            eprintln!("{layer} b={b}: {}", r.summary());
+            if b == 1 {
+                assert!(r.shared > 0, "{layer}: one token per step should read the updated state: {r:?}");
+                assert!(r.summary().contains("primal form"), "{}", r.summary());
+            } else {
+                assert_eq!(r.shared, 0, "{layer}: {r:?}");
+                assert!(r.summary().starts_with("dual form derived"), "{}", r.summary());
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

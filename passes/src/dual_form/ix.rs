@@ -4,7 +4,7 @@
 //! about any particular layer. Products are n-ary with sorted children, so associativity and
 //! commutativity of products need no rules (they are what blows e-graphs up).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use egg::{define_language, Analysis, DidMerge, EGraph, Id, Language, RecExpr, Symbol};
@@ -276,10 +276,13 @@ pub fn saturate(eg: &mut IxGraph, node_limit: usize, iter_limit: usize, time_lim
 
 /// Extraction cost: every product, sum and Σ costs the number of elements it computes (the
 /// product of its free indices' sizes; Σ reads its body's), negation is free (it folds into a
-/// subtraction), leaves are already computed.
+/// subtraction), leaves are already computed. `aliases` are leaves that read a value another
+/// root computes: free for the other roots, forbidden to the root that computes them.
 pub struct FlopCost<'a> {
     pub eg: &'a IxGraph,
     pub sizes: &'a [f64],
+    pub aliases: &'a HashSet<Symbol>,
+    pub alias_cost: f64,
 }
 
 impl FlopCost<'_> {
@@ -295,6 +298,7 @@ impl egg::CostFunction<Ix> for FlopCost<'_> {
         let children: f64 = enode.children().iter().map(|&c| costs(c)).sum();
         let data = |id: &Id| &self.eg[*id].data.free;
         let own = match enode {
+            Ix::Sym(s) if self.aliases.contains(s) => self.alias_cost,
             Ix::Sym(_) | Ix::Neg(_) => 0.0,
             Ix::Add([a, b]) => self.volume(&data(a).union(data(b)).copied().collect()),
             Ix::Mul(fs) => {
@@ -307,8 +311,25 @@ impl egg::CostFunction<Ix> for FlopCost<'_> {
     }
 }
 
-/// The cheapest term of each root class, and its cost.
-pub fn extract(eg: &IxGraph, sizes: &[f64], roots: &[Id]) -> Vec<(f64, RecExpr<Ix>)> {
-    let extractor = egg::Extractor::new(eg, FlopCost { eg, sizes });
-    roots.iter().map(|&r| extractor.find_best(r)).collect()
+/// An extracted root: its term, its cost, and whether it reads a value another root computes.
+pub struct Extracted {
+    pub cost: f64,
+    pub expr: RecExpr<Ix>,
+    pub shares: bool,
+}
+
+/// The cheapest term of each root class. Roots in `computing` compute the values the alias
+/// leaves read, so they may not use them; every other root reads them for free.
+pub fn extract(eg: &IxGraph, sizes: &[f64], roots: &[Id], computing: &[bool], aliases: &HashSet<Symbol>) -> Vec<Extracted> {
+    let pick = |alias_cost: f64| egg::Extractor::new(eg, FlopCost { eg, sizes, aliases, alias_cost });
+    let (own, others) = (pick(f64::INFINITY), pick(0.0));
+    roots
+        .iter()
+        .zip(computing)
+        .map(|(&root, &computes)| {
+            let (cost, expr) = if computes { own.find_best(root) } else { others.find_best(root) };
+            let shares = expr.as_ref().iter().any(|n| matches!(n, Ix::Sym(s) if aliases.contains(s)));
+            Extracted { cost, expr, shares }
+        })
+        .collect()
 }

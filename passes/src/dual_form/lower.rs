@@ -45,12 +45,17 @@ pub struct Lowering<'g> {
     /// Values worth expanding: those with a contraction in their region. Elementwise
     /// combinations of leaves stay leaves, computed once.
     contracting: Vec<bool>,
+    /// Values that hold the same data as a value the body returns as its next state (which it
+    /// computes anyway): each lowering of one is also that state value, read as a leaf.
+    aliases: HashMap<ValueId, ValueId>,
+    /// The symbols of those alias leaves.
+    pub alias_leaves: std::collections::HashSet<egg::Symbol>,
 }
 
 impl<'g> Lowering<'g> {
     /// A lowering of `g` whose terms stop at the `boundary` values and at values without a
     /// contraction in their region.
-    pub fn new(g: &'g Graph, boundary: &[ValueId], contracting: Vec<bool>) -> Lowering<'g> {
+    pub fn new(g: &'g Graph, boundary: &[ValueId], contracting: Vec<bool>, aliases: HashMap<ValueId, ValueId>) -> Lowering<'g> {
         let mut producer = vec![None; g.types.len()];
         for (i, n) in g.nodes.iter().enumerate() {
             for o in &n.outputs {
@@ -66,6 +71,8 @@ impl<'g> Lowering<'g> {
             memo: HashMap::new(),
             boundary: boundary.iter().copied().collect(),
             contracting,
+            aliases,
+            alias_leaves: Default::default(),
         }
     }
 
@@ -102,7 +109,22 @@ impl<'g> Lowering<'g> {
         });
         let expand = (self.contracting[v.index()] || moves) && !self.boundary.contains(&v);
         let op = if expand { self.lower_op(v, &axes) } else { None };
-        let id = op.unwrap_or_else(|| self.leaf(Leaf::Value(v, axes.clone())));
+        let mut id = op.unwrap_or_else(|| self.leaf(Leaf::Value(v, axes.clone())));
+        if let Some(&state) = self.aliases.get(&v) {
+            // Same elements in the same order, size-1 axes aside: read the state's axes at the
+            // same indices.
+            let mut indices = axes.iter().zip(&self.g.ty(v).shape).filter(|(_, d)| !d.is_one()).map(|(a, _)| a.clone());
+            let state_axes: Vec<Axis> =
+                self.g.ty(state).shape.iter().map(|d| if d.is_one() { Axis::Unit } else { indices.next().unwrap_or(Axis::Unit) }).collect();
+            if !state_axes.contains(&Axis::Last) {
+                let leaf = self.leaf(Leaf::Value(state, state_axes));
+                if let Ix::Sym(s) = &self.eg[leaf].nodes[0] {
+                    self.alias_leaves.insert(*s);
+                }
+                self.eg.union(id, leaf);
+                id = self.eg.find(id);
+            }
+        }
         self.memo.insert((v, axes), id);
         id
     }
@@ -146,7 +168,8 @@ impl<'g> Lowering<'g> {
             }
             Op::Slice { axis, start: -1, end: None } if axes[*axis] == Axis::Unit => {
                 let mut x = axes.to_vec();
-                x[*axis] = Axis::Last;
+                // The last of one element is the only one.
+                x[*axis] = if g.ty(ins[0]).shape[*axis].is_one() { Axis::Unit } else { Axis::Last };
                 Some(self.lower(ins[0], x))
             }
             Op::TriMask { fill } if *fill == 0.0 => {

@@ -13,6 +13,7 @@ mod ix;
 mod lift;
 mod lower;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -43,6 +44,9 @@ pub struct DualFormReport {
     /// Whether the body, after derivation, still materialises per-token copies of the carried
     /// state (the primal form): a value at least `chunk` times the largest carry.
     pub primal_left: bool,
+    /// Roots whose term reads a value another root computes (for one token per chunk: the
+    /// output reads the updated state, the primal form).
+    pub shared: usize,
 }
 
 /// The pass: every scan body re-derived.
@@ -69,6 +73,8 @@ impl DualFormReport {
             "nothing to derive (no contraction)".to_string()
         } else if self.primal_left {
             format!("no dual form found: keeping the primal form ({} of {} regions rewritten)", self.rewritten, self.roots)
+        } else if self.shared > 0 {
+            format!("{} of {} regions read values the state update computes (the recurrent, primal form)", self.shared, self.roots)
         } else if self.flops_after < self.flops_before {
             format!("dual form derived ({} of {} regions rewritten)", self.rewritten, self.roots)
         } else {
@@ -156,6 +162,35 @@ fn materialises_per_token_state(body: &Graph, chunk: usize, carries: usize) -> b
     largest > 1 && body.nodes.iter().flat_map(|n| &n.outputs).any(|v| size(v) >= chunk * largest)
 }
 
+/// Values holding exactly the data of a next-state output: the chain of reshapes, and `[-1:]`
+/// slices of a length-1 axis, that makes the output (one token per step: the per-token weights
+/// are the next state).
+fn state_aliases(g: &Graph, state: &[ValueId]) -> HashMap<ValueId, ValueId> {
+    let mut producer: HashMap<ValueId, &tttc_ir::Node> = HashMap::new();
+    for n in &g.nodes {
+        for o in &n.outputs {
+            producer.insert(*o, n);
+        }
+    }
+    let mut aliases = HashMap::new();
+    for &s in state {
+        let mut v = s;
+        while let Some(n) = producer.get(&v) {
+            let same_data = match &n.op {
+                Op::Reshape { .. } => true,
+                Op::Slice { axis, start: -1, end: None } => g.ty(n.inputs[0]).shape[*axis].is_one(),
+                _ => false,
+            };
+            if !same_data {
+                break;
+            }
+            v = n.inputs[0];
+            aliases.insert(v, s);
+        }
+    }
+    aliases
+}
+
 /// For each value: whether a matmul lies in its region (linear ops back to the boundaries).
 fn contracting(g: &Graph, boundary: &[ValueId]) -> Vec<bool> {
     let mut has = vec![false; g.types.len()];
@@ -188,10 +223,15 @@ fn has_sum(eg: &ix::IxGraph, id: Id) -> bool {
 
 fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, DualFormReport)> {
     let roots = roots(body);
-    let mut lowering = Lowering::new(body, &roots, contracting(body, &roots));
+    let state: Vec<ValueId> = body.outputs[..carries.min(body.outputs.len())].iter().map(|(_, v)| *v).collect();
+    let mut lowering = Lowering::new(body, &roots, contracting(body, &roots), state_aliases(body, &state));
     let mut lowered: Vec<(ValueId, Id, Vec<lower::Axis>)> =
         roots.iter().filter_map(|&v| lowering.root(v).map(|(id, axes)| (v, id, axes))).collect();
-    lowered.retain(|(_, id, _)| has_sum(&lowering.eg, *id));
+    // The next state is computed anyway (with or without a contraction): the other roots may
+    // read it for free.
+    lowered.retain(|(v, id, _)| state.contains(v) || has_sum(&lowering.eg, *id));
+    lowered.sort_by_key(|(v, _, _)| !state.contains(v));
+    let computing: Vec<bool> = lowered.iter().map(|(v, _, _)| state.contains(v)).collect();
     // Sizes for the cost model: the chunk symbol at the chunk size, other symbols (batch) at 1.
     let sizes: Vec<f64> = lowering
         .atoms
@@ -199,10 +239,11 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
         .map(|d: &Dim| d.as_const().map_or(if d.sym.as_deref() == Some("B") { 1.0 } else { chunk as f64 }, |n| n as f64))
         .collect();
     let ids: Vec<Id> = lowered.iter().map(|(_, id, _)| *id).collect();
-    let before = ix::extract(&lowering.eg, &sizes, &ids);
+    // The cost of the terms as written: no root reads another's value.
+    let before = ix::extract(&lowering.eg, &sizes, &ids, &vec![true; ids.len()], &lowering.alias_leaves);
     let sat = ix::saturate(&mut lowering.eg, NODE_LIMIT, ITER_LIMIT, TIME_LIMIT);
     let ids: Vec<Id> = ids.iter().map(|&id| lowering.eg.find(id)).collect();
-    let after = ix::extract(&lowering.eg, &sizes, &ids);
+    let after = ix::extract(&lowering.eg, &sizes, &ids, &computing, &lowering.alias_leaves);
 
     // Rebuild the body, each improved root defined by its lifted term.
     let mut g = Graph::new(&body.name);
@@ -216,7 +257,7 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
         let root = lowered.iter().position(|(v, _, _)| node.outputs.first() == Some(v));
         if let Some(r) = root {
             let (v, _, axes) = &lowered[r];
-            let ((cost_before, _), (cost_after, expr)) = (&before[r], &after[r]);
+            let (cost_before, cost_after, expr) = (&before[r].cost, &after[r].cost, &after[r].expr);
             flops_before += cost_before;
             if cost_after <= cost_before {
                 let snapshot = map.clone();
@@ -240,8 +281,10 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
         g.output(name, map[v.index()].context("output undefined")?);
     }
     let primal_left = materialises_per_token_state(&crate::dce::dead_code_elimination(&g), chunk, carries);
+    let shared = after.iter().filter(|e| e.shares).count();
     let report = DualFormReport {
         primal_left,
+        shared,
         roots: lowered.len(),
         rewritten,
         egraph_nodes: sat.nodes,
