@@ -4,16 +4,6 @@
 mod common;
 use common::*;
 
-fn examples() -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(repo().join("examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    v.sort();
-    assert!(v.len() >= 8, "expected a tiny and a 125m example per family");
-    v
-}
 
 #[test]
 fn every_example_ir_verifies_and_round_trips() {

@@ -3,25 +3,13 @@
 //! epilogues); fusion lowers the materialised bytes; the fused IR round-trips through the text
 //! format; the cost model, dead-code elimination and autodiff handle `fused` nodes.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 
 use tttc_ir::{DType, Dim, DimEnv, Graph, Op, Precision, ReduceKind, Tensor, Type, UnaryOp};
 use tttc_passes::cost::{graph_cost, intermediate_bytes, node_cost, Cost};
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
 
-fn tiny_examples() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(examples())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.to_string_lossy().contains("tiny"))
-        .collect();
-    v.sort();
-    assert!(v.len() >= 4, "expected a tiny example per family");
-    v
-}
 
 /// The graph after `dce` (what `fuse` receives) and after `fuse` (the end of the pipeline).
 fn unfused_and_fused(g: &Graph) -> (Graph, Graph) {

@@ -2,24 +2,12 @@
 //! TTT-Linear, TTT-MLP, Mamba and Llama examples, and a numeric check that the passes do not
 //! change what the graphs compute.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 
 use tttc_ir::{Graph, Op, Precision, Tensor};
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
 
-fn tiny_examples() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(examples())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.to_string_lossy().contains("tiny"))
-        .collect();
-    v.sort();
-    assert!(v.len() >= 4, "expected a tiny example per family");
-    v
-}
 
 /// The IR of a tiny example as built and after each pass. Review changes: the snapshots show
 /// what each pass does to a real model (for TTT, the scan body is where the inner gradient and
