@@ -23,6 +23,8 @@ pub enum Init {
 pub struct ModelBuilder {
     pub g: Graph,
     pub inits: BTreeMap<String, Init>,
+    /// The token embedding's parameter name (a tied head reads it).
+    pub embedding: Option<String>,
 }
 
 impl Deref for ModelBuilder {
@@ -40,7 +42,7 @@ impl DerefMut for ModelBuilder {
 
 impl ModelBuilder {
     pub fn new(name: &str) -> ModelBuilder {
-        ModelBuilder { g: Graph::new(name), inits: BTreeMap::new() }
+        ModelBuilder { g: Graph::new(name), inits: BTreeMap::new(), embedding: None }
     }
 
     pub fn weight(&mut self, name: &str, shape: &[usize], init: Init) -> ValueId {
@@ -168,6 +170,7 @@ impl ModelBuilder {
     ) -> Result<()> {
         let ids = self.token_input();
         let table = self.weight(lm.embed, &[lm.vocab, lm.hidden], Init::Normal { std: lm.init_std });
+        self.embedding = Some(lm.embed.to_string());
         let mut h = self.gather(table, ids, 0)?;
         for layer in 0..lm.layers {
             h = block(self, h, layer)?;

@@ -133,8 +133,7 @@ fn check_weights(b: &ModelBuilder, config: &ModelConfig, mut file: Weights) -> R
     }
     if config.tie_word_embeddings() {
         if let Some(head) = file.get("lm_head.weight") {
-            let embed = b.g.params().map(|a| &a.name).find(|n| n.ends_with("embed_tokens.weight") || n.ends_with("embeddings.weight"));
-            if let Some(e) = embed.and_then(|e| out.get(e)) {
+            if let Some(e) = b.embedding.as_ref().and_then(|e| out.get(e)) {
                 if head != e {
                     bail!("tie_word_embeddings is true but lm_head.weight differs from the embedding");
                 }

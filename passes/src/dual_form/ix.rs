@@ -257,9 +257,6 @@ pub fn saturate(eg: &mut IxGraph, node_limit: usize, iter_limit: usize, time_lim
             }
         }
         eg.rebuild();
-        if std::env::var_os("TTTC_DEBUG_EGRAPH").is_some() {
-            eprintln!("iteration {iterations}: {} nodes, {} classes", eg.total_number_of_nodes(), eg.number_of_classes());
-        }
         if !changed {
             saturated = true;
             break;
