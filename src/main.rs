@@ -27,22 +27,15 @@ enum Command {
 T > 1, `loss` (f32 scalar: the mean cross-entropy of each position's prediction of the next \
 token). OUT is written atomically: on any error it is not created and an existing file is left \
 untouched.")]
-    Run {
-        /// Model folder (config.json) or model.toml.
-        model: PathBuf,
-        /// Safetensors file with `input_ids`.
-        #[arg(long)]
-        input: PathBuf,
-        /// Safetensors file to write `logits` and `loss` to.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Weights file; wins over the folder's model.safetensors and model.toml's `weights`.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Where the graph executes.
-        #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
-        backend: BackendArg,
-    },
+    Run(RunArgs),
+    /// Gradients: the loss and its gradient with respect to every parameter.
+    #[command(long_about = "Compute the loss and its gradient with respect to every parameter.\n\n\
+IN is a safetensors file holding `input_ids` (i64 [B, T], T ≥ 2). OUT receives `loss` (f32 \
+scalar, as `tttc run` computes it) and one f32 tensor per parameter, named like the weights (a \
+tied head's gradient is part of the embedding's). The gradient is exact reverse-mode autodiff of \
+the whole graph, through the scans (TTT's outer gradient includes the second-order terms of its \
+inner updates). OUT is written atomically.")]
+    Grad(RunArgs),
     /// Print the model's IR as text, as built or after a pass (it parses back to the same graph).
     #[command(long_about = "Print the model's IR as text.\n\nThe graph is verified first. Its text \
 parses back to the same graph (`tttc_ir::text::parse`). Parameters are listed as `param` \
@@ -97,6 +90,25 @@ the graph after the named pass:"
     s
 }
 
+/// What `run` and `grad` read and write.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Model folder (config.json) or model.toml.
+    model: PathBuf,
+    /// Safetensors file with `input_ids`.
+    #[arg(long)]
+    input: PathBuf,
+    /// Safetensors file to write the results to.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Weights file; wins over the folder's model.safetensors and model.toml's `weights`.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Where the graph executes.
+    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    backend: BackendArg,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
     /// The reference interpreter.
@@ -118,7 +130,8 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { model, input, output, weights, backend } => run(&model, &input, &output, weights.as_deref(), backend),
+        Command::Run(args) => run(&args),
+        Command::Grad(args) => grad(&args),
         Command::Ir { model, after } => {
             let mut graph = structure_only(&model)?;
             tttc_ir::verify(&graph)?;
@@ -144,21 +157,38 @@ fn structure_only(model: &Path) -> Result<tttc_ir::Graph> {
     Ok(tttc_frontends::load_structure(model)?.g)
 }
 
-fn run(model: &Path, input: &Path, output: &Path, weights: Option<&Path>, backend: BackendArg) -> Result<()> {
-    let model = tttc_frontends::load(model, weights)?;
-    let inputs = tttc_runtime::read_tensors(input)?;
-    let ids = inputs.get("input_ids").with_context(|| format!("{} has no tensor input_ids", input.display()))?;
-    let backend = match backend {
+/// The model and the `input_ids` that `run` and `grad` read.
+fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor, tttc_runtime::Backend)> {
+    let model = tttc_frontends::load(&args.model, args.weights.as_deref())?;
+    let mut inputs = tttc_runtime::read_tensors(&args.input)?;
+    let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
+    let backend = match args.backend {
         BackendArg::Interp => tttc_runtime::Backend::Interp,
     };
-    let out = tttc_runtime::forward(&model, ids, backend)?;
+    Ok((model, ids, backend))
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    let (model, ids, backend) = load_inputs(args)?;
+    let out = tttc_runtime::forward(&model, &ids, backend)?;
     let mut tensors = vec![("logits", &out.logits)];
-    let mut summary = format!("wrote {}: logits {:?}", output.display(), out.logits.shape);
+    let mut summary = format!("wrote {}: logits {:?}", args.output.display(), out.logits.shape);
     if let Some(loss) = &out.loss {
         tensors.push(("loss", loss));
         summary += &format!(", loss {:.6}", loss.to_f64().expect("float")[0]);
     }
-    tttc_runtime::write_tensors(output, &tensors)?;
+    tttc_runtime::write_tensors(&args.output, &tensors)?;
     eprintln!("{summary}");
+    Ok(())
+}
+
+fn grad(args: &RunArgs) -> Result<()> {
+    let (model, ids, backend) = load_inputs(args)?;
+    let out = tttc_runtime::gradients(&model, &ids, backend)?;
+    let mut tensors = vec![("loss", &out.loss)];
+    tensors.extend(out.grads.iter().map(|(n, t)| (n.as_str(), t)));
+    tttc_runtime::write_tensors(&args.output, &tensors)?;
+    let loss = out.loss.to_f64().expect("float")[0];
+    eprintln!("wrote {}: loss {loss:.6} and {} gradients", args.output.display(), out.grads.len());
     Ok(())
 }

@@ -74,7 +74,7 @@ fn mixer(b: &mut ModelBuilder, c: &MambaConfig, h: ValueId, s: &str) -> Result<V
     let zero = b.scalar(0.0)?;
     let s0 = b.broadcast(zero, vec![Dim::sym("B"), Dim::c(di), Dim::c(n)])?;
     let body = scan_body(di, n)?;
-    let outs = b.scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 4, body }, &[s0, dt, du, bm, cm, a])?;
+    let outs = b.scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 4, body, reverse: false }, &[s0, dt, du, bm, cm, a])?;
     let y = outs[1]; // [B, T, Di]
 
     // y + D·u, gated by silu(z), then out_proj.

@@ -117,7 +117,7 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let mut inputs = state;
     inputs.extend([q, k, v, lr, token_idx]);
     inputs.extend(norm.into_iter().flatten());
-    let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body }, &inputs)?;
+    let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body, reverse: false }, &inputs)?;
     let z = outs[carries]; // [B, H, T, d]
 
     let z = b.transpose(z, &[0, 2, 1, 3])?;

@@ -205,13 +205,28 @@ fn infer_scan(scan: &Scan, ins: &[&Type]) -> Result<Vec<Type>> {
     ensure!(nc.checked_add(ns).is_some_and(|n| ins.len() >= n), "expects at least {nc} + {ns} operands");
     ensure!(body.args.len() == ins.len(), "body takes {} arguments, scan has {} operands", body.args.len(), ins.len());
     ensure!(body.outputs.len() >= nc, "body returns fewer values than carries");
-    let seq_len = ins[nc].shape.get(scan.axis).cloned();
-    let Some(seq_len) = seq_len else { bail!("axis {} out of range for {}", scan.axis, ins[nc]) };
+    let iteration = |i: usize| scan.is_iteration_seq(i);
+    // The first chunked sequence defines the length (and the body's chunk symbol).
+    let Some(first) = (nc..nc + ns).find(|&i| !iteration(i)) else {
+        bail!("needs a chunked sequence: every sequence is an iteration sequence (1 along axis {} with chunk {})", scan.axis, scan.chunk)
+    };
+    let seq_len = ins[first].shape.get(scan.axis).cloned();
+    let Some(seq_len) = seq_len else { bail!("axis {} out of range for {}", scan.axis, ins[first]) };
+    // The number of iterations: the length of iteration sequences and outputs.
+    let iters = || seq_len.chunks(scan.chunk).with_context(|| format!("the number of chunks of {seq_len}"));
     let mut chunk_dim: Option<Dim> = None;
     for (i, (arg, outer)) in body.args.iter().zip(ins).enumerate() {
         let inner = body.ty(arg.value);
         if i >= nc && i < nc + ns {
-            ensure!(outer.shape.get(scan.axis) == Some(&seq_len), "sequence {i} has another length than the first");
+            if iteration(i) {
+                let n = iters()?;
+                check_iteration(inner, outer, scan.axis, &n).map_err(|e| anyhow::anyhow!("body argument {i}: {e}"))?;
+                continue;
+            }
+            ensure!(
+                outer.shape.get(scan.axis) == Some(&seq_len),
+                "sequence {i} has another length than the first chunked one ({seq_len})"
+            );
             check_chunked(inner, outer, scan, &mut chunk_dim)
                 .map_err(|e| anyhow::anyhow!("body argument {i}: {e}"))?;
         } else {
@@ -229,32 +244,52 @@ fn infer_scan(scan: &Scan, ins: &[&Type]) -> Result<Vec<Type>> {
             );
         }
     }
+    let chunk = chunk_dim.expect("checked: at least one chunked sequence");
     let mut outs = Vec::new();
     for (i, (_, v)) in body.outputs.iter().enumerate() {
         let t = body.ty(*v);
         if i < nc {
             ensure!(t == ins[i], "body returns carry {i} as {t}, carried in as {}", ins[i]);
             outs.push(t.clone());
-        } else {
-            let chunk = chunk_dim.clone().expect("checked: at least one sequence");
+            continue;
+        }
+        let along = t.shape.get(scan.axis);
+        // With chunk > 1, a 1 along the axis is one entry per iteration.
+        let per_iteration = scan.chunk > 1 && along.is_some_and(Dim::is_one);
+        ensure!(
+            per_iteration || along == Some(&chunk),
+            "body output {i} ({t}) is not chunked along axis {} (needs {chunk}, or 1 for one entry per iteration)",
+            scan.axis
+        );
+        if let Some(s) = &chunk_sym {
             ensure!(
-                t.shape.get(scan.axis) == Some(&chunk),
-                "body output {i} ({t}) is not chunked along axis {}",
+                t.shape.iter().enumerate().all(|(a, d)| a == scan.axis || d.sym.as_ref() != Some(s)),
+                "body output {i} ({t}) uses the chunk symbol {s} off axis {}",
                 scan.axis
             );
-            if let Some(s) = &chunk_sym {
-                ensure!(
-                    t.shape.iter().enumerate().all(|(a, d)| a == scan.axis || d.sym.as_ref() != Some(s)),
-                    "body output {i} ({t}) uses the chunk symbol {s} off axis {}",
-                    scan.axis
-                );
-            }
-            let mut shape = t.shape.clone();
-            shape[scan.axis] = seq_len.clone();
-            outs.push(Type::new(t.dtype, shape));
         }
+        let mut shape = t.shape.clone();
+        shape[scan.axis] = if per_iteration { iters()? } else { seq_len.clone() };
+        outs.push(Type::new(t.dtype, shape));
     }
     Ok(outs)
+}
+
+/// An iteration sequence: the body sees element k (length 1 along the axis) of an operand with one
+/// element per iteration; elsewhere the types agree.
+fn check_iteration(inner: &Type, outer: &Type, axis: usize, iters: &Dim) -> Result<()> {
+    ensure!(inner.dtype == outer.dtype && inner.rank() == outer.rank(), "{inner} is not an iteration of {outer}");
+    for (a, (di, dout)) in inner.shape.iter().zip(&outer.shape).enumerate() {
+        if a == axis {
+            ensure!(
+                dout == iters,
+                "iteration sequence {outer} must have one element per chunk ({iters}) along axis {axis}, has {dout}"
+            );
+        } else {
+            ensure!(di == dout, "{inner} is not an iteration of {outer}");
+        }
+    }
+    Ok(())
 }
 
 /// A sequence operand and its per-chunk body argument agree except on the scan axis, which in the
@@ -263,7 +298,7 @@ fn check_chunked(inner: &Type, outer: &Type, scan: &Scan, chunk_dim: &mut Option
     ensure!(inner.dtype == outer.dtype && inner.rank() == outer.rank(), "{inner} does not chunk {outer}");
     for (a, (di, dout)) in inner.shape.iter().zip(&outer.shape).enumerate() {
         if a == scan.axis {
-            let ok = (di.sym.is_some() && di.offset == 0) || (scan.chunk == 1 && di.is_one());
+            let ok = (di.sym.is_some() && di.offset == 0 && di.per == 1) || (scan.chunk == 1 && di.is_one());
             ensure!(ok, "chunk dimension must be a plain symbol (or 1 with chunk 1), got {di}");
             match chunk_dim {
                 Some(c) => ensure!(c == di, "chunk dimensions differ: {c} vs {di}"),

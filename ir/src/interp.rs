@@ -34,7 +34,10 @@ pub fn run(graph: &Graph, args: &[&Tensor], precision: Precision) -> Result<Vec<
 fn exec(graph: &Graph, args: Vec<Cow<'_, Tensor>>, mut env: DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
     ensure!(args.len() == graph.args.len(), "{} takes {} arguments, got {}", graph.name, graph.args.len(), args.len());
     let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.types.len()];
-    for (arg, t) in graph.args.iter().zip(args) {
+    // Arguments with a chunk count (`T/16`) bind last: their symbol comes from the others.
+    let mut pairs: Vec<_> = graph.args.iter().zip(args).collect();
+    pairs.sort_by_key(|(arg, _)| graph.ty(arg.value).shape.iter().any(|d| d.per != 1));
+    for (arg, t) in pairs {
         let ty = graph.ty(arg.value);
         ensure!(t.dtype() == ty.dtype, "argument {}: expected {ty}, got {}", arg.name, t);
         ty.bind(&t.shape, &mut env).with_context(|| format!("argument {}", arg.name))?;
@@ -174,26 +177,43 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
 
 fn run_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
     let (nc, ns) = (scan.carries, scan.seqs);
-    let total = ins[nc].shape[scan.axis];
+    let iteration: Vec<bool> = (nc..nc + ns).map(|i| scan.is_iteration_seq(i)).collect();
+    let first = nc + iteration.iter().position(|&it| !it).context("scan has no chunked sequence")?;
+    let total = ins[first].shape[scan.axis];
     ensure!(total > 0, "scan over an empty sequence");
-    for t in &ins[nc..nc + ns] {
-        ensure!(t.shape[scan.axis] == total, "scan sequences differ in length: {} and {t}", ins[nc]);
+    let n_chunks = total.div_ceil(scan.chunk);
+    for (t, &it) in ins[nc..nc + ns].iter().zip(&iteration) {
+        if it {
+            ensure!(
+                t.shape[scan.axis] == n_chunks,
+                "iteration sequence {t} needs {n_chunks} entries along axis {} ({total} in chunks of {})",
+                scan.axis,
+                scan.chunk
+            );
+        } else {
+            ensure!(t.shape[scan.axis] == total, "scan sequences differ in length: {} and {t}", ins[first]);
+        }
     }
     // The chunk symbol is the body's own: an enclosing scope may bind the same name.
     let mut env = env.clone();
-    if let Some(sym) = scan.body.args.get(nc).and_then(|a| scan.body.ty(a.value).shape.get(scan.axis)).and_then(|d| d.sym.as_ref()) {
+    if let Some(sym) = scan.body.ty(scan.body.args[first].value).shape.get(scan.axis).and_then(|d| d.sym.as_ref()) {
         env.remove(sym);
     }
     let mut carries: Vec<Tensor> = ins[..nc].iter().map(|&t| t.clone()).collect();
+    // pieces[output][chunk], filled in visiting order.
     let mut pieces: Vec<Vec<Tensor>> = Vec::new();
-    let mut start = 0;
-    while start < total {
+    let order: Box<dyn Iterator<Item = usize>> =
+        if scan.reverse { Box::new((0..n_chunks).rev()) } else { Box::new(0..n_chunks) };
+    for k in order {
+        let start = k * scan.chunk;
         let end = (start + scan.chunk).min(total);
         let mut args: Vec<Cow<'_, Tensor>> = carries.drain(..).map(Cow::Owned).collect();
-        args.extend(ins[nc..nc + ns].iter().map(|&t| Cow::Owned(slice(t, scan.axis, start, end))));
+        args.extend(ins[nc..nc + ns].iter().zip(&iteration).map(|(&t, &it)| {
+            Cow::Owned(if it { slice(t, scan.axis, k, k + 1) } else { slice(t, scan.axis, start, end) })
+        }));
         args.extend(ins[nc + ns..].iter().map(|&t| Cow::Borrowed(t)));
         let mut outs = exec(&scan.body, args, env.clone(), prec)
-            .with_context(|| format!("scan body, chunk at {start}"))?;
+            .with_context(|| format!("scan body, chunk {k} (at {start})"))?;
         let rest = outs.split_off(nc);
         carries = outs;
         if pieces.is_empty() {
@@ -203,7 +223,9 @@ fn run_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Resu
                 p.push(t);
             }
         }
-        start = end;
+    }
+    if scan.reverse {
+        pieces.iter_mut().for_each(|p| p.reverse());
     }
     let stacked = pieces.iter().map(|p| concat(&p.iter().collect::<Vec<_>>(), scan.axis));
     Ok(carries.into_iter().chain(stacked).collect())

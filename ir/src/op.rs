@@ -82,6 +82,16 @@ pub enum Op {
 /// values. The body takes the same three groups and returns the new carries followed by per-chunk
 /// outputs; the scan returns the final carries followed by those outputs concatenated along `axis`.
 /// In the body, the chunk axis of a sequence has a symbolic length (`1` when `chunk` is 1).
+///
+/// Per-iteration values (decided by types, with `chunk > 1`): a sequence whose body argument is
+/// `1` along the axis is an *iteration sequence*, one element per chunk (outer length
+/// `T/chunk`, see [`crate::Dim::chunks`]), iteration k reading element k; a per-chunk output that is
+/// `1` along the axis is an *iteration output*, stacked to `T/chunk`. At least one sequence must be
+/// an ordinary chunked one: it gives the length `T` and the chunk symbol.
+///
+/// With `reverse`, the chunks (the same boundaries: the first starts at 0, the last may be
+/// shorter) are visited last to first, carries flowing from the last chunk to the first; outputs
+/// still come out in sequence order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scan {
     pub axis: usize,
@@ -89,6 +99,19 @@ pub struct Scan {
     pub carries: usize,
     pub seqs: usize,
     pub body: Graph,
+    pub reverse: bool,
+}
+
+impl Scan {
+    /// Whether operand `i` (a sequence: `carries ≤ i < carries + seqs`) is an iteration sequence:
+    /// `chunk > 1` and its body argument is `1` along the axis.
+    pub fn is_iteration_seq(&self, i: usize) -> bool {
+        let along = |a: &crate::graph::Arg| self.body.types.get(a.value.index()).and_then(|t| t.shape.get(self.axis)).cloned();
+        self.chunk > 1
+            && i >= self.carries
+            && i - self.carries < self.seqs
+            && self.body.args.get(i).and_then(along).is_some_and(|d| d.is_one())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

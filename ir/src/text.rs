@@ -21,7 +21,8 @@
 //! * A node is `RESULTS = OP(OPERANDS) {ATTRIBUTES} : RESULT TYPES`, the attribute block left out
 //!   when the op has none; a scan (and a grad or fused region) adds `body NAME(ARGS) { … }`, its
 //!   body graph.
-//! * Types are `f32[B,T-1,64]`; a dimension is an integer or a symbol with an optional offset.
+//! * Types are `f32[B,T-1,64]`; a dimension is an integer or a symbol with an optional offset,
+//!   optionally a chunk count: `T/16`, `(T-1)/16` (⌈(T-1)/16⌉).
 //! * Floats print in Rust's shortest round-trip form (`1e-6`, `0.5`, `-inf`, `NaN`).
 //! * `//` starts a comment that runs to the end of the line.
 //!
@@ -94,11 +95,16 @@ fn name(s: &str) -> String {
 }
 
 fn dim(d: &Dim) -> String {
-    match (&d.sym, d.offset) {
+    let base = match (&d.sym, d.offset) {
         (None, n) => n.to_string(),
         (Some(s), 0) => name(s),
         (Some(s), n) if n > 0 => format!("{}+{n}", name(s)),
         (Some(s), n) => format!("{}{n}", name(s)),
+    };
+    match (d.per, d.offset) {
+        (1, _) => base,
+        (p, 0) => format!("{base}/{p}"),
+        (p, _) => format!("({base})/{p}"),
     }
 }
 
@@ -142,12 +148,18 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         }
         Op::OneHot { depth } => vec![("depth", depth.to_string())],
         Op::TriMask { fill } => vec![("fill", float(*fill))],
-        Op::Scan(s) => vec![
-            ("axis", s.axis.to_string()),
-            ("chunk", s.chunk.to_string()),
-            ("carries", s.carries.to_string()),
-            ("seqs", s.seqs.to_string()),
-        ],
+        Op::Scan(s) => {
+            let mut a = vec![
+                ("axis", s.axis.to_string()),
+                ("chunk", s.chunk.to_string()),
+                ("carries", s.carries.to_string()),
+                ("seqs", s.seqs.to_string()),
+            ];
+            if s.reverse {
+                a.push(("reverse", "true".to_string()));
+            }
+            a
+        }
         Op::Grad(g) => {
             let ws: Vec<String> = g.wrt.iter().map(|w| w.to_string()).collect();
             vec![("wrt", format!("[{}]", ws.join(",")))]
@@ -378,7 +390,7 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>> {
                 }
                 toks.push((Tok::Str(text), start_line));
             }
-            '(' | ')' | '{' | '}' | '[' | ']' | ',' | ':' | '=' | '+' | '-' => {
+            '(' | ')' | '{' | '}' | '[' | ']' | ',' | ':' | '=' | '+' | '-' | '/' => {
                 toks.push((Tok::Punct(c), line));
                 i += 1;
             }
@@ -495,6 +507,15 @@ impl Attrs {
         parsed.ok_or_else(|| self.bad(key, line, "a number", &v))
     }
 
+    /// An optional boolean attribute, `default` when it is absent.
+    fn opt_bool(&mut self, key: &str, default: bool) -> Result<bool> {
+        if self.items.iter().any(|(k, ..)| k == key) {
+            self.bool(key)
+        } else {
+            Ok(default)
+        }
+    }
+
     fn bool(&mut self, key: &str) -> Result<bool> {
         let (v, line) = self.take(key)?;
         match &v {
@@ -516,7 +537,7 @@ impl Attrs {
     fn dim(&mut self, key: &str) -> Result<Dim> {
         let (v, line) = self.take(key)?;
         match &v {
-            Val::Num(_) => int(&v).filter(|&n| n >= 0).map(|n| Dim { sym: None, offset: n }),
+            Val::Num(_) => int(&v).filter(|&n| n >= 0).map(|n| Dim { sym: None, offset: n, per: 1 }),
             Val::Word(w) => Some(Dim::sym(w)),
             Val::Dim(d) => Some(d.clone()),
             Val::List(_) => None,
@@ -538,7 +559,7 @@ impl Attrs {
             Val::List(ds) => ds
                 .iter()
                 .map(|d| match d.sym {
-                    None if d.offset >= 0 => usize::try_from(d.offset).ok(),
+                    None if d.offset >= 0 && d.per == 1 => usize::try_from(d.offset).ok(),
                     _ => None,
                 })
                 .collect::<Option<Vec<usize>>>(),
@@ -599,6 +620,7 @@ fn op_named(name: &str, a: &mut Attrs) -> Result<Option<Op>> {
             carries: a.usize("carries")?,
             seqs: a.usize("seqs")?,
             body: Graph::default(),
+            reverse: a.opt_bool("reverse", false)?,
         })),
         "grad" => Op::Grad(Box::new(Grad { wrt: a.indices("wrt")?, body: Graph::default() })),
         "fused" => Op::Fused(Box::new(Fused { body: Graph::default() })),
@@ -740,13 +762,39 @@ impl Parser {
         let line = self.line();
         if let Some(text) = self.signed_num() {
             return match text.parse::<i64>() {
-                Ok(n) if n >= 0 => Ok(Dim { sym: None, offset: n }),
+                Ok(n) if n >= 0 => Ok(Dim { sym: None, offset: n, per: 1 }),
                 _ => Err(anyhow!("line {line}: dimension {text} is not a non-negative 64-bit integer")),
             };
         }
-        let sym = self.name("a dimension (integer or symbol)")?;
+        // A chunk count with an offset is parenthesised: `(T-1)/16`.
+        let paren = self.eat('(');
+        let sym = self.name("a dimension (integer, symbol or chunk count)")?;
         let offset = self.dim_offset()?;
-        Ok(Dim { sym: Some(sym), offset })
+        if paren {
+            self.punct(')', "after a parenthesised dimension")?;
+            if !self.is_punct('/') {
+                return Err(self.err("'/' after a parenthesised dimension"));
+            }
+        } else if offset != 0 && self.is_punct('/') {
+            return Err(anyhow!("line {line}: a chunk count with an offset is written ({}{offset:+})/N", name(&sym)));
+        }
+        let per = self.dim_per()?;
+        Ok(Dim { sym: Some(sym), offset, per })
+    }
+
+    /// An optional `/N` (N ≥ 1) after a dimension: the chunk length of a chunk count.
+    fn dim_per(&mut self) -> Result<usize> {
+        if !self.eat('/') {
+            return Ok(1);
+        }
+        let line = self.line();
+        match self.next() {
+            Tok::Num(n) => match n.parse::<usize>() {
+                Ok(p) if p >= 1 => Ok(p),
+                _ => Err(anyhow!("line {line}: chunk length {n} is not a positive integer")),
+            },
+            t => Err(anyhow!("line {line}: expected a chunk length after '/', found {t}")),
+        }
     }
 
     fn dim_list(&mut self, context: &str) -> Result<Vec<Dim>> {
@@ -784,15 +832,10 @@ impl Parser {
         }
         match self.peek().clone() {
             Tok::Ident(w) => {
-                self.next();
-                let offset = self.dim_offset()?;
-                Ok(if offset == 0 { Val::Word(w) } else { Val::Dim(Dim { sym: Some(w), offset }) })
+                let d = self.dim()?;
+                Ok(if d.offset == 0 && d.per == 1 { Val::Word(w) } else { Val::Dim(d) })
             }
-            Tok::Str(s) => {
-                self.next();
-                let offset = self.dim_offset()?;
-                Ok(Val::Dim(Dim { sym: Some(s), offset }))
-            }
+            Tok::Str(_) | Tok::Punct('(') => Ok(Val::Dim(self.dim()?)),
             _ => Err(self.err("an attribute value")),
         }
     }

@@ -1,6 +1,8 @@
 //! Element types, dimensions and tensor types.
 //!
-//! A dimension is either a constant or a symbol plus a constant offset (`T`, `T-1`, `T+3`).
+//! A dimension is either a constant or a symbol plus a constant offset (`T`, `T-1`, `T+3`),
+//! optionally divided (rounding up) by a chunk length: `T/16` is the number of chunks of 16 that
+//! cover `T`, the length of a scan's per-iteration values.
 //! Symbols (batch `B`, sequence `T`, a scan's chunk length `n`) stay open until run time, when the
 //! interpreter binds them by matching argument types against the tensors it is given.
 
@@ -30,20 +32,38 @@ impl fmt::Display for DType {
     }
 }
 
-/// `sym + offset`, or the constant `offset` when there is no symbol.
+/// `⌈(sym + offset) / per⌉`, or the constant `offset` when there is no symbol (then `per` is 1).
+/// `per` is 1 for an ordinary dimension; another value counts chunks (`T/16`), see [`Dim::chunks`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Dim {
     pub sym: Option<String>,
     pub offset: i64,
+    pub per: usize,
 }
 
 impl Dim {
     pub fn c(n: usize) -> Dim {
-        Dim { sym: None, offset: n as i64 }
+        Dim { sym: None, offset: n as i64, per: 1 }
     }
 
     pub fn sym(name: &str) -> Dim {
-        Dim { sym: Some(name.to_string()), offset: 0 }
+        Dim { sym: Some(name.to_string()), offset: 0, per: 1 }
+    }
+
+    /// The number of chunks of `per` elements that cover `self` (the last may be shorter):
+    /// `⌈self / per⌉`, a constant for a constant, `T/16` for `T`. A dimension that already
+    /// counts chunks cannot be divided again.
+    pub fn chunks(&self, per: usize) -> Result<Dim> {
+        if per == 0 {
+            bail!("cannot cut {self} into chunks of 0");
+        }
+        if self.per != 1 {
+            bail!("cannot cut {self} into chunks of {per}: it already counts chunks");
+        }
+        match self.sym {
+            None => Ok(Dim::c((self.offset as usize).div_ceil(per))),
+            Some(_) => Ok(Dim { per, ..self.clone() }),
+        }
     }
 
     pub fn as_const(&self) -> Option<usize> {
@@ -57,17 +77,25 @@ impl Dim {
         self.as_const() == Some(1)
     }
 
-    /// `self + k`; fails if a constant would become negative or the offset overflows.
+    /// `self + k`; fails if a constant would become negative or the offset overflows, and for a
+    /// chunk count (`T/16`) unless `k` is 0.
     pub fn plus(&self, k: i64) -> Result<Dim> {
+        if k == 0 {
+            return Ok(self.clone());
+        }
+        if self.per != 1 {
+            bail!("cannot add {k} to the chunk count {self}");
+        }
         let Some(offset) = self.offset.checked_add(k) else { bail!("dimension {self} + {k} overflows") };
-        let d = Dim { sym: self.sym.clone(), offset };
+        let d = Dim { sym: self.sym.clone(), offset, per: 1 };
         if d.sym.is_none() && d.offset < 0 {
             bail!("dimension {self} + {k} is negative");
         }
         Ok(d)
     }
 
-    /// `self + other` where at most one of them is symbolic.
+    /// `self + other` where at most one of them is symbolic (and adding 0 is the only sum with a
+    /// chunk count).
     pub fn add(&self, other: &Dim) -> Result<Dim> {
         match (&self.sym, &other.sym) {
             (Some(_), Some(_)) => bail!("cannot add symbolic dimensions {self} and {other}"),
@@ -88,17 +116,24 @@ impl Dim {
         if v < 0 {
             bail!("dimension {self} resolves to {v}");
         }
-        Ok(v as usize)
+        if self.per == 0 {
+            bail!("dimension {self} divides by 0");
+        }
+        Ok((v as usize).div_ceil(self.per))
     }
 }
 
 impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.sym, self.offset) {
-            (None, n) => write!(f, "{n}"),
-            (Some(s), 0) => write!(f, "{s}"),
-            (Some(s), n) if n > 0 => write!(f, "{s}+{n}"),
-            (Some(s), n) => write!(f, "{s}{n}"),
+        match (&self.sym, self.offset, self.per) {
+            (None, n, 1) => write!(f, "{n}"),
+            (None, n, p) => write!(f, "{n}/{p}"),
+            (Some(s), 0, 1) => write!(f, "{s}"),
+            (Some(s), n, 1) if n > 0 => write!(f, "{s}+{n}"),
+            (Some(s), n, 1) => write!(f, "{s}{n}"),
+            (Some(s), 0, p) => write!(f, "{s}/{p}"),
+            (Some(s), n, p) if n > 0 => write!(f, "({s}+{n})/{p}"),
+            (Some(s), n, p) => write!(f, "({s}{n})/{p}"),
         }
     }
 }
@@ -129,12 +164,15 @@ impl Type {
         self.shape.iter().map(|d| d.resolve(env)).collect()
     }
 
-    /// Binds the symbols of `self` to a concrete shape, checking everything already known.
+    /// Binds the symbols of `self` to a concrete shape, checking everything already known. A chunk
+    /// count (`T/16`) binds nothing: its symbol must be bound already (by an ordinary dimension of
+    /// this type or an earlier binding), and its length is checked.
     pub fn bind(&self, shape: &[usize], env: &mut DimEnv) -> Result<()> {
         if shape.len() != self.rank() {
             bail!("expected rank {} ({self}), got shape {shape:?}", self.rank());
         }
-        for (d, &n) in self.shape.iter().zip(shape) {
+        let (counts, plain): (Vec<_>, Vec<_>) = self.shape.iter().zip(shape).partition(|(d, _)| d.per != 1);
+        for (d, &n) in plain {
             match &d.sym {
                 None => {
                     if d.offset as usize != n {
@@ -153,6 +191,15 @@ impl Type {
                         }
                     }
                 }
+            }
+        }
+        for (d, &n) in counts {
+            if let Some(s) = d.sym.as_ref().filter(|s| !env.contains_key(*s)) {
+                bail!("expected {self}: the chunk count {d} cannot bind its symbol {s}, which is not bound");
+            }
+            let want = d.resolve(env)?;
+            if want != n {
+                bail!("expected {self} with {d} = {want}, got shape {shape:?}");
             }
         }
         Ok(())

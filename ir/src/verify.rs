@@ -20,6 +20,10 @@ fn verify_inner(g: &Graph) -> Result<()> {
     };
     for (i, t) in g.types.iter().enumerate() {
         ensure!(t.shape.iter().all(|d| d.sym.is_some() || d.offset >= 0), "%{i} has a negative dimension: {t}");
+        ensure!(
+            t.shape.iter().all(|d| d.per >= 1 && (d.sym.is_some() || d.per == 1)),
+            "%{i} has a chunk count that is not a symbol divided by a positive length: {t:?}"
+        );
     }
     let mut names = std::collections::HashSet::new();
     for a in &g.args {

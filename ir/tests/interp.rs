@@ -604,6 +604,96 @@ fn nested_scan_rebinds_the_chunk_symbol() {
 }
 
 #[test]
+fn scan_iteration_outputs_and_a_reverse_scan_over_them() {
+    // Chunk 3 over length 7: chunks [0,3), [3,6), [6,7), so three start carries.
+    let g = chunk_carries_scans();
+    assert_eq!(g.ty(g.outputs[1].1).to_string(), "f32[B,T/3]");
+    assert_eq!(g.ty(g.outputs[3].1).to_string(), "f32[B,T]");
+    let (b, t) = (2usize, 7usize);
+    let xv = vals(b * t);
+    let (mut total, mut starts, mut suffix, mut check_v) = (vec![], vec![], vec![], vec![]);
+    for r in 0..b {
+        let row: Vec<f64> = xv[r * t..(r + 1) * t].iter().map(|&v| v as f64).collect();
+        let sum: f64 = row.iter().sum();
+        total.push(sum);
+        for k in [0, 3, 6] {
+            starts.push(row[..k].iter().sum::<f64>());
+            check_v.push(sum);
+        }
+        for i in 0..t {
+            suffix.push(row[i..].iter().sum::<f64>());
+        }
+    }
+    check(
+        &g,
+        &[tf(&[b, t], xv.clone())],
+        &[
+            Want::F(vec![b, 1], total.clone()),
+            Want::F(vec![b, 3], starts.clone()),
+            Want::F(vec![b, 1], total.clone()),
+            Want::F(vec![b, t], suffix.clone()),
+            Want::F(vec![b, 3], check_v.clone()),
+        ],
+    );
+    // The reverse scan alone, its iteration sequence an argument declared before `x`.
+    let g = suffix_scan();
+    check(
+        &g,
+        &[tf(&[b, 3], starts.iter().map(|&v| v as f32).collect()), tf(&[b, t], xv.clone())],
+        &[Want::F(vec![b, 1], total), Want::F(vec![b, t], suffix), Want::F(vec![b, 3], check_v)],
+    );
+    // An iteration sequence of the wrong length.
+    let msg = run_err(&g, &[tf(&[b, 7], vec![0.0; b * 7]), tf(&[b, t], xv)]);
+    assert!(msg.contains("argument starts") && msg.contains("T/3 = 3"), "{msg}");
+}
+
+#[test]
+fn reverse_scan_visits_ragged_chunks_last_to_first() {
+    // A reverse running sum with chunk 2..=8 over length 7: every boundary layout, ragged last chunk
+    // and a chunk longer than the sequence included, gives the suffix sums; the iteration output
+    // records the carry each chunk received.
+    let (b, t) = (2usize, 7usize);
+    let xv = vals(b * t);
+    for chunk in 2..=8usize {
+        let mut body = Graph::new("step");
+        let acc = body.input("acc", f32t(vec![d("B"), c(1)]));
+        let x = body.input("x", f32t(vec![d("B"), d("n")]));
+        let one = body.scalar(1.0).unwrap();
+        let ones = body.broadcast(one, vec![d("n"), d("n")]).unwrap();
+        let lower = body.tri_mask(ones, 0.0).unwrap();
+        let within = body.matmul(x, lower).unwrap();
+        let suffix = body.add(within, acc).unwrap();
+        let s = body.reduce(ReduceKind::Sum, x, 1, true).unwrap();
+        let next = body.add(acc, s).unwrap();
+        body.output("acc", next);
+        body.output("suffix", suffix);
+        body.output("seen", acc);
+        let mut g = Graph::new("rev");
+        let x = g.input("x", f32t(vec![d("B"), d("T")]));
+        let zero = g.scalar(0.0).unwrap();
+        let init = g.broadcast(zero, vec![d("B"), c(1)]).unwrap();
+        let scan = tttc_ir::Scan { axis: 1, chunk, carries: 1, seqs: 1, body, reverse: true };
+        let outs = g.scan(scan, &[init, x]).unwrap();
+        g.output("acc", outs[0]);
+        g.output("suffix", outs[1]);
+        g.output("seen", outs[2]);
+        let n_chunks = t.div_ceil(chunk);
+        let (mut total, mut suffix, mut seen) = (vec![], vec![], vec![]);
+        for r in 0..b {
+            let row: Vec<f64> = xv[r * t..(r + 1) * t].iter().map(|&v| v as f64).collect();
+            total.push(row.iter().sum::<f64>());
+            suffix.extend((0..t).map(|i| row[i..].iter().sum::<f64>()));
+            seen.extend((0..n_chunks).map(|k| row[((k + 1) * chunk).min(t)..].iter().sum::<f64>()));
+        }
+        check(
+            &g,
+            &[tf(&[b, t], xv.clone())],
+            &[Want::F(vec![b, 1], total), Want::F(vec![b, t], suffix), Want::F(vec![b, n_chunks], seen)],
+        );
+    }
+}
+
+#[test]
 fn symbolic_dims_bind_from_arguments() {
     let mut g = Graph::new("sym");
     let x = g.input("x", f32t(vec![d("B"), d("T")]));

@@ -213,7 +213,7 @@ fn scan_example() -> Graph {
     let ids_f = body.reshape(ids_f, vec![d("B"), d("n"), c(1)]).unwrap();
     let y = body.add(xw, ids_f).unwrap();
     let inner_outs = body
-        .scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 1, body: inner }, &[state, y])
+        .scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 1, body: inner, reverse: false }, &[state, y])
         .unwrap();
     body.output("state", inner_outs[0]);
     body.output("y", inner_outs[1]);
@@ -224,7 +224,7 @@ fn scan_example() -> Graph {
     let w = g.param("layers.0.w", &[4, 4]);
     let zero = g.scalar(0.0).unwrap();
     let s0 = g.broadcast(zero, vec![d("B"), c(4)]).unwrap();
-    let outs = g.scan(Scan { axis: 1, chunk: 16, carries: 1, seqs: 2, body }, &[s0, x, ids, w]).unwrap();
+    let outs = g.scan(Scan { axis: 1, chunk: 16, carries: 1, seqs: 2, body, reverse: false }, &[s0, x, ids, w]).unwrap();
     g.output("state", outs[0]);
     g.output("y", outs[1]);
     g
@@ -555,6 +555,83 @@ fn types_print_like_type_display() {
     let x = g.input("x", t.clone());
     g.output("x", x);
     assert_eq!(print(&g), "graph t(%0: f32[B,T-1,64] input \"x\") {\n  return x=%0\n}\n");
+}
+
+#[test]
+fn chunk_count_dims() {
+    let t = Dim::sym("T");
+    assert_eq!(t.chunks(3).unwrap(), Dim { sym: Some("T".into()), offset: 0, per: 3 });
+    assert_eq!(t.chunks(1).unwrap(), t);
+    assert_eq!(c(7).chunks(3).unwrap(), c(3));
+    assert_eq!(c(6).chunks(3).unwrap(), c(2));
+    assert_eq!(t.chunks(16).unwrap().to_string(), "T/16");
+    assert_eq!(t.plus(-1).unwrap().chunks(16).unwrap().to_string(), "(T-1)/16");
+    assert_eq!(t.plus(2).unwrap().chunks(16).unwrap().to_string(), "(T+2)/16");
+    let t3 = t.chunks(3).unwrap();
+    assert!(t3.chunks(2).unwrap_err().to_string().contains("already counts chunks"));
+    assert!(t3.plus(1).is_err() && t3.add(&c(2)).is_err());
+    assert_eq!(t3.plus(0).unwrap(), t3);
+    let env: tttc_ir::DimEnv = [("T".to_string(), 7)].into();
+    assert_eq!(t3.resolve(&env).unwrap(), 3);
+    assert_eq!(t.plus(-1).unwrap().chunks(3).unwrap().resolve(&env).unwrap(), 2);
+}
+
+#[test]
+fn chunk_count_types_round_trip() {
+    let g = chunk_carries_scans();
+    let text = roundtrip(&g);
+    assert!(text.contains("f32[B,T/3]"), "{text}");
+    assert!(text.contains("reverse=true"), "{text}");
+    // A forward scan prints no reverse attribute.
+    assert_eq!(text.matches("reverse").count(), 1, "{text}");
+    roundtrip(&suffix_scan());
+
+    let text = r#"graph g(%0: f32[B,T] input "x", %1: f32[(T-1)/16,"a b"/4] input "y") {
+  %2 = iota() {len=T/16, dtype=i64} : i64[T/16]
+  %3 = iota() {len=(T-1)/16, dtype=i64} : i64[(T-1)/16]
+  %4 = reshape(%1) {shape=[(T-1)/16,"a b"/4]} : f32[(T-1)/16,"a b"/4]
+  return a=%2, b=%3, c=%4
+}
+"#;
+    let g = parse(text).unwrap();
+    assert_eq!(g.ty(ValueId(1)).shape[0], Dim::sym("T").plus(-1).unwrap().chunks(16).unwrap());
+    assert_eq!(g.ty(ValueId(1)).shape[1], Dim::sym("a b").chunks(4).unwrap());
+    assert_eq!(print(&g), text);
+
+    // An offset must be parenthesised; a chunk length is a positive integer.
+    let msg = err("graph g(%0: f32[T-1/16] input \"x\") {\n  return x=%0\n}\n");
+    assert!(msg.contains("line 1") && msg.contains("(T-1)/N"), "{msg}");
+    let msg = err("graph g(%0: f32[T/0] input \"x\") {\n  return x=%0\n}\n");
+    assert!(msg.contains("chunk length 0 is not a positive integer"), "{msg}");
+    let msg = err("graph g(%0: f32[(T-1)] input \"x\") {\n  return x=%0\n}\n");
+    assert!(msg.contains("expected '/' after a parenthesised dimension"), "{msg}");
+}
+
+#[test]
+fn chunk_counts_check_but_do_not_bind() {
+    let t3 = f32t(vec![d("B"), d("T").chunks(3).unwrap()]);
+    // Unbound T: an error naming the chunk count.
+    let mut env = tttc_ir::DimEnv::new();
+    let msg = t3.bind(&[2, 3], &mut env).unwrap_err().to_string();
+    assert!(msg.contains("T/3") && msg.contains("not bound"), "{msg}");
+    // Bound T: the length is checked.
+    env.insert("T".into(), 7);
+    t3.bind(&[2, 3], &mut env).unwrap();
+    assert_eq!(env["B"], 2);
+    let msg = t3.bind(&[2, 4], &mut env).unwrap_err().to_string();
+    assert!(msg.contains("T/3 = 3"), "{msg}");
+    // Within one type, the ordinary dimension binds first.
+    let both = f32t(vec![d("T").chunks(3).unwrap(), d("T")]);
+    let mut env = tttc_ir::DimEnv::new();
+    both.bind(&[3, 7], &mut env).unwrap();
+    assert_eq!(env["T"], 7);
+    // A graph whose only argument is a chunk count cannot run.
+    let mut g = Graph::new("unbound");
+    let x = g.input("x", t3.clone());
+    g.output("x", x);
+    let arg = tttc_ir::Tensor::f32(vec![2, 3], vec![0.0; 6]);
+    let msg = format!("{:#}", tttc_ir::run(&g, &[&arg], tttc_ir::Precision::F32).unwrap_err());
+    assert!(msg.contains("argument x") && msg.contains("T/3") && msg.contains("not bound"), "{msg}");
 }
 
 #[test]

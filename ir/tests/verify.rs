@@ -167,11 +167,12 @@ fn bad_scan_bodies() {
     let msg = verify_err(&g);
     assert!(msg.contains("body returns carry 0 as f32[B,n], carried in as f32[B,1]"), "{msg}");
 
-    // A per-chunk output that is not chunked along the axis.
+    // A per-chunk output that is not chunked along the axis (a [B,1] one would be an iteration
+    // output; a scalar has no axis 1).
     let mut g = running_sum_scan(3);
     replace_scan(&mut g, |s| {
-        let c = s.body.args[0].value; // f32[B,1]
-        s.body.outputs[1].1 = c;
+        let w = s.body.args[3].value; // f32[]
+        s.body.outputs[1].1 = w;
     });
     let msg = verify_err(&g);
     assert!(msg.contains("is not chunked along axis 1"), "{msg}");
@@ -182,17 +183,38 @@ fn bad_scan_bodies() {
     let msg = verify_err(&g);
     assert!(msg.contains("body") && msg.contains("before it is defined"), "{msg}");
 
-    // A chunk dimension that is a constant other than 1.
+    // A unit chunk dimension with chunk 2 makes every sequence an iteration sequence: no chunked one.
     let mut g = recurrence_scan();
     replace_scan(&mut g, |s| s.chunk = 2);
     let msg = verify_err(&g);
-    assert!(msg.contains("chunk dimension must be a plain symbol"), "{msg}");
+    assert!(msg.contains("needs a chunked sequence"), "{msg}");
+}
+
+#[test]
+fn iteration_sequences_need_one_element_per_chunk() {
+    let g = chunk_carries_scans();
+    verify(&g).unwrap();
+    // The reverse scan reads `x f32[B,T]` where the start carries `f32[B,T/3]` belong.
+    let mut bad = g.clone();
+    let x = bad.args[0].value;
+    let node = bad.nodes.iter_mut().filter(|n| matches!(n.op, Op::Scan(_))).nth(1).unwrap();
+    node.inputs[1] = x;
+    let msg = verify_err(&bad);
+    assert!(msg.contains("body argument 1") && msg.contains("one element per chunk (T/3)"), "{msg}");
+
+    // An iteration sequence alone: no chunked sequence defines the length.
+    let mut bad = g.clone();
+    let node = bad.nodes.iter_mut().filter(|n| matches!(n.op, Op::Scan(_))).nth(1).unwrap();
+    let Op::Scan(s) = &mut node.op else { unreachable!() };
+    s.seqs = 1; // x becomes an invariant; only the start carries are a sequence
+    let msg = verify_err(&bad);
+    assert!(msg.contains("needs a chunked sequence"), "{msg}");
 }
 
 #[test]
 fn negative_dimensions_are_rejected() {
     let mut g = Graph::new("neg");
-    let x = g.input("x", f32t(vec![tttc_ir::Dim { sym: None, offset: -2 }]));
+    let x = g.input("x", f32t(vec![tttc_ir::Dim { sym: None, offset: -2, per: 1 }]));
     g.output("x", x);
     let msg = verify_err(&g);
     assert!(msg.contains("%0 has a negative dimension"), "{msg}");

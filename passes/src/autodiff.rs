@@ -52,37 +52,105 @@ fn inline_and_differentiate(g: &mut Graph, body: &Graph, args: &[ValueId], wrt: 
             args[i] = g.reshape(args[i], shape)?;
         }
     }
+    let (outs, tape) = inline(g, body, &args)?;
+    let targets: Vec<ValueId> = wrt.iter().map(|&i| args[i]).collect();
+    let one = g.scalar(1.0)?;
+    backprop(g, &tape, &[(outs[0], one)], &targets)
+}
+
+/// A node as recorded for the reverse sweep; a scan also keeps its carries at the start of every
+/// chunk (one entry per chunk), which its reverse sweep starts each chunk from.
+pub struct Recorded {
+    pub node: Node,
+    pub history: Vec<ValueId>,
+}
+
+/// Appends `op` to `g` for a later reverse sweep: a scan is emitted with its body also returning
+/// the carries it starts each chunk from.
+fn record(g: &mut Graph, op: &Op, ins: &[ValueId]) -> Result<(Vec<ValueId>, Recorded)> {
+    let Op::Scan(scan) = op else {
+        let outs = g.push(op.clone(), ins)?;
+        return Ok((outs.clone(), Recorded { node: Node { op: op.clone(), inputs: ins.to_vec(), outputs: outs }, history: vec![] }));
+    };
+    let mut body = scan.body.clone();
+    for arg in body.args[..scan.carries].to_vec() {
+        let mut shape = body.ty(arg.value).shape.clone();
+        ensure!(scan.axis <= shape.len(), "a carry of rank {} cannot be stacked along axis {}", shape.len(), scan.axis);
+        shape.insert(scan.axis, Dim::c(1));
+        let start = body.reshape(arg.value, shape)?;
+        body.output(&format!("{}_start", arg.name), start);
+    }
+    let all = g.push(Op::Scan(Box::new(Scan { body, ..(**scan).clone() })), ins)?;
+    let visible = all.len() - scan.carries;
+    let outs = all[..visible].to_vec();
+    let node = Node { op: op.clone(), inputs: ins.to_vec(), outputs: outs.clone() };
+    Ok((outs, Recorded { node, history: all[visible..].to_vec() }))
+}
+
+/// Copies `body`'s nodes into `g` (recorded), its arguments bound to `args`; returns its outputs.
+fn inline(g: &mut Graph, body: &Graph, args: &[ValueId]) -> Result<(Vec<ValueId>, Vec<Recorded>)> {
     let mut map: Vec<Option<ValueId>> = vec![None; body.types.len()];
-    for (a, &v) in body.args.iter().zip(&args) {
+    for (a, &v) in body.args.iter().zip(args) {
         map[a.value.index()] = Some(v);
     }
     let mut tape = Vec::with_capacity(body.nodes.len());
     for node in &body.nodes {
         let ins: Vec<ValueId> = node.inputs.iter().map(|v| map[v.index()].context("undefined operand")).collect::<Result<_>>()?;
-        let outs = g.push(node.op.clone(), &ins)?;
+        let (outs, rec) = record(g, &node.op, &ins)?;
         for (&o, &v) in node.outputs.iter().zip(&outs) {
             map[o.index()] = Some(v);
         }
-        tape.push(Node { op: node.op.clone(), inputs: ins, outputs: outs });
+        tape.push(rec);
     }
-    let loss = map[body.outputs[0].1.index()].context("grad body output undefined")?;
-    let targets: Vec<ValueId> = wrt.iter().map(|&i| args[i]).collect();
-    backprop(g, &tape, loss, &targets)
+    let outs = body.outputs.iter().map(|(_, v)| map[v.index()].context("body output undefined")).collect::<Result<_>>()?;
+    Ok((outs, tape))
 }
 
-/// Appends to `g` the gradient of the scalar `out` with respect to each of `wrt`, through the
-/// nodes of `tape` (already in `g`, in execution order). A value `out` does not depend on gets a
-/// zero gradient.
-pub fn backprop(g: &mut Graph, tape: &[Node], out: ValueId, wrt: &[ValueId]) -> Result<Vec<ValueId>> {
-    ensure!(g.ty(out).rank() == 0, "can only differentiate a scalar, got {}", g.ty(out));
+/// The gradient graph of `g`: its arguments, the output `loss`, and the gradient of `loss` with
+/// respect to every parameter, named like the parameter. `g` must hold no `grad` op (expand
+/// them first).
+pub fn gradient_graph(g: &Graph, loss: &str) -> Result<Graph> {
+    let mut out = Graph::new(&format!("{}_grad", g.name));
+    let args: Vec<ValueId> = g.args.iter().map(|a| out.arg(&a.name, a.kind, g.ty(a.value).clone())).collect();
+    let (outs, tape) = inline(&mut out, g, &args)?;
+    let at = g.outputs.iter().position(|(n, _)| n == loss).with_context(|| format!("the graph has no output {loss}"))?;
+    let params: Vec<(String, ValueId)> =
+        g.args.iter().zip(&args).filter(|(a, _)| a.kind == tttc_ir::ArgKind::Param).map(|(a, &v)| (a.name.clone(), v)).collect();
+    let one = out.scalar(1.0)?;
+    let wrt: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
+    let grads = backprop(&mut out, &tape, &[(outs[at], one)], &wrt)?;
+    out.output(loss, outs[at]);
+    for ((name, _), d) in params.iter().zip(grads) {
+        out.output(name, d);
+    }
+    Ok(out)
+}
+
+/// Appends to `g` the gradients of the `seeds`' values (each with its adjoint) with respect to
+/// each of `wrt`, through the nodes of `tape` (already in `g`, in execution order). A value the
+/// seeds do not depend on gets a zero gradient.
+pub fn backprop(g: &mut Graph, tape: &[Recorded], seeds: &[(ValueId, ValueId)], wrt: &[ValueId]) -> Result<Vec<ValueId>> {
     let mut adj: HashMap<ValueId, ValueId> = HashMap::new();
-    adj.insert(out, g.scalar(1.0)?);
-    for node in tape.iter().rev() {
+    for &(v, d) in seeds {
+        ensure!(g.ty(v).shape == g.ty(d).shape || g.ty(d).rank() == 0, "seed of {} has type {}", g.ty(v), g.ty(d));
+        let d = if g.ty(d).shape == g.ty(v).shape { d } else { g.broadcast(d, g.ty(v).shape.clone())? };
+        let total = match adj.get(&v) {
+            Some(&prev) => g.add(prev, d)?,
+            None => d,
+        };
+        adj.insert(v, total);
+    }
+    for rec in tape.iter().rev() {
+        let node = &rec.node;
         let seeds: Vec<Option<ValueId>> = node.outputs.iter().map(|o| adj.get(o).copied()).collect();
         if seeds.iter().all(Option::is_none) {
             continue;
         }
-        let grads = vjp(g, node, &seeds).with_context(|| format!("differentiating {}", node.op.name()))?;
+        let grads = match &node.op {
+            Op::Scan(scan) => scan_vjp(g, scan, rec, &seeds),
+            _ => vjp(g, node, &seeds),
+        }
+        .with_context(|| format!("differentiating {}", node.op.name()))?;
         for (&input, grad) in node.inputs.iter().zip(grads) {
             if let Some(d) = grad {
                 let total = match adj.get(&input) {
@@ -101,6 +169,95 @@ pub fn backprop(g: &mut Graph, tape: &[Node], out: ValueId, wrt: &[ValueId]) -> 
         .collect()
 }
 
+/// The reverse sweep of a scan: a scan over the same chunks, last to first, carrying the carries'
+/// adjoints (and the invariants' gradients, summed). Each step restarts the forward step from the
+/// carry the forward scan recorded for that chunk, then runs its reverse sweep.
+fn scan_vjp(g: &mut Graph, scan: &Scan, rec: &Recorded, seeds: &[Option<ValueId>]) -> Result<Vec<Option<ValueId>>> {
+    let (nc, ns) = (scan.carries, scan.seqs);
+    let ins = &rec.node.inputs;
+    let body = &scan.body;
+    ensure!(rec.history.len() == nc, "the scan was not recorded for differentiation");
+    let is_float = |g: &Graph, v: ValueId| g.ty(v).dtype == DType::F32;
+    let invariants: Vec<usize> = (nc + ns..ins.len()).filter(|&i| is_float(g, ins[i])).collect();
+    let seqs: Vec<usize> = (nc..nc + ns).filter(|&i| is_float(g, ins[i])).collect();
+
+    // The reverse scan's body.
+    let mut rb = Graph::new(&format!("{}_reverse", body.name));
+    let d_carry: Vec<ValueId> = (0..nc).map(|i| rb.input(&format!("d_{}", body.args[i].name), body.ty(body.args[i].value).clone())).collect();
+    let acc: Vec<ValueId> = invariants.iter().map(|&i| rb.input(&format!("sum_d_{}", body.args[i].name), body.ty(body.args[i].value).clone())).collect();
+    let seq_args: Vec<ValueId> = (nc..nc + ns).map(|i| rb.input(&body.args[i].name, body.ty(body.args[i].value).clone())).collect();
+    let outputs = &body.outputs[nc..];
+    let d_out: Vec<ValueId> = outputs.iter().map(|(name, v)| rb.input(&format!("d_{name}"), body.ty(*v).clone())).collect();
+    let history: Vec<ValueId> = (0..nc)
+        .map(|i| {
+            let mut shape = body.ty(body.args[i].value).shape.clone();
+            shape.insert(scan.axis, Dim::c(1));
+            rb.input(&format!("{}_start", body.args[i].name), Type::new(DType::F32, shape))
+        })
+        .collect();
+    let inv_args: Vec<ValueId> = (nc + ns..ins.len()).map(|i| rb.input(&body.args[i].name, body.ty(body.args[i].value).clone())).collect();
+    let mut fwd_args: Vec<ValueId> = Vec::new();
+    for (i, &h) in history.iter().enumerate() {
+        let shape = body.ty(body.args[i].value).shape.clone();
+        fwd_args.push(rb.reshape(h, shape)?);
+    }
+    fwd_args.extend(&seq_args);
+    fwd_args.extend(&inv_args);
+    let (outs, tape) = inline(&mut rb, body, &fwd_args)?;
+    let step_seeds: Vec<(ValueId, ValueId)> = outs.iter().copied().zip(d_carry.iter().chain(&d_out).copied()).collect();
+    let mut wrt: Vec<ValueId> = fwd_args[..nc].to_vec();
+    wrt.extend(seqs.iter().map(|&i| fwd_args[i]));
+    wrt.extend(invariants.iter().map(|&i| fwd_args[i]));
+    let grads = backprop(&mut rb, &tape, &step_seeds, &wrt)?;
+    for (i, &d) in grads[..nc].iter().enumerate() {
+        rb.output(&format!("d_{}", body.args[i].name), d);
+    }
+    for (k, (&a, &d)) in acc.iter().zip(&grads[nc + seqs.len()..]).enumerate() {
+        let sum = rb.add(a, d)?;
+        rb.output(&format!("sum_d_{}", body.args[invariants[k]].name), sum);
+    }
+    for (k, &d) in grads[nc..nc + seqs.len()].iter().enumerate() {
+        rb.output(&format!("d_{}", body.args[seqs[k]].name), d);
+    }
+
+    // Its operands: the carries' adjoints (zero where none flows back), zero sums, the forward
+    // sequences, the outputs' adjoints, the recorded carries, the invariants.
+    let mut operands = Vec::new();
+    for (i, seed) in seeds[..nc].iter().enumerate() {
+        operands.push(match seed {
+            Some(d) => *d,
+            None => zeros_like(g, rec.node.outputs[i])?,
+        });
+    }
+    for &i in &invariants {
+        operands.push(zeros_like(g, ins[i])?);
+    }
+    operands.extend(&ins[nc..nc + ns]);
+    for (k, seed) in seeds[nc..].iter().enumerate() {
+        operands.push(match seed {
+            Some(d) => *d,
+            None => zeros_like(g, rec.node.outputs[nc + k])?,
+        });
+    }
+    operands.extend(&rec.history);
+    operands.extend(&ins[nc + ns..]);
+    let carries = nc + invariants.len();
+    let reverse = Scan { axis: scan.axis, chunk: scan.chunk, carries, seqs: ns + outputs.len() + nc, body: rb, reverse: true };
+    let res = g.push(Op::Scan(Box::new(reverse)), &operands)?;
+
+    let mut out: Vec<Option<ValueId>> = vec![None; ins.len()];
+    for i in 0..nc {
+        out[i] = Some(res[i]);
+    }
+    for (k, &i) in invariants.iter().enumerate() {
+        out[i] = Some(res[nc + k]);
+    }
+    for (k, &i) in seqs.iter().enumerate() {
+        out[i] = Some(res[carries + k]);
+    }
+    Ok(out)
+}
+
 fn zeros_like(g: &mut Graph, v: ValueId) -> Result<ValueId> {
     let shape = g.ty(v).shape.clone();
     let zero = g.scalar(0.0)?;
@@ -110,6 +267,9 @@ fn zeros_like(g: &mut Graph, v: ValueId) -> Result<ValueId> {
 /// The vector-Jacobian product of one node: the adjoint of each input (`None`: no gradient flows,
 /// as into integer operands), given the adjoints of its outputs.
 fn vjp(g: &mut Graph, node: &Node, seeds: &[Option<ValueId>]) -> Result<Vec<Option<ValueId>>> {
+    if matches!(node.op, Op::Scan(_)) {
+        bail!("scan must be differentiated by its recorded reverse sweep");
+    }
     let ins = &node.inputs;
     let y = node.outputs.first().copied();
     let d = match seeds {
@@ -201,8 +361,8 @@ fn vjp(g: &mut Graph, node: &Node, seeds: &[Option<ValueId>]) -> Result<Vec<Opti
             vec![Some(g.slice(d, *axis as i64, *before as i64, end)?)]
         }
         Op::TriMask { .. } => vec![Some(g.tri_mask(d, 0.0)?)],
-        Op::Gather { .. } => bail!("gather is not differentiable yet (needs a scatter-add)"),
-        Op::Scan(_) => bail!("scan is not differentiable yet"),
+        Op::Gather { axis } => vec![Some(gather_vjp(g, d, x(0), x(1), *axis)?), None],
+        Op::Scan(_) => unreachable!("handled above"),
         Op::Grad(_) => bail!("nested grad must be expanded first"),
         Op::Fused(_) => bail!("fused regions are not differentiable: differentiate before the fuse pass"),
     })
@@ -308,36 +468,72 @@ fn unbroadcast(g: &mut Graph, d: ValueId, x: ValueId) -> Result<ValueId> {
     Ok(d)
 }
 
-/// The adjoint of `x[start:end]` along `axis`: `d` zero-padded back to `x`'s length.
+/// The adjoint of `x[start:end]` along `axis`: `d` with zeros before and after, back to `x`'s
+/// length (a symbolic length gives symbolic zero blocks, such as `n-1` before the last element).
 fn slice_vjp(g: &mut Graph, d: ValueId, x: ValueId, axis: usize, start: i64, end: Option<i64>) -> Result<ValueId> {
     let len = g.ty(x).shape[axis].clone();
-    let before = if start >= 0 { Some(start as usize) } else { len.as_const().map(|n| (n as i64 + start) as usize) };
+    let before = if start >= 0 { Dim::c(start as usize) } else { len.plus(start)? };
     let after = match end {
-        None => Some(0),
-        Some(e) if e < 0 => Some((-e) as usize),
-        Some(e) => len.as_const().map(|n| n - e as usize),
+        None => Dim::c(0),
+        Some(e) if e < 0 => Dim::c((-e) as usize),
+        Some(e) => len.plus(-e)?,
     };
-    match (before, after) {
-        (Some(b), Some(a)) => g.pad(d, axis as i64, b, a),
-        _ => bail!("the adjoint of slice [{start}:{end:?}] of symbolic length {len} has no static padding"),
+    let zeros = |g: &mut Graph, block: Dim| -> Result<Option<ValueId>> {
+        if block.as_const() == Some(0) {
+            return Ok(None);
+        }
+        let mut shape = g.ty(d).shape.clone();
+        shape[axis] = block;
+        let zero = g.scalar(0.0)?;
+        Ok(Some(g.broadcast(zero, shape)?))
+    };
+    let mut parts: Vec<ValueId> = zeros(g, before)?.into_iter().collect();
+    parts.push(d);
+    parts.extend(zeros(g, after)?);
+    if parts.len() == 1 {
+        return Ok(d);
     }
+    g.concat(&parts, axis as i64)
 }
 
-/// The adjoints of concatenated operands: the matching pieces of `d`.
+/// The adjoints of concatenated operands: the matching pieces of `d`, each bounded from the front
+/// when the lengths before it are static and from the back when those after it are.
 fn concat_vjp(g: &mut Graph, d: ValueId, ins: &[ValueId], axis: usize) -> Result<Vec<Option<ValueId>>> {
-    let mut start = 0i64;
+    let lens: Vec<Option<i64>> = ins.iter().map(|&x| g.ty(x).shape[axis].as_const().map(|n| n as i64)).collect();
+    let sum = |r: &[Option<i64>]| r.iter().copied().sum::<Option<i64>>();
     let mut out = Vec::with_capacity(ins.len());
-    for (i, &x) in ins.iter().enumerate() {
-        let len = g.ty(x).shape[axis].clone();
-        let end = match len.as_const() {
-            Some(n) if i + 1 < ins.len() => Some(start + n as i64),
-            _ if i + 1 == ins.len() => None,
-            _ => bail!("the adjoint of concat needs static lengths before the last operand"),
+    for i in 0..ins.len() {
+        let start = sum(&lens[..i]).or_else(|| sum(&lens[i..]).map(|n| -n));
+        let end = match sum(&lens[..=i]) {
+            Some(e) if i + 1 < ins.len() => Some(Some(e)),
+            _ if i + 1 == ins.len() => Some(None),
+            _ => sum(&lens[i + 1..]).map(|n| Some(-n)),
+        };
+        let (Some(start), Some(end)) = (start, end) else {
+            bail!("the adjoint of concat needs the lengths before or after each operand to be static")
         };
         out.push(Some(g.slice(d, axis as i64, start, end)?));
-        if let Some(e) = end {
-            start = e;
-        }
     }
     Ok(out)
+}
+
+/// The adjoint of `table` in `gather(table, index)` along axis 0: the output adjoints summed into
+/// the rows they were read from, `Σ_s [index_s = l] · d_s`, as a one-hot matmul.
+fn gather_vjp(g: &mut Graph, d: ValueId, table: ValueId, index: ValueId, axis: usize) -> Result<ValueId> {
+    ensure!(axis == 0, "the adjoint of gather along axis {axis} is not supported (only 0)");
+    let table_shape = g.ty(table).shape.clone();
+    let rows = table_shape[0].as_const().context("the adjoint of gather needs a static table length")?;
+    let s = g.ty(index).rank();
+    ensure!(s >= 1, "the adjoint of gather needs an index of rank 1 or more");
+    let row_len: usize = table_shape[1..].iter().map(|d| d.as_const()).product::<Option<usize>>().context("static rows")?;
+    let hot = g.one_hot(index, rows)?; // [S…, L]
+    let hot_t = g.transpose_last2(hot)?; // [S…′, L, S_last]
+    let mut flat = g.ty(index).shape.clone();
+    flat.push(Dim::c(row_len));
+    let d2 = g.reshape(d, flat)?; // [S…, P]
+    let mut m = g.matmul(hot_t, d2)?; // [S…′, L, P]
+    for _ in 1..s {
+        m = g.reduce(ReduceKind::Sum, m, 0, false)?;
+    }
+    g.reshape(m, table_shape)
 }

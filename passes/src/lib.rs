@@ -6,7 +6,7 @@ mod dual_form;
 mod fuse;
 mod simplify;
 
-pub use autodiff::expand_grads;
+pub use autodiff::{expand_grads, gradient_graph};
 pub use dual_form::{derive_dual_form, derive_with_report, DualFormReport};
 pub use simplify::simplify;
 pub use dce::{dead_code_elimination, keep_outputs};

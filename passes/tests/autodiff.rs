@@ -196,3 +196,69 @@ fn ttt_inner_loss_per_token() {
         g.mul(half, sq)
     });
 }
+
+/// Embedding-style gathers, with repeated indices (their adjoints add up) and a rank-2 index.
+#[test]
+fn gather_rows() {
+    let d = data(&[&[4, 3]], -1.0, 1.0);
+    let index = |g: &mut Graph| -> Result<ValueId> {
+        // [0, 1, 2, 3] → max(·, 2) = [2, 2, 2, 3]
+        let i = g.iota(Dim::c(4), DType::I64)?;
+        let two = g.push1(Op::Const { value: 2.0, dtype: DType::I64 }, &[])?;
+        g.binary(BinaryOp::Max, i, two)
+    };
+    check("gather", &[f32t(&[4, 3])], &d, |g, x| {
+        let i = index(g)?;
+        g.gather(x[0], i, 0)
+    });
+    check("gather rank-2 index", &[f32t(&[4, 3])], &d, |g, x| {
+        let i = index(g)?;
+        let i = g.reshape(i, vec![Dim::c(2), Dim::c(2)])?;
+        g.gather(x[0], i, 0)
+    });
+    let d = data(&[&[5]], -1.0, 1.0);
+    check("gather vector", &[f32t(&[5])], &d, |g, x| {
+        let i = index(g)?;
+        g.gather(x[0], i, 0)
+    });
+}
+
+/// The last rows of a symbolic-length axis (the adjoint pads with a symbolic block of zeros).
+#[test]
+fn slice_of_a_symbolic_length() {
+    let t = Type::new(DType::F32, vec![Dim::sym("T"), Dim::c(3)]);
+    let d = vec![values(15, 5, -1.0, 1.0)];
+    check("last row", &[t.clone()], &d, |g, x| g.slice(x[0], 0, -1, None));
+    check("all but the first two", &[t], &d, |g, x| g.slice(x[0], 0, 2, None));
+}
+
+/// Through a scan: a carried state updated non-linearly per chunk (ragged last chunk), a
+/// per-chunk output, and an invariant, all differentiated by the reverse scan.
+#[test]
+fn through_a_scan() {
+    use tttc_ir::Scan;
+    for chunk in [1usize, 3] {
+        let n = if chunk == 1 { Dim::c(1) } else { Dim::sym("n") };
+        let mut body = Graph::new("step");
+        let s = body.input("s", f32t(&[2]));
+        let x = body.input("x", Type::new(DType::F32, vec![n.clone(), Dim::c(2)]));
+        let w = body.input("w", f32t(&[2, 2]));
+        let xw = body.matmul(x, w).unwrap(); // [n, 2]
+        let t = body.unary(UnaryOp::Tanh, xw).unwrap();
+        let y = body.mul(t, s).unwrap(); // per-chunk output, reads the carry
+        let sum = body.reduce(ReduceKind::Sum, t, 0, false).unwrap();
+        let ns = body.add(s, sum).unwrap();
+        let ns = body.unary(UnaryOp::Sin, ns).unwrap();
+        body.output("s", ns);
+        body.output("y", y);
+        let f = move |g: &mut Graph, v: &[ValueId]| -> Result<ValueId> {
+            let scan = Scan { axis: 0, chunk, carries: 1, seqs: 1, body: body.clone(), reverse: false };
+            let outs = g.scan(scan, &[v[0], v[1], v[2]])?;
+            let last = g.reshape(outs[0], vec![Dim::c(1), Dim::c(2)])?;
+            g.concat(&[outs[1], last], 0)
+        };
+        let types = [f32t(&[2]), Type::new(DType::F32, vec![Dim::sym("T"), Dim::c(2)]), f32t(&[2, 2])];
+        let d = vec![values(2, 1, -1.0, 1.0), values(14, 2, -1.0, 1.0), values(4, 3, -1.0, 1.0)];
+        check(&format!("scan chunk {chunk}"), &types, &d, f);
+    }
+}

@@ -121,7 +121,7 @@ fn scan_graph(chunk: usize) -> Graph {
     let mut g = Graph::new("scanned");
     let c0 = g.input("c0", Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(2)]));
     let x = g.input("x", Type::new(DType::F32, bt(&[2])));
-    g.scan(Scan { axis: 1, chunk, carries: 1, seqs: 1, body }, &[c0, x]).unwrap();
+    g.scan(Scan { axis: 1, chunk, carries: 1, seqs: 1, body, reverse: false }, &[c0, x]).unwrap();
     let last = g.nodes[0].outputs.clone();
     g.output("c", last[0]);
     g.output("y", last[1]);

@@ -150,7 +150,7 @@ fn no_dual_form_keeps_the_primal_and_says_so() {
     let mut g = Graph::new("outer");
     let w_init = g.input("w0", Type::f32(&[d, d]));
     let xs = g.input("xs", Type::new(DType::F32, vec![Dim::sym("T"), Dim::c(d)]));
-    let outs = g.scan(Scan { axis: 0, chunk: 4, carries: 1, seqs: 1, body }, &[w_init, xs]).unwrap();
+    let outs = g.scan(Scan { axis: 0, chunk: 4, carries: 1, seqs: 1, body, reverse: false }, &[w_init, xs]).unwrap();
     g.output("z", outs[1]);
 
     let (derived, reports) = derive_with_report(&g).unwrap();

@@ -19,7 +19,7 @@ fn sample() -> Graph {
     let e = g.unary(UnaryOp::Exp, x).unwrap();
     let _dead = g.unary(UnaryOp::Tanh, x).unwrap();
     let zero = g.scalar(0.0).unwrap();
-    let outs = g.scan(Scan { axis: 0, chunk: 2, carries: 1, seqs: 1, body }, &[zero, e]).unwrap();
+    let outs = g.scan(Scan { axis: 0, chunk: 2, carries: 1, seqs: 1, body, reverse: false }, &[zero, e]).unwrap();
     g.output("e", e);
     g.output("total", outs[0]);
     tttc_ir::verify(&g).unwrap();

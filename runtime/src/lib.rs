@@ -52,6 +52,27 @@ pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward>
     Ok(Forward { logits, loss: if with_loss { outs.next() } else { None } })
 }
 
+/// The loss and its gradient with respect to every parameter, by name (`tttc grad`).
+pub struct Gradients {
+    pub loss: Tensor,
+    pub grads: Vec<(String, Tensor)>,
+}
+
+/// Runs the model forward and backward on `input_ids` (T ≥ 2: the loss needs a next token). The
+/// inner gradients are expanded first, then the whole graph is differentiated (through the scans,
+/// exactly: TTT's outer gradient includes the second-order terms of its inner updates), then the
+/// pass pipeline runs on the result.
+pub fn gradients(model: &Model, ids: &Tensor, backend: Backend) -> Result<Gradients> {
+    check_input_ids(ids, model.config.vocab_size())?;
+    ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
+    let forward = tttc_passes::expand_grads(&model.builder.g)?;
+    let graph = tttc_passes::compile(&tttc_passes::gradient_graph(&forward, "loss")?)?;
+    let mut outs = execute(&graph, model, ids, backend)?.into_iter();
+    let loss = outs.next().context("gradient graph has no loss")?;
+    let names = graph.outputs[1..].iter().map(|(n, _)| n.clone());
+    Ok(Gradients { loss, grads: names.zip(outs).collect() })
+}
+
 fn execute(graph: &Graph, model: &Model, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
     let args: Vec<&Tensor> = graph
         .args

@@ -50,7 +50,7 @@ pub fn running_sum_scan(chunk: usize) -> Graph {
     let w = g.input("w", f32t(vec![]));
     let zero = g.scalar(0.0).unwrap();
     let init = g.broadcast(zero, vec![d("B"), c(1)]).unwrap();
-    let outs = g.scan(Scan { axis: 1, chunk, carries: 1, seqs: 2, body }, &[init, x, z, w]).unwrap();
+    let outs = g.scan(Scan { axis: 1, chunk, carries: 1, seqs: 2, body, reverse: false }, &[init, x, z, w]).unwrap();
     g.output("total", outs[0]);
     g.output("prefix", outs[1]);
     g.output("z2", outs[2]);
@@ -73,7 +73,7 @@ pub fn recurrence_scan() -> Graph {
     let h0 = g.input("h0", f32t(vec![d("B"), c(1)]));
     let x = g.input("x", f32t(vec![d("B"), d("T")]));
     let a = g.input("a", f32t(vec![]));
-    let outs = g.scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 1, body }, &[h0, x, a]).unwrap();
+    let outs = g.scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 1, body, reverse: false }, &[h0, x, a]).unwrap();
     g.output("h", outs[0]);
     g.output("hs", outs[1]);
     g
@@ -98,7 +98,7 @@ pub fn nested_scan() -> Graph {
     let sx = outer.reduce(tttc_ir::ReduceKind::Sum, x, 1, true).unwrap();
     let zero = outer.scalar(0.0).unwrap();
     let acc0 = outer.broadcast(zero, vec![d("B"), c(1)]).unwrap();
-    let inner_out = outer.scan(Scan { axis: 1, chunk: 2, carries: 1, seqs: 1, body: inner }, &[acc0, v]).unwrap();
+    let inner_out = outer.scan(Scan { axis: 1, chunk: 2, carries: 1, seqs: 1, body: inner, reverse: false }, &[acc0, v]).unwrap();
     let sv = inner_out[0];
     let c1 = outer.add(carry, sx).unwrap();
     let c2 = outer.add(c1, sv).unwrap();
@@ -112,8 +112,81 @@ pub fn nested_scan() -> Graph {
     let v = g.input("v", f32t(vec![d("B"), c(5)]));
     let zero = g.scalar(0.0).unwrap();
     let c0 = g.broadcast(zero, vec![d("B"), c(1)]).unwrap();
-    let outs = g.scan(Scan { axis: 1, chunk: 3, carries: 1, seqs: 1, body: outer }, &[c0, x, v]).unwrap();
+    let outs = g.scan(Scan { axis: 1, chunk: 3, carries: 1, seqs: 1, body: outer, reverse: false }, &[c0, x, v]).unwrap();
     g.output("carry", outs[0]);
     g.output("sv", outs[1]);
+    g
+}
+
+/// The body of [`chunk_start_scan`]: sums each chunk into the carry and emits the carry it
+/// started from, one entry per iteration (`f32[B,1]` with chunk > 1).
+fn chunk_start_body() -> Graph {
+    let mut body = Graph::new("fwd");
+    let carry = body.input("sum", f32t(vec![d("B"), c(1)]));
+    let x = body.input("x", f32t(vec![d("B"), d("n")]));
+    let s = body.reduce(tttc_ir::ReduceKind::Sum, x, 1, true).unwrap();
+    let next = body.add(carry, s).unwrap();
+    body.output("sum", next);
+    body.output("start", carry);
+    body
+}
+
+/// The body of the reverse scan in [`chunk_carries_scans`]: carries `acc`, the sum of everything
+/// after the chunk; reads the chunk's start carry (an iteration sequence) and the chunk itself.
+/// Outputs the suffix sums of the chunk and, per iteration, `start + acc + Σchunk` (the total).
+fn suffix_body() -> Graph {
+    let mut body = Graph::new("bwd");
+    let acc = body.input("acc", f32t(vec![d("B"), c(1)]));
+    let start = body.input("start", f32t(vec![d("B"), c(1)]));
+    let x = body.input("x", f32t(vec![d("B"), d("n")]));
+    // Suffix sums within the chunk: x @ L with L lower-triangular ones.
+    let one = body.scalar(1.0).unwrap();
+    let ones = body.broadcast(one, vec![d("n"), d("n")]).unwrap();
+    let lower = body.tri_mask(ones, 0.0).unwrap();
+    let within = body.matmul(x, lower).unwrap();
+    let suffix = body.add(within, acc).unwrap();
+    let s = body.reduce(tttc_ir::ReduceKind::Sum, x, 1, true).unwrap();
+    let next = body.add(acc, s).unwrap();
+    let total = body.add(start, next).unwrap();
+    body.output("acc", next);
+    body.output("suffix", suffix);
+    body.output("total", total);
+    body
+}
+
+/// Forward then reverse over `x f32[B,T]`, chunk 3: the forward scan saves each chunk's start
+/// carry (`f32[B,T/3]`); the reverse scan reads it back as an iteration sequence beside `x`.
+/// Outputs: `total f32[B,1]`, `starts f32[B,T/3]`, `suffix f32[B,T]` (Σ_{i≥t} x_i), `again f32[B,1]`
+/// (the reverse scan's total) and `check f32[B,T/3]` (the total, once per chunk).
+pub fn chunk_carries_scans() -> Graph {
+    let mut g = Graph::new("chunk_carries");
+    let x = g.input("x", f32t(vec![d("B"), d("T")]));
+    let zero = g.scalar(0.0).unwrap();
+    let init = g.broadcast(zero, vec![d("B"), c(1)]).unwrap();
+    let fwd = Scan { axis: 1, chunk: 3, carries: 1, seqs: 1, body: chunk_start_body(), reverse: false };
+    let f = g.scan(fwd, &[init, x]).unwrap();
+    let bwd = Scan { axis: 1, chunk: 3, carries: 1, seqs: 2, body: suffix_body(), reverse: true };
+    let r = g.scan(bwd, &[init, f[1], x]).unwrap();
+    g.output("total", f[0]);
+    g.output("starts", f[1]);
+    g.output("again", r[0]);
+    g.output("suffix", r[1]);
+    g.output("check", r[2]);
+    g
+}
+
+/// The reverse scan of [`chunk_carries_scans`] on its own, its start carries an argument
+/// `starts f32[B,T/3]` given before `x f32[B,T]` (so binding must take `T` from `x`).
+pub fn suffix_scan() -> Graph {
+    let mut g = Graph::new("suffix");
+    let starts = g.input("starts", f32t(vec![d("B"), d("T").chunks(3).unwrap()]));
+    let x = g.input("x", f32t(vec![d("B"), d("T")]));
+    let zero = g.scalar(0.0).unwrap();
+    let init = g.broadcast(zero, vec![d("B"), c(1)]).unwrap();
+    let bwd = Scan { axis: 1, chunk: 3, carries: 1, seqs: 2, body: suffix_body(), reverse: true };
+    let r = g.scan(bwd, &[init, starts, x]).unwrap();
+    g.output("acc", r[0]);
+    g.output("suffix", r[1]);
+    g.output("check", r[2]);
     g
 }

@@ -1,0 +1,64 @@
+//! `tttc grad` on every reference case: the loss within SPEC §1's 1e-5 and every parameter's
+//! gradient within 1e-4 (max-normalised) of `grads.safetensors`, which PyTorch computed in f64.
+
+mod common;
+use common::*;
+
+const RTOL_LOSS: f64 = 1e-5;
+const RTOL_GRADS: f64 = 1e-4;
+
+#[test]
+fn grad_matches_every_reference_case() {
+    let out_dir = scratch("reference_grads");
+    let mut failures = Vec::new();
+    for case in cases() {
+        let name = case.file_name().unwrap().to_str().unwrap().to_string();
+        let out = out_dir.join(format!("{name}.safetensors"));
+        let io = case.join("io.safetensors");
+        let r = tttc(&["grad", p(&case), "--input", p(&io), "--output", p(&out)]);
+        if !r.status.success() {
+            failures.push(format!("{name}: tttc grad failed: {}", String::from_utf8_lossy(&r.stderr)));
+            continue;
+        }
+        let got = read(&out);
+        let want = read(&case.join("grads.safetensors"));
+        let loss = parity_ratio(&got["loss"].f32, &read(&io)["loss"].f32, RTOL_LOSS);
+        if loss > 1.0 {
+            failures.push(format!("{name}: loss at {loss:.2}× tolerance"));
+        }
+        let mut worst = (0.0f64, String::new());
+        for (param, reference) in &want {
+            let Some(ours) = got.get(param) else {
+                failures.push(format!("{name}: no gradient for {param}"));
+                continue;
+            };
+            assert_eq!(ours.shape, reference.shape, "{name}: {param} shape");
+            let ratio = parity_ratio(&ours.f32, &reference.f32, RTOL_GRADS);
+            if ratio > worst.0 {
+                worst = (ratio, param.clone());
+            }
+            if ratio > 1.0 {
+                failures.push(format!("{name}: d/d{param} at {ratio:.2}× tolerance"));
+            }
+        }
+        let extra: Vec<&String> = got.keys().filter(|k| *k != "loss" && !want.contains_key(*k)).collect();
+        if !extra.is_empty() {
+            failures.push(format!("{name}: gradients for unknown parameters {extra:?}"));
+        }
+        eprintln!("{name}: loss {loss:.3} of tolerance; worst gradient {} at {:.3}", worst.1, worst.0);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn grad_needs_two_tokens() {
+    let case = cases().into_iter().next().unwrap();
+    let dir = scratch("grad_one_token");
+    let input = dir.join("in.safetensors");
+    write_raw(&input, &[("input_ids".into(), safetensors::Dtype::I64, vec![1, 1], i64_bytes(&[3]))]);
+    let out = dir.join("out.safetensors");
+    let r = tttc(&["grad", p(&case), "--input", p(&input), "--output", p(&out)]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && stderr.contains("T = 1") && stderr.lines().count() == 1, "{stderr}");
+    assert!(!out.exists());
+}
