@@ -2,6 +2,7 @@
 //! tensor files.
 
 mod io;
+pub mod plot;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_frontends::Model;
