@@ -36,6 +36,24 @@ tied head's gradient is part of the embedding's). The gradient is exact reverse-
 the whole graph, through the scans (TTT's outer gradient includes the second-order terms of its \
 inner updates). OUT is written atomically.")]
     Grad(RunArgs),
+    /// Train a model on a text file (byte tokens) and write checkpoints that `run` loads.
+    #[command(long_about = "Train a model on a text file and write checkpoints.\n\n\
+The tokenizer is byte-level: token ids are the file's bytes (the model's vocab_size must be at \
+least 256). The last --val-fraction of the file is the validation split. Every step draws \
+--batch-size random windows of --context tokens from the training split (a generator seeded by \
+--seed) and takes one AdamW step on the mean next-token loss (as `tttc run` computes it), after \
+clipping the global gradient norm; the learning rate warms up linearly for --warmup steps, then \
+decays along a cosine to 10% of --lr at the last step. The gradient graph is compiled once.\n\n\
+Progress goes to stderr, one line per --log-every steps, with the validation loss (the mean over \
+--eval-batches fixed batches of the validation split) every --eval-every steps; DIR/log.jsonl gets \
+the same as JSON objects. DIR becomes a checkpoint every --checkpoint-every steps and at the end: \
+config.json, model.safetensors and tokenizer.json (so `tttc run DIR` loads it as a model), \
+optimizer.safetensors (AdamW's moments and the step), trainer.json (step, data, options, the \
+generator's state) and log.jsonl. A checkpoint is built next to DIR and then swapped in. \
+--resume DIR continues a checkpoint exactly where it stopped: the same losses as a run that was \
+never interrupted. A NaN or infinite loss stops training with an error naming the step; the last \
+checkpoint stays as it was. See docs/training.md.")]
+    Train(Box<TrainArgs>),
     /// Print the model's IR as text, as built or after a pass (it parses back to the same graph).
     #[command(long_about = "Print the model's IR as text.\n\nThe graph is verified first. Its text \
 parses back to the same graph (`tttc_ir::text::parse`). Parameters are listed as `param` \
@@ -109,6 +127,68 @@ struct RunArgs {
     backend: BackendArg,
 }
 
+/// What `train` reads and writes; options left out take their default, or the checkpoint's value
+/// with --resume.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Model folder (config.json) or model.toml to train (optional with --resume).
+    model: Option<PathBuf>,
+    /// Training text (its bytes are the tokens).
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Run folder: checkpoints and log.jsonl.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// Optimizer steps in all (the schedule runs over them) [required unless --resume].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    /// Windows per batch [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: Option<u64>,
+    /// Tokens per window [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    context: Option<u64>,
+    /// Seed of the batch and validation windows [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Peak learning rate [default: 3e-3].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Decoupled AdamW weight decay, on parameters of rank ≥ 2 [default: 0.1].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Global gradient-norm clipping bound, 0 for none [default: 1.0].
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Linear warmup steps [default: 10% of --steps].
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Fraction of the data file (its end) kept for validation [default: 0.1].
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Log a line every this many steps [default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    log_every: Option<u64>,
+    /// Validation loss every this many steps, 0 for never [default: 50].
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Batches in the fixed validation set [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    eval_batches: Option<u64>,
+    /// Checkpoint every this many steps, 0 for only at the end [default: 0].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Continue the run of this checkpoint folder (DIR itself, or another).
+    #[arg(long, value_name = "CKPT")]
+    resume: Option<PathBuf>,
+    /// Stop after this step with a checkpoint, as if interrupted (the schedule still spans --steps).
+    #[arg(long, value_name = "STEP", value_parser = clap::value_parser!(u64).range(1..))]
+    stop_after: Option<u64>,
+    /// Where the graphs execute.
+    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    backend: BackendArg,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
     /// The reference interpreter.
@@ -132,6 +212,7 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(&args),
         Command::Grad(args) => grad(&args),
+        Command::Train(args) => train(*args),
         Command::Ir { model, after } => {
             let mut graph = structure_only(&model)?;
             tttc_ir::verify(&graph)?;
@@ -190,5 +271,45 @@ fn grad(args: &RunArgs) -> Result<()> {
     tttc_runtime::write_tensors(&args.output, &tensors)?;
     let loss = out.loss.to_f64().expect("float")[0];
     eprintln!("wrote {}: loss {loss:.6} and {} gradients", args.output.display(), out.grads.len());
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let n = |v: Option<u64>| v.map(|v| v as usize);
+    let choices = tttc_runtime::OptionChoices {
+        steps: n(a.steps),
+        batch_size: n(a.batch_size),
+        context: n(a.context),
+        seed: a.seed,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        clip: a.clip,
+        warmup: n(a.warmup),
+        val_fraction: a.val_fraction,
+        eval_every: n(a.eval_every),
+        eval_batches: n(a.eval_batches),
+        log_every: n(a.log_every),
+        checkpoint_every: n(a.checkpoint_every),
+    };
+    let backend = match a.backend {
+        BackendArg::Interp => tttc_runtime::Backend::Interp,
+    };
+    let summary = tttc_runtime::train(&tttc_runtime::TrainRequest {
+        model: a.model,
+        data: a.data,
+        out: a.output.clone(),
+        resume: a.resume,
+        stop_after: n(a.stop_after),
+        choices,
+        backend,
+    })?;
+    let val = summary.val_loss.map(|v| format!(", val_loss {v:.4}")).unwrap_or_default();
+    eprintln!(
+        "trained to step {}: loss {:.4}{val}, {:.3} s per step; checkpoint in {}",
+        summary.step,
+        summary.loss,
+        summary.seconds_per_step,
+        a.output.display()
+    );
     Ok(())
 }

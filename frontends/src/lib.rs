@@ -15,7 +15,7 @@ mod ttt;
 use anyhow::Result;
 
 pub use builder::{Init, ModelBuilder};
-pub use source::{load, load_structure, Model, DEFAULT_SEED};
+pub use source::{load, load_config, load_structure, Model, DEFAULT_SEED};
 pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
 
 /// Builds the forward graph of a model: argument `input_ids` i64 `[B, T]`, one `Param` argument per

@@ -15,6 +15,9 @@ use crate::weights::{load_safetensors, Weights};
 /// A model ready to run: its config, its forward graph and a weight for every graph parameter.
 pub struct Model {
     pub config: ModelConfig,
+    /// The config as a Hugging Face `config.json` object: the folder's config.json as read, or
+    /// model.toml's `[config]` table with its `model_type` (`tttc train` writes it to checkpoints).
+    pub config_json: Value,
     pub builder: ModelBuilder,
     pub weights: Weights,
 }
@@ -25,7 +28,7 @@ pub const DEFAULT_SEED: u64 = 0;
 /// Loads `path` (a folder with `config.json`, or a `model.toml`). `weights`, when given, wins
 /// over the folder's `model.safetensors` and a `weights` entry in model.toml.
 pub fn load(path: &Path, weights: Option<&Path>) -> Result<Model> {
-    let (config, own_weights, seed) = read_definition(path)?;
+    let (config, config_json, own_weights, seed) = read_definition(path)?;
     let builder = crate::build(&config)?;
     let weights = match weights.map(Path::to_path_buf).or(own_weights) {
         Some(file) => {
@@ -34,7 +37,7 @@ pub fn load(path: &Path, weights: Option<&Path>) -> Result<Model> {
         }
         None => initialise(&builder, seed),
     };
-    Ok(Model { config, builder, weights })
+    Ok(Model { config, config_json, builder, weights })
 }
 
 /// The graph of the model at `path`, without reading or drawing its weights.
@@ -42,19 +45,24 @@ pub fn load_structure(path: &Path) -> Result<ModelBuilder> {
     crate::build(&read_definition(path)?.0)
 }
 
-/// The config, the weights file it names (if any) and the initialisation seed.
-fn read_definition(path: &Path) -> Result<(ModelConfig, Option<PathBuf>, u64)> {
+/// The config of the model at `path`, without building its graph or reading its weights.
+pub fn load_config(path: &Path) -> Result<ModelConfig> {
+    Ok(read_definition(path)?.0)
+}
+
+/// The config (parsed and as JSON), the weights file it names (if any) and the initialisation seed.
+fn read_definition(path: &Path) -> Result<(ModelConfig, Value, Option<PathBuf>, u64)> {
     Ok(if path.is_dir() {
         let cfg_path = path.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
         let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
         let config = ModelConfig::from_json(&json).with_context(|| format!("in {}", cfg_path.display()))?;
         let file = path.join("model.safetensors");
-        (config, file.exists().then_some(file), DEFAULT_SEED)
+        (config, json, file.exists().then_some(file), DEFAULT_SEED)
     } else if path.extension().is_some_and(|e| e == "toml") {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let t = parse_model_toml(&text, path.parent().unwrap_or(Path::new("."))).with_context(|| format!("in {}", path.display()))?;
-        (t.config, t.weights, t.seed)
+        (t.config, t.json, t.weights, t.seed)
     } else if path.exists() {
         bail!("{} is neither a folder with config.json nor a .toml file", path.display());
     } else {
@@ -80,6 +88,7 @@ struct ModelTomlFile {
 
 struct ModelToml {
     config: ModelConfig,
+    json: Value,
     weights: Option<PathBuf>,
     seed: u64,
 }
@@ -95,8 +104,10 @@ fn parse_model_toml(text: &str, dir: &Path) -> Result<ModelToml> {
         bail!("model_type belongs at the top level, not in [config]");
     }
     config.insert("model_type".into(), Value::String(file.model_type));
+    let json = Value::Object(config);
     Ok(ModelToml {
-        config: ModelConfig::from_json(&Value::Object(config))?,
+        config: ModelConfig::from_json(&json)?,
+        json,
         weights: file.weights.map(|w| dir.join(w)),
         seed: file.seed.unwrap_or(DEFAULT_SEED),
     })

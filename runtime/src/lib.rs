@@ -2,13 +2,16 @@
 //! tensor files.
 
 mod io;
+pub mod train;
 pub mod plot;
 
 use anyhow::{bail, ensure, Context, Result};
+use tttc_frontends::weights::Weights;
 use tttc_frontends::Model;
 use tttc_ir::{Graph, Precision, Tensor};
 
 pub use io::{read_tensors, write_tensors};
+pub use train::{train, OptionChoices, TrainOptions, TrainRequest, TrainSummary};
 
 /// Where a graph executes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +50,7 @@ pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward>
     if !with_loss {
         graph = tttc_passes::keep_outputs(&graph, &["logits"]);
     }
-    let outs = execute(&graph, model, ids, backend)?;
+    let outs = execute(&graph, &model.weights, ids, backend)?;
     let mut outs = outs.into_iter();
     let logits = outs.next().context("graph has no logits output")?;
     Ok(Forward { logits, loss: if with_loss { outs.next() } else { None } })
@@ -64,24 +67,44 @@ pub struct Gradients {
 /// exactly: TTT's outer gradient includes the second-order terms of its inner updates), then the
 /// pass pipeline runs on the result.
 pub fn gradients(model: &Model, ids: &Tensor, backend: Backend) -> Result<Gradients> {
-    check_input_ids(ids, model.config.vocab_size())?;
-    ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
-    let forward = tttc_passes::expand_grads(&model.builder.g)?;
-    let graph = tttc_passes::compile(&tttc_passes::gradient_graph(&forward, "loss")?)?;
-    let mut outs = execute(&graph, model, ids, backend)?.into_iter();
-    let loss = outs.next().context("gradient graph has no loss")?;
-    let names = graph.outputs[1..].iter().map(|(n, _)| n.clone());
-    Ok(Gradients { loss, grads: names.zip(outs).collect() })
+    GradientStep::new(model)?.run(&model.weights, ids, backend)
 }
 
-fn execute(graph: &Graph, model: &Model, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
+/// The model's gradient graph, compiled once and run on any weights and `input_ids` (training
+/// runs it every step).
+pub struct GradientStep {
+    graph: Graph,
+    vocab: usize,
+}
+
+impl GradientStep {
+    /// Expands the inner gradients, differentiates the whole graph with respect to every
+    /// parameter and runs the pass pipeline on the result.
+    pub fn new(model: &Model) -> Result<GradientStep> {
+        let forward = tttc_passes::expand_grads(&model.builder.g)?;
+        let graph = tttc_passes::compile(&tttc_passes::gradient_graph(&forward, "loss")?)?;
+        Ok(GradientStep { graph, vocab: model.config.vocab_size() })
+    }
+
+    /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
+    pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Gradients> {
+        check_input_ids(ids, self.vocab)?;
+        ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
+        let mut outs = execute(&self.graph, weights, ids, backend)?.into_iter();
+        let loss = outs.next().context("gradient graph has no loss")?;
+        let names = self.graph.outputs[1..].iter().map(|(n, _)| n.clone());
+        Ok(Gradients { loss, grads: names.zip(outs).collect() })
+    }
+}
+
+fn execute(graph: &Graph, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
     let args: Vec<&Tensor> = graph
         .args
         .iter()
         .map(|a| match a.kind {
             tttc_ir::ArgKind::Input if a.name == "input_ids" => Ok(ids),
             tttc_ir::ArgKind::Input => bail!("graph input {} has no value", a.name),
-            tttc_ir::ArgKind::Param => model.weights.get(&a.name).with_context(|| format!("no weight {}", a.name)),
+            tttc_ir::ArgKind::Param => weights.get(&a.name).with_context(|| format!("no weight {}", a.name)),
         })
         .collect::<Result<_>>()?;
     match backend {
