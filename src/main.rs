@@ -54,6 +54,21 @@ generator's state) and log.jsonl. A checkpoint is built next to DIR and then swa
 never interrupted. A NaN or infinite loss stops training with an error naming the step; the last \
 checkpoint stays as it was. See docs/training.md.")]
     Train(Box<TrainArgs>),
+    /// Compare training runs: their validation losses as a table and a plot.
+    #[command(long_about = "Compare finished training runs.\n\nReads each RUN folder's log.jsonl \
+(written by `tttc train`), prints a Markdown table of the validation loss at the start, at the \
+end and at its best, and the mean tokens/s, and draws the validation curves into the PNG file.")]
+    Compare {
+        /// Run folders of `tttc train`.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// PNG file for the validation curves.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The plot's title.
+        #[arg(long, default_value = "validation loss")]
+        title: String,
+    },
     /// Print the model's IR as text, as built or after a pass (it parses back to the same graph).
     #[command(long_about = "Print the model's IR as text.\n\nThe graph is verified first. Its text \
 parses back to the same graph (`tttc_ir::text::parse`). Parameters are listed as `param` \
@@ -213,6 +228,10 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Run(args) => run(&args),
         Command::Grad(args) => grad(&args),
         Command::Train(args) => train(*args),
+        Command::Compare { runs, output, title } => {
+            print!("{}", tttc_runtime::compare::compare_runs(&runs, &output, &title)?);
+            Ok(())
+        }
         Command::Ir { model, after } => {
             let mut graph = structure_only(&model)?;
             tttc_ir::verify(&graph)?;

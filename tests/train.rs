@@ -187,3 +187,28 @@ fn a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_its_checkpoint()
     assert_eq!(trainer["step"], 1);
     assert!(out.join("model.safetensors").is_file());
 }
+
+/// `tttc compare` tabulates and plots finished runs; a folder without a log is a one-line error.
+#[test]
+fn compare_tabulates_and_plots_runs() {
+    let dir = scratch("compare_runs");
+    let data = repo().join("tests/data/tinyshakespeare.txt");
+    for (name, seed) in [("a", "0"), ("b", "1")] {
+        let run = dir.join(name);
+        let r = tttc(&[
+            "train", p(&repo().join("examples/llama-tiny.toml")), "--data", p(&data), "-o", p(&run),
+            "--steps", "4", "--batch-size", "2", "--context", "16", "--eval-every", "2", "--seed", seed,
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let png = dir.join("cmp.png");
+    let r = tttc(&["compare", p(&dir.join("a")), p(&dir.join("b")), "-o", p(&png)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let table = String::from_utf8(r.stdout).unwrap();
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.lines().nth(2).unwrap().starts_with("| a | 4 |"), "{table}");
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    let r = tttc(&["compare", p(&dir), "-o", p(&dir.join("x.png"))]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && stderr.lines().count() == 1 && stderr.contains("log.jsonl"), "{stderr}");
+}

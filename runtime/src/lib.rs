@@ -3,6 +3,7 @@
 
 mod io;
 pub mod train;
+pub mod compare;
 pub mod plot;
 
 use anyhow::{bail, ensure, Context, Result};
