@@ -317,7 +317,7 @@ fn positive(key: &str, v: usize) -> Result<usize> {
 }
 
 fn heads_divide(hidden: usize, heads: usize) -> Result<()> {
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         bail!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
     }
     Ok(())
@@ -346,7 +346,7 @@ impl TttConfig {
             initializer_range: k.f64_or("initializer_range", 0.02)?,
         };
         heads_divide(c.hidden_size, c.num_heads)?;
-        if (c.hidden_size / c.num_heads) % 2 != 0 {
+        if !(c.hidden_size / c.num_heads).is_multiple_of(2) {
             bail!("head dimension {} must be even for RoPE", c.hidden_size / c.num_heads);
         }
         Ok(c)
@@ -410,7 +410,7 @@ impl LlamaConfig {
             initializer_range: k.f64_or("initializer_range", 0.02)?,
         };
         heads_divide(c.hidden_size, c.num_heads)?;
-        if c.num_heads % c.num_kv_heads != 0 {
+        if !c.num_heads.is_multiple_of(c.num_kv_heads) {
             bail!("num_attention_heads {} is not a multiple of num_key_value_heads {}", c.num_heads, c.num_kv_heads);
         }
         if let Some(hd) = k.get("head_dim") {
@@ -418,7 +418,7 @@ impl LlamaConfig {
                 bail!("config key head_dim = {hd} is not supported (only hidden_size / num_attention_heads)");
             }
         }
-        if (c.hidden_size / c.num_heads) % 2 != 0 {
+        if !(c.hidden_size / c.num_heads).is_multiple_of(2) {
             bail!("head dimension {} must be even for RoPE", c.hidden_size / c.num_heads);
         }
         Ok(c)

@@ -73,7 +73,8 @@ fn record(g: &mut Graph, op: &Op, ins: &[ValueId]) -> Result<(Vec<ValueId>, Reco
         return Ok((outs.clone(), Recorded { node: Node { op: op.clone(), inputs: ins.to_vec(), outputs: outs }, history: vec![] }));
     };
     let mut body = scan.body.clone();
-    for arg in body.args[..scan.carries].to_vec() {
+    let carry_args = body.args[..scan.carries].to_vec(); // the body grows below
+    for arg in carry_args {
         let mut shape = body.ty(arg.value).shape.clone();
         ensure!(scan.axis <= shape.len(), "a carry of rank {} cannot be stacked along axis {}", shape.len(), scan.axis);
         shape.insert(scan.axis, Dim::c(1));

@@ -39,7 +39,7 @@ fn model_gradients_match_finite_differences() {
             let analytic = out[k].to_f64().unwrap();
             // A few entries of every parameter.
             for i in (0..analytic.len()).step_by(analytic.len().div_ceil(3)) {
-                let mut bumped = |delta: f64| {
+                let bumped = |delta: f64| {
                     let mut w = model.weights.clone();
                     let t = w.get_mut(name).unwrap();
                     let mut v = t.to_f64().unwrap();

@@ -57,8 +57,7 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
         std::fs::rename(&tmp, path)?;
         Ok(())
     };
-    write().map_err(|e| {
+    write().inspect_err(|_e| {
         let _ = std::fs::remove_file(&tmp);
-        e
     }).with_context(|| format!("cannot write {}", path.display()))
 }
