@@ -34,8 +34,16 @@ IN is a safetensors file holding `input_ids` (i64 [B, T], T ≥ 2). OUT receives
 scalar, as `tttc run` computes it) and one f32 tensor per parameter, named like the weights (a \
 tied head's gradient is part of the embedding's). The gradient is exact reverse-mode autodiff of \
 the whole graph, through the scans (TTT's outer gradient includes the second-order terms of its \
-inner updates). OUT is written atomically.")]
-    Grad(RunArgs),
+inner updates). OUT is written atomically.\n\nThe forward pass is rematerialised: only the \
+values at the boundaries of --remat segments of the graph are kept for the reverse sweep, and each \
+segment is recomputed just before it is differentiated (one more forward pass, much less memory).")]
+    Grad {
+        #[command(flatten)]
+        args: RunArgs,
+        /// Rematerialisation segments (1: keep every activation; default: √ of the graph's nodes).
+        #[arg(long)]
+        remat: Option<usize>,
+    },
     /// Train a model on a text file (byte tokens) and write checkpoints that `run` loads.
     #[command(long_about = "Train a model on a text file and write checkpoints.\n\n\
 The tokenizer is byte-level: token ids are the file's bytes (the model's vocab_size must be at \
@@ -226,7 +234,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(&args),
-        Command::Grad(args) => grad(&args),
+        Command::Grad { args, remat } => grad(&args, remat),
         Command::Train(args) => train(*args),
         Command::Compare { runs, output, title } => {
             print!("{}", tttc_runtime::compare::compare_runs(&runs, &output, &title)?);
@@ -282,9 +290,9 @@ fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn grad(args: &RunArgs) -> Result<()> {
+fn grad(args: &RunArgs, remat: Option<usize>) -> Result<()> {
     let (model, ids, backend) = load_inputs(args)?;
-    let out = tttc_runtime::gradients(&model, &ids, backend)?;
+    let out = tttc_runtime::GradientStep::with_segments(&model, remat)?.run(&model.weights, &ids, backend)?;
     let mut tensors = vec![("loss", &out.loss)];
     tensors.extend(out.grads.iter().map(|(n, t)| (n.as_str(), t)));
     tttc_runtime::write_tensors(&args.output, &tensors)?;

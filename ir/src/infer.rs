@@ -149,6 +149,10 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
             shape.push(Dim::c(*depth));
             one(Type::new(DType::F32, shape))
         }
+        Op::Barrier => {
+            arity(1)?;
+            one(ins[0].clone())
+        }
         Op::TriMask { .. } => {
             arity(1)?;
             ensure!(ins[0].rank() >= 2, "needs rank ≥ 2");

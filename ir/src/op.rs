@@ -66,6 +66,9 @@ pub enum Op {
     OneHot { depth: usize },
     /// Over the last two axes, entries above the diagonal (column > row) become `fill`.
     TriMask { fill: f64 },
+    /// The identity, which no pass looks through or merges: a rematerialised computation starts
+    /// from barriers so that it is not deduplicated with the original.
+    Barrier,
     Scan(Box<Scan>),
     /// The gradient of a body's scalar output with respect to some of its arguments. Operands are
     /// the body's arguments; results are the gradients of arguments `wrt`, in that order. Passes
@@ -190,6 +193,7 @@ impl Op {
             Op::Gather { .. } => "gather",
             Op::OneHot { .. } => "one_hot",
             Op::TriMask { .. } => "tri_mask",
+            Op::Barrier => "barrier",
             Op::Scan(_) => "scan",
             Op::Grad(_) => "grad",
             Op::Fused(_) => "fused",

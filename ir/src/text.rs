@@ -127,7 +127,7 @@ fn float(v: f64) -> String {
 
 fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     match op {
-        Op::Unary(_) | Op::Binary(_) | Op::MatMul | Op::Fused(_) => vec![],
+        Op::Unary(_) | Op::Binary(_) | Op::MatMul | Op::Fused(_) | Op::Barrier => vec![],
         Op::Const { value, dtype } => vec![("value", float(*value)), ("dtype", dtype.to_string())],
         Op::Iota { len, dtype } => vec![("len", dim(len)), ("dtype", dtype.to_string())],
         Op::Cast { to } => vec![("to", to.to_string())],
@@ -614,6 +614,7 @@ fn op_named(name: &str, a: &mut Attrs) -> Result<Option<Op>> {
         "gather" => Op::Gather { axis: a.usize("axis")? },
         "one_hot" => Op::OneHot { depth: a.usize("depth")? },
         "tri_mask" => Op::TriMask { fill: a.f64("fill")? },
+        "barrier" => Op::Barrier,
         "scan" => Op::Scan(Box::new(Scan {
             axis: a.usize("axis")?,
             chunk: a.usize("chunk")?,

@@ -110,21 +110,107 @@ fn inline(g: &mut Graph, body: &Graph, args: &[ValueId]) -> Result<(Vec<ValueId>
 /// The gradient graph of `g`: its arguments, the output `loss`, and the gradient of `loss` with
 /// respect to every parameter, named like the parameter. `g` must hold no `grad` op (expand
 /// them first).
-pub fn gradient_graph(g: &Graph, loss: &str) -> Result<Graph> {
+///
+/// With `segments` > 1 the forward is rematerialised: its node list is cut into that many
+/// contiguous segments, only the values that cross a segment boundary stay alive after the forward
+/// pass, and the reverse sweep recomputes each segment (from barriers, so that no pass merges the
+/// recomputation back into the original) just before differentiating it. Peak memory is then
+/// about the boundary values plus one segment's activations, for one more forward pass.
+pub fn gradient_graph(g: &Graph, loss: &str, segments: usize) -> Result<Graph> {
     let mut out = Graph::new(&format!("{}_grad", g.name));
     let args: Vec<ValueId> = g.args.iter().map(|a| out.arg(&a.name, a.kind, g.ty(a.value).clone())).collect();
-    let (outs, tape) = inline(&mut out, g, &args)?;
     let at = g.outputs.iter().position(|(n, _)| n == loss).with_context(|| format!("the graph has no output {loss}"))?;
     let params: Vec<(String, ValueId)> =
         g.args.iter().zip(&args).filter(|(a, _)| a.kind == tttc_ir::ArgKind::Param).map(|(a, &v)| (a.name.clone(), v)).collect();
-    let one = out.scalar(1.0)?;
     let wrt: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
-    let grads = backprop(&mut out, &tape, &[(outs[at], one)], &wrt)?;
-    out.output(loss, outs[at]);
+    let (loss_value, grads) = if segments <= 1 {
+        let (outs, tape) = inline(&mut out, g, &args)?;
+        let one = out.scalar(1.0)?;
+        (outs[at], backprop(&mut out, &tape, &[(outs[at], one)], &wrt)?)
+    } else {
+        rematerialised(&mut out, g, &args, g.outputs[at].1, &wrt, segments)?
+    };
+    out.output(loss, loss_value);
     for ((name, _), d) in params.iter().zip(grads) {
         out.output(name, d);
     }
     Ok(out)
+}
+
+/// The forward of `g` in `out` (arguments `args`), then its reverse sweep segment by segment, each
+/// segment recomputed from barriers on the values it reads from earlier segments. Returns the
+/// loss and the gradients with respect to `wrt` (values of `out`).
+fn rematerialised(out: &mut Graph, g: &Graph, args: &[ValueId], loss: ValueId, wrt: &[ValueId], segments: usize) -> Result<(ValueId, Vec<ValueId>)> {
+    let mut fwd: Vec<Option<ValueId>> = vec![None; g.types.len()];
+    for (a, &v) in g.args.iter().zip(args) {
+        fwd[a.value.index()] = Some(v);
+    }
+    let defined = |fwd: &[Option<ValueId>], v: ValueId| fwd[v.index()].context("operand used before it is defined");
+    for node in &g.nodes {
+        let ins: Vec<ValueId> = node.inputs.iter().map(|&v| defined(&fwd, v)).collect::<Result<_>>()?;
+        for (o, n) in node.outputs.iter().zip(out.push(node.op.clone(), &ins)?) {
+            fwd[o.index()] = Some(n);
+        }
+    }
+    // Adjoints of the forward's values, by their value in `g`.
+    let mut adj: HashMap<ValueId, ValueId> = HashMap::new();
+    adj.insert(loss, out.scalar(1.0)?);
+    let n = g.nodes.len();
+    let per = n.div_ceil(segments.min(n.max(1)));
+    for start in (0..n).step_by(per.max(1)).collect::<Vec<_>>().into_iter().rev() {
+        let nodes = &g.nodes[start..(start + per).min(n)];
+        let inside: std::collections::HashSet<ValueId> = nodes.iter().flat_map(|nd| nd.outputs.iter().copied()).collect();
+        if !inside.iter().any(|v| adj.contains_key(v)) {
+            continue;
+        }
+        // The values this segment reads from before it, each through a barrier.
+        let mut local: HashMap<ValueId, ValueId> = HashMap::new();
+        let mut external: Vec<(ValueId, ValueId)> = Vec::new(); // (in g, its barrier in out)
+        let mut tape = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let mut ins = Vec::with_capacity(node.inputs.len());
+            for &v in &node.inputs {
+                let x = match local.get(&v) {
+                    Some(&x) => x,
+                    None => {
+                        let b = out.push1(Op::Barrier, &[defined(&fwd, v)?])?;
+                        local.insert(v, b);
+                        external.push((v, b));
+                        b
+                    }
+                };
+                ins.push(x);
+            }
+            let (outs, rec) = record(out, &node.op, &ins)?;
+            for (&o, &x) in node.outputs.iter().zip(&outs) {
+                local.insert(o, x);
+            }
+            tape.push(rec);
+        }
+        let seeds: Vec<(ValueId, ValueId)> = inside.iter().filter_map(|v| adj.get(v).map(|&d| (local[v], d))).collect();
+        let floats: Vec<(ValueId, ValueId)> = external.into_iter().filter(|(_, b)| out.ty(*b).dtype == DType::F32).collect();
+        let targets: Vec<ValueId> = floats.iter().map(|(_, b)| *b).collect();
+        let grads = backprop(out, &tape, &seeds, &targets)?;
+        for ((v, _), d) in floats.into_iter().zip(grads) {
+            let total = match adj.get(&v) {
+                Some(&prev) => out.add(prev, d)?,
+                None => d,
+            };
+            adj.insert(v, total);
+        }
+    }
+    let loss_value = defined(&fwd, loss)?;
+    let grads = g
+        .args
+        .iter()
+        .zip(args)
+        .filter(|(_, v)| wrt.contains(v))
+        .map(|(a, &v)| match adj.get(&a.value) {
+            Some(&d) => Ok(d),
+            None => zeros_like(out, v),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((loss_value, grads))
 }
 
 /// Appends to `g` the gradients of the `seeds`' values (each with its adjoint) with respect to
@@ -362,6 +448,7 @@ fn vjp(g: &mut Graph, node: &Node, seeds: &[Option<ValueId>]) -> Result<Vec<Opti
             vec![Some(g.slice(d, *axis as i64, *before as i64, end)?)]
         }
         Op::TriMask { .. } => vec![Some(g.tri_mask(d, 0.0)?)],
+        Op::Barrier => vec![Some(d)],
         Op::Gather { axis } => vec![Some(gather_vjp(g, d, x(0), x(1), *axis)?), None],
         Op::Scan(_) => unreachable!("handled above"),
         Op::Grad(_) => bail!("nested grad must be expanded first"),

@@ -80,10 +80,19 @@ pub struct GradientStep {
 
 impl GradientStep {
     /// Expands the inner gradients, differentiates the whole graph with respect to every
-    /// parameter and runs the pass pipeline on the result.
+    /// parameter and runs the pass pipeline on the result. The forward is rematerialised in
+    /// ⌈√nodes⌉ segments (one more forward pass for a peak memory of about the segment
+    /// boundaries plus one segment's activations).
     pub fn new(model: &Model) -> Result<GradientStep> {
+        GradientStep::with_segments(model, None)
+    }
+
+    /// [`GradientStep::new`] with the number of rematerialisation segments given (`Some(1)`:
+    /// keep every activation, no recomputation).
+    pub fn with_segments(model: &Model, segments: Option<usize>) -> Result<GradientStep> {
         let forward = tttc_passes::expand_grads(&model.builder.g)?;
-        let graph = tttc_passes::compile(&tttc_passes::gradient_graph(&forward, "loss")?)?;
+        let segments = segments.unwrap_or_else(|| (forward.nodes.len() as f64).sqrt().ceil() as usize);
+        let graph = tttc_passes::compile(&tttc_passes::gradient_graph(&forward, "loss", segments)?)?;
         Ok(GradientStep { graph, vocab: model.config.vocab_size() })
     }
 
