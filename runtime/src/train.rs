@@ -656,6 +656,7 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
     };
 
     let first = state.step + 1;
+    let progress = Progress::new(state.step, o.steps);
     let tokens_per_step = (o.batch_size * o.context) as f64;
     let (mut interval_time, mut interval_steps, mut train_time) = (0.0f64, 0usize, 0.0f64);
     for s in first..=stop {
@@ -693,21 +694,61 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
                 entry["val_loss"] = json!(val);
                 line += &format!("  val_loss {val:.4}");
             }
-            eprintln!("{line}");
+            progress.line(&line);
             run.log(entry)?;
             (interval_time, interval_steps) = (0.0, 0);
         }
         if last || (o.checkpoint_every > 0 && s % o.checkpoint_every == 0) {
             run.checkpoint(&model, &state, trainer_state(&state))?;
-            eprintln!("checkpoint: step {s} in {}", req.out.display());
+            progress.line(&format!("checkpoint: step {s} in {}", req.out.display()));
         }
+        progress.step(s, loss, lr);
     }
+    progress.finish();
     Ok(TrainSummary {
         step: state.step,
         loss: state.loss.unwrap_or(f64::NAN),
         val_loss: state.val_loss,
         seconds_per_step: train_time / (stop + 1 - first) as f64,
     })
+}
+
+/// Progress on stderr: a bar with the step, loss and learning rate when stderr is a terminal
+/// (the logged lines above it), the logged lines alone otherwise (CI logs, pipes).
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(done: usize, steps: usize) -> Progress {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new(steps as u64).with_position(done as u64);
+        let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            .expect("a valid template");
+        bar.set_style(style);
+        Progress(Some(bar))
+    }
+
+    fn line(&self, text: &str) {
+        match &self.0 {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn step(&self, step: usize, loss: f64, lr: f64) {
+        if let Some(bar) = &self.0 {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}"));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 #[cfg(test)]
