@@ -6,6 +6,7 @@
 use tttc_ir::Tensor;
 
 use crate::builder::{Init, ModelBuilder};
+use crate::rng::SplitMix64;
 use crate::weights::Weights;
 
 pub fn initialise(b: &ModelBuilder, seed: u64) -> Weights {
@@ -13,7 +14,7 @@ pub fn initialise(b: &ModelBuilder, seed: u64) -> Weights {
     for arg in b.g.params() {
         let shape: Vec<usize> = b.g.ty(arg.value).shape.iter().map(|d| d.as_const().expect("parameters have static shapes")).collect();
         let n: usize = shape.iter().product();
-        let mut rng = Rng::new(seed, &arg.name);
+        let mut rng = SplitMix64::keyed(seed, &arg.name);
         let init = b.inits.get(&arg.name).cloned().unwrap_or(Init::Zeros);
         let values: Vec<f32> = match init {
             Init::Zeros => vec![0.0; n],
@@ -31,37 +32,4 @@ pub fn initialise(b: &ModelBuilder, seed: u64) -> Weights {
         out.insert(arg.name.clone(), Tensor::f32(shape, values));
     }
     out
-}
-
-/// splitmix64: small, fast and stable across versions (unlike a library's default generator).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, name: &str) -> Rng {
-        let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
-        for byte in name.bytes() {
-            h = (h ^ byte as u64).wrapping_mul(0x1000_0000_01B3);
-        }
-        Rng(h)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform();
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
 }

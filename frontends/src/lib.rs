@@ -5,6 +5,7 @@
 pub mod builder;
 pub mod config;
 mod init;
+pub mod rng;
 pub mod math;
 pub mod weights;
 mod llama;

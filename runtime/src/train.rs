@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tttc_frontends::rng::SplitMix64;
 use tttc_frontends::Model;
 use tttc_ir::{Data, Graph, Tensor};
 
@@ -128,31 +129,14 @@ struct DataInfo {
     val_bytes: usize,
 }
 
-/// splitmix64, as `tttc_frontends`' initialiser uses: small, and stable across versions.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// The batch generator's state before the first step.
-fn train_rng(seed: u64) -> SplitMix {
-    SplitMix(seed ^ 0x7472_6169_6E00_0001)
+fn train_rng(seed: u64) -> SplitMix64 {
+    SplitMix64(seed ^ 0x7472_6169_6E00_0001)
 }
 
 /// The generator of the fixed validation windows.
-fn eval_rng(seed: u64) -> SplitMix {
-    SplitMix(seed ^ 0x6576_616C_0000_0002)
+fn eval_rng(seed: u64) -> SplitMix64 {
+    SplitMix64(seed ^ 0x6576_616C_0000_0002)
 }
 
 fn fnv1a64(bytes: &[u8]) -> String {
@@ -283,7 +267,7 @@ fn read_corpus(path: &Path, o: &TrainOptions) -> Result<Corpus> {
 }
 
 /// `batch` windows of `context` tokens starting at offsets drawn from `rng` in `bytes`.
-fn windows(bytes: &[u8], rng: &mut SplitMix, batch: usize, context: usize) -> Tensor {
+fn windows(bytes: &[u8], rng: &mut SplitMix64, batch: usize, context: usize) -> Tensor {
     let mut ids = Vec::with_capacity(batch * context);
     for _ in 0..batch {
         let start = rng.below(bytes.len() - context + 1);
@@ -301,7 +285,7 @@ struct Optimizer {
 /// The run's state that a checkpoint saves beyond the weights.
 struct State {
     step: usize,
-    rng: SplitMix,
+    rng: SplitMix64,
     opt: Optimizer,
     loss: Option<f64>,
     val_loss: Option<f64>,
@@ -593,7 +577,7 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
             );
             State {
                 step: r.trainer.step,
-                rng: SplitMix(r.trainer.rng_state),
+                rng: SplitMix64(r.trainer.rng_state),
                 opt: Optimizer { m: r.opt.m.clone(), v: r.opt.v.clone() },
                 loss: r.trainer.loss,
                 val_loss: r.trainer.val_loss,
@@ -776,7 +760,7 @@ mod tests {
         let state = a.0;
         let second = windows(&bytes, &mut a, 3, 5);
         assert_ne!(first, second);
-        assert_eq!(windows(&bytes, &mut SplitMix(state), 3, 5), second);
+        assert_eq!(windows(&bytes, &mut SplitMix64(state), 3, 5), second);
         let ids = first.as_i64().unwrap();
         assert!(ids.chunks(5).all(|w| w.windows(2).all(|p| p[1] == p[0] + 1)));
     }
