@@ -7,7 +7,7 @@ mod fuse;
 mod simplify;
 
 pub use autodiff::{expand_grads, gradient_graph};
-pub use dual_form::{derive_dual_form, derive_with_report, DualFormReport};
+pub use dual_form::{derive_with_report, DualFormReport};
 pub use simplify::simplify;
 pub use dce::{dead_code_elimination, keep_outputs};
 pub use fuse::{fuse, fuse_with_report, FuseReport};

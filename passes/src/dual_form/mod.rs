@@ -49,11 +49,6 @@ pub struct DualFormReport {
     pub shared: usize,
 }
 
-/// The pass: every scan body re-derived.
-pub fn derive_dual_form(g: &Graph) -> Result<Graph> {
-    Ok(derive_with_report(g)?.0)
-}
-
 /// The pass with a note per scan body: what was derived, the e-graph's size and saturation time.
 pub fn derive_with_notes(g: &Graph) -> Result<crate::Rewrite> {
     let (graph, reports) = derive_with_report(g)?;
