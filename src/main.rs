@@ -36,11 +36,13 @@ tied head's gradient is part of the embedding's). The gradient is exact reverse-
 the whole graph, through the scans (TTT's outer gradient includes the second-order terms of its \
 inner updates). OUT is written atomically.\n\nThe forward pass is rematerialised: only the \
 values at the boundaries of --remat segments of the graph are kept for the reverse sweep, and each \
-segment is recomputed just before it is differentiated (one more forward pass, much less memory).")]
+segment is recomputed just before it is differentiated (one more forward pass, much less memory). \
+Segments are cut where the fewest bytes are live (between layers, say).")]
     Grad {
         #[command(flatten)]
         args: RunArgs,
-        /// Rematerialisation segments (1: keep every activation; default: √ of the graph's nodes).
+        /// Rematerialisation segments (1: keep every activation; default: of the counts around
+        /// √ of the graph's nodes, the one with the smallest estimated peak memory).
         #[arg(long)]
         remat: Option<usize>,
     },

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 
 use anyhow::Result;
-use tttc_ir::{DType, Dim, Graph, ReduceKind, Type, UnaryOp, ValueId};
+use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Type, UnaryOp, ValueId};
 
 /// How a parameter is initialised when a model has no weights file (as the references do).
 #[derive(Clone, Debug, PartialEq)]
@@ -122,30 +122,70 @@ impl ModelBuilder {
     }
 
     /// Logits `h · headᵀ` (`head` `[V, D]`) and the mean next-token cross-entropy, as the graph's
-    /// `logits` and `loss` outputs.
+    /// `logits` and `loss` outputs, computed in a scan over chunks of positions so that no
+    /// `[T, V]` intermediate exists (a gradient step keeps none of them alive either).
     pub fn lm_head_and_loss(&mut self, h: ValueId, head: ValueId, ids: ValueId, vocab: usize) -> Result<()> {
-        let ht = self.transpose_last2(head)?;
-        let logits = self.matmul(h, ht)?;
-        self.output("logits", logits);
-        let pred = self.slice(logits, 1, 0, Some(-1))?;
-        let target = self.slice(ids, 1, 1, None)?;
-        let m = self.reduce(ReduceKind::Max, pred, -1, true)?;
-        let shifted = self.sub(pred, m)?;
-        let e = self.unary(UnaryOp::Exp, shifted)?;
-        let s = self.reduce(ReduceKind::Sum, e, -1, true)?;
-        let lse = self.unary(UnaryOp::Log, s)?;
-        let lse = self.add(lse, m)?;
-        let onehot = self.one_hot(target, vocab)?;
-        let picked = self.mul(onehot, pred)?;
-        let picked = self.reduce(ReduceKind::Sum, picked, -1, true)?;
-        let nll = self.sub(lse, picked)?; // [B, T-1, 1]
-        let mut loss = nll;
-        for _ in 0..3 {
-            loss = self.reduce(ReduceKind::Mean, loss, -1, false)?;
-        }
+        let (batch, len) = (Dim::sym("B"), Dim::sym("T"));
+        // Each position's next token and weight: the last position has none (token 0, weight 0).
+        let next = self.slice(ids, 1, 1, None)?;
+        let zero = self.push1(Op::Const { value: 0.0, dtype: DType::I64 }, &[])?;
+        let zero = self.broadcast(zero, vec![batch.clone(), Dim::c(1)])?;
+        let target = self.concat(&[next, zero], 1)?;
+        let (one, nothing) = (self.scalar(1.0)?, self.scalar(0.0)?);
+        let ones = self.broadcast(one, vec![batch.clone(), len.plus(-1)?])?;
+        let last = self.broadcast(nothing, vec![batch.clone(), Dim::c(1)])?;
+        let weight = self.concat(&[ones, last], 1)?;
+        let count = self.reduce(ReduceKind::Sum, weight, 1, false)?; // [B]: T − 1 targets per row
+        let start = self.broadcast(nothing, vec![batch])?;
+        let head_t = self.transpose_last2(head)?;
+        let body = head_and_loss_chunk(self.ty(h), self.ty(head_t), vocab)?;
+        let scan = Scan { axis: 1, chunk: loss_chunk(vocab), carries: 1, seqs: 3, body, reverse: false };
+        let outs = self.scan(scan, &[start, h, target, weight, head_t])?;
+        self.output("logits", outs[1]);
+        let per_row = self.div(outs[0], count)?;
+        let loss = self.reduce(ReduceKind::Mean, per_row, 0, false)?;
         self.output("loss", loss);
         Ok(())
     }
+}
+
+/// Positions per chunk of the head and loss scan: a chunk's `[positions, V]` logits and their
+/// softmax stay near 16 MB however long the sequence, where whole-sequence ones at T = 8192 and a
+/// 32k vocabulary would be 1 GB each.
+fn loss_chunk(vocab: usize) -> usize {
+    ((1usize << 22) / vocab.max(1)).max(1)
+}
+
+/// One chunk of positions: logits `h · headᵀ`, and the summed weighted cross-entropy
+/// `Σ w · (logsumexp(logits) − logits[target])` added to the carried per-row total.
+/// Arguments: total `[B]`, h `[B, p, D]`, target i64 `[B, p]`, weight `[B, p]`, headᵀ `[D, V]`.
+/// Returns the new total and the chunk's logits `[B, p, V]`.
+fn head_and_loss_chunk(h: &Type, head_t: &Type, vocab: usize) -> Result<Graph> {
+    let (batch, p) = (Dim::sym("B"), Dim::sym("p"));
+    let mut g = Graph::new("head_and_loss");
+    let total = g.input("total", Type::new(DType::F32, vec![batch.clone()]));
+    let h = g.input("h", Type::new(DType::F32, vec![batch.clone(), p.clone(), h.shape[2].clone()]));
+    let target = g.input("target", Type::new(DType::I64, vec![batch.clone(), p.clone()]));
+    let weight = g.input("weight", Type::new(DType::F32, vec![batch, p]));
+    let head_t = g.input("head_t", head_t.clone());
+    let logits = g.matmul(h, head_t)?;
+    let m = g.reduce(ReduceKind::Max, logits, -1, true)?;
+    let shifted = g.sub(logits, m)?;
+    let e = g.unary(UnaryOp::Exp, shifted)?;
+    let s = g.reduce(ReduceKind::Sum, e, -1, false)?;
+    let lse = g.unary(UnaryOp::Log, s)?;
+    let m = g.reduce(ReduceKind::Sum, m, -1, false)?; // [B, p, 1] → [B, p]
+    let lse = g.add(lse, m)?;
+    let onehot = g.one_hot(target, vocab)?;
+    let picked = g.mul(onehot, logits)?;
+    let picked = g.reduce(ReduceKind::Sum, picked, -1, false)?;
+    let nll = g.sub(lse, picked)?;
+    let nll = g.mul(nll, weight)?;
+    let chunk_total = g.reduce(ReduceKind::Sum, nll, 1, false)?;
+    let total = g.add(total, chunk_total)?;
+    g.output("total", total);
+    g.output("logits", logits);
+    Ok(g)
 }
 
 /// Names and sizes of the parts every causal language model here shares.

@@ -180,6 +180,9 @@ impl Graph {
     pub fn gather(&mut self, table: ValueId, index: ValueId, axis: usize) -> Result<ValueId> {
         self.push1(Op::Gather { axis }, &[table, index])
     }
+    pub fn scatter_add(&mut self, updates: ValueId, index: ValueId, depth: usize) -> Result<ValueId> {
+        self.push1(Op::ScatterAdd { depth }, &[updates, index])
+    }
     pub fn one_hot(&mut self, x: ValueId, depth: usize) -> Result<ValueId> {
         self.push1(Op::OneHot { depth }, &[x])
     }

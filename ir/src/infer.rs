@@ -142,6 +142,20 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
             shape.extend(table.shape[axis + 1..].iter().cloned());
             one(Type::new(table.dtype, shape))
         }
+        Op::ScatterAdd { depth } => {
+            arity(2)?;
+            let (updates, index) = (ins[0], ins[1]);
+            ensure!(index.dtype == DType::I64, "index must be i64, got {index}");
+            ensure!(updates.dtype == DType::F32, "updates must be f32, got {updates}");
+            let s = index.rank();
+            ensure!(
+                updates.rank() >= s && updates.shape[..s] == index.shape[..],
+                "updates {updates} must start with the index's shape {index}"
+            );
+            let mut shape = vec![Dim::c(*depth)];
+            shape.extend(updates.shape[s..].iter().cloned());
+            one(Type::new(DType::F32, shape))
+        }
         Op::OneHot { depth } => {
             arity(1)?;
             ensure!(ins[0].dtype == DType::I64, "needs i64, got {}", ins[0]);

@@ -150,6 +150,7 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
         Op::Concat { axis } => one(concat(ins, *axis)),
         Op::Pad { axis, before, after } => one(pad(ins[0], *axis, *before, *after)),
         Op::Gather { axis } => one(gather(ins[0], ins[1], *axis)?),
+        Op::ScatterAdd { depth } => one(scatter_add(ins[0], ins[1], *depth)?),
         Op::OneHot { depth } => {
             let idx = ins[0].as_i64().context("one_hot needs i64")?;
             let mut v = vec![0.0; idx.len() * depth];
@@ -546,6 +547,32 @@ fn gather(table: &Tensor, index: &Tensor, axis: usize) -> Result<Tensor> {
         Data::F32(v) => Data::F32(go(v, idx, outer, len, inner)),
         Data::F64(v) => Data::F64(go(v, idx, outer, len, inner)),
         Data::I64(v) => Data::I64(go(v, idx, outer, len, inner)),
+    };
+    Ok(Tensor { shape, data })
+}
+
+fn scatter_add(updates: &Tensor, index: &Tensor, depth: usize) -> Result<Tensor> {
+    let idx = index.as_i64().context("scatter_add index must be i64")?;
+    let row: usize = updates.shape[index.shape.len()..].iter().product();
+    for &k in idx {
+        ensure!(k >= 0 && (k as usize) < depth, "index {k} out of range for depth {depth}");
+    }
+    fn go<T: Copy + Default + AddAssign>(u: &[T], idx: &[i64], depth: usize, row: usize) -> Vec<T> {
+        let mut out = vec![T::default(); depth * row];
+        for (i, &k) in idx.iter().enumerate() {
+            let dst = &mut out[k as usize * row..(k as usize + 1) * row];
+            for (o, &x) in dst.iter_mut().zip(&u[i * row..(i + 1) * row]) {
+                *o += x;
+            }
+        }
+        out
+    }
+    let mut shape = vec![depth];
+    shape.extend_from_slice(&updates.shape[index.shape.len()..]);
+    let data = match &updates.data {
+        Data::F32(v) => Data::F32(go(v, idx, depth, row)),
+        Data::F64(v) => Data::F64(go(v, idx, depth, row)),
+        Data::I64(_) => bail!("scatter_add needs float updates, got {updates}"),
     };
     Ok(Tensor { shape, data })
 }

@@ -62,6 +62,9 @@ pub enum Op {
     Pad { axis: usize, before: usize, after: usize },
     /// `table` indexed along `axis` by an i64 index tensor: the index's shape replaces that axis.
     Gather { axis: usize },
+    /// `out[index[s…], r…] += updates[s…, r…]` into zeros `[depth, r…]`: the adjoint of `gather`
+    /// along axis 0. Operands: updates (f32, the index's shape followed by a row's), index (i64).
+    ScatterAdd { depth: usize },
     /// i64 `[…]` → f32 `[…, depth]`.
     OneHot { depth: usize },
     /// Over the last two axes, entries above the diagonal (column > row) become `fill`.
@@ -191,6 +194,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Pad { .. } => "pad",
             Op::Gather { .. } => "gather",
+            Op::ScatterAdd { .. } => "scatter_add",
             Op::OneHot { .. } => "one_hot",
             Op::TriMask { .. } => "tri_mask",
             Op::Barrier => "barrier",

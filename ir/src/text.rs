@@ -146,7 +146,7 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Pad { axis, before, after } => {
             vec![("axis", axis.to_string()), ("before", before.to_string()), ("after", after.to_string())]
         }
-        Op::OneHot { depth } => vec![("depth", depth.to_string())],
+        Op::OneHot { depth } | Op::ScatterAdd { depth } => vec![("depth", depth.to_string())],
         Op::TriMask { fill } => vec![("fill", float(*fill))],
         Op::Scan(s) => {
             let mut a = vec![
@@ -613,6 +613,7 @@ fn op_named(name: &str, a: &mut Attrs) -> Result<Option<Op>> {
         "pad" => Op::Pad { axis: a.usize("axis")?, before: a.usize("before")?, after: a.usize("after")? },
         "gather" => Op::Gather { axis: a.usize("axis")? },
         "one_hot" => Op::OneHot { depth: a.usize("depth")? },
+        "scatter_add" => Op::ScatterAdd { depth: a.usize("depth")? },
         "tri_mask" => Op::TriMask { fill: a.f64("fill")? },
         "barrier" => Op::Barrier,
         "scan" => Op::Scan(Box::new(Scan {

@@ -459,6 +459,28 @@ fn concat_and_pad() {
     );
 }
 
+/// Rows added into the rows their index names; repeated indices add up, other rows stay zero.
+#[test]
+fn scatter_add_sums_repeated_rows() {
+    let mut g = Graph::new("scatter");
+    let up = g.input("up", f32t(vec![c(2), c(2), c(3)]));
+    let idx = g.input("idx", i64t(vec![c(2), c(2)]));
+    let out = g.scatter_add(up, idx, 4).unwrap();
+    g.output("out", out);
+    let uv = vals(12);
+    let u = wide(&uv);
+    let iv = vec![3i64, 0, 3, 1];
+    let mut want = vec![0.0f64; 12];
+    for (s, &k) in iv.iter().enumerate() {
+        for r in 0..3 {
+            want[k as usize * 3 + r] += u[s * 3 + r];
+        }
+    }
+    check(&g, &[tf(&[2, 2, 3], uv.clone()), ti(&[2, 2], iv)], &[Want::F(vec![4, 3], want)]);
+    let msg = run_err(&g, &[tf(&[2, 2, 3], uv), ti(&[2, 2], vec![0, 4, 1, 1])]);
+    assert!(msg.contains("scatter_add") && msg.contains("index 4 out of range for depth 4"), "{msg}");
+}
+
 #[test]
 fn gather_and_one_hot() {
     let tv = vals(12);

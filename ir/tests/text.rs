@@ -132,6 +132,7 @@ fn shape_ops() -> Graph {
         g.pad(x, 2, 0, 3).unwrap(),
         g.gather(x, k, 2).unwrap(),
         g.one_hot(k, 7).unwrap(),
+        g.scatter_add(x, k, 5).unwrap(),
         g.tri_mask(x, f64::NEG_INFINITY).unwrap(),
         g.tri_mask(x, 0.0).unwrap(),
     ];

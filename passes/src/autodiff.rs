@@ -137,6 +137,56 @@ pub fn gradient_graph(g: &Graph, loss: &str, segments: usize) -> Result<Graph> {
     Ok(out)
 }
 
+/// Where the `segments` rematerialisation segments of `g`'s node list start (the first at 0):
+/// each cut is placed, within half a segment of even spacing, where the fewest bytes are live
+/// (values defined before the cut and read after it, arguments aside). Between layers only the
+/// residual stream crosses, inside one many activations do, and every value crossing a cut is
+/// kept for the reverse sweep. Sizes are compared with every symbolic dimension at 1024.
+fn segment_starts(g: &Graph, segments: usize) -> Vec<usize> {
+    let n = g.nodes.len();
+    let segments = segments.clamp(1, n.max(1));
+    let mut env = tttc_ir::DimEnv::new();
+    for t in &g.types {
+        for s in t.shape.iter().filter_map(|d| d.sym.clone()) {
+            env.insert(s, 1024);
+        }
+    }
+    let size = |v: ValueId| g.ty(v).resolve(&env).map_or(0, |s| s.iter().product::<usize>());
+    // live[p]: bytes live across a cut before node p (a difference array over definitions and
+    // last uses).
+    let mut last_use = vec![None; g.types.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for v in &node.inputs {
+            last_use[v.index()] = Some(i);
+        }
+    }
+    for (_, v) in &g.outputs {
+        last_use[v.index()] = Some(n);
+    }
+    let mut delta = vec![0i64; n + 2];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for &v in &node.outputs {
+            if let Some(j) = last_use[v.index()].filter(|&j| j > i) {
+                delta[i + 1] += size(v) as i64;
+                delta[j + 1] -= size(v) as i64;
+            }
+        }
+    }
+    let live: Vec<i64> = delta.iter().scan(0i64, |acc, d| { *acc += d; Some(*acc) }).collect();
+    let per = n as f64 / segments as f64;
+    let mut starts = vec![0];
+    for k in 1..segments {
+        let target = (k as f64 * per).round() as usize;
+        let lo = (target as f64 - per / 2.0).ceil().max(1.0) as usize;
+        let hi = ((target as f64 + per / 2.0).floor() as usize).min(n - 1);
+        let best = (lo.max(starts[starts.len() - 1] + 1)..=hi).min_by_key(|&p| (live[p], p.abs_diff(target)));
+        if let Some(p) = best {
+            starts.push(p);
+        }
+    }
+    starts
+}
+
 /// The forward of `g` in `out` (arguments `args`), then its reverse sweep segment by segment, each
 /// segment recomputed from barriers on the values it reads from earlier segments. Returns the
 /// loss and the gradients with respect to `wrt` (values of `out`).
@@ -155,10 +205,10 @@ fn rematerialised(out: &mut Graph, g: &Graph, args: &[ValueId], loss: ValueId, w
     // Adjoints of the forward's values, by their value in `g`.
     let mut adj: HashMap<ValueId, ValueId> = HashMap::new();
     adj.insert(loss, out.scalar(1.0)?);
-    let n = g.nodes.len();
-    let per = n.div_ceil(segments.min(n.max(1)));
-    for start in (0..n).step_by(per.max(1)).collect::<Vec<_>>().into_iter().rev() {
-        let nodes = &g.nodes[start..(start + per).min(n)];
+    let starts = segment_starts(g, segments);
+    let ends: Vec<usize> = starts[1..].iter().copied().chain([g.nodes.len()]).collect();
+    for (&start, &end) in starts.iter().zip(&ends).rev() {
+        let nodes = &g.nodes[start..end];
         let inside: std::collections::HashSet<ValueId> = nodes.iter().flat_map(|nd| nd.outputs.iter().copied()).collect();
         if !inside.iter().any(|v| adj.contains_key(v)) {
             continue;
@@ -273,8 +323,16 @@ fn scan_vjp(g: &mut Graph, scan: &Scan, rec: &Recorded, seeds: &[Option<ValueId>
     let d_carry: Vec<ValueId> = (0..nc).map(|i| rb.input(&format!("d_{}", body.args[i].name), body.ty(body.args[i].value).clone())).collect();
     let acc: Vec<ValueId> = invariants.iter().map(|&i| rb.input(&format!("sum_d_{}", body.args[i].name), body.ty(body.args[i].value).clone())).collect();
     let seq_args: Vec<ValueId> = (nc..nc + ns).map(|i| rb.input(&body.args[i].name, body.ty(body.args[i].value).clone())).collect();
-    let outputs = &body.outputs[nc..];
-    let d_out: Vec<ValueId> = outputs.iter().map(|(name, v)| rb.input(&format!("d_{name}"), body.ty(*v).clone())).collect();
+    // Only the per-chunk outputs with an adjoint are seeded (an unused output, such as the logits
+    // of a loss scan, would otherwise cost a whole sequence of zeros).
+    let outputs: Vec<usize> = (0..body.outputs.len() - nc).filter(|&k| seeds[nc + k].is_some()).collect();
+    let d_out: Vec<ValueId> = outputs
+        .iter()
+        .map(|&k| {
+            let (name, v) = &body.outputs[nc + k];
+            rb.input(&format!("d_{name}"), body.ty(*v).clone())
+        })
+        .collect();
     let history: Vec<ValueId> = (0..nc)
         .map(|i| {
             let mut shape = body.ty(body.args[i].value).shape.clone();
@@ -291,7 +349,8 @@ fn scan_vjp(g: &mut Graph, scan: &Scan, rec: &Recorded, seeds: &[Option<ValueId>
     fwd_args.extend(&seq_args);
     fwd_args.extend(&inv_args);
     let (outs, tape) = inline(&mut rb, body, &fwd_args)?;
-    let step_seeds: Vec<(ValueId, ValueId)> = outs.iter().copied().zip(d_carry.iter().chain(&d_out).copied()).collect();
+    let mut step_seeds: Vec<(ValueId, ValueId)> = outs[..nc].iter().copied().zip(d_carry.iter().copied()).collect();
+    step_seeds.extend(outputs.iter().map(|&k| outs[nc + k]).zip(d_out.iter().copied()));
     let mut wrt: Vec<ValueId> = fwd_args[..nc].to_vec();
     wrt.extend(seqs.iter().map(|&i| fwd_args[i]));
     wrt.extend(invariants.iter().map(|&i| fwd_args[i]));
@@ -308,7 +367,7 @@ fn scan_vjp(g: &mut Graph, scan: &Scan, rec: &Recorded, seeds: &[Option<ValueId>
     }
 
     // Its operands: the carries' adjoints (zero where none flows back), zero sums, the forward
-    // sequences, the outputs' adjoints, the recorded carries, the invariants.
+    // sequences, the seeded outputs' adjoints, the recorded carries, the invariants.
     let mut operands = Vec::new();
     for (i, seed) in seeds[..nc].iter().enumerate() {
         operands.push(match seed {
@@ -320,12 +379,7 @@ fn scan_vjp(g: &mut Graph, scan: &Scan, rec: &Recorded, seeds: &[Option<ValueId>
         operands.push(zeros_like(g, ins[i])?);
     }
     operands.extend(&ins[nc..nc + ns]);
-    for (k, seed) in seeds[nc..].iter().enumerate() {
-        operands.push(match seed {
-            Some(d) => *d,
-            None => zeros_like(g, rec.node.outputs[nc + k])?,
-        });
-    }
+    operands.extend(outputs.iter().filter_map(|&k| seeds[nc + k]));
     operands.extend(&rec.history);
     operands.extend(&ins[nc + ns..]);
     let carries = nc + invariants.len();
@@ -450,6 +504,7 @@ fn vjp(g: &mut Graph, node: &Node, seeds: &[Option<ValueId>]) -> Result<Vec<Opti
         Op::TriMask { .. } => vec![Some(g.tri_mask(d, 0.0)?)],
         Op::Barrier => vec![Some(d)],
         Op::Gather { axis } => vec![Some(gather_vjp(g, d, x(0), x(1), *axis)?), None],
+        Op::ScatterAdd { .. } => vec![Some(g.gather(d, x(1), 0)?), None],
         Op::Scan(_) => unreachable!("handled above"),
         Op::Grad(_) => bail!("nested grad must be expanded first"),
         Op::Fused(_) => bail!("fused regions are not differentiable: differentiate before the fuse pass"),
@@ -606,22 +661,9 @@ fn concat_vjp(g: &mut Graph, d: ValueId, ins: &[ValueId], axis: usize) -> Result
 }
 
 /// The adjoint of `table` in `gather(table, index)` along axis 0: the output adjoints summed into
-/// the rows they were read from, `Σ_s [index_s = l] · d_s`, as a one-hot matmul.
+/// the rows they were read from (`scatter_add`).
 fn gather_vjp(g: &mut Graph, d: ValueId, table: ValueId, index: ValueId, axis: usize) -> Result<ValueId> {
     ensure!(axis == 0, "the adjoint of gather along axis {axis} is not supported (only 0)");
-    let table_shape = g.ty(table).shape.clone();
-    let rows = table_shape[0].as_const().context("the adjoint of gather needs a static table length")?;
-    let s = g.ty(index).rank();
-    ensure!(s >= 1, "the adjoint of gather needs an index of rank 1 or more");
-    let row_len: usize = table_shape[1..].iter().map(|d| d.as_const()).product::<Option<usize>>().context("static rows")?;
-    let hot = g.one_hot(index, rows)?; // [S…, L]
-    let hot_t = g.transpose_last2(hot)?; // [S…′, L, S_last]
-    let mut flat = g.ty(index).shape.clone();
-    flat.push(Dim::c(row_len));
-    let d2 = g.reshape(d, flat)?; // [S…, P]
-    let mut m = g.matmul(hot_t, d2)?; // [S…′, L, P]
-    for _ in 1..s {
-        m = g.reduce(ReduceKind::Sum, m, 0, false)?;
-    }
-    g.reshape(m, table_shape)
+    let rows = g.ty(table).shape[0].as_const().context("the adjoint of gather needs a static table length")?;
+    g.scatter_add(d, index, rows)
 }

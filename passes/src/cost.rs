@@ -7,7 +7,7 @@
 //! | op | FLOPs |
 //! |---|---|
 //! | unary (`exp`, `tanh`, `gelu_tanh`, … transcendentals included), binary, `cast`, `tri_mask`, `one_hot` | one per output element |
-//! | `reduce_sum`, `reduce_mean`, `reduce_max` | one per input element |
+//! | `reduce_sum`, `reduce_mean`, `reduce_max`, `scatter_add` | one per input element |
 //! | `matmul` `[…, M, K] × […, K, N]` | `2·M·N·K·batch` (batch: the product of the output's leading dimensions) |
 //! | `const`, `iota`, `reshape`, `transpose`, `broadcast`, `slice`, `concat`, `pad`, `gather` | 0 |
 //! | `scan` | its body's cost once per chunk (below) |
@@ -139,6 +139,8 @@ fn node_cost_inner(g: &Graph, node: &Node, env: &DimEnv) -> Result<Cost> {
     #[allow(unreachable_patterns)] // a new op without a rule lands in the last arm
     match &node.op {
         Op::Unary(_) | Op::Binary(_) | Op::Cast { .. } | Op::TriMask { .. } | Op::OneHot { .. } => plain(out_elems, in_bytes),
+        // One addition per update element.
+        Op::ScatterAdd { .. } => plain(in_elems, in_bytes),
         Op::Reduce { .. } => plain(in_elems, in_bytes),
         Op::MatMul => {
             let a = g.ty(node.inputs[0]).resolve(env)?;
@@ -273,4 +275,73 @@ fn scan_cost(g: &Graph, node: &Node, scan: &Scan, env: &DimEnv) -> Result<Cost> 
         total = total.plus(body)?;
     }
     Ok(Cost { unestimated, ..total })
+}
+
+/// The peak of live memory while `g` executes node by node, each value freed after its last use
+/// (as the interpreter does), with the symbols bound by `env`: arguments count while they are
+/// live, and a scan or fused node adds its body's own peak while it runs (a scan's for one
+/// chunk; a fused region's without its arguments, which it reads in place).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LivePeak {
+    pub bytes: u64,
+    /// The node executing at the peak (an index into `g.nodes`).
+    pub node: usize,
+    /// The largest values live at the peak, largest first (at most 8).
+    pub largest: Vec<(ValueId, u64)>,
+}
+
+/// See [`LivePeak`].
+pub fn live_peak(g: &Graph, env: &DimEnv) -> Result<LivePeak> {
+    let mut last_use = vec![usize::MAX; g.types.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for v in &node.inputs {
+            last_use[v.index()] = i;
+        }
+    }
+    for (_, v) in &g.outputs {
+        last_use[v.index()] = usize::MAX;
+    }
+    let mut live: std::collections::BTreeMap<ValueId, u64> = std::collections::BTreeMap::new();
+    for a in &g.args {
+        live.insert(a.value, bytes(g.ty(a.value), env)?);
+    }
+    let mut total: u64 = live.values().sum();
+    let mut peak = LivePeak::default();
+    for (i, node) in g.nodes.iter().enumerate() {
+        let transient = match &node.op {
+            Op::Scan(scan) => {
+                let (len, sym) = scan_shape(g, node, scan, env)?;
+                let mut inner = env.clone();
+                if let Some(s) = &sym {
+                    inner.insert(s.clone(), scan.chunk.min(len));
+                }
+                live_peak(&scan.body, &inner)?.bytes
+            }
+            // A region reads its operands in place: its arguments are already counted here.
+            Op::Fused(f) => {
+                let args = f.body.args.iter().try_fold(0u64, |acc, a| add(acc, bytes(f.body.ty(a.value), env)?))?;
+                live_peak(&f.body, env)?.bytes.saturating_sub(args)
+            }
+            _ => 0,
+        };
+        for &v in &node.outputs {
+            let b = bytes(g.ty(v), env)?;
+            live.insert(v, b);
+            total += b;
+        }
+        if total + transient > peak.bytes {
+            let mut largest: Vec<(ValueId, u64)> = live.iter().map(|(&v, &b)| (v, b)).collect();
+            largest.sort_by(|a, b| b.1.cmp(&a.1));
+            largest.truncate(8);
+            peak = LivePeak { bytes: total + transient, node: i, largest };
+        }
+        for v in &node.inputs {
+            if last_use[v.index()] == i {
+                if let Some(b) = live.remove(v) {
+                    total -= b;
+                }
+            }
+        }
+    }
+    Ok(peak)
 }

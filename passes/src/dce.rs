@@ -1,8 +1,9 @@
-//! Dead-code elimination: drop the nodes no output depends on, inside scan bodies too (a body
-//! keeps every output: the scan's results are positional). A fused region is a call: the results
-//! nobody uses are dropped from it, then the body is pruned, and the operands it no longer reads.
+//! Dead-code elimination: drop the nodes no output depends on, inside scan bodies too. A scan's
+//! per-chunk outputs that nobody uses are dropped from it (its final carries stay: they pair with
+//! the body's carried arguments). A fused region is a call: the results nobody uses are dropped
+//! from it, then the body is pruned, and the operands it no longer reads.
 
-use tttc_ir::{Fused, Graph, Node, Op};
+use tttc_ir::{Fused, Graph, Node, Op, Scan, ValueId};
 
 /// Removes every node whose results no graph output needs.
 pub fn dead_code_elimination(g: &Graph) -> Graph {
@@ -18,6 +19,7 @@ pub fn dead_code_elimination(g: &Graph) -> Graph {
         let mut n = node.clone();
         match &mut n.op {
             Op::Fused(f) => prune_fused(&mut n.inputs, &mut n.outputs, f, &live),
+            Op::Scan(s) => prune_scan_outputs(&mut n.outputs, s, &live),
             op => {
                 if let Some(body) = op.body_mut() {
                     *body = dead_code_elimination(body);
@@ -32,6 +34,16 @@ pub fn dead_code_elimination(g: &Graph) -> Graph {
     let mut out = g.clone();
     out.nodes = kept.into_iter().flatten().collect();
     out
+}
+
+/// Drops the per-chunk outputs of a scan node that are not `live`, then prunes its body.
+fn prune_scan_outputs(outputs: &mut Vec<ValueId>, s: &mut Scan, live: &[bool]) {
+    let keep: Vec<bool> = outputs.iter().enumerate().map(|(i, v)| i < s.carries || live[v.index()]).collect();
+    let mut k = keep.iter();
+    outputs.retain(|_| *k.next().unwrap());
+    let mut k = keep.iter();
+    s.body.outputs.retain(|_| *k.next().unwrap());
+    s.body = dead_code_elimination(&s.body);
 }
 
 /// Drops the results of a fused node that are not `live`, prunes its body, and drops the

@@ -75,7 +75,7 @@ pub(crate) fn fuse_with_notes(g: &Graph) -> Result<Rewrite> {
 
 /// Ops that start a region: the big data-parallel kernels whose epilogues the cheap ops become.
 fn is_anchor(op: &Op) -> bool {
-    matches!(op, Op::MatMul | Op::Gather { .. })
+    matches!(op, Op::MatMul | Op::Gather { .. } | Op::ScatterAdd { .. })
 }
 
 /// Partitions `g`'s top-level nodes into regions (see the module documentation) and wraps each

@@ -221,6 +221,11 @@ fn gather_rows() {
         let i = index(g)?;
         g.gather(x[0], i, 0)
     });
+    let d = data(&[&[4, 3]], -1.0, 1.0);
+    check("scatter_add", &[f32t(&[4, 3])], &d, |g, x| {
+        let i = index(g)?;
+        g.scatter_add(x[0], i, 5)
+    });
 }
 
 /// The last rows of a symbolic-length axis (the adjoint pads with a symbolic block of zeros).

@@ -1,7 +1,7 @@
 //! Cost estimates against hand computations on small graphs.
 
 use tttc_ir::{DType, Dim, DimEnv, Grad, Graph, Op, ReduceKind, Scan, Type, UnaryOp};
-use tttc_passes::cost::{graph_cost, node_cost, scan_iterations, Cost};
+use tttc_passes::cost::{graph_cost, live_peak, node_cost, scan_iterations, Cost};
 
 fn env(pairs: &[(&str, usize)]) -> DimEnv {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -198,4 +198,35 @@ fn a_grad_costs_what_it_expands_to() {
     // The reverse sweep of x·x alone is at least 2 FLOPs per element (x·ḡ + ḡ·x).
     assert!(before.flops >= 200, "{before:?}");
     assert_eq!(before, after, "a grad costs what the pipeline turns it into");
+}
+
+/// exp → matmul → reduce → mul at B = 2, T = 3: each value freed after its last use, the peak is
+/// while the matmul runs (its result, the weight and its operand live). Wrapped in a fused region
+/// the peak adds the region's internals to the arguments, counted once.
+#[test]
+fn live_peak_follows_last_uses() {
+    let build = |g: &mut Graph, x, w| {
+        let a = g.unary(UnaryOp::Exp, x).unwrap(); // 96 B
+        let b = g.matmul(a, w).unwrap(); // [2,3,8]: 192 B
+        let c = g.reduce(ReduceKind::Sum, b, -1, false).unwrap(); // 24 B
+        (b, g.mul(c, c).unwrap())
+    };
+    let mut g = Graph::new("chain");
+    let x = g.input("x", Type::new(DType::F32, bt(&[4]))); // 96 B
+    let w = g.param("w", &[4, 8]); // 128 B
+    let (b, d) = build(&mut g, x, w);
+    g.output("d", d);
+    let e = env(&[("B", 2), ("T", 3)]);
+    let p = live_peak(&g, &e).unwrap();
+    // x is freed after exp: w 128 + a 96 + b 192.
+    assert_eq!((p.bytes, p.node), (416, 1));
+    assert_eq!(p.largest, vec![(b, 192), (w, 128), (g.nodes[0].outputs[0], 96)]);
+
+    let mut outer = Graph::new("outer");
+    let ox = outer.input("x", Type::new(DType::F32, bt(&[4])));
+    let ow = outer.param("w", &[4, 8]);
+    let r = outer.fused(g.clone(), &[ox, ow]).unwrap();
+    outer.output("d", r[0]);
+    // x and w (224 B) + the region's result d (24 B) + its internals: 416 − 224.
+    assert_eq!(live_peak(&outer, &e).unwrap().bytes, 224 + 24 + 192);
 }

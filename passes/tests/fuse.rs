@@ -127,7 +127,7 @@ fn ttt_linear_tiny_is_fused_by_the_rules() {
     let g = tttc_frontends::load_structure(&examples().join("ttt-linear-tiny.toml")).unwrap().g;
     let (unfused, fused) = unfused_and_fused(&g);
     let (regions, scans, plain) = check_regions("ttt-linear-tiny", &unfused, &fused);
-    assert_eq!(scans, 2, "one mini-batch scan per layer");
+    assert_eq!(scans, 3, "one mini-batch scan per layer and the head-and-loss scan");
     for n in &fused.nodes {
         if let Op::Fused(f) = &n.op {
             assert!(!has_nested(&f.body, &|op| matches!(op, Op::Scan(_))), "a scan inside {}", f.body.name);

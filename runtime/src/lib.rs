@@ -80,9 +80,11 @@ pub struct GradientStep {
 
 impl GradientStep {
     /// Expands the inner gradients, differentiates the whole graph with respect to every
-    /// parameter and runs the pass pipeline on the result. The forward is rematerialised in
-    /// ⌈√nodes⌉ segments (one more forward pass for a peak memory of about the segment
-    /// boundaries plus one segment's activations).
+    /// parameter and runs the pass pipeline on the result. The forward is rematerialised: one
+    /// more forward pass for a peak memory of about the values crossing segment boundaries plus
+    /// one segment's activations. Of the segment counts around ⌈√nodes⌉ (a quarter, half, once
+    /// and twice that), the one whose compiled graph has the smallest estimated peak of live
+    /// memory at B = 1, T = 4096 is used.
     pub fn new(model: &Model) -> Result<GradientStep> {
         GradientStep::with_segments(model, None)
     }
@@ -91,8 +93,23 @@ impl GradientStep {
     /// keep every activation, no recomputation).
     pub fn with_segments(model: &Model, segments: Option<usize>) -> Result<GradientStep> {
         let forward = tttc_passes::expand_grads(&model.builder.g)?;
-        let segments = segments.unwrap_or_else(|| (forward.nodes.len() as f64).sqrt().ceil() as usize);
-        let graph = tttc_passes::compile(&tttc_passes::gradient_graph(&forward, "loss", segments)?)?;
+        let build = |k: usize| tttc_passes::compile(&tttc_passes::gradient_graph(&forward, "loss", k)?);
+        let graph = match segments {
+            Some(k) => build(k)?,
+            None => {
+                let root = (forward.nodes.len() as f64).sqrt().ceil() as usize;
+                let env: tttc_ir::DimEnv = [("B".to_string(), 1), ("T".to_string(), 4096)].into_iter().collect();
+                let mut best: Option<(u64, Graph)> = None;
+                for k in [root.div_ceil(4), root.div_ceil(2), root, 2 * root] {
+                    let g = build(k.max(1))?;
+                    let peak = tttc_passes::cost::live_peak(&g, &env)?.bytes;
+                    if best.as_ref().is_none_or(|(b, _)| peak < *b) {
+                        best = Some((peak, g));
+                    }
+                }
+                best.expect("at least one candidate").1
+            }
+        };
         Ok(GradientStep { graph, vocab: model.config.vocab_size() })
     }
 
