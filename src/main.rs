@@ -218,6 +218,17 @@ struct TrainArgs {
 enum BackendArg {
     /// The reference interpreter.
     Interp,
+    /// Native code for this machine (Cranelift kernels, gemm matrix products).
+    Cpu,
+}
+
+impl From<BackendArg> for tttc_runtime::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Interp => tttc_runtime::Backend::Interp,
+            BackendArg::Cpu => tttc_runtime::Backend::Cpu,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -272,9 +283,7 @@ fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor
     let model = tttc_frontends::load(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
-    let backend = match args.backend {
-        BackendArg::Interp => tttc_runtime::Backend::Interp,
-    };
+    let backend = args.backend.into();
     Ok((model, ids, backend))
 }
 
@@ -320,9 +329,7 @@ fn train(a: TrainArgs) -> Result<()> {
         log_every: n(a.log_every),
         checkpoint_every: n(a.checkpoint_every),
     };
-    let backend = match a.backend {
-        BackendArg::Interp => tttc_runtime::Backend::Interp,
-    };
+    let backend = a.backend.into();
     let summary = tttc_runtime::train(&tttc_runtime::TrainRequest {
         model: a.model,
         data: a.data,

@@ -1,5 +1,6 @@
 //! `tttc grad` on every reference case: the loss within SPEC §1's 1e-5 and every parameter's
-//! gradient within 1e-4 (max-normalised) of `grads.safetensors`, which PyTorch computed in f64.
+//! gradient within 1e-4 (max-normalised) of `grads.safetensors`, which PyTorch computed in f64,
+//! on every CPU-side backend.
 
 mod common;
 use common::*;
@@ -11,11 +12,11 @@ const RTOL_GRADS: f64 = 1e-4;
 fn grad_matches_every_reference_case() {
     let out_dir = scratch("reference_grads");
     let mut failures = Vec::new();
-    for case in cases() {
-        let name = case.file_name().unwrap().to_str().unwrap().to_string();
+    for (case, backend) in cases().into_iter().flat_map(|c| BACKENDS.map(|b| (c.clone(), b))) {
+        let name = format!("{} ({backend})", case.file_name().unwrap().to_str().unwrap());
         let out = out_dir.join(format!("{name}.safetensors"));
         let io = case.join("io.safetensors");
-        let r = tttc(&["grad", p(&case), "--input", p(&io), "--output", p(&out)]);
+        let r = tttc(&["grad", p(&case), "--input", p(&io), "--output", p(&out), "--backend", backend]);
         if !r.status.success() {
             failures.push(format!("{name}: tttc grad failed: {}", String::from_utf8_lossy(&r.stderr)));
             continue;

@@ -1,4 +1,5 @@
-//! `tttc run` on every reference case gives logits and loss within SPEC §1's tolerance.
+//! `tttc run` on every reference case gives logits and loss within SPEC §1's tolerance, on every
+//! CPU-side backend (the interpreter and native code).
 
 mod common;
 use common::*;
@@ -9,11 +10,11 @@ const RTOL_LOGITS: f64 = 1e-5;
 fn run_matches_every_reference_case() {
     let out_dir = scratch("reference_vectors");
     let mut failures = Vec::new();
-    for case in cases() {
-        let name = case.file_name().unwrap().to_str().unwrap().to_string();
+    for (case, backend) in cases().into_iter().flat_map(|c| BACKENDS.map(|b| (c.clone(), b))) {
+        let name = format!("{} ({backend})", case.file_name().unwrap().to_str().unwrap());
         let out = out_dir.join(format!("{name}.safetensors"));
         let io = case.join("io.safetensors");
-        let r = tttc(&["run", p(&case), "--input", p(&io), "--output", p(&out)]);
+        let r = tttc(&["run", p(&case), "--input", p(&io), "--output", p(&out), "--backend", backend]);
         if !r.status.success() {
             failures.push(format!("{name}: tttc run failed: {}", String::from_utf8_lossy(&r.stderr)));
             continue;
@@ -36,8 +37,8 @@ fn run_matches_every_reference_case() {
 #[test]
 fn prefixes_match_the_reference() {
     let out_dir = scratch("reference_prefixes");
-    for case in cases() {
-        let name = case.file_name().unwrap().to_str().unwrap().to_string();
+    for (case, backend) in cases().into_iter().flat_map(|c| BACKENDS.map(|b| (c.clone(), b))) {
+        let name = format!("{}-{backend}", case.file_name().unwrap().to_str().unwrap());
         let io = read(&case.join("io.safetensors"));
         let (ids, logits) = (&io["input_ids"], &io["logits"]);
         let (b, t, v) = (ids.shape[0], ids.shape[1], logits.shape[2]);
@@ -52,7 +53,7 @@ fn prefixes_match_the_reference() {
             let input = out_dir.join(format!("{name}-{n}-in.safetensors"));
             let out = out_dir.join(format!("{name}-{n}-out.safetensors"));
             write_raw(&input, &[("input_ids".into(), safetensors::Dtype::I64, vec![b, n], i64_bytes(&cut_ids))]);
-            let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out)]);
+            let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--backend", backend]);
             assert!(r.status.success(), "{name} T={n}: {}", String::from_utf8_lossy(&r.stderr));
             let ratio = parity_ratio(&read(&out)["logits"].f32, &want, RTOL_LOGITS);
             assert!(ratio <= 1.0, "{name} T={n}: logits at {ratio:.2}× tolerance");

@@ -31,19 +31,24 @@ pub fn run(graph: &Graph, args: &[&Tensor], precision: Precision) -> Result<Vec<
     exec(graph, args, DimEnv::new(), precision)
 }
 
-fn exec(graph: &Graph, args: Vec<Cow<'_, Tensor>>, mut env: DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
+/// Checks `args` (in the order of `graph.args`) against their types and binds the symbols of
+/// their shapes into `env` (which may hold an enclosing scope's bindings).
+pub fn bind_args(graph: &Graph, args: &[&Tensor], env: &mut DimEnv) -> Result<()> {
     ensure!(args.len() == graph.args.len(), "{} takes {} arguments, got {}", graph.name, graph.args.len(), args.len());
-    let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.types.len()];
     // Arguments with a chunk count (`T/16`) bind last: their symbol comes from the others.
     let mut pairs: Vec<_> = graph.args.iter().zip(args).collect();
     pairs.sort_by_key(|(arg, _)| graph.ty(arg.value).shape.iter().any(|d| d.per != 1));
     for (arg, t) in pairs {
         let ty = graph.ty(arg.value);
         ensure!(t.dtype() == ty.dtype, "argument {}: expected {ty}, got {}", arg.name, t);
-        ty.bind(&t.shape, &mut env).with_context(|| format!("argument {}", arg.name))?;
-        values[arg.value.index()] = Some(t);
+        ty.bind(&t.shape, env).with_context(|| format!("argument {}", arg.name))?;
     }
-    // Free each value after its last use so that long graphs hold only what is live.
+    Ok(())
+}
+
+/// For each value of `graph`, the index of the last node that reads it (`usize::MAX` for graph
+/// outputs and unread values): an executor frees a value once that node has run.
+pub fn last_uses(graph: &Graph) -> Result<Vec<usize>> {
     let mut last_use = vec![usize::MAX; graph.types.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
         for v in &node.inputs {
@@ -54,6 +59,17 @@ fn exec(graph: &Graph, args: Vec<Cow<'_, Tensor>>, mut env: DimEnv, prec: Precis
         ensure!(v.index() < last_use.len(), "output {name} (%{}) does not exist", v.0);
         last_use[v.index()] = usize::MAX;
     }
+    Ok(last_use)
+}
+
+fn exec(graph: &Graph, args: Vec<Cow<'_, Tensor>>, mut env: DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
+    bind_args(graph, &args.iter().map(|t| &**t).collect::<Vec<_>>(), &mut env)?;
+    let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.types.len()];
+    for (arg, t) in graph.args.iter().zip(args) {
+        values[arg.value.index()] = Some(t);
+    }
+    // Free each value after its last use so that long graphs hold only what is live.
+    let last_use = last_uses(graph)?;
     for (i, node) in graph.nodes.iter().enumerate() {
         let what = || match node.outputs.first() {
             Some(v) => format!("{} (defining %{})", node.op.name(), v.0),
@@ -132,7 +148,7 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
         }
         Op::Transpose { perm } => {
             let t = ins[0];
-            let strides = strides_of(&t.shape);
+            let strides = contiguous_strides(&t.shape);
             let shape: Vec<usize> = perm.iter().map(|&p| t.shape[p]).collect();
             let st: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
             one(strided(t, 0, &st, shape))
@@ -177,7 +193,25 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
     }
 }
 
+/// Evaluates one op on f32 (or i64) operands, as the interpreter does: the ops a backend does
+/// not compile itself. A `scan` or `fused` op runs its body in the interpreter.
+pub fn eval_op(op: &Op, ins: &[&Tensor], env: &DimEnv) -> Result<Vec<Tensor>> {
+    eval(op, ins, env, Precision::F32)
+}
+
 fn run_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<Tensor>> {
+    drive_scan(scan, ins, env, &mut |args, env| exec(&scan.body, args, env.clone(), prec))
+}
+
+/// Runs a scan with `body` executing its body graph once per chunk (arguments: the carries, the
+/// chunk of each sequence, the invariants; with the enclosing bindings, the chunk symbol unbound):
+/// cuts the sequences into chunks, threads the carries, stacks the per-chunk outputs.
+pub fn drive_scan(
+    scan: &Scan,
+    ins: &[&Tensor],
+    env: &DimEnv,
+    body: &mut dyn FnMut(Vec<Cow<'_, Tensor>>, &DimEnv) -> Result<Vec<Tensor>>,
+) -> Result<Vec<Tensor>> {
     let (nc, ns) = (scan.carries, scan.seqs);
     let iteration: Vec<bool> = (nc..nc + ns).map(|i| scan.is_iteration_seq(i)).collect();
     let first = nc + iteration.iter().position(|&it| !it).context("scan has no chunked sequence")?;
@@ -214,8 +248,7 @@ fn run_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Resu
             Cow::Owned(if it { slice(t, scan.axis, k, k + 1) } else { slice(t, scan.axis, start, end) })
         }));
         args.extend(ins[nc + ns..].iter().map(|&t| Cow::Borrowed(t)));
-        let mut outs = exec(&scan.body, args, env.clone(), prec)
-            .with_context(|| format!("scan body, chunk {k} (at {start})"))?;
+        let mut outs = body(args, &env).with_context(|| format!("scan body, chunk {k} (at {start})"))?;
         let rest = outs.split_off(nc);
         carries = outs;
         if pieces.is_empty() {
@@ -385,7 +418,8 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn strides_of(shape: &[usize]) -> Vec<usize> {
+/// Row-major strides (in elements) of a contiguous tensor of `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
         s[i] = s[i + 1] * shape[i + 1];
@@ -394,10 +428,10 @@ fn strides_of(shape: &[usize]) -> Vec<usize> {
 }
 
 /// Strides that read a tensor of shape `from` as if it had shape `to` (0 along broadcast axes).
-fn broadcast_strides(from: &[usize], to: &[usize]) -> Result<Vec<usize>> {
+pub fn broadcast_strides(from: &[usize], to: &[usize]) -> Result<Vec<usize>> {
     ensure!(from.len() <= to.len(), "cannot broadcast {from:?} to {to:?}");
     let lead = to.len() - from.len();
-    let fs = strides_of(from);
+    let fs = contiguous_strides(from);
     let mut s = vec![0; to.len()];
     for i in 0..from.len() {
         if from[i] == to[lead + i] {
@@ -459,7 +493,7 @@ fn strided(t: &Tensor, base: usize, strides: &[usize], shape: Vec<usize>) -> Ten
 }
 
 fn slice(t: &Tensor, axis: usize, start: usize, end: usize) -> Tensor {
-    let strides = strides_of(&t.shape);
+    let strides = contiguous_strides(&t.shape);
     let mut shape = t.shape.clone();
     shape[axis] = end - start;
     strided(t, start * strides[axis], &strides, shape)

@@ -19,6 +19,8 @@ pub use train::{train, OptionChoices, TrainOptions, TrainRequest, TrainSummary};
 pub enum Backend {
     /// The reference interpreter (`tttc_ir::interp`).
     Interp,
+    /// Native code for this machine (`tttc_codegen_cpu`).
+    Cpu,
 }
 
 /// A forward pass's results: `logits` `[B, T, V]`, and `loss` unless T = 1 (no next token).
@@ -76,6 +78,8 @@ pub fn gradients(model: &Model, ids: &Tensor, backend: Backend) -> Result<Gradie
 pub struct GradientStep {
     graph: Graph,
     vocab: usize,
+    /// The graph compiled for the CPU, on the first run there.
+    cpu: std::sync::OnceLock<tttc_codegen_cpu::Program>,
 }
 
 impl GradientStep {
@@ -110,22 +114,33 @@ impl GradientStep {
                 best.expect("at least one candidate").1
             }
         };
-        Ok(GradientStep { graph, vocab: model.config.vocab_size() })
+        Ok(GradientStep { graph, vocab: model.config.vocab_size(), cpu: std::sync::OnceLock::new() })
     }
 
     /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
     pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Gradients> {
         check_input_ids(ids, self.vocab)?;
         ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
-        let mut outs = execute(&self.graph, weights, ids, backend)?.into_iter();
+        let mut outs = match backend {
+            Backend::Cpu => {
+                if self.cpu.get().is_none() {
+                    let _ = self.cpu.set(tttc_codegen_cpu::Program::compile(&self.graph)?);
+                }
+                let program = self.cpu.get().expect("compiled above");
+                program.run(&arguments(&self.graph, weights, ids)?)?
+            }
+            Backend::Interp => execute(&self.graph, weights, ids, backend)?,
+        }
+        .into_iter();
         let loss = outs.next().context("gradient graph has no loss")?;
         let names = self.graph.outputs[1..].iter().map(|(n, _)| n.clone());
         Ok(Gradients { loss, grads: names.zip(outs).collect() })
     }
 }
 
-fn execute(graph: &Graph, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
-    let args: Vec<&Tensor> = graph
+/// The graph's arguments in order: `input_ids`, then the weights by name.
+fn arguments<'a>(graph: &Graph, weights: &'a Weights, ids: &'a Tensor) -> Result<Vec<&'a Tensor>> {
+    graph
         .args
         .iter()
         .map(|a| match a.kind {
@@ -133,8 +148,13 @@ fn execute(graph: &Graph, weights: &Weights, ids: &Tensor, backend: Backend) -> 
             tttc_ir::ArgKind::Input => bail!("graph input {} has no value", a.name),
             tttc_ir::ArgKind::Param => weights.get(&a.name).with_context(|| format!("no weight {}", a.name)),
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+fn execute(graph: &Graph, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
+    let args = arguments(graph, weights, ids)?;
     match backend {
         Backend::Interp => tttc_ir::run(graph, &args, Precision::F32),
+        Backend::Cpu => tttc_codegen_cpu::Program::compile(graph)?.run(&args),
     }
 }

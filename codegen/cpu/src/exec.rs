@@ -1,0 +1,313 @@
+//! Running a plan: kernel launches split over the machine's threads, matrix products through
+//! `gemm`, reductions as native loops, scans driven chunk by chunk.
+
+use std::borrow::Cow;
+
+use anyhow::{bail, ensure, Context, Result};
+use tttc_ir::interp::{bind_args, broadcast_strides, drive_scan, eval_op};
+use tttc_ir::{DimEnv, Op, ReduceKind, Tensor};
+
+use crate::kernel::{Jit, KernelFn};
+use crate::plan::{Body, KernelStep, Step};
+
+/// Work below this many elements (or multiply-adds) runs on one thread: splitting costs more.
+const PARALLEL_ELEMENTS: usize = 1 << 15;
+const PARALLEL_MACS: usize = 1 << 18;
+
+impl Body {
+    /// Runs the body on `args` (in the order of its graph's arguments) within the bindings `env`.
+    pub(crate) fn run(&self, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimEnv) -> Result<Vec<Tensor>> {
+        let g = &self.graph;
+        let mut env = env.clone();
+        bind_args(g, &args.iter().map(|t| &**t).collect::<Vec<_>>(), &mut env)?;
+        let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; g.types.len()];
+        for (a, t) in g.args.iter().zip(args) {
+            values[a.value.index()] = Some(t);
+        }
+        for (step, frees) in self.steps.iter().zip(&self.frees) {
+            let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
+            let (results, outputs): (Vec<Tensor>, Vec<tttc_ir::ValueId>) = match step {
+                Step::Kernel(k) => {
+                    let ins: Vec<&Tensor> = k.inputs.iter().map(get).collect::<Result<_>>()?;
+                    (launch(jit.kernels[k.kernel], k, &ins, &env).with_context(|| format!("kernel {} in {}", k.kernel, g.name))?, k.outputs.clone())
+                }
+                Step::Op(i) | Step::MatMul(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => {
+                    let node = &g.nodes[*i];
+                    let ins: Vec<&Tensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
+                    let what = || format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name);
+                    let out = match (step, &node.op) {
+                        (Step::MatMul(_), _) => vec![matmul(ins[0], ins[1]).with_context(what)?],
+                        (Step::Reduce(_), Op::Reduce { kind, axis, keepdim }) => vec![reduce(ins[0], *kind, *axis, *keepdim).with_context(what)?],
+                        (Step::Scan(_, body), Op::Scan(scan)) => {
+                            drive_scan(scan, &ins, &env, &mut |args, env| body.run(jit, args, env)).with_context(what)?
+                        }
+                        (Step::Fused(_, body), _) => body.run(jit, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), &env).with_context(what)?,
+                        _ => eval_op(&node.op, &ins, &env).with_context(what)?,
+                    };
+                    (out, node.outputs.clone())
+                }
+            };
+            for v in frees {
+                values[v.index()] = None;
+            }
+            for (v, t) in outputs.into_iter().zip(results) {
+                values[v.index()] = Some(Cow::Owned(t));
+            }
+        }
+        g.outputs
+            .iter()
+            .map(|(name, v)| values[v.index()].as_ref().map(|t| t.clone().into_owned()).with_context(|| format!("output {name} is undefined")))
+            .collect()
+    }
+}
+
+/// Raw pointers handed to the worker threads: each writes a disjoint range of the outputs.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+/// Runs a kernel over the elements of its shape. The shape's axes are merged from the innermost
+/// outward while every input stays either contiguous or a splat across them, so that rows are
+/// as long as the broadcasts allow; the rows (or, for one long row, its pieces) are split over
+/// the threads.
+fn launch(f: KernelFn, k: &KernelStep, ins: &[&Tensor], env: &DimEnv) -> Result<Vec<Tensor>> {
+    let shape: Vec<usize> = k.shape.iter().map(|d| d.resolve(env)).collect::<Result<_>>()?;
+    let total: usize = shape.iter().product();
+    let data: Vec<&[f32]> = ins.iter().map(|t| t.as_f32().context("kernel input is not f32")).collect::<Result<_>>()?;
+    let strides: Vec<Vec<usize>> = ins.iter().map(|t| broadcast_strides(&t.shape, &shape)).collect::<Result<_>>()?;
+    let mut outs: Vec<Vec<f32>> = (0..k.outputs.len()).map(|_| Vec::with_capacity(total)).collect();
+    if total > 0 {
+        // The row: the innermost axes along which every contiguous input advances by one element
+        // per element and every splat input not at all (axes of length 1 always merge).
+        let splat = &k.splat;
+        let mut inner = shape.len();
+        let mut n = 1usize;
+        while inner > 0 {
+            let d = inner - 1;
+            let merges = shape[d] == 1 || strides.iter().zip(splat).all(|(s, &sp)| if sp { s[d] == 0 } else { s[d] == n });
+            if !merges {
+                break;
+            }
+            n *= shape[d];
+            inner = d;
+        }
+        ensure!(inner < shape.len() || shape.is_empty(), "kernel inputs {:?} do not broadcast to {shape:?} as compiled", ins.iter().map(|t| &t.shape).collect::<Vec<_>>());
+        let outer = &shape[..inner];
+        let in_ptrs: Vec<Shared<*const f32>> = data.iter().map(|d| Shared(d.as_ptr())).collect();
+        let out_ptrs: Vec<Shared<*mut f32>> = outs.iter_mut().map(|o| Shared(o.as_mut_ptr())).collect();
+        let run = |start: usize, end: usize| {
+            // Flattened element range [start, end): row by row.
+            let mut e = start;
+            let mut ins_at: Vec<*const f32> = vec![std::ptr::null(); in_ptrs.len()];
+            let mut outs_at: Vec<*mut f32> = vec![std::ptr::null_mut(); out_ptrs.len()];
+            let mut offs = vec![0usize; strides.len()];
+            while e < end {
+                let row = e / n;
+                let col = e % n;
+                let len = (n - col).min(end - e);
+                let mut rem = row;
+                offs.fill(0);
+                for d in (0..outer.len()).rev() {
+                    let idx = rem % outer[d];
+                    rem /= outer[d];
+                    for (o, s) in offs.iter_mut().zip(&strides) {
+                        *o += idx * s[d];
+                    }
+                }
+                for (j, p) in in_ptrs.iter().enumerate() {
+                    let off = if splat[j] { offs[j] } else { offs[j] + col };
+                    ins_at[j] = unsafe { p.0.add(off) };
+                }
+                for (j, p) in out_ptrs.iter().enumerate() {
+                    outs_at[j] = unsafe { p.0.add(e) };
+                }
+                unsafe { f(len as i64, ins_at.as_ptr(), outs_at.as_ptr()) };
+                e += len;
+            }
+        };
+        let threads = rayon::current_num_threads();
+        if total >= PARALLEL_ELEMENTS && threads > 1 {
+            let per = total.div_ceil(threads);
+            rayon::scope(|s| {
+                for t in 0..threads {
+                    let run = &run;
+                    s.spawn(move |_| run(t * per, ((t + 1) * per).min(total)));
+                }
+            });
+        } else {
+            run(0, total);
+        }
+        // SAFETY: the kernel calls above wrote every element of every output.
+        for o in &mut outs {
+            unsafe { o.set_len(total) };
+        }
+    }
+    Ok(outs.into_iter().map(|o| Tensor::f32(shape.clone(), o)).collect())
+}
+
+/// `a · b` over the last two axes, the leading axes broadcast, through `gemm`.
+fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (x, y) = (a.as_f32().context("matmul operand is not f32")?, b.as_f32().context("matmul operand is not f32")?);
+    ensure!(a.shape.len() >= 2 && b.shape.len() >= 2, "matmul needs operands of rank 2 or more: {a} and {b}");
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    let (m, k, k2, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 2], b.shape[rb - 1]);
+    ensure!(k == k2, "matmul contracted dimensions differ: {a} and {b}");
+    let (ba, bb) = (&a.shape[..ra - 2], &b.shape[..rb - 2]);
+    let r = ba.len().max(bb.len());
+    let batch: Vec<usize> = (0..r)
+        .map(|i| {
+            let da = (i + ba.len()).checked_sub(r).map_or(1, |j| ba[j]);
+            let db = (i + bb.len()).checked_sub(r).map_or(1, |j| bb[j]);
+            if da == db || db == 1 {
+                Ok(da)
+            } else if da == 1 {
+                Ok(db)
+            } else {
+                bail!("matmul batch axes do not broadcast: {a} and {b}")
+            }
+        })
+        .collect::<Result<_>>()?;
+    let sa = broadcast_strides(ba, &batch)?;
+    let sb = broadcast_strides(bb, &batch)?;
+    let count: usize = batch.iter().product();
+    let mut out = vec![0f32; count * m * n];
+    let mut shape = batch.clone();
+    shape.extend([m, n]);
+    if count == 0 || m == 0 || n == 0 || k == 0 {
+        return Ok(Tensor::f32(shape, out));
+    }
+    // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
+    if sb.iter().all(|&s| s == 0) && sa == tttc_ir::interp::contiguous_strides(&batch) {
+        gemm_into(&mut out, x, y, count * m, k, n, parallelism(count * m * k * n));
+        return Ok(Tensor::f32(shape, out));
+    }
+    let offsets = |i: usize, s: &[usize]| -> usize {
+        let mut rem = i;
+        let mut off = 0;
+        for d in (0..batch.len()).rev() {
+            off += (rem % batch[d]) * s[d];
+            rem /= batch[d];
+        }
+        off
+    };
+    let one = |i: usize, dst: &mut [f32], par: gemm::Parallelism| {
+        let (oa, ob) = (offsets(i, &sa) * m * k, offsets(i, &sb) * k * n);
+        gemm_into(dst, &x[oa..oa + m * k], &y[ob..ob + k * n], m, k, n, par);
+    };
+    if m * k * n >= PARALLEL_MACS || count == 1 {
+        for (i, dst) in out.chunks_mut(m * n).enumerate() {
+            one(i, dst, parallelism(m * k * n));
+        }
+    } else {
+        use rayon::prelude::*;
+        out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| one(i, dst, gemm::Parallelism::None));
+    }
+    Ok(Tensor::f32(shape, out))
+}
+
+fn parallelism(macs: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if macs >= PARALLEL_MACS && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, all row-major.
+fn gemm_into(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize, par: gemm::Parallelism) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // SAFETY: the slices hold the matrices the strides describe (checked above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Sum, mean or max along `axis`, eight partial sums at a time along a contiguous axis.
+fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Tensor> {
+    let x = t.as_f32().context("reduction operand is not f32")?;
+    ensure!(axis < t.shape.len(), "reduction axis {axis} out of range for {t}");
+    let outer: usize = t.shape[..axis].iter().product();
+    let len = t.shape[axis];
+    let inner: usize = t.shape[axis + 1..].iter().product();
+    ensure!(len > 0 || kind == ReduceKind::Sum, "reduction over an empty axis");
+    let mut shape = t.shape.clone();
+    if keepdim {
+        shape[axis] = 1;
+    } else {
+        shape.remove(axis);
+    }
+    let mut out = vec![0f32; outer * inner];
+    let reduce_block = |o: usize, dst: &mut [f32]| {
+        let block = &x[o * len * inner..(o + 1) * len * inner];
+        if inner == 1 {
+            dst[0] = match kind {
+                ReduceKind::Sum | ReduceKind::Mean => sum(block),
+                ReduceKind::Max => block.iter().copied().fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m }),
+            };
+        } else {
+            match kind {
+                ReduceKind::Sum | ReduceKind::Mean => {
+                    dst.fill(0.0);
+                    for row in block.chunks_exact(inner) {
+                        dst.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
+                    }
+                }
+                ReduceKind::Max => {
+                    dst.copy_from_slice(&block[..inner]);
+                    for row in block.chunks_exact(inner).skip(1) {
+                        dst.iter_mut().zip(row).for_each(|(d, &v)| {
+                            if v > *d {
+                                *d = v
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        if kind == ReduceKind::Mean {
+            dst.iter_mut().for_each(|d| *d /= len as f32);
+        }
+    };
+    if outer * len * inner >= PARALLEL_ELEMENTS && outer > 1 {
+        use rayon::prelude::*;
+        out.par_chunks_mut(inner).enumerate().for_each(|(o, dst)| reduce_block(o, dst));
+    } else {
+        out.chunks_mut(inner.max(1)).enumerate().for_each(|(o, dst)| reduce_block(o, dst));
+    }
+    Ok(Tensor::f32(shape, out))
+}
+
+/// A sum in eight interleaved partial sums (which the compiler vectorises), then combined.
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

@@ -1,0 +1,516 @@
+//! Elementwise kernels: a run of elementwise ops compiled by Cranelift into one loop over a row
+//! of elements, four lanes at a time (f32x4: Cranelift's x86-64 backend emits 128-bit vectors
+//! only) with a scalar tail. The intermediate values of the run live in registers; only the
+//! values used outside it are stored.
+//!
+//! A kernel is called once per row: `kernel(n, inputs, outputs)` with `n` elements, one pointer
+//! per input (to `n` contiguous floats, or to one float that every element reads: a *splat*
+//! input, broadcast along the row) and one per output (to `n` floats).
+
+use anyhow::{anyhow, Result};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use tttc_ir::{BinaryOp, UnaryOp};
+
+/// One value of a kernel, in evaluation order: operands refer to earlier entries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// The kernel's `i`-th input.
+    Input(usize),
+    Const(f32),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+}
+
+/// What a kernel computes: its values, which inputs are splats and which values it stores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelSpec {
+    pub exprs: Vec<Expr>,
+    /// Per input: read one float for the whole row (`true`) or one per element.
+    pub splat: Vec<bool>,
+    /// The entries of `exprs` stored, in output order.
+    pub outputs: Vec<usize>,
+}
+
+/// A compiled kernel: `(n, inputs, outputs)`.
+pub type KernelFn = unsafe extern "C" fn(n: i64, inputs: *const *const f32, outputs: *const *mut f32);
+
+/// The kernels of a program, compiled into one JIT module that lives as long as they do.
+pub struct Jit {
+    _module: JITModule,
+    pub kernels: Vec<KernelFn>,
+    /// Cranelift instructions generated, over all kernels.
+    pub instructions: usize,
+}
+
+// The module's code is immutable once finalized and the kernels are plain functions.
+unsafe impl Send for Jit {}
+unsafe impl Sync for Jit {}
+
+extern "C" fn tttc_sinf(x: f32) -> f32 {
+    x.sin()
+}
+extern "C" fn tttc_cosf(x: f32) -> f32 {
+    x.cos()
+}
+
+/// Compiles `specs` for the machine this runs on (its CPU features detected at run time).
+pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
+    let mut flags = settings::builder();
+    // Kernels are already scheduled; `speed`'s e-graph sinks splats and FMAs into spills.
+    flags.set("opt_level", "none").map_err(|e| anyhow!("{e}"))?;
+    flags.set("is_pic", "false").map_err(|e| anyhow!("{e}"))?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| anyhow!("Cranelift does not support this CPU: {e}"))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut jb = JITBuilder::with_isa(isa.clone(), default_libcall_names());
+    jb.symbol("tttc_sinf", tttc_sinf as *const u8);
+    jb.symbol("tttc_cosf", tttc_cosf as *const u8);
+    let mut module = JITModule::new(jb);
+    let ptr = module.target_config().pointer_type();
+
+    let mut scalar_sig = module.make_signature();
+    scalar_sig.params.push(AbiParam::new(types::F32));
+    scalar_sig.returns.push(AbiParam::new(types::F32));
+    let sin = module.declare_function("tttc_sinf", Linkage::Import, &scalar_sig)?;
+    let cos = module.declare_function("tttc_cosf", Linkage::Import, &scalar_sig)?;
+
+    let mut sig = module.make_signature();
+    sig.params.extend([AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr)]);
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let mut ids: Vec<FuncId> = Vec::with_capacity(specs.len());
+    let mut instructions = 0;
+    for (k, spec) in specs.iter().enumerate() {
+        let id = module.declare_function(&format!("kernel{k}"), Linkage::Local, &sig)?;
+        ctx.func.signature = sig.clone();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let calls = Calls { sin: module.declare_func_in_func(sin, b.func), cos: module.declare_func_in_func(cos, b.func) };
+            build_kernel(&mut b, spec, ptr, &calls);
+            b.finalize(isa.frontend_config());
+        }
+        instructions += ctx.func.dfg.num_insts();
+        module.define_function(id, &mut ctx).map_err(|e| anyhow!("compiling kernel {k}: {e:?}"))?;
+        module.clear_context(&mut ctx);
+        ids.push(id);
+    }
+    module.finalize_definitions()?;
+    let kernels = ids
+        .iter()
+        .map(|&id| unsafe { std::mem::transmute::<*const u8, KernelFn>(module.get_finalized_function(id)) })
+        .collect();
+    Ok(Jit { _module: module, kernels, instructions })
+}
+
+struct Calls {
+    sin: FuncRef,
+    cos: FuncRef,
+}
+
+fn build_kernel(b: &mut FunctionBuilder, spec: &KernelSpec, ptr: Type, calls: &Calls) {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    let params = b.block_params(entry).to_vec();
+    let (n, ins, outs) = (params[0], params[1], params[2]);
+    let plain = MemFlagsData::trusted();
+    // Element accesses: no trap, but no alignment promised.
+    let elem = MemFlagsData::new().with_notrap();
+    let in_ptrs: Vec<Value> = (0..spec.splat.len()).map(|i| b.ins().load(ptr, plain, ins, (8 * i) as i32)).collect();
+    let out_ptrs: Vec<Value> = (0..spec.outputs.len()).map(|i| b.ins().load(ptr, plain, outs, (8 * i) as i32)).collect();
+    let splats: Vec<Option<Value>> = spec
+        .splat
+        .iter()
+        .zip(&in_ptrs)
+        .map(|(&s, &p)| s.then(|| b.ins().load(types::F32, elem, p, 0)))
+        .collect();
+    let vector_splats: Vec<Option<Value>> = splats.iter().map(|s| s.map(|v| b.ins().splat(types::F32X4, v))).collect();
+    let four = b.ins().iconst(types::I64, 4);
+    let rem = b.ins().band_imm_u(n, 3);
+    let whole = b.ins().isub(n, rem);
+
+    let (vhead, vbody, thead, tbody, exit) = (b.create_block(), b.create_block(), b.create_block(), b.create_block(), b.create_block());
+    let zero = b.ins().iconst(types::I64, 0);
+    b.ins().jump(vhead, &[zero.into()]);
+
+    // The vector loop: i = 0, 4, … while i < whole.
+    b.append_block_param(vhead, types::I64);
+    b.switch_to_block(vhead);
+    let i = b.block_params(vhead)[0];
+    let more = b.ins().icmp(IntCC::SignedLessThan, i, whole);
+    b.ins().brif(more, vbody, &[], thead, &[i.into()]);
+    b.switch_to_block(vbody);
+    b.seal_block(vbody);
+    step(b, spec, types::F32X4, i, &in_ptrs, &vector_splats, &out_ptrs, calls);
+    let next = b.ins().iadd(i, four);
+    b.ins().jump(vhead, &[next.into()]);
+    b.seal_block(vhead);
+
+    // The scalar tail: i < n.
+    b.append_block_param(thead, types::I64);
+    b.switch_to_block(thead);
+    let i = b.block_params(thead)[0];
+    let more = b.ins().icmp(IntCC::SignedLessThan, i, n);
+    b.ins().brif(more, tbody, &[], exit, &[]);
+    b.switch_to_block(tbody);
+    b.seal_block(tbody);
+    step(b, spec, types::F32, i, &in_ptrs, &splats, &out_ptrs, calls);
+    let one = b.ins().iconst(types::I64, 1);
+    let next = b.ins().iadd(i, one);
+    b.ins().jump(thead, &[next.into()]);
+    b.seal_block(thead);
+
+    b.switch_to_block(exit);
+    b.seal_block(exit);
+    b.ins().return_(&[]);
+}
+
+/// The values at element `i` (one lane or four), stored to the outputs.
+#[allow(clippy::too_many_arguments)]
+fn step(b: &mut FunctionBuilder, spec: &KernelSpec, ty: Type, i: Value, ins: &[Value], splats: &[Option<Value>], outs: &[Value], calls: &Calls) {
+    let elem = MemFlagsData::new().with_notrap();
+    let offset = b.ins().ishl_imm_u(i, 2);
+    let mut vals: Vec<Value> = Vec::with_capacity(spec.exprs.len());
+    for e in &spec.exprs {
+        let v = match *e {
+            Expr::Input(k) => match splats[k] {
+                Some(s) => s,
+                None => {
+                    let addr = b.ins().iadd(ins[k], offset);
+                    b.ins().load(ty, elem, addr, 0)
+                }
+            },
+            Expr::Const(c) => constant(b, ty, c),
+            Expr::Unary(u, x) => Math { b: &mut *b, ty, calls }.unary(u, vals[x]),
+            Expr::Binary(op, x, y) => Math { b: &mut *b, ty, calls }.binary(op, vals[x], vals[y]),
+        };
+        vals.push(v);
+    }
+    for (&o, &p) in spec.outputs.iter().zip(outs) {
+        let addr = b.ins().iadd(p, offset);
+        b.ins().store(elem, vals[o], addr, 0);
+    }
+}
+
+fn constant(b: &mut FunctionBuilder, ty: Type, c: f32) -> Value {
+    let s = b.ins().f32const(c);
+    if ty.is_vector() {
+        b.ins().splat(ty, s)
+    } else {
+        s
+    }
+}
+
+/// Float math on one lane (`F32`) or four (`F32X4`), as the interpreter defines each op.
+/// Transcendentals are polynomial approximations accurate to a few ulp (Cephes-style range
+/// reductions); `sin`/`cos` (rotary angles only) call the standard library per lane.
+struct Math<'a, 'b> {
+    b: &'a mut FunctionBuilder<'b>,
+    ty: Type,
+    calls: &'a Calls,
+}
+
+impl Math<'_, '_> {
+    fn c(&mut self, v: f32) -> Value {
+        constant(self.b, self.ty, v)
+    }
+
+    fn int_ty(&self) -> Type {
+        if self.ty.is_vector() {
+            types::I32X4
+        } else {
+            types::I32
+        }
+    }
+
+    fn to_bits(&mut self, x: Value) -> Value {
+        let t = self.int_ty();
+        self.b.ins().bitcast(t, MemFlagsData::new().with_endianness(Endianness::Little), x)
+    }
+
+    fn from_bits(&mut self, x: Value) -> Value {
+        let t = self.ty;
+        self.b.ins().bitcast(t, MemFlagsData::new().with_endianness(Endianness::Little), x)
+    }
+
+    /// `cond ? a : b` for a float comparison result.
+    fn select(&mut self, cond: Value, a: Value, b: Value) -> Value {
+        if self.ty.is_vector() {
+            let mask = self.from_bits(cond);
+            self.b.ins().bitselect(mask, a, b)
+        } else {
+            self.b.ins().select(cond, a, b)
+        }
+    }
+
+    fn fma(&mut self, a: Value, b: Value, c: Value) -> Value {
+        self.b.ins().fma(a, b, c)
+    }
+
+    /// Horner: `((c0·x + c1)·x + c2)…`.
+    fn poly(&mut self, x: Value, coeffs: &[f32]) -> Value {
+        let mut acc = self.c(coeffs[0]);
+        for &k in &coeffs[1..] {
+            let kv = self.c(k);
+            acc = self.fma(acc, x, kv);
+        }
+        acc
+    }
+
+    fn binary(&mut self, op: BinaryOp, x: Value, y: Value) -> Value {
+        let ins = self.b.ins();
+        match op {
+            BinaryOp::Add => ins.fadd(x, y),
+            BinaryOp::Sub => ins.fsub(x, y),
+            BinaryOp::Mul => ins.fmul(x, y),
+            BinaryOp::Div => ins.fdiv(x, y),
+            // As the interpreter: y when y > x, else x (NaN in y loses).
+            BinaryOp::Max => {
+                let gt = ins.fcmp(FloatCC::GreaterThan, y, x);
+                self.select(gt, y, x)
+            }
+            BinaryOp::Ge => {
+                let ge = ins.fcmp(FloatCC::GreaterThanOrEqual, x, y);
+                let (one, zero) = (self.c(1.0), self.c(0.0));
+                self.select(ge, one, zero)
+            }
+        }
+    }
+
+    fn unary(&mut self, u: UnaryOp, x: Value) -> Value {
+        match u {
+            UnaryOp::Neg => self.b.ins().fneg(x),
+            UnaryOp::Exp => self.exp(x),
+            UnaryOp::Log => self.log(x),
+            UnaryOp::Sqrt => self.b.ins().sqrt(x),
+            UnaryOp::Rsqrt => {
+                let s = self.b.ins().sqrt(x);
+                let one = self.c(1.0);
+                self.b.ins().fdiv(one, s)
+            }
+            UnaryOp::Tanh => self.tanh(x),
+            UnaryOp::Sigmoid => {
+                let one = self.c(1.0);
+                let d = self.one_plus_exp_neg(x);
+                self.b.ins().fdiv(one, d)
+            }
+            UnaryOp::Silu => {
+                let d = self.one_plus_exp_neg(x);
+                self.b.ins().fdiv(x, d)
+            }
+            UnaryOp::GeluTanh => {
+                // ½x(1 + tanh(√(2/π)(x + 0.044715x³)))
+                let x2 = self.b.ins().fmul(x, x);
+                let k = self.c(0.044715);
+                let x3 = self.b.ins().fmul(x2, x);
+                let inner = self.fma(k, x3, x);
+                let c = self.c((2.0f64 / std::f64::consts::PI).sqrt() as f32);
+                let arg = self.b.ins().fmul(c, inner);
+                let t = self.tanh(arg);
+                let one = self.c(1.0);
+                let half = self.c(0.5);
+                let hx = self.b.ins().fmul(half, x);
+                let s = self.b.ins().fadd(one, t);
+                self.b.ins().fmul(hx, s)
+            }
+            UnaryOp::Softplus => {
+                // x above 20, else log(1 + eˣ).
+                let e = self.exp(x);
+                let one = self.c(1.0);
+                let s = self.b.ins().fadd(one, e);
+                let l = self.log(s);
+                let twenty = self.c(20.0);
+                let big = self.b.ins().fcmp(FloatCC::GreaterThan, x, twenty);
+                self.select(big, x, l)
+            }
+            UnaryOp::Sin => {
+                let f = self.calls.sin;
+                self.per_lane(f, x)
+            }
+            UnaryOp::Cos => {
+                let f = self.calls.cos;
+                self.per_lane(f, x)
+            }
+        }
+    }
+
+    fn one_plus_exp_neg(&mut self, x: Value) -> Value {
+        let nx = self.b.ins().fneg(x);
+        let e = self.exp(nx);
+        let one = self.c(1.0);
+        self.b.ins().fadd(one, e)
+    }
+
+    fn per_lane(&mut self, f: FuncRef, x: Value) -> Value {
+        if !self.ty.is_vector() {
+            let call = self.b.ins().call(f, &[x]);
+            return self.b.inst_results(call)[0];
+        }
+        let mut out = x;
+        for lane in 0..4u8 {
+            let v = self.b.ins().extractlane(x, lane);
+            let call = self.b.ins().call(f, &[v]);
+            let r = self.b.inst_results(call)[0];
+            out = self.b.ins().insertlane(out, r, lane);
+        }
+        out
+    }
+
+    /// eˣ: x = n·ln2 + r with |r| ≤ ½ln2, eʳ by a degree-7 polynomial, 2ⁿ built in the exponent
+    /// bits. Below −87.3 the result is 0, above 88.7 it is +∞.
+    fn exp(&mut self, x: Value) -> Value {
+        let (lo, hi) = (self.c(-87.33654), self.c(88.72283));
+        let xc = self.b.ins().fmax(x, lo);
+        let xc = self.b.ins().fmin(xc, hi);
+        let log2e = self.c(std::f32::consts::LOG2_E);
+        let t = self.b.ins().fmul(xc, log2e);
+        let n = self.b.ins().nearest(t);
+        let (ln2_hi, ln2_lo) = (self.c(-0.693_359_4), self.c(2.121_944_4e-4));
+        let r = self.fma(n, ln2_hi, xc);
+        let r = self.fma(n, ln2_lo, r);
+        let p = self.poly(r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1]);
+        let r2 = self.b.ins().fmul(r, r);
+        let p = self.fma(p, r2, r);
+        let one = self.c(1.0);
+        let p = self.b.ins().fadd(p, one);
+        // 2ⁿ as two factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), each built as float bits ((e + 127) << 23):
+        // n ∈ [−126, 128] after the clamp, beyond one factor's exponent range at the top.
+        let it = self.int_ty();
+        let ni = self.b.ins().fcvt_to_sint_sat(it, n);
+        let half_n = self.b.ins().sshr_imm_u(ni, 1);
+        let rest = self.b.ins().isub(ni, half_n);
+        let s1 = self.pow2(half_n);
+        let s2 = self.pow2(rest);
+        let p = self.b.ins().fmul(p, s1);
+        let y = self.b.ins().fmul(p, s2);
+        let below = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let zero = self.c(0.0);
+        let y = self.select(below, zero, y);
+        let above = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let inf = self.c(f32::INFINITY);
+        let y = self.select(above, inf, y);
+        // NaN in, NaN out.
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+        self.select(nan, x, y)
+    }
+
+    /// 2ᵉ for an integer e ∈ [−126, 127] (lanes of `int_ty`).
+    fn pow2(&mut self, e: Value) -> Value {
+        let bias = self.int_splat(127);
+        let biased = self.b.ins().iadd(e, bias);
+        let bits = self.b.ins().ishl_imm_u(biased, 23);
+        self.from_bits(bits)
+    }
+
+    fn int_splat(&mut self, v: i64) -> Value {
+        let c = self.b.ins().iconst(types::I32, v);
+        if self.ty.is_vector() {
+            self.b.ins().splat(types::I32X4, c)
+        } else {
+            c
+        }
+    }
+
+    /// ln x for x > 0: x = m·2ᵉ with m ∈ [√½, √2), ln(m) = f − f²/2 + f³·P(f) for f = m − 1.
+    /// ln 0 = −∞; a negative x gives NaN.
+    fn log(&mut self, x: Value) -> Value {
+        // Subnormals first scaled into the normal range by 2²³.
+        let tiny = self.c(f32::MIN_POSITIVE);
+        let is_tiny = self.b.ins().fcmp(FloatCC::LessThan, x, tiny);
+        let scale = self.c(8_388_608.0);
+        let scaled = self.b.ins().fmul(x, scale);
+        let xs = self.select(is_tiny, scaled, x);
+        let bits = self.to_bits(xs);
+        let e = self.b.ins().ushr_imm_u(bits, 23);
+        let mask = self.int_splat(0xff);
+        let e = self.b.ins().band(e, mask);
+        let bias = self.int_splat(127);
+        let e = self.b.ins().isub(e, bias);
+        let mant_mask = self.int_splat(0x007f_ffff);
+        let m = self.b.ins().band(bits, mant_mask);
+        let one_bits = self.int_splat(0x3f80_0000);
+        let m = self.b.ins().bor(m, one_bits);
+        let m = self.from_bits(m); // [1, 2)
+        let ef = self.b.ins().fcvt_from_sint(self.ty, e);
+        let (shift, none) = (self.c(23.0), self.c(0.0));
+        let shift = self.select(is_tiny, shift, none);
+        let ef = self.b.ins().fsub(ef, shift);
+        // Into [√½, √2): halve m and bump e when m > √2.
+        let sqrt2 = self.c(std::f32::consts::SQRT_2);
+        let big = self.b.ins().fcmp(FloatCC::GreaterThan, m, sqrt2);
+        let half = self.c(0.5);
+        let mh = self.b.ins().fmul(m, half);
+        let m = self.select(big, mh, m);
+        let one = self.c(1.0);
+        let e1 = self.b.ins().fadd(ef, one);
+        let ef = self.select(big, e1, ef);
+        let f = self.b.ins().fsub(m, one);
+        let z = self.b.ins().fmul(f, f);
+        let p = self.poly(
+            f,
+            &[
+                7.037_683_6e-2,
+                -1.151_461e-1,
+                1.167_699_9e-1,
+                -1.242_014_1e-1,
+                1.424_932_3e-1,
+                -1.666_805_8e-1,
+                2.000_071_5e-1,
+                -2.499_999_4e-1,
+                3.333_333e-1,
+            ],
+        );
+        let y = self.b.ins().fmul(p, f);
+        let y = self.b.ins().fmul(y, z);
+        let c1 = self.c(-2.121_944_4e-4);
+        let y = self.fma(ef, c1, y);
+        let mhalf = self.c(-0.5);
+        let y = self.fma(z, mhalf, y);
+        let r = self.b.ins().fadd(f, y);
+        let c2 = self.c(0.693_359_4);
+        let r = self.fma(ef, c2, r);
+        // Special cases: 0 → −∞, negative → NaN, +∞ → +∞, NaN → NaN.
+        let zero = self.c(0.0);
+        let is_zero = self.b.ins().fcmp(FloatCC::Equal, x, zero);
+        let ninf = self.c(f32::NEG_INFINITY);
+        let r = self.select(is_zero, ninf, r);
+        let neg = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+        let nan = self.c(f32::NAN);
+        let r = self.select(neg, nan, r);
+        let inf = self.c(f32::INFINITY);
+        let is_inf = self.b.ins().fcmp(FloatCC::Equal, x, inf);
+        let r = self.select(is_inf, inf, r);
+        let unordered = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+        self.select(unordered, x, r)
+    }
+
+    /// tanh x: an odd polynomial for |x| < 0.625, else sign(x)·(1 − 2/(e^{2|x|} + 1)).
+    fn tanh(&mut self, x: Value) -> Value {
+        let ax = self.b.ins().fabs(x);
+        let two = self.c(2.0);
+        let a2 = self.b.ins().fmul(ax, two);
+        let e = self.exp(a2);
+        let one = self.c(1.0);
+        let d = self.b.ins().fadd(e, one);
+        let q = self.b.ins().fdiv(two, d);
+        let big = self.b.ins().fsub(one, q);
+        let neg_big = self.b.ins().fneg(big);
+        let zero = self.c(0.0);
+        let negative = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+        let big = self.select(negative, neg_big, big);
+        let s = self.b.ins().fmul(x, x);
+        let p = self.poly(s, &[-5.704_988_7e-3, 2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1]);
+        let p = self.b.ins().fmul(p, s);
+        let small = self.fma(p, x, x);
+        let cut = self.c(0.625);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, cut);
+        self.select(is_small, small, big)
+    }
+}

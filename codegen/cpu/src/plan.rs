@@ -1,0 +1,260 @@
+//! From a graph to the steps that execute it: runs of elementwise ops of one shape become
+//! kernels (see `kernel.rs`), matrix products and reductions get native steps, scans and fused
+//! regions get plans of their own for their bodies, and every other op (data movement, integer
+//! index math, constants) runs as the interpreter implements it.
+
+use std::collections::HashMap;
+
+use tttc_ir::{DType, Dim, Graph, Op, ValueId};
+
+use crate::kernel::{Expr, KernelSpec};
+
+pub(crate) enum Step {
+    /// A node evaluated by the interpreter's implementation of its op.
+    Op(usize),
+    MatMul(usize),
+    Reduce(usize),
+    Kernel(KernelStep),
+    Scan(usize, Box<Body>),
+    Fused(usize, Box<Body>),
+}
+
+/// A kernel launch: `kernel` (an index into the program's compiled kernels) over the elements of
+/// `shape`, reading `inputs` (broadcast to it) and writing `outputs`.
+pub(crate) struct KernelStep {
+    pub kernel: usize,
+    pub shape: Vec<Dim>,
+    pub inputs: Vec<ValueId>,
+    /// Per input: read once per row (see `KernelSpec::splat`).
+    pub splat: Vec<bool>,
+    pub outputs: Vec<ValueId>,
+}
+
+/// A graph with its steps, and after each step the values no later step reads.
+pub(crate) struct Body {
+    pub graph: Graph,
+    pub steps: Vec<Step>,
+    pub frees: Vec<Vec<ValueId>>,
+}
+
+/// How much of a program runs as generated code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanStats {
+    pub kernels: usize,
+    /// Elementwise graph nodes inside kernels.
+    pub kernel_nodes: usize,
+    pub matmuls: usize,
+    pub reductions: usize,
+    /// Nodes run by the interpreter's op implementations (data movement, index math, constants).
+    pub other_nodes: usize,
+}
+
+/// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`.
+pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
+    let mut p = Planner { graph, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let f32_in = |k: usize| graph.ty(node.inputs[k]).dtype == DType::F32;
+        match &node.op {
+            Op::Const { value, dtype: DType::F32 } if graph.ty(node.outputs[0]).shape.is_empty() => {
+                // Materialised for the steps that read it, inlined into the kernels that do.
+                p.consts.insert(node.outputs[0], *value as f32);
+                p.steps.push(Step::Op(i));
+                p.stats.other_nodes += 1;
+            }
+            Op::Unary(_) | Op::Binary(_) | Op::Broadcast { .. } if (0..node.inputs.len()).all(f32_in) => {
+                if !p.join(i) {
+                    p.close();
+                    if !p.join(i) {
+                        p.steps.push(Step::Op(i));
+                        p.stats.other_nodes += 1;
+                    }
+                }
+            }
+            op => {
+                p.close();
+                let step = match op {
+                    Op::MatMul if f32_in(0) => {
+                        p.stats.matmuls += 1;
+                        Step::MatMul(i)
+                    }
+                    Op::Reduce { .. } if f32_in(0) => {
+                        p.stats.reductions += 1;
+                        Step::Reduce(i)
+                    }
+                    Op::Scan(s) => Step::Scan(i, Box::new(plan(&s.body, p.specs, p.stats))),
+                    Op::Fused(f) => Step::Fused(i, Box::new(plan(&f.body, p.specs, p.stats))),
+                    _ => {
+                        p.stats.other_nodes += 1;
+                        Step::Op(i)
+                    }
+                };
+                p.steps.push(step);
+            }
+        }
+    }
+    p.close();
+    let steps = p.steps;
+    let frees = frees(graph, &steps);
+    Body { graph: graph.clone(), steps, frees }
+}
+
+/// For each value, the nodes that read it.
+fn users(g: &Graph) -> Vec<Vec<usize>> {
+    let mut u = vec![Vec::new(); g.types.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for v in &n.inputs {
+            u[v.index()].push(i);
+        }
+    }
+    u
+}
+
+/// An elementwise run being collected.
+struct Group {
+    shape: Vec<Dim>,
+    spec: KernelSpec,
+    inputs: Vec<ValueId>,
+    /// Graph value → its entry in `spec.exprs`.
+    at: HashMap<ValueId, usize>,
+    nodes: Vec<usize>,
+}
+
+struct Planner<'a> {
+    graph: &'a Graph,
+    specs: &'a mut Vec<KernelSpec>,
+    stats: &'a mut PlanStats,
+    steps: Vec<Step>,
+    consts: HashMap<ValueId, f32>,
+    group: Option<Group>,
+    users: Vec<Vec<usize>>,
+}
+
+impl Planner<'_> {
+    /// Adds node `i` to the open run (opening one if there is none) when its result has the
+    /// run's shape and every operand is a run value, a constant or a value that broadcasts to
+    /// the run's shape in a way known from the types alone.
+    fn join(&mut self, i: usize) -> bool {
+        let node = &self.graph.nodes[i];
+        let shape = self.graph.ty(node.outputs[0]).shape.clone();
+        let mut g = self.group.take().unwrap_or_else(|| Group {
+            shape: shape.clone(),
+            spec: KernelSpec { exprs: Vec::new(), splat: Vec::new(), outputs: Vec::new() },
+            inputs: Vec::new(),
+            at: HashMap::new(),
+            nodes: Vec::new(),
+        });
+        let fits = g.shape == shape
+            && node.inputs.iter().all(|v| g.at.contains_key(v) || self.consts.contains_key(v) || splat_kind(&self.graph.ty(*v).shape, &g.shape).is_some());
+        if !fits {
+            let empty = g.nodes.is_empty();
+            if !empty {
+                self.group = Some(g);
+            }
+            return false;
+        }
+        let operands: Vec<usize> = node.inputs.iter().map(|&v| self.operand(&mut g, v)).collect();
+        let e = match &node.op {
+            Op::Unary(u) => Some(Expr::Unary(*u, operands[0])),
+            Op::Binary(b) => Some(Expr::Binary(*b, operands[0], operands[1])),
+            // A broadcast is its operand read with the run's strides.
+            _ => None,
+        };
+        let at = match e {
+            Some(e) => {
+                g.spec.exprs.push(e);
+                g.spec.exprs.len() - 1
+            }
+            None => operands[0],
+        };
+        g.at.insert(node.outputs[0], at);
+        g.nodes.push(i);
+        self.group = Some(g);
+        true
+    }
+
+    /// The entry of `v` in the run: a run value, an inlined constant, or an input (added once).
+    fn operand(&self, g: &mut Group, v: ValueId) -> usize {
+        if let Some(&k) = g.at.get(&v) {
+            return k;
+        }
+        let e = match self.consts.get(&v) {
+            Some(&c) => Expr::Const(c),
+            None => {
+                g.inputs.push(v);
+                g.spec.splat.push(splat_kind(&self.graph.ty(v).shape, &g.shape).expect("checked by join"));
+                Expr::Input(g.inputs.len() - 1)
+            }
+        };
+        g.spec.exprs.push(e);
+        g.at.insert(v, g.spec.exprs.len() - 1);
+        g.spec.exprs.len() - 1
+    }
+
+    /// Ends the open run: a kernel storing the run values read after it.
+    fn close(&mut self) {
+        let Some(mut g) = self.group.take() else { return };
+        let inside: std::collections::HashSet<usize> = g.nodes.iter().copied().collect();
+        let graph_outputs: std::collections::HashSet<ValueId> = self.graph.outputs.iter().map(|(_, v)| *v).collect();
+        let mut outputs = Vec::new();
+        for &i in &g.nodes {
+            let v = self.graph.nodes[i].outputs[0];
+            let read_later = self.users[v.index()].iter().any(|u| !inside.contains(u)) || graph_outputs.contains(&v);
+            if read_later {
+                outputs.push(v);
+                g.spec.outputs.push(g.at[&v]);
+            }
+        }
+        if outputs.is_empty() {
+            return;
+        }
+        self.stats.kernels += 1;
+        self.stats.kernel_nodes += g.nodes.len();
+        let splat = g.spec.splat.clone();
+        self.specs.push(g.spec);
+        self.steps.push(Step::Kernel(KernelStep { kernel: self.specs.len() - 1, shape: g.shape, inputs: g.inputs, splat, outputs }));
+    }
+}
+
+/// Whether a value of shape `from` broadcast to `to` (NumPy rules, aligned at the right) is read
+/// once per row (`Some(true)`: one element along the last axis) or per element (`Some(false)`);
+/// `None` when the types do not show that it broadcasts.
+fn splat_kind(from: &[Dim], to: &[Dim]) -> Option<bool> {
+    if from.len() > to.len() {
+        return None;
+    }
+    let lead = to.len() - from.len();
+    for (k, d) in from.iter().enumerate() {
+        if *d != to[lead + k] && !d.is_one() {
+            return None;
+        }
+    }
+    match (from.last(), to.last()) {
+        (_, None) => Some(false),
+        (None, Some(_)) => Some(true),
+        (Some(f), Some(t)) => Some(f != t),
+    }
+}
+
+/// After each step, the values that no later step reads (graph outputs are kept).
+fn frees(graph: &Graph, steps: &[Step]) -> Vec<Vec<ValueId>> {
+    let reads = |s: &Step| -> Vec<ValueId> {
+        match s {
+            Step::Kernel(k) => k.inputs.clone(),
+            Step::Op(i) | Step::MatMul(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => graph.nodes[*i].inputs.clone(),
+        }
+    };
+    let mut last: HashMap<ValueId, usize> = HashMap::new();
+    for (k, s) in steps.iter().enumerate() {
+        for v in reads(s) {
+            last.insert(v, k);
+        }
+    }
+    for (_, v) in &graph.outputs {
+        last.remove(v);
+    }
+    let mut out = vec![Vec::new(); steps.len()];
+    for (v, k) in last {
+        out[k].push(v);
+    }
+    out
+}

@@ -1,0 +1,177 @@
+//! The CPU backend against the interpreter (the oracle) on small graphs: every elementwise op,
+//! including the transcendental approximations over their whole useful range and at their edges,
+//! with broadcasts in every position, rows that are not a multiple of the vector width, matrix
+//! products with broadcast batches, and reductions along every axis.
+
+use tttc_codegen_cpu::Program;
+use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Tensor, Type, UnaryOp};
+
+fn f32t(shape: &[usize]) -> Type {
+    Type::f32(shape)
+}
+
+/// Deterministic values in [lo, hi].
+fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+/// Runs `g` on both and returns the largest |cpu − interp| / (atol + rtol·|interp|) over all
+/// outputs (NaN and infinities must match exactly).
+fn compare(g: &Graph, args: &[Tensor], rtol: f32, atol: f32) -> f32 {
+    tttc_ir::verify(g).unwrap();
+    let refs: Vec<&Tensor> = args.iter().collect();
+    let want = tttc_ir::run(g, &refs, tttc_ir::Precision::F32).unwrap();
+    let got = Program::compile(g).unwrap().run(&refs).unwrap();
+    let mut worst = 0f32;
+    for (w, o) in want.iter().zip(&got) {
+        assert_eq!(w.shape, o.shape);
+        for (i, (&a, &b)) in o.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).enumerate() {
+            if !b.is_finite() || !a.is_finite() {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "element {i}: cpu {a}, interp {b}");
+                continue;
+            }
+            worst = worst.max((a - b).abs() / (atol + rtol * b.abs()));
+        }
+    }
+    worst
+}
+
+fn unary_graph(u: UnaryOp, n: usize) -> Graph {
+    let mut g = Graph::new("unary");
+    let x = g.input("x", f32t(&[n]));
+    let y = g.unary(u, x).unwrap();
+    g.output("y", y);
+    g
+}
+
+/// Each unary op over a range that covers its use, to within a few ulp (relative 1e-6, or 1e-7
+/// absolute near zero), on rows of every length modulo the vector width.
+#[test]
+fn unary_ops_match_to_a_few_ulp() {
+    let ranges: [(UnaryOp, f32, f32); 12] = [
+        (UnaryOp::Neg, -10.0, 10.0),
+        (UnaryOp::Exp, -90.0, 90.0),
+        (UnaryOp::Log, 1e-30, 1e30),
+        (UnaryOp::Sqrt, 0.0, 1e6),
+        (UnaryOp::Rsqrt, 1e-6, 1e6),
+        (UnaryOp::Tanh, -12.0, 12.0),
+        (UnaryOp::Sigmoid, -30.0, 30.0),
+        (UnaryOp::Silu, -30.0, 30.0),
+        (UnaryOp::GeluTanh, -12.0, 12.0),
+        (UnaryOp::Softplus, -30.0, 40.0),
+        (UnaryOp::Sin, -50.0, 50.0),
+        (UnaryOp::Cos, -50.0, 50.0),
+    ];
+    for (k, (u, lo, hi)) in ranges.into_iter().enumerate() {
+        for n in [1, 3, 4, 7, 4099] {
+            let mut x = values(n, k as u64 + n as u64, lo, hi);
+            if u == UnaryOp::Log {
+                // Log-uniform: every binade.
+                x.iter_mut().for_each(|v| *v = (v.ln() / 1e30f32.ln() * 69.0).exp2().max(1e-30));
+            }
+            let worst = compare(&unary_graph(u, n), &[Tensor::f32(vec![n], x)], 1e-6, 1e-7);
+            assert!(worst <= 1.0, "{u:?} n={n}: error {worst:.2} of tolerance");
+        }
+    }
+}
+
+/// Edges: exp under- and overflow, log of 0, negatives and infinity, NaN passing through.
+#[test]
+fn transcendental_edges() {
+    let x = vec![-1000.0, -87.0, 0.0, 88.0, 1000.0, f32::NEG_INFINITY, f32::INFINITY, f32::NAN];
+    let n = x.len();
+    assert!(compare(&unary_graph(UnaryOp::Exp, n), &[Tensor::f32(vec![n], x.clone())], 1e-6, 1e-30) <= 1.0);
+    let y = vec![0.0, -1.0, 1.0, f32::INFINITY, f32::NAN, 1e-38, f32::MIN_POSITIVE, 3.0];
+    assert!(compare(&unary_graph(UnaryOp::Log, n), &[Tensor::f32(vec![n], y)], 1e-6, 1e-7) <= 1.0);
+    let t = vec![-1e-8, 1e-8, 0.6249, 0.6251, -0.6251, 50.0, -50.0, 0.0];
+    assert!(compare(&unary_graph(UnaryOp::Tanh, n), &[Tensor::f32(vec![n], t)], 1e-6, 1e-12) <= 1.0);
+}
+
+/// Binary ops with their operands broadcast in every way the kernels read them: per element,
+/// once per row (a column), a row repeated over rows, a scalar, and a constant.
+#[test]
+fn binary_ops_under_broadcasts() {
+    for op in Op::BINARY {
+        for (a_shape, b_shape) in [
+            (vec![3, 5, 7], vec![3, 5, 7]),
+            (vec![3, 5, 7], vec![3, 5, 1]),
+            (vec![3, 5, 7], vec![7]),
+            (vec![3, 5, 7], vec![]),
+            (vec![3, 1, 7], vec![1, 5, 1]),
+            (vec![1], vec![2, 9]),
+        ] {
+            let mut g = Graph::new("binary");
+            let a = g.input("a", f32t(&a_shape));
+            let b = g.input("b", f32t(&b_shape));
+            let c = g.scalar(0.5).unwrap();
+            let y = g.binary(op, a, b).unwrap();
+            let y = g.binary(op, y, c).unwrap();
+            g.output("y", y);
+            let av = values(a_shape.iter().product(), 1, -2.0, 2.0);
+            let bv = values(b_shape.iter().product(), 2, 0.5, 2.0);
+            let worst = compare(&g, &[Tensor::f32(a_shape.clone(), av), Tensor::f32(b_shape.clone(), bv)], 1e-6, 1e-7);
+            assert!(worst <= 1.0, "{op:?} {a_shape:?} with {b_shape:?}: error {worst:.2} of tolerance");
+        }
+    }
+}
+
+/// A norm-like chain: runs of several shapes, a reduction between them, values read by later
+/// runs and graph outputs taken from inside a run.
+#[test]
+fn runs_with_reductions_between_them() {
+    let mut g = Graph::new("norm");
+    let shape = vec![Dim::sym("B"), Dim::sym("T"), Dim::c(13)];
+    let x = g.input("x", Type::new(DType::F32, shape));
+    let w = g.input("w", f32t(&[13]));
+    let sq = g.mul(x, x).unwrap();
+    let ms = g.reduce(ReduceKind::Mean, sq, -1, true).unwrap();
+    let eps = g.scalar(1e-6).unwrap();
+    let ms = g.add(ms, eps).unwrap();
+    let r = g.unary(UnaryOp::Rsqrt, ms).unwrap();
+    let y = g.mul(x, r).unwrap();
+    let y = g.mul(y, w).unwrap();
+    let s = g.unary(UnaryOp::Silu, y).unwrap();
+    let total = g.reduce(ReduceKind::Sum, s, 1, false).unwrap();
+    let top = g.reduce(ReduceKind::Max, s, 0, true).unwrap();
+    for (name, v) in [("y", y), ("s", s), ("total", total), ("top", top), ("r", r)] {
+        g.output(name, v);
+    }
+    for (b, t) in [(1, 1), (2, 5), (3, 2000)] {
+        let xv = values(b * t * 13, 3, -3.0, 3.0);
+        let wv = values(13, 4, 0.5, 1.5);
+        let worst = compare(&g, &[Tensor::f32(vec![b, t, 13], xv), Tensor::f32(vec![13], wv)], 1e-5, 1e-6);
+        assert!(worst <= 1.0, "B={b} T={t}: error {worst:.2} of tolerance");
+    }
+}
+
+/// Matrix products: a weight shared over the batch, batches broadcast both ways, and sizes
+/// large enough to run on several threads.
+#[test]
+fn matmuls_with_broadcast_batches() {
+    for (a_shape, b_shape) in [
+        (vec![2, 9, 5], vec![5, 3]),
+        (vec![2, 3, 4, 6], vec![2, 3, 6, 5]),
+        (vec![2, 1, 4, 6], vec![3, 6, 5]),
+        (vec![4, 6], vec![7, 6, 2]),
+        (vec![1, 300, 200], vec![200, 150]),
+        (vec![64, 16, 64], vec![64, 64, 64]),
+    ] {
+        let mut g = Graph::new("matmul");
+        let a = g.input("a", f32t(&a_shape));
+        let b = g.input("b", f32t(&b_shape));
+        let y = g.matmul(a, b).unwrap();
+        g.output("y", y);
+        let av = values(a_shape.iter().product(), 5, -1.0, 1.0);
+        let bv = values(b_shape.iter().product(), 6, -1.0, 1.0);
+        let worst = compare(&g, &[Tensor::f32(a_shape.clone(), av), Tensor::f32(b_shape.clone(), bv)], 1e-5, 1e-5);
+        assert!(worst <= 1.0, "{a_shape:?} × {b_shape:?}: error {worst:.2} of tolerance");
+    }
+}
