@@ -2,6 +2,11 @@
 
 mod compile;
 
+// Tensors are large and short-lived: an allocator that keeps freed pages for the next tensor
+// avoids the page faults (and zeroing) of the system allocator's mmap for every large value.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -115,6 +120,68 @@ if it is empty or an earlier compile wrote it (it holds manifest.json). See docs
         #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
         seq_len: u64,
     },
+    /// Time one layer at the 125m width across context lengths, with the peers in the same run.
+    #[command(long_about = "Time one sequence-mixing layer at the 125m width (D 768, 12 heads, \
+mini-batch 16), batch 1, f32: TTT-Linear and TTT-MLP (as the reference layers run: no conv, no \
+gate, separate q/k/v), Mamba's mixer and self-attention, forward only, for each --seq-lens.\n\n\
+Each configuration is compiled (pass pipeline and backend; the time to the first result is \
+reported), warmed up once and then called at least --reps times (more for short calls, up to a \
+second); the median and the minimum are reported, and GFLOP/s from the same analytic FLOP counts \
+the peer harness uses. The machine's f32 GEMM rate (2048×768×768 on all threads) is measured \
+first, and each tttc row shows its share of it.\n\n\
+With --peers PYTHON --peer-bench SCRIPT, the peer harness (PyTorch reference layers, \
+torch.compile, ttt-lm-jax under jax.jit) runs right after each tttc configuration, in the same \
+run; its Python needs torch and jax, and --ttt-pytorch-path / --ttt-jax-path point at the \
+reference checkouts. torch.compile compiles for minutes at long contexts: it runs up to \
+--compile-max-t, and jax.jit beyond. A Markdown table goes to stdout; --output also writes one \
+JSON line per timing.")]
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Layers to time.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LayerArg::TttLinear, LayerArg::TttMlp, LayerArg::Mamba, LayerArg::Attention])]
+    layers: Vec<LayerArg>,
+    /// Context lengths T.
+    #[arg(long, value_delimiter = ',', default_values_t = [512usize, 2048, 8192])]
+    seq_lens: Vec<usize>,
+    /// Where tttc's layers execute.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// Timed calls per configuration (at least).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    reps: u64,
+    /// Python of an environment with torch and jax, to time the peers in the same run.
+    #[arg(long, value_name = "PYTHON", requires = "peer_bench")]
+    peers: Option<PathBuf>,
+    /// The peer harness (peer_bench.py).
+    #[arg(long, value_name = "SCRIPT")]
+    peer_bench: Option<PathBuf>,
+    /// Folder holding ttt-lm-pytorch's ttt.py.
+    #[arg(long, value_name = "DIR")]
+    ttt_pytorch_path: Option<PathBuf>,
+    /// Root of a ttt-lm-jax checkout.
+    #[arg(long, value_name = "DIR")]
+    ttt_jax_path: Option<PathBuf>,
+    /// Longest context torch.compile runs at.
+    #[arg(long, default_value_t = 512)]
+    compile_max_t: usize,
+    /// Also write one JSON line per timing here.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// After the table, where the time of one more call of each tttc configuration went (CPU
+    /// backend): per kind of step, milliseconds and calls.
+    #[arg(long)]
+    profile: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LayerArg {
+    TttLinear,
+    TttMlp,
+    Mamba,
+    Attention,
 }
 
 /// Help for `tttc ir --after`, naming the pipeline's passes.
@@ -148,7 +215,7 @@ struct RunArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Where the graph executes.
-    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
 }
 
@@ -210,7 +277,7 @@ struct TrainArgs {
     #[arg(long, value_name = "STEP", value_parser = clap::value_parser!(u64).range(1..))]
     stop_after: Option<u64>,
     /// Where the graphs execute.
-    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
 }
 
@@ -247,6 +314,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(&args),
+        Command::Bench(args) => bench(&args),
         Command::Grad { args, remat } => grad(&args, remat),
         Command::Train(args) => train(*args),
         Command::Compare { runs, output, title } => {
@@ -348,4 +416,63 @@ fn train(a: TrainArgs) -> Result<()> {
         a.output.display()
     );
     Ok(())
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    use tttc_runtime::bench::{self, Layer};
+    anyhow::ensure!(a.seq_lens.iter().all(|&t| t > 0), "--seq-lens must be positive");
+    let layers = a
+        .layers
+        .iter()
+        .map(|l| match l {
+            LayerArg::TttLinear => Layer::TttLinear,
+            LayerArg::TttMlp => Layer::TttMlp,
+            LayerArg::Mamba => Layer::Mamba,
+            LayerArg::Attention => Layer::Attention,
+        })
+        .collect();
+    let peers = a.peers.clone().map(|python| bench::Peers {
+        python,
+        script: a.peer_bench.clone().expect("clap requires --peer-bench with --peers"),
+        ttt_pytorch: a.ttt_pytorch_path.clone(),
+        ttt_jax: a.ttt_jax_path.clone(),
+        compile_max_t: a.compile_max_t,
+    });
+    let req = bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile };
+    let ceiling = bench::gemm_ceiling()?;
+    println!("f32 GEMM 2048×768×768 through gemm on {} threads: {ceiling:.1} GFLOP/s\n", rayon_threads());
+    println!("| layer | T | who | median ms | min ms | GFLOP/s | % of GEMM rate | compile + first call s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut lines = Vec::new();
+    let timings = bench::bench(&req, |t| {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.2} |",
+            t.layer,
+            t.t,
+            t.who,
+            t.median_ms,
+            t.min_ms,
+            t.gflops,
+            100.0 * t.gflops / ceiling,
+            t.first_s
+        );
+        lines.push(t.to_json().to_string());
+    })?;
+    for t in timings.iter().filter(|t| !t.profile.is_empty()) {
+        println!("\nProfile of {} at T = {} ({}): {:.1} ms in leaf steps\n", t.layer, t.t, t.who, t.profile.iter().map(|p| p.1).sum::<f64>());
+        println!("| step | ms | calls |\n|---|---|---|");
+        for (kind, ms, calls) in &t.profile {
+            println!("| {kind} | {ms:.1} | {calls} |");
+        }
+    }
+    if let Some(path) = &a.output {
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

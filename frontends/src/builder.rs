@@ -51,6 +51,11 @@ impl ModelBuilder {
     }
 
     /// `input_ids`: i64 `[B, T]`.
+    /// A layer's input `x`, f32 `[B, T, dim]`.
+    pub fn hidden_input(&mut self, dim: usize) -> ValueId {
+        self.g.input("x", Type::new(DType::F32, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(dim)]))
+    }
+
     pub fn token_input(&mut self) -> ValueId {
         self.g.input("input_ids", Type::new(DType::I64, vec![Dim::sym("B"), Dim::sym("T")]))
     }

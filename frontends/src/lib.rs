@@ -4,7 +4,7 @@
 
 pub mod builder;
 pub mod config;
-mod init;
+pub mod init;
 pub mod rng;
 pub mod math;
 pub mod weights;
@@ -22,6 +22,20 @@ pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
 /// Builds the forward graph of a model: argument `input_ids` i64 `[B, T]`, one `Param` argument per
 /// weight (Hugging Face names), outputs `logits` `[B, T, V]` and `loss` `[]`.
 /// Values are numbered in definition order (`Graph::canonical`), as the text parser numbers them.
+/// Builds the graph of one sequence-mixing layer, for benchmarks: argument `x` f32 `[B, T, D]`,
+/// the layer's weights (named as layer 0's in the whole model), output `y` `[B, T, D]`. TTT: the
+/// TTT layer (projections, the inner loop, post-norm, gate, output projection); Mamba: the mixer;
+/// Llama: self-attention.
+pub fn build_layer(config: &ModelConfig) -> Result<ModelBuilder> {
+    let mut b = match config {
+        ModelConfig::Ttt(c) => ttt::layer(c),
+        ModelConfig::Mamba(c) => mamba::layer(c),
+        ModelConfig::Llama(c) => llama::layer(c),
+    }?;
+    b.g = b.g.canonical();
+    Ok(b)
+}
+
 pub fn build(config: &ModelConfig) -> Result<ModelBuilder> {
     let mut b = match config {
         ModelConfig::Ttt(c) => ttt::build(c),

@@ -46,6 +46,17 @@ pub fn build(c: &LlamaConfig) -> Result<ModelBuilder> {
     Ok(b)
 }
 
+/// Layer 0's self-attention alone (see `crate::build_layer`).
+pub fn layer(c: &LlamaConfig) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::new("attention");
+    let x = b.hidden_input(c.hidden_size);
+    let t = b.dim(x, 1)?;
+    let (cos, sin) = rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta)?;
+    let y = attention(&mut b, c, x, cos, sin, "model.layers.0.self_attn.")?;
+    b.output("y", y);
+    Ok(b)
+}
+
 fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, sin: ValueId, s: &str) -> Result<ValueId> {
     let (dim, heads, kv_heads, d, std) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim(), c.initializer_range);
     let bias = c.attention_bias;

@@ -31,6 +31,15 @@ pub fn build(c: &MambaConfig) -> Result<ModelBuilder> {
     Ok(b)
 }
 
+/// Layer 0's mixer alone (see `crate::build_layer`).
+pub fn layer(c: &MambaConfig) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::new("mamba_mixer");
+    let x = b.hidden_input(c.hidden_size);
+    let y = mixer(&mut b, c, x, "backbone.layers.0.mixer.")?;
+    b.output("y", y);
+    Ok(b)
+}
+
 /// A projection initialised as PyTorch's default `nn.Linear` (HF Mamba does not re-initialise
 /// Linear weights): `U(±1/√in)`; its bias, when present, zero.
 fn linear(b: &mut ModelBuilder, x: ValueId, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<ValueId> {

@@ -37,6 +37,15 @@ pub fn build(c: &TttConfig) -> Result<ModelBuilder> {
     Ok(b)
 }
 
+/// Layer 0's TTT layer alone (see `crate::build_layer`).
+pub fn layer(c: &TttConfig) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::new("ttt_layer");
+    let x = b.hidden_input(c.hidden_size);
+    let y = ttt_layer(&mut b, c, x, "model.layers.0.seq_modeling_block.")?;
+    b.output("y", y);
+    Ok(b)
+}
+
 fn block(b: &mut ModelBuilder, c: &TttConfig, mut h: ValueId, p: &str) -> Result<ValueId> {
     let (dim, std) = (c.hidden_size, c.initializer_range);
     if c.pre_conv {

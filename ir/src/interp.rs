@@ -402,7 +402,8 @@ fn binary(b: BinaryOp, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(Tensor { shape, data })
 }
 
-fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+/// The NumPy broadcast of two shapes.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let r = a.len().max(b.len());
     (0..r)
         .map(|i| {
@@ -481,7 +482,19 @@ fn zip_strided<T: Copy, U: Copy>(a: &[T], sa: &[usize], b: &[T], sb: &[usize], s
 fn strided(t: &Tensor, base: usize, strides: &[usize], shape: Vec<usize>) -> Tensor {
     fn pick<T: Copy>(v: &[T], base: usize, strides: &[usize], shape: &[usize]) -> Vec<T> {
         let mut out = Vec::with_capacity(shape.iter().product());
-        for_each_offset(shape, strides, base, |o| out.push(v[o]));
+        // Row by row along the last axis longer than 1: copied whole when contiguous in the
+        // source, else stepped through with its stride.
+        let keep = shape.iter().rposition(|&n| n != 1).map_or(0, |i| i + 1);
+        let (shape, strides) = (&shape[..keep], &strides[..keep]);
+        match (shape.split_last(), strides.split_last()) {
+            (Some((&len, outer)), Some((&1, outer_strides))) => {
+                for_each_offset(outer, outer_strides, base, |o| out.extend_from_slice(&v[o..o + len]))
+            }
+            (Some((&len, outer)), Some((&step, outer_strides))) => {
+                for_each_offset(outer, outer_strides, base, |o| out.extend((0..len).map(|j| v[o + j * step])))
+            }
+            _ => for_each_offset(shape, strides, base, |o| out.push(v[o])),
+        }
         out
     }
     let data = match &t.data {
@@ -506,10 +519,17 @@ fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
 
 fn concat(ts: &[&Tensor], axis: usize) -> Tensor {
     fn cat<T: Copy>(parts: &[(&[T], usize)], outer: usize, inner: usize) -> Vec<T> {
-        let mut out = Vec::new();
+        let total: usize = parts.iter().map(|(v, _)| v.len()).sum();
+        let mut out = Vec::with_capacity(total);
         for o in 0..outer {
             for (v, len) in parts {
-                out.extend_from_slice(&v[o * len * inner..(o + 1) * len * inner]);
+                let run = len * inner;
+                // Runs of one element (interleaved pairs) are pushed: a slice copy costs more.
+                if run == 1 {
+                    out.push(v[o]);
+                } else {
+                    out.extend_from_slice(&v[o * run..(o + 1) * run]);
+                }
             }
         }
         out

@@ -1,6 +1,7 @@
 //! The runtime: checks a run's inputs, executes a model's graph on a backend, and reads and writes
 //! tensor files.
 
+pub mod bench;
 mod io;
 pub mod train;
 pub mod compare;
@@ -21,6 +22,15 @@ pub enum Backend {
     Interp,
     /// Native code for this machine (`tttc_codegen_cpu`).
     Cpu,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Interp => "interp",
+            Backend::Cpu => "cpu",
+        }
+    }
 }
 
 /// A forward pass's results: `logits` `[B, T, V]`, and `loss` unless T = 1 (no next token).
@@ -53,7 +63,7 @@ pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward>
     if !with_loss {
         graph = tttc_passes::keep_outputs(&graph, &["logits"]);
     }
-    let outs = execute(&graph, &model.weights, ids, backend)?;
+    let outs = Executable::new(graph).run(&model.weights, ids, backend)?;
     let mut outs = outs.into_iter();
     let logits = outs.next().context("graph has no logits output")?;
     Ok(Forward { logits, loss: if with_loss { outs.next() } else { None } })
@@ -76,10 +86,34 @@ pub fn gradients(model: &Model, ids: &Tensor, backend: Backend) -> Result<Gradie
 /// The model's gradient graph, compiled once and run on any weights and `input_ids` (training
 /// runs it every step).
 pub struct GradientStep {
-    graph: Graph,
+    graph: Executable,
     vocab: usize,
-    /// The graph compiled for the CPU, on the first run there.
+}
+
+/// A graph ready to run on any backend, compiled for the CPU on its first run there.
+pub struct Executable {
+    pub graph: Graph,
     cpu: std::sync::OnceLock<tttc_codegen_cpu::Program>,
+}
+
+impl Executable {
+    pub fn new(graph: Graph) -> Executable {
+        Executable { graph, cpu: std::sync::OnceLock::new() }
+    }
+
+    /// Runs the graph with `input_ids` and the weights (by name) as its arguments.
+    pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
+        let args = arguments(&self.graph, weights, ids)?;
+        match backend {
+            Backend::Interp => tttc_ir::run(&self.graph, &args, Precision::F32),
+            Backend::Cpu => {
+                if self.cpu.get().is_none() {
+                    let _ = self.cpu.set(tttc_codegen_cpu::Program::compile(&self.graph)?);
+                }
+                self.cpu.get().expect("compiled above").run(&args)
+            }
+        }
+    }
 }
 
 impl GradientStep {
@@ -114,26 +148,16 @@ impl GradientStep {
                 best.expect("at least one candidate").1
             }
         };
-        Ok(GradientStep { graph, vocab: model.config.vocab_size(), cpu: std::sync::OnceLock::new() })
+        Ok(GradientStep { graph: Executable::new(graph), vocab: model.config.vocab_size() })
     }
 
     /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
     pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Gradients> {
         check_input_ids(ids, self.vocab)?;
         ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
-        let mut outs = match backend {
-            Backend::Cpu => {
-                if self.cpu.get().is_none() {
-                    let _ = self.cpu.set(tttc_codegen_cpu::Program::compile(&self.graph)?);
-                }
-                let program = self.cpu.get().expect("compiled above");
-                program.run(&arguments(&self.graph, weights, ids)?)?
-            }
-            Backend::Interp => execute(&self.graph, weights, ids, backend)?,
-        }
-        .into_iter();
+        let mut outs = self.graph.run(weights, ids, backend)?.into_iter();
         let loss = outs.next().context("gradient graph has no loss")?;
-        let names = self.graph.outputs[1..].iter().map(|(n, _)| n.clone());
+        let names = self.graph.graph.outputs[1..].iter().map(|(n, _)| n.clone());
         Ok(Gradients { loss, grads: names.zip(outs).collect() })
     }
 }
@@ -151,10 +175,4 @@ fn arguments<'a>(graph: &Graph, weights: &'a Weights, ids: &'a Tensor) -> Result
         .collect()
 }
 
-fn execute(graph: &Graph, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
-    let args = arguments(graph, weights, ids)?;
-    match backend {
-        Backend::Interp => tttc_ir::run(graph, &args, Precision::F32),
-        Backend::Cpu => tttc_codegen_cpu::Program::compile(graph)?.run(&args),
-    }
-}
+

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tttc_frontends::rng::SplitMix64;
 use tttc_frontends::Model;
-use tttc_ir::{Data, Graph, Tensor};
+use tttc_ir::{Data, Tensor};
 
-use crate::{execute, Backend, GradientStep};
+use crate::{Backend, Executable, GradientStep};
 
 /// The byte tokenizer's vocabulary: token id = byte value.
 pub const BYTE_VOCAB: usize = 256;
@@ -328,7 +328,7 @@ fn adamw(model: &mut Model, opt: &mut Optimizer, grads: &BTreeMap<String, Vec<f3
 
 /// The forward graph compiled once, for the validation loss.
 struct Evaluator {
-    graph: Graph,
+    graph: Executable,
     loss_index: usize,
     batches: Vec<Tensor>,
 }
@@ -343,14 +343,14 @@ impl Evaluator {
         let mut rng = eval_rng(o.seed);
         let val = &corpus.bytes[corpus.n_train..];
         let batches = (0..o.eval_batches).map(|_| windows(val, &mut rng, o.batch_size, o.context)).collect();
-        Ok(Some(Evaluator { graph, loss_index, batches }))
+        Ok(Some(Evaluator { graph: Executable::new(graph), loss_index, batches }))
     }
 
     /// The mean loss over the fixed validation batches.
     fn loss(&self, model: &Model, backend: Backend) -> Result<f64> {
         let mut sum = 0.0;
         for ids in &self.batches {
-            let outs = execute(&self.graph, &model.weights, ids, backend)?;
+            let outs = self.graph.run(&model.weights, ids, backend)?;
             sum += outs[self.loss_index].to_f64().context("loss is a float")?[0];
         }
         Ok(sum / self.batches.len() as f64)

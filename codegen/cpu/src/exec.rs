@@ -3,8 +3,8 @@
 
 use std::borrow::Cow;
 
-use anyhow::{bail, ensure, Context, Result};
-use tttc_ir::interp::{bind_args, broadcast_strides, drive_scan, eval_op};
+use anyhow::{ensure, Context, Result};
+use tttc_ir::interp::{bind_args, broadcast_shape, broadcast_strides, contiguous_strides, drive_scan, eval_op};
 use tttc_ir::{DimEnv, Op, ReduceKind, Tensor};
 
 use crate::kernel::{Jit, KernelFn};
@@ -24,19 +24,42 @@ impl Body {
         for (a, t) in g.args.iter().zip(args) {
             values[a.value.index()] = Some(t);
         }
+        let profiling = crate::profile::enabled();
         for (step, frees) in self.steps.iter().zip(&self.frees) {
+            let started = profiling.then(std::time::Instant::now);
+            // A reshape of a value read for the last time keeps its buffer.
+            if let Step::Op(i) = step {
+                let node = &g.nodes[*i];
+                if let (Op::Reshape { shape }, Some(&src)) = (&node.op, node.inputs.first()) {
+                    if frees.contains(&src) && matches!(values[src.index()], Some(Cow::Owned(_))) {
+                        let mut t = values[src.index()].take().expect("matched above").into_owned();
+                        let dims: Vec<usize> = shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
+                        ensure!(dims.iter().product::<usize>() == t.len(), "cannot reshape {t} to {dims:?}");
+                        t.shape = dims;
+                        values[node.outputs[0].index()] = Some(Cow::Owned(t));
+                        if let Some(t) = started {
+                            crate::profile::record(Some("reshape (in place)".into()), t.elapsed());
+                        }
+                        continue;
+                    }
+                }
+            }
             let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
             let (results, outputs): (Vec<Tensor>, Vec<tttc_ir::ValueId>) = match step {
                 Step::Kernel(k) => {
                     let ins: Vec<&Tensor> = k.inputs.iter().map(get).collect::<Result<_>>()?;
                     (launch(jit.kernels[k.kernel], k, &ins, &env).with_context(|| format!("kernel {} in {}", k.kernel, g.name))?, k.outputs.clone())
                 }
-                Step::Op(i) | Step::MatMul(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => {
+                Step::MatMul(i, [(a, ta), (b, tb)]) => {
+                    let node = &g.nodes[*i];
+                    let what = || format!("matmul (defining %{}) in {}", node.outputs[0].0, g.name);
+                    (vec![matmul(Operand { t: get(a)?, transposed: *ta }, Operand { t: get(b)?, transposed: *tb }).with_context(what)?], node.outputs.clone())
+                }
+                Step::Op(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => {
                     let node = &g.nodes[*i];
                     let ins: Vec<&Tensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
                     let what = || format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name);
                     let out = match (step, &node.op) {
-                        (Step::MatMul(_), _) => vec![matmul(ins[0], ins[1]).with_context(what)?],
                         (Step::Reduce(_), Op::Reduce { kind, axis, keepdim }) => vec![reduce(ins[0], *kind, *axis, *keepdim).with_context(what)?],
                         (Step::Scan(_, body), Op::Scan(scan)) => {
                             drive_scan(scan, &ins, &env, &mut |args, env| body.run(jit, args, env)).with_context(what)?
@@ -47,6 +70,9 @@ impl Body {
                     (out, node.outputs.clone())
                 }
             };
+            if let Some(t) = started {
+                crate::profile::record(step_kind(step, g), t.elapsed());
+            }
             for v in frees {
                 values[v.index()] = None;
             }
@@ -58,6 +84,17 @@ impl Body {
             .iter()
             .map(|(name, v)| values[v.index()].as_ref().map(|t| t.clone().into_owned()).with_context(|| format!("output {name} is undefined")))
             .collect()
+    }
+}
+
+/// What a leaf step is, for the profile (scans and fused regions are accounted by their steps).
+fn step_kind(step: &Step, g: &tttc_ir::Graph) -> Option<String> {
+    match step {
+        Step::Kernel(_) => Some("kernel".into()),
+        Step::MatMul(i, _) => Some(format!("matmul {}", g.ty(g.nodes[*i].outputs[0]))),
+        Step::Reduce(_) => Some("reduce".into()),
+        Step::Op(i) => Some(format!("{} (interpreter) {}", g.nodes[*i].op.name(), g.nodes[*i].outputs.first().map(|v| g.ty(*v).to_string()).unwrap_or_default())),
+        Step::Scan(..) | Step::Fused(..) => None,
     }
 }
 
@@ -146,28 +183,39 @@ fn launch(f: KernelFn, k: &KernelStep, ins: &[&Tensor], env: &DimEnv) -> Result<
     Ok(outs.into_iter().map(|o| Tensor::f32(shape.clone(), o)).collect())
 }
 
+/// A matrix product's operand: a tensor read as stored, or as the transpose of its last two axes.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    t: &'a Tensor,
+    transposed: bool,
+}
+
+impl Operand<'_> {
+    /// The batch axes, and the (rows, columns) of the matrix as read.
+    fn dims(&self) -> Result<(&[usize], usize, usize)> {
+        let s = &self.t.shape;
+        ensure!(s.len() >= 2, "matmul needs operands of rank 2 or more, got {}", self.t);
+        let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+        Ok((&s[..s.len() - 2], if self.transposed { c } else { r }, if self.transposed { r } else { c }))
+    }
+
+    /// (row stride, column stride) of the matrix as read.
+    fn strides(&self) -> (isize, isize) {
+        let c = self.t.shape[self.t.shape.len() - 1] as isize;
+        if self.transposed {
+            (1, c)
+        } else {
+            (c, 1)
+        }
+    }
+}
+
 /// `a · b` over the last two axes, the leading axes broadcast, through `gemm`.
-fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (x, y) = (a.as_f32().context("matmul operand is not f32")?, b.as_f32().context("matmul operand is not f32")?);
-    ensure!(a.shape.len() >= 2 && b.shape.len() >= 2, "matmul needs operands of rank 2 or more: {a} and {b}");
-    let (ra, rb) = (a.shape.len(), b.shape.len());
-    let (m, k, k2, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 2], b.shape[rb - 1]);
-    ensure!(k == k2, "matmul contracted dimensions differ: {a} and {b}");
-    let (ba, bb) = (&a.shape[..ra - 2], &b.shape[..rb - 2]);
-    let r = ba.len().max(bb.len());
-    let batch: Vec<usize> = (0..r)
-        .map(|i| {
-            let da = (i + ba.len()).checked_sub(r).map_or(1, |j| ba[j]);
-            let db = (i + bb.len()).checked_sub(r).map_or(1, |j| bb[j]);
-            if da == db || db == 1 {
-                Ok(da)
-            } else if da == 1 {
-                Ok(db)
-            } else {
-                bail!("matmul batch axes do not broadcast: {a} and {b}")
-            }
-        })
-        .collect::<Result<_>>()?;
+fn matmul(a: Operand, b: Operand) -> Result<Tensor> {
+    let (x, y) = (a.t.as_f32().context("matmul operand is not f32")?, b.t.as_f32().context("matmul operand is not f32")?);
+    let ((ba, m, k), (bb, k2, n)) = (a.dims()?, b.dims()?);
+    ensure!(k == k2, "matmul contracted dimensions differ: {} and {}", a.t, b.t);
+    let batch = broadcast_shape(ba, bb)?;
     let sa = broadcast_strides(ba, &batch)?;
     let sb = broadcast_strides(bb, &batch)?;
     let count: usize = batch.iter().product();
@@ -177,9 +225,10 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if count == 0 || m == 0 || n == 0 || k == 0 {
         return Ok(Tensor::f32(shape, out));
     }
+    let (ra, rb) = (a.strides(), b.strides());
     // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
-    if sb.iter().all(|&s| s == 0) && sa == tttc_ir::interp::contiguous_strides(&batch) {
-        gemm_into(&mut out, x, y, count * m, k, n, parallelism(count * m * k * n));
+    if sb.iter().all(|&s| s == 0) && !a.transposed && sa == contiguous_strides(&batch) {
+        gemm_into(&mut out, x, ra, y, rb, count * m, k, n, parallelism(count * m * k * n));
         return Ok(Tensor::f32(shape, out));
     }
     let offsets = |i: usize, s: &[usize]| -> usize {
@@ -193,7 +242,7 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     };
     let one = |i: usize, dst: &mut [f32], par: gemm::Parallelism| {
         let (oa, ob) = (offsets(i, &sa) * m * k, offsets(i, &sb) * k * n);
-        gemm_into(dst, &x[oa..oa + m * k], &y[ob..ob + k * n], m, k, n, par);
+        gemm_into(dst, &x[oa..oa + m * k], ra, &y[ob..ob + k * n], rb, m, k, n, par);
     };
     if m * k * n >= PARALLEL_MACS || count == 1 {
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
@@ -215,8 +264,10 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
     }
 }
 
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, all row-major.
-fn gemm_into(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize, par: gemm::Parallelism) {
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with the (row, column)
+/// strides given.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(dst: &mut [f32], lhs: &[f32], (lhs_rs, lhs_cs): (isize, isize), rhs: &[f32], (rhs_rs, rhs_cs): (isize, isize), m: usize, k: usize, n: usize, par: gemm::Parallelism) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     // SAFETY: the slices hold the matrices the strides describe (checked above).
     unsafe {
@@ -229,11 +280,11 @@ fn gemm_into(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: u
             n as isize,
             false,
             lhs.as_ptr(),
-            1,
-            k as isize,
+            lhs_cs,
+            lhs_rs,
             rhs.as_ptr(),
-            1,
-            n as isize,
+            rhs_cs,
+            rhs_rs,
             0.0,
             1.0,
             false,

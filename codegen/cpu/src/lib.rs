@@ -14,6 +14,7 @@
 mod exec;
 pub mod kernel;
 mod plan;
+pub mod profile;
 
 use std::borrow::Cow;
 use std::time::Instant;

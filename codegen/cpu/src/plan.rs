@@ -12,7 +12,9 @@ use crate::kernel::{Expr, KernelSpec};
 pub(crate) enum Step {
     /// A node evaluated by the interpreter's implementation of its op.
     Op(usize),
-    MatMul(usize),
+    /// A matrix product reading each operand as stored, or as a transpose of its last two axes
+    /// that is never materialised (`(source, true)`).
+    MatMul(usize, [(ValueId, bool); 2]),
     Reduce(usize),
     Kernel(KernelStep),
     Scan(usize, Box<Body>),
@@ -52,7 +54,11 @@ pub struct PlanStats {
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`.
 pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
     let mut p = Planner { graph, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
+    let views = transpose_views(graph, &p.users);
     for (i, node) in graph.nodes.iter().enumerate() {
+        if views.contains_key(&node.outputs.first().copied().unwrap_or(ValueId(u32::MAX))) {
+            continue;
+        }
         let f32_in = |k: usize| graph.ty(node.inputs[k]).dtype == DType::F32;
         match &node.op {
             Op::Const { value, dtype: DType::F32 } if graph.ty(node.outputs[0]).shape.is_empty() => {
@@ -75,7 +81,8 @@ pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanS
                 let step = match op {
                     Op::MatMul if f32_in(0) => {
                         p.stats.matmuls += 1;
-                        Step::MatMul(i)
+                        let operand = |v: ValueId| views.get(&v).map_or((v, false), |&src| (src, true));
+                        Step::MatMul(i, [operand(node.inputs[0]), operand(node.inputs[1])])
                     }
                     Op::Reduce { .. } if f32_in(0) => {
                         p.stats.reductions += 1;
@@ -96,6 +103,28 @@ pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanS
     let steps = p.steps;
     let frees = frees(graph, &steps);
     Body { graph: graph.clone(), steps, frees }
+}
+
+/// Transposes of the last two axes that only matrix products read, by result: their source (the
+/// products read it with swapped strides instead).
+fn transpose_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, ValueId> {
+    let outputs: std::collections::HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+    g.nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Transpose { perm } if swaps_last_two(perm) && g.ty(n.inputs[0]).dtype == DType::F32 => {
+                let v = n.outputs[0];
+                let only_matmuls = !users[v.index()].is_empty() && users[v.index()].iter().all(|&u| matches!(g.nodes[u].op, Op::MatMul));
+                (only_matmuls && !outputs.contains(&v)).then_some((v, n.inputs[0]))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
 }
 
 /// For each value, the nodes that read it.
@@ -240,7 +269,8 @@ fn frees(graph: &Graph, steps: &[Step]) -> Vec<Vec<ValueId>> {
     let reads = |s: &Step| -> Vec<ValueId> {
         match s {
             Step::Kernel(k) => k.inputs.clone(),
-            Step::Op(i) | Step::MatMul(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => graph.nodes[*i].inputs.clone(),
+            Step::MatMul(_, operands) => operands.iter().map(|o| o.0).collect(),
+            Step::Op(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => graph.nodes[*i].inputs.clone(),
         }
     };
     let mut last: HashMap<ValueId, usize> = HashMap::new();

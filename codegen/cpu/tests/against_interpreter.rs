@@ -175,3 +175,30 @@ fn matmuls_with_broadcast_batches() {
         assert!(worst <= 1.0, "{a_shape:?} × {b_shape:?}: error {worst:.2} of tolerance");
     }
 }
+
+/// Transposes that only matrix products read are folded into the products' strides (never
+/// materialised); one that something else reads too is materialised.
+#[test]
+fn matmuls_of_transposed_operands() {
+    let mut g = Graph::new("transposed");
+    let a = g.input("a", f32t(&[2, 5, 4]));
+    let w = g.input("w", f32t(&[3, 4]));
+    let b = g.input("b", f32t(&[2, 5, 6]));
+    let wt = g.transpose_last2(w).unwrap(); // [4, 3], read only by a product
+    let y = g.matmul(a, wt).unwrap(); // [2, 5, 3]
+    let at = g.transpose_last2(a).unwrap(); // [2, 4, 5], read by a product and an output
+    let z = g.matmul(at, b).unwrap(); // [2, 4, 6]
+    let yt = g.transpose_last2(y).unwrap(); // [2, 3, 5]
+    let u = g.matmul(yt, b).unwrap(); // [2, 3, 6]
+    for (name, v) in [("y", y), ("z", z), ("at", at), ("u", u)] {
+        g.output(name, v);
+    }
+    let args = [
+        Tensor::f32(vec![2, 5, 4], values(40, 7, -1.0, 1.0)),
+        Tensor::f32(vec![3, 4], values(12, 8, -1.0, 1.0)),
+        Tensor::f32(vec![2, 5, 6], values(60, 9, -1.0, 1.0)),
+    ];
+    assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0);
+    let stats = Program::compile(&g).unwrap().stats().plan;
+    assert_eq!((stats.matmuls, stats.other_nodes), (3, 1), "only the transpose an output reads is materialised");
+}

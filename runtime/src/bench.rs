@@ -1,0 +1,274 @@
+//! `tttc bench`: one sequence-mixing layer at the 125m width (D 768, 12 heads, mini-batch 16),
+//! batch 1, f32, timed on a backend across context lengths, and the peers (PyTorch, torch.compile,
+//! jax.jit, through the peer harness) timed in the same run so that ratios compare like with like.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tttc_ir::Tensor;
+
+use crate::Backend;
+
+/// A layer the benchmark times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    TttLinear,
+    TttMlp,
+    Mamba,
+    Attention,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 4] = [Layer::TttLinear, Layer::TttMlp, Layer::Mamba, Layer::Attention];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::TttLinear => "ttt-linear",
+            Layer::TttMlp => "ttt-mlp",
+            Layer::Mamba => "mamba",
+            Layer::Attention => "attention",
+        }
+    }
+
+    /// The layer's config at the 125m width; the TTT layers as the peers run them (no conv, no
+    /// gate, separate q/k/v).
+    fn config(self) -> Value {
+        let ttt = |kind: &str| {
+            json!({"model_type": "ttt", "hidden_size": 768, "num_attention_heads": 12, "mini_batch_size": 16,
+                   "ttt_layer_type": kind, "pre_conv": false, "share_qk": false, "use_gate": false,
+                   "num_hidden_layers": 1, "intermediate_size": 2048, "vocab_size": 32000})
+        };
+        match self {
+            Layer::TttLinear => ttt("linear"),
+            Layer::TttMlp => ttt("mlp"),
+            Layer::Mamba => json!({"model_type": "mamba", "hidden_size": 768, "intermediate_size": 1536, "state_size": 16,
+                                   "time_step_rank": 48, "conv_kernel": 4, "num_hidden_layers": 1, "vocab_size": 32000}),
+            Layer::Attention => json!({"model_type": "llama", "hidden_size": 768, "num_attention_heads": 12,
+                                       "num_key_value_heads": 12, "intermediate_size": 2048, "num_hidden_layers": 1,
+                                       "vocab_size": 32000}),
+        }
+    }
+
+    /// FLOPs of one forward at length `t`, counted as the peer harness counts them (a
+    /// multiply-add is 2; the dual form's masked products dense; Mamba's scan 7 per element;
+    /// attention's causal half).
+    pub fn flops(self, t: usize) -> f64 {
+        let (t, d, h, k) = (t as f64, 768.0, 12.0, 16.0);
+        let f = d / h;
+        let proj = 4.0 * 2.0 * t * d * d + 2.0 * t * d * h;
+        let mini_batches = (t / k).floor();
+        match self {
+            Layer::TttLinear => proj + h * mini_batches * (3.0 * 2.0 * k * f * f + 3.0 * 2.0 * k * k * f),
+            Layer::TttMlp => {
+                let hid = 4.0 * f;
+                proj + h * mini_batches * (7.0 * 2.0 * k * f * hid + 3.0 * 2.0 * k * k * hid + 3.0 * 2.0 * k * k * f)
+            }
+            Layer::Mamba => {
+                let (di, n, r, conv) = (1536.0, 16.0, 48.0, 4.0);
+                2.0 * t * (d * 2.0 * di + di * (r + 2.0 * n) + r * di + di * d) + 2.0 * t * di * conv + 7.0 * t * di * n
+            }
+            Layer::Attention => 4.0 * 2.0 * t * d * d + 2.0 * t * t * d,
+        }
+    }
+
+    /// The peer runs for this layer at length `t`: (peer, extra arguments); torch.compile only up
+    /// to `compile_max_t` (it compiles for minutes beyond).
+    fn peers(self, t: usize, compile_max_t: usize) -> Vec<(&'static str, Vec<String>)> {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let mut out = Vec::new();
+        match self {
+            Layer::TttLinear | Layer::TttMlp => {
+                let kind = if self == Layer::TttLinear { "linear" } else { "mlp" };
+                out.push(("ttt-jax", s(&["--kind", kind])));
+                if t <= compile_max_t {
+                    out.push(("ttt-torch", s(&["--kind", kind, "--mode", "compile"])));
+                }
+            }
+            Layer::Mamba => {
+                out.push(("mamba", s(&["--mode", if t <= compile_max_t { "compile" } else { "eager" }])));
+            }
+            Layer::Attention => {
+                out.push(("attn", s(&["--mode", "eager"])));
+            }
+        }
+        out
+    }
+}
+
+/// Where the peer harness and its Python live.
+pub struct Peers {
+    pub python: PathBuf,
+    pub script: PathBuf,
+    pub ttt_pytorch: Option<PathBuf>,
+    pub ttt_jax: Option<PathBuf>,
+    pub compile_max_t: usize,
+}
+
+pub struct BenchRequest {
+    pub layers: Vec<Layer>,
+    pub seq_lens: Vec<usize>,
+    pub backend: Backend,
+    pub reps: usize,
+    pub peers: Option<Peers>,
+    /// Profile one more call of each tttc configuration (CPU backend).
+    pub profile: bool,
+}
+
+/// One timed configuration.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub layer: &'static str,
+    pub t: usize,
+    /// `tttc (cpu)`, or the peer and its mode.
+    pub who: String,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    /// Compile (and first-call) time.
+    pub first_s: f64,
+    pub gflops: f64,
+    /// Where one call's time went (with `profile`): step kind, milliseconds, calls.
+    pub profile: Vec<(String, f64, u64)>,
+}
+
+impl Timing {
+    pub fn to_json(&self) -> Value {
+        json!({"layer": self.layer, "T": self.t, "who": self.who, "median_ms": self.median_ms, "min_ms": self.min_ms,
+               "first_s": self.first_s, "gflop_per_s": self.gflops})
+    }
+}
+
+/// Runs the benchmark, calling `report` with each timing as it is measured.
+pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<Timing>> {
+    let mut all = Vec::new();
+    for &layer in &req.layers {
+        let config = tttc_frontends::ModelConfig::from_json(&layer.config())?;
+        let builder = tttc_frontends::build_layer(&config)?;
+        let weights = tttc_frontends::init::initialise(&builder, 0);
+        for &t in &req.seq_lens {
+            let x = hidden_input(t, 768);
+            let start = Instant::now();
+            let graph = tttc_passes::compile(&builder.g)?;
+            let args: Vec<&Tensor> = graph
+                .args
+                .iter()
+                .map(|a| if a.name == "x" { Ok(&x) } else { weights.get(&a.name).with_context(|| format!("no weight {}", a.name)) })
+                .collect::<Result<_>>()?;
+            let run: Box<dyn Fn() -> Result<Vec<Tensor>>> = match req.backend {
+                Backend::Interp => Box::new(|| tttc_ir::run(&graph, &args, tttc_ir::Precision::F32)),
+                Backend::Cpu => {
+                    let program = tttc_codegen_cpu::Program::compile(&graph)?;
+                    Box::new(move || program.run(&args))
+                }
+            };
+            run()?;
+            let first_s = start.elapsed().as_secs_f64();
+            let times = time_calls(req.reps, || run().map(|_| ()))?;
+            let mut profile = Vec::new();
+            if req.profile && req.backend == Backend::Cpu {
+                tttc_codegen_cpu::profile::set_enabled(true);
+                run()?;
+                tttc_codegen_cpu::profile::set_enabled(false);
+                profile = tttc_codegen_cpu::profile::report().into_iter().map(|(k, d, n)| (k, d.as_secs_f64() * 1e3, n)).collect();
+            }
+            let timing = Timing {
+                layer: layer.name(),
+                t,
+                who: format!("tttc ({})", req.backend.name()),
+                median_ms: times.0,
+                min_ms: times.1,
+                first_s,
+                gflops: layer.flops(t) / times.0 / 1e6,
+                profile,
+            };
+            report(&timing);
+            all.push(timing);
+            if let Some(peers) = &req.peers {
+                for (peer, extra) in layer.peers(t, peers.compile_max_t) {
+                    let timing = run_peer(peers, layer, peer, &extra, t)?;
+                    report(&timing);
+                    all.push(timing);
+                }
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// A deterministic `[1, t, dim]` input in [−1, 1].
+fn hidden_input(t: usize, dim: usize) -> Tensor {
+    let mut rng = tttc_frontends::rng::SplitMix64::keyed(1, "bench input");
+    Tensor::f32(vec![1, t, dim], (0..t * dim).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect())
+}
+
+/// One untimed warm-up, then at least `reps` timed calls (more for short calls, up to about a
+/// second in all): (median, minimum) in milliseconds.
+fn time_calls(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    f()?;
+    let mut times = Vec::new();
+    let budget = Instant::now();
+    while times.len() < reps.max(1) || (times.len() < 30 && budget.elapsed().as_secs_f64() < 1.0) {
+        let s = Instant::now();
+        f()?;
+        times.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0]))
+}
+
+fn run_peer(p: &Peers, layer: Layer, peer: &str, extra: &[String], t: usize) -> Result<Timing> {
+    let mut cmd = Command::new(&p.python);
+    cmd.arg(&p.script).args(["run", "--peer", peer, "--T", &t.to_string()]).args(extra);
+    if let Some(path) = &p.ttt_pytorch {
+        cmd.arg("--ttt-pytorch-path").arg(path);
+    }
+    if let Some(path) = &p.ttt_jax {
+        cmd.arg("--ttt-jax-path").arg(path);
+    }
+    let out = cmd.output().with_context(|| format!("cannot start the peer harness with {}", p.python.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{'));
+    let Some(line) = line.filter(|_| out.status.success()) else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("peer {peer} at T={t} failed: {}", err.lines().last().unwrap_or("no output"));
+    };
+    let v: Value = serde_json::from_str(line).with_context(|| format!("peer {peer} printed no JSON result"))?;
+    let num = |k: &str| v[k].as_f64().with_context(|| format!("peer {peer}'s result has no {k}"));
+    let mode = v["mode"].as_str().unwrap_or("");
+    let who = match (peer, mode) {
+        ("ttt-jax", _) => "ttt-lm-jax jax.jit".to_string(),
+        ("ttt-torch", "compile") => "ttt-lm-pytorch torch.compile".to_string(),
+        ("ttt-torch", _) => "ttt-lm-pytorch eager".to_string(),
+        ("attn", _) => format!("torch SDPA ({mode})"),
+        (other, mode) => format!("{other} torch ({mode})"),
+    };
+    let median_ms = num("median_ms")?;
+    Ok(Timing {
+        layer: layer.name(),
+        t,
+        who,
+        median_ms,
+        min_ms: num("min_ms")?,
+        first_s: num("first_call_s").unwrap_or(f64::NAN),
+        gflops: layer.flops(t) / median_ms / 1e6,
+        profile: Vec::new(),
+    })
+}
+
+/// The fp32 GEMM rate of this machine through `gemm` on all threads (2048×768×768, as the peer
+/// harness measures torch's): GFLOP/s, median of a second's calls.
+pub fn gemm_ceiling() -> Result<f64> {
+    let (m, k, n) = (2048, 768, 768);
+    let a = Tensor::f32(vec![m, k], vec![0.5; m * k]);
+    let b = Tensor::f32(vec![k, n], vec![0.25; k * n]);
+    let mut g = tttc_ir::Graph::new("gemm");
+    let x = g.input("a", tttc_ir::Type::f32(&[m, k]));
+    let y = g.input("b", tttc_ir::Type::f32(&[k, n]));
+    let z = g.matmul(x, y)?;
+    g.output("c", z);
+    let program = tttc_codegen_cpu::Program::compile(&g)?;
+    let (median, _) = time_calls(10, || program.run(&[&a, &b]).map(|_| ()))?;
+    Ok(2.0 * (m * k * n) as f64 / median / 1e6)
+}
