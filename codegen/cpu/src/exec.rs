@@ -10,8 +10,9 @@ use tttc_ir::{DimEnv, Op, ReduceKind, Tensor};
 use crate::kernel::{Jit, KernelFn};
 use crate::plan::{Body, KernelStep, Step};
 
-/// Work below this many elements (or multiply-adds) runs on one thread: splitting costs more.
-const PARALLEL_ELEMENTS: usize = 1 << 15;
+/// Work below this many element operations (a kernel's elements times its ops per element) or
+/// multiply-adds runs on one thread: splitting it costs more than it saves.
+const PARALLEL_WORK: usize = 1 << 17;
 const PARALLEL_MACS: usize = 1 << 18;
 
 impl Body {
@@ -130,50 +131,66 @@ fn launch(f: KernelFn, k: &KernelStep, ins: &[&Tensor], env: &DimEnv) -> Result<
             inner = d;
         }
         ensure!(inner < shape.len() || shape.is_empty(), "kernel inputs {:?} do not broadcast to {shape:?} as compiled", ins.iter().map(|t| &t.shape).collect::<Vec<_>>());
-        let outer = &shape[..inner];
+        // Rows: the axis just outside the row, walked inside the kernel with each input's
+        // stride; the axes outside it are walked here.
+        let (outer, rows, row_strides): (&[usize], usize, Vec<i64>) = if inner == 0 {
+            (&[], 1, vec![0; strides.len()])
+        } else {
+            (&shape[..inner - 1], shape[inner - 1], strides.iter().map(|s| s[inner - 1] as i64).collect())
+        };
         let in_ptrs: Vec<Shared<*const f32>> = data.iter().map(|d| Shared(d.as_ptr())).collect();
         let out_ptrs: Vec<Shared<*mut f32>> = outs.iter_mut().map(|o| Shared(o.as_mut_ptr())).collect();
-        let run = |start: usize, end: usize| {
-            // Flattened element range [start, end): row by row.
-            let mut e = start;
+        // Rows [q0, q1) of the flattened (outer, row) space, columns [c0, c0 + len) of each.
+        let run = |q0: usize, q1: usize, c0: usize, len: usize| {
             let mut ins_at: Vec<*const f32> = vec![std::ptr::null(); in_ptrs.len()];
             let mut outs_at: Vec<*mut f32> = vec![std::ptr::null_mut(); out_ptrs.len()];
-            let mut offs = vec![0usize; strides.len()];
-            while e < end {
-                let row = e / n;
-                let col = e % n;
-                let len = (n - col).min(end - e);
-                let mut rem = row;
-                offs.fill(0);
-                for d in (0..outer.len()).rev() {
-                    let idx = rem % outer[d];
-                    rem /= outer[d];
-                    for (o, s) in offs.iter_mut().zip(&strides) {
-                        *o += idx * s[d];
-                    }
-                }
+            let mut q = q0;
+            while q < q1 {
+                let (o, r0) = (q / rows, q % rows);
+                let count = (rows - r0).min(q1 - q);
                 for (j, p) in in_ptrs.iter().enumerate() {
-                    let off = if splat[j] { offs[j] } else { offs[j] + col };
+                    let mut off = r0 * row_strides[j] as usize + if splat[j] { 0 } else { c0 };
+                    let mut rem = o;
+                    for d in (0..outer.len()).rev() {
+                        off += (rem % outer[d]) * strides[j][d];
+                        rem /= outer[d];
+                    }
                     ins_at[j] = unsafe { p.0.add(off) };
                 }
                 for (j, p) in out_ptrs.iter().enumerate() {
-                    outs_at[j] = unsafe { p.0.add(e) };
+                    outs_at[j] = unsafe { p.0.add(q * n + c0) };
                 }
-                unsafe { f(len as i64, ins_at.as_ptr(), outs_at.as_ptr()) };
-                e += len;
+                unsafe { f(len as i64, count as i64, ins_at.as_ptr(), row_strides.as_ptr(), outs_at.as_ptr()) };
+                q += count;
             }
         };
+        let all_rows = total / n;
         let threads = rayon::current_num_threads();
-        if total >= PARALLEL_ELEMENTS && threads > 1 {
-            let per = total.div_ceil(threads);
+        if total * k.ops_per_element < PARALLEL_WORK || threads == 1 {
+            run(0, all_rows, 0, n);
+        } else if all_rows >= threads {
+            let per = all_rows.div_ceil(threads);
             rayon::scope(|s| {
                 for t in 0..threads {
                     let run = &run;
-                    s.spawn(move |_| run(t * per, ((t + 1) * per).min(total)));
+                    s.spawn(move |_| run(t * per, ((t + 1) * per).min(all_rows), 0, n));
                 }
             });
         } else {
-            run(0, total);
+            // Fewer rows than threads: each row's columns are split (a row's pieces stay rows of
+            // one: the row stride never applies).
+            let per = n.div_ceil(threads);
+            rayon::scope(|s| {
+                for q in 0..all_rows {
+                    for t in 0..threads {
+                        let run = &run;
+                        let c0 = t * per;
+                        if c0 < n {
+                            s.spawn(move |_| run(q, q + 1, c0, per.min(n - c0)));
+                        }
+                    }
+                }
+            });
         }
         // SAFETY: the kernel calls above wrote every element of every output.
         for o in &mut outs {
@@ -244,7 +261,9 @@ fn matmul(a: Operand, b: Operand) -> Result<Tensor> {
         let (oa, ob) = (offsets(i, &sa) * m * k, offsets(i, &sb) * k * n);
         gemm_into(dst, &x[oa..oa + m * k], ra, &y[ob..ob + k * n], rb, m, k, n, par);
     };
-    if m * k * n >= PARALLEL_MACS || count == 1 {
+    // Large products split inside gemm; a batch of small ones splits over its members, unless
+    // all of it is small.
+    if m * k * n >= PARALLEL_MACS || count * m * k * n < PARALLEL_MACS * 4 {
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
             one(i, dst, parallelism(m * k * n));
         }
@@ -341,7 +360,7 @@ fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Te
             dst.iter_mut().for_each(|d| *d /= len as f32);
         }
     };
-    if outer * len * inner >= PARALLEL_ELEMENTS && outer > 1 {
+    if outer * len * inner >= PARALLEL_WORK && outer > 1 {
         use rayon::prelude::*;
         out.par_chunks_mut(inner).enumerate().for_each(|(o, dst)| reduce_block(o, dst));
     } else {

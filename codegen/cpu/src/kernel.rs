@@ -3,9 +3,10 @@
 //! only) with a scalar tail. The intermediate values of the run live in registers; only the
 //! values used outside it are stored.
 //!
-//! A kernel is called once per row: `kernel(n, inputs, outputs)` with `n` elements, one pointer
-//! per input (to `n` contiguous floats, or to one float that every element reads: a *splat*
-//! input, broadcast along the row) and one per output (to `n` floats).
+//! A kernel runs over `rows` rows of `n` elements: `kernel(n, rows, inputs, strides, outputs)`,
+//! with one pointer per input (to its first row: `n` contiguous floats, or one float that every
+//! element of the row reads, a *splat* input), each input's distance from one row to the next
+//! in elements (`strides`), and one pointer per output (rows stored one after the other).
 
 use anyhow::{anyhow, Result};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -36,8 +37,8 @@ pub struct KernelSpec {
     pub outputs: Vec<usize>,
 }
 
-/// A compiled kernel: `(n, inputs, outputs)`.
-pub type KernelFn = unsafe extern "C" fn(n: i64, inputs: *const *const f32, outputs: *const *mut f32);
+/// A compiled kernel: `(n, rows, inputs, input row strides, outputs)`.
+pub type KernelFn = unsafe extern "C" fn(n: i64, rows: i64, inputs: *const *const f32, strides: *const i64, outputs: *const *mut f32);
 
 /// The kernels of a program, compiled into one JIT module that lives as long as they do.
 pub struct Jit {
@@ -81,7 +82,7 @@ pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
     let cos = module.declare_function("tttc_cosf", Linkage::Import, &scalar_sig)?;
 
     let mut sig = module.make_signature();
-    sig.params.extend([AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr)]);
+    sig.params.extend([AbiParam::new(types::I64), AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     let mut ids: Vec<FuncId> = Vec::with_capacity(specs.len());
@@ -119,25 +120,49 @@ fn build_kernel(b: &mut FunctionBuilder, spec: &KernelSpec, ptr: Type, calls: &C
     b.switch_to_block(entry);
     b.seal_block(entry);
     let params = b.block_params(entry).to_vec();
-    let (n, ins, outs) = (params[0], params[1], params[2]);
+    let (n, rows, ins, strides, outs) = (params[0], params[1], params[2], params[3], params[4]);
     let plain = MemFlagsData::trusted();
     // Element accesses: no trap, but no alignment promised.
     let elem = MemFlagsData::new().with_notrap();
-    let in_ptrs: Vec<Value> = (0..spec.splat.len()).map(|i| b.ins().load(ptr, plain, ins, (8 * i) as i32)).collect();
-    let out_ptrs: Vec<Value> = (0..spec.outputs.len()).map(|i| b.ins().load(ptr, plain, outs, (8 * i) as i32)).collect();
-    let splats: Vec<Option<Value>> = spec
-        .splat
-        .iter()
-        .zip(&in_ptrs)
-        .map(|(&s, &p)| s.then(|| b.ins().load(types::F32, elem, p, 0)))
+    let in_bases: Vec<Value> = (0..spec.splat.len()).map(|i| b.ins().load(ptr, plain, ins, (8 * i) as i32)).collect();
+    let in_steps: Vec<Value> = (0..spec.splat.len())
+        .map(|i| {
+            let s = b.ins().load(types::I64, plain, strides, (8 * i) as i32);
+            b.ins().ishl_imm_u(s, 2)
+        })
         .collect();
-    let vector_splats: Vec<Option<Value>> = splats.iter().map(|s| s.map(|v| b.ins().splat(types::F32X4, v))).collect();
+    let out_bases: Vec<Value> = (0..spec.outputs.len()).map(|i| b.ins().load(ptr, plain, outs, (8 * i) as i32)).collect();
+    let out_step = b.ins().ishl_imm_u(n, 2);
     let four = b.ins().iconst(types::I64, 4);
+    let one = b.ins().iconst(types::I64, 1);
     let rem = b.ins().band_imm_u(n, 3);
     let whole = b.ins().isub(n, rem);
-
-    let (vhead, vbody, thead, tbody, exit) = (b.create_block(), b.create_block(), b.create_block(), b.create_block(), b.create_block());
     let zero = b.ins().iconst(types::I64, 0);
+
+    let blocks: Vec<_> = (0..7).map(|_| b.create_block()).collect();
+    let (rhead, rbody, vhead, vbody, thead, tbody, exit) = (blocks[0], blocks[1], blocks[2], blocks[3], blocks[4], blocks[5], blocks[6]);
+    b.ins().jump(rhead, &[zero.into()]);
+
+    // The row loop: r = 0 … rows − 1.
+    b.append_block_param(rhead, types::I64);
+    b.switch_to_block(rhead);
+    let r = b.block_params(rhead)[0];
+    let more = b.ins().icmp(IntCC::SignedLessThan, r, rows);
+    b.ins().brif(more, rbody, &[], exit, &[]);
+    b.switch_to_block(rbody);
+    b.seal_block(rbody);
+    let in_ptrs: Vec<Value> = in_bases
+        .iter()
+        .zip(&in_steps)
+        .map(|(&base, &step)| {
+            let off = b.ins().imul(r, step);
+            b.ins().iadd(base, off)
+        })
+        .collect();
+    let out_off = b.ins().imul(r, out_step);
+    let out_ptrs: Vec<Value> = out_bases.iter().map(|&base| b.ins().iadd(base, out_off)).collect();
+    let splats: Vec<Option<Value>> = spec.splat.iter().zip(&in_ptrs).map(|(&s, &p)| s.then(|| b.ins().load(types::F32, elem, p, 0))).collect();
+    let vector_splats: Vec<Option<Value>> = splats.iter().map(|s| s.map(|v| b.ins().splat(types::F32X4, v))).collect();
     b.ins().jump(vhead, &[zero.into()]);
 
     // The vector loop: i = 0, 4, … while i < whole.
@@ -153,19 +178,20 @@ fn build_kernel(b: &mut FunctionBuilder, spec: &KernelSpec, ptr: Type, calls: &C
     b.ins().jump(vhead, &[next.into()]);
     b.seal_block(vhead);
 
-    // The scalar tail: i < n.
+    // The scalar tail: i < n, then the next row.
     b.append_block_param(thead, types::I64);
     b.switch_to_block(thead);
     let i = b.block_params(thead)[0];
     let more = b.ins().icmp(IntCC::SignedLessThan, i, n);
-    b.ins().brif(more, tbody, &[], exit, &[]);
+    let next_row = b.ins().iadd(r, one);
+    b.ins().brif(more, tbody, &[], rhead, &[next_row.into()]);
     b.switch_to_block(tbody);
     b.seal_block(tbody);
     step(b, spec, types::F32, i, &in_ptrs, &splats, &out_ptrs, calls);
-    let one = b.ins().iconst(types::I64, 1);
     let next = b.ins().iadd(i, one);
     b.ins().jump(thead, &[next.into()]);
     b.seal_block(thead);
+    b.seal_block(rhead);
 
     b.switch_to_block(exit);
     b.seal_block(exit);

@@ -29,6 +29,8 @@ pub(crate) struct KernelStep {
     pub inputs: Vec<ValueId>,
     /// Per input: read once per row (see `KernelSpec::splat`).
     pub splat: Vec<bool>,
+    /// Operations per element (transcendentals count as 20), to decide whether to split a launch.
+    pub ops_per_element: usize,
     pub outputs: Vec<ValueId>,
 }
 
@@ -239,8 +241,19 @@ impl Planner<'_> {
         self.stats.kernels += 1;
         self.stats.kernel_nodes += g.nodes.len();
         let splat = g.spec.splat.clone();
+        let ops_per_element = g
+            .spec
+            .exprs
+            .iter()
+            .map(|e| match e {
+                Expr::Unary(u, _) if !matches!(u, tttc_ir::UnaryOp::Neg | tttc_ir::UnaryOp::Sqrt) => 20,
+                Expr::Unary(..) | Expr::Binary(..) => 1,
+                Expr::Input(_) | Expr::Const(_) => 0,
+            })
+            .sum::<usize>()
+            .max(1);
         self.specs.push(g.spec);
-        self.steps.push(Step::Kernel(KernelStep { kernel: self.specs.len() - 1, shape: g.shape, inputs: g.inputs, splat, outputs }));
+        self.steps.push(Step::Kernel(KernelStep { kernel: self.specs.len() - 1, shape: g.shape, inputs: g.inputs, splat, ops_per_element, outputs }));
     }
 }
 

@@ -202,3 +202,21 @@ fn matmuls_of_transposed_operands() {
     let stats = Program::compile(&g).unwrap().stats().plan;
     assert_eq!((stats.matmuls, stats.other_nodes), (3, 1), "only the transpose an output reads is materialised");
 }
+
+/// Launches large enough to be split over threads: by rows, and a single long row by columns,
+/// with a row-broadcast operand and an odd length.
+#[test]
+fn launches_split_over_threads() {
+    for shape in [vec![1usize, 150_001], vec![3, 70_001], vec![40_000, 3]] {
+        let mut g = Graph::new("split");
+        let x = g.input("x", Type::f32(&shape));
+        let col = g.input("col", Type::f32(&[shape[0], 1]));
+        let e = g.unary(UnaryOp::Exp, x).unwrap();
+        let y = g.mul(e, col).unwrap();
+        g.output("y", y);
+        let n: usize = shape.iter().product();
+        let args = [Tensor::f32(shape.clone(), values(n, 11, -5.0, 5.0)), Tensor::f32(vec![shape[0], 1], values(shape[0], 12, -1.0, 1.0))];
+        let worst = compare(&g, &args, 1e-6, 1e-7);
+        assert!(worst <= 1.0, "{shape:?}: error {worst:.2} of tolerance");
+    }
+}
