@@ -28,21 +28,28 @@ impl Body {
         let profiling = crate::profile::enabled();
         for (step, frees) in self.steps.iter().zip(&self.frees) {
             let started = profiling.then(std::time::Instant::now);
-            // A reshape of a value read for the last time keeps its buffer.
+            // A reshape or a triangular mask of a value read for the last time reuses its buffer.
             if let Step::Op(i) = step {
                 let node = &g.nodes[*i];
-                if let (Op::Reshape { shape }, Some(&src)) = (&node.op, node.inputs.first()) {
-                    if frees.contains(&src) && matches!(values[src.index()], Some(Cow::Owned(_))) {
-                        let mut t = values[src.index()].take().expect("matched above").into_owned();
-                        let dims: Vec<usize> = shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
-                        ensure!(dims.iter().product::<usize>() == t.len(), "cannot reshape {t} to {dims:?}");
-                        t.shape = dims;
-                        values[node.outputs[0].index()] = Some(Cow::Owned(t));
-                        if let Some(t) = started {
-                            crate::profile::record(Some("reshape (in place)".into()), t.elapsed());
+                let src = node.inputs.first().copied();
+                let in_place = matches!(node.op, Op::Reshape { .. } | Op::TriMask { .. })
+                    && src.is_some_and(|v| frees.contains(&v) && matches!(values[v.index()], Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(_), .. }))));
+                if let (true, Some(src)) = (in_place, src) {
+                    let mut t = values[src.index()].take().expect("matched above").into_owned();
+                    match &node.op {
+                        Op::Reshape { shape } => {
+                            let dims: Vec<usize> = shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
+                            ensure!(dims.iter().product::<usize>() == t.len(), "cannot reshape {t} to {dims:?}");
+                            t.shape = dims;
                         }
-                        continue;
+                        Op::TriMask { fill } => tri_mask_in_place(&mut t, *fill as f32)?,
+                        _ => unreachable!("matched above"),
                     }
+                    values[node.outputs[0].index()] = Some(Cow::Owned(t));
+                    if let Some(t) = started {
+                        crate::profile::record(Some(format!("{} (in place)", node.op.name())), t.elapsed());
+                    }
+                    continue;
                 }
             }
             let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
@@ -198,6 +205,28 @@ fn launch(f: KernelFn, k: &KernelStep, ins: &[&Tensor], env: &DimEnv) -> Result<
         }
     }
     Ok(outs.into_iter().map(|o| Tensor::f32(shape.clone(), o)).collect())
+}
+
+/// Over the last two axes, the entries above the diagonal become `fill`; matrices split over the
+/// threads when large.
+fn tri_mask_in_place(t: &mut Tensor, fill: f32) -> Result<()> {
+    let r = t.shape.len();
+    ensure!(r >= 2, "tri_mask needs rank 2 or more, got {t}");
+    let (rows, cols) = (t.shape[r - 2], t.shape[r - 1]);
+    let tttc_ir::Data::F32(v) = &mut t.data else { unreachable!("checked by the caller") };
+    let mask = |m: &mut [f32]| {
+        for (i, row) in m.chunks_mut(cols.max(1)).enumerate() {
+            row.iter_mut().skip(i + 1).for_each(|x| *x = fill);
+        }
+    };
+    let size = (rows * cols).max(1);
+    if v.len() >= PARALLEL_WORK {
+        use rayon::prelude::*;
+        v.par_chunks_mut(size).for_each(mask);
+    } else {
+        v.chunks_mut(size).for_each(mask);
+    }
+    Ok(())
 }
 
 /// A matrix product's operand: a tensor read as stored, or as the transpose of its last two axes.

@@ -220,3 +220,23 @@ fn launches_split_over_threads() {
         assert!(worst <= 1.0, "{shape:?}: error {worst:.2} of tolerance");
     }
 }
+
+/// A triangular mask of a value read for the last time is applied in place; of one read again
+/// later, on a copy. Rectangular matrices, both fills.
+#[test]
+fn tri_masks_in_place_and_copied() {
+    for fill in [0.0, f64::NEG_INFINITY] {
+        let mut g = Graph::new("mask");
+        let x = g.input("x", f32t(&[2, 3, 5, 4]));
+        let y = g.unary(UnaryOp::Exp, x).unwrap(); // owned, read by the mask alone
+        let masked = g.tri_mask(y, fill).unwrap();
+        let z = g.unary(UnaryOp::Neg, x).unwrap(); // owned, read by the mask and later
+        let masked_z = g.tri_mask(z, fill).unwrap();
+        let again = g.add(z, masked_z).unwrap();
+        for (name, v) in [("masked", masked), ("again", again)] {
+            g.output(name, v);
+        }
+        let args = [Tensor::f32(vec![2, 3, 5, 4], values(120, 13, -2.0, 2.0))];
+        assert!(compare(&g, &args, 1e-6, 1e-7) <= 1.0, "fill {fill}");
+    }
+}
