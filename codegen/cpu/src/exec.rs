@@ -98,7 +98,7 @@ impl Body {
 /// What a leaf step is, for the profile (scans and fused regions are accounted by their steps).
 fn step_kind(step: &Step, g: &tttc_ir::Graph) -> Option<String> {
     match step {
-        Step::Kernel(_) => Some("kernel".into()),
+        Step::Kernel(k) => Some(format!("kernel [{}] ({} ops per element)", k.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","), k.ops_per_element)),
         Step::MatMul(i, _) => Some(format!("matmul {}", g.ty(g.nodes[*i].outputs[0]))),
         Step::Reduce(_) => Some("reduce".into()),
         Step::Op(i) => Some(format!("{} (interpreter) {}", g.nodes[*i].op.name(), g.nodes[*i].outputs.first().map(|v| g.ty(*v).to_string()).unwrap_or_default())),

@@ -10,7 +10,10 @@
 
 use anyhow::{anyhow, Result};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use std::collections::HashMap;
+
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
+use cranelift_codegen::ir::{types, AbiParam, Endianness, FuncRef, Inst, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -141,7 +144,8 @@ fn build_kernel(b: &mut FunctionBuilder, spec: &KernelSpec, ptr: Type, calls: &C
 
     let blocks: Vec<_> = (0..7).map(|_| b.create_block()).collect();
     let (rhead, rbody, vhead, vbody, thead, tbody, exit) = (blocks[0], blocks[1], blocks[2], blocks[3], blocks[4], blocks[5], blocks[6]);
-    b.ins().jump(rhead, &[zero.into()]);
+    let entry_jump = b.ins().jump(rhead, &[zero.into()]);
+    let mut consts = Consts { before: entry_jump, cache: HashMap::new() };
 
     // The row loop: r = 0 … rows − 1.
     b.append_block_param(rhead, types::I64);
@@ -173,7 +177,7 @@ fn build_kernel(b: &mut FunctionBuilder, spec: &KernelSpec, ptr: Type, calls: &C
     b.ins().brif(more, vbody, &[], thead, &[i.into()]);
     b.switch_to_block(vbody);
     b.seal_block(vbody);
-    step(b, spec, types::F32X4, i, &in_ptrs, &vector_splats, &out_ptrs, calls);
+    step(b, spec, types::F32X4, i, &in_ptrs, &vector_splats, &out_ptrs, calls, &mut consts);
     let next = b.ins().iadd(i, four);
     b.ins().jump(vhead, &[next.into()]);
     b.seal_block(vhead);
@@ -187,7 +191,7 @@ fn build_kernel(b: &mut FunctionBuilder, spec: &KernelSpec, ptr: Type, calls: &C
     b.ins().brif(more, tbody, &[], rhead, &[next_row.into()]);
     b.switch_to_block(tbody);
     b.seal_block(tbody);
-    step(b, spec, types::F32, i, &in_ptrs, &splats, &out_ptrs, calls);
+    step(b, spec, types::F32, i, &in_ptrs, &splats, &out_ptrs, calls, &mut consts);
     let next = b.ins().iadd(i, one);
     b.ins().jump(thead, &[next.into()]);
     b.seal_block(thead);
@@ -200,7 +204,7 @@ fn build_kernel(b: &mut FunctionBuilder, spec: &KernelSpec, ptr: Type, calls: &C
 
 /// The values at element `i` (one lane or four), stored to the outputs.
 #[allow(clippy::too_many_arguments)]
-fn step(b: &mut FunctionBuilder, spec: &KernelSpec, ty: Type, i: Value, ins: &[Value], splats: &[Option<Value>], outs: &[Value], calls: &Calls) {
+fn step(b: &mut FunctionBuilder, spec: &KernelSpec, ty: Type, i: Value, ins: &[Value], splats: &[Option<Value>], outs: &[Value], calls: &Calls, consts: &mut Consts) {
     let elem = MemFlagsData::new().with_notrap();
     let offset = b.ins().ishl_imm_u(i, 2);
     let mut vals: Vec<Value> = Vec::with_capacity(spec.exprs.len());
@@ -213,9 +217,9 @@ fn step(b: &mut FunctionBuilder, spec: &KernelSpec, ty: Type, i: Value, ins: &[V
                     b.ins().load(ty, elem, addr, 0)
                 }
             },
-            Expr::Const(c) => constant(b, ty, c),
-            Expr::Unary(u, x) => Math { b: &mut *b, ty, calls }.unary(u, vals[x]),
-            Expr::Binary(op, x, y) => Math { b: &mut *b, ty, calls }.binary(op, vals[x], vals[y]),
+            Expr::Const(c) => consts.float(b, ty, c),
+            Expr::Unary(u, x) => Math { b: &mut *b, ty, calls, consts: &mut *consts }.unary(u, vals[x]),
+            Expr::Binary(op, x, y) => Math { b: &mut *b, ty, calls, consts: &mut *consts }.binary(op, vals[x], vals[y]),
         };
         vals.push(v);
     }
@@ -225,12 +229,32 @@ fn step(b: &mut FunctionBuilder, spec: &KernelSpec, ty: Type, i: Value, ins: &[V
     }
 }
 
-fn constant(b: &mut FunctionBuilder, ty: Type, c: f32) -> Value {
-    let s = b.ins().f32const(c);
-    if ty.is_vector() {
-        b.ins().splat(ty, s)
-    } else {
-        s
+/// The kernel's constants, materialised once in its entry block (before its jump into the
+/// loops) rather than in every iteration: the kernels compile without optimisation.
+struct Consts {
+    before: Inst,
+    cache: HashMap<(u32, bool, Type), Value>,
+}
+
+impl Consts {
+    fn float(&mut self, b: &mut FunctionBuilder, ty: Type, c: f32) -> Value {
+        self.get(b, ty, c.to_bits(), true)
+    }
+
+    fn int(&mut self, b: &mut FunctionBuilder, ty: Type, c: i32) -> Value {
+        self.get(b, ty, c as u32, false)
+    }
+
+    fn get(&mut self, b: &mut FunctionBuilder, ty: Type, bits: u32, float: bool) -> Value {
+        *self.cache.entry((bits, float, ty)).or_insert_with(|| {
+            let mut cur = FuncCursor::new(b.func).at_inst(self.before);
+            let s = if float { cur.ins().f32const(f32::from_bits(bits)) } else { cur.ins().iconst(types::I32, bits as i32 as i64) };
+            if ty.is_vector() {
+                cur.ins().splat(ty, s)
+            } else {
+                s
+            }
+        })
     }
 }
 
@@ -241,11 +265,12 @@ struct Math<'a, 'b> {
     b: &'a mut FunctionBuilder<'b>,
     ty: Type,
     calls: &'a Calls,
+    consts: &'a mut Consts,
 }
 
 impl Math<'_, '_> {
     fn c(&mut self, v: f32) -> Value {
-        constant(self.b, self.ty, v)
+        self.consts.float(self.b, self.ty, v)
     }
 
     fn int_ty(&self) -> Type {
@@ -393,11 +418,18 @@ impl Math<'_, '_> {
     /// bits. Below −87.3 the result is 0, above 88.7 it is +∞.
     fn exp(&mut self, x: Value) -> Value {
         let (lo, hi) = (self.c(-87.33654), self.c(88.72283));
-        let xc = self.b.ins().fmax(x, lo);
-        let xc = self.b.ins().fmin(xc, hi);
+        // Clamped by compare-and-select: `fmax`/`fmin` lower to NaN-exact sequences thrice as
+        // long, and NaN is handled at the end.
+        let below = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let xc = self.select(below, lo, x);
+        let above = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let xc = self.select(above, hi, xc);
         let log2e = self.c(std::f32::consts::LOG2_E);
         let t = self.b.ins().fmul(xc, log2e);
-        let n = self.b.ins().nearest(t);
+        // n = round(t) by adding 1.5·2²³: the sum's low mantissa bits are n, as an integer too.
+        let magic = self.c(12_582_912.0);
+        let k = self.b.ins().fadd(t, magic);
+        let n = self.b.ins().fsub(k, magic);
         let (ln2_hi, ln2_lo) = (self.c(-0.693_359_4), self.c(2.121_944_4e-4));
         let r = self.fma(n, ln2_hi, xc);
         let r = self.fma(n, ln2_lo, r);
@@ -408,18 +440,17 @@ impl Math<'_, '_> {
         let p = self.b.ins().fadd(p, one);
         // 2ⁿ as two factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), each built as float bits ((e + 127) << 23):
         // n ∈ [−126, 128] after the clamp, beyond one factor's exponent range at the top.
-        let it = self.int_ty();
-        let ni = self.b.ins().fcvt_to_sint_sat(it, n);
+        let kb = self.to_bits(k);
+        let magic_bits = self.int_splat(0x4B40_0000);
+        let ni = self.b.ins().isub(kb, magic_bits);
         let half_n = self.b.ins().sshr_imm_u(ni, 1);
         let rest = self.b.ins().isub(ni, half_n);
         let s1 = self.pow2(half_n);
         let s2 = self.pow2(rest);
         let p = self.b.ins().fmul(p, s1);
         let y = self.b.ins().fmul(p, s2);
-        let below = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
         let zero = self.c(0.0);
         let y = self.select(below, zero, y);
-        let above = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
         let inf = self.c(f32::INFINITY);
         let y = self.select(above, inf, y);
         // NaN in, NaN out.
@@ -435,13 +466,9 @@ impl Math<'_, '_> {
         self.from_bits(bits)
     }
 
-    fn int_splat(&mut self, v: i64) -> Value {
-        let c = self.b.ins().iconst(types::I32, v);
-        if self.ty.is_vector() {
-            self.b.ins().splat(types::I32X4, c)
-        } else {
-            c
-        }
+    fn int_splat(&mut self, v: i32) -> Value {
+        let t = self.int_ty();
+        self.consts.int(self.b, t, v)
     }
 
     /// ln x for x > 0: x = m·2ᵉ with m ∈ [√½, √2), ln(m) = f − f²/2 + f³·P(f) for f = m − 1.
