@@ -63,13 +63,14 @@ impl Body {
                     let what = || format!("matmul (defining %{}) in {}", node.outputs[0].0, g.name);
                     (vec![matmul(Operand { t: get(a)?, transposed: *ta }, Operand { t: get(b)?, transposed: *tb }).with_context(what)?], node.outputs.clone())
                 }
-                Step::Op(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => {
+                Step::Op(i) | Step::Reduce(i) | Step::Scan(i, ..) | Step::Fused(i, _) => {
                     let node = &g.nodes[*i];
                     let ins: Vec<&Tensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
                     let what = || format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name);
                     let out = match (step, &node.op) {
                         (Step::Reduce(_), Op::Reduce { kind, axis, keepdim }) => vec![reduce(ins[0], *kind, *axis, *keepdim).with_context(what)?],
-                        (Step::Scan(_, body), Op::Scan(scan)) => {
+                        (Step::Scan(_, _, Some(lanes)), Op::Scan(_)) => run_in_lanes(lanes, &ins, &env, jit).with_context(what)?,
+                        (Step::Scan(_, body, None), Op::Scan(scan)) => {
                             drive_scan(scan, &ins, &env, &mut |args, env| body.run(jit, args, env)).with_context(what)?
                         }
                         (Step::Fused(_, body), _) => body.run(jit, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), &env).with_context(what)?,
@@ -104,6 +105,43 @@ fn step_kind(step: &Step, g: &tttc_ir::Graph) -> Option<String> {
         Step::Op(i) => Some(format!("{} (interpreter) {}", g.nodes[*i].op.name(), g.nodes[*i].outputs.first().map(|v| g.ty(*v).to_string()).unwrap_or_default())),
         Step::Scan(..) | Step::Fused(..) => None,
     }
+}
+
+/// A scan as narrower scans over slices of its lane axis, run in parallel, their results joined
+/// along it again.
+fn run_in_lanes(lanes: &crate::plan::LaneScan, ins: &[&Tensor], env: &DimEnv, jit: &Jit) -> Result<Vec<Tensor>> {
+    let split = &lanes.split;
+    let width = |t: &Tensor, axis: usize| t.shape[axis] / split.parts;
+    let part = |k: usize| -> Result<Vec<Tensor>> {
+        let args: Vec<Tensor> = ins
+            .iter()
+            .zip(&split.operand_lanes)
+            .map(|(&t, lane)| match lane {
+                Some(axis) => {
+                    let w = width(t, *axis);
+                    let slice = Op::Slice { axis: *axis, start: (k * w) as i64, end: Some(((k + 1) * w) as i64) };
+                    Ok(eval_op(&slice, &[t], env)?.remove(0))
+                }
+                None => Ok(t.clone()),
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = args.iter().collect();
+        drive_scan(&lanes.scan, &refs, env, &mut |a, e| lanes.body.run(jit, a, e))
+    };
+    let mut results: Vec<Result<Vec<Tensor>>> = (0..split.parts).map(|_| Ok(Vec::new())).collect();
+    rayon::scope(|s| {
+        for (k, slot) in results.iter_mut().enumerate() {
+            let part = &part;
+            s.spawn(move |_| *slot = part(k));
+        }
+    });
+    let results: Vec<Vec<Tensor>> = results.into_iter().collect::<Result<_>>()?;
+    (0..results[0].len())
+        .map(|r| {
+            let pieces: Vec<&Tensor> = results.iter().map(|p| &p[r]).collect();
+            Ok(eval_op(&Op::Concat { axis: split.result_lanes[r] }, &pieces, env)?.remove(0))
+        })
+        .collect()
 }
 
 /// Raw pointers handed to the worker threads: each writes a disjoint range of the outputs.

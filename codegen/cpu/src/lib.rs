@@ -13,6 +13,7 @@
 
 mod exec;
 pub mod kernel;
+mod lanes;
 mod plan;
 pub mod profile;
 

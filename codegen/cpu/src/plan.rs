@@ -17,8 +17,16 @@ pub(crate) enum Step {
     MatMul(usize, [(ValueId, bool); 2]),
     Reduce(usize),
     Kernel(KernelStep),
-    Scan(usize, Box<Body>),
+    Scan(usize, Box<Body>, Option<Box<LaneScan>>),
     Fused(usize, Box<Body>),
+}
+
+/// A scan run as narrower scans over slices of its lane axis, one per thread.
+pub(crate) struct LaneScan {
+    pub split: crate::lanes::LaneSplit,
+    /// The scan with the narrow body, and that body's plan.
+    pub scan: tttc_ir::Scan,
+    pub body: Body,
 }
 
 /// A kernel launch: `kernel` (an index into the program's compiled kernels) over the elements of
@@ -51,6 +59,8 @@ pub struct PlanStats {
     pub reductions: usize,
     /// Nodes run by the interpreter's op implementations (data movement, index math, constants).
     pub other_nodes: usize,
+    /// Scans that run as several narrower scans in parallel (see `lanes.rs`).
+    pub lane_split_scans: usize,
 }
 
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`.
@@ -90,7 +100,15 @@ pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanS
                         p.stats.reductions += 1;
                         Step::Reduce(i)
                     }
-                    Op::Scan(s) => Step::Scan(i, Box::new(plan(&s.body, p.specs, p.stats))),
+                    Op::Scan(s) => {
+                        let lanes = crate::lanes::split(s, rayon::current_num_threads()).map(|split| {
+                            p.stats.lane_split_scans += 1;
+                            let body = plan(&split.body, p.specs, p.stats);
+                            let scan = tttc_ir::Scan { body: split.body.clone(), ..(**s).clone() };
+                            Box::new(LaneScan { split, scan, body })
+                        });
+                        Step::Scan(i, Box::new(plan(&s.body, p.specs, p.stats)), lanes)
+                    }
                     Op::Fused(f) => Step::Fused(i, Box::new(plan(&f.body, p.specs, p.stats))),
                     _ => {
                         p.stats.other_nodes += 1;
@@ -283,7 +301,7 @@ fn frees(graph: &Graph, steps: &[Step]) -> Vec<Vec<ValueId>> {
         match s {
             Step::Kernel(k) => k.inputs.clone(),
             Step::MatMul(_, operands) => operands.iter().map(|o| o.0).collect(),
-            Step::Op(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => graph.nodes[*i].inputs.clone(),
+            Step::Op(i) | Step::Reduce(i) | Step::Scan(i, ..) | Step::Fused(i, _) => graph.nodes[*i].inputs.clone(),
         }
     };
     let mut last: HashMap<ValueId, usize> = HashMap::new();

@@ -4,7 +4,7 @@
 //! products with broadcast batches, and reductions along every axis.
 
 use tttc_codegen_cpu::Program;
-use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Tensor, Type, UnaryOp};
+use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Tensor, Type, UnaryOp};
 
 fn f32t(shape: &[usize]) -> Type {
     Type::f32(shape)
@@ -239,4 +239,53 @@ fn tri_masks_in_place_and_copied() {
         let args = [Tensor::f32(vec![2, 3, 5, 4], values(120, 13, -2.0, 2.0))];
         assert!(compare(&g, &args, 1e-6, 1e-7) <= 1.0, "fill {fill}");
     }
+}
+
+/// A scan over `[B, 4, T, 3]` whose body keeps its 4 lanes apart (elementwise, a product batched
+/// over them, a reduction along another axis, a broadcast of a lane-free value) runs as narrower
+/// scans in parallel; one whose body sums across the lanes stays whole. Both match the
+/// interpreter, with a ragged last chunk.
+#[test]
+fn scans_split_into_independent_lanes() {
+    let lanes_of = |mix: bool| {
+        let b = Dim::sym("B");
+        let n = Dim::sym("n");
+        let mut body = Graph::new("step");
+        let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(4), Dim::c(3), Dim::c(3)]));
+        let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(4), n.clone(), Dim::c(3)]));
+        let w = body.input("w", f32t(&[3]));
+        let y = body.matmul(x, s).unwrap(); // [B,4,n,3]
+        let y = body.mul(y, w).unwrap();
+        let y = body.unary(UnaryOp::Tanh, y).unwrap();
+        let yt = body.transpose_last2(x).unwrap(); // [B,4,3,n]
+        let upd = body.matmul(yt, y).unwrap(); // [B,4,3,3]
+        let upd = if mix {
+            let total = body.reduce(ReduceKind::Sum, upd, 1, true).unwrap(); // across lanes
+            body.broadcast(total, vec![b.clone(), Dim::c(4), Dim::c(3), Dim::c(3)]).unwrap()
+        } else {
+            body.reduce(ReduceKind::Mean, upd, 3, true).unwrap() // [B,4,3,1]
+        };
+        let scale = body.scalar(0.1).unwrap();
+        let upd = body.mul(upd, scale).unwrap();
+        let s2 = body.sub(s, upd).unwrap();
+        body.output("s", s2);
+        body.output("y", y);
+        let mut g = Graph::new("lanes");
+        let s0 = g.input("s0", Type::new(DType::F32, vec![b.clone(), Dim::c(4), Dim::c(3), Dim::c(3)]));
+        let xs = g.input("xs", Type::new(DType::F32, vec![b, Dim::c(4), Dim::sym("T"), Dim::c(3)]));
+        let w = g.input("w", f32t(&[3]));
+        let outs = g.scan(Scan { axis: 2, chunk: 4, carries: 1, seqs: 1, body, reverse: false }, &[s0, xs, w]).unwrap();
+        g.output("s", outs[0]);
+        g.output("y", outs[1]);
+        let args = [
+            Tensor::f32(vec![2, 4, 3, 3], values(72, 14, -0.5, 0.5)),
+            Tensor::f32(vec![2, 4, 10, 3], values(240, 15, -1.0, 1.0)),
+            Tensor::f32(vec![3], values(3, 16, 0.5, 1.5)),
+        ];
+        assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "mix = {mix}");
+        Program::compile(&g).unwrap().stats().plan.lane_split_scans
+    };
+    let threads = rayon::current_num_threads();
+    assert_eq!(lanes_of(false), usize::from(threads > 1 && 4 % threads == 0));
+    assert_eq!(lanes_of(true), 0, "a body summing across lanes must stay whole");
 }
