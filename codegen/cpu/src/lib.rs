@@ -9,11 +9,12 @@
 //! * Reductions are native loops; data movement and integer index math use the interpreter's
 //!   implementations.
 //! * Scans and fused regions run their bodies as plans of their own; large launches are split
-//!   over the threads of the rayon pool.
+//!   over the threads of the rayon pool, and a scan whose body keeps its lanes apart (the TTT
+//!   mini-batch loop's heads) runs as one narrower scan per thread ([`lanes`]).
 
 mod exec;
 pub mod kernel;
-mod lanes;
+pub(crate) mod lanes;
 mod plan;
 pub mod profile;
 
