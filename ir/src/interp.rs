@@ -632,15 +632,23 @@ fn scatter_add(updates: &Tensor, index: &Tensor, depth: usize) -> Result<Tensor>
 }
 
 fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Tensor> {
-    let (outer, len, inner) = split_at_axis(&t.shape, axis);
-    ensure!(len > 0 || kind == ReduceKind::Sum, "reduction over an empty axis");
-    let mut shape = t.shape.clone();
-    if keepdim {
-        shape[axis] = 1;
-    } else {
-        shape.remove(axis);
-    }
+    let (outer, len, inner, shape) = reduction(&t.shape, kind, axis, keepdim)?;
     Ok(map_float!(t, shape, |v| reduce_kernel(v, kind, outer, len, inner)))
+}
+
+/// A reduction's `[outer, len, inner]` view of `shape` around `axis`, and its result's shape;
+/// an error for a max or mean over an empty axis.
+pub fn reduction(shape: &[usize], kind: ReduceKind, axis: usize, keepdim: bool) -> Result<(usize, usize, usize, Vec<usize>)> {
+    ensure!(axis < shape.len(), "reduction axis {axis} out of range for shape {shape:?}");
+    let (outer, len, inner) = split_at_axis(shape, axis);
+    ensure!(len > 0 || kind == ReduceKind::Sum, "reduction over an empty axis");
+    let mut out = shape.to_vec();
+    if keepdim {
+        out[axis] = 1;
+    } else {
+        out.remove(axis);
+    }
+    Ok((outer, len, inner, out))
 }
 
 fn reduce_kernel<R: Real>(v: &[R], kind: ReduceKind, outer: usize, len: usize, inner: usize) -> Vec<R> {

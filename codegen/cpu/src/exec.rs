@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use anyhow::{ensure, Context, Result};
-use tttc_ir::interp::{bind_args, broadcast_shape, broadcast_strides, contiguous_strides, drive_scan, eval_op};
+use tttc_ir::interp::{bind_args, broadcast_shape, broadcast_strides, contiguous_strides, drive_scan, eval_op, reduction};
 use tttc_ir::{DimEnv, Op, ReduceKind, Tensor};
 
 use crate::kernel::{Jit, KernelFn};
@@ -384,17 +384,7 @@ fn gemm_into(dst: &mut [f32], lhs: &[f32], (lhs_rs, lhs_cs): (isize, isize), rhs
 /// Sum, mean or max along `axis`, eight partial sums at a time along a contiguous axis.
 fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Tensor> {
     let x = t.as_f32().context("reduction operand is not f32")?;
-    ensure!(axis < t.shape.len(), "reduction axis {axis} out of range for {t}");
-    let outer: usize = t.shape[..axis].iter().product();
-    let len = t.shape[axis];
-    let inner: usize = t.shape[axis + 1..].iter().product();
-    ensure!(len > 0 || kind == ReduceKind::Sum, "reduction over an empty axis");
-    let mut shape = t.shape.clone();
-    if keepdim {
-        shape[axis] = 1;
-    } else {
-        shape.remove(axis);
-    }
+    let (outer, len, inner, shape) = reduction(&t.shape, kind, axis, keepdim)?;
     let mut out = vec![0f32; outer * inner];
     let reduce_block = |o: usize, dst: &mut [f32]| {
         let block = &x[o * len * inner..(o + 1) * len * inner];
