@@ -128,7 +128,9 @@ Each configuration is compiled (pass pipeline and backend; the time to the first
 reported), warmed up once and then called at least --reps times (more for short calls, up to a \
 second); the median and the minimum are reported, and GFLOP/s from the same analytic FLOP counts \
 the peer harness uses. The machine's f32 GEMM rate (2048×768×768 on all threads) is measured \
-first, and each tttc row shows its share of it.\n\n\
+first, and each tttc row shows its share of it. After the table: the time to compile the \
+12-layer 125m TTT-Linear, and one gradient step of a 2-layer model at that width on the first \
+--seq-lens tokens.\n\n\
 With --peers PYTHON --peer-bench SCRIPT, the peer harness (PyTorch reference layers, \
 torch.compile, ttt-lm-jax under jax.jit) runs right after each tttc configuration, in the same \
 run; its Python needs torch and jax, and --ttt-pytorch-path / --ttt-jax-path point at the \
@@ -458,6 +460,15 @@ fn bench(a: &BenchArgs) -> Result<()> {
         );
         lines.push(t.to_json().to_string());
     })?;
+    let (passes, codegen) = bench::compile_time()?;
+    println!("\nCompiling the 12-layer 125m TTT-Linear: graph and passes {passes:.2} s, CPU code generation {codegen:.2} s.");
+    let t = a.seq_lens[0];
+    let (step_ms, build_s) = bench::gradient_step(t, req.backend, a.reps as usize)?;
+    println!(
+        "Gradient step of a 2-layer TTT-Linear LM at the 125m width (vocabulary 32000), B = 1, T = {t}: {step_ms:.0} ms \
+({:.0} tokens/s; building and compiling the step {build_s:.2} s).",
+        t as f64 / step_ms * 1e3
+    );
     for t in timings.iter().filter(|t| !t.profile.is_empty()) {
         println!("\nProfile of {} at T = {} ({}): {:.1} ms in leaf steps\n", t.layer, t.t, t.who, t.profile.iter().map(|p| p.1).sum::<f64>());
         println!("| step | ms | calls |\n|---|---|---|");

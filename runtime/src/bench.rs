@@ -272,3 +272,40 @@ pub fn gemm_ceiling() -> Result<f64> {
     let (median, _) = time_calls(10, || program.run(&[&a, &b]).map(|_| ()))?;
     Ok(2.0 * (m * k * n) as f64 / median / 1e6)
 }
+
+/// A language model of the 125m size's width (D 768, 12 heads, intermediate 2048, vocabulary
+/// 32000, TTT-Linear with the Mamba backbone's conv and gate) with `layers` layers.
+fn lm_125m(layers: usize) -> Result<tttc_frontends::ModelConfig> {
+    tttc_frontends::ModelConfig::from_json(&json!({
+        "model_type": "ttt", "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 2048,
+        "num_hidden_layers": layers, "vocab_size": 32000, "mini_batch_size": 16, "ttt_layer_type": "linear",
+        "pre_conv": true, "share_qk": true, "use_gate": true}))
+}
+
+/// Seconds to compile the 12-layer 125m TTT-Linear for the CPU: (graph and pass pipeline, CPU
+/// code generation).
+pub fn compile_time() -> Result<(f64, f64)> {
+    let start = Instant::now();
+    let builder = tttc_frontends::build(&lm_125m(12)?)?;
+    let graph = tttc_passes::compile(&builder.g)?;
+    let passes = start.elapsed().as_secs_f64();
+    let program = tttc_codegen_cpu::Program::compile(&graph)?;
+    Ok((passes, program.stats().compile_seconds))
+}
+
+/// One gradient step (forward and backward through every layer, rematerialised) of a 2-layer
+/// model at the 125m width on `t` tokens: (median ms, time to build and compile the step in s).
+pub fn gradient_step(t: usize, backend: Backend, reps: usize) -> Result<(f64, f64)> {
+    let config = lm_125m(2)?;
+    let builder = tttc_frontends::build(&config)?;
+    let weights = tttc_frontends::init::initialise(&builder, 0);
+    let model = tttc_frontends::Model { config, config_json: Value::Null, builder, weights };
+    let start = Instant::now();
+    let step = crate::GradientStep::new(&model)?;
+    let build_s = start.elapsed().as_secs_f64();
+    let mut rng = tttc_frontends::rng::SplitMix64::keyed(2, "bench tokens");
+    let ids = Tensor::i64(vec![1, t], (0..t).map(|_| rng.below(32000) as i64).collect());
+    let (median, _) = time_calls(reps, || step.run(&model.weights, &ids, backend).map(|_| ()))?;
+    Ok((median, build_s))
+}
+
