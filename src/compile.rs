@@ -32,6 +32,18 @@ struct Manifest {
     regions: Vec<Region>,
     /// What the `fuse` pass did: regions and materialised bytes before and after it.
     fusion: Option<Fusion>,
+    /// The CPU backend's generated kernels, for linking (docs/cpu-kernels.md).
+    cpu: CpuKernels,
+}
+
+#[derive(Serialize)]
+struct CpuKernels {
+    object: &'static str,
+    header: &'static str,
+    kernels: usize,
+    /// The symbol of kernel k is `{prefix}_kernel_{k}`.
+    prefix: &'static str,
+    target: String,
 }
 
 #[derive(Serialize)]
@@ -150,6 +162,9 @@ struct OtherRegion {
     totals: Totals,
 }
 
+/// The prefix of the exported kernel symbols.
+const KERNEL_PREFIX: &str = "tttc";
+
 pub fn compile(req: &Request) -> Result<()> {
     let builder = tttc_frontends::load_structure(req.model)?;
     let graph = &builder.g;
@@ -187,6 +202,9 @@ pub fn compile(req: &Request) -> Result<()> {
             env.iter().collect::<BTreeMap<_, _>>().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
         );
     }
+
+    let kernels = tttc_codegen_cpu::kernel_object(last, KERNEL_PREFIX).context("generating the CPU kernels")?;
+    eprintln!("cpu: {} kernels in cpu/kernels.o, declared in cpu/kernels.h", kernels.kernels);
 
     let params: Vec<&tttc_ir::Arg> = graph.params().collect();
     let mut parameters = 0u64;
@@ -229,13 +247,22 @@ pub fn compile(req: &Request) -> Result<()> {
             .collect::<Result<_>>()?,
         regions: regions(last, &env)?,
         fusion,
+        cpu: CpuKernels {
+            object: "cpu/kernels.o",
+            header: "cpu/kernels.h",
+            kernels: kernels.kernels,
+            prefix: KERNEL_PREFIX,
+            target: format!("{}-{} (this machine's CPU features)", std::env::consts::ARCH, std::env::consts::OS),
+        },
     };
 
-    let mut files: Vec<(String, String)> = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph))];
+    let mut files: Vec<(String, Vec<u8>)> = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph).into_bytes())];
     for (i, r) in results.iter().enumerate() {
-        files.push((ir_file(i + 1, r.name), tttc_ir::text::print(&r.graph)));
+        files.push((ir_file(i + 1, r.name), tttc_ir::text::print(&r.graph).into_bytes()));
     }
-    files.push(("manifest.json".into(), serde_json::to_string_pretty(&manifest)? + "\n"));
+    files.push(("cpu/kernels.o".into(), kernels.object));
+    files.push(("cpu/kernels.h".into(), kernels.header.into_bytes()));
+    files.push(("manifest.json".into(), (serde_json::to_string_pretty(&manifest)? + "\n").into_bytes()));
     write_dir(&out, &files)?;
     eprintln!("wrote {}", out.display());
     Ok(())
@@ -373,7 +400,7 @@ fn check_replaceable(out: &Path) -> Result<()> {
 
 /// Writes `files` (paths relative to `out`) into `out.tmp-<pid>`, then replaces `out` with it.
 /// On failure the temporary folder is removed and an existing `out` is left as it was.
-fn write_dir(out: &Path, files: &[(String, String)]) -> Result<()> {
+fn write_dir(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     let name = out.file_name().with_context(|| format!("output {} does not name a folder", out.display()))?;
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".tmp-{}", std::process::id()));

@@ -45,14 +45,15 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "{stem}: {stderr}");
         // One progress line per pass (the passes' notes indented under it), the fusion summary,
-        // then where the output went.
+        // the CPU kernels, then where the output went.
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("    ")).collect();
-        assert_eq!(lines.len(), pass_names().len() + 2, "{stem}: {stderr}");
+        assert_eq!(lines.len(), pass_names().len() + 3, "{stem}: {stderr}");
         for (line, name) in lines.iter().zip(pass_names()) {
             assert!(line.starts_with(name) && line.contains("nodes"), "{stem}: {line}");
         }
-        let summary = lines[lines.len() - 2];
+        let summary = lines[lines.len() - 3];
         assert!(summary.starts_with("fusion: ") && summary.contains("regions") && summary.ends_with("at B=2, T=100"), "{stem}: {summary}");
+        assert!(lines[lines.len() - 2].starts_with("cpu: "), "{stem}: {stderr}");
         assert_eq!(lines.last().unwrap(), &format!("wrote {}", out.display()));
 
         // The IR as built and after each pass, in order.
@@ -80,6 +81,18 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         assert_eq!(m["shapes"], serde_json::json!({"B": 2, "T": 100}));
         assert_eq!(m["input"]["ir"], "ir/00-input.ir");
         assert_eq!(u(&m["input"]["nodes"], "input nodes"), tttc_passes::count_nodes(&graphs[0]) as u64);
+
+        // The CPU kernels: an object file defining every kernel the header declares.
+        let kernels = u(&m["cpu"]["kernels"], "cpu kernels");
+        assert!(kernels > 0, "{stem}: no CPU kernels");
+        let header = std::fs::read_to_string(out.join(m["cpu"]["header"].as_str().unwrap())).unwrap();
+        let object = std::fs::read(out.join(m["cpu"]["object"].as_str().unwrap())).unwrap();
+        assert_eq!(&object[..4], b"\x7fELF", "{stem}: the object file is not ELF");
+        for k in 0..kernels {
+            let symbol = format!("tttc_kernel_{k}");
+            assert!(header.contains(&format!("void {symbol}(")), "{stem}: {symbol} not declared");
+            assert!(object.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "{stem}: {symbol} not in the object");
+        }
 
         let passes = m["passes"].as_array().unwrap();
         assert_eq!(passes.len(), pass_names().len());

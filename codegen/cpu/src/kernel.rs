@@ -55,61 +55,82 @@ pub struct Jit {
 unsafe impl Send for Jit {}
 unsafe impl Sync for Jit {}
 
-extern "C" fn tttc_sinf(x: f32) -> f32 {
+extern "C" fn sinf(x: f32) -> f32 {
     x.sin()
 }
-extern "C" fn tttc_cosf(x: f32) -> f32 {
+extern "C" fn cosf(x: f32) -> f32 {
     x.cos()
 }
 
-/// Compiles `specs` for the machine this runs on (its CPU features detected at run time).
-pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
+/// Cranelift's target for this machine (its CPU features detected at run time); position
+/// independent code for object files that are linked into other programs.
+fn host_isa(pic: bool) -> Result<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
     let mut flags = settings::builder();
     // Kernels are already scheduled; `speed`'s e-graph sinks splats and FMAs into spills.
     flags.set("opt_level", "none").map_err(|e| anyhow!("{e}"))?;
-    flags.set("is_pic", "false").map_err(|e| anyhow!("{e}"))?;
-    let isa = cranelift_native::builder()
+    flags.set("is_pic", if pic { "true" } else { "false" }).map_err(|e| anyhow!("{e}"))?;
+    cranelift_native::builder()
         .map_err(|e| anyhow!("Cranelift does not support this CPU: {e}"))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut jb = JITBuilder::with_isa(isa.clone(), default_libcall_names());
-    jb.symbol("tttc_sinf", tttc_sinf as *const u8);
-    jb.symbol("tttc_cosf", tttc_cosf as *const u8);
-    let mut module = JITModule::new(jb);
-    let ptr = module.target_config().pointer_type();
+        .map_err(|e| anyhow!("{e}"))
+}
 
+/// Defines `specs` in `module` as functions named by `name` with `linkage`: their ids and the
+/// Cranelift instructions generated. `sin`/`cos` are imported as the C library's `sinf`/`cosf`.
+fn define_kernels<M: Module>(module: &mut M, specs: &[KernelSpec], name: impl Fn(usize) -> String, linkage: Linkage) -> Result<(Vec<FuncId>, usize)> {
+    let ptr = module.target_config().pointer_type();
     let mut scalar_sig = module.make_signature();
     scalar_sig.params.push(AbiParam::new(types::F32));
     scalar_sig.returns.push(AbiParam::new(types::F32));
-    let sin = module.declare_function("tttc_sinf", Linkage::Import, &scalar_sig)?;
-    let cos = module.declare_function("tttc_cosf", Linkage::Import, &scalar_sig)?;
+    let sin = module.declare_function("sinf", Linkage::Import, &scalar_sig)?;
+    let cos = module.declare_function("cosf", Linkage::Import, &scalar_sig)?;
 
     let mut sig = module.make_signature();
     sig.params.extend([AbiParam::new(types::I64), AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
+    let frontend = module.isa().frontend_config();
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     let mut ids: Vec<FuncId> = Vec::with_capacity(specs.len());
     let mut instructions = 0;
     for (k, spec) in specs.iter().enumerate() {
-        let id = module.declare_function(&format!("kernel{k}"), Linkage::Local, &sig)?;
+        let id = module.declare_function(&name(k), linkage, &sig)?;
         ctx.func.signature = sig.clone();
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let calls = Calls { sin: module.declare_func_in_func(sin, b.func), cos: module.declare_func_in_func(cos, b.func) };
             build_kernel(&mut b, spec, ptr, &calls);
-            b.finalize(isa.frontend_config());
+            b.finalize(frontend);
         }
         instructions += ctx.func.dfg.num_insts();
         module.define_function(id, &mut ctx).map_err(|e| anyhow!("compiling kernel {k}: {e:?}"))?;
         module.clear_context(&mut ctx);
         ids.push(id);
     }
+    Ok((ids, instructions))
+}
+
+/// Compiles `specs` into this process, for the machine it runs on.
+pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
+    let mut jb = JITBuilder::with_isa(host_isa(false)?, default_libcall_names());
+    jb.symbol("sinf", sinf as *const u8);
+    jb.symbol("cosf", cosf as *const u8);
+    let mut module = JITModule::new(jb);
+    let (ids, instructions) = define_kernels(&mut module, specs, |k| format!("kernel{k}"), Linkage::Local)?;
     module.finalize_definitions()?;
     let kernels = ids
         .iter()
         .map(|&id| unsafe { std::mem::transmute::<*const u8, KernelFn>(module.get_finalized_function(id)) })
         .collect();
     Ok(Jit { _module: module, kernels, instructions })
+}
+
+/// Compiles `specs` into a relocatable object file for this machine, kernel `k` exported as
+/// `name(k)` with the C signature of [`KernelFn`]; it needs `sinf` and `cosf` from the C library.
+pub fn object(specs: &[KernelSpec], name: impl Fn(usize) -> String) -> Result<Vec<u8>> {
+    let builder = cranelift_object::ObjectBuilder::new(host_isa(true)?, "tttc_kernels", default_libcall_names())?;
+    let mut module = cranelift_object::ObjectModule::new(builder);
+    define_kernels(&mut module, specs, name, Linkage::Export)?;
+    Ok(module.finish().emit()?)
 }
 
 struct Calls {

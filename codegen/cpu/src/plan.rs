@@ -319,3 +319,23 @@ fn frees(graph: &Graph, steps: &[Step]) -> Vec<Vec<ValueId>> {
     }
     out
 }
+
+impl Body {
+    /// Every kernel launch of the plan, nested bodies included, with the graph it belongs to.
+    pub(crate) fn kernel_steps<'a>(&'a self, out: &mut Vec<(&'a Graph, &'a KernelStep)>) {
+        for step in &self.steps {
+            match step {
+                Step::Kernel(k) => out.push((&self.graph, k)),
+                Step::Scan(_, body, lanes) => {
+                    body.kernel_steps(out);
+                    if let Some(l) = lanes {
+                        l.body.kernel_steps(out);
+                    }
+                }
+                Step::Fused(_, body) => body.kernel_steps(out),
+                Step::Op(_) | Step::MatMul(..) | Step::Reduce(_) => {}
+            }
+        }
+    }
+}
+
