@@ -294,7 +294,8 @@ pub fn compile_time() -> Result<(f64, f64)> {
 }
 
 /// One gradient step (forward and backward through every layer, rematerialised) of a 2-layer
-/// model at the 125m width on `t` tokens: (median ms, time to build and compile the step in s).
+/// model at the 125m width on `t` tokens, timed over at most three calls after a warm-up: (median
+/// ms, time to build and compile the step in s).
 pub fn gradient_step(t: usize, backend: Backend, reps: usize) -> Result<(f64, f64)> {
     let config = lm_125m(2)?;
     let builder = tttc_frontends::build(&config)?;
@@ -305,7 +306,7 @@ pub fn gradient_step(t: usize, backend: Backend, reps: usize) -> Result<(f64, f6
     let build_s = start.elapsed().as_secs_f64();
     let mut rng = tttc_frontends::rng::SplitMix64::keyed(2, "bench tokens");
     let ids = Tensor::i64(vec![1, t], (0..t).map(|_| rng.below(32000) as i64).collect());
-    let (median, _) = time_calls(reps, || step.run(&model.weights, &ids, backend).map(|_| ()))?;
+    let (median, _) = time_calls(reps.min(3), || step.run(&model.weights, &ids, backend).map(|_| ()))?;
     Ok((median, build_s))
 }
 
