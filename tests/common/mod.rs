@@ -25,10 +25,10 @@ pub fn examples() -> Vec<PathBuf> {
     v
 }
 
-/// Every reference case: each folder under `tests/vectors` (a case added there is picked up).
 /// The backends that run on any machine: the interpreter and native code.
 pub const BACKENDS: [&str; 2] = ["interp", "cpu"];
 
+/// Every reference case: each folder under `tests/vectors` (a case added there is picked up).
 pub fn cases() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/vectors"))
         .expect("tests/vectors exists")
