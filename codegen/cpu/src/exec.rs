@@ -55,8 +55,36 @@ impl Body {
             let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
             let (results, outputs): (Vec<Tensor>, Vec<tttc_ir::ValueId>) = match step {
                 Step::Kernel(k) => {
-                    let ins: Vec<&Tensor> = k.inputs.iter().map(get).collect::<Result<_>>()?;
-                    (launch(jit.kernels[k.kernel], k, &ins, &env).with_context(|| format!("kernel {} in {}", k.kernel, g.name))?, k.outputs.clone())
+                    // An input read element by element for the last time, with the kernel's own
+                    // shape, lends its buffer to the first output (each element is read before
+                    // the same element is written).
+                    let shape: Vec<usize> = k.shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
+                    let lend = k.inputs.iter().enumerate().position(|(j, v)| {
+                        !k.splat[j]
+                            && frees.contains(v)
+                            && k.inputs.iter().filter(|&w| w == v).count() == 1
+                            && matches!(&values[v.index()], Some(Cow::Owned(t)) if t.shape == shape && t.as_f32().is_some())
+                    });
+                    let mut lent: Option<Vec<f32>> = lend.map(|j| match values[k.inputs[j].index()].take() {
+                        Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(v), .. })) => v,
+                        _ => unreachable!("checked above"),
+                    });
+                    let lent_ptr = lent.as_mut().map(|v| v.as_mut_ptr() as *const f32);
+                    let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
+                    let ins: Vec<(&[usize], *const f32)> = k
+                        .inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| match (Some(j) == lend, lent_ptr) {
+                            (true, Some(p)) => Ok((&shape[..], p)),
+                            _ => {
+                                let t = get(v)?;
+                                Ok((&t.shape[..], t.as_f32().context("kernel input is not f32")?.as_ptr()))
+                            }
+                        })
+                        .collect::<Result<_>>()?;
+                    let outs = launch(jit.kernels[k.kernel], k, &shape, &ins, lent).with_context(|| format!("kernel {} in {}", k.kernel, g.name))?;
+                    (outs, k.outputs.clone())
                 }
                 Step::MatMul(i, [(a, ta), (b, tb)]) => {
                     let node = &g.nodes[*i];
@@ -154,12 +182,16 @@ unsafe impl<T> Sync for Shared<T> {}
 /// outward while every input stays either contiguous or a splat across them, so that rows are
 /// as long as the broadcasts allow; the rows (or, for one long row, its pieces) are split over
 /// the threads.
-fn launch(f: KernelFn, k: &KernelStep, ins: &[&Tensor], env: &DimEnv) -> Result<Vec<Tensor>> {
-    let shape: Vec<usize> = k.shape.iter().map(|d| d.resolve(env)).collect::<Result<_>>()?;
+/// `ins`: each input's shape and data; `lent`: a buffer of the kernel's size for the first
+/// output (it may be one of the inputs).
+fn launch(f: KernelFn, k: &KernelStep, shape: &[usize], ins: &[(&[usize], *const f32)], lent: Option<Vec<f32>>) -> Result<Vec<Tensor>> {
     let total: usize = shape.iter().product();
-    let data: Vec<&[f32]> = ins.iter().map(|t| t.as_f32().context("kernel input is not f32")).collect::<Result<_>>()?;
-    let strides: Vec<Vec<usize>> = ins.iter().map(|t| broadcast_strides(&t.shape, &shape)).collect::<Result<_>>()?;
+    let strides: Vec<Vec<usize>> = ins.iter().map(|(s, _)| broadcast_strides(s, shape)).collect::<Result<_>>()?;
     let mut outs: Vec<Vec<f32>> = (0..k.outputs.len()).map(|_| Vec::with_capacity(total)).collect();
+    if let (Some(buffer), Some(first)) = (lent, outs.first_mut()) {
+        *first = buffer;
+        first.clear(); // its length is set again below, once the kernel has written it
+    }
     if total > 0 {
         // The row: the innermost axes along which every contiguous input advances by one element
         // per element and every splat input not at all (axes of length 1 always merge).
@@ -175,7 +207,7 @@ fn launch(f: KernelFn, k: &KernelStep, ins: &[&Tensor], env: &DimEnv) -> Result<
             n *= shape[d];
             inner = d;
         }
-        ensure!(inner < shape.len() || shape.is_empty(), "kernel inputs {:?} do not broadcast to {shape:?} as compiled", ins.iter().map(|t| &t.shape).collect::<Vec<_>>());
+        ensure!(inner < shape.len() || shape.is_empty(), "kernel inputs {:?} do not broadcast to {shape:?} as compiled", ins.iter().map(|(s, _)| s).collect::<Vec<_>>());
         // Rows: the axis just outside the row, walked inside the kernel with each input's
         // stride; the axes outside it are walked here.
         let (outer, rows, row_strides): (&[usize], usize, Vec<i64>) = if inner == 0 {
@@ -183,7 +215,7 @@ fn launch(f: KernelFn, k: &KernelStep, ins: &[&Tensor], env: &DimEnv) -> Result<
         } else {
             (&shape[..inner - 1], shape[inner - 1], strides.iter().map(|s| s[inner - 1] as i64).collect())
         };
-        let in_ptrs: Vec<Shared<*const f32>> = data.iter().map(|d| Shared(d.as_ptr())).collect();
+        let in_ptrs: Vec<Shared<*const f32>> = ins.iter().map(|&(_, p)| Shared(p)).collect();
         let out_ptrs: Vec<Shared<*mut f32>> = outs.iter_mut().map(|o| Shared(o.as_mut_ptr())).collect();
         // Rows [q0, q1) of the flattened (outer, row) space, columns [c0, c0 + len) of each.
         let run = |q0: usize, q1: usize, c0: usize, len: usize| {
@@ -242,7 +274,7 @@ fn launch(f: KernelFn, k: &KernelStep, ins: &[&Tensor], env: &DimEnv) -> Result<
             unsafe { o.set_len(total) };
         }
     }
-    Ok(outs.into_iter().map(|o| Tensor::f32(shape.clone(), o)).collect())
+    Ok(outs.into_iter().map(|o| Tensor::f32(shape.to_vec(), o)).collect())
 }
 
 /// Over the last two axes, the entries above the diagonal become `fill`; matrices split over the

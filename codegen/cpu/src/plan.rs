@@ -66,7 +66,7 @@ pub struct PlanStats {
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`.
 pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
     let mut p = Planner { graph, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
-    let views = transpose_views(graph, &p.users);
+    let views = operand_views(graph, &p.users);
     for (i, node) in graph.nodes.iter().enumerate() {
         if views.contains_key(&node.outputs.first().copied().unwrap_or(ValueId(u32::MAX))) {
             continue;
@@ -93,7 +93,7 @@ pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanS
                 let step = match op {
                     Op::MatMul if f32_in(0) => {
                         p.stats.matmuls += 1;
-                        let operand = |v: ValueId| views.get(&v).map_or((v, false), |&src| (src, true));
+                        let operand = |v: ValueId| views.get(&v).copied().unwrap_or((v, false));
                         Step::MatMul(i, [operand(node.inputs[0]), operand(node.inputs[1])])
                     }
                     Op::Reduce { .. } if f32_in(0) => {
@@ -125,19 +125,35 @@ pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanS
     Body { graph: graph.clone(), steps, frees }
 }
 
-/// Transposes of the last two axes that only matrix products read, by result: their source (the
-/// products read it with swapped strides instead).
-fn transpose_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, ValueId> {
+/// Values that only matrix products read and that need not exist: transposes of the last two
+/// axes (the products read the source with swapped strides) and reshapes that only add leading
+/// axes of length 1 (batch broadcasting reads the source as it is), when each product's other
+/// operand has at least as many axes, so that the product's shape stays the same. By result:
+/// the source, and whether it is read transposed.
+fn operand_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, bool)> {
     let outputs: std::collections::HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+    // A reshape's result may itself be read through its source: never count on its rank.
+    let reshaped: std::collections::HashSet<ValueId> = g.nodes.iter().filter(|n| matches!(n.op, Op::Reshape { .. })).map(|n| n.outputs[0]).collect();
     g.nodes
         .iter()
-        .filter_map(|n| match &n.op {
-            Op::Transpose { perm } if swaps_last_two(perm) && g.ty(n.inputs[0]).dtype == DType::F32 => {
-                let v = n.outputs[0];
-                let only_matmuls = !users[v.index()].is_empty() && users[v.index()].iter().all(|&u| matches!(g.nodes[u].op, Op::MatMul));
-                (only_matmuls && !outputs.contains(&v)).then_some((v, n.inputs[0]))
+        .filter_map(|n| {
+            let (v, src) = (*n.outputs.first()?, *n.inputs.first()?);
+            let readers = &users[v.index()];
+            let only_matmuls = !readers.is_empty() && readers.iter().all(|&u| matches!(g.nodes[u].op, Op::MatMul));
+            if !only_matmuls || outputs.contains(&v) || g.ty(src).dtype != DType::F32 {
+                return None;
             }
-            _ => None,
+            match &n.op {
+                Op::Transpose { perm } if swaps_last_two(perm) => Some((v, (src, true))),
+                Op::Reshape { shape } => {
+                    let from = &g.ty(src).shape;
+                    let extra = shape.len().checked_sub(from.len())?;
+                    let unit_prefix = shape[..extra].iter().all(Dim::is_one) && shape[extra..] == from[..];
+                    let others_wide = readers.iter().all(|&u| g.nodes[u].inputs.iter().all(|&o| o == v || (g.ty(o).rank() >= shape.len() && !reshaped.contains(&o))));
+                    (unit_prefix && others_wide).then_some((v, (src, false)))
+                }
+                _ => None,
+            }
         })
         .collect()
 }

@@ -289,3 +289,32 @@ fn scans_split_into_independent_lanes() {
     assert_eq!(lanes_of(false), usize::from(threads > 1 && 4 % threads == 0));
     assert_eq!(lanes_of(true), 0, "a body summing across lanes must stay whole");
 }
+
+/// A kernel writes its first output into the buffer of an input it reads for the last time (with
+/// the kernel's shape); a matrix product reads a weight through a reshape that only adds a
+/// leading axis of length 1 without materialising it, but not when its other operand is a
+/// reshape too (whose rank may shrink the same way). Values read again later keep theirs.
+#[test]
+fn buffers_lent_to_outputs_and_unit_reshapes_read_in_place() {
+    for both_reshaped in [false, true] {
+        let mut g = Graph::new("lend");
+        let x = g.input("x", f32t(&[1, 3, 70]));
+        let w = g.input("w", f32t(&[70, 5]));
+        let a = g.unary(UnaryOp::Exp, x).unwrap();
+        let n = g.unary(UnaryOp::Neg, a).unwrap();
+        let r = g.reduce(ReduceKind::Sum, n, -1, true).unwrap(); // a run boundary: `n` is materialised
+        let b = g.mul(n, n).unwrap(); // `n` read for the last time: lends its buffer
+        let c = g.add(b, r).unwrap(); // [1, 3, 70]
+        let c = if both_reshaped { g.reshape(c, vec![Dim::c(1), Dim::c(1), Dim::c(3), Dim::c(70)]).unwrap() } else { c };
+        let w3 = g.reshape(w, vec![Dim::c(1), Dim::c(70), Dim::c(5)]).unwrap();
+        let y = g.matmul(c, w3).unwrap();
+        for (name, v) in [("c", c), ("y", y), ("a", a)] {
+            g.output(name, v);
+        }
+        let args = [Tensor::f32(vec![1, 3, 70], values(210, 17, -1.0, 1.0)), Tensor::f32(vec![70, 5], values(350, 18, -1.0, 1.0))];
+        assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "both reshaped: {both_reshaped}");
+        let stats = Program::compile(&g).unwrap().stats().plan;
+        // `c`'s reshape is a graph output, so it always runs; `w3` is folded unless `c` is a reshape.
+        assert_eq!(stats.other_nodes, if both_reshaped { 2 } else { 0 }, "both reshaped: {both_reshaped}");
+    }
+}
