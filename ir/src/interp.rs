@@ -203,15 +203,14 @@ fn run_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Resu
     drive_scan(scan, ins, env, &mut |args, env| exec(&scan.body, args, env.clone(), prec))
 }
 
-/// Runs a scan with `body` executing its body graph once per chunk (arguments: the carries, the
-/// chunk of each sequence, the invariants; with the enclosing bindings, the chunk symbol unbound):
-/// cuts the sequences into chunks, threads the carries, stacks the per-chunk outputs.
-pub fn drive_scan(
-    scan: &Scan,
-    ins: &[&Tensor],
-    env: &DimEnv,
-    body: &mut dyn FnMut(Vec<Cow<'_, Tensor>>, &DimEnv) -> Result<Vec<Tensor>>,
-) -> Result<Vec<Tensor>> {
+/// Executes a scan's body graph once: its arguments (the carries, the chunk of each sequence,
+/// the invariants) and the bindings in scope.
+pub type ScanBody<'f> = dyn FnMut(Vec<Cow<'_, Tensor>>, &DimEnv) -> Result<Vec<Tensor>> + 'f;
+
+/// Runs a scan with `body` executing its body graph once per chunk (with the enclosing bindings,
+/// the chunk symbol unbound): cuts the sequences into chunks, threads the carries, stacks the
+/// per-chunk outputs.
+pub fn drive_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, body: &mut ScanBody<'_>) -> Result<Vec<Tensor>> {
     let (nc, ns) = (scan.carries, scan.seqs);
     let iteration: Vec<bool> = (nc..nc + ns).map(|i| scan.is_iteration_seq(i)).collect();
     let first = nc + iteration.iter().position(|&it| !it).context("scan has no chunked sequence")?;

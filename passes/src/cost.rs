@@ -331,7 +331,7 @@ pub fn live_peak(g: &Graph, env: &DimEnv) -> Result<LivePeak> {
         }
         if total + transient > peak.bytes {
             let mut largest: Vec<(ValueId, u64)> = live.iter().map(|(&v, &b)| (v, b)).collect();
-            largest.sort_by(|a, b| b.1.cmp(&a.1));
+            largest.sort_by_key(|l| std::cmp::Reverse(l.1));
             largest.truncate(8);
             peak = LivePeak { bytes: total + transient, node: i, largest };
         }

@@ -302,12 +302,12 @@ impl Math<'_, '_> {
         }
     }
 
-    fn to_bits(&mut self, x: Value) -> Value {
+    fn float_bits(&mut self, x: Value) -> Value {
         let t = self.int_ty();
         self.b.ins().bitcast(t, MemFlagsData::new().with_endianness(Endianness::Little), x)
     }
 
-    fn from_bits(&mut self, x: Value) -> Value {
+    fn bits_as_float(&mut self, x: Value) -> Value {
         let t = self.ty;
         self.b.ins().bitcast(t, MemFlagsData::new().with_endianness(Endianness::Little), x)
     }
@@ -315,7 +315,7 @@ impl Math<'_, '_> {
     /// `cond ? a : b` for a float comparison result.
     fn select(&mut self, cond: Value, a: Value, b: Value) -> Value {
         if self.ty.is_vector() {
-            let mask = self.from_bits(cond);
+            let mask = self.bits_as_float(cond);
             self.b.ins().bitselect(mask, a, b)
         } else {
             self.b.ins().select(cond, a, b)
@@ -454,14 +454,14 @@ impl Math<'_, '_> {
         let (ln2_hi, ln2_lo) = (self.c(-0.693_359_4), self.c(2.121_944_4e-4));
         let r = self.fma(n, ln2_hi, xc);
         let r = self.fma(n, ln2_lo, r);
-        let p = self.poly(r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1]);
+        let p = self.poly(r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5]);
         let r2 = self.b.ins().fmul(r, r);
         let p = self.fma(p, r2, r);
         let one = self.c(1.0);
         let p = self.b.ins().fadd(p, one);
         // 2ⁿ as two factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), each built as float bits ((e + 127) << 23):
         // n ∈ [−126, 128] after the clamp, beyond one factor's exponent range at the top.
-        let kb = self.to_bits(k);
+        let kb = self.float_bits(k);
         let magic_bits = self.int_splat(0x4B40_0000);
         let ni = self.b.ins().isub(kb, magic_bits);
         let half_n = self.b.ins().sshr_imm_u(ni, 1);
@@ -484,7 +484,7 @@ impl Math<'_, '_> {
         let bias = self.int_splat(127);
         let biased = self.b.ins().iadd(e, bias);
         let bits = self.b.ins().ishl_imm_u(biased, 23);
-        self.from_bits(bits)
+        self.bits_as_float(bits)
     }
 
     fn int_splat(&mut self, v: i32) -> Value {
@@ -501,7 +501,7 @@ impl Math<'_, '_> {
         let scale = self.c(8_388_608.0);
         let scaled = self.b.ins().fmul(x, scale);
         let xs = self.select(is_tiny, scaled, x);
-        let bits = self.to_bits(xs);
+        let bits = self.float_bits(xs);
         let e = self.b.ins().ushr_imm_u(bits, 23);
         let mask = self.int_splat(0xff);
         let e = self.b.ins().band(e, mask);
@@ -511,7 +511,7 @@ impl Math<'_, '_> {
         let m = self.b.ins().band(bits, mant_mask);
         let one_bits = self.int_splat(0x3f80_0000);
         let m = self.b.ins().bor(m, one_bits);
-        let m = self.from_bits(m); // [1, 2)
+        let m = self.bits_as_float(m); // [1, 2)
         let ef = self.b.ins().fcvt_from_sint(self.ty, e);
         let (shift, none) = (self.c(23.0), self.c(0.0));
         let shift = self.select(is_tiny, shift, none);
@@ -580,7 +580,7 @@ impl Math<'_, '_> {
         let negative = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
         let big = self.select(negative, neg_big, big);
         let s = self.b.ins().fmul(x, x);
-        let p = self.poly(s, &[-5.704_988_7e-3, 2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1]);
+        let p = self.poly(s, &[-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1]);
         let p = self.b.ins().fmul(p, s);
         let small = self.fma(p, x, x);
         let cut = self.c(0.625);

@@ -33,6 +33,6 @@ pub(crate) fn record(kind: Option<String>, took: Duration) {
 /// What was recorded: (step kind, total time, calls), the most time first.
 pub fn report() -> Vec<(String, Duration, u64)> {
     let mut rows: Vec<_> = TOTALS.lock().expect("profile lock").iter().map(|(k, &(d, n))| (k.clone(), d, n)).collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     rows
 }
