@@ -442,7 +442,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     });
     let req = bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile };
     let ceiling = bench::gemm_ceiling()?;
-    println!("f32 GEMM 2048×768×768 through gemm on {} threads: {ceiling:.1} GFLOP/s\n", rayon_threads());
+    println!("f32 GEMM 2048×768×768 through gemm on {} threads: {ceiling:.1} GFLOP/s\n", tttc_codegen_cpu::threads());
     println!("| layer | T | who | median ms | min ms | GFLOP/s | % of GEMM rate | compile + first call s |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut lines = Vec::new();
@@ -482,8 +482,4 @@ fn bench(a: &BenchArgs) -> Result<()> {
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

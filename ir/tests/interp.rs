@@ -680,13 +680,7 @@ fn reverse_scan_visits_ragged_chunks_last_to_first() {
         let mut body = Graph::new("step");
         let acc = body.input("acc", f32t(vec![d("B"), c(1)]));
         let x = body.input("x", f32t(vec![d("B"), d("n")]));
-        let one = body.scalar(1.0).unwrap();
-        let ones = body.broadcast(one, vec![d("n"), d("n")]).unwrap();
-        let lower = body.tri_mask(ones, 0.0).unwrap();
-        let within = body.matmul(x, lower).unwrap();
-        let suffix = body.add(within, acc).unwrap();
-        let s = body.reduce(ReduceKind::Sum, x, 1, true).unwrap();
-        let next = body.add(acc, s).unwrap();
+        let (suffix, next) = suffix_step(&mut body, acc, x);
         body.output("acc", next);
         body.output("suffix", suffix);
         body.output("seen", acc);

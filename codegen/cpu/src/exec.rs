@@ -8,7 +8,7 @@ use tttc_ir::interp::{bind_args, broadcast_shape, broadcast_strides, contiguous_
 use tttc_ir::{DimEnv, Op, ReduceKind, Tensor};
 
 use crate::kernel::{Jit, KernelFn};
-use crate::plan::{Body, KernelStep, Step};
+use crate::plan::{Body, KernelStep, LaneScan, ScanPlan, Step};
 
 /// Work below this many element operations (a kernel's elements times its ops per element) or
 /// multiply-adds runs on one thread: splitting it costs more than it saves.
@@ -97,8 +97,8 @@ impl Body {
                     let what = || format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name);
                     let out = match (step, &node.op) {
                         (Step::Reduce(_), Op::Reduce { kind, axis, keepdim }) => vec![reduce(ins[0], *kind, *axis, *keepdim).with_context(what)?],
-                        (Step::Scan(_, _, Some(lanes)), Op::Scan(_)) => run_in_lanes(lanes, &ins, &env, jit).with_context(what)?,
-                        (Step::Scan(_, body, None), Op::Scan(scan)) => {
+                        (Step::Scan(_, ScanPlan::Lanes(lanes)), _) => run_in_lanes(lanes, &ins, &env, jit).with_context(what)?,
+                        (Step::Scan(_, ScanPlan::Whole(body)), Op::Scan(scan)) => {
                             drive_scan(scan, &ins, &env, &mut |args, env| body.run(jit, args, env)).with_context(what)?
                         }
                         (Step::Fused(_, body), _) => body.run(jit, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), &env).with_context(what)?,
@@ -137,26 +137,26 @@ fn step_kind(step: &Step, g: &tttc_ir::Graph) -> Option<String> {
 
 /// A scan as narrower scans over slices of its lane axis, run in parallel, their results joined
 /// along it again.
-fn run_in_lanes(lanes: &crate::plan::LaneScan, ins: &[&Tensor], env: &DimEnv, jit: &Jit) -> Result<Vec<Tensor>> {
-    let split = &lanes.split;
-    let width = |t: &Tensor, axis: usize| t.shape[axis] / split.parts;
+fn run_in_lanes(lanes: &LaneScan, ins: &[&Tensor], env: &DimEnv, jit: &Jit) -> Result<Vec<Tensor>> {
+    let width = |t: &Tensor, axis: usize| t.shape[axis] / lanes.parts;
     let part = |k: usize| -> Result<Vec<Tensor>> {
-        let args: Vec<Tensor> = ins
+        // Lane-free operands (invariants the same for every lane) are shared, not copied.
+        let args: Vec<Cow<'_, Tensor>> = ins
             .iter()
-            .zip(&split.operand_lanes)
+            .zip(&lanes.operand_lanes)
             .map(|(&t, lane)| match lane {
                 Some(axis) => {
                     let w = width(t, *axis);
                     let slice = Op::Slice { axis: *axis, start: (k * w) as i64, end: Some(((k + 1) * w) as i64) };
-                    Ok(eval_op(&slice, &[t], env)?.remove(0))
+                    Ok(Cow::Owned(eval_op(&slice, &[t], env)?.remove(0)))
                 }
-                None => Ok(t.clone()),
+                None => Ok(Cow::Borrowed(t)),
             })
             .collect::<Result<_>>()?;
-        let refs: Vec<&Tensor> = args.iter().collect();
+        let refs: Vec<&Tensor> = args.iter().map(|t| &**t).collect();
         drive_scan(&lanes.scan, &refs, env, &mut |a, e| lanes.body.run(jit, a, e))
     };
-    let mut results: Vec<Result<Vec<Tensor>>> = (0..split.parts).map(|_| Ok(Vec::new())).collect();
+    let mut results: Vec<Result<Vec<Tensor>>> = (0..lanes.parts).map(|_| Ok(Vec::new())).collect();
     rayon::scope(|s| {
         for (k, slot) in results.iter_mut().enumerate() {
             let part = &part;
@@ -167,7 +167,7 @@ fn run_in_lanes(lanes: &crate::plan::LaneScan, ins: &[&Tensor], env: &DimEnv, ji
     (0..results[0].len())
         .map(|r| {
             let pieces: Vec<&Tensor> = results.iter().map(|p| &p[r]).collect();
-            Ok(eval_op(&Op::Concat { axis: split.result_lanes[r] }, &pieces, env)?.remove(0))
+            Ok(eval_op(&Op::Concat { axis: lanes.result_lanes[r] }, &pieces, env)?.remove(0))
         })
         .collect()
 }
@@ -242,7 +242,7 @@ fn launch(f: KernelFn, k: &KernelStep, shape: &[usize], ins: &[(&[usize], *const
             }
         };
         let all_rows = total / n;
-        let threads = rayon::current_num_threads();
+        let threads = crate::threads();
         if total * k.ops_per_element < PARALLEL_WORK || threads == 1 {
             run(0, all_rows, 0, n);
         } else if all_rows >= threads {
@@ -374,7 +374,7 @@ fn matmul(a: Operand, b: Operand) -> Result<Tensor> {
 }
 
 fn parallelism(macs: usize) -> gemm::Parallelism {
-    let threads = rayon::current_num_threads();
+    let threads = crate::threads();
     if macs >= PARALLEL_MACS && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

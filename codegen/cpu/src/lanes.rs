@@ -164,12 +164,8 @@ fn lane_of(g: &Graph, node: &tttc_ir::Node, ins: &[Option<usize>], lane_dim: &Di
             (Some(p), None) if p > *axis => Some(Some(p - 1 + rank(1))),
             _ => None,
         },
-        Op::ScatterAdd { .. } | Op::Scan(_) | Op::Grad(_) | Op::Fused(_) => {
-            if ins.iter().all(Option::is_none) && !matches!(node.op, Op::Scan(_) | Op::Grad(_) | Op::Fused(_)) {
-                Some(None)
-            } else {
-                None
-            }
-        }
+        // Scattering within one lane is possible but not needed by any body yet.
+        Op::ScatterAdd { .. } => ins.iter().all(Option::is_none).then_some(None),
+        Op::Scan(_) | Op::Grad(_) | Op::Fused(_) => None,
     }
 }

@@ -26,6 +26,12 @@ use tttc_ir::{DimEnv, Graph, Tensor};
 
 pub use plan::PlanStats;
 
+/// The worker threads launches are split over (rayon's pool: one per core unless
+/// `RAYON_NUM_THREADS` says otherwise).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// A graph compiled for the CPU.
 pub struct Program {
     body: plan::Body,

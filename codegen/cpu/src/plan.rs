@@ -17,13 +17,24 @@ pub(crate) enum Step {
     MatMul(usize, [(ValueId, bool); 2]),
     Reduce(usize),
     Kernel(KernelStep),
-    Scan(usize, Box<Body>, Option<Box<LaneScan>>),
+    Scan(usize, ScanPlan),
     Fused(usize, Box<Body>),
 }
 
-/// A scan run as narrower scans over slices of its lane axis, one per thread.
+/// How a scan runs: its body planned whole, or as narrower scans over slices of its lane axis,
+/// one per thread.
+pub(crate) enum ScanPlan {
+    Whole(Box<Body>),
+    Lanes(Box<LaneScan>),
+}
+
+/// A scan split into `parts` lanes (see `lanes.rs`).
 pub(crate) struct LaneScan {
-    pub split: crate::lanes::LaneSplit,
+    pub parts: usize,
+    /// Per scan operand: its lane axis, or `None` when it is the same for every lane.
+    pub operand_lanes: Vec<Option<usize>>,
+    /// Per scan result: its lane axis.
+    pub result_lanes: Vec<usize>,
     /// The scan with the narrow body, and that body's plan.
     pub scan: tttc_ir::Scan,
     pub body: Body,
@@ -100,15 +111,19 @@ pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanS
                         p.stats.reductions += 1;
                         Step::Reduce(i)
                     }
-                    Op::Scan(s) => {
-                        let lanes = crate::lanes::split(s, rayon::current_num_threads()).map(|split| {
-                            p.stats.lane_split_scans += 1;
-                            let body = plan(&split.body, p.specs, p.stats);
-                            let scan = tttc_ir::Scan { body: split.body.clone(), ..(**s).clone() };
-                            Box::new(LaneScan { split, scan, body })
-                        });
-                        Step::Scan(i, Box::new(plan(&s.body, p.specs, p.stats)), lanes)
-                    }
+                    Op::Scan(s) => Step::Scan(
+                        i,
+                        match crate::lanes::split(s, crate::threads()) {
+                            Some(split) => {
+                                p.stats.lane_split_scans += 1;
+                                let body = plan(&split.body, p.specs, p.stats);
+                                let scan = tttc_ir::Scan { body: split.body, ..(**s).clone() };
+                                let (parts, operand_lanes, result_lanes) = (split.parts, split.operand_lanes, split.result_lanes);
+                                ScanPlan::Lanes(Box::new(LaneScan { parts, operand_lanes, result_lanes, scan, body }))
+                            }
+                            None => ScanPlan::Whole(Box::new(plan(&s.body, p.specs, p.stats))),
+                        },
+                    ),
                     Op::Fused(f) => Step::Fused(i, Box::new(plan(&f.body, p.specs, p.stats))),
                     _ => {
                         p.stats.other_nodes += 1;
@@ -342,12 +357,8 @@ impl Body {
         for step in &self.steps {
             match step {
                 Step::Kernel(k) => out.push((&self.graph, k)),
-                Step::Scan(_, body, lanes) => {
-                    body.kernel_steps(out);
-                    if let Some(l) = lanes {
-                        l.body.kernel_steps(out);
-                    }
-                }
+                Step::Scan(_, ScanPlan::Whole(body)) => body.kernel_steps(out),
+                Step::Scan(_, ScanPlan::Lanes(lanes)) => lanes.body.kernel_steps(out),
                 Step::Fused(_, body) => body.kernel_steps(out),
                 Step::Op(_) | Step::MatMul(..) | Step::Reduce(_) => {}
             }

@@ -1,7 +1,7 @@
 //! Graphs shared by the test files.
 #![allow(dead_code)]
 
-use tttc_ir::{DType, Dim, Graph, Scan, Type};
+use tttc_ir::{DType, Dim, Graph, Scan, Type, ValueId};
 
 pub fn d(s: &str) -> Dim {
     Dim::sym(s)
@@ -131,6 +131,19 @@ fn chunk_start_body() -> Graph {
     body
 }
 
+/// One chunk `x f32[B,n]` of a reverse running sum carrying `acc f32[B,1]` (the sum of everything
+/// after the chunk): the suffix sums within the chunk plus `acc` (`x @ L`, L lower-triangular
+/// ones), and the carry for the chunk before (`acc + Σ x`).
+pub fn suffix_step(body: &mut Graph, acc: ValueId, x: ValueId) -> (ValueId, ValueId) {
+    let one = body.scalar(1.0).unwrap();
+    let ones = body.broadcast(one, vec![d("n"), d("n")]).unwrap();
+    let lower = body.tri_mask(ones, 0.0).unwrap();
+    let within = body.matmul(x, lower).unwrap();
+    let suffix = body.add(within, acc).unwrap();
+    let s = body.reduce(tttc_ir::ReduceKind::Sum, x, 1, true).unwrap();
+    (suffix, body.add(acc, s).unwrap())
+}
+
 /// The body of the reverse scan in [`chunk_carries_scans`]: carries `acc`, the sum of everything
 /// after the chunk; reads the chunk's start carry (an iteration sequence) and the chunk itself.
 /// Outputs the suffix sums of the chunk and, per iteration, `start + acc + Σchunk` (the total).
@@ -139,14 +152,7 @@ fn suffix_body() -> Graph {
     let acc = body.input("acc", f32t(vec![d("B"), c(1)]));
     let start = body.input("start", f32t(vec![d("B"), c(1)]));
     let x = body.input("x", f32t(vec![d("B"), d("n")]));
-    // Suffix sums within the chunk: x @ L with L lower-triangular ones.
-    let one = body.scalar(1.0).unwrap();
-    let ones = body.broadcast(one, vec![d("n"), d("n")]).unwrap();
-    let lower = body.tri_mask(ones, 0.0).unwrap();
-    let within = body.matmul(x, lower).unwrap();
-    let suffix = body.add(within, acc).unwrap();
-    let s = body.reduce(tttc_ir::ReduceKind::Sum, x, 1, true).unwrap();
-    let next = body.add(acc, s).unwrap();
+    let (suffix, next) = suffix_step(&mut body, acc, x);
     let total = body.add(start, next).unwrap();
     body.output("acc", next);
     body.output("suffix", suffix);
