@@ -33,17 +33,35 @@ struct Manifest {
     /// What the `fuse` pass did: regions and materialised bytes before and after it.
     fusion: Option<Fusion>,
     /// The CPU backend's generated kernels, for linking (docs/cpu-kernels.md).
-    cpu: CpuKernels,
+    cpu: CpuModel,
+}
+
+/// The compiled model (docs/cpu-model.md): one exported function, at the manifest's shapes.
+#[derive(Serialize)]
+struct CpuModel {
+    object: &'static str,
+    header: &'static str,
+    /// `int32_t {symbol}(const void *const *args, void *const *outputs, void *workspace)`.
+    symbol: String,
+    workspace_bytes: usize,
+    args: Vec<CpuSlot>,
+    outputs: Vec<CpuSlot>,
+    kernels: usize,
+    functions: usize,
+    target: String,
 }
 
 #[derive(Serialize)]
-struct CpuKernels {
-    object: &'static str,
-    header: &'static str,
-    kernels: usize,
-    /// The symbol of kernel k is `{prefix}_kernel_{k}`.
-    prefix: &'static str,
-    target: String,
+struct CpuSlot {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<usize>,
+}
+
+impl From<&tttc_codegen_cpu::aot::Slot> for CpuSlot {
+    fn from(s: &tttc_codegen_cpu::aot::Slot) -> Self {
+        CpuSlot { name: s.name.clone(), dtype: s.dtype.name(), shape: s.shape.clone() }
+    }
 }
 
 #[derive(Serialize)]
@@ -162,8 +180,8 @@ struct OtherRegion {
     totals: Totals,
 }
 
-/// The prefix of the exported kernel symbols.
-const KERNEL_PREFIX: &str = "tttc";
+/// The prefix of the compiled model's symbols.
+const SYMBOL_PREFIX: &str = "tttc";
 
 pub fn compile(req: &Request) -> Result<()> {
     let builder = tttc_frontends::load_structure(req.model)?;
@@ -203,8 +221,16 @@ pub fn compile(req: &Request) -> Result<()> {
         );
     }
 
-    let kernels = tttc_codegen_cpu::kernel_object(last, KERNEL_PREFIX).context("generating the CPU kernels")?;
-    eprintln!("cpu: {} kernels in cpu/kernels.o, declared in cpu/kernels.h", kernels.kernels);
+    let started = std::time::Instant::now();
+    let model = tttc_codegen_cpu::aot::model_object(last, &env, SYMBOL_PREFIX).context("compiling the model for the CPU")?;
+    let sig = &model.signature;
+    eprintln!(
+        "cpu: {SYMBOL_PREFIX}_forward in cpu/model.o ({} functions, {} kernels, {} workspace; {:.2} s), declared in cpu/model.h",
+        sig.functions,
+        sig.kernels,
+        human_bytes(sig.workspace_bytes as u64),
+        started.elapsed().as_secs_f64()
+    );
 
     let params: Vec<&tttc_ir::Arg> = graph.params().collect();
     let mut parameters = 0u64;
@@ -247,11 +273,15 @@ pub fn compile(req: &Request) -> Result<()> {
             .collect::<Result<_>>()?,
         regions: regions(last, &env)?,
         fusion,
-        cpu: CpuKernels {
-            object: "cpu/kernels.o",
-            header: "cpu/kernels.h",
-            kernels: kernels.kernels,
-            prefix: KERNEL_PREFIX,
+        cpu: CpuModel {
+            object: "cpu/model.o",
+            header: "cpu/model.h",
+            symbol: format!("{SYMBOL_PREFIX}_forward"),
+            workspace_bytes: sig.workspace_bytes,
+            args: sig.args.iter().map(CpuSlot::from).collect(),
+            outputs: sig.outputs.iter().map(CpuSlot::from).collect(),
+            kernels: sig.kernels,
+            functions: sig.functions,
             target: format!("{}-{} (this machine's CPU features)", std::env::consts::ARCH, std::env::consts::OS),
         },
     };
@@ -260,8 +290,8 @@ pub fn compile(req: &Request) -> Result<()> {
     for (i, r) in results.iter().enumerate() {
         files.push((ir_file(i + 1, r.name), tttc_ir::text::print(&r.graph).into_bytes()));
     }
-    files.push(("cpu/kernels.o".into(), kernels.object));
-    files.push(("cpu/kernels.h".into(), kernels.header.into_bytes()));
+    files.push(("cpu/model.o".into(), model.object));
+    files.push(("cpu/model.h".into(), model.header.into_bytes()));
     files.push(("manifest.json".into(), (serde_json::to_string_pretty(&manifest)? + "\n").into_bytes()));
     write_dir(&out, &files)?;
     eprintln!("wrote {}", out.display());

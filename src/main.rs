@@ -96,7 +96,7 @@ With --after PASS, the pass pipeline runs up to and including PASS and the IR it
         #[arg(long, value_name = "PASS", help = after_help(false), long_help = after_help(true))]
         after: Option<String>,
     },
-    /// Run the pass pipeline and write the IR after every pass and a manifest with cost estimates.
+    /// Run the pass pipeline; write the IR after every pass, the model compiled for this CPU (object file and C header) and a manifest.
     #[command(long_about = "Run the pass pipeline on a model's graph and write what each pass made \
 of it.\n\nThe weights are not needed: only the model's structure is read. DIR receives \
 ir/00-input.ir (the frontend's graph), ir/NN-PASS.ir (the IR after each pass, in pipeline order) \
@@ -104,8 +104,11 @@ and manifest.json: the tttc version, the model (path, model_type, parameter coun
 shape bindings used for the estimates (B = --batch, T = --seq-len), each pass (what it does, its \
 time, nodes before and after, the graph's FLOPs, bytes moved and intermediate bytes after it) and \
 the final graph's regions (each top-level scan: the TTT mini-batch loop, the Mamba scan; and the \
-rest). Every graph is verified after each pass. A progress line per pass goes to stderr. DIR is \
-built next to itself as DIR.tmp-PID and then renamed into place; an existing DIR is replaced only \
+rest), and the compiled model's symbol, workspace size, arguments and outputs. DIR/cpu/model.o \
+and DIR/cpu/model.h hold the whole forward pass compiled for this machine's CPU at B = --batch, \
+T = --seq-len: one C function, `tttc_forward`, that needs only the C library (see \
+docs/cpu-model.md and examples/c/run_model.c). Every graph is verified after each pass. A \
+progress line per pass goes to stderr. DIR is built next to itself as DIR.tmp-PID and then renamed into place; an existing DIR is replaced only \
 if it is empty or an earlier compile wrote it (it holds manifest.json). See docs/passes.md.")]
     Compile {
         /// Model folder (config.json) or model.toml.
@@ -113,10 +116,10 @@ if it is empty or an earlier compile wrote it (it holds manifest.json). See docs
         /// Output folder [default: <model stem>.tttc in the current folder].
         #[arg(short, long, value_name = "DIR")]
         output: Option<PathBuf>,
-        /// Batch size B the cost estimates are computed for.
+        /// Batch size B the compiled model takes and the cost estimates are computed for.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         batch: u64,
-        /// Sequence length T the cost estimates are computed for.
+        /// Sequence length T the compiled model takes and the cost estimates are computed for.
         #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
         seq_len: u64,
     },
@@ -289,6 +292,9 @@ enum BackendArg {
     Interp,
     /// Native code for this machine (Cranelift kernels, gemm matrix products).
     Cpu,
+    /// The whole model compiled ahead of time at the input's sizes, one thread: the code
+    /// `tttc compile` writes to cpu/model.o, run in this process (forward passes only).
+    CpuModel,
 }
 
 impl From<BackendArg> for tttc_runtime::Backend {
@@ -296,6 +302,7 @@ impl From<BackendArg> for tttc_runtime::Backend {
         match b {
             BackendArg::Interp => tttc_runtime::Backend::Interp,
             BackendArg::Cpu => tttc_runtime::Backend::Cpu,
+            BackendArg::CpuModel => tttc_runtime::Backend::CpuModel,
         }
     }
 }
@@ -463,10 +470,13 @@ fn bench(a: &BenchArgs) -> Result<()> {
     let (passes, codegen) = bench::compile_time()?;
     println!("\nCompiling the 12-layer 125m TTT-Linear: graph and passes {passes:.2} s, CPU code generation {codegen:.2} s.");
     let t = a.seq_lens[0];
-    let (step_ms, build_s) = bench::gradient_step(t, req.backend, a.reps as usize)?;
+    // Compiled models hold forward passes only: their gradient step runs on the CPU backend.
+    let grad_backend = if req.backend == tttc_runtime::Backend::CpuModel { tttc_runtime::Backend::Cpu } else { req.backend };
+    let (step_ms, build_s) = bench::gradient_step(t, grad_backend, a.reps as usize)?;
     println!(
-        "Gradient step of a 2-layer TTT-Linear LM at the 125m width (vocabulary 32000), B = 1, T = {t}: {step_ms:.0} ms \
+        "Gradient step of a 2-layer TTT-Linear LM at the 125m width (vocabulary 32000), B = 1, T = {t}, on {}: {step_ms:.0} ms \
 ({:.0} tokens/s; building and compiling the step {build_s:.2} s).",
+        grad_backend.name(),
         t as f64 / step_ms * 1e3
     );
     for t in timings.iter().filter(|t| !t.profile.is_empty()) {

@@ -82,17 +82,20 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         assert_eq!(m["input"]["ir"], "ir/00-input.ir");
         assert_eq!(u(&m["input"]["nodes"], "input nodes"), tttc_passes::count_nodes(&graphs[0]) as u64);
 
-        // The CPU kernels: an object file defining every kernel the header declares.
-        let kernels = u(&m["cpu"]["kernels"], "cpu kernels");
-        assert!(kernels > 0, "{stem}: no CPU kernels");
-        let header = std::fs::read_to_string(out.join(m["cpu"]["header"].as_str().unwrap())).unwrap();
-        let object = std::fs::read(out.join(m["cpu"]["object"].as_str().unwrap())).unwrap();
+        // The compiled model: an object file exporting the function the header declares, taking
+        // the graph's arguments at the compiled sizes (tests/compiled_model.rs runs it).
+        let cpu = &m["cpu"];
+        assert!(u(&cpu["kernels"], "cpu kernels") > 0, "{stem}: no CPU kernels");
+        let header = std::fs::read_to_string(out.join(cpu["header"].as_str().unwrap())).unwrap();
+        let object = std::fs::read(out.join(cpu["object"].as_str().unwrap())).unwrap();
         assert_eq!(&object[..4], b"\x7fELF", "{stem}: the object file is not ELF");
-        for k in 0..kernels {
-            let symbol = format!("tttc_kernel_{k}");
-            assert!(header.contains(&format!("void {symbol}(")), "{stem}: {symbol} not declared");
-            assert!(object.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "{stem}: {symbol} not in the object");
-        }
+        let symbol = cpu["symbol"].as_str().unwrap();
+        assert!(header.contains(&format!("int32_t {symbol}(")), "{stem}: {symbol} not declared");
+        assert!(object.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "{stem}: {symbol} not in the object");
+        assert!(header.contains(&format!("#define TTTC_WORKSPACE_BYTES {}u", u(&cpu["workspace_bytes"], "workspace"))), "{stem}");
+        let args: Vec<&str> = cpu["args"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+        assert_eq!(args, graphs.last().unwrap().args.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), "{stem}");
+        assert_eq!(cpu["args"][0]["shape"], serde_json::json!([2, 100]), "{stem}: input_ids at B=2, T=100");
 
         let passes = m["passes"].as_array().unwrap();
         assert_eq!(passes.len(), pass_names().len());

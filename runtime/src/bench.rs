@@ -162,6 +162,12 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
                     let program = tttc_codegen_cpu::Program::compile(&graph)?;
                     Box::new(move || program.run(&args))
                 }
+                Backend::CpuModel => {
+                    let mut env = tttc_ir::DimEnv::new();
+                    tttc_ir::interp::bind_args(&graph, &args, &mut env)?;
+                    let model = tttc_codegen_cpu::aot::CompiledModel::compile(&graph, &env)?;
+                    Box::new(move || model.run(&args))
+                }
             };
             run()?;
             let first_s = start.elapsed().as_secs_f64();

@@ -22,6 +22,10 @@ pub enum Backend {
     Interp,
     /// Native code for this machine (`tttc_codegen_cpu`).
     Cpu,
+    /// The whole graph compiled ahead of time at the arguments' sizes, as `tttc compile`
+    /// writes it (`tttc_codegen_cpu::aot`), run in this process on one thread. Forward graphs
+    /// only: gradients run backwards scans, which compiled models do not hold.
+    CpuModel,
 }
 
 impl Backend {
@@ -29,6 +33,7 @@ impl Backend {
         match self {
             Backend::Interp => "interp",
             Backend::Cpu => "cpu",
+            Backend::CpuModel => "cpu-model",
         }
     }
 }
@@ -112,6 +117,11 @@ impl Executable {
                 }
                 self.cpu.get().expect("compiled above").run(&args)
             }
+            Backend::CpuModel => {
+                let mut env = tttc_ir::DimEnv::new();
+                tttc_ir::interp::bind_args(&self.graph, &args, &mut env)?;
+                tttc_codegen_cpu::aot::CompiledModel::compile(&self.graph, &env)?.run(&args)
+            }
         }
     }
 }
@@ -154,6 +164,7 @@ impl GradientStep {
     /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
     pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Gradients> {
         check_input_ids(ids, self.vocab)?;
+        ensure!(backend != Backend::CpuModel, "--backend cpu-model runs forward passes only; gradients run on cpu or interp");
         ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
         let mut outs = self.graph.run(weights, ids, backend)?.into_iter();
         let loss = outs.next().context("gradient graph has no loss")?;

@@ -28,6 +28,9 @@ pub fn examples() -> Vec<PathBuf> {
 /// The backends that run on any machine: the interpreter and native code.
 pub const BACKENDS: [&str; 2] = ["interp", "cpu"];
 
+/// The backends that run forward passes: those above and the model compiled ahead of time.
+pub const FORWARD_BACKENDS: [&str; 3] = ["interp", "cpu", "cpu-model"];
+
 /// Every reference case: each folder under `tests/vectors` (a case added there is picked up).
 pub fn cases() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/vectors"))

@@ -178,43 +178,22 @@ struct Shared<T>(T);
 unsafe impl<T> Send for Shared<T> {}
 unsafe impl<T> Sync for Shared<T> {}
 
-/// Runs a kernel over the elements of its shape. The shape's axes are merged from the innermost
-/// outward while every input stays either contiguous or a splat across them, so that rows are
-/// as long as the broadcasts allow; the rows (or, for one long row, its pieces) are split over
-/// the threads.
+/// Runs a kernel over the elements of its shape, walked as [`row_layout`] says; the rows (or,
+/// for one long row, its pieces) are split over the threads.
 /// `ins`: each input's shape and data; `lent`: a buffer of the kernel's size for the first
 /// output (it may be one of the inputs).
 fn launch(f: KernelFn, k: &KernelStep, shape: &[usize], ins: &[(&[usize], *const f32)], lent: Option<Vec<f32>>) -> Result<Vec<Tensor>> {
     let total: usize = shape.iter().product();
-    let strides: Vec<Vec<usize>> = ins.iter().map(|(s, _)| broadcast_strides(s, shape)).collect::<Result<_>>()?;
     let mut outs: Vec<Vec<f32>> = (0..k.outputs.len()).map(|_| Vec::with_capacity(total)).collect();
     if let (Some(buffer), Some(first)) = (lent, outs.first_mut()) {
         *first = buffer;
         first.clear(); // its length is set again below, once the kernel has written it
     }
     if total > 0 {
-        // The row: the innermost axes along which every contiguous input advances by one element
-        // per element and every splat input not at all (axes of length 1 always merge).
         let splat = &k.splat;
-        let mut inner = shape.len();
-        let mut n = 1usize;
-        while inner > 0 {
-            let d = inner - 1;
-            let merges = shape[d] == 1 || strides.iter().zip(splat).all(|(s, &sp)| if sp { s[d] == 0 } else { s[d] == n });
-            if !merges {
-                break;
-            }
-            n *= shape[d];
-            inner = d;
-        }
-        ensure!(inner < shape.len() || shape.is_empty(), "kernel inputs {:?} do not broadcast to {shape:?} as compiled", ins.iter().map(|(s, _)| s).collect::<Vec<_>>());
-        // Rows: the axis just outside the row, walked inside the kernel with each input's
-        // stride; the axes outside it are walked here.
-        let (outer, rows, row_strides): (&[usize], usize, Vec<i64>) = if inner == 0 {
-            (&[], 1, vec![0; strides.len()])
-        } else {
-            (&shape[..inner - 1], shape[inner - 1], strides.iter().map(|s| s[inner - 1] as i64).collect())
-        };
+        let in_shapes: Vec<&[usize]> = ins.iter().map(|(s, _)| *s).collect();
+        let RowLayout { n, rows, outer, strides, row_strides } = row_layout(shape, &in_shapes, splat)?;
+        let outer = &shape[..outer];
         let in_ptrs: Vec<Shared<*const f32>> = ins.iter().map(|&(_, p)| Shared(p)).collect();
         let out_ptrs: Vec<Shared<*mut f32>> = outs.iter_mut().map(|o| Shared(o.as_mut_ptr())).collect();
         // Rows [q0, q1) of the flattened (outer, row) space, columns [c0, c0 + len) of each.
@@ -275,6 +254,38 @@ fn launch(f: KernelFn, k: &KernelStep, shape: &[usize], ins: &[(&[usize], *const
         }
     }
     Ok(outs.into_iter().map(|o| Tensor::f32(shape.to_vec(), o)).collect())
+}
+
+/// How a kernel walks a shape: rows of `n` elements, the innermost axes along which every
+/// contiguous input advances by one element per element and every splat input not at all (axes
+/// of length 1 always merge), so that rows are as long as the broadcasts allow; `rows` rows per
+/// call along the axis just outside, each input advancing by its `row_strides`; the `outer` axes
+/// before that walked by the caller with each input's broadcast `strides`.
+pub(crate) struct RowLayout {
+    pub n: usize,
+    pub rows: usize,
+    pub outer: usize,
+    pub strides: Vec<Vec<usize>>,
+    pub row_strides: Vec<i64>,
+}
+
+pub(crate) fn row_layout(shape: &[usize], in_shapes: &[&[usize]], splat: &[bool]) -> Result<RowLayout> {
+    let strides: Vec<Vec<usize>> = in_shapes.iter().map(|s| broadcast_strides(s, shape)).collect::<Result<_>>()?;
+    let mut inner = shape.len();
+    let mut n = 1usize;
+    while inner > 0 {
+        let d = inner - 1;
+        let merges = shape[d] == 1 || strides.iter().zip(splat).all(|(s, &sp)| if sp { s[d] == 0 } else { s[d] == n });
+        if !merges {
+            break;
+        }
+        n *= shape[d];
+        inner = d;
+    }
+    ensure!(inner < shape.len() || shape.is_empty(), "kernel inputs {in_shapes:?} do not broadcast to {shape:?} as compiled");
+    let (outer, rows, row_strides) =
+        if inner == 0 { (0, 1, vec![0; strides.len()]) } else { (inner - 1, shape[inner - 1], strides.iter().map(|s| s[inner - 1] as i64).collect()) };
+    Ok(RowLayout { n, rows, outer, strides, row_strides })
 }
 
 /// Over the last two axes, the entries above the diagonal become `fill`; matrices split over the

@@ -77,7 +77,7 @@ fn host_isa(pic: bool) -> Result<std::sync::Arc<dyn cranelift_codegen::isa::Targ
 
 /// Defines `specs` in `module` as functions named by `name` with `linkage`: their ids and the
 /// Cranelift instructions generated. `sin`/`cos` are imported as the C library's `sinf`/`cosf`.
-fn define_kernels<M: Module>(module: &mut M, specs: &[KernelSpec], name: impl Fn(usize) -> String, linkage: Linkage) -> Result<(Vec<FuncId>, usize)> {
+pub(crate) fn define_kernels<M: Module>(module: &mut M, specs: &[KernelSpec], name: impl Fn(usize) -> String, linkage: Linkage) -> Result<(Vec<FuncId>, usize)> {
     let ptr = module.target_config().pointer_type();
     let mut scalar_sig = module.make_signature();
     scalar_sig.params.push(AbiParam::new(types::F32));
@@ -109,12 +109,24 @@ fn define_kernels<M: Module>(module: &mut M, specs: &[KernelSpec], name: impl Fn
     Ok((ids, instructions))
 }
 
-/// Compiles `specs` into this process, for the machine it runs on.
-pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
+/// A module that compiles into this process, for the machine it runs on.
+pub(crate) fn jit_module() -> Result<JITModule> {
     let mut jb = JITBuilder::with_isa(host_isa(false)?, default_libcall_names());
     jb.symbol("sinf", sinf as *const u8);
     jb.symbol("cosf", cosf as *const u8);
-    let mut module = JITModule::new(jb);
+    Ok(JITModule::new(jb))
+}
+
+/// A module that compiles into a relocatable object file for this machine (it imports `sinf`
+/// and `cosf` from the C library).
+pub(crate) fn object_module() -> Result<cranelift_object::ObjectModule> {
+    let builder = cranelift_object::ObjectBuilder::new(host_isa(true)?, "tttc_model", default_libcall_names())?;
+    Ok(cranelift_object::ObjectModule::new(builder))
+}
+
+/// Compiles `specs` into this process.
+pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
+    let mut module = jit_module()?;
     let (ids, instructions) = define_kernels(&mut module, specs, |k| format!("kernel{k}"), Linkage::Local)?;
     module.finalize_definitions()?;
     let kernels = ids
@@ -122,15 +134,6 @@ pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
         .map(|&id| unsafe { std::mem::transmute::<*const u8, KernelFn>(module.get_finalized_function(id)) })
         .collect();
     Ok(Jit { _module: module, kernels, instructions })
-}
-
-/// Compiles `specs` into a relocatable object file for this machine, kernel `k` exported as
-/// `name(k)` with the C signature of [`KernelFn`]; it needs `sinf` and `cosf` from the C library.
-pub fn object(specs: &[KernelSpec], name: impl Fn(usize) -> String) -> Result<Vec<u8>> {
-    let builder = cranelift_object::ObjectBuilder::new(host_isa(true)?, "tttc_kernels", default_libcall_names())?;
-    let mut module = cranelift_object::ObjectModule::new(builder);
-    define_kernels(&mut module, specs, name, Linkage::Export)?;
-    Ok(module.finish().emit()?)
 }
 
 struct Calls {

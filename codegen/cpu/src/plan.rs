@@ -74,9 +74,10 @@ pub struct PlanStats {
     pub lane_split_scans: usize,
 }
 
-/// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`.
-pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
-    let mut p = Planner { graph, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
+/// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`; scans that
+/// keep their lanes apart are split for `threads` threads (not at all for one).
+pub(crate) fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
+    let mut p = Planner { graph, threads, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
     let views = operand_views(graph, &p.users);
     for (i, node) in graph.nodes.iter().enumerate() {
         if views.contains_key(&node.outputs.first().copied().unwrap_or(ValueId(u32::MAX))) {
@@ -113,18 +114,18 @@ pub(crate) fn plan(graph: &Graph, specs: &mut Vec<KernelSpec>, stats: &mut PlanS
                     }
                     Op::Scan(s) => Step::Scan(
                         i,
-                        match crate::lanes::split(s, crate::threads()) {
+                        match crate::lanes::split(s, p.threads) {
                             Some(split) => {
                                 p.stats.lane_split_scans += 1;
-                                let body = plan(&split.body, p.specs, p.stats);
+                                let body = plan(&split.body, p.threads, p.specs, p.stats);
                                 let scan = tttc_ir::Scan { body: split.body, ..(**s).clone() };
                                 let (parts, operand_lanes, result_lanes) = (split.parts, split.operand_lanes, split.result_lanes);
                                 ScanPlan::Lanes(Box::new(LaneScan { parts, operand_lanes, result_lanes, scan, body }))
                             }
-                            None => ScanPlan::Whole(Box::new(plan(&s.body, p.specs, p.stats))),
+                            None => ScanPlan::Whole(Box::new(plan(&s.body, p.threads, p.specs, p.stats))),
                         },
                     ),
-                    Op::Fused(f) => Step::Fused(i, Box::new(plan(&f.body, p.specs, p.stats))),
+                    Op::Fused(f) => Step::Fused(i, Box::new(plan(&f.body, p.threads, p.specs, p.stats))),
                     _ => {
                         p.stats.other_nodes += 1;
                         Step::Op(i)
@@ -201,6 +202,7 @@ struct Group {
 
 struct Planner<'a> {
     graph: &'a Graph,
+    threads: usize,
     specs: &'a mut Vec<KernelSpec>,
     stats: &'a mut PlanStats,
     steps: Vec<Step>,
@@ -350,19 +352,3 @@ fn frees(graph: &Graph, steps: &[Step]) -> Vec<Vec<ValueId>> {
     }
     out
 }
-
-impl Body {
-    /// Every kernel launch of the plan, nested bodies included, with the graph it belongs to.
-    pub(crate) fn kernel_steps<'a>(&'a self, out: &mut Vec<(&'a Graph, &'a KernelStep)>) {
-        for step in &self.steps {
-            match step {
-                Step::Kernel(k) => out.push((&self.graph, k)),
-                Step::Scan(_, ScanPlan::Whole(body)) => body.kernel_steps(out),
-                Step::Scan(_, ScanPlan::Lanes(lanes)) => lanes.body.kernel_steps(out),
-                Step::Fused(_, body) => body.kernel_steps(out),
-                Step::Op(_) | Step::MatMul(..) | Step::Reduce(_) => {}
-            }
-        }
-    }
-}
-

@@ -1,8 +1,10 @@
-//! The CPU backend against the interpreter (the oracle) on small graphs: every elementwise op,
+//! The CPU backend and the model compiled ahead of time against the interpreter (the oracle)
+//! on small graphs: every elementwise op,
 //! including the transcendental approximations over their whole useful range and at their edges,
 //! with broadcasts in every position, rows that are not a multiple of the vector width, matrix
 //! products with broadcast batches, and reductions along every axis.
 
+use tttc_codegen_cpu::aot::CompiledModel;
 use tttc_codegen_cpu::Program;
 use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Tensor, Type, UnaryOp};
 
@@ -23,22 +25,28 @@ fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `g` on both and returns the largest |cpu − interp| / (atol + rtol·|interp|) over all
-/// outputs (NaN and infinities must match exactly).
+/// Runs `g` on the interpreter, the CPU program and the model compiled ahead of time at the
+/// arguments' sizes; returns the largest |native − interp| / (atol + rtol·|interp|) over all
+/// outputs of both (NaN and infinities must match exactly).
 fn compare(g: &Graph, args: &[Tensor], rtol: f32, atol: f32) -> f32 {
     tttc_ir::verify(g).unwrap();
     let refs: Vec<&Tensor> = args.iter().collect();
     let want = tttc_ir::run(g, &refs, tttc_ir::Precision::F32).unwrap();
-    let got = Program::compile(g).unwrap().run(&refs).unwrap();
+    let mut env = tttc_ir::DimEnv::new();
+    tttc_ir::interp::bind_args(g, &refs, &mut env).unwrap();
+    let program = Program::compile(g).unwrap().run(&refs).unwrap();
+    let model = CompiledModel::compile(g, &env).unwrap().run(&refs).unwrap();
     let mut worst = 0f32;
-    for (w, o) in want.iter().zip(&got) {
-        assert_eq!(w.shape, o.shape);
-        for (i, (&a, &b)) in o.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).enumerate() {
-            if !b.is_finite() || !a.is_finite() {
-                assert!(a == b || (a.is_nan() && b.is_nan()), "element {i}: cpu {a}, interp {b}");
-                continue;
+    for (who, got) in [("cpu", program), ("cpu-model", model)] {
+        for (w, o) in want.iter().zip(&got) {
+            assert_eq!(w.shape, o.shape, "{who}");
+            for (i, (&a, &b)) in o.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).enumerate() {
+                if !b.is_finite() || !a.is_finite() {
+                    assert!(a == b || (a.is_nan() && b.is_nan()), "element {i}: {who} {a}, interp {b}");
+                    continue;
+                }
+                worst = worst.max((a - b).abs() / (atol + rtol * b.abs()));
             }
-            worst = worst.max((a - b).abs() / (atol + rtol * b.abs()));
         }
     }
     worst
@@ -141,7 +149,8 @@ fn runs_with_reductions_between_them() {
     let s = g.unary(UnaryOp::Silu, y).unwrap();
     let total = g.reduce(ReduceKind::Sum, s, 1, false).unwrap();
     let top = g.reduce(ReduceKind::Max, s, 0, true).unwrap();
-    for (name, v) in [("y", y), ("s", s), ("total", total), ("top", top), ("r", r)] {
+    let row_max = g.reduce(ReduceKind::Max, s, -1, false).unwrap();
+    for (name, v) in [("y", y), ("s", s), ("total", total), ("top", top), ("r", r), ("row_max", row_max)] {
         g.output(name, v);
     }
     for (b, t) in [(1, 1), (2, 5), (3, 2000)] {

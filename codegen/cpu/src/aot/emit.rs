@@ -1,0 +1,508 @@
+//! A schedule as Cranelift functions: every function `(arguments, outputs, workspace) -> status`
+//! takes arrays of pointers to its arguments and outputs and a pointer to its workspace, and
+//! returns 0, or 1 when an index (a token id, a one-hot target) is out of range.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Result};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{FuncId, Linkage, Module};
+use tttc_ir::{DType, ReduceKind};
+
+use super::schedule::{elem_bytes, BufId, Function, Home, Instr, Schedule, ScanInstr, Strided};
+
+/// Status a compiled function returns when an index is out of range.
+pub const INDEX_OUT_OF_RANGE: i32 = 1;
+
+/// Defines the schedule's functions in `module`, the model's (the last) as `entry` with
+/// `linkage`, everything else local to the module and named after `prefix`.
+pub(super) fn define<M: Module>(module: &mut M, s: &Schedule, prefix: &str, entry: &str, linkage: Linkage) -> Result<FuncId> {
+    let (kernels, _) = crate::kernel::define_kernels(module, &s.specs, |k| format!("{prefix}_kernel_{k}"), Linkage::Local)?;
+    let matmul = super::gemm::define(module, &format!("{prefix}_matmul"))?;
+    let ptr = module.target_config().pointer_type();
+    let mut sig = module.make_signature();
+    sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
+    sig.returns.push(AbiParam::new(types::I32));
+    let last = s.functions.len() - 1;
+    let mut ids: Vec<FuncId> = Vec::with_capacity(s.functions.len());
+    for i in 0..s.functions.len() {
+        let (name, linkage) = if i == last { (entry.to_string(), linkage) } else { (format!("{prefix}_fn_{i}"), Linkage::Local) };
+        ids.push(module.declare_function(&name, linkage, &sig)?);
+    }
+    let frontend = module.isa().frontend_config();
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    for (i, f) in s.functions.iter().enumerate() {
+        ctx.func.signature = sig.clone();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut refs = HashMap::new();
+            let mut declare = |id: FuncId, b: &mut FunctionBuilder| *refs.entry(id).or_insert_with(|| module.declare_func_in_func(id, b.func));
+            let matmul = declare(matmul, &mut b);
+            let kernel_refs: Vec<FuncRef> = kernels.iter().map(|&k| declare(k, &mut b)).collect();
+            let fn_refs: Vec<FuncRef> = ids[..i].iter().map(|&k| declare(k, &mut b)).collect();
+            let mut e = Emitter::new(&mut b, f, ptr, Refs { kernels: kernel_refs, functions: fn_refs, matmul });
+            for instr in &f.instrs {
+                e.instr(instr);
+            }
+            e.finish();
+            b.finalize(frontend);
+        }
+        module.define_function(ids[i], &mut ctx).map_err(|e| anyhow!("compiling function {i}: {e:?}"))?;
+        module.clear_context(&mut ctx);
+    }
+    Ok(ids[last])
+}
+
+struct Refs {
+    kernels: Vec<FuncRef>,
+    functions: Vec<FuncRef>,
+    matmul: FuncRef,
+}
+
+/// An open counted loop (see [`open`]).
+pub(super) struct Loop {
+    head: Block,
+    exit: Block,
+    index: Value,
+    step: i64,
+}
+
+/// Opens `for i in (start..end).step_by(step)`: the builder is left in the loop's body.
+pub(super) fn open(b: &mut FunctionBuilder, start: Value, end: Value, step: i64) -> (Value, Loop) {
+    let (head, body, exit) = (b.create_block(), b.create_block(), b.create_block());
+    b.append_block_param(head, types::I64);
+    b.ins().jump(head, &[start.into()]);
+    b.switch_to_block(head);
+    let i = b.block_params(head)[0];
+    let more = b.ins().icmp(IntCC::SignedLessThan, i, end);
+    b.ins().brif(more, body, &[], exit, &[]);
+    b.switch_to_block(body);
+    b.seal_block(body);
+    (i, Loop { head, exit, index: i, step })
+}
+
+/// Closes a loop opened by [`open`]: the builder continues after it.
+pub(super) fn close(b: &mut FunctionBuilder, l: Loop) {
+    let next = b.ins().iadd_imm_s(l.index, l.step);
+    b.ins().jump(l.head, &[next.into()]);
+    b.seal_block(l.head);
+    b.switch_to_block(l.exit);
+    b.seal_block(l.exit);
+}
+
+/// Memory accesses of the generated code: in bounds by construction, not necessarily aligned.
+pub(super) fn mem() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+struct Emitter<'a, 'b> {
+    b: &'a mut FunctionBuilder<'b>,
+    f: &'a Function,
+    ptr: Type,
+    args: Value,
+    outs: Value,
+    ws: Value,
+    /// Returns its parameter (a non-zero status).
+    fail: Block,
+    refs: Refs,
+}
+
+impl<'a, 'b> Emitter<'a, 'b> {
+    fn new(b: &'a mut FunctionBuilder<'b>, f: &'a Function, ptr: Type, refs: Refs) -> Self {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let p = b.block_params(entry).to_vec();
+        let fail = b.create_block();
+        b.append_block_param(fail, types::I32);
+        Emitter { b, f, ptr, args: p[0], outs: p[1], ws: p[2], fail, refs }
+    }
+
+    fn finish(self) {
+        let zero = self.b.ins().iconst(types::I32, 0);
+        self.b.ins().return_(&[zero]);
+        self.b.switch_to_block(self.fail);
+        self.b.seal_block(self.fail);
+        let status = self.b.block_params(self.fail)[0];
+        self.b.ins().return_(&[status]);
+    }
+
+    fn int(&mut self, v: usize) -> Value {
+        self.b.ins().iconst(types::I64, v as i64)
+    }
+
+    /// The address of buffer `buf`'s first element.
+    fn base(&mut self, buf: BufId) -> Value {
+        let root = self.f.root(buf);
+        let r = &self.f.bufs[root];
+        match r.home {
+            Home::Arg(j) => self.b.ins().load(self.ptr, mem(), self.args, (8 * j) as i32),
+            Home::Out(j) => self.b.ins().load(self.ptr, mem(), self.outs, (8 * j) as i32),
+            Home::Work => self.b.ins().iadd_imm_s(self.ws, r.offset as i64),
+            Home::Alias(_) => unreachable!("roots are not aliases"),
+        }
+    }
+
+    /// `base + elements · size` for a run-time element count.
+    fn offset(&mut self, base: Value, elements: Value, size: usize) -> Value {
+        let bytes = self.b.ins().imul_imm_s(elements, size as i64);
+        self.b.ins().iadd(base, bytes)
+    }
+
+    /// `Σ index · stride` (elements).
+    fn dot(&mut self, index: &[Value], strides: &[usize]) -> Value {
+        let mut acc = self.int(0);
+        for (&i, &s) in index.iter().zip(strides) {
+            if s != 0 {
+                let t = self.b.ins().imul_imm_s(i, s as i64);
+                acc = self.b.ins().iadd(acc, t);
+            }
+        }
+        acc
+    }
+
+    /// Opens one loop per axis of `dims`, outermost first: the indices and the loops to close.
+    fn nest(&mut self, dims: &[usize]) -> (Vec<Value>, Vec<Loop>) {
+        let mut index = Vec::new();
+        let mut loops = Vec::new();
+        for &n in dims {
+            let (start, end) = (self.int(0), self.int(n));
+            let (i, l) = open(self.b, start, end, 1);
+            index.push(i);
+            loops.push(l);
+        }
+        (index, loops)
+    }
+
+    fn unnest(&mut self, loops: Vec<Loop>) {
+        for l in loops.into_iter().rev() {
+            close(self.b, l);
+        }
+    }
+
+    fn instr(&mut self, instr: &Instr) {
+        match instr {
+            Instr::Kernel { kernel, outer, rows, n, ins, outs } => {
+                let slot = |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
+                let (in_slot, stride_slot, out_slot) = (slot(self.b, ins.len()), slot(self.b, ins.len()), slot(self.b, outs.len()));
+                for (j, input) in ins.iter().enumerate() {
+                    let s = self.b.ins().iconst(types::I64, input.row_stride as i64);
+                    self.b.ins().stack_store(self.ptr, s, stride_slot, (8 * j) as i32);
+                }
+                let in_bases: Vec<Value> = ins.iter().map(|i| self.base(i.buf)).collect();
+                let out_bases: Vec<Value> = outs.iter().map(|&o| self.base(o)).collect();
+                let (index, loops) = self.nest(outer);
+                let out_strides: Vec<usize> = tttc_ir::interp::contiguous_strides(outer).iter().map(|s| s * rows * n).collect();
+                for (j, input) in ins.iter().enumerate() {
+                    let at = self.dot(&index, &input.strides);
+                    let p = self.offset(in_bases[j], at, 4);
+                    self.b.ins().stack_store(self.ptr, p, in_slot, (8 * j) as i32);
+                }
+                let at = self.dot(&index, &out_strides);
+                for (j, &base) in out_bases.iter().enumerate() {
+                    let p = self.offset(base, at, 4);
+                    self.b.ins().stack_store(self.ptr, p, out_slot, (8 * j) as i32);
+                }
+                let (nv, rv) = (self.int(*n), self.int(*rows));
+                let ptrs: Vec<Value> = [in_slot, stride_slot, out_slot].iter().map(|&s| self.b.ins().stack_addr(self.ptr, s, 0)).collect();
+                self.b.ins().call(self.refs.kernels[*kernel], &[nv, rv, ptrs[0], ptrs[1], ptrs[2]]);
+                self.unnest(loops);
+            }
+            Instr::MatMul { c, a, b, batch, m, n, k } => {
+                let (cb, ab, bb) = (self.base(*c), self.base(a.buf), self.base(b.buf));
+                let (index, loops) = self.nest(batch);
+                let c_strides: Vec<usize> = tttc_ir::interp::contiguous_strides(batch).iter().map(|s| s * m * n).collect();
+                let at = self.dot(&index, &c_strides);
+                let cp = self.offset(cb, at, 4);
+                let at = self.dot(&index, &a.batch_strides);
+                let ap = self.offset(ab, at, 4);
+                let at = self.dot(&index, &b.batch_strides);
+                let bp = self.offset(bb, at, 4);
+                let args: Vec<Value> = [a.row_stride, a.col_stride, b.row_stride, *m, *n, *k].iter().map(|&v| self.int(v)).collect();
+                self.b.ins().call(self.refs.matmul, &[cp, ap, args[0], args[1], bp, args[2], args[3], args[4], args[5]]);
+                self.unnest(loops);
+            }
+            Instr::Reduce { dst, src, kind, outer, len, inner } => self.reduce(*dst, *src, *kind, *outer, *len, *inner),
+            Instr::Copy { dst, src, copy } => {
+                let size = elem_bytes(self.f.bufs[*dst].dtype);
+                let (d, s) = (self.base(*dst), self.base(*src));
+                self.copy(d, s, copy, size);
+            }
+            Instr::Fill { dst, bits } => {
+                let (ty, size) = self.int_type(*dst);
+                let d = self.base(*dst);
+                let v = self.b.ins().iconst(ty, *bits as i64);
+                let (index, loops) = self.nest(&[self.f.bufs[*dst].len()]);
+                let p = self.offset(d, index[0], size);
+                self.b.ins().store(mem(), v, p, 0);
+                self.unnest(loops);
+            }
+            Instr::Gather { dst, table, index, outer, len, row } => {
+                let (ty, size) = self.int_type(*dst);
+                let count = self.f.bufs[*index].len();
+                let (d, t, x) = (self.base(*dst), self.base(*table), self.base(*index));
+                let (i, loops) = self.nest(&[*outer, count]);
+                let k = self.load_index(x, i[1], *len);
+                let from = self.b.ins().imul_imm_s(i[0], *len as i64);
+                let from = self.b.ins().iadd(from, k);
+                let from = self.b.ins().imul_imm_s(from, *row as i64);
+                let to = self.dot(&i, &[count * row, *row]);
+                let (src, dst) = (self.offset(t, from, size), self.offset(d, to, size));
+                let (j, inner) = self.nest(&[*row]);
+                let (s, dd) = (self.offset(src, j[0], size), self.offset(dst, j[0], size));
+                let v = self.b.ins().load(ty, mem(), s, 0);
+                self.b.ins().store(mem(), v, dd, 0);
+                self.unnest(inner);
+                self.unnest(loops);
+            }
+            Instr::OneHot { dst, index, depth } => {
+                self.instr(&Instr::Fill { dst: *dst, bits: 0 });
+                let count = self.f.bufs[*index].len();
+                let (d, x) = (self.base(*dst), self.base(*index));
+                let (i, loops) = self.nest(&[count]);
+                let k = self.load_index(x, i[0], *depth);
+                let at = self.b.ins().imul_imm_s(i[0], *depth as i64);
+                let at = self.b.ins().iadd(at, k);
+                let p = self.offset(d, at, 4);
+                let one = self.b.ins().f32const(1.0);
+                self.b.ins().store(mem(), one, p, 0);
+                self.unnest(loops);
+            }
+            Instr::Iota { dst } => {
+                let dtype = self.f.bufs[*dst].dtype;
+                let d = self.base(*dst);
+                let (i, loops) = self.nest(&[self.f.bufs[*dst].len()]);
+                let v = if dtype == DType::F32 { self.b.ins().fcvt_from_sint(types::F32, i[0]) } else { i[0] };
+                let p = self.offset(d, i[0], elem_bytes(dtype));
+                self.b.ins().store(mem(), v, p, 0);
+                self.unnest(loops);
+            }
+            Instr::Cast { dst, src } => {
+                let (to, from) = (self.f.bufs[*dst].dtype, self.f.bufs[*src].dtype);
+                let (d, s) = (self.base(*dst), self.base(*src));
+                let (i, loops) = self.nest(&[self.f.bufs[*dst].len()]);
+                let (sp, dp) = (self.offset(s, i[0], elem_bytes(from)), self.offset(d, i[0], elem_bytes(to)));
+                let v = self.b.ins().load(if from == DType::F32 { types::F32 } else { types::I64 }, mem(), sp, 0);
+                let v = match (from, to) {
+                    (DType::I64, DType::F32) => self.b.ins().fcvt_from_sint(types::F32, v),
+                    (DType::F32, DType::I64) => self.b.ins().fcvt_to_sint_sat(types::I64, v),
+                    _ => v,
+                };
+                self.b.ins().store(mem(), v, dp, 0);
+                self.unnest(loops);
+            }
+            Instr::TriMask { dst, rows, cols, fill } => {
+                let d = self.base(*dst);
+                let matrices = self.f.bufs[*dst].len() / (rows * cols).max(1);
+                let (i, loops) = self.nest(&[matrices, *rows]);
+                let row = self.dot(&i, &[rows * cols, *cols]);
+                let row = self.offset(d, row, 4);
+                let start = self.b.ins().iadd_imm_s(i[1], 1);
+                let end = self.int(*cols);
+                let (j, l) = open(self.b, start, end, 1);
+                let p = self.offset(row, j, 4);
+                let v = self.b.ins().f32const(*fill);
+                self.b.ins().store(mem(), v, p, 0);
+                close(self.b, l);
+                self.unnest(loops);
+            }
+            Instr::Scan(s) => self.scan(s),
+        }
+    }
+
+    /// The integer type that moves one element of `buf` (its bits), and the element's size.
+    fn int_type(&self, buf: BufId) -> (Type, usize) {
+        match self.f.bufs[buf].dtype {
+            DType::F32 => (types::I32, 4),
+            DType::I64 => (types::I64, 8),
+        }
+    }
+
+    /// The index at `x[i]`, or a jump to the failure exit when it is not in `0..len`.
+    fn load_index(&mut self, x: Value, i: Value, len: usize) -> Value {
+        let p = self.offset(x, i, 8);
+        let k = self.b.ins().load(types::I64, mem(), p, 0);
+        let ok = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, k, len as i64);
+        let (good, status) = (self.b.create_block(), self.b.ins().iconst(types::I32, INDEX_OUT_OF_RANGE as i64));
+        self.b.ins().brif(ok, good, &[], self.fail, &[status.into()]);
+        self.b.switch_to_block(good);
+        self.b.seal_block(good);
+        k
+    }
+
+    /// `dst[Σ i·dst_strides] = src[Σ i·src_strides]` over `copy.shape`, from the given bases
+    /// plus the copy's offsets.
+    fn copy(&mut self, dst: Value, src: Value, copy: &Strided, size: usize) {
+        let ty = if size == 4 { types::I32 } else { types::I64 };
+        let d0 = self.b.ins().iadd_imm_s(dst, (copy.dst_at * size) as i64);
+        let s0 = self.b.ins().iadd_imm_s(src, (copy.src_at * size) as i64);
+        let (index, loops) = self.nest(&copy.shape);
+        let at = self.dot(&index, &copy.dst_strides);
+        let d = self.offset(d0, at, size);
+        let at = self.dot(&index, &copy.src_strides);
+        let s = self.offset(s0, at, size);
+        let v = self.b.ins().load(ty, mem(), s, 0);
+        self.b.ins().store(mem(), v, d, 0);
+        self.unnest(loops);
+    }
+
+    /// Sum, mean or max along the middle axis of `[outer, len, inner]`.
+    fn reduce(&mut self, dst: BufId, src: BufId, kind: ReduceKind, outer: usize, len: usize, inner: usize) {
+        let (d, s) = (self.base(dst), self.base(src));
+        let combine = |b: &mut FunctionBuilder, acc: Value, x: Value| match kind {
+            ReduceKind::Sum | ReduceKind::Mean => b.ins().fadd(acc, x),
+            ReduceKind::Max if b.func.dfg.value_type(x).is_vector() => b.ins().fmax(acc, x),
+            ReduceKind::Max => {
+                let greater = b.ins().fcmp(FloatCC::GreaterThan, x, acc);
+                b.ins().select(greater, x, acc)
+            }
+        };
+        let (i, loops) = self.nest(&[outer, inner]);
+        let from = self.dot(&i, &[len * inner, 1]);
+        let from = self.offset(s, from, 4);
+        // A row along the reduced axis: four partial results when it is contiguous.
+        let init = match kind {
+            ReduceKind::Max => f32::NEG_INFINITY,
+            _ => 0.0,
+        };
+        let mut acc = self.b.ins().f32const(init);
+        let vectors = inner == 1 && len >= 8;
+        if vectors {
+            let v0 = self.b.ins().splat(types::F32X4, acc);
+            let (start, end) = (self.int(0), self.int(len / 4 * 4));
+            let v = self.fold(from, (start, end, 4), 1, types::F32X4, v0, &combine);
+            for lane in 0..4 {
+                let x = self.b.ins().extractlane(v, lane);
+                acc = combine(self.b, acc, x);
+            }
+        }
+        let (start, end) = (self.int(if vectors { len / 4 * 4 } else { 0 }), self.int(len));
+        let mut result = self.fold(from, (start, end, 1), inner, types::F32, acc, &combine);
+        if kind == ReduceKind::Mean {
+            let n = self.b.ins().f32const(len as f32);
+            result = self.b.ins().fdiv(result, n);
+        }
+        let to = self.dot(&i, &[inner, 1]);
+        let p = self.offset(d, to, 4);
+        self.b.ins().store(mem(), result, p, 0);
+        self.unnest(loops);
+    }
+
+    /// Folds `combine` over the `ty` values at `from + k·stride` floats for k in
+    /// `start..end` by `step`, from `init`, the accumulator carried through a block parameter.
+    fn fold(&mut self, from: Value, (start, end, step): (Value, Value, i64), stride: usize, ty: Type, init: Value, combine: &dyn Fn(&mut FunctionBuilder, Value, Value) -> Value) -> Value {
+        let (head, body, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        self.b.append_block_param(head, types::I64);
+        self.b.append_block_param(head, ty);
+        self.b.append_block_param(exit, ty);
+        self.b.ins().jump(head, &[start.into(), init.into()]);
+        self.b.switch_to_block(head);
+        let (k, acc) = (self.b.block_params(head)[0], self.b.block_params(head)[1]);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, k, end);
+        self.b.ins().brif(more, body, &[], exit, &[acc.into()]);
+        self.b.switch_to_block(body);
+        self.b.seal_block(body);
+        let at = self.b.ins().imul_imm_s(k, stride as i64);
+        let p = self.offset(from, at, 4);
+        let x = self.b.ins().load(ty, mem(), p, 0);
+        let next_acc = combine(self.b, acc, x);
+        let next = self.b.ins().iadd_imm_s(k, step);
+        self.b.ins().jump(head, &[next.into(), next_acc.into()]);
+        self.b.seal_block(head);
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+        self.b.block_params(exit)[0]
+    }
+
+    fn scan(&mut self, s: &ScanInstr) {
+        if s.full > 0 {
+            let (start, end) = (self.int(0), self.int(s.full));
+            let (k, l) = open(self.b, start, end, 1);
+            self.iteration(s, k, s.body, s.chunk);
+            close(self.b, l);
+        }
+        if let Some((tail, len)) = s.tail {
+            let k = self.int(s.full);
+            self.iteration(s, k, tail, len);
+        }
+    }
+
+    /// Iteration `k` of a scan: its pieces of the sequences (`len` positions of each chunked
+    /// one) addressed or staged, the body called, its outputs put in place.
+    fn iteration(&mut self, s: &ScanInstr, k: Value, body: usize, len: usize) {
+        let slot = |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
+        let (args, outs) = (slot(self.b, s.carries.len() + s.seqs.len() + s.invariants.len()), slot(self.b, s.carries.len() + s.outputs.len()));
+        let parity = self.b.ins().band_imm_s(k, 1);
+        let (is_first, even) = (self.b.ins().icmp_imm_s(IntCC::Equal, k, 0), self.b.ins().icmp_imm_s(IntCC::Equal, parity, 0));
+        for (j, (init, pair)) in s.carries.iter().enumerate() {
+            let (i0, p0, p1) = (self.base(*init), self.base(pair[0]), self.base(pair[1]));
+            let write = self.b.ins().select(even, p0, p1);
+            let previous = self.b.ins().select(even, p1, p0);
+            let read = self.b.ins().select(is_first, i0, previous);
+            self.b.ins().stack_store(self.ptr, read, args, (8 * j) as i32);
+            self.b.ins().stack_store(self.ptr, write, outs, (8 * j) as i32);
+        }
+        // Where iteration k's piece of a sequence starts, in elements, and the piece's copy.
+        let piece = |e: &mut Self, slicing: &super::schedule::Slicing| -> (Value, Strided, usize) {
+            let buf = &e.f.bufs[slicing.buf];
+            let strides = tttc_ir::interp::contiguous_strides(&buf.shape);
+            let along = strides[s.axis];
+            let mut shape = buf.shape.clone();
+            shape[s.axis] = if slicing.per == 1 { 1 } else { len };
+            let at = e.b.ins().imul_imm_s(k, (slicing.per * along) as i64);
+            let piece_strides = tttc_ir::interp::contiguous_strides(&shape);
+            (at, Strided { shape, dst_at: 0, dst_strides: piece_strides, src_at: 0, src_strides: strides }, elem_bytes(buf.dtype))
+        };
+        for (j, slicing) in s.seqs.iter().enumerate() {
+            let (at, copy, size) = piece(self, slicing);
+            let base = self.base(slicing.buf);
+            let from = self.offset(base, at, size);
+            let p = match slicing.staging {
+                None => from,
+                Some(stage) => {
+                    let to = self.base(stage);
+                    self.copy(to, from, &copy.simplified(), size);
+                    to
+                }
+            };
+            self.b.ins().stack_store(self.ptr, p, args, (8 * (s.carries.len() + j)) as i32);
+        }
+        for (j, &inv) in s.invariants.iter().enumerate() {
+            let p = self.base(inv);
+            self.b.ins().stack_store(self.ptr, p, args, (8 * (s.carries.len() + s.seqs.len() + j)) as i32);
+        }
+        let mut placements = Vec::new();
+        for (j, slicing) in s.outputs.iter().enumerate() {
+            let (at, copy, size) = piece(self, slicing);
+            let base = self.base(slicing.buf);
+            let to = self.offset(base, at, size);
+            let p = match slicing.staging {
+                None => to,
+                Some(stage) => {
+                    let from = self.base(stage);
+                    // Back from the piece to its place: the copy's two sides swapped.
+                    let back = Strided { shape: copy.shape, dst_at: 0, dst_strides: copy.src_strides, src_at: 0, src_strides: copy.dst_strides };
+                    placements.push((to, from, back.simplified(), size));
+                    from
+                }
+            };
+            self.b.ins().stack_store(self.ptr, p, outs, (8 * (s.carries.len() + j)) as i32);
+        }
+        let a = self.b.ins().stack_addr(self.ptr, args, 0);
+        let o = self.b.ins().stack_addr(self.ptr, outs, 0);
+        let w = self.b.ins().iadd_imm_s(self.ws, self.f.arena as i64);
+        let call = self.b.ins().call(self.refs.functions[body], &[a, o, w]);
+        let status = self.b.inst_results(call)[0];
+        let ok = self.b.create_block();
+        self.b.ins().brif(status, self.fail, &[status.into()], ok, &[]);
+        self.b.switch_to_block(ok);
+        self.b.seal_block(ok);
+        for (to, from, copy, size) in placements {
+            self.copy(to, from, &copy, size);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The matrix product of compiled models, generated with Cranelift so that the object file
+//! needs nothing but the C library: `c[m×n] = a[m×k] · b[k×n]`, `c` row-major, `a` read
+//! through (row, column) strides, `b`'s rows contiguous (`b_rs` apart).
+//!
+//! Blocks of 6 rows × 8 columns keep their sums in twelve f32x4 registers over the whole `k`
+//! loop (one broadcast element of `a` times two vectors of `b`, fused multiply-adds); rows are
+//! walked in panels of `PANEL` so that a panel of `a` stays in cache while the column blocks
+//! sweep `b`. Edges use blocks of one row, four columns or one column. (Measured at
+//! 2048×768×768 on one core: 4-row blocks 22 GFLOP/s, 6-row blocks 28–30.)
+
+use anyhow::{anyhow, Result};
+use cranelift_codegen::ir::{types, AbiParam, BlockArg, InstBuilder, Type, Value};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{FuncId, Linkage, Module};
+
+use super::emit::{close, mem, open};
+
+/// Rows per panel (a multiple of `ROWS`) and per block.
+const PANEL: i64 = 48;
+const ROWS: usize = 6;
+
+/// Defines the product as a local function `name(c, a, a_rs, a_cs, b, b_rs, m, n, k)`.
+pub(super) fn define<M: Module>(module: &mut M, name: &str) -> Result<FuncId> {
+    let ptr = module.target_config().pointer_type();
+    let mut sig = module.make_signature();
+    for ty in [ptr, ptr, types::I64, types::I64, ptr, types::I64, types::I64, types::I64, types::I64] {
+        sig.params.push(AbiParam::new(ty));
+    }
+    let id = module.declare_function(name, Linkage::Local, &sig)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig;
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let p = b.block_params(entry).to_vec();
+        let g = Gemm { c: p[0], a: p[1], a_rs: p[2], a_cs: p[3], b: p[4], b_rs: p[5], n: p[7], k: p[8], ptr };
+        let m = p[6];
+        let zero = b.ins().iconst(types::I64, 0);
+        let (ic, panels) = open(&mut b, zero, m, PANEL);
+        let end = b.ins().iadd_imm_s(ic, PANEL);
+        let end = b.ins().smin(end, m);
+        // Column blocks of 8, then one of 4, then single columns.
+        let n8 = b.ins().band_imm_s(g.n, !7);
+        let (j, cols) = open(&mut b, zero, n8, 8);
+        g.rows(&mut b, ic, end, j, 2);
+        close(&mut b, cols);
+        let n4 = b.ins().band_imm_s(g.n, !3);
+        let (j, cols) = open(&mut b, n8, n4, 4);
+        g.rows(&mut b, ic, end, j, 1);
+        close(&mut b, cols);
+        let (j, cols) = open(&mut b, n4, g.n, 1);
+        g.rows(&mut b, ic, end, j, 0);
+        close(&mut b, cols);
+        close(&mut b, panels);
+        b.ins().return_(&[]);
+        b.finalize(module.isa().frontend_config());
+    }
+    module.define_function(id, &mut ctx).map_err(|e| anyhow!("compiling the matrix product: {e:?}"))?;
+    Ok(id)
+}
+
+struct Gemm {
+    c: Value,
+    a: Value,
+    a_rs: Value,
+    a_cs: Value,
+    b: Value,
+    b_rs: Value,
+    n: Value,
+    k: Value,
+    ptr: Type,
+}
+
+impl Gemm {
+    /// Rows `start..end` of column block `j`: `vectors` f32x4 columns (0: one scalar column),
+    /// `ROWS` rows at a time, then one.
+    fn rows(&self, b: &mut FunctionBuilder, start: Value, end: Value, j: Value, vectors: usize) {
+        let span = b.ins().isub(end, start);
+        let blocks = b.ins().udiv_imm_u(span, ROWS as i64);
+        let whole = b.ins().imul_imm_s(blocks, ROWS as i64);
+        let end4 = b.ins().iadd(start, whole);
+        let (i, l) = open(b, start, end4, ROWS as i64);
+        self.block(b, i, ROWS, j, vectors);
+        close(b, l);
+        let (i, l) = open(b, end4, end, 1);
+        self.block(b, i, 1, j, vectors);
+        close(b, l);
+    }
+
+    /// `c[i..i+rows, j..]`: the sums over `k` kept in registers, carried by the loop's block
+    /// parameters.
+    fn block(&self, b: &mut FunctionBuilder, i: Value, rows: usize, j: Value, vectors: usize) {
+        let (ty, width, count) = if vectors == 0 { (types::F32, 1, 1) } else { (types::F32X4, 4, vectors) };
+        let zero_f = b.ins().f32const(0.0);
+        let zero = if vectors == 0 { zero_f } else { b.ins().splat(types::F32X4, zero_f) };
+        let a_rows: Vec<Value> = (0..rows)
+            .map(|r| {
+                let row = b.ins().iadd_imm_s(i, r as i64);
+                let at = b.ins().imul(row, self.a_rs);
+                let at = b.ins().ishl_imm_u(at, 2);
+                b.ins().iadd(self.a, at)
+            })
+            .collect();
+        let jb = b.ins().ishl_imm_u(j, 2);
+        let b_col = b.ins().iadd(self.b, jb);
+        let a_step = b.ins().ishl_imm_u(self.a_cs, 2);
+        let b_step = b.ins().ishl_imm_u(self.b_rs, 2);
+
+        let (head, body, exit) = (b.create_block(), b.create_block(), b.create_block());
+        b.append_block_param(head, types::I64);
+        b.append_block_param(head, self.ptr); // a offset in bytes
+        b.append_block_param(head, self.ptr); // the row of b
+        let sums = rows * count;
+        for _ in 0..sums {
+            b.append_block_param(head, ty);
+            b.append_block_param(exit, ty);
+        }
+        let zero_i = b.ins().iconst(types::I64, 0);
+        let mut start: Vec<BlockArg> = vec![zero_i.into(), zero_i.into(), b_col.into()];
+        start.extend((0..sums).map(|_| BlockArg::from(zero)));
+        b.ins().jump(head, &start);
+        b.switch_to_block(head);
+        let params = b.block_params(head).to_vec();
+        let (p, a_off, b_row, acc) = (params[0], params[1], params[2], &params[3..]);
+        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, p, self.k);
+        let pass: Vec<BlockArg> = acc.iter().map(|&v| v.into()).collect();
+        b.ins().brif(more, body, &[], exit, &pass);
+        b.switch_to_block(body);
+        b.seal_block(body);
+        let bv: Vec<Value> = (0..count).map(|v| b.ins().load(ty, mem(), b_row, (16 * v) as i32)).collect();
+        let mut next = Vec::with_capacity(sums);
+        for (r, &row) in a_rows.iter().enumerate() {
+            let at = b.ins().iadd(row, a_off);
+            let x = b.ins().load(types::F32, mem(), at, 0);
+            let x = if vectors == 0 { x } else { b.ins().splat(types::F32X4, x) };
+            for (v, &bv) in bv.iter().enumerate() {
+                next.push(b.ins().fma(x, bv, acc[r * count + v]));
+            }
+        }
+        let p1 = b.ins().iadd_imm_s(p, 1);
+        let a_next = b.ins().iadd(a_off, a_step);
+        let b_next = b.ins().iadd(b_row, b_step);
+        let mut args: Vec<BlockArg> = vec![p1.into(), a_next.into(), b_next.into()];
+        args.extend(next.iter().map(|&v| BlockArg::from(v)));
+        b.ins().jump(head, &args);
+        b.seal_block(head);
+        b.switch_to_block(exit);
+        b.seal_block(exit);
+        let results = b.block_params(exit).to_vec();
+        for r in 0..rows {
+            let row = b.ins().iadd_imm_s(i, r as i64);
+            let at = b.ins().imul(row, self.n);
+            let at = b.ins().iadd(at, j);
+            let at = b.ins().ishl_imm_u(at, 2);
+            let dst = b.ins().iadd(self.c, at);
+            for v in 0..count {
+                b.ins().store(mem(), results[r * count + v], dst, (4 * width * v) as i32);
+            }
+        }
+    }
+}

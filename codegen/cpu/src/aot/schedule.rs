@@ -1,0 +1,630 @@
+//! A plan with every shape known, as straight-line instructions over buffers: one function for
+//! the model and one per scan body (and per chunk length, when the last chunk is shorter). Fused
+//! bodies are inlined, reshapes are free (every buffer is contiguous), and every buffer that is
+//! neither an argument nor an output gets an offset in the function's workspace, reused once
+//! the buffer is dead.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Context, Result};
+use tttc_ir::interp::{broadcast_shape, broadcast_strides, contiguous_strides, reduction};
+use tttc_ir::{DType, DimEnv, Graph, Op, ReduceKind, ValueId};
+
+use crate::exec::{row_layout, RowLayout};
+use crate::kernel::{Expr, KernelSpec};
+use crate::plan::{Body, ScanPlan, Step};
+
+pub(super) type BufId = usize;
+
+/// Where a buffer lives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Home {
+    /// The function's argument `j`.
+    Arg(usize),
+    /// The function's output `j`.
+    Out(usize),
+    /// The workspace, at an offset the layout chooses.
+    Work,
+    /// Another buffer's memory (a reshape).
+    Alias(BufId),
+}
+
+pub(super) struct Buf {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub home: Home,
+    /// Bytes from the workspace's start, for `Home::Work`.
+    pub offset: usize,
+}
+
+impl Buf {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.len() * elem_bytes(self.dtype)
+    }
+}
+
+pub(super) fn elem_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 4,
+        DType::I64 => 8,
+    }
+}
+
+/// One instruction; sizes are in elements, offsets and strides in elements of the buffer's type.
+pub(super) enum Instr {
+    /// A generated kernel over `outer` axes (walked by loops around the call, each input with
+    /// its `strides` along them) of `rows` rows of `n` elements.
+    Kernel { kernel: usize, outer: Vec<usize>, rows: usize, n: usize, ins: Vec<KernelInput>, outs: Vec<BufId> },
+    /// `c = a · b` for each index of `batch` (the operands' offsets advance by their batch
+    /// strides, `c` is contiguous); `a` read with (row, column) strides, `b`'s rows contiguous.
+    MatMul { c: BufId, a: Operand, b: Operand, batch: Vec<usize>, m: usize, n: usize, k: usize },
+    Reduce { dst: BufId, src: BufId, kind: ReduceKind, outer: usize, len: usize, inner: usize },
+    /// `dst[dst_at + Σ i·dst_strides] = src[src_at + Σ i·src_strides]` over `shape`.
+    Copy { dst: BufId, src: BufId, copy: Strided },
+    /// Every element of `dst` set to a constant (its bits, as stored).
+    Fill { dst: BufId, bits: u64 },
+    /// Rows of `row` elements: `dst[o, i, :] = table[o, index[i], :]` (`len` rows per `o`).
+    Gather { dst: BufId, table: BufId, index: BufId, outer: usize, len: usize, row: usize },
+    OneHot { dst: BufId, index: BufId, depth: usize },
+    Iota { dst: BufId },
+    Cast { dst: BufId, src: BufId },
+    /// In place, over matrices of `rows × cols`: entries above the diagonal become `fill`.
+    TriMask { dst: BufId, rows: usize, cols: usize, fill: f32 },
+    Scan(Box<ScanInstr>),
+}
+
+pub(super) struct KernelInput {
+    pub buf: BufId,
+    pub strides: Vec<usize>,
+    pub row_stride: usize,
+}
+
+#[derive(Clone)]
+pub(super) struct Operand {
+    pub buf: BufId,
+    pub batch_strides: Vec<usize>,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Strided {
+    pub shape: Vec<usize>,
+    pub dst_at: usize,
+    pub dst_strides: Vec<usize>,
+    pub src_at: usize,
+    pub src_strides: Vec<usize>,
+}
+
+impl Strided {
+    /// Merges axes that both sides walk contiguously and drops axes of length 1.
+    pub fn simplified(mut self) -> Strided {
+        let mut shape = Vec::new();
+        let (mut ds, mut ss) = (Vec::new(), Vec::new());
+        for d in 0..self.shape.len() {
+            if self.shape[d] == 1 {
+                continue;
+            }
+            let n = self.shape[d];
+            match (shape.last_mut(), ds.last(), ss.last()) {
+                (Some(last), Some(&dl), Some(&sl)) if dl == self.dst_strides[d] * n && sl == self.src_strides[d] * n => {
+                    *last *= n;
+                    *ds.last_mut().unwrap() = self.dst_strides[d];
+                    *ss.last_mut().unwrap() = self.src_strides[d];
+                }
+                _ => {
+                    shape.push(n);
+                    ds.push(self.dst_strides[d]);
+                    ss.push(self.src_strides[d]);
+                }
+            }
+        }
+        self.shape = shape;
+        self.dst_strides = ds;
+        self.src_strides = ss;
+        self
+    }
+}
+
+/// A scan: `full` iterations of the body function over whole chunks, then, when the sequence
+/// is not a multiple of the chunk, one of `tail` (the body for the shorter last chunk).
+pub(super) struct ScanInstr {
+    pub body: usize,
+    pub tail: Option<(usize, usize)>,
+    pub full: usize,
+    pub chunk: usize,
+    pub axis: usize,
+    /// Per carry: its initial value and the two buffers iterations write in turn (iteration `k`
+    /// writes `pingpong[k % 2]` and reads the other, or the initial value at `k = 0`).
+    pub carries: Vec<(BufId, [BufId; 2])>,
+    pub seqs: Vec<Slicing>,
+    pub invariants: Vec<BufId>,
+    /// Per-chunk outputs, written into their place in the stacked result.
+    pub outputs: Vec<Slicing>,
+}
+
+/// A sequence operand or a stacked result of a scan, and how one iteration's piece of it is
+/// reached: `per` positions along the axis per iteration (the chunk, or 1 for an iteration
+/// sequence). A piece is addressed in place when every axis before the scan's is 1; otherwise
+/// it is copied through `staging`.
+pub(super) struct Slicing {
+    pub buf: BufId,
+    pub per: usize,
+    pub staging: Option<BufId>,
+}
+
+pub(super) struct Function {
+    pub bufs: Vec<Buf>,
+    pub instrs: Vec<Instr>,
+    /// Bytes of workspace of this function's own buffers; the functions it calls get the
+    /// workspace after them.
+    pub arena: usize,
+    /// Bytes of workspace this function and the functions it calls need.
+    pub workspace: usize,
+}
+
+impl Function {
+    /// The buffer whose memory `b` is.
+    pub fn root(&self, mut b: BufId) -> BufId {
+        while let Home::Alias(a) = self.bufs[b].home {
+            b = a;
+        }
+        b
+    }
+}
+
+/// Every function of a compiled model (the model last) and the kernels they call.
+pub(super) struct Schedule {
+    pub functions: Vec<Function>,
+    pub specs: Vec<KernelSpec>,
+}
+
+/// Schedules a body planned for one thread, its graph's symbols bound in `env`.
+pub(super) fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv) -> Result<Schedule> {
+    let mut s = Schedule { functions: Vec::new(), specs };
+    let shapes: Vec<Vec<usize>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).resolve(env)).collect::<Result<_>>()?;
+    function(&mut s, body, env.clone(), &shapes)?;
+    Ok(s)
+}
+
+/// Schedules `body` as a function of arguments of `shapes`, binding its symbols in `env`.
+fn function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<usize>]) -> Result<usize> {
+    let g = &body.graph;
+    for (a, shape) in g.args.iter().zip(shapes) {
+        g.ty(a.value).bind(shape, &mut env).with_context(|| format!("argument {} of {}", a.name, g.name))?;
+    }
+    let mut f = Builder { s, bufs: Vec::new(), instrs: Vec::new(), env };
+    let mut args = Vec::new();
+    for (j, a) in g.args.iter().enumerate() {
+        let shape = f.shape_of(g, a.value)?;
+        args.push(f.buf(g.ty(a.value).dtype, shape, Home::Arg(j))?);
+    }
+    let mut wanted = HashMap::new();
+    for (j, (_, v)) in g.outputs.iter().enumerate() {
+        wanted.entry(*v).or_insert(Home::Out(j));
+    }
+    let outs = f.body(body, &args, &mut wanted)?;
+    for (j, &b) in outs.iter().enumerate() {
+        if f.bufs[b].home != Home::Out(j) {
+            let out = f.buf(f.bufs[b].dtype, f.bufs[b].shape.clone(), Home::Out(j))?;
+            f.copy_all(out, b);
+        }
+    }
+    let Builder { bufs, instrs, .. } = f;
+    let mut func = Function { bufs, instrs, arena: 0, workspace: 0 };
+    let callees = func.instrs.iter().filter_map(|i| match i {
+        Instr::Scan(sc) => Some(std::iter::once(sc.body).chain(sc.tail.map(|t| t.0))),
+        _ => None,
+    });
+    let nested = callees.flatten().map(|k| s.functions[k].workspace).max().unwrap_or(0);
+    func.arena = layout(&mut func);
+    func.workspace = func.arena + nested;
+    s.functions.push(func);
+    Ok(s.functions.len() - 1)
+}
+
+struct Builder<'a> {
+    s: &'a mut Schedule,
+    bufs: Vec<Buf>,
+    instrs: Vec<Instr>,
+    env: DimEnv,
+}
+
+impl Builder<'_> {
+    fn shape_of(&self, g: &Graph, v: ValueId) -> Result<Vec<usize>> {
+        g.ty(v).resolve(&self.env)
+    }
+
+    fn buf(&mut self, dtype: DType, shape: Vec<usize>, home: Home) -> Result<BufId> {
+        self.bufs.push(Buf { dtype, shape, home, offset: 0 });
+        Ok(self.bufs.len() - 1)
+    }
+
+    /// A new buffer for value `v`: the output it is wanted as, if any, else the workspace.
+    fn fresh(&mut self, g: &Graph, v: ValueId, wanted: &mut HashMap<ValueId, Home>) -> Result<BufId> {
+        let home = wanted.remove(&v).unwrap_or(Home::Work);
+        self.buf(g.ty(v).dtype, self.shape_of(g, v)?, home)
+    }
+
+    fn copy_all(&mut self, dst: BufId, src: BufId) {
+        let shape = self.bufs[dst].shape.clone();
+        let strides = contiguous_strides(&shape);
+        let copy = Strided { shape, dst_at: 0, dst_strides: strides.clone(), src_at: 0, src_strides: strides }.simplified();
+        self.instrs.push(Instr::Copy { dst, src, copy });
+    }
+
+    /// Schedules a planned body whose arguments are `args`; returns its outputs' buffers.
+    fn body(&mut self, body: &Body, args: &[BufId], wanted: &mut HashMap<ValueId, Home>) -> Result<Vec<BufId>> {
+        let g = &body.graph;
+        let mut vals: HashMap<ValueId, BufId> = g.args.iter().zip(args).map(|(a, &b)| (a.value, b)).collect();
+        for step in &body.steps {
+            let what = || match step {
+                Step::Kernel(k) => format!("kernel {} in {}", k.kernel, g.name),
+                Step::Op(i) | Step::MatMul(i, _) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => {
+                    let node = &g.nodes[*i];
+                    format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name)
+                }
+            };
+            self.step(g, step, &mut vals, wanted).with_context(what)?;
+        }
+        g.outputs.iter().map(|(name, v)| vals.get(v).copied().with_context(|| format!("output {name} of {} is undefined", g.name))).collect()
+    }
+
+    fn step(&mut self, g: &Graph, step: &Step, vals: &mut HashMap<ValueId, BufId>, wanted: &mut HashMap<ValueId, Home>) -> Result<()> {
+        let get = |vals: &HashMap<ValueId, BufId>, v: &ValueId| vals.get(v).copied().with_context(|| format!("%{} is not defined", v.0));
+        match step {
+            Step::Kernel(k) => {
+                let shape: Vec<usize> = k.shape.iter().map(|d| d.resolve(&self.env)).collect::<Result<_>>()?;
+                let ins: Vec<BufId> = k.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
+                let outs: Vec<BufId> = k.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
+                for (v, b) in k.outputs.iter().zip(&outs) {
+                    vals.insert(*v, *b);
+                }
+                self.kernel(k.kernel, &shape, &ins, &k.splat, outs)
+            }
+            Step::MatMul(i, operands) => {
+                let node = &g.nodes[*i];
+                let a = get(vals, &operands[0].0)?;
+                let b = get(vals, &operands[1].0)?;
+                let c = self.fresh(g, node.outputs[0], wanted)?;
+                vals.insert(node.outputs[0], c);
+                self.matmul(c, (a, operands[0].1), (b, operands[1].1))
+            }
+            Step::Reduce(i) => {
+                let node = &g.nodes[*i];
+                let Op::Reduce { kind, axis, keepdim } = node.op else { bail!("not a reduction") };
+                let src = get(vals, &node.inputs[0])?;
+                let (outer, len, inner, _) = reduction(&self.bufs[src].shape, kind, axis, keepdim)?;
+                let dst = self.fresh(g, node.outputs[0], wanted)?;
+                vals.insert(node.outputs[0], dst);
+                self.instrs.push(Instr::Reduce { dst, src, kind, outer, len, inner });
+                Ok(())
+            }
+            Step::Fused(i, body) => {
+                let node = &g.nodes[*i];
+                let args: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
+                let mut inner_wanted: HashMap<ValueId, Home> = HashMap::new();
+                for ((_, inner), outer) in body.graph.outputs.iter().zip(&node.outputs) {
+                    if let Some(h) = wanted.remove(outer) {
+                        inner_wanted.entry(*inner).or_insert(h);
+                    }
+                }
+                let outs = self.body(body, &args, &mut inner_wanted)?;
+                for (v, b) in node.outputs.iter().zip(outs) {
+                    vals.insert(*v, b);
+                }
+                Ok(())
+            }
+            Step::Scan(i, ScanPlan::Whole(body)) => {
+                let node = &g.nodes[*i];
+                let Op::Scan(scan) = &node.op else { bail!("not a scan") };
+                let ins: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
+                let outs: Vec<BufId> = node.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
+                self.scan(scan, body, &ins, &outs)?;
+                for (v, b) in node.outputs.iter().zip(outs) {
+                    vals.insert(*v, b);
+                }
+                Ok(())
+            }
+            Step::Scan(_, ScanPlan::Lanes(_)) => bail!("a scan split over threads cannot be compiled ahead of time"),
+            Step::Op(i) => {
+                let node = &g.nodes[*i];
+                let ins: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
+                let out = node.outputs[0];
+                let b = match &node.op {
+                    Op::Reshape { .. } | Op::Barrier => {
+                        let ty = g.ty(out);
+                        self.buf(ty.dtype, self.shape_of(g, out)?, Home::Alias(ins[0]))?
+                    }
+                    op => {
+                        let dst = self.fresh(g, out, wanted)?;
+                        self.op(op, dst, &ins)?;
+                        dst
+                    }
+                };
+                vals.insert(out, b);
+                Ok(())
+            }
+        }
+    }
+
+    fn kernel(&mut self, kernel: usize, shape: &[usize], ins: &[BufId], splat: &[bool], outs: Vec<BufId>) -> Result<()> {
+        if shape.iter().product::<usize>() == 0 {
+            return Ok(());
+        }
+        let in_shapes: Vec<&[usize]> = ins.iter().map(|&b| &self.bufs[b].shape[..]).collect();
+        let RowLayout { n, rows, outer, strides, row_strides } = row_layout(shape, &in_shapes, splat)?;
+        let ins = ins
+            .iter()
+            .zip(strides)
+            .zip(row_strides)
+            .map(|((&buf, s), r)| KernelInput { buf, strides: s[..outer].to_vec(), row_stride: r as usize })
+            .collect();
+        self.instrs.push(Instr::Kernel { kernel, outer: shape[..outer].to_vec(), rows, n, ins, outs });
+        Ok(())
+    }
+
+    fn matmul(&mut self, c: BufId, (a, ta): (BufId, bool), (b, tb): (BufId, bool)) -> Result<()> {
+        let (ba, m, k, ars, acs) = matrix(&self.bufs[a].shape, ta)?;
+        // The generated product reads the right operand's rows contiguously: a transposed one
+        // is packed first.
+        let b = if tb {
+            let shape = self.bufs[b].shape.clone();
+            let r = shape.len();
+            let mut packed = shape.clone();
+            packed.swap(r - 2, r - 1);
+            let mut src = contiguous_strides(&shape);
+            src.swap(r - 2, r - 1);
+            let dst = self.buf(DType::F32, packed.clone(), Home::Work)?;
+            let copy = Strided { dst_strides: contiguous_strides(&packed), shape: packed, dst_at: 0, src_at: 0, src_strides: src }.simplified();
+            self.instrs.push(Instr::Copy { dst, src: b, copy });
+            dst
+        } else {
+            b
+        };
+        let (bb, k2, n, brs, bcs) = matrix(&self.bufs[b].shape, false)?;
+        debug_assert_eq!(bcs, 1);
+        ensure!(k == k2, "contracted dimensions differ: {k} and {k2}");
+        let batch = broadcast_shape(&ba, &bb)?;
+        let (mut sa, sb) = (broadcast_strides(&ba, &batch)?, broadcast_strides(&bb, &batch)?);
+        let (mut batch, mut m) = (batch, m);
+        // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
+        if sb.iter().all(|&s| s == 0) && !ta && sa == contiguous_strides(&batch) {
+            m *= batch.iter().product::<usize>();
+            batch.clear();
+            sa.clear();
+        }
+        let sb = if batch.is_empty() { Vec::new() } else { sb };
+        let scale = |s: Vec<usize>, by: usize| s.into_iter().map(|x| x * by).collect();
+        let a = Operand { buf: a, batch_strides: scale(sa, m * k), row_stride: ars, col_stride: acs };
+        let b = Operand { buf: b, batch_strides: scale(sb, k * n), row_stride: brs, col_stride: bcs };
+        self.instrs.push(Instr::MatMul { c, a, b, batch, m, n, k });
+        Ok(())
+    }
+
+    /// An op that is neither elementwise-in-a-kernel, a product, a reduction nor a region.
+    fn op(&mut self, op: &Op, dst: BufId, ins: &[BufId]) -> Result<()> {
+        let shape = self.bufs[dst].shape.clone();
+        let contiguous = contiguous_strides(&shape);
+        let strided = |src_at: usize, src_strides: Vec<usize>| Strided { shape: shape.clone(), dst_at: 0, dst_strides: contiguous.clone(), src_at, src_strides }.simplified();
+        match op {
+            Op::Const { value, dtype } => {
+                let bits = match dtype {
+                    DType::F32 => (*value as f32).to_bits() as u64,
+                    DType::I64 => (*value as i64) as u64,
+                };
+                self.instrs.push(Instr::Fill { dst, bits });
+            }
+            Op::Iota { .. } => self.instrs.push(Instr::Iota { dst }),
+            Op::Cast { .. } => self.instrs.push(Instr::Cast { dst, src: ins[0] }),
+            Op::Transpose { perm } => {
+                let src = contiguous_strides(&self.bufs[ins[0]].shape);
+                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(0, perm.iter().map(|&p| src[p]).collect()) });
+            }
+            Op::Broadcast { .. } => {
+                let src = broadcast_strides(&self.bufs[ins[0]].shape, &shape)?;
+                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(0, src) });
+            }
+            Op::Slice { axis, start, .. } => {
+                let from = &self.bufs[ins[0]].shape;
+                let start = if *start < 0 { (from[*axis] as i64 + start).max(0) as usize } else { (*start as usize).min(from[*axis]) };
+                let src = contiguous_strides(from);
+                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(start * src[*axis], src) });
+            }
+            Op::Concat { axis } => {
+                let mut at = 0;
+                for &piece in ins {
+                    let piece_shape = self.bufs[piece].shape.clone();
+                    let len = piece_shape[*axis];
+                    let copy = Strided { shape: piece_shape.clone(), dst_at: at * contiguous[*axis], dst_strides: contiguous.clone(), src_at: 0, src_strides: contiguous_strides(&piece_shape) };
+                    self.instrs.push(Instr::Copy { dst, src: piece, copy: copy.simplified() });
+                    at += len;
+                }
+            }
+            Op::Pad { axis, before, .. } => {
+                self.instrs.push(Instr::Fill { dst, bits: 0 });
+                let inner = self.bufs[ins[0]].shape.clone();
+                let copy = Strided { shape: inner.clone(), dst_at: before * contiguous[*axis], dst_strides: contiguous.clone(), src_at: 0, src_strides: contiguous_strides(&inner) };
+                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: copy.simplified() });
+            }
+            Op::Gather { axis } => {
+                let table = &self.bufs[ins[0]].shape;
+                let outer: usize = table[..*axis].iter().product();
+                let row: usize = table[axis + 1..].iter().product();
+                self.instrs.push(Instr::Gather { dst, table: ins[0], index: ins[1], outer, len: table[*axis], row });
+            }
+            Op::OneHot { depth } => self.instrs.push(Instr::OneHot { dst, index: ins[0], depth: *depth }),
+            Op::TriMask { fill } => {
+                let r = shape.len();
+                ensure!(r >= 2, "tri_mask needs rank 2 or more");
+                self.copy_all(dst, ins[0]);
+                self.instrs.push(Instr::TriMask { dst, rows: shape[r - 2], cols: shape[r - 1], fill: *fill as f32 });
+            }
+            Op::Unary(u) if self.bufs[ins[0]].dtype == DType::F32 => self.single(Expr::Unary(*u, 0), dst, ins)?,
+            Op::Binary(b) if ins.iter().all(|&i| self.bufs[i].dtype == DType::F32) => self.single(Expr::Binary(*b, 0, 1), dst, ins)?,
+            op => bail!("`{}` is not supported in a compiled model", op.name()),
+        }
+        Ok(())
+    }
+
+    /// One elementwise op the planner could not put in a kernel (its broadcast was not known
+    /// from the types): a kernel of its own, now that the shapes are known. `e` reads the
+    /// inputs as entries `0..ins.len()`.
+    fn single(&mut self, e: Expr, dst: BufId, ins: &[BufId]) -> Result<()> {
+        let shape = self.bufs[dst].shape.clone();
+        let splat: Vec<bool> = ins.iter().map(|&b| shape.last().is_some_and(|&n| n > 1) && self.bufs[b].shape.last().is_none_or(|&d| d == 1)).collect();
+        let mut exprs: Vec<Expr> = (0..ins.len()).map(Expr::Input).collect();
+        exprs.push(e);
+        self.s.specs.push(KernelSpec { outputs: vec![exprs.len() - 1], exprs, splat: splat.clone() });
+        self.kernel(self.s.specs.len() - 1, &shape, ins, &splat, vec![dst])
+    }
+
+    /// A scan writing `outs` (its final carries, then its stacked outputs): its body scheduled as
+    /// a function (two when the last chunk is shorter), called once per chunk.
+    fn scan(&mut self, scan: &tttc_ir::Scan, body: &Body, ins: &[BufId], outs: &[BufId]) -> Result<()> {
+        ensure!(!scan.reverse, "a reverse scan cannot be compiled ahead of time (it belongs to gradients)");
+        let (nc, ns) = (scan.carries, scan.seqs);
+        let first = (nc..nc + ns).find(|&i| !scan.is_iteration_seq(i)).context("scan has no chunked sequence")?;
+        let total = self.bufs[ins[first]].shape[scan.axis];
+        ensure!(total > 0, "scan over an empty sequence");
+        let (full, rem) = (total / scan.chunk, total % scan.chunk);
+        // The chunk symbol is the body's own.
+        let mut env = self.env.clone();
+        if let Some(sym) = scan.body.ty(scan.body.args[first].value).shape.get(scan.axis).and_then(|d| d.sym.as_ref()) {
+            env.remove(sym);
+        }
+        let piece = |shape: &[usize], iteration: bool, len: usize| {
+            let mut s = shape.to_vec();
+            s[scan.axis] = if iteration { 1 } else { len };
+            s
+        };
+        let arg_shapes = |len: usize| -> Vec<Vec<usize>> {
+            ins.iter()
+                .enumerate()
+                .map(|(i, &b)| {
+                    let shape = &self.bufs[b].shape;
+                    if (nc..nc + ns).contains(&i) { piece(shape, scan.is_iteration_seq(i), len) } else { shape.clone() }
+                })
+                .collect()
+        };
+        let whole = if full > 0 { Some(function(self.s, body, env.clone(), &arg_shapes(scan.chunk))?) } else { None };
+        let tail = if rem > 0 { Some((function(self.s, body, env, &arg_shapes(rem))?, rem)) } else { None };
+        let body_fn = whole.or(tail.map(|t| t.0)).expect("one of them exists");
+        let (axis, chunk) = (scan.axis, scan.chunk);
+        let slicing = |b: &mut Self, buf: BufId, iteration: bool| -> Result<Slicing> {
+            let shape = b.bufs[buf].shape.clone();
+            let per = if iteration { 1 } else { chunk };
+            let staging = if shape[..axis].iter().all(|&d| d == 1) {
+                None
+            } else {
+                let dtype = b.bufs[buf].dtype;
+                Some(b.buf(dtype, piece(&shape, iteration, chunk.min(total)), Home::Work)?)
+            };
+            Ok(Slicing { buf, per, staging })
+        };
+        let mut carries = Vec::new();
+        for &init in &ins[..nc] {
+            let (dtype, shape) = (self.bufs[init].dtype, self.bufs[init].shape.clone());
+            let pair = [self.buf(dtype, shape.clone(), Home::Work)?, self.buf(dtype, shape, Home::Work)?];
+            carries.push((init, pair));
+        }
+        let mut seqs = Vec::new();
+        for (i, &seq) in ins.iter().enumerate().take(nc + ns).skip(nc) {
+            seqs.push(slicing(self, seq, scan.is_iteration_seq(i))?);
+        }
+        let body_outs = &scan.body.outputs[nc..];
+        let mut outputs = Vec::new();
+        for (j, &out) in outs[nc..].iter().enumerate() {
+            let iteration = scan.chunk > 1 && scan.body.ty(body_outs[j].1).shape.get(axis).is_some_and(|d| d.is_one());
+            outputs.push(slicing(self, out, iteration)?);
+        }
+        let iterations = full + usize::from(rem > 0);
+        let last = (iterations - 1) % 2;
+        let results: Vec<BufId> = carries.iter().map(|(_, pair)| pair[last]).collect();
+        self.instrs.push(Instr::Scan(Box::new(ScanInstr {
+            body: body_fn,
+            tail,
+            full,
+            chunk,
+            axis,
+            carries,
+            seqs,
+            invariants: ins[nc + ns..].to_vec(),
+            outputs,
+        })));
+        // The final carries: the last buffer written, or copied out of it into an output.
+        for (&want, &have) in outs[..nc].iter().zip(&results) {
+            if self.bufs[want].home == Home::Work {
+                self.bufs[want].home = Home::Alias(have);
+            } else {
+                self.copy_all(want, have);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A matrix product's operand of shape `s`, read as stored or transposed (`t`): its batch axes,
+/// rows, columns, row stride and column stride.
+fn matrix(s: &[usize], t: bool) -> Result<(Vec<usize>, usize, usize, usize, usize)> {
+    ensure!(s.len() >= 2, "matmul operand of rank {}", s.len());
+    let (r, cols) = (s[s.len() - 2], s[s.len() - 1]);
+    let batch = s[..s.len() - 2].to_vec();
+    Ok(if t { (batch, cols, r, 1, cols) } else { (batch, r, cols, cols, 1) })
+}
+
+/// Gives every workspace buffer an offset: buffers whose lifetimes (first to last instruction
+/// that touches them or an alias of them) overlap never share bytes. Largest first, each at the
+/// lowest offset that fits. Returns the bytes used.
+fn layout(f: &mut Function) -> usize {
+    const ALIGN: usize = 64;
+    let n = f.bufs.len();
+    let (mut first, mut last) = (vec![usize::MAX; n], vec![0usize; n]);
+    for (t, instr) in f.instrs.iter().enumerate() {
+        for b in touched(instr) {
+            let r = f.root(b);
+            first[r] = first[r].min(t);
+            last[r] = last[r].max(t);
+        }
+    }
+    let mut order: Vec<BufId> = (0..n).filter(|&b| f.bufs[b].home == Home::Work && first[b] != usize::MAX).collect();
+    order.sort_by_key(|&b| std::cmp::Reverse(f.bufs[b].bytes()));
+    let mut placed: Vec<(usize, usize, BufId)> = Vec::new(); // (offset, end, buffer)
+    let mut used = 0;
+    for b in order {
+        let size = f.bufs[b].bytes().div_ceil(ALIGN) * ALIGN;
+        let mut busy: Vec<(usize, usize)> = placed.iter().filter(|p| first[p.2] <= last[b] && first[b] <= last[p.2]).map(|p| (p.0, p.1)).collect();
+        busy.sort();
+        let mut at = 0;
+        for (start, end) in busy {
+            if at + size <= start {
+                break;
+            }
+            at = at.max(end);
+        }
+        f.bufs[b].offset = at;
+        placed.push((at, at + size, b));
+        used = used.max(at + size);
+    }
+    used
+}
+
+/// The buffers an instruction reads or writes.
+fn touched(instr: &Instr) -> Vec<BufId> {
+    match instr {
+        Instr::Kernel { ins, outs, .. } => ins.iter().map(|i| i.buf).chain(outs.iter().copied()).collect(),
+        Instr::MatMul { c, a, b, .. } => vec![*c, a.buf, b.buf],
+        Instr::Reduce { dst, src, .. } | Instr::Copy { dst, src, .. } | Instr::Cast { dst, src } => vec![*dst, *src],
+        Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => vec![*dst],
+        Instr::Gather { dst, table, index, .. } => vec![*dst, *table, *index],
+        Instr::OneHot { dst, index, .. } => vec![*dst, *index],
+        Instr::Scan(s) => {
+            let slices = s.seqs.iter().chain(&s.outputs).flat_map(|sl| std::iter::once(sl.buf).chain(sl.staging));
+            s.carries.iter().flat_map(|(init, pair)| [*init, pair[0], pair[1]]).chain(slices).chain(s.invariants.iter().copied()).collect()
+        }
+    }
+}

@@ -1,0 +1,41 @@
+/* Runs a model that `tttc compile` compiled for the CPU: reads each argument from
+ * ARGS/<name>.bin (raw little-endian, the type and shape cpu/model.h lists), calls
+ * tttc_forward and writes each output to OUT/<name>.bin.
+ *
+ *   cc -O2 -I DIR/cpu examples/c/run_model.c DIR/cpu/model.o -lm -o run_model
+ *   ./run_model ARGS OUT
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "model.h"
+
+static void *read_file(const char *dir, const char *name, int64_t bytes) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "error: cannot open %s\n", path); exit(1); }
+    void *data = malloc(bytes > 0 ? bytes : 1);
+    if (fread(data, 1, bytes, f) != (size_t)bytes) { fprintf(stderr, "error: %s holds fewer than %lld bytes\n", path, (long long)bytes); exit(1); }
+    fclose(f);
+    return data;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: %s ARGS OUT\n", argv[0]); return 2; }
+    const void *args[TTTC_ARGS];
+    void *outputs[TTTC_OUTPUTS];
+    for (int j = 0; j < TTTC_ARGS; j++) args[j] = read_file(argv[1], TTTC_ARG_NAMES[j], TTTC_ARG_BYTES[j]);
+    for (int j = 0; j < TTTC_OUTPUTS; j++) outputs[j] = malloc(TTTC_OUTPUT_BYTES[j] > 0 ? TTTC_OUTPUT_BYTES[j] : 1);
+    void *workspace = malloc(TTTC_WORKSPACE_BYTES > 0 ? TTTC_WORKSPACE_BYTES : 1);
+    int32_t status = tttc_forward(args, outputs, workspace);
+    if (status != 0) { fprintf(stderr, "error: tttc_forward returned %d (a token id out of range)\n", status); return 1; }
+    for (int j = 0; j < TTTC_OUTPUTS; j++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s.bin", argv[2], TTTC_OUTPUT_NAMES[j]);
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(outputs[j], 1, TTTC_OUTPUT_BYTES[j], f) != (size_t)TTTC_OUTPUT_BYTES[j]) { fprintf(stderr, "error: cannot write %s\n", path); return 1; }
+        fclose(f);
+    }
+    return 0;
+}
