@@ -175,6 +175,10 @@ struct BenchArgs {
     /// Also write one JSON line per timing here.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Also draw latency against context length (log-log), one curve per layer and
+    /// implementation, into this PNG.
+    #[arg(long, value_name = "PNG")]
+    plot: Option<PathBuf>,
     /// After the table, where the time of one more call of each tttc configuration went (CPU
     /// backend): per kind of step, milliseconds and calls.
     #[arg(long)]
@@ -467,6 +471,18 @@ fn bench(a: &BenchArgs) -> Result<()> {
         );
         lines.push(t.to_json().to_string());
     })?;
+    if let Some(path) = &a.plot {
+        let mut series: Vec<tttc_runtime::plot::Series> = Vec::new();
+        for t in &timings {
+            let label = format!("{}: {}", t.layer, t.who);
+            match series.iter_mut().find(|s| s.label == label) {
+                Some(s) => s.points.push((t.t as f64, t.median_ms)),
+                None => series.push(tttc_runtime::plot::Series { label, points: vec![(t.t as f64, t.median_ms)] }),
+            }
+        }
+        tttc_runtime::plot::latency_curves(path, "One layer at the 125m width, batch 1, f32, forward", &series)?;
+        println!("\nwrote {}", path.display());
+    }
     let (passes, codegen) = bench::compile_time()?;
     println!("\nCompiling the 12-layer 125m TTT-Linear: graph and passes {passes:.2} s, CPU code generation {codegen:.2} s.");
     let t = a.seq_lens[0];

@@ -1,12 +1,14 @@
 //! `tttc bench` at a small context: the table has a row per layer and length with positive
-//! times and rates, the summary lines follow it, and bad options are one-line errors.
+//! times and rates, the summary lines and the latency plot follow it, and bad options are one-line
+//! errors.
 
 mod common;
 use common::*;
 
 #[test]
 fn bench_prints_a_row_per_layer_and_length() {
-    let r = tttc(&["bench", "--layers", "ttt-linear,mamba", "--seq-lens", "16,40", "--reps", "1", "--profile"]);
+    let plot = scratch("bench_plot").join("latency.png");
+    let r = tttc(&["bench", "--layers", "ttt-linear,mamba", "--seq-lens", "16,40", "--reps", "1", "--profile", "--plot", p(&plot)]);
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let rows: Vec<Vec<&str>> = out.lines().filter(|l| l.contains("tttc (cpu)") && l.starts_with("| ")).map(|l| l.split('|').map(str::trim).collect()).collect();
@@ -22,6 +24,8 @@ fn bench_prints_a_row_per_layer_and_length() {
     assert_eq!(seen, want, "{out}");
     assert!(out.contains("Compiling the 12-layer 125m TTT-Linear") && out.contains("Gradient step"), "{out}");
     assert!(out.contains("Profile of ttt-linear at T = 16"), "{out}");
+    let png = std::fs::read(&plot).expect("the latency plot");
+    assert_eq!(&png[1..4], b"PNG", "not a PNG");
 }
 
 #[test]

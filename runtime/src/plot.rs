@@ -1,10 +1,11 @@
-//! Loss curves as PNG files (training logs, the family comparison), drawn with plotters and an
-//! embedded font, so no system font libraries are needed.
+//! Loss and latency curves as PNG files (training logs, the family comparison, `tttc bench`),
+//! drawn with plotters and an embedded font, so no system font libraries are needed.
 
 use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{ensure, Context, Result};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 /// One curve: a label and its (step, loss) points.
@@ -24,37 +25,67 @@ fn register_font() {
 /// Draws `series` against the step axis into a PNG at `path` (written to a temporary file, then
 /// renamed).
 pub fn loss_curves(path: &Path, title: &str, series: &[Series]) -> Result<()> {
-    register_font();
-    let points = series.iter().flat_map(|s| s.points.iter());
-    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in points {
+    let (x_max, y_min, y_max) = extent(series)?;
+    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    draw(path, title, ("step", "loss (nats/token)"), 0f64..x_max.max(1.0), (y_min - pad)..(y_max + pad), series, false)
+}
+
+/// Draws latency curves, milliseconds against sequence length, on log-log axes.
+pub fn latency_curves(path: &Path, title: &str, series: &[Series]) -> Result<()> {
+    let (x_max, y_min, y_max) = extent(series)?;
+    let x_min = series.iter().flat_map(|s| s.points.iter()).map(|p| p.0).fold(f64::INFINITY, f64::min);
+    draw(path, title, ("sequence length T", "milliseconds per forward call"), (x_min / 1.5..x_max * 1.5).log_scale(), (y_min / 1.5..y_max * 1.5).log_scale(), series, true)
+}
+
+/// The largest x and the smallest and largest finite y over all points.
+fn extent(series: &[Series]) -> Result<(f64, f64, f64)> {
+    let (mut x_max, mut y_min, mut y_max) = (f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in series.iter().flat_map(|s| s.points.iter()) {
         x_max = x_max.max(x);
         if y.is_finite() {
             y_min = y_min.min(y);
             y_max = y_max.max(y);
         }
     }
-    ensure!(y_min.is_finite(), "no finite losses to plot");
-    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    ensure!(y_min.is_finite(), "no finite values to plot");
+    Ok((x_max, y_min, y_max))
+}
+
+/// `log`: axes labelled in whole numbers, every point marked (a curve may have one point) and
+/// the legend at the upper left, where latency curves leave room.
+fn draw<X, Y>(path: &Path, title: &str, (x_desc, y_desc): (&str, &str), x: X, y: Y, series: &[Series], log: bool) -> Result<()>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    register_font();
     let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
     {
         let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 24))
-            .margin(16)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))?;
-        chart.configure_mesh().x_desc("step").y_desc("loss (nats/token)").label_style(("sans-serif", 15)).draw()?;
+        let mut chart = ChartBuilder::on(&root).caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(x, y)?;
+        let whole = |v: &f64| format!("{v:.0}");
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(x_desc).y_desc(y_desc).label_style(("sans-serif", 15));
+        if log {
+            mesh.x_label_formatter(&whole).y_label_formatter(&whole).x_labels(8);
+        }
+        mesh.draw()?;
         for (i, s) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
+            let points = || s.points.iter().copied().filter(|p| p.1.is_finite());
             chart
-                .draw_series(LineSeries::new(s.points.iter().copied().filter(|p| p.1.is_finite()), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(points(), color.stroke_width(2)))?
                 .label(s.label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            if log {
+                chart.draw_series(points().map(|p| Circle::new(p, 4, color.filled())))?;
+            }
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 15)).draw()?;
+        let position = if log { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::UpperRight };
+        chart.configure_series_labels().position(position).background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 15)).draw()?;
         root.present().context("cannot draw the plot")?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
