@@ -33,6 +33,19 @@ T > 1, `loss` (f32 scalar: the mean cross-entropy of each position's prediction 
 token). OUT is written atomically: on any error it is not created and an existing file is left \
 untouched.")]
     Run(RunArgs),
+    /// Generate tokens after a prompt: greedy or sampled, the state carried from token to token.
+    #[command(long_about = "Generate tokens after a prompt.\n\n\
+The prompt is `input_ids` (i64 [B, P]) in the safetensors file IN (--prompt), or, for a model \
+with a tokenizer (a `tttc train` checkpoint), text (--prompt-text). It runs through the model's \
+prefill graph in parallel (for TTT, its whole mini-batches; the rest of the prompt token by \
+token), then each new token costs one step of the model's step graph, which carries the \
+recurrent state: TTT's inner weights and gradient sums and conv windows, Mamba's scan state and \
+conv window, Llama's KV cache. A step's cost does not grow with the context for TTT and Mamba.\n\n\
+Tokens are chosen greedily by default; --temperature > 0 samples from the softmax, restricted \
+by --top-k and --top-p, with a generator seeded by --seed. OUT receives `tokens` (i64 \
+[B, P + N]) and `logits` (f32 [B, N, V], the logits each new token was chosen from), written \
+atomically. With a tokenizer the text streams to stdout as it is generated.")]
+    Generate(GenerateArgs),
     /// Gradients: the loss and its gradient with respect to every parameter.
     #[command(long_about = "Compute the loss and its gradient with respect to every parameter.\n\n\
 IN is a safetensors file holding `input_ids` (i64 [B, T], T ≥ 2). OUT receives `loss` (f32 \
@@ -228,6 +241,42 @@ struct RunArgs {
     backend: BackendArg,
 }
 
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Model folder (config.json) or model.toml.
+    model: PathBuf,
+    /// Safetensors file with the prompts' `input_ids` (i64 [B, P]).
+    #[arg(long, value_name = "IN", required_unless_present = "prompt_text", conflicts_with = "prompt_text")]
+    prompt: Option<PathBuf>,
+    /// The prompt as text, for a model with a tokenizer (a `tttc train` checkpoint).
+    #[arg(long, value_name = "TEXT")]
+    prompt_text: Option<String>,
+    /// Tokens to generate after each prompt.
+    #[arg(long, value_name = "N")]
+    max_new_tokens: usize,
+    /// Safetensors file to write `tokens` and `logits` to.
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// 0 chooses the likeliest token; above 0, sampling from softmax(logits / temperature).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample among the K likeliest tokens only.
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Sample among the likeliest tokens whose probabilities add up to P (nucleus sampling).
+    #[arg(long, value_name = "P")]
+    top_p: Option<f64>,
+    /// Seed of the sampling generator.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Weights file; wins over the folder's model.safetensors and model.toml's `weights`.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Where the graphs execute.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+}
+
 /// What `train` reads and writes; options left out take their default, or the checkpoint's value
 /// with --resume.
 #[derive(clap::Args)]
@@ -327,6 +376,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(&args),
+        Command::Generate(args) => generate(&args),
         Command::Bench(args) => bench(&args),
         Command::Grad { args, remat } => grad(&args, remat),
         Command::Train(args) => train(*args),
@@ -379,6 +429,47 @@ fn run(args: &RunArgs) -> Result<()> {
     }
     tttc_runtime::write_tensors(&args.output, &tensors)?;
     eprintln!("{summary}");
+    Ok(())
+}
+
+fn generate(a: &GenerateArgs) -> Result<()> {
+    use std::io::Write;
+    let model = tttc_frontends::load(&a.model, a.weights.as_deref())?;
+    let tokenizer = tttc_runtime::train::byte_tokenizer(&a.model)?;
+    let prompt = match (&a.prompt, &a.prompt_text) {
+        (Some(path), _) => {
+            let mut inputs = tttc_runtime::read_tensors(path)?;
+            inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", path.display()))?
+        }
+        (None, Some(text)) => {
+            anyhow::ensure!(tokenizer, "--prompt-text needs a model with a tokenizer (a tttc train checkpoint); {} has none", a.model.display());
+            anyhow::ensure!(!text.is_empty(), "--prompt-text is empty");
+            tttc_ir::Tensor::i64(vec![1, text.len()], text.bytes().map(i64::from).collect())
+        }
+        (None, None) => unreachable!("clap requires --prompt or --prompt-text"),
+    };
+    let sampling = tttc_runtime::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let decoder = tttc_runtime::generate::Decoder::new(&model)?;
+    // One prompt with a tokenizer streams its text; a batch prints each row at the end.
+    let stream = tokenizer && prompt.shape.first() == Some(&1);
+    let mut stdout = std::io::stdout();
+    let out = decoder.generate(&model.weights, &prompt, a.max_new_tokens, &sampling, a.backend.into(), |_, next| {
+        if stream {
+            let _ = stdout.write_all(&[next[0].clamp(0, 255) as u8]);
+            let _ = stdout.flush();
+        }
+    })?;
+    tttc_runtime::write_tensors(&a.output, &[("tokens", &out.tokens), ("logits", &out.logits)])?;
+    if stream {
+        println!();
+    } else if tokenizer {
+        let cols = out.tokens.shape[1];
+        for (r, row) in out.tokens.as_i64().expect("tokens are i64").chunks(cols).enumerate() {
+            let bytes: Vec<u8> = row.iter().map(|&t| t.clamp(0, 255) as u8).collect();
+            println!("[{r}] {}", String::from_utf8_lossy(&bytes));
+        }
+    }
+    eprintln!("wrote {}: tokens {:?}, logits {:?}", a.output.display(), out.tokens.shape, out.logits.shape);
     Ok(())
 }
 

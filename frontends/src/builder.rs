@@ -20,11 +20,47 @@ pub enum Init {
     InverseSoftplusTimeStep { min: f64, max: f64, floor: f64 },
 }
 
+/// Which graph a frontend builds (SPEC §2–4, "Decoding").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The whole sequence from a fresh state: `logits` for every position and `loss`.
+    Forward,
+    /// A prompt from a fresh state: the last position's `logits` `[B, 1, V]` and the state after
+    /// the prompt, as outputs `state.NAME`. A TTT prompt must be a whole number of mini-batches.
+    Prefill,
+    /// One token per sequence (`input_ids` `[B, 1]`) from the state given as inputs `state.NAME`:
+    /// its `logits` and the next state, as outputs `state.NAME`.
+    Step,
+}
+
+/// A recurrent value the step graph takes and gives back: `state.{name}` of type `ty` (its
+/// symbolic dimensions: `B`, and `L` for a KV cache's length).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateSpec {
+    pub name: String,
+    pub ty: Type,
+    pub init: StateInit,
+}
+
+/// A state's value for a fresh sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateInit {
+    Zeros,
+    /// The parameter of that name, the same for every sequence of the batch.
+    Param(String),
+}
+
 pub struct ModelBuilder {
     pub g: Graph,
     pub inits: BTreeMap<String, Init>,
     /// The token embedding's parameter name (a tied head reads it).
     pub embedding: Option<String>,
+    pub mode: Mode,
+    /// The states a step graph takes, in input order.
+    pub states: Vec<StateSpec>,
+    /// The position of the token a step graph reads (`state.position`, f32 `[1]`): absolute, or
+    /// within its mini-batch for TTT.
+    pub position: Option<ValueId>,
 }
 
 impl Deref for ModelBuilder {
@@ -42,7 +78,25 @@ impl DerefMut for ModelBuilder {
 
 impl ModelBuilder {
     pub fn new(name: &str) -> ModelBuilder {
-        ModelBuilder { g: Graph::new(name), inits: BTreeMap::new(), embedding: None }
+        ModelBuilder::with_mode(name, Mode::Forward)
+    }
+
+    pub fn with_mode(name: &str, mode: Mode) -> ModelBuilder {
+        ModelBuilder { g: Graph::new(name), inits: BTreeMap::new(), embedding: None, mode, states: Vec::new(), position: None }
+    }
+
+    /// A step graph's state input `state.{name}` (only in [`Mode::Step`]).
+    pub fn state_input(&mut self, name: &str, ty: Type, init: StateInit) -> ValueId {
+        debug_assert_eq!(self.mode, Mode::Step, "state inputs belong to step graphs");
+        self.states.push(StateSpec { name: name.to_string(), ty: ty.clone(), init });
+        self.g.input(&format!("state.{name}"), ty)
+    }
+
+    /// The state after this graph, output `state.{name}` (nothing in [`Mode::Forward`]).
+    pub fn state_output(&mut self, name: &str, v: ValueId) {
+        if self.mode != Mode::Forward {
+            self.g.output(&format!("state.{name}"), v);
+        }
     }
 
     pub fn weight(&mut self, name: &str, shape: &[usize], init: Init) -> ValueId {
@@ -50,14 +104,16 @@ impl ModelBuilder {
         self.g.param(name, shape)
     }
 
-    /// `input_ids`: i64 `[B, T]`.
     /// A layer's input `x`, f32 `[B, T, dim]`.
     pub fn hidden_input(&mut self, dim: usize) -> ValueId {
         self.g.input("x", Type::new(DType::F32, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(dim)]))
     }
 
+    /// `input_ids`: i64 `[B, T]` (`[B, 1]` in a step graph).
     pub fn token_input(&mut self) -> ValueId {
-        self.g.input("input_ids", Type::new(DType::I64, vec![Dim::sym("B"), Dim::sym("T")]))
+        // A step reads one token per sequence.
+        let len = if self.mode == Mode::Step { Dim::c(1) } else { Dim::sym("T") };
+        self.g.input("input_ids", Type::new(DType::I64, vec![Dim::sym("B"), len]))
     }
 
     /// `x Wᵀ (+ b)` with a PyTorch-layout weight `[out, in]` named `{prefix}.weight` and, when
@@ -101,12 +157,24 @@ impl ModelBuilder {
     /// Depthwise causal convolution over axis 1 of `x` `[B, T, C]`, weight `{prefix}.weight`
     /// `[C, 1, K]` (PyTorch conv1d, a correlation): `y[t,c] = bias[c] + Σ_k w[c,0,k] · x[t−K+1+k, c]`.
     /// Initialised as PyTorch's default `Conv1d` (the references keep it): `U(±1/√K)`, bias too.
+    /// Its state is the window of the last K − 1 inputs, `{prefix}.window` `[B, K−1, C]`.
     pub fn causal_conv(&mut self, x: ValueId, prefix: &str, channels: usize, kernel: usize, bias: bool) -> Result<ValueId> {
         let default = Init::Uniform { bound: 1.0 / (kernel as f64).sqrt() };
         let w = self.weight(&format!("{prefix}.weight"), &[channels, 1, kernel], default.clone());
         let w = self.reshape(w, vec![Dim::c(channels), Dim::c(kernel)])?;
         let w = self.transpose_last2(w)?; // [K, C]
-        let padded = self.pad(x, 1, kernel - 1, 0)?;
+        let window = format!("{prefix}.window");
+        let padded = if self.mode == Mode::Step {
+            let ty = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(kernel - 1), Dim::c(channels)]);
+            let past = self.state_input(&window, ty, StateInit::Zeros);
+            self.concat(&[past, x], 1)?
+        } else {
+            self.pad(x, 1, kernel - 1, 0)?
+        };
+        if self.mode != Mode::Forward {
+            let last = self.slice(padded, 1, -(kernel as i64 - 1), None)?;
+            self.state_output(&window, last);
+        }
         let mut acc: Option<ValueId> = None;
         for k in 0..kernel {
             let back = k as i64 - (kernel as i64 - 1);
@@ -203,6 +271,8 @@ pub struct LmShape<'a> {
     pub layers: usize,
     pub tied: bool,
     pub init_std: f64,
+    /// TTT's mini-batch size: positions count within mini-batches. `None`: absolute positions.
+    pub position_period: Option<usize>,
 }
 
 impl ModelBuilder {
@@ -214,6 +284,10 @@ impl ModelBuilder {
         mut block: impl FnMut(&mut ModelBuilder, ValueId, usize) -> Result<ValueId>,
     ) -> Result<()> {
         let ids = self.token_input();
+        if self.mode == Mode::Step {
+            let p = self.state_input("position", Type::f32(&[1]), StateInit::Zeros);
+            self.position = Some(p);
+        }
         let table = self.weight(lm.embed, &[lm.vocab, lm.hidden], Init::Normal { std: lm.init_std });
         self.embedding = Some(lm.embed.to_string());
         let mut h = self.gather(table, ids, 0)?;
@@ -226,6 +300,41 @@ impl ModelBuilder {
         } else {
             self.weight("lm_head.weight", &[lm.vocab, lm.hidden], Init::Normal { std: lm.init_std })
         };
-        self.lm_head_and_loss(h, head, ids, lm.vocab)
+        if self.mode == Mode::Forward {
+            return self.lm_head_and_loss(h, head, ids, lm.vocab);
+        }
+        // The last position's logits, and the position of the next token.
+        let last = self.slice(h, 1, -1, None)?;
+        let head_t = self.transpose_last2(head)?;
+        let logits = self.matmul(last, head_t)?;
+        self.output("logits", logits);
+        let next = self.next_position(lm.position_period)?;
+        self.state_output("position", next);
+        Ok(())
+    }
+
+    /// The position after this graph's tokens: a prefill's length (0 for TTT, whose prefills are
+    /// whole mini-batches), or a step's position plus one (back to 0 at the end of a mini-batch).
+    fn next_position(&mut self, period: Option<usize>) -> Result<ValueId> {
+        match (self.position, period) {
+            (None, Some(_)) => {
+                let zero = self.scalar(0.0)?;
+                self.broadcast(zero, vec![Dim::c(1)])
+            }
+            (None, None) => {
+                let upto = self.iota(Dim::sym("T").plus(1)?, DType::F32)?;
+                self.slice(upto, 0, -1, None)
+            }
+            (Some(p), period) => {
+                let one = self.scalar(1.0)?;
+                let next = self.add(p, one)?;
+                let Some(b) = period else { return Ok(next) };
+                // next · (1 − [next ≥ b]): exact, as both factors are whole numbers.
+                let b = self.scalar(b as f64)?;
+                let wrapped = self.binary(tttc_ir::BinaryOp::Ge, next, b)?;
+                let keep = self.sub(one, wrapped)?;
+                self.mul(next, keep)
+            }
+        }
     }
 }

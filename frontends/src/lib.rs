@@ -15,7 +15,7 @@ mod ttt;
 
 use anyhow::Result;
 
-pub use builder::{Init, ModelBuilder};
+pub use builder::{Init, Mode, ModelBuilder, StateInit, StateSpec};
 pub use source::{load, load_config, load_structure, Model, DEFAULT_SEED};
 pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
 
@@ -37,11 +37,25 @@ pub fn build_layer(config: &ModelConfig) -> Result<ModelBuilder> {
 }
 
 pub fn build(config: &ModelConfig) -> Result<ModelBuilder> {
+    build_for(config, Mode::Forward)
+}
+
+/// Builds one of a model's graphs (see [`Mode`]): the forward pass, a prefill or a decoding step.
+pub fn build_for(config: &ModelConfig, mode: Mode) -> Result<ModelBuilder> {
     let mut b = match config {
-        ModelConfig::Ttt(c) => ttt::build(c),
-        ModelConfig::Mamba(c) => mamba::build(c),
-        ModelConfig::Llama(c) => llama::build(c),
+        ModelConfig::Ttt(c) => ttt::build(c, mode),
+        ModelConfig::Mamba(c) => mamba::build(c, mode),
+        ModelConfig::Llama(c) => llama::build(c, mode),
     }?;
     b.g = b.g.canonical();
     Ok(b)
+}
+
+/// The prompt lengths a prefill takes: multiples of TTT's mini-batch (a prompt's remainder runs
+/// as steps), any length otherwise.
+pub fn prefill_multiple(config: &ModelConfig) -> usize {
+    match config {
+        ModelConfig::Ttt(c) => c.mini_batch_size,
+        ModelConfig::Mamba(_) | ModelConfig::Llama(_) => 1,
+    }
 }

@@ -4,14 +4,14 @@
 //! (angles computed in the graph, so positions are not capped), then a SwiGLU MLP.
 
 use anyhow::Result;
-use tttc_ir::{Dim, Graph, ReduceKind, UnaryOp, ValueId};
+use tttc_ir::{DType, Dim, Graph, ReduceKind, Type, UnaryOp, ValueId};
 
-use crate::builder::{Init, LmShape, ModelBuilder};
+use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
 use crate::config::LlamaConfig;
-use crate::math::{rope_angles, split_heads};
+use crate::math::{rope_angles, rope_angles_at, split_heads};
 
-pub fn build(c: &LlamaConfig) -> Result<ModelBuilder> {
-    let mut b = ModelBuilder::new("llama");
+pub fn build(c: &LlamaConfig, mode: Mode) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::with_mode("llama", mode);
     let lm = LmShape {
         embed: "model.embed_tokens.weight",
         final_norm: "model.norm.weight",
@@ -21,8 +21,10 @@ pub fn build(c: &LlamaConfig) -> Result<ModelBuilder> {
         layers: c.num_hidden_layers,
         tied: c.tie_word_embeddings,
         init_std: c.initializer_range,
+        position_period: None,
     };
-    // cos / sin of the RoPE angles, built once (at the first layer) and shared by every layer.
+    // cos / sin of the RoPE angles, built once (at the first layer) and shared by every layer: at
+    // positions 0 … T−1, or at a step's position.
     let mut angles: Option<(ValueId, ValueId)> = None;
     b.language_model(&lm, |b, mut h, layer| {
         let p = format!("model.layers.{layer}.");
@@ -30,8 +32,13 @@ pub fn build(c: &LlamaConfig) -> Result<ModelBuilder> {
         let (cos, sin) = match angles {
             Some(a) => a,
             None => {
-                let t = b.dim(h, 1)?;
-                let a = rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta)?;
+                let a = match b.position {
+                    Some(pos) => rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)?,
+                    None => {
+                        let t = b.dim(h, 1)?;
+                        rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta)?
+                    }
+                };
                 angles = Some(a);
                 a
             }
@@ -67,7 +74,20 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let k = split_heads(&mut b.g, k, kv_heads, d)?; // [B, Hkv, T, d]
     let v = split_heads(&mut b.g, v, kv_heads, d)?;
     let q = rope(&mut b.g, q, cos, sin, d)?;
-    let k = rope(&mut b.g, k, cos, sin, d)?;
+    let mut k = rope(&mut b.g, k, cos, sin, d)?;
+    let mut v = v;
+    // The KV cache `[B, Hkv, L, d]`: a step appends its token's key and value (and reads them all,
+    // no mask needed), a prefill hands over the prompt's.
+    let step = b.mode == Mode::Step;
+    if step {
+        let cache = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(kv_heads), Dim::sym("L"), Dim::c(d)]);
+        let past_k = b.state_input(&format!("{s}k_cache"), cache.clone(), StateInit::Zeros);
+        let past_v = b.state_input(&format!("{s}v_cache"), cache, StateInit::Zeros);
+        k = b.concat(&[past_k, k], 2)?;
+        v = b.concat(&[past_v, v], 2)?;
+    }
+    b.state_output(&format!("{s}k_cache"), k);
+    b.state_output(&format!("{s}v_cache"), v);
     // Head h reads kv head ⌊h·Hkv/H⌋: repeat each kv head H/Hkv times (HF `repeat_kv`).
     let k = repeat_kv(&mut b.g, k, heads, kv_heads, d)?;
     let v = repeat_kv(&mut b.g, v, heads, kv_heads, d)?;
@@ -77,7 +97,7 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let scores = b.matmul(q, kt)?; // [B, H, T, T]
     let scale = b.scalar((d as f64).sqrt())?;
     let scores = b.div(scores, scale)?;
-    let scores = b.tri_mask(scores, f64::NEG_INFINITY)?;
+    let scores = if step { scores } else { b.tri_mask(scores, f64::NEG_INFINITY)? };
     let m = b.reduce(ReduceKind::Max, scores, -1, true)?;
     let shifted = b.sub(scores, m)?;
     let e = b.unary(UnaryOp::Exp, shifted)?;
@@ -86,7 +106,8 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let o = b.matmul(probs, v)?; // [B, H, T, d]
 
     let o = b.transpose(o, &[0, 2, 1, 3])?;
-    let o = b.reshape(o, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(heads * d)])?;
+    let (batch, len) = (b.dim(x, 0)?, b.dim(x, 1)?);
+    let o = b.reshape(o, vec![batch, len, Dim::c(heads * d)])?;
     b.linear(o, &format!("{s}o_proj"), heads * d, dim, Init::Normal { std }, bias.then_some(Init::Zeros))
 }
 

@@ -7,11 +7,11 @@
 use anyhow::Result;
 use tttc_ir::{DType, Dim, Graph, Scan, Type, UnaryOp, ValueId};
 
-use crate::builder::{Init, LmShape, ModelBuilder};
+use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
 use crate::config::MambaConfig;
 
-pub fn build(c: &MambaConfig) -> Result<ModelBuilder> {
-    let mut b = ModelBuilder::new("mamba");
+pub fn build(c: &MambaConfig, mode: Mode) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::with_mode("mamba", mode);
     let lm = LmShape {
         embed: "backbone.embeddings.weight",
         final_norm: "backbone.norm_f.weight",
@@ -21,6 +21,7 @@ pub fn build(c: &MambaConfig) -> Result<ModelBuilder> {
         layers: c.num_hidden_layers,
         tied: c.tie_word_embeddings,
         init_std: c.initializer_range,
+        position_period: None,
     };
     b.language_model(&lm, |b, h, layer| {
         let p = format!("backbone.layers.{layer}.");
@@ -78,12 +79,19 @@ fn mixer(b: &mut ModelBuilder, c: &MambaConfig, h: ValueId, s: &str) -> Result<V
     let a = b.unary(UnaryOp::Neg, a)?; // [Di, N]
     let d_skip = b.weight(&format!("{s}D"), &[di], Init::Ones);
 
-    // The scan: state s [B, Di, N] from 0.
+    // The scan: state s [B, Di, N], from 0 or from a step's state.
     let du = b.mul(dt, u)?; // Δ·u [B, T, Di]
-    let zero = b.scalar(0.0)?;
-    let s0 = b.broadcast(zero, vec![Dim::sym("B"), Dim::c(di), Dim::c(n)])?;
+    let state_type = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(di), Dim::c(n)]);
+    let ssm = format!("{s}ssm_state");
+    let s0 = if b.mode == Mode::Step {
+        b.state_input(&ssm, state_type, StateInit::Zeros)
+    } else {
+        let zero = b.scalar(0.0)?;
+        b.broadcast(zero, state_type.shape)?
+    };
     let body = scan_body(di, n)?;
     let outs = b.scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 4, body, reverse: false }, &[s0, dt, du, bm, cm, a])?;
+    b.state_output(&ssm, outs[0]);
     let y = outs[1]; // [B, T, Di]
 
     // y + D·u, gated by silu(z), then out_proj.

@@ -24,14 +24,21 @@ pub fn layer_norm(g: &mut Graph, x: ValueId, w: ValueId, b: ValueId, eps: f64) -
 
 /// `[B, T, H·d]` → `[B, H, T, d]`: head h takes columns h·d … h·d+d−1.
 pub fn split_heads(g: &mut Graph, x: ValueId, heads: usize, d: usize) -> Result<ValueId> {
-    let x = g.reshape(x, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(heads), Dim::c(d)])?;
+    let (batch, len) = (g.dim(x, 0)?, g.dim(x, 1)?);
+    let x = g.reshape(x, vec![batch, len, Dim::c(heads), Dim::c(d)])?;
     g.transpose(x, &[0, 2, 1, 3])
 }
 
 /// `cos` and `sin` of the RoPE angles `a[t, i] = t · θ^(−2i/d)` for positions t < `len` and
 /// i < d/2, shaped `[len, d/2]` (computed, not tabled, so positions are not capped).
 pub fn rope_angles(g: &mut Graph, len: Dim, d: usize, theta: f64) -> Result<(ValueId, ValueId)> {
-    let pos = g.iota(len.clone(), DType::F32)?;
+    let pos = g.iota(len, DType::F32)?;
+    rope_angles_at(g, pos, d, theta)
+}
+
+/// [`rope_angles`] at the positions `pos` (f32 `[len]`): a decoding step's one position.
+pub fn rope_angles_at(g: &mut Graph, pos: ValueId, d: usize, theta: f64) -> Result<(ValueId, ValueId)> {
+    let len = g.dim(pos, 0)?;
     let pos = g.reshape(pos, vec![len, Dim::c(1)])?;
     let i = g.iota(Dim::c(d / 2), DType::F32)?;
     let k = g.scalar(-2.0 * theta.ln() / d as f64)?;

@@ -9,20 +9,20 @@
 use anyhow::Result;
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
 
-use crate::builder::{Init, LmShape, ModelBuilder};
+use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
 use crate::config::{Activation, InnerModel, InnerNorm, InnerSpec, TttConfig};
-use crate::math::{layer_norm, rope_angles, split_heads};
+use crate::math::{layer_norm, rope_angles, rope_angles_at, split_heads};
 
 /// LayerNorm eps of the inner model's output and of `post_norm` (fixed in the reference).
 const LN_EPS: f64 = 1e-6;
 
-pub fn build(c: &TttConfig) -> Result<ModelBuilder> {
+pub fn build(c: &TttConfig, mode: Mode) -> Result<ModelBuilder> {
     let name = match c.inner.preset() {
         Some(InnerModel::Linear) => "ttt_linear",
         Some(InnerModel::Mlp) => "ttt_mlp",
         None => "ttt",
     };
-    let mut b = ModelBuilder::new(name);
+    let mut b = ModelBuilder::with_mode(name, mode);
     let lm = LmShape {
         embed: "model.embed_tokens.weight",
         final_norm: "model.norm.weight",
@@ -32,6 +32,7 @@ pub fn build(c: &TttConfig) -> Result<ModelBuilder> {
         layers: c.num_hidden_layers,
         tied: c.tie_word_embeddings,
         init_std: c.initializer_range,
+        position_period: Some(c.mini_batch_size),
     };
     b.language_model(&lm, |b, h, layer| block(b, c, h, &format!("model.layers.{layer}.")))?;
     Ok(b)
@@ -110,27 +111,48 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
         InnerNorm::None => None,
     };
 
-    // The inner state, broadcast over the batch: [W1, b1, W2, b2, …] (no b{l} without bias).
+    // The inner state: [W1, b1, W2, b2, …] (no b{l} without bias), each [B, H, rows, cols].
     let batch = Dim::sym("B");
-    let mut state = Vec::new();
+    let mut names = Vec::new();
+    let mut params = Vec::new();
     for (l, &(fan_in, fan_out)) in inner_layers(c).iter().enumerate() {
-        let w = b.weight(&format!("{s}W{}", l + 1), &[heads, fan_in, fan_out], Init::Normal { std: 0.02 });
-        state.push(b.broadcast(w, vec![batch.clone(), Dim::c(heads), Dim::c(fan_in), Dim::c(fan_out)])?);
+        let w = format!("{s}W{}", l + 1);
+        params.push(b.weight(&w, &[heads, fan_in, fan_out], Init::Normal { std: 0.02 }));
+        names.push(w);
         if c.inner.bias {
-            let bias = b.weight(&format!("{s}b{}", l + 1), &[heads, 1, fan_out], Init::Zeros);
-            state.push(b.broadcast(bias, vec![batch.clone(), Dim::c(heads), Dim::c(1), Dim::c(fan_out)])?);
+            let bias = format!("{s}b{}", l + 1);
+            params.push(b.weight(&bias, &[heads, 1, fan_out], Init::Zeros));
+            names.push(bias);
         }
     }
-    let body = mini_batch_body(c, &state.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>())?;
-    let carries = state.len();
-    let mut inputs = state;
-    inputs.extend([q, k, v, lr, token_idx]);
-    inputs.extend(norm.into_iter().flatten());
-    let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body, reverse: false }, &inputs)?;
-    let z = outs[carries]; // [B, H, T, d]
+    let mut state = Vec::new();
+    for &p in &params {
+        let mut shape = b.ty(p).shape.clone();
+        shape.insert(0, batch.clone());
+        state.push(shape);
+    }
+    let z = if b.mode == Mode::Step {
+        let decode = Decode { names: &names, shapes: &state, position: b.position.expect("a step graph has a position") };
+        decode_step(b, c, decode, [q, k, v, lr, token_idx], norm)?
+    } else {
+        let mut inputs = Vec::new();
+        for (&p, shape) in params.iter().zip(&state) {
+            inputs.push(b.broadcast(p, shape.clone())?);
+        }
+        let body = mini_batch_body(c, &inputs.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>())?;
+        let carries = inputs.len();
+        inputs.extend([q, k, v, lr, token_idx]);
+        inputs.extend(norm.into_iter().flatten());
+        let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body, reverse: false }, &inputs)?;
+        for (name, &last) in names.iter().zip(&outs[..carries]) {
+            b.state_output(name, last);
+        }
+        outs[carries] // [B, H, T, d]
+    };
 
     let z = b.transpose(z, &[0, 2, 1, 3])?;
-    let z = b.reshape(z, vec![Dim::sym("B"), Dim::sym("T"), Dim::c(dim)])?;
+    let (batch, len) = (b.dim(x, 0)?, b.dim(x, 1)?);
+    let z = b.reshape(z, vec![batch, len, Dim::c(dim)])?;
     let pw = b.weight(&format!("{s}post_norm.weight"), &[dim], Init::Ones);
     let pb = b.weight(&format!("{s}post_norm.bias"), &[dim], Init::Zeros);
     let mut y = layer_norm(&mut b.g, z, pw, pb, LN_EPS)?;
@@ -172,8 +194,9 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
         InnerNorm::None => None,
     };
 
-    let q = rope(&mut g, q, d, c.rope_theta)?;
-    let k = rope(&mut g, k, d, c.rope_theta)?;
+    let angles = rope_angles(&mut g, n.clone(), d, c.rope_theta)?;
+    let q = rope(&mut g, q, angles)?;
+    let k = rope(&mut g, k, angles)?;
 
     // η[i,j] = τ[i] · lr[j] for j ≤ i, τ[i] = max(0, 1/(i+1) + learnable_token_idx[i]).
     let pos = g.iota(n.clone(), DType::I64)?;
@@ -233,6 +256,95 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
     }
     g.output("out", out);
     Ok(g)
+}
+
+/// A TTT layer's recurrent state in a step graph: the inner weights' names and shapes
+/// `[B, H, rows, cols]`, and the token's position within its mini-batch.
+struct Decode<'a> {
+    names: &'a [String],
+    shapes: &'a [Vec<Dim>],
+    position: ValueId,
+}
+
+/// One token of the TTT layer (SPEC §2, "Decoding"), from the state `W₀` (the weights at the
+/// start of the mini-batch, `state.{name}`) and the lr-weighted gradient sums `A`
+/// (`state.{name}.acc`): `A_i = A + lr·g` with `g` the token's gradient at `W₀`, and the token
+/// reads `W_i = W₀ − τ[i]·A_i`. At the mini-batch's last position `W₀ ← W_i` and `A ← 0`.
+/// Operands: q, k, v `[B, H, 1, d]`, lr `[B, H, 1]`, learnable_token_idx; returns `[B, H, 1, d]`.
+fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr, token_idx]: [ValueId; 5], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
+    let (heads, d) = (c.num_heads, c.head_dim());
+    let bsym = Dim::sym("B");
+    let pos = state.position; // f32 [1]
+    let angles = rope_angles_at(&mut b.g, pos, d, c.rope_theta)?;
+    let q = rope(&mut b.g, q, angles)?;
+    let k = rope(&mut b.g, k, angles)?;
+
+    // τ[i] = max(0, 1/(i+1) + learnable_token_idx[i]); at i = b − 1 the mini-batch ends.
+    let index = b.cast(pos, DType::I64)?;
+    let tau = b.gather(token_idx, index, 0)?;
+    let one = b.scalar(1.0)?;
+    let denom = b.add(pos, one)?;
+    let inv = b.div(one, denom)?;
+    let tau = b.add(inv, tau)?;
+    let zero = b.scalar(0.0)?;
+    let tau = b.binary(BinaryOp::Max, tau, zero)?;
+    let unit = vec![Dim::c(1); 4];
+    let tau = b.reshape(tau, unit.clone())?;
+    let last_index = b.scalar((c.mini_batch_size - 1) as f64)?;
+    let ends = b.binary(BinaryOp::Ge, pos, last_index)?;
+    let ends = b.reshape(ends, unit.clone())?;
+    let goes_on = b.sub(one, ends)?;
+
+    // The token's gradient at W₀ (a `grad` op over the inner loss, as in the mini-batch body).
+    let mut w0 = Vec::new();
+    let mut acc = Vec::new();
+    let mut copies = Vec::new();
+    for (name, shape) in state.names.iter().zip(state.shapes) {
+        let ty = Type::new(DType::F32, shape.clone());
+        let w = b.state_input(name, ty.clone(), StateInit::Param(name.clone()));
+        acc.push(b.state_input(&format!("{name}.acc"), ty, StateInit::Zeros));
+        let mut token = shape.clone();
+        token.insert(2, Dim::c(1));
+        copies.push(b.reshape(w, token)?);
+        w0.push(w);
+    }
+    let mut operands = copies.clone();
+    operands.extend([k, v]);
+    operands.extend(norm.into_iter().flatten());
+    let norm_type = norm.map(|[w, _]| b.ty(w).clone());
+    let loss = inner_loss(&c.inner, &copies.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>(), b.ty(k), norm_type.as_ref())?;
+    let grads = b.push(Op::Grad(Box::new(Grad { wrt: (0..copies.len()).collect(), body: loss })), &operands)?;
+    // lr of the one token, [B, H, 1, 1] (a sum over the token axis of length 1).
+    let lr = b.reduce(tttc_ir::ReduceKind::Sum, lr, 2, false)?;
+    let lr = b.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(1)])?;
+
+    let mut weights = Vec::new();
+    for (i, name) in state.names.iter().enumerate() {
+        let g = b.reshape(grads[i], state.shapes[i].clone())?;
+        let step = b.mul(lr, g)?;
+        let a = b.add(acc[i], step)?;
+        let scaled = b.mul(tau, a)?;
+        let w = b.sub(w0[i], scaled)?;
+        let mut token = state.shapes[i].clone();
+        token.insert(2, Dim::c(1));
+        weights.push(b.reshape(w, token)?);
+        // Whole-number blends, so the kept value is exact.
+        let (new_w, old_w) = (b.mul(ends, w)?, b.mul(goes_on, w0[i])?);
+        let next_w = b.add(new_w, old_w)?;
+        let next_a = b.mul(goes_on, a)?;
+        b.state_output(name, next_w);
+        b.state_output(&format!("{name}.acc"), next_a);
+    }
+    let z = inner_model(&mut b.g, &c.inner, q, &weights)?;
+    let normed = match norm {
+        Some([ln_w, ln_b]) => layer_norm(&mut b.g, z, ln_w, ln_b, LN_EPS)?,
+        None => z,
+    };
+    if c.inner.residual {
+        b.add(q, normed)
+    } else {
+        Ok(normed)
+    }
 }
 
 /// `(rows, cols)` of a state tensor `[B, H, rows, cols]` (a bias has one row).
@@ -301,20 +413,19 @@ fn inner_loss(spec: &InnerSpec, weight_types: &[Type], kv: &Type, ln: Option<&Ty
     Ok(g)
 }
 
-/// Interleaved RoPE over the last axis of `x` `[B, H, n, d]` with positions 0…n−1:
-/// `x'[2i] = x[2i]·cos a − x[2i+1]·sin a`, `x'[2i+1] = x[2i+1]·cos a + x[2i]·sin a`, `a = pos·θ^(−2i/d)`.
-fn rope(g: &mut Graph, x: ValueId, d: usize, theta: f64) -> Result<ValueId> {
+/// Interleaved RoPE over the last axis of `x` `[B, H, n, d]` with the angles `(cos, sin)`
+/// `[n, d/2]` of its positions: `x'[2i] = x[2i]·cos a − x[2i+1]·sin a`,
+/// `x'[2i+1] = x[2i+1]·cos a + x[2i]·sin a`, `a = pos·θ^(−2i/d)`.
+fn rope(g: &mut Graph, x: ValueId, (cos, sin): (ValueId, ValueId)) -> Result<ValueId> {
     let shape = g.ty(x).shape.clone();
-    let n = shape[2].clone();
-    let half = d / 2;
+    let (n, half) = (g.dim(cos, 0)?, g.dim(cos, 1)?);
     let mut paired = shape.clone();
     paired.truncate(3);
-    paired.extend([Dim::c(half), Dim::c(2)]);
+    paired.extend([half.clone(), Dim::c(2)]);
     let xp = g.reshape(x, paired)?;
     let even = g.slice(xp, -1, 0, Some(1))?;
     let odd = g.slice(xp, -1, 1, Some(2))?;
-    let (cos, sin) = rope_angles(g, n.clone(), d, theta)?;
-    let column = vec![n, Dim::c(half), Dim::c(1)]; // against the [.., d/2, 2] pairs
+    let column = vec![n, half, Dim::c(1)]; // against the [.., d/2, 2] pairs
     let (cos, sin) = (g.reshape(cos, column.clone())?, g.reshape(sin, column)?);
     let ec = g.mul(even, cos)?;
     let os = g.mul(odd, sin)?;

@@ -2,6 +2,7 @@
 //! tensor files.
 
 pub mod bench;
+pub mod generate;
 mod io;
 pub mod train;
 pub mod compare;
@@ -108,7 +109,12 @@ impl Executable {
 
     /// Runs the graph with `input_ids` and the weights (by name) as its arguments.
     pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
-        let args = arguments(&self.graph, weights, ids)?;
+        self.run_with(weights, &[("input_ids", ids)], backend)
+    }
+
+    /// Runs the graph with the named `inputs` and the weights (by name) as its arguments.
+    pub fn run_with(&self, weights: &Weights, inputs: &[(&str, &Tensor)], backend: Backend) -> Result<Vec<Tensor>> {
+        let args = arguments(&self.graph, weights, inputs)?;
         match backend {
             Backend::Interp => tttc_ir::run(&self.graph, &args, Precision::F32),
             Backend::Cpu => {
@@ -173,14 +179,14 @@ impl GradientStep {
     }
 }
 
-/// The graph's arguments in order: `input_ids`, then the weights by name.
-fn arguments<'a>(graph: &Graph, weights: &'a Weights, ids: &'a Tensor) -> Result<Vec<&'a Tensor>> {
+/// The graph's arguments in order: its inputs from `inputs`, its parameters from the weights, by
+/// name.
+fn arguments<'a>(graph: &Graph, weights: &'a Weights, inputs: &[(&str, &'a Tensor)]) -> Result<Vec<&'a Tensor>> {
     graph
         .args
         .iter()
         .map(|a| match a.kind {
-            tttc_ir::ArgKind::Input if a.name == "input_ids" => Ok(ids),
-            tttc_ir::ArgKind::Input => bail!("graph input {} has no value", a.name),
+            tttc_ir::ArgKind::Input => inputs.iter().find(|(n, _)| *n == a.name).map(|(_, t)| *t).with_context(|| format!("graph input {} has no value", a.name)),
             tttc_ir::ArgKind::Param => weights.get(&a.name).with_context(|| format!("no weight {}", a.name)),
         })
         .collect()

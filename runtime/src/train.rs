@@ -366,6 +366,21 @@ struct Resumed {
     log: Vec<String>,
 }
 
+/// Whether the model at `path` has the byte tokenizer (a folder with the tokenizer.json that
+/// `train` writes); another tokenizer there is an error.
+pub fn byte_tokenizer(path: &Path) -> Result<bool> {
+    let tok_path = path.join("tokenizer.json");
+    if !path.is_dir() || !tok_path.exists() {
+        return Ok(false);
+    }
+    let tok: Value = serde_json::from_str(
+        &std::fs::read_to_string(&tok_path).with_context(|| format!("cannot read {}", tok_path.display()))?,
+    )
+    .with_context(|| format!("{} is malformed", tok_path.display()))?;
+    ensure!(tok["kind"] == "bytes", "{} is not a byte tokenizer (kind {})", tok_path.display(), tok["kind"]);
+    Ok(true)
+}
+
 fn read_checkpoint(dir: &Path) -> Result<Resumed> {
     ensure!(dir.is_dir(), "checkpoint {} is not a folder", dir.display());
     let tpath = dir.join("trainer.json");
@@ -373,12 +388,7 @@ fn read_checkpoint(dir: &Path) -> Result<Resumed> {
         .with_context(|| format!("{} is not a tttc train checkpoint (cannot read trainer.json)", dir.display()))?;
     let trainer: TrainerState = serde_json::from_str(&text).with_context(|| format!("{} is malformed", tpath.display()))?;
     ensure!(trainer.format == FORMAT, "{} has format {:?}, expected {FORMAT:?}", tpath.display(), trainer.format);
-    let tok_path = dir.join("tokenizer.json");
-    let tok: Value = serde_json::from_str(
-        &std::fs::read_to_string(&tok_path).with_context(|| format!("cannot read {}", tok_path.display()))?,
-    )
-    .with_context(|| format!("{} is malformed", tok_path.display()))?;
-    ensure!(tok["kind"] == "bytes", "{} is not a byte tokenizer (kind {})", tok_path.display(), tok["kind"]);
+    ensure!(byte_tokenizer(dir)?, "cannot read {}", dir.join("tokenizer.json").display());
     let model = tttc_frontends::load(dir, None)?;
     let opt_path = dir.join("optimizer.safetensors");
     let mut saved = crate::read_tensors(&opt_path)?;

@@ -1,0 +1,198 @@
+//! Decoding (`tttc generate`). A prompt runs through the model's prefill graph (the parallel
+//! form: TTT's dual form over its whole mini-batches), whose `state.*` outputs hand over to the
+//! step graph (the primal form, one token per call); each step's state outputs feed the next
+//! call, so a step costs the same at any context for TTT and Mamba (Llama's KV cache grows).
+
+use std::collections::BTreeMap;
+
+use anyhow::{ensure, Context, Result};
+use tttc_frontends::rng::SplitMix64;
+use tttc_frontends::weights::Weights;
+use tttc_frontends::{Mode, Model, StateInit, StateSpec};
+use tttc_ir::Tensor;
+
+use crate::{check_input_ids, Backend, Executable};
+
+/// How the next token is chosen from its logits: greedily (`temperature` 0), or sampled from the
+/// softmax of `logits / temperature` restricted to the `top_k` likeliest tokens and to the
+/// smallest set whose probability reaches `top_p`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+}
+
+impl Sampling {
+    pub fn greedy() -> Sampling {
+        Sampling { temperature: 0.0, top_k: None, top_p: None, seed: 0 }
+    }
+}
+
+/// A generation's result: the prompts followed by the new tokens `[B, P + N]`, and the logits
+/// each new token was chosen from `[B, N, V]`.
+pub struct Generated {
+    pub tokens: Tensor,
+    pub logits: Tensor,
+}
+
+/// A model's prefill and step graphs, through the pass pipeline, compiled on first use.
+pub struct Decoder {
+    prefill: Executable,
+    step: Executable,
+    states: Vec<StateSpec>,
+    /// Prefills take whole multiples of this many tokens (TTT's mini-batch).
+    multiple: usize,
+    vocab: usize,
+}
+
+impl Decoder {
+    pub fn new(model: &Model) -> Result<Decoder> {
+        let prefill = tttc_frontends::build_for(&model.config, Mode::Prefill)?;
+        let step = tttc_frontends::build_for(&model.config, Mode::Step)?;
+        Ok(Decoder {
+            prefill: Executable::new(tttc_passes::compile(&prefill.g).context("compiling the prefill graph")?),
+            step: Executable::new(tttc_passes::compile(&step.g).context("compiling the step graph")?),
+            states: step.states,
+            multiple: tttc_frontends::prefill_multiple(&model.config),
+            vocab: model.config.vocab_size(),
+        })
+    }
+
+    /// Generates `new_tokens` tokens after each row of `prompt` (`input_ids` `[B, P]`), calling
+    /// `on_token(k, tokens)` with the k-th new token of every row as soon as it is chosen.
+    pub fn generate(&self, weights: &Weights, prompt: &Tensor, new_tokens: usize, sampling: &Sampling, backend: Backend, mut on_token: impl FnMut(usize, &[i64])) -> Result<Generated> {
+        check_input_ids(prompt, self.vocab)?;
+        ensure!(new_tokens > 0, "--max-new-tokens must be at least 1");
+        ensure!(sampling.temperature >= 0.0 && sampling.temperature.is_finite(), "the temperature must be 0 or more");
+        ensure!(sampling.top_k != Some(0), "--top-k must be at least 1");
+        ensure!(sampling.top_p.is_none_or(|p| p > 0.0 && p <= 1.0), "--top-p must be in (0, 1]");
+        let (rows, len) = (prompt.shape[0], prompt.shape[1]);
+        let ids = prompt.as_i64().expect("checked above");
+        let column = |t: usize| -> Vec<i64> { (0..rows).map(|r| ids[r * len + t]).collect() };
+
+        let mut state = self.fresh_state(weights, rows)?;
+        let prefilled = len / self.multiple * self.multiple;
+        let mut logits = None;
+        if prefilled > 0 {
+            let head: Vec<i64> = (0..rows).flat_map(|r| ids[r * len..r * len + prefilled].to_vec()).collect();
+            let head = Tensor::i64(vec![rows, prefilled], head);
+            let outs = self.prefill.run_with(weights, &[("input_ids", &head)], backend).context("prefill")?;
+            logits = Some(take_outputs(&self.prefill, outs, &mut state)?);
+        }
+        for t in prefilled..len {
+            logits = Some(self.step(weights, &column(t), &mut state, backend)?);
+        }
+
+        let mut rng = SplitMix64::keyed(sampling.seed, "generate");
+        let mut chosen: Vec<Vec<i64>> = Vec::with_capacity(new_tokens);
+        let mut chosen_from: Vec<Tensor> = Vec::with_capacity(new_tokens);
+        for k in 0..new_tokens {
+            let l = logits.take().expect("a prompt has at least one token");
+            let v = l.as_f32().context("logits are not f32")?;
+            let next: Vec<i64> = v.chunks(self.vocab).map(|row| pick(row, sampling, &mut rng) as i64).collect();
+            on_token(k, &next);
+            if k + 1 < new_tokens {
+                logits = Some(self.step(weights, &next, &mut state, backend)?);
+            }
+            chosen.push(next);
+            chosen_from.push(l);
+        }
+
+        let mut tokens = Vec::with_capacity(rows * (len + new_tokens));
+        let mut all_logits = Vec::with_capacity(rows * new_tokens * self.vocab);
+        for r in 0..rows {
+            tokens.extend_from_slice(&ids[r * len..(r + 1) * len]);
+            tokens.extend(chosen.iter().map(|c| c[r]));
+            for l in &chosen_from {
+                all_logits.extend_from_slice(&l.as_f32().expect("checked above")[r * self.vocab..(r + 1) * self.vocab]);
+            }
+        }
+        Ok(Generated { tokens: Tensor::i64(vec![rows, len + new_tokens], tokens), logits: Tensor::f32(vec![rows, new_tokens, self.vocab], all_logits) })
+    }
+
+    /// One token per row through the step graph: its logits `[B, 1, V]`; `state` moves on.
+    fn step(&self, weights: &Weights, tokens: &[i64], state: &mut BTreeMap<String, Tensor>, backend: Backend) -> Result<Tensor> {
+        let ids = Tensor::i64(vec![tokens.len(), 1], tokens.to_vec());
+        let names: Vec<String> = self.states.iter().map(|s| format!("state.{}", s.name)).collect();
+        let mut inputs: Vec<(&str, &Tensor)> = vec![("input_ids", &ids)];
+        for (name, spec) in names.iter().zip(&self.states) {
+            inputs.push((name, state.get(&spec.name).with_context(|| format!("no state {}", spec.name))?));
+        }
+        let outs = self.step.run_with(weights, &inputs, backend).context("decoding step")?;
+        take_outputs(&self.step, outs, state)
+    }
+
+    /// The state of `rows` fresh sequences: zeros (a KV cache of length 0), or a parameter
+    /// repeated for every row.
+    fn fresh_state(&self, weights: &Weights, rows: usize) -> Result<BTreeMap<String, Tensor>> {
+        let env: tttc_ir::DimEnv = [("B".to_string(), rows), ("L".to_string(), 0)].into_iter().collect();
+        self.states
+            .iter()
+            .map(|spec| {
+                let shape = spec.ty.resolve(&env)?;
+                let n: usize = shape.iter().product();
+                let values = match &spec.init {
+                    StateInit::Zeros => vec![0.0; n],
+                    StateInit::Param(p) => {
+                        let w = weights.get(p).and_then(|t| t.as_f32()).with_context(|| format!("no weight {p}"))?;
+                        ensure!(w.len() * rows == n, "weight {p} does not fit state {} {:?}", spec.name, shape);
+                        w.repeat(rows)
+                    }
+                };
+                Ok((spec.name.clone(), Tensor::f32(shape, values)))
+            })
+            .collect()
+    }
+}
+
+/// A prefill's or step's outputs: the `logits` returned, every `state.NAME` stored under NAME.
+fn take_outputs(exe: &Executable, outs: Vec<Tensor>, state: &mut BTreeMap<String, Tensor>) -> Result<Tensor> {
+    let mut logits = None;
+    for ((name, _), t) in exe.graph.outputs.iter().zip(outs) {
+        match name.strip_prefix("state.") {
+            Some(s) => {
+                state.insert(s.to_string(), t);
+            }
+            None if name == "logits" => logits = Some(t),
+            None => {}
+        }
+    }
+    logits.context("the graph has no logits output")
+}
+
+/// The next token from one row of logits.
+fn pick(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> usize {
+    let argmax = || logits.iter().enumerate().fold(0, |best, (i, &x)| if x > logits[best] { i } else { best });
+    if s.temperature == 0.0 {
+        return argmax();
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order.truncate(s.top_k.unwrap_or(order.len()).min(order.len()));
+    let top = logits[order[0]] as f64;
+    let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - top) / s.temperature).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if let Some(p) = s.top_p {
+        let mut mass = 0.0;
+        let keep = probs.iter().take_while(|&&q| {
+            let before = mass;
+            mass += q;
+            before < p
+        });
+        let keep = keep.count().max(1);
+        order.truncate(keep);
+        probs.truncate(keep);
+    }
+    let total: f64 = probs.iter().sum();
+    let mut u = rng.uniform() * total;
+    for (&i, &q) in order.iter().zip(&probs) {
+        if u < q {
+            return i;
+        }
+        u -= q;
+    }
+    *order.last().expect("at least one token")
+}
