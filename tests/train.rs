@@ -1,5 +1,6 @@
-//! `tttc train`: the loss goes down on the demo corpus, checkpoints load with `tttc run`, a
-//! resumed run reproduces an uninterrupted one bit for bit, and bad input stops with one line.
+//! `tttc train`: the loss goes down on the demo corpus, checkpoints load with `tttc run` (and
+//! `tttc generate` reads text through their tokenizer), a resumed run reproduces an
+//! uninterrupted one bit for bit, and bad input stops with one line.
 
 mod common;
 use common::*;
@@ -89,6 +90,17 @@ fn training_lowers_the_validation_loss_and_the_checkpoint_runs() {
     eprintln!("tttc run on the checkpoint: loss {loss:.4}");
     assert!(out.join("loss.png").is_file());
     assert!(loss < uniform - 1.0 && (loss - end).abs() < 0.75, "run loss {loss}, logged validation loss {end}");
+
+    // `generate` reads text through the checkpoint's tokenizer and streams the continuation to
+    // stdout: the prompt's bytes and then the new ones, as OUT's tokens.
+    let generated = dir.join("generated.safetensors");
+    let r = tttc(&["generate", p(&out), "--prompt-text", "The ", "--max-new-tokens", "20", "-o", p(&generated)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let tokens = read(&generated)["tokens"].i64.clone();
+    assert_eq!(tokens.len(), 24);
+    assert_eq!(&tokens[..4], &[84, 104, 101, 32], "the prompt's bytes come first");
+    let streamed: Vec<i64> = r.stdout.iter().take(20).map(|&b| b as i64).collect();
+    assert_eq!(streamed, tokens[4..], "stdout streams the new bytes");
 }
 
 /// The numbers of a log line (not its throughput).
