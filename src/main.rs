@@ -152,7 +152,12 @@ torch.compile, ttt-lm-jax under jax.jit) runs right after each tttc configuratio
 run; its Python needs torch and jax, and --ttt-pytorch-path / --ttt-jax-path point at the \
 reference checkouts. torch.compile compiles for minutes at long contexts: it runs up to \
 --compile-max-t, and jax.jit beyond. A Markdown table goes to stdout; --output also writes one \
-JSON line per timing.")]
+JSON line per timing.\n\n\
+With --decode, decoding instead: for each layer's family (attention: Llama) at the 125m width \
+with --depths layers, a prompt of each --contexts length, then --decode-tokens tokens one step \
+at a time; the per-token median and minimum, and the floor set by the memory bandwidth measured \
+in the same run (every weight and the state read once per token, the state written once). With \
+--peers, the reference TTT decode (16-token prompt, 64 tokens) runs for the TTT families.")]
     Bench(BenchArgs),
 }
 
@@ -164,6 +169,18 @@ struct BenchArgs {
     /// Context lengths T.
     #[arg(long, value_delimiter = ',', default_values_t = [512usize, 2048, 8192])]
     seq_lens: Vec<usize>,
+    /// Time decoding (per-token latency of whole models) instead of one layer's forward.
+    #[arg(long)]
+    decode: bool,
+    /// With --decode: the models' depths.
+    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 12])]
+    depths: Vec<usize>,
+    /// With --decode: prompt lengths before the timed tokens.
+    #[arg(long, value_delimiter = ',', default_values_t = [128usize, 512, 2048, 8192])]
+    contexts: Vec<usize>,
+    /// With --decode: timed tokens per configuration.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    decode_tokens: u64,
     /// Where tttc's layers execute.
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
@@ -432,6 +449,58 @@ fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>) -> Result<()> {
+    use tttc_runtime::bench::decode;
+    let bandwidth = decode::read_bandwidth();
+    println!("memory read bandwidth on {} threads: {bandwidth:.1} GB/s\n", tttc_codegen_cpu::threads());
+    println!("| model | layers | context | who | median ms/token | min ms | tokens/s | MB read per token | floor ms | × floor |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let req = decode::DecodeRequest { layers, depths: a.depths.clone(), contexts: a.contexts.clone(), backend: a.backend.into(), tokens: a.decode_tokens as usize, peers };
+    let mut lines = Vec::new();
+    let timings = decode::decode(&req, |t| {
+        let floor = t.bytes / bandwidth / 1e6;
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            t.model,
+            t.depth,
+            t.context,
+            t.who,
+            t.median_ms,
+            t.min_ms,
+            1e3 / t.median_ms,
+            t.bytes / 1e6,
+            floor,
+            t.median_ms / floor
+        );
+        lines.push(t.to_json().to_string());
+    })?;
+    if let Some(path) = &a.plot {
+        let mut series: Vec<tttc_runtime::plot::Series> = Vec::new();
+        for t in timings.iter().filter(|t| t.who.starts_with("tttc")) {
+            let label = format!("{} {} layers", t.model, t.depth);
+            let point = (t.context.parse::<f64>().unwrap_or(f64::NAN), t.median_ms);
+            match series.iter_mut().find(|s| s.label == label) {
+                Some(s) => s.points.push(point),
+                None => series.push(tttc_runtime::plot::Series { label, points: vec![point] }),
+            }
+        }
+        let axes = ("context (tokens before)", "milliseconds per token");
+        tttc_runtime::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series)?;
+        println!("\nwrote {}", path.display());
+    }
+    if let Some(path) = &a.output {
+        write_lines(path, &lines)?;
+    }
+    Ok(())
+}
+
+/// Writes `lines` to `path`, one per line, through a temporary file.
+fn write_lines(path: &Path, lines: &[String]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn generate(a: &GenerateArgs) -> Result<()> {
     use std::io::Write;
     let model = tttc_frontends::load(&a.model, a.weights.as_deref())?;
@@ -525,7 +594,8 @@ fn train(a: TrainArgs) -> Result<()> {
 fn bench(a: &BenchArgs) -> Result<()> {
     use tttc_runtime::bench::{self, Layer};
     anyhow::ensure!(a.seq_lens.iter().all(|&t| t > 0), "--seq-lens must be positive");
-    let layers = a
+    anyhow::ensure!(a.contexts.iter().all(|&t| t > 0) && a.depths.iter().all(|&d| d > 0), "--contexts and --depths must be positive");
+    let layers: Vec<Layer> = a
         .layers
         .iter()
         .map(|l| match l {
@@ -542,6 +612,9 @@ fn bench(a: &BenchArgs) -> Result<()> {
         ttt_jax: a.ttt_jax_path.clone(),
         compile_max_t: a.compile_max_t,
     });
+    if a.decode {
+        return bench_decode(a, layers, peers);
+    }
     let req = bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile };
     let ceiling = bench::gemm_ceiling()?;
     println!("f32 GEMM 2048×768×768 through gemm on {} threads: {ceiling:.1} GFLOP/s\n", tttc_codegen_cpu::threads());
@@ -571,7 +644,8 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 None => series.push(tttc_runtime::plot::Series { label, points: vec![(t.t as f64, t.median_ms)] }),
             }
         }
-        tttc_runtime::plot::latency_curves(path, "One layer at the 125m width, batch 1, f32, forward", &series)?;
+        let axes = ("sequence length T", "milliseconds per forward call");
+        tttc_runtime::plot::latency_curves(path, "One layer at the 125m width, batch 1, f32, forward", axes, &series)?;
         println!("\nwrote {}", path.display());
     }
     let (passes, codegen) = bench::compile_time()?;
@@ -594,9 +668,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         }
     }
     if let Some(path) = &a.output {
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&tmp, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        write_lines(path, &lines)?;
     }
     Ok(())
 }

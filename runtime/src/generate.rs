@@ -60,6 +60,11 @@ impl Decoder {
         })
     }
 
+    /// The states a step takes, in input order.
+    pub fn state_specs(&self) -> &[StateSpec] {
+        &self.states
+    }
+
     /// Generates `new_tokens` tokens after each row of `prompt` (`input_ids` `[B, P]`), calling
     /// `on_token(k, tokens)` with the k-th new token of every row as soon as it is chosen.
     pub fn generate(&self, weights: &Weights, prompt: &Tensor, new_tokens: usize, sampling: &Sampling, backend: Backend, mut on_token: impl FnMut(usize, &[i64])) -> Result<Generated> {

@@ -30,11 +30,11 @@ pub fn loss_curves(path: &Path, title: &str, series: &[Series]) -> Result<()> {
     draw(path, title, ("step", "loss (nats/token)"), 0f64..x_max.max(1.0), (y_min - pad)..(y_max + pad), series, false)
 }
 
-/// Draws latency curves, milliseconds against sequence length, on log-log axes.
-pub fn latency_curves(path: &Path, title: &str, series: &[Series]) -> Result<()> {
+/// Draws latency curves (milliseconds against a length, as `axes` name them) on log-log axes.
+pub fn latency_curves(path: &Path, title: &str, axes: (&str, &str), series: &[Series]) -> Result<()> {
     let (x_max, y_min, y_max) = extent(series)?;
     let x_min = series.iter().flat_map(|s| s.points.iter()).map(|p| p.0).fold(f64::INFINITY, f64::min);
-    draw(path, title, ("sequence length T", "milliseconds per forward call"), (x_min / 1.5..x_max * 1.5).log_scale(), (y_min / 1.5..y_max * 1.5).log_scale(), series, true)
+    draw(path, title, axes, (x_min / 1.5..x_max * 1.5).log_scale(), (y_min / 1.5..y_max * 1.5).log_scale(), series, true)
 }
 
 /// The largest x and the smallest and largest finite y over all points.

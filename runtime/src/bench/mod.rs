@@ -1,6 +1,7 @@
 //! `tttc bench`: one sequence-mixing layer at the 125m width (D 768, 12 heads, mini-batch 16),
 //! batch 1, f32, timed on a backend across context lengths, and the peers (PyTorch, torch.compile,
-//! jax.jit, through the peer harness) timed in the same run so that ratios compare like with like.
+//! jax.jit, through the peer harness) timed in the same run so that ratios compare like with like;
+//! decoding's per-token latency in [`decode`].
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,6 +12,8 @@ use serde_json::{json, Value};
 use tttc_ir::Tensor;
 
 use crate::Backend;
+
+pub mod decode;
 
 /// A layer the benchmark times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,9 +227,10 @@ fn time_calls(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f6
     Ok((times[times.len() / 2], times[0]))
 }
 
-fn run_peer(p: &Peers, layer: Layer, peer: &str, extra: &[String], t: usize) -> Result<Timing> {
+/// Runs one job of the peer harness (`run --peer PEER EXTRA…`): its JSON result.
+fn peer_json(p: &Peers, peer: &str, extra: &[String]) -> Result<Value> {
     let mut cmd = Command::new(&p.python);
-    cmd.arg(&p.script).args(["run", "--peer", peer, "--T", &t.to_string()]).args(extra);
+    cmd.arg(&p.script).args(["run", "--peer", peer]).args(extra);
     if let Some(path) = &p.ttt_pytorch {
         cmd.arg("--ttt-pytorch-path").arg(path);
     }
@@ -238,9 +242,15 @@ fn run_peer(p: &Peers, layer: Layer, peer: &str, extra: &[String], t: usize) -> 
     let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{'));
     let Some(line) = line.filter(|_| out.status.success()) else {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!("peer {peer} at T={t} failed: {}", err.lines().last().unwrap_or("no output"));
+        bail!("peer {peer} {} failed: {}", extra.join(" "), err.lines().last().unwrap_or("no output"));
     };
-    let v: Value = serde_json::from_str(line).with_context(|| format!("peer {peer} printed no JSON result"))?;
+    serde_json::from_str(line).with_context(|| format!("peer {peer} printed no JSON result"))
+}
+
+fn run_peer(p: &Peers, layer: Layer, peer: &str, extra: &[String], t: usize) -> Result<Timing> {
+    let mut args = vec!["--T".to_string(), t.to_string()];
+    args.extend_from_slice(extra);
+    let v = peer_json(p, peer, &args)?;
     let num = |k: &str| v[k].as_f64().with_context(|| format!("peer {peer}'s result has no {k}"));
     let mode = v["mode"].as_str().unwrap_or("");
     let who = match (peer, mode) {
