@@ -455,7 +455,7 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
     println!("memory read bandwidth on {} threads: {bandwidth:.1} GB/s\n", tttc_codegen_cpu::threads());
     println!("| model | layers | context | who | median ms/token | min ms | tokens/s | MB read per token | floor ms | × floor |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    let req = decode::DecodeRequest { layers, depths: a.depths.clone(), contexts: a.contexts.clone(), backend: a.backend.into(), tokens: a.decode_tokens as usize, peers };
+    let req = decode::DecodeRequest { layers, depths: a.depths.clone(), contexts: a.contexts.clone(), backend: a.backend.into(), tokens: a.decode_tokens as usize, peers, profile: a.profile };
     let mut lines = Vec::new();
     let timings = decode::decode(&req, |t| {
         let floor = t.bytes / bandwidth / 1e6;
@@ -488,10 +488,21 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
         tttc_runtime::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series)?;
         println!("\nwrote {}", path.display());
     }
+    for t in timings.iter().filter(|t| !t.profile.is_empty()) {
+        println!("\nProfile of a {} token ({} layers, context {}): {:.2} ms in leaf steps\n", t.model, t.depth, t.context, t.profile.iter().map(|p| p.1).sum::<f64>());
+        print_profile(&t.profile);
+    }
     if let Some(path) = &a.output {
         write_lines(path, &lines)?;
     }
     Ok(())
+}
+
+fn print_profile(profile: &[(String, f64, u64)]) {
+    println!("| step | ms | calls |\n|---|---|---|");
+    for (kind, ms, calls) in profile {
+        println!("| {kind} | {ms:.2} | {calls} |");
+    }
 }
 
 /// Writes `lines` to `path`, one per line, through a temporary file.
@@ -662,10 +673,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     );
     for t in timings.iter().filter(|t| !t.profile.is_empty()) {
         println!("\nProfile of {} at T = {} ({}): {:.1} ms in leaf steps\n", t.layer, t.t, t.who, t.profile.iter().map(|p| p.1).sum::<f64>());
-        println!("| step | ms | calls |\n|---|---|---|");
-        for (kind, ms, calls) in &t.profile {
-            println!("| {kind} | {ms:.1} | {calls} |");
-        }
+        print_profile(&t.profile);
     }
     if let Some(path) = &a.output {
         write_lines(path, &lines)?;

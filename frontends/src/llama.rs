@@ -93,8 +93,16 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let v = repeat_kv(&mut b.g, v, heads, kv_heads, d)?;
 
     // Causal softmax(q kᵀ / √d) v, the softmax made stable by subtracting the row maximum.
-    let kt = b.transpose_last2(k)?;
-    let scores = b.matmul(q, kt)?; // [B, H, T, T]
+    let scores = if step {
+        // One query: the keys times it, read row by row (the cache is never transposed), then
+        // turned into a row of scores [B, H, 1, L+1].
+        let qt = b.transpose_last2(q)?;
+        let column = b.matmul(k, qt)?;
+        b.transpose_last2(column)?
+    } else {
+        let kt = b.transpose_last2(k)?;
+        b.matmul(q, kt)? // [B, H, T, T]
+    };
     let scale = b.scalar((d as f64).sqrt())?;
     let scores = b.div(scores, scale)?;
     let scores = if step { scores } else { b.tri_mask(scores, f64::NEG_INFINITY)? };

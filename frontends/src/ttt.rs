@@ -271,6 +271,7 @@ struct Decode<'a> {
 /// (`state.{name}.acc`): `A_i = A + lr·g` with `g` the token's gradient at `W₀`, and the token
 /// reads `W_i = W₀ − τ[i]·A_i`. At the mini-batch's last position `W₀ ← W_i` and `A ← 0`.
 /// Operands: q, k, v `[B, H, 1, d]`, lr `[B, H, 1]`, learnable_token_idx; returns `[B, H, 1, d]`.
+/// (A step graph's token axis is 1 by type, so the token's values are matrices of one row.)
 fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr, token_idx]: [ValueId; 5], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
     let (heads, d) = (c.num_heads, c.head_dim());
     let bsym = Dim::sym("B");
@@ -295,45 +296,37 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr,
     let ends = b.reshape(ends, unit.clone())?;
     let goes_on = b.sub(one, ends)?;
 
-    // The token's gradient at W₀ (a `grad` op over the inner loss, as in the mini-batch body).
+    // The token's gradient at W₀ (a `grad` op over the inner loss, as in the mini-batch body;
+    // the one token reads the state's weights as they are).
     let mut w0 = Vec::new();
     let mut acc = Vec::new();
-    let mut copies = Vec::new();
     for (name, shape) in state.names.iter().zip(state.shapes) {
         let ty = Type::new(DType::F32, shape.clone());
-        let w = b.state_input(name, ty.clone(), StateInit::Param(name.clone()));
+        w0.push(b.state_input(name, ty.clone(), StateInit::Param(name.clone())));
         acc.push(b.state_input(&format!("{name}.acc"), ty, StateInit::Zeros));
-        let mut token = shape.clone();
-        token.insert(2, Dim::c(1));
-        copies.push(b.reshape(w, token)?);
-        w0.push(w);
     }
-    let mut operands = copies.clone();
+    let mut operands = w0.clone();
     operands.extend([k, v]);
     operands.extend(norm.into_iter().flatten());
     let norm_type = norm.map(|[w, _]| b.ty(w).clone());
-    let loss = inner_loss(&c.inner, &copies.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>(), b.ty(k), norm_type.as_ref())?;
-    let grads = b.push(Op::Grad(Box::new(Grad { wrt: (0..copies.len()).collect(), body: loss })), &operands)?;
-    // lr of the one token, [B, H, 1, 1] (a sum over the token axis of length 1).
-    let lr = b.reduce(tttc_ir::ReduceKind::Sum, lr, 2, false)?;
+    let loss = inner_loss(&c.inner, &w0.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>(), b.ty(k), norm_type.as_ref())?;
+    let grads = b.push(Op::Grad(Box::new(Grad { wrt: (0..w0.len()).collect(), body: loss })), &operands)?;
+    // lr of the one token, [B, H, 1, 1].
     let lr = b.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(1)])?;
 
     let mut weights = Vec::new();
     for (i, name) in state.names.iter().enumerate() {
-        let g = b.reshape(grads[i], state.shapes[i].clone())?;
-        let step = b.mul(lr, g)?;
+        let step = b.mul(lr, grads[i])?;
         let a = b.add(acc[i], step)?;
         let scaled = b.mul(tau, a)?;
         let w = b.sub(w0[i], scaled)?;
-        let mut token = state.shapes[i].clone();
-        token.insert(2, Dim::c(1));
-        weights.push(b.reshape(w, token)?);
         // Whole-number blends, so the kept value is exact.
         let (new_w, old_w) = (b.mul(ends, w)?, b.mul(goes_on, w0[i])?);
         let next_w = b.add(new_w, old_w)?;
         let next_a = b.mul(goes_on, a)?;
         b.state_output(name, next_w);
         b.state_output(&format!("{name}.acc"), next_a);
+        weights.push(w);
     }
     let z = inner_model(&mut b.g, &c.inner, q, &weights)?;
     let normed = match norm {
@@ -353,14 +346,16 @@ fn matrix_dims(t: &Type) -> (usize, usize) {
     (t.shape[r - 2].as_const().expect("static"), t.shape[r - 1].as_const().expect("static"))
 }
 
-/// The inner model's layers `Z(x)` on `x` `[B, H, n, d]` with per-token `weights`
-/// `[W1, b1, W2, b2, …]` (no `b{l}` without bias), each `[B, H, n, rows, cols]`: linear layers with
-/// the spec's activation between them. Returns `[B, H, n, d_out]`.
+/// The inner model's layers `Z(x)` on `x` `[B, H, n, d]` with `weights` `[W1, b1, W2, b2, …]`
+/// (no `b{l}` without bias): per token, each `[B, H, n, rows, cols]`, or shared by the n tokens,
+/// each `[B, H, rows, cols]`: linear layers with the spec's activation between them. Returns
+/// `[B, H, n, d_out]`.
 fn inner_model(g: &mut Graph, spec: &InnerSpec, x: ValueId, weights: &[ValueId]) -> Result<ValueId> {
     let mut shape = g.ty(x).shape.clone();
+    let shared = g.ty(weights[0]).rank() == shape.len();
     let mut row_shape = shape.clone();
     row_shape.insert(3, Dim::c(1));
-    let mut a = g.reshape(x, row_shape)?; // [B, H, n, 1, d]
+    let mut a = if shared { x } else { g.reshape(x, row_shape)? }; // [B, H, n, 1, d] per token
     let per_layer = if spec.bias { 2 } else { 1 };
     let layers = weights.len() / per_layer;
     debug_assert_eq!(layers, spec.depth());
@@ -370,6 +365,9 @@ fn inner_model(g: &mut Graph, spec: &InnerSpec, x: ValueId, weights: &[ValueId])
             z = g.add(z, p[1])?;
         }
         a = if l + 1 < layers { activate(g, spec.activation, z)? } else { z };
+    }
+    if shared {
+        return Ok(a);
     }
     *shape.last_mut().unwrap() = g.dim(a, -1)?;
     g.reshape(a, shape)

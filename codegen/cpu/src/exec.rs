@@ -117,9 +117,15 @@ impl Body {
                 values[v.index()] = Some(Cow::Owned(t));
             }
         }
-        g.outputs
-            .iter()
-            .map(|(name, v)| values[v.index()].as_ref().map(|t| t.clone().into_owned()).with_context(|| format!("output {name} is undefined")))
+        // Each output's buffer moves out at its last mention (a decoding step's state is large).
+        (0..g.outputs.len())
+            .map(|i| {
+                let (name, v) = &g.outputs[i];
+                let again = g.outputs[i + 1..].iter().any(|(_, w)| w == v);
+                let slot = &mut values[v.index()];
+                let t = if again { slot.as_ref().map(|t| t.clone().into_owned()) } else { slot.take().map(Cow::into_owned) };
+                t.with_context(|| format!("output {name} is undefined"))
+            })
             .collect()
     }
 }

@@ -23,6 +23,8 @@ pub struct DecodeRequest {
     /// Timed tokens per configuration.
     pub tokens: usize,
     pub peers: Option<Peers>,
+    /// Profile the steps of each tttc configuration (CPU backend).
+    pub profile: bool,
 }
 
 /// One configuration's per-token latency.
@@ -37,6 +39,8 @@ pub struct DecodeTiming {
     pub min_ms: f64,
     /// Bytes a token must read and write at least: weights, state in and out.
     pub bytes: f64,
+    /// Where one token's time went (with `profile`): step kind, milliseconds, calls.
+    pub profile: Vec<(String, f64, u64)>,
 }
 
 impl DecodeTiming {
@@ -105,7 +109,22 @@ pub fn decode(req: &DecodeRequest, mut report: impl FnMut(&DecodeTiming)) -> Res
                 let prompt = Tensor::i64(vec![1, context], (0..context as i64).map(|i| (i * 7919) % 32000).collect());
                 let mut stamps = Vec::with_capacity(req.tokens + 1);
                 let mut state_bytes = 0.0;
-                decoder.generate(&model.weights, &prompt, req.tokens + 1, &Sampling::greedy(), req.backend, |_, _| stamps.push(Instant::now()))?;
+                // The profile covers the timed steps (the prefill is done when the first token is
+                // chosen), divided by their number below.
+                let profiling = req.profile && req.backend == Backend::Cpu;
+                decoder.generate(&model.weights, &prompt, req.tokens + 1, &Sampling::greedy(), req.backend, |k, _| {
+                    if profiling && k == 0 {
+                        tttc_codegen_cpu::profile::set_enabled(true);
+                    }
+                    stamps.push(Instant::now())
+                })?;
+                let profile = if profiling {
+                    tttc_codegen_cpu::profile::set_enabled(false);
+                    let per = req.tokens as f64;
+                    tttc_codegen_cpu::profile::report().into_iter().map(|(k, d, n)| (k, d.as_secs_f64() * 1e3 / per, (n as f64 / per).round() as u64)).collect()
+                } else {
+                    Vec::new()
+                };
                 // The state a step reads: measured from the step graph's inputs at this context.
                 for spec in decoder.state_specs() {
                     let env: tttc_ir::DimEnv = [("B".to_string(), 1), ("L".to_string(), context)].into_iter().collect();
@@ -121,6 +140,7 @@ pub fn decode(req: &DecodeRequest, mut report: impl FnMut(&DecodeTiming)) -> Res
                     median_ms: gaps[gaps.len() / 2],
                     min_ms: gaps[0],
                     bytes: weight_bytes + 2.0 * state_bytes,
+                    profile,
                 };
                 report(&t);
                 all.push(t);
@@ -163,5 +183,6 @@ fn reference_decode(p: &Peers, layer: Layer, depth: usize, weight_bytes: f64) ->
         median_ms: num("median_ms")?,
         min_ms: num("min_ms")?,
         bytes: weight_bytes,
+        profile: Vec::new(),
     })
 }
