@@ -29,6 +29,26 @@ fn bench_prints_a_row_per_layer_and_length() {
 }
 
 #[test]
+fn bench_decode_prints_per_token_latency_against_the_floor() {
+    let r = tttc(&["bench", "--decode", "--layers", "ttt-linear,attention", "--depths", "1", "--contexts", "16,1000", "--decode-tokens", "2"]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(out.starts_with("memory read bandwidth on "), "{out}");
+    let rows: Vec<Vec<&str>> = out.lines().filter(|l| l.contains("tttc (cpu)")).map(|l| l.split('|').map(str::trim).collect()).collect();
+    let seen: Vec<(&str, &str)> = rows.iter().map(|r| (r[1], r[3])).collect();
+    assert_eq!(seen, [("TTT-Linear", "16"), ("TTT-Linear", "1000"), ("Llama", "16"), ("Llama", "1000")], "{out}");
+    for row in &rows {
+        // | model | layers | context | who | median | min | tokens/s | MB | floor | × floor |
+        let (median, floor, ratio): (f64, f64, f64) = (row[5].parse().unwrap(), row[9].parse().unwrap(), row[10].parse().unwrap());
+        assert!(median > 0.0 && floor > 0.0 && (ratio - median / floor).abs() < 0.02 * ratio + 0.01, "{row:?}");
+    }
+    // Llama's KV cache grows with the context; TTT's state does not.
+    let mb = |i: usize| rows[i][8].parse::<f64>().unwrap();
+    assert_eq!(mb(0), mb(1), "TTT reads the same bytes at any context");
+    assert!(mb(3) > mb(2), "Llama reads its growing cache");
+}
+
+#[test]
 fn bench_rejects_bad_options() {
     let r = tttc(&["bench", "--seq-lens", "0"]);
     assert!(!r.status.success());

@@ -109,7 +109,8 @@ fn generate_rejects_bad_input() {
     let input = prompt_file(&dir, "prompt", 1, &[1, 2, 3]);
     let bad_id = prompt_file(&dir, "bad", 1, &[1, 100_000]);
     let out = dir.join("out.safetensors");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
+        (&["--max-new-tokens", "3", "--backend", "cpu-model"], "generate runs on cpu or interp"),
         (&["--max-new-tokens", "0"], "at least 1"),
         (&["--max-new-tokens", "3", "--top-p", "1.5"], "--top-p"),
         (&["--max-new-tokens", "3", "--top-k", "0"], "--top-k"),

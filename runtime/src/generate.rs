@@ -69,6 +69,7 @@ impl Decoder {
     /// `on_token(k, tokens)` with the k-th new token of every row as soon as it is chosen.
     pub fn generate(&self, weights: &Weights, prompt: &Tensor, new_tokens: usize, sampling: &Sampling, backend: Backend, mut on_token: impl FnMut(usize, &[i64])) -> Result<Generated> {
         check_input_ids(prompt, self.vocab)?;
+        ensure!(backend != Backend::CpuModel, "--backend cpu-model compiles one forward pass at fixed sizes; generate runs on cpu or interp");
         ensure!(new_tokens > 0, "--max-new-tokens must be at least 1");
         ensure!(sampling.temperature >= 0.0 && sampling.temperature.is_finite(), "the temperature must be 0 or more");
         ensure!(sampling.top_k != Some(0), "--top-k must be at least 1");
