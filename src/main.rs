@@ -475,22 +475,14 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
         lines.push(t.to_json().to_string());
     })?;
     if let Some(path) = &a.plot {
-        let mut series: Vec<tttc_runtime::plot::Series> = Vec::new();
-        for t in timings.iter().filter(|t| t.who.starts_with("tttc")) {
-            let label = format!("{} {} layers", t.model, t.depth);
-            let point = (t.context.parse::<f64>().unwrap_or(f64::NAN), t.median_ms);
-            match series.iter_mut().find(|s| s.label == label) {
-                Some(s) => s.points.push(point),
-                None => series.push(tttc_runtime::plot::Series { label, points: vec![point] }),
-            }
-        }
+        let tttc = timings.iter().filter(|t| t.who.starts_with("tttc"));
+        let series = tttc_runtime::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
         let axes = ("context (tokens before)", "milliseconds per token");
         tttc_runtime::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series)?;
         println!("\nwrote {}", path.display());
     }
     for t in timings.iter().filter(|t| !t.profile.is_empty()) {
-        println!("\nProfile of a {} token ({} layers, context {}): {:.2} ms in leaf steps\n", t.model, t.depth, t.context, t.profile.iter().map(|p| p.1).sum::<f64>());
-        print_profile(&t.profile);
+        print_profile(&format!("a {} token ({} layers, context {})", t.model, t.depth, t.context), &t.profile);
     }
     if let Some(path) = &a.output {
         write_lines(path, &lines)?;
@@ -498,7 +490,9 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
     Ok(())
 }
 
-fn print_profile(profile: &[(String, f64, u64)]) {
+/// Where the time of `what` went: a Markdown table of step kinds, milliseconds and calls.
+fn print_profile(what: &str, profile: &[(String, f64, u64)]) {
+    println!("\nProfile of {what}: {:.2} ms in leaf steps\n", profile.iter().map(|p| p.1).sum::<f64>());
     println!("| step | ms | calls |\n|---|---|---|");
     for (kind, ms, calls) in profile {
         println!("| {kind} | {ms:.2} | {calls} |");
@@ -647,14 +641,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         lines.push(t.to_json().to_string());
     })?;
     if let Some(path) = &a.plot {
-        let mut series: Vec<tttc_runtime::plot::Series> = Vec::new();
-        for t in &timings {
-            let label = format!("{}: {}", t.layer, t.who);
-            match series.iter_mut().find(|s| s.label == label) {
-                Some(s) => s.points.push((t.t as f64, t.median_ms)),
-                None => series.push(tttc_runtime::plot::Series { label, points: vec![(t.t as f64, t.median_ms)] }),
-            }
-        }
+        let series = tttc_runtime::plot::Series::group(timings.iter().map(|t| (format!("{}: {}", t.layer, t.who), (t.t as f64, t.median_ms))));
         let axes = ("sequence length T", "milliseconds per forward call");
         tttc_runtime::plot::latency_curves(path, "One layer at the 125m width, batch 1, f32, forward", axes, &series)?;
         println!("\nwrote {}", path.display());
@@ -672,8 +659,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         t as f64 / step_ms * 1e3
     );
     for t in timings.iter().filter(|t| !t.profile.is_empty()) {
-        println!("\nProfile of {} at T = {} ({}): {:.1} ms in leaf steps\n", t.layer, t.t, t.who, t.profile.iter().map(|p| p.1).sum::<f64>());
-        print_profile(&t.profile);
+        print_profile(&format!("{} at T = {} ({})", t.layer, t.t, t.who), &t.profile);
     }
     if let Some(path) = &a.output {
         write_lines(path, &lines)?;

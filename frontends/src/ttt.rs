@@ -200,14 +200,8 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
 
     // η[i,j] = τ[i] · lr[j] for j ≤ i, τ[i] = max(0, 1/(i+1) + learnable_token_idx[i]).
     let pos = g.iota(n.clone(), DType::I64)?;
-    let tau = g.gather(token_idx, pos, 0)?;
     let posf = g.cast(pos, DType::F32)?;
-    let one = g.scalar(1.0)?;
-    let denom = g.add(posf, one)?;
-    let inv = g.div(one, denom)?;
-    let tau = g.add(inv, tau)?;
-    let zero = g.scalar(0.0)?;
-    let tau = g.binary(BinaryOp::Max, tau, zero)?;
+    let tau = token_scale(&mut g, token_idx, pos, posf)?;
     let tau = g.reshape(tau, vec![n.clone(), Dim::c(1)])?;
     let lr_row = g.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), n.clone()])?;
     let eta = g.mul(tau, lr_row)?;
@@ -258,6 +252,18 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
     Ok(g)
 }
 
+/// τ[i] = max(0, 1/(i+1) + learnable_token_idx[i]) at the positions i given as `index` (i64) and
+/// `position` (the same, f32).
+fn token_scale(g: &mut Graph, token_idx: ValueId, index: ValueId, position: ValueId) -> Result<ValueId> {
+    let learned = g.gather(token_idx, index, 0)?;
+    let one = g.scalar(1.0)?;
+    let denom = g.add(position, one)?;
+    let inv = g.div(one, denom)?;
+    let tau = g.add(inv, learned)?;
+    let zero = g.scalar(0.0)?;
+    g.binary(BinaryOp::Max, tau, zero)
+}
+
 /// A TTT layer's recurrent state in a step graph: the inner weights' names and shapes
 /// `[B, H, rows, cols]`, and the token's position within its mini-batch.
 struct Decode<'a> {
@@ -282,13 +288,8 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr,
 
     // τ[i] = max(0, 1/(i+1) + learnable_token_idx[i]); at i = b − 1 the mini-batch ends.
     let index = b.cast(pos, DType::I64)?;
-    let tau = b.gather(token_idx, index, 0)?;
+    let tau = token_scale(&mut b.g, token_idx, index, pos)?;
     let one = b.scalar(1.0)?;
-    let denom = b.add(pos, one)?;
-    let inv = b.div(one, denom)?;
-    let tau = b.add(inv, tau)?;
-    let zero = b.scalar(0.0)?;
-    let tau = b.binary(BinaryOp::Max, tau, zero)?;
     let unit = vec![Dim::c(1); 4];
     let tau = b.reshape(tau, unit.clone())?;
     let last_index = b.scalar((c.mini_batch_size - 1) as f64)?;

@@ -8,10 +8,24 @@ use anyhow::{ensure, Context, Result};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-/// One curve: a label and its (step, loss) points.
+/// One curve: a label and its (x, y) points.
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
+}
+
+impl Series {
+    /// Curves from labelled points, one per label in order of first appearance.
+    pub fn group(points: impl Iterator<Item = (String, (f64, f64))>) -> Vec<Series> {
+        let mut series: Vec<Series> = Vec::new();
+        for (label, point) in points {
+            match series.iter_mut().find(|s| s.label == label) {
+                Some(s) => s.points.push(point),
+                None => series.push(Series { label, points: vec![point] }),
+            }
+        }
+        series
+    }
 }
 
 fn register_font() {
