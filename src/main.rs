@@ -37,8 +37,8 @@ untouched.")]
     #[command(long_about = "Generate tokens after a prompt.\n\n\
 The prompt is `input_ids` (i64 [B, P]) in the safetensors file IN (--prompt), or, for a model \
 with a tokenizer (a `tttc train` checkpoint), text (--prompt-text). It runs through the model's \
-prefill graph in parallel (for TTT, its whole mini-batches; the rest of the prompt token by \
-token), then each new token costs one step of the model's step graph, which carries the \
+prefill graph in parallel (for TTT, the dual form, handing over inside a mini-batch when the \
+prompt ends in one), then each new token costs one step of the model's step graph, which carries the \
 recurrent state: TTT's inner weights and gradient sums and conv windows, Mamba's scan state and \
 conv window, Llama's KV cache. A step's cost does not grow with the context for TTT and Mamba.\n\n\
 Tokens are chosen greedily by default; --temperature > 0 samples from the softmax, restricted \

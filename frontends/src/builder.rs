@@ -26,7 +26,7 @@ pub enum Mode {
     /// The whole sequence from a fresh state: `logits` for every position and `loss`.
     Forward,
     /// A prompt from a fresh state: the last position's `logits` `[B, 1, V]` and the state after
-    /// the prompt, as outputs `state.NAME`. A TTT prompt must be a whole number of mini-batches.
+    /// the prompt, as outputs `state.NAME`.
     Prefill,
     /// One token per sequence (`input_ids` `[B, 1]`) from the state given as inputs `state.NAME`:
     /// its `logits` and the next state, as outputs `state.NAME`.
@@ -313,28 +313,32 @@ impl ModelBuilder {
         Ok(())
     }
 
-    /// The position after this graph's tokens: a prefill's length (0 for TTT, whose prefills are
-    /// whole mini-batches), or a step's position plus one (back to 0 at the end of a mini-batch).
+    /// The position after this graph's tokens: a prefill's length T, or a step's position plus
+    /// one; with a `period` (TTT's mini-batch), counted within it (back to 0 at its end).
     fn next_position(&mut self, period: Option<usize>) -> Result<ValueId> {
-        match (self.position, period) {
-            (None, Some(_)) => {
-                let zero = self.scalar(0.0)?;
-                self.broadcast(zero, vec![Dim::c(1)])
-            }
-            (None, None) => {
+        let one = self.scalar(1.0)?;
+        let next = match self.position {
+            Some(p) => self.add(p, one)?,
+            None => {
                 let upto = self.iota(Dim::sym("T").plus(1)?, DType::F32)?;
-                self.slice(upto, 0, -1, None)
+                self.slice(upto, 0, -1, None)?
             }
-            (Some(p), period) => {
-                let one = self.scalar(1.0)?;
-                let next = self.add(p, one)?;
-                let Some(b) = period else { return Ok(next) };
-                // next · (1 − [next ≥ b]): exact, as both factors are whole numbers.
-                let b = self.scalar(b as f64)?;
-                let wrapped = self.binary(tttc_ir::BinaryOp::Ge, next, b)?;
-                let keep = self.sub(one, wrapped)?;
-                self.mul(next, keep)
+        };
+        let Some(b) = period else { return Ok(next) };
+        let wraps = self.scalar(b as f64)?;
+        let within = match self.position {
+            Some(_) => next,
+            None => {
+                // T − b·(⌈T/b⌉ − 1): the length of the last mini-batch, 1 … b.
+                let chunks = self.iota(Dim::sym("T").chunks(b)?, DType::F32)?;
+                let before = self.slice(chunks, 0, -1, None)?;
+                let full = self.mul(before, wraps)?;
+                self.sub(next, full)?
             }
-        }
+        };
+        // within · (1 − [within ≥ b]): exact, as both factors are whole numbers.
+        let wrapped = self.binary(tttc_ir::BinaryOp::Ge, within, wraps)?;
+        let keep = self.sub(one, wrapped)?;
+        self.mul(within, keep)
     }
 }

@@ -50,12 +50,3 @@ pub fn build_for(config: &ModelConfig, mode: Mode) -> Result<ModelBuilder> {
     b.g = b.g.canonical();
     Ok(b)
 }
-
-/// The prompt lengths a prefill takes: multiples of TTT's mini-batch (a prompt's remainder runs
-/// as steps), any length otherwise.
-pub fn prefill_multiple(config: &ModelConfig) -> usize {
-    match config {
-        ModelConfig::Ttt(c) => c.mini_batch_size,
-        ModelConfig::Mamba(_) | ModelConfig::Llama(_) => 1,
-    }
-}

@@ -139,13 +139,21 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
         for (&p, shape) in params.iter().zip(&state) {
             inputs.push(b.broadcast(p, shape.clone())?);
         }
-        let body = mini_batch_body(c, &inputs.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>())?;
+        let hand_off = b.mode == Mode::Prefill;
+        let body = mini_batch_body(c, &inputs.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>(), hand_off)?;
+        if hand_off {
+            let zero = b.scalar(0.0)?;
+            for shape in &state {
+                inputs.push(b.broadcast(zero, shape.clone())?);
+            }
+        }
         let carries = inputs.len();
         inputs.extend([q, k, v, lr, token_idx]);
         inputs.extend(norm.into_iter().flatten());
         let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body, reverse: false }, &inputs)?;
-        for (name, &last) in names.iter().zip(&outs[..carries]) {
-            b.state_output(name, last);
+        let acc_names = names.iter().map(|n| format!("{n}.acc"));
+        for (name, &last) in names.iter().cloned().chain(acc_names).zip(&outs[..carries]) {
+            b.state_output(&name, last);
         }
         outs[carries] // [B, H, T, d]
     };
@@ -173,13 +181,24 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
 /// `[B, H, n, rows, cols]` (a bias is a one-row matrix): the gradient of the summed inner loss with
 /// respect to token j's copy is that token's gradient g_j at W₀. The gradient is a `grad` op over
 /// the inner loss, which the passes expand.
-fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
+///
+/// With `hand_off` (a prefill), the body also carries the lr-weighted gradient sums
+/// `A = Σ_j lr[j]·g_j`, one per state tensor after the states. A whole mini-batch hands on
+/// `(W_last, 0)`; a shorter one, which can only be the sequence's last, hands on its own start
+/// `(W₀, A)` instead (SPEC §2, "Decoding"), for steps to continue inside it.
+fn mini_batch_body(c: &TttConfig, state_types: &[Type], hand_off: bool) -> Result<Graph> {
     let (heads, d) = (c.num_heads, c.head_dim());
     // The chunk length: symbolic (the last mini-batch may be shorter), or 1 for one token a step.
     let n = if c.mini_batch_size == 1 { Dim::c(1) } else { Dim::sym("n") };
     let bsym = Dim::sym("B");
     let mut g = Graph::new("mini_batch");
     let state: Vec<ValueId> = state_types.iter().enumerate().map(|(i, t)| g.input(&format!("state{i}"), t.clone())).collect();
+    if hand_off {
+        // Always zero at a mini-batch's start in a prefill: read by nothing.
+        for (i, t) in state_types.iter().enumerate() {
+            g.input(&format!("acc{i}"), t.clone());
+        }
+    }
     let chunk = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);
     let q = g.input("q", chunk.clone());
     let k = g.input("k", chunk.clone());
@@ -226,6 +245,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
     // W_i = W₀ − Σ_j η[i,j] g_j for every weight and bias; the next state is the last token's.
     let mut weights = Vec::new();
     let mut next_state = Vec::new();
+    let mut hand_offs = Vec::new();
     for ((&s, &w0), &gj) in state.iter().zip(&start).zip(&grads) {
         let (rows, cols) = matrix_dims(g.ty(s));
         let flat = g.reshape(gj, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows * cols)])?;
@@ -234,7 +254,26 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
         let w = g.sub(w0, step)?;
         let last = g.slice(w, 2, -1, None)?;
         next_state.push(g.reshape(last, g.ty(s).shape.clone())?);
+        if hand_off {
+            let acc = g.matmul(lr_row, flat)?; // Σ_j lr[j]·g_j, [B, H, 1, rows·cols]
+            hand_offs.push(g.reshape(acc, g.ty(s).shape.clone())?);
+        }
         weights.push(w);
+    }
+    let mut next_acc = Vec::new();
+    if hand_off {
+        // whole = 1 for a whole mini-batch (n = b), else 0: whole-number blends, exact.
+        let upto = g.iota(n.clone(), DType::F32)?;
+        let last = g.slice(upto, 0, -1, None)?;
+        let b_minus_one = g.scalar((c.mini_batch_size - 1) as f64)?;
+        let whole = g.binary(BinaryOp::Ge, last, b_minus_one)?;
+        let one = g.scalar(1.0)?;
+        let part = g.sub(one, whole)?;
+        for ((w_last, acc), &w0) in next_state.iter_mut().zip(hand_offs).zip(&state) {
+            let (kept, started) = (g.mul(whole, *w_last)?, g.mul(part, w0)?);
+            *w_last = g.add(kept, started)?;
+            next_acc.push(g.mul(part, acc)?);
+        }
     }
 
     // Token i's output: the inner model with weights W_i applied to q_i.
@@ -247,6 +286,9 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type]) -> Result<Graph> {
 
     for (i, s) in next_state.into_iter().enumerate() {
         g.output(&format!("state{i}"), s);
+    }
+    for (i, a) in next_acc.into_iter().enumerate() {
+        g.output(&format!("acc{i}"), a);
     }
     g.output("out", out);
     Ok(g)

@@ -1,7 +1,7 @@
 //! Decoding (`tttc generate`). A prompt runs through the model's prefill graph (the parallel
-//! form: TTT's dual form over its whole mini-batches), whose `state.*` outputs hand over to the
-//! step graph (the primal form, one token per call); each step's state outputs feed the next
-//! call, so a step costs the same at any context for TTT and Mamba (Llama's KV cache grows).
+//! form: TTT's dual form), whose `state.*` outputs hand over to the step graph (the primal form,
+//! one token per call); each step's state outputs feed the next call, so a step costs the same
+//! at any context for TTT and Mamba (Llama's KV cache grows).
 
 use std::collections::BTreeMap;
 
@@ -42,8 +42,6 @@ pub struct Decoder {
     prefill: Executable,
     step: Executable,
     states: Vec<StateSpec>,
-    /// Prefills take whole multiples of this many tokens (TTT's mini-batch).
-    multiple: usize,
     vocab: usize,
 }
 
@@ -55,7 +53,6 @@ impl Decoder {
             prefill: Executable::new(tttc_passes::compile(&prefill.g).context("compiling the prefill graph")?),
             step: Executable::new(tttc_passes::compile(&step.g).context("compiling the step graph")?),
             states: step.states,
-            multiple: tttc_frontends::prefill_multiple(&model.config),
             vocab: model.config.vocab_size(),
         })
     }
@@ -76,20 +73,11 @@ impl Decoder {
         ensure!(sampling.top_p.is_none_or(|p| p > 0.0 && p <= 1.0), "--top-p must be in (0, 1]");
         let (rows, len) = (prompt.shape[0], prompt.shape[1]);
         let ids = prompt.as_i64().expect("checked above");
-        let column = |t: usize| -> Vec<i64> { (0..rows).map(|r| ids[r * len + t]).collect() };
 
+        // The whole prompt in the parallel form; its state continues token by token.
         let mut state = self.fresh_state(weights, rows)?;
-        let prefilled = len / self.multiple * self.multiple;
-        let mut logits = None;
-        if prefilled > 0 {
-            let head: Vec<i64> = (0..rows).flat_map(|r| ids[r * len..r * len + prefilled].to_vec()).collect();
-            let head = Tensor::i64(vec![rows, prefilled], head);
-            let outs = self.prefill.run_with(weights, &[("input_ids", &head)], backend).context("prefill")?;
-            logits = Some(take_outputs(&self.prefill, outs, &mut state)?);
-        }
-        for t in prefilled..len {
-            logits = Some(self.step(weights, &column(t), &mut state, backend)?);
-        }
+        let outs = self.prefill.run_with(weights, &[("input_ids", prompt)], backend).context("prefill")?;
+        let mut logits = Some(take_outputs(&self.prefill, outs, &mut state)?);
 
         let mut rng = SplitMix64::keyed(sampling.seed, "generate");
         let mut chosen: Vec<Vec<i64>> = Vec::with_capacity(new_tokens);
