@@ -32,7 +32,7 @@ struct Manifest {
     regions: Vec<Region>,
     /// What the `fuse` pass did: regions and materialised bytes before and after it.
     fusion: Option<Fusion>,
-    /// The CPU backend's generated kernels, for linking (docs/cpu-kernels.md).
+    /// The model compiled for this CPU, for linking (docs/cpu-model.md).
     cpu: CpuModel,
 }
 

@@ -451,6 +451,7 @@ fn run(args: &RunArgs) -> Result<()> {
 
 fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>) -> Result<()> {
     use tttc_runtime::bench::decode;
+    anyhow::ensure!(!matches!(a.backend, BackendArg::CpuModel), "bench --decode runs on cpu or interp: --backend cpu-model compiles one forward pass at fixed sizes");
     let bandwidth = decode::read_bandwidth();
     println!("memory read bandwidth on {} threads: {bandwidth:.1} GB/s\n", tttc_codegen_cpu::threads());
     println!("| model | layers | context | who | median ms/token | min ms | tokens/s | MB read per token | floor ms | × floor |");
@@ -508,24 +509,27 @@ fn write_lines(path: &Path, lines: &[String]) -> Result<()> {
 
 fn generate(a: &GenerateArgs) -> Result<()> {
     use std::io::Write;
+    let sampling = tttc_runtime::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    sampling.check()?;
     let model = tttc_frontends::load(&a.model, a.weights.as_deref())?;
-    let tokenizer = tttc_runtime::train::byte_tokenizer(&a.model)?;
+    // The byte tokenizer of a `tttc train` checkpoint; another tokenizer is not read.
+    let tokenizer = tttc_runtime::train::byte_tokenizer(&a.model);
+    let has_tokenizer = matches!(tokenizer, Ok(true));
     let prompt = match (&a.prompt, &a.prompt_text) {
         (Some(path), _) => {
             let mut inputs = tttc_runtime::read_tensors(path)?;
             inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", path.display()))?
         }
         (None, Some(text)) => {
-            anyhow::ensure!(tokenizer, "--prompt-text needs a model with a tokenizer (a tttc train checkpoint); {} has none", a.model.display());
+            anyhow::ensure!(tokenizer?, "--prompt-text needs a model with the byte tokenizer of a tttc train checkpoint; {} has none", a.model.display());
             anyhow::ensure!(!text.is_empty(), "--prompt-text is empty");
             tttc_ir::Tensor::i64(vec![1, text.len()], text.bytes().map(i64::from).collect())
         }
         (None, None) => unreachable!("clap requires --prompt or --prompt-text"),
     };
-    let sampling = tttc_runtime::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     let decoder = tttc_runtime::generate::Decoder::new(&model)?;
     // One prompt with a tokenizer streams its text; a batch prints each row at the end.
-    let stream = tokenizer && prompt.shape.first() == Some(&1);
+    let stream = has_tokenizer && prompt.shape.first() == Some(&1);
     let mut stdout = std::io::stdout();
     let out = decoder.generate(&model.weights, &prompt, a.max_new_tokens, &sampling, a.backend.into(), |_, next| {
         if stream {
@@ -536,7 +540,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     tttc_runtime::write_tensors(&a.output, &[("tokens", &out.tokens), ("logits", &out.logits)])?;
     if stream {
         println!();
-    } else if tokenizer {
+    } else if has_tokenizer {
         let cols = out.tokens.shape[1];
         for (r, row) in out.tokens.as_i64().expect("tokens are i64").chunks(cols).enumerate() {
             let bytes: Vec<u8> = row.iter().map(|&t| t.clamp(0, 255) as u8).collect();

@@ -34,7 +34,7 @@ fn generated_logits_equal_a_forward_pass_over_the_final_sequence() {
         let b = mini_batch(&case);
         let new = 2 * b + 5;
         for backend in BACKENDS {
-            for len in [1, b - 1, b, b + 1, 2 * b + 3].into_iter().filter(|&n| n < t) {
+            for len in [1, b - 1, b, b + 1, 2 * b + 3].into_iter().filter(|&n| n >= 1 && n < t) {
                 let tag = format!("{name}-{backend}-{len}");
                 let prompt: Vec<i64> = (0..rows).flat_map(|r| ids.i64[r * t..r * t + len].to_vec()).collect();
                 let input = prompt_file(&dir, &tag, rows, &prompt);
@@ -74,6 +74,55 @@ fn generated_logits_equal_a_forward_pass_over_the_final_sequence() {
     }
 }
 
+/// Generates `new` tokens after `prompt` and checks their logits against a forward pass over the
+/// final sequence (one row).
+fn check_against_forward(model: &Path, dir: &Path, tag: &str, prompt: &[i64], new: usize) {
+    let input = prompt_file(dir, tag, 1, prompt);
+    let out = dir.join(format!("{tag}-out.safetensors"));
+    let r = tttc(&["generate", p(model), "--prompt", p(&input), "--max-new-tokens", &new.to_string(), "-o", p(&out)]);
+    assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
+    let got = read(&out);
+    let full = prompt_file(dir, &format!("{tag}-full"), 1, &got["tokens"].i64);
+    let forward = dir.join(format!("{tag}-forward.safetensors"));
+    let r = tttc(&["run", p(model), "--input", p(&full), "-o", p(&forward)]);
+    assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
+    let all = &read(&forward)["logits"];
+    let vocab = all.shape[2];
+    let want = &all.f32[(prompt.len() - 1) * vocab..(prompt.len() - 1 + new) * vocab];
+    let ratio = parity_ratio(&got["logits"].f32, want, RTOL_DECODE);
+    assert!(ratio <= 1.0, "{tag}: generated logits at {ratio:.2}× tolerance");
+}
+
+/// Convolutions of kernel 1 carry no window; TTT with a mini-batch of 1 hands over after every
+/// token; a model folder with another kind of tokenizer still generates from ids.
+#[test]
+fn edge_configurations_decode_exactly() {
+    let dir = scratch("generate_edges");
+    let models = [
+        ("mamba-k1", "model_type = \"mamba\"\nseed = 1\n[config]\nvocab_size = 64\nhidden_size = 32\nnum_hidden_layers = 2\nstate_size = 8\nconv_kernel = 1\n"),
+        ("ttt-k1-b1", "model_type = \"ttt\"\nseed = 2\n[config]\nvocab_size = 64\nhidden_size = 32\nnum_attention_heads = 2\nintermediate_size = 64\nnum_hidden_layers = 2\nmini_batch_size = 1\npre_conv = true\nconv_kernel = 1\n"),
+        ("ttt-mlp-b4", "model_type = \"ttt\"\nseed = 3\n[config]\nvocab_size = 64\nhidden_size = 32\nnum_attention_heads = 2\nintermediate_size = 64\nnum_hidden_layers = 1\nmini_batch_size = 4\nttt_layer_type = \"mlp\"\nshare_qk = true\nuse_gate = true\n"),
+    ];
+    for (name, toml) in models {
+        let model = dir.join(format!("{name}.toml"));
+        std::fs::write(&model, toml).unwrap();
+        check_against_forward(&model, &dir, name, &[3, 1, 4, 1, 5, 9, 2], 9);
+    }
+    // A reference case with a tokenizer.json of another kind: ids work, text is refused.
+    let case = &cases()[0];
+    let folder = dir.join("foreign-tokenizer");
+    std::fs::create_dir_all(&folder).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(case.join(f), folder.join(f)).unwrap();
+    }
+    std::fs::write(folder.join("tokenizer.json"), r#"{"model": {"type": "BPE"}}"#).unwrap();
+    check_against_forward(&folder, &dir, "foreign", &[5, 6, 7], 4);
+    let out = dir.join("text.safetensors");
+    let r = tttc(&["generate", p(&folder), "--prompt-text", "hi", "--max-new-tokens", "2", "-o", p(&out)]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("not a byte tokenizer") && !out.exists(), "{err}");
+}
+
 #[test]
 fn sampling_is_seeded_and_top_k_one_is_greedy() {
     let dir = scratch("generate_sampling");
@@ -109,7 +158,8 @@ fn generate_rejects_bad_input() {
     let input = prompt_file(&dir, "prompt", 1, &[1, 2, 3]);
     let bad_id = prompt_file(&dir, "bad", 1, &[1, 100_000]);
     let out = dir.join("out.safetensors");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
+        (&["--max-new-tokens", "18446744073709551615"], "at most"),
         (&["--max-new-tokens", "3", "--backend", "cpu-model"], "generate runs on cpu or interp"),
         (&["--max-new-tokens", "0"], "at least 1"),
         (&["--max-new-tokens", "3", "--top-p", "1.5"], "--top-p"),
@@ -131,6 +181,6 @@ fn generate_rejects_bad_input() {
     assert!(!r.status.success() && err.contains("outside the vocabulary") && err.trim().lines().count() == 1, "{err}");
     let r = tttc(&["generate", p(case), "--prompt-text", "hello", "--max-new-tokens", "2", "-o", p(&out)]);
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success() && err.contains("needs a model with a tokenizer"), "{err}");
+    assert!(!r.status.success() && err.contains("needs a model with the byte tokenizer"), "{err}");
     assert!(!out.exists());
 }

@@ -164,14 +164,16 @@ impl ModelBuilder {
         let w = self.reshape(w, vec![Dim::c(channels), Dim::c(kernel)])?;
         let w = self.transpose_last2(w)?; // [K, C]
         let window = format!("{prefix}.window");
-        let padded = if self.mode == Mode::Step {
+        // A kernel of 1 looks back at nothing: no window to carry.
+        let carries = kernel > 1 && self.mode != Mode::Forward;
+        let padded = if carries && self.mode == Mode::Step {
             let ty = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(kernel - 1), Dim::c(channels)]);
             let past = self.state_input(&window, ty, StateInit::Zeros);
             self.concat(&[past, x], 1)?
         } else {
             self.pad(x, 1, kernel - 1, 0)?
         };
-        if self.mode != Mode::Forward {
+        if carries {
             let last = self.slice(padded, 1, -(kernel as i64 - 1), None)?;
             self.state_output(&window, last);
         }

@@ -120,6 +120,15 @@ impl Scan {
     }
 }
 
+impl Scan {
+    /// Whether per-chunk output `j` (counted after the carries) is an iteration output: `chunk > 1`
+    /// and the body's output is `1` along the axis.
+    pub fn is_iteration_output(&self, j: usize) -> bool {
+        let along = |v: &crate::ValueId| self.body.types.get(v.index()).and_then(|t| t.shape.get(self.axis)).cloned();
+        self.chunk > 1 && self.body.outputs.get(self.carries + j).and_then(|(_, v)| along(v)).is_some_and(|d| d.is_one())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grad {
     pub wrt: Vec<usize>,

@@ -28,7 +28,18 @@ impl Sampling {
     pub fn greedy() -> Sampling {
         Sampling { temperature: 0.0, top_k: None, top_p: None, seed: 0 }
     }
+
+    /// One-line errors for options outside their ranges.
+    pub fn check(&self) -> Result<()> {
+        ensure!(self.temperature >= 0.0 && self.temperature.is_finite(), "the temperature must be 0 or more");
+        ensure!(self.top_k != Some(0), "--top-k must be at least 1");
+        ensure!(self.top_p.is_none_or(|p| p > 0.0 && p <= 1.0), "--top-p must be in (0, 1]");
+        Ok(())
+    }
 }
+
+/// The most tokens one call generates (the logits of every new token are kept).
+pub const MAX_NEW_TOKENS: usize = 1 << 20;
 
 /// A generation's result: the prompts followed by the new tokens `[B, P + N]`, and the logits
 /// each new token was chosen from `[B, N, V]`.
@@ -68,10 +79,13 @@ impl Decoder {
         check_input_ids(prompt, self.vocab)?;
         ensure!(backend != Backend::CpuModel, "--backend cpu-model compiles one forward pass at fixed sizes; generate runs on cpu or interp");
         ensure!(new_tokens > 0, "--max-new-tokens must be at least 1");
-        ensure!(sampling.temperature >= 0.0 && sampling.temperature.is_finite(), "the temperature must be 0 or more");
-        ensure!(sampling.top_k != Some(0), "--top-k must be at least 1");
-        ensure!(sampling.top_p.is_none_or(|p| p > 0.0 && p <= 1.0), "--top-p must be in (0, 1]");
+        ensure!(new_tokens <= MAX_NEW_TOKENS, "--max-new-tokens is at most {MAX_NEW_TOKENS}");
+        sampling.check()?;
         let (rows, len) = (prompt.shape[0], prompt.shape[1]);
+        rows.checked_mul(new_tokens)
+            .and_then(|n| n.checked_mul(self.vocab))
+            .and_then(|n| n.checked_mul(4))
+            .with_context(|| format!("{rows} × {new_tokens} tokens of logits over {} ids do not fit in memory", self.vocab))?;
         let ids = prompt.as_i64().expect("checked above");
 
         // The whole prompt in the parallel form; its state continues token by token.

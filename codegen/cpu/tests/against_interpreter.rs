@@ -185,6 +185,25 @@ fn matmuls_with_broadcast_batches() {
     }
 }
 
+/// A single row times a weight (a decoding step's projections), stored or read transposed, small
+/// and large enough to split over the threads.
+#[test]
+fn one_row_products_stream_the_weight() {
+    for (k, n) in [(5, 3), (37, 19), (700, 530)] {
+        for transposed in [false, true] {
+            let mut g = Graph::new("gemv");
+            let x = g.input("x", f32t(&[1, 1, k]));
+            let w = g.input("w", f32t(&if transposed { [n, k] } else { [k, n] }));
+            let w = if transposed { g.transpose_last2(w).unwrap() } else { w };
+            let y = g.matmul(x, w).unwrap();
+            g.output("y", y);
+            let args = [Tensor::f32(vec![1, 1, k], values(k, 21, -1.0, 1.0)), Tensor::f32(if transposed { vec![n, k] } else { vec![k, n] }, values(k * n, 22, -1.0, 1.0))];
+            let worst = compare(&g, &args, 1e-5, 1e-5);
+            assert!(worst <= 1.0, "k={k} n={n} transposed={transposed}: error {worst:.2} of tolerance");
+        }
+    }
+}
+
 /// Transposes that only matrix products read are folded into the products' strides (never
 /// materialised); one that something else reads too is materialised.
 #[test]

@@ -11,6 +11,7 @@ use tttc_ir::Tensor;
 
 use super::{Layer, Peers};
 use crate::generate::{Decoder, Sampling};
+use tttc_frontends::StateInit;
 use crate::Backend;
 
 pub struct DecodeRequest {
@@ -96,6 +97,7 @@ pub fn read_bandwidth() -> f64 {
 
 /// Times every configuration, calling `report` with each as it is measured.
 pub fn decode(req: &DecodeRequest, mut report: impl FnMut(&DecodeTiming)) -> Result<Vec<DecodeTiming>> {
+    anyhow::ensure!(req.tokens > 0, "time at least one token");
     let mut all = Vec::new();
     for &layer in &req.layers {
         for &depth in &req.depths {
@@ -104,7 +106,7 @@ pub fn decode(req: &DecodeRequest, mut report: impl FnMut(&DecodeTiming)) -> Res
             let weights = tttc_frontends::init::initialise(&builder, 0);
             let model = tttc_frontends::Model { config, config_json: Value::Null, builder, weights };
             let decoder = Decoder::new(&model)?;
-            let weight_bytes = step_weight_bytes(&model);
+            let weight_bytes = step_weight_bytes(&model, &decoder);
             for &context in &req.contexts {
                 let prompt = Tensor::i64(vec![1, context], (0..context as i64).map(|i| (i * 7919) % 32000).collect());
                 let mut stamps = Vec::with_capacity(req.tokens + 1);
@@ -156,13 +158,16 @@ pub fn decode(req: &DecodeRequest, mut report: impl FnMut(&DecodeTiming)) -> Res
 }
 
 /// Bytes of the weights a step reads: all of them but the token embedding, of which it reads a
-/// row (unless the head is tied to it, and reads it all).
-fn step_weight_bytes(model: &tttc_frontends::Model) -> f64 {
+/// row (unless the head is tied to it, and reads it all), and but those that only start a state
+/// (TTT's inner weights: the step reads the state instead, counted with it).
+fn step_weight_bytes(model: &tttc_frontends::Model, decoder: &Decoder) -> f64 {
     let embedding = model.builder.embedding.clone().unwrap_or_default();
     let tied = !model.weights.contains_key("lm_head.weight");
+    let state_starts: Vec<&str> = decoder.state_specs().iter().filter_map(|s| if let StateInit::Param(p) = &s.init { Some(p.as_str()) } else { None }).collect();
     model
         .weights
         .iter()
+        .filter(|(name, _)| !state_starts.contains(&name.as_str()))
         .map(|(name, t)| if *name == embedding && !tied { t.shape.last().copied().unwrap_or(0) } else { t.len() })
         .sum::<usize>() as f64
         * 4.0

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, Result};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value};
+use cranelift_codegen::ir::{types, AbiParam, Block, Endianness, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use tttc_ir::{DType, ReduceKind};
@@ -355,10 +355,16 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let (d, s) = (self.base(dst), self.base(src));
         let combine = |b: &mut FunctionBuilder, acc: Value, x: Value| match kind {
             ReduceKind::Sum | ReduceKind::Mean => b.ins().fadd(acc, x),
-            ReduceKind::Max if b.func.dfg.value_type(x).is_vector() => b.ins().fmax(acc, x),
+            // `x > acc ? x : acc` in both forms, as the JIT backend's reduction (a NaN is passed over).
             ReduceKind::Max => {
                 let greater = b.ins().fcmp(FloatCC::GreaterThan, x, acc);
-                b.ins().select(greater, x, acc)
+                let ty = b.func.dfg.value_type(x);
+                if ty.is_vector() {
+                    let mask = b.ins().bitcast(ty, MemFlagsData::new().with_endianness(Endianness::Little), greater);
+                    b.ins().bitselect(mask, x, acc)
+                } else {
+                    b.ins().select(greater, x, acc)
+                }
             }
         };
         let (i, loops) = self.nest(&[outer, inner]);

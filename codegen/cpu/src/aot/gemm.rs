@@ -82,11 +82,11 @@ impl Gemm {
         let span = b.ins().isub(end, start);
         let blocks = b.ins().udiv_imm_u(span, ROWS as i64);
         let whole = b.ins().imul_imm_s(blocks, ROWS as i64);
-        let end4 = b.ins().iadd(start, whole);
-        let (i, l) = open(b, start, end4, ROWS as i64);
+        let whole_end = b.ins().iadd(start, whole);
+        let (i, l) = open(b, start, whole_end, ROWS as i64);
         self.block(b, i, ROWS, j, vectors);
         close(b, l);
-        let (i, l) = open(b, end4, end, 1);
+        let (i, l) = open(b, whole_end, end, 1);
         self.block(b, i, 1, j, vectors);
         close(b, l);
     }

@@ -536,11 +536,9 @@ impl Builder<'_> {
         for (i, &seq) in ins.iter().enumerate().take(nc + ns).skip(nc) {
             seqs.push(slicing(self, seq, scan.is_iteration_seq(i))?);
         }
-        let body_outs = &scan.body.outputs[nc..];
         let mut outputs = Vec::new();
         for (j, &out) in outs[nc..].iter().enumerate() {
-            let iteration = scan.chunk > 1 && scan.body.ty(body_outs[j].1).shape.get(axis).is_some_and(|d| d.is_one());
-            outputs.push(slicing(self, out, iteration)?);
+            outputs.push(slicing(self, out, scan.is_iteration_output(j))?);
         }
         let iterations = full + usize::from(rem > 0);
         let last = (iterations - 1) % 2;
