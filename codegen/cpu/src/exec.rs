@@ -361,12 +361,7 @@ fn matmul(a: Operand, b: Operand) -> Result<Tensor> {
     let (ra, rb) = (a.strides(), b.strides());
     // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
     if sb.iter().all(|&s| s == 0) && !a.transposed && sa == contiguous_strides(&batch) {
-        if count * m == 1 {
-            // One row (a decoding step): a matrix–vector product, bound by reading the weight.
-            gemv(&mut out, &x[..k], &y[..k * n], b.transposed);
-        } else {
-            gemm_into(&mut out, x, ra, y, rb, count * m, k, n, parallelism(count * m * k * n));
-        }
+        gemm_into(&mut out, x, ra, y, rb, count * m, k, n, parallelism(count * m * k * n));
         return Ok(Tensor::f32(shape, out));
     }
     let offsets = |i: usize, s: &[usize]| -> usize {
@@ -393,43 +388,6 @@ fn matmul(a: Operand, b: Operand) -> Result<Tensor> {
         out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| one(i, dst, gemm::Parallelism::None));
     }
     Ok(Tensor::f32(shape, out))
-}
-
-/// `out[n] = x[k] · B` for B stored `[k, n]`, or `[n, k]` when read `transposed`: B streams once,
-/// split over the threads by ranges of outputs, with sixteen running sums per dot product so that
-/// the loops vectorise.
-fn gemv(out: &mut [f32], x: &[f32], b: &[f32], transposed: bool) {
-    let (k, n) = (x.len(), out.len());
-    let range = |dst: &mut [f32], j0: usize| {
-        if transposed {
-            for (j, o) in dst.iter_mut().enumerate() {
-                let row = &b[(j0 + j) * k..(j0 + j + 1) * k];
-                let mut acc = [0f32; 16];
-                let (xs, rs) = (x.chunks_exact(16), row.chunks_exact(16));
-                let tail: f32 = xs.remainder().iter().zip(rs.remainder()).map(|(p, q)| p * q).sum();
-                for (xc, rc) in xs.zip(rs) {
-                    for l in 0..16 {
-                        acc[l] += xc[l] * rc[l];
-                    }
-                }
-                *o = acc.iter().sum::<f32>() + tail;
-            }
-        } else {
-            dst.fill(0.0);
-            for (p, &xp) in x.iter().enumerate() {
-                let row = &b[p * n + j0..p * n + j0 + dst.len()];
-                dst.iter_mut().zip(row).for_each(|(o, &v)| *o += xp * v);
-            }
-        }
-    };
-    let threads = crate::threads();
-    if k * n < PARALLEL_MACS || threads == 1 {
-        range(out, 0);
-    } else {
-        use rayon::prelude::*;
-        let per = n.div_ceil(threads);
-        out.par_chunks_mut(per).enumerate().for_each(|(t, dst)| range(dst, t * per));
-    }
 }
 
 fn parallelism(macs: usize) -> gemm::Parallelism {
