@@ -4,6 +4,7 @@ mod autodiff;
 mod dce;
 mod dual_form;
 mod fuse;
+mod hoist;
 mod simplify;
 
 pub use autodiff::{expand_grads, gradient_graph};
@@ -11,6 +12,7 @@ pub use dual_form::{derive_with_report, DualFormReport};
 pub use simplify::simplify;
 pub use dce::{dead_code_elimination, keep_outputs};
 pub use fuse::{fuse, fuse_with_report, FuseReport};
+pub use hoist::{hoist_invariants, Hoisted};
 pub mod cost;
 mod manager;
 

@@ -48,10 +48,13 @@ pub struct Generated {
     pub logits: Tensor,
 }
 
-/// A model's prefill and step graphs, through the pass pipeline, compiled on first use.
+/// A model's prefill and step graphs, through the pass pipeline, compiled on first use. The
+/// step's weight-only work (`tttc_passes::hoist_invariants`) runs once per generation.
 pub struct Decoder {
     prefill: Executable,
     step: Executable,
+    /// Parameters → the step's `hoisted.K` inputs.
+    prep: Option<Executable>,
     states: Vec<StateSpec>,
     vocab: usize,
 }
@@ -60,9 +63,15 @@ impl Decoder {
     pub fn new(model: &Model) -> Result<Decoder> {
         let prefill = tttc_frontends::build_for(&model.config, Mode::Prefill)?;
         let step = tttc_frontends::build_for(&model.config, Mode::Step)?;
+        let compile = |g: &tttc_ir::Graph, what: &str| -> Result<Executable> { Ok(Executable::new(tttc_passes::compile(g).with_context(|| format!("compiling the {what} graph"))?)) };
+        let (prep, step_graph) = match tttc_passes::hoist_invariants(&step.g)? {
+            Some(h) => (Some(compile(&h.prep, "step's weight-only")?), h.main),
+            None => (None, step.g),
+        };
         Ok(Decoder {
-            prefill: Executable::new(tttc_passes::compile(&prefill.g).context("compiling the prefill graph")?),
-            step: Executable::new(tttc_passes::compile(&step.g).context("compiling the step graph")?),
+            prefill: compile(&prefill.g, "prefill")?,
+            step: compile(&step_graph, "step")?,
+            prep,
             states: step.states,
             vocab: model.config.vocab_size(),
         })
@@ -89,6 +98,13 @@ impl Decoder {
         let ids = prompt.as_i64().expect("checked above");
 
         // The whole prompt in the parallel form; its state continues token by token.
+        let hoisted: Vec<(String, Tensor)> = match &self.prep {
+            Some(prep) => {
+                let names = prep.graph.outputs.iter().map(|(n, _)| n.clone());
+                names.zip(prep.run_with(weights, &[], backend).context("the step's weight-only work")?).collect()
+            }
+            None => Vec::new(),
+        };
         let mut state = self.fresh_state(weights, rows)?;
         let outs = self.prefill.run_with(weights, &[("input_ids", prompt)], backend).context("prefill")?;
         let mut logits = Some(take_outputs(&self.prefill, outs, &mut state)?);
@@ -102,7 +118,7 @@ impl Decoder {
             let next: Vec<i64> = v.chunks(self.vocab).map(|row| pick(row, sampling, &mut rng) as i64).collect();
             on_token(k, &next);
             if k + 1 < new_tokens {
-                logits = Some(self.step(weights, &next, &mut state, backend)?);
+                logits = Some(self.step(weights, &hoisted, &next, &mut state, backend)?);
             }
             chosen.push(next);
             chosen_from.push(l);
@@ -120,11 +136,13 @@ impl Decoder {
         Ok(Generated { tokens: Tensor::i64(vec![rows, len + new_tokens], tokens), logits: Tensor::f32(vec![rows, new_tokens, self.vocab], all_logits) })
     }
 
-    /// One token per row through the step graph: its logits `[B, 1, V]`; `state` moves on.
-    fn step(&self, weights: &Weights, tokens: &[i64], state: &mut BTreeMap<String, Tensor>, backend: Backend) -> Result<Tensor> {
+    /// One token per row through the step graph (with the `hoisted` weight-only values): its
+    /// logits `[B, 1, V]`; `state` moves on.
+    fn step(&self, weights: &Weights, hoisted: &[(String, Tensor)], tokens: &[i64], state: &mut BTreeMap<String, Tensor>, backend: Backend) -> Result<Tensor> {
         let ids = Tensor::i64(vec![tokens.len(), 1], tokens.to_vec());
         let names: Vec<String> = self.states.iter().map(|s| format!("state.{}", s.name)).collect();
         let mut inputs: Vec<(&str, &Tensor)> = vec![("input_ids", &ids)];
+        inputs.extend(hoisted.iter().map(|(n, t)| (n.as_str(), t)));
         for (name, spec) in names.iter().zip(&self.states) {
             inputs.push((name, state.get(&spec.name).with_context(|| format!("no state {}", spec.name))?));
         }
