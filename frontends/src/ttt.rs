@@ -235,12 +235,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], hand_off: bool) -> Resul
         copies.push(g.broadcast(m, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?);
         start.push(m);
     }
-    let mut operands = copies.clone();
-    operands.extend([k, v]);
-    operands.extend(norm.into_iter().flatten());
-    let norm_type = norm.map(|[w, _]| g.ty(w).clone());
-    let loss = inner_loss(&c.inner, &copies.iter().map(|&v| g.ty(v).clone()).collect::<Vec<_>>(), g.ty(k), norm_type.as_ref())?;
-    let grads = g.push(Op::Grad(Box::new(Grad { wrt: (0..copies.len()).collect(), body: loss })), &operands)?;
+    let grads = inner_gradients(&mut g, &c.inner, &copies, k, v, norm)?;
 
     // W_i = W₀ − Σ_j η[i,j] g_j for every weight and bias; the next state is the last token's.
     let mut weights = Vec::new();
@@ -277,12 +272,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], hand_off: bool) -> Resul
     }
 
     // Token i's output: the inner model with weights W_i applied to q_i.
-    let z = inner_model(&mut g, &c.inner, q, &weights)?;
-    let normed = match norm {
-        Some([ln_w, ln_b]) => layer_norm(&mut g, z, ln_w, ln_b, LN_EPS)?,
-        None => z,
-    };
-    let out = if c.inner.residual { g.add(q, normed)? } else { normed };
+    let out = inner_output(&mut g, &c.inner, q, &weights, norm)?;
 
     for (i, s) in next_state.into_iter().enumerate() {
         g.output(&format!("state{i}"), s);
@@ -348,12 +338,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr,
         w0.push(b.state_input(name, ty.clone(), StateInit::Param(name.clone())));
         acc.push(b.state_input(&format!("{name}.acc"), ty, StateInit::Zeros));
     }
-    let mut operands = w0.clone();
-    operands.extend([k, v]);
-    operands.extend(norm.into_iter().flatten());
-    let norm_type = norm.map(|[w, _]| b.ty(w).clone());
-    let loss = inner_loss(&c.inner, &w0.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>(), b.ty(k), norm_type.as_ref())?;
-    let grads = b.push(Op::Grad(Box::new(Grad { wrt: (0..w0.len()).collect(), body: loss })), &operands)?;
+    let grads = inner_gradients(&mut b.g, &c.inner, &w0, k, v, norm)?;
     // lr of the one token, [B, H, 1, 1].
     let lr = b.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(1)])?;
 
@@ -371,16 +356,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr,
         b.state_output(&format!("{name}.acc"), next_a);
         weights.push(w);
     }
-    let z = inner_model(&mut b.g, &c.inner, q, &weights)?;
-    let normed = match norm {
-        Some([ln_w, ln_b]) => layer_norm(&mut b.g, z, ln_w, ln_b, LN_EPS)?,
-        None => z,
-    };
-    if c.inner.residual {
-        b.add(q, normed)
-    } else {
-        Ok(normed)
-    }
+    inner_output(&mut b.g, &c.inner, q, &weights, norm)
 }
 
 /// `(rows, cols)` of a state tensor `[B, H, rows, cols]` (a bias has one row).
@@ -416,6 +392,37 @@ fn inner_model(g: &mut Graph, spec: &InnerSpec, x: ValueId, weights: &[ValueId])
     g.reshape(a, shape)
 }
 
+/// The inner model followed by its LayerNorm (when it has one): `N(Z_W(x))`.
+fn normed_inner(g: &mut Graph, spec: &InnerSpec, x: ValueId, weights: &[ValueId], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
+    let z = inner_model(g, spec, x, weights)?;
+    match norm {
+        Some([ln_w, ln_b]) => layer_norm(g, z, ln_w, ln_b, LN_EPS),
+        None => Ok(z),
+    }
+}
+
+/// A token's output `f_W(q)`: `q + N(Z_W(q))` for a residual learner, `N(Z_W(q))` otherwise.
+fn inner_output(g: &mut Graph, spec: &InnerSpec, q: ValueId, weights: &[ValueId], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
+    let normed = normed_inner(g, spec, q, weights, norm)?;
+    if spec.residual {
+        g.add(q, normed)
+    } else {
+        Ok(normed)
+    }
+}
+
+/// The gradients of the inner loss over the keys and values with respect to `weights` (per
+/// token or shared, see [`inner_model`]): a `grad` op, which the passes' autodiff expands.
+fn inner_gradients(g: &mut Graph, spec: &InnerSpec, weights: &[ValueId], k: ValueId, v: ValueId, norm: Option<[ValueId; 2]>) -> Result<Vec<ValueId>> {
+    let mut operands = weights.to_vec();
+    operands.extend([k, v]);
+    operands.extend(norm.into_iter().flatten());
+    let norm_type = norm.map(|[w, _]| g.ty(w).clone());
+    let types: Vec<Type> = weights.iter().map(|&w| g.ty(w).clone()).collect();
+    let loss = inner_loss(spec, &types, g.ty(k), norm_type.as_ref())?;
+    g.push(Op::Grad(Box::new(Grad { wrt: (0..weights.len()).collect(), body: loss })), &operands)
+}
+
 fn activate(g: &mut Graph, act: Activation, z: ValueId) -> Result<ValueId> {
     match act {
         Activation::GeluTanh => g.unary(UnaryOp::GeluTanh, z),
@@ -437,11 +444,7 @@ fn inner_loss(spec: &InnerSpec, weight_types: &[Type], kv: &Type, ln: Option<&Ty
     let k = g.input("k", kv.clone());
     let v = g.input("v", kv.clone());
     let norm = ln.map(|ln| [g.input("ln_weight", ln.clone()), g.input("ln_bias", ln.clone())]);
-    let z = inner_model(&mut g, spec, k, &weights)?;
-    let y = match norm {
-        Some([ln_w, ln_b]) => layer_norm(&mut g, z, ln_w, ln_b, LN_EPS)?,
-        None => z,
-    };
+    let y = normed_inner(&mut g, spec, k, &weights, norm)?;
     let target = if spec.residual { g.sub(v, k)? } else { v };
     let diff = g.sub(y, target)?;
     let sq = g.mul(diff, diff)?;

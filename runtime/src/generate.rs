@@ -56,6 +56,8 @@ pub struct Decoder {
     /// Parameters → the step's `hoisted.K` inputs.
     prep: Option<Executable>,
     states: Vec<StateSpec>,
+    /// The step's input names of the states, `state.NAME`, in the order of `states`.
+    state_inputs: Vec<String>,
     vocab: usize,
 }
 
@@ -72,6 +74,7 @@ impl Decoder {
             prefill: compile(&prefill.g, "prefill")?,
             step: compile(&step_graph, "step")?,
             prep,
+            state_inputs: step.states.iter().map(|s| format!("state.{}", s.name)).collect(),
             states: step.states,
             vocab: model.config.vocab_size(),
         })
@@ -140,10 +143,9 @@ impl Decoder {
     /// logits `[B, 1, V]`; `state` moves on.
     fn step(&self, weights: &Weights, hoisted: &[(String, Tensor)], tokens: &[i64], state: &mut BTreeMap<String, Tensor>, backend: Backend) -> Result<Tensor> {
         let ids = Tensor::i64(vec![tokens.len(), 1], tokens.to_vec());
-        let names: Vec<String> = self.states.iter().map(|s| format!("state.{}", s.name)).collect();
         let mut inputs: Vec<(&str, &Tensor)> = vec![("input_ids", &ids)];
         inputs.extend(hoisted.iter().map(|(n, t)| (n.as_str(), t)));
-        for (name, spec) in names.iter().zip(&self.states) {
+        for (name, spec) in self.state_inputs.iter().zip(&self.states) {
             inputs.push((name, state.get(&spec.name).with_context(|| format!("no state {}", spec.name))?));
         }
         let outs = self.step.run_with(weights, &inputs, backend).context("decoding step")?;

@@ -201,7 +201,7 @@ fn function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<usize>
     let mut args = Vec::new();
     for (j, a) in g.args.iter().enumerate() {
         let shape = f.shape_of(g, a.value)?;
-        args.push(f.buf(g.ty(a.value).dtype, shape, Home::Arg(j))?);
+        args.push(f.buf(g.ty(a.value).dtype, shape, Home::Arg(j)));
     }
     let mut wanted = HashMap::new();
     for (j, (_, v)) in g.outputs.iter().enumerate() {
@@ -210,7 +210,7 @@ fn function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<usize>
     let outs = f.body(body, &args, &mut wanted)?;
     for (j, &b) in outs.iter().enumerate() {
         if f.bufs[b].home != Home::Out(j) {
-            let out = f.buf(f.bufs[b].dtype, f.bufs[b].shape.clone(), Home::Out(j))?;
+            let out = f.buf(f.bufs[b].dtype, f.bufs[b].shape.clone(), Home::Out(j));
             f.copy_all(out, b);
         }
     }
@@ -239,15 +239,15 @@ impl Builder<'_> {
         g.ty(v).resolve(&self.env)
     }
 
-    fn buf(&mut self, dtype: DType, shape: Vec<usize>, home: Home) -> Result<BufId> {
+    fn buf(&mut self, dtype: DType, shape: Vec<usize>, home: Home) -> BufId {
         self.bufs.push(Buf { dtype, shape, home, offset: 0 });
-        Ok(self.bufs.len() - 1)
+        self.bufs.len() - 1
     }
 
     /// A new buffer for value `v`: the output it is wanted as, if any, else the workspace.
     fn fresh(&mut self, g: &Graph, v: ValueId, wanted: &mut HashMap<ValueId, Home>) -> Result<BufId> {
         let home = wanted.remove(&v).unwrap_or(Home::Work);
-        self.buf(g.ty(v).dtype, self.shape_of(g, v)?, home)
+        Ok(self.buf(g.ty(v).dtype, self.shape_of(g, v)?, home))
     }
 
     fn copy_all(&mut self, dst: BufId, src: BufId) {
@@ -338,7 +338,7 @@ impl Builder<'_> {
                 let b = match &node.op {
                     Op::Reshape { .. } | Op::Barrier => {
                         let ty = g.ty(out);
-                        self.buf(ty.dtype, self.shape_of(g, out)?, Home::Alias(ins[0]))?
+                        self.buf(ty.dtype, self.shape_of(g, out)?, Home::Alias(ins[0]))
                     }
                     op => {
                         let dst = self.fresh(g, out, wanted)?;
@@ -379,7 +379,7 @@ impl Builder<'_> {
             packed.swap(r - 2, r - 1);
             let mut src = contiguous_strides(&shape);
             src.swap(r - 2, r - 1);
-            let dst = self.buf(DType::F32, packed.clone(), Home::Work)?;
+            let dst = self.buf(DType::F32, packed.clone(), Home::Work);
             let copy = Strided { dst_strides: contiguous_strides(&packed), shape: packed, dst_at: 0, src_at: 0, src_strides: src }.simplified();
             self.instrs.push(Instr::Copy { dst, src: b, copy });
             dst
@@ -515,30 +515,30 @@ impl Builder<'_> {
         let tail = if rem > 0 { Some((function(self.s, body, env, &arg_shapes(rem))?, rem)) } else { None };
         let body_fn = whole.or(tail.map(|t| t.0)).expect("one of them exists");
         let (axis, chunk) = (scan.axis, scan.chunk);
-        let slicing = |b: &mut Self, buf: BufId, iteration: bool| -> Result<Slicing> {
+        let slicing = |b: &mut Self, buf: BufId, iteration: bool| -> Slicing {
             let shape = b.bufs[buf].shape.clone();
             let per = if iteration { 1 } else { chunk };
             let staging = if shape[..axis].iter().all(|&d| d == 1) {
                 None
             } else {
                 let dtype = b.bufs[buf].dtype;
-                Some(b.buf(dtype, piece(&shape, iteration, chunk.min(total)), Home::Work)?)
+                Some(b.buf(dtype, piece(&shape, iteration, chunk.min(total)), Home::Work))
             };
-            Ok(Slicing { buf, per, staging })
+            Slicing { buf, per, staging }
         };
         let mut carries = Vec::new();
         for &init in &ins[..nc] {
             let (dtype, shape) = (self.bufs[init].dtype, self.bufs[init].shape.clone());
-            let pair = [self.buf(dtype, shape.clone(), Home::Work)?, self.buf(dtype, shape, Home::Work)?];
+            let pair = [self.buf(dtype, shape.clone(), Home::Work), self.buf(dtype, shape, Home::Work)];
             carries.push((init, pair));
         }
         let mut seqs = Vec::new();
         for (i, &seq) in ins.iter().enumerate().take(nc + ns).skip(nc) {
-            seqs.push(slicing(self, seq, scan.is_iteration_seq(i))?);
+            seqs.push(slicing(self, seq, scan.is_iteration_seq(i)));
         }
         let mut outputs = Vec::new();
         for (j, &out) in outs[nc..].iter().enumerate() {
-            outputs.push(slicing(self, out, scan.is_iteration_output(j))?);
+            outputs.push(slicing(self, out, scan.is_iteration_output(j)));
         }
         let iterations = full + usize::from(rem > 0);
         let last = (iterations - 1) % 2;
