@@ -8,126 +8,125 @@ use tttc_ir::interp::{bind_args, broadcast_shape, broadcast_strides, contiguous_
 use tttc_ir::{DimEnv, Op, ReduceKind, Tensor};
 
 use crate::kernel::{Jit, KernelFn};
-use crate::plan::{Body, KernelStep, LaneScan, ScanPlan, Step};
+use tttc_lower::elementwise::{row_layout, RowLayout};
+use tttc_lower::plan::{Body, KernelStep, LaneScan, ScanPlan, Step};
 
 /// Work below this many element operations (a kernel's elements times its ops per element) or
 /// multiply-adds runs on one thread: splitting it costs more than it saves.
 const PARALLEL_WORK: usize = 1 << 17;
 const PARALLEL_MACS: usize = 1 << 18;
 
-impl Body {
-    /// Runs the body on `args` (in the order of its graph's arguments) within the bindings `env`.
-    pub(crate) fn run(&self, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimEnv) -> Result<Vec<Tensor>> {
-        let g = &self.graph;
-        let mut env = env.clone();
-        bind_args(g, &args.iter().map(|t| &**t).collect::<Vec<_>>(), &mut env)?;
-        let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; g.types.len()];
-        for (a, t) in g.args.iter().zip(args) {
-            values[a.value.index()] = Some(t);
-        }
-        let profiling = crate::profile::enabled();
-        for (step, frees) in self.steps.iter().zip(&self.frees) {
-            let started = profiling.then(std::time::Instant::now);
-            // A reshape or a triangular mask of a value read for the last time reuses its buffer.
-            if let Step::Op(i) = step {
-                let node = &g.nodes[*i];
-                let src = node.inputs.first().copied();
-                let in_place = matches!(node.op, Op::Reshape { .. } | Op::TriMask { .. })
-                    && src.is_some_and(|v| frees.contains(&v) && matches!(values[v.index()], Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(_), .. }))));
-                if let (true, Some(src)) = (in_place, src) {
-                    let mut t = values[src.index()].take().expect("matched above").into_owned();
-                    match &node.op {
-                        Op::Reshape { shape } => {
-                            let dims: Vec<usize> = shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
-                            ensure!(dims.iter().product::<usize>() == t.len(), "cannot reshape {t} to {dims:?}");
-                            t.shape = dims;
-                        }
-                        Op::TriMask { fill } => tri_mask_in_place(&mut t, *fill as f32)?,
-                        _ => unreachable!("matched above"),
-                    }
-                    values[node.outputs[0].index()] = Some(Cow::Owned(t));
-                    if let Some(t) = started {
-                        crate::profile::record(Some(format!("{} (in place)", node.op.name())), t.elapsed());
-                    }
-                    continue;
-                }
-            }
-            let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
-            let (results, outputs): (Vec<Tensor>, Vec<tttc_ir::ValueId>) = match step {
-                Step::Kernel(k) => {
-                    // An input read element by element for the last time, with the kernel's own
-                    // shape, lends its buffer to the first output (each element is read before
-                    // the same element is written).
-                    let shape: Vec<usize> = k.shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
-                    let lend = k.inputs.iter().enumerate().position(|(j, v)| {
-                        !k.splat[j]
-                            && frees.contains(v)
-                            && k.inputs.iter().filter(|&w| w == v).count() == 1
-                            && matches!(&values[v.index()], Some(Cow::Owned(t)) if t.shape == shape && t.as_f32().is_some())
-                    });
-                    let mut lent: Option<Vec<f32>> = lend.map(|j| match values[k.inputs[j].index()].take() {
-                        Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(v), .. })) => v,
-                        _ => unreachable!("checked above"),
-                    });
-                    let lent_ptr = lent.as_mut().map(|v| v.as_mut_ptr() as *const f32);
-                    let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
-                    let ins: Vec<(&[usize], *const f32)> = k
-                        .inputs
-                        .iter()
-                        .enumerate()
-                        .map(|(j, v)| match (Some(j) == lend, lent_ptr) {
-                            (true, Some(p)) => Ok((&shape[..], p)),
-                            _ => {
-                                let t = get(v)?;
-                                Ok((&t.shape[..], t.as_f32().context("kernel input is not f32")?.as_ptr()))
-                            }
-                        })
-                        .collect::<Result<_>>()?;
-                    let outs = launch(jit.kernels[k.kernel], k, &shape, &ins, lent).with_context(|| format!("kernel {} in {}", k.kernel, g.name))?;
-                    (outs, k.outputs.clone())
-                }
-                Step::MatMul(i, [(a, ta), (b, tb)]) => {
-                    let node = &g.nodes[*i];
-                    let what = || format!("matmul (defining %{}) in {}", node.outputs[0].0, g.name);
-                    (vec![matmul(Operand { t: get(a)?, transposed: *ta }, Operand { t: get(b)?, transposed: *tb }).with_context(what)?], node.outputs.clone())
-                }
-                Step::Op(i) | Step::Reduce(i) | Step::Scan(i, ..) | Step::Fused(i, _) => {
-                    let node = &g.nodes[*i];
-                    let ins: Vec<&Tensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
-                    let what = || format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name);
-                    let out = match (step, &node.op) {
-                        (Step::Reduce(_), Op::Reduce { kind, axis, keepdim }) => vec![reduce(ins[0], *kind, *axis, *keepdim).with_context(what)?],
-                        (Step::Scan(_, ScanPlan::Lanes(lanes)), _) => run_in_lanes(lanes, &ins, &env, jit).with_context(what)?,
-                        (Step::Scan(_, ScanPlan::Whole(body)), Op::Scan(scan)) => {
-                            drive_scan(scan, &ins, &env, &mut |args, env| body.run(jit, args, env)).with_context(what)?
-                        }
-                        (Step::Fused(_, body), _) => body.run(jit, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), &env).with_context(what)?,
-                        _ => eval_op(&node.op, &ins, &env).with_context(what)?,
-                    };
-                    (out, node.outputs.clone())
-                }
-            };
-            if let Some(t) = started {
-                crate::profile::record(step_kind(step, g), t.elapsed());
-            }
-            for v in frees {
-                values[v.index()] = None;
-            }
-            for (v, t) in outputs.into_iter().zip(results) {
-                values[v.index()] = Some(Cow::Owned(t));
-            }
-        }
-        // Each output's buffer moves out at its last mention (a decoding step's state is large).
-        (0..g.outputs.len())
-            .map(|i| {
-                let (name, v) = &g.outputs[i];
-                let again = g.outputs[i + 1..].iter().any(|(_, w)| w == v);
-                let slot = &mut values[v.index()];
-                let t = if again { slot.as_ref().map(|t| t.clone().into_owned()) } else { slot.take().map(Cow::into_owned) };
-                t.with_context(|| format!("output {name} is undefined"))
-            })
-            .collect()
+/// Runs the body on `args` (in the order of its graph's arguments) within the bindings `env`.
+pub(crate) fn run(body: &Body, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimEnv) -> Result<Vec<Tensor>> {
+    let g = &body.graph;
+    let mut env = env.clone();
+    bind_args(g, &args.iter().map(|t| &**t).collect::<Vec<_>>(), &mut env)?;
+    let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; g.types.len()];
+    for (a, t) in g.args.iter().zip(args) {
+        values[a.value.index()] = Some(t);
     }
+    let profiling = crate::profile::enabled();
+    for (step, frees) in body.steps.iter().zip(&body.frees) {
+        let started = profiling.then(std::time::Instant::now);
+        // A reshape or a triangular mask of a value read for the last time reuses its buffer.
+        if let Step::Op(i) = step {
+            let node = &g.nodes[*i];
+            let src = node.inputs.first().copied();
+            let in_place = matches!(node.op, Op::Reshape { .. } | Op::TriMask { .. })
+                && src.is_some_and(|v| frees.contains(&v) && matches!(values[v.index()], Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(_), .. }))));
+            if let (true, Some(src)) = (in_place, src) {
+                let mut t = values[src.index()].take().expect("matched above").into_owned();
+                match &node.op {
+                    Op::Reshape { shape } => {
+                        let dims: Vec<usize> = shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
+                        ensure!(dims.iter().product::<usize>() == t.len(), "cannot reshape {t} to {dims:?}");
+                        t.shape = dims;
+                    }
+                    Op::TriMask { fill } => tri_mask_in_place(&mut t, *fill as f32)?,
+                    _ => unreachable!("matched above"),
+                }
+                values[node.outputs[0].index()] = Some(Cow::Owned(t));
+                if let Some(t) = started {
+                    crate::profile::record(Some(format!("{} (in place)", node.op.name())), t.elapsed());
+                }
+                continue;
+            }
+        }
+        let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
+        let (results, outputs): (Vec<Tensor>, Vec<tttc_ir::ValueId>) = match step {
+            Step::Kernel(k) => {
+                // An input read element by element for the last time, with the kernel's own
+                // shape, lends its buffer to the first output (each element is read before
+                // the same element is written).
+                let shape: Vec<usize> = k.shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
+                let lend = k.inputs.iter().enumerate().position(|(j, v)| {
+                    !k.splat[j]
+                        && frees.contains(v)
+                        && k.inputs.iter().filter(|&w| w == v).count() == 1
+                        && matches!(&values[v.index()], Some(Cow::Owned(t)) if t.shape == shape && t.as_f32().is_some())
+                });
+                let mut lent: Option<Vec<f32>> = lend.map(|j| match values[k.inputs[j].index()].take() {
+                    Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(v), .. })) => v,
+                    _ => unreachable!("checked above"),
+                });
+                let lent_ptr = lent.as_mut().map(|v| v.as_mut_ptr() as *const f32);
+                let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
+                let ins: Vec<(&[usize], *const f32)> = k
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| match (Some(j) == lend, lent_ptr) {
+                        (true, Some(p)) => Ok((&shape[..], p)),
+                        _ => {
+                            let t = get(v)?;
+                            Ok((&t.shape[..], t.as_f32().context("kernel input is not f32")?.as_ptr()))
+                        }
+                    })
+                    .collect::<Result<_>>()?;
+                let outs = launch(jit.kernels[k.kernel], k, &shape, &ins, lent).with_context(|| format!("kernel {} in {}", k.kernel, g.name))?;
+                (outs, k.outputs.clone())
+            }
+            Step::MatMul(i, [(a, ta), (b, tb)]) => {
+                let node = &g.nodes[*i];
+                let what = || format!("matmul (defining %{}) in {}", node.outputs[0].0, g.name);
+                (vec![matmul(Operand { t: get(a)?, transposed: *ta }, Operand { t: get(b)?, transposed: *tb }).with_context(what)?], node.outputs.clone())
+            }
+            Step::Op(i) | Step::Reduce(i) | Step::Scan(i, ..) | Step::Fused(i, _) => {
+                let node = &g.nodes[*i];
+                let ins: Vec<&Tensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
+                let what = || format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name);
+                let out = match (step, &node.op) {
+                    (Step::Reduce(_), Op::Reduce { kind, axis, keepdim }) => vec![reduce(ins[0], *kind, *axis, *keepdim).with_context(what)?],
+                    (Step::Scan(_, ScanPlan::Lanes(lanes)), _) => run_in_lanes(lanes, &ins, &env, jit).with_context(what)?,
+                    (Step::Scan(_, ScanPlan::Whole(body)), Op::Scan(scan)) => {
+                        drive_scan(scan, &ins, &env, &mut |args, env| run(body, jit, args, env)).with_context(what)?
+                    }
+                    (Step::Fused(_, body), _) => run(body, jit, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), &env).with_context(what)?,
+                    _ => eval_op(&node.op, &ins, &env).with_context(what)?,
+                };
+                (out, node.outputs.clone())
+            }
+        };
+        if let Some(t) = started {
+            crate::profile::record(step_kind(step, g), t.elapsed());
+        }
+        for v in frees {
+            values[v.index()] = None;
+        }
+        for (v, t) in outputs.into_iter().zip(results) {
+            values[v.index()] = Some(Cow::Owned(t));
+        }
+    }
+    // Each output's buffer moves out at its last mention (a decoding step's state is large).
+    (0..g.outputs.len())
+        .map(|i| {
+            let (name, v) = &g.outputs[i];
+            let again = g.outputs[i + 1..].iter().any(|(_, w)| w == v);
+            let slot = &mut values[v.index()];
+            let t = if again { slot.as_ref().map(|t| t.clone().into_owned()) } else { slot.take().map(Cow::into_owned) };
+            t.with_context(|| format!("output {name} is undefined"))
+        })
+        .collect()
 }
 
 /// What a leaf step is, for the profile (scans and fused regions are accounted by their steps).
@@ -160,7 +159,7 @@ fn run_in_lanes(lanes: &LaneScan, ins: &[&Tensor], env: &DimEnv, jit: &Jit) -> R
             })
             .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = args.iter().map(|t| &**t).collect();
-        drive_scan(&lanes.scan, &refs, env, &mut |a, e| lanes.body.run(jit, a, e))
+        drive_scan(&lanes.scan, &refs, env, &mut |a, e| run(&lanes.body, jit, a, e))
     };
     let mut results: Vec<Result<Vec<Tensor>>> = (0..lanes.parts).map(|_| Ok(Vec::new())).collect();
     rayon::scope(|s| {
@@ -260,38 +259,6 @@ fn launch(f: KernelFn, k: &KernelStep, shape: &[usize], ins: &[(&[usize], *const
         }
     }
     Ok(outs.into_iter().map(|o| Tensor::f32(shape.to_vec(), o)).collect())
-}
-
-/// How a kernel walks a shape: rows of `n` elements, the innermost axes along which every
-/// contiguous input advances by one element per element and every splat input not at all (axes
-/// of length 1 always merge), so that rows are as long as the broadcasts allow; `rows` rows per
-/// call along the axis just outside, each input advancing by its `row_strides`; the `outer` axes
-/// before that walked by the caller with each input's broadcast `strides`.
-pub(crate) struct RowLayout {
-    pub n: usize,
-    pub rows: usize,
-    pub outer: usize,
-    pub strides: Vec<Vec<usize>>,
-    pub row_strides: Vec<i64>,
-}
-
-pub(crate) fn row_layout(shape: &[usize], in_shapes: &[&[usize]], splat: &[bool]) -> Result<RowLayout> {
-    let strides: Vec<Vec<usize>> = in_shapes.iter().map(|s| broadcast_strides(s, shape)).collect::<Result<_>>()?;
-    let mut inner = shape.len();
-    let mut n = 1usize;
-    while inner > 0 {
-        let d = inner - 1;
-        let merges = shape[d] == 1 || strides.iter().zip(splat).all(|(s, &sp)| if sp { s[d] == 0 } else { s[d] == n });
-        if !merges {
-            break;
-        }
-        n *= shape[d];
-        inner = d;
-    }
-    ensure!(inner < shape.len() || shape.is_empty(), "kernel inputs {in_shapes:?} do not broadcast to {shape:?} as compiled");
-    let (outer, rows, row_strides) =
-        if inner == 0 { (0, 1, vec![0; strides.len()]) } else { (inner - 1, shape[inner - 1], strides.iter().map(|s| s[inner - 1] as i64).collect()) };
-    Ok(RowLayout { n, rows, outer, strides, row_strides })
 }
 
 /// Over the last two axes, the entries above the diagonal become `fill`; matrices split over the

@@ -19,26 +19,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use tttc_ir::{BinaryOp, UnaryOp};
-
-/// One value of a kernel, in evaluation order: operands refer to earlier entries.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Expr {
-    /// The kernel's `i`-th input.
-    Input(usize),
-    Const(f32),
-    Unary(UnaryOp, usize),
-    Binary(BinaryOp, usize, usize),
-}
-
-/// What a kernel computes: its values, which inputs are splats and which values it stores.
-#[derive(Clone, Debug, PartialEq)]
-pub struct KernelSpec {
-    pub exprs: Vec<Expr>,
-    /// Per input: read one float for the whole row (`true`) or one per element.
-    pub splat: Vec<bool>,
-    /// The entries of `exprs` stored, in output order.
-    pub outputs: Vec<usize>,
-}
+use tttc_lower::elementwise::{Expr, KernelSpec};
 
 /// A compiled kernel: `(n, rows, inputs, input row strides, outputs)`.
 pub type KernelFn = unsafe extern "C" fn(n: i64, rows: i64, inputs: *const *const f32, strides: *const i64, outputs: *const *mut f32);

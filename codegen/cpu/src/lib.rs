@@ -15,8 +15,6 @@
 pub mod aot;
 mod exec;
 pub mod kernel;
-pub(crate) mod lanes;
-mod plan;
 pub mod profile;
 
 use std::borrow::Cow;
@@ -25,7 +23,8 @@ use std::time::Instant;
 use anyhow::Result;
 use tttc_ir::{DimEnv, Graph, Tensor};
 
-pub use plan::PlanStats;
+pub use tttc_lower::plan::PlanStats;
+use tttc_lower::plan;
 
 /// The worker threads launches are split over (rayon's pool: one per core unless
 /// `RAYON_NUM_THREADS` says otherwise).
@@ -64,7 +63,7 @@ impl Program {
 
     /// Runs the program on its graph's arguments, in order.
     pub fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
-        self.body.run(&self.jit, args.iter().map(|&t| Cow::Borrowed(t)).collect(), &DimEnv::new())
+        exec::run(&self.body, &self.jit, args.iter().map(|&t| Cow::Borrowed(t)).collect(), &DimEnv::new())
     }
 
     pub fn stats(&self) -> Stats {

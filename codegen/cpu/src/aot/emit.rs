@@ -11,7 +11,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use tttc_ir::{DType, ReduceKind};
 
-use super::schedule::{elem_bytes, BufId, Function, Home, Instr, Schedule, ScanInstr, Strided};
+use tttc_lower::schedule::{elem_bytes, BufId, Function, Home, Instr, Schedule, ScanInstr, Strided};
 
 /// Status a compiled function returns when an index is out of range.
 pub const INDEX_OUT_OF_RANGE: i32 = 1;
@@ -453,7 +453,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             self.b.ins().stack_store(self.ptr, write, outs, (8 * j) as i32);
         }
         // Where iteration k's piece of a sequence starts, in elements, and the piece's copy.
-        let piece = |e: &mut Self, slicing: &super::schedule::Slicing| -> (Value, Strided, usize) {
+        let piece = |e: &mut Self, slicing: &tttc_lower::schedule::Slicing| -> (Value, Strided, usize) {
             let buf = &e.f.bufs[slicing.buf];
             let strides = tttc_ir::interp::contiguous_strides(&buf.shape);
             let along = strides[s.axis];

@@ -10,51 +10,18 @@
 
 mod emit;
 mod gemm;
-mod schedule;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use cranelift_jit::JITModule;
 use cranelift_module::Linkage;
 use tttc_ir::{DType, Data, DimEnv, Graph, Tensor};
 
 pub use emit::INDEX_OUT_OF_RANGE;
+pub use tttc_lower::schedule::{Signature, Slot};
 
 /// The C signature of a compiled model: pointers to its arguments and outputs, in the graph's
 /// order, and to its workspace; 0, or [`INDEX_OUT_OF_RANGE`].
 pub type ForwardFn = unsafe extern "C" fn(args: *const *const u8, outputs: *const *mut u8, workspace: *mut u8) -> i32;
-
-/// A value the model reads or writes, at the compiled sizes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Slot {
-    pub name: String,
-    pub dtype: DType,
-    pub shape: Vec<usize>,
-}
-
-/// What a compiled model takes and needs.
-#[derive(Clone, Debug)]
-pub struct Signature {
-    pub args: Vec<Slot>,
-    pub outputs: Vec<Slot>,
-    pub workspace_bytes: usize,
-    pub functions: usize,
-    pub kernels: usize,
-}
-
-fn scheduled(graph: &Graph, env: &DimEnv) -> Result<(schedule::Schedule, Signature)> {
-    let mut specs = Vec::new();
-    let body = crate::plan::plan(graph, 1, &mut specs, &mut crate::PlanStats::default());
-    let s = schedule::schedule(&body, specs, env).context("scheduling the model at fixed sizes")?;
-    let slot = |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).resolve(env)? }) };
-    let sig = Signature {
-        args: graph.args.iter().map(|a| slot(&a.name, a.value)).collect::<Result<_>>()?,
-        outputs: graph.outputs.iter().map(|(name, v)| slot(name, *v)).collect::<Result<_>>()?,
-        workspace_bytes: s.functions.last().map_or(0, |f| f.workspace),
-        functions: s.functions.len(),
-        kernels: s.specs.len(),
-    };
-    Ok((s, sig))
-}
 
 /// A model compiled into this process.
 pub struct CompiledModel {
@@ -70,7 +37,7 @@ unsafe impl Sync for CompiledModel {}
 impl CompiledModel {
     /// Compiles `graph` (after the pass pipeline, holding no `grad`) at the sizes `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<CompiledModel> {
-        let (s, signature) = scheduled(graph, env)?;
+        let (s, signature) = tttc_lower::schedule::model(graph, env)?;
         let mut module = crate::kernel::jit_module()?;
         let id = emit::define(&mut module, &s, "tttc", "tttc_forward", Linkage::Local)?;
         module.finalize_definitions()?;
@@ -135,7 +102,7 @@ pub struct ModelObject {
 /// Compiles `graph` at the sizes `env` binds into an object file exporting
 /// `int32_t {prefix}_forward(const void *const *args, void *const *outputs, void *workspace)`.
 pub fn model_object(graph: &Graph, env: &DimEnv, prefix: &str) -> Result<ModelObject> {
-    let (s, signature) = scheduled(graph, env)?;
+    let (s, signature) = tttc_lower::schedule::model(graph, env)?;
     let mut module = crate::kernel::object_module()?;
     emit::define(&mut module, &s, prefix, &format!("{prefix}_forward"), Linkage::Export)?;
     let object = module.finish().emit()?;

@@ -1,5 +1,5 @@
 //! From a graph to the steps that execute it: runs of elementwise ops of one shape become
-//! kernels (see `kernel.rs`), matrix products and reductions get native steps, scans and fused
+//! kernels (see [`crate::elementwise`]), matrix products and reductions get native steps, scans and fused
 //! regions get plans of their own for their bodies, and every other op (data movement, integer
 //! index math, constants) runs as the interpreter implements it.
 
@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use tttc_ir::{DType, Dim, Graph, Op, ValueId};
 
-use crate::kernel::{Expr, KernelSpec};
+use crate::elementwise::{Expr, KernelSpec};
 
-pub(crate) enum Step {
+pub enum Step {
     /// A node evaluated by the interpreter's implementation of its op.
     Op(usize),
     /// A matrix product reading each operand as stored, or as a transpose of its last two axes
@@ -23,13 +23,13 @@ pub(crate) enum Step {
 
 /// How a scan runs: its body planned whole, or as narrower scans over slices of its lane axis,
 /// one per thread.
-pub(crate) enum ScanPlan {
+pub enum ScanPlan {
     Whole(Box<Body>),
     Lanes(Box<LaneScan>),
 }
 
 /// A scan split into `parts` lanes (see `lanes.rs`).
-pub(crate) struct LaneScan {
+pub struct LaneScan {
     pub parts: usize,
     /// Per scan operand: its lane axis, or `None` when it is the same for every lane.
     pub operand_lanes: Vec<Option<usize>>,
@@ -42,7 +42,7 @@ pub(crate) struct LaneScan {
 
 /// A kernel launch: `kernel` (an index into the program's compiled kernels) over the elements of
 /// `shape`, reading `inputs` (broadcast to it) and writing `outputs`.
-pub(crate) struct KernelStep {
+pub struct KernelStep {
     pub kernel: usize,
     pub shape: Vec<Dim>,
     pub inputs: Vec<ValueId>,
@@ -54,7 +54,7 @@ pub(crate) struct KernelStep {
 }
 
 /// A graph with its steps, and after each step the values no later step reads.
-pub(crate) struct Body {
+pub struct Body {
     pub graph: Graph,
     pub steps: Vec<Step>,
     pub frees: Vec<Vec<ValueId>>,
@@ -76,7 +76,7 @@ pub struct PlanStats {
 
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`; scans that
 /// keep their lanes apart are split for `threads` threads (not at all for one).
-pub(crate) fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
+pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
     let mut p = Planner { graph, threads, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
     let views = operand_views(graph, &p.users);
     for (i, node) in graph.nodes.iter().enumerate() {

@@ -10,15 +10,14 @@ use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::interp::{broadcast_shape, broadcast_strides, contiguous_strides, reduction};
 use tttc_ir::{DType, DimEnv, Graph, Op, ReduceKind, ValueId};
 
-use crate::exec::{row_layout, RowLayout};
-use crate::kernel::{Expr, KernelSpec};
+use crate::elementwise::{row_layout, Expr, KernelSpec, RowLayout};
 use crate::plan::{Body, ScanPlan, Step};
 
-pub(super) type BufId = usize;
+pub type BufId = usize;
 
 /// Where a buffer lives.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Home {
+pub enum Home {
     /// The function's argument `j`.
     Arg(usize),
     /// The function's output `j`.
@@ -29,7 +28,7 @@ pub(super) enum Home {
     Alias(BufId),
 }
 
-pub(super) struct Buf {
+pub struct Buf {
     pub dtype: DType,
     pub shape: Vec<usize>,
     pub home: Home,
@@ -47,7 +46,7 @@ impl Buf {
     }
 }
 
-pub(super) fn elem_bytes(dtype: DType) -> usize {
+pub fn elem_bytes(dtype: DType) -> usize {
     match dtype {
         DType::F32 => 4,
         DType::I64 => 8,
@@ -55,7 +54,7 @@ pub(super) fn elem_bytes(dtype: DType) -> usize {
 }
 
 /// One instruction; sizes are in elements, offsets and strides in elements of the buffer's type.
-pub(super) enum Instr {
+pub enum Instr {
     /// A generated kernel over `outer` axes (walked by loops around the call, each input with
     /// its `strides` along them) of `rows` rows of `n` elements.
     Kernel { kernel: usize, outer: Vec<usize>, rows: usize, n: usize, ins: Vec<KernelInput>, outs: Vec<BufId> },
@@ -77,14 +76,14 @@ pub(super) enum Instr {
     Scan(Box<ScanInstr>),
 }
 
-pub(super) struct KernelInput {
+pub struct KernelInput {
     pub buf: BufId,
     pub strides: Vec<usize>,
     pub row_stride: usize,
 }
 
 #[derive(Clone)]
-pub(super) struct Operand {
+pub struct Operand {
     pub buf: BufId,
     pub batch_strides: Vec<usize>,
     pub row_stride: usize,
@@ -92,7 +91,7 @@ pub(super) struct Operand {
 }
 
 #[derive(Clone, Debug)]
-pub(super) struct Strided {
+pub struct Strided {
     pub shape: Vec<usize>,
     pub dst_at: usize,
     pub dst_strides: Vec<usize>,
@@ -132,7 +131,7 @@ impl Strided {
 
 /// A scan: `full` iterations of the body function over whole chunks, then, when the sequence
 /// is not a multiple of the chunk, one of `tail` (the body for the shorter last chunk).
-pub(super) struct ScanInstr {
+pub struct ScanInstr {
     pub body: usize,
     pub tail: Option<(usize, usize)>,
     pub full: usize,
@@ -151,13 +150,13 @@ pub(super) struct ScanInstr {
 /// reached: `per` positions along the axis per iteration (the chunk, or 1 for an iteration
 /// sequence). A piece is addressed in place when every axis before the scan's is 1; otherwise
 /// it is copied through `staging`.
-pub(super) struct Slicing {
+pub struct Slicing {
     pub buf: BufId,
     pub per: usize,
     pub staging: Option<BufId>,
 }
 
-pub(super) struct Function {
+pub struct Function {
     pub bufs: Vec<Buf>,
     pub instrs: Vec<Instr>,
     /// Bytes of workspace of this function's own buffers; the functions it calls get the
@@ -178,13 +177,48 @@ impl Function {
 }
 
 /// Every function of a compiled model (the model last) and the kernels they call.
-pub(super) struct Schedule {
+pub struct Schedule {
     pub functions: Vec<Function>,
     pub specs: Vec<KernelSpec>,
 }
 
+/// A value the model reads or writes, at the compiled sizes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slot {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// What a compiled model takes and needs.
+#[derive(Clone, Debug)]
+pub struct Signature {
+    pub args: Vec<Slot>,
+    pub outputs: Vec<Slot>,
+    pub workspace_bytes: usize,
+    pub functions: usize,
+    pub kernels: usize,
+}
+
+/// Plans `graph` (after the pass pipeline) for one thread and schedules it at the sizes `env`
+/// binds: every function of the model, and what it takes and needs.
+pub fn model(graph: &Graph, env: &DimEnv) -> Result<(Schedule, Signature)> {
+    let mut specs = Vec::new();
+    let body = crate::plan::plan(graph, 1, &mut specs, &mut crate::plan::PlanStats::default());
+    let s = schedule(&body, specs, env).context("scheduling the model at fixed sizes")?;
+    let slot = |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).resolve(env)? }) };
+    let sig = Signature {
+        args: graph.args.iter().map(|a| slot(&a.name, a.value)).collect::<Result<_>>()?,
+        outputs: graph.outputs.iter().map(|(name, v)| slot(name, *v)).collect::<Result<_>>()?,
+        workspace_bytes: s.functions.last().map_or(0, |f| f.workspace),
+        functions: s.functions.len(),
+        kernels: s.specs.len(),
+    };
+    Ok((s, sig))
+}
+
 /// Schedules a body planned for one thread, its graph's symbols bound in `env`.
-pub(super) fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv) -> Result<Schedule> {
+pub fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv) -> Result<Schedule> {
     let mut s = Schedule { functions: Vec::new(), specs };
     let shapes: Vec<Vec<usize>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).resolve(env)).collect::<Result<_>>()?;
     function(&mut s, body, env.clone(), &shapes)?;

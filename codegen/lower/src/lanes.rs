@@ -8,7 +8,7 @@
 use tttc_ir::{Dim, Graph, Op, Scan};
 
 /// How to run a scan as `parts` narrower scans.
-pub(crate) struct LaneSplit {
+pub struct LaneSplit {
     pub parts: usize,
     /// Per scan operand (carries, sequences, invariants): its lane axis, or `None` when it is the
     /// same for every lane.
@@ -22,7 +22,7 @@ pub(crate) struct LaneSplit {
 const LANE_AXIS: usize = 1;
 
 /// The split of `scan` into `parts` lanes, when it is safe.
-pub(crate) fn split(scan: &Scan, parts: usize) -> Option<LaneSplit> {
+pub fn split(scan: &Scan, parts: usize) -> Option<LaneSplit> {
     let body = &scan.body;
     if parts < 2 || scan.axis == LANE_AXIS {
         return None;

@@ -1,0 +1,13 @@
+//! From a graph (after the pass pipeline) to what a backend emits, without knowing the backend.
+//!
+//! * [`plan`]: runs of elementwise ops of one shape become kernels ([`elementwise`]), products,
+//!   reductions, scans and fused regions become steps; scans whose lanes stay apart can be split
+//!   over threads ([`lanes`]).
+//! * [`schedule`]: a plan with every shape known, as straight-line instructions over buffers
+//!   with fixed workspace offsets; what the compiled CPU model and the PTX kernels are emitted
+//!   from.
+
+pub mod elementwise;
+pub mod lanes;
+pub mod plan;
+pub mod schedule;

@@ -1,0 +1,173 @@
+//! Writing a kernel: fresh registers per class, parameters, labels, and one method per
+//! instruction shape that returns its destination, so generators read like the math they emit.
+
+use crate::isa::*;
+
+pub struct Builder {
+    name: String,
+    params: Vec<Param>,
+    shared: Vec<Shared>,
+    counts: [u32; 5],
+    body: Vec<Stmt>,
+    labels: u32,
+}
+
+fn slot(c: Class) -> usize {
+    Class::ALL.iter().position(|&x| x == c).expect("every class is listed")
+}
+
+impl Builder {
+    pub fn new(name: impl Into<String>) -> Builder {
+        Builder { name: name.into(), params: Vec::new(), shared: Vec::new(), counts: [0; 5], body: Vec::new(), labels: 0 }
+    }
+
+    pub fn reg(&mut self, class: Class) -> Reg {
+        let n = &mut self.counts[slot(class)];
+        *n += 1;
+        Reg { class, n: *n - 1 }
+    }
+
+    /// A register of `ty`'s class.
+    pub fn tmp(&mut self, ty: Ty) -> Reg {
+        self.reg(ty.class())
+    }
+
+    /// A pointer parameter, loaded and converted to a global address.
+    pub fn ptr_param(&mut self, name: &str) -> Reg {
+        let generic = self.param(name, Ty::U64);
+        let global = self.reg(Class::R64);
+        self.emit(Inst::CvtaGlobal { dst: global, src: generic });
+        global
+    }
+
+    /// An integer parameter of type `ty` (`u32` or `u64`), loaded into a register.
+    pub fn param(&mut self, name: &str, ty: Ty) -> Reg {
+        self.params.push(Param { name: name.to_string(), ty });
+        let dst = self.tmp(ty);
+        self.emit(Inst::Ld { space: Space::Param, ty, dst: vec![dst], addr: Addr { base: Base::Symbol(name.to_string()), offset: 0 } });
+        dst
+    }
+
+    /// A shared array; its address (in the shared window) as a `u32` register.
+    pub fn shared(&mut self, name: &str, bytes: usize, align: usize) -> Reg {
+        self.shared.push(Shared { name: name.to_string(), bytes, align });
+        let dst = self.reg(Class::R32);
+        self.emit(Inst::SharedAddr { dst, symbol: name.to_string() });
+        dst
+    }
+
+    pub fn emit(&mut self, inst: Inst) {
+        self.body.push(Stmt::inst(inst));
+    }
+
+    pub fn guarded(&mut self, p: Reg, negated: bool, inst: Inst) {
+        self.body.push(Stmt::Inst { guard: Some((p, negated)), inst });
+    }
+
+    pub fn label(&mut self) -> u32 {
+        self.labels += 1;
+        self.labels - 1
+    }
+
+    pub fn place(&mut self, label: u32) {
+        self.body.push(Stmt::Label(label));
+    }
+
+    pub fn special(&mut self, s: Special) -> Reg {
+        let dst = self.reg(Class::R32);
+        self.emit(Inst::Mov { ty: Ty::U32, dst, src: Val::Special(s) });
+        dst
+    }
+
+    pub fn mov(&mut self, ty: Ty, src: impl Into<Val>) -> Reg {
+        let dst = self.tmp(ty);
+        self.emit(Inst::Mov { ty, dst, src: src.into() });
+        dst
+    }
+
+    /// `dst = src` into an existing register (loop variables, accumulators).
+    pub fn assign(&mut self, ty: Ty, dst: Reg, src: impl Into<Val>) {
+        self.emit(Inst::Mov { ty, dst, src: src.into() });
+    }
+
+    pub fn bin(&mut self, op: BinOp, ty: Ty, a: impl Into<Val>, b: impl Into<Val>) -> Reg {
+        let out = if op == BinOp::MulWide {
+            match ty {
+                Ty::U32 => Ty::U64,
+                Ty::S32 => Ty::S64,
+                t => t,
+            }
+        } else {
+            ty
+        };
+        let dst = self.tmp(out);
+        self.emit(Inst::Bin { op, ty, dst, a: a.into(), b: b.into() });
+        dst
+    }
+
+    /// `dst = op(a, b)` into an existing register.
+    pub fn bin_to(&mut self, dst: Reg, op: BinOp, ty: Ty, a: impl Into<Val>, b: impl Into<Val>) {
+        self.emit(Inst::Bin { op, ty, dst, a: a.into(), b: b.into() });
+    }
+
+    pub fn un(&mut self, op: UnOp, ty: Ty, a: impl Into<Val>) -> Reg {
+        let dst = self.tmp(ty);
+        self.emit(Inst::Un { op, ty, dst, a: a.into() });
+        dst
+    }
+
+    pub fn fma(&mut self, ty: Ty, a: impl Into<Val>, b: impl Into<Val>, c: impl Into<Val>) -> Reg {
+        let dst = self.tmp(ty);
+        self.emit(Inst::Fma { ty, dst, a: a.into(), b: b.into(), c: c.into() });
+        dst
+    }
+
+    pub fn setp(&mut self, cmp: Cmp, ty: Ty, a: impl Into<Val>, b: impl Into<Val>) -> Reg {
+        let dst = self.reg(Class::Pred);
+        self.emit(Inst::Setp { cmp, ty, dst, a: a.into(), b: b.into() });
+        dst
+    }
+
+    pub fn selp(&mut self, ty: Ty, p: Reg, a: impl Into<Val>, b: impl Into<Val>) -> Reg {
+        let dst = self.tmp(ty);
+        self.emit(Inst::Selp { ty, dst, a: a.into(), b: b.into(), p });
+        dst
+    }
+
+    pub fn cvt(&mut self, round: Option<Round>, to: Ty, from: Ty, src: impl Into<Val>) -> Reg {
+        let dst = self.tmp(to);
+        self.emit(Inst::Cvt { round, to: CvtTo::Ty(to), from, dst, src: src.into() });
+        dst
+    }
+
+    pub fn ld(&mut self, space: Space, ty: Ty, base: Reg, offset: i64) -> Reg {
+        let dst = self.tmp(ty);
+        self.emit(Inst::Ld { space, ty, dst: vec![dst], addr: Addr { base: Base::Reg(base), offset } });
+        dst
+    }
+
+    pub fn st(&mut self, space: Space, ty: Ty, base: Reg, offset: i64, src: impl Into<Val>) {
+        self.emit(Inst::St { space, ty, addr: Addr { base: Base::Reg(base), offset }, src: vec![src.into()] });
+    }
+
+    /// `base + index · bytes` as a 64-bit address, for a 64-bit index.
+    pub fn element(&mut self, base: Reg, index: Reg, bytes: usize) -> Reg {
+        let scaled = self.bin(BinOp::Mul, Ty::U64, index, Val::Int(bytes as i64));
+        self.bin(BinOp::Add, Ty::U64, base, scaled)
+    }
+
+    pub fn bra(&mut self, target: u32) {
+        self.emit(Inst::Bra { target });
+    }
+
+    /// Branches to `target` when `p` is true (`negated`: when false).
+    pub fn bra_if(&mut self, p: Reg, negated: bool, target: u32) {
+        self.guarded(p, negated, Inst::Bra { target });
+    }
+
+    pub fn finish(mut self) -> Kernel {
+        self.emit(Inst::Ret);
+        let regs = Class::ALL.iter().map(|&c| (c, self.counts[slot(c)])).filter(|(_, n)| *n > 0).collect();
+        Kernel { name: self.name, params: self.params, shared: self.shared, regs, body: self.body }
+    }
+}
