@@ -18,8 +18,8 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
-use tttc_ir::{BinaryOp, UnaryOp};
 use tttc_lower::elementwise::{Expr, KernelSpec};
+use tttc_lower::math::{self, Emit, FloatCmp, FloatOp, FloatUn, IntOp, Shift};
 
 /// A compiled kernel: `(n, rows, inputs, input row strides, outputs)`.
 pub type KernelFn = unsafe extern "C" fn(n: i64, rows: i64, inputs: *const *const f32, strides: *const i64, outputs: *const *mut f32);
@@ -223,8 +223,8 @@ fn step(b: &mut FunctionBuilder, spec: &KernelSpec, ty: Type, i: Value, ins: &[V
                 }
             },
             Expr::Const(c) => consts.float(b, ty, c),
-            Expr::Unary(u, x) => Math { b: &mut *b, ty, calls, consts: &mut *consts }.unary(u, vals[x]),
-            Expr::Binary(op, x, y) => Math { b: &mut *b, ty, calls, consts: &mut *consts }.binary(op, vals[x], vals[y]),
+            Expr::Unary(u, x) => math::unary(&mut Math { b: &mut *b, ty, calls, consts: &mut *consts }, u, vals[x]),
+            Expr::Binary(op, x, y) => math::binary(&mut Math { b: &mut *b, ty, calls, consts: &mut *consts }, op, vals[x], vals[y]),
         };
         vals.push(v);
     }
@@ -263,9 +263,8 @@ impl Consts {
     }
 }
 
-/// Float math on one lane (`F32`) or four (`F32X4`), as the interpreter defines each op.
-/// Transcendentals are polynomial approximations accurate to a few ulp (Cephes-style range
-/// reductions); `sin`/`cos` (rotary angles only) call the standard library per lane.
+/// The primitive instructions of [`tttc_lower::math`] on one lane (`F32`) or four (`F32X4`);
+/// `sin`/`cos` (rotary angles only) call the standard library per lane.
 struct Math<'a, 'b> {
     b: &'a mut FunctionBuilder<'b>,
     ty: Type,
@@ -274,10 +273,6 @@ struct Math<'a, 'b> {
 }
 
 impl Math<'_, '_> {
-    fn c(&mut self, v: f32) -> Value {
-        self.consts.float(self.b, self.ty, v)
-    }
-
     fn int_ty(&self) -> Type {
         if self.ty.is_vector() {
             types::I32X4
@@ -286,122 +281,8 @@ impl Math<'_, '_> {
         }
     }
 
-    fn float_bits(&mut self, x: Value) -> Value {
-        let t = self.int_ty();
-        self.b.ins().bitcast(t, MemFlagsData::new().with_endianness(Endianness::Little), x)
-    }
-
-    fn bits_as_float(&mut self, x: Value) -> Value {
-        let t = self.ty;
-        self.b.ins().bitcast(t, MemFlagsData::new().with_endianness(Endianness::Little), x)
-    }
-
-    /// `cond ? a : b` for a float comparison result.
-    fn select(&mut self, cond: Value, a: Value, b: Value) -> Value {
-        if self.ty.is_vector() {
-            let mask = self.bits_as_float(cond);
-            self.b.ins().bitselect(mask, a, b)
-        } else {
-            self.b.ins().select(cond, a, b)
-        }
-    }
-
-    fn fma(&mut self, a: Value, b: Value, c: Value) -> Value {
-        self.b.ins().fma(a, b, c)
-    }
-
-    /// Horner: `((c0·x + c1)·x + c2)…`.
-    fn poly(&mut self, x: Value, coeffs: &[f32]) -> Value {
-        let mut acc = self.c(coeffs[0]);
-        for &k in &coeffs[1..] {
-            let kv = self.c(k);
-            acc = self.fma(acc, x, kv);
-        }
-        acc
-    }
-
-    fn binary(&mut self, op: BinaryOp, x: Value, y: Value) -> Value {
-        let ins = self.b.ins();
-        match op {
-            BinaryOp::Add => ins.fadd(x, y),
-            BinaryOp::Sub => ins.fsub(x, y),
-            BinaryOp::Mul => ins.fmul(x, y),
-            BinaryOp::Div => ins.fdiv(x, y),
-            // As the interpreter: y when y > x, else x (NaN in y loses).
-            BinaryOp::Max => {
-                let gt = ins.fcmp(FloatCC::GreaterThan, y, x);
-                self.select(gt, y, x)
-            }
-            BinaryOp::Ge => {
-                let ge = ins.fcmp(FloatCC::GreaterThanOrEqual, x, y);
-                let (one, zero) = (self.c(1.0), self.c(0.0));
-                self.select(ge, one, zero)
-            }
-        }
-    }
-
-    fn unary(&mut self, u: UnaryOp, x: Value) -> Value {
-        match u {
-            UnaryOp::Neg => self.b.ins().fneg(x),
-            UnaryOp::Exp => self.exp(x),
-            UnaryOp::Log => self.log(x),
-            UnaryOp::Sqrt => self.b.ins().sqrt(x),
-            UnaryOp::Rsqrt => {
-                let s = self.b.ins().sqrt(x);
-                let one = self.c(1.0);
-                self.b.ins().fdiv(one, s)
-            }
-            UnaryOp::Tanh => self.tanh(x),
-            UnaryOp::Sigmoid => {
-                let one = self.c(1.0);
-                let d = self.one_plus_exp_neg(x);
-                self.b.ins().fdiv(one, d)
-            }
-            UnaryOp::Silu => {
-                let d = self.one_plus_exp_neg(x);
-                self.b.ins().fdiv(x, d)
-            }
-            UnaryOp::GeluTanh => {
-                // ½x(1 + tanh(√(2/π)(x + 0.044715x³)))
-                let x2 = self.b.ins().fmul(x, x);
-                let k = self.c(0.044715);
-                let x3 = self.b.ins().fmul(x2, x);
-                let inner = self.fma(k, x3, x);
-                let c = self.c((2.0f64 / std::f64::consts::PI).sqrt() as f32);
-                let arg = self.b.ins().fmul(c, inner);
-                let t = self.tanh(arg);
-                let one = self.c(1.0);
-                let half = self.c(0.5);
-                let hx = self.b.ins().fmul(half, x);
-                let s = self.b.ins().fadd(one, t);
-                self.b.ins().fmul(hx, s)
-            }
-            UnaryOp::Softplus => {
-                // x above 20, else log(1 + eˣ).
-                let e = self.exp(x);
-                let one = self.c(1.0);
-                let s = self.b.ins().fadd(one, e);
-                let l = self.log(s);
-                let twenty = self.c(20.0);
-                let big = self.b.ins().fcmp(FloatCC::GreaterThan, x, twenty);
-                self.select(big, x, l)
-            }
-            UnaryOp::Sin => {
-                let f = self.calls.sin;
-                self.per_lane(f, x)
-            }
-            UnaryOp::Cos => {
-                let f = self.calls.cos;
-                self.per_lane(f, x)
-            }
-        }
-    }
-
-    fn one_plus_exp_neg(&mut self, x: Value) -> Value {
-        let nx = self.b.ins().fneg(x);
-        let e = self.exp(nx);
-        let one = self.c(1.0);
-        self.b.ins().fadd(one, e)
+    fn bitcast(&mut self, to: Type, x: Value) -> Value {
+        self.b.ins().bitcast(to, MemFlagsData::new().with_endianness(Endianness::Little), x)
     }
 
     fn per_lane(&mut self, f: FuncRef, x: Value) -> Value {
@@ -418,157 +299,106 @@ impl Math<'_, '_> {
         }
         out
     }
+}
 
-    /// eˣ: x = n·ln2 + r with |r| ≤ ½ln2, eʳ by a degree-7 polynomial, 2ⁿ built in the exponent
-    /// bits. Below −87.3 the result is 0, above 88.7 it is +∞.
-    fn exp(&mut self, x: Value) -> Value {
-        let (lo, hi) = (self.c(-87.33654), self.c(88.72283));
-        // Clamped by compare-and-select: `fmax`/`fmin` lower to NaN-exact sequences thrice as
-        // long, and NaN is handled at the end.
-        let below = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
-        let xc = self.select(below, lo, x);
-        let above = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
-        let xc = self.select(above, hi, xc);
-        let log2e = self.c(std::f32::consts::LOG2_E);
-        let t = self.b.ins().fmul(xc, log2e);
-        // n = round(t) by adding 1.5·2²³: the sum's low mantissa bits are n, as an integer too.
-        let magic = self.c(12_582_912.0);
-        let k = self.b.ins().fadd(t, magic);
-        let n = self.b.ins().fsub(k, magic);
-        let (ln2_hi, ln2_lo) = (self.c(-0.693_359_4), self.c(2.121_944_4e-4));
-        let r = self.fma(n, ln2_hi, xc);
-        let r = self.fma(n, ln2_lo, r);
-        let p = self.poly(r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5]);
-        let r2 = self.b.ins().fmul(r, r);
-        let p = self.fma(p, r2, r);
-        let one = self.c(1.0);
-        let p = self.b.ins().fadd(p, one);
-        // 2ⁿ as two factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), each built as float bits ((e + 127) << 23):
-        // n ∈ [−126, 128] after the clamp, beyond one factor's exponent range at the top.
-        let kb = self.float_bits(k);
-        let magic_bits = self.int_splat(0x4B40_0000);
-        let ni = self.b.ins().isub(kb, magic_bits);
-        let half_n = self.b.ins().sshr_imm_u(ni, 1);
-        let rest = self.b.ins().isub(ni, half_n);
-        let s1 = self.pow2(half_n);
-        let s2 = self.pow2(rest);
-        let p = self.b.ins().fmul(p, s1);
-        let y = self.b.ins().fmul(p, s2);
-        let zero = self.c(0.0);
-        let y = self.select(below, zero, y);
-        let inf = self.c(f32::INFINITY);
-        let y = self.select(above, inf, y);
-        // NaN in, NaN out.
-        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
-        self.select(nan, x, y)
+impl Emit for Math<'_, '_> {
+    type F = Value;
+    type I = Value;
+    type B = Value;
+
+    fn c(&mut self, v: f32) -> Value {
+        self.consts.float(self.b, self.ty, v)
     }
 
-    /// 2ᵉ for an integer e ∈ [−126, 127] (lanes of `int_ty`).
-    fn pow2(&mut self, e: Value) -> Value {
-        let bias = self.int_splat(127);
-        let biased = self.b.ins().iadd(e, bias);
-        let bits = self.b.ins().ishl_imm_u(biased, 23);
-        self.bits_as_float(bits)
-    }
-
-    fn int_splat(&mut self, v: i32) -> Value {
+    fn ic(&mut self, v: i32) -> Value {
         let t = self.int_ty();
         self.consts.int(self.b, t, v)
     }
 
-    /// ln x for x > 0: x = m·2ᵉ with m ∈ [√½, √2), ln(m) = f − f²/2 + f³·P(f) for f = m − 1.
-    /// ln 0 = −∞; a negative x gives NaN.
-    fn log(&mut self, x: Value) -> Value {
-        // Subnormals first scaled into the normal range by 2²³.
-        let tiny = self.c(f32::MIN_POSITIVE);
-        let is_tiny = self.b.ins().fcmp(FloatCC::LessThan, x, tiny);
-        let scale = self.c(8_388_608.0);
-        let scaled = self.b.ins().fmul(x, scale);
-        let xs = self.select(is_tiny, scaled, x);
-        let bits = self.float_bits(xs);
-        let e = self.b.ins().ushr_imm_u(bits, 23);
-        let mask = self.int_splat(0xff);
-        let e = self.b.ins().band(e, mask);
-        let bias = self.int_splat(127);
-        let e = self.b.ins().isub(e, bias);
-        let mant_mask = self.int_splat(0x007f_ffff);
-        let m = self.b.ins().band(bits, mant_mask);
-        let one_bits = self.int_splat(0x3f80_0000);
-        let m = self.b.ins().bor(m, one_bits);
-        let m = self.bits_as_float(m); // [1, 2)
-        let ef = self.b.ins().fcvt_from_sint(self.ty, e);
-        let (shift, none) = (self.c(23.0), self.c(0.0));
-        let shift = self.select(is_tiny, shift, none);
-        let ef = self.b.ins().fsub(ef, shift);
-        // Into [√½, √2): halve m and bump e when m > √2.
-        let sqrt2 = self.c(std::f32::consts::SQRT_2);
-        let big = self.b.ins().fcmp(FloatCC::GreaterThan, m, sqrt2);
-        let half = self.c(0.5);
-        let mh = self.b.ins().fmul(m, half);
-        let m = self.select(big, mh, m);
-        let one = self.c(1.0);
-        let e1 = self.b.ins().fadd(ef, one);
-        let ef = self.select(big, e1, ef);
-        let f = self.b.ins().fsub(m, one);
-        let z = self.b.ins().fmul(f, f);
-        let p = self.poly(
-            f,
-            &[
-                7.037_683_6e-2,
-                -1.151_461e-1,
-                1.167_699_9e-1,
-                -1.242_014_1e-1,
-                1.424_932_3e-1,
-                -1.666_805_8e-1,
-                2.000_071_5e-1,
-                -2.499_999_4e-1,
-                3.333_333e-1,
-            ],
-        );
-        let y = self.b.ins().fmul(p, f);
-        let y = self.b.ins().fmul(y, z);
-        let c1 = self.c(-2.121_944_4e-4);
-        let y = self.fma(ef, c1, y);
-        let mhalf = self.c(-0.5);
-        let y = self.fma(z, mhalf, y);
-        let r = self.b.ins().fadd(f, y);
-        let c2 = self.c(0.693_359_4);
-        let r = self.fma(ef, c2, r);
-        // Special cases: 0 → −∞, negative → NaN, +∞ → +∞, NaN → NaN.
-        let zero = self.c(0.0);
-        let is_zero = self.b.ins().fcmp(FloatCC::Equal, x, zero);
-        let ninf = self.c(f32::NEG_INFINITY);
-        let r = self.select(is_zero, ninf, r);
-        let neg = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
-        let nan = self.c(f32::NAN);
-        let r = self.select(neg, nan, r);
-        let inf = self.c(f32::INFINITY);
-        let is_inf = self.b.ins().fcmp(FloatCC::Equal, x, inf);
-        let r = self.select(is_inf, inf, r);
-        let unordered = self.b.ins().fcmp(FloatCC::Unordered, x, x);
-        self.select(unordered, x, r)
+    fn fbin(&mut self, op: FloatOp, a: Value, b: Value) -> Value {
+        let ins = self.b.ins();
+        match op {
+            FloatOp::Add => ins.fadd(a, b),
+            FloatOp::Sub => ins.fsub(a, b),
+            FloatOp::Mul => ins.fmul(a, b),
+            FloatOp::Div => ins.fdiv(a, b),
+        }
     }
 
-    /// tanh x: an odd polynomial for |x| < 0.625, else sign(x)·(1 − 2/(e^{2|x|} + 1)).
-    fn tanh(&mut self, x: Value) -> Value {
-        let ax = self.b.ins().fabs(x);
-        let two = self.c(2.0);
-        let a2 = self.b.ins().fmul(ax, two);
-        let e = self.exp(a2);
-        let one = self.c(1.0);
-        let d = self.b.ins().fadd(e, one);
-        let q = self.b.ins().fdiv(two, d);
-        let big = self.b.ins().fsub(one, q);
-        let neg_big = self.b.ins().fneg(big);
-        let zero = self.c(0.0);
-        let negative = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
-        let big = self.select(negative, neg_big, big);
-        let s = self.b.ins().fmul(x, x);
-        let p = self.poly(s, &[-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1]);
-        let p = self.b.ins().fmul(p, s);
-        let small = self.fma(p, x, x);
-        let cut = self.c(0.625);
-        let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, cut);
-        self.select(is_small, small, big)
+    fn fma(&mut self, a: Value, b: Value, c: Value) -> Value {
+        self.b.ins().fma(a, b, c)
+    }
+
+    fn fun(&mut self, op: FloatUn, a: Value) -> Value {
+        match op {
+            FloatUn::Neg => self.b.ins().fneg(a),
+            FloatUn::Abs => self.b.ins().fabs(a),
+            FloatUn::Sqrt => self.b.ins().sqrt(a),
+        }
+    }
+
+    fn fcmp(&mut self, cmp: FloatCmp, a: Value, b: Value) -> Value {
+        let cc = match cmp {
+            FloatCmp::Lt => FloatCC::LessThan,
+            FloatCmp::Gt => FloatCC::GreaterThan,
+            FloatCmp::Ge => FloatCC::GreaterThanOrEqual,
+            FloatCmp::Eq => FloatCC::Equal,
+            FloatCmp::Unordered => FloatCC::Unordered,
+        };
+        self.b.ins().fcmp(cc, a, b)
+    }
+
+    // Clamps and NaN handling are compare-and-select: `fmax`/`fmin` lower to NaN-exact
+    // sequences thrice as long.
+    fn select(&mut self, cond: Value, a: Value, b: Value) -> Value {
+        if self.ty.is_vector() {
+            let mask = self.bitcast(self.ty, cond);
+            self.b.ins().bitselect(mask, a, b)
+        } else {
+            self.b.ins().select(cond, a, b)
+        }
+    }
+
+    fn bits(&mut self, x: Value) -> Value {
+        let t = self.int_ty();
+        self.bitcast(t, x)
+    }
+
+    fn from_bits(&mut self, i: Value) -> Value {
+        let t = self.ty;
+        self.bitcast(t, i)
+    }
+
+    fn ibin(&mut self, op: IntOp, a: Value, b: Value) -> Value {
+        let ins = self.b.ins();
+        match op {
+            IntOp::Add => ins.iadd(a, b),
+            IntOp::Sub => ins.isub(a, b),
+            IntOp::And => ins.band(a, b),
+            IntOp::Or => ins.bor(a, b),
+        }
+    }
+
+    fn shift(&mut self, op: Shift, a: Value, by: u8) -> Value {
+        let ins = self.b.ins();
+        match op {
+            Shift::Left => ins.ishl_imm_u(a, by as i64),
+            Shift::RightSigned => ins.sshr_imm_u(a, by as i64),
+            Shift::RightUnsigned => ins.ushr_imm_u(a, by as i64),
+        }
+    }
+
+    fn i_to_f(&mut self, i: Value) -> Value {
+        self.b.ins().fcvt_from_sint(self.ty, i)
+    }
+
+    fn sin(&mut self, x: Value) -> Value {
+        let f = self.calls.sin;
+        self.per_lane(f, x)
+    }
+
+    fn cos(&mut self, x: Value) -> Value {
+        let f = self.calls.cos;
+        self.per_lane(f, x)
     }
 }

@@ -6,8 +6,11 @@
 //! * [`schedule`]: a plan with every shape known, as straight-line instructions over buffers
 //!   with fixed workspace offsets; what the compiled CPU model and the PTX kernels are emitted
 //!   from.
+//! * [`math`]: the elementwise ops (polynomial `exp`, `log`, `tanh`) written once against each
+//!   backend's primitive instructions.
 
 pub mod elementwise;
 pub mod lanes;
+pub mod math;
 pub mod plan;
 pub mod schedule;
