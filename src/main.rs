@@ -365,6 +365,10 @@ enum BackendArg {
     /// The whole model compiled ahead of time at the input's sizes, one thread: the code
     /// `tttc compile` writes to cpu/model.o, run in this process (forward passes only).
     CpuModel,
+    /// The model's PTX kernels (as `tttc compile` writes them) executed on this CPU by the PTX
+    /// simulator, every thread with bounds and race checks: slow, for checking (forward passes
+    /// only).
+    PtxSim,
 }
 
 impl From<BackendArg> for tttc_runtime::Backend {
@@ -373,6 +377,7 @@ impl From<BackendArg> for tttc_runtime::Backend {
             BackendArg::Interp => tttc_runtime::Backend::Interp,
             BackendArg::Cpu => tttc_runtime::Backend::Cpu,
             BackendArg::CpuModel => tttc_runtime::Backend::CpuModel,
+            BackendArg::PtxSim => tttc_runtime::Backend::PtxSim,
         }
     }
 }
@@ -451,7 +456,8 @@ fn run(args: &RunArgs) -> Result<()> {
 
 fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>) -> Result<()> {
     use tttc_runtime::bench::decode;
-    anyhow::ensure!(!matches!(a.backend, BackendArg::CpuModel), "bench --decode runs on cpu or interp: --backend cpu-model compiles one forward pass at fixed sizes");
+    let backend: tttc_runtime::Backend = a.backend.into();
+    anyhow::ensure!(!backend.forward_only(), "bench --decode runs on cpu or interp: --backend {} compiles one forward pass at fixed sizes", backend.name());
     let bandwidth = decode::read_bandwidth();
     println!("memory read bandwidth on {} threads: {bandwidth:.1} GB/s\n", tttc_codegen_cpu::threads());
     println!("| model | layers | context | who | median ms/token | min ms | tokens/s | MB read per token | floor ms | × floor |");
@@ -654,7 +660,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     println!("\nCompiling the 12-layer 125m TTT-Linear: graph and passes {passes:.2} s, CPU code generation {codegen:.2} s.");
     let t = a.seq_lens[0];
     // Compiled models hold forward passes only: their gradient step runs on the CPU backend.
-    let grad_backend = if req.backend == tttc_runtime::Backend::CpuModel { tttc_runtime::Backend::Cpu } else { req.backend };
+    let grad_backend = if req.backend.forward_only() { tttc_runtime::Backend::Cpu } else { req.backend };
     let (step_ms, build_s) = bench::gradient_step(t, grad_backend, a.reps as usize)?;
     println!(
         "Gradient step of a 2-layer TTT-Linear LM at the 125m width (vocabulary 32000), B = 1, T = {t}, on {}: {step_ms:.0} ms \

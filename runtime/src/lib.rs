@@ -27,6 +27,9 @@ pub enum Backend {
     /// writes it (`tttc_codegen_cpu::aot`), run in this process on one thread. Forward graphs
     /// only: gradients run backwards scans, which compiled models do not hold.
     CpuModel,
+    /// The model's PTX kernels (`tttc_ptx`), at the arguments' sizes, executed by the PTX
+    /// simulator (`tttc_ptx_sim`) from the text `tttc compile` writes. Forward graphs only.
+    PtxSim,
 }
 
 impl Backend {
@@ -35,7 +38,14 @@ impl Backend {
             Backend::Interp => "interp",
             Backend::Cpu => "cpu",
             Backend::CpuModel => "cpu-model",
+            Backend::PtxSim => "ptx-sim",
         }
+    }
+
+    /// Whether the backend compiles one forward pass at fixed sizes (no gradients, no
+    /// backwards scans).
+    pub fn forward_only(self) -> bool {
+        matches!(self, Backend::CpuModel | Backend::PtxSim)
     }
 }
 
@@ -123,10 +133,15 @@ impl Executable {
                 }
                 self.cpu.get().expect("compiled above").run(&args)
             }
-            Backend::CpuModel => {
+            Backend::CpuModel | Backend::PtxSim => {
                 let mut env = tttc_ir::DimEnv::new();
                 tttc_ir::interp::bind_args(&self.graph, &args, &mut env)?;
-                tttc_codegen_cpu::aot::CompiledModel::compile(&self.graph, &env)?.run(&args)
+                if backend == Backend::CpuModel {
+                    return tttc_codegen_cpu::aot::CompiledModel::compile(&self.graph, &env)?.run(&args);
+                }
+                let model = tttc_ptx::model::GpuModel::compile(&self.graph, &env)?;
+                let mut device = tttc_ptx_sim::SimDevice::load(&model.module(tttc_ptx::TARGETS[0]).to_text())?;
+                model.run(&mut device, &args)
             }
         }
     }
@@ -170,7 +185,7 @@ impl GradientStep {
     /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
     pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Gradients> {
         check_input_ids(ids, self.vocab)?;
-        ensure!(backend != Backend::CpuModel, "--backend cpu-model runs forward passes only; gradients run on cpu or interp");
+        ensure!(!backend.forward_only(), "--backend {} runs forward passes only; gradients run on cpu or interp", backend.name());
         ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
         let mut outs = self.graph.run(weights, ids, backend)?.into_iter();
         let loss = outs.next().context("gradient graph has no loss")?;

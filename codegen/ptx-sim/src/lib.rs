@@ -9,8 +9,10 @@
 //! collective, or an instruction outside the subset is an error naming the kernel, the thread
 //! and the instruction. It is slow, and meant for test-size models.
 
+pub mod device;
 pub mod exec;
 pub mod memory;
 
+pub use device::SimDevice;
 pub use exec::{launch, to_tf32, Counts, Dims};
 pub use memory::Memory;

@@ -85,6 +85,13 @@ impl Builder {
         dst
     }
 
+    /// A `mov` of type `ty` into a new register of `class`: bits moved between classes.
+    pub fn mov_as(&mut self, ty: Ty, class: Class, src: impl Into<Val>) -> Reg {
+        let dst = self.reg(class);
+        self.emit(Inst::Mov { ty, dst, src: src.into() });
+        dst
+    }
+
     /// `dst = src` into an existing register (loop variables, accumulators).
     pub fn assign(&mut self, ty: Ty, dst: Reg, src: impl Into<Val>) {
         self.emit(Inst::Mov { ty, dst, src: src.into() });

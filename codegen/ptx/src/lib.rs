@@ -3,9 +3,17 @@
 //! * [`isa`]: the instructions tttc emits, as values, and their printer.
 //! * [`parse`]: the printed text read back (the simulator runs what the driver would load).
 //! * [`build`]: a kernel builder with fresh registers, parameters and labels.
+//! * [`kernels`]: one kernel per scheduled instruction, sizes baked in.
+//! * [`model`]: a whole model as kernels and the host program that launches them on a [`model::Device`].
 
 pub mod build;
 pub mod isa;
+pub mod kernels;
+mod math;
+pub mod model;
 mod parse;
 
 pub use parse::parse;
+
+/// The GPU architectures every module is written for (and assembled for in CI).
+pub const TARGETS: [&str; 2] = ["sm_80", "sm_90"];

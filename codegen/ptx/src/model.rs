@@ -1,0 +1,284 @@
+//! A whole forward graph at fixed sizes as PTX kernels plus the host program that launches them:
+//! the model's schedule (the one the compiled CPU model is emitted from), one kernel per
+//! instruction (identical kernels shared), and scans driven from the host chunk by chunk.
+//! [`GpuModel::run`] executes the program on any [`Device`]: the PTX simulator or a GPU.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Context, Result};
+use tttc_ir::{DType, Data, DimEnv, Graph, Tensor};
+use tttc_lower::schedule::{self, BufId, Function, Home, Instr, Schedule, ScanInstr, Signature, Slicing, Strided};
+
+use crate::isa::{Kernel, Module};
+use crate::kernels::{self, elem_bytes, Generated, ParamRef};
+
+/// Where kernels run: device memory addressed by 64-bit pointers, and launches of the model's
+/// kernels by index.
+pub trait Device {
+    fn alloc(&mut self, bytes: usize) -> Result<u64>;
+    fn free(&mut self, ptr: u64);
+    fn upload(&mut self, ptr: u64, bytes: &[u8]) -> Result<()>;
+    fn download(&mut self, ptr: u64, len: usize) -> Result<Vec<u8>>;
+    /// Launches kernel `kernel` of the model's module over `grid` blocks of `block` threads.
+    fn launch(&mut self, kernel: usize, grid: u32, block: u32, params: &[u64]) -> Result<()>;
+}
+
+/// One kernel launch of the host program.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub kernel: usize,
+    pub grid: u32,
+    pub block: u32,
+    pub params: Vec<ParamRef>,
+}
+
+/// The copy kernels that move a scan's piece between its place and a staging buffer, for a
+/// whole chunk and for the shorter last one.
+#[derive(Clone, Debug, Default)]
+struct PieceCopies {
+    full: Option<Launch>,
+    tail: Option<Launch>,
+}
+
+enum Step {
+    Launches(Vec<Launch>),
+    Scan { seqs: Vec<PieceCopies>, outputs: Vec<PieceCopies> },
+}
+
+pub struct GpuModel {
+    schedule: Schedule,
+    steps: Vec<Vec<Step>>,
+    pub kernels: Vec<Kernel>,
+    pub signature: Signature,
+}
+
+/// Deduplicates kernels by their text (the name aside).
+struct Kernels {
+    list: Vec<Kernel>,
+    by_text: HashMap<String, usize>,
+}
+
+impl Kernels {
+    fn add(&mut self, g: Generated) -> Launch {
+        let mut k = g.kernel;
+        let text = Module { target: String::new(), kernels: vec![k.clone()] }.to_text();
+        let n = self.list.len();
+        let index = *self.by_text.entry(text).or_insert_with(|| {
+            k.name = format!("tttc_k{n}");
+            self.list.push(k);
+            n
+        });
+        Launch { kernel: index, grid: g.grid, block: g.block, params: g.params }
+    }
+}
+
+impl GpuModel {
+    /// Compiles `graph` (after the pass pipeline) at the sizes `env` binds.
+    pub fn compile(graph: &Graph, env: &DimEnv) -> Result<GpuModel> {
+        let (schedule, signature) = schedule::model(graph, env)?;
+        let mut kernels = Kernels { list: Vec::new(), by_text: HashMap::new() };
+        let mut steps = Vec::new();
+        for f in &schedule.functions {
+            let mut fs = Vec::new();
+            for instr in &f.instrs {
+                fs.push(match instr {
+                    Instr::Scan(s) => scan_copies(f, s, &mut kernels),
+                    _ => Step::Launches(kernels::for_instr(f, instr, &schedule.specs).into_iter().map(|g| kernels.add(g)).collect()),
+                });
+            }
+            steps.push(fs);
+        }
+        Ok(GpuModel { schedule, steps, kernels: kernels.list, signature })
+    }
+
+    /// The kernels as a PTX module for `target` (`sm_80` or `sm_90`).
+    pub fn module(&self, target: &str) -> Module {
+        Module { target: target.to_string(), kernels: self.kernels.clone() }
+    }
+
+    /// Runs the model on `dev` (which has this model's kernels loaded, in order).
+    pub fn run(&self, dev: &mut dyn Device, args: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let sig = &self.signature;
+        ensure!(args.len() == sig.args.len(), "the model takes {} arguments, got {}", sig.args.len(), args.len());
+        let mut held = Vec::new();
+        let result = self.run_on(dev, args, &mut held);
+        for p in held {
+            dev.free(p);
+        }
+        result
+    }
+
+    fn run_on(&self, dev: &mut dyn Device, args: &[&Tensor], held: &mut Vec<u64>) -> Result<Vec<Tensor>> {
+        let sig = &self.signature;
+        let mut alloc = |dev: &mut dyn Device, bytes: usize| -> Result<u64> {
+            let p = dev.alloc(bytes.max(4))?;
+            held.push(p);
+            Ok(p)
+        };
+        let mut arg_ptrs = Vec::new();
+        for (slot, t) in sig.args.iter().zip(args) {
+            ensure!(t.dtype() == slot.dtype && t.shape == slot.shape, "argument {}: compiled for {} {:?}, got {t}", slot.name, slot.dtype, slot.shape);
+            let bytes = tensor_bytes(t)?;
+            let p = alloc(dev, bytes.len())?;
+            dev.upload(p, &bytes)?;
+            arg_ptrs.push(p);
+        }
+        let mut out_ptrs = Vec::new();
+        for o in &sig.outputs {
+            out_ptrs.push(alloc(dev, o.shape.iter().product::<usize>() * elem_bytes(o.dtype))?);
+        }
+        let workspace = alloc(dev, sig.workspace_bytes)?;
+        let status = alloc(dev, 4)?;
+        let model = self.schedule.functions.len() - 1;
+        self.call(dev, model, &arg_ptrs, &out_ptrs, workspace, status)?;
+        let code = u32::from_le_bytes(dev.download(status, 4)?.try_into().expect("4 bytes"));
+        match code {
+            0 => {}
+            kernels::INDEX_OUT_OF_RANGE => bail!("an index (a token id or a target) is out of range"),
+            c => bail!("the model failed with status {c}"),
+        }
+        sig.outputs
+            .iter()
+            .zip(&out_ptrs)
+            .map(|(o, &p)| {
+                let n: usize = o.shape.iter().product();
+                let bytes = dev.download(p, n * elem_bytes(o.dtype))?;
+                Ok(match o.dtype {
+                    DType::F32 => Tensor::f32(o.shape.clone(), bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
+                    DType::I64 => Tensor::i64(o.shape.clone(), bytes.chunks(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs function `fi` with its arguments and outputs at `args`/`outs` and its workspace at `ws`.
+    fn call(&self, dev: &mut dyn Device, fi: usize, args: &[u64], outs: &[u64], ws: u64, status: u64) -> Result<()> {
+        let f = &self.schedule.functions[fi];
+        let ptr = |b: BufId| -> u64 {
+            let r = f.root(b);
+            match f.bufs[r].home {
+                Home::Arg(j) => args[j],
+                Home::Out(j) => outs[j],
+                Home::Work => ws + f.bufs[r].offset as u64,
+                Home::Alias(_) => unreachable!("root() follows aliases"),
+            }
+        };
+        let params = |l: &Launch| -> Vec<u64> {
+            l.params
+                .iter()
+                .map(|p| match p {
+                    ParamRef::Buf(b) => ptr(*b),
+                    ParamRef::Status => status,
+                })
+                .collect()
+        };
+        for (instr, step) in f.instrs.iter().zip(&self.steps[fi]) {
+            match (instr, step) {
+                (_, Step::Launches(ls)) => {
+                    for l in ls {
+                        dev.launch(l.kernel, l.grid, l.block, &params(l)).with_context(|| format!("kernel {}", self.kernels[l.kernel].name))?;
+                    }
+                }
+                (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
+                    let nested = ws + f.arena as u64;
+                    for k in 0..s.full {
+                        self.iteration(dev, f, s, (seqs, outputs), &ptr, (k, s.body, s.chunk, false), nested, status)?;
+                    }
+                    if let Some((tail, len)) = s.tail {
+                        self.iteration(dev, f, s, (seqs, outputs), &ptr, (s.full, tail, len, true), nested, status)?;
+                    }
+                }
+                _ => unreachable!("steps are built per instruction"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Iteration `k` of scan `s`: carries read from the initial values or the last iteration's
+    /// buffer, pieces of the sequences addressed in place or staged, the body function called,
+    /// staged outputs copied into place.
+    #[allow(clippy::too_many_arguments)]
+    fn iteration(
+        &self,
+        dev: &mut dyn Device,
+        f: &Function,
+        s: &ScanInstr,
+        (seqs, outputs): (&[PieceCopies], &[PieceCopies]),
+        ptr: &dyn Fn(BufId) -> u64,
+        (k, body, _len, tail): (usize, usize, usize, bool),
+        nested: u64,
+        status: u64,
+    ) -> Result<()> {
+        let (mut args, mut outs) = (Vec::new(), Vec::new());
+        for (init, pair) in &s.carries {
+            let read = if k == 0 { ptr(*init) } else { ptr(pair[(k - 1) % 2]) };
+            args.push(read);
+            outs.push(ptr(pair[k % 2]));
+        }
+        let piece_at = |sl: &Slicing| -> u64 {
+            let buf = &f.bufs[sl.buf];
+            let along: usize = buf.shape[s.axis + 1..].iter().product();
+            ptr(sl.buf) + (k * sl.per * along * elem_bytes(buf.dtype)) as u64
+        };
+        let copy = |dev: &mut dyn Device, c: &PieceCopies, dst: u64, src: u64| -> Result<()> {
+            let l = if tail { c.tail.as_ref() } else { c.full.as_ref() }.expect("built for every staged piece");
+            dev.launch(l.kernel, l.grid, l.block, &[dst, src])
+        };
+        for (sl, copies) in s.seqs.iter().zip(seqs) {
+            let from = piece_at(sl);
+            args.push(match sl.staging {
+                None => from,
+                Some(stage) => {
+                    copy(dev, copies, ptr(stage), from)?;
+                    ptr(stage)
+                }
+            });
+        }
+        args.extend(s.invariants.iter().map(|&b| ptr(b)));
+        for sl in &s.outputs {
+            outs.push(match sl.staging {
+                None => piece_at(sl),
+                Some(stage) => ptr(stage),
+            });
+        }
+        self.call(dev, body, &args, &outs, nested, status)?;
+        for (sl, copies) in s.outputs.iter().zip(outputs) {
+            if let Some(stage) = sl.staging {
+                copy(dev, copies, piece_at(sl), ptr(stage))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The staging copies of a scan's sequences (into the staging buffer) and outputs (back).
+fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels) -> Step {
+    let rem = s.tail.map(|t| t.1);
+    let mut piece = |sl: &Slicing, back: bool| -> PieceCopies {
+        if sl.staging.is_none() {
+            return PieceCopies::default();
+        }
+        let buf = &f.bufs[sl.buf];
+        let strides = tttc_ir::interp::contiguous_strides(&buf.shape);
+        let mut make = |len: usize| -> Launch {
+            let mut shape = buf.shape.clone();
+            shape[s.axis] = if sl.per == 1 { 1 } else { len };
+            let piece_strides = tttc_ir::interp::contiguous_strides(&shape);
+            let (dst_strides, src_strides) = if back { (strides.clone(), piece_strides) } else { (piece_strides, strides.clone()) };
+            let copy = Strided { shape, dst_at: 0, dst_strides, src_at: 0, src_strides }.simplified();
+            kernels.add(kernels::copy_kernel(&copy, elem_bytes(buf.dtype), Vec::new()))
+        };
+        PieceCopies { full: (s.full > 0).then(|| make(s.chunk)), tail: rem.map(&mut make) }
+    };
+    let seqs = s.seqs.iter().map(|sl| piece(sl, false)).collect();
+    let outputs = s.outputs.iter().map(|sl| piece(sl, true)).collect();
+    Step::Scan { seqs, outputs }
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    Ok(match &t.data {
+        Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::F64(_) => bail!("f64 data cannot run on the GPU backend"),
+    })
+}
