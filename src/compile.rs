@@ -34,6 +34,38 @@ struct Manifest {
     fusion: Option<Fusion>,
     /// The model compiled for this CPU, for linking (docs/cpu-model.md).
     cpu: CpuModel,
+    /// The model as PTX kernels and the host program that launches them (docs/gpu-model.md).
+    gpu: GpuModel,
+}
+
+/// The model for NVIDIA GPUs (docs/gpu-model.md), at the manifest's shapes.
+#[derive(Serialize)]
+struct GpuModel {
+    /// Per target, the PTX module holding every kernel.
+    modules: BTreeMap<&'static str, String>,
+    /// The launch sequence: buffers and steps per function.
+    program: &'static str,
+    workspace_bytes: usize,
+    /// One u32, zero before a run; non-zero after it when a token id or target was out of range.
+    status_bytes: usize,
+    args: Vec<CpuSlot>,
+    outputs: Vec<CpuSlot>,
+    kernels: Vec<GpuKernel>,
+    /// The `ptxas` that assembled every module (`null` when none was found: no figures then).
+    ptxas: Option<String>,
+}
+
+#[derive(Serialize)]
+struct GpuKernel {
+    name: String,
+    /// Every parameter is a `.u64` global pointer, in this order.
+    params: Vec<String>,
+    shared_bytes: usize,
+    /// In one forward pass: launches, FLOPs and bytes of global memory moved.
+    #[serde(flatten)]
+    work: tttc_ptx::model::Work,
+    /// `ptxas -v` per target: registers, spills, stack and shared memory.
+    ptxas: BTreeMap<&'static str, tttc_ptx::ptxas::Figures>,
 }
 
 /// The compiled model (docs/cpu-model.md): one exported function, at the manifest's shapes.
@@ -232,6 +264,51 @@ pub fn compile(req: &Request) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    let started = std::time::Instant::now();
+    let gpu = tttc_ptx::model::GpuModel::compile(last, &env).context("compiling the model for the GPU")?;
+    let modules: Vec<(&'static str, String)> = tttc_ptx::TARGETS.iter().map(|&t| (t, gpu.module(t).to_text())).collect();
+    let mut figures: BTreeMap<String, BTreeMap<&'static str, tttc_ptx::ptxas::Figures>> = BTreeMap::new();
+    let ptxas = tttc_ptx::ptxas::find();
+    match &ptxas {
+        Some(ptxas) => {
+            for (target, text) in &modules {
+                for (kernel, f) in tttc_ptx::ptxas::assemble(ptxas, text, target)? {
+                    figures.entry(kernel).or_default().insert(target, f);
+                }
+            }
+        }
+        None => eprintln!("note: ptxas not found (set TTTC_PTXAS or put it on PATH; pip package nvidia-cuda-nvcc-cu12): the PTX is not assembled and the manifest has no register counts"),
+    }
+    let work = gpu.work();
+    eprintln!(
+        "gpu: {} kernels in gpu/sm_80.ptx and gpu/sm_90.ptx{}, launched as gpu/program.json says ({} workspace; {:.2} s)",
+        gpu.kernels.len(),
+        if ptxas.is_some() { ", assembled by ptxas" } else { "" },
+        human_bytes(gpu.signature.workspace_bytes as u64),
+        started.elapsed().as_secs_f64()
+    );
+    let gpu_entry = GpuModel {
+        modules: modules.iter().map(|(t, _)| (*t, format!("gpu/{t}.ptx"))).collect(),
+        program: "gpu/program.json",
+        workspace_bytes: gpu.signature.workspace_bytes,
+        status_bytes: 4,
+        args: gpu.signature.args.iter().map(CpuSlot::from).collect(),
+        outputs: gpu.signature.outputs.iter().map(CpuSlot::from).collect(),
+        kernels: gpu
+            .kernels
+            .iter()
+            .zip(&work)
+            .map(|(k, w)| GpuKernel {
+                name: k.name.clone(),
+                params: k.params.iter().map(|p| p.name.clone()).collect(),
+                shared_bytes: k.shared_bytes(),
+                work: *w,
+                ptxas: figures.remove(&k.name).unwrap_or_default(),
+            })
+            .collect(),
+        ptxas: ptxas.map(|p| p.display().to_string()),
+    };
+
     let params: Vec<&tttc_ir::Arg> = graph.params().collect();
     let mut parameters = 0u64;
     let mut parameter_bytes = 0u64;
@@ -284,6 +361,7 @@ pub fn compile(req: &Request) -> Result<()> {
             functions: sig.functions,
             target: format!("{}-{} (this machine's CPU features)", std::env::consts::ARCH, std::env::consts::OS),
         },
+        gpu: gpu_entry,
     };
 
     let mut files: Vec<(String, Vec<u8>)> = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph).into_bytes())];
@@ -292,6 +370,10 @@ pub fn compile(req: &Request) -> Result<()> {
     }
     files.push(("cpu/model.o".into(), model.object));
     files.push(("cpu/model.h".into(), model.header.into_bytes()));
+    for (target, text) in modules {
+        files.push((format!("gpu/{target}.ptx"), text.into_bytes()));
+    }
+    files.push(("gpu/program.json".into(), (serde_json::to_string_pretty(&gpu.program())? + "\n").into_bytes()));
     files.push(("manifest.json".into(), (serde_json::to_string_pretty(&manifest)? + "\n").into_bytes()));
     write_dir(&out, &files)?;
     eprintln!("wrote {}", out.display());

@@ -28,8 +28,9 @@ pub fn examples() -> Vec<PathBuf> {
 /// The backends that run on any machine: the interpreter and native code.
 pub const BACKENDS: [&str; 2] = ["interp", "cpu"];
 
-/// The backends that run forward passes: those above and the model compiled ahead of time.
-pub const FORWARD_BACKENDS: [&str; 3] = ["interp", "cpu", "cpu-model"];
+/// The backends that run forward passes: those above, the model compiled ahead of time, and its
+/// PTX kernels in the simulator.
+pub const FORWARD_BACKENDS: [&str; 4] = ["interp", "cpu", "cpu-model", "ptx-sim"];
 
 /// Every reference case: each folder under `tests/vectors` (a case added there is picked up).
 pub fn cases() -> Vec<PathBuf> {

@@ -5,12 +5,14 @@
 //! * [`build`]: a kernel builder with fresh registers, parameters and labels.
 //! * [`kernels`]: one kernel per scheduled instruction, sizes baked in.
 //! * [`model`]: a whole model as kernels and the host program that launches them on a [`model::Device`].
+//! * [`ptxas`]: NVIDIA's assembler, when installed: each module assembled, its figures read.
 
 pub mod build;
 pub mod isa;
 pub mod kernels;
 mod math;
 pub mod model;
+pub mod ptxas;
 mod parse;
 
 pub use parse::parse;

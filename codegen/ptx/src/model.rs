@@ -282,3 +282,119 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
         Data::F64(_) => bail!("f64 data cannot run on the GPU backend"),
     })
 }
+
+/// What one kernel does in one forward pass, over all its launches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Work {
+    pub launches: u64,
+    pub flops: u64,
+    /// Bytes of global memory read and written, counting each buffer a launch touches once.
+    pub bytes: u64,
+}
+
+impl GpuModel {
+    /// Per kernel, its launches, FLOPs and bytes in one forward pass (scan bodies counted once
+    /// per iteration).
+    pub fn work(&self) -> Vec<Work> {
+        let mut work = vec![Work::default(); self.kernels.len()];
+        self.add_work(self.schedule.functions.len() - 1, 1, &mut work);
+        work
+    }
+
+    fn add_work(&self, fi: usize, times: u64, work: &mut [Work]) {
+        let f = &self.schedule.functions[fi];
+        let bytes = |b: BufId| f.bufs[b].bytes() as u64;
+        for (instr, step) in f.instrs.iter().zip(&self.steps[fi]) {
+            match (instr, step) {
+                (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
+                    self.add_work(s.body, times * s.full as u64, work);
+                    if let Some((tail, _)) = s.tail {
+                        self.add_work(tail, times, work);
+                    }
+                    for c in seqs.iter().chain(outputs) {
+                        for (l, n) in [(&c.full, s.full as u64), (&c.tail, u64::from(s.tail.is_some()))] {
+                            if let Some(l) = l {
+                                let w = &mut work[l.kernel];
+                                w.launches += times * n;
+                                w.bytes += times * n * 2 * (l.grid as u64 * l.block as u64).min(u64::MAX) * 4;
+                            }
+                        }
+                    }
+                }
+                (_, Step::Launches(ls)) => {
+                    let flops = match instr {
+                        Instr::Kernel { kernel, outer, rows, n, .. } => {
+                            let ops = self.schedule.specs[*kernel].exprs.iter().filter(|e| matches!(e, tttc_lower::elementwise::Expr::Unary(..) | tttc_lower::elementwise::Expr::Binary(..))).count();
+                            (outer.iter().product::<usize>() * rows * n * ops) as u64
+                        }
+                        Instr::MatMul { batch, m, n, k, .. } => 2 * (batch.iter().product::<usize>() * m * n * k) as u64,
+                        Instr::Reduce { outer, len, inner, .. } => (outer * len * inner) as u64,
+                        _ => 0,
+                    };
+                    for l in ls {
+                        let moved: u64 = l.params.iter().map(|p| match p {
+                            ParamRef::Buf(b) => bytes(*b),
+                            ParamRef::Status => 0,
+                        }).sum();
+                        let w = &mut work[l.kernel];
+                        w.launches += times;
+                        w.flops += times * flops;
+                        w.bytes += times * moved;
+                    }
+                }
+                _ => unreachable!("steps are built per instruction"),
+            }
+        }
+    }
+
+    /// The host program as data, for integrators (docs/gpu-model.md describes every field):
+    /// per function its buffers and its steps (kernel launches and scans), the model last.
+    pub fn program(&self) -> serde_json::Value {
+        use serde_json::json;
+        let launch = |l: &Launch| {
+            let params: Vec<serde_json::Value> = l.params.iter().map(|p| match p {
+                ParamRef::Buf(b) => json!({ "buffer": b }),
+                ParamRef::Status => json!({ "status": true }),
+            }).collect();
+            json!({ "kernel": self.kernels[l.kernel].name, "grid": [l.grid, 1, 1], "block": [l.block, 1, 1], "params": params })
+        };
+        let copies = |c: &PieceCopies| json!({ "full": c.full.as_ref().map(launch), "tail": c.tail.as_ref().map(launch) });
+        let functions: Vec<serde_json::Value> = self
+            .schedule
+            .functions
+            .iter()
+            .zip(&self.steps)
+            .map(|(f, steps)| {
+                let buffers: Vec<serde_json::Value> = f.bufs.iter().map(|b| {
+                    let home = match b.home {
+                        Home::Arg(j) => json!({ "arg": j }),
+                        Home::Out(j) => json!({ "output": j }),
+                        Home::Work => json!({ "workspace": b.offset }),
+                        Home::Alias(a) => json!({ "alias": a }),
+                    };
+                    json!({ "dtype": b.dtype.name(), "shape": b.shape, "home": home })
+                }).collect();
+                let steps: Vec<serde_json::Value> = f.instrs.iter().zip(steps).flat_map(|(instr, step)| match (instr, step) {
+                    (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
+                        let slicing = |sl: &Slicing, c: &PieceCopies| json!({ "buffer": sl.buf, "per": sl.per, "staging": sl.staging, "copy": copies(c) });
+                        vec![json!({ "scan": {
+                            "body": s.body,
+                            "full": s.full,
+                            "tail": s.tail.map(|(f, len)| json!({ "function": f, "length": len })),
+                            "chunk": s.chunk,
+                            "axis": s.axis,
+                            "carries": s.carries.iter().map(|(init, pair)| json!({ "init": init, "buffers": pair })).collect::<Vec<_>>(),
+                            "seqs": s.seqs.iter().zip(seqs).map(|(sl, c)| slicing(sl, c)).collect::<Vec<_>>(),
+                            "invariants": s.invariants,
+                            "outputs": s.outputs.iter().zip(outputs).map(|(sl, c)| slicing(sl, c)).collect::<Vec<_>>(),
+                        }})]
+                    }
+                    (_, Step::Launches(ls)) => ls.iter().map(|l| json!({ "launch": launch(l) })).collect(),
+                    _ => unreachable!("steps are built per instruction"),
+                }).collect();
+                json!({ "buffers": buffers, "arena_bytes": f.arena, "workspace_bytes": f.workspace, "steps": steps })
+            })
+            .collect();
+        json!({ "entry": self.schedule.functions.len() - 1, "functions": functions })
+    }
+}
