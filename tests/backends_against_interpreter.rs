@@ -1,11 +1,14 @@
-//! The CPU backend and the model compiled ahead of time against the interpreter (the oracle)
-//! on small graphs: every elementwise op,
+//! Every compiled backend against the interpreter (the oracle) on small graphs: the CPU backend,
+//! the model compiled ahead of time, and the model's PTX kernels run by the PTX simulator. Every
+//! elementwise op,
 //! including the transcendental approximations over their whole useful range and at their edges,
 //! with broadcasts in every position, rows that are not a multiple of the vector width, matrix
 //! products with broadcast batches, and reductions along every axis.
 
 use tttc_codegen_cpu::aot::CompiledModel;
 use tttc_codegen_cpu::Program;
+use tttc_ptx::model::GpuModel;
+use tttc_ptx_sim::SimDevice;
 use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Tensor, Type, UnaryOp};
 
 fn f32t(shape: &[usize]) -> Type {
@@ -25,9 +28,10 @@ fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `g` on the interpreter, the CPU program and the model compiled ahead of time at the
-/// arguments' sizes; returns the largest |native − interp| / (atol + rtol·|interp|) over all
-/// outputs of both (NaN and infinities must match exactly).
+/// Runs `g` on the interpreter, the CPU program, the model compiled ahead of time at the
+/// arguments' sizes and its PTX kernels in the simulator (loaded from their text); returns the
+/// largest |compiled − interp| / (atol + rtol·|interp|) over all outputs of all three (NaN and
+/// infinities must match exactly).
 fn compare(g: &Graph, args: &[Tensor], rtol: f32, atol: f32) -> f32 {
     tttc_ir::verify(g).unwrap();
     let refs: Vec<&Tensor> = args.iter().collect();
@@ -36,8 +40,11 @@ fn compare(g: &Graph, args: &[Tensor], rtol: f32, atol: f32) -> f32 {
     tttc_ir::interp::bind_args(g, &refs, &mut env).unwrap();
     let program = Program::compile(g).unwrap().run(&refs).unwrap();
     let model = CompiledModel::compile(g, &env).unwrap().run(&refs).unwrap();
+    let gpu = GpuModel::compile(g, &env).unwrap();
+    let mut device = SimDevice::load(&gpu.module("sm_80").to_text()).unwrap();
+    let simulated = gpu.run(&mut device, &refs).unwrap();
     let mut worst = 0f32;
-    for (who, got) in [("cpu", program), ("cpu-model", model)] {
+    for (who, got) in [("cpu", program), ("cpu-model", model), ("ptx-sim", simulated)] {
         for (w, o) in want.iter().zip(&got) {
             assert_eq!(w.shape, o.shape, "{who}");
             for (i, (&a, &b)) in o.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).enumerate() {
@@ -313,7 +320,7 @@ fn scans_split_into_independent_lanes() {
         assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "mix = {mix}");
         Program::compile(&g).unwrap().stats().plan.lane_split_scans
     };
-    let threads = rayon::current_num_threads();
+    let threads = tttc_codegen_cpu::threads();
     assert_eq!(lanes_of(false), usize::from(threads > 1 && 4 % threads == 0));
     assert_eq!(lanes_of(true), 0, "a body summing across lanes must stay whole");
 }
