@@ -353,3 +353,28 @@ fn buffers_lent_to_outputs_and_unit_reshapes_read_in_place() {
         assert_eq!(stats.other_nodes, if both_reshaped { 2 } else { 0 }, "both reshaped: {both_reshaped}");
     }
 }
+
+/// Products on tensor cores: tiles that the sizes do not fill (rows, columns and K not multiples
+/// of the 64×64×16 tile), a transposed left operand and broadcast batches. Three tf32 products
+/// per step keep f32 accuracy: one tf32 product alone misses this tolerance by orders of magnitude.
+#[test]
+fn tensor_core_products_keep_f32_accuracy() {
+    for (a_shape, transposed, b_shape) in [(vec![2, 40, 33], true, vec![2, 40, 20]), (vec![3, 70, 129], false, vec![129, 65]), (vec![1, 16, 8], false, vec![2, 8, 8])] {
+        let mut g = Graph::new("mma");
+        let a = g.input("a", f32t(&a_shape));
+        let b = g.input("b", f32t(&b_shape));
+        let a_read = if transposed { g.transpose_last2(a).unwrap() } else { a };
+        let y = g.matmul(a_read, b).unwrap();
+        g.output("y", y);
+        let args = [Tensor::f32(a_shape.clone(), values(a_shape.iter().product(), 31, -1.0, 1.0)), Tensor::f32(b_shape.clone(), values(b_shape.iter().product(), 32, -1.0, 1.0))];
+        let worst = compare(&g, &args, 1e-5, 1e-5);
+        assert!(worst <= 1.0, "{a_shape:?}{} × {b_shape:?}: error {worst:.2} of tolerance", if transposed { "ᵀ" } else { "" });
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let mut env = tttc_ir::DimEnv::new();
+        tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
+        let gpu = GpuModel::compile(&g, &env).unwrap();
+        let mut device = SimDevice::load(&gpu.module("sm_90").to_text()).unwrap();
+        gpu.run(&mut device, &refs).unwrap();
+        assert!(device.counts.mma > 0, "{a_shape:?} × {b_shape:?} did not run on tensor cores");
+    }
+}

@@ -39,9 +39,9 @@ impl Device for SimDevice {
         Ok(self.memory.read(ptr, len)?.to_vec())
     }
 
-    fn launch(&mut self, kernel: usize, grid: u32, block: u32, params: &[u64]) -> Result<()> {
+    fn launch(&mut self, kernel: usize, grid: [u32; 3], block: [u32; 3], params: &[u64]) -> Result<()> {
         let k = self.module.kernels.get(kernel).with_context(|| format!("the module has no kernel {kernel}"))?;
-        let c = launch(k, Dims { grid: [grid, 1, 1], block: [block, 1, 1] }, params, &mut self.memory)?;
+        let c = launch(k, Dims { grid, block }, params, &mut self.memory)?;
         self.counts.instructions += c.instructions;
         self.counts.mma += c.mma;
         self.counts.barriers += c.barriers;

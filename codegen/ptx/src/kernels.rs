@@ -26,8 +26,8 @@ pub enum ParamRef {
 /// A kernel as generated, before deduplication, with the launch that runs it.
 pub struct Generated {
     pub kernel: Kernel,
-    pub grid: u32,
-    pub block: u32,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
     pub params: Vec<ParamRef>,
 }
 
@@ -64,6 +64,7 @@ pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec]) -> Vec<Gener
             b.st(Space::Global, ty, at, 0, Val::Int(bits));
             vec![launch(b, len, vec![ParamRef::Buf(*dst)])]
         }
+        Instr::MatMul { c, a, b, batch, m, n, k } if crate::gemm::applies(batch, *m, *n, *k) => vec![crate::gemm::matmul(*c, a, b, batch, *m, *n, *k)],
         Instr::MatMul { c, a, b, batch, m, n, k } => vec![matmul(*c, a, b, batch, *m, *n, *k)],
         Instr::Reduce { dst, src, kind, outer, len, inner } => vec![reduce(*dst, *src, *kind, *outer, *len, *inner)],
         Instr::Gather { dst, table, index, outer, len, row } => {
@@ -211,7 +212,8 @@ fn elementwise(spec: &KernelSpec, shape: &[usize], inputs: &[Reading], params: V
     launch(b, total, params)
 }
 
-/// `c = a · b` with one thread per element of `c` (`[batch…, m, n]`, contiguous), a sum over
+/// `c = a · b` with one thread per element of `c` (products too small for a tensor-core tile:
+/// decoding's one-row products) (`[batch…, m, n]`, contiguous), a sum over
 /// `k` in order with one rounding per step (`fma`).
 fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n: usize, k: usize) -> Generated {
     let params = vec![ParamRef::Buf(c), ParamRef::Buf(a.buf), ParamRef::Buf(bm.buf)];
@@ -301,11 +303,11 @@ fn per_element(total: usize) -> (Builder, Reg) {
 
 fn launch(b: Builder, total: usize, params: Vec<ParamRef>) -> Generated {
     let block = (total.max(1) as u32).min(BLOCK);
-    Generated { kernel: b.finish(), grid: total.div_ceil(block as usize).max(1) as u32, block, params }
+    Generated { kernel: b.finish(), grid: [total.div_ceil(block as usize).max(1) as u32, 1, 1], block: [block, 1, 1], params }
 }
 
 /// `idx` as indices into `shape` (row-major); axes of length 1 are the constant 0.
-fn unravel(b: &mut Builder, idx: Reg, shape: &[usize]) -> Vec<Val> {
+pub(crate) fn unravel(b: &mut Builder, idx: Reg, shape: &[usize]) -> Vec<Val> {
     let mut out = vec![Val::Int(0); shape.len()];
     let mut rest: Val = idx.into();
     for (d, &n) in shape.iter().enumerate().rev() {
@@ -324,7 +326,7 @@ fn unravel(b: &mut Builder, idx: Reg, shape: &[usize]) -> Vec<Val> {
 }
 
 /// `at + Σ index·stride` as a `u64` register.
-fn dot(b: &mut Builder, index: &[Val], strides: &[usize], at: usize) -> Reg {
+pub(crate) fn dot(b: &mut Builder, index: &[Val], strides: &[usize], at: usize) -> Reg {
     let acc = b.mov(Ty::U64, Val::Int(at as i64));
     for (i, &s) in index.iter().zip(strides) {
         match (i, s) {

@@ -3,11 +3,13 @@
 //! * [`isa`]: the instructions tttc emits, as values, and their printer.
 //! * [`parse`]: the printed text read back (the simulator runs what the driver would load).
 //! * [`build`]: a kernel builder with fresh registers, parameters and labels.
-//! * [`kernels`]: one kernel per scheduled instruction, sizes baked in.
+//! * [`kernels`]: one kernel per scheduled instruction, sizes baked in; matrix products on
+//!   tensor cores at f32 accuracy (`gemm`: three tf32 `mma.sync` per step).
 //! * [`model`]: a whole model as kernels and the host program that launches them on a [`model::Device`].
 //! * [`ptxas`]: NVIDIA's assembler, when installed: each module assembled, its figures read.
 
 pub mod build;
+mod gemm;
 pub mod isa;
 pub mod kernels;
 mod math;

@@ -20,15 +20,15 @@ pub trait Device {
     fn upload(&mut self, ptr: u64, bytes: &[u8]) -> Result<()>;
     fn download(&mut self, ptr: u64, len: usize) -> Result<Vec<u8>>;
     /// Launches kernel `kernel` of the model's module over `grid` blocks of `block` threads.
-    fn launch(&mut self, kernel: usize, grid: u32, block: u32, params: &[u64]) -> Result<()>;
+    fn launch(&mut self, kernel: usize, grid: [u32; 3], block: [u32; 3], params: &[u64]) -> Result<()>;
 }
 
 /// One kernel launch of the host program.
 #[derive(Clone, Debug)]
 pub struct Launch {
     pub kernel: usize,
-    pub grid: u32,
-    pub block: u32,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
     pub params: Vec<ParamRef>,
 }
 
@@ -316,7 +316,7 @@ impl GpuModel {
                             if let Some(l) = l {
                                 let w = &mut work[l.kernel];
                                 w.launches += times * n;
-                                w.bytes += times * n * 2 * (l.grid as u64 * l.block as u64).min(u64::MAX) * 4;
+                                w.bytes += times * n * 2 * 4 * l.grid.iter().chain(&l.block).map(|&d| d as u64).product::<u64>();
                             }
                         }
                     }
@@ -356,7 +356,7 @@ impl GpuModel {
                 ParamRef::Buf(b) => json!({ "buffer": b }),
                 ParamRef::Status => json!({ "status": true }),
             }).collect();
-            json!({ "kernel": self.kernels[l.kernel].name, "grid": [l.grid, 1, 1], "block": [l.block, 1, 1], "params": params })
+            json!({ "kernel": self.kernels[l.kernel].name, "grid": l.grid, "block": l.block, "params": params })
         };
         let copies = |c: &PieceCopies| json!({ "full": c.full.as_ref().map(launch), "tail": c.tail.as_ref().map(launch) });
         let functions: Vec<serde_json::Value> = self
