@@ -369,6 +369,9 @@ enum BackendArg {
     /// simulator, every thread with bounds and race checks: slow, for checking (forward passes
     /// only).
     PtxSim,
+    /// The same PTX kernels on GPU 0 through the CUDA driver, loaded at run time (forward
+    /// passes only; without a GPU it says so).
+    Cuda,
 }
 
 impl From<BackendArg> for tttc_runtime::Backend {
@@ -378,6 +381,7 @@ impl From<BackendArg> for tttc_runtime::Backend {
             BackendArg::Cpu => tttc_runtime::Backend::Cpu,
             BackendArg::CpuModel => tttc_runtime::Backend::CpuModel,
             BackendArg::PtxSim => tttc_runtime::Backend::PtxSim,
+            BackendArg::Cuda => tttc_runtime::Backend::Cuda,
         }
     }
 }

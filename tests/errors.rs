@@ -226,3 +226,20 @@ fn missing_model() {
     write_ids(&input, Dtype::I64, vec![1, 2], i64_bytes(&[1, 2]));
     expect_error(&dir.join("nothing-here"), &input, &[], "does not exist");
 }
+
+/// `--backend cuda` on a machine without the CUDA driver says so in one line and writes nothing;
+/// where there is a GPU the run succeeds and its logits match the reference (the full check
+/// over every case is `cuda_matches_every_reference_case`).
+#[test]
+fn cuda_backend_without_a_gpu_says_so() {
+    let dir = copy_case(CASE, "cuda_backend");
+    let io = dir.join("io.safetensors");
+    let out = dir.join("cuda.safetensors");
+    let r = tttc(&["run", p(&dir), "--input", p(&io), "--output", p(&out), "--backend", "cuda"]);
+    if r.status.success() {
+        let ratio = parity_ratio(&read(&out)["logits"].f32, &read(&io)["logits"].f32, 1e-5);
+        assert!(ratio <= 1.0, "cuda logits at {ratio:.2}x tolerance");
+    } else {
+        expect_error(&dir, &io, &["--backend", "cuda"], "--backend cuda: no");
+    }
+}

@@ -1,5 +1,6 @@
 //! `tttc run` on every reference case gives logits and loss within SPEC §1's tolerance, on every
-//! CPU-side backend (the interpreter, native code and the model compiled ahead of time).
+//! backend that runs here (the interpreter, native code, the model compiled ahead of time and its
+//! PTX kernels in the simulator), and on a GPU where there is one.
 
 mod common;
 use common::*;
@@ -8,9 +9,19 @@ const RTOL_LOGITS: f64 = 1e-5;
 
 #[test]
 fn run_matches_every_reference_case() {
-    let out_dir = scratch("reference_vectors");
+    check_every_case(&FORWARD_BACKENDS, "reference_vectors");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn cuda_matches_every_reference_case() {
+    check_every_case(&["cuda"], "reference_vectors_cuda");
+}
+
+fn check_every_case(backends: &[&str], scratch_name: &str) {
+    let out_dir = scratch(scratch_name);
     let mut failures = Vec::new();
-    for (case, backend) in cases().into_iter().flat_map(|c| FORWARD_BACKENDS.map(|b| (c.clone(), b))) {
+    for (case, backend) in cases().into_iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))) {
         let name = format!("{} ({backend})", case.file_name().unwrap().to_str().unwrap());
         let out = out_dir.join(format!("{name}.safetensors"));
         let io = case.join("io.safetensors");

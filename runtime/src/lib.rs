@@ -6,6 +6,7 @@ pub mod generate;
 mod io;
 pub mod train;
 pub mod compare;
+mod cuda;
 pub mod plot;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -30,6 +31,9 @@ pub enum Backend {
     /// The model's PTX kernels (`tttc_ptx`), at the arguments' sizes, executed by the PTX
     /// simulator (`tttc_ptx_sim`) from the text `tttc compile` writes. Forward graphs only.
     PtxSim,
+    /// The same kernels on GPU 0 through the CUDA driver (loaded at run time). Forward graphs
+    /// only.
+    Cuda,
 }
 
 impl Backend {
@@ -39,13 +43,14 @@ impl Backend {
             Backend::Cpu => "cpu",
             Backend::CpuModel => "cpu-model",
             Backend::PtxSim => "ptx-sim",
+            Backend::Cuda => "cuda",
         }
     }
 
     /// Whether the backend compiles one forward pass at fixed sizes (no gradients, no
     /// backwards scans).
     pub fn forward_only(self) -> bool {
-        matches!(self, Backend::CpuModel | Backend::PtxSim)
+        matches!(self, Backend::CpuModel | Backend::PtxSim | Backend::Cuda)
     }
 }
 
@@ -133,13 +138,16 @@ impl Executable {
                 }
                 self.cpu.get().expect("compiled above").run(&args)
             }
-            Backend::CpuModel | Backend::PtxSim => {
+            Backend::CpuModel | Backend::PtxSim | Backend::Cuda => {
                 let mut env = tttc_ir::DimEnv::new();
                 tttc_ir::interp::bind_args(&self.graph, &args, &mut env)?;
                 if backend == Backend::CpuModel {
                     return tttc_codegen_cpu::aot::CompiledModel::compile(&self.graph, &env)?.run(&args);
                 }
                 let model = tttc_ptx::model::GpuModel::compile(&self.graph, &env)?;
+                if backend == Backend::Cuda {
+                    return model.run(&mut cuda::CudaDevice::open(&model)?, &args);
+                }
                 let mut device = tttc_ptx_sim::SimDevice::load(&model.module(tttc_ptx::TARGETS[0]).to_text())?;
                 model.run(&mut device, &args)
             }

@@ -171,7 +171,7 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
                     let model = tttc_codegen_cpu::aot::CompiledModel::compile(&graph, &env)?;
                     Box::new(move || model.run(&args))
                 }
-                Backend::PtxSim => anyhow::bail!("bench measures CPU backends: --backend ptx-sim is a simulator (GPU estimates are in BENCHMARKS.md)"),
+                Backend::PtxSim | Backend::Cuda => anyhow::bail!("bench measures the CPU backends; GPU estimates are in BENCHMARKS.md"),
             };
             run()?;
             let first_s = start.elapsed().as_secs_f64();
