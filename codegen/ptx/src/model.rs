@@ -358,7 +358,16 @@ impl GpuModel {
             }).collect();
             json!({ "kernel": self.kernels[l.kernel].name, "grid": l.grid, "block": l.block, "params": params })
         };
-        let copies = |c: &PieceCopies| json!({ "full": c.full.as_ref().map(launch), "tail": c.tail.as_ref().map(launch) });
+        // A staging copy's two pointers: into the staging buffer for a sequence, back for an output.
+        let copies = |c: &PieceCopies, into_staging: bool| {
+            let params = if into_staging { json!([{ "staging": true }, { "piece": true }]) } else { json!([{ "piece": true }, { "staging": true }]) };
+            let one = |l: &Launch| {
+                let mut v = launch(l);
+                v["params"] = params.clone();
+                v
+            };
+            json!({ "full": c.full.as_ref().map(one), "tail": c.tail.as_ref().map(one) })
+        };
         let functions: Vec<serde_json::Value> = self
             .schedule
             .functions
@@ -376,7 +385,7 @@ impl GpuModel {
                 }).collect();
                 let steps: Vec<serde_json::Value> = f.instrs.iter().zip(steps).flat_map(|(instr, step)| match (instr, step) {
                     (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
-                        let slicing = |sl: &Slicing, c: &PieceCopies| json!({ "buffer": sl.buf, "per": sl.per, "staging": sl.staging, "copy": copies(c) });
+                        let slicing = |sl: &Slicing, c: &PieceCopies, into_staging: bool| json!({ "buffer": sl.buf, "per": sl.per, "staging": sl.staging, "copy": copies(c, into_staging) });
                         vec![json!({ "scan": {
                             "body": s.body,
                             "full": s.full,
@@ -384,9 +393,9 @@ impl GpuModel {
                             "chunk": s.chunk,
                             "axis": s.axis,
                             "carries": s.carries.iter().map(|(init, pair)| json!({ "init": init, "buffers": pair })).collect::<Vec<_>>(),
-                            "seqs": s.seqs.iter().zip(seqs).map(|(sl, c)| slicing(sl, c)).collect::<Vec<_>>(),
+                            "seqs": s.seqs.iter().zip(seqs).map(|(sl, c)| slicing(sl, c, true)).collect::<Vec<_>>(),
                             "invariants": s.invariants,
-                            "outputs": s.outputs.iter().zip(outputs).map(|(sl, c)| slicing(sl, c)).collect::<Vec<_>>(),
+                            "outputs": s.outputs.iter().zip(outputs).map(|(sl, c)| slicing(sl, c, false)).collect::<Vec<_>>(),
                         }})]
                     }
                     (_, Step::Launches(ls)) => ls.iter().map(|l| json!({ "launch": launch(l) })).collect(),

@@ -1,0 +1,152 @@
+//! The GPU launch contract (docs/gpu-model.md) is enough to run a model: an integrator's reading
+//! of `tttc compile`'s files — manifest.json, gpu/program.json and gpu/sm_80.ptx, nothing of
+//! tttc's code — launches the kernels in the PTX simulator and gets the reference logits, on a
+//! sequence that ends inside a mini-batch.
+
+mod common;
+use common::*;
+
+use serde_json::Value;
+use tttc_ptx::model::Device;
+use tttc_ptx_sim::SimDevice;
+
+/// Follows docs/gpu-model.md, "Running the program".
+struct Integrator<'a> {
+    program: &'a Value,
+    kernel_index: std::collections::HashMap<String, usize>,
+    status: u64,
+}
+
+impl Integrator<'_> {
+    fn launch(&self, dev: &mut SimDevice, l: &Value, pointer: &dyn Fn(&Value) -> u64) {
+        let dims = |v: &Value| -> [u32; 3] { std::array::from_fn(|i| v[i].as_u64().unwrap() as u32) };
+        let params: Vec<u64> = l["params"].as_array().unwrap().iter().map(pointer).collect();
+        dev.launch(self.kernel_index[l["kernel"].as_str().unwrap()], dims(&l["grid"]), dims(&l["block"]), &params).unwrap();
+    }
+
+    fn call(&self, dev: &mut SimDevice, f: usize, args: &[u64], outs: &[u64], ws: u64) {
+        let func = &self.program["functions"][f];
+        let buffers = func["buffers"].as_array().unwrap();
+        let address = |mut b: usize| -> u64 {
+            loop {
+                let home = &buffers[b]["home"];
+                if let Some(a) = home["alias"].as_u64() {
+                    b = a as usize;
+                    continue;
+                }
+                return match (home["arg"].as_u64(), home["output"].as_u64(), home["workspace"].as_u64()) {
+                    (Some(j), _, _) => args[j as usize],
+                    (_, Some(j), _) => outs[j as usize],
+                    (_, _, Some(offset)) => ws + offset,
+                    _ => panic!("buffer {b} has no home"),
+                };
+            }
+        };
+        let bytes = |b: usize| -> u64 { if buffers[b]["dtype"] == "f32" { 4 } else { 8 } };
+        for step in func["steps"].as_array().unwrap() {
+            if let Some(l) = step.get("launch") {
+                let pointer = |p: &Value| if p.get("status").is_some() { self.status } else { address(p["buffer"].as_u64().unwrap() as usize) };
+                self.launch(dev, l, &pointer);
+                continue;
+            }
+            let s = &step["scan"];
+            let n = |v: &Value| v.as_u64().unwrap() as usize;
+            let (full, axis) = (n(&s["full"]), n(&s["axis"]));
+            let tail = s["tail"].as_object().map(|t| (n(&t["function"]), n(&t["length"])));
+            let iterations = full + usize::from(tail.is_some());
+            for k in 0..iterations {
+                let (body, is_tail) = if k < full { (n(&s["body"]), false) } else { (tail.unwrap().0, true) };
+                // A piece of a sequence or output: k·per positions along the axis into its buffer.
+                let piece = |sl: &Value| -> u64 {
+                    let b = n(&sl["buffer"]);
+                    let shape: Vec<u64> = buffers[b]["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+                    address(b) + (k as u64) * sl["per"].as_u64().unwrap() * shape[axis + 1..].iter().product::<u64>() * bytes(b)
+                };
+                let copy = |dev: &mut SimDevice, sl: &Value| {
+                    let l = &sl["copy"][if is_tail { "tail" } else { "full" }];
+                    let (at, staging) = (piece(sl), address(n(&sl["staging"])));
+                    let pointer = |p: &Value| if p.get("staging").is_some() { staging } else { at };
+                    self.launch(dev, l, &pointer);
+                };
+                let (mut a, mut o) = (Vec::new(), Vec::new());
+                for c in s["carries"].as_array().unwrap() {
+                    a.push(if k == 0 { address(n(&c["init"])) } else { address(n(&c["buffers"][(k - 1) % 2])) });
+                    o.push(address(n(&c["buffers"][k % 2])));
+                }
+                for sl in s["seqs"].as_array().unwrap() {
+                    if sl["staging"].is_null() {
+                        a.push(piece(sl));
+                    } else {
+                        copy(dev, sl);
+                        a.push(address(n(&sl["staging"])));
+                    }
+                }
+                a.extend(s["invariants"].as_array().unwrap().iter().map(|b| address(n(b))));
+                for sl in s["outputs"].as_array().unwrap() {
+                    o.push(if sl["staging"].is_null() { piece(sl) } else { address(n(&sl["staging"])) });
+                }
+                self.call(dev, body, &a, &o, ws + func["arena_bytes"].as_u64().unwrap());
+                for sl in s["outputs"].as_array().unwrap() {
+                    if !sl["staging"].is_null() {
+                        copy(dev, sl);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_launch_contract_runs_a_model_without_tttc() {
+    let case = repo().join("tests/vectors/ttt-linear-mamba-backbone");
+    let io = read(&case.join("io.safetensors"));
+    let weights = read_raw(&case.join("model.safetensors"));
+    let (ids, logits) = (&io["input_ids"], &io["logits"]);
+    // A prefix that ends inside a mini-batch: the scan's last chunk is short.
+    let (b, t_all, v) = (ids.shape[0], ids.shape[1], logits.shape[2]);
+    let t = 21;
+    let out = scratch("gpu_program").join("compiled");
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b.to_string(), "--seq-len", &t.to_string()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let gpu = &manifest["gpu"];
+    let program: Value = serde_json::from_str(&std::fs::read_to_string(out.join(gpu["program"].as_str().unwrap())).unwrap()).unwrap();
+    let ptx = std::fs::read_to_string(out.join(gpu["modules"]["sm_80"].as_str().unwrap())).unwrap();
+
+    let mut dev = SimDevice::load(&ptx).unwrap();
+    let kernel_index = tttc_ptx::parse(&ptx).unwrap().kernels.iter().enumerate().map(|(i, k)| (k.name.clone(), i)).collect();
+    let mut args = Vec::new();
+    for slot in gpu["args"].as_array().unwrap() {
+        let name = slot["name"].as_str().unwrap();
+        let bytes: Vec<u8> = if name == "input_ids" {
+            (0..b).flat_map(|i| ids.i64[i * t_all..i * t_all + t].to_vec()).flat_map(|x| x.to_le_bytes()).collect()
+        } else {
+            weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone()
+        };
+        let expected: u64 = slot["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() * if slot["dtype"] == "f32" { 4 } else { 8 };
+        assert_eq!(bytes.len() as u64, expected, "argument {name}");
+        let ptr = dev.alloc(bytes.len()).unwrap();
+        dev.upload(ptr, &bytes).unwrap();
+        args.push(ptr);
+    }
+    let outputs: Vec<(String, u64, usize)> = gpu["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let len = o["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).product::<usize>();
+            (o["name"].as_str().unwrap().to_string(), dev.alloc(4 * len).unwrap(), len)
+        })
+        .collect();
+    let workspace = dev.alloc(gpu["workspace_bytes"].as_u64().unwrap() as usize).unwrap();
+    let status = dev.alloc(gpu["status_bytes"].as_u64().unwrap() as usize).unwrap();
+    let integrator = Integrator { program: &program, kernel_index, status };
+    let outs: Vec<u64> = outputs.iter().map(|o| o.1).collect();
+    integrator.call(&mut dev, program["entry"].as_u64().unwrap() as usize, &args, &outs, workspace);
+    assert_eq!(dev.download(status, 4).unwrap(), vec![0; 4], "status word");
+    let (_, ptr, len) = outputs.iter().find(|o| o.0 == "logits").unwrap();
+    let got: Vec<f32> = dev.download(*ptr, 4 * len).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let want: Vec<f32> = (0..b).flat_map(|i| logits.f32[i * t_all * v..(i * t_all + t) * v].to_vec()).collect();
+    let ratio = parity_ratio(&got, &want, 1e-5);
+    assert!(ratio <= 1.0, "logits at {ratio:.2}x tolerance");
+}
