@@ -109,7 +109,7 @@ With --after PASS, the pass pipeline runs up to and including PASS and the IR it
         #[arg(long, value_name = "PASS", help = after_help(false), long_help = after_help(true))]
         after: Option<String>,
     },
-    /// Run the pass pipeline; write the IR after every pass, the model compiled for this CPU (object file and C header) and a manifest.
+    /// Run the pass pipeline; write the IR after every pass, the model compiled for this CPU (object file and C header) and for NVIDIA GPUs (PTX), and a manifest.
     #[command(long_about = "Run the pass pipeline on a model's graph and write what each pass made \
 of it.\n\nThe weights are not needed: only the model's structure is read. DIR receives \
 ir/00-input.ir (the frontend's graph), ir/NN-PASS.ir (the IR after each pass, in pipeline order) \
@@ -120,7 +120,7 @@ the final graph's regions (each top-level scan: the TTT mini-batch loop, the Mam
 rest), and the compiled model's symbol, workspace size, arguments and outputs. DIR/cpu/model.o \
 and DIR/cpu/model.h hold the whole forward pass compiled for this machine's CPU at B = --batch, \
 T = --seq-len: one C function, `tttc_forward`, that needs only the C library (see \
-docs/cpu-model.md and examples/c/run_model.c). Every graph is verified after each pass. A \
+docs/cpu-model.md and examples/c/run_model.c). DIR/gpu/sm_80.ptx and DIR/gpu/sm_90.ptx hold the same forward pass as PTX kernels, and DIR/gpu/program.json the order to launch them in, on which buffers (the manifest's gpu entry lists the slots, the workspace and every kernel; see docs/gpu-model.md). When ptxas is found (TTTC_PTXAS, or PATH; the pip package nvidia-cuda-nvcc-cu12 has it) both modules are assembled, an error fails the compile, and each kernel's registers, spills and shared memory per target go into the manifest. Every graph is verified after each pass. A \
 progress line per pass goes to stderr. DIR is built next to itself as DIR.tmp-PID and then renamed into place; an existing DIR is replaced only \
 if it is empty or an earlier compile wrote it (it holds manifest.json). See docs/passes.md.")]
     Compile {
