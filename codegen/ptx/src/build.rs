@@ -49,8 +49,16 @@ impl Builder {
     }
 
     /// A shared array; its address (in the shared window) as a `u32` register.
+    /// Declared once per kernel: asking again for the same name gives its address again (grown
+    /// to the larger size).
     pub fn shared(&mut self, name: &str, bytes: usize, align: usize) -> Reg {
-        self.shared.push(Shared { name: name.to_string(), bytes, align });
+        match self.shared.iter_mut().find(|s| s.name == name) {
+            Some(s) => {
+                s.bytes = s.bytes.max(bytes);
+                s.align = s.align.max(align);
+            }
+            None => self.shared.push(Shared { name: name.to_string(), bytes, align }),
+        }
         let dst = self.reg(Class::R32);
         self.emit(Inst::SharedAddr { dst, symbol: name.to_string() });
         dst

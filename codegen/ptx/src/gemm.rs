@@ -9,11 +9,11 @@
 //! and another before the tiles are overwritten. Edges are predicated: sizes need not be
 //! multiples of the tile.
 
-use tttc_lower::schedule::{BufId, Operand};
+use tttc_lower::schedule::Operand;
 
 use crate::build::Builder;
 use crate::isa::*;
-use crate::kernels::{dot, unravel, Generated, ParamRef};
+use crate::kernels::{dot, unravel, Spread};
 
 const BM: usize = 64;
 const BN: usize = 64;
@@ -29,11 +29,38 @@ pub fn applies(batch: &[usize], m: usize, n: usize, k: usize) -> bool {
     m >= 16 && n >= 8 && k >= 8 && batch.iter().product::<usize>() <= 65_535
 }
 
-/// `c = a · b` for each index of `batch` (`c` contiguous `[batch…, m, n]`).
-pub fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n: usize, k: usize) -> Generated {
-    let params = vec![ParamRef::Buf(c), ParamRef::Buf(a.buf), ParamRef::Buf(bm.buf)];
-    let mut b = Builder::new("tttc_kernel");
-    let (pc, pa, pb) = (b.ptr_param("c"), b.ptr_param("a"), b.ptr_param("b"));
+/// `c = a · b` for each index of `batch` (`c` contiguous `[batch…, m, n]`), pointers
+/// `[c, a, b]`. On a grid, one block per 64×64 tile of C (and per batch index, along z); in a
+/// persistent kernel's block, the block computes every tile in turn.
+#[allow(clippy::too_many_arguments)]
+pub fn emit(b: &mut Builder, spread: Spread, ptrs: [Reg; 3], a: &Operand, bm: &Operand, batch: &[usize], m: usize, n: usize, k: usize) -> ([u32; 3], [u32; 3]) {
+    let (tiles_n, tiles_m, count) = (n.div_ceil(BN), m.div_ceil(BM), batch.iter().product::<usize>().max(1));
+    let block = [THREADS as u32, 1, 1];
+    match spread {
+        Spread::Grid => {
+            let (tn, tm, z) = (b.special(Special::Ctaid(0)), b.special(Special::Ctaid(1)), b.special(Special::Ctaid(2)));
+            tile(b, ptrs, a, bm, batch, (m, n, k), (tn, tm, z));
+            ([tiles_n as u32, tiles_m as u32, count as u32], block)
+        }
+        Spread::Block => {
+            let t = b.mov(Ty::U32, Val::Int(0));
+            let top = b.label();
+            b.place(top);
+            let tn = b.bin(BinOp::Rem, Ty::U32, t, Val::Int(tiles_n as i64));
+            let rest = b.bin(BinOp::Div, Ty::U32, t, Val::Int(tiles_n as i64));
+            let tm = b.bin(BinOp::Rem, Ty::U32, rest, Val::Int(tiles_m as i64));
+            let z = b.bin(BinOp::Div, Ty::U32, rest, Val::Int(tiles_m as i64));
+            tile(b, ptrs, a, bm, batch, (m, n, k), (tn, tm, z));
+            b.bin_to(t, BinOp::Add, Ty::U32, t, Val::Int(1));
+            let more = b.setp(Cmp::Lt, Ty::U32, t, Val::Int((tiles_n * tiles_m * count) as i64));
+            b.bra_if(more, false, top);
+            ([1, 1, 1], block)
+        }
+    }
+}
+
+/// One 64×64 tile of C: columns from `tn`·64, rows from `tm`·64, batch index `z`.
+fn tile(b: &mut Builder, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batch: &[usize], (m, n, k): (usize, usize, usize), (tn, tm, z): (Reg, Reg, Reg)) {
     let tid = b.special(Special::Tid(0));
     let lane = b.bin(BinOp::And, Ty::B32, tid, Val::Int(31));
     let warp = b.bin(BinOp::Shr, Ty::U32, tid, Val::Int(5));
@@ -43,17 +70,14 @@ pub fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n:
     let wm = b.bin(BinOp::Mul, Ty::U32, wm, Val::Int(32));
     let wn = b.bin(BinOp::And, Ty::B32, warp, Val::Int(1));
     let wn = b.bin(BinOp::Mul, Ty::U32, wn, Val::Int(32));
-    let cx = b.special(Special::Ctaid(0));
-    let bn0 = b.bin(BinOp::Mul, Ty::U32, cx, Val::Int(BN as i64));
-    let cy = b.special(Special::Ctaid(1));
-    let bm0 = b.bin(BinOp::Mul, Ty::U32, cy, Val::Int(BM as i64));
+    let bn0 = b.bin(BinOp::Mul, Ty::U32, tn, Val::Int(BN as i64));
+    let bm0 = b.bin(BinOp::Mul, Ty::U32, tm, Val::Int(BM as i64));
 
-    // This block's matrices in the batch.
-    let z = b.special(Special::Ctaid(2));
+    // This tile's matrices in the batch.
     let z = b.cvt(None, Ty::U64, Ty::U32, z);
-    let zi = unravel(&mut b, z, batch);
-    let a_off = dot(&mut b, &zi, &a.batch_strides, 0);
-    let b_off = dot(&mut b, &zi, &bm.batch_strides, 0);
+    let zi = unravel(b, z, batch);
+    let a_off = dot(b, &zi, &a.batch_strides, 0);
+    let b_off = dot(b, &zi, &bm.batch_strides, 0);
     let c_off = b.bin(BinOp::Mul, Ty::U64, z, Val::Int((m * n) as i64));
     let pa = b.element(pa, a_off, 4);
     let pb = b.element(pb, b_off, 4);
@@ -69,13 +93,13 @@ pub fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n:
     let a_col = b.bin(BinOp::And, Ty::B32, tid, Val::Int(15));
     let b_row = b.bin(BinOp::Shr, Ty::U32, tid, Val::Int(6));
     let b_col = b.bin(BinOp::And, Ty::B32, tid, Val::Int(63));
-    let a_stage = shared_at(&mut b, sa, a_row, A_PITCH, a_col);
-    let b_stage = shared_at(&mut b, sb, b_row, B_PITCH, b_col);
+    let a_stage = shared_at(b, sa, a_row, A_PITCH, a_col);
+    let b_stage = shared_at(b, sb, b_row, B_PITCH, b_col);
     // Where this thread's fragments start: A at (wm + g, q), B at (q, wn + g).
     let a_frag_row = b.bin(BinOp::Add, Ty::U32, wm, g);
-    let a_frag = shared_at(&mut b, sa, a_frag_row, A_PITCH, q);
+    let a_frag = shared_at(b, sa, a_frag_row, A_PITCH, q);
     let b_frag_col = b.bin(BinOp::Add, Ty::U32, wn, g);
-    let b_frag = shared_at(&mut b, sb, q, B_PITCH, b_frag_col);
+    let b_frag = shared_at(b, sb, q, B_PITCH, b_frag_col);
     let a_grow0 = b.bin(BinOp::Add, Ty::U32, bm0, a_row);
     let b_gcol = b.bin(BinOp::Add, Ty::U32, bn0, b_col);
 
@@ -85,13 +109,13 @@ pub fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n:
     for j in 0..BM * BK / THREADS {
         let row = b.bin(BinOp::Add, Ty::U32, a_grow0, Val::Int((8 * j) as i64));
         let col = b.bin(BinOp::Add, Ty::U32, k0, a_col);
-        let v = load_checked(&mut b, pa, (row, m, a.row_stride), (col, k, a.col_stride));
+        let v = load_checked(b, pa, (row, m, a.row_stride), (col, k, a.col_stride));
         b.st(Space::Shared, Ty::F32, a_stage, (8 * j * A_PITCH * 4) as i64, v);
     }
     for j in 0..BK * BN / THREADS {
         let row = b.bin(BinOp::Add, Ty::U32, k0, b_row);
         let row = b.bin(BinOp::Add, Ty::U32, row, Val::Int((2 * j) as i64));
-        let v = load_checked(&mut b, pb, (row, k, bm.row_stride), (b_gcol, n, bm.col_stride));
+        let v = load_checked(b, pb, (row, k, bm.row_stride), (b_gcol, n, bm.col_stride));
         b.st(Space::Shared, Ty::F32, b_stage, (2 * j * B_PITCH * 4) as i64, v);
     }
     b.emit(Inst::BarSync);
@@ -102,7 +126,7 @@ pub fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n:
                 let parts: Vec<(Reg, Reg)> = (0..4).map(|i| {
                     let (r, c) = (mi * 16 + 8 * (i & 1), kk + 4 * (i >> 1));
                     let x = b.ld(Space::Shared, Ty::F32, a_frag, ((r * A_PITCH + c) * 4) as i64);
-                    split(&mut b, x)
+                    split(b, x)
                 }).collect();
                 (std::array::from_fn(|i| parts[i].0), std::array::from_fn(|i| parts[i].1))
             })
@@ -113,7 +137,7 @@ pub fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n:
                 let parts: Vec<(Reg, Reg)> = (0..2).map(|i| {
                     let (r, c) = (kk + 4 * i, ni * 8);
                     let x = b.ld(Space::Shared, Ty::F32, b_frag, ((r * B_PITCH + c) * 4) as i64);
-                    split(&mut b, x)
+                    split(b, x)
                 }).collect();
                 ([parts[0].0, parts[1].0], [parts[0].1, parts[1].1])
             })
@@ -144,7 +168,7 @@ pub fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n:
             for i in 0..4 {
                 let row = b.bin(BinOp::Add, Ty::U32, row0, Val::Int((mi * 16 + 8 * (i >> 1)) as i64));
                 let col = b.bin(BinOp::Add, Ty::U32, col0, Val::Int((ni * 8 + (i & 1)) as i64));
-                let inside = both_below(&mut b, (row, m), (col, n));
+                let inside = both_below(b, (row, m), (col, n));
                 let at = b.fma(Ty::U32, row, Val::Int(n as i64), col);
                 let at = b.cvt(None, Ty::U64, Ty::U32, at);
                 let p = b.element(pc, at, 4);
@@ -152,8 +176,6 @@ pub fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n:
             }
         }
     }
-    let grid = [n.div_ceil(BN) as u32, m.div_ceil(BM) as u32, batch.iter().product::<usize>().max(1) as u32];
-    Generated { kernel: b.finish(), grid, block: [THREADS as u32, 1, 1], params }
 }
 
 /// The shared-memory address of `(row, col)` in a tile of `pitch` floats per row.

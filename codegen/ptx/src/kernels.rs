@@ -1,7 +1,7 @@
-//! One PTX kernel per scheduled instruction, every size baked in as an immediate (the model is
-//! compiled at fixed sizes, so `ptxas` sees constant trip counts and divisors). Each kernel runs
-//! one thread per output element over a 1-D grid; its parameters are pointers, in the order
-//! its [`Launch`] lists them.
+//! The code of each scheduled instruction, every size baked in as an immediate (the model is
+//! compiled at fixed sizes, so `ptxas` sees constant trip counts and divisors): as a kernel of
+//! its own, one thread per output element over a 1-D grid, or inside a persistent kernel's
+//! block ([`Spread`]). Its pointers come in [`params_of`]'s order.
 
 use tttc_ir::{DType, ReduceKind};
 use tttc_lower::elementwise::{Expr, KernelSpec};
@@ -34,125 +34,189 @@ pub struct Generated {
 /// The status a kernel writes when a token id or target is out of range.
 pub const INDEX_OUT_OF_RANGE: u32 = 1;
 
-/// The kernels that carry out `instr` of `f` (none for a scan: the host drives it).
-pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec]) -> Vec<Generated> {
-    let elem = |b: BufId| elem_bytes(f.bufs[b].dtype);
+/// How an instruction's elements are spread over threads: a kernel of its own with one thread
+/// per element (`Grid`), or one block of a persistent kernel whose threads stride over them
+/// (`Block`; the caller puts a barrier after each instruction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spread {
+    Grid,
+    Block,
+}
+
+/// Threads per block of a persistent kernel: four warps, as the tensor-core tiles need.
+pub const PERSISTENT_THREADS: u32 = 128;
+
+/// The pointers `instr` reads and writes, in the order its code takes them, with their names.
+pub fn params_of(f: &Function, instr: &Instr) -> Vec<(ParamRef, String)> {
+    let buf = |b: &BufId, name: &str| (ParamRef::Buf(*b), name.to_string());
     match instr {
-        Instr::Kernel { kernel, outer, rows, n, ins, outs } => {
+        Instr::Kernel { ins, outs, .. } => ins.iter().enumerate().map(|(i, x)| buf(&x.buf, &format!("in{i}"))).chain(outs.iter().enumerate().map(|(i, o)| buf(o, &format!("out{i}")))).collect(),
+        Instr::Copy { dst, src, .. } | Instr::Cast { dst, src } | Instr::Reduce { dst, src, .. } => vec![buf(dst, "dst"), buf(src, "src")],
+        Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => vec![buf(dst, "dst")],
+        Instr::MatMul { c, a, b, .. } => vec![buf(c, "c"), buf(&a.buf, "a"), buf(&b.buf, "b")],
+        Instr::Gather { dst, table, index, .. } => vec![buf(dst, "dst"), buf(table, "table"), buf(index, "index"), (ParamRef::Status, "status".into())],
+        Instr::OneHot { dst, index, .. } => vec![buf(dst, "dst"), buf(index, "index"), (ParamRef::Status, "status".into())],
+        Instr::Scan(_) => {
+            let _ = f;
+            Vec::new()
+        }
+    }
+}
+
+/// The kernel that carries out `instr` of `f` on its own (none for a scan: see [`crate::model`]).
+pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec]) -> Vec<Generated> {
+    if matches!(instr, Instr::Scan(_)) {
+        return Vec::new();
+    }
+    let params = params_of(f, instr);
+    let mut b = Builder::new("tttc_kernel");
+    let ptrs: Vec<Reg> = params.iter().map(|(_, name)| b.ptr_param(name)).collect();
+    let (grid, block) = emit(&mut b, Spread::Grid, f, instr, specs, &ptrs);
+    vec![Generated { kernel: b.finish(), grid, block, params: params.into_iter().map(|p| p.0).collect() }]
+}
+
+/// Emits `instr` reading its pointers from `ptrs` (in [`params_of`]'s order); returns the grid
+/// and block a `Grid` kernel is launched with.
+pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs: &[KernelSpec], ptrs: &[Reg]) -> ([u32; 3], [u32; 3]) {
+    let elem = |x: BufId| elem_bytes(f.bufs[x].dtype);
+    let word = |bytes: usize| if bytes == 4 { Ty::B32 } else { Ty::B64 };
+    match instr {
+        Instr::Kernel { kernel, outer, rows, n, ins, .. } => {
             let mut shape = outer.clone();
             shape.extend([*rows, *n]);
-            let inputs: Vec<Reading> = ins
+            let strides: Vec<Vec<usize>> = ins
                 .iter()
                 .zip(&specs[*kernel].splat)
                 .map(|(i, &splat)| {
                     let mut strides = i.strides.clone();
                     strides.extend([i.row_stride, usize::from(!splat)]);
-                    Reading { strides }
+                    strides
                 })
                 .collect();
-            let params = ins.iter().map(|i| ParamRef::Buf(i.buf)).chain(outs.iter().map(|&o| ParamRef::Buf(o))).collect();
-            vec![elementwise(&specs[*kernel], &shape, &inputs, params)]
+            elementwise(b, spread, &specs[*kernel], &shape, &strides, &ptrs[..ins.len()], &ptrs[ins.len()..])
         }
-        Instr::Copy { dst, src, copy } => vec![copy_kernel(copy, elem(*dst), vec![ParamRef::Buf(*dst), ParamRef::Buf(*src)])],
+        Instr::Copy { dst, copy, .. } => copy_elements(b, spread, copy, elem(*dst), ptrs[0], ptrs[1]),
         Instr::Fill { dst, bits } => {
-            let (bytes, len) = (elem(*dst), f.bufs[*dst].len());
-            let (mut b, idx) = per_element(len);
-            let d = b.ptr_param("dst");
-            let at = b.element(d, idx, bytes);
-            let ty = if bytes == 4 { Ty::B32 } else { Ty::B64 };
+            let bytes = elem(*dst);
             let bits = if bytes == 4 { *bits as u32 as i32 as i64 } else { *bits as i64 };
-            b.st(Space::Global, ty, at, 0, Val::Int(bits));
-            vec![launch(b, len, vec![ParamRef::Buf(*dst)])]
+            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
+                let at = b.element(ptrs[0], idx, bytes);
+                b.st(Space::Global, word(bytes), at, 0, Val::Int(bits));
+            })
         }
-        Instr::MatMul { c, a, b, batch, m, n, k } if crate::gemm::applies(batch, *m, *n, *k) => vec![crate::gemm::matmul(*c, a, b, batch, *m, *n, *k)],
-        Instr::MatMul { c, a, b, batch, m, n, k } => vec![matmul(*c, a, b, batch, *m, *n, *k)],
-        Instr::Reduce { dst, src, kind, outer, len, inner } => vec![reduce(*dst, *src, *kind, *outer, *len, *inner)],
-        Instr::Gather { dst, table, index, outer, len, row } => {
+        Instr::MatMul { a, b: bm, batch, m, n, k, .. } if crate::gemm::applies(batch, *m, *n, *k) => crate::gemm::emit(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k),
+        Instr::MatMul { a, b: bm, batch, m, n, k, .. } => matmul(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k),
+        Instr::Reduce { kind, outer, len, inner, .. } => reduce(b, spread, ptrs[0], ptrs[1], *kind, *outer, *len, *inner),
+        Instr::Gather { dst, index, outer, len, row, .. } => {
             let count = f.bufs[*index].len();
             let bytes = elem(*dst);
-            let params = vec![ParamRef::Buf(*dst), ParamRef::Buf(*table), ParamRef::Buf(*index), ParamRef::Status];
-            let total = outer * count * row;
-            let (mut b, idx) = per_element(total);
-            let (d, t, x, status) = (b.ptr_param("dst"), b.ptr_param("table"), b.ptr_param("index"), b.ptr_param("status"));
-            let ix = unravel(&mut b, idx, &[*outer, count, *row]);
-            let k = load_index(&mut b, x, ix[1], *len, status);
-            // table[(o·len + k)·row + r]
-            let from = dot(&mut b, &[ix[0], k.into(), ix[2]], &[len * row, *row, 1], 0);
-            let ty = if bytes == 4 { Ty::B32 } else { Ty::B64 };
-            let src = b.element(t, from, bytes);
-            let v = b.ld(Space::Global, ty, src, 0);
-            let to = b.element(d, idx, bytes);
-            b.st(Space::Global, ty, to, 0, v);
-            vec![launch(b, total, params)]
+            let (d, t, x, status) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3]);
+            elements(b, spread, outer * count * row, |b, idx, skip| {
+                let ix = unravel(b, idx, &[*outer, count, *row]);
+                let k = load_index(b, x, ix[1], *len, status, skip);
+                // table[(o·len + k)·row + r]
+                let from = dot(b, &[ix[0], k.into(), ix[2]], &[len * row, *row, 1], 0);
+                let src = b.element(t, from, bytes);
+                let v = b.ld(Space::Global, word(bytes), src, 0);
+                let to = b.element(d, idx, bytes);
+                b.st(Space::Global, word(bytes), to, 0, v);
+            })
         }
-        Instr::OneHot { dst, index, depth } => {
+        Instr::OneHot { index, depth, .. } => {
             let count = f.bufs[*index].len();
-            let params = vec![ParamRef::Buf(*dst), ParamRef::Buf(*index), ParamRef::Status];
-            let total = count * depth;
-            let (mut b, idx) = per_element(total);
-            let (d, x, status) = (b.ptr_param("dst"), b.ptr_param("index"), b.ptr_param("status"));
-            let ix = unravel(&mut b, idx, &[count, *depth]);
-            let k = load_index(&mut b, x, ix[0], *depth, status);
-            let hit = b.setp(Cmp::Eq, Ty::U64, k, ix[1]);
-            let v = b.selp(Ty::F32, hit, Val::F32(1.0), Val::F32(0.0));
-            let to = b.element(d, idx, 4);
-            b.st(Space::Global, Ty::F32, to, 0, v);
-            vec![launch(b, total, params)]
+            let (d, x, status) = (ptrs[0], ptrs[1], ptrs[2]);
+            elements(b, spread, count * depth, |b, idx, skip| {
+                let ix = unravel(b, idx, &[count, *depth]);
+                let k = load_index(b, x, ix[0], *depth, status, skip);
+                let hit = b.setp(Cmp::Eq, Ty::U64, k, ix[1]);
+                let v = b.selp(Ty::F32, hit, Val::F32(1.0), Val::F32(0.0));
+                let to = b.element(d, idx, 4);
+                b.st(Space::Global, Ty::F32, to, 0, v);
+            })
         }
         Instr::Iota { dst } => {
-            let (dtype, len) = (f.bufs[*dst].dtype, f.bufs[*dst].len());
-            let params = vec![ParamRef::Buf(*dst)];
-            let (mut b, idx) = per_element(len);
-            let d = b.ptr_param("dst");
-            let to = b.element(d, idx, elem_bytes(dtype));
-            match dtype {
-                DType::F32 => {
-                    let v = b.cvt(Some(Round::Rn), Ty::F32, Ty::U64, idx);
-                    b.st(Space::Global, Ty::F32, to, 0, v);
+            let dtype = f.bufs[*dst].dtype;
+            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
+                let to = b.element(ptrs[0], idx, elem_bytes(dtype));
+                match dtype {
+                    DType::F32 => {
+                        let v = b.cvt(Some(Round::Rn), Ty::F32, Ty::U64, idx);
+                        b.st(Space::Global, Ty::F32, to, 0, v);
+                    }
+                    DType::I64 => b.st(Space::Global, Ty::S64, to, 0, idx),
                 }
-                DType::I64 => b.st(Space::Global, Ty::S64, to, 0, idx),
-            }
-            vec![launch(b, len, params)]
+            })
         }
         Instr::Cast { dst, src } => {
-            let (to_ty, from_ty, len) = (f.bufs[*dst].dtype, f.bufs[*src].dtype, f.bufs[*dst].len());
-            let params = vec![ParamRef::Buf(*dst), ParamRef::Buf(*src)];
-            let (mut b, idx) = per_element(len);
-            let (d, s) = (b.ptr_param("dst"), b.ptr_param("src"));
-            let from = b.element(s, idx, elem_bytes(from_ty));
-            let to = b.element(d, idx, elem_bytes(to_ty));
-            match (from_ty, to_ty) {
-                (DType::I64, DType::F32) => {
-                    let v = b.ld(Space::Global, Ty::S64, from, 0);
-                    let v = b.cvt(Some(Round::Rn), Ty::F32, Ty::S64, v);
-                    b.st(Space::Global, Ty::F32, to, 0, v);
+            let (to_ty, from_ty) = (f.bufs[*dst].dtype, f.bufs[*src].dtype);
+            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
+                let from = b.element(ptrs[1], idx, elem_bytes(from_ty));
+                let to = b.element(ptrs[0], idx, elem_bytes(to_ty));
+                match (from_ty, to_ty) {
+                    (DType::I64, DType::F32) => {
+                        let v = b.ld(Space::Global, Ty::S64, from, 0);
+                        let v = b.cvt(Some(Round::Rn), Ty::F32, Ty::S64, v);
+                        b.st(Space::Global, Ty::F32, to, 0, v);
+                    }
+                    (DType::F32, DType::I64) => {
+                        // Toward zero, saturating, NaN to 0: the CPU backends' conversion.
+                        let v = b.ld(Space::Global, Ty::F32, from, 0);
+                        let v = b.cvt(Some(Round::Rzi), Ty::S64, Ty::F32, v);
+                        b.st(Space::Global, Ty::S64, to, 0, v);
+                    }
+                    (t, _) => {
+                        let v = b.ld(Space::Global, word(elem_bytes(t)), from, 0);
+                        b.st(Space::Global, word(elem_bytes(t)), to, 0, v);
+                    }
                 }
-                (DType::F32, DType::I64) => {
-                    // Toward zero, saturating, NaN to 0: the CPU backends' conversion.
-                    let v = b.ld(Space::Global, Ty::F32, from, 0);
-                    let v = b.cvt(Some(Round::Rzi), Ty::S64, Ty::F32, v);
-                    b.st(Space::Global, Ty::S64, to, 0, v);
-                }
-                (t, _) => {
-                    let ty = if t == DType::F32 { Ty::B32 } else { Ty::B64 };
-                    let v = b.ld(Space::Global, ty, from, 0);
-                    b.st(Space::Global, ty, to, 0, v);
-                }
-            }
-            vec![launch(b, len, params)]
+            })
         }
         Instr::TriMask { dst, rows, cols, fill } => {
             let len = f.bufs[*dst].len();
-            let params = vec![ParamRef::Buf(*dst)];
-            let (mut b, idx) = per_element(len);
-            let d = b.ptr_param("dst");
-            let ix = unravel(&mut b, idx, &[len / (rows * cols).max(1), *rows, *cols]);
-            let above = b.setp(Cmp::Gt, Ty::U64, ix[2], ix[1]);
-            let to = b.element(d, idx, 4);
-            b.guarded(above, false, Inst::St { space: Space::Global, ty: Ty::F32, addr: Addr { base: Base::Reg(to), offset: 0 }, src: vec![Val::F32(*fill)] });
-            vec![launch(b, len, params)]
+            elements(b, spread, len, |b, idx, _| {
+                let ix = unravel(b, idx, &[len / (rows * cols).max(1), *rows, *cols]);
+                let above = b.setp(Cmp::Gt, Ty::U64, ix[2], ix[1]);
+                let to = b.element(ptrs[0], idx, 4);
+                b.guarded(above, false, Inst::St { space: Space::Global, ty: Ty::F32, addr: Addr { base: Base::Reg(to), offset: 0 }, src: vec![Val::F32(*fill)] });
+            })
         }
-        Instr::Scan(_) => Vec::new(),
+        Instr::Scan(_) => unreachable!("scans are driven by the model, not emitted as one instruction"),
+    }
+}
+
+/// Runs `body(b, idx, skip)` for every element `idx` (a `u64`) of `0..total`, spread as asked;
+/// `skip` is a label that ends this element's work. Returns the launch dimensions for `Grid`.
+fn elements(b: &mut Builder, spread: Spread, total: usize, body: impl FnOnce(&mut Builder, Reg, u32)) -> ([u32; 3], [u32; 3]) {
+    let done = b.label();
+    match spread {
+        Spread::Grid => {
+            let ctaid = b.special(Special::Ctaid(0));
+            let ntid = b.special(Special::Ntid(0));
+            let tid = b.special(Special::Tid(0));
+            let base = b.bin(BinOp::MulWide, Ty::U32, ctaid, ntid);
+            let tid = b.cvt(None, Ty::U64, Ty::U32, tid);
+            let idx = b.bin(BinOp::Add, Ty::U64, base, tid);
+            let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
+            b.bra_if(past, false, done);
+            body(b, idx, done);
+            b.place(done);
+            let block = (total.max(1) as u32).min(BLOCK);
+            ([total.div_ceil(block as usize).max(1) as u32, 1, 1], [block, 1, 1])
+        }
+        Spread::Block => {
+            let tid = b.special(Special::Tid(0));
+            let idx = b.cvt(None, Ty::U64, Ty::U32, tid);
+            let (top, next) = (b.label(), b.label());
+            b.place(top);
+            let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
+            b.bra_if(past, false, done);
+            body(b, idx, next);
+            b.place(next);
+            b.bin_to(idx, BinOp::Add, Ty::U64, idx, Val::Int(PERSISTENT_THREADS as i64));
+            b.bra(top);
+            b.place(done);
+            ([1, 1, 1], [PERSISTENT_THREADS, 1, 1])
+        }
     }
 }
 
@@ -163,147 +227,123 @@ pub fn elem_bytes(d: DType) -> usize {
     }
 }
 
-/// A strided copy of `bytes`-sized elements, with parameters `(dst, src)` (the pointers a
-/// launch passes may already be offset by the host).
+/// A strided copy of `bytes`-sized elements as a kernel of its own, with parameters `(dst, src)`
+/// (the pointers a launch passes may already be offset by the host).
 pub fn copy_kernel(copy: &Strided, bytes: usize, params: Vec<ParamRef>) -> Generated {
-    let total: usize = copy.shape.iter().product();
-    let (mut b, idx) = per_element(total);
+    let mut b = Builder::new("tttc_kernel");
     let (d, s) = (b.ptr_param("dst"), b.ptr_param("src"));
-    let ix = unravel(&mut b, idx, &copy.shape);
-    let from = dot(&mut b, &ix, &copy.src_strides, copy.src_at);
-    let to = dot(&mut b, &ix, &copy.dst_strides, copy.dst_at);
+    let (grid, block) = copy_elements(&mut b, Spread::Grid, copy, bytes, d, s);
+    Generated { kernel: b.finish(), grid, block, params }
+}
+
+fn copy_elements(b: &mut Builder, spread: Spread, copy: &Strided, bytes: usize, d: Reg, s: Reg) -> ([u32; 3], [u32; 3]) {
     let ty = if bytes == 4 { Ty::B32 } else { Ty::B64 };
-    let src = b.element(s, from, bytes);
-    let v = b.ld(Space::Global, ty, src, 0);
-    let dst = b.element(d, to, bytes);
-    b.st(Space::Global, ty, dst, 0, v);
-    launch(b, total, params)
+    elements(b, spread, copy.shape.iter().product(), |b, idx, _| {
+        let ix = unravel(b, idx, &copy.shape);
+        let from = dot(b, &ix, &copy.src_strides, copy.src_at);
+        let to = dot(b, &ix, &copy.dst_strides, copy.dst_at);
+        let src = b.element(s, from, bytes);
+        let v = b.ld(Space::Global, ty, src, 0);
+        let dst = b.element(d, to, bytes);
+        b.st(Space::Global, ty, dst, 0, v);
+    })
 }
 
-/// How an elementwise kernel reads an input: its stride along each axis of the launch's shape.
-struct Reading {
-    strides: Vec<usize>,
+/// A run of elementwise ops over `shape`, input `k` read with `strides[k]` (per axis of the shape),
+/// outputs stored contiguously.
+fn elementwise(b: &mut Builder, spread: Spread, spec: &KernelSpec, shape: &[usize], strides: &[Vec<usize>], ins: &[Reg], outs: &[Reg]) -> ([u32; 3], [u32; 3]) {
+    elements(b, spread, shape.iter().product(), |b, idx, _| {
+        let ix = unravel(b, idx, shape);
+        let mut vals: Vec<Val> = Vec::with_capacity(spec.exprs.len());
+        for e in &spec.exprs {
+            let v = match *e {
+                Expr::Input(k) => {
+                    let off = dot(b, &ix, &strides[k], 0);
+                    let at = b.element(ins[k], off, 4);
+                    b.ld(Space::Global, Ty::F32, at, 0).into()
+                }
+                Expr::Const(c) => Val::F32(c),
+                Expr::Unary(u, x) => math::unary(&mut PtxMath { b: &mut *b }, u, vals[x]),
+                Expr::Binary(op, x, y) => math::binary(&mut PtxMath { b: &mut *b }, op, vals[x], vals[y]),
+            };
+            vals.push(v);
+        }
+        for (&o, &p) in spec.outputs.iter().zip(outs) {
+            let at = b.element(p, idx, 4);
+            b.st(Space::Global, Ty::F32, at, 0, vals[o]);
+        }
+    })
 }
 
-fn elementwise(spec: &KernelSpec, shape: &[usize], inputs: &[Reading], params: Vec<ParamRef>) -> Generated {
-    let total: usize = shape.iter().product();
-    let (mut b, idx) = per_element(total);
-    let ins: Vec<Reg> = (0..inputs.len()).map(|i| b.ptr_param(&format!("in{i}"))).collect();
-    let outs: Vec<Reg> = (0..spec.outputs.len()).map(|i| b.ptr_param(&format!("out{i}"))).collect();
-    let ix = unravel(&mut b, idx, shape);
-    let mut vals: Vec<Val> = Vec::with_capacity(spec.exprs.len());
-    for e in &spec.exprs {
-        let v = match *e {
-            Expr::Input(k) => {
-                let off = dot(&mut b, &ix, &inputs[k].strides, 0);
-                let at = b.element(ins[k], off, 4);
-                b.ld(Space::Global, Ty::F32, at, 0).into()
-            }
-            Expr::Const(c) => Val::F32(c),
-            Expr::Unary(u, x) => math::unary(&mut PtxMath { b: &mut b }, u, vals[x]),
-            Expr::Binary(op, x, y) => math::binary(&mut PtxMath { b: &mut b }, op, vals[x], vals[y]),
-        };
-        vals.push(v);
-    }
-    for (&o, &p) in spec.outputs.iter().zip(&outs) {
-        let at = b.element(p, idx, 4);
-        b.st(Space::Global, Ty::F32, at, 0, vals[o]);
-    }
-    launch(b, total, params)
-}
-
-/// `c = a · b` with one thread per element of `c` (products too small for a tensor-core tile:
-/// decoding's one-row products) (`[batch…, m, n]`, contiguous), a sum over
-/// `k` in order with one rounding per step (`fma`).
-fn matmul(c: BufId, a: &Operand, bm: &Operand, batch: &[usize], m: usize, n: usize, k: usize) -> Generated {
-    let params = vec![ParamRef::Buf(c), ParamRef::Buf(a.buf), ParamRef::Buf(bm.buf)];
+/// `c = a · b` with one thread per element of `c` (`[batch…, m, n]`, contiguous), a sum over
+/// `k` in order with one rounding per step (`fma`): products too small for a tensor-core tile
+/// (decoding's one-row products).
+#[allow(clippy::too_many_arguments)]
+fn matmul(b: &mut Builder, spread: Spread, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batch: &[usize], m: usize, n: usize, k: usize) -> ([u32; 3], [u32; 3]) {
     let mut shape = batch.to_vec();
     shape.extend([m, n]);
-    let total: usize = shape.iter().product();
-    let (mut b, idx) = per_element(total);
-    let (pc, pa, pb) = (b.ptr_param("c"), b.ptr_param("a"), b.ptr_param("b"));
-    let ix = unravel(&mut b, idx, &shape);
     let r = batch.len();
     let mut a_strides = a.batch_strides.clone();
     a_strides.extend([a.row_stride, 0]);
     let mut b_strides = bm.batch_strides.clone();
     b_strides.extend([0, bm.col_stride]);
-    let a0 = dot(&mut b, &ix[..r + 2], &a_strides, 0);
-    let b0 = dot(&mut b, &ix[..r + 2], &b_strides, 0);
-    let pa = b.element(pa, a0, 4);
-    let pb = b.element(pb, b0, 4);
-    let acc = b.mov(Ty::F32, Val::F32(0.0));
-    let kk = b.mov(Ty::U64, Val::Int(0));
-    let (top, done) = (b.label(), b.label());
-    let empty = b.setp(Cmp::Eq, Ty::U64, Val::Int(k as i64), Val::Int(0));
-    b.bra_if(empty, false, done);
-    b.place(top);
-    let ao = b.bin(BinOp::Mul, Ty::U64, kk, Val::Int((a.col_stride * 4) as i64));
-    let ap = b.bin(BinOp::Add, Ty::U64, pa, ao);
-    let bo = b.bin(BinOp::Mul, Ty::U64, kk, Val::Int((bm.row_stride * 4) as i64));
-    let bp = b.bin(BinOp::Add, Ty::U64, pb, bo);
-    let x = b.ld(Space::Global, Ty::F32, ap, 0);
-    let y = b.ld(Space::Global, Ty::F32, bp, 0);
-    b.emit(Inst::Fma { ty: Ty::F32, dst: acc, a: x.into(), b: y.into(), c: acc.into() });
-    b.bin_to(kk, BinOp::Add, Ty::U64, kk, Val::Int(1));
-    let more = b.setp(Cmp::Lt, Ty::U64, kk, Val::Int(k as i64));
-    b.bra_if(more, false, top);
-    b.place(done);
-    let at = b.element(pc, idx, 4);
-    b.st(Space::Global, Ty::F32, at, 0, acc);
-    launch(b, total, params)
+    elements(b, spread, shape.iter().product(), |b, idx, _| {
+        let ix = unravel(b, idx, &shape);
+        let a0 = dot(b, &ix[..r + 2], &a_strides, 0);
+        let b0 = dot(b, &ix[..r + 2], &b_strides, 0);
+        let pa = b.element(pa, a0, 4);
+        let pb = b.element(pb, b0, 4);
+        let acc = b.mov(Ty::F32, Val::F32(0.0));
+        if k > 0 {
+            let kk = b.mov(Ty::U64, Val::Int(0));
+            let top = b.label();
+            b.place(top);
+            let ao = b.bin(BinOp::Mul, Ty::U64, kk, Val::Int((a.col_stride * 4) as i64));
+            let ap = b.bin(BinOp::Add, Ty::U64, pa, ao);
+            let bo = b.bin(BinOp::Mul, Ty::U64, kk, Val::Int((bm.row_stride * 4) as i64));
+            let bp = b.bin(BinOp::Add, Ty::U64, pb, bo);
+            let x = b.ld(Space::Global, Ty::F32, ap, 0);
+            let y = b.ld(Space::Global, Ty::F32, bp, 0);
+            b.emit(Inst::Fma { ty: Ty::F32, dst: acc, a: x.into(), b: y.into(), c: acc.into() });
+            b.bin_to(kk, BinOp::Add, Ty::U64, kk, Val::Int(1));
+            let more = b.setp(Cmp::Lt, Ty::U64, kk, Val::Int(k as i64));
+            b.bra_if(more, false, top);
+        }
+        let at = b.element(pc, idx, 4);
+        b.st(Space::Global, Ty::F32, at, 0, acc);
+    })
 }
 
 /// Sum, mean or max along the middle axis of `[outer, len, inner]`, one thread per result, in
 /// the CPU backends' order (a NaN is passed over by max, as there).
-fn reduce(dst: BufId, src: BufId, kind: ReduceKind, outer: usize, len: usize, inner: usize) -> Generated {
-    let params = vec![ParamRef::Buf(dst), ParamRef::Buf(src)];
-    let total = outer * inner;
-    let (mut b, idx) = per_element(total);
-    let (d, s) = (b.ptr_param("dst"), b.ptr_param("src"));
-    let ix = unravel(&mut b, idx, &[outer, inner]);
-    let from = dot(&mut b, &ix, &[len * inner, 1], 0);
-    let p = b.element(s, from, 4);
-    let acc = b.mov(Ty::F32, Val::F32(if kind == ReduceKind::Max { f32::NEG_INFINITY } else { 0.0 }));
-    let j = b.mov(Ty::U64, Val::Int(0));
-    let top = b.label();
-    b.place(top);
-    let x = b.ld(Space::Global, Ty::F32, p, 0);
-    match kind {
-        ReduceKind::Max => {
-            let greater = b.setp(Cmp::Gt, Ty::F32, x, acc);
-            b.emit(Inst::Selp { ty: Ty::F32, dst: acc, a: x.into(), b: acc.into(), p: greater });
+#[allow(clippy::too_many_arguments)]
+fn reduce(b: &mut Builder, spread: Spread, d: Reg, s: Reg, kind: ReduceKind, outer: usize, len: usize, inner: usize) -> ([u32; 3], [u32; 3]) {
+    elements(b, spread, outer * inner, |b, idx, _| {
+        let ix = unravel(b, idx, &[outer, inner]);
+        let from = dot(b, &ix, &[len * inner, 1], 0);
+        let p = b.element(s, from, 4);
+        let acc = b.mov(Ty::F32, Val::F32(if kind == ReduceKind::Max { f32::NEG_INFINITY } else { 0.0 }));
+        if len > 0 {
+            let j = b.mov(Ty::U64, Val::Int(0));
+            let top = b.label();
+            b.place(top);
+            let x = b.ld(Space::Global, Ty::F32, p, 0);
+            match kind {
+                ReduceKind::Max => {
+                    let greater = b.setp(Cmp::Gt, Ty::F32, x, acc);
+                    b.emit(Inst::Selp { ty: Ty::F32, dst: acc, a: x.into(), b: acc.into(), p: greater });
+                }
+                _ => b.bin_to(acc, BinOp::Add, Ty::F32, acc, x),
+            }
+            b.bin_to(p, BinOp::Add, Ty::U64, p, Val::Int((inner * 4) as i64));
+            b.bin_to(j, BinOp::Add, Ty::U64, j, Val::Int(1));
+            let more = b.setp(Cmp::Lt, Ty::U64, j, Val::Int(len as i64));
+            b.bra_if(more, false, top);
         }
-        _ => b.bin_to(acc, BinOp::Add, Ty::F32, acc, x),
-    }
-    b.bin_to(p, BinOp::Add, Ty::U64, p, Val::Int((inner * 4) as i64));
-    b.bin_to(j, BinOp::Add, Ty::U64, j, Val::Int(1));
-    let more = b.setp(Cmp::Lt, Ty::U64, j, Val::Int(len as i64));
-    b.bra_if(more, false, top);
-    let result = if kind == ReduceKind::Mean { b.bin(BinOp::Div, Ty::F32, acc, Val::F32(len as f32)) } else { acc };
-    let at = b.element(d, idx, 4);
-    b.st(Space::Global, Ty::F32, at, 0, result);
-    launch(b, total, params)
-}
-
-/// A kernel builder whose threads each take one element `idx` (a `u64`) of `0..total`, threads
-/// past the end returning at once; the parameters are declared by the caller after this.
-fn per_element(total: usize) -> (Builder, Reg) {
-    let mut b = Builder::new("tttc_kernel");
-    let ctaid = b.special(Special::Ctaid(0));
-    let ntid = b.special(Special::Ntid(0));
-    let tid = b.special(Special::Tid(0));
-    let base = b.bin(BinOp::MulWide, Ty::U32, ctaid, ntid);
-    let tid = b.cvt(None, Ty::U64, Ty::U32, tid);
-    let idx = b.bin(BinOp::Add, Ty::U64, base, tid);
-    let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
-    b.guarded(past, false, Inst::Ret);
-    (b, idx)
-}
-
-fn launch(b: Builder, total: usize, params: Vec<ParamRef>) -> Generated {
-    let block = (total.max(1) as u32).min(BLOCK);
-    Generated { kernel: b.finish(), grid: [total.div_ceil(block as usize).max(1) as u32, 1, 1], block: [block, 1, 1], params }
+        let result = if kind == ReduceKind::Mean { b.bin(BinOp::Div, Ty::F32, acc, Val::F32(len as f32)) } else { acc };
+        let at = b.element(d, idx, 4);
+        b.st(Space::Global, Ty::F32, at, 0, result);
+    })
 }
 
 /// `idx` as indices into `shape` (row-major); axes of length 1 are the constant 0.
@@ -337,8 +377,9 @@ pub(crate) fn dot(b: &mut Builder, index: &[Val], strides: &[usize], at: usize) 
     acc
 }
 
-/// The index at `x[i]`; when it is not in `0..len`, the status word is set and the thread returns.
-fn load_index(b: &mut Builder, x: Reg, i: Val, len: usize, status: Reg) -> Reg {
+/// The index at `x[i]`; when it is not in `0..len`, the status word is set and the element is
+/// skipped (a branch to `skip`).
+fn load_index(b: &mut Builder, x: Reg, i: Val, len: usize, status: Reg, skip: u32) -> Reg {
     let i = match i {
         Val::Reg(r) => r,
         v => b.mov(Ty::U64, v),
@@ -348,6 +389,6 @@ fn load_index(b: &mut Builder, x: Reg, i: Val, len: usize, status: Reg) -> Reg {
     // Unsigned: a negative index is huge.
     let bad = b.setp(Cmp::Ge, Ty::U64, k, Val::Int(len as i64));
     b.guarded(bad, false, Inst::St { space: Space::Global, ty: Ty::U32, addr: Addr { base: Base::Reg(status), offset: 0 }, src: vec![Val::Int(INDEX_OUT_OF_RANGE as i64)] });
-    b.guarded(bad, false, Inst::Ret);
+    b.bra_if(bad, false, skip);
     k
 }
