@@ -45,7 +45,16 @@ impl Integrator<'_> {
         let bytes = |b: usize| -> u64 { if buffers[b]["dtype"] == "f32" { 4 } else { 8 } };
         for step in func["steps"].as_array().unwrap() {
             if let Some(l) = step.get("launch") {
-                let pointer = |p: &Value| if p.get("status").is_some() { self.status } else { address(p["buffer"].as_u64().unwrap() as usize) };
+                let scratch = ws + func["arena_bytes"].as_u64().unwrap();
+                let pointer = |p: &Value| {
+                    if p.get("status").is_some() {
+                        self.status
+                    } else if p.get("scratch").is_some() {
+                        scratch
+                    } else {
+                        address(p["buffer"].as_u64().unwrap() as usize)
+                    }
+                };
                 self.launch(dev, l, &pointer);
                 continue;
             }

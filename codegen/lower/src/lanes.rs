@@ -19,28 +19,33 @@ pub struct LaneSplit {
     pub body: Graph,
 }
 
+/// The heads of a `[B, H, …]` scan: the axis the CPU backend splits over its threads.
 const LANE_AXIS: usize = 1;
 
-/// The split of `scan` into `parts` lanes, when it is safe.
+/// The split of `scan` into `parts` lanes along its second axis, when it is safe and that axis
+/// has a constant width.
 pub fn split(scan: &Scan, parts: usize) -> Option<LaneSplit> {
+    let width = scan.body.ty(scan.body.args.first()?.value).shape.get(LANE_AXIS)?.as_const()?;
+    split_at(scan, LANE_AXIS, width, parts)
+}
+
+/// The split of `scan` into `parts` lanes along `axis` (`width` wide: the resolved size of the
+/// body's axis, which may be a symbol such as `B`), when it is safe.
+pub fn split_at(scan: &Scan, axis: usize, width: usize, parts: usize) -> Option<LaneSplit> {
     let body = &scan.body;
-    if parts < 2 || scan.axis == LANE_AXIS {
+    if parts < 2 || scan.axis == axis || width % parts != 0 || width < parts {
         return None;
     }
     let chunked = scan.carries + scan.seqs;
-    let width = match body.ty(body.args.first()?.value).shape.get(LANE_AXIS)?.as_const()? {
-        w if w % parts == 0 && w >= parts => w,
-        _ => return None,
-    };
-    let lane_dim = Dim::c(width);
+    let lane_dim = body.ty(body.args.first()?.value).shape.get(axis)?.clone();
     let mut lanes: Vec<Option<Option<usize>>> = vec![None; body.types.len()]; // None: not yet known
     for (i, a) in body.args.iter().enumerate() {
         let shape = &body.ty(a.value).shape;
-        let spans = shape.get(LANE_AXIS) == Some(&lane_dim);
+        let spans = shape.get(axis) == Some(&lane_dim);
         if i < chunked && !spans {
             return None;
         }
-        lanes[a.value.index()] = Some(spans.then_some(LANE_AXIS));
+        lanes[a.value.index()] = Some(spans.then_some(axis));
     }
     for node in &body.nodes {
         let ins: Vec<Option<usize>> = node.inputs.iter().map(|v| lanes[v.index()].flatten()).collect();
@@ -52,7 +57,7 @@ pub fn split(scan: &Scan, parts: usize) -> Option<LaneSplit> {
     let mut result_lanes = Vec::new();
     for (k, (_, v)) in body.outputs.iter().enumerate() {
         let lane = lanes[v.index()].flatten()?;
-        if k < scan.carries && lane != LANE_AXIS {
+        if k < scan.carries && lane != axis {
             return None;
         }
         result_lanes.push(lane);

@@ -144,6 +144,10 @@ pub struct ScanInstr {
     pub invariants: Vec<BufId>,
     /// Per-chunk outputs, written into their place in the stacked result.
     pub outputs: Vec<Slicing>,
+    /// The scan as in the graph, and the sizes bound where it runs (its chunk symbol unbound):
+    /// what a backend needs to compile the loop whole.
+    pub ir: Box<tttc_ir::Scan>,
+    pub env: DimEnv,
 }
 
 /// A sequence operand or a stacked result of a scan, and how one iteration's piece of it is
@@ -215,6 +219,14 @@ pub fn model(graph: &Graph, env: &DimEnv) -> Result<(Schedule, Signature)> {
         kernels: s.specs.len(),
     };
     Ok((s, sig))
+}
+
+/// Schedules a body planned for one thread as a function of arguments of `shapes` (its graph's
+/// other symbols bound in `env`); the function is the schedule's last.
+pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>]) -> Result<Schedule> {
+    let mut s = Schedule { functions: Vec::new(), specs };
+    function(&mut s, body, env.clone(), shapes)?;
+    Ok(s)
 }
 
 /// Schedules a body planned for one thread, its graph's symbols bound in `env`.
@@ -545,6 +557,7 @@ impl Builder<'_> {
                 })
                 .collect()
         };
+        let env_for_ir = env.clone();
         let whole = if full > 0 { Some(function(self.s, body, env.clone(), &arg_shapes(scan.chunk))?) } else { None };
         let tail = if rem > 0 { Some((function(self.s, body, env, &arg_shapes(rem))?, rem)) } else { None };
         let body_fn = whole.or(tail.map(|t| t.0)).expect("one of them exists");
@@ -587,6 +600,8 @@ impl Builder<'_> {
             seqs,
             invariants: ins[nc + ns..].to_vec(),
             outputs,
+            ir: Box::new(scan.clone()),
+            env: env_for_ir,
         })));
         // The final carries: the last buffer written, or copied out of it into an output.
         for (&want, &have) in outs[..nc].iter().zip(&results) {

@@ -59,6 +59,23 @@ struct Shadow {
     many: bool,
 }
 
+/// Per 4-byte word of global memory touched in one launch, accesses named by (block, barrier
+/// interval, thread): the last write; the first reading block and whether others read too; the
+/// last reader and whether other threads of its block read in the same interval.
+#[derive(Clone, Copy, Default)]
+struct GlobalShadow {
+    write: Option<(u32, u32, u32)>,
+    read_block: Option<u32>,
+    blocks_read: bool,
+    last_read: Option<(u32, u32, u32)>,
+    threads_read: bool,
+}
+
+/// Two accesses are ordered only within one block, across a barrier (or by the same thread).
+fn unordered(a: (u32, u32, u32), b: (u32, u32, u32)) -> bool {
+    a.0 != b.0 || (a.1 == b.1 && a.2 != b.2)
+}
+
 /// A kernel ready to run: labels resolved, registers numbered densely.
 struct Prepared<'k> {
     kernel: &'k Kernel,
@@ -117,11 +134,14 @@ pub fn launch(kernel: &Kernel, dims: Dims, params: &[u64], mem: &mut Memory) -> 
     ensure!((1..=1024).contains(&threads_per_block), "kernel {}: a block of {threads_per_block} threads (1 to 1024 allowed)", kernel.name);
     let prepared = Prepared::new(kernel).map_err(|e| anyhow!("kernel {}: {e}", kernel.name))?;
     let mut counts = Counts::default();
+    let mut global = std::collections::HashMap::new();
+    let mut id = 0;
     for bz in 0..dims.grid[2] {
         for by in 0..dims.grid[1] {
             for bx in 0..dims.grid[0] {
-                let mut block = Block::new(&prepared, dims, [bx, by, bz], params);
+                let mut block = Block::new(&prepared, dims, [bx, by, bz], params, id, &mut global);
                 block.run(mem, &mut counts).map_err(|e| anyhow!("kernel {}, block ({bx}, {by}, {bz}): {e}", kernel.name))?;
+                id += 1;
             }
         }
     }
@@ -130,6 +150,9 @@ pub fn launch(kernel: &Kernel, dims: Dims, params: &[u64], mem: &mut Memory) -> 
 
 struct Block<'a, 'k> {
     p: &'a Prepared<'k>,
+    /// This block's index in the launch, and the launch's global-memory shadow.
+    id: u32,
+    global: &'a mut std::collections::HashMap<u64, GlobalShadow>,
     dims: Dims,
     ctaid: [u32; 3],
     params: &'a [u64],
@@ -141,7 +164,7 @@ struct Block<'a, 'k> {
 }
 
 impl<'a, 'k> Block<'a, 'k> {
-    fn new(p: &'a Prepared<'k>, dims: Dims, ctaid: [u32; 3], params: &'a [u64]) -> Block<'a, 'k> {
+    fn new(p: &'a Prepared<'k>, dims: Dims, ctaid: [u32; 3], params: &'a [u64], id: u32, global: &'a mut std::collections::HashMap<u64, GlobalShadow>) -> Block<'a, 'k> {
         let mut threads = Vec::new();
         for z in 0..dims.block[2] {
             for y in 0..dims.block[1] {
@@ -151,7 +174,7 @@ impl<'a, 'k> Block<'a, 'k> {
             }
         }
         let shadow = vec![Shadow::default(); p.shared_bytes.div_ceil(4)];
-        Block { p, dims, ctaid, params, threads, shared: vec![0; p.shared_bytes], shadow, epoch: 1 }
+        Block { p, id, global, dims, ctaid, params, threads, shared: vec![0; p.shared_bytes], shadow, epoch: 1 }
     }
 
     fn run(&mut self, mem: &mut Memory, counts: &mut Counts) -> Result<()> {
@@ -324,7 +347,10 @@ impl<'a, 'k> Block<'a, 'k> {
                 for (k, r) in dst.iter().enumerate() {
                     let a = at + (k * n) as u64;
                     let bytes = match space {
-                        Space::Global => mem.read(a, n)?.to_vec(),
+                        Space::Global => {
+                            self.global_access(t, a, n, false)?;
+                            mem.read(a, n)?.to_vec()
+                        }
                         _ => self.shared_access(t, a, n, false)?.to_vec(),
                     };
                     let mut b = [0u8; 8];
@@ -342,7 +368,10 @@ impl<'a, 'k> Block<'a, 'k> {
                     let bits = self.val(t, v, *ty)?.to_le_bytes();
                     let a = at + (k * n) as u64;
                     match space {
-                        Space::Global => mem.write(a, &bits[..n])?,
+                        Space::Global => {
+                            self.global_access(t, a, n, true)?;
+                            mem.write(a, &bits[..n])?
+                        }
                         _ => self.shared_access(t, a, n, true)?.copy_from_slice(&bits[..n]),
                     }
                 }
@@ -383,6 +412,40 @@ impl<'a, 'k> Block<'a, 'k> {
             }
             Inst::BarSync | Inst::Shfl { .. } | Inst::MmaTf32 { .. } | Inst::Ret | Inst::Bra { .. } => unreachable!("handled by the scheduler"),
         }
+    }
+
+    /// Records a global access of `n` bytes at `addr`; an error when another block, or another
+    /// thread of this block since the last barrier, touched a word of it and one of the two wrote.
+    fn global_access(&mut self, t: usize, addr: u64, n: usize, write: bool) -> Result<()> {
+        let me = (self.id, self.epoch, t as u32);
+        for w in (addr / 4)..(addr + n as u64).div_ceil(4) {
+            let s = self.global.entry(w).or_default();
+            if let Some(other) = s.write.filter(|&o| unordered(o, me)) {
+                bail!("data race: global address 0x{:x} is written by thread {} of block {} and {} by thread {} of block {} with no ordering between", w * 4, other.2, other.0, if write { "written" } else { "read" }, me.2, me.0);
+            }
+            if write {
+                let other_block = s.read_block.is_some_and(|b| b != me.0) || s.blocks_read;
+                let same_interval = s.last_read.is_some_and(|o| o.0 == me.0 && o.1 == me.1 && (o.2 != me.2 || s.threads_read));
+                if other_block || same_interval {
+                    bail!("data race: global address 0x{:x} is read and then written by thread {} of block {} with no ordering between", w * 4, me.2, me.0);
+                }
+                s.write = Some(me);
+            } else {
+                match s.read_block {
+                    None => s.read_block = Some(me.0),
+                    Some(b) if b != me.0 => s.blocks_read = true,
+                    _ => {}
+                }
+                match s.last_read {
+                    Some(o) if o.0 == me.0 && o.1 == me.1 => s.threads_read |= o.2 != me.2,
+                    _ => {
+                        s.last_read = Some(me);
+                        s.threads_read = false;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `n` bytes of shared memory at `addr`, after checking bounds and recording the access.

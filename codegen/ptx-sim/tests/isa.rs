@@ -334,3 +334,54 @@ fn printing_and_parsing_round_trip() {
         assert_eq!(parse(&printed).unwrap(), m, "{printed}");
     }
 }
+
+/// Threads of one block exchanging values through global memory: ordered by a barrier, and a
+/// race without it; two blocks writing the same word are never ordered within a launch.
+const EXCHANGE: &str = r#"
+.visible .entry exchange(
+	.param .u64 buf,
+	.param .u64 out
+)
+{
+	.reg .b32 %r<4>;
+	.reg .b64 %rd<8>;
+	.reg .f32 %f<2>;
+	ld.param.u64 %rd0, [buf];
+	cvta.to.global.u64 %rd0, %rd0;
+	ld.param.u64 %rd1, [out];
+	cvta.to.global.u64 %rd1, %rd1;
+	mov.u32 %r0, %tid.x;
+	cvt.rn.f32.u32 %f0, %r0;
+	mul.wide.u32 %rd2, %r0, 4;
+	add.u64 %rd3, %rd0, %rd2;
+	st.global.f32 [%rd3], %f0;
+	BARRIER
+	mov.u32 %r1, 31;
+	sub.u32 %r1, %r1, %r0;
+	mul.wide.u32 %rd4, %r1, 4;
+	add.u64 %rd5, %rd0, %rd4;
+	ld.global.f32 %f1, [%rd5];
+	mov.u32 %r2, %ctaid.x;
+	mad.lo.u32 %r3, %r2, 32, %r0;
+	mul.wide.u32 %rd6, %r3, 4;
+	add.u64 %rd7, %rd1, %rd6;
+	st.global.f32 [%rd7], %f1;
+	ret;
+}
+"#;
+
+#[test]
+fn global_memory_races_are_reported() {
+    let mut mem = Memory::new();
+    let (buf, out) = (mem.alloc(4 * 32), mem.alloc(4 * 64));
+    let ordered = module(&EXCHANGE.replace("BARRIER", "bar.sync 0;"));
+    launch(&ordered.kernels[0], dims(1, 32), &[buf, out], &mut mem).unwrap();
+    let expected: Vec<f32> = (0..32).rev().map(|i| i as f32).collect();
+    assert_eq!(floats(&mem, out, 32), expected);
+    let unordered = module(&EXCHANGE.replace("BARRIER", ""));
+    let err = launch(&unordered.kernels[0], dims(1, 32), &[buf, out], &mut mem).unwrap_err().to_string();
+    assert!(err.contains("data race: global address"), "{err}");
+    // Two blocks: each writes the same 32 words of `buf`.
+    let err = launch(&ordered.kernels[0], dims(2, 32), &[buf, out], &mut mem).unwrap_err().to_string();
+    assert!(err.contains("data race") && err.contains("block (1, 0, 0)"), "{err}");
+}

@@ -21,6 +21,8 @@ pub enum ParamRef {
     Buf(BufId),
     /// The model's status word: kernels that check indices write 1 there on a bad one.
     Status,
+    /// The calling function's workspace after its own buffers (a persistent scan's lanes).
+    Scratch,
 }
 
 /// A kernel as generated, before deduplication, with the launch that runs it.
@@ -218,6 +220,30 @@ fn elements(b: &mut Builder, spread: Spread, total: usize, body: impl FnOnce(&mu
             ([1, 1, 1], [PERSISTENT_THREADS, 1, 1])
         }
     }
+}
+
+/// Floating-point operations of one run of `instr` (a transcendental counts as one).
+pub fn instr_flops(specs: &[KernelSpec], instr: &Instr) -> u64 {
+    match instr {
+        Instr::Kernel { kernel, outer, rows, n, .. } => {
+            let ops = specs[*kernel].exprs.iter().filter(|e| matches!(e, Expr::Unary(..) | Expr::Binary(..))).count();
+            (outer.iter().product::<usize>() * rows * n * ops) as u64
+        }
+        Instr::MatMul { batch, m, n, k, .. } => 2 * (batch.iter().product::<usize>() * m * n * k) as u64,
+        Instr::Reduce { outer, len, inner, .. } => (outer * len * inner) as u64,
+        _ => 0,
+    }
+}
+
+/// Bytes of global memory one run of `instr` moves: each buffer it touches, once.
+pub fn instr_bytes(f: &Function, instr: &Instr) -> u64 {
+    params_of(f, instr)
+        .iter()
+        .map(|(p, _)| match p {
+            ParamRef::Buf(b) => f.bufs[*b].bytes() as u64,
+            ParamRef::Status | ParamRef::Scratch => 0,
+        })
+        .sum()
 }
 
 pub fn elem_bytes(d: DType) -> usize {

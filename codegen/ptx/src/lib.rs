@@ -5,6 +5,8 @@
 //! * [`build`]: a kernel builder with fresh registers, parameters and labels.
 //! * [`kernels`]: one kernel per scheduled instruction, sizes baked in; matrix products on
 //!   tensor cores at f32 accuracy (`gemm`: three tf32 `mma.sync` per step).
+//! * `persistent`: a whole scan as one kernel, one block per lane (the TTT mini-batch loop per
+//!   batch × head), the body's instructions one after another in the block.
 //! * [`model`]: a whole model as kernels and the host program that launches them on a [`model::Device`].
 //! * [`ptxas`]: NVIDIA's assembler, when installed: each module assembled, its figures read.
 
@@ -14,6 +16,7 @@ pub mod isa;
 pub mod kernels;
 mod math;
 pub mod model;
+mod persistent;
 pub mod ptxas;
 mod parse;
 

@@ -11,6 +11,7 @@ use tttc_lower::schedule::{self, BufId, Function, Home, Instr, Schedule, ScanIns
 
 use crate::isa::{Kernel, Module};
 use crate::kernels::{self, elem_bytes, Generated, ParamRef};
+use crate::persistent;
 
 /// Where kernels run: device memory addressed by 64-bit pointers, and launches of the model's
 /// kernels by index.
@@ -42,7 +43,10 @@ struct PieceCopies {
 
 enum Step {
     Launches(Vec<Launch>),
+    /// A scan driven from the host, one launch per body instruction per chunk.
     Scan { seqs: Vec<PieceCopies>, outputs: Vec<PieceCopies> },
+    /// A scan as one persistent kernel, and its work in one run.
+    Persistent { launch: Launch, work: Work },
 }
 
 pub struct GpuModel {
@@ -75,13 +79,31 @@ impl Kernels {
 impl GpuModel {
     /// Compiles `graph` (after the pass pipeline) at the sizes `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<GpuModel> {
-        let (schedule, signature) = schedule::model(graph, env)?;
+        let (schedule, mut signature) = schedule::model(graph, env)?;
         let mut kernels = Kernels { list: Vec::new(), by_text: HashMap::new() };
         let mut steps = Vec::new();
-        for f in &schedule.functions {
+        let entry = schedule.functions.len() - 1;
+        for (fi, f) in schedule.functions.iter().enumerate() {
             let mut fs = Vec::new();
             for instr in &f.instrs {
                 fs.push(match instr {
+                    // The model's own scans become persistent kernels where their lanes separate.
+                    Instr::Scan(s) if fi == entry => match persistent::compile(f, s)? {
+                        Some(p) => {
+                            signature.workspace_bytes = signature.workspace_bytes.max(f.arena + p.scratch_bytes);
+                            let lanes = p.generated.grid[0] as u64;
+                            let mut work = Work { launches: 1, ..Work::default() };
+                            for (body, iterations) in &p.bodies {
+                                let bf = &body.functions[0];
+                                for i in &bf.instrs {
+                                    work.flops += lanes * *iterations as u64 * kernels::instr_flops(&body.specs, i);
+                                    work.bytes += lanes * *iterations as u64 * kernels::instr_bytes(bf, i);
+                                }
+                            }
+                            Step::Persistent { launch: kernels.add(p.generated), work }
+                        }
+                        None => scan_copies(f, s, &mut kernels),
+                    },
                     Instr::Scan(s) => scan_copies(f, s, &mut kernels),
                     _ => Step::Launches(kernels::for_instr(f, instr, &schedule.specs).into_iter().map(|g| kernels.add(g)).collect()),
                 });
@@ -169,6 +191,7 @@ impl GpuModel {
                 .map(|p| match p {
                     ParamRef::Buf(b) => ptr(*b),
                     ParamRef::Status => status,
+                    ParamRef::Scratch => ws + f.arena as u64,
                 })
                 .collect()
         };
@@ -178,6 +201,9 @@ impl GpuModel {
                     for l in ls {
                         dev.launch(l.kernel, l.grid, l.block, &params(l)).with_context(|| format!("kernel {}", self.kernels[l.kernel].name))?;
                     }
+                }
+                (_, Step::Persistent { launch: l, .. }) => {
+                    dev.launch(l.kernel, l.grid, l.block, &params(l)).with_context(|| format!("kernel {} (a whole scan)", self.kernels[l.kernel].name))?;
                 }
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
                     let nested = ws + f.arena as u64;
@@ -303,7 +329,6 @@ impl GpuModel {
 
     fn add_work(&self, fi: usize, times: u64, work: &mut [Work]) {
         let f = &self.schedule.functions[fi];
-        let bytes = |b: BufId| f.bufs[b].bytes() as u64;
         for (instr, step) in f.instrs.iter().zip(&self.steps[fi]) {
             match (instr, step) {
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
@@ -321,21 +346,15 @@ impl GpuModel {
                         }
                     }
                 }
+                (_, Step::Persistent { launch, work: w }) => {
+                    let k = &mut work[launch.kernel];
+                    k.launches += times * w.launches;
+                    k.flops += times * w.flops;
+                    k.bytes += times * w.bytes;
+                }
                 (_, Step::Launches(ls)) => {
-                    let flops = match instr {
-                        Instr::Kernel { kernel, outer, rows, n, .. } => {
-                            let ops = self.schedule.specs[*kernel].exprs.iter().filter(|e| matches!(e, tttc_lower::elementwise::Expr::Unary(..) | tttc_lower::elementwise::Expr::Binary(..))).count();
-                            (outer.iter().product::<usize>() * rows * n * ops) as u64
-                        }
-                        Instr::MatMul { batch, m, n, k, .. } => 2 * (batch.iter().product::<usize>() * m * n * k) as u64,
-                        Instr::Reduce { outer, len, inner, .. } => (outer * len * inner) as u64,
-                        _ => 0,
-                    };
+                    let (flops, moved) = (kernels::instr_flops(&self.schedule.specs, instr), kernels::instr_bytes(f, instr));
                     for l in ls {
-                        let moved: u64 = l.params.iter().map(|p| match p {
-                            ParamRef::Buf(b) => bytes(*b),
-                            ParamRef::Status => 0,
-                        }).sum();
                         let w = &mut work[l.kernel];
                         w.launches += times;
                         w.flops += times * flops;
@@ -355,6 +374,7 @@ impl GpuModel {
             let params: Vec<serde_json::Value> = l.params.iter().map(|p| match p {
                 ParamRef::Buf(b) => json!({ "buffer": b }),
                 ParamRef::Status => json!({ "status": true }),
+                ParamRef::Scratch => json!({ "scratch": true }),
             }).collect();
             json!({ "kernel": self.kernels[l.kernel].name, "grid": l.grid, "block": l.block, "params": params })
         };
@@ -399,6 +419,7 @@ impl GpuModel {
                         }})]
                     }
                     (_, Step::Launches(ls)) => ls.iter().map(|l| json!({ "launch": launch(l) })).collect(),
+                    (_, Step::Persistent { launch: l, .. }) => vec![json!({ "launch": launch(l) })],
                     _ => unreachable!("steps are built per instruction"),
                 }).collect();
                 json!({ "buffers": buffers, "arena_bytes": f.arena, "workspace_bytes": f.workspace, "steps": steps })

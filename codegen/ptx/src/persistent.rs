@@ -1,0 +1,240 @@
+//! A whole scan as one kernel: one block per lane (per batch × head for a TTT mini-batch loop)
+//! runs every iteration of the body, the body's instructions one after another with a barrier
+//! between them, so no launch separates two mini-batches. The lanes come from splitting the scan
+//! where its body keeps them apart (`tttc_lower::lanes`: the heads, then the batch); each block
+//! reads its lane's slice of every operand in place and keeps its intermediate values in its own
+//! part of the workspace. The carried state (TTT's inner weights) goes back and forth between
+//! two buffers per lane that only this block touches, so it stays in the SM's caches from one
+//! mini-batch to the next. Matrix products inside run on tensor cores ([`crate::gemm`]).
+
+use anyhow::Result;
+use tttc_ir::interp::contiguous_strides;
+use tttc_lower::lanes;
+use tttc_lower::schedule::{self, BufId, Function, Home, Instr, ScanInstr, Schedule};
+
+use crate::build::Builder;
+use crate::isa::*;
+use crate::kernels::{self, elem_bytes, params_of, Generated, ParamRef, Spread, PERSISTENT_THREADS};
+
+/// Workspace each lane's block gets, rounded to this.
+const LANE_ALIGN: usize = 256;
+
+pub struct Persistent {
+    pub generated: Generated,
+    /// Bytes of scratch it needs after the calling function's arena.
+    pub scratch_bytes: usize,
+    /// The body's schedule (full chunk, then the shorter last one if any), for its work figures.
+    pub bodies: Vec<(Schedule, usize)>,
+}
+
+/// The operand (or result) buffers of a scan, and on which of the split axes each has its lane.
+struct Lanes {
+    /// (axis, width) of each split, in the order the block index is decomposed.
+    axes: Vec<(usize, usize)>,
+    /// Per scan operand (carries, sequences, invariants), per split: whether it has the lane.
+    operand: Vec<Vec<bool>>,
+    /// Per per-chunk output: likewise.
+    output: Vec<Vec<bool>>,
+    body: tttc_ir::Graph,
+}
+
+/// The scan `s` of `f` as one persistent kernel, or `None` when its lanes cannot be separated
+/// into at least two independent, contiguous slices.
+pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
+    let operands: Vec<BufId> = s.carries.iter().map(|c| c.0).chain(s.seqs.iter().map(|sl| sl.buf)).chain(s.invariants.iter().copied()).collect();
+    let Some(lanes) = split(f, s, &operands) else { return Ok(None) };
+    let count: usize = lanes.axes.iter().map(|a| a.1).product();
+    if count < 2 {
+        return Ok(None);
+    }
+    let narrow = |shape: &[usize], has: &[bool]| -> Vec<usize> {
+        let mut out = shape.to_vec();
+        for ((axis, _), &h) in lanes.axes.iter().zip(has) {
+            if h {
+                out[*axis] = 1;
+            }
+        }
+        out
+    };
+    // Every lane's slice, and every iteration's piece of it, must be contiguous.
+    let contiguous_before = |shape: &[usize], upto: usize| shape[..upto].iter().all(|&d| d == 1);
+    let (nc, ns) = (s.carries.len(), s.seqs.len());
+    for (j, &b) in operands.iter().enumerate() {
+        let n = narrow(&f.bufs[b].shape, &lanes.operand[j]);
+        let upto = if (nc..nc + ns).contains(&j) { s.axis } else { lanes.axes.iter().zip(&lanes.operand[j]).filter(|(_, &h)| h).map(|((a, _), _)| a + 1).max().unwrap_or(0) };
+        if !contiguous_before(&n, upto) {
+            return Ok(None);
+        }
+    }
+    for (j, sl) in s.outputs.iter().enumerate() {
+        if !contiguous_before(&narrow(&f.bufs[sl.buf].shape, &lanes.output[j]), s.axis) {
+            return Ok(None);
+        }
+    }
+
+    // The narrow body, planned and scheduled for one lane at each chunk length.
+    let mut specs = Vec::new();
+    let plan = tttc_lower::plan::plan(&lanes.body, 1, &mut specs, &mut tttc_lower::plan::PlanStats::default());
+    let env = &s.env;
+    let shapes = |len: usize| -> Vec<Vec<usize>> {
+        operands
+            .iter()
+            .enumerate()
+            .map(|(j, &b)| {
+                let mut n = narrow(&f.bufs[b].shape, &lanes.operand[j]);
+                if (nc..nc + ns).contains(&j) {
+                    n[s.axis] = if s.seqs[j - nc].per == 1 { 1 } else { len };
+                }
+                n
+            })
+            .collect()
+    };
+    let mut bodies = Vec::new();
+    for (iterations, len) in [(s.full, s.chunk), (usize::from(s.tail.is_some()), s.tail.map_or(0, |t| t.1))] {
+        if iterations == 0 {
+            continue;
+        }
+        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), env, &shapes(len))?;
+        if sched.functions.len() != 1 || sched.functions[0].instrs.iter().any(|i| matches!(i, Instr::Scan(_))) {
+            return Ok(None);
+        }
+        bodies.push((sched, iterations));
+    }
+    let lane_bytes = bodies.iter().map(|(sc, _)| sc.functions[0].workspace).max().unwrap_or(0).div_ceil(LANE_ALIGN) * LANE_ALIGN;
+
+    // Parameters: every operand, the carries' two buffers, every output, then scratch and status.
+    let mut params: Vec<(ParamRef, String)> = Vec::new();
+    for (j, &b) in operands.iter().enumerate() {
+        params.push((ParamRef::Buf(b), format!("operand{j}")));
+    }
+    for (j, (_, pair)) in s.carries.iter().enumerate() {
+        params.push((ParamRef::Buf(pair[0]), format!("carry{j}_even")));
+        params.push((ParamRef::Buf(pair[1]), format!("carry{j}_odd")));
+    }
+    for (j, sl) in s.outputs.iter().enumerate() {
+        params.push((ParamRef::Buf(sl.buf), format!("output{j}")));
+    }
+    params.push((ParamRef::Scratch, "scratch".into()));
+    params.push((ParamRef::Status, "status".into()));
+    let mut b = Builder::new("tttc_kernel");
+    let ptrs: Vec<Reg> = params.iter().map(|(_, n)| b.ptr_param(n)).collect();
+    let n_ops = operands.len();
+    let (op_ptrs, pair_ptrs) = (&ptrs[..n_ops], &ptrs[n_ops..n_ops + 2 * nc]);
+    let out_ptrs = &ptrs[n_ops + 2 * nc..n_ops + 2 * nc + s.outputs.len()];
+    let (scratch, status) = (ptrs[ptrs.len() - 2], ptrs[ptrs.len() - 1]);
+
+    // This block's lane, and each buffer's lane offset in bytes.
+    let lane = b.special(Special::Ctaid(0));
+    let lane = b.cvt(None, Ty::U64, Ty::U32, lane);
+    let mut lane_index = Vec::new();
+    let mut rest: Val = lane.into();
+    for &(_, width) in lanes.axes.iter().rev() {
+        lane_index.push(b.bin(BinOp::Rem, Ty::U64, rest, Val::Int(width as i64)));
+        rest = b.bin(BinOp::Div, Ty::U64, rest, Val::Int(width as i64)).into();
+    }
+    lane_index.reverse();
+    let offset = |b: &mut Builder, base: Reg, buf: BufId, has: &[bool]| -> Reg {
+        let strides = contiguous_strides(&f.bufs[buf].shape);
+        let at = b.mov(Ty::U64, Val::Int(0));
+        for (((axis, _), &h), &i) in lanes.axes.iter().zip(has).zip(&lane_index) {
+            if h {
+                b.emit(Inst::Fma { ty: Ty::U64, dst: at, a: i.into(), b: Val::Int((strides[*axis] * elem_bytes(f.bufs[buf].dtype)) as i64), c: at.into() });
+            }
+        }
+        b.bin(BinOp::Add, Ty::U64, base, at)
+    };
+    let op_lane: Vec<Reg> = operands.iter().enumerate().map(|(j, &buf)| offset(&mut b, op_ptrs[j], buf, &lanes.operand[j])).collect();
+    let pair_lane: Vec<[Reg; 2]> = s.carries.iter().enumerate().map(|(j, (init, pair))| {
+        let _ = init;
+        [offset(&mut b, pair_ptrs[2 * j], pair[0], &lanes.operand[j]), offset(&mut b, pair_ptrs[2 * j + 1], pair[1], &lanes.operand[j])]
+    }).collect();
+    let out_lane: Vec<Reg> = s.outputs.iter().enumerate().map(|(j, sl)| offset(&mut b, out_ptrs[j], sl.buf, &lanes.output[j])).collect();
+    let lane_ws = b.fma(Ty::U64, lane, Val::Int(lane_bytes as i64), scratch);
+
+    // Bytes between consecutive iterations' pieces of a sequence or output.
+    let step_bytes = |buf: BufId, per: usize| -> i64 {
+        let shape = &f.bufs[buf].shape;
+        (per * shape[s.axis + 1..].iter().product::<usize>() * elem_bytes(f.bufs[buf].dtype)) as i64
+    };
+    let it = b.mov(Ty::U64, Val::Int(0));
+    let mut first = true;
+    for (sched, iterations) in &bodies {
+        let body = &sched.functions[0];
+        let top = b.label();
+        b.place(top);
+        // The iteration's arguments and outputs.
+        let parity = b.bin(BinOp::And, Ty::B64, it, Val::Int(1));
+        let even = b.setp(Cmp::Eq, Ty::U64, parity, Val::Int(0));
+        let at_start = b.setp(Cmp::Eq, Ty::U64, it, Val::Int(0));
+        let mut args = Vec::new();
+        let mut outs = Vec::new();
+        for (j, pair) in pair_lane.iter().enumerate() {
+            let previous = b.selp(Ty::U64, even, pair[1], pair[0]);
+            args.push(b.selp(Ty::U64, at_start, op_lane[j], previous));
+            outs.push(b.selp(Ty::U64, even, pair[0], pair[1]));
+        }
+        for (j, sl) in s.seqs.iter().enumerate() {
+            args.push(b.fma(Ty::U64, it, Val::Int(step_bytes(sl.buf, sl.per)), op_lane[nc + j]));
+        }
+        args.extend_from_slice(&op_lane[nc + ns..]);
+        for (j, sl) in s.outputs.iter().enumerate() {
+            outs.push(b.fma(Ty::U64, it, Val::Int(step_bytes(sl.buf, sl.per)), out_lane[j]));
+        }
+        for instr in &body.instrs {
+            let ptrs: Vec<Reg> = params_of(body, instr)
+                .into_iter()
+                .map(|(p, _)| match p {
+                    ParamRef::Buf(x) => {
+                        let r = body.root(x);
+                        match body.bufs[r].home {
+                            Home::Arg(j) => args[j],
+                            Home::Out(j) => outs[j],
+                            Home::Work => b.bin(BinOp::Add, Ty::U64, lane_ws, Val::Int(body.bufs[r].offset as i64)),
+                            Home::Alias(_) => unreachable!("root() follows aliases"),
+                        }
+                    }
+                    ParamRef::Status => status,
+                    ParamRef::Scratch => unreachable!("a body's instructions take no scratch"),
+                })
+                .collect();
+            kernels::emit(&mut b, Spread::Block, body, instr, &sched.specs, &ptrs);
+            b.emit(Inst::BarSync);
+        }
+        b.bin_to(it, BinOp::Add, Ty::U64, it, Val::Int(1));
+        if first && *iterations > 1 {
+            let more = b.setp(Cmp::Lt, Ty::U64, it, Val::Int(*iterations as i64));
+            b.bra_if(more, false, top);
+        }
+        first = false;
+    }
+    let generated = Generated { kernel: b.finish(), grid: [count as u32, 1, 1], block: [PERSISTENT_THREADS, 1, 1], params: params.into_iter().map(|p| p.0).collect() };
+    Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, bodies }))
+}
+
+/// Splits the scan along its heads (axis 1) and then its batch (axis 0), where the body keeps
+/// them apart; an axis of width 1 needs no split.
+fn split(f: &Function, s: &ScanInstr, operands: &[BufId]) -> Option<Lanes> {
+    let mut scan = (*s.ir).clone();
+    let mut axes = Vec::new();
+    let mut operand: Vec<Vec<bool>> = vec![Vec::new(); operands.len()];
+    let mut output: Vec<Vec<bool>> = vec![Vec::new(); s.outputs.len()];
+    for axis in [1, 0] {
+        let width = *f.bufs[*operands.first()?].shape.get(axis)?;
+        if width < 2 || axis == scan.axis {
+            continue;
+        }
+        let split = lanes::split_at(&scan, axis, width, width)?;
+        for (j, lane) in split.operand_lanes.iter().enumerate() {
+            operand[j].push(*lane == Some(axis));
+        }
+        for (j, &lane) in split.result_lanes[scan.carries..].iter().enumerate() {
+            if lane != axis {
+                return None;
+            }
+            output[j].push(true);
+        }
+        axes.push((axis, width));
+        scan.body = split.body;
+    }
+    Some(Lanes { axes, operand, output, body: scan.body })
+}
