@@ -53,6 +53,18 @@ struct GpuModel {
     kernels: Vec<GpuKernel>,
     /// The `ptxas` that assembled every module (`null` when none was found: no figures then).
     ptxas: Option<String>,
+    /// An estimate of one forward pass on an H100 from the sm_90 figures (`null` without ptxas):
+    /// not a measurement.
+    estimate: Option<GpuEstimate>,
+}
+
+#[derive(Serialize)]
+struct GpuEstimate {
+    gpu: tttc_ptx::estimate::Gpu,
+    seconds: f64,
+    launches: u64,
+    /// Seconds by what bounds each kernel.
+    seconds_by_bound: BTreeMap<&'static str, f64>,
 }
 
 #[derive(Serialize)]
@@ -66,6 +78,8 @@ struct GpuKernel {
     work: tttc_ptx::model::Work,
     /// `ptxas -v` per target: registers, spills, stack and shared memory.
     ptxas: BTreeMap<&'static str, tttc_ptx::ptxas::Figures>,
+    /// Occupancy and time on an H100 (an estimate; absent without ptxas figures).
+    h100: Option<tttc_ptx::estimate::KernelEstimate>,
 }
 
 /// The compiled model (docs/cpu-model.md): one exported function, at the manifest's shapes.
@@ -280,6 +294,35 @@ pub fn compile(req: &Request) -> Result<()> {
         None => eprintln!("note: ptxas not found (set TTTC_PTXAS or put it on PATH; pip package nvidia-cuda-nvcc-cu12): the PTX is not assembled and the manifest has no register counts"),
     }
     let work = gpu.work();
+    let dims = gpu.launch_dims();
+    let h100 = &tttc_ptx::estimate::H100_SXM;
+    let estimates: Vec<Option<tttc_ptx::estimate::KernelEstimate>> = gpu
+        .kernels
+        .iter()
+        .zip(&work)
+        .zip(&dims)
+        .map(|((k, w), d)| {
+            let f = figures.get(&k.name)?.get("sm_90")?;
+            let (grid, block) = (*d)?;
+            Some(h100.kernel(w, grid.iter().map(|&g| g as u64).product(), block.iter().product(), f, k.uses_tensor_cores()))
+        })
+        .collect();
+    let estimate = (ptxas.is_some() && estimates.iter().all(Option::is_some)).then(|| {
+        let mut by_bound: BTreeMap<&'static str, f64> = BTreeMap::new();
+        for e in estimates.iter().flatten() {
+            *by_bound.entry(e.bound).or_default() += e.seconds;
+        }
+        GpuEstimate { gpu: h100.clone(), seconds: by_bound.values().sum(), launches: work.iter().map(|w| w.launches).sum(), seconds_by_bound: by_bound }
+    });
+    if let Some(e) = &estimate {
+        eprintln!(
+            "gpu estimate for the {} (no GPU measured): {:.2} ms per forward pass, {} launches ({})",
+            e.gpu.name,
+            e.seconds * 1e3,
+            e.launches,
+            e.seconds_by_bound.iter().map(|(k, v)| format!("{k}-bound {:.2} ms", v * 1e3)).collect::<Vec<_>>().join(", ")
+        );
+    }
     eprintln!(
         "gpu: {} kernels in gpu/sm_80.ptx and gpu/sm_90.ptx{}, launched as gpu/program.json says ({} workspace; {:.2} s)",
         gpu.kernels.len(),
@@ -298,15 +341,18 @@ pub fn compile(req: &Request) -> Result<()> {
             .kernels
             .iter()
             .zip(&work)
-            .map(|(k, w)| GpuKernel {
+            .zip(estimates)
+            .map(|((k, w), h100)| GpuKernel {
                 name: k.name.clone(),
                 params: k.params.iter().map(|p| p.name.clone()).collect(),
                 shared_bytes: k.shared_bytes(),
                 work: *w,
                 ptxas: figures.remove(&k.name).unwrap_or_default(),
+                h100,
             })
             .collect(),
         ptxas: ptxas.map(|p| p.display().to_string()),
+        estimate,
     };
 
     let params: Vec<&tttc_ir::Arg> = graph.params().collect();

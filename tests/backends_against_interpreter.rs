@@ -378,3 +378,19 @@ fn tensor_core_products_keep_f32_accuracy() {
         assert!(device.counts.mma > 0, "{a_shape:?} × {b_shape:?} did not run on tensor cores");
     }
 }
+
+/// Reductions over long contiguous rows (a softmax over the vocabulary): on the GPU one block per
+/// row, warps combined by shuffles; lengths that are not multiples of the block.
+#[test]
+fn long_row_reductions() {
+    for kind in [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max] {
+        for len in [512, 1000, 3001] {
+            let mut g = Graph::new("rows");
+            let x = g.input("x", f32t(&[3, len]));
+            let y = g.reduce(kind, x, 1, false).unwrap();
+            g.output("y", y);
+            let worst = compare(&g, &[Tensor::f32(vec![3, len], values(3 * len, 41, -2.0, 2.0))], 1e-5, 1e-5);
+            assert!(worst <= 1.0, "{kind:?} over {len}: error {worst:.2} of tolerance");
+        }
+    }
+}

@@ -434,6 +434,11 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Whether it runs `mma` instructions.
+    pub fn uses_tensor_cores(&self) -> bool {
+        self.body.iter().any(|s| matches!(s, Stmt::Inst { inst: Inst::MmaTf32 { .. }, .. }))
+    }
+
     pub fn shared_bytes(&self) -> usize {
         self.shared.iter().fold(0, |at, s| at.div_ceil(s.align) * s.align + s.bytes)
     }

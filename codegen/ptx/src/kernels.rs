@@ -108,6 +108,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
         }
         Instr::MatMul { a, b: bm, batch, m, n, k, .. } if crate::gemm::applies(batch, *m, *n, *k) => crate::gemm::emit(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k),
         Instr::MatMul { a, b: bm, batch, m, n, k, .. } => matmul(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k),
+        Instr::Reduce { kind, outer, len, inner: 1, .. } if spread == Spread::Grid && *len >= LONG_ROW => row_reduce(b, ptrs[0], ptrs[1], *kind, *outer, *len),
         Instr::Reduce { kind, outer, len, inner, .. } => reduce(b, spread, ptrs[0], ptrs[1], *kind, *outer, *len, *inner),
         Instr::Gather { dst, index, outer, len, row, .. } => {
             let count = f.bufs[*index].len();
@@ -235,15 +236,22 @@ pub fn instr_flops(specs: &[KernelSpec], instr: &Instr) -> u64 {
     }
 }
 
-/// Bytes of global memory one run of `instr` moves: each buffer it touches, once.
+/// Bytes of global memory one run of `instr` reads and writes (what it touches of each buffer).
 pub fn instr_bytes(f: &Function, instr: &Instr) -> u64 {
-    params_of(f, instr)
-        .iter()
-        .map(|(p, _)| match p {
-            ParamRef::Buf(b) => f.bufs[*b].bytes() as u64,
-            ParamRef::Status | ParamRef::Scratch => 0,
-        })
-        .sum()
+    let size = |b: &BufId| f.bufs[*b].bytes();
+    (match instr {
+        Instr::Kernel { outer, rows, n, ins, outs, .. } => {
+            let elements = outer.iter().product::<usize>() * rows * n;
+            ins.iter().map(|i| size(&i.buf).min(4 * elements)).sum::<usize>() + outs.iter().map(size).sum::<usize>()
+        }
+        Instr::Copy { dst, copy, .. } => 2 * copy.shape.iter().product::<usize>() * elem_bytes(f.bufs[*dst].dtype),
+        Instr::MatMul { c, a, b, .. } => size(c) + size(&a.buf) + size(&b.buf),
+        Instr::Reduce { dst, src, .. } | Instr::Cast { dst, src } => size(dst) + size(src),
+        Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => size(dst),
+        Instr::Gather { dst, index, .. } => 2 * size(dst) + size(index),
+        Instr::OneHot { dst, index, .. } => size(dst) + size(index),
+        Instr::Scan(_) => 0,
+    }) as u64
 }
 
 pub fn elem_bytes(d: DType) -> usize {
@@ -338,6 +346,73 @@ fn matmul(b: &mut Builder, spread: Spread, [pc, pa, pb]: [Reg; 3], a: &Operand, 
         let at = b.element(pc, idx, 4);
         b.st(Space::Global, Ty::F32, at, 0, acc);
     })
+}
+
+/// Rows at least this long are reduced by a whole block each ([`row_reduce`]).
+const LONG_ROW: usize = 512;
+
+/// Sum, mean or max of each contiguous row of `len` (a softmax over the vocabulary): one block
+/// of 256 threads per row, each thread folding a strided part of it, then the warps' partial
+/// results combined with butterfly shuffles and, across warps, through shared memory.
+fn row_reduce(b: &mut Builder, d: Reg, s: Reg, kind: ReduceKind, rows: usize, len: usize) -> ([u32; 3], [u32; 3]) {
+    const THREADS: usize = 256;
+    let combine = |b: &mut Builder, acc: Reg, x: Reg| match kind {
+        ReduceKind::Max => {
+            let greater = b.setp(Cmp::Gt, Ty::F32, x, acc);
+            b.emit(Inst::Selp { ty: Ty::F32, dst: acc, a: x.into(), b: acc.into(), p: greater });
+        }
+        _ => b.bin_to(acc, BinOp::Add, Ty::F32, acc, x),
+    };
+    let row = b.special(Special::Ctaid(0));
+    let tid = b.special(Special::Tid(0));
+    let start = b.bin(BinOp::MulWide, Ty::U32, row, Val::Int(len as i64));
+    let t64 = b.cvt(None, Ty::U64, Ty::U32, tid);
+    let at = b.bin(BinOp::Add, Ty::U64, start, t64);
+    let p = b.element(s, at, 4);
+    let acc = b.mov(Ty::F32, Val::F32(if kind == ReduceKind::Max { f32::NEG_INFINITY } else { 0.0 }));
+    let j = b.mov(Ty::U32, tid);
+    let (top, done) = (b.label(), b.label());
+    b.place(top);
+    let past = b.setp(Cmp::Ge, Ty::U32, j, Val::Int(len as i64));
+    b.bra_if(past, false, done);
+    let x = b.ld(Space::Global, Ty::F32, p, 0);
+    combine(b, acc, x);
+    b.bin_to(p, BinOp::Add, Ty::U64, p, Val::Int((THREADS * 4) as i64));
+    b.bin_to(j, BinOp::Add, Ty::U32, j, Val::Int(THREADS as i64));
+    b.bra(top);
+    b.place(done);
+    let warp_reduce = |b: &mut Builder, acc: Reg| {
+        for shift in [16, 8, 4, 2, 1] {
+            let other = b.reg(Class::F32);
+            b.emit(Inst::Shfl { mode: ShflMode::Bfly, dst: other, src: acc.into(), lane: Val::Int(shift), clamp: Val::Int(31), mask: u32::MAX });
+            combine(b, acc, other);
+        }
+    };
+    warp_reduce(b, acc);
+    // Lane 0 of each warp leaves its warp's result in shared memory; warp 0 combines them.
+    let partials = b.shared("row_partials", 4 * THREADS / 32, 4);
+    let lane = b.bin(BinOp::And, Ty::B32, tid, Val::Int(31));
+    let warp = b.bin(BinOp::Shr, Ty::U32, tid, Val::Int(5));
+    let slot = b.bin(BinOp::Shl, Ty::B32, warp, Val::Int(2));
+    let slot = b.bin(BinOp::Add, Ty::U32, partials, slot);
+    let first_lane = b.setp(Cmp::Eq, Ty::U32, lane, Val::Int(0));
+    b.guarded(first_lane, false, Inst::St { space: Space::Shared, ty: Ty::F32, addr: Addr { base: Base::Reg(slot), offset: 0 }, src: vec![acc.into()] });
+    b.emit(Inst::BarSync);
+    let end = b.label();
+    let not_first_warp = b.setp(Cmp::Ne, Ty::U32, warp, Val::Int(0));
+    b.bra_if(not_first_warp, false, end);
+    let lane_slot = b.bin(BinOp::Shl, Ty::B32, lane, Val::Int(2));
+    let lane_slot = b.bin(BinOp::Add, Ty::U32, partials, lane_slot);
+    let total = b.mov(Ty::F32, Val::F32(if kind == ReduceKind::Max { f32::NEG_INFINITY } else { 0.0 }));
+    let has_partial = b.setp(Cmp::Lt, Ty::U32, lane, Val::Int((THREADS / 32) as i64));
+    b.guarded(has_partial, false, Inst::Ld { space: Space::Shared, ty: Ty::F32, dst: vec![total], addr: Addr { base: Base::Reg(lane_slot), offset: 0 } });
+    warp_reduce(b, total);
+    let result = if kind == ReduceKind::Mean { b.bin(BinOp::Div, Ty::F32, total, Val::F32(len as f32)) } else { total };
+    let row64 = b.cvt(None, Ty::U64, Ty::U32, row);
+    let out = b.element(d, row64, 4);
+    b.guarded(first_lane, false, Inst::St { space: Space::Global, ty: Ty::F32, addr: Addr { base: Base::Reg(out), offset: 0 }, src: vec![result.into()] });
+    b.place(end);
+    ([rows as u32, 1, 1], [THREADS as u32, 1, 1])
 }
 
 /// Sum, mean or max along the middle axis of `[outer, len, inner]`, one thread per result, in

@@ -8,9 +8,11 @@
 //! * `persistent`: a whole scan as one kernel, one block per lane (the TTT mini-batch loop per
 //!   batch × head), the body's instructions one after another in the block.
 //! * [`model`]: a whole model as kernels and the host program that launches them on a [`model::Device`].
+//! * [`estimate`]: occupancy and roofline estimates for a GPU, from `ptxas`'s figures.
 //! * [`ptxas`]: NVIDIA's assembler, when installed: each module assembled, its figures read.
 
 pub mod build;
+pub mod estimate;
 mod gemm;
 pub mod isa;
 pub mod kernels;

@@ -92,12 +92,18 @@ impl GpuModel {
                         Some(p) => {
                             signature.workspace_bytes = signature.workspace_bytes.max(f.arena + p.scratch_bytes);
                             let lanes = p.generated.grid[0] as u64;
-                            let mut work = Work { launches: 1, ..Work::default() };
+                            // Global memory: the operands read and the outputs written once; the
+                            // lanes' intermediate values and carries stay in their SM's caches.
+                            let compulsory = p.generated.params.iter().map(|r| match r {
+                                ParamRef::Buf(b) => f.bufs[*b].bytes() as u64,
+                                _ => 0,
+                            });
+                            let mut work = Work { launches: 1, bytes: compulsory.sum(), ..Work::default() };
                             for (body, iterations) in &p.bodies {
                                 let bf = &body.functions[0];
+                                work.serial_steps += *iterations as u64 * bf.instrs.len() as u64;
                                 for i in &bf.instrs {
                                     work.flops += lanes * *iterations as u64 * kernels::instr_flops(&body.specs, i);
-                                    work.bytes += lanes * *iterations as u64 * kernels::instr_bytes(bf, i);
                                 }
                             }
                             Step::Persistent { launch: kernels.add(p.generated), work }
@@ -314,8 +320,12 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
 pub struct Work {
     pub launches: u64,
     pub flops: u64,
-    /// Bytes of global memory read and written, counting each buffer a launch touches once.
+    /// Bytes of global memory read and written, counting each buffer a launch touches once (for a
+    /// persistent scan kernel: its operands and outputs, once).
     pub bytes: u64,
+    /// For a persistent scan kernel: the body instructions each block runs one after another,
+    /// with a barrier after each (iterations × instructions): its latency chain.
+    pub serial_steps: u64,
 }
 
 impl GpuModel {
@@ -351,6 +361,7 @@ impl GpuModel {
                     k.launches += times * w.launches;
                     k.flops += times * w.flops;
                     k.bytes += times * w.bytes;
+                    k.serial_steps += times * w.serial_steps;
                 }
                 (_, Step::Launches(ls)) => {
                     let (flops, moved) = (kernels::instr_flops(&self.schedule.specs, instr), kernels::instr_bytes(f, instr));
@@ -364,6 +375,25 @@ impl GpuModel {
                 _ => unreachable!("steps are built per instruction"),
             }
         }
+    }
+
+    /// Per kernel, the grid and block of its launches (the first, where several use it), or
+    /// `None` for a kernel only the host's scan loops launch.
+    pub fn launch_dims(&self) -> Vec<Option<([u32; 3], [u32; 3])>> {
+        let mut dims = vec![None; self.kernels.len()];
+        let mut note = |l: &Launch| {
+            dims[l.kernel].get_or_insert((l.grid, l.block));
+        };
+        for steps in &self.steps {
+            for step in steps {
+                match step {
+                    Step::Launches(ls) => ls.iter().for_each(&mut note),
+                    Step::Persistent { launch, .. } => note(launch),
+                    Step::Scan { seqs, outputs } => seqs.iter().chain(outputs).flat_map(|c| c.full.iter().chain(&c.tail)).for_each(&mut note),
+                }
+            }
+        }
+        dims
     }
 
     /// The host program as data, for integrators (docs/gpu-model.md describes every field):
