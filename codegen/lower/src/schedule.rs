@@ -184,6 +184,17 @@ impl Function {
 pub struct Schedule {
     pub functions: Vec<Function>,
     pub specs: Vec<KernelSpec>,
+    pub operands: Operands,
+}
+
+/// How a backend's matrix products read their operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operands {
+    /// The right operand's rows must be contiguous: a transposed one is packed first (the CPU
+    /// model's generated GEMM).
+    ContiguousRhsRows,
+    /// Both operands are read with any strides (the GPU's products).
+    AnyStrides,
 }
 
 /// A value the model reads or writes, at the compiled sizes.
@@ -206,10 +217,10 @@ pub struct Signature {
 
 /// Plans `graph` (after the pass pipeline) for one thread and schedules it at the sizes `env`
 /// binds: every function of the model, and what it takes and needs.
-pub fn model(graph: &Graph, env: &DimEnv) -> Result<(Schedule, Signature)> {
+pub fn model(graph: &Graph, env: &DimEnv, operands: Operands) -> Result<(Schedule, Signature)> {
     let mut specs = Vec::new();
     let body = crate::plan::plan(graph, 1, &mut specs, &mut crate::plan::PlanStats::default());
-    let s = schedule(&body, specs, env).context("scheduling the model at fixed sizes")?;
+    let s = schedule(&body, specs, env, operands).context("scheduling the model at fixed sizes")?;
     let slot = |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).resolve(env)? }) };
     let sig = Signature {
         args: graph.args.iter().map(|a| slot(&a.name, a.value)).collect::<Result<_>>()?,
@@ -223,15 +234,15 @@ pub fn model(graph: &Graph, env: &DimEnv) -> Result<(Schedule, Signature)> {
 
 /// Schedules a body planned for one thread as a function of arguments of `shapes` (its graph's
 /// other symbols bound in `env`); the function is the schedule's last.
-pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>]) -> Result<Schedule> {
-    let mut s = Schedule { functions: Vec::new(), specs };
+pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>], operands: Operands) -> Result<Schedule> {
+    let mut s = Schedule { functions: Vec::new(), specs, operands };
     function(&mut s, body, env.clone(), shapes)?;
     Ok(s)
 }
 
 /// Schedules a body planned for one thread, its graph's symbols bound in `env`.
-pub fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv) -> Result<Schedule> {
-    let mut s = Schedule { functions: Vec::new(), specs };
+pub fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, operands: Operands) -> Result<Schedule> {
+    let mut s = Schedule { functions: Vec::new(), specs, operands };
     let shapes: Vec<Vec<usize>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).resolve(env)).collect::<Result<_>>()?;
     function(&mut s, body, env.clone(), &shapes)?;
     Ok(s)
@@ -416,9 +427,10 @@ impl Builder<'_> {
 
     fn matmul(&mut self, c: BufId, (a, ta): (BufId, bool), (b, tb): (BufId, bool)) -> Result<()> {
         let (ba, m, k, ars, acs) = matrix(&self.bufs[a].shape, ta)?;
-        // The generated product reads the right operand's rows contiguously: a transposed one
-        // is packed first.
-        let b = if tb {
+        // The CPU model's product reads the right operand's rows contiguously: a transposed one
+        // is packed first there.
+        let packed = tb && self.s.operands == Operands::ContiguousRhsRows;
+        let b = if packed {
             let shape = self.bufs[b].shape.clone();
             let r = shape.len();
             let mut packed = shape.clone();
@@ -432,8 +444,7 @@ impl Builder<'_> {
         } else {
             b
         };
-        let (bb, k2, n, brs, bcs) = matrix(&self.bufs[b].shape, false)?;
-        debug_assert_eq!(bcs, 1);
+        let (bb, k2, n, brs, bcs) = matrix(&self.bufs[b].shape, tb && !packed)?;
         ensure!(k == k2, "contracted dimensions differ: {k} and {k2}");
         let batch = broadcast_shape(&ba, &bb)?;
         let (mut sa, sb) = (broadcast_strides(&ba, &batch)?, broadcast_strides(&bb, &batch)?);

@@ -65,6 +65,23 @@ pub fn params_of(f: &Function, instr: &Instr) -> Vec<(ParamRef, String)> {
     }
 }
 
+/// The buffers `instr` writes.
+pub fn written(instr: &Instr) -> Vec<BufId> {
+    match instr {
+        Instr::Kernel { outs, .. } => outs.clone(),
+        Instr::MatMul { c, .. } => vec![*c],
+        Instr::Copy { dst, .. }
+        | Instr::Cast { dst, .. }
+        | Instr::Reduce { dst, .. }
+        | Instr::Fill { dst, .. }
+        | Instr::Iota { dst }
+        | Instr::TriMask { dst, .. }
+        | Instr::Gather { dst, .. }
+        | Instr::OneHot { dst, .. } => vec![*dst],
+        Instr::Scan(_) => Vec::new(),
+    }
+}
+
 /// The kernel that carries out `instr` of `f` on its own (none for a scan: see [`crate::model`]).
 pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec]) -> Vec<Generated> {
     if matches!(instr, Instr::Scan(_)) {

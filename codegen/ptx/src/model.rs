@@ -79,7 +79,7 @@ impl Kernels {
 impl GpuModel {
     /// Compiles `graph` (after the pass pipeline) at the sizes `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<GpuModel> {
-        let (schedule, mut signature) = schedule::model(graph, env)?;
+        let (schedule, mut signature) = schedule::model(graph, env, schedule::Operands::AnyStrides)?;
         let mut kernels = Kernels { list: Vec::new(), by_text: HashMap::new() };
         let mut steps = Vec::new();
         let entry = schedule.functions.len() - 1;
@@ -99,9 +99,9 @@ impl GpuModel {
                                 _ => 0,
                             });
                             let mut work = Work { launches: 1, bytes: compulsory.sum(), ..Work::default() };
+                            work.serial_steps = p.serial_steps;
                             for (body, iterations) in &p.bodies {
                                 let bf = &body.functions[0];
-                                work.serial_steps += *iterations as u64 * bf.instrs.len() as u64;
                                 for i in &bf.instrs {
                                     work.flops += lanes * *iterations as u64 * kernels::instr_flops(&body.specs, i);
                                 }

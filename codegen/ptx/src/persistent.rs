@@ -23,8 +23,65 @@ pub struct Persistent {
     pub generated: Generated,
     /// Bytes of scratch it needs after the calling function's arena.
     pub scratch_bytes: usize,
-    /// The body's schedule (full chunk, then the shorter last one if any), for its work figures.
+    /// The body's schedule (full chunk, then the shorter last one if any) and its iterations.
     pub bodies: Vec<(Schedule, usize)>,
+    /// Barrier-separated phases each block runs one after another: its latency chain.
+    pub serial_steps: u64,
+}
+
+/// Memory a body instruction touches: an argument, an output, or a byte range of the lane's
+/// workspace (buffers whose lifetimes do not overlap may share bytes there).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Region {
+    Arg(usize),
+    Out(usize),
+    Work(usize, usize),
+}
+
+impl Region {
+    fn overlaps(self, other: Region) -> bool {
+        match (self, other) {
+            (Region::Work(a, b), Region::Work(c, d)) => a < d && c < b,
+            (x, y) => x == y,
+        }
+    }
+}
+
+/// What the instructions since the last barrier read and wrote.
+#[derive(Default)]
+struct Pending {
+    reads: Vec<Region>,
+    writes: Vec<Region>,
+}
+
+impl Pending {
+    fn conflicts(&self, reads: &[Region], writes: &[Region]) -> bool {
+        let any = |xs: &[Region], ys: &[Region]| xs.iter().any(|&x| ys.iter().any(|&y| x.overlaps(y)));
+        any(reads, &self.writes) || any(writes, &self.writes) || any(writes, &self.reads)
+    }
+}
+
+/// The regions `instr` reads and writes.
+fn regions(f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
+    let region = |b: BufId| {
+        let r = f.root(b);
+        match f.bufs[r].home {
+            Home::Arg(j) => Region::Arg(j),
+            Home::Out(j) => Region::Out(j),
+            _ => Region::Work(f.bufs[r].offset, f.bufs[r].offset + f.bufs[r].bytes()),
+        }
+    };
+    let written = kernels::written(instr);
+    let mut reads = Vec::new();
+    for (p, _) in params_of(f, instr) {
+        if let ParamRef::Buf(b) = p {
+            // An in-place instruction reads what it writes.
+            if !written.contains(&b) || matches!(instr, Instr::TriMask { .. }) {
+                reads.push(region(b));
+            }
+        }
+    }
+    (reads, written.into_iter().map(region).collect())
 }
 
 /// The operand (or result) buffers of a scan, and on which of the split axes each has its lane.
@@ -94,7 +151,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         if iterations == 0 {
             continue;
         }
-        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), env, &shapes(len))?;
+        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), env, &shapes(len), schedule::Operands::AnyStrides)?;
         if sched.functions.len() != 1 || sched.functions[0].instrs.iter().any(|i| matches!(i, Instr::Scan(_))) {
             return Ok(None);
         }
@@ -158,6 +215,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     };
     let it = b.mov(Ty::U64, Val::Int(0));
     let mut first = true;
+    let mut serial_steps = 0;
     for (sched, iterations) in &bodies {
         let body = &sched.functions[0];
         let top = b.label();
@@ -180,7 +238,19 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         for (j, sl) in s.outputs.iter().enumerate() {
             outs.push(b.fma(Ty::U64, it, Val::Int(step_bytes(sl.buf, sl.per)), out_lane[j]));
         }
+        // A barrier only where an instruction touches memory another one has touched since the
+        // last barrier, one of them writing; always one at the end of an iteration.
+        let mut pending = Pending::default();
+        let mut phases = 1;
         for instr in &body.instrs {
+            let (reads, writes) = regions(body, instr);
+            if pending.conflicts(&reads, &writes) {
+                b.emit(Inst::BarSync);
+                phases += 1;
+                pending = Pending::default();
+            }
+            pending.reads.extend(reads);
+            pending.writes.extend(writes);
             let ptrs: Vec<Reg> = params_of(body, instr)
                 .into_iter()
                 .map(|(p, _)| match p {
@@ -198,8 +268,9 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
                 })
                 .collect();
             kernels::emit(&mut b, Spread::Block, body, instr, &sched.specs, &ptrs);
-            b.emit(Inst::BarSync);
         }
+        b.emit(Inst::BarSync);
+        serial_steps += *iterations as u64 * phases;
         b.bin_to(it, BinOp::Add, Ty::U64, it, Val::Int(1));
         if first && *iterations > 1 {
             let more = b.setp(Cmp::Lt, Ty::U64, it, Val::Int(*iterations as i64));
@@ -208,7 +279,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         first = false;
     }
     let generated = Generated { kernel: b.finish(), grid: [count as u32, 1, 1], block: [PERSISTENT_THREADS, 1, 1], params: params.into_iter().map(|p| p.0).collect() };
-    Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, bodies }))
+    Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, bodies, serial_steps }))
 }
 
 /// Splits the scan along its heads (axis 1) and then its batch (axis 0), where the body keeps

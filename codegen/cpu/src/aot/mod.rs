@@ -37,7 +37,7 @@ unsafe impl Sync for CompiledModel {}
 impl CompiledModel {
     /// Compiles `graph` (after the pass pipeline, holding no `grad`) at the sizes `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<CompiledModel> {
-        let (s, signature) = tttc_lower::schedule::model(graph, env)?;
+        let (s, signature) = tttc_lower::schedule::model(graph, env, tttc_lower::schedule::Operands::ContiguousRhsRows)?;
         let mut module = crate::kernel::jit_module()?;
         let id = emit::define(&mut module, &s, "tttc", "tttc_forward", Linkage::Local)?;
         module.finalize_definitions()?;
@@ -102,7 +102,7 @@ pub struct ModelObject {
 /// Compiles `graph` at the sizes `env` binds into an object file exporting
 /// `int32_t {prefix}_forward(const void *const *args, void *const *outputs, void *workspace)`.
 pub fn model_object(graph: &Graph, env: &DimEnv, prefix: &str) -> Result<ModelObject> {
-    let (s, signature) = tttc_lower::schedule::model(graph, env)?;
+    let (s, signature) = tttc_lower::schedule::model(graph, env, tttc_lower::schedule::Operands::ContiguousRhsRows)?;
     let mut module = crate::kernel::object_module()?;
     emit::define(&mut module, &s, prefix, &format!("{prefix}_forward"), Linkage::Export)?;
     let object = module.finish().emit()?;
