@@ -15,6 +15,10 @@ use crate::math::PtxMath;
 /// Threads per block of the elementwise-style kernels.
 pub const BLOCK: u32 = 256;
 
+/// Blocks of the largest grid a kernel of its own is launched with; beyond, threads take
+/// several elements each.
+const MAX_GRID: usize = 1 << 20;
+
 /// What a kernel's pointer parameter points at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamRef {
@@ -210,18 +214,26 @@ fn elements(b: &mut Builder, spread: Spread, total: usize, body: impl FnOnce(&mu
     let done = b.label();
     match spread {
         Spread::Grid => {
+            // A grid-stride loop: one element per thread unless the grid would exceed its limit.
+            let block = total.clamp(1, BLOCK as usize);
+            let grid = total.div_ceil(block).clamp(1, MAX_GRID);
             let ctaid = b.special(Special::Ctaid(0));
-            let ntid = b.special(Special::Ntid(0));
             let tid = b.special(Special::Tid(0));
-            let base = b.bin(BinOp::MulWide, Ty::U32, ctaid, ntid);
+            let base = b.bin(BinOp::MulWide, Ty::U32, ctaid, Val::Int(block as i64));
             let tid = b.cvt(None, Ty::U64, Ty::U32, tid);
             let idx = b.bin(BinOp::Add, Ty::U64, base, tid);
+            let (top, next) = (b.label(), b.label());
+            b.place(top);
             let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
             b.bra_if(past, false, done);
-            body(b, idx, done);
+            body(b, idx, next);
+            b.place(next);
+            if grid * block < total {
+                b.bin_to(idx, BinOp::Add, Ty::U64, idx, Val::Int((grid * block) as i64));
+                b.bra(top);
+            }
             b.place(done);
-            let block = (total.max(1) as u32).min(BLOCK);
-            ([total.div_ceil(block as usize).max(1) as u32, 1, 1], [block, 1, 1])
+            ([grid as u32, 1, 1], [block as u32, 1, 1])
         }
         Spread::Block => {
             let tid = b.special(Special::Tid(0));
