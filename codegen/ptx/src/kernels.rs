@@ -211,45 +211,33 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
 /// Runs `body(b, idx, skip)` for every element `idx` (a `u64`) of `0..total`, spread as asked;
 /// `skip` is a label that ends this element's work. Returns the launch dimensions for `Grid`.
 fn elements(b: &mut Builder, spread: Spread, total: usize, body: impl FnOnce(&mut Builder, Reg, u32)) -> ([u32; 3], [u32; 3]) {
-    let done = b.label();
-    match spread {
+    // Where a thread starts and how far it strides: a kernel of its own takes one element per
+    // thread unless its grid would exceed the limit; a persistent kernel's block strides.
+    let tid = b.special(Special::Tid(0));
+    let tid = b.cvt(None, Ty::U64, Ty::U32, tid);
+    let (idx, stride, dims) = match spread {
         Spread::Grid => {
-            // A grid-stride loop: one element per thread unless the grid would exceed its limit.
             let block = total.clamp(1, BLOCK as usize);
             let grid = total.div_ceil(block).clamp(1, MAX_GRID);
             let ctaid = b.special(Special::Ctaid(0));
-            let tid = b.special(Special::Tid(0));
             let base = b.bin(BinOp::MulWide, Ty::U32, ctaid, Val::Int(block as i64));
-            let tid = b.cvt(None, Ty::U64, Ty::U32, tid);
             let idx = b.bin(BinOp::Add, Ty::U64, base, tid);
-            let (top, next) = (b.label(), b.label());
-            b.place(top);
-            let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
-            b.bra_if(past, false, done);
-            body(b, idx, next);
-            b.place(next);
-            if grid * block < total {
-                b.bin_to(idx, BinOp::Add, Ty::U64, idx, Val::Int((grid * block) as i64));
-                b.bra(top);
-            }
-            b.place(done);
-            ([grid as u32, 1, 1], [block as u32, 1, 1])
+            (idx, (grid * block < total).then_some(grid * block), ([grid as u32, 1, 1], [block as u32, 1, 1]))
         }
-        Spread::Block => {
-            let tid = b.special(Special::Tid(0));
-            let idx = b.cvt(None, Ty::U64, Ty::U32, tid);
-            let (top, next) = (b.label(), b.label());
-            b.place(top);
-            let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
-            b.bra_if(past, false, done);
-            body(b, idx, next);
-            b.place(next);
-            b.bin_to(idx, BinOp::Add, Ty::U64, idx, Val::Int(PERSISTENT_THREADS as i64));
-            b.bra(top);
-            b.place(done);
-            ([1, 1, 1], [PERSISTENT_THREADS, 1, 1])
-        }
+        Spread::Block => (tid, Some(PERSISTENT_THREADS as usize), ([1, 1, 1], [PERSISTENT_THREADS, 1, 1])),
+    };
+    let (top, next, done) = (b.label(), b.label(), b.label());
+    b.place(top);
+    let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
+    b.bra_if(past, false, done);
+    body(b, idx, next);
+    b.place(next);
+    if let Some(stride) = stride {
+        b.bin_to(idx, BinOp::Add, Ty::U64, idx, Val::Int(stride as i64));
+        b.bra(top);
     }
+    b.place(done);
+    dims
 }
 
 /// Floating-point operations of one run of `instr` (a transcendental counts as one).
