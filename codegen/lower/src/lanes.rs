@@ -30,22 +30,58 @@ pub fn split(scan: &Scan, parts: usize) -> Option<LaneSplit> {
 }
 
 /// The split of `scan` into `parts` lanes along `axis` (`width` wide: the resolved size of the
-/// body's axis, which may be a symbol such as `B`), when it is safe.
+/// body's axis, which may be a symbol such as `B`), when it is safe: every carry and sequence
+/// has the lane at `axis`.
 pub fn split_at(scan: &Scan, axis: usize, width: usize, parts: usize) -> Option<LaneSplit> {
     let body = &scan.body;
-    if parts < 2 || scan.axis == axis || width % parts != 0 || width < parts {
+    if scan.axis == axis {
         return None;
     }
     let chunked = scan.carries + scan.seqs;
     let lane_dim = body.ty(body.args.first()?.value).shape.get(axis)?.clone();
-    let mut lanes: Vec<Option<Option<usize>>> = vec![None; body.types.len()]; // None: not yet known
+    let mut arg_axes = Vec::new();
     for (i, a) in body.args.iter().enumerate() {
-        let shape = &body.ty(a.value).shape;
-        let spans = shape.get(axis) == Some(&lane_dim);
+        let spans = body.ty(a.value).shape.get(axis) == Some(&lane_dim);
         if i < chunked && !spans {
             return None;
         }
-        lanes[a.value.index()] = Some(spans.then_some(axis));
+        arg_axes.push(spans.then_some(axis));
+    }
+    split_along(scan, &arg_axes, width, parts)
+}
+
+/// For each of the body's arguments, the one axis whose size is `dim` (`None` when it has none);
+/// `None` overall when some argument has several.
+pub fn axes_of_dim(body: &Graph, dim: &Dim) -> Option<Vec<Option<usize>>> {
+    body.args
+        .iter()
+        .map(|a| {
+            let mut at = body.ty(a.value).shape.iter().enumerate().filter(|(_, d)| *d == dim).map(|(q, _)| q);
+            match (at.next(), at.next()) {
+                (q, None) => Some(q),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The split of `scan` into `parts` lanes with the lane of each body argument at `arg_axes`
+/// (`None`: the same for every lane; every carry has one), `width` wide, when it is safe: the
+/// body never mixes lanes and returns each carry with its lane where it came in.
+pub fn split_along(scan: &Scan, arg_axes: &[Option<usize>], width: usize, parts: usize) -> Option<LaneSplit> {
+    let body = &scan.body;
+    if parts < 2 || width % parts != 0 || width < parts || arg_axes.len() != body.args.len() {
+        return None;
+    }
+    let (j, p) = arg_axes.iter().enumerate().find_map(|(j, a)| a.map(|p| (j, p)))?;
+    let lane_dim = body.ty(body.args[j].value).shape.get(p)?.clone();
+    let mut lanes: Vec<Option<Option<usize>>> = vec![None; body.types.len()]; // None: not yet known
+    for (i, (a, &axis)) in body.args.iter().zip(arg_axes).enumerate() {
+        let shape = &body.ty(a.value).shape;
+        if axis.is_some_and(|q| shape.get(q) != Some(&lane_dim) || q == scan.axis && i >= scan.carries && i < scan.carries + scan.seqs) || (i < scan.carries && axis.is_none()) {
+            return None;
+        }
+        lanes[a.value.index()] = Some(axis);
     }
     for node in &body.nodes {
         let ins: Vec<Option<usize>> = node.inputs.iter().map(|v| lanes[v.index()].flatten()).collect();
@@ -57,7 +93,7 @@ pub fn split_at(scan: &Scan, axis: usize, width: usize, parts: usize) -> Option<
     let mut result_lanes = Vec::new();
     for (k, (_, v)) in body.outputs.iter().enumerate() {
         let lane = lanes[v.index()].flatten()?;
-        if k < scan.carries && lane != axis {
+        if k < scan.carries && Some(lane) != arg_axes[k] {
             return None;
         }
         result_lanes.push(lane);
@@ -116,7 +152,13 @@ fn lane_of(g: &Graph, node: &tttc_ir::Node, ins: &[Option<usize>], lane_dim: &Di
         Op::Const { .. } | Op::Iota { .. } => Some(None),
         Op::Unary(_) | Op::Cast { .. } | Op::Barrier | Op::OneHot { .. } => Some(single),
         Op::Binary(_) => aligned(0),
-        Op::MatMul => aligned(2),
+        // Lanes in the batch axes; or the left operand's rows (the right one the same for
+        // every lane), or the right operand's columns (the left one the same).
+        Op::MatMul => match (ins[0], ins[1]) {
+            (Some(p), None) if p + 2 == rank(0) => Some(Some(out_rank - 2)),
+            (None, Some(p)) if p + 1 == rank(1) => Some(Some(out_rank - 1)),
+            _ => aligned(2),
+        },
         Op::TriMask { .. } => match single {
             Some(p) if p + 2 < rank(0) => Some(Some(p)),
             Some(_) => None,

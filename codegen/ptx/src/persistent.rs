@@ -84,14 +84,15 @@ fn regions(f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
     (reads, written.into_iter().map(region).collect())
 }
 
-/// The operand (or result) buffers of a scan, and on which of the split axes each has its lane.
+/// How a scan splits into lanes: one or more splits, each `width` lanes wide.
 struct Lanes {
-    /// (axis, width) of each split, in the order the block index is decomposed.
-    axes: Vec<(usize, usize)>,
-    /// Per scan operand (carries, sequences, invariants), per split: whether it has the lane.
-    operand: Vec<Vec<bool>>,
-    /// Per per-chunk output: likewise.
-    output: Vec<Vec<bool>>,
+    /// The width of each split, in the order the block index is decomposed.
+    widths: Vec<usize>,
+    /// Per scan operand (carries, sequences, invariants), per split: the operand's axis that
+    /// holds the lane, or `None` when it is the same for every lane.
+    operand: Vec<Vec<Option<usize>>>,
+    /// Per per-chunk output, per split: its lane axis.
+    output: Vec<Vec<Option<usize>>>,
     body: tttc_ir::Graph,
 }
 
@@ -100,31 +101,44 @@ struct Lanes {
 pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     let operands: Vec<BufId> = s.carries.iter().map(|c| c.0).chain(s.seqs.iter().map(|sl| sl.buf)).chain(s.invariants.iter().copied()).collect();
     let Some(lanes) = split(f, s, &operands) else { return Ok(None) };
-    let count: usize = lanes.axes.iter().map(|a| a.1).product();
+    let count: usize = lanes.widths.iter().product();
     if count < 2 {
         return Ok(None);
     }
-    let narrow = |shape: &[usize], has: &[bool]| -> Vec<usize> {
+    let narrow = |shape: &[usize], at: &[Option<usize>]| -> Vec<usize> {
         let mut out = shape.to_vec();
-        for ((axis, _), &h) in lanes.axes.iter().zip(has) {
-            if h {
-                out[*axis] = 1;
-            }
+        for p in at.iter().flatten() {
+            out[*p] = 1;
         }
         out
     };
-    // Every lane's slice, and every iteration's piece of it, must be contiguous.
-    let contiguous_before = |shape: &[usize], upto: usize| shape[..upto].iter().all(|&d| d == 1);
     let (nc, ns) = (s.carries.len(), s.seqs.len());
+    // A lane's piece of a buffer (a whole operand, or one iteration's chunk of a sequence or
+    // output): contiguous in the buffer, as the body reads its arguments.
+    let piece = |buf: BufId, at: &[Option<usize>], chunked: Option<usize>| -> Vec<usize> {
+        let mut p = narrow(&f.bufs[buf].shape, at);
+        if let Some(per) = chunked {
+            p[s.axis] = per.min(s.chunk);
+        }
+        p
+    };
+    let contiguous = |buf: BufId, shape: &[usize]| {
+        let strides = contiguous_strides(&f.bufs[buf].shape);
+        let mut expected = 1;
+        shape.iter().zip(&strides).rev().filter(|(&d, _)| d > 1).all(|(&d, &st)| {
+            let ok = st == expected;
+            expected *= d;
+            ok
+        })
+    };
     for (j, &b) in operands.iter().enumerate() {
-        let n = narrow(&f.bufs[b].shape, &lanes.operand[j]);
-        let upto = if (nc..nc + ns).contains(&j) { s.axis } else { lanes.axes.iter().zip(&lanes.operand[j]).filter(|(_, &h)| h).map(|((a, _), _)| a + 1).max().unwrap_or(0) };
-        if !contiguous_before(&n, upto) {
+        let chunked = (nc..nc + ns).contains(&j).then(|| s.seqs[j - nc].per);
+        if !contiguous(b, &piece(b, &lanes.operand[j], chunked)) {
             return Ok(None);
         }
     }
     for (j, sl) in s.outputs.iter().enumerate() {
-        if !contiguous_before(&narrow(&f.bufs[sl.buf].shape, &lanes.output[j]), s.axis) {
+        if !contiguous(sl.buf, &piece(sl.buf, &lanes.output[j], Some(sl.per))) {
             return Ok(None);
         }
     }
@@ -185,20 +199,20 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     let lane = b.cvt(None, Ty::U64, Ty::U32, lane);
     let mut lane_index = Vec::new();
     let mut rest: Val = lane.into();
-    for &(_, width) in lanes.axes.iter().rev() {
+    for &width in lanes.widths.iter().rev() {
         lane_index.push(b.bin(BinOp::Rem, Ty::U64, rest, Val::Int(width as i64)));
         rest = b.bin(BinOp::Div, Ty::U64, rest, Val::Int(width as i64)).into();
     }
     lane_index.reverse();
-    let offset = |b: &mut Builder, base: Reg, buf: BufId, has: &[bool]| -> Reg {
+    let offset = |b: &mut Builder, base: Reg, buf: BufId, at: &[Option<usize>]| -> Reg {
         let strides = contiguous_strides(&f.bufs[buf].shape);
-        let at = b.mov(Ty::U64, Val::Int(0));
-        for (((axis, _), &h), &i) in lanes.axes.iter().zip(has).zip(&lane_index) {
-            if h {
-                b.emit(Inst::Fma { ty: Ty::U64, dst: at, a: i.into(), b: Val::Int((strides[*axis] * elem_bytes(f.bufs[buf].dtype)) as i64), c: at.into() });
+        let off = b.mov(Ty::U64, Val::Int(0));
+        for (p, &i) in at.iter().zip(&lane_index) {
+            if let Some(p) = p {
+                b.emit(Inst::Fma { ty: Ty::U64, dst: off, a: i.into(), b: Val::Int((strides[*p] * elem_bytes(f.bufs[buf].dtype)) as i64), c: off.into() });
             }
         }
-        b.bin(BinOp::Add, Ty::U64, base, at)
+        b.bin(BinOp::Add, Ty::U64, base, off)
     };
     let op_lane: Vec<Reg> = operands.iter().enumerate().map(|(j, &buf)| offset(&mut b, op_ptrs[j], buf, &lanes.operand[j])).collect();
     let pair_lane: Vec<[Reg; 2]> = s.carries.iter().enumerate().map(|(j, (init, pair))| {
@@ -282,30 +296,34 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, bodies, serial_steps }))
 }
 
-/// Splits the scan along its heads (axis 1) and then its batch (axis 0), where the body keeps
-/// them apart; an axis of width 1 needs no split.
+/// Splits the scan into lanes along the axes of its first carry that its body keeps apart: the
+/// heads, then the batch, then any other (Mamba's channels); a dimension the body's arguments
+/// hold at more than one axis, or of width 1, is not tried.
 fn split(f: &Function, s: &ScanInstr, operands: &[BufId]) -> Option<Lanes> {
     let mut scan = (*s.ir).clone();
-    let mut axes = Vec::new();
-    let mut operand: Vec<Vec<bool>> = vec![Vec::new(); operands.len()];
-    let mut output: Vec<Vec<bool>> = vec![Vec::new(); s.outputs.len()];
-    for axis in [1, 0] {
-        let width = *f.bufs[*operands.first()?].shape.get(axis)?;
-        if width < 2 || axis == scan.axis {
+    let mut lanes = Lanes { widths: Vec::new(), operand: vec![Vec::new(); operands.len()], output: vec![Vec::new(); s.outputs.len()], body: scan.body.clone() };
+    let rank = f.bufs[*operands.first()?].shape.len();
+    let order = [1, 0].into_iter().filter(|&a| a < rank).chain(2..rank);
+    for axis in order {
+        let width = f.bufs[operands[0]].shape[axis];
+        let dim = scan.body.ty(scan.body.args.first()?.value).shape.get(axis)?.clone();
+        if width < 2 || dim.is_one() {
             continue;
         }
-        let split = lanes::split_at(&scan, axis, width, width)?;
+        let Some(arg_axes) = lanes::axes_of_dim(&scan.body, &dim) else { continue };
+        let Some(split) = lanes::split_along(&scan, &arg_axes, width, width) else { continue };
+        if split.result_lanes.len() != scan.carries + lanes.output.len() {
+            continue;
+        }
         for (j, lane) in split.operand_lanes.iter().enumerate() {
-            operand[j].push(*lane == Some(axis));
+            lanes.operand[j].push(*lane);
         }
         for (j, &lane) in split.result_lanes[scan.carries..].iter().enumerate() {
-            if lane != axis {
-                return None;
-            }
-            output[j].push(true);
+            lanes.output[j].push(Some(lane));
         }
-        axes.push((axis, width));
+        lanes.widths.push(width);
         scan.body = split.body;
     }
-    Some(Lanes { axes, operand, output, body: scan.body })
+    lanes.body = scan.body;
+    Some(lanes)
 }
