@@ -73,18 +73,20 @@ impl Gpu {
 
     /// A kernel's time in one forward pass: per launch, the largest of its compute time, its
     /// memory time (both at the fraction of the GPU its grid can fill), the launch floor and its
-    /// latency chain.
+    /// latency chain (times the waves of blocks the grid needs).
     pub fn kernel(&self, work: &Work, grid_blocks: u64, threads: u32, figures: &Figures, tensor_cores: bool) -> KernelEstimate {
         let (blocks_per_sm, occupancy) = self.occupancy(threads, figures.registers, figures.shared_bytes);
         let launches = work.launches.max(1) as f64;
         // The share of the SMs one launch keeps busy.
         let filled = (grid_blocks as f64 / self.sms as f64).min(1.0);
+        let waves = (grid_blocks as f64 / (self.sms as f64 * blocks_per_sm.max(1) as f64)).ceil().max(1.0);
         let peak = if tensor_cores { self.tf32_flops / 3.0 } else { self.fp32_flops };
         let candidates = [
             ("compute", work.flops as f64 / launches / (peak * filled)),
             ("memory", work.bytes as f64 / launches / (self.hbm_bytes_per_s * filled)),
             ("launches", self.seconds_per_launch),
-            ("latency", work.serial_steps as f64 / launches * self.seconds_per_serial_step),
+            // Blocks beyond what the SMs hold at once run in further waves, each the whole chain.
+            ("latency", work.serial_steps as f64 / launches * self.seconds_per_serial_step * waves),
         ];
         let (bound, per_launch) = candidates.into_iter().fold(("launches", 0.0), |best, c| if c.1 > best.1 { c } else { best });
         KernelEstimate { blocks_per_sm, occupancy, seconds: per_launch * launches, bound }
