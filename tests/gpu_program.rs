@@ -111,9 +111,10 @@ fn the_launch_contract_runs_a_model_without_tttc() {
     let io = read(&case.join("io.safetensors"));
     let weights = read_raw(&case.join("model.safetensors"));
     let (ids, logits) = (&io["input_ids"], &io["logits"]);
-    // A prefix that ends inside a mini-batch: the scan's last chunk is short.
-    let (b, t_all, v) = (ids.shape[0], ids.shape[1], logits.shape[2]);
-    let t = 21;
+    // The first sequence's prefix that ends inside a mini-batch (the scans' last chunks are
+    // short); at B = 1 the LM head's scan has a single lane and is a host-driven `scan` step.
+    let (t_all, v) = (ids.shape[1], logits.shape[2]);
+    let (b, t) = (1, 21);
     let out = scratch("gpu_program").join("compiled");
     let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b.to_string(), "--seq-len", &t.to_string()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -151,7 +152,11 @@ fn the_launch_contract_runs_a_model_without_tttc() {
     let status = dev.alloc(gpu["status_bytes"].as_u64().unwrap() as usize).unwrap();
     let integrator = Integrator { program: &program, kernel_index, status };
     let outs: Vec<u64> = outputs.iter().map(|o| o.1).collect();
-    integrator.call(&mut dev, program["entry"].as_u64().unwrap() as usize, &args, &outs, workspace);
+    let entry = program["entry"].as_u64().unwrap() as usize;
+    let steps = program["functions"][entry]["steps"].as_array().unwrap();
+    assert!(steps.iter().any(|s| s.get("scan").is_some()), "the program should hold a host-driven scan");
+    assert!(steps.iter().any(|s| s["launch"]["params"].as_array().is_some_and(|ps| ps.iter().any(|p| p.get("scratch").is_some()))), "the program should hold a persistent scan kernel");
+    integrator.call(&mut dev, entry, &args, &outs, workspace);
     assert_eq!(dev.download(status, 4).unwrap(), vec![0; 4], "status word");
     let (_, ptr, len) = outputs.iter().find(|o| o.0 == "logits").unwrap();
     let got: Vec<f32> = dev.download(*ptr, 4 * len).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
