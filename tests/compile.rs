@@ -45,16 +45,25 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "{stem}: {stderr}");
         // One progress line per pass (the passes' notes indented under it), the fusion summary,
-        // the CPU kernels, then where the output went.
+        // the CPU model, the GPU model (with a note when ptxas is missing, or its estimate when
+        // not), then where the output went.
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("    ")).collect();
-        assert_eq!(lines.len(), pass_names().len() + 3, "{stem}: {stderr}");
+        let n = pass_names().len();
+        assert!(lines.len() >= n + 5, "{stem}: {stderr}");
         for (line, name) in lines.iter().zip(pass_names()) {
             assert!(line.starts_with(name) && line.contains("nodes"), "{stem}: {line}");
         }
-        let summary = lines[lines.len() - 3];
+        let summary = lines[n];
         assert!(summary.starts_with("fusion: ") && summary.contains("regions") && summary.ends_with("at B=2, T=100"), "{stem}: {summary}");
-        assert!(lines[lines.len() - 2].starts_with("cpu: "), "{stem}: {stderr}");
+        assert!(lines[n + 1].starts_with("cpu: "), "{stem}: {stderr}");
+        let gpu = &lines[n + 2..lines.len() - 1];
+        assert!(gpu.iter().all(|l| l.starts_with("gpu") || l.starts_with("note: ptxas not found")), "{stem}: {stderr}");
+        assert_eq!(gpu.iter().filter(|l| l.starts_with("gpu: ")).count(), 1, "{stem}: {stderr}");
         assert_eq!(lines.last().unwrap(), &format!("wrote {}", out.display()));
+        for target in ["sm_80", "sm_90"] {
+            let ptx = std::fs::read_to_string(out.join(format!("gpu/{target}.ptx"))).unwrap();
+            assert!(ptx.contains(&format!(".target {target}")) && ptx.contains(".visible .entry"), "{stem}: gpu/{target}.ptx");
+        }
 
         // The IR as built and after each pass, in order.
         let input = check_ir(&out.join("ir/00-input.ir"));
