@@ -410,6 +410,7 @@ impl<'a, 'k> Block<'a, 'k> {
                 let (ty, v) = convert(*round, *to, *from, x)?;
                 self.set(t, *dst, ty, v)
             }
+            Inst::NoUnroll => Ok(()),
             Inst::BarSync | Inst::Shfl { .. } | Inst::MmaTf32 { .. } | Inst::Ret | Inst::Bra { .. } => unreachable!("handled by the scheduler"),
         }
     }

@@ -46,6 +46,7 @@ pub fn emit(b: &mut Builder, spread: Spread, ptrs: [Reg; 3], a: &Operand, bm: &O
             let t = b.mov(Ty::U32, Val::Int(0));
             let top = b.label();
             b.place(top);
+            b.emit(Inst::NoUnroll);
             let tn = b.bin(BinOp::Rem, Ty::U32, t, Val::Int(tiles_n as i64));
             let rest = b.bin(BinOp::Div, Ty::U32, t, Val::Int(tiles_n as i64));
             let tm = b.bin(BinOp::Rem, Ty::U32, rest, Val::Int(tiles_m as i64));

@@ -393,6 +393,8 @@ pub enum Inst {
     /// `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {d0..d3}, {a0..a3}, {b0, b1}, {c0..c3}`.
     MmaTf32 { d: [Reg; 4], a: [Reg; 4], b: [Reg; 2], c: [Reg; 4] },
     Ret,
+    /// `.pragma "nounroll"`: the loop whose header holds it is not unrolled by the assembler.
+    NoUnroll,
 }
 
 /// An instruction with its guard (`@%p` or `@!%p`), or a label.
@@ -546,6 +548,7 @@ impl fmt::Display for Inst {
                 write!(f, "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {{{}}}, {{{}}}, {{{}}}, {{{}}}", list(d), list(a), list(b), list(c))
             }
             Inst::Ret => write!(f, "ret"),
+            Inst::NoUnroll => write!(f, ".pragma \"nounroll\""),
         }
     }
 }

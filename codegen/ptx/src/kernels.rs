@@ -53,7 +53,7 @@ pub enum Spread {
 pub const PERSISTENT_THREADS: u32 = 128;
 
 /// The pointers `instr` reads and writes, in the order its code takes them, with their names.
-pub fn params_of(f: &Function, instr: &Instr) -> Vec<(ParamRef, String)> {
+pub fn params_of(instr: &Instr) -> Vec<(ParamRef, String)> {
     let buf = |b: &BufId, name: &str| (ParamRef::Buf(*b), name.to_string());
     match instr {
         Instr::Kernel { ins, outs, .. } => ins.iter().enumerate().map(|(i, x)| buf(&x.buf, &format!("in{i}"))).chain(outs.iter().enumerate().map(|(i, o)| buf(o, &format!("out{i}")))).collect(),
@@ -62,10 +62,7 @@ pub fn params_of(f: &Function, instr: &Instr) -> Vec<(ParamRef, String)> {
         Instr::MatMul { c, a, b, .. } => vec![buf(c, "c"), buf(&a.buf, "a"), buf(&b.buf, "b")],
         Instr::Gather { dst, table, index, .. } => vec![buf(dst, "dst"), buf(table, "table"), buf(index, "index"), (ParamRef::Status, "status".into())],
         Instr::OneHot { dst, index, .. } => vec![buf(dst, "dst"), buf(index, "index"), (ParamRef::Status, "status".into())],
-        Instr::Scan(_) => {
-            let _ = f;
-            Vec::new()
-        }
+        Instr::Scan(_) => Vec::new(),
     }
 }
 
@@ -87,15 +84,15 @@ pub fn written(instr: &Instr) -> Vec<BufId> {
 }
 
 /// The kernel that carries out `instr` of `f` on its own (none for a scan: see [`crate::model`]).
-pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec]) -> Vec<Generated> {
+pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec]) -> Option<Generated> {
     if matches!(instr, Instr::Scan(_)) {
-        return Vec::new();
+        return None;
     }
-    let params = params_of(f, instr);
+    let params = params_of(instr);
     let mut b = Builder::new("tttc_kernel");
     let ptrs: Vec<Reg> = params.iter().map(|(_, name)| b.ptr_param(name)).collect();
     let (grid, block) = emit(&mut b, Spread::Grid, f, instr, specs, &ptrs);
-    vec![Generated { kernel: b.finish(), grid, block, params: params.into_iter().map(|p| p.0).collect() }]
+    Some(Generated { kernel: b.finish(), grid, block, params: params.into_iter().map(|p| p.0).collect() })
 }
 
 /// Emits `instr` reading its pointers from `ptrs` (in [`params_of`]'s order); returns the grid
@@ -228,6 +225,10 @@ fn elements(b: &mut Builder, spread: Spread, total: usize, body: impl FnOnce(&mu
     };
     let (top, next, done) = (b.label(), b.label(), b.label());
     b.place(top);
+    if spread == Spread::Block {
+        // Unrolled, a persistent kernel's many loops would run out of registers.
+        b.emit(Inst::NoUnroll);
+    }
     let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
     b.bra_if(past, false, done);
     body(b, idx, next);

@@ -89,6 +89,8 @@ impl<'a> Parser<'a> {
                 let stmt = stmt.trim();
                 if stmt.starts_with(".reg") {
                     kernel.regs.push(reg_decl(stmt).with_context(|| format!("line {n}: `{stmt}`"))?);
+                } else if stmt == ".pragma \"nounroll\"" {
+                    kernel.body.push(Stmt::inst(Inst::NoUnroll));
                 } else if stmt.starts_with(".shared") {
                     kernel.shared.push(shared_decl(stmt).with_context(|| format!("line {n}: `{stmt}`"))?);
                 } else {

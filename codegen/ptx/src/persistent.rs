@@ -73,7 +73,7 @@ fn regions(f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
     };
     let written = kernels::written(instr);
     let mut reads = Vec::new();
-    for (p, _) in params_of(f, instr) {
+    for (p, _) in params_of(instr) {
         if let ParamRef::Buf(b) = p {
             // An in-place instruction reads what it writes.
             if !written.contains(&b) || matches!(instr, Instr::TriMask { .. }) {
@@ -215,10 +215,12 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         b.bin(BinOp::Add, Ty::U64, base, off)
     };
     let op_lane: Vec<Reg> = operands.iter().enumerate().map(|(j, &buf)| offset(&mut b, op_ptrs[j], buf, &lanes.operand[j])).collect();
-    let pair_lane: Vec<[Reg; 2]> = s.carries.iter().enumerate().map(|(j, (init, pair))| {
-        let _ = init;
-        [offset(&mut b, pair_ptrs[2 * j], pair[0], &lanes.operand[j]), offset(&mut b, pair_ptrs[2 * j + 1], pair[1], &lanes.operand[j])]
-    }).collect();
+    let pair_lane: Vec<[Reg; 2]> = s
+        .carries
+        .iter()
+        .enumerate()
+        .map(|(j, (_, pair))| [offset(&mut b, pair_ptrs[2 * j], pair[0], &lanes.operand[j]), offset(&mut b, pair_ptrs[2 * j + 1], pair[1], &lanes.operand[j])])
+        .collect();
     let out_lane: Vec<Reg> = s.outputs.iter().enumerate().map(|(j, sl)| offset(&mut b, out_ptrs[j], sl.buf, &lanes.output[j])).collect();
     let lane_ws = b.fma(Ty::U64, lane, Val::Int(lane_bytes as i64), scratch);
 
@@ -265,7 +267,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
             }
             pending.reads.extend(reads);
             pending.writes.extend(writes);
-            let ptrs: Vec<Reg> = params_of(body, instr)
+            let ptrs: Vec<Reg> = params_of(instr)
                 .into_iter()
                 .map(|(p, _)| match p {
                     ParamRef::Buf(x) => {
