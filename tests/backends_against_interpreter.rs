@@ -394,3 +394,43 @@ fn long_row_reductions() {
         }
     }
 }
+
+/// Scans whose lanes separate become one persistent GPU kernel, one block per lane: with a small
+/// carried state it stays in shared memory between iterations, with a large one (two copies of
+/// 72×72 floats exceed what is left beside the product tiles) in the lane's global buffers.
+/// A ragged last chunk, products on tensor cores inside the loop.
+#[test]
+fn persistent_scan_kernels_keep_small_state_on_chip() {
+    for (d, on_chip) in [(8, true), (72, false)] {
+        let b = Dim::sym("B");
+        let n = Dim::sym("n");
+        let mut body = Graph::new("step");
+        let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(d), Dim::c(d)]));
+        let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), n.clone(), Dim::c(d)]));
+        let y = body.matmul(x, s).unwrap();
+        let y = body.unary(UnaryOp::Tanh, y).unwrap();
+        let xt = body.transpose_last2(x).unwrap();
+        let upd = body.matmul(xt, y).unwrap();
+        let scale = body.scalar(0.01).unwrap();
+        let upd = body.mul(upd, scale).unwrap();
+        let s2 = body.sub(s, upd).unwrap();
+        body.output("s", s2);
+        body.output("y", y);
+        let mut g = Graph::new("persistent");
+        let s0 = g.input("s0", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(d), Dim::c(d)]));
+        let xs = g.input("xs", Type::new(DType::F32, vec![b, Dim::c(2), Dim::sym("T"), Dim::c(d)]));
+        let outs = g.scan(Scan { axis: 2, chunk: 16, carries: 1, seqs: 1, body, reverse: false }, &[s0, xs]).unwrap();
+        g.output("s", outs[0]);
+        g.output("y", outs[1]);
+        let args = [Tensor::f32(vec![2, 2, d, d], values(4 * d * d, 51, -0.3, 0.3)), Tensor::f32(vec![2, 2, 37, d], values(4 * 37 * d, 52, -1.0, 1.0))];
+        assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "d = {d}");
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let mut env = tttc_ir::DimEnv::new();
+        tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
+        let gpu = GpuModel::compile(&g, &env).unwrap();
+        let persistent: Vec<_> = gpu.kernels.iter().filter(|k| k.params.iter().any(|p| p.name == "scratch")).collect();
+        assert_eq!(persistent.len(), 1, "d = {d}: one persistent kernel");
+        assert!(persistent[0].uses_tensor_cores(), "d = {d}");
+        assert_eq!(persistent[0].shared.iter().any(|s| s.name == "carries"), on_chip, "d = {d}");
+    }
+}

@@ -29,6 +29,9 @@ pub struct Counts {
     pub barriers: u64,
 }
 
+/// Where the shared window sits in the generic address space (above every global allocation).
+const SHARED_WINDOW: u64 = 0x7f00_0000_0000;
+
 /// Instructions one launch may execute before it is stopped as a runaway.
 const BUDGET: u64 = 1 << 36;
 const WARP: usize = 32;
@@ -312,6 +315,15 @@ impl<'a, 'k> Block<'a, 'k> {
         })
     }
 
+    /// A generic address as the state space it falls in and the address there.
+    fn resolve(&self, space: Space, at: u64) -> (Space, u64) {
+        match space {
+            Space::Generic if (SHARED_WINDOW..SHARED_WINDOW + (1 << 32)).contains(&at) => (Space::Shared, at - SHARED_WINDOW),
+            Space::Generic => (Space::Global, at),
+            s => (s, at),
+        }
+    }
+
     fn address(&self, t: usize, addr: &Addr) -> Result<u64> {
         let base = match &addr.base {
             Base::Reg(r) => self.reg(t, *r)?,
@@ -332,7 +344,13 @@ impl<'a, 'k> Block<'a, 'k> {
             }
             Inst::CvtaGlobal { dst, src } => {
                 let v = self.reg(t, *src)?;
+                ensure!(!(SHARED_WINDOW..SHARED_WINDOW + (1 << 32)).contains(&v), "cvta.to.global of a shared address 0x{v:x}");
                 self.set(t, *dst, Ty::U64, v)
+            }
+            Inst::CvtaShared { dst, src } => {
+                let v = self.reg(t, *src)?;
+                ensure!(v <= u32::MAX as u64, "cvta.shared of 0x{v:x}, beyond the shared window");
+                self.set(t, *dst, Ty::U64, SHARED_WINDOW + v)
             }
             Inst::Ld { space, ty, dst, addr } => {
                 let n = ty.bytes();
@@ -342,7 +360,7 @@ impl<'a, 'k> Block<'a, 'k> {
                     ensure!(addr.offset == 0 && dst.len() == 1 && self.p.kernel.params[i].ty.bytes() == n, "ld.param must read a whole parameter");
                     return self.set(t, dst[0], *ty, self.params[i]);
                 }
-                let at = self.address(t, addr)?;
+                let (space, at) = self.resolve(*space, self.address(t, addr)?);
                 ensure!(at % (n * dst.len()) as u64 == 0, "misaligned {}-byte access at 0x{at:x}", n * dst.len());
                 for (k, r) in dst.iter().enumerate() {
                     let a = at + (k * n) as u64;
@@ -362,7 +380,7 @@ impl<'a, 'k> Block<'a, 'k> {
             Inst::St { space, ty, addr, src } => {
                 let n = ty.bytes();
                 ensure!(*space != Space::Param, "st.param is not supported");
-                let at = self.address(t, addr)?;
+                let (space, at) = self.resolve(*space, self.address(t, addr)?);
                 ensure!(at % (n * src.len()) as u64 == 0, "misaligned {}-byte access at 0x{at:x}", n * src.len());
                 for (k, v) in src.iter().enumerate() {
                     let bits = self.val(t, v, *ty)?.to_le_bytes();

@@ -5,6 +5,9 @@ use crate::isa::*;
 
 pub struct Builder {
     name: String,
+    /// The state space of accesses to device memory: global, or generic where some buffers
+    /// may live in shared memory (a persistent kernel's carries).
+    memory: Space,
     params: Vec<Param>,
     shared: Vec<Shared>,
     counts: [u32; 5],
@@ -18,7 +21,7 @@ fn slot(c: Class) -> usize {
 
 impl Builder {
     pub fn new(name: impl Into<String>) -> Builder {
-        Builder { name: name.into(), params: Vec::new(), shared: Vec::new(), counts: [0; 5], body: Vec::new(), labels: 0 }
+        Builder { name: name.into(), memory: Space::Global, params: Vec::new(), shared: Vec::new(), counts: [0; 5], body: Vec::new(), labels: 0 }
     }
 
     pub fn reg(&mut self, class: Class) -> Reg {
@@ -32,9 +35,23 @@ impl Builder {
         self.reg(ty.class())
     }
 
-    /// A pointer parameter, loaded and converted to a global address.
+    /// Device memory accessed with generic addresses from here on (set before the parameters).
+    pub fn use_generic_addresses(&mut self) {
+        self.memory = Space::Generic;
+    }
+
+    /// The state space of accesses to device memory.
+    pub fn memory(&self) -> Space {
+        self.memory
+    }
+
+    /// A pointer parameter, loaded and converted to a global address (left generic under
+    /// [`Builder::use_generic_addresses`]).
     pub fn ptr_param(&mut self, name: &str) -> Reg {
         let generic = self.param(name, Ty::U64);
+        if self.memory == Space::Generic {
+            return generic;
+        }
         let global = self.reg(Class::R64);
         self.emit(Inst::CvtaGlobal { dst: global, src: generic });
         global

@@ -23,6 +23,9 @@ const THREADS: usize = 128;
 const A_PITCH: usize = BK + 4;
 const B_PITCH: usize = BN + 8;
 
+/// Shared memory the staged tiles take.
+pub const SHARED_BYTES: usize = (BM * A_PITCH + BK * B_PITCH) * 4;
+
 /// Whether the tensor-core kernel applies: at least one m16n8k8 tile, and a batch that fits
 /// the grid's third dimension.
 pub fn applies(batch: &[usize], m: usize, n: usize, k: usize) -> bool {
@@ -173,7 +176,7 @@ fn tile(b: &mut Builder, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batc
                 let at = b.fma(Ty::U32, row, Val::Int(n as i64), col);
                 let at = b.cvt(None, Ty::U64, Ty::U32, at);
                 let p = b.element(pc, at, 4);
-                b.guarded(inside, false, Inst::St { space: Space::Global, ty: Ty::F32, addr: Addr { base: Base::Reg(p), offset: 0 }, src: vec![acc[mi * 4 + ni][i].into()] });
+                b.guarded(inside, false, Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(p), offset: 0 }, src: vec![acc[mi * 4 + ni][i].into()] });
             }
         }
     }
@@ -201,7 +204,7 @@ fn load_checked(b: &mut Builder, base: Reg, (row, rows, row_stride): (Reg, usize
     let off = b.bin(BinOp::Add, Ty::U64, r, c);
     let p = b.bin(BinOp::Add, Ty::U64, base, off);
     let v = b.mov(Ty::F32, Val::F32(0.0));
-    b.guarded(inside, false, Inst::Ld { space: Space::Global, ty: Ty::F32, dst: vec![v], addr: Addr { base: Base::Reg(p), offset: 0 } });
+    b.guarded(inside, false, Inst::Ld { space: b.memory(), ty: Ty::F32, dst: vec![v], addr: Addr { base: Base::Reg(p), offset: 0 } });
     v
 }
 

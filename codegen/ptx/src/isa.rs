@@ -181,6 +181,8 @@ pub enum Space {
     Global,
     Shared,
     Param,
+    /// No state space: a generic address, in the shared window or in global memory.
+    Generic,
 }
 
 impl Space {
@@ -189,6 +191,7 @@ impl Space {
             Space::Global => "global",
             Space::Shared => "shared",
             Space::Param => "param",
+            Space::Generic => "",
         }
     }
 }
@@ -377,6 +380,8 @@ pub enum Inst {
     St { space: Space, ty: Ty, addr: Addr, src: Vec<Val> },
     /// `cvta.to.global.u64`: a generic address (a kernel's pointer parameter) as a global one.
     CvtaGlobal { dst: Reg, src: Reg },
+    /// `cvta.shared.u64`: a shared-window address (zero-extended to 64 bits) as a generic one.
+    CvtaShared { dst: Reg, src: Reg },
     Bin { op: BinOp, ty: Ty, dst: Reg, a: Val, b: Val },
     Un { op: UnOp, ty: Ty, dst: Reg, a: Val },
     /// Floats: `fma.rn` (one rounding); integers: `mad.lo` (the low half of `a·b + c`).
@@ -509,6 +514,14 @@ fn vector<T: fmt::Display>(items: &[T]) -> String {
     }
 }
 
+fn dotted(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!(".{name}")
+    }
+}
+
 fn vec_suffix(n: usize) -> &'static str {
     match n {
         2 => ".v2",
@@ -522,9 +535,10 @@ impl fmt::Display for Inst {
         match self {
             Inst::Mov { ty, dst, src } => write!(f, "mov.{} {dst}, {src}", ty.name()),
             Inst::SharedAddr { dst, symbol } => write!(f, "mov.u32 {dst}, {symbol}"),
-            Inst::Ld { space, ty, dst, addr } => write!(f, "ld.{}{}.{} {}, {addr}", space.name(), vec_suffix(dst.len()), ty.name(), vector(dst)),
-            Inst::St { space, ty, addr, src } => write!(f, "st.{}{}.{} {addr}, {}", space.name(), vec_suffix(src.len()), ty.name(), vector(src)),
+            Inst::Ld { space, ty, dst, addr } => write!(f, "ld{}{}.{} {}, {addr}", dotted(space.name()), vec_suffix(dst.len()), ty.name(), vector(dst)),
+            Inst::St { space, ty, addr, src } => write!(f, "st{}{}.{} {addr}, {}", dotted(space.name()), vec_suffix(src.len()), ty.name(), vector(src)),
             Inst::CvtaGlobal { dst, src } => write!(f, "cvta.to.global.u64 {dst}, {src}"),
+            Inst::CvtaShared { dst, src } => write!(f, "cvta.shared.u64 {dst}, {src}"),
             Inst::Bin { op, ty, dst, a, b } => write!(f, "{} {dst}, {a}, {b}", op.mnemonic(*ty)),
             Inst::Un { op, ty, dst, a } => write!(f, "{} {dst}, {a}", op.mnemonic(*ty)),
             Inst::Fma { ty, dst, a, b, c } => {

@@ -121,7 +121,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
             let bits = if bytes == 4 { *bits as u32 as i32 as i64 } else { *bits as i64 };
             elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
                 let at = b.element(ptrs[0], idx, bytes);
-                b.st(Space::Global, word(bytes), at, 0, Val::Int(bits));
+                b.st(b.memory(), word(bytes), at, 0, Val::Int(bits));
             })
         }
         Instr::MatMul { a, b: bm, batch, m, n, k, .. } if crate::gemm::applies(batch, *m, *n, *k) => crate::gemm::emit(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k),
@@ -138,9 +138,9 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 // table[(o·len + k)·row + r]
                 let from = dot(b, &[ix[0], k.into(), ix[2]], &[len * row, *row, 1], 0);
                 let src = b.element(t, from, bytes);
-                let v = b.ld(Space::Global, word(bytes), src, 0);
+                let v = b.ld(b.memory(), word(bytes), src, 0);
                 let to = b.element(d, idx, bytes);
-                b.st(Space::Global, word(bytes), to, 0, v);
+                b.st(b.memory(), word(bytes), to, 0, v);
             })
         }
         Instr::OneHot { index, depth, .. } => {
@@ -152,7 +152,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 let hit = b.setp(Cmp::Eq, Ty::U64, k, ix[1]);
                 let v = b.selp(Ty::F32, hit, Val::F32(1.0), Val::F32(0.0));
                 let to = b.element(d, idx, 4);
-                b.st(Space::Global, Ty::F32, to, 0, v);
+                b.st(b.memory(), Ty::F32, to, 0, v);
             })
         }
         Instr::Iota { dst } => {
@@ -162,9 +162,9 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 match dtype {
                     DType::F32 => {
                         let v = b.cvt(Some(Round::Rn), Ty::F32, Ty::U64, idx);
-                        b.st(Space::Global, Ty::F32, to, 0, v);
+                        b.st(b.memory(), Ty::F32, to, 0, v);
                     }
-                    DType::I64 => b.st(Space::Global, Ty::S64, to, 0, idx),
+                    DType::I64 => b.st(b.memory(), Ty::S64, to, 0, idx),
                 }
             })
         }
@@ -175,19 +175,19 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 let to = b.element(ptrs[0], idx, elem_bytes(to_ty));
                 match (from_ty, to_ty) {
                     (DType::I64, DType::F32) => {
-                        let v = b.ld(Space::Global, Ty::S64, from, 0);
+                        let v = b.ld(b.memory(), Ty::S64, from, 0);
                         let v = b.cvt(Some(Round::Rn), Ty::F32, Ty::S64, v);
-                        b.st(Space::Global, Ty::F32, to, 0, v);
+                        b.st(b.memory(), Ty::F32, to, 0, v);
                     }
                     (DType::F32, DType::I64) => {
                         // Toward zero, saturating, NaN to 0: the CPU backends' conversion.
-                        let v = b.ld(Space::Global, Ty::F32, from, 0);
+                        let v = b.ld(b.memory(), Ty::F32, from, 0);
                         let v = b.cvt(Some(Round::Rzi), Ty::S64, Ty::F32, v);
-                        b.st(Space::Global, Ty::S64, to, 0, v);
+                        b.st(b.memory(), Ty::S64, to, 0, v);
                     }
                     (t, _) => {
-                        let v = b.ld(Space::Global, word(elem_bytes(t)), from, 0);
-                        b.st(Space::Global, word(elem_bytes(t)), to, 0, v);
+                        let v = b.ld(b.memory(), word(elem_bytes(t)), from, 0);
+                        b.st(b.memory(), word(elem_bytes(t)), to, 0, v);
                     }
                 }
             })
@@ -198,11 +198,21 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 let ix = unravel(b, idx, &[len / (rows * cols).max(1), *rows, *cols]);
                 let above = b.setp(Cmp::Gt, Ty::U64, ix[2], ix[1]);
                 let to = b.element(ptrs[0], idx, 4);
-                b.guarded(above, false, Inst::St { space: Space::Global, ty: Ty::F32, addr: Addr { base: Base::Reg(to), offset: 0 }, src: vec![Val::F32(*fill)] });
+                b.guarded(above, false, Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(to), offset: 0 }, src: vec![Val::F32(*fill)] });
             })
         }
         Instr::Scan(_) => unreachable!("scans are driven by the model, not emitted as one instruction"),
     }
+}
+
+/// `words` 4-byte words from `src` to `dst`, by a persistent kernel's block.
+pub fn block_copy_words(b: &mut Builder, dst: Reg, src: Reg, words: usize) {
+    elements(b, Spread::Block, words, |b, idx, _| {
+        let from = b.element(src, idx, 4);
+        let v = b.ld(b.memory(), Ty::B32, from, 0);
+        let to = b.element(dst, idx, 4);
+        b.st(b.memory(), Ty::B32, to, 0, v);
+    });
 }
 
 /// Runs `body(b, idx, skip)` for every element `idx` (a `u64`) of `0..total`, spread as asked;
@@ -295,9 +305,9 @@ fn copy_elements(b: &mut Builder, spread: Spread, copy: &Strided, bytes: usize, 
         let from = dot(b, &ix, &copy.src_strides, copy.src_at);
         let to = dot(b, &ix, &copy.dst_strides, copy.dst_at);
         let src = b.element(s, from, bytes);
-        let v = b.ld(Space::Global, ty, src, 0);
+        let v = b.ld(b.memory(), ty, src, 0);
         let dst = b.element(d, to, bytes);
-        b.st(Space::Global, ty, dst, 0, v);
+        b.st(b.memory(), ty, dst, 0, v);
     })
 }
 
@@ -312,7 +322,7 @@ fn elementwise(b: &mut Builder, spread: Spread, spec: &KernelSpec, shape: &[usiz
                 Expr::Input(k) => {
                     let off = dot(b, &ix, &strides[k], 0);
                     let at = b.element(ins[k], off, 4);
-                    b.ld(Space::Global, Ty::F32, at, 0).into()
+                    b.ld(b.memory(), Ty::F32, at, 0).into()
                 }
                 Expr::Const(c) => Val::F32(c),
                 Expr::Unary(u, x) => math::unary(&mut PtxMath { b: &mut *b }, u, vals[x]),
@@ -322,7 +332,7 @@ fn elementwise(b: &mut Builder, spread: Spread, spec: &KernelSpec, shape: &[usiz
         }
         for (&o, &p) in spec.outputs.iter().zip(outs) {
             let at = b.element(p, idx, 4);
-            b.st(Space::Global, Ty::F32, at, 0, vals[o]);
+            b.st(b.memory(), Ty::F32, at, 0, vals[o]);
         }
     })
 }
@@ -354,15 +364,15 @@ fn matmul(b: &mut Builder, spread: Spread, [pc, pa, pb]: [Reg; 3], a: &Operand, 
             let ap = b.bin(BinOp::Add, Ty::U64, pa, ao);
             let bo = b.bin(BinOp::Mul, Ty::U64, kk, Val::Int((bm.row_stride * 4) as i64));
             let bp = b.bin(BinOp::Add, Ty::U64, pb, bo);
-            let x = b.ld(Space::Global, Ty::F32, ap, 0);
-            let y = b.ld(Space::Global, Ty::F32, bp, 0);
+            let x = b.ld(b.memory(), Ty::F32, ap, 0);
+            let y = b.ld(b.memory(), Ty::F32, bp, 0);
             b.emit(Inst::Fma { ty: Ty::F32, dst: acc, a: x.into(), b: y.into(), c: acc.into() });
             b.bin_to(kk, BinOp::Add, Ty::U64, kk, Val::Int(1));
             let more = b.setp(Cmp::Lt, Ty::U64, kk, Val::Int(k as i64));
             b.bra_if(more, false, top);
         }
         let at = b.element(pc, idx, 4);
-        b.st(Space::Global, Ty::F32, at, 0, acc);
+        b.st(b.memory(), Ty::F32, at, 0, acc);
     })
 }
 
@@ -393,7 +403,7 @@ fn row_reduce(b: &mut Builder, d: Reg, s: Reg, kind: ReduceKind, rows: usize, le
     b.place(top);
     let past = b.setp(Cmp::Ge, Ty::U32, j, Val::Int(len as i64));
     b.bra_if(past, false, done);
-    let x = b.ld(Space::Global, Ty::F32, p, 0);
+    let x = b.ld(b.memory(), Ty::F32, p, 0);
     combine(b, acc, x);
     b.bin_to(p, BinOp::Add, Ty::U64, p, Val::Int((THREADS * 4) as i64));
     b.bin_to(j, BinOp::Add, Ty::U32, j, Val::Int(THREADS as i64));
@@ -428,7 +438,7 @@ fn row_reduce(b: &mut Builder, d: Reg, s: Reg, kind: ReduceKind, rows: usize, le
     let result = if kind == ReduceKind::Mean { b.bin(BinOp::Div, Ty::F32, total, Val::F32(len as f32)) } else { total };
     let row64 = b.cvt(None, Ty::U64, Ty::U32, row);
     let out = b.element(d, row64, 4);
-    b.guarded(first_lane, false, Inst::St { space: Space::Global, ty: Ty::F32, addr: Addr { base: Base::Reg(out), offset: 0 }, src: vec![result.into()] });
+    b.guarded(first_lane, false, Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(out), offset: 0 }, src: vec![result.into()] });
     b.place(end);
     ([rows as u32, 1, 1], [THREADS as u32, 1, 1])
 }
@@ -446,7 +456,7 @@ fn reduce(b: &mut Builder, spread: Spread, d: Reg, s: Reg, kind: ReduceKind, out
             let j = b.mov(Ty::U64, Val::Int(0));
             let top = b.label();
             b.place(top);
-            let x = b.ld(Space::Global, Ty::F32, p, 0);
+            let x = b.ld(b.memory(), Ty::F32, p, 0);
             match kind {
                 ReduceKind::Max => {
                     let greater = b.setp(Cmp::Gt, Ty::F32, x, acc);
@@ -461,7 +471,7 @@ fn reduce(b: &mut Builder, spread: Spread, d: Reg, s: Reg, kind: ReduceKind, out
         }
         let result = if kind == ReduceKind::Mean { b.bin(BinOp::Div, Ty::F32, acc, Val::F32(len as f32)) } else { acc };
         let at = b.element(d, idx, 4);
-        b.st(Space::Global, Ty::F32, at, 0, result);
+        b.st(b.memory(), Ty::F32, at, 0, result);
     })
 }
 
@@ -504,10 +514,10 @@ fn load_index(b: &mut Builder, x: Reg, i: Val, len: usize, status: Reg, skip: u3
         v => b.mov(Ty::U64, v),
     };
     let at = b.element(x, i, 8);
-    let k = b.ld(Space::Global, Ty::U64, at, 0);
+    let k = b.ld(b.memory(), Ty::U64, at, 0);
     // Unsigned: a negative index is huge.
     let bad = b.setp(Cmp::Ge, Ty::U64, k, Val::Int(len as i64));
-    b.guarded(bad, false, Inst::St { space: Space::Global, ty: Ty::U32, addr: Addr { base: Base::Reg(status), offset: 0 }, src: vec![Val::Int(INDEX_OUT_OF_RANGE as i64)] });
+    b.guarded(bad, false, Inst::St { space: b.memory(), ty: Ty::U32, addr: Addr { base: Base::Reg(status), offset: 0 }, src: vec![Val::Int(INDEX_OUT_OF_RANGE as i64)] });
     b.bra_if(bad, false, skip);
     k
 }

@@ -191,6 +191,8 @@ fn instruction(mnemonic: &str, ops: &[&str]) -> Result<Inst> {
                 Some(&"global") => Space::Global,
                 Some(&"shared") => Space::Shared,
                 Some(&"param") => Space::Param,
+                Some(&("v2" | "v4")) => Space::Generic,
+                Some(t) if Ty::from_name(t).is_some() => Space::Generic,
                 _ => bail!("unsupported state space in `{mnemonic}`"),
             };
             count(ops, 2)?;
@@ -207,9 +209,12 @@ fn instruction(mnemonic: &str, ops: &[&str]) -> Result<Inst> {
             }
         }
         "cvta" => {
-            ensure!(mnemonic == "cvta.to.global.u64", "unsupported `{mnemonic}`");
             count(ops, 2)?;
-            Inst::CvtaGlobal { dst: reg(ops[0])?, src: reg(ops[1])? }
+            match mnemonic {
+                "cvta.to.global.u64" => Inst::CvtaGlobal { dst: reg(ops[0])?, src: reg(ops[1])? },
+                "cvta.shared.u64" => Inst::CvtaShared { dst: reg(ops[0])?, src: reg(ops[1])? },
+                _ => bail!("unsupported `{mnemonic}`"),
+            }
         }
         "add" | "sub" | "mul" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor" | "shl" | "shr" => {
             count(ops, 3)?;

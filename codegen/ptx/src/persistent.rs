@@ -4,8 +4,9 @@
 //! where its body keeps them apart (`tttc_lower::lanes`: the heads, then the batch); each block
 //! reads its lane's slice of every operand in place and keeps its intermediate values in its own
 //! part of the workspace. The carried state (TTT's inner weights) goes back and forth between
-//! two buffers per lane that only this block touches, so it stays in the SM's caches from one
-//! mini-batch to the next. Matrix products inside run on tensor cores ([`crate::gemm`]).
+//! two copies in the block's shared memory when they fit (else two per-lane buffers only this
+//! block touches), so it stays on chip from one mini-batch to the next. Matrix products inside
+//! run on tensor cores ([`crate::gemm`]). Memory is addressed generically, shared or global.
 
 use anyhow::Result;
 use tttc_ir::interp::contiguous_strides;
@@ -18,6 +19,10 @@ use crate::kernels::{self, elem_bytes, params_of, Generated, ParamRef, Spread, P
 
 /// Workspace each lane's block gets, rounded to this.
 const LANE_ALIGN: usize = 256;
+
+/// Shared memory the carries may take: the 48 KiB a kernel has without opting in, less the
+/// product tiles'.
+const SHARED_FOR_CARRIES: usize = 48 * 1024 - crate::gemm::SHARED_BYTES;
 
 pub struct Persistent {
     pub generated: Generated,
@@ -188,6 +193,8 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     params.push((ParamRef::Scratch, "scratch".into()));
     params.push((ParamRef::Status, "status".into()));
     let mut b = Builder::new("tttc_kernel");
+    // Generic addresses throughout: the carries may live in shared memory.
+    b.use_generic_addresses();
     let ptrs: Vec<Reg> = params.iter().map(|(_, n)| b.ptr_param(n)).collect();
     let n_ops = operands.len();
     let (op_ptrs, pair_ptrs) = (&ptrs[..n_ops], &ptrs[n_ops..n_ops + 2 * nc]);
@@ -215,12 +222,36 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         b.bin(BinOp::Add, Ty::U64, base, off)
     };
     let op_lane: Vec<Reg> = operands.iter().enumerate().map(|(j, &buf)| offset(&mut b, op_ptrs[j], buf, &lanes.operand[j])).collect();
-    let pair_lane: Vec<[Reg; 2]> = s
+    let pair_global: Vec<[Reg; 2]> = s
         .carries
         .iter()
         .enumerate()
         .map(|(j, (_, pair))| [offset(&mut b, pair_ptrs[2 * j], pair[0], &lanes.operand[j]), offset(&mut b, pair_ptrs[2 * j + 1], pair[1], &lanes.operand[j])])
         .collect();
+    // The carried state between iterations: in shared memory when both copies of every carry
+    // fit beside the product tiles (TTT-Linear's inner weights at the 125m width), so it never
+    // leaves the SM; else in the lane's slices of the carries' two buffers.
+    let carry_bytes: Vec<usize> = (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<usize>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
+    let slots: usize = carry_bytes.iter().map(|c| 2 * c.div_ceil(16) * 16).sum();
+    let on_chip = slots <= SHARED_FOR_CARRIES;
+    let pair_lane: Vec<[Reg; 2]> = if on_chip {
+        let base = b.shared("carries", slots.max(16), 16);
+        let base = b.cvt(None, Ty::U64, Ty::U32, base);
+        let generic = b.reg(Class::R64);
+        b.emit(Inst::CvtaShared { dst: generic, src: base });
+        let mut at = 0;
+        carry_bytes
+            .iter()
+            .map(|c| {
+                let slot = |b: &mut Builder, at: usize| b.bin(BinOp::Add, Ty::U64, generic, Val::Int(at as i64));
+                let pair = [slot(&mut b, at), slot(&mut b, at + c.div_ceil(16) * 16)];
+                at += 2 * c.div_ceil(16) * 16;
+                pair
+            })
+            .collect()
+    } else {
+        pair_global.clone()
+    };
     let out_lane: Vec<Reg> = s.outputs.iter().enumerate().map(|(j, sl)| offset(&mut b, out_ptrs[j], sl.buf, &lanes.output[j])).collect();
     let lane_ws = b.fma(Ty::U64, lane, Val::Int(lane_bytes as i64), scratch);
 
@@ -293,6 +324,13 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
             b.bra_if(more, false, top);
         }
         first = false;
+    }
+    if on_chip {
+        // The final state where the model reads it: the buffer the last iteration wrote.
+        let last = (s.full + usize::from(s.tail.is_some()) - 1) % 2;
+        for (j, c) in carry_bytes.iter().enumerate() {
+            kernels::block_copy_words(&mut b, pair_global[j][last], pair_lane[j][last], c / 4);
+        }
     }
     let generated = Generated { kernel: b.finish(), grid: [count as u32, 1, 1], block: [PERSISTENT_THREADS, 1, 1], params: params.into_iter().map(|p| p.0).collect() };
     Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, bodies, serial_steps }))
