@@ -256,6 +256,11 @@ struct RunArgs {
     /// Where the graph executes.
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
+    /// Safetensors file to write the state after the sequence to: what decoding would continue
+    /// from (TTT's inner weights, gradient sums and position; Mamba's scan state; Llama's KV
+    /// cache; the convolutions' last inputs). docs/state.md lists the names and shapes.
+    #[arg(long, value_name = "S")]
+    state_out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -446,7 +451,15 @@ fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor
 
 fn run(args: &RunArgs) -> Result<()> {
     let (model, ids, backend) = load_inputs(args)?;
-    let out = tttc_runtime::forward(&model, &ids, backend)?;
+    let out = match &args.state_out {
+        None => tttc_runtime::forward(&model, &ids, backend)?,
+        Some(path) => {
+            let (out, state) = tttc_runtime::forward_with_state(&model, &ids, backend)?;
+            tttc_runtime::write_tensors(path, &state.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>())?;
+            eprintln!("wrote {}: {} state tensors", path.display(), state.len());
+            out
+        }
+    };
     let mut tensors = vec![("logits", &out.logits)];
     let mut summary = format!("wrote {}: logits {:?}", args.output.display(), out.logits.shape);
     if let Some(loss) = &out.loss {

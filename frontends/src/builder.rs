@@ -31,6 +31,9 @@ pub enum Mode {
     /// One token per sequence (`input_ids` `[B, 1]`) from the state given as inputs `state.NAME`:
     /// its `logits` and the next state, as outputs `state.NAME`.
     Step,
+    /// The whole sequence from a fresh state, as `Forward` (`logits` for every position, `loss`),
+    /// and the state after it, as `Prefill` gives it (`tttc run --state-out`).
+    Run,
 }
 
 /// A recurrent value the step graph takes and gives back: `state.{name}` of type `ty` (its
@@ -304,6 +307,12 @@ impl ModelBuilder {
         };
         if self.mode == Mode::Forward {
             return self.lm_head_and_loss(h, head, ids, lm.vocab);
+        }
+        if self.mode == Mode::Run {
+            self.lm_head_and_loss(h, head, ids, lm.vocab)?;
+            let next = self.next_position(lm.position_period)?;
+            self.state_output("position", next);
+            return Ok(());
         }
         // The last position's logits, and the position of the next token.
         let last = self.slice(h, 1, -1, None)?;

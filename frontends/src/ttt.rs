@@ -139,7 +139,7 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
         for (&p, shape) in params.iter().zip(&state) {
             inputs.push(b.broadcast(p, shape.clone())?);
         }
-        let hand_off = b.mode == Mode::Prefill;
+        let hand_off = matches!(b.mode, Mode::Prefill | Mode::Run);
         let body = mini_batch_body(c, &inputs.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>(), hand_off)?;
         if hand_off {
             let zero = b.scalar(0.0)?;

@@ -90,6 +90,34 @@ pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward>
     Ok(Forward { logits, loss: if with_loss { outs.next() } else { None } })
 }
 
+/// The recurrent state after a sequence, by name (the step graph's `state.NAME` without the
+/// prefix; docs/state.md): what decoding continues from.
+pub type State = Vec<(String, Tensor)>;
+
+/// [`forward`], and the state after the sequence (`tttc run --state-out`): the model built in
+/// `Mode::Run`, which gives the prefill's state outputs beside the logits and loss.
+pub fn forward_with_state(model: &Model, ids: &Tensor, backend: Backend) -> Result<(Forward, State)> {
+    check_input_ids(ids, model.config.vocab_size())?;
+    let run = tttc_frontends::build_for(&model.config, tttc_frontends::Mode::Run)?;
+    let mut graph = tttc_passes::compile(&run.g)?;
+    let with_loss = ids.shape[1] > 1;
+    if !with_loss {
+        let keep: Vec<String> = graph.outputs.iter().map(|(n, _)| n.clone()).filter(|n| n != "loss").collect();
+        graph = tttc_passes::keep_outputs(&graph, &keep.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let names: Vec<String> = graph.outputs.iter().map(|(n, _)| n.clone()).collect();
+    let outs = Executable::new(graph).run(&model.weights, ids, backend)?;
+    let (mut logits, mut loss, mut state) = (None, None, Vec::new());
+    for (name, t) in names.into_iter().zip(outs) {
+        match name.as_str() {
+            "logits" => logits = Some(t),
+            "loss" => loss = Some(t),
+            other => state.push((other.strip_prefix("state.").context("an output that is neither logits, loss nor state")?.to_string(), t)),
+        }
+    }
+    Ok((Forward { logits: logits.context("graph has no logits output")?, loss }, state))
+}
+
 /// The loss and its gradient with respect to every parameter, by name (`tttc grad`).
 pub struct Gradients {
     pub loss: Tensor,
