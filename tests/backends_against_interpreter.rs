@@ -43,6 +43,7 @@ fn compare(g: &Graph, args: &[Tensor], rtol: f32, atol: f32) -> f32 {
     let gpu = GpuModel::compile(g, &env).unwrap();
     let mut device = SimDevice::load(&gpu.module("sm_80").to_text()).unwrap();
     let simulated = gpu.run(&mut device, &refs).unwrap();
+    assert_eq!(device.memory.allocated(), 0, "the run frees what it allocates");
     let mut worst = 0f32;
     for (who, got) in [("cpu", program), ("cpu-model", model), ("ptx-sim", simulated)] {
         for (w, o) in want.iter().zip(&got) {

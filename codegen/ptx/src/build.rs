@@ -117,11 +117,6 @@ impl Builder {
         dst
     }
 
-    /// `dst = src` into an existing register (loop variables, accumulators).
-    pub fn assign(&mut self, ty: Ty, dst: Reg, src: impl Into<Val>) {
-        self.emit(Inst::Mov { ty, dst, src: src.into() });
-    }
-
     pub fn bin(&mut self, op: BinOp, ty: Ty, a: impl Into<Val>, b: impl Into<Val>) -> Reg {
         let out = if op == BinOp::MulWide {
             match ty {

@@ -246,9 +246,6 @@ pub enum BinOp {
 }
 
 impl BinOp {
-    pub const ALL: [BinOp; 13] =
-        [BinOp::Add, BinOp::Sub, BinOp::Mul, BinOp::MulWide, BinOp::Div, BinOp::Rem, BinOp::Min, BinOp::Max, BinOp::And, BinOp::Or, BinOp::Xor, BinOp::Shl, BinOp::Shr];
-
     /// The mnemonic with its modifiers for operand type `ty`.
     pub fn mnemonic(self, ty: Ty) -> String {
         let base = match self {
