@@ -244,7 +244,9 @@ the graph after the named pass:"
 struct RunArgs {
     /// Model folder (config.json) or model.toml.
     model: PathBuf,
-    /// Safetensors file with `input_ids`.
+    /// Safetensors file with `input_ids` [B, T]; or, for a packed batch of N sequences laid end
+    /// to end, `input_ids` [1, total] and `cu_seqlens` (i64 [N + 1]: 0, the offsets where each
+    /// next sequence starts, total).
     #[arg(long)]
     input: PathBuf,
     /// Safetensors file to write the results to.
@@ -450,16 +452,27 @@ fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor
 }
 
 fn run(args: &RunArgs) -> Result<()> {
-    let (model, ids, backend) = load_inputs(args)?;
-    let out = match &args.state_out {
-        None => tttc_runtime::forward(&model, &ids, backend)?,
-        Some(path) => {
+    let model = tttc_frontends::load(&args.model, args.weights.as_deref())?;
+    let mut inputs = tttc_runtime::read_tensors(&args.input)?;
+    let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
+    let backend = args.backend.into();
+    let (out, states): (tttc_runtime::Forward, Option<Vec<(String, tttc_ir::Tensor)>>) = match (inputs.remove("cu_seqlens"), &args.state_out) {
+        (Some(cu), want_state) => {
+            let p = tttc_runtime::packed::forward_packed(&model, &ids, &cu, backend, want_state.is_some())?;
+            // One state per sequence: `seq.{i}.NAME` (their shapes may differ: a KV cache's length).
+            let states = p.states.map(|per| per.into_iter().enumerate().flat_map(|(i, st)| st.into_iter().map(move |(n, t)| (format!("seq.{i}.{n}"), t))).collect());
+            (p.forward, states)
+        }
+        (None, None) => (tttc_runtime::forward(&model, &ids, backend)?, None),
+        (None, Some(_)) => {
             let (out, state) = tttc_runtime::forward_with_state(&model, &ids, backend)?;
-            tttc_runtime::write_tensors(path, &state.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>())?;
-            eprintln!("wrote {}: {} state tensors", path.display(), state.len());
-            out
+            (out, Some(state))
         }
     };
+    if let (Some(path), Some(state)) = (&args.state_out, &states) {
+        tttc_runtime::write_tensors(path, &state.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>())?;
+        eprintln!("wrote {}: {} state tensors", path.display(), state.len());
+    }
     let mut tensors = vec![("logits", &out.logits)];
     let mut summary = format!("wrote {}: logits {:?}", args.output.display(), out.logits.shape);
     if let Some(loss) = &out.loss {

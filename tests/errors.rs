@@ -243,3 +243,28 @@ fn cuda_backend_without_a_gpu_says_so() {
         expect_error(&dir, &io, &["--backend", "cuda"], "--backend cuda: no");
     }
 }
+
+/// A packed batch's `cu_seqlens` that does not describe `input_ids`: one line each, nothing written.
+#[test]
+fn bad_cu_seqlens() {
+    let dir = copy_case(CASE, "bad_cu_seqlens");
+    let ids: Vec<i64> = (0..10).map(|i| i % 7).collect();
+    for (k, (cu, rows, needle)) in [
+        (vec![1i64, 4, 10], 1, "cu_seqlens must start at 0"),
+        (vec![0, 4, 4, 10], 1, "strictly increasing"),
+        (vec![0, 6, 4, 10], 1, "strictly increasing"),
+        (vec![0, 4, 9], 1, "must end at the 10 tokens"),
+        (vec![0, 5], 2, "input_ids must be one row"),
+        (vec![0], 1, "N ≥ 1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let input = dir.join(format!("packed-{k}.safetensors"));
+        write_raw(&input, &[
+            ("input_ids".into(), Dtype::I64, vec![rows, 10 / rows], i64_bytes(&ids)),
+            ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu)),
+        ]);
+        expect_error(&dir, &input, &[], needle);
+    }
+}

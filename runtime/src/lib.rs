@@ -7,6 +7,7 @@ mod io;
 pub mod train;
 pub mod compare;
 mod cuda;
+pub mod packed;
 pub mod plot;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -105,10 +106,15 @@ pub fn forward_with_state(model: &Model, ids: &Tensor, backend: Backend) -> Resu
         let keep: Vec<String> = graph.outputs.iter().map(|(n, _)| n.clone()).filter(|n| n != "loss").collect();
         graph = tttc_passes::keep_outputs(&graph, &keep.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    let names: Vec<String> = graph.outputs.iter().map(|(n, _)| n.clone()).collect();
-    let outs = Executable::new(graph).run(&model.weights, ids, backend)?;
+    let exe = Executable::new(graph);
+    let outs = exe.run(&model.weights, ids, backend)?;
+    split_outputs(&exe.graph, outs)
+}
+
+/// A run's outputs by name: `logits`, `loss` when there, and the `state.*` outputs.
+fn split_outputs(graph: &Graph, outs: Vec<Tensor>) -> Result<(Forward, State)> {
     let (mut logits, mut loss, mut state) = (None, None, Vec::new());
-    for (name, t) in names.into_iter().zip(outs) {
+    for ((name, _), t) in graph.outputs.iter().zip(outs) {
         match name.as_str() {
             "logits" => logits = Some(t),
             "loss" => loss = Some(t),
