@@ -172,9 +172,19 @@ struct BenchArgs {
     /// Time decoding (per-token latency of whole models) instead of one layer's forward.
     #[arg(long)]
     decode: bool,
-    /// With --decode: the models' depths.
+    /// With --decode: the models' depths (with --packed: the first).
     #[arg(long, value_delimiter = ',', default_values_t = [2usize, 12])]
     depths: Vec<usize>,
+    /// Time a packed batch of sequences of mixed lengths (whole models) against the same batch
+    /// padded to its longest: tokens per second for both, counting the real tokens.
+    #[arg(long, conflicts_with = "decode")]
+    packed: bool,
+    /// With --packed: how many sequences.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    packed_sequences: u64,
+    /// With --packed: the range the sequences' lengths are drawn from (seeded).
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 4096], value_name = "MIN,MAX")]
+    packed_lengths: Vec<usize>,
     /// With --decode: prompt lengths before the timed tokens.
     #[arg(long, value_delimiter = ',', default_values_t = [128usize, 512, 2048, 8192])]
     contexts: Vec<usize>,
@@ -484,6 +494,26 @@ fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>) -> Result<()> {
+    use tttc_runtime::bench::packed;
+    let [min_len, max_len] = a.packed_lengths[..] else { anyhow::bail!("--packed-lengths takes two lengths, MIN,MAX") };
+    let req = packed::PackedRequest { layers, depth: a.depths[0], sequences: a.packed_sequences as usize, min_len, max_len, backend: a.backend.into(), reps: a.reps as usize };
+    let lengths = packed::lengths(req.sequences, min_len, max_len);
+    println!("{} sequences of lengths {:?} ({} tokens), {}-layer models, {} backend\n", lengths.len(), lengths, lengths.iter().sum::<usize>(), req.depth, req.backend.name());
+    println!("| model | packed ms | padded ms | packed tokens/s | padded tokens/s | packed / padded speed |");
+    println!("|---|---|---|---|---|---|");
+    let mut lines = Vec::new();
+    packed::packed(&req, |t| {
+        let tokens = t.tokens() as f64;
+        println!("| {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2}× |", t.layer.model_name(), t.packed_s * 1e3, t.padded_s * 1e3, tokens / t.packed_s, tokens / t.padded_s, t.padded_s / t.packed_s);
+        lines.push(t.to_json().to_string());
+    })?;
+    if let Some(path) = &a.output {
+        write_lines(path, &lines)?;
+    }
+    Ok(())
+}
+
 fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>) -> Result<()> {
     use tttc_runtime::bench::decode;
     let backend: tttc_runtime::Backend = a.backend.into();
@@ -659,6 +689,9 @@ fn bench(a: &BenchArgs) -> Result<()> {
     });
     if a.decode {
         return bench_decode(a, layers, peers);
+    }
+    if a.packed {
+        return bench_packed(a, layers);
     }
     let req = bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile };
     let ceiling = bench::gemm_ceiling()?;

@@ -58,3 +58,27 @@ fn bench_rejects_bad_options() {
     let r = tttc(&["bench", "--peers", "python3"]);
     assert!(!r.status.success(), "--peers without --peer-bench must fail");
 }
+
+/// The packed benchmark: one row per model, the tokens counted once, the speeds consistent
+/// with the times; its JSON lines carry the same lengths.
+#[test]
+fn bench_packed_compares_packed_and_padded_batches() {
+    let json = scratch("bench_packed").join("packed.jsonl");
+    let r = tttc(&["bench", "--packed", "--layers", "ttt-linear,mamba", "--depths", "1", "--packed-sequences", "3", "--packed-lengths", "5,30", "--reps", "1", "-o", p(&json)]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rows: Vec<Vec<&str>> = out.lines().filter(|l| l.starts_with("| TTT") || l.starts_with("| Mamba")).map(|l| l.split('|').map(str::trim).collect()).collect();
+    assert_eq!(rows.iter().map(|r| r[1]).collect::<Vec<_>>(), ["TTT-Linear", "Mamba"], "{out}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for (row, line) in rows.iter().zip(&lines) {
+        // | model | packed ms | padded ms | packed tokens/s | padded tokens/s | speed |
+        let lengths: Vec<u64> = line["lengths"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
+        assert_eq!(lengths.len(), 3);
+        assert!(lengths.iter().all(|&l| (5..=30).contains(&l)), "{lengths:?}");
+        let tokens = lengths.iter().sum::<u64>() as f64;
+        let (packed_ms, padded_ms, packed_tps): (f64, f64, f64) = (row[2].parse().unwrap(), row[3].parse().unwrap(), row[4].parse().unwrap());
+        assert!(packed_ms > 0.0 && padded_ms > 0.0, "{row:?}");
+        assert!((packed_tps - tokens / (packed_ms / 1e3)).abs() <= 0.01 * packed_tps + 1.0, "{row:?}");
+    }
+}

@@ -36,34 +36,50 @@ pub fn boundaries(cu_seqlens: &Tensor, ids: &Tensor) -> Result<Vec<usize>> {
 
 /// Runs each sequence of a packed batch on its own (with its state after it when `with_state`).
 pub fn forward_packed(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend, with_state: bool) -> Result<Packed> {
-    let bounds = boundaries(cu_seqlens, ids)?;
-    check_input_ids(ids, model.config.vocab_size())?;
-    let mode = if with_state { Mode::Run } else { Mode::Forward };
-    let built = tttc_frontends::build_for(&model.config, mode)?;
-    let whole = tttc_passes::compile(&built.g)?;
-    // A one-token sequence has no target: its graph has no loss.
-    let keep: Vec<String> = whole.outputs.iter().map(|(n, _)| n.clone()).filter(|n| n != "loss").collect();
-    let single = tttc_passes::keep_outputs(&whole, &keep.iter().map(String::as_str).collect::<Vec<_>>());
-    let (whole, single) = (Executable::new(whole), Executable::new(single));
-    let row = ids.as_i64().expect("checked above");
-    let (mut logits, mut vocab) = (Vec::new(), 0);
-    let (mut loss_sum, mut targets) = (0f64, 0usize);
-    let mut states = Vec::new();
-    for (n, w) in bounds.windows(2).enumerate() {
-        let len = w[1] - w[0];
-        let seq = Tensor::i64(vec![1, len], row[w[0]..w[1]].to_vec());
-        let exe = if len > 1 { &whole } else { &single };
-        let outs = exe.run(&model.weights, &seq, backend).with_context(|| format!("sequence {n} (tokens {}..{})", w[0], w[1]))?;
-        let (out, state) = split_outputs(&exe.graph, outs)?;
-        vocab = out.logits.shape[2];
-        logits.extend_from_slice(out.logits.as_f32().context("logits are not f32")?);
-        if let Some(l) = out.loss {
-            loss_sum += l.to_f64().context("loss is not a float")?[0] * (len - 1) as f64;
-            targets += len - 1;
-        }
-        states.push(state);
+    PackedRunner::new(model, with_state)?.run(model, ids, cu_seqlens, backend)
+}
+
+/// A model's graphs for packed batches, compiled once: the whole sequence's, and a one-token
+/// sequence's (which has no target, so no loss).
+pub struct PackedRunner {
+    whole: Executable,
+    single: Executable,
+    with_state: bool,
+}
+
+impl PackedRunner {
+    pub fn new(model: &Model, with_state: bool) -> Result<PackedRunner> {
+        let mode = if with_state { Mode::Run } else { Mode::Forward };
+        let built = tttc_frontends::build_for(&model.config, mode)?;
+        let whole = tttc_passes::compile(&built.g)?;
+        let keep: Vec<String> = whole.outputs.iter().map(|(n, _)| n.clone()).filter(|n| n != "loss").collect();
+        let single = tttc_passes::keep_outputs(&whole, &keep.iter().map(String::as_str).collect::<Vec<_>>());
+        Ok(PackedRunner { whole: Executable::new(whole), single: Executable::new(single), with_state })
     }
-    let total = ids.shape[1];
-    let loss = (targets > 0).then(|| Tensor::f32(vec![], vec![(loss_sum / targets as f64) as f32]));
-    Ok(Packed { forward: Forward { logits: Tensor::f32(vec![1, total, vocab], logits), loss }, states: with_state.then_some(states) })
+
+    pub fn run(&self, model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend) -> Result<Packed> {
+        let bounds = boundaries(cu_seqlens, ids)?;
+        check_input_ids(ids, model.config.vocab_size())?;
+        let row = ids.as_i64().expect("checked above");
+        let (mut logits, mut vocab) = (Vec::new(), 0);
+        let (mut loss_sum, mut targets) = (0f64, 0usize);
+        let mut states = Vec::new();
+        for (n, w) in bounds.windows(2).enumerate() {
+            let len = w[1] - w[0];
+            let seq = Tensor::i64(vec![1, len], row[w[0]..w[1]].to_vec());
+            let exe = if len > 1 { &self.whole } else { &self.single };
+            let outs = exe.run(&model.weights, &seq, backend).with_context(|| format!("sequence {n} (tokens {}..{})", w[0], w[1]))?;
+            let (out, state) = split_outputs(&exe.graph, outs)?;
+            vocab = out.logits.shape[2];
+            logits.extend_from_slice(out.logits.as_f32().context("logits are not f32")?);
+            if let Some(l) = out.loss {
+                loss_sum += l.to_f64().context("loss is not a float")?[0] * (len - 1) as f64;
+                targets += len - 1;
+            }
+            states.push(state);
+        }
+        let total = ids.shape[1];
+        let loss = (targets > 0).then(|| Tensor::f32(vec![], vec![(loss_sum / targets as f64) as f32]));
+        Ok(Packed { forward: Forward { logits: Tensor::f32(vec![1, total, vocab], logits), loss }, states: self.with_state.then_some(states) })
+    }
 }

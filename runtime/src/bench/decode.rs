@@ -54,7 +54,7 @@ impl DecodeTiming {
 impl Layer {
     /// The language model this layer's family decodes with: the layer's config, `depth` layers
     /// (Llama for attention).
-    fn model_config(self, depth: usize) -> Result<tttc_frontends::ModelConfig> {
+    pub(super) fn model_config(self, depth: usize) -> Result<tttc_frontends::ModelConfig> {
         let mut config = self.config();
         config["num_hidden_layers"] = json!(depth);
         tttc_frontends::ModelConfig::from_json(&config)

@@ -14,6 +14,7 @@ use tttc_ir::Tensor;
 use crate::Backend;
 
 pub mod decode;
+pub mod packed;
 
 /// A layer the benchmark times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
