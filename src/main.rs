@@ -157,7 +157,11 @@ With --decode, decoding instead: for each layer's family (attention: Llama) at t
 with --depths layers, a prompt of each --contexts length, then --decode-tokens tokens one step \
 at a time; the per-token median and minimum, and the floor set by the memory bandwidth measured \
 in the same run (every weight and the state read once per token, the state written once). With \
---peers, the reference TTT decode (16-token prompt, 64 tokens) runs for the TTT families.")]
+--peers, the reference TTT decode (16-token prompt, 64 tokens) runs for the TTT families.\n\n\
+With --packed, packed batches instead: --packed-sequences sequences with lengths drawn (seeded) \
+from --packed-lengths MIN,MAX, through each layer's family with the first --depths layers, as one \
+packed row with cu_seqlens and as a batch padded to the longest, both compiled once and timed in \
+the same run; tokens per second count the real tokens.")]
     Bench(BenchArgs),
 }
 
