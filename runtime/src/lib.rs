@@ -77,18 +77,7 @@ pub fn check_input_ids(ids: &Tensor, vocab: usize) -> Result<()> {
 /// Runs the model forward on `input_ids`: the model's graph goes through the pass pipeline
 /// (`tttc_passes::pipeline`), then executes.
 pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward> {
-    check_input_ids(ids, model.config.vocab_size())?;
-    let with_loss = ids.shape[1] > 1;
-    // The pass pipeline first: it expands `grad` ops, which no backend executes. Pruning the
-    // loss for T = 1 comes after it.
-    let mut graph = tttc_passes::compile(&model.builder.g)?;
-    if !with_loss {
-        graph = tttc_passes::keep_outputs(&graph, &["logits"]);
-    }
-    let outs = Executable::new(graph).run(&model.weights, ids, backend)?;
-    let mut outs = outs.into_iter();
-    let logits = outs.next().context("graph has no logits output")?;
-    Ok(Forward { logits, loss: if with_loss { outs.next() } else { None } })
+    Ok(run_sequence(model, &model.builder.g, ids, backend)?.0)
 }
 
 /// The recurrent state after a sequence, by name (the step graph's `state.NAME` without the
@@ -98,17 +87,25 @@ pub type State = Vec<(String, Tensor)>;
 /// [`forward`], and the state after the sequence (`tttc run --state-out`): the model built in
 /// `Mode::Run`, which gives the prefill's state outputs beside the logits and loss.
 pub fn forward_with_state(model: &Model, ids: &Tensor, backend: Backend) -> Result<(Forward, State)> {
-    check_input_ids(ids, model.config.vocab_size())?;
     let run = tttc_frontends::build_for(&model.config, tttc_frontends::Mode::Run)?;
-    let mut graph = tttc_passes::compile(&run.g)?;
-    let with_loss = ids.shape[1] > 1;
-    if !with_loss {
-        let keep: Vec<String> = graph.outputs.iter().map(|(n, _)| n.clone()).filter(|n| n != "loss").collect();
-        graph = tttc_passes::keep_outputs(&graph, &keep.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    let exe = Executable::new(graph);
+    run_sequence(model, &run.g, ids, backend)
+}
+
+/// Runs a frontend's `graph` of `model` on `input_ids` from a fresh state.
+fn run_sequence(model: &Model, graph: &Graph, ids: &Tensor, backend: Backend) -> Result<(Forward, State)> {
+    check_input_ids(ids, model.config.vocab_size())?;
+    // The pass pipeline first: it expands `grad` ops, which no backend executes. Pruning the
+    // loss for T = 1 comes after it.
+    let compiled = tttc_passes::compile(graph)?;
+    let exe = Executable::new(if ids.shape[1] > 1 { compiled } else { without_loss(&compiled) });
     let outs = exe.run(&model.weights, ids, backend)?;
     split_outputs(&exe.graph, outs)
+}
+
+/// `graph` without its `loss` output: a one-token sequence has no next-token target.
+fn without_loss(graph: &Graph) -> Graph {
+    let keep: Vec<&str> = graph.outputs.iter().map(|(n, _)| n.as_str()).filter(|&n| n != "loss").collect();
+    tttc_passes::keep_outputs(graph, &keep)
 }
 
 /// A run's outputs by name: `logits`, `loss` when there, and the `state.*` outputs.

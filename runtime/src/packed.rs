@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tttc_frontends::{Mode, Model};
 use tttc_ir::Tensor;
 
-use crate::{check_input_ids, split_outputs, Backend, Executable, Forward, State};
+use crate::{check_input_ids, split_outputs, without_loss, Backend, Executable, Forward, State};
 
 /// A packed run's results: `logits` `[1, total, V]`, the loss over every sequence's targets
 /// (none when every sequence has one token), and, when asked for, each sequence's state.
@@ -52,8 +52,7 @@ impl PackedRunner {
         let mode = if with_state { Mode::Run } else { Mode::Forward };
         let built = tttc_frontends::build_for(&model.config, mode)?;
         let whole = tttc_passes::compile(&built.g)?;
-        let keep: Vec<String> = whole.outputs.iter().map(|(n, _)| n.clone()).filter(|n| n != "loss").collect();
-        let single = tttc_passes::keep_outputs(&whole, &keep.iter().map(String::as_str).collect::<Vec<_>>());
+        let single = without_loss(&whole);
         Ok(PackedRunner { whole: Executable::new(whole), single: Executable::new(single), with_state })
     }
 

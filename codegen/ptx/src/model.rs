@@ -91,22 +91,7 @@ impl GpuModel {
                     Instr::Scan(s) if fi == entry => match persistent::compile(f, s)? {
                         Some(p) => {
                             signature.workspace_bytes = signature.workspace_bytes.max(f.arena + p.scratch_bytes);
-                            let lanes = p.generated.grid[0] as u64;
-                            // Global memory: the operands read and the outputs written once; the
-                            // lanes' intermediate values and carries stay in their SM's caches.
-                            let compulsory = p.generated.params.iter().map(|r| match r {
-                                ParamRef::Buf(b) => f.bufs[*b].bytes() as u64,
-                                _ => 0,
-                            });
-                            let mut work = Work { launches: 1, bytes: compulsory.sum(), ..Work::default() };
-                            work.serial_steps = p.serial_steps;
-                            for (body, iterations) in &p.bodies {
-                                let bf = &body.functions[0];
-                                for i in &bf.instrs {
-                                    work.flops += lanes * *iterations as u64 * kernels::instr_flops(&body.specs, i);
-                                }
-                            }
-                            Step::Persistent { launch: kernels.add(p.generated), work }
+                            Step::Persistent { launch: kernels.add(p.generated), work: p.work }
                         }
                         None => scan_copies(f, s, &mut kernels),
                     },

@@ -11,11 +11,12 @@
 use anyhow::Result;
 use tttc_ir::interp::contiguous_strides;
 use tttc_lower::lanes;
-use tttc_lower::schedule::{self, BufId, Function, Home, Instr, ScanInstr, Schedule};
+use tttc_lower::schedule::{self, BufId, Function, Home, Instr, ScanInstr};
 
 use crate::build::Builder;
 use crate::isa::*;
 use crate::kernels::{self, elem_bytes, params_of, Generated, ParamRef, Spread, PERSISTENT_THREADS};
+use crate::model::Work;
 
 /// Workspace each lane's block gets, rounded to this.
 const LANE_ALIGN: usize = 256;
@@ -28,10 +29,10 @@ pub struct Persistent {
     pub generated: Generated,
     /// Bytes of scratch it needs after the calling function's arena.
     pub scratch_bytes: usize,
-    /// The body's schedule (full chunk, then the shorter last one if any) and its iterations.
-    pub bodies: Vec<(Schedule, usize)>,
-    /// Barrier-separated phases each block runs one after another: its latency chain.
-    pub serial_steps: u64,
+    /// What one launch does: global memory counts the operands read and the outputs written
+    /// once (the lanes' intermediate values and carries stay in their SM's caches); the serial
+    /// steps are the barrier-separated phases each block runs one after another.
+    pub work: Work,
 }
 
 /// Memory a body instruction touches: an argument, an output, or a byte range of the lane's
@@ -333,7 +334,14 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         }
     }
     let generated = Generated { kernel: b.finish(), grid: [count as u32, 1, 1], block: [PERSISTENT_THREADS, 1, 1], params: params.into_iter().map(|p| p.0).collect() };
-    Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, bodies, serial_steps }))
+    let mut work = Work { launches: 1, serial_steps, ..Work::default() };
+    work.bytes = generated.params.iter().map(|r| if let ParamRef::Buf(b) = r { f.bufs[*b].bytes() as u64 } else { 0 }).sum();
+    for (body, iterations) in &bodies {
+        for i in &body.functions[0].instrs {
+            work.flops += (count * iterations) as u64 * kernels::instr_flops(&body.specs, i);
+        }
+    }
+    Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, work }))
 }
 
 /// Splits the scan into lanes along the axes of its first carry that its body keeps apart: the
