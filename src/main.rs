@@ -277,6 +277,12 @@ struct RunArgs {
     /// cache; the convolutions' last inputs). docs/state.md lists the names and shapes.
     #[arg(long, value_name = "S")]
     state_out: Option<PathBuf>,
+    /// Safetensors file with the state to start from, as --state-out writes it: the sequence
+    /// continues the one that state ended (the same logits as one run over both). With a packed
+    /// batch, one state per sequence (`seq.{i}.NAME`). With `grad`, OUT also gets the gradient
+    /// with respect to each state tensor, `state.NAME`.
+    #[arg(long, value_name = "S")]
+    state_in: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -470,15 +476,22 @@ fn run(args: &RunArgs) -> Result<()> {
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
     let backend = args.backend.into();
-    let (out, states): (tttc_runtime::Forward, Option<Vec<(String, tttc_ir::Tensor)>>) = match (inputs.remove("cu_seqlens"), &args.state_out) {
-        (Some(cu), want_state) => {
-            let p = tttc_runtime::packed::forward_packed(&model, &ids, &cu, backend, want_state.is_some())?;
+    let start = read_state(args)?;
+    let (out, states): (tttc_runtime::Forward, Option<Vec<(String, tttc_ir::Tensor)>>) = match (inputs.remove("cu_seqlens"), start) {
+        (Some(cu), start) => {
+            let sequences = tttc_runtime::packed::boundaries(&cu, &ids)?.len() - 1;
+            let starts = start.map(|s| tttc_runtime::state::split_packed(s, sequences)).transpose()?;
+            let p = tttc_runtime::packed::forward_packed(&model, &ids, &cu, backend, args.state_out.is_some(), starts)?;
             // One state per sequence: `seq.{i}.NAME` (their shapes may differ: a KV cache's length).
             let states = p.states.map(|per| per.into_iter().enumerate().flat_map(|(i, st)| st.into_iter().map(move |(n, t)| (format!("seq.{i}.{n}"), t))).collect());
             (p.forward, states)
         }
-        (None, None) => (tttc_runtime::forward(&model, &ids, backend)?, None),
-        (None, Some(_)) => {
+        (None, Some(start)) => {
+            let (out, state) = tttc_runtime::forward_from_state(&model, &ids, &start, backend)?;
+            (out, Some(state))
+        }
+        (None, None) if args.state_out.is_none() => (tttc_runtime::forward(&model, &ids, backend)?, None),
+        (None, None) => {
             let (out, state) = tttc_runtime::forward_with_state(&model, &ids, backend)?;
             (out, Some(state))
         }
@@ -621,9 +634,20 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// The state `--state-in` names, if any.
+fn read_state(args: &RunArgs) -> Result<Option<tttc_runtime::State>> {
+    let Some(path) = &args.state_in else { return Ok(None) };
+    let file = tttc_runtime::read_tensors(path).with_context(|| format!("--state-in {}", path.display()))?;
+    Ok(Some(file.into_iter().collect()))
+}
+
 fn grad(args: &RunArgs, remat: Option<usize>) -> Result<()> {
     let (model, ids, backend) = load_inputs(args)?;
-    let out = tttc_runtime::GradientStep::with_segments(&model, remat)?.run(&model.weights, &ids, backend)?;
+    anyhow::ensure!(args.state_out.is_none(), "tttc grad writes no state: --state-out belongs to tttc run");
+    let out = match read_state(args)? {
+        Some(start) => tttc_runtime::GradientStep::resumed(&model, &start, remat)?.run_from(&model.weights, &ids, &start, backend)?,
+        None => tttc_runtime::GradientStep::with_segments(&model, remat)?.run(&model.weights, &ids, backend)?,
+    };
     let mut tensors = vec![("loss", &out.loss)];
     tensors.extend(out.grads.iter().map(|(n, t)| (n.as_str(), t)));
     tttc_runtime::write_tensors(&args.output, &tensors)?;

@@ -34,6 +34,27 @@ pub enum Mode {
     /// The whole sequence from a fresh state, as `Forward` (`logits` for every position, `loss`),
     /// and the state after it, as `Prefill` gives it (`tttc run --state-out`).
     Run,
+    /// The whole sequence from the state given as inputs `state.NAME` (as a step takes it), as
+    /// `Run` otherwise: `logits`, `loss` and the state after it (`tttc run --state-in`).
+    /// `position` is the state's: the tokens before this sequence (a KV cache's length), or for
+    /// TTT the tokens of the current mini-batch already seen, by which it aligns its mini-batches.
+    Resume { position: usize },
+}
+
+impl Mode {
+    /// Whether the graph starts from a state given as inputs (a step, a resumed run).
+    pub fn takes_state(self) -> bool {
+        matches!(self, Mode::Step | Mode::Resume { .. })
+    }
+
+    /// The tokens seen before this graph's first one that its shapes depend on: a resumed run's
+    /// position, otherwise 0 (a step reads its position as data).
+    pub fn resumed_at(self) -> usize {
+        match self {
+            Mode::Resume { position } => position,
+            _ => 0,
+        }
+    }
 }
 
 /// A recurrent value the step graph takes and gives back: `state.{name}` of type `ty` (its
@@ -88,9 +109,9 @@ impl ModelBuilder {
         ModelBuilder { g: Graph::new(name), inits: BTreeMap::new(), embedding: None, mode, states: Vec::new(), position: None }
     }
 
-    /// A step graph's state input `state.{name}` (only in [`Mode::Step`]).
+    /// A state input `state.{name}` (only in the modes that [take one](Mode::takes_state)).
     pub fn state_input(&mut self, name: &str, ty: Type, init: StateInit) -> ValueId {
-        debug_assert_eq!(self.mode, Mode::Step, "state inputs belong to step graphs");
+        debug_assert!(self.mode.takes_state(), "state inputs belong to step and resumed graphs");
         self.states.push(StateSpec { name: name.to_string(), ty: ty.clone(), init });
         self.g.input(&format!("state.{name}"), ty)
     }
@@ -169,7 +190,7 @@ impl ModelBuilder {
         let window = format!("{prefix}.window");
         // A kernel of 1 looks back at nothing: no window to carry.
         let carries = kernel > 1 && self.mode != Mode::Forward;
-        let padded = if carries && self.mode == Mode::Step {
+        let padded = if carries && self.mode.takes_state() {
             let ty = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(kernel - 1), Dim::c(channels)]);
             let past = self.state_input(&window, ty, StateInit::Zeros);
             self.concat(&[past, x], 1)?
@@ -308,7 +329,7 @@ impl ModelBuilder {
         if self.mode == Mode::Forward {
             return self.lm_head_and_loss(h, head, ids, lm.vocab);
         }
-        if self.mode == Mode::Run {
+        if matches!(self.mode, Mode::Run | Mode::Resume { .. }) {
             self.lm_head_and_loss(h, head, ids, lm.vocab)?;
             let next = self.next_position(lm.position_period)?;
             self.state_output("position", next);
@@ -324,14 +345,16 @@ impl ModelBuilder {
         Ok(())
     }
 
-    /// The position after this graph's tokens: a prefill's length T, or a step's position plus
-    /// one; with a `period` (TTT's mini-batch), counted within it (back to 0 at its end).
+    /// The position after this graph's tokens: a prefill's length T (a resumed run's position
+    /// plus T), or a step's position plus one; with a `period` (TTT's mini-batch), counted within
+    /// it (back to 0 at its end).
     fn next_position(&mut self, period: Option<usize>) -> Result<ValueId> {
         let one = self.scalar(1.0)?;
+        let seen = Dim::sym("T").plus(self.mode.resumed_at() as i64)?;
         let next = match self.position {
             Some(p) => self.add(p, one)?,
             None => {
-                let upto = self.iota(Dim::sym("T").plus(1)?, DType::F32)?;
+                let upto = self.iota(seen.plus(1)?, DType::F32)?;
                 self.slice(upto, 0, -1, None)?
             }
         };
@@ -341,7 +364,7 @@ impl ModelBuilder {
             Some(_) => next,
             None => {
                 // T − b·(⌈T/b⌉ − 1): the length of the last mini-batch, 1 … b.
-                let chunks = self.iota(Dim::sym("T").chunks(b)?, DType::F32)?;
+                let chunks = self.iota(seen.chunks(b)?, DType::F32)?;
                 let before = self.slice(chunks, 0, -1, None)?;
                 let full = self.mul(before, wraps)?;
                 self.sub(next, full)?

@@ -3,7 +3,7 @@
 //! Pre-norm blocks of grouped-query causal attention with rotate-half RoPE at absolute positions
 //! (angles computed in the graph, so positions are not capped), then a SwiGLU MLP.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tttc_ir::{DType, Dim, Graph, ReduceKind, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
@@ -32,12 +32,17 @@ pub fn build(c: &LlamaConfig, mode: Mode) -> Result<ModelBuilder> {
         let (cos, sin) = match angles {
             Some(a) => a,
             None => {
-                let a = match b.position {
-                    Some(pos) => rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)?,
-                    None => {
-                        let t = b.dim(h, 1)?;
-                        rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta)?
+                let t = b.dim(h, 1)?;
+                let a = match (b.position, b.mode) {
+                    (Some(pos), _) => rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)?,
+                    // A resumed run's tokens follow the `position` tokens of its cache.
+                    (None, Mode::Resume { position }) => {
+                        let upto = b.iota(t, DType::F32)?;
+                        let offset = b.scalar(position as f64)?;
+                        let pos = b.add(upto, offset)?;
+                        rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)?
                     }
+                    (None, _) => rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta)?,
                 };
                 angles = Some(a);
                 a
@@ -74,18 +79,25 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let k = split_heads(&mut b.g, k, kv_heads, d)?; // [B, Hkv, T, d]
     let v = split_heads(&mut b.g, v, kv_heads, d)?;
     let q = rope(&mut b.g, q, cos, sin, d)?;
-    let mut k = rope(&mut b.g, k, cos, sin, d)?;
-    let mut v = v;
+    let k = rope(&mut b.g, k, cos, sin, d)?;
     // The KV cache `[B, Hkv, L, d]`: a step appends its token's key and value (and reads them all,
-    // no mask needed), a prefill hands over the prompt's.
-    let step = b.mode == Mode::Step;
-    if step {
-        let cache = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(kv_heads), Dim::sym("L"), Dim::c(d)]);
-        let past_k = b.state_input(&format!("{s}k_cache"), cache.clone(), StateInit::Zeros);
-        let past_v = b.state_input(&format!("{s}v_cache"), cache, StateInit::Zeros);
-        k = b.concat(&[past_k, k], 2)?;
-        v = b.concat(&[past_v, v], 2)?;
-    }
+    // no mask needed), a resumed run appends its tokens' (each reads the whole cache and the new
+    // keys up to its own), a prefill hands over the prompt's.
+    let past = match b.mode {
+        Mode::Step => Some(Dim::sym("L")),
+        Mode::Resume { position: 0 } => bail!("a Llama state of no positions: its KV cache would be empty"),
+        Mode::Resume { position } => Some(Dim::c(position)),
+        _ => None,
+    };
+    let (k, v) = match past {
+        Some(len) => {
+            let cache = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(kv_heads), len, Dim::c(d)]);
+            let past_k = b.state_input(&format!("{s}k_cache"), cache.clone(), StateInit::Zeros);
+            let past_v = b.state_input(&format!("{s}v_cache"), cache, StateInit::Zeros);
+            (b.concat(&[past_k, k], 2)?, b.concat(&[past_v, v], 2)?)
+        }
+        None => (k, v),
+    };
     b.state_output(&format!("{s}k_cache"), k);
     b.state_output(&format!("{s}v_cache"), v);
     // Head h reads kv head ⌊h·Hkv/H⌋: repeat each kv head H/Hkv times (HF `repeat_kv`).
@@ -93,19 +105,29 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let v = repeat_kv(&mut b.g, v, heads, kv_heads, d)?;
 
     // Causal softmax(q kᵀ / √d) v, the softmax made stable by subtracting the row maximum.
-    let scores = if step {
-        // One query: the keys times it, read row by row (the cache is never transposed), then
-        // turned into a row of scores [B, H, 1, L+1].
-        let qt = b.transpose_last2(q)?;
-        let column = b.matmul(k, qt)?;
-        b.transpose_last2(column)?
-    } else {
-        let kt = b.transpose_last2(k)?;
-        b.matmul(q, kt)? // [B, H, T, T]
+    let scores = match b.mode {
+        Mode::Step => {
+            // One query: the keys times it, read row by row (the cache is never transposed), then
+            // turned into a row of scores [B, H, 1, L+1].
+            let qt = b.transpose_last2(q)?;
+            let column = b.matmul(k, qt)?;
+            let row = b.transpose_last2(column)?;
+            let scale = b.scalar((d as f64).sqrt())?;
+            b.div(row, scale)?
+        }
+        Mode::Resume { position } => {
+            // Every query sees the whole cache and, of the new keys, those up to its own.
+            let (past_k, new_k) = (b.slice(k, 2, 0, Some(position as i64))?, b.slice(k, 2, position as i64, None)?);
+            let past = scaled_scores(&mut b.g, q, past_k, d)?;
+            let new = scaled_scores(&mut b.g, q, new_k, d)?;
+            let new = b.tri_mask(new, f64::NEG_INFINITY)?;
+            b.concat(&[past, new], -1)? // [B, H, T, L+T]
+        }
+        _ => {
+            let scores = scaled_scores(&mut b.g, q, k, d)?; // [B, H, T, T]
+            b.tri_mask(scores, f64::NEG_INFINITY)?
+        }
     };
-    let scale = b.scalar((d as f64).sqrt())?;
-    let scores = b.div(scores, scale)?;
-    let scores = if step { scores } else { b.tri_mask(scores, f64::NEG_INFINITY)? };
     let m = b.reduce(ReduceKind::Max, scores, -1, true)?;
     let shifted = b.sub(scores, m)?;
     let e = b.unary(UnaryOp::Exp, shifted)?;
@@ -117,6 +139,14 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let (batch, len) = (b.dim(x, 0)?, b.dim(x, 1)?);
     let o = b.reshape(o, vec![batch, len, Dim::c(heads * d)])?;
     b.linear(o, &format!("{s}o_proj"), heads * d, dim, Init::Normal { std }, bias.then_some(Init::Zeros))
+}
+
+/// `q kᵀ / √d` `[B, H, T, S]` of the queries `[B, H, T, d]` and the keys `[B, H, S, d]`.
+fn scaled_scores(g: &mut Graph, q: ValueId, k: ValueId, d: usize) -> Result<ValueId> {
+    let kt = g.transpose_last2(k)?;
+    let scores = g.matmul(q, kt)?;
+    let scale = g.scalar((d as f64).sqrt())?;
+    g.div(scores, scale)
 }
 
 /// `[B, Hkv, T, d]` → `[B, H, T, d]`, kv head j repeated for heads j·r … j·r + r − 1 (r = H/Hkv).

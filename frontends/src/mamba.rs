@@ -79,11 +79,11 @@ fn mixer(b: &mut ModelBuilder, c: &MambaConfig, h: ValueId, s: &str) -> Result<V
     let a = b.unary(UnaryOp::Neg, a)?; // [Di, N]
     let d_skip = b.weight(&format!("{s}D"), &[di], Init::Ones);
 
-    // The scan: state s [B, Di, N], from 0 or from a step's state.
+    // The scan: state s [B, Di, N], from 0 or from the state given (a step, a resumed run).
     let du = b.mul(dt, u)?; // Δ·u [B, T, Di]
     let state_type = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(di), Dim::c(n)]);
     let ssm = format!("{s}ssm_state");
-    let s0 = if b.mode == Mode::Step {
+    let s0 = if b.mode.takes_state() {
         b.state_input(&ssm, state_type, StateInit::Zeros)
     } else {
         let zero = b.scalar(0.0)?;

@@ -6,7 +6,7 @@
 //! The inner gradient is not spelled out: it is a `grad` op over the inner loss, which the passes'
 //! autodiff expands; deriving the dual form is the passes' job too.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
@@ -135,27 +135,8 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
         let decode = Decode { names: &names, shapes: &state, position: b.position.expect("a step graph has a position") };
         decode_step(b, c, decode, [q, k, v, lr, token_idx], norm)?
     } else {
-        let mut inputs = Vec::new();
-        for (&p, shape) in params.iter().zip(&state) {
-            inputs.push(b.broadcast(p, shape.clone())?);
-        }
-        let hand_off = matches!(b.mode, Mode::Prefill | Mode::Run);
-        let body = mini_batch_body(c, &inputs.iter().map(|&v| b.ty(v).clone()).collect::<Vec<_>>(), hand_off)?;
-        if hand_off {
-            let zero = b.scalar(0.0)?;
-            for shape in &state {
-                inputs.push(b.broadcast(zero, shape.clone())?);
-            }
-        }
-        let carries = inputs.len();
-        inputs.extend([q, k, v, lr, token_idx]);
-        inputs.extend(norm.into_iter().flatten());
-        let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body, reverse: false }, &inputs)?;
-        let acc_names = names.iter().map(|n| format!("{n}.acc"));
-        for (name, &last) in names.iter().cloned().chain(acc_names).zip(&outs[..carries]) {
-            b.state_output(&name, last);
-        }
-        outs[carries] // [B, H, T, d]
+        let layer = Layer { names: &names, params: &params, shapes: &state };
+        mini_batch_scan(b, c, layer, [q, k, v, lr, token_idx], norm)?
     };
 
     let z = b.transpose(z, &[0, 2, 1, 3])?;
@@ -182,23 +163,22 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
 /// respect to token j's copy is that token's gradient g_j at W₀. The gradient is a `grad` op over
 /// the inner loss, which the passes expand.
 ///
-/// With `hand_off` (a prefill), the body also carries the lr-weighted gradient sums
+/// With [`Sums`] carried, the body also carries the lr-weighted gradient sums
 /// `A = Σ_j lr[j]·g_j`, one per state tensor after the states. A whole mini-batch hands on
 /// `(W_last, 0)`; a shorter one, which can only be the sequence's last, hands on its own start
-/// `(W₀, A)` instead (SPEC §2, "Decoding"), for steps to continue inside it.
-fn mini_batch_body(c: &TttConfig, state_types: &[Type], hand_off: bool) -> Result<Graph> {
+/// `(W₀, A)` instead (SPEC §2, "Decoding"), for steps to continue inside it. With
+/// [`Sums::Read`] a mini-batch starts from sums `A₀` of tokens before it:
+/// `W_i = W₀ − τ[i]·A₀ − Σ_j η[i,j] g_j` and it hands on `A₀ + Σ_j lr[j]·g_j`.
+fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Graph> {
+    let hand_off = sums != Sums::None;
     let (heads, d) = (c.num_heads, c.head_dim());
     // The chunk length: symbolic (the last mini-batch may be shorter), or 1 for one token a step.
     let n = if c.mini_batch_size == 1 { Dim::c(1) } else { Dim::sym("n") };
     let bsym = Dim::sym("B");
     let mut g = Graph::new("mini_batch");
     let state: Vec<ValueId> = state_types.iter().enumerate().map(|(i, t)| g.input(&format!("state{i}"), t.clone())).collect();
-    if hand_off {
-        // Always zero at a mini-batch's start in a prefill: read by nothing.
-        for (i, t) in state_types.iter().enumerate() {
-            g.input(&format!("acc{i}"), t.clone());
-        }
-    }
+    // Zero at every mini-batch's start in a prefill: read only by a resumed run.
+    let start_sums: Vec<ValueId> = if hand_off { state_types.iter().enumerate().map(|(i, t)| g.input(&format!("acc{i}"), t.clone())).collect() } else { Vec::new() };
     let chunk = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);
     let q = g.input("q", chunk.clone());
     let k = g.input("k", chunk.clone());
@@ -221,6 +201,8 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], hand_off: bool) -> Resul
     let pos = g.iota(n.clone(), DType::I64)?;
     let posf = g.cast(pos, DType::F32)?;
     let tau = token_scale(&mut g, token_idx, pos, posf)?;
+    // τ per token against [B, H, n, rows, cols], for the sums a resumed run starts from.
+    let tau_of_token = if sums == Sums::Read { Some(g.reshape(tau, vec![n.clone(), Dim::c(1), Dim::c(1)])?) } else { None };
     let tau = g.reshape(tau, vec![n.clone(), Dim::c(1)])?;
     let lr_row = g.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), n.clone()])?;
     let eta = g.mul(tau, lr_row)?;
@@ -241,17 +223,26 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], hand_off: bool) -> Resul
     let mut weights = Vec::new();
     let mut next_state = Vec::new();
     let mut hand_offs = Vec::new();
-    for ((&s, &w0), &gj) in state.iter().zip(&start).zip(&grads) {
+    for (i, ((&s, &w0), &gj)) in state.iter().zip(&start).zip(&grads).enumerate() {
         let (rows, cols) = matrix_dims(g.ty(s));
         let flat = g.reshape(gj, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows * cols)])?;
         let step = g.matmul(eta, flat)?;
         let step = g.reshape(step, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?;
-        let w = g.sub(w0, step)?;
+        let mut w = g.sub(w0, step)?;
+        if let Some(tau_i) = tau_of_token {
+            let a0 = g.reshape(start_sums[i], vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows), Dim::c(cols)])?;
+            let before = g.mul(tau_i, a0)?;
+            w = g.sub(w, before)?;
+        }
         let last = g.slice(w, 2, -1, None)?;
         next_state.push(g.reshape(last, g.ty(s).shape.clone())?);
         if hand_off {
             let acc = g.matmul(lr_row, flat)?; // Σ_j lr[j]·g_j, [B, H, 1, rows·cols]
-            hand_offs.push(g.reshape(acc, g.ty(s).shape.clone())?);
+            let mut acc = g.reshape(acc, g.ty(s).shape.clone())?;
+            if sums == Sums::Read {
+                acc = g.add(start_sums[i], acc)?;
+            }
+            hand_offs.push(acc);
         }
         weights.push(w);
     }
@@ -294,6 +285,80 @@ fn token_scale(g: &mut Graph, token_idx: ValueId, index: ValueId, position: Valu
     let tau = g.add(inv, learned)?;
     let zero = g.scalar(0.0)?;
     g.binary(BinaryOp::Max, tau, zero)
+}
+
+/// A TTT layer's inner weights: their state names (`{prefix}W1`, …), parameters `[H, rows, cols]`
+/// and state shapes `[B, H, rows, cols]`.
+struct Layer<'a> {
+    names: &'a [String],
+    params: &'a [ValueId],
+    shapes: &'a [Vec<Dim>],
+}
+
+/// The mini-batch loop over the whole sequence: a `Scan` of [`mini_batch_body`] in chunks of b,
+/// carrying the inner weights (and, when the graph hands on a state, the gradient sums).
+/// Operands: q, k, v `[B, H, T, d]`, lr `[B, H, T]`, learnable_token_idx; returns `[B, H, T, d]`.
+///
+/// A resumed run starts from the state given, p tokens into a mini-batch: its sequence is padded
+/// in front with p tokens of lr 0, which change nothing, so that the scan's chunks fall on the
+/// mini-batch boundaries; the first chunk continues from the sums given.
+fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [ValueId; 5], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
+    let sums = match b.mode {
+        Mode::Forward => Sums::None,
+        Mode::Resume { .. } => Sums::Read,
+        _ => Sums::HandedOn,
+    };
+    let mut inputs = Vec::new();
+    if sums == Sums::Read {
+        for (name, shape) in layer.names.iter().zip(layer.shapes) {
+            inputs.push(b.state_input(name, Type::new(DType::F32, shape.clone()), StateInit::Param(name.clone())));
+        }
+        for (name, shape) in layer.names.iter().zip(layer.shapes) {
+            inputs.push(b.state_input(&format!("{name}.acc"), Type::new(DType::F32, shape.clone()), StateInit::Zeros));
+        }
+    } else {
+        for (&p, shape) in layer.params.iter().zip(layer.shapes) {
+            inputs.push(b.broadcast(p, shape.clone())?);
+        }
+        if sums == Sums::HandedOn {
+            let zero = b.scalar(0.0)?;
+            for shape in layer.shapes {
+                inputs.push(b.broadcast(zero, shape.clone())?);
+            }
+        }
+    }
+    let weight_types: Vec<Type> = layer.shapes.iter().map(|s| Type::new(DType::F32, s.clone())).collect();
+    let body = mini_batch_body(c, &weight_types, sums)?;
+    let carries = inputs.len();
+    let seen = b.mode.resumed_at();
+    ensure!(seen < c.mini_batch_size, "a TTT state at position {seen} of a mini-batch of {}", c.mini_batch_size);
+    let [q, k, v, lr, token_idx] = seqs;
+    for x in [q, k, v, lr] {
+        inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
+    }
+    inputs.push(token_idx);
+    inputs.extend(norm.into_iter().flatten());
+    let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body, reverse: false }, &inputs)?;
+    let acc_names = layer.names.iter().map(|n| format!("{n}.acc"));
+    for (name, &last) in layer.names.iter().cloned().chain(acc_names).zip(&outs[..carries]) {
+        b.state_output(&name, last);
+    }
+    let z = outs[carries]; // [B, H, seen + T, d]
+    if seen > 0 {
+        return b.slice(z, 2, seen as i64, None);
+    }
+    Ok(z)
+}
+
+/// What the mini-batch scan carries beside the inner weights: the lr-weighted gradient sums `A`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sums {
+    /// Not carried: the forward pass hands nothing on.
+    None,
+    /// Carried from zero and handed on (a prefill): each mini-batch starts at zero.
+    HandedOn,
+    /// Carried from the state given, which the first mini-batch continues (a resumed run).
+    Read,
 }
 
 /// A TTT layer's recurrent state in a step graph: the inner weights' names and shapes

@@ -117,11 +117,22 @@ fn inline(g: &mut Graph, body: &Graph, args: &[ValueId]) -> Result<(Vec<ValueId>
 /// recomputation back into the original) just before differentiating it. Peak memory is then
 /// about the boundary values plus one segment's activations, for one more forward pass.
 pub fn gradient_graph(g: &Graph, loss: &str, segments: usize) -> Result<Graph> {
+    gradient_graph_wrt(g, loss, segments, &[])
+}
+
+/// [`gradient_graph`], with the gradients with respect to the f32 `inputs` named too, after the
+/// parameters' and named like the input (a resumed run's `state.NAME`, say).
+pub fn gradient_graph_wrt(g: &Graph, loss: &str, segments: usize, inputs: &[&str]) -> Result<Graph> {
     let mut out = Graph::new(&format!("{}_grad", g.name));
     let args: Vec<ValueId> = g.args.iter().map(|a| out.arg(&a.name, a.kind, g.ty(a.value).clone())).collect();
     let at = g.outputs.iter().position(|(n, _)| n == loss).with_context(|| format!("the graph has no output {loss}"))?;
-    let params: Vec<(String, ValueId)> =
+    let mut params: Vec<(String, ValueId)> =
         g.args.iter().zip(&args).filter(|(a, _)| a.kind == tttc_ir::ArgKind::Param).map(|(a, &v)| (a.name.clone(), v)).collect();
+    for &name in inputs {
+        let (a, &v) = g.args.iter().zip(&args).find(|(a, _)| a.kind == tttc_ir::ArgKind::Input && a.name == name).with_context(|| format!("the graph has no input {name}"))?;
+        ensure!(g.ty(a.value).dtype == DType::F32, "input {name} is not f32: it has no gradient");
+        params.push((name.to_string(), v));
+    }
     let wrt: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
     let (loss_value, grads) = if segments <= 1 {
         let (outs, tape) = inline(&mut out, g, &args)?;

@@ -7,7 +7,7 @@ mod fuse;
 mod hoist;
 mod simplify;
 
-pub use autodiff::{expand_grads, gradient_graph};
+pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt};
 pub use dual_form::{derive_with_report, DualFormReport};
 pub use simplify::simplify;
 pub use dce::{dead_code_elimination, keep_outputs};

@@ -8,6 +8,7 @@ pub mod train;
 pub mod compare;
 mod cuda;
 pub mod packed;
+pub mod state;
 pub mod plot;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -77,7 +78,7 @@ pub fn check_input_ids(ids: &Tensor, vocab: usize) -> Result<()> {
 /// Runs the model forward on `input_ids`: the model's graph goes through the pass pipeline
 /// (`tttc_passes::pipeline`), then executes.
 pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward> {
-    Ok(run_sequence(model, &model.builder.g, ids, backend)?.0)
+    Ok(run_sequence(model, &model.builder.g, ids, &State::new(), backend)?.0)
 }
 
 /// The recurrent state after a sequence, by name (the step graph's `state.NAME` without the
@@ -88,18 +89,32 @@ pub type State = Vec<(String, Tensor)>;
 /// `Mode::Run`, which gives the prefill's state outputs beside the logits and loss.
 pub fn forward_with_state(model: &Model, ids: &Tensor, backend: Backend) -> Result<(Forward, State)> {
     let run = tttc_frontends::build_for(&model.config, tttc_frontends::Mode::Run)?;
-    run_sequence(model, &run.g, ids, backend)
+    run_sequence(model, &run.g, ids, &State::new(), backend)
 }
 
-/// Runs a frontend's `graph` of `model` on `input_ids` from a fresh state.
-fn run_sequence(model: &Model, graph: &Graph, ids: &Tensor, backend: Backend) -> Result<(Forward, State)> {
+/// [`forward_with_state`] for a sequence that continues from `start`, the state an earlier run
+/// ended in (`tttc run --state-in`): the same logits as one run over both sequences.
+pub fn forward_from_state(model: &Model, ids: &Tensor, start: &State, backend: Backend) -> Result<(Forward, State)> {
+    run_sequence(model, &state::resumed_graph(model, start)?, ids, start, backend)
+}
+
+/// Runs a frontend's `graph` of `model` on `input_ids` from the state `start` (empty: a fresh
+/// state).
+fn run_sequence(model: &Model, graph: &Graph, ids: &Tensor, start: &State, backend: Backend) -> Result<(Forward, State)> {
     check_input_ids(ids, model.config.vocab_size())?;
+    let mut inputs = state::arguments(graph, start, ids.shape[0])?;
     // The pass pipeline first: it expands `grad` ops, which no backend executes. Pruning the
     // loss for T = 1 comes after it.
     let compiled = tttc_passes::compile(graph)?;
     let exe = Executable::new(if ids.shape[1] > 1 { compiled } else { without_loss(&compiled) });
-    let outs = exe.run(&model.weights, ids, backend)?;
+    inputs.push(("input_ids".to_string(), ids));
+    let outs = exe.run_with(&model.weights, &named(&inputs), backend)?;
     split_outputs(&exe.graph, outs)
+}
+
+/// `(name, tensor)` pairs as [`Executable::run_with`] takes them.
+fn named<'a>(inputs: &'a [(String, &'a Tensor)]) -> Vec<(&'a str, &'a Tensor)> {
+    inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect()
 }
 
 /// `graph` without its `loss` output: a one-token sequence has no next-token target.
@@ -115,13 +130,14 @@ fn split_outputs(graph: &Graph, outs: Vec<Tensor>) -> Result<(Forward, State)> {
         match name.as_str() {
             "logits" => logits = Some(t),
             "loss" => loss = Some(t),
-            other => state.push((other.strip_prefix("state.").context("an output that is neither logits, loss nor state")?.to_string(), t)),
+            other => state.push((other.strip_prefix(state::PREFIX).context("an output that is neither logits, loss nor state")?.to_string(), t)),
         }
     }
     Ok((Forward { logits: logits.context("graph has no logits output")?, loss }, state))
 }
 
-/// The loss and its gradient with respect to every parameter, by name (`tttc grad`).
+/// The loss and its gradient with respect to every parameter, by name (`tttc grad`), and, for a
+/// run from a saved state, with respect to each state tensor (named `state.NAME`).
 pub struct Gradients {
     pub loss: Tensor,
     pub grads: Vec<(String, Tensor)>,
@@ -139,6 +155,8 @@ pub fn gradients(model: &Model, ids: &Tensor, backend: Backend) -> Result<Gradie
 /// runs it every step).
 pub struct GradientStep {
     graph: Executable,
+    /// The graph the gradients are of, whose state inputs a run takes.
+    forward: Graph,
     vocab: usize,
 }
 
@@ -200,8 +218,23 @@ impl GradientStep {
     /// [`GradientStep::new`] with the number of rematerialisation segments given (`Some(1)`:
     /// keep every activation, no recomputation).
     pub fn with_segments(model: &Model, segments: Option<usize>) -> Result<GradientStep> {
-        let forward = tttc_passes::expand_grads(&model.builder.g)?;
-        let build = |k: usize| tttc_passes::compile(&tttc_passes::gradient_graph(&forward, "loss", k)?);
+        GradientStep::of(model, &model.builder.g, segments)
+    }
+
+    /// The gradient step of a sequence that continues from `start` (`tttc grad --state-in`): the
+    /// gradients with respect to the parameters and to every tensor of the state (truncated
+    /// backpropagation through time carries these back to the run before).
+    pub fn resumed(model: &Model, start: &State, segments: Option<usize>) -> Result<GradientStep> {
+        GradientStep::of(model, &state::resumed_graph(model, start)?, segments)
+    }
+
+    /// The gradient step of one of the model's graphs, with respect to its parameters and its
+    /// state inputs.
+    fn of(model: &Model, graph: &Graph, segments: Option<usize>) -> Result<GradientStep> {
+        let forward = tttc_passes::expand_grads(graph)?;
+        let wrt: Vec<String> = state::inputs(&forward).iter().map(|n| format!("{}{n}", state::PREFIX)).collect();
+        let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
+        let build = |k: usize| tttc_passes::compile(&tttc_passes::gradient_graph_wrt(&forward, "loss", k, &wrt)?);
         let graph = match segments {
             Some(k) => build(k)?,
             None => {
@@ -218,15 +251,22 @@ impl GradientStep {
                 best.expect("at least one candidate").1
             }
         };
-        Ok(GradientStep { graph: Executable::new(graph), vocab: model.config.vocab_size() })
+        Ok(GradientStep { graph: Executable::new(graph), forward, vocab: model.config.vocab_size() })
     }
 
     /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
     pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Gradients> {
+        self.run_from(weights, ids, &State::new(), backend)
+    }
+
+    /// [`GradientStep::run`] from the state `start` (a step built by [`GradientStep::resumed`]).
+    pub fn run_from(&self, weights: &Weights, ids: &Tensor, start: &State, backend: Backend) -> Result<Gradients> {
         check_input_ids(ids, self.vocab)?;
         ensure!(!backend.forward_only(), "--backend {} runs forward passes only; gradients run on cpu or interp", backend.name());
         ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
-        let mut outs = self.graph.run(weights, ids, backend)?.into_iter();
+        let mut inputs = state::arguments(&self.forward, start, ids.shape[0])?;
+        inputs.push(("input_ids".to_string(), ids));
+        let mut outs = self.graph.run_with(weights, &named(&inputs), backend)?.into_iter();
         let loss = outs.next().context("gradient graph has no loss")?;
         let names = self.graph.graph.outputs[1..].iter().map(|(n, _)| n.clone());
         Ok(Gradients { loss, grads: names.zip(outs).collect() })

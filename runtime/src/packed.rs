@@ -4,12 +4,15 @@
 //! on its own, so nothing is padded and nothing crosses a boundary (mini-batches and positions
 //! restart with each sequence); the logits are laid end to end again and the loss is the mean over
 //! every sequence's next-token targets. The model's graphs are compiled once for all sequences.
+//! With a state per sequence (`--state-in`), each continues from its own.
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_frontends::{Mode, Model};
 use tttc_ir::Tensor;
 
-use crate::{check_input_ids, split_outputs, without_loss, Backend, Executable, Forward, State};
+use std::collections::BTreeMap;
+
+use crate::{check_input_ids, named, split_outputs, state, without_loss, Backend, Executable, Forward, State};
 
 /// A packed run's results: `logits` `[1, total, V]`, the loss over every sequence's targets
 /// (none when every sequence has one token), and, when asked for, each sequence's state.
@@ -34,16 +37,51 @@ pub fn boundaries(cu_seqlens: &Tensor, ids: &Tensor) -> Result<Vec<usize>> {
     Ok(cu.iter().map(|&c| c as usize).collect())
 }
 
-/// Runs each sequence of a packed batch on its own (with its state after it when `with_state`).
-pub fn forward_packed(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend, with_state: bool) -> Result<Packed> {
-    PackedRunner::new(model, with_state)?.run(model, ids, cu_seqlens, backend)
+/// Runs each sequence of a packed batch on its own (with its state after it when `with_state`),
+/// each from a fresh state or, with `starts` (one per sequence), from its own.
+pub fn forward_packed(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend, with_state: bool, starts: Option<Vec<State>>) -> Result<Packed> {
+    let Some(starts) = starts else { return PackedRunner::new(model, with_state)?.run(model, ids, cu_seqlens, backend) };
+    let sequences = boundaries(cu_seqlens, ids)?.len() - 1;
+    ensure!(starts.len() == sequences, "the state holds {} sequences' states, the batch has {sequences} sequences", starts.len());
+    // One graph per state position, compiled once for the sequences that share it.
+    let mut graphs: BTreeMap<usize, SequenceGraphs> = BTreeMap::new();
+    let (forward, states) = each_sequence(model, ids, cu_seqlens, |n, seq| {
+        let start = &starts[n];
+        let at = state::position(start)?;
+        if !graphs.contains_key(&at) {
+            graphs.insert(at, SequenceGraphs::new(&state::resumed_graph(model, start)?)?);
+        }
+        let exe = graphs[&at].for_length(seq.shape[1]);
+        let mut inputs = state::arguments(&exe.graph, start, 1)?;
+        inputs.push(("input_ids".to_string(), seq));
+        let outs = exe.run_with(&model.weights, &named(&inputs), backend)?;
+        split_outputs(&exe.graph, outs)
+    })?;
+    Ok(Packed { forward, states: with_state.then_some(states) })
 }
 
-/// A model's graphs for packed batches, compiled once: the whole sequence's, and a one-token
-/// sequence's (which has no target, so no loss).
-pub struct PackedRunner {
+/// A graph for whole sequences, compiled, and its variant for one-token sequences (which have no
+/// target, so no loss).
+struct SequenceGraphs {
     whole: Executable,
     single: Executable,
+}
+
+impl SequenceGraphs {
+    fn new(graph: &tttc_ir::Graph) -> Result<SequenceGraphs> {
+        let whole = tttc_passes::compile(graph)?;
+        let single = without_loss(&whole);
+        Ok(SequenceGraphs { whole: Executable::new(whole), single: Executable::new(single) })
+    }
+
+    fn for_length(&self, len: usize) -> &Executable {
+        if len > 1 { &self.whole } else { &self.single }
+    }
+}
+
+/// A model's graphs for packed batches from fresh states, compiled once.
+pub struct PackedRunner {
+    graphs: SequenceGraphs,
     with_state: bool,
 }
 
@@ -51,34 +89,41 @@ impl PackedRunner {
     pub fn new(model: &Model, with_state: bool) -> Result<PackedRunner> {
         let mode = if with_state { Mode::Run } else { Mode::Forward };
         let built = tttc_frontends::build_for(&model.config, mode)?;
-        let whole = tttc_passes::compile(&built.g)?;
-        let single = without_loss(&whole);
-        Ok(PackedRunner { whole: Executable::new(whole), single: Executable::new(single), with_state })
+        Ok(PackedRunner { graphs: SequenceGraphs::new(&built.g)?, with_state })
     }
 
     pub fn run(&self, model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend) -> Result<Packed> {
-        let bounds = boundaries(cu_seqlens, ids)?;
-        check_input_ids(ids, model.config.vocab_size())?;
-        let row = ids.as_i64().expect("checked above");
-        let (mut logits, mut vocab) = (Vec::new(), 0);
-        let (mut loss_sum, mut targets) = (0f64, 0usize);
-        let mut states = Vec::new();
-        for (n, w) in bounds.windows(2).enumerate() {
-            let len = w[1] - w[0];
-            let seq = Tensor::i64(vec![1, len], row[w[0]..w[1]].to_vec());
-            let exe = if len > 1 { &self.whole } else { &self.single };
-            let outs = exe.run(&model.weights, &seq, backend).with_context(|| format!("sequence {n} (tokens {}..{})", w[0], w[1]))?;
-            let (out, state) = split_outputs(&exe.graph, outs)?;
-            vocab = out.logits.shape[2];
-            logits.extend_from_slice(out.logits.as_f32().context("logits are not f32")?);
-            if let Some(l) = out.loss {
-                loss_sum += l.to_f64().context("loss is not a float")?[0] * (len - 1) as f64;
-                targets += len - 1;
-            }
-            states.push(state);
-        }
-        let total = ids.shape[1];
-        let loss = (targets > 0).then(|| Tensor::f32(vec![], vec![(loss_sum / targets as f64) as f32]));
-        Ok(Packed { forward: Forward { logits: Tensor::f32(vec![1, total, vocab], logits), loss }, states: self.with_state.then_some(states) })
+        let (forward, states) = each_sequence(model, ids, cu_seqlens, |_, seq| {
+            let exe = self.graphs.for_length(seq.shape[1]);
+            let outs = exe.run(&model.weights, seq, backend)?;
+            split_outputs(&exe.graph, outs)
+        })?;
+        Ok(Packed { forward, states: self.with_state.then_some(states) })
     }
+}
+
+/// Runs `sequence` on each sequence of the packed batch (its index and its `input_ids`
+/// `[1, len]`), lays the logits end to end and averages the loss over every target.
+fn each_sequence(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, mut sequence: impl FnMut(usize, &Tensor) -> Result<(Forward, State)>) -> Result<(Forward, Vec<State>)> {
+    let bounds = boundaries(cu_seqlens, ids)?;
+    check_input_ids(ids, model.config.vocab_size())?;
+    let row = ids.as_i64().expect("checked above");
+    let (mut logits, mut vocab) = (Vec::new(), 0);
+    let (mut loss_sum, mut targets) = (0f64, 0usize);
+    let mut states = Vec::new();
+    for (n, w) in bounds.windows(2).enumerate() {
+        let len = w[1] - w[0];
+        let seq = Tensor::i64(vec![1, len], row[w[0]..w[1]].to_vec());
+        let (out, state) = sequence(n, &seq).with_context(|| format!("sequence {n} (tokens {}..{})", w[0], w[1]))?;
+        vocab = out.logits.shape[2];
+        logits.extend_from_slice(out.logits.as_f32().context("logits are not f32")?);
+        if let Some(l) = out.loss {
+            loss_sum += l.to_f64().context("loss is not a float")?[0] * (len - 1) as f64;
+            targets += len - 1;
+        }
+        states.push(state);
+    }
+    let total = ids.shape[1];
+    let loss = (targets > 0).then(|| Tensor::f32(vec![], vec![(loss_sum / targets as f64) as f32]));
+    Ok((Forward { logits: Tensor::f32(vec![1, total, vocab], logits), loss }, states))
 }
