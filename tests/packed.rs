@@ -68,3 +68,75 @@ fn packed_rows_match_separate_runs() {
         }
     }
 }
+
+/// With `--state-in`, each sequence of a packed batch continues from its own state (`seq.{i}.NAME`):
+/// pieces of lengths 1, b − 1 and b + 3 that follow prefixes of 1, b + 1 and b tokens of their
+/// rows, each prefix's state saved by a run of its own, give the reference logits at their
+/// positions, and the packed run saves each sequence's state after it, that of one run over its
+/// prefix and itself.
+#[test]
+fn packed_rows_continue_their_own_states() {
+    let dir = scratch("packed_state_in");
+    for case in cases() {
+        let name = case.file_name().unwrap().to_str().unwrap().to_string();
+        let io = read(&case.join("io.safetensors"));
+        let ids = &io["input_ids"];
+        let (b, t, v) = (ids.shape[0], ids.shape[1], io["logits"].shape[2]);
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
+        let mb = config["mini_batch_size"].as_u64().unwrap_or(16) as usize;
+        // (row, prefix, piece length), each inside the row.
+        let spans: Vec<(usize, usize, usize)> = [(1, 1), (mb + 1, mb - 1), (mb, mb + 3)]
+            .iter()
+            .enumerate()
+            .map(|(k, &(pre, len))| (k % b, pre.min(t - 1), len.min(t - pre.min(t - 1))))
+            .collect();
+        for backend in ["interp", "cpu"] {
+            let mut start = Vec::new();
+            for (k, &(r, pre, _)) in spans.iter().enumerate() {
+                let (input, out, state) = (dir.join(format!("{name}-{k}-pre-in.safetensors")), dir.join(format!("{name}-{k}-pre-out.safetensors")), dir.join(format!("{name}-{k}-pre-state.safetensors")));
+                write_raw(&input, &[("input_ids".into(), Dtype::I64, vec![1, pre], i64_bytes(&ids.i64[r * t..r * t + pre]))]);
+                let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
+                assert!(r.status.success(), "{name} ({backend}) prefix {k}: {}", String::from_utf8_lossy(&r.stderr));
+                start.extend(read_raw(&state).into_iter().map(|(n, dt, shape, data)| (format!("seq.{k}.{n}"), dt, shape, data)));
+            }
+            let start_file = dir.join(format!("{name}-{backend}-start.safetensors"));
+            write_raw(&start_file, &start);
+            let pieces: Vec<&[i64]> = spans.iter().map(|&(r, pre, len)| &ids.i64[r * t + pre..r * t + pre + len]).collect();
+            let mut cu = vec![0i64];
+            for piece in &pieces {
+                cu.push(cu.last().unwrap() + piece.len() as i64);
+            }
+            let packed = pieces.concat();
+            let input = dir.join(format!("{name}-{backend}-in.safetensors"));
+            write_raw(&input, &[
+                ("input_ids".into(), Dtype::I64, vec![1, packed.len()], i64_bytes(&packed)),
+                ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu)),
+            ]);
+            let (out, end) = (dir.join(format!("{name}-{backend}-out.safetensors")), dir.join(format!("{name}-{backend}-end.safetensors")));
+            let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-in", p(&start_file), "--state-out", p(&end), "--backend", backend]);
+            assert!(r.status.success(), "{name} ({backend}): {}", String::from_utf8_lossy(&r.stderr));
+            let got = read(&out)["logits"].f32.clone();
+            for (k, &(r, pre, len)) in spans.iter().enumerate() {
+                let want = &io["logits"].f32[(r * t + pre) * v..(r * t + pre + len) * v];
+                let ratio = parity_ratio(&got[cu[k] as usize * v..cu[k + 1] as usize * v], want, 1e-5);
+                assert!(ratio <= 1.0, "{name} ({backend}) sequence {k}: logits at {ratio:.2}x tolerance");
+            }
+            // Each sequence's state after it: that of one run over its prefix and itself.
+            let end = read(&end);
+            for (k, &(r, pre, len)) in spans.iter().enumerate() {
+                let (input, out, state) = (dir.join(format!("{name}-{k}-all-in.safetensors")), dir.join(format!("{name}-{k}-all-out.safetensors")), dir.join(format!("{name}-{k}-all-state.safetensors")));
+                write_raw(&input, &[("input_ids".into(), Dtype::I64, vec![1, pre + len], i64_bytes(&ids.i64[r * t..r * t + pre + len]))]);
+                let run = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
+                assert!(run.status.success(), "{name} ({backend}) sequence {k}: {}", String::from_utf8_lossy(&run.stderr));
+                let want = read(&state);
+                assert_eq!(end.keys().filter(|n| n.starts_with(&format!("seq.{k}."))).count(), want.len(), "{name} ({backend}) sequence {k}: state names");
+                for (key, w) in want {
+                    let have = end.get(&format!("seq.{k}.{key}")).unwrap_or_else(|| panic!("{name} ({backend}): no state seq.{k}.{key}"));
+                    assert_eq!(have.shape, w.shape, "{name} ({backend}) seq.{k}.{key}");
+                    let ratio = parity_ratio(&have.f32, &w.f32, 1e-5);
+                    assert!(ratio <= 1.0, "{name} ({backend}) seq.{k}.{key} at {ratio:.2}x tolerance");
+                }
+            }
+        }
+    }
+}

@@ -261,14 +261,15 @@ fn rematerialised(out: &mut Graph, g: &Graph, args: &[ValueId], loss: ValueId, w
         }
     }
     let loss_value = defined(&fwd, loss)?;
-    let grads = g
-        .args
+    // In the order of `wrt`.
+    let grads = wrt
         .iter()
-        .zip(args)
-        .filter(|(_, v)| wrt.contains(v))
-        .map(|(a, &v)| match adj.get(&a.value) {
-            Some(&d) => Ok(d),
-            None => zeros_like(out, v),
+        .map(|&v| {
+            let (a, _) = g.args.iter().zip(args).find(|(_, &x)| x == v).context("differentiating with respect to a value that is not an argument")?;
+            match adj.get(&a.value) {
+                Some(&d) => Ok(d),
+                None => zeros_like(out, v),
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((loss_value, grads))

@@ -3,7 +3,8 @@
 //! every family.
 
 use tttc_ir::{run, ArgKind, Graph, Precision, Tensor};
-use tttc_passes::{dead_code_elimination, expand_grads, gradient_graph, keep_outputs};
+use tttc_frontends::Mode;
+use tttc_passes::{dead_code_elimination, expand_grads, gradient_graph, gradient_graph_wrt, keep_outputs};
 
 fn eval(g: &Graph, weights: &std::collections::BTreeMap<String, Tensor>, ids: &Tensor) -> Vec<Tensor> {
     let args: Vec<&Tensor> = g.args.iter().map(|a| if a.kind == ArgKind::Input { ids } else { &weights[&a.name] }).collect();
@@ -82,6 +83,81 @@ fn rematerialised_gradients_equal_the_plain_ones() {
             let err = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
             assert!(err <= 1e-12 * scale.max(1e-300), "{segments} segments, output {k}: differs by {err:e} (scale {scale:e})");
         }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `g` in f64 with its inputs from `inputs` and its parameters from `weights`, by name.
+fn eval_named(g: &Graph, weights: &std::collections::BTreeMap<String, Tensor>, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
+    let args: Vec<&Tensor> = g
+        .args
+        .iter()
+        .map(|a| match a.kind {
+            ArgKind::Input => &inputs.iter().find(|(n, _)| *n == a.name).unwrap_or_else(|| panic!("no input {}", a.name)).1,
+            ArgKind::Param => &weights[&a.name],
+        })
+        .collect();
+    run(g, &args, Precision::F64).unwrap()
+}
+
+/// The gradient of a resumed run's loss with respect to the state it starts from (`tttc grad
+/// --state-in`) against central finite differences, in f64: the state a first run ends in (inside
+/// a mini-batch for TTT, so the gradient sums are not zero), then a second run from it.
+#[test]
+fn state_gradients_match_finite_differences() {
+    let dir = std::env::temp_dir().join(format!("tttc-state-fd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let configs = [
+        r#"{"model_type": "ttt", "ttt_layer_type": "mlp", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "pre_conv": true, "share_qk": true, "use_gate": true}"#,
+        r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 2, "mini_batch_size": 4}"#,
+        r#"{"model_type": "mamba", "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 3, "conv_kernel": 3}"#,
+        r#"{"model_type": "llama", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}"#,
+    ];
+    for config in configs {
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        let mut model = tttc_frontends::load(&dir, None).unwrap();
+        for (k, t) in model.weights.values_mut().enumerate() {
+            let v: Vec<f64> = t.to_f64().unwrap().iter().enumerate().map(|(i, x)| x + 0.1 * (((i * 7 + k * 13) % 11) as f64 - 5.0) / 5.0).collect();
+            *t = Tensor::f64(t.shape.clone(), v);
+        }
+        // The first run: 5 tokens (position 2 of a mini-batch of 3, 1 of 4).
+        let first = expand_grads(&tttc_frontends::build_for(&model.config, Mode::Run).unwrap().g).unwrap();
+        let ids = Tensor::i64(vec![2, 5], (0..10).map(|i| (i * 3 + 1) % 11).collect());
+        let outs = eval_named(&first, &model.weights, &[("input_ids".into(), ids)]);
+        let state: Vec<(String, Tensor)> = first.outputs.iter().zip(outs).filter(|((n, _), _)| n.starts_with("state.")).map(|((n, _), t)| (n.clone(), t)).collect();
+        let position = state.iter().find(|(n, _)| n == "state.position").unwrap().1.to_f64().unwrap()[0] as usize;
+        let resumed = expand_grads(&tttc_frontends::build_for(&model.config, Mode::Resume { position }).unwrap().g).unwrap();
+        let wrt: Vec<&str> = resumed.args.iter().filter(|a| a.kind == ArgKind::Input && a.name.starts_with("state.")).map(|a| a.name.as_str()).collect();
+        assert!(!wrt.is_empty(), "{config}: no state inputs");
+        let grads = dead_code_elimination(&gradient_graph_wrt(&resumed, "loss", 1, &wrt).unwrap());
+        let loss_only = keep_outputs(&resumed, &["loss"]);
+        let ids = Tensor::i64(vec![2, 6], (0..12).map(|i| (i * 5 + 2) % 11).collect());
+        let mut inputs = state.clone();
+        inputs.push(("input_ids".into(), ids));
+        let out = eval_named(&grads, &model.weights, &inputs);
+        let eps = 1e-6;
+        let mut checked = 0;
+        for &name in &wrt {
+            let k = grads.outputs.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("{config}: no gradient for {name}"));
+            let analytic = out[k].to_f64().unwrap();
+            for i in (0..analytic.len()).step_by(analytic.len().div_ceil(3)) {
+                let bumped = |delta: f64| {
+                    let mut inputs = inputs.clone();
+                    let t = &mut inputs.iter_mut().find(|(n, _)| n == name).unwrap().1;
+                    let mut v = t.to_f64().unwrap();
+                    v[i] += delta;
+                    *t = Tensor::f64(t.shape.clone(), v);
+                    eval_named(&loss_only, &model.weights, &inputs)[0].to_f64().unwrap()[0]
+                };
+                let numeric = (bumped(eps) - bumped(-eps)) / (2.0 * eps);
+                let err = (analytic[i] - numeric).abs();
+                assert!(err <= 1e-6 * (1.0 + numeric.abs()), "{config}\n d loss / d {name}[{i}]: autodiff {} vs numeric {numeric}", analytic[i]);
+                checked += 1;
+            }
+        }
+        // The gradient sums A and the windows matter: some state entries move the loss.
+        assert!(out[1..].iter().skip(grads.outputs.len() - 1 - wrt.len()).all(|g| g.to_f64().unwrap().iter().any(|x| x.abs() > 1e-9)), "{config}: a state gradient is all zero");
+        assert!(checked >= 2 * wrt.len(), "{config}: only {checked} entries checked");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
