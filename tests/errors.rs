@@ -268,3 +268,79 @@ fn bad_cu_seqlens() {
         expect_error(&dir, &input, &[], needle);
     }
 }
+
+/// The state `tttc run --state-out` writes after `rows` sequences of `len` tokens.
+fn saved_state(case: &Path, dir: &Path, tag: &str, rows: usize, len: usize) -> Vec<RawTensor> {
+    let ids: Vec<i64> = (0..rows * len).map(|i| (i as i64 * 3) % 7).collect();
+    let (input, out, state) = (dir.join(format!("{tag}-in.safetensors")), dir.join(format!("{tag}-out.safetensors")), dir.join(format!("{tag}-state.safetensors")));
+    write_ids(&input, Dtype::I64, vec![rows, len], i64_bytes(&ids));
+    let r = tttc(&["run", p(case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    read_raw(&state)
+}
+
+/// A state file that does not fit the model or the input (`--state-in`): one line each, nothing
+/// written (neither OUT nor the `--state-out` file).
+#[test]
+fn bad_state_files() {
+    let dir = copy_case(CASE, "bad_state");
+    let good = saved_state(&dir, &dir, "good", 2, 5);
+    let other_model = saved_state(&repo().join("tests/vectors/mamba"), &dir, "mamba", 2, 5);
+    let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let with = |f: &dyn Fn(&mut Vec<RawTensor>)| {
+        let mut s = good.clone();
+        f(&mut s);
+        s
+    };
+    let w1 = "model.layers.0.seq_modeling_block.W1";
+    let ids: Vec<i64> = (0..8).map(|i| i % 7).collect();
+    let (two_rows, one_row) = (dir.join("two-rows.safetensors"), dir.join("one-row.safetensors"));
+    write_ids(&two_rows, Dtype::I64, vec![2, 4], i64_bytes(&ids));
+    write_ids(&one_row, Dtype::I64, vec![1, 8], i64_bytes(&ids));
+    let cases: Vec<(Vec<RawTensor>, &Path, String)> = vec![
+        (with(&|s| s.retain(|t| t.0 != "position")), &two_rows, "the state has no position".into()),
+        (with(&|s| s.iter_mut().find(|t| t.0 == "position").unwrap().3 = f32_bytes(&[2.5])), &two_rows, "whole number of tokens".into()),
+        (with(&|s| s.iter_mut().find(|t| t.0 == "position").unwrap().3 = f32_bytes(&[16.0])), &two_rows, "position 16 is outside a mini-batch of 16".into()),
+        (with(&|s| {
+            let t = s.iter_mut().find(|t| t.0 == w1).unwrap();
+            t.2[2] -= 1;
+            t.3.truncate(t.2.iter().product::<usize>() * 4);
+        }), &two_rows, format!("state {w1} has shape")),
+        (good.clone(), &one_row, format!("state {w1} is for a batch of 2, input_ids has B = 1")),
+        (with(&|s| s.push(("extra".into(), Dtype::F32, vec![1], f32_bytes(&[0.0])))), &two_rows, "the state holds extra, which this model has no state of".into()),
+        (with(&|s| {
+            let t = s.iter_mut().find(|t| t.0 == w1).unwrap();
+            t.1 = Dtype::I64;
+            t.3.truncate(t.3.len() / 2 / 8 * 8);
+            t.2 = vec![t.3.len() / 8];
+        }), &two_rows, format!("state {w1} must be f32")),
+        (other_model.clone(), &two_rows, "is it another model's state?".into()),
+    ];
+    for (k, (state, input, needle)) in cases.into_iter().enumerate() {
+        let (file, saved) = (dir.join(format!("bad-{k}.safetensors")), dir.join(format!("bad-{k}-out-state.safetensors")));
+        write_raw(&file, &state);
+        expect_error(&dir, input, &["--state-in", p(&file), "--state-out", p(&saved)], &needle);
+        assert!(!saved.exists(), "{needle}: a state was written");
+    }
+
+    // Packed batches: one state per sequence, `seq.{i}.NAME`.
+    let packed = dir.join("packed.safetensors");
+    write_raw(&packed, &[
+        ("input_ids".into(), Dtype::I64, vec![1, 8], i64_bytes(&ids)),
+        ("cu_seqlens".into(), Dtype::I64, vec![3], i64_bytes(&[0, 3, 8])),
+    ]);
+    let one = saved_state(&dir, &dir, "one", 1, 5);
+    let prefixed = |i: usize| one.iter().map(|(n, dt, s, d)| (format!("seq.{i}.{n}"), *dt, s.clone(), d.clone())).collect::<Vec<_>>();
+    for (k, (state, needle)) in [
+        (one.clone(), "each tensor seq.{i}.NAME, got"),
+        (prefixed(0), "no tensors for sequence 1"),
+        ([prefixed(0), prefixed(1), prefixed(2)].concat(), "but the batch has 2 sequences"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = dir.join(format!("bad-packed-{k}.safetensors"));
+        write_raw(&file, &state);
+        expect_error(&dir, &packed, &["--state-in", p(&file)], needle);
+    }
+}

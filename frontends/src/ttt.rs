@@ -331,7 +331,7 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
     let body = mini_batch_body(c, &weight_types, sums)?;
     let carries = inputs.len();
     let seen = b.mode.resumed_at();
-    ensure!(seen < c.mini_batch_size, "a TTT state at position {seen} of a mini-batch of {}", c.mini_batch_size);
+    ensure!(seen < c.mini_batch_size, "the state's position {seen} is outside a mini-batch of {} (a TTT state counts positions within its mini-batch)", c.mini_batch_size);
     let [q, k, v, lr, token_idx] = seqs;
     for x in [q, k, v, lr] {
         inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });

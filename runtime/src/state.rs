@@ -44,7 +44,7 @@ pub fn arguments<'a>(graph: &Graph, state: &'a State, batch: usize) -> Result<Ve
             if t.shape.len() == want.len() && t.shape[1..] == want[1..] {
                 bail!("state {name} is for a batch of {}, input_ids has B = {batch}", t.shape[0]);
             }
-            bail!("state {name} has shape {:?}, this model's is {want:?} at its position: is it another model's state?", t.shape);
+            bail!("state {name} has shape {:?} where this model's is {want:?}: is it another model's state?", t.shape);
         }
         args.push((a.name.clone(), t));
     }
