@@ -16,6 +16,9 @@ pub struct Request<'a> {
     pub out: Option<&'a Path>,
     pub batch: usize,
     pub seq_len: usize,
+    /// Compile the run that continues from a state at this position (`Mode::Resume`), whose
+    /// state tensors are further arguments and outputs `state.NAME`, instead of the forward pass.
+    pub resume_at: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -24,6 +27,9 @@ struct Manifest {
     model: ModelInfo,
     /// The values of the symbolic dimensions the estimates are computed for.
     shapes: BTreeMap<String, usize>,
+    /// For a run that continues from a state (`--resume-at`): the state's position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resume_at: Option<usize>,
     /// The frontend's graph, before any pass.
     input: Stage,
     passes: Vec<PassEntry>,
@@ -230,7 +236,10 @@ struct OtherRegion {
 const SYMBOL_PREFIX: &str = "tttc";
 
 pub fn compile(req: &Request) -> Result<()> {
-    let builder = tttc_frontends::load_structure(req.model)?;
+    let builder = match req.resume_at {
+        None => tttc_frontends::load_structure(req.model)?,
+        Some(position) => tttc_frontends::build_for(&tttc_frontends::load_config(req.model)?, tttc_frontends::Mode::Resume { position })?,
+    };
     let graph = &builder.g;
     let out = match req.out {
         Some(o) => o.to_path_buf(),
@@ -373,6 +382,7 @@ pub fn compile(req: &Request) -> Result<()> {
             parameter_bytes,
         },
         shapes: env.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        resume_at: req.resume_at,
         input: Stage {
             ir: "ir/00-input.ir".into(),
             nodes: tttc_passes::count_nodes(graph),

@@ -28,10 +28,13 @@ struct Cli {
 enum Command {
     /// Run a forward pass: logits for every position and the mean next-token loss.
     #[command(long_about = "Run a forward pass.\n\nIN is a safetensors file holding `input_ids` \
-(i64 [B, T]); other tensors in it are ignored. OUT receives `logits` (f32 [B, T, V]) and, when \
-T > 1, `loss` (f32 scalar: the mean cross-entropy of each position's prediction of the next \
-token). OUT is written atomically: on any error it is not created and an existing file is left \
-untouched.")]
+(i64 [B, T]), and for a packed batch `cu_seqlens`; other tensors in it are ignored. OUT receives \
+`logits` (f32 [B, T, V]) and, when T > 1, `loss` (f32 scalar: the mean cross-entropy of each \
+position's prediction of the next token).\n\n\
+--state-out S writes the recurrent state after the sequence; --state-in S starts from such a \
+state, so a long sequence can run in pieces of any lengths with the logits of one run (a TTT \
+piece may start inside a mini-batch; docs/state.md). OUT and S are written atomically: on any \
+error they are not created and existing files are left untouched.")]
     Run(RunArgs),
     /// Generate tokens after a prompt: greedy or sampled, the state carried from token to token.
     #[command(long_about = "Generate tokens after a prompt.\n\n\
@@ -55,7 +58,10 @@ the whole graph, through the scans (TTT's outer gradient includes the second-ord
 inner updates). OUT is written atomically.\n\nThe forward pass is rematerialised: only the \
 values at the boundaries of --remat segments of the graph are kept for the reverse sweep, and each \
 segment is recomputed just before it is differentiated (one more forward pass, much less memory). \
-Segments are cut where the fewest bytes are live (between layers, say).")]
+Segments are cut where the fewest bytes are live (between layers, say).\n\nWith --state-in S the \
+sequence continues from the state S (as tttc run does), and OUT also holds the gradient of this \
+piece's loss with respect to each tensor of S but its position, named `state.NAME`: what truncated \
+backpropagation through time hands to the piece before (docs/state.md).")]
     Grad {
         #[command(flatten)]
         args: RunArgs,
@@ -135,6 +141,11 @@ if it is empty or an earlier compile wrote it (it holds manifest.json). See docs
         /// Sequence length T the compiled model takes and the cost estimates are computed for.
         #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
         seq_len: u64,
+        /// Compile a run that continues from a saved state at position P (the `position` of a
+        /// `tttc run --state-out` file) instead of the forward pass from a fresh state: the state's
+        /// tensors become arguments and outputs named `state.NAME` (docs/state.md).
+        #[arg(long, value_name = "P")]
+        resume_at: Option<usize>,
     },
     /// Time one layer at the 125m width across context lengths, with the peers in the same run.
     #[command(long_about = "Time one sequence-mixing layer at the 125m width (D 768, 12 heads, \
@@ -448,11 +459,12 @@ fn dispatch(command: Command) -> Result<()> {
             print!("{}", tttc_ir::text::print(&graph));
             Ok(())
         }
-        Command::Compile { model, output, batch, seq_len } => compile::compile(&compile::Request {
+        Command::Compile { model, output, batch, seq_len, resume_at } => compile::compile(&compile::Request {
             model: &model,
             out: output.as_deref(),
             batch: usize::try_from(batch).context("--batch is too large")?,
             seq_len: usize::try_from(seq_len).context("--seq-len is too large")?,
+            resume_at,
         }),
     }
 }

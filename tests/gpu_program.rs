@@ -1,7 +1,8 @@
 //! The GPU launch contract (docs/gpu-model.md) is enough to run a model: an integrator's reading
 //! of `tttc compile`'s files — manifest.json, gpu/program.json and gpu/sm_80.ptx, nothing of
 //! tttc's code — launches the kernels in the PTX simulator and gets the reference logits, on a
-//! sequence that ends inside a mini-batch.
+//! sequence that ends inside a mini-batch; and, compiled with `--resume-at`, continues a sequence
+//! from a saved state.
 
 mod common;
 use common::*;
@@ -105,19 +106,9 @@ impl Integrator<'_> {
     }
 }
 
-#[test]
-fn the_launch_contract_runs_a_model_without_tttc() {
-    let case = repo().join("tests/vectors/ttt-linear-mamba-backbone");
-    let io = read(&case.join("io.safetensors"));
-    let weights = read_raw(&case.join("model.safetensors"));
-    let (ids, logits) = (&io["input_ids"], &io["logits"]);
-    // The first sequence's prefix that ends inside a mini-batch (the scans' last chunks are
-    // short); at B = 1 the LM head's scan has a single lane and is a host-driven `scan` step.
-    let (t_all, v) = (ids.shape[1], logits.shape[2]);
-    let (b, t) = (1, 21);
-    let out = scratch("gpu_program").join("compiled");
-    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b.to_string(), "--seq-len", &t.to_string()]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+/// Runs the model `tttc compile` wrote to `out` from its files alone, each argument slot's bytes
+/// given by `slot` (by the slot's name); returns every output slot's values by name.
+fn run_compiled(out: &std::path::Path, slot: &dyn Fn(&str) -> Vec<u8>) -> std::collections::BTreeMap<String, Vec<f32>> {
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let gpu = &manifest["gpu"];
     let program: Value = serde_json::from_str(&std::fs::read_to_string(out.join(gpu["program"].as_str().unwrap())).unwrap()).unwrap();
@@ -126,14 +117,10 @@ fn the_launch_contract_runs_a_model_without_tttc() {
     let mut dev = SimDevice::load(&ptx).unwrap();
     let kernel_index = tttc_ptx::parse(&ptx).unwrap().kernels.iter().enumerate().map(|(i, k)| (k.name.clone(), i)).collect();
     let mut args = Vec::new();
-    for slot in gpu["args"].as_array().unwrap() {
-        let name = slot["name"].as_str().unwrap();
-        let bytes: Vec<u8> = if name == "input_ids" {
-            (0..b).flat_map(|i| ids.i64[i * t_all..i * t_all + t].to_vec()).flat_map(|x| x.to_le_bytes()).collect()
-        } else {
-            weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone()
-        };
-        let expected: u64 = slot["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() * if slot["dtype"] == "f32" { 4 } else { 8 };
+    for s in gpu["args"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let bytes = slot(name);
+        let expected: u64 = s["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() * if s["dtype"] == "f32" { 4 } else { 8 };
         assert_eq!(bytes.len() as u64, expected, "argument {name}");
         let ptr = dev.alloc(bytes.len()).unwrap();
         dev.upload(ptr, &bytes).unwrap();
@@ -158,9 +145,74 @@ fn the_launch_contract_runs_a_model_without_tttc() {
     assert!(steps.iter().any(|s| s["launch"]["params"].as_array().is_some_and(|ps| ps.iter().any(|p| p.get("scratch").is_some()))), "the program should hold a persistent scan kernel");
     integrator.call(&mut dev, entry, &args, &outs, workspace);
     assert_eq!(dev.download(status, 4).unwrap(), vec![0; 4], "status word");
-    let (_, ptr, len) = outputs.iter().find(|o| o.0 == "logits").unwrap();
-    let got: Vec<f32> = dev.download(*ptr, 4 * len).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let want: Vec<f32> = (0..b).flat_map(|i| logits.f32[i * t_all * v..(i * t_all + t) * v].to_vec()).collect();
-    let ratio = parity_ratio(&got, &want, 1e-5);
+    outputs.iter().map(|(name, ptr, len)| (name.clone(), dev.download(*ptr, 4 * len).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())).collect()
+}
+
+/// The tokens `from..to` of row 0 of a case's reference input, as the `input_ids` slot holds them.
+fn id_bytes(ids: &Array, from: usize, to: usize) -> Vec<u8> {
+    ids.i64[from..to].iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+const CASE: &str = "tests/vectors/ttt-linear-mamba-backbone";
+
+#[test]
+fn the_launch_contract_runs_a_model_without_tttc() {
+    let case = repo().join(CASE);
+    let io = read(&case.join("io.safetensors"));
+    let weights = read_raw(&case.join("model.safetensors"));
+    let (ids, logits) = (&io["input_ids"], &io["logits"]);
+    // The first sequence's prefix that ends inside a mini-batch (the scans' last chunks are
+    // short); at B = 1 the LM head's scan has a single lane and is a host-driven `scan` step.
+    let v = logits.shape[2];
+    let t = 21;
+    let out = scratch("gpu_program").join("compiled");
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let got = run_compiled(&out, &|name| if name == "input_ids" { id_bytes(ids, 0, t) } else { weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone() });
+    let ratio = parity_ratio(&got["logits"], &logits.f32[..t * v], 1e-5);
     assert!(ratio <= 1.0, "logits at {ratio:.2}x tolerance");
+}
+
+/// `tttc compile --resume-at P`: the same contract with the state as further slots. The model
+/// compiled at the position of a state saved inside a mini-batch (`tttc run --state-out` after 21
+/// tokens: position 5 of 16), fed that state in its `state.NAME` argument slots, gives the
+/// reference logits of the next 12 tokens and, in its `state.NAME` output slots, the state of one
+/// run over all 33.
+#[test]
+fn the_launch_contract_continues_from_a_state() {
+    let case = repo().join(CASE);
+    let io = read(&case.join("io.safetensors"));
+    let weights = read_raw(&case.join("model.safetensors"));
+    let (ids, logits) = (&io["input_ids"], &io["logits"]);
+    let (t_all, v) = (ids.shape[1], logits.shape[2]);
+    let (first, t) = (21, 12);
+    let dir = scratch("gpu_program_resumed");
+    let state_after = |len: usize, tag: &str| {
+        let (input, out, state) = (dir.join(format!("{tag}-in.safetensors")), dir.join(format!("{tag}-out.safetensors")), dir.join(format!("{tag}-state.safetensors")));
+        write_raw(&input, &[("input_ids".into(), safetensors::Dtype::I64, vec![1, len], id_bytes(ids, 0, len))]);
+        let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", "interp"]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        read_raw(&state)
+    };
+    let start = state_after(first, "first");
+    let position = start.iter().find(|s| s.0 == "position").map(|s| f32::from_le_bytes(s.3[..4].try_into().unwrap())).unwrap() as usize;
+    assert_eq!(position, first % 16);
+    let out = dir.join("compiled");
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string(), "--resume-at", &position.to_string()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let got = run_compiled(&out, &|name| match (name, name.strip_prefix("state.")) {
+        ("input_ids", _) => id_bytes(ids, first, first + t),
+        (_, Some(state)) => start.iter().find(|s| s.0 == state).unwrap_or_else(|| panic!("no state {state}")).3.clone(),
+        _ => weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone(),
+    });
+    assert!(t_all >= first + t);
+    let ratio = parity_ratio(&got["logits"], &logits.f32[first * v..(first + t) * v], 1e-5);
+    assert!(ratio <= 1.0, "logits at {ratio:.2}x tolerance");
+    let whole = state_after(first + t, "whole");
+    for (name, _, _, bytes) in whole.iter().filter(|s| s.0 != "position") {
+        let want: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let have = got.get(&format!("state.{name}")).unwrap_or_else(|| panic!("no output slot state.{name}"));
+        let ratio = parity_ratio(have, &want, 1e-5);
+        assert!(ratio <= 1.0, "state {name} at {ratio:.2}x tolerance");
+    }
 }
