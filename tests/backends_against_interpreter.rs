@@ -355,6 +355,21 @@ fn buffers_lent_to_outputs_and_unit_reshapes_read_in_place() {
     }
 }
 
+/// A vector given a row axis (`[n]` → `[1, n]`) and read by a matrix product is a matrix of
+/// one row, not the vector itself: the product of the reverse sweep through `τ[i]·A` in a
+/// resumed TTT run.
+#[test]
+fn vectors_reshaped_into_rows_are_matrices() {
+    let mut g = Graph::new("row");
+    let v = g.input("v", f32t(&[5]));
+    let m = g.input("m", f32t(&[2, 3, 5, 4]));
+    let row = g.reshape(v, vec![Dim::c(1), Dim::c(5)]).unwrap();
+    let y = g.matmul(row, m).unwrap(); // [2, 3, 1, 4]
+    g.output("y", y);
+    let args = [Tensor::f32(vec![5], values(5, 21, -1.0, 1.0)), Tensor::f32(vec![2, 3, 5, 4], values(120, 22, -1.0, 1.0))];
+    assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0);
+}
+
 /// Products on tensor cores: tiles that the sizes do not fill (rows, columns and K not multiples
 /// of the 64×64×16 tile), a transposed left operand and broadcast batches. Three tf32 products
 /// per step keep f32 accuracy: one tf32 product alone misses this tolerance by orders of magnitude.

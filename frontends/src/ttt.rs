@@ -201,8 +201,6 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     let pos = g.iota(n.clone(), DType::I64)?;
     let posf = g.cast(pos, DType::F32)?;
     let tau = token_scale(&mut g, token_idx, pos, posf)?;
-    // τ per token against [B, H, n, rows, cols], for the sums a resumed run starts from.
-    let tau_of_token = if sums == Sums::Read { Some(g.reshape(tau, vec![n.clone(), Dim::c(1), Dim::c(1)])?) } else { None };
     let tau = g.reshape(tau, vec![n.clone(), Dim::c(1)])?;
     let lr_row = g.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), n.clone()])?;
     let eta = g.mul(tau, lr_row)?;
@@ -229,13 +227,16 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         let step = g.matmul(eta, flat)?;
         let step = g.reshape(step, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?;
         let mut w = g.sub(w0, step)?;
-        if let Some(tau_i) = tau_of_token {
-            let a0 = g.reshape(start_sums[i], vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows), Dim::c(cols)])?;
-            let before = g.mul(tau_i, a0)?;
+        if sums == Sums::Read {
+            // − τ[i]·A₀ per token: a product over a one-long axis, as the η term is one over j.
+            let a0 = g.reshape(start_sums[i], vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows * cols)])?;
+            let before = g.matmul(tau, a0)?;
+            let before = g.reshape(before, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?;
             w = g.sub(w, before)?;
         }
         let last = g.slice(w, 2, -1, None)?;
-        next_state.push(g.reshape(last, g.ty(s).shape.clone())?);
+        let last = g.reshape(last, g.ty(s).shape.clone())?;
+        next_state.push(last);
         if hand_off {
             let acc = g.matmul(lr_row, flat)?; // Σ_j lr[j]·g_j, [B, H, 1, rows·cols]
             let mut acc = g.reshape(acc, g.ty(s).shape.clone())?;

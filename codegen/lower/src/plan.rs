@@ -143,7 +143,7 @@ pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &
 
 /// Values that only matrix products read and that need not exist: transposes of the last two
 /// axes (the products read the source with swapped strides) and reshapes that only add leading
-/// axes of length 1 (batch broadcasting reads the source as it is), when each product's other
+/// axes of length 1 to a matrix (batch broadcasting reads the source as it is), when each product's other
 /// operand has at least as many axes, so that the product's shape stays the same. By result:
 /// the source, and whether it is read transposed.
 fn operand_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, bool)> {
@@ -164,7 +164,8 @@ fn operand_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, 
                 Op::Reshape { shape } => {
                     let from = &g.ty(src).shape;
                     let extra = shape.len().checked_sub(from.len())?;
-                    let unit_prefix = shape[..extra].iter().all(Dim::is_one) && shape[extra..] == from[..];
+                    // The source must be a matrix itself: a vector given a row axis is not one.
+                    let unit_prefix = from.len() >= 2 && shape[..extra].iter().all(Dim::is_one) && shape[extra..] == from[..];
                     let others_wide = readers.iter().all(|&u| g.nodes[u].inputs.iter().all(|&o| o == v || (g.ty(o).rank() >= shape.len() && !reshaped.contains(&o))));
                     (unit_prefix && others_wide).then_some((v, (src, false)))
                 }
