@@ -15,8 +15,7 @@ fn packed_rows_match_separate_runs() {
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];
         let (b, t) = (ids.shape[0], ids.shape[1]);
-        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
-        let mb = config["mini_batch_size"].as_u64().unwrap_or(16) as usize;
+        let mb = mini_batch(&case);
         // Lengths 1, below a mini-batch, past one, and whole rows; cut from different rows.
         let lengths = [1, mb - 1, (mb + 3).min(t), t];
         let pieces: Vec<Vec<i64>> = lengths.iter().enumerate().map(|(k, &len)| {
@@ -56,12 +55,7 @@ fn packed_rows_match_separate_runs() {
                     loss_sum += alone["loss"].f32[0] as f64 * (piece.len() - 1) as f64;
                     targets += piece.len() - 1;
                 }
-                for (key, want) in read(&alone_state) {
-                    let have = &states.get(&format!("seq.{k}.{key}")).unwrap_or_else(|| panic!("{name} ({backend}): no state seq.{k}.{key}"));
-                    assert_eq!(have.shape, want.shape, "{name} ({backend}) seq.{k}.{key}");
-                    let ratio = parity_ratio(&have.f32, &want.f32, 1e-5);
-                    assert!(ratio <= 1.0, "{name} ({backend}) seq.{k}.{key} at {ratio:.2}x tolerance");
-                }
+                assert_state_matches(&states, &format!("seq.{k}."), &read(&alone_state), &format!("{name} ({backend})"));
             }
             let ratio = parity_ratio(&got["loss"].f32, &[(loss_sum / targets as f64) as f32], 1e-5);
             assert!(ratio <= 1.0, "{name} ({backend}): loss at {ratio:.2}x tolerance");
@@ -82,8 +76,7 @@ fn packed_rows_continue_their_own_states() {
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];
         let (b, t, v) = (ids.shape[0], ids.shape[1], io["logits"].shape[2]);
-        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
-        let mb = config["mini_batch_size"].as_u64().unwrap_or(16) as usize;
+        let mb = mini_batch(&case);
         // (row, prefix, piece length), each inside the row.
         let spans: Vec<(usize, usize, usize)> = [(1, 1), (mb + 1, mb - 1), (mb, mb + 3)]
             .iter()
@@ -128,14 +121,7 @@ fn packed_rows_continue_their_own_states() {
                 write_raw(&input, &[("input_ids".into(), Dtype::I64, vec![1, pre + len], i64_bytes(&ids.i64[r * t..r * t + pre + len]))]);
                 let run = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
                 assert!(run.status.success(), "{name} ({backend}) sequence {k}: {}", String::from_utf8_lossy(&run.stderr));
-                let want = read(&state);
-                assert_eq!(end.keys().filter(|n| n.starts_with(&format!("seq.{k}."))).count(), want.len(), "{name} ({backend}) sequence {k}: state names");
-                for (key, w) in want {
-                    let have = end.get(&format!("seq.{k}.{key}")).unwrap_or_else(|| panic!("{name} ({backend}): no state seq.{k}.{key}"));
-                    assert_eq!(have.shape, w.shape, "{name} ({backend}) seq.{k}.{key}");
-                    let ratio = parity_ratio(&have.f32, &w.f32, 1e-5);
-                    assert!(ratio <= 1.0, "{name} ({backend}) seq.{k}.{key} at {ratio:.2}x tolerance");
-                }
+                assert_state_matches(&end, &format!("seq.{k}."), &read(&state), &format!("{name} ({backend})"));
             }
         }
     }

@@ -68,13 +68,6 @@ fn run_piece(case: &Path, dir: &Path, tag: &str, ids: &Array, (from, to): (usize
     read(&out)["logits"].f32.clone()
 }
 
-/// The mini-batch size of a TTT case (16 for the families without one: the split points are then
-/// just points).
-fn mini_batch(case: &Path) -> usize {
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
-    config["mini_batch_size"].as_u64().unwrap_or(16) as usize
-}
-
 /// A sequence run in pieces, each from the state the one before ended in, gives the logits of one
 /// run over the whole sequence and ends in its state: split at 1, b − 1, b, b + 1 and T − 1 (in
 /// a mini-batch, at its boundaries, a last piece of one token) and in three pieces.
@@ -117,13 +110,7 @@ fn chunked_runs_equal_one_run() {
                 let chunked = per_row.concat();
                 let ratio = parity_ratio(&chunked, &io["logits"].f32, 1e-5);
                 assert!(ratio <= 1.0, "{tag}: logits at {ratio:.2}x tolerance");
-                let (want, got) = (read(&whole_state), read(start.as_ref().unwrap()));
-                assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>(), "{tag}: state names");
-                for (key, w) in &want {
-                    assert_eq!(w.shape, got[key].shape, "{tag}: state {key} shape");
-                    let ratio = parity_ratio(&got[key].f32, &w.f32, 1e-5);
-                    assert!(ratio <= 1.0, "{tag}: state {key} at {ratio:.2}x tolerance");
-                }
+                assert_state_matches(&read(start.as_ref().unwrap()), "", &read(&whole_state), &tag);
             }
         }
     }

@@ -7,8 +7,18 @@ use tttc_frontends::Mode;
 use tttc_passes::{dead_code_elimination, expand_grads, gradient_graph, gradient_graph_wrt, keep_outputs};
 
 fn eval(g: &Graph, weights: &std::collections::BTreeMap<String, Tensor>, ids: &Tensor) -> Vec<Tensor> {
-    let args: Vec<&Tensor> = g.args.iter().map(|a| if a.kind == ArgKind::Input { ids } else { &weights[&a.name] }).collect();
-    run(g, &args, Precision::F64).unwrap()
+    eval_named(g, weights, &[("input_ids".into(), ids.clone())])
+}
+
+/// The model whose config.json is in `dir`, its weights in f64 and perturbed: seeded weights leave
+/// biases and token scales at zero.
+fn perturbed_model(dir: &std::path::Path) -> tttc_frontends::Model {
+    let mut model = tttc_frontends::load(dir, None).unwrap();
+    for (k, t) in model.weights.values_mut().enumerate() {
+        let v: Vec<f64> = t.to_f64().unwrap().iter().enumerate().map(|(i, x)| x + 0.1 * (((i * 7 + k * 13) % 11) as f64 - 5.0) / 5.0).collect();
+        *t = Tensor::f64(t.shape.clone(), v);
+    }
+    model
 }
 
 #[test]
@@ -23,12 +33,7 @@ fn model_gradients_match_finite_differences() {
     ];
     for config in configs {
         std::fs::write(dir.join("config.json"), config).unwrap();
-        let mut model = tttc_frontends::load(&dir, None).unwrap();
-        // Seeded weights leave biases and token scales at zero: perturb every weight, in f64.
-        for (k, t) in model.weights.values_mut().enumerate() {
-            let v: Vec<f64> = t.to_f64().unwrap().iter().enumerate().map(|(i, x)| x + 0.1 * (((i * 7 + k * 13) % 11) as f64 - 5.0) / 5.0).collect();
-            *t = Tensor::f64(t.shape.clone(), v);
-        }
+        let model = perturbed_model(&dir);
         let forward = expand_grads(&model.builder.g).unwrap();
         let grads = dead_code_elimination(&gradient_graph(&forward, "loss", 1).unwrap());
         let loss_only = keep_outputs(&forward, &["loss"]);
@@ -115,11 +120,7 @@ fn state_gradients_match_finite_differences() {
     ];
     for config in configs {
         std::fs::write(dir.join("config.json"), config).unwrap();
-        let mut model = tttc_frontends::load(&dir, None).unwrap();
-        for (k, t) in model.weights.values_mut().enumerate() {
-            let v: Vec<f64> = t.to_f64().unwrap().iter().enumerate().map(|(i, x)| x + 0.1 * (((i * 7 + k * 13) % 11) as f64 - 5.0) / 5.0).collect();
-            *t = Tensor::f64(t.shape.clone(), v);
-        }
+        let model = perturbed_model(&dir);
         // The first run: 5 tokens (position 2 of a mini-batch of 3, 1 of 4).
         let first = expand_grads(&tttc_frontends::build_for(&model.config, Mode::Run).unwrap().g).unwrap();
         let ids = Tensor::i64(vec![2, 5], (0..10).map(|i| (i * 3 + 1) % 11).collect());

@@ -133,3 +133,22 @@ pub fn copy_case(case: &str, name: &str) -> PathBuf {
     }
     dir
 }
+
+/// The mini-batch size of a TTT case's config, 16 for the families without one (where the split
+/// points tests derive from it are just points).
+pub fn mini_batch(case: &Path) -> usize {
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
+    config["mini_batch_size"].as_u64().unwrap_or(16) as usize
+}
+
+/// Asserts that the state file `got` holds, named `prefix` + NAME, each tensor NAME of `want`
+/// (its shape, its values within SPEC's 1e-5) and nothing else under `prefix`.
+pub fn assert_state_matches(got: &BTreeMap<String, Array>, prefix: &str, want: &BTreeMap<String, Array>, tag: &str) {
+    assert_eq!(got.keys().filter(|n| n.starts_with(prefix)).count(), want.len(), "{tag}: state names {:?}", got.keys().collect::<Vec<_>>());
+    for (key, w) in want {
+        let have = got.get(&format!("{prefix}{key}")).unwrap_or_else(|| panic!("{tag}: no state {prefix}{key}"));
+        assert_eq!(have.shape, w.shape, "{tag}: state {prefix}{key} shape");
+        let ratio = parity_ratio(&have.f32, &w.f32, 1e-5);
+        assert!(ratio <= 1.0, "{tag}: state {prefix}{key} at {ratio:.2}x tolerance");
+    }
+}
