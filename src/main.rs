@@ -474,11 +474,12 @@ fn structure_only(model: &Path) -> Result<tttc_ir::Graph> {
     Ok(tttc_frontends::load_structure(model)?.g)
 }
 
-/// The model and the `input_ids` that `run` and `grad` read.
+/// The model and the `input_ids` that `grad` reads.
 fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor, tttc_runtime::Backend)> {
     let model = tttc_frontends::load(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
+    anyhow::ensure!(!inputs.contains_key("cu_seqlens"), "tttc grad takes no packed batch (cu_seqlens): give each sequence its own run");
     let backend = args.backend.into();
     Ok((model, ids, backend))
 }

@@ -63,3 +63,28 @@ fn grad_needs_two_tokens() {
     assert!(!r.status.success() && stderr.contains("T = 1") && stderr.lines().count() == 1, "{stderr}");
     assert!(!out.exists());
 }
+
+/// `tttc grad` refuses what it cannot honour, in one line and writing nothing: a packed batch
+/// (its sequences would be taken for one), and `--state-out` (it writes gradients, not states).
+#[test]
+fn grad_refuses_packed_batches_and_state_out() {
+    let case = cases().into_iter().next().unwrap();
+    let dir = scratch("grad_refuses");
+    let (packed, plain) = (dir.join("packed.safetensors"), dir.join("plain.safetensors"));
+    let ids: Vec<i64> = (0..6).collect();
+    write_raw(&packed, &[
+        ("input_ids".into(), safetensors::Dtype::I64, vec![1, 6], i64_bytes(&ids)),
+        ("cu_seqlens".into(), safetensors::Dtype::I64, vec![3], i64_bytes(&[0, 2, 6])),
+    ]);
+    write_raw(&plain, &[("input_ids".into(), safetensors::Dtype::I64, vec![1, 6], i64_bytes(&ids))]);
+    let state = dir.join("state.safetensors");
+    for (input, extra, needle) in [(&packed, vec![], "no packed batch"), (&plain, vec!["--state-out", p(&state)], "writes no state")] {
+        let out = dir.join("out.safetensors");
+        let mut args = vec!["grad", p(&case), "--input", p(input), "--output", p(&out)];
+        args.extend(extra);
+        let r = tttc(&args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && stderr.contains(needle) && stderr.lines().count() == 1, "{stderr}");
+        assert!(!out.exists() && !state.exists());
+    }
+}

@@ -70,10 +70,30 @@ fn run_piece(case: &Path, dir: &Path, tag: &str, ids: &Array, (from, to): (usize
 
 /// A sequence run in pieces, each from the state the one before ended in, gives the logits of one
 /// run over the whole sequence and ends in its state: split at 1, b − 1, b, b + 1 and T − 1 (in
-/// a mini-batch, at its boundaries, a last piece of one token) and in three pieces.
+/// a mini-batch, at its boundaries, a last piece of one token) and in three pieces, on the
+/// interpreter and the CPU backend; the compiled backends on one split.
 #[test]
 fn chunked_runs_equal_one_run() {
-    let dir = scratch("state_chunked");
+    check_chunked_runs(&[("interp", Splits::All), ("cpu", Splits::All), ("cpu-model", Splits::One), ("ptx-sim", Splits::One)], "state_chunked");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn chunked_runs_equal_one_run_on_the_gpu() {
+    check_chunked_runs(&[("cuda", Splits::All)], "state_chunked_cuda");
+}
+
+/// Which split points a backend runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Splits {
+    All,
+    /// The one at b + 1: a piece that starts inside a mini-batch and crosses a boundary (for the
+    /// backends that compile, or simulate, each run for seconds).
+    One,
+}
+
+fn check_chunked_runs(backends: &[(&str, Splits)], scratch_name: &str) {
+    let dir = scratch(scratch_name);
     for case in cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = read(&case.join("io.safetensors"));
@@ -85,11 +105,9 @@ fn chunked_runs_equal_one_run() {
         let whole = run_piece(&case, &dir, &format!("{name}-whole"), ids, (0, t), None, &whole_state, "interp");
         let ratio = parity_ratio(&whole, &io["logits"].f32, 1e-5);
         assert!(ratio <= 1.0, "{name}: whole run at {ratio:.2}x tolerance");
-        // The simulator (seconds a run) on one split: a piece that starts inside a mini-batch and
-        // crosses a boundary.
-        let simulated = [splits.iter().find(|c| c[..] == [b + 1]).unwrap_or(&splits[0]).clone()];
-        for backend in ["interp", "cpu", "ptx-sim"] {
-            let cut_sets = if backend == "ptx-sim" { &simulated[..] } else { &splits[..] };
+        let one = [splits.iter().find(|c| c[..] == [b + 1]).unwrap_or(&splits[0]).clone()];
+        for &(backend, which) in backends {
+            let cut_sets = if which == Splits::One { &one[..] } else { &splits[..] };
             for cuts in cut_sets {
                 let tag = format!("{name}-{backend}-split-{}", cuts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("-"));
                 let mut bounds = vec![0];
