@@ -235,8 +235,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
             w = g.sub(w, before)?;
         }
         let last = g.slice(w, 2, -1, None)?;
-        let last = g.reshape(last, g.ty(s).shape.clone())?;
-        next_state.push(last);
+        next_state.push(g.reshape(last, g.ty(s).shape.clone())?);
         if hand_off {
             let acc = g.matmul(lr_row, flat)?; // Σ_j lr[j]·g_j, [B, H, 1, rows·cols]
             let mut acc = g.reshape(acc, g.ty(s).shape.clone())?;
