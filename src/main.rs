@@ -330,6 +330,10 @@ struct GenerateArgs {
     /// Where the graphs execute.
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
+    /// Safetensors file with a state to start from, as `tttc run --state-out` writes it: the
+    /// prompt continues the sequence that state ended (docs/state.md).
+    #[arg(long, value_name = "S")]
+    state_in: Option<PathBuf>,
 }
 
 /// What `train` reads and writes; options left out take their default, or the checkpoint's value
@@ -623,11 +627,13 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires --prompt or --prompt-text"),
     };
+    let start = a.state_in.as_deref().map(|path| tttc_runtime::read_tensors(path).with_context(|| format!("--state-in {}", path.display()))).transpose()?;
+    let start: Option<tttc_runtime::State> = start.map(|s| s.into_iter().collect());
     let decoder = tttc_runtime::generate::Decoder::new(&model)?;
     // One prompt with a tokenizer streams its text; a batch prints each row at the end.
     let stream = has_tokenizer && prompt.shape.first() == Some(&1);
     let mut stdout = std::io::stdout();
-    let out = decoder.generate(&model.weights, &prompt, a.max_new_tokens, &sampling, a.backend.into(), |_, next| {
+    let out = decoder.generate(&model.weights, &prompt, start.as_ref(), a.max_new_tokens, &sampling, a.backend.into(), |_, next| {
         if stream {
             let _ = stdout.write_all(&[next[0].clamp(0, 255) as u8]);
             let _ = stdout.flush();

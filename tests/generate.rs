@@ -11,11 +11,6 @@ use std::path::Path;
 /// SPEC: generated logits equal the full forward pass's within 1e-4 relative to the largest.
 const RTOL_DECODE: f64 = 1e-4;
 
-fn mini_batch(case: &Path) -> usize {
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
-    config["mini_batch_size"].as_u64().unwrap_or(16) as usize
-}
-
 fn prompt_file(dir: &Path, name: &str, rows: usize, ids: &[i64]) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.safetensors"));
     let len = ids.len() / rows;
@@ -70,6 +65,43 @@ fn generated_logits_equal_a_forward_pass_over_the_final_sequence() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `tttc generate --state-in S`: a prompt that continues the sequence a saved state ended (inside
+/// a mini-batch) generates the tokens, with the logits, that the whole sequence as one prompt does.
+#[test]
+fn generation_continues_a_saved_state() {
+    let dir = scratch("generate_state_in");
+    for case in cases() {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let io = read(&case.join("io.safetensors"));
+        let ids = &io["input_ids"];
+        let (rows, t) = (ids.shape[0], ids.shape[1]);
+        let b = mini_batch(&case);
+        let (first, len, new) = (b - 1, (b + 2).min(t), b + 3);
+        let take = |from: usize, to: usize| -> Vec<i64> { (0..rows).flat_map(|r| ids.i64[r * t + from..r * t + to].to_vec()).collect() };
+        for backend in BACKENDS {
+            let tag = format!("{name}-{backend}");
+            let n = new.to_string();
+            let (whole, whole_out) = (prompt_file(&dir, &format!("{tag}-whole"), rows, &take(0, len)), dir.join(format!("{tag}-whole-out.safetensors")));
+            let r = tttc(&["generate", p(&case), "--prompt", p(&whole), "--max-new-tokens", &n, "-o", p(&whole_out), "--backend", backend]);
+            assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
+            let (head, head_out, state) = (prompt_file(&dir, &format!("{tag}-head"), rows, &take(0, first)), dir.join(format!("{tag}-head-out.safetensors")), dir.join(format!("{tag}-state.safetensors")));
+            let r = tttc(&["run", p(&case), "--input", p(&head), "-o", p(&head_out), "--state-out", p(&state), "--backend", backend]);
+            assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
+            let (rest, rest_out) = (prompt_file(&dir, &format!("{tag}-rest"), rows, &take(first, len)), dir.join(format!("{tag}-rest-out.safetensors")));
+            let r = tttc(&["generate", p(&case), "--prompt", p(&rest), "--state-in", p(&state), "--max-new-tokens", &n, "-o", p(&rest_out), "--backend", backend]);
+            assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
+            let (want, got) = (read(&whole_out), read(&rest_out));
+            assert_eq!(got["tokens"].shape, vec![rows, len - first + new], "{tag}: the prompt piece and the new tokens");
+            for r in 0..rows {
+                let (w, g) = (&want["tokens"].i64[r * (len + new) + len..(r + 1) * (len + new)], &got["tokens"].i64[r * (len - first + new) + len - first..(r + 1) * (len - first + new)]);
+                assert_eq!(w, g, "{tag}: row {r}'s new tokens");
+            }
+            let ratio = parity_ratio(&got["logits"].f32, &want["logits"].f32, RTOL_DECODE);
+            assert!(ratio <= 1.0, "{tag}: logits at {ratio:.2}× tolerance");
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Decoding (`tttc generate`). A prompt runs through the model's prefill graph (the parallel
 //! form: TTT's dual form), whose `state.*` outputs hand over to the step graph (the primal form,
 //! one token per call); each step's state outputs feed the next call, so a step costs the same
-//! at any context for TTT and Mamba (Llama's KV cache grows).
+//! at any context for TTT and Mamba (Llama's KV cache grows). A prompt may also continue a saved
+//! state (`tttc generate --state-in`): it then runs from that state in the parallel form too.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use tttc_frontends::weights::Weights;
 use tttc_frontends::{Mode, Model, StateInit, StateSpec};
 use tttc_ir::Tensor;
 
-use crate::{check_input_ids, Backend, Executable};
+use crate::{check_input_ids, named, state, without_loss, Backend, Executable, State};
 
 /// How the next token is chosen from its logits: greedily (`temperature` 0), or sampled from the
 /// softmax of `logits / temperature` restricted to the `top_k` likeliest tokens and to the
@@ -59,6 +60,8 @@ pub struct Decoder {
     /// The step's input names of the states, `state.NAME`, in the order of `states`.
     state_inputs: Vec<String>,
     vocab: usize,
+    /// For prompts that continue a saved state (built at its position when one comes).
+    config: tttc_frontends::ModelConfig,
 }
 
 impl Decoder {
@@ -77,6 +80,7 @@ impl Decoder {
             state_inputs: step.states.iter().map(|s| format!("state.{}", s.name)).collect(),
             states: step.states,
             vocab: model.config.vocab_size(),
+            config: model.config.clone(),
         })
     }
 
@@ -86,8 +90,10 @@ impl Decoder {
     }
 
     /// Generates `new_tokens` tokens after each row of `prompt` (`input_ids` `[B, P]`), calling
-    /// `on_token(k, tokens)` with the k-th new token of every row as soon as it is chosen.
-    pub fn generate(&self, weights: &Weights, prompt: &Tensor, new_tokens: usize, sampling: &Sampling, backend: Backend, mut on_token: impl FnMut(usize, &[i64])) -> Result<Generated> {
+    /// `on_token(k, tokens)` with the k-th new token of every row as soon as it is chosen. With
+    /// `start` (a saved state, docs/state.md) the prompt continues the sequence that state ended.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(&self, weights: &Weights, prompt: &Tensor, start: Option<&State>, new_tokens: usize, sampling: &Sampling, backend: Backend, mut on_token: impl FnMut(usize, &[i64])) -> Result<Generated> {
         check_input_ids(prompt, self.vocab)?;
         ensure!(!backend.forward_only(), "--backend {} compiles one forward pass at fixed sizes; generate runs on cpu or interp", backend.name());
         ensure!(new_tokens > 0, "--max-new-tokens must be at least 1");
@@ -108,9 +114,15 @@ impl Decoder {
             }
             None => Vec::new(),
         };
-        let mut state = self.fresh_state(weights, rows)?;
-        let outs = self.prefill.run_with(weights, &[("input_ids", prompt)], backend).context("prefill")?;
-        let mut logits = Some(take_outputs(&self.prefill, outs, &mut state)?);
+        let (first, mut state) = match start {
+            None => {
+                let mut state = self.fresh_state(weights, rows)?;
+                let outs = self.prefill.run_with(weights, &[("input_ids", prompt)], backend).context("prefill")?;
+                (take_outputs(&self.prefill, outs, &mut state)?, state)
+            }
+            Some(start) => self.resume(weights, prompt, start, backend)?,
+        };
+        let mut logits = Some(first);
 
         let mut rng = SplitMix64::keyed(sampling.seed, "generate");
         let mut chosen: Vec<Vec<i64>> = Vec::with_capacity(new_tokens);
@@ -137,6 +149,23 @@ impl Decoder {
             }
         }
         Ok(Generated { tokens: Tensor::i64(vec![rows, len + new_tokens], tokens), logits: Tensor::f32(vec![rows, new_tokens, self.vocab], all_logits) })
+    }
+
+    /// The prompt from the saved state `start`, in the parallel form (the model built at the
+    /// state's position, `Mode::Resume`): the last position's logits `[B, 1, V]` and the state
+    /// after the prompt.
+    fn resume(&self, weights: &Weights, prompt: &Tensor, start: &State, backend: Backend) -> Result<(Tensor, BTreeMap<String, Tensor>)> {
+        let graph = tttc_frontends::build_for(&self.config, Mode::Resume { position: state::position(start)? })?.g;
+        let mut inputs = state::arguments(&graph, start, prompt.shape[0])?;
+        let exe = Executable::new(without_loss(&tttc_passes::compile(&graph).context("compiling the resumed prompt's graph")?));
+        inputs.push(("input_ids".to_string(), prompt));
+        let outs = exe.run_with(weights, &named(&inputs), backend).context("the prompt from the state")?;
+        let mut after = BTreeMap::new();
+        let all = take_outputs(&exe, outs, &mut after)?;
+        let (rows, len, v) = (all.shape[0], all.shape[1], all.shape[2]);
+        let values = all.as_f32().context("logits are not f32")?;
+        let last = (0..rows).flat_map(|r| values[(r * len + len - 1) * v..(r * len + len) * v].to_vec()).collect();
+        Ok((Tensor::f32(vec![rows, 1, v], last), after))
     }
 
     /// One token per row through the step graph (with the `hoisted` weight-only values): its

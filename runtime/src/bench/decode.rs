@@ -114,7 +114,7 @@ pub fn decode(req: &DecodeRequest, mut report: impl FnMut(&DecodeTiming)) -> Res
                 // The profile covers the timed steps (the prefill is done when the first token is
                 // chosen), divided by their number below.
                 let profiling = req.profile && req.backend == Backend::Cpu;
-                decoder.generate(&model.weights, &prompt, req.tokens + 1, &Sampling::greedy(), req.backend, |k, _| {
+                decoder.generate(&model.weights, &prompt, None, req.tokens + 1, &Sampling::greedy(), req.backend, |k, _| {
                     if profiling && k == 0 {
                         tttc_codegen_cpu::profile::set_enabled(true);
                     }
