@@ -47,7 +47,9 @@ conv window, Llama's KV cache. A step's cost does not grow with the context for 
 Tokens are chosen greedily by default; --temperature > 0 samples from the softmax, restricted \
 by --top-k and --top-p, with a generator seeded by --seed. OUT receives `tokens` (i64 \
 [B, P + N]) and `logits` (f32 [B, N, V], the logits each new token was chosen from), written \
-atomically. With a tokenizer the text streams to stdout as it is generated.")]
+atomically. With a tokenizer the text streams to stdout as it is generated.\n\nWith --state-in S \
+(a state file of `tttc run --state-out`) the prompt continues the sequence S ended: it runs from \
+S in the parallel form, and `tokens` holds this prompt and the new tokens.")]
     Generate(GenerateArgs),
     /// Gradients: the loss and its gradient with respect to every parameter.
     #[command(long_about = "Compute the loss and its gradient with respect to every parameter.\n\n\
