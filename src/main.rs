@@ -495,12 +495,10 @@ fn run(args: &RunArgs) -> Result<()> {
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
     let backend = args.backend.into();
-    let start = read_state(args)?;
+    let start = read_state(args.state_in.as_deref())?;
     let (out, states): (tttc_runtime::Forward, Option<Vec<(String, tttc_ir::Tensor)>>) = match (inputs.remove("cu_seqlens"), start) {
         (Some(cu), start) => {
-            let sequences = tttc_runtime::packed::boundaries(&cu, &ids)?.len() - 1;
-            let starts = start.map(|s| tttc_runtime::state::split_packed(s, sequences)).transpose()?;
-            let p = tttc_runtime::packed::forward_packed(&model, &ids, &cu, backend, args.state_out.is_some(), starts)?;
+            let p = tttc_runtime::packed::forward_packed(&model, &ids, &cu, backend, args.state_out.is_some(), start)?;
             // One state per sequence: `seq.{i}.NAME` (their shapes may differ: a KV cache's length).
             let states = p.states.map(|per| per.into_iter().enumerate().flat_map(|(i, st)| st.into_iter().map(move |(n, t)| (format!("seq.{i}.{n}"), t))).collect());
             (p.forward, states)
@@ -629,8 +627,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires --prompt or --prompt-text"),
     };
-    let start = a.state_in.as_deref().map(|path| tttc_runtime::read_tensors(path).with_context(|| format!("--state-in {}", path.display()))).transpose()?;
-    let start: Option<tttc_runtime::State> = start.map(|s| s.into_iter().collect());
+    let start = read_state(a.state_in.as_deref())?;
     let decoder = tttc_runtime::generate::Decoder::new(&model)?;
     // One prompt with a tokenizer streams its text; a batch prints each row at the end.
     let stream = has_tokenizer && prompt.shape.first() == Some(&1);
@@ -655,9 +652,9 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The state `--state-in` names, if any.
-fn read_state(args: &RunArgs) -> Result<Option<tttc_runtime::State>> {
-    let Some(path) = &args.state_in else { return Ok(None) };
+/// The state file `--state-in` names, if any.
+fn read_state(path: Option<&Path>) -> Result<Option<tttc_runtime::State>> {
+    let Some(path) = path else { return Ok(None) };
     let file = tttc_runtime::read_tensors(path).with_context(|| format!("--state-in {}", path.display()))?;
     Ok(Some(file.into_iter().collect()))
 }
@@ -665,7 +662,7 @@ fn read_state(args: &RunArgs) -> Result<Option<tttc_runtime::State>> {
 fn grad(args: &RunArgs, remat: Option<usize>) -> Result<()> {
     let (model, ids, backend) = load_inputs(args)?;
     anyhow::ensure!(args.state_out.is_none(), "tttc grad writes no state: --state-out belongs to tttc run");
-    let out = match read_state(args)? {
+    let out = match read_state(args.state_in.as_deref())? {
         Some(start) => tttc_runtime::GradientStep::resumed(&model, &start, remat)?.run_from(&model.weights, &ids, &start, backend)?,
         None => tttc_runtime::GradientStep::with_segments(&model, remat)?.run(&model.weights, &ids, backend)?,
     };

@@ -303,6 +303,8 @@ struct Layer<'a> {
 /// in front with p tokens of lr 0, which change nothing, so that the scan's chunks fall on the
 /// mini-batch boundaries; the first chunk continues from the sums given.
 fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [ValueId; 5], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
+    let seen = b.mode.resumed_at();
+    ensure!(seen < c.mini_batch_size, "the state's position {seen} is outside a mini-batch of {} (a TTT state counts positions within its mini-batch)", c.mini_batch_size);
     let sums = match b.mode {
         Mode::Forward => Sums::None,
         Mode::Resume { .. } => Sums::Read,
@@ -330,8 +332,6 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
     let weight_types: Vec<Type> = layer.shapes.iter().map(|s| Type::new(DType::F32, s.clone())).collect();
     let body = mini_batch_body(c, &weight_types, sums)?;
     let carries = inputs.len();
-    let seen = b.mode.resumed_at();
-    ensure!(seen < c.mini_batch_size, "the state's position {seen} is outside a mini-batch of {} (a TTT state counts positions within its mini-batch)", c.mini_batch_size);
     let [q, k, v, lr, token_idx] = seqs;
     for x in [q, k, v, lr] {
         inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });

@@ -10,6 +10,26 @@ fn eval(g: &Graph, weights: &std::collections::BTreeMap<String, Tensor>, ids: &T
     eval_named(g, weights, &[("input_ids".into(), ids.clone())])
 }
 
+/// Checks a few entries of `analytic`, the gradient of `what`, against central differences of
+/// `loss_with(i, delta)`, the loss with entry i moved by delta; returns how many it checked.
+fn check_against_differences(what: &str, analytic: &[f64], loss_with: impl Fn(usize, f64) -> f64) -> usize {
+    let eps = 1e-6;
+    let entries: Vec<usize> = (0..analytic.len()).step_by(analytic.len().div_ceil(3)).collect();
+    for &i in &entries {
+        let numeric = (loss_with(i, eps) - loss_with(i, -eps)) / (2.0 * eps);
+        let err = (analytic[i] - numeric).abs();
+        assert!(err <= 1e-6 * (1.0 + numeric.abs()), "{what}[{i}]: autodiff {} vs numeric {numeric}", analytic[i]);
+    }
+    entries.len()
+}
+
+/// `t` (f64) with entry `i` moved by `delta`.
+fn moved(t: &Tensor, i: usize, delta: f64) -> Tensor {
+    let mut v = t.to_f64().unwrap();
+    v[i] += delta;
+    Tensor::f64(t.shape.clone(), v)
+}
+
 /// The model whose config.json is in `dir`, its weights in f64 and perturbed: seeded weights leave
 /// biases and token scales at zero.
 fn perturbed_model(dir: &std::path::Path) -> tttc_frontends::Model {
@@ -39,25 +59,14 @@ fn model_gradients_match_finite_differences() {
         let loss_only = keep_outputs(&forward, &["loss"]);
         let ids = Tensor::i64(vec![2, 7], (0..14).map(|i| (i * 5 + 2) % 11).collect());
         let out = eval(&grads, &model.weights, &ids);
-        let eps = 1e-6;
         let mut checked = 0;
         for (k, (name, _)) in grads.outputs.iter().enumerate().skip(1) {
-            let analytic = out[k].to_f64().unwrap();
-            // A few entries of every parameter.
-            for i in (0..analytic.len()).step_by(analytic.len().div_ceil(3)) {
-                let bumped = |delta: f64| {
-                    let mut w = model.weights.clone();
-                    let t = w.get_mut(name).unwrap();
-                    let mut v = t.to_f64().unwrap();
-                    v[i] += delta;
-                    *t = Tensor::f64(t.shape.clone(), v);
-                    eval(&loss_only, &w, &ids)[0].to_f64().unwrap()[0]
-                };
-                let numeric = (bumped(eps) - bumped(-eps)) / (2.0 * eps);
-                let err = (analytic[i] - numeric).abs();
-                assert!(err <= 1e-6 * (1.0 + numeric.abs()), "{config}\n d loss / d {name}[{i}]: autodiff {} vs numeric {numeric}", analytic[i]);
-                checked += 1;
-            }
+            checked += check_against_differences(&format!("{config}\n d loss / d {name}"), &out[k].to_f64().unwrap(), |i, delta| {
+                let mut w = model.weights.clone();
+                let t = w.get_mut(name).unwrap();
+                *t = moved(t, i, delta);
+                eval(&loss_only, &w, &ids)[0].to_f64().unwrap()[0]
+            });
         }
         assert!(checked > 20, "{config}: only {checked} entries checked");
     }
@@ -136,25 +145,15 @@ fn state_gradients_match_finite_differences() {
         let mut inputs = state.clone();
         inputs.push(("input_ids".into(), ids));
         let out = eval_named(&grads, &model.weights, &inputs);
-        let eps = 1e-6;
         let mut checked = 0;
         for &name in &wrt {
             let k = grads.outputs.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("{config}: no gradient for {name}"));
-            let analytic = out[k].to_f64().unwrap();
-            for i in (0..analytic.len()).step_by(analytic.len().div_ceil(3)) {
-                let bumped = |delta: f64| {
-                    let mut inputs = inputs.clone();
-                    let t = &mut inputs.iter_mut().find(|(n, _)| n == name).unwrap().1;
-                    let mut v = t.to_f64().unwrap();
-                    v[i] += delta;
-                    *t = Tensor::f64(t.shape.clone(), v);
-                    eval_named(&loss_only, &model.weights, &inputs)[0].to_f64().unwrap()[0]
-                };
-                let numeric = (bumped(eps) - bumped(-eps)) / (2.0 * eps);
-                let err = (analytic[i] - numeric).abs();
-                assert!(err <= 1e-6 * (1.0 + numeric.abs()), "{config}\n d loss / d {name}[{i}]: autodiff {} vs numeric {numeric}", analytic[i]);
-                checked += 1;
-            }
+            checked += check_against_differences(&format!("{config}\n d loss / d {name}"), &out[k].to_f64().unwrap(), |i, delta| {
+                let mut inputs = inputs.clone();
+                let t = &mut inputs.iter_mut().find(|(n, _)| n == name).unwrap().1;
+                *t = moved(t, i, delta);
+                eval_named(&loss_only, &model.weights, &inputs)[0].to_f64().unwrap()[0]
+            });
         }
         // The gradient sums A and the windows matter: some state entries move the loss.
         assert!(out[1..].iter().skip(grads.outputs.len() - 1 - wrt.len()).all(|g| g.to_f64().unwrap().iter().any(|x| x.abs() > 1e-9)), "{config}: a state gradient is all zero");

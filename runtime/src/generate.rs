@@ -12,7 +12,7 @@ use tttc_frontends::weights::Weights;
 use tttc_frontends::{Mode, Model, StateInit, StateSpec};
 use tttc_ir::Tensor;
 
-use crate::{check_input_ids, named, state, without_loss, Backend, Executable, State};
+use crate::{check_input_ids, run_graph, state, Backend, Executable, State};
 
 /// How the next token is chosen from its logits: greedily (`temperature` 0), or sampled from the
 /// softmax of `logits / temperature` restricted to the `top_k` likeliest tokens and to the
@@ -156,16 +156,11 @@ impl Decoder {
     /// after the prompt.
     fn resume(&self, weights: &Weights, prompt: &Tensor, start: &State, backend: Backend) -> Result<(Tensor, BTreeMap<String, Tensor>)> {
         let graph = tttc_frontends::build_for(&self.config, Mode::Resume { position: state::position(start)? })?.g;
-        let mut inputs = state::arguments(&graph, start, prompt.shape[0])?;
-        let exe = Executable::new(without_loss(&tttc_passes::compile(&graph).context("compiling the resumed prompt's graph")?));
-        inputs.push(("input_ids".to_string(), prompt));
-        let outs = exe.run_with(weights, &named(&inputs), backend).context("the prompt from the state")?;
-        let mut after = BTreeMap::new();
-        let all = take_outputs(&exe, outs, &mut after)?;
-        let (rows, len, v) = (all.shape[0], all.shape[1], all.shape[2]);
-        let values = all.as_f32().context("logits are not f32")?;
+        let (out, after) = run_graph(weights, &graph, prompt, start, backend).context("the prompt from the state")?;
+        let (rows, len, v) = (out.logits.shape[0], out.logits.shape[1], out.logits.shape[2]);
+        let values = out.logits.as_f32().context("logits are not f32")?;
         let last = (0..rows).flat_map(|r| values[(r * len + len - 1) * v..(r * len + len) * v].to_vec()).collect();
-        Ok((Tensor::f32(vec![rows, 1, v], last), after))
+        Ok((Tensor::f32(vec![rows, 1, v], last), after.into_iter().collect()))
     }
 
     /// One token per row through the step graph (with the `hoisted` weight-only values): its

@@ -102,13 +102,25 @@ pub fn forward_from_state(model: &Model, ids: &Tensor, start: &State, backend: B
 /// state).
 fn run_sequence(model: &Model, graph: &Graph, ids: &Tensor, start: &State, backend: Backend) -> Result<(Forward, State)> {
     check_input_ids(ids, model.config.vocab_size())?;
-    let mut inputs = state::arguments(graph, start, ids.shape[0])?;
+    run_graph(&model.weights, graph, ids, start, backend)
+}
+
+/// [`run_sequence`] on `input_ids` already checked: the state checked against the graph before
+/// the graph is compiled.
+fn run_graph(weights: &Weights, graph: &Graph, ids: &Tensor, start: &State, backend: Backend) -> Result<(Forward, State)> {
+    let inputs = state::arguments(graph, start, ids.shape[0])?;
     // The pass pipeline first: it expands `grad` ops, which no backend executes. Pruning the
     // loss for T = 1 comes after it.
     let compiled = tttc_passes::compile(graph)?;
     let exe = Executable::new(if ids.shape[1] > 1 { compiled } else { without_loss(&compiled) });
+    run_compiled(&exe, weights, ids, inputs, backend)
+}
+
+/// Runs a compiled sequence graph on `input_ids` and the state `inputs` ([`state::arguments`]):
+/// its logits, loss and state after it.
+fn run_compiled<'a>(exe: &Executable, weights: &Weights, ids: &'a Tensor, mut inputs: Vec<(String, &'a Tensor)>, backend: Backend) -> Result<(Forward, State)> {
     inputs.push(("input_ids".to_string(), ids));
-    let outs = exe.run_with(&model.weights, &named(&inputs), backend)?;
+    let outs = exe.run_with(weights, &named(&inputs), backend)?;
     split_outputs(&exe.graph, outs)
 }
 
@@ -155,8 +167,6 @@ pub fn gradients(model: &Model, ids: &Tensor, backend: Backend) -> Result<Gradie
 /// runs it every step).
 pub struct GradientStep {
     graph: Executable,
-    /// The graph the gradients are of, whose state inputs a run takes.
-    forward: Graph,
     vocab: usize,
 }
 
@@ -251,7 +261,7 @@ impl GradientStep {
                 best.expect("at least one candidate").1
             }
         };
-        Ok(GradientStep { graph: Executable::new(graph), forward, vocab: model.config.vocab_size() })
+        Ok(GradientStep { graph: Executable::new(graph), vocab: model.config.vocab_size() })
     }
 
     /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
@@ -264,7 +274,8 @@ impl GradientStep {
         check_input_ids(ids, self.vocab)?;
         ensure!(!backend.forward_only(), "--backend {} runs forward passes only; gradients run on cpu or interp", backend.name());
         ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
-        let mut inputs = state::arguments(&self.forward, start, ids.shape[0])?;
+        // The gradient graph takes the forward graph's arguments.
+        let mut inputs = state::arguments(&self.graph.graph, start, ids.shape[0])?;
         inputs.push(("input_ids".to_string(), ids));
         let mut outs = self.graph.run_with(weights, &named(&inputs), backend)?.into_iter();
         let loss = outs.next().context("gradient graph has no loss")?;

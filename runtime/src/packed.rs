@@ -12,7 +12,7 @@ use tttc_ir::Tensor;
 
 use std::collections::BTreeMap;
 
-use crate::{check_input_ids, named, split_outputs, state, without_loss, Backend, Executable, Forward, State};
+use crate::{check_input_ids, run_compiled, state, without_loss, Backend, Executable, Forward, State};
 
 /// A packed run's results: `logits` `[1, total, V]`, the loss over every sequence's targets
 /// (none when every sequence has one token), and, when asked for, each sequence's state.
@@ -38,24 +38,22 @@ pub fn boundaries(cu_seqlens: &Tensor, ids: &Tensor) -> Result<Vec<usize>> {
 }
 
 /// Runs each sequence of a packed batch on its own (with its state after it when `with_state`),
-/// each from a fresh state or, with `starts` (one per sequence), from its own.
-pub fn forward_packed(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend, with_state: bool, starts: Option<Vec<State>>) -> Result<Packed> {
-    let Some(starts) = starts else { return PackedRunner::new(model, with_state)?.run(model, ids, cu_seqlens, backend) };
-    let sequences = boundaries(cu_seqlens, ids)?.len() - 1;
-    ensure!(starts.len() == sequences, "the state holds {} sequences' states, the batch has {sequences} sequences", starts.len());
+/// each from a fresh state or, with `start` (a state file with one state per sequence,
+/// `seq.{i}.NAME`), from its own.
+pub fn forward_packed(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend, with_state: bool, start: Option<State>) -> Result<Packed> {
+    let Some(file) = start else { return PackedRunner::new(model, with_state)?.run(model, ids, cu_seqlens, backend) };
+    let bounds = boundaries(cu_seqlens, ids)?;
+    let starts = state::split_packed(file, bounds.len() - 1)?;
     // One graph per state position, compiled once for the sequences that share it.
     let mut graphs: BTreeMap<usize, SequenceGraphs> = BTreeMap::new();
-    let (forward, states) = each_sequence(model, ids, cu_seqlens, |n, seq| {
+    let (forward, states) = each_sequence(model, ids, &bounds, |n, seq| {
         let start = &starts[n];
         let at = state::position(start)?;
         if !graphs.contains_key(&at) {
             graphs.insert(at, SequenceGraphs::new(&state::resumed_graph(model, start)?)?);
         }
         let exe = graphs[&at].for_length(seq.shape[1]);
-        let mut inputs = state::arguments(&exe.graph, start, 1)?;
-        inputs.push(("input_ids".to_string(), seq));
-        let outs = exe.run_with(&model.weights, &named(&inputs), backend)?;
-        split_outputs(&exe.graph, outs)
+        run_compiled(exe, &model.weights, seq, state::arguments(&exe.graph, start, 1)?, backend)
     })?;
     Ok(Packed { forward, states: with_state.then_some(states) })
 }
@@ -93,19 +91,16 @@ impl PackedRunner {
     }
 
     pub fn run(&self, model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend) -> Result<Packed> {
-        let (forward, states) = each_sequence(model, ids, cu_seqlens, |_, seq| {
-            let exe = self.graphs.for_length(seq.shape[1]);
-            let outs = exe.run(&model.weights, seq, backend)?;
-            split_outputs(&exe.graph, outs)
-        })?;
+        let bounds = boundaries(cu_seqlens, ids)?;
+        let (forward, states) = each_sequence(model, ids, &bounds, |_, seq| run_compiled(self.graphs.for_length(seq.shape[1]), &model.weights, seq, Vec::new(), backend))?;
         Ok(Packed { forward, states: self.with_state.then_some(states) })
     }
 }
 
 /// Runs `sequence` on each sequence of the packed batch (its index and its `input_ids`
-/// `[1, len]`), lays the logits end to end and averages the loss over every target.
-fn each_sequence(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, mut sequence: impl FnMut(usize, &Tensor) -> Result<(Forward, State)>) -> Result<(Forward, Vec<State>)> {
-    let bounds = boundaries(cu_seqlens, ids)?;
+/// `[1, len]`) between the `bounds` [`boundaries`] gives, lays the logits end to end and averages
+/// the loss over every target.
+fn each_sequence(model: &Model, ids: &Tensor, bounds: &[usize], mut sequence: impl FnMut(usize, &Tensor) -> Result<(Forward, State)>) -> Result<(Forward, Vec<State>)> {
     check_input_ids(ids, model.config.vocab_size())?;
     let row = ids.as_i64().expect("checked above");
     let (mut logits, mut vocab) = (Vec::new(), 0);
