@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
+use tttc_files::Cap;
 
 use crate::builder::ModelBuilder;
 use crate::config::ModelConfig;
@@ -32,12 +33,19 @@ pub fn load(path: &Path, weights: Option<&Path>) -> Result<Model> {
     let builder = crate::build(&config)?;
     let weights = match weights.map(Path::to_path_buf).or(own_weights) {
         Some(file) => {
-            let w = load_safetensors(&file)?;
+            let w = load_safetensors(&file, weights_cap(&builder))?;
             check_weights(&builder, &config, w).with_context(|| format!("in {}", file.display()))?
         }
         None => initialise(&builder, seed),
     };
     Ok(Model { config, config_json, builder, weights })
+}
+
+/// The most bytes a weights file of the model `b` can hold: every parameter in f64 (the widest
+/// float read), plus the largest header safetensors accepts.
+pub fn weights_cap(b: &ModelBuilder) -> Cap {
+    let elements: u64 = b.g.params().map(|arg| b.g.ty(arg.value).shape.iter().map(|d| d.as_const().unwrap_or(0) as u64).product::<u64>()).sum();
+    Cap::new("the model's weights file", elements.saturating_mul(8).saturating_add(100_000_000))
 }
 
 /// The graph of the model at `path`, without reading or drawing its weights.
@@ -54,13 +62,13 @@ pub fn load_config(path: &Path) -> Result<ModelConfig> {
 fn read_definition(path: &Path) -> Result<(ModelConfig, Value, Option<PathBuf>, u64)> {
     Ok(if path.is_dir() {
         let cfg_path = path.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
+        let text = tttc_files::read_text(&cfg_path, Cap::CONFIG)?;
         let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
         let config = ModelConfig::from_json(&json).with_context(|| format!("in {}", cfg_path.display()))?;
         let file = path.join("model.safetensors");
         (config, json, file.exists().then_some(file), DEFAULT_SEED)
     } else if path.extension().is_some_and(|e| e == "toml") {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = tttc_files::read_text(path, Cap::CONFIG)?;
         let t = parse_model_toml(&text, path.parent().unwrap_or(Path::new("."))).with_context(|| format!("in {}", path.display()))?;
         (t.config, t.json, t.weights, t.seed)
     } else if path.exists() {

@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use tttc_files::Cap;
 use safetensors::{Dtype, SafeTensors};
 use tttc_ir::Tensor;
 
 pub type Weights = BTreeMap<String, Tensor>;
 
-/// Reads every tensor of a safetensors file. Float tensors become f32; i64 stays i64.
-pub fn load_safetensors(path: &Path) -> Result<Weights> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+/// Reads every tensor of a safetensors file of at most `cap` bytes. Float tensors become f32; i64
+/// stays i64.
+pub fn load_safetensors(path: &Path, cap: Cap) -> Result<Weights> {
+    let bytes = tttc_files::read(path, cap)?;
     parse_safetensors(&bytes).with_context(|| format!("{} is not a valid safetensors file", path.display()))
 }
 

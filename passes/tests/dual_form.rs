@@ -62,7 +62,7 @@ fn ttt_reference_cases_in_dual_form() {
         let (big_primal, big_dual) = (largest_body_value(&primal), largest_body_value(&dual));
         assert!(big_dual * 4 <= big_primal, "the dual form still materialises per-token weights: {big_dual} vs {big_primal} elements");
 
-        let io = tttc_frontends::weights::load_safetensors(&dir.join("io.safetensors")).unwrap();
+        let io = tttc_frontends::weights::load_safetensors(&dir.join("io.safetensors"), tttc_files::Cap::new("a test file", 1 << 30)).unwrap();
         let out = run_model(&dual, &model, &io["input_ids"]);
         let logits = ratio(&out[0], &io["logits"]);
         let loss = ratio(&out[1], &io["loss"]);

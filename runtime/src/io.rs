@@ -9,8 +9,9 @@ use safetensors::{Dtype, View};
 use tttc_frontends::weights::{load_safetensors, Weights};
 use tttc_ir::{Data, Tensor};
 
+/// Reads a tensor file (inputs, states, optimizer moments): no larger than the memory tttc may use.
 pub fn read_tensors(path: &Path) -> Result<Weights> {
-    load_safetensors(path)
+    load_safetensors(path, tttc_files::Cap::new("a tensor file tttc can hold in memory", crate::memory::budget()))
 }
 
 struct Bytes<'a> {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod generate;
 mod io;
+pub mod memory;
 pub mod train;
 pub mod compare;
 mod cuda;

@@ -1,0 +1,8 @@
+//! Users' files, safely. Every file tttc reads goes through [`read`]: only regular files (a FIFO
+//! would block, a device never ends), and never more than the size the file can legitimately
+//! have. Every file it writes goes through [`Outputs`] (`stage.rs`): staged beside its target and
+//! renamed into place with the command's other outputs at the end, or not at all.
+
+mod read;
+
+pub use read::{human, read, read_text, Cap};
