@@ -24,6 +24,9 @@ pub struct Request<'a> {
 #[derive(Serialize)]
 struct Manifest {
     tttc_version: &'static str,
+    /// Every file of the folder but this manifest: a later compile replaces the folder only when
+    /// it holds nothing else.
+    files: Vec<String>,
     model: ModelInfo,
     /// The values of the symbolic dimensions the estimates are computed for.
     shapes: BTreeMap<String, usize>,
@@ -245,7 +248,11 @@ pub fn compile(req: &Request) -> Result<()> {
         Some(o) => o.to_path_buf(),
         None => default_out_dir(req.model)?,
     };
-    check_replaceable(&out)?;
+    let mut outputs = tttc_files::Outputs::new();
+    for file in tttc_frontends::source_files(req.model) {
+        outputs.reads(format!("the model's {}", file.display()), &file);
+    }
+    let out_dir = outputs.folder(format!("-o {}", out.display()), &out, check_replaceable)?;
 
     let env: DimEnv = [("B".to_string(), req.batch), ("T".to_string(), req.seq_len)].into_iter().collect();
     let results = tttc_passes::run_passes_observed(&tttc_passes::pipeline(), graph, None, |r| {
@@ -372,8 +379,19 @@ pub fn compile(req: &Request) -> Result<()> {
         parameters = parameters.checked_add(cost::elements(graph.ty(a.value), &env)?).with_context(too_many)?;
         parameter_bytes = parameter_bytes.checked_add(cost::bytes(graph.ty(a.value), &env)?).with_context(too_many)?;
     }
+    let mut files: Vec<(String, Vec<u8>)> = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph).into_bytes())];
+    for (i, r) in results.iter().enumerate() {
+        files.push((ir_file(i + 1, r.name), tttc_ir::text::print(&r.graph).into_bytes()));
+    }
+    files.push(("cpu/model.o".into(), model.object));
+    files.push(("cpu/model.h".into(), model.header.into_bytes()));
+    for (target, text) in modules {
+        files.push((format!("gpu/{target}.ptx"), text.into_bytes()));
+    }
+    files.push(("gpu/program.json".into(), (serde_json::to_string_pretty(&gpu.program())? + "\n").into_bytes()));
     let manifest = Manifest {
         tttc_version: env!("CARGO_PKG_VERSION"),
+        files: files.iter().map(|(name, _)| name.clone()).collect(),
         model: ModelInfo {
             path: req.model.display().to_string(),
             model_type: model_type(req.model)?,
@@ -420,18 +438,9 @@ pub fn compile(req: &Request) -> Result<()> {
         gpu: gpu_entry,
     };
 
-    let mut files: Vec<(String, Vec<u8>)> = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph).into_bytes())];
-    for (i, r) in results.iter().enumerate() {
-        files.push((ir_file(i + 1, r.name), tttc_ir::text::print(&r.graph).into_bytes()));
-    }
-    files.push(("cpu/model.o".into(), model.object));
-    files.push(("cpu/model.h".into(), model.header.into_bytes()));
-    for (target, text) in modules {
-        files.push((format!("gpu/{target}.ptx"), text.into_bytes()));
-    }
-    files.push(("gpu/program.json".into(), (serde_json::to_string_pretty(&gpu.program())? + "\n").into_bytes()));
     files.push(("manifest.json".into(), (serde_json::to_string_pretty(&manifest)? + "\n").into_bytes()));
-    write_dir(&out, &files)?;
+    outputs.write_with(out_dir, |dir| write_files(dir, &files))?;
+    outputs.commit()?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
@@ -548,60 +557,68 @@ fn default_out_dir(model: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from(format!("{}.tttc", stem.to_string_lossy())))
 }
 
-/// An existing `out` is replaced only when it is a folder that an earlier `tttc compile` wrote
-/// (it holds manifest.json) or an empty folder: anything else is left alone.
+/// An existing `out` is replaced only when it is empty, or when an earlier `tttc compile` wrote
+/// it: its manifest.json lists every other file it holds. Anything else is named and left alone.
 fn check_replaceable(out: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(out) {
-        Err(_) => Ok(()),
-        Ok(m) if !m.is_dir() => bail!("{} exists and is not a folder", out.display()),
-        Ok(_) => {
-            let empty = std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?.next().is_none();
-            ensure!(
-                empty || out.join("manifest.json").is_file(),
-                "{} exists and is not the output of tttc compile (no manifest.json); not replacing it",
-                out.display()
-            );
-            Ok(())
-        }
+    let meta = std::fs::symlink_metadata(out).with_context(|| format!("cannot read {}", out.display()))?;
+    ensure!(meta.is_dir(), "{} exists and is not a folder; not replacing it", out.display());
+    let found = walk(out, Path::new(""))?;
+    if found.is_empty() {
+        return Ok(());
     }
+    let manifest = out.join("manifest.json");
+    let listed: Option<Vec<String>> = tttc_files::read_text(&manifest, tttc_files::Cap::CONFIG)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .filter(|m| m["tttc_version"].is_string())
+        .and_then(|m| m["files"].as_array()?.iter().map(|f| f.as_str().map(str::to_string)).collect());
+    let listed = listed.with_context(|| format!("{} is not the output of tttc compile (no manifest.json listing its files); not replacing it", out.display()))?;
+    if let Some(other) = found.iter().find(|f| f.as_str() != "manifest.json" && !listed.contains(f)) {
+        bail!("{} holds {other}, which tttc compile did not write; not replacing the folder (move that file out, or choose another -o)", out.display());
+    }
+    Ok(())
 }
 
-/// Writes `files` (paths relative to `out`) into `out.tmp-<pid>`, then replaces `out` with it.
-/// On failure the temporary folder is removed and an existing `out` is left as it was.
-fn write_dir(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    let name = out.file_name().with_context(|| format!("output {} does not name a folder", out.display()))?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = out.with_file_name(tmp_name);
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        ensure!(parent.is_dir(), "cannot create {}: folder {} does not exist", out.display(), parent.display());
-    }
-    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {} (as {})", out.display(), tmp.display()))?;
-    let fill = || -> Result<()> {
-        for (rel, text) in files {
-            let path = tmp.join(rel);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+/// The paths of everything below `dir/rel` that is not a folder, relative to `dir` (a folder
+/// with nothing in it counts as itself).
+fn walk(dir: &Path, rel: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let here = dir.join(rel);
+    for entry in std::fs::read_dir(&here).with_context(|| format!("cannot read {}", here.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", here.display()))?;
+        let path = rel.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            let inner = walk(dir, &path)?;
+            if inner.is_empty() {
+                found.push(format!("{}/", path.display()));
             }
-            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            found.extend(inner);
+        } else {
+            found.push(path.display().to_string());
         }
-        if out.exists() {
-            std::fs::remove_dir_all(out).with_context(|| format!("cannot remove the old {}", out.display()))?;
+    }
+    Ok(found)
+}
+
+/// Writes `files` (paths relative to `dir`) into the folder `dir`.
+fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    for (rel, bytes) in files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))
-    };
-    fill().inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&tmp);
-    })
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The `model_type` of the definition at `path` (already read successfully by the frontend).
 fn model_type(path: &Path) -> Result<String> {
     let value = if path.is_dir() {
-        let text = std::fs::read_to_string(path.join("config.json"))?;
+        let text = tttc_files::read_text(&path.join("config.json"), tttc_files::Cap::CONFIG)?;
         serde_json::from_str::<serde_json::Value>(&text)?.get("model_type").and_then(|v| v.as_str()).map(str::to_string)
     } else {
-        let text = std::fs::read_to_string(path)?;
+        let text = tttc_files::read_text(path, tttc_files::Cap::CONFIG)?;
         toml::from_str::<toml::Table>(&text)?.get("model_type").and_then(|v| v.as_str()).map(str::to_string)
     };
     value.with_context(|| format!("{} has no model_type", path.display()))

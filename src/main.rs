@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -22,6 +22,24 @@ or a model.toml file (see docs/model-toml.md). Without weights, tttc initialises
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The most memory a run may use (bytes, or with K, M, G or T: 8G) [default: the memory the
+    /// system reports available]. Every run estimates its parameters, activations and workspace
+    /// from the config and the input sizes before allocating, and refuses one that does not fit.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+}
+
+/// `8G`, `512M`, `1024`: a size in bytes, with binary units.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (digits, shift) = match s.trim().char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        Some((i, 'T' | 't')) => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| format!("{s:?} is not a size (a number of bytes, or with K, M, G or T)"))?;
+    n.checked_mul(1 << shift).filter(|&b| b > 0).ok_or_else(|| format!("{s:?} is not a positive size that fits in 64 bits"))
 }
 
 #[derive(Subcommand)]
@@ -296,6 +314,10 @@ struct RunArgs {
     /// with respect to each state tensor, `state.NAME`.
     #[arg(long, value_name = "S")]
     state_in: Option<PathBuf>,
+    /// Write the results even when the logits, the loss or a gradient hold NaN or infinite
+    /// values (otherwise that is an error and nothing is written).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 #[derive(clap::Args)]
@@ -336,6 +358,10 @@ struct GenerateArgs {
     /// prompt continues the sequence that state ended (docs/state.md).
     #[arg(long, value_name = "S")]
     state_in: Option<PathBuf>,
+    /// Write the results even when the logits hold NaN or infinite values (otherwise that is an
+    /// error and nothing is written).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 /// What `train` reads and writes; options left out take their default, or the checkpoint's value
@@ -432,6 +458,9 @@ impl From<BackendArg> for tttc_runtime::Backend {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(bytes) = cli.max_memory {
+        tttc_files::memory::set_limit(bytes);
+    }
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -482,7 +511,7 @@ fn structure_only(model: &Path) -> Result<tttc_ir::Graph> {
 
 /// The model and the `input_ids` that `grad` reads.
 fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor, tttc_runtime::Backend)> {
-    let model = tttc_frontends::load(&args.model, args.weights.as_deref())?;
+    let model = load_model(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
     anyhow::ensure!(!inputs.contains_key("cu_seqlens"), "tttc grad takes no packed batch (cu_seqlens): give each sequence its own run");
@@ -491,7 +520,10 @@ fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor
 }
 
 fn run(args: &RunArgs) -> Result<()> {
-    let model = tttc_frontends::load(&args.model, args.weights.as_deref())?;
+    let mut outputs = outputs_reading(&args.model, &[("--weights", args.weights.as_deref()), ("--input", Some(&args.input)), ("--state-in", args.state_in.as_deref())]);
+    let out_file = outputs.file(format!("--output {}", args.output.display()), &args.output)?;
+    let state_file = args.state_out.as_ref().map(|p| outputs.file(format!("--state-out {}", p.display()), p)).transpose()?;
+    let model = load_model(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
     let backend = args.backend.into();
@@ -513,24 +545,81 @@ fn run(args: &RunArgs) -> Result<()> {
             (out, Some(state))
         }
     };
-    if let (Some(path), Some(state)) = (&args.state_out, &states) {
-        tttc_runtime::write_tensors(path, &state.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>())?;
-        eprintln!("wrote {}: {} state tensors", path.display(), state.len());
-    }
     let mut tensors = vec![("logits", &out.logits)];
     let mut summary = format!("wrote {}: logits {:?}", args.output.display(), out.logits.shape);
     if let Some(loss) = &out.loss {
         tensors.push(("loss", loss));
         summary += &format!(", loss {:.6}", loss.to_f64().expect("float")[0]);
     }
-    tttc_runtime::write_tensors(&args.output, &tensors)?;
+    check_finite(&tensors, args.allow_nonfinite)?;
+    outputs.write(out_file, &tttc_runtime::tensor_bytes(&tensors)?)?;
+    if let (Some(file), Some(state)) = (state_file, &states) {
+        outputs.write(file, &tttc_runtime::tensor_bytes(&state.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>())?)?;
+    }
+    outputs.commit()?;
+    if let (Some(path), Some(state)) = (&args.state_out, &states) {
+        eprintln!("wrote {}: {} state tensors", path.display(), state.len());
+    }
     eprintln!("{summary}");
     Ok(())
 }
 
-fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>) -> Result<()> {
+/// A command's outputs, with the model's files and the `inputs` it reads declared: no output may
+/// overwrite one of them.
+fn outputs_reading(model: &Path, inputs: &[(&str, Option<&Path>)]) -> tttc_files::Outputs {
+    let mut outputs = tttc_files::Outputs::new();
+    for file in tttc_frontends::source_files(model) {
+        outputs.reads(format!("the model's {}", file.display()), &file);
+    }
+    for (flag, path) in inputs {
+        if let Some(path) = path {
+            outputs.reads(format!("{flag} {}", path.display()), path);
+        }
+    }
+    outputs
+}
+
+/// Loads the model, warning (one line each) about weights that hold NaN or infinite values.
+fn load_model(path: &Path, weights: Option<&Path>) -> Result<tttc_frontends::Model> {
+    let model = tttc_frontends::load(path, weights)?;
+    warn_nonfinite("weight", model.weights.iter().map(|(n, t)| (n.as_str(), t)));
+    Ok(model)
+}
+
+/// One warning line per tensor holding NaN or infinite values.
+fn warn_nonfinite<'a>(what: &str, tensors: impl Iterator<Item = (&'a str, &'a tttc_ir::Tensor)>) {
+    for (name, t) in tensors {
+        let bad = nonfinite(t);
+        if bad > 0 {
+            eprintln!("warning: {what} {name} holds {bad} NaN or infinite values");
+        }
+    }
+}
+
+/// How many of a float tensor's values are NaN or infinite.
+fn nonfinite(t: &tttc_ir::Tensor) -> usize {
+    match &t.data {
+        tttc_ir::Data::F32(v) => v.iter().filter(|x| !x.is_finite()).count(),
+        tttc_ir::Data::F64(v) => v.iter().filter(|x| !x.is_finite()).count(),
+        tttc_ir::Data::I64(_) => 0,
+    }
+}
+
+/// Refuses results holding NaN or infinite values, unless `allow` (--allow-nonfinite).
+fn check_finite(results: &[(&str, &tttc_ir::Tensor)], allow: bool) -> Result<()> {
+    if allow {
+        return Ok(());
+    }
+    if let Some((name, bad)) = results.iter().map(|(n, t)| (n, nonfinite(t))).find(|(_, bad)| *bad > 0) {
+        bail!("{name} holds {bad} NaN or infinite values; nothing written (--allow-nonfinite writes them anyway)");
+    }
+    Ok(())
+}
+
+fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: BenchFiles) -> Result<()> {
     use tttc_runtime::bench::packed;
     let [min_len, max_len] = a.packed_lengths[..] else { anyhow::bail!("--packed-lengths takes two lengths, MIN,MAX") };
+    anyhow::ensure!(0 < min_len && min_len <= max_len, "--packed-lengths {min_len},{max_len} must be a range MIN,MAX with 0 < MIN ≤ MAX");
     let req = packed::PackedRequest { layers, depth: a.depths[0], sequences: a.packed_sequences as usize, min_len, max_len, backend: a.backend.into(), reps: a.reps as usize };
     let lengths = packed::lengths(req.sequences, min_len, max_len);
     println!("{} sequences of lengths {:?} ({} tokens), {}-layer models, {} backend\n", lengths.len(), lengths, lengths.iter().sum::<usize>(), req.depth, req.backend.name());
@@ -542,13 +631,10 @@ fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>) -> Resul
         println!("| {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2}× |", t.layer.model_name(), t.packed_s * 1e3, t.padded_s * 1e3, tokens / t.packed_s, tokens / t.padded_s, t.padded_s / t.packed_s);
         lines.push(t.to_json().to_string());
     })?;
-    if let Some(path) = &a.output {
-        write_lines(path, &lines)?;
-    }
-    Ok(())
+    files.finish(&lines, |_| unreachable!("bench refuses --plot with --packed"))
 }
 
-fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>) -> Result<()> {
+fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>, files: BenchFiles) -> Result<()> {
     use tttc_runtime::bench::decode;
     let backend: tttc_runtime::Backend = a.backend.into();
     anyhow::ensure!(!backend.forward_only(), "bench --decode runs on cpu or interp: --backend {} compiles one forward pass at fixed sizes", backend.name());
@@ -575,20 +661,13 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
         );
         lines.push(t.to_json().to_string());
     })?;
-    if let Some(path) = &a.plot {
-        let tttc = timings.iter().filter(|t| t.who.starts_with("tttc"));
-        let series = tttc_runtime::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
-        let axes = ("context (tokens before)", "milliseconds per token");
-        tttc_runtime::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series)?;
-        println!("\nwrote {}", path.display());
-    }
     for t in timings.iter().filter(|t| !t.profile.is_empty()) {
         print_profile(&format!("a {} token ({} layers, context {})", t.model, t.depth, t.context), &t.profile);
     }
-    if let Some(path) = &a.output {
-        write_lines(path, &lines)?;
-    }
-    Ok(())
+    let tttc = timings.iter().filter(|t| t.who.starts_with("tttc"));
+    let series = tttc_runtime::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
+    let axes = ("context (tokens before)", "milliseconds per token");
+    files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series))
 }
 
 /// Where the time of `what` went: a Markdown table of step kinds, milliseconds and calls.
@@ -600,24 +679,56 @@ fn print_profile(what: &str, profile: &[(String, f64, u64)]) {
     }
 }
 
-/// Writes `lines` to `path`, one per line, through a temporary file.
-fn write_lines(path: &Path, lines: &[String]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+/// `tttc bench`'s files, declared before the timings start: `--output`'s JSON lines and `--plot`.
+struct BenchFiles {
+    outputs: tttc_files::Outputs,
+    json: Option<tttc_files::Output>,
+    plot: Option<tttc_files::Output>,
+}
+
+impl BenchFiles {
+    fn new(a: &BenchArgs) -> Result<BenchFiles> {
+        let mut outputs = tttc_files::Outputs::new();
+        for (flag, path) in [("--peers", &a.peers), ("--peer-bench", &a.peer_bench)] {
+            if let Some(path) = path {
+                outputs.reads(format!("{flag} {}", path.display()), path);
+            }
+        }
+        let json = a.output.as_ref().map(|p| outputs.file(format!("--output {}", p.display()), p)).transpose()?;
+        let plot = a.plot.as_ref().map(|p| outputs.file(format!("--plot {}", p.display()), p)).transpose()?;
+        Ok(BenchFiles { outputs, json, plot })
+    }
+
+    /// Writes the JSON `lines` and the plot (drawn by `draw` at the path it is given), together.
+    fn finish(mut self, lines: &[String], draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        if let Some(out) = self.json {
+            self.outputs.write(out, (lines.join("\n") + "\n").as_bytes())?;
+        }
+        if let Some(out) = self.plot {
+            self.outputs.write_with(out, draw)?;
+        }
+        self.outputs.commit()
+    }
 }
 
 fn generate(a: &GenerateArgs) -> Result<()> {
     use std::io::Write;
     let sampling = tttc_runtime::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     sampling.check()?;
-    let model = tttc_frontends::load(&a.model, a.weights.as_deref())?;
+    let mut outputs = outputs_reading(&a.model, &[("--weights", a.weights.as_deref()), ("--prompt", a.prompt.as_deref()), ("--state-in", a.state_in.as_deref())]);
+    let out_file = outputs.file(format!("--output {}", a.output.display()), &a.output)?;
+    let model = load_model(&a.model, a.weights.as_deref())?;
     // The byte tokenizer of a `tttc train` checkpoint; another tokenizer is not read.
     let tokenizer = tttc_runtime::train::byte_tokenizer(&a.model);
     let has_tokenizer = matches!(tokenizer, Ok(true));
     let prompt = match (&a.prompt, &a.prompt_text) {
         (Some(path), _) => {
             let mut inputs = tttc_runtime::read_tensors(path)?;
+            anyhow::ensure!(
+                !inputs.contains_key("cu_seqlens"),
+                "tttc generate takes no packed prompt (cu_seqlens in {}): give the prompts as rows of input_ids [B, P]",
+                path.display()
+            );
             inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", path.display()))?
         }
         (None, Some(text)) => {
@@ -638,7 +749,10 @@ fn generate(a: &GenerateArgs) -> Result<()> {
             let _ = stdout.flush();
         }
     })?;
-    tttc_runtime::write_tensors(&a.output, &[("tokens", &out.tokens), ("logits", &out.logits)])?;
+    let tensors = [("tokens", &out.tokens), ("logits", &out.logits)];
+    check_finite(&tensors, a.allow_nonfinite)?;
+    outputs.write(out_file, &tttc_runtime::tensor_bytes(&tensors)?)?;
+    outputs.commit()?;
     if stream {
         println!();
     } else if has_tokenizer {
@@ -656,19 +770,25 @@ fn generate(a: &GenerateArgs) -> Result<()> {
 fn read_state(path: Option<&Path>) -> Result<Option<tttc_runtime::State>> {
     let Some(path) = path else { return Ok(None) };
     let file = tttc_runtime::read_tensors(path).with_context(|| format!("--state-in {}", path.display()))?;
+    warn_nonfinite("state tensor", file.iter().map(|(n, t)| (n.as_str(), t)));
     Ok(Some(file.into_iter().collect()))
 }
 
 fn grad(args: &RunArgs, remat: Option<usize>) -> Result<()> {
-    let (model, ids, backend) = load_inputs(args)?;
     anyhow::ensure!(args.state_out.is_none(), "tttc grad writes no state: --state-out belongs to tttc run");
+    anyhow::ensure!(remat != Some(0), "--remat takes at least 1 segment (1: keep every activation)");
+    let mut outputs = outputs_reading(&args.model, &[("--weights", args.weights.as_deref()), ("--input", Some(&args.input)), ("--state-in", args.state_in.as_deref())]);
+    let out_file = outputs.file(format!("--output {}", args.output.display()), &args.output)?;
+    let (model, ids, backend) = load_inputs(args)?;
     let out = match read_state(args.state_in.as_deref())? {
         Some(start) => tttc_runtime::GradientStep::resumed(&model, &start, remat)?.run_from(&model.weights, &ids, &start, backend)?,
         None => tttc_runtime::GradientStep::with_segments(&model, remat)?.run(&model.weights, &ids, backend)?,
     };
     let mut tensors = vec![("loss", &out.loss)];
     tensors.extend(out.grads.iter().map(|(n, t)| (n.as_str(), t)));
-    tttc_runtime::write_tensors(&args.output, &tensors)?;
+    check_finite(&tensors, args.allow_nonfinite)?;
+    outputs.write(out_file, &tttc_runtime::tensor_bytes(&tensors)?)?;
+    outputs.commit()?;
     let loss = out.loss.to_f64().expect("float")[0];
     eprintln!("wrote {}: loss {loss:.6} and {} gradients", args.output.display(), out.grads.len());
     Ok(())
@@ -733,11 +853,13 @@ fn bench(a: &BenchArgs) -> Result<()> {
         ttt_jax: a.ttt_jax_path.clone(),
         compile_max_t: a.compile_max_t,
     });
+    anyhow::ensure!(!(a.packed && a.plot.is_some()), "--plot draws latency curves: not with --packed");
+    let files = BenchFiles::new(a)?;
     if a.decode {
-        return bench_decode(a, layers, peers);
+        return bench_decode(a, layers, peers, files);
     }
     if a.packed {
-        return bench_packed(a, layers);
+        return bench_packed(a, layers, files);
     }
     let req = bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile };
     let ceiling = bench::gemm_ceiling()?;
@@ -759,12 +881,6 @@ fn bench(a: &BenchArgs) -> Result<()> {
         );
         lines.push(t.to_json().to_string());
     })?;
-    if let Some(path) = &a.plot {
-        let series = tttc_runtime::plot::Series::group(timings.iter().map(|t| (format!("{}: {}", t.layer, t.who), (t.t as f64, t.median_ms))));
-        let axes = ("sequence length T", "milliseconds per forward call");
-        tttc_runtime::plot::latency_curves(path, "One layer at the 125m width, batch 1, f32, forward", axes, &series)?;
-        println!("\nwrote {}", path.display());
-    }
     let (passes, codegen) = bench::compile_time()?;
     println!("\nCompiling the 12-layer 125m TTT-Linear: graph and passes {passes:.2} s, CPU code generation {codegen:.2} s.");
     let t = a.seq_lens[0];
@@ -780,8 +896,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     for t in timings.iter().filter(|t| !t.profile.is_empty()) {
         print_profile(&format!("{} at T = {} ({})", t.layer, t.t, t.who), &t.profile);
     }
-    if let Some(path) = &a.output {
-        write_lines(path, &lines)?;
-    }
-    Ok(())
+    let series = tttc_runtime::plot::Series::group(timings.iter().map(|t| (format!("{}: {}", t.layer, t.who), (t.t as f64, t.median_ms))));
+    let axes = ("sequence length T", "milliseconds per forward call");
+    files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, "One layer at the 125m width, batch 1, f32, forward", axes, &series))
 }

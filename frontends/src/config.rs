@@ -428,3 +428,26 @@ impl LlamaConfig {
         self.hidden_size / self.num_heads
     }
 }
+
+/// The layer count, which a model's size grows with: memory estimates build one and two layers
+/// and extrapolate.
+impl ModelConfig {
+    pub fn num_hidden_layers(&self) -> usize {
+        match self {
+            ModelConfig::Ttt(c) => c.num_hidden_layers,
+            ModelConfig::Mamba(c) => c.num_hidden_layers,
+            ModelConfig::Llama(c) => c.num_hidden_layers,
+        }
+    }
+
+    /// The same model with `layers` layers.
+    pub fn with_layers(&self, layers: usize) -> ModelConfig {
+        let mut c = self.clone();
+        match &mut c {
+            ModelConfig::Ttt(c) => c.num_hidden_layers = layers,
+            ModelConfig::Mamba(c) => c.num_hidden_layers = layers,
+            ModelConfig::Llama(c) => c.num_hidden_layers = layers,
+        }
+        c
+    }
+}

@@ -30,6 +30,7 @@ pub const DEFAULT_SEED: u64 = 0;
 /// over the folder's `model.safetensors` and a `weights` entry in model.toml.
 pub fn load(path: &Path, weights: Option<&Path>) -> Result<Model> {
     let (config, config_json, own_weights, seed) = read_definition(path)?;
+    check_size(&config, true)?;
     let builder = crate::build(&config)?;
     let weights = match weights.map(Path::to_path_buf).or(own_weights) {
         Some(file) => {
@@ -41,16 +42,52 @@ pub fn load(path: &Path, weights: Option<&Path>) -> Result<Model> {
     Ok(Model { config, config_json, builder, weights })
 }
 
+/// Bytes the pass pipeline holds at its peak per node of the frontend's graph (about 3.5 KB,
+/// measured on TTT-Linear at 200 layers).
+const PIPELINE_BYTES_PER_NODE: u64 = 4096;
+
+/// Refuses a model whose graph (and, with `weights`, its f32 weights) cannot fit in the memory
+/// budget, estimated from a one- and a two-layer build before the whole graph is built or any
+/// weight allocated: a model's size is a fixed part plus the same amount per layer.
+pub fn check_size(config: &ModelConfig, weights: bool) -> Result<()> {
+    let measure = |layers| -> Result<(u64, u64)> {
+        let b = crate::build(&config.with_layers(layers))?;
+        Ok((count_nodes(&b.g), parameters(&b)))
+    };
+    let ((n1, p1), (n2, p2)) = (measure(1)?, measure(2)?);
+    let layers = config.num_hidden_layers();
+    let extra = layers.saturating_sub(1) as u64;
+    let nodes = n1.saturating_add(n2.saturating_sub(n1).saturating_mul(extra));
+    let params = p1.saturating_add(p2.saturating_sub(p1).saturating_mul(extra));
+    let graph_bytes = nodes.saturating_mul(PIPELINE_BYTES_PER_NODE);
+    let (bytes, what) = match weights {
+        true => (graph_bytes.saturating_add(params.saturating_mul(4)), format!("the model ({layers} layers, {params} parameters in f32, a graph of {nodes} nodes)")),
+        false => (graph_bytes, format!("the model's graph ({layers} layers, {nodes} nodes)")),
+    };
+    tttc_files::memory::check(&what, bytes)
+}
+
+fn count_nodes(g: &tttc_ir::Graph) -> u64 {
+    g.nodes.iter().fold(0u64, |total, n| total.saturating_add(1 + n.op.body().map_or(0, count_nodes)))
+}
+
+/// The number of parameter values of the model `b`.
+fn parameters(b: &ModelBuilder) -> u64 {
+    let elements = |arg: &tttc_ir::Arg| b.g.ty(arg.value).shape.iter().fold(1u64, |n, d| n.saturating_mul(d.as_const().unwrap_or(0) as u64));
+    b.g.params().fold(0u64, |total, arg| total.saturating_add(elements(arg)))
+}
+
 /// The most bytes a weights file of the model `b` can hold: every parameter in f64 (the widest
 /// float read), plus the largest header safetensors accepts.
 pub fn weights_cap(b: &ModelBuilder) -> Cap {
-    let elements: u64 = b.g.params().map(|arg| b.g.ty(arg.value).shape.iter().map(|d| d.as_const().unwrap_or(0) as u64).product::<u64>()).sum();
-    Cap::new("the model's weights file", elements.saturating_mul(8).saturating_add(100_000_000))
+    Cap::new("the model's weights file", parameters(b).saturating_mul(8).saturating_add(100_000_000))
 }
 
 /// The graph of the model at `path`, without reading or drawing its weights.
 pub fn load_structure(path: &Path) -> Result<ModelBuilder> {
-    crate::build(&read_definition(path)?.0)
+    let config = read_definition(path)?.0;
+    check_size(&config, false)?;
+    crate::build(&config)
 }
 
 /// The config of the model at `path`, without building its graph or reading its weights.
@@ -166,4 +203,19 @@ fn list<T: std::fmt::Display>(names: &[T]) -> String {
     let shown: Vec<String> = names.iter().take(3).map(|n| n.to_string()).collect();
     let more = if names.len() > 3 { format!(" and {} more", names.len() - 3) } else { String::new() };
     format!("{}{more}", shown.join(", "))
+}
+
+/// The files the model at `path` is read from: a folder's files, or a model.toml and the weights
+/// file it names. Outputs must not overwrite any of them.
+pub fn source_files(path: &Path) -> Vec<PathBuf> {
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path).into_iter().flatten().flatten();
+        return entries.map(|e| e.path()).filter(|p| p.is_file()).collect();
+    }
+    let mut files = vec![path.to_path_buf()];
+    let text = tttc_files::read_text(path, Cap::CONFIG).unwrap_or_default();
+    if let Some(weights) = toml::from_str::<toml::Table>(&text).ok().and_then(|t| t.get("weights")?.as_str().map(PathBuf::from)) {
+        files.push(path.parent().unwrap_or(Path::new(".")).join(weights));
+    }
+    files
 }

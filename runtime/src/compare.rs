@@ -17,7 +17,7 @@ struct Run {
 
 fn read_run(dir: &Path) -> Result<Run> {
     let path = dir.join("log.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = tttc_files::read_text(&path, tttc_files::Cap::new("a training log", tttc_files::memory::budget()))?;
     let mut run = Run { name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), val: vec![], tokens_per_s: vec![] };
     for (i, line) in text.lines().enumerate() {
         let e: Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
@@ -37,9 +37,15 @@ fn read_run(dir: &Path) -> Result<Run> {
 /// Reads each run folder's log.jsonl, draws the validation curves into `png` and returns a
 /// Markdown table: start, final and best validation loss and the mean speed per run.
 pub fn compare_runs(runs: &[PathBuf], png: &Path, title: &str) -> Result<String> {
+    let mut outputs = tttc_files::Outputs::new();
+    for dir in runs {
+        outputs.reads(format!("the log {}", dir.join("log.jsonl").display()), &dir.join("log.jsonl"));
+    }
+    let out = outputs.file(format!("--output {}", png.display()), png)?;
     let runs: Vec<Run> = runs.iter().map(|d| read_run(d)).collect::<Result<_>>()?;
     let series: Vec<Series> = runs.iter().map(|r| Series { label: r.name.clone(), points: r.val.clone() }).collect();
-    loss_curves(png, title, &series)?;
+    outputs.write_with(out, |path| loss_curves(path, title, &series))?;
+    outputs.commit()?;
     let mut table = String::from("| run | steps | validation loss at start | final | best | tokens/s |\n|---|---|---|---|---|---|\n");
     for r in &runs {
         let (first, last) = (r.val[0], r.val[r.val.len() - 1]);

@@ -1,17 +1,17 @@
-//! Tensor files: safetensors in, and safetensors out written atomically (a temporary file in the
-//! same folder, then a rename), so a failed run never leaves a half-written OUT.
+//! Tensor files: safetensors in (capped by the memory budget), and safetensors out, staged with a
+//! command's other outputs (`tttc_files::Outputs`) so a failed run never leaves a half-written OUT.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use safetensors::{Dtype, View};
+use tttc_files::Outputs;
 use tttc_frontends::weights::{load_safetensors, Weights};
 use tttc_ir::{Data, Tensor};
 
 /// Reads a tensor file (inputs, states, optimizer moments): no larger than the memory tttc may use.
 pub fn read_tensors(path: &Path) -> Result<Weights> {
-    load_safetensors(path, tttc_files::Cap::new("a tensor file tttc can hold in memory", crate::memory::budget()))
+    load_safetensors(path, tttc_files::Cap::new("a tensor file tttc can hold in memory", tttc_files::memory::budget()))
 }
 
 struct Bytes<'a> {
@@ -35,8 +35,8 @@ impl View for &Bytes<'_> {
     }
 }
 
-/// Writes `tensors` (float data as f32) to `path` atomically.
-pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+/// `tensors` as the bytes of a safetensors file (float data as f32).
+pub fn tensor_bytes(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
     let views: Vec<(&str, Bytes)> = tensors
         .iter()
         .map(|(name, t)| {
@@ -47,18 +47,13 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
             (*name, Bytes { dtype, shape: &t.shape, data })
         })
         .collect();
-    let bytes = safetensors::serialize(views.iter().map(|(n, b)| (*n, b)), None).context("cannot serialise tensors")?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));
-    let write = || -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    };
-    write().inspect_err(|_e| {
-        let _ = std::fs::remove_file(&tmp);
-    }).with_context(|| format!("cannot write {}", path.display()))
+    safetensors::serialize(views.iter().map(|(n, b)| (*n, b)), None).context("cannot serialise tensors")
+}
+
+/// Writes `tensors` to `path` atomically: the file appears whole or not at all.
+pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let mut outputs = Outputs::new();
+    let out = outputs.file(path.display().to_string(), path)?;
+    outputs.write(out, &tensor_bytes(tensors)?)?;
+    outputs.commit()
 }

@@ -4,7 +4,6 @@
 pub mod bench;
 pub mod generate;
 mod io;
-pub mod memory;
 pub mod train;
 pub mod compare;
 mod cuda;
@@ -17,7 +16,7 @@ use tttc_frontends::weights::Weights;
 use tttc_frontends::Model;
 use tttc_ir::{Graph, Precision, Tensor};
 
-pub use io::{read_tensors, write_tensors};
+pub use io::{read_tensors, tensor_bytes, write_tensors};
 pub use train::{train, OptionChoices, TrainOptions, TrainRequest, TrainSummary};
 
 /// Where a graph executes.
@@ -175,11 +174,29 @@ pub struct GradientStep {
 pub struct Executable {
     pub graph: Graph,
     cpu: std::sync::OnceLock<tttc_codegen_cpu::Program>,
+    /// The sizes whose memory estimate last fitted the budget: a training or decoding loop runs
+    /// at the same sizes every call and is checked once.
+    fits: std::sync::Mutex<Option<tttc_ir::DimEnv>>,
 }
 
 impl Executable {
     pub fn new(graph: Graph) -> Executable {
-        Executable { graph, cpu: std::sync::OnceLock::new() }
+        Executable { graph, cpu: std::sync::OnceLock::new(), fits: std::sync::Mutex::new(None) }
+    }
+
+    /// Refuses to run at the sizes `args` bind when the estimated peak of live memory (weights,
+    /// activations, the largest scan body's workspace) exceeds the budget.
+    fn check_memory(&self, args: &[&Tensor]) -> Result<()> {
+        let mut env = tttc_ir::DimEnv::new();
+        tttc_ir::interp::bind_args(&self.graph, args, &mut env)?;
+        let mut fits = self.fits.lock().expect("not poisoned");
+        if fits.as_ref() != Some(&env) {
+            let peak = tttc_passes::cost::live_peak(&self.graph, &env)?;
+            let sizes: Vec<String> = env.iter().collect::<std::collections::BTreeMap<_, _>>().iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            tttc_files::memory::check(&format!("running {} at {}", self.graph.name, sizes.join(", ")), peak.bytes)?;
+            *fits = Some(env);
+        }
+        Ok(())
     }
 
     /// Runs the graph with `input_ids` and the weights (by name) as its arguments.
@@ -190,6 +207,7 @@ impl Executable {
     /// Runs the graph with the named `inputs` and the weights (by name) as its arguments.
     pub fn run_with(&self, weights: &Weights, inputs: &[(&str, &Tensor)], backend: Backend) -> Result<Vec<Tensor>> {
         let args = arguments(&self.graph, weights, inputs)?;
+        self.check_memory(&args)?;
         match backend {
             Backend::Interp => tttc_ir::run(&self.graph, &args, Precision::F32),
             Backend::Cpu => {

@@ -36,8 +36,7 @@ fn register_font() {
     });
 }
 
-/// Draws `series` against the step axis into a PNG at `path` (written to a temporary file, then
-/// renamed).
+/// Draws `series` against the step axis into a PNG at `path` (a staged output: written directly).
 pub fn loss_curves(path: &Path, title: &str, series: &[Series]) -> Result<()> {
     let (x_max, y_min, y_max) = extent(series)?;
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
@@ -75,9 +74,8 @@ where
     Y::CoordDescType: ValueFormatter<f64>,
 {
     register_font();
-    let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
     {
-        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root).caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(x, y)?;
         // Two significant figures at least: 0.25, 2.5, 25, 250.
@@ -103,5 +101,5 @@ where
         chart.configure_series_labels().position(position).background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 15)).draw()?;
         root.present().context("cannot draw the plot")?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    Ok(())
 }

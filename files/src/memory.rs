@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Result};
-use tttc_files::human;
+use crate::human;
 
 /// `--max-memory`, in bytes; 0 when not given.
 static LIMIT: AtomicU64 = AtomicU64::new(0);
