@@ -155,11 +155,12 @@ if it is empty or an earlier compile wrote it (it holds manifest.json). See docs
         /// Output folder [default: <model stem>.tttc in the current folder].
         #[arg(short, long, value_name = "DIR")]
         output: Option<PathBuf>,
-        /// Batch size B the compiled model takes and the cost estimates are computed for.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Batch size B the compiled model takes and the cost estimates are computed for (at most 2^31).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1 << 31))]
         batch: u64,
-        /// Sequence length T the compiled model takes and the cost estimates are computed for.
-        #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Sequence length T the compiled model takes and the cost estimates are computed for (at
+        /// most 2^31).
+        #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1 << 31))]
         seq_len: u64,
         /// Compile a run that continues from a saved state at position P (the `position` of a
         /// `tttc run --state-out` file) instead of the forward pass from a fresh state: the state's

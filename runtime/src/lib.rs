@@ -64,7 +64,7 @@ pub struct Forward {
 
 /// Checks `input_ids` against the model: i64, `[B, T]` with B, T ≥ 1, ids in `0..V`.
 pub fn check_input_ids(ids: &Tensor, vocab: usize) -> Result<()> {
-    ensure!(ids.as_i64().is_some(), "input_ids must be i64, got {}", ids);
+    ensure!(ids.as_i64().is_some(), "input_ids must hold i64 token ids, got a float tensor of shape {:?}", ids.shape);
     ensure!(ids.shape.len() == 2, "input_ids must have shape [B, T], got {:?}", ids.shape);
     ensure!(ids.shape[0] > 0, "input_ids has batch size B = 0");
     ensure!(ids.shape[1] > 0, "input_ids has sequence length T = 0");

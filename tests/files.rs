@@ -1,0 +1,287 @@
+//! No input may destroy a user's file, exhaust memory, hang or panic (docs/errors.md). Each test
+//! gives a command bad input and checks the exit status, the one-line message, that no file in
+//! its folder changed (hashed before and after) and that no staging file is left.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use safetensors::Dtype;
+
+fn tiny() -> PathBuf {
+    repo().join("examples/ttt-linear-tiny.toml")
+}
+
+/// A scratch folder holding a copy of the example prompt, `in.st`.
+fn folder(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    std::fs::copy(repo().join("examples/prompt.safetensors"), dir.join("in.st")).unwrap();
+    dir
+}
+
+/// Every entry below `dir`: its kind and, for a regular file, a hash of its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let state = if meta.is_dir() {
+            out.extend(snapshot(&path));
+            "folder".to_string()
+        } else if meta.is_file() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&path).unwrap().hash(&mut h);
+            format!("file {:x}", h.finish())
+        } else {
+            format!("{:?}", meta.file_type())
+        };
+        out.insert(path, state);
+    }
+    out
+}
+
+/// Runs tttc with `args` in `dir` and expects a one-line error containing `needle`, a non-zero
+/// exit, no change to any file in `dir` and no staging file left. Returns the message.
+fn refused(dir: &Path, args: &[&str], needle: &str) -> String {
+    let before = snapshot(dir);
+    let r = run_within(dir, args, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(!r.status.success(), "tttc {args:?} succeeded: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("warning: ")).collect();
+    assert_eq!(lines.len(), 1, "not one line: {stderr}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected {needle:?}: {stderr}");
+    assert_eq!(snapshot(dir), before, "tttc {args:?} changed files in {}", dir.display());
+    lines[0].to_string()
+}
+
+/// Runs tttc in `dir`, killing it (and failing) if it runs longer than `limit`.
+fn run_within(dir: &Path, args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tttc"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("tttc {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn succeeds(dir: &Path, args: &[&str]) -> String {
+    let r = run_within(dir, args, Duration::from_secs(300));
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(r.status.success(), "tttc {args:?} failed: {stderr}");
+    assert_no_staging_left(dir);
+    stderr
+}
+
+fn assert_no_staging_left(dir: &Path) {
+    let left: Vec<_> = snapshot(dir).into_keys().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tttc-")).collect();
+    assert!(left.is_empty(), "staging files left: {left:?}");
+}
+
+fn mkfifo(path: &Path) {
+    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
+#[test]
+fn an_output_may_not_be_an_input() {
+    let dir = folder("files_output_is_input");
+    let m = p(&tiny()).to_string();
+    refused(&dir, &["run", &m, "--input", "in.st", "--output", "in.st"], "--output in.st is the same file as --input in.st");
+    refused(&dir, &["run", &m, "--input", "in.st", "--output", "o.st", "--state-out", "in.st"], "--state-out in.st is the same file as --input in.st");
+    refused(&dir, &["generate", &m, "--prompt", "in.st", "--max-new-tokens", "2", "-o", "in.st"], "--output in.st is the same file as --prompt in.st");
+    refused(&dir, &["grad", &m, "--input", "in.st", "--output", "./in.st"], "is the same file as --input in.st");
+    // Through a link and a hard link: the same file under another name.
+    std::os::unix::fs::symlink("in.st", dir.join("link.st")).unwrap();
+    std::fs::hard_link(dir.join("in.st"), dir.join("hard.st")).unwrap();
+    refused(&dir, &["run", &m, "--input", "in.st", "--output", "link.st"], "--output link.st is the same file as --input in.st");
+    refused(&dir, &["run", &m, "--input", "in.st", "--output", "hard.st"], "--output hard.st is the same file as --input in.st");
+    // The model's own files.
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(repo().join("tests/vectors/ttt-linear-transformer-backbone/config.json"), model.join("config.json")).unwrap();
+    refused(&dir, &["run", "model", "--input", "in.st", "--output", "model/config.json"], "is the same file as the model's model/config.json");
+}
+
+#[test]
+fn outputs_of_one_command_need_their_own_paths() {
+    let dir = folder("files_same_outputs");
+    refused(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "f.st", "--state-out", "f.st"], "--state-out f.st is the same file as --output f.st");
+}
+
+#[test]
+fn a_failed_run_writes_none_of_its_outputs() {
+    let dir = folder("files_failed_run");
+    std::fs::write(dir.join("s.st"), b"a state the user keeps").unwrap();
+    std::fs::write(dir.join("o.st"), b"logits the user keeps").unwrap();
+    refused(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "missing/o.st", "--state-out", "s.st"], "folder missing does not exist");
+    // A failure after the outputs were declared: a token outside the vocabulary.
+    write(&dir.join("bad.st"), vec![("input_ids", Dtype::I64, vec![1, 2], i64_bytes(&[1, 999]))]);
+    refused(&dir, &["run", p(&tiny()), "--input", "bad.st", "--output", "o.st", "--state-out", "s.st"], "outside the vocabulary");
+    // Both outputs appear together.
+    succeeds(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "o.st", "--state-out", "s.st"]);
+    assert!(read(&dir.join("o.st")).contains_key("logits"));
+    assert!(read(&dir.join("s.st")).keys().any(|k| k.ends_with("W1")));
+}
+
+#[test]
+fn an_output_that_is_not_a_regular_file_is_not_replaced() {
+    let dir = folder("files_special_outputs");
+    mkfifo(&dir.join("fifo"));
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    refused(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "fifo"], "--output fifo exists and is a FIFO, not a regular file");
+    refused(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "sub"], "--output sub exists and is a folder");
+    refused(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "/dev/null"], "--output /dev/null exists and is a device");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+}
+
+#[test]
+fn a_long_output_name_fits() {
+    let dir = folder("files_long_name");
+    let name = "o".repeat(248);
+    succeeds(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", &name]);
+    assert!(read(&dir.join(&name)).contains_key("logits"));
+}
+
+#[test]
+fn compile_replaces_only_a_folder_it_wrote() {
+    let dir = folder("files_compile");
+    let m = p(&tiny()).to_string();
+    // A user's folder that happens to hold a manifest.json.
+    std::fs::create_dir_all(dir.join("user/src")).unwrap();
+    std::fs::write(dir.join("user/notes.txt"), b"notes").unwrap();
+    std::fs::write(dir.join("user/manifest.json"), b"{}").unwrap();
+    refused(&dir, &["compile", &m, "-o", "user", "--seq-len", "32"], "user is not the output of tttc compile");
+    // Its own folder is replaced; a file a user added to it is named and kept.
+    succeeds(&dir, &["compile", &m, "-o", "out", "--seq-len", "32"]);
+    std::fs::write(dir.join("out/cpu/driver.c"), b"int main(void) { return 0; }").unwrap();
+    refused(&dir, &["compile", &m, "-o", "out", "--seq-len", "32"], "out holds cpu/driver.c, which tttc compile did not write");
+    std::fs::remove_file(dir.join("out/cpu/driver.c")).unwrap();
+    succeeds(&dir, &["compile", &m, "-o", "out", "--seq-len", "16"]);
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["shapes"]["T"], 16);
+    for f in manifest["files"].as_array().unwrap() {
+        assert!(dir.join("out").join(f.as_str().unwrap()).is_file(), "{f} listed but missing");
+    }
+}
+
+#[test]
+fn only_regular_files_are_read() {
+    let dir = folder("files_special_inputs");
+    let m = p(&tiny()).to_string();
+    mkfifo(&dir.join("fifo"));
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zeros")).unwrap();
+    std::os::unix::fs::symlink("/dev/urandom", dir.join("random")).unwrap();
+    refused(&dir, &["run", &m, "--input", "fifo", "--output", "o.st"], "fifo is a FIFO, not a regular file");
+    refused(&dir, &["run", &m, "--input", "/dev/zero", "--output", "o.st"], "/dev/zero is a device, not a regular file");
+    refused(&dir, &["run", &m, "--input", "zeros", "--output", "o.st"], "zeros is a device, not a regular file");
+    refused(&dir, &["run", &m, "--input", "in.st", "--output", "o.st", "--weights", "random"], "random is a device, not a regular file");
+    // A model folder whose config.json is a FIFO, and a model.toml that is a link to a device.
+    std::fs::create_dir(dir.join("model")).unwrap();
+    mkfifo(&dir.join("model/config.json"));
+    refused(&dir, &["run", "model", "--input", "in.st", "--output", "o.st"], "config.json is a FIFO, not a regular file");
+    std::os::unix::fs::symlink("/dev/zero", dir.join("model.toml")).unwrap();
+    refused(&dir, &["ir", "model.toml"], "model.toml is a device, not a regular file");
+}
+
+/// The memory each refused run would need is estimated before anything is allocated.
+#[test]
+fn a_run_that_cannot_fit_is_refused_with_its_estimate() {
+    let dir = folder("files_memory");
+    let toml = std::fs::read_to_string(tiny()).unwrap();
+    let variant = |name: &str, from: &str, to: &str| {
+        assert!(toml.contains(from));
+        std::fs::write(dir.join(name), toml.replace(from, to)).unwrap();
+    };
+    variant("vocab.toml", "vocab_size = 256", "vocab_size = 1000000000000");
+    variant("hidden.toml", "hidden_size = 64", "hidden_size = 1000000000");
+    variant("conv.toml", "conv_kernel = 4", "conv_kernel = 1000000000");
+    variant("deep.toml", "num_hidden_layers = 2", "num_hidden_layers = 1000000");
+    variant("inner.toml", "ttt_layer_type = \"linear\"", "ttt_layer_type = \"linear\"\nttt_inner = { widths = [100000] }");
+    for model in ["vocab.toml", "hidden.toml", "conv.toml", "deep.toml", "inner.toml"] {
+        let line = refused(&dir, &["run", model, "--input", "in.st", "--output", "o.st"], "more than the");
+        assert!(line.contains("needs about") && line.contains("estimated before allocating"), "{line}");
+    }
+    refused(&dir, &["ir", "deep.toml"], "the model's graph (1000000 layers");
+    let mamba = std::fs::read_to_string(repo().join("examples/mamba-tiny.toml")).unwrap();
+    let state = mamba.lines().find(|l| l.starts_with("state_size")).map_or_else(|| mamba.replace("[config]", "[config]\nstate_size = 1000000000"), |l| mamba.replace(l, "state_size = 1000000000"));
+    std::fs::write(dir.join("mamba.toml"), state).unwrap();
+    refused(&dir, &["run", "mamba.toml", "--input", "in.st", "--output", "o.st"], "needs about");
+    // Long inputs, against a budget given on the command line.
+    let ids = |t: usize| (0..t as i64).map(|i| i % 256).collect::<Vec<_>>();
+    write(&dir.join("long.st"), vec![("input_ids", Dtype::I64, vec![1, 20_000], i64_bytes(&ids(20_000)))]);
+    let llama = repo().join("examples/llama-tiny.toml");
+    refused(&dir, &["run", p(&llama), "--input", "long.st", "--output", "o.st", "--max-memory", "2G"], "running llama at B = 1, T = 20000 needs about");
+    write(&dir.join("longer.st"), vec![("input_ids", Dtype::I64, vec![1, 2_000_000], i64_bytes(&ids(2_000_000)))]);
+    refused(&dir, &["run", p(&tiny()), "--input", "longer.st", "--output", "o.st", "--max-memory", "1G"], "T = 2000000 needs about");
+    // The same budget lets a run that fits go ahead.
+    succeeds(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "o.st", "--max-memory", "1G"]);
+}
+
+#[test]
+fn non_finite_weights_are_named_and_non_finite_results_are_not_written() {
+    let dir = copy_case("ttt-linear-transformer-backbone", "files_nonfinite");
+    let path = dir.join("model.safetensors");
+    let mut t = read_raw(&path);
+    let w = t.iter_mut().find(|x| x.0 == "model.norm.weight").unwrap();
+    w.3[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    write_raw(&path, &t);
+    let args = ["run", ".", "--input", "io.safetensors", "--output", "o.st"];
+    let r = run_within(&dir, &args, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("warning: weight model.norm.weight holds 1 NaN or infinite values"), "{stderr}");
+    refused(&dir, &args, "NaN or infinite values; nothing written (--allow-nonfinite writes them anyway)");
+    let stderr = succeeds(&dir, &["run", ".", "--input", "io.safetensors", "--output", "o.st", "--allow-nonfinite"]);
+    assert!(stderr.contains("loss NaN"), "{stderr}");
+    refused(&dir, &["grad", ".", "--input", "io.safetensors", "--output", "g.st"], "nothing written");
+}
+
+#[test]
+fn non_finite_state_is_named() {
+    let dir = folder("files_nonfinite_state");
+    succeeds(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "o.st", "--state-out", "s.st"]);
+    let mut t = read_raw(&dir.join("s.st"));
+    let name = t.iter().find(|x| x.1 == Dtype::F32).unwrap().0.clone();
+    t.iter_mut().find(|x| x.0 == name).unwrap().3[..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    write_raw(&dir.join("bad.st"), &t);
+    let r = run_within(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "o2.st", "--state-in", "bad.st"], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains(&format!("warning: state tensor {name} holds 1 NaN or infinite values")), "{stderr}");
+}
+
+#[test]
+fn generate_refuses_a_packed_prompt() {
+    let dir = folder("files_generate_packed");
+    write(&dir.join("packed.st"), vec![("input_ids", Dtype::I64, vec![1, 10], i64_bytes(&[1; 10])), ("cu_seqlens", Dtype::I64, vec![3], i64_bytes(&[0, 4, 10]))]);
+    refused(&dir, &["generate", p(&tiny()), "--prompt", "packed.st", "--max-new-tokens", "2", "-o", "o.st"], "tttc generate takes no packed prompt");
+}
+
+#[test]
+fn small_mistakes_get_clear_errors() {
+    let dir = folder("files_small");
+    let m = p(&tiny()).to_string();
+    refused(&dir, &["bench", "--packed", "--packed-lengths", "10,9", "--depths", "1", "--layers", "ttt-linear"], "--packed-lengths 10,9 must be a range");
+    refused(&dir, &["grad", &m, "--input", "in.st", "--output", "g.st", "--remat", "0"], "--remat takes at least 1 segment");
+    write(&dir.join("f64.st"), vec![("input_ids", Dtype::F64, vec![1, 2], [1f64, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect())]);
+    let line = refused(&dir, &["run", &m, "--input", "f64.st", "--output", "o.st"], "input_ids must hold i64 token ids, got a float tensor");
+    assert!(!line.contains("f32"), "{line}");
+    let r = run_within(&dir, &["compile", &m, "--seq-len", "18446744073709551615"], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && stderr.contains("--seq-len") && !stderr.contains("panicked"), "{stderr}");
+}
