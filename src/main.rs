@@ -468,7 +468,11 @@ fn main() -> ExitCode {
             // One line: the chain of contexts, outermost first.
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("error: {}", msg.join(": "));
-            ExitCode::FAILURE
+            // A run stopped by a signal exits as shells report one: 128 + the signal's number.
+            match e.downcast_ref::<tttc_runtime::train::Interrupted>() {
+                Some(i) => ExitCode::from(128 + i.signal as u8),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -171,12 +171,21 @@ fn resolve(label: &str, path: &Path, folder: bool) -> Result<Place> {
     }
 }
 
-/// Puts the folder `new` in place of the folder `target`, whose old content is then removed.
+/// Puts the folder `new` in place of the folder `target` (one atomic exchange where the file
+/// system can), then removes the old content.
 fn replace_folder(new: &Path, target: &Path) -> Result<()> {
-    let aside = new.with_extension("old");
-    debug_assert_ne!(aside, new);
-    std::fs::rename(target, &aside)?;
-    std::fs::rename(new, target)?;
-    remove(&aside);
+    match crate::swap::exchange(new, target) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+            let aside = new.with_extension("old");
+            std::fs::rename(target, &aside)?;
+            std::fs::rename(new, target)?;
+            remove(&aside);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // After the exchange `new` holds the old content.
+    remove(new);
     Ok(())
 }

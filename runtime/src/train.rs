@@ -13,6 +13,9 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tttc_files::interrupt::{test_point, Interrupts};
+use tttc_files::swap::{self, Swap};
+use tttc_files::Cap;
 use tttc_frontends::rng::SplitMix64;
 use tttc_frontends::Model;
 use tttc_ir::{Data, Tensor};
@@ -217,22 +220,36 @@ fn resolve_resume(c: &OptionChoices, saved: &TrainOptions) -> Result<TrainOption
     })
 }
 
-fn check_options(o: &TrainOptions) -> Result<()> {
-    ensure!(o.steps >= 1, "--steps must be at least 1");
-    ensure!(o.batch_size >= 1, "--batch-size must be at least 1");
-    ensure!(o.context >= 2, "--context must be at least 2 (the loss predicts each next token)");
-    ensure!(o.lr.is_finite() && o.lr > 0.0, "--lr must be a positive number, got {}", o.lr);
-    ensure!(o.weight_decay.is_finite() && o.weight_decay >= 0.0, "--weight-decay must be ≥ 0, got {}", o.weight_decay);
-    ensure!(o.clip.is_finite() && o.clip >= 0.0, "--clip must be ≥ 0 (0 turns clipping off), got {}", o.clip);
-    ensure!(o.warmup <= o.steps, "--warmup {} is longer than --steps {}", o.warmup, o.steps);
+/// Checks options given on the command line or read from a checkpoint; `key` names an option in
+/// the messages (`--lr`, or `lr in runs/x/trainer.json`).
+fn check_options(o: &TrainOptions, key: &dyn Fn(&str) -> String) -> Result<()> {
+    ensure!(o.steps >= 1, "{} must be at least 1", key("steps"));
+    ensure!(o.batch_size >= 1, "{} must be at least 1", key("batch_size"));
+    ensure!(o.context >= 2, "{} must be at least 2 (the loss predicts each next token)", key("context"));
+    ensure!(o.lr.is_finite() && o.lr > 0.0, "{} must be a positive number, got {}", key("lr"), o.lr);
+    // β = 1 divides by zero in the bias correction.
+    for (name, beta) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+        ensure!((0.0..1.0).contains(&beta), "{} must be in [0, 1), got {beta}", key(name));
+    }
+    ensure!(o.eps.is_finite() && o.eps > 0.0, "{} must be a positive number, got {}", key("eps"), o.eps);
+    ensure!(o.weight_decay.is_finite() && o.weight_decay >= 0.0, "{} must be ≥ 0, got {}", key("weight_decay"), o.weight_decay);
+    ensure!(o.clip.is_finite() && o.clip >= 0.0, "{} must be ≥ 0 (0 turns clipping off), got {}", key("clip"), o.clip);
+    ensure!(o.warmup <= o.steps, "{} {} is longer than {} {}", key("warmup"), o.warmup, key("steps"), o.steps);
+    ensure!((0.0..=1.0).contains(&o.min_lr_ratio), "{} must be in [0, 1], got {}", key("min_lr_ratio"), o.min_lr_ratio);
     ensure!(
         o.val_fraction > 0.0 && o.val_fraction < 1.0,
-        "--val-fraction must be between 0 and 1 (exclusive), got {}",
+        "{} must be between 0 and 1 (exclusive), got {}",
+        key("val_fraction"),
         o.val_fraction
     );
-    ensure!(o.eval_batches >= 1, "--eval-batches must be at least 1");
-    ensure!(o.log_every >= 1, "--log-every must be at least 1");
+    ensure!(o.eval_batches >= 1, "{} must be at least 1", key("eval_batches"));
+    ensure!(o.log_every >= 1, "{} must be at least 1", key("log_every"));
     Ok(())
+}
+
+/// An option as a flag: `batch_size` → `--batch-size`.
+fn flag(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
 }
 
 /// The data file, split into its training part and (the last `val_fraction`) validation part.
@@ -243,7 +260,8 @@ struct Corpus {
 }
 
 fn read_corpus(path: &Path, o: &TrainOptions) -> Result<Corpus> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read data file {}", path.display()))?;
+    let cap = Cap::new("a data file tttc can hold in memory", tttc_files::memory::budget());
+    let bytes = tttc_files::read(path, cap).with_context(|| format!("cannot read data file {}", path.display()))?;
     ensure!(!bytes.is_empty(), "data file {} is empty", path.display());
     let n_val = (bytes.len() as f64 * o.val_fraction).round() as usize;
     let n_train = bytes.len() - n_val;
@@ -373,10 +391,8 @@ pub fn byte_tokenizer(path: &Path) -> Result<bool> {
     if !path.is_dir() || !tok_path.exists() {
         return Ok(false);
     }
-    let tok: Value = serde_json::from_str(
-        &std::fs::read_to_string(&tok_path).with_context(|| format!("cannot read {}", tok_path.display()))?,
-    )
-    .with_context(|| format!("{} is malformed", tok_path.display()))?;
+    let tok: Value = serde_json::from_str(&tttc_files::read_text(&tok_path, Cap::CONFIG)?)
+        .with_context(|| format!("{} is malformed", tok_path.display()))?;
     ensure!(tok["kind"] == "bytes", "{} is not a byte tokenizer (kind {})", tok_path.display(), tok["kind"]);
     Ok(true)
 }
@@ -384,10 +400,11 @@ pub fn byte_tokenizer(path: &Path) -> Result<bool> {
 fn read_checkpoint(dir: &Path) -> Result<Resumed> {
     ensure!(dir.is_dir(), "checkpoint {} is not a folder", dir.display());
     let tpath = dir.join("trainer.json");
-    let text = std::fs::read_to_string(&tpath)
+    let text = tttc_files::read_text(&tpath, Cap::CONFIG)
         .with_context(|| format!("{} is not a tttc train checkpoint (cannot read trainer.json)", dir.display()))?;
     let trainer: TrainerState = serde_json::from_str(&text).with_context(|| format!("{} is malformed", tpath.display()))?;
     ensure!(trainer.format == FORMAT, "{} has format {:?}, expected {FORMAT:?}", tpath.display(), trainer.format);
+    check_options(&trainer.options, &|key| format!("{key} in {}", tpath.display()))?;
     ensure!(byte_tokenizer(dir)?, "cannot read {}", dir.join("tokenizer.json").display());
     let model = tttc_frontends::load(dir, None)?;
     let opt_path = dir.join("optimizer.safetensors");
@@ -395,8 +412,9 @@ fn read_checkpoint(dir: &Path) -> Result<Resumed> {
     let step = saved.get("step").and_then(|t| t.as_i64()).and_then(|v| v.first().copied());
     ensure!(
         step == Some(trainer.step as i64),
-        "{} is at step {step:?} but trainer.json at step {}: the checkpoint is inconsistent",
+        "{} is at {} but trainer.json at step {}: the checkpoint is inconsistent",
         opt_path.display(),
+        step.map_or("no step".into(), |s| format!("step {s}")),
         trainer.step
     );
     let mut opt = Optimizer { m: BTreeMap::new(), v: BTreeMap::new() };
@@ -408,15 +426,17 @@ fn read_checkpoint(dir: &Path) -> Result<Resumed> {
             map.insert(name.clone(), t.to_f32().context("moments are float tensors")?);
         }
     }
-    let log = match std::fs::read_to_string(dir.join("log.jsonl")) {
-        Ok(text) => text
+    let log_path = dir.join("log.jsonl");
+    let log = if log_path.exists() {
+        tttc_files::read_text(&log_path, Cap::new("a training log tttc can hold in memory", tttc_files::memory::budget()))?
             .lines()
             .filter(|l| {
                 serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= trainer.step)
             })
             .map(str::to_string)
-            .collect(),
-        Err(_) => Vec::new(),
+            .collect()
+    } else {
+        Vec::new()
     };
     Ok(Resumed { dir: dir.to_path_buf(), trainer, model, opt, log })
 }
@@ -466,11 +486,6 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn sibling(out: &Path, tag: &str) -> Result<PathBuf> {
-    let name = out.file_name().with_context(|| format!("output {} does not name a folder", out.display()))?;
-    Ok(out.with_file_name(format!(".{}.{tag}-{}", name.to_string_lossy(), std::process::id())))
-}
-
 /// The run's folder and what it has written.
 struct Run<'a> {
     out: &'a Path,
@@ -501,10 +516,8 @@ impl Run<'_> {
 
     /// Builds the checkpoint in a sibling folder, then swaps it in for the run folder.
     fn checkpoint(&mut self, model: &Model, state: &State, trainer: TrainerState) -> Result<()> {
-        let tmp = sibling(self.out, "ckpt-tmp")?;
-        let old = sibling(self.out, "ckpt-old")?;
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let swap = Swap::begin(self.out, CKPT)?;
+        let tmp = swap.tmp();
         let fill = || -> Result<()> {
             let text = |v: &Value| serde_json::to_string_pretty(v).expect("JSON") + "\n";
             std::fs::write(tmp.join("config.json"), text(&model.config_json))?;
@@ -523,30 +536,54 @@ impl Run<'_> {
             std::fs::write(tmp.join("trainer.json"), serde_json::to_string_pretty(&trainer)? + "\n")?;
             // The loss curves are for people: a failure to draw them does not stop training.
             let _ = self.plot(&tmp.join("loss.png"));
-            if self.out.exists() {
-                std::fs::rename(self.out, &old)?;
-            }
-            std::fs::rename(&tmp, self.out)?;
-            let _ = std::fs::remove_dir_all(&old);
             Ok(())
         };
-        fill().inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }).with_context(|| format!("cannot write the checkpoint {}", self.out.display()))?;
+        // On an error the swap, dropped, removes its temporary folder.
+        fill()
+            .and_then(|()| {
+                test_point("checkpoint-written");
+                swap.commit(|point| test_point(&format!("checkpoint-{point}")))
+            })
+            .with_context(|| format!("cannot write the checkpoint {}", self.out.display()))?;
         self.last_checkpoint = Some(state.step);
         Ok(())
     }
 }
 
+/// The tag of a run folder's temporary siblings: `.DIR.ckpt-tmp-PID`, `.DIR.ckpt-old-PID`.
+const CKPT: &str = "ckpt";
+
+/// A run stopped by SIGINT or SIGTERM between two steps (the exit status is 128 + `signal`).
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    message: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Trains as `req` asks; progress goes to stderr.
 pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
+    // A run killed while swapping in a checkpoint leaves its temporary folders, or (without
+    // RENAME_EXCHANGE) its checkpoint set aside: set things right before reading anything.
+    for dir in req.resume.iter().chain([&req.out]) {
+        for line in swap::recover(dir, CKPT)? {
+            eprintln!("{line}");
+        }
+    }
     // Everything is read and checked before anything is written.
     let resumed = req.resume.as_deref().map(read_checkpoint).transpose()?;
     let o = match &resumed {
         Some(r) => resolve_resume(&req.choices, &r.trainer.options)?,
         None => resolve_new(&req.choices)?,
     };
-    check_options(&o)?;
+    check_options(&o, &flag)?;
     let (mut model, model_name) = match (&resumed, &req.model) {
         (None, None) => bail!("give the MODEL to train (or --resume a checkpoint)"),
         (None, Some(path)) => (tttc_frontends::load(path, None)?, path.display().to_string()),
@@ -618,6 +655,8 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
         t0.elapsed().as_secs_f64()
     );
 
+    // From here on a signal stops the run at the next step boundary, never inside a checkpoint.
+    let interrupts = Interrupts::catch();
     let same_as_resume = req.resume.as_deref().is_some_and(|r| same_dir(r, &req.out));
     let mut run = Run { out: &req.out, log: resumed.as_ref().map(|r| r.log.clone()).unwrap_or_default(), last_checkpoint: None };
     std::fs::create_dir_all(&req.out).with_context(|| format!("cannot create {}", req.out.display()))?;
@@ -654,14 +693,19 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
     let tokens_per_step = (o.batch_size * o.context) as f64;
     let (mut interval_time, mut interval_steps, mut train_time) = (0.0f64, 0usize, 0.0f64);
     for s in first..=stop {
-        let started = Instant::now();
-        let ids = windows(&corpus.bytes[..corpus.n_train], &mut state.rng, o.batch_size, o.context);
-        let g = step_fn.run(&model.weights, &ids, req.backend)?;
-        let loss = g.loss.to_f64().context("loss is a float")?[0];
         let kept = match run.last_checkpoint {
             Some(c) => format!("{} keeps the checkpoint of step {c}", req.out.display()),
             None => "no checkpoint was written".to_string(),
         };
+        if let Some(signal) = interrupts.pending() {
+            progress.finish();
+            let message = format!("interrupted at step {}; {kept}", state.step);
+            return Err(Interrupted { signal, message }.into());
+        }
+        let started = Instant::now();
+        let ids = windows(&corpus.bytes[..corpus.n_train], &mut state.rng, o.batch_size, o.context);
+        let g = step_fn.run(&model.weights, &ids, req.backend)?;
+        let loss = g.loss.to_f64().context("loss is a float")?[0];
         ensure!(loss.is_finite(), "step {s}: the loss is {loss}; training stopped ({kept}; try a lower --lr)");
         let grads: BTreeMap<String, Vec<f32>> =
             g.grads.into_iter().map(|(n, t)| (n, t.to_f32().expect("float gradients"))).collect();
