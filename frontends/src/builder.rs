@@ -14,8 +14,9 @@ pub enum Init {
     Ones,
     Normal { std: f64 },
     Uniform { bound: f64 },
-    /// Explicit values (Mamba's `A_log`, for one).
-    Values(Vec<f32>),
+    /// `ln(j + 1)` at index j of the last axis (Mamba's `A_log`, S4D-real), drawn when weights
+    /// are, so that building a graph allocates nothing of a weight's size.
+    LogIndex,
     /// Mamba's `dt_proj.bias`: softplus⁻¹ of a time step drawn log-uniformly in [min, max], floored.
     InverseSoftplusTimeStep { min: f64, max: f64, floor: f64 },
 }

@@ -4,52 +4,205 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
-/// A config's key/value map with typed look-ups whose errors name the key.
-pub struct Keys<'a>(pub &'a Map<String, Value>);
+use crate::json::key_name;
+
+/// The largest size a config may give (any width, count or length): a product of two sizes, such
+/// as a weight's element count or a reshape's volume, stays below 2^64.
+pub const MAX_SIZE: usize = 1 << 31;
+
+/// The most layers and convolution taps: the graph repeats its nodes for each layer, and for
+/// each tap within a layer, so these bound the graph's size (references use up to ~100 and 4).
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_CONV_KERNEL: usize = 64;
+
+/// The largest value of a size key.
+fn most(key: &str) -> usize {
+    match key {
+        "num_hidden_layers" => MAX_LAYERS,
+        "conv_kernel" => MAX_CONV_KERNEL,
+        _ => MAX_SIZE,
+    }
+}
+
+/// The keys each family reads (docs/model-toml.md). Any other key is refused unless ignored below.
+const TTT_KEYS: &[&str] = &[
+    "model_type", "hidden_act", "pruned_heads", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "mini_batch_size", "ttt_layer_type", "ttt_inner", "ttt_base_lr", "rope_theta", "rope_scaling",
+    "rms_norm_eps", "pre_conv", "share_qk", "use_gate", "conv_kernel", "tie_word_embeddings", "initializer_range",
+];
+const MAMBA_KEYS: &[&str] = &[
+    "model_type", "hidden_act", "pruned_heads", "vocab_size", "hidden_size", "expand", "intermediate_size",
+    "num_hidden_layers", "state_size", "conv_kernel", "time_step_rank", "layer_norm_epsilon", "use_bias", "use_conv_bias",
+    "tie_word_embeddings", "initializer_range", "time_step_min", "time_step_max", "time_step_floor", "time_step_scale",
+    "time_step_init_scheme", "rescale_prenorm_residual",
+];
+const LLAMA_KEYS: &[&str] = &[
+    "model_type", "hidden_act", "pruned_heads", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling", "rms_norm_eps",
+    "attention_bias", "attention_dropout", "mlp_bias", "tie_word_embeddings", "initializer_range",
+];
+
+/// Keys that Hugging Face's `PretrainedConfig` writes into every config.json and whose values
+/// cannot change the model's math: bookkeeping, output and precision switches, token ids and
+/// labels for tokenizers and other heads, and generation defaults. They are ignored by name.
+pub const IGNORED_KEYS: &[&str] = &[
+    "_name_or_path", "_commit_hash", "_attn_implementation", "_attn_implementation_autoset", "transformers_version",
+    "architectures", "torch_dtype", "use_bfloat16", "torchscript", "tf_legacy_loss", "return_dict",
+    "output_hidden_states", "output_attentions", "use_cache", "gradient_checkpointing", "is_decoder",
+    "is_encoder_decoder", "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder",
+    "chunk_size_feed_forward", "finetuning_task", "id2label", "label2id", "num_labels", "problem_type",
+    "task_specific_params", "tokenizer_class", "prefix", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
+    "decoder_start_token_id", "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
+    "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+];
+
+/// TTTConfig's keys without effect here: the RoPE positions restart every mini-batch, whatever
+/// the maximum; tensor-parallel slices of a matmul sum to the same product; the scan's
+/// checkpoint groups only choose what training recomputes.
+pub const TTT_IGNORED_KEYS: &[&str] = &["max_position_embeddings", "pretraining_tp", "scan_checkpoint_group_size"];
+/// MambaConfig's: the residual's precision (tttc keeps it in f32, as `residual_in_fp32`) and
+/// which implementation runs the scan.
+pub const MAMBA_IGNORED_KEYS: &[&str] = &["residual_in_fp32", "use_mambapy"];
+/// LlamaConfig's: the length of the default RoPE's cache (positions past it are computed alike)
+/// and tensor-parallel slices.
+pub const LLAMA_IGNORED_KEYS: &[&str] = &["max_position_embeddings", "pretraining_tp"];
+
+/// What a number must be.
+#[derive(Clone, Copy)]
+enum Range {
+    Finite,
+    NonNegative,
+    Positive,
+}
+
+impl Range {
+    fn holds(self, x: f64) -> bool {
+        x.is_finite()
+            && match self {
+                Range::Finite => true,
+                Range::NonNegative => x >= 0.0,
+                Range::Positive => x > 0.0,
+            }
+    }
+
+    fn says(self) -> &'static str {
+        match self {
+            Range::Finite => "a finite number",
+            Range::NonNegative => "a finite number >= 0",
+            Range::Positive => "a finite number > 0",
+        }
+    }
+}
+
+/// A config's key/value map with typed look-ups whose errors name the key (after `prefix`, the
+/// table's name: `ttt_inner.`). `known` lists the keys that may be read.
+struct Keys<'a> {
+    map: &'a Map<String, Value>,
+    prefix: &'static str,
+    known: &'static [&'static str],
+}
 
 impl Keys<'_> {
     fn get(&self, key: &str) -> Option<&Value> {
-        self.0.get(key).filter(|v| !v.is_null())
+        debug_assert!(self.known.contains(&key), "{key} is read but not listed as known");
+        self.map.get(key).filter(|v| !v.is_null())
     }
 
-    pub fn usize(&self, key: &str) -> Result<usize> {
-        let v = self.get(key).with_context(|| format!("config key {key} is missing"))?;
-        v.as_u64().map(|n| n as usize).with_context(|| format!("config key {key} must be a non-negative integer, got {v}"))
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
-    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+    /// Refuses a key that is neither known nor in `ignored`, suggesting the closest name.
+    fn refuse_unknown(&self, ignored: &[&str]) -> Result<()> {
+        let names = || self.known.iter().chain(ignored);
+        let Some(key) = self.map.keys().find(|key| !names().any(|k| k == key)) else { return Ok(()) };
+        // Close: at most a third of the key's characters differ.
+        let limit = (key.chars().count() / 3).max(1);
+        let hint = names()
+            .filter_map(|k| edit_distance(key, k, limit).map(|d| (d, k)))
+            .min()
+            .map(|(_, k)| format!(" (did you mean {}?)", self.name(k)))
+            .unwrap_or_default();
+        bail!("unknown config key {}{hint}", key_name(&self.name(key)));
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        let name = self.name(key);
+        let v = self.get(key).with_context(|| format!("config key {name} is missing"))?;
+        let n = v.as_u64().with_context(|| format!("config key {name} must be a non-negative integer, got {v}"))?;
+        let most = most(key);
+        if n > most as u64 {
+            bail!("config key {name} = {n} is too large (at most {most})");
+        }
+        Ok(n as usize)
+    }
+
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         if self.get(key).is_some() { self.usize(key) } else { Ok(default) }
     }
 
-    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_f64().with_context(|| format!("config key {key} must be a number, got {v}")),
+    /// A positive size.
+    fn size(&self, key: &str) -> Result<usize> {
+        positive(&self.name(key), self.usize(key)?)
+    }
+
+    fn size_or(&self, key: &str, default: usize) -> Result<usize> {
+        positive(&self.name(key), self.usize_or(key, default)?)
+    }
+
+    fn f64_or(&self, key: &str, default: f64, range: Range) -> Result<f64> {
+        let Some(v) = self.get(key) else { return Ok(default) };
+        match v.as_f64() {
+            Some(x) if range.holds(x) => Ok(x),
+            _ => bail!("config key {} must be {}, got {v}", self.name(key), range.says()),
         }
     }
 
-    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().with_context(|| format!("config key {key} must be true or false, got {v}")),
+            Some(v) => v.as_bool().with_context(|| format!("config key {} must be true or false, got {v}", self.name(key))),
         }
     }
 
-    pub fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
+    fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_str().with_context(|| format!("config key {key} must be a string, got {v}")),
+            Some(v) => v.as_str().with_context(|| format!("config key {} must be a string, got {v}", self.name(key))),
         }
     }
 
-    /// Refuses `hidden_act` other than silu: the families here define SwiGLU / the Mamba gate with it.
-    fn require_silu(&self) -> Result<()> {
-        let act = self.str_or("hidden_act", "silu")?;
-        if act != "silu" {
-            bail!("config key hidden_act = {act:?} is not supported (only \"silu\")");
+    /// Refuses a value of `key` that `ok` does not accept (absent and null are the references'
+    /// defaults): a setting of the references that tttc does not implement. `only` says what is.
+    fn only(&self, key: &str, only: &str, ok: impl Fn(&Value) -> bool) -> Result<()> {
+        match self.get(key) {
+            Some(v) if !ok(v) => bail!("config key {} = {v} is not supported (only {only})", self.name(key)),
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// The Levenshtein distance between `a` and `b` when it is at most `limit`.
+fn edit_distance(a: &str, b: &str, limit: usize) -> Option<usize> {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // Skips the table for lengths that differ by more (and so a huge key costs nothing).
+    if a.len().abs_diff(b.len()) > limit {
+        return None;
+    }
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    Some(row[b.len()]).filter(|&d| d <= limit)
 }
 
 /// The reference inner models, named by `ttt_layer_type`: presets of [`InnerSpec`].
@@ -154,13 +307,9 @@ impl InnerSpec {
         let table = table
             .as_object()
             .with_context(|| format!("config key ttt_inner must be a table of inner-learner keys, got {table}"))?;
-        if let Some(key) = table.keys().find(|key| !INNER_KEYS.contains(&key.as_str())) {
-            bail!("unknown config key ttt_inner.{key} (expected {})", INNER_KEYS.join(", "));
-        }
-        // Errors name the keys with their table: `ttt_inner.bias`.
-        let prefixed: Map<String, Value> = table.iter().map(|(key, v)| (format!("ttt_inner.{key}"), v.clone())).collect();
-        let t = Keys(&prefixed);
-        if let Some(v) = t.get("ttt_inner.widths") {
+        let t = Keys { map: table, prefix: "ttt_inner.", known: &INNER_KEYS };
+        t.refuse_unknown(&[])?;
+        if let Some(v) = t.get("widths") {
             let list = v.as_array().with_context(|| {
                 format!("config key ttt_inner.widths must be a list of positive integers (hidden widths in multiples of the head dimension), got {v}")
             })?;
@@ -179,25 +328,25 @@ impl InnerSpec {
                 );
             }
         }
-        spec.bias = t.bool_or("ttt_inner.bias", spec.bias)?;
-        spec.residual = t.bool_or("ttt_inner.residual", spec.residual)?;
-        if t.get("ttt_inner.activation").is_some() {
-            spec.activation = match t.str_or("ttt_inner.activation", "")? {
+        spec.bias = t.bool_or("bias", spec.bias)?;
+        spec.residual = t.bool_or("residual", spec.residual)?;
+        if t.get("activation").is_some() {
+            spec.activation = match t.str_or("activation", "")? {
                 "gelu_tanh" => Activation::GeluTanh,
                 "relu" => Activation::Relu,
                 "silu" => Activation::Silu,
                 other => bail!("config key ttt_inner.activation = {other:?} is not supported (expected \"gelu_tanh\", \"relu\" or \"silu\")"),
             };
         }
-        if t.get("ttt_inner.norm").is_some() {
-            spec.norm = match t.str_or("ttt_inner.norm", "")? {
+        if t.get("norm").is_some() {
+            spec.norm = match t.str_or("norm", "")? {
                 "layer_norm" => InnerNorm::LayerNorm,
                 "none" => InnerNorm::None,
                 other => bail!("config key ttt_inner.norm = {other:?} is not supported (expected \"layer_norm\" or \"none\")"),
             };
         }
-        if t.get("ttt_inner.loss").is_some() {
-            spec.loss = match t.str_or("ttt_inner.loss", "")? {
+        if t.get("loss").is_some() {
+            spec.loss = match t.str_or("loss", "")? {
                 "reconstruction" => InnerLoss::Reconstruction,
                 other => bail!("config key ttt_inner.loss = {other:?} is not supported (only \"reconstruction\")"),
             };
@@ -274,14 +423,25 @@ impl ModelConfig {
     /// Reads a Hugging Face style config (a JSON object holding `model_type`).
     pub fn from_json(v: &Value) -> Result<ModelConfig> {
         let map = v.as_object().context("config must be a JSON object")?;
-        let k = Keys(map);
-        let model_type = k.get("model_type").context("config key model_type is missing")?;
-        match model_type.as_str() {
-            Some("ttt") => Ok(ModelConfig::Ttt(TttConfig::from_keys(&k)?)),
-            Some("mamba") => Ok(ModelConfig::Mamba(MambaConfig::from_keys(&k)?)),
-            Some("llama") => Ok(ModelConfig::Llama(LlamaConfig::from_keys(&k)?)),
+        let model_type = map.get("model_type").filter(|v| !v.is_null()).context("config key model_type is missing")?;
+        let family = model_type.as_str();
+        let (known, ignored) = match family {
+            Some("ttt") => (TTT_KEYS, TTT_IGNORED_KEYS),
+            Some("mamba") => (MAMBA_KEYS, MAMBA_IGNORED_KEYS),
+            Some("llama") => (LLAMA_KEYS, LLAMA_IGNORED_KEYS),
             _ => bail!("unknown model_type {model_type} (expected \"ttt\", \"mamba\" or \"llama\")"),
-        }
+        };
+        let k = Keys { map, prefix: "", known };
+        k.refuse_unknown(&[IGNORED_KEYS, ignored].concat())?;
+        // The families here define SwiGLU / the Mamba gate with silu; pruned heads would change
+        // the attention and TTT heads' shapes.
+        k.only("hidden_act", "\"silu\"", |v| v == "silu")?;
+        k.only("pruned_heads", "{}", |v| v.as_object().is_some_and(Map::is_empty))?;
+        Ok(match family {
+            Some("ttt") => ModelConfig::Ttt(TttConfig::from_keys(&k)?),
+            Some("mamba") => ModelConfig::Mamba(MambaConfig::from_keys(&k)?),
+            _ => ModelConfig::Llama(LlamaConfig::from_keys(&k)?),
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -323,31 +483,41 @@ fn heads_divide(hidden: usize, heads: usize) -> Result<()> {
     Ok(())
 }
 
+fn even_head_dim(d: usize) -> Result<()> {
+    if !d.is_multiple_of(2) {
+        bail!("head dimension {d} must be even for RoPE");
+    }
+    Ok(())
+}
+
 impl TttConfig {
-    pub fn from_keys(k: &Keys) -> Result<TttConfig> {
-        k.require_silu()?;
-        let inner = InnerSpec::from_keys(k)?;
+    fn from_keys(k: &Keys) -> Result<TttConfig> {
+        k.only("rope_scaling", "null", |_| false)?;
         let c = TttConfig {
-            vocab_size: positive("vocab_size", k.usize("vocab_size")?)?,
-            hidden_size: positive("hidden_size", k.usize("hidden_size")?)?,
-            intermediate_size: positive("intermediate_size", k.usize("intermediate_size")?)?,
+            vocab_size: k.size("vocab_size")?,
+            hidden_size: k.size("hidden_size")?,
+            intermediate_size: k.size("intermediate_size")?,
             num_hidden_layers: k.usize("num_hidden_layers")?,
-            num_heads: positive("num_attention_heads", k.usize("num_attention_heads")?)?,
-            mini_batch_size: positive("mini_batch_size", k.usize_or("mini_batch_size", 16)?)?,
-            inner,
-            ttt_base_lr: k.f64_or("ttt_base_lr", 1.0)?,
-            rope_theta: k.f64_or("rope_theta", 10000.0)?,
-            rms_norm_eps: k.f64_or("rms_norm_eps", 1e-6)?,
+            num_heads: k.size("num_attention_heads")?,
+            mini_batch_size: k.size_or("mini_batch_size", 16)?,
+            inner: InnerSpec::from_keys(k)?,
+            ttt_base_lr: k.f64_or("ttt_base_lr", 1.0, Range::Finite)?,
+            rope_theta: k.f64_or("rope_theta", 10000.0, Range::Positive)?,
+            rms_norm_eps: k.f64_or("rms_norm_eps", 1e-6, Range::Positive)?,
             pre_conv: k.bool_or("pre_conv", false)?,
             share_qk: k.bool_or("share_qk", false)?,
             use_gate: k.bool_or("use_gate", false)?,
-            conv_kernel: positive("conv_kernel", k.usize_or("conv_kernel", 4)?)?,
+            conv_kernel: k.size_or("conv_kernel", 4)?,
             tie_word_embeddings: k.bool_or("tie_word_embeddings", true)?,
-            initializer_range: k.f64_or("initializer_range", 0.02)?,
+            initializer_range: k.f64_or("initializer_range", 0.02, Range::NonNegative)?,
         };
         heads_divide(c.hidden_size, c.num_heads)?;
-        if !(c.hidden_size / c.num_heads).is_multiple_of(2) {
-            bail!("head dimension {} must be even for RoPE", c.hidden_size / c.num_heads);
+        even_head_dim(c.head_dim())?;
+        // A hidden width of the inner model is a size too: a multiple of the head dimension.
+        for &w in &c.inner.widths {
+            if w.checked_mul(c.head_dim()).is_none_or(|n| n > MAX_SIZE) {
+                bail!("config key ttt_inner.widths holds {w}: a hidden width of {w} · {} is too large (at most {MAX_SIZE})", c.head_dim());
+            }
         }
         Ok(c)
     }
@@ -358,69 +528,73 @@ impl TttConfig {
 }
 
 impl MambaConfig {
-    pub fn from_keys(k: &Keys) -> Result<MambaConfig> {
-        k.require_silu()?;
-        let hidden = positive("hidden_size", k.usize("hidden_size")?)?;
-        let expand = k.usize_or("expand", 2)?;
-        let time_step_rank = match k.get("time_step_rank") {
-            None => hidden.div_ceil(16),
-            Some(Value::String(s)) if s == "auto" => hidden.div_ceil(16),
-            Some(_) => positive("time_step_rank", k.usize("time_step_rank")?)?,
+    fn from_keys(k: &Keys) -> Result<MambaConfig> {
+        k.only("time_step_init_scheme", "\"random\"", |v| v == "random")?;
+        k.only("rescale_prenorm_residual", "false", |v| v == false)?;
+        let hidden = k.size("hidden_size")?;
+        let expand = k.size_or("expand", 2)?;
+        let intermediate = match k.get("intermediate_size") {
+            Some(_) => k.size("intermediate_size")?,
+            None => expand.checked_mul(hidden).filter(|&n| n <= MAX_SIZE).with_context(|| {
+                format!("config key expand = {expand} makes intermediate_size = expand · hidden_size too large (at most {MAX_SIZE})")
+            })?,
         };
-        Ok(MambaConfig {
-            vocab_size: positive("vocab_size", k.usize("vocab_size")?)?,
+        let time_step_rank = match k.get("time_step_rank") {
+            Some(Value::String(s)) if s == "auto" => hidden.div_ceil(16),
+            Some(_) => k.size("time_step_rank")?,
+            None => hidden.div_ceil(16),
+        };
+        let c = MambaConfig {
+            vocab_size: k.size("vocab_size")?,
             hidden_size: hidden,
-            intermediate_size: positive("intermediate_size", k.usize_or("intermediate_size", expand * hidden)?)?,
+            intermediate_size: intermediate,
             num_hidden_layers: k.usize("num_hidden_layers")?,
-            state_size: positive("state_size", k.usize_or("state_size", 16)?)?,
-            conv_kernel: positive("conv_kernel", k.usize_or("conv_kernel", 4)?)?,
+            state_size: k.size_or("state_size", 16)?,
+            conv_kernel: k.size_or("conv_kernel", 4)?,
             time_step_rank,
-            layer_norm_epsilon: k.f64_or("layer_norm_epsilon", 1e-5)?,
+            layer_norm_epsilon: k.f64_or("layer_norm_epsilon", 1e-5, Range::Positive)?,
             use_bias: k.bool_or("use_bias", false)?,
             use_conv_bias: k.bool_or("use_conv_bias", true)?,
             tie_word_embeddings: k.bool_or("tie_word_embeddings", true)?,
-            initializer_range: k.f64_or("initializer_range", 0.1)?,
-            time_step_min: k.f64_or("time_step_min", 0.001)?,
-            time_step_max: k.f64_or("time_step_max", 0.1)?,
-            time_step_floor: k.f64_or("time_step_floor", 1e-4)?,
-            time_step_scale: k.f64_or("time_step_scale", 1.0)?,
-        })
+            initializer_range: k.f64_or("initializer_range", 0.1, Range::NonNegative)?,
+            time_step_min: k.f64_or("time_step_min", 0.001, Range::Positive)?,
+            time_step_max: k.f64_or("time_step_max", 0.1, Range::Positive)?,
+            time_step_floor: k.f64_or("time_step_floor", 1e-4, Range::Finite)?,
+            time_step_scale: k.f64_or("time_step_scale", 1.0, Range::Finite)?,
+        };
+        if c.time_step_min > c.time_step_max {
+            bail!("config key time_step_min = {} is above time_step_max = {}", c.time_step_min, c.time_step_max);
+        }
+        Ok(c)
     }
 }
 
 impl LlamaConfig {
-    pub fn from_keys(k: &Keys) -> Result<LlamaConfig> {
-        k.require_silu()?;
-        if let Some(v) = k.get("rope_scaling") {
-            bail!("config key rope_scaling = {v} is not supported (only null)");
-        }
-        let heads = positive("num_attention_heads", k.usize("num_attention_heads")?)?;
+    fn from_keys(k: &Keys) -> Result<LlamaConfig> {
+        k.only("rope_scaling", "null", |_| false)?;
+        // Dropout changes training; tttc trains without it.
+        k.only("attention_dropout", "0", |v| v.as_f64() == Some(0.0))?;
+        let heads = k.size("num_attention_heads")?;
         let c = LlamaConfig {
-            vocab_size: positive("vocab_size", k.usize("vocab_size")?)?,
-            hidden_size: positive("hidden_size", k.usize("hidden_size")?)?,
-            intermediate_size: positive("intermediate_size", k.usize("intermediate_size")?)?,
+            vocab_size: k.size("vocab_size")?,
+            hidden_size: k.size("hidden_size")?,
+            intermediate_size: k.size("intermediate_size")?,
             num_hidden_layers: k.usize("num_hidden_layers")?,
             num_heads: heads,
-            num_kv_heads: positive("num_key_value_heads", k.usize_or("num_key_value_heads", heads)?)?,
-            rope_theta: k.f64_or("rope_theta", 10000.0)?,
-            rms_norm_eps: k.f64_or("rms_norm_eps", 1e-6)?,
+            num_kv_heads: k.size_or("num_key_value_heads", heads)?,
+            rope_theta: k.f64_or("rope_theta", 10000.0, Range::Positive)?,
+            rms_norm_eps: k.f64_or("rms_norm_eps", 1e-6, Range::Positive)?,
             attention_bias: k.bool_or("attention_bias", false)?,
             mlp_bias: k.bool_or("mlp_bias", false)?,
             tie_word_embeddings: k.bool_or("tie_word_embeddings", false)?,
-            initializer_range: k.f64_or("initializer_range", 0.02)?,
+            initializer_range: k.f64_or("initializer_range", 0.02, Range::NonNegative)?,
         };
         heads_divide(c.hidden_size, c.num_heads)?;
         if !c.num_heads.is_multiple_of(c.num_kv_heads) {
             bail!("num_attention_heads {} is not a multiple of num_key_value_heads {}", c.num_heads, c.num_kv_heads);
         }
-        if let Some(hd) = k.get("head_dim") {
-            if hd.as_u64() != Some((c.hidden_size / c.num_heads) as u64) {
-                bail!("config key head_dim = {hd} is not supported (only hidden_size / num_attention_heads)");
-            }
-        }
-        if !(c.hidden_size / c.num_heads).is_multiple_of(2) {
-            bail!("head dimension {} must be even for RoPE", c.hidden_size / c.num_heads);
-        }
+        k.only("head_dim", "hidden_size / num_attention_heads", |hd| hd.as_u64() == Some(c.head_dim() as u64))?;
+        even_head_dim(c.head_dim())?;
         Ok(c)
     }
 

@@ -21,7 +21,10 @@ pub fn initialise(b: &ModelBuilder, seed: u64) -> Weights {
             Init::Ones => vec![1.0; n],
             Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
             Init::Uniform { bound } => (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect(),
-            Init::Values(v) => v,
+            Init::LogIndex => {
+                let last = shape.last().copied().unwrap_or(1);
+                (0..n).map(|i| ((i % last + 1) as f32).ln()).collect()
+            }
             Init::InverseSoftplusTimeStep { min, max, floor } => (0..n)
                 .map(|_| {
                     let dt = (rng.uniform() * (max.ln() - min.ln()) + min.ln()).exp().max(floor);

@@ -5,6 +5,7 @@
 pub mod builder;
 pub mod config;
 pub mod init;
+mod json;
 pub mod rng;
 pub mod math;
 pub mod weights;
@@ -16,7 +17,7 @@ mod ttt;
 use anyhow::Result;
 
 pub use builder::{Init, Mode, ModelBuilder, StateInit, StateSpec};
-pub use source::{load, load_config, load_structure, source_files, Model, DEFAULT_SEED};
+pub use source::{load, load_config, load_structure, parse_config_json, source_files, Model, DEFAULT_SEED};
 pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
 
 /// Builds the forward graph of a model: argument `input_ids` i64 `[B, T]`, one `Param` argument per

@@ -73,8 +73,7 @@ fn mixer(b: &mut ModelBuilder, c: &MambaConfig, h: ValueId, s: &str) -> Result<V
     let dt = b.unary(UnaryOp::Softplus, dt)?; // [B, T, Di]
 
     // A = −exp(A_log), A_log[c, n] = ln(n + 1) (S4D-real).
-    let a_init: Vec<f32> = (0..di).flat_map(|_| (1..=n).map(|v| (v as f32).ln())).collect();
-    let a_log = b.weight(&format!("{s}A_log"), &[di, n], Init::Values(a_init));
+    let a_log = b.weight(&format!("{s}A_log"), &[di, n], Init::LogIndex);
     let a = b.unary(UnaryOp::Exp, a_log)?;
     let a = b.unary(UnaryOp::Neg, a)?; // [Di, N]
     let d_skip = b.weight(&format!("{s}D"), &[di], Init::Ones);

@@ -11,6 +11,7 @@ use tttc_files::Cap;
 use crate::builder::ModelBuilder;
 use crate::config::ModelConfig;
 use crate::init::initialise;
+use crate::json::StrictValue;
 use crate::weights::{load_safetensors, Weights};
 
 /// A model ready to run: its config, its forward graph and a weight for every graph parameter.
@@ -100,8 +101,7 @@ fn read_definition(path: &Path) -> Result<(ModelConfig, Value, Option<PathBuf>, 
     Ok(if path.is_dir() {
         let cfg_path = path.join("config.json");
         let text = tttc_files::read_text(&cfg_path, Cap::CONFIG)?;
-        let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
-        let config = ModelConfig::from_json(&json).with_context(|| format!("in {}", cfg_path.display()))?;
+        let (config, json) = parse_config_json(&text).with_context(|| format!("in {}", cfg_path.display()))?;
         let file = path.join("model.safetensors");
         (config, json, file.exists().then_some(file), DEFAULT_SEED)
     } else if path.extension().is_some_and(|e| e == "toml") {
@@ -113,6 +113,13 @@ fn read_definition(path: &Path) -> Result<(ModelConfig, Value, Option<PathBuf>, 
     } else {
         bail!("model {} does not exist", path.display());
     })
+}
+
+/// A folder's `config.json` text, parsed (a duplicate key or a malformed file is an error) and
+/// read as a config.
+pub fn parse_config_json(text: &str) -> Result<(ModelConfig, Value)> {
+    let json = serde_json::from_str::<StrictValue>(text).map_err(|e| anyhow::anyhow!("malformed config.json: {e}"))?.0;
+    Ok((ModelConfig::from_json(&json)?, json))
 }
 
 /// `model.toml` (docs/model-toml.md): the family, an optional weights file (relative to the toml)
@@ -127,8 +134,7 @@ struct ModelTomlFile {
     name: Option<String>,
     #[allow(dead_code)]
     description: Option<String>,
-    #[serde(default)]
-    config: serde_json::Map<String, Value>,
+    config: Option<StrictValue>,
 }
 
 struct ModelToml {
@@ -144,7 +150,9 @@ fn parse_model_toml(text: &str, dir: &Path) -> Result<ModelToml> {
         let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
         anyhow::anyhow!("malformed model.toml: {at}{}", one_line(e.message()))
     })?;
-    let mut config = file.config;
+    let Value::Object(mut config) = file.config.map_or(Value::Object(Default::default()), |c| c.0) else {
+        bail!("config must be a table");
+    };
     if config.contains_key("model_type") {
         bail!("model_type belongs at the top level, not in [config]");
     }
