@@ -209,20 +209,29 @@ fn a_run_that_cannot_fit_is_refused_with_its_estimate() {
         assert!(toml.contains(from));
         std::fs::write(dir.join(name), toml.replace(from, to)).unwrap();
     };
-    variant("vocab.toml", "vocab_size = 256", "vocab_size = 1000000000000");
+    variant("vocab.toml", "vocab_size = 256", "vocab_size = 2000000000");
+    variant("vocab-huge.toml", "vocab_size = 256", "vocab_size = 1000000000000");
     variant("hidden.toml", "hidden_size = 64", "hidden_size = 1000000000");
     variant("conv.toml", "conv_kernel = 4", "conv_kernel = 1000000000");
-    variant("deep.toml", "num_hidden_layers = 2", "num_hidden_layers = 1000000");
+    variant("deep.toml", "num_hidden_layers = 2", "num_hidden_layers = 1024");
+    variant("deeper.toml", "num_hidden_layers = 2", "num_hidden_layers = 1000000");
     variant("inner.toml", "ttt_layer_type = \"linear\"", "ttt_layer_type = \"linear\"\nttt_inner = { widths = [100000] }");
-    for model in ["vocab.toml", "hidden.toml", "conv.toml", "deep.toml", "inner.toml"] {
-        let line = refused(&dir, &["run", model, "--input", "in.st", "--output", "o.st"], "more than the");
+    // The budget is given, so the test does not depend on this machine's free memory.
+    for model in ["vocab.toml", "hidden.toml", "inner.toml"] {
+        let line = refused(&dir, &["run", model, "--input", "in.st", "--output", "o.st", "--max-memory", "2G"], "more than the 2.0 GiB of --max-memory");
         assert!(line.contains("needs about") && line.contains("estimated before allocating"), "{line}");
     }
-    refused(&dir, &["ir", "deep.toml"], "the model's graph (1000000 layers");
+    // A kernel of a billion taps would be a billion nodes: the config's limit refuses it first.
+    refused(&dir, &["run", "conv.toml", "--input", "in.st", "--output", "o.st"], "config key conv_kernel");
+    refused(&dir, &["run", "vocab-huge.toml", "--input", "in.st", "--output", "o.st"], "config key vocab_size = 1000000000000 is too large");
+    // The graph of 1024 layers is built only when its estimate (from one and two layers) fits.
+    refused(&dir, &["ir", "deep.toml", "--max-memory", "256M"], "the model's graph (1024 layers");
+    refused(&dir, &["run", "deep.toml", "--input", "in.st", "--output", "o.st", "--max-memory", "256M"], "the model (1024 layers");
+    refused(&dir, &["ir", "deeper.toml"], "config key num_hidden_layers = 1000000 is too large");
     let mamba = std::fs::read_to_string(repo().join("examples/mamba-tiny.toml")).unwrap();
     let state = mamba.lines().find(|l| l.starts_with("state_size")).map_or_else(|| mamba.replace("[config]", "[config]\nstate_size = 1000000000"), |l| mamba.replace(l, "state_size = 1000000000"));
     std::fs::write(dir.join("mamba.toml"), state).unwrap();
-    refused(&dir, &["run", "mamba.toml", "--input", "in.st", "--output", "o.st"], "needs about");
+    refused(&dir, &["run", "mamba.toml", "--input", "in.st", "--output", "o.st", "--max-memory", "2G"], "needs about");
     // Long inputs, against a budget given on the command line.
     let ids = |t: usize| (0..t as i64).map(|i| i % 256).collect::<Vec<_>>();
     write(&dir.join("long.st"), vec![("input_ids", Dtype::I64, vec![1, 20_000], i64_bytes(&ids(20_000)))]);
@@ -232,6 +241,23 @@ fn a_run_that_cannot_fit_is_refused_with_its_estimate() {
     refused(&dir, &["run", p(&tiny()), "--input", "longer.st", "--output", "o.st", "--max-memory", "1G"], "T = 2000000 needs about");
     // The same budget lets a run that fits go ahead.
     succeeds(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "o.st", "--max-memory", "1G"]);
+}
+
+#[test]
+fn training_that_cannot_fit_is_refused_before_drawing_a_batch() {
+    let dir = folder("files_train_memory");
+    let data = repo().join("tests/data/tinyshakespeare.txt");
+    let model = tiny();
+    let train = ["train", p(&model), "--data", p(&data), "-o", "run", "--steps", "2", "--context", "16", "--eval-every", "0"];
+    refused(&dir, &[&train[..], &["--batch-size", "1000000000", "--max-memory", "2G"]].concat(), "training on batches of 1000000000 × 16 tokens needs about");
+    // A checkpoint whose trainer.json was edited to a batch that cannot fit.
+    succeeds(&dir, &[&train[..], &["--batch-size", "2"]].concat());
+    let trainer = dir.join("run/trainer.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trainer).unwrap()).unwrap();
+    json["options"]["batch_size"] = 1_000_000_000.into();
+    json["options"]["steps"] = 4.into();
+    std::fs::write(&trainer, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    refused(&dir, &["train", "--resume", "run", "-o", "run", "--max-memory", "2G"], "training on batches of 1000000000 × 16 tokens needs about");
 }
 
 #[test]

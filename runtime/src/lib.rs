@@ -283,6 +283,14 @@ impl GradientStep {
         Ok(GradientStep { graph: Executable::new(graph), vocab: model.config.vocab_size() })
     }
 
+    /// Refuses steps on `batch` × `context` tokens whose estimated peak of live memory, with
+    /// `held` bytes kept beside it (optimizer moments, validation batches), exceeds the budget.
+    pub fn check_memory(&self, batch: usize, context: usize, held: u64) -> Result<()> {
+        let env: tttc_ir::DimEnv = [("B".to_string(), batch), ("T".to_string(), context)].into_iter().collect();
+        let peak = tttc_passes::cost::live_peak(&self.graph.graph, &env)?.bytes;
+        tttc_files::memory::check(&format!("training on batches of {batch} × {context} tokens"), peak.saturating_add(held))
+    }
+
     /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
     pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Gradients> {
         self.run_from(weights, ids, &State::new(), backend)

@@ -641,8 +641,11 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
 
     let t0 = Instant::now();
     let step_fn = GradientStep::new(&model)?;
-    let evaluator = Evaluator::new(&model, &corpus, &o)?;
+    // Before any batch is drawn: AdamW's two moments and the validation batches stay beside a step.
     let n_params: usize = model.weights.values().map(Tensor::len).sum();
+    let batch_bytes = (o.batch_size as u64).saturating_mul(o.context as u64).saturating_mul(8);
+    step_fn.check_memory(o.batch_size, o.context, (n_params as u64 * 8).saturating_add(batch_bytes.saturating_mul(o.eval_batches as u64)))?;
+    let evaluator = Evaluator::new(&model, &corpus, &o)?;
     eprintln!(
         "training {model_name} ({n_params} parameters) on {}: {} train + {} validation bytes; batch {} × context {}, steps {}..{stop} of {}; gradient graph compiled in {:.2} s",
         data_path.display(),
