@@ -277,8 +277,8 @@ pub fn compile(req: &Request) -> Result<()> {
             f.fused_regions,
             f.scans,
             f.plain_nodes,
-            human_bytes(f.intermediate_bytes_before),
-            human_bytes(f.intermediate_bytes_after),
+            tttc_files::human(f.intermediate_bytes_before),
+            tttc_files::human(f.intermediate_bytes_after),
             env.iter().collect::<BTreeMap<_, _>>().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
         );
     }
@@ -290,7 +290,7 @@ pub fn compile(req: &Request) -> Result<()> {
         "cpu: {SYMBOL_PREFIX}_forward in cpu/model.o ({} functions, {} kernels, {} workspace; {:.2} s), declared in cpu/model.h",
         sig.functions,
         sig.kernels,
-        human_bytes(sig.workspace_bytes as u64),
+        tttc_files::human(sig.workspace_bytes as u64),
         started.elapsed().as_secs_f64()
     );
 
@@ -343,7 +343,7 @@ pub fn compile(req: &Request) -> Result<()> {
         "gpu: {} kernels in gpu/sm_80.ptx and gpu/sm_90.ptx{}, launched as gpu/program.json says ({} workspace; {:.2} s)",
         gpu.kernels.len(),
         if ptxas.is_some() { ", assembled by ptxas" } else { "" },
-        human_bytes(gpu.signature.workspace_bytes as u64),
+        tttc_files::human(gpu.signature.workspace_bytes as u64),
         started.elapsed().as_secs_f64()
     );
     let gpu_entry = GpuModel {
@@ -449,21 +449,6 @@ fn ir_file(index: usize, pass: &str) -> String {
     format!("ir/{index:02}-{pass}.ir")
 }
 
-/// `1234567` → `1.23 MB` (decimal units).
-fn human_bytes(b: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
-    let mut x = b as f64;
-    let mut u = 0;
-    while x >= 1000.0 && u + 1 < units.len() {
-        x /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{x:.2} {}", units[u])
-    }
-}
 
 /// The graph the `fuse` pass received and the one it made, compared (None when the pipeline has
 /// no `fuse` pass).

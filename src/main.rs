@@ -18,7 +18,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(long_about = "tttc reads a model (a Hugging Face style folder with config.json and \
 model.safetensors, or a model.toml), builds a graph of general tensor ops from it, and runs it.\n\n\
 MODEL is a folder holding config.json (its model.safetensors, when present, supplies the weights) \
-or a model.toml file (see docs/model-toml.md). Without weights, tttc initialises them from a seed.")]
+or a model.toml file (see docs/model-toml.md). Without weights, tttc initialises them from a seed.\n\n\
+Bad input gets one line naming the problem and a non-zero exit. A command's outputs appear together \
+or not at all, and never overwrite one of its inputs or a file that is not a regular file; only \
+regular files are read; every run estimates its memory before allocating and refuses what does \
+not fit in --max-memory (docs/errors.md).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -147,8 +151,10 @@ rest), and the compiled model's symbol, workspace size, arguments and outputs. D
 and DIR/cpu/model.h hold the whole forward pass compiled for this machine's CPU at B = --batch, \
 T = --seq-len: one C function, `tttc_forward`, that needs only the C library (see \
 docs/cpu-model.md and examples/c/run_model.c). DIR/gpu/sm_80.ptx and DIR/gpu/sm_90.ptx hold the same forward pass as PTX kernels, and DIR/gpu/program.json the order to launch them in, on which buffers (the manifest's gpu entry lists the slots, the workspace and every kernel; see docs/gpu-model.md). When ptxas is found (TTTC_PTXAS, or PATH; the pip package nvidia-cuda-nvcc-cu12 has it) both modules are assembled, an error fails the compile, and each kernel's registers, spills and shared memory per target go into the manifest. Every graph is verified after each pass. A \
-progress line per pass goes to stderr. DIR is built next to itself as DIR.tmp-PID and then renamed into place; an existing DIR is replaced only \
-if it is empty or an earlier compile wrote it (it holds manifest.json). See docs/passes.md.")]
+progress line per pass goes to stderr. DIR is built next to itself and then put in its place in \
+one step; an existing DIR is replaced only if it is empty or an earlier compile wrote it: its \
+manifest.json lists every file it holds, and a file it does not list (a driver you added) is named \
+and the compile refused. See docs/passes.md and docs/errors.md.")]
     Compile {
         /// Model folder (config.json) or model.toml.
         model: PathBuf,

@@ -30,7 +30,7 @@ fn no_temp_dirs(dir: &Path) {
     let left: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.contains(".tmp-"))
+        .filter(|n| n.starts_with(".tttc-") || n.contains(".tmp-"))
         .collect();
     assert!(left.is_empty(), "temporary folders left in {}: {left:?}", dir.display());
 }
@@ -190,7 +190,7 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
 }
 
 #[test]
-fn compile_defaults_to_the_model_stem_in_the_current_folder_and_replaces_its_own_output() {
+fn compile_defaults_to_the_model_stem_in_the_current_folder_and_replaces_only_its_own_output() {
     let dir = scratch("compile_default");
     let ex = repo().join("examples/mamba-tiny.toml");
     let run = || std::process::Command::new(env!("CARGO_BIN_EXE_tttc")).args(["compile", p(&ex)]).current_dir(&dir).output().unwrap();
@@ -199,11 +199,16 @@ fn compile_defaults_to_the_model_stem_in_the_current_folder_and_replaces_its_own
     let out = dir.join("mamba-tiny.tttc");
     let m: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["shapes"], serde_json::json!({"B": 1, "T": 2048}));
-    // A second compile replaces the first output, stale files included.
+    // A file the compile did not write is named, and the folder kept as it is.
     std::fs::write(out.join("stale.txt"), "old").unwrap();
     let r = run();
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("holds stale.txt, which tttc compile did not write"));
+    assert_eq!(std::fs::read_to_string(out.join("stale.txt")).unwrap(), "old");
+    // Without it, a second compile replaces the first output.
+    std::fs::remove_file(out.join("stale.txt")).unwrap();
+    let r = run();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert!(out.join("manifest.json").exists() && !out.join("stale.txt").exists());
+    assert!(out.join("manifest.json").exists());
     no_temp_dirs(&dir);
 }
 
@@ -233,7 +238,7 @@ fn compile_into_a_missing_folder_fails_cleanly() {
     let dir = scratch("compile_missing_parent");
     let ex = repo().join("examples/ttt-linear-tiny.toml");
     let out = dir.join("no/such/folder/out.tttc");
-    expect_final_error(&["compile", p(&ex), "-o", p(&out)], "cannot create");
+    expect_final_error(&["compile", p(&ex), "-o", p(&out)], "folder");
     assert!(!dir.join("no").exists());
     no_temp_dirs(&dir);
 }

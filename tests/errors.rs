@@ -27,7 +27,7 @@ fn expect_error(model: &Path, input: &Path, extra: &[&str], needle: &str) {
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains(needle), "error does not mention {needle:?}: {stderr}");
     assert_eq!(std::fs::read(&out).unwrap(), b"previous contents", "OUT was modified");
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| { let n = e.file_name().to_string_lossy().into_owned(); n.starts_with(".tttc-") || n.contains(".tmp") }).collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
 }
 
@@ -84,7 +84,7 @@ fn float_input_ids() {
     let dir = copy_case(CASE, "err_ids_dtype");
     let input = dir.join("in.safetensors");
     write_ids(&input, Dtype::F32, vec![1, 2], vec![0; 8]);
-    expect_error(&dir, &input, &[], "input_ids must be i64");
+    expect_error(&dir, &input, &[], "input_ids must hold i64 token ids");
 }
 
 #[test]

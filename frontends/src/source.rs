@@ -213,12 +213,12 @@ fn list<T: std::fmt::Display>(names: &[T]) -> String {
     format!("{}{more}", shown.join(", "))
 }
 
-/// The files the model at `path` is read from: a folder's files, or a model.toml and the weights
-/// file it names. Outputs must not overwrite any of them.
+/// The files the model at `path` is read from: a folder's config.json, model.safetensors and
+/// tokenizer.json, or a model.toml and the weights file it names. Outputs must not overwrite any
+/// of them.
 pub fn source_files(path: &Path) -> Vec<PathBuf> {
     if path.is_dir() {
-        let entries = std::fs::read_dir(path).into_iter().flatten().flatten();
-        return entries.map(|e| e.path()).filter(|p| p.is_file()).collect();
+        return ["config.json", "model.safetensors", "tokenizer.json"].iter().map(|f| path.join(f)).collect();
     }
     let mut files = vec![path.to_path_buf()];
     let text = tttc_files::read_text(path, Cap::CONFIG).unwrap_or_default();

@@ -100,10 +100,9 @@ impl Decoder {
         ensure!(new_tokens <= MAX_NEW_TOKENS, "--max-new-tokens is at most {MAX_NEW_TOKENS}");
         sampling.check()?;
         let (rows, len) = (prompt.shape[0], prompt.shape[1]);
-        rows.checked_mul(new_tokens)
-            .and_then(|n| n.checked_mul(self.vocab))
-            .and_then(|n| n.checked_mul(4))
-            .with_context(|| format!("{rows} × {new_tokens} tokens of logits over {} ids do not fit in memory", self.vocab))?;
+        // Every new token's logits are kept: checked before the first is computed.
+        let kept = (rows as u64).saturating_mul(new_tokens as u64).saturating_mul(self.vocab as u64).saturating_mul(4);
+        tttc_files::memory::check(&format!("keeping the logits of {rows} × {new_tokens} new tokens over {} ids", self.vocab), kept)?;
         let ids = prompt.as_i64().expect("checked above");
 
         // The whole prompt in the parallel form; its state continues token by token.
