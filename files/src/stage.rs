@@ -82,6 +82,7 @@ impl Outputs {
 
     fn declare(&mut self, label: String, path: &Path, folder: bool) -> Result<Output> {
         let place = resolve(&label, path, folder)?;
+        remove_stale(place.resolved.parent().expect("a resolved output has a folder"));
         if let Some((input, _)) = self.inputs.iter().find(|(_, p)| p.same(&place)) {
             bail!("{label} is the same file as {input}: refusing to overwrite an input");
         }
@@ -141,6 +142,18 @@ impl Drop for Outputs {
     fn drop(&mut self) {
         for staged in self.targets.iter_mut().filter_map(|t| t.staged.take()) {
             remove(&staged);
+        }
+    }
+}
+
+/// Removes what killed runs staged in `dir`: `.tttc-PID-N.EXT` of processes that no longer run.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(".tttc-")?.split('-').next()?.parse::<i32>().ok());
+        if pid.is_some_and(|pid| pid > 0 && pid as u32 != std::process::id() && crate::swap::dead(pid)) {
+            remove(&entry.path());
         }
     }
 }

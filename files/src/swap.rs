@@ -128,7 +128,7 @@ fn prefix(dir: &Path, kind: &str) -> Result<OsString> {
 }
 
 /// Whether process `pid` is gone (`kill(pid, 0)` fails with ESRCH).
-fn dead(pid: i32) -> bool {
+pub(crate) fn dead(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid, 0) != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) }
 }
