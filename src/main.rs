@@ -464,7 +464,10 @@ impl From<BackendArg> for tttc_runtime::Backend {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return command_line_error(e),
+    };
     if let Some(bytes) = cli.max_memory {
         tttc_files::memory::set_limit(bytes);
     }
@@ -481,6 +484,25 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Help and version go out as clap writes them; a mistake on the command line is one line, its
+/// tips appended (`--help` shows the usage).
+fn command_line_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let message: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information")).collect();
+    let joined = message.iter().enumerate().map(|(i, l)| match i {
+        0 => l.to_string(),
+        _ if l.starts_with("tip:") => format!("; {l}"),
+        _ => format!(" {l}"),
+    });
+    eprintln!("{} (see --help)", joined.collect::<String>());
+    ExitCode::from(2)
 }
 
 fn dispatch(command: Command) -> Result<()> {
