@@ -26,8 +26,8 @@ not fit in --max-memory (docs/errors.md).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// The most memory a run may use (bytes, or with K, M, G or T: 8G) [default: the memory the
-    /// system reports available]. Every run estimates its parameters, activations and workspace
+    /// The most memory a run may use (bytes, or with K, M, G or T: 8G) [default: the least of
+    /// the memory the system reports available, the cgroup's and the process's limits]. Every run estimates its parameters, activations and workspace
     /// from the config and the input sizes before allocating, and refuses one that does not fit.
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<u64>,

@@ -260,6 +260,14 @@ fn a_run_that_cannot_fit_is_refused_with_its_estimate() {
     refused(&dir, &["run", p(&llama), "--input", "long.st", "--output", "o.st", "--max-memory", "2G"], "running llama at B = 1, T = 20000 needs about");
     write(&dir.join("longer.st"), vec![("input_ids", Dtype::I64, vec![1, 2_000_000], i64_bytes(&ids(2_000_000)))]);
     refused(&dir, &["run", p(&tiny()), "--input", "longer.st", "--output", "o.st", "--max-memory", "1G"], "T = 2000000 needs about");
+    // Under `ulimit -v` (as a job scheduler sets it) the process's limit is the budget.
+    let r = Command::new("sh")
+        .args(["-c", &format!("ulimit -v 4000000 && exec {} run {} --input long.st --output o.st", env!("CARGO_BIN_EXE_tttc"), p(&llama))])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("of the process's memory limit (ulimit)"), "{stderr}");
     // The same budget lets a run that fits go ahead.
     succeeds(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "o.st", "--max-memory", "1G"]);
 }
