@@ -256,13 +256,7 @@ pub fn compile(req: &Request) -> Result<()> {
 
     let env: DimEnv = [("B".to_string(), req.batch), ("T".to_string(), req.seq_len)].into_iter().collect();
     let results = tttc_passes::run_passes_observed(&tttc_passes::pipeline(), graph, None, |r| {
-        eprintln!(
-            "{:<16} {:>9.3} ms  {} -> {} nodes",
-            r.name,
-            r.elapsed.as_secs_f64() * 1e3,
-            r.nodes_before,
-            r.nodes_after
-        );
+        eprintln!("{:<16} {:>9.3} ms  {} -> {} nodes", r.name, r.elapsed.as_secs_f64() * 1e3, r.nodes_before, r.nodes_after);
         for note in &r.notes {
             eprintln!("    {note}");
         }
@@ -392,13 +386,7 @@ pub fn compile(req: &Request) -> Result<()> {
     let manifest = Manifest {
         tttc_version: env!("CARGO_PKG_VERSION"),
         files: files.iter().map(|(name, _)| name.clone()).collect(),
-        model: ModelInfo {
-            path: req.model.display().to_string(),
-            model_type: model_type(req.model)?,
-            graph: graph.name.clone(),
-            parameters,
-            parameter_bytes,
-        },
+        model: ModelInfo { path: req.model.display().to_string(), model_type: model_type(req.model)?, graph: graph.name.clone(), parameters, parameter_bytes },
         shapes: env.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         resume_at: req.resume_at,
         input: Stage {
@@ -448,7 +436,6 @@ pub fn compile(req: &Request) -> Result<()> {
 fn ir_file(index: usize, pass: &str) -> String {
     format!("ir/{index:02}-{pass}.ir")
 }
-
 
 /// The graph the `fuse` pass received and the one it made, compared (None when the pipeline has
 /// no `fuse` pass).
@@ -557,7 +544,8 @@ fn check_replaceable(out: &Path) -> Result<()> {
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .filter(|m| m["tttc_version"].is_string())
         .and_then(|m| m["files"].as_array()?.iter().map(|f| f.as_str().map(str::to_string)).collect());
-    let listed = listed.with_context(|| format!("{} is not the output of tttc compile (no manifest.json listing its files); not replacing it", out.display()))?;
+    let listed =
+        listed.with_context(|| format!("{} is not the output of tttc compile (no manifest.json listing its files); not replacing it", out.display()))?;
     if let Some(other) = found.iter().find(|f| f.as_str() != "manifest.json" && !listed.contains(f)) {
         bail!("{} holds {other}, which tttc compile did not write; not replacing the folder (move that file out, or choose another -o)", out.display());
     }

@@ -553,7 +553,8 @@ fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor
 }
 
 fn run(args: &RunArgs) -> Result<()> {
-    let mut outputs = outputs_reading(&args.model, &[("--weights", args.weights.as_deref()), ("--input", Some(&args.input)), ("--state-in", args.state_in.as_deref())]);
+    let mut outputs =
+        outputs_reading(&args.model, &[("--weights", args.weights.as_deref()), ("--input", Some(&args.input)), ("--state-in", args.state_in.as_deref())]);
     let out_file = outputs.file(format!("--output {}", args.output.display()), &args.output)?;
     let state_file = args.state_out.as_ref().map(|p| outputs.file(format!("--state-out {}", p.display()), p)).transpose()?;
     let model = load_model(&args.model, args.weights.as_deref())?;
@@ -565,7 +566,8 @@ fn run(args: &RunArgs) -> Result<()> {
         (Some(cu), start) => {
             let p = tttc_runtime::packed::forward_packed(&model, &ids, &cu, backend, args.state_out.is_some(), start)?;
             // One state per sequence: `seq.{i}.NAME` (their shapes may differ: a KV cache's length).
-            let states = p.states.map(|per| per.into_iter().enumerate().flat_map(|(i, st)| st.into_iter().map(move |(n, t)| (format!("seq.{i}.{n}"), t))).collect());
+            let states =
+                p.states.map(|per| per.into_iter().enumerate().flat_map(|(i, st)| st.into_iter().map(move |(n, t)| (format!("seq.{i}.{n}"), t))).collect());
             (p.forward, states)
         }
         (None, Some(start)) => {
@@ -653,15 +655,38 @@ fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: B
     use tttc_runtime::bench::packed;
     let [min_len, max_len] = a.packed_lengths[..] else { anyhow::bail!("--packed-lengths takes two lengths, MIN,MAX") };
     anyhow::ensure!(0 < min_len && min_len <= max_len, "--packed-lengths {min_len},{max_len} must be a range MIN,MAX with 0 < MIN ≤ MAX");
-    let req = packed::PackedRequest { layers, depth: a.depths[0], sequences: a.packed_sequences as usize, min_len, max_len, backend: a.backend.into(), reps: a.reps as usize };
+    let req = packed::PackedRequest {
+        layers,
+        depth: a.depths[0],
+        sequences: a.packed_sequences as usize,
+        min_len,
+        max_len,
+        backend: a.backend.into(),
+        reps: a.reps as usize,
+    };
     let lengths = packed::lengths(req.sequences, min_len, max_len);
-    println!("{} sequences of lengths {:?} ({} tokens), {}-layer models, {} backend\n", lengths.len(), lengths, lengths.iter().sum::<usize>(), req.depth, req.backend.name());
+    println!(
+        "{} sequences of lengths {:?} ({} tokens), {}-layer models, {} backend\n",
+        lengths.len(),
+        lengths,
+        lengths.iter().sum::<usize>(),
+        req.depth,
+        req.backend.name()
+    );
     println!("| model | packed ms | padded ms | packed tokens/s | padded tokens/s | packed / padded speed |");
     println!("|---|---|---|---|---|---|");
     let mut lines = Vec::new();
     packed::packed(&req, |t| {
         let tokens = t.tokens() as f64;
-        println!("| {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2}× |", t.layer.model_name(), t.packed_s * 1e3, t.padded_s * 1e3, tokens / t.packed_s, tokens / t.padded_s, t.padded_s / t.packed_s);
+        println!(
+            "| {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2}× |",
+            t.layer.model_name(),
+            t.packed_s * 1e3,
+            t.padded_s * 1e3,
+            tokens / t.packed_s,
+            tokens / t.padded_s,
+            t.padded_s / t.packed_s
+        );
         lines.push(t.to_json().to_string());
     })?;
     files.finish(&lines, |_| unreachable!("bench refuses --plot with --packed"))
@@ -675,7 +700,15 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
     println!("memory read bandwidth on {} threads: {bandwidth:.1} GB/s\n", tttc_codegen_cpu::threads());
     println!("| model | layers | context | who | median ms/token | min ms | tokens/s | MB read per token | floor ms | × floor |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    let req = decode::DecodeRequest { layers, depths: a.depths.clone(), contexts: a.contexts.clone(), backend: a.backend.into(), tokens: a.decode_tokens as usize, peers, profile: a.profile };
+    let req = decode::DecodeRequest {
+        layers,
+        depths: a.depths.clone(),
+        contexts: a.contexts.clone(),
+        backend: a.backend.into(),
+        tokens: a.decode_tokens as usize,
+        peers,
+        profile: a.profile,
+    };
     let mut lines = Vec::new();
     let timings = decode::decode(&req, |t| {
         let floor = t.bytes / bandwidth / 1e6;
@@ -698,7 +731,8 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
         print_profile(&format!("a {} token ({} layers, context {})", t.model, t.depth, t.context), &t.profile);
     }
     let tttc = timings.iter().filter(|t| t.who.starts_with("tttc"));
-    let series = tttc_runtime::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
+    let series =
+        tttc_runtime::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
     let axes = ("context (tokens before)", "milliseconds per token");
     files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series))
 }
@@ -748,7 +782,8 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     use std::io::Write;
     let sampling = tttc_runtime::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     sampling.check()?;
-    let mut outputs = outputs_reading(&a.model, &[("--weights", a.weights.as_deref()), ("--prompt", a.prompt.as_deref()), ("--state-in", a.state_in.as_deref())]);
+    let mut outputs =
+        outputs_reading(&a.model, &[("--weights", a.weights.as_deref()), ("--prompt", a.prompt.as_deref()), ("--state-in", a.state_in.as_deref())]);
     let out_file = outputs.file(format!("--output {}", a.output.display()), &a.output)?;
     let model = load_model(&a.model, a.weights.as_deref())?;
     // The byte tokenizer of a `tttc train` checkpoint; another tokenizer is not read.
@@ -810,7 +845,8 @@ fn read_state(path: Option<&Path>) -> Result<Option<tttc_runtime::State>> {
 fn grad(args: &RunArgs, remat: Option<usize>) -> Result<()> {
     anyhow::ensure!(args.state_out.is_none(), "tttc grad writes no state: --state-out belongs to tttc run");
     anyhow::ensure!(remat != Some(0), "--remat takes at least 1 segment (1: keep every activation)");
-    let mut outputs = outputs_reading(&args.model, &[("--weights", args.weights.as_deref()), ("--input", Some(&args.input)), ("--state-in", args.state_in.as_deref())]);
+    let mut outputs =
+        outputs_reading(&args.model, &[("--weights", args.weights.as_deref()), ("--input", Some(&args.input)), ("--state-in", args.state_in.as_deref())]);
     let out_file = outputs.file(format!("--output {}", args.output.display()), &args.output)?;
     let (model, ids, backend) = load_inputs(args)?;
     let out = match read_state(args.state_in.as_deref())? {

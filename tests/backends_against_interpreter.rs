@@ -7,9 +7,9 @@
 
 use tttc_codegen_cpu::aot::CompiledModel;
 use tttc_codegen_cpu::Program;
+use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Tensor, Type, UnaryOp};
 use tttc_ptx::model::GpuModel;
 use tttc_ptx_sim::SimDevice;
-use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Tensor, Type, UnaryOp};
 
 fn f32t(shape: &[usize]) -> Type {
     Type::f32(shape)
@@ -205,7 +205,10 @@ fn one_row_products_stream_the_weight() {
             let w = if transposed { g.transpose_last2(w).unwrap() } else { w };
             let y = g.matmul(x, w).unwrap();
             g.output("y", y);
-            let args = [Tensor::f32(vec![1, 1, k], values(k, 21, -1.0, 1.0)), Tensor::f32(if transposed { vec![n, k] } else { vec![k, n] }, values(k * n, 22, -1.0, 1.0))];
+            let args = [
+                Tensor::f32(vec![1, 1, k], values(k, 21, -1.0, 1.0)),
+                Tensor::f32(if transposed { vec![n, k] } else { vec![k, n] }, values(k * n, 22, -1.0, 1.0)),
+            ];
             let worst = compare(&g, &args, 1e-5, 1e-5);
             assert!(worst <= 1.0, "k={k} n={n} transposed={transposed}: error {worst:.2} of tolerance");
         }
@@ -375,14 +378,19 @@ fn vectors_reshaped_into_rows_are_matrices() {
 /// per step keep f32 accuracy: one tf32 product alone misses this tolerance by orders of magnitude.
 #[test]
 fn tensor_core_products_keep_f32_accuracy() {
-    for (a_shape, transposed, b_shape) in [(vec![2, 40, 33], true, vec![2, 40, 20]), (vec![3, 70, 129], false, vec![129, 65]), (vec![1, 16, 8], false, vec![2, 8, 8])] {
+    for (a_shape, transposed, b_shape) in
+        [(vec![2, 40, 33], true, vec![2, 40, 20]), (vec![3, 70, 129], false, vec![129, 65]), (vec![1, 16, 8], false, vec![2, 8, 8])]
+    {
         let mut g = Graph::new("mma");
         let a = g.input("a", f32t(&a_shape));
         let b = g.input("b", f32t(&b_shape));
         let a_read = if transposed { g.transpose_last2(a).unwrap() } else { a };
         let y = g.matmul(a_read, b).unwrap();
         g.output("y", y);
-        let args = [Tensor::f32(a_shape.clone(), values(a_shape.iter().product(), 31, -1.0, 1.0)), Tensor::f32(b_shape.clone(), values(b_shape.iter().product(), 32, -1.0, 1.0))];
+        let args = [
+            Tensor::f32(a_shape.clone(), values(a_shape.iter().product(), 31, -1.0, 1.0)),
+            Tensor::f32(b_shape.clone(), values(b_shape.iter().product(), 32, -1.0, 1.0)),
+        ];
         let worst = compare(&g, &args, 1e-5, 1e-5);
         assert!(worst <= 1.0, "{a_shape:?}{} × {b_shape:?}: error {worst:.2} of tolerance", if transposed { "ᵀ" } else { "" });
         let refs: Vec<&Tensor> = args.iter().collect();

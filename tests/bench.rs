@@ -20,7 +20,8 @@ fn bench_prints_a_row_per_layer_and_length() {
         assert!(median > 0.0 && gflops > 0.0, "{row:?}");
         seen.push((row[1].to_string(), row[2].to_string()));
     }
-    let want: Vec<(String, String)> = [("ttt-linear", "16"), ("ttt-linear", "40"), ("mamba", "16"), ("mamba", "40")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> =
+        [("ttt-linear", "16"), ("ttt-linear", "40"), ("mamba", "16"), ("mamba", "40")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     assert_eq!(seen, want, "{out}");
     assert!(out.contains("Compiling the 12-layer 125m TTT-Linear") && out.contains("Gradient step"), "{out}");
     assert!(out.contains("Profile of ttt-linear at T = 16"), "{out}");
@@ -64,10 +65,26 @@ fn bench_rejects_bad_options() {
 #[test]
 fn bench_packed_compares_packed_and_padded_batches() {
     let json = scratch("bench_packed").join("packed.jsonl");
-    let r = tttc(&["bench", "--packed", "--layers", "ttt-linear,mamba", "--depths", "1", "--packed-sequences", "3", "--packed-lengths", "5,30", "--reps", "1", "-o", p(&json)]);
+    let r = tttc(&[
+        "bench",
+        "--packed",
+        "--layers",
+        "ttt-linear,mamba",
+        "--depths",
+        "1",
+        "--packed-sequences",
+        "3",
+        "--packed-lengths",
+        "5,30",
+        "--reps",
+        "1",
+        "-o",
+        p(&json),
+    ]);
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let rows: Vec<Vec<&str>> = out.lines().filter(|l| l.starts_with("| TTT") || l.starts_with("| Mamba")).map(|l| l.split('|').map(str::trim).collect()).collect();
+    let rows: Vec<Vec<&str>> =
+        out.lines().filter(|l| l.starts_with("| TTT") || l.starts_with("| Mamba")).map(|l| l.split('|').map(str::trim).collect()).collect();
     assert_eq!(rows.iter().map(|r| r[1]).collect::<Vec<_>>(), ["TTT-Linear", "Mamba"], "{out}");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);

@@ -19,8 +19,7 @@ use serde_json::Value;
 const SIGKILL: i32 = 9;
 
 /// Six steps, a checkpoint (and a validation loss) every two.
-const OPTIONS: [&str; 12] =
-    ["--steps", "6", "--batch-size", "2", "--context", "16", "--log-every", "1", "--eval-every", "2", "--checkpoint-every", "2"];
+const OPTIONS: [&str; 12] = ["--steps", "6", "--batch-size", "2", "--context", "16", "--log-every", "1", "--eval-every", "2", "--checkpoint-every", "2"];
 
 fn tttc_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tttc")).args(args).envs(env.iter().copied()).output().expect("tttc runs")
@@ -51,11 +50,8 @@ fn ok(r: Output) -> String {
 /// The `.run.ckpt-*` folders beside `out`, sorted.
 fn leftovers(out: &Path) -> Vec<String> {
     let prefix = format!(".{}.ckpt-", out.file_name().unwrap().to_str().unwrap());
-    let mut v: Vec<String> = std::fs::read_dir(out.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(out.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.starts_with(&prefix)).collect();
     v.sort();
     v
 }

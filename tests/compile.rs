@@ -8,7 +8,6 @@ use std::path::Path;
 
 use serde_json::Value;
 
-
 fn pass_names() -> Vec<&'static str> {
     tttc_passes::pass_names()
 }

@@ -49,7 +49,8 @@ fn the_compiled_model_links_into_a_c_program_and_matches_every_reference_case() 
         let weights = SafeTensors::deserialize(&weights).unwrap();
         for a in manifest["cpu"]["args"].as_array().unwrap() {
             let arg = a["name"].as_str().unwrap();
-            let bytes = if arg == "input_ids" { i64_bytes(&ids.i64) } else { weights.tensor(arg).unwrap_or_else(|e| panic!("{name}: {arg}: {e}")).data().to_vec() };
+            let bytes =
+                if arg == "input_ids" { i64_bytes(&ids.i64) } else { weights.tensor(arg).unwrap_or_else(|e| panic!("{name}: {arg}: {e}")).data().to_vec() };
             std::fs::write(args.join(format!("{arg}.bin")), bytes).unwrap();
         }
         let run = Command::new(&exe).arg(&args).arg(&results).output().unwrap();

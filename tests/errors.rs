@@ -27,7 +27,14 @@ fn expect_error(model: &Path, input: &Path, extra: &[&str], needle: &str) {
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains(needle), "error does not mention {needle:?}: {stderr}");
     assert_eq!(std::fs::read(&out).unwrap(), b"previous contents", "OUT was modified");
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| { let n = e.file_name().to_string_lossy().into_owned(); n.starts_with(".tttc-") || n.contains(".tmp") }).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".tttc-") || n.contains(".tmp")
+        })
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
 }
 
@@ -172,7 +179,9 @@ fn unknown_ttt_layer_type() {
 #[test]
 fn unsupported_llama_keys() {
     let dir = copy_case("llama", "err_rope_scaling");
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     expect_error(&dir, &dir.join("io.safetensors"), &[], "rope_scaling");
 }
@@ -261,10 +270,10 @@ fn bad_cu_seqlens() {
     .enumerate()
     {
         let input = dir.join(format!("packed-{k}.safetensors"));
-        write_raw(&input, &[
-            ("input_ids".into(), Dtype::I64, vec![rows, 10 / rows], i64_bytes(&ids)),
-            ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu)),
-        ]);
+        write_raw(
+            &input,
+            &[("input_ids".into(), Dtype::I64, vec![rows, 10 / rows], i64_bytes(&ids)), ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu))],
+        );
         expect_error(&dir, &input, &[], needle);
     }
 }
@@ -272,7 +281,8 @@ fn bad_cu_seqlens() {
 /// The state `tttc run --state-out` writes after `rows` sequences of `len` tokens.
 fn saved_state(case: &Path, dir: &Path, tag: &str, rows: usize, len: usize) -> Vec<RawTensor> {
     let ids: Vec<i64> = (0..rows * len).map(|i| (i as i64 * 3) % 7).collect();
-    let (input, out, state) = (dir.join(format!("{tag}-in.safetensors")), dir.join(format!("{tag}-out.safetensors")), dir.join(format!("{tag}-state.safetensors")));
+    let (input, out, state) =
+        (dir.join(format!("{tag}-in.safetensors")), dir.join(format!("{tag}-out.safetensors")), dir.join(format!("{tag}-state.safetensors")));
     write_ids(&input, Dtype::I64, vec![rows, len], i64_bytes(&ids));
     let r = tttc(&["run", p(case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state)]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -301,19 +311,31 @@ fn bad_state_files() {
         (with(&|s| s.retain(|t| t.0 != "position")), &two_rows, "the state has no position".into()),
         (with(&|s| s.iter_mut().find(|t| t.0 == "position").unwrap().3 = f32_bytes(&[2.5])), &two_rows, "whole number of tokens".into()),
         (with(&|s| s.iter_mut().find(|t| t.0 == "position").unwrap().3 = f32_bytes(&[16.0])), &two_rows, "position 16 is outside a mini-batch of 16".into()),
-        (with(&|s| {
-            let t = s.iter_mut().find(|t| t.0 == w1).unwrap();
-            t.2[2] -= 1;
-            t.3.truncate(t.2.iter().product::<usize>() * 4);
-        }), &two_rows, format!("state {w1} has shape")),
+        (
+            with(&|s| {
+                let t = s.iter_mut().find(|t| t.0 == w1).unwrap();
+                t.2[2] -= 1;
+                t.3.truncate(t.2.iter().product::<usize>() * 4);
+            }),
+            &two_rows,
+            format!("state {w1} has shape"),
+        ),
         (good.clone(), &one_row, format!("state {w1} is for a batch of 2, input_ids has B = 1")),
-        (with(&|s| s.push(("extra".into(), Dtype::F32, vec![1], f32_bytes(&[0.0])))), &two_rows, "the state holds extra, which this model has no state of".into()),
-        (with(&|s| {
-            let t = s.iter_mut().find(|t| t.0 == w1).unwrap();
-            t.1 = Dtype::I64;
-            t.3.truncate(t.3.len() / 2 / 8 * 8);
-            t.2 = vec![t.3.len() / 8];
-        }), &two_rows, format!("state {w1} must be f32")),
+        (
+            with(&|s| s.push(("extra".into(), Dtype::F32, vec![1], f32_bytes(&[0.0])))),
+            &two_rows,
+            "the state holds extra, which this model has no state of".into(),
+        ),
+        (
+            with(&|s| {
+                let t = s.iter_mut().find(|t| t.0 == w1).unwrap();
+                t.1 = Dtype::I64;
+                t.3.truncate(t.3.len() / 2 / 8 * 8);
+                t.2 = vec![t.3.len() / 8];
+            }),
+            &two_rows,
+            format!("state {w1} must be f32"),
+        ),
         (other_model.clone(), &two_rows, "is it another model's state?".into()),
     ];
     for (k, (state, input, needle)) in cases.into_iter().enumerate() {
@@ -325,10 +347,7 @@ fn bad_state_files() {
 
     // Packed batches: one state per sequence, `seq.{i}.NAME`.
     let packed = dir.join("packed.safetensors");
-    write_raw(&packed, &[
-        ("input_ids".into(), Dtype::I64, vec![1, 8], i64_bytes(&ids)),
-        ("cu_seqlens".into(), Dtype::I64, vec![3], i64_bytes(&[0, 3, 8])),
-    ]);
+    write_raw(&packed, &[("input_ids".into(), Dtype::I64, vec![1, 8], i64_bytes(&ids)), ("cu_seqlens".into(), Dtype::I64, vec![3], i64_bytes(&[0, 3, 8]))]);
     let one = saved_state(&dir, &dir, "one", 1, 5);
     let prefixed = |i: usize| one.iter().map(|(n, dt, s, d)| (format!("seq.{i}.{n}"), *dt, s.clone(), d.clone())).collect::<Vec<_>>();
     for (k, (state, needle)) in [

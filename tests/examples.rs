@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 
-
 #[test]
 fn every_example_ir_verifies_and_round_trips() {
     for ex in examples() {

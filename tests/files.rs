@@ -250,7 +250,10 @@ fn a_run_that_cannot_fit_is_refused_with_its_estimate() {
     refused(&dir, &["run", "deep.toml", "--input", "in.st", "--output", "o.st", "--max-memory", "256M"], "the model (1024 layers");
     refused(&dir, &["ir", "deeper.toml"], "config key num_hidden_layers = 1000000 is too large");
     let mamba = std::fs::read_to_string(repo().join("examples/mamba-tiny.toml")).unwrap();
-    let state = mamba.lines().find(|l| l.starts_with("state_size")).map_or_else(|| mamba.replace("[config]", "[config]\nstate_size = 1000000000"), |l| mamba.replace(l, "state_size = 1000000000"));
+    let state = mamba
+        .lines()
+        .find(|l| l.starts_with("state_size"))
+        .map_or_else(|| mamba.replace("[config]", "[config]\nstate_size = 1000000000"), |l| mamba.replace(l, "state_size = 1000000000"));
     std::fs::write(dir.join("mamba.toml"), state).unwrap();
     refused(&dir, &["run", "mamba.toml", "--input", "in.st", "--output", "o.st", "--max-memory", "2G"], "needs about");
     // Long inputs, against a budget given on the command line.
@@ -323,7 +326,10 @@ fn non_finite_state_is_named() {
 #[test]
 fn generate_refuses_a_packed_prompt() {
     let dir = folder("files_generate_packed");
-    write(&dir.join("packed.st"), vec![("input_ids", Dtype::I64, vec![1, 10], i64_bytes(&[1; 10])), ("cu_seqlens", Dtype::I64, vec![3], i64_bytes(&[0, 4, 10]))]);
+    write(
+        &dir.join("packed.st"),
+        vec![("input_ids", Dtype::I64, vec![1, 10], i64_bytes(&[1; 10])), ("cu_seqlens", Dtype::I64, vec![3], i64_bytes(&[0, 4, 10]))],
+    );
     refused(&dir, &["generate", p(&tiny()), "--prompt", "packed.st", "--max-new-tokens", "2", "-o", "o.st"], "tttc generate takes no packed prompt");
 }
 

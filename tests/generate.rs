@@ -53,7 +53,8 @@ fn generated_logits_equal_a_forward_pass_over_the_final_sequence() {
                 let r = tttc(&["run", p(&case), "--input", p(&full), "-o", p(&forward), "--backend", backend]);
                 assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
                 let all = &read(&forward)["logits"];
-                let want: Vec<f32> = (0..rows).flat_map(|r| all.f32[(r * (len + new) + len - 1) * vocab..(r * (len + new) + len - 1 + new) * vocab].to_vec()).collect();
+                let want: Vec<f32> =
+                    (0..rows).flat_map(|r| all.f32[(r * (len + new) + len - 1) * vocab..(r * (len + new) + len - 1 + new) * vocab].to_vec()).collect();
                 let ratio = parity_ratio(&logits.f32, &want, RTOL_DECODE);
                 assert!(ratio <= 1.0, "{tag}: generated logits at {ratio:.2}× tolerance");
                 // Greedy: each token is its logits' first maximum.
@@ -88,16 +89,24 @@ fn generation_continues_a_saved_state() {
             let (whole, whole_out) = (prompt_file(&dir, &format!("{tag}-whole"), rows, &take(0, len)), dir.join(format!("{tag}-whole-out.safetensors")));
             let r = tttc(&["generate", p(&case), "--prompt", p(&whole), "--max-new-tokens", &n, "-o", p(&whole_out), "--backend", backend]);
             assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
-            let (head, head_out, state) = (prompt_file(&dir, &format!("{tag}-head"), rows, &take(0, first)), dir.join(format!("{tag}-head-out.safetensors")), dir.join(format!("{tag}-state.safetensors")));
+            let (head, head_out, state) = (
+                prompt_file(&dir, &format!("{tag}-head"), rows, &take(0, first)),
+                dir.join(format!("{tag}-head-out.safetensors")),
+                dir.join(format!("{tag}-state.safetensors")),
+            );
             let r = tttc(&["run", p(&case), "--input", p(&head), "-o", p(&head_out), "--state-out", p(&state), "--backend", backend]);
             assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
             let (rest, rest_out) = (prompt_file(&dir, &format!("{tag}-rest"), rows, &take(first, len)), dir.join(format!("{tag}-rest-out.safetensors")));
-            let r = tttc(&["generate", p(&case), "--prompt", p(&rest), "--state-in", p(&state), "--max-new-tokens", &n, "-o", p(&rest_out), "--backend", backend]);
+            let r =
+                tttc(&["generate", p(&case), "--prompt", p(&rest), "--state-in", p(&state), "--max-new-tokens", &n, "-o", p(&rest_out), "--backend", backend]);
             assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
             let (want, got) = (read(&whole_out), read(&rest_out));
             assert_eq!(got["tokens"].shape, vec![rows, len - first + new], "{tag}: the prompt piece and the new tokens");
             for r in 0..rows {
-                let (w, g) = (&want["tokens"].i64[r * (len + new) + len..(r + 1) * (len + new)], &got["tokens"].i64[r * (len - first + new) + len - first..(r + 1) * (len - first + new)]);
+                let (w, g) = (
+                    &want["tokens"].i64[r * (len + new) + len..(r + 1) * (len + new)],
+                    &got["tokens"].i64[r * (len - first + new) + len - first..(r + 1) * (len - first + new)],
+                );
                 assert_eq!(w, g, "{tag}: row {r}'s new tokens");
             }
             let ratio = parity_ratio(&got["logits"].f32, &want["logits"].f32, RTOL_DECODE);

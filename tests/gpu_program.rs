@@ -43,7 +43,13 @@ impl Integrator<'_> {
                 };
             }
         };
-        let bytes = |b: usize| -> u64 { if buffers[b]["dtype"] == "f32" { 4 } else { 8 } };
+        let bytes = |b: usize| -> u64 {
+            if buffers[b]["dtype"] == "f32" {
+                4
+            } else {
+                8
+            }
+        };
         for step in func["steps"].as_array().unwrap() {
             if let Some(l) = step.get("launch") {
                 let scratch = ws + func["arena_bytes"].as_u64().unwrap();
@@ -142,10 +148,16 @@ fn run_compiled(out: &std::path::Path, slot: &dyn Fn(&str) -> Vec<u8>) -> std::c
     let entry = program["entry"].as_u64().unwrap() as usize;
     let steps = program["functions"][entry]["steps"].as_array().unwrap();
     assert!(steps.iter().any(|s| s.get("scan").is_some()), "the program should hold a host-driven scan");
-    assert!(steps.iter().any(|s| s["launch"]["params"].as_array().is_some_and(|ps| ps.iter().any(|p| p.get("scratch").is_some()))), "the program should hold a persistent scan kernel");
+    assert!(
+        steps.iter().any(|s| s["launch"]["params"].as_array().is_some_and(|ps| ps.iter().any(|p| p.get("scratch").is_some()))),
+        "the program should hold a persistent scan kernel"
+    );
     integrator.call(&mut dev, entry, &args, &outs, workspace);
     assert_eq!(dev.download(status, 4).unwrap(), vec![0; 4], "status word");
-    outputs.iter().map(|(name, ptr, len)| (name.clone(), dev.download(*ptr, 4 * len).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())).collect()
+    outputs
+        .iter()
+        .map(|(name, ptr, len)| (name.clone(), dev.download(*ptr, 4 * len).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+        .collect()
 }
 
 /// The tokens `from..to` of row 0 of a case's reference input, as the `input_ids` slot holds them.
@@ -168,7 +180,13 @@ fn the_launch_contract_runs_a_model_without_tttc() {
     let out = scratch("gpu_program").join("compiled");
     let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let got = run_compiled(&out, &|name| if name == "input_ids" { id_bytes(ids, 0, t) } else { weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone() });
+    let got = run_compiled(&out, &|name| {
+        if name == "input_ids" {
+            id_bytes(ids, 0, t)
+        } else {
+            weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone()
+        }
+    });
     let ratio = parity_ratio(&got["logits"], &logits.f32[..t * v], 1e-5);
     assert!(ratio <= 1.0, "logits at {ratio:.2}x tolerance");
 }
@@ -188,7 +206,8 @@ fn the_launch_contract_continues_from_a_state() {
     let (first, t) = (21, 12);
     let dir = scratch("gpu_program_resumed");
     let state_after = |len: usize, tag: &str| {
-        let (input, out, state) = (dir.join(format!("{tag}-in.safetensors")), dir.join(format!("{tag}-out.safetensors")), dir.join(format!("{tag}-state.safetensors")));
+        let (input, out, state) =
+            (dir.join(format!("{tag}-in.safetensors")), dir.join(format!("{tag}-out.safetensors")), dir.join(format!("{tag}-state.safetensors")));
         write_raw(&input, &[("input_ids".into(), safetensors::Dtype::I64, vec![1, len], id_bytes(ids, 0, len))]);
         let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", "interp"]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));

@@ -72,10 +72,13 @@ fn grad_refuses_packed_batches_and_state_out() {
     let dir = scratch("grad_refuses");
     let (packed, plain) = (dir.join("packed.safetensors"), dir.join("plain.safetensors"));
     let ids: Vec<i64> = (0..6).collect();
-    write_raw(&packed, &[
-        ("input_ids".into(), safetensors::Dtype::I64, vec![1, 6], i64_bytes(&ids)),
-        ("cu_seqlens".into(), safetensors::Dtype::I64, vec![3], i64_bytes(&[0, 2, 6])),
-    ]);
+    write_raw(
+        &packed,
+        &[
+            ("input_ids".into(), safetensors::Dtype::I64, vec![1, 6], i64_bytes(&ids)),
+            ("cu_seqlens".into(), safetensors::Dtype::I64, vec![3], i64_bytes(&[0, 2, 6])),
+        ],
+    );
     write_raw(&plain, &[("input_ids".into(), safetensors::Dtype::I64, vec![1, 6], i64_bytes(&ids))]);
     let state = dir.join("state.safetensors");
     for (input, extra, needle) in [(&packed, vec![], "no packed batch"), (&plain, vec!["--state-out", p(&state)], "writes no state")] {

@@ -87,9 +87,7 @@ fn max_abs(x: &[f32]) -> f32 {
 /// `(name → shape)` of a model's parameters.
 fn params(model: &Path) -> BTreeMap<String, Vec<usize>> {
     let b = tttc_frontends::load_structure(model).unwrap();
-    b.g.params()
-        .map(|a| (a.name.clone(), b.g.ty(a.value).shape.iter().map(|d| d.as_const().unwrap()).collect()))
-        .collect()
+    b.g.params().map(|a| (a.name.clone(), b.g.ty(a.value).shape.iter().map(|d| d.as_const().unwrap()).collect())).collect()
 }
 
 #[test]
@@ -103,8 +101,7 @@ fn learners_have_the_weights_their_spec_names() {
         let got = params(&model);
         for layer in 0..2 {
             let s = format!("model.layers.{layer}.seq_modeling_block.");
-            let block: BTreeMap<&str, &Vec<usize>> =
-                got.iter().filter_map(|(n, sh)| n.strip_prefix(&s).map(|k| (k, sh))).collect();
+            let block: BTreeMap<&str, &Vec<usize>> = got.iter().filter_map(|(n, sh)| n.strip_prefix(&s).map(|k| (k, sh))).collect();
             let mut want: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             let sizes = spec.sizes(d);
             for l in 0..sizes.len() - 1 {
@@ -118,8 +115,7 @@ fn learners_have_the_weights_their_spec_names() {
                 want.insert("ttt_norm_bias".into(), vec![heads, d]);
             }
             let inner_names = |k: &str| k.starts_with('W') || (k.starts_with('b') && k.len() == 2) || k.starts_with("ttt_norm");
-            let have: BTreeMap<String, Vec<usize>> =
-                block.iter().filter(|(k, _)| inner_names(k)).map(|(k, sh)| (k.to_string(), (*sh).clone())).collect();
+            let have: BTreeMap<String, Vec<usize>> = block.iter().filter(|(k, _)| inner_names(k)).map(|(k, sh)| (k.to_string(), (*sh).clone())).collect();
             assert_eq!(have, want, "{name}: inner weights of layer {layer}");
         }
         let graph = tttc_frontends::load_structure(&model).unwrap().g;
@@ -647,10 +643,7 @@ mod reference {
         let get = |n: &str| w.get(&format!("{s}{n}"));
         let (mut xq, mut xk) = if c.share_qk {
             let pq = linear(x, get("q_proj.weight"), dim, dim);
-            (
-                causal_conv(&pq, get("conv_q.weight"), get("conv_q.bias"), c.kernel),
-                causal_conv(&pq, get("conv_k.weight"), get("conv_k.bias"), c.kernel),
-            )
+            (causal_conv(&pq, get("conv_q.weight"), get("conv_q.bias"), c.kernel), causal_conv(&pq, get("conv_k.weight"), get("conv_k.bias"), c.kernel))
         } else {
             (linear(x, get("q_proj.weight"), dim, dim), linear(x, get("k_proj.weight"), dim, dim))
         };
@@ -677,9 +670,8 @@ mod reference {
                 }
             }
             let head = |m: &[f64], r: usize| m[r * dim + h * d..r * dim + (h + 1) * d].to_vec();
-            let lr: Vec<f64> = (0..t)
-                .map(|r| c.base_lr * sigmoid((0..dim).map(|j| x[r * dim + j] * lr_w[h * dim + j]).sum::<f64>() + lr_b[h]) / d as f64)
-                .collect();
+            let lr: Vec<f64> =
+                (0..t).map(|r| c.base_lr * sigmoid((0..dim).map(|j| x[r * dim + j] * lr_w[h * dim + j]).sum::<f64>() + lr_b[h]) / d as f64).collect();
             for start in (0..t).step_by(c.mb) {
                 let n = c.mb.min(t - start);
                 let g: Vec<Vec<f64>> = (0..n).map(|j| inner.grad(&w0, &head(&xk, start + j), &head(&xv, start + j))).collect();
@@ -780,8 +772,21 @@ fn explicit_mlp_spec_equals_the_preset() {
     // The same model as a model.toml with a [config.ttt_inner] table.
     let c: Value = serde_json::from_str(&std::fs::read_to_string(preset.join("config.json")).unwrap()).unwrap();
     let mut toml = format!("model_type = \"ttt\"\nweights = {:?}\n\n[config]\n", p(&preset.join("model.safetensors")));
-    for key in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "mini_batch_size",
-                "pre_conv", "share_qk", "use_gate", "conv_kernel", "ttt_base_lr", "rope_theta", "rms_norm_eps"] {
+    for key in [
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "mini_batch_size",
+        "pre_conv",
+        "share_qk",
+        "use_gate",
+        "conv_kernel",
+        "ttt_base_lr",
+        "rope_theta",
+        "rms_norm_eps",
+    ] {
         toml += &format!("{key} = {}\n", c[key]);
     }
     toml += "\n[config.ttt_inner]\nwidths = [4]\nbias = true\nactivation = \"gelu_tanh\"\nresidual = true\nnorm = \"layer_norm\"\nloss = \"reconstruction\"\n";

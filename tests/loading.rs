@@ -66,8 +66,18 @@ fn half_precision_weights_are_converted() {
         for (name, _, shape, data) in raw {
             let vals = data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()));
             let (hb, fb): (Vec<[u8; 2]>, Vec<f32>) = match dtype {
-                Dtype::BF16 => vals.map(|x| { let h = half::bf16::from_f32(x); (h.to_le_bytes(), h.to_f32()) }).unzip(),
-                _ => vals.map(|x| { let h = half::f16::from_f32(x); (h.to_le_bytes(), h.to_f32()) }).unzip(),
+                Dtype::BF16 => vals
+                    .map(|x| {
+                        let h = half::bf16::from_f32(x);
+                        (h.to_le_bytes(), h.to_f32())
+                    })
+                    .unzip(),
+                _ => vals
+                    .map(|x| {
+                        let h = half::f16::from_f32(x);
+                        (h.to_le_bytes(), h.to_f32())
+                    })
+                    .unzip(),
             };
             half.push((name.clone(), dtype, shape.clone(), hb.concat()));
             rounded.push((name, Dtype::F32, shape, fb.iter().flat_map(|x| x.to_le_bytes()).collect()));

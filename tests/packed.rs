@@ -18,20 +18,24 @@ fn packed_rows_match_separate_runs() {
         let mb = mini_batch(&case);
         // Lengths 1, below a mini-batch, past one, and whole rows; cut from different rows.
         let lengths = [1, mb - 1, (mb + 3).min(t), t];
-        let pieces: Vec<Vec<i64>> = lengths.iter().enumerate().map(|(k, &len)| {
-            let r = k % b;
-            ids.i64[r * t..r * t + len].to_vec()
-        }).collect();
+        let pieces: Vec<Vec<i64>> = lengths
+            .iter()
+            .enumerate()
+            .map(|(k, &len)| {
+                let r = k % b;
+                ids.i64[r * t..r * t + len].to_vec()
+            })
+            .collect();
         let mut cu = vec![0i64];
         for piece in &pieces {
             cu.push(cu.last().unwrap() + piece.len() as i64);
         }
         let packed: Vec<i64> = pieces.concat();
         let input = dir.join(format!("{name}-packed-in.safetensors"));
-        write_raw(&input, &[
-            ("input_ids".into(), Dtype::I64, vec![1, packed.len()], i64_bytes(&packed)),
-            ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu)),
-        ]);
+        write_raw(
+            &input,
+            &[("input_ids".into(), Dtype::I64, vec![1, packed.len()], i64_bytes(&packed)), ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu))],
+        );
         for backend in ["interp", "cpu", "ptx-sim"] {
             let (out, state) = (dir.join(format!("{name}-{backend}-out.safetensors")), dir.join(format!("{name}-{backend}-state.safetensors")));
             let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
@@ -43,7 +47,8 @@ fn packed_rows_match_separate_runs() {
             let (mut loss_sum, mut targets) = (0f64, 0usize);
             for (k, piece) in pieces.iter().enumerate() {
                 let alone_in = dir.join(format!("{name}-{backend}-{k}-in.safetensors"));
-                let (alone_out, alone_state) = (dir.join(format!("{name}-{backend}-{k}-out.safetensors")), dir.join(format!("{name}-{backend}-{k}-state.safetensors")));
+                let (alone_out, alone_state) =
+                    (dir.join(format!("{name}-{backend}-{k}-out.safetensors")), dir.join(format!("{name}-{backend}-{k}-state.safetensors")));
                 write_raw(&alone_in, &[("input_ids".into(), Dtype::I64, vec![1, piece.len()], i64_bytes(piece))]);
                 let r = tttc(&["run", p(&case), "--input", p(&alone_in), "--output", p(&alone_out), "--state-out", p(&alone_state), "--backend", backend]);
                 assert!(r.status.success(), "{name} ({backend}) piece {k}: {}", String::from_utf8_lossy(&r.stderr));
@@ -78,15 +83,16 @@ fn packed_rows_continue_their_own_states() {
         let (b, t, v) = (ids.shape[0], ids.shape[1], io["logits"].shape[2]);
         let mb = mini_batch(&case);
         // (row, prefix, piece length), each inside the row.
-        let spans: Vec<(usize, usize, usize)> = [(1, 1), (mb + 1, mb - 1), (mb, mb + 3)]
-            .iter()
-            .enumerate()
-            .map(|(k, &(pre, len))| (k % b, pre.min(t - 1), len.min(t - pre.min(t - 1))))
-            .collect();
+        let spans: Vec<(usize, usize, usize)> =
+            [(1, 1), (mb + 1, mb - 1), (mb, mb + 3)].iter().enumerate().map(|(k, &(pre, len))| (k % b, pre.min(t - 1), len.min(t - pre.min(t - 1)))).collect();
         for backend in ["interp", "cpu"] {
             let mut start = Vec::new();
             for (k, &(r, pre, _)) in spans.iter().enumerate() {
-                let (input, out, state) = (dir.join(format!("{name}-{k}-pre-in.safetensors")), dir.join(format!("{name}-{k}-pre-out.safetensors")), dir.join(format!("{name}-{k}-pre-state.safetensors")));
+                let (input, out, state) = (
+                    dir.join(format!("{name}-{k}-pre-in.safetensors")),
+                    dir.join(format!("{name}-{k}-pre-out.safetensors")),
+                    dir.join(format!("{name}-{k}-pre-state.safetensors")),
+                );
                 write_raw(&input, &[("input_ids".into(), Dtype::I64, vec![1, pre], i64_bytes(&ids.i64[r * t..r * t + pre]))]);
                 let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
                 assert!(r.status.success(), "{name} ({backend}) prefix {k}: {}", String::from_utf8_lossy(&r.stderr));
@@ -101,12 +107,16 @@ fn packed_rows_continue_their_own_states() {
             }
             let packed = pieces.concat();
             let input = dir.join(format!("{name}-{backend}-in.safetensors"));
-            write_raw(&input, &[
-                ("input_ids".into(), Dtype::I64, vec![1, packed.len()], i64_bytes(&packed)),
-                ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu)),
-            ]);
+            write_raw(
+                &input,
+                &[
+                    ("input_ids".into(), Dtype::I64, vec![1, packed.len()], i64_bytes(&packed)),
+                    ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu)),
+                ],
+            );
             let (out, end) = (dir.join(format!("{name}-{backend}-out.safetensors")), dir.join(format!("{name}-{backend}-end.safetensors")));
-            let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-in", p(&start_file), "--state-out", p(&end), "--backend", backend]);
+            let r =
+                tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-in", p(&start_file), "--state-out", p(&end), "--backend", backend]);
             assert!(r.status.success(), "{name} ({backend}): {}", String::from_utf8_lossy(&r.stderr));
             let got = read(&out)["logits"].f32.clone();
             for (k, &(r, pre, len)) in spans.iter().enumerate() {
@@ -117,7 +127,11 @@ fn packed_rows_continue_their_own_states() {
             // Each sequence's state after it: that of one run over its prefix and itself.
             let end = read(&end);
             for (k, &(r, pre, len)) in spans.iter().enumerate() {
-                let (input, out, state) = (dir.join(format!("{name}-{k}-all-in.safetensors")), dir.join(format!("{name}-{k}-all-out.safetensors")), dir.join(format!("{name}-{k}-all-state.safetensors")));
+                let (input, out, state) = (
+                    dir.join(format!("{name}-{k}-all-in.safetensors")),
+                    dir.join(format!("{name}-{k}-all-out.safetensors")),
+                    dir.join(format!("{name}-{k}-all-state.safetensors")),
+                );
                 write_raw(&input, &[("input_ids".into(), Dtype::I64, vec![1, pre + len], i64_bytes(&ids.i64[r * t..r * t + pre + len]))]);
                 let run = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
                 assert!(run.status.success(), "{name} ({backend}) sequence {k}: {}", String::from_utf8_lossy(&run.stderr));

@@ -54,6 +54,7 @@ fn run_writes_the_state_after_the_sequence() {
 
 /// Runs `tttc run` on the tokens `ids[.., from..to]` of a case, from the state file `start` if
 /// given, writing the state after them to `end`; returns the logits `[B, to − from, V]`.
+#[allow(clippy::too_many_arguments)] // one piece of a chunked run: each argument names a part of it
 fn run_piece(case: &Path, dir: &Path, tag: &str, ids: &Array, (from, to): (usize, usize), start: Option<&Path>, end: &Path, backend: &str) -> Vec<f32> {
     let (b, t) = (ids.shape[0], ids.shape[1]);
     let piece: Vec<i64> = (0..b).flat_map(|r| ids.i64[r * t + from..r * t + to].to_vec()).collect();
@@ -155,13 +156,15 @@ fn grad_from_a_state_gives_the_state_gradients() {
 
         // The reference: the gradient graph of the resumed run in f64.
         let model = tttc_frontends::load(&case, None).unwrap();
-        let state: Vec<(String, tttc_ir::Tensor)> = read(&start).into_iter().map(|(n, a)| (n, tttc_ir::Tensor::f64(a.shape, a.f32.iter().map(|&x| x as f64).collect()))).collect();
+        let state: Vec<(String, tttc_ir::Tensor)> =
+            read(&start).into_iter().map(|(n, a)| (n, tttc_ir::Tensor::f64(a.shape, a.f32.iter().map(|&x| x as f64).collect()))).collect();
         let position = state.iter().find(|(n, _)| n == "position").unwrap().1.to_f64().unwrap()[0] as usize;
         let resumed = tttc_passes::expand_grads(&tttc_frontends::build_for(&model.config, Mode::Resume { position }).unwrap().g).unwrap();
         let wrt: Vec<String> = state.iter().filter(|(n, _)| n != "position").map(|(n, _)| format!("state.{n}")).collect();
         let graph = tttc_passes::gradient_graph_wrt(&resumed, "loss", 1, &wrt.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         let ids_t = tttc_ir::Tensor::i64(vec![rows, t - cut], piece.clone());
-        let weights: std::collections::BTreeMap<String, tttc_ir::Tensor> = model.weights.iter().map(|(n, w)| (n.clone(), tttc_ir::Tensor::f64(w.shape.clone(), w.to_f64().unwrap()))).collect();
+        let weights: std::collections::BTreeMap<String, tttc_ir::Tensor> =
+            model.weights.iter().map(|(n, w)| (n.clone(), tttc_ir::Tensor::f64(w.shape.clone(), w.to_f64().unwrap()))).collect();
         let args: Vec<&tttc_ir::Tensor> = graph
             .args
             .iter()
@@ -171,7 +174,12 @@ fn grad_from_a_state_gives_the_state_gradients() {
                 tttc_ir::ArgKind::Input => &state.iter().find(|(n, _)| format!("state.{n}") == a.name).unwrap().1,
             })
             .collect();
-        let want: Vec<(String, Vec<f32>)> = graph.outputs.iter().zip(tttc_ir::run(&graph, &args, tttc_ir::Precision::F64).unwrap()).map(|((n, _), t)| (n.clone(), t.to_f32().unwrap())).collect();
+        let want: Vec<(String, Vec<f32>)> = graph
+            .outputs
+            .iter()
+            .zip(tttc_ir::run(&graph, &args, tttc_ir::Precision::F64).unwrap())
+            .map(|((n, _), t)| (n.clone(), t.to_f32().unwrap()))
+            .collect();
 
         for backend in ["interp", "cpu"] {
             let out = dir.join(format!("{name}-{backend}-grad.safetensors"));

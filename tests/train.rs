@@ -18,11 +18,7 @@ fn tiny() -> PathBuf {
 }
 
 fn log(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect()
+    std::fs::read_to_string(dir.join("log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
 }
 
 fn ok(args: &[&str]) -> String {
@@ -46,10 +42,8 @@ fn fails(args: &[&str]) -> String {
 fn training_lowers_the_validation_loss_and_the_checkpoint_runs() {
     let dir = scratch("train_tiny");
     let out = dir.join("run");
-    let stderr = ok(&[
-        "train", p(&tiny()), "--data", p(&corpus()), "-o", p(&out),
-        "--steps", "40", "--batch-size", "4", "--context", "32", "--eval-every", "20",
-    ]);
+    let stderr =
+        ok(&["train", p(&tiny()), "--data", p(&corpus()), "-o", p(&out), "--steps", "40", "--batch-size", "4", "--context", "32", "--eval-every", "20"]);
     assert!(stderr.contains("step    40/40"), "{stderr}");
     let entries = log(&out);
     // Step 0: the validation loss before training; then steps 1, 10, 20, 30, 40.
@@ -188,8 +182,24 @@ fn a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_its_checkpoint()
     let dir = scratch("train_nan");
     let out = dir.join("run");
     let r = tttc(&[
-        "train", p(&tiny()), "--data", p(&corpus()), "-o", p(&out), "--steps", "10", "--batch-size", "2",
-        "--context", "16", "--lr", "1e30", "--warmup", "0", "--checkpoint-every", "1",
+        "train",
+        p(&tiny()),
+        "--data",
+        p(&corpus()),
+        "-o",
+        p(&out),
+        "--steps",
+        "10",
+        "--batch-size",
+        "2",
+        "--context",
+        "16",
+        "--lr",
+        "1e30",
+        "--warmup",
+        "0",
+        "--checkpoint-every",
+        "1",
     ]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success(), "{stderr}");
@@ -208,8 +218,22 @@ fn compare_tabulates_and_plots_runs() {
     for (name, seed) in [("a", "0"), ("b", "1")] {
         let run = dir.join(name);
         let r = tttc(&[
-            "train", p(&repo().join("examples/llama-tiny.toml")), "--data", p(&data), "-o", p(&run),
-            "--steps", "4", "--batch-size", "2", "--context", "16", "--eval-every", "2", "--seed", seed,
+            "train",
+            p(&repo().join("examples/llama-tiny.toml")),
+            "--data",
+            p(&data),
+            "-o",
+            p(&run),
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--context",
+            "16",
+            "--eval-every",
+            "2",
+            "--seed",
+            seed,
         ]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     }

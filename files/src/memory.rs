@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{bail, Result};
 use crate::human;
+use anyhow::{bail, Result};
 
 /// `--max-memory`, in bytes; 0 when not given.
 static LIMIT: AtomicU64 = AtomicU64::new(0);

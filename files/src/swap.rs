@@ -23,10 +23,12 @@ pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
         let (a, b) = (c(a)?, c(b)?);
         // SAFETY: both paths are NUL-terminated strings that outlive the call. The raw syscall,
         // not glibc's wrapper, which older glibc versions lack.
-        let r = unsafe {
-            libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
-        };
-        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        let r = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -12,13 +12,21 @@ use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Type, UnaryOp, ValueId};
 pub enum Init {
     Zeros,
     Ones,
-    Normal { std: f64 },
-    Uniform { bound: f64 },
+    Normal {
+        std: f64,
+    },
+    Uniform {
+        bound: f64,
+    },
     /// `ln(j + 1)` at index j of the last axis (Mamba's `A_log`, S4D-real), drawn when weights
     /// are, so that building a graph allocates nothing of a weight's size.
     LogIndex,
     /// Mamba's `dt_proj.bias`: softplus⁻¹ of a time step drawn log-uniformly in [min, max], floored.
-    InverseSoftplusTimeStep { min: f64, max: f64, floor: f64 },
+    InverseSoftplusTimeStep {
+        min: f64,
+        max: f64,
+        floor: f64,
+    },
 }
 
 /// Which graph a frontend builds (SPEC §2–4, "Decoding").
@@ -305,11 +313,7 @@ pub struct LmShape<'a> {
 impl ModelBuilder {
     /// `input_ids` → embedding → `block` per layer → final RMSNorm → head (`lm_head.weight` or the
     /// tied embedding) → `logits` and `loss`.
-    pub fn language_model(
-        &mut self,
-        lm: &LmShape,
-        mut block: impl FnMut(&mut ModelBuilder, ValueId, usize) -> Result<ValueId>,
-    ) -> Result<()> {
+    pub fn language_model(&mut self, lm: &LmShape, mut block: impl FnMut(&mut ModelBuilder, ValueId, usize) -> Result<ValueId>) -> Result<()> {
         let ids = self.token_input();
         if self.mode == Mode::Step {
             let p = self.state_input("position", Type::f32(&[1]), StateInit::Zeros);
@@ -322,11 +326,7 @@ impl ModelBuilder {
             h = block(self, h, layer)?;
         }
         let h = self.rms_norm(h, lm.final_norm, lm.hidden, lm.norm_eps)?;
-        let head = if lm.tied {
-            table
-        } else {
-            self.weight("lm_head.weight", &[lm.vocab, lm.hidden], Init::Normal { std: lm.init_std })
-        };
+        let head = if lm.tied { table } else { self.weight("lm_head.weight", &[lm.vocab, lm.hidden], Init::Normal { std: lm.init_std }) };
         if self.mode == Mode::Forward {
             return self.lm_head_and_loss(h, head, ids, lm.vocab);
         }

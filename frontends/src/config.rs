@@ -26,37 +26,136 @@ fn most(key: &str) -> usize {
 
 /// The keys each family reads (docs/model-toml.md). Any other key is refused unless ignored below.
 const TTT_KEYS: &[&str] = &[
-    "model_type", "hidden_act", "pruned_heads", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "mini_batch_size", "ttt_layer_type", "ttt_inner", "ttt_base_lr", "rope_theta", "rope_scaling",
-    "rms_norm_eps", "pre_conv", "share_qk", "use_gate", "conv_kernel", "tie_word_embeddings", "initializer_range",
+    "model_type",
+    "hidden_act",
+    "pruned_heads",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "mini_batch_size",
+    "ttt_layer_type",
+    "ttt_inner",
+    "ttt_base_lr",
+    "rope_theta",
+    "rope_scaling",
+    "rms_norm_eps",
+    "pre_conv",
+    "share_qk",
+    "use_gate",
+    "conv_kernel",
+    "tie_word_embeddings",
+    "initializer_range",
 ];
 const MAMBA_KEYS: &[&str] = &[
-    "model_type", "hidden_act", "pruned_heads", "vocab_size", "hidden_size", "expand", "intermediate_size",
-    "num_hidden_layers", "state_size", "conv_kernel", "time_step_rank", "layer_norm_epsilon", "use_bias", "use_conv_bias",
-    "tie_word_embeddings", "initializer_range", "time_step_min", "time_step_max", "time_step_floor", "time_step_scale",
-    "time_step_init_scheme", "rescale_prenorm_residual",
+    "model_type",
+    "hidden_act",
+    "pruned_heads",
+    "vocab_size",
+    "hidden_size",
+    "expand",
+    "intermediate_size",
+    "num_hidden_layers",
+    "state_size",
+    "conv_kernel",
+    "time_step_rank",
+    "layer_norm_epsilon",
+    "use_bias",
+    "use_conv_bias",
+    "tie_word_embeddings",
+    "initializer_range",
+    "time_step_min",
+    "time_step_max",
+    "time_step_floor",
+    "time_step_scale",
+    "time_step_init_scheme",
+    "rescale_prenorm_residual",
 ];
 const LLAMA_KEYS: &[&str] = &[
-    "model_type", "hidden_act", "pruned_heads", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling", "rms_norm_eps",
-    "attention_bias", "attention_dropout", "mlp_bias", "tie_word_embeddings", "initializer_range",
+    "model_type",
+    "hidden_act",
+    "pruned_heads",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rope_theta",
+    "rope_scaling",
+    "rms_norm_eps",
+    "attention_bias",
+    "attention_dropout",
+    "mlp_bias",
+    "tie_word_embeddings",
+    "initializer_range",
 ];
 
 /// Keys that Hugging Face's `PretrainedConfig` writes into every config.json and whose values
 /// cannot change the model's math: bookkeeping, output and precision switches, token ids and
 /// labels for tokenizers and other heads, and generation defaults. They are ignored by name.
 pub const IGNORED_KEYS: &[&str] = &[
-    "_name_or_path", "_commit_hash", "_attn_implementation", "_attn_implementation_autoset", "transformers_version",
-    "architectures", "torch_dtype", "use_bfloat16", "torchscript", "tf_legacy_loss", "return_dict",
-    "output_hidden_states", "output_attentions", "use_cache", "gradient_checkpointing", "is_decoder",
-    "is_encoder_decoder", "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder",
-    "chunk_size_feed_forward", "finetuning_task", "id2label", "label2id", "num_labels", "problem_type",
-    "task_specific_params", "tokenizer_class", "prefix", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
-    "decoder_start_token_id", "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
-    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
-    "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
-    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
-    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+    "_name_or_path",
+    "_commit_hash",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "transformers_version",
+    "architectures",
+    "torch_dtype",
+    "use_bfloat16",
+    "torchscript",
+    "tf_legacy_loss",
+    "return_dict",
+    "output_hidden_states",
+    "output_attentions",
+    "use_cache",
+    "gradient_checkpointing",
+    "is_decoder",
+    "is_encoder_decoder",
+    "add_cross_attention",
+    "cross_attention_hidden_size",
+    "tie_encoder_decoder",
+    "chunk_size_feed_forward",
+    "finetuning_task",
+    "id2label",
+    "label2id",
+    "num_labels",
+    "problem_type",
+    "task_specific_params",
+    "tokenizer_class",
+    "prefix",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
 ];
 
 /// TTTConfig's keys without effect here: the RoPE positions restart every mini-batch, whatever
@@ -141,7 +240,11 @@ impl Keys<'_> {
     }
 
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
-        if self.get(key).is_some() { self.usize(key) } else { Ok(default) }
+        if self.get(key).is_some() {
+            self.usize(key)
+        } else {
+            Ok(default)
+        }
     }
 
     /// A positive size.
@@ -220,14 +323,7 @@ impl InnerModel {
             InnerModel::Linear => vec![],
             InnerModel::Mlp => vec![4],
         };
-        InnerSpec {
-            widths,
-            bias: true,
-            activation: Activation::GeluTanh,
-            residual: true,
-            norm: InnerNorm::LayerNorm,
-            loss: InnerLoss::Reconstruction,
-        }
+        InnerSpec { widths, bias: true, activation: Activation::GeluTanh, residual: true, norm: InnerNorm::LayerNorm, loss: InnerLoss::Reconstruction }
     }
 }
 
@@ -304,9 +400,7 @@ impl InnerSpec {
         }
         .spec();
         let Some(table) = k.get("ttt_inner") else { return Ok(spec) };
-        let table = table
-            .as_object()
-            .with_context(|| format!("config key ttt_inner must be a table of inner-learner keys, got {table}"))?;
+        let table = table.as_object().with_context(|| format!("config key ttt_inner must be a table of inner-learner keys, got {table}"))?;
         let t = Keys { map: table, prefix: "ttt_inner.", known: &INNER_KEYS };
         t.refuse_unknown(&[])?;
         if let Some(v) = t.get("widths") {
@@ -535,9 +629,10 @@ impl MambaConfig {
         let expand = k.size_or("expand", 2)?;
         let intermediate = match k.get("intermediate_size") {
             Some(_) => k.size("intermediate_size")?,
-            None => expand.checked_mul(hidden).filter(|&n| n <= MAX_SIZE).with_context(|| {
-                format!("config key expand = {expand} makes intermediate_size = expand · hidden_size too large (at most {MAX_SIZE})")
-            })?,
+            None => expand
+                .checked_mul(hidden)
+                .filter(|&n| n <= MAX_SIZE)
+                .with_context(|| format!("config key expand = {expand} makes intermediate_size = expand · hidden_size too large (at most {MAX_SIZE})"))?,
         };
         let time_step_rank = match k.get("time_step_rank") {
             Some(Value::String(s)) if s == "auto" => hidden.div_ceil(16),

@@ -6,19 +6,19 @@ pub mod builder;
 pub mod config;
 pub mod init;
 mod json;
-pub mod rng;
-pub mod math;
-pub mod weights;
 mod llama;
 mod mamba;
+pub mod math;
+pub mod rng;
 mod source;
 mod ttt;
+pub mod weights;
 
 use anyhow::Result;
 
 pub use builder::{Init, Mode, ModelBuilder, StateInit, StateSpec};
-pub use source::{load, load_config, load_structure, parse_config_json, source_files, Model, DEFAULT_SEED};
 pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
+pub use source::{load, load_config, load_structure, parse_config_json, source_files, Model, DEFAULT_SEED};
 
 /// Builds the forward graph of a model: argument `input_ids` i64 `[B, T]`, one `Param` argument per
 /// weight (Hugging Face names), outputs `logits` `[B, T, V]` and `loss` `[]`.

@@ -62,7 +62,9 @@ pub fn check_size(config: &ModelConfig, weights: bool) -> Result<()> {
     let params = p1.saturating_add(p2.saturating_sub(p1).saturating_mul(extra));
     let graph_bytes = nodes.saturating_mul(PIPELINE_BYTES_PER_NODE);
     let (bytes, what) = match weights {
-        true => (graph_bytes.saturating_add(params.saturating_mul(4)), format!("the model ({layers} layers, {params} parameters in f32, a graph of {nodes} nodes)")),
+        true => {
+            (graph_bytes.saturating_add(params.saturating_mul(4)), format!("the model ({layers} layers, {params} parameters in f32, a graph of {nodes} nodes)"))
+        }
         false => (graph_bytes, format!("the model's graph ({layers} layers, {nodes} nodes)")),
     };
     tttc_files::memory::check(&what, bytes)
@@ -158,12 +160,7 @@ fn parse_model_toml(text: &str, dir: &Path) -> Result<ModelToml> {
     }
     config.insert("model_type".into(), Value::String(file.model_type));
     let json = Value::Object(config);
-    Ok(ModelToml {
-        config: ModelConfig::from_json(&json)?,
-        json,
-        weights: file.weights.map(|w| dir.join(w)),
-        seed: file.seed.unwrap_or(DEFAULT_SEED),
-    })
+    Ok(ModelToml { config: ModelConfig::from_json(&json)?, json, weights: file.weights.map(|w| dir.join(w)), seed: file.seed.unwrap_or(DEFAULT_SEED) })
 }
 
 fn one_line(s: &str) -> String {

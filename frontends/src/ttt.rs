@@ -178,7 +178,8 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     let mut g = Graph::new("mini_batch");
     let state: Vec<ValueId> = state_types.iter().enumerate().map(|(i, t)| g.input(&format!("state{i}"), t.clone())).collect();
     // Zero at every mini-batch's start in a prefill: read only by a resumed run.
-    let start_sums: Vec<ValueId> = if hand_off { state_types.iter().enumerate().map(|(i, t)| g.input(&format!("acc{i}"), t.clone())).collect() } else { Vec::new() };
+    let start_sums: Vec<ValueId> =
+        if hand_off { state_types.iter().enumerate().map(|(i, t)| g.input(&format!("acc{i}"), t.clone())).collect() } else { Vec::new() };
     let chunk = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);
     let q = g.input("q", chunk.clone());
     let k = g.input("k", chunk.clone());
@@ -304,7 +305,11 @@ struct Layer<'a> {
 /// mini-batch boundaries; the first chunk continues from the sums given.
 fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [ValueId; 5], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
     let seen = b.mode.resumed_at();
-    ensure!(seen < c.mini_batch_size, "the state's position {seen} is outside a mini-batch of {} (a TTT state counts positions within its mini-batch)", c.mini_batch_size);
+    ensure!(
+        seen < c.mini_batch_size,
+        "the state's position {seen} is outside a mini-batch of {} (a TTT state counts positions within its mini-batch)",
+        c.mini_batch_size
+    );
     let sums = match b.mode {
         Mode::Forward => Sums::None,
         Mode::Resume { .. } => Sums::Read,

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tttc_files::Cap;
 use safetensors::{Dtype, SafeTensors};
+use tttc_files::Cap;
 use tttc_ir::Tensor;
 
 pub type Weights = BTreeMap<String, Tensor>;
@@ -26,18 +26,9 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Weights> {
         let data = view.data();
         let t = match view.dtype() {
             Dtype::F32 => Tensor::f32(shape, data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
-            Dtype::F16 => Tensor::f32(
-                shape,
-                data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            ),
-            Dtype::BF16 => Tensor::f32(
-                shape,
-                data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            ),
-            Dtype::F64 => Tensor::f32(
-                shape,
-                data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-            ),
+            Dtype::F16 => Tensor::f32(shape, data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+            Dtype::BF16 => Tensor::f32(shape, data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+            Dtype::F64 => Tensor::f32(shape, data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect()),
             Dtype::I64 => Tensor::i64(shape, data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()),
             other => bail!("tensor {name} has unsupported dtype {other:?}"),
         };

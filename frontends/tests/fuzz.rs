@@ -66,11 +66,7 @@ fn repo() -> PathBuf {
 }
 
 fn vector_files(name: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/vectors"))
-        .unwrap()
-        .map(|e| e.unwrap().path().join(name))
-        .filter(|p| p.exists())
-        .collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/vectors")).unwrap().map(|e| e.unwrap().path().join(name)).filter(|p| p.exists()).collect();
     v.sort();
     assert!(!v.is_empty(), "no {name} in tests/vectors");
     v
@@ -217,11 +213,41 @@ fn mutated_safetensors_files() {
 
 /// Keys worth putting in: every family's, and near-misses.
 const KEYS: &[&str] = &[
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "mini_batch_size", "conv_kernel", "state_size", "time_step_rank", "expand", "ttt_inner", "ttt_layer_type", "rope_theta",
-    "rope_scaling", "rms_norm_eps", "layer_norm_epsilon", "time_step_min", "time_step_max", "time_step_floor",
-    "time_step_scale", "ttt_base_lr", "initializer_range", "head_dim", "model_type", "hidden_act", "pruned_heads",
-    "tie_word_embeddings", "pre_conv", "share_qk", "use_gate", "use_bias", "use_conv_bias", "mini_bach_size", "",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "mini_batch_size",
+    "conv_kernel",
+    "state_size",
+    "time_step_rank",
+    "expand",
+    "ttt_inner",
+    "ttt_layer_type",
+    "rope_theta",
+    "rope_scaling",
+    "rms_norm_eps",
+    "layer_norm_epsilon",
+    "time_step_min",
+    "time_step_max",
+    "time_step_floor",
+    "time_step_scale",
+    "ttt_base_lr",
+    "initializer_range",
+    "head_dim",
+    "model_type",
+    "hidden_act",
+    "pruned_heads",
+    "tie_word_embeddings",
+    "pre_conv",
+    "share_qk",
+    "use_gate",
+    "use_bias",
+    "use_conv_bias",
+    "mini_bach_size",
+    "",
 ];
 
 fn mutate_config(rng: &mut SplitMix64, config: &Value) -> String {
@@ -278,8 +304,7 @@ fn small(c: &ModelConfig) -> bool {
 #[test]
 fn mutated_config_json_texts() {
     let mut rng = SplitMix64(0xC0F16);
-    let mut configs: Vec<Value> =
-        vector_files("config.json").iter().map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()).collect();
+    let mut configs: Vec<Value> = vector_files("config.json").iter().map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()).collect();
     configs.push(json!({"model_type": "ttt", "vocab_size": 13, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1,
                         "num_attention_heads": 2, "mini_batch_size": 4, "ttt_inner": {"widths": [2, 1], "activation": "relu"}}));
     configs.push(json!({"model_type": "mamba", "vocab_size": 13, "hidden_size": 16, "num_hidden_layers": 1, "time_step_rank": "auto"}));

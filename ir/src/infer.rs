@@ -56,12 +56,7 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
             ensure!(a.rank() >= 2 && b.rank() >= 2, "needs rank ≥ 2 operands");
             ensure!(a.dtype == DType::F32 && b.dtype == DType::F32, "needs f32");
             let (ra, rb) = (a.rank(), b.rank());
-            ensure!(
-                a.shape[ra - 1] == b.shape[rb - 2],
-                "contracted dimensions differ: {} vs {}",
-                a.shape[ra - 1],
-                b.shape[rb - 2]
-            );
+            ensure!(a.shape[ra - 1] == b.shape[rb - 2], "contracted dimensions differ: {} vs {}", a.shape[ra - 1], b.shape[rb - 2]);
             let mut shape = broadcast_shapes(&a.shape[..ra - 2], &b.shape[..rb - 2])?;
             shape.push(a.shape[ra - 2].clone());
             shape.push(b.shape[rb - 1].clone());
@@ -69,12 +64,7 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
         }
         Op::Reshape { shape } => {
             arity(1)?;
-            ensure!(
-                same_volume(&ins[0].shape, shape),
-                "cannot reshape {} to {}",
-                ins[0],
-                Type::new(ins[0].dtype, shape.clone())
-            );
+            ensure!(same_volume(&ins[0].shape, shape), "cannot reshape {} to {}", ins[0], Type::new(ins[0].dtype, shape.clone()));
             one(Type::new(ins[0].dtype, shape.clone()))
         }
         Op::Transpose { perm } => {
@@ -148,10 +138,7 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
             ensure!(index.dtype == DType::I64, "index must be i64, got {index}");
             ensure!(updates.dtype == DType::F32, "updates must be f32, got {updates}");
             let s = index.rank();
-            ensure!(
-                updates.rank() >= s && updates.shape[..s] == index.shape[..],
-                "updates {updates} must start with the index's shape {index}"
-            );
+            ensure!(updates.rank() >= s && updates.shape[..s] == index.shape[..], "updates {updates} must start with the index's shape {index}");
             let mut shape = vec![Dim::c(*depth)];
             shape.extend(updates.shape[s..].iter().cloned());
             one(Type::new(DType::F32, shape))
@@ -188,10 +175,7 @@ fn infer_fused(fused: &Fused, ins: &[&Type]) -> Result<Vec<Type>> {
         let inner = body.types.get(arg.value.index()).with_context(|| format!("body argument {i} has no type"))?;
         ensure!(inner == *outer, "body argument {i} is {inner}, operand is {outer}");
     }
-    body.outputs
-        .iter()
-        .map(|(name, v)| body.types.get(v.index()).cloned().with_context(|| format!("body output {name} has no type")))
-        .collect()
+    body.outputs.iter().map(|(name, v)| body.types.get(v.index()).cloned().with_context(|| format!("body output {name} has no type"))).collect()
 }
 
 fn infer_grad(grad: &Grad, ins: &[&Type]) -> Result<Vec<Type>> {
@@ -241,12 +225,8 @@ fn infer_scan(scan: &Scan, ins: &[&Type]) -> Result<Vec<Type>> {
                 check_iteration(inner, outer, scan.axis, &n).map_err(|e| anyhow::anyhow!("body argument {i}: {e}"))?;
                 continue;
             }
-            ensure!(
-                outer.shape.get(scan.axis) == Some(&seq_len),
-                "sequence {i} has another length than the first chunked one ({seq_len})"
-            );
-            check_chunked(inner, outer, scan, &mut chunk_dim)
-                .map_err(|e| anyhow::anyhow!("body argument {i}: {e}"))?;
+            ensure!(outer.shape.get(scan.axis) == Some(&seq_len), "sequence {i} has another length than the first chunked one ({seq_len})");
+            check_chunked(inner, outer, scan, &mut chunk_dim).map_err(|e| anyhow::anyhow!("body argument {i}: {e}"))?;
         } else {
             ensure!(inner == *outer, "body argument {i} is {inner}, operand is {outer}");
         }
@@ -256,10 +236,7 @@ fn infer_scan(scan: &Scan, ins: &[&Type]) -> Result<Vec<Type>> {
     let chunk_sym = chunk_dim.as_ref().and_then(|d| d.sym.clone());
     if let Some(s) = &chunk_sym {
         for (i, t) in ins.iter().enumerate() {
-            ensure!(
-                !t.shape.iter().any(|d| d.sym.as_ref() == Some(s)),
-                "chunk symbol {s} also names a dimension of operand {i} ({t})"
-            );
+            ensure!(!t.shape.iter().any(|d| d.sym.as_ref() == Some(s)), "chunk symbol {s} also names a dimension of operand {i} ({t})");
         }
     }
     let chunk = chunk_dim.expect("checked: at least one chunked sequence");
@@ -299,10 +276,7 @@ fn check_iteration(inner: &Type, outer: &Type, axis: usize, iters: &Dim) -> Resu
     ensure!(inner.dtype == outer.dtype && inner.rank() == outer.rank(), "{inner} is not an iteration of {outer}");
     for (a, (di, dout)) in inner.shape.iter().zip(&outer.shape).enumerate() {
         if a == axis {
-            ensure!(
-                dout == iters,
-                "iteration sequence {outer} must have one element per chunk ({iters}) along axis {axis}, has {dout}"
-            );
+            ensure!(dout == iters, "iteration sequence {outer} must have one element per chunk ({iters}) along axis {axis}, has {dout}");
         } else {
             ensure!(di == dout, "{inner} is not an iteration of {outer}");
         }

@@ -101,9 +101,7 @@ fn exec(graph: &Graph, args: Vec<Cow<'_, Tensor>>, mut env: DimEnv, prec: Precis
     graph
         .outputs
         .iter()
-        .map(|(name, v): &(String, ValueId)| {
-            values[v.index()].as_ref().map(|t| t.clone().into_owned()).with_context(|| format!("output {name} is undefined"))
-        })
+        .map(|(name, v): &(String, ValueId)| values[v.index()].as_ref().map(|t| t.clone().into_owned()).with_context(|| format!("output {name} is undefined")))
         .collect()
 }
 
@@ -188,8 +186,9 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
         Op::Scan(scan) => run_scan(scan, ins, env, prec),
         Op::Grad(_) => bail!("grad is not executable: the inner-autodiff pass expands it first"),
         // A call of the body, in the same symbol bindings.
-        Op::Fused(f) => exec(&f.body, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), env.clone(), prec)
-            .with_context(|| format!("fused body {}", f.body.name)),
+        Op::Fused(f) => {
+            exec(&f.body, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), env.clone(), prec).with_context(|| format!("fused body {}", f.body.name))
+        }
     }
 }
 
@@ -237,15 +236,17 @@ pub fn drive_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, body: &mut ScanBod
     let mut carries: Vec<Tensor> = ins[..nc].iter().map(|&t| t.clone()).collect();
     // pieces[output][chunk], filled in visiting order.
     let mut pieces: Vec<Vec<Tensor>> = Vec::new();
-    let order: Box<dyn Iterator<Item = usize>> =
-        if scan.reverse { Box::new((0..n_chunks).rev()) } else { Box::new(0..n_chunks) };
+    let order: Box<dyn Iterator<Item = usize>> = if scan.reverse { Box::new((0..n_chunks).rev()) } else { Box::new(0..n_chunks) };
     for k in order {
         let start = k * scan.chunk;
         let end = (start + scan.chunk).min(total);
         let mut args: Vec<Cow<'_, Tensor>> = carries.drain(..).map(Cow::Owned).collect();
-        args.extend(ins[nc..nc + ns].iter().zip(&iteration).map(|(&t, &it)| {
-            Cow::Owned(if it { slice(t, scan.axis, k, k + 1) } else { slice(t, scan.axis, start, end) })
-        }));
+        args.extend(
+            ins[nc..nc + ns]
+                .iter()
+                .zip(&iteration)
+                .map(|(&t, &it)| Cow::Owned(if it { slice(t, scan.axis, k, k + 1) } else { slice(t, scan.axis, start, end) })),
+        );
         args.extend(ins[nc + ns..].iter().map(|&t| Cow::Borrowed(t)));
         let mut outs = body(args, &env).with_context(|| format!("scan body, chunk {k} (at {start})"))?;
         let rest = outs.split_off(nc);
@@ -267,15 +268,7 @@ pub fn drive_scan(scan: &Scan, ins: &[&Tensor], env: &DimEnv, body: &mut ScanBod
 
 /// The float arithmetic the interpreter needs, for f32 and f64.
 pub trait Real:
-    Copy
-    + PartialOrd
-    + Default
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-    + AddAssign
+    Copy + PartialOrd + Default + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self> + AddAssign
 {
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
@@ -355,9 +348,7 @@ fn unary<R: Real>(u: UnaryOp, x: &[R]) -> Vec<R> {
     x.iter().map(|&v| f(v)).collect()
 }
 
-fn bin<T: Copy + PartialOrd + From<u8> + Add<Output = T> + Sub<Output = T> + Mul<Output = T> + Div<Output = T>>(
-    b: BinaryOp,
-) -> impl Fn(T, T) -> T {
+fn bin<T: Copy + PartialOrd + From<u8> + Add<Output = T> + Sub<Output = T> + Mul<Output = T> + Div<Output = T>>(b: BinaryOp) -> impl Fn(T, T) -> T {
     move |x, y| match b {
         BinaryOp::Add => x + y,
         BinaryOp::Sub => x - y,
@@ -486,9 +477,7 @@ fn strided(t: &Tensor, base: usize, strides: &[usize], shape: Vec<usize>) -> Ten
         let keep = shape.iter().rposition(|&n| n != 1).map_or(0, |i| i + 1);
         let (shape, strides) = (&shape[..keep], &strides[..keep]);
         match (shape.split_last(), strides.split_last()) {
-            (Some((&len, outer)), Some((&1, outer_strides))) => {
-                for_each_offset(outer, outer_strides, base, |o| out.extend_from_slice(&v[o..o + len]))
-            }
+            (Some((&len, outer)), Some((&1, outer_strides))) => for_each_offset(outer, outer_strides, base, |o| out.extend_from_slice(&v[o..o + len])),
             (Some((&len, outer)), Some((&step, outer_strides))) => {
                 for_each_offset(outer, outer_strides, base, |o| out.extend((0..len).map(|j| v[o + j * step])))
             }
@@ -723,7 +712,6 @@ fn tri_mask<R: Real>(v: &[R], rows: usize, cols: usize, fill: f64) -> Vec<R> {
     }
     out
 }
-
 
 fn float_tensor(prec: Precision, shape: Vec<usize>, v: Vec<f64>) -> Tensor {
     match prec {

@@ -45,30 +45,66 @@ pub enum Op {
     Unary(UnaryOp),
     Binary(BinaryOp),
     /// A scalar (shape `[]`) that broadcasts against anything.
-    Const { value: f64, dtype: DType },
+    Const {
+        value: f64,
+        dtype: DType,
+    },
     /// `[0, 1, …, len-1]`.
-    Iota { len: Dim, dtype: DType },
-    Cast { to: DType },
-    Reduce { kind: ReduceKind, axis: usize, keepdim: bool },
+    Iota {
+        len: Dim,
+        dtype: DType,
+    },
+    Cast {
+        to: DType,
+    },
+    Reduce {
+        kind: ReduceKind,
+        axis: usize,
+        keepdim: bool,
+    },
     /// `[…, M, K] × […, K, N] → […, M, N]`, batch dimensions broadcast.
     MatMul,
-    Reshape { shape: Vec<Dim> },
-    Transpose { perm: Vec<usize> },
-    Broadcast { shape: Vec<Dim> },
+    Reshape {
+        shape: Vec<Dim>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Broadcast {
+        shape: Vec<Dim>,
+    },
     /// Python-style bounds: a negative bound counts from the end; `end: None` is the end.
-    Slice { axis: usize, start: i64, end: Option<i64> },
-    Concat { axis: usize },
+    Slice {
+        axis: usize,
+        start: i64,
+        end: Option<i64>,
+    },
+    Concat {
+        axis: usize,
+    },
     /// Zero padding along one axis.
-    Pad { axis: usize, before: usize, after: usize },
+    Pad {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
     /// `table` indexed along `axis` by an i64 index tensor: the index's shape replaces that axis.
-    Gather { axis: usize },
+    Gather {
+        axis: usize,
+    },
     /// `out[index[s…], r…] += updates[s…, r…]` into zeros `[depth, r…]`: the adjoint of `gather`
     /// along axis 0. Operands: updates (f32, the index's shape followed by a row's), index (i64).
-    ScatterAdd { depth: usize },
+    ScatterAdd {
+        depth: usize,
+    },
     /// i64 `[…]` → f32 `[…, depth]`.
-    OneHot { depth: usize },
+    OneHot {
+        depth: usize,
+    },
     /// Over the last two axes, entries above the diagonal (column > row) become `fill`.
-    TriMask { fill: f64 },
+    TriMask {
+        fill: f64,
+    },
     /// The identity, which no pass looks through or merges: a rematerialised computation starts
     /// from barriers so that it is not deduplicated with the original.
     Barrier,
@@ -113,10 +149,7 @@ impl Scan {
     /// `chunk > 1` and its body argument is `1` along the axis.
     pub fn is_iteration_seq(&self, i: usize) -> bool {
         let along = |a: &crate::graph::Arg| self.body.types.get(a.value.index()).and_then(|t| t.shape.get(self.axis)).cloned();
-        self.chunk > 1
-            && i >= self.carries
-            && i - self.carries < self.seqs
-            && self.body.args.get(i).and_then(along).is_some_and(|d| d.is_one())
+        self.chunk > 1 && i >= self.carries && i - self.carries < self.seqs && self.body.args.get(i).and_then(along).is_some_and(|d| d.is_one())
     }
 }
 
@@ -227,7 +260,6 @@ impl Op {
         UnaryOp::Sin,
         UnaryOp::Cos,
     ];
-    pub const BINARY: [BinaryOp; 6] =
-        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Ge];
+    pub const BINARY: [BinaryOp; 6] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Ge];
     pub const REDUCE: [ReduceKind; 3] = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max];
 }

@@ -63,8 +63,7 @@ pub fn print(g: &Graph) -> String {
 
 fn is_ident(s: &str) -> bool {
     let mut cs = s.chars();
-    matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn quote(s: &str) -> String {
@@ -137,11 +136,9 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             let ps: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
             vec![("perm", format!("[{}]", ps.join(",")))]
         }
-        Op::Slice { axis, start, end } => vec![
-            ("axis", axis.to_string()),
-            ("start", start.to_string()),
-            ("end", end.map_or("none".to_string(), |e| e.to_string())),
-        ],
+        Op::Slice { axis, start, end } => {
+            vec![("axis", axis.to_string()), ("start", start.to_string()), ("end", end.map_or("none".to_string(), |e| e.to_string()))]
+        }
         Op::Concat { axis } | Op::Gather { axis } => vec![("axis", axis.to_string())],
         Op::Pad { axis, before, after } => {
             vec![("axis", axis.to_string()), ("before", before.to_string()), ("after", after.to_string())]
@@ -149,12 +146,7 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::OneHot { depth } | Op::ScatterAdd { depth } => vec![("depth", depth.to_string())],
         Op::TriMask { fill } => vec![("fill", float(*fill))],
         Op::Scan(s) => {
-            let mut a = vec![
-                ("axis", s.axis.to_string()),
-                ("chunk", s.chunk.to_string()),
-                ("carries", s.carries.to_string()),
-                ("seqs", s.seqs.to_string()),
-            ];
+            let mut a = vec![("axis", s.axis.to_string()), ("chunk", s.chunk.to_string()), ("carries", s.carries.to_string()), ("seqs", s.seqs.to_string())];
             if s.reverse {
                 a.push(("reverse", "true".to_string()));
             }

@@ -3,9 +3,7 @@
 mod common;
 
 use common::*;
-use tttc_ir::{
-    run, BinaryOp, DType, Data, Dim, Graph, Op, Precision, ReduceKind, Tensor, Type, UnaryOp, ValueId,
-};
+use tttc_ir::{run, BinaryOp, DType, Data, Dim, Graph, Op, Precision, ReduceKind, Tensor, Type, UnaryOp, ValueId};
 
 const BOTH: [Precision; 2] = [Precision::F32, Precision::F64];
 
@@ -330,11 +328,7 @@ fn matmul_against_loops() {
             }
         }
     }
-    check(
-        &g,
-        &[tf(&sa, av.clone()), tf(&sb, bv.clone())],
-        &[Want::F(out.to_vec(), want), Want::F(vec![4, 2], want2), Want::F(vec![3, 4, 2], want3)],
-    );
+    check(&g, &[tf(&sa, av.clone()), tf(&sb, bv.clone())], &[Want::F(out.to_vec(), want), Want::F(vec![4, 2], want2), Want::F(vec![3, 4, 2], want3)]);
 }
 
 #[test]
@@ -359,12 +353,7 @@ fn reshape_transpose_broadcast() {
     check(
         &g,
         &[tf(&shape, xv.clone()), tf(&[3, 1], sv.clone())],
-        &[
-            Want::F(vec![6, 4], wide(&xv)),
-            Want::F(vec![4, 2, 3], want_t),
-            Want::F(vec![2, 4, 3], want_t2),
-            Want::F(vec![2, 3, 4], want_b),
-        ],
+        &[Want::F(vec![6, 4], wide(&xv)), Want::F(vec![4, 2, 3], want_t), Want::F(vec![2, 4, 3], want_t2), Want::F(vec![2, 3, 4], want_b)],
     );
 }
 
@@ -378,9 +367,7 @@ fn slices_with_negative_and_open_bounds() {
         let v = g.slice(x, axis, start, end).unwrap();
         g.output(&format!("s{k}"), v);
     }
-    let cols = |cs: std::ops::Range<usize>| -> Vec<f64> {
-        (0..2).flat_map(|r| cs.clone().map(move |c| (r, c))).map(|(r, c)| xv[r * 5 + c] as f64).collect()
-    };
+    let cols = |cs: std::ops::Range<usize>| -> Vec<f64> { (0..2).flat_map(|r| cs.clone().map(move |c| (r, c))).map(|(r, c)| xv[r * 5 + c] as f64).collect() };
     check(
         &g,
         &[tf(&[2, 5], xv.clone())],
@@ -502,12 +489,8 @@ fn gather_and_one_hot() {
     let t64 = wide(&tv);
     let want_rows: Vec<f64> = iv.iter().flat_map(|&r| t64[r as usize * 3..r as usize * 3 + 3].to_vec()).collect();
     let want_picked: Vec<f64> = (0..4).flat_map(|r| cv.iter().map(move |&k| (r, k))).map(|(r, k)| t64[r * 3 + k as usize]).collect();
-    let hot = |ks: &[i64], depth: usize| -> Vec<f64> {
-        ks.iter().flat_map(|&k| (0..depth).map(move |j| if j as i64 == k { 1.0 } else { 0.0 })).collect()
-    };
-    let args = |iv: Vec<i64>, cv: Vec<i64>| {
-        vec![tf(&[4, 3], tv.clone()), ti(&[2, 2], iv), ti(&[2], cv), ti(&[3], vec![10, 20, 30])]
-    };
+    let hot = |ks: &[i64], depth: usize| -> Vec<f64> { ks.iter().flat_map(|&k| (0..depth).map(move |j| if j as i64 == k { 1.0 } else { 0.0 })).collect() };
+    let args = |iv: Vec<i64>, cv: Vec<i64>| vec![tf(&[4, 3], tv.clone()), ti(&[2, 2], iv), ti(&[2], cv), ti(&[3], vec![10, 20, 30])];
     check(
         &g,
         &args(iv.clone(), cv.clone()),
@@ -544,12 +527,8 @@ fn tri_mask() {
     g.output("mx", mx);
     g.output("my", my);
     let (xv, yv) = (vals(18), vals(6));
-    let want_x: Vec<f64> = indices(&[2, 3, 3])
-        .iter()
-        .map(|i| if i[2] > i[1] { f64::NEG_INFINITY } else { xv[at(&[2, 3, 3], i)] as f64 })
-        .collect();
-    let want_y: Vec<f64> =
-        indices(&[2, 3]).iter().map(|i| if i[1] > i[0] { 0.0 } else { yv[at(&[2, 3], i)] as f64 }).collect();
+    let want_x: Vec<f64> = indices(&[2, 3, 3]).iter().map(|i| if i[2] > i[1] { f64::NEG_INFINITY } else { xv[at(&[2, 3, 3], i)] as f64 }).collect();
+    let want_y: Vec<f64> = indices(&[2, 3]).iter().map(|i| if i[1] > i[0] { 0.0 } else { yv[at(&[2, 3], i)] as f64 }).collect();
     check(&g, &[tf(&[2, 3, 3], xv), tf(&[2, 3], yv)], &[Want::F(vec![2, 3, 3], want_x), Want::F(vec![2, 3], want_y)]);
 }
 
@@ -599,11 +578,7 @@ fn scan_with_chunk_1_and_a_unit_chunk_dim() {
         }
         h_end.push(h);
     }
-    check(
-        &g,
-        &[tf(&[b, 1], h0), tf(&[b, t], xv), tf(&[], vec![a])],
-        &[Want::F(vec![b, 1], h_end), Want::F(vec![b, t], hs)],
-    );
+    check(&g, &[tf(&[b, 1], h0), tf(&[b, t], xv), tf(&[], vec![a])], &[Want::F(vec![b, 1], h_end), Want::F(vec![b, t], hs)]);
 }
 
 #[test]
@@ -701,11 +676,7 @@ fn reverse_scan_visits_ragged_chunks_last_to_first() {
             suffix.extend((0..t).map(|i| row[i..].iter().sum::<f64>()));
             seen.extend((0..n_chunks).map(|k| row[((k + 1) * chunk).min(t)..].iter().sum::<f64>()));
         }
-        check(
-            &g,
-            &[tf(&[b, t], xv.clone())],
-            &[Want::F(vec![b, 1], total), Want::F(vec![b, t], suffix), Want::F(vec![b, n_chunks], seen)],
-        );
+        check(&g, &[tf(&[b, t], xv.clone())], &[Want::F(vec![b, 1], total), Want::F(vec![b, t], suffix), Want::F(vec![b, n_chunks], seen)]);
     }
 }
 
@@ -727,20 +698,14 @@ fn symbolic_dims_bind_from_arguments() {
     for (b, t) in [(2usize, 3usize), (1, 5), (3, 1)] {
         let xv = vals(b * t);
         let yv: Vec<f32> = (0..t).map(|k| k as f32 * 0.5).collect();
-        let want_r: Vec<f64> =
-            (0..b * t).map(|i| xv[i] as f64 + yv[i % t] as f64 + (i % t) as f64).collect();
+        let want_r: Vec<f64> = (0..b * t).map(|i| xv[i] as f64 + yv[i % t] as f64 + (i % t) as f64).collect();
         let want_bc: Vec<f64> = (0..b * 2 * t).map(|i| yv[i % t] as f64).collect();
         let mut want_p = wide(&yv);
         want_p.push(0.0);
         check(
             &g,
             &[tf(&[b, t], xv.clone()), tf(&[t], yv)],
-            &[
-                Want::F(vec![b, t, 1], want_r),
-                Want::F(vec![b, 2, t], want_bc),
-                Want::F(vec![t + 1], want_p),
-                Want::F(vec![b, t], wide(&xv)),
-            ],
+            &[Want::F(vec![b, t, 1], want_r), Want::F(vec![b, 2, t], want_bc), Want::F(vec![t + 1], want_p), Want::F(vec![b, t], wide(&xv))],
         );
     }
     // Arguments that disagree on T, or on rank, dtype or count, are errors naming the argument.

@@ -213,9 +213,7 @@ fn scan_example() -> Graph {
     let ids_f = body.cast(ids, DType::F32).unwrap();
     let ids_f = body.reshape(ids_f, vec![d("B"), d("n"), c(1)]).unwrap();
     let y = body.add(xw, ids_f).unwrap();
-    let inner_outs = body
-        .scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 1, body: inner, reverse: false }, &[state, y])
-        .unwrap();
+    let inner_outs = body.scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 1, body: inner, reverse: false }, &[state, y]).unwrap();
     body.output("state", inner_outs[0]);
     body.output("y", inner_outs[1]);
 
@@ -251,10 +249,7 @@ fn every_op_is_covered() {
     let mut all: Vec<&str> = Op::UNARY.iter().map(|&u| Op::Unary(u).name()).collect();
     all.extend(Op::BINARY.iter().map(|&b| Op::Binary(b).name()));
     all.extend(Op::REDUCE.iter().map(|&k| Op::Reduce { kind: k, axis: 0, keepdim: false }.name()));
-    all.extend([
-        "const", "iota", "cast", "matmul", "reshape", "transpose", "broadcast", "slice", "concat", "pad", "gather",
-        "one_hot", "tri_mask", "scan",
-    ]);
+    all.extend(["const", "iota", "cast", "matmul", "reshape", "transpose", "broadcast", "slice", "concat", "pad", "gather", "one_hot", "tri_mask", "scan"]);
     for n in all {
         assert!(names.contains(&n), "no test graph uses {n}");
     }
@@ -362,10 +357,7 @@ fn errors_name_the_line_and_what_was_expected() {
         ("  %0 = exp(%0) : f32[2]\n  return y=%0\n}\n", "line 2: %0 is defined twice"),
         ("  %1 = frobnicate(%0) : f32[2]\n  return y=%1\n}\n", "line 2: unknown op 'frobnicate'"),
         ("  %1 = slice(%0) {axis=0, start=0} : f32[2]\n  return y=%1\n}\n", "line 2: slice needs attribute 'end'"),
-        (
-            "  %1 = slice(%0) {axis=0,\n start=0, end=none, step=2} : f32[2]\n  return y=%1\n}\n",
-            "line 3: slice has no attribute 'step'",
-        ),
+        ("  %1 = slice(%0) {axis=0,\n start=0, end=none, step=2} : f32[2]\n  return y=%1\n}\n", "line 3: slice has no attribute 'step'"),
         ("  %1 = pad(%0) {axis=0, before=-1, after=0} : f32[2]\n  return y=%1\n}\n", "before' of pad must be a non-negative integer"),
         ("  %1 = exp(%0)\n  return y=%1\n}\n", "line 2: exp has 1 results but 0 result types"),
         ("  %1 = exp(%0) : f32[2]\n  return y=%1\n", "line 3: expected '}' to close the graph body, found end of input"),
@@ -425,10 +417,47 @@ fn garbled_text_never_panics() {
         }
     }
     let pieces = [
-        "(", ")", "{", "}", "[", "]", ",", ":", "=", "+", "-", "%", "\"", "\\", "0", "1", "-1", "x", " ", "\n",
-        "99999999999999999999", "-9223372036854775808", "9223372036854775807", "18446744073709551615",
-        "1e400", "inf", "-inf", "NaN", "body", "graph", "return", "scan", "f32", "i64", "none", "//", "%0", "%99",
-        "T", "T-1", "é",
+        "(",
+        ")",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "=",
+        "+",
+        "-",
+        "%",
+        "\"",
+        "\\",
+        "0",
+        "1",
+        "-1",
+        "x",
+        " ",
+        "\n",
+        "99999999999999999999",
+        "-9223372036854775808",
+        "9223372036854775807",
+        "18446744073709551615",
+        "1e400",
+        "inf",
+        "-inf",
+        "NaN",
+        "body",
+        "graph",
+        "return",
+        "scan",
+        "f32",
+        "i64",
+        "none",
+        "//",
+        "%0",
+        "%99",
+        "T",
+        "T-1",
+        "é",
     ];
     let mut seed: u64 = std::env::var("TTTC_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
     let mut rand = |n: usize| {

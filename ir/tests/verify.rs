@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use tttc_ir::{verify, ArgKind, Arg, BinaryOp, Graph, Node, Op, Scan, UnaryOp, ValueId};
+use tttc_ir::{verify, Arg, ArgKind, BinaryOp, Graph, Node, Op, Scan, UnaryOp, ValueId};
 
 fn verify_err(g: &Graph) -> String {
     match verify(g) {

@@ -129,7 +129,12 @@ pub fn gradient_graph_wrt(g: &Graph, loss: &str, segments: usize, inputs: &[&str
     let mut params: Vec<(String, ValueId)> =
         g.args.iter().zip(&args).filter(|(a, _)| a.kind == tttc_ir::ArgKind::Param).map(|(a, &v)| (a.name.clone(), v)).collect();
     for &name in inputs {
-        let (a, &v) = g.args.iter().zip(&args).find(|(a, _)| a.kind == tttc_ir::ArgKind::Input && a.name == name).with_context(|| format!("the graph has no input {name}"))?;
+        let (a, &v) = g
+            .args
+            .iter()
+            .zip(&args)
+            .find(|(a, _)| a.kind == tttc_ir::ArgKind::Input && a.name == name)
+            .with_context(|| format!("the graph has no input {name}"))?;
         ensure!(g.ty(a.value).dtype == DType::F32, "input {name} is not f32: it has no gradient");
         params.push((name.to_string(), v));
     }
@@ -183,7 +188,13 @@ fn segment_starts(g: &Graph, segments: usize) -> Vec<usize> {
             }
         }
     }
-    let live: Vec<i64> = delta.iter().scan(0i64, |acc, d| { *acc += d; Some(*acc) }).collect();
+    let live: Vec<i64> = delta
+        .iter()
+        .scan(0i64, |acc, d| {
+            *acc += d;
+            Some(*acc)
+        })
+        .collect();
     let per = n as f64 / segments as f64;
     let mut starts = vec![0];
     for k in 1..segments {
@@ -468,11 +479,7 @@ fn vjp(g: &mut Graph, node: &Node, seeds: &[Option<ValueId>]) -> Result<Vec<Opti
             let xt = g.ty(x(0)).clone();
             let mut kept = xt.shape.clone();
             kept[*axis] = Dim::c(1);
-            let (dk, yk) = if *keepdim {
-                (d, y)
-            } else {
-                (g.reshape(d, kept.clone())?, g.reshape(y, kept)?)
-            };
+            let (dk, yk) = if *keepdim { (d, y) } else { (g.reshape(d, kept.clone())?, g.reshape(y, kept)?) };
             let spread = g.broadcast(dk, xt.shape.clone())?;
             vec![Some(match kind {
                 ReduceKind::Sum => spread,
@@ -664,9 +671,7 @@ fn concat_vjp(g: &mut Graph, d: ValueId, ins: &[ValueId], axis: usize) -> Result
             _ if i + 1 == ins.len() => Some(None),
             _ => sum(&lens[i + 1..]).map(|n| Some(-n)),
         };
-        let (Some(start), Some(end)) = (start, end) else {
-            bail!("the adjoint of concat needs the lengths before or after each operand to be static")
-        };
+        let (Some(start), Some(end)) = (start, end) else { bail!("the adjoint of concat needs the lengths before or after each operand to be static") };
         out.push(Some(g.slice(d, axis as i64, start, end)?));
     }
     Ok(out)

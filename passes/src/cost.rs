@@ -58,12 +58,7 @@ pub struct Cost {
 impl Cost {
     /// The cost of doing this `k` times (`unestimated` stays: it counts nodes, not executions).
     pub fn times(self, k: u64) -> Result<Cost> {
-        Ok(Cost {
-            flops: mul(self.flops, k)?,
-            bytes: mul(self.bytes, k)?,
-            intermediate_bytes: mul(self.intermediate_bytes, k)?,
-            unestimated: self.unestimated,
-        })
+        Ok(Cost { flops: mul(self.flops, k)?, bytes: mul(self.bytes, k)?, intermediate_bytes: mul(self.intermediate_bytes, k)?, unestimated: self.unestimated })
     }
 
     /// `self + o`, failing on overflow.
@@ -128,14 +123,7 @@ fn node_cost_inner(g: &Graph, node: &Node, env: &DimEnv) -> Result<Cost> {
         Some(&v) => elements(g.ty(v), env)?,
         None => 0,
     };
-    let plain = |flops: u64, read: u64| -> Result<Cost> {
-        Ok(Cost {
-            flops,
-            bytes: add(read, out_bytes)?,
-            intermediate_bytes: out_bytes,
-            unestimated: 0,
-        })
-    };
+    let plain = |flops: u64, read: u64| -> Result<Cost> { Ok(Cost { flops, bytes: add(read, out_bytes)?, intermediate_bytes: out_bytes, unestimated: 0 }) };
     #[allow(unreachable_patterns)] // a new op without a rule lands in the last arm
     match &node.op {
         Op::Unary(_) | Op::Binary(_) | Op::Cast { .. } | Op::TriMask { .. } | Op::OneHot { .. } => plain(out_elems, in_bytes),

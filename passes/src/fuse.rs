@@ -319,9 +319,7 @@ fn producers(g: &Graph) -> Vec<Option<usize>> {
 fn argument_only(g: &Graph, producer: &[Option<usize>]) -> Vec<bool> {
     let mut arg_only = vec![false; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
-        arg_only[i] = !is_anchor(&n.op)
-            && n.op.body().is_none()
-            && n.inputs.iter().all(|v| producer[v.index()].is_none_or(|p| arg_only[p]));
+        arg_only[i] = !is_anchor(&n.op) && n.op.body().is_none() && n.inputs.iter().all(|v| producer[v.index()].is_none_or(|p| arg_only[p]));
     }
     arg_only
 }

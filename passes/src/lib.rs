@@ -8,11 +8,11 @@ mod hoist;
 mod simplify;
 
 pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt};
-pub use dual_form::{derive_with_report, DualFormReport};
-pub use simplify::simplify;
 pub use dce::{dead_code_elimination, keep_outputs};
+pub use dual_form::{derive_with_report, DualFormReport};
 pub use fuse::{fuse, fuse_with_report, FuseReport};
 pub use hoist::{hoist_invariants, Hoisted};
+pub use simplify::simplify;
 pub mod cost;
 mod manager;
 

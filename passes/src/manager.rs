@@ -106,12 +106,7 @@ pub fn run_passes(passes: &[Pass], g: &Graph, stop_after: Option<&str>) -> Resul
 
 /// [`run_passes`], calling `observe` with each pass's result as soon as the pass is done (for
 /// progress output).
-pub fn run_passes_observed(
-    passes: &[Pass],
-    g: &Graph,
-    stop_after: Option<&str>,
-    mut observe: impl FnMut(&PassResult),
-) -> Result<Vec<PassResult>> {
+pub fn run_passes_observed(passes: &[Pass], g: &Graph, stop_after: Option<&str>, mut observe: impl FnMut(&PassResult)) -> Result<Vec<PassResult>> {
     let last = match stop_after {
         None => passes.len(),
         Some(name) => match passes.iter().position(|p| p.name == name) {

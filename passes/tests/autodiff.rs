@@ -159,9 +159,7 @@ fn data_movement() {
     let t = [f32t(&[2, 3, 4])];
     check("reshape", &t, &d, |g, x| g.reshape(x[0], vec![Dim::c(6), Dim::c(4)]));
     check("transpose", &t, &d, |g, x| g.transpose(x[0], &[2, 0, 1]));
-    check("broadcast", &[f32t(&[3, 1])], &data(&[&[3, 1]], -1.0, 1.0), |g, x| {
-        g.broadcast(x[0], vec![Dim::c(2), Dim::c(3), Dim::c(4)])
-    });
+    check("broadcast", &[f32t(&[3, 1])], &data(&[&[3, 1]], -1.0, 1.0), |g, x| g.broadcast(x[0], vec![Dim::c(2), Dim::c(3), Dim::c(4)]));
     check("slice", &t, &d, |g, x| g.slice(x[0], 1, 1, Some(-1)));
     check("slice tail", &t, &d, |g, x| g.slice(x[0], 2, -2, None));
     check("pad", &t, &d, |g, x| g.pad(x[0], 1, 2, 1));

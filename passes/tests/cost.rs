@@ -87,16 +87,16 @@ fn data_movement_is_free_of_flops_and_i64_is_8_bytes() {
     let costs = per_node(&g, &e);
     let names: Vec<&str> = g.nodes.iter().map(|n| n.op.name()).collect();
     let want: Vec<(&str, Cost)> = vec![
-        ("gather", c(0, 80 + 160 + 160, 160)),   // reads the index and the 10 gathered rows only
-        ("slice", c(0, 128 + 128, 128)),         // [2,4,4]: reads only what it copies
+        ("gather", c(0, 80 + 160 + 160, 160)), // reads the index and the 10 gathered rows only
+        ("slice", c(0, 128 + 128, 128)),       // [2,4,4]: reads only what it copies
         ("transpose", c(0, 160 + 160, 160)),
-        ("one_hot", c(100, 80 + 400, 400)),      // one per output element
-        ("cast", c(10, 80 + 40, 40)),            // i64 in, f32 out
-        ("pad", c(0, 40 + 56, 56)),              // [2,7]
-        ("concat", c(0, 160 + 160 + 320, 320)),  // [2,5,8]
+        ("one_hot", c(100, 80 + 400, 400)),     // one per output element
+        ("cast", c(10, 80 + 40, 40)),           // i64 in, f32 out
+        ("pad", c(0, 40 + 56, 56)),             // [2,7]
+        ("concat", c(0, 160 + 160 + 320, 320)), // [2,5,8]
         ("reshape", c(0, 160 + 160, 160)),
-        ("broadcast", c(0, 40 + 120, 120)),      // [3,2,5]
-        ("iota", c(0, 40, 40)),                  // i64 [5]
+        ("broadcast", c(0, 40 + 120, 120)), // [3,2,5]
+        ("iota", c(0, 40, 40)),             // i64 [5]
         ("tri_mask", c(100, 400 + 400, 400)),
     ];
     assert_eq!(names, want.iter().map(|w| w.0).collect::<Vec<_>>());

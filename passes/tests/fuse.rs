@@ -9,8 +9,6 @@ use common::*;
 use tttc_ir::{DType, Dim, DimEnv, Graph, Op, Precision, ReduceKind, Tensor, Type, UnaryOp};
 use tttc_passes::cost::{graph_cost, intermediate_bytes, node_cost, Cost};
 
-
-
 /// The graph after `dce` (what `fuse` receives) and after `fuse` (the end of the pipeline).
 fn unfused_and_fused(g: &Graph) -> (Graph, Graph) {
     let results = tttc_passes::run_pipeline(g, None).unwrap();

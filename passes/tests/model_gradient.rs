@@ -2,8 +2,8 @@
 //! expanded inner gradient) against central finite differences, in f64, on tiny seeded models of
 //! every family.
 
-use tttc_ir::{run, ArgKind, Graph, Precision, Tensor};
 use tttc_frontends::Mode;
+use tttc_ir::{run, ArgKind, Graph, Precision, Tensor};
 use tttc_passes::{dead_code_elimination, expand_grads, gradient_graph, gradient_graph_wrt, keep_outputs};
 
 fn eval(g: &Graph, weights: &std::collections::BTreeMap<String, Tensor>, ids: &Tensor) -> Vec<Tensor> {
@@ -134,7 +134,8 @@ fn state_gradients_match_finite_differences() {
         let first = expand_grads(&tttc_frontends::build_for(&model.config, Mode::Run).unwrap().g).unwrap();
         let ids = Tensor::i64(vec![2, 5], (0..10).map(|i| (i * 3 + 1) % 11).collect());
         let outs = eval_named(&first, &model.weights, &[("input_ids".into(), ids)]);
-        let state: Vec<(String, Tensor)> = first.outputs.iter().zip(outs).filter(|((n, _), _)| n.starts_with("state.")).map(|((n, _), t)| (n.clone(), t)).collect();
+        let state: Vec<(String, Tensor)> =
+            first.outputs.iter().zip(outs).filter(|((n, _), _)| n.starts_with("state.")).map(|((n, _), t)| (n.clone(), t)).collect();
         let position = state.iter().find(|(n, _)| n == "state.position").unwrap().1.to_f64().unwrap()[0] as usize;
         let resumed = expand_grads(&tttc_frontends::build_for(&model.config, Mode::Resume { position }).unwrap().g).unwrap();
         let wrt: Vec<&str> = resumed.args.iter().filter(|a| a.kind == ArgKind::Input && a.name.starts_with("state.")).map(|a| a.name.as_str()).collect();
@@ -156,7 +157,10 @@ fn state_gradients_match_finite_differences() {
             });
         }
         // The gradient sums A and the windows matter: some state entries move the loss.
-        assert!(out[1..].iter().skip(grads.outputs.len() - 1 - wrt.len()).all(|g| g.to_f64().unwrap().iter().any(|x| x.abs() > 1e-9)), "{config}: a state gradient is all zero");
+        assert!(
+            out[1..].iter().skip(grads.outputs.len() - 1 - wrt.len()).all(|g| g.to_f64().unwrap().iter().any(|x| x.abs() > 1e-9)),
+            "{config}: a state gradient is all zero"
+        );
         assert!(checked >= 2 * wrt.len(), "{config}: only {checked} entries checked");
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -7,8 +7,6 @@ use common::*;
 
 use tttc_ir::{Graph, Op, Precision, Tensor};
 
-
-
 /// The IR of a tiny example as built and after each pass. Review changes: the snapshots show
 /// what each pass does to a real model (for TTT, the scan body is where the inner gradient and
 /// the dual form live).
@@ -50,11 +48,7 @@ fn has_grad(g: &Graph) -> bool {
 
 /// Runs a graph of `model` on `ids` with the model's (seeded) weights.
 fn execute(g: &Graph, model: &tttc_frontends::Model, ids: &Tensor) -> Vec<Tensor> {
-    let args: Vec<&Tensor> = g
-        .args
-        .iter()
-        .map(|a| if a.name == "input_ids" { ids } else { &model.weights[&a.name] })
-        .collect();
+    let args: Vec<&Tensor> = g.args.iter().map(|a| if a.name == "input_ids" { ids } else { &model.weights[&a.name] }).collect();
     tttc_ir::run(g, &args, Precision::F32).unwrap()
 }
 

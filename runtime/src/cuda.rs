@@ -73,7 +73,14 @@ impl Device for CudaDevice {
         // SAFETY: every parameter is a u64 device pointer into memory this device allocated, as
         // the kernel declares; the values outlive the call (the driver copies them at launch).
         unsafe {
-            result::launch_kernel(self.functions[kernel].cu_function(), (grid[0], grid[1], grid[2]), (block[0], block[1], block[2]), 0, std::ptr::null_mut(), &mut pointers)?;
+            result::launch_kernel(
+                self.functions[kernel].cu_function(),
+                (grid[0], grid[1], grid[2]),
+                (block[0], block[1], block[2]),
+                0,
+                std::ptr::null_mut(),
+                &mut pointers,
+            )?;
         }
         Ok(())
     }

@@ -68,7 +68,9 @@ impl Decoder {
     pub fn new(model: &Model) -> Result<Decoder> {
         let prefill = tttc_frontends::build_for(&model.config, Mode::Prefill)?;
         let step = tttc_frontends::build_for(&model.config, Mode::Step)?;
-        let compile = |g: &tttc_ir::Graph, what: &str| -> Result<Executable> { Ok(Executable::new(tttc_passes::compile(g).with_context(|| format!("compiling the {what} graph"))?)) };
+        let compile = |g: &tttc_ir::Graph, what: &str| -> Result<Executable> {
+            Ok(Executable::new(tttc_passes::compile(g).with_context(|| format!("compiling the {what} graph"))?))
+        };
         let (prep, step_graph) = match tttc_passes::hoist_invariants(&step.g)? {
             Some(h) => (Some(compile(&h.prep, "step's weight-only")?), h.main),
             None => (None, step.g),
@@ -93,7 +95,16 @@ impl Decoder {
     /// `on_token(k, tokens)` with the k-th new token of every row as soon as it is chosen. With
     /// `start` (a saved state, docs/state.md) the prompt continues the sequence that state ended.
     #[allow(clippy::too_many_arguments)]
-    pub fn generate(&self, weights: &Weights, prompt: &Tensor, start: Option<&State>, new_tokens: usize, sampling: &Sampling, backend: Backend, mut on_token: impl FnMut(usize, &[i64])) -> Result<Generated> {
+    pub fn generate(
+        &self,
+        weights: &Weights,
+        prompt: &Tensor,
+        start: Option<&State>,
+        new_tokens: usize,
+        sampling: &Sampling,
+        backend: Backend,
+        mut on_token: impl FnMut(usize, &[i64]),
+    ) -> Result<Generated> {
         check_input_ids(prompt, self.vocab)?;
         ensure!(!backend.forward_only(), "--backend {} compiles one forward pass at fixed sizes; generate runs on cpu or interp", backend.name());
         ensure!(new_tokens > 0, "--max-new-tokens must be at least 1");

@@ -2,14 +2,14 @@
 //! tensor files.
 
 pub mod bench;
-pub mod generate;
-mod io;
-pub mod train;
 pub mod compare;
 mod cuda;
+pub mod generate;
+mod io;
 pub mod packed;
-pub mod state;
 pub mod plot;
+pub mod state;
+pub mod train;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_frontends::weights::Weights;
@@ -318,10 +318,10 @@ fn arguments<'a>(graph: &Graph, weights: &'a Weights, inputs: &[(&str, &'a Tenso
         .args
         .iter()
         .map(|a| match a.kind {
-            tttc_ir::ArgKind::Input => inputs.iter().find(|(n, _)| *n == a.name).map(|(_, t)| *t).with_context(|| format!("graph input {} has no value", a.name)),
+            tttc_ir::ArgKind::Input => {
+                inputs.iter().find(|(n, _)| *n == a.name).map(|(_, t)| *t).with_context(|| format!("graph input {} has no value", a.name))
+            }
             tttc_ir::ArgKind::Param => weights.get(&a.name).with_context(|| format!("no weight {}", a.name)),
         })
         .collect()
 }
-
-

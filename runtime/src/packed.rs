@@ -49,8 +49,8 @@ pub fn forward_packed(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend:
     let (forward, states) = each_sequence(model, ids, &bounds, |n, seq| {
         let start = &starts[n];
         let at = state::position(start)?;
-        if !graphs.contains_key(&at) {
-            graphs.insert(at, SequenceGraphs::new(&state::resumed_graph(model, start)?)?);
+        if let std::collections::btree_map::Entry::Vacant(e) = graphs.entry(at) {
+            e.insert(SequenceGraphs::new(&state::resumed_graph(model, start)?)?);
         }
         let exe = graphs[&at].for_length(seq.shape[1]);
         run_compiled(exe, &model.weights, seq, state::arguments(&exe.graph, start, 1)?, backend)
@@ -73,7 +73,11 @@ impl SequenceGraphs {
     }
 
     fn for_length(&self, len: usize) -> &Executable {
-        if len > 1 { &self.whole } else { &self.single }
+        if len > 1 {
+            &self.whole
+        } else {
+            &self.single
+        }
     }
 }
 
@@ -92,7 +96,8 @@ impl PackedRunner {
 
     pub fn run(&self, model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend) -> Result<Packed> {
         let bounds = boundaries(cu_seqlens, ids)?;
-        let (forward, states) = each_sequence(model, ids, &bounds, |_, seq| run_compiled(self.graphs.for_length(seq.shape[1]), &model.weights, seq, Vec::new(), backend))?;
+        let (forward, states) =
+            each_sequence(model, ids, &bounds, |_, seq| run_compiled(self.graphs.for_length(seq.shape[1]), &model.weights, seq, Vec::new(), backend))?;
         Ok(Packed { forward, states: self.with_state.then_some(states) })
     }
 }
@@ -100,7 +105,12 @@ impl PackedRunner {
 /// Runs `sequence` on each sequence of the packed batch (its index and its `input_ids`
 /// `[1, len]`) between the `bounds` [`boundaries`] gives, lays the logits end to end and averages
 /// the loss over every target.
-fn each_sequence(model: &Model, ids: &Tensor, bounds: &[usize], mut sequence: impl FnMut(usize, &Tensor) -> Result<(Forward, State)>) -> Result<(Forward, Vec<State>)> {
+fn each_sequence(
+    model: &Model,
+    ids: &Tensor,
+    bounds: &[usize],
+    mut sequence: impl FnMut(usize, &Tensor) -> Result<(Forward, State)>,
+) -> Result<(Forward, Vec<State>)> {
     check_input_ids(ids, model.config.vocab_size())?;
     let row = ids.as_i64().expect("checked above");
     let (mut logits, mut vocab) = (Vec::new(), 0);

@@ -77,7 +77,8 @@ where
     {
         let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root).caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(x, y)?;
+        let mut chart =
+            ChartBuilder::on(&root).caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(x, y)?;
         // Two significant figures at least: 0.25, 2.5, 25, 250.
         let whole = |v: &f64| if *v >= 10.0 { format!("{v:.0}") } else { format!("{v:.*}", (1.0 - v.log10().floor()).max(1.0) as usize) };
         let mut mesh = chart.configure_mesh();

@@ -193,9 +193,7 @@ fn resolve_new(c: &OptionChoices) -> Result<TrainOptions> {
 fn resolve_resume(c: &OptionChoices, saved: &TrainOptions) -> Result<TrainOptions> {
     fn same<T: PartialEq + std::fmt::Display>(flag: &str, given: Option<T>, saved: T) -> Result<T> {
         match given {
-            Some(v) if v != saved => bail!(
-                "{flag} {v} differs from the checkpoint's {saved}: a resumed run keeps the options it was trained with"
-            ),
+            Some(v) if v != saved => bail!("{flag} {v} differs from the checkpoint's {saved}: a resumed run keeps the options it was trained with"),
             _ => Ok(saved),
         }
     }
@@ -236,12 +234,7 @@ fn check_options(o: &TrainOptions, key: &dyn Fn(&str) -> String) -> Result<()> {
     ensure!(o.clip.is_finite() && o.clip >= 0.0, "{} must be ≥ 0 (0 turns clipping off), got {}", key("clip"), o.clip);
     ensure!(o.warmup <= o.steps, "{} {} is longer than {} {}", key("warmup"), o.warmup, key("steps"), o.steps);
     ensure!((0.0..=1.0).contains(&o.min_lr_ratio), "{} must be in [0, 1], got {}", key("min_lr_ratio"), o.min_lr_ratio);
-    ensure!(
-        o.val_fraction > 0.0 && o.val_fraction < 1.0,
-        "{} must be between 0 and 1 (exclusive), got {}",
-        key("val_fraction"),
-        o.val_fraction
-    );
+    ensure!(o.val_fraction > 0.0 && o.val_fraction < 1.0, "{} must be between 0 and 1 (exclusive), got {}", key("val_fraction"), o.val_fraction);
     ensure!(o.eval_batches >= 1, "{} must be at least 1", key("eval_batches"));
     ensure!(o.log_every >= 1, "{} must be at least 1", key("log_every"));
     Ok(())
@@ -265,13 +258,7 @@ fn read_corpus(path: &Path, o: &TrainOptions) -> Result<Corpus> {
     ensure!(!bytes.is_empty(), "data file {} is empty", path.display());
     let n_val = (bytes.len() as f64 * o.val_fraction).round() as usize;
     let n_train = bytes.len() - n_val;
-    ensure!(
-        o.context <= n_train,
-        "--context {} is longer than the training split of {} ({n_train} of its {} bytes)",
-        o.context,
-        path.display(),
-        bytes.len()
-    );
+    ensure!(o.context <= n_train, "--context {} is longer than the training split of {} ({n_train} of its {} bytes)", o.context, path.display(), bytes.len());
     ensure!(
         o.eval_every == 0 || o.context <= n_val,
         "--context {} is longer than the validation split of {} ({n_val} of its {} bytes; see --val-fraction)",
@@ -391,8 +378,7 @@ pub fn byte_tokenizer(path: &Path) -> Result<bool> {
     if !path.is_dir() || !tok_path.exists() {
         return Ok(false);
     }
-    let tok: Value = serde_json::from_str(&tttc_files::read_text(&tok_path, Cap::CONFIG)?)
-        .with_context(|| format!("{} is malformed", tok_path.display()))?;
+    let tok: Value = serde_json::from_str(&tttc_files::read_text(&tok_path, Cap::CONFIG)?).with_context(|| format!("{} is malformed", tok_path.display()))?;
     ensure!(tok["kind"] == "bytes", "{} is not a byte tokenizer (kind {})", tok_path.display(), tok["kind"]);
     Ok(true)
 }
@@ -400,8 +386,8 @@ pub fn byte_tokenizer(path: &Path) -> Result<bool> {
 fn read_checkpoint(dir: &Path) -> Result<Resumed> {
     ensure!(dir.is_dir(), "checkpoint {} is not a folder", dir.display());
     let tpath = dir.join("trainer.json");
-    let text = tttc_files::read_text(&tpath, Cap::CONFIG)
-        .with_context(|| format!("{} is not a tttc train checkpoint (cannot read trainer.json)", dir.display()))?;
+    let text =
+        tttc_files::read_text(&tpath, Cap::CONFIG).with_context(|| format!("{} is not a tttc train checkpoint (cannot read trainer.json)", dir.display()))?;
     let trainer: TrainerState = serde_json::from_str(&text).with_context(|| format!("{} is malformed", tpath.display()))?;
     ensure!(trainer.format == FORMAT, "{} has format {:?}, expected {FORMAT:?}", tpath.display(), trainer.format);
     check_options(&trainer.options, &|key| format!("{key} in {}", tpath.display()))?;
@@ -430,9 +416,7 @@ fn read_checkpoint(dir: &Path) -> Result<Resumed> {
     let log = if log_path.exists() {
         tttc_files::read_text(&log_path, Cap::new("a training log tttc can hold in memory", tttc_files::memory::budget()))?
             .lines()
-            .filter(|l| {
-                serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= trainer.step)
-            })
+            .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= trainer.step))
             .map(str::to_string)
             .collect()
     } else {
@@ -470,11 +454,7 @@ fn check_out(out: &Path, resume: Option<&Path>) -> Result<()> {
             if entries.iter().any(|e| e == "trainer.json") {
                 bail!("{} already holds a training checkpoint: pass --resume {} to continue it, or choose another -o", out.display(), out.display());
             }
-            ensure!(
-                entries.iter().all(|e| e == "log.jsonl"),
-                "{} exists and is not empty; not writing a run into it",
-                out.display()
-            );
+            ensure!(entries.iter().all(|e| e == "log.jsonl"), "{} exists and is not empty; not writing a run into it", out.display());
             Ok(())
         }
     }
@@ -590,12 +570,7 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
         (Some(r), given) => {
             if let Some(path) = given {
                 let config = tttc_frontends::load_config(path)?;
-                ensure!(
-                    config == r.model.config,
-                    "model {} differs from the checkpoint {}'s config.json",
-                    path.display(),
-                    r.dir.display()
-                );
+                ensure!(config == r.model.config, "model {} differs from the checkpoint {}'s config.json", path.display(), r.dir.display());
             }
             (tttc_frontends::load(&r.dir, None)?, r.trainer.model.clone())
         }
@@ -616,12 +591,7 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
                 data_path.display(),
                 r.trainer.data.path.display()
             );
-            ensure!(
-                o.steps > r.trainer.step,
-                "nothing to train: the checkpoint is at step {} and --steps is {}",
-                r.trainer.step,
-                o.steps
-            );
+            ensure!(o.steps > r.trainer.step, "nothing to train: the checkpoint is at step {} and --steps is {}", r.trainer.step, o.steps);
             State {
                 step: r.trainer.step,
                 rng: SplitMix64(r.trainer.rng_state),
@@ -710,11 +680,9 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
         let g = step_fn.run(&model.weights, &ids, req.backend)?;
         let loss = g.loss.to_f64().context("loss is a float")?[0];
         ensure!(loss.is_finite(), "step {s}: the loss is {loss}; training stopped ({kept}; try a lower --lr)");
-        let grads: BTreeMap<String, Vec<f32>> =
-            g.grads.into_iter().map(|(n, t)| (n, t.to_f32().expect("float gradients"))).collect();
+        let grads: BTreeMap<String, Vec<f32>> = g.grads.into_iter().map(|(n, t)| (n, t.to_f32().expect("float gradients"))).collect();
         let lr = lr_at(&o, s);
-        adamw(&mut model, &mut state.opt, &grads, &o, s, lr)
-            .with_context(|| format!("step {s}: training stopped ({kept}; try a lower --lr)"))?;
+        adamw(&mut model, &mut state.opt, &grads, &o, s, lr).with_context(|| format!("step {s}: training stopped ({kept}; try a lower --lr)"))?;
         state.step = s;
         state.loss = Some(loss);
         let dt = started.elapsed().as_secs_f64();
@@ -765,8 +733,7 @@ impl Progress {
             return Progress(None);
         }
         let bar = indicatif::ProgressBar::new(steps as u64).with_position(done as u64);
-        let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
-            .expect("a valid template");
+        let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]").expect("a valid template");
         bar.set_style(style);
         Progress(Some(bar))
     }

@@ -15,11 +15,8 @@ pub fn repo() -> PathBuf {
 
 /// Every shipped example model (`examples/*.toml`), sorted.
 pub fn examples() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(repo().join("examples")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
     v.sort();
     assert!(v.len() >= 8, "expected a tiny and a 125m example per family");
     v
@@ -86,10 +83,8 @@ pub fn read(path: &Path) -> BTreeMap<String, Array> {
 
 /// Writes tensors to a safetensors file (for building bad inputs).
 pub fn write(path: &Path, tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, dt, shape, data)| (n.to_string(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap()))
-        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors.iter().map(|(n, dt, shape, data)| (n.to_string(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap())).collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
@@ -111,17 +106,14 @@ pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
 pub fn read_raw(path: &Path) -> Vec<RawTensor> {
     let bytes = std::fs::read(path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<RawTensor> =
-        st.tensors().into_iter().map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec())).collect();
+    let mut v: Vec<RawTensor> = st.tensors().into_iter().map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
 pub fn write_raw(path: &Path, tensors: &[RawTensor]) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, dt, shape, data)| (n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap()))
-        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors.iter().map(|(n, dt, shape, data)| (n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap())).collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 

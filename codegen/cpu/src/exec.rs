@@ -132,10 +132,14 @@ pub(crate) fn run(body: &Body, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimE
 /// What a leaf step is, for the profile (scans and fused regions are accounted by their steps).
 fn step_kind(step: &Step, g: &tttc_ir::Graph) -> Option<String> {
     match step {
-        Step::Kernel(k) => Some(format!("kernel [{}] ({} ops per element)", k.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","), k.ops_per_element)),
+        Step::Kernel(k) => {
+            Some(format!("kernel [{}] ({} ops per element)", k.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","), k.ops_per_element))
+        }
         Step::MatMul(i, _) => Some(format!("matmul {}", g.ty(g.nodes[*i].outputs[0]))),
         Step::Reduce(_) => Some("reduce".into()),
-        Step::Op(i) => Some(format!("{} (interpreter) {}", g.nodes[*i].op.name(), g.nodes[*i].outputs.first().map(|v| g.ty(*v).to_string()).unwrap_or_default())),
+        Step::Op(i) => {
+            Some(format!("{} (interpreter) {}", g.nodes[*i].op.name(), g.nodes[*i].outputs.first().map(|v| g.ty(*v).to_string()).unwrap_or_default()))
+        }
         Step::Scan(..) | Step::Fused(..) => None,
     }
 }
@@ -369,7 +373,17 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with the (row, column)
 /// strides given.
 #[allow(clippy::too_many_arguments)]
-fn gemm_into(dst: &mut [f32], lhs: &[f32], (lhs_rs, lhs_cs): (isize, isize), rhs: &[f32], (rhs_rs, rhs_cs): (isize, isize), m: usize, k: usize, n: usize, par: gemm::Parallelism) {
+fn gemm_into(
+    dst: &mut [f32],
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (isize, isize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (isize, isize),
+    m: usize,
+    k: usize,
+    n: usize,
+    par: gemm::Parallelism,
+) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     // SAFETY: the slices hold the matrices the strides describe (checked above).
     unsafe {

@@ -58,7 +58,12 @@ fn host_isa(pic: bool) -> Result<std::sync::Arc<dyn cranelift_codegen::isa::Targ
 
 /// Defines `specs` in `module` as functions named by `name` with `linkage`: their ids and the
 /// Cranelift instructions generated. `sin`/`cos` are imported as the C library's `sinf`/`cosf`.
-pub(crate) fn define_kernels<M: Module>(module: &mut M, specs: &[KernelSpec], name: impl Fn(usize) -> String, linkage: Linkage) -> Result<(Vec<FuncId>, usize)> {
+pub(crate) fn define_kernels<M: Module>(
+    module: &mut M,
+    specs: &[KernelSpec],
+    name: impl Fn(usize) -> String,
+    linkage: Linkage,
+) -> Result<(Vec<FuncId>, usize)> {
     let ptr = module.target_config().pointer_type();
     let mut scalar_sig = module.make_signature();
     scalar_sig.params.push(AbiParam::new(types::F32));
@@ -110,10 +115,7 @@ pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
     let mut module = jit_module()?;
     let (ids, instructions) = define_kernels(&mut module, specs, |k| format!("kernel{k}"), Linkage::Local)?;
     module.finalize_definitions()?;
-    let kernels = ids
-        .iter()
-        .map(|&id| unsafe { std::mem::transmute::<*const u8, KernelFn>(module.get_finalized_function(id)) })
-        .collect();
+    let kernels = ids.iter().map(|&id| unsafe { std::mem::transmute::<*const u8, KernelFn>(module.get_finalized_function(id)) }).collect();
     Ok(Jit { _module: module, kernels, instructions })
 }
 
@@ -209,7 +211,17 @@ fn build_kernel(b: &mut FunctionBuilder, spec: &KernelSpec, ptr: Type, calls: &C
 
 /// The values at element `i` (one lane or four), stored to the outputs.
 #[allow(clippy::too_many_arguments)]
-fn step(b: &mut FunctionBuilder, spec: &KernelSpec, ty: Type, i: Value, ins: &[Value], splats: &[Option<Value>], outs: &[Value], calls: &Calls, consts: &mut Consts) {
+fn step(
+    b: &mut FunctionBuilder,
+    spec: &KernelSpec,
+    ty: Type,
+    i: Value,
+    ins: &[Value],
+    splats: &[Option<Value>],
+    outs: &[Value],
+    calls: &Calls,
+    consts: &mut Consts,
+) {
     let elem = MemFlagsData::new().with_notrap();
     let offset = b.ins().ishl_imm_u(i, 2);
     let mut vals: Vec<Value> = Vec::with_capacity(spec.exprs.len());

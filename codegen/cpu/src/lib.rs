@@ -23,8 +23,8 @@ use std::time::Instant;
 use anyhow::Result;
 use tttc_ir::{DimEnv, Graph, Tensor};
 
-pub use tttc_lower::plan::PlanStats;
 use tttc_lower::plan;
+pub use tttc_lower::plan::PlanStats;
 
 /// The worker threads launches are split over (rayon's pool: one per core unless
 /// `RAYON_NUM_THREADS` says otherwise).

@@ -56,4 +56,3 @@ pub fn row_layout(shape: &[usize], in_shapes: &[&[usize]], splat: &[bool]) -> Re
         if inner == 0 { (0, 1, vec![0; strides.len()]) } else { (inner - 1, shape[inner - 1], strides.iter().map(|s| s[inner - 1] as i64).collect()) };
     Ok(RowLayout { n, rows, outer, strides, row_strides })
 }
-

@@ -70,7 +70,7 @@ pub fn axes_of_dim(body: &Graph, dim: &Dim) -> Option<Vec<Option<usize>>> {
 /// body never mixes lanes and returns each carry with its lane where it came in.
 pub fn split_along(scan: &Scan, arg_axes: &[Option<usize>], width: usize, parts: usize) -> Option<LaneSplit> {
     let body = &scan.body;
-    if parts < 2 || width % parts != 0 || width < parts || arg_axes.len() != body.args.len() {
+    if parts < 2 || !width.is_multiple_of(parts) || width < parts || arg_axes.len() != body.args.len() {
         return None;
     }
     let (j, p) = arg_axes.iter().enumerate().find_map(|(j, a)| a.map(|p| (j, p)))?;
@@ -78,7 +78,9 @@ pub fn split_along(scan: &Scan, arg_axes: &[Option<usize>], width: usize, parts:
     let mut lanes: Vec<Option<Option<usize>>> = vec![None; body.types.len()]; // None: not yet known
     for (i, (a, &axis)) in body.args.iter().zip(arg_axes).enumerate() {
         let shape = &body.ty(a.value).shape;
-        if axis.is_some_and(|q| shape.get(q) != Some(&lane_dim) || q == scan.axis && i >= scan.carries && i < scan.carries + scan.seqs) || (i < scan.carries && axis.is_none()) {
+        if axis.is_some_and(|q| shape.get(q) != Some(&lane_dim) || q == scan.axis && i >= scan.carries && i < scan.carries + scan.seqs)
+            || (i < scan.carries && axis.is_none())
+        {
             return None;
         }
         lanes[a.value.index()] = Some(axis);

@@ -65,6 +65,7 @@ pub trait Emit {
     /// `cond ? a : b`.
     fn select(&mut self, cond: Self::B, a: Self::F, b: Self::F) -> Self::F;
     fn bits(&mut self, x: Self::F) -> Self::I;
+    #[allow(clippy::wrong_self_convention)] // `self` is the builder that emits the instruction
     fn from_bits(&mut self, i: Self::I) -> Self::F;
     fn ibin(&mut self, op: IntOp, a: Self::I, b: Self::I) -> Self::I;
     fn shift(&mut self, op: Shift, a: Self::I, by: u8) -> Self::I;

@@ -166,7 +166,8 @@ fn operand_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, 
                     let extra = shape.len().checked_sub(from.len())?;
                     // The source must be a matrix itself: a vector given a row axis is not one.
                     let unit_prefix = from.len() >= 2 && shape[..extra].iter().all(Dim::is_one) && shape[extra..] == from[..];
-                    let others_wide = readers.iter().all(|&u| g.nodes[u].inputs.iter().all(|&o| o == v || (g.ty(o).rank() >= shape.len() && !reshaped.contains(&o))));
+                    let others_wide =
+                        readers.iter().all(|&u| g.nodes[u].inputs.iter().all(|&o| o == v || (g.ty(o).rank() >= shape.len() && !reshaped.contains(&o))));
                     (unit_prefix && others_wide).then_some((v, (src, false)))
                 }
                 _ => None,

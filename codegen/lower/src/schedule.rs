@@ -37,6 +37,8 @@ pub struct Buf {
 }
 
 impl Buf {
+    /// The number of elements (a buffer is never empty: every shape has positive sizes).
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
@@ -57,22 +59,72 @@ pub fn elem_bytes(dtype: DType) -> usize {
 pub enum Instr {
     /// A generated kernel over `outer` axes (walked by loops around the call, each input with
     /// its `strides` along them) of `rows` rows of `n` elements.
-    Kernel { kernel: usize, outer: Vec<usize>, rows: usize, n: usize, ins: Vec<KernelInput>, outs: Vec<BufId> },
+    Kernel {
+        kernel: usize,
+        outer: Vec<usize>,
+        rows: usize,
+        n: usize,
+        ins: Vec<KernelInput>,
+        outs: Vec<BufId>,
+    },
     /// `c = a · b` for each index of `batch` (the operands' offsets advance by their batch
     /// strides, `c` is contiguous); `a` read with (row, column) strides, `b`'s rows contiguous.
-    MatMul { c: BufId, a: Operand, b: Operand, batch: Vec<usize>, m: usize, n: usize, k: usize },
-    Reduce { dst: BufId, src: BufId, kind: ReduceKind, outer: usize, len: usize, inner: usize },
+    MatMul {
+        c: BufId,
+        a: Operand,
+        b: Operand,
+        batch: Vec<usize>,
+        m: usize,
+        n: usize,
+        k: usize,
+    },
+    Reduce {
+        dst: BufId,
+        src: BufId,
+        kind: ReduceKind,
+        outer: usize,
+        len: usize,
+        inner: usize,
+    },
     /// `dst[dst_at + Σ i·dst_strides] = src[src_at + Σ i·src_strides]` over `shape`.
-    Copy { dst: BufId, src: BufId, copy: Strided },
+    Copy {
+        dst: BufId,
+        src: BufId,
+        copy: Strided,
+    },
     /// Every element of `dst` set to a constant (its bits, as stored).
-    Fill { dst: BufId, bits: u64 },
+    Fill {
+        dst: BufId,
+        bits: u64,
+    },
     /// Rows of `row` elements: `dst[o, i, :] = table[o, index[i], :]` (`len` rows per `o`).
-    Gather { dst: BufId, table: BufId, index: BufId, outer: usize, len: usize, row: usize },
-    OneHot { dst: BufId, index: BufId, depth: usize },
-    Iota { dst: BufId },
-    Cast { dst: BufId, src: BufId },
+    Gather {
+        dst: BufId,
+        table: BufId,
+        index: BufId,
+        outer: usize,
+        len: usize,
+        row: usize,
+    },
+    OneHot {
+        dst: BufId,
+        index: BufId,
+        depth: usize,
+    },
+    Iota {
+        dst: BufId,
+    },
+    Cast {
+        dst: BufId,
+        src: BufId,
+    },
     /// In place, over matrices of `rows × cols`: entries above the diagonal become `fill`.
-    TriMask { dst: BufId, rows: usize, cols: usize, fill: f32 },
+    TriMask {
+        dst: BufId,
+        rows: usize,
+        cols: usize,
+        fill: f32,
+    },
     Scan(Box<ScanInstr>),
 }
 
@@ -221,7 +273,8 @@ pub fn model(graph: &Graph, env: &DimEnv, operands: Operands) -> Result<(Schedul
     let mut specs = Vec::new();
     let body = crate::plan::plan(graph, 1, &mut specs, &mut crate::plan::PlanStats::default());
     let s = schedule(&body, specs, env, operands).context("scheduling the model at fixed sizes")?;
-    let slot = |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).resolve(env)? }) };
+    let slot =
+        |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).resolve(env)? }) };
     let sig = Signature {
         args: graph.args.iter().map(|a| slot(&a.name, a.value)).collect::<Result<_>>()?,
         outputs: graph.outputs.iter().map(|(name, v)| slot(name, *v)).collect::<Result<_>>()?,
@@ -415,12 +468,8 @@ impl Builder<'_> {
         }
         let in_shapes: Vec<&[usize]> = ins.iter().map(|&b| &self.bufs[b].shape[..]).collect();
         let RowLayout { n, rows, outer, strides, row_strides } = row_layout(shape, &in_shapes, splat)?;
-        let ins = ins
-            .iter()
-            .zip(strides)
-            .zip(row_strides)
-            .map(|((&buf, s), r)| KernelInput { buf, strides: s[..outer].to_vec(), row_stride: r as usize })
-            .collect();
+        let ins =
+            ins.iter().zip(strides).zip(row_strides).map(|((&buf, s), r)| KernelInput { buf, strides: s[..outer].to_vec(), row_stride: r as usize }).collect();
         self.instrs.push(Instr::Kernel { kernel, outer: shape[..outer].to_vec(), rows, n, ins, outs });
         Ok(())
     }
@@ -467,7 +516,9 @@ impl Builder<'_> {
     fn op(&mut self, op: &Op, dst: BufId, ins: &[BufId]) -> Result<()> {
         let shape = self.bufs[dst].shape.clone();
         let contiguous = contiguous_strides(&shape);
-        let strided = |src_at: usize, src_strides: Vec<usize>| Strided { shape: shape.clone(), dst_at: 0, dst_strides: contiguous.clone(), src_at, src_strides }.simplified();
+        let strided = |src_at: usize, src_strides: Vec<usize>| {
+            Strided { shape: shape.clone(), dst_at: 0, dst_strides: contiguous.clone(), src_at, src_strides }.simplified()
+        };
         match op {
             Op::Const { value, dtype } => {
                 let bits = match dtype {
@@ -497,7 +548,13 @@ impl Builder<'_> {
                 for &piece in ins {
                     let piece_shape = self.bufs[piece].shape.clone();
                     let len = piece_shape[*axis];
-                    let copy = Strided { shape: piece_shape.clone(), dst_at: at * contiguous[*axis], dst_strides: contiguous.clone(), src_at: 0, src_strides: contiguous_strides(&piece_shape) };
+                    let copy = Strided {
+                        shape: piece_shape.clone(),
+                        dst_at: at * contiguous[*axis],
+                        dst_strides: contiguous.clone(),
+                        src_at: 0,
+                        src_strides: contiguous_strides(&piece_shape),
+                    };
                     self.instrs.push(Instr::Copy { dst, src: piece, copy: copy.simplified() });
                     at += len;
                 }
@@ -505,7 +562,13 @@ impl Builder<'_> {
             Op::Pad { axis, before, .. } => {
                 self.instrs.push(Instr::Fill { dst, bits: 0 });
                 let inner = self.bufs[ins[0]].shape.clone();
-                let copy = Strided { shape: inner.clone(), dst_at: before * contiguous[*axis], dst_strides: contiguous.clone(), src_at: 0, src_strides: contiguous_strides(&inner) };
+                let copy = Strided {
+                    shape: inner.clone(),
+                    dst_at: before * contiguous[*axis],
+                    dst_strides: contiguous.clone(),
+                    src_at: 0,
+                    src_strides: contiguous_strides(&inner),
+                };
                 self.instrs.push(Instr::Copy { dst, src: ins[0], copy: copy.simplified() });
             }
             Op::Gather { axis } => {
@@ -564,7 +627,11 @@ impl Builder<'_> {
                 .enumerate()
                 .map(|(i, &b)| {
                     let shape = &self.bufs[b].shape;
-                    if (nc..nc + ns).contains(&i) { piece(shape, scan.is_iteration_seq(i), len) } else { shape.clone() }
+                    if (nc..nc + ns).contains(&i) {
+                        piece(shape, scan.is_iteration_seq(i), len)
+                    } else {
+                        shape.clone()
+                    }
                 })
                 .collect()
         };

@@ -167,7 +167,14 @@ struct Block<'a, 'k> {
 }
 
 impl<'a, 'k> Block<'a, 'k> {
-    fn new(p: &'a Prepared<'k>, dims: Dims, ctaid: [u32; 3], params: &'a [u64], id: u32, global: &'a mut std::collections::HashMap<u64, GlobalShadow>) -> Block<'a, 'k> {
+    fn new(
+        p: &'a Prepared<'k>,
+        dims: Dims,
+        ctaid: [u32; 3],
+        params: &'a [u64],
+        id: u32,
+        global: &'a mut std::collections::HashMap<u64, GlobalShadow>,
+    ) -> Block<'a, 'k> {
         let mut threads = Vec::new();
         for z in 0..dims.block[2] {
             for y in 0..dims.block[1] {
@@ -440,7 +447,15 @@ impl<'a, 'k> Block<'a, 'k> {
         for w in (addr / 4)..(addr + n as u64).div_ceil(4) {
             let s = self.global.entry(w).or_default();
             if let Some(other) = s.write.filter(|&o| unordered(o, me)) {
-                bail!("data race: global address 0x{:x} is written by thread {} of block {} and {} by thread {} of block {} with no ordering between", w * 4, other.2, other.0, if write { "written" } else { "read" }, me.2, me.0);
+                bail!(
+                    "data race: global address 0x{:x} is written by thread {} of block {} and {} by thread {} of block {} with no ordering between",
+                    w * 4,
+                    other.2,
+                    other.0,
+                    if write { "written" } else { "read" },
+                    me.2,
+                    me.0
+                );
             }
             if write {
                 let other_block = s.read_block.is_some_and(|b| b != me.0) || s.blocks_read;
@@ -506,7 +521,12 @@ impl<'a, 'k> Block<'a, 'k> {
         let full = lanes.len() == WARP;
         for t in lanes.clone() {
             let th = &self.threads[t];
-            ensure!(th.state == State::AtCollective && th.pc == pc, "{}: warp-collective instruction not reached by every lane of the warp (lane {} is elsewhere)", self.where_(first), t - first);
+            ensure!(
+                th.state == State::AtCollective && th.pc == pc,
+                "{}: warp-collective instruction not reached by every lane of the warp (lane {} is elsewhere)",
+                self.where_(first),
+                t - first
+            );
         }
         let Some(Stmt::Inst { inst, .. }) = self.p.kernel.body.get(pc) else { unreachable!("a collective is an instruction") };
         let inst = inst.clone();
@@ -515,7 +535,12 @@ impl<'a, 'k> Block<'a, 'k> {
         match &inst {
             Inst::Shfl { mode, dst, src, lane, clamp, mask } => {
                 let present = if full { u32::MAX } else { (1u32 << lanes.len()) - 1 };
-                ensure!(mask & !present == 0 && mask & present == present, "{}: shfl.sync member mask 0x{mask:08x} must name exactly the warp's {} lanes", self.where_(first), lanes.len());
+                ensure!(
+                    mask & !present == 0 && mask & present == present,
+                    "{}: shfl.sync member mask 0x{mask:08x} must name exactly the warp's {} lanes",
+                    self.where_(first),
+                    lanes.len()
+                );
                 let mut out = Vec::with_capacity(lanes.len());
                 for t in lanes.clone() {
                     let i = (t - first) as u32;
@@ -614,8 +639,24 @@ fn binary(op: BinOp, ty: Ty, x: u64, y: u64) -> Result<(Ty, u64)> {
             Mul => a * b,
             Div => a / b,
             // PTX: the non-NaN operand when one is NaN.
-            Min => if a.is_nan() { b } else if b.is_nan() { a } else { a.min(b) },
-            Max => if a.is_nan() { b } else if b.is_nan() { a } else { a.max(b) },
+            Min => {
+                if a.is_nan() {
+                    b
+                } else if b.is_nan() {
+                    a
+                } else {
+                    a.min(b)
+                }
+            }
+            Max => {
+                if a.is_nan() {
+                    b
+                } else if b.is_nan() {
+                    a
+                } else {
+                    a.max(b)
+                }
+            }
             _ => bail!("{} is not defined for .f32", op.mnemonic(ty)),
         };
         return Ok((ty, r.to_bits() as u64));
@@ -654,15 +695,39 @@ fn binary(op: BinOp, ty: Ty, x: u64, y: u64) -> Result<(Ty, u64)> {
                 (_, false) => x % y,
             }
         }
-        Min => if signed { s(x).min(s(y)) as u64 } else { x.min(y) },
-        Max => if signed { s(x).max(s(y)) as u64 } else { x.max(y) },
+        Min => {
+            if signed {
+                s(x).min(s(y)) as u64
+            } else {
+                x.min(y)
+            }
+        }
+        Max => {
+            if signed {
+                s(x).max(s(y)) as u64
+            } else {
+                x.max(y)
+            }
+        }
         And => x & y,
         Or => x | y,
         Xor => x ^ y,
         // Shift amounts beyond the width give 0 (or the sign, for a signed right shift).
-        Shl => if y >= bits { 0 } else { x << y },
+        Shl => {
+            if y >= bits {
+                0
+            } else {
+                x << y
+            }
+        }
         Shr if signed => (s(x) >> y.min(bits - 1)) as u64,
-        Shr => if y >= bits { 0 } else { x >> y },
+        Shr => {
+            if y >= bits {
+                0
+            } else {
+                x >> y
+            }
+        }
     };
     Ok((ty, r))
 }
@@ -694,7 +759,11 @@ fn unary(op: UnOp, ty: Ty, x: u64) -> Result<u64> {
         (_, UnOp::Not) => !x,
         (_, UnOp::Neg) => x.wrapping_neg(),
         (t, UnOp::Abs) if t.is_signed() => {
-            if t.bytes() == 8 { (x as i64).wrapping_abs() as u64 } else { sext32(x).wrapping_abs() as u64 }
+            if t.bytes() == 8 {
+                (x as i64).wrapping_abs() as u64
+            } else {
+                sext32(x).wrapping_abs() as u64
+            }
         }
         _ => bail!("{} is not supported", op.mnemonic(ty)),
     })
@@ -748,7 +817,13 @@ fn convert(round: Option<Round>, to: CvtTo, from: Ty, x: u64) -> Result<(Ty, u64
         match from {
             Ty::F32 => f32::from_bits(x as u32) as f64,
             Ty::F64 => f64::from_bits(x),
-            t if t.is_signed() => if t.bytes() == 8 { x as i64 as f64 } else { sext32(x) as f64 },
+            t if t.is_signed() => {
+                if t.bytes() == 8 {
+                    x as i64 as f64
+                } else {
+                    sext32(x) as f64
+                }
+            }
             _ => x as f64,
         }
     };
@@ -758,7 +833,11 @@ fn convert(round: Option<Round>, to: CvtTo, from: Ty, x: u64) -> Result<(Ty, u64
             // Integer to integer: truncate or extend (sign-extend a signed source).
             (false, false) => {
                 ensure!(round.is_none(), "an integer cvt takes no rounding");
-                if from.is_signed() && from.bytes() == 4 { sext32(x) as u64 } else { x }
+                if from.is_signed() && from.bytes() == 4 {
+                    sext32(x) as u64
+                } else {
+                    x
+                }
             }
             (true, true) => {
                 let v = as_f64(x);

@@ -127,22 +127,26 @@ fn tile(b: &mut Builder, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batc
         // A fragments (ISA: a_i at row g + 8(i & 1), column q + 4(i >> 1)), per 16-row tile.
         let a_parts: Vec<([Reg; 4], [Reg; 4])> = (0..2)
             .map(|mi| {
-                let parts: Vec<(Reg, Reg)> = (0..4).map(|i| {
-                    let (r, c) = (mi * 16 + 8 * (i & 1), kk + 4 * (i >> 1));
-                    let x = b.ld(Space::Shared, Ty::F32, a_frag, ((r * A_PITCH + c) * 4) as i64);
-                    split(b, x)
-                }).collect();
+                let parts: Vec<(Reg, Reg)> = (0..4)
+                    .map(|i| {
+                        let (r, c) = (mi * 16 + 8 * (i & 1), kk + 4 * (i >> 1));
+                        let x = b.ld(Space::Shared, Ty::F32, a_frag, ((r * A_PITCH + c) * 4) as i64);
+                        split(b, x)
+                    })
+                    .collect();
                 (std::array::from_fn(|i| parts[i].0), std::array::from_fn(|i| parts[i].1))
             })
             .collect();
         // B fragments (ISA: b_i at row q + 4i, column g), per 8-column tile.
         let b_parts: Vec<([Reg; 2], [Reg; 2])> = (0..4)
             .map(|ni| {
-                let parts: Vec<(Reg, Reg)> = (0..2).map(|i| {
-                    let (r, c) = (kk + 4 * i, ni * 8);
-                    let x = b.ld(Space::Shared, Ty::F32, b_frag, ((r * B_PITCH + c) * 4) as i64);
-                    split(b, x)
-                }).collect();
+                let parts: Vec<(Reg, Reg)> = (0..2)
+                    .map(|i| {
+                        let (r, c) = (kk + 4 * i, ni * 8);
+                        let x = b.ld(Space::Shared, Ty::F32, b_frag, ((r * B_PITCH + c) * 4) as i64);
+                        split(b, x)
+                    })
+                    .collect();
                 ([parts[0].0, parts[1].0], [parts[0].1, parts[1].1])
             })
             .collect();
@@ -169,6 +173,7 @@ fn tile(b: &mut Builder, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batc
     let col0 = b.bin(BinOp::Add, Ty::U32, col0, q2);
     for mi in 0..2 {
         for ni in 0..4 {
+            #[allow(clippy::needless_range_loop)] // `i` also places the fragment (ISA layout)
             for i in 0..4 {
                 let row = b.bin(BinOp::Add, Ty::U32, row0, Val::Int((mi * 16 + 8 * (i >> 1)) as i64));
                 let col = b.bin(BinOp::Add, Ty::U32, col0, Val::Int((ni * 8 + (i & 1)) as i64));
@@ -176,7 +181,11 @@ fn tile(b: &mut Builder, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batc
                 let at = b.fma(Ty::U32, row, Val::Int(n as i64), col);
                 let at = b.cvt(None, Ty::U64, Ty::U32, at);
                 let p = b.element(pc, at, 4);
-                b.guarded(inside, false, Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(p), offset: 0 }, src: vec![acc[mi * 4 + ni][i].into()] });
+                b.guarded(
+                    inside,
+                    false,
+                    Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(p), offset: 0 }, src: vec![acc[mi * 4 + ni][i].into()] },
+                );
             }
         }
     }

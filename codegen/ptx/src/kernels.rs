@@ -56,7 +56,12 @@ pub const PERSISTENT_THREADS: u32 = 128;
 pub fn params_of(instr: &Instr) -> Vec<(ParamRef, String)> {
     let buf = |b: &BufId, name: &str| (ParamRef::Buf(*b), name.to_string());
     match instr {
-        Instr::Kernel { ins, outs, .. } => ins.iter().enumerate().map(|(i, x)| buf(&x.buf, &format!("in{i}"))).chain(outs.iter().enumerate().map(|(i, o)| buf(o, &format!("out{i}")))).collect(),
+        Instr::Kernel { ins, outs, .. } => ins
+            .iter()
+            .enumerate()
+            .map(|(i, x)| buf(&x.buf, &format!("in{i}")))
+            .chain(outs.iter().enumerate().map(|(i, o)| buf(o, &format!("out{i}"))))
+            .collect(),
         Instr::Copy { dst, src, .. } | Instr::Cast { dst, src } | Instr::Reduce { dst, src, .. } => vec![buf(dst, "dst"), buf(src, "src")],
         Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => vec![buf(dst, "dst")],
         Instr::MatMul { c, a, b, .. } => vec![buf(c, "c"), buf(&a.buf, "a"), buf(&b.buf, "b")],
@@ -124,7 +129,9 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 b.st(b.memory(), word(bytes), at, 0, Val::Int(bits));
             })
         }
-        Instr::MatMul { a, b: bm, batch, m, n, k, .. } if crate::gemm::applies(batch, *m, *n, *k) => crate::gemm::emit(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k),
+        Instr::MatMul { a, b: bm, batch, m, n, k, .. } if crate::gemm::applies(batch, *m, *n, *k) => {
+            crate::gemm::emit(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k)
+        }
         Instr::MatMul { a, b: bm, batch, m, n, k, .. } => matmul(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k),
         Instr::Reduce { kind, outer, len, inner: 1, .. } if spread == Spread::Grid && *len >= LONG_ROW => row_reduce(b, ptrs[0], ptrs[1], *kind, *outer, *len),
         Instr::Reduce { kind, outer, len, inner, .. } => reduce(b, spread, ptrs[0], ptrs[1], *kind, *outer, *len, *inner),
@@ -341,7 +348,17 @@ fn elementwise(b: &mut Builder, spread: Spread, spec: &KernelSpec, shape: &[usiz
 /// `k` in order with one rounding per step (`fma`): products too small for a tensor-core tile
 /// (decoding's one-row products).
 #[allow(clippy::too_many_arguments)]
-fn matmul(b: &mut Builder, spread: Spread, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batch: &[usize], m: usize, n: usize, k: usize) -> ([u32; 3], [u32; 3]) {
+fn matmul(
+    b: &mut Builder,
+    spread: Spread,
+    [pc, pa, pb]: [Reg; 3],
+    a: &Operand,
+    bm: &Operand,
+    batch: &[usize],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> ([u32; 3], [u32; 3]) {
     let mut shape = batch.to_vec();
     shape.extend([m, n]);
     let r = batch.len();
@@ -517,7 +534,11 @@ fn load_index(b: &mut Builder, x: Reg, i: Val, len: usize, status: Reg, skip: u3
     let k = b.ld(b.memory(), Ty::U64, at, 0);
     // Unsigned: a negative index is huge.
     let bad = b.setp(Cmp::Ge, Ty::U64, k, Val::Int(len as i64));
-    b.guarded(bad, false, Inst::St { space: b.memory(), ty: Ty::U32, addr: Addr { base: Base::Reg(status), offset: 0 }, src: vec![Val::Int(INDEX_OUT_OF_RANGE as i64)] });
+    b.guarded(
+        bad,
+        false,
+        Inst::St { space: b.memory(), ty: Ty::U32, addr: Addr { base: Base::Reg(status), offset: 0 }, src: vec![Val::Int(INDEX_OUT_OF_RANGE as i64)] },
+    );
     b.bra_if(bad, false, skip);
     k
 }

@@ -18,9 +18,9 @@ pub mod isa;
 pub mod kernels;
 mod math;
 pub mod model;
+mod parse;
 mod persistent;
 pub mod ptxas;
-mod parse;
 
 pub use parse::parse;
 

@@ -118,17 +118,24 @@ fn sin_cos(b: &mut Builder, x: Val, phase: i64) -> Val {
     let shifted = b.bin(BinOp::Add, Ty::F64, t, magic);
     let k = b.bin(BinOp::Sub, Ty::F64, shifted, magic);
     let nk = b.un(UnOp::Neg, Ty::F64, k);
-    let (hi, lo) = (1.570_796_326_794_896_6, 6.123_233_995_736_766e-17);
+    // π/2 as hi + lo: hi its f64 value, lo the rest.
+    let (hi, lo) = (std::f64::consts::FRAC_PI_2, 6.123_233_995_736_766e-17);
     let r = b.fma(Ty::F64, nk, Val::F64(hi), xd);
     let r = b.fma(Ty::F64, nk, Val::F64(lo), r);
     let r2 = b.bin(BinOp::Mul, Ty::F64, r, r);
     // sin r = r·(1 − r²/3! + r⁴/5! − …), cos r = 1 − r²/2! + r⁴/4! − …
     let series = |b: &mut Builder, first: u32| -> Reg {
-        let terms: Vec<f64> = (0..8).map(|j| {
-            let n = first + 2 * j;
-            let f: f64 = (1..=n).map(f64::from).product();
-            if j % 2 == 0 { 1.0 / f } else { -1.0 / f }
-        }).collect();
+        let terms: Vec<f64> = (0..8)
+            .map(|j| {
+                let n = first + 2 * j;
+                let f: f64 = (1..=n).map(f64::from).product();
+                if j % 2 == 0 {
+                    1.0 / f
+                } else {
+                    -1.0 / f
+                }
+            })
+            .collect();
         let mut acc = b.mov(Ty::F64, Val::F64(terms[7]));
         for &c in terms[..7].iter().rev() {
             acc = b.fma(Ty::F64, acc, r2, Val::F64(c));

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::{DType, Data, DimEnv, Graph, Tensor};
-use tttc_lower::schedule::{self, BufId, Function, Home, Instr, Schedule, ScanInstr, Signature, Slicing, Strided};
+use tttc_lower::schedule::{self, BufId, Function, Home, Instr, ScanInstr, Schedule, Signature, Slicing, Strided};
 
 use crate::isa::{Kernel, Module};
 use crate::kernels::{self, elem_bytes, Generated, ParamRef};
@@ -44,9 +44,15 @@ struct PieceCopies {
 enum Step {
     Launches(Vec<Launch>),
     /// A scan driven from the host, one launch per body instruction per chunk.
-    Scan { seqs: Vec<PieceCopies>, outputs: Vec<PieceCopies> },
+    Scan {
+        seqs: Vec<PieceCopies>,
+        outputs: Vec<PieceCopies>,
+    },
     /// A scan as one persistent kernel, and its work in one run.
-    Persistent { launch: Launch, work: Work },
+    Persistent {
+        launch: Launch,
+        work: Work,
+    },
 }
 
 pub struct GpuModel {
@@ -386,11 +392,15 @@ impl GpuModel {
     pub fn program(&self) -> serde_json::Value {
         use serde_json::json;
         let launch = |l: &Launch| {
-            let params: Vec<serde_json::Value> = l.params.iter().map(|p| match p {
-                ParamRef::Buf(b) => json!({ "buffer": b }),
-                ParamRef::Status => json!({ "status": true }),
-                ParamRef::Scratch => json!({ "scratch": true }),
-            }).collect();
+            let params: Vec<serde_json::Value> = l
+                .params
+                .iter()
+                .map(|p| match p {
+                    ParamRef::Buf(b) => json!({ "buffer": b }),
+                    ParamRef::Status => json!({ "status": true }),
+                    ParamRef::Scratch => json!({ "scratch": true }),
+                })
+                .collect();
             json!({ "kernel": self.kernels[l.kernel].name, "grid": l.grid, "block": l.block, "params": params })
         };
         // A staging copy's two pointers: into the staging buffer for a sequence, back for an output.

@@ -197,7 +197,13 @@ fn instruction(mnemonic: &str, ops: &[&str]) -> Result<Inst> {
             };
             count(ops, 2)?;
             let ty = ty_of(last)?;
-            let width = if has("v2") { 2 } else if has("v4") { 4 } else { 1 };
+            let width = if has("v2") {
+                2
+            } else if has("v4") {
+                4
+            } else {
+                1
+            };
             if parts[0] == "ld" {
                 let dst = vector(ops[0])?.iter().map(|r| reg(r)).collect::<Result<Vec<_>>>()?;
                 ensure!(dst.len() == width, "`{mnemonic}` needs {width} registers");
@@ -290,7 +296,10 @@ fn instruction(mnemonic: &str, ops: &[&str]) -> Result<Inst> {
         }
         "shfl" => {
             count(ops, 5)?;
-            let mode = [ShflMode::Up, ShflMode::Down, ShflMode::Bfly, ShflMode::Idx].into_iter().find(|m| parts.get(2) == Some(&m.name())).context("unsupported shuffle mode")?;
+            let mode = [ShflMode::Up, ShflMode::Down, ShflMode::Bfly, ShflMode::Idx]
+                .into_iter()
+                .find(|m| parts.get(2) == Some(&m.name()))
+                .context("unsupported shuffle mode")?;
             ensure!(mnemonic == format!("shfl.sync.{}.b32", mode.name()), "unsupported form `{mnemonic}`");
             let mask = match val(ops[4])? {
                 Val::Int(m) => m as u32,

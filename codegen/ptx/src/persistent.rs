@@ -232,7 +232,8 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     // The carried state between iterations: in shared memory when both copies of every carry
     // fit beside the product tiles (TTT-Linear's inner weights at the 125m width), so it never
     // leaves the SM; else in the lane's slices of the carries' two buffers.
-    let carry_bytes: Vec<usize> = (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<usize>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
+    let carry_bytes: Vec<usize> =
+        (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<usize>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
     let slots: usize = carry_bytes.iter().map(|c| 2 * c.div_ceil(16) * 16).sum();
     let on_chip = slots <= SHARED_FOR_CARRIES;
     let pair_lane: Vec<[Reg; 2]> = if on_chip {
@@ -333,7 +334,8 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
             kernels::block_copy_words(&mut b, pair_global[j][last], pair_lane[j][last], c / 4);
         }
     }
-    let generated = Generated { kernel: b.finish(), grid: [count as u32, 1, 1], block: [PERSISTENT_THREADS, 1, 1], params: params.into_iter().map(|p| p.0).collect() };
+    let generated =
+        Generated { kernel: b.finish(), grid: [count as u32, 1, 1], block: [PERSISTENT_THREADS, 1, 1], params: params.into_iter().map(|p| p.0).collect() };
     let mut work = Work { launches: 1, serial_steps, ..Work::default() };
     work.bytes = generated.params.iter().map(|r| if let ParamRef::Buf(b) = r { f.bufs[*b].bytes() as u64 } else { 0 }).sum();
     for (body, iterations) in &bodies {

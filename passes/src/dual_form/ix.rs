@@ -207,9 +207,7 @@ fn matches(eg: &IxGraph) -> Vec<(Id, Term)> {
                             // Σ_k (−x) = −Σ_k x
                             Ix::Neg(x) => out.push((class.id, Term::Neg(Box::new(Term::Sum(*k, Box::new(Term::Class(*x))))))),
                             // swap: Σ_k Σ_l x = Σ_l Σ_k x
-                            Ix::Sum([l, x]) => {
-                                out.push((class.id, Term::Sum(*l, Box::new(Term::Sum(*k, Box::new(Term::Class(*x)))))))
-                            }
+                            Ix::Sum([l, x]) => out.push((class.id, Term::Sum(*l, Box::new(Term::Sum(*k, Box::new(Term::Class(*x))))))),
                             Ix::Sym(_) => {}
                         }
                     }
@@ -262,13 +260,7 @@ pub fn saturate(eg: &mut IxGraph, node_limit: usize, iter_limit: usize, time_lim
             break;
         }
     }
-    Saturation {
-        iterations,
-        nodes: eg.total_number_of_nodes(),
-        classes: eg.number_of_classes(),
-        seconds: start.elapsed().as_secs_f64(),
-        saturated,
-    }
+    Saturation { iterations, nodes: eg.total_number_of_nodes(), classes: eg.number_of_classes(), seconds: start.elapsed().as_secs_f64(), saturated }
 }
 
 /// Extraction cost: every product, sum and Σ costs the number of elements it computes (the

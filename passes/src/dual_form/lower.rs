@@ -104,9 +104,8 @@ impl<'g> Lowering<'g> {
             return id;
         }
         // Data movement is always looked through: reading a broadcast's source drops an index.
-        let moves = self.producer[v.index()].is_some_and(|n| {
-            matches!(self.g.nodes[n].op, Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. })
-        });
+        let moves = self.producer[v.index()]
+            .is_some_and(|n| matches!(self.g.nodes[n].op, Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. }));
         let expand = (self.contracting[v.index()] || moves) && !self.boundary.contains(&v);
         let op = if expand { self.lower_op(v, &axes) } else { None };
         let mut id = op.unwrap_or_else(|| self.leaf(Leaf::Value(v, axes.clone())));

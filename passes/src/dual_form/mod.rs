@@ -77,7 +77,12 @@ impl DualFormReport {
         };
         format!(
             "{what}; FLOPs per chunk {:.3e} → {:.3e}; e-graph {} nodes, {} classes, {sat} after {} iterations in {:.1} ms",
-            self.flops_before, self.flops_after, self.egraph_nodes, self.egraph_classes, self.iterations, self.seconds * 1e3
+            self.flops_before,
+            self.flops_after,
+            self.egraph_nodes,
+            self.egraph_classes,
+            self.iterations,
+            self.seconds * 1e3
         )
     }
 }
@@ -220,19 +225,15 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
     let roots = roots(body);
     let state: Vec<ValueId> = body.outputs[..carries.min(body.outputs.len())].iter().map(|(_, v)| *v).collect();
     let mut lowering = Lowering::new(body, &roots, contracting(body, &roots), state_aliases(body, &state));
-    let mut lowered: Vec<(ValueId, Id, Vec<lower::Axis>)> =
-        roots.iter().filter_map(|&v| lowering.root(v).map(|(id, axes)| (v, id, axes))).collect();
+    let mut lowered: Vec<(ValueId, Id, Vec<lower::Axis>)> = roots.iter().filter_map(|&v| lowering.root(v).map(|(id, axes)| (v, id, axes))).collect();
     // The next state is computed anyway (with or without a contraction): the other roots may
     // read it for free.
     lowered.retain(|(v, id, _)| state.contains(v) || has_sum(&lowering.eg, *id));
     lowered.sort_by_key(|(v, _, _)| !state.contains(v));
     let computing: Vec<bool> = lowered.iter().map(|(v, _, _)| state.contains(v)).collect();
     // Sizes for the cost model: the chunk symbol at the chunk size, other symbols (batch) at 1.
-    let sizes: Vec<f64> = lowering
-        .atoms
-        .iter()
-        .map(|d: &Dim| d.as_const().map_or(if d.sym.as_deref() == Some("B") { 1.0 } else { chunk as f64 }, |n| n as f64))
-        .collect();
+    let sizes: Vec<f64> =
+        lowering.atoms.iter().map(|d: &Dim| d.as_const().map_or(if d.sym.as_deref() == Some("B") { 1.0 } else { chunk as f64 }, |n| n as f64)).collect();
     let ids: Vec<Id> = lowered.iter().map(|(_, id, _)| *id).collect();
     // The cost of the terms as written: no root reads another's value.
     let before = ix::extract(&lowering.eg, &sizes, &ids, &vec![true; ids.len()], &lowering.alias_leaves);

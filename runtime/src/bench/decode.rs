@@ -11,8 +11,8 @@ use tttc_ir::Tensor;
 
 use super::{Layer, Peers};
 use crate::generate::{Decoder, Sampling};
-use tttc_frontends::StateInit;
 use crate::Backend;
+use tttc_frontends::StateInit;
 
 pub struct DecodeRequest {
     pub layers: Vec<Layer>,
@@ -163,7 +163,8 @@ pub fn decode(req: &DecodeRequest, mut report: impl FnMut(&DecodeTiming)) -> Res
 fn step_weight_bytes(model: &tttc_frontends::Model, decoder: &Decoder) -> f64 {
     let embedding = model.builder.embedding.clone().unwrap_or_default();
     let tied = !model.weights.contains_key("lm_head.weight");
-    let state_starts: Vec<&str> = decoder.state_specs().iter().filter_map(|s| if let StateInit::Param(p) = &s.init { Some(p.as_str()) } else { None }).collect();
+    let state_starts: Vec<&str> =
+        decoder.state_specs().iter().filter_map(|s| if let StateInit::Param(p) = &s.init { Some(p.as_str()) } else { None }).collect();
     model
         .weights
         .iter()

@@ -327,4 +327,3 @@ pub fn gradient_step(t: usize, backend: Backend, reps: usize) -> Result<(f64, f6
     let (median, _) = time_calls(reps.min(3), || step.run(&model.weights, &ids, backend).map(|_| ()))?;
     Ok((median, build_s))
 }
-

@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use tttc_ir::Tensor;
 
 use super::Layer;
-use tttc_frontends::rng::SplitMix64;
 use crate::packed::PackedRunner;
 use crate::{Backend, Executable};
+use tttc_frontends::rng::SplitMix64;
 
 pub struct PackedRequest {
     pub layers: Vec<Layer>,
@@ -73,10 +73,12 @@ pub fn packed(req: &PackedRequest, mut report: impl FnMut(&PackedTiming)) -> Res
         let padded = Tensor::i64(vec![lengths.len(), longest], padded_ids);
         let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
             f()?; // compiles and warms up
-            let mut t: Vec<f64> = (0..req.reps).map(|_| {
-                let start = Instant::now();
-                f().map(|_| start.elapsed().as_secs_f64())
-            }).collect::<Result<_>>()?;
+            let mut t: Vec<f64> = (0..req.reps)
+                .map(|_| {
+                    let start = Instant::now();
+                    f().map(|_| start.elapsed().as_secs_f64())
+                })
+                .collect::<Result<_>>()?;
             t.sort_by(f64::total_cmp);
             Ok(t[t.len() / 2])
         };

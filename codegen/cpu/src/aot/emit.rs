@@ -11,7 +11,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use tttc_ir::{DType, ReduceKind};
 
-use tttc_lower::schedule::{elem_bytes, BufId, Function, Home, Instr, Schedule, ScanInstr, Strided};
+use tttc_lower::schedule::{elem_bytes, BufId, Function, Home, Instr, ScanInstr, Schedule, Strided};
 
 /// Status a compiled function returns when an index is out of range.
 pub const INDEX_OUT_OF_RANGE: i32 = 1;
@@ -187,7 +187,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
     fn instr(&mut self, instr: &Instr) {
         match instr {
             Instr::Kernel { kernel, outer, rows, n, ins, outs } => {
-                let slot = |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
+                let slot = |b: &mut FunctionBuilder, count: usize| {
+                    b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3))
+                };
                 let (in_slot, stride_slot, out_slot) = (slot(self.b, ins.len()), slot(self.b, ins.len()), slot(self.b, outs.len()));
                 for (j, input) in ins.iter().enumerate() {
                     let s = self.b.ins().iconst(types::I64, input.row_stride as i64);
@@ -400,7 +402,15 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// Folds `combine` over the `ty` values at `from + k·stride` floats for k in
     /// `start..end` by `step`, from `init`, the accumulator carried through a block parameter.
-    fn fold(&mut self, from: Value, (start, end, step): (Value, Value, i64), stride: usize, ty: Type, init: Value, combine: &dyn Fn(&mut FunctionBuilder, Value, Value) -> Value) -> Value {
+    fn fold(
+        &mut self,
+        from: Value,
+        (start, end, step): (Value, Value, i64),
+        stride: usize,
+        ty: Type,
+        init: Value,
+        combine: &dyn Fn(&mut FunctionBuilder, Value, Value) -> Value,
+    ) -> Value {
         let (head, body, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
         self.b.append_block_param(head, types::I64);
         self.b.append_block_param(head, ty);
@@ -440,7 +450,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
     /// Iteration `k` of a scan: its pieces of the sequences (`len` positions of each chunked
     /// one) addressed or staged, the body called, its outputs put in place.
     fn iteration(&mut self, s: &ScanInstr, k: Value, body: usize, len: usize) {
-        let slot = |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
+        let slot =
+            |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
         let (args, outs) = (slot(self.b, s.carries.len() + s.seqs.len() + s.invariants.len()), slot(self.b, s.carries.len() + s.outputs.len()));
         let parity = self.b.ins().band_imm_s(k, 1);
         let (is_first, even) = (self.b.ins().icmp_imm_s(IntCC::Equal, k, 0), self.b.ins().icmp_imm_s(IntCC::Equal, parity, 0));
