@@ -347,3 +347,99 @@ fn small_mistakes_get_clear_errors() {
     refused(&dir, &["run", &m, "--inptu", "in.st"], "unexpected argument '--inptu' found; tip: a similar argument exists: '--input'");
     refused(&dir, &["--max-memory", "lots", "ir", &m], "\"lots\" is not a size");
 }
+
+fn corpus() -> PathBuf {
+    repo().join("tests/data/tinyshakespeare.txt")
+}
+
+#[test]
+fn a_run_folder_holding_what_training_did_not_write_is_not_resumed_into() {
+    let dir = folder("files_train_foreign");
+    let (model, data) = (tiny(), corpus());
+    succeeds(
+        &dir,
+        &[
+            "train",
+            p(&model),
+            "--data",
+            p(&data),
+            "-o",
+            "run",
+            "--steps",
+            "4",
+            "--stop-after",
+            "2",
+            "--batch-size",
+            "2",
+            "--context",
+            "16",
+            "--eval-every",
+            "0",
+        ],
+    );
+    std::fs::write(dir.join("run/notes.txt"), b"a user's notes").unwrap();
+    refused(&dir, &["train", "--resume", "run", "-o", "run"], "run holds notes.txt, which tttc train did not write");
+    // An edited trainer.json with a key tttc does not know.
+    std::fs::remove_file(dir.join("run/notes.txt")).unwrap();
+    let trainer = std::fs::read_to_string(dir.join("run/trainer.json")).unwrap();
+    std::fs::write(dir.join("run/trainer.json"), trainer.replacen("{", "{\n  \"zzz\": 1,", 1)).unwrap();
+    refused(&dir, &["train", "--resume", "run", "-o", "run"], "unknown field `zzz`");
+}
+
+#[test]
+fn training_data_inside_the_run_folder_is_refused() {
+    let dir = folder("files_train_data_inside");
+    std::fs::create_dir(dir.join("run")).unwrap();
+    std::fs::write(dir.join("run/log.jsonl"), &std::fs::read(corpus()).unwrap()[..5000]).unwrap();
+    refused(
+        &dir,
+        &["train", p(&tiny()), "--data", "run/log.jsonl", "-o", "run", "--steps", "2", "--batch-size", "2", "--context", "16"],
+        "is inside the run folder run",
+    );
+}
+
+/// A file put into the run folder while it trains survives the checkpoints that follow.
+#[test]
+fn a_file_added_to_the_run_folder_during_training_is_carried_over() {
+    let dir = folder("files_train_carry");
+    let (model, data) = (tiny(), corpus());
+    let args = [
+        "train",
+        p(&model),
+        "--data",
+        p(&data),
+        "-o",
+        "run",
+        "--steps",
+        "400",
+        "--batch-size",
+        "1",
+        "--context",
+        "8",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "1",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tttc")).args(args).current_dir(&dir).stderr(Stdio::piped()).spawn().unwrap();
+    let trainer = dir.join("run/trainer.json");
+    let step = || -> Option<u64> { serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&trainer).ok()?).ok()?["step"].as_u64() };
+    let start = Instant::now();
+    while step().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint after two minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(dir.join("run/notes.txt"), b"a user's notes").unwrap();
+    let added_at = step().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(step().unwrap() > added_at, "no checkpoint after the file was added (at step {added_at})");
+    assert_eq!(std::fs::read(dir.join("run/notes.txt")).unwrap(), b"a user's notes");
+}
+
+#[test]
+fn an_output_path_ending_in_a_slash_is_refused() {
+    let dir = folder("files_trailing_slash");
+    std::fs::write(dir.join("o.st"), b"kept").unwrap();
+    refused(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "new/"], "--output new/ ends in /, which names a folder");
+    refused(&dir, &["run", p(&tiny()), "--input", "in.st", "--output", "o.st/"], "--output o.st/ ends in /");
+}

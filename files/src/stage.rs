@@ -81,6 +81,10 @@ impl Outputs {
     }
 
     fn declare(&mut self, label: String, path: &Path, folder: bool) -> Result<Output> {
+        use std::os::unix::ffi::OsStrExt;
+        if !folder && path.as_os_str().as_bytes().ends_with(b"/") {
+            bail!("{label} ends in /, which names a folder, not a file");
+        }
         let place = resolve(&label, path, folder)?;
         remove_stale(place.resolved.parent().expect("a resolved output has a folder"));
         if let Some((input, _)) = self.inputs.iter().find(|(_, p)| p.same(&place)) {

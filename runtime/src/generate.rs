@@ -32,7 +32,7 @@ impl Sampling {
 
     /// One-line errors for options outside their ranges.
     pub fn check(&self) -> Result<()> {
-        ensure!(self.temperature >= 0.0 && self.temperature.is_finite(), "the temperature must be 0 or more");
+        ensure!(self.temperature >= 0.0 && self.temperature.is_finite(), "--temperature must be a finite number, 0 or more (got {})", self.temperature);
         ensure!(self.top_k != Some(0), "--top-k must be at least 1");
         ensure!(self.top_p.is_none_or(|p| p > 0.0 && p <= 1.0), "--top-p must be in (0, 1]");
         Ok(())

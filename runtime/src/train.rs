@@ -28,6 +28,7 @@ pub const BYTE_VOCAB: usize = 256;
 /// Everything that determines a run's numbers (saved in trainer.json), plus how often it logs,
 /// evaluates and checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainOptions {
     /// Total optimizer steps (the schedule runs over them).
     pub steps: usize,
@@ -104,6 +105,7 @@ pub struct TrainSummary {
 
 /// trainer.json: where a checkpoint stands and how it was trained.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TrainerState {
     format: String,
     tttc_version: String,
@@ -123,6 +125,7 @@ struct TrainerState {
 const FORMAT: &str = "tttc-train-1";
 
 #[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DataInfo {
     path: PathBuf,
     bytes: usize,
@@ -436,6 +439,12 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// the checkpoint being resumed.
 fn check_out(out: &Path, resume: Option<&Path>) -> Result<()> {
     if resume.is_some_and(|r| same_dir(r, out)) {
+        if let Some(other) = foreign_entries(out)?.first() {
+            bail!(
+                "{} holds {other}, which tttc train did not write; a checkpoint replaces the whole folder, so move it out first (or resume into another -o)",
+                out.display()
+            );
+        }
         return Ok(());
     }
     match std::fs::metadata(out) {
@@ -458,6 +467,22 @@ fn check_out(out: &Path, resume: Option<&Path>) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The files a checkpoint is made of: a checkpoint replaces the whole run folder.
+const CHECKPOINT_FILES: [&str; 7] = ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "trainer.json", "log.jsonl", "loss.png"];
+
+/// The names in the run folder `dir` that are not a checkpoint's.
+fn foreign_entries(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let name = entry.with_context(|| format!("cannot read {}", dir.display()))?.file_name().to_string_lossy().into_owned();
+        if !CHECKPOINT_FILES.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Writes `text` to `path` through a temporary file and a rename.
@@ -516,6 +541,20 @@ impl Run<'_> {
             std::fs::write(tmp.join("trainer.json"), serde_json::to_string_pretty(&trainer)? + "\n")?;
             // The loss curves are for people: a failure to draw them does not stop training.
             let _ = self.plot(&tmp.join("loss.png"));
+            // A file put into the run folder while it trains is carried over (hard-linked: if
+            // the process dies before the swap, it is still in the folder); anything else stops
+            // the checkpoint before the folder is touched.
+            if self.out.exists() {
+                for name in foreign_entries(self.out)? {
+                    let (from, to) = (self.out.join(&name), tmp.join(&name));
+                    ensure!(
+                        std::fs::symlink_metadata(&from)?.is_file(),
+                        "{} holds {name}, which tttc train did not write and cannot carry over; move it out",
+                        self.out.display()
+                    );
+                    std::fs::hard_link(&from, &to).with_context(|| format!("cannot carry {} over", from.display()))?;
+                }
+            }
             Ok(())
         };
         // On an error the swap, dropped, removes its temporary folder.
@@ -582,6 +621,15 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
         (None, Some(r)) => r.trainer.data.path.clone(),
         (None, None) => bail!("--data FILE is required (the training text)"),
     };
+    // Checkpoints replace the run folder: the data must live elsewhere.
+    if let (Ok(data), Ok(out)) = (std::fs::canonicalize(&data_path), std::fs::canonicalize(&req.out)) {
+        ensure!(
+            !data.starts_with(&out),
+            "--data {} is inside the run folder {}, which every checkpoint replaces; keep the data elsewhere",
+            data_path.display(),
+            req.out.display()
+        );
+    }
     let corpus = read_corpus(&data_path, &o)?;
     let mut state = match &resumed {
         Some(r) => {
