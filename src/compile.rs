@@ -248,11 +248,8 @@ pub fn compile(req: &Request) -> Result<()> {
         Some(o) => o.to_path_buf(),
         None => default_out_dir(req.model)?,
     };
-    let mut outputs = tttc_files::Outputs::new();
-    for file in tttc_frontends::source_files(req.model) {
-        outputs.reads(format!("the model's {}", file.display()), &file);
-    }
-    let out_dir = outputs.folder(format!("-o {}", out.display()), &out, check_replaceable)?;
+    let mut outputs = crate::outputs_reading(req.model, &[]);
+    let out_dir = outputs.folder("-o", &out, check_replaceable)?;
 
     let env: DimEnv = [("B".to_string(), req.batch), ("T".to_string(), req.seq_len)].into_iter().collect();
     let results = tttc_passes::run_passes_observed(&tttc_passes::pipeline(), graph, None, |r| {

@@ -555,8 +555,8 @@ fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor
 fn run(args: &RunArgs) -> Result<()> {
     let mut outputs =
         outputs_reading(&args.model, &[("--weights", args.weights.as_deref()), ("--input", Some(&args.input)), ("--state-in", args.state_in.as_deref())]);
-    let out_file = outputs.file(format!("--output {}", args.output.display()), &args.output)?;
-    let state_file = args.state_out.as_ref().map(|p| outputs.file(format!("--state-out {}", p.display()), p)).transpose()?;
+    let out_file = outputs.file("--output", &args.output)?;
+    let state_file = args.state_out.as_ref().map(|p| outputs.file("--state-out", p)).transpose()?;
     let model = load_model(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
@@ -604,11 +604,11 @@ fn run(args: &RunArgs) -> Result<()> {
 fn outputs_reading(model: &Path, inputs: &[(&str, Option<&Path>)]) -> tttc_files::Outputs {
     let mut outputs = tttc_files::Outputs::new();
     for file in tttc_frontends::source_files(model) {
-        outputs.reads(format!("the model's {}", file.display()), &file);
+        outputs.reads("the model's", &file);
     }
     for (flag, path) in inputs {
         if let Some(path) = path {
-            outputs.reads(format!("{flag} {}", path.display()), path);
+            outputs.reads(flag, path);
         }
     }
     outputs
@@ -758,11 +758,11 @@ impl BenchFiles {
         let mut outputs = tttc_files::Outputs::new();
         for (flag, path) in [("--peers", &a.peers), ("--peer-bench", &a.peer_bench)] {
             if let Some(path) = path {
-                outputs.reads(format!("{flag} {}", path.display()), path);
+                outputs.reads(flag, path);
             }
         }
-        let json = a.output.as_ref().map(|p| outputs.file(format!("--output {}", p.display()), p)).transpose()?;
-        let plot = a.plot.as_ref().map(|p| outputs.file(format!("--plot {}", p.display()), p)).transpose()?;
+        let json = a.output.as_ref().map(|p| outputs.file("--output", p)).transpose()?;
+        let plot = a.plot.as_ref().map(|p| outputs.file("--plot", p)).transpose()?;
         Ok(BenchFiles { outputs, json, plot })
     }
 
@@ -784,7 +784,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     sampling.check()?;
     let mut outputs =
         outputs_reading(&a.model, &[("--weights", a.weights.as_deref()), ("--prompt", a.prompt.as_deref()), ("--state-in", a.state_in.as_deref())]);
-    let out_file = outputs.file(format!("--output {}", a.output.display()), &a.output)?;
+    let out_file = outputs.file("--output", &a.output)?;
     let model = load_model(&a.model, a.weights.as_deref())?;
     // The byte tokenizer of a `tttc train` checkpoint; another tokenizer is not read.
     let tokenizer = tttc_runtime::train::byte_tokenizer(&a.model);
@@ -847,7 +847,7 @@ fn grad(args: &RunArgs, remat: Option<usize>) -> Result<()> {
     anyhow::ensure!(remat != Some(0), "--remat takes at least 1 segment (1: keep every activation)");
     let mut outputs =
         outputs_reading(&args.model, &[("--weights", args.weights.as_deref()), ("--input", Some(&args.input)), ("--state-in", args.state_in.as_deref())]);
-    let out_file = outputs.file(format!("--output {}", args.output.display()), &args.output)?;
+    let out_file = outputs.file("--output", &args.output)?;
     let (model, ids, backend) = load_inputs(args)?;
     let out = match read_state(args.state_in.as_deref())? {
         Some(start) => tttc_runtime::GradientStep::resumed(&model, &start, remat)?.run_from(&model.weights, &ids, &start, backend)?,

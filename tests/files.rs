@@ -277,13 +277,14 @@ fn a_run_that_cannot_fit_is_refused_with_its_estimate() {
 
 #[test]
 fn training_that_cannot_fit_is_refused_before_drawing_a_batch() {
-    let dir = folder("files_train_memory");
-    let data = repo().join("tests/data/tinyshakespeare.txt");
-    let model = tiny();
-    let train = ["train", p(&model), "--data", p(&data), "-o", "run", "--steps", "2", "--context", "16", "--eval-every", "0"];
-    refused(&dir, &[&train[..], &["--batch-size", "1000000000", "--max-memory", "2G"]].concat(), "training on batches of 1000000000 × 16 tokens needs about");
+    let dir = training_folder("files_train_memory");
+    refused(
+        &dir,
+        &[TRAIN, &["--steps", "2", "--batch-size", "1000000000", "--max-memory", "2G"]].concat(),
+        "training on batches of 1000000000 × 16 tokens needs about",
+    );
     // A checkpoint whose trainer.json was edited to a batch that cannot fit.
-    succeeds(&dir, &[&train[..], &["--batch-size", "2"]].concat());
+    succeeds(&dir, &[TRAIN, &["--steps", "2", "--batch-size", "2"]].concat());
     let trainer = dir.join("run/trainer.json");
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trainer).unwrap()).unwrap();
     json["options"]["batch_size"] = 1_000_000_000.into();
@@ -348,35 +349,22 @@ fn small_mistakes_get_clear_errors() {
     refused(&dir, &["--max-memory", "lots", "ir", &m], "\"lots\" is not a size");
 }
 
-fn corpus() -> PathBuf {
-    repo().join("tests/data/tinyshakespeare.txt")
+/// `tttc train` of the tiny model on the corpus into `run` (in a [`training_folder`]), with small
+/// windows and no validation; each test adds its steps and batch size.
+const TRAIN: &[&str] = &["train", "model.toml", "--data", "corpus.txt", "-o", "run", "--context", "16", "--eval-every", "0"];
+
+/// A [`folder`] that also holds the tiny model (`model.toml`) and the corpus (`corpus.txt`).
+fn training_folder(name: &str) -> PathBuf {
+    let dir = folder(name);
+    std::fs::copy(tiny(), dir.join("model.toml")).unwrap();
+    std::fs::copy(repo().join("tests/data/tinyshakespeare.txt"), dir.join("corpus.txt")).unwrap();
+    dir
 }
 
 #[test]
 fn a_run_folder_holding_what_training_did_not_write_is_not_resumed_into() {
-    let dir = folder("files_train_foreign");
-    let (model, data) = (tiny(), corpus());
-    succeeds(
-        &dir,
-        &[
-            "train",
-            p(&model),
-            "--data",
-            p(&data),
-            "-o",
-            "run",
-            "--steps",
-            "4",
-            "--stop-after",
-            "2",
-            "--batch-size",
-            "2",
-            "--context",
-            "16",
-            "--eval-every",
-            "0",
-        ],
-    );
+    let dir = training_folder("files_train_foreign");
+    succeeds(&dir, &[TRAIN, &["--steps", "4", "--stop-after", "2", "--batch-size", "2"]].concat());
     std::fs::write(dir.join("run/notes.txt"), b"a user's notes").unwrap();
     refused(&dir, &["train", "--resume", "run", "-o", "run"], "run holds notes.txt, which tttc train did not write");
     // An edited trainer.json with a key tttc does not know.
@@ -388,39 +376,17 @@ fn a_run_folder_holding_what_training_did_not_write_is_not_resumed_into() {
 
 #[test]
 fn training_data_inside_the_run_folder_is_refused() {
-    let dir = folder("files_train_data_inside");
+    let dir = training_folder("files_train_data_inside");
     std::fs::create_dir(dir.join("run")).unwrap();
-    std::fs::write(dir.join("run/log.jsonl"), &std::fs::read(corpus()).unwrap()[..5000]).unwrap();
-    refused(
-        &dir,
-        &["train", p(&tiny()), "--data", "run/log.jsonl", "-o", "run", "--steps", "2", "--batch-size", "2", "--context", "16"],
-        "is inside the run folder run",
-    );
+    std::fs::write(dir.join("run/log.jsonl"), &std::fs::read(dir.join("corpus.txt")).unwrap()[..5000]).unwrap();
+    refused(&dir, &["train", "model.toml", "--data", "run/log.jsonl", "-o", "run", "--steps", "2", "--batch-size", "2"], "is inside the run folder run");
 }
 
 /// A file put into the run folder while it trains survives the checkpoints that follow.
 #[test]
 fn a_file_added_to_the_run_folder_during_training_is_carried_over() {
-    let dir = folder("files_train_carry");
-    let (model, data) = (tiny(), corpus());
-    let args = [
-        "train",
-        p(&model),
-        "--data",
-        p(&data),
-        "-o",
-        "run",
-        "--steps",
-        "400",
-        "--batch-size",
-        "1",
-        "--context",
-        "8",
-        "--eval-every",
-        "0",
-        "--checkpoint-every",
-        "1",
-    ];
+    let dir = training_folder("files_train_carry");
+    let args = [TRAIN, &["--steps", "400", "--batch-size", "1", "--checkpoint-every", "1"]].concat();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tttc")).args(args).current_dir(&dir).stderr(Stdio::piped()).spawn().unwrap();
     let trainer = dir.join("run/trainer.json");
     let step = || -> Option<u64> { serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&trainer).ok()?).ok()?["step"].as_u64() };

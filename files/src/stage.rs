@@ -43,6 +43,11 @@ struct Target {
     staged: Option<PathBuf>,
 }
 
+/// How errors name a file: what it is to the command and its path (`--output o.st`).
+fn label(what: &str, path: &Path) -> String {
+    format!("{what} {}", path.display())
+}
+
 /// A process-unique staging name: short, so it fits NAME_MAX whatever the target's name, and
 /// with the target's extension (an image writer picks its format by it).
 fn staging_name(n: usize, target: &Path) -> String {
@@ -55,29 +60,30 @@ impl Outputs {
         Outputs::default()
     }
 
-    /// Declares a file the command reads (`label` names it in errors: `--input x.st`): no output
-    /// may be the same file. A path that does not exist is ignored (reading it fails on its own).
-    pub fn reads(&mut self, label: impl Into<String>, path: &Path) {
+    /// Declares a file the command reads (`what` and the path name it in errors: `--input x.st`):
+    /// no output may be the same file. A path that does not exist is ignored (reading it fails on
+    /// its own).
+    pub fn reads(&mut self, what: &str, path: &Path) {
         if let Ok(resolved) = std::fs::canonicalize(path) {
             let inode = std::fs::metadata(&resolved).ok().map(|m| (m.dev(), m.ino()));
-            self.inputs.push((label.into(), Place { resolved, inode }));
+            self.inputs.push((label(what, path), Place { resolved, inode }));
         }
     }
 
     /// Declares an output file: refused now if its folder does not exist, if it exists and is not
     /// a regular file (a device such as /dev/null, a FIFO, a folder), or if it is the same file
     /// as an input or another output.
-    pub fn file(&mut self, label: impl Into<String>, path: &Path) -> Result<Output> {
-        self.declare(label.into(), path, false)
+    pub fn file(&mut self, what: &str, path: &Path) -> Result<Output> {
+        self.declare(label(what, path), path, false)
     }
 
     /// Declares an output folder, replaced whole. An existing one is offered to `replaceable`,
     /// which refuses (in one line) what must not be replaced.
-    pub fn folder(&mut self, label: impl Into<String>, path: &Path, replaceable: impl Fn(&Path) -> Result<()>) -> Result<Output> {
+    pub fn folder(&mut self, what: &str, path: &Path, replaceable: impl Fn(&Path) -> Result<()>) -> Result<Output> {
         if std::fs::symlink_metadata(path).is_ok() {
             replaceable(path)?;
         }
-        self.declare(label.into(), path, true)
+        self.declare(label(what, path), path, true)
     }
 
     fn declare(&mut self, label: String, path: &Path, folder: bool) -> Result<Output> {
@@ -132,7 +138,10 @@ impl Outputs {
         for t in &mut self.targets {
             let staged = t.staged.take().expect("checked above");
             let target = &t.place.resolved;
-            let result = if t.folder && target.exists() { replace_folder(&staged, target) } else { std::fs::rename(&staged, target).map_err(Into::into) };
+            let result = match t.folder {
+                true => crate::swap::replace(&staged, target, &staged.with_extension("old"), |_| {}),
+                false => std::fs::rename(&staged, target).map_err(Into::into),
+            };
             if let Err(e) = result {
                 remove(&staged);
                 return Err(e.context(format!("cannot write {}", t.label)));
@@ -186,23 +195,4 @@ fn resolve(label: &str, path: &Path, folder: bool) -> Result<Place> {
             Ok(Place { resolved: dir.join(name), inode: None })
         }
     }
-}
-
-/// Puts the folder `new` in place of the folder `target` (one atomic exchange where the file
-/// system can), then removes the old content.
-fn replace_folder(new: &Path, target: &Path) -> Result<()> {
-    match crate::swap::exchange(new, target) {
-        Ok(()) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
-            let aside = new.with_extension("old");
-            std::fs::rename(target, &aside)?;
-            std::fs::rename(new, target)?;
-            remove(&aside);
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    }
-    // After the exchange `new` holds the old content.
-    remove(new);
-    Ok(())
 }

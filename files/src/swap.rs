@@ -61,41 +61,48 @@ impl Swap {
         &self.tmp
     }
 
-    /// Puts the new version in place of the folder and removes the previous one. `point` is told
-    /// where the swap stands, for test hooks: `"exchanged"` (the new version in place, the previous
-    /// one not yet removed), `"renamed-aside"` (without an exchange: between the two renames).
+    /// Puts the new version in place of the folder and removes the previous one (see
+    /// [`replace`]).
     pub fn commit(self, point: impl Fn(&str)) -> Result<()> {
-        let what = || format!("cannot put {} in place of {}", self.tmp.display(), self.dir.display());
-        if !self.dir.exists() {
-            return std::fs::rename(&self.tmp, &self.dir).with_context(what);
-        }
-        // TTTC_RENAME_EXCHANGE=0 takes the fallback (a test hook).
-        let exchanged = if std::env::var_os("TTTC_RENAME_EXCHANGE").is_some_and(|v| v == "0") {
-            false
-        } else {
-            match exchange(&self.tmp, &self.dir) {
-                Ok(()) => true,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => false,
-                Err(e) => return Err(e).with_context(what),
-            }
-        };
-        // After an exchange the previous version is at `tmp`, after the fallback at `old`.
-        let previous = if exchanged {
-            &self.tmp
-        } else {
-            std::fs::rename(&self.dir, &self.old).with_context(what)?;
-            point("renamed-aside");
-            if let Err(e) = std::fs::rename(&self.tmp, &self.dir) {
-                // Put the previous version back; if even that fails, `recover` will.
-                let _ = std::fs::rename(&self.old, &self.dir);
-                return Err(e).with_context(what);
-            }
-            &self.old
-        };
-        point("exchanged");
-        let _ = std::fs::remove_dir_all(previous);
-        Ok(())
+        replace(&self.tmp, &self.dir, &self.old, point)
     }
+}
+
+/// Puts the folder `new` in place of `dir` and removes the previous version: one exchange, or,
+/// where the file system cannot exchange, `dir` renamed to `aside` and `new` renamed in. `point` is
+/// told where the replacement stands, for test hooks: `"exchanged"` (the new version in place, the
+/// previous one not yet removed), `"renamed-aside"` (without an exchange: between the two renames).
+pub(crate) fn replace(new: &Path, dir: &Path, aside: &Path, point: impl Fn(&str)) -> Result<()> {
+    let what = || format!("cannot put {} in place of {}", new.display(), dir.display());
+    if !dir.exists() {
+        return std::fs::rename(new, dir).with_context(what);
+    }
+    // TTTC_RENAME_EXCHANGE=0 takes the fallback (a test hook).
+    let exchanged = if std::env::var_os("TTTC_RENAME_EXCHANGE").is_some_and(|v| v == "0") {
+        false
+    } else {
+        match exchange(new, dir) {
+            Ok(()) => true,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => false,
+            Err(e) => return Err(e).with_context(what),
+        }
+    };
+    // After an exchange the previous version is at `new`, after the fallback at `aside`.
+    let previous = if exchanged {
+        new
+    } else {
+        std::fs::rename(dir, aside).with_context(what)?;
+        point("renamed-aside");
+        if let Err(e) = std::fs::rename(new, dir) {
+            // Put the previous version back; if even that fails, `recover` will.
+            let _ = std::fs::rename(aside, dir);
+            return Err(e).with_context(what);
+        }
+        aside
+    };
+    point("exchanged");
+    let _ = std::fs::remove_dir_all(previous);
+    Ok(())
 }
 
 impl Drop for Swap {

@@ -39,9 +39,9 @@ fn read_run(dir: &Path) -> Result<Run> {
 pub fn compare_runs(runs: &[PathBuf], png: &Path, title: &str) -> Result<String> {
     let mut outputs = tttc_files::Outputs::new();
     for dir in runs {
-        outputs.reads(format!("the log {}", dir.join("log.jsonl").display()), &dir.join("log.jsonl"));
+        outputs.reads("the log", &dir.join("log.jsonl"));
     }
-    let out = outputs.file(format!("--output {}", png.display()), png)?;
+    let out = outputs.file("--output", png)?;
     let runs: Vec<Run> = runs.iter().map(|d| read_run(d)).collect::<Result<_>>()?;
     let series: Vec<Series> = runs.iter().map(|r| Series { label: r.name.clone(), points: r.val.clone() }).collect();
     outputs.write_with(out, |path| loss_curves(path, title, &series))?;

@@ -53,7 +53,7 @@ pub fn tensor_bytes(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
 /// Writes `tensors` to `path` atomically: the file appears whole or not at all.
 pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let mut outputs = Outputs::new();
-    let out = outputs.file(path.display().to_string(), path)?;
+    let out = outputs.file("the file", path)?;
     outputs.write(out, &tensor_bytes(tensors)?)?;
     outputs.commit()
 }

@@ -184,9 +184,9 @@ impl Executable {
         Executable { graph, cpu: std::sync::OnceLock::new(), fits: std::sync::Mutex::new(None) }
     }
 
-    /// Refuses to run at the sizes `args` bind when the estimated peak of live memory (weights,
+    /// The sizes `args` bind, refused when the estimated peak of live memory there (weights,
     /// activations, the largest scan body's workspace) exceeds the budget.
-    fn check_memory(&self, args: &[&Tensor]) -> Result<()> {
+    fn sizes_that_fit(&self, args: &[&Tensor]) -> Result<tttc_ir::DimEnv> {
         let mut env = tttc_ir::DimEnv::new();
         tttc_ir::interp::bind_args(&self.graph, args, &mut env)?;
         let mut fits = self.fits.lock().expect("not poisoned");
@@ -194,9 +194,9 @@ impl Executable {
             let peak = tttc_passes::cost::live_peak(&self.graph, &env)?;
             let sizes: Vec<String> = env.iter().collect::<std::collections::BTreeMap<_, _>>().iter().map(|(k, v)| format!("{k} = {v}")).collect();
             tttc_files::memory::check(&format!("running {} at {}", self.graph.name, sizes.join(", ")), peak.bytes)?;
-            *fits = Some(env);
+            *fits = Some(env.clone());
         }
-        Ok(())
+        Ok(env)
     }
 
     /// Runs the graph with `input_ids` and the weights (by name) as its arguments.
@@ -207,7 +207,7 @@ impl Executable {
     /// Runs the graph with the named `inputs` and the weights (by name) as its arguments.
     pub fn run_with(&self, weights: &Weights, inputs: &[(&str, &Tensor)], backend: Backend) -> Result<Vec<Tensor>> {
         let args = arguments(&self.graph, weights, inputs)?;
-        self.check_memory(&args)?;
+        let env = self.sizes_that_fit(&args)?;
         match backend {
             Backend::Interp => tttc_ir::run(&self.graph, &args, Precision::F32),
             Backend::Cpu => {
@@ -217,8 +217,6 @@ impl Executable {
                 self.cpu.get().expect("compiled above").run(&args)
             }
             Backend::CpuModel | Backend::PtxSim | Backend::Cuda => {
-                let mut env = tttc_ir::DimEnv::new();
-                tttc_ir::interp::bind_args(&self.graph, &args, &mut env)?;
                 if backend == Backend::CpuModel {
                     return tttc_codegen_cpu::aot::CompiledModel::compile(&self.graph, &env)?.run(&args);
                 }
