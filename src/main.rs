@@ -439,15 +439,14 @@ enum BackendArg {
     Interp,
     /// Native code for this machine (Cranelift kernels, gemm matrix products).
     Cpu,
-    /// The whole model compiled ahead of time at the input's sizes, one thread: the code
-    /// `tttc compile` writes to cpu/model.o, run in this process (forward passes only).
+    /// The whole graph compiled ahead of time at the input's sizes, one thread: the code
+    /// `tttc compile` writes to cpu/model.o, run in this process (compiled once per set of sizes).
     CpuModel,
-    /// The model's PTX kernels (as `tttc compile` writes them) executed on this CPU by the PTX
-    /// simulator, every thread with bounds and race checks: slow, for checking (forward passes
-    /// only).
+    /// The graph's PTX kernels (as `tttc compile` writes them) executed on this CPU by the PTX
+    /// simulator, every thread with bounds and race checks: slow, for checking.
     PtxSim,
-    /// The same PTX kernels on GPU 0 through the CUDA driver, loaded at run time (forward
-    /// passes only; without a GPU it says so).
+    /// The same PTX kernels on GPU 0 through the CUDA driver, loaded at run time (without a GPU
+    /// it says so).
     Cuda,
 }
 
@@ -694,8 +693,6 @@ fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: B
 
 fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>, files: BenchFiles) -> Result<()> {
     use tttc_runtime::bench::decode;
-    let backend: tttc_runtime::Backend = a.backend.into();
-    anyhow::ensure!(!backend.forward_only(), "bench --decode runs on cpu or interp: --backend {} compiles one forward pass at fixed sizes", backend.name());
     let bandwidth = decode::read_bandwidth();
     println!("memory read bandwidth on {} threads: {bandwidth:.1} GB/s\n", tttc_codegen_cpu::threads());
     println!("| model | layers | context | who | median ms/token | min ms | tokens/s | MB read per token | floor ms | × floor |");
@@ -953,8 +950,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     let (passes, codegen) = bench::compile_time()?;
     println!("\nCompiling the 12-layer 125m TTT-Linear: graph and passes {passes:.2} s, CPU code generation {codegen:.2} s.");
     let t = a.seq_lens[0];
-    // Compiled models hold forward passes only: their gradient step runs on the CPU backend.
-    let grad_backend = if req.backend.forward_only() { tttc_runtime::Backend::Cpu } else { req.backend };
+    let grad_backend = req.backend;
     let (step_ms, build_s) = bench::gradient_step(t, grad_backend, a.reps as usize)?;
     println!(
         "Gradient step of a 2-layer TTT-Linear LM at the 125m width (vocabulary 32000), B = 1, T = {t}, on {}: {step_ms:.0} ms \

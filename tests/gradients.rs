@@ -1,6 +1,6 @@
 //! `tttc grad` on every reference case: the loss within SPEC §1's 1e-5 and every parameter's
 //! gradient within 1e-4 (max-normalised) of `grads.safetensors`, which PyTorch computed in f64,
-//! on every CPU-side backend.
+//! on every backend that runs here, and on a GPU where there is one.
 
 mod common;
 use common::*;
@@ -10,9 +10,19 @@ const RTOL_GRADS: f64 = 1e-4;
 
 #[test]
 fn grad_matches_every_reference_case() {
-    let out_dir = scratch("reference_grads");
+    check_every_case(&BACKENDS, "reference_grads");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn cuda_grad_matches_every_reference_case() {
+    check_every_case(&["cuda"], "reference_grads_cuda");
+}
+
+fn check_every_case(backends: &[&str], scratch_name: &str) {
+    let out_dir = scratch(scratch_name);
     let mut failures = Vec::new();
-    for (case, backend) in cases().into_iter().flat_map(|c| BACKENDS.map(|b| (c.clone(), b))) {
+    for (case, backend) in cases().into_iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))) {
         let name = format!("{} ({backend})", case.file_name().unwrap().to_str().unwrap());
         let out = out_dir.join(format!("{name}.safetensors"));
         let io = case.join("io.safetensors");

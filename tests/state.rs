@@ -33,7 +33,7 @@ fn run_writes_the_state_after_the_sequence() {
             .filter_map(|((n, _), t)| n.strip_prefix("state.").map(|s| (s.to_string(), t.as_f32().unwrap().to_vec())))
             .collect();
         assert!(!expected.is_empty(), "{name}: the prefill has no state");
-        for backend in ["interp", "cpu", "ptx-sim"] {
+        for backend in BACKENDS {
             let (out, state) = (out_dir.join(format!("{name}-{backend}-out.safetensors")), out_dir.join(format!("{name}-{backend}-state.safetensors")));
             let r = tttc(&["run", p(&case), "--input", p(&io), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
             assert!(r.status.success(), "{name} ({backend}): {}", String::from_utf8_lossy(&r.stderr));
@@ -181,7 +181,7 @@ fn grad_from_a_state_gives_the_state_gradients() {
             .map(|((n, _), t)| (n.clone(), t.to_f32().unwrap()))
             .collect();
 
-        for backend in ["interp", "cpu"] {
+        for backend in BACKENDS {
             let out = dir.join(format!("{name}-{backend}-grad.safetensors"));
             let r = tttc(&["grad", p(&case), "--input", p(&input), "--output", p(&out), "--state-in", p(&start), "--backend", backend]);
             assert!(r.status.success(), "{name} ({backend}): {}", String::from_utf8_lossy(&r.stderr));

@@ -106,7 +106,6 @@ impl Decoder {
         mut on_token: impl FnMut(usize, &[i64]),
     ) -> Result<Generated> {
         check_input_ids(prompt, self.vocab)?;
-        ensure!(!backend.forward_only(), "--backend {} compiles one forward pass at fixed sizes; generate runs on cpu or interp", backend.name());
         ensure!(new_tokens > 0, "--max-new-tokens must be at least 1");
         ensure!(new_tokens <= MAX_NEW_TOKENS, "--max-new-tokens is at most {MAX_NEW_TOKENS}");
         sampling.check()?;

@@ -19,22 +19,21 @@ use tttc_ir::{Graph, Precision, Tensor};
 pub use io::{read_tensors, tensor_bytes, write_tensors};
 pub use train::{train, OptionChoices, TrainOptions, TrainRequest, TrainSummary};
 
-/// Where a graph executes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a graph executes. Every backend runs every graph the runtime builds: forward passes,
+/// gradients (reverse scans included) and decoding steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// The reference interpreter (`tttc_ir::interp`).
     Interp,
-    /// Native code for this machine (`tttc_codegen_cpu`).
+    /// Native code for this machine (`tttc_codegen_cpu`), compiled once for every size.
     Cpu,
     /// The whole graph compiled ahead of time at the arguments' sizes, as `tttc compile`
-    /// writes it (`tttc_codegen_cpu::aot`), run in this process on one thread. Forward graphs
-    /// only: gradients run backwards scans, which compiled models do not hold.
+    /// writes it (`tttc_codegen_cpu::aot`), run in this process on one thread.
     CpuModel,
-    /// The model's PTX kernels (`tttc_ptx`), at the arguments' sizes, executed by the PTX
-    /// simulator (`tttc_ptx_sim`) from the text `tttc compile` writes. Forward graphs only.
+    /// The graph's PTX kernels (`tttc_ptx`), at the arguments' sizes, executed by the PTX
+    /// simulator (`tttc_ptx_sim`) from the text `tttc compile` writes.
     PtxSim,
-    /// The same kernels on GPU 0 through the CUDA driver (loaded at run time). Forward graphs
-    /// only.
+    /// The same kernels on GPU 0 through the CUDA driver (loaded at run time).
     Cuda,
 }
 
@@ -47,12 +46,6 @@ impl Backend {
             Backend::PtxSim => "ptx-sim",
             Backend::Cuda => "cuda",
         }
-    }
-
-    /// Whether the backend compiles one forward pass at fixed sizes (no gradients, no
-    /// backwards scans).
-    pub fn forward_only(self) -> bool {
-        matches!(self, Backend::CpuModel | Backend::PtxSim | Backend::Cuda)
     }
 }
 
@@ -170,18 +163,77 @@ pub struct GradientStep {
     vocab: usize,
 }
 
-/// A graph ready to run on any backend, compiled for the CPU on its first run there.
+/// A graph ready to run on any backend: compiled for the CPU on its first run there, and for
+/// the backends that compile at fixed sizes once per set of sizes it runs at.
 pub struct Executable {
     pub graph: Graph,
     cpu: std::sync::OnceLock<tttc_codegen_cpu::Program>,
+    /// Programs compiled at fixed sizes, by backend and sizes (the most recent few: a Llama
+    /// decoding loop grows its cache length every step).
+    fixed: std::sync::Mutex<Vec<(Backend, Sizes, std::sync::Arc<FixedSize>)>>,
     /// The sizes whose memory estimate last fitted the budget: a training or decoding loop runs
     /// at the same sizes every call and is checked once.
     fits: std::sync::Mutex<Option<tttc_ir::DimEnv>>,
 }
 
+/// A binding of a graph's size symbols, in a fixed order.
+type Sizes = Vec<(String, usize)>;
+
+/// Programs compiled at fixed sizes kept per executable.
+const FIXED_SIZE_PROGRAMS: usize = 8;
+
+/// A graph compiled at fixed sizes.
+enum FixedSize {
+    CpuModel(Box<tttc_codegen_cpu::aot::CompiledModel>),
+    /// The kernels and the host program; for the simulator, the device with the module loaded.
+    Gpu(Box<tttc_ptx::model::GpuModel>, Option<std::sync::Mutex<tttc_ptx_sim::SimDevice>>),
+}
+
+impl FixedSize {
+    fn compile(graph: &Graph, env: &tttc_ir::DimEnv, backend: Backend) -> Result<FixedSize> {
+        if backend == Backend::CpuModel {
+            return Ok(FixedSize::CpuModel(Box::new(tttc_codegen_cpu::aot::CompiledModel::compile(graph, env)?)));
+        }
+        let model = tttc_ptx::model::GpuModel::compile(graph, env)?;
+        let sim = match backend {
+            Backend::PtxSim => Some(std::sync::Mutex::new(tttc_ptx_sim::SimDevice::load(&model.module(tttc_ptx::TARGETS[0]).to_text())?)),
+            _ => None,
+        };
+        Ok(FixedSize::Gpu(Box::new(model), sim))
+    }
+
+    fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
+        match self {
+            FixedSize::CpuModel(model) => model.run(args),
+            FixedSize::Gpu(model, Some(sim)) => model.run(&mut *sim.lock().expect("not poisoned"), args),
+            FixedSize::Gpu(model, None) => model.run(&mut cuda::CudaDevice::open(model)?, args),
+        }
+    }
+}
+
 impl Executable {
     pub fn new(graph: Graph) -> Executable {
-        Executable { graph, cpu: std::sync::OnceLock::new(), fits: std::sync::Mutex::new(None) }
+        Executable { graph, cpu: std::sync::OnceLock::new(), fixed: std::sync::Mutex::new(Vec::new()), fits: std::sync::Mutex::new(None) }
+    }
+
+    /// The program compiled for `backend` at the sizes `env`, compiled now unless a recent run
+    /// compiled it.
+    fn fixed_size(&self, backend: Backend, env: &tttc_ir::DimEnv) -> Result<std::sync::Arc<FixedSize>> {
+        let mut sizes: Sizes = env.iter().map(|(k, &v)| (k.clone(), v)).collect();
+        sizes.sort();
+        let mut cache = self.fixed.lock().expect("not poisoned");
+        if let Some(at) = cache.iter().position(|(b, s, _)| *b == backend && *s == sizes) {
+            let hit = cache.remove(at);
+            let program = hit.2.clone();
+            cache.push(hit);
+            return Ok(program);
+        }
+        let program = std::sync::Arc::new(FixedSize::compile(&self.graph, env, backend)?);
+        if cache.len() == FIXED_SIZE_PROGRAMS {
+            cache.remove(0);
+        }
+        cache.push((backend, sizes, program.clone()));
+        Ok(program)
     }
 
     /// The sizes `args` bind, refused when the estimated peak of live memory there (weights,
@@ -216,17 +268,7 @@ impl Executable {
                 }
                 self.cpu.get().expect("compiled above").run(&args)
             }
-            Backend::CpuModel | Backend::PtxSim | Backend::Cuda => {
-                if backend == Backend::CpuModel {
-                    return tttc_codegen_cpu::aot::CompiledModel::compile(&self.graph, &env)?.run(&args);
-                }
-                let model = tttc_ptx::model::GpuModel::compile(&self.graph, &env)?;
-                if backend == Backend::Cuda {
-                    return model.run(&mut cuda::CudaDevice::open(&model)?, &args);
-                }
-                let mut device = tttc_ptx_sim::SimDevice::load(&model.module(tttc_ptx::TARGETS[0]).to_text())?;
-                model.run(&mut device, &args)
-            }
+            Backend::CpuModel | Backend::PtxSim | Backend::Cuda => self.fixed_size(backend, &env)?.run(&args),
         }
     }
 }
@@ -297,7 +339,6 @@ impl GradientStep {
     /// [`GradientStep::run`] from the state `start` (a step built by [`GradientStep::resumed`]).
     pub fn run_from(&self, weights: &Weights, ids: &Tensor, start: &State, backend: Backend) -> Result<Gradients> {
         check_input_ids(ids, self.vocab)?;
-        ensure!(!backend.forward_only(), "--backend {} runs forward passes only; gradients run on cpu or interp", backend.name());
         ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
         // The gradient graph takes the forward graph's arguments.
         let mut inputs = state::arguments(&self.graph.graph, start, ids.shape[0])?;

@@ -22,12 +22,9 @@ pub fn examples() -> Vec<PathBuf> {
     v
 }
 
-/// The backends that run on any machine: the interpreter and native code.
-pub const BACKENDS: [&str; 2] = ["interp", "cpu"];
-
-/// The backends that run forward passes: those above, the model compiled ahead of time, and its
-/// PTX kernels in the simulator.
-pub const FORWARD_BACKENDS: [&str; 4] = ["interp", "cpu", "cpu-model", "ptx-sim"];
+/// Every backend that runs on any machine: the interpreter, native code, the graph compiled ahead
+/// of time (`cpu-model`) and its PTX kernels in the simulator (`cuda` needs a GPU).
+pub const BACKENDS: [&str; 4] = ["interp", "cpu", "cpu-model", "ptx-sim"];
 
 /// Every reference case: each folder under `tests/vectors` (a case added there is picked up).
 pub fn cases() -> Vec<PathBuf> {

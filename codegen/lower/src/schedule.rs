@@ -111,6 +111,15 @@ pub enum Instr {
         index: BufId,
         depth: usize,
     },
+    /// `dst[k, :] = Σ_{i : index[i] = k} updates[i, :]` over rows of `row` elements, `k` in
+    /// `0..depth`, the rows added in the order of `index` (a gather's gradient).
+    ScatterAdd {
+        dst: BufId,
+        updates: BufId,
+        index: BufId,
+        depth: usize,
+        row: usize,
+    },
     Iota {
         dst: BufId,
     },
@@ -181,14 +190,17 @@ impl Strided {
     }
 }
 
-/// A scan: `full` iterations of the body function over whole chunks, then, when the sequence
-/// is not a multiple of the chunk, one of `tail` (the body for the shorter last chunk).
+/// A scan: `full` iterations of the body function over whole chunks and, when the sequence is
+/// not a multiple of the chunk, one of `tail` (the body for the shorter last chunk, and its
+/// length). The chunks are visited in order, or from the last for a `reverse` scan (a gradient's
+/// backward sweep), which starts with the shorter chunk.
 pub struct ScanInstr {
     pub body: usize,
     pub tail: Option<(usize, usize)>,
     pub full: usize,
     pub chunk: usize,
     pub axis: usize,
+    pub reverse: bool,
     /// Per carry: its initial value and the two buffers iterations write in turn (iteration `k`
     /// writes `pingpong[k % 2]` and reads the other, or the initial value at `k = 0`).
     pub carries: Vec<(BufId, [BufId; 2])>,
@@ -200,6 +212,57 @@ pub struct ScanInstr {
     /// what a backend needs to compile the loop whole.
     pub ir: Box<tttc_ir::Scan>,
     pub env: DimEnv,
+}
+
+/// Consecutive iterations of a scan that run the same body function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The first iteration (iterations count from 0 in the order they execute).
+    pub first: usize,
+    pub count: usize,
+    pub function: usize,
+    /// Positions in each of its chunks.
+    pub len: usize,
+    /// Whether it is the shorter last chunk.
+    pub tail: bool,
+}
+
+impl ScanInstr {
+    /// Iterations the scan runs: one per chunk, the shorter last chunk included.
+    pub fn iterations(&self) -> usize {
+        self.full + usize::from(self.tail.is_some())
+    }
+
+    /// The chunk iteration `i` works on.
+    pub fn chunk_of(&self, i: usize) -> usize {
+        if self.reverse {
+            self.iterations() - 1 - i
+        } else {
+            i
+        }
+    }
+
+    /// The iterations in the order they execute, as runs of one body function.
+    pub fn runs(&self) -> Vec<Run> {
+        let whole = (self.full > 0).then_some((self.full, self.body, self.chunk, false));
+        let tail = self.tail.map(|(function, len)| (1, function, len, true));
+        let order = if self.reverse { [tail, whole] } else { [whole, tail] };
+        let mut first = 0;
+        order
+            .into_iter()
+            .flatten()
+            .map(|(count, function, len, tail)| {
+                let run = Run { first, count, function, len, tail };
+                first += count;
+                run
+            })
+            .collect()
+    }
+
+    /// The buffer that holds carry `j`'s final value: the one the last iteration wrote.
+    pub fn final_carry(&self, j: usize) -> BufId {
+        self.carries[j].1[(self.iterations() - 1) % 2]
+    }
 }
 
 /// A sequence operand or a stacked result of a scan, and how one iteration's piece of it is
@@ -578,6 +641,10 @@ impl Builder<'_> {
                 self.instrs.push(Instr::Gather { dst, table: ins[0], index: ins[1], outer, len: table[*axis], row });
             }
             Op::OneHot { depth } => self.instrs.push(Instr::OneHot { dst, index: ins[0], depth: *depth }),
+            Op::ScatterAdd { depth } => {
+                let row = self.bufs[ins[0]].len() / self.bufs[ins[1]].len();
+                self.instrs.push(Instr::ScatterAdd { dst, updates: ins[0], index: ins[1], depth: *depth, row });
+            }
             Op::TriMask { fill } => {
                 let r = shape.len();
                 ensure!(r >= 2, "tri_mask needs rank 2 or more");
@@ -606,7 +673,6 @@ impl Builder<'_> {
     /// A scan writing `outs` (its final carries, then its stacked outputs): its body scheduled as
     /// a function (two when the last chunk is shorter), called once per chunk.
     fn scan(&mut self, scan: &tttc_ir::Scan, body: &Body, ins: &[BufId], outs: &[BufId]) -> Result<()> {
-        ensure!(!scan.reverse, "a reverse scan cannot be compiled ahead of time (it belongs to gradients)");
         let (nc, ns) = (scan.carries, scan.seqs);
         let first = (nc..nc + ns).find(|&i| !scan.is_iteration_seq(i)).context("scan has no chunked sequence")?;
         let total = self.bufs[ins[first]].shape[scan.axis];
@@ -665,22 +731,22 @@ impl Builder<'_> {
         for (j, &out) in outs[nc..].iter().enumerate() {
             outputs.push(slicing(self, out, scan.is_iteration_output(j)));
         }
-        let iterations = full + usize::from(rem > 0);
-        let last = (iterations - 1) % 2;
-        let results: Vec<BufId> = carries.iter().map(|(_, pair)| pair[last]).collect();
-        self.instrs.push(Instr::Scan(Box::new(ScanInstr {
+        let scan = ScanInstr {
             body: body_fn,
             tail,
             full,
             chunk,
             axis,
+            reverse: scan.reverse,
             carries,
             seqs,
             invariants: ins[nc + ns..].to_vec(),
             outputs,
             ir: Box::new(scan.clone()),
             env: env_for_ir,
-        })));
+        };
+        let results: Vec<BufId> = (0..scan.carries.len()).map(|j| scan.final_carry(j)).collect();
+        self.instrs.push(Instr::Scan(Box::new(scan)));
         // The final carries: the last buffer written, or copied out of it into an output.
         for (&want, &have) in outs[..nc].iter().zip(&results) {
             if self.bufs[want].home == Home::Work {
@@ -747,6 +813,7 @@ fn touched(instr: &Instr) -> Vec<BufId> {
         Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => vec![*dst],
         Instr::Gather { dst, table, index, .. } => vec![*dst, *table, *index],
         Instr::OneHot { dst, index, .. } => vec![*dst, *index],
+        Instr::ScatterAdd { dst, updates, index, .. } => vec![*dst, *updates, *index],
         Instr::Scan(s) => {
             let slices = s.seqs.iter().chain(&s.outputs).flat_map(|sl| std::iter::once(sl.buf).chain(sl.staging));
             s.carries.iter().flat_map(|(init, pair)| [*init, pair[0], pair[1]]).chain(slices).chain(s.invariants.iter().copied()).collect()

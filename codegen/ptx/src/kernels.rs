@@ -67,6 +67,9 @@ pub fn params_of(instr: &Instr) -> Vec<(ParamRef, String)> {
         Instr::MatMul { c, a, b, .. } => vec![buf(c, "c"), buf(&a.buf, "a"), buf(&b.buf, "b")],
         Instr::Gather { dst, table, index, .. } => vec![buf(dst, "dst"), buf(table, "table"), buf(index, "index"), (ParamRef::Status, "status".into())],
         Instr::OneHot { dst, index, .. } => vec![buf(dst, "dst"), buf(index, "index"), (ParamRef::Status, "status".into())],
+        Instr::ScatterAdd { dst, updates, index, .. } => {
+            vec![buf(dst, "dst"), buf(updates, "updates"), buf(index, "index"), (ParamRef::Status, "status".into())]
+        }
         Instr::Scan(_) => Vec::new(),
     }
 }
@@ -83,7 +86,8 @@ pub fn written(instr: &Instr) -> Vec<BufId> {
         | Instr::Iota { dst }
         | Instr::TriMask { dst, .. }
         | Instr::Gather { dst, .. }
-        | Instr::OneHot { dst, .. } => vec![*dst],
+        | Instr::OneHot { dst, .. }
+        | Instr::ScatterAdd { dst, .. } => vec![*dst],
         Instr::Scan(_) => Vec::new(),
     }
 }
@@ -160,6 +164,37 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 let v = b.selp(Ty::F32, hit, Val::F32(1.0), Val::F32(0.0));
                 let to = b.element(d, idx, 4);
                 b.st(b.memory(), Ty::F32, to, 0, v);
+            })
+        }
+        Instr::ScatterAdd { index, depth, row, .. } => {
+            // A thread per column: it clears the column, then adds the updates' rows in order
+            // (no atomics, the interpreter's order of additions).
+            let count = f.bufs[*index].len();
+            let (d, u, x, status) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3]);
+            elements(b, spread, *row, |b, col, skip| {
+                let k = b.mov(Ty::U64, Val::Int(0));
+                let clear = b.label();
+                b.place(clear);
+                let at = dot(b, &[k.into(), col.into()], &[*row, 1], 0);
+                let to = b.element(d, at, 4);
+                b.st(b.memory(), Ty::F32, to, 0, Val::F32(0.0));
+                b.bin_to(k, BinOp::Add, Ty::U64, k, Val::Int(1));
+                let more = b.setp(Cmp::Lt, Ty::U64, k, Val::Int(*depth as i64));
+                b.bra_if(more, false, clear);
+                let i = b.mov(Ty::U64, Val::Int(0));
+                let add = b.label();
+                b.place(add);
+                let k = load_index(b, x, i.into(), *depth, status, skip);
+                let at = dot(b, &[k.into(), col.into()], &[*row, 1], 0);
+                let to = b.element(d, at, 4);
+                let from = dot(b, &[i.into(), col.into()], &[*row, 1], 0);
+                let from = b.element(u, from, 4);
+                let (sum, x) = (b.ld(b.memory(), Ty::F32, to, 0), b.ld(b.memory(), Ty::F32, from, 0));
+                let sum = b.bin(BinOp::Add, Ty::F32, sum, x);
+                b.st(b.memory(), Ty::F32, to, 0, sum);
+                b.bin_to(i, BinOp::Add, Ty::U64, i, Val::Int(1));
+                let more = b.setp(Cmp::Lt, Ty::U64, i, Val::Int(count as i64));
+                b.bra_if(more, false, add);
             })
         }
         Instr::Iota { dst } => {
@@ -285,6 +320,7 @@ pub fn instr_bytes(f: &Function, instr: &Instr) -> u64 {
         Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => size(dst),
         Instr::Gather { dst, index, .. } => 2 * size(dst) + size(index),
         Instr::OneHot { dst, index, .. } => size(dst) + size(index),
+        Instr::ScatterAdd { dst, updates, index, .. } => 2 * size(dst) + size(updates) + size(index),
         Instr::Scan(_) => 0,
     }) as u64
 }

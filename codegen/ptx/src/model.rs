@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::{DType, Data, DimEnv, Graph, Tensor};
-use tttc_lower::schedule::{self, BufId, Function, Home, Instr, ScanInstr, Schedule, Signature, Slicing, Strided};
+use tttc_lower::schedule::{self, BufId, Function, Home, Instr, Run, ScanInstr, Schedule, Signature, Slicing, Strided};
 
 use crate::isa::{Kernel, Module};
 use crate::kernels::{self, elem_bytes, Generated, ParamRef};
@@ -204,11 +204,10 @@ impl GpuModel {
                 }
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
                     let nested = ws + f.arena as u64;
-                    for k in 0..s.full {
-                        self.iteration(dev, f, s, (seqs, outputs), &ptr, (k, s.body, s.chunk, false), nested, status)?;
-                    }
-                    if let Some((tail, len)) = s.tail {
-                        self.iteration(dev, f, s, (seqs, outputs), &ptr, (s.full, tail, len, true), nested, status)?;
+                    for run in s.runs() {
+                        for i in run.first..run.first + run.count {
+                            self.iteration(dev, f, s, (seqs, outputs), &ptr, (i, run), nested, status)?;
+                        }
                     }
                 }
                 _ => unreachable!("steps are built per instruction"),
@@ -217,7 +216,7 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Iteration `k` of scan `s`: carries read from the initial values or the last iteration's
+    /// Iteration `i` of scan `s` (one of `run`'s): carries read from the initial values or the last iteration's
     /// buffer, pieces of the sequences addressed in place or staged, the body function called,
     /// staged outputs copied into place.
     #[allow(clippy::too_many_arguments)]
@@ -228,23 +227,24 @@ impl GpuModel {
         s: &ScanInstr,
         (seqs, outputs): (&[PieceCopies], &[PieceCopies]),
         ptr: &dyn Fn(BufId) -> u64,
-        (k, body, _len, tail): (usize, usize, usize, bool),
+        (i, run): (usize, Run),
         nested: u64,
         status: u64,
     ) -> Result<()> {
         let (mut args, mut outs) = (Vec::new(), Vec::new());
         for (init, pair) in &s.carries {
-            let read = if k == 0 { ptr(*init) } else { ptr(pair[(k - 1) % 2]) };
+            let read = if i == 0 { ptr(*init) } else { ptr(pair[(i - 1) % 2]) };
             args.push(read);
-            outs.push(ptr(pair[k % 2]));
+            outs.push(ptr(pair[i % 2]));
         }
+        let k = s.chunk_of(i);
         let piece_at = |sl: &Slicing| -> u64 {
             let buf = &f.bufs[sl.buf];
             let along: usize = buf.shape[s.axis + 1..].iter().product();
             ptr(sl.buf) + (k * sl.per * along * elem_bytes(buf.dtype)) as u64
         };
         let copy = |dev: &mut dyn Device, c: &PieceCopies, dst: u64, src: u64| -> Result<()> {
-            let l = if tail { c.tail.as_ref() } else { c.full.as_ref() }.expect("built for every staged piece");
+            let l = if run.tail { c.tail.as_ref() } else { c.full.as_ref() }.expect("built for every staged piece");
             dev.launch(l.kernel, l.grid, l.block, &[dst, src])
         };
         for (sl, copies) in s.seqs.iter().zip(seqs) {
@@ -264,7 +264,7 @@ impl GpuModel {
                 Some(stage) => ptr(stage),
             });
         }
-        self.call(dev, body, &args, &outs, nested, status)?;
+        self.call(dev, run.function, &args, &outs, nested, status)?;
         for (sl, copies) in s.outputs.iter().zip(outputs) {
             if let Some(stage) = sl.staging {
                 copy(dev, copies, piece_at(sl), ptr(stage))?;
@@ -437,6 +437,7 @@ impl GpuModel {
                             "tail": s.tail.map(|(f, len)| json!({ "function": f, "length": len })),
                             "chunk": s.chunk,
                             "axis": s.axis,
+                            "reverse": s.reverse,
                             "carries": s.carries.iter().map(|(init, pair)| json!({ "init": init, "buffers": pair })).collect::<Vec<_>>(),
                             "seqs": s.seqs.iter().zip(seqs).map(|(sl, c)| slicing(sl, c, true)).collect::<Vec<_>>(),
                             "invariants": s.invariants,

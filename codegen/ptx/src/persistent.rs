@@ -166,16 +166,14 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
             })
             .collect()
     };
+    // One body per run of iterations, in the order they execute.
     let mut bodies = Vec::new();
-    for (iterations, len) in [(s.full, s.chunk), (usize::from(s.tail.is_some()), s.tail.map_or(0, |t| t.1))] {
-        if iterations == 0 {
-            continue;
-        }
-        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), env, &shapes(len), schedule::Operands::AnyStrides)?;
+    for run in s.runs() {
+        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), env, &shapes(run.len), schedule::Operands::AnyStrides)?;
         if sched.functions.len() != 1 || sched.functions[0].instrs.iter().any(|i| matches!(i, Instr::Scan(_))) {
             return Ok(None);
         }
-        bodies.push((sched, iterations));
+        bodies.push((sched, run.count));
     }
     let lane_bytes = bodies.iter().map(|(sc, _)| sc.functions[0].workspace).max().unwrap_or(0).div_ceil(LANE_ALIGN) * LANE_ALIGN;
 
@@ -263,12 +261,16 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         (per * shape[s.axis + 1..].iter().product::<usize>() * elem_bytes(f.bufs[buf].dtype)) as i64
     };
     let it = b.mov(Ty::U64, Val::Int(0));
-    let mut first = true;
+    let last_chunk = b.mov(Ty::U64, Val::Int(s.iterations() as i64 - 1));
     let mut serial_steps = 0;
+    let mut run_end = 0;
     for (sched, iterations) in &bodies {
         let body = &sched.functions[0];
+        run_end += iterations;
         let top = b.label();
         b.place(top);
+        // The chunk this iteration works on: a reverse scan visits them from the last.
+        let chunk = if s.reverse { b.bin(BinOp::Sub, Ty::U64, last_chunk, it) } else { it };
         // The iteration's arguments and outputs.
         let parity = b.bin(BinOp::And, Ty::B64, it, Val::Int(1));
         let even = b.setp(Cmp::Eq, Ty::U64, parity, Val::Int(0));
@@ -281,11 +283,11 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
             outs.push(b.selp(Ty::U64, even, pair[0], pair[1]));
         }
         for (j, sl) in s.seqs.iter().enumerate() {
-            args.push(b.fma(Ty::U64, it, Val::Int(step_bytes(sl.buf, sl.per)), op_lane[nc + j]));
+            args.push(b.fma(Ty::U64, chunk, Val::Int(step_bytes(sl.buf, sl.per)), op_lane[nc + j]));
         }
         args.extend_from_slice(&op_lane[nc + ns..]);
         for (j, sl) in s.outputs.iter().enumerate() {
-            outs.push(b.fma(Ty::U64, it, Val::Int(step_bytes(sl.buf, sl.per)), out_lane[j]));
+            outs.push(b.fma(Ty::U64, chunk, Val::Int(step_bytes(sl.buf, sl.per)), out_lane[j]));
         }
         // A barrier only where an instruction touches memory another one has touched since the
         // last barrier, one of them writing; always one at the end of an iteration.
@@ -321,15 +323,14 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         b.emit(Inst::BarSync);
         serial_steps += *iterations as u64 * phases;
         b.bin_to(it, BinOp::Add, Ty::U64, it, Val::Int(1));
-        if first && *iterations > 1 {
-            let more = b.setp(Cmp::Lt, Ty::U64, it, Val::Int(*iterations as i64));
+        if *iterations > 1 {
+            let more = b.setp(Cmp::Lt, Ty::U64, it, Val::Int(run_end as i64));
             b.bra_if(more, false, top);
         }
-        first = false;
     }
     if on_chip {
         // The final state where the model reads it: the buffer the last iteration wrote.
-        let last = (s.full + usize::from(s.tail.is_some()) - 1) % 2;
+        let last = (s.iterations() - 1) % 2;
         for (j, c) in carry_bytes.iter().enumerate() {
             kernels::block_copy_words(&mut b, pair_global[j][last], pair_lane[j][last], c / 4);
         }

@@ -154,26 +154,8 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
         for &t in &req.seq_lens {
             let x = hidden_input(t, 768);
             let start = Instant::now();
-            let graph = tttc_passes::compile(&builder.g)?;
-            let args: Vec<&Tensor> = graph
-                .args
-                .iter()
-                .map(|a| if a.name == "x" { Ok(&x) } else { weights.get(&a.name).with_context(|| format!("no weight {}", a.name)) })
-                .collect::<Result<_>>()?;
-            let run: Box<dyn Fn() -> Result<Vec<Tensor>>> = match req.backend {
-                Backend::Interp => Box::new(|| tttc_ir::run(&graph, &args, tttc_ir::Precision::F32)),
-                Backend::Cpu => {
-                    let program = tttc_codegen_cpu::Program::compile(&graph)?;
-                    Box::new(move || program.run(&args))
-                }
-                Backend::CpuModel => {
-                    let mut env = tttc_ir::DimEnv::new();
-                    tttc_ir::interp::bind_args(&graph, &args, &mut env)?;
-                    let model = tttc_codegen_cpu::aot::CompiledModel::compile(&graph, &env)?;
-                    Box::new(move || model.run(&args))
-                }
-                Backend::PtxSim | Backend::Cuda => anyhow::bail!("bench measures the CPU backends; GPU estimates are in BENCHMARKS.md"),
-            };
+            let exe = crate::Executable::new(tttc_passes::compile(&builder.g)?);
+            let run = || exe.run_with(&weights, &[("x", &x)], req.backend);
             run()?;
             let first_s = start.elapsed().as_secs_f64();
             let times = time_calls(req.reps, || run().map(|_| ()))?;

@@ -274,6 +274,23 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.b.ins().store(mem(), one, p, 0);
                 self.unnest(loops);
             }
+            Instr::ScatterAdd { dst, updates, index, depth, row } => {
+                self.instr(&Instr::Fill { dst: *dst, bits: 0 });
+                let count = self.f.bufs[*index].len();
+                let (d, u, x) = (self.base(*dst), self.base(*updates), self.base(*index));
+                let (i, loops) = self.nest(&[count]);
+                let k = self.load_index(x, i[0], *depth);
+                let to = self.b.ins().imul_imm_s(k, *row as i64);
+                let from = self.b.ins().imul_imm_s(i[0], *row as i64);
+                let (to, from) = (self.offset(d, to, 4), self.offset(u, from, 4));
+                let (j, inner) = self.nest(&[*row]);
+                let (t, f) = (self.offset(to, j[0], 4), self.offset(from, j[0], 4));
+                let (sum, add) = (self.b.ins().load(types::F32, mem(), t, 0), self.b.ins().load(types::F32, mem(), f, 0));
+                let sum = self.b.ins().fadd(sum, add);
+                self.b.ins().store(mem(), sum, t, 0);
+                self.unnest(inner);
+                self.unnest(loops);
+            }
             Instr::Iota { dst } => {
                 let dtype = self.f.bufs[*dst].dtype;
                 let d = self.base(*dst);
@@ -435,26 +452,33 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     fn scan(&mut self, s: &ScanInstr) {
-        if s.full > 0 {
-            let (start, end) = (self.int(0), self.int(s.full));
-            let (k, l) = open(self.b, start, end, 1);
-            self.iteration(s, k, s.body, s.chunk);
-            close(self.b, l);
-        }
-        if let Some((tail, len)) = s.tail {
-            let k = self.int(s.full);
-            self.iteration(s, k, tail, len);
+        for run in s.runs() {
+            if run.count == 1 {
+                let i = self.int(run.first);
+                self.iteration(s, i, run.function, run.len);
+            } else {
+                let (start, end) = (self.int(run.first), self.int(run.first + run.count));
+                let (i, l) = open(self.b, start, end, 1);
+                self.iteration(s, i, run.function, run.len);
+                close(self.b, l);
+            }
         }
     }
 
-    /// Iteration `k` of a scan: its pieces of the sequences (`len` positions of each chunked
-    /// one) addressed or staged, the body called, its outputs put in place.
-    fn iteration(&mut self, s: &ScanInstr, k: Value, body: usize, len: usize) {
+    /// Iteration `i` of a scan: its chunk's pieces of the sequences (`len` positions of each
+    /// chunked one) addressed or staged, the body called, its outputs put in place.
+    fn iteration(&mut self, s: &ScanInstr, i: Value, body: usize, len: usize) {
         let slot =
             |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
         let (args, outs) = (slot(self.b, s.carries.len() + s.seqs.len() + s.invariants.len()), slot(self.b, s.carries.len() + s.outputs.len()));
-        let parity = self.b.ins().band_imm_s(k, 1);
-        let (is_first, even) = (self.b.ins().icmp_imm_s(IntCC::Equal, k, 0), self.b.ins().icmp_imm_s(IntCC::Equal, parity, 0));
+        let parity = self.b.ins().band_imm_s(i, 1);
+        let (is_first, even) = (self.b.ins().icmp_imm_s(IntCC::Equal, i, 0), self.b.ins().icmp_imm_s(IntCC::Equal, parity, 0));
+        let k = if s.reverse {
+            let last = self.int(s.iterations() - 1);
+            self.b.ins().isub(last, i)
+        } else {
+            i
+        };
         for (j, (init, pair)) in s.carries.iter().enumerate() {
             let (i0, p0, p1) = (self.base(*init), self.base(pair[0]), self.base(pair[1]));
             let write = self.b.ins().select(even, p0, p1);
@@ -463,7 +487,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             self.b.ins().stack_store(self.ptr, read, args, (8 * j) as i32);
             self.b.ins().stack_store(self.ptr, write, outs, (8 * j) as i32);
         }
-        // Where iteration k's piece of a sequence starts, in elements, and the piece's copy.
+        // Where chunk k's piece of a sequence starts, in elements, and the piece's copy.
         let piece = |e: &mut Self, slicing: &tttc_lower::schedule::Slicing| -> (Value, Strided, usize) {
             let buf = &e.f.bufs[slicing.buf];
             let strides = tttc_ir::interp::contiguous_strides(&buf.shape);
