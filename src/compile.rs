@@ -91,19 +91,27 @@ struct GpuKernel {
     h100: Option<tttc_ptx::estimate::KernelEstimate>,
 }
 
-/// The compiled model (docs/cpu-model.md): one exported function, at the manifest's shapes.
+/// The compiled model (docs/cpu-model.md): its entry points, at the manifest's shapes.
 #[derive(Serialize)]
 struct CpuModel {
     object: &'static str,
     header: &'static str,
-    /// `int32_t {symbol}(const void *const *args, void *const *outputs, void *workspace)`.
+    entries: Vec<CpuEntry>,
+    target: String,
+}
+
+/// One exported function: `int32_t {symbol}(const void *const *args, void *const *outputs,
+/// void *workspace)`.
+#[derive(Serialize)]
+struct CpuEntry {
+    name: String,
     symbol: String,
+    about: String,
     workspace_bytes: usize,
     args: Vec<CpuSlot>,
     outputs: Vec<CpuSlot>,
     kernels: usize,
     functions: usize,
-    target: String,
 }
 
 #[derive(Serialize)]
@@ -238,6 +246,10 @@ struct OtherRegion {
 /// The prefix of the compiled model's symbols.
 const SYMBOL_PREFIX: &str = "tttc";
 
+const FORWARD_ABOUT: &str = "the logits and, when T > 1, the loss (mean next-token cross-entropy)";
+const LOSS_AND_GRAD_ABOUT: &str =
+    "the loss and its gradient with respect to every parameter (named as the parameter) and, for a resumed run, every state input (`state.NAME`)";
+
 pub fn compile(req: &Request) -> Result<()> {
     let builder = match req.resume_at {
         None => tttc_frontends::load_structure(req.model)?,
@@ -274,16 +286,31 @@ pub fn compile(req: &Request) -> Result<()> {
         );
     }
 
+    // The training step: the gradient graph of the same model (rematerialised as `tttc grad`
+    // runs it). The loss needs a next token.
     let started = std::time::Instant::now();
-    let model = tttc_codegen_cpu::aot::model_object(last, &env, SYMBOL_PREFIX).context("compiling the model for the CPU")?;
-    let sig = &model.signature;
-    eprintln!(
-        "cpu: {SYMBOL_PREFIX}_forward in cpu/model.o ({} functions, {} kernels, {} workspace; {:.2} s), declared in cpu/model.h",
-        sig.functions,
-        sig.kernels,
-        tttc_files::human(sig.workspace_bytes as u64),
-        started.elapsed().as_secs_f64()
-    );
+    let vocab = tttc_frontends::load_config(req.model)?.vocab_size();
+    let training = if req.seq_len >= 2 { Some(tttc_runtime::GradientStep::of(graph, vocab, None)?) } else { None };
+    let mut entries = vec![tttc_codegen_cpu::aot::Entry { name: "forward", about: FORWARD_ABOUT, graph: last, env: &env }];
+    match &training {
+        Some(step) => {
+            eprintln!("loss_and_grad: the gradient graph, {} nodes ({:.2} s)", tttc_passes::count_nodes(step.graph()), started.elapsed().as_secs_f64());
+            entries.push(tttc_codegen_cpu::aot::Entry { name: "loss_and_grad", about: LOSS_AND_GRAD_ABOUT, graph: step.graph(), env: &env });
+        }
+        None => eprintln!("note: no loss_and_grad entry point at --seq-len 1 (the loss needs a next token)"),
+    }
+    let started = std::time::Instant::now();
+    let model = tttc_codegen_cpu::aot::model_object(&entries, SYMBOL_PREFIX).context("compiling the model for the CPU")?;
+    for (e, sig) in entries.iter().zip(&model.signatures) {
+        eprintln!(
+            "cpu: {SYMBOL_PREFIX}_{} in cpu/model.o ({} functions, {} kernels, {} workspace)",
+            e.name,
+            sig.functions,
+            sig.kernels,
+            tttc_files::human(sig.workspace_bytes as u64),
+        );
+    }
+    eprintln!("cpu: compiled in {:.2} s, declared in cpu/model.h", started.elapsed().as_secs_f64());
 
     let started = std::time::Instant::now();
     let gpu = tttc_ptx::model::GpuModel::compile(last, &env).context("compiling the model for the GPU")?;
@@ -412,12 +439,20 @@ pub fn compile(req: &Request) -> Result<()> {
         cpu: CpuModel {
             object: "cpu/model.o",
             header: "cpu/model.h",
-            symbol: format!("{SYMBOL_PREFIX}_forward"),
-            workspace_bytes: sig.workspace_bytes,
-            args: sig.args.iter().map(CpuSlot::from).collect(),
-            outputs: sig.outputs.iter().map(CpuSlot::from).collect(),
-            kernels: sig.kernels,
-            functions: sig.functions,
+            entries: entries
+                .iter()
+                .zip(&model.signatures)
+                .map(|(e, sig)| CpuEntry {
+                    name: e.name.to_string(),
+                    symbol: format!("{SYMBOL_PREFIX}_{}", e.name),
+                    about: e.about.to_string(),
+                    workspace_bytes: sig.workspace_bytes,
+                    args: sig.args.iter().map(CpuSlot::from).collect(),
+                    outputs: sig.outputs.iter().map(CpuSlot::from).collect(),
+                    kernels: sig.kernels,
+                    functions: sig.functions,
+                })
+                .collect(),
             target: format!("{}-{} (this machine's CPU features)", std::env::consts::ARCH, std::env::consts::OS),
         },
         gpu: gpu_entry,

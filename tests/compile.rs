@@ -44,8 +44,9 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "{stem}: {stderr}");
         // One progress line per pass (the passes' notes indented under it), the fusion summary,
-        // the CPU model, the GPU model (with a note when ptxas is missing, or its estimate when
-        // not), then where the output went.
+        // the training step's gradient graph, the CPU model (a line per entry point, then the
+        // time), the GPU model (with a note when ptxas is missing, or its estimate when not),
+        // then where the output went.
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("    ")).collect();
         let n = pass_names().len();
         assert!(lines.len() >= n + 5, "{stem}: {stderr}");
@@ -54,8 +55,10 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         }
         let summary = lines[n];
         assert!(summary.starts_with("fusion: ") && summary.contains("regions") && summary.ends_with("at B=2, T=100"), "{stem}: {summary}");
-        assert!(lines[n + 1].starts_with("cpu: "), "{stem}: {stderr}");
-        let gpu = &lines[n + 2..lines.len() - 1];
+        assert!(lines[n + 1].starts_with("loss_and_grad: "), "{stem}: {stderr}");
+        let cpu = lines[n + 2..].iter().take_while(|l| l.starts_with("cpu: ")).count();
+        assert_eq!(cpu, 3, "{stem}: {stderr}");
+        let gpu = &lines[n + 2 + cpu..lines.len() - 1];
         assert!(gpu.iter().all(|l| l.starts_with("gpu") || l.starts_with("note: ptxas not found")), "{stem}: {stderr}");
         assert_eq!(gpu.iter().filter(|l| l.starts_with("gpu: ")).count(), 1, "{stem}: {stderr}");
         assert_eq!(lines.last().unwrap(), &format!("wrote {}", out.display()));
@@ -90,20 +93,33 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         assert_eq!(m["input"]["ir"], "ir/00-input.ir");
         assert_eq!(u(&m["input"]["nodes"], "input nodes"), tttc_passes::count_nodes(&graphs[0]) as u64);
 
-        // The compiled model: an object file exporting the function the header declares, taking
-        // the graph's arguments at the compiled sizes (tests/compiled_model.rs runs it).
+        // The compiled model: an object file exporting the functions the header declares, each
+        // taking its graph's arguments at the compiled sizes (tests/compiled_model.rs runs them).
         let cpu = &m["cpu"];
-        assert!(u(&cpu["kernels"], "cpu kernels") > 0, "{stem}: no CPU kernels");
         let header = std::fs::read_to_string(out.join(cpu["header"].as_str().unwrap())).unwrap();
         let object = std::fs::read(out.join(cpu["object"].as_str().unwrap())).unwrap();
         assert_eq!(&object[..4], b"\x7fELF", "{stem}: the object file is not ELF");
-        let symbol = cpu["symbol"].as_str().unwrap();
-        assert!(header.contains(&format!("int32_t {symbol}(")), "{stem}: {symbol} not declared");
-        assert!(object.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "{stem}: {symbol} not in the object");
-        assert!(header.contains(&format!("#define TTTC_WORKSPACE_BYTES {}u", u(&cpu["workspace_bytes"], "workspace"))), "{stem}");
-        let args: Vec<&str> = cpu["args"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
-        assert_eq!(args, graphs.last().unwrap().args.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), "{stem}");
-        assert_eq!(cpu["args"][0]["shape"], serde_json::json!([2, 100]), "{stem}: input_ids at B=2, T=100");
+        let entries = cpu["entries"].as_array().unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["forward", "loss_and_grad"], "{stem}");
+        let graph_args: Vec<&str> = graphs.last().unwrap().args.iter().map(|a| a.name.as_str()).collect();
+        for e in entries {
+            assert!(u(&e["kernels"], "cpu kernels") > 0, "{stem}: no CPU kernels");
+            let symbol = e["symbol"].as_str().unwrap();
+            assert_eq!(symbol, format!("tttc_{}", e["name"].as_str().unwrap()));
+            assert!(header.contains(&format!("int32_t {symbol}(")), "{stem}: {symbol} not declared");
+            assert!(object.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "{stem}: {symbol} not in the object");
+            let workspace = format!("#define {}_WORKSPACE_BYTES {}u", symbol.to_uppercase(), u(&e["workspace_bytes"], "workspace"));
+            assert!(header.contains(&workspace), "{stem}: {workspace}");
+            let args: Vec<&str> = e["args"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+            assert_eq!(args, graph_args, "{stem}: {symbol} takes the forward pass's arguments");
+            assert_eq!(e["args"][0]["shape"], serde_json::json!([2, 100]), "{stem}: input_ids at B=2, T=100");
+        }
+        // The training step: the loss, then a gradient per parameter, named as the parameter.
+        let grads: Vec<&str> = entries[1]["outputs"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+        let params: Vec<&str> = graphs[0].params().map(|a| a.name.as_str()).collect();
+        assert_eq!(grads[0], "loss", "{stem}");
+        assert_eq!(grads[1..].iter().collect::<std::collections::BTreeSet<_>>(), params.iter().collect(), "{stem}");
 
         let passes = m["passes"].as_array().unwrap();
         assert_eq!(passes.len(), pass_names().len());

@@ -23,18 +23,18 @@ static void *read_file(const char *dir, const char *name, int64_t bytes) {
 
 int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: %s ARGS OUT\n", argv[0]); return 2; }
-    const void *args[TTTC_ARGS];
-    void *outputs[TTTC_OUTPUTS];
-    for (int j = 0; j < TTTC_ARGS; j++) args[j] = read_file(argv[1], TTTC_ARG_NAMES[j], TTTC_ARG_BYTES[j]);
-    for (int j = 0; j < TTTC_OUTPUTS; j++) outputs[j] = malloc(TTTC_OUTPUT_BYTES[j] > 0 ? TTTC_OUTPUT_BYTES[j] : 1);
-    void *workspace = malloc(TTTC_WORKSPACE_BYTES > 0 ? TTTC_WORKSPACE_BYTES : 1);
+    const void *args[TTTC_FORWARD_ARGS];
+    void *outputs[TTTC_FORWARD_OUTPUTS];
+    for (int j = 0; j < TTTC_FORWARD_ARGS; j++) args[j] = read_file(argv[1], TTTC_FORWARD_ARG_NAMES[j], TTTC_FORWARD_ARG_BYTES[j]);
+    for (int j = 0; j < TTTC_FORWARD_OUTPUTS; j++) outputs[j] = malloc(TTTC_FORWARD_OUTPUT_BYTES[j] > 0 ? TTTC_FORWARD_OUTPUT_BYTES[j] : 1);
+    void *workspace = malloc(TTTC_FORWARD_WORKSPACE_BYTES > 0 ? TTTC_FORWARD_WORKSPACE_BYTES : 1);
     int32_t status = tttc_forward(args, outputs, workspace);
     if (status != 0) { fprintf(stderr, "error: tttc_forward returned %d (a token id out of range)\n", status); return 1; }
-    for (int j = 0; j < TTTC_OUTPUTS; j++) {
+    for (int j = 0; j < TTTC_FORWARD_OUTPUTS; j++) {
         char path[4096];
-        snprintf(path, sizeof path, "%s/%s.bin", argv[2], TTTC_OUTPUT_NAMES[j]);
+        snprintf(path, sizeof path, "%s/%s.bin", argv[2], TTTC_FORWARD_OUTPUT_NAMES[j]);
         FILE *f = fopen(path, "wb");
-        if (!f || fwrite(outputs[j], 1, TTTC_OUTPUT_BYTES[j], f) != (size_t)TTTC_OUTPUT_BYTES[j]) { fprintf(stderr, "error: cannot write %s\n", path); return 1; }
+        if (!f || fwrite(outputs[j], 1, TTTC_FORWARD_OUTPUT_BYTES[j], f) != (size_t)TTTC_FORWARD_OUTPUT_BYTES[j]) { fprintf(stderr, "error: cannot write %s\n", path); return 1; }
         fclose(f);
     }
     return 0;

@@ -287,19 +287,19 @@ impl GradientStep {
     /// [`GradientStep::new`] with the number of rematerialisation segments given (`Some(1)`:
     /// keep every activation, no recomputation).
     pub fn with_segments(model: &Model, segments: Option<usize>) -> Result<GradientStep> {
-        GradientStep::of(model, &model.builder.g, segments)
+        GradientStep::of(&model.builder.g, model.config.vocab_size(), segments)
     }
 
     /// The gradient step of a sequence that continues from `start` (`tttc grad --state-in`): the
     /// gradients with respect to the parameters and to every tensor of the state (truncated
     /// backpropagation through time carries these back to the run before).
     pub fn resumed(model: &Model, start: &State, segments: Option<usize>) -> Result<GradientStep> {
-        GradientStep::of(model, &state::resumed_graph(model, start)?, segments)
+        GradientStep::of(&state::resumed_graph(model, start)?, model.config.vocab_size(), segments)
     }
 
-    /// The gradient step of one of the model's graphs, with respect to its parameters and its
-    /// state inputs.
-    fn of(model: &Model, graph: &Graph, segments: Option<usize>) -> Result<GradientStep> {
+    /// The gradient step of a frontend's graph of a model with `vocab` tokens (before the pass
+    /// pipeline), with respect to its parameters and its state inputs.
+    pub fn of(graph: &Graph, vocab: usize, segments: Option<usize>) -> Result<GradientStep> {
         let forward = tttc_passes::expand_grads(graph)?;
         let wrt: Vec<String> = state::inputs(&forward).iter().map(|n| format!("{}{n}", state::PREFIX)).collect();
         let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
@@ -320,7 +320,13 @@ impl GradientStep {
                 best.expect("at least one candidate").1
             }
         };
-        Ok(GradientStep { graph: Executable::new(graph), vocab: model.config.vocab_size() })
+        Ok(GradientStep { graph: Executable::new(graph), vocab })
+    }
+
+    /// The compiled gradient graph: the forward graph's arguments in, `loss` and then one
+    /// gradient per parameter (and state input, as `state.NAME`) out.
+    pub fn graph(&self) -> &Graph {
+        &self.graph.graph
     }
 
     /// Refuses steps on `batch` × `context` tokens whose estimated peak of live memory, with
