@@ -43,8 +43,12 @@ struct Manifest {
     fusion: Option<Fusion>,
     /// The model compiled for this CPU, for linking (docs/cpu-model.md).
     cpu: CpuModel,
-    /// The model as PTX kernels and the host program that launches them (docs/gpu-model.md).
+    /// The forward pass as PTX kernels and the host program that launches them
+    /// (docs/gpu-model.md).
     gpu: GpuModel,
+    /// The training step the same way (absent at T = 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_loss_and_grad: Option<GpuModel>,
 }
 
 /// The model for NVIDIA GPUs (docs/gpu-model.md), at the manifest's shapes.
@@ -53,7 +57,7 @@ struct GpuModel {
     /// Per target, the PTX module holding every kernel.
     modules: BTreeMap<&'static str, String>,
     /// The launch sequence: buffers and steps per function.
-    program: &'static str,
+    program: String,
     workspace_bytes: usize,
     /// One u32, zero before a run; non-zero after it when a token id or target was out of range.
     status_bytes: usize,
@@ -312,81 +316,13 @@ pub fn compile(req: &Request) -> Result<()> {
     }
     eprintln!("cpu: compiled in {:.2} s, declared in cpu/model.h", started.elapsed().as_secs_f64());
 
-    let started = std::time::Instant::now();
-    let gpu = tttc_ptx::model::GpuModel::compile(last, &env).context("compiling the model for the GPU")?;
-    let modules: Vec<(&'static str, String)> = tttc_ptx::TARGETS.iter().map(|&t| (t, gpu.module(t).to_text())).collect();
-    let mut figures: BTreeMap<String, BTreeMap<&'static str, tttc_ptx::ptxas::Figures>> = BTreeMap::new();
-    let ptxas = tttc_ptx::ptxas::find();
-    match &ptxas {
-        Some(ptxas) => {
-            for (target, text) in &modules {
-                for (kernel, f) in tttc_ptx::ptxas::assemble(ptxas, text, target)? {
-                    figures.entry(kernel).or_default().insert(target, f);
-                }
-            }
-        }
-        None => eprintln!("note: ptxas not found (set TTTC_PTXAS or put it on PATH; pip package nvidia-cuda-nvcc-cu12): the PTX is not assembled and the manifest has no register counts"),
+    if tttc_ptx::ptxas::find().is_none() {
+        eprintln!("note: ptxas not found (set TTTC_PTXAS or put it on PATH; pip package nvidia-cuda-nvcc-cu12): the PTX is not assembled and the manifest has no register counts");
     }
-    let work = gpu.work();
-    let dims = gpu.launch_dims();
-    let h100 = &tttc_ptx::estimate::H100_SXM;
-    let estimates: Vec<Option<tttc_ptx::estimate::KernelEstimate>> = gpu
-        .kernels
-        .iter()
-        .zip(&work)
-        .zip(&dims)
-        .map(|((k, w), d)| {
-            let f = figures.get(&k.name)?.get("sm_90")?;
-            let (grid, block) = (*d)?;
-            Some(h100.kernel(w, grid.iter().map(|&g| g as u64).product(), block.iter().product(), f, k.uses_tensor_cores()))
-        })
-        .collect();
-    let estimate = (ptxas.is_some() && estimates.iter().all(Option::is_some)).then(|| {
-        let mut by_bound: BTreeMap<&'static str, f64> = BTreeMap::new();
-        for e in estimates.iter().flatten() {
-            *by_bound.entry(e.bound).or_default() += e.seconds;
-        }
-        GpuEstimate { gpu: h100.clone(), seconds: by_bound.values().sum(), launches: work.iter().map(|w| w.launches).sum(), seconds_by_bound: by_bound }
-    });
-    if let Some(e) = &estimate {
-        eprintln!(
-            "gpu estimate for the {} (no GPU measured): {:.2} ms per forward pass, {} launches ({})",
-            e.gpu.name,
-            e.seconds * 1e3,
-            e.launches,
-            e.seconds_by_bound.iter().map(|(k, v)| format!("{k}-bound {:.2} ms", v * 1e3)).collect::<Vec<_>>().join(", ")
-        );
-    }
-    eprintln!(
-        "gpu: {} kernels in gpu/sm_80.ptx and gpu/sm_90.ptx{}, launched as gpu/program.json says ({} workspace; {:.2} s)",
-        gpu.kernels.len(),
-        if ptxas.is_some() { ", assembled by ptxas" } else { "" },
-        tttc_files::human(gpu.signature.workspace_bytes as u64),
-        started.elapsed().as_secs_f64()
-    );
-    let gpu_entry = GpuModel {
-        modules: modules.iter().map(|(t, _)| (*t, format!("gpu/{t}.ptx"))).collect(),
-        program: "gpu/program.json",
-        workspace_bytes: gpu.signature.workspace_bytes,
-        status_bytes: 4,
-        args: gpu.signature.args.iter().map(CpuSlot::from).collect(),
-        outputs: gpu.signature.outputs.iter().map(CpuSlot::from).collect(),
-        kernels: gpu
-            .kernels
-            .iter()
-            .zip(&work)
-            .zip(estimates)
-            .map(|((k, w), h100)| GpuKernel {
-                name: k.name.clone(),
-                params: k.params.iter().map(|p| p.name.clone()).collect(),
-                shared_bytes: k.shared_bytes(),
-                work: *w,
-                ptxas: figures.remove(&k.name).unwrap_or_default(),
-                h100,
-            })
-            .collect(),
-        ptxas: ptxas.map(|p| p.display().to_string()),
-        estimate,
+    let (gpu_entry, gpu_files) = gpu_program(last, &env, "gpu", "the forward pass")?;
+    let gpu_training = match &training {
+        Some(step) => Some(gpu_program(step.graph(), &env, "gpu/loss_and_grad", "the training step")?),
+        None => None,
     };
 
     let params: Vec<&tttc_ir::Arg> = graph.params().collect();
@@ -403,10 +339,11 @@ pub fn compile(req: &Request) -> Result<()> {
     }
     files.push(("cpu/model.o".into(), model.object));
     files.push(("cpu/model.h".into(), model.header.into_bytes()));
-    for (target, text) in modules {
-        files.push((format!("gpu/{target}.ptx"), text.into_bytes()));
-    }
-    files.push(("gpu/program.json".into(), (serde_json::to_string_pretty(&gpu.program())? + "\n").into_bytes()));
+    files.extend(gpu_files);
+    let gpu_loss_and_grad = gpu_training.map(|(entry, gpu_files)| {
+        files.extend(gpu_files);
+        entry
+    });
     let manifest = Manifest {
         tttc_version: env!("CARGO_PKG_VERSION"),
         files: files.iter().map(|(name, _)| name.clone()).collect(),
@@ -456,6 +393,7 @@ pub fn compile(req: &Request) -> Result<()> {
             target: format!("{}-{} (this machine's CPU features)", std::env::consts::ARCH, std::env::consts::OS),
         },
         gpu: gpu_entry,
+        gpu_loss_and_grad,
     };
 
     files.push(("manifest.json".into(), (serde_json::to_string_pretty(&manifest)? + "\n").into_bytes()));
@@ -463,6 +401,87 @@ pub fn compile(req: &Request) -> Result<()> {
     outputs.commit()?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// `graph` as PTX kernels for every target and the program that launches them, in the folder
+/// `dir` of the output: the manifest's entry and the files.
+fn gpu_program(graph: &Graph, env: &DimEnv, dir: &str, what: &str) -> Result<(GpuModel, Vec<(String, Vec<u8>)>)> {
+    let started = std::time::Instant::now();
+    let gpu = tttc_ptx::model::GpuModel::compile(graph, env).with_context(|| format!("compiling {what} for the GPU"))?;
+    let modules: Vec<(&'static str, String)> = tttc_ptx::TARGETS.iter().map(|&t| (t, gpu.module(t).to_text())).collect();
+    let mut figures: BTreeMap<String, BTreeMap<&'static str, tttc_ptx::ptxas::Figures>> = BTreeMap::new();
+    let ptxas = tttc_ptx::ptxas::find();
+    if let Some(ptxas) = &ptxas {
+        for (target, text) in &modules {
+            for (kernel, f) in tttc_ptx::ptxas::assemble(ptxas, text, target)? {
+                figures.entry(kernel).or_default().insert(target, f);
+            }
+        }
+    }
+    let work = gpu.work();
+    let dims = gpu.launch_dims();
+    let h100 = &tttc_ptx::estimate::H100_SXM;
+    let estimates: Vec<Option<tttc_ptx::estimate::KernelEstimate>> = gpu
+        .kernels
+        .iter()
+        .zip(&work)
+        .zip(&dims)
+        .map(|((k, w), d)| {
+            let f = figures.get(&k.name)?.get("sm_90")?;
+            let (grid, block) = (*d)?;
+            Some(h100.kernel(w, grid.iter().map(|&g| g as u64).product(), block.iter().product(), f, k.uses_tensor_cores()))
+        })
+        .collect();
+    let estimate = (ptxas.is_some() && estimates.iter().all(Option::is_some)).then(|| {
+        let mut by_bound: BTreeMap<&'static str, f64> = BTreeMap::new();
+        for e in estimates.iter().flatten() {
+            *by_bound.entry(e.bound).or_default() += e.seconds;
+        }
+        GpuEstimate { gpu: h100.clone(), seconds: by_bound.values().sum(), launches: work.iter().map(|w| w.launches).sum(), seconds_by_bound: by_bound }
+    });
+    if let Some(e) = &estimate {
+        eprintln!(
+            "gpu estimate for the {} (no GPU measured): {:.2} ms per call of {what}, {} launches ({})",
+            e.gpu.name,
+            e.seconds * 1e3,
+            e.launches,
+            e.seconds_by_bound.iter().map(|(k, v)| format!("{k}-bound {:.2} ms", v * 1e3)).collect::<Vec<_>>().join(", ")
+        );
+    }
+    eprintln!(
+        "gpu: {what}, {} kernels in {dir}/sm_80.ptx and {dir}/sm_90.ptx{}, launched as {dir}/program.json says ({} workspace; {:.2} s)",
+        gpu.kernels.len(),
+        if ptxas.is_some() { ", assembled by ptxas" } else { "" },
+        tttc_files::human(gpu.signature.workspace_bytes as u64),
+        started.elapsed().as_secs_f64()
+    );
+    let entry = GpuModel {
+        modules: modules.iter().map(|(t, _)| (*t, format!("{dir}/{t}.ptx"))).collect(),
+        program: format!("{dir}/program.json"),
+        workspace_bytes: gpu.signature.workspace_bytes,
+        status_bytes: 4,
+        args: gpu.signature.args.iter().map(CpuSlot::from).collect(),
+        outputs: gpu.signature.outputs.iter().map(CpuSlot::from).collect(),
+        kernels: gpu
+            .kernels
+            .iter()
+            .zip(&work)
+            .zip(estimates)
+            .map(|((k, w), h100)| GpuKernel {
+                name: k.name.clone(),
+                params: k.params.iter().map(|p| p.name.clone()).collect(),
+                shared_bytes: k.shared_bytes(),
+                work: *w,
+                ptxas: figures.remove(&k.name).unwrap_or_default(),
+                h100,
+            })
+            .collect(),
+        ptxas: ptxas.map(|p| p.display().to_string()),
+        estimate,
+    };
+    let mut files: Vec<(String, Vec<u8>)> = modules.into_iter().map(|(target, text)| (format!("{dir}/{target}.ptx"), text.into_bytes())).collect();
+    files.push((format!("{dir}/program.json"), (serde_json::to_string_pretty(&gpu.program())? + "\n").into_bytes()));
+    Ok((entry, files))
 }
 
 fn ir_file(index: usize, pass: &str) -> String {

@@ -60,7 +60,7 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         assert_eq!(cpu, 3, "{stem}: {stderr}");
         let gpu = &lines[n + 2 + cpu..lines.len() - 1];
         assert!(gpu.iter().all(|l| l.starts_with("gpu") || l.starts_with("note: ptxas not found")), "{stem}: {stderr}");
-        assert_eq!(gpu.iter().filter(|l| l.starts_with("gpu: ")).count(), 1, "{stem}: {stderr}");
+        assert_eq!(gpu.iter().filter(|l| l.starts_with("gpu: ")).count(), 2, "{stem}: the forward pass and the training step: {stderr}");
         assert_eq!(lines.last().unwrap(), &format!("wrote {}", out.display()));
         for target in ["sm_80", "sm_90"] {
             let ptx = std::fs::read_to_string(out.join(format!("gpu/{target}.ptx"))).unwrap();

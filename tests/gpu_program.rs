@@ -1,8 +1,9 @@
 //! The GPU launch contract (docs/gpu-model.md) is enough to run a model: an integrator's reading
 //! of `tttc compile`'s files — manifest.json, gpu/program.json and gpu/sm_80.ptx, nothing of
 //! tttc's code — launches the kernels in the PTX simulator and gets the reference logits, on a
-//! sequence that ends inside a mini-batch; and, compiled with `--resume-at`, continues a sequence
-//! from a saved state.
+//! sequence that ends inside a mini-batch; compiled with `--resume-at`, continues a sequence
+//! from a saved state; and runs the training step's program (reverse scans) to the reference
+//! loss and gradients.
 
 mod common;
 use common::*;
@@ -70,7 +71,10 @@ impl Integrator<'_> {
             let (full, axis) = (n(&s["full"]), n(&s["axis"]));
             let tail = s["tail"].as_object().map(|t| (n(&t["function"]), n(&t["length"])));
             let iterations = full + usize::from(tail.is_some());
-            for k in 0..iterations {
+            let reverse = s["reverse"].as_bool().unwrap();
+            for i in 0..iterations {
+                // Iteration i works on chunk k: in order, or from the last when reversed.
+                let k = if reverse { iterations - 1 - i } else { i };
                 let (body, is_tail) = if k < full { (n(&s["body"]), false) } else { (tail.unwrap().0, true) };
                 // A piece of a sequence or output: k·per positions along the axis into its buffer.
                 let piece = |sl: &Value| -> u64 {
@@ -86,8 +90,8 @@ impl Integrator<'_> {
                 };
                 let (mut a, mut o) = (Vec::new(), Vec::new());
                 for c in s["carries"].as_array().unwrap() {
-                    a.push(if k == 0 { address(n(&c["init"])) } else { address(n(&c["buffers"][(k - 1) % 2])) });
-                    o.push(address(n(&c["buffers"][k % 2])));
+                    a.push(if i == 0 { address(n(&c["init"])) } else { address(n(&c["buffers"][(i - 1) % 2])) });
+                    o.push(address(n(&c["buffers"][i % 2])));
                 }
                 for sl in s["seqs"].as_array().unwrap() {
                     if sl["staging"].is_null() {
@@ -112,11 +116,13 @@ impl Integrator<'_> {
     }
 }
 
-/// Runs the model `tttc compile` wrote to `out` from its files alone, each argument slot's bytes
-/// given by `slot` (by the slot's name); returns every output slot's values by name.
-fn run_compiled(out: &std::path::Path, slot: &dyn Fn(&str) -> Vec<u8>) -> std::collections::BTreeMap<String, Vec<f32>> {
+/// Runs the program `tttc compile` wrote to `out` and described in the manifest's entry `which`
+/// (`gpu`, `gpu_loss_and_grad`) from its files alone, each argument slot's bytes given by `slot`
+/// (by the slot's name); returns the entry function's steps and every output slot's values by
+/// name.
+fn run_compiled(out: &std::path::Path, which: &str, slot: &dyn Fn(&str) -> Vec<u8>) -> (Vec<Value>, std::collections::BTreeMap<String, Vec<f32>>) {
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    let gpu = &manifest["gpu"];
+    let gpu = &manifest[which];
     let program: Value = serde_json::from_str(&std::fs::read_to_string(out.join(gpu["program"].as_str().unwrap())).unwrap()).unwrap();
     let ptx = std::fs::read_to_string(out.join(gpu["modules"]["sm_80"].as_str().unwrap())).unwrap();
 
@@ -146,18 +152,22 @@ fn run_compiled(out: &std::path::Path, slot: &dyn Fn(&str) -> Vec<u8>) -> std::c
     let integrator = Integrator { program: &program, kernel_index, status };
     let outs: Vec<u64> = outputs.iter().map(|o| o.1).collect();
     let entry = program["entry"].as_u64().unwrap() as usize;
-    let steps = program["functions"][entry]["steps"].as_array().unwrap();
+    integrator.call(&mut dev, entry, &args, &outs, workspace);
+    assert_eq!(dev.download(status, 4).unwrap(), vec![0; 4], "status word");
+    let values = outputs
+        .iter()
+        .map(|(name, ptr, len)| (name.clone(), dev.download(*ptr, 4 * len).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+        .collect();
+    (program["functions"][entry]["steps"].as_array().unwrap().clone(), values)
+}
+
+/// A host-driven scan step, and a persistent scan kernel, among `steps`.
+fn assert_both_kinds_of_scan(steps: &[Value]) {
     assert!(steps.iter().any(|s| s.get("scan").is_some()), "the program should hold a host-driven scan");
     assert!(
         steps.iter().any(|s| s["launch"]["params"].as_array().is_some_and(|ps| ps.iter().any(|p| p.get("scratch").is_some()))),
         "the program should hold a persistent scan kernel"
     );
-    integrator.call(&mut dev, entry, &args, &outs, workspace);
-    assert_eq!(dev.download(status, 4).unwrap(), vec![0; 4], "status word");
-    outputs
-        .iter()
-        .map(|(name, ptr, len)| (name.clone(), dev.download(*ptr, 4 * len).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
-        .collect()
 }
 
 /// The tokens `from..to` of row 0 of a case's reference input, as the `input_ids` slot holds them.
@@ -180,15 +190,48 @@ fn the_launch_contract_runs_a_model_without_tttc() {
     let out = scratch("gpu_program").join("compiled");
     let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let got = run_compiled(&out, &|name| {
+    let (steps, got) = run_compiled(&out, "gpu", &|name| {
         if name == "input_ids" {
             id_bytes(ids, 0, t)
         } else {
             weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone()
         }
     });
+    assert_both_kinds_of_scan(&steps);
     let ratio = parity_ratio(&got["logits"], &logits.f32[..t * v], 1e-5);
     assert!(ratio <= 1.0, "logits at {ratio:.2}x tolerance");
+}
+
+/// The training step's program (`gpu/loss_and_grad/`), run the same way on the whole reference
+/// input: the loss and every parameter's gradient match the reference. Its backward sweeps are
+/// reverse scans, host-driven ones among them.
+#[test]
+fn the_launch_contract_runs_a_training_step_without_tttc() {
+    let case = repo().join(CASE);
+    let io = read(&case.join("io.safetensors"));
+    let weights = read_raw(&case.join("model.safetensors"));
+    let ids = &io["input_ids"];
+    let (b, t) = (ids.shape[0], ids.shape[1]);
+    let out = scratch("gpu_program_training").join("compiled");
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b.to_string(), "--seq-len", &t.to_string()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (steps, got) = run_compiled(&out, "gpu_loss_and_grad", &|name| {
+        if name == "input_ids" {
+            id_bytes(ids, 0, b * t)
+        } else {
+            weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone()
+        }
+    });
+    assert_both_kinds_of_scan(&steps);
+    assert!(steps.iter().any(|s| s["scan"]["reverse"] == true), "the backward sweep should hold a host-driven reverse scan");
+    let ratio = parity_ratio(&got["loss"], &io["loss"].f32, 1e-5);
+    assert!(ratio <= 1.0, "loss at {ratio:.2}x tolerance");
+    let want = read(&case.join("grads.safetensors"));
+    assert_eq!(got.len(), want.len() + 1, "the loss and one gradient per parameter");
+    for (param, reference) in &want {
+        let ratio = parity_ratio(&got[param], &reference.f32, 1e-4);
+        assert!(ratio <= 1.0, "d/d{param} at {ratio:.2}x tolerance");
+    }
 }
 
 /// `tttc compile --resume-at P`: the same contract with the state as further slots. The model
@@ -219,7 +262,7 @@ fn the_launch_contract_continues_from_a_state() {
     let out = dir.join("compiled");
     let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string(), "--resume-at", &position.to_string()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let got = run_compiled(&out, &|name| match (name, name.strip_prefix("state.")) {
+    let (_, got) = run_compiled(&out, "gpu", &|name| match (name, name.strip_prefix("state.")) {
         ("input_ids", _) => id_bytes(ids, first, first + t),
         (_, Some(state)) => start.iter().find(|s| s.0 == state).unwrap_or_else(|| panic!("no state {state}")).3.clone(),
         _ => weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone(),

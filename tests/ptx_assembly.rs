@@ -1,5 +1,6 @@
-//! Every example's PTX, as `tttc compile` writes it, assembled by NVIDIA's `ptxas` for sm_80 and
-//! sm_90: any error fails, every kernel gets figures for both targets, and none spills.
+//! Every example's PTX, as `tttc compile` writes it (the forward pass and the training step),
+//! assembled by NVIDIA's `ptxas` for sm_80 and sm_90: any error fails, every kernel gets figures for
+//! both targets, and none spills.
 //! Needs `ptxas` (`TTTC_PTXAS` or `PATH`; `.ci/run` installs it from the pip package
 //! `nvidia-cuda-nvcc-cu12`), so it is ignored by a plain `cargo test`.
 
@@ -19,15 +20,18 @@ fn every_example_assembles_for_sm80_and_sm90() {
         let r = tttc(&["compile", p(&ex), "-o", p(&out), "--seq-len", "256"]);
         assert!(r.status.success(), "{}: {}", ex.display(), String::from_utf8_lossy(&r.stderr));
         let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-        let gpu = &manifest["gpu"];
-        assert!(gpu["ptxas"].is_string(), "{}: compile did not find ptxas", ex.display());
-        let kernels = gpu["kernels"].as_array().unwrap();
-        assert!(!kernels.is_empty());
-        for k in kernels {
-            for target in tttc_ptx::TARGETS {
-                let f = &k["ptxas"][target];
-                assert!(f["registers"].as_u64().is_some_and(|r| r > 0), "{}: {} has no {target} figures", ex.display(), k["name"]);
-                assert_eq!(f["spill_store_bytes"], 0, "{}: {} spills on {target}", ex.display(), k["name"]);
+        // The forward pass and the training step.
+        for program in ["gpu", "gpu_loss_and_grad"] {
+            let gpu = &manifest[program];
+            assert!(gpu["ptxas"].is_string(), "{}: compile did not find ptxas for {program}", ex.display());
+            let kernels = gpu["kernels"].as_array().unwrap();
+            assert!(!kernels.is_empty());
+            for k in kernels {
+                for target in tttc_ptx::TARGETS {
+                    let f = &k["ptxas"][target];
+                    assert!(f["registers"].as_u64().is_some_and(|r| r > 0), "{}: {program} {} has no {target} figures", ex.display(), k["name"]);
+                    assert_eq!(f["spill_store_bytes"], 0, "{}: {program} {} spills on {target}", ex.display(), k["name"]);
+                }
             }
         }
     }
