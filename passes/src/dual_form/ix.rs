@@ -1,7 +1,7 @@
 //! Index notation in an e-graph: sums of n-ary products of tensor accesses, with Σ binders over
-//! named indices. The rules are general algebraic identities (distributivity, moving Σ past
-//! factors that do not mention its index, Σ over sums and negations, Σ interchange) — nothing
-//! about any particular layer. Products are n-ary with sorted children, so associativity and
+//! named indices. The rules ([`rules`], named, each tested alone in `ix/tests.rs`) are general
+//! algebraic identities (distributivity, moving Σ past factors that do not mention its index, Σ
+//! over sums and negations, Σ interchange) — nothing about any particular layer. Products are n-ary with sorted children, so associativity and
 //! commutativity of products need no rules (they are what blows e-graphs up).
 
 use std::collections::{BTreeSet, HashSet};
@@ -140,88 +140,149 @@ fn without(factors: &[Id], at: usize) -> Vec<Term> {
     factors.iter().enumerate().filter(|(k, _)| *k != at).map(|(_, &f)| Term::Class(f)).collect()
 }
 
-/// One round of every rule over the whole e-graph: the equalities found, as (class, term) pairs.
-fn matches(eg: &IxGraph) -> Vec<(Id, Term)> {
+/// A rewrite rule. Every rule matches two levels: a node, and a node of the class of one of its
+/// children (n-ary sorted products and Σ side conditions on free indices are not egg patterns).
+/// `find(eg, node, at, inner)`, with `inner` a node of the class of `node`'s child `at`, is a term
+/// equal to `node` when the rule applies.
+pub struct Rule {
+    /// Stable, unique: tests and docs refer to rules by name.
+    pub name: &'static str,
+    find: fn(&IxGraph, &Ix, usize, &Ix) -> Option<Term>,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// A Σ's index and index number, when `at` is its body.
+fn sum_over(eg: &IxGraph, node: &Ix, at: usize) -> Option<(Id, u32)> {
+    match node {
+        Ix::Sum([k, _]) if at == 1 => Some((*k, eg[*k].data.index?)),
+        _ => None,
+    }
+}
+
+/// `Π(F ∪ {Π H}) = Π(F ∪ H)`
+const FLATTEN_MUL: Rule = Rule {
+    name: "flatten-mul",
+    find: |_, node, at, inner| {
+        let (Ix::Mul(fs), Ix::Mul(hs)) = (node, inner) else { return None };
+        let mut t = without(fs, at);
+        t.extend(hs.iter().map(|&h| Term::Class(h)));
+        Some(Term::Mul(t))
+    },
+};
+
+/// `Π(F ∪ {x + y}) = Π(F ∪ {x}) + Π(F ∪ {y})`
+const DISTRIBUTE_MUL_OVER_ADD: Rule = Rule {
+    name: "distribute-mul-over-add",
+    find: |_, node, at, inner| {
+        let (Ix::Mul(fs), Ix::Add([x, y])) = (node, inner) else { return None };
+        let mut l = without(fs, at);
+        l.push(Term::Class(*x));
+        let mut r = without(fs, at);
+        r.push(Term::Class(*y));
+        Some(Term::Add(Box::new(Term::Mul(l)), Box::new(Term::Mul(r))))
+    },
+};
+
+/// `Π(F ∪ {−x}) = −Π(F ∪ {x})`
+const NEG_OUT_OF_MUL: Rule = Rule {
+    name: "neg-out-of-mul",
+    find: |_, node, at, inner| {
+        let (Ix::Mul(fs), Ix::Neg(x)) = (node, inner) else { return None };
+        let mut t = without(fs, at);
+        t.push(Term::Class(*x));
+        Some(Term::Neg(Box::new(Term::Mul(t))))
+    },
+};
+
+/// `Π(F ∪ {Σ_k x}) = Σ_k Π(F ∪ {x})` when `k ∉ FV(F)`
+const FACTORS_INTO_SUM: Rule = Rule {
+    name: "factors-into-sum",
+    find: |eg, node, at, inner| {
+        let (Ix::Mul(fs), Ix::Sum([k, x])) = (node, inner) else { return None };
+        let ki = eg[*k].data.index?;
+        // Moving a factor that mentions k under Σ_k would capture its free k.
+        let clash = fs.iter().enumerate().any(|(j, &g)| j != at && eg[g].data.free.contains(&ki));
+        if clash {
+            return None;
+        }
+        let mut t = without(fs, at);
+        t.push(Term::Class(*x));
+        Some(Term::Sum(*k, Box::new(Term::Mul(t))))
+    },
+};
+
+/// `Σ_k Π(F) = Π((F ∖ F_k) ∪ {Σ_k Π(F_k)})`, `F_k = {f ∈ F : k ∈ FV(f)}`, when `F_k` and `F ∖ F_k`
+/// are both non-empty
+const SUM_PAST_CONSTANT_FACTORS: Rule = Rule {
+    name: "sum-past-constant-factors",
+    find: |eg, node, at, inner| {
+        let ((k, ki), Ix::Mul(fs)) = (sum_over(eg, node, at)?, inner) else { return None };
+        let (with, rest): (Vec<Id>, Vec<Id>) = fs.iter().partition(|&&f| eg[f].data.free.contains(&ki));
+        if with.is_empty() || rest.is_empty() {
+            return None;
+        }
+        let mut t: Vec<Term> = rest.into_iter().map(Term::Class).collect();
+        t.push(Term::Sum(k, Box::new(Term::Mul(with.into_iter().map(Term::Class).collect()))));
+        Some(Term::Mul(t))
+    },
+};
+
+/// `Σ_k (x + y) = Σ_k x + Σ_k y`
+const SUM_OF_ADD: Rule = Rule {
+    name: "sum-of-add",
+    find: |eg, node, at, inner| {
+        let ((k, _), Ix::Add([x, y])) = (sum_over(eg, node, at)?, inner) else { return None };
+        Some(Term::Add(Box::new(Term::Sum(k, Box::new(Term::Class(*x)))), Box::new(Term::Sum(k, Box::new(Term::Class(*y))))))
+    },
+};
+
+/// `Σ_k (−x) = −Σ_k x`
+const SUM_OF_NEG: Rule = Rule {
+    name: "sum-of-neg",
+    find: |eg, node, at, inner| {
+        let ((k, _), Ix::Neg(x)) = (sum_over(eg, node, at)?, inner) else { return None };
+        Some(Term::Neg(Box::new(Term::Sum(k, Box::new(Term::Class(*x))))))
+    },
+};
+
+/// `Σ_k Σ_l x = Σ_l Σ_k x`
+const SUM_INTERCHANGE: Rule = Rule {
+    name: "sum-interchange",
+    find: |eg, node, at, inner| {
+        let ((k, _), Ix::Sum([l, x])) = (sum_over(eg, node, at)?, inner) else { return None };
+        Some(Term::Sum(*l, Box::new(Term::Sum(k, Box::new(Term::Class(*x))))))
+    },
+};
+
+/// `−(−x) = x`
+const DOUBLE_NEG: Rule = Rule {
+    name: "double-neg",
+    find: |_, node, _, inner| {
+        let (Ix::Neg(_), Ix::Neg(x)) = (node, inner) else { return None };
+        Some(Term::Class(*x))
+    },
+};
+
+/// Every rule of the derivation, in the order each match site tries them: that order fixes the
+/// order equalities are added in, hence class ids and extraction's tie-breaks.
+pub fn rules() -> &'static [Rule] {
+    &[FLATTEN_MUL, DISTRIBUTE_MUL_OVER_ADD, NEG_OUT_OF_MUL, FACTORS_INTO_SUM, SUM_PAST_CONSTANT_FACTORS, SUM_OF_ADD, SUM_OF_NEG, SUM_INTERCHANGE, DOUBLE_NEG]
+}
+
+/// One round of `rules` over the whole e-graph: the equalities found, as (class, term) pairs.
+fn matches(eg: &IxGraph, rules: &[Rule]) -> Vec<(Id, Term)> {
     let mut out = Vec::new();
     for class in eg.classes() {
         for node in &class.nodes {
-            match node {
-                Ix::Mul(fs) => {
-                    for (at, &f) in fs.iter().enumerate() {
-                        for inner in &eg[f].nodes {
-                            match inner {
-                                // flatten: Π(F ∪ {Π(H)}) = Π(F ∪ H)
-                                Ix::Mul(hs) => {
-                                    let mut t = without(fs, at);
-                                    t.extend(hs.iter().map(|&h| Term::Class(h)));
-                                    out.push((class.id, Term::Mul(t)));
-                                }
-                                // distribute: Π(F ∪ {x + y}) = Π(F ∪ {x}) + Π(F ∪ {y})
-                                Ix::Add([x, y]) => {
-                                    let mut l = without(fs, at);
-                                    l.push(Term::Class(*x));
-                                    let mut r = without(fs, at);
-                                    r.push(Term::Class(*y));
-                                    out.push((class.id, Term::Add(Box::new(Term::Mul(l)), Box::new(Term::Mul(r)))));
-                                }
-                                // neg out: Π(F ∪ {−x}) = −Π(F ∪ {x})
-                                Ix::Neg(x) => {
-                                    let mut t = without(fs, at);
-                                    t.push(Term::Class(*x));
-                                    out.push((class.id, Term::Neg(Box::new(Term::Mul(t)))));
-                                }
-                                // push in: Π(F ∪ {Σ_k x}) = Σ_k Π(F ∪ {x}) when k is free in no factor of F
-                                Ix::Sum([k, x]) => {
-                                    let Some(ki) = eg[*k].data.index else { continue };
-                                    let clash = fs.iter().enumerate().any(|(j, &g)| j != at && eg[g].data.free.contains(&ki));
-                                    if !clash {
-                                        let mut t = without(fs, at);
-                                        t.push(Term::Class(*x));
-                                        out.push((class.id, Term::Sum(*k, Box::new(Term::Mul(t)))));
-                                    }
-                                }
-                                Ix::Sym(_) => {}
-                            }
-                        }
-                    }
+            for (at, &child) in node.children().iter().enumerate() {
+                for inner in &eg[child].nodes {
+                    out.extend(rules.iter().filter_map(|rule| (rule.find)(eg, node, at, inner)).map(|t| (class.id, t)));
                 }
-                Ix::Sum([k, body]) => {
-                    let Some(ki) = eg[*k].data.index else { continue };
-                    for inner in &eg[*body].nodes {
-                        match inner {
-                            // partition: Σ_k Π(F) = Π(F∖F_k ∪ {Σ_k Π(F_k)}), F_k the factors mentioning k
-                            Ix::Mul(fs) => {
-                                let (with, rest): (Vec<Id>, Vec<Id>) = fs.iter().partition(|&&f| eg[f].data.free.contains(&ki));
-                                if !with.is_empty() && !rest.is_empty() {
-                                    let mut t: Vec<Term> = rest.into_iter().map(Term::Class).collect();
-                                    let inner = Term::Mul(with.into_iter().map(Term::Class).collect());
-                                    t.push(Term::Sum(*k, Box::new(inner)));
-                                    out.push((class.id, Term::Mul(t)));
-                                }
-                            }
-                            // split: Σ_k (x + y) = Σ_k x + Σ_k y
-                            Ix::Add([x, y]) => out.push((
-                                class.id,
-                                Term::Add(Box::new(Term::Sum(*k, Box::new(Term::Class(*x)))), Box::new(Term::Sum(*k, Box::new(Term::Class(*y))))),
-                            )),
-                            // Σ_k (−x) = −Σ_k x
-                            Ix::Neg(x) => out.push((class.id, Term::Neg(Box::new(Term::Sum(*k, Box::new(Term::Class(*x))))))),
-                            // swap: Σ_k Σ_l x = Σ_l Σ_k x
-                            Ix::Sum([l, x]) => out.push((class.id, Term::Sum(*l, Box::new(Term::Sum(*k, Box::new(Term::Class(*x))))))),
-                            Ix::Sym(_) => {}
-                        }
-                    }
-                }
-                Ix::Add(_) => {}
-                Ix::Neg(a) => {
-                    // −(−x) = x
-                    for inner in &eg[*a].nodes {
-                        if let Ix::Neg(x) = inner {
-                            out.push((class.id, Term::Class(*x)));
-                        }
-                    }
-                }
-                Ix::Sym(_) => {}
             }
         }
     }
@@ -238,14 +299,14 @@ pub struct Saturation {
     pub saturated: bool,
 }
 
-/// Applies the rules until nothing changes or a limit is reached.
-pub fn saturate(eg: &mut IxGraph, node_limit: usize, iter_limit: usize, time_limit: Duration) -> Saturation {
+/// Applies `rules` until nothing changes or a limit is reached.
+pub fn saturate(eg: &mut IxGraph, rules: &[Rule], node_limit: usize, iter_limit: usize, time_limit: Duration) -> Saturation {
     let start = Instant::now();
     let mut iterations = 0;
     let mut saturated = false;
     while iterations < iter_limit && eg.total_size() < node_limit && start.elapsed() < time_limit {
         iterations += 1;
-        let found = matches(eg);
+        let found = matches(eg, rules);
         let mut changed = false;
         for (class, term) in found {
             let id = add_term(eg, term);
@@ -322,3 +383,6 @@ pub fn extract(eg: &IxGraph, sizes: &[f64], roots: &[Id], computing: &[bool], al
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

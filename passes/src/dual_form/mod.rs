@@ -237,7 +237,7 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
     let ids: Vec<Id> = lowered.iter().map(|(_, id, _)| *id).collect();
     // The cost of the terms as written: no root reads another's value.
     let before = ix::extract(&lowering.eg, &sizes, &ids, &vec![true; ids.len()], &lowering.alias_leaves);
-    let sat = ix::saturate(&mut lowering.eg, NODE_LIMIT, ITER_LIMIT, TIME_LIMIT);
+    let sat = ix::saturate(&mut lowering.eg, ix::rules(), NODE_LIMIT, ITER_LIMIT, TIME_LIMIT);
     let ids: Vec<Id> = ids.iter().map(|&id| lowering.eg.find(id)).collect();
     let after = ix::extract(&lowering.eg, &sizes, &ids, &computing, &lowering.alias_leaves);
 
