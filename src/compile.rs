@@ -247,6 +247,9 @@ struct OtherRegion {
     totals: Totals,
 }
 
+/// The output folder's files: path inside it and contents.
+type Files = Vec<(String, Vec<u8>)>;
+
 /// The prefix of the compiled model's symbols.
 const SYMBOL_PREFIX: &str = "tttc";
 
@@ -333,7 +336,7 @@ pub fn compile(req: &Request) -> Result<()> {
         parameters = parameters.checked_add(cost::elements(graph.ty(a.value), &env)?).with_context(too_many)?;
         parameter_bytes = parameter_bytes.checked_add(cost::bytes(graph.ty(a.value), &env)?).with_context(too_many)?;
     }
-    let mut files: Vec<(String, Vec<u8>)> = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph).into_bytes())];
+    let mut files: Files = vec![("ir/00-input.ir".into(), tttc_ir::text::print(graph).into_bytes())];
     for (i, r) in results.iter().enumerate() {
         files.push((ir_file(i + 1, r.name), tttc_ir::text::print(&r.graph).into_bytes()));
     }
@@ -405,7 +408,7 @@ pub fn compile(req: &Request) -> Result<()> {
 
 /// `graph` as PTX kernels for every target and the program that launches them, in the folder
 /// `dir` of the output: the manifest's entry and the files.
-fn gpu_program(graph: &Graph, env: &DimEnv, dir: &str, what: &str) -> Result<(GpuModel, Vec<(String, Vec<u8>)>)> {
+fn gpu_program(graph: &Graph, env: &DimEnv, dir: &str, what: &str) -> Result<(GpuModel, Files)> {
     let started = std::time::Instant::now();
     let gpu = tttc_ptx::model::GpuModel::compile(graph, env).with_context(|| format!("compiling {what} for the GPU"))?;
     let modules: Vec<(&'static str, String)> = tttc_ptx::TARGETS.iter().map(|&t| (t, gpu.module(t).to_text())).collect();
@@ -479,7 +482,7 @@ fn gpu_program(graph: &Graph, env: &DimEnv, dir: &str, what: &str) -> Result<(Gp
         ptxas: ptxas.map(|p| p.display().to_string()),
         estimate,
     };
-    let mut files: Vec<(String, Vec<u8>)> = modules.into_iter().map(|(target, text)| (format!("{dir}/{target}.ptx"), text.into_bytes())).collect();
+    let mut files: Files = modules.into_iter().map(|(target, text)| (format!("{dir}/{target}.ptx"), text.into_bytes())).collect();
     files.push((format!("{dir}/program.json"), (serde_json::to_string_pretty(&gpu.program())? + "\n").into_bytes()));
     Ok((entry, files))
 }
