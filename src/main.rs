@@ -177,14 +177,17 @@ and the compile refused. See docs/passes.md and docs/errors.md.")]
     /// Time one layer at the 125m width across context lengths, with the peers in the same run.
     #[command(long_about = "Time one sequence-mixing layer at the 125m width (D 768, 12 heads, \
 mini-batch 16), batch 1, f32: TTT-Linear and TTT-MLP (as the reference layers run: no conv, no \
-gate, separate q/k/v), Mamba's mixer and self-attention, forward only, for each --seq-lens.\n\n\
+gate, separate q/k/v), Mamba's mixer and self-attention, forward (with --grad, forward + \
+backward: the gradient of sum(y · r) with respect to the input and every parameter), for each \
+--seq-lens.\n\n\
 Each configuration is compiled (pass pipeline and backend; the time to the first result is \
 reported), warmed up once and then called at least --reps times (more for short calls, up to a \
 second); the median and the minimum are reported, and GFLOP/s from the same analytic FLOP counts \
 the peer harness uses. The machine's f32 GEMM rate (2048×768×768 on all threads) is measured \
 first, and each tttc row shows its share of it. After the table: the time to compile the \
 12-layer 125m TTT-Linear, and one gradient step of a 2-layer model at that width on the first \
---seq-lens tokens.\n\n\
+--seq-lens tokens (with --peers, ttt-lm-pytorch's TTTForCausalLM forward + loss.backward() in \
+eager PyTorch, in the same run).\n\n\
 With --peers PYTHON --peer-bench SCRIPT, the peer harness (PyTorch reference layers, \
 torch.compile, ttt-lm-jax under jax.jit) runs right after each tttc configuration, in the same \
 run; its Python needs torch and jax, and --ttt-pytorch-path / --ttt-jax-path point at the \
@@ -265,6 +268,11 @@ struct BenchArgs {
     /// backend): per kind of step, milliseconds and calls.
     #[arg(long)]
     profile: bool,
+    /// Time forward + backward instead of the forward: the gradient of sum(y · r) (r fixed) with
+    /// respect to the layer's input and every parameter, and the peers' --grad runs (PyTorch
+    /// eager besides torch.compile and jax.jit); GFLOP/s count three forwards.
+    #[arg(long, conflicts_with_all = ["decode", "packed"])]
+    grad: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -927,7 +935,11 @@ fn bench(a: &BenchArgs) -> Result<()> {
     if a.packed {
         return bench_packed(a, layers, files);
     }
-    let req = bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile };
+    let req =
+        bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile, grad: a.grad };
+    if a.grad {
+        println!("Forward + backward: the gradient of sum(y · r) with respect to the input and every parameter.\n");
+    }
     let ceiling = bench::gemm_ceiling()?;
     println!("f32 GEMM 2048×768×768 through gemm on {} threads: {ceiling:.1} GFLOP/s\n", tttc_codegen_cpu::threads());
     println!("| layer | T | who | median ms | min ms | GFLOP/s | % of GEMM rate | compile + first call s |");
@@ -951,17 +963,28 @@ fn bench(a: &BenchArgs) -> Result<()> {
     println!("\nCompiling the 12-layer 125m TTT-Linear: graph and passes {passes:.2} s, CPU code generation {codegen:.2} s.");
     let t = a.seq_lens[0];
     let grad_backend = req.backend;
-    let (step_ms, build_s) = bench::gradient_step(t, grad_backend, a.reps as usize)?;
+    let step = bench::gradient_step(t, grad_backend, a.reps as usize, a.profile, req.peers.as_ref())?;
+    let (step_ms, build_s) = (step.median_ms, step.build_s);
     println!(
         "Gradient step of a 2-layer TTT-Linear LM at the 125m width (vocabulary 32000), B = 1, T = {t}, on {}: {step_ms:.0} ms \
 ({:.0} tokens/s; building and compiling the step {build_s:.2} s).",
         grad_backend.name(),
         t as f64 / step_ms * 1e3
     );
+    if let Some(eager) = step.eager_ms {
+        println!("ttt-lm-pytorch's TTTForCausalLM, forward + loss.backward() in eager PyTorch, same run: {eager:.0} ms ({:.2}× tttc's time).", eager / step_ms);
+    }
     for t in timings.iter().filter(|t| !t.profile.is_empty()) {
         print_profile(&format!("{} at T = {} ({})", t.layer, t.t, t.who), &t.profile);
     }
+    if !step.profile.is_empty() {
+        print_profile(&format!("the 2-layer LM's gradient step at T = {t}"), &step.profile);
+    }
     let series = tttc_runtime::plot::Series::group(timings.iter().map(|t| (format!("{}: {}", t.layer, t.who), (t.t as f64, t.median_ms))));
-    let axes = ("sequence length T", "milliseconds per forward call");
-    files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, "One layer at the 125m width, batch 1, f32, forward", axes, &series))
+    let (axes, title) = if a.grad {
+        (("sequence length T", "milliseconds per forward + backward"), "One layer at the 125m width, batch 1, f32, forward + backward")
+    } else {
+        (("sequence length T", "milliseconds per forward call"), "One layer at the 125m width, batch 1, f32, forward")
+    };
+    files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, title, axes, &series))
 }

@@ -245,10 +245,9 @@ impl ModelBuilder {
         let weight = self.concat(&[ones, last], 1)?;
         let count = self.reduce(ReduceKind::Sum, weight, 1, false)?; // [B]: T − 1 targets per row
         let start = self.broadcast(nothing, vec![batch])?;
-        let head_t = self.transpose_last2(head)?;
-        let body = head_and_loss_chunk(self.ty(h), self.ty(head_t), vocab)?;
+        let body = head_and_loss_chunk(self.ty(h), self.ty(head), vocab)?;
         let scan = Scan { axis: 1, chunk: loss_chunk(vocab), carries: 1, seqs: 3, body, reverse: false };
-        let outs = self.scan(scan, &[start, h, target, weight, head_t])?;
+        let outs = self.scan(scan, &[start, h, target, weight, head])?;
         self.output("logits", outs[1]);
         let per_row = self.div(outs[0], count)?;
         let loss = self.reduce(ReduceKind::Mean, per_row, 0, false)?;
@@ -266,16 +265,18 @@ fn loss_chunk(vocab: usize) -> usize {
 
 /// One chunk of positions: logits `h · headᵀ`, and the summed weighted cross-entropy
 /// `Σ w · (logsumexp(logits) − logits[target])` added to the carried per-row total.
-/// Arguments: total `[B]`, h `[B, p, D]`, target i64 `[B, p]`, weight `[B, p]`, headᵀ `[D, V]`.
+/// Arguments: total `[B]`, h `[B, p, D]`, target i64 `[B, p]`, weight `[B, p]`, head `[V, D]` (read
+/// transposed by the product, in place: the gradient's products read it as stored).
 /// Returns the new total and the chunk's logits `[B, p, V]`.
-fn head_and_loss_chunk(h: &Type, head_t: &Type, vocab: usize) -> Result<Graph> {
+fn head_and_loss_chunk(h: &Type, head: &Type, vocab: usize) -> Result<Graph> {
     let (batch, p) = (Dim::sym("B"), Dim::sym("p"));
     let mut g = Graph::new("head_and_loss");
     let total = g.input("total", Type::new(DType::F32, vec![batch.clone()]));
     let h = g.input("h", Type::new(DType::F32, vec![batch.clone(), p.clone(), h.shape[2].clone()]));
     let target = g.input("target", Type::new(DType::I64, vec![batch.clone(), p.clone()]));
     let weight = g.input("weight", Type::new(DType::F32, vec![batch, p]));
-    let head_t = g.input("head_t", head_t.clone());
+    let head = g.input("head", head.clone());
+    let head_t = g.transpose_last2(head)?;
     let logits = g.matmul(h, head_t)?;
     let m = g.reduce(ReduceKind::Max, logits, -1, true)?;
     let shifted = g.sub(logits, m)?;

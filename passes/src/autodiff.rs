@@ -113,9 +113,11 @@ fn inline(g: &mut Graph, body: &Graph, args: &[ValueId]) -> Result<(Vec<ValueId>
 ///
 /// With `segments` > 1 the forward is rematerialised: its node list is cut into that many
 /// contiguous segments, only the values that cross a segment boundary stay alive after the forward
-/// pass, and the reverse sweep recomputes each segment (from barriers, so that no pass merges the
-/// recomputation back into the original) just before differentiating it. Peak memory is then
-/// about the boundary values plus one segment's activations, for one more forward pass.
+/// pass, and the reverse sweep recomputes each segment but the last (from barriers, so that no
+/// pass merges the recomputation back into the original) just before differentiating it; the
+/// last is differentiated as soon as the forward has computed it. Peak memory is then about the
+/// boundary values plus one segment's activations, for one more forward pass of all but the last
+/// segment.
 pub fn gradient_graph(g: &Graph, loss: &str, segments: usize) -> Result<Graph> {
     gradient_graph_wrt(g, loss, segments, &[])
 }
@@ -150,7 +152,9 @@ pub fn gradient_graph_wrt(g: &Graph, loss: &str, segments: usize, inputs: &[&str
     for ((name, _), d) in params.iter().zip(grads) {
         out.output(name, d);
     }
-    Ok(out)
+    // Reverse sweeps that can run inside the scans they differentiate do (the recorded carries
+    // they do not read pruned first).
+    crate::merge_scans::merge_reverse_scans(&crate::dce::dead_code_elimination(&out))
 }
 
 /// Where the `segments` rematerialisation segments of `g`'s node list start (the first at 0):
@@ -218,7 +222,12 @@ fn rematerialised(out: &mut Graph, g: &Graph, args: &[ValueId], loss: ValueId, w
         fwd[a.value.index()] = Some(v);
     }
     let defined = |fwd: &[Option<ValueId>], v: ValueId| fwd[v.index()].context("operand used before it is defined");
-    for node in &g.nodes {
+    let starts = segment_starts(g, segments);
+    let ends: Vec<usize> = starts[1..].iter().copied().chain([g.nodes.len()]).collect();
+    // The last segment is differentiated right after it runs: the forward computes it once, as
+    // the reverse sweep records it, and nothing recomputes it.
+    let last = *starts.last().expect("at least one segment");
+    for node in &g.nodes[..last] {
         let ins: Vec<ValueId> = node.inputs.iter().map(|&v| defined(&fwd, v)).collect::<Result<_>>()?;
         for (o, n) in node.outputs.iter().zip(out.push(node.op.clone(), &ins)?) {
             fwd[o.index()] = Some(n);
@@ -227,15 +236,14 @@ fn rematerialised(out: &mut Graph, g: &Graph, args: &[ValueId], loss: ValueId, w
     // Adjoints of the forward's values, by their value in `g`.
     let mut adj: HashMap<ValueId, ValueId> = HashMap::new();
     adj.insert(loss, out.scalar(1.0)?);
-    let starts = segment_starts(g, segments);
-    let ends: Vec<usize> = starts[1..].iter().copied().chain([g.nodes.len()]).collect();
     for (&start, &end) in starts.iter().zip(&ends).rev() {
         let nodes = &g.nodes[start..end];
         let inside: std::collections::HashSet<ValueId> = nodes.iter().flat_map(|nd| nd.outputs.iter().copied()).collect();
-        if !inside.iter().any(|v| adj.contains_key(v)) {
+        if start != last && !inside.iter().any(|v| adj.contains_key(v)) {
             continue;
         }
-        // The values this segment reads from before it, each through a barrier.
+        // The values this segment reads from before it, each through a barrier (the last
+        // segment, computed once, reads them as they are).
         let mut local: HashMap<ValueId, ValueId> = HashMap::new();
         let mut external: Vec<(ValueId, ValueId)> = Vec::new(); // (in g, its barrier in out)
         let mut tape = Vec::with_capacity(nodes.len());
@@ -245,7 +253,8 @@ fn rematerialised(out: &mut Graph, g: &Graph, args: &[ValueId], loss: ValueId, w
                 let x = match local.get(&v) {
                     Some(&x) => x,
                     None => {
-                        let b = out.push1(Op::Barrier, &[defined(&fwd, v)?])?;
+                        let x = defined(&fwd, v)?;
+                        let b = if start == last { x } else { out.push1(Op::Barrier, &[x])? };
                         local.insert(v, b);
                         external.push((v, b));
                         b
@@ -256,6 +265,9 @@ fn rematerialised(out: &mut Graph, g: &Graph, args: &[ValueId], loss: ValueId, w
             let (outs, rec) = record(out, &node.op, &ins)?;
             for (&o, &x) in node.outputs.iter().zip(&outs) {
                 local.insert(o, x);
+                if start == last {
+                    fwd[o.index()] = Some(x);
+                }
             }
             tape.push(rec);
         }

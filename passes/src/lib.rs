@@ -5,6 +5,7 @@ mod dce;
 mod dual_form;
 mod fuse;
 mod hoist;
+mod merge_scans;
 mod simplify;
 
 pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt};
@@ -12,6 +13,7 @@ pub use dce::{dead_code_elimination, keep_outputs};
 pub use dual_form::{derive_with_report, DualFormReport};
 pub use fuse::{fuse, fuse_with_report, FuseReport};
 pub use hoist::{hoist_invariants, Hoisted};
+pub use merge_scans::merge_reverse_scans;
 pub use simplify::simplify;
 pub mod cost;
 mod manager;

@@ -28,11 +28,20 @@ pub(crate) fn run(body: &Body, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimE
     let profiling = crate::profile::enabled();
     for (step, frees) in body.steps.iter().zip(&body.frees) {
         let started = profiling.then(std::time::Instant::now);
-        // A reshape or a triangular mask of a value read for the last time reuses its buffer.
+        // A barrier (the identity) of a borrowed value, an argument, borrows it too.
+        if let Step::Op(i) = step {
+            let node = &g.nodes[*i];
+            if let (Op::Barrier, Some(Cow::Borrowed(t))) = (&node.op, node.inputs.first().and_then(|v| values[v.index()].as_ref())) {
+                values[node.outputs[0].index()] = Some(Cow::Borrowed(*t));
+                continue;
+            }
+        }
+        // A reshape, a barrier or a triangular mask of a value read for the last time reuses its
+        // buffer.
         if let Step::Op(i) = step {
             let node = &g.nodes[*i];
             let src = node.inputs.first().copied();
-            let in_place = matches!(node.op, Op::Reshape { .. } | Op::TriMask { .. })
+            let in_place = matches!(node.op, Op::Reshape { .. } | Op::Barrier | Op::TriMask { .. })
                 && src.is_some_and(|v| frees.contains(&v) && matches!(values[v.index()], Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(_), .. }))));
             if let (true, Some(src)) = (in_place, src) {
                 let mut t = values[src.index()].take().expect("matched above").into_owned();
@@ -43,6 +52,7 @@ pub(crate) fn run(body: &Body, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimE
                         t.shape = dims;
                     }
                     Op::TriMask { fill } => tri_mask_in_place(&mut t, *fill as f32)?,
+                    Op::Barrier => {}
                     _ => unreachable!("matched above"),
                 }
                 values[node.outputs[0].index()] = Some(Cow::Owned(t));
@@ -421,7 +431,7 @@ fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Te
         if inner == 1 {
             dst[0] = match kind {
                 ReduceKind::Sum | ReduceKind::Mean => sum(block),
-                ReduceKind::Max => block.iter().copied().fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m }),
+                ReduceKind::Max => max(block),
             };
         } else {
             match kind {
@@ -454,6 +464,21 @@ fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Te
         out.chunks_mut(inner.max(1)).enumerate().for_each(|(o, dst)| reduce_block(o, dst));
     }
     Ok(Tensor::f32(shape, out))
+}
+
+/// The largest element (NaN never wins; −∞ for none), in eight interleaved partial maxima (which
+/// the compiler vectorises), then combined.
+fn max(v: &[f32]) -> f32 {
+    let larger = |m: f32, x: f32| if x > m { x } else { m };
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, larger);
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = larger(*a, x);
+        }
+    }
+    acc.iter().copied().fold(tail, larger)
 }
 
 /// A sum in eight interleaved partial sums (which the compiler vectorises), then combined.

@@ -144,9 +144,32 @@ pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &
 /// Values that only matrix products read and that need not exist: transposes of the last two
 /// axes (the products read the source with swapped strides) and reshapes that only add leading
 /// axes of length 1 to a matrix (batch broadcasting reads the source as it is), when each product's other
-/// operand has at least as many axes, so that the product's shape stays the same. By result:
-/// the source, and whether it is read transposed.
+/// operand has at least as many axes, so that the product's shape stays the same; and such a
+/// reshape of such a transpose (a gradient's `xᵀ` given a batch axis), when the reshapes are all
+/// that read the transpose. By result: the source, and whether it is read transposed.
 fn operand_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, bool)> {
+    let mut views = direct_views(g, users);
+    for n in &g.nodes {
+        let Op::Transpose { perm } = &n.op else { continue };
+        let (t, src) = (n.outputs[0], n.inputs[0]);
+        let readers = &users[t.index()];
+        let through_reshapes = swaps_last_two(perm)
+            && g.ty(src).dtype == DType::F32
+            && !g.outputs.iter().any(|(_, v)| *v == t)
+            && !readers.is_empty()
+            && readers.iter().all(|&u| matches!(g.nodes[u].op, Op::Reshape { .. }) && views.get(&g.nodes[u].outputs[0]) == Some(&(t, false)));
+        if through_reshapes {
+            for &u in readers {
+                views.insert(g.nodes[u].outputs[0], (src, true));
+            }
+            views.insert(t, (src, true));
+        }
+    }
+    views
+}
+
+/// [`operand_views`] of one node each: transposes and reshapes read directly by products.
+fn direct_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, bool)> {
     let outputs: std::collections::HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
     // A reshape's result may itself be read through its source: never count on its rank.
     let reshaped: std::collections::HashSet<ValueId> = g.nodes.iter().filter(|n| matches!(n.op, Op::Reshape { .. })).map(|n| n.outputs[0]).collect();

@@ -79,24 +79,34 @@ impl Layer {
     }
 
     /// The peer runs for this layer at length `t`: (peer, extra arguments); torch.compile only up
-    /// to `compile_max_t` (it compiles for minutes beyond).
-    fn peers(self, t: usize, compile_max_t: usize) -> Vec<(&'static str, Vec<String>)> {
+    /// to `compile_max_t` (it compiles for minutes beyond). With `grad`, forward + backward, and
+    /// PyTorch eager besides.
+    fn peers(self, t: usize, compile_max_t: usize, grad: bool) -> Vec<(&'static str, Vec<String>)> {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let mut out = Vec::new();
         match self {
             Layer::TttLinear | Layer::TttMlp => {
                 let kind = if self == Layer::TttLinear { "linear" } else { "mlp" };
                 out.push(("ttt-jax", s(&["--kind", kind])));
+                if grad {
+                    out.push(("ttt-torch", s(&["--kind", kind, "--mode", "eager"])));
+                }
                 if t <= compile_max_t {
                     out.push(("ttt-torch", s(&["--kind", kind, "--mode", "compile"])));
                 }
             }
             Layer::Mamba => {
+                if grad && t <= compile_max_t {
+                    out.push(("mamba", s(&["--mode", "eager"])));
+                }
                 out.push(("mamba", s(&["--mode", if t <= compile_max_t { "compile" } else { "eager" }])));
             }
             Layer::Attention => {
                 out.push(("attn", s(&["--mode", "eager"])));
             }
+        }
+        if grad {
+            out.iter_mut().for_each(|(_, extra)| extra.push("--grad".to_string()));
         }
         out
     }
@@ -119,6 +129,9 @@ pub struct BenchRequest {
     pub peers: Option<Peers>,
     /// Profile one more call of each tttc configuration (CPU backend).
     pub profile: bool,
+    /// Time forward + backward: the gradient of `sum(y · r)` (`r` fixed) with respect to the
+    /// layer's input and every parameter, as the peers' `--grad` runs.
+    pub grad: bool,
 }
 
 /// One timed configuration.
@@ -153,18 +166,17 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
         let weights = tttc_frontends::init::initialise(&builder, 0);
         for &t in &req.seq_lens {
             let x = hidden_input(t, 768);
+            let r = cotangent(t, 768);
             let start = Instant::now();
-            let exe = crate::Executable::new(tttc_passes::compile(&builder.g)?);
-            let run = || exe.run_with(&weights, &[("x", &x)], req.backend);
+            let exe = crate::Executable::new(if req.grad { layer_gradient(&builder.g)? } else { tttc_passes::compile(&builder.g)? });
+            let inputs: Vec<(&str, &Tensor)> = if req.grad { vec![("x", &x), ("r", &r)] } else { vec![("x", &x)] };
+            let run = || exe.run_with(&weights, &inputs, req.backend);
             run()?;
             let first_s = start.elapsed().as_secs_f64();
             let times = time_calls(req.reps, || run().map(|_| ()))?;
             let mut profile = Vec::new();
             if req.profile && req.backend == Backend::Cpu {
-                tttc_codegen_cpu::profile::set_enabled(true);
-                run()?;
-                tttc_codegen_cpu::profile::set_enabled(false);
-                profile = tttc_codegen_cpu::profile::report().into_iter().map(|(k, d, n)| (k, d.as_secs_f64() * 1e3, n)).collect();
+                profile = profiled(|| run().map(|_| ()))?;
             }
             let timing = Timing {
                 layer: layer.name(),
@@ -173,14 +185,14 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
                 median_ms: times.0,
                 min_ms: times.1,
                 first_s,
-                gflops: layer.flops(t) / times.0 / 1e6,
+                gflops: layer.flops(t) * flop_factor(req.grad) / times.0 / 1e6,
                 profile,
             };
             report(&timing);
             all.push(timing);
             if let Some(peers) = &req.peers {
-                for (peer, extra) in layer.peers(t, peers.compile_max_t) {
-                    let timing = run_peer(peers, layer, peer, &extra, t)?;
+                for (peer, extra) in layer.peers(t, peers.compile_max_t, req.grad) {
+                    let timing = run_peer(peers, layer, peer, &extra, t, req.grad)?;
                     report(&timing);
                     all.push(timing);
                 }
@@ -231,7 +243,7 @@ fn peer_json(p: &Peers, peer: &str, extra: &[String]) -> Result<Value> {
     serde_json::from_str(line).with_context(|| format!("peer {peer} printed no JSON result"))
 }
 
-fn run_peer(p: &Peers, layer: Layer, peer: &str, extra: &[String], t: usize) -> Result<Timing> {
+fn run_peer(p: &Peers, layer: Layer, peer: &str, extra: &[String], t: usize, grad: bool) -> Result<Timing> {
     let mut args = vec!["--T".to_string(), t.to_string()];
     args.extend_from_slice(extra);
     let v = peer_json(p, peer, &args)?;
@@ -252,9 +264,41 @@ fn run_peer(p: &Peers, layer: Layer, peer: &str, extra: &[String], t: usize) -> 
         median_ms,
         min_ms: num("min_ms")?,
         first_s: num("first_call_s").unwrap_or(f64::NAN),
-        gflops: layer.flops(t) / median_ms / 1e6,
+        gflops: layer.flops(t) * flop_factor(grad) / median_ms / 1e6,
         profile: Vec::new(),
     })
+}
+
+/// Forward + backward counted as three forwards' FLOPs, as the peer harness counts them.
+fn flop_factor(grad: bool) -> f64 {
+    if grad {
+        3.0
+    } else {
+        1.0
+    }
+}
+
+/// A deterministic `[1, t, dim]` cotangent `r` for `sum(y · r)`, in [−1, 1].
+fn cotangent(t: usize, dim: usize) -> Tensor {
+    let mut rng = tttc_frontends::rng::SplitMix64::keyed(7, "bench cotangent");
+    Tensor::f32(vec![1, t, dim], (0..t * dim).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect())
+}
+
+/// The gradient graph of `sum(y · r)` (`r` an input shaped like the layer's output `y`) with
+/// respect to the layer's input `x` and every parameter, through the pass pipeline: the layer's
+/// share of a training step, as the peers' `--grad` measures it. As for a model's gradient step,
+/// the dual form is derived before differentiating.
+fn layer_gradient(layer: &tttc_ir::Graph) -> Result<tttc_ir::Graph> {
+    let mut g = layer.clone();
+    let y = g.outputs.first().context("the layer has no output")?.1;
+    let r = g.input("r", g.ty(y).clone());
+    let mut loss = g.mul(y, r)?;
+    while g.ty(loss).rank() > 0 {
+        loss = g.reduce(tttc_ir::ReduceKind::Sum, loss, 0, false)?;
+    }
+    g.outputs = vec![("loss".to_string(), loss)];
+    let forward = tttc_passes::run_pipeline(&g, Some("dce"))?.pop().context("the pipeline has passes")?.graph;
+    tttc_passes::compile(&tttc_passes::gradient_graph_wrt(&forward, "loss", 1, &["x"])?)
 }
 
 /// The fp32 GEMM rate of this machine through `gemm` on all threads (2048×768×768, as the peer
@@ -296,7 +340,7 @@ pub fn compile_time() -> Result<(f64, f64)> {
 /// One gradient step (forward and backward through every layer, rematerialised) of a 2-layer
 /// model at the 125m width on `t` tokens, timed over at most three calls after a warm-up: (median
 /// ms, time to build and compile the step in s).
-pub fn gradient_step(t: usize, backend: Backend, reps: usize) -> Result<(f64, f64)> {
+pub fn gradient_step(t: usize, backend: Backend, reps: usize, profile: bool, peers: Option<&Peers>) -> Result<GradientTiming> {
     let config = lm_125m(2)?;
     let builder = tttc_frontends::build(&config)?;
     let weights = tttc_frontends::init::initialise(&builder, 0);
@@ -306,6 +350,36 @@ pub fn gradient_step(t: usize, backend: Backend, reps: usize) -> Result<(f64, f6
     let build_s = start.elapsed().as_secs_f64();
     let mut rng = tttc_frontends::rng::SplitMix64::keyed(2, "bench tokens");
     let ids = Tensor::i64(vec![1, t], (0..t).map(|_| rng.below(32000) as i64).collect());
-    let (median, _) = time_calls(reps.min(3), || step.run(&model.weights, &ids, backend).map(|_| ()))?;
-    Ok((median, build_s))
+    let (median_ms, _) = time_calls(reps.min(3), || step.run(&model.weights, &ids, backend).map(|_| ()))?;
+    let profile = if profile && backend == Backend::Cpu { profiled(|| step.run(&model.weights, &ids, backend).map(|_| ()))? } else { Vec::new() };
+    let eager_ms = match peers {
+        Some(p) => {
+            let extra: Vec<String> =
+                ["--kind", "linear", "--layers", "2", "--T", &t.to_string(), "--reps", &reps.min(3).to_string()].map(String::from).to_vec();
+            let v = peer_json(p, "ttt-lm-grad", &extra)?;
+            Some(v["median_ms"].as_f64().context("peer ttt-lm-grad's result has no median_ms")?)
+        }
+        None => None,
+    };
+    Ok(GradientTiming { median_ms, build_s, profile, eager_ms })
+}
+
+/// One gradient step of the 2-layer LM: its median time, the time to build and compile it, where
+/// one more step's time went (with `--profile`), and the reference's step in PyTorch.
+pub struct GradientTiming {
+    pub median_ms: f64,
+    pub build_s: f64,
+    pub profile: Vec<(String, f64, u64)>,
+    /// ttt-lm-pytorch's TTTForCausalLM, forward + `loss.backward()` in eager PyTorch, in the
+    /// same run (with the peers).
+    pub eager_ms: Option<f64>,
+}
+
+/// Runs `call` once with the CPU backend's profile on: per kind of step, milliseconds and calls.
+fn profiled(call: impl FnOnce() -> Result<()>) -> Result<Vec<(String, f64, u64)>> {
+    tttc_codegen_cpu::profile::set_enabled(true);
+    let result = call();
+    tttc_codegen_cpu::profile::set_enabled(false);
+    result?;
+    Ok(tttc_codegen_cpu::profile::report().into_iter().map(|(k, d, n)| (k, d.as_secs_f64() * 1e3, n)).collect())
 }
