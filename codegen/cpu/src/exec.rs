@@ -36,13 +36,19 @@ pub(crate) fn run(body: &Body, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimE
                 continue;
             }
         }
-        // A reshape, a barrier or a triangular mask of a value read for the last time reuses its
-        // buffer.
-        if let Step::Op(i) = step {
+        // A reshape, a barrier, a triangular mask or a reduction along an axis of length 1 (the
+        // batch of one, summed in a gradient) of a value read for the last time reuses its buffer.
+        if let Step::Op(i) | Step::Reduce(i) = step {
             let node = &g.nodes[*i];
             let src = node.inputs.first().copied();
-            let in_place = matches!(node.op, Op::Reshape { .. } | Op::Barrier | Op::TriMask { .. })
-                && src.is_some_and(|v| frees.contains(&v) && matches!(values[v.index()], Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(_), .. }))));
+            let along_one = |axis: usize| src.and_then(|v| values[v.index()].as_ref()).is_some_and(|t| t.shape.get(axis) == Some(&1));
+            let moves = match node.op {
+                Op::Reshape { .. } | Op::Barrier | Op::TriMask { .. } => true,
+                Op::Reduce { axis, .. } => along_one(axis),
+                _ => false,
+            };
+            let in_place =
+                moves && src.is_some_and(|v| frees.contains(&v) && matches!(values[v.index()], Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(_), .. }))));
             if let (true, Some(src)) = (in_place, src) {
                 let mut t = values[src.index()].take().expect("matched above").into_owned();
                 match &node.op {
@@ -53,6 +59,13 @@ pub(crate) fn run(body: &Body, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimE
                     }
                     Op::TriMask { fill } => tri_mask_in_place(&mut t, *fill as f32)?,
                     Op::Barrier => {}
+                    Op::Reduce { axis, keepdim, .. } => {
+                        if *keepdim {
+                            t.shape[*axis] = 1;
+                        } else {
+                            t.shape.remove(*axis);
+                        }
+                    }
                     _ => unreachable!("matched above"),
                 }
                 values[node.outputs[0].index()] = Some(Cow::Owned(t));
@@ -146,7 +159,10 @@ fn step_kind(step: &Step, g: &tttc_ir::Graph) -> Option<String> {
             Some(format!("kernel [{}] ({} ops per element)", k.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","), k.ops_per_element))
         }
         Step::MatMul(i, _) => Some(format!("matmul {}", g.ty(g.nodes[*i].outputs[0]))),
-        Step::Reduce(_) => Some("reduce".into()),
+        Step::Reduce(i) => {
+            let node = &g.nodes[*i];
+            Some(format!("{} {} to {}", node.op.name(), g.ty(node.inputs[0]), g.ty(node.outputs[0])))
+        }
         Step::Op(i) => {
             Some(format!("{} (interpreter) {}", g.nodes[*i].op.name(), g.nodes[*i].outputs.first().map(|v| g.ty(*v).to_string()).unwrap_or_default()))
         }
