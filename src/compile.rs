@@ -39,7 +39,8 @@ struct Manifest {
     /// The final (fused) graph split up: its fused regions and scans in node order, then one
     /// entry for the remaining plain nodes.
     regions: Vec<Region>,
-    /// What the `fuse` pass did: regions and materialised bytes before and after it.
+    /// What the `fuse` pass did: regions and materialised bytes before and after it (estimated
+    /// from the graph: what the regions would save, not what a backend moves today).
     fusion: Option<Fusion>,
     /// The model compiled for this CPU, for linking (docs/cpu-model.md).
     cpu: CpuModel,

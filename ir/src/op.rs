@@ -113,9 +113,11 @@ pub enum Op {
     /// the body's arguments; results are the gradients of arguments `wrt`, in that order. Passes
     /// expand it into explicit ops (reverse-mode autodiff) before anything executes it.
     Grad(Box<Grad>),
-    /// A fused region: a sub-graph executed as one kernel, its intermediate values never
+    /// A fused region: a sub-graph meant to execute as one kernel, its intermediate values not
     /// materialised. Operands are the body's arguments, results the body's outputs. The `fuse`
-    /// pass builds them from runs of top-level nodes.
+    /// pass builds them from runs of top-level nodes. The backends do not deliver that yet: they
+    /// inline or plan the body step by step, so a product's result is still stored before its
+    /// epilogue reads it (docs/passes.md, "What the backends do with regions").
     Fused(Box<Fused>),
 }
 

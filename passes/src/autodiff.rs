@@ -153,8 +153,9 @@ pub fn gradient_graph_wrt(g: &Graph, loss: &str, segments: usize, inputs: &[&str
         out.output(name, d);
     }
     // Reverse sweeps that can run inside the scans they differentiate do (the recorded carries
-    // they do not read pruned first).
-    crate::merge_scans::merge_reverse_scans(&crate::dce::dead_code_elimination(&out))
+    // they do not read pruned first); transposed products are computed in the layout wanted.
+    let out = crate::merge_scans::merge_reverse_scans(&crate::dce::dead_code_elimination(&out))?;
+    Ok(crate::dce::dead_code_elimination(&crate::sink_transposes::sink_transposes(&out)?))
 }
 
 /// Where the `segments` rematerialisation segments of `g`'s node list start (the first at 0):

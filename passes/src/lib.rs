@@ -7,6 +7,7 @@ mod fuse;
 mod hoist;
 mod merge_scans;
 mod simplify;
+mod sink_transposes;
 
 pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt};
 pub use dce::{dead_code_elimination, keep_outputs};
@@ -15,6 +16,7 @@ pub use fuse::{fuse, fuse_with_report, FuseReport};
 pub use hoist::{hoist_invariants, Hoisted};
 pub use merge_scans::merge_reverse_scans;
 pub use simplify::simplify;
+pub use sink_transposes::sink_transposes;
 pub mod cost;
 mod manager;
 

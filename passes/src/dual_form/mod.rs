@@ -93,12 +93,37 @@ pub fn derive_with_report(g: &Graph) -> Result<(Graph, Vec<DualFormReport>)> {
     let mut reports = Vec::new();
     for node in out.nodes.iter_mut() {
         if let Op::Scan(scan) = &node.op {
-            let (body, report) = derive_body(&scan.body, scan.chunk, scan.carries)?;
+            let (body, report) = derived(&scan.body, scan.chunk, scan.carries)?;
             node.op = Op::Scan(Box::new(Scan { body, ..(**scan).clone() }));
             reports.push(report);
         }
     }
     Ok((out, reports))
+}
+
+/// Bodies derived recently, by their text, chunk and carries: every layer's scan has the same
+/// body, and a gradient step builds its graph several times (one per rematerialisation
+/// candidate), so most derivations repeat one already made.
+type Derived = std::collections::HashMap<(String, usize, usize), (Graph, DualFormReport)>;
+static DERIVED: std::sync::Mutex<Option<Derived>> = std::sync::Mutex::new(None);
+
+/// Bodies kept in [`DERIVED`] before it starts over.
+const DERIVED_KEPT: usize = 64;
+
+/// [`derive_body`], reusing the result for a body derived before.
+fn derived(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, DualFormReport)> {
+    let key = (tttc_ir::text::print(body), chunk, carries);
+    if let Some(hit) = DERIVED.lock().expect("not poisoned").as_ref().and_then(|d| d.get(&key)) {
+        return Ok(hit.clone());
+    }
+    let result = derive_body(body, chunk, carries)?;
+    let mut cache = DERIVED.lock().expect("not poisoned");
+    let d = cache.get_or_insert_with(Derived::new);
+    if d.len() >= DERIVED_KEPT {
+        d.clear();
+    }
+    d.insert(key, result.clone());
+    Ok(result)
 }
 
 fn producing_op(g: &Graph) -> Vec<Option<&Op>> {

@@ -1,0 +1,101 @@
+//! Transposes moved onto the operands of the products they transpose: `(a·b)ᵀ = bᵀ·aᵀ`. Reverse
+//! mode differentiates `x · Wᵀ` into a `[D, V]` gradient that is then transposed to `W`'s `[V, D]`
+//! (per chunk, for the LM head); computed as `dyᵀ · x` it comes out in `W`'s layout, and the
+//! products read their operands' transposes as strides.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use tttc_ir::{Graph, Op, ValueId};
+
+/// `g` (scan and region bodies too) with each transpose of the last two axes of a product moved
+/// onto its operands: `(a·b)ᵀ = bᵀ·aᵀ`, through reshapes that only add or drop leading unit axes
+/// and reductions over a leading axis, where every value on the way is read only there. A
+/// gradient's `dWᵀ` (the LM head's, `[V, D]`) is then computed in the layout it is summed in,
+/// with its operands' transposes read as strides, instead of computed and then transposed.
+pub fn sink_transposes(g: &Graph) -> Result<Graph> {
+    let mut uses = vec![0usize; g.types.len()];
+    g.nodes.iter().flat_map(|n| &n.inputs).chain(g.outputs.iter().map(|(_, v)| v)).for_each(|v| uses[v.index()] += 1);
+    let producer: HashMap<ValueId, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |&o| (o, i))).collect();
+    let mut out = Graph::new(&g.name);
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    for a in &g.args {
+        map.insert(a.value, out.arg(&a.name, a.kind, g.ty(a.value).clone()));
+    }
+    for node in &g.nodes {
+        let mut op = node.op.clone();
+        if let Some(body) = op.body_mut() {
+            *body = sink_transposes(body)?;
+        }
+        let sunk = match &op {
+            Op::Transpose { perm } if swaps_last_two(perm) => transposed(&mut out, g, &producer, &uses, &map, node.inputs[0])?,
+            _ => None,
+        };
+        let outs = match sunk {
+            Some(v) => vec![v],
+            None => out.push(op, &node.inputs.iter().map(|v| map[v]).collect::<Vec<_>>())?,
+        };
+        for (o, n) in node.outputs.iter().zip(outs) {
+            map.insert(*o, n);
+        }
+    }
+    for (name, v) in &g.outputs {
+        out.output(name, map[v]);
+    }
+    Ok(out)
+}
+
+/// A value of `out` equal to `v`ᵀ (its last two axes swapped) built from `v`'s operands, when `v`
+/// is a product, or a leading-unit-axes reshape or a leading-axis reduction of one, each read only
+/// on the way; `None` (and nothing added to `out`) otherwise.
+fn transposed(
+    out: &mut Graph,
+    g: &Graph,
+    producer: &HashMap<ValueId, usize>,
+    uses: &[usize],
+    map: &HashMap<ValueId, ValueId>,
+    v: ValueId,
+) -> Result<Option<ValueId>> {
+    let Some(&i) = producer.get(&v) else { return Ok(None) };
+    let node = &g.nodes[i];
+    if uses[v.index()] != 1 || g.ty(v).rank() < 2 {
+        return Ok(None);
+    }
+    // xᵀ: sunk further when it can be, else a transpose (`simplify` folds transposes of
+    // transposes, and products read a transposed operand as strides).
+    let t = |out: &mut Graph, x: ValueId| -> Result<ValueId> {
+        match transposed(out, g, producer, uses, map, x)? {
+            Some(y) => Ok(y),
+            None => out.transpose_last2(map[&x]),
+        }
+    };
+    let rank = g.ty(v).rank();
+    Ok(match &node.op {
+        Op::MatMul => {
+            let (ta, tb) = (t(out, node.inputs[0])?, t(out, node.inputs[1])?);
+            Some(out.matmul(tb, ta)?)
+        }
+        Op::Reshape { shape } => {
+            let from = &g.ty(node.inputs[0]).shape;
+            let (r, f) = (shape.len(), from.len());
+            let leading_units = |s: &[tttc_ir::Dim]| s.iter().all(|d| d.is_one());
+            if f < 2 || shape[r - 2..] != from[f - 2..] || !leading_units(&shape[..r - 2]) || !leading_units(&from[..f - 2]) {
+                return Ok(None);
+            }
+            let Some(x) = transposed(out, g, producer, uses, map, node.inputs[0])? else { return Ok(None) };
+            let mut swapped = shape.clone();
+            swapped.swap(r - 2, r - 1);
+            Some(out.reshape(x, swapped)?)
+        }
+        Op::Reduce { kind, axis, keepdim } if *axis + 2 < g.ty(node.inputs[0]).rank() && rank >= 2 => {
+            let Some(x) = transposed(out, g, producer, uses, map, node.inputs[0])? else { return Ok(None) };
+            Some(out.reduce(*kind, x, *axis as i64, *keepdim)?)
+        }
+        _ => None,
+    })
+}
+
+fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
+}
