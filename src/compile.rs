@@ -259,9 +259,10 @@ const LOSS_AND_GRAD_ABOUT: &str =
     "the loss and its gradient with respect to every parameter (named as the parameter) and, for a resumed run, every state input (`state.NAME`)";
 
 pub fn compile(req: &Request) -> Result<()> {
+    let config = tttc_frontends::load_config(req.model)?;
     let builder = match req.resume_at {
-        None => tttc_frontends::load_structure(req.model)?,
-        Some(position) => tttc_frontends::build_for(&tttc_frontends::load_config(req.model)?, tttc_frontends::Mode::Resume { position })?,
+        None => tttc_frontends::structure_of(&config)?,
+        Some(position) => tttc_frontends::build_for(&config, tttc_frontends::Mode::Resume { position })?,
     };
     let graph = &builder.g;
     let out = match req.out {
@@ -297,8 +298,7 @@ pub fn compile(req: &Request) -> Result<()> {
     // The training step: the gradient graph of the same model (rematerialised as `tttc grad`
     // runs it). The loss needs a next token.
     let started = std::time::Instant::now();
-    let vocab = tttc_frontends::load_config(req.model)?.vocab_size();
-    let training = if req.seq_len >= 2 { Some(tttc_runtime::GradientStep::of(graph, vocab, None)?) } else { None };
+    let training = if req.seq_len >= 2 { Some(tttc_runtime::GradientStep::of(graph, config.vocab_size(), None)?) } else { None };
     let mut entries = vec![tttc_codegen_cpu::aot::Entry { name: "forward", about: FORWARD_ABOUT, graph: last, env: &env }];
     match &training {
         Some(step) => {
@@ -320,12 +320,13 @@ pub fn compile(req: &Request) -> Result<()> {
     }
     eprintln!("cpu: compiled in {:.2} s, declared in cpu/model.h", started.elapsed().as_secs_f64());
 
-    if tttc_ptx::ptxas::find().is_none() {
+    let ptxas = tttc_ptx::ptxas::find();
+    if ptxas.is_none() {
         eprintln!("note: ptxas not found (set TTTC_PTXAS or put it on PATH; pip package nvidia-cuda-nvcc-cu12): the PTX is not assembled and the manifest has no register counts");
     }
-    let (gpu_entry, gpu_files) = gpu_program(last, &env, "gpu", "the forward pass")?;
+    let (gpu_entry, gpu_files) = gpu_program(last, &env, ptxas.as_deref(), "gpu", "the forward pass")?;
     let gpu_training = match &training {
-        Some(step) => Some(gpu_program(step.graph(), &env, "gpu/loss_and_grad", "the training step")?),
+        Some(step) => Some(gpu_program(step.graph(), &env, ptxas.as_deref(), "gpu/loss_and_grad", "the training step")?),
         None => None,
     };
 
@@ -408,14 +409,13 @@ pub fn compile(req: &Request) -> Result<()> {
 }
 
 /// `graph` as PTX kernels for every target and the program that launches them, in the folder
-/// `dir` of the output: the manifest's entry and the files.
-fn gpu_program(graph: &Graph, env: &DimEnv, dir: &str, what: &str) -> Result<(GpuModel, Files)> {
+/// `dir` of the output, assembled by `ptxas` when there is one: the manifest's entry and the files.
+fn gpu_program(graph: &Graph, env: &DimEnv, ptxas: Option<&Path>, dir: &str, what: &str) -> Result<(GpuModel, Files)> {
     let started = std::time::Instant::now();
     let gpu = tttc_ptx::model::GpuModel::compile(graph, env).with_context(|| format!("compiling {what} for the GPU"))?;
     let modules: Vec<(&'static str, String)> = tttc_ptx::TARGETS.iter().map(|&t| (t, gpu.module(t).to_text())).collect();
     let mut figures: BTreeMap<String, BTreeMap<&'static str, tttc_ptx::ptxas::Figures>> = BTreeMap::new();
-    let ptxas = tttc_ptx::ptxas::find();
-    if let Some(ptxas) = &ptxas {
+    if let Some(ptxas) = ptxas {
         for (target, text) in &modules {
             for (kernel, f) in tttc_ptx::ptxas::assemble(ptxas, text, target)? {
                 figures.entry(kernel).or_default().insert(target, f);

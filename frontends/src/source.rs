@@ -88,9 +88,14 @@ pub fn weights_cap(b: &ModelBuilder) -> Cap {
 
 /// The graph of the model at `path`, without reading or drawing its weights.
 pub fn load_structure(path: &Path) -> Result<ModelBuilder> {
-    let config = read_definition(path)?.0;
-    check_size(&config, false)?;
-    crate::build(&config)
+    structure_of(&read_definition(path)?.0)
+}
+
+/// The forward graph of `config`, refused before it is built when its memory estimate (the graph
+/// alone) exceeds the budget.
+pub fn structure_of(config: &ModelConfig) -> Result<ModelBuilder> {
+    check_size(config, false)?;
+    crate::build(config)
 }
 
 /// The config of the model at `path`, without building its graph or reading its weights.

@@ -13,7 +13,7 @@ mod verify;
 pub use graph::{Arg, ArgKind, Graph, Node, ValueId};
 pub use infer::infer;
 pub use interp::{run, Precision};
-pub use op::{BinaryOp, Fused, Grad, Op, ReduceKind, Scan, UnaryOp};
+pub use op::{swaps_last_two, BinaryOp, Fused, Grad, Op, ReduceKind, Scan, UnaryOp};
 pub use tensor::{Data, Tensor};
 pub use types::{DType, Dim, DimEnv, Type};
 pub use verify::verify;

@@ -121,6 +121,13 @@ pub enum Op {
     Fused(Box<Fused>),
 }
 
+/// Whether a transpose's `perm` swaps the last two axes and keeps the others (a matrix transpose,
+/// batched), the one products can read as strides.
+pub fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
+}
+
 /// A structured loop over a sequence axis, `chunk` elements at a time (the last chunk may be
 /// shorter). Inputs: `carries` initial states, `seqs` sequences cut into chunks, then loop-invariant
 /// values. The body takes the same three groups and returns the new carries followed by per-chunk

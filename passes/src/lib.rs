@@ -20,4 +20,4 @@ pub use sink_transposes::sink_transposes;
 pub mod cost;
 mod manager;
 
-pub use manager::{compile, count_nodes, pass_names, pipeline, run_passes, run_passes_observed, run_pipeline, Pass, PassResult, Rewrite};
+pub use manager::{compile, count_nodes, differentiable, pass_names, pipeline, run_passes, run_passes_observed, run_pipeline, Pass, PassResult, Rewrite};

@@ -96,6 +96,13 @@ pub fn compile(g: &Graph) -> Result<Graph> {
     Ok(run_pipeline(g, None)?.pop().map_or_else(|| g.clone(), |r| r.graph))
 }
 
+/// The graph a gradient differentiates: the default pipeline up to `dce` (`grad` ops expanded,
+/// the dual form derived, simplified, pruned), before `fuse`. Reverse mode through the dual form
+/// gives the adjoint of its mini-batch products, not of the primal form's per-token weights.
+pub fn differentiable(g: &Graph) -> Result<Graph> {
+    Ok(run_pipeline(g, Some("dce"))?.pop().map_or_else(|| g.clone(), |r| r.graph))
+}
+
 /// Runs `passes` in order on `g`, stopping after the pass named `stop_after` (when given). The
 /// input graph is verified first, and each pass's result after the pass (then renumbered by
 /// `Graph::canonical`); an error names the pass. A `stop_after` that names none of the passes is

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use tttc_ir::{Graph, Op, ValueId};
+use tttc_ir::{swaps_last_two, Graph, Op, ValueId};
 
 /// `g` (scan and region bodies too) with each transpose of the last two axes of a product moved
 /// onto its operands: `(a·b)ᵀ = bᵀ·aᵀ`, through reshapes that only add or drop leading unit axes
@@ -93,9 +93,4 @@ fn transposed(
         }
         _ => None,
     })
-}
-
-fn swaps_last_two(perm: &[usize]) -> bool {
-    let r = perm.len();
-    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
 }

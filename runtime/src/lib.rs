@@ -300,7 +300,7 @@ impl GradientStep {
     /// The gradient step of a frontend's graph of a model with `vocab` tokens (before the pass
     /// pipeline), with respect to its parameters and its state inputs.
     pub fn of(graph: &Graph, vocab: usize, segments: Option<usize>) -> Result<GradientStep> {
-        let forward = tttc_passes::run_pipeline(graph, Some("dce"))?.pop().context("the pipeline has passes")?.graph;
+        let forward = tttc_passes::differentiable(graph)?;
         let wrt: Vec<String> = state::inputs(&forward).iter().map(|n| format!("{}{n}", state::PREFIX)).collect();
         let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
         let build = |k: usize| tttc_passes::compile(&tttc_passes::gradient_graph_wrt(&forward, "loss", k, &wrt)?);

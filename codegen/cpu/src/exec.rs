@@ -28,19 +28,16 @@ pub(crate) fn run(body: &Body, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimE
     let profiling = crate::profile::enabled();
     for (step, frees) in body.steps.iter().zip(&body.frees) {
         let started = profiling.then(std::time::Instant::now);
-        // A barrier (the identity) of a borrowed value, an argument, borrows it too.
-        if let Step::Op(i) = step {
-            let node = &g.nodes[*i];
-            if let (Op::Barrier, Some(Cow::Borrowed(t))) = (&node.op, node.inputs.first().and_then(|v| values[v.index()].as_ref())) {
-                values[node.outputs[0].index()] = Some(Cow::Borrowed(*t));
-                continue;
-            }
-        }
         // A reshape, a barrier, a triangular mask or a reduction along an axis of length 1 (the
-        // batch of one, summed in a gradient) of a value read for the last time reuses its buffer.
+        // batch of one, summed in a gradient) of a value read for the last time reuses its buffer;
+        // a barrier (the identity) of a borrowed value, an argument, borrows it too.
         if let Step::Op(i) | Step::Reduce(i) = step {
             let node = &g.nodes[*i];
             let src = node.inputs.first().copied();
+            if let (Op::Barrier, Some(Cow::Borrowed(t))) = (&node.op, src.and_then(|v| values[v.index()].as_ref())) {
+                values[node.outputs[0].index()] = Some(Cow::Borrowed(*t));
+                continue;
+            }
             let along_one = |axis: usize| src.and_then(|v| values[v.index()].as_ref()).is_some_and(|t| t.shape.get(axis) == Some(&1));
             let moves = match node.op {
                 Op::Reshape { .. } | Op::Barrier | Op::TriMask { .. } => true,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use tttc_ir::{DType, Dim, Graph, Op, ValueId};
+use tttc_ir::{swaps_last_two, DType, Dim, Graph, Op, ValueId};
 
 use crate::elementwise::{Expr, KernelSpec};
 
@@ -197,11 +197,6 @@ fn direct_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, b
             }
         })
         .collect()
-}
-
-fn swaps_last_two(perm: &[usize]) -> bool {
-    let r = perm.len();
-    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
 }
 
 /// For each value, the nodes that read it.

@@ -286,8 +286,7 @@ fn cotangent(t: usize, dim: usize) -> Tensor {
 
 /// The gradient graph of `sum(y · r)` (`r` an input shaped like the layer's output `y`) with
 /// respect to the layer's input `x` and every parameter, through the pass pipeline: the layer's
-/// share of a training step, as the peers' `--grad` measures it. As for a model's gradient step,
-/// the dual form is derived before differentiating.
+/// share of a training step, as the peers' `--grad` measures it.
 fn layer_gradient(layer: &tttc_ir::Graph) -> Result<tttc_ir::Graph> {
     let mut g = layer.clone();
     let y = g.outputs.first().context("the layer has no output")?.1;
@@ -297,8 +296,7 @@ fn layer_gradient(layer: &tttc_ir::Graph) -> Result<tttc_ir::Graph> {
         loss = g.reduce(tttc_ir::ReduceKind::Sum, loss, 0, false)?;
     }
     g.outputs = vec![("loss".to_string(), loss)];
-    let forward = tttc_passes::run_pipeline(&g, Some("dce"))?.pop().context("the pipeline has passes")?.graph;
-    tttc_passes::compile(&tttc_passes::gradient_graph_wrt(&forward, "loss", 1, &["x"])?)
+    tttc_passes::compile(&tttc_passes::gradient_graph_wrt(&tttc_passes::differentiable(&g)?, "loss", 1, &["x"])?)
 }
 
 /// The fp32 GEMM rate of this machine through `gemm` on all threads (2048×768×768, as the peer
