@@ -50,6 +50,11 @@ struct Manifest {
     /// The training step the same way (absent at T = 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     gpu_loss_and_grad: Option<GpuModel>,
+    /// Decoding's prefill and step the same way (absent when the state grows: a KV cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_prefill: Option<GpuModel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_step: Option<GpuModel>,
 }
 
 /// The model for NVIDIA GPUs (docs/gpu-model.md), at the manifest's shapes.
@@ -257,6 +262,10 @@ const SYMBOL_PREFIX: &str = "tttc";
 const FORWARD_ABOUT: &str = "the logits and, when T > 1, the loss (mean next-token cross-entropy)";
 const LOSS_AND_GRAD_ABOUT: &str =
     "the loss and its gradient with respect to every parameter (named as the parameter) and, for a resumed run, every state input (`state.NAME`)";
+const PREFILL_ABOUT: &str =
+    "a prompt of T tokens from a fresh state: the last position's logits, then the state after the prompt (`state.NAME`, in the step's order)";
+const STEP_ABOUT: &str =
+    "one token per sequence from the state in args[1..]: its logits, then the state after it in the same order (the next step's args[1..])";
 
 pub fn compile(req: &Request) -> Result<()> {
     let config = tttc_frontends::load_config(req.model)?;
@@ -307,6 +316,11 @@ pub fn compile(req: &Request) -> Result<()> {
         }
         None => eprintln!("note: no loss_and_grad entry point at --seq-len 1 (the loss needs a next token)"),
     }
+    let decoding = decoding(&config, req.batch)?;
+    if let Some(d) = &decoding {
+        entries.push(tttc_codegen_cpu::aot::Entry { name: "prefill", about: PREFILL_ABOUT, graph: &d.prefill, env: &env });
+        entries.push(tttc_codegen_cpu::aot::Entry { name: "step", about: STEP_ABOUT, graph: &d.step, env: &env });
+    }
     let started = std::time::Instant::now();
     let model = tttc_codegen_cpu::aot::model_object(&entries, SYMBOL_PREFIX).context("compiling the model for the CPU")?;
     for (e, sig) in entries.iter().zip(&model.signatures) {
@@ -329,6 +343,13 @@ pub fn compile(req: &Request) -> Result<()> {
         Some(step) => Some(gpu_program(step.graph(), &env, ptxas.as_deref(), "gpu/loss_and_grad", "the training step")?),
         None => None,
     };
+    let gpu_decoding = match &decoding {
+        Some(d) => Some((
+            gpu_program(&d.prefill, &env, ptxas.as_deref(), "gpu/prefill", "the prefill")?,
+            gpu_program(&d.step, &env, ptxas.as_deref(), "gpu/step", "the decoding step")?,
+        )),
+        None => None,
+    };
 
     let params: Vec<&tttc_ir::Arg> = graph.params().collect();
     let mut parameters = 0u64;
@@ -345,10 +366,12 @@ pub fn compile(req: &Request) -> Result<()> {
     files.push(("cpu/model.o".into(), model.object));
     files.push(("cpu/model.h".into(), model.header.into_bytes()));
     files.extend(gpu_files);
-    let gpu_loss_and_grad = gpu_training.map(|(entry, gpu_files)| {
+    let mut gpu_entry_of = |(entry, gpu_files): (GpuModel, Files)| {
         files.extend(gpu_files);
         entry
-    });
+    };
+    let gpu_loss_and_grad = gpu_training.map(&mut gpu_entry_of);
+    let (gpu_prefill, gpu_step) = gpu_decoding.map(|(prefill, step)| (gpu_entry_of(prefill), gpu_entry_of(step))).unzip();
     let manifest = Manifest {
         tttc_version: env!("CARGO_PKG_VERSION"),
         files: files.iter().map(|(name, _)| name.clone()).collect(),
@@ -399,6 +422,8 @@ pub fn compile(req: &Request) -> Result<()> {
         },
         gpu: gpu_entry,
         gpu_loss_and_grad,
+        gpu_prefill,
+        gpu_step,
     };
 
     files.push(("manifest.json".into(), (serde_json::to_string_pretty(&manifest)? + "\n").into_bytes()));
@@ -486,6 +511,52 @@ fn gpu_program(graph: &Graph, env: &DimEnv, ptxas: Option<&Path>, dir: &str, wha
     let mut files: Files = modules.into_iter().map(|(target, text)| (format!("{dir}/{target}.ptx"), text.into_bytes())).collect();
     files.push((format!("{dir}/program.json"), (serde_json::to_string_pretty(&gpu.program())? + "\n").into_bytes()));
     Ok((entry, files))
+}
+
+/// Decoding's prefill and step graphs after the pass pipeline, their slots in the order
+/// docs/cpu-model.md ("Decoding") gives.
+struct Decoding {
+    prefill: Graph,
+    step: Graph,
+}
+
+/// The prefill and step graphs of `config` with their slots in one order: arguments `input_ids`,
+/// the state `state.NAME` (the step's), the weights; outputs `logits`, then the state. A step's
+/// state outputs are then the next step's arguments 1.., and the prefill's the first step's.
+/// The step keeps its weight-only work (`tttc_passes::hoist_invariants`): for the compiled
+/// sizes those are mostly constants, immediates in compiled code, and the rest (Mamba's
+/// `−exp(A_log)`) is a thousandth of a step. `None`, with a note, when the state grows with
+/// every step (a KV cache), which entry points of fixed sizes cannot hold.
+fn decoding(config: &tttc_frontends::ModelConfig, batch: usize) -> Result<Option<Decoding>> {
+    let step = tttc_frontends::build_for(config, tttc_frontends::Mode::Step)?;
+    let at_batch: DimEnv = [("B".to_string(), batch)].into_iter().collect();
+    if let Some(s) = step.states.iter().find(|s| s.ty.resolve(&at_batch).is_err()) {
+        eprintln!("note: no prefill or step entry points: the state {} ({}) grows with every step, and compiled entry points have fixed sizes", s.name, s.ty);
+        return Ok(None);
+    }
+    let order: Vec<String> = step.states.iter().map(|s| format!("state.{}", s.name)).collect();
+    let prefill = tttc_frontends::build_for(config, tttc_frontends::Mode::Prefill)?;
+    // The prefill hands over every state a step takes, and nothing else.
+    let handed: Vec<&String> = prefill.g.outputs.iter().map(|(n, _)| n).filter(|n| n.starts_with("state.")).collect();
+    ensure!(handed.len() == order.len(), "the prefill hands over {} states, a step takes {}", handed.len(), order.len());
+    for (name, spec) in order.iter().zip(&step.states) {
+        let (_, v) = prefill.g.outputs.iter().find(|(n, _)| n == name).with_context(|| format!("the prefill does not hand over {name}"))?;
+        ensure!(prefill.g.ty(*v).resolve(&at_batch)? == spec.ty.resolve(&at_batch)?, "the prefill's {name} is {}, a step takes {}", prefill.g.ty(*v), spec.ty);
+    }
+    let in_order = |g: &Graph, what: &str| -> Result<Graph> {
+        let mut g = tttc_passes::compile(g).with_context(|| format!("compiling the {what} graph"))?;
+        let rank = |name: &str| match order.iter().position(|s| s == name) {
+            Some(i) => (1, i),
+            None if name == "input_ids" || name == "logits" => (0, 0),
+            None => (2, 0),
+        };
+        g.args.sort_by_key(|a| rank(&a.name));
+        g.outputs.sort_by_key(|(n, _)| rank(n));
+        let g = g.canonical();
+        tttc_ir::verify(&g)?;
+        Ok(g)
+    };
+    Ok(Some(Decoding { prefill: in_order(&prefill.g, "prefill")?, step: in_order(&step.g, "step")? }))
 }
 
 fn ir_file(index: usize, pass: &str) -> String {

@@ -44,9 +44,13 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "{stem}: {stderr}");
         // One progress line per pass (the passes' notes indented under it), the fusion summary,
-        // the training step's gradient graph, the CPU model (a line per entry point, then the
-        // time), the GPU model (with a note when ptxas is missing, or its estimate when not),
-        // then where the output went.
+        // the training step's gradient graph, for Llama a note that it has no decoding entry
+        // points (its KV cache grows), the CPU model (a line per entry point, then the time), the
+        // GPU model (a line per program, with a note when ptxas is missing, or its estimate when
+        // not), then where the output went.
+        let family = if stem.starts_with("ttt") { "ttt" } else { stem.split('-').next().unwrap() };
+        let decodes = family != "llama";
+        let entry_names: &[&str] = if decodes { &["forward", "loss_and_grad", "prefill", "step"] } else { &["forward", "loss_and_grad"] };
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("    ")).collect();
         let n = pass_names().len();
         assert!(lines.len() >= n + 5, "{stem}: {stderr}");
@@ -56,11 +60,13 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let summary = lines[n];
         assert!(summary.starts_with("fusion: ") && summary.contains("regions") && summary.ends_with("at B=2, T=100"), "{stem}: {summary}");
         assert!(lines[n + 1].starts_with("loss_and_grad: "), "{stem}: {stderr}");
-        let cpu = lines[n + 2..].iter().take_while(|l| l.starts_with("cpu: ")).count();
-        assert_eq!(cpu, 3, "{stem}: {stderr}");
-        let gpu = &lines[n + 2 + cpu..lines.len() - 1];
+        let at = n + 2 + usize::from(!decodes);
+        assert_eq!(lines[n + 2].starts_with("note: no prefill or step entry points"), !decodes, "{stem}: {stderr}");
+        let cpu = lines[at..].iter().take_while(|l| l.starts_with("cpu: ")).count();
+        assert_eq!(cpu, entry_names.len() + 1, "{stem}: {stderr}");
+        let gpu = &lines[at + cpu..lines.len() - 1];
         assert!(gpu.iter().all(|l| l.starts_with("gpu") || l.starts_with("note: ptxas not found")), "{stem}: {stderr}");
-        assert_eq!(gpu.iter().filter(|l| l.starts_with("gpu: ")).count(), 2, "{stem}: the forward pass and the training step: {stderr}");
+        assert_eq!(gpu.iter().filter(|l| l.starts_with("gpu: ")).count(), entry_names.len(), "{stem}: a GPU program per entry point: {stderr}");
         assert_eq!(lines.last().unwrap(), &format!("wrote {}", out.display()));
         for target in ["sm_80", "sm_90"] {
             let ptx = std::fs::read_to_string(out.join(format!("gpu/{target}.ptx"))).unwrap();
@@ -84,7 +90,6 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let m: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
         assert_eq!(m["tttc_version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(m["model"]["path"], p(&ex));
-        let family = if stem.starts_with("ttt") { "ttt" } else { stem.split('-').next().unwrap() };
         assert_eq!(m["model"]["model_type"], family, "{stem}");
         let params: u64 = graphs[0].params().map(|a| graphs[0].ty(a.value).shape.iter().map(|d| d.as_const().unwrap() as u64).product::<u64>()).sum();
         assert_eq!(u(&m["model"]["parameters"], "parameters"), params, "{stem}");
@@ -101,7 +106,7 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         assert_eq!(&object[..4], b"\x7fELF", "{stem}: the object file is not ELF");
         let entries = cpu["entries"].as_array().unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["forward", "loss_and_grad"], "{stem}");
+        assert_eq!(names, entry_names, "{stem}");
         let graph_args: Vec<&str> = graphs.last().unwrap().args.iter().map(|a| a.name.as_str()).collect();
         for e in entries {
             assert!(u(&e["kernels"], "cpu kernels") > 0, "{stem}: no CPU kernels");
@@ -111,8 +116,10 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
             assert!(object.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "{stem}: {symbol} not in the object");
             let workspace = format!("#define {}_WORKSPACE_BYTES {}u", symbol.to_uppercase(), u(&e["workspace_bytes"], "workspace"));
             assert!(header.contains(&workspace), "{stem}: {workspace}");
+        }
+        for e in &entries[..2] {
             let args: Vec<&str> = e["args"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
-            assert_eq!(args, graph_args, "{stem}: {symbol} takes the forward pass's arguments");
+            assert_eq!(args, graph_args, "{stem}: {} takes the forward pass's arguments", e["name"]);
             assert_eq!(e["args"][0]["shape"], serde_json::json!([2, 100]), "{stem}: input_ids at B=2, T=100");
         }
         // The training step: the loss, then a gradient per parameter, named as the parameter.
@@ -120,6 +127,36 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let params: Vec<&str> = graphs[0].params().map(|a| a.name.as_str()).collect();
         assert_eq!(grads[0], "loss", "{stem}");
         assert_eq!(grads[1..].iter().collect::<std::collections::BTreeSet<_>>(), params.iter().collect(), "{stem}");
+        // Decoding: the prefill takes a prompt of T tokens, the step one token; both give the
+        // last position's logits, then the state, which the step takes back as its arguments 1..
+        // (same names, order and shapes), before the weights. The GPU programs have the same slots.
+        if decodes {
+            let (prefill, step) = (&entries[2], &entries[3]);
+            let vocab = &entries[0]["outputs"][0]["shape"][2];
+            assert_eq!(prefill["args"][0]["shape"], serde_json::json!([2, 100]), "{stem}: the prompt at B=2, T=100");
+            assert_eq!(step["args"][0]["shape"], serde_json::json!([2, 1]), "{stem}: one token per row");
+            for e in [prefill, step] {
+                assert_eq!(e["args"][0]["name"], "input_ids", "{stem}");
+                assert_eq!(e["outputs"][0], serde_json::json!({"name": "logits", "dtype": "f32", "shape": [2, 1, vocab]}), "{stem}");
+            }
+            let state = &step["outputs"].as_array().unwrap()[1..];
+            assert!(!state.is_empty() && state.iter().all(|s| s["name"].as_str().unwrap().starts_with("state.")), "{stem}: {state:?}");
+            assert_eq!(&prefill["outputs"].as_array().unwrap()[1..], state, "{stem}: the prefill hands over the step's state");
+            let step_args = step["args"].as_array().unwrap();
+            assert_eq!(&step_args[1..=state.len()], state, "{stem}: the step takes the state it gives");
+            for a in prefill["args"].as_array().unwrap()[1..].iter().chain(&step_args[state.len() + 1..]) {
+                assert!(params.contains(&a["name"].as_str().unwrap()), "{stem}: {a} is not a weight");
+            }
+            for (program, e) in [("gpu_prefill", prefill), ("gpu_step", step)] {
+                let gpu = &m[program];
+                assert_eq!((&gpu["args"], &gpu["outputs"]), (&e["args"], &e["outputs"]), "{stem}: {program}'s slots");
+                for file in gpu["modules"].as_object().unwrap().values().chain([&gpu["program"]]) {
+                    assert!(out.join(file.as_str().unwrap()).is_file(), "{stem}: {file}");
+                }
+            }
+        } else {
+            assert!(m.get("gpu_prefill").is_none() && m.get("gpu_step").is_none(), "{stem}: decoding programs of a state that grows");
+        }
 
         let passes = m["passes"].as_array().unwrap();
         assert_eq!(passes.len(), pass_names().len());

@@ -2,7 +2,8 @@
 //! C compiler into the shipped example driver (examples/c/run_model.c) and run on every
 //! reference case: its logits and loss match the reference within SPEC §1's tolerance; and its
 //! training entry point, linked into the shipped training-step driver (examples/c/train_step.c):
-//! its loss and gradients match the reference.
+//! its loss and gradients match the reference; and its decoding entry points, linked into the
+//! shipped greedy decoder (examples/c/generate.c): its tokens and logits are `tttc generate`'s.
 
 mod common;
 use common::*;
@@ -19,14 +20,19 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
-/// Compiles `case` at its input's sizes into `out` and links `driver` (a file of examples/c/)
-/// with the object file; returns the executable and the manifest.
-fn compile_and_link(case: &Path, out: &Path, driver: &str) -> (PathBuf, serde_json::Value) {
-    let name = case.file_name().unwrap().to_string_lossy().to_string();
+/// Compiles `case` at its input's batch size and the length `seq_len` into `out`; returns the
+/// manifest.
+fn compile(case: &Path, out: &Path, seq_len: usize) -> serde_json::Value {
     let ids = &read(&case.join("io.safetensors"))["input_ids"];
-    let (b, t) = (ids.shape[0].to_string(), ids.shape[1].to_string());
+    let (b, t) = (ids.shape[0].to_string(), seq_len.to_string());
     let r = tttc(&["compile", p(case), "-o", p(out), "--batch", &b, "--seq-len", &t]);
-    assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+    assert!(r.status.success(), "{}: {}", case.display(), String::from_utf8_lossy(&r.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// Links `driver` (a file of examples/c/) with the object file compiled into `out`; returns the
+/// executable.
+fn link(out: &Path, driver: &str) -> PathBuf {
     let exe = out.join(driver.trim_end_matches(".c"));
     let cc = Command::new("cc")
         .args(["-O2", "-Wall", "-Werror", "-I"])
@@ -37,22 +43,20 @@ fn compile_and_link(case: &Path, out: &Path, driver: &str) -> (PathBuf, serde_js
         .arg(&exe)
         .output()
         .expect("a C compiler (cc)");
-    assert!(cc.status.success(), "{name}: cc: {}", String::from_utf8_lossy(&cc.stderr));
-    let manifest = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    (exe, manifest)
+    assert!(cc.status.success(), "{}: cc: {}", out.display(), String::from_utf8_lossy(&cc.stderr));
+    exe
 }
 
 /// The arguments of the manifest's CPU entry point `entry` as raw files in `dir`, named as it
-/// lists them: input_ids, then the case's weights.
-fn write_args(case: &Path, manifest: &serde_json::Value, entry: &str, dir: &Path) {
-    let ids = &read(&case.join("io.safetensors"))["input_ids"];
+/// lists them: input_ids (`ids`), then the case's weights.
+fn write_args(case: &Path, manifest: &serde_json::Value, entry: &str, ids: &[i64], dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let weights = std::fs::read(case.join("model.safetensors")).unwrap();
     let weights = SafeTensors::deserialize(&weights).unwrap();
     let entry = manifest["cpu"]["entries"].as_array().unwrap().iter().find(|e| e["name"] == entry).unwrap_or_else(|| panic!("no entry point {entry}"));
     for a in entry["args"].as_array().unwrap() {
         let arg = a["name"].as_str().unwrap();
-        let bytes = if arg == "input_ids" { i64_bytes(&ids.i64) } else { weights.tensor(arg).unwrap_or_else(|e| panic!("{arg}: {e}")).data().to_vec() };
+        let bytes = if arg == "input_ids" { i64_bytes(ids) } else { weights.tensor(arg).unwrap_or_else(|e| panic!("{arg}: {e}")).data().to_vec() };
         std::fs::write(dir.join(format!("{arg}.bin")), bytes).unwrap();
     }
 }
@@ -65,9 +69,10 @@ fn the_compiled_model_links_into_a_c_program_and_matches_every_reference_case() 
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];
         let out = dir.join(&name);
-        let (exe, manifest) = compile_and_link(&case, &out, "run_model.c");
+        let manifest = compile(&case, &out, ids.shape[1]);
+        let exe = link(&out, "run_model.c");
         let (args, results) = (out.join("args"), out.join("results"));
-        write_args(&case, &manifest, "forward", &args);
+        write_args(&case, &manifest, "forward", &ids.i64, &args);
         std::fs::create_dir_all(&results).unwrap();
         let run = Command::new(&exe).arg(&args).arg(&results).output().unwrap();
         assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
@@ -102,9 +107,11 @@ fn the_compiled_training_step_matches_every_reference_case() {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let io = read(&case.join("io.safetensors"));
         let out = dir.join(&name);
-        let (exe, manifest) = compile_and_link(&case, &out, "train_step.c");
+        let ids = &io["input_ids"];
+        let manifest = compile(&case, &out, ids.shape[1]);
+        let exe = link(&out, "train_step.c");
         let (args, results) = (out.join("args"), out.join("results"));
-        write_args(&case, &manifest, "loss_and_grad", &args);
+        write_args(&case, &manifest, "loss_and_grad", &ids.i64, &args);
         std::fs::create_dir_all(&results).unwrap();
         let run = Command::new(&exe).arg(&args).arg(&results).arg(LR.to_string()).output().unwrap();
         assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
@@ -135,4 +142,98 @@ fn the_compiled_training_step_matches_every_reference_case() {
         assert!(ratio <= 1.0, "{name}: the loss after the step at {ratio:.2}× tolerance of tttc run's");
         eprintln!("{name}: {}", String::from_utf8_lossy(&run.stdout).trim());
     }
+}
+
+/// SPEC: decoded logits equal the reference computation's within 1e-4 relative to the largest.
+const RTOL_DECODE: f64 = 1e-4;
+
+/// The names and shapes of the state `tttc run --state-out` writes after the first `len` tokens of
+/// each row of `ids` (`[rows, t]`).
+fn state_shapes(case: &Path, dir: &Path, ids: &Array, len: usize) -> Vec<(String, Vec<usize>)> {
+    let (input, out, state) =
+        (dir.join(format!("run-{len}.safetensors")), dir.join(format!("run-{len}-out.safetensors")), dir.join(format!("state-{len}.safetensors")));
+    write_prompt(&input, ids, len);
+    let r = tttc(&["run", p(case), "--input", p(&input), "-o", p(&out), "--state-out", p(&state)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    read(&state).into_iter().map(|(n, a)| (n, a.shape)).collect()
+}
+
+/// The first `len` tokens of each row of `ids` (`[rows, t]`).
+fn prompt(ids: &Array, len: usize) -> Vec<i64> {
+    let t = ids.shape[1];
+    (0..ids.shape[0]).flat_map(|r| ids.i64[r * t..r * t + len].to_vec()).collect()
+}
+
+fn write_prompt(path: &Path, ids: &Array, len: usize) {
+    write_raw(path, &[("input_ids".into(), safetensors::Dtype::I64, vec![ids.shape[0], len], i64_bytes(&prompt(ids, len)))]);
+}
+
+/// The decoding entry points through the shipped greedy decoder (examples/c/generate.c), on every
+/// reference case whose state keeps its size from token to token (a KV cache grows: there are
+/// no entry points of fixed sizes for it, and the manifest must not list any): from a prompt
+/// that ends inside a mini-batch, past a boundary, its new tokens crossing two more, it prints
+/// and writes the tokens `tttc generate` (on the interpreter) chooses greedily, and every new
+/// token's logits are its within 1e-4 (the first token's, from the prefill, on their own too). An
+/// out-of-range prompt id makes the prefill fail.
+#[test]
+fn the_compiled_decoder_generates_what_tttc_generate_does() {
+    let dir = scratch("compiled_decoding");
+    let mut compared = 0;
+    for case in cases() {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let ids = &read(&case.join("io.safetensors"))["input_ids"];
+        let rows = ids.shape[0];
+        let b = mini_batch(&case);
+        let (len, new) = ((b + 1).min(ids.shape[1] - 1), 2 * b + 5);
+        let out = dir.join(&name);
+        std::fs::create_dir_all(&out).unwrap();
+        let fixed = state_shapes(&case, &out, ids, len) == state_shapes(&case, &out, ids, len + 1);
+        let manifest = compile(&case, &out.join("compiled"), len);
+        let entries: Vec<&str> = manifest["cpu"]["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+        for (entry, program) in [("prefill", "gpu_prefill"), ("step", "gpu_step")] {
+            assert_eq!(entries.contains(&entry), fixed, "{name}: entry point {entry} (the state keeps its size: {fixed})");
+            assert_eq!(manifest.get(program).is_some(), fixed, "{name}: {program} (the state keeps its size: {fixed})");
+        }
+        if !fixed {
+            eprintln!("{name}: the state grows with every step, no decoding entry points");
+            continue;
+        }
+
+        let exe = link(&out.join("compiled"), "generate.c");
+        let (args, results) = (out.join("args"), out.join("results"));
+        write_args(&case, &manifest, "prefill", &prompt(ids, len), &args);
+        std::fs::create_dir_all(&results).unwrap();
+        let run = Command::new(&exe).arg(&args).arg(new.to_string()).arg(&results).output().unwrap();
+        assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
+
+        let input = out.join("prompt.safetensors");
+        write_prompt(&input, ids, len);
+        let want = out.join("generated.safetensors");
+        let r = tttc(&["generate", p(&case), "--prompt", p(&input), "--max-new-tokens", &new.to_string(), "-o", p(&want), "--backend", "interp"]);
+        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+        let want = read(&want);
+        let tokens: Vec<i64> = std::fs::read(results.join("tokens.bin")).unwrap().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(tokens, want["tokens"].i64, "{name}: the tokens");
+        let printed: Vec<Vec<i64>> = String::from_utf8(run.stdout).unwrap().lines().map(|l| l.split(' ').map(|x| x.parse().unwrap()).collect()).collect();
+        let chosen: Vec<Vec<i64>> = (0..rows).map(|r| want["tokens"].i64[r * (len + new) + len..(r + 1) * (len + new)].to_vec()).collect();
+        assert_eq!(printed, chosen, "{name}: the printed tokens");
+        let logits = floats(&std::fs::read(results.join("logits.bin")).unwrap());
+        let vocab = want["logits"].shape[2];
+        let first = |all: &[f32]| -> Vec<f32> { (0..rows).flat_map(|r| all[r * new * vocab..(r * new + 1) * vocab].to_vec()).collect() };
+        let first_ratio = parity_ratio(&first(&logits), &first(&want["logits"].f32), RTOL_DECODE);
+        let ratio = parity_ratio(&logits, &want["logits"].f32, RTOL_DECODE);
+        eprintln!("{name}: {rows} × {new} tokens equal; logits error {ratio:.3} of tolerance (the first token's {first_ratio:.3})");
+        assert!(first_ratio <= 1.0 && ratio <= 1.0, "{name}: logits at {ratio:.2}× tolerance (the first token's at {first_ratio:.2}×)");
+        compared += rows * new;
+
+        let vocab = vocab as i64;
+        let mut bad = prompt(ids, len);
+        bad[len - 1] = vocab;
+        std::fs::write(args.join("input_ids.bin"), i64_bytes(&bad)).unwrap();
+        let run = Command::new(&exe).arg(&args).arg(new.to_string()).arg(&results).output().unwrap();
+        assert_eq!(run.status.code(), Some(1), "{name}: an out-of-range id must fail");
+        assert!(String::from_utf8_lossy(&run.stderr).contains("tttc_prefill returned 1"), "{name}");
+    }
+    eprintln!("{compared} tokens compared");
+    assert!(compared > 0, "no reference case decodes");
 }

@@ -2,8 +2,9 @@
 //! of `tttc compile`'s files — manifest.json, gpu/program.json and gpu/sm_80.ptx, nothing of
 //! tttc's code — launches the kernels in the PTX simulator and gets the reference logits, on a
 //! sequence that ends inside a mini-batch; compiled with `--resume-at`, continues a sequence
-//! from a saved state; and runs the training step's program (reverse scans) to the reference
-//! loss and gradients.
+//! from a saved state; runs the training step's program (reverse scans) to the reference
+//! loss and gradients; and decodes with the prefill's and the step's programs, handing the state
+//! from one call to the next, to the tokens and logits the CPU generates.
 
 mod common;
 use common::*;
@@ -277,4 +278,66 @@ fn the_launch_contract_continues_from_a_state() {
         let ratio = parity_ratio(have, &want, 1e-5);
         assert!(ratio <= 1.0, "state {name} at {ratio:.2}x tolerance");
     }
+}
+
+/// Decoding's programs (`gpu/prefill/`, `gpu/step/`), run the same way on every reference case
+/// that has them (tests/compiled_model.rs checks which do): a prompt that ends two tokens before
+/// a mini-batch boundary, then greedy steps across it, each fed the state slots the call before
+/// wrote (the step's arguments 1.., in the order of its outputs 1..). The tokens are those
+/// `tttc generate` chooses on the CPU, and every token's logits are its within 1e-4.
+#[test]
+fn the_launch_contract_decodes_without_tttc() {
+    let dir = scratch("gpu_program_decoding");
+    let mut decoded = 0;
+    for case in cases() {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let ids = &read(&case.join("io.safetensors"))["input_ids"];
+        let weights = read_raw(&case.join("model.safetensors"));
+        let (len, new) = ((mini_batch(&case) - 2).min(ids.shape[1]), 5);
+        let out = dir.join(&name);
+        let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &len.to_string()]);
+        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+        let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        if manifest.get("gpu_step").is_none() {
+            continue;
+        }
+        let names = |slots: &Value| -> Vec<String> { slots.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect() };
+        let step_args = names(&manifest["gpu_step"]["args"]);
+        let state = names(&manifest["gpu_step"]["outputs"])[1..].to_vec();
+        assert!(state.iter().all(|n| n.starts_with("state.")) && step_args[1..=state.len()] == state, "{name}: the step's state slots: {step_args:?}");
+        assert_eq!(names(&manifest["gpu_prefill"]["outputs"])[1..], state, "{name}: the prefill hands over the step's state");
+        let weight = |name: &str| weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone();
+
+        let (_, mut got) = run_compiled(&out, "gpu_prefill", &|name| if name == "input_ids" { id_bytes(ids, 0, len) } else { weight(name) });
+        let (mut tokens, mut logits) = (Vec::new(), Vec::new());
+        for k in 0..new {
+            let row = &got["logits"];
+            let next = row.iter().enumerate().fold(0, |m, (i, &x)| if x > row[m] { i } else { m }) as i64;
+            tokens.push(next);
+            logits.extend_from_slice(row);
+            if k + 1 == new {
+                break;
+            }
+            let floats = |name: &str| got[name].iter().flat_map(|x| x.to_le_bytes()).collect();
+            got = run_compiled(&out, "gpu_step", &|name| match name {
+                "input_ids" => next.to_le_bytes().to_vec(),
+                _ if name.starts_with("state.") => floats(name),
+                _ => weight(name),
+            })
+            .1;
+        }
+
+        let prompt = dir.join(format!("{name}-prompt.safetensors"));
+        write_raw(&prompt, &[("input_ids".into(), safetensors::Dtype::I64, vec![1, len], id_bytes(ids, 0, len))]);
+        let generated = dir.join(format!("{name}-generated.safetensors"));
+        let r = tttc(&["generate", p(&case), "--prompt", p(&prompt), "--max-new-tokens", &new.to_string(), "-o", p(&generated), "--backend", "cpu"]);
+        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+        let want = read(&generated);
+        assert_eq!(tokens, want["tokens"].i64[len..], "{name}: the tokens");
+        let ratio = parity_ratio(&logits, &want["logits"].f32, 1e-4);
+        eprintln!("{name}: {new} tokens equal, logits error {ratio:.3} of tolerance");
+        assert!(ratio <= 1.0, "{name}: logits at {ratio:.2}x tolerance");
+        decoded += 1;
+    }
+    assert!(decoded > 0, "no reference case has decoding programs");
 }

@@ -1,6 +1,7 @@
-//! Every example's PTX, as `tttc compile` writes it (the forward pass and the training step),
-//! assembled by NVIDIA's `ptxas` for sm_80 and sm_90: any error fails, every kernel gets figures for
-//! both targets, and none spills.
+//! Every example's PTX, as `tttc compile` writes it (the forward pass, the training step and,
+//! for every family whose decoding state keeps its size, decoding's prefill and step), assembled
+//! by NVIDIA's `ptxas` for sm_80 and sm_90: any error fails, every kernel gets figures for both
+//! targets, and none spills.
 //! Needs `ptxas` (`TTTC_PTXAS` or `PATH`; `.ci/run` installs it from the pip package
 //! `nvidia-cuda-nvcc-cu12`), so it is ignored by a plain `cargo test`.
 
@@ -20,8 +21,10 @@ fn every_example_assembles_for_sm80_and_sm90() {
         let r = tttc(&["compile", p(&ex), "-o", p(&out), "--seq-len", "256"]);
         assert!(r.status.success(), "{}: {}", ex.display(), String::from_utf8_lossy(&r.stderr));
         let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-        // The forward pass and the training step.
-        for program in ["gpu", "gpu_loss_and_grad"] {
+        // Decoding's programs exist unless a KV cache grows with every step (Llama's).
+        let decodes = manifest["model"]["model_type"] != "llama";
+        let programs: &[&str] = if decodes { &["gpu", "gpu_loss_and_grad", "gpu_prefill", "gpu_step"] } else { &["gpu", "gpu_loss_and_grad"] };
+        for program in programs {
             let gpu = &manifest[program];
             assert!(gpu["ptxas"].is_string(), "{}: compile did not find ptxas for {program}", ex.display());
             let kernels = gpu["kernels"].as_array().unwrap();
