@@ -329,12 +329,12 @@ fn scans_split_into_independent_lanes() {
     assert_eq!(lanes_of(true), 0, "a body summing across lanes must stay whole");
 }
 
-/// A kernel writes its first output into the buffer of an input it reads for the last time (with
-/// the kernel's shape); a matrix product reads a weight through a reshape that only adds a
-/// leading axis of length 1 without materialising it, but not when its other operand is a
-/// reshape too (whose rank may shrink the same way). Values read again later keep theirs.
+/// Workspace memory is reused once a value is dead, never while a later step reads it (`n` is
+/// read by a reduction and then a kernel, `a` is an output); a matrix product reads a weight
+/// through a reshape that only adds a leading axis of length 1 without materialising it, but not
+/// when its other operand is a reshape too (whose rank may shrink the same way).
 #[test]
-fn buffers_lent_to_outputs_and_unit_reshapes_read_in_place() {
+fn dead_buffers_reused_and_unit_reshapes_read_in_place() {
     for both_reshaped in [false, true] {
         let mut g = Graph::new("lend");
         let x = g.input("x", f32t(&[1, 3, 70]));
@@ -342,7 +342,7 @@ fn buffers_lent_to_outputs_and_unit_reshapes_read_in_place() {
         let a = g.unary(UnaryOp::Exp, x).unwrap();
         let n = g.unary(UnaryOp::Neg, a).unwrap();
         let r = g.reduce(ReduceKind::Sum, n, -1, true).unwrap(); // a run boundary: `n` is materialised
-        let b = g.mul(n, n).unwrap(); // `n` read for the last time: lends its buffer
+        let b = g.mul(n, n).unwrap(); // `n` read for the last time
         let c = g.add(b, r).unwrap(); // [1, 3, 70]
         let c = if both_reshaped { g.reshape(c, vec![Dim::c(1), Dim::c(1), Dim::c(3), Dim::c(70)]).unwrap() } else { c };
         let w3 = g.reshape(w, vec![Dim::c(1), Dim::c(70), Dim::c(5)]).unwrap();

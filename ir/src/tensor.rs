@@ -34,6 +34,33 @@ impl Tensor {
         Tensor { shape, data: Data::I64(values) }
     }
 
+    /// Zeros of an IR element type.
+    pub fn zeros(dtype: DType, shape: Vec<usize>) -> Tensor {
+        let n = shape.iter().product();
+        match dtype {
+            DType::F32 => Tensor::f32(shape, vec![0.0; n]),
+            DType::I64 => Tensor::i64(shape, vec![0; n]),
+        }
+    }
+
+    /// Where the elements start, for compiled code that reads them in place.
+    pub fn as_ptr(&self) -> *const u8 {
+        match &self.data {
+            Data::F32(v) => v.as_ptr() as *const u8,
+            Data::F64(v) => v.as_ptr() as *const u8,
+            Data::I64(v) => v.as_ptr() as *const u8,
+        }
+    }
+
+    /// Where the elements start, for compiled code that writes them in place.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        match &mut self.data {
+            Data::F32(v) => v.as_mut_ptr() as *mut u8,
+            Data::F64(v) => v.as_mut_ptr() as *mut u8,
+            Data::I64(v) => v.as_mut_ptr() as *mut u8,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }

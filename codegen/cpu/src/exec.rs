@@ -1,233 +1,179 @@
-//! Running a plan: kernel launches split over the machine's threads, matrix products through
-//! `gemm`, reductions as native loops, scans driven chunk by chunk.
+//! Running a schedule on this machine: kernel launches split over the threads, matrix products
+//! through `gemm`, reductions, copies and index instructions as native loops, scans calling their
+//! body function chunk by chunk, and the parts of a parallel instruction on the thread pool.
 
-use std::borrow::Cow;
+use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
-use tttc_ir::interp::{bind_args, broadcast_shape, broadcast_strides, contiguous_strides, drive_scan, eval_op, reduction};
-use tttc_ir::{DimEnv, Op, ReduceKind, Tensor};
+use anyhow::{ensure, Result};
+use tttc_ir::interp::contiguous_strides;
+use tttc_ir::{DType, ReduceKind};
+use tttc_lower::schedule::{elem_bytes, Function, Home, Instr, KernelInput, Operand, ScanInstr, Schedule, Slicing, Strided};
 
-use crate::kernel::{Jit, KernelFn};
-use tttc_lower::elementwise::{row_layout, RowLayout};
-use tttc_lower::plan::{Body, KernelStep, LaneScan, ScanPlan, Step};
+use crate::kernel::KernelFn;
 
 /// Work below this many element operations (a kernel's elements times its ops per element) or
 /// multiply-adds runs on one thread: splitting it costs more than it saves.
 const PARALLEL_WORK: usize = 1 << 17;
 const PARALLEL_MACS: usize = 1 << 18;
 
-/// Runs the body on `args` (in the order of its graph's arguments) within the bindings `env`.
-pub(crate) fn run(body: &Body, jit: &Jit, args: Vec<Cow<'_, Tensor>>, env: &DimEnv) -> Result<Vec<Tensor>> {
-    let g = &body.graph;
-    let mut env = env.clone();
-    bind_args(g, &args.iter().map(|t| &**t).collect::<Vec<_>>(), &mut env)?;
-    let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; g.types.len()];
-    for (a, t) in g.args.iter().zip(args) {
-        values[a.value.index()] = Some(t);
-    }
-    let profiling = crate::profile::enabled();
-    for (step, frees) in body.steps.iter().zip(&body.frees) {
-        let started = profiling.then(std::time::Instant::now);
-        // A reshape, a barrier, a triangular mask or a reduction along an axis of length 1 (the
-        // batch of one, summed in a gradient) of a value read for the last time reuses its buffer;
-        // a barrier (the identity) of a borrowed value, an argument, borrows it too.
-        if let Step::Op(i) | Step::Reduce(i) = step {
-            let node = &g.nodes[*i];
-            let src = node.inputs.first().copied();
-            if let (Op::Barrier, Some(Cow::Borrowed(t))) = (&node.op, src.and_then(|v| values[v.index()].as_ref())) {
-                values[node.outputs[0].index()] = Some(Cow::Borrowed(*t));
-                continue;
-            }
-            let along_one = |axis: usize| src.and_then(|v| values[v.index()].as_ref()).is_some_and(|t| t.shape.get(axis) == Some(&1));
-            let moves = match node.op {
-                Op::Reshape { .. } | Op::Barrier | Op::TriMask { .. } => true,
-                Op::Reduce { axis, .. } => along_one(axis),
-                _ => false,
-            };
-            let in_place =
-                moves && src.is_some_and(|v| frees.contains(&v) && matches!(values[v.index()], Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(_), .. }))));
-            if let (true, Some(src)) = (in_place, src) {
-                let mut t = values[src.index()].take().expect("matched above").into_owned();
-                match &node.op {
-                    Op::Reshape { shape } => {
-                        let dims: Vec<usize> = shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
-                        ensure!(dims.iter().product::<usize>() == t.len(), "cannot reshape {t} to {dims:?}");
-                        t.shape = dims;
-                    }
-                    Op::TriMask { fill } => tri_mask_in_place(&mut t, *fill as f32)?,
-                    Op::Barrier => {}
-                    Op::Reduce { axis, keepdim, .. } => {
-                        if *keepdim {
-                            t.shape[*axis] = 1;
-                        } else {
-                            t.shape.remove(*axis);
-                        }
-                    }
-                    _ => unreachable!("matched above"),
-                }
-                values[node.outputs[0].index()] = Some(Cow::Owned(t));
-                if let Some(t) = started {
-                    crate::profile::record(Some(format!("{} (in place)", node.op.name())), t.elapsed());
-                }
-                continue;
-            }
-        }
-        let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
-        let (results, outputs): (Vec<Tensor>, Vec<tttc_ir::ValueId>) = match step {
-            Step::Kernel(k) => {
-                // An input read element by element for the last time, with the kernel's own
-                // shape, lends its buffer to the first output (each element is read before
-                // the same element is written).
-                let shape: Vec<usize> = k.shape.iter().map(|d| d.resolve(&env)).collect::<Result<_>>()?;
-                let lend = k.inputs.iter().enumerate().position(|(j, v)| {
-                    !k.splat[j]
-                        && frees.contains(v)
-                        && k.inputs.iter().filter(|&w| w == v).count() == 1
-                        && matches!(&values[v.index()], Some(Cow::Owned(t)) if t.shape == shape && t.as_f32().is_some())
-                });
-                let mut lent: Option<Vec<f32>> = lend.map(|j| match values[k.inputs[j].index()].take() {
-                    Some(Cow::Owned(Tensor { data: tttc_ir::Data::F32(v), .. })) => v,
-                    _ => unreachable!("checked above"),
-                });
-                let lent_ptr = lent.as_mut().map(|v| v.as_mut_ptr() as *const f32);
-                let get = |v: &tttc_ir::ValueId| values[v.index()].as_deref().context("an operand is not defined");
-                let ins: Vec<(&[usize], *const f32)> = k
-                    .inputs
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| match (Some(j) == lend, lent_ptr) {
-                        (true, Some(p)) => Ok((&shape[..], p)),
-                        _ => {
-                            let t = get(v)?;
-                            Ok((&t.shape[..], t.as_f32().context("kernel input is not f32")?.as_ptr()))
-                        }
-                    })
-                    .collect::<Result<_>>()?;
-                let outs = launch(jit.kernels[k.kernel], k, &shape, &ins, lent).with_context(|| format!("kernel {} in {}", k.kernel, g.name))?;
-                (outs, k.outputs.clone())
-            }
-            Step::MatMul(i, [(a, ta), (b, tb)]) => {
-                let node = &g.nodes[*i];
-                let what = || format!("matmul (defining %{}) in {}", node.outputs[0].0, g.name);
-                (vec![matmul(Operand { t: get(a)?, transposed: *ta }, Operand { t: get(b)?, transposed: *tb }).with_context(what)?], node.outputs.clone())
-            }
-            Step::Op(i) | Step::Reduce(i) | Step::Scan(i, ..) | Step::Fused(i, _) => {
-                let node = &g.nodes[*i];
-                let ins: Vec<&Tensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
-                let what = || format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name);
-                let out = match (step, &node.op) {
-                    (Step::Reduce(_), Op::Reduce { kind, axis, keepdim }) => vec![reduce(ins[0], *kind, *axis, *keepdim).with_context(what)?],
-                    (Step::Scan(_, ScanPlan::Lanes(lanes)), _) => run_in_lanes(lanes, &ins, &env, jit).with_context(what)?,
-                    (Step::Scan(_, ScanPlan::Whole(body)), Op::Scan(scan)) => {
-                        drive_scan(scan, &ins, &env, &mut |args, env| run(body, jit, args, env)).with_context(what)?
-                    }
-                    (Step::Fused(_, body), _) => run(body, jit, ins.iter().map(|&t| Cow::Borrowed(t)).collect(), &env).with_context(what)?,
-                    _ => eval_op(&node.op, &ins, &env).with_context(what)?,
-                };
-                (out, node.outputs.clone())
-            }
-        };
-        if let Some(t) = started {
-            crate::profile::record(step_kind(step, g), t.elapsed());
-        }
-        for v in frees {
-            values[v.index()] = None;
-        }
-        for (v, t) in outputs.into_iter().zip(results) {
-            values[v.index()] = Some(Cow::Owned(t));
-        }
-    }
-    // Each output's buffer moves out at its last mention (a decoding step's state is large).
-    (0..g.outputs.len())
-        .map(|i| {
-            let (name, v) = &g.outputs[i];
-            let again = g.outputs[i + 1..].iter().any(|(_, w)| w == v);
-            let slot = &mut values[v.index()];
-            let t = if again { slot.as_ref().map(|t| t.clone().into_owned()) } else { slot.take().map(Cow::into_owned) };
-            t.with_context(|| format!("output {name} is undefined"))
-        })
-        .collect()
+/// A schedule with the kernels its instructions launch (by spec index).
+pub(crate) struct Machine<'a> {
+    pub schedule: &'a Schedule,
+    pub kernels: &'a [KernelFn],
 }
 
-/// What a leaf step is, for the profile (scans and fused regions are accounted by their steps).
-fn step_kind(step: &Step, g: &tttc_ir::Graph) -> Option<String> {
-    match step {
-        Step::Kernel(k) => {
-            Some(format!("kernel [{}] ({} ops per element)", k.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","), k.ops_per_element))
-        }
-        Step::MatMul(i, _) => Some(format!("matmul {}", g.ty(g.nodes[*i].outputs[0]))),
-        Step::Reduce(i) => {
-            let node = &g.nodes[*i];
-            Some(format!("{} {} to {}", node.op.name(), g.ty(node.inputs[0]), g.ty(node.outputs[0])))
-        }
-        Step::Op(i) => {
-            Some(format!("{} (interpreter) {}", g.nodes[*i].op.name(), g.nodes[*i].outputs.first().map(|v| g.ty(*v).to_string()).unwrap_or_default()))
-        }
-        Step::Scan(..) | Step::Fused(..) => None,
-    }
-}
-
-/// A scan as narrower scans over slices of its lane axis, run in parallel, their results joined
-/// along it again.
-fn run_in_lanes(lanes: &LaneScan, ins: &[&Tensor], env: &DimEnv, jit: &Jit) -> Result<Vec<Tensor>> {
-    let width = |t: &Tensor, axis: usize| t.shape[axis] / lanes.parts;
-    let part = |k: usize| -> Result<Vec<Tensor>> {
-        // Lane-free operands (invariants the same for every lane) are shared, not copied.
-        let args: Vec<Cow<'_, Tensor>> = ins
-            .iter()
-            .zip(&lanes.operand_lanes)
-            .map(|(&t, lane)| match lane {
-                Some(axis) => {
-                    let w = width(t, *axis);
-                    let slice = Op::Slice { axis: *axis, start: (k * w) as i64, end: Some(((k + 1) * w) as i64) };
-                    Ok(Cow::Owned(eval_op(&slice, &[t], env)?.remove(0)))
-                }
-                None => Ok(Cow::Borrowed(t)),
-            })
-            .collect::<Result<_>>()?;
-        let refs: Vec<&Tensor> = args.iter().map(|t| &**t).collect();
-        drive_scan(&lanes.scan, &refs, env, &mut |a, e| run(&lanes.body, jit, a, e))
-    };
-    let mut results: Vec<Result<Vec<Tensor>>> = (0..lanes.parts).map(|_| Ok(Vec::new())).collect();
-    rayon::scope(|s| {
-        for (k, slot) in results.iter_mut().enumerate() {
-            let part = &part;
-            s.spawn(move |_| *slot = part(k));
-        }
-    });
-    let results: Vec<Vec<Tensor>> = results.into_iter().collect::<Result<_>>()?;
-    (0..results[0].len())
-        .map(|r| {
-            let pieces: Vec<&Tensor> = results.iter().map(|p| &p[r]).collect();
-            Ok(eval_op(&Op::Concat { axis: lanes.result_lanes[r] }, &pieces, env)?.remove(0))
-        })
-        .collect()
-}
-
-/// Raw pointers handed to the worker threads: each writes a disjoint range of the outputs.
+/// Raw pointers handed to the worker threads: each writes a disjoint range of memory (the
+/// schedule gives every buffer live at once its own bytes).
 #[derive(Clone, Copy)]
 struct Shared<T>(T);
 unsafe impl<T> Send for Shared<T> {}
 unsafe impl<T> Sync for Shared<T> {}
 
-/// Runs a kernel over the elements of its shape, walked as [`row_layout`] says; the rows (or,
-/// for one long row, its pieces) are split over the threads.
-/// `ins`: each input's shape and data; `lent`: a buffer of the kernel's size for the first
-/// output (it may be one of the inputs).
-fn launch(f: KernelFn, k: &KernelStep, shape: &[usize], ins: &[(&[usize], *const f32)], lent: Option<Vec<f32>>) -> Result<Vec<Tensor>> {
-    let total: usize = shape.iter().product();
-    let mut outs: Vec<Vec<f32>> = (0..k.outputs.len()).map(|_| Vec::with_capacity(total)).collect();
-    if let (Some(buffer), Some(first)) = (lent, outs.first_mut()) {
-        *first = buffer;
-        first.clear(); // its length is set again below, once the kernel has written it
+/// Every buffer of one call of a function, by its id: where it starts.
+struct Frame<'f> {
+    f: &'f Function,
+    at: Vec<Shared<*mut u8>>,
+    workspace: *mut u8,
+}
+
+unsafe impl Sync for Frame<'_> {}
+
+impl Frame<'_> {
+    fn ptr(&self, b: usize) -> *mut u8 {
+        self.at[b].0
     }
-    if total > 0 {
-        let splat = &k.splat;
-        let in_shapes: Vec<&[usize]> = ins.iter().map(|(s, _)| *s).collect();
-        let RowLayout { n, rows, outer, strides, row_strides } = row_layout(shape, &in_shapes, splat)?;
-        let outer = &shape[..outer];
-        let in_ptrs: Vec<Shared<*const f32>> = ins.iter().map(|&(_, p)| Shared(p)).collect();
-        let out_ptrs: Vec<Shared<*mut f32>> = outs.iter_mut().map(|o| Shared(o.as_mut_ptr())).collect();
+
+    fn f32(&self, b: usize) -> *mut f32 {
+        self.ptr(b) as *mut f32
+    }
+
+    fn i64(&self, b: usize) -> *const i64 {
+        self.ptr(b) as *const i64
+    }
+}
+
+impl Machine<'_> {
+    /// Runs function `fi` on its arguments and outputs (in order) with `workspace` as its
+    /// workspace.
+    ///
+    /// # Safety
+    /// Each pointer holds its buffer at the sizes scheduled, `workspace` the function's
+    /// workspace bytes, and nothing else uses the outputs or the workspace meanwhile.
+    pub unsafe fn call(&self, fi: usize, args: &[*const u8], outs: &[*mut u8], workspace: *mut u8) -> Result<()> {
+        let f = &self.schedule.functions[fi];
+        let at = (0..f.bufs.len())
+            .map(|b| {
+                let r = f.root(b);
+                Shared(match f.bufs[r].home {
+                    Home::Arg(j) => args[j] as *mut u8,
+                    Home::Out(j) => outs[j],
+                    Home::Work => workspace.add(f.bufs[r].offset),
+                    Home::Alias(_) => unreachable!("root() follows aliases"),
+                })
+            })
+            .collect();
+        let frame = Frame { f, at, workspace };
+        f.instrs.iter().try_for_each(|i| self.instr(&frame, i))
+    }
+
+    fn instr(&self, fr: &Frame, instr: &Instr) -> Result<()> {
+        let profiling = crate::profile::enabled() && !matches!(instr, Instr::Scan(_) | Instr::Parallel { .. });
+        let started = profiling.then(Instant::now);
+        let f = fr.f;
+        // SAFETY (every arm): the schedule sized each buffer for what its instructions touch.
+        unsafe {
+            match instr {
+                Instr::Kernel { kernel, outer, rows, n, ins, outs } => self.launch(fr, *kernel, outer, *rows, *n, ins, outs),
+                Instr::MatMul { c, a, b, batch, m, n, k } => matmul(fr.f32(*c), (fr.f32(a.buf), a), (fr.f32(b.buf), b), batch, *m, *n, *k),
+                Instr::Reduce { dst, src, kind, outer, len, inner } => reduce(fr.f32(*dst), fr.f32(*src), *kind, *outer, *len, *inner),
+                Instr::Copy { dst, src, copy } => copy_strided(fr.ptr(*dst), fr.ptr(*src), copy, elem_bytes(f.bufs[*dst].dtype)),
+                Instr::Fill { dst, bits } => fill(fr.ptr(*dst), f.bufs[*dst].len(), f.bufs[*dst].dtype, *bits),
+                Instr::Gather { dst, table, index, outer, len, row } => {
+                    let size = elem_bytes(f.bufs[*dst].dtype);
+                    let count = f.bufs[*index].len();
+                    let index = std::slice::from_raw_parts(fr.i64(*index), count);
+                    for o in 0..*outer {
+                        for (i, &k) in index.iter().enumerate() {
+                            ensure!(k >= 0 && (k as usize) < *len, "index {k} out of range for an axis of length {len}");
+                            let from = fr.ptr(*table).add(((o * len + k as usize) * row) * size);
+                            std::ptr::copy_nonoverlapping(from, fr.ptr(*dst).add(((o * count + i) * row) * size), row * size);
+                        }
+                    }
+                }
+                Instr::OneHot { dst, index, depth } => {
+                    let count = f.bufs[*index].len();
+                    std::ptr::write_bytes(fr.f32(*dst), 0, count * depth);
+                    for (i, &k) in std::slice::from_raw_parts(fr.i64(*index), count).iter().enumerate() {
+                        ensure!(k >= 0 && (k as usize) < *depth, "index {k} out of range for depth {depth}");
+                        *fr.f32(*dst).add(i * depth + k as usize) = 1.0;
+                    }
+                }
+                Instr::ScatterAdd { dst, updates, index, depth, row } => {
+                    let count = f.bufs[*index].len();
+                    let sums = std::slice::from_raw_parts_mut(fr.f32(*dst), depth * row);
+                    sums.fill(0.0);
+                    let updates = std::slice::from_raw_parts(fr.f32(*updates), count * row);
+                    for (&k, update) in std::slice::from_raw_parts(fr.i64(*index), count).iter().zip(updates.chunks_exact(*row)) {
+                        ensure!(k >= 0 && (k as usize) < *depth, "index {k} out of range for depth {depth}");
+                        sums[k as usize * row..][..*row].iter_mut().zip(update).for_each(|(s, u)| *s += u);
+                    }
+                }
+                Instr::Iota { dst } => {
+                    let len = f.bufs[*dst].len();
+                    match f.bufs[*dst].dtype {
+                        DType::F32 => (0..len).for_each(|i| *fr.f32(*dst).add(i) = i as f32),
+                        DType::I64 => (0..len).for_each(|i| *(fr.ptr(*dst) as *mut i64).add(i) = i as i64),
+                    }
+                }
+                Instr::Cast { dst, src } => {
+                    let len = f.bufs[*dst].len();
+                    match (f.bufs[*src].dtype, f.bufs[*dst].dtype) {
+                        (DType::I64, DType::F32) => (0..len).for_each(|i| *fr.f32(*dst).add(i) = *fr.i64(*src).add(i) as f32),
+                        (DType::F32, DType::I64) => (0..len).for_each(|i| *(fr.ptr(*dst) as *mut i64).add(i) = *fr.f32(*src).add(i) as i64),
+                        (from, _) => std::ptr::copy_nonoverlapping(fr.ptr(*src), fr.ptr(*dst), len * elem_bytes(from)),
+                    }
+                }
+                Instr::TriMask { dst, rows, cols, fill } => tri_mask(fr.f32(*dst), f.bufs[*dst].len(), *rows, *cols, *fill),
+                Instr::Scan(s) => self.scan(fr, s)?,
+                Instr::Parallel { parts } => {
+                    let mut results: Vec<Result<()>> = parts.iter().map(|_| Ok(())).collect();
+                    rayon::scope(|scope| {
+                        for (part, result) in parts.iter().zip(&mut results) {
+                            scope.spawn(move |_| *result = part.iter().try_for_each(|i| self.instr(fr, i)));
+                        }
+                    });
+                    results.into_iter().collect::<Result<()>>()?;
+                }
+            }
+        }
+        if let Some(t) = started {
+            crate::profile::record(Some(self.label(f, instr)), t.elapsed());
+        }
+        Ok(())
+    }
+
+    /// What a leaf instruction is, for the profile.
+    fn label(&self, f: &Function, instr: &Instr) -> String {
+        let shape = |b: usize| format!("{:?}", f.bufs[b].shape);
+        match instr {
+            Instr::Kernel { kernel, outs, .. } => format!("kernel {} ({} ops per element)", shape(outs[0]), self.schedule.specs[*kernel].ops_per_element()),
+            Instr::MatMul { c, m, n, k, .. } => format!("matmul {} ({m}×{k} · {k}×{n})", shape(*c)),
+            Instr::Reduce { dst, src, kind, .. } => format!("reduce {kind:?} {} to {}", shape(*src), shape(*dst)),
+            Instr::Copy { dst, .. } => format!("copy to {}", shape(*dst)),
+            other => format!("{} {}", other.name(), other.writes().first().map(|&b| shape(b)).unwrap_or_default()),
+        }
+    }
+
+    /// A kernel over the elements of `outer` × `rows` × `n`; the rows (or, for one long row, its
+    /// pieces) are split over the threads.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch(&self, fr: &Frame, kernel: usize, outer: &[usize], rows: usize, n: usize, ins: &[KernelInput], outs: &[usize]) {
+        let f = self.kernels[kernel];
+        let spec = &self.schedule.specs[kernel];
+        let total = outer.iter().product::<usize>() * rows * n;
+        let in_ptrs: Vec<Shared<*const f32>> = ins.iter().map(|i| Shared(fr.f32(i.buf) as *const f32)).collect();
+        let row_strides: Vec<i64> = ins.iter().map(|i| i.row_stride as i64).collect();
+        let out_ptrs: Vec<Shared<*mut f32>> = outs.iter().map(|&o| Shared(fr.f32(o))).collect();
         // Rows [q0, q1) of the flattened (outer, row) space, columns [c0, c0 + len) of each.
         let run = |q0: usize, q1: usize, c0: usize, len: usize| {
             let mut ins_at: Vec<*const f32> = vec![std::ptr::null(); in_ptrs.len()];
@@ -237,24 +183,24 @@ fn launch(f: KernelFn, k: &KernelStep, shape: &[usize], ins: &[(&[usize], *const
                 let (o, r0) = (q / rows, q % rows);
                 let count = (rows - r0).min(q1 - q);
                 for (j, p) in in_ptrs.iter().enumerate() {
-                    let mut off = r0 * row_strides[j] as usize + if splat[j] { 0 } else { c0 };
+                    let mut off = r0 * ins[j].row_stride + if spec.splat[j] { 0 } else { c0 };
                     let mut rem = o;
                     for d in (0..outer.len()).rev() {
-                        off += (rem % outer[d]) * strides[j][d];
+                        off += (rem % outer[d]) * ins[j].strides[d];
                         rem /= outer[d];
                     }
-                    ins_at[j] = unsafe { p.0.add(off) };
+                    ins_at[j] = p.0.add(off);
                 }
                 for (j, p) in out_ptrs.iter().enumerate() {
-                    outs_at[j] = unsafe { p.0.add(q * n + c0) };
+                    outs_at[j] = p.0.add(q * n + c0);
                 }
-                unsafe { f(len as i64, count as i64, ins_at.as_ptr(), row_strides.as_ptr(), outs_at.as_ptr()) };
+                f(len as i64, count as i64, ins_at.as_ptr(), row_strides.as_ptr(), outs_at.as_ptr());
                 q += count;
             }
         };
         let all_rows = total / n;
         let threads = crate::threads();
-        if total * k.ops_per_element < PARALLEL_WORK || threads == 1 {
+        if total * spec.ops_per_element() < PARALLEL_WORK || threads == 1 {
             run(0, all_rows, 0, n);
         } else if all_rows >= threads {
             let per = all_rows.div_ceil(threads);
@@ -280,108 +226,169 @@ fn launch(f: KernelFn, k: &KernelStep, shape: &[usize], ins: &[(&[usize], *const
                 }
             });
         }
-        // SAFETY: the kernel calls above wrote every element of every output.
-        for o in &mut outs {
-            unsafe { o.set_len(total) };
-        }
     }
-    Ok(outs.into_iter().map(|o| Tensor::f32(shape.to_vec(), o)).collect())
+
+    /// The scan's iterations: each chunk's pieces of the sequences addressed in place or staged,
+    /// the body called in the workspace after the caller's, its outputs put in place.
+    unsafe fn scan(&self, fr: &Frame, s: &ScanInstr) -> Result<()> {
+        let f = fr.f;
+        // Where chunk `k`'s piece of a sliced buffer starts, in elements, and its copy to or from
+        // a staging buffer (`len` positions of a chunked sequence).
+        let piece = |sl: &Slicing, k: usize, len: usize| -> (usize, Strided) {
+            let buf = &f.bufs[sl.buf];
+            let strides = contiguous_strides(&buf.shape);
+            let mut shape = buf.shape.clone();
+            shape[s.axis] = if sl.per == 1 { 1 } else { len };
+            let at = k * sl.per * strides[s.axis] * elem_bytes(buf.dtype);
+            let copy = Strided { dst_strides: contiguous_strides(&shape), shape, dst_at: 0, src_at: 0, src_strides: strides };
+            (at, copy.simplified())
+        };
+        let workspace = fr.workspace.add(s.workspace_at);
+        for run in s.runs() {
+            for i in run.first..run.first + run.count {
+                let k = s.chunk_of(i);
+                let mut args: Vec<*const u8> = Vec::with_capacity(s.carries.len() + s.seqs.len() + s.invariants.len());
+                let mut outs: Vec<*mut u8> = Vec::with_capacity(s.carries.len() + s.outputs.len());
+                for (init, pair) in &s.carries {
+                    args.push(if i == 0 { fr.ptr(*init) } else { fr.ptr(pair[(i - 1) % 2]) });
+                    outs.push(fr.ptr(pair[i % 2]));
+                }
+                for sl in &s.seqs {
+                    let (at, copy) = piece(sl, k, run.len);
+                    let from = fr.ptr(sl.buf).add(at);
+                    args.push(match sl.staging {
+                        None => from,
+                        Some(stage) => {
+                            copy_strided(fr.ptr(stage), from, &copy, elem_bytes(f.bufs[sl.buf].dtype));
+                            fr.ptr(stage)
+                        }
+                    });
+                }
+                args.extend(s.invariants.iter().map(|&b| fr.ptr(b) as *const u8));
+                let mut placements = Vec::new();
+                for sl in &s.outputs {
+                    let (at, copy) = piece(sl, k, run.len);
+                    let to = fr.ptr(sl.buf).add(at);
+                    outs.push(match sl.staging {
+                        None => to,
+                        Some(stage) => {
+                            // Back from the piece to its place: the copy's two sides swapped.
+                            let back = Strided { shape: copy.shape, dst_at: 0, dst_strides: copy.src_strides, src_at: 0, src_strides: copy.dst_strides };
+                            placements.push((to, fr.ptr(stage), back, elem_bytes(f.bufs[sl.buf].dtype)));
+                            fr.ptr(stage)
+                        }
+                    });
+                }
+                self.call(run.function, &args, &outs, workspace)?;
+                for (to, from, copy, size) in placements {
+                    copy_strided(to, from, &copy, size);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Over the last two axes, the entries above the diagonal become `fill`; matrices split over the
-/// threads when large.
-fn tri_mask_in_place(t: &mut Tensor, fill: f32) -> Result<()> {
-    let r = t.shape.len();
-    ensure!(r >= 2, "tri_mask needs rank 2 or more, got {t}");
-    let (rows, cols) = (t.shape[r - 2], t.shape[r - 1]);
-    let tttc_ir::Data::F32(v) = &mut t.data else { unreachable!("checked by the caller") };
+/// `dst[dst_at + Σ i·dst_strides] = src[src_at + Σ i·src_strides]` over `copy.shape`, elements
+/// of `size` bytes; large copies split their first axis over the threads.
+unsafe fn copy_strided(dst: *mut u8, src: *const u8, copy: &Strided, size: usize) {
+    let (dst, src) = (Shared(dst.add(copy.dst_at * size)), Shared(src.add(copy.src_at * size)));
+    let total: usize = copy.shape.iter().product();
+    match copy.shape.first() {
+        Some(&outer) if total >= PARALLEL_WORK && outer > 1 && crate::threads() > 1 => {
+            let per = outer.div_ceil(crate::threads());
+            rayon::scope(|s| {
+                for start in (0..outer).step_by(per) {
+                    s.spawn(move |_| {
+                        let (dst, src) = (dst, src);
+                        for i in start..(start + per).min(outer) {
+                            copy_axes(dst.0.add(i * copy.dst_strides[0] * size), src.0.add(i * copy.src_strides[0] * size), copy, 1, size);
+                        }
+                    });
+                }
+            });
+        }
+        _ => copy_axes(dst.0, src.0, copy, 0, size),
+    }
+}
+
+/// The copy over its axes from `axis` on.
+unsafe fn copy_axes(dst: *mut u8, src: *const u8, copy: &Strided, axis: usize, size: usize) {
+    let rank = copy.shape.len();
+    if axis == rank {
+        std::ptr::copy_nonoverlapping(src, dst, size);
+        return;
+    }
+    let (n, ds, ss) = (copy.shape[axis], copy.dst_strides[axis] * size, copy.src_strides[axis] * size);
+    if axis + 1 == rank {
+        if ds == size && ss == size {
+            std::ptr::copy_nonoverlapping(src, dst, n * size);
+        } else if size == 4 {
+            (0..n).for_each(|i| *(dst.add(i * ds) as *mut u32) = *(src.add(i * ss) as *const u32));
+        } else {
+            (0..n).for_each(|i| *(dst.add(i * ds) as *mut u64) = *(src.add(i * ss) as *const u64));
+        }
+        return;
+    }
+    for i in 0..n {
+        copy_axes(dst.add(i * ds), src.add(i * ss), copy, axis + 1, size);
+    }
+}
+
+/// `len` elements of `dtype` set to the value whose bits are `bits`.
+unsafe fn fill(dst: *mut u8, len: usize, dtype: DType, bits: u64) {
+    match dtype {
+        _ if bits == 0 => std::ptr::write_bytes(dst, 0, len * elem_bytes(dtype)),
+        DType::F32 => std::slice::from_raw_parts_mut(dst as *mut u32, len).fill(bits as u32),
+        DType::I64 => std::slice::from_raw_parts_mut(dst as *mut u64, len).fill(bits),
+    }
+}
+
+/// Over matrices of `rows × cols` (`len` elements in all), the entries above the diagonal become
+/// `fill`; split over the threads when large.
+unsafe fn tri_mask(dst: *mut f32, len: usize, rows: usize, cols: usize, fill: f32) {
+    let v = std::slice::from_raw_parts_mut(dst, len);
     let mask = |m: &mut [f32]| {
         for (i, row) in m.chunks_mut(cols.max(1)).enumerate() {
             row.iter_mut().skip(i + 1).for_each(|x| *x = fill);
         }
     };
     let size = (rows * cols).max(1);
-    if v.len() >= PARALLEL_WORK {
+    if len >= PARALLEL_WORK {
         use rayon::prelude::*;
         v.par_chunks_mut(size).for_each(mask);
     } else {
         v.chunks_mut(size).for_each(mask);
     }
-    Ok(())
 }
 
-/// A matrix product's operand: a tensor read as stored, or as the transpose of its last two axes.
-#[derive(Clone, Copy)]
-struct Operand<'a> {
-    t: &'a Tensor,
-    transposed: bool,
-}
-
-impl Operand<'_> {
-    /// The batch axes, and the (rows, columns) of the matrix as read.
-    fn dims(&self) -> Result<(&[usize], usize, usize)> {
-        let s = &self.t.shape;
-        ensure!(s.len() >= 2, "matmul needs operands of rank 2 or more, got {}", self.t);
-        let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
-        Ok((&s[..s.len() - 2], if self.transposed { c } else { r }, if self.transposed { r } else { c }))
-    }
-
-    /// (row stride, column stride) of the matrix as read.
-    fn strides(&self) -> (isize, isize) {
-        let c = self.t.shape[self.t.shape.len() - 1] as isize;
-        if self.transposed {
-            (1, c)
-        } else {
-            (c, 1)
-        }
-    }
-}
-
-/// `a · b` over the last two axes, the leading axes broadcast, through `gemm`.
-fn matmul(a: Operand, b: Operand) -> Result<Tensor> {
-    let (x, y) = (a.t.as_f32().context("matmul operand is not f32")?, b.t.as_f32().context("matmul operand is not f32")?);
-    let ((ba, m, k), (bb, k2, n)) = (a.dims()?, b.dims()?);
-    ensure!(k == k2, "matmul contracted dimensions differ: {} and {}", a.t, b.t);
-    let batch = broadcast_shape(ba, bb)?;
-    let sa = broadcast_strides(ba, &batch)?;
-    let sb = broadcast_strides(bb, &batch)?;
+/// `c = a · b` for each index of `batch` (`c` contiguous, the operands read with their strides),
+/// through `gemm`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Operand), (b, bo): (*const f32, &Operand), batch: &[usize], m: usize, n: usize, k: usize) {
     let count: usize = batch.iter().product();
-    let mut out = vec![0f32; count * m * n];
-    let mut shape = batch.clone();
-    shape.extend([m, n]);
-    if count == 0 || m == 0 || n == 0 || k == 0 {
-        return Ok(Tensor::f32(shape, out));
-    }
-    let (ra, rb) = (a.strides(), b.strides());
-    // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
-    if sb.iter().all(|&s| s == 0) && !a.transposed && sa == contiguous_strides(&batch) {
-        gemm_into(&mut out, x, ra, y, rb, count * m, k, n, parallelism(count * m * k * n));
-        return Ok(Tensor::f32(shape, out));
-    }
-    let offsets = |i: usize, s: &[usize]| -> usize {
+    let offset = |i: usize, strides: &[usize]| -> usize {
         let mut rem = i;
         let mut off = 0;
         for d in (0..batch.len()).rev() {
-            off += (rem % batch[d]) * s[d];
+            off += (rem % batch[d]) * strides[d];
             rem /= batch[d];
         }
         off
     };
-    let one = |i: usize, dst: &mut [f32], par: gemm::Parallelism| {
-        let (oa, ob) = (offsets(i, &sa) * m * k, offsets(i, &sb) * k * n);
-        gemm_into(dst, &x[oa..oa + m * k], ra, &y[ob..ob + k * n], rb, m, k, n, par);
+    let (c, a, b) = (Shared(c), Shared(a), Shared(b));
+    let one = |i: usize, par: gemm::Parallelism| {
+        let (c, a, b) = (c, a, b);
+        gemm_into(c.0.add(i * m * n), (a.0.add(offset(i, &ao.batch_strides)), ao), (b.0.add(offset(i, &bo.batch_strides)), bo), m, k, n, par);
     };
     // Large products split inside gemm; a batch of small ones splits over its members, unless
     // all of it is small.
     if m * k * n >= PARALLEL_MACS || count * m * k * n < PARALLEL_MACS * 4 {
-        for (i, dst) in out.chunks_mut(m * n).enumerate() {
-            one(i, dst, parallelism(m * k * n));
-        }
+        (0..count).for_each(|i| one(i, parallelism(m * k * n)));
     } else {
         use rayon::prelude::*;
-        out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| one(i, dst, gemm::Parallelism::None));
+        (0..count).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
     }
-    Ok(Tensor::f32(shape, out))
 }
 
 fn parallelism(macs: usize) -> gemm::Parallelism {
@@ -393,52 +400,38 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
     }
 }
 
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with the (row, column)
-/// strides given.
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with their (row, column)
+/// strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm_into(
-    dst: &mut [f32],
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (isize, isize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (isize, isize),
-    m: usize,
-    k: usize,
-    n: usize,
-    par: gemm::Parallelism,
-) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // SAFETY: the slices hold the matrices the strides describe (checked above).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+unsafe fn gemm_into(dst: *mut f32, (lhs, l): (*const f32, &Operand), (rhs, r): (*const f32, &Operand), m: usize, k: usize, n: usize, par: gemm::Parallelism) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        false,
+        lhs,
+        l.col_stride as isize,
+        l.row_stride as isize,
+        rhs,
+        r.col_stride as isize,
+        r.row_stride as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
-/// Sum, mean or max along `axis`, eight partial sums at a time along a contiguous axis.
-fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Tensor> {
-    let x = t.as_f32().context("reduction operand is not f32")?;
-    let (outer, len, inner, shape) = reduction(&t.shape, kind, axis, keepdim)?;
-    let mut out = vec![0f32; outer * inner];
+/// Sum, mean or max along the middle axis of `outer × len × inner`, eight partial sums at a time
+/// along a contiguous axis.
+unsafe fn reduce(dst: *mut f32, src: *const f32, kind: ReduceKind, outer: usize, len: usize, inner: usize) {
+    let x = std::slice::from_raw_parts(src, outer * len * inner);
+    let out = std::slice::from_raw_parts_mut(dst, outer * inner);
     let reduce_block = |o: usize, dst: &mut [f32]| {
         let block = &x[o * len * inner..(o + 1) * len * inner];
         if inner == 1 {
@@ -476,7 +469,6 @@ fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Te
     } else {
         out.chunks_mut(inner.max(1)).enumerate().for_each(|(o, dst)| reduce_block(o, dst));
     }
-    Ok(Tensor::f32(shape, out))
 }
 
 /// The largest element (NaN never wins; −∞ for none), in eight interleaved partial maxima (which

@@ -1,30 +1,35 @@
 //! tttc's CPU backend: a graph (after the pass pipeline) compiled to native code for the machine
-//! it runs on.
+//! it runs on, from the one lowering every backend shares (`tttc_lower`): the graph is planned
+//! once and scheduled at the sizes of each call (the last few schedules are kept).
 //!
 //! * Runs of elementwise ops of one shape (a fused region's epilogues, the mini-batch step's
 //!   arithmetic) become one Cranelift-compiled loop each, f32x4 with FMA in the transcendental
 //!   polynomials: their intermediate values stay in registers ([`kernel`]).
 //! * Matrix products call the `gemm` crate (measured faster than Cranelift-generated GEMMs:
 //!   Cranelift's x86-64 backend emits 128-bit vectors only).
-//! * Reductions are native loops; data movement and integer index math use the interpreter's
-//!   implementations.
-//! * Scans and fused regions run their bodies as plans of their own; large launches are split
-//!   over the threads of the rayon pool, and a scan whose body keeps its lanes apart (the TTT
-//!   mini-batch loop's heads) runs as one narrower scan per thread ([`lanes`]).
+//! * Reductions, copies and index instructions are native loops; every buffer lives in one
+//!   workspace laid out by the schedule.
+//! * Scans call their body's function once per chunk; large launches are split over the threads
+//!   of the rayon pool, and a scan whose body keeps its lanes apart (the TTT mini-batch loop's
+//!   heads) runs as one narrower scan per thread.
+//!
+//! [`aot`] emits the same schedule as an object file.
 
 pub mod aot;
 mod exec;
 pub mod kernel;
 pub mod profile;
 
-use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::Result;
-use tttc_ir::{DimEnv, Graph, Tensor};
+use anyhow::{ensure, Context, Result};
+use tttc_ir::{DType, Data, DimEnv, Graph, Tensor};
 
+use tttc_lower::elementwise::KernelSpec;
 use tttc_lower::plan;
 pub use tttc_lower::plan::PlanStats;
+use tttc_lower::schedule::{self, Schedule};
 
 /// The worker threads launches are split over (rayon's pool: one per core unless
 /// `RAYON_NUM_THREADS` says otherwise).
@@ -32,11 +37,34 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// A graph compiled for the CPU.
+/// A graph compiled for the CPU: planned and its kernels compiled once, scheduled per set of
+/// argument shapes.
 pub struct Program {
     body: plan::Body,
+    specs: Vec<KernelSpec>,
     jit: kernel::Jit,
+    /// Schedules by argument shapes, the most recent last.
+    scheduled: Mutex<Vec<(Shapes, Arc<Scheduled>)>>,
+    /// Workspaces of finished calls, for the next (at any sizes that fit).
+    spare: Mutex<Vec<Workspace>>,
     stats: Stats,
+}
+
+/// The shapes of a call's arguments, in order.
+type Shapes = Vec<Vec<usize>>;
+
+/// Schedules kept per program (a Llama decoding loop grows its cache length every step).
+const SCHEDULES: usize = 8;
+
+/// A program scheduled at one set of sizes.
+struct Scheduled {
+    schedule: Schedule,
+    /// Per kernel of the schedule: the planned ones, then any the schedule added (an
+    /// elementwise op whose broadcast only the sizes tell), compiled in `extra`.
+    kernels: Vec<kernel::KernelFn>,
+    _extra: Option<kernel::Jit>,
+    /// Per output: its type and shape.
+    outputs: Vec<(DType, Vec<usize>)>,
 }
 
 /// What compiling produced and how long it took.
@@ -58,15 +86,140 @@ impl Program {
         let body = plan::plan(graph, threads(), &mut specs, &mut plan_stats);
         let jit = kernel::compile(&specs)?;
         let stats = Stats { plan: plan_stats, instructions: jit.instructions, compile_seconds: start.elapsed().as_secs_f64() };
-        Ok(Program { body, jit, stats })
+        Ok(Program { body, specs, jit, scheduled: Mutex::new(Vec::new()), spare: Mutex::new(Vec::new()), stats })
     }
 
     /// Runs the program on its graph's arguments, in order.
     pub fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
-        exec::run(&self.body, &self.jit, args.iter().map(|&t| Cow::Borrowed(t)).collect(), &DimEnv::new())
+        let mut env = DimEnv::new();
+        tttc_ir::interp::bind_args(&self.body.graph, args, &mut env)?;
+        let shapes: Vec<Vec<usize>> = args.iter().map(|t| t.shape.clone()).collect();
+        let s = self.scheduled(&shapes, &env)?;
+        ensure!(args.iter().all(|t| !matches!(t.data, Data::F64(_))), "f64 data: the CPU backend computes in f32");
+        // Uninitialised until the call writes every element (a decoding step's state is large:
+        // zeroing it first would cost as much as the step's copies).
+        let mut outputs: Vec<Output> = s
+            .outputs
+            .iter()
+            .map(|(dtype, shape)| match dtype {
+                DType::F32 => Output::F32(Vec::with_capacity(shape.iter().product())),
+                DType::I64 => Output::I64(Vec::with_capacity(shape.iter().product())),
+            })
+            .collect();
+        let arg_ptrs: Vec<*const u8> = args.iter().map(|t| t.as_ptr()).collect();
+        let out_ptrs: Vec<*mut u8> = outputs
+            .iter_mut()
+            .map(|o| match o {
+                Output::F32(v) => v.as_mut_ptr() as *mut u8,
+                Output::I64(v) => v.as_mut_ptr() as *mut u8,
+            })
+            .collect();
+        let entry = s.schedule.functions.len() - 1;
+        let bytes = s.schedule.functions[entry].workspace;
+        let workspace = self.workspace(bytes);
+        let machine = exec::Machine { schedule: &s.schedule, kernels: &s.kernels };
+        // SAFETY: the arguments bound the graph's types and the outputs and workspace are
+        // allocated at the sizes scheduled for them; nothing else holds them.
+        let ran = unsafe { machine.call(entry, &arg_ptrs, &out_ptrs, workspace.ptr) };
+        self.spare.lock().expect("not poisoned").push(workspace);
+        ran.with_context(|| format!("running {}", self.body.graph.name))?;
+        let tensors = outputs.into_iter().zip(&s.outputs).map(|(o, (_, shape))| {
+            let n = shape.iter().product();
+            // SAFETY: the schedule writes every element of every output.
+            match o {
+                Output::F32(mut v) => Tensor::f32(shape.clone(), unsafe { set_len(&mut v, n) }),
+                Output::I64(mut v) => Tensor::i64(shape.clone(), unsafe { set_len(&mut v, n) }),
+            }
+        });
+        Ok(tensors.collect())
+    }
+
+    /// A workspace of at least `bytes`: a spare one, or a new one an eighth larger (a decoding
+    /// loop whose cache grows every step then reuses it for the steps after).
+    fn workspace(&self, bytes: usize) -> Workspace {
+        let mut spare = self.spare.lock().expect("not poisoned");
+        match spare.iter().position(|w| w.layout.size() >= bytes) {
+            Some(at) => spare.swap_remove(at),
+            None => {
+                spare.clear();
+                Workspace::new(bytes + bytes / 8)
+            }
+        }
+    }
+
+    /// The schedule for arguments of `shapes`: a recent one, or made now.
+    fn scheduled(&self, shapes: &[Vec<usize>], env: &DimEnv) -> Result<Arc<Scheduled>> {
+        let mut cache = self.scheduled.lock().expect("not poisoned");
+        if let Some(at) = cache.iter().position(|(s, _)| s == shapes) {
+            let hit = cache.remove(at);
+            let s = hit.1.clone();
+            cache.push(hit);
+            return Ok(s);
+        }
+        let schedule = schedule::schedule_with_shapes(&self.body, self.specs.clone(), env, shapes, schedule::Operands::AnyStrides)
+            .with_context(|| format!("scheduling {}", self.body.graph.name))?;
+        let extra = (schedule.specs.len() > self.specs.len()).then(|| kernel::compile(&schedule.specs[self.specs.len()..])).transpose()?;
+        let kernels = self.jit.kernels.iter().chain(extra.iter().flat_map(|j| &j.kernels)).copied().collect();
+        let entry = schedule.functions.last().context("an empty schedule")?;
+        let mut outputs = vec![(DType::F32, Vec::new()); self.body.graph.outputs.len()];
+        for b in &entry.bufs {
+            if let schedule::Home::Out(j) = b.home {
+                outputs[j] = (b.dtype, b.shape.clone());
+            }
+        }
+        let s = Arc::new(Scheduled { schedule, kernels, _extra: extra, outputs });
+        if cache.len() == SCHEDULES {
+            cache.remove(0);
+        }
+        cache.push((shapes.to_vec(), s.clone()));
+        Ok(s)
     }
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+}
+
+/// An output being written.
+enum Output {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// `v` with its first `n` elements (written through its pointer) taken as initialised.
+///
+/// # Safety
+/// The first `n` elements of `v`'s allocation are initialised.
+unsafe fn set_len<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
+    v.set_len(n);
+    std::mem::take(v)
+}
+
+/// A function's workspace: uninitialised bytes on 64-byte lines (every buffer in it is written
+/// before it is read).
+struct Workspace {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+// The bytes are owned and used by one call at a time.
+unsafe impl Send for Workspace {}
+
+impl Workspace {
+    fn new(bytes: usize) -> Workspace {
+        let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64).expect("a workspace size fits in memory");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Workspace { ptr, layout }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
     }
 }

@@ -25,6 +25,19 @@ pub struct KernelSpec {
     pub outputs: Vec<usize>,
 }
 
+impl KernelSpec {
+    /// Operations per element (a transcendental counts as 20), to decide whether to split a
+    /// launch over threads.
+    pub fn ops_per_element(&self) -> usize {
+        let cost = |e: &Expr| match e {
+            Expr::Unary(u, _) if !matches!(u, UnaryOp::Neg | UnaryOp::Sqrt) => 20,
+            Expr::Unary(..) | Expr::Binary(..) => 1,
+            Expr::Input(_) | Expr::Const(_) => 0,
+        };
+        self.exprs.iter().map(cost).sum::<usize>().max(1)
+    }
+}
+
 /// How a kernel walks a shape: rows of `n` elements, the innermost axes along which every
 /// contiguous input advances by one element per element and every splat input not at all (axes
 /// of length 1 always merge), so that rows are as long as the broadcasts allow; `rows` rows per

@@ -1,7 +1,9 @@
-//! From a graph to the steps that execute it: runs of elementwise ops of one shape become
-//! kernels (see [`crate::elementwise`]), matrix products and reductions get native steps, scans and fused
-//! regions get plans of their own for their bodies, and every other op (data movement, integer
-//! index math, constants) runs as the interpreter implements it.
+//! The first half of the lowering, before sizes are known: from a graph to the steps that
+//! execute it. Runs of elementwise ops of one shape become kernels (see [`crate::elementwise`]),
+//! matrix products read transposes and unit reshapes as views, scans and fused regions get plans
+//! of their own for their bodies (a scan whose lanes stay apart is split for the threads), and
+//! every other op (data movement, index math, constants) is left for [`crate::schedule`] to lower
+//! once the sizes are known.
 
 use std::collections::HashMap;
 
@@ -10,7 +12,7 @@ use tttc_ir::{swaps_last_two, DType, Dim, Graph, Op, ValueId};
 use crate::elementwise::{Expr, KernelSpec};
 
 pub enum Step {
-    /// A node evaluated by the interpreter's implementation of its op.
+    /// A node the schedule lowers by its op (data movement, index math, constants).
     Op(usize),
     /// A matrix product reading each operand as stored, or as a transpose of its last two axes
     /// that is never materialised (`(source, true)`).
@@ -48,16 +50,13 @@ pub struct KernelStep {
     pub inputs: Vec<ValueId>,
     /// Per input: read once per row (see `KernelSpec::splat`).
     pub splat: Vec<bool>,
-    /// Operations per element (transcendentals count as 20), to decide whether to split a launch.
-    pub ops_per_element: usize,
     pub outputs: Vec<ValueId>,
 }
 
-/// A graph with its steps, and after each step the values no later step reads.
+/// A graph with its steps.
 pub struct Body {
     pub graph: Graph,
     pub steps: Vec<Step>,
-    pub frees: Vec<Vec<ValueId>>,
 }
 
 /// How much of a program runs as generated code.
@@ -68,7 +67,7 @@ pub struct PlanStats {
     pub kernel_nodes: usize,
     pub matmuls: usize,
     pub reductions: usize,
-    /// Nodes run by the interpreter's op implementations (data movement, index math, constants).
+    /// Nodes lowered one by one (data movement, index math, constants).
     pub other_nodes: usize,
     /// Scans that run as several narrower scans in parallel (see `lanes.rs`).
     pub lane_split_scans: usize,
@@ -136,9 +135,7 @@ pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &
         }
     }
     p.close();
-    let steps = p.steps;
-    let frees = frees(graph, &steps);
-    Body { graph: graph.clone(), steps, frees }
+    Body { graph: graph.clone(), steps: p.steps }
 }
 
 /// Values that only matrix products read and that need not exist: transposes of the last two
@@ -312,19 +309,8 @@ impl Planner<'_> {
         self.stats.kernels += 1;
         self.stats.kernel_nodes += g.nodes.len();
         let splat = g.spec.splat.clone();
-        let ops_per_element = g
-            .spec
-            .exprs
-            .iter()
-            .map(|e| match e {
-                Expr::Unary(u, _) if !matches!(u, tttc_ir::UnaryOp::Neg | tttc_ir::UnaryOp::Sqrt) => 20,
-                Expr::Unary(..) | Expr::Binary(..) => 1,
-                Expr::Input(_) | Expr::Const(_) => 0,
-            })
-            .sum::<usize>()
-            .max(1);
         self.specs.push(g.spec);
-        self.steps.push(Step::Kernel(KernelStep { kernel: self.specs.len() - 1, shape: g.shape, inputs: g.inputs, splat, ops_per_element, outputs }));
+        self.steps.push(Step::Kernel(KernelStep { kernel: self.specs.len() - 1, shape: g.shape, inputs: g.inputs, splat, outputs }));
     }
 }
 
@@ -346,29 +332,4 @@ fn splat_kind(from: &[Dim], to: &[Dim]) -> Option<bool> {
         (None, Some(_)) => Some(true),
         (Some(f), Some(t)) => Some(f != t),
     }
-}
-
-/// After each step, the values that no later step reads (graph outputs are kept).
-fn frees(graph: &Graph, steps: &[Step]) -> Vec<Vec<ValueId>> {
-    let reads = |s: &Step| -> Vec<ValueId> {
-        match s {
-            Step::Kernel(k) => k.inputs.clone(),
-            Step::MatMul(_, operands) => operands.iter().map(|o| o.0).collect(),
-            Step::Op(i) | Step::Reduce(i) | Step::Scan(i, ..) | Step::Fused(i, _) => graph.nodes[*i].inputs.clone(),
-        }
-    };
-    let mut last: HashMap<ValueId, usize> = HashMap::new();
-    for (k, s) in steps.iter().enumerate() {
-        for v in reads(s) {
-            last.insert(v, k);
-        }
-    }
-    for (_, v) in &graph.outputs {
-        last.remove(v);
-    }
-    let mut out = vec![Vec::new(); steps.len()];
-    for (v, k) in last {
-        out[k].push(v);
-    }
-    out
 }

@@ -11,7 +11,7 @@ use tttc_ir::interp::{broadcast_shape, broadcast_strides, contiguous_strides, re
 use tttc_ir::{DType, DimEnv, Graph, Op, ReduceKind, ValueId};
 
 use crate::elementwise::{row_layout, Expr, KernelSpec, RowLayout};
-use crate::plan::{Body, ScanPlan, Step};
+use crate::plan::{Body, LaneScan, ScanPlan, Step};
 
 pub type BufId = usize;
 
@@ -135,6 +135,126 @@ pub enum Instr {
         fill: f32,
     },
     Scan(Box<ScanInstr>),
+    /// Instruction lists that touch disjoint memory and may run at once (a scan split over its
+    /// lanes: each part stages its slice of the operands, runs the narrower scan and puts its
+    /// results in place). Only a plan for several threads has them.
+    Parallel {
+        parts: Vec<Vec<Instr>>,
+    },
+}
+
+/// How an instruction uses a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    /// Read and written in place.
+    Update,
+}
+
+/// A buffer an instruction uses, with the name its code gives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Use {
+    pub buf: BufId,
+    pub name: String,
+    pub access: Access,
+}
+
+impl Instr {
+    /// The buffers the instruction uses: for a leaf instruction in the order its code takes
+    /// them; for a scan, what it reads and writes around the calls of its body (the initial
+    /// carries, the carry buffers, the sequences, the invariants, the stacked outputs and their
+    /// staging); for a parallel instruction, its parts'.
+    pub fn uses(&self) -> Vec<Use> {
+        let (read, write, update) = (Access::Read, Access::Write, Access::Update);
+        let at = |buf: &BufId, name: &str, access: Access| Use { buf: *buf, name: name.to_string(), access };
+        match self {
+            Instr::Kernel { ins, outs, .. } => ins
+                .iter()
+                .enumerate()
+                .map(|(i, x)| at(&x.buf, &format!("in{i}"), read))
+                .chain(outs.iter().enumerate().map(|(i, o)| at(o, &format!("out{i}"), write)))
+                .collect(),
+            Instr::Copy { dst, src, .. } | Instr::Cast { dst, src } | Instr::Reduce { dst, src, .. } => vec![at(dst, "dst", write), at(src, "src", read)],
+            Instr::Fill { dst, .. } | Instr::Iota { dst } => vec![at(dst, "dst", write)],
+            Instr::TriMask { dst, .. } => vec![at(dst, "dst", update)],
+            Instr::MatMul { c, a, b, .. } => vec![at(c, "c", write), at(&a.buf, "a", read), at(&b.buf, "b", read)],
+            Instr::Gather { dst, table, index, .. } => vec![at(dst, "dst", write), at(table, "table", read), at(index, "index", read)],
+            Instr::OneHot { dst, index, .. } => vec![at(dst, "dst", write), at(index, "index", read)],
+            Instr::ScatterAdd { dst, updates, index, .. } => vec![at(dst, "dst", write), at(updates, "updates", read), at(index, "index", read)],
+            Instr::Scan(s) => {
+                let carries = s.carries.iter().flat_map(|(init, pair)| [at(init, "init", read), at(&pair[0], "carry", update), at(&pair[1], "carry", update)]);
+                let staged = |sl: &Slicing, access| std::iter::once(at(&sl.buf, "slice", access)).chain(sl.staging.map(|b| at(&b, "staging", update)));
+                let seqs = s.seqs.iter().flat_map(|sl| staged(sl, read));
+                let outputs = s.outputs.iter().flat_map(|sl| staged(sl, write));
+                carries.chain(seqs).chain(s.invariants.iter().map(|b| at(b, "invariant", read))).chain(outputs).collect()
+            }
+            Instr::Parallel { parts } => parts.iter().flatten().flat_map(Instr::uses).collect(),
+        }
+    }
+
+    /// The instruction's name, for profiles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Instr::Kernel { .. } => "kernel",
+            Instr::MatMul { .. } => "matmul",
+            Instr::Reduce { .. } => "reduce",
+            Instr::Copy { .. } => "copy",
+            Instr::Fill { .. } => "fill",
+            Instr::Gather { .. } => "gather",
+            Instr::OneHot { .. } => "one_hot",
+            Instr::ScatterAdd { .. } => "scatter_add",
+            Instr::Iota { .. } => "iota",
+            Instr::Cast { .. } => "cast",
+            Instr::TriMask { .. } => "tri_mask",
+            Instr::Scan(_) => "scan",
+            Instr::Parallel { .. } => "parallel",
+        }
+    }
+
+    /// The buffers the instruction writes (wholly or in place).
+    pub fn writes(&self) -> Vec<BufId> {
+        self.uses().into_iter().filter(|u| u.access != Access::Read).map(|u| u.buf).collect()
+    }
+
+    /// Whether it reads token ids or targets that may be out of range (its code reports them).
+    pub fn checks_indices(&self) -> bool {
+        matches!(self, Instr::Gather { .. } | Instr::OneHot { .. } | Instr::ScatterAdd { .. })
+    }
+
+    /// Floating-point operations of one run (a transcendental counts as one; a scan's and a
+    /// parallel instruction's are their bodies').
+    pub fn flops(&self, specs: &[KernelSpec]) -> u64 {
+        match self {
+            Instr::Kernel { kernel, outer, rows, n, .. } => {
+                let ops = specs[*kernel].exprs.iter().filter(|e| matches!(e, Expr::Unary(..) | Expr::Binary(..))).count();
+                (outer.iter().product::<usize>() * rows * n * ops) as u64
+            }
+            Instr::MatMul { batch, m, n, k, .. } => 2 * (batch.iter().product::<usize>() * m * n * k) as u64,
+            Instr::Reduce { outer, len, inner, .. } => (outer * len * inner) as u64,
+            _ => 0,
+        }
+    }
+
+    /// Bytes of memory one run reads and writes (what it touches of each buffer; 0 for a scan or
+    /// a parallel instruction, whose bodies are counted on their own).
+    pub fn bytes(&self, f: &Function) -> u64 {
+        let size = |b: &BufId| f.bufs[*b].bytes();
+        (match self {
+            Instr::Kernel { outer, rows, n, ins, outs, .. } => {
+                let elements = outer.iter().product::<usize>() * rows * n;
+                ins.iter().map(|i| size(&i.buf).min(4 * elements)).sum::<usize>() + outs.iter().map(size).sum::<usize>()
+            }
+            Instr::Copy { dst, copy, .. } => 2 * copy.shape.iter().product::<usize>() * elem_bytes(f.bufs[*dst].dtype),
+            Instr::MatMul { c, a, b, .. } => size(c) + size(&a.buf) + size(&b.buf),
+            Instr::Reduce { dst, src, .. } | Instr::Cast { dst, src } => size(dst) + size(src),
+            Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => size(dst),
+            Instr::Gather { dst, index, .. } => 2 * size(dst) + size(index),
+            Instr::OneHot { dst, index, .. } => size(dst) + size(index),
+            Instr::ScatterAdd { dst, updates, index, .. } => 2 * size(dst) + size(updates) + size(index),
+            Instr::Scan(_) | Instr::Parallel { .. } => 0,
+        }) as u64
+    }
 }
 
 pub struct KernelInput {
@@ -212,6 +332,9 @@ pub struct ScanInstr {
     /// what a backend needs to compile the loop whole.
     pub ir: Box<tttc_ir::Scan>,
     pub env: DimEnv,
+    /// Bytes from the calling function's workspace to the body's own (after the caller's arena;
+    /// the parts of a [`Instr::Parallel`] each get their own).
+    pub workspace_at: usize,
 }
 
 /// Consecutive iterations of a scan that run the same body function.
@@ -300,6 +423,9 @@ pub struct Schedule {
     pub functions: Vec<Function>,
     pub specs: Vec<KernelSpec>,
     pub operands: Operands,
+    /// The functions scheduled so far, by planned body (its address), argument shapes and
+    /// bindings: a body called at the same sizes again (each lane of a split scan) is one function.
+    scheduled: Vec<(usize, Vec<Vec<usize>>, DimEnv, usize)>,
 }
 
 /// How a backend's matrix products read their operands.
@@ -351,21 +477,32 @@ pub fn model(graph: &Graph, env: &DimEnv, operands: Operands) -> Result<(Schedul
 /// Schedules a body planned for one thread as a function of arguments of `shapes` (its graph's
 /// other symbols bound in `env`); the function is the schedule's last.
 pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>], operands: Operands) -> Result<Schedule> {
-    let mut s = Schedule { functions: Vec::new(), specs, operands };
+    let mut s = Schedule { functions: Vec::new(), specs, operands, scheduled: Vec::new() };
     function(&mut s, body, env.clone(), shapes)?;
     Ok(s)
 }
 
 /// Schedules a body planned for one thread, its graph's symbols bound in `env`.
 pub fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, operands: Operands) -> Result<Schedule> {
-    let mut s = Schedule { functions: Vec::new(), specs, operands };
+    let mut s = Schedule { functions: Vec::new(), specs, operands, scheduled: Vec::new() };
     let shapes: Vec<Vec<usize>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).resolve(env)).collect::<Result<_>>()?;
     function(&mut s, body, env.clone(), &shapes)?;
     Ok(s)
 }
 
-/// Schedules `body` as a function of arguments of `shapes`, binding its symbols in `env`.
-fn function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<usize>]) -> Result<usize> {
+/// Schedules `body` as a function of arguments of `shapes`, binding its symbols in `env` (once
+/// per body, shapes and bindings).
+fn function(s: &mut Schedule, body: &Body, env: DimEnv, shapes: &[Vec<usize>]) -> Result<usize> {
+    let key = body as *const Body as usize;
+    if let Some(&(.., f)) = s.scheduled.iter().find(|(b, sh, e, _)| *b == key && sh == shapes && *e == env) {
+        return Ok(f);
+    }
+    let f = new_function(s, body, env.clone(), shapes)?;
+    s.scheduled.push((key, shapes.to_vec(), env, f));
+    Ok(f)
+}
+
+fn new_function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<usize>]) -> Result<usize> {
     let g = &body.graph;
     for (a, shape) in g.args.iter().zip(shapes) {
         g.ty(a.value).bind(shape, &mut env).with_context(|| format!("argument {} of {}", a.name, g.name))?;
@@ -389,12 +526,32 @@ fn function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<usize>
     }
     let Builder { bufs, instrs, .. } = f;
     let mut func = Function { bufs, instrs, arena: 0, workspace: 0 };
-    let callees = func.instrs.iter().filter_map(|i| match i {
-        Instr::Scan(sc) => Some(std::iter::once(sc.body).chain(sc.tail.map(|t| t.0))),
-        _ => None,
-    });
-    let nested = callees.flatten().map(|k| s.functions[k].workspace).max().unwrap_or(0);
     func.arena = layout(&mut func);
+    // The scans' bodies run in the workspace after the arena; each part of a parallel
+    // instruction in its own stretch of it.
+    let callee_bytes = |sc: &ScanInstr| std::iter::once(sc.body).chain(sc.tail.map(|t| t.0)).map(|k| s.functions[k].workspace).max().unwrap_or(0);
+    let mut nested = 0;
+    for instr in &mut func.instrs {
+        match instr {
+            Instr::Scan(sc) => {
+                sc.workspace_at = func.arena;
+                nested = nested.max(callee_bytes(sc));
+            }
+            Instr::Parallel { parts } => {
+                let scans = |part: &[Instr]| part.iter().filter_map(|i| if let Instr::Scan(sc) = i { Some(callee_bytes(sc)) } else { None }).max();
+                let stride = parts.iter().filter_map(|p| scans(p)).max().unwrap_or(0).div_ceil(ALIGN) * ALIGN;
+                for (k, part) in parts.iter_mut().enumerate() {
+                    for i in part {
+                        if let Instr::Scan(sc) = i {
+                            sc.workspace_at = func.arena + k * stride;
+                        }
+                    }
+                }
+                nested = nested.max(parts.len() * stride);
+            }
+            _ => {}
+        }
+    }
     func.workspace = func.arena + nested;
     s.functions.push(func);
     Ok(s.functions.len() - 1)
@@ -503,7 +660,16 @@ impl Builder<'_> {
                 }
                 Ok(())
             }
-            Step::Scan(_, ScanPlan::Lanes(_)) => bail!("a scan split over threads cannot be compiled ahead of time"),
+            Step::Scan(i, ScanPlan::Lanes(lanes)) => {
+                let node = &g.nodes[*i];
+                let ins: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
+                let outs: Vec<BufId> = node.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
+                self.lanes(lanes, &ins, &outs)?;
+                for (v, b) in node.outputs.iter().zip(outs) {
+                    vals.insert(*v, b);
+                }
+                Ok(())
+            }
             Step::Op(i) => {
                 let node = &g.nodes[*i];
                 let ins: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
@@ -512,6 +678,13 @@ impl Builder<'_> {
                     Op::Reshape { .. } | Op::Barrier => {
                         let ty = g.ty(out);
                         self.buf(ty.dtype, self.shape_of(g, out)?, Home::Alias(ins[0]))
+                    }
+                    // Masked in place when nothing else reads the scores (attention's).
+                    Op::TriMask { fill } if !wanted.contains_key(&out) && self.last_read(g, node.inputs[0], ins[0]) => {
+                        let shape = self.bufs[ins[0]].shape.clone();
+                        let b = self.buf(DType::F32, shape.clone(), Home::Alias(ins[0]));
+                        self.tri_mask(b, &shape, *fill)?;
+                        b
                     }
                     op => {
                         let dst = self.fresh(g, out, wanted)?;
@@ -523,6 +696,20 @@ impl Builder<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// Whether the one node that reads value `v` of `g` is the one being scheduled and `v`'s
+    /// buffer `b` is its own (in the workspace, no other value's memory).
+    fn last_read(&self, g: &Graph, v: ValueId, b: BufId) -> bool {
+        let readers = g.nodes.iter().filter(|n| n.inputs.contains(&v)).count();
+        readers == 1 && !g.outputs.iter().any(|(_, o)| *o == v) && self.bufs[b].home == Home::Work && !self.bufs.iter().any(|x| x.home == Home::Alias(b))
+    }
+
+    fn tri_mask(&mut self, dst: BufId, shape: &[usize], fill: f64) -> Result<()> {
+        let r = shape.len();
+        ensure!(r >= 2, "tri_mask needs rank 2 or more");
+        self.instrs.push(Instr::TriMask { dst, rows: shape[r - 2], cols: shape[r - 1], fill: fill as f32 });
+        Ok(())
     }
 
     fn kernel(&mut self, kernel: usize, shape: &[usize], ins: &[BufId], splat: &[bool], outs: Vec<BufId>) -> Result<()> {
@@ -646,10 +833,8 @@ impl Builder<'_> {
                 self.instrs.push(Instr::ScatterAdd { dst, updates: ins[0], index: ins[1], depth: *depth, row });
             }
             Op::TriMask { fill } => {
-                let r = shape.len();
-                ensure!(r >= 2, "tri_mask needs rank 2 or more");
                 self.copy_all(dst, ins[0]);
-                self.instrs.push(Instr::TriMask { dst, rows: shape[r - 2], cols: shape[r - 1], fill: *fill as f32 });
+                self.tri_mask(dst, &shape, *fill)?;
             }
             Op::Unary(u) if self.bufs[ins[0]].dtype == DType::F32 => self.single(Expr::Unary(*u, 0), dst, ins)?,
             Op::Binary(b) if ins.iter().all(|&i| self.bufs[i].dtype == DType::F32) => self.single(Expr::Binary(*b, 0, 1), dst, ins)?,
@@ -744,6 +929,7 @@ impl Builder<'_> {
             outputs,
             ir: Box::new(scan.clone()),
             env: env_for_ir,
+            workspace_at: 0,
         };
         let results: Vec<BufId> = (0..scan.carries.len()).map(|j| scan.final_carry(j)).collect();
         self.instrs.push(Instr::Scan(Box::new(scan)));
@@ -759,6 +945,55 @@ impl Builder<'_> {
     }
 }
 
+impl Builder<'_> {
+    /// A scan split into lanes writing `outs`: one part per lane, each copying its slice of
+    /// every operand that has lanes, running the narrower scan and copying its results into
+    /// their slices of `outs`.
+    fn lanes(&mut self, lanes: &LaneScan, ins: &[BufId], outs: &[BufId]) -> Result<()> {
+        let parts = lanes.parts;
+        // Buffer `b`'s slice `k` of `parts` along `axis`: its shape, and where it starts.
+        let slice = |b: &Buf, axis: usize, k: usize| -> Result<(Vec<usize>, usize, Vec<usize>)> {
+            ensure!(b.shape[axis].is_multiple_of(parts), "lane axis of {:?} does not split into {parts}", b.shape);
+            let mut shape = b.shape.clone();
+            shape[axis] /= parts;
+            let strides = contiguous_strides(&b.shape);
+            Ok((shape.clone(), k * shape[axis] * strides[axis], strides))
+        };
+        let mut all = Vec::new();
+        for k in 0..parts {
+            let start = self.instrs.len();
+            let mut part_ins = Vec::new();
+            for (&b, lane) in ins.iter().zip(&lanes.operand_lanes) {
+                part_ins.push(match lane {
+                    Some(axis) => {
+                        let (shape, at, strides) = slice(&self.bufs[b], *axis, k)?;
+                        let dst = self.buf(self.bufs[b].dtype, shape.clone(), Home::Work);
+                        let copy = Strided { dst_strides: contiguous_strides(&shape), shape, dst_at: 0, src_at: at, src_strides: strides };
+                        self.instrs.push(Instr::Copy { dst, src: b, copy: copy.simplified() });
+                        dst
+                    }
+                    None => b,
+                });
+            }
+            let mut placements = Vec::new();
+            let mut part_outs = Vec::new();
+            for (&b, &axis) in outs.iter().zip(&lanes.result_lanes) {
+                let (shape, at, strides) = slice(&self.bufs[b], axis, k)?;
+                let src = self.buf(self.bufs[b].dtype, shape.clone(), Home::Work);
+                part_outs.push(src);
+                placements.push((b, src, Strided { src_strides: contiguous_strides(&shape), shape, dst_at: at, dst_strides: strides, src_at: 0 }));
+            }
+            self.scan(&lanes.scan, &lanes.body, &part_ins, &part_outs)?;
+            for (dst, src, copy) in placements {
+                self.instrs.push(Instr::Copy { dst, src, copy: copy.simplified() });
+            }
+            all.push(self.instrs.drain(start..).collect());
+        }
+        self.instrs.push(Instr::Parallel { parts: all });
+        Ok(())
+    }
+}
+
 /// A matrix product's operand of shape `s`, read as stored or transposed (`t`): its batch axes,
 /// rows, columns, row stride and column stride.
 fn matrix(s: &[usize], t: bool) -> Result<(Vec<usize>, usize, usize, usize, usize)> {
@@ -768,15 +1003,17 @@ fn matrix(s: &[usize], t: bool) -> Result<(Vec<usize>, usize, usize, usize, usiz
     Ok(if t { (batch, cols, r, 1, cols) } else { (batch, r, cols, cols, 1) })
 }
 
+/// Workspace offsets are multiples of this (a cache line; the widest vector loads).
+const ALIGN: usize = 64;
+
 /// Gives every workspace buffer an offset: buffers whose lifetimes (first to last instruction
 /// that touches them or an alias of them) overlap never share bytes. Largest first, each at the
 /// lowest offset that fits. Returns the bytes used.
 fn layout(f: &mut Function) -> usize {
-    const ALIGN: usize = 64;
     let n = f.bufs.len();
     let (mut first, mut last) = (vec![usize::MAX; n], vec![0usize; n]);
     for (t, instr) in f.instrs.iter().enumerate() {
-        for b in touched(instr) {
+        for b in instr.uses().into_iter().map(|u| u.buf) {
             let r = f.root(b);
             first[r] = first[r].min(t);
             last[r] = last[r].max(t);
@@ -802,21 +1039,4 @@ fn layout(f: &mut Function) -> usize {
         used = used.max(at + size);
     }
     used
-}
-
-/// The buffers an instruction reads or writes.
-fn touched(instr: &Instr) -> Vec<BufId> {
-    match instr {
-        Instr::Kernel { ins, outs, .. } => ins.iter().map(|i| i.buf).chain(outs.iter().copied()).collect(),
-        Instr::MatMul { c, a, b, .. } => vec![*c, a.buf, b.buf],
-        Instr::Reduce { dst, src, .. } | Instr::Copy { dst, src, .. } | Instr::Cast { dst, src } => vec![*dst, *src],
-        Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => vec![*dst],
-        Instr::Gather { dst, table, index, .. } => vec![*dst, *table, *index],
-        Instr::OneHot { dst, index, .. } => vec![*dst, *index],
-        Instr::ScatterAdd { dst, updates, index, .. } => vec![*dst, *updates, *index],
-        Instr::Scan(s) => {
-            let slices = s.seqs.iter().chain(&s.outputs).flat_map(|sl| std::iter::once(sl.buf).chain(sl.staging));
-            s.carries.iter().flat_map(|(init, pair)| [*init, pair[0], pair[1]]).chain(slices).chain(s.invariants.iter().copied()).collect()
-        }
-    }
 }

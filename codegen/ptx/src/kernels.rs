@@ -52,49 +52,20 @@ pub enum Spread {
 /// Threads per block of a persistent kernel: four warps, as the tensor-core tiles need.
 pub const PERSISTENT_THREADS: u32 = 128;
 
-/// The pointers `instr` reads and writes, in the order its code takes them, with their names.
+/// The pointers `instr` reads and writes, in the order its code takes them, with their names:
+/// its buffers, then the status word where it checks indices (none for a scan: see
+/// [`crate::model`]).
 pub fn params_of(instr: &Instr) -> Vec<(ParamRef, String)> {
-    let buf = |b: &BufId, name: &str| (ParamRef::Buf(*b), name.to_string());
-    match instr {
-        Instr::Kernel { ins, outs, .. } => ins
-            .iter()
-            .enumerate()
-            .map(|(i, x)| buf(&x.buf, &format!("in{i}")))
-            .chain(outs.iter().enumerate().map(|(i, o)| buf(o, &format!("out{i}"))))
-            .collect(),
-        Instr::Copy { dst, src, .. } | Instr::Cast { dst, src } | Instr::Reduce { dst, src, .. } => vec![buf(dst, "dst"), buf(src, "src")],
-        Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => vec![buf(dst, "dst")],
-        Instr::MatMul { c, a, b, .. } => vec![buf(c, "c"), buf(&a.buf, "a"), buf(&b.buf, "b")],
-        Instr::Gather { dst, table, index, .. } => vec![buf(dst, "dst"), buf(table, "table"), buf(index, "index"), (ParamRef::Status, "status".into())],
-        Instr::OneHot { dst, index, .. } => vec![buf(dst, "dst"), buf(index, "index"), (ParamRef::Status, "status".into())],
-        Instr::ScatterAdd { dst, updates, index, .. } => {
-            vec![buf(dst, "dst"), buf(updates, "updates"), buf(index, "index"), (ParamRef::Status, "status".into())]
-        }
-        Instr::Scan(_) => Vec::new(),
+    if matches!(instr, Instr::Scan(_) | Instr::Parallel { .. }) {
+        return Vec::new();
     }
-}
-
-/// The buffers `instr` writes.
-pub fn written(instr: &Instr) -> Vec<BufId> {
-    match instr {
-        Instr::Kernel { outs, .. } => outs.clone(),
-        Instr::MatMul { c, .. } => vec![*c],
-        Instr::Copy { dst, .. }
-        | Instr::Cast { dst, .. }
-        | Instr::Reduce { dst, .. }
-        | Instr::Fill { dst, .. }
-        | Instr::Iota { dst }
-        | Instr::TriMask { dst, .. }
-        | Instr::Gather { dst, .. }
-        | Instr::OneHot { dst, .. }
-        | Instr::ScatterAdd { dst, .. } => vec![*dst],
-        Instr::Scan(_) => Vec::new(),
-    }
+    let status = instr.checks_indices().then(|| (ParamRef::Status, "status".to_string()));
+    instr.uses().into_iter().map(|u| (ParamRef::Buf(u.buf), u.name)).chain(status).collect()
 }
 
 /// The kernel that carries out `instr` of `f` on its own (none for a scan: see [`crate::model`]).
 pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec]) -> Option<Generated> {
-    if matches!(instr, Instr::Scan(_)) {
+    if matches!(instr, Instr::Scan(_) | Instr::Parallel { .. }) {
         return None;
     }
     let params = params_of(instr);
@@ -243,7 +214,9 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 b.guarded(above, false, Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(to), offset: 0 }, src: vec![Val::F32(*fill)] });
             })
         }
-        Instr::Scan(_) => unreachable!("scans are driven by the model, not emitted as one instruction"),
+        Instr::Scan(_) | Instr::Parallel { .. } => {
+            unreachable!("scans are driven by the model, not emitted as one instruction; a GPU model is planned for one thread")
+        }
     }
 }
 
@@ -291,38 +264,6 @@ fn elements(b: &mut Builder, spread: Spread, total: usize, body: impl FnOnce(&mu
     }
     b.place(done);
     dims
-}
-
-/// Floating-point operations of one run of `instr` (a transcendental counts as one).
-pub fn instr_flops(specs: &[KernelSpec], instr: &Instr) -> u64 {
-    match instr {
-        Instr::Kernel { kernel, outer, rows, n, .. } => {
-            let ops = specs[*kernel].exprs.iter().filter(|e| matches!(e, Expr::Unary(..) | Expr::Binary(..))).count();
-            (outer.iter().product::<usize>() * rows * n * ops) as u64
-        }
-        Instr::MatMul { batch, m, n, k, .. } => 2 * (batch.iter().product::<usize>() * m * n * k) as u64,
-        Instr::Reduce { outer, len, inner, .. } => (outer * len * inner) as u64,
-        _ => 0,
-    }
-}
-
-/// Bytes of global memory one run of `instr` reads and writes (what it touches of each buffer).
-pub fn instr_bytes(f: &Function, instr: &Instr) -> u64 {
-    let size = |b: &BufId| f.bufs[*b].bytes();
-    (match instr {
-        Instr::Kernel { outer, rows, n, ins, outs, .. } => {
-            let elements = outer.iter().product::<usize>() * rows * n;
-            ins.iter().map(|i| size(&i.buf).min(4 * elements)).sum::<usize>() + outs.iter().map(size).sum::<usize>()
-        }
-        Instr::Copy { dst, copy, .. } => 2 * copy.shape.iter().product::<usize>() * elem_bytes(f.bufs[*dst].dtype),
-        Instr::MatMul { c, a, b, .. } => size(c) + size(&a.buf) + size(&b.buf),
-        Instr::Reduce { dst, src, .. } | Instr::Cast { dst, src } => size(dst) + size(src),
-        Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => size(dst),
-        Instr::Gather { dst, index, .. } => 2 * size(dst) + size(index),
-        Instr::OneHot { dst, index, .. } => size(dst) + size(index),
-        Instr::ScatterAdd { dst, updates, index, .. } => 2 * size(dst) + size(updates) + size(index),
-        Instr::Scan(_) => 0,
-    }) as u64
 }
 
 pub fn elem_bytes(d: DType) -> usize {

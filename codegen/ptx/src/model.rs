@@ -203,7 +203,7 @@ impl GpuModel {
                     dev.launch(l.kernel, l.grid, l.block, &params(l)).with_context(|| format!("kernel {} (a whole scan)", self.kernels[l.kernel].name))?;
                 }
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
-                    let nested = ws + f.arena as u64;
+                    let nested = ws + s.workspace_at as u64;
                     for run in s.runs() {
                         for i in run.first..run.first + run.count {
                             self.iteration(dev, f, s, (seqs, outputs), &ptr, (i, run), nested, status)?;
@@ -355,7 +355,7 @@ impl GpuModel {
                     k.serial_steps += times * w.serial_steps;
                 }
                 (_, Step::Launches(ls)) => {
-                    let (flops, moved) = (kernels::instr_flops(&self.schedule.specs, instr), kernels::instr_bytes(f, instr));
+                    let (flops, moved) = (instr.flops(&self.schedule.specs), instr.bytes(f));
                     for l in ls {
                         let w = &mut work[l.kernel];
                         w.launches += times;

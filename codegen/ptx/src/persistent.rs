@@ -11,7 +11,7 @@
 use anyhow::Result;
 use tttc_ir::interp::contiguous_strides;
 use tttc_lower::lanes;
-use tttc_lower::schedule::{self, BufId, Function, Home, Instr, ScanInstr};
+use tttc_lower::schedule::{self, Access, BufId, Function, Home, Instr, ScanInstr};
 
 use crate::build::Builder;
 use crate::isa::*;
@@ -77,17 +77,9 @@ fn regions(f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
             _ => Region::Work(f.bufs[r].offset, f.bufs[r].offset + f.bufs[r].bytes()),
         }
     };
-    let written = kernels::written(instr);
-    let mut reads = Vec::new();
-    for (p, _) in params_of(instr) {
-        if let ParamRef::Buf(b) = p {
-            // An in-place instruction reads what it writes.
-            if !written.contains(&b) || matches!(instr, Instr::TriMask { .. }) {
-                reads.push(region(b));
-            }
-        }
-    }
-    (reads, written.into_iter().map(region).collect())
+    let uses = instr.uses();
+    let with = |not: Access| uses.iter().filter(|u| u.access != not).map(|u| region(u.buf)).collect();
+    (with(Access::Write), with(Access::Read))
 }
 
 /// How a scan splits into lanes: one or more splits, each `width` lanes wide.
@@ -341,7 +333,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     work.bytes = generated.params.iter().map(|r| if let ParamRef::Buf(b) = r { f.bufs[*b].bytes() as u64 } else { 0 }).sum();
     for (body, iterations) in &bodies {
         for i in &body.functions[0].instrs {
-            work.flops += (count * iterations) as u64 * kernels::instr_flops(&body.specs, i);
+            work.flops += (count * iterations) as u64 * i.flops(&body.specs);
         }
     }
     Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, work }))

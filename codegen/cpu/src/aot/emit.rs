@@ -330,6 +330,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.unnest(loops);
             }
             Instr::Scan(s) => self.scan(s),
+            // One thread runs the parts one after the other.
+            Instr::Parallel { parts } => parts.iter().flatten().for_each(|i| self.instr(i)),
         }
     }
 
@@ -535,7 +537,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         }
         let a = self.b.ins().stack_addr(self.ptr, args, 0);
         let o = self.b.ins().stack_addr(self.ptr, outs, 0);
-        let w = self.b.ins().iadd_imm_s(self.ws, self.f.arena as i64);
+        let w = self.b.ins().iadd_imm_s(self.ws, s.workspace_at as i64);
         let call = self.b.ins().call(self.refs.functions[body], &[a, o, w]);
         let status = self.b.inst_results(call)[0];
         let ok = self.b.create_block();

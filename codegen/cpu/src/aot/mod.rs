@@ -53,33 +53,9 @@ impl CompiledModel {
             ensure!(t.dtype() == a.dtype && t.shape == a.shape, "argument {}: compiled for {} {:?}, got {t}", a.name, a.dtype, a.shape);
             ensure!(!matches!(t.data, Data::F64(_)), "argument {}: f64 data", a.name);
         }
-        let ptrs: Vec<*const u8> = args
-            .iter()
-            .map(|t| match &t.data {
-                Data::F32(v) => v.as_ptr() as *const u8,
-                Data::I64(v) => v.as_ptr() as *const u8,
-                Data::F64(v) => v.as_ptr() as *const u8,
-            })
-            .collect();
-        let mut outputs: Vec<Tensor> = sig
-            .outputs
-            .iter()
-            .map(|o| {
-                let n = o.shape.iter().product();
-                match o.dtype {
-                    DType::F32 => Tensor::f32(o.shape.clone(), vec![0.0; n]),
-                    DType::I64 => Tensor::i64(o.shape.clone(), vec![0; n]),
-                }
-            })
-            .collect();
-        let out_ptrs: Vec<*mut u8> = outputs
-            .iter_mut()
-            .map(|t| match &mut t.data {
-                Data::F32(v) => v.as_mut_ptr() as *mut u8,
-                Data::I64(v) => v.as_mut_ptr() as *mut u8,
-                Data::F64(v) => v.as_mut_ptr() as *mut u8,
-            })
-            .collect();
+        let ptrs: Vec<*const u8> = args.iter().map(|t| t.as_ptr()).collect();
+        let mut outputs: Vec<Tensor> = sig.outputs.iter().map(|o| Tensor::zeros(o.dtype, o.shape.clone())).collect();
+        let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(Tensor::as_mut_ptr).collect();
         let mut workspace = vec![0u64; sig.workspace_bytes.div_ceil(8)];
         // SAFETY: the arguments have the compiled shapes (checked above), the outputs and the
         // workspace the compiled sizes.
