@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::graph::{Graph, ValueId};
 use crate::infer::concrete_bounds;
+use crate::layout::{broadcast_shape, broadcast_strides, contiguous_strides, reduction, split_at_axis};
 use crate::op::{BinaryOp, Op, ReduceKind, Scan, UnaryOp};
 use crate::tensor::{Data, Tensor};
 use crate::types::{DType, DimEnv};
@@ -392,48 +393,6 @@ fn binary(b: BinaryOp, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(Tensor { shape, data })
 }
 
-/// The NumPy broadcast of two shapes.
-pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
-    let r = a.len().max(b.len());
-    (0..r)
-        .map(|i| {
-            let da = (i + a.len()).checked_sub(r).map(|j| a[j]).unwrap_or(1);
-            let db = (i + b.len()).checked_sub(r).map(|j| b[j]).unwrap_or(1);
-            match (da, db) {
-                (x, y) if x == y => Ok(x),
-                (1, y) => Ok(y),
-                (x, 1) => Ok(x),
-                (x, y) => bail!("cannot broadcast {a:?} with {b:?} ({x} vs {y})"),
-            }
-        })
-        .collect()
-}
-
-/// Row-major strides (in elements) of a contiguous tensor of `shape`.
-pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
-
-/// Strides that read a tensor of shape `from` as if it had shape `to` (0 along broadcast axes).
-pub fn broadcast_strides(from: &[usize], to: &[usize]) -> Result<Vec<usize>> {
-    ensure!(from.len() <= to.len(), "cannot broadcast {from:?} to {to:?}");
-    let lead = to.len() - from.len();
-    let fs = contiguous_strides(from);
-    let mut s = vec![0; to.len()];
-    for i in 0..from.len() {
-        if from[i] == to[lead + i] {
-            s[lead + i] = fs[i];
-        } else {
-            ensure!(from[i] == 1, "cannot broadcast {from:?} to {to:?}");
-        }
-    }
-    Ok(s)
-}
-
 /// Calls `f(offset)` for every index of `shape` in row-major order, with the offset that `strides` give.
 fn for_each_offset(shape: &[usize], strides: &[usize], base: usize, mut f: impl FnMut(usize)) {
     let n: usize = shape.iter().product();
@@ -501,10 +460,6 @@ fn slice(t: &Tensor, axis: usize, start: usize, end: usize) -> Tensor {
 }
 
 /// `[outer, len, inner]` view of a shape around `axis`.
-fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
-}
-
 fn concat(ts: &[&Tensor], axis: usize) -> Tensor {
     fn cat<T: Copy>(parts: &[(&[T], usize)], outer: usize, inner: usize) -> Vec<T> {
         let total: usize = parts.iter().map(|(v, _)| v.len()).sum();
@@ -622,21 +577,6 @@ fn scatter_add(updates: &Tensor, index: &Tensor, depth: usize) -> Result<Tensor>
 fn reduce(t: &Tensor, kind: ReduceKind, axis: usize, keepdim: bool) -> Result<Tensor> {
     let (outer, len, inner, shape) = reduction(&t.shape, kind, axis, keepdim)?;
     Ok(map_float!(t, shape, |v| reduce_kernel(v, kind, outer, len, inner)))
-}
-
-/// A reduction's `[outer, len, inner]` view of `shape` around `axis`, and its result's shape;
-/// an error for a max or mean over an empty axis.
-pub fn reduction(shape: &[usize], kind: ReduceKind, axis: usize, keepdim: bool) -> Result<(usize, usize, usize, Vec<usize>)> {
-    ensure!(axis < shape.len(), "reduction axis {axis} out of range for shape {shape:?}");
-    let (outer, len, inner) = split_at_axis(shape, axis);
-    ensure!(len > 0 || kind == ReduceKind::Sum, "reduction over an empty axis");
-    let mut out = shape.to_vec();
-    if keepdim {
-        out[axis] = 1;
-    } else {
-        out.remove(axis);
-    }
-    Ok((outer, len, inner, out))
 }
 
 fn reduce_kernel<R: Real>(v: &[R], kind: ReduceKind, outer: usize, len: usize, inner: usize) -> Vec<R> {

@@ -4,6 +4,7 @@
 mod graph;
 mod infer;
 pub mod interp;
+pub mod layout;
 mod op;
 mod tensor;
 pub mod text;

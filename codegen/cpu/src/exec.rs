@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use tttc_ir::interp::contiguous_strides;
+use tttc_ir::layout::contiguous_strides;
 use tttc_ir::{DType, ReduceKind};
 use tttc_lower::schedule::{elem_bytes, Function, Home, Instr, KernelInput, Operand, ScanInstr, Schedule, Slicing, Strided};
 

@@ -2,7 +2,7 @@
 //! the planner collects), and how a launch walks that shape in rows.
 
 use anyhow::{ensure, Result};
-use tttc_ir::interp::broadcast_strides;
+use tttc_ir::layout::broadcast_strides;
 use tttc_ir::{BinaryOp, UnaryOp};
 
 /// One value of a kernel, in evaluation order: operands refer to earlier entries.

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use tttc_ir::interp::{broadcast_shape, broadcast_strides, contiguous_strides, reduction};
+use tttc_ir::layout::{broadcast_shape, broadcast_strides, contiguous_strides, reduction};
 use tttc_ir::{DType, DimEnv, Graph, Op, ReduceKind, ValueId};
 
 use crate::elementwise::{row_layout, Expr, KernelSpec, RowLayout};

@@ -282,11 +282,11 @@ fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels) -> Step {
             return PieceCopies::default();
         }
         let buf = &f.bufs[sl.buf];
-        let strides = tttc_ir::interp::contiguous_strides(&buf.shape);
+        let strides = tttc_ir::layout::contiguous_strides(&buf.shape);
         let mut make = |len: usize| -> Launch {
             let mut shape = buf.shape.clone();
             shape[s.axis] = if sl.per == 1 { 1 } else { len };
-            let piece_strides = tttc_ir::interp::contiguous_strides(&shape);
+            let piece_strides = tttc_ir::layout::contiguous_strides(&shape);
             let (dst_strides, src_strides) = if back { (strides.clone(), piece_strides) } else { (piece_strides, strides.clone()) };
             let copy = Strided { shape, dst_at: 0, dst_strides, src_at: 0, src_strides }.simplified();
             kernels.add(kernels::copy_kernel(&copy, elem_bytes(buf.dtype), Vec::new()))

@@ -9,7 +9,7 @@
 //! run on tensor cores ([`crate::gemm`]). Memory is addressed generically, shared or global.
 
 use anyhow::Result;
-use tttc_ir::interp::contiguous_strides;
+use tttc_ir::layout::contiguous_strides;
 use tttc_lower::lanes;
 use tttc_lower::schedule::{self, Access, BufId, Function, Home, Instr, ScanInstr};
 

@@ -198,7 +198,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let in_bases: Vec<Value> = ins.iter().map(|i| self.base(i.buf)).collect();
                 let out_bases: Vec<Value> = outs.iter().map(|&o| self.base(o)).collect();
                 let (index, loops) = self.nest(outer);
-                let out_strides: Vec<usize> = tttc_ir::interp::contiguous_strides(outer).iter().map(|s| s * rows * n).collect();
+                let out_strides: Vec<usize> = tttc_ir::layout::contiguous_strides(outer).iter().map(|s| s * rows * n).collect();
                 for (j, input) in ins.iter().enumerate() {
                     let at = self.dot(&index, &input.strides);
                     let p = self.offset(in_bases[j], at, 4);
@@ -217,7 +217,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             Instr::MatMul { c, a, b, batch, m, n, k } => {
                 let (cb, ab, bb) = (self.base(*c), self.base(a.buf), self.base(b.buf));
                 let (index, loops) = self.nest(batch);
-                let c_strides: Vec<usize> = tttc_ir::interp::contiguous_strides(batch).iter().map(|s| s * m * n).collect();
+                let c_strides: Vec<usize> = tttc_ir::layout::contiguous_strides(batch).iter().map(|s| s * m * n).collect();
                 let at = self.dot(&index, &c_strides);
                 let cp = self.offset(cb, at, 4);
                 let at = self.dot(&index, &a.batch_strides);
@@ -492,12 +492,12 @@ impl<'a, 'b> Emitter<'a, 'b> {
         // Where chunk k's piece of a sequence starts, in elements, and the piece's copy.
         let piece = |e: &mut Self, slicing: &tttc_lower::schedule::Slicing| -> (Value, Strided, usize) {
             let buf = &e.f.bufs[slicing.buf];
-            let strides = tttc_ir::interp::contiguous_strides(&buf.shape);
+            let strides = tttc_ir::layout::contiguous_strides(&buf.shape);
             let along = strides[s.axis];
             let mut shape = buf.shape.clone();
             shape[s.axis] = if slicing.per == 1 { 1 } else { len };
             let at = e.b.ins().imul_imm_s(k, (slicing.per * along) as i64);
-            let piece_strides = tttc_ir::interp::contiguous_strides(&shape);
+            let piece_strides = tttc_ir::layout::contiguous_strides(&shape);
             (at, Strided { shape, dst_at: 0, dst_strides: piece_strides, src_at: 0, src_strides: strides }, elem_bytes(buf.dtype))
         };
         for (j, slicing) in s.seqs.iter().enumerate() {
