@@ -628,10 +628,17 @@ impl Builder<'_> {
                 let node = &g.nodes[*i];
                 let Op::Reduce { kind, axis, keepdim } = node.op else { bail!("not a reduction") };
                 let src = get(vals, &node.inputs[0])?;
-                let (outer, len, inner, _) = reduction(&self.bufs[src].shape, kind, axis, keepdim)?;
-                let dst = self.fresh(g, node.outputs[0], wanted)?;
+                let (outer, len, inner, shape) = reduction(&self.bufs[src].shape, kind, axis, keepdim)?;
+                // Along an axis of length 1 (a batch of one, summed in a gradient) the result is
+                // its operand, reshaped.
+                let dst = if len == 1 && !wanted.contains_key(&node.outputs[0]) {
+                    self.buf(DType::F32, shape, Home::Alias(src))
+                } else {
+                    let dst = self.fresh(g, node.outputs[0], wanted)?;
+                    self.instrs.push(Instr::Reduce { dst, src, kind, outer, len, inner });
+                    dst
+                };
                 vals.insert(node.outputs[0], dst);
-                self.instrs.push(Instr::Reduce { dst, src, kind, outer, len, inner });
                 Ok(())
             }
             Step::Fused(i, body) => {
