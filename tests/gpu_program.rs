@@ -31,18 +31,25 @@ impl Integrator<'_> {
         let func = &self.program["functions"][f];
         let buffers = func["buffers"].as_array().unwrap();
         let address = |mut b: usize| -> u64 {
+            let mut at = 0;
             loop {
                 let home = &buffers[b]["home"];
                 if let Some(a) = home["alias"].as_u64() {
                     b = a as usize;
                     continue;
                 }
-                return match (home["arg"].as_u64(), home["output"].as_u64(), home["workspace"].as_u64()) {
-                    (Some(j), _, _) => args[j as usize],
-                    (_, Some(j), _) => outs[j as usize],
-                    (_, _, Some(offset)) => ws + offset,
-                    _ => panic!("buffer {b} has no home"),
-                };
+                if let Some(v) = home["view"].as_u64() {
+                    at += home["at_bytes"].as_u64().unwrap();
+                    b = v as usize;
+                    continue;
+                }
+                return at
+                    + match (home["arg"].as_u64(), home["output"].as_u64(), home["workspace"].as_u64()) {
+                        (Some(j), _, _) => args[j as usize],
+                        (_, Some(j), _) => outs[j as usize],
+                        (_, _, Some(offset)) => ws + offset,
+                        _ => panic!("buffer {b} has no home"),
+                    };
             }
         };
         let bytes = |b: usize| -> u64 {

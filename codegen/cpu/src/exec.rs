@@ -63,13 +63,14 @@ impl Machine<'_> {
         let f = &self.schedule.functions[fi];
         let at = (0..f.bufs.len())
             .map(|b| {
-                let r = f.root(b);
-                Shared(match f.bufs[r].home {
+                let (r, at) = f.locate(b);
+                let base = match f.bufs[r].home {
                     Home::Arg(j) => args[j] as *mut u8,
                     Home::Out(j) => outs[j],
                     Home::Work => workspace.add(f.bufs[r].offset),
-                    Home::Alias(_) => unreachable!("root() follows aliases"),
-                })
+                    Home::Alias(_) | Home::View { .. } => unreachable!("locate() follows aliases and views"),
+                };
+                Shared(base.add(at))
             })
             .collect();
         let frame = Frame { f, at, workspace };

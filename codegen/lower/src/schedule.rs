@@ -26,6 +26,9 @@ pub enum Home {
     Work,
     /// Another buffer's memory (a reshape).
     Alias(BufId),
+    /// A contiguous piece of another buffer's memory, `at` bytes in (one lane's slice of a scan's
+    /// operand or result).
+    View { of: BufId, at: usize },
 }
 
 pub struct Buf {
@@ -410,11 +413,24 @@ pub struct Function {
 
 impl Function {
     /// The buffer whose memory `b` is.
-    pub fn root(&self, mut b: BufId) -> BufId {
-        while let Home::Alias(a) = self.bufs[b].home {
-            b = a;
+    pub fn root(&self, b: BufId) -> BufId {
+        self.locate(b).0
+    }
+
+    /// Where `b`'s memory is: in buffer `root` (an argument, an output or the workspace's),
+    /// `at` bytes from its start.
+    pub fn locate(&self, mut b: BufId) -> (BufId, usize) {
+        let mut at = 0;
+        loop {
+            match self.bufs[b].home {
+                Home::Alias(a) => b = a,
+                Home::View { of, at: more } => {
+                    b = of;
+                    at += more;
+                }
+                Home::Arg(_) | Home::Out(_) | Home::Work => return (b, at),
+            }
         }
-        b
     }
 }
 
@@ -705,11 +721,31 @@ impl Builder<'_> {
         }
     }
 
+    /// Lane `k` of `parts` of buffer `b` along `axis`: a view of its memory when the lane is
+    /// contiguous (every axis before `axis` has length 1), else a buffer of its own with the copy
+    /// from `b` into it.
+    fn lane_piece(&mut self, b: BufId, axis: usize, k: usize, parts: usize) -> Result<(BufId, Option<Strided>)> {
+        let (dtype, whole) = (self.bufs[b].dtype, self.bufs[b].shape.clone());
+        ensure!(whole[axis].is_multiple_of(parts), "lane axis of {whole:?} does not split into {parts}");
+        let mut shape = whole.clone();
+        shape[axis] /= parts;
+        let strides = contiguous_strides(&whole);
+        let at = k * shape[axis] * strides[axis];
+        if whole[..axis].iter().all(|&d| d == 1) {
+            return Ok((self.buf(dtype, shape, Home::View { of: b, at: at * elem_bytes(dtype) }), None));
+        }
+        let piece = self.buf(dtype, shape.clone(), Home::Work);
+        Ok((piece, Some(Strided { dst_strides: contiguous_strides(&shape), shape, dst_at: 0, src_at: at, src_strides: strides }.simplified())))
+    }
+
     /// Whether the one node that reads value `v` of `g` is the one being scheduled and `v`'s
     /// buffer `b` is its own (in the workspace, no other value's memory).
     fn last_read(&self, g: &Graph, v: ValueId, b: BufId) -> bool {
         let readers = g.nodes.iter().filter(|n| n.inputs.contains(&v)).count();
-        readers == 1 && !g.outputs.iter().any(|(_, o)| *o == v) && self.bufs[b].home == Home::Work && !self.bufs.iter().any(|x| x.home == Home::Alias(b))
+        readers == 1
+            && !g.outputs.iter().any(|(_, o)| *o == v)
+            && self.bufs[b].home == Home::Work
+            && !self.bufs.iter().any(|x| matches!(x.home, Home::Alias(of) | Home::View { of, .. } if of == b))
     }
 
     fn tri_mask(&mut self, dst: BufId, shape: &[usize], fill: f64) -> Result<()> {
@@ -957,27 +993,18 @@ impl Builder<'_> {
     /// every operand that has lanes, running the narrower scan and copying its results into
     /// their slices of `outs`.
     fn lanes(&mut self, lanes: &LaneScan, ins: &[BufId], outs: &[BufId]) -> Result<()> {
-        let parts = lanes.parts;
-        // Buffer `b`'s slice `k` of `parts` along `axis`: its shape, and where it starts.
-        let slice = |b: &Buf, axis: usize, k: usize| -> Result<(Vec<usize>, usize, Vec<usize>)> {
-            ensure!(b.shape[axis].is_multiple_of(parts), "lane axis of {:?} does not split into {parts}", b.shape);
-            let mut shape = b.shape.clone();
-            shape[axis] /= parts;
-            let strides = contiguous_strides(&b.shape);
-            Ok((shape.clone(), k * shape[axis] * strides[axis], strides))
-        };
         let mut all = Vec::new();
-        for k in 0..parts {
+        for k in 0..lanes.parts {
             let start = self.instrs.len();
             let mut part_ins = Vec::new();
             for (&b, lane) in ins.iter().zip(&lanes.operand_lanes) {
                 part_ins.push(match lane {
                     Some(axis) => {
-                        let (shape, at, strides) = slice(&self.bufs[b], *axis, k)?;
-                        let dst = self.buf(self.bufs[b].dtype, shape.clone(), Home::Work);
-                        let copy = Strided { dst_strides: contiguous_strides(&shape), shape, dst_at: 0, src_at: at, src_strides: strides };
-                        self.instrs.push(Instr::Copy { dst, src: b, copy: copy.simplified() });
-                        dst
+                        let (piece, copy) = self.lane_piece(b, *axis, k, lanes.parts)?;
+                        if let Some(copy) = copy {
+                            self.instrs.push(Instr::Copy { dst: piece, src: b, copy });
+                        }
+                        piece
                     }
                     None => b,
                 });
@@ -985,14 +1012,17 @@ impl Builder<'_> {
             let mut placements = Vec::new();
             let mut part_outs = Vec::new();
             for (&b, &axis) in outs.iter().zip(&lanes.result_lanes) {
-                let (shape, at, strides) = slice(&self.bufs[b], axis, k)?;
-                let src = self.buf(self.bufs[b].dtype, shape.clone(), Home::Work);
-                part_outs.push(src);
-                placements.push((b, src, Strided { src_strides: contiguous_strides(&shape), shape, dst_at: at, dst_strides: strides, src_at: 0 }));
+                let (piece, copy) = self.lane_piece(b, axis, k, lanes.parts)?;
+                part_outs.push(piece);
+                if let Some(c) = copy {
+                    // Back from the piece to its place: the copy's two sides swapped.
+                    let back = Strided { shape: c.shape, dst_at: c.src_at, dst_strides: c.src_strides, src_at: c.dst_at, src_strides: c.dst_strides };
+                    placements.push((b, piece, back));
+                }
             }
             self.scan(&lanes.scan, &lanes.body, &part_ins, &part_outs)?;
             for (dst, src, copy) in placements {
-                self.instrs.push(Instr::Copy { dst, src, copy: copy.simplified() });
+                self.instrs.push(Instr::Copy { dst, src, copy });
             }
             all.push(self.instrs.drain(start..).collect());
         }

@@ -174,13 +174,14 @@ impl GpuModel {
     fn call(&self, dev: &mut dyn Device, fi: usize, args: &[u64], outs: &[u64], ws: u64, status: u64) -> Result<()> {
         let f = &self.schedule.functions[fi];
         let ptr = |b: BufId| -> u64 {
-            let r = f.root(b);
-            match f.bufs[r].home {
-                Home::Arg(j) => args[j],
-                Home::Out(j) => outs[j],
-                Home::Work => ws + f.bufs[r].offset as u64,
-                Home::Alias(_) => unreachable!("root() follows aliases"),
-            }
+            let (r, at) = f.locate(b);
+            at as u64
+                + match f.bufs[r].home {
+                    Home::Arg(j) => args[j],
+                    Home::Out(j) => outs[j],
+                    Home::Work => ws + f.bufs[r].offset as u64,
+                    Home::Alias(_) | Home::View { .. } => unreachable!("locate() follows aliases and views"),
+                }
         };
         let params = |l: &Launch| -> Vec<u64> {
             l.params
@@ -425,6 +426,7 @@ impl GpuModel {
                         Home::Out(j) => json!({ "output": j }),
                         Home::Work => json!({ "workspace": b.offset }),
                         Home::Alias(a) => json!({ "alias": a }),
+                        Home::View { of, at } => json!({ "view": of, "at_bytes": at }),
                     };
                     json!({ "dtype": b.dtype.name(), "shape": b.shape, "home": home })
                 }).collect();

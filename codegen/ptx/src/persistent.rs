@@ -70,11 +70,11 @@ impl Pending {
 /// The regions `instr` reads and writes.
 fn regions(f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
     let region = |b: BufId| {
-        let r = f.root(b);
+        let (r, at) = f.locate(b);
         match f.bufs[r].home {
             Home::Arg(j) => Region::Arg(j),
             Home::Out(j) => Region::Out(j),
-            _ => Region::Work(f.bufs[r].offset, f.bufs[r].offset + f.bufs[r].bytes()),
+            _ => Region::Work(f.bufs[r].offset + at, f.bufs[r].offset + at + f.bufs[b].bytes()),
         }
     };
     let uses = instr.uses();
@@ -298,12 +298,18 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
                 .into_iter()
                 .map(|(p, _)| match p {
                     ParamRef::Buf(x) => {
-                        let r = body.root(x);
-                        match body.bufs[r].home {
-                            Home::Arg(j) => args[j],
-                            Home::Out(j) => outs[j],
-                            Home::Work => b.bin(BinOp::Add, Ty::U64, lane_ws, Val::Int(body.bufs[r].offset as i64)),
-                            Home::Alias(_) => unreachable!("root() follows aliases"),
+                        let (r, at) = body.locate(x);
+                        let (base, offset) = match body.bufs[r].home {
+                            Home::Arg(j) => (args[j], at),
+                            Home::Out(j) => (outs[j], at),
+                            // The lane's workspace is a register: its buffers always need the add.
+                            Home::Work => return b.bin(BinOp::Add, Ty::U64, lane_ws, Val::Int((body.bufs[r].offset + at) as i64)),
+                            Home::Alias(_) | Home::View { .. } => unreachable!("locate() follows aliases and views"),
+                        };
+                        if offset == 0 {
+                            base
+                        } else {
+                            b.bin(BinOp::Add, Ty::U64, base, Val::Int(offset as i64))
                         }
                     }
                     ParamRef::Status => status,

@@ -137,13 +137,18 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// The address of buffer `buf`'s first element.
     fn base(&mut self, buf: BufId) -> Value {
-        let root = self.f.root(buf);
+        let (root, at) = self.f.locate(buf);
         let r = &self.f.bufs[root];
-        match r.home {
+        let base = match r.home {
             Home::Arg(j) => self.b.ins().load(self.ptr, mem(), self.args, (8 * j) as i32),
             Home::Out(j) => self.b.ins().load(self.ptr, mem(), self.outs, (8 * j) as i32),
             Home::Work => self.b.ins().iadd_imm_s(self.ws, r.offset as i64),
-            Home::Alias(_) => unreachable!("roots are not aliases"),
+            Home::Alias(_) | Home::View { .. } => unreachable!("roots are not aliases or views"),
+        };
+        if at == 0 {
+            base
+        } else {
+            self.b.ins().iadd_imm_s(base, at as i64)
         }
     }
 
