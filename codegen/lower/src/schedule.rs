@@ -702,6 +702,13 @@ impl Builder<'_> {
                         let ty = g.ty(out);
                         self.buf(ty.dtype, self.shape_of(g, out)?, Home::Alias(ins[0]))
                     }
+                    // A slice of contiguous memory (every axis before the sliced one has length
+                    // 1: a sequence's shifted window) is a view of it.
+                    Op::Slice { axis, start, .. } if self.bufs[ins[0]].shape[..*axis].iter().all(|&d| d == 1) => {
+                        let (from, dtype) = (self.bufs[ins[0]].shape.clone(), self.bufs[ins[0]].dtype);
+                        let at = slice_start(*start, from[*axis]) * contiguous_strides(&from)[*axis] * elem_bytes(dtype);
+                        self.buf(dtype, self.shape_of(g, out)?, Home::View { of: ins[0], at })
+                    }
                     // Masked in place when nothing else reads the scores (attention's).
                     Op::TriMask { fill } if !wanted.contains_key(&out) && self.last_read(g, node.inputs[0], ins[0]) => {
                         let shape = self.bufs[ins[0]].shape.clone();
@@ -832,7 +839,7 @@ impl Builder<'_> {
             }
             Op::Slice { axis, start, .. } => {
                 let from = &self.bufs[ins[0]].shape;
-                let start = if *start < 0 { (from[*axis] as i64 + start).max(0) as usize } else { (*start as usize).min(from[*axis]) };
+                let start = slice_start(*start, from[*axis]);
                 let src = contiguous_strides(from);
                 self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(start * src[*axis], src) });
             }
@@ -1028,6 +1035,15 @@ impl Builder<'_> {
         }
         self.instrs.push(Instr::Parallel { parts: all });
         Ok(())
+    }
+}
+
+/// Where a slice starting at `start` (negative: from the end) begins on an axis of length `len`.
+fn slice_start(start: i64, len: usize) -> usize {
+    if start < 0 {
+        (len as i64 + start).max(0) as usize
+    } else {
+        (start as usize).min(len)
     }
 }
 
