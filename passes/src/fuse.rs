@@ -1,7 +1,8 @@
 //! Operator fusion: the `fuse` pass partitions the top-level graph into regions and wraps each
-//! region of more than one node in a `fused` node, whose body is the region's nodes. The fused
-//! graph is what backends consume: one kernel per region, the values inside a region never
-//! materialised.
+//! region of more than one node in a `fused` node, whose body is the region's nodes: what should
+//! run as one kernel, the values inside never materialised. The backends do not deliver that yet
+//! (docs/passes.md, "What the backends do with regions"): the schedule inlines the body, so runs
+//! of same-shape elementwise ops become one kernel but a product's result is stored first.
 //!
 //! Rules, over the top-level node list:
 //!
