@@ -239,8 +239,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     decode_tokens: u64,
     /// Where tttc's layers execute.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    backend: &'static dyn tttc_runtime::Backend,
     /// Timed calls per configuration (at least).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     reps: u64,
@@ -318,8 +318,8 @@ struct RunArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Where the graph executes.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    backend: &'static dyn tttc_runtime::Backend,
     /// Safetensors file to write the state after the sequence to: what decoding would continue
     /// from (TTT's inner weights, gradient sums and position; Mamba's scan state; Llama's KV
     /// cache; the convolutions' last inputs). docs/state.md lists the names and shapes.
@@ -369,8 +369,8 @@ struct GenerateArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Where the graphs execute.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    backend: &'static dyn tttc_runtime::Backend,
     /// Safetensors file with a state to start from, as `tttc run --state-out` writes it: the
     /// prompt continues the sequence that state ended (docs/state.md).
     #[arg(long, value_name = "S")]
@@ -439,37 +439,15 @@ struct TrainArgs {
     #[arg(long, value_name = "STEP", value_parser = clap::value_parser!(u64).range(1..))]
     stop_after: Option<u64>,
     /// Where the graphs execute.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    backend: &'static dyn tttc_runtime::Backend,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum BackendArg {
-    /// The reference interpreter.
-    Interp,
-    /// Native code for this machine (Cranelift kernels, gemm matrix products).
-    Cpu,
-    /// The whole graph compiled ahead of time at the input's sizes, one thread: the code
-    /// `tttc compile` writes to cpu/model.o, run in this process (compiled once per set of sizes).
-    CpuModel,
-    /// The graph's PTX kernels (as `tttc compile` writes them) executed on this CPU by the PTX
-    /// simulator, every thread with bounds and race checks: slow, for checking.
-    PtxSim,
-    /// The same PTX kernels on GPU 0 through the CUDA driver, loaded at run time (without a GPU
-    /// it says so).
-    Cuda,
-}
-
-impl From<BackendArg> for tttc_runtime::Backend {
-    fn from(b: BackendArg) -> Self {
-        match b {
-            BackendArg::Interp => tttc_runtime::Backend::Interp,
-            BackendArg::Cpu => tttc_runtime::Backend::Cpu,
-            BackendArg::CpuModel => tttc_runtime::Backend::CpuModel,
-            BackendArg::PtxSim => tttc_runtime::Backend::PtxSim,
-            BackendArg::Cuda => tttc_runtime::Backend::Cuda,
-        }
-    }
+/// `--backend`: a name from the runtime's registry, each listed in `--help` with its line.
+fn backend_parser() -> impl clap::builder::TypedValueParser<Value = &'static dyn tttc_runtime::Backend> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let names = tttc_runtime::backends().iter().map(|b| PossibleValue::new(b.name()).help(b.about()));
+    PossibleValuesParser::new(names).map(|name| tttc_runtime::backend(&name).expect("clap checked the name"))
 }
 
 fn main() -> ExitCode {
@@ -552,12 +530,12 @@ fn structure_only(model: &Path) -> Result<tttc_ir::Graph> {
 }
 
 /// The model and the `input_ids` that `grad` reads.
-fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor, tttc_runtime::Backend)> {
+fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor, &'static dyn tttc_runtime::Backend)> {
     let model = load_model(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
     anyhow::ensure!(!inputs.contains_key("cu_seqlens"), "tttc grad takes no packed batch (cu_seqlens): give each sequence its own run");
-    let backend = args.backend.into();
+    let backend = args.backend;
     Ok((model, ids, backend))
 }
 
@@ -569,7 +547,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let model = load_model(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
-    let backend = args.backend.into();
+    let backend = args.backend;
     let start = read_state(args.state_in.as_deref())?;
     let (out, states): (tttc_runtime::Forward, Option<Vec<(String, tttc_ir::Tensor)>>) = match (inputs.remove("cu_seqlens"), start) {
         (Some(cu), start) => {
@@ -670,7 +648,7 @@ fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: B
         sequences: a.packed_sequences as usize,
         min_len,
         max_len,
-        backend: a.backend.into(),
+        backend: a.backend,
         reps: a.reps as usize,
     };
     let lengths = packed::lengths(req.sequences, min_len, max_len);
@@ -711,7 +689,7 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
         layers,
         depths: a.depths.clone(),
         contexts: a.contexts.clone(),
-        backend: a.backend.into(),
+        backend: a.backend,
         tokens: a.decode_tokens as usize,
         peers,
         profile: a.profile,
@@ -818,7 +796,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     // One prompt with a tokenizer streams its text; a batch prints each row at the end.
     let stream = has_tokenizer && prompt.shape.first() == Some(&1);
     let mut stdout = std::io::stdout();
-    let out = decoder.generate(&model.weights, &prompt, start.as_ref(), a.max_new_tokens, &sampling, a.backend.into(), |_, next| {
+    let out = decoder.generate(&model.weights, &prompt, start.as_ref(), a.max_new_tokens, &sampling, a.backend, |_, next| {
         if stream {
             let _ = stdout.write_all(&[next[0].clamp(0, 255) as u8]);
             let _ = stdout.flush();
@@ -887,7 +865,7 @@ fn train(a: TrainArgs) -> Result<()> {
         log_every: n(a.log_every),
         checkpoint_every: n(a.checkpoint_every),
     };
-    let backend = a.backend.into();
+    let backend = a.backend;
     let summary = tttc_runtime::train(&tttc_runtime::TrainRequest {
         model: a.model,
         data: a.data,
@@ -937,8 +915,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     if a.packed {
         return bench_packed(a, layers, files);
     }
-    let req =
-        bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile, grad: a.grad };
+    let req = bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend, reps: a.reps as usize, peers, profile: a.profile, grad: a.grad };
     if a.grad {
         println!("Forward + backward: the gradient of sum(y · r) with respect to the input and every parameter.\n");
     }

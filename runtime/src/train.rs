@@ -92,7 +92,7 @@ pub struct TrainRequest {
     /// all `steps`.
     pub stop_after: Option<usize>,
     pub choices: OptionChoices,
-    pub backend: Backend,
+    pub backend: &'static dyn Backend,
 }
 
 /// What a finished run reports.
@@ -355,7 +355,7 @@ impl Evaluator {
     }
 
     /// The mean loss over the fixed validation batches.
-    fn loss(&self, model: &Model, backend: Backend) -> Result<f64> {
+    fn loss(&self, model: &Model, backend: &dyn Backend) -> Result<f64> {
         let mut sum = 0.0;
         for ids in &self.batches {
             let outs = self.graph.run(&model.weights, ids, backend)?;

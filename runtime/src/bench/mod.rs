@@ -124,7 +124,7 @@ pub struct Peers {
 pub struct BenchRequest {
     pub layers: Vec<Layer>,
     pub seq_lens: Vec<usize>,
-    pub backend: Backend,
+    pub backend: &'static dyn Backend,
     pub reps: usize,
     pub peers: Option<Peers>,
     /// Profile one more call of each tttc configuration (CPU backend).
@@ -175,7 +175,7 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
             let first_s = start.elapsed().as_secs_f64();
             let times = time_calls(req.reps, || run().map(|_| ()))?;
             let mut profile = Vec::new();
-            if req.profile && req.backend == Backend::Cpu {
+            if req.profile && req.backend.capabilities().profiled {
                 profile = profiled(|| run().map(|_| ()))?;
             }
             let timing = Timing {
@@ -338,7 +338,7 @@ pub fn compile_time() -> Result<(f64, f64)> {
 /// One gradient step (forward and backward through every layer, rematerialised) of a 2-layer
 /// model at the 125m width on `t` tokens, timed over at most three calls after a warm-up: (median
 /// ms, time to build and compile the step in s).
-pub fn gradient_step(t: usize, backend: Backend, reps: usize, profile: bool, peers: Option<&Peers>) -> Result<GradientTiming> {
+pub fn gradient_step(t: usize, backend: &dyn Backend, reps: usize, profile: bool, peers: Option<&Peers>) -> Result<GradientTiming> {
     let config = lm_125m(2)?;
     let builder = tttc_frontends::build(&config)?;
     let weights = tttc_frontends::init::initialise(&builder, 0);
@@ -349,7 +349,7 @@ pub fn gradient_step(t: usize, backend: Backend, reps: usize, profile: bool, pee
     let mut rng = tttc_frontends::rng::SplitMix64::keyed(2, "bench tokens");
     let ids = Tensor::i64(vec![1, t], (0..t).map(|_| rng.below(32000) as i64).collect());
     let (median_ms, _) = time_calls(reps.min(3), || step.run(&model.weights, &ids, backend).map(|_| ()))?;
-    let profile = if profile && backend == Backend::Cpu { profiled(|| step.run(&model.weights, &ids, backend).map(|_| ()))? } else { Vec::new() };
+    let profile = if profile && backend.capabilities().profiled { profiled(|| step.run(&model.weights, &ids, backend).map(|_| ()))? } else { Vec::new() };
     let eager_ms = match peers {
         Some(p) => {
             let extra: Vec<String> =

@@ -20,7 +20,7 @@ pub struct PackedRequest {
     pub sequences: usize,
     pub min_len: usize,
     pub max_len: usize,
-    pub backend: Backend,
+    pub backend: &'static dyn Backend,
     pub reps: usize,
 }
 
