@@ -1,7 +1,5 @@
 //! The `tttc` command line.
 
-mod compile;
-
 // Tensors are large and short-lived: an allocator that keeps freed pages for the next tensor
 // avoids the page faults (and zeroing) of the system allocator's mmap for every large value.
 #[global_allocator]
@@ -514,13 +512,18 @@ fn dispatch(command: Command) -> Result<()> {
             print!("{}", tttc_ir::text::print(&graph));
             Ok(())
         }
-        Command::Compile { model, output, batch, seq_len, resume_at } => compile::compile(&compile::Request {
-            model: &model,
-            out: output.as_deref(),
-            batch: usize::try_from(batch).context("--batch is too large")?,
-            seq_len: usize::try_from(seq_len).context("--seq-len is too large")?,
-            resume_at,
-        }),
+        Command::Compile { model, output, batch, seq_len, resume_at } => {
+            let request = tttc_compile::Request {
+                model: &model,
+                out: output.as_deref(),
+                batch: usize::try_from(batch).context("--batch is too large")?,
+                seq_len: usize::try_from(seq_len).context("--seq-len is too large")?,
+                resume_at,
+            };
+            let report = tttc_compile::compile(&request, &mut |line| eprintln!("{line}"))?;
+            eprintln!("wrote {}", report.out.display());
+            Ok(())
+        }
     }
 }
 
@@ -589,10 +592,7 @@ fn run(args: &RunArgs) -> Result<()> {
 /// A command's outputs, with the model's files and the `inputs` it reads declared: no output may
 /// overwrite one of them.
 fn outputs_reading(model: &Path, inputs: &[(&str, Option<&Path>)]) -> tttc_files::Outputs {
-    let mut outputs = tttc_files::Outputs::new();
-    for file in tttc_frontends::source_files(model) {
-        outputs.reads("the model's", &file);
-    }
+    let mut outputs = tttc_frontends::outputs_reading_model(model);
     for (flag, path) in inputs {
         if let Some(path) = path {
             outputs.reads(flag, path);
