@@ -463,7 +463,7 @@ fn main() -> ExitCode {
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("error: {}", msg.join(": "));
             // A run stopped by a signal exits as shells report one: 128 + the signal's number.
-            match e.downcast_ref::<tttc_runtime::train::Interrupted>() {
+            match e.downcast_ref::<tttc_tools::train::Interrupted>() {
                 Some(i) => ExitCode::from(128 + i.signal as u8),
                 None => ExitCode::FAILURE,
             }
@@ -498,7 +498,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Grad { args, remat } => grad(&args, remat),
         Command::Train(args) => train(*args),
         Command::Compare { runs, output, title } => {
-            print!("{}", tttc_runtime::compare::compare_runs(&runs, &output, &title)?);
+            print!("{}", tttc_tools::compare::compare_runs(&runs, &output, &title)?);
             Ok(())
         }
         Command::Ir { model, after } => {
@@ -638,8 +638,8 @@ fn check_finite(results: &[(&str, &tttc_ir::Tensor)], allow: bool) -> Result<()>
     Ok(())
 }
 
-fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: BenchFiles) -> Result<()> {
-    use tttc_runtime::bench::packed;
+fn bench_packed(a: &BenchArgs, layers: Vec<tttc_tools::bench::Layer>, files: BenchFiles) -> Result<()> {
+    use tttc_tools::bench::packed;
     let [min_len, max_len] = a.packed_lengths[..] else { anyhow::bail!("--packed-lengths takes two lengths, MIN,MAX") };
     anyhow::ensure!(0 < min_len && min_len <= max_len, "--packed-lengths {min_len},{max_len} must be a range MIN,MAX with 0 < MIN ≤ MAX");
     let req = packed::PackedRequest {
@@ -679,8 +679,8 @@ fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: B
     files.finish(&lines, |_| unreachable!("bench refuses --plot with --packed"))
 }
 
-fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>, files: BenchFiles) -> Result<()> {
-    use tttc_runtime::bench::decode;
+fn bench_decode(a: &BenchArgs, layers: Vec<tttc_tools::bench::Layer>, peers: Option<tttc_tools::bench::Peers>, files: BenchFiles) -> Result<()> {
+    use tttc_tools::bench::decode;
     let bandwidth = decode::read_bandwidth();
     println!("memory read bandwidth on {} threads: {bandwidth:.1} GB/s\n", tttc_codegen_cpu::threads());
     println!("| model | layers | context | who | median ms/token | min ms | tokens/s | MB read per token | floor ms | × floor |");
@@ -717,9 +717,9 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
     }
     let tttc = timings.iter().filter(|t| t.who.starts_with("tttc"));
     let series =
-        tttc_runtime::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
+        tttc_tools::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
     let axes = ("context (tokens before)", "milliseconds per token");
-    files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series))
+    files.finish(&lines, |path| tttc_tools::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series))
 }
 
 /// Where the time of `what` went: a Markdown table of step kinds, milliseconds and calls.
@@ -772,7 +772,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let out_file = outputs.file("--output", &a.output)?;
     let model = load_model(&a.model, a.weights.as_deref())?;
     // The byte tokenizer of a `tttc train` checkpoint; another tokenizer is not read.
-    let tokenizer = tttc_runtime::train::byte_tokenizer(&a.model);
+    let tokenizer = tttc_tools::train::byte_tokenizer(&a.model);
     let has_tokenizer = matches!(tokenizer, Ok(true));
     let prompt = match (&a.prompt, &a.prompt_text) {
         (Some(path), _) => {
@@ -850,7 +850,7 @@ fn grad(args: &RunArgs, remat: Option<usize>) -> Result<()> {
 
 fn train(a: TrainArgs) -> Result<()> {
     let n = |v: Option<u64>| v.map(|v| v as usize);
-    let choices = tttc_runtime::OptionChoices {
+    let choices = tttc_tools::OptionChoices {
         steps: n(a.steps),
         batch_size: n(a.batch_size),
         context: n(a.context),
@@ -866,7 +866,7 @@ fn train(a: TrainArgs) -> Result<()> {
         checkpoint_every: n(a.checkpoint_every),
     };
     let backend = a.backend;
-    let summary = tttc_runtime::train(&tttc_runtime::TrainRequest {
+    let summary = tttc_tools::train(&tttc_tools::TrainRequest {
         model: a.model,
         data: a.data,
         out: a.output.clone(),
@@ -887,7 +887,7 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn bench(a: &BenchArgs) -> Result<()> {
-    use tttc_runtime::bench::{self, Layer};
+    use tttc_tools::bench::{self, Layer};
     anyhow::ensure!(a.seq_lens.iter().all(|&t| t > 0), "--seq-lens must be positive");
     anyhow::ensure!(a.contexts.iter().all(|&t| t > 0) && a.depths.iter().all(|&d| d > 0), "--contexts and --depths must be positive");
     let layers: Vec<Layer> = a
@@ -959,11 +959,11 @@ fn bench(a: &BenchArgs) -> Result<()> {
     if !step.profile.is_empty() {
         print_profile(&format!("the 2-layer LM's gradient step at T = {t}"), &step.profile);
     }
-    let series = tttc_runtime::plot::Series::group(timings.iter().map(|t| (format!("{}: {}", t.layer, t.who), (t.t as f64, t.median_ms))));
+    let series = tttc_tools::plot::Series::group(timings.iter().map(|t| (format!("{}: {}", t.layer, t.who), (t.t as f64, t.median_ms))));
     let (axes, title) = if a.grad {
         (("sequence length T", "milliseconds per forward + backward"), "One layer at the 125m width, batch 1, f32, forward + backward")
     } else {
         (("sequence length T", "milliseconds per forward call"), "One layer at the 125m width, batch 1, f32, forward")
     };
-    files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, title, axes, &series))
+    files.finish(&lines, |path| tttc_tools::plot::latency_curves(path, title, axes, &series))
 }

@@ -2,14 +2,10 @@
 //! tensor files.
 
 mod backends;
-pub mod bench;
-pub mod compare;
 pub mod generate;
 mod io;
 pub mod packed;
-pub mod plot;
 pub mod state;
-pub mod train;
 
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::{Arc, Mutex};
@@ -20,7 +16,6 @@ use tttc_ir::{DimEnv, Graph, Tensor};
 
 pub use backends::{backend, backends, Backend, Capabilities, Program};
 pub use io::{read_tensors, tensor_bytes, write_tensors};
-pub use train::{train, OptionChoices, TrainOptions, TrainRequest, TrainSummary};
 
 /// A forward pass's results: `logits` `[B, T, V]`, and `loss` unless T = 1 (no next token).
 pub struct Forward {

@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use tttc_ir::Tensor;
 
 use super::{Layer, Peers};
-use crate::generate::{Decoder, Sampling};
-use crate::Backend;
 use tttc_frontends::StateInit;
+use tttc_runtime::generate::{Decoder, Sampling};
+use tttc_runtime::Backend;
 
 pub struct DecodeRequest {
     pub layers: Vec<Layer>,

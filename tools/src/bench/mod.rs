@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tttc_ir::Tensor;
 
-use crate::Backend;
+use tttc_runtime::Backend;
 
 pub mod decode;
 pub mod packed;
@@ -168,7 +168,7 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
             let x = hidden_input(t, 768);
             let r = cotangent(t, 768);
             let start = Instant::now();
-            let exe = crate::Executable::new(if req.grad { layer_gradient(&builder.g)? } else { tttc_passes::compile(&builder.g)? });
+            let exe = tttc_runtime::Executable::new(if req.grad { layer_gradient(&builder.g)? } else { tttc_passes::compile(&builder.g)? });
             let inputs: Vec<(&str, &Tensor)> = if req.grad { vec![("x", &x), ("r", &r)] } else { vec![("x", &x)] };
             let run = || exe.run_with(&weights, &inputs, req.backend);
             run()?;
@@ -344,7 +344,7 @@ pub fn gradient_step(t: usize, backend: &dyn Backend, reps: usize, profile: bool
     let weights = tttc_frontends::init::initialise(&builder, 0);
     let model = tttc_frontends::Model { config, config_json: Value::Null, builder, weights };
     let start = Instant::now();
-    let step = crate::GradientStep::new(&model)?;
+    let step = tttc_runtime::GradientStep::new(&model)?;
     let build_s = start.elapsed().as_secs_f64();
     let mut rng = tttc_frontends::rng::SplitMix64::keyed(2, "bench tokens");
     let ids = Tensor::i64(vec![1, t], (0..t).map(|_| rng.below(32000) as i64).collect());
