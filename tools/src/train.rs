@@ -485,12 +485,6 @@ fn foreign_entries(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Writes `text` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_file_name(format!(".{}.tmp{}", path.file_name().unwrap().to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// The run's folder and what it has written.
 struct Run<'a> {
     out: &'a Path,
@@ -686,7 +680,7 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
     }
     // The log holds the entries up to the starting step (a resumed run drops any written after
     // its checkpoint).
-    write_atomic(&req.out.join("log.jsonl"), &run.log.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    tttc_files::write_atomic(&req.out.join("log.jsonl"), run.log.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes())?;
     if resumed.is_none() {
         if let Some(ev) = &evaluator {
             let val = ev.loss(&model, req.backend)?;
