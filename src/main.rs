@@ -1,7 +1,5 @@
 //! The `tttc` command line.
 
-mod compile;
-
 // Tensors are large and short-lived: an allocator that keeps freed pages for the next tensor
 // avoids the page faults (and zeroing) of the system allocator's mmap for every large value.
 #[global_allocator]
@@ -239,8 +237,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     decode_tokens: u64,
     /// Where tttc's layers execute.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    backend: &'static dyn tttc_runtime::Backend,
     /// Timed calls per configuration (at least).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     reps: u64,
@@ -318,8 +316,8 @@ struct RunArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Where the graph executes.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    backend: &'static dyn tttc_runtime::Backend,
     /// Safetensors file to write the state after the sequence to: what decoding would continue
     /// from (TTT's inner weights, gradient sums and position; Mamba's scan state; Llama's KV
     /// cache; the convolutions' last inputs). docs/state.md lists the names and shapes.
@@ -369,8 +367,8 @@ struct GenerateArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Where the graphs execute.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    backend: &'static dyn tttc_runtime::Backend,
     /// Safetensors file with a state to start from, as `tttc run --state-out` writes it: the
     /// prompt continues the sequence that state ended (docs/state.md).
     #[arg(long, value_name = "S")]
@@ -439,37 +437,15 @@ struct TrainArgs {
     #[arg(long, value_name = "STEP", value_parser = clap::value_parser!(u64).range(1..))]
     stop_after: Option<u64>,
     /// Where the graphs execute.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    backend: &'static dyn tttc_runtime::Backend,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum BackendArg {
-    /// The reference interpreter.
-    Interp,
-    /// Native code for this machine (Cranelift kernels, gemm matrix products).
-    Cpu,
-    /// The whole graph compiled ahead of time at the input's sizes, one thread: the code
-    /// `tttc compile` writes to cpu/model.o, run in this process (compiled once per set of sizes).
-    CpuModel,
-    /// The graph's PTX kernels (as `tttc compile` writes them) executed on this CPU by the PTX
-    /// simulator, every thread with bounds and race checks: slow, for checking.
-    PtxSim,
-    /// The same PTX kernels on GPU 0 through the CUDA driver, loaded at run time (without a GPU
-    /// it says so).
-    Cuda,
-}
-
-impl From<BackendArg> for tttc_runtime::Backend {
-    fn from(b: BackendArg) -> Self {
-        match b {
-            BackendArg::Interp => tttc_runtime::Backend::Interp,
-            BackendArg::Cpu => tttc_runtime::Backend::Cpu,
-            BackendArg::CpuModel => tttc_runtime::Backend::CpuModel,
-            BackendArg::PtxSim => tttc_runtime::Backend::PtxSim,
-            BackendArg::Cuda => tttc_runtime::Backend::Cuda,
-        }
-    }
+/// `--backend`: a name from the runtime's registry, each listed in `--help` with its line.
+fn backend_parser() -> impl clap::builder::TypedValueParser<Value = &'static dyn tttc_runtime::Backend> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let names = tttc_runtime::backends().iter().map(|b| PossibleValue::new(b.name()).help(b.about()));
+    PossibleValuesParser::new(names).map(|name| tttc_runtime::backend(&name).expect("clap checked the name"))
 }
 
 fn main() -> ExitCode {
@@ -487,7 +463,7 @@ fn main() -> ExitCode {
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("error: {}", msg.join(": "));
             // A run stopped by a signal exits as shells report one: 128 + the signal's number.
-            match e.downcast_ref::<tttc_runtime::train::Interrupted>() {
+            match e.downcast_ref::<tttc_tools::train::Interrupted>() {
                 Some(i) => ExitCode::from(128 + i.signal as u8),
                 None => ExitCode::FAILURE,
             }
@@ -522,7 +498,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Grad { args, remat } => grad(&args, remat),
         Command::Train(args) => train(*args),
         Command::Compare { runs, output, title } => {
-            print!("{}", tttc_runtime::compare::compare_runs(&runs, &output, &title)?);
+            print!("{}", tttc_tools::compare::compare_runs(&runs, &output, &title)?);
             Ok(())
         }
         Command::Ir { model, after } => {
@@ -536,13 +512,18 @@ fn dispatch(command: Command) -> Result<()> {
             print!("{}", tttc_ir::text::print(&graph));
             Ok(())
         }
-        Command::Compile { model, output, batch, seq_len, resume_at } => compile::compile(&compile::Request {
-            model: &model,
-            out: output.as_deref(),
-            batch: usize::try_from(batch).context("--batch is too large")?,
-            seq_len: usize::try_from(seq_len).context("--seq-len is too large")?,
-            resume_at,
-        }),
+        Command::Compile { model, output, batch, seq_len, resume_at } => {
+            let request = tttc_compile::Request {
+                model: &model,
+                out: output.as_deref(),
+                batch: usize::try_from(batch).context("--batch is too large")?,
+                seq_len: usize::try_from(seq_len).context("--seq-len is too large")?,
+                resume_at,
+            };
+            let report = tttc_compile::compile(&request, &mut |line| eprintln!("{line}"))?;
+            eprintln!("wrote {}", report.out.display());
+            Ok(())
+        }
     }
 }
 
@@ -552,12 +533,12 @@ fn structure_only(model: &Path) -> Result<tttc_ir::Graph> {
 }
 
 /// The model and the `input_ids` that `grad` reads.
-fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor, tttc_runtime::Backend)> {
+fn load_inputs(args: &RunArgs) -> Result<(tttc_frontends::Model, tttc_ir::Tensor, &'static dyn tttc_runtime::Backend)> {
     let model = load_model(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
     anyhow::ensure!(!inputs.contains_key("cu_seqlens"), "tttc grad takes no packed batch (cu_seqlens): give each sequence its own run");
-    let backend = args.backend.into();
+    let backend = args.backend;
     Ok((model, ids, backend))
 }
 
@@ -569,7 +550,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let model = load_model(&args.model, args.weights.as_deref())?;
     let mut inputs = tttc_runtime::read_tensors(&args.input)?;
     let ids = inputs.remove("input_ids").with_context(|| format!("{} has no tensor input_ids", args.input.display()))?;
-    let backend = args.backend.into();
+    let backend = args.backend;
     let start = read_state(args.state_in.as_deref())?;
     let (out, states): (tttc_runtime::Forward, Option<Vec<(String, tttc_ir::Tensor)>>) = match (inputs.remove("cu_seqlens"), start) {
         (Some(cu), start) => {
@@ -611,10 +592,7 @@ fn run(args: &RunArgs) -> Result<()> {
 /// A command's outputs, with the model's files and the `inputs` it reads declared: no output may
 /// overwrite one of them.
 fn outputs_reading(model: &Path, inputs: &[(&str, Option<&Path>)]) -> tttc_files::Outputs {
-    let mut outputs = tttc_files::Outputs::new();
-    for file in tttc_frontends::source_files(model) {
-        outputs.reads("the model's", &file);
-    }
+    let mut outputs = tttc_frontends::outputs_reading_model(model);
     for (flag, path) in inputs {
         if let Some(path) = path {
             outputs.reads(flag, path);
@@ -660,8 +638,8 @@ fn check_finite(results: &[(&str, &tttc_ir::Tensor)], allow: bool) -> Result<()>
     Ok(())
 }
 
-fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: BenchFiles) -> Result<()> {
-    use tttc_runtime::bench::packed;
+fn bench_packed(a: &BenchArgs, layers: Vec<tttc_tools::bench::Layer>, files: BenchFiles) -> Result<()> {
+    use tttc_tools::bench::packed;
     let [min_len, max_len] = a.packed_lengths[..] else { anyhow::bail!("--packed-lengths takes two lengths, MIN,MAX") };
     anyhow::ensure!(0 < min_len && min_len <= max_len, "--packed-lengths {min_len},{max_len} must be a range MIN,MAX with 0 < MIN ≤ MAX");
     let req = packed::PackedRequest {
@@ -670,7 +648,7 @@ fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: B
         sequences: a.packed_sequences as usize,
         min_len,
         max_len,
-        backend: a.backend.into(),
+        backend: a.backend,
         reps: a.reps as usize,
     };
     let lengths = packed::lengths(req.sequences, min_len, max_len);
@@ -701,8 +679,8 @@ fn bench_packed(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, files: B
     files.finish(&lines, |_| unreachable!("bench refuses --plot with --packed"))
 }
 
-fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: Option<tttc_runtime::bench::Peers>, files: BenchFiles) -> Result<()> {
-    use tttc_runtime::bench::decode;
+fn bench_decode(a: &BenchArgs, layers: Vec<tttc_tools::bench::Layer>, peers: Option<tttc_tools::bench::Peers>, files: BenchFiles) -> Result<()> {
+    use tttc_tools::bench::decode;
     let bandwidth = decode::read_bandwidth();
     println!("memory read bandwidth on {} threads: {bandwidth:.1} GB/s\n", tttc_codegen_cpu::threads());
     println!("| model | layers | context | who | median ms/token | min ms | tokens/s | MB read per token | floor ms | × floor |");
@@ -711,7 +689,7 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
         layers,
         depths: a.depths.clone(),
         contexts: a.contexts.clone(),
-        backend: a.backend.into(),
+        backend: a.backend,
         tokens: a.decode_tokens as usize,
         peers,
         profile: a.profile,
@@ -739,9 +717,9 @@ fn bench_decode(a: &BenchArgs, layers: Vec<tttc_runtime::bench::Layer>, peers: O
     }
     let tttc = timings.iter().filter(|t| t.who.starts_with("tttc"));
     let series =
-        tttc_runtime::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
+        tttc_tools::plot::Series::group(tttc.map(|t| (format!("{} {} layers", t.model, t.depth), (t.context.parse().unwrap_or(f64::NAN), t.median_ms))));
     let axes = ("context (tokens before)", "milliseconds per token");
-    files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series))
+    files.finish(&lines, |path| tttc_tools::plot::latency_curves(path, "Decoding at the 125m width, batch 1, f32", axes, &series))
 }
 
 /// Where the time of `what` went: a Markdown table of step kinds, milliseconds and calls.
@@ -794,7 +772,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let out_file = outputs.file("--output", &a.output)?;
     let model = load_model(&a.model, a.weights.as_deref())?;
     // The byte tokenizer of a `tttc train` checkpoint; another tokenizer is not read.
-    let tokenizer = tttc_runtime::train::byte_tokenizer(&a.model);
+    let tokenizer = tttc_tools::train::byte_tokenizer(&a.model);
     let has_tokenizer = matches!(tokenizer, Ok(true));
     let prompt = match (&a.prompt, &a.prompt_text) {
         (Some(path), _) => {
@@ -818,7 +796,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     // One prompt with a tokenizer streams its text; a batch prints each row at the end.
     let stream = has_tokenizer && prompt.shape.first() == Some(&1);
     let mut stdout = std::io::stdout();
-    let out = decoder.generate(&model.weights, &prompt, start.as_ref(), a.max_new_tokens, &sampling, a.backend.into(), |_, next| {
+    let out = decoder.generate(&model.weights, &prompt, start.as_ref(), a.max_new_tokens, &sampling, a.backend, |_, next| {
         if stream {
             let _ = stdout.write_all(&[next[0].clamp(0, 255) as u8]);
             let _ = stdout.flush();
@@ -872,7 +850,7 @@ fn grad(args: &RunArgs, remat: Option<usize>) -> Result<()> {
 
 fn train(a: TrainArgs) -> Result<()> {
     let n = |v: Option<u64>| v.map(|v| v as usize);
-    let choices = tttc_runtime::OptionChoices {
+    let choices = tttc_tools::OptionChoices {
         steps: n(a.steps),
         batch_size: n(a.batch_size),
         context: n(a.context),
@@ -887,8 +865,8 @@ fn train(a: TrainArgs) -> Result<()> {
         log_every: n(a.log_every),
         checkpoint_every: n(a.checkpoint_every),
     };
-    let backend = a.backend.into();
-    let summary = tttc_runtime::train(&tttc_runtime::TrainRequest {
+    let backend = a.backend;
+    let summary = tttc_tools::train(&tttc_tools::TrainRequest {
         model: a.model,
         data: a.data,
         out: a.output.clone(),
@@ -909,7 +887,7 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn bench(a: &BenchArgs) -> Result<()> {
-    use tttc_runtime::bench::{self, Layer};
+    use tttc_tools::bench::{self, Layer};
     anyhow::ensure!(a.seq_lens.iter().all(|&t| t > 0), "--seq-lens must be positive");
     anyhow::ensure!(a.contexts.iter().all(|&t| t > 0) && a.depths.iter().all(|&d| d > 0), "--contexts and --depths must be positive");
     let layers: Vec<Layer> = a
@@ -937,8 +915,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     if a.packed {
         return bench_packed(a, layers, files);
     }
-    let req =
-        bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend.into(), reps: a.reps as usize, peers, profile: a.profile, grad: a.grad };
+    let req = bench::BenchRequest { layers, seq_lens: a.seq_lens.clone(), backend: a.backend, reps: a.reps as usize, peers, profile: a.profile, grad: a.grad };
     if a.grad {
         println!("Forward + backward: the gradient of sum(y · r) with respect to the input and every parameter.\n");
     }
@@ -982,11 +959,11 @@ fn bench(a: &BenchArgs) -> Result<()> {
     if !step.profile.is_empty() {
         print_profile(&format!("the 2-layer LM's gradient step at T = {t}"), &step.profile);
     }
-    let series = tttc_runtime::plot::Series::group(timings.iter().map(|t| (format!("{}: {}", t.layer, t.who), (t.t as f64, t.median_ms))));
+    let series = tttc_tools::plot::Series::group(timings.iter().map(|t| (format!("{}: {}", t.layer, t.who), (t.t as f64, t.median_ms))));
     let (axes, title) = if a.grad {
         (("sequence length T", "milliseconds per forward + backward"), "One layer at the 125m width, batch 1, f32, forward + backward")
     } else {
         (("sequence length T", "milliseconds per forward call"), "One layer at the 125m width, batch 1, f32, forward")
     };
-    files.finish(&lines, |path| tttc_runtime::plot::latency_curves(path, title, axes, &series))
+    files.finish(&lines, |path| tttc_tools::plot::latency_curves(path, title, axes, &series))
 }

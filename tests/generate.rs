@@ -21,13 +21,13 @@ fn prompt_file(dir: &Path, name: &str, rows: usize, ids: &[i64]) -> std::path::P
 
 #[test]
 fn generated_logits_equal_a_forward_pass_over_the_final_sequence() {
-    check_decoding(&BACKENDS, "generate_exact");
+    check_decoding(&backends(), "generate_exact");
 }
 
 #[test]
 #[ignore = "needs a GPU"]
 fn cuda_generated_logits_equal_a_forward_pass_over_the_final_sequence() {
-    check_decoding(&["cuda"], "generate_exact_cuda");
+    check_decoding(&gpu_backends(), "generate_exact_cuda");
 }
 
 fn check_decoding(backends: &[&str], scratch_name: &str) {
@@ -97,7 +97,7 @@ fn generation_continues_a_saved_state() {
         let b = mini_batch(&case);
         let (first, len, new) = (b - 1, (b + 2).min(t), b + 3);
         let take = |from: usize, to: usize| -> Vec<i64> { (0..rows).flat_map(|r| ids.i64[r * t + from..r * t + to].to_vec()).collect() };
-        for backend in BACKENDS {
+        for backend in backends() {
             let tag = format!("{name}-{backend}");
             let n = new.to_string();
             let (whole, whole_out) = (prompt_file(&dir, &format!("{tag}-whole"), rows, &take(0, len)), dir.join(format!("{tag}-whole-out.safetensors")));

@@ -10,13 +10,13 @@ const RTOL_GRADS: f64 = 1e-4;
 
 #[test]
 fn grad_matches_every_reference_case() {
-    check_every_case(&BACKENDS, "reference_grads");
+    check_every_case(&backends(), "reference_grads");
 }
 
 #[test]
 #[ignore = "needs a GPU"]
 fn cuda_grad_matches_every_reference_case() {
-    check_every_case(&["cuda"], "reference_grads_cuda");
+    check_every_case(&gpu_backends(), "reference_grads_cuda");
 }
 
 fn check_every_case(backends: &[&str], scratch_name: &str) {

@@ -36,7 +36,7 @@ fn packed_rows_match_separate_runs() {
             &input,
             &[("input_ids".into(), Dtype::I64, vec![1, packed.len()], i64_bytes(&packed)), ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu))],
         );
-        for backend in BACKENDS {
+        for backend in backends() {
             let (out, state) = (dir.join(format!("{name}-{backend}-out.safetensors")), dir.join(format!("{name}-{backend}-state.safetensors")));
             let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
             assert!(r.status.success(), "{name} ({backend}): {}", String::from_utf8_lossy(&r.stderr));
@@ -85,7 +85,7 @@ fn packed_rows_continue_their_own_states() {
         // (row, prefix, piece length), each inside the row.
         let spans: Vec<(usize, usize, usize)> =
             [(1, 1), (mb + 1, mb - 1), (mb, mb + 3)].iter().enumerate().map(|(k, &(pre, len))| (k % b, pre.min(t - 1), len.min(t - pre.min(t - 1)))).collect();
-        for backend in BACKENDS {
+        for backend in backends() {
             let mut start = Vec::new();
             for (k, &(r, pre, _)) in spans.iter().enumerate() {
                 let (input, out, state) = (

@@ -151,6 +151,16 @@ impl Outputs {
     }
 }
 
+/// Writes `bytes` to `path` so that the file appears whole or not at all: a transaction of one
+/// output (staged beside `path`, then renamed over it), for files written outside a command's
+/// [`Outputs`].
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut outputs = Outputs::new();
+    let out = outputs.file("the file", path)?;
+    outputs.write(out, bytes)?;
+    outputs.commit()
+}
+
 impl Drop for Outputs {
     fn drop(&mut self) {
         for staged in self.targets.iter_mut().filter_map(|t| t.staged.take()) {

@@ -18,7 +18,7 @@ use anyhow::Result;
 
 pub use builder::{Init, Mode, ModelBuilder, StateInit, StateSpec};
 pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
-pub use source::{load, load_config, load_structure, parse_config_json, source_files, structure_of, Model, DEFAULT_SEED};
+pub use source::{load, load_config, load_structure, outputs_reading_model, parse_config_json, source_files, structure_of, Model, DEFAULT_SEED};
 
 /// Builds the forward graph of a model: argument `input_ids` i64 `[B, T]`, one `Param` argument per
 /// weight (Hugging Face names), outputs `logits` `[B, T, V]` and `loss` `[]`.

@@ -215,6 +215,16 @@ fn list<T: std::fmt::Display>(names: &[T]) -> String {
     format!("{}{more}", shown.join(", "))
 }
 
+/// A command's outputs with the model's files (`source_files`) declared as inputs: no output may
+/// overwrite one of them.
+pub fn outputs_reading_model(path: &Path) -> tttc_files::Outputs {
+    let mut outputs = tttc_files::Outputs::new();
+    for file in source_files(path) {
+        outputs.reads("the model's", &file);
+    }
+    outputs
+}
+
 /// The files the model at `path` is read from: a folder's config.json, model.safetensors and
 /// tokenizer.json, or a model.toml and the weights file it names. Outputs must not overwrite any
 /// of them.

@@ -102,7 +102,7 @@ impl Decoder {
         start: Option<&State>,
         new_tokens: usize,
         sampling: &Sampling,
-        backend: Backend,
+        backend: &dyn Backend,
         mut on_token: impl FnMut(usize, &[i64]),
     ) -> Result<Generated> {
         check_input_ids(prompt, self.vocab)?;
@@ -163,7 +163,7 @@ impl Decoder {
     /// The prompt from the saved state `start`, in the parallel form (the model built at the
     /// state's position, `Mode::Resume`): the last position's logits `[B, 1, V]` and the state
     /// after the prompt.
-    fn resume(&self, weights: &Weights, prompt: &Tensor, start: &State, backend: Backend) -> Result<(Tensor, BTreeMap<String, Tensor>)> {
+    fn resume(&self, weights: &Weights, prompt: &Tensor, start: &State, backend: &dyn Backend) -> Result<(Tensor, BTreeMap<String, Tensor>)> {
         let graph = tttc_frontends::build_for(&self.config, Mode::Resume { position: state::position(start)? })?.g;
         let (out, after) = run_graph(weights, &graph, prompt, start, backend).context("the prompt from the state")?;
         let (rows, len, v) = (out.logits.shape[0], out.logits.shape[1], out.logits.shape[2]);
@@ -174,7 +174,14 @@ impl Decoder {
 
     /// One token per row through the step graph (with the `hoisted` weight-only values): its
     /// logits `[B, 1, V]`; `state` moves on.
-    fn step(&self, weights: &Weights, hoisted: &[(String, Tensor)], tokens: &[i64], state: &mut BTreeMap<String, Tensor>, backend: Backend) -> Result<Tensor> {
+    fn step(
+        &self,
+        weights: &Weights,
+        hoisted: &[(String, Tensor)],
+        tokens: &[i64],
+        state: &mut BTreeMap<String, Tensor>,
+        backend: &dyn Backend,
+    ) -> Result<Tensor> {
         let ids = Tensor::i64(vec![tokens.len(), 1], tokens.to_vec());
         let mut inputs: Vec<(&str, &Tensor)> = vec![("input_ids", &ids)];
         inputs.extend(hoisted.iter().map(|(n, t)| (n.as_str(), t)));

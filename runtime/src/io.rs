@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use safetensors::{Dtype, View};
-use tttc_files::Outputs;
 use tttc_frontends::weights::{load_safetensors, Weights};
 use tttc_ir::{Data, Tensor};
 
@@ -52,8 +51,5 @@ pub fn tensor_bytes(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
 
 /// Writes `tensors` to `path` atomically: the file appears whole or not at all.
 pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
-    let mut outputs = Outputs::new();
-    let out = outputs.file("the file", path)?;
-    outputs.write(out, &tensor_bytes(tensors)?)?;
-    outputs.commit()
+    tttc_files::write_atomic(path, &tensor_bytes(tensors)?)
 }

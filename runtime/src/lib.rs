@@ -1,53 +1,21 @@
 //! The runtime: checks a run's inputs, executes a model's graph on a backend, and reads and writes
 //! tensor files.
 
-pub mod bench;
-pub mod compare;
-mod cuda;
+mod backends;
 pub mod generate;
 mod io;
 pub mod packed;
-pub mod plot;
 pub mod state;
-pub mod train;
 
 use anyhow::{bail, ensure, Context, Result};
+use std::sync::{Arc, Mutex};
 use tttc_frontends::weights::Weights;
 use tttc_frontends::Model;
-use tttc_ir::{Graph, Precision, Tensor};
 
+use tttc_ir::{DimEnv, Graph, Tensor};
+
+pub use backends::{backend, backends, Backend, Capabilities, Program};
 pub use io::{read_tensors, tensor_bytes, write_tensors};
-pub use train::{train, OptionChoices, TrainOptions, TrainRequest, TrainSummary};
-
-/// Where a graph executes. Every backend runs every graph the runtime builds: forward passes,
-/// gradients (reverse scans included) and decoding steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// The reference interpreter (`tttc_ir::interp`).
-    Interp,
-    /// Native code for this machine (`tttc_codegen_cpu`), compiled once for every size.
-    Cpu,
-    /// The whole graph compiled ahead of time at the arguments' sizes, as `tttc compile`
-    /// writes it (`tttc_codegen_cpu::aot`), run in this process on one thread.
-    CpuModel,
-    /// The graph's PTX kernels (`tttc_ptx`), at the arguments' sizes, executed by the PTX
-    /// simulator (`tttc_ptx_sim`) from the text `tttc compile` writes.
-    PtxSim,
-    /// The same kernels on GPU 0 through the CUDA driver (loaded at run time).
-    Cuda,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Interp => "interp",
-            Backend::Cpu => "cpu",
-            Backend::CpuModel => "cpu-model",
-            Backend::PtxSim => "ptx-sim",
-            Backend::Cuda => "cuda",
-        }
-    }
-}
 
 /// A forward pass's results: `logits` `[B, T, V]`, and `loss` unless T = 1 (no next token).
 pub struct Forward {
@@ -70,7 +38,7 @@ pub fn check_input_ids(ids: &Tensor, vocab: usize) -> Result<()> {
 
 /// Runs the model forward on `input_ids`: the model's graph goes through the pass pipeline
 /// (`tttc_passes::pipeline`), then executes.
-pub fn forward(model: &Model, ids: &Tensor, backend: Backend) -> Result<Forward> {
+pub fn forward(model: &Model, ids: &Tensor, backend: &dyn Backend) -> Result<Forward> {
     Ok(run_sequence(model, &model.builder.g, ids, &State::new(), backend)?.0)
 }
 
@@ -80,27 +48,27 @@ pub type State = Vec<(String, Tensor)>;
 
 /// [`forward`], and the state after the sequence (`tttc run --state-out`): the model built in
 /// `Mode::Run`, which gives the prefill's state outputs beside the logits and loss.
-pub fn forward_with_state(model: &Model, ids: &Tensor, backend: Backend) -> Result<(Forward, State)> {
+pub fn forward_with_state(model: &Model, ids: &Tensor, backend: &dyn Backend) -> Result<(Forward, State)> {
     let run = tttc_frontends::build_for(&model.config, tttc_frontends::Mode::Run)?;
     run_sequence(model, &run.g, ids, &State::new(), backend)
 }
 
 /// [`forward_with_state`] for a sequence that continues from `start`, the state an earlier run
 /// ended in (`tttc run --state-in`): the same logits as one run over both sequences.
-pub fn forward_from_state(model: &Model, ids: &Tensor, start: &State, backend: Backend) -> Result<(Forward, State)> {
+pub fn forward_from_state(model: &Model, ids: &Tensor, start: &State, backend: &dyn Backend) -> Result<(Forward, State)> {
     run_sequence(model, &state::resumed_graph(model, start)?, ids, start, backend)
 }
 
 /// Runs a frontend's `graph` of `model` on `input_ids` from the state `start` (empty: a fresh
 /// state).
-fn run_sequence(model: &Model, graph: &Graph, ids: &Tensor, start: &State, backend: Backend) -> Result<(Forward, State)> {
+fn run_sequence(model: &Model, graph: &Graph, ids: &Tensor, start: &State, backend: &dyn Backend) -> Result<(Forward, State)> {
     check_input_ids(ids, model.config.vocab_size())?;
     run_graph(&model.weights, graph, ids, start, backend)
 }
 
 /// [`run_sequence`] on `input_ids` already checked: the state checked against the graph before
 /// the graph is compiled.
-fn run_graph(weights: &Weights, graph: &Graph, ids: &Tensor, start: &State, backend: Backend) -> Result<(Forward, State)> {
+fn run_graph(weights: &Weights, graph: &Graph, ids: &Tensor, start: &State, backend: &dyn Backend) -> Result<(Forward, State)> {
     let inputs = state::arguments(graph, start, ids.shape[0])?;
     // The pass pipeline first: it expands `grad` ops, which no backend executes. Pruning the
     // loss for T = 1 comes after it.
@@ -111,7 +79,13 @@ fn run_graph(weights: &Weights, graph: &Graph, ids: &Tensor, start: &State, back
 
 /// Runs a compiled sequence graph on `input_ids` and the state `inputs` ([`state::arguments`]):
 /// its logits, loss and state after it.
-fn run_compiled<'a>(exe: &Executable, weights: &Weights, ids: &'a Tensor, mut inputs: Vec<(String, &'a Tensor)>, backend: Backend) -> Result<(Forward, State)> {
+fn run_compiled<'a>(
+    exe: &Executable,
+    weights: &Weights,
+    ids: &'a Tensor,
+    mut inputs: Vec<(String, &'a Tensor)>,
+    backend: &dyn Backend,
+) -> Result<(Forward, State)> {
     inputs.push(("input_ids".to_string(), ids));
     let outs = exe.run_with(weights, &named(&inputs), backend)?;
     split_outputs(&exe.graph, outs)
@@ -152,7 +126,7 @@ pub struct Gradients {
 /// inner gradients are expanded first, then the whole graph is differentiated (through the scans,
 /// exactly: TTT's outer gradient includes the second-order terms of its inner updates), then the
 /// pass pipeline runs on the result.
-pub fn gradients(model: &Model, ids: &Tensor, backend: Backend) -> Result<Gradients> {
+pub fn gradients(model: &Model, ids: &Tensor, backend: &dyn Backend) -> Result<Gradients> {
     GradientStep::new(model)?.run(&model.weights, ids, backend)
 }
 
@@ -163,83 +137,57 @@ pub struct GradientStep {
     vocab: usize,
 }
 
-/// A graph ready to run on any backend: compiled for the CPU on its first run there, and for
+/// A graph ready to run on any backend: compiled for a backend on its first run there, and for
 /// the backends that compile at fixed sizes once per set of sizes it runs at.
 pub struct Executable {
     pub graph: Graph,
-    cpu: std::sync::OnceLock<tttc_codegen_cpu::Program>,
-    /// Programs compiled at fixed sizes, by backend and sizes (the most recent few: a Llama
-    /// decoding loop grows its cache length every step).
-    fixed: std::sync::Mutex<Vec<(Backend, Sizes, std::sync::Arc<FixedSize>)>>,
+    /// Compiled programs, the most recent last: a Llama decoding loop grows its cache length
+    /// every step, so only the last few are kept.
+    programs: Mutex<Vec<(Compiled, Arc<dyn Program>)>>,
     /// The sizes whose memory estimate last fitted the budget: a training or decoding loop runs
     /// at the same sizes every call and is checked once.
-    fits: std::sync::Mutex<Option<tttc_ir::DimEnv>>,
+    fits: Mutex<Option<DimEnv>>,
 }
 
-/// A binding of a graph's size symbols, in a fixed order.
-type Sizes = Vec<(String, usize)>;
+/// What a program was compiled for: a backend, and the sizes (sorted) unless it serves any.
+type Compiled = (&'static str, Option<Vec<(String, usize)>>);
 
-/// Programs compiled at fixed sizes kept per executable.
-const FIXED_SIZE_PROGRAMS: usize = 8;
-
-/// A graph compiled at fixed sizes.
-enum FixedSize {
-    CpuModel(Box<tttc_codegen_cpu::aot::CompiledModel>),
-    /// The kernels and the host program; for the simulator, the device with the module loaded.
-    Gpu(Box<tttc_ptx::model::GpuModel>, Option<std::sync::Mutex<tttc_ptx_sim::SimDevice>>),
-}
-
-impl FixedSize {
-    fn compile(graph: &Graph, env: &tttc_ir::DimEnv, backend: Backend) -> Result<FixedSize> {
-        if backend == Backend::CpuModel {
-            return Ok(FixedSize::CpuModel(Box::new(tttc_codegen_cpu::aot::CompiledModel::compile(graph, env)?)));
-        }
-        let model = tttc_ptx::model::GpuModel::compile(graph, env)?;
-        let sim = match backend {
-            Backend::PtxSim => Some(std::sync::Mutex::new(tttc_ptx_sim::SimDevice::load(&model.module(tttc_ptx::TARGETS[0]).to_text())?)),
-            _ => None,
-        };
-        Ok(FixedSize::Gpu(Box::new(model), sim))
-    }
-
-    fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
-        match self {
-            FixedSize::CpuModel(model) => model.run(args),
-            FixedSize::Gpu(model, Some(sim)) => model.run(&mut *sim.lock().expect("not poisoned"), args),
-            FixedSize::Gpu(model, None) => model.run(&mut cuda::CudaDevice::open(model)?, args),
-        }
-    }
-}
+/// Compiled programs kept per executable.
+const PROGRAMS_KEPT: usize = 8;
 
 impl Executable {
     pub fn new(graph: Graph) -> Executable {
-        Executable { graph, cpu: std::sync::OnceLock::new(), fixed: std::sync::Mutex::new(Vec::new()), fits: std::sync::Mutex::new(None) }
+        Executable { graph, programs: Mutex::new(Vec::new()), fits: Mutex::new(None) }
     }
 
-    /// The program compiled for `backend` at the sizes `env`, compiled now unless a recent run
+    /// The program `backend` compiled for the sizes `env`, compiled now unless a recent run
     /// compiled it.
-    fn fixed_size(&self, backend: Backend, env: &tttc_ir::DimEnv) -> Result<std::sync::Arc<FixedSize>> {
-        let mut sizes: Sizes = env.iter().map(|(k, &v)| (k.clone(), v)).collect();
-        sizes.sort();
-        let mut cache = self.fixed.lock().expect("not poisoned");
-        if let Some(at) = cache.iter().position(|(b, s, _)| *b == backend && *s == sizes) {
+    fn program(&self, backend: &dyn Backend, env: &DimEnv) -> Result<Arc<dyn Program>> {
+        let sizes = (!backend.capabilities().any_size).then(|| {
+            let mut sizes: Vec<(String, usize)> = env.iter().map(|(k, &v)| (k.clone(), v)).collect();
+            sizes.sort();
+            sizes
+        });
+        let key = (backend.name(), sizes);
+        let mut cache = self.programs.lock().expect("not poisoned");
+        if let Some(at) = cache.iter().position(|(k, _)| *k == key) {
             let hit = cache.remove(at);
-            let program = hit.2.clone();
+            let program = hit.1.clone();
             cache.push(hit);
             return Ok(program);
         }
-        let program = std::sync::Arc::new(FixedSize::compile(&self.graph, env, backend)?);
-        if cache.len() == FIXED_SIZE_PROGRAMS {
+        let program: Arc<dyn Program> = backend.compile(&self.graph, env)?.into();
+        if cache.len() == PROGRAMS_KEPT {
             cache.remove(0);
         }
-        cache.push((backend, sizes, program.clone()));
+        cache.push((key, program.clone()));
         Ok(program)
     }
 
     /// The sizes `args` bind, refused when the estimated peak of live memory there (weights,
     /// activations, the largest scan body's workspace) exceeds the budget.
-    fn sizes_that_fit(&self, args: &[&Tensor]) -> Result<tttc_ir::DimEnv> {
-        let mut env = tttc_ir::DimEnv::new();
+    fn sizes_that_fit(&self, args: &[&Tensor]) -> Result<DimEnv> {
+        let mut env = DimEnv::new();
         tttc_ir::interp::bind_args(&self.graph, args, &mut env)?;
         let mut fits = self.fits.lock().expect("not poisoned");
         if fits.as_ref() != Some(&env) {
@@ -252,24 +200,15 @@ impl Executable {
     }
 
     /// Runs the graph with `input_ids` and the weights (by name) as its arguments.
-    pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Vec<Tensor>> {
+    pub fn run(&self, weights: &Weights, ids: &Tensor, backend: &dyn Backend) -> Result<Vec<Tensor>> {
         self.run_with(weights, &[("input_ids", ids)], backend)
     }
 
     /// Runs the graph with the named `inputs` and the weights (by name) as its arguments.
-    pub fn run_with(&self, weights: &Weights, inputs: &[(&str, &Tensor)], backend: Backend) -> Result<Vec<Tensor>> {
+    pub fn run_with(&self, weights: &Weights, inputs: &[(&str, &Tensor)], backend: &dyn Backend) -> Result<Vec<Tensor>> {
         let args = arguments(&self.graph, weights, inputs)?;
         let env = self.sizes_that_fit(&args)?;
-        match backend {
-            Backend::Interp => tttc_ir::run(&self.graph, &args, Precision::F32),
-            Backend::Cpu => {
-                if self.cpu.get().is_none() {
-                    let _ = self.cpu.set(tttc_codegen_cpu::Program::compile(&self.graph)?);
-                }
-                self.cpu.get().expect("compiled above").run(&args)
-            }
-            Backend::CpuModel | Backend::PtxSim | Backend::Cuda => self.fixed_size(backend, &env)?.run(&args),
-        }
+        self.program(backend, &env)?.run(&args)
     }
 }
 
@@ -308,7 +247,7 @@ impl GradientStep {
             Some(k) => build(k)?,
             None => {
                 let root = (forward.nodes.len() as f64).sqrt().ceil() as usize;
-                let env: tttc_ir::DimEnv = [("B".to_string(), 1), ("T".to_string(), 4096)].into_iter().collect();
+                let env: DimEnv = [("B".to_string(), 1), ("T".to_string(), 4096)].into_iter().collect();
                 let mut best: Option<(u64, Graph)> = None;
                 for k in [root.div_ceil(4), root.div_ceil(2), root, 2 * root] {
                     let g = build(k.max(1))?;
@@ -332,18 +271,18 @@ impl GradientStep {
     /// Refuses steps on `batch` × `context` tokens whose estimated peak of live memory, with
     /// `held` bytes kept beside it (optimizer moments, validation batches), exceeds the budget.
     pub fn check_memory(&self, batch: usize, context: usize, held: u64) -> Result<()> {
-        let env: tttc_ir::DimEnv = [("B".to_string(), batch), ("T".to_string(), context)].into_iter().collect();
+        let env: DimEnv = [("B".to_string(), batch), ("T".to_string(), context)].into_iter().collect();
         let peak = tttc_passes::cost::live_peak(&self.graph.graph, &env)?.bytes;
         tttc_files::memory::check(&format!("training on batches of {batch} × {context} tokens"), peak.saturating_add(held))
     }
 
     /// The loss and the gradients at `weights` (one per graph parameter, by name) on `ids` (T ≥ 2).
-    pub fn run(&self, weights: &Weights, ids: &Tensor, backend: Backend) -> Result<Gradients> {
+    pub fn run(&self, weights: &Weights, ids: &Tensor, backend: &dyn Backend) -> Result<Gradients> {
         self.run_from(weights, ids, &State::new(), backend)
     }
 
     /// [`GradientStep::run`] from the state `start` (a step built by [`GradientStep::resumed`]).
-    pub fn run_from(&self, weights: &Weights, ids: &Tensor, start: &State, backend: Backend) -> Result<Gradients> {
+    pub fn run_from(&self, weights: &Weights, ids: &Tensor, start: &State, backend: &dyn Backend) -> Result<Gradients> {
         check_input_ids(ids, self.vocab)?;
         ensure!(ids.shape[1] > 1, "input_ids has T = 1: the loss needs at least two tokens");
         // The gradient graph takes the forward graph's arguments.

@@ -40,7 +40,7 @@ pub fn boundaries(cu_seqlens: &Tensor, ids: &Tensor) -> Result<Vec<usize>> {
 /// Runs each sequence of a packed batch on its own (with its state after it when `with_state`),
 /// each from a fresh state or, with `start` (a state file with one state per sequence,
 /// `seq.{i}.NAME`), from its own.
-pub fn forward_packed(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend, with_state: bool, start: Option<State>) -> Result<Packed> {
+pub fn forward_packed(model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: &dyn Backend, with_state: bool, start: Option<State>) -> Result<Packed> {
     let Some(file) = start else { return PackedRunner::new(model, with_state)?.run(model, ids, cu_seqlens, backend) };
     let bounds = boundaries(cu_seqlens, ids)?;
     let starts = state::split_packed(file, bounds.len() - 1)?;
@@ -94,7 +94,7 @@ impl PackedRunner {
         Ok(PackedRunner { graphs: SequenceGraphs::new(&built.g)?, with_state })
     }
 
-    pub fn run(&self, model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: Backend) -> Result<Packed> {
+    pub fn run(&self, model: &Model, ids: &Tensor, cu_seqlens: &Tensor, backend: &dyn Backend) -> Result<Packed> {
         let bounds = boundaries(cu_seqlens, ids)?;
         let (forward, states) =
             each_sequence(model, ids, &bounds, |_, seq| run_compiled(self.graphs.for_length(seq.shape[1]), &model.weights, seq, Vec::new(), backend))?;

@@ -22,9 +22,20 @@ pub fn examples() -> Vec<PathBuf> {
     v
 }
 
-/// Every backend that runs on any machine: the interpreter, native code, the graph compiled ahead
-/// of time (`cpu-model`) and its PTX kernels in the simulator (`cuda` needs a GPU).
-pub const BACKENDS: [&str; 4] = ["interp", "cpu", "cpu-model", "ptx-sim"];
+/// Every backend that runs on any machine, by name (a backend added to the runtime's registry is
+/// tested here too).
+pub fn backends() -> Vec<&'static str> {
+    backends_where(|c| !c.needs_device)
+}
+
+/// The backends that need a GPU (`cuda`): their tests are ignored on machines without one.
+pub fn gpu_backends() -> Vec<&'static str> {
+    backends_where(|c| c.needs_device)
+}
+
+fn backends_where(keep: impl Fn(&tttc_runtime::Capabilities) -> bool) -> Vec<&'static str> {
+    tttc_runtime::backends().iter().filter(|b| keep(&b.capabilities())).map(|b| b.name()).collect()
+}
 
 /// Every reference case: each folder under `tests/vectors` (a case added there is picked up).
 pub fn cases() -> Vec<PathBuf> {

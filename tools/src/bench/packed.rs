@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use tttc_ir::Tensor;
 
 use super::Layer;
-use crate::packed::PackedRunner;
-use crate::{Backend, Executable};
 use tttc_frontends::rng::SplitMix64;
+use tttc_runtime::packed::PackedRunner;
+use tttc_runtime::{Backend, Executable};
 
 pub struct PackedRequest {
     pub layers: Vec<Layer>,
@@ -20,7 +20,7 @@ pub struct PackedRequest {
     pub sequences: usize,
     pub min_len: usize,
     pub max_len: usize,
-    pub backend: Backend,
+    pub backend: &'static dyn Backend,
     pub reps: usize,
 }
 

@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use tttc_ir::Tensor;
 
 use super::{Layer, Peers};
-use crate::generate::{Decoder, Sampling};
-use crate::Backend;
 use tttc_frontends::StateInit;
+use tttc_runtime::generate::{Decoder, Sampling};
+use tttc_runtime::Backend;
 
 pub struct DecodeRequest {
     pub layers: Vec<Layer>,
@@ -20,7 +20,7 @@ pub struct DecodeRequest {
     pub depths: Vec<usize>,
     /// Prompt lengths before the timed tokens.
     pub contexts: Vec<usize>,
-    pub backend: Backend,
+    pub backend: &'static dyn Backend,
     /// Timed tokens per configuration.
     pub tokens: usize,
     pub peers: Option<Peers>,
@@ -113,7 +113,7 @@ pub fn decode(req: &DecodeRequest, mut report: impl FnMut(&DecodeTiming)) -> Res
                 let mut state_bytes = 0.0;
                 // The profile covers the timed steps (the prefill is done when the first token is
                 // chosen), divided by their number below.
-                let profiling = req.profile && req.backend == Backend::Cpu;
+                let profiling = req.profile && req.backend.capabilities().profiled;
                 decoder.generate(&model.weights, &prompt, None, req.tokens + 1, &Sampling::greedy(), req.backend, |k, _| {
                     if profiling && k == 0 {
                         tttc_codegen_cpu::profile::set_enabled(true);

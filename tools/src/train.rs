@@ -20,7 +20,7 @@ use tttc_frontends::rng::SplitMix64;
 use tttc_frontends::Model;
 use tttc_ir::{Data, Tensor};
 
-use crate::{Backend, Executable, GradientStep};
+use tttc_runtime::{Backend, Executable, GradientStep};
 
 /// The byte tokenizer's vocabulary: token id = byte value.
 pub const BYTE_VOCAB: usize = 256;
@@ -92,7 +92,7 @@ pub struct TrainRequest {
     /// all `steps`.
     pub stop_after: Option<usize>,
     pub choices: OptionChoices,
-    pub backend: Backend,
+    pub backend: &'static dyn Backend,
 }
 
 /// What a finished run reports.
@@ -355,7 +355,7 @@ impl Evaluator {
     }
 
     /// The mean loss over the fixed validation batches.
-    fn loss(&self, model: &Model, backend: Backend) -> Result<f64> {
+    fn loss(&self, model: &Model, backend: &dyn Backend) -> Result<f64> {
         let mut sum = 0.0;
         for ids in &self.batches {
             let outs = self.graph.run(&model.weights, ids, backend)?;
@@ -397,7 +397,7 @@ fn read_checkpoint(dir: &Path) -> Result<Resumed> {
     ensure!(byte_tokenizer(dir)?, "cannot read {}", dir.join("tokenizer.json").display());
     let model = tttc_frontends::load(dir, None)?;
     let opt_path = dir.join("optimizer.safetensors");
-    let mut saved = crate::read_tensors(&opt_path)?;
+    let mut saved = tttc_runtime::read_tensors(&opt_path)?;
     let step = saved.get("step").and_then(|t| t.as_i64()).and_then(|v| v.first().copied());
     ensure!(
         step == Some(trainer.step as i64),
@@ -485,12 +485,6 @@ fn foreign_entries(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Writes `text` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_file_name(format!(".{}.tmp{}", path.file_name().unwrap().to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// The run's folder and what it has written.
 struct Run<'a> {
     out: &'a Path,
@@ -527,7 +521,7 @@ impl Run<'_> {
             let text = |v: &Value| serde_json::to_string_pretty(v).expect("JSON") + "\n";
             std::fs::write(tmp.join("config.json"), text(&model.config_json))?;
             let weights: Vec<(&str, &Tensor)> = model.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            crate::write_tensors(&tmp.join("model.safetensors"), &weights)?;
+            tttc_runtime::write_tensors(&tmp.join("model.safetensors"), &weights)?;
             std::fs::write(tmp.join("tokenizer.json"), text(&json!({"kind": "bytes", "vocab_size": BYTE_VOCAB})))?;
             let shaped = |map: &BTreeMap<String, Vec<f32>>, kind: &str| -> Vec<(String, Tensor)> {
                 map.iter().map(|(n, v)| (format!("{kind}.{n}"), Tensor::f32(model.weights[n].shape.clone(), v.clone()))).collect()
@@ -536,7 +530,7 @@ impl Run<'_> {
             moments.extend(shaped(&state.opt.v, "v"));
             moments.push(("step".into(), Tensor::i64(vec![], vec![state.step as i64])));
             let refs: Vec<(&str, &Tensor)> = moments.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            crate::write_tensors(&tmp.join("optimizer.safetensors"), &refs)?;
+            tttc_runtime::write_tensors(&tmp.join("optimizer.safetensors"), &refs)?;
             std::fs::write(tmp.join("log.jsonl"), self.log.iter().map(|l| format!("{l}\n")).collect::<String>())?;
             std::fs::write(tmp.join("trainer.json"), serde_json::to_string_pretty(&trainer)? + "\n")?;
             // The loss curves are for people: a failure to draw them does not stop training.
@@ -686,7 +680,7 @@ pub fn train(req: &TrainRequest) -> Result<TrainSummary> {
     }
     // The log holds the entries up to the starting step (a resumed run drops any written after
     // its checkpoint).
-    write_atomic(&req.out.join("log.jsonl"), &run.log.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    tttc_files::write_atomic(&req.out.join("log.jsonl"), run.log.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes())?;
     if resumed.is_none() {
         if let Some(ev) = &evaluator {
             let val = ev.loss(&model, req.backend)?;

@@ -1,6 +1,6 @@
 //! Loss curves render to a PNG of the requested size.
 
-use tttc_runtime::plot::{loss_curves, Series};
+use tttc_tools::plot::{loss_curves, Series};
 
 #[test]
 fn draws_a_png() {

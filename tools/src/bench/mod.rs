@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tttc_ir::Tensor;
 
-use crate::Backend;
+use tttc_runtime::Backend;
 
 pub mod decode;
 pub mod packed;
@@ -124,7 +124,7 @@ pub struct Peers {
 pub struct BenchRequest {
     pub layers: Vec<Layer>,
     pub seq_lens: Vec<usize>,
-    pub backend: Backend,
+    pub backend: &'static dyn Backend,
     pub reps: usize,
     pub peers: Option<Peers>,
     /// Profile one more call of each tttc configuration (CPU backend).
@@ -168,14 +168,14 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
             let x = hidden_input(t, 768);
             let r = cotangent(t, 768);
             let start = Instant::now();
-            let exe = crate::Executable::new(if req.grad { layer_gradient(&builder.g)? } else { tttc_passes::compile(&builder.g)? });
+            let exe = tttc_runtime::Executable::new(if req.grad { layer_gradient(&builder.g)? } else { tttc_passes::compile(&builder.g)? });
             let inputs: Vec<(&str, &Tensor)> = if req.grad { vec![("x", &x), ("r", &r)] } else { vec![("x", &x)] };
             let run = || exe.run_with(&weights, &inputs, req.backend);
             run()?;
             let first_s = start.elapsed().as_secs_f64();
             let times = time_calls(req.reps, || run().map(|_| ()))?;
             let mut profile = Vec::new();
-            if req.profile && req.backend == Backend::Cpu {
+            if req.profile && req.backend.capabilities().profiled {
                 profile = profiled(|| run().map(|_| ()))?;
             }
             let timing = Timing {
@@ -338,18 +338,18 @@ pub fn compile_time() -> Result<(f64, f64)> {
 /// One gradient step (forward and backward through every layer, rematerialised) of a 2-layer
 /// model at the 125m width on `t` tokens, timed over at most three calls after a warm-up: (median
 /// ms, time to build and compile the step in s).
-pub fn gradient_step(t: usize, backend: Backend, reps: usize, profile: bool, peers: Option<&Peers>) -> Result<GradientTiming> {
+pub fn gradient_step(t: usize, backend: &dyn Backend, reps: usize, profile: bool, peers: Option<&Peers>) -> Result<GradientTiming> {
     let config = lm_125m(2)?;
     let builder = tttc_frontends::build(&config)?;
     let weights = tttc_frontends::init::initialise(&builder, 0);
     let model = tttc_frontends::Model { config, config_json: Value::Null, builder, weights };
     let start = Instant::now();
-    let step = crate::GradientStep::new(&model)?;
+    let step = tttc_runtime::GradientStep::new(&model)?;
     let build_s = start.elapsed().as_secs_f64();
     let mut rng = tttc_frontends::rng::SplitMix64::keyed(2, "bench tokens");
     let ids = Tensor::i64(vec![1, t], (0..t).map(|_| rng.below(32000) as i64).collect());
     let (median_ms, _) = time_calls(reps.min(3), || step.run(&model.weights, &ids, backend).map(|_| ()))?;
-    let profile = if profile && backend == Backend::Cpu { profiled(|| step.run(&model.weights, &ids, backend).map(|_| ()))? } else { Vec::new() };
+    let profile = if profile && backend.capabilities().profiled { profiled(|| step.run(&model.weights, &ids, backend).map(|_| ()))? } else { Vec::new() };
     let eager_ms = match peers {
         Some(p) => {
             let extra: Vec<String> =

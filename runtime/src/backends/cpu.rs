@@ -1,0 +1,32 @@
+//! Native code for this machine (`tttc_codegen_cpu`), compiled once for every size.
+
+use anyhow::Result;
+use tttc_ir::{DimEnv, Graph, Tensor};
+
+use super::{Backend, Capabilities, Program};
+
+pub struct Cpu;
+
+impl Backend for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn about(&self) -> &'static str {
+        "Native code for this machine (Cranelift kernels, gemm matrix products)"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { any_size: true, needs_device: false, profiled: true }
+    }
+
+    fn compile(&self, graph: &Graph, _: &DimEnv) -> Result<Box<dyn Program>> {
+        Ok(Box::new(tttc_codegen_cpu::Program::compile(graph)?))
+    }
+}
+
+impl Program for tttc_codegen_cpu::Program {
+    fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
+        tttc_codegen_cpu::Program::run(self, args)
+    }
+}
