@@ -117,6 +117,12 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
             let workspace = format!("#define {}_WORKSPACE_BYTES {}u", symbol.to_uppercase(), u(&e["workspace_bytes"], "workspace"));
             assert!(header.contains(&workspace), "{stem}: {workspace}");
         }
+        // The forward entry's FLOPs counted on its schedule agree with the graph's estimate (the
+        // same products, reductions and elementwise ops, counted independently).
+        let (scheduled, estimated) =
+            (u(&entries[0]["flops"], "flops") as f64, u(&m["passes"].as_array().unwrap().last().unwrap()["totals"]["flops"], "flops") as f64);
+        assert!((scheduled / estimated - 1.0).abs() < 0.02, "{stem}: scheduled {scheduled} FLOPs, estimated {estimated}");
+        assert!(u(&entries[0]["bytes_moved"], "bytes_moved") > 0, "{stem}");
         for e in &entries[..2] {
             let args: Vec<&str> = e["args"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
             assert_eq!(args, graph_args, "{stem}: {} takes the forward pass's arguments", e["name"]);

@@ -193,6 +193,8 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
                     symbol: format!("{SYMBOL_PREFIX}_{}", e.name),
                     about: e.about.to_string(),
                     workspace_bytes: sig.workspace_bytes,
+                    flops: sig.traffic.flops,
+                    bytes_moved: sig.traffic.bytes,
                     args: sig.args.iter().map(CpuSlot::from).collect(),
                     outputs: sig.outputs.iter().map(CpuSlot::from).collect(),
                     kernels: sig.kernels,

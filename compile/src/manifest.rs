@@ -105,6 +105,9 @@ pub(crate) struct CpuEntry {
     pub(crate) symbol: String,
     pub(crate) about: String,
     pub(crate) workspace_bytes: usize,
+    /// What one call computes and moves, counted on its schedule (not estimated from the graph).
+    pub(crate) flops: u64,
+    pub(crate) bytes_moved: u64,
     pub(crate) args: Vec<CpuSlot>,
     pub(crate) outputs: Vec<CpuSlot>,
     pub(crate) kernels: usize,

@@ -470,6 +470,47 @@ pub struct Signature {
     pub workspace_bytes: usize,
     pub functions: usize,
     pub kernels: usize,
+    /// What one call computes and moves, as scheduled (see [`Schedule::traffic`]).
+    pub traffic: Traffic,
+}
+
+/// Floating-point operations and bytes of memory read and written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub flops: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Traffic {
+    fn add_assign(&mut self, o: Traffic) {
+        self.flops += o.flops;
+        self.bytes += o.bytes;
+    }
+}
+
+impl Schedule {
+    /// What one call of function `f` computes and moves: its instructions' FLOPs and bytes,
+    /// each scan's body once per iteration (the staging of scan pieces not counted).
+    pub fn traffic(&self, f: usize) -> Traffic {
+        self.instrs_traffic(&self.functions[f], &self.functions[f].instrs)
+    }
+
+    fn instrs_traffic(&self, f: &Function, instrs: &[Instr]) -> Traffic {
+        let mut t = Traffic::default();
+        for i in instrs {
+            match i {
+                Instr::Scan(s) => {
+                    for run in s.runs() {
+                        let body = self.traffic(run.function);
+                        t += Traffic { flops: body.flops * run.count as u64, bytes: body.bytes * run.count as u64 };
+                    }
+                }
+                Instr::Parallel { parts } => parts.iter().for_each(|p| t += self.instrs_traffic(f, p)),
+                _ => t += Traffic { flops: i.flops(&self.specs), bytes: i.bytes(f) },
+            }
+        }
+        t
+    }
 }
 
 /// Plans `graph` (after the pass pipeline) for one thread and schedules it at the sizes `env`
@@ -486,6 +527,7 @@ pub fn model(graph: &Graph, env: &DimEnv, operands: Operands) -> Result<(Schedul
         workspace_bytes: s.functions.last().map_or(0, |f| f.workspace),
         functions: s.functions.len(),
         kernels: s.specs.len(),
+        traffic: s.traffic(s.functions.len() - 1),
     };
     Ok((s, sig))
 }
