@@ -13,28 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "files.h"
 #include "model.h"
-
-static void *read_file(const char *dir, const char *name, int64_t bytes) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) { fprintf(stderr, "error: cannot open %s\n", path); exit(1); }
-    void *data = malloc(bytes > 0 ? bytes : 1);
-    if (fread(data, 1, bytes, f) != (size_t)bytes) { fprintf(stderr, "error: %s holds fewer than %lld bytes\n", path, (long long)bytes); exit(1); }
-    fclose(f);
-    return data;
-}
-
-static void write_file(const char *dir, const char *name, const void *data, int64_t bytes) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, 1, bytes, f) != (size_t)bytes) { fprintf(stderr, "error: cannot write %s\n", path); exit(1); }
-    fclose(f);
-}
-
-static void *alloc(int64_t bytes) { return malloc(bytes > 0 ? bytes : 1); }
 
 /* The argmax of each row of logits [B][V] becomes that row's next token. */
 static void pick(const float *logits, int64_t vocab, int64_t *next) {
@@ -115,7 +95,7 @@ int main(int argc, char **argv) {
         for (long k = 0; k < n; k++) printf("%s%lld", k ? " " : "", (long long)tokens[r * (TTTC_T + n) + TTTC_T + k]);
         printf("\n");
     }
-    write_file(argv[3], "tokens", tokens, TTTC_B * (TTTC_T + n) * 8);
-    write_file(argv[3], "logits", logits, TTTC_B * n * vocab * 4);
+    write_file(argv[3], "", "tokens", tokens, TTTC_B * (TTTC_T + n) * 8);
+    write_file(argv[3], "", "logits", logits, TTTC_B * n * vocab * 4);
     return 0;
 }

@@ -8,26 +8,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "files.h"
 #include "model.h"
-
-static void *read_file(const char *dir, const char *name, int64_t bytes) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) { fprintf(stderr, "error: cannot open %s\n", path); exit(1); }
-    void *data = malloc(bytes > 0 ? bytes : 1);
-    if (fread(data, 1, bytes, f) != (size_t)bytes) { fprintf(stderr, "error: %s holds fewer than %lld bytes\n", path, (long long)bytes); exit(1); }
-    fclose(f);
-    return data;
-}
 
 int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: %s ARGS OUT\n", argv[0]); return 2; }
     const void *args[TTTC_FORWARD_ARGS];
     void *outputs[TTTC_FORWARD_OUTPUTS];
     for (int j = 0; j < TTTC_FORWARD_ARGS; j++) args[j] = read_file(argv[1], TTTC_FORWARD_ARG_NAMES[j], TTTC_FORWARD_ARG_BYTES[j]);
-    for (int j = 0; j < TTTC_FORWARD_OUTPUTS; j++) outputs[j] = malloc(TTTC_FORWARD_OUTPUT_BYTES[j] > 0 ? TTTC_FORWARD_OUTPUT_BYTES[j] : 1);
-    void *workspace = malloc(TTTC_FORWARD_WORKSPACE_BYTES > 0 ? TTTC_FORWARD_WORKSPACE_BYTES : 1);
+    for (int j = 0; j < TTTC_FORWARD_OUTPUTS; j++) outputs[j] = alloc(TTTC_FORWARD_OUTPUT_BYTES[j]);
+    void *workspace = alloc(TTTC_FORWARD_WORKSPACE_BYTES);
     int32_t status = tttc_forward(args, outputs, workspace);
     if (status != 0) { fprintf(stderr, "error: tttc_forward returned %d (a token id out of range)\n", status); return 1; }
     for (int j = 0; j < TTTC_FORWARD_OUTPUTS; j++) {

@@ -12,28 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "files.h"
 #include "model.h"
-
-static void *read_file(const char *dir, const char *name, int64_t bytes) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) { fprintf(stderr, "error: cannot open %s\n", path); exit(1); }
-    void *data = malloc(bytes > 0 ? bytes : 1);
-    if (fread(data, 1, bytes, f) != (size_t)bytes) { fprintf(stderr, "error: %s holds fewer than %lld bytes\n", path, (long long)bytes); exit(1); }
-    fclose(f);
-    return data;
-}
-
-static void write_file(const char *dir, const char *prefix, const char *name, const void *data, int64_t bytes) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s%s.bin", dir, prefix, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, 1, bytes, f) != (size_t)bytes) { fprintf(stderr, "error: cannot write %s\n", path); exit(1); }
-    fclose(f);
-}
-
-static void *alloc(int64_t bytes) { return malloc(bytes > 0 ? bytes : 1); }
 
 int main(int argc, char **argv) {
     if (argc != 4) { fprintf(stderr, "usage: %s ARGS OUT LR\n", argv[0]); return 2; }
