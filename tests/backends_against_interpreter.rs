@@ -316,12 +316,16 @@ fn scans_split_into_independent_lanes() {
         let outs = g.scan(Scan { axis: 2, chunk: 4, carries: 1, seqs: 1, body, reverse: false }, &[s0, xs, w]).unwrap();
         g.output("s", outs[0]);
         g.output("y", outs[1]);
-        let args = [
-            Tensor::f32(vec![2, 4, 3, 3], values(72, 14, -0.5, 0.5)),
-            Tensor::f32(vec![2, 4, 10, 3], values(240, 15, -1.0, 1.0)),
-            Tensor::f32(vec![3], values(3, 16, 0.5, 1.5)),
-        ];
-        assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "mix = {mix}");
+        // A batch of two: each lane's slice is strided, so it is copied in and out; a batch of
+        // one: each lane reads and writes its slice in place (a view).
+        for batch in [2, 1] {
+            let args = [
+                Tensor::f32(vec![batch, 4, 3, 3], values(36 * batch, 14, -0.5, 0.5)),
+                Tensor::f32(vec![batch, 4, 10, 3], values(120 * batch, 15, -1.0, 1.0)),
+                Tensor::f32(vec![3], values(3, 16, 0.5, 1.5)),
+            ];
+            assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "mix = {mix}, B = {batch}");
+        }
         Program::compile(&g).unwrap().stats().plan.lane_split_scans
     };
     let threads = tttc_codegen_cpu::threads();
