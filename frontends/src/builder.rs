@@ -257,10 +257,12 @@ impl ModelBuilder {
 }
 
 /// Positions per chunk of the head and loss scan: a chunk's `[positions, V]` logits and their
-/// softmax stay near 16 MB however long the sequence, where whole-sequence ones at T = 8192 and a
-/// 32k vocabulary would be 1 GB each.
+/// softmax stay near 64 MB however long the sequence, where whole-sequence ones at T = 8192 and a
+/// 32k vocabulary would be 1 GB each. Smaller chunks cost time: the head's products run below
+/// the GEMM rate with fewer than ~500 rows, and the gradient's `[V, D]` accumulation is paid
+/// once per chunk.
 fn loss_chunk(vocab: usize) -> usize {
-    ((1usize << 22) / vocab.max(1)).max(1)
+    ((1usize << 24) / vocab.max(1)).max(1)
 }
 
 /// One chunk of positions: logits `h · headᵀ`, and the summed weighted cross-entropy
