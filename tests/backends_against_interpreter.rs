@@ -333,6 +333,39 @@ fn scans_split_into_independent_lanes() {
     assert_eq!(lanes_of(true), 0, "a body summing across lanes must stay whole");
 }
 
+/// Values computed only to be placed in a concat's or a pad's result are written in place
+/// (a view of it) when each piece is contiguous: with a batch of one, the pad and the concat copy
+/// nothing they computed (the results being outputs); with a batch of two, everything is copied.
+/// Both match the interpreter, with pieces read again after their joins, a piece joined twice,
+/// an argument joined and a pad with no margin before.
+#[test]
+fn concat_and_pad_pieces_are_written_in_place() {
+    let mut g = Graph::new("joins");
+    let x = g.input("x", Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(7), Dim::c(5)]));
+    let e = g.unary(UnaryOp::Exp, x).unwrap();
+    let padded = g.pad(e, 1, 2, 1).unwrap();
+    let t = g.unary(UnaryOp::Tanh, x).unwrap();
+    let n = g.unary(UnaryOp::Neg, x).unwrap();
+    let joined = g.concat(&[n, t, x, t], 1).unwrap(); // `t` twice: copied, not placed
+    let again = g.add(e, n).unwrap(); // placed pieces read after their joins
+    let padded_start = g.pad(again, 1, 0, 3).unwrap();
+    for (name, v) in [("padded", padded), ("joined", joined), ("again", again), ("padded_start", padded_start)] {
+        g.output(name, v);
+    }
+    for batch in [1usize, 2] {
+        let args = [Tensor::f32(vec![batch, 7, 5], values(35 * batch, 17, -2.0, 2.0))];
+        assert!(compare(&g, &args, 1e-6, 1e-7) <= 1.0, "B = {batch}");
+        let mut env = tttc_ir::DimEnv::new();
+        env.insert("B".to_string(), batch);
+        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Operands::AnyStrides).unwrap();
+        let model = s.functions.last().unwrap();
+        let copies = model.instrs.iter().filter(|i| matches!(i, tttc_lower::schedule::Instr::Copy { .. })).count();
+        // B = 1: `x` (an argument) and `t` (twice) into the concat, `again` (an output of its
+        // own) into its pad: 4 copies; `e` and `n` none. B = 2: every piece, 1 + 4 + 1.
+        assert_eq!(copies, if batch == 1 { 4 } else { 6 }, "B = {batch}");
+    }
+}
+
 /// Workspace memory is reused once a value is dead, never while a later step reads it (`n` is
 /// read by a reduction and then a kernel, `a` is an output); a matrix product reads a weight
 /// through a reshape that only adds a leading axis of length 1 without materialising it, but not

@@ -419,17 +419,21 @@ impl Function {
 
     /// Where `b`'s memory is: in buffer `root` (an argument, an output or the workspace's),
     /// `at` bytes from its start.
-    pub fn locate(&self, mut b: BufId) -> (BufId, usize) {
-        let mut at = 0;
-        loop {
-            match self.bufs[b].home {
-                Home::Alias(a) => b = a,
-                Home::View { of, at: more } => {
-                    b = of;
-                    at += more;
-                }
-                Home::Arg(_) | Home::Out(_) | Home::Work => return (b, at),
+    pub fn locate(&self, b: BufId) -> (BufId, usize) {
+        locate(&self.bufs, b)
+    }
+}
+
+fn locate(bufs: &[Buf], mut b: BufId) -> (BufId, usize) {
+    let mut at = 0;
+    loop {
+        match bufs[b].home {
+            Home::Alias(a) => b = a,
+            Home::View { of, at: more } => {
+                b = of;
+                at += more;
             }
+            Home::Arg(_) | Home::Out(_) | Home::Work => return (b, at),
         }
     }
 }
@@ -577,7 +581,8 @@ fn new_function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<us
     }
     let outs = f.body(body, &args, &mut wanted)?;
     for (j, &b) in outs.iter().enumerate() {
-        if f.bufs[b].home != Home::Out(j) {
+        let (root, at) = locate(&f.bufs, b);
+        if f.bufs[root].home != Home::Out(j) || at != 0 || f.bufs[root].len() != f.bufs[b].len() {
             let out = f.buf(f.bufs[b].dtype, f.bufs[b].shape.clone(), Home::Out(j));
             f.copy_all(out, b);
         }
@@ -649,6 +654,7 @@ impl Builder<'_> {
     fn body(&mut self, body: &Body, args: &[BufId], wanted: &mut HashMap<ValueId, Home>) -> Result<Vec<BufId>> {
         let g = &body.graph;
         let mut vals: HashMap<ValueId, BufId> = g.args.iter().zip(args).map(|(a, &b)| (a.value, b)).collect();
+        self.place_pieces(g, body, wanted)?;
         for step in &body.steps {
             let what = || match step {
                 Step::Kernel(k) => format!("kernel {} in {}", k.kernel, g.name),
@@ -770,6 +776,61 @@ impl Builder<'_> {
         }
     }
 
+    /// Values the body computes that a concat or a pad only places in its result are written
+    /// straight into their place (a view of the result, which then exists from the first of
+    /// them on), so the concat copies nothing of them and the pad fills only its margins: the
+    /// conv's padded input, for one. Only where each piece is contiguous (every axis before the
+    /// joined one has length 1); the result keeps the home it is wanted at (an output's).
+    fn place_pieces(&mut self, g: &Graph, body: &Body, wanted: &mut HashMap<ValueId, Home>) -> Result<()> {
+        for step in &body.steps {
+            let Step::Op(i) = step else { continue };
+            let node = &g.nodes[*i];
+            let (axis, pieces) = match node.op {
+                Op::Concat { axis } => {
+                    let mut at = 0;
+                    let mut pieces = Vec::new();
+                    for &v in &node.inputs {
+                        pieces.push((v, at));
+                        at += self.shape_of(g, v)?[axis];
+                    }
+                    (axis, pieces)
+                }
+                Op::Pad { axis, before, .. } => (axis, vec![(node.inputs[0], before)]),
+                _ => continue,
+            };
+            let (out, dtype) = (node.outputs[0], g.ty(node.outputs[0]).dtype);
+            let shape = self.shape_of(g, out)?;
+            if !shape[..axis].iter().all(|&d| d == 1) {
+                continue;
+            }
+            let home = wanted.remove(&out).unwrap_or(Home::Work);
+            let dst = self.buf(dtype, shape.clone(), home);
+            wanted.insert(out, Home::Alias(dst));
+            let stride = contiguous_strides(&shape)[axis] * elem_bytes(dtype);
+            for &(v, at) in &pieces {
+                let computed = !g.args.iter().any(|a| a.value == v);
+                let once = node.inputs.iter().filter(|&&x| x == v).count() == 1;
+                if computed && once && !wanted.contains_key(&v) {
+                    wanted.insert(v, Home::View { of: dst, at: at * stride });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `piece` into `dst` at position `at` along `axis`, unless it was computed there.
+    fn put(&mut self, dst: BufId, piece: BufId, axis: usize, at: usize) {
+        let shape = self.bufs[dst].shape.clone();
+        let strides = contiguous_strides(&shape);
+        let (root, offset) = locate(&self.bufs, dst);
+        if locate(&self.bufs, piece) == (root, offset + at * strides[axis] * elem_bytes(self.bufs[dst].dtype)) {
+            return;
+        }
+        let piece_shape = self.bufs[piece].shape.clone();
+        let copy = Strided { src_strides: contiguous_strides(&piece_shape), shape: piece_shape, dst_at: at * strides[axis], dst_strides: strides, src_at: 0 };
+        self.instrs.push(Instr::Copy { dst, src: piece, copy: copy.simplified() });
+    }
+
     /// Lane `k` of `parts` of buffer `b` along `axis`: a view of its memory when the lane is
     /// contiguous (every axis before `axis` has length 1), else a buffer of its own with the copy
     /// from `b` into it.
@@ -888,30 +949,27 @@ impl Builder<'_> {
             Op::Concat { axis } => {
                 let mut at = 0;
                 for &piece in ins {
-                    let piece_shape = self.bufs[piece].shape.clone();
-                    let len = piece_shape[*axis];
-                    let copy = Strided {
-                        shape: piece_shape.clone(),
-                        dst_at: at * contiguous[*axis],
-                        dst_strides: contiguous.clone(),
-                        src_at: 0,
-                        src_strides: contiguous_strides(&piece_shape),
-                    };
-                    self.instrs.push(Instr::Copy { dst, src: piece, copy: copy.simplified() });
-                    at += len;
+                    self.put(dst, piece, *axis, at);
+                    at += self.bufs[piece].shape[*axis];
                 }
             }
-            Op::Pad { axis, before, .. } => {
-                self.instrs.push(Instr::Fill { dst, bits: 0 });
-                let inner = self.bufs[ins[0]].shape.clone();
-                let copy = Strided {
-                    shape: inner.clone(),
-                    dst_at: before * contiguous[*axis],
-                    dst_strides: contiguous.clone(),
-                    src_at: 0,
-                    src_strides: contiguous_strides(&inner),
-                };
-                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: copy.simplified() });
+            Op::Pad { axis, before, after } => {
+                let (axis, inner) = (*axis, self.bufs[ins[0]].shape[*axis]);
+                if shape[..axis].iter().all(|&d| d == 1) {
+                    // Contiguous margins: zeroed as views, around the operand.
+                    let dtype = self.bufs[dst].dtype;
+                    for (at, len) in [(0, *before), (before + inner, *after)] {
+                        if len > 0 {
+                            let mut margin = shape.clone();
+                            margin[axis] = len;
+                            let m = self.buf(dtype, margin, Home::View { of: dst, at: at * contiguous[axis] * elem_bytes(dtype) });
+                            self.instrs.push(Instr::Fill { dst: m, bits: 0 });
+                        }
+                    }
+                } else {
+                    self.instrs.push(Instr::Fill { dst, bits: 0 });
+                }
+                self.put(dst, ins[0], axis, *before);
             }
             Op::Gather { axis } => {
                 let table = &self.bufs[ins[0]].shape;
