@@ -424,6 +424,12 @@ impl Function {
     }
 }
 
+/// Whether every range of positions along `axis` of a dense `shape` is one contiguous piece of
+/// memory (every axis before it has length 1): such a piece can be a view.
+fn pieces_contiguous(shape: &[usize], axis: usize) -> bool {
+    shape[..axis].iter().all(|&d| d == 1)
+}
+
 fn locate(bufs: &[Buf], mut b: BufId) -> (BufId, usize) {
     let mut at = 0;
     loop {
@@ -752,7 +758,7 @@ impl Builder<'_> {
                     }
                     // A slice of contiguous memory (every axis before the sliced one has length
                     // 1: a sequence's shifted window) is a view of it.
-                    Op::Slice { axis, start, .. } if self.bufs[ins[0]].shape[..*axis].iter().all(|&d| d == 1) => {
+                    Op::Slice { axis, start, .. } if pieces_contiguous(&self.bufs[ins[0]].shape, *axis) => {
                         let (from, dtype) = (self.bufs[ins[0]].shape.clone(), self.bufs[ins[0]].dtype);
                         let at = slice_start(*start, from[*axis]) * contiguous_strides(&from)[*axis] * elem_bytes(dtype);
                         self.buf(dtype, self.shape_of(g, out)?, Home::View { of: ins[0], at })
@@ -800,7 +806,7 @@ impl Builder<'_> {
             };
             let (out, dtype) = (node.outputs[0], g.ty(node.outputs[0]).dtype);
             let shape = self.shape_of(g, out)?;
-            if !shape[..axis].iter().all(|&d| d == 1) {
+            if !pieces_contiguous(&shape, axis) {
                 continue;
             }
             let home = wanted.remove(&out).unwrap_or(Home::Work);
@@ -841,7 +847,7 @@ impl Builder<'_> {
         shape[axis] /= parts;
         let strides = contiguous_strides(&whole);
         let at = k * shape[axis] * strides[axis];
-        if whole[..axis].iter().all(|&d| d == 1) {
+        if pieces_contiguous(&whole, axis) {
             return Ok((self.buf(dtype, shape, Home::View { of: b, at: at * elem_bytes(dtype) }), None));
         }
         let piece = self.buf(dtype, shape.clone(), Home::Work);
@@ -955,7 +961,7 @@ impl Builder<'_> {
             }
             Op::Pad { axis, before, after } => {
                 let (axis, inner) = (*axis, self.bufs[ins[0]].shape[*axis]);
-                if shape[..axis].iter().all(|&d| d == 1) {
+                if pieces_contiguous(&shape, axis) {
                     // Contiguous margins: zeroed as views, around the operand.
                     let dtype = self.bufs[dst].dtype;
                     for (at, len) in [(0, *before), (before + inner, *after)] {
@@ -1044,7 +1050,7 @@ impl Builder<'_> {
         let slicing = |b: &mut Self, buf: BufId, iteration: bool| -> Slicing {
             let shape = b.bufs[buf].shape.clone();
             let per = if iteration { 1 } else { chunk };
-            let staging = if shape[..axis].iter().all(|&d| d == 1) {
+            let staging = if pieces_contiguous(&shape, axis) {
                 None
             } else {
                 let dtype = b.bufs[buf].dtype;
