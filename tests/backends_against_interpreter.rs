@@ -357,12 +357,62 @@ fn concat_and_pad_pieces_are_written_in_place() {
         assert!(compare(&g, &args, 1e-6, 1e-7) <= 1.0, "B = {batch}");
         let mut env = tttc_ir::DimEnv::new();
         env.insert("B".to_string(), batch);
-        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Operands::AnyStrides).unwrap();
+        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Products::GPU).unwrap();
         let model = s.functions.last().unwrap();
         let copies = model.instrs.iter().filter(|i| matches!(i, tttc_lower::schedule::Instr::Copy { .. })).count();
         // B = 1: `x` (an argument) and `t` (twice) into the concat, `again` (an output of its
         // own) into its pad: 4 copies; `e` and `n` none. B = 2: every piece, 1 + 4 + 1.
         assert_eq!(copies, if batch == 1 { 4 } else { 6 }, "B = {batch}");
+    }
+}
+
+/// A kernel that follows a product, reads it and walks its elements in order becomes the
+/// product's epilogue (on the GPU applied in registers before the store): with a broadcast bias
+/// (outer axes when B = 2), over a batch of products, with the product also an output (kept) or
+/// not; a kernel that does not read the product stays a kernel. Tensor-core tiles and one-thread
+/// products (T = 3) both match the interpreter.
+#[test]
+fn products_apply_their_epilogues_before_the_store() {
+    let bsym = Dim::sym("B");
+    let mut g = Graph::new("epilogues");
+    let x = g.input("x", Type::new(DType::F32, vec![bsym.clone(), Dim::sym("T"), Dim::c(33)]));
+    let w = g.input("w", f32t(&[33, 40]));
+    let bias = g.input("bias", f32t(&[40]));
+    let p = g.input("p", Type::new(DType::F32, vec![bsym.clone(), Dim::c(2), Dim::sym("T"), Dim::c(9)]));
+    let q = g.input("q", Type::new(DType::F32, vec![bsym, Dim::c(2), Dim::c(9), Dim::c(12)]));
+    let y = g.matmul(x, w).unwrap();
+    let y = g.add(y, bias).unwrap();
+    let z = g.unary(UnaryOp::Tanh, y).unwrap(); // epilogue: tanh(x·w + bias), the product not kept
+    let pq = g.matmul(p, q).unwrap();
+    let e = g.unary(UnaryOp::Exp, pq).unwrap(); // epilogue of a batch of products, the product kept
+    let pq2 = g.matmul(p, q).unwrap();
+    let unrelated = g.unary(UnaryOp::Neg, x).unwrap(); // follows a product without reading it
+    for (name, v) in [("z", z), ("e", e), ("pq", pq), ("pq2", pq2), ("unrelated", unrelated)] {
+        g.output(name, v);
+    }
+    for (batch, t) in [(1usize, 70usize), (2, 70), (2, 3)] {
+        let args = [
+            Tensor::f32(vec![batch, t, 33], values(batch * t * 33, 61, -1.0, 1.0)),
+            Tensor::f32(vec![33, 40], values(33 * 40, 62, -0.3, 0.3)),
+            Tensor::f32(vec![40], values(40, 63, -1.0, 1.0)),
+            Tensor::f32(vec![batch, 2, t, 9], values(batch * 2 * t * 9, 64, -1.0, 1.0)),
+            Tensor::f32(vec![batch, 2, 9, 12], values(batch * 2 * 9 * 12, 65, -0.5, 0.5)),
+        ];
+        assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "B = {batch}, T = {t}");
+        let mut env = tttc_ir::DimEnv::new();
+        env.insert("B".to_string(), batch);
+        env.insert("T".to_string(), t);
+        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Products::GPU).unwrap();
+        let model = s.functions.last().unwrap();
+        let epilogues: Vec<bool> = model
+            .instrs
+            .iter()
+            .filter_map(|i| match i {
+                tttc_lower::schedule::Instr::MatMul { epilogue: Some(e), .. } => Some(e.keep_product),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(epilogues, [false, true], "B = {batch}, T = {t}: which products took an epilogue, and whether each keeps its product");
     }
 }
 

@@ -115,9 +115,9 @@ pub enum Op {
     Grad(Box<Grad>),
     /// A fused region: a sub-graph meant to execute as one kernel, its intermediate values not
     /// materialised. Operands are the body's arguments, results the body's outputs. The `fuse`
-    /// pass builds them from runs of top-level nodes. The backends do not deliver that yet: they
-    /// inline or plan the body step by step, so a product's result is still stored before its
-    /// epilogue reads it (docs/passes.md, "What the backends do with regions").
+    /// pass builds them from runs of top-level nodes. The backends plan the body step by step:
+    /// elementwise runs become kernels and, on the GPU, a product's epilogue is applied before
+    /// its store (docs/passes.md, "What the backends do with regions").
     Fused(Box<Fused>),
 }
 

@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use tttc_ir::layout::contiguous_strides;
 use tttc_ir::{DType, ReduceKind};
-use tttc_lower::schedule::{elem_bytes, Function, Home, Instr, KernelInput, Operand, ScanInstr, Schedule, Slicing, Strided};
+use tttc_lower::schedule::{elem_bytes, Function, Home, Instr, Launch, Operand, ScanInstr, Schedule, Slicing, Strided};
 
 use crate::kernel::KernelFn;
 
@@ -84,8 +84,9 @@ impl Machine<'_> {
         // SAFETY (every arm): the schedule sized each buffer for what its instructions touch.
         unsafe {
             match instr {
-                Instr::Kernel { kernel, outer, rows, n, ins, outs } => self.launch(fr, *kernel, outer, *rows, *n, ins, outs),
-                Instr::MatMul { c, a, b, batch, m, n, k } => matmul(fr.f32(*c), (fr.f32(a.buf), a), (fr.f32(b.buf), b), batch, *m, *n, *k),
+                Instr::Kernel(l) => self.launch(fr, l),
+                Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None } => matmul(fr.f32(*c), (fr.f32(a.buf), a), (fr.f32(b.buf), b), batch, *m, *n, *k),
+                Instr::MatMul { epilogue: Some(_), .. } => bail!("a product with an epilogue in a CPU schedule (`Products::CPU` schedules none)"),
                 Instr::Reduce { dst, src, kind, outer, len, inner } => reduce(fr.f32(*dst), fr.f32(*src), *kind, *outer, *len, *inner),
                 Instr::Copy { dst, src, copy } => copy_strided(fr.ptr(*dst), fr.ptr(*src), copy, elem_bytes(f.bufs[*dst].dtype)),
                 Instr::Fill { dst, bits } => fill(fr.ptr(*dst), f.bufs[*dst].len(), f.bufs[*dst].dtype, *bits),
@@ -157,7 +158,7 @@ impl Machine<'_> {
     fn label(&self, f: &Function, instr: &Instr) -> String {
         let shape = |b: usize| format!("{:?}", f.bufs[b].shape);
         match instr {
-            Instr::Kernel { kernel, outs, .. } => format!("kernel {} ({} ops per element)", shape(outs[0]), self.schedule.specs[*kernel].ops_per_element()),
+            Instr::Kernel(l) => format!("kernel {} ({} ops per element)", shape(l.outs[0]), self.schedule.specs[l.kernel].ops_per_element()),
             Instr::MatMul { c, m, n, k, .. } => format!("matmul {} ({m}×{k} · {k}×{n})", shape(*c)),
             Instr::Reduce { dst, src, kind, .. } => format!("reduce {kind:?} {} to {}", shape(*src), shape(*dst)),
             Instr::Copy { dst, .. } => format!("copy to {}", shape(*dst)),
@@ -167,8 +168,8 @@ impl Machine<'_> {
 
     /// A kernel over the elements of `outer` × `rows` × `n`; the rows (or, for one long row, its
     /// pieces) are split over the threads.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn launch(&self, fr: &Frame, kernel: usize, outer: &[usize], rows: usize, n: usize, ins: &[KernelInput], outs: &[usize]) {
+    unsafe fn launch(&self, fr: &Frame, launch: &Launch) {
+        let Launch { kernel, ref outer, rows, n, ref ins, ref outs } = *launch;
         let f = self.kernels[kernel];
         let spec = &self.schedule.specs[kernel];
         let total = outer.iter().product::<usize>() * rows * n;

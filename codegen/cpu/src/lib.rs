@@ -156,7 +156,7 @@ impl Program {
             cache.push(hit);
             return Ok(s);
         }
-        let schedule = schedule::schedule_with_shapes(&self.body, self.specs.clone(), env, shapes, schedule::Operands::AnyStrides)
+        let schedule = schedule::schedule_with_shapes(&self.body, self.specs.clone(), env, shapes, schedule::Products::CPU)
             .with_context(|| format!("scheduling {}", self.body.graph.name))?;
         let extra = (schedule.specs.len() > self.specs.len()).then(|| kernel::compile(&schedule.specs[self.specs.len()..])).transpose()?;
         let kernels = self.jit.kernels.iter().chain(extra.iter().flat_map(|j| &j.kernels)).copied().collect();

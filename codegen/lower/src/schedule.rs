@@ -60,18 +60,10 @@ pub fn elem_bytes(dtype: DType) -> usize {
 
 /// One instruction; sizes are in elements, offsets and strides in elements of the buffer's type.
 pub enum Instr {
-    /// A generated kernel over `outer` axes (walked by loops around the call, each input with
-    /// its `strides` along them) of `rows` rows of `n` elements.
-    Kernel {
-        kernel: usize,
-        outer: Vec<usize>,
-        rows: usize,
-        n: usize,
-        ins: Vec<KernelInput>,
-        outs: Vec<BufId>,
-    },
+    Kernel(Launch),
     /// `c = a · b` for each index of `batch` (the operands' offsets advance by their batch
-    /// strides, `c` is contiguous); `a` read with (row, column) strides, `b`'s rows contiguous.
+    /// strides, `c` is contiguous); `a` read with (row, column) strides, `b`'s rows contiguous;
+    /// then its `epilogue`, if any.
     MatMul {
         c: BufId,
         a: Operand,
@@ -80,6 +72,7 @@ pub enum Instr {
         m: usize,
         n: usize,
         k: usize,
+        epilogue: Option<Box<Epilogue>>,
     },
     Reduce {
         dst: BufId,
@@ -172,16 +165,16 @@ impl Instr {
         let (read, write, update) = (Access::Read, Access::Write, Access::Update);
         let at = |buf: &BufId, name: &str, access: Access| Use { buf: *buf, name: name.to_string(), access };
         match self {
-            Instr::Kernel { ins, outs, .. } => ins
-                .iter()
-                .enumerate()
-                .map(|(i, x)| at(&x.buf, &format!("in{i}"), read))
-                .chain(outs.iter().enumerate().map(|(i, o)| at(o, &format!("out{i}"), write)))
-                .collect(),
+            Instr::Kernel(l) => l.uses(),
             Instr::Copy { dst, src, .. } | Instr::Cast { dst, src } | Instr::Reduce { dst, src, .. } => vec![at(dst, "dst", write), at(src, "src", read)],
             Instr::Fill { dst, .. } | Instr::Iota { dst } => vec![at(dst, "dst", write)],
             Instr::TriMask { dst, .. } => vec![at(dst, "dst", update)],
-            Instr::MatMul { c, a, b, .. } => vec![at(c, "c", write), at(&a.buf, "a", read), at(&b.buf, "b", read)],
+            Instr::MatMul { c, a, b, epilogue, .. } => {
+                let product = [at(c, "c", write), at(&a.buf, "a", read), at(&b.buf, "b", read)];
+                // The epilogue's reads of `c` are the product's own values.
+                let rest = epilogue.iter().flat_map(|e| e.launch.uses()).filter(|u| !(u.buf == *c && u.access == read));
+                product.into_iter().chain(rest).collect()
+            }
             Instr::Gather { dst, table, index, .. } => vec![at(dst, "dst", write), at(table, "table", read), at(index, "index", read)],
             Instr::OneHot { dst, index, .. } => vec![at(dst, "dst", write), at(index, "index", read)],
             Instr::ScatterAdd { dst, updates, index, .. } => vec![at(dst, "dst", write), at(updates, "updates", read), at(index, "index", read)],
@@ -199,8 +192,9 @@ impl Instr {
     /// The instruction's name, for profiles.
     pub fn name(&self) -> &'static str {
         match self {
-            Instr::Kernel { .. } => "kernel",
-            Instr::MatMul { .. } => "matmul",
+            Instr::Kernel(_) => "kernel",
+            Instr::MatMul { epilogue: None, .. } => "matmul",
+            Instr::MatMul { epilogue: Some(_), .. } => "matmul+epilogue",
             Instr::Reduce { .. } => "reduce",
             Instr::Copy { .. } => "copy",
             Instr::Fill { .. } => "fill",
@@ -229,11 +223,10 @@ impl Instr {
     /// parallel instruction's are their bodies').
     pub fn flops(&self, specs: &[KernelSpec]) -> u64 {
         match self {
-            Instr::Kernel { kernel, outer, rows, n, .. } => {
-                let ops = specs[*kernel].exprs.iter().filter(|e| matches!(e, Expr::Unary(..) | Expr::Binary(..))).count();
-                (outer.iter().product::<usize>() * rows * n * ops) as u64
+            Instr::Kernel(l) => l.flops(specs),
+            Instr::MatMul { batch, m, n, k, epilogue, .. } => {
+                2 * (batch.iter().product::<usize>() * m * n * k) as u64 + epilogue.as_ref().map_or(0, |e| e.launch.flops(specs))
             }
-            Instr::MatMul { batch, m, n, k, .. } => 2 * (batch.iter().product::<usize>() * m * n * k) as u64,
             Instr::Reduce { outer, len, inner, .. } => (outer * len * inner) as u64,
             _ => 0,
         }
@@ -244,12 +237,13 @@ impl Instr {
     pub fn bytes(&self, f: &Function) -> u64 {
         let size = |b: &BufId| f.bufs[*b].bytes();
         (match self {
-            Instr::Kernel { outer, rows, n, ins, outs, .. } => {
-                let elements = outer.iter().product::<usize>() * rows * n;
-                ins.iter().map(|i| size(&i.buf).min(4 * elements)).sum::<usize>() + outs.iter().map(size).sum::<usize>()
-            }
+            Instr::Kernel(l) => l.bytes(f, None),
             Instr::Copy { dst, copy, .. } => 2 * copy.shape.iter().product::<usize>() * elem_bytes(f.bufs[*dst].dtype),
-            Instr::MatMul { c, a, b, .. } => size(c) + size(&a.buf) + size(&b.buf),
+            Instr::MatMul { c, a, b, epilogue: None, .. } => size(c) + size(&a.buf) + size(&b.buf),
+            // The product's values reach the epilogue without a round trip through memory.
+            Instr::MatMul { c, a, b, epilogue: Some(e), .. } => {
+                size(&a.buf) + size(&b.buf) + e.launch.bytes(f, Some(*c)) + if e.keep_product { size(c) } else { 0 }
+            }
             Instr::Reduce { dst, src, .. } | Instr::Cast { dst, src } => size(dst) + size(src),
             Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => size(dst),
             Instr::Gather { dst, index, .. } => 2 * size(dst) + size(index),
@@ -258,6 +252,51 @@ impl Instr {
             Instr::Scan(_) | Instr::Parallel { .. } => 0,
         }) as u64
     }
+}
+
+/// A generated kernel over `outer` axes (walked by loops around the call, each input with its
+/// `strides` along them) of `rows` rows of `n` elements; its outputs are written contiguously.
+pub struct Launch {
+    pub kernel: usize,
+    pub outer: Vec<usize>,
+    pub rows: usize,
+    pub n: usize,
+    pub ins: Vec<KernelInput>,
+    pub outs: Vec<BufId>,
+}
+
+impl Launch {
+    /// The elements it walks.
+    pub fn elements(&self) -> usize {
+        self.outer.iter().product::<usize>() * self.rows * self.n
+    }
+
+    fn uses(&self) -> Vec<Use> {
+        let ins = self.ins.iter().enumerate().map(|(i, x)| Use { buf: x.buf, name: format!("in{i}"), access: Access::Read });
+        ins.chain(self.outs.iter().enumerate().map(|(i, &o)| Use { buf: o, name: format!("out{i}"), access: Access::Write })).collect()
+    }
+
+    fn flops(&self, specs: &[KernelSpec]) -> u64 {
+        let ops = specs[self.kernel].exprs.iter().filter(|e| matches!(e, Expr::Unary(..) | Expr::Binary(..))).count();
+        (self.elements() * ops) as u64
+    }
+
+    /// Bytes it reads and writes, not counting reads of `except`.
+    fn bytes(&self, f: &Function, except: Option<BufId>) -> usize {
+        let size = |b: BufId| f.bufs[b].bytes();
+        let reads = self.ins.iter().filter(|i| Some(i.buf) != except).map(|i| size(i.buf).min(4 * self.elements()));
+        reads.sum::<usize>() + self.outs.iter().map(|&o| size(o)).sum::<usize>()
+    }
+}
+
+/// An elementwise kernel that is part of a product: it walks the product `c`'s elements in
+/// order and reads `c` itself (the inputs whose buffer is `c`), so a backend may apply it to each
+/// element of the product before the store. The GPU's products do, in registers; the CPU's run
+/// it after the product. `c` holds the product afterwards only if `keep_product` (something
+/// else reads it); otherwise it is scratch a backend need not write.
+pub struct Epilogue {
+    pub launch: Launch,
+    pub keep_product: bool,
 }
 
 pub struct KernelInput {
@@ -448,20 +487,33 @@ fn locate(bufs: &[Buf], mut b: BufId) -> (BufId, usize) {
 pub struct Schedule {
     pub functions: Vec<Function>,
     pub specs: Vec<KernelSpec>,
-    pub operands: Operands,
+    pub products: Products,
     /// The functions scheduled so far, by planned body (its address), argument shapes and
     /// bindings: a body called at the same sizes again (each lane of a split scan) is one function.
     scheduled: Vec<(usize, Vec<Vec<usize>>, DimEnv, usize)>,
 }
 
-/// How a backend's matrix products read their operands.
+/// What a backend's matrix products can do, which shapes how the schedule feeds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operands {
-    /// The right operand's rows must be contiguous: a transposed one is packed first (the CPU
-    /// model's generated GEMM).
-    ContiguousRhsRows,
-    /// Both operands are read with any strides (the GPU's products).
-    AnyStrides,
+pub struct Products {
+    /// The right operand's rows must be contiguous: a transposed one is packed first.
+    pub contiguous_rhs_rows: bool,
+    /// An elementwise kernel that follows a product is applied to its elements before they are
+    /// stored ([`Epilogue`]).
+    pub epilogues: bool,
+}
+
+impl Products {
+    /// The CPU's (the `gemm` crate): operands with any strides. No epilogues: its blocking is
+    /// internal, so an epilogue would still run after the whole product, and running the product
+    /// in blocks of rows to keep them in cache for the epilogue gained no more than the
+    /// run-to-run spread (BENCHMARKS.md, "Fusion").
+    pub const CPU: Products = Products { contiguous_rhs_rows: false, epilogues: false };
+    /// The CPU model's generated product (one thread, compute-bound: an epilogue would gain
+    /// nothing).
+    pub const CPU_MODEL: Products = Products { contiguous_rhs_rows: true, epilogues: false };
+    /// The GPU's: operands with any strides, epilogues applied in registers.
+    pub const GPU: Products = Products { contiguous_rhs_rows: false, epilogues: true };
 }
 
 /// A value the model reads or writes, at the compiled sizes.
@@ -525,10 +577,10 @@ impl Schedule {
 
 /// Plans `graph` (after the pass pipeline) for one thread and schedules it at the sizes `env`
 /// binds: every function of the model, and what it takes and needs.
-pub fn model(graph: &Graph, env: &DimEnv, operands: Operands) -> Result<(Schedule, Signature)> {
+pub fn model(graph: &Graph, env: &DimEnv, products: Products) -> Result<(Schedule, Signature)> {
     let mut specs = Vec::new();
     let body = crate::plan::plan(graph, 1, &mut specs, &mut crate::plan::PlanStats::default());
-    let s = schedule(&body, specs, env, operands).context("scheduling the model at fixed sizes")?;
+    let s = schedule(&body, specs, env, products).context("scheduling the model at fixed sizes")?;
     let slot =
         |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).resolve(env)? }) };
     let sig = Signature {
@@ -544,15 +596,15 @@ pub fn model(graph: &Graph, env: &DimEnv, operands: Operands) -> Result<(Schedul
 
 /// Schedules a body planned for one thread as a function of arguments of `shapes` (its graph's
 /// other symbols bound in `env`); the function is the schedule's last.
-pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>], operands: Operands) -> Result<Schedule> {
-    let mut s = Schedule { functions: Vec::new(), specs, operands, scheduled: Vec::new() };
+pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>], products: Products) -> Result<Schedule> {
+    let mut s = Schedule { functions: Vec::new(), specs, products, scheduled: Vec::new() };
     function(&mut s, body, env.clone(), shapes)?;
     Ok(s)
 }
 
 /// Schedules a body planned for one thread, its graph's symbols bound in `env`.
-pub fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, operands: Operands) -> Result<Schedule> {
-    let mut s = Schedule { functions: Vec::new(), specs, operands, scheduled: Vec::new() };
+pub fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, products: Products) -> Result<Schedule> {
+    let mut s = Schedule { functions: Vec::new(), specs, products, scheduled: Vec::new() };
     let shapes: Vec<Vec<usize>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).resolve(env)).collect::<Result<_>>()?;
     function(&mut s, body, env.clone(), &shapes)?;
     Ok(s)
@@ -593,7 +645,10 @@ fn new_function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<us
             f.copy_all(out, b);
         }
     }
-    let Builder { bufs, instrs, .. } = f;
+    let Builder { bufs, mut instrs, .. } = f;
+    if s.products.epilogues {
+        fuse_epilogues(&bufs, &mut instrs, &s.specs);
+    }
     let mut func = Function { bufs, instrs, arena: 0, workspace: 0 };
     func.arena = layout(&mut func);
     // The scans' bodies run in the workspace after the arena; each part of a parallel
@@ -879,7 +934,7 @@ impl Builder<'_> {
         let RowLayout { n, rows, outer, strides, row_strides } = row_layout(shape, &in_shapes, splat)?;
         let ins =
             ins.iter().zip(strides).zip(row_strides).map(|((&buf, s), r)| KernelInput { buf, strides: s[..outer].to_vec(), row_stride: r as usize }).collect();
-        self.instrs.push(Instr::Kernel { kernel, outer: shape[..outer].to_vec(), rows, n, ins, outs });
+        self.instrs.push(Instr::Kernel(Launch { kernel, outer: shape[..outer].to_vec(), rows, n, ins, outs }));
         Ok(())
     }
 
@@ -887,7 +942,7 @@ impl Builder<'_> {
         let (ba, m, k, ars, acs) = matrix(&self.bufs[a].shape, ta)?;
         // The CPU model's product reads the right operand's rows contiguously: a transposed one
         // is packed first there.
-        let packed = tb && self.s.operands == Operands::ContiguousRhsRows;
+        let packed = tb && self.s.products.contiguous_rhs_rows;
         let b = if packed {
             let shape = self.bufs[b].shape.clone();
             let r = shape.len();
@@ -917,7 +972,7 @@ impl Builder<'_> {
         let scale = |s: Vec<usize>, by: usize| s.into_iter().map(|x| x * by).collect();
         let a = Operand { buf: a, batch_strides: scale(sa, m * k), row_stride: ars, col_stride: acs };
         let b = Operand { buf: b, batch_strides: scale(sb, k * n), row_stride: brs, col_stride: bcs };
-        self.instrs.push(Instr::MatMul { c, a, b, batch, m, n, k });
+        self.instrs.push(Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None });
         Ok(())
     }
 
@@ -1141,6 +1196,45 @@ impl Builder<'_> {
         }
         self.instrs.push(Instr::Parallel { parts: all });
         Ok(())
+    }
+}
+
+/// Makes each elementwise kernel that directly follows a product, reads it and walks its
+/// elements in order that product's [`Epilogue`].
+fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
+    let root = |b: BufId| locate(bufs, b).0;
+    let mut i = 0;
+    while i + 1 < instrs.len() {
+        let fits = match (&instrs[i], &instrs[i + 1]) {
+            (Instr::MatMul { c, a, b, batch, m, n, epilogue: None, .. }, Instr::Kernel(l)) => {
+                let mut axes = l.outer.clone();
+                axes.extend([l.rows, l.n]);
+                let walk = contiguous_strides(&axes);
+                // Strides along axes of length 1 are never applied.
+                let reads_in_order = |x: &KernelInput, splat: bool| {
+                    let strides = x.strides.iter().chain([&x.row_stride, &1]);
+                    !splat && axes.iter().zip(strides).zip(&walk).all(|((&len, &s), &w)| len == 1 || s == w)
+                };
+                let product_reads: Vec<bool> = l.ins.iter().map(|x| x.buf == *c).collect();
+                l.elements() == batch.iter().product::<usize>() * m * n
+                    && product_reads.contains(&true)
+                    && l.ins.iter().zip(&specs[l.kernel].splat).all(|(x, &splat)| if x.buf == *c { reads_in_order(x, splat) } else { root(x.buf) != root(*c) })
+                    // Written while the product still reads its operands.
+                    && l.outs.iter().all(|&o| ![root(*c), root(a.buf), root(b.buf)].contains(&root(o)))
+            }
+            _ => false,
+        };
+        if fits {
+            let Instr::Kernel(launch) = instrs.remove(i + 1) else { unreachable!("matched above") };
+            let Instr::MatMul { c, .. } = &instrs[i] else { unreachable!("matched above") };
+            let c = root(*c);
+            let read_later = instrs[i + 1..].iter().any(|later| later.uses().iter().any(|u| u.access != Access::Write && root(u.buf) == c));
+            let keep_product = bufs[c].home != Home::Work || read_later;
+            if let Instr::MatMul { epilogue, .. } = &mut instrs[i] {
+                *epilogue = Some(Box::new(Epilogue { launch, keep_product }));
+            }
+        }
+        i += 1;
     }
 }
 

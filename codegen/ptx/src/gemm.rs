@@ -9,11 +9,9 @@
 //! and another before the tiles are overwritten. Edges are predicated: sizes need not be
 //! multiples of the tile.
 
-use tttc_lower::schedule::Operand;
-
 use crate::build::Builder;
 use crate::isa::*;
-use crate::kernels::{dot, unravel, Spread};
+use crate::kernels::{dot, unravel, Product, Spread, Store};
 
 const BM: usize = 64;
 const BN: usize = 64;
@@ -32,17 +30,16 @@ pub fn applies(batch: &[usize], m: usize, n: usize, k: usize) -> bool {
     m >= 16 && n >= 8 && k >= 8 && batch.iter().product::<usize>() <= 65_535
 }
 
-/// `c = a · b` for each index of `batch` (`c` contiguous `[batch…, m, n]`), pointers
-/// `[c, a, b]`. On a grid, one block per 64×64 tile of C (and per batch index, along z); in a
-/// persistent kernel's block, the block computes every tile in turn.
-#[allow(clippy::too_many_arguments)]
-pub fn emit(b: &mut Builder, spread: Spread, ptrs: [Reg; 3], a: &Operand, bm: &Operand, batch: &[usize], m: usize, n: usize, k: usize) -> ([u32; 3], [u32; 3]) {
-    let (tiles_n, tiles_m, count) = (n.div_ceil(BN), m.div_ceil(BM), batch.iter().product::<usize>().max(1));
+/// The product `p` (pointers `[a, b]`), each element of C stored as `store` says (into `c`,
+/// through the epilogue). On a grid, one block per 64×64 tile of C (and per batch index, along
+/// z); in a persistent kernel's block, the block computes every tile in turn.
+pub fn emit(b: &mut Builder, spread: Spread, store: Store, ptrs: [Reg; 2], p: &Product) -> ([u32; 3], [u32; 3]) {
+    let (tiles_n, tiles_m, count) = (p.n.div_ceil(BN), p.m.div_ceil(BM), p.batch.iter().product::<usize>().max(1));
     let block = [THREADS as u32, 1, 1];
     match spread {
         Spread::Grid => {
             let (tn, tm, z) = (b.special(Special::Ctaid(0)), b.special(Special::Ctaid(1)), b.special(Special::Ctaid(2)));
-            tile(b, ptrs, a, bm, batch, (m, n, k), (tn, tm, z));
+            tile(b, store, ptrs, p, (tn, tm, z));
             ([tiles_n as u32, tiles_m as u32, count as u32], block)
         }
         Spread::Block => {
@@ -54,7 +51,7 @@ pub fn emit(b: &mut Builder, spread: Spread, ptrs: [Reg; 3], a: &Operand, bm: &O
             let rest = b.bin(BinOp::Div, Ty::U32, t, Val::Int(tiles_n as i64));
             let tm = b.bin(BinOp::Rem, Ty::U32, rest, Val::Int(tiles_m as i64));
             let z = b.bin(BinOp::Div, Ty::U32, rest, Val::Int(tiles_m as i64));
-            tile(b, ptrs, a, bm, batch, (m, n, k), (tn, tm, z));
+            tile(b, store, ptrs, p, (tn, tm, z));
             b.bin_to(t, BinOp::Add, Ty::U32, t, Val::Int(1));
             let more = b.setp(Cmp::Lt, Ty::U32, t, Val::Int((tiles_n * tiles_m * count) as i64));
             b.bra_if(more, false, top);
@@ -64,7 +61,8 @@ pub fn emit(b: &mut Builder, spread: Spread, ptrs: [Reg; 3], a: &Operand, bm: &O
 }
 
 /// One 64×64 tile of C: columns from `tn`·64, rows from `tm`·64, batch index `z`.
-fn tile(b: &mut Builder, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batch: &[usize], (m, n, k): (usize, usize, usize), (tn, tm, z): (Reg, Reg, Reg)) {
+fn tile(b: &mut Builder, store: Store, [pa, pb]: [Reg; 2], p: &Product, (tn, tm, z): (Reg, Reg, Reg)) {
+    let Product { a, b: bm, batch, m, n, k } = *p;
     let tid = b.special(Special::Tid(0));
     let lane = b.bin(BinOp::And, Ty::B32, tid, Val::Int(31));
     let warp = b.bin(BinOp::Shr, Ty::U32, tid, Val::Int(5));
@@ -85,7 +83,6 @@ fn tile(b: &mut Builder, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batc
     let c_off = b.bin(BinOp::Mul, Ty::U64, z, Val::Int((m * n) as i64));
     let pa = b.element(pa, a_off, 4);
     let pb = b.element(pb, b_off, 4);
-    let pc = b.element(pc, c_off, 4);
 
     let sa = b.shared("a_tile", BM * A_PITCH * 4, 16);
     let sb = b.shared("b_tile", BK * B_PITCH * 4, 16);
@@ -178,14 +175,13 @@ fn tile(b: &mut Builder, [pc, pa, pb]: [Reg; 3], a: &Operand, bm: &Operand, batc
                 let row = b.bin(BinOp::Add, Ty::U32, row0, Val::Int((mi * 16 + 8 * (i >> 1)) as i64));
                 let col = b.bin(BinOp::Add, Ty::U32, col0, Val::Int((ni * 8 + (i & 1)) as i64));
                 let inside = both_below(b, (row, m), (col, n));
+                let outside = b.label();
+                b.bra_if(inside, true, outside);
                 let at = b.fma(Ty::U32, row, Val::Int(n as i64), col);
                 let at = b.cvt(None, Ty::U64, Ty::U32, at);
-                let p = b.element(pc, at, 4);
-                b.guarded(
-                    inside,
-                    false,
-                    Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(p), offset: 0 }, src: vec![acc[mi * 4 + ni][i].into()] },
-                );
+                let at = b.bin(BinOp::Add, Ty::U64, at, c_off);
+                store.element(b, at, acc[mi * 4 + ni][i]);
+                b.place(outside);
             }
         }
     }

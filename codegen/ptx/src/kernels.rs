@@ -6,7 +6,7 @@
 use tttc_ir::{DType, ReduceKind};
 use tttc_lower::elementwise::{Expr, KernelSpec};
 use tttc_lower::math;
-use tttc_lower::schedule::{BufId, Function, Instr, Operand, Strided};
+use tttc_lower::schedule::{BufId, Function, Instr, Launch, Operand, Strided};
 
 use crate::build::Builder;
 use crate::isa::*;
@@ -81,19 +81,9 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
     let elem = |x: BufId| elem_bytes(f.bufs[x].dtype);
     let word = |bytes: usize| if bytes == 4 { Ty::B32 } else { Ty::B64 };
     match instr {
-        Instr::Kernel { kernel, outer, rows, n, ins, .. } => {
-            let mut shape = outer.clone();
-            shape.extend([*rows, *n]);
-            let strides: Vec<Vec<usize>> = ins
-                .iter()
-                .zip(&specs[*kernel].splat)
-                .map(|(i, &splat)| {
-                    let mut strides = i.strides.clone();
-                    strides.extend([i.row_stride, usize::from(!splat)]);
-                    strides
-                })
-                .collect();
-            elementwise(b, spread, &specs[*kernel], &shape, &strides, &ptrs[..ins.len()], &ptrs[ins.len()..])
+        Instr::Kernel(l) => {
+            let code = Elementwise::new(l, &specs[l.kernel], ptrs[..l.ins.len()].iter().map(|&p| Some(p)).collect(), ptrs[l.ins.len()..].to_vec());
+            elements(b, spread, l.elements(), |b, idx, _| code.apply(b, idx, None))
         }
         Instr::Copy { dst, copy, .. } => copy_elements(b, spread, copy, elem(*dst), ptrs[0], ptrs[1]),
         Instr::Fill { dst, bits } => {
@@ -104,10 +94,22 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 b.st(b.memory(), word(bytes), at, 0, Val::Int(bits));
             })
         }
-        Instr::MatMul { a, b: bm, batch, m, n, k, .. } if crate::gemm::applies(batch, *m, *n, *k) => {
-            crate::gemm::emit(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k)
+        Instr::MatMul { c, a, b: bm, batch, m, n, k, epilogue } => {
+            // After `c`, `a` and `b`: the epilogue's inputs other than the product, then its
+            // outputs (`Instr::uses`' order).
+            let epilogue = epilogue.as_ref().map(|e| {
+                let mut rest = ptrs[3..].iter().copied();
+                let ins = e.launch.ins.iter().map(|x| if x.buf == *c { None } else { rest.next() }).collect();
+                (Elementwise::new(&e.launch, &specs[e.launch.kernel], ins, rest.collect()), e.keep_product)
+            });
+            let store = Store { c: ptrs[0], epilogue: epilogue.as_ref().map(|(code, keep)| (code, *keep)) };
+            let product = Product { a, b: bm, batch, m: *m, n: *n, k: *k };
+            if crate::gemm::applies(batch, *m, *n, *k) {
+                crate::gemm::emit(b, spread, store, [ptrs[1], ptrs[2]], &product)
+            } else {
+                matmul(b, spread, store, [ptrs[1], ptrs[2]], &product)
+            }
         }
-        Instr::MatMul { a, b: bm, batch, m, n, k, .. } => matmul(b, spread, [ptrs[0], ptrs[1], ptrs[2]], a, bm, batch, *m, *n, *k),
         Instr::Reduce { kind, outer, len, inner: 1, .. } if spread == Spread::Grid && *len >= LONG_ROW => row_reduce(b, ptrs[0], ptrs[1], *kind, *outer, *len),
         Instr::Reduce { kind, outer, len, inner, .. } => reduce(b, spread, ptrs[0], ptrs[1], *kind, *outer, *len, *inner),
         Instr::Gather { dst, index, outer, len, row, .. } => {
@@ -295,47 +297,100 @@ fn copy_elements(b: &mut Builder, spread: Spread, copy: &Strided, bytes: usize, 
     })
 }
 
-/// A run of elementwise ops over `shape`, input `k` read with `strides[k]` (per axis of the shape),
-/// outputs stored contiguously.
-fn elementwise(b: &mut Builder, spread: Spread, spec: &KernelSpec, shape: &[usize], strides: &[Vec<usize>], ins: &[Reg], outs: &[Reg]) -> ([u32; 3], [u32; 3]) {
-    elements(b, spread, shape.iter().product(), |b, idx, _| {
-        let ix = unravel(b, idx, shape);
-        let mut vals: Vec<Val> = Vec::with_capacity(spec.exprs.len());
-        for e in &spec.exprs {
+/// A kernel launch's work on one element: its inputs read along the launch's walk (`None`: the
+/// product an epilogue is given), its outputs stored contiguously.
+pub(crate) struct Elementwise<'a> {
+    spec: &'a KernelSpec,
+    /// The walk: outer axes, rows, row length.
+    shape: Vec<usize>,
+    /// Per input, its stride along each axis of the walk.
+    strides: Vec<Vec<usize>>,
+    ins: Vec<Option<Reg>>,
+    outs: Vec<Reg>,
+}
+
+impl<'a> Elementwise<'a> {
+    fn new(l: &Launch, spec: &'a KernelSpec, ins: Vec<Option<Reg>>, outs: Vec<Reg>) -> Self {
+        let mut shape = l.outer.clone();
+        shape.extend([l.rows, l.n]);
+        let strides = l
+            .ins
+            .iter()
+            .zip(&spec.splat)
+            .map(|(i, &splat)| {
+                let mut strides = i.strides.clone();
+                strides.extend([i.row_stride, usize::from(!splat)]);
+                strides
+            })
+            .collect();
+        Elementwise { spec, shape, strides, ins, outs }
+    }
+
+    /// The element at `idx` (a `u64`) of the walk; `product` is the value of the inputs
+    /// without a pointer.
+    pub(crate) fn apply(&self, b: &mut Builder, idx: Reg, product: Option<Reg>) {
+        let ix = unravel(b, idx, &self.shape);
+        let mut vals: Vec<Val> = Vec::with_capacity(self.spec.exprs.len());
+        for e in &self.spec.exprs {
             let v = match *e {
-                Expr::Input(k) => {
-                    let off = dot(b, &ix, &strides[k], 0);
-                    let at = b.element(ins[k], off, 4);
-                    b.ld(b.memory(), Ty::F32, at, 0).into()
-                }
+                Expr::Input(k) => match self.ins[k] {
+                    Some(p) => {
+                        let off = dot(b, &ix, &self.strides[k], 0);
+                        let at = b.element(p, off, 4);
+                        b.ld(b.memory(), Ty::F32, at, 0).into()
+                    }
+                    None => product.expect("an epilogue is given its product").into(),
+                },
                 Expr::Const(c) => Val::F32(c),
                 Expr::Unary(u, x) => math::unary(&mut PtxMath { b: &mut *b }, u, vals[x]),
                 Expr::Binary(op, x, y) => math::binary(&mut PtxMath { b: &mut *b }, op, vals[x], vals[y]),
             };
             vals.push(v);
         }
-        for (&o, &p) in spec.outputs.iter().zip(outs) {
+        for (&o, &p) in self.spec.outputs.iter().zip(&self.outs) {
             let at = b.element(p, idx, 4);
             b.st(b.memory(), Ty::F32, at, 0, vals[o]);
         }
-    })
+    }
+}
+
+/// A product's operands and sizes, as scheduled: `c = a · b` over `batch`, `c` `[batch…, m, n]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Product<'a> {
+    pub a: &'a Operand,
+    pub b: &'a Operand,
+    pub batch: &'a [usize],
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// Where a product's elements go: into `c`, and through its epilogue (with whether `c` must
+/// hold the product too).
+#[derive(Clone, Copy)]
+pub(crate) struct Store<'a> {
+    pub c: Reg,
+    pub epilogue: Option<(&'a Elementwise<'a>, bool)>,
+}
+
+impl Store<'_> {
+    /// Stores `value`, element `idx` (a `u64`) of the contiguous product.
+    pub(crate) fn element(&self, b: &mut Builder, idx: Reg, value: Reg) {
+        if self.epilogue.is_none_or(|(_, keep)| keep) {
+            let at = b.element(self.c, idx, 4);
+            b.st(b.memory(), Ty::F32, at, 0, value);
+        }
+        if let Some((code, _)) = self.epilogue {
+            code.apply(b, idx, Some(value));
+        }
+    }
 }
 
 /// `c = a · b` with one thread per element of `c` (`[batch…, m, n]`, contiguous), a sum over
 /// `k` in order with one rounding per step (`fma`): products too small for a tensor-core tile
 /// (decoding's one-row products).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    b: &mut Builder,
-    spread: Spread,
-    [pc, pa, pb]: [Reg; 3],
-    a: &Operand,
-    bm: &Operand,
-    batch: &[usize],
-    m: usize,
-    n: usize,
-    k: usize,
-) -> ([u32; 3], [u32; 3]) {
+fn matmul(b: &mut Builder, spread: Spread, store: Store, [pa, pb]: [Reg; 2], p: &Product) -> ([u32; 3], [u32; 3]) {
+    let Product { a, b: bm, batch, m, n, k } = *p;
     let mut shape = batch.to_vec();
     shape.extend([m, n]);
     let r = batch.len();
@@ -365,8 +420,7 @@ fn matmul(
             let more = b.setp(Cmp::Lt, Ty::U64, kk, Val::Int(k as i64));
             b.bra_if(more, false, top);
         }
-        let at = b.element(pc, idx, 4);
-        b.st(b.memory(), Ty::F32, at, 0, acc);
+        store.element(b, idx, acc);
     })
 }
 

@@ -85,7 +85,7 @@ impl Kernels {
 impl GpuModel {
     /// Compiles `graph` (after the pass pipeline) at the sizes `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<GpuModel> {
-        let (schedule, mut signature) = schedule::model(graph, env, schedule::Operands::AnyStrides)?;
+        let (schedule, mut signature) = schedule::model(graph, env, schedule::Products::GPU)?;
         let mut kernels = Kernels { list: Vec::new(), by_text: HashMap::new() };
         let mut steps = Vec::new();
         let entry = schedule.functions.len() - 1;

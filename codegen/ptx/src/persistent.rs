@@ -161,7 +161,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     // One body per run of iterations, in the order they execute.
     let mut bodies = Vec::new();
     for run in s.runs() {
-        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), env, &shapes(run.len), schedule::Operands::AnyStrides)?;
+        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), env, &shapes(run.len), schedule::Products::GPU)?;
         if sched.functions.len() != 1 || sched.functions[0].instrs.iter().any(|i| matches!(i, Instr::Scan(_))) {
             return Ok(None);
         }

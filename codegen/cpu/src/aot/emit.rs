@@ -11,7 +11,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use tttc_ir::{DType, ReduceKind};
 
-use tttc_lower::schedule::{elem_bytes, BufId, Function, Home, Instr, ScanInstr, Schedule, Strided};
+use tttc_lower::schedule::{elem_bytes, BufId, Function, Home, Instr, Launch, ScanInstr, Schedule, Strided};
 
 /// Status a compiled function returns when an index is out of range.
 pub const INDEX_OUT_OF_RANGE: i32 = 1;
@@ -189,37 +189,41 @@ impl<'a, 'b> Emitter<'a, 'b> {
         }
     }
 
+    /// Calls a generated kernel once per index of its outer axes.
+    fn launch(&mut self, launch: &Launch) {
+        let Launch { kernel, ref outer, rows, n, ref ins, ref outs } = *launch;
+        let slot =
+            |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
+        let (in_slot, stride_slot, out_slot) = (slot(self.b, ins.len()), slot(self.b, ins.len()), slot(self.b, outs.len()));
+        for (j, input) in ins.iter().enumerate() {
+            let s = self.b.ins().iconst(types::I64, input.row_stride as i64);
+            self.b.ins().stack_store(self.ptr, s, stride_slot, (8 * j) as i32);
+        }
+        let in_bases: Vec<Value> = ins.iter().map(|i| self.base(i.buf)).collect();
+        let out_bases: Vec<Value> = outs.iter().map(|&o| self.base(o)).collect();
+        let (index, loops) = self.nest(outer);
+        let out_strides: Vec<usize> = tttc_ir::layout::contiguous_strides(outer).iter().map(|s| s * rows * n).collect();
+        for (j, input) in ins.iter().enumerate() {
+            let at = self.dot(&index, &input.strides);
+            let p = self.offset(in_bases[j], at, 4);
+            self.b.ins().stack_store(self.ptr, p, in_slot, (8 * j) as i32);
+        }
+        let at = self.dot(&index, &out_strides);
+        for (j, &base) in out_bases.iter().enumerate() {
+            let p = self.offset(base, at, 4);
+            self.b.ins().stack_store(self.ptr, p, out_slot, (8 * j) as i32);
+        }
+        let (nv, rv) = (self.int(n), self.int(rows));
+        let ptrs: Vec<Value> = [in_slot, stride_slot, out_slot].iter().map(|&s| self.b.ins().stack_addr(self.ptr, s, 0)).collect();
+        self.b.ins().call(self.refs.kernels[kernel], &[nv, rv, ptrs[0], ptrs[1], ptrs[2]]);
+        self.unnest(loops);
+    }
+
     fn instr(&mut self, instr: &Instr) {
         match instr {
-            Instr::Kernel { kernel, outer, rows, n, ins, outs } => {
-                let slot = |b: &mut FunctionBuilder, count: usize| {
-                    b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3))
-                };
-                let (in_slot, stride_slot, out_slot) = (slot(self.b, ins.len()), slot(self.b, ins.len()), slot(self.b, outs.len()));
-                for (j, input) in ins.iter().enumerate() {
-                    let s = self.b.ins().iconst(types::I64, input.row_stride as i64);
-                    self.b.ins().stack_store(self.ptr, s, stride_slot, (8 * j) as i32);
-                }
-                let in_bases: Vec<Value> = ins.iter().map(|i| self.base(i.buf)).collect();
-                let out_bases: Vec<Value> = outs.iter().map(|&o| self.base(o)).collect();
-                let (index, loops) = self.nest(outer);
-                let out_strides: Vec<usize> = tttc_ir::layout::contiguous_strides(outer).iter().map(|s| s * rows * n).collect();
-                for (j, input) in ins.iter().enumerate() {
-                    let at = self.dot(&index, &input.strides);
-                    let p = self.offset(in_bases[j], at, 4);
-                    self.b.ins().stack_store(self.ptr, p, in_slot, (8 * j) as i32);
-                }
-                let at = self.dot(&index, &out_strides);
-                for (j, &base) in out_bases.iter().enumerate() {
-                    let p = self.offset(base, at, 4);
-                    self.b.ins().stack_store(self.ptr, p, out_slot, (8 * j) as i32);
-                }
-                let (nv, rv) = (self.int(*n), self.int(*rows));
-                let ptrs: Vec<Value> = [in_slot, stride_slot, out_slot].iter().map(|&s| self.b.ins().stack_addr(self.ptr, s, 0)).collect();
-                self.b.ins().call(self.refs.kernels[*kernel], &[nv, rv, ptrs[0], ptrs[1], ptrs[2]]);
-                self.unnest(loops);
-            }
-            Instr::MatMul { c, a, b, batch, m, n, k } => {
+            Instr::Kernel(l) => self.launch(l),
+            Instr::MatMul { epilogue: Some(_), .. } => unreachable!("the CPU model's schedule has no epilogues (`Products::CPU_MODEL`)"),
+            Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None } => {
                 let (cb, ab, bb) = (self.base(*c), self.base(a.buf), self.base(b.buf));
                 let (index, loops) = self.nest(batch);
                 let c_strides: Vec<usize> = tttc_ir::layout::contiguous_strides(batch).iter().map(|s| s * m * n).collect();

@@ -37,7 +37,7 @@ unsafe impl Sync for CompiledModel {}
 impl CompiledModel {
     /// Compiles `graph` (after the pass pipeline, holding no `grad`) at the sizes `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<CompiledModel> {
-        let (s, signature) = tttc_lower::schedule::model(graph, env, tttc_lower::schedule::Operands::ContiguousRhsRows)?;
+        let (s, signature) = tttc_lower::schedule::model(graph, env, tttc_lower::schedule::Products::CPU_MODEL)?;
         let mut module = crate::kernel::jit_module()?;
         let id = emit::define(&mut module, &s, "tttc", "tttc_forward", Linkage::Local)?;
         module.finalize_definitions()?;
@@ -93,7 +93,7 @@ pub fn model_object(entries: &[Entry], prefix: &str) -> Result<ModelObject> {
     let mut module = crate::kernel::object_module()?;
     let mut signatures = Vec::new();
     for e in entries {
-        let (s, signature) = tttc_lower::schedule::model(e.graph, e.env, tttc_lower::schedule::Operands::ContiguousRhsRows)?;
+        let (s, signature) = tttc_lower::schedule::model(e.graph, e.env, tttc_lower::schedule::Products::CPU_MODEL)?;
         let symbol = format!("{prefix}_{}", e.name);
         emit::define(&mut module, &s, &symbol, &symbol, Linkage::Export)?;
         signatures.push(signature);
