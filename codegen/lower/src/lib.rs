@@ -1,8 +1,8 @@
 //! From a graph (after the pass pipeline) to what a backend emits, without knowing the backend.
 //!
 //! * [`plan`]: runs of elementwise ops of one shape become kernels ([`elementwise`]), products,
-//!   reductions, scans and fused regions become steps; scans whose lanes stay apart can be split
-//!   over threads ([`lanes`]).
+//!   reductions and scans become steps (fused regions are planned as the ops they hold); scans
+//!   whose lanes stay apart can be split over threads ([`lanes`]).
 //! * [`schedule`]: a plan with every shape known, as straight-line instructions over buffers
 //!   with fixed workspace offsets; what the compiled CPU model and the PTX kernels are emitted
 //!   from.

@@ -1,13 +1,14 @@
 //! The first half of the lowering, before sizes are known: from a graph to the steps that
 //! execute it. Runs of elementwise ops of one shape become kernels (see [`crate::elementwise`]),
-//! matrix products read transposes and unit reshapes as views, scans and fused regions get plans
-//! of their own for their bodies (a scan whose lanes stay apart is split for the threads), and
+//! matrix products read transposes and unit reshapes as views, fused regions are planned as the
+//! ops they hold, scans get plans of their own for their bodies (a scan whose lanes stay apart is
+//! split for the threads), and
 //! every other op (data movement, index math, constants) is left for [`crate::schedule`] to lower
 //! once the sizes are known.
 
 use std::collections::HashMap;
 
-use tttc_ir::{swaps_last_two, DType, Dim, Graph, Op, ValueId};
+use tttc_ir::{swaps_last_two, DType, Dim, Graph, Node, Op, ValueId};
 
 use crate::elementwise::{Expr, KernelSpec};
 
@@ -20,7 +21,6 @@ pub enum Step {
     Reduce(usize),
     Kernel(KernelStep),
     Scan(usize, ScanPlan),
-    Fused(usize, Box<Body>),
 }
 
 /// How a scan runs: its body planned whole, or as narrower scans over slices of its lane axis,
@@ -76,6 +76,7 @@ pub struct PlanStats {
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`; scans that
 /// keep their lanes apart are split for `threads` threads (not at all for one).
 pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
+    let graph = &without_regions(graph);
     let mut p = Planner { graph, threads, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
     let views = operand_views(graph, &p.users);
     for (i, node) in graph.nodes.iter().enumerate() {
@@ -124,7 +125,6 @@ pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &
                             None => ScanPlan::Whole(Box::new(plan(&s.body, p.threads, p.specs, p.stats))),
                         },
                     ),
-                    Op::Fused(f) => Step::Fused(i, Box::new(plan(&f.body, p.threads, p.specs, p.stats))),
                     _ => {
                         p.stats.other_nodes += 1;
                         Step::Op(i)
@@ -136,6 +136,43 @@ pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &
     }
     p.close();
     Body { graph: graph.clone(), steps: p.steps }
+}
+
+/// `g` with each fused region's body in place of its node. A region is a description of what
+/// may run as one kernel, and the planner does that from the ops themselves: with the regions'
+/// walls gone its kernels span them, and a product sees the transposes and reshapes of its
+/// operands even where the `fuse` pass put them in another region (a weight gradient's `xᵀ`, an
+/// epilogue of the region that computed `x`).
+fn without_regions(g: &Graph) -> Graph {
+    let mut flat = Graph { name: g.name.clone(), types: g.types.clone(), args: g.args.clone(), nodes: Vec::new(), outputs: g.outputs.clone() };
+    // The values a region's results stand for, once its body is in place.
+    let mut inlined: HashMap<ValueId, ValueId> = HashMap::new();
+    let resolve = |inlined: &HashMap<ValueId, ValueId>, v: ValueId| inlined.get(&v).copied().unwrap_or(v);
+    for n in &g.nodes {
+        let inputs: Vec<ValueId> = n.inputs.iter().map(|&v| resolve(&inlined, v)).collect();
+        let Op::Fused(f) = &n.op else {
+            flat.nodes.push(Node { op: n.op.clone(), inputs, outputs: n.outputs.clone() });
+            continue;
+        };
+        let mut map: HashMap<ValueId, ValueId> = f.body.args.iter().map(|a| a.value).zip(inputs).collect();
+        for bn in &f.body.nodes {
+            let mut outputs = Vec::with_capacity(bn.outputs.len());
+            for &o in &bn.outputs {
+                flat.types.push(f.body.ty(o).clone());
+                let v = ValueId((flat.types.len() - 1) as u32);
+                map.insert(o, v);
+                outputs.push(v);
+            }
+            flat.nodes.push(Node { op: bn.op.clone(), inputs: bn.inputs.iter().map(|v| map[v]).collect(), outputs });
+        }
+        for ((_, inner), &outer) in f.body.outputs.iter().zip(&n.outputs) {
+            inlined.insert(outer, map[inner]);
+        }
+    }
+    for (_, v) in &mut flat.outputs {
+        *v = resolve(&inlined, *v);
+    }
+    flat
 }
 
 /// Values that only matrix products read and that need not exist: transposes of the last two

@@ -1,6 +1,6 @@
 //! A plan with every shape known, as straight-line instructions over buffers: one function for
-//! the model and one per scan body (and per chunk length, when the last chunk is shorter). Fused
-//! bodies are inlined, reshapes are free (every buffer is contiguous), and every buffer that is
+//! the model and one per scan body (and per chunk length, when the last chunk is shorter).
+//! Reshapes are free (every buffer is contiguous), and every buffer that is
 //! neither an argument nor an output gets an offset in the function's workspace, reused once
 //! the buffer is dead.
 
@@ -719,7 +719,7 @@ impl Builder<'_> {
         for step in &body.steps {
             let what = || match step {
                 Step::Kernel(k) => format!("kernel {} in {}", k.kernel, g.name),
-                Step::Op(i) | Step::MatMul(i, _) | Step::Reduce(i) | Step::Scan(i, _) | Step::Fused(i, _) => {
+                Step::Op(i) | Step::MatMul(i, _) | Step::Reduce(i) | Step::Scan(i, _) => {
                     let node = &g.nodes[*i];
                     format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name)
                 }
@@ -764,21 +764,6 @@ impl Builder<'_> {
                     dst
                 };
                 vals.insert(node.outputs[0], dst);
-                Ok(())
-            }
-            Step::Fused(i, body) => {
-                let node = &g.nodes[*i];
-                let args: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
-                let mut inner_wanted: HashMap<ValueId, Home> = HashMap::new();
-                for ((_, inner), outer) in body.graph.outputs.iter().zip(&node.outputs) {
-                    if let Some(h) = wanted.remove(outer) {
-                        inner_wanted.entry(*inner).or_insert(h);
-                    }
-                }
-                let outs = self.body(body, &args, &mut inner_wanted)?;
-                for (v, b) in node.outputs.iter().zip(outs) {
-                    vals.insert(*v, b);
-                }
                 Ok(())
             }
             Step::Scan(i, ScanPlan::Whole(body)) => {
