@@ -416,6 +416,31 @@ fn products_apply_their_epilogues_before_the_store() {
     }
 }
 
+/// Fused regions are no walls for the planner: a transpose computed at the end of one region (a
+/// weight gradient's `xᵀ`) and read only by a product in the next is read as strides, and
+/// elementwise ops on either side of the boundary share a kernel.
+#[test]
+fn products_read_transposes_made_in_another_region() {
+    let mut body = Graph::new("region0");
+    let x = body.input("x", f32t(&[40, 24]));
+    let e = body.unary(UnaryOp::Exp, x).unwrap();
+    let t = body.transpose_last2(e).unwrap();
+    body.output("t", t);
+    body.output("e", e);
+    let mut g = Graph::new("regions");
+    let x = g.input("x", f32t(&[40, 24]));
+    let y = g.input("y", f32t(&[40, 16]));
+    let made = g.push(Op::Fused(Box::new(tttc_ir::Fused { body })), &[x]).unwrap();
+    let n = g.unary(UnaryOp::Neg, made[1]).unwrap();
+    let dw = g.matmul(made[0], y).unwrap(); // [24, 16]
+    g.output("dw", dw);
+    g.output("n", n);
+    let args = [Tensor::f32(vec![40, 24], values(960, 71, -1.0, 1.0)), Tensor::f32(vec![40, 16], values(640, 72, -1.0, 1.0))];
+    assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0);
+    let stats = Program::compile(&g).unwrap().stats().plan;
+    assert_eq!((stats.other_nodes, stats.kernels, stats.matmuls), (0, 1, 1), "no transpose materialised; exp and neg in one kernel");
+}
+
 /// Workspace memory is reused once a value is dead, never while a later step reads it (`n` is
 /// read by a reduction and then a kernel, `a` is an output); a matrix product reads a weight
 /// through a reshape that only adds a leading axis of length 1 without materialising it, but not
