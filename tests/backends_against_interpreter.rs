@@ -368,8 +368,9 @@ fn concat_and_pad_pieces_are_written_in_place() {
 
 /// A kernel that follows a product, reads it and walks its elements in order becomes the
 /// product's epilogue (on the GPU applied in registers before the store): with a broadcast bias
-/// (outer axes when B = 2), over a batch of products, with the product also an output (kept) or
-/// not; a kernel that does not read the product stays a kernel. Tensor-core tiles and one-thread
+/// (outer axes when B = 2) and a constant whose fill comes in between, over a batch of products,
+/// with the product also an output (kept) or not; a kernel that does not read the product stays a
+/// kernel. Tensor-core tiles and one-thread
 /// products (T = 3) both match the interpreter.
 #[test]
 fn products_apply_their_epilogues_before_the_store() {
@@ -381,8 +382,10 @@ fn products_apply_their_epilogues_before_the_store() {
     let p = g.input("p", Type::new(DType::F32, vec![bsym.clone(), Dim::c(2), Dim::sym("T"), Dim::c(9)]));
     let q = g.input("q", Type::new(DType::F32, vec![bsym, Dim::c(2), Dim::c(9), Dim::c(12)]));
     let y = g.matmul(x, w).unwrap();
+    let half = g.scalar(0.5).unwrap(); // its fill comes between the product and its epilogue
     let y = g.add(y, bias).unwrap();
-    let z = g.unary(UnaryOp::Tanh, y).unwrap(); // epilogue: tanh(x·w + bias), the product not kept
+    let y = g.mul(y, half).unwrap();
+    let z = g.unary(UnaryOp::Tanh, y).unwrap(); // epilogue: tanh((x·w + bias) / 2), the product not kept
     let pq = g.matmul(p, q).unwrap();
     let e = g.unary(UnaryOp::Exp, pq).unwrap(); // epilogue of a batch of products, the product kept
     let pq2 = g.matmul(p, q).unwrap();

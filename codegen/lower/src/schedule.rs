@@ -1184,37 +1184,62 @@ impl Builder<'_> {
     }
 }
 
-/// Makes each elementwise kernel that directly follows a product, reads it and walks its
-/// elements in order that product's [`Epilogue`].
+/// Makes each elementwise kernel that follows a product, reads it and walks its elements in
+/// order that product's [`Epilogue`]. The kernel may come a few instructions later when those in
+/// between touch neither the product nor the kernel's buffers (a constant's fill).
 fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
+    const LOOKAHEAD: usize = 4;
     let root = |b: BufId| locate(bufs, b).0;
+    let roots = |i: &Instr, access: &dyn Fn(Access) -> bool| -> Vec<BufId> { i.uses().into_iter().filter(|u| access(u.access)).map(|u| root(u.buf)).collect() };
     let mut i = 0;
-    while i + 1 < instrs.len() {
-        let fits = match (&instrs[i], &instrs[i + 1]) {
-            (Instr::MatMul { c, a, b, batch, m, n, epilogue: None, .. }, Instr::Kernel(l)) => {
-                let mut axes = l.outer.clone();
-                axes.extend([l.rows, l.n]);
-                let walk = contiguous_strides(&axes);
-                // Strides along axes of length 1 are never applied.
-                let reads_in_order = |x: &KernelInput, splat: bool| {
-                    let strides = x.strides.iter().chain([&x.row_stride, &1]);
-                    !splat && axes.iter().zip(strides).zip(&walk).all(|((&len, &s), &w)| len == 1 || s == w)
-                };
-                let product_reads: Vec<bool> = l.ins.iter().map(|x| x.buf == *c).collect();
-                l.elements() == batch.iter().product::<usize>() * m * n
-                    && product_reads.contains(&true)
-                    && l.ins.iter().zip(&specs[l.kernel].splat).all(|(x, &splat)| if x.buf == *c { reads_in_order(x, splat) } else { root(x.buf) != root(*c) })
-                    // Written while the product still reads its operands.
-                    && l.outs.iter().all(|&o| ![root(*c), root(a.buf), root(b.buf)].contains(&root(o)))
-            }
-            _ => false,
+    while i < instrs.len() {
+        let Instr::MatMul { c, a, b, batch, m, n, epilogue: None, .. } = &instrs[i] else {
+            i += 1;
+            continue;
         };
-        if fits {
-            let Instr::Kernel(launch) = instrs.remove(i + 1) else { unreachable!("matched above") };
-            let Instr::MatMul { c, .. } = &instrs[i] else { unreachable!("matched above") };
-            let c = root(*c);
-            let read_later = instrs[i + 1..].iter().any(|later| later.uses().iter().any(|u| u.access != Access::Write && root(u.buf) == c));
-            let keep_product = bufs[c].home != Home::Work || read_later;
+        let (c, product) = (*c, [root(*c), root(a.buf), root(b.buf)]);
+        let elements = batch.iter().product::<usize>() * m * n;
+        let fits = |l: &Launch| {
+            let mut axes = l.outer.clone();
+            axes.extend([l.rows, l.n]);
+            let walk = contiguous_strides(&axes);
+            // Strides along axes of length 1 are never applied.
+            let reads_in_order = |x: &KernelInput, splat: bool| {
+                let strides = x.strides.iter().chain([&x.row_stride, &1]);
+                !splat && axes.iter().zip(strides).zip(&walk).all(|((&len, &s), &w)| len == 1 || s == w)
+            };
+            l.elements() == elements
+                && l.ins.iter().any(|x| x.buf == c)
+                && l.ins.iter().zip(&specs[l.kernel].splat).all(|(x, &splat)| if x.buf == c { reads_in_order(x, splat) } else { root(x.buf) != product[0] })
+                // Written while the product still reads its operands.
+                && l.outs.iter().all(|&o| !product.contains(&root(o)))
+        };
+        let mut found = None;
+        for (j, next) in instrs.iter().enumerate().skip(i + 1).take(LOOKAHEAD) {
+            if let Instr::Kernel(l) = next {
+                if fits(l) {
+                    found = Some(j);
+                    break;
+                }
+            }
+            if roots(next, &|_| true).contains(&product[0]) {
+                break;
+            }
+        }
+        let Some(j) = found else {
+            i += 1;
+            continue;
+        };
+        // The kernel moves up past the instructions in between: none may write what it reads or
+        // touch what it writes.
+        let (reads, writes) = (roots(&instrs[j], &|a| a != Access::Write), roots(&instrs[j], &|a| a != Access::Read));
+        let independent = instrs[i + 1..j]
+            .iter()
+            .all(|x| roots(x, &|a| a != Access::Read).iter().chain(&roots(x, &|_| true)).all(|r| !reads.contains(r) && !writes.contains(r)));
+        if independent {
+            let Instr::Kernel(launch) = instrs.remove(j) else { unreachable!("found above") };
+            let read_later = instrs[i + 1..].iter().any(|later| later.uses().iter().any(|u| u.access != Access::Write && root(u.buf) == product[0]));
+            let keep_product = bufs[product[0]].home != Home::Work || read_later;
             if let Instr::MatMul { epilogue, .. } = &mut instrs[i] {
                 *epilogue = Some(Box::new(Epilogue { launch, keep_product }));
             }
