@@ -1233,9 +1233,10 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
         // The kernel moves up past the instructions in between: none may write what it reads or
         // touch what it writes.
         let (reads, writes) = (roots(&instrs[j], &|a| a != Access::Write), roots(&instrs[j], &|a| a != Access::Read));
-        let independent = instrs[i + 1..j]
-            .iter()
-            .all(|x| roots(x, &|a| a != Access::Read).iter().chain(&roots(x, &|_| true)).all(|r| !reads.contains(r) && !writes.contains(r)));
+        let independent = instrs[i + 1..j].iter().all(|x| {
+            roots(x, &|a| a != Access::Read).iter().all(|r| !reads.contains(r) && !writes.contains(r))
+                && roots(x, &|a| a != Access::Write).iter().all(|r| !writes.contains(r))
+        });
         if independent {
             let Instr::Kernel(launch) = instrs.remove(j) else { unreachable!("found above") };
             let read_later = instrs[i + 1..].iter().any(|later| later.uses().iter().any(|u| u.access != Access::Write && root(u.buf) == product[0]));
