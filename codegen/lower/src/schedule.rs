@@ -291,9 +291,9 @@ impl Launch {
 
 /// An elementwise kernel that is part of a product: it walks the product `c`'s elements in
 /// order and reads `c` itself (the inputs whose buffer is `c`), so a backend may apply it to each
-/// element of the product before the store. The GPU's products do, in registers; the CPU's run
-/// it after the product. `c` holds the product afterwards only if `keep_product` (something
-/// else reads it); otherwise it is scratch a backend need not write.
+/// element of the product before the store (in registers, on the GPU: only schedules for
+/// [`Products::GPU`] hold epilogues). `c` holds the product afterwards only if `keep_product`
+/// (something else reads it); otherwise it is scratch a backend need not write.
 pub struct Epilogue {
     pub launch: Launch,
     pub keep_product: bool,
@@ -1239,7 +1239,7 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
         });
         if independent {
             let Instr::Kernel(launch) = instrs.remove(j) else { unreachable!("found above") };
-            let read_later = instrs[i + 1..].iter().any(|later| later.uses().iter().any(|u| u.access != Access::Write && root(u.buf) == product[0]));
+            let read_later = instrs[i + 1..].iter().any(|later| roots(later, &|a| a != Access::Write).contains(&product[0]));
             let keep_product = bufs[product[0]].home != Home::Work || read_later;
             if let Instr::MatMul { epilogue, .. } = &mut instrs[i] {
                 *epilogue = Some(Box::new(Epilogue { launch, keep_product }));
