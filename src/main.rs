@@ -148,9 +148,11 @@ the final graph's regions (each top-level scan: the TTT mini-batch loop, the Mam
 rest), and the compiled model's symbol, workspace size, arguments and outputs. DIR/cpu/model.o \
 and DIR/cpu/model.h hold the whole forward pass, the training step (T >= 2) and decoding's prefill \
 (a prompt of T tokens) and step (one token, the state in and out; not for Llama, whose KV cache \
-grows) compiled for this machine's CPU at B = --batch, T = --seq-len: C functions `tttc_forward`, \
-`tttc_loss_and_grad`, `tttc_prefill` and `tttc_step` that need only the C library (see \
-docs/cpu-model.md and examples/c/). DIR/gpu/sm_80.ptx and DIR/gpu/sm_90.ptx hold the same forward pass as PTX kernels, and DIR/gpu/program.json the order to launch them in, on which buffers (the manifest's gpu entry lists the slots, the workspace and every kernel; see docs/gpu-model.md); DIR/gpu/loss_and_grad/, DIR/gpu/prefill/ and DIR/gpu/step/ hold the others the same way. When ptxas is found (TTTC_PTXAS, or PATH; the pip package nvidia-cuda-nvcc-cu12 has it) both modules are assembled, an error fails the compile, and each kernel's registers, spills and shared memory per target go into the manifest. Every graph is verified after each pass. A \
+grows) compiled for this machine's CPU for every B from 1 to --batch and T from 1 to --seq-len, \
+the lengths given at each call: C functions `tttc_forward`, `tttc_loss_and_grad`, `tttc_prefill` \
+and `tttc_step` that need only the C library (see docs/cpu-model.md and examples/c/). \
+DIR/gpu/sm_80.ptx and DIR/gpu/sm_90.ptx hold the same forward pass as PTX kernels at B = --batch, \
+T = --seq-len, and DIR/gpu/program.json the order to launch them in, on which buffers (the manifest's gpu entry lists the slots, the workspace and every kernel; see docs/gpu-model.md); DIR/gpu/loss_and_grad/, DIR/gpu/prefill/ and DIR/gpu/step/ hold the others the same way. When ptxas is found (TTTC_PTXAS, or PATH; the pip package nvidia-cuda-nvcc-cu12 has it) both modules are assembled, an error fails the compile, and each kernel's registers, spills and shared memory per target go into the manifest. Every graph is verified after each pass. A \
 progress line per pass goes to stderr. DIR is built next to itself and then put in its place in \
 one step; an existing DIR is replaced only if it is empty or an earlier compile wrote it: its \
 manifest.json lists every file it holds, and a file it does not list (a driver you added) is named \
@@ -161,11 +163,12 @@ and the compile refused. See docs/passes.md and docs/errors.md.")]
         /// Output folder [default: <model stem>.tttc in the current folder].
         #[arg(short, long, value_name = "DIR")]
         output: Option<PathBuf>,
-        /// Batch size B the compiled model takes and the cost estimates are computed for (at most 2^31).
+        /// The largest batch size B the CPU model takes (any from 1 up), the one the GPU programs take,
+        /// and the one the cost estimates are computed for (at most 2^31).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1 << 31))]
         batch: u64,
-        /// Sequence length T the compiled model takes and the cost estimates are computed for (at
-        /// most 2^31).
+        /// The longest sequence T the CPU model takes (any from 1 up), the one the GPU programs take,
+        /// and the one the cost estimates are computed for (at most 2^31).
         #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1 << 31))]
         seq_len: u64,
         /// Compile a run that continues from a saved state at position P (the `position` of a

@@ -357,7 +357,7 @@ fn concat_and_pad_pieces_are_written_in_place() {
         assert!(compare(&g, &args, 1e-6, 1e-7) <= 1.0, "B = {batch}");
         let mut env = tttc_ir::DimEnv::new();
         env.insert("B".to_string(), batch);
-        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Products::GPU).unwrap();
+        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::GPU).unwrap();
         let model = s.functions.last().unwrap();
         let copies = model.instrs.iter().filter(|i| matches!(i, tttc_lower::schedule::Instr::Copy { .. })).count();
         // B = 1: `x` (an argument) and `t` (twice) into the concat, `again` (an output of its
@@ -405,7 +405,7 @@ fn products_apply_their_epilogues_before_the_store() {
         let mut env = tttc_ir::DimEnv::new();
         env.insert("B".to_string(), batch);
         env.insert("T".to_string(), t);
-        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Products::GPU).unwrap();
+        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::GPU).unwrap();
         let model = s.functions.last().unwrap();
         let epilogues: Vec<bool> = model
             .instrs

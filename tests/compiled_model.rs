@@ -4,6 +4,7 @@
 //! training entry point, linked into the shipped training-step driver (examples/c/train_step.c):
 //! its loss and gradients match the reference; and its decoding entry points, linked into the
 //! shipped greedy decoder (examples/c/generate.c): its tokens and logits are `tttc generate`'s.
+//! One compiled model serves every length up to the bounds it was compiled for.
 
 mod common;
 use common::*;
@@ -20,7 +21,7 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
-/// Compiles `case` at its input's batch size and the length `seq_len` into `out`; returns the
+/// Compiles `case` for its input's batch size and lengths up to `seq_len` into `out`; returns the
 /// manifest.
 fn compile(case: &Path, out: &Path, seq_len: usize) -> serde_json::Value {
     let ids = &read(&case.join("io.safetensors"))["input_ids"];
@@ -61,6 +62,45 @@ fn write_args(case: &Path, manifest: &serde_json::Value, entry: &str, ids: &[i64
     }
 }
 
+/// A model's run (logits, loss and the state after the sequence) and training step (the loss and
+/// every gradient), each compiled once for lengths up to B = 2, T = 40, run at lengths inside
+/// and at the ends of those ranges (whole mini-batches, a shorter last one, a single token; an odd
+/// and an even number of them) give the interpreter's outputs; a length past its bound is refused.
+#[test]
+fn one_compiled_model_serves_every_length_up_to_its_bounds() {
+    for case in cases() {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let model = tttc_frontends::load(&case, None).unwrap();
+        let vocab = model.config.vocab_size();
+        let run = tttc_passes::compile(&tttc_frontends::build_for(&model.config, tttc_frontends::Mode::Run).unwrap().g).unwrap();
+        let step = tttc_runtime::GradientStep::of(&model.builder.g, vocab, None).unwrap();
+        let bounds = [("B".to_string(), 2), ("T".to_string(), 40)].into_iter().collect();
+        for (graph, rtol, shortest) in [(&run, RTOL_LOGITS, 1), (step.graph(), RTOL_GRADS, 2)] {
+            let compiled = tttc_codegen_cpu::aot::CompiledModel::compile(graph, &bounds).unwrap();
+            let lengths: Vec<&str> = compiled.signature.lengths.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(lengths, ["B", "T"], "{name} {}: the lengths left open", graph.name);
+            for (b, t) in [(2, 40), (1, 1), (2, 2), (2, 15), (1, 16), (2, 17), (1, 33), (2, 32)] {
+                if t < shortest {
+                    continue;
+                }
+                let ids = tttc_ir::Tensor::i64(vec![b, t], (0..(b * t) as i64).map(|i| (i * 7 + 3) % vocab as i64).collect());
+                let args: Vec<&tttc_ir::Tensor> = graph.args.iter().map(|a| if a.name == "input_ids" { &ids } else { &model.weights[&a.name] }).collect();
+                let want = tttc_ir::run(graph, &args, tttc_ir::Precision::F32).unwrap();
+                let got = compiled.run(&args).unwrap_or_else(|e| panic!("{name} {} at B = {b}, T = {t}: {e:#}", graph.name));
+                for (((out, _), w), g) in graph.outputs.iter().zip(&want).zip(&got) {
+                    assert_eq!(g.shape, w.shape, "{name} at B = {b}, T = {t}: {out}");
+                    let ratio = parity_ratio(g.as_f32().unwrap(), w.as_f32().unwrap(), rtol);
+                    assert!(ratio <= 1.0, "{name} {} at B = {b}, T = {t}: {out} at {ratio:.2}× tolerance", graph.name);
+                }
+            }
+            let long = tttc_ir::Tensor::i64(vec![1, 41], vec![0; 41]);
+            let args: Vec<&tttc_ir::Tensor> = graph.args.iter().map(|a| if a.name == "input_ids" { &long } else { &model.weights[&a.name] }).collect();
+            let err = compiled.run(&args).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("T = 41: compiled for T from 1 to 40"), "{name}: {err}");
+        }
+    }
+}
+
 #[test]
 fn the_compiled_model_links_into_a_c_program_and_matches_every_reference_case() {
     let dir = scratch("compiled_model");
@@ -69,12 +109,17 @@ fn the_compiled_model_links_into_a_c_program_and_matches_every_reference_case() 
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];
         let out = dir.join(&name);
-        let manifest = compile(&case, &out, ids.shape[1]);
+        // Compiled for longer sequences than the case's, run at its length.
+        let manifest = compile(&case, &out, ids.shape[1] + 5);
         let exe = link(&out, "run_model.c");
         let (args, results) = (out.join("args"), out.join("results"));
         write_args(&case, &manifest, "forward", &ids.i64, &args);
         std::fs::create_dir_all(&results).unwrap();
-        let run = Command::new(&exe).arg(&args).arg(&results).output().unwrap();
+        let lengths = |t: usize| -> Vec<String> {
+            let names = manifest["cpu"]["lengths"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap());
+            names.map(|n| if n == "B" { ids.shape[0] } else { t }.to_string()).collect()
+        };
+        let run = Command::new(&exe).arg(&args).arg(&results).args(lengths(ids.shape[1])).output().unwrap();
         assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
 
         let logits = floats(&std::fs::read(results.join("logits.bin")).unwrap());
@@ -89,9 +134,12 @@ fn the_compiled_model_links_into_a_c_program_and_matches_every_reference_case() 
         let mut bad = ids.i64.clone();
         bad[0] = vocab;
         std::fs::write(args.join("input_ids.bin"), i64_bytes(&bad)).unwrap();
-        let run = Command::new(&exe).arg(&args).arg(&results).output().unwrap();
+        let run = Command::new(&exe).arg(&args).arg(&results).args(lengths(ids.shape[1])).output().unwrap();
         assert_eq!(run.status.code(), Some(1), "{name}: an out-of-range id must fail");
         assert!(String::from_utf8_lossy(&run.stderr).contains("returned 1"), "{name}");
+        // A length of 0 is refused by the entry point.
+        let run = Command::new(&exe).arg(&args).arg(&results).args(lengths(0)).output().unwrap();
+        assert!(String::from_utf8_lossy(&run.stderr).contains("tttc_forward returned 2"), "{name}: {}", String::from_utf8_lossy(&run.stderr));
     }
 }
 

@@ -97,9 +97,11 @@ impl Integrator<'_> {
                     self.launch(dev, l, &pointer);
                 };
                 let (mut a, mut o) = (Vec::new(), Vec::new());
+                // The last iteration writes buffers[0].
+                let written = (iterations - 1 - i) % 2;
                 for c in s["carries"].as_array().unwrap() {
-                    a.push(if i == 0 { address(n(&c["init"])) } else { address(n(&c["buffers"][(i - 1) % 2])) });
-                    o.push(address(n(&c["buffers"][i % 2])));
+                    a.push(if i == 0 { address(n(&c["init"])) } else { address(n(&c["buffers"][1 - written])) });
+                    o.push(address(n(&c["buffers"][written])));
                 }
                 for sl in s["seqs"].as_array().unwrap() {
                     if sl["staging"].is_null() {

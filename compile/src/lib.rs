@@ -14,7 +14,7 @@ use anyhow::{ensure, Context, Result};
 use tttc_ir::{DimEnv, Graph};
 use tttc_passes::cost;
 
-use manifest::{CpuEntry, CpuModel, CpuSlot, GpuModel, Manifest, ModelInfo, PassEntry, Stage};
+use manifest::{CpuEntry, CpuLength, CpuModel, CpuSlot, GpuModel, Manifest, ModelInfo, PassEntry, Stage};
 
 /// What `tttc compile` was asked to do.
 pub struct Request<'a> {
@@ -185,6 +185,7 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
         cpu: CpuModel {
             object: "cpu/model.o",
             header: "cpu/model.h",
+            lengths: model.lengths.iter().map(|(name, max)| CpuLength { name: name.clone(), max: *max }).collect(),
             entries: entries
                 .iter()
                 .zip(&model.signatures)

@@ -93,12 +93,21 @@ pub(crate) struct GpuKernel {
 pub(crate) struct CpuModel {
     pub(crate) object: &'static str,
     pub(crate) header: &'static str,
+    /// The lengths every entry point takes (in `lengths`, in this order) and the greatest each
+    /// may be; a length compiled at 1 is not among them.
+    pub(crate) lengths: Vec<CpuLength>,
     pub(crate) entries: Vec<CpuEntry>,
     pub(crate) target: String,
 }
 
-/// One exported function: `int32_t {symbol}(const void *const *args, void *const *outputs,
-/// void *workspace)`.
+#[derive(Serialize)]
+pub(crate) struct CpuLength {
+    pub(crate) name: String,
+    pub(crate) max: usize,
+}
+
+/// One exported function: `int32_t {symbol}(const int64_t *lengths, const void *const *args,
+/// void *const *outputs, void *workspace)`.
 #[derive(Serialize)]
 pub(crate) struct CpuEntry {
     pub(crate) name: String,
@@ -118,12 +127,14 @@ pub(crate) struct CpuEntry {
 pub(crate) struct CpuSlot {
     pub(crate) name: String,
     pub(crate) dtype: &'static str,
-    pub(crate) shape: Vec<usize>,
+    /// Each axis: its length, or the C expression of the lengths it is (`"T"`, `"T-1"`).
+    pub(crate) shape: Vec<serde_json::Value>,
 }
 
 impl From<&tttc_codegen_cpu::aot::Slot> for CpuSlot {
     fn from(s: &tttc_codegen_cpu::aot::Slot) -> Self {
-        CpuSlot { name: s.name.clone(), dtype: s.dtype.name(), shape: s.shape.clone() }
+        let axis = |d: &tttc_ir::Size| d.known().map_or_else(|| serde_json::Value::from(d.to_string()), serde_json::Value::from);
+        CpuSlot { name: s.name.clone(), dtype: s.dtype.name(), shape: s.shape.iter().map(axis).collect() }
     }
 }
 

@@ -11,6 +11,8 @@ use std::fmt;
 
 use anyhow::{bail, Result};
 
+use crate::size::{Size, SizeEnv};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
@@ -123,6 +125,24 @@ impl Dim {
     }
 }
 
+impl Dim {
+    /// The size `self` stands for with its symbol bound in `env` (a chunk count rounds up).
+    pub fn size(&self, env: &SizeEnv) -> Result<Size> {
+        let base = match &self.sym {
+            None => Size::ZERO,
+            Some(s) => match env.get(s) {
+                Some(v) => *v,
+                None => bail!("dimension symbol {s} is not bound"),
+            },
+        };
+        let v = base + Size::int(self.offset);
+        if v.constant().is_some_and(|c| c < 0) {
+            bail!("dimension {self} resolves to {v}");
+        }
+        Ok(if self.per == 1 { v } else { v.div_ceil(self.per) })
+    }
+}
+
 impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.sym, self.offset, self.per) {
@@ -168,26 +188,39 @@ impl Type {
     /// count (`T/16`) binds nothing: its symbol must be bound already (by an ordinary dimension of
     /// this type or an earlier binding), and its length is checked.
     pub fn bind(&self, shape: &[usize], env: &mut DimEnv) -> Result<()> {
+        let mut sizes: SizeEnv = env.iter().map(|(k, &v)| (k.clone(), Size::of(v))).collect();
+        let shape: Vec<Size> = shape.iter().map(|&n| Size::of(n)).collect();
+        self.bind_sizes(&shape, &mut sizes)?;
+        for (k, v) in sizes {
+            env.insert(k, v.known().expect("known lengths bind known values"));
+        }
+        Ok(())
+    }
+}
+
+impl Type {
+    pub fn sizes(&self, env: &SizeEnv) -> Result<Vec<Size>> {
+        self.shape.iter().map(|d| d.size(env)).collect()
+    }
+
+    /// [`Type::bind`] for sizes: binds the symbols of `self` to `shape`, checking what is known.
+    /// A chunk count binds nothing and is checked where both sides are constants.
+    pub fn bind_sizes(&self, shape: &[Size], env: &mut SizeEnv) -> Result<()> {
         if shape.len() != self.rank() {
             bail!("expected rank {} ({self}), got shape {shape:?}", self.rank());
         }
         let (counts, plain): (Vec<_>, Vec<_>) = self.shape.iter().zip(shape).partition(|(d, _)| d.per != 1);
         for (d, &n) in plain {
             match &d.sym {
-                None => {
-                    if d.offset as usize != n {
-                        bail!("expected {self}, got shape {shape:?}");
-                    }
-                }
+                None if n != Size::int(d.offset) => bail!("expected {self}, got shape {shape:?}"),
+                None => {}
                 Some(s) => {
-                    let v = n as i64 - d.offset;
+                    let v = n - Size::int(d.offset);
                     match env.get(s) {
-                        Some(&old) if old as i64 != v => {
-                            bail!("expected {self} with {s} = {old}, got shape {shape:?}")
-                        }
-                        _ if v < 0 => bail!("expected {self}, got shape {shape:?}"),
+                        Some(&old) if old != v => bail!("expected {self} with {s} = {old}, got shape {shape:?}"),
+                        _ if v.constant().is_some_and(|c| c < 0) => bail!("expected {self}, got shape {shape:?}"),
                         _ => {
-                            env.insert(s.clone(), v as usize);
+                            env.insert(s.clone(), v);
                         }
                     }
                 }
@@ -197,8 +230,8 @@ impl Type {
             if let Some(s) = d.sym.as_ref().filter(|s| !env.contains_key(*s)) {
                 bail!("expected {self}: the chunk count {d} cannot bind its symbol {s}, which is not bound");
             }
-            let want = d.resolve(env)?;
-            if want != n {
+            let want = d.size(env)?;
+            if want.constant().is_some() && n.constant().is_some() && want != n {
                 bail!("expected {self} with {d} = {want}, got shape {shape:?}");
             }
         }

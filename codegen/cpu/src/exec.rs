@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Result};
 use tttc_ir::layout::contiguous_strides;
-use tttc_ir::{DType, ReduceKind};
-use tttc_lower::schedule::{elem_bytes, Function, Home, Instr, Launch, Operand, ScanInstr, Schedule, Slicing, Strided};
+use tttc_ir::{DType, ReduceKind, Size};
+use tttc_lower::schedule::{elem_bytes, fixed, Function, Home, Instr, Launch, ScanInstr, Schedule, Slicing, Strided, Strides, Walk};
 
 use crate::kernel::KernelFn;
 
@@ -70,7 +70,7 @@ impl Machine<'_> {
                     Home::Work => workspace.add(f.bufs[r].offset),
                     Home::Alias(_) | Home::View { .. } => unreachable!("locate() follows aliases and views"),
                 };
-                Shared(base.add(at))
+                Shared(base.add(at.fixed()))
             })
             .collect();
         let frame = Frame { f, at, workspace };
@@ -85,25 +85,28 @@ impl Machine<'_> {
         unsafe {
             match instr {
                 Instr::Kernel(l) => self.launch(fr, l),
-                Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None } => matmul(fr.f32(*c), (fr.f32(a.buf), a), (fr.f32(b.buf), b), batch, *m, *n, *k),
+                Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None } => {
+                    matmul(fr.f32(*c), (fr.f32(a.buf), &a.fixed()), (fr.f32(b.buf), &b.fixed()), &fixed(batch), m.fixed(), n.fixed(), k.fixed())
+                }
                 Instr::MatMul { epilogue: Some(_), .. } => bail!("a product with an epilogue in a CPU schedule (`Products::CPU` schedules none)"),
-                Instr::Reduce { dst, src, kind, outer, len, inner } => reduce(fr.f32(*dst), fr.f32(*src), *kind, *outer, *len, *inner),
-                Instr::Copy { dst, src, copy } => copy_strided(fr.ptr(*dst), fr.ptr(*src), copy, elem_bytes(f.bufs[*dst].dtype)),
-                Instr::Fill { dst, bits } => fill(fr.ptr(*dst), f.bufs[*dst].len(), f.bufs[*dst].dtype, *bits),
+                Instr::Reduce { dst, src, kind, outer, len, inner } => reduce(fr.f32(*dst), fr.f32(*src), *kind, outer.fixed(), len.fixed(), inner.fixed()),
+                Instr::Copy { dst, src, copy } => copy_strided(fr.ptr(*dst), fr.ptr(*src), &copy.fixed(), elem_bytes(f.bufs[*dst].dtype)),
+                Instr::Fill { dst, bits } => fill(fr.ptr(*dst), f.bufs[*dst].len().fixed(), f.bufs[*dst].dtype, *bits),
                 Instr::Gather { dst, table, index, outer, len, row } => {
+                    let (outer, len, row) = (outer.fixed(), len.fixed(), row.fixed());
                     let size = elem_bytes(f.bufs[*dst].dtype);
-                    let count = f.bufs[*index].len();
+                    let count = f.bufs[*index].len().fixed();
                     let index = std::slice::from_raw_parts(fr.i64(*index), count);
-                    for o in 0..*outer {
+                    for o in 0..outer {
                         for (i, &k) in index.iter().enumerate() {
-                            ensure!(k >= 0 && (k as usize) < *len, "index {k} out of range for an axis of length {len}");
+                            ensure!(k >= 0 && (k as usize) < len, "index {k} out of range for an axis of length {len}");
                             let from = fr.ptr(*table).add(((o * len + k as usize) * row) * size);
                             std::ptr::copy_nonoverlapping(from, fr.ptr(*dst).add(((o * count + i) * row) * size), row * size);
                         }
                     }
                 }
                 Instr::OneHot { dst, index, depth } => {
-                    let count = f.bufs[*index].len();
+                    let count = f.bufs[*index].len().fixed();
                     std::ptr::write_bytes(fr.f32(*dst), 0, count * depth);
                     for (i, &k) in std::slice::from_raw_parts(fr.i64(*index), count).iter().enumerate() {
                         ensure!(k >= 0 && (k as usize) < *depth, "index {k} out of range for depth {depth}");
@@ -111,31 +114,31 @@ impl Machine<'_> {
                     }
                 }
                 Instr::ScatterAdd { dst, updates, index, depth, row } => {
-                    let count = f.bufs[*index].len();
+                    let (count, row) = (f.bufs[*index].len().fixed(), row.fixed());
                     let sums = std::slice::from_raw_parts_mut(fr.f32(*dst), depth * row);
                     sums.fill(0.0);
                     let updates = std::slice::from_raw_parts(fr.f32(*updates), count * row);
-                    for (&k, update) in std::slice::from_raw_parts(fr.i64(*index), count).iter().zip(updates.chunks_exact(*row)) {
+                    for (&k, update) in std::slice::from_raw_parts(fr.i64(*index), count).iter().zip(updates.chunks_exact(row)) {
                         ensure!(k >= 0 && (k as usize) < *depth, "index {k} out of range for depth {depth}");
-                        sums[k as usize * row..][..*row].iter_mut().zip(update).for_each(|(s, u)| *s += u);
+                        sums[k as usize * row..][..row].iter_mut().zip(update).for_each(|(s, u)| *s += u);
                     }
                 }
                 Instr::Iota { dst } => {
-                    let len = f.bufs[*dst].len();
+                    let len = f.bufs[*dst].len().fixed();
                     match f.bufs[*dst].dtype {
                         DType::F32 => (0..len).for_each(|i| *fr.f32(*dst).add(i) = i as f32),
                         DType::I64 => (0..len).for_each(|i| *(fr.ptr(*dst) as *mut i64).add(i) = i as i64),
                     }
                 }
                 Instr::Cast { dst, src } => {
-                    let len = f.bufs[*dst].len();
+                    let len = f.bufs[*dst].len().fixed();
                     match (f.bufs[*src].dtype, f.bufs[*dst].dtype) {
                         (DType::I64, DType::F32) => (0..len).for_each(|i| *fr.f32(*dst).add(i) = *fr.i64(*src).add(i) as f32),
                         (DType::F32, DType::I64) => (0..len).for_each(|i| *(fr.ptr(*dst) as *mut i64).add(i) = *fr.f32(*src).add(i) as i64),
                         (from, _) => std::ptr::copy_nonoverlapping(fr.ptr(*src), fr.ptr(*dst), len * elem_bytes(from)),
                     }
                 }
-                Instr::TriMask { dst, rows, cols, fill } => tri_mask(fr.f32(*dst), f.bufs[*dst].len(), *rows, *cols, *fill),
+                Instr::TriMask { dst, rows, cols, fill } => tri_mask(fr.f32(*dst), f.bufs[*dst].len().fixed(), rows.fixed(), cols.fixed(), *fill),
                 Instr::Scan(s) => self.scan(fr, s)?,
                 Instr::Parallel { parts } => {
                     let mut results: Vec<Result<()>> = parts.iter().map(|_| Ok(())).collect();
@@ -170,11 +173,13 @@ impl Machine<'_> {
     /// pieces) are split over the threads.
     unsafe fn launch(&self, fr: &Frame, launch: &Launch) {
         let Launch { kernel, ref outer, rows, n, ref ins, ref outs } = *launch;
+        let (outer, rows, n) = (fixed(outer), rows.fixed(), n.fixed());
         let f = self.kernels[kernel];
         let spec = &self.schedule.specs[kernel];
         let total = outer.iter().product::<usize>() * rows * n;
         let in_ptrs: Vec<Shared<*const f32>> = ins.iter().map(|i| Shared(fr.f32(i.buf) as *const f32)).collect();
-        let row_strides: Vec<i64> = ins.iter().map(|i| i.row_stride as i64).collect();
+        let row_strides: Vec<i64> = ins.iter().map(|i| i.row_stride.fixed() as i64).collect();
+        let in_strides: Vec<Vec<usize>> = ins.iter().map(|i| fixed(&i.strides)).collect();
         let out_ptrs: Vec<Shared<*mut f32>> = outs.iter().map(|&o| Shared(fr.f32(o))).collect();
         // Rows [q0, q1) of the flattened (outer, row) space, columns [c0, c0 + len) of each.
         let run = |q0: usize, q1: usize, c0: usize, len: usize| {
@@ -185,10 +190,10 @@ impl Machine<'_> {
                 let (o, r0) = (q / rows, q % rows);
                 let count = (rows - r0).min(q1 - q);
                 for (j, p) in in_ptrs.iter().enumerate() {
-                    let mut off = r0 * ins[j].row_stride + if spec.splat[j] { 0 } else { c0 };
+                    let mut off = r0 * row_strides[j] as usize + if spec.splat[j] { 0 } else { c0 };
                     let mut rem = o;
                     for d in (0..outer.len()).rev() {
-                        off += (rem % outer[d]) * ins[j].strides[d];
+                        off += (rem % outer[d]) * in_strides[j][d];
                         rem /= outer[d];
                     }
                     ins_at[j] = p.0.add(off);
@@ -236,27 +241,36 @@ impl Machine<'_> {
         let f = fr.f;
         // Where chunk `k`'s piece of a sliced buffer starts, in elements, and its copy to or from
         // a staging buffer (`len` positions of a chunked sequence).
-        let piece = |sl: &Slicing, k: usize, len: usize| -> (usize, Strided) {
+        let piece = |sl: &Slicing, k: usize, len: usize| -> (usize, Walk) {
             let buf = &f.bufs[sl.buf];
-            let strides = contiguous_strides(&buf.shape);
-            let mut shape = buf.shape.clone();
-            shape[s.axis] = if sl.per == 1 { 1 } else { len };
+            let shape = fixed(&buf.shape);
+            let strides = contiguous_strides(&shape);
+            let mut piece = shape.clone();
+            piece[s.axis] = if sl.per == 1 { 1 } else { len };
             let at = k * sl.per * strides[s.axis] * elem_bytes(buf.dtype);
-            let copy = Strided { dst_strides: contiguous_strides(&shape), shape, dst_at: 0, src_at: 0, src_strides: strides };
-            (at, copy.simplified())
+            let copy = Strided {
+                dst_strides: sizes(&contiguous_strides(&piece)),
+                shape: sizes(&piece),
+                dst_at: Size::ZERO,
+                src_at: Size::ZERO,
+                src_strides: sizes(&strides),
+            };
+            (at, copy.simplified().fixed())
         };
         let workspace = fr.workspace.add(s.workspace_at);
         for run in s.runs() {
-            for i in run.first..run.first + run.count {
+            let (first, count, len) = (run.first.fixed(), run.count.fixed(), run.len.fixed());
+            for i in first..first + count {
                 let k = s.chunk_of(i);
                 let mut args: Vec<*const u8> = Vec::with_capacity(s.carries.len() + s.seqs.len() + s.invariants.len());
                 let mut outs: Vec<*mut u8> = Vec::with_capacity(s.carries.len() + s.outputs.len());
+                let written = s.carry_written(i);
                 for (init, pair) in &s.carries {
-                    args.push(if i == 0 { fr.ptr(*init) } else { fr.ptr(pair[(i - 1) % 2]) });
-                    outs.push(fr.ptr(pair[i % 2]));
+                    args.push(if i == 0 { fr.ptr(*init) } else { fr.ptr(pair[1 - written]) });
+                    outs.push(fr.ptr(pair[written]));
                 }
                 for sl in &s.seqs {
-                    let (at, copy) = piece(sl, k, run.len);
+                    let (at, copy) = piece(sl, k, len);
                     let from = fr.ptr(sl.buf).add(at);
                     args.push(match sl.staging {
                         None => from,
@@ -269,13 +283,13 @@ impl Machine<'_> {
                 args.extend(s.invariants.iter().map(|&b| fr.ptr(b) as *const u8));
                 let mut placements = Vec::new();
                 for sl in &s.outputs {
-                    let (at, copy) = piece(sl, k, run.len);
+                    let (at, copy) = piece(sl, k, len);
                     let to = fr.ptr(sl.buf).add(at);
                     outs.push(match sl.staging {
                         None => to,
                         Some(stage) => {
                             // Back from the piece to its place: the copy's two sides swapped.
-                            let back = Strided { shape: copy.shape, dst_at: 0, dst_strides: copy.src_strides, src_at: 0, src_strides: copy.dst_strides };
+                            let back = Walk { shape: copy.shape, dst_at: 0, dst_strides: copy.src_strides, src_at: 0, src_strides: copy.dst_strides };
                             placements.push((to, fr.ptr(stage), back, elem_bytes(f.bufs[sl.buf].dtype)));
                             fr.ptr(stage)
                         }
@@ -291,9 +305,13 @@ impl Machine<'_> {
     }
 }
 
+fn sizes(values: &[usize]) -> Vec<Size> {
+    values.iter().map(|&v| Size::of(v)).collect()
+}
+
 /// `dst[dst_at + Σ i·dst_strides] = src[src_at + Σ i·src_strides]` over `copy.shape`, elements
 /// of `size` bytes; large copies split their first axis over the threads.
-unsafe fn copy_strided(dst: *mut u8, src: *const u8, copy: &Strided, size: usize) {
+unsafe fn copy_strided(dst: *mut u8, src: *const u8, copy: &Walk, size: usize) {
     let (dst, src) = (Shared(dst.add(copy.dst_at * size)), Shared(src.add(copy.src_at * size)));
     let total: usize = copy.shape.iter().product();
     match copy.shape.first() {
@@ -315,7 +333,7 @@ unsafe fn copy_strided(dst: *mut u8, src: *const u8, copy: &Strided, size: usize
 }
 
 /// The copy over its axes from `axis` on.
-unsafe fn copy_axes(dst: *mut u8, src: *const u8, copy: &Strided, axis: usize, size: usize) {
+unsafe fn copy_axes(dst: *mut u8, src: *const u8, copy: &Walk, axis: usize, size: usize) {
     let rank = copy.shape.len();
     if axis == rank {
         std::ptr::copy_nonoverlapping(src, dst, size);
@@ -367,7 +385,7 @@ unsafe fn tri_mask(dst: *mut f32, len: usize, rows: usize, cols: usize, fill: f3
 /// `c = a · b` for each index of `batch` (`c` contiguous, the operands read with their strides),
 /// through `gemm`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Operand), (b, bo): (*const f32, &Operand), batch: &[usize], m: usize, n: usize, k: usize) {
+unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], m: usize, n: usize, k: usize) {
     let count: usize = batch.iter().product();
     let offset = |i: usize, strides: &[usize]| -> usize {
         let mut rem = i;
@@ -405,7 +423,7 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with their (row, column)
 /// strides.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(dst: *mut f32, (lhs, l): (*const f32, &Operand), (rhs, r): (*const f32, &Operand), m: usize, k: usize, n: usize, par: gemm::Parallelism) {
+unsafe fn gemm_into(dst: *mut f32, (lhs, l): (*const f32, &Strides), (rhs, r): (*const f32, &Strides), m: usize, k: usize, n: usize, par: gemm::Parallelism) {
     gemm::gemm(
         m,
         n,

@@ -164,7 +164,7 @@ impl Program {
         let mut outputs = vec![(DType::F32, Vec::new()); self.body.graph.outputs.len()];
         for b in &entry.bufs {
             if let schedule::Home::Out(j) = b.home {
-                outputs[j] = (b.dtype, b.shape.clone());
+                outputs[j] = (b.dtype, b.shape.iter().map(|s| s.fixed()).collect());
             }
         }
         let s = Arc::new(Scheduled { schedule, kernels, _extra: extra, outputs });

@@ -3,7 +3,7 @@
 
 use anyhow::{ensure, Result};
 use tttc_ir::layout::broadcast_strides;
-use tttc_ir::{BinaryOp, UnaryOp};
+use tttc_ir::{BinaryOp, Size, UnaryOp};
 
 /// One value of a kernel, in evaluation order: operands refer to earlier entries.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,20 +44,20 @@ impl KernelSpec {
 /// call along the axis just outside, each input advancing by its `row_strides`; the `outer` axes
 /// before that walked by the caller with each input's broadcast `strides`.
 pub struct RowLayout {
-    pub n: usize,
-    pub rows: usize,
+    pub n: Size,
+    pub rows: Size,
     pub outer: usize,
-    pub strides: Vec<Vec<usize>>,
-    pub row_strides: Vec<i64>,
+    pub strides: Vec<Vec<Size>>,
+    pub row_strides: Vec<Size>,
 }
 
-pub fn row_layout(shape: &[usize], in_shapes: &[&[usize]], splat: &[bool]) -> Result<RowLayout> {
-    let strides: Vec<Vec<usize>> = in_shapes.iter().map(|s| broadcast_strides(s, shape)).collect::<Result<_>>()?;
+pub fn row_layout(shape: &[Size], in_shapes: &[&[Size]], splat: &[bool]) -> Result<RowLayout> {
+    let strides: Vec<Vec<Size>> = in_shapes.iter().map(|s| broadcast_strides(s, shape)).collect::<Result<_>>()?;
     let mut inner = shape.len();
-    let mut n = 1usize;
+    let mut n = Size::ONE;
     while inner > 0 {
         let d = inner - 1;
-        let merges = shape[d] == 1 || strides.iter().zip(splat).all(|(s, &sp)| if sp { s[d] == 0 } else { s[d] == n });
+        let merges = shape[d].is_one() || strides.iter().zip(splat).all(|(s, &sp)| if sp { s[d].is_zero() } else { s[d] == n });
         if !merges {
             break;
         }
@@ -65,7 +65,10 @@ pub fn row_layout(shape: &[usize], in_shapes: &[&[usize]], splat: &[bool]) -> Re
         inner = d;
     }
     ensure!(inner < shape.len() || shape.is_empty(), "kernel inputs {in_shapes:?} do not broadcast to {shape:?} as compiled");
-    let (outer, rows, row_strides) =
-        if inner == 0 { (0, 1, vec![0; strides.len()]) } else { (inner - 1, shape[inner - 1], strides.iter().map(|s| s[inner - 1] as i64).collect()) };
+    let (outer, rows, row_strides) = if inner == 0 {
+        (0, Size::ONE, vec![Size::ZERO; strides.len()])
+    } else {
+        (inner - 1, shape[inner - 1], strides.iter().map(|s| s[inner - 1]).collect())
+    };
     Ok(RowLayout { n, rows, outer, strides, row_strides })
 }

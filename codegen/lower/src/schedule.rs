@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::layout::{broadcast_shape, broadcast_strides, contiguous_strides, reduction};
-use tttc_ir::{DType, DimEnv, Graph, Op, ReduceKind, ValueId};
+use tttc_ir::{DType, DimEnv, Graph, Op, ReduceKind, Size, SizeEnv, ValueId};
 
 use crate::elementwise::{row_layout, Expr, KernelSpec, RowLayout};
 use crate::plan::{Body, LaneScan, ScanPlan, Step};
@@ -28,25 +28,25 @@ pub enum Home {
     Alias(BufId),
     /// A contiguous piece of another buffer's memory, `at` bytes in (one lane's slice of a scan's
     /// operand or result).
-    View { of: BufId, at: usize },
+    View { of: BufId, at: Size },
 }
 
 pub struct Buf {
     pub dtype: DType,
-    pub shape: Vec<usize>,
+    pub shape: Vec<Size>,
     pub home: Home,
-    /// Bytes from the workspace's start, for `Home::Work`.
+    /// Bytes from the workspace's start, for `Home::Work` (room for the buffer at its largest).
     pub offset: usize,
 }
 
 impl Buf {
     /// The number of elements (a buffer is never empty: every shape has positive sizes).
     #[allow(clippy::len_without_is_empty)]
-    pub fn len(&self) -> usize {
+    pub fn len(&self) -> Size {
         self.shape.iter().product()
     }
 
-    pub fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> Size {
         self.len() * elem_bytes(self.dtype)
     }
 }
@@ -68,19 +68,19 @@ pub enum Instr {
         c: BufId,
         a: Operand,
         b: Operand,
-        batch: Vec<usize>,
-        m: usize,
-        n: usize,
-        k: usize,
+        batch: Vec<Size>,
+        m: Size,
+        n: Size,
+        k: Size,
         epilogue: Option<Box<Epilogue>>,
     },
     Reduce {
         dst: BufId,
         src: BufId,
         kind: ReduceKind,
-        outer: usize,
-        len: usize,
-        inner: usize,
+        outer: Size,
+        len: Size,
+        inner: Size,
     },
     /// `dst[dst_at + Σ i·dst_strides] = src[src_at + Σ i·src_strides]` over `shape`.
     Copy {
@@ -98,9 +98,9 @@ pub enum Instr {
         dst: BufId,
         table: BufId,
         index: BufId,
-        outer: usize,
-        len: usize,
-        row: usize,
+        outer: Size,
+        len: Size,
+        row: Size,
     },
     OneHot {
         dst: BufId,
@@ -114,7 +114,7 @@ pub enum Instr {
         updates: BufId,
         index: BufId,
         depth: usize,
-        row: usize,
+        row: Size,
     },
     Iota {
         dst: BufId,
@@ -126,8 +126,8 @@ pub enum Instr {
     /// In place, over matrices of `rows × cols`: entries above the diagonal become `fill`.
     TriMask {
         dst: BufId,
-        rows: usize,
-        cols: usize,
+        rows: Size,
+        cols: Size,
         fill: f32,
     },
     Scan(Box<ScanInstr>),
@@ -220,29 +220,29 @@ impl Instr {
     }
 
     /// Floating-point operations of one run (a transcendental counts as one; a scan's and a
-    /// parallel instruction's are their bodies').
-    pub fn flops(&self, specs: &[KernelSpec]) -> u64 {
+    /// parallel instruction's are their bodies'), with sizes valued by `at`.
+    pub fn flops(&self, specs: &[KernelSpec], at: &dyn Fn(Size) -> u64) -> u64 {
         match self {
-            Instr::Kernel(l) => l.flops(specs),
+            Instr::Kernel(l) => l.flops(specs, at),
             Instr::MatMul { batch, m, n, k, epilogue, .. } => {
-                2 * (batch.iter().product::<usize>() * m * n * k) as u64 + epilogue.as_ref().map_or(0, |e| e.launch.flops(specs))
+                2 * at(batch.iter().product::<Size>() * *m * *n * *k) + epilogue.as_ref().map_or(0, |e| e.launch.flops(specs, at))
             }
-            Instr::Reduce { outer, len, inner, .. } => (outer * len * inner) as u64,
+            Instr::Reduce { outer, len, inner, .. } => at(*outer * *len * *inner),
             _ => 0,
         }
     }
 
     /// Bytes of memory one run reads and writes (what it touches of each buffer; 0 for a scan or
-    /// a parallel instruction, whose bodies are counted on their own).
-    pub fn bytes(&self, f: &Function) -> u64 {
-        let size = |b: &BufId| f.bufs[*b].bytes();
-        (match self {
-            Instr::Kernel(l) => l.bytes(f, None),
-            Instr::Copy { dst, copy, .. } => 2 * copy.shape.iter().product::<usize>() * elem_bytes(f.bufs[*dst].dtype),
+    /// a parallel instruction, whose bodies are counted on their own), with sizes valued by `at`.
+    pub fn bytes(&self, f: &Function, at: &dyn Fn(Size) -> u64) -> u64 {
+        let size = |b: &BufId| at(f.bufs[*b].bytes());
+        match self {
+            Instr::Kernel(l) => l.bytes(f, None, at),
+            Instr::Copy { dst, copy, .. } => 2 * at(copy.shape.iter().product::<Size>() * elem_bytes(f.bufs[*dst].dtype)),
             Instr::MatMul { c, a, b, epilogue: None, .. } => size(c) + size(&a.buf) + size(&b.buf),
             // The product's values reach the epilogue without a round trip through memory.
             Instr::MatMul { c, a, b, epilogue: Some(e), .. } => {
-                size(&a.buf) + size(&b.buf) + e.launch.bytes(f, Some(*c)) + if e.keep_product { size(c) } else { 0 }
+                size(&a.buf) + size(&b.buf) + e.launch.bytes(f, Some(*c), at) + if e.keep_product { size(c) } else { 0 }
             }
             Instr::Reduce { dst, src, .. } | Instr::Cast { dst, src } => size(dst) + size(src),
             Instr::Fill { dst, .. } | Instr::Iota { dst } | Instr::TriMask { dst, .. } => size(dst),
@@ -250,7 +250,7 @@ impl Instr {
             Instr::OneHot { dst, index, .. } => size(dst) + size(index),
             Instr::ScatterAdd { dst, updates, index, .. } => 2 * size(dst) + size(updates) + size(index),
             Instr::Scan(_) | Instr::Parallel { .. } => 0,
-        }) as u64
+        }
     }
 }
 
@@ -258,17 +258,17 @@ impl Instr {
 /// `strides` along them) of `rows` rows of `n` elements; its outputs are written contiguously.
 pub struct Launch {
     pub kernel: usize,
-    pub outer: Vec<usize>,
-    pub rows: usize,
-    pub n: usize,
+    pub outer: Vec<Size>,
+    pub rows: Size,
+    pub n: Size,
     pub ins: Vec<KernelInput>,
     pub outs: Vec<BufId>,
 }
 
 impl Launch {
     /// The elements it walks.
-    pub fn elements(&self) -> usize {
-        self.outer.iter().product::<usize>() * self.rows * self.n
+    pub fn elements(&self) -> Size {
+        self.outer.iter().product::<Size>() * self.rows * self.n
     }
 
     fn uses(&self) -> Vec<Use> {
@@ -276,16 +276,17 @@ impl Launch {
         ins.chain(self.outs.iter().enumerate().map(|(i, &o)| Use { buf: o, name: format!("out{i}"), access: Access::Write })).collect()
     }
 
-    fn flops(&self, specs: &[KernelSpec]) -> u64 {
+    fn flops(&self, specs: &[KernelSpec], at: &dyn Fn(Size) -> u64) -> u64 {
         let ops = specs[self.kernel].exprs.iter().filter(|e| matches!(e, Expr::Unary(..) | Expr::Binary(..))).count();
-        (self.elements() * ops) as u64
+        at(self.elements()) * ops as u64
     }
 
     /// Bytes it reads and writes, not counting reads of `except`.
-    fn bytes(&self, f: &Function, except: Option<BufId>) -> usize {
-        let size = |b: BufId| f.bufs[b].bytes();
-        let reads = self.ins.iter().filter(|i| Some(i.buf) != except).map(|i| size(i.buf).min(4 * self.elements()));
-        reads.sum::<usize>() + self.outs.iter().map(|&o| size(o)).sum::<usize>()
+    fn bytes(&self, f: &Function, except: Option<BufId>, at: &dyn Fn(Size) -> u64) -> u64 {
+        let size = |b: BufId| at(f.bufs[b].bytes());
+        let walked = 4 * at(self.elements());
+        let reads = self.ins.iter().filter(|i| Some(i.buf) != except).map(|i| size(i.buf).min(walked));
+        reads.sum::<u64>() + self.outs.iter().map(|&o| size(o)).sum::<u64>()
     }
 }
 
@@ -301,20 +302,35 @@ pub struct Epilogue {
 
 pub struct KernelInput {
     pub buf: BufId,
-    pub strides: Vec<usize>,
-    pub row_stride: usize,
+    pub strides: Vec<Size>,
+    pub row_stride: Size,
 }
 
 #[derive(Clone)]
 pub struct Operand {
     pub buf: BufId,
-    pub batch_strides: Vec<usize>,
-    pub row_stride: usize,
-    pub col_stride: usize,
+    pub batch_strides: Vec<Size>,
+    pub row_stride: Size,
+    pub col_stride: Size,
 }
 
 #[derive(Clone, Debug)]
 pub struct Strided {
+    pub shape: Vec<Size>,
+    pub dst_at: Size,
+    pub dst_strides: Vec<Size>,
+    pub src_at: Size,
+    pub src_strides: Vec<Size>,
+}
+
+/// The values of sizes scheduled at known lengths (what a schedule made with
+/// [`Lengths::Fixed`], or at a call's sizes, holds).
+pub fn fixed(sizes: &[Size]) -> Vec<usize> {
+    sizes.iter().map(|s| s.fixed()).collect()
+}
+
+/// A [`Strided`] copy scheduled at known lengths, in numbers.
+pub struct Walk {
     pub shape: Vec<usize>,
     pub dst_at: usize,
     pub dst_strides: Vec<usize>,
@@ -322,13 +338,36 @@ pub struct Strided {
     pub src_strides: Vec<usize>,
 }
 
+/// An [`Operand`]'s strides scheduled at known lengths, in numbers.
+pub struct Strides {
+    pub batch_strides: Vec<usize>,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl Operand {
+    pub fn fixed(&self) -> Strides {
+        Strides { batch_strides: fixed(&self.batch_strides), row_stride: self.row_stride.fixed(), col_stride: self.col_stride.fixed() }
+    }
+}
+
 impl Strided {
+    pub fn fixed(&self) -> Walk {
+        Walk {
+            shape: fixed(&self.shape),
+            dst_at: self.dst_at.fixed(),
+            dst_strides: fixed(&self.dst_strides),
+            src_at: self.src_at.fixed(),
+            src_strides: fixed(&self.src_strides),
+        }
+    }
+
     /// Merges axes that both sides walk contiguously and drops axes of length 1.
     pub fn simplified(mut self) -> Strided {
         let mut shape = Vec::new();
         let (mut ds, mut ss) = (Vec::new(), Vec::new());
         for d in 0..self.shape.len() {
-            if self.shape[d] == 1 {
+            if self.shape[d].is_one() {
                 continue;
             }
             let n = self.shape[d];
@@ -352,19 +391,22 @@ impl Strided {
     }
 }
 
-/// A scan: `full` iterations of the body function over whole chunks and, when the sequence is
-/// not a multiple of the chunk, one of `tail` (the body for the shorter last chunk, and its
-/// length). The chunks are visited in order, or from the last for a `reverse` scan (a gradient's
-/// backward sweep), which starts with the shorter chunk.
+/// A scan over `total` positions of its sequences in chunks of `chunk`: `full` iterations of
+/// the body function over whole chunks and, where the total may not be a multiple of the chunk,
+/// `tail` (the body for the shorter last chunk, and that chunk's length `total % chunk`: a
+/// program scheduled for lengths known at launch runs it only when that length is not 0). The
+/// chunks are visited in order, or from the last for a `reverse` scan (a gradient's backward
+/// sweep), which starts with the shorter chunk.
 pub struct ScanInstr {
     pub body: usize,
-    pub tail: Option<(usize, usize)>,
-    pub full: usize,
+    pub tail: Option<(usize, Size)>,
+    pub total: Size,
     pub chunk: usize,
     pub axis: usize,
     pub reverse: bool,
-    /// Per carry: its initial value and the two buffers iterations write in turn (iteration `k`
-    /// writes `pingpong[k % 2]` and reads the other, or the initial value at `k = 0`).
+    /// Per carry: its initial value and the two buffers iterations write in turn, so that the
+    /// last writes the first of them ([`ScanInstr::carry_written`]); each reads the buffer the
+    /// iteration before wrote, the first the initial value.
     pub carries: Vec<(BufId, [BufId; 2])>,
     pub seqs: Vec<Slicing>,
     pub invariants: Vec<BufId>,
@@ -373,7 +415,7 @@ pub struct ScanInstr {
     /// The scan as in the graph, and the sizes bound where it runs (its chunk symbol unbound):
     /// what a backend needs to compile the loop whole.
     pub ir: Box<tttc_ir::Scan>,
-    pub env: DimEnv,
+    pub env: SizeEnv,
     /// Bytes from the calling function's workspace to the body's own (after the caller's arena;
     /// the parts of a [`Instr::Parallel`] each get their own).
     pub workspace_at: usize,
@@ -383,25 +425,32 @@ pub struct ScanInstr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
     /// The first iteration (iterations count from 0 in the order they execute).
-    pub first: usize,
-    pub count: usize,
+    pub first: Size,
+    /// How many: the whole chunks, or for the tail 1 or (where the lengths are known only at
+    /// launch) 0.
+    pub count: Size,
     pub function: usize,
     /// Positions in each of its chunks.
-    pub len: usize,
+    pub len: Size,
     /// Whether it is the shorter last chunk.
     pub tail: bool,
 }
 
 impl ScanInstr {
-    /// Iterations the scan runs: one per chunk, the shorter last chunk included.
-    pub fn iterations(&self) -> usize {
-        self.full + usize::from(self.tail.is_some())
+    /// Whole chunks.
+    pub fn full(&self) -> Size {
+        self.total.div_floor(self.chunk)
     }
 
-    /// The chunk iteration `i` works on.
+    /// Iterations the scan runs: one per chunk, the shorter last chunk included.
+    pub fn iterations(&self) -> Size {
+        self.total.div_ceil(self.chunk)
+    }
+
+    /// The chunk iteration `i` works on (at known sizes).
     pub fn chunk_of(&self, i: usize) -> usize {
         if self.reverse {
-            self.iterations() - 1 - i
+            self.iterations().fixed() - 1 - i
         } else {
             i
         }
@@ -409,10 +458,11 @@ impl ScanInstr {
 
     /// The iterations in the order they execute, as runs of one body function.
     pub fn runs(&self) -> Vec<Run> {
-        let whole = (self.full > 0).then_some((self.full, self.body, self.chunk, false));
-        let tail = self.tail.map(|(function, len)| (1, function, len, true));
+        let full = self.full();
+        let whole = (!full.is_zero()).then_some((full, self.body, Size::of(self.chunk), false));
+        let tail = self.tail.map(|(function, len)| (self.iterations() - full, function, len, true));
         let order = if self.reverse { [tail, whole] } else { [whole, tail] };
-        let mut first = 0;
+        let mut first = Size::ZERO;
         order
             .into_iter()
             .flatten()
@@ -424,9 +474,15 @@ impl ScanInstr {
             .collect()
     }
 
+    /// Which of a carry's two buffers iteration `i` (at known sizes) writes: the other one than
+    /// the iteration before, and the first for the last iteration.
+    pub fn carry_written(&self, i: usize) -> usize {
+        (self.iterations().fixed() - 1 - i) % 2
+    }
+
     /// The buffer that holds carry `j`'s final value: the one the last iteration wrote.
     pub fn final_carry(&self, j: usize) -> BufId {
-        self.carries[j].1[(self.iterations() - 1) % 2]
+        self.carries[j].1[0]
     }
 }
 
@@ -458,19 +514,19 @@ impl Function {
 
     /// Where `b`'s memory is: in buffer `root` (an argument, an output or the workspace's),
     /// `at` bytes from its start.
-    pub fn locate(&self, b: BufId) -> (BufId, usize) {
+    pub fn locate(&self, b: BufId) -> (BufId, Size) {
         locate(&self.bufs, b)
     }
 }
 
 /// Whether every range of positions along `axis` of a dense `shape` is one contiguous piece of
 /// memory (every axis before it has length 1): such a piece can be a view.
-fn pieces_contiguous(shape: &[usize], axis: usize) -> bool {
-    shape[..axis].iter().all(|&d| d == 1)
+fn pieces_contiguous(shape: &[Size], axis: usize) -> bool {
+    shape[..axis].iter().all(|d| d.is_one())
 }
 
-fn locate(bufs: &[Buf], mut b: BufId) -> (BufId, usize) {
-    let mut at = 0;
+fn locate(bufs: &[Buf], mut b: BufId) -> (BufId, Size) {
+    let mut at = Size::ZERO;
     loop {
         match bufs[b].home {
             Home::Alias(a) => b = a,
@@ -488,9 +544,22 @@ pub struct Schedule {
     pub functions: Vec<Function>,
     pub specs: Vec<KernelSpec>,
     pub products: Products,
+    /// Each length symbol's greatest value (its least is 1), where the sizes are known only at
+    /// launch.
+    pub bounds: DimEnv,
     /// The functions scheduled so far, by planned body (its address), argument shapes and
     /// bindings: a body called at the same sizes again (each lane of a split scan) is one function.
-    scheduled: Vec<(usize, Vec<Vec<usize>>, DimEnv, usize)>,
+    scheduled: Vec<(usize, Vec<Vec<Size>>, SizeEnv, usize)>,
+}
+
+/// The lengths a schedule is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lengths {
+    /// The sizes the environment binds.
+    Fixed,
+    /// Any length from 1 up to the one the environment binds, read when the program is launched
+    /// (a length bound to 1 is 1).
+    UpTo,
 }
 
 /// What a backend's matrix products can do, which shapes how the schedule feeds them.
@@ -516,12 +585,12 @@ impl Products {
     pub const GPU: Products = Products { contiguous_rhs_rows: false, epilogues: true };
 }
 
-/// A value the model reads or writes, at the compiled sizes.
+/// A value the model reads or writes: its shape in the lengths it is launched with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Slot {
     pub name: String,
     pub dtype: DType,
-    pub shape: Vec<usize>,
+    pub shape: Vec<Size>,
 }
 
 /// What a compiled model takes and needs.
@@ -529,6 +598,10 @@ pub struct Slot {
 pub struct Signature {
     pub args: Vec<Slot>,
     pub outputs: Vec<Slot>,
+    /// The length symbols it is launched with and the greatest value of each (none when every
+    /// size is fixed).
+    pub lengths: Vec<(String, usize)>,
+    /// Enough for every length up to the bounds.
     pub workspace_bytes: usize,
     pub functions: usize,
     pub kernels: usize,
@@ -551,41 +624,71 @@ impl std::ops::AddAssign for Traffic {
 }
 
 impl Schedule {
-    /// What one call of function `f` computes and moves: its instructions' FLOPs and bytes,
-    /// each scan's body once per iteration (the staging of scan pieces not counted).
+    fn new(specs: Vec<KernelSpec>, products: Products, bounds: DimEnv) -> Schedule {
+        Schedule { functions: Vec::new(), specs, products, bounds, scheduled: Vec::new() }
+    }
+
+    /// A size's value with every length at its bound.
+    pub fn at_bound(&self, s: Size) -> u64 {
+        let v = s.eval(&|sym| self.bounds.get(sym).map(|&v| v as i64)).expect("every length symbol has a bound");
+        v.max(0) as u64
+    }
+
+    /// The greatest value a size takes with the lengths anywhere from 1 to their bounds (what
+    /// memory is laid out for).
+    pub fn most(&self, s: Size) -> usize {
+        let (_, hi) = s.range(&|sym| self.bounds.get(sym).map(|&v| (1, v as i64))).expect("every length symbol has a bound");
+        hi.max(0) as usize
+    }
+
+    /// What one call of function `f` computes and moves, with every length at its bound: its
+    /// instructions' FLOPs and bytes, each scan's body once per iteration (the staging of scan
+    /// pieces not counted).
     pub fn traffic(&self, f: usize) -> Traffic {
         self.instrs_traffic(&self.functions[f], &self.functions[f].instrs)
     }
 
     fn instrs_traffic(&self, f: &Function, instrs: &[Instr]) -> Traffic {
+        let at = |s: Size| self.at_bound(s);
         let mut t = Traffic::default();
         for i in instrs {
             match i {
                 Instr::Scan(s) => {
                     for run in s.runs() {
                         let body = self.traffic(run.function);
-                        t += Traffic { flops: body.flops * run.count as u64, bytes: body.bytes * run.count as u64 };
+                        let count = at(run.count);
+                        t += Traffic { flops: body.flops * count, bytes: body.bytes * count };
                     }
                 }
                 Instr::Parallel { parts } => parts.iter().for_each(|p| t += self.instrs_traffic(f, p)),
-                _ => t += Traffic { flops: i.flops(&self.specs), bytes: i.bytes(f) },
+                _ => t += Traffic { flops: i.flops(&self.specs, &at), bytes: i.bytes(f, &at) },
             }
         }
         t
     }
 }
 
-/// Plans `graph` (after the pass pipeline) for one thread and schedules it at the sizes `env`
-/// binds: every function of the model, and what it takes and needs.
-pub fn model(graph: &Graph, env: &DimEnv, products: Products) -> Result<(Schedule, Signature)> {
+/// Plans `graph` (after the pass pipeline) for one thread and schedules it for the `lengths`
+/// `env` binds: every function of the model, and what it takes and needs.
+pub fn model(graph: &Graph, env: &DimEnv, lengths: Lengths, products: Products) -> Result<(Schedule, Signature)> {
     let mut specs = Vec::new();
     let body = crate::plan::plan(graph, 1, &mut specs, &mut crate::plan::PlanStats::default());
-    let s = schedule(&body, specs, env, products).context("scheduling the model at fixed sizes")?;
+    let open = |sym: &String, v: usize| {
+        lengths == Lengths::UpTo && v > 1 && graph.args.iter().any(|a| graph.ty(a.value).shape.iter().any(|d| d.sym.as_ref() == Some(sym)))
+    };
+    let sizes: SizeEnv = env.iter().map(|(k, &v)| (k.clone(), if open(k, v) { Size::sym(k) } else { Size::of(v) })).collect();
+    let bounds: DimEnv = env.iter().filter(|(k, &v)| open(k, v)).map(|(k, &v)| (k.clone(), v)).collect();
+    let mut s = Schedule::new(specs, products, bounds.clone());
+    let shapes: Vec<Vec<Size>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).sizes(&sizes)).collect::<Result<_>>()?;
+    function(&mut s, &body, sizes.clone(), &shapes).context("scheduling the model")?;
     let slot =
-        |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).resolve(env)? }) };
+        |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).sizes(&sizes)? }) };
+    let mut lengths: Vec<(String, usize)> = bounds.into_iter().collect();
+    lengths.sort();
     let sig = Signature {
         args: graph.args.iter().map(|a| slot(&a.name, a.value)).collect::<Result<_>>()?,
         outputs: graph.outputs.iter().map(|(name, v)| slot(name, *v)).collect::<Result<_>>()?,
+        lengths,
         workspace_bytes: s.functions.last().map_or(0, |f| f.workspace),
         functions: s.functions.len(),
         kernels: s.specs.len(),
@@ -597,22 +700,29 @@ pub fn model(graph: &Graph, env: &DimEnv, products: Products) -> Result<(Schedul
 /// Schedules a body planned for one thread as a function of arguments of `shapes` (its graph's
 /// other symbols bound in `env`); the function is the schedule's last.
 pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>], products: Products) -> Result<Schedule> {
-    let mut s = Schedule { functions: Vec::new(), specs, products, scheduled: Vec::new() };
-    function(&mut s, body, env.clone(), shapes)?;
+    let mut s = Schedule::new(specs, products, DimEnv::new());
+    let shapes: Vec<Vec<Size>> = shapes.iter().map(|sh| sh.iter().map(|&n| Size::of(n)).collect()).collect();
+    function(&mut s, body, known(env), &shapes)?;
     Ok(s)
 }
 
 /// Schedules a body planned for one thread, its graph's symbols bound in `env`.
 pub fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, products: Products) -> Result<Schedule> {
-    let mut s = Schedule { functions: Vec::new(), specs, products, scheduled: Vec::new() };
-    let shapes: Vec<Vec<usize>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).resolve(env)).collect::<Result<_>>()?;
-    function(&mut s, body, env.clone(), &shapes)?;
+    let mut s = Schedule::new(specs, products, DimEnv::new());
+    let env = known(env);
+    let shapes: Vec<Vec<Size>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).sizes(&env)).collect::<Result<_>>()?;
+    function(&mut s, body, env, &shapes)?;
     Ok(s)
+}
+
+/// Known sizes for the symbols `env` binds.
+pub fn known(env: &DimEnv) -> SizeEnv {
+    env.iter().map(|(k, &v)| (k.clone(), Size::of(v))).collect()
 }
 
 /// Schedules `body` as a function of arguments of `shapes`, binding its symbols in `env` (once
 /// per body, shapes and bindings).
-fn function(s: &mut Schedule, body: &Body, env: DimEnv, shapes: &[Vec<usize>]) -> Result<usize> {
+fn function(s: &mut Schedule, body: &Body, env: SizeEnv, shapes: &[Vec<Size>]) -> Result<usize> {
     let key = body as *const Body as usize;
     if let Some(&(.., f)) = s.scheduled.iter().find(|(b, sh, e, _)| *b == key && sh == shapes && *e == env) {
         return Ok(f);
@@ -622,10 +732,10 @@ fn function(s: &mut Schedule, body: &Body, env: DimEnv, shapes: &[Vec<usize>]) -
     Ok(f)
 }
 
-fn new_function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<usize>]) -> Result<usize> {
+fn new_function(s: &mut Schedule, body: &Body, mut env: SizeEnv, shapes: &[Vec<Size>]) -> Result<usize> {
     let g = &body.graph;
     for (a, shape) in g.args.iter().zip(shapes) {
-        g.ty(a.value).bind(shape, &mut env).with_context(|| format!("argument {} of {}", a.name, g.name))?;
+        g.ty(a.value).bind_sizes(shape, &mut env).with_context(|| format!("argument {} of {}", a.name, g.name))?;
     }
     let mut f = Builder { s, bufs: Vec::new(), instrs: Vec::new(), env };
     let mut args = Vec::new();
@@ -640,7 +750,7 @@ fn new_function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<us
     let outs = f.body(body, &args, &mut wanted)?;
     for (j, &b) in outs.iter().enumerate() {
         let (root, at) = locate(&f.bufs, b);
-        if f.bufs[root].home != Home::Out(j) || at != 0 || f.bufs[root].len() != f.bufs[b].len() {
+        if f.bufs[root].home != Home::Out(j) || !at.is_zero() || f.bufs[root].len() != f.bufs[b].len() {
             let out = f.buf(f.bufs[b].dtype, f.bufs[b].shape.clone(), Home::Out(j));
             f.copy_all(out, b);
         }
@@ -650,7 +760,7 @@ fn new_function(s: &mut Schedule, body: &Body, mut env: DimEnv, shapes: &[Vec<us
         fuse_epilogues(&bufs, &mut instrs, &s.specs);
     }
     let mut func = Function { bufs, instrs, arena: 0, workspace: 0 };
-    func.arena = layout(&mut func);
+    func.arena = layout(&mut func, &|b| s.most(b));
     // The scans' bodies run in the workspace after the arena; each part of a parallel
     // instruction in its own stretch of it.
     let callee_bytes = |sc: &ScanInstr| std::iter::once(sc.body).chain(sc.tail.map(|t| t.0)).map(|k| s.functions[k].workspace).max().unwrap_or(0);
@@ -685,15 +795,15 @@ struct Builder<'a> {
     s: &'a mut Schedule,
     bufs: Vec<Buf>,
     instrs: Vec<Instr>,
-    env: DimEnv,
+    env: SizeEnv,
 }
 
 impl Builder<'_> {
-    fn shape_of(&self, g: &Graph, v: ValueId) -> Result<Vec<usize>> {
-        g.ty(v).resolve(&self.env)
+    fn shape_of(&self, g: &Graph, v: ValueId) -> Result<Vec<Size>> {
+        g.ty(v).sizes(&self.env)
     }
 
-    fn buf(&mut self, dtype: DType, shape: Vec<usize>, home: Home) -> BufId {
+    fn buf(&mut self, dtype: DType, shape: Vec<Size>, home: Home) -> BufId {
         self.bufs.push(Buf { dtype, shape, home, offset: 0 });
         self.bufs.len() - 1
     }
@@ -707,7 +817,7 @@ impl Builder<'_> {
     fn copy_all(&mut self, dst: BufId, src: BufId) {
         let shape = self.bufs[dst].shape.clone();
         let strides = contiguous_strides(&shape);
-        let copy = Strided { shape, dst_at: 0, dst_strides: strides.clone(), src_at: 0, src_strides: strides }.simplified();
+        let copy = Strided { shape, dst_at: Size::ZERO, dst_strides: strides.clone(), src_at: Size::ZERO, src_strides: strides }.simplified();
         self.instrs.push(Instr::Copy { dst, src, copy });
     }
 
@@ -733,7 +843,7 @@ impl Builder<'_> {
         let get = |vals: &HashMap<ValueId, BufId>, v: &ValueId| vals.get(v).copied().with_context(|| format!("%{} is not defined", v.0));
         match step {
             Step::Kernel(k) => {
-                let shape: Vec<usize> = k.shape.iter().map(|d| d.resolve(&self.env)).collect::<Result<_>>()?;
+                let shape: Vec<Size> = k.shape.iter().map(|d| d.size(&self.env)).collect::<Result<_>>()?;
                 let ins: Vec<BufId> = k.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
                 let outs: Vec<BufId> = k.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
                 for (v, b) in k.outputs.iter().zip(&outs) {
@@ -756,7 +866,7 @@ impl Builder<'_> {
                 let (outer, len, inner, shape) = reduction(&self.bufs[src].shape, kind, axis, keepdim)?;
                 // Along an axis of length 1 (a batch of one, summed in a gradient) the result is
                 // its operand, reshaped.
-                let dst = if len == 1 && !wanted.contains_key(&node.outputs[0]) {
+                let dst = if len.is_one() && !wanted.contains_key(&node.outputs[0]) {
                     self.buf(DType::F32, shape, Home::Alias(src))
                 } else {
                     let dst = self.fresh(g, node.outputs[0], wanted)?;
@@ -800,7 +910,7 @@ impl Builder<'_> {
                     // 1: a sequence's shifted window) is a view of it.
                     Op::Slice { axis, start, .. } if pieces_contiguous(&self.bufs[ins[0]].shape, *axis) => {
                         let (from, dtype) = (self.bufs[ins[0]].shape.clone(), self.bufs[ins[0]].dtype);
-                        let at = slice_start(*start, from[*axis]) * contiguous_strides(&from)[*axis] * elem_bytes(dtype);
+                        let at = slice_start(*start, from[*axis])? * contiguous_strides(&from)[*axis] * elem_bytes(dtype);
                         self.buf(dtype, self.shape_of(g, out)?, Home::View { of: ins[0], at })
                     }
                     // Masked in place when nothing else reads the scores (attention's).
@@ -833,7 +943,7 @@ impl Builder<'_> {
             let node = &g.nodes[*i];
             let (axis, pieces) = match node.op {
                 Op::Concat { axis } => {
-                    let mut at = 0;
+                    let mut at = Size::ZERO;
                     let mut pieces = Vec::new();
                     for &v in &node.inputs {
                         pieces.push((v, at));
@@ -841,7 +951,7 @@ impl Builder<'_> {
                     }
                     (axis, pieces)
                 }
-                Op::Pad { axis, before, .. } => (axis, vec![(node.inputs[0], before)]),
+                Op::Pad { axis, before, .. } => (axis, vec![(node.inputs[0], Size::of(before))]),
                 _ => continue,
             };
             let (out, dtype) = (node.outputs[0], g.ty(node.outputs[0]).dtype);
@@ -865,7 +975,7 @@ impl Builder<'_> {
     }
 
     /// Copies `piece` into `dst` at position `at` along `axis`, unless it was computed there.
-    fn put(&mut self, dst: BufId, piece: BufId, axis: usize, at: usize) {
+    fn put(&mut self, dst: BufId, piece: BufId, axis: usize, at: Size) {
         let shape = self.bufs[dst].shape.clone();
         let strides = contiguous_strides(&shape);
         let (root, offset) = locate(&self.bufs, dst);
@@ -873,7 +983,8 @@ impl Builder<'_> {
             return;
         }
         let piece_shape = self.bufs[piece].shape.clone();
-        let copy = Strided { src_strides: contiguous_strides(&piece_shape), shape: piece_shape, dst_at: at * strides[axis], dst_strides: strides, src_at: 0 };
+        let copy =
+            Strided { src_strides: contiguous_strides(&piece_shape), shape: piece_shape, dst_at: at * strides[axis], dst_strides: strides, src_at: Size::ZERO };
         self.instrs.push(Instr::Copy { dst, src: piece, copy: copy.simplified() });
     }
 
@@ -882,16 +993,15 @@ impl Builder<'_> {
     /// from `b` into it.
     fn lane_piece(&mut self, b: BufId, axis: usize, k: usize, parts: usize) -> Result<(BufId, Option<Strided>)> {
         let (dtype, whole) = (self.bufs[b].dtype, self.bufs[b].shape.clone());
-        ensure!(whole[axis].is_multiple_of(parts), "lane axis of {whole:?} does not split into {parts}");
         let mut shape = whole.clone();
-        shape[axis] /= parts;
+        shape[axis] = whole[axis].div_exact(parts).with_context(|| format!("lane axis of {whole:?} does not split into {parts}"))?;
         let strides = contiguous_strides(&whole);
         let at = k * shape[axis] * strides[axis];
         if pieces_contiguous(&whole, axis) {
             return Ok((self.buf(dtype, shape, Home::View { of: b, at: at * elem_bytes(dtype) }), None));
         }
         let piece = self.buf(dtype, shape.clone(), Home::Work);
-        Ok((piece, Some(Strided { dst_strides: contiguous_strides(&shape), shape, dst_at: 0, src_at: at, src_strides: strides }.simplified())))
+        Ok((piece, Some(Strided { dst_strides: contiguous_strides(&shape), shape, dst_at: Size::ZERO, src_at: at, src_strides: strides }.simplified())))
     }
 
     /// Whether the one node that reads value `v` of `g` is the one being scheduled and `v`'s
@@ -904,21 +1014,21 @@ impl Builder<'_> {
             && !self.bufs.iter().any(|x| matches!(x.home, Home::Alias(of) | Home::View { of, .. } if of == b))
     }
 
-    fn tri_mask(&mut self, dst: BufId, shape: &[usize], fill: f64) -> Result<()> {
+    fn tri_mask(&mut self, dst: BufId, shape: &[Size], fill: f64) -> Result<()> {
         let r = shape.len();
         ensure!(r >= 2, "tri_mask needs rank 2 or more");
         self.instrs.push(Instr::TriMask { dst, rows: shape[r - 2], cols: shape[r - 1], fill: fill as f32 });
         Ok(())
     }
 
-    fn kernel(&mut self, kernel: usize, shape: &[usize], ins: &[BufId], splat: &[bool], outs: Vec<BufId>) -> Result<()> {
-        if shape.iter().product::<usize>() == 0 {
+    fn kernel(&mut self, kernel: usize, shape: &[Size], ins: &[BufId], splat: &[bool], outs: Vec<BufId>) -> Result<()> {
+        if shape.iter().product::<Size>().is_zero() {
             return Ok(());
         }
-        let in_shapes: Vec<&[usize]> = ins.iter().map(|&b| &self.bufs[b].shape[..]).collect();
+        let in_shapes: Vec<&[Size]> = ins.iter().map(|&b| &self.bufs[b].shape[..]).collect();
         let RowLayout { n, rows, outer, strides, row_strides } = row_layout(shape, &in_shapes, splat)?;
         let ins =
-            ins.iter().zip(strides).zip(row_strides).map(|((&buf, s), r)| KernelInput { buf, strides: s[..outer].to_vec(), row_stride: r as usize }).collect();
+            ins.iter().zip(strides).zip(row_strides).map(|((&buf, s), row_stride)| KernelInput { buf, strides: s[..outer].to_vec(), row_stride }).collect();
         self.instrs.push(Instr::Kernel(Launch { kernel, outer: shape[..outer].to_vec(), rows, n, ins, outs }));
         Ok(())
     }
@@ -936,7 +1046,8 @@ impl Builder<'_> {
             let mut src = contiguous_strides(&shape);
             src.swap(r - 2, r - 1);
             let dst = self.buf(DType::F32, packed.clone(), Home::Work);
-            let copy = Strided { dst_strides: contiguous_strides(&packed), shape: packed, dst_at: 0, src_at: 0, src_strides: src }.simplified();
+            let copy =
+                Strided { dst_strides: contiguous_strides(&packed), shape: packed, dst_at: Size::ZERO, src_at: Size::ZERO, src_strides: src }.simplified();
             self.instrs.push(Instr::Copy { dst, src: b, copy });
             dst
         } else {
@@ -948,13 +1059,13 @@ impl Builder<'_> {
         let (mut sa, sb) = (broadcast_strides(&ba, &batch)?, broadcast_strides(&bb, &batch)?);
         let (mut batch, mut m) = (batch, m);
         // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
-        if sb.iter().all(|&s| s == 0) && !ta && sa == contiguous_strides(&batch) {
-            m *= batch.iter().product::<usize>();
+        if sb.iter().all(|s| s.is_zero()) && !ta && sa == contiguous_strides(&batch) {
+            m *= batch.iter().product::<Size>();
             batch.clear();
             sa.clear();
         }
         let sb = if batch.is_empty() { Vec::new() } else { sb };
-        let scale = |s: Vec<usize>, by: usize| s.into_iter().map(|x| x * by).collect();
+        let scale = |s: Vec<Size>, by: Size| s.into_iter().map(|x| x * by).collect();
         let a = Operand { buf: a, batch_strides: scale(sa, m * k), row_stride: ars, col_stride: acs };
         let b = Operand { buf: b, batch_strides: scale(sb, k * n), row_stride: brs, col_stride: bcs };
         self.instrs.push(Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None });
@@ -965,8 +1076,8 @@ impl Builder<'_> {
     fn op(&mut self, op: &Op, dst: BufId, ins: &[BufId]) -> Result<()> {
         let shape = self.bufs[dst].shape.clone();
         let contiguous = contiguous_strides(&shape);
-        let strided = |src_at: usize, src_strides: Vec<usize>| {
-            Strided { shape: shape.clone(), dst_at: 0, dst_strides: contiguous.clone(), src_at, src_strides }.simplified()
+        let strided = |src_at: Size, src_strides: Vec<Size>| {
+            Strided { shape: shape.clone(), dst_at: Size::ZERO, dst_strides: contiguous.clone(), src_at, src_strides }.simplified()
         };
         match op {
             Op::Const { value, dtype } => {
@@ -980,20 +1091,20 @@ impl Builder<'_> {
             Op::Cast { .. } => self.instrs.push(Instr::Cast { dst, src: ins[0] }),
             Op::Transpose { perm } => {
                 let src = contiguous_strides(&self.bufs[ins[0]].shape);
-                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(0, perm.iter().map(|&p| src[p]).collect()) });
+                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(Size::ZERO, perm.iter().map(|&p| src[p]).collect()) });
             }
             Op::Broadcast { .. } => {
                 let src = broadcast_strides(&self.bufs[ins[0]].shape, &shape)?;
-                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(0, src) });
+                self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(Size::ZERO, src) });
             }
             Op::Slice { axis, start, .. } => {
                 let from = &self.bufs[ins[0]].shape;
-                let start = slice_start(*start, from[*axis]);
+                let start = slice_start(*start, from[*axis])?;
                 let src = contiguous_strides(from);
                 self.instrs.push(Instr::Copy { dst, src: ins[0], copy: strided(start * src[*axis], src) });
             }
             Op::Concat { axis } => {
-                let mut at = 0;
+                let mut at = Size::ZERO;
                 for &piece in ins {
                     self.put(dst, piece, *axis, at);
                     at += self.bufs[piece].shape[*axis];
@@ -1004,10 +1115,10 @@ impl Builder<'_> {
                 if pieces_contiguous(&shape, axis) {
                     // Contiguous margins: zeroed as views, around the operand.
                     let dtype = self.bufs[dst].dtype;
-                    for (at, len) in [(0, *before), (before + inner, *after)] {
+                    for (at, len) in [(Size::ZERO, *before), (inner + *before, *after)] {
                         if len > 0 {
                             let mut margin = shape.clone();
-                            margin[axis] = len;
+                            margin[axis] = Size::of(len);
                             let m = self.buf(dtype, margin, Home::View { of: dst, at: at * contiguous[axis] * elem_bytes(dtype) });
                             self.instrs.push(Instr::Fill { dst: m, bits: 0 });
                         }
@@ -1015,17 +1126,18 @@ impl Builder<'_> {
                 } else {
                     self.instrs.push(Instr::Fill { dst, bits: 0 });
                 }
-                self.put(dst, ins[0], axis, *before);
+                self.put(dst, ins[0], axis, Size::of(*before));
             }
             Op::Gather { axis } => {
                 let table = &self.bufs[ins[0]].shape;
-                let outer: usize = table[..*axis].iter().product();
-                let row: usize = table[axis + 1..].iter().product();
+                let outer: Size = table[..*axis].iter().product();
+                let row: Size = table[axis + 1..].iter().product();
                 self.instrs.push(Instr::Gather { dst, table: ins[0], index: ins[1], outer, len: table[*axis], row });
             }
             Op::OneHot { depth } => self.instrs.push(Instr::OneHot { dst, index: ins[0], depth: *depth }),
             Op::ScatterAdd { depth } => {
-                let row = self.bufs[ins[0]].len() / self.bufs[ins[1]].len();
+                // Each update is a row of the trailing axes the index does not have.
+                let row = self.bufs[ins[0]].shape[self.bufs[ins[1]].shape.len()..].iter().product();
                 self.instrs.push(Instr::ScatterAdd { dst, updates: ins[0], index: ins[1], depth: *depth, row });
             }
             Op::TriMask { fill } => {
@@ -1044,7 +1156,7 @@ impl Builder<'_> {
     /// inputs as entries `0..ins.len()`.
     fn single(&mut self, e: Expr, dst: BufId, ins: &[BufId]) -> Result<()> {
         let shape = self.bufs[dst].shape.clone();
-        let splat: Vec<bool> = ins.iter().map(|&b| shape.last().is_some_and(|&n| n > 1) && self.bufs[b].shape.last().is_none_or(|&d| d == 1)).collect();
+        let splat: Vec<bool> = ins.iter().map(|&b| shape.last().is_some_and(|n| !n.is_one()) && self.bufs[b].shape.last().is_none_or(|d| d.is_one())).collect();
         let mut exprs: Vec<Expr> = (0..ins.len()).map(Expr::Input).collect();
         exprs.push(e);
         self.s.specs.push(KernelSpec { outputs: vec![exprs.len() - 1], exprs, splat: splat.clone() });
@@ -1057,19 +1169,19 @@ impl Builder<'_> {
         let (nc, ns) = (scan.carries, scan.seqs);
         let first = (nc..nc + ns).find(|&i| !scan.is_iteration_seq(i)).context("scan has no chunked sequence")?;
         let total = self.bufs[ins[first]].shape[scan.axis];
-        ensure!(total > 0, "scan over an empty sequence");
-        let (full, rem) = (total / scan.chunk, total % scan.chunk);
+        ensure!(!total.is_zero(), "scan over an empty sequence");
+        let (full, rem) = (total.div_floor(scan.chunk), total.modulo(scan.chunk));
         // The chunk symbol is the body's own.
         let mut env = self.env.clone();
         if let Some(sym) = scan.body.ty(scan.body.args[first].value).shape.get(scan.axis).and_then(|d| d.sym.as_ref()) {
             env.remove(sym);
         }
-        let piece = |shape: &[usize], iteration: bool, len: usize| {
+        let piece = |shape: &[Size], iteration: bool, len: Size| {
             let mut s = shape.to_vec();
-            s[scan.axis] = if iteration { 1 } else { len };
+            s[scan.axis] = if iteration { Size::ONE } else { len };
             s
         };
-        let arg_shapes = |len: usize| -> Vec<Vec<usize>> {
+        let arg_shapes = |len: Size| -> Vec<Vec<Size>> {
             ins.iter()
                 .enumerate()
                 .map(|(i, &b)| {
@@ -1083,8 +1195,10 @@ impl Builder<'_> {
                 .collect()
         };
         let env_for_ir = env.clone();
-        let whole = if full > 0 { Some(function(self.s, body, env.clone(), &arg_shapes(scan.chunk))?) } else { None };
-        let tail = if rem > 0 { Some((function(self.s, body, env, &arg_shapes(rem))?, rem)) } else { None };
+        let whole = if full.is_zero() { None } else { Some(function(self.s, body, env.clone(), &arg_shapes(Size::of(scan.chunk)))?) };
+        let tail = if rem.is_zero() { None } else { Some((function(self.s, body, env, &arg_shapes(rem))?, rem)) };
+        // A staged piece has room for a whole chunk.
+        let longest = Size::of(total.known().map_or(scan.chunk, |t| t.min(scan.chunk)));
         let body_fn = whole.or(tail.map(|t| t.0)).expect("one of them exists");
         let (axis, chunk) = (scan.axis, scan.chunk);
         let slicing = |b: &mut Self, buf: BufId, iteration: bool| -> Slicing {
@@ -1094,7 +1208,7 @@ impl Builder<'_> {
                 None
             } else {
                 let dtype = b.bufs[buf].dtype;
-                Some(b.buf(dtype, piece(&shape, iteration, chunk.min(total)), Home::Work))
+                Some(b.buf(dtype, piece(&shape, iteration, longest), Home::Work))
             };
             Slicing { buf, per, staging }
         };
@@ -1115,7 +1229,7 @@ impl Builder<'_> {
         let scan = ScanInstr {
             body: body_fn,
             tail,
-            full,
+            total,
             chunk,
             axis,
             reverse: scan.reverse,
@@ -1198,15 +1312,15 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
             continue;
         };
         let (c, product) = (*c, [root(*c), root(a.buf), root(b.buf)]);
-        let elements = batch.iter().product::<usize>() * m * n;
+        let elements = batch.iter().product::<Size>() * *m * *n;
         let fits = |l: &Launch| {
             let mut axes = l.outer.clone();
             axes.extend([l.rows, l.n]);
             let walk = contiguous_strides(&axes);
             // Strides along axes of length 1 are never applied.
             let reads_in_order = |x: &KernelInput, splat: bool| {
-                let strides = x.strides.iter().chain([&x.row_stride, &1]);
-                !splat && axes.iter().zip(strides).zip(&walk).all(|((&len, &s), &w)| len == 1 || s == w)
+                let strides = x.strides.iter().chain([&x.row_stride, &Size::ONE]);
+                !splat && axes.iter().zip(strides).zip(&walk).all(|((len, s), w)| len.is_one() || s == w)
             };
             l.elements() == elements
                 && l.ins.iter().any(|x| x.buf == c)
@@ -1249,22 +1363,24 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
     }
 }
 
-/// Where a slice starting at `start` (negative: from the end) begins on an axis of length `len`.
-fn slice_start(start: i64, len: usize) -> usize {
-    if start < 0 {
-        (len as i64 + start).max(0) as usize
-    } else {
-        (start as usize).min(len)
-    }
+/// Where a slice starting at `start` (negative: from the end) begins on an axis of length `len`
+/// (the verifier checked it is in range).
+fn slice_start(start: i64, len: Size) -> Result<Size> {
+    let at = if start < 0 { len + Size::int(start) } else { Size::int(start) };
+    ensure!(at.constant().is_none_or(|c| c >= 0), "slice from {start} of an axis of length {len}");
+    Ok(match (at.known(), len.known()) {
+        (Some(a), Some(l)) => Size::of(a.min(l)),
+        _ => at,
+    })
 }
 
 /// A matrix product's operand of shape `s`, read as stored or transposed (`t`): its batch axes,
 /// rows, columns, row stride and column stride.
-fn matrix(s: &[usize], t: bool) -> Result<(Vec<usize>, usize, usize, usize, usize)> {
+fn matrix(s: &[Size], t: bool) -> Result<(Vec<Size>, Size, Size, Size, Size)> {
     ensure!(s.len() >= 2, "matmul operand of rank {}", s.len());
     let (r, cols) = (s[s.len() - 2], s[s.len() - 1]);
     let batch = s[..s.len() - 2].to_vec();
-    Ok(if t { (batch, cols, r, 1, cols) } else { (batch, r, cols, cols, 1) })
+    Ok(if t { (batch, cols, r, Size::ONE, cols) } else { (batch, r, cols, cols, Size::ONE) })
 }
 
 /// Workspace offsets are multiples of this (a cache line; the widest vector loads).
@@ -1273,7 +1389,7 @@ const ALIGN: usize = 64;
 /// Gives every workspace buffer an offset: buffers whose lifetimes (first to last instruction
 /// that touches them or an alias of them) overlap never share bytes. Largest first, each at the
 /// lowest offset that fits. Returns the bytes used.
-fn layout(f: &mut Function) -> usize {
+fn layout(f: &mut Function, most: &dyn Fn(Size) -> usize) -> usize {
     let n = f.bufs.len();
     let (mut first, mut last) = (vec![usize::MAX; n], vec![0usize; n]);
     for (t, instr) in f.instrs.iter().enumerate() {
@@ -1284,11 +1400,11 @@ fn layout(f: &mut Function) -> usize {
         }
     }
     let mut order: Vec<BufId> = (0..n).filter(|&b| f.bufs[b].home == Home::Work && first[b] != usize::MAX).collect();
-    order.sort_by_key(|&b| std::cmp::Reverse(f.bufs[b].bytes()));
+    order.sort_by_key(|&b| std::cmp::Reverse(most(f.bufs[b].bytes())));
     let mut placed: Vec<(usize, usize, BufId)> = Vec::new(); // (offset, end, buffer)
     let mut used = 0;
     for b in order {
-        let size = f.bufs[b].bytes().div_ceil(ALIGN) * ALIGN;
+        let size = most(f.bufs[b].bytes()).div_ceil(ALIGN) * ALIGN;
         let mut busy: Vec<(usize, usize)> = placed.iter().filter(|p| first[p.2] <= last[b] && first[b] <= last[p.2]).map(|p| (p.0, p.1)).collect();
         busy.sort();
         let mut at = 0;

@@ -62,7 +62,7 @@ pub fn emit(b: &mut Builder, spread: Spread, store: Store, ptrs: [Reg; 2], p: &P
 
 /// One 64×64 tile of C: columns from `tn`·64, rows from `tm`·64, batch index `z`.
 fn tile(b: &mut Builder, store: Store, [pa, pb]: [Reg; 2], p: &Product, (tn, tm, z): (Reg, Reg, Reg)) {
-    let Product { a, b: bm, batch, m, n, k } = *p;
+    let Product { ref a, b: ref bm, ref batch, m, n, k } = *p;
     let tid = b.special(Special::Tid(0));
     let lane = b.bin(BinOp::And, Ty::B32, tid, Val::Int(31));
     let warp = b.bin(BinOp::Shr, Ty::U32, tid, Val::Int(5));

@@ -3,10 +3,11 @@
 //! its own, one thread per output element over a 1-D grid, or inside a persistent kernel's
 //! block ([`Spread`]). Its pointers come in [`params_of`]'s order.
 
+use tttc_ir::Size;
 use tttc_ir::{DType, ReduceKind};
 use tttc_lower::elementwise::{Expr, KernelSpec};
 use tttc_lower::math;
-use tttc_lower::schedule::{BufId, Function, Instr, Launch, Operand, Strided};
+use tttc_lower::schedule::{fixed, BufId, Function, Instr, Launch, Operand, Strided, Strides};
 
 use crate::build::Builder;
 use crate::isa::*;
@@ -83,13 +84,13 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
     match instr {
         Instr::Kernel(l) => {
             let code = Elementwise::new(l, &specs[l.kernel], ptrs[..l.ins.len()].iter().map(|&p| Some(p)).collect(), ptrs[l.ins.len()..].to_vec());
-            elements(b, spread, l.elements(), |b, idx, _| code.apply(b, idx, None))
+            elements(b, spread, l.elements().fixed(), |b, idx, _| code.apply(b, idx, None))
         }
         Instr::Copy { dst, copy, .. } => copy_elements(b, spread, copy, elem(*dst), ptrs[0], ptrs[1]),
         Instr::Fill { dst, bits } => {
             let bytes = elem(*dst);
             let bits = if bytes == 4 { *bits as u32 as i32 as i64 } else { *bits as i64 };
-            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
+            elements(b, spread, f.bufs[*dst].len().fixed(), |b, idx, _| {
                 let at = b.element(ptrs[0], idx, bytes);
                 b.st(b.memory(), word(bytes), at, 0, Val::Int(bits));
             })
@@ -103,17 +104,20 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 (Elementwise::new(&e.launch, &specs[e.launch.kernel], ins, rest.collect()), e.keep_product)
             });
             let store = Store { c: ptrs[0], epilogue: epilogue.as_ref().map(|(code, keep)| (code, *keep)) };
-            let product = Product { a, b: bm, batch, m: *m, n: *n, k: *k };
-            if crate::gemm::applies(batch, *m, *n, *k) {
+            let product = Product::of(a, bm, batch, *m, *n, *k);
+            if crate::gemm::applies(&product.batch, product.m, product.n, product.k) {
                 crate::gemm::emit(b, spread, store, [ptrs[1], ptrs[2]], &product)
             } else {
                 matmul(b, spread, store, [ptrs[1], ptrs[2]], &product)
             }
         }
-        Instr::Reduce { kind, outer, len, inner: 1, .. } if spread == Spread::Grid && *len >= LONG_ROW => row_reduce(b, ptrs[0], ptrs[1], *kind, *outer, *len),
-        Instr::Reduce { kind, outer, len, inner, .. } => reduce(b, spread, ptrs[0], ptrs[1], *kind, *outer, *len, *inner),
+        Instr::Reduce { kind, outer, len, inner, .. } if spread == Spread::Grid && inner.is_one() && len.fixed() >= LONG_ROW => {
+            row_reduce(b, ptrs[0], ptrs[1], *kind, outer.fixed(), len.fixed())
+        }
+        Instr::Reduce { kind, outer, len, inner, .. } => reduce(b, spread, ptrs[0], ptrs[1], *kind, outer.fixed(), len.fixed(), inner.fixed()),
         Instr::Gather { dst, index, outer, len, row, .. } => {
-            let count = f.bufs[*index].len();
+            let (outer, len, row) = (&outer.fixed(), &len.fixed(), &row.fixed());
+            let count = f.bufs[*index].len().fixed();
             let bytes = elem(*dst);
             let (d, t, x, status) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3]);
             elements(b, spread, outer * count * row, |b, idx, skip| {
@@ -128,7 +132,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
             })
         }
         Instr::OneHot { index, depth, .. } => {
-            let count = f.bufs[*index].len();
+            let count = f.bufs[*index].len().fixed();
             let (d, x, status) = (ptrs[0], ptrs[1], ptrs[2]);
             elements(b, spread, count * depth, |b, idx, skip| {
                 let ix = unravel(b, idx, &[count, *depth]);
@@ -142,7 +146,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
         Instr::ScatterAdd { index, depth, row, .. } => {
             // A thread per column: it clears the column, then adds the updates' rows in order
             // (no atomics, the interpreter's order of additions).
-            let count = f.bufs[*index].len();
+            let (count, row) = (f.bufs[*index].len().fixed(), &row.fixed());
             let (d, u, x, status) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3]);
             elements(b, spread, *row, |b, col, skip| {
                 let k = b.mov(Ty::U64, Val::Int(0));
@@ -172,7 +176,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
         }
         Instr::Iota { dst } => {
             let dtype = f.bufs[*dst].dtype;
-            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
+            elements(b, spread, f.bufs[*dst].len().fixed(), |b, idx, _| {
                 let to = b.element(ptrs[0], idx, elem_bytes(dtype));
                 match dtype {
                     DType::F32 => {
@@ -185,7 +189,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
         }
         Instr::Cast { dst, src } => {
             let (to_ty, from_ty) = (f.bufs[*dst].dtype, f.bufs[*src].dtype);
-            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
+            elements(b, spread, f.bufs[*dst].len().fixed(), |b, idx, _| {
                 let from = b.element(ptrs[1], idx, elem_bytes(from_ty));
                 let to = b.element(ptrs[0], idx, elem_bytes(to_ty));
                 match (from_ty, to_ty) {
@@ -208,7 +212,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
             })
         }
         Instr::TriMask { dst, rows, cols, fill } => {
-            let len = f.bufs[*dst].len();
+            let (len, rows, cols) = (f.bufs[*dst].len().fixed(), &rows.fixed(), &cols.fixed());
             elements(b, spread, len, |b, idx, _| {
                 let ix = unravel(b, idx, &[len / (rows * cols).max(1), *rows, *cols]);
                 let above = b.setp(Cmp::Gt, Ty::U64, ix[2], ix[1]);
@@ -286,6 +290,7 @@ pub fn copy_kernel(copy: &Strided, bytes: usize, params: Vec<ParamRef>) -> Gener
 
 fn copy_elements(b: &mut Builder, spread: Spread, copy: &Strided, bytes: usize, d: Reg, s: Reg) -> ([u32; 3], [u32; 3]) {
     let ty = if bytes == 4 { Ty::B32 } else { Ty::B64 };
+    let copy = copy.fixed();
     elements(b, spread, copy.shape.iter().product(), |b, idx, _| {
         let ix = unravel(b, idx, &copy.shape);
         let from = dot(b, &ix, &copy.src_strides, copy.src_at);
@@ -311,15 +316,15 @@ pub(crate) struct Elementwise<'a> {
 
 impl<'a> Elementwise<'a> {
     fn new(l: &Launch, spec: &'a KernelSpec, ins: Vec<Option<Reg>>, outs: Vec<Reg>) -> Self {
-        let mut shape = l.outer.clone();
-        shape.extend([l.rows, l.n]);
+        let mut shape = fixed(&l.outer);
+        shape.extend([l.rows.fixed(), l.n.fixed()]);
         let strides = l
             .ins
             .iter()
             .zip(&spec.splat)
             .map(|(i, &splat)| {
-                let mut strides = i.strides.clone();
-                strides.extend([i.row_stride, usize::from(!splat)]);
+                let mut strides = fixed(&i.strides);
+                strides.extend([i.row_stride.fixed(), usize::from(!splat)]);
                 strides
             })
             .collect();
@@ -355,14 +360,19 @@ impl<'a> Elementwise<'a> {
 }
 
 /// A product's operands and sizes, as scheduled: `c = a · b` over `batch`, `c` `[batch…, m, n]`.
-#[derive(Clone, Copy)]
-pub(crate) struct Product<'a> {
-    pub a: &'a Operand,
-    pub b: &'a Operand,
-    pub batch: &'a [usize],
+pub(crate) struct Product {
+    pub a: Strides,
+    pub b: Strides,
+    pub batch: Vec<usize>,
     pub m: usize,
     pub n: usize,
     pub k: usize,
+}
+
+impl Product {
+    fn of(a: &Operand, b: &Operand, batch: &[Size], m: Size, n: Size, k: Size) -> Product {
+        Product { a: a.fixed(), b: b.fixed(), batch: fixed(batch), m: m.fixed(), n: n.fixed(), k: k.fixed() }
+    }
 }
 
 /// Where a product's elements go: into `c`, and through its epilogue (with whether `c` must
@@ -390,7 +400,7 @@ impl Store<'_> {
 /// `k` in order with one rounding per step (`fma`): products too small for a tensor-core tile
 /// (decoding's one-row products).
 fn matmul(b: &mut Builder, spread: Spread, store: Store, [pa, pb]: [Reg; 2], p: &Product) -> ([u32; 3], [u32; 3]) {
-    let Product { a, b: bm, batch, m, n, k } = *p;
+    let Product { ref a, b: ref bm, ref batch, m, n, k } = *p;
     let mut shape = batch.to_vec();
     shape.extend([m, n]);
     let r = batch.len();

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use tttc_ir::{DType, Data, DimEnv, Graph, Tensor};
-use tttc_lower::schedule::{self, BufId, Function, Home, Instr, Run, ScanInstr, Schedule, Signature, Slicing, Strided};
+use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor};
+use tttc_lower::schedule::{self, fixed, BufId, Function, Home, Instr, Run, ScanInstr, Schedule, Signature, Slicing, Strided};
 
 use crate::isa::{Kernel, Module};
 use crate::kernels::{self, elem_bytes, Generated, ParamRef};
@@ -85,7 +85,7 @@ impl Kernels {
 impl GpuModel {
     /// Compiles `graph` (after the pass pipeline) at the sizes `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<GpuModel> {
-        let (schedule, mut signature) = schedule::model(graph, env, schedule::Products::GPU)?;
+        let (schedule, mut signature) = schedule::model(graph, env, schedule::Lengths::Fixed, schedule::Products::GPU)?;
         let mut kernels = Kernels { list: Vec::new(), by_text: HashMap::new() };
         let mut steps = Vec::new();
         let entry = schedule.functions.len() - 1;
@@ -136,7 +136,7 @@ impl GpuModel {
         };
         let mut arg_ptrs = Vec::new();
         for (slot, t) in sig.args.iter().zip(args) {
-            ensure!(t.dtype() == slot.dtype && t.shape == slot.shape, "argument {}: compiled for {} {:?}, got {t}", slot.name, slot.dtype, slot.shape);
+            ensure!(t.dtype() == slot.dtype && t.shape == fixed(&slot.shape), "argument {}: compiled for {} {:?}, got {t}", slot.name, slot.dtype, slot.shape);
             let bytes = tensor_bytes(t)?;
             let p = alloc(dev, bytes.len())?;
             dev.upload(p, &bytes)?;
@@ -144,7 +144,7 @@ impl GpuModel {
         }
         let mut out_ptrs = Vec::new();
         for o in &sig.outputs {
-            out_ptrs.push(alloc(dev, o.shape.iter().product::<usize>() * elem_bytes(o.dtype))?);
+            out_ptrs.push(alloc(dev, fixed(&o.shape).iter().product::<usize>() * elem_bytes(o.dtype))?);
         }
         let workspace = alloc(dev, sig.workspace_bytes)?;
         let status = alloc(dev, 4)?;
@@ -160,11 +160,11 @@ impl GpuModel {
             .iter()
             .zip(&out_ptrs)
             .map(|(o, &p)| {
-                let n: usize = o.shape.iter().product();
-                let bytes = dev.download(p, n * elem_bytes(o.dtype))?;
+                let shape = fixed(&o.shape);
+                let bytes = dev.download(p, shape.iter().product::<usize>() * elem_bytes(o.dtype))?;
                 Ok(match o.dtype {
-                    DType::F32 => Tensor::f32(o.shape.clone(), bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
-                    DType::I64 => Tensor::i64(o.shape.clone(), bytes.chunks(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+                    DType::F32 => Tensor::f32(shape, bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
+                    DType::I64 => Tensor::i64(shape, bytes.chunks(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
                 })
             })
             .collect()
@@ -175,7 +175,7 @@ impl GpuModel {
         let f = &self.schedule.functions[fi];
         let ptr = |b: BufId| -> u64 {
             let (r, at) = f.locate(b);
-            at as u64
+            at.fixed() as u64
                 + match f.bufs[r].home {
                     Home::Arg(j) => args[j],
                     Home::Out(j) => outs[j],
@@ -206,7 +206,7 @@ impl GpuModel {
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
                     let nested = ws + s.workspace_at as u64;
                     for run in s.runs() {
-                        for i in run.first..run.first + run.count {
+                        for i in run.first.fixed()..(run.first + run.count).fixed() {
                             self.iteration(dev, f, s, (seqs, outputs), &ptr, (i, run), nested, status)?;
                         }
                     }
@@ -233,15 +233,16 @@ impl GpuModel {
         status: u64,
     ) -> Result<()> {
         let (mut args, mut outs) = (Vec::new(), Vec::new());
+        let written = s.carry_written(i);
         for (init, pair) in &s.carries {
-            let read = if i == 0 { ptr(*init) } else { ptr(pair[(i - 1) % 2]) };
+            let read = if i == 0 { ptr(*init) } else { ptr(pair[1 - written]) };
             args.push(read);
-            outs.push(ptr(pair[i % 2]));
+            outs.push(ptr(pair[written]));
         }
         let k = s.chunk_of(i);
         let piece_at = |sl: &Slicing| -> u64 {
             let buf = &f.bufs[sl.buf];
-            let along: usize = buf.shape[s.axis + 1..].iter().product();
+            let along: usize = fixed(&buf.shape[s.axis + 1..]).iter().product();
             ptr(sl.buf) + (k * sl.per * along * elem_bytes(buf.dtype)) as u64
         };
         let copy = |dev: &mut dyn Device, c: &PieceCopies, dst: u64, src: u64| -> Result<()> {
@@ -284,15 +285,15 @@ fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels) -> Step {
         }
         let buf = &f.bufs[sl.buf];
         let strides = tttc_ir::layout::contiguous_strides(&buf.shape);
-        let mut make = |len: usize| -> Launch {
+        let mut make = |len: Size| -> Launch {
             let mut shape = buf.shape.clone();
-            shape[s.axis] = if sl.per == 1 { 1 } else { len };
+            shape[s.axis] = if sl.per == 1 { Size::ONE } else { len };
             let piece_strides = tttc_ir::layout::contiguous_strides(&shape);
             let (dst_strides, src_strides) = if back { (strides.clone(), piece_strides) } else { (piece_strides, strides.clone()) };
-            let copy = Strided { shape, dst_at: 0, dst_strides, src_at: 0, src_strides }.simplified();
+            let copy = Strided { shape, dst_at: Size::ZERO, dst_strides, src_at: Size::ZERO, src_strides }.simplified();
             kernels.add(kernels::copy_kernel(&copy, elem_bytes(buf.dtype), Vec::new()))
         };
-        PieceCopies { full: (s.full > 0).then(|| make(s.chunk)), tail: rem.map(&mut make) }
+        PieceCopies { full: (!s.full().is_zero()).then(|| make(Size::of(s.chunk))), tail: rem.map(&mut make) }
     };
     let seqs = s.seqs.iter().map(|sl| piece(sl, false)).collect();
     let outputs = s.outputs.iter().map(|sl| piece(sl, true)).collect();
@@ -334,12 +335,12 @@ impl GpuModel {
         for (instr, step) in f.instrs.iter().zip(&self.steps[fi]) {
             match (instr, step) {
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
-                    self.add_work(s.body, times * s.full as u64, work);
+                    self.add_work(s.body, times * s.full().fixed() as u64, work);
                     if let Some((tail, _)) = s.tail {
                         self.add_work(tail, times, work);
                     }
                     for c in seqs.iter().chain(outputs) {
-                        for (l, n) in [(&c.full, s.full as u64), (&c.tail, u64::from(s.tail.is_some()))] {
+                        for (l, n) in [(&c.full, s.full().fixed() as u64), (&c.tail, u64::from(s.tail.is_some()))] {
                             if let Some(l) = l {
                                 let w = &mut work[l.kernel];
                                 w.launches += times * n;
@@ -356,7 +357,8 @@ impl GpuModel {
                     k.serial_steps += times * w.serial_steps;
                 }
                 (_, Step::Launches(ls)) => {
-                    let (flops, moved) = (instr.flops(&self.schedule.specs), instr.bytes(f));
+                    let at = |s: Size| s.fixed() as u64;
+                    let (flops, moved) = (instr.flops(&self.schedule.specs, &at), instr.bytes(f, &at));
                     for l in ls {
                         let w = &mut work[l.kernel];
                         w.launches += times;
@@ -426,17 +428,17 @@ impl GpuModel {
                         Home::Out(j) => json!({ "output": j }),
                         Home::Work => json!({ "workspace": b.offset }),
                         Home::Alias(a) => json!({ "alias": a }),
-                        Home::View { of, at } => json!({ "view": of, "at_bytes": at }),
+                        Home::View { of, at } => json!({ "view": of, "at_bytes": at.fixed() }),
                     };
-                    json!({ "dtype": b.dtype.name(), "shape": b.shape, "home": home })
+                    json!({ "dtype": b.dtype.name(), "shape": fixed(&b.shape), "home": home })
                 }).collect();
                 let steps: Vec<serde_json::Value> = f.instrs.iter().zip(steps).flat_map(|(instr, step)| match (instr, step) {
                     (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
                         let slicing = |sl: &Slicing, c: &PieceCopies, into_staging: bool| json!({ "buffer": sl.buf, "per": sl.per, "staging": sl.staging, "copy": copies(c, into_staging) });
                         vec![json!({ "scan": {
                             "body": s.body,
-                            "full": s.full,
-                            "tail": s.tail.map(|(f, len)| json!({ "function": f, "length": len })),
+                            "full": s.full().fixed(),
+                            "tail": s.tail.map(|(f, len)| json!({ "function": f, "length": len.fixed() })),
                             "chunk": s.chunk,
                             "axis": s.axis,
                             "reverse": s.reverse,

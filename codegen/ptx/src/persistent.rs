@@ -10,8 +10,9 @@
 
 use anyhow::Result;
 use tttc_ir::layout::contiguous_strides;
+use tttc_ir::{DimEnv, Size};
 use tttc_lower::lanes;
-use tttc_lower::schedule::{self, Access, BufId, Function, Home, Instr, ScanInstr};
+use tttc_lower::schedule::{self, fixed, Access, BufId, Function, Home, Instr, ScanInstr};
 
 use crate::build::Builder;
 use crate::isa::*;
@@ -74,7 +75,7 @@ fn regions(f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
         match f.bufs[r].home {
             Home::Arg(j) => Region::Arg(j),
             Home::Out(j) => Region::Out(j),
-            _ => Region::Work(f.bufs[r].offset + at, f.bufs[r].offset + at + f.bufs[b].bytes()),
+            _ => Region::Work(f.bufs[r].offset + at.fixed(), f.bufs[r].offset + at.fixed() + f.bufs[b].bytes().fixed()),
         }
     };
     let uses = instr.uses();
@@ -103,8 +104,8 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     if count < 2 {
         return Ok(None);
     }
-    let narrow = |shape: &[usize], at: &[Option<usize>]| -> Vec<usize> {
-        let mut out = shape.to_vec();
+    let narrow = |shape: &[Size], at: &[Option<usize>]| -> Vec<usize> {
+        let mut out = fixed(shape);
         for p in at.iter().flatten() {
             out[*p] = 1;
         }
@@ -121,7 +122,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         p
     };
     let contiguous = |buf: BufId, shape: &[usize]| {
-        let strides = contiguous_strides(&f.bufs[buf].shape);
+        let strides = contiguous_strides(&fixed(&f.bufs[buf].shape));
         let mut expected = 1;
         shape.iter().zip(&strides).rev().filter(|(&d, _)| d > 1).all(|(&d, &st)| {
             let ok = st == expected;
@@ -144,7 +145,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     // The narrow body, planned and scheduled for one lane at each chunk length.
     let mut specs = Vec::new();
     let plan = tttc_lower::plan::plan(&lanes.body, 1, &mut specs, &mut tttc_lower::plan::PlanStats::default());
-    let env = &s.env;
+    let env: DimEnv = s.env.iter().map(|(k, v)| (k.clone(), v.fixed())).collect();
     let shapes = |len: usize| -> Vec<Vec<usize>> {
         operands
             .iter()
@@ -161,11 +162,11 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     // One body per run of iterations, in the order they execute.
     let mut bodies = Vec::new();
     for run in s.runs() {
-        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), env, &shapes(run.len), schedule::Products::GPU)?;
+        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), &env, &shapes(run.len.fixed()), schedule::Products::GPU)?;
         if sched.functions.len() != 1 || sched.functions[0].instrs.iter().any(|i| matches!(i, Instr::Scan(_))) {
             return Ok(None);
         }
-        bodies.push((sched, run.count));
+        bodies.push((sched, run.count.fixed()));
     }
     let lane_bytes = bodies.iter().map(|(sc, _)| sc.functions[0].workspace).max().unwrap_or(0).div_ceil(LANE_ALIGN) * LANE_ALIGN;
 
@@ -203,7 +204,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     }
     lane_index.reverse();
     let offset = |b: &mut Builder, base: Reg, buf: BufId, at: &[Option<usize>]| -> Reg {
-        let strides = contiguous_strides(&f.bufs[buf].shape);
+        let strides = contiguous_strides(&fixed(&f.bufs[buf].shape));
         let off = b.mov(Ty::U64, Val::Int(0));
         for (p, &i) in at.iter().zip(&lane_index) {
             if let Some(p) = p {
@@ -249,11 +250,11 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
 
     // Bytes between consecutive iterations' pieces of a sequence or output.
     let step_bytes = |buf: BufId, per: usize| -> i64 {
-        let shape = &f.bufs[buf].shape;
+        let shape = fixed(&f.bufs[buf].shape);
         (per * shape[s.axis + 1..].iter().product::<usize>() * elem_bytes(f.bufs[buf].dtype)) as i64
     };
     let it = b.mov(Ty::U64, Val::Int(0));
-    let last_chunk = b.mov(Ty::U64, Val::Int(s.iterations() as i64 - 1));
+    let last_chunk = b.mov(Ty::U64, Val::Int(s.iterations().fixed() as i64 - 1));
     let mut serial_steps = 0;
     let mut run_end = 0;
     for (sched, iterations) in &bodies {
@@ -262,9 +263,11 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         let top = b.label();
         b.place(top);
         // The chunk this iteration works on: a reverse scan visits them from the last.
-        let chunk = if s.reverse { b.bin(BinOp::Sub, Ty::U64, last_chunk, it) } else { it };
-        // The iteration's arguments and outputs.
-        let parity = b.bin(BinOp::And, Ty::B64, it, Val::Int(1));
+        let left = b.bin(BinOp::Sub, Ty::U64, last_chunk, it);
+        let chunk = if s.reverse { left } else { it };
+        // The iteration's arguments and outputs: the carries' first buffers are written when an
+        // even number of iterations is left after it.
+        let parity = b.bin(BinOp::And, Ty::B64, left, Val::Int(1));
         let even = b.setp(Cmp::Eq, Ty::U64, parity, Val::Int(0));
         let at_start = b.setp(Cmp::Eq, Ty::U64, it, Val::Int(0));
         let mut args = Vec::new();
@@ -303,13 +306,13 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
                             Home::Arg(j) => (args[j], at),
                             Home::Out(j) => (outs[j], at),
                             // The lane's workspace is a register: its buffers always need the add.
-                            Home::Work => return b.bin(BinOp::Add, Ty::U64, lane_ws, Val::Int((body.bufs[r].offset + at) as i64)),
+                            Home::Work => return b.bin(BinOp::Add, Ty::U64, lane_ws, Val::Int((body.bufs[r].offset + at.fixed()) as i64)),
                             Home::Alias(_) | Home::View { .. } => unreachable!("locate() follows aliases and views"),
                         };
-                        if offset == 0 {
+                        if offset.is_zero() {
                             base
                         } else {
-                            b.bin(BinOp::Add, Ty::U64, base, Val::Int(offset as i64))
+                            b.bin(BinOp::Add, Ty::U64, base, Val::Int(offset.fixed() as i64))
                         }
                     }
                     ParamRef::Status => status,
@@ -328,18 +331,18 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     }
     if on_chip {
         // The final state where the model reads it: the buffer the last iteration wrote.
-        let last = (s.iterations() - 1) % 2;
         for (j, c) in carry_bytes.iter().enumerate() {
-            kernels::block_copy_words(&mut b, pair_global[j][last], pair_lane[j][last], c / 4);
+            kernels::block_copy_words(&mut b, pair_global[j][0], pair_lane[j][0], c / 4);
         }
     }
     let generated =
         Generated { kernel: b.finish(), grid: [count as u32, 1, 1], block: [PERSISTENT_THREADS, 1, 1], params: params.into_iter().map(|p| p.0).collect() };
     let mut work = Work { launches: 1, serial_steps, ..Work::default() };
-    work.bytes = generated.params.iter().map(|r| if let ParamRef::Buf(b) = r { f.bufs[*b].bytes() as u64 } else { 0 }).sum();
+    work.bytes = generated.params.iter().map(|r| if let ParamRef::Buf(b) = r { f.bufs[*b].bytes().fixed() as u64 } else { 0 }).sum();
+    let at = |s: Size| s.fixed() as u64;
     for (body, iterations) in &bodies {
         for i in &body.functions[0].instrs {
-            work.flops += (count * iterations) as u64 * i.flops(&body.specs);
+            work.flops += (count * iterations) as u64 * i.flops(&body.specs, &at);
         }
     }
     Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, work }))
@@ -354,7 +357,7 @@ fn split(f: &Function, s: &ScanInstr, operands: &[BufId]) -> Option<Lanes> {
     let rank = f.bufs[*operands.first()?].shape.len();
     let order = [1, 0].into_iter().filter(|&a| a < rank).chain(2..rank);
     for axis in order {
-        let width = f.bufs[operands[0]].shape[axis];
+        let width = f.bufs[operands[0]].shape[axis].fixed();
         let dim = scan.body.ty(scan.body.args.first()?.value).shape.get(axis)?.clone();
         if width < 2 || dim.is_one() {
             continue;

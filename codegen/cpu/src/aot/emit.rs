@@ -1,6 +1,9 @@
-//! A schedule as Cranelift functions: every function `(arguments, outputs, workspace) -> status`
-//! takes arrays of pointers to its arguments and outputs and a pointer to its workspace, and
-//! returns 0, or 1 when an index (a token id, a one-hot target) is out of range.
+//! A schedule as Cranelift functions: every function `(lengths, arguments, outputs, workspace)
+//! -> status` takes the lengths it is launched with (the schedule's length symbols in name
+//! order), arrays of pointers to its arguments and outputs and a pointer to its workspace, and
+//! returns 0, 1 when an index (a token id, a one-hot target) is out of range, or (the entry
+//! point, which checks them) 2 when a length is not in `1..=` its bound. Every size is computed
+//! from the lengths where it depends on them.
 
 use std::collections::HashMap;
 
@@ -9,21 +12,24 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Block, Endianness, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
-use tttc_ir::{DType, ReduceKind};
+use tttc_ir::size::Atom;
+use tttc_ir::{DType, ReduceKind, Size};
 
 use tttc_lower::schedule::{elem_bytes, BufId, Function, Home, Instr, Launch, ScanInstr, Schedule, Strided};
 
 /// Status a compiled function returns when an index is out of range.
 pub const INDEX_OUT_OF_RANGE: i32 = 1;
+/// Status the entry point returns when a length is 0 or past its bound.
+pub const LENGTH_OUT_OF_RANGE: i32 = 2;
 
 /// Defines the schedule's functions in `module`, the model's (the last) as `entry` with
 /// `linkage`, everything else local to the module and named after `prefix`.
-pub(super) fn define<M: Module>(module: &mut M, s: &Schedule, prefix: &str, entry: &str, linkage: Linkage) -> Result<FuncId> {
+pub(super) fn define<M: Module>(module: &mut M, s: &Schedule, lengths: &[String], prefix: &str, entry: &str, linkage: Linkage) -> Result<FuncId> {
     let (kernels, _) = crate::kernel::define_kernels(module, &s.specs, |k| format!("{prefix}_kernel_{k}"), Linkage::Local)?;
     let matmul = super::gemm::define(module, &format!("{prefix}_matmul"))?;
     let ptr = module.target_config().pointer_type();
     let mut sig = module.make_signature();
-    sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
+    sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
     sig.returns.push(AbiParam::new(types::I32));
     let last = s.functions.len() - 1;
     let mut ids: Vec<FuncId> = Vec::with_capacity(s.functions.len());
@@ -43,7 +49,12 @@ pub(super) fn define<M: Module>(module: &mut M, s: &Schedule, prefix: &str, entr
             let matmul = declare(matmul, &mut b);
             let kernel_refs: Vec<FuncRef> = kernels.iter().map(|&k| declare(k, &mut b)).collect();
             let fn_refs: Vec<FuncRef> = ids[..i].iter().map(|&k| declare(k, &mut b)).collect();
-            let mut e = Emitter::new(&mut b, f, ptr, Refs { kernels: kernel_refs, functions: fn_refs, matmul });
+            let mut e = Emitter::new(&mut b, f, ptr, lengths, Refs { kernels: kernel_refs, functions: fn_refs, matmul });
+            if i == last {
+                let mut own: Vec<(&String, &usize)> = s.bounds.iter().collect();
+                own.sort();
+                e.check_lengths(&own);
+            }
             for instr in &f.instrs {
                 e.instr(instr);
             }
@@ -102,6 +113,10 @@ struct Emitter<'a, 'b> {
     b: &'a mut FunctionBuilder<'b>,
     f: &'a Function,
     ptr: Type,
+    /// The length symbols, in the order of `lengths`, and their values.
+    symbols: &'a [String],
+    lengths: Value,
+    length_values: Vec<Value>,
     args: Value,
     outs: Value,
     ws: Value,
@@ -111,7 +126,7 @@ struct Emitter<'a, 'b> {
 }
 
 impl<'a, 'b> Emitter<'a, 'b> {
-    fn new(b: &'a mut FunctionBuilder<'b>, f: &'a Function, ptr: Type, refs: Refs) -> Self {
+    fn new(b: &'a mut FunctionBuilder<'b>, f: &'a Function, ptr: Type, symbols: &'a [String], refs: Refs) -> Self {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
@@ -119,7 +134,74 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let p = b.block_params(entry).to_vec();
         let fail = b.create_block();
         b.append_block_param(fail, types::I32);
-        Emitter { b, f, ptr, args: p[0], outs: p[1], ws: p[2], fail, refs }
+        let length_values = (0..symbols.len()).map(|j| b.ins().load(types::I64, mem().with_readonly(), p[0], (8 * j) as i32)).collect();
+        Emitter { b, f, ptr, symbols, lengths: p[0], length_values, args: p[1], outs: p[2], ws: p[3], fail, refs }
+    }
+
+    /// Returns [`LENGTH_OUT_OF_RANGE`] unless every length is in `1..=` its bound.
+    fn check_lengths(&mut self, bounds: &[(&String, &usize)]) {
+        for (name, &bound) in bounds {
+            let j = self.symbols.iter().position(|x| x == *name).expect("every length symbol is an argument");
+            let v = self.length_values[j];
+            let below = self.b.ins().iadd_imm_s(v, -1);
+            let ok = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, below, bound as i64);
+            let (good, status) = (self.b.create_block(), self.b.ins().iconst(types::I32, LENGTH_OUT_OF_RANGE as i64));
+            self.b.ins().brif(ok, good, &[], self.fail, &[status.into()]);
+            self.b.switch_to_block(good);
+            self.b.seal_block(good);
+        }
+    }
+
+    /// A size's value: a constant, or computed from the lengths.
+    fn size(&mut self, s: Size) -> Value {
+        if let Some(c) = s.constant() {
+            return self.b.ins().iconst(types::I64, c);
+        }
+        let mut total = None;
+        for (coefficient, atoms) in s.terms() {
+            let mut term = None;
+            for atom in &atoms {
+                let v = match atom {
+                    Atom::Sym(name) => {
+                        let j = self.symbols.iter().position(|x| x == name).expect("every length symbol is an argument");
+                        self.length_values[j]
+                    }
+                    Atom::Div(x, d) => {
+                        let x = self.size(*x);
+                        self.b.ins().udiv_imm_u(x, *d)
+                    }
+                    Atom::Rem(x, d) => {
+                        let x = self.size(*x);
+                        self.b.ins().urem_imm_u(x, *d)
+                    }
+                };
+                term = Some(match term {
+                    None => v,
+                    Some(t) => self.b.ins().imul(t, v),
+                });
+            }
+            let term = match term {
+                None => self.b.ins().iconst(types::I64, coefficient),
+                Some(t) if coefficient == 1 => t,
+                Some(t) => self.b.ins().imul_imm_s(t, coefficient),
+            };
+            total = Some(match total {
+                None => term,
+                Some(acc) => self.b.ins().iadd(acc, term),
+            });
+        }
+        total.expect("a size that is not a constant has a term")
+    }
+
+    /// `x · s`.
+    fn times(&mut self, x: Value, s: Size) -> Value {
+        match s.constant() {
+            Some(c) => self.b.ins().imul_imm_s(x, c),
+            None => {
+                let v = self.size(s);
+                self.b.ins().imul(x, v)
+            }
+        }
     }
 
     fn finish(self) {
@@ -131,8 +213,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.b.ins().return_(&[status]);
     }
 
-    fn int(&mut self, v: usize) -> Value {
-        self.b.ins().iconst(types::I64, v as i64)
+    fn int(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(types::I64, v)
     }
 
     /// The address of buffer `buf`'s first element.
@@ -145,10 +227,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
             Home::Work => self.b.ins().iadd_imm_s(self.ws, r.offset as i64),
             Home::Alias(_) | Home::View { .. } => unreachable!("roots are not aliases or views"),
         };
-        if at == 0 {
+        if at.is_zero() {
             base
         } else {
-            self.b.ins().iadd_imm_s(base, at as i64)
+            let at = self.size(at);
+            self.b.ins().iadd(base, at)
         }
     }
 
@@ -159,11 +242,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// `Σ index · stride` (elements).
-    fn dot(&mut self, index: &[Value], strides: &[usize]) -> Value {
+    fn dot(&mut self, index: &[Value], strides: &[Size]) -> Value {
         let mut acc = self.int(0);
         for (&i, &s) in index.iter().zip(strides) {
-            if s != 0 {
-                let t = self.b.ins().imul_imm_s(i, s as i64);
+            if !s.is_zero() {
+                let t = self.times(i, s);
                 acc = self.b.ins().iadd(acc, t);
             }
         }
@@ -171,11 +254,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// Opens one loop per axis of `dims`, outermost first: the indices and the loops to close.
-    fn nest(&mut self, dims: &[usize]) -> (Vec<Value>, Vec<Loop>) {
+    fn nest(&mut self, dims: &[Size]) -> (Vec<Value>, Vec<Loop>) {
         let mut index = Vec::new();
         let mut loops = Vec::new();
         for &n in dims {
-            let (start, end) = (self.int(0), self.int(n));
+            let (start, end) = (self.int(0), self.size(n));
             let (i, l) = open(self.b, start, end, 1);
             index.push(i);
             loops.push(l);
@@ -196,13 +279,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
             |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
         let (in_slot, stride_slot, out_slot) = (slot(self.b, ins.len()), slot(self.b, ins.len()), slot(self.b, outs.len()));
         for (j, input) in ins.iter().enumerate() {
-            let s = self.b.ins().iconst(types::I64, input.row_stride as i64);
+            let s = self.size(input.row_stride);
             self.b.ins().stack_store(self.ptr, s, stride_slot, (8 * j) as i32);
         }
         let in_bases: Vec<Value> = ins.iter().map(|i| self.base(i.buf)).collect();
         let out_bases: Vec<Value> = outs.iter().map(|&o| self.base(o)).collect();
         let (index, loops) = self.nest(outer);
-        let out_strides: Vec<usize> = tttc_ir::layout::contiguous_strides(outer).iter().map(|s| s * rows * n).collect();
+        let out_strides: Vec<Size> = tttc_ir::layout::contiguous_strides(outer).iter().map(|&s| s * rows * n).collect();
         for (j, input) in ins.iter().enumerate() {
             let at = self.dot(&index, &input.strides);
             let p = self.offset(in_bases[j], at, 4);
@@ -213,7 +296,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             let p = self.offset(base, at, 4);
             self.b.ins().stack_store(self.ptr, p, out_slot, (8 * j) as i32);
         }
-        let (nv, rv) = (self.int(n), self.int(rows));
+        let (nv, rv) = (self.size(n), self.size(rows));
         let ptrs: Vec<Value> = [in_slot, stride_slot, out_slot].iter().map(|&s| self.b.ins().stack_addr(self.ptr, s, 0)).collect();
         self.b.ins().call(self.refs.kernels[kernel], &[nv, rv, ptrs[0], ptrs[1], ptrs[2]]);
         self.unnest(loops);
@@ -226,14 +309,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
             Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None } => {
                 let (cb, ab, bb) = (self.base(*c), self.base(a.buf), self.base(b.buf));
                 let (index, loops) = self.nest(batch);
-                let c_strides: Vec<usize> = tttc_ir::layout::contiguous_strides(batch).iter().map(|s| s * m * n).collect();
+                let c_strides: Vec<Size> = tttc_ir::layout::contiguous_strides(batch).iter().map(|&s| s * *m * *n).collect();
                 let at = self.dot(&index, &c_strides);
                 let cp = self.offset(cb, at, 4);
                 let at = self.dot(&index, &a.batch_strides);
                 let ap = self.offset(ab, at, 4);
                 let at = self.dot(&index, &b.batch_strides);
                 let bp = self.offset(bb, at, 4);
-                let args: Vec<Value> = [a.row_stride, a.col_stride, b.row_stride, *m, *n, *k].iter().map(|&v| self.int(v)).collect();
+                let args: Vec<Value> = [a.row_stride, a.col_stride, b.row_stride, *m, *n, *k].iter().map(|&v| self.size(v)).collect();
                 self.b.ins().call(self.refs.matmul, &[cp, ap, args[0], args[1], bp, args[2], args[3], args[4], args[5]]);
                 self.unnest(loops);
             }
@@ -258,10 +341,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let (d, t, x) = (self.base(*dst), self.base(*table), self.base(*index));
                 let (i, loops) = self.nest(&[*outer, count]);
                 let k = self.load_index(x, i[1], *len);
-                let from = self.b.ins().imul_imm_s(i[0], *len as i64);
+                let from = self.times(i[0], *len);
                 let from = self.b.ins().iadd(from, k);
-                let from = self.b.ins().imul_imm_s(from, *row as i64);
-                let to = self.dot(&i, &[count * row, *row]);
+                let from = self.times(from, *row);
+                let to = self.dot(&i, &[count * *row, *row]);
                 let (src, dst) = (self.offset(t, from, size), self.offset(d, to, size));
                 let (j, inner) = self.nest(&[*row]);
                 let (s, dd) = (self.offset(src, j[0], size), self.offset(dst, j[0], size));
@@ -275,7 +358,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let count = self.f.bufs[*index].len();
                 let (d, x) = (self.base(*dst), self.base(*index));
                 let (i, loops) = self.nest(&[count]);
-                let k = self.load_index(x, i[0], *depth);
+                let k = self.load_index(x, i[0], Size::of(*depth));
                 let at = self.b.ins().imul_imm_s(i[0], *depth as i64);
                 let at = self.b.ins().iadd(at, k);
                 let p = self.offset(d, at, 4);
@@ -288,9 +371,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let count = self.f.bufs[*index].len();
                 let (d, u, x) = (self.base(*dst), self.base(*updates), self.base(*index));
                 let (i, loops) = self.nest(&[count]);
-                let k = self.load_index(x, i[0], *depth);
-                let to = self.b.ins().imul_imm_s(k, *row as i64);
-                let from = self.b.ins().imul_imm_s(i[0], *row as i64);
+                let k = self.load_index(x, i[0], Size::of(*depth));
+                let to = self.times(k, *row);
+                let from = self.times(i[0], *row);
                 let (to, from) = (self.offset(d, to, 4), self.offset(u, from, 4));
                 let (j, inner) = self.nest(&[*row]);
                 let (t, f) = (self.offset(to, j[0], 4), self.offset(from, j[0], 4));
@@ -325,12 +408,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
             }
             Instr::TriMask { dst, rows, cols, fill } => {
                 let d = self.base(*dst);
-                let matrices = self.f.bufs[*dst].len() / (rows * cols).max(1);
+                let shape = &self.f.bufs[*dst].shape;
+                let matrices = shape[..shape.len() - 2].iter().product();
                 let (i, loops) = self.nest(&[matrices, *rows]);
-                let row = self.dot(&i, &[rows * cols, *cols]);
+                let row = self.dot(&i, &[*rows * *cols, *cols]);
                 let row = self.offset(d, row, 4);
                 let start = self.b.ins().iadd_imm_s(i[1], 1);
-                let end = self.int(*cols);
+                let end = self.size(*cols);
                 let (j, l) = open(self.b, start, end, 1);
                 let p = self.offset(row, j, 4);
                 let v = self.b.ins().f32const(*fill);
@@ -353,10 +437,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// The index at `x[i]`, or a jump to the failure exit when it is not in `0..len`.
-    fn load_index(&mut self, x: Value, i: Value, len: usize) -> Value {
+    fn load_index(&mut self, x: Value, i: Value, len: Size) -> Value {
         let p = self.offset(x, i, 8);
         let k = self.b.ins().load(types::I64, mem(), p, 0);
-        let ok = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, k, len as i64);
+        let len = self.size(len);
+        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, k, len);
         let (good, status) = (self.b.create_block(), self.b.ins().iconst(types::I32, INDEX_OUT_OF_RANGE as i64));
         self.b.ins().brif(ok, good, &[], self.fail, &[status.into()]);
         self.b.switch_to_block(good);
@@ -368,8 +453,10 @@ impl<'a, 'b> Emitter<'a, 'b> {
     /// plus the copy's offsets.
     fn copy(&mut self, dst: Value, src: Value, copy: &Strided, size: usize) {
         let ty = if size == 4 { types::I32 } else { types::I64 };
-        let d0 = self.b.ins().iadd_imm_s(dst, (copy.dst_at * size) as i64);
-        let s0 = self.b.ins().iadd_imm_s(src, (copy.src_at * size) as i64);
+        let at = self.size(copy.dst_at * size);
+        let d0 = self.b.ins().iadd(dst, at);
+        let at = self.size(copy.src_at * size);
+        let s0 = self.b.ins().iadd(src, at);
         let (index, loops) = self.nest(&copy.shape);
         let at = self.dot(&index, &copy.dst_strides);
         let d = self.offset(d0, at, size);
@@ -381,7 +468,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// Sum, mean or max along the middle axis of `[outer, len, inner]`.
-    fn reduce(&mut self, dst: BufId, src: BufId, kind: ReduceKind, outer: usize, len: usize, inner: usize) {
+    fn reduce(&mut self, dst: BufId, src: BufId, kind: ReduceKind, outer: Size, len: Size, inner: Size) {
         let (d, s) = (self.base(dst), self.base(src));
         let combine = |b: &mut FunctionBuilder, acc: Value, x: Value| match kind {
             ReduceKind::Sum | ReduceKind::Mean => b.ins().fadd(acc, x),
@@ -398,31 +485,33 @@ impl<'a, 'b> Emitter<'a, 'b> {
             }
         };
         let (i, loops) = self.nest(&[outer, inner]);
-        let from = self.dot(&i, &[len * inner, 1]);
+        let from = self.dot(&i, &[len * inner, Size::ONE]);
         let from = self.offset(s, from, 4);
+        let n = self.size(len);
         // A row along the reduced axis: four partial results when it is contiguous.
         let init = match kind {
             ReduceKind::Max => f32::NEG_INFINITY,
             _ => 0.0,
         };
         let mut acc = self.b.ins().f32const(init);
-        let vectors = inner == 1 && len >= 8;
+        let vectors = inner.is_one() && len.known().is_none_or(|l| l >= 8);
+        let whole = self.b.ins().band_imm_s(n, !3);
         if vectors {
             let v0 = self.b.ins().splat(types::F32X4, acc);
-            let (start, end) = (self.int(0), self.int(len / 4 * 4));
-            let v = self.fold(from, (start, end, 4), 1, types::F32X4, v0, &combine);
+            let start = self.int(0);
+            let v = self.fold(from, (start, whole, 4), Size::ONE, types::F32X4, v0, &combine);
             for lane in 0..4 {
                 let x = self.b.ins().extractlane(v, lane);
                 acc = combine(self.b, acc, x);
             }
         }
-        let (start, end) = (self.int(if vectors { len / 4 * 4 } else { 0 }), self.int(len));
-        let mut result = self.fold(from, (start, end, 1), inner, types::F32, acc, &combine);
+        let start = if vectors { whole } else { self.int(0) };
+        let mut result = self.fold(from, (start, n, 1), inner, types::F32, acc, &combine);
         if kind == ReduceKind::Mean {
-            let n = self.b.ins().f32const(len as f32);
+            let n = self.b.ins().fcvt_from_uint(types::F32, n);
             result = self.b.ins().fdiv(result, n);
         }
-        let to = self.dot(&i, &[inner, 1]);
+        let to = self.dot(&i, &[inner, Size::ONE]);
         let p = self.offset(d, to, 4);
         self.b.ins().store(mem(), result, p, 0);
         self.unnest(loops);
@@ -434,11 +523,12 @@ impl<'a, 'b> Emitter<'a, 'b> {
         &mut self,
         from: Value,
         (start, end, step): (Value, Value, i64),
-        stride: usize,
+        stride: Size,
         ty: Type,
         init: Value,
         combine: &dyn Fn(&mut FunctionBuilder, Value, Value) -> Value,
     ) -> Value {
+        let stride = self.size(stride);
         let (head, body, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
         self.b.append_block_param(head, types::I64);
         self.b.append_block_param(head, ty);
@@ -450,7 +540,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.b.ins().brif(more, body, &[], exit, &[acc.into()]);
         self.b.switch_to_block(body);
         self.b.seal_block(body);
-        let at = self.b.ins().imul_imm_s(k, stride as i64);
+        let at = self.b.ins().imul(k, stride);
         let p = self.offset(from, at, 4);
         let x = self.b.ins().load(ty, mem(), p, 0);
         let next_acc = combine(self.b, acc, x);
@@ -464,11 +554,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     fn scan(&mut self, s: &ScanInstr) {
         for run in s.runs() {
-            if run.count == 1 {
-                let i = self.int(run.first);
+            if run.count.is_one() {
+                let i = self.size(run.first);
                 self.iteration(s, i, run.function, run.len);
             } else {
-                let (start, end) = (self.int(run.first), self.int(run.first + run.count));
+                let (start, end) = (self.size(run.first), self.size(run.first + run.count));
                 let (i, l) = open(self.b, start, end, 1);
                 self.iteration(s, i, run.function, run.len);
                 close(self.b, l);
@@ -478,18 +568,16 @@ impl<'a, 'b> Emitter<'a, 'b> {
 
     /// Iteration `i` of a scan: its chunk's pieces of the sequences (`len` positions of each
     /// chunked one) addressed or staged, the body called, its outputs put in place.
-    fn iteration(&mut self, s: &ScanInstr, i: Value, body: usize, len: usize) {
+    fn iteration(&mut self, s: &ScanInstr, i: Value, body: usize, len: Size) {
         let slot =
             |b: &mut FunctionBuilder, count: usize| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * count.max(1)) as u32, 3));
         let (args, outs) = (slot(self.b, s.carries.len() + s.seqs.len() + s.invariants.len()), slot(self.b, s.carries.len() + s.outputs.len()));
-        let parity = self.b.ins().band_imm_s(i, 1);
+        // Iterations left after this one: the carries' first buffers are written when it is even.
+        let last = self.size(s.iterations() - 1);
+        let left = self.b.ins().isub(last, i);
+        let parity = self.b.ins().band_imm_s(left, 1);
         let (is_first, even) = (self.b.ins().icmp_imm_s(IntCC::Equal, i, 0), self.b.ins().icmp_imm_s(IntCC::Equal, parity, 0));
-        let k = if s.reverse {
-            let last = self.int(s.iterations() - 1);
-            self.b.ins().isub(last, i)
-        } else {
-            i
-        };
+        let k = if s.reverse { left } else { i };
         for (j, (init, pair)) in s.carries.iter().enumerate() {
             let (i0, p0, p1) = (self.base(*init), self.base(pair[0]), self.base(pair[1]));
             let write = self.b.ins().select(even, p0, p1);
@@ -504,10 +592,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
             let strides = tttc_ir::layout::contiguous_strides(&buf.shape);
             let along = strides[s.axis];
             let mut shape = buf.shape.clone();
-            shape[s.axis] = if slicing.per == 1 { 1 } else { len };
-            let at = e.b.ins().imul_imm_s(k, (slicing.per * along) as i64);
+            shape[s.axis] = if slicing.per == 1 { Size::ONE } else { len };
+            let size = elem_bytes(buf.dtype);
+            let at = e.times(k, along * slicing.per);
             let piece_strides = tttc_ir::layout::contiguous_strides(&shape);
-            (at, Strided { shape, dst_at: 0, dst_strides: piece_strides, src_at: 0, src_strides: strides }, elem_bytes(buf.dtype))
+            (at, Strided { shape, dst_at: Size::ZERO, dst_strides: piece_strides, src_at: Size::ZERO, src_strides: strides }, size)
         };
         for (j, slicing) in s.seqs.iter().enumerate() {
             let (at, copy, size) = piece(self, slicing);
@@ -537,7 +626,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 Some(stage) => {
                     let from = self.base(stage);
                     // Back from the piece to its place: the copy's two sides swapped.
-                    let back = Strided { shape: copy.shape, dst_at: 0, dst_strides: copy.src_strides, src_at: 0, src_strides: copy.dst_strides };
+                    let back =
+                        Strided { shape: copy.shape, dst_at: Size::ZERO, dst_strides: copy.src_strides, src_at: Size::ZERO, src_strides: copy.dst_strides };
                     placements.push((to, from, back.simplified(), size));
                     from
                 }
@@ -547,7 +637,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let a = self.b.ins().stack_addr(self.ptr, args, 0);
         let o = self.b.ins().stack_addr(self.ptr, outs, 0);
         let w = self.b.ins().iadd_imm_s(self.ws, s.workspace_at as i64);
-        let call = self.b.ins().call(self.refs.functions[body], &[a, o, w]);
+        let call = self.b.ins().call(self.refs.functions[body], &[self.lengths, a, o, w]);
         let status = self.b.inst_results(call)[0];
         let ok = self.b.create_block();
         self.b.ins().brif(status, self.fail, &[status.into()], ok, &[]);

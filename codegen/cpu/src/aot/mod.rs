@@ -1,33 +1,39 @@
-//! Compiled models: a whole forward graph, at fixed sizes, as one native function that needs
-//! nothing but the C library (`sinf`, `cosf`). The same code is written as an object file and
-//! a C header for integrators ([`model_object`]) or compiled into this process
-//! ([`CompiledModel`], which the tests check against the interpreter).
+//! Compiled models: a whole graph as one native function that needs nothing but the C library
+//! (`sinf`, `cosf`) and serves every length up to the bounds it was compiled for. The same code
+//! is written as an object file and a C header for integrators ([`model_object`]) or compiled
+//! into this process ([`CompiledModel`], which the tests check against the interpreter).
 //!
 //! The graph is planned as for the JIT backend (the same kernels) but for one thread, then
-//! scheduled at the given sizes ([`schedule`]): buffers get fixed offsets in one workspace the
-//! caller provides, so the function allocates nothing; products run through a generated
-//! blocked GEMM ([`gemm`]), everything else through generated loops ([`emit`]).
+//! scheduled with its lengths (`B`, `T`) as symbols the code reads when it is called
+//! ([`schedule`], `Lengths::UpTo`): buffers get fixed offsets in one workspace the caller
+//! provides, laid out for the longest lengths, so the function allocates nothing; products run
+//! through a generated blocked GEMM ([`gemm`]), everything else through generated loops
+//! ([`emit`]).
 
 mod emit;
 mod gemm;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use cranelift_jit::JITModule;
 use cranelift_module::Linkage;
-use tttc_ir::{DType, Data, DimEnv, Graph, Tensor};
+use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor, Type};
+use tttc_lower::schedule::{Lengths, Products};
 
-pub use emit::INDEX_OUT_OF_RANGE;
+pub use emit::{INDEX_OUT_OF_RANGE, LENGTH_OUT_OF_RANGE};
 pub use tttc_lower::schedule::{Signature, Slot};
 
-/// The C signature of a compiled model: pointers to its arguments and outputs, in the graph's
-/// order, and to its workspace; 0, or [`INDEX_OUT_OF_RANGE`].
-pub type ForwardFn = unsafe extern "C" fn(args: *const *const u8, outputs: *const *mut u8, workspace: *mut u8) -> i32;
+/// The C signature of a compiled model: its lengths (the signature's length symbols, in order),
+/// pointers to its arguments and outputs, in the graph's order, and to its workspace; 0,
+/// [`INDEX_OUT_OF_RANGE`] or [`LENGTH_OUT_OF_RANGE`].
+pub type EntryFn = unsafe extern "C" fn(lengths: *const i64, args: *const *const u8, outputs: *const *mut u8, workspace: *mut u8) -> i32;
 
 /// A model compiled into this process.
 pub struct CompiledModel {
     _module: JITModule,
-    forward: ForwardFn,
+    entry: EntryFn,
     pub signature: Signature,
+    /// The graph's argument types, which bind the lengths of a call.
+    arg_types: Vec<Type>,
 }
 
 // The module's code is immutable once finalized; each run gets its own workspace.
@@ -35,31 +41,47 @@ unsafe impl Send for CompiledModel {}
 unsafe impl Sync for CompiledModel {}
 
 impl CompiledModel {
-    /// Compiles `graph` (after the pass pipeline, holding no `grad`) at the sizes `env` binds.
+    /// Compiles `graph` (after the pass pipeline, holding no `grad`) for every length up to the
+    /// ones `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<CompiledModel> {
-        let (s, signature) = tttc_lower::schedule::model(graph, env, tttc_lower::schedule::Products::CPU_MODEL)?;
+        let (s, signature) = tttc_lower::schedule::model(graph, env, Lengths::UpTo, Products::CPU_MODEL)?;
         let mut module = crate::kernel::jit_module()?;
-        let id = emit::define(&mut module, &s, "tttc", "tttc_forward", Linkage::Local)?;
+        let symbols: Vec<String> = signature.lengths.iter().map(|(name, _)| name.clone()).collect();
+        let id = emit::define(&mut module, &s, &symbols, "tttc", "tttc_forward", Linkage::Local)?;
         module.finalize_definitions()?;
-        let forward = unsafe { std::mem::transmute::<*const u8, ForwardFn>(module.get_finalized_function(id)) };
-        Ok(CompiledModel { _module: module, forward, signature })
+        let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(module.get_finalized_function(id)) };
+        let arg_types = graph.args.iter().map(|a| graph.ty(a.value).clone()).collect();
+        Ok(CompiledModel { _module: module, entry, signature, arg_types })
     }
 
-    /// Runs the model on its arguments, which must have the compiled shapes.
+    /// Runs the model on its arguments, at the lengths their shapes give (each at most its
+    /// bound).
     pub fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
         let sig = &self.signature;
         ensure!(args.len() == sig.args.len(), "the model takes {} arguments, got {}", sig.args.len(), args.len());
-        for (a, t) in sig.args.iter().zip(args) {
-            ensure!(t.dtype() == a.dtype && t.shape == a.shape, "argument {}: compiled for {} {:?}, got {t}", a.name, a.dtype, a.shape);
+        let mut env = DimEnv::new();
+        for ((a, t), ty) in sig.args.iter().zip(args).zip(&self.arg_types) {
+            ensure!(t.dtype() == a.dtype, "argument {}: compiled for {}, got {t}", a.name, a.dtype);
             ensure!(!matches!(t.data, Data::F64(_)), "argument {}: f64 data", a.name);
+            ty.bind(&t.shape, &mut env).with_context(|| format!("argument {}", a.name))?;
+        }
+        let mut lengths = Vec::new();
+        for (name, bound) in &sig.lengths {
+            let v = env.get(name).copied().with_context(|| format!("no argument gives the length {name}"))?;
+            ensure!((1..=*bound).contains(&v), "{name} = {v}: compiled for {name} from 1 to {bound}");
+            lengths.push(v as i64);
+        }
+        let shape = |slot: &Slot| -> Result<Vec<usize>> { slot.shape.iter().map(|&d| value(d, &env)).collect() };
+        for (a, t) in sig.args.iter().zip(args) {
+            ensure!(t.shape == shape(a)?, "argument {}: compiled for {:?}, got {t}", a.name, a.shape);
         }
         let ptrs: Vec<*const u8> = args.iter().map(|t| t.as_ptr()).collect();
-        let mut outputs: Vec<Tensor> = sig.outputs.iter().map(|o| Tensor::zeros(o.dtype, o.shape.clone())).collect();
+        let mut outputs: Vec<Tensor> = sig.outputs.iter().map(|o| Ok(Tensor::zeros(o.dtype, shape(o)?))).collect::<Result<_>>()?;
         let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(Tensor::as_mut_ptr).collect();
         let mut workspace = vec![0u64; sig.workspace_bytes.div_ceil(8)];
-        // SAFETY: the arguments have the compiled shapes (checked above), the outputs and the
-        // workspace the compiled sizes.
-        let status = unsafe { (self.forward)(ptrs.as_ptr(), out_ptrs.as_ptr(), workspace.as_mut_ptr() as *mut u8) };
+        // SAFETY: the arguments have the shapes the lengths give (checked above), the lengths are
+        // within their bounds, and the outputs have those shapes and the workspace its size.
+        let status = unsafe { (self.entry)(lengths.as_ptr(), ptrs.as_ptr(), out_ptrs.as_ptr(), workspace.as_mut_ptr() as *mut u8) };
         match status {
             0 => Ok(outputs),
             INDEX_OUT_OF_RANGE => bail!("an index (a token id or a target) is out of range"),
@@ -68,8 +90,14 @@ impl CompiledModel {
     }
 }
 
-/// One exported function of a model object: a graph after the pass pipeline, compiled at the
-/// sizes `env` binds, exported as `{prefix}_{name}`.
+/// A size's value at the lengths `env` binds.
+fn value(s: Size, env: &DimEnv) -> Result<usize> {
+    let v = s.eval(&|sym| env.get(sym).map(|&v| v as i64))?;
+    usize::try_from(v).with_context(|| format!("size {s} is {v}"))
+}
+
+/// One exported function of a model object: a graph after the pass pipeline, compiled for every
+/// length up to the ones `env` binds, exported as `{prefix}_{name}`.
 pub struct Entry<'a> {
     pub name: &'a str,
     /// What it computes, for the header (one line).
@@ -85,25 +113,32 @@ pub struct ModelObject {
     pub header: String,
     /// Per entry point, in the order given.
     pub signatures: Vec<Signature>,
+    /// The lengths every entry point takes (each one's are among them), in order, with their
+    /// bounds.
+    pub lengths: Vec<(String, usize)>,
 }
 
 /// Compiles every entry into one object file exporting, per entry,
-/// `int32_t {prefix}_{name}(const void *const *args, void *const *outputs, void *workspace)`.
+/// `int32_t {prefix}_{name}(const int64_t *lengths, const void *const *args, void *const *outputs, void *workspace)`.
 pub fn model_object(entries: &[Entry], prefix: &str) -> Result<ModelObject> {
     let mut module = crate::kernel::object_module()?;
+    let scheduled: Vec<_> = entries.iter().map(|e| tttc_lower::schedule::model(e.graph, e.env, Lengths::UpTo, Products::CPU_MODEL)).collect::<Result<_>>()?;
+    let mut lengths: Vec<(String, usize)> = scheduled.iter().flat_map(|(_, sig)| sig.lengths.clone()).collect();
+    lengths.sort();
+    lengths.dedup();
+    let symbols: Vec<String> = lengths.iter().map(|(name, _)| name.clone()).collect();
     let mut signatures = Vec::new();
-    for e in entries {
-        let (s, signature) = tttc_lower::schedule::model(e.graph, e.env, tttc_lower::schedule::Products::CPU_MODEL)?;
+    for (e, (s, signature)) in entries.iter().zip(scheduled) {
         let symbol = format!("{prefix}_{}", e.name);
-        emit::define(&mut module, &s, &symbol, &symbol, Linkage::Export)?;
+        emit::define(&mut module, &s, &symbols, &symbol, &symbol, Linkage::Export)?;
         signatures.push(signature);
     }
     let object = module.finish().emit()?;
-    let header = header(entries, prefix, &signatures);
-    Ok(ModelObject { object, header, signatures })
+    let header = header(entries, prefix, &signatures, &lengths);
+    Ok(ModelObject { object, header, signatures, lengths })
 }
 
-fn header(entries: &[Entry], prefix: &str, signatures: &[Signature]) -> String {
+fn header(entries: &[Entry], prefix: &str, signatures: &[Signature], lengths: &[(String, usize)]) -> String {
     let upper = prefix.to_uppercase();
     let mut sizes: Vec<(String, usize)> = entries.iter().flat_map(|e| e.env.iter().map(|(k, &v)| (k.clone(), v))).collect();
     sizes.sort();
@@ -119,30 +154,56 @@ fn header(entries: &[Entry], prefix: &str, signatures: &[Signature]) -> String {
             .map(|(j, s)| format!(" *   [{j}] {} {}[{}]\n", c_type(s.dtype), s.name, s.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("][")))
             .collect::<String>()
     };
+    let open =
+        |names: &[&str]| names.iter().map(|n| format!("{n} (1 to {})", sizes.iter().find(|(k, _)| k == n).map_or(0, |s| s.1))).collect::<Vec<_>>().join(", ");
+    let symbols: Vec<&str> = lengths.iter().map(|(k, _)| k.as_str()).collect();
+    let fixed: Vec<String> = sizes.iter().filter(|(k, _)| !symbols.contains(&k.as_str())).map(|(k, v)| format!("{k} = {v}")).collect();
     let mut h = format!(
         concat!(
-            "/* Generated by tttc {version}, compiled for this machine's CPU at {sizes}.\n",
+            "/* Generated by tttc {version}, compiled for this machine's CPU{fixed}{open}.\n",
             " *\n",
-            " * Each entry point f(args, outputs, workspace) reads args[j] and writes outputs[j], each a\n",
-            " * pointer to a dense row-major array of the type and shape listed below, and uses its\n",
-            " * *_WORKSPACE_BYTES bytes at `workspace` (any alignment, contents ignored). It allocates\n",
-            " * nothing, runs on the calling thread and keeps no state: calls with separate workspaces and\n",
-            " * outputs may run at once. Arguments and outputs must not overlap. It returns 0, or {oob} when\n",
-            " * a token id or target is out of range (the outputs are then incomplete). Link with -lm.\n",
+            " * Each entry point f(lengths, args, outputs, workspace) reads args[j] and writes outputs[j],\n",
+            " * each a pointer to a dense row-major array of the type and shape listed below, where the\n",
+            " * shapes' lengths are the values in `lengths` ({upper}_LENGTH_NAMES, in that order; each from 1\n",
+            " * to its bound in {upper}_MAX_LENGTHS). It uses its *_WORKSPACE_BYTES bytes at `workspace` (any\n",
+            " * alignment, contents ignored; enough for every length). It allocates nothing, runs on the\n",
+            " * calling thread and keeps no state: calls with separate workspaces and outputs may run at\n",
+            " * once. Arguments and outputs must not overlap. It returns 0, {oob} when a token id or target\n",
+            " * is out of range (the outputs are then incomplete), or {bad_length} when a length is out of\n",
+            " * range (nothing is written). Link with -lm.\n",
             " */\n\n",
             "#ifndef {upper}_MODEL_H\n#define {upper}_MODEL_H\n\n#include <stdint.h>\n\n",
         ),
         version = env!("CARGO_PKG_VERSION"),
-        sizes = sizes.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", "),
+        fixed = if fixed.is_empty() { String::new() } else { format!(" at {}", fixed.join(", ")) },
+        open = if symbols.is_empty() { String::new() } else { format!("{}for any {}", if fixed.is_empty() { " " } else { ", " }, open(&symbols)) },
         upper = upper,
         oob = INDEX_OUT_OF_RANGE,
+        bad_length = LENGTH_OUT_OF_RANGE,
     );
     for (k, v) in &sizes {
-        h += &format!("#define {upper}_{} {v}\n", k.to_uppercase());
+        h += &format!("#define {upper}_MAX_{} {v}\n", k.to_uppercase());
     }
+    // A trailing 0 keeps each array non-empty when every length is fixed.
+    h += &format!(
+        "#define {upper}_LENGTHS {}\nstatic const char *const {upper}_LENGTH_NAMES[] = {{{}0}};\nstatic const int64_t {upper}_MAX_LENGTHS[] = {{{}0}};\n",
+        lengths.len(),
+        lengths.iter().map(|(k, _)| format!("\"{k}\", ")).collect::<String>(),
+        lengths.iter().map(|(_, v)| format!("{v}, ")).collect::<String>(),
+    );
     let names = |slots: &[Slot]| slots.iter().map(|s| format!("\"{}\"", s.name)).collect::<Vec<_>>().join(", ");
-    let bytes = |slots: &[Slot]| {
-        slots.iter().map(|s| format!("{}", s.shape.iter().product::<usize>() * if s.dtype == DType::F32 { 4 } else { 8 })).collect::<Vec<_>>().join(", ")
+    // The bytes of each slot at the lengths given, as a C function.
+    let bytes = |function: &str, slots: &[Slot]| {
+        let mut f = format!("static inline int64_t {function}(const int64_t *lengths, int j) {{\n");
+        for (i, k) in symbols.iter().enumerate() {
+            f += &format!("    const int64_t {k} = lengths[{i}];\n    (void){k};\n");
+        }
+        f += "    (void)lengths;\n    switch (j) {\n";
+        for (j, s) in slots.iter().enumerate() {
+            let bytes = s.shape.iter().copied().product::<Size>() * if s.dtype == DType::F32 { 4 } else { 8 };
+            f += &format!("    case {j}: return {bytes};\n");
+        }
+        f + "    default: return 0;\n    }\n}\n"
     };
     for (e, sig) in entries.iter().zip(signatures) {
         let (symbol, at) = (format!("{prefix}_{}", e.name), format!("{upper}_{}", e.name.to_uppercase()));
@@ -150,9 +211,10 @@ fn header(entries: &[Entry], prefix: &str, signatures: &[Signature]) -> String {
             concat!(
                 "\n/* {symbol}: {about} (graph `{graph}`).\n *\n * Arguments:\n{args} *\n * Outputs:\n{outs} */\n",
                 "#define {at}_WORKSPACE_BYTES {ws}u\n#define {at}_ARGS {nargs}\n#define {at}_OUTPUTS {nouts}\n",
-                "static const char *const {at}_ARG_NAMES[] = {{{arg_names}}};\nstatic const int64_t {at}_ARG_BYTES[] = {{{arg_bytes}}};\n",
-                "static const char *const {at}_OUTPUT_NAMES[] = {{{out_names}}};\nstatic const int64_t {at}_OUTPUT_BYTES[] = {{{out_bytes}}};\n",
-                "int32_t {symbol}(const void *const *args, void *const *outputs, void *workspace);\n",
+                "static const char *const {at}_ARG_NAMES[] = {{{arg_names}}};\n",
+                "static const char *const {at}_OUTPUT_NAMES[] = {{{out_names}}};\n",
+                "/* The bytes of argument or output j at the given lengths. */\n{arg_bytes}{out_bytes}",
+                "int32_t {symbol}(const int64_t *lengths, const void *const *args, void *const *outputs, void *workspace);\n",
             ),
             symbol = symbol,
             about = e.about,
@@ -164,9 +226,9 @@ fn header(entries: &[Entry], prefix: &str, signatures: &[Signature]) -> String {
             nargs = sig.args.len(),
             nouts = sig.outputs.len(),
             arg_names = names(&sig.args),
-            arg_bytes = bytes(&sig.args),
             out_names = names(&sig.outputs),
-            out_bytes = bytes(&sig.outputs),
+            arg_bytes = bytes(&format!("{symbol}_arg_bytes"), &sig.args),
+            out_bytes = bytes(&format!("{symbol}_output_bytes"), &sig.outputs),
         );
     }
     h += "\n#endif\n";
