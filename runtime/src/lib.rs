@@ -14,7 +14,7 @@ use tttc_frontends::Model;
 
 use tttc_ir::{DimEnv, Graph, Tensor};
 
-pub use backends::{backend, backends, Backend, Capabilities, Program};
+pub use backends::{backend, backends, Backend, Capabilities, Program, Sizes};
 pub use io::{read_tensors, tensor_bytes, write_tensors};
 
 /// A forward pass's results: `logits` `[B, T, V]`, and `loss` unless T = 1 (no next token).
@@ -138,7 +138,8 @@ pub struct GradientStep {
 }
 
 /// A graph ready to run on any backend: compiled for a backend on its first run there, and for
-/// the backends that compile at fixed sizes once per set of sizes it runs at.
+/// the backends whose programs serve fixed sizes, or sizes up to a bound, again when a run's
+/// sizes are not served.
 pub struct Executable {
     pub graph: Graph,
     /// Compiled programs, the most recent last: a Llama decoding loop grows its cache length
@@ -161,26 +162,48 @@ impl Executable {
     }
 
     /// The program `backend` compiled for the sizes `env`, compiled now unless a recent run
-    /// compiled it.
+    /// compiled one that serves them. A backend whose programs serve every size up to their own
+    /// ([`Sizes::UpTo`]) compiles at each size rounded up to a power of two (where that fits the
+    /// memory budget), so a decoding loop whose cache grows every token, or training at varying
+    /// context, compiles a few times rather than at every size.
     fn program(&self, backend: &dyn Backend, env: &DimEnv) -> Result<Arc<dyn Program>> {
-        let sizes = (!backend.capabilities().any_size).then(|| {
+        let serves = backend.capabilities().sizes;
+        let sorted = |env: &DimEnv| {
             let mut sizes: Vec<(String, usize)> = env.iter().map(|(k, &v)| (k.clone(), v)).collect();
             sizes.sort();
             sizes
-        });
-        let key = (backend.name(), sizes);
+        };
+        let wanted = sorted(env);
+        let covers = |have: &Option<Vec<(String, usize)>>| match (serves, have) {
+            (Sizes::Any, _) => true,
+            (Sizes::Exact, Some(have)) => *have == wanted,
+            (Sizes::UpTo, Some(have)) => have.len() == wanted.len() && have.iter().zip(&wanted).all(|((hk, hv), (wk, wv))| hk == wk && hv >= wv),
+            (_, None) => false,
+        };
         let mut cache = self.programs.lock().expect("not poisoned");
-        if let Some(at) = cache.iter().position(|(k, _)| *k == key) {
+        if let Some(at) = cache.iter().position(|((name, have), _)| *name == backend.name() && covers(have)) {
             let hit = cache.remove(at);
             let program = hit.1.clone();
             cache.push(hit);
             return Ok(program);
         }
-        let program: Arc<dyn Program> = backend.compile(&self.graph, env)?.into();
+        let at = match serves {
+            Sizes::UpTo => {
+                let rounded: DimEnv = env.iter().map(|(k, &v)| (k.clone(), v.next_power_of_two())).collect();
+                let fits = tttc_passes::cost::live_peak(&self.graph, &rounded).is_ok_and(|peak| tttc_files::memory::check("", peak.bytes).is_ok());
+                if fits {
+                    rounded
+                } else {
+                    env.clone()
+                }
+            }
+            Sizes::Any | Sizes::Exact => env.clone(),
+        };
+        let program: Arc<dyn Program> = backend.compile(&self.graph, &at)?.into();
         if cache.len() == PROGRAMS_KEPT {
             cache.remove(0);
         }
-        cache.push((key, program.clone()));
+        cache.push(((backend.name(), (serves != Sizes::Any).then(|| sorted(&at))), program.clone()));
         Ok(program)
     }
 

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use tttc_ir::{DimEnv, Graph, Tensor};
 
-use super::{Backend, Capabilities, Program};
+use super::{Backend, Capabilities, Program, Sizes};
 
 pub struct Cpu;
 
@@ -17,7 +17,7 @@ impl Backend for Cpu {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { any_size: true, needs_device: false, profiled: true }
+        Capabilities { sizes: Sizes::Any, needs_device: false, profiled: true }
     }
 
     fn compile(&self, graph: &Graph, _: &DimEnv) -> Result<Box<dyn Program>> {

@@ -1,11 +1,11 @@
-//! The whole graph compiled ahead of time at the arguments' sizes, as `tttc compile` writes it
+//! The whole graph compiled ahead of time for lengths up to the arguments', as `tttc compile` writes it
 //! (`tttc_codegen_cpu::aot`), run in this process on one thread.
 
 use anyhow::Result;
 use tttc_codegen_cpu::aot::CompiledModel;
 use tttc_ir::{DimEnv, Graph, Tensor};
 
-use super::{Backend, Capabilities, Program};
+use super::{Backend, Capabilities, Program, Sizes};
 
 pub struct CpuModel;
 
@@ -15,12 +15,12 @@ impl Backend for CpuModel {
     }
 
     fn about(&self) -> &'static str {
-        "The whole graph compiled ahead of time at the input's sizes, one thread: the code `tttc compile` writes to \
-cpu/model.o, run in this process (compiled once per set of sizes)"
+        "The whole graph compiled ahead of time, one thread: the code `tttc compile` writes to cpu/model.o, run in \
+this process (compiled for lengths up to the input's rounded up to a power of two, and reused for every length up to those)"
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { any_size: false, needs_device: false, profiled: false }
+        Capabilities { sizes: Sizes::UpTo, needs_device: false, profiled: false }
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {

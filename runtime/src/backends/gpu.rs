@@ -8,7 +8,7 @@ use tttc_ir::{DimEnv, Graph, Tensor};
 use tttc_ptx::model::GpuModel;
 use tttc_ptx_sim::SimDevice;
 
-use super::{Backend, Capabilities, Program};
+use super::{Backend, Capabilities, Program, Sizes};
 
 pub struct PtxSim;
 
@@ -23,7 +23,7 @@ thread with bounds and race checks: slow, for checking"
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { any_size: false, needs_device: false, profiled: false }
+        Capabilities { sizes: Sizes::Exact, needs_device: false, profiled: false }
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {
@@ -60,7 +60,7 @@ impl Backend for Cuda {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { any_size: false, needs_device: true, profiled: false }
+        Capabilities { sizes: Sizes::Exact, needs_device: true, profiled: false }
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use tttc_ir::{DimEnv, Graph, Precision, Tensor};
 
-use super::{Backend, Capabilities, Program};
+use super::{Backend, Capabilities, Program, Sizes};
 
 pub struct Interp;
 
@@ -17,7 +17,7 @@ impl Backend for Interp {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { any_size: true, needs_device: false, profiled: false }
+        Capabilities { sizes: Sizes::Any, needs_device: false, profiled: false }
     }
 
     fn compile(&self, graph: &Graph, _: &DimEnv) -> Result<Box<dyn Program>> {

@@ -19,7 +19,7 @@ pub trait Backend: Send + Sync {
     /// One line for `--help`.
     fn about(&self) -> &'static str;
     fn capabilities(&self) -> Capabilities;
-    /// `graph` ready to run: at the sizes `sizes` binds, unless [`Capabilities::any_size`].
+    /// `graph` ready to run at the sizes `sizes` binds (see [`Capabilities::sizes`]).
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>>;
 }
 
@@ -32,13 +32,23 @@ pub trait Program: Send + Sync {
 /// What a backend can do, for the code that would otherwise check for a backend by name.
 #[derive(Clone, Copy, Debug)]
 pub struct Capabilities {
-    /// One compiled program serves every set of sizes (it reschedules per shape itself);
-    /// otherwise a program is compiled for each set of sizes it runs at.
-    pub any_size: bool,
+    /// Which sizes a compiled program serves.
+    pub sizes: Sizes,
     /// It needs a GPU on this machine.
     pub needs_device: bool,
     /// Its runs are recorded by `tttc_codegen_cpu::profile` (`tttc bench --profile`).
     pub profiled: bool,
+}
+
+/// The sizes a program a backend compiles serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizes {
+    /// Every set of sizes (it reschedules per shape itself).
+    Any,
+    /// Every size up to the ones it was compiled at (its lengths read at each call).
+    UpTo,
+    /// Only the ones it was compiled at.
+    Exact,
 }
 
 static BACKENDS: &[&dyn Backend] = &[
