@@ -113,7 +113,9 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
             tttc_files::human(sig.workspace_bytes as u64),
         ));
     }
-    log(&format!("cpu: compiled in {:.2} s, declared in cpu/model.h", started.elapsed().as_secs_f64()));
+    let lengths: Vec<String> = model.lengths.iter().map(|(name, max)| format!("{name} from 1 to {max}")).collect();
+    let lengths = if lengths.is_empty() { "the lengths fixed".to_string() } else { format!("any {}, given at each call", lengths.join(", ")) };
+    log(&format!("cpu: compiled in {:.2} s for {lengths}, declared in cpu/model.h", started.elapsed().as_secs_f64()));
 
     let ptxas = tttc_ptx::ptxas::find();
     if ptxas.is_none() {

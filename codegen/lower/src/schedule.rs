@@ -391,16 +391,19 @@ impl Strided {
     }
 }
 
-/// A scan over `total` positions of its sequences in chunks of `chunk`: `full` iterations of
-/// the body function over whole chunks and, where the total may not be a multiple of the chunk,
-/// `tail` (the body for the shorter last chunk, and that chunk's length `total % chunk`: a
-/// program scheduled for lengths known at launch runs it only when that length is not 0). The
+/// A scan over its sequences in chunks of `chunk`: `full` iterations of the body function over
+/// whole chunks and, where the length may not be a multiple of the chunk, `tail` (the body for
+/// the shorter last chunk, and that chunk's length: a program scheduled for lengths known at
+/// launch runs it `tail_count` times, once when that length is not 0). The
 /// chunks are visited in order, or from the last for a `reverse` scan (a gradient's backward
 /// sweep), which starts with the shorter chunk.
 pub struct ScanInstr {
     pub body: usize,
     pub tail: Option<(usize, Size)>,
-    pub total: Size,
+    /// Whole chunks.
+    pub full: Size,
+    /// Iterations of `tail`: 1, or where the lengths are known only at launch 0 or 1.
+    pub tail_count: Size,
     pub chunk: usize,
     pub axis: usize,
     pub reverse: bool,
@@ -437,14 +440,9 @@ pub struct Run {
 }
 
 impl ScanInstr {
-    /// Whole chunks.
-    pub fn full(&self) -> Size {
-        self.total.div_floor(self.chunk)
-    }
-
     /// Iterations the scan runs: one per chunk, the shorter last chunk included.
     pub fn iterations(&self) -> Size {
-        self.total.div_ceil(self.chunk)
+        self.full + self.tail_count
     }
 
     /// The chunk iteration `i` works on (at known sizes).
@@ -458,9 +456,8 @@ impl ScanInstr {
 
     /// The iterations in the order they execute, as runs of one body function.
     pub fn runs(&self) -> Vec<Run> {
-        let full = self.full();
-        let whole = (!full.is_zero()).then_some((full, self.body, Size::of(self.chunk), false));
-        let tail = self.tail.map(|(function, len)| (self.iterations() - full, function, len, true));
+        let whole = (!self.full.is_zero()).then_some((self.full, self.body, Size::of(self.chunk), false));
+        let tail = self.tail.map(|(function, len)| (self.tail_count, function, len, true));
         let order = if self.reverse { [tail, whole] } else { [whole, tail] };
         let mut first = Size::ZERO;
         order
@@ -634,11 +631,16 @@ impl Schedule {
         v.max(0) as u64
     }
 
-    /// The greatest value a size takes with the lengths anywhere from 1 to their bounds (what
-    /// memory is laid out for).
+    /// The least and greatest values a size takes with the lengths anywhere from 1 to their
+    /// bounds (interval arithmetic: the range may be wider).
+    pub fn range(&self, s: Size) -> (i64, i64) {
+        s.range(&|sym| self.bounds.get(sym).map(|&v| (1, v as i64))).expect("every length symbol has a bound")
+    }
+
+    /// The greatest value a size takes with the lengths up to their bounds (what memory is laid
+    /// out for).
     pub fn most(&self, s: Size) -> usize {
-        let (_, hi) = s.range(&|sym| self.bounds.get(sym).map(|&v| (1, v as i64))).expect("every length symbol has a bound");
-        hi.max(0) as usize
+        self.range(s).1.max(0) as usize
     }
 
     /// What one call of function `f` computes and moves, with every length at its bound: its
@@ -1170,7 +1172,21 @@ impl Builder<'_> {
         let first = (nc..nc + ns).find(|&i| !scan.is_iteration_seq(i)).context("scan has no chunked sequence")?;
         let total = self.bufs[ins[first]].shape[scan.axis];
         ensure!(!total.is_zero(), "scan over an empty sequence");
-        let (full, rem) = (total.div_floor(scan.chunk), total.modulo(scan.chunk));
+        let (mut full, mut rem) = (total.div_floor(scan.chunk), total.modulo(scan.chunk));
+        // Where the bounds decide it: no whole chunk (a chunk longer than any sequence), or no
+        // shorter last one.
+        let range = |s: Size| self.s.range(s);
+        if range(full).1 == 0 {
+            (full, rem) = (Size::ZERO, total);
+        }
+        if range(rem).1 == 0 {
+            rem = Size::ZERO;
+        }
+        let tail_count = match rem {
+            r if r.is_zero() => Size::ZERO,
+            r if range(r).0 >= 1 => Size::ONE,
+            _ => total.div_ceil(scan.chunk) - total.div_floor(scan.chunk),
+        };
         // The chunk symbol is the body's own.
         let mut env = self.env.clone();
         if let Some(sym) = scan.body.ty(scan.body.args[first].value).shape.get(scan.axis).and_then(|d| d.sym.as_ref()) {
@@ -1197,8 +1213,8 @@ impl Builder<'_> {
         let env_for_ir = env.clone();
         let whole = if full.is_zero() { None } else { Some(function(self.s, body, env.clone(), &arg_shapes(Size::of(scan.chunk)))?) };
         let tail = if rem.is_zero() { None } else { Some((function(self.s, body, env, &arg_shapes(rem))?, rem)) };
-        // A staged piece has room for a whole chunk.
-        let longest = Size::of(total.known().map_or(scan.chunk, |t| t.min(scan.chunk)));
+        // A staged piece has room for a whole chunk, or the whole sequence when that is shorter.
+        let longest = Size::of(self.s.most(total).min(scan.chunk));
         let body_fn = whole.or(tail.map(|t| t.0)).expect("one of them exists");
         let (axis, chunk) = (scan.axis, scan.chunk);
         let slicing = |b: &mut Self, buf: BufId, iteration: bool| -> Slicing {
@@ -1229,7 +1245,8 @@ impl Builder<'_> {
         let scan = ScanInstr {
             body: body_fn,
             tail,
-            total,
+            full,
+            tail_count,
             chunk,
             axis,
             reverse: scan.reverse,

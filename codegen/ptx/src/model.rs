@@ -293,7 +293,7 @@ fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels) -> Step {
             let copy = Strided { shape, dst_at: Size::ZERO, dst_strides, src_at: Size::ZERO, src_strides }.simplified();
             kernels.add(kernels::copy_kernel(&copy, elem_bytes(buf.dtype), Vec::new()))
         };
-        PieceCopies { full: (!s.full().is_zero()).then(|| make(Size::of(s.chunk))), tail: rem.map(&mut make) }
+        PieceCopies { full: (!s.full.is_zero()).then(|| make(Size::of(s.chunk))), tail: rem.map(&mut make) }
     };
     let seqs = s.seqs.iter().map(|sl| piece(sl, false)).collect();
     let outputs = s.outputs.iter().map(|sl| piece(sl, true)).collect();
@@ -335,12 +335,12 @@ impl GpuModel {
         for (instr, step) in f.instrs.iter().zip(&self.steps[fi]) {
             match (instr, step) {
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
-                    self.add_work(s.body, times * s.full().fixed() as u64, work);
+                    self.add_work(s.body, times * s.full.fixed() as u64, work);
                     if let Some((tail, _)) = s.tail {
                         self.add_work(tail, times, work);
                     }
                     for c in seqs.iter().chain(outputs) {
-                        for (l, n) in [(&c.full, s.full().fixed() as u64), (&c.tail, u64::from(s.tail.is_some()))] {
+                        for (l, n) in [(&c.full, s.full.fixed() as u64), (&c.tail, u64::from(s.tail.is_some()))] {
                             if let Some(l) = l {
                                 let w = &mut work[l.kernel];
                                 w.launches += times * n;
@@ -437,7 +437,7 @@ impl GpuModel {
                         let slicing = |sl: &Slicing, c: &PieceCopies, into_staging: bool| json!({ "buffer": sl.buf, "per": sl.per, "staging": sl.staging, "copy": copies(c, into_staging) });
                         vec![json!({ "scan": {
                             "body": s.body,
-                            "full": s.full().fixed(),
+                            "full": s.full.fixed(),
                             "tail": s.tail.map(|(f, len)| json!({ "function": f, "length": len.fixed() })),
                             "chunk": s.chunk,
                             "axis": s.axis,
