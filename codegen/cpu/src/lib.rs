@@ -19,6 +19,7 @@ pub mod aot;
 mod exec;
 pub mod kernel;
 pub mod profile;
+mod workspace;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -30,6 +31,7 @@ use tttc_lower::elementwise::KernelSpec;
 use tttc_lower::plan;
 pub use tttc_lower::plan::PlanStats;
 use tttc_lower::schedule::{self, Schedule};
+use workspace::Workspaces;
 
 /// The worker threads launches are split over (rayon's pool: one per core unless
 /// `RAYON_NUM_THREADS` says otherwise).
@@ -45,8 +47,8 @@ pub struct Program {
     jit: kernel::Jit,
     /// Schedules by argument shapes, the most recent last.
     scheduled: Mutex<Vec<(Shapes, Arc<Scheduled>)>>,
-    /// Workspaces of finished calls, for the next (at any sizes that fit).
-    spare: Mutex<Vec<Workspace>>,
+    /// Workspaces of finished calls, for the next.
+    workspaces: Workspaces,
     stats: Stats,
 }
 
@@ -86,7 +88,7 @@ impl Program {
         let body = plan::plan(graph, threads(), &mut specs, &mut plan_stats);
         let jit = kernel::compile(&specs)?;
         let stats = Stats { plan: plan_stats, instructions: jit.instructions, compile_seconds: start.elapsed().as_secs_f64() };
-        Ok(Program { body, specs, jit, scheduled: Mutex::new(Vec::new()), spare: Mutex::new(Vec::new()), stats })
+        Ok(Program { body, specs, jit, scheduled: Mutex::new(Vec::new()), workspaces: Workspaces::default(), stats })
     }
 
     /// Runs the program on its graph's arguments, in order.
@@ -116,12 +118,12 @@ impl Program {
             .collect();
         let entry = s.schedule.functions.len() - 1;
         let bytes = s.schedule.functions[entry].workspace;
-        let workspace = self.workspace(bytes);
+        let workspace = self.workspaces.take(bytes);
         let machine = exec::Machine { schedule: &s.schedule, kernels: &s.kernels };
         // SAFETY: the arguments bound the graph's types and the outputs and workspace are
         // allocated at the sizes scheduled for them; nothing else holds them.
-        let ran = unsafe { machine.call(entry, &arg_ptrs, &out_ptrs, workspace.ptr) };
-        self.spare.lock().expect("not poisoned").push(workspace);
+        let ran = unsafe { machine.call(entry, &arg_ptrs, &out_ptrs, workspace.ptr()) };
+        self.workspaces.give(workspace);
         ran.with_context(|| format!("running {}", self.body.graph.name))?;
         let tensors = outputs.into_iter().zip(&s.outputs).map(|(o, (_, shape))| {
             let n = shape.iter().product();
@@ -132,19 +134,6 @@ impl Program {
             }
         });
         Ok(tensors.collect())
-    }
-
-    /// A workspace of at least `bytes`: a spare one, or a new one an eighth larger (a decoding
-    /// loop whose cache grows every step then reuses it for the steps after).
-    fn workspace(&self, bytes: usize) -> Workspace {
-        let mut spare = self.spare.lock().expect("not poisoned");
-        match spare.iter().position(|w| w.layout.size() >= bytes) {
-            Some(at) => spare.swap_remove(at),
-            None => {
-                spare.clear();
-                Workspace::new(bytes + bytes / 8)
-            }
-        }
     }
 
     /// The schedule for arguments of `shapes`: a recent one, or made now.
@@ -193,33 +182,4 @@ enum Output {
 unsafe fn set_len<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
     v.set_len(n);
     std::mem::take(v)
-}
-
-/// A function's workspace: uninitialised bytes on 64-byte lines (every buffer in it is written
-/// before it is read).
-struct Workspace {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-// The bytes are owned and used by one call at a time.
-unsafe impl Send for Workspace {}
-
-impl Workspace {
-    fn new(bytes: usize) -> Workspace {
-        let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64).expect("a workspace size fits in memory");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        Workspace { ptr, layout }
-    }
-}
-
-impl Drop for Workspace {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-    }
 }

@@ -34,6 +34,7 @@ pub struct CompiledModel {
     pub signature: Signature,
     /// The graph's argument types, which bind the lengths of a call.
     arg_types: Vec<Type>,
+    workspaces: crate::workspace::Workspaces,
 }
 
 // The module's code is immutable once finalized; each run gets its own workspace.
@@ -51,7 +52,7 @@ impl CompiledModel {
         module.finalize_definitions()?;
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(module.get_finalized_function(id)) };
         let arg_types = graph.args.iter().map(|a| graph.ty(a.value).clone()).collect();
-        Ok(CompiledModel { _module: module, entry, signature, arg_types })
+        Ok(CompiledModel { _module: module, entry, signature, arg_types, workspaces: Default::default() })
     }
 
     /// Runs the model on its arguments, at the lengths their shapes give (each at most its
@@ -78,10 +79,12 @@ impl CompiledModel {
         let ptrs: Vec<*const u8> = args.iter().map(|t| t.as_ptr()).collect();
         let mut outputs: Vec<Tensor> = sig.outputs.iter().map(|o| Ok(Tensor::zeros(o.dtype, shape(o)?))).collect::<Result<_>>()?;
         let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(Tensor::as_mut_ptr).collect();
-        let mut workspace = vec![0u64; sig.workspace_bytes.div_ceil(8)];
+        let workspace = self.workspaces.take(sig.workspace_bytes);
         // SAFETY: the arguments have the shapes the lengths give (checked above), the lengths are
-        // within their bounds, and the outputs have those shapes and the workspace its size.
-        let status = unsafe { (self.entry)(lengths.as_ptr(), ptrs.as_ptr(), out_ptrs.as_ptr(), workspace.as_mut_ptr() as *mut u8) };
+        // within their bounds, and the outputs have those shapes and the workspace its size (its
+        // contents on entry do not matter).
+        let status = unsafe { (self.entry)(lengths.as_ptr(), ptrs.as_ptr(), out_ptrs.as_ptr(), workspace.ptr()) };
+        self.workspaces.give(workspace);
         match status {
             0 => Ok(outputs),
             INDEX_OUT_OF_RANGE => bail!("an index (a token id or a target) is out of range"),
