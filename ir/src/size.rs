@@ -407,6 +407,11 @@ impl fmt::Debug for Size {
 /// Sizes bound to dimension symbols while a graph is scheduled.
 pub type SizeEnv = HashMap<String, Size>;
 
+/// The sizes of the values `env` binds.
+pub fn known(env: &crate::DimEnv) -> SizeEnv {
+    env.iter().map(|(k, &v)| (k.clone(), Size::of(v))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

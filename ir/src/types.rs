@@ -188,7 +188,7 @@ impl Type {
     /// count (`T/16`) binds nothing: its symbol must be bound already (by an ordinary dimension of
     /// this type or an earlier binding), and its length is checked.
     pub fn bind(&self, shape: &[usize], env: &mut DimEnv) -> Result<()> {
-        let mut sizes: SizeEnv = env.iter().map(|(k, &v)| (k.clone(), Size::of(v))).collect();
+        let mut sizes = crate::size::known(env);
         let shape: Vec<Size> = shape.iter().map(|&n| Size::of(n)).collect();
         self.bind_sizes(&shape, &mut sizes)?;
         for (k, v) in sizes {

@@ -5,9 +5,8 @@
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Result};
-use tttc_ir::layout::contiguous_strides;
 use tttc_ir::{DType, ReduceKind, Size};
-use tttc_lower::schedule::{elem_bytes, fixed, Function, Home, Instr, Launch, ScanInstr, Schedule, Slicing, Strided, Strides, Walk};
+use tttc_lower::schedule::{elem_bytes, fixed, Function, Home, Instr, Launch, ScanInstr, Schedule, Slicing, Strides, Walk};
 
 use crate::kernel::KernelFn;
 
@@ -173,13 +172,12 @@ impl Machine<'_> {
     /// pieces) are split over the threads.
     unsafe fn launch(&self, fr: &Frame, launch: &Launch) {
         let Launch { kernel, ref outer, rows, n, ref ins, ref outs } = *launch;
-        let (outer, rows, n) = (fixed(outer), rows.fixed(), n.fixed());
+        let (rows, n) = (rows.fixed(), n.fixed());
         let f = self.kernels[kernel];
         let spec = &self.schedule.specs[kernel];
-        let total = outer.iter().product::<usize>() * rows * n;
+        let total = outer.iter().map(|d| d.fixed()).product::<usize>() * rows * n;
         let in_ptrs: Vec<Shared<*const f32>> = ins.iter().map(|i| Shared(fr.f32(i.buf) as *const f32)).collect();
         let row_strides: Vec<i64> = ins.iter().map(|i| i.row_stride.fixed() as i64).collect();
-        let in_strides: Vec<Vec<usize>> = ins.iter().map(|i| fixed(&i.strides)).collect();
         let out_ptrs: Vec<Shared<*mut f32>> = outs.iter().map(|&o| Shared(fr.f32(o))).collect();
         // Rows [q0, q1) of the flattened (outer, row) space, columns [c0, c0 + len) of each.
         let run = |q0: usize, q1: usize, c0: usize, len: usize| {
@@ -193,8 +191,9 @@ impl Machine<'_> {
                     let mut off = r0 * row_strides[j] as usize + if spec.splat[j] { 0 } else { c0 };
                     let mut rem = o;
                     for d in (0..outer.len()).rev() {
-                        off += (rem % outer[d]) * in_strides[j][d];
-                        rem /= outer[d];
+                        let len = outer[d].fixed();
+                        off += (rem % len) * ins[j].strides[d].fixed();
+                        rem /= len;
                     }
                     ins_at[j] = p.0.add(off);
                 }
@@ -239,27 +238,20 @@ impl Machine<'_> {
     /// the body called in the workspace after the caller's, its outputs put in place.
     unsafe fn scan(&self, fr: &Frame, s: &ScanInstr) -> Result<()> {
         let f = fr.f;
-        // Where chunk `k`'s piece of a sliced buffer starts, in elements, and its copy to or from
-        // a staging buffer (`len` positions of a chunked sequence).
-        let piece = |sl: &Slicing, k: usize, len: usize| -> (usize, Walk) {
-            let buf = &f.bufs[sl.buf];
-            let shape = fixed(&buf.shape);
-            let strides = contiguous_strides(&shape);
-            let mut piece = shape.clone();
-            piece[s.axis] = if sl.per == 1 { 1 } else { len };
-            let at = k * sl.per * strides[s.axis] * elem_bytes(buf.dtype);
-            let copy = Strided {
-                dst_strides: sizes(&contiguous_strides(&piece)),
-                shape: sizes(&piece),
-                dst_at: Size::ZERO,
-                src_at: Size::ZERO,
-                src_strides: sizes(&strides),
-            };
-            (at, copy.simplified().fixed())
+        // Per sliced buffer: its element size, the bytes between iterations' pieces, and the
+        // copy of a piece of the run's length to its staging buffer and back.
+        let pieces = |sls: &[Slicing], len: Size| -> Vec<(usize, usize, Walk, Walk)> {
+            sls.iter()
+                .map(|sl| {
+                    let (size, copy) = (elem_bytes(f.bufs[sl.buf].dtype), s.piece(f, sl, len));
+                    (size, s.step(f, sl).fixed() * size, copy.fixed(), copy.swapped().fixed())
+                })
+                .collect()
         };
         let workspace = fr.workspace.add(s.workspace_at);
         for run in s.runs() {
-            let (first, count, len) = (run.first.fixed(), run.count.fixed(), run.len.fixed());
+            let (first, count) = (run.first.fixed(), run.count.fixed());
+            let (seqs, outputs) = (pieces(&s.seqs, run.len), pieces(&s.outputs, run.len));
             for i in first..first + count {
                 let k = s.chunk_of(i);
                 let mut args: Vec<*const u8> = Vec::with_capacity(s.carries.len() + s.seqs.len() + s.invariants.len());
@@ -269,44 +261,36 @@ impl Machine<'_> {
                     args.push(if i == 0 { fr.ptr(*init) } else { fr.ptr(pair[1 - written]) });
                     outs.push(fr.ptr(pair[written]));
                 }
-                for sl in &s.seqs {
-                    let (at, copy) = piece(sl, k, len);
-                    let from = fr.ptr(sl.buf).add(at);
+                for (sl, (size, step, copy, _)) in s.seqs.iter().zip(&seqs) {
+                    let from = fr.ptr(sl.buf).add(k * step);
                     args.push(match sl.staging {
                         None => from,
                         Some(stage) => {
-                            copy_strided(fr.ptr(stage), from, &copy, elem_bytes(f.bufs[sl.buf].dtype));
+                            copy_strided(fr.ptr(stage), from, copy, *size);
                             fr.ptr(stage)
                         }
                     });
                 }
                 args.extend(s.invariants.iter().map(|&b| fr.ptr(b) as *const u8));
                 let mut placements = Vec::new();
-                for sl in &s.outputs {
-                    let (at, copy) = piece(sl, k, len);
-                    let to = fr.ptr(sl.buf).add(at);
+                for (sl, (size, step, _, back)) in s.outputs.iter().zip(&outputs) {
+                    let to = fr.ptr(sl.buf).add(k * step);
                     outs.push(match sl.staging {
                         None => to,
                         Some(stage) => {
-                            // Back from the piece to its place: the copy's two sides swapped.
-                            let back = Walk { shape: copy.shape, dst_at: 0, dst_strides: copy.src_strides, src_at: 0, src_strides: copy.dst_strides };
-                            placements.push((to, fr.ptr(stage), back, elem_bytes(f.bufs[sl.buf].dtype)));
+                            placements.push((to, fr.ptr(stage), back, *size));
                             fr.ptr(stage)
                         }
                     });
                 }
                 self.call(run.function, &args, &outs, workspace)?;
-                for (to, from, copy, size) in placements {
-                    copy_strided(to, from, &copy, size);
+                for (to, from, back, size) in placements {
+                    copy_strided(to, from, back, size);
                 }
             }
         }
         Ok(())
     }
-}
-
-fn sizes(values: &[usize]) -> Vec<Size> {
-    values.iter().map(|&v| Size::of(v)).collect()
 }
 
 /// `dst[dst_at + Σ i·dst_strides] = src[src_at + Σ i·src_strides]` over `copy.shape`, elements

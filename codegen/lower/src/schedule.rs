@@ -1,5 +1,6 @@
-//! A plan with every shape known, as straight-line instructions over buffers: one function for
-//! the model and one per scan body (and per chunk length, when the last chunk is shorter).
+//! A plan with every shape a [`Size`] (known, or a polynomial in the lengths a program is
+//! launched with: [`Lengths`]), as straight-line instructions over buffers: one function for the
+//! model and one per scan body (and one for a shorter last chunk).
 //! Reshapes are free (every buffer is contiguous), and every buffer that is
 //! neither an argument nor an output gets an offset in the function's workspace, reused once
 //! the buffer is dead.
@@ -362,6 +363,11 @@ impl Strided {
         }
     }
 
+    /// The same copy the other way, from destination to source.
+    pub fn swapped(self) -> Strided {
+        Strided { shape: self.shape, dst_at: self.src_at, dst_strides: self.src_strides, src_at: self.dst_at, src_strides: self.dst_strides }
+    }
+
     /// Merges axes that both sides walk contiguously and drops axes of length 1.
     pub fn simplified(mut self) -> Strided {
         let mut shape = Vec::new();
@@ -475,6 +481,22 @@ impl ScanInstr {
     /// the iteration before, and the first for the last iteration.
     pub fn carry_written(&self, i: usize) -> usize {
         (self.iterations().fixed() - 1 - i) % 2
+    }
+
+    /// Elements from one iteration's piece of the sliced buffer `sl` (of function `f`) to the
+    /// next.
+    pub fn step(&self, f: &Function, sl: &Slicing) -> Size {
+        contiguous_strides(&f.bufs[sl.buf].shape)[self.axis] * sl.per
+    }
+
+    /// The copy of a piece of the sliced buffer `sl` from its place (an iteration's offset not
+    /// included) into a contiguous buffer: `len` positions of a chunked sequence or output, one
+    /// of a per-iteration one. [`Strided::swapped`] copies it back.
+    pub fn piece(&self, f: &Function, sl: &Slicing, len: Size) -> Strided {
+        let whole = &f.bufs[sl.buf].shape;
+        let mut shape = whole.clone();
+        shape[self.axis] = if sl.per == 1 { Size::ONE } else { len };
+        Strided { dst_strides: contiguous_strides(&shape), shape, dst_at: Size::ZERO, src_at: Size::ZERO, src_strides: contiguous_strides(whole) }.simplified()
     }
 
     /// The buffer that holds carry `j`'s final value: the one the last iteration wrote.
@@ -704,22 +726,8 @@ pub fn model(graph: &Graph, env: &DimEnv, lengths: Lengths, products: Products) 
 pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>], products: Products) -> Result<Schedule> {
     let mut s = Schedule::new(specs, products, DimEnv::new());
     let shapes: Vec<Vec<Size>> = shapes.iter().map(|sh| sh.iter().map(|&n| Size::of(n)).collect()).collect();
-    function(&mut s, body, known(env), &shapes)?;
+    function(&mut s, body, tttc_ir::size::known(env), &shapes)?;
     Ok(s)
-}
-
-/// Schedules a body planned for one thread, its graph's symbols bound in `env`.
-pub fn schedule(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, products: Products) -> Result<Schedule> {
-    let mut s = Schedule::new(specs, products, DimEnv::new());
-    let env = known(env);
-    let shapes: Vec<Vec<Size>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).sizes(&env)).collect::<Result<_>>()?;
-    function(&mut s, body, env, &shapes)?;
-    Ok(s)
-}
-
-/// Known sizes for the symbols `env` binds.
-pub fn known(env: &DimEnv) -> SizeEnv {
-    env.iter().map(|(k, &v)| (k.clone(), Size::of(v))).collect()
 }
 
 /// Schedules `body` as a function of arguments of `shapes`, binding its symbols in `env` (once
@@ -1299,9 +1307,8 @@ impl Builder<'_> {
                 let (piece, copy) = self.lane_piece(b, axis, k, lanes.parts)?;
                 part_outs.push(piece);
                 if let Some(c) = copy {
-                    // Back from the piece to its place: the copy's two sides swapped.
-                    let back = Strided { shape: c.shape, dst_at: c.src_at, dst_strides: c.src_strides, src_at: c.dst_at, src_strides: c.dst_strides };
-                    placements.push((b, piece, back));
+                    // Back from the piece to its place.
+                    placements.push((b, piece, c.swapped()));
                 }
             }
             self.scan(&lanes.scan, &lanes.body, &part_ins, &part_outs)?;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor};
-use tttc_lower::schedule::{self, fixed, BufId, Function, Home, Instr, Run, ScanInstr, Schedule, Signature, Slicing, Strided};
+use tttc_lower::schedule::{self, fixed, BufId, Function, Home, Instr, Run, ScanInstr, Schedule, Signature, Slicing};
 
 use crate::isa::{Kernel, Module};
 use crate::kernels::{self, elem_bytes, Generated, ParamRef};
@@ -240,11 +240,7 @@ impl GpuModel {
             outs.push(ptr(pair[written]));
         }
         let k = s.chunk_of(i);
-        let piece_at = |sl: &Slicing| -> u64 {
-            let buf = &f.bufs[sl.buf];
-            let along: usize = fixed(&buf.shape[s.axis + 1..]).iter().product();
-            ptr(sl.buf) + (k * sl.per * along * elem_bytes(buf.dtype)) as u64
-        };
+        let piece_at = |sl: &Slicing| -> u64 { ptr(sl.buf) + (k * s.step(f, sl).fixed() * elem_bytes(f.bufs[sl.buf].dtype)) as u64 };
         let copy = |dev: &mut dyn Device, c: &PieceCopies, dst: u64, src: u64| -> Result<()> {
             let l = if run.tail { c.tail.as_ref() } else { c.full.as_ref() }.expect("built for every staged piece");
             dev.launch(l.kernel, l.grid, l.block, &[dst, src])
@@ -283,15 +279,10 @@ fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels) -> Step {
         if sl.staging.is_none() {
             return PieceCopies::default();
         }
-        let buf = &f.bufs[sl.buf];
-        let strides = tttc_ir::layout::contiguous_strides(&buf.shape);
         let mut make = |len: Size| -> Launch {
-            let mut shape = buf.shape.clone();
-            shape[s.axis] = if sl.per == 1 { Size::ONE } else { len };
-            let piece_strides = tttc_ir::layout::contiguous_strides(&shape);
-            let (dst_strides, src_strides) = if back { (strides.clone(), piece_strides) } else { (piece_strides, strides.clone()) };
-            let copy = Strided { shape, dst_at: Size::ZERO, dst_strides, src_at: Size::ZERO, src_strides }.simplified();
-            kernels.add(kernels::copy_kernel(&copy, elem_bytes(buf.dtype), Vec::new()))
+            let copy = s.piece(f, sl, len);
+            let copy = if back { copy.swapped() } else { copy };
+            kernels.add(kernels::copy_kernel(&copy, elem_bytes(f.bufs[sl.buf].dtype), Vec::new()))
         };
         PieceCopies { full: (!s.full.is_zero()).then(|| make(Size::of(s.chunk))), tail: rem.map(&mut make) }
     };

@@ -586,27 +586,20 @@ impl<'a, 'b> Emitter<'a, 'b> {
             self.b.ins().stack_store(self.ptr, read, args, (8 * j) as i32);
             self.b.ins().stack_store(self.ptr, write, outs, (8 * j) as i32);
         }
-        // Where chunk k's piece of a sequence starts, in elements, and the piece's copy.
-        let piece = |e: &mut Self, slicing: &tttc_lower::schedule::Slicing| -> (Value, Strided, usize) {
-            let buf = &e.f.bufs[slicing.buf];
-            let strides = tttc_ir::layout::contiguous_strides(&buf.shape);
-            let along = strides[s.axis];
-            let mut shape = buf.shape.clone();
-            shape[s.axis] = if slicing.per == 1 { Size::ONE } else { len };
-            let size = elem_bytes(buf.dtype);
-            let at = e.times(k, along * slicing.per);
-            let piece_strides = tttc_ir::layout::contiguous_strides(&shape);
-            (at, Strided { shape, dst_at: Size::ZERO, dst_strides: piece_strides, src_at: Size::ZERO, src_strides: strides }, size)
+        // Where chunk k's piece of a sliced buffer starts, in elements.
+        let piece_at = |e: &mut Self, slicing: &tttc_lower::schedule::Slicing| -> (Value, usize) {
+            let at = e.times(k, s.step(e.f, slicing));
+            (at, elem_bytes(e.f.bufs[slicing.buf].dtype))
         };
         for (j, slicing) in s.seqs.iter().enumerate() {
-            let (at, copy, size) = piece(self, slicing);
+            let (at, size) = piece_at(self, slicing);
             let base = self.base(slicing.buf);
             let from = self.offset(base, at, size);
             let p = match slicing.staging {
                 None => from,
                 Some(stage) => {
                     let to = self.base(stage);
-                    self.copy(to, from, &copy.simplified(), size);
+                    self.copy(to, from, &s.piece(self.f, slicing, len), size);
                     to
                 }
             };
@@ -618,17 +611,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
         }
         let mut placements = Vec::new();
         for (j, slicing) in s.outputs.iter().enumerate() {
-            let (at, copy, size) = piece(self, slicing);
+            let (at, size) = piece_at(self, slicing);
             let base = self.base(slicing.buf);
             let to = self.offset(base, at, size);
             let p = match slicing.staging {
                 None => to,
                 Some(stage) => {
                     let from = self.base(stage);
-                    // Back from the piece to its place: the copy's two sides swapped.
-                    let back =
-                        Strided { shape: copy.shape, dst_at: Size::ZERO, dst_strides: copy.src_strides, src_at: Size::ZERO, src_strides: copy.dst_strides };
-                    placements.push((to, from, back.simplified(), size));
+                    placements.push((to, from, s.piece(self.f, slicing, len).swapped(), size));
                     from
                 }
             };
