@@ -63,9 +63,10 @@ fn write_args(case: &Path, manifest: &serde_json::Value, entry: &str, ids: &[i64
 }
 
 /// A model's run (logits, loss and the state after the sequence) and training step (the loss and
-/// every gradient), each compiled once for lengths up to B = 2, T = 40, run at lengths inside
-/// and at the ends of those ranges (whole mini-batches, a shorter last one, a single token; an odd
-/// and an even number of them) give the interpreter's outputs; a length past its bound is refused.
+/// every gradient), each compiled once for lengths up to B = 2, T = 40 as a CPU object and as a
+/// GPU program (run by the PTX simulator), run at lengths inside and at the ends of those ranges
+/// (whole mini-batches, a shorter last one, a single token; an odd and an even number of them)
+/// give the interpreter's outputs; a length past its bound is refused.
 #[test]
 fn one_compiled_model_serves_every_length_up_to_its_bounds() {
     for case in cases() {
@@ -77,6 +78,10 @@ fn one_compiled_model_serves_every_length_up_to_its_bounds() {
         let bounds = [("B".to_string(), 2), ("T".to_string(), 40)].into_iter().collect();
         for (graph, rtol, shortest) in [(&run, RTOL_LOGITS, 1), (step.graph(), RTOL_GRADS, 2)] {
             let compiled = tttc_codegen_cpu::aot::CompiledModel::compile(graph, &bounds).unwrap();
+            let gpu = tttc_ptx::model::GpuModel::compile(graph, &bounds).unwrap();
+            assert_eq!(gpu.signature.lengths, compiled.signature.lengths, "{name} {}: the GPU program's lengths", graph.name);
+            let device = std::cell::RefCell::new(tttc_ptx_sim::SimDevice::load(&gpu.module("sm_80").to_text()).unwrap());
+            let simulated = |args: &[&tttc_ir::Tensor]| gpu.run(&mut *device.borrow_mut(), args);
             let lengths: Vec<&str> = compiled.signature.lengths.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(lengths, ["B", "T"], "{name} {}: the lengths left open", graph.name);
             // Laid out for the longest lengths, the workspace is about what the fixed-size schedule at
@@ -91,17 +96,24 @@ fn one_compiled_model_serves_every_length_up_to_its_bounds() {
                 let ids = tttc_ir::Tensor::i64(vec![b, t], (0..(b * t) as i64).map(|i| (i * 7 + 3) % vocab as i64).collect());
                 let args: Vec<&tttc_ir::Tensor> = graph.args.iter().map(|a| if a.name == "input_ids" { &ids } else { &model.weights[&a.name] }).collect();
                 let want = tttc_ir::run(graph, &args, tttc_ir::Precision::F32).unwrap();
-                let got = compiled.run(&args).unwrap_or_else(|e| panic!("{name} {} at B = {b}, T = {t}: {e:#}", graph.name));
-                for (((out, _), w), g) in graph.outputs.iter().zip(&want).zip(&got) {
-                    assert_eq!(g.shape, w.shape, "{name} at B = {b}, T = {t}: {out}");
-                    let ratio = parity_ratio(g.as_f32().unwrap(), w.as_f32().unwrap(), rtol);
-                    assert!(ratio <= 1.0, "{name} {} at B = {b}, T = {t}: {out} at {ratio:.2}× tolerance", graph.name);
+                // The simulator (slow) at a single token, whole chunks and a shorter last one.
+                let on_gpu = [(1, 1), (1, 16), (2, 17)].contains(&(b, t));
+                for (who, got) in [("cpu-model", Some(compiled.run(&args))), ("ptx-sim", on_gpu.then(|| simulated(&args)))] {
+                    let Some(got) = got else { continue };
+                    let got = got.unwrap_or_else(|e| panic!("{name} {} on {who} at B = {b}, T = {t}: {e:#}", graph.name));
+                    for (((out, _), w), g) in graph.outputs.iter().zip(&want).zip(&got) {
+                        assert_eq!(g.shape, w.shape, "{name} on {who} at B = {b}, T = {t}: {out}");
+                        let ratio = parity_ratio(g.as_f32().unwrap(), w.as_f32().unwrap(), rtol);
+                        assert!(ratio <= 1.0, "{name} {} on {who} at B = {b}, T = {t}: {out} at {ratio:.2}× tolerance", graph.name);
+                    }
                 }
             }
             let long = tttc_ir::Tensor::i64(vec![1, 41], vec![0; 41]);
             let args: Vec<&tttc_ir::Tensor> = graph.args.iter().map(|a| if a.name == "input_ids" { &long } else { &model.weights[&a.name] }).collect();
-            let err = compiled.run(&args).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.contains("T = 41: compiled for T from 1 to 40"), "{name}: {err}");
+            for refused in [compiled.run(&args).err(), simulated(&args).err()] {
+                let err = refused.map(|e| e.to_string()).unwrap_or_default();
+                assert!(err.contains("T = 41: compiled for T from 1 to 40"), "{name}: {err}");
+            }
         }
     }
 }

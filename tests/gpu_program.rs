@@ -1,7 +1,8 @@
 //! The GPU launch contract (docs/gpu-model.md) is enough to run a model: an integrator's reading
 //! of `tttc compile`'s files — manifest.json, gpu/program.json and gpu/sm_80.ptx, nothing of
-//! tttc's code — launches the kernels in the PTX simulator and gets the reference logits, on a
-//! sequence that ends inside a mini-batch; compiled with `--resume-at`, continues a sequence
+//! tttc's code — launches the kernels in the PTX simulator at lengths below the bounds they were
+//! compiled for (every size in the program evaluated from those lengths) and gets the reference
+//! logits, on a sequence that ends inside a mini-batch; compiled with `--resume-at`, continues a sequence
 //! from a saved state; runs the training step's program (reverse scans) to the reference
 //! loss and gradients; and decodes with the prefill's and the step's programs, handing the state
 //! from one call to the next, to the tokens and logits the CPU generates.
@@ -18,13 +19,36 @@ struct Integrator<'a> {
     program: &'a Value,
     kernel_index: std::collections::HashMap<String, usize>,
     status: u64,
+    /// The lengths of this run by name, and where the device holds them.
+    lengths: std::collections::HashMap<String, i64>,
+    lengths_at: u64,
 }
 
 impl Integrator<'_> {
+    /// A size of the program: a number, or a C expression of the lengths (`"T"`,
+    /// `"((T+15)/16)"`) evaluated at this run's.
+    fn size(&self, v: &Value) -> u64 {
+        match v.as_u64() {
+            Some(n) => n,
+            None => {
+                let text = v.as_str().unwrap_or_else(|| panic!("a size: {v}"));
+                let mut expr = Expr { text: text.as_bytes(), at: 0, lengths: &self.lengths };
+                let n = expr.sum();
+                assert_eq!(expr.at, text.len(), "{text}: unparsed from {}", expr.at);
+                u64::try_from(n).unwrap()
+            }
+        }
+    }
+
+    /// Launches `l` unless its grid is empty at this run's lengths.
     fn launch(&self, dev: &mut SimDevice, l: &Value, pointer: &dyn Fn(&Value) -> u64) {
-        let dims = |v: &Value| -> [u32; 3] { std::array::from_fn(|i| v[i].as_u64().unwrap() as u32) };
-        let params: Vec<u64> = l["params"].as_array().unwrap().iter().map(pointer).collect();
-        dev.launch(self.kernel_index[l["kernel"].as_str().unwrap()], dims(&l["grid"]), dims(&l["block"]), &params).unwrap();
+        let grid: [u32; 3] = std::array::from_fn(|i| self.size(&l["grid"][i]) as u32);
+        if grid.contains(&0) {
+            return;
+        }
+        let block: [u32; 3] = std::array::from_fn(|i| l["block"][i].as_u64().unwrap() as u32);
+        let params: Vec<u64> = l["params"].as_array().unwrap().iter().map(|p| if p.get("lengths").is_some() { self.lengths_at } else { pointer(p) }).collect();
+        dev.launch(self.kernel_index[l["kernel"].as_str().unwrap()], grid, block, &params).unwrap();
     }
 
     fn call(&self, dev: &mut SimDevice, f: usize, args: &[u64], outs: &[u64], ws: u64) {
@@ -39,7 +63,7 @@ impl Integrator<'_> {
                     continue;
                 }
                 if let Some(v) = home["view"].as_u64() {
-                    at += home["at_bytes"].as_u64().unwrap();
+                    at += self.size(&home["at_bytes"]);
                     b = v as usize;
                     continue;
                 }
@@ -76,9 +100,9 @@ impl Integrator<'_> {
             }
             let s = &step["scan"];
             let n = |v: &Value| v.as_u64().unwrap() as usize;
-            let (full, axis) = (n(&s["full"]), n(&s["axis"]));
-            let tail = s["tail"].as_object().map(|t| (n(&t["function"]), n(&t["length"])));
-            let iterations = full + usize::from(tail.is_some());
+            let (full, axis) = (self.size(&s["full"]) as usize, n(&s["axis"]));
+            let tail = s["tail"].as_object().map(|t| (n(&t["function"]), self.size(&t["count"]) as usize));
+            let iterations = full + tail.map_or(0, |t| t.1);
             let reverse = s["reverse"].as_bool().unwrap();
             for i in 0..iterations {
                 // Iteration i works on chunk k: in order, or from the last when reversed.
@@ -87,7 +111,7 @@ impl Integrator<'_> {
                 // A piece of a sequence or output: k·per positions along the axis into its buffer.
                 let piece = |sl: &Value| -> u64 {
                     let b = n(&sl["buffer"]);
-                    let shape: Vec<u64> = buffers[b]["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+                    let shape: Vec<u64> = buffers[b]["shape"].as_array().unwrap().iter().map(|d| self.size(d)).collect();
                     address(b) + (k as u64) * sl["per"].as_u64().unwrap() * shape[axis + 1..].iter().product::<u64>() * bytes(b)
                 };
                 let copy = |dev: &mut SimDevice, sl: &Value| {
@@ -126,11 +150,74 @@ impl Integrator<'_> {
     }
 }
 
+/// A C expression of the lengths, read by recursive descent: sums of products of numbers,
+/// lengths and parenthesised expressions, with C's `/` and `%`.
+struct Expr<'a> {
+    text: &'a [u8],
+    at: usize,
+    lengths: &'a std::collections::HashMap<String, i64>,
+}
+
+impl Expr<'_> {
+    fn sum(&mut self) -> i64 {
+        let mut v = self.product();
+        while let Some(&c @ (b'+' | b'-')) = self.text.get(self.at) {
+            self.at += 1;
+            let x = self.product();
+            v = if c == b'+' { v + x } else { v - x };
+        }
+        v
+    }
+
+    fn product(&mut self) -> i64 {
+        let mut v = self.atom();
+        while let Some(&c @ (b'*' | b'/' | b'%')) = self.text.get(self.at) {
+            self.at += 1;
+            let x = self.atom();
+            v = match c {
+                b'*' => v * x,
+                b'/' => v / x,
+                _ => v % x,
+            };
+        }
+        v
+    }
+
+    fn atom(&mut self) -> i64 {
+        let start = self.at;
+        match self.text[start] {
+            b'(' => {
+                self.at += 1;
+                let v = self.sum();
+                assert_eq!(self.text[self.at], b')');
+                self.at += 1;
+                v
+            }
+            b'-' => {
+                self.at += 1;
+                -self.atom()
+            }
+            _ => {
+                while self.text.get(self.at).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+                    self.at += 1;
+                }
+                let word = std::str::from_utf8(&self.text[start..self.at]).unwrap();
+                word.parse().unwrap_or_else(|_| *self.lengths.get(word).unwrap_or_else(|| panic!("no length {word}")))
+            }
+        }
+    }
+}
+
 /// Runs the program `tttc compile` wrote to `out` and described in the manifest's entry `which`
-/// (`gpu`, `gpu_loss_and_grad`) from its files alone, each argument slot's bytes given by `slot`
-/// (by the slot's name); returns the entry function's steps and every output slot's values by
-/// name.
-fn run_compiled(out: &std::path::Path, which: &str, slot: &dyn Fn(&str) -> Vec<u8>) -> (Vec<Value>, std::collections::BTreeMap<String, Vec<f32>>) {
+/// (`gpu`, `gpu_loss_and_grad`) from its files alone, at the `lengths` given by name, each
+/// argument slot's bytes given by `slot` (by the slot's name); returns the entry function's steps
+/// and every output slot's values by name.
+fn run_compiled(
+    out: &std::path::Path,
+    which: &str,
+    lengths: &[(&str, usize)],
+    slot: &dyn Fn(&str) -> Vec<u8>,
+) -> (Vec<Value>, std::collections::BTreeMap<String, Vec<f32>>) {
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let gpu = &manifest[which];
     let program: Value = serde_json::from_str(&std::fs::read_to_string(out.join(gpu["program"].as_str().unwrap())).unwrap()).unwrap();
@@ -138,11 +225,23 @@ fn run_compiled(out: &std::path::Path, which: &str, slot: &dyn Fn(&str) -> Vec<u
 
     let mut dev = SimDevice::load(&ptx).unwrap();
     let kernel_index = tttc_ptx::parse(&ptx).unwrap().kernels.iter().enumerate().map(|(i, k)| (k.name.clone(), i)).collect();
+    // The lengths, as the program takes them: an int64 each, in the manifest's order.
+    let lengths: std::collections::HashMap<String, i64> = lengths.iter().map(|&(name, v)| (name.to_string(), v as i64)).collect();
+    let mut values = Vec::new();
+    for l in gpu["lengths"].as_array().unwrap() {
+        let (name, max) = (l["name"].as_str().unwrap(), l["max"].as_i64().unwrap());
+        let v = *lengths.get(name).unwrap_or_else(|| panic!("{which} takes the length {name}"));
+        assert!((1..=max).contains(&v), "{name} = {v}: compiled up to {max}");
+        values.extend(v.to_le_bytes());
+    }
+    let lengths_at = dev.alloc(values.len().max(8)).unwrap();
+    dev.upload(lengths_at, &values).unwrap();
+    let integrator = Integrator { program: &program, kernel_index, status: 0, lengths, lengths_at };
     let mut args = Vec::new();
     for s in gpu["args"].as_array().unwrap() {
         let name = s["name"].as_str().unwrap();
         let bytes = slot(name);
-        let expected: u64 = s["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() * if s["dtype"] == "f32" { 4 } else { 8 };
+        let expected: u64 = s["shape"].as_array().unwrap().iter().map(|d| integrator.size(d)).product::<u64>() * if s["dtype"] == "f32" { 4 } else { 8 };
         assert_eq!(bytes.len() as u64, expected, "argument {name}");
         let ptr = dev.alloc(bytes.len()).unwrap();
         dev.upload(ptr, &bytes).unwrap();
@@ -153,13 +252,13 @@ fn run_compiled(out: &std::path::Path, which: &str, slot: &dyn Fn(&str) -> Vec<u
         .unwrap()
         .iter()
         .map(|o| {
-            let len = o["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).product::<usize>();
+            let len = o["shape"].as_array().unwrap().iter().map(|d| integrator.size(d) as usize).product::<usize>();
             (o["name"].as_str().unwrap().to_string(), dev.alloc(4 * len).unwrap(), len)
         })
         .collect();
     let workspace = dev.alloc(gpu["workspace_bytes"].as_u64().unwrap() as usize).unwrap();
     let status = dev.alloc(gpu["status_bytes"].as_u64().unwrap() as usize).unwrap();
-    let integrator = Integrator { program: &program, kernel_index, status };
+    let integrator = Integrator { status, ..integrator };
     let outs: Vec<u64> = outputs.iter().map(|o| o.1).collect();
     let entry = program["entry"].as_u64().unwrap() as usize;
     integrator.call(&mut dev, entry, &args, &outs, workspace);
@@ -194,13 +293,14 @@ fn the_launch_contract_runs_a_model_without_tttc() {
     let weights = read_raw(&case.join("model.safetensors"));
     let (ids, logits) = (&io["input_ids"], &io["logits"]);
     // The first sequence's prefix that ends inside a mini-batch (the scans' last chunks are
-    // short); at B = 1 the LM head's scan has a single lane and is a host-driven `scan` step.
+    // short), from a program compiled for any length up to 40; at B = 1 the LM head's scan has a
+    // single lane and is a host-driven `scan` step.
     let v = logits.shape[2];
     let t = 21;
     let out = scratch("gpu_program").join("compiled");
-    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string()]);
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", "40"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let (steps, got) = run_compiled(&out, "gpu", &|name| {
+    let (steps, got) = run_compiled(&out, "gpu", &[("T", t)], &|name| {
         if name == "input_ids" {
             id_bytes(ids, 0, t)
         } else {
@@ -223,9 +323,9 @@ fn the_launch_contract_runs_a_training_step_without_tttc() {
     let ids = &io["input_ids"];
     let (b, t) = (ids.shape[0], ids.shape[1]);
     let out = scratch("gpu_program_training").join("compiled");
-    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b.to_string(), "--seq-len", &t.to_string()]);
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &(b + 1).to_string(), "--seq-len", &(t + 7).to_string()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let (steps, got) = run_compiled(&out, "gpu_loss_and_grad", &|name| {
+    let (steps, got) = run_compiled(&out, "gpu_loss_and_grad", &[("B", b), ("T", t)], &|name| {
         if name == "input_ids" {
             id_bytes(ids, 0, b * t)
         } else {
@@ -272,7 +372,7 @@ fn the_launch_contract_continues_from_a_state() {
     let out = dir.join("compiled");
     let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string(), "--resume-at", &position.to_string()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let (_, got) = run_compiled(&out, "gpu", &|name| match (name, name.strip_prefix("state.")) {
+    let (_, got) = run_compiled(&out, "gpu", &[("T", t)], &|name| match (name, name.strip_prefix("state.")) {
         ("input_ids", _) => id_bytes(ids, first, first + t),
         (_, Some(state)) => start.iter().find(|s| s.0 == state).unwrap_or_else(|| panic!("no state {state}")).3.clone(),
         _ => weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone(),
@@ -304,7 +404,7 @@ fn the_launch_contract_decodes_without_tttc() {
         let weights = read_raw(&case.join("model.safetensors"));
         let (len, new) = ((mini_batch(&case) - 2).min(ids.shape[1]), 5);
         let out = dir.join(&name);
-        let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &len.to_string()]);
+        let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &(len + 3).to_string()]);
         assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
         let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
         if manifest.get("gpu_step").is_none() {
@@ -317,7 +417,8 @@ fn the_launch_contract_decodes_without_tttc() {
         assert_eq!(names(&manifest["gpu_prefill"]["outputs"])[1..], state, "{name}: the prefill hands over the step's state");
         let weight = |name: &str| weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone();
 
-        let (_, mut got) = run_compiled(&out, "gpu_prefill", &|name| if name == "input_ids" { id_bytes(ids, 0, len) } else { weight(name) });
+        let (_, mut got) =
+            run_compiled(&out, "gpu_prefill", &[("B", 1), ("T", len)], &|name| if name == "input_ids" { id_bytes(ids, 0, len) } else { weight(name) });
         let (mut tokens, mut logits) = (Vec::new(), Vec::new());
         for k in 0..new {
             let row = &got["logits"];
@@ -328,7 +429,7 @@ fn the_launch_contract_decodes_without_tttc() {
                 break;
             }
             let floats = |name: &str| got[name].iter().flat_map(|x| x.to_le_bytes()).collect();
-            got = run_compiled(&out, "gpu_step", &|name| match name {
+            got = run_compiled(&out, "gpu_step", &[("B", 1)], &|name| match name {
                 "input_ids" => next.to_le_bytes().to_vec(),
                 _ if name.starts_with("state.") => floats(name),
                 _ => weight(name),

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tttc_ir::{DimEnv, Graph};
 
-use crate::manifest::{CpuSlot, GpuEstimate, GpuKernel, GpuModel};
+use crate::manifest::{CpuLength, CpuSlot, GpuEstimate, GpuKernel, GpuModel};
 use crate::Files;
 
 /// `graph` as PTX kernels for every target and the program that launches them, in the folder
@@ -55,7 +55,7 @@ pub(crate) fn gpu_program(graph: &Graph, env: &DimEnv, ptxas: Option<&Path>, dir
         ));
     }
     log(&format!(
-        "gpu: {what}, {} kernels in {dir}/sm_80.ptx and {dir}/sm_90.ptx{}, launched as {dir}/program.json says ({} workspace; {:.2} s)",
+        "gpu: {what}, {} kernels in {dir}/sm_80.ptx and {dir}/sm_90.ptx{}, launched as {dir}/program.json says ({} workspace at the bounds; {:.2} s)",
         gpu.kernels.len(),
         if ptxas.is_some() { ", assembled by ptxas" } else { "" },
         tttc_files::human(gpu.signature.workspace_bytes as u64),
@@ -66,6 +66,7 @@ pub(crate) fn gpu_program(graph: &Graph, env: &DimEnv, ptxas: Option<&Path>, dir
         program: format!("{dir}/program.json"),
         workspace_bytes: gpu.signature.workspace_bytes,
         status_bytes: 4,
+        lengths: gpu.signature.lengths.iter().map(|(name, max)| CpuLength { name: name.clone(), max: *max }).collect(),
         args: gpu.signature.args.iter().map(CpuSlot::from).collect(),
         outputs: gpu.signature.outputs.iter().map(CpuSlot::from).collect(),
         kernels: gpu

@@ -51,9 +51,13 @@ pub(crate) struct GpuModel {
     pub(crate) modules: BTreeMap<&'static str, String>,
     /// The launch sequence: buffers and steps per function.
     pub(crate) program: String,
+    /// Enough for every length up to the bounds.
     pub(crate) workspace_bytes: usize,
     /// One u32, zero before a run; non-zero after it when a token id or target was out of range.
     pub(crate) status_bytes: usize,
+    /// The lengths a run is launched with (an `int64` each, in this order, in device memory
+    /// passed to every kernel that takes `lengths`) and the greatest each may be.
+    pub(crate) lengths: Vec<CpuLength>,
     pub(crate) args: Vec<CpuSlot>,
     pub(crate) outputs: Vec<CpuSlot>,
     pub(crate) kernels: Vec<GpuKernel>,
@@ -128,13 +132,12 @@ pub(crate) struct CpuSlot {
     pub(crate) name: String,
     pub(crate) dtype: &'static str,
     /// Each axis: its length, or the C expression of the lengths it is (`"T"`, `"T-1"`).
-    pub(crate) shape: Vec<serde_json::Value>,
+    pub(crate) shape: Vec<tttc_ir::Size>,
 }
 
 impl From<&tttc_codegen_cpu::aot::Slot> for CpuSlot {
     fn from(s: &tttc_codegen_cpu::aot::Slot) -> Self {
-        let axis = |d: &tttc_ir::Size| d.known().map_or_else(|| serde_json::Value::from(d.to_string()), serde_json::Value::from);
-        CpuSlot { name: s.name.clone(), dtype: s.dtype.name(), shape: s.shape.iter().map(axis).collect() }
+        CpuSlot { name: s.name.clone(), dtype: s.dtype.name(), shape: s.shape.clone() }
     }
 }
 

@@ -362,6 +362,17 @@ impl PartialEq<usize> for Size {
 
 /// As a C expression (`16*T`, `(T+15)/16`, `T%16`): integer division and remainder of
 /// non-negative values, as the compiled code computes them.
+/// A known size as a number, any other as its C expression (`"T"`, `"((T+15)/16)"`): how
+/// manifests and programs written for integrators give sizes.
+impl serde::Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.constant() {
+            Some(c) => s.serialize_i64(c),
+            None => s.collect_str(self),
+        }
+    }
+}
+
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Repr::Const(c) = self.0 {

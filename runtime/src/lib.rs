@@ -138,8 +138,8 @@ pub struct GradientStep {
 }
 
 /// A graph ready to run on any backend: compiled for a backend on its first run there, and for
-/// the backends whose programs serve fixed sizes, or sizes up to a bound, again when a run's
-/// sizes are not served.
+/// the backends whose programs serve sizes up to a bound, again when a run's sizes are not
+/// served.
 pub struct Executable {
     pub graph: Graph,
     /// Compiled programs, the most recent last: a Llama decoding loop grows its cache length
@@ -176,7 +176,6 @@ impl Executable {
         let wanted = sorted(env);
         let covers = |have: &Option<Vec<(String, usize)>>| match (serves, have) {
             (Sizes::Any, _) => true,
-            (Sizes::Exact, Some(have)) => *have == wanted,
             (Sizes::UpTo, Some(have)) => have.len() == wanted.len() && have.iter().zip(&wanted).all(|((hk, hv), (wk, wv))| hk == wk && hv >= wv),
             (_, None) => false,
         };
@@ -197,7 +196,7 @@ impl Executable {
                     env.clone()
                 }
             }
-            Sizes::Any | Sizes::Exact => env.clone(),
+            Sizes::Any => env.clone(),
         };
         let program: Arc<dyn Program> = backend.compile(&self.graph, &at)?.into();
         if cache.len() == PROGRAMS_KEPT {

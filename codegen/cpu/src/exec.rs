@@ -249,14 +249,15 @@ impl Machine<'_> {
                 .collect()
         };
         let workspace = fr.workspace.add(s.workspace_at);
+        let n = s.iterations().fixed();
         for run in s.runs() {
             let (first, count) = (run.first.fixed(), run.count.fixed());
             let (seqs, outputs) = (pieces(&s.seqs, run.len), pieces(&s.outputs, run.len));
             for i in first..first + count {
-                let k = s.chunk_of(i);
+                let k = s.chunk_of(i, n);
                 let mut args: Vec<*const u8> = Vec::with_capacity(s.carries.len() + s.seqs.len() + s.invariants.len());
                 let mut outs: Vec<*mut u8> = Vec::with_capacity(s.carries.len() + s.outputs.len());
-                let written = s.carry_written(i);
+                let written = ScanInstr::carry_written(i, n);
                 for (init, pair) in &s.carries {
                     args.push(if i == 0 { fr.ptr(*init) } else { fr.ptr(pair[1 - written]) });
                     outs.push(fr.ptr(pair[written]));

@@ -451,10 +451,11 @@ impl ScanInstr {
         self.full + self.tail_count
     }
 
-    /// The chunk iteration `i` works on (at known sizes).
-    pub fn chunk_of(&self, i: usize) -> usize {
+    /// The chunk iteration `i` of `n` (the [`ScanInstr::iterations`] at the lengths of a call)
+    /// works on.
+    pub fn chunk_of(&self, i: usize, n: usize) -> usize {
         if self.reverse {
-            self.iterations().fixed() - 1 - i
+            n - 1 - i
         } else {
             i
         }
@@ -477,10 +478,10 @@ impl ScanInstr {
             .collect()
     }
 
-    /// Which of a carry's two buffers iteration `i` (at known sizes) writes: the other one than
-    /// the iteration before, and the first for the last iteration.
-    pub fn carry_written(&self, i: usize) -> usize {
-        (self.iterations().fixed() - 1 - i) % 2
+    /// Which of a carry's two buffers iteration `i` of `n` writes: the other one than the
+    /// iteration before, and the first for the last iteration.
+    pub fn carry_written(i: usize, n: usize) -> usize {
+        (n - 1 - i) % 2
     }
 
     /// Elements from one iteration's piece of the sliced buffer `sl` (of function `f`) to the
@@ -628,6 +629,48 @@ pub struct Signature {
     pub traffic: Traffic,
 }
 
+impl Signature {
+    /// The lengths of a call with arguments of `shapes`, in [`Signature::lengths`]' order: read
+    /// from the arguments' axes that are a length, each checked against its bound, and every
+    /// argument's shape checked against them.
+    pub fn bind(&self, shapes: &[&[usize]]) -> Result<Vec<usize>> {
+        ensure!(shapes.len() == self.args.len(), "the model takes {} arguments, got {}", self.args.len(), shapes.len());
+        let mut env = DimEnv::new();
+        for (slot, shape) in self.args.iter().zip(shapes) {
+            ensure!(slot.shape.len() == shape.len(), "argument {}: compiled for rank {}, got shape {shape:?}", slot.name, slot.shape.len());
+            for (d, &n) in slot.shape.iter().zip(*shape) {
+                if let [(1, atoms)] = d.terms().as_slice() {
+                    if let [tttc_ir::size::Atom::Sym(name)] = atoms.as_slice() {
+                        let bound = env.entry(name.clone()).or_insert(n);
+                        ensure!(*bound == n, "argument {}: {name} is {n} here and {bound} in an earlier argument", slot.name);
+                    }
+                }
+            }
+        }
+        let mut values = Vec::new();
+        for (name, bound) in &self.lengths {
+            let v = env.get(name).copied().with_context(|| format!("no argument gives the length {name}"))?;
+            ensure!((1..=*bound).contains(&v), "{name} = {v}: compiled for {name} from 1 to {bound}");
+            values.push(v);
+        }
+        for (slot, shape) in self.args.iter().zip(shapes) {
+            ensure!(self.shape(slot, &values)? == *shape, "argument {}: compiled for {:?}, got shape {shape:?}", slot.name, slot.shape);
+        }
+        Ok(values)
+    }
+
+    /// A size's value at the lengths `values` (in [`Signature::lengths`]' order).
+    pub fn value(&self, s: Size, values: &[usize]) -> Result<usize> {
+        let v = s.eval(&|sym| self.lengths.iter().position(|(name, _)| name == sym).map(|j| values[j] as i64))?;
+        usize::try_from(v).with_context(|| format!("size {s} is {v}"))
+    }
+
+    /// A slot's shape at the lengths `values`.
+    pub fn shape(&self, slot: &Slot, values: &[usize]) -> Result<Vec<usize>> {
+        slot.shape.iter().map(|&d| self.value(d, values)).collect()
+    }
+}
+
 /// Floating-point operations and bytes of memory read and written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
@@ -724,9 +767,14 @@ pub fn model(graph: &Graph, env: &DimEnv, lengths: Lengths, products: Products) 
 /// Schedules a body planned for one thread as a function of arguments of `shapes` (its graph's
 /// other symbols bound in `env`); the function is the schedule's last.
 pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, shapes: &[Vec<usize>], products: Products) -> Result<Schedule> {
-    let mut s = Schedule::new(specs, products, DimEnv::new());
     let shapes: Vec<Vec<Size>> = shapes.iter().map(|sh| sh.iter().map(|&n| Size::of(n)).collect()).collect();
-    function(&mut s, body, tttc_ir::size::known(env), &shapes)?;
+    schedule_with_sizes(body, specs, tttc_ir::size::known(env), &shapes, products, DimEnv::new())
+}
+
+/// [`schedule_with_shapes`] at sizes that may depend on the length symbols `bounds` bounds.
+pub fn schedule_with_sizes(body: &Body, specs: Vec<KernelSpec>, env: SizeEnv, shapes: &[Vec<Size>], products: Products, bounds: DimEnv) -> Result<Schedule> {
+    let mut s = Schedule::new(specs, products, bounds);
+    function(&mut s, body, env, shapes)?;
     Ok(s)
 }
 

@@ -1,7 +1,14 @@
 //! Writing a kernel: fresh registers per class, parameters, labels, and one method per
 //! instruction shape that returns its destination, so generators read like the math they emit.
 
+use std::collections::HashMap;
+
+use tttc_ir::Size;
+
 use crate::isa::*;
+
+/// The parameter through which a kernel reads the lengths it is launched with.
+pub const LENGTHS_PARAM: &str = "lengths";
 
 pub struct Builder {
     name: String,
@@ -13,6 +20,15 @@ pub struct Builder {
     counts: [u32; 5],
     body: Vec<Stmt>,
     labels: u32,
+    /// The length symbols a launch passes (as `int64`s at [`LENGTHS_PARAM`], in this order) and
+    /// the greatest value of each.
+    lengths: Vec<(String, usize)>,
+    /// What runs before the body: the lengths loaded and the sizes computed from them, once.
+    prologue: Vec<Stmt>,
+    in_prologue: bool,
+    /// The sizes computed so far, as `u64` and as `u32` registers.
+    sizes: HashMap<(Size, bool), Reg>,
+    lengths_ptr: Option<Reg>,
 }
 
 fn slot(c: Class) -> usize {
@@ -20,8 +36,108 @@ fn slot(c: Class) -> usize {
 }
 
 impl Builder {
-    pub fn new(name: impl Into<String>) -> Builder {
-        Builder { name: name.into(), memory: Space::Global, params: Vec::new(), shared: Vec::new(), counts: [0; 5], body: Vec::new(), labels: 0 }
+    /// A kernel whose sizes may depend on `lengths` (each symbol with its greatest value).
+    pub fn new(name: impl Into<String>, lengths: &[(String, usize)]) -> Builder {
+        Builder {
+            name: name.into(),
+            memory: Space::Global,
+            params: Vec::new(),
+            shared: Vec::new(),
+            counts: [0; 5],
+            body: Vec::new(),
+            labels: 0,
+            lengths: lengths.to_vec(),
+            prologue: Vec::new(),
+            in_prologue: false,
+            sizes: HashMap::new(),
+            lengths_ptr: None,
+        }
+    }
+
+    /// The greatest value `s` takes with the lengths up to their bounds.
+    pub fn most(&self, s: Size) -> usize {
+        let range = s.range(&|sym| self.lengths.iter().find(|(name, _)| name == sym).map(|&(_, v)| (1, v as i64)));
+        range.expect("every length symbol has a bound").1.max(0) as usize
+    }
+
+    /// `s` as a `u64` operand: an immediate when it is a constant, else a register computed
+    /// once, at the start of the kernel, from the lengths.
+    pub fn size(&mut self, s: Size) -> Val {
+        self.size_as(s, false)
+    }
+
+    /// `s` as a `u32` operand (sizes a tile index is compared with).
+    pub fn size32(&mut self, s: Size) -> Val {
+        self.size_as(s, true)
+    }
+
+    fn size_as(&mut self, s: Size, narrow: bool) -> Val {
+        if let Some(c) = s.constant() {
+            return Val::Int(c);
+        }
+        if let Some(&r) = self.sizes.get(&(s, narrow)) {
+            return r.into();
+        }
+        let outer = !self.in_prologue;
+        if outer {
+            std::mem::swap(&mut self.body, &mut self.prologue);
+            self.in_prologue = true;
+        }
+        let r = if narrow {
+            let wide = self.size(s);
+            self.cvt(None, Ty::U32, Ty::U64, wide)
+        } else {
+            self.compute(s)
+        };
+        if outer {
+            std::mem::swap(&mut self.body, &mut self.prologue);
+            self.in_prologue = false;
+        }
+        self.sizes.insert((s, narrow), r);
+        r.into()
+    }
+
+    /// The value of a size that is not a constant: its terms with a positive coefficient
+    /// summed, then those with a negative one subtracted (all arithmetic unsigned).
+    fn compute(&mut self, s: Size) -> Reg {
+        let total = self.mov(Ty::U64, Val::Int(0));
+        for (coefficient, atoms) in s.terms() {
+            let mut term = Val::Int(coefficient.abs());
+            for atom in &atoms {
+                let v = match atom {
+                    tttc_ir::size::Atom::Sym(name) => {
+                        let j = self.lengths.iter().position(|(x, _)| x == name).expect("every length symbol is passed");
+                        let at = self.lengths_ptr();
+                        self.ld(self.memory, Ty::U64, at, 8 * j as i64)
+                    }
+                    tttc_ir::size::Atom::Div(x, d) => {
+                        let x = self.size(*x);
+                        self.bin(BinOp::Div, Ty::U64, x, Val::Int(*d))
+                    }
+                    tttc_ir::size::Atom::Rem(x, d) => {
+                        let x = self.size(*x);
+                        self.bin(BinOp::Rem, Ty::U64, x, Val::Int(*d))
+                    }
+                };
+                term = match term {
+                    Val::Int(1) => v.into(),
+                    t => self.bin(BinOp::Mul, Ty::U64, v, t).into(),
+                };
+            }
+            let op = if coefficient > 0 { BinOp::Add } else { BinOp::Sub };
+            self.bin_to(total, op, Ty::U64, total, term);
+        }
+        total
+    }
+
+    /// The pointer to the lengths, loaded once.
+    fn lengths_ptr(&mut self) -> Reg {
+        if let Some(r) = self.lengths_ptr {
+            return r;
+        }
+        let r = self.ptr_param(LENGTHS_PARAM);
+        self.lengths_ptr = Some(r);
+        r
     }
 
     pub fn reg(&mut self, class: Class) -> Reg {
@@ -194,6 +310,8 @@ impl Builder {
 
     pub fn finish(mut self) -> Kernel {
         self.emit(Inst::Ret);
+        self.prologue.append(&mut self.body);
+        self.body = self.prologue;
         let regs = Class::ALL.iter().map(|&c| (c, self.counts[slot(c)])).filter(|(_, n)| *n > 0).collect();
         Kernel { name: self.name, params: self.params, shared: self.shared, regs, body: self.body }
     }

@@ -9,9 +9,11 @@
 //! and another before the tiles are overwritten. Edges are predicated: sizes need not be
 //! multiples of the tile.
 
+use tttc_ir::Size;
+
 use crate::build::Builder;
 use crate::isa::*;
-use crate::kernels::{dot, unravel, Product, Spread, Store};
+use crate::kernels::{dot, unravel, Dims, Product, Spread, Store};
 
 const BM: usize = 64;
 const BN: usize = 64;
@@ -24,38 +26,39 @@ const B_PITCH: usize = BN + 8;
 /// Shared memory the staged tiles take.
 pub const SHARED_BYTES: usize = (BM * A_PITCH + BK * B_PITCH) * 4;
 
-/// Whether the tensor-core kernel applies: at least one m16n8k8 tile, and a batch that fits
-/// the grid's third dimension.
-pub fn applies(batch: &[usize], m: usize, n: usize, k: usize) -> bool {
-    m >= 16 && n >= 8 && k >= 8 && batch.iter().product::<usize>() <= 65_535
+/// Whether the tensor-core kernel applies: at least one m16n8k8 tile at the longest lengths,
+/// and a batch that fits the grid's third dimension.
+pub fn applies(b: &Builder, p: &Product) -> bool {
+    b.most(p.m) >= 16 && b.most(p.n) >= 8 && b.most(p.k) >= 8 && b.most(p.batch.iter().product()) <= 65_535
 }
 
 /// The product `p` (pointers `[a, b]`), each element of C stored as `store` says (into `c`,
 /// through the epilogue). On a grid, one block per 64×64 tile of C (and per batch index, along
 /// z); in a persistent kernel's block, the block computes every tile in turn.
-pub fn emit(b: &mut Builder, spread: Spread, store: Store, ptrs: [Reg; 2], p: &Product) -> ([u32; 3], [u32; 3]) {
-    let (tiles_n, tiles_m, count) = (p.n.div_ceil(BN), p.m.div_ceil(BM), p.batch.iter().product::<usize>().max(1));
+pub fn emit(b: &mut Builder, spread: Spread, store: Store, ptrs: [Reg; 2], p: &Product) -> Dims {
+    let (tiles_n, tiles_m, count) = (p.n.div_ceil(BN), p.m.div_ceil(BM), p.batch.iter().product::<Size>());
     let block = [THREADS as u32, 1, 1];
     match spread {
         Spread::Grid => {
             let (tn, tm, z) = (b.special(Special::Ctaid(0)), b.special(Special::Ctaid(1)), b.special(Special::Ctaid(2)));
             tile(b, store, ptrs, p, (tn, tm, z));
-            ([tiles_n as u32, tiles_m as u32, count as u32], block)
+            ([tiles_n, tiles_m, count], block)
         }
         Spread::Block => {
+            let (across, down, tiles) = (b.size32(tiles_n), b.size32(tiles_m), b.size32(tiles_n * tiles_m * count));
             let t = b.mov(Ty::U32, Val::Int(0));
             let top = b.label();
             b.place(top);
             b.emit(Inst::NoUnroll);
-            let tn = b.bin(BinOp::Rem, Ty::U32, t, Val::Int(tiles_n as i64));
-            let rest = b.bin(BinOp::Div, Ty::U32, t, Val::Int(tiles_n as i64));
-            let tm = b.bin(BinOp::Rem, Ty::U32, rest, Val::Int(tiles_m as i64));
-            let z = b.bin(BinOp::Div, Ty::U32, rest, Val::Int(tiles_m as i64));
+            let tn = b.bin(BinOp::Rem, Ty::U32, t, across);
+            let rest = b.bin(BinOp::Div, Ty::U32, t, across);
+            let tm = b.bin(BinOp::Rem, Ty::U32, rest, down);
+            let z = b.bin(BinOp::Div, Ty::U32, rest, down);
             tile(b, store, ptrs, p, (tn, tm, z));
             b.bin_to(t, BinOp::Add, Ty::U32, t, Val::Int(1));
-            let more = b.setp(Cmp::Lt, Ty::U32, t, Val::Int((tiles_n * tiles_m * count) as i64));
+            let more = b.setp(Cmp::Lt, Ty::U32, t, tiles);
             b.bra_if(more, false, top);
-            ([1, 1, 1], block)
+            ([Size::ONE; 3], block)
         }
     }
 }
@@ -78,9 +81,10 @@ fn tile(b: &mut Builder, store: Store, [pa, pb]: [Reg; 2], p: &Product, (tn, tm,
     // This tile's matrices in the batch.
     let z = b.cvt(None, Ty::U64, Ty::U32, z);
     let zi = unravel(b, z, batch);
-    let a_off = dot(b, &zi, &a.batch_strides, 0);
-    let b_off = dot(b, &zi, &bm.batch_strides, 0);
-    let c_off = b.bin(BinOp::Mul, Ty::U64, z, Val::Int((m * n) as i64));
+    let a_off = dot(b, &zi, &a.batch_strides, Size::ZERO);
+    let b_off = dot(b, &zi, &bm.batch_strides, Size::ZERO);
+    let mn = b.size(m * n);
+    let c_off = b.bin(BinOp::Mul, Ty::U64, z, mn);
     let pa = b.element(pa, a_off, 4);
     let pb = b.element(pb, b_off, 4);
 
@@ -160,7 +164,8 @@ fn tile(b: &mut Builder, store: Store, [pa, pb]: [Reg; 2], p: &Product, (tn, tm,
     }
     b.emit(Inst::BarSync);
     b.bin_to(k0, BinOp::Add, Ty::U32, k0, Val::Int(BK as i64));
-    let more = b.setp(Cmp::Lt, Ty::U32, k0, Val::Int(k as i64));
+    let k32 = b.size32(k);
+    let more = b.setp(Cmp::Lt, Ty::U32, k0, k32);
     b.bra_if(more, false, top);
 
     // C fragments (ISA: c_i at row g + 8(i >> 1), column 2q + (i & 1)).
@@ -177,7 +182,8 @@ fn tile(b: &mut Builder, store: Store, [pa, pb]: [Reg; 2], p: &Product, (tn, tm,
                 let inside = both_below(b, (row, m), (col, n));
                 let outside = b.label();
                 b.bra_if(inside, true, outside);
-                let at = b.fma(Ty::U32, row, Val::Int(n as i64), col);
+                let width = b.size32(n);
+                let at = b.fma(Ty::U32, row, width, col);
                 let at = b.cvt(None, Ty::U64, Ty::U32, at);
                 let at = b.bin(BinOp::Add, Ty::U64, at, c_off);
                 store.element(b, at, acc[mi * 4 + ni][i]);
@@ -195,17 +201,19 @@ fn shared_at(b: &mut Builder, base: Reg, row: Reg, pitch: usize, col: Reg) -> Re
 }
 
 /// `row < rows && col < cols`.
-fn both_below(b: &mut Builder, (row, rows): (Reg, usize), (col, cols): (Reg, usize)) -> Reg {
-    let r = b.setp(Cmp::Lt, Ty::U32, row, Val::Int(rows as i64));
-    let c = b.setp(Cmp::Lt, Ty::U32, col, Val::Int(cols as i64));
+fn both_below(b: &mut Builder, (row, rows): (Reg, Size), (col, cols): (Reg, Size)) -> Reg {
+    let (rows, cols) = (b.size32(rows), b.size32(cols));
+    let r = b.setp(Cmp::Lt, Ty::U32, row, rows);
+    let c = b.setp(Cmp::Lt, Ty::U32, col, cols);
     b.bin(BinOp::And, Ty::Pred, r, c)
 }
 
 /// The f32 at `(row, col)` of a matrix read with the given strides, or 0 outside it.
-fn load_checked(b: &mut Builder, base: Reg, (row, rows, row_stride): (Reg, usize, usize), (col, cols, col_stride): (Reg, usize, usize)) -> Reg {
+fn load_checked(b: &mut Builder, base: Reg, (row, rows, row_stride): (Reg, Size, Size), (col, cols, col_stride): (Reg, Size, Size)) -> Reg {
     let inside = both_below(b, (row, rows), (col, cols));
-    let r = b.bin(BinOp::MulWide, Ty::U32, row, Val::Int((row_stride * 4) as i64));
-    let c = b.bin(BinOp::MulWide, Ty::U32, col, Val::Int((col_stride * 4) as i64));
+    let (row_step, col_step) = (b.size32(row_stride * 4), b.size32(col_stride * 4));
+    let r = b.bin(BinOp::MulWide, Ty::U32, row, row_step);
+    let c = b.bin(BinOp::MulWide, Ty::U32, col, col_step);
     let off = b.bin(BinOp::Add, Ty::U64, r, c);
     let p = b.bin(BinOp::Add, Ty::U64, base, off);
     let v = b.mov(Ty::F32, Val::F32(0.0));

@@ -1,15 +1,17 @@
-//! The code of each scheduled instruction, every size baked in as an immediate (the model is
-//! compiled at fixed sizes, so `ptxas` sees constant trip counts and divisors): as a kernel of
-//! its own, one thread per output element over a 1-D grid, or inside a persistent kernel's
-//! block ([`Spread`]). Its pointers come in [`params_of`]'s order.
+//! The code of each scheduled instruction: as a kernel of its own, one thread per output element
+//! over a 1-D grid, or inside a persistent kernel's block ([`Spread`]). Its pointers come in
+//! [`params_of`]'s order. A size that is a constant is an immediate (`ptxas` sees constant trip
+//! counts and divisors); one that depends on the lengths is computed once at the kernel's start
+//! from the lengths the launch passes ([`Builder::size`]), and a grid that depends on them is
+//! evaluated by the host at each launch.
 
 use tttc_ir::Size;
 use tttc_ir::{DType, ReduceKind};
 use tttc_lower::elementwise::{Expr, KernelSpec};
 use tttc_lower::math;
-use tttc_lower::schedule::{fixed, BufId, Function, Instr, Launch, Operand, Strided, Strides};
+use tttc_lower::schedule::{BufId, Function, Instr, Launch, Operand, Strided};
 
-use crate::build::Builder;
+use crate::build::{Builder, LENGTHS_PARAM};
 use crate::isa::*;
 use crate::math::PtxMath;
 
@@ -20,6 +22,12 @@ pub const BLOCK: u32 = 256;
 /// several elements each.
 const MAX_GRID: usize = 1 << 20;
 
+/// Blocks per grid axis (at the lengths of a launch) and threads per block.
+pub type Dims = ([Size; 3], [u32; 3]);
+
+/// A grid of one block.
+const ONE_BLOCK: [Size; 3] = [Size::ONE, Size::ONE, Size::ONE];
+
 /// What a kernel's pointer parameter points at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamRef {
@@ -28,14 +36,30 @@ pub enum ParamRef {
     Status,
     /// The calling function's workspace after its own buffers (a persistent scan's lanes).
     Scratch,
+    /// The lengths of the call, as `int64`s in the order of the signature's lengths.
+    Lengths,
 }
 
 /// A kernel as generated, before deduplication, with the launch that runs it.
 pub struct Generated {
     pub kernel: Kernel,
-    pub grid: [u32; 3],
+    /// Blocks per grid axis, at the lengths of a launch.
+    pub grid: [Size; 3],
     pub block: [u32; 3],
     pub params: Vec<ParamRef>,
+}
+
+impl Generated {
+    /// `b`'s kernel, launched over `dims` with the pointers `params`, then the lengths where the
+    /// kernel reads them (its last parameter: it is declared when first read, after the others).
+    pub fn new(b: Builder, (grid, block): Dims, mut params: Vec<ParamRef>) -> Generated {
+        let kernel = b.finish();
+        if let Some(j) = kernel.params.iter().position(|p| p.name == LENGTHS_PARAM) {
+            assert_eq!(j, kernel.params.len() - 1, "the lengths are read after every pointer is declared");
+            params.push(ParamRef::Lengths);
+        }
+        Generated { kernel, grid, block, params }
+    }
 }
 
 /// The status a kernel writes when a token id or target is out of range.
@@ -64,33 +88,34 @@ pub fn params_of(instr: &Instr) -> Vec<(ParamRef, String)> {
     instr.uses().into_iter().map(|u| (ParamRef::Buf(u.buf), u.name)).chain(status).collect()
 }
 
-/// The kernel that carries out `instr` of `f` on its own (none for a scan: see [`crate::model`]).
-pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec]) -> Option<Generated> {
+/// The kernel that carries out `instr` of `f` on its own (none for a scan: see [`crate::model`]),
+/// its sizes depending on `lengths` (each with its bound).
+pub fn for_instr(f: &Function, instr: &Instr, specs: &[KernelSpec], lengths: &[(String, usize)]) -> Option<Generated> {
     if matches!(instr, Instr::Scan(_) | Instr::Parallel { .. }) {
         return None;
     }
     let params = params_of(instr);
-    let mut b = Builder::new("tttc_kernel");
+    let mut b = Builder::new("tttc_kernel", lengths);
     let ptrs: Vec<Reg> = params.iter().map(|(_, name)| b.ptr_param(name)).collect();
-    let (grid, block) = emit(&mut b, Spread::Grid, f, instr, specs, &ptrs);
-    Some(Generated { kernel: b.finish(), grid, block, params: params.into_iter().map(|p| p.0).collect() })
+    let dims = emit(&mut b, Spread::Grid, f, instr, specs, &ptrs);
+    Some(Generated::new(b, dims, params.into_iter().map(|p| p.0).collect()))
 }
 
 /// Emits `instr` reading its pointers from `ptrs` (in [`params_of`]'s order); returns the grid
 /// and block a `Grid` kernel is launched with.
-pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs: &[KernelSpec], ptrs: &[Reg]) -> ([u32; 3], [u32; 3]) {
+pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs: &[KernelSpec], ptrs: &[Reg]) -> Dims {
     let elem = |x: BufId| elem_bytes(f.bufs[x].dtype);
     let word = |bytes: usize| if bytes == 4 { Ty::B32 } else { Ty::B64 };
     match instr {
         Instr::Kernel(l) => {
             let code = Elementwise::new(l, &specs[l.kernel], ptrs[..l.ins.len()].iter().map(|&p| Some(p)).collect(), ptrs[l.ins.len()..].to_vec());
-            elements(b, spread, l.elements().fixed(), |b, idx, _| code.apply(b, idx, None))
+            elements(b, spread, l.elements(), |b, idx, _| code.apply(b, idx, None))
         }
         Instr::Copy { dst, copy, .. } => copy_elements(b, spread, copy, elem(*dst), ptrs[0], ptrs[1]),
         Instr::Fill { dst, bits } => {
             let bytes = elem(*dst);
             let bits = if bytes == 4 { *bits as u32 as i32 as i64 } else { *bits as i64 };
-            elements(b, spread, f.bufs[*dst].len().fixed(), |b, idx, _| {
+            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
                 let at = b.element(ptrs[0], idx, bytes);
                 b.st(b.memory(), word(bytes), at, 0, Val::Int(bits));
             })
@@ -104,27 +129,27 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 (Elementwise::new(&e.launch, &specs[e.launch.kernel], ins, rest.collect()), e.keep_product)
             });
             let store = Store { c: ptrs[0], epilogue: epilogue.as_ref().map(|(code, keep)| (code, *keep)) };
-            let product = Product::of(a, bm, batch, *m, *n, *k);
-            if crate::gemm::applies(&product.batch, product.m, product.n, product.k) {
+            let product = Product { a: a.clone(), b: bm.clone(), batch: batch.clone(), m: *m, n: *n, k: *k };
+            if crate::gemm::applies(b, &product) {
                 crate::gemm::emit(b, spread, store, [ptrs[1], ptrs[2]], &product)
             } else {
                 matmul(b, spread, store, [ptrs[1], ptrs[2]], &product)
             }
         }
-        Instr::Reduce { kind, outer, len, inner, .. } if spread == Spread::Grid && inner.is_one() && len.fixed() >= LONG_ROW => {
-            row_reduce(b, ptrs[0], ptrs[1], *kind, outer.fixed(), len.fixed())
+        Instr::Reduce { kind, outer, len, inner, .. } if spread == Spread::Grid && inner.is_one() && b.most(*len) >= LONG_ROW => {
+            row_reduce(b, ptrs[0], ptrs[1], *kind, *outer, *len)
         }
-        Instr::Reduce { kind, outer, len, inner, .. } => reduce(b, spread, ptrs[0], ptrs[1], *kind, outer.fixed(), len.fixed(), inner.fixed()),
+        Instr::Reduce { kind, outer, len, inner, .. } => reduce(b, spread, ptrs[0], ptrs[1], *kind, *outer, *len, *inner),
         Instr::Gather { dst, index, outer, len, row, .. } => {
-            let (outer, len, row) = (&outer.fixed(), &len.fixed(), &row.fixed());
-            let count = f.bufs[*index].len().fixed();
+            let (outer, len, row) = (*outer, *len, *row);
+            let count = f.bufs[*index].len();
             let bytes = elem(*dst);
             let (d, t, x, status) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3]);
             elements(b, spread, outer * count * row, |b, idx, skip| {
-                let ix = unravel(b, idx, &[*outer, count, *row]);
-                let k = load_index(b, x, ix[1], *len, status, skip);
+                let ix = unravel(b, idx, &[outer, count, row]);
+                let k = load_index(b, x, ix[1], len, status, skip);
                 // table[(o·len + k)·row + r]
-                let from = dot(b, &[ix[0], k.into(), ix[2]], &[len * row, *row, 1], 0);
+                let from = dot(b, &[ix[0], k.into(), ix[2]], &[len * row, row, Size::ONE], Size::ZERO);
                 let src = b.element(t, from, bytes);
                 let v = b.ld(b.memory(), word(bytes), src, 0);
                 let to = b.element(d, idx, bytes);
@@ -132,11 +157,11 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
             })
         }
         Instr::OneHot { index, depth, .. } => {
-            let count = f.bufs[*index].len().fixed();
+            let (count, depth) = (f.bufs[*index].len(), Size::of(*depth));
             let (d, x, status) = (ptrs[0], ptrs[1], ptrs[2]);
             elements(b, spread, count * depth, |b, idx, skip| {
-                let ix = unravel(b, idx, &[count, *depth]);
-                let k = load_index(b, x, ix[0], *depth, status, skip);
+                let ix = unravel(b, idx, &[count, depth]);
+                let k = load_index(b, x, ix[0], depth, status, skip);
                 let hit = b.setp(Cmp::Eq, Ty::U64, k, ix[1]);
                 let v = b.selp(Ty::F32, hit, Val::F32(1.0), Val::F32(0.0));
                 let to = b.element(d, idx, 4);
@@ -146,37 +171,39 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
         Instr::ScatterAdd { index, depth, row, .. } => {
             // A thread per column: it clears the column, then adds the updates' rows in order
             // (no atomics, the interpreter's order of additions).
-            let (count, row) = (f.bufs[*index].len().fixed(), &row.fixed());
+            let (count, row, depth) = (f.bufs[*index].len(), *row, Size::of(*depth));
             let (d, u, x, status) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3]);
-            elements(b, spread, *row, |b, col, skip| {
+            elements(b, spread, row, |b, col, skip| {
                 let k = b.mov(Ty::U64, Val::Int(0));
                 let clear = b.label();
                 b.place(clear);
-                let at = dot(b, &[k.into(), col.into()], &[*row, 1], 0);
+                let at = dot(b, &[k.into(), col.into()], &[row, Size::ONE], Size::ZERO);
                 let to = b.element(d, at, 4);
                 b.st(b.memory(), Ty::F32, to, 0, Val::F32(0.0));
                 b.bin_to(k, BinOp::Add, Ty::U64, k, Val::Int(1));
-                let more = b.setp(Cmp::Lt, Ty::U64, k, Val::Int(*depth as i64));
+                let end = b.size(depth);
+                let more = b.setp(Cmp::Lt, Ty::U64, k, end);
                 b.bra_if(more, false, clear);
                 let i = b.mov(Ty::U64, Val::Int(0));
                 let add = b.label();
                 b.place(add);
-                let k = load_index(b, x, i.into(), *depth, status, skip);
-                let at = dot(b, &[k.into(), col.into()], &[*row, 1], 0);
+                let k = load_index(b, x, i.into(), depth, status, skip);
+                let at = dot(b, &[k.into(), col.into()], &[row, Size::ONE], Size::ZERO);
                 let to = b.element(d, at, 4);
-                let from = dot(b, &[i.into(), col.into()], &[*row, 1], 0);
+                let from = dot(b, &[i.into(), col.into()], &[row, Size::ONE], Size::ZERO);
                 let from = b.element(u, from, 4);
                 let (sum, x) = (b.ld(b.memory(), Ty::F32, to, 0), b.ld(b.memory(), Ty::F32, from, 0));
                 let sum = b.bin(BinOp::Add, Ty::F32, sum, x);
                 b.st(b.memory(), Ty::F32, to, 0, sum);
                 b.bin_to(i, BinOp::Add, Ty::U64, i, Val::Int(1));
-                let more = b.setp(Cmp::Lt, Ty::U64, i, Val::Int(count as i64));
+                let count = b.size(count);
+                let more = b.setp(Cmp::Lt, Ty::U64, i, count);
                 b.bra_if(more, false, add);
             })
         }
         Instr::Iota { dst } => {
             let dtype = f.bufs[*dst].dtype;
-            elements(b, spread, f.bufs[*dst].len().fixed(), |b, idx, _| {
+            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
                 let to = b.element(ptrs[0], idx, elem_bytes(dtype));
                 match dtype {
                     DType::F32 => {
@@ -189,7 +216,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
         }
         Instr::Cast { dst, src } => {
             let (to_ty, from_ty) = (f.bufs[*dst].dtype, f.bufs[*src].dtype);
-            elements(b, spread, f.bufs[*dst].len().fixed(), |b, idx, _| {
+            elements(b, spread, f.bufs[*dst].len(), |b, idx, _| {
                 let from = b.element(ptrs[1], idx, elem_bytes(from_ty));
                 let to = b.element(ptrs[0], idx, elem_bytes(to_ty));
                 match (from_ty, to_ty) {
@@ -212,9 +239,10 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
             })
         }
         Instr::TriMask { dst, rows, cols, fill } => {
-            let (len, rows, cols) = (f.bufs[*dst].len().fixed(), &rows.fixed(), &cols.fixed());
+            let (len, rows, cols) = (f.bufs[*dst].len(), *rows, *cols);
             elements(b, spread, len, |b, idx, _| {
-                let ix = unravel(b, idx, &[len / (rows * cols).max(1), *rows, *cols]);
+                // The number of matrices does not matter: only the last two indices are used.
+                let ix = unravel(b, idx, &[len, rows, cols]);
                 let above = b.setp(Cmp::Gt, Ty::U64, ix[2], ix[1]);
                 let to = b.element(ptrs[0], idx, 4);
                 b.guarded(above, false, Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(to), offset: 0 }, src: vec![Val::F32(*fill)] });
@@ -227,7 +255,7 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
 }
 
 /// `words` 4-byte words from `src` to `dst`, by a persistent kernel's block.
-pub fn block_copy_words(b: &mut Builder, dst: Reg, src: Reg, words: usize) {
+pub fn block_copy_words(b: &mut Builder, dst: Reg, src: Reg, words: Size) {
     elements(b, Spread::Block, words, |b, idx, _| {
         let from = b.element(src, idx, 4);
         let v = b.ld(b.memory(), Ty::B32, from, 0);
@@ -238,29 +266,31 @@ pub fn block_copy_words(b: &mut Builder, dst: Reg, src: Reg, words: usize) {
 
 /// Runs `body(b, idx, skip)` for every element `idx` (a `u64`) of `0..total`, spread as asked;
 /// `skip` is a label that ends this element's work. Returns the launch dimensions for `Grid`.
-fn elements(b: &mut Builder, spread: Spread, total: usize, body: impl FnOnce(&mut Builder, Reg, u32)) -> ([u32; 3], [u32; 3]) {
+fn elements(b: &mut Builder, spread: Spread, total: Size, body: impl FnOnce(&mut Builder, Reg, u32)) -> Dims {
     // Where a thread starts and how far it strides: a kernel of its own takes one element per
-    // thread unless its grid would exceed the limit; a persistent kernel's block strides.
+    // thread unless its grid could exceed the limit; a persistent kernel's block strides.
     let tid = b.special(Special::Tid(0));
     let tid = b.cvt(None, Ty::U64, Ty::U32, tid);
     let (idx, stride, dims) = match spread {
         Spread::Grid => {
-            let block = total.clamp(1, BLOCK as usize);
-            let grid = total.div_ceil(block).clamp(1, MAX_GRID);
+            let block = b.most(total).clamp(1, BLOCK as usize);
+            let (grid, stride) =
+                if b.most(total).div_ceil(block) > MAX_GRID { (Size::of(MAX_GRID), Some(MAX_GRID * block)) } else { (total.div_ceil(block), None) };
             let ctaid = b.special(Special::Ctaid(0));
             let base = b.bin(BinOp::MulWide, Ty::U32, ctaid, Val::Int(block as i64));
             let idx = b.bin(BinOp::Add, Ty::U64, base, tid);
-            (idx, (grid * block < total).then_some(grid * block), ([grid as u32, 1, 1], [block as u32, 1, 1]))
+            (idx, stride, ([grid, Size::ONE, Size::ONE], [block as u32, 1, 1]))
         }
-        Spread::Block => (tid, Some(PERSISTENT_THREADS as usize), ([1, 1, 1], [PERSISTENT_THREADS, 1, 1])),
+        Spread::Block => (tid, Some(PERSISTENT_THREADS as usize), (ONE_BLOCK, [PERSISTENT_THREADS, 1, 1])),
     };
     let (top, next, done) = (b.label(), b.label(), b.label());
+    let total = b.size(total);
     b.place(top);
     if spread == Spread::Block {
         // Unrolled, a persistent kernel's many loops would run out of registers.
         b.emit(Inst::NoUnroll);
     }
-    let past = b.setp(Cmp::Ge, Ty::U64, idx, Val::Int(total as i64));
+    let past = b.setp(Cmp::Ge, Ty::U64, idx, total);
     b.bra_if(past, false, done);
     body(b, idx, next);
     b.place(next);
@@ -280,17 +310,17 @@ pub fn elem_bytes(d: DType) -> usize {
 }
 
 /// A strided copy of `bytes`-sized elements as a kernel of its own, with parameters `(dst, src)`
-/// (the pointers a launch passes may already be offset by the host).
-pub fn copy_kernel(copy: &Strided, bytes: usize, params: Vec<ParamRef>) -> Generated {
-    let mut b = Builder::new("tttc_kernel");
+/// (the pointers a launch passes may already be offset by the host), then the lengths where its
+/// sizes depend on them.
+pub fn copy_kernel(copy: &Strided, bytes: usize, lengths: &[(String, usize)]) -> Generated {
+    let mut b = Builder::new("tttc_kernel", lengths);
     let (d, s) = (b.ptr_param("dst"), b.ptr_param("src"));
-    let (grid, block) = copy_elements(&mut b, Spread::Grid, copy, bytes, d, s);
-    Generated { kernel: b.finish(), grid, block, params }
+    let dims = copy_elements(&mut b, Spread::Grid, copy, bytes, d, s);
+    Generated::new(b, dims, Vec::new())
 }
 
-fn copy_elements(b: &mut Builder, spread: Spread, copy: &Strided, bytes: usize, d: Reg, s: Reg) -> ([u32; 3], [u32; 3]) {
+fn copy_elements(b: &mut Builder, spread: Spread, copy: &Strided, bytes: usize, d: Reg, s: Reg) -> Dims {
     let ty = if bytes == 4 { Ty::B32 } else { Ty::B64 };
-    let copy = copy.fixed();
     elements(b, spread, copy.shape.iter().product(), |b, idx, _| {
         let ix = unravel(b, idx, &copy.shape);
         let from = dot(b, &ix, &copy.src_strides, copy.src_at);
@@ -307,24 +337,24 @@ fn copy_elements(b: &mut Builder, spread: Spread, copy: &Strided, bytes: usize, 
 pub(crate) struct Elementwise<'a> {
     spec: &'a KernelSpec,
     /// The walk: outer axes, rows, row length.
-    shape: Vec<usize>,
+    shape: Vec<Size>,
     /// Per input, its stride along each axis of the walk.
-    strides: Vec<Vec<usize>>,
+    strides: Vec<Vec<Size>>,
     ins: Vec<Option<Reg>>,
     outs: Vec<Reg>,
 }
 
 impl<'a> Elementwise<'a> {
     fn new(l: &Launch, spec: &'a KernelSpec, ins: Vec<Option<Reg>>, outs: Vec<Reg>) -> Self {
-        let mut shape = fixed(&l.outer);
-        shape.extend([l.rows.fixed(), l.n.fixed()]);
+        let mut shape = l.outer.clone();
+        shape.extend([l.rows, l.n]);
         let strides = l
             .ins
             .iter()
             .zip(&spec.splat)
             .map(|(i, &splat)| {
-                let mut strides = fixed(&i.strides);
-                strides.extend([i.row_stride.fixed(), usize::from(!splat)]);
+                let mut strides = i.strides.clone();
+                strides.extend([i.row_stride, Size::of(usize::from(!splat))]);
                 strides
             })
             .collect();
@@ -340,7 +370,7 @@ impl<'a> Elementwise<'a> {
             let v = match *e {
                 Expr::Input(k) => match self.ins[k] {
                     Some(p) => {
-                        let off = dot(b, &ix, &self.strides[k], 0);
+                        let off = dot(b, &ix, &self.strides[k], Size::ZERO);
                         let at = b.element(p, off, 4);
                         b.ld(b.memory(), Ty::F32, at, 0).into()
                     }
@@ -361,18 +391,12 @@ impl<'a> Elementwise<'a> {
 
 /// A product's operands and sizes, as scheduled: `c = a · b` over `batch`, `c` `[batch…, m, n]`.
 pub(crate) struct Product {
-    pub a: Strides,
-    pub b: Strides,
-    pub batch: Vec<usize>,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-}
-
-impl Product {
-    fn of(a: &Operand, b: &Operand, batch: &[Size], m: Size, n: Size, k: Size) -> Product {
-        Product { a: a.fixed(), b: b.fixed(), batch: fixed(batch), m: m.fixed(), n: n.fixed(), k: k.fixed() }
-    }
+    pub a: Operand,
+    pub b: Operand,
+    pub batch: Vec<Size>,
+    pub m: Size,
+    pub n: Size,
+    pub k: Size,
 }
 
 /// Where a product's elements go: into `c`, and through its epilogue (with whether `c` must
@@ -396,40 +420,55 @@ impl Store<'_> {
     }
 }
 
+/// A loop of `body` for `j` (a `u64`) in `0..len` (none when `len` is 0 at the launch).
+fn count_up(b: &mut Builder, len: Size, body: impl FnOnce(&mut Builder, Reg)) {
+    if len.is_zero() {
+        return;
+    }
+    let end = b.size(len);
+    let (top, done) = (b.label(), b.label());
+    if len.constant().is_none() {
+        let empty = b.setp(Cmp::Eq, Ty::U64, end, Val::Int(0));
+        b.bra_if(empty, false, done);
+    }
+    let j = b.mov(Ty::U64, Val::Int(0));
+    b.place(top);
+    body(b, j);
+    b.bin_to(j, BinOp::Add, Ty::U64, j, Val::Int(1));
+    let more = b.setp(Cmp::Lt, Ty::U64, j, end);
+    b.bra_if(more, false, top);
+    b.place(done);
+}
+
 /// `c = a · b` with one thread per element of `c` (`[batch…, m, n]`, contiguous), a sum over
 /// `k` in order with one rounding per step (`fma`): products too small for a tensor-core tile
 /// (decoding's one-row products).
-fn matmul(b: &mut Builder, spread: Spread, store: Store, [pa, pb]: [Reg; 2], p: &Product) -> ([u32; 3], [u32; 3]) {
+fn matmul(b: &mut Builder, spread: Spread, store: Store, [pa, pb]: [Reg; 2], p: &Product) -> Dims {
     let Product { ref a, b: ref bm, ref batch, m, n, k } = *p;
     let mut shape = batch.to_vec();
     shape.extend([m, n]);
     let r = batch.len();
     let mut a_strides = a.batch_strides.clone();
-    a_strides.extend([a.row_stride, 0]);
+    a_strides.extend([a.row_stride, Size::ZERO]);
     let mut b_strides = bm.batch_strides.clone();
-    b_strides.extend([0, bm.col_stride]);
+    b_strides.extend([Size::ZERO, bm.col_stride]);
     elements(b, spread, shape.iter().product(), |b, idx, _| {
         let ix = unravel(b, idx, &shape);
-        let a0 = dot(b, &ix[..r + 2], &a_strides, 0);
-        let b0 = dot(b, &ix[..r + 2], &b_strides, 0);
+        let a0 = dot(b, &ix[..r + 2], &a_strides, Size::ZERO);
+        let b0 = dot(b, &ix[..r + 2], &b_strides, Size::ZERO);
         let pa = b.element(pa, a0, 4);
         let pb = b.element(pb, b0, 4);
         let acc = b.mov(Ty::F32, Val::F32(0.0));
-        if k > 0 {
-            let kk = b.mov(Ty::U64, Val::Int(0));
-            let top = b.label();
-            b.place(top);
-            let ao = b.bin(BinOp::Mul, Ty::U64, kk, Val::Int((a.col_stride * 4) as i64));
+        let (a_step, b_step) = (b.size(a.col_stride * 4), b.size(bm.row_stride * 4));
+        count_up(b, k, |b, kk| {
+            let ao = b.bin(BinOp::Mul, Ty::U64, kk, a_step);
             let ap = b.bin(BinOp::Add, Ty::U64, pa, ao);
-            let bo = b.bin(BinOp::Mul, Ty::U64, kk, Val::Int((bm.row_stride * 4) as i64));
+            let bo = b.bin(BinOp::Mul, Ty::U64, kk, b_step);
             let bp = b.bin(BinOp::Add, Ty::U64, pb, bo);
             let x = b.ld(b.memory(), Ty::F32, ap, 0);
             let y = b.ld(b.memory(), Ty::F32, bp, 0);
             b.emit(Inst::Fma { ty: Ty::F32, dst: acc, a: x.into(), b: y.into(), c: acc.into() });
-            b.bin_to(kk, BinOp::Add, Ty::U64, kk, Val::Int(1));
-            let more = b.setp(Cmp::Lt, Ty::U64, kk, Val::Int(k as i64));
-            b.bra_if(more, false, top);
-        }
+        });
         store.element(b, idx, acc);
     })
 }
@@ -437,10 +476,21 @@ fn matmul(b: &mut Builder, spread: Spread, store: Store, [pa, pb]: [Reg; 2], p: 
 /// Rows at least this long are reduced by a whole block each ([`row_reduce`]).
 const LONG_ROW: usize = 512;
 
+/// `s` as an f32 operand.
+fn as_f32(b: &mut Builder, s: Size) -> Val {
+    match s.constant() {
+        Some(c) => Val::F32(c as f32),
+        None => {
+            let v = b.size(s);
+            b.cvt(Some(Round::Rn), Ty::F32, Ty::U64, v).into()
+        }
+    }
+}
+
 /// Sum, mean or max of each contiguous row of `len` (a softmax over the vocabulary): one block
 /// of 256 threads per row, each thread folding a strided part of it, then the warps' partial
 /// results combined with butterfly shuffles and, across warps, through shared memory.
-fn row_reduce(b: &mut Builder, d: Reg, s: Reg, kind: ReduceKind, rows: usize, len: usize) -> ([u32; 3], [u32; 3]) {
+fn row_reduce(b: &mut Builder, d: Reg, s: Reg, kind: ReduceKind, rows: Size, len: Size) -> Dims {
     const THREADS: usize = 256;
     let combine = |b: &mut Builder, acc: Reg, x: Reg| match kind {
         ReduceKind::Max => {
@@ -451,7 +501,8 @@ fn row_reduce(b: &mut Builder, d: Reg, s: Reg, kind: ReduceKind, rows: usize, le
     };
     let row = b.special(Special::Ctaid(0));
     let tid = b.special(Special::Tid(0));
-    let start = b.bin(BinOp::MulWide, Ty::U32, row, Val::Int(len as i64));
+    let len32 = b.size32(len);
+    let start = b.bin(BinOp::MulWide, Ty::U32, row, len32);
     let t64 = b.cvt(None, Ty::U64, Ty::U32, tid);
     let at = b.bin(BinOp::Add, Ty::U64, start, t64);
     let p = b.element(s, at, 4);
@@ -459,7 +510,7 @@ fn row_reduce(b: &mut Builder, d: Reg, s: Reg, kind: ReduceKind, rows: usize, le
     let j = b.mov(Ty::U32, tid);
     let (top, done) = (b.label(), b.label());
     b.place(top);
-    let past = b.setp(Cmp::Ge, Ty::U32, j, Val::Int(len as i64));
+    let past = b.setp(Cmp::Ge, Ty::U32, j, len32);
     b.bra_if(past, false, done);
     let x = b.ld(b.memory(), Ty::F32, p, 0);
     combine(b, acc, x);
@@ -493,27 +544,30 @@ fn row_reduce(b: &mut Builder, d: Reg, s: Reg, kind: ReduceKind, rows: usize, le
     let has_partial = b.setp(Cmp::Lt, Ty::U32, lane, Val::Int((THREADS / 32) as i64));
     b.guarded(has_partial, false, Inst::Ld { space: Space::Shared, ty: Ty::F32, dst: vec![total], addr: Addr { base: Base::Reg(lane_slot), offset: 0 } });
     warp_reduce(b, total);
-    let result = if kind == ReduceKind::Mean { b.bin(BinOp::Div, Ty::F32, total, Val::F32(len as f32)) } else { total };
+    let result = if kind == ReduceKind::Mean {
+        let len = as_f32(b, len);
+        b.bin(BinOp::Div, Ty::F32, total, len)
+    } else {
+        total
+    };
     let row64 = b.cvt(None, Ty::U64, Ty::U32, row);
     let out = b.element(d, row64, 4);
     b.guarded(first_lane, false, Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(out), offset: 0 }, src: vec![result.into()] });
     b.place(end);
-    ([rows as u32, 1, 1], [THREADS as u32, 1, 1])
+    ([rows, Size::ONE, Size::ONE], [THREADS as u32, 1, 1])
 }
 
 /// Sum, mean or max along the middle axis of `[outer, len, inner]`, one thread per result, in
 /// the CPU backends' order (a NaN is passed over by max, as there).
 #[allow(clippy::too_many_arguments)]
-fn reduce(b: &mut Builder, spread: Spread, d: Reg, s: Reg, kind: ReduceKind, outer: usize, len: usize, inner: usize) -> ([u32; 3], [u32; 3]) {
+fn reduce(b: &mut Builder, spread: Spread, d: Reg, s: Reg, kind: ReduceKind, outer: Size, len: Size, inner: Size) -> Dims {
     elements(b, spread, outer * inner, |b, idx, _| {
         let ix = unravel(b, idx, &[outer, inner]);
-        let from = dot(b, &ix, &[len * inner, 1], 0);
+        let from = dot(b, &ix, &[len * inner, Size::ONE], Size::ZERO);
         let p = b.element(s, from, 4);
         let acc = b.mov(Ty::F32, Val::F32(if kind == ReduceKind::Max { f32::NEG_INFINITY } else { 0.0 }));
-        if len > 0 {
-            let j = b.mov(Ty::U64, Val::Int(0));
-            let top = b.label();
-            b.place(top);
+        let step = b.size(inner * 4);
+        count_up(b, len, |b, _| {
             let x = b.ld(b.memory(), Ty::F32, p, 0);
             match kind {
                 ReduceKind::Max => {
@@ -522,51 +576,55 @@ fn reduce(b: &mut Builder, spread: Spread, d: Reg, s: Reg, kind: ReduceKind, out
                 }
                 _ => b.bin_to(acc, BinOp::Add, Ty::F32, acc, x),
             }
-            b.bin_to(p, BinOp::Add, Ty::U64, p, Val::Int((inner * 4) as i64));
-            b.bin_to(j, BinOp::Add, Ty::U64, j, Val::Int(1));
-            let more = b.setp(Cmp::Lt, Ty::U64, j, Val::Int(len as i64));
-            b.bra_if(more, false, top);
-        }
-        let result = if kind == ReduceKind::Mean { b.bin(BinOp::Div, Ty::F32, acc, Val::F32(len as f32)) } else { acc };
+            b.bin_to(p, BinOp::Add, Ty::U64, p, step);
+        });
+        let result = if kind == ReduceKind::Mean {
+            let len = as_f32(b, len);
+            b.bin(BinOp::Div, Ty::F32, acc, len)
+        } else {
+            acc
+        };
         let at = b.element(d, idx, 4);
         b.st(b.memory(), Ty::F32, at, 0, result);
     })
 }
 
 /// `idx` as indices into `shape` (row-major); axes of length 1 are the constant 0.
-pub(crate) fn unravel(b: &mut Builder, idx: Reg, shape: &[usize]) -> Vec<Val> {
+pub(crate) fn unravel(b: &mut Builder, idx: Reg, shape: &[Size]) -> Vec<Val> {
     let mut out = vec![Val::Int(0); shape.len()];
     let mut rest: Val = idx.into();
     for (d, &n) in shape.iter().enumerate().rev() {
-        if n == 1 {
+        if n.is_one() {
             continue;
         }
-        let outer: usize = shape[..d].iter().product();
-        if outer == 1 {
+        if shape[..d].iter().product::<Size>().is_one() {
             out[d] = rest;
             break;
         }
-        out[d] = b.bin(BinOp::Rem, Ty::U64, rest, Val::Int(n as i64)).into();
-        rest = b.bin(BinOp::Div, Ty::U64, rest, Val::Int(n as i64)).into();
+        let n = b.size(n);
+        out[d] = b.bin(BinOp::Rem, Ty::U64, rest, n).into();
+        rest = b.bin(BinOp::Div, Ty::U64, rest, n).into();
     }
     out
 }
 
 /// `at + Σ index·stride` as a `u64` register.
-pub(crate) fn dot(b: &mut Builder, index: &[Val], strides: &[usize], at: usize) -> Reg {
-    let acc = b.mov(Ty::U64, Val::Int(at as i64));
+pub(crate) fn dot(b: &mut Builder, index: &[Val], strides: &[Size], at: Size) -> Reg {
+    let at = b.size(at);
+    let acc = b.mov(Ty::U64, at);
     for (i, &s) in index.iter().zip(strides) {
-        match (i, s) {
-            (_, 0) | (Val::Int(0), _) => {}
-            _ => b.emit(Inst::Fma { ty: Ty::U64, dst: acc, a: *i, b: Val::Int(s as i64), c: acc.into() }),
+        if s.is_zero() || *i == Val::Int(0) {
+            continue;
         }
+        let s = b.size(s);
+        b.emit(Inst::Fma { ty: Ty::U64, dst: acc, a: *i, b: s, c: acc.into() });
     }
     acc
 }
 
 /// The index at `x[i]`; when it is not in `0..len`, the status word is set and the element is
 /// skipped (a branch to `skip`).
-fn load_index(b: &mut Builder, x: Reg, i: Val, len: usize, status: Reg, skip: u32) -> Reg {
+fn load_index(b: &mut Builder, x: Reg, i: Val, len: Size, status: Reg, skip: u32) -> Reg {
     let i = match i {
         Val::Reg(r) => r,
         v => b.mov(Ty::U64, v),
@@ -574,7 +632,8 @@ fn load_index(b: &mut Builder, x: Reg, i: Val, len: usize, status: Reg, skip: u3
     let at = b.element(x, i, 8);
     let k = b.ld(b.memory(), Ty::U64, at, 0);
     // Unsigned: a negative index is huge.
-    let bad = b.setp(Cmp::Ge, Ty::U64, k, Val::Int(len as i64));
+    let len = b.size(len);
+    let bad = b.setp(Cmp::Ge, Ty::U64, k, len);
     b.guarded(
         bad,
         false,

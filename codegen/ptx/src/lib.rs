@@ -3,7 +3,8 @@
 //! * [`isa`]: the instructions tttc emits, as values, and their printer.
 //! * [`parse`]: the printed text read back (the simulator runs what the driver would load).
 //! * [`build`]: a kernel builder with fresh registers, parameters and labels.
-//! * [`kernels`]: one kernel per scheduled instruction, sizes baked in; matrix products on
+//! * [`kernels`]: one kernel per scheduled instruction, constant sizes as immediates and the
+//!   others computed from the lengths a launch passes; matrix products on
 //!   tensor cores at f32 accuracy (`gemm`: three tf32 `mma.sync` per step).
 //! * `persistent`: a whole scan as one kernel, one block per lane (the TTT mini-batch loop per
 //!   batch × head), the body's instructions one after another in the block.

@@ -1,13 +1,16 @@
-//! A whole forward graph at fixed sizes as PTX kernels plus the host program that launches them:
-//! the model's schedule (the one the compiled CPU model is emitted from), one kernel per
-//! instruction (identical kernels shared), and scans driven from the host chunk by chunk.
-//! [`GpuModel::run`] executes the program on any [`Device`]: the PTX simulator or a GPU.
+//! A whole graph as PTX kernels plus the host program that launches them: the model's schedule
+//! (the one the compiled CPU model is emitted from), one kernel per instruction (identical
+//! kernels shared), and scans driven from the host chunk by chunk or run whole by one
+//! persistent kernel. Compiled with `Lengths::UpTo`, the kernels read the lengths of each call
+//! and the host evaluates grids, offsets and trip counts from them: one program serves every
+//! length up to the bounds. [`GpuModel::run`] executes the program on any [`Device`]: the PTX
+//! simulator or a GPU.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor};
-use tttc_lower::schedule::{self, fixed, BufId, Function, Home, Instr, Run, ScanInstr, Schedule, Signature, Slicing};
+use tttc_lower::schedule::{self, BufId, Function, Home, Instr, Lengths, Run, ScanInstr, Schedule, Signature, Slicing};
 
 use crate::isa::{Kernel, Module};
 use crate::kernels::{self, elem_bytes, Generated, ParamRef};
@@ -28,7 +31,8 @@ pub trait Device {
 #[derive(Clone, Debug)]
 pub struct Launch {
     pub kernel: usize,
-    pub grid: [u32; 3],
+    /// Blocks per axis at the lengths of the call (a launch with none is skipped).
+    pub grid: [Size; 3],
     pub block: [u32; 3],
     pub params: Vec<ParamRef>,
 }
@@ -83,9 +87,10 @@ impl Kernels {
 }
 
 impl GpuModel {
-    /// Compiles `graph` (after the pass pipeline) at the sizes `env` binds.
+    /// Compiles `graph` (after the pass pipeline) for every length up to the ones `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<GpuModel> {
-        let (schedule, mut signature) = schedule::model(graph, env, schedule::Lengths::Fixed, schedule::Products::GPU)?;
+        let (schedule, mut signature) = schedule::model(graph, env, Lengths::UpTo, schedule::Products::GPU)?;
+        let lengths = &signature.lengths.clone();
         let mut kernels = Kernels { list: Vec::new(), by_text: HashMap::new() };
         let mut steps = Vec::new();
         let entry = schedule.functions.len() - 1;
@@ -94,15 +99,15 @@ impl GpuModel {
             for instr in &f.instrs {
                 fs.push(match instr {
                     // The model's own scans become persistent kernels where their lanes separate.
-                    Instr::Scan(s) if fi == entry => match persistent::compile(f, s)? {
+                    Instr::Scan(s) if fi == entry => match persistent::compile(&schedule, f, s, lengths)? {
                         Some(p) => {
                             signature.workspace_bytes = signature.workspace_bytes.max(f.arena + p.scratch_bytes);
                             Step::Persistent { launch: kernels.add(p.generated), work: p.work }
                         }
-                        None => scan_copies(f, s, &mut kernels),
+                        None => scan_copies(f, s, &mut kernels, lengths),
                     },
-                    Instr::Scan(s) => scan_copies(f, s, &mut kernels),
-                    _ => Step::Launches(kernels::for_instr(f, instr, &schedule.specs).into_iter().map(|g| kernels.add(g)).collect()),
+                    Instr::Scan(s) => scan_copies(f, s, &mut kernels, lengths),
+                    _ => Step::Launches(kernels::for_instr(f, instr, &schedule.specs, lengths).into_iter().map(|g| kernels.add(g)).collect()),
                 });
             }
             steps.push(fs);
@@ -115,10 +120,9 @@ impl GpuModel {
         Module { target: target.to_string(), kernels: self.kernels.clone() }
     }
 
-    /// Runs the model on `dev` (which has this model's kernels loaded, in order).
+    /// Runs the model on `dev` (which has this model's kernels loaded, in order), at the lengths
+    /// the arguments' shapes give.
     pub fn run(&self, dev: &mut dyn Device, args: &[&Tensor]) -> Result<Vec<Tensor>> {
-        let sig = &self.signature;
-        ensure!(args.len() == sig.args.len(), "the model takes {} arguments, got {}", sig.args.len(), args.len());
         let mut held = Vec::new();
         let result = self.run_on(dev, args, &mut held);
         for p in held {
@@ -129,27 +133,36 @@ impl GpuModel {
 
     fn run_on(&self, dev: &mut dyn Device, args: &[&Tensor], held: &mut Vec<u64>) -> Result<Vec<Tensor>> {
         let sig = &self.signature;
+        for (slot, t) in sig.args.iter().zip(args) {
+            ensure!(t.dtype() == slot.dtype, "argument {}: compiled for {}, got {t}", slot.name, slot.dtype);
+        }
+        let values = sig.bind(&args.iter().map(|t| t.shape.as_slice()).collect::<Vec<_>>())?;
         let mut alloc = |dev: &mut dyn Device, bytes: usize| -> Result<u64> {
             let p = dev.alloc(bytes.max(4))?;
             held.push(p);
             Ok(p)
         };
         let mut arg_ptrs = Vec::new();
-        for (slot, t) in sig.args.iter().zip(args) {
-            ensure!(t.dtype() == slot.dtype && t.shape == fixed(&slot.shape), "argument {}: compiled for {} {:?}, got {t}", slot.name, slot.dtype, slot.shape);
+        for t in args {
             let bytes = tensor_bytes(t)?;
             let p = alloc(dev, bytes.len())?;
             dev.upload(p, &bytes)?;
             arg_ptrs.push(p);
         }
+        let mut out_shapes = Vec::new();
         let mut out_ptrs = Vec::new();
         for o in &sig.outputs {
-            out_ptrs.push(alloc(dev, fixed(&o.shape).iter().product::<usize>() * elem_bytes(o.dtype))?);
+            let shape = sig.shape(o, &values)?;
+            out_ptrs.push(alloc(dev, shape.iter().product::<usize>() * elem_bytes(o.dtype))?);
+            out_shapes.push(shape);
         }
         let workspace = alloc(dev, sig.workspace_bytes)?;
         let status = alloc(dev, 4)?;
+        let lengths = alloc(dev, 8 * values.len())?;
+        dev.upload(lengths, &values.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect::<Vec<u8>>())?;
+        let call = Call { signature: sig, values, lengths, status };
         let model = self.schedule.functions.len() - 1;
-        self.call(dev, model, &arg_ptrs, &out_ptrs, workspace, status)?;
+        self.call(dev, &call, model, &arg_ptrs, &out_ptrs, workspace)?;
         let code = u32::from_le_bytes(dev.download(status, 4)?.try_into().expect("4 bytes"));
         match code {
             0 => {}
@@ -159,8 +172,8 @@ impl GpuModel {
         sig.outputs
             .iter()
             .zip(&out_ptrs)
-            .map(|(o, &p)| {
-                let shape = fixed(&o.shape);
+            .zip(out_shapes)
+            .map(|((o, &p), shape)| {
                 let bytes = dev.download(p, shape.iter().product::<usize>() * elem_bytes(o.dtype))?;
                 Ok(match o.dtype {
                     DType::F32 => Tensor::f32(shape, bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
@@ -170,12 +183,32 @@ impl GpuModel {
             .collect()
     }
 
+    /// Launches `l` with the pointers `ptrs` (its buffers', or a copy's two), then the scratch,
+    /// the status word and the lengths where it takes them (they follow every buffer), unless
+    /// its grid is empty at this call's lengths.
+    fn launch(&self, dev: &mut dyn Device, call: &Call, l: &Launch, mut params: Vec<u64>, scratch: u64) -> Result<()> {
+        let mut grid = [0u32; 3];
+        for (g, &d) in grid.iter_mut().zip(&l.grid) {
+            *g = u32::try_from(call.value(d)).context("a grid wider than a launch takes")?;
+        }
+        if grid.contains(&0) {
+            return Ok(());
+        }
+        params.extend(l.params.iter().filter_map(|p| match p {
+            ParamRef::Buf(_) => None,
+            ParamRef::Status => Some(call.status),
+            ParamRef::Scratch => Some(scratch),
+            ParamRef::Lengths => Some(call.lengths),
+        }));
+        dev.launch(l.kernel, grid, l.block, &params).with_context(|| format!("kernel {}", self.kernels[l.kernel].name))
+    }
+
     /// Runs function `fi` with its arguments and outputs at `args`/`outs` and its workspace at `ws`.
-    fn call(&self, dev: &mut dyn Device, fi: usize, args: &[u64], outs: &[u64], ws: u64, status: u64) -> Result<()> {
+    fn call(&self, dev: &mut dyn Device, call: &Call, fi: usize, args: &[u64], outs: &[u64], ws: u64) -> Result<()> {
         let f = &self.schedule.functions[fi];
         let ptr = |b: BufId| -> u64 {
             let (r, at) = f.locate(b);
-            at.fixed() as u64
+            call.value(at) as u64
                 + match f.bufs[r].home {
                     Home::Arg(j) => args[j],
                     Home::Out(j) => outs[j],
@@ -183,31 +216,24 @@ impl GpuModel {
                     Home::Alias(_) | Home::View { .. } => unreachable!("locate() follows aliases and views"),
                 }
         };
-        let params = |l: &Launch| -> Vec<u64> {
-            l.params
-                .iter()
-                .map(|p| match p {
-                    ParamRef::Buf(b) => ptr(*b),
-                    ParamRef::Status => status,
-                    ParamRef::Scratch => ws + f.arena as u64,
-                })
-                .collect()
-        };
+        let buffers = |l: &Launch| -> Vec<u64> { l.params.iter().filter_map(|p| if let ParamRef::Buf(b) = p { Some(ptr(*b)) } else { None }).collect() };
         for (instr, step) in f.instrs.iter().zip(&self.steps[fi]) {
             match (instr, step) {
                 (_, Step::Launches(ls)) => {
                     for l in ls {
-                        dev.launch(l.kernel, l.grid, l.block, &params(l)).with_context(|| format!("kernel {}", self.kernels[l.kernel].name))?;
+                        self.launch(dev, call, l, buffers(l), ws + f.arena as u64)?;
                     }
                 }
                 (_, Step::Persistent { launch: l, .. }) => {
-                    dev.launch(l.kernel, l.grid, l.block, &params(l)).with_context(|| format!("kernel {} (a whole scan)", self.kernels[l.kernel].name))?;
+                    self.launch(dev, call, l, buffers(l), ws + f.arena as u64).context("a whole scan")?;
                 }
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
                     let nested = ws + s.workspace_at as u64;
+                    let n = call.value(s.iterations());
                     for run in s.runs() {
-                        for i in run.first.fixed()..(run.first + run.count).fixed() {
-                            self.iteration(dev, f, s, (seqs, outputs), &ptr, (i, run), nested, status)?;
+                        let first = call.value(run.first);
+                        for i in first..first + call.value(run.count) {
+                            self.iteration(dev, call, f, s, (seqs, outputs), &ptr, (i, n, run), nested)?;
                         }
                     }
                 }
@@ -217,33 +243,33 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Iteration `i` of scan `s` (one of `run`'s): carries read from the initial values or the last iteration's
-    /// buffer, pieces of the sequences addressed in place or staged, the body function called,
-    /// staged outputs copied into place.
+    /// Iteration `i` of the `n` of scan `s` (one of `run`'s): carries read from the initial
+    /// values or the last iteration's buffer, pieces of the sequences addressed in place or
+    /// staged, the body function called, staged outputs copied into place.
     #[allow(clippy::too_many_arguments)]
     fn iteration(
         &self,
         dev: &mut dyn Device,
+        call: &Call,
         f: &Function,
         s: &ScanInstr,
         (seqs, outputs): (&[PieceCopies], &[PieceCopies]),
         ptr: &dyn Fn(BufId) -> u64,
-        (i, run): (usize, Run),
+        (i, n, run): (usize, usize, Run),
         nested: u64,
-        status: u64,
     ) -> Result<()> {
         let (mut args, mut outs) = (Vec::new(), Vec::new());
-        let written = s.carry_written(i);
+        let written = ScanInstr::carry_written(i, n);
         for (init, pair) in &s.carries {
             let read = if i == 0 { ptr(*init) } else { ptr(pair[1 - written]) };
             args.push(read);
             outs.push(ptr(pair[written]));
         }
-        let k = s.chunk_of(i);
-        let piece_at = |sl: &Slicing| -> u64 { ptr(sl.buf) + (k * s.step(f, sl).fixed() * elem_bytes(f.bufs[sl.buf].dtype)) as u64 };
+        let k = s.chunk_of(i, n);
+        let piece_at = |sl: &Slicing| -> u64 { ptr(sl.buf) + (k * call.value(s.step(f, sl)) * elem_bytes(f.bufs[sl.buf].dtype)) as u64 };
         let copy = |dev: &mut dyn Device, c: &PieceCopies, dst: u64, src: u64| -> Result<()> {
             let l = if run.tail { c.tail.as_ref() } else { c.full.as_ref() }.expect("built for every staged piece");
-            dev.launch(l.kernel, l.grid, l.block, &[dst, src])
+            self.launch(dev, call, l, vec![dst, src], 0)
         };
         for (sl, copies) in s.seqs.iter().zip(seqs) {
             let from = piece_at(sl);
@@ -262,7 +288,7 @@ impl GpuModel {
                 Some(stage) => ptr(stage),
             });
         }
-        self.call(dev, run.function, &args, &outs, nested, status)?;
+        self.call(dev, call, run.function, &args, &outs, nested)?;
         for (sl, copies) in s.outputs.iter().zip(outputs) {
             if let Some(stage) = sl.staging {
                 copy(dev, copies, piece_at(sl), ptr(stage))?;
@@ -272,8 +298,24 @@ impl GpuModel {
     }
 }
 
+/// What one run of a model launches with: its lengths' values (the signature's order), and the
+/// device copies of them and of the status word.
+struct Call<'a> {
+    signature: &'a Signature,
+    values: Vec<usize>,
+    lengths: u64,
+    status: u64,
+}
+
+impl Call<'_> {
+    /// A size's value at this call's lengths.
+    fn value(&self, s: Size) -> usize {
+        self.signature.value(s, &self.values).expect("every size of the program is defined at lengths within the bounds")
+    }
+}
+
 /// The staging copies of a scan's sequences (into the staging buffer) and outputs (back).
-fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels) -> Step {
+fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels, lengths: &[(String, usize)]) -> Step {
     let rem = s.tail.map(|t| t.1);
     let mut piece = |sl: &Slicing, back: bool| -> PieceCopies {
         if sl.staging.is_none() {
@@ -282,7 +324,7 @@ fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels) -> Step {
         let mut make = |len: Size| -> Launch {
             let copy = s.piece(f, sl, len);
             let copy = if back { copy.swapped() } else { copy };
-            kernels.add(kernels::copy_kernel(&copy, elem_bytes(f.bufs[sl.buf].dtype), Vec::new()))
+            kernels.add(kernels::copy_kernel(&copy, elem_bytes(f.bufs[sl.buf].dtype), lengths))
         };
         PieceCopies { full: (!s.full.is_zero()).then(|| make(Size::of(s.chunk))), tail: rem.map(&mut make) }
     };
@@ -326,16 +368,18 @@ impl GpuModel {
         for (instr, step) in f.instrs.iter().zip(&self.steps[fi]) {
             match (instr, step) {
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
-                    self.add_work(s.body, times * s.full.fixed() as u64, work);
+                    self.add_work(s.body, times * self.schedule.at_bound(s.full), work);
                     if let Some((tail, _)) = s.tail {
                         self.add_work(tail, times, work);
                     }
                     for c in seqs.iter().chain(outputs) {
-                        for (l, n) in [(&c.full, s.full.fixed() as u64), (&c.tail, u64::from(s.tail.is_some()))] {
+                        for (l, n) in [(&c.full, self.schedule.at_bound(s.full)), (&c.tail, self.schedule.at_bound(s.tail_count))] {
                             if let Some(l) = l {
                                 let w = &mut work[l.kernel];
                                 w.launches += times * n;
-                                w.bytes += times * n * 2 * 4 * l.grid.iter().chain(&l.block).map(|&d| d as u64).product::<u64>();
+                                let threads =
+                                    l.grid.iter().map(|&d| self.schedule.at_bound(d)).product::<u64>() * l.block.iter().map(|&d| d as u64).product::<u64>();
+                                w.bytes += times * n * 2 * 4 * threads;
                             }
                         }
                     }
@@ -348,7 +392,7 @@ impl GpuModel {
                     k.serial_steps += times * w.serial_steps;
                 }
                 (_, Step::Launches(ls)) => {
-                    let at = |s: Size| s.fixed() as u64;
+                    let at = |s: Size| self.schedule.at_bound(s);
                     let (flops, moved) = (instr.flops(&self.schedule.specs, &at), instr.bytes(f, &at));
                     for l in ls {
                         let w = &mut work[l.kernel];
@@ -362,12 +406,13 @@ impl GpuModel {
         }
     }
 
-    /// Per kernel, the grid and block of its launches (the first, where several use it), or
-    /// `None` for a kernel only the host's scan loops launch.
+    /// Per kernel, the grid and block of its launches (the first, where several use it) with
+    /// every length at its bound.
     pub fn launch_dims(&self) -> Vec<Option<([u32; 3], [u32; 3])>> {
         let mut dims = vec![None; self.kernels.len()];
         let mut note = |l: &Launch| {
-            dims[l.kernel].get_or_insert((l.grid, l.block));
+            let grid = l.grid.map(|d| u32::try_from(self.schedule.at_bound(d)).unwrap_or(u32::MAX));
+            dims[l.kernel].get_or_insert((grid, l.block));
         };
         for steps in &self.steps {
             for step in steps {
@@ -393,6 +438,7 @@ impl GpuModel {
                     ParamRef::Buf(b) => json!({ "buffer": b }),
                     ParamRef::Status => json!({ "status": true }),
                     ParamRef::Scratch => json!({ "scratch": true }),
+                    ParamRef::Lengths => json!({ "lengths": true }),
                 })
                 .collect();
             json!({ "kernel": self.kernels[l.kernel].name, "grid": l.grid, "block": l.block, "params": params })
@@ -402,7 +448,11 @@ impl GpuModel {
             let params = if into_staging { json!([{ "staging": true }, { "piece": true }]) } else { json!([{ "piece": true }, { "staging": true }]) };
             let one = |l: &Launch| {
                 let mut v = launch(l);
-                v["params"] = params.clone();
+                let mut two = params.clone();
+                if l.params.contains(&ParamRef::Lengths) {
+                    two.as_array_mut().expect("a list").push(json!({ "lengths": true }));
+                }
+                v["params"] = two;
                 v
             };
             json!({ "full": c.full.as_ref().map(one), "tail": c.tail.as_ref().map(one) })
@@ -419,17 +469,17 @@ impl GpuModel {
                         Home::Out(j) => json!({ "output": j }),
                         Home::Work => json!({ "workspace": b.offset }),
                         Home::Alias(a) => json!({ "alias": a }),
-                        Home::View { of, at } => json!({ "view": of, "at_bytes": at.fixed() }),
+                        Home::View { of, at } => json!({ "view": of, "at_bytes": at }),
                     };
-                    json!({ "dtype": b.dtype.name(), "shape": fixed(&b.shape), "home": home })
+                    json!({ "dtype": b.dtype.name(), "shape": b.shape, "home": home })
                 }).collect();
                 let steps: Vec<serde_json::Value> = f.instrs.iter().zip(steps).flat_map(|(instr, step)| match (instr, step) {
                     (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
                         let slicing = |sl: &Slicing, c: &PieceCopies, into_staging: bool| json!({ "buffer": sl.buf, "per": sl.per, "staging": sl.staging, "copy": copies(c, into_staging) });
                         vec![json!({ "scan": {
                             "body": s.body,
-                            "full": s.full.fixed(),
-                            "tail": s.tail.map(|(f, len)| json!({ "function": f, "length": len.fixed() })),
+                            "full": s.full,
+                            "tail": s.tail.map(|(f, len)| json!({ "function": f, "length": len, "count": s.tail_count })),
                             "chunk": s.chunk,
                             "axis": s.axis,
                             "reverse": s.reverse,

@@ -10,9 +10,9 @@
 
 use anyhow::Result;
 use tttc_ir::layout::contiguous_strides;
-use tttc_ir::{DimEnv, Size};
+use tttc_ir::Size;
 use tttc_lower::lanes;
-use tttc_lower::schedule::{self, fixed, Access, BufId, Function, Home, Instr, ScanInstr};
+use tttc_lower::schedule::{self, Access, BufId, Function, Home, Instr, ScanInstr, Schedule};
 
 use crate::build::Builder;
 use crate::isa::*;
@@ -68,14 +68,17 @@ impl Pending {
     }
 }
 
-/// The regions `instr` reads and writes.
-fn regions(f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
+/// The regions `instr` of `body` reads and writes (a view whose place depends on the lengths
+/// counts as the whole of the buffer it is in).
+fn regions(body: &Schedule, f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
     let region = |b: BufId| {
         let (r, at) = f.locate(b);
-        match f.bufs[r].home {
-            Home::Arg(j) => Region::Arg(j),
-            Home::Out(j) => Region::Out(j),
-            _ => Region::Work(f.bufs[r].offset + at.fixed(), f.bufs[r].offset + at.fixed() + f.bufs[b].bytes().fixed()),
+        let start = f.bufs[r].offset;
+        match (f.bufs[r].home, at.known(), f.bufs[b].bytes().known()) {
+            (Home::Arg(j), ..) => Region::Arg(j),
+            (Home::Out(j), ..) => Region::Out(j),
+            (_, Some(at), Some(bytes)) => Region::Work(start + at, start + at + bytes),
+            _ => Region::Work(start, start + body.most(f.bufs[r].bytes())),
         }
     };
     let uses = instr.uses();
@@ -86,7 +89,7 @@ fn regions(f: &Function, instr: &Instr) -> (Vec<Region>, Vec<Region>) {
 /// How a scan splits into lanes: one or more splits, each `width` lanes wide.
 struct Lanes {
     /// The width of each split, in the order the block index is decomposed.
-    widths: Vec<usize>,
+    widths: Vec<Size>,
     /// Per scan operand (carries, sequences, invariants), per split: the operand's axis that
     /// holds the lane, or `None` when it is the same for every lane.
     operand: Vec<Vec<Option<usize>>>,
@@ -95,36 +98,37 @@ struct Lanes {
     body: tttc_ir::Graph,
 }
 
-/// The scan `s` of `f` as one persistent kernel, or `None` when its lanes cannot be separated
-/// into at least two independent, contiguous slices.
-pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
+/// The scan `s` of `f` (a function of `model`, whose lengths the kernel reads) as one persistent
+/// kernel, or `None` when its lanes cannot be separated into at least two independent,
+/// contiguous slices.
+pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String, usize)]) -> Result<Option<Persistent>> {
     let operands: Vec<BufId> = s.carries.iter().map(|c| c.0).chain(s.seqs.iter().map(|sl| sl.buf)).chain(s.invariants.iter().copied()).collect();
-    let Some(lanes) = split(f, s, &operands) else { return Ok(None) };
-    let count: usize = lanes.widths.iter().product();
-    if count < 2 {
+    let Some(lanes) = split(model, f, s, &operands) else { return Ok(None) };
+    let count: Size = lanes.widths.iter().product();
+    if model.most(count) < 2 {
         return Ok(None);
     }
-    let narrow = |shape: &[Size], at: &[Option<usize>]| -> Vec<usize> {
-        let mut out = fixed(shape);
+    let narrow = |shape: &[Size], at: &[Option<usize>]| -> Vec<Size> {
+        let mut out = shape.to_vec();
         for p in at.iter().flatten() {
-            out[*p] = 1;
+            out[*p] = Size::ONE;
         }
         out
     };
     let (nc, ns) = (s.carries.len(), s.seqs.len());
     // A lane's piece of a buffer (a whole operand, or one iteration's chunk of a sequence or
     // output): contiguous in the buffer, as the body reads its arguments.
-    let piece = |buf: BufId, at: &[Option<usize>], chunked: Option<usize>| -> Vec<usize> {
+    let piece = |buf: BufId, at: &[Option<usize>], chunked: Option<usize>| -> Vec<Size> {
         let mut p = narrow(&f.bufs[buf].shape, at);
         if let Some(per) = chunked {
-            p[s.axis] = per.min(s.chunk);
+            p[s.axis] = Size::of(per.min(s.chunk));
         }
         p
     };
-    let contiguous = |buf: BufId, shape: &[usize]| {
-        let strides = contiguous_strides(&fixed(&f.bufs[buf].shape));
-        let mut expected = 1;
-        shape.iter().zip(&strides).rev().filter(|(&d, _)| d > 1).all(|(&d, &st)| {
+    let contiguous = |buf: BufId, shape: &[Size]| {
+        let strides = contiguous_strides(&f.bufs[buf].shape);
+        let mut expected = Size::ONE;
+        shape.iter().zip(&strides).rev().filter(|(d, _)| !d.is_one()).all(|(&d, &st)| {
             let ok = st == expected;
             expected *= d;
             ok
@@ -145,15 +149,14 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     // The narrow body, planned and scheduled for one lane at each chunk length.
     let mut specs = Vec::new();
     let plan = tttc_lower::plan::plan(&lanes.body, 1, &mut specs, &mut tttc_lower::plan::PlanStats::default());
-    let env: DimEnv = s.env.iter().map(|(k, v)| (k.clone(), v.fixed())).collect();
-    let shapes = |len: usize| -> Vec<Vec<usize>> {
+    let shapes = |len: Size| -> Vec<Vec<Size>> {
         operands
             .iter()
             .enumerate()
             .map(|(j, &b)| {
                 let mut n = narrow(&f.bufs[b].shape, &lanes.operand[j]);
                 if (nc..nc + ns).contains(&j) {
-                    n[s.axis] = if s.seqs[j - nc].per == 1 { 1 } else { len };
+                    n[s.axis] = if s.seqs[j - nc].per == 1 { Size::ONE } else { len };
                 }
                 n
             })
@@ -162,11 +165,11 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     // One body per run of iterations, in the order they execute.
     let mut bodies = Vec::new();
     for run in s.runs() {
-        let sched = schedule::schedule_with_shapes(&plan, specs.clone(), &env, &shapes(run.len.fixed()), schedule::Products::GPU)?;
+        let sched = schedule::schedule_with_sizes(&plan, specs.clone(), s.env.clone(), &shapes(run.len), schedule::Products::GPU, model.bounds.clone())?;
         if sched.functions.len() != 1 || sched.functions[0].instrs.iter().any(|i| matches!(i, Instr::Scan(_))) {
             return Ok(None);
         }
-        bodies.push((sched, run.count.fixed()));
+        bodies.push((sched, run.count));
     }
     let lane_bytes = bodies.iter().map(|(sc, _)| sc.functions[0].workspace).max().unwrap_or(0).div_ceil(LANE_ALIGN) * LANE_ALIGN;
 
@@ -184,7 +187,7 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     }
     params.push((ParamRef::Scratch, "scratch".into()));
     params.push((ParamRef::Status, "status".into()));
-    let mut b = Builder::new("tttc_kernel");
+    let mut b = Builder::new("tttc_kernel", lengths);
     // Generic addresses throughout: the carries may live in shared memory.
     b.use_generic_addresses();
     let ptrs: Vec<Reg> = params.iter().map(|(_, n)| b.ptr_param(n)).collect();
@@ -199,16 +202,18 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     let mut lane_index = Vec::new();
     let mut rest: Val = lane.into();
     for &width in lanes.widths.iter().rev() {
-        lane_index.push(b.bin(BinOp::Rem, Ty::U64, rest, Val::Int(width as i64)));
-        rest = b.bin(BinOp::Div, Ty::U64, rest, Val::Int(width as i64)).into();
+        let width = b.size(width);
+        lane_index.push(b.bin(BinOp::Rem, Ty::U64, rest, width));
+        rest = b.bin(BinOp::Div, Ty::U64, rest, width).into();
     }
     lane_index.reverse();
     let offset = |b: &mut Builder, base: Reg, buf: BufId, at: &[Option<usize>]| -> Reg {
-        let strides = contiguous_strides(&fixed(&f.bufs[buf].shape));
+        let strides = contiguous_strides(&f.bufs[buf].shape);
         let off = b.mov(Ty::U64, Val::Int(0));
         for (p, &i) in at.iter().zip(&lane_index) {
             if let Some(p) = p {
-                b.emit(Inst::Fma { ty: Ty::U64, dst: off, a: i.into(), b: Val::Int((strides[*p] * elem_bytes(f.bufs[buf].dtype)) as i64), c: off.into() });
+                let step = b.size(strides[*p] * elem_bytes(f.bufs[buf].dtype));
+                b.emit(Inst::Fma { ty: Ty::U64, dst: off, a: i.into(), b: step, c: off.into() });
             }
         }
         b.bin(BinOp::Add, Ty::U64, base, off)
@@ -223,9 +228,10 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     // The carried state between iterations: in shared memory when both copies of every carry
     // fit beside the product tiles (TTT-Linear's inner weights at the 125m width), so it never
     // leaves the SM; else in the lane's slices of the carries' two buffers.
-    let carry_bytes: Vec<usize> =
-        (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<usize>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
-    let slots: usize = carry_bytes.iter().map(|c| 2 * c.div_ceil(16) * 16).sum();
+    let carry_bytes: Vec<Size> =
+        (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<Size>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
+    let slot_bytes: Vec<usize> = carry_bytes.iter().map(|&c| model.most(c).div_ceil(16) * 16).collect();
+    let slots: usize = slot_bytes.iter().map(|c| 2 * c).sum();
     let on_chip = slots <= SHARED_FOR_CARRIES;
     let pair_lane: Vec<[Reg; 2]> = if on_chip {
         let base = b.shared("carries", slots.max(16), 16);
@@ -233,12 +239,12 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
         let generic = b.reg(Class::R64);
         b.emit(Inst::CvtaShared { dst: generic, src: base });
         let mut at = 0;
-        carry_bytes
+        slot_bytes
             .iter()
             .map(|c| {
                 let slot = |b: &mut Builder, at: usize| b.bin(BinOp::Add, Ty::U64, generic, Val::Int(at as i64));
-                let pair = [slot(&mut b, at), slot(&mut b, at + c.div_ceil(16) * 16)];
-                at += 2 * c.div_ceil(16) * 16;
+                let pair = [slot(&mut b, at), slot(&mut b, at + c)];
+                at += 2 * c;
                 pair
             })
             .collect()
@@ -249,18 +255,24 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
     let lane_ws = b.fma(Ty::U64, lane, Val::Int(lane_bytes as i64), scratch);
 
     // Bytes between consecutive iterations' pieces of a sequence or output.
-    let step_bytes = |buf: BufId, per: usize| -> i64 {
-        let shape = fixed(&f.bufs[buf].shape);
-        (per * shape[s.axis + 1..].iter().product::<usize>() * elem_bytes(f.bufs[buf].dtype)) as i64
+    let step_bytes = |b: &mut Builder, buf: BufId, per: usize| -> Val {
+        let shape = &f.bufs[buf].shape;
+        b.size(shape[s.axis + 1..].iter().product::<Size>() * (per * elem_bytes(f.bufs[buf].dtype)))
     };
     let it = b.mov(Ty::U64, Val::Int(0));
-    let last_chunk = b.mov(Ty::U64, Val::Int(s.iterations().fixed() as i64 - 1));
+    let last_chunk = b.size(s.iterations() - Size::ONE);
     let mut serial_steps = 0;
-    let mut run_end = 0;
+    let mut run_end = Size::ZERO;
     for (sched, iterations) in &bodies {
         let body = &sched.functions[0];
-        run_end += iterations;
-        let top = b.label();
+        run_end += *iterations;
+        let end = b.size(run_end);
+        let (top, after) = (b.label(), b.label());
+        if iterations.constant().is_none() {
+            // A run the lengths leave empty (no whole chunk, or no shorter last one).
+            let done = b.setp(Cmp::Ge, Ty::U64, it, end);
+            b.bra_if(done, false, after);
+        }
         b.place(top);
         // The chunk this iteration works on: a reverse scan visits them from the last.
         let left = b.bin(BinOp::Sub, Ty::U64, last_chunk, it);
@@ -278,18 +290,20 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
             outs.push(b.selp(Ty::U64, even, pair[0], pair[1]));
         }
         for (j, sl) in s.seqs.iter().enumerate() {
-            args.push(b.fma(Ty::U64, chunk, Val::Int(step_bytes(sl.buf, sl.per)), op_lane[nc + j]));
+            let step = step_bytes(&mut b, sl.buf, sl.per);
+            args.push(b.fma(Ty::U64, chunk, step, op_lane[nc + j]));
         }
         args.extend_from_slice(&op_lane[nc + ns..]);
         for (j, sl) in s.outputs.iter().enumerate() {
-            outs.push(b.fma(Ty::U64, chunk, Val::Int(step_bytes(sl.buf, sl.per)), out_lane[j]));
+            let step = step_bytes(&mut b, sl.buf, sl.per);
+            outs.push(b.fma(Ty::U64, chunk, step, out_lane[j]));
         }
         // A barrier only where an instruction touches memory another one has touched since the
         // last barrier, one of them writing; always one at the end of an iteration.
         let mut pending = Pending::default();
         let mut phases = 1;
         for instr in &body.instrs {
-            let (reads, writes) = regions(body, instr);
+            let (reads, writes) = regions(sched, body, instr);
             if pending.conflicts(&reads, &writes) {
                 b.emit(Inst::BarSync);
                 phases += 1;
@@ -306,64 +320,72 @@ pub fn compile(f: &Function, s: &ScanInstr) -> Result<Option<Persistent>> {
                             Home::Arg(j) => (args[j], at),
                             Home::Out(j) => (outs[j], at),
                             // The lane's workspace is a register: its buffers always need the add.
-                            Home::Work => return b.bin(BinOp::Add, Ty::U64, lane_ws, Val::Int((body.bufs[r].offset + at.fixed()) as i64)),
+                            Home::Work => {
+                                let at = b.size(at + body.bufs[r].offset);
+                                return b.bin(BinOp::Add, Ty::U64, lane_ws, at);
+                            }
                             Home::Alias(_) | Home::View { .. } => unreachable!("locate() follows aliases and views"),
                         };
                         if offset.is_zero() {
                             base
                         } else {
-                            b.bin(BinOp::Add, Ty::U64, base, Val::Int(offset.fixed() as i64))
+                            let offset = b.size(offset);
+                            b.bin(BinOp::Add, Ty::U64, base, offset)
                         }
                     }
                     ParamRef::Status => status,
-                    ParamRef::Scratch => unreachable!("a body's instructions take no scratch"),
+                    ParamRef::Scratch | ParamRef::Lengths => {
+                        unreachable!("a body's instructions take no scratch, and read the lengths through the kernel's own parameter")
+                    }
                 })
                 .collect();
             kernels::emit(&mut b, Spread::Block, body, instr, &sched.specs, &ptrs);
         }
         b.emit(Inst::BarSync);
-        serial_steps += *iterations as u64 * phases;
+        serial_steps += model.at_bound(*iterations) * phases;
         b.bin_to(it, BinOp::Add, Ty::U64, it, Val::Int(1));
-        if *iterations > 1 {
-            let more = b.setp(Cmp::Lt, Ty::U64, it, Val::Int(run_end as i64));
+        if model.most(*iterations) > 1 {
+            let more = b.setp(Cmp::Lt, Ty::U64, it, end);
             b.bra_if(more, false, top);
         }
+        b.place(after);
     }
     if on_chip {
         // The final state where the model reads it: the buffer the last iteration wrote.
-        for (j, c) in carry_bytes.iter().enumerate() {
-            kernels::block_copy_words(&mut b, pair_global[j][0], pair_lane[j][0], c / 4);
+        for (j, &c) in carry_bytes.iter().enumerate() {
+            kernels::block_copy_words(&mut b, pair_global[j][0], pair_lane[j][0], c.div_exact(4).expect("carries are of 4-byte words"));
         }
     }
-    let generated =
-        Generated { kernel: b.finish(), grid: [count as u32, 1, 1], block: [PERSISTENT_THREADS, 1, 1], params: params.into_iter().map(|p| p.0).collect() };
+    let generated = Generated::new(b, ([count, Size::ONE, Size::ONE], [PERSISTENT_THREADS, 1, 1]), params.into_iter().map(|p| p.0).collect());
     let mut work = Work { launches: 1, serial_steps, ..Work::default() };
-    work.bytes = generated.params.iter().map(|r| if let ParamRef::Buf(b) = r { f.bufs[*b].bytes().fixed() as u64 } else { 0 }).sum();
-    let at = |s: Size| s.fixed() as u64;
+    work.bytes = generated.params.iter().map(|r| if let ParamRef::Buf(b) = r { model.at_bound(f.bufs[*b].bytes()) } else { 0 }).sum();
+    let at = |s: Size| model.at_bound(s);
     for (body, iterations) in &bodies {
         for i in &body.functions[0].instrs {
-            work.flops += (count * iterations) as u64 * i.flops(&body.specs, &at);
+            work.flops += at(count * *iterations) * i.flops(&body.specs, &at);
         }
     }
-    Ok(Some(Persistent { generated, scratch_bytes: count * lane_bytes, work }))
+    Ok(Some(Persistent { generated, scratch_bytes: model.most(count) * lane_bytes, work }))
 }
 
 /// Splits the scan into lanes along the axes of its first carry that its body keeps apart: the
 /// heads, then the batch, then any other (Mamba's channels); a dimension the body's arguments
 /// hold at more than one axis, or of width 1, is not tried.
-fn split(f: &Function, s: &ScanInstr, operands: &[BufId]) -> Option<Lanes> {
+fn split(model: &Schedule, f: &Function, s: &ScanInstr, operands: &[BufId]) -> Option<Lanes> {
     let mut scan = (*s.ir).clone();
     let mut lanes = Lanes { widths: Vec::new(), operand: vec![Vec::new(); operands.len()], output: vec![Vec::new(); s.outputs.len()], body: scan.body.clone() };
     let rank = f.bufs[*operands.first()?].shape.len();
     let order = [1, 0].into_iter().filter(|&a| a < rank).chain(2..rank);
     for axis in order {
-        let width = f.bufs[operands[0]].shape[axis].fixed();
+        let width = f.bufs[operands[0]].shape[axis];
+        let most = model.most(width);
         let dim = scan.body.ty(scan.body.args.first()?.value).shape.get(axis)?.clone();
-        if width < 2 || dim.is_one() {
+        if most < 2 || dim.is_one() {
             continue;
         }
         let Some(arg_axes) = lanes::axes_of_dim(&scan.body, &dim) else { continue };
-        let Some(split) = lanes::split_along(&scan, &arg_axes, width, width) else { continue };
+        // Split into as many lanes as the width at its greatest: each lane one wide.
+        let Some(split) = lanes::split_along(&scan, &arg_axes, most, most) else { continue };
         if split.result_lanes.len() != scan.carries + lanes.output.len() {
             continue;
         }

@@ -1,5 +1,6 @@
-//! The graph's PTX kernels (`tttc_ptx`) at the arguments' sizes, as `tttc compile` writes them:
-//! executed by the PTX simulator (`tttc_ptx_sim`) or on GPU 0 through the CUDA driver.
+//! The graph's PTX kernels (`tttc_ptx`), as `tttc compile` writes them, for every length up to
+//! the bounds they are compiled for: executed by the PTX simulator (`tttc_ptx_sim`) or on GPU 0
+//! through the CUDA driver.
 
 use std::sync::Mutex;
 
@@ -23,7 +24,7 @@ thread with bounds and race checks: slow, for checking"
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { sizes: Sizes::Exact, needs_device: false, profiled: false }
+        Capabilities { sizes: Sizes::UpTo, needs_device: false, profiled: false }
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {
@@ -60,7 +61,7 @@ impl Backend for Cuda {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { sizes: Sizes::Exact, needs_device: true, profiled: false }
+        Capabilities { sizes: Sizes::UpTo, needs_device: true, profiled: false }
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {

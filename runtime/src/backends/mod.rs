@@ -47,8 +47,6 @@ pub enum Sizes {
     Any,
     /// Every size up to the ones it was compiled at (its lengths read at each call).
     UpTo,
-    /// Only the ones it was compiled at.
-    Exact,
 }
 
 static BACKENDS: &[&dyn Backend] = &[

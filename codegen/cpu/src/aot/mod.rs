@@ -13,10 +13,10 @@
 mod emit;
 mod gemm;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use cranelift_jit::JITModule;
 use cranelift_module::Linkage;
-use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor, Type};
+use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor};
 use tttc_lower::schedule::{Lengths, Products};
 
 pub use emit::{INDEX_OUT_OF_RANGE, LENGTH_OUT_OF_RANGE};
@@ -32,8 +32,6 @@ pub struct CompiledModel {
     _module: JITModule,
     entry: EntryFn,
     pub signature: Signature,
-    /// The graph's argument types, which bind the lengths of a call.
-    arg_types: Vec<Type>,
     workspaces: crate::workspace::Workspaces,
 }
 
@@ -51,8 +49,7 @@ impl CompiledModel {
         let id = emit::define(&mut module, &s, &symbols, "tttc", "tttc_forward", Linkage::Local)?;
         module.finalize_definitions()?;
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(module.get_finalized_function(id)) };
-        let arg_types = graph.args.iter().map(|a| graph.ty(a.value).clone()).collect();
-        Ok(CompiledModel { _module: module, entry, signature, arg_types, workspaces: Default::default() })
+        Ok(CompiledModel { _module: module, entry, signature, workspaces: Default::default() })
     }
 
     /// Runs the model on its arguments, at the lengths their shapes give (each at most its
@@ -60,24 +57,14 @@ impl CompiledModel {
     pub fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
         let sig = &self.signature;
         ensure!(args.len() == sig.args.len(), "the model takes {} arguments, got {}", sig.args.len(), args.len());
-        let mut env = DimEnv::new();
-        for ((a, t), ty) in sig.args.iter().zip(args).zip(&self.arg_types) {
+        for (a, t) in sig.args.iter().zip(args) {
             ensure!(t.dtype() == a.dtype, "argument {}: compiled for {}, got {t}", a.name, a.dtype);
             ensure!(!matches!(t.data, Data::F64(_)), "argument {}: f64 data", a.name);
-            ty.bind(&t.shape, &mut env).with_context(|| format!("argument {}", a.name))?;
         }
-        let mut lengths = Vec::new();
-        for (name, bound) in &sig.lengths {
-            let v = env.get(name).copied().with_context(|| format!("no argument gives the length {name}"))?;
-            ensure!((1..=*bound).contains(&v), "{name} = {v}: compiled for {name} from 1 to {bound}");
-            lengths.push(v as i64);
-        }
-        let shape = |slot: &Slot| -> Result<Vec<usize>> { slot.shape.iter().map(|&d| value(d, &env)).collect() };
-        for (a, t) in sig.args.iter().zip(args) {
-            ensure!(t.shape == shape(a)?, "argument {}: compiled for {:?}, got {t}", a.name, a.shape);
-        }
+        let values = sig.bind(&args.iter().map(|t| t.shape.as_slice()).collect::<Vec<_>>())?;
+        let lengths: Vec<i64> = values.iter().map(|&v| v as i64).collect();
         let ptrs: Vec<*const u8> = args.iter().map(|t| t.as_ptr()).collect();
-        let mut outputs: Vec<Tensor> = sig.outputs.iter().map(|o| Ok(Tensor::zeros(o.dtype, shape(o)?))).collect::<Result<_>>()?;
+        let mut outputs: Vec<Tensor> = sig.outputs.iter().map(|o| Ok(Tensor::zeros(o.dtype, sig.shape(o, &values)?))).collect::<Result<_>>()?;
         let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(Tensor::as_mut_ptr).collect();
         let workspace = self.workspaces.take(sig.workspace_bytes);
         // SAFETY: the arguments have the shapes the lengths give (checked above), the lengths are
@@ -91,12 +78,6 @@ impl CompiledModel {
             s => bail!("the compiled model failed with status {s}"),
         }
     }
-}
-
-/// A size's value at the lengths `env` binds.
-fn value(s: Size, env: &DimEnv) -> Result<usize> {
-    let v = s.eval(&|sym| env.get(sym).map(|&v| v as i64))?;
-    usize::try_from(v).with_context(|| format!("size {s} is {v}"))
 }
 
 /// One exported function of a model object: a graph after the pass pipeline, compiled for every
