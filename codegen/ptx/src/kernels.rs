@@ -589,21 +589,34 @@ fn reduce(b: &mut Builder, spread: Spread, d: Reg, s: Reg, kind: ReduceKind, out
     })
 }
 
-/// `idx` as indices into `shape` (row-major); axes of length 1 are the constant 0.
+/// `idx` as indices into `shape` (row-major); axes of length 1 are the constant 0. Divisions by
+/// a length read at launch are in 32 bits where the indices fit (a 64-bit division by a register
+/// is several times the cost; by a constant, `ptxas` multiplies instead).
 pub(crate) fn unravel(b: &mut Builder, idx: Reg, shape: &[Size]) -> Vec<Val> {
+    let divides = |d: usize| !shape[d].is_one() && !shape[..d].iter().product::<Size>().is_one();
+    let open = (0..shape.len()).any(|d| divides(d) && shape[d].constant().is_none());
+    let narrow = open && b.most(shape.iter().product()) <= u32::MAX as usize;
+    let ty = if narrow { Ty::U32 } else { Ty::U64 };
     let mut out = vec![Val::Int(0); shape.len()];
-    let mut rest: Val = idx.into();
+    let mut rest: Val = if narrow { b.cvt(None, Ty::U32, Ty::U64, idx).into() } else { idx.into() };
     for (d, &n) in shape.iter().enumerate().rev() {
         if n.is_one() {
             continue;
         }
-        if shape[..d].iter().product::<Size>().is_one() {
+        if !divides(d) {
             out[d] = rest;
             break;
         }
-        let n = b.size(n);
-        out[d] = b.bin(BinOp::Rem, Ty::U64, rest, n).into();
-        rest = b.bin(BinOp::Div, Ty::U64, rest, n).into();
+        let n = if narrow { b.size32(n) } else { b.size(n) };
+        out[d] = b.bin(BinOp::Rem, ty, rest, n).into();
+        rest = b.bin(BinOp::Div, ty, rest, n).into();
+    }
+    if narrow {
+        for v in out.iter_mut() {
+            if let Val::Reg(r) = *v {
+                *v = b.cvt(None, Ty::U64, Ty::U32, r).into();
+            }
+        }
     }
     out
 }
