@@ -25,11 +25,16 @@ pub struct Builder {
     lengths: Vec<(String, usize)>,
     /// What runs before the body: the lengths loaded and the sizes computed from them, once.
     prologue: Vec<Stmt>,
-    in_prologue: bool,
-    /// The sizes computed so far, as `u64` and as `u32` registers.
-    sizes: HashMap<(Size, bool), Reg>,
+    /// Whether a size is being computed (the sizes it needs go where it goes).
+    computing: bool,
+    sizes: Computed,
     lengths_ptr: Option<Reg>,
+    /// While a size scope is open: where in the body its sizes go, and the sizes known before it.
+    scope: Option<(usize, Computed)>,
 }
+
+/// The sizes computed so far, as `u64` and as `u32` (`true`) registers.
+type Computed = HashMap<(Size, bool), Reg>;
 
 fn slot(c: Class) -> usize {
     Class::ALL.iter().position(|&x| x == c).expect("every class is listed")
@@ -48,9 +53,10 @@ impl Builder {
             labels: 0,
             lengths: lengths.to_vec(),
             prologue: Vec::new(),
-            in_prologue: false,
+            computing: false,
             sizes: HashMap::new(),
             lengths_ptr: None,
+            scope: None,
         }
     }
 
@@ -78,10 +84,13 @@ impl Builder {
         if let Some(&r) = self.sizes.get(&(s, narrow)) {
             return r.into();
         }
-        let outer = !self.in_prologue;
+        self.lengths_ptr();
+        let outer = !self.computing;
+        // Computed in the kernel's prologue, or at the start of the open scope.
+        let mut code = Vec::new();
         if outer {
-            std::mem::swap(&mut self.body, &mut self.prologue);
-            self.in_prologue = true;
+            std::mem::swap(&mut self.body, &mut code);
+            self.computing = true;
         }
         let r = if narrow {
             let wide = self.size(s);
@@ -90,11 +99,33 @@ impl Builder {
             self.compute(s)
         };
         if outer {
-            std::mem::swap(&mut self.body, &mut self.prologue);
-            self.in_prologue = false;
+            std::mem::swap(&mut self.body, &mut code);
+            self.computing = false;
+            match &mut self.scope {
+                Some((at, _)) => {
+                    let n = code.len();
+                    self.body.splice(*at..*at, code);
+                    *at += n;
+                }
+                None => self.prologue.append(&mut code),
+            }
         }
         self.sizes.insert((s, narrow), r);
         r.into()
+    }
+
+    /// From here until [`Builder::close_size_scope`], sizes not computed yet are computed here
+    /// rather than in the kernel's prologue, and forgotten at the close: their registers are
+    /// live only in between (a persistent kernel's bodies for whole and shorter chunks need
+    /// different sizes).
+    pub fn open_size_scope(&mut self) {
+        assert!(self.scope.is_none(), "size scopes do not nest");
+        self.scope = Some((self.body.len(), self.sizes.clone()));
+    }
+
+    pub fn close_size_scope(&mut self) {
+        let (_, known) = self.scope.take().expect("a size scope is open");
+        self.sizes = known;
     }
 
     /// The value of a size that is not a constant: its terms with a positive coefficient
@@ -130,12 +161,14 @@ impl Builder {
         total
     }
 
-    /// The pointer to the lengths, loaded once.
+    /// The pointer to the lengths, loaded once, in the kernel's prologue.
     fn lengths_ptr(&mut self) -> Reg {
         if let Some(r) = self.lengths_ptr {
             return r;
         }
+        std::mem::swap(&mut self.body, &mut self.prologue);
         let r = self.ptr_param(LENGTHS_PARAM);
+        std::mem::swap(&mut self.body, &mut self.prologue);
         self.lengths_ptr = Some(r);
         r
     }

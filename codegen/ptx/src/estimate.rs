@@ -76,7 +76,12 @@ impl Gpu {
     /// latency chain (times the waves of blocks the grid needs).
     pub fn kernel(&self, work: &Work, grid_blocks: u64, threads: u32, figures: &Figures, tensor_cores: bool) -> KernelEstimate {
         let (blocks_per_sm, occupancy) = self.occupancy(threads, figures.registers, figures.shared_bytes);
-        let launches = work.launches.max(1) as f64;
+        if work.launches == 0 {
+            // Only launched at other lengths (a scan's shorter last chunk, at lengths with none).
+            return KernelEstimate { blocks_per_sm, occupancy, seconds: 0.0, bound: "launches" };
+        }
+        let launches = work.launches as f64;
+        let grid_blocks = grid_blocks.max(1);
         // The share of the SMs one launch keeps busy.
         let filled = (grid_blocks as f64 / self.sms as f64).min(1.0);
         let waves = (grid_blocks as f64 / (self.sms as f64 * blocks_per_sm.max(1) as f64)).ceil().max(1.0);

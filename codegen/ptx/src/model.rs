@@ -370,7 +370,7 @@ impl GpuModel {
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
                     self.add_work(s.body, times * self.schedule.at_bound(s.full), work);
                     if let Some((tail, _)) = s.tail {
-                        self.add_work(tail, times, work);
+                        self.add_work(tail, times * self.schedule.at_bound(s.tail_count), work);
                     }
                     for c in seqs.iter().chain(outputs) {
                         for (l, n) in [(&c.full, self.schedule.at_bound(s.full)), (&c.tail, self.schedule.at_bound(s.tail_count))] {

@@ -254,34 +254,42 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
     let out_lane: Vec<Reg> = s.outputs.iter().enumerate().map(|(j, sl)| offset(&mut b, out_ptrs[j], sl.buf, &lanes.output[j])).collect();
     let lane_ws = b.fma(Ty::U64, lane, Val::Int(lane_bytes as i64), scratch);
 
-    // Bytes between consecutive iterations' pieces of a sequence or output.
-    let step_bytes = |b: &mut Builder, buf: BufId, per: usize| -> Val {
+    // Where an iteration's piece of a sequence or output starts: `chunk` (a `u32`) times the
+    // bytes between consecutive pieces, from `base`.
+    let piece_at = |b: &mut Builder, base: Reg, chunk: Reg, buf: BufId, per: usize| -> Reg {
         let shape = &f.bufs[buf].shape;
-        b.size(shape[s.axis + 1..].iter().product::<Size>() * (per * elem_bytes(f.bufs[buf].dtype)))
+        let step = b.size32(shape[s.axis + 1..].iter().product::<Size>() * (per * elem_bytes(f.bufs[buf].dtype)));
+        let offset = b.bin(BinOp::MulWide, Ty::U32, chunk, step);
+        b.bin(BinOp::Add, Ty::U64, base, offset)
     };
-    let it = b.mov(Ty::U64, Val::Int(0));
-    let last_chunk = b.size(s.iterations() - Size::ONE);
+    // The iteration count in 32 bits: a 64-bit one whose bound `ptxas` cannot see costs the
+    // address arithmetic 64-bit registers (the Mamba scan's kernel took 46 registers, not 30,
+    // which halved its blocks per SM).
+    let it = b.mov(Ty::U32, Val::Int(0));
+    let last_chunk = b.size32(s.iterations() - Size::ONE);
     let mut serial_steps = 0;
     let mut run_end = Size::ZERO;
     for (sched, iterations) in &bodies {
         let body = &sched.functions[0];
         run_end += *iterations;
-        let end = b.size(run_end);
+        let end = b.size32(run_end);
         let (top, after) = (b.label(), b.label());
         if iterations.constant().is_none() {
             // A run the lengths leave empty (no whole chunk, or no shorter last one).
-            let done = b.setp(Cmp::Ge, Ty::U64, it, end);
+            let done = b.setp(Cmp::Ge, Ty::U32, it, end);
             b.bra_if(done, false, after);
         }
+        // This body's sizes, computed once before its iterations.
+        b.open_size_scope();
         b.place(top);
         // The chunk this iteration works on: a reverse scan visits them from the last.
-        let left = b.bin(BinOp::Sub, Ty::U64, last_chunk, it);
+        let left = b.bin(BinOp::Sub, Ty::U32, last_chunk, it);
         let chunk = if s.reverse { left } else { it };
         // The iteration's arguments and outputs: the carries' first buffers are written when an
         // even number of iterations is left after it.
-        let parity = b.bin(BinOp::And, Ty::B64, left, Val::Int(1));
-        let even = b.setp(Cmp::Eq, Ty::U64, parity, Val::Int(0));
-        let at_start = b.setp(Cmp::Eq, Ty::U64, it, Val::Int(0));
+        let parity = b.bin(BinOp::And, Ty::B32, left, Val::Int(1));
+        let even = b.setp(Cmp::Eq, Ty::U32, parity, Val::Int(0));
+        let at_start = b.setp(Cmp::Eq, Ty::U32, it, Val::Int(0));
         let mut args = Vec::new();
         let mut outs = Vec::new();
         for (j, pair) in pair_lane.iter().enumerate() {
@@ -290,13 +298,11 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
             outs.push(b.selp(Ty::U64, even, pair[0], pair[1]));
         }
         for (j, sl) in s.seqs.iter().enumerate() {
-            let step = step_bytes(&mut b, sl.buf, sl.per);
-            args.push(b.fma(Ty::U64, chunk, step, op_lane[nc + j]));
+            args.push(piece_at(&mut b, op_lane[nc + j], chunk, sl.buf, sl.per));
         }
         args.extend_from_slice(&op_lane[nc + ns..]);
         for (j, sl) in s.outputs.iter().enumerate() {
-            let step = step_bytes(&mut b, sl.buf, sl.per);
-            outs.push(b.fma(Ty::U64, chunk, step, out_lane[j]));
+            outs.push(piece_at(&mut b, out_lane[j], chunk, sl.buf, sl.per));
         }
         // A barrier only where an instruction touches memory another one has touched since the
         // last barrier, one of them writing; always one at the end of an iteration.
@@ -343,11 +349,12 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         }
         b.emit(Inst::BarSync);
         serial_steps += model.at_bound(*iterations) * phases;
-        b.bin_to(it, BinOp::Add, Ty::U64, it, Val::Int(1));
+        b.bin_to(it, BinOp::Add, Ty::U32, it, Val::Int(1));
         if model.most(*iterations) > 1 {
-            let more = b.setp(Cmp::Lt, Ty::U64, it, end);
+            let more = b.setp(Cmp::Lt, Ty::U32, it, end);
             b.bra_if(more, false, top);
         }
+        b.close_size_scope();
         b.place(after);
     }
     if on_chip {
