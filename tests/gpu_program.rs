@@ -236,7 +236,8 @@ fn run_compiled(
     }
     let lengths_at = dev.alloc(values.len().max(8)).unwrap();
     dev.upload(lengths_at, &values).unwrap();
-    let integrator = Integrator { program: &program, kernel_index, status: 0, lengths, lengths_at };
+    let status = dev.alloc(gpu["status_bytes"].as_u64().unwrap() as usize).unwrap();
+    let integrator = Integrator { program: &program, kernel_index, status, lengths, lengths_at };
     let mut args = Vec::new();
     for s in gpu["args"].as_array().unwrap() {
         let name = s["name"].as_str().unwrap();
@@ -257,8 +258,6 @@ fn run_compiled(
         })
         .collect();
     let workspace = dev.alloc(gpu["workspace_bytes"].as_u64().unwrap() as usize).unwrap();
-    let status = dev.alloc(gpu["status_bytes"].as_u64().unwrap() as usize).unwrap();
-    let integrator = Integrator { status, ..integrator };
     let outs: Vec<u64> = outputs.iter().map(|o| o.1).collect();
     let entry = program["entry"].as_u64().unwrap() as usize;
     integrator.call(&mut dev, entry, &args, &outs, workspace);

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::layout::{broadcast_shape, broadcast_strides, contiguous_strides, reduction};
-use tttc_ir::{DType, DimEnv, Graph, Op, ReduceKind, Size, SizeEnv, ValueId};
+use tttc_ir::{DType, Data, DimEnv, Graph, Op, ReduceKind, Size, SizeEnv, Tensor, ValueId};
 
 use crate::elementwise::{row_layout, Expr, KernelSpec, RowLayout};
 use crate::plan::{Body, LaneScan, ScanPlan, Step};
@@ -630,13 +630,18 @@ pub struct Signature {
 }
 
 impl Signature {
-    /// The lengths of a call with arguments of `shapes`, in [`Signature::lengths`]' order: read
-    /// from the arguments' axes that are a length, each checked against its bound, and every
-    /// argument's shape checked against them.
-    pub fn bind(&self, shapes: &[&[usize]]) -> Result<Vec<usize>> {
-        ensure!(shapes.len() == self.args.len(), "the model takes {} arguments, got {}", self.args.len(), shapes.len());
+    /// The lengths of a call with `args`, in [`Signature::lengths`]' order: read from the
+    /// arguments' axes that are a length, each checked against its bound, and every argument's
+    /// type and shape checked against them.
+    pub fn bind(&self, args: &[&Tensor]) -> Result<Vec<usize>> {
+        ensure!(args.len() == self.args.len(), "the model takes {} arguments, got {}", self.args.len(), args.len());
+        for (slot, t) in self.args.iter().zip(args) {
+            ensure!(t.dtype() == slot.dtype, "argument {}: compiled for {}, got {t}", slot.name, slot.dtype);
+            ensure!(!matches!(t.data, Data::F64(_)), "argument {}: f64 data", slot.name);
+        }
+        let shapes: Vec<&[usize]> = args.iter().map(|t| t.shape.as_slice()).collect();
         let mut env = DimEnv::new();
-        for (slot, shape) in self.args.iter().zip(shapes) {
+        for (slot, shape) in self.args.iter().zip(&shapes) {
             ensure!(slot.shape.len() == shape.len(), "argument {}: compiled for rank {}, got shape {shape:?}", slot.name, slot.shape.len());
             for (d, &n) in slot.shape.iter().zip(*shape) {
                 if let [(1, atoms)] = d.terms().as_slice() {
@@ -654,7 +659,7 @@ impl Signature {
             values.push(v);
         }
         for (slot, shape) in self.args.iter().zip(shapes) {
-            ensure!(self.shape(slot, &values)? == *shape, "argument {}: compiled for {:?}, got shape {shape:?}", slot.name, slot.shape);
+            ensure!(self.shape(slot, &values)? == shape, "argument {}: compiled for {:?}, got shape {shape:?}", slot.name, slot.shape);
         }
         Ok(values)
     }

@@ -128,30 +128,35 @@ impl Builder {
         self.sizes = known;
     }
 
-    /// The value of a size that is not a constant: its terms with a positive coefficient
-    /// summed, then those with a negative one subtracted (all arithmetic unsigned).
+    /// The value of a size that is not a constant: a length loaded, or the size's terms with a
+    /// positive coefficient summed, then those with a negative one subtracted (all arithmetic
+    /// unsigned), each length among them loaded once.
     fn compute(&mut self, s: Size) -> Reg {
+        let terms = s.terms();
+        if let [(1, atoms)] = terms.as_slice() {
+            if let [tttc_ir::size::Atom::Sym(name)] = atoms.as_slice() {
+                let j = self.lengths.iter().position(|(x, _)| x == name).expect("every length symbol is passed");
+                let at = self.lengths_ptr();
+                return self.ld(self.memory, Ty::U64, at, 8 * j as i64);
+            }
+        }
         let total = self.mov(Ty::U64, Val::Int(0));
-        for (coefficient, atoms) in s.terms() {
+        for (coefficient, atoms) in terms {
             let mut term = Val::Int(coefficient.abs());
             for atom in &atoms {
                 let v = match atom {
-                    tttc_ir::size::Atom::Sym(name) => {
-                        let j = self.lengths.iter().position(|(x, _)| x == name).expect("every length symbol is passed");
-                        let at = self.lengths_ptr();
-                        self.ld(self.memory, Ty::U64, at, 8 * j as i64)
-                    }
+                    tttc_ir::size::Atom::Sym(name) => self.size(Size::sym(name)),
                     tttc_ir::size::Atom::Div(x, d) => {
                         let x = self.size(*x);
-                        self.bin(BinOp::Div, Ty::U64, x, Val::Int(*d))
+                        self.bin(BinOp::Div, Ty::U64, x, Val::Int(*d)).into()
                     }
                     tttc_ir::size::Atom::Rem(x, d) => {
                         let x = self.size(*x);
-                        self.bin(BinOp::Rem, Ty::U64, x, Val::Int(*d))
+                        self.bin(BinOp::Rem, Ty::U64, x, Val::Int(*d)).into()
                     }
                 };
                 term = match term {
-                    Val::Int(1) => v.into(),
+                    Val::Int(1) => v,
                     t => self.bin(BinOp::Mul, Ty::U64, v, t).into(),
                 };
             }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor};
 use tttc_lower::schedule::{self, BufId, Function, Home, Instr, Lengths, Run, ScanInstr, Schedule, Signature, Slicing};
 
@@ -133,10 +133,7 @@ impl GpuModel {
 
     fn run_on(&self, dev: &mut dyn Device, args: &[&Tensor], held: &mut Vec<u64>) -> Result<Vec<Tensor>> {
         let sig = &self.signature;
-        for (slot, t) in sig.args.iter().zip(args) {
-            ensure!(t.dtype() == slot.dtype, "argument {}: compiled for {}, got {t}", slot.name, slot.dtype);
-        }
-        let values = sig.bind(&args.iter().map(|t| t.shape.as_slice()).collect::<Vec<_>>())?;
+        let values = sig.bind(args)?;
         let mut alloc = |dev: &mut dyn Device, bytes: usize| -> Result<u64> {
             let p = dev.alloc(bytes.max(4))?;
             held.push(p);
@@ -144,7 +141,7 @@ impl GpuModel {
         };
         let mut arg_ptrs = Vec::new();
         for t in args {
-            let bytes = tensor_bytes(t)?;
+            let bytes = tensor_bytes(t);
             let p = alloc(dev, bytes.len())?;
             dev.upload(p, &bytes)?;
             arg_ptrs.push(p);
@@ -333,12 +330,12 @@ fn scan_copies(f: &Function, s: &ScanInstr, kernels: &mut Kernels, lengths: &[(S
     Step::Scan { seqs, outputs }
 }
 
-fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    Ok(match &t.data {
+fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    match &t.data {
         Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::F64(_) => bail!("f64 data cannot run on the GPU backend"),
-    })
+        Data::F64(_) => unreachable!("refused by Signature::bind"),
+    }
 }
 
 /// What one kernel does in one forward pass, over all its launches.

@@ -13,10 +13,10 @@
 mod emit;
 mod gemm;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 use cranelift_jit::JITModule;
 use cranelift_module::Linkage;
-use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor};
+use tttc_ir::{DType, DimEnv, Graph, Size, Tensor};
 use tttc_lower::schedule::{Lengths, Products};
 
 pub use emit::{INDEX_OUT_OF_RANGE, LENGTH_OUT_OF_RANGE};
@@ -56,12 +56,7 @@ impl CompiledModel {
     /// bound).
     pub fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
         let sig = &self.signature;
-        ensure!(args.len() == sig.args.len(), "the model takes {} arguments, got {}", sig.args.len(), args.len());
-        for (a, t) in sig.args.iter().zip(args) {
-            ensure!(t.dtype() == a.dtype, "argument {}: compiled for {}, got {t}", a.name, a.dtype);
-            ensure!(!matches!(t.data, Data::F64(_)), "argument {}: f64 data", a.name);
-        }
-        let values = sig.bind(&args.iter().map(|t| t.shape.as_slice()).collect::<Vec<_>>())?;
+        let values = sig.bind(args)?;
         let lengths: Vec<i64> = values.iter().map(|&v| v as i64).collect();
         let ptrs: Vec<*const u8> = args.iter().map(|t| t.as_ptr()).collect();
         let mut outputs: Vec<Tensor> = sig.outputs.iter().map(|o| Ok(Tensor::zeros(o.dtype, sig.shape(o, &values)?))).collect::<Result<_>>()?;
