@@ -40,7 +40,7 @@ fn link(out: &Path, driver: &str) -> PathBuf {
         .arg(out.join("cpu"))
         .arg(repo().join("examples/c").join(driver))
         .arg(out.join("cpu/model.o"))
-        .args(["-lm", "-o"])
+        .args(["-lm", "-lpthread", "-o"])
         .arg(&exe)
         .output()
         .expect("a C compiler (cc)");

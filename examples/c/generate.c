@@ -8,7 +8,7 @@
  * The lengths (the header's TTTC_LENGTH_NAMES, in order: B and T when both were compiled above 1)
  * default to their bounds.
  *
- *   cc -O2 -I DIR/cpu examples/c/generate.c DIR/cpu/model.o -lm -o generate
+ *   cc -O2 -I DIR/cpu examples/c/generate.c DIR/cpu/model.o -lm -lpthread -o generate
  *   ./generate ARGS N OUT [LENGTH...]
  */
 #include <stdio.h>

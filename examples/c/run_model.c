@@ -3,7 +3,7 @@
  * given), calls tttc_forward and writes each output to OUT/<name>.bin. The lengths (the header's
  * TTTC_LENGTH_NAMES, in order: B and T when both were compiled above 1) default to their bounds.
  *
- *   cc -O2 -I DIR/cpu examples/c/run_model.c DIR/cpu/model.o -lm -o run_model
+ *   cc -O2 -I DIR/cpu examples/c/run_model.c DIR/cpu/model.o -lm -lpthread -o run_model
  *   ./run_model ARGS OUT [LENGTH...]
  */
 #include <stdio.h>

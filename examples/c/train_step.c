@@ -6,7 +6,7 @@
  * (the loss after the step), and prints both losses. The lengths (the header's
  * TTTC_LENGTH_NAMES, in order) default to their bounds.
  *
- *   cc -O2 -I DIR/cpu examples/c/train_step.c DIR/cpu/model.o -lm -o train_step
+ *   cc -O2 -I DIR/cpu examples/c/train_step.c DIR/cpu/model.o -lm -lpthread -o train_step
  *   ./train_step ARGS OUT LR [LENGTH...]
  */
 #include <stdio.h>

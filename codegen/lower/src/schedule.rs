@@ -585,8 +585,10 @@ pub enum Lengths {
 /// What a backend's matrix products can do, which shapes how the schedule feeds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Products {
-    /// The right operand's rows must be contiguous: a transposed one is packed first.
-    pub contiguous_rhs_rows: bool,
+    /// A transposed right operand is packed first (copied with contiguous rows) for a product
+    /// of at least this many rows at the bounds; a shorter one reads it through its strides (0:
+    /// always packed; `usize::MAX`: never).
+    pub pack_transposed_rhs_from: usize,
     /// An elementwise kernel that follows a product is applied to its elements before they are
     /// stored ([`Epilogue`]).
     pub epilogues: bool,
@@ -597,12 +599,16 @@ impl Products {
     /// internal, so an epilogue would still run after the whole product, and running the product
     /// in blocks of rows to keep them in cache for the epilogue gained no more than the
     /// run-to-run spread (BENCHMARKS.md, "Fusion").
-    pub const CPU: Products = Products { contiguous_rhs_rows: false, epilogues: false };
-    /// The CPU model's generated product (one thread, compute-bound: an epilogue would gain
-    /// nothing).
-    pub const CPU_MODEL: Products = Products { contiguous_rhs_rows: true, epilogues: false };
+    pub const CPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: false };
+    /// The CPU model's portable product (Cranelift's 128-bit vectors; compute-bound: an epilogue
+    /// would gain nothing).
+    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false };
+    /// The CPU model's AVX-512 product, which gathers a transposed right operand's rows at
+    /// about two thirds of its rate with contiguous ones: packing, a pass over the operand,
+    /// costs less from a few hundred rows on (BENCHMARKS.md, "The compiled model").
+    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false };
     /// The GPU's: operands with any strides, epilogues applied in registers.
-    pub const GPU: Products = Products { contiguous_rhs_rows: false, epilogues: true };
+    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true };
 }
 
 /// A value the model reads or writes: its shape in the lengths it is launched with.
@@ -1098,9 +1104,9 @@ impl Builder<'_> {
 
     fn matmul(&mut self, c: BufId, (a, ta): (BufId, bool), (b, tb): (BufId, bool)) -> Result<()> {
         let (ba, m, k, ars, acs) = matrix(&self.bufs[a].shape, ta)?;
-        // The CPU model's product reads the right operand's rows contiguously: a transposed one
-        // is packed first there.
-        let packed = tb && self.s.products.contiguous_rhs_rows;
+        // Where the product reads a transposed right operand slowly or not at all, it is packed;
+        // so is one whose column stride (`k`) is past the 32-bit indices of gathers.
+        let packed = tb && (self.s.most(m) >= self.s.products.pack_transposed_rhs_from || self.s.most(k) >= 1 << 25);
         let b = if packed {
             let shape = self.bufs[b].shape.clone();
             let r = shape.len();

@@ -10,12 +10,16 @@ use std::collections::HashMap;
 use anyhow::{anyhow, Result};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Block, Endianness, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value};
+use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use tttc_ir::size::Atom;
 use tttc_ir::{DType, ReduceKind, Size};
 
 use tttc_lower::schedule::{elem_bytes, BufId, Function, Home, Instr, Launch, ScanInstr, Schedule, Strided};
+
+/// Rows of a copy at least this long (in elements) go through `memcpy`.
+const MEMCPY_ELEMENTS: usize = 8;
 
 /// Status a compiled function returns when an index is out of range.
 pub const INDEX_OUT_OF_RANGE: i32 = 1;
@@ -24,9 +28,17 @@ pub const LENGTH_OUT_OF_RANGE: i32 = 2;
 
 /// Defines the schedule's functions in `module`, the model's (the last) as `entry` with
 /// `linkage`, everything else local to the module and named after `prefix`.
-pub(super) fn define<M: Module>(module: &mut M, s: &Schedule, lengths: &[String], prefix: &str, entry: &str, linkage: Linkage) -> Result<FuncId> {
+/// Products call `matmul` (`(c, a, a_rs, a_cs, b, b_rs, b_cs, m, n, k)`, see [`super::gemm`]).
+pub(super) fn define<M: Module>(
+    module: &mut M,
+    s: &Schedule,
+    lengths: &[String],
+    prefix: &str,
+    entry: &str,
+    linkage: Linkage,
+    matmul: FuncId,
+) -> Result<FuncId> {
     let (kernels, _) = crate::kernel::define_kernels(module, &s.specs, |k| format!("{prefix}_kernel_{k}"), Linkage::Local)?;
-    let matmul = super::gemm::define(module, &format!("{prefix}_matmul"))?;
     let ptr = module.target_config().pointer_type();
     let mut sig = module.make_signature();
     sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
@@ -49,7 +61,7 @@ pub(super) fn define<M: Module>(module: &mut M, s: &Schedule, lengths: &[String]
             let matmul = declare(matmul, &mut b);
             let kernel_refs: Vec<FuncRef> = kernels.iter().map(|&k| declare(k, &mut b)).collect();
             let fn_refs: Vec<FuncRef> = ids[..i].iter().map(|&k| declare(k, &mut b)).collect();
-            let mut e = Emitter::new(&mut b, f, ptr, lengths, Refs { kernels: kernel_refs, functions: fn_refs, matmul });
+            let mut e = Emitter::new(&mut b, f, ptr, lengths, Refs { kernels: kernel_refs, functions: fn_refs, matmul, frontend });
             if i == last {
                 let mut own: Vec<(&String, &usize)> = s.bounds.iter().collect();
                 own.sort();
@@ -71,6 +83,8 @@ struct Refs {
     kernels: Vec<FuncRef>,
     functions: Vec<FuncRef>,
     matmul: FuncRef,
+    /// For the C library's `memcpy`.
+    frontend: TargetFrontendConfig,
 }
 
 /// An open counted loop (see [`open`]).
@@ -104,6 +118,15 @@ pub(super) fn close(b: &mut FunctionBuilder, l: Loop) {
     b.seal_block(l.exit);
 }
 
+/// Starts a function's body in its entry block; returns the function's parameters.
+pub(super) fn enter(b: &mut FunctionBuilder) -> Vec<Value> {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    b.block_params(entry).to_vec()
+}
+
 /// Memory accesses of the generated code: in bounds by construction, not necessarily aligned.
 pub(super) fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
@@ -127,11 +150,7 @@ struct Emitter<'a, 'b> {
 
 impl<'a, 'b> Emitter<'a, 'b> {
     fn new(b: &'a mut FunctionBuilder<'b>, f: &'a Function, ptr: Type, symbols: &'a [String], refs: Refs) -> Self {
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        b.seal_block(entry);
-        let p = b.block_params(entry).to_vec();
+        let p = enter(b);
         let fail = b.create_block();
         b.append_block_param(fail, types::I32);
         let length_values = (0..symbols.len()).map(|j| b.ins().load(types::I64, mem().with_readonly(), p[0], (8 * j) as i32)).collect();
@@ -305,7 +324,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
     fn instr(&mut self, instr: &Instr) {
         match instr {
             Instr::Kernel(l) => self.launch(l),
-            Instr::MatMul { epilogue: Some(_), .. } => unreachable!("the CPU model's schedule has no epilogues (`Products::CPU_MODEL`)"),
+            Instr::MatMul { epilogue: Some(_), .. } => unreachable!("the CPU model's schedule has no epilogues (`Products::CPU_MODEL*`)"),
             Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None } => {
                 let (cb, ab, bb) = (self.base(*c), self.base(a.buf), self.base(b.buf));
                 let (index, loops) = self.nest(batch);
@@ -316,8 +335,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let ap = self.offset(ab, at, 4);
                 let at = self.dot(&index, &b.batch_strides);
                 let bp = self.offset(bb, at, 4);
-                let args: Vec<Value> = [a.row_stride, a.col_stride, b.row_stride, *m, *n, *k].iter().map(|&v| self.size(v)).collect();
-                self.b.ins().call(self.refs.matmul, &[cp, ap, args[0], args[1], bp, args[2], args[3], args[4], args[5]]);
+                let args: Vec<Value> = [a.row_stride, a.col_stride, b.row_stride, b.col_stride, *m, *n, *k].iter().map(|&v| self.size(v)).collect();
+                self.b.ins().call(self.refs.matmul, &[cp, ap, args[0], args[1], bp, args[2], args[3], args[4], args[5], args[6]]);
                 self.unnest(loops);
             }
             Instr::Reduce { dst, src, kind, outer, len, inner } => self.reduce(*dst, *src, *kind, *outer, *len, *inner),
@@ -457,13 +476,29 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let d0 = self.b.ins().iadd(dst, at);
         let at = self.size(copy.src_at * size);
         let s0 = self.b.ins().iadd(src, at);
-        let (index, loops) = self.nest(&copy.shape);
-        let at = self.dot(&index, &copy.dst_strides);
+        // The innermost axes contiguous on both sides are one row, copied by `memcpy` when it
+        // is long enough to pay for the call.
+        let mut axes = copy.shape.len();
+        let mut row = Size::ONE;
+        while axes > 0 && copy.dst_strides[axes - 1] == row && copy.src_strides[axes - 1] == row {
+            row *= copy.shape[axes - 1];
+            axes -= 1;
+        }
+        if row.known().is_some_and(|r| r < MEMCPY_ELEMENTS) {
+            axes = copy.shape.len();
+        }
+        let (index, loops) = self.nest(&copy.shape[..axes]);
+        let at = self.dot(&index, &copy.dst_strides[..axes]);
         let d = self.offset(d0, at, size);
-        let at = self.dot(&index, &copy.src_strides);
+        let at = self.dot(&index, &copy.src_strides[..axes]);
         let s = self.offset(s0, at, size);
-        let v = self.b.ins().load(ty, mem(), s, 0);
-        self.b.ins().store(mem(), v, d, 0);
+        if axes < copy.shape.len() {
+            let bytes = self.size(row * size);
+            self.b.call_memcpy(self.refs.frontend, d, s, bytes);
+        } else {
+            let v = self.b.ins().load(ty, mem(), s, 0);
+            self.b.ins().store(mem(), v, d, 0);
+        }
         self.unnest(loops);
     }
 

@@ -1,6 +1,7 @@
 //! The matrix product of compiled models, generated with Cranelift so that the object file
 //! needs nothing but the C library: `c[m×n] = a[m×k] · b[k×n]`, `c` row-major, `a` read
-//! through (row, column) strides, `b`'s rows contiguous (`b_rs` apart).
+//! through (row, column) strides, `b`'s rows contiguous (`b_rs` apart; its column stride is
+//! taken for the AVX-512 kernel's signature and must be 1: [`super::products`]).
 //!
 //! Blocks of 6 rows × 8 columns keep their sums in twelve f32x4 registers over the whole `k`
 //! loop (one broadcast element of `a` times two vectors of `b`, fused multiply-adds); rows are
@@ -13,17 +14,27 @@ use cranelift_codegen::ir::{types, AbiParam, BlockArg, InstBuilder, Type, Value}
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 
-use super::emit::{close, mem, open};
+use super::emit::{close, enter, mem, open};
 
 /// Rows per panel (a multiple of `ROWS`) and per block.
 const PANEL: i64 = 48;
 const ROWS: usize = 6;
 
-/// Defines the product as a local function `name(c, a, a_rs, a_cs, b, b_rs, m, n, k)`.
+/// Defines the product as a local function `name(c, a, a_rs, a_cs, b, b_rs, b_cs, m, n, k)`:
+/// the AVX-512 kernel where the target has it, else the one generated here.
 pub(super) fn define<M: Module>(module: &mut M, name: &str) -> Result<FuncId> {
+    if super::avx512::supported(module.isa()) {
+        super::avx512::define(module, name)
+    } else {
+        define_portable(module, name)
+    }
+}
+
+/// The product generated with Cranelift, for any target.
+pub(super) fn define_portable<M: Module>(module: &mut M, name: &str) -> Result<FuncId> {
     let ptr = module.target_config().pointer_type();
     let mut sig = module.make_signature();
-    for ty in [ptr, ptr, types::I64, types::I64, ptr, types::I64, types::I64, types::I64, types::I64] {
+    for ty in [ptr, ptr, types::I64, types::I64, ptr, types::I64, types::I64, types::I64, types::I64, types::I64] {
         sig.params.push(AbiParam::new(ty));
     }
     let id = module.declare_function(name, Linkage::Local, &sig)?;
@@ -32,13 +43,9 @@ pub(super) fn define<M: Module>(module: &mut M, name: &str) -> Result<FuncId> {
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        b.seal_block(entry);
-        let p = b.block_params(entry).to_vec();
-        let g = Gemm { c: p[0], a: p[1], a_rs: p[2], a_cs: p[3], b: p[4], b_rs: p[5], n: p[7], k: p[8], ptr };
-        let m = p[6];
+        let p = enter(&mut b);
+        let g = Gemm { c: p[0], a: p[1], a_rs: p[2], a_cs: p[3], b: p[4], b_rs: p[5], n: p[8], k: p[9], ptr };
+        let m = p[7];
         let zero = b.ins().iconst(types::I64, 0);
         let (ic, panels) = open(&mut b, zero, m, PANEL);
         let end = b.ins().iadd_imm_s(ic, PANEL);
@@ -159,6 +166,54 @@ impl Gemm {
             let dst = b.ins().iadd(self.c, at);
             for v in 0..count {
                 b.ins().store(mem(), results[r * count + v], dst, (4 * width * v) as i32);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Product = unsafe extern "C" fn(*mut f32, *const f32, i64, i64, *const f32, i64, i64, i64, i64, i64);
+
+    /// Every product kernel this machine runs against a direct sum in f64, over shapes that
+    /// hit each edge: rows and columns short of a block, a slice of `k` and of `n`, `k = 0`,
+    /// `a` read transposed, `b`'s rows wider than `n`, and (the AVX-512 kernel) `b` transposed.
+    #[test]
+    fn products_match_a_direct_sum() {
+        let mut module = crate::kernel::jit_module().unwrap();
+        let mut kernels = vec![("portable", define_portable(&mut module, "portable").unwrap(), false)];
+        if super::super::avx512::supported(module.isa()) {
+            kernels.push(("avx512", super::super::avx512::define(&mut module, "avx512").unwrap(), true));
+        }
+        module.finalize_definitions().unwrap();
+        let shapes = [(1, 1, 1), (5, 3, 7), (12, 32, 16), (13, 33, 9), (25, 17, 300), (37, 1100, 5), (7, 48, 0), (130, 70, 513)];
+        for (label, id, strided_b) in kernels {
+            let f = unsafe { std::mem::transmute::<*const u8, Product>(module.get_finalized_function(id)) };
+            for &(m, n, k) in &shapes {
+                for (a_transposed, b_transposed) in [(false, false), (true, false), (false, true), (true, true)] {
+                    if b_transposed && !strided_b {
+                        continue;
+                    }
+                    // `b` has room for k × (n + 3) elements either way.
+                    let (a_rs, a_cs) = if a_transposed { (1, m) } else { (k, 1) };
+                    let (b_rs, b_cs) = if b_transposed { (1, k) } else { (n + 3, 1) };
+                    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+                    let b: Vec<f32> = (0..k * (n + 3)).map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0).collect();
+                    let mut c = vec![f32::NAN; m * n];
+                    unsafe { f(c.as_mut_ptr(), a.as_ptr(), a_rs as i64, a_cs as i64, b.as_ptr(), b_rs as i64, b_cs as i64, m as i64, n as i64, k as i64) };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f64 = (0..k).map(|p| a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64).sum();
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{label} {m}×{n}×{k} (a transposed: {a_transposed}, b: {b_transposed}) at ({i}, {j}): {got} against {want}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Compiled models: a whole graph as one native function that needs nothing but the C library
-//! (`sinf`, `cosf`) and serves every length up to the bounds it was compiled for. The same code
+//! (`sinf`, `cosf`, `memcpy`, `sysconf`, POSIX threads) and serves every length up to the bounds
+//! it was compiled for. The same code
 //! is written as an object file and a C header for integrators ([`model_object`]) or compiled
 //! into this process ([`CompiledModel`], which the tests check against the interpreter).
 //!
@@ -7,11 +8,14 @@
 //! scheduled with its lengths (`B`, `T`) as symbols the code reads when it is called
 //! ([`schedule`], `Lengths::UpTo`): buffers get fixed offsets in one workspace the caller
 //! provides, laid out for the longest lengths, so the function allocates nothing; products run
-//! through a generated blocked GEMM ([`gemm`]), everything else through generated loops
-//! ([`emit`]).
+//! through an AVX-512 kernel assembled for CPUs that have it ([`avx512`]) or a blocked GEMM
+//! generated with Cranelift ([`gemm`]), large ones split over threads ([`parallel`]), everything
+//! else through generated loops ([`emit`]).
 
+mod avx512;
 mod emit;
 mod gemm;
+mod parallel;
 
 use anyhow::{bail, Result};
 use cranelift_jit::JITModule;
@@ -43,10 +47,11 @@ impl CompiledModel {
     /// Compiles `graph` (after the pass pipeline, holding no `grad`) for every length up to the
     /// ones `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<CompiledModel> {
-        let (s, signature) = tttc_lower::schedule::model(graph, env, Lengths::UpTo, Products::CPU_MODEL)?;
         let mut module = crate::kernel::jit_module()?;
+        let (s, signature) = tttc_lower::schedule::model(graph, env, Lengths::UpTo, products_of(cranelift_module::Module::isa(&module)))?;
         let symbols: Vec<String> = signature.lengths.iter().map(|(name, _)| name.clone()).collect();
-        let id = emit::define(&mut module, &s, &symbols, "tttc", "tttc_forward", Linkage::Local)?;
+        let matmul = products(&mut module, "tttc", Linkage::Local)?;
+        let id = emit::define(&mut module, &s, &symbols, "tttc", "tttc_forward", Linkage::Local, matmul)?;
         module.finalize_definitions()?;
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(module.get_finalized_function(id)) };
         Ok(CompiledModel { _module: module, entry, signature, workspaces: Default::default() })
@@ -101,20 +106,38 @@ pub struct ModelObject {
 /// `int32_t {prefix}_{name}(const int64_t *lengths, const void *const *args, void *const *outputs, void *workspace)`.
 pub fn model_object(entries: &[Entry], prefix: &str) -> Result<ModelObject> {
     let mut module = crate::kernel::object_module()?;
-    let scheduled: Vec<_> = entries.iter().map(|e| tttc_lower::schedule::model(e.graph, e.env, Lengths::UpTo, Products::CPU_MODEL)).collect::<Result<_>>()?;
+    let feeds = products_of(cranelift_module::Module::isa(&module));
+    let scheduled: Vec<_> = entries.iter().map(|e| tttc_lower::schedule::model(e.graph, e.env, Lengths::UpTo, feeds)).collect::<Result<_>>()?;
     let mut lengths: Vec<(String, usize)> = scheduled.iter().flat_map(|(_, sig)| sig.lengths.clone()).collect();
     lengths.sort();
     lengths.dedup();
     let symbols: Vec<String> = lengths.iter().map(|(name, _)| name.clone()).collect();
+    let matmul = products(&mut module, prefix, Linkage::Export)?;
     let mut signatures = Vec::new();
     for (e, (s, signature)) in entries.iter().zip(scheduled) {
         let symbol = format!("{prefix}_{}", e.name);
-        emit::define(&mut module, &s, &symbols, &symbol, &symbol, Linkage::Export)?;
+        emit::define(&mut module, &s, &symbols, &symbol, &symbol, Linkage::Export, matmul)?;
         signatures.push(signature);
     }
     let object = module.finish().emit()?;
     let header = header(entries, prefix, &signatures, &lengths);
     Ok(ModelObject { object, header, signatures, lengths })
+}
+
+/// What the products of a model compiled for `isa` take.
+fn products_of(isa: &dyn cranelift_codegen::isa::TargetIsa) -> Products {
+    if avx512::supported(isa) {
+        Products::CPU_MODEL_AVX512
+    } else {
+        Products::CPU_MODEL
+    }
+}
+
+/// The module's matrix product (the kernel for this CPU, large products split over threads) and
+/// its thread count `{prefix}_threads`, with `linkage`.
+fn products<M: cranelift_module::Module>(module: &mut M, prefix: &str, linkage: Linkage) -> Result<cranelift_module::FuncId> {
+    let kernel = gemm::define(module, &format!("{prefix}_matmul_kernel"))?;
+    Ok(parallel::define(module, prefix, kernel, linkage)?.0)
 }
 
 fn header(entries: &[Entry], prefix: &str, signatures: &[Signature], lengths: &[(String, usize)]) -> String {
@@ -145,18 +168,22 @@ fn header(entries: &[Entry], prefix: &str, signatures: &[Signature], lengths: &[
             " * each a pointer to a dense row-major array of the type and shape listed below, where the\n",
             " * shapes' lengths are the values in `lengths` ({upper}_LENGTH_NAMES, in that order; each from 1\n",
             " * to its bound in {upper}_MAX_LENGTHS). It uses its *_WORKSPACE_BYTES bytes at `workspace` (any\n",
-            " * alignment, contents ignored; enough for every length). It allocates nothing, runs on the\n",
-            " * calling thread and keeps no state: calls with separate workspaces and outputs may run at\n",
-            " * once. Arguments and outputs must not overlap. It returns 0, {oob} when a token id or target\n",
-            " * is out of range (the outputs are then incomplete), or {bad_length} when a length is out of\n",
-            " * range (nothing is written). Link with -lm.\n",
+            " * alignment, contents ignored; enough for every length). It allocates nothing and keeps no\n",
+            " * state: calls with separate workspaces and outputs may run at once. Large matrix products\n",
+            " * are split over {prefix}_threads threads (0, the default: one per online processor; 1: all\n",
+            " * on the calling thread). Arguments and outputs must not overlap. It returns 0, {oob} when a\n",
+            " * token id or target is out of range (the outputs are then incomplete), or {bad_length} when a\n",
+            " * length is out of range (nothing is written). Link with -lm -lpthread.\n",
             " */\n\n",
             "#ifndef {upper}_MODEL_H\n#define {upper}_MODEL_H\n\n#include <stdint.h>\n\n",
+            "/* Threads a large matrix product is split over (0: one per online processor). */\n",
+            "extern int32_t {prefix}_threads;\n\n",
         ),
         version = env!("CARGO_PKG_VERSION"),
         fixed = if fixed.is_empty() { String::new() } else { format!(" at {}", fixed.join(", ")) },
         open = if symbols.is_empty() { String::new() } else { format!("{}for any {}", if fixed.is_empty() { " " } else { ", " }, open(&symbols)) },
         upper = upper,
+        prefix = prefix,
         oob = INDEX_OUT_OF_RANGE,
         bad_length = LENGTH_OUT_OF_RANGE,
     );
