@@ -357,7 +357,7 @@ fn concat_and_pad_pieces_are_written_in_place() {
         assert!(compare(&g, &args, 1e-6, 1e-7) <= 1.0, "B = {batch}");
         let mut env = tttc_ir::DimEnv::new();
         env.insert("B".to_string(), batch);
-        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::GPU).unwrap();
+        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::GPU, 1).unwrap();
         let model = s.functions.last().unwrap();
         let copies = model.instrs.iter().filter(|i| matches!(i, tttc_lower::schedule::Instr::Copy { .. })).count();
         // B = 1: `x` (an argument) and `t` (twice) into the concat, `again` (an output of its
@@ -405,7 +405,7 @@ fn products_apply_their_epilogues_before_the_store() {
         let mut env = tttc_ir::DimEnv::new();
         env.insert("B".to_string(), batch);
         env.insert("T".to_string(), t);
-        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::GPU).unwrap();
+        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::GPU, 1).unwrap();
         let model = s.functions.last().unwrap();
         let epilogues: Vec<bool> = model
             .instrs
@@ -571,5 +571,55 @@ fn persistent_scan_kernels_keep_small_state_on_chip() {
         assert_eq!(persistent.len(), 1, "d = {d}: one persistent kernel");
         assert!(persistent[0].uses_tensor_cores(), "d = {d}");
         assert_eq!(persistent[0].shared.iter().any(|s| s.name == "carries"), on_chip, "d = {d}");
+    }
+}
+
+/// The compiled model's work split over threads, against the interpreter: a product large
+/// enough to be cut into shares of rows, elementwise kernels large enough to be split (one long
+/// row by columns, rows with a broadcast bias by rows), and
+/// transposed right operands read both ways (gathered by a product of few rows, packed for one
+/// of many, where the CPU has AVX-512). Scans split into lanes are run on threads by every
+/// reference case (tests/compiled_model.rs).
+#[test]
+fn the_compiled_model_splits_large_work_over_threads() {
+    let mut g = Graph::new("threads");
+    let x = g.input("x", Type::new(DType::F32, vec![Dim::sym("T"), Dim::c(256)]));
+    let w = g.input("w", f32t(&[256, 300]));
+    let p = g.input("p", f32t(&[100, 64]));
+    let q = g.input("q", f32t(&[80, 64]));
+    let r = g.input("r", f32t(&[50, 256]));
+    let u = g.input("u", Type::new(DType::F32, vec![Dim::sym("T"), Dim::c(320)]));
+    let bias = g.input("bias", f32t(&[320]));
+    let xw = g.matmul(x, w).unwrap(); // 300 × 256 × 300: above the threads' threshold
+    let y = g.unary(UnaryOp::Tanh, xw).unwrap(); // one row of T · 300
+    let ub = g.add(u, bias).unwrap();
+    let z = g.unary(UnaryOp::Tanh, ub).unwrap(); // T rows of 320
+    let qt = g.transpose_last2(q).unwrap();
+    let pq = g.matmul(p, qt).unwrap(); // 100 rows: `qᵀ` gathered
+    let rt = g.transpose_last2(r).unwrap();
+    let xr = g.matmul(x, rt).unwrap(); // 300 rows: `rᵀ` packed
+    for (name, v) in [("y", y), ("pq", pq), ("xr", xr), ("z", z)] {
+        g.output(name, v);
+    }
+    let t = 300;
+    let args = [
+        Tensor::f32(vec![t, 256], values(t * 256, 71, -1.0, 1.0)),
+        Tensor::f32(vec![256, 300], values(256 * 300, 72, -0.1, 0.1)),
+        Tensor::f32(vec![100, 64], values(100 * 64, 73, -1.0, 1.0)),
+        Tensor::f32(vec![80, 64], values(80 * 64, 74, -1.0, 1.0)),
+        Tensor::f32(vec![50, 256], values(50 * 256, 75, -1.0, 1.0)),
+        Tensor::f32(vec![t, 320], values(t * 320, 76, -1.0, 1.0)),
+        Tensor::f32(vec![320], values(320, 77, -1.0, 1.0)),
+    ];
+    let refs: Vec<&Tensor> = args.iter().collect();
+    let want = tttc_ir::run(&g, &refs, tttc_ir::Precision::F32).unwrap();
+    let mut env = tttc_ir::DimEnv::new();
+    env.insert("T".to_string(), 512);
+    let got = CompiledModel::compile(&g, &env).unwrap().run(&refs).unwrap();
+    for ((w, o), name) in want.iter().zip(&got).zip(["y", "pq", "xr", "z"]) {
+        assert_eq!(w.shape, o.shape, "{name}");
+        for (i, (&a, &b)) in o.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name}[{i}]: compiled {a}, interpreter {b}");
+        }
     }
 }

@@ -86,7 +86,7 @@ fn one_compiled_model_serves_every_length_up_to_its_bounds() {
             assert_eq!(lengths, ["B", "T"], "{name} {}: the lengths left open", graph.name);
             // Laid out for the longest lengths, the workspace is about what the fixed-size schedule at
             // those lengths needs (a chunk longer than any sequence gets no body of its own).
-            let fixed = tttc_lower::schedule::model(graph, &bounds, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::CPU_MODEL).unwrap().1;
+            let fixed = tttc_codegen_cpu::aot::schedule(graph, &bounds, tttc_lower::schedule::Lengths::Fixed).unwrap().1;
             let (open, at_bounds) = (compiled.signature.workspace_bytes, fixed.workspace_bytes);
             assert!(open <= at_bounds + at_bounds / 4 + (64 << 10), "{name} {}: workspace {open} bytes, {at_bounds} at fixed sizes", graph.name);
             for (b, t) in [(2, 40), (1, 1), (2, 2), (2, 15), (1, 16), (2, 17), (1, 33), (2, 32)] {

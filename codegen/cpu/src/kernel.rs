@@ -45,7 +45,7 @@ extern "C" fn cosf(x: f32) -> f32 {
 
 /// Cranelift's target for this machine (its CPU features detected at run time); position
 /// independent code for object files that are linked into other programs.
-fn host_isa(pic: bool) -> Result<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
+pub(crate) fn host_isa(pic: bool) -> Result<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
     let mut flags = settings::builder();
     // Kernels are already scheduled; `speed`'s e-graph sinks splats and FMAs into spills.
     flags.set("opt_level", "none").map_err(|e| anyhow!("{e}"))?;

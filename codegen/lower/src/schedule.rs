@@ -746,11 +746,12 @@ impl Schedule {
     }
 }
 
-/// Plans `graph` (after the pass pipeline) for one thread and schedules it for the `lengths`
-/// `env` binds: every function of the model, and what it takes and needs.
-pub fn model(graph: &Graph, env: &DimEnv, lengths: Lengths, products: Products) -> Result<(Schedule, Signature)> {
+/// Plans `graph` (after the pass pipeline) for `threads` (scans split into as many lanes, run
+/// as the parts of an [`Instr::Parallel`]) and schedules it for the `lengths` `env` binds: every
+/// function of the model, and what it takes and needs.
+pub fn model(graph: &Graph, env: &DimEnv, lengths: Lengths, products: Products, threads: usize) -> Result<(Schedule, Signature)> {
     let mut specs = Vec::new();
-    let body = crate::plan::plan(graph, 1, &mut specs, &mut crate::plan::PlanStats::default());
+    let body = crate::plan::plan(graph, threads, &mut specs, &mut crate::plan::PlanStats::default());
     let open = |sym: &String, v: usize| {
         lengths == Lengths::UpTo && v > 1 && graph.args.iter().any(|a| graph.ty(a.value).shape.iter().any(|d| d.sym.as_ref() == Some(sym)))
     };

@@ -89,7 +89,7 @@ impl Kernels {
 impl GpuModel {
     /// Compiles `graph` (after the pass pipeline) for every length up to the ones `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<GpuModel> {
-        let (schedule, mut signature) = schedule::model(graph, env, Lengths::UpTo, schedule::Products::GPU)?;
+        let (schedule, mut signature) = schedule::model(graph, env, Lengths::UpTo, schedule::Products::GPU, 1)?;
         let lengths = &signature.lengths.clone();
         let mut kernels = Kernels { list: Vec::new(), by_text: HashMap::new() };
         let mut steps = Vec::new();

@@ -1,5 +1,5 @@
 //! The whole graph compiled ahead of time for lengths up to the arguments', as `tttc compile` writes it
-//! (`tttc_codegen_cpu::aot`), run in this process (its large products split over threads).
+//! (`tttc_codegen_cpu::aot`), run in this process (large products and scans' lanes on threads).
 
 use anyhow::Result;
 use tttc_codegen_cpu::aot::CompiledModel;
@@ -15,7 +15,7 @@ impl Backend for CpuModel {
     }
 
     fn about(&self) -> &'static str {
-        "The whole graph compiled ahead of time (large products split over threads): the code `tttc compile` writes to cpu/model.o, run in \
+        "The whole graph compiled ahead of time (large products and scans' lanes on threads): the code `tttc compile` writes to cpu/model.o, run in \
 this process (compiled for lengths up to the input's rounded up to a power of two, and reused for every length up to those)"
     }
 

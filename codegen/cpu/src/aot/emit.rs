@@ -26,9 +26,22 @@ pub const INDEX_OUT_OF_RANGE: i32 = 1;
 /// Status the entry point returns when a length is 0 or past its bound.
 pub const LENGTH_OUT_OF_RANGE: i32 = 2;
 
+/// What the model's functions call besides its kernels and each other.
+#[derive(Clone, Copy)]
+pub(super) struct Shared {
+    /// `(c, a, a_rs, a_cs, b, b_rs, b_cs, m, n, k)`: the matrix product ([`super::gemm`]).
+    pub matmul: FuncId,
+    /// `(parts, count, lengths, args, outputs, workspace) -> status`: functions run on threads
+    /// ([`super::parallel`]).
+    pub parallel: FuncId,
+    /// `(kernel, n, rows, ins, strides, outs, inputs, outputs, work, splat)`: a kernel's rows
+    /// (or one row's columns) split over threads when the work is large.
+    pub kernel_rows: FuncId,
+}
+
 /// Defines the schedule's functions in `module`, the model's (the last) as `entry` with
-/// `linkage`, everything else local to the module and named after `prefix`.
-/// Products call `matmul` (`(c, a, a_rs, a_cs, b, b_rs, b_cs, m, n, k)`, see [`super::gemm`]).
+/// `linkage`, everything else local to the module and named after `prefix`; the parts of each
+/// [`Instr::Parallel`] become functions of their own, run on threads.
 pub(super) fn define<M: Module>(
     module: &mut M,
     s: &Schedule,
@@ -36,7 +49,7 @@ pub(super) fn define<M: Module>(
     prefix: &str,
     entry: &str,
     linkage: Linkage,
-    matmul: FuncId,
+    shared: Shared,
 ) -> Result<FuncId> {
     let (kernels, _) = crate::kernel::define_kernels(module, &s.specs, |k| format!("{prefix}_kernel_{k}"), Linkage::Local)?;
     let ptr = module.target_config().pointer_type();
@@ -53,36 +66,90 @@ pub(super) fn define<M: Module>(
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     for (i, f) in s.functions.iter().enumerate() {
+        let mut parallel = Vec::new();
+        for (q, parts) in f.instrs.iter().filter_map(|x| if let Instr::Parallel { parts } = x { Some(parts) } else { None }).enumerate() {
+            let mut part_ids = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                let id = module.declare_function(&format!("{prefix}_fn_{i}_parallel_{q}_part_{j}"), Linkage::Local, &sig)?;
+                let body = Body { s, f, instrs: part, callees: &ids[..i], parallel: &[], check_lengths: None };
+                body.define(module, &mut ctx, &mut fctx, &sig, id, lengths, &kernels, shared, frontend)?;
+                part_ids.push(id);
+            }
+            parallel.push(part_ids);
+        }
+        let check_lengths = (i == last).then_some(&s.bounds);
+        let body = Body { s, f, instrs: &f.instrs, callees: &ids[..i], parallel: &parallel, check_lengths };
+        body.define(module, &mut ctx, &mut fctx, &sig, ids[i], lengths, &kernels, shared, frontend)?;
+    }
+    Ok(ids[last])
+}
+
+/// One function to emit: instructions of a scheduled function (all of them, or a parallel part's).
+struct Body<'a> {
+    s: &'a Schedule,
+    f: &'a Function,
+    instrs: &'a [Instr],
+    /// The functions it may call (those before it).
+    callees: &'a [FuncId],
+    /// Per `Instr::Parallel` among `instrs`, in order: its parts' functions.
+    parallel: &'a [Vec<FuncId>],
+    /// The entry point's bounds, checked first.
+    check_lengths: Option<&'a tttc_ir::DimEnv>,
+}
+
+impl Body<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn define<M: Module>(
+        &self,
+        module: &mut M,
+        ctx: &mut cranelift_codegen::Context,
+        fctx: &mut FunctionBuilderContext,
+        sig: &cranelift_codegen::ir::Signature,
+        id: FuncId,
+        lengths: &[String],
+        kernels: &[FuncId],
+        shared: Shared,
+        frontend: TargetFrontendConfig,
+    ) -> Result<()> {
         ctx.func.signature = sig.clone();
         {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
             let mut refs = HashMap::new();
             let mut declare = |id: FuncId, b: &mut FunctionBuilder| *refs.entry(id).or_insert_with(|| module.declare_func_in_func(id, b.func));
-            let matmul = declare(matmul, &mut b);
+            let matmul = declare(shared.matmul, &mut b);
+            let run_parallel = declare(shared.parallel, &mut b);
+            let kernel_rows = declare(shared.kernel_rows, &mut b);
             let kernel_refs: Vec<FuncRef> = kernels.iter().map(|&k| declare(k, &mut b)).collect();
-            let fn_refs: Vec<FuncRef> = ids[..i].iter().map(|&k| declare(k, &mut b)).collect();
-            let mut e = Emitter::new(&mut b, f, ptr, lengths, Refs { kernels: kernel_refs, functions: fn_refs, matmul, frontend });
-            if i == last {
-                let mut own: Vec<(&String, &usize)> = s.bounds.iter().collect();
+            let fn_refs: Vec<FuncRef> = self.callees.iter().map(|&k| declare(k, &mut b)).collect();
+            let parallel: Vec<Vec<FuncRef>> = self.parallel.iter().map(|parts| parts.iter().map(|&p| declare(p, &mut b)).collect()).collect();
+            let ptr = module.target_config().pointer_type();
+            let refs = Refs { kernels: kernel_refs, functions: fn_refs, matmul, run_parallel, kernel_rows, parallel, frontend };
+            let mut e = Emitter::new(&mut b, self.s, self.f, ptr, lengths, refs);
+            if let Some(bounds) = self.check_lengths {
+                let mut own: Vec<(&String, &usize)> = bounds.iter().collect();
                 own.sort();
                 e.check_lengths(&own);
             }
-            for instr in &f.instrs {
+            for instr in self.instrs {
                 e.instr(instr);
             }
             e.finish();
             b.finalize(frontend);
         }
-        module.define_function(ids[i], &mut ctx).map_err(|e| anyhow!("compiling function {i}: {e:?}"))?;
-        module.clear_context(&mut ctx);
+        module.define_function(id, ctx).map_err(|e| anyhow!("compiling function {}: {e:?}", module.declarations().get_function_decl(id).linkage_name(id)))?;
+        module.clear_context(ctx);
+        Ok(())
     }
-    Ok(ids[last])
 }
 
 struct Refs {
     kernels: Vec<FuncRef>,
     functions: Vec<FuncRef>,
     matmul: FuncRef,
+    run_parallel: FuncRef,
+    kernel_rows: FuncRef,
+    /// Per `Instr::Parallel` of the function, in order: its parts.
+    parallel: Vec<Vec<FuncRef>>,
     /// For the C library's `memcpy`.
     frontend: TargetFrontendConfig,
 }
@@ -119,12 +186,33 @@ pub(super) fn close(b: &mut FunctionBuilder, l: Loop) {
 }
 
 /// Starts a function's body in its entry block; returns the function's parameters.
-pub(super) fn enter(b: &mut FunctionBuilder) -> Vec<Value> {
+fn enter(b: &mut FunctionBuilder) -> Vec<Value> {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
     b.seal_block(entry);
     b.block_params(entry).to_vec()
+}
+
+/// Defines a local function `name` with `sig`, its body built by `body` from its parameters.
+pub(super) fn function<M: Module>(
+    module: &mut M,
+    name: &str,
+    sig: cranelift_codegen::ir::Signature,
+    body: impl FnOnce(&mut M, &mut FunctionBuilder, &[Value]),
+) -> Result<FuncId> {
+    let id = module.declare_function(name, Linkage::Local, &sig)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig;
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let params = enter(&mut b);
+        body(module, &mut b, &params);
+        b.finalize(module.isa().frontend_config());
+    }
+    module.define_function(id, &mut ctx).map_err(|e| anyhow!("compiling {name}: {e:?}"))?;
+    Ok(id)
 }
 
 /// Memory accesses of the generated code: in bounds by construction, not necessarily aligned.
@@ -134,6 +222,7 @@ pub(super) fn mem() -> MemFlagsData {
 
 struct Emitter<'a, 'b> {
     b: &'a mut FunctionBuilder<'b>,
+    s: &'a Schedule,
     f: &'a Function,
     ptr: Type,
     /// The length symbols, in the order of `lengths`, and their values.
@@ -146,15 +235,17 @@ struct Emitter<'a, 'b> {
     /// Returns its parameter (a non-zero status).
     fail: Block,
     refs: Refs,
+    /// `Instr::Parallel`s emitted so far.
+    parallels: usize,
 }
 
 impl<'a, 'b> Emitter<'a, 'b> {
-    fn new(b: &'a mut FunctionBuilder<'b>, f: &'a Function, ptr: Type, symbols: &'a [String], refs: Refs) -> Self {
+    fn new(b: &'a mut FunctionBuilder<'b>, s: &'a Schedule, f: &'a Function, ptr: Type, symbols: &'a [String], refs: Refs) -> Self {
         let p = enter(b);
         let fail = b.create_block();
         b.append_block_param(fail, types::I32);
         let length_values = (0..symbols.len()).map(|j| b.ins().load(types::I64, mem().with_readonly(), p[0], (8 * j) as i32)).collect();
-        Emitter { b, f, ptr, symbols, lengths: p[0], length_values, args: p[1], outs: p[2], ws: p[3], fail, refs }
+        Emitter { b, s, f, ptr, symbols, lengths: p[0], length_values, args: p[1], outs: p[2], ws: p[3], fail, refs, parallels: 0 }
     }
 
     /// Returns [`LENGTH_OUT_OF_RANGE`] unless every length is in `1..=` its bound.
@@ -230,6 +321,28 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.b.seal_block(self.fail);
         let status = self.b.block_params(self.fail)[0];
         self.b.ins().return_(&[status]);
+    }
+
+    /// Returns the status of `call` unless it is 0.
+    fn check(&mut self, call: cranelift_codegen::ir::Inst) {
+        let status = self.b.inst_results(call)[0];
+        let ok = self.b.create_block();
+        self.b.ins().brif(status, self.fail, &[status.into()], ok, &[]);
+        self.b.switch_to_block(ok);
+        self.b.seal_block(ok);
+    }
+
+    /// Runs the parts of an `Instr::Parallel`, each compiled as a function, on threads.
+    fn run_parallel(&mut self, parts: &[FuncRef]) {
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * parts.len()) as u32, 3));
+        for (j, &part) in parts.iter().enumerate() {
+            let at = self.b.ins().func_addr(self.ptr, part);
+            self.b.ins().stack_store(self.ptr, at, slot, (8 * j) as i32);
+        }
+        let table = self.b.ins().stack_addr(self.ptr, slot, 0);
+        let count = self.int(parts.len() as i64);
+        let call = self.b.ins().call(self.refs.run_parallel, &[table, count, self.lengths, self.args, self.outs, self.ws]);
+        self.check(call);
     }
 
     fn int(&mut self, v: i64) -> Value {
@@ -317,7 +430,20 @@ impl<'a, 'b> Emitter<'a, 'b> {
         }
         let (nv, rv) = (self.size(n), self.size(rows));
         let ptrs: Vec<Value> = [in_slot, stride_slot, out_slot].iter().map(|&s| self.b.ins().stack_addr(self.ptr, s, 0)).collect();
-        self.b.ins().call(self.refs.kernels[kernel], &[nv, rv, ptrs[0], ptrs[1], ptrs[2]]);
+        // A launch that can be large has its rows split over threads when it is.
+        let ops = self.s.specs[kernel].ops_per_element() as i64;
+        let large = self.s.most(rows * n) as i64 * ops >= super::parallel::MIN_KERNEL_WORK;
+        if large && ins.len().max(outs.len()) <= super::parallel::MAX_KERNEL_OPERANDS {
+            let f = self.b.ins().func_addr(self.ptr, self.refs.kernels[kernel]);
+            let work = self.b.ins().imul(nv, rv);
+            let work = self.b.ins().imul_imm_s(work, ops);
+            let (inputs, outputs) = (self.int(ins.len() as i64), self.int(outs.len() as i64));
+            let splat = self.s.specs[kernel].splat.iter().enumerate().fold(0, |m, (j, &s)| m | (i64::from(s) << j));
+            let splat = self.int(splat);
+            self.b.ins().call(self.refs.kernel_rows, &[f, nv, rv, ptrs[0], ptrs[1], ptrs[2], inputs, outputs, work, splat]);
+        } else {
+            self.b.ins().call(self.refs.kernels[kernel], &[nv, rv, ptrs[0], ptrs[1], ptrs[2]]);
+        }
         self.unnest(loops);
     }
 
@@ -443,7 +569,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
             }
             Instr::Scan(s) => self.scan(s),
             // One thread runs the parts one after the other.
-            Instr::Parallel { parts } => parts.iter().flatten().for_each(|i| self.instr(i)),
+            Instr::Parallel { parts } => match self.refs.parallel.get(self.parallels).cloned() {
+                Some(functions) => {
+                    self.parallels += 1;
+                    self.run_parallel(&functions);
+                }
+                // (A part holds none: their own functions get no list.)
+                None => parts.iter().flatten().for_each(|i| self.instr(i)),
+            },
         }
     }
 
@@ -663,11 +796,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let o = self.b.ins().stack_addr(self.ptr, outs, 0);
         let w = self.b.ins().iadd_imm_s(self.ws, s.workspace_at as i64);
         let call = self.b.ins().call(self.refs.functions[body], &[self.lengths, a, o, w]);
-        let status = self.b.inst_results(call)[0];
-        let ok = self.b.create_block();
-        self.b.ins().brif(status, self.fail, &[status.into()], ok, &[]);
-        self.b.switch_to_block(ok);
-        self.b.seal_block(ok);
+        self.check(call);
         for (to, from, copy, size) in placements {
             self.copy(to, from, &copy, size);
         }

@@ -9,12 +9,12 @@
 //! sweep `b`. Edges use blocks of one row, four columns or one column. (Measured at
 //! 2048×768×768 on one core: 4-row blocks 22 GFLOP/s, 6-row blocks 28–30.)
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use cranelift_codegen::ir::{types, AbiParam, BlockArg, InstBuilder, Type, Value};
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_frontend::FunctionBuilder;
+use cranelift_module::{FuncId, Module};
 
-use super::emit::{close, enter, mem, open};
+use super::emit::{close, function, mem, open};
 
 /// Rows per panel (a multiple of `ROWS`) and per block.
 const PANEL: i64 = 48;
@@ -37,37 +37,28 @@ pub(super) fn define_portable<M: Module>(module: &mut M, name: &str) -> Result<F
     for ty in [ptr, ptr, types::I64, types::I64, ptr, types::I64, types::I64, types::I64, types::I64, types::I64] {
         sig.params.push(AbiParam::new(ty));
     }
-    let id = module.declare_function(name, Linkage::Local, &sig)?;
-    let mut ctx = module.make_context();
-    ctx.func.signature = sig;
-    let mut fctx = FunctionBuilderContext::new();
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let p = enter(&mut b);
+    function(module, name, sig, |_, b, p| {
         let g = Gemm { c: p[0], a: p[1], a_rs: p[2], a_cs: p[3], b: p[4], b_rs: p[5], n: p[8], k: p[9], ptr };
         let m = p[7];
         let zero = b.ins().iconst(types::I64, 0);
-        let (ic, panels) = open(&mut b, zero, m, PANEL);
+        let (ic, panels) = open(b, zero, m, PANEL);
         let end = b.ins().iadd_imm_s(ic, PANEL);
         let end = b.ins().smin(end, m);
         // Column blocks of 8, then one of 4, then single columns.
         let n8 = b.ins().band_imm_s(g.n, !7);
-        let (j, cols) = open(&mut b, zero, n8, 8);
-        g.rows(&mut b, ic, end, j, 2);
-        close(&mut b, cols);
+        let (j, cols) = open(b, zero, n8, 8);
+        g.rows(b, ic, end, j, 2);
+        close(b, cols);
         let n4 = b.ins().band_imm_s(g.n, !3);
-        let (j, cols) = open(&mut b, n8, n4, 4);
-        g.rows(&mut b, ic, end, j, 1);
-        close(&mut b, cols);
-        let (j, cols) = open(&mut b, n4, g.n, 1);
-        g.rows(&mut b, ic, end, j, 0);
-        close(&mut b, cols);
-        close(&mut b, panels);
+        let (j, cols) = open(b, n8, n4, 4);
+        g.rows(b, ic, end, j, 1);
+        close(b, cols);
+        let (j, cols) = open(b, n4, g.n, 1);
+        g.rows(b, ic, end, j, 0);
+        close(b, cols);
+        close(b, panels);
         b.ins().return_(&[]);
-        b.finalize(module.isa().frontend_config());
-    }
-    module.define_function(id, &mut ctx).map_err(|e| anyhow!("compiling the matrix product: {e:?}"))?;
-    Ok(id)
+    })
 }
 
 struct Gemm {

@@ -4,13 +4,14 @@
 //! is written as an object file and a C header for integrators ([`model_object`]) or compiled
 //! into this process ([`CompiledModel`], which the tests check against the interpreter).
 //!
-//! The graph is planned as for the JIT backend (the same kernels) but for one thread, then
+//! The graph is planned as for the JIT backend (the same kernels), then
 //! scheduled with its lengths (`B`, `T`) as symbols the code reads when it is called
 //! ([`schedule`], `Lengths::UpTo`): buffers get fixed offsets in one workspace the caller
 //! provides, laid out for the longest lengths, so the function allocates nothing; products run
 //! through an AVX-512 kernel assembled for CPUs that have it ([`avx512`]) or a blocked GEMM
-//! generated with Cranelift ([`gemm`]), large ones split over threads ([`parallel`]), everything
-//! else through generated loops ([`emit`]).
+//! generated with Cranelift ([`gemm`]), everything else through generated loops ([`emit`]).
+//! Large products and kernels, and scans split into a lane per processor of the compiling
+//! machine, run on threads ([`parallel`]).
 
 mod avx512;
 mod emit;
@@ -21,7 +22,7 @@ use anyhow::{bail, Result};
 use cranelift_jit::JITModule;
 use cranelift_module::Linkage;
 use tttc_ir::{DType, DimEnv, Graph, Size, Tensor};
-use tttc_lower::schedule::{Lengths, Products};
+use tttc_lower::schedule::{Lengths, Products, Schedule};
 
 pub use emit::{INDEX_OUT_OF_RANGE, LENGTH_OUT_OF_RANGE};
 pub use tttc_lower::schedule::{Signature, Slot};
@@ -47,11 +48,11 @@ impl CompiledModel {
     /// Compiles `graph` (after the pass pipeline, holding no `grad`) for every length up to the
     /// ones `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<CompiledModel> {
+        let (s, signature) = schedule(graph, env, Lengths::UpTo)?;
         let mut module = crate::kernel::jit_module()?;
-        let (s, signature) = tttc_lower::schedule::model(graph, env, Lengths::UpTo, products_of(cranelift_module::Module::isa(&module)))?;
         let symbols: Vec<String> = signature.lengths.iter().map(|(name, _)| name.clone()).collect();
-        let matmul = products(&mut module, "tttc", Linkage::Local)?;
-        let id = emit::define(&mut module, &s, &symbols, "tttc", "tttc_forward", Linkage::Local, matmul)?;
+        let shared = shared(&mut module, "tttc", Linkage::Local)?;
+        let id = emit::define(&mut module, &s, &symbols, "tttc", "tttc_forward", Linkage::Local, shared)?;
         module.finalize_definitions()?;
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(module.get_finalized_function(id)) };
         Ok(CompiledModel { _module: module, entry, signature, workspaces: Default::default() })
@@ -106,17 +107,16 @@ pub struct ModelObject {
 /// `int32_t {prefix}_{name}(const int64_t *lengths, const void *const *args, void *const *outputs, void *workspace)`.
 pub fn model_object(entries: &[Entry], prefix: &str) -> Result<ModelObject> {
     let mut module = crate::kernel::object_module()?;
-    let feeds = products_of(cranelift_module::Module::isa(&module));
-    let scheduled: Vec<_> = entries.iter().map(|e| tttc_lower::schedule::model(e.graph, e.env, Lengths::UpTo, feeds)).collect::<Result<_>>()?;
+    let scheduled: Vec<_> = entries.iter().map(|e| schedule(e.graph, e.env, Lengths::UpTo)).collect::<Result<_>>()?;
     let mut lengths: Vec<(String, usize)> = scheduled.iter().flat_map(|(_, sig)| sig.lengths.clone()).collect();
     lengths.sort();
     lengths.dedup();
     let symbols: Vec<String> = lengths.iter().map(|(name, _)| name.clone()).collect();
-    let matmul = products(&mut module, prefix, Linkage::Export)?;
+    let shared = shared(&mut module, prefix, Linkage::Export)?;
     let mut signatures = Vec::new();
     for (e, (s, signature)) in entries.iter().zip(scheduled) {
         let symbol = format!("{prefix}_{}", e.name);
-        emit::define(&mut module, &s, &symbols, &symbol, &symbol, Linkage::Export, matmul)?;
+        emit::define(&mut module, &s, &symbols, &symbol, &symbol, Linkage::Export, shared)?;
         signatures.push(signature);
     }
     let object = module.finish().emit()?;
@@ -124,20 +124,25 @@ pub fn model_object(entries: &[Entry], prefix: &str) -> Result<ModelObject> {
     Ok(ModelObject { object, header, signatures, lengths })
 }
 
-/// What the products of a model compiled for `isa` take.
-fn products_of(isa: &dyn cranelift_codegen::isa::TargetIsa) -> Products {
-    if avx512::supported(isa) {
-        Products::CPU_MODEL_AVX512
-    } else {
-        Products::CPU_MODEL
-    }
+/// The schedule of a model compiled for this machine (as [`CompiledModel`] and [`model_object`]
+/// make it): its products as this CPU's kernel takes them, its scans split into a lane per
+/// processor.
+pub fn schedule(graph: &Graph, env: &DimEnv, lengths: Lengths) -> Result<(Schedule, Signature)> {
+    let products = if avx512::supported(&*crate::kernel::host_isa(false)?) { Products::CPU_MODEL_AVX512 } else { Products::CPU_MODEL };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tttc_lower::schedule::model(graph, env, lengths, products, threads)
 }
 
-/// The module's matrix product (the kernel for this CPU, large products split over threads) and
-/// its thread count `{prefix}_threads`, with `linkage`.
-fn products<M: cranelift_module::Module>(module: &mut M, prefix: &str, linkage: Linkage) -> Result<cranelift_module::FuncId> {
+/// The functions a module's models share: the matrix product (the kernel for this CPU, large
+/// products split over threads) and the runner of parallel parts, with the thread count
+/// `{prefix}_threads` (with `linkage`).
+fn shared<M: cranelift_module::Module>(module: &mut M, prefix: &str, linkage: Linkage) -> Result<emit::Shared> {
+    let threads = parallel::Threads::declare(module, prefix, linkage)?;
     let kernel = gemm::define(module, &format!("{prefix}_matmul_kernel"))?;
-    Ok(parallel::define(module, prefix, kernel, linkage)?.0)
+    let matmul = parallel::define_product(module, prefix, &threads, kernel)?;
+    let parallel = parallel::define_parts(module, prefix, &threads)?;
+    let kernel_rows = parallel::define_kernel_rows(module, prefix, &threads)?;
+    Ok(emit::Shared { matmul, parallel, kernel_rows })
 }
 
 fn header(entries: &[Entry], prefix: &str, signatures: &[Signature], lengths: &[(String, usize)]) -> String {
@@ -170,13 +175,15 @@ fn header(entries: &[Entry], prefix: &str, signatures: &[Signature], lengths: &[
             " * to its bound in {upper}_MAX_LENGTHS). It uses its *_WORKSPACE_BYTES bytes at `workspace` (any\n",
             " * alignment, contents ignored; enough for every length). It allocates nothing and keeps no\n",
             " * state: calls with separate workspaces and outputs may run at once. Large matrix products\n",
-            " * are split over {prefix}_threads threads (0, the default: one per online processor; 1: all\n",
-            " * on the calling thread). Arguments and outputs must not overlap. It returns 0, {oob} when a\n",
-            " * token id or target is out of range (the outputs are then incomplete), or {bad_length} when a\n",
-            " * length is out of range (nothing is written). Link with -lm -lpthread.\n",
+            " * and kernels, and the lanes of scans, are split over {prefix}_threads threads (0, the\n",
+            " * default: one per online processor; 1: all on the calling thread). Arguments and outputs\n",
+            " * must not overlap. It returns 0, {oob} when a token id or target is out of range (the\n",
+            " * outputs are then incomplete), or {bad_length} when a length is out of range (nothing is\n",
+            " * written). Link with -lm -lpthread.\n",
             " */\n\n",
             "#ifndef {upper}_MODEL_H\n#define {upper}_MODEL_H\n\n#include <stdint.h>\n\n",
-            "/* Threads a large matrix product is split over (0: one per online processor). */\n",
+            "/* Threads large matrix products and kernels and a scan's lanes are split over (0: one per\n",
+            " * online processor). */\n",
             "extern int32_t {prefix}_threads;\n\n",
         ),
         version = env!("CARGO_PKG_VERSION"),
