@@ -62,7 +62,7 @@ pub(super) fn define<M: Module>(
         let (name, linkage) = if i == last { (entry.to_string(), linkage) } else { (format!("{prefix}_fn_{i}"), Linkage::Local) };
         ids.push(module.declare_function(&name, linkage, &sig)?);
     }
-    let frontend = module.isa().frontend_config();
+    let common = Common { sig, lengths, kernels, shared, frontend: module.isa().frontend_config() };
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     for (i, f) in s.functions.iter().enumerate() {
@@ -70,18 +70,28 @@ pub(super) fn define<M: Module>(
         for (q, parts) in f.instrs.iter().filter_map(|x| if let Instr::Parallel { parts } = x { Some(parts) } else { None }).enumerate() {
             let mut part_ids = Vec::new();
             for (j, part) in parts.iter().enumerate() {
-                let id = module.declare_function(&format!("{prefix}_fn_{i}_parallel_{q}_part_{j}"), Linkage::Local, &sig)?;
+                let id = module.declare_function(&format!("{prefix}_fn_{i}_parallel_{q}_part_{j}"), Linkage::Local, &common.sig)?;
                 let body = Body { s, f, instrs: part, callees: &ids[..i], parallel: &[], check_lengths: None };
-                body.define(module, &mut ctx, &mut fctx, &sig, id, lengths, &kernels, shared, frontend)?;
+                body.define(module, &mut ctx, &mut fctx, &common, id)?;
                 part_ids.push(id);
             }
             parallel.push(part_ids);
         }
         let check_lengths = (i == last).then_some(&s.bounds);
         let body = Body { s, f, instrs: &f.instrs, callees: &ids[..i], parallel: &parallel, check_lengths };
-        body.define(module, &mut ctx, &mut fctx, &sig, ids[i], lengths, &kernels, shared, frontend)?;
+        body.define(module, &mut ctx, &mut fctx, &common, ids[i])?;
     }
     Ok(ids[last])
+}
+
+/// What every function of a schedule is emitted with.
+struct Common<'a> {
+    /// `(lengths, args, outputs, workspace) -> status`.
+    sig: cranelift_codegen::ir::Signature,
+    lengths: &'a [String],
+    kernels: Vec<FuncId>,
+    shared: Shared,
+    frontend: TargetFrontendConfig,
 }
 
 /// One function to emit: instructions of a scheduled function (all of them, or a parallel part's).
@@ -98,19 +108,15 @@ struct Body<'a> {
 }
 
 impl Body<'_> {
-    #[allow(clippy::too_many_arguments)]
     fn define<M: Module>(
         &self,
         module: &mut M,
         ctx: &mut cranelift_codegen::Context,
         fctx: &mut FunctionBuilderContext,
-        sig: &cranelift_codegen::ir::Signature,
+        common: &Common,
         id: FuncId,
-        lengths: &[String],
-        kernels: &[FuncId],
-        shared: Shared,
-        frontend: TargetFrontendConfig,
     ) -> Result<()> {
+        let Common { ref sig, lengths, ref kernels, shared, frontend } = *common;
         ctx.func.signature = sig.clone();
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, fctx);

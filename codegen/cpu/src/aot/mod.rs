@@ -1,8 +1,8 @@
 //! Compiled models: a whole graph as one native function that needs nothing but the C library
 //! (`sinf`, `cosf`, `memcpy`, `sysconf`, POSIX threads) and serves every length up to the bounds
-//! it was compiled for. The same code
-//! is written as an object file and a C header for integrators ([`model_object`]) or compiled
-//! into this process ([`CompiledModel`], which the tests check against the interpreter).
+//! it was compiled for. The same code is written as an object file and a C header for
+//! integrators ([`model_object`]) or compiled into this process ([`CompiledModel`], which the
+//! tests check against the interpreter).
 //!
 //! The graph is planned as for the JIT backend (the same kernels), then
 //! scheduled with its lengths (`B`, `T`) as symbols the code reads when it is called
@@ -48,8 +48,8 @@ impl CompiledModel {
     /// Compiles `graph` (after the pass pipeline, holding no `grad`) for every length up to the
     /// ones `env` binds.
     pub fn compile(graph: &Graph, env: &DimEnv) -> Result<CompiledModel> {
-        let (s, signature) = schedule(graph, env, Lengths::UpTo)?;
         let mut module = crate::kernel::jit_module()?;
+        let (s, signature) = schedule_for(cranelift_module::Module::isa(&module), graph, env, Lengths::UpTo)?;
         let symbols: Vec<String> = signature.lengths.iter().map(|(name, _)| name.clone()).collect();
         let shared = shared(&mut module, "tttc", Linkage::Local)?;
         let id = emit::define(&mut module, &s, &symbols, "tttc", "tttc_forward", Linkage::Local, shared)?;
@@ -107,7 +107,8 @@ pub struct ModelObject {
 /// `int32_t {prefix}_{name}(const int64_t *lengths, const void *const *args, void *const *outputs, void *workspace)`.
 pub fn model_object(entries: &[Entry], prefix: &str) -> Result<ModelObject> {
     let mut module = crate::kernel::object_module()?;
-    let scheduled: Vec<_> = entries.iter().map(|e| schedule(e.graph, e.env, Lengths::UpTo)).collect::<Result<_>>()?;
+    let isa = cranelift_module::Module::isa(&module);
+    let scheduled: Vec<_> = entries.iter().map(|e| schedule_for(isa, e.graph, e.env, Lengths::UpTo)).collect::<Result<_>>()?;
     let mut lengths: Vec<(String, usize)> = scheduled.iter().flat_map(|(_, sig)| sig.lengths.clone()).collect();
     lengths.sort();
     lengths.dedup();
@@ -128,7 +129,13 @@ pub fn model_object(entries: &[Entry], prefix: &str) -> Result<ModelObject> {
 /// make it): its products as this CPU's kernel takes them, its scans split into a lane per
 /// processor.
 pub fn schedule(graph: &Graph, env: &DimEnv, lengths: Lengths) -> Result<(Schedule, Signature)> {
-    let products = if avx512::supported(&*crate::kernel::host_isa(false)?) { Products::CPU_MODEL_AVX512 } else { Products::CPU_MODEL };
+    schedule_for(&*crate::kernel::host_isa(false)?, graph, env, lengths)
+}
+
+/// The schedule for a module targeting `isa`, whose product [`gemm::define`] picks by the same
+/// test.
+fn schedule_for(isa: &dyn cranelift_codegen::isa::TargetIsa, graph: &Graph, env: &DimEnv, lengths: Lengths) -> Result<(Schedule, Signature)> {
+    let products = if avx512::supported(isa) { Products::CPU_MODEL_AVX512 } else { Products::CPU_MODEL };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     tttc_lower::schedule::model(graph, env, lengths, products, threads)
 }

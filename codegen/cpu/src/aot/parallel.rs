@@ -144,9 +144,39 @@ impl Threads {
     }
 }
 
+/// Writes `count` float pointers of the array `from`, each advanced by `offset(j, 8 · j)`
+/// elements, into `record` from byte `field_at` on.
+fn share_pointers(
+    b: &mut FunctionBuilder,
+    from: Value,
+    count: Value,
+    record: Value,
+    field_at: i32,
+    offset: impl Fn(&mut FunctionBuilder, Value, Value) -> Value,
+) {
+    let zero = b.ins().iconst(types::I64, 0);
+    let (j, l) = open(b, zero, count, 1);
+    let at = b.ins().ishl_imm_u(j, 3);
+    let p_at = b.ins().iadd(from, at);
+    let p = b.ins().load(types::I64, mem(), p_at, 0);
+    let elements = offset(b, j, at);
+    let bytes = b.ins().ishl_imm_u(elements, 2);
+    let p = b.ins().iadd(p, bytes);
+    let to = b.ins().iadd(record, at);
+    b.ins().store(mem(), p, to, field_at);
+    close(b, l);
+}
+
+/// ⌈x / y⌉ of positive `x` and `y`.
+fn ceil_div(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
+    let sum = b.ins().iadd(x, y);
+    let sum = b.ins().iadd_imm_s(sum, -1);
+    b.ins().udiv(sum, y)
+}
+
 /// Runs `then` unless `skip` is non-zero.
 fn branch(b: &mut FunctionBuilder, skip: Value, then: impl FnOnce(&mut FunctionBuilder)) {
-    let (body, next): (Block, Block) = (b.create_block(), b.create_block());
+    let (body, next) = (b.create_block(), b.create_block());
     b.ins().brif(skip, next, &[], body, &[]);
     b.switch_to_block(body);
     b.seal_block(body);
@@ -191,15 +221,11 @@ pub(super) fn define_product<M: Module>(module: &mut M, prefix: &str, threads: &
         b.seal_block(large);
         let wanted = threads.wanted(module, b);
         // Rows per share: ⌈m / threads⌉ rounded up to whole row blocks; shares: ⌈m / rows⌉.
-        let rows = b.ins().iadd(m, wanted);
-        let rows = b.ins().iadd_imm_s(rows, -1);
-        let rows = b.ins().udiv(rows, wanted);
+        let rows = ceil_div(b, m, wanted);
         let rows = b.ins().iadd_imm_s(rows, ROW_QUANTUM - 1);
         let rows = b.ins().udiv_imm_u(rows, ROW_QUANTUM);
         let rows = b.ins().imul_imm_s(rows, ROW_QUANTUM);
-        let shares = b.ins().iadd(m, rows);
-        let shares = b.ins().iadd_imm_s(shares, -1);
-        let shares = b.ins().udiv(shares, rows);
+        let shares = ceil_div(b, m, rows);
         let records = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MAX_THREADS * 8 * PRODUCT_ARGS as i64) as u32, 3));
         let records = b.ins().stack_addr(ptr, records, 0);
         let zero = b.ins().iconst(types::I64, 0);
@@ -361,15 +387,11 @@ pub(super) fn define_kernel_rows<M: Module>(module: &mut M, prefix: &str, thread
         // each, ⌈extent / per⌉ of them.
         let one_row = b.ins().icmp_imm_s(IntCC::Equal, rows, 1);
         let extent = b.ins().select(one_row, n, rows);
-        let per = b.ins().iadd(extent, wanted);
-        let per = b.ins().iadd_imm_s(per, -1);
-        let per = b.ins().udiv(per, wanted);
+        let per = ceil_div(b, extent, wanted);
         let vectors = b.ins().iadd_imm_s(per, 15);
         let vectors = b.ins().band_imm_s(vectors, !15);
         let per = b.ins().select(one_row, vectors, per);
-        let shares = b.ins().iadd(extent, per);
-        let shares = b.ins().iadd_imm_s(shares, -1);
-        let shares = b.ins().udiv(shares, per);
+        let shares = ceil_div(b, extent, per);
         let records = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MAX_THREADS * 8 * KERNEL_FIELDS as i64) as u32, 3));
         let records = b.ins().stack_addr(ptr, records, 0);
         let (zero, one) = (b.ins().iconst(types::I64, 0), b.ins().iconst(types::I64, 1));
@@ -386,35 +408,20 @@ pub(super) fn define_kernel_rows<M: Module>(module: &mut M, prefix: &str, thread
                 b.ins().store(mem(), v, record, (8 * f) as i32);
             }
             // Input j at the share's first element: ins[j] + row · strides[j] + column (no
-            // column for a splat input) floats.
-            let (j, inputs_loop) = open(b, zero, inputs, 1);
-            let at = b.ins().ishl_imm_u(j, 3);
-            let from = b.ins().iadd(ins, at);
-            let p = b.ins().load(ptr, mem(), from, 0);
-            let stride_at = b.ins().iadd(strides, at);
-            let stride = b.ins().load(types::I64, mem(), stride_at, 0);
-            let offset = b.ins().imul(row, stride);
-            let is_splat = b.ins().ushr(splat, j);
-            let is_splat = b.ins().band_imm_s(is_splat, 1);
-            let own_column = b.ins().select(is_splat, zero, column);
-            let offset = b.ins().iadd(offset, own_column);
-            let offset = b.ins().ishl_imm_u(offset, 2);
-            let p = b.ins().iadd(p, offset);
-            let to = b.ins().iadd(record, at);
-            b.ins().store(mem(), p, to, 32);
-            close(b, inputs_loop);
-            // Outputs are whole rows of n.
-            let (j, outputs_loop) = open(b, zero, outputs, 1);
-            let at = b.ins().ishl_imm_u(j, 3);
-            let from = b.ins().iadd(outs, at);
-            let p = b.ins().load(ptr, mem(), from, 0);
-            let offset = b.ins().imul(row, n);
-            let offset = b.ins().iadd(offset, column);
-            let offset = b.ins().ishl_imm_u(offset, 2);
-            let p = b.ins().iadd(p, offset);
-            let to = b.ins().iadd(record, at);
-            b.ins().store(mem(), p, to, outs_at as i32);
-            close(b, outputs_loop);
+            // column for a splat input) floats; outputs are whole rows of n.
+            share_pointers(b, ins, inputs, record, 32, |b, j, at| {
+                let stride_at = b.ins().iadd(strides, at);
+                let stride = b.ins().load(types::I64, mem(), stride_at, 0);
+                let offset = b.ins().imul(row, stride);
+                let is_splat = b.ins().ushr(splat, j);
+                let is_splat = b.ins().band_imm_s(is_splat, 1);
+                let own_column = b.ins().select(is_splat, zero, column);
+                b.ins().iadd(offset, own_column)
+            });
+            share_pointers(b, outs, outputs, record, outs_at as i32, |b, _, _| {
+                let offset = b.ins().imul(row, n);
+                b.ins().iadd(offset, column)
+            });
         }
         close(b, fill);
         threads.fork_join(module, b, shares, records, 8 * KERNEL_FIELDS as i64, share);
