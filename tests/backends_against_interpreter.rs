@@ -242,6 +242,27 @@ fn matmuls_of_transposed_operands() {
     assert_eq!((stats.matmuls, stats.other_nodes), (3, 1), "only the transpose an output reads is materialised");
 }
 
+/// Transposes copied in blocks of columns, with partial blocks and a batch axis: one an output
+/// reads, and a weight the compiled model packs for a product of many rows.
+#[test]
+fn transposes_with_partial_blocks() {
+    let mut g = Graph::new("transposes");
+    let x = g.input("x", f32t(&[3, 37, 45]));
+    let a = g.input("a", f32t(&[300, 20]));
+    let w = g.input("w", f32t(&[33, 20]));
+    let xt = g.transpose_last2(x).unwrap(); // [3, 45, 37]
+    let wt = g.transpose_last2(w).unwrap(); // [20, 33]
+    let y = g.matmul(a, wt).unwrap(); // [300, 33]
+    g.output("xt", xt);
+    g.output("y", y);
+    let args = [
+        Tensor::f32(vec![3, 37, 45], values(3 * 37 * 45, 10, -1.0, 1.0)),
+        Tensor::f32(vec![300, 20], values(6000, 11, -1.0, 1.0)),
+        Tensor::f32(vec![33, 20], values(660, 12, -1.0, 1.0)),
+    ];
+    assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0);
+}
+
 /// Launches large enough to be split over threads: by rows, and a single long row by columns,
 /// with a row-broadcast operand and an odd length.
 #[test]
@@ -530,6 +551,23 @@ fn long_row_reductions() {
             g.output("y", y);
             let worst = compare(&g, &[Tensor::f32(vec![3, len], values(3 * len, 41, -2.0, 2.0))], 1e-5, 1e-5);
             assert!(worst <= 1.0, "{kind:?} over {len}: error {worst:.2} of tolerance");
+        }
+    }
+}
+
+/// Reductions large enough to be split over threads: by rows, by lanes (a lane count that is not
+/// a multiple of the vectors), and one long row that is not split.
+#[test]
+fn reductions_split_over_threads() {
+    for kind in [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max] {
+        for (shape, axis) in [(vec![600, 1001], 1), (vec![3, 700, 333], 1), (vec![2000, 301], 0), (vec![1, 600_001], 1)] {
+            let mut g = Graph::new("split");
+            let x = g.input("x", f32t(&shape));
+            let y = g.reduce(kind, x, axis, false).unwrap();
+            g.output("y", y);
+            let n = shape.iter().product();
+            let worst = compare(&g, &[Tensor::f32(shape.clone(), values(n, 43, 0.0, 1.0))], 1e-5, 1e-5);
+            assert!(worst <= 1.0, "{kind:?} of {shape:?} along {axis}: error {worst:.2} of tolerance");
         }
     }
 }

@@ -8,18 +8,21 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, Result};
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, Block, Endianness, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value};
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use tttc_ir::size::Atom;
 use tttc_ir::{DType, ReduceKind, Size};
 
+use super::reduce::Reductions;
 use tttc_lower::schedule::{elem_bytes, BufId, Function, Home, Instr, Launch, ScanInstr, Schedule, Strided};
 
 /// Rows of a copy at least this long (in elements) go through `memcpy`.
 const MEMCPY_ELEMENTS: usize = 8;
+/// Columns a transposing copy takes down its rows at a time: one cache line of `f32`s.
+const TRANSPOSE_BLOCK: i64 = 16;
 
 /// Status a compiled function returns when an index is out of range.
 pub const INDEX_OUT_OF_RANGE: i32 = 1;
@@ -37,6 +40,11 @@ pub(super) struct Shared {
     /// `(kernel, n, rows, ins, strides, outs, inputs, outputs, work, splat)`: a kernel's rows
     /// (or one row's columns) split over threads when the work is large.
     pub kernel_rows: FuncId,
+    /// `(reduction, dst, src, outer, len, inner)`: one of `reductions`, split over threads when
+    /// the work is large.
+    pub reduce: FuncId,
+    /// `(dst, src, outer, len, inner, width)`: each kind of reduction ([`super::reduce`]).
+    pub reductions: Reductions<FuncId>,
 }
 
 /// Defines the schedule's functions in `module`, the model's (the last) as `entry` with
@@ -125,11 +133,13 @@ impl Body<'_> {
             let matmul = declare(shared.matmul, &mut b);
             let run_parallel = declare(shared.parallel, &mut b);
             let kernel_rows = declare(shared.kernel_rows, &mut b);
+            let reduce = declare(shared.reduce, &mut b);
+            let reductions = shared.reductions.map(|id| declare(id, &mut b));
             let kernel_refs: Vec<FuncRef> = kernels.iter().map(|&k| declare(k, &mut b)).collect();
             let fn_refs: Vec<FuncRef> = self.callees.iter().map(|&k| declare(k, &mut b)).collect();
             let parallel: Vec<Vec<FuncRef>> = self.parallel.iter().map(|parts| parts.iter().map(|&p| declare(p, &mut b)).collect()).collect();
             let ptr = module.target_config().pointer_type();
-            let refs = Refs { kernels: kernel_refs, functions: fn_refs, matmul, run_parallel, kernel_rows, parallel, frontend };
+            let refs = Refs { kernels: kernel_refs, functions: fn_refs, matmul, run_parallel, kernel_rows, reduce, reductions, parallel, frontend };
             let mut e = Emitter::new(&mut b, self.s, self.f, ptr, lengths, refs);
             if let Some(bounds) = self.check_lengths {
                 let mut own: Vec<(&String, &usize)> = bounds.iter().collect();
@@ -154,6 +164,8 @@ struct Refs {
     matmul: FuncRef,
     run_parallel: FuncRef,
     kernel_rows: FuncRef,
+    reduce: FuncRef,
+    reductions: Reductions<FuncRef>,
     /// Per `Instr::Parallel` of the function, in order: its parts.
     parallel: Vec<Vec<FuncRef>>,
     /// For the C library's `memcpy`.
@@ -623,107 +635,86 @@ impl<'a, 'b> Emitter<'a, 'b> {
             row *= copy.shape[axes - 1];
             axes -= 1;
         }
-        if row.known().is_some_and(|r| r < MEMCPY_ELEMENTS) {
-            axes = copy.shape.len();
-        }
-        let (index, loops) = self.nest(&copy.shape[..axes]);
-        let at = self.dot(&index, &copy.dst_strides[..axes]);
-        let d = self.offset(d0, at, size);
-        let at = self.dot(&index, &copy.src_strides[..axes]);
-        let s = self.offset(s0, at, size);
-        if axes < copy.shape.len() {
+        if axes < copy.shape.len() && row.known().is_none_or(|r| r >= MEMCPY_ELEMENTS) {
+            let (index, loops) = self.nest(&copy.shape[..axes]);
+            let at = self.dot(&index, &copy.dst_strides[..axes]);
+            let d = self.offset(d0, at, size);
+            let at = self.dot(&index, &copy.src_strides[..axes]);
+            let s = self.offset(s0, at, size);
             let bytes = self.size(row * size);
             self.b.call_memcpy(self.refs.frontend, d, s, bytes);
-        } else {
-            let v = self.b.ins().load(ty, mem(), s, 0);
-            self.b.ins().store(mem(), v, d, 0);
+            self.unnest(loops);
+            return;
         }
-        self.unnest(loops);
+        let Some(last) = copy.shape.len().checked_sub(1) else {
+            let v = self.b.ins().load(ty, mem(), s0, 0);
+            self.b.ins().store(mem(), v, d0, 0);
+            return;
+        };
+        let steps = (self.size(copy.dst_strides[last] * size), self.size(copy.src_strides[last] * size));
+        // A transpose (the source contiguous along the axis before the last, strided along the
+        // last) walks the last axis in blocks of `TRANSPOSE_BLOCK`, each down every row before
+        // the next: the block's source lines stay cached from one row to the next.
+        let transpose = last > 0 && copy.src_strides[last - 1].is_one() && !copy.src_strides[last].is_one();
+        if !transpose {
+            let (index, loops) = self.nest(&copy.shape[..last]);
+            let at = self.dot(&index, &copy.dst_strides[..last]);
+            let d = self.offset(d0, at, size);
+            let at = self.dot(&index, &copy.src_strides[..last]);
+            let s = self.offset(s0, at, size);
+            let count = self.size(copy.shape[last]);
+            self.copy_run(ty, (d, s), steps, count);
+            self.unnest(loops);
+            return;
+        }
+        let (mut index, outer) = self.nest(&copy.shape[..last - 1]);
+        let (start, end) = (self.int(0), self.size(copy.shape[last]));
+        let (block, block_loop) = open(self.b, start, end, TRANSPOSE_BLOCK);
+        let left = self.b.ins().isub(end, block);
+        let width = self.int(TRANSPOSE_BLOCK);
+        let wider = self.b.ins().icmp(IntCC::SignedGreaterThan, left, width);
+        let count = self.b.ins().select(wider, width, left);
+        let (row, rows) = self.nest(&copy.shape[last - 1..last]);
+        index.extend([row[0], block]);
+        let at = self.dot(&index, &copy.dst_strides);
+        let d = self.offset(d0, at, size);
+        let at = self.dot(&index, &copy.src_strides);
+        let s = self.offset(s0, at, size);
+        self.copy_run(ty, (d, s), steps, count);
+        self.unnest(rows);
+        close(self.b, block_loop);
+        self.unnest(outer);
     }
 
-    /// Sum, mean or max along the middle axis of `[outer, len, inner]`.
-    fn reduce(&mut self, dst: BufId, src: BufId, kind: ReduceKind, outer: Size, len: Size, inner: Size) {
-        let (d, s) = (self.base(dst), self.base(src));
-        let combine = |b: &mut FunctionBuilder, acc: Value, x: Value| match kind {
-            ReduceKind::Sum | ReduceKind::Mean => b.ins().fadd(acc, x),
-            // `x > acc ? x : acc` in both forms, as the JIT backend's reduction (a NaN is passed over).
-            ReduceKind::Max => {
-                let greater = b.ins().fcmp(FloatCC::GreaterThan, x, acc);
-                let ty = b.func.dfg.value_type(x);
-                if ty.is_vector() {
-                    let mask = b.ins().bitcast(ty, MemFlagsData::new().with_endianness(Endianness::Little), greater);
-                    b.ins().bitselect(mask, x, acc)
-                } else {
-                    b.ins().select(greater, x, acc)
-                }
-            }
-        };
-        let (i, loops) = self.nest(&[outer, inner]);
-        let from = self.dot(&i, &[len * inner, Size::ONE]);
-        let from = self.offset(s, from, 4);
-        let n = self.size(len);
-        // A row along the reduced axis: four partial results when it is contiguous.
-        let init = match kind {
-            ReduceKind::Max => f32::NEG_INFINITY,
-            _ => 0.0,
-        };
-        let mut acc = self.b.ins().f32const(init);
-        let vectors = inner.is_one() && len.known().is_none_or(|l| l >= 8);
-        let whole = self.b.ins().band_imm_s(n, !3);
-        if vectors {
-            let v0 = self.b.ins().splat(types::F32X4, acc);
-            let start = self.int(0);
-            let v = self.fold(from, (start, whole, 4), Size::ONE, types::F32X4, v0, &combine);
-            for lane in 0..4 {
-                let x = self.b.ins().extractlane(v, lane);
-                acc = combine(self.b, acc, x);
-            }
-        }
-        let start = if vectors { whole } else { self.int(0) };
-        let mut result = self.fold(from, (start, n, 1), inner, types::F32, acc, &combine);
-        if kind == ReduceKind::Mean {
-            let n = self.b.ins().fcvt_from_uint(types::F32, n);
-            result = self.b.ins().fdiv(result, n);
-        }
-        let to = self.dot(&i, &[inner, Size::ONE]);
-        let p = self.offset(d, to, 4);
-        self.b.ins().store(mem(), result, p, 0);
-        self.unnest(loops);
-    }
-
-    /// Folds `combine` over the `ty` values at `from + k·stride` floats for k in
-    /// `start..end` by `step`, from `init`, the accumulator carried through a block parameter.
-    fn fold(
-        &mut self,
-        from: Value,
-        (start, end, step): (Value, Value, i64),
-        stride: Size,
-        ty: Type,
-        init: Value,
-        combine: &dyn Fn(&mut FunctionBuilder, Value, Value) -> Value,
-    ) -> Value {
-        let stride = self.size(stride);
+    /// `count` elements of type `ty` from `s` to `d`, the pointers advancing by `steps` bytes.
+    fn copy_run(&mut self, ty: Type, (d, s): (Value, Value), (d_step, s_step): (Value, Value), count: Value) {
         let (head, body, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
-        self.b.append_block_param(head, types::I64);
-        self.b.append_block_param(head, ty);
-        self.b.append_block_param(exit, ty);
-        self.b.ins().jump(head, &[start.into(), init.into()]);
+        for _ in 0..3 {
+            self.b.append_block_param(head, types::I64);
+        }
+        self.b.ins().jump(head, &[count.into(), d.into(), s.into()]);
         self.b.switch_to_block(head);
-        let (k, acc) = (self.b.block_params(head)[0], self.b.block_params(head)[1]);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, k, end);
-        self.b.ins().brif(more, body, &[], exit, &[acc.into()]);
+        let [left, d, s] = [0, 1, 2].map(|j| self.b.block_params(head)[j]);
+        self.b.ins().brif(left, body, &[], exit, &[]);
         self.b.switch_to_block(body);
         self.b.seal_block(body);
-        let at = self.b.ins().imul(k, stride);
-        let p = self.offset(from, at, 4);
-        let x = self.b.ins().load(ty, mem(), p, 0);
-        let next_acc = combine(self.b, acc, x);
-        let next = self.b.ins().iadd_imm_s(k, step);
-        self.b.ins().jump(head, &[next.into(), next_acc.into()]);
+        let v = self.b.ins().load(ty, mem(), s, 0);
+        self.b.ins().store(mem(), v, d, 0);
+        let left = self.b.ins().iadd_imm_s(left, -1);
+        let (d, s) = (self.b.ins().iadd(d, d_step), self.b.ins().iadd(s, s_step));
+        self.b.ins().jump(head, &[left.into(), d.into(), s.into()]);
         self.b.seal_block(head);
         self.b.switch_to_block(exit);
         self.b.seal_block(exit);
-        self.b.block_params(exit)[0]
+    }
+
+    /// Sum, mean or max along the middle axis of `[outer, len, inner]`: the module's reduction
+    /// of that kind, through the splitter.
+    fn reduce(&mut self, dst: BufId, src: BufId, kind: ReduceKind, outer: Size, len: Size, inner: Size) {
+        let (d, s) = (self.base(dst), self.base(src));
+        let reduction = self.b.ins().func_addr(self.ptr, self.refs.reductions.get(kind));
+        let (outer, len, inner) = (self.size(outer), self.size(len), self.size(inner));
+        self.b.ins().call(self.refs.reduce, &[reduction, d, s, outer, len, inner]);
     }
 
     fn scan(&mut self, s: &ScanInstr) {

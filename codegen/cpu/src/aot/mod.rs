@@ -17,6 +17,7 @@ mod avx512;
 mod emit;
 mod gemm;
 mod parallel;
+mod reduce;
 
 use anyhow::{bail, Result};
 use cranelift_jit::JITModule;
@@ -149,7 +150,9 @@ fn shared<M: cranelift_module::Module>(module: &mut M, prefix: &str, linkage: Li
     let matmul = parallel::define_product(module, prefix, &threads, kernel)?;
     let parallel = parallel::define_parts(module, prefix, &threads)?;
     let kernel_rows = parallel::define_kernel_rows(module, prefix, &threads)?;
-    Ok(emit::Shared { matmul, parallel, kernel_rows })
+    let reduce = parallel::define_reduce(module, prefix, &threads)?;
+    let reductions = reduce::define(module, prefix)?;
+    Ok(emit::Shared { matmul, parallel, kernel_rows, reduce, reductions })
 }
 
 fn header(entries: &[Entry], prefix: &str, signatures: &[Signature], lengths: &[(String, usize)]) -> String {

@@ -1,5 +1,5 @@
-//! Work split over POSIX threads from generated code: large matrix products and elementwise
-//! kernels by rows, and the parts of a scan split into lanes (`Instr::Parallel`). The calling thread does the first
+//! Work split over POSIX threads from generated code: large matrix products, elementwise
+//! kernels and reductions by rows (or lanes), and the parts of a scan split into lanes (`Instr::Parallel`). The calling thread does the first
 //! share and threads created for the occasion the others, joined before the function returns;
 //! a share whose thread cannot be created runs on the calling thread. How many threads is a
 //! global of the module, `{prefix}_threads`: 0 (its initial value) means one per online
@@ -344,6 +344,85 @@ pub(super) fn define_parts<M: Module>(module: &mut M, prefix: &str, threads: &Th
         let status = b.block_params(done)[0];
         let status = b.ins().ireduce(types::I32, status);
         b.ins().return_(&[status]);
+    })
+}
+
+/// A reduction's share: the function, then its arguments `(dst, src, outer, len, inner, width)`.
+const REDUCE_FIELDS: usize = 7;
+
+/// Defines `{prefix}_reduce(reduction, dst, src, outer, len, inner)`: calls `reduction(dst, src,
+/// outer, len, inner, width)` ([`super::reduce`]) on the whole, or from [`MIN_KERNEL_WORK`]
+/// elements on shares of the `outer` rows or (when there are more lanes than rows) of the
+/// `inner` lanes (whole vectors of 16), one per thread.
+pub(super) fn define_reduce<M: Module>(module: &mut M, prefix: &str, threads: &Threads) -> Result<FuncId> {
+    let ptr = module.target_config().pointer_type();
+    let mut reduction_sig = module.make_signature();
+    reduction_sig.params.extend([ptr, ptr, types::I64, types::I64, types::I64, types::I64].map(AbiParam::new));
+    let share = function(module, &format!("{prefix}_reduce_share"), thread_signature(module), |_, b, params| {
+        let fields: Vec<Value> = (0..REDUCE_FIELDS).map(|f| b.ins().load(types::I64, mem(), params[0], (8 * f) as i32)).collect();
+        let sig = b.import_signature(reduction_sig.clone());
+        b.ins().call_indirect(sig, fields[0], &fields[1..]);
+        let null = b.ins().iconst(ptr, 0);
+        b.ins().return_(&[null]);
+    })?;
+    let mut sig = module.make_signature();
+    sig.params.extend([ptr, ptr, ptr, types::I64, types::I64, types::I64].map(AbiParam::new));
+    function(module, &format!("{prefix}_reduce"), sig, |module, b, args| {
+        let (reduction, dst, src, outer, len, inner) = (args[0], args[1], args[2], args[3], args[4], args[5]);
+        let (direct, large) = (b.create_block(), b.create_block());
+        let work = b.ins().imul(outer, len);
+        let work = b.ins().imul(work, inner);
+        let small = b.ins().icmp_imm_s(IntCC::SignedLessThan, work, MIN_KERNEL_WORK);
+        b.ins().brif(small, direct, &[], large, &[]);
+        b.switch_to_block(large);
+        b.seal_block(large);
+        let wanted = threads.wanted(module, b);
+        // Shares of the rows or of the lanes (whole vectors of 16): ⌈extent / threads⌉ each,
+        // ⌈extent / per⌉ of them.
+        let by_rows = b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, outer, inner);
+        let extent = b.ins().select(by_rows, outer, inner);
+        let per = ceil_div(b, extent, wanted);
+        let vectors = b.ins().iadd_imm_s(per, 15);
+        let vectors = b.ins().band_imm_s(vectors, !15);
+        let per = b.ins().select(by_rows, per, vectors);
+        let shares = ceil_div(b, extent, per);
+        let records = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MAX_THREADS * 8 * REDUCE_FIELDS as i64) as u32, 3));
+        let records = b.ins().stack_addr(ptr, records, 0);
+        let zero = b.ins().iconst(types::I64, 0);
+        let (w, fill) = open(b, zero, shares, 1);
+        {
+            let record = b.ins().imul_imm_s(w, 8 * REDUCE_FIELDS as i64);
+            let record = b.ins().iadd(records, record);
+            let start = b.ins().imul(w, per);
+            let left = b.ins().isub(extent, start);
+            let count = b.ins().smin(left, per);
+            // A share of rows starts `start` rows on (`inner` floats of `dst`, `len · inner` of
+            // `src` each); a share of lanes `start` floats on in both.
+            let one = b.ins().iconst(types::I64, 1);
+            let dst_step = b.ins().select(by_rows, inner, one);
+            let src_step = b.ins().imul(len, inner);
+            let src_step = b.ins().select(by_rows, src_step, dst_step);
+            let advance = |b: &mut FunctionBuilder, p: Value, step: Value| {
+                let at = b.ins().imul(start, step);
+                let at = b.ins().ishl_imm_u(at, 2);
+                b.ins().iadd(p, at)
+            };
+            let (dst, src) = (advance(b, dst, dst_step), advance(b, src, src_step));
+            let rows = b.ins().select(by_rows, count, outer);
+            let width = b.ins().select(by_rows, inner, count);
+            for (f, v) in [reduction, dst, src, rows, len, inner, width].into_iter().enumerate() {
+                b.ins().store(mem(), v, record, (8 * f) as i32);
+            }
+        }
+        close(b, fill);
+        threads.fork_join(module, b, shares, records, 8 * REDUCE_FIELDS as i64, share);
+        b.ins().return_(&[]);
+
+        b.switch_to_block(direct);
+        b.seal_block(direct);
+        let sig = b.import_signature(reduction_sig.clone());
+        b.ins().call_indirect(sig, reduction, &[dst, src, outer, len, inner, inner]);
+        b.ins().return_(&[]);
     })
 }
 
