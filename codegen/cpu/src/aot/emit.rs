@@ -637,10 +637,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         }
         if axes < copy.shape.len() && row.known().is_none_or(|r| r >= MEMCPY_ELEMENTS) {
             let (index, loops) = self.nest(&copy.shape[..axes]);
-            let at = self.dot(&index, &copy.dst_strides[..axes]);
-            let d = self.offset(d0, at, size);
-            let at = self.dot(&index, &copy.src_strides[..axes]);
-            let s = self.offset(s0, at, size);
+            let (d, s) = self.copy_at((d0, s0), &index, copy, size);
             let bytes = self.size(row * size);
             self.b.call_memcpy(self.refs.frontend, d, s, bytes);
             self.unnest(loops);
@@ -658,10 +655,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let transpose = last > 0 && copy.src_strides[last - 1].is_one() && !copy.src_strides[last].is_one();
         if !transpose {
             let (index, loops) = self.nest(&copy.shape[..last]);
-            let at = self.dot(&index, &copy.dst_strides[..last]);
-            let d = self.offset(d0, at, size);
-            let at = self.dot(&index, &copy.src_strides[..last]);
-            let s = self.offset(s0, at, size);
+            let (d, s) = self.copy_at((d0, s0), &index, copy, size);
             let count = self.size(copy.shape[last]);
             self.copy_run(ty, (d, s), steps, count);
             self.unnest(loops);
@@ -676,14 +670,21 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let count = self.b.ins().select(wider, width, left);
         let (row, rows) = self.nest(&copy.shape[last - 1..last]);
         index.extend([row[0], block]);
-        let at = self.dot(&index, &copy.dst_strides);
-        let d = self.offset(d0, at, size);
-        let at = self.dot(&index, &copy.src_strides);
-        let s = self.offset(s0, at, size);
+        let (d, s) = self.copy_at((d0, s0), &index, copy, size);
         self.copy_run(ty, (d, s), steps, count);
         self.unnest(rows);
         close(self.b, block_loop);
         self.unnest(outer);
+    }
+
+    /// A copy's destination and source addresses at `index` along its first axes, from `d0` and
+    /// `s0`.
+    fn copy_at(&mut self, (d0, s0): (Value, Value), index: &[Value], copy: &Strided, size: usize) -> (Value, Value) {
+        let axes = index.len();
+        let at = self.dot(index, &copy.dst_strides[..axes]);
+        let d = self.offset(d0, at, size);
+        let at = self.dot(index, &copy.src_strides[..axes]);
+        (d, self.offset(s0, at, size))
     }
 
     /// `count` elements of type `ty` from `s` to `d`, the pointers advancing by `steps` bytes.

@@ -142,6 +142,46 @@ impl Threads {
         }
         close(b, joins);
     }
+
+    /// Runs `worker` on shares of `0..extent`, one per thread: ⌈extent / threads⌉ each, rounded
+    /// up to a multiple of `quantum`. `record(b, at, start, count)` writes the record (`fields`
+    /// words) of the share `start..start + count` at `at`.
+    fn split<M: Module>(
+        &self,
+        module: &mut M,
+        b: &mut FunctionBuilder,
+        (extent, quantum): (Value, Value),
+        fields: usize,
+        worker: FuncId,
+        mut record: impl FnMut(&mut FunctionBuilder, Value, Value, Value),
+    ) {
+        let ptr = module.target_config().pointer_type();
+        let wanted = self.wanted(module, b);
+        let per = ceil_div(b, extent, wanted);
+        let per = ceil_div(b, per, quantum);
+        let per = b.ins().imul(per, quantum);
+        let shares = ceil_div(b, extent, per);
+        let record_bytes = 8 * fields as i64;
+        let records = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MAX_THREADS * record_bytes) as u32, 3));
+        let records = b.ins().stack_addr(ptr, records, 0);
+        let zero = b.ins().iconst(types::I64, 0);
+        let (w, fill) = open(b, zero, shares, 1);
+        let at = b.ins().imul_imm_s(w, record_bytes);
+        let at = b.ins().iadd(records, at);
+        let start = b.ins().imul(w, per);
+        let left = b.ins().isub(extent, start);
+        let count = b.ins().smin(left, per);
+        record(b, at, start, count);
+        close(b, fill);
+        self.fork_join(module, b, shares, records, record_bytes, worker);
+    }
+}
+
+/// Stores `values` as the consecutive words of the record at `at`.
+fn store_fields(b: &mut FunctionBuilder, at: Value, values: &[Value]) {
+    for (f, &v) in values.iter().enumerate() {
+        b.ins().store(mem(), v, at, (8 * f) as i32);
+    }
 }
 
 /// Writes `count` float pointers of the array `from`, each advanced by `offset(j, 8 · j)`
@@ -219,36 +259,17 @@ pub(super) fn define_product<M: Module>(module: &mut M, prefix: &str, threads: &
         b.ins().brif(small, direct, &[], large, &[]);
         b.switch_to_block(large);
         b.seal_block(large);
-        let wanted = threads.wanted(module, b);
-        // Rows per share: ⌈m / threads⌉ rounded up to whole row blocks; shares: ⌈m / rows⌉.
-        let rows = ceil_div(b, m, wanted);
-        let rows = b.ins().iadd_imm_s(rows, ROW_QUANTUM - 1);
-        let rows = b.ins().udiv_imm_u(rows, ROW_QUANTUM);
-        let rows = b.ins().imul_imm_s(rows, ROW_QUANTUM);
-        let shares = ceil_div(b, m, rows);
-        let records = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MAX_THREADS * 8 * PRODUCT_ARGS as i64) as u32, 3));
-        let records = b.ins().stack_addr(ptr, records, 0);
-        let zero = b.ins().iconst(types::I64, 0);
-        let (j, fill) = open(b, zero, shares, 1);
-        {
-            let first = b.ins().imul(j, rows);
-            let left = b.ins().isub(m, first);
-            let mj = b.ins().smin(left, rows);
+        // Shares of whole row blocks.
+        let quantum = b.ins().iconst(types::I64, ROW_QUANTUM);
+        threads.split(module, b, (m, quantum), PRODUCT_ARGS, share, |b, at, first, rows| {
             let c_at = b.ins().imul(first, n);
             let c_at = b.ins().ishl_imm_u(c_at, 2);
             let cj = b.ins().iadd(c, c_at);
             let a_at = b.ins().imul(first, a_rs);
             let a_at = b.ins().ishl_imm_u(a_at, 2);
             let aj = b.ins().iadd(a, a_at);
-            let record = b.ins().imul_imm_s(j, 8 * PRODUCT_ARGS as i64);
-            let record = b.ins().iadd(records, record);
-            let fields = [cj, aj, a_rs, args[3], args[4], args[5], args[6], mj, n, k];
-            for (f, &v) in fields.iter().enumerate() {
-                b.ins().store(mem(), v, record, (8 * f) as i32);
-            }
-        }
-        close(b, fill);
-        threads.fork_join(module, b, shares, records, 8 * PRODUCT_ARGS as i64, share);
+            store_fields(b, at, &[cj, aj, a_rs, args[3], args[4], args[5], args[6], rows, n, k]);
+        });
         b.ins().return_(&[]);
 
         b.switch_to_block(direct);
@@ -376,29 +397,14 @@ pub(super) fn define_reduce<M: Module>(module: &mut M, prefix: &str, threads: &T
         b.ins().brif(small, direct, &[], large, &[]);
         b.switch_to_block(large);
         b.seal_block(large);
-        let wanted = threads.wanted(module, b);
-        // Shares of the rows or of the lanes (whole vectors of 16): ⌈extent / threads⌉ each,
-        // ⌈extent / per⌉ of them.
+        // Shares of the rows, or of the lanes (whole vectors of 16) when there are more lanes.
         let by_rows = b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, outer, inner);
         let extent = b.ins().select(by_rows, outer, inner);
-        let per = ceil_div(b, extent, wanted);
-        let vectors = b.ins().iadd_imm_s(per, 15);
-        let vectors = b.ins().band_imm_s(vectors, !15);
-        let per = b.ins().select(by_rows, per, vectors);
-        let shares = ceil_div(b, extent, per);
-        let records = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MAX_THREADS * 8 * REDUCE_FIELDS as i64) as u32, 3));
-        let records = b.ins().stack_addr(ptr, records, 0);
-        let zero = b.ins().iconst(types::I64, 0);
-        let (w, fill) = open(b, zero, shares, 1);
-        {
-            let record = b.ins().imul_imm_s(w, 8 * REDUCE_FIELDS as i64);
-            let record = b.ins().iadd(records, record);
-            let start = b.ins().imul(w, per);
-            let left = b.ins().isub(extent, start);
-            let count = b.ins().smin(left, per);
+        let (one, sixteen) = (b.ins().iconst(types::I64, 1), b.ins().iconst(types::I64, 16));
+        let quantum = b.ins().select(by_rows, one, sixteen);
+        threads.split(module, b, (extent, quantum), REDUCE_FIELDS, share, |b, at, start, count| {
             // A share of rows starts `start` rows on (`inner` floats of `dst`, `len · inner` of
             // `src` each); a share of lanes `start` floats on in both.
-            let one = b.ins().iconst(types::I64, 1);
             let dst_step = b.ins().select(by_rows, inner, one);
             let src_step = b.ins().imul(len, inner);
             let src_step = b.ins().select(by_rows, src_step, dst_step);
@@ -410,12 +416,8 @@ pub(super) fn define_reduce<M: Module>(module: &mut M, prefix: &str, threads: &T
             let (dst, src) = (advance(b, dst, dst_step), advance(b, src, src_step));
             let rows = b.ins().select(by_rows, count, outer);
             let width = b.ins().select(by_rows, inner, count);
-            for (f, v) in [reduction, dst, src, rows, len, inner, width].into_iter().enumerate() {
-                b.ins().store(mem(), v, record, (8 * f) as i32);
-            }
-        }
-        close(b, fill);
-        threads.fork_join(module, b, shares, records, 8 * REDUCE_FIELDS as i64, share);
+            store_fields(b, at, &[reduction, dst, src, rows, len, inner, width]);
+        });
         b.ins().return_(&[]);
 
         b.switch_to_block(direct);
@@ -461,31 +463,15 @@ pub(super) fn define_kernel_rows<M: Module>(module: &mut M, prefix: &str, thread
         b.ins().brif(small, direct, &[], large, &[]);
         b.switch_to_block(large);
         b.seal_block(large);
-        let wanted = threads.wanted(module, b);
-        // Shares of the rows, or of one row's columns (whole vectors of 16): ⌈extent / threads⌉
-        // each, ⌈extent / per⌉ of them.
+        // Shares of the rows, or of one row's columns (whole vectors of 16).
         let one_row = b.ins().icmp_imm_s(IntCC::Equal, rows, 1);
         let extent = b.ins().select(one_row, n, rows);
-        let per = ceil_div(b, extent, wanted);
-        let vectors = b.ins().iadd_imm_s(per, 15);
-        let vectors = b.ins().band_imm_s(vectors, !15);
-        let per = b.ins().select(one_row, vectors, per);
-        let shares = ceil_div(b, extent, per);
-        let records = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MAX_THREADS * 8 * KERNEL_FIELDS as i64) as u32, 3));
-        let records = b.ins().stack_addr(ptr, records, 0);
-        let (zero, one) = (b.ins().iconst(types::I64, 0), b.ins().iconst(types::I64, 1));
-        let (w, fill) = open(b, zero, shares, 1);
-        {
-            let record = b.ins().imul_imm_s(w, 8 * KERNEL_FIELDS as i64);
-            let record = b.ins().iadd(records, record);
-            let start = b.ins().imul(w, per);
-            let left = b.ins().isub(extent, start);
-            let count = b.ins().smin(left, per);
+        let (zero, one, sixteen) = (b.ins().iconst(types::I64, 0), b.ins().iconst(types::I64, 1), b.ins().iconst(types::I64, 16));
+        let quantum = b.ins().select(one_row, sixteen, one);
+        threads.split(module, b, (extent, quantum), KERNEL_FIELDS, share, |b, record, start, count| {
             let (row, share_rows) = (b.ins().select(one_row, zero, start), b.ins().select(one_row, one, count));
             let (column, share_n) = (b.ins().select(one_row, start, zero), b.ins().select(one_row, count, n));
-            for (f, v) in [kernel, share_n, share_rows, strides].into_iter().enumerate() {
-                b.ins().store(mem(), v, record, (8 * f) as i32);
-            }
+            store_fields(b, record, &[kernel, share_n, share_rows, strides]);
             // Input j at the share's first element: ins[j] + row · strides[j] + column (no
             // column for a splat input) floats; outputs are whole rows of n.
             share_pointers(b, ins, inputs, record, 32, |b, j, at| {
@@ -501,9 +487,7 @@ pub(super) fn define_kernel_rows<M: Module>(module: &mut M, prefix: &str, thread
                 let offset = b.ins().imul(row, n);
                 b.ins().iadd(offset, column)
             });
-        }
-        close(b, fill);
-        threads.fork_join(module, b, shares, records, 8 * KERNEL_FIELDS as i64, share);
+        });
         b.ins().return_(&[]);
 
         b.switch_to_block(direct);
