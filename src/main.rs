@@ -273,7 +273,8 @@ struct BenchArgs {
     profile: bool,
     /// Time forward + backward instead of the forward: the gradient of sum(y · r) (r fixed) with
     /// respect to the layer's input and every parameter, and the peers' --grad runs (PyTorch
-    /// eager besides torch.compile and jax.jit); GFLOP/s count three forwards.
+    /// eager besides torch.compile and jax.jit; Mamba's only up to --compile-max-t, as the
+    /// reference's eager backward loops over tokens in Python); GFLOP/s count three forwards.
     #[arg(long, conflicts_with_all = ["decode", "packed"])]
     grad: bool,
 }

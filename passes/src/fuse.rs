@@ -1,8 +1,9 @@
 //! Operator fusion: the `fuse` pass partitions the top-level graph into regions and wraps each
 //! region of more than one node in a `fused` node, whose body is the region's nodes: what should
-//! run as one kernel, the values inside never materialised. The backends do not deliver that yet
-//! (docs/passes.md, "What the backends do with regions"): the schedule inlines the body, so runs
-//! of same-shape elementwise ops become one kernel but a product's result is stored first.
+//! run as one kernel, the values inside never materialised. The backends deliver part of that
+//! (docs/passes.md, "What the backends do with regions"): the schedule inlines the body, runs of
+//! same-shape elementwise ops become one kernel, a product reads transposes as strides, and on the
+//! GPU a product's elementwise epilogue is applied before its store; the CPU stores it first.
 //!
 //! Rules, over the top-level node list:
 //!
