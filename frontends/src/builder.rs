@@ -352,7 +352,7 @@ impl ModelBuilder {
     /// The position after this graph's tokens: a prefill's length T (a resumed run's position
     /// plus T), or a step's position plus one; with a `period` (TTT's mini-batch), counted within
     /// it (back to 0 at its end).
-    fn next_position(&mut self, period: Option<usize>) -> Result<ValueId> {
+    pub(crate) fn next_position(&mut self, period: Option<usize>) -> Result<ValueId> {
         let one = self.scalar(1.0)?;
         let seen = Dim::sym("T").plus(self.mode.resumed_at() as i64)?;
         let next = match self.position {

@@ -32,18 +32,7 @@ pub fn build(c: &LlamaConfig, mode: Mode) -> Result<ModelBuilder> {
         let (cos, sin) = match angles {
             Some(a) => a,
             None => {
-                let t = b.dim(h, 1)?;
-                let a = match (b.position, b.mode) {
-                    (Some(pos), _) => rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)?,
-                    // A resumed run's tokens follow the `position` tokens of its cache.
-                    (None, Mode::Resume { position }) => {
-                        let upto = b.iota(t, DType::F32)?;
-                        let offset = b.scalar(position as f64)?;
-                        let pos = b.add(upto, offset)?;
-                        rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)?
-                    }
-                    (None, _) => rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta)?,
-                };
+                let a = rope_at_positions(b, c, h)?;
                 angles = Some(a);
                 a
             }
@@ -58,15 +47,33 @@ pub fn build(c: &LlamaConfig, mode: Mode) -> Result<ModelBuilder> {
     Ok(b)
 }
 
+/// Where layer 0's layer names its weights and state (`crate::layer_prefix`).
+pub const LAYER_PREFIX: &str = "model.layers.0.self_attn.";
+
 /// Layer 0's self-attention alone (see `crate::build_layer`).
-pub fn layer(c: &LlamaConfig) -> Result<ModelBuilder> {
-    let mut b = ModelBuilder::new("attention");
+pub fn layer(c: &LlamaConfig, mode: Mode) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::with_mode("attention", mode);
     let x = b.hidden_input(c.hidden_size);
-    let t = b.dim(x, 1)?;
-    let (cos, sin) = rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta)?;
-    let y = attention(&mut b, c, x, cos, sin, "model.layers.0.self_attn.")?;
+    let (cos, sin) = rope_at_positions(&mut b, c, x)?;
+    let y = attention(&mut b, c, x, cos, sin, LAYER_PREFIX)?;
     b.output("y", y);
     Ok(b)
+}
+
+/// cos / sin of the RoPE angles at the positions of `h`'s tokens (axis 1): 0 … T−1, a step's
+/// position, or a resumed run's tokens after the `position` tokens of its cache.
+fn rope_at_positions(b: &mut ModelBuilder, c: &LlamaConfig, h: ValueId) -> Result<(ValueId, ValueId)> {
+    let t = b.dim(h, 1)?;
+    match (b.position, b.mode) {
+        (Some(pos), _) => rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta),
+        (None, Mode::Resume { position }) => {
+            let upto = b.iota(t, DType::F32)?;
+            let offset = b.scalar(position as f64)?;
+            let pos = b.add(upto, offset)?;
+            rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)
+        }
+        (None, _) => rope_angles(&mut b.g, t, c.head_dim(), c.rope_theta),
+    }
 }
 
 fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, sin: ValueId, s: &str) -> Result<ValueId> {

@@ -32,11 +32,14 @@ pub fn build(c: &MambaConfig, mode: Mode) -> Result<ModelBuilder> {
     Ok(b)
 }
 
+/// Where layer 0's layer names its weights and state (`crate::layer_prefix`).
+pub const LAYER_PREFIX: &str = "backbone.layers.0.mixer.";
+
 /// Layer 0's mixer alone (see `crate::build_layer`).
-pub fn layer(c: &MambaConfig) -> Result<ModelBuilder> {
-    let mut b = ModelBuilder::new("mamba_mixer");
+pub fn layer(c: &MambaConfig, mode: Mode) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::with_mode("mamba_mixer", mode);
     let x = b.hidden_input(c.hidden_size);
-    let y = mixer(&mut b, c, x, "backbone.layers.0.mixer.")?;
+    let y = mixer(&mut b, c, x, LAYER_PREFIX)?;
     b.output("y", y);
     Ok(b)
 }

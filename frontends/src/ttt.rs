@@ -38,11 +38,14 @@ pub fn build(c: &TttConfig, mode: Mode) -> Result<ModelBuilder> {
     Ok(b)
 }
 
+/// Where layer 0's layer names its weights and state (`crate::layer_prefix`).
+pub const LAYER_PREFIX: &str = "model.layers.0.seq_modeling_block.";
+
 /// Layer 0's TTT layer alone (see `crate::build_layer`).
-pub fn layer(c: &TttConfig) -> Result<ModelBuilder> {
-    let mut b = ModelBuilder::new("ttt_layer");
+pub fn layer(c: &TttConfig, mode: Mode) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::with_mode("ttt_layer", mode);
     let x = b.hidden_input(c.hidden_size);
-    let y = ttt_layer(&mut b, c, x, "model.layers.0.seq_modeling_block.")?;
+    let y = ttt_layer(&mut b, c, x, LAYER_PREFIX)?;
     b.output("y", y);
     Ok(b)
 }

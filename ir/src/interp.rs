@@ -35,14 +35,20 @@ pub fn run(graph: &Graph, args: &[&Tensor], precision: Precision) -> Result<Vec<
 /// Checks `args` (in the order of `graph.args`) against their types and binds the symbols of
 /// their shapes into `env` (which may hold an enclosing scope's bindings).
 pub fn bind_args(graph: &Graph, args: &[&Tensor], env: &mut DimEnv) -> Result<()> {
+    let shapes: Vec<(DType, &[usize])> = args.iter().map(|t| (t.dtype(), t.shape.as_slice())).collect();
+    bind_shapes(graph, &shapes, env)
+}
+
+/// [`bind_args`] from the arguments' element types and shapes alone.
+pub fn bind_shapes(graph: &Graph, args: &[(DType, &[usize])], env: &mut DimEnv) -> Result<()> {
     ensure!(args.len() == graph.args.len(), "{} takes {} arguments, got {}", graph.name, graph.args.len(), args.len());
     // Arguments with a chunk count (`T/16`) bind last: their symbol comes from the others.
     let mut pairs: Vec<_> = graph.args.iter().zip(args).collect();
     pairs.sort_by_key(|(arg, _)| graph.ty(arg.value).shape.iter().any(|d| d.per != 1));
-    for (arg, t) in pairs {
+    for (arg, &(dtype, shape)) in pairs {
         let ty = graph.ty(arg.value);
-        ensure!(t.dtype() == ty.dtype, "argument {}: expected {ty}, got {}", arg.name, t);
-        ty.bind(&t.shape, env).with_context(|| format!("argument {}", arg.name))?;
+        ensure!(dtype == ty.dtype, "argument {}: expected {ty}, got {}{shape:?}", arg.name, dtype.name());
+        ty.bind(shape, env).with_context(|| format!("argument {}", arg.name))?;
     }
     Ok(())
 }

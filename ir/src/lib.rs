@@ -17,6 +17,6 @@ pub use infer::infer;
 pub use interp::{run, Precision};
 pub use op::{swaps_last_two, BinaryOp, Fused, Grad, Op, ReduceKind, Scan, UnaryOp};
 pub use size::{Size, SizeEnv};
-pub use tensor::{Data, Tensor};
+pub use tensor::{Data, Tensor, TensorView};
 pub use types::{DType, Dim, DimEnv, Type};
 pub use verify::verify;

@@ -12,6 +12,23 @@ pub enum Data {
     I64(Vec<i64>),
 }
 
+/// A dense row-major tensor in memory its caller owns (a framework's tensor, used in place): its
+/// element type, its shape and the address of its first element.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub ptr: *mut u8,
+}
+
+impl Tensor {
+    /// This tensor as a view, for code that takes the caller's memory: compiled code reads it in
+    /// place and writes it only when it is an output (then `self` must be the only reference).
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView { dtype: self.dtype(), shape: &self.shape, ptr: self.as_ptr() as *mut u8 }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     pub shape: Vec<usize>,

@@ -26,6 +26,14 @@ impl DType {
             DType::I64 => "i64",
         }
     }
+
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::I64 => 8,
+        }
+    }
 }
 
 impl fmt::Display for DType {

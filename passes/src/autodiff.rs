@@ -158,6 +158,43 @@ pub fn gradient_graph_wrt(g: &Graph, loss: &str, segments: usize, inputs: &[&str
     Ok(crate::dce::dead_code_elimination(&crate::sink_transposes::sink_transposes(&out)?))
 }
 
+/// What a vector–Jacobian product calls the cotangent of an output `NAME`: `d.NAME`.
+pub const COTANGENT: &str = "d.";
+
+/// The vector–Jacobian product of `g` (a graph with no `grad` op: see `differentiable`): `g`'s
+/// arguments, then an input `d.NAME` of the output's type for each f32 output `NAME` but those in
+/// `constant` (a position, say); its outputs are the gradients of `Σ_NAME sum(NAME · d.NAME)` with
+/// respect to every parameter and every f32 input of `g`, named like them. A framework's backward
+/// pass of `g`, from the one autodiff ([`gradient_graph_wrt`]).
+pub fn vector_jacobian_product(g: &Graph, constant: &[&str]) -> Result<Graph> {
+    let mut g = g.clone();
+    let mut total = None;
+    for (name, v) in g.outputs.clone() {
+        if constant.contains(&name.as_str()) || g.ty(v).dtype != DType::F32 {
+            continue;
+        }
+        let seed = g.input(&format!("{COTANGENT}{name}"), g.ty(v).clone());
+        let mut term = g.mul(v, seed)?;
+        while g.ty(term).rank() > 0 {
+            term = g.reduce(ReduceKind::Sum, term, 0, false)?;
+        }
+        total = Some(match total {
+            None => term,
+            Some(t) => g.add(t, term)?,
+        });
+    }
+    g.outputs = vec![("loss".to_string(), total.context("the graph has no f32 output to differentiate")?)];
+    let inputs: Vec<String> = g
+        .args
+        .iter()
+        .filter(|a| a.kind == tttc_ir::ArgKind::Input && g.ty(a.value).dtype == DType::F32 && !a.name.starts_with(COTANGENT))
+        .map(|a| a.name.clone())
+        .collect();
+    let grads = gradient_graph_wrt(&g, "loss", 1, &inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let keep: Vec<&str> = grads.outputs.iter().map(|(n, _)| n.as_str()).filter(|&n| n != "loss").collect();
+    Ok(crate::dce::keep_outputs(&grads, &keep))
+}
+
 /// Where the `segments` rematerialisation segments of `g`'s node list start (the first at 0):
 /// each cut is placed, within half a segment of even spacing, where the fewest bytes are live
 /// (values defined before the cut and read after it, arguments aside). Between layers only the

@@ -9,7 +9,7 @@ mod merge_scans;
 mod simplify;
 mod sink_transposes;
 
-pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt};
+pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt, vector_jacobian_product, COTANGENT};
 pub use dce::{dead_code_elimination, keep_outputs};
 pub use dual_form::{derive_with_report, DualFormReport};
 pub use fuse::{fuse, fuse_with_report, FuseReport};

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use tttc_frontends::weights::Weights;
 use tttc_frontends::Model;
 
-use tttc_ir::{DimEnv, Graph, Tensor};
+use tttc_ir::{DType, DimEnv, Graph, Tensor, TensorView};
 
-pub use backends::{backend, backends, Backend, Capabilities, Program, Sizes};
+pub use backends::{backend, backends, Backend, Capabilities, DeviceStream, Program, Sizes};
 pub use io::{read_tensors, tensor_bytes, write_tensors};
 
 /// A forward pass's results: `logits` `[B, T, V]`, and `loss` unless T = 1 (no next token).
@@ -208,9 +208,9 @@ impl Executable {
 
     /// The sizes `args` bind, refused when the estimated peak of live memory there (weights,
     /// activations, the largest scan body's workspace) exceeds the budget.
-    fn sizes_that_fit(&self, args: &[&Tensor]) -> Result<DimEnv> {
+    fn sizes_that_fit(&self, args: &[(DType, &[usize])]) -> Result<DimEnv> {
         let mut env = DimEnv::new();
-        tttc_ir::interp::bind_args(&self.graph, args, &mut env)?;
+        tttc_ir::interp::bind_shapes(&self.graph, args, &mut env)?;
         let mut fits = self.fits.lock().expect("not poisoned");
         if fits.as_ref() != Some(&env) {
             let peak = tttc_passes::cost::live_peak(&self.graph, &env)?;
@@ -221,6 +221,39 @@ impl Executable {
         Ok(env)
     }
 
+    /// The type and shape of each output of a run on arguments of these types and shapes.
+    pub fn output_types(&self, args: &[(DType, &[usize])]) -> Result<Vec<(DType, Vec<usize>)>> {
+        let mut env = DimEnv::new();
+        tttc_ir::interp::bind_shapes(&self.graph, args, &mut env)?;
+        self.graph.outputs.iter().map(|&(_, v)| Ok((self.graph.ty(v).dtype, self.graph.ty(v).resolve(&env)?))).collect()
+    }
+
+    /// Runs the graph on its arguments (all of them, in order) in the caller's memory, writing
+    /// its outputs into `outs` ([`Executable::output_types`]): a framework's tensors, used in
+    /// place where the backend can.
+    ///
+    /// # Safety
+    /// As [`Program::run_in_place`].
+    pub unsafe fn run_in_place(&self, args: &[TensorView], outs: &[TensorView], backend: &dyn Backend) -> Result<()> {
+        let types: Vec<(DType, &[usize])> = args.iter().map(|v| (v.dtype, v.shape)).collect();
+        let env = self.sizes_that_fit(&types)?;
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.program(backend, &env)?.run_in_place(args, outs) }
+    }
+
+    /// [`Executable::run_in_place`] on tensors in a GPU's memory, ordered on `at`'s stream (the
+    /// `cuda` backend).
+    ///
+    /// # Safety
+    /// As [`Program::run_on_device`].
+    pub unsafe fn run_on_device(&self, args: &[TensorView], outs: &[TensorView], backend: &dyn Backend, at: DeviceStream) -> Result<()> {
+        let types: Vec<(DType, &[usize])> = args.iter().map(|v| (v.dtype, v.shape)).collect();
+        let mut env = DimEnv::new();
+        tttc_ir::interp::bind_shapes(&self.graph, &types, &mut env)?;
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.program(backend, &env)?.run_on_device(args, outs, at) }
+    }
+
     /// Runs the graph with `input_ids` and the weights (by name) as its arguments.
     pub fn run(&self, weights: &Weights, ids: &Tensor, backend: &dyn Backend) -> Result<Vec<Tensor>> {
         self.run_with(weights, &[("input_ids", ids)], backend)
@@ -229,7 +262,8 @@ impl Executable {
     /// Runs the graph with the named `inputs` and the weights (by name) as its arguments.
     pub fn run_with(&self, weights: &Weights, inputs: &[(&str, &Tensor)], backend: &dyn Backend) -> Result<Vec<Tensor>> {
         let args = arguments(&self.graph, weights, inputs)?;
-        let env = self.sizes_that_fit(&args)?;
+        let types: Vec<(DType, &[usize])> = args.iter().map(|t| (t.dtype(), t.shape.as_slice())).collect();
+        let env = self.sizes_that_fit(&types)?;
         self.program(backend, &env)?.run(&args)
     }
 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use tttc_ir::{DType, Data, DimEnv, Graph, Tensor};
+use tttc_ir::{DType, Data, DimEnv, Graph, Tensor, TensorView};
 
 use tttc_lower::elementwise::KernelSpec;
 use tttc_lower::plan;
@@ -93,47 +93,81 @@ impl Program {
 
     /// Runs the program on its graph's arguments, in order.
     pub fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
-        let mut env = DimEnv::new();
-        tttc_ir::interp::bind_args(&self.body.graph, args, &mut env)?;
-        let shapes: Vec<Vec<usize>> = args.iter().map(|t| t.shape.clone()).collect();
-        let s = self.scheduled(&shapes, &env)?;
         ensure!(args.iter().all(|t| !matches!(t.data, Data::F64(_))), "f64 data: the CPU backend computes in f32");
+        let views: Vec<TensorView> = args.iter().map(|t| t.view()).collect();
         // Uninitialised until the call writes every element (a decoding step's state is large:
         // zeroing it first would cost as much as the step's copies).
-        let mut outputs: Vec<Output> = s
-            .outputs
-            .iter()
+        let mut outputs: Vec<Output> = self
+            .output_types(&views)?
+            .into_iter()
             .map(|(dtype, shape)| match dtype {
-                DType::F32 => Output::F32(Vec::with_capacity(shape.iter().product())),
-                DType::I64 => Output::I64(Vec::with_capacity(shape.iter().product())),
+                DType::F32 => Output::F32(Vec::with_capacity(shape.iter().product()), shape),
+                DType::I64 => Output::I64(Vec::with_capacity(shape.iter().product()), shape),
             })
             .collect();
-        let arg_ptrs: Vec<*const u8> = args.iter().map(|t| t.as_ptr()).collect();
-        let out_ptrs: Vec<*mut u8> = outputs
+        let out_views: Vec<TensorView> = outputs
             .iter_mut()
             .map(|o| match o {
-                Output::F32(v) => v.as_mut_ptr() as *mut u8,
-                Output::I64(v) => v.as_mut_ptr() as *mut u8,
+                Output::F32(v, shape) => TensorView { dtype: DType::F32, shape, ptr: v.as_mut_ptr() as *mut u8 },
+                Output::I64(v, shape) => TensorView { dtype: DType::I64, shape, ptr: v.as_mut_ptr() as *mut u8 },
             })
             .collect();
+        // SAFETY: the arguments are tensors of their shapes; the outputs were just allocated at
+        // theirs and nothing else holds them.
+        unsafe { self.run_in_place(&views, &out_views)? };
+        // SAFETY: the schedule writes every element of every output.
+        let tensors = outputs.into_iter().map(|o| match o {
+            Output::F32(mut v, shape) => Tensor::f32(shape.clone(), unsafe { set_len(&mut v, shape.iter().product()) }),
+            Output::I64(mut v, shape) => Tensor::i64(shape.clone(), unsafe { set_len(&mut v, shape.iter().product()) }),
+        });
+        Ok(tensors.collect())
+    }
+
+    /// The type and shape of each output of a call on `args`.
+    pub fn output_types(&self, args: &[TensorView]) -> Result<Vec<(DType, Vec<usize>)>> {
+        let (shapes, env) = self.bind(args)?;
+        Ok(self.scheduled(&shapes, &env)?.outputs.clone())
+    }
+
+    fn bind(&self, args: &[TensorView]) -> Result<(Shapes, DimEnv)> {
+        let mut env = DimEnv::new();
+        let types: Vec<(DType, &[usize])> = args.iter().map(|v| (v.dtype, v.shape)).collect();
+        tttc_ir::interp::bind_shapes(&self.body.graph, &types, &mut env)?;
+        Ok((args.iter().map(|v| v.shape.to_vec()).collect(), env))
+    }
+
+    /// Runs the program on its graph's arguments, in order, writing its outputs into `outs`
+    /// (their types and shapes checked against [`Program::output_types`]): a framework's tensors
+    /// used in place.
+    ///
+    /// # Safety
+    /// Every view points at dense memory of its type and shape that stays valid for the call;
+    /// the outputs overlap neither each other nor the arguments, and nothing else uses them
+    /// during the call.
+    pub unsafe fn run_in_place(&self, args: &[TensorView], outs: &[TensorView]) -> Result<()> {
+        let (shapes, env) = self.bind(args)?;
+        let s = self.scheduled(&shapes, &env)?;
+        ensure!(outs.len() == s.outputs.len(), "{} has {} outputs, got {}", self.body.graph.name, s.outputs.len(), outs.len());
+        for ((name, _), (out, (dtype, shape))) in self.body.graph.outputs.iter().zip(outs.iter().zip(&s.outputs)) {
+            ensure!(
+                out.dtype == *dtype && out.shape == shape.as_slice(),
+                "output {name}: expected {}{shape:?}, got {}{:?}",
+                dtype.name(),
+                out.dtype.name(),
+                out.shape
+            );
+        }
+        let arg_ptrs: Vec<*const u8> = args.iter().map(|v| v.ptr as *const u8).collect();
+        let out_ptrs: Vec<*mut u8> = outs.iter().map(|v| v.ptr).collect();
         let entry = s.schedule.functions.len() - 1;
         let bytes = s.schedule.functions[entry].workspace;
         let workspace = self.workspaces.take(bytes);
         let machine = exec::Machine { schedule: &s.schedule, kernels: &s.kernels };
-        // SAFETY: the arguments bound the graph's types and the outputs and workspace are
-        // allocated at the sizes scheduled for them; nothing else holds them.
+        // SAFETY: the arguments bound the graph's types and the outputs have the shapes
+        // scheduled for them (the caller vouches for their memory); the workspace is this call's.
         let ran = unsafe { machine.call(entry, &arg_ptrs, &out_ptrs, workspace.ptr()) };
         self.workspaces.give(workspace);
-        ran.with_context(|| format!("running {}", self.body.graph.name))?;
-        let tensors = outputs.into_iter().zip(&s.outputs).map(|(o, (_, shape))| {
-            let n = shape.iter().product();
-            // SAFETY: the schedule writes every element of every output.
-            match o {
-                Output::F32(mut v) => Tensor::f32(shape.clone(), unsafe { set_len(&mut v, n) }),
-                Output::I64(mut v) => Tensor::i64(shape.clone(), unsafe { set_len(&mut v, n) }),
-            }
-        });
-        Ok(tensors.collect())
+        ran.with_context(|| format!("running {}", self.body.graph.name))
     }
 
     /// The schedule for arguments of `shapes`: a recent one, or made now.
@@ -169,10 +203,10 @@ impl Program {
     }
 }
 
-/// An output being written.
+/// An output being written, and its shape.
 enum Output {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
+    F32(Vec<f32>, Vec<usize>),
+    I64(Vec<i64>, Vec<usize>),
 }
 
 /// `v` with its first `n` elements (written through its pointer) taken as initialised.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::layout::{broadcast_shape, broadcast_strides, contiguous_strides, reduction};
-use tttc_ir::{DType, Data, DimEnv, Graph, Op, ReduceKind, Size, SizeEnv, Tensor, ValueId};
+use tttc_ir::{DType, Data, DimEnv, Graph, Op, ReduceKind, Size, SizeEnv, Tensor, TensorView, ValueId};
 
 use crate::elementwise::{row_layout, Expr, KernelSpec, RowLayout};
 use crate::plan::{Body, LaneScan, ScanPlan, Step};
@@ -640,12 +640,19 @@ impl Signature {
     /// arguments' axes that are a length, each checked against its bound, and every argument's
     /// type and shape checked against them.
     pub fn bind(&self, args: &[&Tensor]) -> Result<Vec<usize>> {
-        ensure!(args.len() == self.args.len(), "the model takes {} arguments, got {}", self.args.len(), args.len());
         for (slot, t) in self.args.iter().zip(args) {
-            ensure!(t.dtype() == slot.dtype, "argument {}: compiled for {}, got {t}", slot.name, slot.dtype);
             ensure!(!matches!(t.data, Data::F64(_)), "argument {}: f64 data", slot.name);
         }
-        let shapes: Vec<&[usize]> = args.iter().map(|t| t.shape.as_slice()).collect();
+        self.bind_views(&args.iter().map(|t| t.view()).collect::<Vec<_>>())
+    }
+
+    /// [`Signature::bind`] for arguments in the caller's memory.
+    pub fn bind_views(&self, args: &[TensorView]) -> Result<Vec<usize>> {
+        ensure!(args.len() == self.args.len(), "the model takes {} arguments, got {}", self.args.len(), args.len());
+        for (slot, t) in self.args.iter().zip(args) {
+            ensure!(t.dtype == slot.dtype, "argument {}: compiled for {}, got {}{:?}", slot.name, slot.dtype, t.dtype, t.shape);
+        }
+        let shapes: Vec<&[usize]> = args.iter().map(|t| t.shape).collect();
         let mut env = DimEnv::new();
         for (slot, shape) in self.args.iter().zip(&shapes) {
             ensure!(slot.shape.len() == shape.len(), "argument {}: compiled for rank {}, got shape {shape:?}", slot.name, slot.shape.len());

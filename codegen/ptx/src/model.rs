@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context, Result};
-use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor};
+use anyhow::{bail, ensure, Context, Result};
+use tttc_ir::{DType, Data, DimEnv, Graph, Size, Tensor, TensorView};
 use tttc_lower::schedule::{self, BufId, Function, Home, Instr, Lengths, Run, ScanInstr, Schedule, Signature, Slicing};
 
 use crate::isa::{Kernel, Module};
@@ -57,6 +57,13 @@ enum Step {
         launch: Launch,
         work: Work,
     },
+}
+
+/// `bytes` (at least 4) of zeroed device memory, recorded in `held` to be freed after the call.
+fn held_alloc(dev: &mut dyn Device, held: &mut Vec<u64>, bytes: usize) -> Result<u64> {
+    let p = dev.alloc(bytes.max(4))?;
+    held.push(p);
+    Ok(p)
 }
 
 pub struct GpuModel {
@@ -134,15 +141,10 @@ impl GpuModel {
     fn run_on(&self, dev: &mut dyn Device, args: &[&Tensor], held: &mut Vec<u64>) -> Result<Vec<Tensor>> {
         let sig = &self.signature;
         let values = sig.bind(args)?;
-        let mut alloc = |dev: &mut dyn Device, bytes: usize| -> Result<u64> {
-            let p = dev.alloc(bytes.max(4))?;
-            held.push(p);
-            Ok(p)
-        };
         let mut arg_ptrs = Vec::new();
         for t in args {
             let bytes = tensor_bytes(t);
-            let p = alloc(dev, bytes.len())?;
+            let p = held_alloc(dev, held, bytes.len())?;
             dev.upload(p, &bytes)?;
             arg_ptrs.push(p);
         }
@@ -150,22 +152,10 @@ impl GpuModel {
         let mut out_ptrs = Vec::new();
         for o in &sig.outputs {
             let shape = sig.shape(o, &values)?;
-            out_ptrs.push(alloc(dev, shape.iter().product::<usize>() * elem_bytes(o.dtype))?);
+            out_ptrs.push(held_alloc(dev, held, shape.iter().product::<usize>() * elem_bytes(o.dtype))?);
             out_shapes.push(shape);
         }
-        let workspace = alloc(dev, sig.workspace_bytes)?;
-        let status = alloc(dev, 4)?;
-        let lengths = alloc(dev, 8 * values.len())?;
-        dev.upload(lengths, &values.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect::<Vec<u8>>())?;
-        let call = Call { signature: sig, values, lengths, status };
-        let model = self.schedule.functions.len() - 1;
-        self.call(dev, &call, model, &arg_ptrs, &out_ptrs, workspace)?;
-        let code = u32::from_le_bytes(dev.download(status, 4)?.try_into().expect("4 bytes"));
-        match code {
-            0 => {}
-            kernels::INDEX_OUT_OF_RANGE => bail!("an index (a token id or a target) is out of range"),
-            c => bail!("the model failed with status {c}"),
-        }
+        self.execute(dev, values, &arg_ptrs, &out_ptrs, held)?;
         sig.outputs
             .iter()
             .zip(&out_ptrs)
@@ -178,6 +168,48 @@ impl GpuModel {
                 })
             })
             .collect()
+    }
+
+    /// Runs the model on arguments already in `dev`'s memory, writing its outputs there: a
+    /// framework's device tensors, used in place (their pointers are the views').
+    ///
+    /// # Safety
+    /// Every view points at device memory of `dev` holding its type and shape, valid for the
+    /// call; the outputs overlap neither each other nor the arguments.
+    pub unsafe fn run_in_place(&self, dev: &mut dyn Device, args: &[TensorView], outs: &[TensorView]) -> Result<()> {
+        let sig = &self.signature;
+        let values = sig.bind_views(args)?;
+        ensure!(outs.len() == sig.outputs.len(), "the model has {} outputs, got {}", sig.outputs.len(), outs.len());
+        for (o, out) in sig.outputs.iter().zip(outs) {
+            let shape = sig.shape(o, &values)?;
+            ensure!(out.dtype == o.dtype && out.shape == shape, "output {}: compiled for {}{shape:?}, got {}{:?}", o.name, o.dtype, out.dtype, out.shape);
+        }
+        let ptrs = |views: &[TensorView]| -> Vec<u64> { views.iter().map(|v| v.ptr as u64).collect() };
+        let mut held = Vec::new();
+        let result = self.execute(dev, values, &ptrs(args), &ptrs(outs), &mut held);
+        for p in held {
+            dev.free(p);
+        }
+        result
+    }
+
+    /// Runs the model at the lengths `values` on arguments and outputs at these device pointers:
+    /// its workspace, status word and lengths allocated (into `held`), its status checked.
+    fn execute(&self, dev: &mut dyn Device, values: Vec<usize>, args: &[u64], outs: &[u64], held: &mut Vec<u64>) -> Result<()> {
+        let sig = &self.signature;
+        let workspace = held_alloc(dev, held, sig.workspace_bytes)?;
+        let status = held_alloc(dev, held, 4)?;
+        let lengths = held_alloc(dev, held, 8 * values.len())?;
+        dev.upload(lengths, &values.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect::<Vec<u8>>())?;
+        let call = Call { signature: sig, values, lengths, status };
+        let model = self.schedule.functions.len() - 1;
+        self.call(dev, &call, model, args, outs, workspace)?;
+        let code = u32::from_le_bytes(dev.download(status, 4)?.try_into().expect("4 bytes"));
+        match code {
+            0 => Ok(()),
+            kernels::INDEX_OUT_OF_RANGE => bail!("an index (a token id or a target) is out of range"),
+            c => bail!("the model failed with status {c}"),
+        }
     }
 
     /// Launches `l` with the pointers `ptrs` (its buffers', or a copy's two), then the scratch,

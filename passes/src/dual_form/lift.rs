@@ -37,10 +37,16 @@ impl Lifter<'_> {
             })
             .collect();
         let v = self.arrange(&l, &target)?.v;
-        if self.g.ty(v).shape != shape {
-            return self.g.reshape(v, shape.to_vec());
+        let lifted = &self.g.ty(v).shape;
+        if lifted == shape {
+            return Ok(v);
         }
-        Ok(v)
+        // A term that is constant along some of the root's axes (a sum that starts at zero, say)
+        // is lifted with those axes of length 1.
+        if lifted.len() == shape.len() && lifted.iter().zip(shape).all(|(l, s)| l == s || l.is_one()) {
+            return self.g.broadcast(v, shape.to_vec());
+        }
+        self.g.reshape(v, shape.to_vec())
     }
 
     fn lift(&mut self, expr: &RecExpr<Ix>, id: Id) -> Result<Lifted> {

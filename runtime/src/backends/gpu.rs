@@ -5,11 +5,11 @@
 use std::sync::Mutex;
 
 use anyhow::Result;
-use tttc_ir::{DimEnv, Graph, Tensor};
+use tttc_ir::{DimEnv, Graph, Tensor, TensorView};
 use tttc_ptx::model::GpuModel;
 use tttc_ptx_sim::SimDevice;
 
-use super::{Backend, Capabilities, Program, Sizes};
+use super::{Backend, Capabilities, DeviceStream, Program, Sizes};
 
 pub struct PtxSim;
 
@@ -65,17 +65,44 @@ impl Backend for Cuda {
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {
-        Ok(Box::new(OnGpu(GpuModel::compile(graph, sizes)?)))
+        Ok(Box::new(OnGpu { model: GpuModel::compile(graph, sizes)?, devices: Mutex::new(Vec::new()) }))
     }
 }
 
-/// The kernels and the host program; the device is opened for each run.
+/// The kernels and the host program, and the GPUs they were loaded on (by ordinal), each
+/// opened at its first run.
 #[cfg(feature = "cuda")]
-struct OnGpu(GpuModel);
+struct OnGpu {
+    model: GpuModel,
+    devices: Mutex<Vec<(usize, super::cuda::CudaDevice)>>,
+}
+
+#[cfg(feature = "cuda")]
+impl OnGpu {
+    /// Runs `f` with GPU `ordinal` ordered on `stream`.
+    fn with_device<R>(&self, ordinal: usize, stream: u64, f: impl FnOnce(&mut super::cuda::CudaDevice) -> Result<R>) -> Result<R> {
+        let mut devices = self.devices.lock().expect("not poisoned");
+        let at = match devices.iter().position(|(o, _)| *o == ordinal) {
+            Some(at) => at,
+            None => {
+                devices.push((ordinal, super::cuda::CudaDevice::open(&self.model, ordinal)?));
+                devices.len() - 1
+            }
+        };
+        let device = &mut devices[at].1;
+        device.stream = stream as cudarc::driver::sys::CUstream;
+        f(device)
+    }
+}
 
 #[cfg(feature = "cuda")]
 impl Program for OnGpu {
     fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
-        self.0.run(&mut super::cuda::CudaDevice::open(&self.0)?, args)
+        self.with_device(0, 0, |device| self.model.run(device, args))
+    }
+
+    unsafe fn run_on_device(&self, args: &[TensorView], outs: &[TensorView], at: DeviceStream) -> Result<()> {
+        // SAFETY: the caller's promise, passed on.
+        self.with_device(at.ordinal, at.stream, |device| unsafe { self.model.run_in_place(device, args, outs) })
     }
 }

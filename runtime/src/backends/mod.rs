@@ -9,8 +9,8 @@ mod cuda;
 mod gpu;
 mod interp;
 
-use anyhow::{anyhow, Result};
-use tttc_ir::{DimEnv, Graph, Tensor};
+use anyhow::{anyhow, bail, ensure, Result};
+use tttc_ir::{DType, DimEnv, Graph, Tensor, TensorView};
 
 /// A way of executing graphs: compiles a graph into a [`Program`].
 pub trait Backend: Send + Sync {
@@ -27,6 +27,57 @@ pub trait Backend: Send + Sync {
 pub trait Program: Send + Sync {
     /// The graph's outputs from its arguments, in the graph's order.
     fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>>;
+
+    /// [`Program::run`] on arguments in the caller's memory, writing the outputs into `outs`
+    /// (shaped as the graph's outputs at the arguments' sizes): a framework's tensors. Copies
+    /// them in and out unless the backend reads and writes them in place.
+    ///
+    /// # Safety
+    /// Every view points at dense memory of its type and shape that stays valid for the call;
+    /// the outputs overlap neither each other nor the arguments, and nothing else uses them
+    /// during the call.
+    unsafe fn run_in_place(&self, args: &[TensorView], outs: &[TensorView]) -> Result<()> {
+        let args: Vec<Tensor> = args.iter().map(|&v| unsafe { copied(v) }).collect();
+        let results = self.run(&args.iter().collect::<Vec<_>>())?;
+        ensure!(results.len() == outs.len(), "the program has {} outputs, got {}", results.len(), outs.len());
+        for (t, out) in results.iter().zip(outs) {
+            ensure!(t.dtype() == out.dtype && t.shape == out.shape, "an output is {t}, its place {}{:?}", out.dtype.name(), out.shape);
+            let bytes = t.len() * out.dtype.bytes();
+            // SAFETY: the caller's output holds `bytes` and overlaps nothing `t` does.
+            unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), out.ptr, bytes) };
+        }
+        Ok(())
+    }
+
+    /// [`Program::run_in_place`] on tensors in a GPU's memory, ordered on `at`'s stream.
+    ///
+    /// # Safety
+    /// As [`Program::run_in_place`], the memory being GPU `at.ordinal`'s.
+    unsafe fn run_on_device(&self, args: &[TensorView], outs: &[TensorView], at: DeviceStream) -> Result<()> {
+        let _ = (args, outs, at);
+        bail!("this backend computes in the host's memory: GPU tensors run on the cuda backend")
+    }
+}
+
+/// Where a framework's GPU tensors live: the GPU's ordinal and the stream (a `CUstream`; 0 for
+/// the default stream) the run is ordered on, as the framework's current stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceStream {
+    pub ordinal: usize,
+    pub stream: u64,
+}
+
+/// A view's elements copied into a tensor of their own.
+///
+/// # Safety
+/// `v` points at dense memory of its type and shape.
+unsafe fn copied(v: TensorView) -> Tensor {
+    let n = v.shape.iter().product();
+    let shape = v.shape.to_vec();
+    match v.dtype {
+        DType::F32 => Tensor::f32(shape, unsafe { std::slice::from_raw_parts(v.ptr as *const f32, n) }.to_vec()),
+        DType::I64 => Tensor::i64(shape, unsafe { std::slice::from_raw_parts(v.ptr as *const i64, n) }.to_vec()),
+    }
 }
 
 /// What a backend can do, for the code that would otherwise check for a backend by name.

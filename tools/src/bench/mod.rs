@@ -173,7 +173,7 @@ pub fn bench(req: &BenchRequest, mut report: impl FnMut(&Timing)) -> Result<Vec<
             let r = cotangent(t, 768);
             let start = Instant::now();
             let exe = tttc_runtime::Executable::new(if req.grad { layer_gradient(&builder.g)? } else { tttc_passes::compile(&builder.g)? });
-            let inputs: Vec<(&str, &Tensor)> = if req.grad { vec![("x", &x), ("r", &r)] } else { vec![("x", &x)] };
+            let inputs: Vec<(&str, &Tensor)> = if req.grad { vec![("x", &x), ("d.y", &r)] } else { vec![("x", &x)] };
             let run = || exe.run_with(&weights, &inputs, req.backend);
             run()?;
             let first_s = start.elapsed().as_secs_f64();
@@ -288,19 +288,11 @@ fn cotangent(t: usize, dim: usize) -> Tensor {
     Tensor::f32(vec![1, t, dim], (0..t * dim).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect())
 }
 
-/// The gradient graph of `sum(y · r)` (`r` an input shaped like the layer's output `y`) with
-/// respect to the layer's input `x` and every parameter, through the pass pipeline: the layer's
-/// share of a training step, as the peers' `--grad` measures it.
+/// The vector–Jacobian product of a layer (its input `y`'s cotangent `d.y`: the gradient of
+/// `sum(y · d.y)`) with respect to the layer's input `x` and every parameter, through the pass
+/// pipeline: the layer's share of a training step, as the peers' `--grad` measures it.
 fn layer_gradient(layer: &tttc_ir::Graph) -> Result<tttc_ir::Graph> {
-    let mut g = layer.clone();
-    let y = g.outputs.first().context("the layer has no output")?.1;
-    let r = g.input("r", g.ty(y).clone());
-    let mut loss = g.mul(y, r)?;
-    while g.ty(loss).rank() > 0 {
-        loss = g.reduce(tttc_ir::ReduceKind::Sum, loss, 0, false)?;
-    }
-    g.outputs = vec![("loss".to_string(), loss)];
-    tttc_passes::compile(&tttc_passes::gradient_graph_wrt(&tttc_passes::differentiable(&g)?, "loss", 1, &["x"])?)
+    tttc_passes::compile(&tttc_passes::vector_jacobian_product(&tttc_passes::differentiable(layer)?, &[])?)
 }
 
 /// The fp32 GEMM rate of this machine through `gemm` on all threads (2048×768×768, as the peer

@@ -1,0 +1,482 @@
+"""tttc's compiled layers as PyTorch modules.
+
+Each layer is two custom ops (``torch.library.custom_op``): ``tttc::layer`` (the forward pass,
+optionally from a state and handing on the state after the sequence) and ``tttc::layer_vjp`` (its
+vector-Jacobian product, tttc's own reverse-mode autodiff of the layer), registered as its
+backward, both with fake kernels so that ``torch.compile`` traces them without graph breaks. CPU
+tensors are read and written in place by the compiled code; float64 runs tttc's reference
+interpreter in f64 (for ``torch.autograd.gradcheck``). docs/python.md describes the modules, the
+state and the errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import _native
+from ._native import Error
+
+__all__ = [
+    "Error",
+    "Layer",
+    "TTTLayer",
+    "TTTLinear",
+    "TTTMLP",
+    "MambaMixer",
+    "Attention",
+    "CausalLM",
+    "from_reference",
+    "from_pretrained",
+]
+
+
+class _Registered:
+    """A native layer as the custom ops find it (ops take plain ints), and the backend it runs on."""
+
+    def __init__(self, native: _native.Layer, backend: str):
+        self.native = native
+        self.backend = backend
+        self.parameters = [name for name, _ in native.parameters()]
+        run = native.entry(False, None, True)
+        # The state after a sequence, by name, with its type: what a state given back holds.
+        self.state = [(name[len("state:") :], ty) for name, ty in run.outputs if name.startswith("state:")]
+        self.state_names = [name for name, _ in self.state]
+
+
+_registry: list[_Registered] = []
+_registry_lock = threading.Lock()
+
+
+def _register(native: _native.Layer, backend: str) -> int:
+    with _registry_lock:
+        _registry.append(_Registered(native, backend))
+        return len(_registry) - 1
+
+
+def _signature(handle: int, vjp: bool, state_in: bool, state_out: bool) -> tuple[list[str], list[str]]:
+    """The ops' arguments and results, by the native entries' names, in the ops' order."""
+    layer = _registry[handle]
+    carried = [s for s in layer.state_names if s != "position"]
+    inputs = ["x"] + [f"param:{p}" for p in layer.parameters]
+    if state_in:
+        inputs += [f"state:{s}" for s in layer.state_names]
+    if not vjp:
+        return inputs, ["y"] + ([f"state:{s}" for s in layer.state_names] if state_out else [])
+    inputs += ["grad:y"] + ([f"grad:state:{s}" for s in carried] if state_out else [])
+    outputs = ["grad:x"] + [f"grad:param:{p}" for p in layer.parameters]
+    outputs += [f"grad:state:{s}" for s in carried] if state_in else []
+    return inputs, outputs
+
+
+_DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.int64: "i64"}
+
+
+def _address(t: torch.Tensor, name: str, device: torch.device) -> tuple[int, str, list[int]]:
+    """A tensor as the native module takes it, refused with one line unless it can be used in place."""
+    if t.device != device:
+        raise Error(f"{name} is on {t.device} and x on {device}: give every tensor on one device")
+    if t.device.type not in ("cpu", "cuda"):
+        raise Error(f"{name} is on {t.device}: tttc's layers run on CPU and CUDA tensors")
+    if t.dtype not in _DTYPES:
+        raise Error(f"{name} is {t.dtype}: tttc's layers take float32 (float64 for gradient checks)")
+    if not t.is_contiguous():
+        raise Error(f"{name} is not contiguous (strides {tuple(t.stride())} for shape {tuple(t.shape)}): call .contiguous() first")
+    return t.data_ptr(), _DTYPES[t.dtype], list(t.shape)
+
+
+def _bind(types: Sequence[tuple[str, tuple[str, list]]], named: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The sizes of B and T (and any other symbol) from the arguments' shapes."""
+    sizes: dict[str, Any] = {}
+    for name, (_, dims) in types:
+        t = named.get(name)
+        if t is None or t.dim() != len(dims):
+            continue
+        for (sym, offset), n in zip(dims, t.shape):
+            if sym is not None and sym not in sizes:
+                sizes[sym] = n - offset
+    return sizes
+
+
+def _shape(dims: list, sizes: Mapping[str, Any]) -> list:
+    return [offset if sym is None else sizes[sym] + offset for sym, offset in dims]
+
+
+def _run(handle: int, vjp: bool, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    layer = _registry[handle]
+    inputs, outputs = _signature(handle, vjp, state_in, state_out)
+    named = dict(zip(inputs, args))
+    start = None
+    if state_in:
+        position = named["state:position"]
+        start = int(position.reshape(-1)[0].item())
+        if start < 0 or start != float(position.reshape(-1)[0].item()):
+            raise Error(f"the state's position {position.reshape(-1)[0].item()} is not a whole number of tokens")
+    entry = layer.native.entry(vjp, start, state_out)
+    x = named["x"]
+    dtype = x.dtype
+    sizes = _bind(entry.inputs, named)
+    device = x.device
+    results = {name: torch.empty(_shape(dims, sizes), dtype=dtype if ty != "i64" else torch.int64, device=device) for name, (ty, dims) in entry.outputs}
+    # CUDA tensors run tttc's PTX program on their GPU, ordered on PyTorch's current stream there.
+    gpu = (device.index, torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else None
+    entry.run(
+        "cuda" if gpu else layer.backend,
+        [_address(named[name], name, device) for name, _ in entry.inputs],
+        [_address(results[name], name, device) for name, _ in entry.outputs],
+        gpu,
+    )
+    # A gradient the graph does not compute (a parameter the output does not depend on) is zero.
+    return [results[name] if name in results else torch.zeros_like(named[name[len("grad:") :]]) for name in outputs]
+
+
+@torch.library.custom_op("tttc::layer", mutates_args=())
+def _layer_op(handle: int, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    return _run(handle, False, state_in, state_out, args)
+
+
+@torch.library.custom_op("tttc::layer_vjp", mutates_args=())
+def _layer_vjp_op(handle: int, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    return _run(handle, True, state_in, state_out, args)
+
+
+@_layer_op.register_fake
+def _layer_fake(handle: int, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    layer = _registry[handle]
+    inputs, _ = _signature(handle, False, state_in, state_out)
+    x = args[0]
+    outs = [x.new_empty(x.shape)]
+    if state_out:
+        sizes = {"B": x.shape[0], "T": x.shape[1]}
+        for name, (_, dims) in layer.state:
+            if state_in and layer.native.family == "llama" and name != "position":
+                raise Error("a KV cache continued from a state grows by a length known only when it runs: trace attention without a state")
+            outs.append(x.new_empty(_shape(dims, sizes)))
+    return outs
+
+
+@_layer_vjp_op.register_fake
+def _layer_vjp_fake(handle: int, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    inputs, outputs = _signature(handle, True, state_in, state_out)
+    named = dict(zip(inputs, args))
+    # Each gradient has the shape of what it is the gradient of.
+    return [named[name[len("grad:") :]].new_empty(named[name[len("grad:") :]].shape) for name in outputs]
+
+
+def _setup_context(ctx, inputs, output):
+    handle, state_in, state_out, args = inputs
+    ctx.key = (handle, state_in, state_out)
+    ctx.save_for_backward(*args, *output)
+    ctx.count = len(args)
+
+
+def _backward(ctx, grads):
+    handle, state_in, state_out = ctx.key
+    saved = ctx.saved_tensors
+    args, outputs = saved[: ctx.count], saved[ctx.count :]
+    names, _ = _signature(handle, False, state_in, state_out)
+    _, out_names = _signature(handle, False, state_in, state_out)
+    # A result nothing was differentiated through has no gradient: zero. The state's position
+    # carries none.
+    cotangents = [g.contiguous() if g is not None else torch.zeros_like(o) for g, o, n in zip(grads, outputs, out_names) if n != "state:position"]
+    results = _layer_vjp_op(handle, state_in, state_out, list(args) + cotangents)
+    _, grad_names = _signature(handle, True, state_in, state_out)
+    by_name = dict(zip(grad_names, results))
+    return None, None, None, [by_name.get(f"grad:{n}") for n in names]
+
+
+_layer_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _Group(torch.nn.Module):
+    """A node of a layer's parameter tree (``q_proj`` holding ``q_proj.weight``)."""
+
+
+class Layer(torch.nn.Module):
+    """One tttc-compiled sequence-mixing layer: ``y = layer(x)`` for ``x`` of shape ``[B, T, D]``.
+
+    ``config`` is a Hugging Face config (a dict, its JSON text or an object with ``to_dict()``)
+    whose ``model_type`` (``ttt``, ``mamba`` or ``llama``) says which layer: the TTT layer, the
+    Mamba mixer or self-attention. Parameters are named as the reference modules name them
+    (``q_proj.weight``, ``W1``, ``A_log``), drawn from ``seed`` as tttc initialises a model.
+    ``backend`` is the tttc backend the layer runs on (``cpu``, or ``interp`` for the reference
+    interpreter).
+
+    ``layer(x, state, return_state=True)`` starts from ``state`` (a dict of tensors as a previous
+    call returned it; None: a fresh state) and also returns the state after the sequence, so a long
+    sequence runs in pieces; gradients flow through the state unless it is detached.
+    """
+
+    def __init__(self, config: Any, *, seed: int = 0, backend: str = "cpu"):
+        super().__init__()
+        config = _config_dict(config)
+        self.config = config
+        native = _native.Layer(json.dumps(config))
+        self._handle = _register(native, backend)
+        for name, shape, data in native.initial_weights(seed):
+            values = torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape)
+            *path, leaf = name.split(".")
+            owner = self
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, _Group())
+                owner = getattr(owner, part)
+            owner.register_parameter(leaf, torch.nn.Parameter(values))
+
+    @property
+    def backend(self) -> str:
+        return _registry[self._handle].backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        _registry[self._handle].backend = name
+
+    @property
+    def state_names(self) -> list[str]:
+        """The names of the state's tensors (docs/state.md, relative to the layer)."""
+        return list(_registry[self._handle].state_names)
+
+    def forward(self, x: torch.Tensor, state: Optional[Mapping[str, torch.Tensor]] = None, return_state: bool = False):
+        layer = _registry[self._handle]
+        if x.dim() != 3:
+            raise Error(f"x must have shape [B, T, D], got {tuple(x.shape)}")
+        # Attributes, not get_parameter: torch.func.functional_call swaps in plain tensors.
+        args = [x] + [functools.reduce(getattr, p.split("."), self) for p in layer.parameters]
+        if state is not None:
+            missing = [s for s in layer.state_names if s not in state]
+            if missing:
+                raise Error(f"the state has no {missing[0]} (a state holds {', '.join(layer.state_names)})")
+            args += [state[s] for s in layer.state_names]
+        outs = torch.ops.tttc.layer(self._handle, state is not None, return_state, args)
+        if return_state:
+            return outs[0], dict(zip(layer.state_names, outs[1:]))
+        return outs[0]
+
+    def extra_repr(self) -> str:
+        return f"model_type={self.config['model_type']!r}, hidden_size={self.config['hidden_size']}, backend={self.backend!r}"
+
+
+def _config_dict(config: Any) -> dict:
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    elif isinstance(config, str):
+        config = json.loads(config)
+    return dict(config)
+
+
+def _layer_config(model_type: str, config: dict, **defaults: Any) -> dict:
+    """A standalone layer's config: the keys of the language model around it that do not shape the
+    layer get neutral values."""
+    config = {"model_type": model_type, **config}
+    for key, value in {"vocab_size": 1, "num_hidden_layers": 1, **defaults}.items():
+        config.setdefault(key, value)
+    return config
+
+
+class TTTLayer(Layer):
+    """A TTT layer (ttt-lm-pytorch's ``TTTLinear``/``TTTMLP``, or any inner learner ``ttt_inner``
+    describes) from a TTT config: ``hidden_size``, ``num_attention_heads``, ``mini_batch_size``,
+    ``ttt_layer_type``, ``share_qk``, ``use_gate``, ``ttt_base_lr``, ... (docs/model-toml.md)."""
+
+    def __init__(self, config: Any, *, seed: int = 0, backend: str = "cpu"):
+        config = _config_dict(config)
+        super().__init__(_layer_config("ttt", config, intermediate_size=1), seed=seed, backend=backend)
+
+
+class TTTLinear(TTTLayer):
+    """TTT-Linear: ``TTTLinear(hidden_size=768, num_attention_heads=12, mini_batch_size=16, **config)``."""
+
+    def __init__(self, hidden_size: int = 768, num_attention_heads: int = 12, mini_batch_size: int = 16, *, seed: int = 0, backend: str = "cpu", **config: Any):
+        config.update(hidden_size=hidden_size, num_attention_heads=num_attention_heads, mini_batch_size=mini_batch_size, ttt_layer_type="linear")
+        super().__init__(config, seed=seed, backend=backend)
+
+
+class TTTMLP(TTTLayer):
+    """TTT-MLP: ``TTTMLP(hidden_size=768, num_attention_heads=12, mini_batch_size=16, **config)``."""
+
+    def __init__(self, hidden_size: int = 768, num_attention_heads: int = 12, mini_batch_size: int = 16, *, seed: int = 0, backend: str = "cpu", **config: Any):
+        config.update(hidden_size=hidden_size, num_attention_heads=num_attention_heads, mini_batch_size=mini_batch_size, ttt_layer_type="mlp")
+        super().__init__(config, seed=seed, backend=backend)
+
+
+class MambaMixer(Layer):
+    """The Mamba mixer of transformers' ``MambaMixer``: ``MambaMixer(hidden_size=768,
+    intermediate_size=2 * hidden_size, state_size=16, conv_kernel=4, **config)``."""
+
+    def __init__(self, hidden_size: int = 768, *, seed: int = 0, backend: str = "cpu", **config: Any):
+        config.setdefault("intermediate_size", 2 * hidden_size)
+        super().__init__(_layer_config("mamba", {"hidden_size": hidden_size, **config}), seed=seed, backend=backend)
+
+
+class Attention(Layer):
+    """Llama's causal self-attention with RoPE and grouped-query heads: ``Attention(hidden_size,
+    num_attention_heads, num_key_value_heads=None, **config)``."""
+
+    def __init__(self, hidden_size: int = 768, num_attention_heads: int = 12, *, seed: int = 0, backend: str = "cpu", **config: Any):
+        config.update(hidden_size=hidden_size, num_attention_heads=num_attention_heads)
+        super().__init__(_layer_config("llama", config, intermediate_size=1), seed=seed, backend=backend)
+
+
+def from_reference(module: torch.nn.Module, *, backend: str = "cpu") -> TTTLayer:
+    """A ttt-lm-pytorch ``TTTLinear`` or ``TTTMLP`` layer as tttc's, with its weights."""
+    kinds = {"TTTLinear": "linear", "TTTMLP": "mlp"}
+    kind = kinds.get(type(module).__name__)
+    if kind is None:
+        raise Error(f"from_reference converts ttt-lm-pytorch's TTTLinear and TTTMLP, not {type(module).__name__}")
+    config = {k: v for k, v in _config_dict(module.config).items() if k in _TTT_LAYER_KEYS}
+    config["ttt_layer_type"] = kind
+    layer = TTTLayer(config, backend=backend)
+    weights = {k: v for k, v in module.state_dict().items() if k in dict(layer.named_parameters())}
+    layer.load_state_dict(weights, strict=True)
+    return layer
+
+
+# The TTT config keys that shape a TTT layer (the rest describe the model around it).
+_TTT_LAYER_KEYS = {
+    "hidden_size",
+    "num_attention_heads",
+    "mini_batch_size",
+    "ttt_base_lr",
+    "rope_theta",
+    "share_qk",
+    "use_gate",
+    "conv_kernel",
+    "ttt_inner",
+    "initializer_range",
+}
+
+
+class _RMSNorm(torch.nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class _SwiGLU(torch.nn.Module):
+    def __init__(self, dim: int, inter: int, bias: bool):
+        super().__init__()
+        self.gate_proj = torch.nn.Linear(dim, inter, bias=bias)
+        self.up_proj = torch.nn.Linear(dim, inter, bias=bias)
+        self.down_proj = torch.nn.Linear(inter, dim, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _CausalConv(torch.nn.Module):
+    """TTT's pre-conv: an RMSNorm, then a depthwise causal convolution (``conv.norm``, ``conv.conv``)."""
+
+    def __init__(self, dim: int, kernel: int, eps: float):
+        super().__init__()
+        self.norm = _RMSNorm(dim, eps)
+        self.conv = torch.nn.Conv1d(dim, dim, kernel, groups=dim, padding=kernel - 1)
+
+    def forward(self, x):
+        t = x.shape[1]
+        return self.conv(self.norm(x).transpose(1, 2))[..., :t].transpose(1, 2)
+
+
+class _Block(torch.nn.Module):
+    """A residual block around a tttc layer, named as the family's checkpoints name it."""
+
+    def __init__(self, shape: dict, config: dict, backend: str):
+        super().__init__()
+        dim, eps, family = shape["hidden_size"], shape["norm_eps"], shape["family"]
+        self.family = family
+        if family == "ttt":
+            if shape["pre_conv"]:
+                self.conv = _CausalConv(dim, shape["conv_kernel"], eps)
+            self.seq_norm = _RMSNorm(dim, eps)
+            self.seq_modeling_block = Layer(config, backend=backend)
+            self.ffn_norm = _RMSNorm(dim, eps)
+            self.mlp = _SwiGLU(dim, shape["intermediate_size"], shape["mlp_bias"])
+        elif family == "mamba":
+            self.norm = _RMSNorm(dim, eps)
+            self.mixer = Layer(config, backend=backend)
+        else:
+            self.input_layernorm = _RMSNorm(dim, eps)
+            self.self_attn = Layer(config, backend=backend)
+            self.post_attention_layernorm = _RMSNorm(dim, eps)
+            self.mlp = _SwiGLU(dim, shape["intermediate_size"], shape["mlp_bias"])
+
+    def forward(self, h):
+        if self.family == "ttt":
+            if hasattr(self, "conv"):
+                h = h + self.conv(h)
+            h = h + self.seq_modeling_block(self.seq_norm(h))
+            return h + self.mlp(self.ffn_norm(h))
+        if self.family == "mamba":
+            return h + self.mixer(self.norm(h))
+        h = h + self.self_attn(self.input_layernorm(h))
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class _Backbone(torch.nn.Module):
+    def __init__(self, shape: dict, config: dict, backend: str):
+        super().__init__()
+        names = ("embeddings", "norm_f") if shape["family"] == "mamba" else ("embed_tokens", "norm")
+        self._names = names
+        self.add_module(names[0], torch.nn.Embedding(shape["vocab_size"], shape["hidden_size"]))
+        self.layers = torch.nn.ModuleList(_Block(shape, config, backend) for _ in range(shape["num_hidden_layers"]))
+        self.add_module(names[1], _RMSNorm(shape["hidden_size"], shape["norm_eps"]))
+
+    def forward(self, input_ids):
+        h = getattr(self, self._names[0])(input_ids)
+        for block in self.layers:
+            h = block(h)
+        return getattr(self, self._names[1])(h)
+
+
+class CausalLMOutput:
+    """What ``CausalLM`` returns, as transformers' models do: ``.logits`` and, given labels, ``.loss``."""
+
+    def __init__(self, logits: torch.Tensor, loss: Optional[torch.Tensor]):
+        self.logits = logits
+        self.loss = loss
+
+
+class CausalLM(torch.nn.Module):
+    """A causal language model whose sequence-mixing layers are tttc's and whose embedding, norms,
+    MLPs and head are PyTorch's, with the parameter names of the family's checkpoints
+    (``model.layers.0.seq_modeling_block.W1``, ``backbone.layers.0.mixer.A_log``). ``model(input_ids,
+    labels=input_ids)`` gives ``.logits`` and the mean next-token cross-entropy ``.loss``."""
+
+    def __init__(self, config: Any, *, backend: str = "cpu"):
+        super().__init__()
+        config = _config_dict(config)
+        self.config = config
+        shape = json.loads(_native.model_shape(json.dumps(config)))
+        self._shape = shape
+        self.add_module("backbone" if shape["family"] == "mamba" else "model", _Backbone(shape, config, backend))
+        if not shape["tie_word_embeddings"]:
+            self.lm_head = torch.nn.Linear(shape["hidden_size"], shape["vocab_size"], bias=False)
+
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> CausalLMOutput:
+        backbone = self.backbone if self._shape["family"] == "mamba" else self.model
+        h = backbone(input_ids)
+        head = self.lm_head.weight if hasattr(self, "lm_head") else getattr(backbone, backbone._names[0]).weight
+        logits = h @ head.t()
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+        return CausalLMOutput(logits, loss)
+
+
+def from_pretrained(folder: str, *, backend: str = "cpu") -> CausalLM:
+    """A Hugging Face style folder (``config.json`` + ``model.safetensors``, model_type ``ttt``,
+    ``mamba`` or ``llama``) or a ``model.toml`` as a :class:`CausalLM`, weights loaded (checked as
+    ``tttc run`` checks them)."""
+    config_json, weights = _native.load_model(str(folder))
+    model = CausalLM(json.loads(config_json), backend=backend)
+    state = {name: torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape) for name, shape, data in weights}
+    model.load_state_dict(state, strict=True)
+    return model
