@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -306,6 +306,45 @@ fn load_model(py: Python<'_>, path: &str) -> PyResult<(String, Vec<NamedBytes>)>
     Ok((model.config_json.to_string(), weights))
 }
 
+/// Writes a model folder `tttc run` loads: `config.json` (`config_json`, checked as a model's config)
+/// and `model.safetensors` with `weights` (`(name, (address, "f32", shape))` of the caller's dense
+/// f32 tensors), both appearing together or not at all (docs/errors.md).
+#[pyfunction]
+fn save_model(py: Python<'_>, folder: &str, config_json: &str, weights: Vec<(String, PyTensor)>) -> PyResult<()> {
+    let (_, json) = tttc_frontends::parse_config_json(config_json).map_err(py_error)?;
+    let tensors: Vec<(String, Tensor)> = weights
+        .iter()
+        .map(|(name, t)| {
+            let v = view(t)?;
+            ensure!(t.1 == "f32", "weight {name} is {}: checkpoints hold float32", t.1);
+            // SAFETY: the caller's dense f32 tensor of this shape (the Python wrapper's promise).
+            Ok((name.clone(), unsafe { copied_f32(&v) }))
+        })
+        .collect::<Result<_>>()
+        .map_err(py_error)?;
+    py.detach(|| -> Result<()> {
+        let dir = std::path::Path::new(folder);
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut outputs = tttc_files::Outputs::new();
+        let config = outputs.file("the config", &dir.join("config.json"))?;
+        let model = outputs.file("the weights", &dir.join("model.safetensors"))?;
+        outputs.write(config, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        outputs.write(model, &tttc_runtime::tensor_bytes(&named)?)?;
+        outputs.commit()
+    })
+    .map_err(py_error)
+}
+
+/// A view's f32 elements copied into a tensor of their own.
+///
+/// # Safety
+/// `v` points at dense f32 data of its shape.
+unsafe fn copied_f32(v: &TensorView) -> Tensor {
+    let n = v.shape.iter().product();
+    Tensor::f32(v.shape.to_vec(), unsafe { std::slice::from_raw_parts(v.ptr as *const f32, n) }.to_vec())
+}
+
 /// What a language model around the layers needs from a config.json's text, with tttc's defaults
 /// filled in (SPEC): the family and the sizes and switches of its embedding, blocks, norms and
 /// head, as JSON.
@@ -347,6 +386,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Entry>()?;
     m.add_function(wrap_pyfunction!(load_model, m)?)?;
     m.add_function(wrap_pyfunction!(model_shape, m)?)?;
+    m.add_function(wrap_pyfunction!(save_model, m)?)?;
     m.add("Error", m.py().get_type::<Error>())?;
     Ok(())
 }

@@ -33,6 +33,7 @@ __all__ = [
     "CausalLM",
     "from_reference",
     "from_pretrained",
+    "save_pretrained",
 ]
 
 
@@ -480,3 +481,10 @@ def from_pretrained(folder: str, *, backend: str = "cpu") -> CausalLM:
     state = {name: torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape) for name, shape, data in weights}
     model.load_state_dict(state, strict=True)
     return model
+
+
+def save_pretrained(model: CausalLM, folder: str) -> None:
+    """Writes ``model`` as a folder ``tttc run`` and :func:`from_pretrained` load: ``config.json``
+    and ``model.safetensors`` (float32), which appear together or not at all."""
+    weights = {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in model.named_parameters()}
+    _native.save_model(str(folder), json.dumps(model.config), [(name, _address(t, name, t.device)) for name, t in weights.items()])
