@@ -13,7 +13,9 @@
 //! the boundary (PyO3 turns a panic into an exception).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+mod xla;
 
 use anyhow::{bail, ensure, Context, Result};
 use pyo3::create_exception;
@@ -161,7 +163,8 @@ impl Layer {
                 (name, io_type(graph.ty(*v)))
             })
             .collect();
-        Ok(Entry { exe: Executable::new(graph), inputs, outputs })
+        let exe = Arc::new(Executable::new(graph));
+        Ok(Entry { xla_id: xla::register(exe.clone()), exe, inputs, outputs })
     }
 }
 
@@ -183,7 +186,9 @@ fn io_type(ty: &tttc_ir::Type) -> IoType {
 /// One compiled graph of a layer, with its arguments and outputs named for Python.
 #[pyclass(frozen, module = "tttc._native")]
 struct Entry {
-    exe: Executable,
+    exe: Arc<Executable>,
+    /// What the XLA handler calls it (`xla::register`).
+    xla_id: i64,
     inputs: Vec<(String, IoType)>,
     outputs: Vec<(String, IoType)>,
 }
@@ -203,6 +208,13 @@ impl Entry {
     #[getter]
     fn outputs(&self) -> Vec<(String, IoType)> {
         self.outputs.clone()
+    }
+
+    /// The value of the `entry` attribute that makes an XLA call of [`xla_handler`] run this
+    /// graph.
+    #[getter]
+    fn xla_id(&self) -> i64 {
+        self.xla_id
     }
 
     /// Runs the graph on `backend` (`cpu`, `interp`, …) on the tensors `args` (in the order of
@@ -380,6 +392,13 @@ fn f32_bytes(t: &Tensor) -> Vec<u8> {
     t.to_f32().unwrap_or_default().iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// The address of the XLA FFI handler that runs a layer's graphs (`xla::layer_handler`), for
+/// `jax.ffi.register_ffi_target`.
+#[pyfunction]
+fn xla_handler() -> usize {
+    xla::layer_handler as *const () as usize
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Layer>()?;
@@ -387,6 +406,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_model, m)?)?;
     m.add_function(wrap_pyfunction!(model_shape, m)?)?;
     m.add_function(wrap_pyfunction!(save_model, m)?)?;
+    m.add_function(wrap_pyfunction!(xla_handler, m)?)?;
     m.add("Error", m.py().get_type::<Error>())?;
     Ok(())
 }
