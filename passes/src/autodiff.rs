@@ -125,6 +125,13 @@ pub fn gradient_graph(g: &Graph, loss: &str, segments: usize) -> Result<Graph> {
 /// [`gradient_graph`], with the gradients with respect to the f32 `inputs` named too, after the
 /// parameters' and named like the input (a resumed run's `state.NAME`, say).
 pub fn gradient_graph_wrt(g: &Graph, loss: &str, segments: usize, inputs: &[&str]) -> Result<Graph> {
+    gradient_graph_with(g, loss, segments, inputs, false)
+}
+
+/// [`gradient_graph_wrt`]; with `primal`, `g`'s other outputs too, computed by the inlined forward
+/// (before the loss; segments > 1 not supported with it).
+fn gradient_graph_with(g: &Graph, loss: &str, segments: usize, inputs: &[&str], primal: bool) -> Result<Graph> {
+    ensure!(!primal || segments <= 1, "a rematerialised gradient keeps no primal outputs");
     let mut out = Graph::new(&format!("{}_grad", g.name));
     let args: Vec<ValueId> = g.args.iter().map(|a| out.arg(&a.name, a.kind, g.ty(a.value).clone())).collect();
     let at = g.outputs.iter().position(|(n, _)| n == loss).with_context(|| format!("the graph has no output {loss}"))?;
@@ -143,6 +150,11 @@ pub fn gradient_graph_wrt(g: &Graph, loss: &str, segments: usize, inputs: &[&str
     let wrt: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
     let (loss_value, grads) = if segments <= 1 {
         let (outs, tape) = inline(&mut out, g, &args)?;
+        if primal {
+            for (k, (name, _)) in g.outputs.iter().enumerate().filter(|&(k, _)| k != at) {
+                out.output(name, outs[k]);
+            }
+        }
         let one = out.scalar(1.0)?;
         (outs[at], backprop(&mut out, &tape, &[(outs[at], one)], &wrt)?)
     } else {
@@ -158,14 +170,16 @@ pub fn gradient_graph_wrt(g: &Graph, loss: &str, segments: usize, inputs: &[&str
     Ok(crate::dce::dead_code_elimination(&crate::sink_transposes::sink_transposes(&out)?))
 }
 
-/// What a vector–Jacobian product calls the cotangent of an output `NAME`: `d.NAME`.
-pub const COTANGENT: &str = "d.";
+/// What a vector–Jacobian product calls the adjoint of a value `NAME`: `d.NAME` (an output's
+/// cotangent given, an argument's gradient computed).
+pub const ADJOINT: &str = "d.";
 
 /// The vector–Jacobian product of `g` (a graph with no `grad` op: see `differentiable`): `g`'s
 /// arguments, then an input `d.NAME` of the output's type for each f32 output `NAME` but those in
-/// `constant` (a position, say); its outputs are the gradients of `Σ_NAME sum(NAME · d.NAME)` with
-/// respect to every parameter and every f32 input of `g`, named like them. A framework's backward
-/// pass of `g`, from the one autodiff ([`gradient_graph_wrt`]).
+/// `constant` (a position, say). Its outputs are `g`'s own outputs (computed on the way), then the
+/// gradients `d.NAME` of `Σ_NAME sum(NAME · d.NAME)` with respect to every parameter and every f32
+/// input `NAME` of `g`. A framework's forward and backward pass of `g` in one graph, from the one
+/// autodiff ([`gradient_graph_wrt`]); [`crate::split_at`] cuts it into the two.
 pub fn vector_jacobian_product(g: &Graph, constant: &[&str]) -> Result<Graph> {
     let mut g = g.clone();
     let mut total = None;
@@ -173,7 +187,7 @@ pub fn vector_jacobian_product(g: &Graph, constant: &[&str]) -> Result<Graph> {
         if constant.contains(&name.as_str()) || g.ty(v).dtype != DType::F32 {
             continue;
         }
-        let seed = g.input(&format!("{COTANGENT}{name}"), g.ty(v).clone());
+        let seed = g.input(&format!("{ADJOINT}{name}"), g.ty(v).clone());
         let mut term = g.mul(v, seed)?;
         while g.ty(term).rank() > 0 {
             term = g.reduce(ReduceKind::Sum, term, 0, false)?;
@@ -183,16 +197,22 @@ pub fn vector_jacobian_product(g: &Graph, constant: &[&str]) -> Result<Graph> {
             Some(t) => g.add(t, term)?,
         });
     }
-    g.outputs = vec![("loss".to_string(), total.context("the graph has no f32 output to differentiate")?)];
+    let loss = "loss";
+    ensure!(g.outputs.iter().all(|(n, _)| n != loss), "an output is called {loss}");
+    g.outputs.push((loss.to_string(), total.context("the graph has no f32 output to differentiate")?));
     let inputs: Vec<String> = g
         .args
         .iter()
-        .filter(|a| a.kind == tttc_ir::ArgKind::Input && g.ty(a.value).dtype == DType::F32 && !a.name.starts_with(COTANGENT))
+        .filter(|a| a.kind == tttc_ir::ArgKind::Input && g.ty(a.value).dtype == DType::F32 && !a.name.starts_with(ADJOINT))
         .map(|a| a.name.clone())
         .collect();
-    let grads = gradient_graph_wrt(&g, "loss", 1, &inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let keep: Vec<&str> = grads.outputs.iter().map(|(n, _)| n.as_str()).filter(|&n| n != "loss").collect();
-    Ok(crate::dce::keep_outputs(&grads, &keep))
+    let mut grads = gradient_graph_with(&g, loss, 1, &inputs.iter().map(String::as_str).collect::<Vec<_>>(), true)?;
+    let primal = g.outputs.len() - 1;
+    grads.outputs.retain(|(n, _)| n != loss);
+    for (name, _) in &mut grads.outputs[primal..] {
+        *name = format!("{ADJOINT}{name}");
+    }
+    Ok(crate::dce::dead_code_elimination(&grads))
 }
 
 /// Where the `segments` rematerialisation segments of `g`'s node list start (the first at 0):

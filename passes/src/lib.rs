@@ -8,8 +8,9 @@ mod hoist;
 mod merge_scans;
 mod simplify;
 mod sink_transposes;
+mod split;
 
-pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt, vector_jacobian_product, COTANGENT};
+pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt, vector_jacobian_product, ADJOINT};
 pub use dce::{dead_code_elimination, keep_outputs};
 pub use dual_form::{derive_with_report, DualFormReport};
 pub use fuse::{fuse, fuse_with_report, FuseReport};
@@ -17,6 +18,7 @@ pub use hoist::{hoist_invariants, Hoisted};
 pub use merge_scans::merge_reverse_scans;
 pub use simplify::simplify;
 pub use sink_transposes::sink_transposes;
+pub use split::{split_at, Split, SAVED};
 pub mod cost;
 mod manager;
 

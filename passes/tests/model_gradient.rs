@@ -170,8 +170,9 @@ fn state_gradients_match_finite_differences() {
 /// framework's backward pass runs for a sequence in pieces): through the whole pass pipeline (the
 /// dual form derived in the forward scan and again in the reverse one) it equals the product
 /// computed from the primal form alone, in f64, for every family; the cotangents are arbitrary.
+/// So does the product cut at its cotangents into a forward and a backward half.
 #[test]
-fn layer_vector_jacobian_products_through_the_state_survive_the_pipeline() {
+fn layer_vector_jacobian_products_through_the_state_survive_the_pipeline_and_the_split() {
     let configs = [
         r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 4}"#,
         r#"{"model_type": "ttt", "ttt_layer_type": "mlp", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "share_qk": true, "use_gate": true}"#,
@@ -206,12 +207,30 @@ fn layer_vector_jacobian_products_through_the_state_survive_the_pipeline() {
         let want = eval_named(&primal, &weights, &inputs);
         let got = eval_named(&compiled, &weights, &inputs);
         assert!(want.len() > 5 && compiled.outputs.len() == primal.outputs.len());
-        for ((name, _), w) in primal.outputs.iter().zip(&want) {
-            let at = compiled.outputs.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("no gradient of {name}"));
-            let (w, g) = (w.to_f64().unwrap(), got[at].to_f64().unwrap());
-            let scale = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            let err = w.iter().zip(&g).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 1e-9 * (1.0 + scale), "{config:?}: d/d {name} differs by {err} (scale {scale})");
-        }
+        let same = |what: &str, names: &[(String, tttc_ir::ValueId)], got: &[Tensor]| {
+            for ((name, _), w) in primal.outputs.iter().zip(&want) {
+                let at = names.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("{what}: no output {name}"));
+                let (w, g) = (w.to_f64().unwrap(), got[at].to_f64().unwrap());
+                let scale = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                let err = w.iter().zip(&g).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= 1e-9 * (1.0 + scale), "{config:?}, {what}: {name} differs by {err} (scale {scale})");
+            }
+        };
+        same("compiled", &compiled.outputs, &got);
+
+        // Cut at the cotangents: the forward half reads none of them, and the backward half, given
+        // the residuals the forward half kept, completes the same outputs.
+        let vjp = tttc_passes::vector_jacobian_product(&tttc_passes::differentiable(&layer.g).unwrap(), &["state.position"]).unwrap();
+        let cotangents: Vec<&str> = vjp.args.iter().map(|a| a.name.as_str()).filter(|n| n.starts_with("d.")).collect();
+        let split = tttc_passes::split_at(&vjp, &cotangents).unwrap();
+        let (before, after) = (tttc_passes::compile(&split.before).unwrap(), tttc_passes::compile(&split.after).unwrap());
+        assert!(before.args.iter().all(|a| !a.name.starts_with("d.")));
+        let first = eval_named(&before, &weights, &inputs);
+        let mut second_inputs = inputs.clone();
+        second_inputs.extend(before.outputs.iter().zip(&first).filter(|((n, _), _)| n.starts_with("saved.")).map(|((n, _), t)| (n.clone(), t.clone())));
+        let second = eval_named(&after, &weights, &second_inputs);
+        let names: Vec<(String, tttc_ir::ValueId)> = before.outputs.iter().chain(&after.outputs).cloned().collect();
+        same("split", &names, &first.into_iter().chain(second).collect::<Vec<_>>());
+        assert!(after.nodes.len() < compiled.nodes.len(), "the backward half computes less than the whole");
     }
 }

@@ -23,7 +23,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use tttc_frontends::{Mode, ModelConfig};
 use tttc_ir::{ArgKind, DType, Data, Dim, Graph, Precision, Tensor, TensorView};
-use tttc_passes::COTANGENT;
+use tttc_passes::ADJOINT;
 use tttc_runtime::{DeviceStream, Executable};
 
 create_exception!(tttc, Error, PyValueError, "A tttc error: bad input, or a layer that cannot be built or run.");
@@ -42,14 +42,37 @@ struct Layer {
     entries: Mutex<HashMap<EntryKey, Py<Entry>>>,
 }
 
-/// Which graph of a layer: the forward pass or its vector–Jacobian product, from a fresh state
-/// or from one at a position (a TTT state's within its mini-batch, a KV cache's length), with
-/// or without the state after the sequence.
+/// Which graph of a layer, from a fresh state or from one at a position (a TTT state's within its
+/// mini-batch, a KV cache's length), with or without the state after the sequence.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct EntryKey {
-    vjp: bool,
+    kind: Kind,
     start: Option<usize>,
     state_out: bool,
+}
+
+/// A layer's graphs: the forward pass; its vector–Jacobian product (`vjp`: the forward computed
+/// again inside); or that product cut at its cotangents (`tttc_passes::split_at`): the forward
+/// pass that also gives the residuals the backward reads (`saving`), and the backward from them
+/// (`backward`), as a framework's autograd calls them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Forward,
+    Vjp,
+    Saving,
+    Backward,
+}
+
+impl Kind {
+    fn named(name: &str) -> Result<Kind> {
+        Ok(match name {
+            "forward" => Kind::Forward,
+            "vjp" => Kind::Vjp,
+            "saving" => Kind::Saving,
+            "backward" => Kind::Backward,
+            other => bail!("no layer graph {other:?} (forward, vjp, saving, backward)"),
+        })
+    }
 }
 
 #[pymethods]
@@ -98,18 +121,21 @@ impl Layer {
         Ok(weights.iter().map(|(name, t)| (self.short(name), t.shape.clone(), f32_bytes(t))).collect())
     }
 
-    /// The graph `vjp` (or the forward pass) from a fresh state (`start` None) or a state at
-    /// position `start`, handing on the state after the sequence when `state_out`.
-    #[pyo3(signature = (vjp, start=None, state_out=false))]
-    fn entry(&self, py: Python<'_>, vjp: bool, start: Option<usize>, state_out: bool) -> PyResult<Py<Entry>> {
-        let key = EntryKey { vjp, start, state_out };
+    /// The graph `kind` (`forward`, `vjp`, `saving` or `backward`, see [`Kind`]) from a fresh
+    /// state (`start` None) or a state at position `start`, handing on the state after the
+    /// sequence when `state_out`.
+    #[pyo3(signature = (kind, start=None, state_out=false))]
+    fn entry(&self, py: Python<'_>, kind: &str, start: Option<usize>, state_out: bool) -> PyResult<Py<Entry>> {
+        let key = EntryKey { kind: Kind::named(kind).map_err(py_error)?, start, state_out };
         if let Some(e) = self.entries.lock().expect("not poisoned").get(&key) {
             return Ok(e.clone_ref(py));
         }
-        let entry = py.detach(|| self.build(key)).map_err(py_error)?;
-        let entry = Py::new(py, entry)?;
-        self.entries.lock().expect("not poisoned").insert(key, entry.clone_ref(py));
-        Ok(entry)
+        let built = py.detach(|| self.build(key)).map_err(py_error)?;
+        let mut entries = self.entries.lock().expect("not poisoned");
+        for (k, entry) in built {
+            entries.insert(k, Py::new(py, entry)?);
+        }
+        Ok(entries[&key].clone_ref(py))
     }
 }
 
@@ -122,20 +148,27 @@ impl Layer {
         name.strip_prefix(self.prefix).unwrap_or(name).to_string()
     }
 
-    /// A graph argument's or output's name as the Python side reads it: `x`, `y`,
-    /// `param:NAME`, `state:NAME`, and for the VJP `grad:` before what it is the gradient of.
-    fn python_name(&self, name: &str, kind: Option<ArgKind>) -> String {
-        if let Some(rest) = name.strip_prefix(COTANGENT) {
-            return format!("grad:{}", self.python_name(rest, None));
+    /// A graph argument's or output's name as the Python side reads it: `x`, `y`, `param:NAME`
+    /// (`params` holds the parameters' names), `state:NAME`, `saved:K` for a residual, and
+    /// `grad:` before what an adjoint is of.
+    fn python_name(&self, name: &str, params: &[&str]) -> String {
+        if let Some(k) = name.strip_prefix(tttc_passes::SAVED) {
+            return format!("saved:{k}");
         }
-        match (kind, name.strip_prefix(STATE)) {
-            (Some(ArgKind::Param), _) => format!("param:{}", self.short(name)),
-            (_, Some(state)) => format!("state:{}", self.short(state)),
-            _ => name.to_string(),
+        if let Some(rest) = name.strip_prefix(ADJOINT) {
+            return format!("grad:{}", self.python_name(rest, params));
+        }
+        if params.contains(&name) {
+            return format!("param:{}", self.short(name));
+        }
+        match name.strip_prefix(STATE) {
+            Some(state) => format!("state:{}", self.short(state)),
+            None => name.to_string(),
         }
     }
 
-    fn build(&self, key: EntryKey) -> Result<Entry> {
+    /// The entry `key` names, and the one built with it (a split's other part).
+    fn build(&self, key: EntryKey) -> Result<Vec<(EntryKey, Entry)>> {
         let mode = match (key.start, key.state_out) {
             (Some(position), _) => Mode::Resume { position },
             (None, true) => Mode::Run,
@@ -145,42 +178,41 @@ impl Layer {
         if !key.state_out {
             forward = tttc_passes::keep_outputs(&forward, &["y"]);
         }
-        let graph = if key.vjp { vjp(&forward)? } else { tttc_passes::compile(&forward)? };
-        let inputs = graph.args.iter().map(|a| (self.python_name(&a.name, Some(a.kind)), io_type(graph.ty(a.value)))).collect();
+        if key.kind == Kind::Forward {
+            return Ok(vec![(key, self.entry_of(tttc_passes::compile(&forward)?))]);
+        }
+        // Every output's cotangent but the state's position (a count of tokens).
+        let position = format!("{STATE}position");
+        let vjp = tttc_passes::vector_jacobian_product(&tttc_passes::differentiable(&forward)?, &[&position])?;
+        if key.kind == Kind::Vjp {
+            let gradients: Vec<&str> = vjp.outputs.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with(ADJOINT)).collect();
+            return Ok(vec![(key, self.entry_of(tttc_passes::compile(&tttc_passes::keep_outputs(&vjp, &gradients))?))]);
+        }
+        let cotangents: Vec<&str> = vjp.args.iter().map(|a| a.name.as_str()).filter(|n| n.starts_with(ADJOINT)).collect();
+        let split = tttc_passes::split_at(&vjp, &cotangents)?;
+        Ok(vec![
+            (EntryKey { kind: Kind::Saving, ..key }, self.entry_of(tttc_passes::compile(&split.before)?)),
+            (EntryKey { kind: Kind::Backward, ..key }, self.entry_of(tttc_passes::compile(&split.after)?)),
+        ])
+    }
+
+    /// A compiled graph with its arguments and outputs named for Python.
+    fn entry_of(&self, graph: Graph) -> Entry {
         let params: Vec<&str> = graph.args.iter().filter(|a| a.kind == ArgKind::Param).map(|a| a.name.as_str()).collect();
-        let outputs = graph
-            .outputs
-            .iter()
-            .map(|(n, v)| {
-                // The VJP's outputs are gradients, named as what they are the gradients of.
-                let name = if !key.vjp {
-                    self.python_name(n, None)
-                } else if params.contains(&n.as_str()) {
-                    format!("grad:{}", self.python_name(n, Some(ArgKind::Param)))
-                } else {
-                    format!("grad:{}", self.python_name(n, None))
-                };
-                (name, io_type(graph.ty(*v)))
-            })
-            .collect();
+        let inputs = graph.args.iter().map(|a| (self.python_name(&a.name, &params), io_type(graph.ty(a.value)))).collect();
+        let outputs = graph.outputs.iter().map(|(n, v)| (self.python_name(n, &params), io_type(graph.ty(*v)))).collect();
         let exe = Arc::new(Executable::new(graph));
-        Ok(Entry { xla_id: xla::register(exe.clone()), exe, inputs, outputs })
+        Entry { xla_id: xla::register(exe.clone()), exe, inputs, outputs }
     }
 }
 
-/// The vector–Jacobian product of a layer's forward graph (`tttc_passes::vector_jacobian_product`:
-/// a cotangent `d.NAME` per output but the state's position), compiled.
-fn vjp(forward: &Graph) -> Result<Graph> {
-    let position = format!("{STATE}position");
-    tttc_passes::compile(&tttc_passes::vector_jacobian_product(&tttc_passes::differentiable(forward)?, &[&position])?)
-}
-
-/// An argument's or output's type for Python: its element type and, per axis, `(symbol, offset)`
-/// (the size is the symbol's value, `B` or `T`, plus the offset; a constant has no symbol).
-type IoType = (&'static str, Vec<(Option<String>, i64)>);
+/// An argument's or output's type for Python: its element type and, per axis,
+/// `(symbol, offset, per)`: the size is `⌈(symbol's value + offset) / per⌉` (`B` or `T`; a count
+/// of chunks has a `per` above 1), or `offset` for a constant, which has no symbol.
+type IoType = (&'static str, Vec<(Option<String>, i64, usize)>);
 
 fn io_type(ty: &tttc_ir::Type) -> IoType {
-    (ty.dtype.name(), ty.shape.iter().map(|d: &Dim| (d.sym.clone(), d.offset)).collect())
+    (ty.dtype.name(), ty.shape.iter().map(|d: &Dim| (d.sym.clone(), d.offset, d.per)).collect())
 }
 
 /// One compiled graph of a layer, with its arguments and outputs named for Python.

@@ -37,7 +37,7 @@ def _register_target() -> None:
 def _call(entry, named: Mapping[str, jax.Array], sizes: Mapping[str, int]) -> dict[str, jax.Array]:
     """Runs a compiled graph of a layer as an XLA custom call: its results by name."""
     args = [named[name] for name, _ in entry.inputs]
-    results = [jax.ShapeDtypeStruct([n if s is None else sizes[s] + n for s, n in dims], jnp.float32) for _, (_, dims) in entry.outputs]
+    results = [jax.ShapeDtypeStruct([n if s is None else -(-(sizes[s] + n) // per) for s, n, per in dims], jnp.float32) for _, (_, dims) in entry.outputs]
     outs = jax.ffi.ffi_call(_TARGET, results)(*args, entry=np.int64(entry.xla_id))
     return {name: out for (name, _), out in zip(entry.outputs, outs)}
 
@@ -58,27 +58,31 @@ class Layer:
         self._native = _native.Layer(json.dumps(config))
         self.parameter_shapes = dict(self._native.parameters())
         _register_target()
-        forward, backward = self._native.entry(False, None, False), self._native.entry(True, None, False)
+        forward, saving, backward = (self._native.entry(kind) for kind in ("forward", "saving", "backward"))
         names = list(self.parameter_shapes)
+        # What the forward keeps for the backward: the residuals, as custom_vjp's.
+        kept = [name for name, _ in saving.outputs if name != "y"]
 
         def sizes(x):
             return {"B": x.shape[0], "T": x.shape[1]}
 
-        def run(x, params):
-            return _call(forward, {"x": x, **{f"param:{n}": p for n, p in zip(names, params)}}, sizes(x))["y"]
+        def arguments(x, params):
+            return {"x": x, **{f"param:{n}": p for n, p in zip(names, params)}}
 
         @jax.custom_vjp
         def apply(x, params):
-            return run(x, params)
+            return _call(forward, arguments(x, params), sizes(x))["y"]
 
         def apply_forward(x, params):
-            return run(x, params), (x, params)
+            outs = _call(saving, arguments(x, params), sizes(x))
+            return outs["y"], (x, params, tuple(outs[n] for n in kept))
 
         def apply_backward(saved, dy):
-            x, params = saved
-            named = {"x": x, "grad:y": dy, **{f"param:{n}": p for n, p in zip(names, params)}}
+            x, params, residuals = saved
+            named = {**arguments(x, params), "grad:y": dy, **dict(zip(kept, residuals))}
             grads = _call(backward, named, sizes(x))
-            return grads["grad:x"], tuple(grads[f"grad:param:{n}"] for n in names)
+            grads.update((n, r) for n, r in named.items() if n.startswith("grad:param:"))
+            return grads["grad:x"], tuple(grads.get(f"grad:param:{n}", jnp.zeros_like(p)) for n, p in zip(names, params))
 
         apply.defvjp(apply_forward, apply_backward)
         self._apply = apply

@@ -44,10 +44,17 @@ class _Registered:
         self.native = native
         self.backend = backend
         self.parameters = [name for name, _ in native.parameters()]
-        run = native.entry(False, None, True)
+        run = native.entry("forward", None, True)
         # The state after a sequence, by name, with its type: what a state given back holds.
         self.state = [(name[len("state:") :], ty) for name, ty in run.outputs if name.startswith("state:")]
         self.state_names = [name for name, _ in self.state]
+
+    def kept(self, state_out: bool) -> list[tuple[str, tuple]]:
+        """What the forward pass that saves for the backward gives beside the forward's outputs:
+        the residuals ``saved:K`` (and any gradient that does not depend on the cotangents), with
+        their types."""
+        forward = {"y"} | {f"state:{s}" for s in self.state_names}
+        return [(name, ty) for name, ty in self.native.entry("saving", None, state_out).outputs if name not in forward]
 
 
 _registry: list[_Registered] = []
@@ -60,16 +67,22 @@ def _register(native: _native.Layer, backend: str) -> int:
         return len(_registry) - 1
 
 
-def _signature(handle: int, vjp: bool, state_in: bool, state_out: bool) -> tuple[list[str], list[str]]:
-    """The ops' arguments and results, by the native entries' names, in the ops' order."""
+def _signature(handle: int, kind: str, state_in: bool, state_out: bool) -> tuple[list[str], list[str]]:
+    """The ops' arguments and results for a layer's graph ``kind`` (``forward``, ``saving``: the
+    forward that keeps what the backward reads, ``vjp``: the backward that computes the forward
+    again, ``backward``: the one that reads what ``saving`` kept), by the native entries' names,
+    in the ops' order."""
     layer = _registry[handle]
     carried = [s for s in layer.state_names if s != "position"]
     inputs = ["x"] + [f"param:{p}" for p in layer.parameters]
     if state_in:
         inputs += [f"state:{s}" for s in layer.state_names]
-    if not vjp:
-        return inputs, ["y"] + ([f"state:{s}" for s in layer.state_names] if state_out else [])
+    outputs = ["y"] + ([f"state:{s}" for s in layer.state_names] if state_out else [])
+    if kind in ("forward", "saving"):
+        return inputs, outputs + ([name for name, _ in layer.kept(state_out)] if kind == "saving" else [])
     inputs += ["grad:y"] + ([f"grad:state:{s}" for s in carried] if state_out else [])
+    if kind == "backward":
+        inputs += [name for name, _ in layer.kept(state_out)]
     outputs = ["grad:x"] + [f"grad:param:{p}" for p in layer.parameters]
     outputs += [f"grad:state:{s}" for s in carried] if state_in else []
     return inputs, outputs
@@ -91,26 +104,14 @@ def _address(t: torch.Tensor, name: str, device: torch.device) -> tuple[int, str
     return t.data_ptr(), _DTYPES[t.dtype], list(t.shape)
 
 
-def _bind(types: Sequence[tuple[str, tuple[str, list]]], named: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """The sizes of B and T (and any other symbol) from the arguments' shapes."""
-    sizes: dict[str, Any] = {}
-    for name, (_, dims) in types:
-        t = named.get(name)
-        if t is None or t.dim() != len(dims):
-            continue
-        for (sym, offset), n in zip(dims, t.shape):
-            if sym is not None and sym not in sizes:
-                sizes[sym] = n - offset
-    return sizes
-
-
 def _shape(dims: list, sizes: Mapping[str, Any]) -> list:
-    return [offset if sym is None else sizes[sym] + offset for sym, offset in dims]
+    """A shape from an entry's type: each axis ``ceil((symbol + offset) / per)`` or a constant."""
+    return [offset if sym is None else -(-(sizes[sym] + offset) // per) for sym, offset, per in dims]
 
 
-def _run(handle: int, vjp: bool, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+def _run(handle: int, kind: str, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
     layer = _registry[handle]
-    inputs, outputs = _signature(handle, vjp, state_in, state_out)
+    inputs, outputs = _signature(handle, kind, state_in, state_out)
     named = dict(zip(inputs, args))
     start = None
     if state_in:
@@ -118,12 +119,11 @@ def _run(handle: int, vjp: bool, state_in: bool, state_out: bool, args: list[tor
         start = int(position.reshape(-1)[0].item())
         if start < 0 or start != float(position.reshape(-1)[0].item()):
             raise Error(f"the state's position {position.reshape(-1)[0].item()} is not a whole number of tokens")
-    entry = layer.native.entry(vjp, start, state_out)
+    entry = layer.native.entry(kind, start, state_out)
     x = named["x"]
-    dtype = x.dtype
-    sizes = _bind(entry.inputs, named)
     device = x.device
-    results = {name: torch.empty(_shape(dims, sizes), dtype=dtype if ty != "i64" else torch.int64, device=device) for name, (ty, dims) in entry.outputs}
+    sizes = {"B": x.shape[0], "T": x.shape[1]}
+    results = {name: torch.empty(_shape(dims, sizes), dtype=x.dtype if ty != "i64" else torch.int64, device=device) for name, (ty, dims) in entry.outputs}
     # CUDA tensors run tttc's PTX program on their GPU, ordered on PyTorch's current stream there.
     gpu = (device.index, torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else None
     entry.run(
@@ -132,63 +132,71 @@ def _run(handle: int, vjp: bool, state_in: bool, state_out: bool, args: list[tor
         [_address(results[name], name, device) for name, _ in entry.outputs],
         gpu,
     )
-    # A gradient the graph does not compute (a parameter the output does not depend on) is zero.
-    return [results[name] if name in results else torch.zeros_like(named[name[len("grad:") :]]) for name in outputs]
+    def result(name: str) -> torch.Tensor:
+        # A gradient the backward does not compute was kept by the forward (an argument of the
+        # backward), or is zero (a parameter the output does not depend on).
+        if name in results:
+            return results[name]
+        return named[name] if name in named else torch.zeros_like(named[name[len("grad:") :]])
+
+    return [result(name) for name in outputs]
 
 
 @torch.library.custom_op("tttc::layer", mutates_args=())
-def _layer_op(handle: int, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
-    return _run(handle, False, state_in, state_out, args)
+def _layer_op(handle: int, state_in: bool, state_out: bool, save: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    return _run(handle, "saving" if save else "forward", state_in, state_out, args)
 
 
 @torch.library.custom_op("tttc::layer_vjp", mutates_args=())
-def _layer_vjp_op(handle: int, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
-    return _run(handle, True, state_in, state_out, args)
+def _layer_vjp_op(handle: int, state_in: bool, state_out: bool, saved: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    return _run(handle, "backward" if saved else "vjp", state_in, state_out, args)
 
 
 @_layer_op.register_fake
-def _layer_fake(handle: int, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+def _layer_fake(handle: int, state_in: bool, state_out: bool, save: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
     layer = _registry[handle]
-    inputs, _ = _signature(handle, False, state_in, state_out)
     x = args[0]
+    sizes = {"B": x.shape[0], "T": x.shape[1]}
     outs = [x.new_empty(x.shape)]
     if state_out:
-        sizes = {"B": x.shape[0], "T": x.shape[1]}
         for name, (_, dims) in layer.state:
             if state_in and layer.native.family == "llama" and name != "position":
                 raise Error("a KV cache continued from a state grows by a length known only when it runs: trace attention without a state")
             outs.append(x.new_empty(_shape(dims, sizes)))
+    if save:
+        outs += [x.new_empty(_shape(dims, sizes)) for _, (_, dims) in layer.kept(state_out)]
     return outs
 
 
 @_layer_vjp_op.register_fake
-def _layer_vjp_fake(handle: int, state_in: bool, state_out: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
-    inputs, outputs = _signature(handle, True, state_in, state_out)
+def _layer_vjp_fake(handle: int, state_in: bool, state_out: bool, saved: bool, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    inputs, outputs = _signature(handle, "backward" if saved else "vjp", state_in, state_out)
     named = dict(zip(inputs, args))
     # Each gradient has the shape of what it is the gradient of.
     return [named[name[len("grad:") :]].new_empty(named[name[len("grad:") :]].shape) for name in outputs]
 
 
 def _setup_context(ctx, inputs, output):
-    handle, state_in, state_out, args = inputs
-    ctx.key = (handle, state_in, state_out)
+    handle, state_in, state_out, save, args = inputs
+    ctx.key = (handle, state_in, state_out, save)
     ctx.save_for_backward(*args, *output)
     ctx.count = len(args)
 
 
 def _backward(ctx, grads):
-    handle, state_in, state_out = ctx.key
+    handle, state_in, state_out, save = ctx.key
     saved = ctx.saved_tensors
     args, outputs = saved[: ctx.count], saved[ctx.count :]
-    names, _ = _signature(handle, False, state_in, state_out)
-    _, out_names = _signature(handle, False, state_in, state_out)
+    names, out_names = _signature(handle, "saving" if save else "forward", state_in, state_out)
+    forward = [(g, o, n) for g, o, n in zip(grads, outputs, out_names) if n == "y" or n.startswith("state:")]
+    kept = [o for o, n in zip(outputs, out_names) if not (n == "y" or n.startswith("state:"))]
     # A result nothing was differentiated through has no gradient: zero. The state's position
     # carries none.
-    cotangents = [g.contiguous() if g is not None else torch.zeros_like(o) for g, o, n in zip(grads, outputs, out_names) if n != "state:position"]
-    results = _layer_vjp_op(handle, state_in, state_out, list(args) + cotangents)
-    _, grad_names = _signature(handle, True, state_in, state_out)
+    cotangents = [g.contiguous() if g is not None else torch.zeros_like(o) for g, o, n in forward if n != "state:position"]
+    results = _layer_vjp_op(handle, state_in, state_out, save, list(args) + cotangents + kept)
+    _, grad_names = _signature(handle, "backward" if save else "vjp", state_in, state_out)
     by_name = dict(zip(grad_names, results))
-    return None, None, None, [by_name.get(f"grad:{n}") for n in names]
+    return None, None, None, None, [by_name.get(f"grad:{n}") for n in names]
 
 
 _layer_op.register_autograd(_backward, setup_context=_setup_context)
@@ -253,9 +261,12 @@ class Layer(torch.nn.Module):
             if missing:
                 raise Error(f"the state has no {missing[0]} (a state holds {', '.join(layer.state_names)})")
             args += [state[s] for s in layer.state_names]
-        outs = torch.ops.tttc.layer(self._handle, state is not None, return_state, args)
+        # Under autograd the forward keeps what the backward reads (the backward does not compute
+        # the forward again); from a state (whose graph depends on its position) it does not.
+        save = state is None and torch.is_grad_enabled() and any(a.requires_grad for a in args)
+        outs = torch.ops.tttc.layer(self._handle, state is not None, return_state, save, args)
         if return_state:
-            return outs[0], dict(zip(layer.state_names, outs[1:]))
+            return outs[0], dict(zip(layer.state_names, outs[1 : 1 + len(layer.state_names)]))
         return outs[0]
 
     def extra_repr(self) -> str:

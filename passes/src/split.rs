@@ -1,0 +1,87 @@
+//! A graph cut in two at some of its inputs: the part that does not depend on them and the part
+//! that does. A framework calls a layer's vector–Jacobian product in two halves, as its autograd
+//! does: the forward pass before the cotangents exist, keeping what the backward reads, and the
+//! backward pass when they arrive; so the backward does not compute the forward again.
+
+use anyhow::{Context, Result};
+use tttc_ir::{ArgKind, Graph, ValueId};
+
+/// What the residuals the first part hands to the second are called: `saved.K`.
+pub const SAVED: &str = "saved.";
+
+/// A graph cut by [`split_at`].
+pub struct Split {
+    /// The nodes that do not depend on the inputs cut at, from the graph's other arguments; its
+    /// outputs are the graph's outputs that do not depend on them, then the residuals
+    /// `saved.0`, `saved.1`, … that `after` reads.
+    pub before: Graph,
+    /// The rest: it takes every argument of the graph, then the residuals, and gives the graph's
+    /// outputs that depend on the inputs cut at.
+    pub after: Graph,
+}
+
+/// Cuts `g` at its inputs named in `at` (see [`Split`]). Every output of `g` is an output of
+/// exactly one part, under its name.
+pub fn split_at(g: &Graph, at: &[&str]) -> Result<Split> {
+    let mut depends = vec![false; g.types.len()];
+    for a in &g.args {
+        depends[a.value.index()] = a.kind == ArgKind::Input && at.contains(&a.name.as_str());
+    }
+    for node in &g.nodes {
+        let d = node.inputs.iter().any(|v| depends[v.index()]);
+        for o in &node.outputs {
+            depends[o.index()] = d;
+        }
+    }
+    let is_arg = |v: ValueId| g.args.iter().any(|a| a.value == v);
+    // The residuals: values of the first part, not arguments, that the second reads.
+    let mut saved: Vec<ValueId> = Vec::new();
+    for node in g.nodes.iter().filter(|n| n.outputs.iter().any(|o| depends[o.index()])) {
+        for &v in &node.inputs {
+            if !depends[v.index()] && !is_arg(v) && !saved.contains(&v) {
+                saved.push(v);
+            }
+        }
+    }
+
+    let mut before = Graph::new(&format!("{}_before", g.name));
+    let mut map: Vec<Option<ValueId>> = vec![None; g.types.len()];
+    for a in g.args.iter().filter(|a| !depends[a.value.index()]) {
+        map[a.value.index()] = Some(before.arg(&a.name, a.kind, g.ty(a.value).clone()));
+    }
+    copy_nodes(g, &mut before, &mut map, |d| !d, &depends)?;
+    for (name, v) in g.outputs.iter().filter(|(_, v)| !depends[v.index()]) {
+        before.output(name, map[v.index()].context("an output of the first part is undefined")?);
+    }
+    for (k, &v) in saved.iter().enumerate() {
+        before.output(&format!("{SAVED}{k}"), map[v.index()].context("a residual is undefined")?);
+    }
+
+    let mut after = Graph::new(&format!("{}_after", g.name));
+    let mut map: Vec<Option<ValueId>> = vec![None; g.types.len()];
+    for a in &g.args {
+        map[a.value.index()] = Some(after.arg(&a.name, a.kind, g.ty(a.value).clone()));
+    }
+    for (k, &v) in saved.iter().enumerate() {
+        map[v.index()] = Some(after.input(&format!("{SAVED}{k}"), g.ty(v).clone()));
+    }
+    copy_nodes(g, &mut after, &mut map, |d| d, &depends)?;
+    for (name, v) in g.outputs.iter().filter(|(_, v)| depends[v.index()]) {
+        after.output(name, map[v.index()].context("an output of the second part is undefined")?);
+    }
+    Ok(Split { before, after })
+}
+
+/// Copies the nodes of `g` whose dependence on the cut inputs `keep` accepts into `to`.
+fn copy_nodes(g: &Graph, to: &mut Graph, map: &mut [Option<ValueId>], keep: impl Fn(bool) -> bool, depends: &[bool]) -> Result<()> {
+    for node in &g.nodes {
+        if !node.outputs.first().is_some_and(|o| keep(depends[o.index()])) {
+            continue;
+        }
+        let ins: Vec<ValueId> = node.inputs.iter().map(|v| map[v.index()].context("an operand is undefined")).collect::<Result<_>>()?;
+        for (o, n) in node.outputs.iter().zip(to.push(node.op.clone(), &ins)?) {
+            map[o.index()] = Some(n);
+        }
+    }
+    Ok(())
+}
