@@ -149,3 +149,23 @@ def test_the_modules_load_state_dicts_of_their_own_kind():
     x = torch.randn(1, 5, 8)
     assert torch.equal(a(x), b(x))
     assert {"q_proj.weight", "W1", "b1", "W2", "b2", "learnable_token_idx", "ttt_norm_weight", "post_norm.bias", "conv_q.weight", "g_proj.weight"} <= set(a.state_dict())
+
+
+@pytest.mark.parametrize("kind", TINY)
+def test_the_gpu_program_in_the_ptx_simulator_gives_the_cpu_results(kind):
+    """The PTX program CUDA tensors run (forward with its residuals, then the backward), executed
+    by tttc's PTX simulator on the CPU: the checks of the GPU path that need no GPU."""
+    layer = randomised(TINY[kind]())
+    x = torch.randn(2, 9, 8, generator=torch.Generator().manual_seed(10))
+    results = []
+    for backend in ["cpu", "ptx-sim"]:
+        layer.backend = backend
+        layer.zero_grad()
+        xd = x.clone().requires_grad_()
+        y, state = layer(xd, return_state=True)
+        (y.square().sum() + sum(v.sum() for k, v in state.items() if k != "position")).backward()
+        results.append((y, [xd.grad, *(p.grad for p in layer.parameters())]))
+    (y_cpu, grads_cpu), (y_sim, grads_sim) = results
+    assert (y_sim - y_cpu).abs().max() <= 1e-5 * y_cpu.abs().max() + 1e-6
+    for cpu, sim in zip(grads_cpu, grads_sim):
+        assert (sim - cpu).abs().max() <= 1e-4 * cpu.abs().max() + 1e-6
