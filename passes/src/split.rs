@@ -4,7 +4,7 @@
 //! backward pass when they arrive; so the backward does not compute the forward again.
 
 use anyhow::{Context, Result};
-use tttc_ir::{ArgKind, Graph, ValueId};
+use tttc_ir::{ArgKind, Graph, Op, ValueId};
 
 /// What the residuals the first part hands to the second are called: `saved.K`.
 pub const SAVED: &str = "saved.";
@@ -16,7 +16,8 @@ pub struct Split {
     /// `saved.0`, `saved.1`, … that `after` reads.
     pub before: Graph,
     /// The rest: it takes every argument of the graph, then the residuals, and gives the graph's
-    /// outputs that depend on the inputs cut at.
+    /// outputs that depend on the inputs cut at. Views and constants the rest reads are computed
+    /// again in it rather than saved.
     pub after: Graph,
 }
 
@@ -34,22 +35,40 @@ pub fn split_at(g: &Graph, at: &[&str]) -> Result<Split> {
         }
     }
     let is_arg = |v: ValueId| g.args.iter().any(|a| a.value == v);
-    // The residuals: values of the first part, not arguments, that the second reads.
-    let mut saved: Vec<ValueId> = Vec::new();
-    for node in g.nodes.iter().filter(|n| n.outputs.iter().any(|o| depends[o.index()])) {
-        for &v in &node.inputs {
-            if !depends[v.index()] && !is_arg(v) && !saved.contains(&v) {
-                saved.push(v);
-            }
+    let mut producer = vec![usize::MAX; g.types.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for o in &node.outputs {
+            producer[o.index()] = i;
         }
     }
-
+    // The residuals: values of the first part, not arguments, that the second reads. A view of
+    // another value or a constant is computed again in the second part instead (it costs nothing
+    // there, and saved it would be a copy): what it reads is read by the second part.
+    let mut again = vec![false; g.nodes.len()];
+    let mut saved: Vec<ValueId> = Vec::new();
+    let mut wanted: Vec<ValueId> = g.nodes.iter().filter(|n| n.outputs.iter().any(|o| depends[o.index()])).flat_map(|n| n.inputs.iter().copied()).collect();
+    while let Some(v) = wanted.pop() {
+        if depends[v.index()] || is_arg(v) || saved.contains(&v) {
+            continue;
+        }
+        let at = producer[v.index()];
+        let node = &g.nodes[at];
+        if matches!(node.op, Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Const { .. } | Op::Iota { .. }) {
+            if !again[at] {
+                again[at] = true;
+                wanted.extend(node.inputs.iter().copied());
+            }
+        } else {
+            saved.push(v);
+        }
+    }
+    saved.sort();
     let mut before = Graph::new(&format!("{}_before", g.name));
     let mut map: Vec<Option<ValueId>> = vec![None; g.types.len()];
     for a in g.args.iter().filter(|a| !depends[a.value.index()]) {
         map[a.value.index()] = Some(before.arg(&a.name, a.kind, g.ty(a.value).clone()));
     }
-    copy_nodes(g, &mut before, &mut map, |d| !d, &depends)?;
+    copy_nodes(g, &mut before, &mut map, |i| !depends[g.nodes[i].outputs[0].index()])?;
     for (name, v) in g.outputs.iter().filter(|(_, v)| !depends[v.index()]) {
         before.output(name, map[v.index()].context("an output of the first part is undefined")?);
     }
@@ -65,17 +84,17 @@ pub fn split_at(g: &Graph, at: &[&str]) -> Result<Split> {
     for (k, &v) in saved.iter().enumerate() {
         map[v.index()] = Some(after.input(&format!("{SAVED}{k}"), g.ty(v).clone()));
     }
-    copy_nodes(g, &mut after, &mut map, |d| d, &depends)?;
+    copy_nodes(g, &mut after, &mut map, |i| again[i] || depends[g.nodes[i].outputs[0].index()])?;
     for (name, v) in g.outputs.iter().filter(|(_, v)| depends[v.index()]) {
         after.output(name, map[v.index()].context("an output of the second part is undefined")?);
     }
     Ok(Split { before, after })
 }
 
-/// Copies the nodes of `g` whose dependence on the cut inputs `keep` accepts into `to`.
-fn copy_nodes(g: &Graph, to: &mut Graph, map: &mut [Option<ValueId>], keep: impl Fn(bool) -> bool, depends: &[bool]) -> Result<()> {
-    for node in &g.nodes {
-        if !node.outputs.first().is_some_and(|o| keep(depends[o.index()])) {
+/// Copies the nodes of `g` that `keep` accepts (by index) into `to`.
+fn copy_nodes(g: &Graph, to: &mut Graph, map: &mut [Option<ValueId>], keep: impl Fn(usize) -> bool) -> Result<()> {
+    for (i, node) in g.nodes.iter().enumerate() {
+        if node.outputs.is_empty() || !keep(i) {
             continue;
         }
         let ins: Vec<ValueId> = node.inputs.iter().map(|v| map[v.index()].context("an operand is undefined")).collect::<Result<_>>()?;

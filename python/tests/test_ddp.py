@@ -1,6 +1,6 @@
-"""tttc's layers under torch.distributed: DistributedDataParallel with the gloo backend, two
-processes on this machine, trains as one process on the same global batch, and the checkpoint
-rank 0 saves runs in `tttc run`."""
+"""tttc's layers under torch.distributed: DistributedDataParallel and FSDP (`fully_shard`) with the
+gloo backend, two processes on this machine, train as one process on the same global batch, and
+the checkpoint rank 0 saves runs in `tttc run`."""
 
 import json
 import os
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
 import torch.multiprocessing as mp
 
 import tttc.torch as tt
@@ -47,10 +48,16 @@ def train(net, ids_of, reduce_loss=lambda loss: loss):
     return losses
 
 
-def worker(rank: int, world: int, init: str, out: str):
+def worker(rank: int, world: int, init: str, out: str, wrapper: str):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.set_num_threads(1)
-    net = torch.nn.parallel.DistributedDataParallel(model())
+    if wrapper == "ddp":
+        net = torch.nn.parallel.DistributedDataParallel(model())
+    else:
+        net = model()
+        for block in net.model.layers:
+            fully_shard(block)
+        fully_shard(net)
     per_rank = BATCH // world
 
     def mean_over_ranks(loss):
@@ -58,9 +65,16 @@ def worker(rank: int, world: int, init: str, out: str):
         return loss / world
 
     losses = train(net, lambda step: batch(step)[rank * per_rank : (rank + 1) * per_rank], mean_over_ranks)
+    if wrapper == "ddp":
+        trained = net.module
+    else:
+        # FSDP's parameters are shards: gather them into a plain model.
+        full = {k: v.full_tensor() for k, v in net.state_dict().items()}
+        trained = model()
+        trained.load_state_dict(full)
     if rank == 0:
-        tt.save_pretrained(net.module, Path(out) / "checkpoint")
-        torch.save({"losses": losses, "weights": net.module.state_dict()}, Path(out) / "ddp.pt")
+        tt.save_pretrained(trained, Path(out) / "checkpoint")
+        torch.save({"losses": losses, "weights": trained.state_dict()}, Path(out) / "trained.pt")
     dist.destroy_process_group()
 
 
@@ -69,9 +83,10 @@ def write_ids(path: Path, ids: torch.Tensor):
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"".join(struct.pack("<q", v) for v in ids.flatten().tolist()))
 
 
-def test_ddp_on_two_processes_trains_as_one_process_on_the_global_batch(tmp_path):
-    mp.spawn(worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2, join=True)
-    ddp = torch.load(tmp_path / "ddp.pt")
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+def test_two_processes_train_as_one_process_on_the_global_batch(tmp_path, wrapper):
+    mp.spawn(worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path), wrapper), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "trained.pt")
 
     torch.set_num_threads(1)
     single = model()
