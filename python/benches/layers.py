@@ -6,9 +6,12 @@ layers as the references run them (no conv, no gate, separate q/k/v).
     python python/benches/layers.py --tttc target/release/tttc [--seq-lens 512,2048,8192]
         [--peer-bench ../shared/tools/peer_bench.py --ttt-pytorch-path DIR [--compile-max-t 512]]
 
-Prints a Markdown table of median milliseconds: tttc from PyTorch, `tttc bench` (the same graphs
-without the binding) and the binding's overhead, and with --peer-bench the reference layers in
-eager PyTorch and under torch.compile (up to --compile-max-t: it compiles for minutes beyond).
+Prints a Markdown table of median milliseconds: tttc from PyTorch (under autograd: the forward
+that keeps residuals, then the backward that reads them), the graphs `tttc bench` times (the
+forward, or the whole vector-Jacobian product) called without PyTorch in alternating rounds with
+it, the binding's overhead against those, `tttc bench` itself in the same run, and with
+--peer-bench the reference layers in eager PyTorch and under torch.compile (up to
+--compile-max-t: it compiles for minutes beyond).
 Timing as `tttc bench` does it: one warm-up call, then at least --reps calls, more for short calls
 up to a second (at most 30), the median.
 """
@@ -24,6 +27,7 @@ import time
 import torch
 
 import tttc.torch as tt
+from tttc.torch import _address, _registry, _shape
 
 CONFIG = {"hidden_size": 768, "num_attention_heads": 12, "mini_batch_size": 16, "pre_conv": False, "share_qk": False, "use_gate": False}
 
@@ -39,22 +43,38 @@ def timed(f, reps: int) -> float:
     return statistics.median(times)
 
 
-def binding(kind: str, t: int, grad: bool, reps: int) -> float:
+def binding(kind: str, t: int, grad: bool, reps: int) -> tuple[float, float]:
+    """The layer from PyTorch, and the graph `tttc bench` times (the forward, or the whole
+    vector-Jacobian product) called through the native module on the same tensors without
+    PyTorch's autograd: medians over three alternating rounds, so both see the same machine."""
     layer = tt.TTTLayer({**CONFIG, "ttt_layer_type": kind})
+    registered = _registry[layer._handle]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, t, 768, generator=g)
-    if not grad:
-        with torch.no_grad():
-            return timed(lambda: layer(x), reps)
     r = torch.randn(1, t, 768, generator=g)
-    x.requires_grad_()
+    named = {"x": x, "grad:y": r, **{f"param:{p}": layer.get_parameter(p).detach() for p in registered.parameters}}
+    entry = registered.native.entry("vjp" if grad else "forward")
 
-    def step():
+    def native():
+        outs = {name: torch.empty(_shape(dims, {"B": 1, "T": t})) for name, (_, dims) in entry.outputs}
+        entry.run("cpu", [_address(named[n], n, x.device) for n, _ in entry.inputs], [_address(outs[n], n, x.device) for n, _ in entry.outputs])
+
+    xg = x.clone().requires_grad_()
+
+    def through_torch():
+        if not grad:
+            with torch.no_grad():
+                layer(x)
+            return
         layer.zero_grad(set_to_none=True)
-        x.grad = None
-        (layer(x) * r).sum().backward()
+        xg.grad = None
+        (layer(xg) * r).sum().backward()
 
-    return timed(step, reps)
+    ours, direct = [], []
+    for _ in range(3):
+        ours.append(timed(through_torch, reps))
+        direct.append(timed(native, reps))
+    return statistics.median(ours), statistics.median(direct)
 
 
 def tttc_bench(binary: str, kind: str, t: int, grad: bool, reps: int) -> float:
@@ -83,13 +103,13 @@ def main():
     p.add_argument("--compile-max-t", type=int, default=512)
     p.add_argument("--python", default=sys.executable, help="the Python the peers run in")
     args = p.parse_args()
-    print("| layer | T | pass | tttc from PyTorch | tttc bench | binding overhead | ttt-lm-pytorch eager | torch.compile |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| layer | T | pass | tttc from PyTorch | the same graphs without PyTorch | binding overhead | tttc bench | ttt-lm-pytorch eager | torch.compile |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind in args.kinds.split(","):
         for t in map(int, args.seq_lens.split(",")):
             for grad in (False, True):
-                ours = binding(kind, t, grad, args.reps)
-                direct = tttc_bench(args.tttc, kind, t, grad, args.reps)
+                ours, direct = binding(kind, t, grad, args.reps)
+                bench = tttc_bench(args.tttc, kind, t, grad, args.reps)
                 eager = compiled = "–"
                 if args.peer_bench:
                     eager_ms = peer(args, kind, t, grad, "eager")
@@ -98,7 +118,8 @@ def main():
                         compiled_ms = peer(args, kind, t, grad, "compile")
                         compiled = f"{compiled_ms:.1f} ({compiled_ms / ours:.2f}×)"
                 what = "forward + backward" if grad else "forward"
-                print(f"| TTT-{kind.upper() if kind == 'mlp' else 'Linear'} | {t} | {what} | {ours:.1f} | {direct:.1f} | {100 * (ours / direct - 1):+.1f}% | {eager} | {compiled} |", flush=True)
+                name = "TTT-MLP" if kind == "mlp" else "TTT-Linear"
+                print(f"| {name} | {t} | {what} | {ours:.1f} | {direct:.1f} | {100 * (ours / direct - 1):+.1f}% | {bench:.1f} | {eager} | {compiled} |", flush=True)
 
 
 if __name__ == "__main__":
