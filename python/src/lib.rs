@@ -5,8 +5,9 @@
 //! from a Hugging Face config. Its [`Entry`]s are the graphs a framework calls: the forward pass
 //! (`x [B, T, D]` → `y`, optionally from a state and with the state after it) and its
 //! vector–Jacobian product (the cotangents of `y` and of the state after it → the gradients of `x`,
-//! of every parameter and of the state given), from the passes' one reverse-mode autodiff. Both
-//! are symbolic in B and T, compiled once per backend. The Python side (`tttc/torch.py`,
+//! of every parameter and of the state given), from the passes' one reverse-mode autodiff, whole or
+//! cut into the halves autograd calls (a forward that keeps residuals, a backward that reads
+//! them). All are symbolic in B and T, compiled once per backend. The Python side (`tttc/torch.py`,
 //! `tttc/jax.py`) checks devices, dtypes and strides and hands over addresses: f32 tensors are read
 //! and written in place by the compiled code; f64 runs the reference interpreter in f64 (gradient
 //! checks). Errors come back as `tttc.Error` with tttc's one-line messages; nothing panics across
