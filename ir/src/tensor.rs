@@ -21,6 +21,21 @@ pub struct TensorView<'a> {
     pub ptr: *mut u8,
 }
 
+impl TensorView<'_> {
+    /// The view's elements copied into a tensor of their own.
+    ///
+    /// # Safety
+    /// `ptr` points at dense data of the view's type and shape.
+    pub unsafe fn copied(&self) -> Tensor {
+        let n = self.shape.iter().product();
+        let shape = self.shape.to_vec();
+        match self.dtype {
+            DType::F32 => Tensor::f32(shape, unsafe { std::slice::from_raw_parts(self.ptr as *const f32, n) }.to_vec()),
+            DType::I64 => Tensor::i64(shape, unsafe { std::slice::from_raw_parts(self.ptr as *const i64, n) }.to_vec()),
+        }
+    }
+}
+
 impl Tensor {
     /// This tensor as a view, for code that takes the caller's memory: compiled code reads it in
     /// place and writes it only when it is an output (then `self` must be the only reference).

@@ -363,7 +363,7 @@ fn save_model(py: Python<'_>, folder: &str, config_json: &str, weights: Vec<(Str
             let v = view(t)?;
             ensure!(t.1 == "f32", "weight {name} is {}: checkpoints hold float32", t.1);
             // SAFETY: the caller's dense f32 tensor of this shape (the Python wrapper's promise).
-            Ok((name.clone(), unsafe { copied_f32(&v) }))
+            Ok((name.clone(), unsafe { v.copied() }))
         })
         .collect::<Result<_>>()
         .map_err(py_error)?;
@@ -379,15 +379,6 @@ fn save_model(py: Python<'_>, folder: &str, config_json: &str, weights: Vec<(Str
         outputs.commit()
     })
     .map_err(py_error)
-}
-
-/// A view's f32 elements copied into a tensor of their own.
-///
-/// # Safety
-/// `v` points at dense f32 data of its shape.
-unsafe fn copied_f32(v: &TensorView) -> Tensor {
-    let n = v.shape.iter().product();
-    Tensor::f32(v.shape.to_vec(), unsafe { std::slice::from_raw_parts(v.ptr as *const f32, n) }.to_vec())
 }
 
 /// What a language model around the layers needs from a config.json's text, with tttc's defaults

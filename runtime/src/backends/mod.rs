@@ -10,7 +10,7 @@ mod gpu;
 mod interp;
 
 use anyhow::{anyhow, bail, ensure, Result};
-use tttc_ir::{DType, DimEnv, Graph, Tensor, TensorView};
+use tttc_ir::{DimEnv, Graph, Tensor, TensorView};
 
 /// A way of executing graphs: compiles a graph into a [`Program`].
 pub trait Backend: Send + Sync {
@@ -37,7 +37,7 @@ pub trait Program: Send + Sync {
     /// the outputs overlap neither each other nor the arguments, and nothing else uses them
     /// during the call.
     unsafe fn run_in_place(&self, args: &[TensorView], outs: &[TensorView]) -> Result<()> {
-        let args: Vec<Tensor> = args.iter().map(|&v| unsafe { copied(v) }).collect();
+        let args: Vec<Tensor> = args.iter().map(|v| unsafe { v.copied() }).collect();
         let results = self.run(&args.iter().collect::<Vec<_>>())?;
         ensure!(results.len() == outs.len(), "the program has {} outputs, got {}", results.len(), outs.len());
         for (t, out) in results.iter().zip(outs) {
@@ -65,19 +65,6 @@ pub trait Program: Send + Sync {
 pub struct DeviceStream {
     pub ordinal: usize,
     pub stream: u64,
-}
-
-/// A view's elements copied into a tensor of their own.
-///
-/// # Safety
-/// `v` points at dense memory of its type and shape.
-unsafe fn copied(v: TensorView) -> Tensor {
-    let n = v.shape.iter().product();
-    let shape = v.shape.to_vec();
-    match v.dtype {
-        DType::F32 => Tensor::f32(shape, unsafe { std::slice::from_raw_parts(v.ptr as *const f32, n) }.to_vec()),
-        DType::I64 => Tensor::i64(shape, unsafe { std::slice::from_raw_parts(v.ptr as *const i64, n) }.to_vec()),
-    }
 }
 
 /// What a backend can do, for the code that would otherwise check for a backend by name.
