@@ -354,6 +354,82 @@ fn scans_split_into_independent_lanes() {
     assert_eq!(lanes_of(true), 0, "a body summing across lanes must stay whole");
 }
 
+/// A carry without a lane that only accumulates sums across the lanes (a gradient shared by the
+/// heads, scattered by position, as a TTT layer's reverse scan carries `learnable_token_idx`'s) does not keep the scan whole: each part sums its
+/// own lanes' share, the first from the initial value and the others from zero, and the shares are
+/// added afterwards. An accumulator read by anything but its own update, or a lane-free carry
+/// replaced rather than accumulated, still keeps it whole. All match the interpreter.
+#[test]
+fn sums_across_lanes_accumulate_per_part() {
+    #[derive(Clone, Copy, Debug)]
+    enum Body {
+        Accumulates,
+        ReadsItsAccumulator,
+        ReplacesItsCarry,
+    }
+    let split = |kind: Body| {
+        let b = Dim::sym("B");
+        let lane_shape = vec![b.clone(), Dim::c(4), Dim::c(3), Dim::c(3)];
+        let mut body = Graph::new("step");
+        let s = body.input("s", Type::new(DType::F32, lane_shape.clone()));
+        let acc = body.input("acc", f32t(&[4, 1]));
+        let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(4), Dim::sym("n"), Dim::c(3)]));
+        let w = body.input("w", f32t(&[3]));
+        let y = body.matmul(x, s).unwrap(); // [B,4,n,3]
+        let y = body.mul(y, w).unwrap();
+        let y = body.unary(UnaryOp::Tanh, y).unwrap();
+        let xt = body.transpose_last2(x).unwrap();
+        let upd = body.matmul(xt, y).unwrap(); // [B,4,3,3]
+        let y = if matches!(kind, Body::ReadsItsAccumulator) {
+            let first = body.slice(acc, 0, 0, Some(1)).unwrap(); // [1,1]
+            body.mul(y, first).unwrap()
+        } else {
+            y
+        };
+        // Σ over the lanes (kept as an axis of 1), the batch and the rows, negated and scaled.
+        let share = body.reduce(ReduceKind::Sum, upd, 1, true).unwrap(); // [B,1,3,3]
+        let share = body.reduce(ReduceKind::Sum, share, 0, false).unwrap(); // [1,3,3]
+        let share = body.reduce(ReduceKind::Sum, share, 1, false).unwrap(); // [1,3]
+        let share = body.unary(UnaryOp::Neg, share).unwrap();
+        // Into rows 0..3 of 4 by index, as a shared per-position gradient is gathered.
+        let share = body.reshape(share, vec![Dim::c(3), Dim::c(1)]).unwrap();
+        let rows = body.iota(Dim::c(3), DType::I64).unwrap();
+        let share = body.scatter_add(share, rows, 4).unwrap(); // [4,1]
+        let half = body.scalar(0.5).unwrap();
+        let share = body.mul(half, share).unwrap();
+        let acc2 = if matches!(kind, Body::ReplacesItsCarry) { share } else { body.add(acc, share).unwrap() };
+        let scale = body.scalar(0.1).unwrap();
+        let step = body.mul(upd, scale).unwrap();
+        let s2 = body.sub(s, step).unwrap();
+        body.output("s", s2);
+        body.output("acc", acc2);
+        body.output("y", y);
+        let mut g = Graph::new("accumulators");
+        let s0 = g.input("s0", Type::new(DType::F32, lane_shape));
+        let a0 = g.input("a0", f32t(&[4, 1]));
+        let xs = g.input("xs", Type::new(DType::F32, vec![b, Dim::c(4), Dim::sym("T"), Dim::c(3)]));
+        let w = g.input("w", f32t(&[3]));
+        let outs = g.scan(Scan { axis: 2, chunk: 4, carries: 2, seqs: 1, body, reverse: true }, &[s0, a0, xs, w]).unwrap();
+        for (name, v) in ["s", "acc", "y"].iter().zip(outs) {
+            g.output(name, v);
+        }
+        for batch in [2, 1] {
+            let args = [
+                Tensor::f32(vec![batch, 4, 3, 3], values(36 * batch, 24, -0.5, 0.5)),
+                Tensor::f32(vec![4, 1], values(4, 25, -1.0, 1.0)),
+                Tensor::f32(vec![batch, 4, 10, 3], values(120 * batch, 26, -1.0, 1.0)),
+                Tensor::f32(vec![3], values(3, 27, 0.5, 1.5)),
+            ];
+            assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "{kind:?}, B = {batch}");
+        }
+        Program::compile(&g).unwrap().stats().plan.lane_split_scans
+    };
+    let threads = tttc_codegen_cpu::threads();
+    assert_eq!(split(Body::Accumulates), usize::from(threads > 1 && 4 % threads == 0));
+    assert_eq!(split(Body::ReadsItsAccumulator), 0, "an accumulator read by the lanes must keep the scan whole");
+    assert_eq!(split(Body::ReplacesItsCarry), 0, "a lane-free carry replaced each step must keep the scan whole");
+}
+
 /// Values computed only to be placed in a concat's or a pad's result are written in place
 /// (a view of it) when each piece is contiguous: with a batch of one, the pad and the concat copy
 /// nothing they computed (the results being outputs); with a batch of two, everything is copied.

@@ -4,8 +4,14 @@
 //! each over a slice of that axis. The body is checked op by op (which axis of each value is the
 //! lane axis, and that no op reduces, contracts, reshapes or indexes across it), then re-typed
 //! for the narrower width and verified; any doubt keeps the scan whole.
+//!
+//! One exception lets a body sum across its lanes: a carry without a lane that only accumulates
+//! such sums (`acc + Σ_lanes …`, through linear steps: a gradient shared by the heads, which the
+//! reverse scan of a TTT layer's backward pass carries) is an accumulator. Each part keeps its
+//! own, summing its own lanes' share; the first part starts from the carry's initial value and the
+//! others from zero, and the parts' results are added together after they finish.
 
-use tttc_ir::{Dim, Graph, Op, Scan};
+use tttc_ir::{BinaryOp, DType, Dim, Graph, Op, ReduceKind, Scan, UnaryOp};
 
 /// How to run a scan as `parts` narrower scans.
 pub struct LaneSplit {
@@ -13,8 +19,9 @@ pub struct LaneSplit {
     /// Per scan operand (carries, sequences, invariants): its lane axis, or `None` when it is the
     /// same for every lane.
     pub operand_lanes: Vec<Option<usize>>,
-    /// Per scan result: its lane axis.
-    pub result_lanes: Vec<usize>,
+    /// Per scan result: its lane axis, or `None` for an accumulator (a carry; its initial value
+    /// goes to the first part, zero to the others, and the parts' results are summed).
+    pub result_lanes: Vec<Option<usize>>,
     /// The body for one part.
     pub body: Graph,
 }
@@ -31,7 +38,7 @@ pub fn split(scan: &Scan, parts: usize) -> Option<LaneSplit> {
 
 /// The split of `scan` into `parts` lanes along `axis` (`width` wide: the resolved size of the
 /// body's axis, which may be a symbol such as `B`), when it is safe: every carry and sequence
-/// has the lane at `axis`.
+/// has the lane at `axis` (or is an accumulator).
 pub fn split_at(scan: &Scan, axis: usize, width: usize, parts: usize) -> Option<LaneSplit> {
     let body = &scan.body;
     if scan.axis == axis {
@@ -42,7 +49,7 @@ pub fn split_at(scan: &Scan, axis: usize, width: usize, parts: usize) -> Option<
     let mut arg_axes = Vec::new();
     for (i, a) in body.args.iter().enumerate() {
         let spans = body.ty(a.value).shape.get(axis) == Some(&lane_dim);
-        if i < chunked && !spans {
+        if i < chunked && !spans && i >= scan.carries {
             return None;
         }
         arg_axes.push(spans.then_some(axis));
@@ -66,8 +73,9 @@ pub fn axes_of_dim(body: &Graph, dim: &Dim) -> Option<Vec<Option<usize>>> {
 }
 
 /// The split of `scan` into `parts` lanes with the lane of each body argument at `arg_axes`
-/// (`None`: the same for every lane; every carry has one), `width` wide, when it is safe: the
-/// body never mixes lanes and returns each carry with its lane where it came in.
+/// (`None`: the same for every lane, or for a carry an accumulator), `width` wide, when it is
+/// safe: the body never mixes lanes but into accumulators, and returns each carry with its lane
+/// where it came in.
 pub fn split_along(scan: &Scan, arg_axes: &[Option<usize>], width: usize, parts: usize) -> Option<LaneSplit> {
     let body = &scan.body;
     if parts < 2 || !width.is_multiple_of(parts) || width < parts || arg_axes.len() != body.args.len() {
@@ -76,27 +84,43 @@ pub fn split_along(scan: &Scan, arg_axes: &[Option<usize>], width: usize, parts:
     let (j, p) = arg_axes.iter().enumerate().find_map(|(j, a)| a.map(|p| (j, p)))?;
     let lane_dim = body.ty(body.args[j].value).shape.get(p)?.clone();
     let mut lanes: Vec<Option<Option<usize>>> = vec![None; body.types.len()]; // None: not yet known
+    let mut sums = vec![Sum::No; body.types.len()];
     for (i, (a, &axis)) in body.args.iter().zip(arg_axes).enumerate() {
         let shape = &body.ty(a.value).shape;
-        if axis.is_some_and(|q| shape.get(q) != Some(&lane_dim) || q == scan.axis && i >= scan.carries && i < scan.carries + scan.seqs)
-            || (i < scan.carries && axis.is_none())
-        {
+        if axis.is_some_and(|q| shape.get(q) != Some(&lane_dim) || q == scan.axis && i >= scan.carries && i < scan.carries + scan.seqs) {
             return None;
+        }
+        if i < scan.carries && axis.is_none() {
+            if body.ty(a.value).dtype != DType::F32 {
+                return None;
+            }
+            sums[a.value.index()] = Sum::Accumulator(i);
         }
         lanes[a.value.index()] = Some(axis);
     }
     for node in &body.nodes {
         let ins: Vec<Option<usize>> = node.inputs.iter().map(|v| lanes[v.index()].flatten()).collect();
-        let out = lane_of(body, node, &ins, &lane_dim)?;
+        let in_sums: Vec<Sum> = node.inputs.iter().map(|v| sums[v.index()]).collect();
+        let (out, sum) = if in_sums.iter().any(|&s| s != Sum::No) {
+            (None, sum_of(node, &ins, &in_sums)?)
+        } else if matches!(node.op, Op::Reduce { kind: ReduceKind::Sum, axis, .. } if ins[0] == Some(axis)) {
+            (None, Sum::Partial)
+        } else {
+            (lane_of(body, node, &ins, &lane_dim)?, Sum::No)
+        };
         for &o in &node.outputs {
             lanes[o.index()] = Some(out);
+            sums[o.index()] = sum;
         }
     }
     let mut result_lanes = Vec::new();
     for (k, (_, v)) in body.outputs.iter().enumerate() {
-        let lane = lanes[v.index()].flatten()?;
-        if k < scan.carries && Some(lane) != arg_axes[k] {
-            return None;
+        let lane = lanes[v.index()].flatten();
+        match sums[v.index()] {
+            Sum::Accumulator(j) | Sum::Accumulated(j) if j == k => {}
+            Sum::No if k < scan.carries && lane.is_some() && lane == arg_axes[k] => {}
+            Sum::No if k >= scan.carries && lane.is_some() => {}
+            _ => return None,
         }
         result_lanes.push(lane);
     }
@@ -116,6 +140,39 @@ pub fn split_along(scan: &Scan, arg_axes: &[Option<usize>], width: usize, parts:
     tttc_ir::verify(&part).ok()?;
     let operand_lanes = body.args.iter().map(|a| lanes[a.value.index()].flatten()).collect();
     Some(LaneSplit { parts, operand_lanes, result_lanes, body: part })
+}
+
+/// What a value of a body is to the sums across its lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sum {
+    /// None of them.
+    No,
+    /// A share of a sum across the lanes: each part computes its own lanes' (a sum along the
+    /// lane axis, then linear steps only).
+    Partial,
+    /// The accumulator carry `k` as it comes in.
+    Accumulator(usize),
+    /// Accumulator `k` plus a share: the carry's new value, to be returned and nothing else.
+    Accumulated(usize),
+}
+
+/// What a node makes of shares of sums across the lanes (at least one operand is one of them),
+/// or `None` when the parts' results would not add up to the whole scan's: only linear steps
+/// keep a share one (sums and differences of shares, a share scaled by a value the same for
+/// every lane, negated, reshaped, transposed, summed further or scattered), and an accumulator
+/// may only be added to a share.
+fn sum_of(node: &tttc_ir::Node, ins: &[Option<usize>], sums: &[Sum]) -> Option<Sum> {
+    let same = |k: usize| sums[k] == Sum::No && ins[k].is_none();
+    match (&node.op, sums) {
+        (Op::Binary(BinaryOp::Add), [Sum::Accumulator(j), Sum::Partial] | [Sum::Partial, Sum::Accumulator(j)]) => Some(Sum::Accumulated(*j)),
+        (Op::Binary(BinaryOp::Add | BinaryOp::Sub), [Sum::Partial, Sum::Partial]) => Some(Sum::Partial),
+        (Op::Binary(BinaryOp::Mul | BinaryOp::Div), [Sum::Partial, Sum::No]) if same(1) => Some(Sum::Partial),
+        (Op::Binary(BinaryOp::Mul), [Sum::No, Sum::Partial]) if same(0) => Some(Sum::Partial),
+        // Shares added into rows picked by indices the same for every lane.
+        (Op::ScatterAdd { .. }, [Sum::Partial, Sum::No]) if same(1) => Some(Sum::Partial),
+        (Op::Unary(UnaryOp::Neg) | Op::Reshape { .. } | Op::Transpose { .. } | Op::Reduce { kind: ReduceKind::Sum, .. }, [Sum::Partial]) => Some(Sum::Partial),
+        _ => None,
+    }
 }
 
 /// The lane axis of a node's results given its operands' (`None`: the same for every lane), or

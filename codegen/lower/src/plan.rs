@@ -35,8 +35,8 @@ pub struct LaneScan {
     pub parts: usize,
     /// Per scan operand: its lane axis, or `None` when it is the same for every lane.
     pub operand_lanes: Vec<Option<usize>>,
-    /// Per scan result: its lane axis.
-    pub result_lanes: Vec<usize>,
+    /// Per scan result: its lane axis, or `None` for an accumulator (`lanes::LaneSplit`).
+    pub result_lanes: Vec<Option<usize>>,
     /// The scan with the narrow body, and that body's plan.
     pub scan: tttc_ir::Scan,
     pub body: Body,

@@ -1350,28 +1350,45 @@ impl Builder<'_> {
 impl Builder<'_> {
     /// A scan split into lanes writing `outs`: one part per lane, each copying its slice of
     /// every operand that has lanes, running the narrower scan and copying its results into
-    /// their slices of `outs`.
+    /// their slices of `outs`. An accumulator's parts write `[parts, …]` rows of a buffer of
+    /// their own, the first starting from its initial value and the others from zero, and the
+    /// rows are summed into its result afterwards.
     fn lanes(&mut self, lanes: &LaneScan, ins: &[BufId], outs: &[BufId]) -> Result<()> {
+        let mut rows = vec![None; outs.len()];
+        for (j, lane) in lanes.result_lanes.iter().enumerate() {
+            if lane.is_none() {
+                let (dtype, shape) = (self.bufs[outs[j]].dtype, self.bufs[outs[j]].shape.clone());
+                let stacked = self.buf(dtype, [Size::of(lanes.parts)].into_iter().chain(shape.iter().copied()).collect(), Home::Work);
+                let zero = self.buf(dtype, shape, Home::Work);
+                self.instrs.push(Instr::Fill { dst: zero, bits: 0 });
+                rows[j] = Some((stacked, zero));
+            }
+        }
         let mut all = Vec::new();
         for k in 0..lanes.parts {
             let start = self.instrs.len();
             let mut part_ins = Vec::new();
-            for (&b, lane) in ins.iter().zip(&lanes.operand_lanes) {
-                part_ins.push(match lane {
-                    Some(axis) => {
+            for (i, (&b, lane)) in ins.iter().zip(&lanes.operand_lanes).enumerate() {
+                part_ins.push(match (lane, rows.get(i).copied().flatten()) {
+                    (_, Some((_, zero))) if k > 0 => zero,
+                    (Some(axis), _) => {
                         let (piece, copy) = self.lane_piece(b, *axis, k, lanes.parts)?;
                         if let Some(copy) = copy {
                             self.instrs.push(Instr::Copy { dst: piece, src: b, copy });
                         }
                         piece
                     }
-                    None => b,
+                    (None, _) => b,
                 });
             }
             let mut placements = Vec::new();
             let mut part_outs = Vec::new();
-            for (&b, &axis) in outs.iter().zip(&lanes.result_lanes) {
-                let (piece, copy) = self.lane_piece(b, axis, k, lanes.parts)?;
+            for (j, (&b, &axis)) in outs.iter().zip(&lanes.result_lanes).enumerate() {
+                let (piece, copy) = match (axis, rows[j]) {
+                    (Some(axis), _) => self.lane_piece(b, axis, k, lanes.parts)?,
+                    (None, Some((stacked, _))) => self.lane_piece(stacked, 0, k, lanes.parts)?,
+                    (None, None) => unreachable!("an accumulator has its rows"),
+                };
                 part_outs.push(piece);
                 if let Some(c) = copy {
                     // Back from the piece to its place.
@@ -1385,6 +1402,12 @@ impl Builder<'_> {
             all.push(self.instrs.drain(start..).collect());
         }
         self.instrs.push(Instr::Parallel { parts: all });
+        for (&dst, row) in outs.iter().zip(&rows) {
+            if let Some((stacked, _)) = *row {
+                let inner = self.bufs[dst].shape.iter().fold(Size::ONE, |n, &d| n * d);
+                self.instrs.push(Instr::Reduce { dst, src: stacked, kind: ReduceKind::Sum, outer: Size::ONE, len: Size::of(lanes.parts), inner });
+            }
+        }
         Ok(())
     }
 }

@@ -393,14 +393,15 @@ fn split(model: &Schedule, f: &Function, s: &ScanInstr, operands: &[BufId]) -> O
         let Some(arg_axes) = lanes::axes_of_dim(&scan.body, &dim) else { continue };
         // Split into as many lanes as the width at its greatest: each lane one wide.
         let Some(split) = lanes::split_along(&scan, &arg_axes, most, most) else { continue };
-        if split.result_lanes.len() != scan.carries + lanes.output.len() {
+        // One block per lane holds no accumulator shared by the lanes.
+        if split.result_lanes.len() != scan.carries + lanes.output.len() || split.result_lanes.iter().any(Option::is_none) {
             continue;
         }
         for (j, lane) in split.operand_lanes.iter().enumerate() {
             lanes.operand[j].push(*lane);
         }
         for (j, &lane) in split.result_lanes[scan.carries..].iter().enumerate() {
-            lanes.output[j].push(Some(lane));
+            lanes.output[j].push(lane);
         }
         lanes.widths.push(width);
         scan.body = split.body;
