@@ -3,11 +3,21 @@
 #
 #   scripts/gpu-check.sh pack       here, with Rust: builds the test executables that hold the
 #                                   ignored `cuda` tests, the `tttc` binary and the Python wheel,
-#                                   stripped, into target/gpu-check.tar.xz (about 20 MB)
-#   scripts/gpu-check.sh run [LOG]  there, in a copy of the repository with that file in it: runs
-#                                   the Python package's tests on CUDA tensors, the layers' GPU
-#                                   timings and the `cuda` tests, logging to LOG too (8 minutes on
-#                                   an H200)
+#                                   stripped, into target/gpu-check.tar.xz (about 20 MB); with
+#                                   TTT_PYTORCH_PATH and PEER_BENCH (peer_bench.py) set, also the
+#                                   reference's ttt.py, the harness and the wheels ttt.py imports
+#                                   (transformers, for the Python of GPU_PYTHON, default 3.12:
+#                                   about 35 MB more)
+#   scripts/gpu-check.sh run [LOG [PART...]]
+#                                   there, in a copy of the repository with that file in it,
+#                                   logging to LOG too; PARTs (default all, in this order):
+#                                   python  the Python package's tests on CUDA tensors (1 minute)
+#                                   layers  TTT-Linear and TTT-MLP from PyTorch on the GPU against
+#                                           the same graphs, `tttc bench` and the reference eager
+#                                           (python/benches/layers.py --device cuda)
+#                                   bench   `tttc bench --backend cuda`, every layer, forward and
+#                                           forward + backward
+#                                   tests   the ignored `cuda` tests (7 minutes on an H200)
 #
 # The test executables find the repository and the `tttc` binary at the paths they were built at:
 # `run` links that path to the copy it runs in. Needs python3 with PyTorch (and pytest) there.
@@ -31,6 +41,14 @@ print(next(m["executable"] for m in messages if m.get("executable") and m["targe
     strip -o "$pack/tttc-test" target/debug/tttc
     strip -o "$pack/tttc" target/release/tttc
     python3 -m pip wheel --quiet --no-deps --wheel-dir "$pack" ./python
+    if [ -n "${TTT_PYTORCH_PATH:-}" ] && [ -n "${PEER_BENCH:-}" ]; then
+        mkdir -p "$pack/peers/wheels"
+        cp "$TTT_PYTORCH_PATH/ttt.py" "$PEER_BENCH" "$pack/peers/"
+        python3 -m pip download --quiet --only-binary=:all: --python-version "${GPU_PYTHON:-3.12}" \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            --dest "$pack/peers/wheels" transformers==4.44.2
+        rm -f "$pack"/peers/wheels/hf_xet-*  # optional, and the largest
+    fi
     pwd > "$pack/built-at"
     tar -C "$pack" -cJf "$pack.tar.xz" .
     rm -rf "$pack"
@@ -52,34 +70,49 @@ run)
     export PYTHONPATH="$PWD/target/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
     export PYTHONUNBUFFERED=1
     status=0
+    parts=("${@:3}")
+    [ ${#parts[@]} -gt 0 ] || parts=(python layers bench tests)
+    peers=()
+    if [ -d "$pack/peers" ]; then
+        # What ttt.py imports, unless this Python has it (numpy too: keep the one torch was built with).
+        if ! python3 -c 'import transformers' 2>/dev/null; then
+            python3 -c 'import numpy' 2>/dev/null && rm -f "$pack"/peers/wheels/numpy-*
+            python3 -m pip install --quiet --no-deps --no-index --target target/gpu-site "$pack"/peers/wheels/*.whl
+        fi
+        peers=(--peer-bench "$pack/peers/peer_bench.py" --ttt-pytorch-path "$pack/peers")
+    fi
     # Each part under a time limit of its own, so that one that hangs leaves the others their turn.
-    echo "== pytest python/tests/test_cuda.py"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider python/tests/test_cuda.py || status=1
-    echo "== the TTT-Linear and TTT-MLP layers at the 125m width on the GPU (B 1)"
-    timeout 60 python3 - <<'EOF' || status=1
-import time, torch
-import tttc.torch as tt
-def timed(f, reps=5):
-    f(); torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter(); f(); torch.cuda.synchronize(); times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
-for make in (tt.TTTLinear, tt.TTTMLP):
-    layer = make(768, 12, 16).cuda()
-    for t in (512, 2048):
-        x = torch.randn(1, t, 768, device="cuda", requires_grad=True)
-        forward = timed(lambda: layer(x))
-        both = timed(lambda: layer(x).sum().backward())
-        print(f"{make.__name__} T {t}: forward {forward:.1f} ms, forward + backward {both:.1f} ms")
-EOF
-    # Seconds each took on an H200: 21, 51, 63 and 195.
-    limits=(60 120 120 300)
-    i=0
-    for t in $tests; do
-        echo "== cargo test --test $t -- --ignored"
-        timeout "${limits[$i]}" "$pack/$t" --ignored --test-threads 1 || status=1
-        i=$((i + 1))
+    for part in "${parts[@]}"; do
+        case $part in
+        python)
+            echo "== pytest python/tests/test_cuda.py"
+            timeout 150 python3 -m pytest -q -p no:cacheprovider python/tests/test_cuda.py || status=1
+            ;;
+        layers)
+            echo "== python/benches/layers.py --device cuda"
+            timeout 240 python3 python/benches/layers.py --device cuda --reps 3 --tttc "$pack/tttc" "${peers[@]}" || status=1
+            ;;
+        bench)
+            echo "== tttc bench --backend cuda"
+            timeout 150 "$pack/tttc" bench --backend cuda --reps 3 || status=1
+            echo "== tttc bench --backend cuda --grad"
+            timeout 150 "$pack/tttc" bench --backend cuda --reps 3 --grad --seq-lens 512,2048 || status=1
+            ;;
+        tests)
+            # Seconds each took on an H200: 21, 51, 63 (over 120 in a second run) and 195.
+            limits=(60 120 240 300)
+            i=0
+            for t in $tests; do
+                echo "== cargo test --test $t -- --ignored"
+                timeout "${limits[$i]}" "$pack/$t" --ignored --test-threads 1 || status=1
+                i=$((i + 1))
+            done
+            ;;
+        *)
+            echo "unknown part $part: python, layers, bench or tests"
+            status=1
+            ;;
+        esac
     done
     exit $status
     ;;
