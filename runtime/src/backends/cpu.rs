@@ -17,7 +17,7 @@ impl Backend for Cpu {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { sizes: Sizes::Any, needs_device: false, profiled: true }
+        Capabilities { sizes: Sizes::Any, needs_device: false, profiled: true, on_cpu: true }
     }
 
     fn compile(&self, graph: &Graph, _: &DimEnv) -> Result<Box<dyn Program>> {

@@ -20,7 +20,7 @@ this process (compiled for lengths up to the input's rounded up to a power of tw
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { sizes: Sizes::UpTo, needs_device: false, profiled: false }
+        Capabilities { sizes: Sizes::UpTo, needs_device: false, profiled: false, on_cpu: true }
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {

@@ -24,7 +24,7 @@ thread with bounds and race checks: slow, for checking"
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { sizes: Sizes::UpTo, needs_device: false, profiled: false }
+        Capabilities { sizes: Sizes::UpTo, needs_device: false, profiled: false, on_cpu: false }
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {
@@ -61,7 +61,7 @@ impl Backend for Cuda {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { sizes: Sizes::UpTo, needs_device: true, profiled: false }
+        Capabilities { sizes: Sizes::UpTo, needs_device: true, profiled: false, on_cpu: false }
     }
 
     fn compile(&self, graph: &Graph, sizes: &DimEnv) -> Result<Box<dyn Program>> {

@@ -17,7 +17,7 @@ impl Backend for Interp {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { sizes: Sizes::Any, needs_device: false, profiled: false }
+        Capabilities { sizes: Sizes::Any, needs_device: false, profiled: false, on_cpu: true }
     }
 
     fn compile(&self, graph: &Graph, _: &DimEnv) -> Result<Box<dyn Program>> {

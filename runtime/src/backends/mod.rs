@@ -76,6 +76,9 @@ pub struct Capabilities {
     pub needs_device: bool,
     /// Its runs are recorded by `tttc_codegen_cpu::profile` (`tttc bench --profile`).
     pub profiled: bool,
+    /// It computes on this machine's processors, whose GEMM rate is its ceiling (`tttc bench`'s
+    /// "% of GEMM rate").
+    pub on_cpu: bool,
 }
 
 /// The sizes a program a backend compiles serves.
