@@ -22,6 +22,7 @@ process (peer_bench.py builds them; it times on the CPU only).
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import statistics
@@ -93,8 +94,8 @@ def binding(args, kind: str, t: int, grad: bool) -> tuple[float, float, float]:
     params = {f"param:{p}": layer.get_parameter(p).detach() for p in registered.parameters}
     gpu = (device.index, torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else None
 
-    def call(kind: str, named: dict) -> dict:
-        entry = registered.native.entry(kind)
+    def call(entry_kind: str, named: dict) -> dict:
+        entry = registered.native.entry(entry_kind)
         outs = {name: torch.empty(_shape(dims, {"B": 1, "T": t}), device=device) for name, (_, dims) in entry.outputs}
         entry.run(device.type, [_address(named[n], n, device) for n, _ in entry.inputs], [_address(outs[n], n, device) for n, _ in entry.outputs], gpu)
         return outs
@@ -133,11 +134,18 @@ def peer(args, kind: str, t: int, grad: bool, mode: str) -> float:
     return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])["median_ms"]
 
 
-def peer_on_gpu(args, kind: str, t: int, grad: bool) -> float:
-    """The reference layer, eager, on the GPU in this process."""
-    spec = importlib.util.spec_from_file_location("peer_bench", args.peer_bench)
+@functools.cache
+def peer_harness(path: str):
+    """peer_bench.py as a module, loaded once."""
+    spec = importlib.util.spec_from_file_location("peer_bench", path)
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
+    return harness
+
+
+def peer_on_gpu(args, kind: str, t: int, grad: bool) -> float:
+    """The reference layer, eager, on the GPU in this process."""
+    harness = peer_harness(args.peer_bench)
     options = argparse.Namespace(ttt_pytorch_path=args.ttt_pytorch_path, seed=0, kind=kind, T=t, B=1)
     _, layer, _, pos = harness.build_ttt_torch(options, torch)
     layer.to(args.device)

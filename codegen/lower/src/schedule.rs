@@ -1368,6 +1368,7 @@ impl Builder<'_> {
         for k in 0..lanes.parts {
             let start = self.instrs.len();
             let mut part_ins = Vec::new();
+            // Carry `i` is both operand `i` and result `i`: an accumulator's rows are its result's.
             for (i, (&b, lane)) in ins.iter().zip(&lanes.operand_lanes).enumerate() {
                 part_ins.push(match (lane, rows.get(i).copied().flatten()) {
                     (_, Some((_, zero))) if k > 0 => zero,
