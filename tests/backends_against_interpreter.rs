@@ -435,6 +435,102 @@ fn sums_across_lanes_accumulate_per_part() {
 /// nothing they computed (the results being outputs); with a batch of two, everything is copied.
 /// Both match the interpreter, with pieces read again after their joins, a piece joined twice,
 /// an argument joined and a pad with no margin before.
+/// How attention's operands reach the chain: kᵀ as a transpose of k (read through strides) or
+/// stored, q and v stored or as transposes.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    Rows,
+    Transposed,
+}
+
+/// An attention graph's shapes: `q` of `batch × tq × d`, `k` of `batch × tk × d`, `v` of
+/// `v_batch × tk × dv` (broadcast to `batch`).
+struct Attention {
+    batch: &'static [usize],
+    tq: usize,
+    tk: usize,
+    d: usize,
+    dv: usize,
+    v_batch: &'static [usize],
+    scale: Option<(tttc_ir::BinaryOp, f64)>,
+    causal: bool,
+    layout: Layout,
+}
+
+impl Attention {
+    /// The arguments' shapes, as the layout stores them.
+    fn shapes(&self) -> [Vec<usize>; 3] {
+        let dims = |b: &[usize], r: usize, c: usize| [b, &[r, c]].concat();
+        match self.layout {
+            Layout::Rows => [dims(self.batch, self.tq, self.d), dims(self.batch, self.tk, self.d), dims(self.v_batch, self.tk, self.dv)],
+            Layout::Transposed => [dims(self.batch, self.d, self.tq), dims(self.batch, self.d, self.tk), dims(self.v_batch, self.dv, self.tk)],
+        }
+    }
+
+    /// `softmax(scale(q·kᵀ), masked) · v` built from general ops as the frontends build it.
+    fn graph(&self) -> Graph {
+        let mut g = Graph::new("attention");
+        let [qs, ks, vs] = self.shapes();
+        let (q, k, v) = (g.input("q", f32t(&qs)), g.input("k", f32t(&ks)), g.input("v", f32t(&vs)));
+        let (q, kt, v) = match self.layout {
+            Layout::Rows => (q, g.transpose_last2(k).unwrap(), v),
+            Layout::Transposed => (g.transpose_last2(q).unwrap(), k, g.transpose_last2(v).unwrap()),
+        };
+        let mut s = g.matmul(q, kt).unwrap();
+        if let Some((op, c)) = self.scale {
+            let c = g.scalar(c).unwrap();
+            s = g.binary(op, s, c).unwrap();
+        }
+        if self.causal {
+            s = g.tri_mask(s, f64::NEG_INFINITY).unwrap();
+        }
+        let m = g.reduce(ReduceKind::Max, s, -1, true).unwrap();
+        let shifted = g.binary(tttc_ir::BinaryOp::Sub, s, m).unwrap();
+        let e = g.unary(UnaryOp::Exp, shifted).unwrap();
+        let l = g.reduce(ReduceKind::Sum, e, -1, true).unwrap();
+        let p = g.binary(tttc_ir::BinaryOp::Div, e, l).unwrap();
+        let y = g.matmul(p, v).unwrap();
+        g.output("y", y);
+        g
+    }
+}
+
+/// Attention's chain runs on the CPU as one tiled step with a running softmax, and matches the
+/// interpreter (and the other backends, which run its ops): causal and not, scaled by division
+/// (by a power of two, taken as a product, and not) or product or not at all, with rows, keys
+/// and value widths that fill no tile exactly (several blocks of rows and of keys, one query
+/// row as in decoding), operands read through transposes, and values shared across a batch axis.
+#[test]
+fn attention_runs_as_one_tiled_step() {
+    use tttc_ir::BinaryOp::{Div, Mul};
+    use Layout::{Rows, Transposed};
+    let case = |batch, tq, tk, d, dv, v_batch, scale, causal, layout| Attention { batch, tq, tk, d, dv, v_batch, scale, causal, layout };
+    let cases = [
+        case(&[2, 3], 37, 37, 20, 24, &[2, 3], Some((Div, 4.0)), true, Rows),
+        case(&[1, 2], 600, 600, 8, 16, &[1, 2], Some((Div, 3.0)), true, Rows),
+        case(&[2], 5, 300, 16, 16, &[2], Some((Mul, 0.3)), false, Rows),
+        case(&[3], 1, 50, 12, 7, &[3], Some((Div, 2.0)), false, Rows),
+        case(&[2, 3], 37, 37, 20, 24, &[3], None, true, Rows),
+        case(&[2], 100, 100, 33, 17, &[2], Some((Div, 5.5)), true, Transposed),
+        case(&[], 97, 97, 64, 64, &[], Some((Div, 8.0)), true, Rows),
+        case(&[2], 130, 40, 9, 5, &[2], None, true, Rows),
+    ];
+    for (seed, a) in (21..).step_by(3).zip(&cases) {
+        let g = a.graph();
+        let what = format!("{:?} {}×{}, d {}, dv {}", a.batch, a.tq, a.tk, a.d, a.dv);
+        assert_eq!(Program::compile(&g).unwrap().stats().plan.attention, 1, "{what}: planned as one step");
+        let args: Vec<Tensor> =
+            a.shapes().into_iter().zip(seed..).map(|(s, seed)| Tensor::f32(s.clone(), values(s.iter().product(), seed, -1.0, 1.0))).collect();
+        let worst = compare(&g, &args, 1e-5, 1e-6);
+        assert!(worst <= 1.0, "{what}: error {worst:.2} of tolerance");
+    }
+    // A chain whose weights are also a result keeps its ops.
+    let mut g = case(&[2], 9, 9, 4, 4, &[2], None, true, Rows).graph();
+    let p = g.nodes.iter().rev().find(|n| matches!(n.op, Op::MatMul)).unwrap().inputs[0];
+    g.output("p", p);
+    assert_eq!(Program::compile(&g).unwrap().stats().plan.attention, 0, "the weights are needed whole");
+}
+
 #[test]
 fn concat_and_pad_pieces_are_written_in_place() {
     let mut g = Graph::new("joins");

@@ -145,9 +145,9 @@ pub struct Executable {
     /// Compiled programs, the most recent last: a Llama decoding loop grows its cache length
     /// every step, so only the last few are kept.
     programs: Mutex<Vec<(Compiled, Arc<dyn Program>)>>,
-    /// The sizes whose memory estimate last fitted the budget: a training or decoding loop runs
-    /// at the same sizes every call and is checked once.
-    fits: Mutex<Option<DimEnv>>,
+    /// The backend and sizes whose memory estimate last fitted the budget: a training or
+    /// decoding loop runs at the same sizes every call and is checked once.
+    fits: Mutex<Option<(&'static str, DimEnv)>>,
 }
 
 /// What a program was compiled for: a backend, and the sizes (sorted) unless it serves any.
@@ -206,19 +206,25 @@ impl Executable {
         Ok(program)
     }
 
-    /// The sizes `args` bind, refused when the estimated peak of live memory there (weights,
-    /// activations, the largest scan body's workspace) exceeds the budget.
-    fn sizes_that_fit(&self, args: &[(DType, &[usize])]) -> Result<DimEnv> {
+    /// The sizes `args` bind and `backend`'s program for them, refused when the peak of live
+    /// memory there exceeds the budget: as the program knows it from its code at those sizes
+    /// ([`Program::peak_bytes`]), or else as estimated from the graph (weights, activations,
+    /// the largest scan body's workspace).
+    fn program_that_fits(&self, args: &[(DType, &[usize])], backend: &dyn Backend) -> Result<Arc<dyn Program>> {
         let mut env = DimEnv::new();
         tttc_ir::interp::bind_shapes(&self.graph, args, &mut env)?;
+        let program = self.program(backend, &env)?;
         let mut fits = self.fits.lock().expect("not poisoned");
-        if fits.as_ref() != Some(&env) {
-            let peak = tttc_passes::cost::live_peak(&self.graph, &env)?;
+        if fits.as_ref() != Some(&(backend.name(), env.clone())) {
+            let peak = match program.peak_bytes(args) {
+                Some(bytes) => bytes?,
+                None => tttc_passes::cost::live_peak(&self.graph, &env)?.bytes,
+            };
             let sizes: Vec<String> = env.iter().collect::<std::collections::BTreeMap<_, _>>().iter().map(|(k, v)| format!("{k} = {v}")).collect();
-            tttc_files::memory::check(&format!("running {} at {}", self.graph.name, sizes.join(", ")), peak.bytes)?;
-            *fits = Some(env.clone());
+            tttc_files::memory::check(&format!("running {} at {}", self.graph.name, sizes.join(", ")), peak)?;
+            *fits = Some((backend.name(), env));
         }
-        Ok(env)
+        Ok(program)
     }
 
     /// The type and shape of each output of a run on arguments of these types and shapes.
@@ -236,9 +242,9 @@ impl Executable {
     /// As [`Program::run_in_place`].
     pub unsafe fn run_in_place(&self, args: &[TensorView], outs: &[TensorView], backend: &dyn Backend) -> Result<()> {
         let types: Vec<(DType, &[usize])> = args.iter().map(|v| (v.dtype, v.shape)).collect();
-        let env = self.sizes_that_fit(&types)?;
+        let program = self.program_that_fits(&types, backend)?;
         // SAFETY: the caller's promise, passed on.
-        unsafe { self.program(backend, &env)?.run_in_place(args, outs) }
+        unsafe { program.run_in_place(args, outs) }
     }
 
     /// [`Executable::run_in_place`] on tensors in a GPU's memory, ordered on `at`'s stream (the
@@ -263,8 +269,7 @@ impl Executable {
     pub fn run_with(&self, weights: &Weights, inputs: &[(&str, &Tensor)], backend: &dyn Backend) -> Result<Vec<Tensor>> {
         let args = arguments(&self.graph, weights, inputs)?;
         let types: Vec<(DType, &[usize])> = args.iter().map(|t| (t.dtype(), t.shape.as_slice())).collect();
-        let env = self.sizes_that_fit(&types)?;
-        self.program(backend, &env)?.run(&args)
+        self.program_that_fits(&types, backend)?.run(&args)
     }
 }
 

@@ -24,9 +24,16 @@ pub(crate) struct Machine<'a> {
 /// Raw pointers handed to the worker threads: each writes a disjoint range of memory (the
 /// schedule gives every buffer live at once its own bytes).
 #[derive(Clone, Copy)]
-struct Shared<T>(T);
+pub(crate) struct Shared<T>(pub T);
 unsafe impl<T> Send for Shared<T> {}
 unsafe impl<T> Sync for Shared<T> {}
+
+impl<T: Copy> Shared<T> {
+    /// The value (a closure calling this captures the whole `Shared`, not its field).
+    pub fn get(self) -> T {
+        self.0
+    }
+}
 
 /// Every buffer of one call of a function, by its id: where it starts.
 struct Frame<'f> {
@@ -139,6 +146,22 @@ impl Machine<'_> {
                 }
                 Instr::TriMask { dst, rows, cols, fill } => tri_mask(fr.f32(*dst), f.bufs[*dst].len().fixed(), rows.fixed(), cols.fixed(), *fill),
                 Instr::Scan(s) => self.scan(fr, s)?,
+                Instr::Attention(a) => {
+                    let (q, k, v) = (a.q.fixed(), a.k.fixed(), a.v.fixed());
+                    let attention = crate::attention::Attention {
+                        q: (fr.f32(a.q.buf), &q),
+                        k: (fr.f32(a.k.buf), &k),
+                        v: (fr.f32(a.v.buf), &v),
+                        batch: &fixed(&a.batch),
+                        tq: a.tq.fixed(),
+                        tk: a.tk.fixed(),
+                        d: a.d.fixed(),
+                        dv: a.dv.fixed(),
+                        scale: a.scale,
+                        causal: a.causal,
+                    };
+                    attention.run(fr.f32(a.out))
+                }
                 Instr::Parallel { parts } => {
                     let mut results: Vec<Result<()>> = parts.iter().map(|_| Ok(())).collect();
                     rayon::scope(|scope| {
@@ -372,19 +395,11 @@ unsafe fn tri_mask(dst: *mut f32, len: usize, rows: usize, cols: usize, fill: f3
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], m: usize, n: usize, k: usize) {
     let count: usize = batch.iter().product();
-    let offset = |i: usize, strides: &[usize]| -> usize {
-        let mut rem = i;
-        let mut off = 0;
-        for d in (0..batch.len()).rev() {
-            off += (rem % batch[d]) * strides[d];
-            rem /= batch[d];
-        }
-        off
-    };
     let (c, a, b) = (Shared(c), Shared(a), Shared(b));
     let one = |i: usize, par: gemm::Parallelism| {
         let (c, a, b) = (c, a, b);
-        gemm_into(c.0.add(i * m * n), (a.0.add(offset(i, &ao.batch_strides)), ao), (b.0.add(offset(i, &bo.batch_strides)), bo), m, k, n, par);
+        let (a, b) = (a.0.add(batch_offset(i, batch, &ao.batch_strides)), b.0.add(batch_offset(i, batch, &bo.batch_strides)));
+        gemm_into(c.0.add(i * m * n), (a, ao), (b, bo), m, k, n, par);
     };
     // Large products split inside gemm; a batch of small ones splits over its members, unless
     // all of it is small.
@@ -394,6 +409,17 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
         use rayon::prelude::*;
         (0..count).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
     }
+}
+
+/// Where member `i` (in row-major order) of a batch of `batch` lies, for `strides`.
+pub(crate) fn batch_offset(i: usize, batch: &[usize], strides: &[usize]) -> usize {
+    let mut rem = i;
+    let mut off = 0;
+    for d in (0..batch.len()).rev() {
+        off += (rem % batch[d]) * strides[d];
+        rem /= batch[d];
+    }
+    off
 }
 
 fn parallelism(macs: usize) -> gemm::Parallelism {
@@ -478,7 +504,8 @@ unsafe fn reduce(dst: *mut f32, src: *const f32, kind: ReduceKind, outer: usize,
 
 /// The largest element (NaN never wins; −∞ for none), in eight interleaved partial maxima (which
 /// the compiler vectorises), then combined.
-fn max(v: &[f32]) -> f32 {
+#[inline(always)]
+pub(crate) fn max(v: &[f32]) -> f32 {
     let larger = |m: f32, x: f32| if x > m { x } else { m };
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = v.chunks_exact(8);
@@ -492,7 +519,8 @@ fn max(v: &[f32]) -> f32 {
 }
 
 /// A sum in eight interleaved partial sums (which the compiler vectorises), then combined.
-fn sum(v: &[f32]) -> f32 {
+#[inline(always)]
+pub(crate) fn sum(v: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = v.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();

@@ -16,9 +16,11 @@
 //! [`aot`] emits the same schedule as an object file.
 
 pub mod aot;
+mod attention;
 mod exec;
 pub mod kernel;
 pub mod profile;
+mod scalar;
 mod workspace;
 
 use std::sync::{Arc, Mutex};
@@ -85,7 +87,7 @@ impl Program {
         let start = Instant::now();
         let mut specs = Vec::new();
         let mut plan_stats = PlanStats::default();
-        let body = plan::plan(graph, threads(), &mut specs, &mut plan_stats);
+        let body = plan::plan(graph, threads(), schedule::Products::CPU.attention, &mut specs, &mut plan_stats);
         let jit = kernel::compile(&specs)?;
         let stats = Stats { plan: plan_stats, instructions: jit.instructions, compile_seconds: start.elapsed().as_secs_f64() };
         Ok(Program { body, specs, jit, scheduled: Mutex::new(Vec::new()), workspaces: Workspaces::default(), stats })
@@ -125,15 +127,31 @@ impl Program {
 
     /// The type and shape of each output of a call on `args`.
     pub fn output_types(&self, args: &[TensorView]) -> Result<Vec<(DType, Vec<usize>)>> {
-        let (shapes, env) = self.bind(args)?;
+        let (shapes, env) = self.bind_views(args)?;
         Ok(self.scheduled(&shapes, &env)?.outputs.clone())
     }
 
-    fn bind(&self, args: &[TensorView]) -> Result<(Shapes, DimEnv)> {
+    /// The bytes a call on arguments of these types and shapes holds: the arguments, the
+    /// outputs and the workspace its schedule lays out (scheduled now, for the call that
+    /// follows).
+    pub fn peak_bytes(&self, args: &[(DType, &[usize])]) -> Result<u64> {
+        let (shapes, env) = self.bind(args)?;
+        let s = self.scheduled(&shapes, &env)?;
+        let bytes = |(dtype, shape): (DType, &[usize])| (dtype.bytes() * shape.iter().product::<usize>()) as u64;
+        let outputs: u64 = s.outputs.iter().map(|(dtype, shape)| bytes((*dtype, shape))).sum();
+        let workspace = s.schedule.functions.last().map_or(0, |f| f.workspace) as u64;
+        Ok(args.iter().copied().map(bytes).sum::<u64>() + outputs + workspace)
+    }
+
+    fn bind(&self, args: &[(DType, &[usize])]) -> Result<(Shapes, DimEnv)> {
         let mut env = DimEnv::new();
+        tttc_ir::interp::bind_shapes(&self.body.graph, args, &mut env)?;
+        Ok((args.iter().map(|(_, shape)| shape.to_vec()).collect(), env))
+    }
+
+    fn bind_views(&self, args: &[TensorView]) -> Result<(Shapes, DimEnv)> {
         let types: Vec<(DType, &[usize])> = args.iter().map(|v| (v.dtype, v.shape)).collect();
-        tttc_ir::interp::bind_shapes(&self.body.graph, &types, &mut env)?;
-        Ok((args.iter().map(|v| v.shape.to_vec()).collect(), env))
+        self.bind(&types)
     }
 
     /// Runs the program on its graph's arguments, in order, writing its outputs into `outs`
@@ -145,7 +163,7 @@ impl Program {
     /// the outputs overlap neither each other nor the arguments, and nothing else uses them
     /// during the call.
     pub unsafe fn run_in_place(&self, args: &[TensorView], outs: &[TensorView]) -> Result<()> {
-        let (shapes, env) = self.bind(args)?;
+        let (shapes, env) = self.bind_views(args)?;
         let s = self.scheduled(&shapes, &env)?;
         ensure!(outs.len() == s.outputs.len(), "{} has {} outputs, got {}", self.body.graph.name, s.outputs.len(), outs.len());
         for ((name, _), (out, (dtype, shape))) in self.body.graph.outputs.iter().zip(outs.iter().zip(&s.outputs)) {

@@ -96,6 +96,7 @@ pub trait Emit {
 }
 
 /// Horner: `((c0·x + c1)·x + c2)…`.
+#[inline(always)]
 fn poly<E: Emit>(e: &mut E, x: E::F, coeffs: &[f32]) -> E::F {
     let mut acc = e.c(coeffs[0]);
     for &k in &coeffs[1..] {
@@ -182,34 +183,20 @@ fn one_plus_exp_neg<E: Emit>(e: &mut E, x: E::F) -> E::F {
 }
 
 /// eˣ: x = n·ln2 + r with |r| ≤ ½ln2, eʳ by a degree-7 polynomial, 2ⁿ built in the exponent
-/// bits. Below −87.3 the result is 0, above 88.7 it is +∞.
+/// bits. Below −87.3 the result is 0, above 88.7 it is +∞. (Inlined: a native loop calling it
+/// is vectorised only then.)
+#[inline(always)]
 pub fn exp<E: Emit>(e: &mut E, x: E::F) -> E::F {
     let (lo, hi) = (e.c(-87.33654), e.c(88.72283));
     let below = e.fcmp(FloatCmp::Lt, x, lo);
     let xc = e.select(below, lo, x);
     let above = e.fcmp(FloatCmp::Gt, x, hi);
     let xc = e.select(above, hi, xc);
-    let log2e = e.c(std::f32::consts::LOG2_E);
-    let t = e.mul(xc, log2e);
-    // n = round(t) by adding 1.5·2²³: the sum's low mantissa bits are n, as an integer too.
-    let magic = e.c(12_582_912.0);
-    let k = e.add(t, magic);
-    let n = e.sub(k, magic);
-    let (ln2_hi, ln2_lo) = (e.c(-0.693_359_4), e.c(2.121_944_4e-4));
-    let r = e.fma(n, ln2_hi, xc);
-    let r = e.fma(n, ln2_lo, r);
-    let p = poly(e, r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5]);
-    let r2 = e.mul(r, r);
-    let p = e.fma(p, r2, r);
-    let one = e.c(1.0);
-    let p = e.add(p, one);
-    // 2ⁿ as two factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), each built as float bits ((e + 127) << 23):
-    // n ∈ [−126, 128] after the clamp, beyond one factor's exponent range at the top.
-    let kb = e.bits(k);
-    let magic_bits = e.ic(0x4B40_0000);
-    let ni = e.ibin(IntOp::Sub, kb, magic_bits);
-    let half_n = e.shift(Shift::RightSigned, ni, 1);
-    let rest = e.ibin(IntOp::Sub, ni, half_n);
+    let (p, n) = exp_reduced(e, xc);
+    // 2ⁿ as two factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋): n ∈ [−126, 128] after the clamp, beyond one
+    // factor's exponent range at the top.
+    let half_n = e.shift(Shift::RightSigned, n, 1);
+    let rest = e.ibin(IntOp::Sub, n, half_n);
     let s1 = pow2(e, half_n);
     let s2 = pow2(e, rest);
     let p = e.mul(p, s1);
@@ -223,7 +210,45 @@ pub fn exp<E: Emit>(e: &mut E, x: E::F) -> E::F {
     e.select(nan, x, y)
 }
 
+/// eˣ for x ≤ 0 or NaN (a softmax's scores less their maximum), equal to [`exp`] there with
+/// fewer steps: nothing to clamp above, and 2ⁿ for n ∈ [−126, 0] is one factor (the product by a
+/// power of two is exact either way).
+#[inline(always)]
+pub fn exp_nonpositive<E: Emit>(e: &mut E, x: E::F) -> E::F {
+    let lo = e.c(-87.33654);
+    let below = e.fcmp(FloatCmp::Lt, x, lo);
+    let xc = e.select(below, lo, x);
+    let (p, n) = exp_reduced(e, xc);
+    let s = pow2(e, n);
+    let y = e.mul(p, s);
+    let zero = e.c(0.0);
+    e.select(below, zero, y)
+}
+
+/// For x within exp's range: eʳ and n (as an integer) with x = n·ln2 + r, |r| ≤ ½ln2.
+#[inline(always)]
+fn exp_reduced<E: Emit>(e: &mut E, x: E::F) -> (E::F, E::I) {
+    let log2e = e.c(std::f32::consts::LOG2_E);
+    let t = e.mul(x, log2e);
+    // n = round(t) by adding 1.5·2²³: the sum's low mantissa bits are n, as an integer too.
+    let magic = e.c(12_582_912.0);
+    let k = e.add(t, magic);
+    let n = e.sub(k, magic);
+    let (ln2_hi, ln2_lo) = (e.c(-0.693_359_4), e.c(2.121_944_4e-4));
+    let r = e.fma(n, ln2_hi, x);
+    let r = e.fma(n, ln2_lo, r);
+    let p = poly(e, r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5]);
+    let r2 = e.mul(r, r);
+    let p = e.fma(p, r2, r);
+    let one = e.c(1.0);
+    let p = e.add(p, one);
+    let kb = e.bits(k);
+    let magic_bits = e.ic(0x4B40_0000);
+    (p, e.ibin(IntOp::Sub, kb, magic_bits))
+}
+
 /// 2ᵉ for an integer e ∈ [−126, 127].
+#[inline(always)]
 fn pow2<E: Emit>(e: &mut E, n: E::I) -> E::F {
     let bias = e.ic(127);
     let biased = e.ibin(IntOp::Add, n, bias);

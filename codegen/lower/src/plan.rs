@@ -21,6 +21,8 @@ pub enum Step {
     Reduce(usize),
     Kernel(KernelStep),
     Scan(usize, ScanPlan),
+    /// Attention's softmax between two products, as one step (see `attention.rs`).
+    Attention(Box<crate::attention::Chain>),
 }
 
 /// How a scan runs: its body planned whole, or as narrower scans over slices of its lane axis,
@@ -71,16 +73,29 @@ pub struct PlanStats {
     pub other_nodes: usize,
     /// Scans that run as several narrower scans in parallel (see `lanes.rs`).
     pub lane_split_scans: usize,
+    /// Attention chains run as one step (see `attention.rs`).
+    pub attention: usize,
 }
 
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`; scans that
-/// keep their lanes apart are split for `threads` threads (not at all for one).
-pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
+/// keep their lanes apart are split for `threads` threads (not at all for one); with
+/// `attention`, attention chains become one step each (for a backend that runs them).
+pub fn plan(graph: &Graph, threads: usize, attention: bool, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
     let graph = &without_regions(graph);
-    let mut p = Planner { graph, threads, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
+    let mut p = Planner { graph, threads, attention, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
     let views = operand_views(graph, &p.users);
+    let mut chains = if attention { crate::attention::chains(graph, &p.users, &views) } else { HashMap::new() };
+    let inside_chains: std::collections::HashSet<usize> = chains.values().flat_map(|c| c.inner.iter().copied()).collect();
     for (i, node) in graph.nodes.iter().enumerate() {
-        if views.contains_key(&node.outputs.first().copied().unwrap_or(ValueId(u32::MAX))) {
+        if views.contains_key(&node.outputs.first().copied().unwrap_or(ValueId(u32::MAX))) || inside_chains.contains(&i) {
+            continue;
+        }
+        // At its last node, where its values (read by the first and the last product) are all
+        // defined.
+        if let Some(chain) = chains.remove(&i) {
+            p.close();
+            p.stats.attention += 1;
+            p.steps.push(Step::Attention(Box::new(chain)));
             continue;
         }
         let f32_in = |k: usize| graph.ty(node.inputs[k]).dtype == DType::F32;
@@ -117,12 +132,12 @@ pub fn plan(graph: &Graph, threads: usize, specs: &mut Vec<KernelSpec>, stats: &
                         match crate::lanes::split(s, p.threads) {
                             Some(split) => {
                                 p.stats.lane_split_scans += 1;
-                                let body = plan(&split.body, p.threads, p.specs, p.stats);
+                                let body = plan(&split.body, p.threads, p.attention, p.specs, p.stats);
                                 let scan = tttc_ir::Scan { body: split.body, ..(**s).clone() };
                                 let (parts, operand_lanes, result_lanes) = (split.parts, split.operand_lanes, split.result_lanes);
                                 ScanPlan::Lanes(Box::new(LaneScan { parts, operand_lanes, result_lanes, scan, body }))
                             }
-                            None => ScanPlan::Whole(Box::new(plan(&s.body, p.threads, p.specs, p.stats))),
+                            None => ScanPlan::Whole(Box::new(plan(&s.body, p.threads, p.attention, p.specs, p.stats))),
                         },
                     ),
                     _ => {
@@ -257,6 +272,7 @@ struct Group {
 struct Planner<'a> {
     graph: &'a Graph,
     threads: usize,
+    attention: bool,
     specs: &'a mut Vec<KernelSpec>,
     stats: &'a mut PlanStats,
     steps: Vec<Step>,

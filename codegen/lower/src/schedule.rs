@@ -132,6 +132,8 @@ pub enum Instr {
         fill: f32,
     },
     Scan(Box<ScanInstr>),
+    /// Attention in one pass over blocks of keys (see `attention.rs`; the CPU's only).
+    Attention(Box<AttentionInstr>),
     /// Instruction lists that touch disjoint memory and may run at once (a scan split over its
     /// lanes: each part stages its slice of the operands, runs the narrower scan and puts its
     /// results in place). Only a plan for several threads has them.
@@ -186,6 +188,7 @@ impl Instr {
                 let outputs = s.outputs.iter().flat_map(|sl| staged(sl, write));
                 carries.chain(seqs).chain(s.invariants.iter().map(|b| at(b, "invariant", read))).chain(outputs).collect()
             }
+            Instr::Attention(a) => vec![at(&a.out, "out", write), at(&a.q.buf, "q", read), at(&a.k.buf, "k", read), at(&a.v.buf, "v", read)],
             Instr::Parallel { parts } => parts.iter().flatten().flat_map(Instr::uses).collect(),
         }
     }
@@ -206,6 +209,7 @@ impl Instr {
             Instr::Cast { .. } => "cast",
             Instr::TriMask { .. } => "tri_mask",
             Instr::Scan(_) => "scan",
+            Instr::Attention(_) => "attention",
             Instr::Parallel { .. } => "parallel",
         }
     }
@@ -229,6 +233,7 @@ impl Instr {
                 2 * at(batch.iter().product::<Size>() * *m * *n * *k) + epilogue.as_ref().map_or(0, |e| e.launch.flops(specs, at))
             }
             Instr::Reduce { outer, len, inner, .. } => at(*outer * *len * *inner),
+            Instr::Attention(a) => a.flops(at),
             _ => 0,
         }
     }
@@ -250,6 +255,7 @@ impl Instr {
             Instr::Gather { dst, index, .. } => 2 * size(dst) + size(index),
             Instr::OneHot { dst, index, .. } => size(dst) + size(index),
             Instr::ScatterAdd { dst, updates, index, .. } => 2 * size(dst) + size(updates) + size(index),
+            Instr::Attention(a) => size(&a.out) + size(&a.q.buf) + size(&a.k.buf) + size(&a.v.buf),
             Instr::Scan(_) | Instr::Parallel { .. } => 0,
         }
     }
@@ -313,6 +319,34 @@ pub struct Operand {
     pub batch_strides: Vec<Size>,
     pub row_stride: Size,
     pub col_stride: Size,
+}
+
+/// `out = softmax(scale(q·kᵀ), masked) · v` for each index of `batch` (`out` contiguous, the
+/// operands read with their strides as a product's: `q` of `tq × d`, `k` the product's right
+/// operand kᵀ of `d × tk`, `v` of `tk × dv`).
+pub struct AttentionInstr {
+    pub out: BufId,
+    pub q: Operand,
+    pub k: Operand,
+    pub v: Operand,
+    pub batch: Vec<Size>,
+    pub tq: Size,
+    pub tk: Size,
+    pub d: Size,
+    pub dv: Size,
+    /// The scores divided or multiplied by a constant (`BinaryOp::Div` or `Mul`).
+    pub scale: Option<(tttc_ir::BinaryOp, f32)>,
+    /// Keys after their query (column > row) masked out.
+    pub causal: bool,
+}
+
+impl AttentionInstr {
+    /// The two products' FLOPs over the pairs computed (about half of them when causal) and
+    /// the softmax's exponentials.
+    fn flops(&self, at: &dyn Fn(Size) -> u64) -> u64 {
+        let pairs = at(self.batch.iter().product::<Size>() * self.tq * self.tk) / if self.causal { 2 } else { 1 };
+        pairs * (2 * at(self.d + self.dv) + 1)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -592,6 +626,9 @@ pub struct Products {
     /// An elementwise kernel that follows a product is applied to its elements before they are
     /// stored ([`Epilogue`]).
     pub epilogues: bool,
+    /// Attention's softmax between two products runs as one [`Instr::Attention`] (planned as
+    /// one step: `attention.rs`).
+    pub attention: bool,
 }
 
 impl Products {
@@ -599,16 +636,17 @@ impl Products {
     /// internal, so an epilogue would still run after the whole product, and running the product
     /// in blocks of rows to keep them in cache for the epilogue gained no more than the
     /// run-to-run spread (BENCHMARKS.md, "Fusion").
-    pub const CPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: false };
+    /// Attention chains run as one instruction (`exec.rs`'s tiled running softmax).
+    pub const CPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: false, attention: true };
     /// The CPU model's portable product (Cranelift's 128-bit vectors; compute-bound: an epilogue
     /// would gain nothing).
-    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false };
+    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, attention: false };
     /// The CPU model's AVX-512 product, which gathers a transposed right operand's rows at
     /// about two thirds of its rate with contiguous ones: packing, a pass over the operand,
     /// costs less from a few hundred rows on (BENCHMARKS.md, "The compiled model").
-    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false };
+    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false, attention: false };
     /// The GPU's: operands with any strides, epilogues applied in registers.
-    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true };
+    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, attention: false };
 }
 
 /// A value the model reads or writes: its shape in the lengths it is launched with.
@@ -758,7 +796,7 @@ impl Schedule {
 /// function of the model, and what it takes and needs.
 pub fn model(graph: &Graph, env: &DimEnv, lengths: Lengths, products: Products, threads: usize) -> Result<(Schedule, Signature)> {
     let mut specs = Vec::new();
-    let body = crate::plan::plan(graph, threads, &mut specs, &mut crate::plan::PlanStats::default());
+    let body = crate::plan::plan(graph, threads, products.attention, &mut specs, &mut crate::plan::PlanStats::default());
     let open = |sym: &String, v: usize| {
         lengths == Lengths::UpTo && v > 1 && graph.args.iter().any(|a| graph.ty(a.value).shape.iter().any(|d| d.sym.as_ref() == Some(sym)))
     };
@@ -906,6 +944,7 @@ impl Builder<'_> {
         for step in &body.steps {
             let what = || match step {
                 Step::Kernel(k) => format!("kernel {} in {}", k.kernel, g.name),
+                Step::Attention(c) => format!("attention (defining %{}) in {}", g.nodes[c.node].outputs[0].0, g.name),
                 Step::Op(i) | Step::MatMul(i, _) | Step::Reduce(i) | Step::Scan(i, _) => {
                     let node = &g.nodes[*i];
                     format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name)
@@ -935,6 +974,12 @@ impl Builder<'_> {
                 let c = self.fresh(g, node.outputs[0], wanted)?;
                 vals.insert(node.outputs[0], c);
                 self.matmul(c, (a, operands[0].1), (b, operands[1].1))
+            }
+            Step::Attention(chain) => {
+                let [q, k, v] = [chain.q, chain.k, chain.v].map(|(x, t)| get(vals, &x).map(|b| (b, t)));
+                let out = self.fresh(g, g.nodes[chain.node].outputs[0], wanted)?;
+                vals.insert(g.nodes[chain.node].outputs[0], out);
+                self.attention(out, [q?, k?, v?], chain.scale, chain.causal)
             }
             Step::Reduce(i) => {
                 let node = &g.nodes[*i];
@@ -1110,7 +1155,26 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn matmul(&mut self, c: BufId, (a, ta): (BufId, bool), (b, tb): (BufId, bool)) -> Result<()> {
+    fn matmul(&mut self, c: BufId, a: (BufId, bool), b: (BufId, bool)) -> Result<()> {
+        let transposed_a = a.1;
+        let (mut batch, mut m, n, k, mut a, mut b) = self.operands(a, b)?;
+        // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
+        let rows_in_order = a.batch_strides == in_matrices(contiguous_strides(&batch), m * k);
+        if b.batch_strides.iter().all(|s| s.is_zero()) && !transposed_a && rows_in_order {
+            m *= batch.iter().product::<Size>();
+            batch.clear();
+            a.batch_strides.clear();
+            b.batch_strides.clear();
+        }
+        self.instrs.push(Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None });
+        Ok(())
+    }
+
+    /// A product's operands (each read transposed or not): its batch, `m`, `n` and `k`, and
+    /// how it reads each. A transposed right operand is packed first where the backend wants it
+    /// so.
+    #[allow(clippy::type_complexity)]
+    fn operands(&mut self, (a, ta): (BufId, bool), (b, tb): (BufId, bool)) -> Result<(Vec<Size>, Size, Size, Size, Operand, Operand)> {
         let (ba, m, k, ars, acs) = matrix(&self.bufs[a].shape, ta)?;
         // Where the product reads a transposed right operand slowly or not at all, it is packed;
         // so is one whose column stride (`k`) is past the 32-bit indices of gathers.
@@ -1133,19 +1197,22 @@ impl Builder<'_> {
         let (bb, k2, n, brs, bcs) = matrix(&self.bufs[b].shape, tb && !packed)?;
         ensure!(k == k2, "contracted dimensions differ: {k} and {k2}");
         let batch = broadcast_shape(&ba, &bb)?;
-        let (mut sa, sb) = (broadcast_strides(&ba, &batch)?, broadcast_strides(&bb, &batch)?);
-        let (mut batch, mut m) = (batch, m);
-        // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
-        if sb.iter().all(|s| s.is_zero()) && !ta && sa == contiguous_strides(&batch) {
-            m *= batch.iter().product::<Size>();
-            batch.clear();
-            sa.clear();
-        }
-        let sb = if batch.is_empty() { Vec::new() } else { sb };
-        let scale = |s: Vec<Size>, by: Size| s.into_iter().map(|x| x * by).collect();
-        let a = Operand { buf: a, batch_strides: scale(sa, m * k), row_stride: ars, col_stride: acs };
-        let b = Operand { buf: b, batch_strides: scale(sb, k * n), row_stride: brs, col_stride: bcs };
-        self.instrs.push(Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None });
+        let (sa, sb) = (broadcast_strides(&ba, &batch)?, broadcast_strides(&bb, &batch)?);
+        let a = Operand { buf: a, batch_strides: in_matrices(sa, m * k), row_stride: ars, col_stride: acs };
+        let b = Operand { buf: b, batch_strides: in_matrices(sb, k * n), row_stride: brs, col_stride: bcs };
+        Ok((batch, m, n, k, a, b))
+    }
+
+    /// Attention's chain as one instruction: `q·kᵀ` and `p·v` each read as a product reads
+    /// its operands.
+    fn attention(&mut self, out: BufId, [q, k, v]: [(BufId, bool); 3], scale: Option<(tttc_ir::BinaryOp, f32)>, causal: bool) -> Result<()> {
+        let (batch, tq, tk, d, q, k) = self.operands(q, k)?;
+        let (bv, tk2, dv, vrs, vcs) = matrix(&self.bufs[v.0].shape, v.1)?;
+        ensure!(tk == tk2, "attention over {tk} keys and {tk2} values");
+        let out_batch = broadcast_shape(&batch, &bv)?;
+        ensure!(out_batch == batch, "attention's values broadcast its batch {batch:?} to {out_batch:?}");
+        let v = Operand { buf: v.0, batch_strides: in_matrices(broadcast_strides(&bv, &batch)?, tk * dv), row_stride: vrs, col_stride: vcs };
+        self.instrs.push(Instr::Attention(Box::new(AttentionInstr { out, q, k, v, batch, tq, tk, d, dv, scale, causal })));
         Ok(())
     }
 
@@ -1496,6 +1563,11 @@ fn matrix(s: &[Size], t: bool) -> Result<(Vec<Size>, Size, Size, Size, Size)> {
     let (r, cols) = (s[s.len() - 2], s[s.len() - 1]);
     let batch = s[..s.len() - 2].to_vec();
     Ok(if t { (batch, cols, r, Size::ONE, cols) } else { (batch, r, cols, cols, Size::ONE) })
+}
+
+/// Batch strides counted in matrices of `size` elements, in elements.
+fn in_matrices(strides: Vec<Size>, size: Size) -> Vec<Size> {
+    strides.into_iter().map(|s| s * size).collect()
 }
 
 /// Workspace offsets are multiples of this (a cache line; the widest vector loads).

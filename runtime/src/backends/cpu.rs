@@ -1,7 +1,7 @@
 //! Native code for this machine (`tttc_codegen_cpu`), compiled once for every size.
 
 use anyhow::Result;
-use tttc_ir::{DimEnv, Graph, Tensor, TensorView};
+use tttc_ir::{DType, DimEnv, Graph, Tensor, TensorView};
 
 use super::{Backend, Capabilities, Program, Sizes};
 
@@ -28,6 +28,10 @@ impl Backend for Cpu {
 impl Program for tttc_codegen_cpu::Program {
     fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
         tttc_codegen_cpu::Program::run(self, args)
+    }
+
+    fn peak_bytes(&self, args: &[(DType, &[usize])]) -> Option<Result<u64>> {
+        Some(tttc_codegen_cpu::Program::peak_bytes(self, args))
     }
 
     unsafe fn run_in_place(&self, args: &[TensorView], outs: &[TensorView]) -> Result<()> {

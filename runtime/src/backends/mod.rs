@@ -10,7 +10,7 @@ mod gpu;
 mod interp;
 
 use anyhow::{anyhow, bail, ensure, Result};
-use tttc_ir::{DimEnv, Graph, Tensor, TensorView};
+use tttc_ir::{DType, DimEnv, Graph, Tensor, TensorView};
 
 /// A way of executing graphs: compiles a graph into a [`Program`].
 pub trait Backend: Send + Sync {
@@ -27,6 +27,15 @@ pub trait Backend: Send + Sync {
 pub trait Program: Send + Sync {
     /// The graph's outputs from its arguments, in the graph's order.
     fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>>;
+
+    /// The bytes a call on arguments of these types and shapes holds at its peak (arguments,
+    /// outputs and workspace), where the backend knows them from its own code at those sizes;
+    /// `None`: the graph's estimate stands (`tttc_passes::cost::live_peak`, which counts every
+    /// value the graph names, such as attention's scores that a backend may never store).
+    fn peak_bytes(&self, args: &[(DType, &[usize])]) -> Option<Result<u64>> {
+        let _ = args;
+        None
+    }
 
     /// [`Program::run`] on arguments in the caller's memory, writing the outputs into `outs`
     /// (shaped as the graph's outputs at the arguments' sizes): a framework's tensors. Copies

@@ -1,0 +1,303 @@
+//! Attention in one pass ([`Instr::Attention`](tttc_lower::schedule::Instr)): per batch index
+//! and block of query rows, the keys in blocks — the block's scores, scaled and masked, each
+//! row's running maximum and sum, the exponentials' product with the values accumulated and
+//! rescaled whenever a row's maximum grows (the online softmax of FlashAttention). The `[tq, tk]`
+//! scores are never stored whole, and under a causal mask nothing past the diagonal is computed.
+//!
+//! Each batch index's keys and values are packed once (keys in panels of `NR`, values in rows
+//! padded to `NR`), so the products of every block read them contiguously; the products are
+//! micro-tiles of `MR × NR` sums held in registers. Blocks of rows are the unit of work, taken by
+//! whichever thread is free, the largest (the last rows, under a causal mask) first. The code is
+//! compiled twice: for AVX2 with FMA where the processor has them, and for the baseline.
+
+use tttc_ir::BinaryOp;
+use tttc_lower::math::{self, Emit};
+use tttc_lower::schedule::Strides;
+
+use crate::exec::{batch_offset, max, sum, Shared};
+use crate::scalar::Scalar;
+
+/// Rows and columns of a micro-tile: its `MR × NR` sums are twelve 256-bit registers.
+const MR: usize = 6;
+const NR: usize = 16;
+/// Query rows per block (a multiple of `MR`): the packed keys and values are read once per
+/// this many rows.
+const ROWS: usize = 96;
+/// Keys per block (a multiple of `NR`): a block's scores stay in the core's cache.
+const KEYS: usize = 256;
+
+/// What every block reads.
+#[derive(Clone, Copy)]
+pub struct Attention<'a> {
+    pub q: (*const f32, &'a Strides),
+    /// kᵀ, `d × tk`.
+    pub k: (*const f32, &'a Strides),
+    pub v: (*const f32, &'a Strides),
+    pub batch: &'a [usize],
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub dv: usize,
+    pub scale: Option<(BinaryOp, f32)>,
+    pub causal: bool,
+}
+
+/// One batch index's keys in panels of `NR` keys (each `d × NR`, a key per column, zero past
+/// the last key) and its values in rows of `dv` rounded up to `NR` (zero past `dv`).
+struct Packed {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+/// A block's scratch: its query rows in panels of `MR` (each `d × MR`, a row per column), its
+/// scores, its rows' running maxima and sums, and their outputs so far (rows of `dv` rounded up
+/// to `NR`).
+struct Scratch {
+    queries: Vec<f32>,
+    scores: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl Attention<'_> {
+    /// Writes `out` (`batch × tq × dv`, contiguous).
+    ///
+    /// # Safety
+    /// The operands hold their matrices at the strides given, and `out` its elements.
+    pub unsafe fn run(&self, out: *mut f32) {
+        use rayon::prelude::*;
+        let count: usize = self.batch.iter().product();
+        let this = Shared(*self);
+        let packed: Vec<Packed> = (0..count).into_par_iter().map(|i| this.get().pack(i)).collect();
+        let blocks = self.tq.div_ceil(ROWS);
+        let out = Shared(out);
+        let fast = avx2_fma();
+        // The last blocks of rows first: under a causal mask they have the most keys.
+        (0..count * blocks).into_par_iter().for_each_init(
+            || Scratch {
+                queries: vec![0.0; ROWS * this.get().d],
+                scores: vec![0.0; ROWS * KEYS],
+                max: vec![0.0; ROWS],
+                sum: vec![0.0; ROWS],
+                acc: vec![0.0; ROWS * this.get().dv.next_multiple_of(NR)],
+            },
+            |scratch, w| {
+                let (i, block) = (w % count, blocks - 1 - w / count);
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    return this.get().block_avx2(i, block * ROWS, &packed[i], scratch, out.get());
+                }
+                this.get().block::<false>(i, block * ROWS, &packed[i], scratch, out.get());
+            },
+        );
+    }
+
+    unsafe fn pack(&self, i: usize) -> Packed {
+        let (d, tk, dv) = (self.d, self.tk, self.dv);
+        let (k, ks) = (self.k.0.add(batch_offset(i, self.batch, &self.k.1.batch_strides)), self.k.1);
+        let mut keys = vec![0f32; tk.div_ceil(NR) * d * NR];
+        for j in 0..tk {
+            let panel = &mut keys[(j / NR) * d * NR + j % NR..];
+            (0..d).for_each(|e| panel[e * NR] = *k.add(e * ks.row_stride + j * ks.col_stride));
+        }
+        let (v, vs) = (self.v.0.add(batch_offset(i, self.batch, &self.v.1.batch_strides)), self.v.1);
+        let dvp = dv.next_multiple_of(NR);
+        let mut values = vec![0f32; tk * dvp];
+        for (j, row) in values.chunks_exact_mut(dvp).enumerate() {
+            (0..dv).for_each(|c| row[c] = *v.add(j * vs.row_stride + c * vs.col_stride));
+        }
+        Packed { keys, values }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_avx2(&self, i: usize, q0: usize, packed: &Packed, s: &mut Scratch, out: *mut f32) {
+        self.block::<true>(i, q0, packed, s, out)
+    }
+
+    /// Rows `q0..` (up to `ROWS`) of batch index `i`; `FMA`: multiply-adds fused.
+    #[inline(always)]
+    unsafe fn block<const FMA: bool>(&self, i: usize, q0: usize, packed: &Packed, s: &mut Scratch, out: *mut f32) {
+        let (rows, d, dv) = (ROWS.min(self.tq - q0), self.d, self.dv);
+        let dvp = dv.next_multiple_of(NR);
+        let qs = self.q.1;
+        let q = self.q.0.add(batch_offset(i, self.batch, &qs.batch_strides) + q0 * qs.row_stride);
+        for (g, panel) in s.queries.chunks_exact_mut(d * MR).take(rows.div_ceil(MR)).enumerate() {
+            for (r, e) in (0..MR).flat_map(|r| (0..d).map(move |e| (r, e))) {
+                let row = g * MR + r;
+                panel[e * MR + r] = if row < rows { *q.add(row * qs.row_stride + e * qs.col_stride) } else { 0.0 };
+            }
+        }
+        s.max[..rows].fill(f32::NEG_INFINITY);
+        s.sum[..rows].fill(0.0);
+        s.acc[..rows * dvp].fill(0.0);
+        // Row r sees keys 0..=q0 + r under the mask.
+        let keys = if self.causal { self.tk.min(q0 + rows) } else { self.tk };
+        for k0 in (0..keys).step_by(KEYS) {
+            let cols = KEYS.min(keys - k0);
+            // The keys a group of rows from `r` sees in this block (its scores past them would
+            // be masked: they are not computed).
+            let seen_by = |r: usize, mr: usize| if self.causal { cols.min((q0 + r + mr).saturating_sub(k0)) } else { cols };
+            for r in (0..rows).step_by(MR) {
+                let mr = MR.min(rows - r);
+                for p in (0..seen_by(r, mr)).step_by(NR) {
+                    let panel = packed.keys.as_ptr().add((k0 + p) / NR * d * NR);
+                    let scores = s.scores.as_mut_ptr().add(r * KEYS + p);
+                    tile::<FMA, 1, MR>(mr, s.queries.as_ptr().add(r * d), (panel, NR), d, (scores, KEYS), false);
+                }
+            }
+            for r in 0..rows {
+                let row = &mut s.scores[r * KEYS..r * KEYS + cols];
+                softmax_row(row, seen_by(r, 1), self.scale, &mut s.max[r], &mut s.sum[r], &mut s.acc[r * dvp..(r + 1) * dvp]);
+            }
+            for r in (0..rows).step_by(MR) {
+                let mr = MR.min(rows - r);
+                let weights = s.scores.as_ptr().add(r * KEYS);
+                for c in (0..dvp).step_by(NR) {
+                    let values = (packed.values.as_ptr().add(k0 * dvp + c), dvp);
+                    tile::<FMA, KEYS, 1>(mr, weights, values, seen_by(r, mr), (s.acc.as_mut_ptr().add(r * dvp + c), dvp), true);
+                }
+            }
+        }
+        for r in 0..rows {
+            let dst = std::slice::from_raw_parts_mut(out.add((i * self.tq + q0 + r) * dv), dv);
+            let l = s.sum[r];
+            dst.iter_mut().zip(&s.acc[r * dvp..]).for_each(|(o, &a)| *o = a / l);
+        }
+    }
+}
+
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `c[r][0..NR] (+)= Σ_e a[r·ARS + e·ACS] · b[e·brs + 0..NR]` for the `mr` (≤ `MR`) rows `r`
+/// of a micro-tile, over `k` terms; `FMA`: with AVX2's fused multiply-adds. (`a`'s strides are
+/// constants: its loads then need no address arithmetic.)
+#[inline(always)]
+unsafe fn tile<const FMA: bool, const ARS: usize, const ACS: usize>(
+    mr: usize,
+    a: *const f32,
+    b: (*const f32, usize),
+    k: usize,
+    c: (*mut f32, usize),
+    accumulate: bool,
+) {
+    macro_rules! rows {
+        ($f:ident) => {
+            match mr {
+                1 => $f::<1, ARS, ACS>(a, b, k, c, accumulate),
+                2 => $f::<2, ARS, ACS>(a, b, k, c, accumulate),
+                3 => $f::<3, ARS, ACS>(a, b, k, c, accumulate),
+                4 => $f::<4, ARS, ACS>(a, b, k, c, accumulate),
+                5 => $f::<5, ARS, ACS>(a, b, k, c, accumulate),
+                _ => $f::<MR, ARS, ACS>(a, b, k, c, accumulate),
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        return rows!(tile_rows_avx2);
+    }
+    rows!(tile_rows)
+}
+
+/// [`tile`] over `M` rows, in plain arithmetic.
+#[inline(always)]
+unsafe fn tile_rows<const M: usize, const ARS: usize, const ACS: usize>(
+    a: *const f32,
+    (b, brs): (*const f32, usize),
+    k: usize,
+    (c, crs): (*mut f32, usize),
+    accumulate: bool,
+) {
+    let mut acc = [[0f32; NR]; M];
+    if accumulate {
+        (0..M).for_each(|r| acc[r] = *(c.add(r * crs) as *const [f32; NR]));
+    }
+    for e in 0..k {
+        let be = *(b.add(e * brs) as *const [f32; NR]);
+        for (r, sums) in acc.iter_mut().enumerate() {
+            let x = *a.add(r * ARS + e * ACS);
+            sums.iter_mut().zip(&be).for_each(|(sum, &y)| *sum += x * y);
+        }
+    }
+    (0..M).for_each(|r| *(c.add(r * crs) as *mut [f32; NR]) = acc[r]);
+}
+
+/// [`tile`] over `M` rows in AVX2 registers: two vectors of sums per row, a broadcast of `a`
+/// times a row of `b` per term.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_rows_avx2<const M: usize, const ARS: usize, const ACS: usize>(
+    a: *const f32,
+    (b, brs): (*const f32, usize),
+    k: usize,
+    (c, crs): (*mut f32, usize),
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    if accumulate {
+        for (r, sums) in acc.iter_mut().enumerate() {
+            *sums = [_mm256_loadu_ps(c.add(r * crs)), _mm256_loadu_ps(c.add(r * crs + 8))];
+        }
+    }
+    for e in 0..k {
+        let (b0, b1) = (_mm256_loadu_ps(b.add(e * brs)), _mm256_loadu_ps(b.add(e * brs + 8)));
+        for (r, sums) in acc.iter_mut().enumerate() {
+            let x = _mm256_broadcast_ss(&*a.add(r * ARS + e * ACS));
+            *sums = [_mm256_fmadd_ps(x, b0, sums[0]), _mm256_fmadd_ps(x, b1, sums[1])];
+        }
+    }
+    for (r, sums) in acc.iter().enumerate() {
+        _mm256_storeu_ps(c.add(r * crs), sums[0]);
+        _mm256_storeu_ps(c.add(r * crs + 8), sums[1]);
+    }
+}
+
+/// One row of a block's scores: its first `seen` entries scaled, the row's running maximum
+/// raised to theirs, the entries replaced by their exponentials from that maximum (the rest by
+/// 0), the running sum and the row's output so far rescaled to it.
+#[inline(always)]
+fn softmax_row(row: &mut [f32], seen: usize, scale: Option<(BinaryOp, f32)>, row_max: &mut f32, row_sum: &mut f32, acc: &mut [f32]) {
+    let (x, rest) = row.split_at_mut(seen);
+    rest.fill(0.0);
+    if x.is_empty() {
+        return;
+    }
+    match scale {
+        // Dividing by a power of two is multiplying by its inverse, exactly (and faster).
+        Some((BinaryOp::Div, c)) if !power_of_two(c) => x.iter_mut().for_each(|s| *s /= c),
+        Some((BinaryOp::Div, c)) => x.iter_mut().for_each(|s| *s *= 1.0 / c),
+        Some((_, c)) => x.iter_mut().for_each(|s| *s *= c),
+        None => {}
+    }
+    let m = max(x).max(*row_max);
+    x.iter_mut().for_each(|s| *s = exp_from(*s, m));
+    let block_sum = sum(x);
+    // The output so far was weighed from the old maximum (nothing, before the first block).
+    let rescale = (*row_max - m).exp();
+    if rescale != 1.0 {
+        acc.iter_mut().for_each(|a| *a *= rescale);
+    }
+    *row_sum = *row_sum * rescale + block_sum;
+    *row_max = m;
+}
+
+/// Whether `c` is ±2ᵏ with a normal 2⁻ᵏ (its inverse is exact).
+fn power_of_two(c: f32) -> bool {
+    c.is_normal() && c.to_bits() & 0x007f_ffff == 0 && (1.0 / c).is_normal()
+}
+
+/// `exp(x − m)` for `x ≤ m`, as the generated kernels compute it.
+#[inline(always)]
+fn exp_from(x: f32, m: f32) -> f32 {
+    let mut e = Scalar;
+    let shifted = e.sub(x, m);
+    math::exp_nonpositive(&mut e, shifted)
+}
