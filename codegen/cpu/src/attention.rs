@@ -66,13 +66,17 @@ impl Attention<'_> {
     /// # Safety
     /// The operands hold their matrices at the strides given, and `out` its elements.
     pub unsafe fn run(&self, out: *mut f32) {
+        self.run_with(out, avx2_fma())
+    }
+
+    /// [`Attention::run`], with AVX2 and FMA (`fast`: the processor has them) or without.
+    unsafe fn run_with(&self, out: *mut f32, fast: bool) {
         use rayon::prelude::*;
         let count: usize = self.batch.iter().product();
         let this = Shared(*self);
         let packed: Vec<Packed> = (0..count).into_par_iter().map(|i| this.get().pack(i)).collect();
         let blocks = self.tq.div_ceil(ROWS);
         let out = Shared(out);
-        let fast = avx2_fma();
         // The last blocks of rows first: under a causal mask they have the most keys.
         (0..count * blocks).into_par_iter().for_each_init(
             || Scratch {
@@ -300,4 +304,60 @@ fn exp_from(x: f32, m: f32) -> f32 {
     let mut e = Scalar;
     let shifted = e.sub(x, m);
     math::exp_nonpositive(&mut e, shifted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both builds (AVX2 with FMA where this processor has them, and the portable one) against
+    /// softmax attention computed directly in f64, causal and not, with sizes that fill no tile.
+    #[test]
+    fn both_builds_match_attention_computed_directly() {
+        let (batch, tq, tk, d, dv) = ([2usize], 131, 131, 19, 21);
+        let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0 - 1.0;
+        let q: Vec<f32> = (0..2 * tq * d).map(|i| value(i, 1)).collect();
+        let k: Vec<f32> = (0..2 * tk * d).map(|i| value(i, 2)).collect();
+        let v: Vec<f32> = (0..2 * tk * dv).map(|i| value(i, 3)).collect();
+        // q and v as stored; kᵀ read through the strides of k.
+        let qs = Strides { batch_strides: vec![tq * d], row_stride: d, col_stride: 1 };
+        let ks = Strides { batch_strides: vec![tk * d], row_stride: 1, col_stride: d };
+        let vs = Strides { batch_strides: vec![tk * dv], row_stride: dv, col_stride: 1 };
+        for causal in [false, true] {
+            let mut want = vec![0f64; 2 * tq * dv];
+            for b in 0..2 {
+                for i in 0..tq {
+                    let keys = if causal { i + 1 } else { tk };
+                    let s: Vec<f64> =
+                        (0..keys).map(|j| (0..d).map(|e| q[(b * tq + i) * d + e] as f64 * k[(b * tk + j) * d + e] as f64).sum::<f64>() / 3.0).collect();
+                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let l: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for c in 0..dv {
+                        want[(b * tq + i) * dv + c] = s.iter().enumerate().map(|(j, x)| (x - m).exp() / l * v[(b * tk + j) * dv + c] as f64).sum();
+                    }
+                }
+            }
+            let builds: &[bool] = if avx2_fma() { &[false, true] } else { &[false] };
+            for &fast in builds {
+                let a = Attention {
+                    q: (q.as_ptr(), &qs),
+                    k: (k.as_ptr(), &ks),
+                    v: (v.as_ptr(), &vs),
+                    batch: &batch,
+                    tq,
+                    tk,
+                    d,
+                    dv,
+                    scale: Some((BinaryOp::Div, 3.0)),
+                    causal,
+                };
+                let mut out = vec![f32::NAN; 2 * tq * dv];
+                // SAFETY: the operands hold their matrices at these strides; `out` its elements.
+                unsafe { a.run_with(out.as_mut_ptr(), fast) };
+                for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+                    assert!((o as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "causal {causal}, fast {fast}, element {i}: {o} against {w}");
+                }
+            }
+        }
+    }
 }
