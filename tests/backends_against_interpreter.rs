@@ -529,6 +529,25 @@ fn attention_runs_as_one_tiled_step() {
     let p = g.nodes.iter().rev().find(|n| matches!(n.op, Op::MatMul)).unwrap().inputs[0];
     g.output("p", p);
     assert_eq!(Program::compile(&g).unwrap().stats().plan.attention, 0, "the weights are needed whole");
+    // Two chains that share a node (one's result the other's scores, read unscaled and
+    // unmasked) run as their ops, and still match.
+    let mut g = case(&[2], 9, 9, 4, 9, &[2], None, false, Rows).graph();
+    let (_, y) = g.outputs.pop().unwrap();
+    let m = g.reduce(ReduceKind::Max, y, -1, true).unwrap();
+    let shifted = g.binary(tttc_ir::BinaryOp::Sub, y, m).unwrap();
+    let e = g.unary(UnaryOp::Exp, shifted).unwrap();
+    let l = g.reduce(ReduceKind::Sum, e, -1, true).unwrap();
+    let p = g.binary(tttc_ir::BinaryOp::Div, e, l).unwrap();
+    let w = g.input("w", f32t(&[2, 9, 3]));
+    let z = g.matmul(p, w).unwrap();
+    g.output("z", z);
+    assert_eq!(Program::compile(&g).unwrap().stats().plan.attention, 0, "overlapping chains");
+    let args: Vec<Tensor> = [vec![2, 9, 4], vec![2, 9, 4], vec![2, 9, 9], vec![2, 9, 3]]
+        .into_iter()
+        .zip(41..)
+        .map(|(s, seed)| Tensor::f32(s.clone(), values(s.iter().product(), seed, -1.0, 1.0)))
+        .collect();
+    assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "overlapping chains");
 }
 
 #[test]

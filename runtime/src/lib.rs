@@ -215,7 +215,7 @@ impl Executable {
         tttc_ir::interp::bind_shapes(&self.graph, args, &mut env)?;
         let program = self.program(backend, &env)?;
         let mut fits = self.fits.lock().expect("not poisoned");
-        if fits.as_ref() != Some(&(backend.name(), env.clone())) {
+        if !matches!(fits.as_ref(), Some((name, fitted)) if *name == backend.name() && *fitted == env) {
             let peak = match program.peak_bytes(args) {
                 Some(bytes) => bytes?,
                 None => tttc_passes::cost::live_peak(&self.graph, &env)?.bytes,

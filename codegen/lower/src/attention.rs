@@ -12,7 +12,7 @@
 //! a = tri_mask(s', −∞) (optional)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tttc_ir::{BinaryOp, Graph, Op, ReduceKind, UnaryOp, ValueId};
 
@@ -33,26 +33,22 @@ pub struct Chain {
 }
 
 /// The chains of `g`, by their last node. `users` lists each value's readers; `views` the
-/// operands products read through a view (source, transposed).
+/// operands products read through a view (source, transposed). Chains that share a node (one's
+/// result the other's scores) are left to their ops.
 pub fn chains(g: &Graph, users: &[Vec<usize>], views: &HashMap<ValueId, (ValueId, bool)>) -> HashMap<usize, Chain> {
     let mut def = vec![usize::MAX; g.types.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         n.outputs.iter().for_each(|v| def[v.index()] = i);
     }
-    let outputs: std::collections::HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
-    let view = |v: ValueId| views.get(&v).copied().unwrap_or((v, false));
-    (0..g.nodes.len())
-        .filter_map(|node| {
-            let (inner, q, k, v, scale, causal) = chain(g, &def, users, &outputs, node)?;
-            Some((node, Chain { node, inner, q: view(q), k: view(k), v: view(v), scale, causal }))
-        })
-        .collect()
+    let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+    let found: Vec<Chain> = (0..g.nodes.len()).filter_map(|node| chain(g, &def, users, &outputs, views, node)).collect();
+    let mut claims = vec![0usize; g.nodes.len()];
+    found.iter().flat_map(|c| c.inner.iter().chain([&c.node])).for_each(|&i| claims[i] += 1);
+    found.into_iter().filter(|c| c.inner.iter().chain([&c.node]).all(|&i| claims[i] == 1)).map(|c| (c.node, c)).collect()
 }
 
-type Found = (Vec<usize>, ValueId, ValueId, ValueId, Option<(BinaryOp, f32)>, bool);
-
 /// The chain ending at node `last`, if it is one.
-fn chain(g: &Graph, def: &[usize], users: &[Vec<usize>], outputs: &std::collections::HashSet<ValueId>, last: usize) -> Option<Found> {
+fn chain(g: &Graph, def: &[usize], users: &[Vec<usize>], outputs: &HashSet<ValueId>, views: &HashMap<ValueId, (ValueId, bool)>, last: usize) -> Option<Chain> {
     let mut inner = Vec::new();
     // The node defining `v` when `v` has exactly `readers` readers and is no graph output.
     let mut take = |v: ValueId, readers: usize| -> Option<&tttc_ir::Node> {
@@ -106,12 +102,12 @@ fn chain(g: &Graph, def: &[usize], users: &[Vec<usize>], outputs: &std::collecti
             return None;
         }
         scale = Some((op, value as f32));
-        // The scores are read once more by the scaling alone (which `take` already counted).
         s = take(s.inputs[0], 1)?;
     }
     if !matches!(s.op, Op::MatMul) || rank < 2 || [s.inputs[0], s.inputs[1], v].iter().any(|&x| g.ty(x).dtype != tttc_ir::DType::F32) {
         return None;
     }
-    let (q, k) = (s.inputs[0], s.inputs[1]);
-    Some((inner, q, k, v, scale, causal))
+    let view = |x: ValueId| views.get(&x).copied().unwrap_or((x, false));
+    let (q, k, v) = (view(s.inputs[0]), view(s.inputs[1]), view(v));
+    Some(Chain { node: last, inner, q, k, v, scale, causal })
 }
