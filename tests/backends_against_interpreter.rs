@@ -550,6 +550,40 @@ fn attention_runs_as_one_tiled_step() {
     assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "overlapping chains");
 }
 
+/// Attention's gradient (the autodiff's backward: weights recomputed from each row's
+/// log-sum-exp) runs on the CPU as one tiled step beside the forward's, which keeps the
+/// log-sum-exp for it, and matches the interpreter and the other backends' ops: causal and not,
+/// scaled or not, several blocks of keys and rows, one query row, operands read through
+/// transposes, values shared across a batch axis (their gradient summed over it).
+#[test]
+fn attention_backward_runs_as_one_tiled_step() {
+    use tttc_ir::BinaryOp::{Div, Mul};
+    use Layout::{Rows, Transposed};
+    let case = |batch, tq, tk, d, dv, v_batch, scale, causal, layout| Attention { batch, tq, tk, d, dv, v_batch, scale, causal, layout };
+    let cases = [
+        case(&[2, 3], 37, 37, 20, 24, &[2, 3], Some((Div, 4.0)), true, Rows),
+        case(&[1, 2], 300, 300, 8, 16, &[1, 2], Some((Div, 3.0)), true, Rows),
+        case(&[2], 5, 150, 16, 16, &[2], Some((Mul, 0.3)), false, Rows),
+        case(&[3], 1, 50, 12, 7, &[3], Some((Div, 2.0)), false, Rows),
+        case(&[2, 3], 37, 37, 20, 24, &[3], None, true, Rows),
+        case(&[2], 100, 100, 33, 17, &[2], Some((Div, 5.5)), true, Transposed),
+        case(&[2], 130, 70, 9, 5, &[2], None, true, Rows),
+    ];
+    for (seed, a) in (61..).step_by(4).zip(&cases) {
+        let g = tttc_passes::compile(&tttc_passes::vector_jacobian_product(&a.graph(), &[]).unwrap()).unwrap();
+        let what = format!("{:?} {}×{}, d {}, dv {}", a.batch, a.tq, a.tk, a.d, a.dv);
+        let plan = Program::compile(&g).unwrap().stats().plan;
+        assert_eq!((plan.attention, plan.attention_backward), (1, 1), "{what}: planned as one step each way");
+        let [qs, ks, vs] = a.shapes();
+        let mut out = a.batch.to_vec();
+        out.extend([a.tq, a.dv]);
+        let args: Vec<Tensor> =
+            [qs, ks, vs, out].into_iter().zip(seed..).map(|(s, seed)| Tensor::f32(s.clone(), values(s.iter().product(), seed, -1.0, 1.0))).collect();
+        let worst = compare(&g, &args, 1e-5, 1e-6);
+        assert!(worst <= 1.0, "{what}: error {worst:.2} of tolerance");
+    }
+}
+
 #[test]
 fn concat_and_pad_pieces_are_written_in_place() {
     let mut g = Graph::new("joins");

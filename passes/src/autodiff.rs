@@ -5,10 +5,12 @@
 //! by the ops of its reverse sweep. [`backprop`] is the reverse sweep itself: one vector-Jacobian
 //! product rule per op, adjoints accumulated per value, broadcasting undone by summation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Graph, Node, Op, ReduceKind, Scan, Type, UnaryOp, ValueId};
+
+use crate::attention::Chain;
 
 /// Replaces every `grad` op (in scan bodies too) by explicit gradient ops.
 pub fn expand_grads(g: &Graph) -> Result<Graph> {
@@ -370,18 +372,30 @@ pub fn backprop(g: &mut Graph, tape: &[Recorded], seeds: &[(ValueId, ValueId)], 
         };
         adj.insert(v, total);
     }
-    for rec in tape.iter().rev() {
+    // Attention's chains, by their last node, whose inner values get no adjoint from elsewhere:
+    // differentiated as one (`attention_vjp`).
+    let nodes: Vec<Node> = tape.iter().map(|r| r.node.clone()).collect();
+    let chains = crate::attention::chains(g, &nodes, &|v| adj.contains_key(&v));
+    let inner: HashSet<usize> = chains.iter().flat_map(|c| c.inner.iter().copied()).collect();
+    let mut chains: HashMap<usize, Chain> = chains.into_iter().map(|c| (c.node, c)).collect();
+    for (i, rec) in tape.iter().enumerate().rev() {
         let node = &rec.node;
         let seeds: Vec<Option<ValueId>> = node.outputs.iter().map(|o| adj.get(o).copied()).collect();
-        if seeds.iter().all(Option::is_none) {
+        if seeds.iter().all(Option::is_none) || inner.contains(&i) {
             continue;
         }
-        let grads = match &node.op {
-            Op::Scan(scan) => scan_vjp(g, scan, rec, &seeds),
-            _ => vjp(g, node, &seeds),
-        }
-        .with_context(|| format!("differentiating {}", node.op.name()))?;
-        for (&input, grad) in node.inputs.iter().zip(grads) {
+        let (inputs, grads) = match (&node.op, chains.remove(&i)) {
+            (_, Some(chain)) => {
+                // kᵀ as the frontends write it, a transpose of k: the recomputation reads k.
+                let k = nodes.iter().find(|n| n.outputs == [chain.kt] && matches!(&n.op, Op::Transpose { perm } if tttc_ir::swaps_last_two(perm)));
+                let grads = attention_vjp(g, &chain, k.map(|n| n.inputs[0]), node.outputs[0], seeds[0].expect("seeded"));
+                (vec![chain.q, chain.kt, chain.v], grads)
+            }
+            (Op::Scan(scan), _) => (node.inputs.clone(), scan_vjp(g, scan, rec, &seeds)),
+            _ => (node.inputs.clone(), vjp(g, node, &seeds)),
+        };
+        let grads = grads.with_context(|| format!("differentiating {}", node.op.name()))?;
+        for (&input, grad) in inputs.iter().zip(grads) {
             if let Some(d) = grad {
                 let total = match adj.get(&input) {
                     Some(&prev) => g.add(prev, d)?,
@@ -397,6 +411,53 @@ pub fn backprop(g: &mut Graph, tape: &[Recorded], seeds: &[(ValueId, ValueId)], 
             None => zeros_like(g, w),
         })
         .collect()
+}
+
+/// The adjoints of attention's `q`, `kᵀ` and `v` (as its products read them) from its result's,
+/// `d_out`: the weights recomputed from the scores and the row log-sum-exp (kept from the
+/// forward instead of the `[.., tq, tk]` weights), then FlashAttention's backward —
+/// `dv = pᵀ·d_out`, `ds = p ⊙ (d_out·vᵀ − rowsum(d_out ⊙ out))` scaled as the scores were,
+/// `dq = ds·k`, `dkᵀ = qᵀ·ds`. The recomputed scores start from barriers (on `k` when `kᵀ` is
+/// its transpose), so that no pass merges them back into the forward's. A backend that can runs it as one step
+/// (`tttc_lower::attention`); the others run these ops.
+fn attention_vjp(g: &mut Graph, c: &Chain, k: Option<ValueId>, out: ValueId, d_out: ValueId) -> Result<Vec<Option<ValueId>>> {
+    let last = g.ty(c.max).rank() as i64 - 1;
+    let log_sum = g.unary(UnaryOp::Log, c.sum)?;
+    let lse = g.add(c.max, log_sum)?;
+    let q = g.push1(Op::Barrier, &[c.q])?;
+    let kt = match k {
+        Some(k) => {
+            let k = g.push1(Op::Barrier, &[k])?;
+            g.transpose_last2(k)?
+        }
+        None => g.push1(Op::Barrier, &[c.kt])?,
+    };
+    let scale = |g: &mut Graph, x: ValueId| -> Result<ValueId> {
+        let Some((op, factor)) = c.scale else { return Ok(x) };
+        let factor = g.scalar(factor)?;
+        g.binary(op, x, factor)
+    };
+    let scores = g.matmul(q, kt)?;
+    let mut scores = scale(g, scores)?;
+    if c.causal {
+        scores = g.tri_mask(scores, f64::NEG_INFINITY)?;
+    }
+    let shifted = g.sub(scores, lse)?;
+    let p = g.unary(UnaryOp::Exp, shifted)?;
+    let pt = g.transpose_last2(p)?;
+    let dv = g.matmul(pt, d_out)?;
+    let vt = g.transpose_last2(c.v)?;
+    let dp = g.matmul(d_out, vt)?;
+    let weighted = g.mul(d_out, out)?;
+    let row = g.reduce(ReduceKind::Sum, weighted, last, true)?;
+    let centred = g.sub(dp, row)?;
+    let ds = g.mul(p, centred)?;
+    let ds = scale(g, ds)?;
+    let k = g.transpose_last2(kt)?;
+    let dq = g.matmul(ds, k)?;
+    let qt = g.transpose_last2(q)?;
+    let dkt = g.matmul(qt, ds)?;
+    Ok(vec![Some(unbroadcast(g, dq, c.q)?), Some(unbroadcast(g, dkt, c.kt)?), Some(unbroadcast(g, dv, c.v)?)])
 }
 
 /// The reverse sweep of a scan: a scan over the same chunks, last to first, carrying the carries'

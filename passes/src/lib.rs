@@ -1,5 +1,6 @@
 //! IR-to-IR passes and the pass manager.
 
+pub mod attention;
 mod autodiff;
 mod dce;
 mod dual_form;

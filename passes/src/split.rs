@@ -16,8 +16,8 @@ pub struct Split {
     /// `saved.0`, `saved.1`, … that `after` reads.
     pub before: Graph,
     /// The rest: it takes every argument of the graph, then the residuals, and gives the graph's
-    /// outputs that depend on the inputs cut at. Views and constants the rest reads are computed
-    /// again in it rather than saved.
+    /// outputs that depend on the inputs cut at, and what follows a barrier. Views and constants
+    /// the rest reads are computed again in it rather than saved.
     pub after: Graph,
 }
 
@@ -29,7 +29,9 @@ pub fn split_at(g: &Graph, at: &[&str]) -> Result<Split> {
         depends[a.value.index()] = a.kind == ArgKind::Input && at.contains(&a.name.as_str());
     }
     for node in &g.nodes {
-        let d = node.inputs.iter().any(|v| depends[v.index()]);
+        // A barrier starts a recomputation for the backward (attention's weights): it runs there,
+        // from what the barrier reads, rather than being computed early and saved.
+        let d = matches!(node.op, Op::Barrier) || node.inputs.iter().any(|v| depends[v.index()]);
         for o in &node.outputs {
             depends[o.index()] = d;
         }

@@ -265,3 +265,58 @@ fn through_a_scan() {
         check(&format!("scan chunk {chunk}"), &types, &d, f);
     }
 }
+
+/// `softmax(scale(q·kᵀ), masked) · v` as the frontends build it; `weights_too` also returns the
+/// weights (so the chain is not differentiated as one).
+fn attention(g: &mut Graph, q: ValueId, k: ValueId, v: ValueId, scale: Option<(BinaryOp, f64)>, causal: bool, weights_too: bool) -> Result<ValueId> {
+    let kt = g.transpose_last2(k)?;
+    let mut s = g.matmul(q, kt)?;
+    if let Some((op, c)) = scale {
+        let c = g.scalar(c)?;
+        s = g.binary(op, s, c)?;
+    }
+    if causal {
+        s = g.tri_mask(s, f64::NEG_INFINITY)?;
+    }
+    let m = g.reduce(ReduceKind::Max, s, -1, true)?;
+    let x = g.sub(s, m)?;
+    let e = g.unary(UnaryOp::Exp, x)?;
+    let l = g.reduce(ReduceKind::Sum, e, -1, true)?;
+    let p = g.div(e, l)?;
+    let o = g.matmul(p, v)?;
+    if !weights_too {
+        return Ok(o);
+    }
+    let (ps, os) = (sum_all(g, p)?, sum_all(g, o)?);
+    g.add(ps, os)
+}
+
+/// Attention's chain gets one backward (the weights recomputed from the row log-sum-exp, the
+/// scores from barriers): against finite differences, causal or not, scaled by division, product
+/// or not at all, values broadcast over the batch, and with the weights also read elsewhere (then
+/// differentiated op by op).
+#[test]
+fn attention_chain() {
+    let (full, shared): (&[usize], &[usize]) = (&[2, 5, 3], &[1, 5, 3]);
+    let cases = [
+        ("causal ÷√d", Some((BinaryOp::Div, 3f64.sqrt())), true, full, false),
+        ("×0.7", Some((BinaryOp::Mul, 0.7)), false, full, false),
+        ("unscaled, causal", None, true, full, false),
+        ("values broadcast", Some((BinaryOp::Div, 2.0)), true, shared, false),
+        ("weights read too", Some((BinaryOp::Div, 2.0)), true, full, true),
+    ];
+    for (name, scale, causal, vshape, weights_too) in cases {
+        let shapes: [&[usize]; 3] = [full, full, vshape];
+        let d = data(&shapes, -1.5, 1.5);
+        let types: Vec<Type> = shapes.iter().map(|s| f32t(s)).collect();
+        check(name, &types, &d, |g, x| attention(g, x[0], x[1], x[2], scale, causal, weights_too));
+        // One backward per chain: its scores recomputed from barriers on q and kᵀ.
+        let mut g = Graph::new("a");
+        let x: Vec<ValueId> = types.iter().enumerate().map(|(i, t)| g.input(&format!("x{i}"), t.clone())).collect();
+        let y = attention(&mut g, x[0], x[1], x[2], scale, causal, weights_too).unwrap();
+        g.output("y", y);
+        let grads = tttc_passes::vector_jacobian_product(&g, &[]).unwrap();
+        let barriers = grads.nodes.iter().filter(|n| matches!(n.op, Op::Barrier)).count();
+        assert_eq!(barriers, if weights_too { 0 } else { 2 }, "{name}: barriers in the gradient");
+    }
+}

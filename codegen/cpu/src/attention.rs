@@ -18,13 +18,25 @@ use crate::exec::{batch_offset, max, sum, Shared};
 use crate::scalar::Scalar;
 
 /// Rows and columns of a micro-tile: its `MR × NR` sums are twelve 256-bit registers.
-const MR: usize = 6;
-const NR: usize = 16;
+pub(crate) const MR: usize = 6;
+pub(crate) const NR: usize = 16;
 /// Query rows per block (a multiple of `MR`): the packed keys and values are read once per
 /// this many rows.
 const ROWS: usize = 96;
 /// Keys per block (a multiple of `NR`): a block's scores stay in the core's cache.
 const KEYS: usize = 256;
+
+/// Attention's sizes per batch index and its scores' scale and mask, both ways.
+#[derive(Clone, Copy)]
+pub struct Shape<'a> {
+    pub batch: &'a [usize],
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub dv: usize,
+    pub scale: Option<(BinaryOp, f32)>,
+    pub causal: bool,
+}
 
 /// What every block reads.
 #[derive(Clone, Copy)]
@@ -33,13 +45,7 @@ pub struct Attention<'a> {
     /// kᵀ, `d × tk`.
     pub k: (*const f32, &'a Strides),
     pub v: (*const f32, &'a Strides),
-    pub batch: &'a [usize],
-    pub tq: usize,
-    pub tk: usize,
-    pub d: usize,
-    pub dv: usize,
-    pub scale: Option<(BinaryOp, f32)>,
-    pub causal: bool,
+    pub shape: Shape<'a>,
 }
 
 /// One batch index's keys in panels of `NR` keys (each `d × NR`, a key per column, zero past
@@ -61,51 +67,52 @@ struct Scratch {
 }
 
 impl Attention<'_> {
-    /// Writes `out` (`batch × tq × dv`, contiguous).
+    /// Writes `out` (`batch × tq × dv`, contiguous) and, when given, each row's log-sum-exp
+    /// `lse` (`batch × tq`).
     ///
     /// # Safety
-    /// The operands hold their matrices at the strides given, and `out` its elements.
-    pub unsafe fn run(&self, out: *mut f32) {
-        self.run_with(out, avx2_fma())
+    /// The operands hold their matrices at the strides given, `out` and `lse` their elements.
+    pub unsafe fn run(&self, out: *mut f32, lse: Option<*mut f32>) {
+        self.run_with(out, lse, avx2_fma())
     }
 
     /// [`Attention::run`], with AVX2 and FMA (`fast`: the processor has them) or without.
-    unsafe fn run_with(&self, out: *mut f32, fast: bool) {
+    unsafe fn run_with(&self, out: *mut f32, lse: Option<*mut f32>, fast: bool) {
         use rayon::prelude::*;
-        let count: usize = self.batch.iter().product();
+        let count: usize = self.shape.batch.iter().product();
         let this = Shared(*self);
         let packed: Vec<Packed> = (0..count).into_par_iter().map(|i| this.get().pack(i)).collect();
-        let blocks = self.tq.div_ceil(ROWS);
-        let out = Shared(out);
+        let blocks = self.shape.tq.div_ceil(ROWS);
+        let (out, lse) = (Shared(out), Shared(lse));
         // The last blocks of rows first: under a causal mask they have the most keys.
         (0..count * blocks).into_par_iter().for_each_init(
             || Scratch {
-                queries: vec![0.0; ROWS * this.get().d],
+                queries: vec![0.0; ROWS * this.get().shape.d],
                 scores: vec![0.0; ROWS * KEYS],
                 max: vec![0.0; ROWS],
                 sum: vec![0.0; ROWS],
-                acc: vec![0.0; ROWS * this.get().dv.next_multiple_of(NR)],
+                acc: vec![0.0; ROWS * this.get().shape.dv.next_multiple_of(NR)],
             },
             |scratch, w| {
                 let (i, block) = (w % count, blocks - 1 - w / count);
                 #[cfg(target_arch = "x86_64")]
                 if fast {
-                    return this.get().block_avx2(i, block * ROWS, &packed[i], scratch, out.get());
+                    return this.get().block_avx2(i, block * ROWS, &packed[i], scratch, (out.get(), lse.get()));
                 }
-                this.get().block::<false>(i, block * ROWS, &packed[i], scratch, out.get());
+                this.get().block::<false>(i, block * ROWS, &packed[i], scratch, (out.get(), lse.get()));
             },
         );
     }
 
     unsafe fn pack(&self, i: usize) -> Packed {
-        let (d, tk, dv) = (self.d, self.tk, self.dv);
-        let (k, ks) = (self.k.0.add(batch_offset(i, self.batch, &self.k.1.batch_strides)), self.k.1);
+        let (d, tk, dv) = (self.shape.d, self.shape.tk, self.shape.dv);
+        let (k, ks) = (self.k.0.add(batch_offset(i, self.shape.batch, &self.k.1.batch_strides)), self.k.1);
         let mut keys = vec![0f32; tk.div_ceil(NR) * d * NR];
         for j in 0..tk {
             let panel = &mut keys[(j / NR) * d * NR + j % NR..];
             (0..d).for_each(|e| panel[e * NR] = *k.add(e * ks.row_stride + j * ks.col_stride));
         }
-        let (v, vs) = (self.v.0.add(batch_offset(i, self.batch, &self.v.1.batch_strides)), self.v.1);
+        let (v, vs) = (self.v.0.add(batch_offset(i, self.shape.batch, &self.v.1.batch_strides)), self.v.1);
         let dvp = dv.next_multiple_of(NR);
         let mut values = vec![0f32; tk * dvp];
         for (j, row) in values.chunks_exact_mut(dvp).enumerate() {
@@ -116,17 +123,17 @@ impl Attention<'_> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_avx2(&self, i: usize, q0: usize, packed: &Packed, s: &mut Scratch, out: *mut f32) {
+    unsafe fn block_avx2(&self, i: usize, q0: usize, packed: &Packed, s: &mut Scratch, out: (*mut f32, Option<*mut f32>)) {
         self.block::<true>(i, q0, packed, s, out)
     }
 
     /// Rows `q0..` (up to `ROWS`) of batch index `i`; `FMA`: multiply-adds fused.
     #[inline(always)]
-    unsafe fn block<const FMA: bool>(&self, i: usize, q0: usize, packed: &Packed, s: &mut Scratch, out: *mut f32) {
-        let (rows, d, dv) = (ROWS.min(self.tq - q0), self.d, self.dv);
+    unsafe fn block<const FMA: bool>(&self, i: usize, q0: usize, packed: &Packed, s: &mut Scratch, (out, lse): (*mut f32, Option<*mut f32>)) {
+        let (rows, d, dv) = (ROWS.min(self.shape.tq - q0), self.shape.d, self.shape.dv);
         let dvp = dv.next_multiple_of(NR);
         let qs = self.q.1;
-        let q = self.q.0.add(batch_offset(i, self.batch, &qs.batch_strides) + q0 * qs.row_stride);
+        let q = self.q.0.add(batch_offset(i, self.shape.batch, &qs.batch_strides) + q0 * qs.row_stride);
         for (g, panel) in s.queries.chunks_exact_mut(d * MR).take(rows.div_ceil(MR)).enumerate() {
             for (r, e) in (0..MR).flat_map(|r| (0..d).map(move |e| (r, e))) {
                 let row = g * MR + r;
@@ -137,12 +144,12 @@ impl Attention<'_> {
         s.sum[..rows].fill(0.0);
         s.acc[..rows * dvp].fill(0.0);
         // Row r sees keys 0..=q0 + r under the mask.
-        let keys = if self.causal { self.tk.min(q0 + rows) } else { self.tk };
+        let keys = if self.shape.causal { self.shape.tk.min(q0 + rows) } else { self.shape.tk };
         for k0 in (0..keys).step_by(KEYS) {
             let cols = KEYS.min(keys - k0);
             // The keys a group of rows from `r` sees in this block (its scores past them would
             // be masked: they are not computed).
-            let seen_by = |r: usize, mr: usize| if self.causal { cols.min((q0 + r + mr).saturating_sub(k0)) } else { cols };
+            let seen_by = |r: usize, mr: usize| if self.shape.causal { cols.min((q0 + r + mr).saturating_sub(k0)) } else { cols };
             for r in (0..rows).step_by(MR) {
                 let mr = MR.min(rows - r);
                 for p in (0..seen_by(r, mr)).step_by(NR) {
@@ -153,7 +160,7 @@ impl Attention<'_> {
             }
             for r in 0..rows {
                 let row = &mut s.scores[r * KEYS..r * KEYS + cols];
-                softmax_row(row, seen_by(r, 1), self.scale, &mut s.max[r], &mut s.sum[r], &mut s.acc[r * dvp..(r + 1) * dvp]);
+                softmax_row(row, seen_by(r, 1), self.shape.scale, &mut s.max[r], &mut s.sum[r], &mut s.acc[r * dvp..(r + 1) * dvp]);
             }
             for r in (0..rows).step_by(MR) {
                 let mr = MR.min(rows - r);
@@ -165,14 +172,17 @@ impl Attention<'_> {
             }
         }
         for r in 0..rows {
-            let dst = std::slice::from_raw_parts_mut(out.add((i * self.tq + q0 + r) * dv), dv);
+            let dst = std::slice::from_raw_parts_mut(out.add((i * self.shape.tq + q0 + r) * dv), dv);
             let l = s.sum[r];
             dst.iter_mut().zip(&s.acc[r * dvp..]).for_each(|(o, &a)| *o = a / l);
+            if let Some(lse) = lse {
+                *lse.add(i * self.shape.tq + q0 + r) = s.max[r] + l.ln();
+            }
         }
     }
 }
 
-fn avx2_fma() -> bool {
+pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
@@ -183,7 +193,7 @@ fn avx2_fma() -> bool {
 /// of a micro-tile, over `k` terms; `FMA`: with AVX2's fused multiply-adds. (`a`'s strides are
 /// constants: its loads then need no address arithmetic.)
 #[inline(always)]
-unsafe fn tile<const FMA: bool, const ARS: usize, const ACS: usize>(
+pub(crate) unsafe fn tile<const FMA: bool, const ARS: usize, const ACS: usize>(
     mr: usize,
     a: *const f32,
     b: (*const f32, usize),
@@ -274,13 +284,7 @@ fn softmax_row(row: &mut [f32], seen: usize, scale: Option<(BinaryOp, f32)>, row
     if x.is_empty() {
         return;
     }
-    match scale {
-        // Dividing by a power of two is multiplying by its inverse, exactly (and faster).
-        Some((BinaryOp::Div, c)) if !power_of_two(c) => x.iter_mut().for_each(|s| *s /= c),
-        Some((BinaryOp::Div, c)) => x.iter_mut().for_each(|s| *s *= 1.0 / c),
-        Some((_, c)) => x.iter_mut().for_each(|s| *s *= c),
-        None => {}
-    }
+    scaled(x, scale);
     let m = max(x).max(*row_max);
     x.iter_mut().for_each(|s| *s = exp_from(*s, m));
     let block_sum = sum(x);
@@ -293,6 +297,18 @@ fn softmax_row(row: &mut [f32], seen: usize, scale: Option<(BinaryOp, f32)>, row
     *row_max = m;
 }
 
+/// `x` divided or multiplied by the scores' constant.
+#[inline(always)]
+pub(crate) fn scaled(x: &mut [f32], scale: Option<(BinaryOp, f32)>) {
+    match scale {
+        // Dividing by a power of two is multiplying by its inverse, exactly (and faster).
+        Some((BinaryOp::Div, c)) if !power_of_two(c) => x.iter_mut().for_each(|s| *s /= c),
+        Some((BinaryOp::Div, c)) => x.iter_mut().for_each(|s| *s *= 1.0 / c),
+        Some((_, c)) => x.iter_mut().for_each(|s| *s *= c),
+        None => {}
+    }
+}
+
 /// Whether `c` is ±2ᵏ with a normal 2⁻ᵏ (its inverse is exact).
 fn power_of_two(c: f32) -> bool {
     c.is_normal() && c.to_bits() & 0x007f_ffff == 0 && (1.0 / c).is_normal()
@@ -300,25 +316,36 @@ fn power_of_two(c: f32) -> bool {
 
 /// `exp(x − m)` for `x ≤ m`, as the generated kernels compute it.
 #[inline(always)]
-fn exp_from(x: f32, m: f32) -> f32 {
+pub(crate) fn exp_from(x: f32, m: f32) -> f32 {
     let mut e = Scalar;
     let shifted = e.sub(x, m);
     math::exp_nonpositive(&mut e, shifted)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `n` values in [-1, 1) (`salt` varies them).
+    pub(crate) fn operand(n: usize, salt: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    /// Row `row` of `q`'s attention weights over the `keys` keys of `k` from `k0` (both
+    /// matrices of width `d`, the scores divided by 3), in f64, and its log-sum-exp.
+    pub(crate) fn weights(q: &[f32], k: &[f32], row: usize, k0: usize, keys: usize, d: usize) -> (Vec<f64>, f64) {
+        let s: Vec<f64> = (0..keys).map(|j| (0..d).map(|e| q[row * d + e] as f64 * k[(k0 + j) * d + e] as f64).sum::<f64>() / 3.0).collect();
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let l: f64 = s.iter().map(|x| (x - m).exp()).sum();
+        (s.iter().map(|x| (x - m).exp() / l).collect(), m + l.ln())
+    }
 
     /// Both builds (AVX2 with FMA where this processor has them, and the portable one) against
     /// softmax attention computed directly in f64, causal and not, with sizes that fill no tile.
     #[test]
     fn both_builds_match_attention_computed_directly() {
         let (batch, tq, tk, d, dv) = ([2usize], 131, 131, 19, 21);
-        let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0 - 1.0;
-        let q: Vec<f32> = (0..2 * tq * d).map(|i| value(i, 1)).collect();
-        let k: Vec<f32> = (0..2 * tk * d).map(|i| value(i, 2)).collect();
-        let v: Vec<f32> = (0..2 * tk * dv).map(|i| value(i, 3)).collect();
+        let [q, k, v] = [(tq, d), (tk, d), (tk, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
         // q and v as stored; kᵀ read through the strides of k.
         let qs = Strides { batch_strides: vec![tq * d], row_stride: d, col_stride: 1 };
         let ks = Strides { batch_strides: vec![tk * d], row_stride: 1, col_stride: d };
@@ -327,13 +354,9 @@ mod tests {
             let mut want = vec![0f64; 2 * tq * dv];
             for b in 0..2 {
                 for i in 0..tq {
-                    let keys = if causal { i + 1 } else { tk };
-                    let s: Vec<f64> =
-                        (0..keys).map(|j| (0..d).map(|e| q[(b * tq + i) * d + e] as f64 * k[(b * tk + j) * d + e] as f64).sum::<f64>() / 3.0).collect();
-                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let l: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    let (p, _) = weights(&q, &k, b * tq + i, b * tk, if causal { i + 1 } else { tk }, d);
                     for c in 0..dv {
-                        want[(b * tq + i) * dv + c] = s.iter().enumerate().map(|(j, x)| (x - m).exp() / l * v[(b * tk + j) * dv + c] as f64).sum();
+                        want[(b * tq + i) * dv + c] = p.iter().enumerate().map(|(j, w)| w * v[(b * tk + j) * dv + c] as f64).sum();
                     }
                 }
             }
@@ -343,17 +366,11 @@ mod tests {
                     q: (q.as_ptr(), &qs),
                     k: (k.as_ptr(), &ks),
                     v: (v.as_ptr(), &vs),
-                    batch: &batch,
-                    tq,
-                    tk,
-                    d,
-                    dv,
-                    scale: Some((BinaryOp::Div, 3.0)),
-                    causal,
+                    shape: Shape { batch: &batch, tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal },
                 };
                 let mut out = vec![f32::NAN; 2 * tq * dv];
                 // SAFETY: the operands hold their matrices at these strides; `out` its elements.
-                unsafe { a.run_with(out.as_mut_ptr(), fast) };
+                unsafe { a.run_with(out.as_mut_ptr(), None, fast) };
                 for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
                     assert!((o as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "causal {causal}, fast {fast}, element {i}: {o} against {w}");
                 }

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Result};
 use tttc_ir::{DType, ReduceKind, Size};
-use tttc_lower::schedule::{elem_bytes, fixed, Function, Home, Instr, Launch, ScanInstr, Schedule, Slicing, Strides, Walk};
+use tttc_lower::schedule::{elem_bytes, fixed, AttentionShape, Function, Home, Instr, Launch, ScanInstr, Schedule, Slicing, Strides, Walk};
 
+use crate::attention::Shape;
 use crate::kernel::KernelFn;
 
 /// Work below this many element operations (a kernel's elements times its ops per element) or
@@ -147,20 +148,29 @@ impl Machine<'_> {
                 Instr::TriMask { dst, rows, cols, fill } => tri_mask(fr.f32(*dst), f.bufs[*dst].len().fixed(), rows.fixed(), cols.fixed(), *fill),
                 Instr::Scan(s) => self.scan(fr, s)?,
                 Instr::Attention(a) => {
-                    let (q, k, v) = (a.q.fixed(), a.k.fixed(), a.v.fixed());
+                    let (q, k, v, batch) = (a.q.fixed(), a.k.fixed(), a.v.fixed(), fixed(&a.shape.batch));
                     let attention = crate::attention::Attention {
                         q: (fr.f32(a.q.buf), &q),
                         k: (fr.f32(a.k.buf), &k),
                         v: (fr.f32(a.v.buf), &v),
-                        batch: &fixed(&a.batch),
-                        tq: a.tq.fixed(),
-                        tk: a.tk.fixed(),
-                        d: a.d.fixed(),
-                        dv: a.dv.fixed(),
-                        scale: a.scale,
-                        causal: a.causal,
+                        shape: shape(&a.shape, &batch),
                     };
-                    attention.run(fr.f32(a.out))
+                    attention.run(fr.f32(a.out), a.lse.map(|b| fr.f32(b)))
+                }
+                Instr::AttentionBackward(a) => {
+                    let [q, k, v, d_out] = [&a.q, &a.k, &a.v, &a.d_out].map(|o| o.fixed());
+                    let batch = fixed(&a.shape.batch);
+                    let backward = crate::attention_backward::Backward {
+                        q: (fr.f32(a.q.buf), &q),
+                        k: (fr.f32(a.k.buf), &k),
+                        v: (fr.f32(a.v.buf), &v),
+                        d_out: (fr.f32(a.d_out.buf), &d_out),
+                        lse: fr.f32(a.lse),
+                        row: fr.f32(a.row),
+                        shape: shape(&a.shape, &batch),
+                        transposed: a.transposed,
+                    };
+                    backward.run(fr.f32(a.dq), fr.f32(a.dk), fr.f32(a.dv))
                 }
                 Instr::Parallel { parts } => {
                     let mut results: Vec<Result<()>> = parts.iter().map(|_| Ok(())).collect();
@@ -409,6 +419,11 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
         use rayon::prelude::*;
         (0..count).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
     }
+}
+
+/// An attention instruction's shape at fixed sizes (its batch `batch`, resolved).
+fn shape<'a>(s: &AttentionShape, batch: &'a [usize]) -> Shape<'a> {
+    Shape { batch, tq: s.tq.fixed(), tk: s.tk.fixed(), d: s.d.fixed(), dv: s.dv.fixed(), scale: s.scale, causal: s.causal }
 }
 
 /// Where member `i` (in row-major order) of a batch of `batch` lies, for `strides`.

@@ -17,6 +17,7 @@
 
 pub mod aot;
 mod attention;
+mod attention_backward;
 mod exec;
 pub mod kernel;
 pub mod profile;

@@ -23,6 +23,8 @@ pub enum Step {
     Scan(usize, ScanPlan),
     /// Attention's softmax between two products, as one step (see `attention.rs`).
     Attention(Box<crate::attention::Chain>),
+    /// Its backward, as one step.
+    AttentionBackward(Box<crate::attention::Backward>),
 }
 
 /// How a scan runs: its body planned whole, or as narrower scans over slices of its lane axis,
@@ -73,8 +75,9 @@ pub struct PlanStats {
     pub other_nodes: usize,
     /// Scans that run as several narrower scans in parallel (see `lanes.rs`).
     pub lane_split_scans: usize,
-    /// Attention chains run as one step (see `attention.rs`).
+    /// Attention chains and their backwards run as one step each (see `attention.rs`).
     pub attention: usize,
+    pub attention_backward: usize,
 }
 
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`; scans that
@@ -84,8 +87,9 @@ pub fn plan(graph: &Graph, threads: usize, attention: bool, specs: &mut Vec<Kern
     let graph = &without_regions(graph);
     let mut p = Planner { graph, threads, attention, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
     let views = operand_views(graph, &p.users);
-    let mut chains = if attention { crate::attention::chains(graph, &p.users, &views) } else { HashMap::new() };
-    let inside_chains: std::collections::HashSet<usize> = chains.values().flat_map(|c| c.inner.iter().copied()).collect();
+    let (mut chains, mut backwards) = if attention { crate::attention::find(graph, &p.users, &views) } else { Default::default() };
+    let inside_chains: std::collections::HashSet<usize> =
+        chains.values().flat_map(|c| c.inner.iter().copied()).chain(backwards.values().flat_map(|b| b.inner.iter().copied())).collect();
     for (i, node) in graph.nodes.iter().enumerate() {
         if views.contains_key(&node.outputs.first().copied().unwrap_or(ValueId(u32::MAX))) || inside_chains.contains(&i) {
             continue;
@@ -96,6 +100,12 @@ pub fn plan(graph: &Graph, threads: usize, attention: bool, specs: &mut Vec<Kern
             p.close();
             p.stats.attention += 1;
             p.steps.push(Step::Attention(Box::new(chain)));
+            continue;
+        }
+        if let Some(backward) = backwards.remove(&i) {
+            p.close();
+            p.stats.attention_backward += 1;
+            p.steps.push(Step::AttentionBackward(Box::new(backward)));
             continue;
         }
         let f32_in = |k: usize| graph.ty(node.inputs[k]).dtype == DType::F32;

@@ -134,6 +134,8 @@ pub enum Instr {
     Scan(Box<ScanInstr>),
     /// Attention in one pass over blocks of keys (see `attention.rs`; the CPU's only).
     Attention(Box<AttentionInstr>),
+    /// Its backward in one pass over blocks of keys and queries.
+    AttentionBackward(Box<AttentionBackwardInstr>),
     /// Instruction lists that touch disjoint memory and may run at once (a scan split over its
     /// lanes: each part stages its slice of the operands, runs the narrower scan and puts its
     /// results in place). Only a plan for several threads has them.
@@ -188,7 +190,15 @@ impl Instr {
                 let outputs = s.outputs.iter().flat_map(|sl| staged(sl, write));
                 carries.chain(seqs).chain(s.invariants.iter().map(|b| at(b, "invariant", read))).chain(outputs).collect()
             }
-            Instr::Attention(a) => vec![at(&a.out, "out", write), at(&a.q.buf, "q", read), at(&a.k.buf, "k", read), at(&a.v.buf, "v", read)],
+            Instr::Attention(a) => {
+                let lse = a.lse.iter().map(|b| at(b, "lse", write));
+                [at(&a.out, "out", write), at(&a.q.buf, "q", read), at(&a.k.buf, "k", read), at(&a.v.buf, "v", read)].into_iter().chain(lse).collect()
+            }
+            Instr::AttentionBackward(a) => {
+                let reads = [(&a.q.buf, "q"), (&a.k.buf, "k"), (&a.v.buf, "v"), (&a.d_out.buf, "d_out"), (&a.lse, "lse"), (&a.row, "row")];
+                let writes = [(&a.dq, "dq"), (&a.dk, "dk"), (&a.dv, "dv")].map(|(b, name)| at(b, name, write));
+                writes.into_iter().chain(reads.map(|(b, name)| at(b, name, read))).collect()
+            }
             Instr::Parallel { parts } => parts.iter().flatten().flat_map(Instr::uses).collect(),
         }
     }
@@ -210,6 +220,7 @@ impl Instr {
             Instr::TriMask { .. } => "tri_mask",
             Instr::Scan(_) => "scan",
             Instr::Attention(_) => "attention",
+            Instr::AttentionBackward(_) => "attention_backward",
             Instr::Parallel { .. } => "parallel",
         }
     }
@@ -234,6 +245,7 @@ impl Instr {
             }
             Instr::Reduce { outer, len, inner, .. } => at(*outer * *len * *inner),
             Instr::Attention(a) => a.flops(at),
+            Instr::AttentionBackward(a) => a.flops(at),
             _ => 0,
         }
     }
@@ -255,7 +267,8 @@ impl Instr {
             Instr::Gather { dst, index, .. } => 2 * size(dst) + size(index),
             Instr::OneHot { dst, index, .. } => size(dst) + size(index),
             Instr::ScatterAdd { dst, updates, index, .. } => 2 * size(dst) + size(updates) + size(index),
-            Instr::Attention(a) => size(&a.out) + size(&a.q.buf) + size(&a.k.buf) + size(&a.v.buf),
+            Instr::Attention(a) => size(&a.out) + size(&a.q.buf) + size(&a.k.buf) + size(&a.v.buf) + a.lse.as_ref().map_or(0, size),
+            Instr::AttentionBackward(a) => [a.dq, a.dk, a.dv, a.q.buf, a.k.buf, a.v.buf, a.d_out.buf, a.lse, a.row].iter().map(size).sum(),
             Instr::Scan(_) | Instr::Parallel { .. } => 0,
         }
     }
@@ -321,14 +334,9 @@ pub struct Operand {
     pub col_stride: Size,
 }
 
-/// `out = softmax(scale(q·kᵀ), masked) · v` for each index of `batch` (`out` contiguous, the
-/// operands read with their strides as a product's: `q` of `tq × d`, `k` the product's right
-/// operand kᵀ of `d × tk`, `v` of `tk × dv`).
-pub struct AttentionInstr {
-    pub out: BufId,
-    pub q: Operand,
-    pub k: Operand,
-    pub v: Operand,
+/// Attention's sizes per index of `batch` (`tq` queries and `tk` keys of width `d`, values of
+/// width `dv`) and its scores' scale and mask, both ways.
+pub struct AttentionShape {
     pub batch: Vec<Size>,
     pub tq: Size,
     pub tk: Size,
@@ -340,12 +348,60 @@ pub struct AttentionInstr {
     pub causal: bool,
 }
 
+impl AttentionShape {
+    /// The (query, key) pairs computed: about half of them under a causal mask.
+    fn pairs(&self, at: &dyn Fn(Size) -> u64) -> u64 {
+        at(self.batch.iter().product::<Size>() * self.tq * self.tk) / if self.causal { 2 } else { 1 }
+    }
+}
+
+/// `out = softmax(scale(q·kᵀ), masked) · v` for each index of the batch (`out` contiguous, the
+/// operands read with their strides as a product's: `q` of `tq × d`, `k` the product's right
+/// operand kᵀ of `d × tk`, `v` of `tk × dv`), and each row's log-sum-exp of its scaled, masked
+/// scores in `lse` (`batch × tq`, contiguous) when wanted.
+pub struct AttentionInstr {
+    pub out: BufId,
+    pub lse: Option<BufId>,
+    pub q: Operand,
+    pub k: Operand,
+    pub v: Operand,
+    pub shape: AttentionShape,
+}
+
 impl AttentionInstr {
-    /// The two products' FLOPs over the pairs computed (about half of them when causal) and
-    /// the softmax's exponentials.
+    /// The two products' FLOPs over the pairs computed and the softmax's exponentials.
     fn flops(&self, at: &dyn Fn(Size) -> u64) -> u64 {
-        let pairs = at(self.batch.iter().product::<Size>() * self.tq * self.tk) / if self.causal { 2 } else { 1 };
-        pairs * (2 * at(self.d + self.dv) + 1)
+        let s = &self.shape;
+        s.pairs(at) * (2 * at(s.d + s.dv) + 1)
+    }
+}
+
+/// The backward of [`AttentionInstr`] for each index of the batch, given the result's adjoint
+/// `d_out` (`tq × dv`), each row's log-sum-exp `lse` and `rowsum(d_out ⊙ out)` `row` (`batch ×
+/// tq`, contiguous): with `p` the weights and `ds = p ⊙ (d_out·vᵀ − row)` scaled as the scores,
+/// `dq = ds·k` (`tq × d`), `dk = dsᵀ·q` (`tk × d`), `dv = pᵀ·d_out` (`tk × dv`), each
+/// contiguous, or its transpose where `transposed` says so. `v` is read as the product
+/// `d_out·vᵀ` reads it (`dv × tk`).
+pub struct AttentionBackwardInstr {
+    pub dq: BufId,
+    pub dk: BufId,
+    pub dv: BufId,
+    pub transposed: [bool; 3],
+    pub q: Operand,
+    pub k: Operand,
+    pub v: Operand,
+    pub d_out: Operand,
+    pub lse: BufId,
+    pub row: BufId,
+    pub shape: AttentionShape,
+}
+
+impl AttentionBackwardInstr {
+    /// Five products over the pairs computed (the scores again, `d_out·vᵀ`, and the three
+    /// adjoints) and the weights' exponentials.
+    fn flops(&self, at: &dyn Fn(Size) -> u64) -> u64 {
+        let s = &self.shape;
+        s.pairs(at) * (2 * at(s.d * 3 + s.dv * 2) + 1)
     }
 }
 
@@ -945,6 +1001,7 @@ impl Builder<'_> {
             let what = || match step {
                 Step::Kernel(k) => format!("kernel {} in {}", k.kernel, g.name),
                 Step::Attention(c) => format!("attention (defining %{}) in {}", g.nodes[c.node].outputs[0].0, g.name),
+                Step::AttentionBackward(b) => format!("attention's backward (defining %{}) in {}", b.dq.0 .0, g.name),
                 Step::Op(i) | Step::MatMul(i, _) | Step::Reduce(i) | Step::Scan(i, _) => {
                     let node = &g.nodes[*i];
                     format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name)
@@ -977,9 +1034,22 @@ impl Builder<'_> {
             }
             Step::Attention(chain) => {
                 let [q, k, v] = [chain.q, chain.k, chain.v].map(|(x, t)| get(vals, &x).map(|b| (b, t)));
-                let out = self.fresh(g, g.nodes[chain.node].outputs[0], wanted)?;
-                vals.insert(g.nodes[chain.node].outputs[0], out);
-                self.attention(out, [q?, k?, v?], chain.scale, chain.causal)
+                let mut result = |v: ValueId| -> Result<BufId> {
+                    let b = self.fresh(g, v, wanted)?;
+                    vals.insert(v, b);
+                    Ok(b)
+                };
+                let out = result(g.nodes[chain.node].outputs[0])?;
+                let lse = chain.lse.map(&mut result).transpose()?;
+                self.attention(out, lse, [q?, k?, v?], chain.scale, chain.causal)
+            }
+            Step::AttentionBackward(b) => {
+                let [q, k, v, d_out] = [b.q, b.k, b.v, b.d_out].map(|(x, t)| get(vals, &x).map(|buf| (buf, t)));
+                let (lse, row) = (get(vals, &b.lse)?, get(vals, &b.row)?);
+                let [dq, dk, dv] = [b.dq, b.dk, b.dv].map(|(v, t)| self.fresh(g, v, wanted).map(|buf| (buf, t)));
+                let (dq, dk, dv) = (dq?, dk?, dv?);
+                vals.extend([(b.dq.0, dq.0), (b.dk.0, dk.0), (b.dv.0, dv.0)]);
+                self.attention_backward([dq, dk, dv], [q?, k?, v?, d_out?], [lse, row], b.scale, b.causal)
             }
             Step::Reduce(i) => {
                 let node = &g.nodes[*i];
@@ -1205,14 +1275,60 @@ impl Builder<'_> {
 
     /// Attention's chain as one instruction: `q·kᵀ` and `p·v` each read as a product reads
     /// its operands.
-    fn attention(&mut self, out: BufId, [q, k, v]: [(BufId, bool); 3], scale: Option<(tttc_ir::BinaryOp, f32)>, causal: bool) -> Result<()> {
+    fn attention(
+        &mut self,
+        out: BufId,
+        lse: Option<BufId>,
+        [q, k, v]: [(BufId, bool); 3],
+        scale: Option<(tttc_ir::BinaryOp, f32)>,
+        causal: bool,
+    ) -> Result<()> {
         let (batch, tq, tk, d, q, k) = self.operands(q, k)?;
         let (bv, tk2, dv, vrs, vcs) = matrix(&self.bufs[v.0].shape, v.1)?;
         ensure!(tk == tk2, "attention over {tk} keys and {tk2} values");
         let out_batch = broadcast_shape(&batch, &bv)?;
         ensure!(out_batch == batch, "attention's values broadcast its batch {batch:?} to {out_batch:?}");
         let v = Operand { buf: v.0, batch_strides: in_matrices(broadcast_strides(&bv, &batch)?, tk * dv), row_stride: vrs, col_stride: vcs };
-        self.instrs.push(Instr::Attention(Box::new(AttentionInstr { out, q, k, v, batch, tq, tk, d, dv, scale, causal })));
+        if let Some(lse) = lse {
+            self.per_row(lse, &batch, tq)?;
+        }
+        let shape = AttentionShape { batch, tq, tk, d, dv, scale, causal };
+        self.instrs.push(Instr::Attention(Box::new(AttentionInstr { out, lse, q, k, v, shape })));
+        Ok(())
+    }
+
+    /// Attention's backward as one instruction: `q·kᵀ` and `d_out·vᵀ` read as products read
+    /// their operands.
+    fn attention_backward(
+        &mut self,
+        [dq, dk, dv]: [(BufId, bool); 3],
+        [q, k, v, d_out]: [(BufId, bool); 4],
+        [lse, row]: [BufId; 2],
+        scale: Option<(tttc_ir::BinaryOp, f32)>,
+        causal: bool,
+    ) -> Result<()> {
+        let (batch, tq, tk, d, q, k) = self.operands(q, k)?;
+        let (batch2, tq2, tk2, dv_len, d_out, v) = self.operands(d_out, v)?;
+        ensure!((batch2.as_slice(), tq2, tk2) == (batch.as_slice(), tq, tk), "attention's backward reads {tq2}×{tk2} values' products beside {tq}×{tk} scores");
+        for ((buf, transposed), rows, cols) in [(dq, tq, d), (dk, tk, d), (dv, tk, dv_len)] {
+            let matrix = if transposed { [cols, rows] } else { [rows, cols] };
+            let want: Vec<Size> = batch.iter().copied().chain(matrix).collect();
+            ensure!(self.bufs[buf].shape == want, "an adjoint of attention's backward is {:?}, not {want:?}", self.bufs[buf].shape);
+        }
+        let transposed = [dq.1, dk.1, dv.1];
+        let [dq, dk, dv] = [dq.0, dk.0, dv.0];
+        self.per_row(lse, &batch, tq)?;
+        self.per_row(row, &batch, tq)?;
+        let shape = AttentionShape { batch, tq, tk, d, dv: dv_len, scale, causal };
+        let a = AttentionBackwardInstr { dq, dk, dv, transposed, q, k, v, d_out, lse, row, shape };
+        self.instrs.push(Instr::AttentionBackward(Box::new(a)));
+        Ok(())
+    }
+
+    /// Checks that `buf` holds one value per row of attention: `batch × tq × 1`.
+    fn per_row(&self, buf: BufId, batch: &[Size], tq: Size) -> Result<()> {
+        let want: Vec<Size> = batch.iter().copied().chain([tq, Size::ONE]).collect();
+        ensure!(self.bufs[buf].shape == want, "a value per row of attention is {:?}, not {want:?}", self.bufs[buf].shape);
         Ok(())
     }
 

@@ -586,7 +586,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.unnest(loops);
             }
             Instr::Scan(s) => self.scan(s),
-            Instr::Attention(_) => unreachable!("the CPU model's schedule runs attention as its ops (`Products::CPU_MODEL*`)"),
+            Instr::Attention(_) | Instr::AttentionBackward(_) => unreachable!("the CPU model's schedule runs attention as its ops (`Products::CPU_MODEL*`)"),
             // One thread runs the parts one after the other.
             Instr::Parallel { parts } => match self.refs.parallel.get(self.parallels).cloned() {
                 Some(functions) => {

@@ -1,0 +1,294 @@
+//! Attention's backward in one pass ([`Instr::AttentionBackward`](tttc_lower::schedule::Instr)),
+//! FlashAttention's: per batch index, the keys in blocks; for each block of keys every block of
+//! query rows that sees it recomputes its weights `p = exp(scale(q·kᵀ) − lse)` and
+//! `ds = scale(p ⊙ (d_out·vᵀ − row))`, adds `pᵀ·d_out` and `dsᵀ·q` to the key block's `dv` and
+//! `dk` and `ds·k` to the rows' `dq`. The `[tq, tk]` weights are never stored whole and, under a
+//! causal mask, nothing past the diagonal is computed.
+//!
+//! Every operand is packed once per batch index in the layout its products read (the forward's
+//! panels for `q·kᵀ` and `d_out·vᵀ`, rows padded to `NR` for the others); the five products are
+//! the forward's `MR × NR` micro-tiles. A batch index is the unit of work, taken by whichever
+//! thread is free.
+
+use tttc_lower::schedule::Strides;
+
+use crate::attention::{avx2_fma, exp_from, scaled, tile, Shape, MR, NR};
+use crate::exec::{batch_offset, Shared};
+
+/// Query rows per block (a multiple of `MR`).
+const ROWS: usize = 96;
+/// Keys per block (a multiple of `NR`): a block's weights stay in the core's cache.
+const KEYS: usize = 64;
+
+/// What every batch index reads.
+#[derive(Clone, Copy)]
+pub struct Backward<'a> {
+    pub q: (*const f32, &'a Strides),
+    /// kᵀ, `d × tk`.
+    pub k: (*const f32, &'a Strides),
+    /// vᵀ, `dv × tk`.
+    pub v: (*const f32, &'a Strides),
+    pub d_out: (*const f32, &'a Strides),
+    /// `batch × tq` each.
+    pub lse: *const f32,
+    pub row: *const f32,
+    pub shape: Shape<'a>,
+    /// Whether `dq`, `dk` and `dv` are each written transposed.
+    pub transposed: [bool; 3],
+}
+
+/// One batch index's operands, packed: `q` and `d_out` in panels of `MR` rows (each
+/// `width × MR`) and in rows padded to `NR`; `k` and `v` in panels of `NR` keys (each
+/// `width × NR`), `k` in rows padded to `NR` too; and `dq` accumulated in rows padded to `NR`.
+struct Packed {
+    q_panels: Vec<f32>,
+    q_rows: Vec<f32>,
+    d_panels: Vec<f32>,
+    d_rows: Vec<f32>,
+    k_panels: Vec<f32>,
+    k_rows: Vec<f32>,
+    v_panels: Vec<f32>,
+    dq: Vec<f32>,
+}
+
+/// A block's scratch: its weights and `ds` (`ROWS × KEYS`), the key block's `dk` and `dv` so
+/// far (rows padded to `NR`).
+struct Scratch {
+    p: Vec<f32>,
+    ds: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+/// `x`'s `rows × width` matrix (element `(r, e)` at `r·rs + e·cs`) in panels of `m` rows, each
+/// `width × m` (zero past the last row).
+unsafe fn panels(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize, m: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows.next_multiple_of(m) * width];
+    for r in 0..rows {
+        let panel = &mut out[(r / m) * width * m + r % m..];
+        (0..width).for_each(|e| panel[e * m] = *x.add(r * rs + e * cs));
+    }
+    out
+}
+
+/// `x`'s `rows × width` matrix in rows padded to a multiple of `NR` (zero past `width`).
+unsafe fn padded_rows(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize) -> Vec<f32> {
+    let wp = width.next_multiple_of(NR);
+    let mut out = vec![0f32; rows * wp];
+    for (r, row) in out.chunks_exact_mut(wp).enumerate() {
+        (0..width).for_each(|e| row[e] = *x.add(r * rs + e * cs));
+    }
+    out
+}
+
+impl Backward<'_> {
+    /// Writes `dq` (`batch × tq × d`), `dk` (`batch × tk × d`) and `dv` (`batch × tk × dv`),
+    /// contiguous (each matrix transposed where `transposed` says).
+    ///
+    /// # Safety
+    /// The operands hold their matrices at the strides given, `lse` and `row` a value per row,
+    /// the results their elements.
+    pub unsafe fn run(&self, dq: *mut f32, dk: *mut f32, dv: *mut f32) {
+        self.run_with([dq, dk, dv], avx2_fma())
+    }
+
+    /// [`Backward::run`], with AVX2 and FMA (`fast`) or without.
+    unsafe fn run_with(&self, results: [*mut f32; 3], fast: bool) {
+        use rayon::prelude::*;
+        let count: usize = self.shape.batch.iter().product();
+        let (this, results) = (Shared(*self), Shared(results));
+        (0..count).into_par_iter().for_each_init(
+            || Scratch {
+                p: vec![0.0; ROWS * KEYS],
+                ds: vec![0.0; ROWS * KEYS],
+                dk: vec![0.0; KEYS * this.get().shape.d.next_multiple_of(NR)],
+                dv: vec![0.0; KEYS * this.get().shape.dv.next_multiple_of(NR)],
+            },
+            |scratch, i| {
+                let mut packed = this.get().pack(i);
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    return this.get().index_avx2(i, &mut packed, scratch, results.get());
+                }
+                this.get().index::<false>(i, &mut packed, scratch, results.get());
+            },
+        );
+    }
+
+    unsafe fn pack(&self, i: usize) -> Packed {
+        let (tq, tk, d, dv) = (self.shape.tq, self.shape.tk, self.shape.d, self.shape.dv);
+        // Where batch index i's matrix starts, and its row and column strides.
+        let at = |(x, s): (*const f32, &Strides)| (x.add(batch_offset(i, self.shape.batch, &s.batch_strides)), (s.row_stride, s.col_stride));
+        let (q, qs) = at(self.q);
+        let (g, gs) = at(self.d_out);
+        // kᵀ and vᵀ: a key's elements are a column.
+        let ((k, (kr, kc)), (v, (vr, vc))) = (at(self.k), at(self.v));
+        Packed {
+            q_panels: panels(q, qs, tq, d, MR),
+            q_rows: padded_rows(q, qs, tq, d),
+            d_panels: panels(g, gs, tq, dv, MR),
+            d_rows: padded_rows(g, gs, tq, dv),
+            k_panels: panels(k, (kc, kr), tk, d, NR),
+            k_rows: padded_rows(k, (kc, kr), tk, d),
+            v_panels: panels(v, (vc, vr), tk, dv, NR),
+            dq: vec![0.0; tq * d.next_multiple_of(NR)],
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn index_avx2(&self, i: usize, packed: &mut Packed, s: &mut Scratch, results: [*mut f32; 3]) {
+        self.index::<true>(i, packed, s, results)
+    }
+
+    /// Batch index `i`; `FMA`: multiply-adds fused.
+    #[inline(always)]
+    unsafe fn index<const FMA: bool>(&self, i: usize, pk: &mut Packed, s: &mut Scratch, [dq, dk, dv]: [*mut f32; 3]) {
+        let (tq, tk, d, dvl) = (self.shape.tq, self.shape.tk, self.shape.d, self.shape.dv);
+        let (dp, dvp) = (d.next_multiple_of(NR), dvl.next_multiple_of(NR));
+        let (lse, row) = (self.lse.add(i * tq), self.row.add(i * tq));
+        for k0 in (0..tk).step_by(KEYS) {
+            let cols = KEYS.min(tk - k0);
+            s.dk.fill(0.0);
+            s.dv.fill(0.0);
+            // Under the mask, the first block of rows that sees a key of this block.
+            let first = if self.shape.causal { k0 / ROWS * ROWS } else { 0 };
+            for q0 in (first..tq).step_by(ROWS) {
+                let rows = ROWS.min(tq - q0);
+                // The keys of this block row q0 + r sees (past them its weights are 0).
+                let seen_by = |r: usize| if self.shape.causal { cols.min((q0 + r + 1).saturating_sub(k0)) } else { cols };
+                // The first row that sees key k0 + c.
+                let first_row = |c: usize| if self.shape.causal { (k0 + c).saturating_sub(q0).min(rows) } else { 0 };
+                // q·kᵀ and d_out·vᵀ, tile by tile up to what the tile's last row sees.
+                for r in (0..rows).step_by(MR) {
+                    let mr = MR.min(rows - r);
+                    for c in (0..seen_by(r + mr - 1)).step_by(NR) {
+                        let at = (k0 + c) / NR;
+                        let q = pk.q_panels.as_ptr().add((q0 + r) * d);
+                        tile::<FMA, 1, MR>(mr, q, (pk.k_panels.as_ptr().add(at * d * NR), NR), d, (s.p.as_mut_ptr().add(r * KEYS + c), KEYS), false);
+                        let g = pk.d_panels.as_ptr().add((q0 + r) * dvl);
+                        tile::<FMA, 1, MR>(mr, g, (pk.v_panels.as_ptr().add(at * dvl * NR), NR), dvl, (s.ds.as_mut_ptr().add(r * KEYS + c), KEYS), false);
+                    }
+                }
+                for r in 0..rows {
+                    let seen = seen_by(r);
+                    let (p, rest) = s.p[r * KEYS..r * KEYS + cols].split_at_mut(seen);
+                    rest.fill(0.0);
+                    let (ds, rest) = s.ds[r * KEYS..r * KEYS + cols].split_at_mut(seen);
+                    rest.fill(0.0);
+                    scaled(p, self.shape.scale);
+                    let (l, centre) = (*lse.add(q0 + r), *row.add(q0 + r));
+                    p.iter_mut().zip(ds.iter_mut()).for_each(|(p, ds)| {
+                        *p = exp_from(*p, l);
+                        *ds = *p * (*ds - centre);
+                    });
+                    scaled(ds, self.shape.scale);
+                }
+                // dv += pᵀ·d_out and dk += dsᵀ·q over the rows that see each group of keys.
+                for c in (0..cols).step_by(MR) {
+                    let (mr, r) = (MR.min(cols - c), first_row(c));
+                    for e in (0..dvp).step_by(NR) {
+                        let g = (pk.d_rows.as_ptr().add((q0 + r) * dvp + e), dvp);
+                        tile::<FMA, 1, KEYS>(mr, s.p.as_ptr().add(r * KEYS + c), g, rows - r, (s.dv.as_mut_ptr().add(c * dvp + e), dvp), true);
+                    }
+                    for e in (0..dp).step_by(NR) {
+                        let q = (pk.q_rows.as_ptr().add((q0 + r) * dp + e), dp);
+                        tile::<FMA, 1, KEYS>(mr, s.ds.as_ptr().add(r * KEYS + c), q, rows - r, (s.dk.as_mut_ptr().add(c * dp + e), dp), true);
+                    }
+                }
+                // dq += ds·k over the keys each group of rows sees.
+                for r in (0..rows).step_by(MR) {
+                    let mr = MR.min(rows - r);
+                    for e in (0..dp).step_by(NR) {
+                        let k = (pk.k_rows.as_ptr().add(k0 * dp + e), dp);
+                        let acc = (pk.dq.as_mut_ptr().add((q0 + r) * dp + e), dp);
+                        tile::<FMA, KEYS, 1>(mr, s.ds.as_ptr().add(r * KEYS), k, seen_by(r + mr - 1), acc, true);
+                    }
+                }
+            }
+            let [_, tdk, tdv] = self.transposed;
+            store(&s.dk, dp, (dk.add(i * tk * d), tdk), (k0, cols, tk), d);
+            store(&s.dv, dvp, (dv.add(i * tk * dvl), tdv), (k0, cols, tk), dvl);
+        }
+        store(&pk.dq, dp, (dq.add(i * tq * d), self.transposed[0]), (0, tq, tq), d);
+    }
+}
+
+/// Rows `from..from + count` of a `len × width` result, held in rows of `stride`, into `dst` (its
+/// matrix, transposed where `transposed`).
+unsafe fn store(rows: &[f32], stride: usize, (dst, transposed): (*mut f32, bool), (from, count, len): (usize, usize, usize), width: usize) {
+    for (r, row) in rows.chunks(stride).take(count).enumerate() {
+        let r = from + r;
+        match transposed {
+            false => std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(r * width), width),
+            true => row[..width].iter().enumerate().for_each(|(e, &x)| *dst.add(e * len + r) = x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::tests::{operand, weights};
+    use tttc_ir::BinaryOp;
+
+    /// Both builds against attention's gradients computed directly in f64, causal and not,
+    /// with sizes that fill no tile or block, the results stored as they are and transposed.
+    #[test]
+    fn both_builds_match_the_gradients_computed_directly() {
+        let (tq, tk, d, dv) = (131, 131, 19, 21);
+        let [q, k, v, g] = [(tq, d), (tk, d), (tk, dv), (tq, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
+        for causal in [false, true] {
+            // Weights, log-sum-exp and rowsum(g ⊙ out) per row; then the adjoints.
+            let (mut lse, mut row) = (vec![0f32; 2 * tq], vec![0f32; 2 * tq]);
+            let (mut dq, mut dk, mut dvw) = (vec![0f64; 2 * tq * d], vec![0f64; 2 * tk * d], vec![0f64; 2 * tk * dv]);
+            for b in 0..2 {
+                for i in 0..tq {
+                    let (p, log_sum_exp) = weights(&q, &k, b * tq + i, b * tk, if causal { i + 1 } else { tk }, d);
+                    let gi = |c: usize| g[(b * tq + i) * dv + c] as f64;
+                    let out = |c: usize| p.iter().enumerate().map(|(j, w)| w * v[(b * tk + j) * dv + c] as f64).sum::<f64>();
+                    let centre: f64 = (0..dv).map(|c| gi(c) * out(c)).sum();
+                    lse[b * tq + i] = log_sum_exp as f32;
+                    row[b * tq + i] = centre as f32;
+                    for (j, w) in p.iter().enumerate() {
+                        let dpj: f64 = (0..dv).map(|c| gi(c) * v[(b * tk + j) * dv + c] as f64).sum();
+                        let ds = w * (dpj - centre) / 3.0;
+                        for e in 0..d {
+                            dq[(b * tq + i) * d + e] += ds * k[(b * tk + j) * d + e] as f64;
+                            dk[(b * tk + j) * d + e] += ds * q[(b * tq + i) * d + e] as f64;
+                        }
+                        (0..dv).for_each(|c| dvw[(b * tk + j) * dv + c] += w * gi(c));
+                    }
+                }
+            }
+            // q, g and v as stored; kᵀ and vᵀ read through the strides of k and v.
+            let rows = |w: usize, t: usize| Strides { batch_strides: vec![t * w], row_stride: w, col_stride: 1 };
+            let columns = |w: usize, t: usize| Strides { batch_strides: vec![t * w], row_stride: 1, col_stride: w };
+            let (qs, ks, vs, gs) = (rows(d, tq), columns(d, tk), columns(dv, tk), rows(dv, tq));
+            let builds: &[bool] = if avx2_fma() { &[false, true] } else { &[false] };
+            for (&fast, transposed) in builds.iter().flat_map(|f| [(f, false), (f, true)]) {
+                let a = Backward {
+                    q: (q.as_ptr(), &qs),
+                    k: (k.as_ptr(), &ks),
+                    v: (v.as_ptr(), &vs),
+                    d_out: (g.as_ptr(), &gs),
+                    lse: lse.as_ptr(),
+                    row: row.as_ptr(),
+                    shape: Shape { batch: &[2], tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal },
+                    transposed: [transposed; 3],
+                };
+                let (mut gq, mut gk, mut gv) = (vec![f32::NAN; dq.len()], vec![f32::NAN; dk.len()], vec![f32::NAN; dvw.len()]);
+                // SAFETY: the operands hold their matrices at these strides; the results their elements.
+                unsafe { a.run_with([gq.as_mut_ptr(), gk.as_mut_ptr(), gv.as_mut_ptr()], fast) };
+                for (name, got, want, (rows, width)) in [("dq", &gq, &dq, (tq, d)), ("dk", &gk, &dk, (tk, d)), ("dv", &gv, &dvw, (tk, dv))] {
+                    for (i, &w) in want.iter().enumerate() {
+                        // Element (b, r, e) of the matrices, or of their transposes.
+                        let (b, r, e) = (i / (rows * width), i / width % rows, i % width);
+                        let o = got[if transposed { (b * width + e) * rows + r } else { i }];
+                        assert!((o as f64 - w).abs() <= 1e-5 + 1e-4 * w.abs(), "causal {causal}, fast {fast}, {name}[{i}]: {o} against {w}");
+                    }
+                }
+            }
+        }
+    }
+}
