@@ -303,7 +303,8 @@ fn tri_masks_in_place_and_copied() {
 
 /// A scan over `[B, 4, T, 3]` whose body keeps its 4 lanes apart (elementwise, a product batched
 /// over them, a reduction along another axis, a broadcast of a lane-free value) runs as narrower
-/// scans in parallel; one whose body sums across the lanes stays whole. Both match the
+/// scans in parallel, in the fewest parts that give each thread one (one per lane when there are
+/// more threads than lanes); one whose body sums across the lanes stays whole. Both match the
 /// interpreter, with a ragged last chunk.
 #[test]
 fn scans_split_into_independent_lanes() {
@@ -347,11 +348,19 @@ fn scans_split_into_independent_lanes() {
             ];
             assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "mix = {mix}, B = {batch}");
         }
-        Program::compile(&g).unwrap().stats().plan.lane_split_scans
+        // Planned for 1, 2, 3 and 16 threads: the fewest parts, one per thread at least.
+        let parts = [1, 2, 3, 16].map(|threads| {
+            let plan = tttc_lower::plan::plan(&g, threads, false, &mut Vec::new(), &mut Default::default());
+            plan.steps.iter().find_map(|s| match s {
+                tttc_lower::plan::Step::Scan(_, tttc_lower::plan::ScanPlan::Lanes(l)) => Some(l.parts),
+                _ => None,
+            })
+        });
+        (Program::compile(&g).unwrap().stats().plan.lane_split_scans, parts)
     };
     let threads = tttc_codegen_cpu::threads();
-    assert_eq!(lanes_of(false), usize::from(threads > 1 && 4 % threads == 0));
-    assert_eq!(lanes_of(true), 0, "a body summing across lanes must stay whole");
+    assert_eq!(lanes_of(false), (usize::from(threads > 1), [None, Some(2), Some(4), Some(4)]));
+    assert_eq!(lanes_of(true), (0, [None; 4]), "a body summing across lanes must stay whole");
 }
 
 /// A carry without a lane that only accumulates sums across the lanes (a gradient shared by the
@@ -425,7 +434,7 @@ fn sums_across_lanes_accumulate_per_part() {
         Program::compile(&g).unwrap().stats().plan.lane_split_scans
     };
     let threads = tttc_codegen_cpu::threads();
-    assert_eq!(split(Body::Accumulates), usize::from(threads > 1 && 4 % threads == 0));
+    assert_eq!(split(Body::Accumulates), usize::from(threads > 1));
     assert_eq!(split(Body::ReadsItsAccumulator), 0, "an accumulator read by the lanes must keep the scan whole");
     assert_eq!(split(Body::ReplacesItsCarry), 0, "a lane-free carry replaced each step must keep the scan whole");
 }

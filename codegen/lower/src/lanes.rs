@@ -29,10 +29,12 @@ pub struct LaneSplit {
 /// The heads of a `[B, H, …]` scan: the axis the CPU backend splits over its threads.
 const LANE_AXIS: usize = 1;
 
-/// The split of `scan` into `parts` lanes along its second axis, when it is safe and that axis
-/// has a constant width.
-pub fn split(scan: &Scan, parts: usize) -> Option<LaneSplit> {
+/// The split of `scan` for `threads` threads along its second axis, when it is safe and that
+/// axis has a constant width: into the fewest parts of equal width, at least one per thread (one
+/// per lane where there are fewer lanes than threads: 12 heads on 16 threads run as 12 parts).
+pub fn split(scan: &Scan, threads: usize) -> Option<LaneSplit> {
     let width = scan.body.ty(scan.body.args.first()?.value).shape.get(LANE_AXIS)?.as_const()?;
+    let parts = (threads.min(width)..=width).find(|p| width.is_multiple_of(*p))?;
     split_at(scan, LANE_AXIS, width, parts)
 }
 
