@@ -418,8 +418,8 @@ pub fn backprop(g: &mut Graph, tape: &[Recorded], seeds: &[(ValueId, ValueId)], 
 /// forward instead of the `[.., tq, tk]` weights), then FlashAttention's backward —
 /// `dv = pᵀ·d_out`, `ds = p ⊙ (d_out·vᵀ − rowsum(d_out ⊙ out))` scaled as the scores were,
 /// `dq = ds·k`, `dkᵀ = qᵀ·ds`. The recomputed scores start from barriers (on `k` when `kᵀ` is
-/// its transpose), so that no pass merges them back into the forward's. A backend that can runs it as one step
-/// (`tttc_lower::attention`); the others run these ops.
+/// its transpose), so that no pass merges them back into the forward's. A backend that can runs
+/// it as one step (`tttc_lower::attention`); the others run these ops.
 fn attention_vjp(g: &mut Graph, c: &Chain, k: Option<ValueId>, out: ValueId, d_out: ValueId) -> Result<Vec<Option<ValueId>>> {
     let last = g.ty(c.max).rank() as i64 - 1;
     let log_sum = g.unary(UnaryOp::Log, c.sum)?;
