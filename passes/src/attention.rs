@@ -44,7 +44,7 @@ pub struct Chain {
 /// The chains among `nodes` (values typed by `g`), none of whose values but the result and the
 /// log-sum-exp is `pinned` (read from elsewhere). Chains that share a node (one's result the
 /// other's scores) are left out.
-pub fn chains(g: &Graph, nodes: &[Node], pinned: &dyn Fn(ValueId) -> bool) -> Vec<Chain> {
+pub fn chains(g: &Graph, nodes: &[&Node], pinned: &dyn Fn(ValueId) -> bool) -> Vec<Chain> {
     let mut def = HashMap::new();
     let mut users: HashMap<ValueId, Vec<usize>> = HashMap::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -60,7 +60,7 @@ pub fn chains(g: &Graph, nodes: &[Node], pinned: &dyn Fn(ValueId) -> bool) -> Ve
 
 struct Matcher<'a> {
     g: &'a Graph,
-    nodes: &'a [Node],
+    nodes: &'a [&'a Node],
     def: HashMap<ValueId, usize>,
     users: HashMap<ValueId, Vec<usize>>,
     pinned: &'a dyn Fn(ValueId) -> bool,
@@ -76,7 +76,7 @@ impl Matcher<'_> {
         let &i = self.def.get(&v)?;
         (self.readers(v).len() == readers && !(self.pinned)(v)).then(|| {
             inner.push(i);
-            &self.nodes[i]
+            self.nodes[i]
         })
     }
 
@@ -98,7 +98,7 @@ impl Matcher<'_> {
     fn chain(&self, last: usize) -> Option<Chain> {
         let g = self.g;
         let mut inner = Vec::new();
-        let o = &self.nodes[last];
+        let o = self.nodes[last];
         if !matches!(o.op, Op::MatMul) {
             return None;
         }
@@ -131,25 +131,51 @@ impl Matcher<'_> {
         }
         let lse = if lse_readers == 2 { Some(self.log_sum_exp(&mut inner, m, l)?) } else { None };
         // The masked (or plain) scores: read by the maximum and the subtraction.
-        let mut s = self.take(&mut inner, a, 2)?;
-        let causal = matches!(s.op, Op::TriMask { fill } if fill == f64::NEG_INFINITY);
-        if causal {
-            s = self.take(&mut inner, s.inputs[0], 1)?;
-        }
-        let mut scale = None;
-        if let Op::Binary(op @ (BinaryOp::Div | BinaryOp::Mul)) = s.op {
-            let c = &self.nodes[*self.def.get(&s.inputs[1])?];
-            let Op::Const { value, .. } = c.op else { return None };
-            if !g.ty(s.inputs[1]).shape.is_empty() || g.ty(s.inputs[0]).shape != *shape {
-                return None;
-            }
-            scale = Some((op, value));
-            s = self.take(&mut inner, s.inputs[0], 1)?;
-        }
-        if !matches!(s.op, Op::MatMul) || rank < 2 || [s.inputs[0], s.inputs[1], v].iter().any(|&x| g.ty(x).dtype != DType::F32) {
+        let a = self.take(&mut inner, a, 2)?;
+        let constant = |v: ValueId| match self.def.get(&v).map(|&i| &self.nodes[i].op) {
+            Some(Op::Const { value, .. }) => Some(*value),
+            _ => None,
+        };
+        let Scores { product: s, scale, causal } = scores(g, a, |x| self.take(&mut inner, x, 1), constant)?;
+        if rank < 2 || [s.inputs[0], s.inputs[1], v].iter().any(|&x| g.ty(x).dtype != DType::F32) {
             return None;
         }
         let (q, kt) = (s.inputs[0], s.inputs[1]);
         Some(Chain { node: last, inner, q, kt, v, max: m, sum: l, lse, scale, causal })
     }
+}
+
+/// Attention's scores as the softmax reads them: `q·kᵀ`, then optionally a scaling by a scalar
+/// constant, then optionally the causal mask.
+pub struct Scores<'n> {
+    /// The product `q·kᵀ`.
+    pub product: &'n Node,
+    pub scale: Option<(BinaryOp, f64)>,
+    pub causal: bool,
+}
+
+/// The [`Scores`] whose last node is `s`, walking to each node before through `next` (which
+/// checks that its value is read only on the way); `constant` gives a scalar constant's value.
+pub fn scores<'n>(
+    g: &Graph,
+    mut s: &'n Node,
+    mut next: impl FnMut(ValueId) -> Option<&'n Node>,
+    constant: impl Fn(ValueId) -> Option<f64>,
+) -> Option<Scores<'n>> {
+    let causal = matches!(s.op, Op::TriMask { fill } if fill == f64::NEG_INFINITY);
+    if causal {
+        s = next(s.inputs[0])?;
+    }
+    let scale = scale_of(g, s, constant);
+    if scale.is_some() {
+        s = next(s.inputs[0])?;
+    }
+    matches!(s.op, Op::MatMul).then_some(Scores { product: s, scale, causal })
+}
+
+/// `s = op(x, c)` as `(op, c)`, when `op` divides or multiplies by a scalar constant.
+pub fn scale_of(g: &Graph, s: &Node, constant: impl Fn(ValueId) -> Option<f64>) -> Option<(BinaryOp, f64)> {
+    let Op::Binary(op @ (BinaryOp::Div | BinaryOp::Mul)) = s.op else { return None };
+    let c = constant(s.inputs[1])?;
+    (g.ty(s.inputs[1]).shape.is_empty() && g.ty(s.inputs[0]).shape == g.ty(s.outputs[0]).shape).then_some((op, c))
 }

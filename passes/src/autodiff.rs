@@ -374,7 +374,7 @@ pub fn backprop(g: &mut Graph, tape: &[Recorded], seeds: &[(ValueId, ValueId)], 
     }
     // Attention's chains, by their last node, whose inner values get no adjoint from elsewhere:
     // differentiated as one (`attention_vjp`).
-    let nodes: Vec<Node> = tape.iter().map(|r| r.node.clone()).collect();
+    let nodes: Vec<&Node> = tape.iter().map(|r| &r.node).collect();
     let chains = crate::attention::chains(g, &nodes, &|v| adj.contains_key(&v));
     let inner: HashSet<usize> = chains.iter().flat_map(|c| c.inner.iter().copied()).collect();
     let mut chains: HashMap<usize, Chain> = chains.into_iter().map(|c| (c.node, c)).collect();

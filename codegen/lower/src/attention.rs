@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 
 use tttc_ir::{BinaryOp, Graph, Node, Op, UnaryOp, ValueId};
+use tttc_passes::attention::{scale_of, scores, Scores};
 
 /// An operand as a product reads it: its source, and whether transposed.
 pub type View = (ValueId, bool);
@@ -77,7 +78,8 @@ pub fn find(g: &Graph, users: &[Vec<usize>], views: &HashMap<ValueId, View>) -> 
         scale: c.scale.map(|(op, c)| (op, c as f32)),
         causal: c.causal,
     };
-    let forward: Vec<Chain> = tttc_passes::attention::chains(g, &g.nodes, &|v| outputs.contains(&v)).into_iter().map(chain).collect();
+    let nodes: Vec<&Node> = g.nodes.iter().collect();
+    let forward: Vec<Chain> = tttc_passes::attention::chains(g, &nodes, &|v| outputs.contains(&v)).into_iter().map(chain).collect();
     let mut def = vec![usize::MAX; g.types.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         n.outputs.iter().for_each(|v| def[v.index()] = i);
@@ -157,12 +159,12 @@ impl Matcher<'_> {
         Some((p.outputs[0], transposed))
     }
 
-    /// The scale op `s = op(x, c)` of a scalar constant, as `(op, c)`.
-    fn scale_of(&self, s: &Node) -> Option<(BinaryOp, f32)> {
-        let Op::Binary(op @ (BinaryOp::Div | BinaryOp::Mul)) = s.op else { return None };
-        let c = self.def[s.inputs[1].index()];
-        let Op::Const { value, .. } = self.g.nodes.get(c)?.op else { return None };
-        (self.g.ty(s.inputs[1]).shape.is_empty() && self.g.ty(s.inputs[0]).shape == self.g.ty(s.outputs[0]).shape).then_some((op, value as f32))
+    /// The value of a scalar constant.
+    fn constant(&self, v: ValueId) -> Option<f64> {
+        match self.g.nodes.get(self.def[v.index()])?.op {
+            Op::Const { value, .. } => Some(value),
+            _ => None,
+        }
     }
 
     /// The backward whose weights `p` node `e` recomputes, if it is one.
@@ -183,16 +185,9 @@ impl Matcher<'_> {
         if !matches!(sub.op, Op::Binary(BinaryOp::Sub)) || g.ty(a).shape != *shape || g.ty(lse).shape != row_shape {
             return None;
         }
-        let mut s = self.take(&mut inner, a, 1)?;
-        let causal = matches!(s.op, Op::TriMask { fill } if fill == f64::NEG_INFINITY);
-        if causal {
-            s = self.take(&mut inner, s.inputs[0], 1)?;
-        }
-        let scale = self.scale_of(s);
-        if scale.is_some() {
-            s = self.take(&mut inner, s.inputs[0], 1)?;
-        }
-        if !matches!(s.op, Op::MatMul) || rank < 2 || g.ty(p).dtype != tttc_ir::DType::F32 {
+        let a = self.take(&mut inner, a, 1)?;
+        let Scores { product: s, scale, causal } = scores(g, a, |x| self.take(&mut inner, x, 1), |v| self.constant(v))?;
+        if rank < 2 || g.ty(p).dtype != tttc_ir::DType::F32 {
             return None;
         }
         let (q, k) = (self.view(s.inputs[0]), self.view(s.inputs[1]));
@@ -223,7 +218,7 @@ impl Matcher<'_> {
         let mut ds = g.nodes[mul].outputs[0];
         if let Some(want) = scale {
             let n = self.next(&mut inner, ds)?;
-            if n.inputs[0] != ds || self.scale_of(n) != Some(want) {
+            if n.inputs[0] != ds || scale_of(g, n, |v| self.constant(v)) != Some(want) {
                 return None;
             }
             ds = n.outputs[0];
@@ -244,6 +239,7 @@ impl Matcher<'_> {
         // to ds), before its results' products and so before anything reads them.
         let node = self.def[ds.index()];
         inner.retain(|&i| i != node);
+        let scale = scale.map(|(op, c)| (op, c as f32));
         Some(Backward { node, inner, q, k, v, d_out, lse, row, dq, dk, dv, scale, causal })
     }
 }
