@@ -242,6 +242,75 @@ fn matmuls_of_transposed_operands() {
     assert_eq!((stats.matmuls, stats.other_nodes), (3, 1), "only the transpose an output reads is materialised");
 }
 
+/// A decoding step's attention over a position-major KV cache `[B, L, H, d]`: the products read
+/// the cache head by head through a transpose of its first axes (never materialised), scores as
+/// `K·q` and the values weighted as `p·V`, small and large enough to split over the threads,
+/// with rows not a multiple of eight.
+#[test]
+fn products_read_position_major_caches() {
+    for (batch, len, heads, d) in [(1, 37, 3, 5), (2, 9, 2, 8), (1, 3000, 4, 44)] {
+        let mut g = Graph::new("cache");
+        let keys = g.input("keys", f32t(&[batch, len, heads, d]));
+        let values_in = g.input("values", f32t(&[batch, len, heads, d]));
+        let q = g.input("q", f32t(&[batch, heads, 1, d]));
+        let p = g.input("p", f32t(&[batch, heads, 1, len]));
+        let k = g.transpose(keys, &[0, 2, 1, 3]).unwrap();
+        let v = g.transpose(values_in, &[0, 2, 1, 3]).unwrap();
+        let qt = g.transpose_last2(q).unwrap();
+        let scores = g.matmul(k, qt).unwrap(); // [B, H, L, 1]
+        let y = g.matmul(p, v).unwrap(); // [B, H, 1, d]
+        g.output("scores", scores);
+        g.output("y", y);
+        let cache = batch * len * heads * d;
+        let args = [
+            Tensor::f32(vec![batch, len, heads, d], values(cache, 31, -1.0, 1.0)),
+            Tensor::f32(vec![batch, len, heads, d], values(cache, 32, -1.0, 1.0)),
+            Tensor::f32(vec![batch, heads, 1, d], values(batch * heads * d, 33, -1.0, 1.0)),
+            Tensor::f32(vec![batch, heads, 1, len], values(batch * heads * len, 34, 0.0, 1.0 / len as f32)),
+        ];
+        let worst = compare(&g, &args, 1e-5, 1e-6);
+        assert!(worst <= 1.0, "B {batch}, L {len}, {heads} heads of {d}: error {worst:.2} of tolerance");
+        let stats = Program::compile(&g).unwrap().stats().plan;
+        assert_eq!((stats.matmuls, stats.other_nodes), (2, 0), "the transposes are read in place");
+    }
+}
+
+/// An output that begins with a copy of an argument the caller gives up (a KV cache a step
+/// appends to) takes over the argument's memory and is written only past it, where the argument
+/// is the output's first piece of memory (one row); otherwise, or borrowed, it is copied. The
+/// values are the interpreter's either way.
+#[test]
+fn outputs_take_over_appended_arguments() {
+    use std::borrow::Cow;
+    let mut g = Graph::new("append");
+    let past = g.input("past", Type::new(DType::F32, vec![Dim::sym("B"), Dim::sym("L"), Dim::c(3), Dim::c(4)]));
+    let x = g.input("x", Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(1), Dim::c(3), Dim::c(4)]));
+    let new = g.unary(UnaryOp::Exp, x).unwrap();
+    let cache = g.concat(&[past, new], 1).unwrap();
+    let total = g.reduce(ReduceKind::Sum, cache, 1, false).unwrap();
+    g.output("cache", cache);
+    g.output("total", total);
+    let program = Program::compile(&g).unwrap();
+    for (batch, len, owned) in [(1, 5, true), (1, 5, false), (2, 5, true), (1, 700, true)] {
+        let mut memory = values(batch * len * 12, 41, -1.0, 1.0);
+        memory.reserve(12);
+        let at = memory.as_ptr();
+        let past = Tensor::f32(vec![batch, len, 3, 4], memory);
+        let x = Tensor::f32(vec![batch, 1, 3, 4], values(batch * 12, 42, -1.0, 1.0));
+        let want = tttc_ir::run(&g, &[&past, &x], tttc_ir::Precision::F32).unwrap();
+        let past = if owned { Cow::Owned(past) } else { Cow::Borrowed(&past) };
+        let got = program.run_taking(vec![past, Cow::Borrowed(&x)]).unwrap();
+        for (w, o) in want.iter().zip(&got) {
+            assert_eq!(w.shape, o.shape);
+            for (&a, &b) in o.as_f32().unwrap().iter().zip(w.as_f32().unwrap()) {
+                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "B {batch}, L {len}: {a} vs {b}");
+            }
+        }
+        let taken = got[0].as_f32().unwrap().as_ptr() == at;
+        assert_eq!(taken, owned && batch == 1, "B {batch}, L {len}, owned {owned}: the output took the argument's memory");
+    }
+}
+
 /// Transposes copied in blocks of columns, with partial blocks and a batch axis: one an output
 /// reads, and a weight the compiled model packs for a product of many rows.
 #[test]

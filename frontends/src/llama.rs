@@ -87,26 +87,36 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let v = split_heads(&mut b.g, v, kv_heads, d)?;
     let q = rope(&mut b.g, q, cos, sin, d)?;
     let k = rope(&mut b.g, k, cos, sin, d)?;
-    // The KV cache `[B, Hkv, L, d]`: a step appends its token's key and value (and reads them all,
-    // no mask needed), a resumed run appends its tokens' (each reads the whole cache and the new
-    // keys up to its own), a prefill hands over the prompt's.
+    // The KV cache `[B, L, Hkv, d]`, position-major: a step appends its token's key and value
+    // (and reads them all, no mask needed), a resumed run appends its tokens' (each reads the
+    // whole cache and the new keys up to its own), a prefill hands over the prompt's. Appending
+    // at the end of a one-row cache leaves what it held in place, so a backend may write only
+    // the new position (`Program::run_taking`); attention reads the cache through a transpose.
     let past = match b.mode {
         Mode::Step => Some(Dim::sym("L")),
         Mode::Resume { position: 0 } => bail!("a Llama state of no positions: its KV cache would be empty"),
         Mode::Resume { position } => Some(Dim::c(position)),
         _ => None,
     };
+    let position_major = [0, 2, 1, 3];
     let (k, v) = match past {
         Some(len) => {
-            let cache = Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(kv_heads), len, Dim::c(d)]);
+            let cache = Type::new(DType::F32, vec![Dim::sym("B"), len, Dim::c(kv_heads), Dim::c(d)]);
             let past_k = b.state_input(&format!("{s}k_cache"), cache.clone(), StateInit::Zeros);
             let past_v = b.state_input(&format!("{s}v_cache"), cache, StateInit::Zeros);
-            (b.concat(&[past_k, k], 2)?, b.concat(&[past_v, v], 2)?)
+            let (new_k, new_v) = (b.transpose(k, &position_major)?, b.transpose(v, &position_major)?);
+            let (k_cache, v_cache) = (b.concat(&[past_k, new_k], 1)?, b.concat(&[past_v, new_v], 1)?);
+            b.state_output(&format!("{s}k_cache"), k_cache);
+            b.state_output(&format!("{s}v_cache"), v_cache);
+            (b.transpose(k_cache, &position_major)?, b.transpose(v_cache, &position_major)?)
         }
-        None => (k, v),
+        None => {
+            let (k_cache, v_cache) = (b.transpose(k, &position_major)?, b.transpose(v, &position_major)?);
+            b.state_output(&format!("{s}k_cache"), k_cache);
+            b.state_output(&format!("{s}v_cache"), v_cache);
+            (k, v)
+        }
     };
-    b.state_output(&format!("{s}k_cache"), k);
-    b.state_output(&format!("{s}v_cache"), v);
     // Head h reads kv head ⌊h·Hkv/H⌋: repeat each kv head H/Hkv times (HF `repeat_kv`).
     let k = repeat_kv(&mut b.g, k, heads, kv_heads, d)?;
     let v = repeat_kv(&mut b.g, v, heads, kv_heads, d)?;

@@ -40,13 +40,17 @@ pub fn contiguous_strides<E: Extent>(shape: &[E]) -> Vec<E> {
 
 /// Strides that read a tensor of shape `from` as if it had shape `to` (0 along broadcast axes).
 pub fn broadcast_strides<E: Extent>(from: &[E], to: &[E]) -> Result<Vec<E>> {
+    broadcast_strides_of(from, &contiguous_strides(from), to)
+}
+
+/// [`broadcast_strides`] of a tensor of shape `from` laid out with `strides`.
+pub fn broadcast_strides_of<E: Extent>(from: &[E], strides: &[E], to: &[E]) -> Result<Vec<E>> {
     ensure!(from.len() <= to.len(), "cannot broadcast {from:?} to {to:?}");
     let lead = to.len() - from.len();
-    let fs = contiguous_strides(from);
     let mut s = vec![E::from(0); to.len()];
     for i in 0..from.len() {
         if from[i] == to[lead + i] {
-            s[lead + i] = fs[i];
+            s[lead + i] = strides[i];
         } else {
             ensure!(from[i] == E::from(1), "cannot broadcast {from:?} to {to:?}");
         }

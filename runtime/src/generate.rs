@@ -4,6 +4,7 @@
 //! at any context for TTT and Mamba (Llama's KV cache grows). A prompt may also continue a saved
 //! state (`tttc generate --state-in`): it then runs from that state in the parallel form too.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use anyhow::{ensure, Context, Result};
@@ -183,12 +184,13 @@ impl Decoder {
         backend: &dyn Backend,
     ) -> Result<Tensor> {
         let ids = Tensor::i64(vec![tokens.len(), 1], tokens.to_vec());
-        let mut inputs: Vec<(&str, &Tensor)> = vec![("input_ids", &ids)];
-        inputs.extend(hoisted.iter().map(|(n, t)| (n.as_str(), t)));
+        let mut inputs: Vec<(&str, Cow<Tensor>)> = vec![("input_ids", Cow::Owned(ids))];
+        inputs.extend(hoisted.iter().map(|(n, t)| (n.as_str(), Cow::Borrowed(t))));
+        // The state is given up to the step, which hands on the next: a KV cache grows in place.
         for (name, spec) in self.state_inputs.iter().zip(&self.states) {
-            inputs.push((name, state.get(&spec.name).with_context(|| format!("no state {}", spec.name))?));
+            inputs.push((name, Cow::Owned(state.remove(&spec.name).with_context(|| format!("no state {}", spec.name))?)));
         }
-        let outs = self.step.run_with(weights, &inputs, backend).context("decoding step")?;
+        let outs = self.step.run_taking(weights, inputs, backend).context("decoding step")?;
         take_outputs(&self.step, outs, state)
     }
 

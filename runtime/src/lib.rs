@@ -8,6 +8,7 @@ pub mod packed;
 pub mod state;
 
 use anyhow::{bail, ensure, Context, Result};
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use tttc_frontends::weights::Weights;
 use tttc_frontends::Model;
@@ -267,9 +268,27 @@ impl Executable {
 
     /// Runs the graph with the named `inputs` and the weights (by name) as its arguments.
     pub fn run_with(&self, weights: &Weights, inputs: &[(&str, &Tensor)], backend: &dyn Backend) -> Result<Vec<Tensor>> {
-        let args = arguments(&self.graph, weights, inputs)?;
+        self.run_taking(weights, inputs.iter().map(|&(n, t)| (n, Cow::Borrowed(t))).collect(), backend)
+    }
+
+    /// [`Executable::run_with`] where the caller gives up the inputs it passes owned: an output
+    /// may take over one's memory ([`Program::run_taking`]).
+    pub fn run_taking(&self, weights: &Weights, mut inputs: Vec<(&str, Cow<'_, Tensor>)>, backend: &dyn Backend) -> Result<Vec<Tensor>> {
+        let args = self
+            .graph
+            .args
+            .iter()
+            .map(|a| match a.kind {
+                tttc_ir::ArgKind::Input => {
+                    let at = inputs.iter().position(|(n, _)| *n == a.name).with_context(|| format!("graph input {} has no value", a.name))?;
+                    Ok(inputs.swap_remove(at).1)
+                }
+                tttc_ir::ArgKind::Param => weights.get(&a.name).map(Cow::Borrowed).with_context(|| format!("no weight {}", a.name)),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let types: Vec<(DType, &[usize])> = args.iter().map(|t| (t.dtype(), t.shape.as_slice())).collect();
-        self.program_that_fits(&types, backend)?.run(&args)
+        let program = self.program_that_fits(&types, backend)?;
+        program.run_taking(args)
     }
 }
 
@@ -354,19 +373,4 @@ impl GradientStep {
         let names = self.graph.graph.outputs[1..].iter().map(|(n, _)| n.clone());
         Ok(Gradients { loss, grads: names.zip(outs).collect() })
     }
-}
-
-/// The graph's arguments in order: its inputs from `inputs`, its parameters from the weights, by
-/// name.
-fn arguments<'a>(graph: &Graph, weights: &'a Weights, inputs: &[(&str, &'a Tensor)]) -> Result<Vec<&'a Tensor>> {
-    graph
-        .args
-        .iter()
-        .map(|a| match a.kind {
-            tttc_ir::ArgKind::Input => {
-                inputs.iter().find(|(n, _)| *n == a.name).map(|(_, t)| *t).with_context(|| format!("graph input {} has no value", a.name))
-            }
-            tttc_ir::ArgKind::Param => weights.get(&a.name).with_context(|| format!("no weight {}", a.name)),
-        })
-        .collect()
 }

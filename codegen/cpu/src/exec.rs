@@ -331,16 +331,24 @@ impl Machine<'_> {
 /// of `size` bytes; large copies split their first axis over the threads.
 unsafe fn copy_strided(dst: *mut u8, src: *const u8, copy: &Walk, size: usize) {
     let (dst, src) = (Shared(dst.add(copy.dst_at * size)), Shared(src.add(copy.src_at * size)));
+    // Onto itself (an output that took over its argument's memory): nothing to copy.
+    if std::ptr::eq(dst.0, src.0) && copy.dst_strides == copy.src_strides {
+        return;
+    }
     let total: usize = copy.shape.iter().product();
     match copy.shape.first() {
         Some(&outer) if total >= PARALLEL_WORK && outer > 1 && crate::threads() > 1 => {
             let per = outer.div_ceil(crate::threads());
+            let (ds, ss) = (copy.dst_strides[0] * size, copy.src_strides[0] * size);
             rayon::scope(|s| {
                 for start in (0..outer).step_by(per) {
                     s.spawn(move |_| {
-                        let (dst, src) = (dst, src);
-                        for i in start..(start + per).min(outer) {
-                            copy_axes(dst.0.add(i * copy.dst_strides[0] * size), src.0.add(i * copy.src_strides[0] * size), copy, 1, size);
+                        let (dst, src) = (dst.get().add(start * ds), src.get().add(start * ss));
+                        let n = per.min(outer - start);
+                        if copy.shape.len() == 1 {
+                            copy_line(dst, src, n, ds, ss, size);
+                        } else {
+                            (0..n).for_each(|i| copy_axes(dst.add(i * ds), src.add(i * ss), copy, 1, size));
                         }
                     });
                 }
@@ -359,17 +367,22 @@ unsafe fn copy_axes(dst: *mut u8, src: *const u8, copy: &Walk, axis: usize, size
     }
     let (n, ds, ss) = (copy.shape[axis], copy.dst_strides[axis] * size, copy.src_strides[axis] * size);
     if axis + 1 == rank {
-        if ds == size && ss == size {
-            std::ptr::copy_nonoverlapping(src, dst, n * size);
-        } else if size == 4 {
-            (0..n).for_each(|i| *(dst.add(i * ds) as *mut u32) = *(src.add(i * ss) as *const u32));
-        } else {
-            (0..n).for_each(|i| *(dst.add(i * ds) as *mut u64) = *(src.add(i * ss) as *const u64));
-        }
+        copy_line(dst, src, n, ds, ss, size);
         return;
     }
     for i in 0..n {
         copy_axes(dst.add(i * ds), src.add(i * ss), copy, axis + 1, size);
+    }
+}
+
+/// `n` elements of `size` bytes, `ds` and `ss` bytes apart.
+unsafe fn copy_line(dst: *mut u8, src: *const u8, n: usize, ds: usize, ss: usize, size: usize) {
+    if ds == size && ss == size {
+        std::ptr::copy_nonoverlapping(src, dst, n * size);
+    } else if size == 4 {
+        (0..n).for_each(|i| *(dst.add(i * ds) as *mut u32) = *(src.add(i * ss) as *const u32));
+    } else {
+        (0..n).for_each(|i| *(dst.add(i * ds) as *mut u64) = *(src.add(i * ss) as *const u64));
     }
 }
 
@@ -411,9 +424,17 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
         let (a, b) = (a.0.add(batch_offset(i, batch, &ao.batch_strides)), b.0.add(batch_offset(i, batch, &bo.batch_strides)));
         gemm_into(c.0.add(i * m * n), (a, ao), (b, bo), m, k, n, par);
     };
-    // Large products split inside gemm; a batch of small ones splits over its members, unless
-    // all of it is small.
-    if m * k * n >= PARALLEL_MACS || count * m * k * n < PARALLEL_MACS * 4 {
+    if m == 1 && bo.col_stride == 1 {
+        return rows_times(c.0, (a.0, ao), (b.0, bo), batch, k, n);
+    }
+    if n == 1 && ao.col_stride == 1 {
+        return times_columns(c.0, (a.0, ao), (b.0, bo), batch, m, k);
+    }
+    // Large products split inside gemm; a batch of small ones, or of a row each (a decoding
+    // step's attention, which gemm splits poorly), splits over its members, unless all of it is
+    // small.
+    let by_members = m * k * n < PARALLEL_MACS || (m == 1 && count >= crate::threads());
+    if !by_members || count * m * k * n < PARALLEL_MACS * 4 {
         (0..count).for_each(|i| one(i, parallelism(m * k * n)));
     } else {
         use rayon::prelude::*;
@@ -444,6 +465,92 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
     } else {
         gemm::Parallelism::None
     }
+}
+
+/// A batch of products of one row each by a right operand with contiguous rows,
+/// `dst[j] = row_j[k] · rhs_j[k×n]`, in one pass down the rows of all of them together, the
+/// positions split over the threads (partial sums added at the end): a decoding step's weights
+/// times the values of a position-major KV cache, whose heads' rows interleave. Head by head,
+/// each head's rows lie a page apart and gemm (which packs them first) streams them slowly.
+unsafe fn rows_times(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], k: usize, n: usize) {
+    let count: usize = batch.iter().product();
+    let a_at: Vec<usize> = (0..count).map(|j| batch_offset(j, batch, &ao.batch_strides)).collect();
+    let b_at: Vec<usize> = (0..count).map(|j| batch_offset(j, batch, &bo.batch_strides)).collect();
+    let (a, b) = (Shared(a), Shared(b));
+    let sums = |positions: std::ops::Range<usize>| {
+        let (a, b) = (a, b);
+        let mut acc = vec![0.0f32; count * n];
+        for i in positions {
+            for (j, out) in acc.chunks_exact_mut(n).enumerate() {
+                let w = *a.0.add(a_at[j] + i * ao.col_stride);
+                let row = std::slice::from_raw_parts(b.0.add(b_at[j] + i * bo.row_stride), n);
+                out.iter_mut().zip(row).for_each(|(o, &x)| *o += w * x);
+            }
+        }
+        acc
+    };
+    let parts = crate::threads().min(count * k * n / PARALLEL_MACS).max(1);
+    let total = if parts == 1 {
+        sums(0..k)
+    } else {
+        use rayon::prelude::*;
+        let per = k.div_ceil(parts);
+        (0..parts)
+            .into_par_iter()
+            .map(|p| sums(p * per..((p + 1) * per).min(k)))
+            .reduce_with(|mut x, y| {
+                x.iter_mut().zip(&y).for_each(|(s, t)| *s += t);
+                x
+            })
+            .expect("at least one part")
+    };
+    std::ptr::copy_nonoverlapping(total.as_ptr(), dst, count * n);
+}
+
+/// A batch of products of a left operand with contiguous rows by one column each,
+/// `dst[j] = lhs_j[m×k] · col_j[k]`, row by row for all of them together, the rows split over the
+/// threads: a decoding step's scores, a position-major KV cache's keys times the query (as
+/// [`rows_times`]).
+unsafe fn times_columns(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], m: usize, k: usize) {
+    let count: usize = batch.iter().product();
+    let a_at: Vec<usize> = (0..count).map(|j| batch_offset(j, batch, &ao.batch_strides)).collect();
+    let columns: Vec<Vec<f32>> = (0..count)
+        .map(|j| {
+            let at = batch_offset(j, batch, &bo.batch_strides);
+            (0..k).map(|t| *b.add(at + t * bo.row_stride)).collect()
+        })
+        .collect();
+    let (a, dst) = (Shared(a), Shared(dst));
+    let rows = |range: std::ops::Range<usize>| {
+        let (a, dst) = (a, dst);
+        for i in range {
+            for (j, column) in columns.iter().enumerate() {
+                let row = std::slice::from_raw_parts(a.0.add(a_at[j] + i * ao.row_stride), k);
+                *dst.0.add(j * m + i) = dot(row, column);
+            }
+        }
+    };
+    let parts = crate::threads().min(count * m * k / PARALLEL_MACS).max(1);
+    if parts == 1 {
+        rows(0..m);
+    } else {
+        use rayon::prelude::*;
+        let per = m.div_ceil(parts);
+        (0..parts).into_par_iter().for_each(|p| rows(p * per..((p + 1) * per).min(m)));
+    }
+}
+
+/// `Σ x·y` in eight running sums (so that it vectorises).
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xs.remainder().iter().zip(ys.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in xs.zip(ys) {
+        for ((s, &p), &q) in sums.iter_mut().zip(a).zip(b) {
+            *s += p * q;
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
 
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with their (row, column)

@@ -24,6 +24,7 @@ pub mod profile;
 mod scalar;
 mod workspace;
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -70,6 +71,8 @@ struct Scheduled {
     _extra: Option<kernel::Jit>,
     /// Per output: its type and shape.
     outputs: Vec<(DType, Vec<usize>)>,
+    /// `(output, argument)`: outputs that begin with a copy of an argument.
+    prefixes: Vec<(usize, usize)>,
 }
 
 /// What compiling produced and how long it took.
@@ -96,18 +99,37 @@ impl Program {
 
     /// Runs the program on its graph's arguments, in order.
     pub fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
+        self.run_taking(args.iter().map(|&t| Cow::Borrowed(t)).collect())
+    }
+
+    /// [`Program::run`] on arguments some of which the caller gives up (`Cow::Owned`): an output
+    /// that begins with a copy of such an argument (`schedule::Function::prefix_copies`: a KV
+    /// cache a decoding step appends to) takes over its memory, grown as a `Vec` grows, so the
+    /// call writes only what follows it.
+    pub fn run_taking(&self, mut args: Vec<Cow<'_, Tensor>>) -> Result<Vec<Tensor>> {
         ensure!(args.iter().all(|t| !matches!(t.data, Data::F64(_))), "f64 data: the CPU backend computes in f32");
-        let views: Vec<TensorView> = args.iter().map(|t| t.view()).collect();
+        let (shapes, env) = self.bind_views(&args.iter().map(|t| t.view()).collect::<Vec<_>>())?;
+        let s = self.scheduled(&shapes, &env)?;
         // Uninitialised until the call writes every element (a decoding step's state is large:
         // zeroing it first would cost as much as the step's copies).
-        let mut outputs: Vec<Output> = self
-            .output_types(&views)?
-            .into_iter()
+        let mut outputs: Vec<Output> = s
+            .outputs
+            .iter()
             .map(|(dtype, shape)| match dtype {
-                DType::F32 => Output::F32(Vec::with_capacity(shape.iter().product()), shape),
-                DType::I64 => Output::I64(Vec::with_capacity(shape.iter().product()), shape),
+                DType::F32 => Output::F32(Vec::with_capacity(shape.iter().product()), shape.clone()),
+                DType::I64 => Output::I64(Vec::with_capacity(shape.iter().product()), shape.clone()),
             })
             .collect();
+        // Arguments whose memory an output took: read there.
+        let mut moved: Vec<Option<usize>> = vec![None; args.len()];
+        for &(o, j) in &s.prefixes {
+            if let (Cow::Owned(Tensor { data: Data::F32(given), .. }), Output::F32(out, shape)) = (&mut args[j], &mut outputs[o]) {
+                let mut memory = std::mem::take(given);
+                memory.reserve(shape.iter().product::<usize>() - memory.len());
+                *out = memory;
+                moved[j] = Some(o);
+            }
+        }
         let out_views: Vec<TensorView> = outputs
             .iter_mut()
             .map(|o| match o {
@@ -115,8 +137,11 @@ impl Program {
                 Output::I64(v, shape) => TensorView { dtype: DType::I64, shape, ptr: v.as_mut_ptr() as *mut u8 },
             })
             .collect();
-        // SAFETY: the arguments are tensors of their shapes; the outputs were just allocated at
-        // theirs and nothing else holds them.
+        let views: Vec<TensorView> =
+            args.iter().zip(&moved).map(|(t, m)| m.map_or_else(|| t.view(), |o| TensorView { ptr: out_views[o].ptr, ..t.view() })).collect();
+        // SAFETY: the arguments are tensors of their shapes, those an output took still there (its
+        // first elements, which only the copy onto itself writes); the outputs were just
+        // allocated at their shapes and nothing else holds them.
         unsafe { self.run_in_place(&views, &out_views)? };
         // SAFETY: the schedule writes every element of every output.
         let tensors = outputs.into_iter().map(|o| match o {
@@ -209,7 +234,8 @@ impl Program {
                 outputs[j] = (b.dtype, b.shape.iter().map(|s| s.fixed()).collect());
             }
         }
-        let s = Arc::new(Scheduled { schedule, kernels, _extra: extra, outputs });
+        let prefixes = entry.prefix_copies();
+        let s = Arc::new(Scheduled { schedule, kernels, _extra: extra, outputs, prefixes });
         if cache.len() == SCHEDULES {
             cache.remove(0);
         }

@@ -15,9 +15,9 @@ use crate::elementwise::{Expr, KernelSpec};
 pub enum Step {
     /// A node the schedule lowers by its op (data movement, index math, constants).
     Op(usize),
-    /// A matrix product reading each operand as stored, or as a transpose of its last two axes
-    /// that is never materialised (`(source, true)`).
-    MatMul(usize, [(ValueId, bool); 2]),
+    /// A matrix product reading each operand from its source as [`Read`] says (the transposes
+    /// it reads through are never materialised).
+    MatMul(usize, [(ValueId, Read); 2]),
     Reduce(usize),
     Kernel(KernelStep),
     Scan(usize, ScanPlan),
@@ -25,6 +25,28 @@ pub enum Step {
     Attention(Box<crate::attention::Chain>),
     /// Its backward, as one step.
     AttentionBackward(Box<crate::attention::Backward>),
+}
+
+/// How a product reads an operand from its source's memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// As stored (a reshape that only adds leading axes of length 1 included).
+    Stored,
+    /// With its last two axes swapped.
+    Transposed,
+    /// With its axes before the last permuted: the operand's axis i is the source's `perm[i]`
+    /// (a position-major KV cache read head by head).
+    Permuted(Vec<usize>),
+}
+
+impl Read {
+    pub fn transposed_if(t: bool) -> Read {
+        if t {
+            Read::Transposed
+        } else {
+            Read::Stored
+        }
+    }
 }
 
 /// How a scan runs: its body planned whole, or as narrower scans over slices of its lane axis,
@@ -90,8 +112,11 @@ pub fn plan(graph: &Graph, threads: usize, attention: bool, specs: &mut Vec<Kern
     let (mut chains, mut backwards) = if attention { crate::attention::find(graph, &p.users, &views) } else { Default::default() };
     let inside_chains: std::collections::HashSet<usize> =
         chains.values().flat_map(|c| c.inner.iter().copied()).chain(backwards.values().flat_map(|b| b.inner.iter().copied())).collect();
+    let chain_nodes = inside_chains.iter().chain(chains.keys()).chain(backwards.keys()).copied().collect();
+    let permuted = permuted_views(graph, &p.users, &chain_nodes);
     for (i, node) in graph.nodes.iter().enumerate() {
-        if views.contains_key(&node.outputs.first().copied().unwrap_or(ValueId(u32::MAX))) || inside_chains.contains(&i) {
+        let result = node.outputs.first().copied().unwrap_or(ValueId(u32::MAX));
+        if views.contains_key(&result) || permuted.contains_key(&result) || inside_chains.contains(&i) {
             continue;
         }
         // At its last node, where its values (read by the first and the last product) are all
@@ -130,7 +155,11 @@ pub fn plan(graph: &Graph, threads: usize, attention: bool, specs: &mut Vec<Kern
                 let step = match op {
                     Op::MatMul if f32_in(0) => {
                         p.stats.matmuls += 1;
-                        let operand = |v: ValueId| views.get(&v).copied().unwrap_or((v, false));
+                        let operand = |v: ValueId| match (views.get(&v), permuted.get(&v)) {
+                            (Some(&(src, t)), _) => (src, Read::transposed_if(t)),
+                            (None, Some((src, perm))) => (*src, Read::Permuted(perm.clone())),
+                            (None, None) => (v, Read::Stored),
+                        };
                         Step::MatMul(i, [operand(node.inputs[0]), operand(node.inputs[1])])
                     }
                     Op::Reduce { .. } if f32_in(0) => {
@@ -254,6 +283,25 @@ fn direct_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, b
                 }
                 _ => None,
             }
+        })
+        .collect()
+}
+
+/// Transposes that keep the last axis in place and that only matrix products read (none of them
+/// an attention chain's node, `chains`): the products read the source through permuted strides.
+/// By result: the source and the permutation.
+fn permuted_views(g: &Graph, users: &[Vec<usize>], chains: &std::collections::HashSet<usize>) -> HashMap<ValueId, (ValueId, Vec<usize>)> {
+    g.nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let Op::Transpose { perm } = &n.op else { return None };
+            let (v, src) = (n.outputs[0], n.inputs[0]);
+            let readers = &users[v.index()];
+            let keeps_last = perm.last() == Some(&(perm.len() - 1)) && perm.len() >= 3;
+            let only_products = !readers.is_empty() && readers.iter().all(|&u| matches!(g.nodes[u].op, Op::MatMul) && !chains.contains(&u));
+            let usable = keeps_last && only_products && !chains.contains(&i) && g.ty(src).dtype == DType::F32 && !g.outputs.iter().any(|(_, o)| *o == v);
+            usable.then(|| (v, (src, perm.clone())))
         })
         .collect()
 }

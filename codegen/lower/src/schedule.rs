@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use tttc_ir::layout::{broadcast_shape, broadcast_strides, contiguous_strides, reduction};
+use tttc_ir::layout::{broadcast_shape, broadcast_strides, broadcast_strides_of, contiguous_strides, reduction};
 use tttc_ir::{DType, Data, DimEnv, Graph, Op, ReduceKind, Size, SizeEnv, Tensor, TensorView, ValueId};
 
 use crate::elementwise::{row_layout, Expr, KernelSpec, RowLayout};
-use crate::plan::{Body, LaneScan, ScanPlan, Step};
+use crate::plan::{Body, LaneScan, Read, ScanPlan, Step};
 
 pub type BufId = usize;
 
@@ -627,6 +627,40 @@ impl Function {
     pub fn locate(&self, b: BufId) -> (BufId, Size) {
         locate(&self.bufs, b)
     }
+
+    /// Outputs that begin with a copy of a whole argument, as `(output, argument)`: a KV cache a
+    /// decoding step appends to. Nothing else writes that prefix of the output, so a caller that
+    /// gives the argument up may hand its memory, extended, to the output: the copy then has one
+    /// place as its source and destination, and copies nothing.
+    pub fn prefix_copies(&self) -> Vec<(usize, usize)> {
+        // Where each instruction writes: its buffers, and for a copy how far into its own.
+        let writes = |i: &Instr| match i {
+            Instr::Copy { dst, copy, .. } => vec![(*dst, copy.dst_at * elem_bytes(self.bufs[*dst].dtype))],
+            _ => i.uses().into_iter().filter(|u| u.access != Access::Read).map(|u| (u.buf, Size::ZERO)).collect(),
+        };
+        let mut found = Vec::new();
+        for (t, instr) in self.instrs.iter().enumerate() {
+            let Instr::Copy { dst, src, copy } = instr else { continue };
+            let ((out, out_at), (arg, arg_at)) = (self.locate(*dst), self.locate(*src));
+            let (Home::Out(o), Home::Arg(j)) = (&self.bufs[out].home, &self.bufs[arg].home) else { continue };
+            let whole = self.bufs[arg].len();
+            let dense = copy.shape.len() == 1 && copy.dst_strides == [Size::ONE] && copy.src_strides == [Size::ONE];
+            let at_start = [out_at, arg_at, copy.dst_at, copy.src_at].iter().all(|a| a.is_zero());
+            if !(dense && at_start && copy.shape[0] == whole && self.bufs[out].dtype == self.bufs[arg].dtype) {
+                continue;
+            }
+            let prefix = whole * elem_bytes(self.bufs[out].dtype);
+            // Every other write into the output starts past the prefix.
+            let apart = self.instrs.iter().enumerate().filter(|&(u, _)| u != t).flat_map(|(_, i)| writes(i)).all(|(b, from)| {
+                let (root, at) = self.locate(b);
+                root != out || matches!(((at + from).known(), prefix.known()), (Some(a), Some(p)) if a >= p)
+            });
+            if apart && !found.iter().any(|&(fo, fj)| fo == *o || fj == *j) {
+                found.push((*o, *j));
+            }
+        }
+        found
+    }
 }
 
 /// Whether every range of positions along `axis` of a dense `shape` is one contiguous piece of
@@ -1030,7 +1064,7 @@ impl Builder<'_> {
                 let b = get(vals, &operands[1].0)?;
                 let c = self.fresh(g, node.outputs[0], wanted)?;
                 vals.insert(node.outputs[0], c);
-                self.matmul(c, (a, operands[0].1), (b, operands[1].1))
+                self.matmul(c, (a, &operands[0].1), (b, &operands[1].1))
             }
             Step::Attention(chain) => {
                 let [q, k, v] = [chain.q, chain.k, chain.v].map(|(x, t)| get(vals, &x).map(|b| (b, t)));
@@ -1225,8 +1259,8 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn matmul(&mut self, c: BufId, a: (BufId, bool), b: (BufId, bool)) -> Result<()> {
-        let transposed_a = a.1;
+    fn matmul(&mut self, c: BufId, a: (BufId, &Read), b: (BufId, &Read)) -> Result<()> {
+        let transposed_a = *a.1 != Read::Stored;
         let (mut batch, mut m, n, k, mut a, mut b) = self.operands(a, b)?;
         // A shared right operand (a weight): the left operand's batch rows are one tall matrix.
         let rows_in_order = a.batch_strides == in_matrices(contiguous_strides(&batch), m * k);
@@ -1240,15 +1274,15 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// A product's operands (each read transposed or not): its batch, `m`, `n` and `k`, and
-    /// how it reads each. A transposed right operand is packed first where the backend wants it
-    /// so.
+    /// A product's operands (each read as [`Read`] says): its batch, `m`, `n` and `k`, and how
+    /// it reads each. A transposed right operand is packed first where the backend wants it so.
     #[allow(clippy::type_complexity)]
-    fn operands(&mut self, (a, ta): (BufId, bool), (b, tb): (BufId, bool)) -> Result<(Vec<Size>, Size, Size, Size, Operand, Operand)> {
-        let (ba, m, k, ars, acs) = matrix(&self.bufs[a].shape, ta)?;
+    fn operands(&mut self, (a, ra): (BufId, &Read), (b, rb): (BufId, &Read)) -> Result<(Vec<Size>, Size, Size, Size, Operand, Operand)> {
+        let a_matrix = matrix(&self.bufs[a].shape, ra)?;
+        let (m, k) = (a_matrix.rows, a_matrix.cols);
         // Where the product reads a transposed right operand slowly or not at all, it is packed;
         // so is one whose column stride (`k`) is past the 32-bit indices of gathers.
-        let packed = tb && (self.s.most(m) >= self.s.products.pack_transposed_rhs_from || self.s.most(k) >= 1 << 25);
+        let packed = *rb == Read::Transposed && (self.s.most(m) >= self.s.products.pack_transposed_rhs_from || self.s.most(k) >= 1 << 25);
         let b = if packed {
             let shape = self.bufs[b].shape.clone();
             let r = shape.len();
@@ -1264,12 +1298,12 @@ impl Builder<'_> {
         } else {
             b
         };
-        let (bb, k2, n, brs, bcs) = matrix(&self.bufs[b].shape, tb && !packed)?;
+        let b_matrix = matrix(&self.bufs[b].shape, if packed { &Read::Stored } else { rb })?;
+        let (k2, n) = (b_matrix.rows, b_matrix.cols);
         ensure!(k == k2, "contracted dimensions differ: {k} and {k2}");
-        let batch = broadcast_shape(&ba, &bb)?;
-        let (sa, sb) = (broadcast_strides(&ba, &batch)?, broadcast_strides(&bb, &batch)?);
-        let a = Operand { buf: a, batch_strides: in_matrices(sa, m * k), row_stride: ars, col_stride: acs };
-        let b = Operand { buf: b, batch_strides: in_matrices(sb, k * n), row_stride: brs, col_stride: bcs };
+        let batch = broadcast_shape(&a_matrix.batch, &b_matrix.batch)?;
+        let a = a_matrix.operand(a, &batch)?;
+        let b = b_matrix.operand(b, &batch)?;
         Ok((batch, m, n, k, a, b))
     }
 
@@ -1283,12 +1317,13 @@ impl Builder<'_> {
         scale: Option<(tttc_ir::BinaryOp, f32)>,
         causal: bool,
     ) -> Result<()> {
-        let (batch, tq, tk, d, q, k) = self.operands(q, k)?;
-        let (bv, tk2, dv, vrs, vcs) = matrix(&self.bufs[v.0].shape, v.1)?;
+        let (batch, tq, tk, d, q, k) = self.operands((q.0, &Read::transposed_if(q.1)), (k.0, &Read::transposed_if(k.1)))?;
+        let values = matrix(&self.bufs[v.0].shape, &Read::transposed_if(v.1))?;
+        let (tk2, dv) = (values.rows, values.cols);
         ensure!(tk == tk2, "attention over {tk} keys and {tk2} values");
-        let out_batch = broadcast_shape(&batch, &bv)?;
+        let out_batch = broadcast_shape(&batch, &values.batch)?;
         ensure!(out_batch == batch, "attention's values broadcast its batch {batch:?} to {out_batch:?}");
-        let v = Operand { buf: v.0, batch_strides: in_matrices(broadcast_strides(&bv, &batch)?, tk * dv), row_stride: vrs, col_stride: vcs };
+        let v = values.operand(v.0, &batch)?;
         if let Some(lse) = lse {
             self.per_row(lse, &batch, tq)?;
         }
@@ -1307,8 +1342,10 @@ impl Builder<'_> {
         scale: Option<(tttc_ir::BinaryOp, f32)>,
         causal: bool,
     ) -> Result<()> {
-        let (batch, tq, tk, d, q, k) = self.operands(q, k)?;
-        let (batch2, tq2, tk2, dv_len, d_out, v) = self.operands(d_out, v)?;
+        let read = |(b, t): (BufId, bool)| (b, Read::transposed_if(t));
+        let [q, k, v, d_out] = [q, k, v, d_out].map(read);
+        let (batch, tq, tk, d, q, k) = self.operands((q.0, &q.1), (k.0, &k.1))?;
+        let (batch2, tq2, tk2, dv_len, d_out, v) = self.operands((d_out.0, &d_out.1), (v.0, &v.1))?;
         ensure!((batch2.as_slice(), tq2, tk2) == (batch.as_slice(), tq, tk), "attention's backward reads {tq2}×{tk2} values' products beside {tq}×{tk} scores");
         for ((buf, transposed), rows, cols) in [(dq, tq, d), (dk, tk, d), (dv, tk, dv_len)] {
             let matrix = if transposed { [cols, rows] } else { [rows, cols] };
@@ -1672,13 +1709,46 @@ fn slice_start(start: i64, len: Size) -> Result<Size> {
     })
 }
 
-/// A matrix product's operand of shape `s`, read as stored or transposed (`t`): its batch axes,
-/// rows, columns, row stride and column stride.
-fn matrix(s: &[Size], t: bool) -> Result<(Vec<Size>, Size, Size, Size, Size)> {
-    ensure!(s.len() >= 2, "matmul operand of rank {}", s.len());
-    let (r, cols) = (s[s.len() - 2], s[s.len() - 1]);
-    let batch = s[..s.len() - 2].to_vec();
-    Ok(if t { (batch, cols, r, Size::ONE, cols) } else { (batch, r, cols, cols, Size::ONE) })
+/// A matrix product's operand as read from its source: its batch axes and their strides, rows,
+/// columns, row stride and column stride (in elements).
+struct Matrix {
+    batch: Vec<Size>,
+    batch_strides: Vec<Size>,
+    rows: Size,
+    cols: Size,
+    row_stride: Size,
+    col_stride: Size,
+}
+
+impl Matrix {
+    /// The operand reading `buf` for a product over `batch` (broadcast batch axes read at
+    /// stride 0).
+    fn operand(&self, buf: BufId, batch: &[Size]) -> Result<Operand> {
+        let batch_strides = broadcast_strides_of(&self.batch, &self.batch_strides, batch)?;
+        Ok(Operand { buf, batch_strides, row_stride: self.row_stride, col_stride: self.col_stride })
+    }
+}
+
+/// A matrix product's operand read from a contiguous source of shape `s` as `read` says.
+fn matrix(s: &[Size], read: &Read) -> Result<Matrix> {
+    let r = s.len();
+    ensure!(r >= 2, "matmul operand of rank {r}");
+    let strides = contiguous_strides(s);
+    let perm: Vec<usize> = match read {
+        Read::Stored => (0..r).collect(),
+        Read::Transposed => (0..r - 2).chain([r - 1, r - 2]).collect(),
+        Read::Permuted(perm) => perm.clone(),
+    };
+    ensure!(perm.len() == r, "a permutation of {} axes reads an operand of rank {r}", perm.len());
+    let (shape, strides): (Vec<Size>, Vec<Size>) = perm.iter().map(|&p| (s[p], strides[p])).unzip();
+    Ok(Matrix {
+        batch: shape[..r - 2].to_vec(),
+        batch_strides: strides[..r - 2].to_vec(),
+        rows: shape[r - 2],
+        cols: shape[r - 1],
+        row_stride: strides[r - 2],
+        col_stride: strides[r - 1],
+    })
 }
 
 /// Batch strides counted in matrices of `size` elements, in elements.

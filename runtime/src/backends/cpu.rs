@@ -1,5 +1,7 @@
 //! Native code for this machine (`tttc_codegen_cpu`), compiled once for every size.
 
+use std::borrow::Cow;
+
 use anyhow::Result;
 use tttc_ir::{DType, DimEnv, Graph, Tensor, TensorView};
 
@@ -28,6 +30,10 @@ impl Backend for Cpu {
 impl Program for tttc_codegen_cpu::Program {
     fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>> {
         tttc_codegen_cpu::Program::run(self, args)
+    }
+
+    fn run_taking(&self, args: Vec<Cow<'_, Tensor>>) -> Result<Vec<Tensor>> {
+        tttc_codegen_cpu::Program::run_taking(self, args)
     }
 
     fn peak_bytes(&self, args: &[(DType, &[usize])]) -> Option<Result<u64>> {

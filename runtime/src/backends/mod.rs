@@ -9,6 +9,8 @@ mod cuda;
 mod gpu;
 mod interp;
 
+use std::borrow::Cow;
+
 use anyhow::{anyhow, bail, ensure, Result};
 use tttc_ir::{DType, DimEnv, Graph, Tensor, TensorView};
 
@@ -27,6 +29,13 @@ pub trait Backend: Send + Sync {
 pub trait Program: Send + Sync {
     /// The graph's outputs from its arguments, in the graph's order.
     fn run(&self, args: &[&Tensor]) -> Result<Vec<Tensor>>;
+
+    /// [`Program::run`] on arguments some of which the caller gives up (`Cow::Owned`): a backend
+    /// may hand such an argument's memory to an output that begins with a copy of it (a KV cache
+    /// a decoding step appends to) and write only the rest. Runs as `run` unless it does.
+    fn run_taking(&self, args: Vec<Cow<'_, Tensor>>) -> Result<Vec<Tensor>> {
+        self.run(&args.iter().map(|a| a.as_ref()).collect::<Vec<_>>())
+    }
 
     /// The bytes a call on arguments of these types and shapes holds at its peak (arguments,
     /// outputs and workspace), where the backend knows them from its own code at those sizes;
