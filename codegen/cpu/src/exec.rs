@@ -427,14 +427,9 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
     if m == 1 && bo.col_stride == 1 {
         return rows_times(c.0, (a.0, ao), (b.0, bo), batch, k, n);
     }
-    if n == 1 && ao.col_stride == 1 {
-        return times_columns(c.0, (a.0, ao), (b.0, bo), batch, m, k);
-    }
-    // Large products split inside gemm; a batch of small ones, or of a row each (a decoding
-    // step's attention, which gemm splits poorly), splits over its members, unless all of it is
-    // small.
-    let by_members = m * k * n < PARALLEL_MACS || (m == 1 && count >= crate::threads());
-    if !by_members || count * m * k * n < PARALLEL_MACS * 4 {
+    // Large products split inside gemm; a batch of small ones splits over its members, unless
+    // all of it is small.
+    if m * k * n >= PARALLEL_MACS || count * m * k * n < PARALLEL_MACS * 4 {
         (0..count).for_each(|i| one(i, parallelism(m * k * n)));
     } else {
         use rayon::prelude::*;
@@ -505,52 +500,6 @@ unsafe fn rows_times(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*
             .expect("at least one part")
     };
     std::ptr::copy_nonoverlapping(total.as_ptr(), dst, count * n);
-}
-
-/// A batch of products of a left operand with contiguous rows by one column each,
-/// `dst[j] = lhs_j[m×k] · col_j[k]`, row by row for all of them together, the rows split over the
-/// threads: a decoding step's scores, a position-major KV cache's keys times the query (as
-/// [`rows_times`]).
-unsafe fn times_columns(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], m: usize, k: usize) {
-    let count: usize = batch.iter().product();
-    let a_at: Vec<usize> = (0..count).map(|j| batch_offset(j, batch, &ao.batch_strides)).collect();
-    let columns: Vec<Vec<f32>> = (0..count)
-        .map(|j| {
-            let at = batch_offset(j, batch, &bo.batch_strides);
-            (0..k).map(|t| *b.add(at + t * bo.row_stride)).collect()
-        })
-        .collect();
-    let (a, dst) = (Shared(a), Shared(dst));
-    let rows = |range: std::ops::Range<usize>| {
-        let (a, dst) = (a, dst);
-        for i in range {
-            for (j, column) in columns.iter().enumerate() {
-                let row = std::slice::from_raw_parts(a.0.add(a_at[j] + i * ao.row_stride), k);
-                *dst.0.add(j * m + i) = dot(row, column);
-            }
-        }
-    };
-    let parts = crate::threads().min(count * m * k / PARALLEL_MACS).max(1);
-    if parts == 1 {
-        rows(0..m);
-    } else {
-        use rayon::prelude::*;
-        let per = m.div_ceil(parts);
-        (0..parts).into_par_iter().for_each(|p| rows(p * per..((p + 1) * per).min(m)));
-    }
-}
-
-/// `Σ x·y` in eight running sums (so that it vectorises).
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut sums = [0.0f32; 8];
-    let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f32 = xs.remainder().iter().zip(ys.remainder()).map(|(a, b)| a * b).sum();
-    for (a, b) in xs.zip(ys) {
-        for ((s, &p), &q) in sums.iter_mut().zip(a).zip(b) {
-            *s += p * q;
-        }
-    }
-    sums.iter().sum::<f32>() + tail
 }
 
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with their (row, column)
