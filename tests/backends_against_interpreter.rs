@@ -244,32 +244,33 @@ fn matmuls_of_transposed_operands() {
 
 /// A decoding step's attention over a position-major KV cache `[B, L, H, d]`: the products read
 /// the cache head by head through a transpose of its first axes (never materialised), scores as
-/// `K·q` and the values weighted as `p·V`, small and large enough to split over the threads,
-/// with rows not a multiple of eight.
+/// `K·qᵀ` and the values weighted as `p·V`, for one query per head or a group of them (grouped
+/// query attention), small and large enough to split over the threads, with rows not a multiple
+/// of eight.
 #[test]
 fn products_read_position_major_caches() {
-    for (batch, len, heads, d) in [(1, 37, 3, 5), (2, 9, 2, 8), (1, 3000, 4, 44)] {
+    for (batch, len, heads, group, d) in [(1, 37, 3, 1, 5), (2, 9, 2, 3, 8), (1, 3000, 4, 1, 44), (1, 2000, 2, 4, 16)] {
         let mut g = Graph::new("cache");
         let keys = g.input("keys", f32t(&[batch, len, heads, d]));
         let values_in = g.input("values", f32t(&[batch, len, heads, d]));
-        let q = g.input("q", f32t(&[batch, heads, 1, d]));
-        let p = g.input("p", f32t(&[batch, heads, 1, len]));
+        let q = g.input("q", f32t(&[batch, heads, group, d]));
+        let p = g.input("p", f32t(&[batch, heads, group, len]));
         let k = g.transpose(keys, &[0, 2, 1, 3]).unwrap();
         let v = g.transpose(values_in, &[0, 2, 1, 3]).unwrap();
         let qt = g.transpose_last2(q).unwrap();
-        let scores = g.matmul(k, qt).unwrap(); // [B, H, L, 1]
-        let y = g.matmul(p, v).unwrap(); // [B, H, 1, d]
+        let scores = g.matmul(k, qt).unwrap(); // [B, H, L, group]
+        let y = g.matmul(p, v).unwrap(); // [B, H, group, d]
         g.output("scores", scores);
         g.output("y", y);
         let cache = batch * len * heads * d;
         let args = [
             Tensor::f32(vec![batch, len, heads, d], values(cache, 31, -1.0, 1.0)),
             Tensor::f32(vec![batch, len, heads, d], values(cache, 32, -1.0, 1.0)),
-            Tensor::f32(vec![batch, heads, 1, d], values(batch * heads * d, 33, -1.0, 1.0)),
-            Tensor::f32(vec![batch, heads, 1, len], values(batch * heads * len, 34, 0.0, 1.0 / len as f32)),
+            Tensor::f32(vec![batch, heads, group, d], values(batch * heads * group * d, 33, -1.0, 1.0)),
+            Tensor::f32(vec![batch, heads, group, len], values(batch * heads * group * len, 34, 0.0, 1.0 / len as f32)),
         ];
         let worst = compare(&g, &args, 1e-5, 1e-6);
-        assert!(worst <= 1.0, "B {batch}, L {len}, {heads} heads of {d}: error {worst:.2} of tolerance");
+        assert!(worst <= 1.0, "B {batch}, L {len}, {heads} heads of {group} × {d}: error {worst:.2} of tolerance");
         let stats = Program::compile(&g).unwrap().stats().plan;
         assert_eq!((stats.matmuls, stats.other_nodes), (2, 0), "the transposes are read in place");
     }

@@ -117,20 +117,28 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
             (k, v)
         }
     };
-    // Head h reads kv head ⌊h·Hkv/H⌋: repeat each kv head H/Hkv times (HF `repeat_kv`).
-    let k = repeat_kv(&mut b.g, k, heads, kv_heads, d)?;
-    let v = repeat_kv(&mut b.g, v, heads, kv_heads, d)?;
+    // Head h reads kv head ⌊h·Hkv/H⌋ = ⌊h/r⌋ (r = H/Hkv, HF `repeat_kv`). A step groups its
+    // queries by kv head instead, `[B, Hkv, r, d]`, so that the cache is read as it is, never
+    // repeated; the other modes repeat each kv head r times.
+    let (k, v, q) = match b.mode {
+        Mode::Step => {
+            let batch = b.dim(q, 0)?;
+            let grouped = b.reshape(q, vec![batch, Dim::c(kv_heads), Dim::c(heads / kv_heads), Dim::c(d)])?;
+            (k, v, grouped)
+        }
+        _ => (repeat_kv(&mut b.g, k, heads, kv_heads, d)?, repeat_kv(&mut b.g, v, heads, kv_heads, d)?, q),
+    };
 
     // Causal softmax(q kᵀ / √d) v, the softmax made stable by subtracting the row maximum.
     let scores = match b.mode {
         Mode::Step => {
-            // One query: the keys times it, read row by row (the cache is never transposed), then
-            // turned into a row of scores [B, H, 1, L+1].
+            // One query per head: the keys times the group's queries, read row by row (the cache
+            // is never transposed), then turned into rows of scores [B, Hkv, r, L+1].
             let qt = b.transpose_last2(q)?;
-            let column = b.matmul(k, qt)?;
-            let row = b.transpose_last2(column)?;
+            let columns = b.matmul(k, qt)?;
+            let rows = b.transpose_last2(columns)?;
             let scale = b.scalar((d as f64).sqrt())?;
-            b.div(row, scale)?
+            b.div(rows, scale)?
         }
         Mode::Resume { position } => {
             // Every query sees the whole cache and, of the new keys, those up to its own.
@@ -150,7 +158,14 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     let e = b.unary(UnaryOp::Exp, shifted)?;
     let sum = b.reduce(ReduceKind::Sum, e, -1, true)?;
     let probs = b.div(e, sum)?;
-    let o = b.matmul(probs, v)?; // [B, H, T, d]
+    let o = b.matmul(probs, v)?; // [B, H, T, d]; a step's [B, Hkv, r, d] is [B, H, 1, d]
+    let o = match b.mode {
+        Mode::Step => {
+            let batch = b.dim(o, 0)?;
+            b.reshape(o, vec![batch, Dim::c(heads), Dim::c(1), Dim::c(d)])?
+        }
+        _ => o,
+    };
 
     let o = b.transpose(o, &[0, 2, 1, 3])?;
     let (batch, len) = (b.dim(x, 0)?, b.dim(x, 1)?);

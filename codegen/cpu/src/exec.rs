@@ -424,8 +424,8 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
         let (a, b) = (a.0.add(batch_offset(i, batch, &ao.batch_strides)), b.0.add(batch_offset(i, batch, &bo.batch_strides)));
         gemm_into(c.0.add(i * m * n), (a, ao), (b, bo), m, k, n, par);
     };
-    if m == 1 && bo.col_stride == 1 {
-        return rows_times(c.0, (a.0, ao), (b.0, bo), batch, k, n);
+    if m <= FEW_ROWS && count * m * n <= FEW_RESULTS && bo.col_stride == 1 {
+        return rows_times(c.0, (a.0, ao), (b.0, bo), batch, (m, n, k));
     }
     // Large products split inside gemm; a batch of small ones splits over its members, unless
     // all of it is small.
@@ -462,29 +462,37 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
     }
 }
 
-/// A batch of products of one row each by a right operand with contiguous rows,
-/// `dst[j] = row_j[k] · rhs_j[k×n]`, in one pass down the rows of all of them together, the
+/// Products of at most this many rows, with at most this many results over their batch (their
+/// sums held in L1 and L2), run down the right operand's rows ([`rows_times`]).
+const FEW_ROWS: usize = 8;
+const FEW_RESULTS: usize = 1 << 14;
+
+/// A batch of products of a few rows each by a right operand with contiguous rows,
+/// `dst[j] = rows_j[m×k] · rhs_j[k×n]`, in one pass down the rows of all of them together, the
 /// positions split over the threads (partial sums added at the end): a decoding step's weights
-/// times the values of a position-major KV cache, whose heads' rows interleave. Head by head,
-/// each head's rows lie a page apart and gemm (which packs them first) streams them slowly.
-unsafe fn rows_times(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], k: usize, n: usize) {
+/// times the values of a position-major KV cache (a row per query of a kv head's group), whose
+/// heads' rows interleave. Head by head, each head's rows lie a page apart and gemm (which packs
+/// them first) streams them slowly.
+unsafe fn rows_times(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], (m, n, k): (usize, usize, usize)) {
     let count: usize = batch.iter().product();
     let a_at: Vec<usize> = (0..count).map(|j| batch_offset(j, batch, &ao.batch_strides)).collect();
     let b_at: Vec<usize> = (0..count).map(|j| batch_offset(j, batch, &bo.batch_strides)).collect();
     let (a, b) = (Shared(a), Shared(b));
     let sums = |positions: std::ops::Range<usize>| {
         let (a, b) = (a, b);
-        let mut acc = vec![0.0f32; count * n];
+        let mut acc = vec![0.0f32; count * m * n];
         for i in positions {
-            for (j, out) in acc.chunks_exact_mut(n).enumerate() {
-                let w = *a.0.add(a_at[j] + i * ao.col_stride);
+            for (j, member) in acc.chunks_exact_mut(m * n).enumerate() {
                 let row = std::slice::from_raw_parts(b.0.add(b_at[j] + i * bo.row_stride), n);
-                out.iter_mut().zip(row).for_each(|(o, &x)| *o += w * x);
+                for (r, out) in member.chunks_exact_mut(n).enumerate() {
+                    let w = *a.0.add(a_at[j] + r * ao.row_stride + i * ao.col_stride);
+                    out.iter_mut().zip(row).for_each(|(o, &x)| *o += w * x);
+                }
             }
         }
         acc
     };
-    let parts = crate::threads().min(count * k * n / PARALLEL_MACS).max(1);
+    let parts = crate::threads().min(count * m * k * n / PARALLEL_MACS).max(1);
     let total = if parts == 1 {
         sums(0..k)
     } else {
@@ -499,7 +507,7 @@ unsafe fn rows_times(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*
             })
             .expect("at least one part")
     };
-    std::ptr::copy_nonoverlapping(total.as_ptr(), dst, count * n);
+    std::ptr::copy_nonoverlapping(total.as_ptr(), dst, count * m * n);
 }
 
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with their (row, column)
