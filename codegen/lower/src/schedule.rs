@@ -633,30 +633,42 @@ impl Function {
     /// gives the argument up may hand its memory, extended, to the output: the copy then has one
     /// place as its source and destination, and copies nothing.
     pub fn prefix_copies(&self) -> Vec<(usize, usize)> {
-        // Where each instruction writes: its buffers, and for a copy how far into its own.
-        let writes = |i: &Instr| match i {
-            Instr::Copy { dst, copy, .. } => vec![(*dst, copy.dst_at * elem_bytes(self.bufs[*dst].dtype))],
-            _ => i.uses().into_iter().filter(|u| u.access != Access::Read).map(|u| (u.buf, Size::ZERO)).collect(),
-        };
-        let mut found = Vec::new();
+        let mut candidates: Vec<(usize, BufId, usize, Size)> = Vec::new(); // (instruction, output root, argument, prefix bytes)
         for (t, instr) in self.instrs.iter().enumerate() {
             let Instr::Copy { dst, src, copy } = instr else { continue };
             let ((out, out_at), (arg, arg_at)) = (self.locate(*dst), self.locate(*src));
-            let (Home::Out(o), Home::Arg(j)) = (&self.bufs[out].home, &self.bufs[arg].home) else { continue };
+            let (Home::Out(_), Home::Arg(_)) = (&self.bufs[out].home, &self.bufs[arg].home) else { continue };
             let whole = self.bufs[arg].len();
             let dense = copy.shape.len() == 1 && copy.dst_strides == [Size::ONE] && copy.src_strides == [Size::ONE];
             let at_start = [out_at, arg_at, copy.dst_at, copy.src_at].iter().all(|a| a.is_zero());
-            if !(dense && at_start && copy.shape[0] == whole && self.bufs[out].dtype == self.bufs[arg].dtype) {
-                continue;
+            if dense && at_start && copy.shape[0] == whole && self.bufs[out].dtype == self.bufs[arg].dtype {
+                candidates.push((t, out, arg, whole * elem_bytes(self.bufs[out].dtype)));
             }
-            let prefix = whole * elem_bytes(self.bufs[out].dtype);
-            // Every other write into the output starts past the prefix.
-            let apart = self.instrs.iter().enumerate().filter(|&(u, _)| u != t).flat_map(|(_, i)| writes(i)).all(|(b, from)| {
+        }
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        // Every other write into such an output must start past its prefix: where each
+        // instruction writes (its buffers, and for a copy how far into its own).
+        let mut overlapped = vec![false; candidates.len()];
+        for (t, instr) in self.instrs.iter().enumerate() {
+            let writes = match instr {
+                Instr::Copy { dst, copy, .. } => vec![(*dst, copy.dst_at * elem_bytes(self.bufs[*dst].dtype))],
+                _ => instr.uses().into_iter().filter(|u| u.access != Access::Read).map(|u| (u.buf, Size::ZERO)).collect(),
+            };
+            for (b, from) in writes {
                 let (root, at) = self.locate(b);
-                root != out || matches!(((at + from).known(), prefix.known()), (Some(a), Some(p)) if a >= p)
-            });
-            if apart && !found.iter().any(|&(fo, fj)| fo == *o || fj == *j) {
-                found.push((*o, *j));
+                for (c, &(copy_at, out, _, prefix)) in candidates.iter().enumerate() {
+                    let past = matches!(((at + from).known(), prefix.known()), (Some(a), Some(p)) if a >= p);
+                    overlapped[c] |= root == out && t != copy_at && !past;
+                }
+            }
+        }
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        for (&(_, out, arg, _), overlapped) in candidates.iter().zip(overlapped) {
+            let (Home::Out(o), Home::Arg(j)) = (self.bufs[out].home, self.bufs[arg].home) else { continue };
+            if !overlapped && !found.iter().any(|&(fo, fj)| fo == o || fj == j) {
+                found.push((o, j));
             }
         }
         found
