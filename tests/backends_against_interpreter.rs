@@ -194,9 +194,20 @@ fn matmuls_with_broadcast_batches() {
 }
 
 /// A single row times a weight (a decoding step's projections), stored or read transposed, small
-/// and large enough to split over the threads.
+/// and large enough to split over the threads; and a matrix times a single column (large enough
+/// to split its rows).
 #[test]
 fn one_row_products_stream_the_weight() {
+    for (m, k) in [(7, 3), (5000, 67)] {
+        let mut g = Graph::new("column");
+        let x = g.input("x", f32t(&[1, m, k]));
+        let w = g.input("w", f32t(&[k, 1]));
+        let y = g.matmul(x, w).unwrap();
+        g.output("y", y);
+        let args = [Tensor::f32(vec![1, m, k], values(m * k, 23, -1.0, 1.0)), Tensor::f32(vec![k, 1], values(k, 24, -1.0, 1.0))];
+        let worst = compare(&g, &args, 1e-5, 1e-5);
+        assert!(worst <= 1.0, "m={m} k={k}: error {worst:.2} of tolerance");
+    }
     for (k, n) in [(5, 3), (37, 19), (700, 530)] {
         for transposed in [false, true] {
             let mut g = Graph::new("gemv");

@@ -111,9 +111,11 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
             (b.transpose(k_cache, &position_major)?, b.transpose(v_cache, &position_major)?)
         }
         None => {
-            let (k_cache, v_cache) = (b.transpose(k, &position_major)?, b.transpose(v, &position_major)?);
-            b.state_output(&format!("{s}k_cache"), k_cache);
-            b.state_output(&format!("{s}v_cache"), v_cache);
+            if b.mode != Mode::Forward {
+                let (k_cache, v_cache) = (b.transpose(k, &position_major)?, b.transpose(v, &position_major)?);
+                b.state_output(&format!("{s}k_cache"), k_cache);
+                b.state_output(&format!("{s}v_cache"), v_cache);
+            }
             (k, v)
         }
     };

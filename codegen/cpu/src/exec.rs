@@ -427,6 +427,32 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
     if m <= FEW_ROWS && count * m * n <= FEW_RESULTS && bo.col_stride == 1 {
         return rows_times(c.0, (a.0, ao), (b.0, bo), batch, (m, n, k));
     }
+    // gemm multiplies by a vector (one row or one column: a decoding step's projections, its
+    // scores) on one thread: such products split over their members, or their long side over
+    // the threads.
+    let threads = crate::threads();
+    if (m == 1 || n == 1) && count * m * k * n >= PARALLEL_MACS && threads > 1 {
+        use rayon::prelude::*;
+        if count >= threads {
+            (0..count).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
+            return;
+        }
+        let long = m.max(n);
+        let per = long.div_ceil(threads).next_multiple_of(16);
+        for i in 0..count {
+            let (a, b) = (Shared(a.0.add(batch_offset(i, batch, &ao.batch_strides))), Shared(b.0.add(batch_offset(i, batch, &bo.batch_strides))));
+            (0..long.div_ceil(per)).into_par_iter().for_each(|p| {
+                let (c, a, b) = (c, a, b);
+                let (from, len) = (p * per, per.min(long - p * per));
+                if m == 1 {
+                    gemm_into(c.0.add(i * n + from), (a.0, ao), (b.0.add(from * bo.col_stride), bo), 1, k, len, gemm::Parallelism::None);
+                } else {
+                    gemm_into(c.0.add(i * m + from), (a.0.add(from * ao.row_stride), ao), (b.0, bo), len, k, 1, gemm::Parallelism::None);
+                }
+            });
+        }
+        return;
+    }
     // Large products split inside gemm; a batch of small ones splits over its members, unless
     // all of it is small.
     if m * k * n >= PARALLEL_MACS || count * m * k * n < PARALLEL_MACS * 4 {
