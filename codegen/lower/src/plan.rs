@@ -298,7 +298,7 @@ fn permuted_views(g: &Graph, users: &[Vec<usize>], chains: &std::collections::Ha
             let Op::Transpose { perm } = &n.op else { return None };
             let (v, src) = (n.outputs[0], n.inputs[0]);
             let readers = &users[v.index()];
-            let keeps_last = perm.last() == Some(&(perm.len() - 1)) && perm.len() >= 3;
+            let keeps_last = perm.len() >= 3 && perm[perm.len() - 1] == perm.len() - 1;
             let only_products = !readers.is_empty() && readers.iter().all(|&u| matches!(g.nodes[u].op, Op::MatMul) && !chains.contains(&u));
             let usable = keeps_last && only_products && !chains.contains(&i) && g.ty(src).dtype == DType::F32 && !g.outputs.iter().any(|(_, o)| *o == v);
             usable.then(|| (v, (src, perm.clone())))
