@@ -431,7 +431,7 @@ fn scans_split_into_independent_lanes() {
         }
         // Planned for 1, 2, 3 and 16 threads: the fewest parts, one per thread at least.
         let parts = [1, 2, 3, 16].map(|threads| {
-            let plan = tttc_lower::plan::plan(&g, threads, false, &mut Vec::new(), &mut Default::default());
+            let plan = tttc_lower::plan::plan(&g, threads, tttc_lower::plan::Native::NONE, &mut Vec::new(), &mut Default::default());
             plan.steps.iter().find_map(|s| match s {
                 tttc_lower::plan::Step::Scan(_, tttc_lower::plan::ScanPlan::Lanes(l)) => Some(l.parts),
                 _ => None,
@@ -638,6 +638,97 @@ fn attention_runs_as_one_tiled_step() {
         .map(|(s, seed)| Tensor::f32(s.clone(), values(s.iter().product(), seed, -1.0, 1.0)))
         .collect();
     assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "overlapping chains");
+}
+
+/// How a selective scan's body is written: operands of the commuting ops in the frontend's order
+/// or swapped, `c` made a column by a reshape or a transpose, and the update's sum (or, not a
+/// recurrence, a difference).
+#[derive(Clone, Copy)]
+struct ScanBody {
+    swapped: bool,
+    transposed_c: bool,
+    update: tttc_ir::BinaryOp,
+}
+
+/// Mamba's selective scan over `[batch, T]` with `width` channels of `states` states (the
+/// frontend's `selective_scan_step`, written as `body` says).
+fn selective_scan(batch: usize, width: usize, states: usize, body: ScanBody) -> Graph {
+    let f = |shape: Vec<Dim>| Type::new(DType::F32, shape);
+    let (b, one, d, n) = (Dim::c(batch), Dim::c(1), Dim::c(width), Dim::c(states));
+    let mut g = Graph::new("step");
+    let h = g.input("state", f(vec![b.clone(), d.clone(), n.clone()]));
+    let dt = g.input("dt", f(vec![b.clone(), one.clone(), d.clone()]));
+    let du = g.input("du", f(vec![b.clone(), one.clone(), d.clone()]));
+    let bm = g.input("b", f(vec![b.clone(), one.clone(), n.clone()]));
+    let cm = g.input("c", f(vec![b.clone(), one.clone(), n.clone()]));
+    let a = g.input("a", f(vec![d.clone(), n.clone()]));
+    let ordered = |x, y| if body.swapped { (y, x) } else { (x, y) };
+    let column = vec![b.clone(), d.clone(), one.clone()];
+    let dt = g.reshape(dt, column.clone()).unwrap();
+    let (x, y) = ordered(dt, a);
+    let rate = g.mul(x, y).unwrap();
+    let decay = g.unary(UnaryOp::Exp, rate).unwrap();
+    let du = g.reshape(du, column).unwrap();
+    let (x, y) = ordered(du, bm);
+    let input = g.mul(x, y).unwrap();
+    let (x, y) = ordered(decay, h);
+    let kept = g.mul(x, y).unwrap();
+    let (x, y) = ordered(kept, input);
+    let h = g.binary(body.update, x, y).unwrap();
+    let c = if body.transposed_c { g.transpose_last2(cm).unwrap() } else { g.reshape(cm, vec![b.clone(), n.clone(), one.clone()]).unwrap() };
+    let y = g.matmul(h, c).unwrap();
+    let y = g.reshape(y, vec![b.clone(), one, d.clone()]).unwrap();
+    g.output("state", h);
+    g.output("y", y);
+    let mut outer = Graph::new("selective_scan");
+    let t = Dim::sym("T");
+    let h0 = outer.input("h0", f(vec![b.clone(), d.clone(), n.clone()]));
+    let seqs: Vec<_> = [("dt", &d), ("du", &d), ("b", &n), ("c", &n)].map(|(name, last)| outer.input(name, f(vec![b.clone(), t.clone(), last.clone()]))).into();
+    let a = outer.input("a", f(vec![d, n]));
+    let outs = outer.scan(Scan { axis: 1, chunk: 1, carries: 1, seqs: 4, body: g, reverse: false }, &[h0, seqs[0], seqs[1], seqs[2], seqs[3], a]).unwrap();
+    outer.output("state", outs[0]);
+    outer.output("y", outs[1]);
+    outer
+}
+
+/// Mamba's selective scan runs on the CPU as one step (a block of channels' state held over the
+/// sequence) and matches the interpreter and the other backends' ops: channels not a multiple of
+/// the block, a single state, one position, a batch of two, decays above 1 (A > 0) as well as
+/// below, exponents past exp's range (the general exp, not the one for exponents ≤ 0), the
+/// body's operands in either order; a body that is not the recurrence keeps its ops.
+#[test]
+fn selective_scans_run_as_one_step() {
+    use tttc_ir::BinaryOp::{Add, Sub};
+    let frontend = ScanBody { swapped: false, transposed_c: false, update: Add };
+    let cases = [
+        (2, 13, 37, 5, frontend, -2.0f32),
+        (1, 24, 1, 16, frontend, -1.0),
+        (1, 8, 50, 1, ScanBody { swapped: true, transposed_c: true, update: Add }, -1.0),
+        (2, 3, 9, 4, ScanBody { swapped: true, transposed_c: false, update: Add }, -0.5),
+        // Exponents past exp's range: infinite states, and NaN where their products cancel.
+        (1, 10, 6, 3, frontend, 400.0),
+    ];
+    for (seed, &(batch, width, len, states, body, a_bound)) in (61..).step_by(7).zip(&cases) {
+        let g = selective_scan(batch, width, states, body);
+        let what = format!("B {batch}, D {width}, T {len}, N {states}");
+        assert_eq!(Program::compile(&g).unwrap().stats().plan.recurrences, 1, "{what}: planned as one step");
+        let args = [
+            Tensor::f32(vec![batch, width, states], values(batch * width * states, seed, -1.0, 1.0)),
+            Tensor::f32(vec![batch, len, width], values(batch * len * width, seed + 1, 0.0, 0.5)),
+            Tensor::f32(vec![batch, len, width], values(batch * len * width, seed + 2, -1.0, 1.0)),
+            Tensor::f32(vec![batch, len, states], values(batch * len * states, seed + 3, -1.0, 1.0)),
+            Tensor::f32(vec![batch, len, states], values(batch * len * states, seed + 4, -1.0, 1.0)),
+            Tensor::f32(vec![width, states], values(width * states, seed + 5, a_bound.min(-1.0), a_bound.max(0.1))),
+        ];
+        let worst = compare(&g, &args, 1e-5, 1e-6);
+        assert!(worst <= 1.0, "{what}: error {worst:.2} of tolerance");
+    }
+    let g = selective_scan(2, 5, 3, ScanBody { update: Sub, ..frontend });
+    assert_eq!(Program::compile(&g).unwrap().stats().plan.recurrences, 0, "not a recurrence");
+    // The Mamba frontend's scans, as the pass pipeline leaves them: one per layer.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mamba-tiny.toml");
+    let g = tttc_passes::compile(&tttc_frontends::load_structure(&example).unwrap().g).unwrap();
+    assert_eq!(Program::compile(&g).unwrap().stats().plan.recurrences, 2, "mamba-tiny's two layers");
 }
 
 /// Attention's gradient (the autodiff's backward: weights recomputed from each row's

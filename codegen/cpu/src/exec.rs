@@ -172,6 +172,21 @@ impl Machine<'_> {
                     };
                     backward.run(fr.f32(a.dq), fr.f32(a.dk), fr.f32(a.dv))
                 }
+                Instr::Recurrence(r) => {
+                    let recurrence = crate::recurrence::Recurrence {
+                        state: fr.f32(r.state),
+                        dt: fr.f32(r.dt),
+                        du: fr.f32(r.du),
+                        b: fr.f32(r.b),
+                        c: fr.f32(r.c),
+                        a: fr.f32(r.a),
+                        batch: r.batch.fixed(),
+                        len: r.len.fixed(),
+                        width: r.width.fixed(),
+                        states: r.states.fixed(),
+                    };
+                    recurrence.run(fr.f32(r.y), fr.f32(r.final_state))
+                }
                 Instr::Parallel { parts } => {
                     let mut results: Vec<Result<()>> = parts.iter().map(|_| Ok(())).collect();
                     rayon::scope(|scope| {

@@ -21,6 +21,7 @@ mod attention_backward;
 mod exec;
 pub mod kernel;
 pub mod profile;
+mod recurrence;
 mod scalar;
 mod workspace;
 
@@ -91,7 +92,7 @@ impl Program {
         let start = Instant::now();
         let mut specs = Vec::new();
         let mut plan_stats = PlanStats::default();
-        let body = plan::plan(graph, threads(), schedule::Products::CPU.attention, &mut specs, &mut plan_stats);
+        let body = plan::plan(graph, threads(), schedule::Products::CPU.native, &mut specs, &mut plan_stats);
         let jit = kernel::compile(&specs)?;
         let stats = Stats { plan: plan_stats, instructions: jit.instructions, compile_seconds: start.elapsed().as_secs_f64() };
         Ok(Program { body, specs, jit, scheduled: Mutex::new(Vec::new()), workspaces: Workspaces::default(), stats })

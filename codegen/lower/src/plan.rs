@@ -25,6 +25,22 @@ pub enum Step {
     Attention(Box<crate::attention::Chain>),
     /// Its backward, as one step.
     AttentionBackward(Box<crate::attention::Backward>),
+    /// A scan that is Mamba's selective scan, as one step (see `recurrence.rs`).
+    Recurrence(usize, crate::recurrence::Recurrence),
+}
+
+/// Chains of ops a backend runs with code of its own, each as one step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Native {
+    /// Attention's softmax between two products, and its backward (`attention.rs`).
+    pub attention: bool,
+    /// Mamba's selective scan (`recurrence.rs`).
+    pub recurrences: bool,
+}
+
+impl Native {
+    /// Every chain as its ops.
+    pub const NONE: Native = Native { attention: false, recurrences: false };
 }
 
 /// How a product reads an operand from its source's memory.
@@ -100,16 +116,18 @@ pub struct PlanStats {
     /// Attention chains and their backwards run as one step each (see `attention.rs`).
     pub attention: usize,
     pub attention_backward: usize,
+    /// Selective scans run as one step each (see `recurrence.rs`).
+    pub recurrences: usize,
 }
 
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`; scans that
 /// keep their lanes apart are split for `threads` threads (not at all for one); with
-/// `attention`, attention chains become one step each (for a backend that runs them).
-pub fn plan(graph: &Graph, threads: usize, attention: bool, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
+/// the chains `native` names become one step each (for a backend that runs them).
+pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
     let graph = &without_regions(graph);
-    let mut p = Planner { graph, threads, attention, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
+    let mut p = Planner { graph, threads, native, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
     let views = operand_views(graph, &p.users);
-    let (mut chains, mut backwards) = if attention { crate::attention::find(graph, &p.users, &views) } else { Default::default() };
+    let (mut chains, mut backwards) = if native.attention { crate::attention::find(graph, &p.users, &views) } else { Default::default() };
     let inside_chains: std::collections::HashSet<usize> =
         chains.values().flat_map(|c| c.inner.iter().copied()).chain(backwards.values().flat_map(|b| b.inner.iter().copied())).collect();
     let chain_nodes = inside_chains.iter().chain(chains.keys()).chain(backwards.keys()).copied().collect();
@@ -166,19 +184,25 @@ pub fn plan(graph: &Graph, threads: usize, attention: bool, specs: &mut Vec<Kern
                         p.stats.reductions += 1;
                         Step::Reduce(i)
                     }
-                    Op::Scan(s) => Step::Scan(
-                        i,
-                        match crate::lanes::split(s, p.threads) {
-                            Some(split) => {
-                                p.stats.lane_split_scans += 1;
-                                let body = plan(&split.body, p.threads, p.attention, p.specs, p.stats);
-                                let scan = tttc_ir::Scan { body: split.body, ..(**s).clone() };
-                                let (parts, operand_lanes, result_lanes) = (split.parts, split.operand_lanes, split.result_lanes);
-                                ScanPlan::Lanes(Box::new(LaneScan { parts, operand_lanes, result_lanes, scan, body }))
-                            }
-                            None => ScanPlan::Whole(Box::new(plan(&s.body, p.threads, p.attention, p.specs, p.stats))),
-                        },
-                    ),
+                    Op::Scan(s) => match crate::recurrence::find(s).filter(|_| p.native.recurrences) {
+                        Some(recurrence) => {
+                            p.stats.recurrences += 1;
+                            Step::Recurrence(i, recurrence)
+                        }
+                        None => Step::Scan(
+                            i,
+                            match crate::lanes::split(s, p.threads) {
+                                Some(split) => {
+                                    p.stats.lane_split_scans += 1;
+                                    let body = plan(&split.body, p.threads, p.native, p.specs, p.stats);
+                                    let scan = tttc_ir::Scan { body: split.body, ..(**s).clone() };
+                                    let (parts, operand_lanes, result_lanes) = (split.parts, split.operand_lanes, split.result_lanes);
+                                    ScanPlan::Lanes(Box::new(LaneScan { parts, operand_lanes, result_lanes, scan, body }))
+                                }
+                                None => ScanPlan::Whole(Box::new(plan(&s.body, p.threads, p.native, p.specs, p.stats))),
+                            },
+                        ),
+                    },
                     _ => {
                         p.stats.other_nodes += 1;
                         Step::Op(i)
@@ -330,7 +354,7 @@ struct Group {
 struct Planner<'a> {
     graph: &'a Graph,
     threads: usize,
-    attention: bool,
+    native: Native,
     specs: &'a mut Vec<KernelSpec>,
     stats: &'a mut PlanStats,
     steps: Vec<Step>,

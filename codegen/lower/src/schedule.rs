@@ -12,7 +12,7 @@ use tttc_ir::layout::{broadcast_shape, broadcast_strides, broadcast_strides_of, 
 use tttc_ir::{DType, Data, DimEnv, Graph, Op, ReduceKind, Size, SizeEnv, Tensor, TensorView, ValueId};
 
 use crate::elementwise::{row_layout, Expr, KernelSpec, RowLayout};
-use crate::plan::{Body, LaneScan, Read, ScanPlan, Step};
+use crate::plan::{Body, LaneScan, Native, Read, ScanPlan, Step};
 
 pub type BufId = usize;
 
@@ -136,6 +136,9 @@ pub enum Instr {
     Attention(Box<AttentionInstr>),
     /// Its backward in one pass over blocks of keys and queries.
     AttentionBackward(Box<AttentionBackwardInstr>),
+    /// Mamba's selective scan in one pass over the sequence (see `recurrence.rs`; the CPU's
+    /// only).
+    Recurrence(Box<RecurrenceInstr>),
     /// Instruction lists that touch disjoint memory and may run at once (a scan split over its
     /// lanes: each part stages its slice of the operands, runs the narrower scan and puts its
     /// results in place). Only a plan for several threads has them.
@@ -199,6 +202,10 @@ impl Instr {
                 let writes = [(&a.dq, "dq"), (&a.dk, "dk"), (&a.dv, "dv")].map(|(b, name)| at(b, name, write));
                 writes.into_iter().chain(reads.map(|(b, name)| at(b, name, read))).collect()
             }
+            Instr::Recurrence(r) => {
+                let reads = [(&r.state, "state"), (&r.dt, "dt"), (&r.du, "du"), (&r.b, "b"), (&r.c, "c"), (&r.a, "a")].map(|(b, name)| at(b, name, read));
+                [at(&r.final_state, "final_state", write), at(&r.y, "y", write)].into_iter().chain(reads).collect()
+            }
             Instr::Parallel { parts } => parts.iter().flatten().flat_map(Instr::uses).collect(),
         }
     }
@@ -221,6 +228,7 @@ impl Instr {
             Instr::Scan(_) => "scan",
             Instr::Attention(_) => "attention",
             Instr::AttentionBackward(_) => "attention_backward",
+            Instr::Recurrence(_) => "recurrence",
             Instr::Parallel { .. } => "parallel",
         }
     }
@@ -246,6 +254,7 @@ impl Instr {
             Instr::Reduce { outer, len, inner, .. } => at(*outer * *len * *inner),
             Instr::Attention(a) => a.flops(at),
             Instr::AttentionBackward(a) => a.flops(at),
+            Instr::Recurrence(r) => r.flops(at),
             _ => 0,
         }
     }
@@ -269,6 +278,7 @@ impl Instr {
             Instr::ScatterAdd { dst, updates, index, .. } => 2 * size(dst) + size(updates) + size(index),
             Instr::Attention(a) => size(&a.out) + size(&a.q.buf) + size(&a.k.buf) + size(&a.v.buf) + a.lse.as_ref().map_or(0, size),
             Instr::AttentionBackward(a) => [a.dq, a.dk, a.dv, a.q.buf, a.k.buf, a.v.buf, a.d_out.buf, a.lse, a.row].iter().map(size).sum(),
+            Instr::Recurrence(r) => [r.state, r.dt, r.du, r.b, r.c, r.a, r.final_state, r.y].iter().map(size).sum(),
             Instr::Scan(_) | Instr::Parallel { .. } => 0,
         }
     }
@@ -402,6 +412,34 @@ impl AttentionBackwardInstr {
     fn flops(&self, at: &dyn Fn(Size) -> u64) -> u64 {
         let s = &self.shape;
         s.pairs(at) * (2 * at(s.d * 3 + s.dv * 2) + 1)
+    }
+}
+
+/// Mamba's selective scan over `len` positions for each of `batch` sequences (see
+/// `recurrence.rs`), every buffer contiguous: from the state `state [batch, width, states]`,
+/// per position `h = exp(Δ ⊗ A) ⊙ h + Δu ⊗ b` and `y = h · c`, with `dt` and `du` `[batch, len,
+/// width]`, `b` and `c` `[batch, len, states]`, `a` `[width, states]`; `y` is `[batch, len,
+/// width]`, `final_state` the state after the last position.
+pub struct RecurrenceInstr {
+    pub state: BufId,
+    pub dt: BufId,
+    pub du: BufId,
+    pub b: BufId,
+    pub c: BufId,
+    pub a: BufId,
+    pub final_state: BufId,
+    pub y: BufId,
+    pub batch: Size,
+    pub len: Size,
+    pub width: Size,
+    pub states: Size,
+}
+
+impl RecurrenceInstr {
+    /// Per state element and position: the decay's product and exponential, the update's two
+    /// products and sum, and the output's multiply-add.
+    fn flops(&self, at: &dyn Fn(Size) -> u64) -> u64 {
+        7 * at(self.batch * self.len * self.width * self.states)
     }
 }
 
@@ -728,9 +766,9 @@ pub struct Products {
     /// An elementwise kernel that follows a product is applied to its elements before they are
     /// stored ([`Epilogue`]).
     pub epilogues: bool,
-    /// Attention's softmax between two products runs as one [`Instr::Attention`] (planned as
-    /// one step: `attention.rs`).
-    pub attention: bool,
+    /// The chains that run as one instruction each ([`Instr::Attention`] and its backward,
+    /// [`Instr::Recurrence`]), planned as one step each.
+    pub native: crate::plan::Native,
 }
 
 impl Products {
@@ -738,17 +776,18 @@ impl Products {
     /// internal, so an epilogue would still run after the whole product, and running the product
     /// in blocks of rows to keep them in cache for the epilogue gained no more than the
     /// run-to-run spread (BENCHMARKS.md, "Fusion").
-    /// Attention chains run as one instruction (`exec.rs`'s tiled running softmax).
-    pub const CPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: false, attention: true };
+    /// Attention chains run as one instruction (`exec.rs`'s tiled running softmax), and so do
+    /// selective scans (a block of channels' state held in registers over the sequence).
+    pub const CPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: false, native: Native { attention: true, recurrences: true } };
     /// The CPU model's portable product (Cranelift's 128-bit vectors; compute-bound: an epilogue
     /// would gain nothing).
-    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, attention: false };
+    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, native: Native::NONE };
     /// The CPU model's AVX-512 product, which gathers a transposed right operand's rows at
     /// about two thirds of its rate with contiguous ones: packing, a pass over the operand,
     /// costs less from a few hundred rows on (BENCHMARKS.md, "The compiled model").
-    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false, attention: false };
+    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false, native: Native::NONE };
     /// The GPU's: operands with any strides, epilogues applied in registers.
-    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, attention: false };
+    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native::NONE };
 }
 
 /// A value the model reads or writes: its shape in the lengths it is launched with.
@@ -898,7 +937,7 @@ impl Schedule {
 /// function of the model, and what it takes and needs.
 pub fn model(graph: &Graph, env: &DimEnv, lengths: Lengths, products: Products, threads: usize) -> Result<(Schedule, Signature)> {
     let mut specs = Vec::new();
-    let body = crate::plan::plan(graph, threads, products.attention, &mut specs, &mut crate::plan::PlanStats::default());
+    let body = crate::plan::plan(graph, threads, products.native, &mut specs, &mut crate::plan::PlanStats::default());
     let open = |sym: &String, v: usize| {
         lengths == Lengths::UpTo && v > 1 && graph.args.iter().any(|a| graph.ty(a.value).shape.iter().any(|d| d.sym.as_ref() == Some(sym)))
     };
@@ -1048,7 +1087,7 @@ impl Builder<'_> {
                 Step::Kernel(k) => format!("kernel {} in {}", k.kernel, g.name),
                 Step::Attention(c) => format!("attention (defining %{}) in {}", g.nodes[c.node].outputs[0].0, g.name),
                 Step::AttentionBackward(b) => format!("attention's backward (defining %{}) in {}", b.dq.0 .0, g.name),
-                Step::Op(i) | Step::MatMul(i, _) | Step::Reduce(i) | Step::Scan(i, _) => {
+                Step::Op(i) | Step::MatMul(i, _) | Step::Reduce(i) | Step::Scan(i, _) | Step::Recurrence(i, _) => {
                     let node = &g.nodes[*i];
                     format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name)
                 }
@@ -1124,6 +1163,15 @@ impl Builder<'_> {
                     vals.insert(*v, b);
                 }
                 Ok(())
+            }
+            Step::Recurrence(i, r) => {
+                let node = &g.nodes[*i];
+                let [state, dt, du, b, c, a] = [r.state, r.dt, r.du, r.b, r.c, r.a].map(|k| get(vals, &node.inputs[k]));
+                let outs: Vec<BufId> = node.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
+                for (v, b) in node.outputs.iter().zip(&outs) {
+                    vals.insert(*v, *b);
+                }
+                self.recurrence([state?, dt?, du?, b?, c?, a?], [outs[0], outs[1]])
             }
             Step::Scan(i, ScanPlan::Lanes(lanes)) => {
                 let node = &g.nodes[*i];
@@ -1371,6 +1419,29 @@ impl Builder<'_> {
         let shape = AttentionShape { batch, tq, tk, d, dv: dv_len, scale, causal };
         let a = AttentionBackwardInstr { dq, dk, dv, transposed, q, k, v, d_out, lse, row, shape };
         self.instrs.push(Instr::AttentionBackward(Box::new(a)));
+        Ok(())
+    }
+
+    /// A selective scan as one instruction, its operands' shapes checked against its state's.
+    fn recurrence(&mut self, [state, dt, du, b, c, a]: [BufId; 6], [final_state, y]: [BufId; 2]) -> Result<()> {
+        let &[batch, width, states] = self.bufs[state].shape.as_slice() else { bail!("a selective scan's state is {:?}", self.bufs[state].shape) };
+        let len = self.bufs[dt].shape.get(1).copied().context("a selective scan's Δ has no time axis")?;
+        let by_channel = [batch, len, width];
+        let by_state = [batch, len, states];
+        let want = [
+            (dt, &by_channel[..]),
+            (du, &by_channel),
+            (y, &by_channel),
+            (b, &by_state),
+            (c, &by_state),
+            (a, &[width, states]),
+            (final_state, &[batch, width, states]),
+        ];
+        for (buf, shape) in want {
+            ensure!(self.bufs[buf].shape == shape, "a selective scan's operand is {:?}, not {shape:?}", self.bufs[buf].shape);
+        }
+        let r = RecurrenceInstr { state, dt, du, b, c, a, final_state, y, batch, len, width, states };
+        self.instrs.push(Instr::Recurrence(Box::new(r)));
         Ok(())
     }
 

@@ -148,7 +148,7 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
 
     // The narrow body, planned and scheduled for one lane at each chunk length.
     let mut specs = Vec::new();
-    let plan = tttc_lower::plan::plan(&lanes.body, 1, schedule::Products::GPU.attention, &mut specs, &mut tttc_lower::plan::PlanStats::default());
+    let plan = tttc_lower::plan::plan(&lanes.body, 1, schedule::Products::GPU.native, &mut specs, &mut tttc_lower::plan::PlanStats::default());
     let shapes = |len: Size| -> Vec<Vec<Size>> {
         operands
             .iter()
