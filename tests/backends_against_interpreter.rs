@@ -169,6 +169,35 @@ fn runs_with_reductions_between_them() {
     }
 }
 
+/// A run of elementwise ops stays open across the steps that read none of its values: a scalar
+/// computed (and reshaped) between two of its ops, as a decoding step's position mask is, goes
+/// before the run's kernel instead of splitting it in two; a reduction of a run value, and a run
+/// of another shape that reads one, still come after it. All match the interpreter.
+#[test]
+fn runs_stay_open_across_steps_that_do_not_read_them() {
+    let mut g = Graph::new("open_runs");
+    let x = g.input("x", f32t(&[3, 40]));
+    let p = g.input("p", f32t(&[1]));
+    let e = g.unary(UnaryOp::Exp, x).unwrap();
+    let half = g.scalar(0.5).unwrap();
+    let gate = g.binary(tttc_ir::BinaryOp::Ge, p, half).unwrap(); // [1], between two ops of the run
+    let gate = g.reshape(gate, vec![Dim::c(1), Dim::c(1)]).unwrap();
+    let y = g.mul(e, gate).unwrap();
+    let y = g.add(y, x).unwrap();
+    let total = g.reduce(ReduceKind::Sum, y, 1, true).unwrap(); // [3, 1]: reads the run
+    let z = g.mul(y, total).unwrap();
+    let row = g.reduce(ReduceKind::Max, y, 0, true).unwrap(); // [1, 40]
+    let w = g.unary(UnaryOp::Tanh, row).unwrap(); // a run of another shape
+    g.output("z", z);
+    g.output("w", w);
+    let stats = Program::compile(&g).unwrap().stats().plan;
+    assert_eq!(stats.kernels, 4, "the gate, exp·gate + x, the product by the sums, tanh: {stats:?}");
+    for p in [0.2, 0.9] {
+        let args = [Tensor::f32(vec![3, 40], values(120, 5, -2.0, 2.0)), Tensor::f32(vec![1], vec![p])];
+        assert!(compare(&g, &args, 1e-5, 1e-6) <= 1.0, "p = {p}");
+    }
+}
+
 /// Matrix products: a weight shared over the batch, batches broadcast both ways, and sizes
 /// large enough to run on several threads.
 #[test]

@@ -1,6 +1,7 @@
 //! The first half of the lowering, before sizes are bound: from a graph to the steps that
-//! execute it. Runs of elementwise ops of one shape become kernels (see [`crate::elementwise`]),
-//! matrix products read transposes and unit reshapes as views, fused regions are planned as the
+//! execute it. Runs of elementwise ops of one shape become kernels (see [`crate::elementwise`];
+//! several runs stay open at once, and a step that reads none of a run's values goes before its
+//! kernel instead of ending it), matrix products read transposes and unit reshapes as views, fused regions are planned as the
 //! ops they hold, scans get plans of their own for their bodies (a scan whose lanes stay apart is
 //! split for the threads), and
 //! every other op (data movement, index math, constants) is left for [`crate::schedule`] to lower
@@ -125,7 +126,7 @@ pub struct PlanStats {
 /// the chains `native` names become one step each (for a backend that runs them).
 pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<KernelSpec>, stats: &mut PlanStats) -> Body {
     let graph = &without_regions(graph);
-    let mut p = Planner { graph, threads, native, specs, stats, steps: Vec::new(), consts: HashMap::new(), group: None, users: users(graph) };
+    let mut p = Planner { graph, threads, native, specs, stats, steps: Vec::new(), consts: HashMap::new(), groups: Vec::new(), users: users(graph) };
     let views = operand_views(graph, &p.users);
     let (mut chains, mut backwards) = if native.attention { crate::attention::find(graph, &p.users, &views) } else { Default::default() };
     let inside_chains: std::collections::HashSet<usize> =
@@ -140,13 +141,13 @@ pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<Kerne
         // At its last node, where its values (read by the first and the last product) are all
         // defined.
         if let Some(chain) = chains.remove(&i) {
-            p.close();
+            p.close_all();
             p.stats.attention += 1;
             p.steps.push(Step::Attention(Box::new(chain)));
             continue;
         }
         if let Some(backward) = backwards.remove(&i) {
-            p.close();
+            p.close_all();
             p.stats.attention_backward += 1;
             p.steps.push(Step::AttentionBackward(Box::new(backward)));
             continue;
@@ -161,15 +162,16 @@ pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<Kerne
             }
             Op::Unary(_) | Op::Binary(_) | Op::Broadcast { .. } if (0..node.inputs.len()).all(f32_in) => {
                 if !p.join(i) {
-                    p.close();
-                    if !p.join(i) {
-                        p.steps.push(Step::Op(i));
-                        p.stats.other_nodes += 1;
-                    }
+                    p.close_makers(&node.inputs);
+                    p.steps.push(Step::Op(i));
+                    p.stats.other_nodes += 1;
                 }
             }
             op => {
-                p.close();
+                // The values it reads, through the views it reads them by, are stored first.
+                let sources: Vec<ValueId> =
+                    node.inputs.iter().map(|v| views.get(v).map(|&(src, _)| src).or_else(|| permuted.get(v).map(|(src, _)| *src)).unwrap_or(*v)).collect();
+                p.close_makers(&sources);
                 let step = match op {
                     Op::MatMul if f32_in(0) => {
                         p.stats.matmuls += 1;
@@ -212,7 +214,7 @@ pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<Kerne
             }
         }
     }
-    p.close();
+    p.close_all();
     Body { graph: graph.clone(), steps: p.steps }
 }
 
@@ -349,6 +351,8 @@ struct Group {
     /// Graph value → its entry in `spec.exprs`.
     at: HashMap<ValueId, usize>,
     nodes: Vec<usize>,
+    /// The values its nodes compute.
+    made: std::collections::HashSet<ValueId>,
 }
 
 struct Planner<'a> {
@@ -359,33 +363,46 @@ struct Planner<'a> {
     stats: &'a mut PlanStats,
     steps: Vec<Step>,
     consts: HashMap<ValueId, f32>,
-    group: Option<Group>,
+    /// The elementwise runs still open, each of its own shape's or apart from the others': none
+    /// reads a value another computes (a run that one reads is closed first). Steps that read
+    /// none of a run's values go before its kernel, so a scalar computed between two ops of a
+    /// run does not split it.
+    groups: Vec<Group>,
     users: Vec<Vec<usize>>,
 }
 
 impl Planner<'_> {
-    /// Adds node `i` to the open run (opening one if there is none) when its result has the
-    /// run's shape and every operand is a run value, a constant or a value that broadcasts to
-    /// the run's shape in a way known from the types alone.
+    /// Adds node `i` to an open run of its result's shape (the one computing one of its
+    /// operands, else the latest), or to a new run, when every operand is a run value, a constant
+    /// or a value that broadcasts to the run's shape in a way known from the types alone. The
+    /// other runs computing its operands are closed first.
     fn join(&mut self, i: usize) -> bool {
         let node = &self.graph.nodes[i];
         let shape = self.graph.ty(node.outputs[0]).shape.clone();
-        let mut g = self.group.take().unwrap_or_else(|| Group {
-            shape: shape.clone(),
-            spec: KernelSpec { exprs: Vec::new(), splat: Vec::new(), outputs: Vec::new() },
-            inputs: Vec::new(),
-            at: HashMap::new(),
-            nodes: Vec::new(),
-        });
-        let fits = g.shape == shape
-            && node.inputs.iter().all(|v| g.at.contains_key(v) || self.consts.contains_key(v) || splat_kind(&self.graph.ty(*v).shape, &g.shape).is_some());
-        if !fits {
-            let empty = g.nodes.is_empty();
-            if !empty {
-                self.group = Some(g);
-            }
+        let reads = |g: &Group| node.inputs.iter().any(|v| g.made.contains(v));
+        let fits = |g: Option<&Group>| {
+            node.inputs
+                .iter()
+                .all(|v| g.is_some_and(|g| g.at.contains_key(v)) || self.consts.contains_key(v) || splat_kind(&self.graph.ty(*v).shape, &shape).is_some())
+        };
+        let same_shape = |g: &Group| g.shape == shape && fits(Some(g));
+        let target = self.groups.iter().rposition(|g| same_shape(g) && reads(g)).or_else(|| self.groups.iter().rposition(same_shape));
+        if target.is_none() && !fits(None) {
             return false;
         }
+        let target_nodes = target.map(|k| self.groups[k].nodes[0]);
+        let others: Vec<ValueId> =
+            node.inputs.iter().copied().filter(|v| self.groups.iter().any(|g| Some(g.nodes[0]) != target_nodes && g.made.contains(v))).collect();
+        self.close_makers_but(&others, target_nodes);
+        let k = match target_nodes {
+            Some(first) => self.groups.iter().position(|g| g.nodes[0] == first).expect("still open"),
+            None => {
+                let spec = KernelSpec { exprs: Vec::new(), splat: Vec::new(), outputs: Vec::new() };
+                self.groups.push(Group { shape, spec, inputs: Vec::new(), at: HashMap::new(), nodes: Vec::new(), made: Default::default() });
+                self.groups.len() - 1
+            }
+        };
+        let mut g = self.groups.remove(k);
         let operands: Vec<usize> = node.inputs.iter().map(|&v| self.operand(&mut g, v)).collect();
         let e = match &node.op {
             Op::Unary(u) => Some(Expr::Unary(*u, operands[0])),
@@ -401,8 +418,9 @@ impl Planner<'_> {
             None => operands[0],
         };
         g.at.insert(node.outputs[0], at);
+        g.made.insert(node.outputs[0]);
         g.nodes.push(i);
-        self.group = Some(g);
+        self.groups.insert(k, g);
         true
     }
 
@@ -424,9 +442,28 @@ impl Planner<'_> {
         g.spec.exprs.len() - 1
     }
 
-    /// Ends the open run: a kernel storing the run values read after it.
-    fn close(&mut self) {
-        let Some(mut g) = self.group.take() else { return };
+    /// Closes the runs that compute any of `values`.
+    fn close_makers(&mut self, values: &[ValueId]) {
+        self.close_makers_but(values, None)
+    }
+
+    /// Closes the runs that compute any of `values`, but the one beginning with node `keep`.
+    fn close_makers_but(&mut self, values: &[ValueId], keep: Option<usize>) {
+        while let Some(k) = self.groups.iter().position(|g| Some(g.nodes[0]) != keep && values.iter().any(|v| g.made.contains(v))) {
+            let g = self.groups.remove(k);
+            self.close(g);
+        }
+    }
+
+    /// Closes every open run, in the order they opened.
+    fn close_all(&mut self) {
+        for g in std::mem::take(&mut self.groups) {
+            self.close(g);
+        }
+    }
+
+    /// Ends a run: a kernel storing the run values read after it.
+    fn close(&mut self, mut g: Group) {
         let inside: std::collections::HashSet<usize> = g.nodes.iter().copied().collect();
         let graph_outputs: std::collections::HashSet<ValueId> = self.graph.outputs.iter().map(|(_, v)| *v).collect();
         let mut outputs = Vec::new();
