@@ -1,11 +1,10 @@
 //! The first half of the lowering, before sizes are bound: from a graph to the steps that
 //! execute it. Runs of elementwise ops of one shape become kernels (see [`crate::elementwise`];
 //! several runs stay open at once, and a step that reads none of a run's values goes before its
-//! kernel instead of ending it), matrix products read transposes and unit reshapes as views, fused regions are planned as the
-//! ops they hold, scans get plans of their own for their bodies (a scan whose lanes stay apart is
-//! split for the threads), and
-//! every other op (data movement, index math, constants) is left for [`crate::schedule`] to lower
-//! once the sizes are bound.
+//! kernel instead of ending it), matrix products read transposes and unit reshapes as views,
+//! fused regions are planned as the ops they hold, scans get plans of their own for their bodies
+//! (a scan whose lanes stay apart is split for the threads), and every other op (data movement,
+//! index math, constants) is left for [`crate::schedule`] to lower once the sizes are bound.
 
 use std::collections::HashMap;
 
