@@ -1,8 +1,8 @@
 //! Mamba's selective scan in one pass ([`Instr::Recurrence`](tttc_lower::schedule::Instr)):
 //! per sequence and block of `LANES` channels, the block's state (`N` vectors of `LANES`
-//! channels) stays in registers and L1 from the first position to the last; at each position every
-//! state element decays by `exp(Δ·A)`, computed there, takes in `Δu·b`, and the channels' output
-//! `y = h · c` is summed in the same pass. Run op by op, each position was a few steps over the
+//! channels) stays in registers and L1 from the first position to the last; at each position
+//! every state element decays by `exp(Δ·A)`, computed there, takes in `Δu·b`, and the channels'
+//! output `y = h · c` is summed in the same pass. Run op by op, each position was a few steps over the
 //! whole `[D, N]` state, its decays materialised in memory. Blocks are the unit of work, taken
 //! by whichever thread is free. The code is compiled twice: for AVX2 with FMA where the
 //! processor has them, and for the baseline.
