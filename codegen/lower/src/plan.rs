@@ -389,19 +389,15 @@ impl Planner<'_> {
         if target.is_none() && !fits(None) {
             return false;
         }
-        let target_nodes = target.map(|k| self.groups[k].nodes[0]);
-        let others: Vec<ValueId> =
-            node.inputs.iter().copied().filter(|v| self.groups.iter().any(|g| Some(g.nodes[0]) != target_nodes && g.made.contains(v))).collect();
-        self.close_makers_but(&others, target_nodes);
-        let k = match target_nodes {
-            Some(first) => self.groups.iter().position(|g| g.nodes[0] == first).expect("still open"),
+        let mut g = match target {
+            Some(k) => self.groups.remove(k),
             None => {
                 let spec = KernelSpec { exprs: Vec::new(), splat: Vec::new(), outputs: Vec::new() };
-                self.groups.push(Group { shape, spec, inputs: Vec::new(), at: HashMap::new(), nodes: Vec::new(), made: Default::default() });
-                self.groups.len() - 1
+                Group { shape, spec, inputs: Vec::new(), at: HashMap::new(), nodes: Vec::new(), made: Default::default() }
             }
         };
-        let mut g = self.groups.remove(k);
+        // The run taken out, the others computing its operands are closed first.
+        self.close_makers(&node.inputs);
         let operands: Vec<usize> = node.inputs.iter().map(|&v| self.operand(&mut g, v)).collect();
         let e = match &node.op {
             Op::Unary(u) => Some(Expr::Unary(*u, operands[0])),
@@ -419,7 +415,7 @@ impl Planner<'_> {
         g.at.insert(node.outputs[0], at);
         g.made.insert(node.outputs[0]);
         g.nodes.push(i);
-        self.groups.insert(k, g);
+        self.groups.push(g);
         true
     }
 
@@ -443,18 +439,13 @@ impl Planner<'_> {
 
     /// Closes the runs that compute any of `values`.
     fn close_makers(&mut self, values: &[ValueId]) {
-        self.close_makers_but(values, None)
-    }
-
-    /// Closes the runs that compute any of `values`, but the one beginning with node `keep`.
-    fn close_makers_but(&mut self, values: &[ValueId], keep: Option<usize>) {
-        while let Some(k) = self.groups.iter().position(|g| Some(g.nodes[0]) != keep && values.iter().any(|v| g.made.contains(v))) {
+        while let Some(k) = self.groups.iter().position(|g| values.iter().any(|v| g.made.contains(v))) {
             let g = self.groups.remove(k);
             self.close(g);
         }
     }
 
-    /// Closes every open run, in the order they opened.
+    /// Closes every open run (they read none of each other's values: any order).
     fn close_all(&mut self) {
         for g in std::mem::take(&mut self.groups) {
             self.close(g);

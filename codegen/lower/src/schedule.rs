@@ -1070,6 +1070,13 @@ impl Builder<'_> {
         Ok(self.buf(g.ty(v).dtype, self.shape_of(g, v)?, home))
     }
 
+    /// A new buffer for each of `node`'s results, recorded in `vals`.
+    fn results(&mut self, g: &Graph, node: &tttc_ir::Node, vals: &mut HashMap<ValueId, BufId>, wanted: &mut HashMap<ValueId, Home>) -> Result<Vec<BufId>> {
+        let outs: Vec<BufId> = node.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
+        vals.extend(node.outputs.iter().copied().zip(outs.iter().copied()));
+        Ok(outs)
+    }
+
     fn copy_all(&mut self, dst: BufId, src: BufId) {
         let shape = self.bufs[dst].shape.clone();
         let strides = contiguous_strides(&shape);
@@ -1157,31 +1164,20 @@ impl Builder<'_> {
                 let node = &g.nodes[*i];
                 let Op::Scan(scan) = &node.op else { bail!("not a scan") };
                 let ins: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
-                let outs: Vec<BufId> = node.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
-                self.scan(scan, body, &ins, &outs)?;
-                for (v, b) in node.outputs.iter().zip(outs) {
-                    vals.insert(*v, b);
-                }
-                Ok(())
+                let outs = self.results(g, node, vals, wanted)?;
+                self.scan(scan, body, &ins, &outs)
             }
             Step::Recurrence(i, r) => {
                 let node = &g.nodes[*i];
                 let [state, dt, du, b, c, a] = [r.state, r.dt, r.du, r.b, r.c, r.a].map(|k| get(vals, &node.inputs[k]));
-                let outs: Vec<BufId> = node.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
-                for (v, b) in node.outputs.iter().zip(&outs) {
-                    vals.insert(*v, *b);
-                }
+                let outs = self.results(g, node, vals, wanted)?;
                 self.recurrence([state?, dt?, du?, b?, c?, a?], [outs[0], outs[1]])
             }
             Step::Scan(i, ScanPlan::Lanes(lanes)) => {
                 let node = &g.nodes[*i];
                 let ins: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
-                let outs: Vec<BufId> = node.outputs.iter().map(|&v| self.fresh(g, v, wanted)).collect::<Result<_>>()?;
-                self.lanes(lanes, &ins, &outs)?;
-                for (v, b) in node.outputs.iter().zip(outs) {
-                    vals.insert(*v, b);
-                }
-                Ok(())
+                let outs = self.results(g, node, vals, wanted)?;
+                self.lanes(lanes, &ins, &outs)
             }
             Step::Op(i) => {
                 let node = &g.nodes[*i];
