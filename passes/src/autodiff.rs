@@ -708,30 +708,29 @@ fn unary_vjp(g: &mut Graph, u: UnaryOp, x: ValueId, y: ValueId, d: ValueId) -> R
     g.mul(d, local)
 }
 
-/// d gelu_tanh(x) / dx = ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²), t = tanh(c(x + 0.044715x³)), c = √(2/π).
+/// d gelu_tanh(x) / dx through gelu_tanh(x) = x·σ(v), v = 2c(x + 0.044715x³), c = √(2/π) (as the
+/// backends compute it): σ(v)·(1 + x(1 − σ(v))·2c(1 + 3·0.044715x²)), one sigmoid where the
+/// tanh form needs a tanh and more products.
 fn gelu_tanh_derivative(g: &mut Graph, x: ValueId) -> Result<ValueId> {
-    let c = g.scalar((2.0 / std::f64::consts::PI).sqrt())?;
+    let c2 = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
     let one = g.scalar(1.0)?;
-    let half = g.scalar(0.5)?;
     let x2 = g.mul(x, x)?;
     let k = g.scalar(0.044715)?;
     let kx2 = g.mul(k, x2)?;
     let inner = g.add(one, kx2)?;
-    let u = g.mul(x, inner)?;
-    let u = g.mul(c, u)?;
-    let t = g.unary(UnaryOp::Tanh, u)?;
-    let left = g.add(one, t)?;
-    let left = g.mul(half, left)?;
-    let t2 = g.mul(t, t)?;
-    let sech2 = g.sub(one, t2)?;
+    let v = g.mul(x, inner)?;
+    let two_c = g.scalar(c2)?;
+    let v = g.mul(two_c, v)?;
+    let s = g.unary(UnaryOp::Sigmoid, v)?;
     let k3 = g.scalar(3.0 * 0.044715)?;
     let k3x2 = g.mul(k3, x2)?;
-    let du = g.add(one, k3x2)?;
-    let du = g.mul(c, du)?;
-    let right = g.mul(x, sech2)?;
-    let right = g.mul(right, du)?;
-    let right = g.mul(half, right)?;
-    g.add(left, right)
+    let dv = g.add(one, k3x2)?;
+    let dv = g.mul(two_c, dv)?;
+    let rest = g.sub(one, s)?;
+    let rest = g.mul(x, rest)?;
+    let rest = g.mul(rest, dv)?;
+    let t = g.add(one, rest)?;
+    g.mul(s, t)
 }
 
 /// The length of `axis` of a value of type `t`, as an f32 scalar (a `[…, 1, …]` tensor when the

@@ -147,18 +147,18 @@ pub fn unary<E: Emit>(e: &mut E, u: UnaryOp, x: E::F) -> E::F {
             e.div(x, d)
         }
         UnaryOp::GeluTanh => {
-            // ½x(1 + tanh(√(2/π)(x + 0.044715x³)))
+            // ½x(1 + tanh u) = x·σ(2u) = x / (1 + e^{−2u}), u = √(2/π)(x + 0.044715x³): one
+            // exponential instead of tanh's two branches, and no cancellation in 1 + tanh u for
+            // negative x.
+            let c = (2.0f64 / std::f64::consts::PI).sqrt();
             let x2 = e.mul(x, x);
-            let k = e.c(0.044715);
-            let x3 = e.mul(x2, x);
-            let inner = e.fma(k, x3, x);
-            let c = e.c((2.0f64 / std::f64::consts::PI).sqrt() as f32);
-            let arg = e.mul(c, inner);
-            let t = tanh(e, arg);
-            let (one, half) = (e.c(1.0), e.c(0.5));
-            let hx = e.mul(half, x);
-            let s = e.add(one, t);
-            e.mul(hx, s)
+            let (a, b) = (e.c((-2.0 * c * 0.044715) as f32), e.c((-2.0 * c) as f32));
+            let slope = e.fma(x2, a, b);
+            let minus_2u = e.mul(slope, x);
+            let ex = exp(e, minus_2u);
+            let one = e.c(1.0);
+            let d = e.add(one, ex);
+            e.div(x, d)
         }
         UnaryOp::Softplus => {
             // x above 20, else log(1 + eˣ).
