@@ -48,8 +48,8 @@ pub fn pipeline() -> Vec<Pass> {
         },
         Pass {
             name: "simplify",
-            about: "computes common subexpressions once and folds reshape, transpose and broadcast chains",
-            run: |g| Ok(crate::simplify::simplify(g)?.into()),
+            about: "moves transposes of products onto their operands ((a·b)ᵀ = bᵀ·aᵀ, read as strides), computes common subexpressions once and folds reshape, transpose and broadcast chains",
+            run: simplify,
         },
         Pass { name: "dce", about: "removes the nodes that no graph output depends on", run: dce },
         Pass {
@@ -58,6 +58,12 @@ pub fn pipeline() -> Vec<Pass> {
             run: crate::fuse::fuse_with_notes,
         },
     ]
+}
+
+/// Transposes are sunk once common subexpressions are merged (a product that something else
+/// reads is not computed a second time, transposed); the transposes sinking makes are then folded.
+fn simplify(g: &Graph) -> Result<Rewrite> {
+    Ok(crate::simplify::simplify(&crate::sink_transposes(&crate::simplify::simplify(g)?)?)?.into())
 }
 
 fn dce(g: &Graph) -> Result<Rewrite> {

@@ -10,12 +10,26 @@ use tttc_ir::{swaps_last_two, Graph, Op, ValueId};
 
 /// `g` (scan and region bodies too) with each transpose of the last two axes of a product moved
 /// onto its operands: `(a·b)ᵀ = bᵀ·aᵀ`, through reshapes that only add or drop leading unit axes
-/// and reductions over a leading axis, where every value on the way is read only there. A
-/// gradient's `dWᵀ` (the LM head's, `[V, D]`) is then computed in the layout it is summed in,
-/// with its operands' transposes read as strides, instead of computed and then transposed.
+/// and reductions over a leading axis, where every value on the way is read only there (by
+/// anything that an output needs). A gradient's `dWᵀ` (the LM head's, `[V, D]`) is then
+/// computed in the layout it is summed in, with its operands' transposes read as strides,
+/// instead of computed and then transposed.
 pub fn sink_transposes(g: &Graph) -> Result<Graph> {
+    // Readers counted among the nodes something needs: one that only dead code also reads (which
+    // `dce` removes) is still read only on the way.
+    let mut needed = vec![false; g.types.len()];
+    g.outputs.iter().for_each(|(_, v)| needed[v.index()] = true);
     let mut uses = vec![0usize; g.types.len()];
-    g.nodes.iter().flat_map(|n| &n.inputs).chain(g.outputs.iter().map(|(_, v)| v)).for_each(|v| uses[v.index()] += 1);
+    g.outputs.iter().for_each(|(_, v)| uses[v.index()] += 1);
+    for n in g.nodes.iter().rev() {
+        if !n.outputs.iter().any(|o| needed[o.index()]) {
+            continue;
+        }
+        for v in &n.inputs {
+            needed[v.index()] = true;
+            uses[v.index()] += 1;
+        }
+    }
     let producer: HashMap<ValueId, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |&o| (o, i))).collect();
     let mut out = Graph::new(&g.name);
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();

@@ -3,6 +3,8 @@
 //! values on the way: the same values (interpreter, f64), and no transpose of a product's result
 //! left. A product read elsewhere too keeps its transpose.
 
+mod common;
+
 use tttc_ir::{run, DType, Dim, Graph, Op, Precision, ReduceKind, Tensor, Type};
 
 /// `(Σ_batch xᵀ · dy)ᵀ` with `x` `[1, p, d]` and `dy` `[1, p, v]`, as a gradient's `dWᵀ`; with
@@ -58,4 +60,30 @@ fn a_product_read_elsewhere_keeps_its_transpose() {
     let sunk = tttc_passes::sink_transposes(&g).unwrap();
     assert_eq!(sunk.nodes.len(), g.nodes.len());
     assert_eq!(values(&sunk), values(&g));
+}
+
+/// Transposes of the last two axes that read a product's result and are its only reader, in `g`
+/// and its bodies.
+fn sole_transposes_of_products(g: &Graph) -> usize {
+    let readers = |v| g.nodes.iter().filter(|n| n.inputs.contains(&v)).count() + g.outputs.iter().filter(|(_, o)| *o == v).count();
+    let here = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(&n.op, Op::Transpose { perm } if tttc_ir::swaps_last_two(perm)) && readers(n.inputs[0]) == 1)
+        .filter(|n| g.nodes.iter().any(|m| matches!(m.op, Op::MatMul) && m.outputs.contains(&n.inputs[0])))
+        .count();
+    here + g.nodes.iter().filter_map(|n| n.op.body()).map(sole_transposes_of_products).sum::<usize>()
+}
+
+/// The default pipeline sinks the transposes the dual form leaves: the mini-batch step's state
+/// update `W − (Xᵀ·G)ᵀ` is computed as `W − Gᵀ·X`, in the state's layout.
+#[test]
+fn the_pipeline_computes_the_dual_forms_products_in_the_layout_wanted() {
+    for example in ["ttt-linear-tiny", "ttt-mlp-tiny"] {
+        let g = tttc_frontends::load_structure(&common::examples().join(format!("{example}.toml"))).unwrap().g;
+        let dual = tttc_passes::run_pipeline(&g, Some("dual-form")).unwrap().pop().unwrap().graph;
+        assert!(sole_transposes_of_products(&dual) > 0, "{example}: the dual form transposes products");
+        let done = tttc_passes::run_pipeline(&g, Some("dce")).unwrap().pop().unwrap().graph;
+        assert_eq!(sole_transposes_of_products(&done), 0, "{example}: a product computed and then transposed");
+    }
 }
