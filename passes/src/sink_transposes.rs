@@ -1,4 +1,5 @@
-//! Transposes moved onto the operands of the products they transpose: `(a·b)ᵀ = bᵀ·aᵀ`. Reverse
+//! Transposes moved onto the operands of the products they transpose, `(a·b)ᵀ = bᵀ·aᵀ`, and of
+//! elementwise ops whose operands transpose for free, `(a − b)ᵀ = aᵀ − bᵀ`. Reverse
 //! mode differentiates `x · Wᵀ` into a `[D, V]` gradient that is then transposed to `W`'s `[V, D]`
 //! (per chunk, for the LM head); computed as `dyᵀ · x` it comes out in `W`'s layout, and the
 //! products read their operands' transposes as strides.
@@ -60,8 +61,10 @@ pub fn sink_transposes(g: &Graph) -> Result<Graph> {
 }
 
 /// A value of `out` equal to `v`ᵀ (its last two axes swapped) built from `v`'s operands, when `v`
-/// is a product, or a leading-unit-axes reshape or a leading-axis reduction of one, each read only
-/// on the way; `None` (and nothing added to `out`) otherwise.
+/// is a product, a leading-unit-axes reshape or a leading-axis reduction of one, or an
+/// elementwise op whose operands transpose without a copy ([`free_transpose`]), each read only
+/// on the way; `None` otherwise (with dead nodes left in `out` when an elementwise op's later
+/// operand failed: `dce` removes them).
 fn transposed(
     out: &mut Graph,
     g: &Graph,
@@ -105,6 +108,51 @@ fn transposed(
             let Some(x) = transposed(out, g, producer, uses, map, node.inputs[0])? else { return Ok(None) };
             Some(out.reduce(*kind, x, *axis as i64, *keepdim)?)
         }
+        // (f(a, b))ᵀ = f(aᵀ, bᵀ): the dual form's `(b₁ᵀ − (η·Z)ᵀ)ᵀ` is `b₁ − η·Z`.
+        Op::Unary(_) | Op::Binary(_) => {
+            let mut operands = Vec::with_capacity(node.inputs.len());
+            for &x in &node.inputs {
+                let Some(y) = free_transpose(out, g, producer, uses, map, x)? else { return Ok(None) };
+                operands.push(y);
+            }
+            Some(out.push1(node.op.clone(), &operands)?)
+        }
         _ => None,
     })
+}
+
+/// `x`ᵀ as an operand of an elementwise op transposed (broadcasting from the right), when it
+/// needs no copy: sunk further by [`transposed`], a transpose undone, a reshape where the last
+/// two axes hold at most one that is not 1 (a vector `[k]` becomes the column `[k, 1]`), or a
+/// scalar as it is.
+fn free_transpose(
+    out: &mut Graph,
+    g: &Graph,
+    producer: &HashMap<ValueId, usize>,
+    uses: &[usize],
+    map: &HashMap<ValueId, ValueId>,
+    x: ValueId,
+) -> Result<Option<ValueId>> {
+    let shape = &g.ty(x).shape;
+    let r = shape.len();
+    if r == 0 {
+        return Ok(Some(map[&x]));
+    }
+    if r == 1 {
+        return Ok(Some(out.reshape(map[&x], vec![shape[0].clone(), tttc_ir::Dim::c(1)])?));
+    }
+    if let Some(y) = transposed(out, g, producer, uses, map, x)? {
+        return Ok(Some(y));
+    }
+    if let Some(node) = producer.get(&x).map(|&i| &g.nodes[i]) {
+        if matches!(&node.op, Op::Transpose { perm } if swaps_last_two(perm)) {
+            return Ok(Some(map[&node.inputs[0]]));
+        }
+    }
+    if shape[r - 1].is_one() || shape[r - 2].is_one() {
+        let mut swapped = shape.clone();
+        swapped.swap(r - 2, r - 1);
+        return Ok(Some(out.reshape(map[&x], swapped)?));
+    }
+    Ok(None)
 }

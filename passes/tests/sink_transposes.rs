@@ -1,11 +1,13 @@
 //! A transpose of a product moves onto the product's operands (`(a·b)ᵀ = bᵀ·aᵀ`), through a
-//! leading-axis reduction and a reshape dropping a leading unit axis, when nothing else reads the
-//! values on the way: the same values (interpreter, f64), and no transpose of a product's result
-//! left. A product read elsewhere too keeps its transpose.
+//! leading-axis reduction, a reshape dropping a leading unit axis and elementwise ops whose
+//! operands transpose for free, when nothing else reads the values on the way: the same values
+//! (interpreter, f64), and no transpose of a product's result left. A product read elsewhere too
+//! keeps its transpose. The default pipeline leaves no transpose in the mini-batch step that
+//! costs a copy.
 
 mod common;
 
-use tttc_ir::{run, DType, Dim, Graph, Op, Precision, ReduceKind, Tensor, Type};
+use tttc_ir::{run, BinaryOp, DType, Dim, Graph, Op, Precision, ReduceKind, Tensor, Type, UnaryOp};
 
 /// `(Σ_batch xᵀ · dy)ᵀ` with `x` `[1, p, d]` and `dy` `[1, p, v]`, as a gradient's `dWᵀ`; with
 /// `shared`, the product is an output too.
@@ -62,28 +64,77 @@ fn a_product_read_elsewhere_keeps_its_transpose() {
     assert_eq!(values(&sunk), values(&g));
 }
 
-/// Transposes of the last two axes that read a product's result and are its only reader, in `g`
-/// and its bodies.
-fn sole_transposes_of_products(g: &Graph) -> usize {
-    let readers = |v| g.nodes.iter().filter(|n| n.inputs.contains(&v)).count() + g.outputs.iter().filter(|(_, o)| *o == v).count();
-    let here = g
-        .nodes
-        .iter()
-        .filter(|n| matches!(&n.op, Op::Transpose { perm } if tttc_ir::swaps_last_two(perm)) && readers(n.inputs[0]) == 1)
-        .filter(|n| g.nodes.iter().any(|m| matches!(m.op, Op::MatMul) && m.outputs.contains(&n.inputs[0])))
-        .count();
-    here + g.nodes.iter().filter_map(|n| n.op.body()).map(sole_transposes_of_products).sum::<usize>()
+/// `exp(b − (x·w)ᵀ · 0.5)ᵀ` with `b` a column `[v, 1]`, and `(x·w + c)ᵀ` with `c` a vector `[v]`
+/// (broadcast along the last axis): the same values, with no transpose left but those the second
+/// product reads as strides.
+#[test]
+fn elementwise_ops_take_the_transpose_onto_their_operands() {
+    let (p, d, v) = (5, 3, 4);
+    let mut g = Graph::new("ew");
+    let x = g.input("x", Type::new(DType::F32, vec![Dim::c(1), Dim::c(p), Dim::c(d)]));
+    let w = g.input("w", Type::new(DType::F32, vec![Dim::c(d), Dim::c(v)]));
+    let b = g.input("b", Type::new(DType::F32, vec![Dim::c(v), Dim::c(1)]));
+    let c = g.input("c", Type::new(DType::F32, vec![Dim::c(v)]));
+    let product = g.matmul(x, w).unwrap();
+    let pt = g.transpose_last2(product).unwrap();
+    let half = g.scalar(0.5).unwrap();
+    let scaled = g.binary(BinaryOp::Mul, pt, half).unwrap();
+    let diff = g.binary(BinaryOp::Sub, b, scaled).unwrap();
+    let e = g.unary(UnaryOp::Exp, diff).unwrap();
+    let out = g.transpose_last2(e).unwrap();
+    g.output("out", out);
+    let product2 = g.matmul(x, w).unwrap();
+    let shifted = g.binary(BinaryOp::Add, product2, c).unwrap();
+    let st = g.transpose_last2(shifted).unwrap();
+    g.output("shifted", st);
+    let sunk = tttc_passes::dead_code_elimination(&tttc_passes::simplify(&tttc_passes::sink_transposes(&g).unwrap()).unwrap());
+    tttc_ir::verify(&sunk).unwrap();
+    let transposes = |g: &Graph| g.nodes.iter().filter(|n| matches!(n.op, Op::Transpose { .. })).map(|n| n.outputs[0]).collect::<Vec<_>>();
+    assert_eq!(transposes(&g).len(), 3);
+    let read_by_products = |v| sunk.nodes.iter().filter(|n| n.inputs.contains(&v)).all(|n| matches!(n.op, Op::MatMul));
+    assert!(transposes(&sunk).into_iter().all(read_by_products), "{}", tttc_ir::text::print(&sunk));
+    let noise = |n: usize, seed: f64| Tensor::f64(vec![n], (0..n).map(|i| ((i as f64 + seed) * 0.9).cos()).collect());
+    let reshaped = |t: Tensor, shape: Vec<usize>| Tensor::f64(shape, t.to_f64().unwrap());
+    let args = [reshaped(noise(p * d, 1.0), vec![1, p, d]), reshaped(noise(d * v, 2.0), vec![d, v]), reshaped(noise(v, 3.0), vec![v, 1]), noise(v, 4.0)];
+    let args: Vec<&Tensor> = args.iter().collect();
+    let (want, got) = (run(&g, &args, Precision::F64).unwrap(), run(&sunk, &args, Precision::F64).unwrap());
+    for (w, h) in want.iter().zip(&got) {
+        assert_eq!(w.shape, h.shape);
+        let (w, h) = (w.to_f64().unwrap(), h.to_f64().unwrap());
+        assert!(w.iter().zip(&h).all(|(a, b)| (a - b).abs() <= 1e-12 * a.abs().max(1.0)), "{w:?} vs {h:?}");
+    }
+}
+
+/// Transposes of the last two axes that cost a copy in the mini-batch steps (the `mini_batch`
+/// bodies in `g`): those read by anything but a product (which reads a transposed operand as
+/// strides), and those that are the only reader of a product's result.
+fn copied_transposes(g: &Graph) -> usize {
+    let copied = |body: &Graph| {
+        let readers = |v| body.nodes.iter().filter(|n| n.inputs.contains(&v)).collect::<Vec<_>>();
+        let made_by_product = |v| body.nodes.iter().any(|m| matches!(m.op, Op::MatMul) && m.outputs.contains(&v));
+        let transposes = body.nodes.iter().filter(|n| matches!(&n.op, Op::Transpose { perm } if tttc_ir::swaps_last_two(perm)));
+        transposes
+            .filter(|n| {
+                let read_by = readers(n.outputs[0]);
+                let sole_reader = readers(n.inputs[0]).len() == 1 && !body.outputs.iter().any(|(_, o)| *o == n.inputs[0]);
+                read_by.iter().any(|m| !matches!(m.op, Op::MatMul)) || (sole_reader && made_by_product(n.inputs[0]))
+            })
+            .count()
+    };
+    let bodies = g.nodes.iter().filter_map(|n| n.op.body());
+    bodies.map(|b| if b.name == "mini_batch" { copied(b) } else { 0 } + copied_transposes(b)).sum()
 }
 
 /// The default pipeline sinks the transposes the dual form leaves: the mini-batch step's state
-/// update `W − (Xᵀ·G)ᵀ` is computed as `W − Gᵀ·X`, in the state's layout.
+/// update `W − (Xᵀ·G)ᵀ` is computed as `W − Gᵀ·X`, in the state's layout, and the bias's
+/// `(b₁ᵀ − (η·Z)ᵀ)ᵀ` as `b₁ − η·Z`: no transpose in the step costs a copy.
 #[test]
 fn the_pipeline_computes_the_dual_forms_products_in_the_layout_wanted() {
     for example in ["ttt-linear-tiny", "ttt-mlp-tiny"] {
         let g = tttc_frontends::load_structure(&common::examples().join(format!("{example}.toml"))).unwrap().g;
         let dual = tttc_passes::run_pipeline(&g, Some("dual-form")).unwrap().pop().unwrap().graph;
-        assert!(sole_transposes_of_products(&dual) > 0, "{example}: the dual form transposes products");
+        assert!(copied_transposes(&dual) > 0, "{example}: the dual form transposes products and their sums");
         let done = tttc_passes::run_pipeline(&g, Some("dce")).unwrap().pop().unwrap().graph;
-        assert_eq!(sole_transposes_of_products(&done), 0, "{example}: a product computed and then transposed");
+        assert_eq!(copied_transposes(&done), 0, "{example}: a transpose in the mini-batch step costs a copy");
     }
 }
