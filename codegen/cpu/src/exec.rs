@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Result};
 use tttc_ir::{DType, ReduceKind, Size};
-use tttc_lower::schedule::{elem_bytes, fixed, AttentionShape, Function, Home, Instr, Launch, ScanInstr, Schedule, Slicing, Strides, Walk};
+use tttc_lower::schedule::{elem_bytes, fixed, AttentionShape, Function, Home, Instr, Launch, Operand, ScanInstr, Schedule, Slicing, Strides, Walk};
 
 use crate::attention::Shape;
 use crate::kernel::KernelFn;
@@ -209,7 +209,11 @@ impl Machine<'_> {
         let shape = |b: usize| format!("{:?}", f.bufs[b].shape);
         match instr {
             Instr::Kernel(l) => format!("kernel {} ({} ops per element)", shape(l.outs[0]), self.schedule.specs[l.kernel].ops_per_element()),
-            Instr::MatMul { c, m, n, k, .. } => format!("matmul {} ({m}×{k} · {k}×{n})", shape(*c)),
+            Instr::MatMul { c, a, b, m, n, k, .. } => {
+                // gemm packs an operand whose columns are strided (read transposed) first.
+                let read = |o: &Operand, name| if o.col_stride == Size::ONE { String::new() } else { format!(", {name} read transposed") };
+                format!("matmul {} ({m}×{k} · {k}×{n}{}{})", shape(*c), read(a, "a"), read(b, "b"))
+            }
             Instr::Reduce { dst, src, kind, .. } => format!("reduce {kind:?} {} to {}", shape(*src), shape(*dst)),
             Instr::Copy { dst, .. } => format!("copy to {}", shape(*dst)),
             other => format!("{} {}", other.name(), other.writes().first().map(|&b| shape(b)).unwrap_or_default()),

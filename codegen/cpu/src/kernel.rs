@@ -1,6 +1,7 @@
 //! Elementwise kernels: a run of elementwise ops compiled by Cranelift into one loop over a row
 //! of elements, four lanes at a time (f32x4: Cranelift's x86-64 backend emits 128-bit vectors
-//! only) with a scalar tail. The intermediate values of the run live in registers; only the
+//! only) with a scalar tail; on CPUs with AVX-512 the same ops are assembled sixteen lanes at a
+//! time instead ([`avx512`]). The intermediate values of the run live in registers; only the
 //! values used outside it are stored.
 //!
 //! A kernel runs over `rows` rows of `n` elements: `kernel(n, rows, inputs, strides, outputs)`,
@@ -20,6 +21,8 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use tttc_lower::elementwise::{Expr, KernelSpec};
 use tttc_lower::math::{self, Emit, FloatCmp, FloatOp, FloatUn, IntOp, Shift};
+
+pub(crate) mod avx512;
 
 /// A compiled kernel: `(n, rows, inputs, input row strides, outputs)`.
 pub type KernelFn = unsafe extern "C" fn(n: i64, rows: i64, inputs: *const *const f32, strides: *const i64, outputs: *const *mut f32);
@@ -58,11 +61,14 @@ pub(crate) fn host_isa(pic: bool) -> Result<std::sync::Arc<dyn cranelift_codegen
 
 /// Defines `specs` in `module` as functions named by `name` with `linkage`: their ids and the
 /// Cranelift instructions generated. `sin`/`cos` are imported as the C library's `sinf`/`cosf`.
+/// Where the target has AVX-512, a kernel is assembled for it instead ([`avx512`]) unless
+/// `portable`; `instructions` counts its recorded ops then.
 pub(crate) fn define_kernels<M: Module>(
     module: &mut M,
     specs: &[KernelSpec],
     name: impl Fn(usize) -> String,
     linkage: Linkage,
+    portable: bool,
 ) -> Result<(Vec<FuncId>, usize)> {
     let ptr = module.target_config().pointer_type();
     let mut scalar_sig = module.make_signature();
@@ -78,8 +84,15 @@ pub(crate) fn define_kernels<M: Module>(
     let mut fctx = FunctionBuilderContext::new();
     let mut ids: Vec<FuncId> = Vec::with_capacity(specs.len());
     let mut instructions = 0;
+    let avx512 = !portable && avx512::supported(module.isa());
     for (k, spec) in specs.iter().enumerate() {
         let id = module.declare_function(&name(k), linkage, &sig)?;
+        if let Some((code, ops)) = avx512.then(|| avx512::assemble(spec)).flatten() {
+            module.define_function_bytes(id, 64, &code, &[]).map_err(|e| anyhow!("defining kernel {k}: {e:?}"))?;
+            instructions += ops;
+            ids.push(id);
+            continue;
+        }
         ctx.func.signature = sig.clone();
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -110,10 +123,11 @@ pub(crate) fn object_module() -> Result<cranelift_object::ObjectModule> {
     Ok(cranelift_object::ObjectModule::new(builder))
 }
 
-/// Compiles `specs` into this process.
-pub fn compile(specs: &[KernelSpec]) -> Result<Jit> {
+/// Compiles `specs` into this process (in AVX-512 where this machine has it, unless
+/// `portable`: Cranelift's code for any x86-64 or AArch64 CPU).
+pub fn compile(specs: &[KernelSpec], portable: bool) -> Result<Jit> {
     let mut module = jit_module()?;
-    let (ids, instructions) = define_kernels(&mut module, specs, |k| format!("kernel{k}"), Linkage::Local)?;
+    let (ids, instructions) = define_kernels(&mut module, specs, |k| format!("kernel{k}"), Linkage::Local, portable)?;
     module.finalize_definitions()?;
     let kernels = ids.iter().map(|&id| unsafe { std::mem::transmute::<*const u8, KernelFn>(module.get_finalized_function(id)) }).collect();
     Ok(Jit { _module: module, kernels, instructions })

@@ -3,8 +3,9 @@
 //! once and scheduled at the sizes of each call (the last few schedules are kept).
 //!
 //! * Runs of elementwise ops of one shape (a fused region's epilogues, the mini-batch step's
-//!   arithmetic) become one Cranelift-compiled loop each, f32x4 with FMA in the transcendental
-//!   polynomials: their intermediate values stay in registers ([`kernel`]).
+//!   arithmetic) become one loop each, their intermediate values in registers ([`kernel`]):
+//!   assembled in AVX-512 (16 lanes) where the CPU has it, else compiled by Cranelift (f32x4),
+//!   FMA in the transcendental polynomials either way.
 //! * Matrix products call the `gemm` crate (measured faster than Cranelift-generated GEMMs:
 //!   Cranelift's x86-64 backend emits 128-bit vectors only).
 //! * Reductions, copies and index instructions are native loops; every buffer lives in one
@@ -93,7 +94,7 @@ impl Program {
         let mut specs = Vec::new();
         let mut plan_stats = PlanStats::default();
         let body = plan::plan(graph, threads(), schedule::Products::CPU.native, &mut specs, &mut plan_stats);
-        let jit = kernel::compile(&specs)?;
+        let jit = kernel::compile(&specs, false)?;
         let stats = Stats { plan: plan_stats, instructions: jit.instructions, compile_seconds: start.elapsed().as_secs_f64() };
         Ok(Program { body, specs, jit, scheduled: Mutex::new(Vec::new()), workspaces: Workspaces::default(), stats })
     }
@@ -226,7 +227,7 @@ impl Program {
         }
         let schedule = schedule::schedule_with_shapes(&self.body, self.specs.clone(), env, shapes, schedule::Products::CPU)
             .with_context(|| format!("scheduling {}", self.body.graph.name))?;
-        let extra = (schedule.specs.len() > self.specs.len()).then(|| kernel::compile(&schedule.specs[self.specs.len()..])).transpose()?;
+        let extra = (schedule.specs.len() > self.specs.len()).then(|| kernel::compile(&schedule.specs[self.specs.len()..], false)).transpose()?;
         let kernels = self.jit.kernels.iter().chain(extra.iter().flat_map(|j| &j.kernels)).copied().collect();
         let entry = schedule.functions.last().context("an empty schedule")?;
         let mut outputs = vec![(DType::F32, Vec::new()); self.body.graph.outputs.len()];

@@ -24,13 +24,6 @@ const MR: usize = 12;
 const KC: i32 = 256;
 const NC: i32 = 1024;
 
-/// Whether the target runs the kernel: AVX-512 (F) for the vectors and masks, BMI2 for the
-/// masks' `bzhi`.
-pub(super) fn supported(isa: &dyn cranelift_codegen::isa::TargetIsa) -> bool {
-    let has = |name: &str| isa.isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true));
-    isa.default_call_conv() == cranelift_codegen::isa::CallConv::SystemV && has("has_avx512f") && has("has_bmi2")
-}
-
 /// Defines the product as a local function `name(c, a, a_rs, a_cs, b, b_rs, b_cs, m, n, k)`.
 pub(super) fn define<M: Module>(module: &mut M, name: &str) -> Result<FuncId> {
     let ptr = module.target_config().pointer_type();

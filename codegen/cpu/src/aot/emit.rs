@@ -59,7 +59,7 @@ pub(super) fn define<M: Module>(
     linkage: Linkage,
     shared: Shared,
 ) -> Result<FuncId> {
-    let (kernels, _) = crate::kernel::define_kernels(module, &s.specs, |k| format!("{prefix}_kernel_{k}"), Linkage::Local)?;
+    let (kernels, _) = crate::kernel::define_kernels(module, &s.specs, |k| format!("{prefix}_kernel_{k}"), Linkage::Local, false)?;
     let ptr = module.target_config().pointer_type();
     let mut sig = module.make_signature();
     sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);

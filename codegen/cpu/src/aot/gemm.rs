@@ -23,7 +23,7 @@ const ROWS: usize = 6;
 /// Defines the product as a local function `name(c, a, a_rs, a_cs, b, b_rs, b_cs, m, n, k)`:
 /// the AVX-512 kernel where the target has it, else the one generated here.
 pub(super) fn define<M: Module>(module: &mut M, name: &str) -> Result<FuncId> {
-    if super::avx512::supported(module.isa()) {
+    if crate::kernel::avx512::supported(module.isa()) {
         super::avx512::define(module, name)
     } else {
         define_portable(module, name)
@@ -175,7 +175,7 @@ mod tests {
     fn products_match_a_direct_sum() {
         let mut module = crate::kernel::jit_module().unwrap();
         let mut kernels = vec![("portable", define_portable(&mut module, "portable").unwrap(), false)];
-        if super::super::avx512::supported(module.isa()) {
+        if crate::kernel::avx512::supported(module.isa()) {
             kernels.push(("avx512", super::super::avx512::define(&mut module, "avx512").unwrap(), true));
         }
         module.finalize_definitions().unwrap();

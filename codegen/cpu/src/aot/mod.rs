@@ -136,7 +136,7 @@ pub fn schedule(graph: &Graph, env: &DimEnv, lengths: Lengths) -> Result<(Schedu
 /// The schedule for a module targeting `isa`, whose product [`gemm::define`] picks by the same
 /// test.
 fn schedule_for(isa: &dyn cranelift_codegen::isa::TargetIsa, graph: &Graph, env: &DimEnv, lengths: Lengths) -> Result<(Schedule, Signature)> {
-    let products = if avx512::supported(isa) { Products::CPU_MODEL_AVX512 } else { Products::CPU_MODEL };
+    let products = if crate::kernel::avx512::supported(isa) { Products::CPU_MODEL_AVX512 } else { Products::CPU_MODEL };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     tttc_lower::schedule::model(graph, env, lengths, products, threads)
 }
