@@ -48,7 +48,7 @@ pub fn pipeline() -> Vec<Pass> {
         },
         Pass {
             name: "simplify",
-            about: "moves transposes of products and of elementwise ops onto their operands ((a·b)ᵀ = bᵀ·aᵀ, read as strides), computes common subexpressions once and folds reshape, transpose and broadcast chains",
+            about: "moves transposes of products and of elementwise ops onto their operands ((a·b)ᵀ = bᵀ·aᵀ, read as strides) and computes elementwise ops read only through transposes in the transposed layout, computes common subexpressions once and folds reshape, transpose and broadcast chains",
             run: simplify,
         },
         Pass { name: "dce", about: "removes the nodes that no graph output depends on", run: dce },

@@ -2,7 +2,9 @@
 //! elementwise ops whose operands transpose for free, `(a − b)ᵀ = aᵀ − bᵀ`. Reverse
 //! mode differentiates `x · Wᵀ` into a `[D, V]` gradient that is then transposed to `W`'s `[V, D]`
 //! (per chunk, for the LM head); computed as `dyᵀ · x` it comes out in `W`'s layout, and the
-//! products read their operands' transposes as strides.
+//! products read their operands' transposes as strides. The other way round, elementwise ops
+//! whose results are read only through transposes are computed in the transposed layout, the
+//! transposes of their operands undone.
 
 use std::collections::HashMap;
 
@@ -14,23 +16,11 @@ use tttc_ir::{swaps_last_two, Graph, Op, ValueId};
 /// and reductions over a leading axis, where every value on the way is read only there (by
 /// anything that an output needs). A gradient's `dWᵀ` (the LM head's, `[V, D]`) is then
 /// computed in the layout it is summed in, with its operands' transposes read as strides,
-/// instead of computed and then transposed.
+/// instead of computed and then transposed. Then elementwise ops read only through transposes
+/// are computed transposed ([`flip_layouts`]).
 pub fn sink_transposes(g: &Graph) -> Result<Graph> {
-    // Readers counted among the nodes something needs: one that only dead code also reads (which
-    // `dce` removes) is still read only on the way.
-    let mut needed = vec![false; g.types.len()];
-    g.outputs.iter().for_each(|(_, v)| needed[v.index()] = true);
-    let mut uses = vec![0usize; g.types.len()];
-    g.outputs.iter().for_each(|(_, v)| uses[v.index()] += 1);
-    for n in g.nodes.iter().rev() {
-        if !n.outputs.iter().any(|o| needed[o.index()]) {
-            continue;
-        }
-        for v in &n.inputs {
-            needed[v.index()] = true;
-            uses[v.index()] += 1;
-        }
-    }
+    let readers = Readers::of(g);
+    let uses: Vec<usize> = (0..g.types.len()).map(|v| readers.by[v].len() + readers.output[v] as usize).collect();
     let producer: HashMap<ValueId, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |&o| (o, i))).collect();
     let mut out = Graph::new(&g.name);
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();
@@ -52,6 +42,126 @@ pub fn sink_transposes(g: &Graph) -> Result<Graph> {
         };
         for (o, n) in node.outputs.iter().zip(outs) {
             map.insert(*o, n);
+        }
+    }
+    for (name, v) in &g.outputs {
+        out.output(name, map[v]);
+    }
+    flip_layouts(&out)
+}
+
+/// Who reads each value among the nodes something needs (a reader only dead code has is not
+/// counted: `dce` removes it).
+struct Readers {
+    /// Per value, the needed nodes that read it (once per operand).
+    by: Vec<Vec<usize>>,
+    /// Per value, whether it is an output.
+    output: Vec<bool>,
+    /// Per node, whether an output depends on it.
+    needed: Vec<bool>,
+}
+
+impl Readers {
+    fn of(g: &Graph) -> Readers {
+        let mut wanted = vec![false; g.types.len()];
+        let mut output = vec![false; g.types.len()];
+        for (_, v) in &g.outputs {
+            wanted[v.index()] = true;
+            output[v.index()] = true;
+        }
+        let mut by = vec![Vec::new(); g.types.len()];
+        let mut needed = vec![false; g.nodes.len()];
+        for (i, n) in g.nodes.iter().enumerate().rev() {
+            if n.outputs.iter().any(|o| wanted[o.index()]) {
+                needed[i] = true;
+                for v in &n.inputs {
+                    wanted[v.index()] = true;
+                    by[v.index()].push(i);
+                }
+            }
+        }
+        Readers { by, output, needed }
+    }
+}
+
+/// `g` with the elementwise ops whose results are read only by transposes of their last two
+/// axes, directly or through each other, computed in the transposed layout: their operands
+/// taken as transposes undone, vectors and values with a unit axis among the last two reshaped,
+/// scalars as they are, and the transposes reading them replaced by their results. Reverse mode
+/// builds the adjoints of TTT-MLP's GELU from a `[256, 1] ⊙ [1, n]` outer product, in the
+/// transposed layout of the `[n, 256]` values it combines them with, and transposes the result
+/// back: a copy per operand, none once flipped.
+fn flip_layouts(g: &Graph) -> Result<Graph> {
+    let readers = Readers::of(g);
+    let producer: HashMap<ValueId, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |&o| (o, i))).collect();
+    let swap = |i: usize| matches!(&g.nodes[i].op, Op::Transpose { perm } if swaps_last_two(perm));
+    let swapped = |x: &ValueId| producer.get(x).is_some_and(|&p| swap(p));
+    let free = |x: &ValueId| {
+        let shape = &g.ty(*x).shape;
+        let r = shape.len();
+        r < 2 || shape[r - 1].is_one() || shape[r - 2].is_one() || swapped(x)
+    };
+    // The largest set whose members' operands are free or members, and whose results only
+    // members and transposes read.
+    let mut flip: Vec<bool> = (0..g.nodes.len())
+        .map(|i| readers.needed[i] && matches!(g.nodes[i].op, Op::Unary(_) | Op::Binary(_)) && g.ty(g.nodes[i].outputs[0]).rank() >= 2)
+        .collect();
+    loop {
+        let mut changed = false;
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !flip[i] {
+                continue;
+            }
+            let out = node.outputs[0].index();
+            let operands = node.inputs.iter().all(|x| free(x) || producer.get(x).is_some_and(|&p| flip[p]));
+            let read = !readers.output[out] && readers.by[out].iter().all(|&u| flip[u] || swap(u));
+            if !operands || !read {
+                flip[i] = false;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if !flip.contains(&true) {
+        return Ok(g.clone());
+    }
+    let mut out = Graph::new(&g.name);
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    for a in &g.args {
+        map.insert(a.value, out.arg(&a.name, a.kind, g.ty(a.value).clone()));
+    }
+    // The flipped members' results, transposed.
+    let mut flipped: HashMap<ValueId, ValueId> = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        if flip[i] {
+            let mut operands = Vec::with_capacity(node.inputs.len());
+            for x in &node.inputs {
+                operands.push(match flipped.get(x) {
+                    Some(&y) => y,
+                    None if swapped(x) => map[&g.nodes[producer[x]].inputs[0]],
+                    None => {
+                        let mut shape = g.ty(*x).shape.clone();
+                        match shape.len() {
+                            0 => map[x],
+                            1 => out.reshape(map[x], vec![shape[0].clone(), tttc_ir::Dim::c(1)])?,
+                            r => {
+                                shape.swap(r - 2, r - 1);
+                                out.reshape(map[x], shape)?
+                            }
+                        }
+                    }
+                });
+            }
+            flipped.insert(node.outputs[0], out.push1(node.op.clone(), &operands)?);
+        } else if swap(i) && flipped.contains_key(&node.inputs[0]) {
+            map.insert(node.outputs[0], flipped[&node.inputs[0]]);
+        } else if readers.needed[i] {
+            // (Dead code may read a member's result in the layout no longer computed.)
+            for (o, n) in node.outputs.iter().zip(out.push(node.op.clone(), &node.inputs.iter().map(|v| map[v]).collect::<Vec<_>>())?) {
+                map.insert(*o, n);
+            }
         }
     }
     for (name, v) in &g.outputs {

@@ -138,3 +138,83 @@ fn the_pipeline_computes_the_dual_forms_products_in_the_layout_wanted() {
         assert_eq!(copied_transposes(&done), 0, "{example}: a transpose in the mini-batch step costs a copy");
     }
 }
+
+/// `(u ⊙ w ⊙ aᵀ + bᵀ)²` and `exp` of it, with `u` a column and `w` a row, read only through
+/// transposes (one of them an output, one read by a product): reverse mode's shape of the
+/// GELU adjoints. With `also_read`, the sum is an output as well, in its own layout.
+fn outer_product_chain(also_read: bool) -> Graph {
+    let (m, n) = (4, 3);
+    let mut g = Graph::new("chain");
+    let f32s = |dims: &[usize]| Type::new(DType::F32, dims.iter().map(|&d| Dim::c(d)).collect());
+    let u = g.input("u", f32s(&[m, 1]));
+    let w = g.input("w", f32s(&[1, n]));
+    let a = g.input("a", f32s(&[n, m]));
+    let b = g.input("b", f32s(&[n, m]));
+    let outer = g.binary(BinaryOp::Mul, u, w).unwrap();
+    let at = g.transpose_last2(a).unwrap();
+    let scaled = g.binary(BinaryOp::Mul, outer, at).unwrap();
+    let bt = g.transpose_last2(b).unwrap();
+    let sum = g.binary(BinaryOp::Add, scaled, bt).unwrap();
+    let square = g.binary(BinaryOp::Mul, sum, sum).unwrap();
+    let e = g.unary(UnaryOp::Exp, square).unwrap();
+    let st = g.transpose_last2(square).unwrap();
+    g.output("square", st);
+    let et = g.transpose_last2(e).unwrap();
+    let product = g.matmul(et, u).unwrap();
+    g.output("product", product);
+    if also_read {
+        g.output("sum", sum);
+    }
+    g
+}
+
+fn chain_values(g: &Graph) -> Vec<Vec<f64>> {
+    let noise = |dims: Vec<usize>, seed: f64| Tensor::f64(dims.clone(), (0..dims.iter().product()).map(|i| ((i as f64 + seed) * 0.9).cos()).collect());
+    let args = [noise(vec![4, 1], 1.0), noise(vec![1, 3], 2.0), noise(vec![3, 4], 3.0), noise(vec![3, 4], 4.0)];
+    run(g, &args.iter().collect::<Vec<_>>(), Precision::F64).unwrap().iter().map(|t| t.to_f64().unwrap()).collect()
+}
+
+/// Elementwise ops read only through transposes are computed in the transposed layout: the same
+/// values (interpreter, f64) with no transpose left; one whose result is read elsewhere too
+/// keeps every op in its layout.
+#[test]
+fn elementwise_ops_read_through_transposes_are_computed_transposed() {
+    for also_read in [false, true] {
+        let g = outer_product_chain(also_read);
+        let done = tttc_passes::dead_code_elimination(&tttc_passes::simplify(&tttc_passes::sink_transposes(&g).unwrap()).unwrap());
+        tttc_ir::verify(&done).unwrap();
+        let transposes = |g: &Graph| g.nodes.iter().filter(|n| matches!(n.op, Op::Transpose { .. })).count();
+        assert_eq!(transposes(&g), 4);
+        assert_eq!(transposes(&done), if also_read { 4 } else { 0 }, "{}", tttc_ir::text::print(&done));
+        let (want, got) = (chain_values(&g), chain_values(&done));
+        for (w, h) in want.iter().zip(&got) {
+            assert!(w.len() == h.len() && w.iter().zip(h).all(|(a, b)| (a - b).abs() <= 1e-12 * a.abs().max(1.0)), "{w:?} vs {h:?}");
+        }
+    }
+}
+
+/// Transposes of the last two axes read by anything but a product, in the bodies named `name`.
+fn transposes_read_as_values(g: &Graph, name: &str) -> usize {
+    let mut count = 0;
+    for body in g.nodes.iter().filter_map(|n| n.op.body()) {
+        if body.name == name {
+            let read_as_value = |v| body.nodes.iter().any(|r| r.inputs.contains(&v) && !matches!(r.op, Op::MatMul));
+            count +=
+                body.nodes.iter().filter(|m| matches!(&m.op, Op::Transpose { perm } if tttc_ir::swaps_last_two(perm)) && read_as_value(m.outputs[0])).count();
+        }
+        count += transposes_read_as_values(body, name);
+    }
+    count
+}
+
+/// The gradient's reverse mini-batch step (after the default pipeline) copies no transpose:
+/// TTT-MLP's GELU adjoints are computed in the layout of the values they combine with.
+#[test]
+fn the_gradients_reverse_step_copies_no_transpose() {
+    for example in ["ttt-linear-tiny", "ttt-mlp-tiny"] {
+        let g = tttc_frontends::load_structure(&common::examples().join(format!("{example}.toml"))).unwrap().g;
+        let vjp = tttc_passes::gradient_graph(&tttc_passes::differentiable(&g).unwrap(), "loss", 1).unwrap();
+        let compiled = tttc_passes::compile(&vjp).unwrap();
+        assert_eq!(transposes_read_as_values(&compiled, "mini_batch_reverse"), 0, "{example}");
+    }
+}
