@@ -20,7 +20,7 @@ use tttc_ir::{swaps_last_two, Graph, Op, ValueId};
 /// are computed transposed ([`flip_layouts`]).
 pub fn sink_transposes(g: &Graph) -> Result<Graph> {
     let readers = Readers::of(g);
-    let uses: Vec<usize> = (0..g.types.len()).map(|v| readers.by[v].len() + readers.output[v] as usize).collect();
+    let uses: Vec<usize> = (0..g.types.len()).map(|v| readers.by[v].len() + readers.outputs[v]).collect();
     let producer: HashMap<ValueId, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |&o| (o, i))).collect();
     let mut out = Graph::new(&g.name);
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();
@@ -55,8 +55,8 @@ pub fn sink_transposes(g: &Graph) -> Result<Graph> {
 struct Readers {
     /// Per value, the needed nodes that read it (once per operand).
     by: Vec<Vec<usize>>,
-    /// Per value, whether it is an output.
-    output: Vec<bool>,
+    /// Per value, how many of the outputs it is.
+    outputs: Vec<usize>,
     /// Per node, whether an output depends on it.
     needed: Vec<bool>,
 }
@@ -64,10 +64,10 @@ struct Readers {
 impl Readers {
     fn of(g: &Graph) -> Readers {
         let mut wanted = vec![false; g.types.len()];
-        let mut output = vec![false; g.types.len()];
+        let mut outputs = vec![0; g.types.len()];
         for (_, v) in &g.outputs {
             wanted[v.index()] = true;
-            output[v.index()] = true;
+            outputs[v.index()] += 1;
         }
         let mut by = vec![Vec::new(); g.types.len()];
         let mut needed = vec![false; g.nodes.len()];
@@ -80,7 +80,7 @@ impl Readers {
                 }
             }
         }
-        Readers { by, output, needed }
+        Readers { by, outputs, needed }
     }
 }
 
@@ -95,14 +95,22 @@ fn flip_layouts(g: &Graph) -> Result<Graph> {
     let readers = Readers::of(g);
     let producer: HashMap<ValueId, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |&o| (o, i))).collect();
     let swap = |i: usize| matches!(&g.nodes[i].op, Op::Transpose { perm } if swaps_last_two(perm));
-    let swapped = |x: &ValueId| producer.get(x).is_some_and(|&p| swap(p));
-    let free = |x: &ValueId| {
+    // The transpose `x` is of, when it is one.
+    let untransposed = |x: &ValueId| producer.get(x).filter(|&&p| swap(p)).map(|&p| g.nodes[p].inputs[0]);
+    let reshapes = |x: &ValueId| {
         let shape = &g.ty(*x).shape;
         let r = shape.len();
-        r < 2 || shape[r - 1].is_one() || shape[r - 2].is_one() || swapped(x)
+        r < 2 || shape[r - 1].is_one() || shape[r - 2].is_one()
     };
-    // The largest set whose members' operands are free or members, and whose results only
-    // members and transposes read.
+    // An operand of a member transposes without a copy: a member's result, a transpose of a
+    // value that keeps its layout, or a reshape. (A transpose of a member is the member's
+    // flipped result, not its transpose.)
+    let free = |x: &ValueId, flip: &[bool]| {
+        let member = |v: &ValueId| producer.get(v).is_some_and(|&p| flip[p]);
+        member(x) || untransposed(x).is_some_and(|y| !member(&y)) || reshapes(x)
+    };
+    // A set whose members' operands are free, and whose results only members and transposes
+    // read: all candidates, less those that break either until none does.
     let mut flip: Vec<bool> = (0..g.nodes.len())
         .map(|i| readers.needed[i] && matches!(g.nodes[i].op, Op::Unary(_) | Op::Binary(_)) && g.ty(g.nodes[i].outputs[0]).rank() >= 2)
         .collect();
@@ -113,8 +121,8 @@ fn flip_layouts(g: &Graph) -> Result<Graph> {
                 continue;
             }
             let out = node.outputs[0].index();
-            let operands = node.inputs.iter().all(|x| free(x) || producer.get(x).is_some_and(|&p| flip[p]));
-            let read = !readers.output[out] && readers.by[out].iter().all(|&u| flip[u] || swap(u));
+            let operands = node.inputs.iter().all(|x| free(x, &flip));
+            let read = readers.outputs[out] == 0 && readers.by[out].iter().all(|&u| flip[u] || swap(u));
             if !operands || !read {
                 flip[i] = false;
                 changed = true;
@@ -138,21 +146,22 @@ fn flip_layouts(g: &Graph) -> Result<Graph> {
         if flip[i] {
             let mut operands = Vec::with_capacity(node.inputs.len());
             for x in &node.inputs {
-                operands.push(match flipped.get(x) {
-                    Some(&y) => y,
-                    None if swapped(x) => map[&g.nodes[producer[x]].inputs[0]],
-                    None => {
-                        let mut shape = g.ty(*x).shape.clone();
-                        match shape.len() {
-                            0 => map[x],
-                            1 => out.reshape(map[x], vec![shape[0].clone(), tttc_ir::Dim::c(1)])?,
-                            r => {
-                                shape.swap(r - 2, r - 1);
-                                out.reshape(map[x], shape)?
-                            }
+                let operand = if let Some(&y) = flipped.get(x) {
+                    y
+                } else if let Some(y) = untransposed(x).filter(|y| !flipped.contains_key(y)) {
+                    map[&y]
+                } else {
+                    let mut shape = g.ty(*x).shape.clone();
+                    match shape.len() {
+                        0 => map[x],
+                        1 => out.reshape(map[x], vec![shape[0].clone(), tttc_ir::Dim::c(1)])?,
+                        r => {
+                            shape.swap(r - 2, r - 1);
+                            out.reshape(map[x], shape)?
                         }
                     }
-                });
+                };
+                operands.push(operand);
             }
             flipped.insert(node.outputs[0], out.push1(node.op.clone(), &operands)?);
         } else if swap(i) && flipped.contains_key(&node.inputs[0]) {

@@ -193,6 +193,36 @@ fn elementwise_ops_read_through_transposes_are_computed_transposed() {
     }
 }
 
+/// A transpose between two ops that could each be computed transposed, `z = f(f(aᵀ)ᵀ)` with `a`
+/// read in both layouts: `z` cannot read its operand's transpose once that operand is flipped.
+/// The rewrite keeps the values (interpreter, f64).
+#[test]
+fn a_transpose_between_flipped_ops_keeps_the_values() {
+    let mut g = Graph::new("between");
+    let p = g.input("p", Type::new(DType::F32, vec![Dim::c(3), Dim::c(4)]));
+    let pt = g.transpose_last2(p).unwrap();
+    let a = g.unary(UnaryOp::Exp, pt).unwrap();
+    let at = g.transpose_last2(a).unwrap();
+    g.output("a", at);
+    let y = g.unary(UnaryOp::Tanh, a).unwrap();
+    let x = g.transpose_last2(y).unwrap();
+    let z = g.unary(UnaryOp::Sigmoid, x).unwrap();
+    let zt = g.transpose_last2(z).unwrap();
+    g.output("z", zt);
+    let e = g.unary(UnaryOp::Exp, z).unwrap();
+    let et = g.transpose_last2(e).unwrap();
+    g.output("e", et);
+    let done = tttc_passes::dead_code_elimination(&tttc_passes::simplify(&tttc_passes::sink_transposes(&g).unwrap()).unwrap());
+    tttc_ir::verify(&done).unwrap();
+    let arg = Tensor::f64(vec![3, 4], (0..12).map(|i| (i as f64 * 0.7).cos()).collect());
+    let (want, got) = (run(&g, &[&arg], Precision::F64).unwrap(), run(&done, &[&arg], Precision::F64).unwrap());
+    for (w, h) in want.iter().zip(&got) {
+        assert_eq!(w.shape, h.shape);
+        let (w, h) = (w.to_f64().unwrap(), h.to_f64().unwrap());
+        assert!(w.iter().zip(&h).all(|(a, b)| (a - b).abs() <= 1e-12 * a.abs().max(1.0)), "{w:?} vs {h:?}");
+    }
+}
+
 /// Transposes of the last two axes read by anything but a product, in the bodies named `name`.
 fn transposes_read_as_values(g: &Graph, name: &str) -> usize {
     let mut count = 0;

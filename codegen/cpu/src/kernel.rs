@@ -31,7 +31,8 @@ pub type KernelFn = unsafe extern "C" fn(n: i64, rows: i64, inputs: *const *cons
 pub struct Jit {
     _module: JITModule,
     pub kernels: Vec<KernelFn>,
-    /// Cranelift instructions generated, over all kernels.
+    /// Cranelift instructions generated, over all kernels (for one assembled in AVX-512, its
+    /// recorded ops).
     pub instructions: usize,
 }
 
