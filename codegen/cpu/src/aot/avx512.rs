@@ -18,6 +18,8 @@ use cranelift_module::{FuncId, Linkage, Module};
 use iced_x86::code_asm::*;
 use iced_x86::Register;
 
+use crate::kernel::avx512::{enter, leave};
+
 /// Rows per block (three groups of four rows addressed from one pointer each).
 const MR: usize = 12;
 /// Depth of a slice of `k`, and width of a slice of `n`: 256 × 1024 floats of `b` is 1 MiB.
@@ -70,10 +72,7 @@ fn zmm(i: usize) -> AsmRegisterZmm {
 /// the gathers' indices: `b_cs` times 0..15 and 16..31.
 fn assemble() -> Result<Vec<u8>, IcedError> {
     let mut x = CodeAssembler::new(64)?;
-    for r in [rbx, rbp, r12, r13, r14, r15] {
-        x.push(r)?;
-    }
-    x.sub(rsp, FRAME)?;
+    enter(&mut x, FRAME)?;
     for (local, arg) in [(B_CS, 0), (M_, 8), (N_, 16), (K_, 24)] {
         x.mov(rax, qword_ptr(rsp + STACK_ARGS + arg))?;
         x.mov(qword_ptr(rsp + local), rax)?;
@@ -168,12 +167,7 @@ fn assemble() -> Result<Vec<u8>, IcedError> {
     x.jmp(jc_top)?;
 
     x.set_label(&mut done)?;
-    x.vzeroupper()?;
-    x.add(rsp, FRAME)?;
-    for r in [r15, r14, r13, r12, rbp, rbx] {
-        x.pop(r)?;
-    }
-    x.ret()?;
+    leave(&mut x, FRAME)?;
     x.assemble(0)
 }
 

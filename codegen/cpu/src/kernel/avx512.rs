@@ -238,10 +238,7 @@ fn emit(ops: &[Op], regs: &[Reg], inputs: usize, outputs: usize) -> Result<Vec<u
     let input_at = |k: usize| rsp + 8 * k as i32;
     let output_at = |j: usize| rsp + 8 * (inputs + j) as i32;
     let mut x = CodeAssembler::new(64)?;
-    for r in [rbx, rbp, r12, r13, r14, r15] {
-        x.push(r)?;
-    }
-    x.sub(rsp, frame)?;
+    enter(&mut x, frame)?;
     x.mov(r12, rdi)?;
     x.mov(r13, rsi)?;
     x.mov(r14, rdx)?;
@@ -366,17 +363,36 @@ fn emit(ops: &[Op], regs: &[Reg], inputs: usize, outputs: usize) -> Result<Vec<u
     x.jmp(row_top)?;
 
     x.set_label(&mut done)?;
-    x.vzeroupper()?;
-    x.add(rsp, frame)?;
-    for r in [r15, r14, r13, r12, rbp, rbx] {
-        x.pop(r)?;
-    }
-    x.ret()?;
+    leave(&mut x, frame)?;
     for (bits, mut label) in pool {
         x.set_label(&mut label)?;
         x.dd(&[bits])?;
     }
     x.assemble(0)
+}
+
+/// The callee-saved registers (System V) the functions assembled here use.
+fn callee_saved() -> [AsmRegister64; 6] {
+    [rbx, rbp, r12, r13, r14, r15]
+}
+
+/// A function's entry: the callee-saved registers pushed, then `frame` bytes of locals.
+pub(crate) fn enter(x: &mut CodeAssembler, frame: i32) -> Result<(), IcedError> {
+    for r in callee_saved() {
+        x.push(r)?;
+    }
+    x.sub(rsp, frame)
+}
+
+/// A function's exit after [`enter`]: the upper halves of the vector registers cleared (for SSE
+/// code that follows), the locals dropped, the registers restored.
+pub(crate) fn leave(x: &mut CodeAssembler, frame: i32) -> Result<(), IcedError> {
+    x.vzeroupper()?;
+    x.add(rsp, frame)?;
+    for r in callee_saved().into_iter().rev() {
+        x.pop(r)?;
+    }
+    x.ret()
 }
 
 /// The label of `bits` in the constant pool (added when new).
