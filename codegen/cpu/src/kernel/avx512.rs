@@ -1,13 +1,15 @@
 //! Elementwise kernels in AVX-512, assembled with iced-x86: sixteen lanes per instruction where
 //! Cranelift's x86-64 backend emits four. The same ops as the Cranelift kernels, in the same
-//! order ([`math`] writes them once), so both give the same bits; only the loop differs: one
-//! vector body for whole vectors and the row's tail alike (lanes past `n` masked off, which also
-//! keeps their loads from faulting).
+//! order ([`math`] writes them once), so both give the same bits; only the loop differs. A row
+//! runs in groups of four (or two) whole vectors, their ops interleaved so that four chains of
+//! dependent instructions overlap, then one vector at a time with the lanes past `n` masked off
+//! (which also keeps their loads from faulting). The constants are loaded into registers once,
+//! before the loops, where they fit beside the body's values.
 //!
 //! The kernel's ops are recorded first, then given zmm registers (a value's register is free
 //! again after its last use) and mask registers for comparisons. A kernel that needs more
-//! registers than there are, or calls `sin`/`cos`, is left to Cranelift ([`assemble`] returns
-//! `None`).
+//! registers than there are even one vector at a time, or calls `sin`/`cos`, is left to
+//! Cranelift ([`assemble`] returns `None`).
 
 use iced_x86::code_asm::*;
 use iced_x86::{IcedError, Register};
@@ -24,9 +26,11 @@ pub(crate) fn supported(isa: &dyn cranelift_codegen::isa::TargetIsa) -> bool {
 /// A recorded value: a vector of 16 floats or 32-bit integers, or a comparison's mask.
 type V = usize;
 
+#[derive(Clone, Copy)]
 enum Op {
-    /// Input `k`'s 16 elements at the current index (zero past the row's end).
-    Load(usize),
+    /// Input `k`'s 16 elements at vector `at` from the current index (in the row's last, masked
+    /// vector: zero past the row's end).
+    Load(usize, usize),
     /// Input `k`'s one value for the row, in every lane.
     Splat(usize),
     /// The 32 bits in every lane.
@@ -40,19 +44,57 @@ enum Op {
     IBin(IntOp, V, V),
     Shift(Shift, V, u8),
     IToF(V),
-    /// Output `j` gets the value.
-    Store(usize, V),
+    /// Output `j` gets the value, at vector `at` from the current index.
+    Store(usize, V, usize),
 }
 
 impl Op {
     fn operands(&self) -> Vec<V> {
         match *self {
-            Op::Load(_) | Op::Splat(_) | Op::Const(_) => vec![],
-            Op::FUn(_, a) | Op::Shift(_, a, _) | Op::IToF(a) | Op::Store(_, a) => vec![a],
+            Op::Load(..) | Op::Splat(_) | Op::Const(_) => vec![],
+            Op::FUn(_, a) | Op::Shift(_, a, _) | Op::IToF(a) | Op::Store(_, a, _) => vec![a],
             Op::FBin(_, a, b) | Op::Cmp(_, a, b) | Op::IBin(_, a, b) => vec![a, b],
             Op::Fma(a, b, c) | Op::Select(a, b, c) => vec![a, b, c],
         }
     }
+
+    /// The op with its operands renamed by `value` and its loads and stores at vector `at`.
+    fn renamed(self, value: impl Fn(V) -> V, at: usize) -> Op {
+        match self {
+            Op::Load(k, _) => Op::Load(k, at),
+            Op::Splat(_) | Op::Const(_) => self,
+            Op::FBin(f, a, b) => Op::FBin(f, value(a), value(b)),
+            Op::Fma(a, b, c) => Op::Fma(value(a), value(b), value(c)),
+            Op::FUn(f, a) => Op::FUn(f, value(a)),
+            Op::Cmp(c, a, b) => Op::Cmp(c, value(a), value(b)),
+            Op::Select(m, a, b) => Op::Select(value(m), value(a), value(b)),
+            Op::IBin(f, a, b) => Op::IBin(f, value(a), value(b)),
+            Op::Shift(s, a, by) => Op::Shift(s, value(a), by),
+            Op::IToF(a) => Op::IToF(value(a)),
+            Op::Store(j, v, _) => Op::Store(j, value(v), at),
+        }
+    }
+}
+
+/// `copies` copies of a one-vector body working on consecutive vectors, interleaved op by op so
+/// that their chains of dependent instructions overlap (one vector's chain alone leaves the
+/// vector units waiting on each result); splats and constants are shared.
+fn unroll(ops: &[Op], copies: usize) -> Vec<Op> {
+    let mut out = Vec::with_capacity(ops.len() * copies);
+    let mut renamed = vec![vec![0; ops.len()]; copies];
+    for (i, &op) in ops.iter().enumerate() {
+        if matches!(op, Op::Splat(_) | Op::Const(_)) {
+            renamed.iter_mut().for_each(|r| r[i] = out.len());
+            out.push(op);
+            continue;
+        }
+        for (at, r) in renamed.iter_mut().enumerate() {
+            let new = op.renamed(|v| r[v], at);
+            r[i] = out.len();
+            out.push(new);
+        }
+    }
+    out
 }
 
 /// The ops of one kernel, as [`math`] emits them.
@@ -146,8 +188,9 @@ impl Free {
 }
 
 /// Registers assigned in order of definition, each freed after its value's last use; `None`
-/// when more are live at once than the machine has.
-fn allocate(ops: &[Op]) -> Option<Vec<Reg>> {
+/// when more are live at once than the machine has. The constants in `hoisted` have registers of
+/// their own for the whole kernel ([`held`]).
+fn allocate(ops: &[Op], hoisted: &[u32]) -> Option<Vec<Reg>> {
     // A value nothing reads is free right after its definition.
     let mut last_use: Vec<usize> = (0..ops.len()).collect();
     for (i, op) in ops.iter().enumerate() {
@@ -155,7 +198,7 @@ fn allocate(ops: &[Op]) -> Option<Vec<Reg>> {
             last_use[v] = i;
         }
     }
-    let mut free = Free { zmm: (0..32).rev().collect(), masks: (2..8).rev().collect() };
+    let mut free = Free { zmm: (0..32 - hoisted.len()).rev().collect(), masks: (2..8).rev().collect() };
     let mut regs = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         // Operands whose last use this is give their registers back first, so that the result
@@ -163,19 +206,28 @@ fn allocate(ops: &[Op]) -> Option<Vec<Reg>> {
         let mut operands = op.operands();
         operands.sort_unstable();
         operands.dedup();
-        operands.into_iter().filter(|&v| last_use[v] == i).for_each(|v| free.give_back(regs[v]));
+        operands.into_iter().filter(|&v| last_use[v] == i && held(&ops[v], hoisted).is_none()).for_each(|v| free.give_back(regs[v]));
         let reg = match *op {
+            _ if held(op, hoisted).is_some() => held(op, hoisted).expect("just checked"),
             Op::Cmp(..) => Reg::Mask(free.masks.pop()?),
             // A store defines nothing.
-            Op::Store(_, v) => regs[v],
+            Op::Store(_, v, _) => regs[v],
             _ => Reg::Zmm(free.zmm.pop()?),
         };
-        if last_use[i] == i && !matches!(op, Op::Store(..)) {
+        if last_use[i] == i && !matches!(op, Op::Store(..)) && held(op, hoisted).is_none() {
             free.give_back(reg);
         }
         regs.push(reg);
     }
     Some(regs)
+}
+
+/// The register of a constant loaded once before the loops: the `i`th of `hoisted` in zmm31 − i.
+fn held(op: &Op, hoisted: &[u32]) -> Option<Reg> {
+    match *op {
+        Op::Const(bits) => hoisted.iter().position(|&h| h == bits).map(|i| Reg::Zmm(31 - i)),
+        _ => None,
+    }
 }
 
 fn zmm(r: Reg) -> AsmRegisterZmm {
@@ -209,11 +261,19 @@ fn masked(z: AsmRegisterZmm, m: Reg) -> AsmRegisterZmm {
 /// (`kernel(n, rows, inputs, strides, outputs)`, System V), or `None` when it is left to
 /// Cranelift.
 pub(super) fn assemble(spec: &KernelSpec) -> Option<(Vec<u8>, usize)> {
+    let bodies = plan(spec)?;
+    let code = emit(&bodies, spec.splat.len(), spec.outputs.len()).expect("the kernel's instructions assemble");
+    Some((code, bodies.one.0.len()))
+}
+
+/// The kernel's loop bodies with their registers, or `None` when it is left to Cranelift. The
+/// most vectors at once whose values fit the registers with the constants hoisted, else without.
+fn plan(spec: &KernelSpec) -> Option<Bodies> {
     let mut rec = Recorder::default();
     let mut vals: Vec<V> = Vec::with_capacity(spec.exprs.len());
     for e in &spec.exprs {
         let v = match *e {
-            Expr::Input(k) => rec.push(if spec.splat[k] { Op::Splat(k) } else { Op::Load(k) }),
+            Expr::Input(k) => rec.push(if spec.splat[k] { Op::Splat(k) } else { Op::Load(k, 0) }),
             Expr::Const(c) => rec.c(c),
             Expr::Unary(u, x) => math::unary(&mut rec, u, vals[x]),
             Expr::Binary(op, x, y) => math::binary(&mut rec, op, vals[x], vals[y]),
@@ -221,22 +281,49 @@ pub(super) fn assemble(spec: &KernelSpec) -> Option<(Vec<u8>, usize)> {
         vals.push(v);
     }
     for (j, &o) in spec.outputs.iter().enumerate() {
-        rec.push(Op::Store(j, vals[o]));
+        rec.push(Op::Store(j, vals[o], 0));
     }
     if rec.calls {
         return None;
     }
-    let regs = allocate(&rec.ops)?;
-    Some((emit(&rec.ops, &regs, spec.splat.len(), spec.outputs.len()).expect("the kernel's instructions assemble"), rec.ops.len()))
+    let mut constants: Vec<u32> = rec.ops.iter().filter_map(|op| if let Op::Const(bits) = *op { Some(bits) } else { None }).collect();
+    constants.sort_unstable();
+    constants.dedup();
+    let plan = |hoisted: Vec<u32>, copies: usize| -> Option<Bodies> {
+        if hoisted.len() >= 32 {
+            return None;
+        }
+        let one = allocate(&rec.ops, &hoisted)?;
+        let group = if copies > 1 {
+            let ops = unroll(&rec.ops, copies);
+            let regs = allocate(&ops, &hoisted)?;
+            Some((copies, ops, regs))
+        } else {
+            None
+        };
+        Some(Bodies { hoisted, one: (rec.ops.clone(), one), group })
+    };
+    [(true, 4), (true, 2), (false, 4), (false, 2), (true, 1), (false, 1)]
+        .into_iter()
+        .find_map(|(hoist, copies)| plan(if hoist { constants.clone() } else { Vec::new() }, copies))
 }
 
-/// The row and element loops around the body. Registers: r12 `n`, r13 `rows`, r14 the inputs'
-/// pointers, r15 their row strides, rbx the outputs' pointers, rbp the row, rcx the element;
-/// the row's input and output pointers in the frame.
-fn emit(ops: &[Op], regs: &[Reg], inputs: usize, outputs: usize) -> Result<Vec<u8>, IcedError> {
+/// A kernel's loop bodies: one vector (masked: a row's last vector, and its vectors after the
+/// whole groups), and when the registers allow, a group of `copies` whole vectors
+/// ([`unroll`]). The `hoisted` constants are loaded into registers of their own before the loops
+/// (when they fit: a constant in every iteration is a load that competes with the arithmetic).
+struct Bodies {
+    hoisted: Vec<u32>,
+    one: (Vec<Op>, Vec<Reg>),
+    group: Option<(usize, Vec<Op>, Vec<Reg>)>,
+}
+
+/// The row and element loops around the bodies. Registers: r12 `n`, r13 `rows`, r14 the
+/// inputs' pointers, r15 their row strides, rbx the outputs' pointers, rbp the row, rcx the
+/// element; the row's input and output pointers in the frame.
+fn emit(bodies: &Bodies, inputs: usize, outputs: usize) -> Result<Vec<u8>, IcedError> {
     let frame = (8 * (inputs + outputs)).next_multiple_of(16) as i32 + 8;
-    let input_at = |k: usize| rsp + 8 * k as i32;
-    let output_at = |j: usize| rsp + 8 * (inputs + j) as i32;
+    let at = Frame { inputs };
     let mut x = CodeAssembler::new(64)?;
     enter(&mut x, frame)?;
     x.mov(r12, rdi)?;
@@ -245,6 +332,11 @@ fn emit(ops: &[Op], regs: &[Reg], inputs: usize, outputs: usize) -> Result<Vec<u
     x.mov(r15, rcx)?;
     x.mov(rbx, r8)?;
     x.xor(ebp, ebp)?;
+    let mut pool: Vec<(u32, CodeLabel)> = Vec::new();
+    for (i, &bits) in bodies.hoisted.iter().enumerate() {
+        let label = constant(&mut x, &mut pool, bits);
+        x.vbroadcastss(zmm(Reg::Zmm(31 - i)), dword_ptr(label))?;
+    }
 
     let (mut row_top, mut done, mut element_top, mut row_done) = (x.create_label(), x.create_label(), x.create_label(), x.create_label());
     x.set_label(&mut row_top)?;
@@ -255,16 +347,30 @@ fn emit(ops: &[Op], regs: &[Reg], inputs: usize, outputs: usize) -> Result<Vec<u
         x.imul_2(rax, rbp)?;
         x.shl(rax, 2)?;
         x.add(rax, qword_ptr(r14 + 8 * k as i32))?;
-        x.mov(qword_ptr(input_at(k)), rax)?;
+        x.mov(qword_ptr(at.input(k)), rax)?;
     }
     for j in 0..outputs {
         x.mov(rax, r12)?;
         x.imul_2(rax, rbp)?;
         x.shl(rax, 2)?;
         x.add(rax, qword_ptr(rbx + 8 * j as i32))?;
-        x.mov(qword_ptr(output_at(j)), rax)?;
+        x.mov(qword_ptr(at.output(j)), rax)?;
     }
     x.xor(ecx, ecx)?;
+    let hoisted = bodies.hoisted.len();
+    if let Some((copies, ops, regs)) = &bodies.group {
+        let copies = *copies;
+        // Whole groups while at least `copies` vectors remain.
+        let mut group_top = x.create_label();
+        x.set_label(&mut group_top)?;
+        x.mov(rax, r12)?;
+        x.sub(rax, rcx)?;
+        x.cmp(rax, 16 * copies as i32)?;
+        x.jl(element_top)?;
+        body(&mut x, &mut pool, &at, ops, regs, hoisted, false)?;
+        x.add(rcx, 16 * copies as i32)?;
+        x.jmp(group_top)?;
+    }
     x.set_label(&mut element_top)?;
     x.cmp(rcx, r12)?;
     x.jge(row_done)?;
@@ -277,21 +383,67 @@ fn emit(ops: &[Op], regs: &[Reg], inputs: usize, outputs: usize) -> Result<Vec<u
     x.mov(edx, -1)?;
     x.bzhi(edx, edx, eax)?;
     x.kmovw(k1, edx)?;
+    body(&mut x, &mut pool, &at, &bodies.one.0, &bodies.one.1, hoisted, true)?;
+    x.add(rcx, 16)?;
+    x.jmp(element_top)?;
+    x.set_label(&mut row_done)?;
+    x.inc(rbp)?;
+    x.jmp(row_top)?;
 
-    let mut pool: Vec<(u32, CodeLabel)> = Vec::new();
+    x.set_label(&mut done)?;
+    leave(&mut x, frame)?;
+    for (bits, mut label) in pool {
+        x.set_label(&mut label)?;
+        x.dd(&[bits])?;
+    }
+    x.assemble(0)
+}
+
+/// Where the row's input and output pointers are kept in the frame.
+struct Frame {
+    inputs: usize,
+}
+
+impl Frame {
+    fn input(&self, k: usize) -> AsmMemoryOperand {
+        rsp + 8 * k as i32
+    }
+    fn output(&self, j: usize) -> AsmMemoryOperand {
+        rsp + 8 * (self.inputs + j) as i32
+    }
+}
+
+/// One loop body: `ops` in their registers, at element rcx (the constants in the top `hoisted`
+/// registers already there); with `masked_by_k1`, loads and stores only in the lanes of k1.
+#[allow(clippy::too_many_arguments)]
+fn body(
+    x: &mut CodeAssembler,
+    pool: &mut Vec<(u32, CodeLabel)>,
+    at: &Frame,
+    ops: &[Op],
+    regs: &[Reg],
+    hoisted: usize,
+    masked_by_k1: bool,
+) -> Result<(), IcedError> {
     for (op, &r) in ops.iter().zip(regs) {
         let reg = |v: V| zmm(regs[v]);
         match *op {
-            Op::Load(k) => {
-                x.mov(rax, qword_ptr(input_at(k)))?;
-                x.vmovups(zmm(r).k1().z(), zmmword_ptr(rax + rcx * 4))?;
+            Op::Load(k, vector) => {
+                x.mov(rax, qword_ptr(at.input(k)))?;
+                let from = zmmword_ptr(rax + rcx * 4 + 64 * vector as i32);
+                if masked_by_k1 {
+                    x.vmovups(zmm(r).k1().z(), from)?;
+                } else {
+                    x.vmovups(zmm(r), from)?;
+                }
             }
             Op::Splat(k) => {
-                x.mov(rax, qword_ptr(input_at(k)))?;
+                x.mov(rax, qword_ptr(at.input(k)))?;
                 x.vbroadcastss(zmm(r), dword_ptr(rax))?;
             }
+            Op::Const(_) if matches!(r, Reg::Zmm(i) if i >= 32 - hoisted) => {}
             Op::Const(bits) => {
-                let label = constant(&mut x, &mut pool, bits);
+                let label = constant(x, pool, bits);
                 x.vbroadcastss(zmm(r), dword_ptr(label))?;
             }
             Op::FBin(f, a, b) => match f {
@@ -316,11 +468,11 @@ fn emit(ops: &[Op], regs: &[Reg], inputs: usize, outputs: usize) -> Result<Vec<u
             }
             Op::FUn(f, a) => match f {
                 FloatUn::Neg => {
-                    let sign = constant(&mut x, &mut pool, 0x8000_0000);
+                    let sign = constant(x, pool, 0x8000_0000);
                     x.vpxord(zmm(r), reg(a), dword_bcst(sign))?
                 }
                 FloatUn::Abs => {
-                    let magnitude = constant(&mut x, &mut pool, 0x7fff_ffff);
+                    let magnitude = constant(x, pool, 0x7fff_ffff);
                     x.vpandd(zmm(r), reg(a), dword_bcst(magnitude))?
                 }
                 FloatUn::Sqrt => x.vsqrtps(zmm(r), reg(a))?,
@@ -350,25 +502,18 @@ fn emit(ops: &[Op], regs: &[Reg], inputs: usize, outputs: usize) -> Result<Vec<u
                 Shift::RightUnsigned => x.vpsrld(zmm(r), reg(a), by as i32)?,
             },
             Op::IToF(a) => x.vcvtdq2ps(zmm(r), reg(a))?,
-            Op::Store(j, v) => {
-                x.mov(rax, qword_ptr(output_at(j)))?;
-                x.vmovups(zmmword_ptr(rax + rcx * 4).k1(), reg(v))?;
+            Op::Store(j, v, vector) => {
+                x.mov(rax, qword_ptr(at.output(j)))?;
+                let to = zmmword_ptr(rax + rcx * 4 + 64 * vector as i32);
+                if masked_by_k1 {
+                    x.vmovups(to.k1(), reg(v))?;
+                } else {
+                    x.vmovups(to, reg(v))?;
+                }
             }
         }
     }
-    x.add(rcx, 16)?;
-    x.jmp(element_top)?;
-    x.set_label(&mut row_done)?;
-    x.inc(rbp)?;
-    x.jmp(row_top)?;
-
-    x.set_label(&mut done)?;
-    leave(&mut x, frame)?;
-    for (bits, mut label) in pool {
-        x.set_label(&mut label)?;
-        x.dd(&[bits])?;
-    }
-    x.assemble(0)
+    Ok(())
 }
 
 /// The callee-saved registers (System V) the functions assembled here use.
@@ -470,12 +615,18 @@ mod tests {
             splat: vec![false, false],
             outputs: vec![3, 7, 3],
         });
+        // Both group sizes, and kernels with and without their constants hoisted, among them.
+        let layouts: Vec<(Option<usize>, bool)> =
+            specs.iter().map(|s| super::plan(s).map(|b| (b.group.as_ref().map(|g| g.0), b.hoisted.is_empty())).expect("assembled")).collect();
+        for want in [(Some(4), false), (Some(2), false), (Some(4), true)] {
+            assert!(layouts.contains(&want), "no kernel laid out as {want:?}: {layouts:?}");
+        }
         // (Assembling needs no AVX-512: this checks the encodings on any machine.)
         assert!(specs.iter().all(|s| super::assemble(s).is_some()), "a kernel left to Cranelift");
         let portable = compile(&specs, true).unwrap();
         let native = compile(&specs, false).unwrap();
         for (k, spec) in specs.iter().enumerate() {
-            for (rows, n) in [(1, 1), (2, 5), (3, 16), (2, 37), (1, 256)] {
+            for (rows, n) in [(1, 1), (2, 5), (3, 16), (2, 37), (1, 256), (2, 101), (1, 200)] {
                 let (want, got) = (run(portable.kernels[k], spec, rows, n), run(native.kernels[k], spec, rows, n));
                 for (w, g) in want.iter().zip(&got) {
                     assert_eq!(g[rows * n], 12345.0, "{spec:?}: written past the last row");
