@@ -24,6 +24,7 @@ pub mod kernel;
 pub mod profile;
 mod recurrence;
 mod scalar;
+mod transposed;
 mod workspace;
 
 use std::borrow::Cow;
