@@ -438,13 +438,13 @@ unsafe fn tri_mask(dst: *mut f32, len: usize, rows: usize, cols: usize, fill: f3
 unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], m: usize, n: usize, k: usize) {
     let count: usize = batch.iter().product();
     let (c, a, b) = (Shared(c), Shared(a), Shared(b));
-    // A small product whose right operand's columns are contiguous: transposed in registers.
-    let transposed = bo.row_stride == 1 && bo.col_stride != 1 && crate::transposed::takes(m, k, n);
+    // A small product of a few rows: in registers.
+    let small = crate::small_product::takes(m, k, n, (bo.row_stride, bo.col_stride));
     let one = |i: usize, par: gemm::Parallelism| {
         let (c, a, b) = (c, a, b);
         let (a, b) = (a.0.add(batch_offset(i, batch, &ao.batch_strides)), b.0.add(batch_offset(i, batch, &bo.batch_strides)));
-        if transposed {
-            crate::transposed::product(c.0.add(i * m * n), a, (ao.row_stride, ao.col_stride), b, bo.col_stride, m, k, n);
+        if small {
+            crate::small_product::product(c.0.add(i * m * n), a, (ao.row_stride, ao.col_stride), b, (bo.row_stride, bo.col_stride), m, k, n);
         } else {
             gemm_into(c.0.add(i * m * n), (a, ao), (b, bo), m, k, n, par);
         }
@@ -482,7 +482,7 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
     // splits over its members); a batch of small ones splits over its members, unless all of it
     // is small.
     let members_in_turn =
-        if transposed { count == 1 || count * m * k * n < PARALLEL_MACS } else { m * k * n >= PARALLEL_MACS || count * m * k * n < PARALLEL_MACS * 4 };
+        if small { count == 1 || count * m * k * n < PARALLEL_MACS } else { m * k * n >= PARALLEL_MACS || count * m * k * n < PARALLEL_MACS * 4 };
     if members_in_turn {
         (0..count).for_each(|i| one(i, parallelism(m * k * n)));
     } else {

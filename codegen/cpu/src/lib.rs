@@ -24,7 +24,7 @@ pub mod kernel;
 pub mod profile;
 mod recurrence;
 mod scalar;
-mod transposed;
+mod small_product;
 mod workspace;
 
 use std::borrow::Cow;
