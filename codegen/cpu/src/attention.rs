@@ -8,7 +8,8 @@
 //! padded to `NR`), so the products of every block read them contiguously; the products are
 //! micro-tiles of `MR × NR` sums held in registers. Blocks of rows are the unit of work, taken by
 //! whichever thread is free, the largest (the last rows, under a causal mask) first. The code is
-//! compiled twice: for AVX2 with FMA where the processor has them, and for the baseline.
+//! compiled three times ([`Simd`]): for AVX-512, for AVX2 with FMA, and for the baseline; a run
+//! takes the widest the processor has.
 
 use tttc_ir::BinaryOp;
 use tttc_lower::math::{self, Emit};
@@ -17,7 +18,9 @@ use tttc_lower::schedule::Strides;
 use crate::exec::{batch_offset, max, sum, Shared};
 use crate::scalar::Scalar;
 
-/// Rows and columns of a micro-tile: its `MR × NR` sums are twelve 256-bit registers.
+/// Rows and columns of a micro-tile: its `MR × NR` sums are twelve 256-bit registers (in
+/// AVX-512, twelve of 512 bits: two partial sums per row, so that both multiply-add units have
+/// work while each waits on its previous result).
 pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 16;
 /// Query rows per block (a multiple of `MR`): the packed keys and values are read once per
@@ -73,11 +76,11 @@ impl Attention<'_> {
     /// # Safety
     /// The operands hold their matrices at the strides given, `out` and `lse` their elements.
     pub unsafe fn run(&self, out: *mut f32, lse: Option<*mut f32>) {
-        self.run_with(out, lse, avx2_fma())
+        self.run_with(out, lse, Simd::best())
     }
 
-    /// [`Attention::run`], with AVX2 and FMA (`fast`: the processor has them) or without.
-    unsafe fn run_with(&self, out: *mut f32, lse: Option<*mut f32>, fast: bool) {
+    /// [`Attention::run`] in the instructions of `simd` (which the processor has).
+    unsafe fn run_with(&self, out: *mut f32, lse: Option<*mut f32>, simd: Simd) {
         use rayon::prelude::*;
         let count: usize = self.shape.batch.iter().product();
         let this = Shared(*self);
@@ -95,11 +98,14 @@ impl Attention<'_> {
             },
             |scratch, w| {
                 let (i, block) = (w % count, blocks - 1 - w / count);
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    return this.get().block_avx2(i, block * ROWS, &packed[i], scratch, (out.get(), lse.get()));
+                let args = (i, block * ROWS, &packed[i], scratch, (out.get(), lse.get()));
+                match simd {
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512 => this.get().block_avx512(args),
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2 => this.get().block_avx2(args),
+                    _ => this.get().block::<PORTABLE>(args),
                 }
-                this.get().block::<false>(i, block * ROWS, &packed[i], scratch, (out.get(), lse.get()));
             },
         );
     }
@@ -123,13 +129,19 @@ impl Attention<'_> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_avx2(&self, i: usize, q0: usize, packed: &Packed, s: &mut Scratch, out: (*mut f32, Option<*mut f32>)) {
-        self.block::<true>(i, q0, packed, s, out)
+    unsafe fn block_avx2(&self, args: BlockArgs) {
+        self.block::<AVX2>(args)
     }
 
-    /// Rows `q0..` (up to `ROWS`) of batch index `i`; `FMA`: multiply-adds fused.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn block_avx512(&self, args: BlockArgs) {
+        self.block::<AVX512>(args)
+    }
+
+    /// Rows `q0..` (up to `ROWS`) of batch index `i`, in the instructions of `SIMD`.
     #[inline(always)]
-    unsafe fn block<const FMA: bool>(&self, i: usize, q0: usize, packed: &Packed, s: &mut Scratch, (out, lse): (*mut f32, Option<*mut f32>)) {
+    unsafe fn block<const SIMD: u8>(&self, (i, q0, packed, s, (out, lse)): BlockArgs) {
         let (rows, d, dv) = (ROWS.min(self.shape.tq - q0), self.shape.d, self.shape.dv);
         let dvp = dv.next_multiple_of(NR);
         let qs = self.q.1;
@@ -155,7 +167,7 @@ impl Attention<'_> {
                 for p in (0..seen_by(r, mr)).step_by(NR) {
                     let panel = packed.keys.as_ptr().add((k0 + p) / NR * d * NR);
                     let scores = s.scores.as_mut_ptr().add(r * KEYS + p);
-                    tile::<FMA, 1, MR>(mr, s.queries.as_ptr().add(r * d), (panel, NR), d, (scores, KEYS), false);
+                    tile::<SIMD, 1, MR>(mr, s.queries.as_ptr().add(r * d), (panel, NR), d, (scores, KEYS), false);
                 }
             }
             for r in 0..rows {
@@ -167,7 +179,7 @@ impl Attention<'_> {
                 let weights = s.scores.as_ptr().add(r * KEYS);
                 for c in (0..dvp).step_by(NR) {
                     let values = (packed.values.as_ptr().add(k0 * dvp + c), dvp);
-                    tile::<FMA, KEYS, 1>(mr, weights, values, seen_by(r, mr), (s.acc.as_mut_ptr().add(r * dvp + c), dvp), true);
+                    tile::<SIMD, KEYS, 1>(mr, weights, values, seen_by(r, mr), (s.acc.as_mut_ptr().add(r * dvp + c), dvp), true);
                 }
             }
         }
@@ -182,18 +194,53 @@ impl Attention<'_> {
     }
 }
 
-pub(crate) fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+/// A block's arguments: the batch index, its first row, the index's packed keys and values, the
+/// thread's scratch, and the outputs.
+type BlockArgs<'a> = (usize, usize, &'a Packed, &'a mut Scratch, (*mut f32, Option<*mut f32>));
+
+/// The instructions the blocks run in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Simd {
+    Portable,
+    /// AVX2 with FMA.
+    Avx2,
+    /// AVX-512 (F), with AVX2 and FMA.
+    Avx512,
+}
+
+// `Simd` as the micro-tiles' const parameter.
+pub(crate) const PORTABLE: u8 = 0;
+pub(crate) const AVX2: u8 = 1;
+pub(crate) const AVX512: u8 = 2;
+
+impl Simd {
+    /// The widest this processor runs.
+    pub(crate) fn best() -> Simd {
+        *Simd::available().last().expect("the portable build runs anywhere")
+    }
+
+    /// Every build this processor runs, narrowest first.
+    pub(crate) fn available() -> Vec<Simd> {
+        let mut builds = vec![Simd::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                builds.push(Simd::Avx2);
+                if has!("avx512f") {
+                    builds.push(Simd::Avx512);
+                }
+            }
+        }
+        builds
+    }
 }
 
 /// `c[r][0..NR] (+)= Σ_e a[r·ARS + e·ACS] · b[e·brs + 0..NR]` for the `mr` (≤ `MR`) rows `r`
-/// of a micro-tile, over `k` terms; `FMA`: with AVX2's fused multiply-adds. (`a`'s strides are
+/// of a micro-tile, over `k` terms, in the instructions of `SIMD`. (`a`'s strides are
 /// constants: its loads then need no address arithmetic.)
 #[inline(always)]
-pub(crate) unsafe fn tile<const FMA: bool, const ARS: usize, const ACS: usize>(
+pub(crate) unsafe fn tile<const SIMD: u8, const ARS: usize, const ACS: usize>(
     mr: usize,
     a: *const f32,
     b: (*const f32, usize),
@@ -214,8 +261,10 @@ pub(crate) unsafe fn tile<const FMA: bool, const ARS: usize, const ACS: usize>(
         };
     }
     #[cfg(target_arch = "x86_64")]
-    if FMA {
-        return rows!(tile_rows_avx2);
+    match SIMD {
+        AVX512 => return rows!(tile_rows_avx512),
+        AVX2 => return rows!(tile_rows_avx2),
+        _ => {}
     }
     rows!(tile_rows)
 }
@@ -271,6 +320,46 @@ unsafe fn tile_rows_avx2<const M: usize, const ARS: usize, const ACS: usize>(
     for (r, sums) in acc.iter().enumerate() {
         _mm256_storeu_ps(c.add(r * crs), sums[0]);
         _mm256_storeu_ps(c.add(r * crs + 8), sums[1]);
+    }
+}
+
+/// [`tile`] over `M` rows in AVX-512 registers: a row of sums is one vector, kept as two
+/// (the even terms and the odd ones, added at the end) so that `2·M` chains of multiply-adds
+/// overlap.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_rows_avx512<const M: usize, const ARS: usize, const ACS: usize>(
+    a: *const f32,
+    (b, brs): (*const f32, usize),
+    k: usize,
+    (c, crs): (*mut f32, usize),
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; M];
+    if accumulate {
+        for (r, sums) in acc.iter_mut().enumerate() {
+            sums[0] = _mm512_loadu_ps(c.add(r * crs));
+        }
+    }
+    let pairs = k / 2;
+    for p in 0..pairs {
+        let e = 2 * p;
+        let (b0, b1) = (_mm512_loadu_ps(b.add(e * brs)), _mm512_loadu_ps(b.add((e + 1) * brs)));
+        for (r, sums) in acc.iter_mut().enumerate() {
+            sums[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * ARS + e * ACS)), b0, sums[0]);
+            sums[1] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * ARS + (e + 1) * ACS)), b1, sums[1]);
+        }
+    }
+    if k % 2 == 1 {
+        let e = k - 1;
+        let be = _mm512_loadu_ps(b.add(e * brs));
+        for (r, sums) in acc.iter_mut().enumerate() {
+            sums[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * ARS + e * ACS)), be, sums[0]);
+        }
+    }
+    for (r, sums) in acc.iter().enumerate() {
+        _mm512_storeu_ps(c.add(r * crs), _mm512_add_ps(sums[0], sums[1]));
     }
 }
 
@@ -340,10 +429,10 @@ pub(crate) mod tests {
         (s.iter().map(|x| (x - m).exp() / l).collect(), m + l.ln())
     }
 
-    /// Both builds (AVX2 with FMA where this processor has them, and the portable one) against
+    /// Every build this processor runs (AVX-512, AVX2 with FMA, the portable one) against
     /// softmax attention computed directly in f64, causal and not, with sizes that fill no tile.
     #[test]
-    fn both_builds_match_attention_computed_directly() {
+    fn every_build_matches_attention_computed_directly() {
         let (batch, tq, tk, d, dv) = ([2usize], 131, 131, 19, 21);
         let [q, k, v] = [(tq, d), (tk, d), (tk, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
         // q and v as stored; kᵀ read through the strides of k.
@@ -360,8 +449,7 @@ pub(crate) mod tests {
                     }
                 }
             }
-            let builds: &[bool] = if avx2_fma() { &[false, true] } else { &[false] };
-            for &fast in builds {
+            for simd in Simd::available() {
                 let a = Attention {
                     q: (q.as_ptr(), &qs),
                     k: (k.as_ptr(), &ks),
@@ -370,9 +458,9 @@ pub(crate) mod tests {
                 };
                 let mut out = vec![f32::NAN; 2 * tq * dv];
                 // SAFETY: the operands hold their matrices at these strides; `out` its elements.
-                unsafe { a.run_with(out.as_mut_ptr(), None, fast) };
+                unsafe { a.run_with(out.as_mut_ptr(), None, simd) };
                 for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
-                    assert!((o as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "causal {causal}, fast {fast}, element {i}: {o} against {w}");
+                    assert!((o as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "causal {causal}, {simd:?}, element {i}: {o} against {w}");
                 }
             }
         }

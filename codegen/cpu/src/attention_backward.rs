@@ -12,7 +12,7 @@
 
 use tttc_lower::schedule::Strides;
 
-use crate::attention::{avx2_fma, exp_from, scaled, tile, Shape, MR, NR};
+use crate::attention::{exp_from, scaled, tile, Shape, Simd, AVX2, AVX512, MR, NR, PORTABLE};
 use crate::exec::{batch_offset, Shared};
 
 /// Query rows per block (a multiple of `MR`).
@@ -53,6 +53,10 @@ struct Packed {
 
 /// A block's scratch: its weights and `ds` (`ROWS × KEYS`), the key block's `dk` and `dv` so
 /// far (rows padded to `NR`).
+/// A batch index's arguments: the index, its packed operands, the thread's scratch, and the
+/// results `dq`, `dk` and `dv`.
+type IndexArgs<'a> = (usize, &'a mut Packed, &'a mut Scratch, [*mut f32; 3]);
+
 struct Scratch {
     p: Vec<f32>,
     ds: Vec<f32>,
@@ -89,11 +93,11 @@ impl Backward<'_> {
     /// The operands hold their matrices at the strides given, `lse` and `row` a value per row,
     /// the results their elements.
     pub unsafe fn run(&self, dq: *mut f32, dk: *mut f32, dv: *mut f32) {
-        self.run_with([dq, dk, dv], avx2_fma())
+        self.run_with([dq, dk, dv], Simd::best())
     }
 
-    /// [`Backward::run`], with AVX2 and FMA (`fast`) or without.
-    unsafe fn run_with(&self, results: [*mut f32; 3], fast: bool) {
+    /// [`Backward::run`] in the instructions of `simd` (which the processor has).
+    unsafe fn run_with(&self, results: [*mut f32; 3], simd: Simd) {
         use rayon::prelude::*;
         let count: usize = self.shape.batch.iter().product();
         let (this, results) = (Shared(*self), Shared(results));
@@ -106,11 +110,14 @@ impl Backward<'_> {
             },
             |scratch, i| {
                 let mut packed = this.get().pack(i);
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    return this.get().index_avx2(i, &mut packed, scratch, results.get());
+                let args = (i, &mut packed, scratch, results.get());
+                match simd {
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512 => this.get().index_avx512(args),
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2 => this.get().index_avx2(args),
+                    _ => this.get().index::<PORTABLE>(args),
                 }
-                this.get().index::<false>(i, &mut packed, scratch, results.get());
             },
         );
     }
@@ -137,13 +144,19 @@ impl Backward<'_> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn index_avx2(&self, i: usize, packed: &mut Packed, s: &mut Scratch, results: [*mut f32; 3]) {
-        self.index::<true>(i, packed, s, results)
+    unsafe fn index_avx2(&self, args: IndexArgs) {
+        self.index::<AVX2>(args)
     }
 
-    /// Batch index `i`; `FMA`: multiply-adds fused.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn index_avx512(&self, args: IndexArgs) {
+        self.index::<AVX512>(args)
+    }
+
+    /// Batch index `i`, in the instructions of `SIMD`.
     #[inline(always)]
-    unsafe fn index<const FMA: bool>(&self, i: usize, pk: &mut Packed, s: &mut Scratch, [dq, dk, dv]: [*mut f32; 3]) {
+    unsafe fn index<const SIMD: u8>(&self, (i, pk, s, [dq, dk, dv]): IndexArgs) {
         let (tq, tk, d, dvl) = (self.shape.tq, self.shape.tk, self.shape.d, self.shape.dv);
         let (dp, dvp) = (d.next_multiple_of(NR), dvl.next_multiple_of(NR));
         let (lse, row) = (self.lse.add(i * tq), self.row.add(i * tq));
@@ -165,9 +178,9 @@ impl Backward<'_> {
                     for c in (0..seen_by(r + mr - 1)).step_by(NR) {
                         let at = (k0 + c) / NR;
                         let q = pk.q_panels.as_ptr().add((q0 + r) * d);
-                        tile::<FMA, 1, MR>(mr, q, (pk.k_panels.as_ptr().add(at * d * NR), NR), d, (s.p.as_mut_ptr().add(r * KEYS + c), KEYS), false);
+                        tile::<SIMD, 1, MR>(mr, q, (pk.k_panels.as_ptr().add(at * d * NR), NR), d, (s.p.as_mut_ptr().add(r * KEYS + c), KEYS), false);
                         let g = pk.d_panels.as_ptr().add((q0 + r) * dvl);
-                        tile::<FMA, 1, MR>(mr, g, (pk.v_panels.as_ptr().add(at * dvl * NR), NR), dvl, (s.ds.as_mut_ptr().add(r * KEYS + c), KEYS), false);
+                        tile::<SIMD, 1, MR>(mr, g, (pk.v_panels.as_ptr().add(at * dvl * NR), NR), dvl, (s.ds.as_mut_ptr().add(r * KEYS + c), KEYS), false);
                     }
                 }
                 for r in 0..rows {
@@ -189,11 +202,11 @@ impl Backward<'_> {
                     let (mr, r) = (MR.min(cols - c), first_row(c));
                     for e in (0..dvp).step_by(NR) {
                         let g = (pk.d_rows.as_ptr().add((q0 + r) * dvp + e), dvp);
-                        tile::<FMA, 1, KEYS>(mr, s.p.as_ptr().add(r * KEYS + c), g, rows - r, (s.dv.as_mut_ptr().add(c * dvp + e), dvp), true);
+                        tile::<SIMD, 1, KEYS>(mr, s.p.as_ptr().add(r * KEYS + c), g, rows - r, (s.dv.as_mut_ptr().add(c * dvp + e), dvp), true);
                     }
                     for e in (0..dp).step_by(NR) {
                         let q = (pk.q_rows.as_ptr().add((q0 + r) * dp + e), dp);
-                        tile::<FMA, 1, KEYS>(mr, s.ds.as_ptr().add(r * KEYS + c), q, rows - r, (s.dk.as_mut_ptr().add(c * dp + e), dp), true);
+                        tile::<SIMD, 1, KEYS>(mr, s.ds.as_ptr().add(r * KEYS + c), q, rows - r, (s.dk.as_mut_ptr().add(c * dp + e), dp), true);
                     }
                 }
                 // dq += ds·k over the keys each group of rows sees.
@@ -202,7 +215,7 @@ impl Backward<'_> {
                     for e in (0..dp).step_by(NR) {
                         let k = (pk.k_rows.as_ptr().add(k0 * dp + e), dp);
                         let acc = (pk.dq.as_mut_ptr().add((q0 + r) * dp + e), dp);
-                        tile::<FMA, KEYS, 1>(mr, s.ds.as_ptr().add(r * KEYS), k, seen_by(r + mr - 1), acc, true);
+                        tile::<SIMD, KEYS, 1>(mr, s.ds.as_ptr().add(r * KEYS), k, seen_by(r + mr - 1), acc, true);
                     }
                 }
             }
@@ -232,10 +245,11 @@ mod tests {
     use crate::attention::tests::{operand, weights};
     use tttc_ir::BinaryOp;
 
-    /// Both builds against attention's gradients computed directly in f64, causal and not,
-    /// with sizes that fill no tile or block, the results stored as they are and transposed.
+    /// Every build this processor runs against attention's gradients computed directly in f64,
+    /// causal and not, with sizes that fill no tile or block, the results stored as they are and
+    /// transposed.
     #[test]
-    fn both_builds_match_the_gradients_computed_directly() {
+    fn every_build_matches_the_gradients_computed_directly() {
         let (tq, tk, d, dv) = (131, 131, 19, 21);
         let [q, k, v, g] = [(tq, d), (tk, d), (tk, dv), (tq, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
         for causal in [false, true] {
@@ -265,8 +279,7 @@ mod tests {
             let rows = |w: usize, t: usize| Strides { batch_strides: vec![t * w], row_stride: w, col_stride: 1 };
             let columns = |w: usize, t: usize| Strides { batch_strides: vec![t * w], row_stride: 1, col_stride: w };
             let (qs, ks, vs, gs) = (rows(d, tq), columns(d, tk), columns(dv, tk), rows(dv, tq));
-            let builds: &[bool] = if avx2_fma() { &[false, true] } else { &[false] };
-            for (&fast, transposed) in builds.iter().flat_map(|f| [(f, false), (f, true)]) {
+            for (simd, transposed) in Simd::available().into_iter().flat_map(|s| [(s, false), (s, true)]) {
                 let a = Backward {
                     q: (q.as_ptr(), &qs),
                     k: (k.as_ptr(), &ks),
@@ -279,13 +292,13 @@ mod tests {
                 };
                 let (mut gq, mut gk, mut gv) = (vec![f32::NAN; dq.len()], vec![f32::NAN; dk.len()], vec![f32::NAN; dvw.len()]);
                 // SAFETY: the operands hold their matrices at these strides; the results their elements.
-                unsafe { a.run_with([gq.as_mut_ptr(), gk.as_mut_ptr(), gv.as_mut_ptr()], fast) };
+                unsafe { a.run_with([gq.as_mut_ptr(), gk.as_mut_ptr(), gv.as_mut_ptr()], simd) };
                 for (name, got, want, (rows, width)) in [("dq", &gq, &dq, (tq, d)), ("dk", &gk, &dk, (tk, d)), ("dv", &gv, &dvw, (tk, dv))] {
                     for (i, &w) in want.iter().enumerate() {
                         // Element (b, r, e) of the matrices, or of their transposes.
                         let (b, r, e) = (i / (rows * width), i / width % rows, i % width);
                         let o = got[if transposed { (b * width + e) * rows + r } else { i }];
-                        assert!((o as f64 - w).abs() <= 1e-5 + 1e-4 * w.abs(), "causal {causal}, fast {fast}, {name}[{i}]: {o} against {w}");
+                        assert!((o as f64 - w).abs() <= 1e-5 + 1e-4 * w.abs(), "causal {causal}, {simd:?}, {name}[{i}]: {o} against {w}");
                     }
                 }
             }

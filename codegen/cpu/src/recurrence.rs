@@ -4,16 +4,15 @@
 //! every state element decays by `exp(Δ·A)`, computed there, takes in `Δu·b`, and the channels'
 //! output `y = h · c` is summed in the same pass. Run op by op, each position was a few steps over the
 //! whole `[D, N]` state, its decays materialised in memory. Blocks are the unit of work, taken
-//! by whichever thread is free. The code is compiled twice: for AVX2 with FMA where the
-//! processor has them, and for the baseline.
+//! by whichever thread is free. The code is compiled three times: for AVX-512 (blocks of 16
+//! channels), for AVX2 with FMA (8), and for the baseline (8); a run takes the widest the
+//! processor has.
 
 use tttc_lower::math;
 
+use crate::attention::Simd;
 use crate::exec::Shared;
 use crate::scalar::Scalar;
-
-/// Channels per block: one 256-bit vector.
-const LANES: usize = 8;
 
 /// The operands of one selective scan, every buffer contiguous (see
 /// [`RecurrenceInstr`](tttc_lower::schedule::RecurrenceInstr) for the shapes).
@@ -38,30 +37,44 @@ impl Recurrence {
     /// # Safety
     /// Every pointer holds its operand's elements; `y` and `final_state` overlap no operand.
     pub unsafe fn run(&self, y: *mut f32, final_state: *mut f32) {
+        self.run_with(y, final_state, Simd::best())
+    }
+
+    /// [`Recurrence::run`] in the instructions of `simd` (which the processor has).
+    unsafe fn run_with(&self, y: *mut f32, final_state: *mut f32, simd: Simd) {
         use rayon::prelude::*;
-        let fast = crate::attention::avx2_fma();
-        let blocks = self.width.div_ceil(LANES);
+        let lanes = if simd == Simd::Avx512 { 16 } else { 8 };
+        let blocks = self.width.div_ceil(lanes);
         let (this, y, final_state) = (Shared(*self), Shared(y), Shared(final_state));
         (0..self.batch * blocks).into_par_iter().for_each(|w| {
-            let (s, channel) = (w / blocks, (w % blocks) * LANES);
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                return this.get().block_avx2(s, channel, y.get(), final_state.get());
+            let (s, channel) = (w / blocks, (w % blocks) * lanes);
+            let (y, final_state) = (y.get(), final_state.get());
+            match simd {
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => this.get().block_avx512(s, channel, y, final_state),
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => this.get().block_avx2(s, channel, y, final_state),
+                _ => this.get().block::<8>(s, channel, y, final_state),
             }
-            this.get().block(s, channel, y.get(), final_state.get());
         });
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn block_avx2(&self, s: usize, channel: usize, y: *mut f32, final_state: *mut f32) {
-        self.block(s, channel, y, final_state)
+        self.block::<8>(s, channel, y, final_state)
     }
 
-    /// Channels `channel..` (up to `LANES`) of sequence `s`. Lanes past the last channel run
-    /// with Δ, Δu and A zero and are never stored.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn block_avx512(&self, s: usize, channel: usize, y: *mut f32, final_state: *mut f32) {
+        self.block::<16>(s, channel, y, final_state)
+    }
+
+    /// Channels `channel..` (up to `LANES`: one vector of them) of sequence `s`. Lanes past the
+    /// last channel run with Δ, Δu and A zero and are never stored.
     #[inline(always)]
-    unsafe fn block(&self, s: usize, channel: usize, y: *mut f32, final_state: *mut f32) {
+    unsafe fn block<const LANES: usize>(&self, s: usize, channel: usize, y: *mut f32, final_state: *mut f32) {
         let (len, width, n) = (self.len, self.width, self.states);
         let lanes = LANES.min(width - channel);
         // The state, A and the decays by state index, each a vector of the block's channels.
@@ -121,6 +134,59 @@ impl Recurrence {
 /// A vector of the block's channels, lane by lane (straight-line code the compiler turns into
 /// vector instructions).
 #[inline(always)]
-fn lanewise<T>(f: impl FnMut(usize) -> T) -> [T; LANES] {
+fn lanewise<T, const LANES: usize>(f: impl FnMut(usize) -> T) -> [T; LANES] {
     std::array::from_fn(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every build this processor runs against the recurrence computed directly in f64, over
+    /// channels that fill no whole block (37: 16 + 16 + 5, or 8 · 4 + 5), decays that rise (Δ·A
+    /// above 0 somewhere) and ones that do not.
+    #[test]
+    fn every_build_matches_the_recurrence_computed_directly() {
+        let (batch, len, width, states) = (2, 13, 37, 5);
+        let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0 - 1.0;
+        let operand = |n: usize, salt: usize| (0..n).map(|i| value(i, salt)).collect::<Vec<f32>>();
+        let (state, du, b, c) =
+            (operand(batch * width * states, 1), operand(batch * len * width, 2), operand(batch * len * states, 3), operand(batch * len * states, 4));
+        let dt: Vec<f32> = (0..batch * len * width).map(|i| 0.5 + 0.5 * value(i, 5)).collect();
+        for rising in [false, true] {
+            // A ≤ 0 as Mamba's is; a few positive entries make some decays rise.
+            let a: Vec<f32> = (0..width * states).map(|i| if rising && i % 7 == 0 { 0.3 } else { -1.0 - value(i, 6).abs() }).collect();
+            let (mut want_y, mut want_state) = (vec![0f64; batch * len * width], vec![0f64; batch * width * states]);
+            for s in 0..batch {
+                for ch in 0..width {
+                    let mut h: Vec<f64> = (0..states).map(|k| state[(s * width + ch) * states + k] as f64).collect();
+                    for t in 0..len {
+                        let row = (s * len + t) * width + ch;
+                        let mut y = 0.0;
+                        for (k, hk) in h.iter_mut().enumerate() {
+                            let at = (s * len + t) * states + k;
+                            *hk = (dt[row] as f64 * a[ch * states + k] as f64).exp() * *hk + du[row] as f64 * b[at] as f64;
+                            y += *hk * c[at] as f64;
+                        }
+                        want_y[row] = y;
+                    }
+                    for (k, hk) in h.iter().enumerate() {
+                        want_state[(s * width + ch) * states + k] = *hk;
+                    }
+                }
+            }
+            let r =
+                Recurrence { state: state.as_ptr(), dt: dt.as_ptr(), du: du.as_ptr(), b: b.as_ptr(), c: c.as_ptr(), a: a.as_ptr(), batch, len, width, states };
+            for simd in Simd::available() {
+                let (mut y, mut last) = (vec![f32::NAN; batch * len * width], vec![f32::NAN; batch * width * states]);
+                // SAFETY: every operand holds its elements; `y` and `last` theirs.
+                unsafe { r.run_with(y.as_mut_ptr(), last.as_mut_ptr(), simd) };
+                for (name, got, want) in [("y", &y, &want_y), ("state", &last, &want_state)] {
+                    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+                        assert!((g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "rising {rising}, {simd:?}, {name}[{i}]: {g} against {w}");
+                    }
+                }
+            }
+        }
+    }
 }
