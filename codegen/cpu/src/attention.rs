@@ -216,7 +216,8 @@ pub(crate) const AVX512: u8 = 2;
 impl Simd {
     /// The widest this processor runs.
     pub(crate) fn best() -> Simd {
-        *Simd::available().last().expect("the portable build runs anywhere")
+        static BEST: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| *Simd::available().last().expect("the portable build runs anywhere"))
     }
 
     /// Every build this processor runs, narrowest first.

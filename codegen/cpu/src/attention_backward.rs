@@ -51,12 +51,12 @@ struct Packed {
     dq: Vec<f32>,
 }
 
-/// A block's scratch: its weights and `ds` (`ROWS × KEYS`), the key block's `dk` and `dv` so
-/// far (rows padded to `NR`).
 /// A batch index's arguments: the index, its packed operands, the thread's scratch, and the
 /// results `dq`, `dk` and `dv`.
 type IndexArgs<'a> = (usize, &'a mut Packed, &'a mut Scratch, [*mut f32; 3]);
 
+/// A block's scratch: its weights and `ds` (`ROWS × KEYS`), the key block's `dk` and `dv` so
+/// far (rows padded to `NR`).
 struct Scratch {
     p: Vec<f32>,
     ds: Vec<f32>,

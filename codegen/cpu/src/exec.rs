@@ -438,8 +438,9 @@ unsafe fn tri_mask(dst: *mut f32, len: usize, rows: usize, cols: usize, fill: f3
 unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], m: usize, n: usize, k: usize) {
     let count: usize = batch.iter().product();
     let (c, a, b) = (Shared(c), Shared(a), Shared(b));
-    // A small product of a few rows: in registers.
-    let small = crate::small_product::takes(m, k, n, (bo.row_stride, bo.col_stride));
+    // A small product of a few rows: in registers, on one thread (a lone one large enough for
+    // two runs split inside gemm).
+    let small = (count > 1 || m * k * n < PARALLEL_MACS) && crate::small_product::takes(m, k, n, (bo.row_stride, bo.col_stride));
     let one = |i: usize, par: gemm::Parallelism| {
         let (c, a, b) = (c, a, b);
         let (a, b) = (a.0.add(batch_offset(i, batch, &ao.batch_strides)), b.0.add(batch_offset(i, batch, &bo.batch_strides)));
@@ -478,7 +479,7 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
         }
         return;
     }
-    // Large products split inside gemm (a transposed one runs on one thread: a batch of them
+    // Large products split inside gemm (one in registers runs on one thread: a batch of them
     // splits over its members); a batch of small ones splits over its members, unless all of it
     // is small.
     let members_in_turn =

@@ -1,14 +1,15 @@
 //! Small matrix products in AVX-512 registers: the mini-batch scans' products of a few rows
 //! (`[16, 64] · [64, 256]`, `[16, 64] · [256, 64]ᵀ`), where `gemm`'s packing and blocking cost
-//! as much as the multiplications. Each 16 columns of `c` are one register per row: per step of
-//! `k` one load of 16 elements of `b`'s row and, per row, one broadcast element of `a` and one
-//! fused multiply-add, 16 rows at a time. `b` is read in place when its rows are contiguous;
-//! read transposed (its columns contiguous: a stored `[n, k]` matrix read as `k × n`), it is
-//! first transposed 16 columns at a time into a panel of `k × 16` (16 × 16 tiles transposed in
-//! registers), which `gemm` does through a strided walk: the scans' `[16, 64] · [256, 64]ᵀ` ran
-//! there at a third of the rate of the same product read in rows.
+//! as much as the multiplications. `c` is computed 32 columns at a time, two registers of 16 per
+//! row, 8 rows at a time (16 rows of one register where 16 columns or fewer are left): per step
+//! of `k`, two loads of `b`'s row and, per row, one broadcast element of `a` feeding two fused
+//! multiply-adds. `b` is read in place when its rows are contiguous; read transposed (its
+//! columns contiguous: a stored `[n, k]` matrix read as `k × n`), it is first transposed 16
+//! columns at a time into a panel of `k × 32` (16 × 16 tiles transposed in registers), which
+//! `gemm` does through a strided walk: the scans' `[16, 64] · [256, 64]ᵀ` ran there at a third
+//! of the rate of the same product read in rows.
 
-/// The deepest `k` a product here takes (its panel lives on the stack: 32 KiB).
+/// The deepest `k` a product here takes (its panel lives on the stack: 64 KiB).
 const MAX_K: usize = 512;
 
 /// Whether [`product`] takes a product of these sizes and `b` strides on this CPU (measured

@@ -615,10 +615,25 @@ mod tests {
             splat: vec![false, false],
             outputs: vec![3, 7, 3],
         });
-        // Both group sizes, and kernels with and without their constants hoisted, among them.
-        let layouts: Vec<(Option<usize>, bool)> =
-            specs.iter().map(|s| super::plan(s).map(|b| (b.group.as_ref().map(|g| g.0), b.hoisted.is_empty())).expect("assembled")).collect();
-        for want in [(Some(4), false), (Some(2), false), (Some(4), true)] {
+        // 31 constants in a chain: too many to hoist beside the values of two vectors at once,
+        // so they are loaded in the loop.
+        let mut chain = vec![Expr::Input(0)];
+        for i in 1..=31 {
+            chain.push(Expr::Const(1.0 + i as f32 / 1024.0));
+            chain.push(Expr::Binary(BinaryOp::Mul, chain.len() - 2, chain.len() - 1));
+        }
+        specs.push(KernelSpec { outputs: vec![chain.len() - 1], exprs: chain, splat: vec![false] });
+        // Both group sizes with the constants hoisted, and a group whose constants are loaded in
+        // the loop, among them: (vectors per group, constants hoisted, constants in the loop).
+        let layouts: Vec<(Option<usize>, bool, bool)> = specs
+            .iter()
+            .map(|s| {
+                let b = super::plan(s).expect("assembled");
+                let in_loop = b.hoisted.is_empty() && b.one.0.iter().any(|op| matches!(op, super::Op::Const(_)));
+                (b.group.as_ref().map(|g| g.0), !b.hoisted.is_empty(), in_loop)
+            })
+            .collect();
+        for want in [(Some(4), true, false), (Some(2), true, false), (Some(4), false, true)] {
             assert!(layouts.contains(&want), "no kernel laid out as {want:?}: {layouts:?}");
         }
         // (Assembling needs no AVX-512: this checks the encodings on any machine.)
