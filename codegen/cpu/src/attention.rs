@@ -17,6 +17,7 @@ use tttc_lower::schedule::Strides;
 
 use crate::exec::{batch_offset, max, sum, Shared};
 use crate::scalar::Scalar;
+use crate::simd::{Simd, AVX2, AVX512, PORTABLE};
 
 /// Rows and columns of a micro-tile: its `MR × NR` sums are twelve 256-bit registers (in
 /// AVX-512, twelve of 512 bits: two partial sums per row, so that both multiply-add units have
@@ -197,45 +198,6 @@ impl Attention<'_> {
 /// A block's arguments: the batch index, its first row, the index's packed keys and values, the
 /// thread's scratch, and the outputs.
 type BlockArgs<'a> = (usize, usize, &'a Packed, &'a mut Scratch, (*mut f32, Option<*mut f32>));
-
-/// The instructions the blocks run in.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Simd {
-    Portable,
-    /// AVX2 with FMA.
-    Avx2,
-    /// AVX-512 (F), with AVX2 and FMA.
-    Avx512,
-}
-
-// `Simd` as the micro-tiles' const parameter.
-pub(crate) const PORTABLE: u8 = 0;
-pub(crate) const AVX2: u8 = 1;
-pub(crate) const AVX512: u8 = 2;
-
-impl Simd {
-    /// The widest this processor runs.
-    pub(crate) fn best() -> Simd {
-        static BEST: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| *Simd::available().last().expect("the portable build runs anywhere"))
-    }
-
-    /// Every build this processor runs, narrowest first.
-    pub(crate) fn available() -> Vec<Simd> {
-        let mut builds = vec![Simd::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                builds.push(Simd::Avx2);
-                if has!("avx512f") {
-                    builds.push(Simd::Avx512);
-                }
-            }
-        }
-        builds
-    }
-}
 
 /// `c[r][0..NR] (+)= Σ_e a[r·ARS + e·ACS] · b[e·brs + 0..NR]` for the `mr` (≤ `MR`) rows `r`
 /// of a micro-tile, over `k` terms, in the instructions of `SIMD`. (`a`'s strides are

@@ -12,8 +12,9 @@
 
 use tttc_lower::schedule::Strides;
 
-use crate::attention::{exp_from, scaled, tile, Shape, Simd, AVX2, AVX512, MR, NR, PORTABLE};
+use crate::attention::{exp_from, scaled, tile, Shape, MR, NR};
 use crate::exec::{batch_offset, Shared};
+use crate::simd::{Simd, AVX2, AVX512, PORTABLE};
 
 /// Query rows per block (a multiple of `MR`).
 const ROWS: usize = 96;

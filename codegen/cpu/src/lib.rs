@@ -24,6 +24,7 @@ pub mod kernel;
 pub mod profile;
 mod recurrence;
 mod scalar;
+mod simd;
 mod small_product;
 mod workspace;
 

@@ -10,9 +10,9 @@
 
 use tttc_lower::math;
 
-use crate::attention::Simd;
 use crate::exec::Shared;
 use crate::scalar::Scalar;
+use crate::simd::Simd;
 
 /// The operands of one selective scan, every buffer contiguous (see
 /// [`RecurrenceInstr`](tttc_lower::schedule::RecurrenceInstr) for the shapes).
@@ -141,6 +141,7 @@ fn lanewise<T, const LANES: usize>(f: impl FnMut(usize) -> T) -> [T; LANES] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attention::tests::operand;
 
     /// Every build this processor runs against the recurrence computed directly in f64, over
     /// channels that fill no whole block (37: 16 + 16 + 5, or 8 · 4 + 5), decays that rise (Δ·A
@@ -148,14 +149,12 @@ mod tests {
     #[test]
     fn every_build_matches_the_recurrence_computed_directly() {
         let (batch, len, width, states) = (2, 13, 37, 5);
-        let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0 - 1.0;
-        let operand = |n: usize, salt: usize| (0..n).map(|i| value(i, salt)).collect::<Vec<f32>>();
         let (state, du, b, c) =
             (operand(batch * width * states, 1), operand(batch * len * width, 2), operand(batch * len * states, 3), operand(batch * len * states, 4));
-        let dt: Vec<f32> = (0..batch * len * width).map(|i| 0.5 + 0.5 * value(i, 5)).collect();
+        let dt: Vec<f32> = operand(batch * len * width, 5).iter().map(|x| 0.5 + 0.5 * x).collect();
         for rising in [false, true] {
             // A ≤ 0 as Mamba's is; a few positive entries make some decays rise.
-            let a: Vec<f32> = (0..width * states).map(|i| if rising && i % 7 == 0 { 0.3 } else { -1.0 - value(i, 6).abs() }).collect();
+            let a: Vec<f32> = operand(width * states, 6).iter().enumerate().map(|(i, x)| if rising && i % 7 == 0 { 0.3 } else { -1.0 - x.abs() }).collect();
             let (mut want_y, mut want_state) = (vec![0f64; batch * len * width], vec![0f64; batch * width * states]);
             for s in 0..batch {
                 for ch in 0..width {

@@ -9,6 +9,8 @@
 //! `gemm` does through a strided walk: the scans' `[16, 64] · [256, 64]ᵀ` ran there at a third
 //! of the rate of the same product read in rows.
 
+use crate::simd::Simd;
+
 /// The deepest `k` a product here takes (its panel lives on the stack: 64 KiB).
 const MAX_K: usize = 512;
 
@@ -21,14 +23,7 @@ const MAX_K: usize = 512;
 /// not run it alone.
 pub(crate) fn takes(m: usize, k: usize, n: usize, (b_rs, b_cs): (usize, usize)) -> bool {
     let shape = if b_cs == 1 { (1..=64).contains(&m) && k <= 128 } else { b_rs == 1 && (8..=64).contains(&m) && k <= MAX_K && !(n <= 16 && k > 128) };
-    shape && m * k * n <= 1 << 20 && avx512()
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    shape && m * k * n <= 1 << 20 && Simd::best() == Simd::Avx512
 }
 
 /// `c[m×n] = a[m×k] · b[k×n]`: `c` row-major, `a`'s element `(i, kk)` at `i·a_rs + kk·a_cs`,
@@ -264,7 +259,7 @@ mod tests {
     /// checks that nothing is taken.
     #[test]
     fn small_products_match_the_sums() {
-        if !super::avx512() {
+        if crate::simd::Simd::best() != crate::simd::Simd::Avx512 {
             assert!(!super::takes(16, 64, 64, (64, 1)));
             return;
         }

@@ -198,6 +198,7 @@ fn allocate(ops: &[Op], hoisted: &[u32]) -> Option<Vec<Reg>> {
             last_use[v] = i;
         }
     }
+    let fixed: Vec<Option<Reg>> = ops.iter().map(|op| held(op, hoisted)).collect();
     let mut free = Free { zmm: (0..32 - hoisted.len()).rev().collect(), masks: (2..8).rev().collect() };
     let mut regs = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
@@ -206,15 +207,15 @@ fn allocate(ops: &[Op], hoisted: &[u32]) -> Option<Vec<Reg>> {
         let mut operands = op.operands();
         operands.sort_unstable();
         operands.dedup();
-        operands.into_iter().filter(|&v| last_use[v] == i && held(&ops[v], hoisted).is_none()).for_each(|v| free.give_back(regs[v]));
-        let reg = match *op {
-            _ if held(op, hoisted).is_some() => held(op, hoisted).expect("just checked"),
-            Op::Cmp(..) => Reg::Mask(free.masks.pop()?),
+        operands.into_iter().filter(|&v| last_use[v] == i && fixed[v].is_none()).for_each(|v| free.give_back(regs[v]));
+        let reg = match (fixed[i], *op) {
+            (Some(reg), _) => reg,
+            (None, Op::Cmp(..)) => Reg::Mask(free.masks.pop()?),
             // A store defines nothing.
-            Op::Store(_, v, _) => regs[v],
-            _ => Reg::Zmm(free.zmm.pop()?),
+            (None, Op::Store(_, v, _)) => regs[v],
+            (None, _) => Reg::Zmm(free.zmm.pop()?),
         };
-        if last_use[i] == i && !matches!(op, Op::Store(..)) && held(op, hoisted).is_none() {
+        if last_use[i] == i && !matches!(op, Op::Store(..)) && fixed[i].is_none() {
             free.give_back(reg);
         }
         regs.push(reg);
