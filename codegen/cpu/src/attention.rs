@@ -6,22 +6,28 @@
 //!
 //! Each batch index's keys and values are packed once (keys in panels of `NR`, values in rows
 //! padded to `NR`), so the products of every block read them contiguously; the products are
-//! micro-tiles of `MR × NR` sums held in registers. Blocks of rows are the unit of work, taken by
-//! whichever thread is free, the largest (the last rows, under a causal mask) first. The code is
-//! compiled three times ([`Simd`]): for AVX-512, for AVX2 with FMA, and for the baseline; a run
-//! takes the widest the processor has.
+//! micro-tiles of `MR × NR` sums held in registers (in AVX-512, `MR` rows by up to four blocks
+//! of `NR` columns). A group of `MR` rows' scores, their softmax and their product with the
+//! values follow each other while the scores are in the first-level cache. The packed operands
+//! and the scratch are buffers each thread keeps from call to call (`reuse.rs`). Blocks of rows
+//! are the unit of work, taken by whichever thread is free, the largest (the last rows, under a
+//! causal mask) first. The code is compiled three times ([`Simd`]): for AVX-512, for AVX2 with
+//! FMA, and for the baseline; a run takes the widest the processor has.
 
 use tttc_ir::BinaryOp;
 use tttc_lower::math::{self, Emit};
 use tttc_lower::schedule::Strides;
 
-use crate::exec::{batch_offset, max, sum, Shared};
+use crate::exec::{batch_offset, Shared};
+use crate::reuse::{self, Buffer};
 use crate::scalar::Scalar;
 use crate::simd::{Simd, AVX2, AVX512, PORTABLE};
 
-/// Rows and columns of a micro-tile: its `MR × NR` sums are twelve 256-bit registers (in
-/// AVX-512, twelve of 512 bits: two partial sums per row, so that both multiply-add units have
-/// work while each waits on its previous result).
+/// Rows and columns of a micro-tile: its `MR × NR` sums are twelve 256-bit registers. AVX-512
+/// takes up to four blocks of `NR` columns at once (`MR × 4` registers of 512 bits, each
+/// broadcast of a row's term feeding four multiply-adds); a lone block is kept as two partial
+/// sums per row, so that both multiply-add units have work while each waits on its previous
+/// result.
 pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 16;
 /// Query rows per block (a multiple of `MR`): the packed keys and values are read once per
@@ -54,20 +60,20 @@ pub struct Attention<'a> {
 
 /// One batch index's keys in panels of `NR` keys (each `d × NR`, a key per column, zero past
 /// the last key) and its values in rows of `dv` rounded up to `NR` (zero past `dv`).
-struct Packed {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+struct Packed<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
 }
 
 /// A block's scratch: its query rows in panels of `MR` (each `d × MR`, a row per column), its
 /// scores, its rows' running maxima and sums, and their outputs so far (rows of `dv` rounded up
 /// to `NR`).
 struct Scratch {
-    queries: Vec<f32>,
-    scores: Vec<f32>,
-    max: Vec<f32>,
-    sum: Vec<f32>,
-    acc: Vec<f32>,
+    queries: Buffer,
+    scores: Buffer,
+    max: Buffer,
+    sum: Buffer,
+    acc: Buffer,
 }
 
 impl Attention<'_> {
@@ -85,17 +91,21 @@ impl Attention<'_> {
         use rayon::prelude::*;
         let count: usize = self.shape.batch.iter().product();
         let this = Shared(*self);
-        let packed: Vec<Packed> = (0..count).into_par_iter().map(|i| this.get().pack(i)).collect();
+        let (d, tk, dvp) = (self.shape.d, self.shape.tk, self.shape.dv.next_multiple_of(NR));
+        let (keys, values) = (tk.div_ceil(NR) * d * NR, tk * dvp);
+        let mut buffer = reuse::buffer(count * (keys + values));
+        buffer.par_chunks_mut(keys + values).enumerate().for_each(|(i, p)| this.get().pack(i, p.split_at_mut(keys)));
+        let packed: Vec<Packed> = buffer.chunks(keys + values).map(|p| p.split_at(keys)).map(|(keys, values)| Packed { keys, values }).collect();
         let blocks = self.shape.tq.div_ceil(ROWS);
         let (out, lse) = (Shared(out), Shared(lse));
         // The last blocks of rows first: under a causal mask they have the most keys.
         (0..count * blocks).into_par_iter().for_each_init(
             || Scratch {
-                queries: vec![0.0; ROWS * this.get().shape.d],
-                scores: vec![0.0; ROWS * KEYS],
-                max: vec![0.0; ROWS],
-                sum: vec![0.0; ROWS],
-                acc: vec![0.0; ROWS * this.get().shape.dv.next_multiple_of(NR)],
+                queries: reuse::buffer(ROWS * d),
+                scores: reuse::buffer(MR * KEYS),
+                max: reuse::buffer(ROWS),
+                sum: reuse::buffer(ROWS),
+                acc: reuse::buffer(ROWS * dvp),
             },
             |scratch, w| {
                 let (i, block) = (w % count, blocks - 1 - w / count);
@@ -111,21 +121,20 @@ impl Attention<'_> {
         );
     }
 
-    unsafe fn pack(&self, i: usize) -> Packed {
+    /// Packs batch index `i`'s keys and values into `keys` and `values`.
+    unsafe fn pack(&self, i: usize, (keys, values): (&mut [f32], &mut [f32])) {
         let (d, tk, dv) = (self.shape.d, self.shape.tk, self.shape.dv);
         let (k, ks) = (self.k.0.add(batch_offset(i, self.shape.batch, &self.k.1.batch_strides)), self.k.1);
-        let mut keys = vec![0f32; tk.div_ceil(NR) * d * NR];
+        keys[(tk / NR) * d * NR..].fill(0.0);
         for j in 0..tk {
             let panel = &mut keys[(j / NR) * d * NR + j % NR..];
             (0..d).for_each(|e| panel[e * NR] = *k.add(e * ks.row_stride + j * ks.col_stride));
         }
         let (v, vs) = (self.v.0.add(batch_offset(i, self.shape.batch, &self.v.1.batch_strides)), self.v.1);
-        let dvp = dv.next_multiple_of(NR);
-        let mut values = vec![0f32; tk * dvp];
-        for (j, row) in values.chunks_exact_mut(dvp).enumerate() {
+        for (j, row) in values.chunks_exact_mut(dv.next_multiple_of(NR)).enumerate() {
             (0..dv).for_each(|c| row[c] = *v.add(j * vs.row_stride + c * vs.col_stride));
+            row[dv..].fill(0.0);
         }
-        Packed { keys, values }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -163,25 +172,20 @@ impl Attention<'_> {
             // The keys a group of rows from `r` sees in this block (its scores past them would
             // be masked: they are not computed).
             let seen_by = |r: usize, mr: usize| if self.shape.causal { cols.min((q0 + r + mr).saturating_sub(k0)) } else { cols };
+            // A group of rows at a time, its scores, their softmax and the product with the
+            // values in a row, while the scores are in the core's first cache.
             for r in (0..rows).step_by(MR) {
                 let mr = MR.min(rows - r);
-                for p in (0..seen_by(r, mr)).step_by(NR) {
-                    let panel = packed.keys.as_ptr().add((k0 + p) / NR * d * NR);
-                    let scores = s.scores.as_mut_ptr().add(r * KEYS + p);
-                    tile::<SIMD, 1, MR>(mr, s.queries.as_ptr().add(r * d), (panel, NR), d, (scores, KEYS), false);
+                let panels = (packed.keys.as_ptr().add(k0 / NR * d * NR), NR, d * NR);
+                let scores = (s.scores.as_mut_ptr(), KEYS, NR);
+                tile::<SIMD, 1, MR>(mr, s.queries.as_ptr().add(r * d), panels, d, scores, seen_by(r, mr).div_ceil(NR), false);
+                for (g, row) in s.scores.chunks_exact_mut(KEYS).take(mr).enumerate() {
+                    let acc = &mut s.acc[(r + g) * dvp..(r + g + 1) * dvp];
+                    softmax_row(&mut row[..cols], seen_by(r + g, 1), self.shape.scale, &mut s.max[r + g], &mut s.sum[r + g], acc);
                 }
-            }
-            for r in 0..rows {
-                let row = &mut s.scores[r * KEYS..r * KEYS + cols];
-                softmax_row(row, seen_by(r, 1), self.shape.scale, &mut s.max[r], &mut s.sum[r], &mut s.acc[r * dvp..(r + 1) * dvp]);
-            }
-            for r in (0..rows).step_by(MR) {
-                let mr = MR.min(rows - r);
-                let weights = s.scores.as_ptr().add(r * KEYS);
-                for c in (0..dvp).step_by(NR) {
-                    let values = (packed.values.as_ptr().add(k0 * dvp + c), dvp);
-                    tile::<SIMD, KEYS, 1>(mr, weights, values, seen_by(r, mr), (s.acc.as_mut_ptr().add(r * dvp + c), dvp), true);
-                }
+                let values = (packed.values.as_ptr().add(k0 * dvp), dvp, NR);
+                let acc = (s.acc.as_mut_ptr().add(r * dvp), dvp, NR);
+                tile::<SIMD, KEYS, 1>(mr, s.scores.as_ptr(), values, seen_by(r, mr), acc, dvp / NR, true);
             }
         }
         for r in 0..rows {
@@ -197,39 +201,63 @@ impl Attention<'_> {
 
 /// A block's arguments: the batch index, its first row, the index's packed keys and values, the
 /// thread's scratch, and the outputs.
-type BlockArgs<'a> = (usize, usize, &'a Packed, &'a mut Scratch, (*mut f32, Option<*mut f32>));
+type BlockArgs<'a> = (usize, usize, &'a Packed<'a>, &'a mut Scratch, (*mut f32, Option<*mut f32>));
 
-/// `c[r][0..NR] (+)= Σ_e a[r·ARS + e·ACS] · b[e·brs + 0..NR]` for the `mr` (≤ `MR`) rows `r`
-/// of a micro-tile, over `k` terms, in the instructions of `SIMD`. (`a`'s strides are
-/// constants: its loads then need no address arithmetic.)
+/// `c[r][j·NR..(j+1)·NR] (+)= Σ_e a[r·ARS + e·ACS] · b[e][j·NR..]` for the `mr` (≤ `MR`) rows
+/// `r` of a micro-tile and its `blocks` blocks `j` of `NR` columns, over `k` terms, in the
+/// instructions of `SIMD`. `b` and `c` are each a pointer, the stride between rows and the
+/// stride between blocks of columns. (`a`'s strides are constants: its loads then need no
+/// address arithmetic.)
 #[inline(always)]
 pub(crate) unsafe fn tile<const SIMD: u8, const ARS: usize, const ACS: usize>(
     mr: usize,
     a: *const f32,
-    b: (*const f32, usize),
+    (b, brs, bbs): (*const f32, usize, usize),
     k: usize,
-    c: (*mut f32, usize),
+    (c, crs, cbs): (*mut f32, usize, usize),
+    blocks: usize,
     accumulate: bool,
 ) {
     macro_rules! rows {
-        ($f:ident) => {
+        ($f:ident, $b:expr, $c:expr $(, $w:literal)?) => {
             match mr {
-                1 => $f::<1, ARS, ACS>(a, b, k, c, accumulate),
-                2 => $f::<2, ARS, ACS>(a, b, k, c, accumulate),
-                3 => $f::<3, ARS, ACS>(a, b, k, c, accumulate),
-                4 => $f::<4, ARS, ACS>(a, b, k, c, accumulate),
-                5 => $f::<5, ARS, ACS>(a, b, k, c, accumulate),
-                _ => $f::<MR, ARS, ACS>(a, b, k, c, accumulate),
+                1 => $f::<1, $($w,)? ARS, ACS>(a, $b, k, $c, accumulate),
+                2 => $f::<2, $($w,)? ARS, ACS>(a, $b, k, $c, accumulate),
+                3 => $f::<3, $($w,)? ARS, ACS>(a, $b, k, $c, accumulate),
+                4 => $f::<4, $($w,)? ARS, ACS>(a, $b, k, $c, accumulate),
+                5 => $f::<5, $($w,)? ARS, ACS>(a, $b, k, $c, accumulate),
+                _ => $f::<MR, $($w,)? ARS, ACS>(a, $b, k, $c, accumulate),
             }
         };
     }
+    // AVX-512 takes up to four blocks at once: each broadcast of `a` then feeds four
+    // multiply-adds (one block at a time, the loads of `a` would keep the multiply-add units
+    // waiting); `MR × 4` sums fill 24 of the 32 registers.
     #[cfg(target_arch = "x86_64")]
-    match SIMD {
-        AVX512 => return rows!(tile_rows_avx512),
-        AVX2 => return rows!(tile_rows_avx2),
-        _ => {}
+    if SIMD == AVX512 {
+        let mut j = 0;
+        while j < blocks {
+            let (b, c) = ((b.add(j * bbs), brs, bbs), (c.add(j * cbs), crs, cbs));
+            let w = (blocks - j).min(4);
+            match w {
+                1 => rows!(tile_rows_avx512, (b.0, brs), (c.0, crs)),
+                2 => rows!(tile_wide_avx512, b, c, 2),
+                3 => rows!(tile_wide_avx512, b, c, 3),
+                _ => rows!(tile_wide_avx512, b, c, 4),
+            }
+            j += w;
+        }
+        return;
     }
-    rows!(tile_rows)
+    for j in 0..blocks {
+        let (b, c) = ((b.add(j * bbs), brs), (c.add(j * cbs), crs));
+        #[cfg(target_arch = "x86_64")]
+        if SIMD == AVX2 {
+            rows!(tile_rows_avx2, b, c);
+            continue;
+        }
+        rows!(tile_rows, b, c)
+    }
 }
 
 /// [`tile`] over `M` rows, in plain arithmetic.
@@ -326,6 +354,37 @@ unsafe fn tile_rows_avx512<const M: usize, const ARS: usize, const ACS: usize>(
     }
 }
 
+/// [`tile`] over `M` rows and `W` blocks of columns in AVX-512 registers: a vector of sums per
+/// row and block (`M · W` chains of multiply-adds overlap), a broadcast of `a` times `W` vectors
+/// of `b` per term.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_wide_avx512<const M: usize, const W: usize, const ARS: usize, const ACS: usize>(
+    a: *const f32,
+    (b, brs, bbs): (*const f32, usize, usize),
+    k: usize,
+    (c, crs, cbs): (*mut f32, usize, usize),
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); W]; M];
+    if accumulate {
+        for (r, sums) in acc.iter_mut().enumerate() {
+            *sums = std::array::from_fn(|w| _mm512_loadu_ps(c.add(r * crs + w * cbs)));
+        }
+    }
+    for e in 0..k {
+        let be: [__m512; W] = std::array::from_fn(|w| _mm512_loadu_ps(b.add(e * brs + w * bbs)));
+        for (r, sums) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(*a.add(r * ARS + e * ACS));
+            sums.iter_mut().zip(&be).for_each(|(sum, &y)| *sum = _mm512_fmadd_ps(x, y, *sum));
+        }
+    }
+    for (r, sums) in acc.iter().enumerate() {
+        sums.iter().enumerate().for_each(|(w, &sum)| _mm512_storeu_ps(c.add(r * crs + w * cbs), sum));
+    }
+}
+
 /// One row of a block's scores: its first `seen` entries scaled, the row's running maximum
 /// raised to theirs, the entries replaced by their exponentials from that maximum (the rest by
 /// 0), the running sum and the row's output so far rescaled to it.
@@ -336,10 +395,12 @@ fn softmax_row(row: &mut [f32], seen: usize, scale: Option<(BinaryOp, f32)>, row
     if x.is_empty() {
         return;
     }
-    scaled(x, scale);
-    let m = max(x).max(*row_max);
-    x.iter_mut().for_each(|s| *s = exp_from(*s, m));
-    let block_sum = sum(x);
+    let (m, block_sum) = match scale {
+        Some((BinaryOp::Div, c)) if !power_of_two(c) => exponentials(x, |s| s / c, *row_max),
+        Some((BinaryOp::Div, c)) => exponentials(x, |s| s * (1.0 / c), *row_max),
+        Some((_, c)) => exponentials(x, |s| s * c, *row_max),
+        None => exponentials(x, |s| s, *row_max),
+    };
     // The output so far was weighed from the old maximum (nothing, before the first block).
     let rescale = (*row_max - m).exp();
     if rescale != 1.0 {
@@ -347,6 +408,34 @@ fn softmax_row(row: &mut [f32], seen: usize, scale: Option<(BinaryOp, f32)>, row
     }
     *row_sum = *row_sum * rescale + block_sum;
     *row_max = m;
+}
+
+/// Lanes of the softmax's passes over a row (a 512-bit vector).
+const LANES: usize = 16;
+
+/// The scores `x` scaled by `scale`, replaced by their exponentials from their maximum (or
+/// `floor`, if larger): that maximum and the exponentials' sum. Two passes over the row, each
+/// in `LANES` lanes.
+#[inline(always)]
+fn exponentials(x: &mut [f32], scale: impl Fn(f32) -> f32, floor: f32) -> (f32, f32) {
+    let larger = |m: f32, s: f32| if s > m { s } else { m };
+    let mut maxima = [floor; LANES];
+    let mut rows = x.chunks_exact(LANES);
+    rows.by_ref().for_each(|v| maxima.iter_mut().zip(v).for_each(|(m, &s)| *m = larger(*m, scale(s))));
+    let m = rows.remainder().iter().fold(maxima.into_iter().fold(floor, larger), |m, &s| larger(m, scale(s)));
+    let mut sums = [0f32; LANES];
+    let mut rows = x.chunks_exact_mut(LANES);
+    for v in rows.by_ref() {
+        v.iter_mut().zip(&mut sums).for_each(|(s, sum)| {
+            *s = exp_from(scale(*s), m);
+            *sum += *s;
+        });
+    }
+    let tail = rows.into_remainder().iter_mut().fold(0.0, |sum, s| {
+        *s = exp_from(scale(*s), m);
+        sum + *s
+    });
+    (m, sums.iter().sum::<f32>() + tail)
 }
 
 /// `x` divided or multiplied by the scores' constant.

@@ -14,6 +14,7 @@ use tttc_lower::schedule::Strides;
 
 use crate::attention::{exp_from, scaled, tile, Shape, MR, NR};
 use crate::exec::{batch_offset, Shared};
+use crate::reuse::{self, Buffer};
 use crate::simd::{Simd, AVX2, AVX512, PORTABLE};
 
 /// Query rows per block (a multiple of `MR`).
@@ -42,14 +43,14 @@ pub struct Backward<'a> {
 /// `width × MR`) and in rows padded to `NR`; `k` and `v` in panels of `NR` keys (each
 /// `width × NR`), `k` in rows padded to `NR` too; and `dq` accumulated in rows padded to `NR`.
 struct Packed {
-    q_panels: Vec<f32>,
-    q_rows: Vec<f32>,
-    d_panels: Vec<f32>,
-    d_rows: Vec<f32>,
-    k_panels: Vec<f32>,
-    k_rows: Vec<f32>,
-    v_panels: Vec<f32>,
-    dq: Vec<f32>,
+    q_panels: Buffer,
+    q_rows: Buffer,
+    d_panels: Buffer,
+    d_rows: Buffer,
+    k_panels: Buffer,
+    k_rows: Buffer,
+    v_panels: Buffer,
+    dq: Buffer,
 }
 
 /// A batch index's arguments: the index, its packed operands, the thread's scratch, and the
@@ -59,16 +60,17 @@ type IndexArgs<'a> = (usize, &'a mut Packed, &'a mut Scratch, [*mut f32; 3]);
 /// A block's scratch: its weights and `ds` (`ROWS × KEYS`), the key block's `dk` and `dv` so
 /// far (rows padded to `NR`).
 struct Scratch {
-    p: Vec<f32>,
-    ds: Vec<f32>,
-    dk: Vec<f32>,
-    dv: Vec<f32>,
+    p: Buffer,
+    ds: Buffer,
+    dk: Buffer,
+    dv: Buffer,
 }
 
 /// `x`'s `rows × width` matrix (element `(r, e)` at `r·rs + e·cs`) in panels of `m` rows, each
 /// `width × m` (zero past the last row).
-unsafe fn panels(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize, m: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows.next_multiple_of(m) * width];
+unsafe fn panels(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize, m: usize) -> Buffer {
+    let mut out = reuse::buffer(rows.next_multiple_of(m) * width);
+    out[(rows / m) * width * m..].fill(0.0);
     for r in 0..rows {
         let panel = &mut out[(r / m) * width * m + r % m..];
         (0..width).for_each(|e| panel[e * m] = *x.add(r * rs + e * cs));
@@ -76,12 +78,20 @@ unsafe fn panels(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: us
     out
 }
 
+/// `len` zeros.
+fn zeros(len: usize) -> Buffer {
+    let mut out = reuse::buffer(len);
+    out.fill(0.0);
+    out
+}
+
 /// `x`'s `rows × width` matrix in rows padded to a multiple of `NR` (zero past `width`).
-unsafe fn padded_rows(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize) -> Vec<f32> {
+unsafe fn padded_rows(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize) -> Buffer {
     let wp = width.next_multiple_of(NR);
-    let mut out = vec![0f32; rows * wp];
+    let mut out = reuse::buffer(rows * wp);
     for (r, row) in out.chunks_exact_mut(wp).enumerate() {
         (0..width).for_each(|e| row[e] = *x.add(r * rs + e * cs));
+        row[width..].fill(0.0);
     }
     out
 }
@@ -104,10 +114,10 @@ impl Backward<'_> {
         let (this, results) = (Shared(*self), Shared(results));
         (0..count).into_par_iter().for_each_init(
             || Scratch {
-                p: vec![0.0; ROWS * KEYS],
-                ds: vec![0.0; ROWS * KEYS],
-                dk: vec![0.0; KEYS * this.get().shape.d.next_multiple_of(NR)],
-                dv: vec![0.0; KEYS * this.get().shape.dv.next_multiple_of(NR)],
+                p: reuse::buffer(ROWS * KEYS),
+                ds: reuse::buffer(ROWS * KEYS),
+                dk: reuse::buffer(KEYS * this.get().shape.d.next_multiple_of(NR)),
+                dv: reuse::buffer(KEYS * this.get().shape.dv.next_multiple_of(NR)),
             },
             |scratch, i| {
                 let mut packed = this.get().pack(i);
@@ -139,7 +149,7 @@ impl Backward<'_> {
             k_panels: panels(k, (kc, kr), tk, d, NR),
             k_rows: padded_rows(k, (kc, kr), tk, d),
             v_panels: panels(v, (vc, vr), tk, dv, NR),
-            dq: vec![0.0; tq * d.next_multiple_of(NR)],
+            dq: zeros(tq * d.next_multiple_of(NR)),
         }
     }
 
@@ -176,13 +186,11 @@ impl Backward<'_> {
                 // q·kᵀ and d_out·vᵀ, tile by tile up to what the tile's last row sees.
                 for r in (0..rows).step_by(MR) {
                     let mr = MR.min(rows - r);
-                    for c in (0..seen_by(r + mr - 1)).step_by(NR) {
-                        let at = (k0 + c) / NR;
-                        let q = pk.q_panels.as_ptr().add((q0 + r) * d);
-                        tile::<SIMD, 1, MR>(mr, q, (pk.k_panels.as_ptr().add(at * d * NR), NR), d, (s.p.as_mut_ptr().add(r * KEYS + c), KEYS), false);
-                        let g = pk.d_panels.as_ptr().add((q0 + r) * dvl);
-                        tile::<SIMD, 1, MR>(mr, g, (pk.v_panels.as_ptr().add(at * dvl * NR), NR), dvl, (s.ds.as_mut_ptr().add(r * KEYS + c), KEYS), false);
-                    }
+                    let blocks = seen_by(r + mr - 1).div_ceil(NR);
+                    let (q, k) = (pk.q_panels.as_ptr().add((q0 + r) * d), (pk.k_panels.as_ptr().add(k0 * d), NR, d * NR));
+                    tile::<SIMD, 1, MR>(mr, q, k, d, (s.p.as_mut_ptr().add(r * KEYS), KEYS, NR), blocks, false);
+                    let (g, v) = (pk.d_panels.as_ptr().add((q0 + r) * dvl), (pk.v_panels.as_ptr().add(k0 * dvl), NR, dvl * NR));
+                    tile::<SIMD, 1, MR>(mr, g, v, dvl, (s.ds.as_mut_ptr().add(r * KEYS), KEYS, NR), blocks, false);
                 }
                 for r in 0..rows {
                     let seen = seen_by(r);
@@ -201,23 +209,16 @@ impl Backward<'_> {
                 // dv += pᵀ·d_out and dk += dsᵀ·q over the rows that see each group of keys.
                 for c in (0..cols).step_by(MR) {
                     let (mr, r) = (MR.min(cols - c), first_row(c));
-                    for e in (0..dvp).step_by(NR) {
-                        let g = (pk.d_rows.as_ptr().add((q0 + r) * dvp + e), dvp);
-                        tile::<SIMD, 1, KEYS>(mr, s.p.as_ptr().add(r * KEYS + c), g, rows - r, (s.dv.as_mut_ptr().add(c * dvp + e), dvp), true);
-                    }
-                    for e in (0..dp).step_by(NR) {
-                        let q = (pk.q_rows.as_ptr().add((q0 + r) * dp + e), dp);
-                        tile::<SIMD, 1, KEYS>(mr, s.ds.as_ptr().add(r * KEYS + c), q, rows - r, (s.dk.as_mut_ptr().add(c * dp + e), dp), true);
-                    }
+                    let (g, dv) = ((pk.d_rows.as_ptr().add((q0 + r) * dvp), dvp, NR), (s.dv.as_mut_ptr().add(c * dvp), dvp, NR));
+                    tile::<SIMD, 1, KEYS>(mr, s.p.as_ptr().add(r * KEYS + c), g, rows - r, dv, dvp / NR, true);
+                    let (q, dk) = ((pk.q_rows.as_ptr().add((q0 + r) * dp), dp, NR), (s.dk.as_mut_ptr().add(c * dp), dp, NR));
+                    tile::<SIMD, 1, KEYS>(mr, s.ds.as_ptr().add(r * KEYS + c), q, rows - r, dk, dp / NR, true);
                 }
                 // dq += ds·k over the keys each group of rows sees.
                 for r in (0..rows).step_by(MR) {
                     let mr = MR.min(rows - r);
-                    for e in (0..dp).step_by(NR) {
-                        let k = (pk.k_rows.as_ptr().add(k0 * dp + e), dp);
-                        let acc = (pk.dq.as_mut_ptr().add((q0 + r) * dp + e), dp);
-                        tile::<SIMD, KEYS, 1>(mr, s.ds.as_ptr().add(r * KEYS), k, seen_by(r + mr - 1), acc, true);
-                    }
+                    let (k, dq) = ((pk.k_rows.as_ptr().add(k0 * dp), dp, NR), (pk.dq.as_mut_ptr().add((q0 + r) * dp), dp, NR));
+                    tile::<SIMD, KEYS, 1>(mr, s.ds.as_ptr().add(r * KEYS), k, seen_by(r + mr - 1), dq, dp / NR, true);
                 }
             }
             let [_, tdk, tdv] = self.transposed;

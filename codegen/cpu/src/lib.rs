@@ -23,6 +23,7 @@ mod exec;
 pub mod kernel;
 pub mod profile;
 mod recurrence;
+mod reuse;
 mod scalar;
 mod simd;
 mod small_product;
