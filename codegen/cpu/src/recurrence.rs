@@ -14,6 +14,9 @@ use crate::exec::Shared;
 use crate::scalar::Scalar;
 use crate::simd::Simd;
 
+/// How many positions ahead a block's loads of Δ and Δu are prefetched.
+const AHEAD: usize = 8;
+
 /// The operands of one selective scan, every buffer contiguous (see
 /// [`RecurrenceInstr`](tttc_lower::schedule::RecurrenceInstr) for the shapes).
 #[derive(Clone, Copy)]
@@ -91,22 +94,34 @@ impl Recurrence {
         let mut e = Scalar;
         for t in 0..len {
             let row = (s * len + t) * width + channel;
-            let (mut dt, mut du) = ([0f32; LANES], [0f32; LANES]);
-            for l in 0..lanes {
-                dt[l] = *self.dt.add(row + l);
-                du[l] = *self.du.add(row + l);
+            // A whole block's channels as one vector each (copied lane by lane, the compiler
+            // called memcpy at every position).
+            let load = |x: *const f32| match lanes == LANES {
+                true => *(x.add(row) as *const [f32; LANES]),
+                false => lanewise(|l| if l < lanes { *x.add(row + l) } else { 0.0 }),
+            };
+            let (dt, du) = (load(self.dt), load(self.du));
+            // Consecutive positions' channels are a row (`width` floats) apart, too far apart for
+            // the hardware to prefetch: ask for the rows a few positions ahead.
+            #[cfg(target_arch = "x86_64")]
+            if t + AHEAD < len {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(self.dt.add(row + AHEAD * width) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(self.du.add(row + AHEAD * width) as *const i8);
             }
             // In the body's order: exp(Δ·A)·h + Δu·b, then y's sum over the states.
-            let mut rising = [false; LANES];
+            // The largest decay exponent, in two vectors of lanes (the even and the odd states)
+            // so that the maxima's chain is half as long.
+            let mut peak = [[f32::NEG_INFINITY; LANES]; 2];
             for (d, ak) in decay.iter_mut().zip(&a) {
                 *d = lanewise(|l| dt[l] * ak[l]);
-                rising = lanewise(|l| rising[l] | (d[l] > 0.0));
+                peak = [lanewise(|l| if d[l] > peak[1][l] { d[l] } else { peak[1][l] }), peak[0]];
             }
             // The exponent is ≤ 0 where Δ ≥ 0 and A ≤ 0 (Mamba's: a softplus and −exp), and the
             // shorter exp equal to the general one there. One loop over all the decays: the
             // compiler vectorises it.
             let exps = decay.as_flattened_mut();
-            if rising.contains(&true) {
+            if peak.as_flattened().iter().any(|&p| p > 0.0) {
                 exps.iter_mut().for_each(|d| *d = math::exp(&mut e, *d));
             } else {
                 exps.iter_mut().for_each(|d| *d = math::exp_nonpositive(&mut e, *d));
@@ -118,8 +133,9 @@ impl Recurrence {
                 *hk = lanewise(|l| dk[l] * hk[l] + du[l] * bk);
                 out = lanewise(|l| out[l] + hk[l] * ck);
             }
-            for (l, &o) in out.iter().enumerate().take(lanes) {
-                *y.add(row + l) = o;
+            match lanes == LANES {
+                true => *(y.add(row) as *mut [f32; LANES]) = out,
+                false => out.iter().enumerate().take(lanes).for_each(|(l, &o)| *y.add(row + l) = o),
             }
         }
         for l in 0..lanes {
@@ -142,6 +158,37 @@ fn lanewise<T, const LANES: usize>(f: impl FnMut(usize) -> T) -> [T; LANES] {
 mod tests {
     use super::*;
     use crate::attention::tests::operand;
+
+    /// A decay exponent past f32's range (Δ·A = 100, in one lane of a partial block) gives
+    /// exp's infinity, where the shorter exp for exponents ≤ 0 would not: the position's rising
+    /// decays are found.
+    #[test]
+    fn a_decay_past_the_range_gives_infinity() {
+        let (width, states) = (20, 3);
+        let a: Vec<f32> = (0..width * states).map(|i| if i == 17 * states { 100.0 } else { -1.0 }).collect();
+        let (state, dt, du, b, c) = (vec![1.0; width * states], vec![1.0; width], vec![0.0; width], vec![0.0; states], vec![1.0; states]);
+        let r = Recurrence {
+            state: state.as_ptr(),
+            dt: dt.as_ptr(),
+            du: du.as_ptr(),
+            b: b.as_ptr(),
+            c: c.as_ptr(),
+            a: a.as_ptr(),
+            batch: 1,
+            len: 1,
+            width,
+            states,
+        };
+        for simd in Simd::available() {
+            let (mut y, mut last) = (vec![f32::NAN; width], vec![f32::NAN; width * states]);
+            // SAFETY: every operand holds its elements; `y` and `last` theirs.
+            unsafe { r.run_with(y.as_mut_ptr(), last.as_mut_ptr(), simd) };
+            for (channel, &got) in y.iter().enumerate() {
+                let want = if channel == 17 { f32::INFINITY } else { 3.0 * (-1f32).exp() };
+                assert!(got == want || (got - want).abs() <= 1e-6, "{simd:?}, channel {channel}: {got} against {want}");
+            }
+        }
+    }
 
     /// Every build this processor runs against the recurrence computed directly in f64, over
     /// channels that fill no whole block (37: 16 + 16 + 5, or 8 · 4 + 5), decays that rise (Δ·A
