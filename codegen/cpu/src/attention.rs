@@ -33,7 +33,8 @@ pub(crate) const NR: usize = 16;
 /// Query rows per block (a multiple of `MR`): the packed keys and values are read once per
 /// this many rows.
 const ROWS: usize = 96;
-/// Keys per block (a multiple of `NR`): a block's scores stay in the core's cache.
+/// Keys per block (a multiple of `NR`): a group of `MR` rows' scores stay in the first-level
+/// cache.
 const KEYS: usize = 256;
 
 /// Attention's sizes per batch index and its scores' scale and mask, both ways.
@@ -65,9 +66,9 @@ struct Packed<'a> {
     values: &'a [f32],
 }
 
-/// A block's scratch: its query rows in panels of `MR` (each `d × MR`, a row per column), its
-/// scores, its rows' running maxima and sums, and their outputs so far (rows of `dv` rounded up
-/// to `NR`).
+/// A block's scratch: its query rows in panels of `MR` (each `d × MR`, a row per column), one
+/// group of `MR` rows' scores (`MR × KEYS`), its rows' running maxima and sums, and their
+/// outputs so far (rows of `dv` rounded up to `NR`).
 struct Scratch {
     queries: Buffer,
     scores: Buffer,
@@ -93,9 +94,11 @@ impl Attention<'_> {
         let this = Shared(*self);
         let (d, tk, dvp) = (self.shape.d, self.shape.tk, self.shape.dv.next_multiple_of(NR));
         let (keys, values) = (tk.div_ceil(NR) * d * NR, tk * dvp);
-        let mut buffer = reuse::buffer(count * (keys + values));
-        buffer.par_chunks_mut(keys + values).enumerate().for_each(|(i, p)| this.get().pack(i, p.split_at_mut(keys)));
-        let packed: Vec<Packed> = buffer.chunks(keys + values).map(|p| p.split_at(keys)).map(|(keys, values)| Packed { keys, values }).collect();
+        let each = keys + values;
+        let mut buffer = reuse::buffer(count * each);
+        // (No keys: nothing to pack, and chunks of none are not allowed.)
+        buffer.par_chunks_mut(each.max(1)).enumerate().for_each(|(i, p)| this.get().pack(i, p.split_at_mut(keys)));
+        let packed: Vec<Packed> = (0..count).map(|i| buffer[i * each..(i + 1) * each].split_at(keys)).map(|(keys, values)| Packed { keys, values }).collect();
         let blocks = self.shape.tq.div_ceil(ROWS);
         let (out, lse) = (Shared(out), Shared(lse));
         // The last blocks of rows first: under a causal mask they have the most keys.
@@ -125,6 +128,8 @@ impl Attention<'_> {
     unsafe fn pack(&self, i: usize, (keys, values): (&mut [f32], &mut [f32])) {
         let (d, tk, dv) = (self.shape.d, self.shape.tk, self.shape.dv);
         let (k, ks) = (self.k.0.add(batch_offset(i, self.shape.batch, &self.k.1.batch_strides)), self.k.1);
+        // The buffer holds an earlier call's values: the padding is zeroed so that no lane past
+        // the last key or value computes on them (a NaN or a subnormal there would cost time).
         keys[(tk / NR) * d * NR..].fill(0.0);
         for j in 0..tk {
             let panel = &mut keys[(j / NR) * d * NR + j % NR..];
@@ -176,6 +181,9 @@ impl Attention<'_> {
             // values in a row, while the scores are in the core's first cache.
             for r in (0..rows).step_by(MR) {
                 let mr = MR.min(rows - r);
+                if seen_by(r, mr) == 0 {
+                    continue;
+                }
                 let panels = (packed.keys.as_ptr().add(k0 / NR * d * NR), NR, d * NR);
                 let scores = (s.scores.as_mut_ptr(), KEYS, NR);
                 tile::<SIMD, 1, MR>(mr, s.queries.as_ptr().add(r * d), panels, d, scores, seen_by(r, mr).div_ceil(NR), false);
@@ -203,11 +211,11 @@ impl Attention<'_> {
 /// thread's scratch, and the outputs.
 type BlockArgs<'a> = (usize, usize, &'a Packed<'a>, &'a mut Scratch, (*mut f32, Option<*mut f32>));
 
-/// `c[r][j·NR..(j+1)·NR] (+)= Σ_e a[r·ARS + e·ACS] · b[e][j·NR..]` for the `mr` (≤ `MR`) rows
-/// `r` of a micro-tile and its `blocks` blocks `j` of `NR` columns, over `k` terms, in the
-/// instructions of `SIMD`. `b` and `c` are each a pointer, the stride between rows and the
-/// stride between blocks of columns. (`a`'s strides are constants: its loads then need no
-/// address arithmetic.)
+/// `c[r·crs + j·cbs + 0..NR] (+)= Σ_e a[r·ARS + e·ACS] · b[e·brs + j·bbs + 0..NR]` for the `mr`
+/// (≤ `MR`) rows `r` of a micro-tile and its `blocks` blocks `j` of `NR` columns, over `k` terms,
+/// in the instructions of `SIMD`; `b` and `c` are each a pointer, the stride between rows and
+/// the stride between blocks (packed keys: a panel, `d·NR`; rows: `NR`). (`a`'s strides are
+/// constants: its loads then need no address arithmetic.)
 #[inline(always)]
 pub(crate) unsafe fn tile<const SIMD: u8, const ARS: usize, const ACS: usize>(
     mr: usize,
@@ -395,11 +403,9 @@ fn softmax_row(row: &mut [f32], seen: usize, scale: Option<(BinaryOp, f32)>, row
     if x.is_empty() {
         return;
     }
-    let (m, block_sum) = match scale {
-        Some((BinaryOp::Div, c)) if !power_of_two(c) => exponentials(x, |s| s / c, *row_max),
-        Some((BinaryOp::Div, c)) => exponentials(x, |s| s * (1.0 / c), *row_max),
-        Some((_, c)) => exponentials(x, |s| s * c, *row_max),
-        None => exponentials(x, |s| s, *row_max),
+    let (m, block_sum) = match Scale::of(scale) {
+        Scale::Div(c) => exponentials(x, |s| s / c, *row_max),
+        Scale::Mul(c) => exponentials(x, |s| s * c, *row_max),
     };
     // The output so far was weighed from the old maximum (nothing, before the first block).
     let rescale = (*row_max - m).exp();
@@ -413,40 +419,64 @@ fn softmax_row(row: &mut [f32], seen: usize, scale: Option<(BinaryOp, f32)>, row
 /// Lanes of the softmax's passes over a row (a 512-bit vector).
 const LANES: usize = 16;
 
-/// The scores `x` scaled by `scale`, replaced by their exponentials from their maximum (or
-/// `floor`, if larger): that maximum and the exponentials' sum. Two passes over the row, each
-/// in `LANES` lanes.
+/// The scores `x` scaled by `scale` and replaced by their exponentials from their maximum (or
+/// `floor`, if larger): that maximum and the exponentials' sum. Two passes over the row (scale
+/// and maximum, then exponentials and sum), each in `LANES` lanes.
 #[inline(always)]
 fn exponentials(x: &mut [f32], scale: impl Fn(f32) -> f32, floor: f32) -> (f32, f32) {
     let larger = |m: f32, s: f32| if s > m { s } else { m };
     let mut maxima = [floor; LANES];
-    let mut rows = x.chunks_exact(LANES);
-    rows.by_ref().for_each(|v| maxima.iter_mut().zip(v).for_each(|(m, &s)| *m = larger(*m, scale(s))));
-    let m = rows.remainder().iter().fold(maxima.into_iter().fold(floor, larger), |m, &s| larger(m, scale(s)));
+    let mut rows = x.chunks_exact_mut(LANES);
+    for v in rows.by_ref() {
+        v.iter_mut().zip(&mut maxima).for_each(|(s, m)| {
+            *s = scale(*s);
+            *m = larger(*m, *s);
+        });
+    }
+    let m = rows.into_remainder().iter_mut().fold(maxima.into_iter().fold(floor, larger), |m, s| {
+        *s = scale(*s);
+        larger(m, *s)
+    });
     let mut sums = [0f32; LANES];
     let mut rows = x.chunks_exact_mut(LANES);
     for v in rows.by_ref() {
         v.iter_mut().zip(&mut sums).for_each(|(s, sum)| {
-            *s = exp_from(scale(*s), m);
+            *s = exp_from(*s, m);
             *sum += *s;
         });
     }
     let tail = rows.into_remainder().iter_mut().fold(0.0, |sum, s| {
-        *s = exp_from(scale(*s), m);
+        *s = exp_from(*s, m);
         sum + *s
     });
     (m, sums.iter().sum::<f32>() + tail)
 }
 
+/// The scores' constant as a factor or a divisor.
+enum Scale {
+    Mul(f32),
+    Div(f32),
+}
+
+impl Scale {
+    #[inline(always)]
+    fn of(scale: Option<(BinaryOp, f32)>) -> Scale {
+        match scale {
+            Some((BinaryOp::Div, c)) if !power_of_two(c) => Scale::Div(c),
+            // Dividing by a power of two is multiplying by its inverse, exactly (and faster).
+            Some((BinaryOp::Div, c)) => Scale::Mul(1.0 / c),
+            Some((_, c)) => Scale::Mul(c),
+            None => Scale::Mul(1.0),
+        }
+    }
+}
+
 /// `x` divided or multiplied by the scores' constant.
 #[inline(always)]
 pub(crate) fn scaled(x: &mut [f32], scale: Option<(BinaryOp, f32)>) {
-    match scale {
-        // Dividing by a power of two is multiplying by its inverse, exactly (and faster).
-        Some((BinaryOp::Div, c)) if !power_of_two(c) => x.iter_mut().for_each(|s| *s /= c),
-        Some((BinaryOp::Div, c)) => x.iter_mut().for_each(|s| *s *= 1.0 / c),
-        Some((_, c)) => x.iter_mut().for_each(|s| *s *= c),
-        None => {}
+    match Scale::of(scale) {
+        Scale::Div(c) => x.iter_mut().for_each(|s| *s /= c),
+        Scale::Mul(c) => x.iter_mut().for_each(|s| *s *= c),
     }
 }
 
@@ -482,37 +512,43 @@ pub(crate) mod tests {
     }
 
     /// Every build this processor runs (AVX-512, AVX2 with FMA, the portable one) against
-    /// softmax attention computed directly in f64, causal and not, with sizes that fill no tile.
+    /// softmax attention computed directly in f64, causal and not, with sizes that fill no tile,
+    /// and with more keys than a block holds (the running softmax rescaled) and rows of one to
+    /// five blocks of columns.
     #[test]
     fn every_build_matches_attention_computed_directly() {
-        let (batch, tq, tk, d, dv) = ([2usize], 131, 131, 19, 21);
-        let [q, k, v] = [(tq, d), (tk, d), (tk, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
-        // q and v as stored; kᵀ read through the strides of k.
-        let qs = Strides { batch_strides: vec![tq * d], row_stride: d, col_stride: 1 };
-        let ks = Strides { batch_strides: vec![tk * d], row_stride: 1, col_stride: d };
-        let vs = Strides { batch_strides: vec![tk * dv], row_stride: dv, col_stride: 1 };
-        for causal in [false, true] {
-            let mut want = vec![0f64; 2 * tq * dv];
-            for b in 0..2 {
-                for i in 0..tq {
-                    let (p, _) = weights(&q, &k, b * tq + i, b * tk, if causal { i + 1 } else { tk }, d);
-                    for c in 0..dv {
-                        want[(b * tq + i) * dv + c] = p.iter().enumerate().map(|(j, w)| w * v[(b * tk + j) * dv + c] as f64).sum();
+        let batch = [2usize];
+        for (tq, tk, d, dv) in [(131, 131, 19, 21), (300, 300, 64, 80)] {
+            let [q, k, v] = [(tq, d), (tk, d), (tk, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
+            // Keys growing with their index, so that later blocks raise the rows' maxima.
+            let k: Vec<f32> = k.iter().enumerate().map(|(i, x)| x * (1.0 + (i / d % tk) as f32 / 50.0)).collect();
+            // q and v as stored; kᵀ read through the strides of k.
+            let qs = Strides { batch_strides: vec![tq * d], row_stride: d, col_stride: 1 };
+            let ks = Strides { batch_strides: vec![tk * d], row_stride: 1, col_stride: d };
+            let vs = Strides { batch_strides: vec![tk * dv], row_stride: dv, col_stride: 1 };
+            for causal in [false, true] {
+                let mut want = vec![0f64; 2 * tq * dv];
+                for b in 0..2 {
+                    for i in 0..tq {
+                        let (p, _) = weights(&q, &k, b * tq + i, b * tk, if causal { i + 1 } else { tk }, d);
+                        for c in 0..dv {
+                            want[(b * tq + i) * dv + c] = p.iter().enumerate().map(|(j, w)| w * v[(b * tk + j) * dv + c] as f64).sum();
+                        }
                     }
                 }
-            }
-            for simd in Simd::available() {
-                let a = Attention {
-                    q: (q.as_ptr(), &qs),
-                    k: (k.as_ptr(), &ks),
-                    v: (v.as_ptr(), &vs),
-                    shape: Shape { batch: &batch, tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal },
-                };
-                let mut out = vec![f32::NAN; 2 * tq * dv];
-                // SAFETY: the operands hold their matrices at these strides; `out` its elements.
-                unsafe { a.run_with(out.as_mut_ptr(), None, simd) };
-                for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
-                    assert!((o as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "causal {causal}, {simd:?}, element {i}: {o} against {w}");
+                for simd in Simd::available() {
+                    let a = Attention {
+                        q: (q.as_ptr(), &qs),
+                        k: (k.as_ptr(), &ks),
+                        v: (v.as_ptr(), &vs),
+                        shape: Shape { batch: &batch, tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal },
+                    };
+                    let mut out = vec![f32::NAN; 2 * tq * dv];
+                    // SAFETY: the operands hold their matrices at these strides; `out` its elements.
+                    unsafe { a.run_with(out.as_mut_ptr(), None, simd) };
+                    for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+                        assert!((o as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "causal {causal}, {simd:?}, element {i}: {o} against {w}");
+                    }
                 }
             }
         }

@@ -248,59 +248,60 @@ mod tests {
     use tttc_ir::BinaryOp;
 
     /// Every build this processor runs against attention's gradients computed directly in f64,
-    /// causal and not, with sizes that fill no tile or block, the results stored as they are and
-    /// transposed.
+    /// causal and not, with sizes that fill no tile or block and with rows of one to five blocks
+    /// of columns, the results stored as they are and transposed.
     #[test]
     fn every_build_matches_the_gradients_computed_directly() {
-        let (tq, tk, d, dv) = (131, 131, 19, 21);
-        let [q, k, v, g] = [(tq, d), (tk, d), (tk, dv), (tq, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
-        for causal in [false, true] {
-            // Weights, log-sum-exp and rowsum(g ⊙ out) per row; then the adjoints.
-            let (mut lse, mut row) = (vec![0f32; 2 * tq], vec![0f32; 2 * tq]);
-            let (mut dq, mut dk, mut dvw) = (vec![0f64; 2 * tq * d], vec![0f64; 2 * tk * d], vec![0f64; 2 * tk * dv]);
-            for b in 0..2 {
-                for i in 0..tq {
-                    let (p, log_sum_exp) = weights(&q, &k, b * tq + i, b * tk, if causal { i + 1 } else { tk }, d);
-                    let gi = |c: usize| g[(b * tq + i) * dv + c] as f64;
-                    let out = |c: usize| p.iter().enumerate().map(|(j, w)| w * v[(b * tk + j) * dv + c] as f64).sum::<f64>();
-                    let centre: f64 = (0..dv).map(|c| gi(c) * out(c)).sum();
-                    lse[b * tq + i] = log_sum_exp as f32;
-                    row[b * tq + i] = centre as f32;
-                    for (j, w) in p.iter().enumerate() {
-                        let dpj: f64 = (0..dv).map(|c| gi(c) * v[(b * tk + j) * dv + c] as f64).sum();
-                        let ds = w * (dpj - centre) / 3.0;
-                        for e in 0..d {
-                            dq[(b * tq + i) * d + e] += ds * k[(b * tk + j) * d + e] as f64;
-                            dk[(b * tk + j) * d + e] += ds * q[(b * tq + i) * d + e] as f64;
+        for (tq, tk, d, dv) in [(131, 131, 19, 21), (150, 150, 64, 80)] {
+            let [q, k, v, g] = [(tq, d), (tk, d), (tk, dv), (tq, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
+            for causal in [false, true] {
+                // Weights, log-sum-exp and rowsum(g ⊙ out) per row; then the adjoints.
+                let (mut lse, mut row) = (vec![0f32; 2 * tq], vec![0f32; 2 * tq]);
+                let (mut dq, mut dk, mut dvw) = (vec![0f64; 2 * tq * d], vec![0f64; 2 * tk * d], vec![0f64; 2 * tk * dv]);
+                for b in 0..2 {
+                    for i in 0..tq {
+                        let (p, log_sum_exp) = weights(&q, &k, b * tq + i, b * tk, if causal { i + 1 } else { tk }, d);
+                        let gi = |c: usize| g[(b * tq + i) * dv + c] as f64;
+                        let out = |c: usize| p.iter().enumerate().map(|(j, w)| w * v[(b * tk + j) * dv + c] as f64).sum::<f64>();
+                        let centre: f64 = (0..dv).map(|c| gi(c) * out(c)).sum();
+                        lse[b * tq + i] = log_sum_exp as f32;
+                        row[b * tq + i] = centre as f32;
+                        for (j, w) in p.iter().enumerate() {
+                            let dpj: f64 = (0..dv).map(|c| gi(c) * v[(b * tk + j) * dv + c] as f64).sum();
+                            let ds = w * (dpj - centre) / 3.0;
+                            for e in 0..d {
+                                dq[(b * tq + i) * d + e] += ds * k[(b * tk + j) * d + e] as f64;
+                                dk[(b * tk + j) * d + e] += ds * q[(b * tq + i) * d + e] as f64;
+                            }
+                            (0..dv).for_each(|c| dvw[(b * tk + j) * dv + c] += w * gi(c));
                         }
-                        (0..dv).for_each(|c| dvw[(b * tk + j) * dv + c] += w * gi(c));
                     }
                 }
-            }
-            // q, g and v as stored; kᵀ and vᵀ read through the strides of k and v.
-            let rows = |w: usize, t: usize| Strides { batch_strides: vec![t * w], row_stride: w, col_stride: 1 };
-            let columns = |w: usize, t: usize| Strides { batch_strides: vec![t * w], row_stride: 1, col_stride: w };
-            let (qs, ks, vs, gs) = (rows(d, tq), columns(d, tk), columns(dv, tk), rows(dv, tq));
-            for (simd, transposed) in Simd::available().into_iter().flat_map(|s| [(s, false), (s, true)]) {
-                let a = Backward {
-                    q: (q.as_ptr(), &qs),
-                    k: (k.as_ptr(), &ks),
-                    v: (v.as_ptr(), &vs),
-                    d_out: (g.as_ptr(), &gs),
-                    lse: lse.as_ptr(),
-                    row: row.as_ptr(),
-                    shape: Shape { batch: &[2], tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal },
-                    transposed: [transposed; 3],
-                };
-                let (mut gq, mut gk, mut gv) = (vec![f32::NAN; dq.len()], vec![f32::NAN; dk.len()], vec![f32::NAN; dvw.len()]);
-                // SAFETY: the operands hold their matrices at these strides; the results their elements.
-                unsafe { a.run_with([gq.as_mut_ptr(), gk.as_mut_ptr(), gv.as_mut_ptr()], simd) };
-                for (name, got, want, (rows, width)) in [("dq", &gq, &dq, (tq, d)), ("dk", &gk, &dk, (tk, d)), ("dv", &gv, &dvw, (tk, dv))] {
-                    for (i, &w) in want.iter().enumerate() {
-                        // Element (b, r, e) of the matrices, or of their transposes.
-                        let (b, r, e) = (i / (rows * width), i / width % rows, i % width);
-                        let o = got[if transposed { (b * width + e) * rows + r } else { i }];
-                        assert!((o as f64 - w).abs() <= 1e-5 + 1e-4 * w.abs(), "causal {causal}, {simd:?}, {name}[{i}]: {o} against {w}");
+                // q, g and v as stored; kᵀ and vᵀ read through the strides of k and v.
+                let rows = |w: usize, t: usize| Strides { batch_strides: vec![t * w], row_stride: w, col_stride: 1 };
+                let columns = |w: usize, t: usize| Strides { batch_strides: vec![t * w], row_stride: 1, col_stride: w };
+                let (qs, ks, vs, gs) = (rows(d, tq), columns(d, tk), columns(dv, tk), rows(dv, tq));
+                for (simd, transposed) in Simd::available().into_iter().flat_map(|s| [(s, false), (s, true)]) {
+                    let a = Backward {
+                        q: (q.as_ptr(), &qs),
+                        k: (k.as_ptr(), &ks),
+                        v: (v.as_ptr(), &vs),
+                        d_out: (g.as_ptr(), &gs),
+                        lse: lse.as_ptr(),
+                        row: row.as_ptr(),
+                        shape: Shape { batch: &[2], tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal },
+                        transposed: [transposed; 3],
+                    };
+                    let (mut gq, mut gk, mut gv) = (vec![f32::NAN; dq.len()], vec![f32::NAN; dk.len()], vec![f32::NAN; dvw.len()]);
+                    // SAFETY: the operands hold their matrices at these strides; the results their elements.
+                    unsafe { a.run_with([gq.as_mut_ptr(), gk.as_mut_ptr(), gv.as_mut_ptr()], simd) };
+                    for (name, got, want, (rows, width)) in [("dq", &gq, &dq, (tq, d)), ("dk", &gk, &dk, (tk, d)), ("dv", &gv, &dvw, (tk, dv))] {
+                        for (i, &w) in want.iter().enumerate() {
+                            // Element (b, r, e) of the matrices, or of their transposes.
+                            let (b, r, e) = (i / (rows * width), i / width % rows, i % width);
+                            let o = got[if transposed { (b * width + e) * rows + r } else { i }];
+                            assert!((o as f64 - w).abs() <= 1e-5 + 1e-4 * w.abs(), "causal {causal}, {simd:?}, {name}[{i}]: {o} against {w}");
+                        }
                     }
                 }
             }

@@ -159,33 +159,35 @@ mod tests {
     use super::*;
     use crate::attention::tests::operand;
 
-    /// A decay exponent past f32's range (Δ·A = 100, in one lane of a partial block) gives
-    /// exp's infinity, where the shorter exp for exponents ≤ 0 would not: the position's rising
-    /// decays are found.
+    /// A decay exponent past f32's range (Δ·A = 100, in one lane of a partial block, at each
+    /// state in turn) gives exp's infinity, where the shorter exp for exponents ≤ 0 would not:
+    /// the position's rising decays are found.
     #[test]
     fn a_decay_past_the_range_gives_infinity() {
         let (width, states) = (20, 3);
-        let a: Vec<f32> = (0..width * states).map(|i| if i == 17 * states { 100.0 } else { -1.0 }).collect();
-        let (state, dt, du, b, c) = (vec![1.0; width * states], vec![1.0; width], vec![0.0; width], vec![0.0; states], vec![1.0; states]);
-        let r = Recurrence {
-            state: state.as_ptr(),
-            dt: dt.as_ptr(),
-            du: du.as_ptr(),
-            b: b.as_ptr(),
-            c: c.as_ptr(),
-            a: a.as_ptr(),
-            batch: 1,
-            len: 1,
-            width,
-            states,
-        };
-        for simd in Simd::available() {
-            let (mut y, mut last) = (vec![f32::NAN; width], vec![f32::NAN; width * states]);
-            // SAFETY: every operand holds its elements; `y` and `last` theirs.
-            unsafe { r.run_with(y.as_mut_ptr(), last.as_mut_ptr(), simd) };
-            for (channel, &got) in y.iter().enumerate() {
-                let want = if channel == 17 { f32::INFINITY } else { 3.0 * (-1f32).exp() };
-                assert!(got == want || (got - want).abs() <= 1e-6, "{simd:?}, channel {channel}: {got} against {want}");
+        for rising in 0..states {
+            let a: Vec<f32> = (0..width * states).map(|i| if i == 17 * states + rising { 100.0 } else { -1.0 }).collect();
+            let (state, dt, du, b, c) = (vec![1.0; width * states], vec![1.0; width], vec![0.0; width], vec![0.0; states], vec![1.0; states]);
+            let r = Recurrence {
+                state: state.as_ptr(),
+                dt: dt.as_ptr(),
+                du: du.as_ptr(),
+                b: b.as_ptr(),
+                c: c.as_ptr(),
+                a: a.as_ptr(),
+                batch: 1,
+                len: 1,
+                width,
+                states,
+            };
+            for simd in Simd::available() {
+                let (mut y, mut last) = (vec![f32::NAN; width], vec![f32::NAN; width * states]);
+                // SAFETY: every operand holds its elements; `y` and `last` theirs.
+                unsafe { r.run_with(y.as_mut_ptr(), last.as_mut_ptr(), simd) };
+                for (channel, &got) in y.iter().enumerate() {
+                    let want = if channel == 17 { f32::INFINITY } else { 3.0 * (-1f32).exp() };
+                    assert!(got == want || (got - want).abs() <= 1e-6, "{simd:?}, state {rising}, channel {channel}: {got} against {want}");
+                }
             }
         }
     }
