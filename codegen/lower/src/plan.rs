@@ -50,8 +50,8 @@ pub enum Read {
     Stored,
     /// With its last two axes swapped.
     Transposed,
-    /// With its axes before the last permuted: the operand's axis i is the source's `perm[i]`
-    /// (a position-major KV cache read head by head).
+    /// With its axes permuted: the operand's axis i is the source's `perm[i]` (a position-major
+    /// KV cache read head by head, its keys as columns too).
     Permuted(Vec<usize>),
 }
 
@@ -312,9 +312,9 @@ fn direct_views(g: &Graph, users: &[Vec<usize>]) -> HashMap<ValueId, (ValueId, b
         .collect()
 }
 
-/// Transposes that keep the last axis in place and that only matrix products read (none of them
-/// an attention chain's node, `chains`): the products read the source through permuted strides.
-/// By result: the source and the permutation.
+/// Transposes of three or more axes that only matrix products read (none of them an attention
+/// chain's node, `chains`): the products read the source through permuted strides. By result:
+/// the source and the permutation.
 fn permuted_views(g: &Graph, users: &[Vec<usize>], chains: &std::collections::HashSet<usize>) -> HashMap<ValueId, (ValueId, Vec<usize>)> {
     g.nodes
         .iter()
@@ -323,9 +323,8 @@ fn permuted_views(g: &Graph, users: &[Vec<usize>], chains: &std::collections::Ha
             let Op::Transpose { perm } = &n.op else { return None };
             let (v, src) = (n.outputs[0], n.inputs[0]);
             let readers = &users[v.index()];
-            let keeps_last = perm.len() >= 3 && perm[perm.len() - 1] == perm.len() - 1;
             let only_products = !readers.is_empty() && readers.iter().all(|&u| matches!(g.nodes[u].op, Op::MatMul) && !chains.contains(&u));
-            let usable = keeps_last && only_products && !chains.contains(&i) && g.ty(src).dtype == DType::F32 && !g.outputs.iter().any(|(_, o)| *o == v);
+            let usable = perm.len() >= 3 && only_products && !chains.contains(&i) && g.ty(src).dtype == DType::F32 && !g.outputs.iter().any(|(_, o)| *o == v);
             usable.then(|| (v, (src, perm.clone())))
         })
         .collect()

@@ -1336,16 +1336,15 @@ impl Builder<'_> {
     fn operands(&mut self, (a, ra): (BufId, &Read), (b, rb): (BufId, &Read)) -> Result<(Vec<Size>, Size, Size, Size, Operand, Operand)> {
         let a_matrix = matrix(&self.bufs[a].shape, ra)?;
         let (m, k) = (a_matrix.rows, a_matrix.cols);
-        // Where the product reads a transposed right operand slowly or not at all, it is packed;
-        // so is one whose column stride (`k`) is past the 32-bit indices of gathers.
-        let packed = *rb == Read::Transposed && (self.s.most(m) >= self.s.products.pack_transposed_rhs_from || self.s.most(k) >= 1 << 25);
+        // Where the product reads a right operand whose columns are not contiguous (transposed,
+        // or permuted with its last axis moved) slowly or not at all, it is packed; so is one
+        // whose column stride is past the 32-bit indices of gathers.
+        let (shape, perm) = (self.bufs[b].shape.clone(), permutation(rb, self.bufs[b].shape.len()));
+        let (contiguous, last) = (contiguous_strides(&shape), *perm.last().context("a product of a scalar")?);
+        let strided_columns = last != shape.len() - 1;
+        let packed = strided_columns && (self.s.most(m) >= self.s.products.pack_transposed_rhs_from || self.s.most(contiguous[last]) >= 1 << 25);
         let b = if packed {
-            let shape = self.bufs[b].shape.clone();
-            let r = shape.len();
-            let mut packed = shape.clone();
-            packed.swap(r - 2, r - 1);
-            let mut src = contiguous_strides(&shape);
-            src.swap(r - 2, r - 1);
+            let (packed, src): (Vec<Size>, Vec<Size>) = perm.iter().map(|&p| (shape[p], contiguous[p])).unzip();
             let dst = self.buf(DType::F32, packed.clone(), Home::Work);
             let copy =
                 Strided { dst_strides: contiguous_strides(&packed), shape: packed, dst_at: Size::ZERO, src_at: Size::ZERO, src_strides: src }.simplified();
@@ -1813,11 +1812,7 @@ fn matrix(s: &[Size], read: &Read) -> Result<Matrix> {
     let r = s.len();
     ensure!(r >= 2, "matmul operand of rank {r}");
     let strides = contiguous_strides(s);
-    let perm: Vec<usize> = match read {
-        Read::Stored => (0..r).collect(),
-        Read::Transposed => (0..r - 2).chain([r - 1, r - 2]).collect(),
-        Read::Permuted(perm) => perm.clone(),
-    };
+    let perm = permutation(read, r);
     ensure!(perm.len() == r, "a permutation of {} axes reads an operand of rank {r}", perm.len());
     let (shape, strides): (Vec<Size>, Vec<Size>) = perm.iter().map(|&p| (s[p], strides[p])).unzip();
     Ok(Matrix {
@@ -1828,6 +1823,15 @@ fn matrix(s: &[Size], read: &Read) -> Result<Matrix> {
         row_stride: strides[r - 2],
         col_stride: strides[r - 1],
     })
+}
+
+/// The axes of a stored operand of rank `r` in the order `read` reads them.
+fn permutation(read: &Read, r: usize) -> Vec<usize> {
+    match read {
+        Read::Stored => (0..r).collect(),
+        Read::Transposed => (0..r - 2).chain([r - 1, r - 2]).collect(),
+        Read::Permuted(perm) => perm.clone(),
+    }
 }
 
 /// Batch strides counted in matrices of `size` elements, in elements.
