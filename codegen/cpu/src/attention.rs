@@ -128,18 +128,10 @@ impl Attention<'_> {
     unsafe fn pack(&self, i: usize, (keys, values): (&mut [f32], &mut [f32])) {
         let (d, tk, dv) = (self.shape.d, self.shape.tk, self.shape.dv);
         let (k, ks) = (self.k.0.add(batch_offset(i, self.shape.batch, &self.k.1.batch_strides)), self.k.1);
-        // The buffer holds an earlier call's values: the padding is zeroed so that no lane past
-        // the last key or value computes on them (a NaN or a subnormal there would cost time).
-        keys[(tk / NR) * d * NR..].fill(0.0);
-        for j in 0..tk {
-            let panel = &mut keys[(j / NR) * d * NR + j % NR..];
-            (0..d).for_each(|e| panel[e * NR] = *k.add(e * ks.row_stride + j * ks.col_stride));
-        }
+        // kᵀ: a key's elements are a column.
+        pack_panels(keys, k, (ks.col_stride, ks.row_stride), tk, d, NR);
         let (v, vs) = (self.v.0.add(batch_offset(i, self.shape.batch, &self.v.1.batch_strides)), self.v.1);
-        for (j, row) in values.chunks_exact_mut(dv.next_multiple_of(NR)).enumerate() {
-            (0..dv).for_each(|c| row[c] = *v.add(j * vs.row_stride + c * vs.col_stride));
-            row[dv..].fill(0.0);
-        }
+        pack_rows(values, v, (vs.row_stride, vs.col_stride), tk, dv);
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -161,12 +153,7 @@ impl Attention<'_> {
         let dvp = dv.next_multiple_of(NR);
         let qs = self.q.1;
         let q = self.q.0.add(batch_offset(i, self.shape.batch, &qs.batch_strides) + q0 * qs.row_stride);
-        for (g, panel) in s.queries.chunks_exact_mut(d * MR).take(rows.div_ceil(MR)).enumerate() {
-            for (r, e) in (0..MR).flat_map(|r| (0..d).map(move |e| (r, e))) {
-                let row = g * MR + r;
-                panel[e * MR + r] = if row < rows { *q.add(row * qs.row_stride + e * qs.col_stride) } else { 0.0 };
-            }
-        }
+        pack_panels(&mut s.queries[..rows.div_ceil(MR) * d * MR], q, (qs.row_stride, qs.col_stride), rows, d, MR);
         s.max[..rows].fill(f32::NEG_INFINITY);
         s.sum[..rows].fill(0.0);
         s.acc[..rows * dvp].fill(0.0);
@@ -181,19 +168,20 @@ impl Attention<'_> {
             // values in a row, while the scores are in the core's first cache.
             for r in (0..rows).step_by(MR) {
                 let mr = MR.min(rows - r);
-                if seen_by(r, mr) == 0 {
+                let seen = seen_by(r, mr);
+                if seen == 0 {
                     continue;
                 }
                 let panels = (packed.keys.as_ptr().add(k0 / NR * d * NR), NR, d * NR);
                 let scores = (s.scores.as_mut_ptr(), KEYS, NR);
-                tile::<SIMD, 1, MR>(mr, s.queries.as_ptr().add(r * d), panels, d, scores, seen_by(r, mr).div_ceil(NR), false);
+                tile::<SIMD, 1, MR>(mr, s.queries.as_ptr().add(r * d), panels, d, scores, seen.div_ceil(NR), false);
                 for (g, row) in s.scores.chunks_exact_mut(KEYS).take(mr).enumerate() {
                     let acc = &mut s.acc[(r + g) * dvp..(r + g + 1) * dvp];
                     softmax_row(&mut row[..cols], seen_by(r + g, 1), self.shape.scale, &mut s.max[r + g], &mut s.sum[r + g], acc);
                 }
                 let values = (packed.values.as_ptr().add(k0 * dvp), dvp, NR);
                 let acc = (s.acc.as_mut_ptr().add(r * dvp), dvp, NR);
-                tile::<SIMD, KEYS, 1>(mr, s.scores.as_ptr(), values, seen_by(r, mr), acc, dvp / NR, true);
+                tile::<SIMD, KEYS, 1>(mr, s.scores.as_ptr(), values, seen, acc, dvp / NR, true);
             }
         }
         for r in 0..rows {
@@ -204,6 +192,26 @@ impl Attention<'_> {
                 *lse.add(i * self.shape.tq + q0 + r) = s.max[r] + l.ln();
             }
         }
+    }
+}
+
+/// `x`'s `rows × width` matrix (element `(r, e)` at `r·rs + e·cs`) into `out` in panels of `m`
+/// rows, each `width × m`, zero past the last row (`out` holds an earlier call's values: no lane
+/// past the last row computes on them, where a NaN or a subnormal would cost time).
+pub(crate) unsafe fn pack_panels(out: &mut [f32], x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize, m: usize) {
+    out[(rows / m) * width * m..].fill(0.0);
+    for r in 0..rows {
+        let panel = &mut out[(r / m) * width * m + r % m..];
+        (0..width).for_each(|e| panel[e * m] = *x.add(r * rs + e * cs));
+    }
+}
+
+/// `x`'s `rows × width` matrix into `out` in rows padded to a multiple of `NR` (zero past
+/// `width`).
+pub(crate) unsafe fn pack_rows(out: &mut [f32], x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize) {
+    for (r, row) in out.chunks_exact_mut(width.next_multiple_of(NR)).take(rows).enumerate() {
+        (0..width).for_each(|e| row[e] = *x.add(r * rs + e * cs));
+        row[width..].fill(0.0);
     }
 }
 

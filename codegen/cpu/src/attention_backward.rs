@@ -12,7 +12,7 @@
 
 use tttc_lower::schedule::Strides;
 
-use crate::attention::{exp_from, scaled, tile, Shape, MR, NR};
+use crate::attention::{exp_from, pack_panels, pack_rows, scaled, tile, Shape, MR, NR};
 use crate::exec::{batch_offset, Shared};
 use crate::reuse::{self, Buffer};
 use crate::simd::{Simd, AVX2, AVX512, PORTABLE};
@@ -66,15 +66,11 @@ struct Scratch {
     dv: Buffer,
 }
 
-/// `x`'s `rows × width` matrix (element `(r, e)` at `r·rs + e·cs`) in panels of `m` rows, each
-/// `width × m` (zero past the last row).
-unsafe fn panels(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize, m: usize) -> Buffer {
+/// `x`'s `rows × width` matrix (element `(r, e)` at `r·rs + e·cs`) in panels of `m` rows
+/// ([`pack_panels`]).
+unsafe fn panels(x: *const f32, strides: (usize, usize), rows: usize, width: usize, m: usize) -> Buffer {
     let mut out = reuse::buffer(rows.next_multiple_of(m) * width);
-    out[(rows / m) * width * m..].fill(0.0);
-    for r in 0..rows {
-        let panel = &mut out[(r / m) * width * m + r % m..];
-        (0..width).for_each(|e| panel[e * m] = *x.add(r * rs + e * cs));
-    }
+    pack_panels(&mut out, x, strides, rows, width, m);
     out
 }
 
@@ -85,14 +81,10 @@ fn zeros(len: usize) -> Buffer {
     out
 }
 
-/// `x`'s `rows × width` matrix in rows padded to a multiple of `NR` (zero past `width`).
-unsafe fn padded_rows(x: *const f32, (rs, cs): (usize, usize), rows: usize, width: usize) -> Buffer {
-    let wp = width.next_multiple_of(NR);
-    let mut out = reuse::buffer(rows * wp);
-    for (r, row) in out.chunks_exact_mut(wp).enumerate() {
-        (0..width).for_each(|e| row[e] = *x.add(r * rs + e * cs));
-        row[width..].fill(0.0);
-    }
+/// `x`'s `rows × width` matrix in rows padded to a multiple of `NR` ([`pack_rows`]).
+unsafe fn padded_rows(x: *const f32, strides: (usize, usize), rows: usize, width: usize) -> Buffer {
+    let mut out = reuse::buffer(rows * width.next_multiple_of(NR));
+    pack_rows(&mut out, x, strides, rows, width);
     out
 }
 

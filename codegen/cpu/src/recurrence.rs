@@ -96,9 +96,12 @@ impl Recurrence {
             let row = (s * len + t) * width + channel;
             // A whole block's channels as one vector each (copied lane by lane, the compiler
             // called memcpy at every position).
-            let load = |x: *const f32| match lanes == LANES {
-                true => *(x.add(row) as *const [f32; LANES]),
-                false => lanewise(|l| if l < lanes { *x.add(row + l) } else { 0.0 }),
+            let load = |x: *const f32| {
+                if lanes == LANES {
+                    *(x.add(row) as *const [f32; LANES])
+                } else {
+                    lanewise(|l| if l < lanes { *x.add(row + l) } else { 0.0 })
+                }
             };
             let (dt, du) = (load(self.dt), load(self.du));
             // Consecutive positions' channels are a row (`width` floats) apart, too far apart for
@@ -133,9 +136,10 @@ impl Recurrence {
                 *hk = lanewise(|l| dk[l] * hk[l] + du[l] * bk);
                 out = lanewise(|l| out[l] + hk[l] * ck);
             }
-            match lanes == LANES {
-                true => *(y.add(row) as *mut [f32; LANES]) = out,
-                false => out.iter().enumerate().take(lanes).for_each(|(l, &o)| *y.add(row + l) = o),
+            if lanes == LANES {
+                *(y.add(row) as *mut [f32; LANES]) = out;
+            } else {
+                out.iter().enumerate().take(lanes).for_each(|(l, &o)| *y.add(row + l) = o);
             }
         }
         for l in 0..lanes {
