@@ -879,6 +879,118 @@ fn products_apply_their_epilogues_before_the_store() {
     }
 }
 
+/// A product whose epilogue only adds it to another value (`x − a·b`, `x + a·b`, `a·b + x`) is
+/// added where it is computed, on every path a product takes: a batch of small ones in registers
+/// and of larger ones through `gemm` (each member on its own thread), products of a few rows down
+/// the right operand's rows, a product by a vector split along its long side, and a lone large
+/// one split inside `gemm`. `a·b − x` stays an epilogue run after the product. All match the
+/// interpreter.
+#[test]
+fn products_added_to_a_value_where_they_are_computed() {
+    // (batch, m, k, n, b read transposed)
+    for (batch, m, k, n, transposed) in [(6, 64, 16, 200, false), (3, 80, 16, 24, false), (4, 5, 7, 9, false), (1, 1, 700, 600, true), (1, 300, 64, 200, false)]
+    {
+        for form in ["x - ab", "x + ab", "ab + x", "ab - x"] {
+            let mut g = Graph::new("sum");
+            let x = g.input("x", f32t(&[batch, m, n]));
+            let a = g.input("a", f32t(&[batch, m, k]));
+            let b_shape = if transposed { vec![batch, n, k] } else { vec![batch, k, n] };
+            let b = g.input("b", f32t(&b_shape));
+            let b = if transposed { g.transpose_last2(b).unwrap() } else { b };
+            let p = g.matmul(a, b).unwrap();
+            let out = match form {
+                "x - ab" => g.sub(x, p),
+                "x + ab" => g.add(x, p),
+                "ab + x" => g.add(p, x),
+                _ => g.sub(p, x),
+            };
+            g.output("out", out.unwrap());
+            let args = [
+                Tensor::f32(vec![batch, m, n], values(batch * m * n, 71, -2.0, 2.0)),
+                Tensor::f32(vec![batch, m, k], values(batch * m * k, 72, -1.0, 1.0)),
+                Tensor::f32(b_shape.clone(), values(batch * k * n, 73, -0.5, 0.5)),
+            ];
+            let case = format!("{form}: {batch} × {m}×{k}·{k}×{n}, b transposed {transposed}");
+            assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "{case}");
+            // The CPU's schedule makes the sum the product's epilogue, the product not kept.
+            let (s, _) =
+                tttc_lower::schedule::model(&g, &Default::default(), tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::CPU, 1).unwrap();
+            let epilogues: Vec<bool> = s
+                .functions
+                .last()
+                .unwrap()
+                .instrs
+                .iter()
+                .filter_map(|i| match i {
+                    tttc_lower::schedule::Instr::MatMul { epilogue, .. } => Some(epilogue.as_ref().is_some_and(|e| !e.keep_product)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(epilogues, [true], "{case}");
+        }
+    }
+}
+
+/// A scan's carry updated as `W − a·b` after the step's last read of `W` is written where it is
+/// read, one buffer for every iteration; one read again after its update (by a product that
+/// follows one reading the new value) keeps the two buffers in turn. Both match the interpreter,
+/// so an update in place where a later read needs the old value fails.
+#[test]
+fn carries_update_in_place_after_their_last_read() {
+    for read_after in [false, true] {
+        let b = Dim::sym("B");
+        let n = Dim::sym("n");
+        let mut body = Graph::new("step");
+        let w = body.input("w", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(24), Dim::c(8)]));
+        let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), n.clone(), Dim::c(24)]));
+        let q = body.input("q", Type::new(DType::F32, vec![b.clone(), Dim::c(2), n, Dim::c(24)]));
+        let y = body.matmul(x, w).unwrap(); // [B,2,n,8]
+        let scale = body.scalar(0.05).unwrap();
+        let xs = body.mul(x, scale).unwrap();
+        let xt = body.transpose_last2(xs).unwrap();
+        let update = body.matmul(xt, y).unwrap(); // [B,2,24,8]
+        let w2 = body.sub(w, update).unwrap(); // the product's epilogue, subtracted where it is computed
+        let out = if read_after {
+            // The new weight read by a product first (its update emitted there), the old after.
+            let new = body.matmul(q, w2).unwrap();
+            let old = body.matmul(q, w).unwrap();
+            body.add(new, old).unwrap()
+        } else {
+            body.matmul(q, w2).unwrap()
+        };
+        body.output("w", w2);
+        body.output("y", out);
+        let mut g = Graph::new("in_place");
+        let w0 = g.input("w0", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(24), Dim::c(8)]));
+        let xs = g.input("xs", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::sym("T"), Dim::c(24)]));
+        let qs = g.input("qs", Type::new(DType::F32, vec![b, Dim::c(2), Dim::sym("T"), Dim::c(24)]));
+        let outs = g.scan(Scan { axis: 2, chunk: 4, carries: 1, seqs: 2, body, reverse: false }, &[w0, xs, qs]).unwrap();
+        g.output("w", outs[0]);
+        g.output("y", outs[1]);
+        let t = 10;
+        let args = [
+            Tensor::f32(vec![1, 2, 24, 8], values(2 * 24 * 8, 81, -0.5, 0.5)),
+            Tensor::f32(vec![1, 2, t, 24], values(2 * t * 24, 82, -1.0, 1.0)),
+            Tensor::f32(vec![1, 2, t, 24], values(2 * t * 24, 83, -1.0, 1.0)),
+        ];
+        assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "read after its update: {read_after}");
+        let mut env = tttc_ir::DimEnv::new();
+        env.insert("B".to_string(), 1);
+        env.insert("T".to_string(), t);
+        let (s, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::CPU, 1).unwrap();
+        let in_place: Vec<Vec<bool>> = s
+            .functions
+            .iter()
+            .flat_map(|f| &f.instrs)
+            .filter_map(|i| match i {
+                tttc_lower::schedule::Instr::Scan(sc) => Some(sc.in_place.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(in_place, [vec![!read_after]], "read after its update: {read_after}");
+    }
+}
+
 /// Fused regions are no walls for the planner: a transpose computed at the end of one region (a
 /// weight gradient's `xᵀ`) and read only by a product in the next is read as strides, and
 /// elementwise ops on either side of the boundary share a kernel.

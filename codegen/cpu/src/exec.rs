@@ -4,9 +4,10 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Result};
-use tttc_ir::{DType, ReduceKind, Size};
-use tttc_lower::schedule::{elem_bytes, fixed, AttentionShape, Function, Home, Instr, Launch, Operand, ScanInstr, Schedule, Slicing, Strides, Walk};
+use anyhow::{ensure, Result};
+use tttc_ir::{BinaryOp, DType, ReduceKind, Size};
+use tttc_lower::elementwise::Expr;
+use tttc_lower::schedule::{elem_bytes, fixed, AttentionShape, Epilogue, Function, Home, Instr, Launch, Operand, ScanInstr, Schedule, Slicing, Strides, Walk};
 
 use crate::attention::Shape;
 use crate::kernel::KernelFn;
@@ -92,10 +93,35 @@ impl Machine<'_> {
         unsafe {
             match instr {
                 Instr::Kernel(l) => self.launch(fr, l),
-                Instr::MatMul { c, a, b, batch, m, n, k, epilogue: None } => {
-                    matmul(fr.f32(*c), (fr.f32(a.buf), &a.fixed()), (fr.f32(b.buf), &b.fixed()), &fixed(batch), m.fixed(), n.fixed(), k.fixed())
+                Instr::MatMul { c, a, b, batch, m, n, k, epilogue } => {
+                    let (m, n, k) = (m.fixed(), n.fixed(), k.fixed());
+                    let product = |dest: Dest, member: Option<&(dyn Fn(usize) + Sync)>| {
+                        matmul(dest, (fr.f32(a.buf), &a.fixed()), (fr.f32(b.buf), &b.fixed()), &fixed(batch), m, n, k, member)
+                    };
+                    let stored = Dest { c: fr.f32(*c), added: None };
+                    match (epilogue, epilogue.as_ref().and_then(|e| self.sum(fr, *c, e))) {
+                        (None, _) => {
+                            product(stored, None);
+                        }
+                        // `W − a·b`: the product subtracted where it is computed.
+                        (Some(_), Some(sum)) => {
+                            product(sum, None);
+                        }
+                        // A member's epilogue runs as soon as its product is computed, while
+                        // the product is in cache: the rows of the kernel that walk its elements.
+                        (Some(e), None) if (m * n) % e.launch.n.fixed() == 0 => {
+                            let rows = Rows::new(self, fr, &e.launch);
+                            let per = m * n / rows.n;
+                            if !product(stored, Some(&|i| rows.run(i * per, (i + 1) * per, 0, rows.n))) {
+                                self.launch(fr, &e.launch);
+                            }
+                        }
+                        (Some(e), None) => {
+                            product(stored, None);
+                            self.launch(fr, &e.launch);
+                        }
+                    }
                 }
-                Instr::MatMul { epilogue: Some(_), .. } => bail!("a product with an epilogue in a CPU schedule (`Products::CPU` schedules none)"),
                 Instr::Reduce { dst, src, kind, outer, len, inner } => reduce(fr.f32(*dst), fr.f32(*src), *kind, outer.fixed(), len.fixed(), inner.fixed()),
                 Instr::Copy { dst, src, copy } => copy_strided(fr.ptr(*dst), fr.ptr(*src), &copy.fixed(), elem_bytes(f.bufs[*dst].dtype)),
                 Instr::Fill { dst, bits } => fill(fr.ptr(*dst), f.bufs[*dst].len().fixed(), f.bufs[*dst].dtype, *bits),
@@ -204,6 +230,22 @@ impl Machine<'_> {
         Ok(())
     }
 
+    /// Where product `c` goes when its epilogue only adds it to another value laid out as it
+    /// (`x + c`, `c + x` or `x − c`, the product read by nothing else): into the epilogue's
+    /// output, added to `x` as the product is computed.
+    fn sum(&self, fr: &Frame, c: usize, e: &Epilogue) -> Option<Dest> {
+        let (l, spec) = (&e.launch, &self.schedule.specs[e.launch.kernel]);
+        let [Expr::Input(p), Expr::Input(q), Expr::Binary(op, 0, 1)] = spec.exprs[..] else { return None };
+        let (x, times) = match (op, l.ins[p].buf == c, l.ins[q].buf == c) {
+            (BinaryOp::Add, false, true) => (p, 1.0),
+            (BinaryOp::Add, true, false) => (q, 1.0),
+            (BinaryOp::Sub, false, true) => (p, -1.0),
+            _ => return None,
+        };
+        let fits = !e.keep_product && spec.outputs == [2] && l.reads_in_order(&l.ins[x], spec.splat[x]);
+        fits.then(|| Dest { c: fr.f32(l.outs[0]), added: Some((fr.f32(l.ins[x].buf) as *const f32, times)) })
+    }
+
     /// What a leaf instruction is, for the profile.
     fn label(&self, f: &Function, instr: &Instr) -> String {
         let shape = |b: usize| format!("{:?}", f.bufs[b].shape);
@@ -223,49 +265,17 @@ impl Machine<'_> {
     /// A kernel over the elements of `outer` × `rows` × `n`; the rows (or, for one long row, its
     /// pieces) are split over the threads.
     unsafe fn launch(&self, fr: &Frame, launch: &Launch) {
-        let Launch { kernel, ref outer, rows, n, ref ins, ref outs } = *launch;
-        let (rows, n) = (rows.fixed(), n.fixed());
-        let f = self.kernels[kernel];
-        let spec = &self.schedule.specs[kernel];
-        let total = outer.iter().map(|d| d.fixed()).product::<usize>() * rows * n;
-        let in_ptrs: Vec<Shared<*const f32>> = ins.iter().map(|i| Shared(fr.f32(i.buf) as *const f32)).collect();
-        let row_strides: Vec<i64> = ins.iter().map(|i| i.row_stride.fixed() as i64).collect();
-        let out_ptrs: Vec<Shared<*mut f32>> = outs.iter().map(|&o| Shared(fr.f32(o))).collect();
-        // Rows [q0, q1) of the flattened (outer, row) space, columns [c0, c0 + len) of each.
-        let run = |q0: usize, q1: usize, c0: usize, len: usize| {
-            let mut ins_at: Vec<*const f32> = vec![std::ptr::null(); in_ptrs.len()];
-            let mut outs_at: Vec<*mut f32> = vec![std::ptr::null_mut(); out_ptrs.len()];
-            let mut q = q0;
-            while q < q1 {
-                let (o, r0) = (q / rows, q % rows);
-                let count = (rows - r0).min(q1 - q);
-                for (j, p) in in_ptrs.iter().enumerate() {
-                    let mut off = r0 * row_strides[j] as usize + if spec.splat[j] { 0 } else { c0 };
-                    let mut rem = o;
-                    for d in (0..outer.len()).rev() {
-                        let len = outer[d].fixed();
-                        off += (rem % len) * ins[j].strides[d].fixed();
-                        rem /= len;
-                    }
-                    ins_at[j] = p.0.add(off);
-                }
-                for (j, p) in out_ptrs.iter().enumerate() {
-                    outs_at[j] = p.0.add(q * n + c0);
-                }
-                f(len as i64, count as i64, ins_at.as_ptr(), row_strides.as_ptr(), outs_at.as_ptr());
-                q += count;
-            }
-        };
-        let all_rows = total / n;
+        let rows = Rows::new(self, fr, launch);
+        let (n, all_rows) = (rows.n, rows.all);
         let threads = crate::threads();
-        if total * spec.ops_per_element() < PARALLEL_WORK || threads == 1 {
-            run(0, all_rows, 0, n);
+        if all_rows * n * rows.ops_per_element < PARALLEL_WORK || threads == 1 {
+            rows.run(0, all_rows, 0, n);
         } else if all_rows >= threads {
             let per = all_rows.div_ceil(threads);
             rayon::scope(|s| {
                 for t in 0..threads {
-                    let run = &run;
-                    s.spawn(move |_| run(t * per, ((t + 1) * per).min(all_rows), 0, n));
+                    let rows = &rows;
+                    s.spawn(move |_| rows.run(t * per, ((t + 1) * per).min(all_rows), 0, n));
                 }
             });
         } else {
@@ -275,10 +285,10 @@ impl Machine<'_> {
             rayon::scope(|s| {
                 for q in 0..all_rows {
                     for t in 0..threads {
-                        let run = &run;
+                        let rows = &rows;
                         let c0 = t * per;
                         if c0 < n {
-                            s.spawn(move |_| run(q, q + 1, c0, per.min(n - c0)));
+                            s.spawn(move |_| rows.run(q, q + 1, c0, per.min(n - c0)));
                         }
                     }
                 }
@@ -302,6 +312,12 @@ impl Machine<'_> {
         };
         let workspace = fr.workspace.add(s.workspace_at);
         let n = s.iterations().fixed();
+        // A carry updated in place starts from a copy of its initial value in the buffer the
+        // last iteration writes.
+        for ((init, pair), _) in s.carries.iter().zip(&s.in_place).filter(|(_, &in_place)| in_place) {
+            let bytes = f.bufs[*init].len().fixed() * elem_bytes(f.bufs[*init].dtype);
+            std::ptr::copy_nonoverlapping(fr.ptr(*init), fr.ptr(pair[0]), bytes);
+        }
         for run in s.runs() {
             let (first, count) = (run.first.fixed(), run.count.fixed());
             let (seqs, outputs) = (pieces(&s.seqs, run.len), pieces(&s.outputs, run.len));
@@ -310,9 +326,13 @@ impl Machine<'_> {
                 let mut args: Vec<*const u8> = Vec::with_capacity(s.carries.len() + s.seqs.len() + s.invariants.len());
                 let mut outs: Vec<*mut u8> = Vec::with_capacity(s.carries.len() + s.outputs.len());
                 let written = ScanInstr::carry_written(i, n);
-                for (init, pair) in &s.carries {
-                    args.push(if i == 0 { fr.ptr(*init) } else { fr.ptr(pair[1 - written]) });
-                    outs.push(fr.ptr(pair[written]));
+                for ((init, pair), &in_place) in s.carries.iter().zip(&s.in_place) {
+                    args.push(match (in_place, i) {
+                        (true, _) => fr.ptr(pair[0]),
+                        (false, 0) => fr.ptr(*init),
+                        (false, _) => fr.ptr(pair[1 - written]),
+                    });
+                    outs.push(fr.ptr(pair[if in_place { 0 } else { written }]));
                 }
                 for (sl, (size, step, copy, _)) in s.seqs.iter().zip(&seqs) {
                     let from = fr.ptr(sl.buf).add(k * step);
@@ -343,6 +363,70 @@ impl Machine<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A kernel launch resolved to its pointers, run over any range of its rows: the whole launch
+/// split over the threads, or the rows of one member of a batch of products it is the epilogue of.
+struct Rows<'a> {
+    kernel: KernelFn,
+    launch: &'a Launch,
+    splat: &'a [bool],
+    ins: Vec<Shared<*const f32>>,
+    row_strides: Vec<i64>,
+    outs: Vec<Shared<*mut f32>>,
+    rows: usize,
+    n: usize,
+    /// Rows of the flattened (outer, row) space.
+    all: usize,
+    ops_per_element: usize,
+}
+
+unsafe impl Sync for Rows<'_> {}
+
+impl<'a> Rows<'a> {
+    fn new(m: &Machine<'a>, fr: &Frame, launch: &'a Launch) -> Rows<'a> {
+        let spec = &m.schedule.specs[launch.kernel];
+        let (rows, n) = (launch.rows.fixed(), launch.n.fixed());
+        Rows {
+            kernel: m.kernels[launch.kernel],
+            launch,
+            splat: &spec.splat,
+            ins: launch.ins.iter().map(|i| Shared(fr.f32(i.buf) as *const f32)).collect(),
+            row_strides: launch.ins.iter().map(|i| i.row_stride.fixed() as i64).collect(),
+            outs: launch.outs.iter().map(|&o| Shared(fr.f32(o))).collect(),
+            rows,
+            n,
+            all: launch.outer.iter().map(|d| d.fixed()).product::<usize>() * rows,
+            ops_per_element: spec.ops_per_element(),
+        }
+    }
+
+    /// Rows [q0, q1) of the flattened (outer, row) space, columns [c0, c0 + len) of each.
+    unsafe fn run(&self, q0: usize, q1: usize, c0: usize, len: usize) {
+        let (rows, n, outer) = (self.rows, self.n, &self.launch.outer);
+        let mut ins_at: Vec<*const f32> = vec![std::ptr::null(); self.ins.len()];
+        let mut outs_at: Vec<*mut f32> = vec![std::ptr::null_mut(); self.outs.len()];
+        let mut q = q0;
+        while q < q1 {
+            let (o, r0) = (q / rows, q % rows);
+            let count = (rows - r0).min(q1 - q);
+            for (j, p) in self.ins.iter().enumerate() {
+                let mut off = r0 * self.row_strides[j] as usize + if self.splat[j] { 0 } else { c0 };
+                let mut rem = o;
+                for d in (0..outer.len()).rev() {
+                    let len = outer[d].fixed();
+                    off += (rem % len) * self.launch.ins[j].strides[d].fixed();
+                    rem /= len;
+                }
+                ins_at[j] = p.0.add(off);
+            }
+            for (j, p) in self.outs.iter().enumerate() {
+                outs_at[j] = p.0.add(q * n + c0);
+            }
+            (self.kernel)(len as i64, count as i64, ins_at.as_ptr(), self.row_strides.as_ptr(), outs_at.as_ptr());
+            q += count;
+        }
     }
 }
 
@@ -432,26 +516,68 @@ unsafe fn tri_mask(dst: *mut f32, len: usize, rows: usize, cols: usize, fill: f3
     }
 }
 
-/// `c = a · b` for each index of `batch` (`c` contiguous, the operands read with their strides),
-/// through `gemm`.
+/// Where a batch of products goes: into `c` (contiguous), or with `added` as `(x, times)`,
+/// `c = x + times · a · b` (`x` laid out as `c`, and either `c` itself or apart from it: then
+/// copied into `c` first, member by member).
+#[derive(Clone, Copy)]
+struct Dest {
+    c: *mut f32,
+    added: Option<(*const f32, f32)>,
+}
+
+unsafe impl Send for Dest {}
+unsafe impl Sync for Dest {}
+
+impl Dest {
+    /// `c[range]` holding what the products are added to.
+    unsafe fn start(self, range: std::ops::Range<usize>) {
+        if let Some((x, _)) = self.added.filter(|&(x, _)| !std::ptr::eq(x, self.c)) {
+            std::ptr::copy_nonoverlapping(x.add(range.start), self.c.add(range.start), range.len());
+        }
+    }
+
+    fn times(self) -> Option<f32> {
+        self.added.map(|(_, times)| times)
+    }
+}
+
+/// `c = a · b` for each index of `batch` (the operands read with their strides, `dest` as it
+/// says), through `gemm`. Where each member's product runs on one thread, `member` (if any) is
+/// called on that thread right after it, with the member's index, and the result is `true`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], m: usize, n: usize, k: usize) {
+unsafe fn matmul(
+    dest: Dest,
+    (a, ao): (*const f32, &Strides),
+    (b, bo): (*const f32, &Strides),
+    batch: &[usize],
+    m: usize,
+    n: usize,
+    k: usize,
+    member: Option<&(dyn Fn(usize) + Sync)>,
+) -> bool {
     let count: usize = batch.iter().product();
-    let (c, a, b) = (Shared(c), Shared(a), Shared(b));
+    let (a, b) = (Shared(a), Shared(b));
     // A small product of a few rows: in registers, on one thread (a lone one large enough for
     // two runs split inside gemm).
     let small = (count > 1 || m * k * n < PARALLEL_MACS) && crate::small_product::takes(m, k, n, (bo.row_stride, bo.col_stride));
     let one = |i: usize, par: gemm::Parallelism| {
-        let (c, a, b) = (c, a, b);
+        let (a, b) = (a, b);
         let (a, b) = (a.0.add(batch_offset(i, batch, &ao.batch_strides)), b.0.add(batch_offset(i, batch, &bo.batch_strides)));
+        let c = dest.c.add(i * m * n);
+        dest.start(i * m * n..(i + 1) * m * n);
         if small {
-            crate::small_product::product(c.0.add(i * m * n), a, (ao.row_stride, ao.col_stride), b, (bo.row_stride, bo.col_stride), m, k, n);
+            crate::small_product::product(c, a, (ao.row_stride, ao.col_stride), b, (bo.row_stride, bo.col_stride), m, k, n, dest.times());
         } else {
-            gemm_into(c.0.add(i * m * n), (a, ao), (b, bo), m, k, n, par);
+            gemm_into(c, (a, ao), (b, bo), m, k, n, dest.times(), par);
+        }
+        if let (Some(then), gemm::Parallelism::None) = (member, par) {
+            then(i);
         }
     };
     if m <= FEW_ROWS && count * m * n <= FEW_RESULTS && bo.col_stride == 1 {
-        return rows_times(c.0, (a.0, ao), (b.0, bo), batch, (m, n, k));
+        dest.start(0..count * m * n);
+        rows_times(dest, (a.0, ao), (b.0, bo), batch, (m, n, k));
+        return false;
     }
     // gemm multiplies by a vector (one row or one column: a decoding step's projections, its
     // scores) on one thread: such products split over their members, or their long side over
@@ -461,23 +587,25 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
         use rayon::prelude::*;
         if count >= threads {
             (0..count).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
-            return;
+            return true;
         }
+        dest.start(0..count * m * n);
         let long = m.max(n);
         let per = long.div_ceil(threads).next_multiple_of(16);
         for i in 0..count {
             let (a, b) = (Shared(a.0.add(batch_offset(i, batch, &ao.batch_strides))), Shared(b.0.add(batch_offset(i, batch, &bo.batch_strides))));
+            let c = Shared(dest.c.add(i * m * n));
             (0..long.div_ceil(per)).into_par_iter().for_each(|p| {
                 let (c, a, b) = (c, a, b);
                 let (from, len) = (p * per, per.min(long - p * per));
                 if m == 1 {
-                    gemm_into(c.0.add(i * n + from), (a.0, ao), (b.0.add(from * bo.col_stride), bo), 1, k, len, gemm::Parallelism::None);
+                    gemm_into(c.0.add(from), (a.0, ao), (b.0.add(from * bo.col_stride), bo), 1, k, len, dest.times(), gemm::Parallelism::None);
                 } else {
-                    gemm_into(c.0.add(i * m + from), (a.0.add(from * ao.row_stride), ao), (b.0, bo), len, k, 1, gemm::Parallelism::None);
+                    gemm_into(c.0.add(from), (a.0.add(from * ao.row_stride), ao), (b.0, bo), len, k, 1, dest.times(), gemm::Parallelism::None);
                 }
             });
         }
-        return;
+        return false;
     }
     // Large products split inside gemm (one in registers runs on one thread: a batch of them
     // splits over its members); a batch of small ones splits over its members, unless all of it
@@ -485,10 +613,13 @@ unsafe fn matmul(c: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const 
     let members_in_turn =
         if small { count == 1 || count * m * k * n < PARALLEL_MACS } else { m * k * n >= PARALLEL_MACS || count * m * k * n < PARALLEL_MACS * 4 };
     if members_in_turn {
-        (0..count).for_each(|i| one(i, parallelism(m * k * n)));
+        let par = if small { gemm::Parallelism::None } else { parallelism(m * k * n) };
+        (0..count).for_each(|i| one(i, par));
+        matches!(par, gemm::Parallelism::None)
     } else {
         use rayon::prelude::*;
         (0..count).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
+        true
     }
 }
 
@@ -528,7 +659,7 @@ const FEW_RESULTS: usize = 1 << 14;
 /// times the values of a position-major KV cache (a row per query of a kv head's group), whose
 /// heads' rows interleave. Head by head, each head's rows lie a page apart and gemm (which packs
 /// them first) streams them slowly.
-unsafe fn rows_times(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], (m, n, k): (usize, usize, usize)) {
+unsafe fn rows_times(dest: Dest, (a, ao): (*const f32, &Strides), (b, bo): (*const f32, &Strides), batch: &[usize], (m, n, k): (usize, usize, usize)) {
     let count: usize = batch.iter().product();
     let a_at: Vec<usize> = (0..count).map(|j| batch_offset(j, batch, &ao.batch_strides)).collect();
     let b_at: Vec<usize> = (0..count).map(|j| batch_offset(j, batch, &bo.batch_strides)).collect();
@@ -562,13 +693,26 @@ unsafe fn rows_times(dst: *mut f32, (a, ao): (*const f32, &Strides), (b, bo): (*
             })
             .expect("at least one part")
     };
-    std::ptr::copy_nonoverlapping(total.as_ptr(), dst, count * m * n);
+    let dst = std::slice::from_raw_parts_mut(dest.c, count * m * n);
+    match dest.times() {
+        None => dst.copy_from_slice(&total),
+        Some(times) => dst.iter_mut().zip(&total).for_each(|(d, t)| *d += times * t),
+    }
 }
 
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]`: `dst` row-major, the operands with their (row, column)
-/// strides.
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or with `added` `dst += added · lhs · rhs`: `dst`
+/// row-major, the operands with their (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(dst: *mut f32, (lhs, l): (*const f32, &Strides), (rhs, r): (*const f32, &Strides), m: usize, k: usize, n: usize, par: gemm::Parallelism) {
+unsafe fn gemm_into(
+    dst: *mut f32,
+    (lhs, l): (*const f32, &Strides),
+    (rhs, r): (*const f32, &Strides),
+    m: usize,
+    k: usize,
+    n: usize,
+    added: Option<f32>,
+    par: gemm::Parallelism,
+) {
     gemm::gemm(
         m,
         n,
@@ -576,15 +720,16 @@ unsafe fn gemm_into(dst: *mut f32, (lhs, l): (*const f32, &Strides), (rhs, r): (
         dst,
         1,
         n as isize,
-        false,
+        added.is_some(),
         lhs,
         l.col_stride as isize,
         l.row_stride as isize,
         rhs,
         r.col_stride as isize,
         r.row_stride as isize,
-        0.0,
-        1.0,
+        // dst = alpha · dst + beta · lhs · rhs
+        if added.is_some() { 1.0 } else { 0.0 },
+        added.unwrap_or(1.0),
         false,
         false,
         false,

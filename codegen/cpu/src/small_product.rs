@@ -26,8 +26,9 @@ pub(crate) fn takes(m: usize, k: usize, n: usize, (b_rs, b_cs): (usize, usize)) 
     shape && m * k * n <= 1 << 20 && Simd::best() == Simd::Avx512
 }
 
-/// `c[m×n] = a[m×k] · b[k×n]`: `c` row-major, `a`'s element `(i, kk)` at `i·a_rs + kk·a_cs`,
-/// `b`'s `(kk, j)` at `kk·b_rs + j·b_cs`. Only where [`takes`] says so.
+/// `c[m×n] = a[m×k] · b[k×n]`, or with `added` `c += added · a · b`: `c` row-major, `a`'s element
+/// `(i, kk)` at `i·a_rs + kk·a_cs`, `b`'s `(kk, j)` at `kk·b_rs + j·b_cs`. Only where [`takes`]
+/// says so.
 ///
 /// # Safety
 /// The pointers hold what the sizes and strides address; `c` does not overlap `a` or `b`.
@@ -41,10 +42,11 @@ pub(crate) unsafe fn product(
     m: usize,
     k: usize,
     n: usize,
+    added: Option<f32>,
 ) {
     assert!(takes(m, k, n, (b_rs, b_cs)), "a small product of {m}×{k} · {k}×{n} (b strides {b_rs}, {b_cs}) on a CPU or at sizes it does not take");
     #[cfg(target_arch = "x86_64")]
-    avx512::product(c, a, (a_rs, a_cs), b, (b_rs, b_cs), m, k, n);
+    avx512::product(c, a, (a_rs, a_cs), b, (b_rs, b_cs), m, k, n, added);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -74,6 +76,7 @@ mod avx512 {
         m: usize,
         k: usize,
         n: usize,
+        added: Option<f32>,
     ) {
         // Every element a product reads from the panel is packed first.
         let mut panel = std::mem::MaybeUninit::<Panel>::uninit();
@@ -91,11 +94,11 @@ mod avx512 {
                 }
                 Rhs { at: panel, row_stride: WIDE, columns }
             };
-            let c = c.add(j0);
+            let c = Out { at: c.add(j0), row_stride: n, added };
             if width > 16 {
-                blocks::<2>(c, n, &a, &rhs, m, k);
+                blocks::<2>(&c, &a, &rhs, m, k);
             } else {
-                blocks::<1>(c, n, &a, &rhs, m, k);
+                blocks::<1>(&c, &a, &rhs, m, k);
             }
         }
     }
@@ -105,6 +108,14 @@ mod avx512 {
         at: *const f32,
         row_stride: usize,
         col_stride: usize,
+    }
+
+    /// Where the sums go: row `i` at `at + i·row_stride`, stored, or with `added` added to what
+    /// is there times it.
+    struct Out {
+        at: *mut f32,
+        row_stride: usize,
+        added: Option<f32>,
     }
 
     /// Up to 32 columns (those of `columns`, 16 per register) of the right operand, row `kk` at
@@ -119,28 +130,28 @@ mod avx512 {
     /// per row: their sums and the right operand's row fill 17 or 18 of the 32), then the rest
     /// by powers of two.
     #[target_feature(enable = "avx512f")]
-    unsafe fn blocks<const V: usize>(c: *mut f32, ldc: usize, a: &Lhs, rhs: &Rhs, m: usize, k: usize) {
+    unsafe fn blocks<const V: usize>(c: &Out, a: &Lhs, rhs: &Rhs, m: usize, k: usize) {
         let mut i = 0;
         let most = if V == 1 { 16 } else { 8 };
         while m - i >= most {
             if V == 1 {
-                rows::<16, V>(c.add(i * ldc), ldc, a, i, rhs, k);
+                rows::<16, V>(c, a, i, rhs, k);
             } else {
-                rows::<8, V>(c.add(i * ldc), ldc, a, i, rhs, k);
+                rows::<8, V>(c, a, i, rhs, k);
             }
             i += most;
         }
-        for_rest::<8, V>(&mut i, m, c, ldc, a, rhs, k);
-        for_rest::<4, V>(&mut i, m, c, ldc, a, rhs, k);
-        for_rest::<2, V>(&mut i, m, c, ldc, a, rhs, k);
-        for_rest::<1, V>(&mut i, m, c, ldc, a, rhs, k);
+        for_rest::<8, V>(&mut i, m, c, a, rhs, k);
+        for_rest::<4, V>(&mut i, m, c, a, rhs, k);
+        for_rest::<2, V>(&mut i, m, c, a, rhs, k);
+        for_rest::<1, V>(&mut i, m, c, a, rhs, k);
     }
 
     /// One block of `R` rows from row `*i` when at least that many are left.
     #[target_feature(enable = "avx512f")]
-    unsafe fn for_rest<const R: usize, const V: usize>(i: &mut usize, m: usize, c: *mut f32, ldc: usize, a: &Lhs, rhs: &Rhs, k: usize) {
+    unsafe fn for_rest<const R: usize, const V: usize>(i: &mut usize, m: usize, c: &Out, a: &Lhs, rhs: &Rhs, k: usize) {
         if m - *i >= R {
-            rows::<R, V>(c.add(*i * ldc), ldc, a, *i, rhs, k);
+            rows::<R, V>(c, a, *i, rhs, k);
             *i += R;
         }
     }
@@ -153,7 +164,7 @@ mod avx512 {
     /// `R` rows of `c` from row `first` (the columns of `rhs`, `V` registers of them) from `R`
     /// rows of `a` times `rhs`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows<const R: usize, const V: usize>(c: *mut f32, ldc: usize, a: &Lhs, first: usize, rhs: &Rhs, k: usize) {
+    unsafe fn rows<const R: usize, const V: usize>(c: &Out, a: &Lhs, first: usize, rhs: &Rhs, k: usize) {
         let mut sums = [[_mm512_setzero_ps(); V]; R];
         let a_at = a.at.add(first * a.row_stride);
         for kk in 0..k {
@@ -168,7 +179,12 @@ mod avx512 {
         }
         for (r, sum) in sums.iter().enumerate() {
             for (v, sum) in sum.iter().enumerate() {
-                _mm512_mask_storeu_ps(c.add(r * ldc + 16 * v), rhs.columns[v], *sum);
+                let at = c.at.add((first + r) * c.row_stride + 16 * v);
+                let value = match c.added {
+                    None => *sum,
+                    Some(times) => _mm512_fmadd_ps(_mm512_set1_ps(times), *sum, _mm512_maskz_loadu_ps(rhs.columns[v], at)),
+                };
+                _mm512_mask_storeu_ps(at, rhs.columns[v], value);
             }
         }
     }
@@ -232,23 +248,34 @@ mod tests {
     /// rows `k + 3` apart, against the sums in f64 within the bound of `k` rounded steps
     /// (wrong indices miss it by the sums' scale), and nothing written past `c`.
     fn check(m: usize, k: usize, n: usize, transposed: bool) {
+        check_added(m, k, n, transposed, None);
+    }
+
+    /// The same, with the product stored (`added` `None`: `c` starts as NaN) or added to `c`'s
+    /// values times `added`.
+    fn check_added(m: usize, k: usize, n: usize, transposed: bool, added: Option<f32>) {
         let (a_rs, b_ld) = (k + 3, if transposed { k + 5 } else { n + 5 });
         let b_strides = if transposed { (1, b_ld) } else { (b_ld, 1) };
         let a: Vec<f32> = (0..m * a_rs).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 251.0).collect();
         let b: Vec<f32> = (0..k.max(n) * b_ld).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 313.0).collect();
-        let mut c = vec![f32::NAN; m * n + 1];
-        c[m * n] = 7.0;
+        let before: Vec<f32> = (0..m * n).map(|i| if added.is_some() { ((i * 31 % 101) as f32 - 50.0) / 7.0 } else { f32::NAN }).collect();
+        let mut c = before.clone();
+        c.push(7.0);
         assert!(super::takes(m, k, n, b_strides), "{m}×{k}·{k}×{n} not taken");
-        unsafe { super::product(c.as_mut_ptr(), a.as_ptr(), (a_rs, 1), b.as_ptr(), b_strides, m, k, n) };
+        unsafe { super::product(c.as_mut_ptr(), a.as_ptr(), (a_rs, 1), b.as_ptr(), b_strides, m, k, n, added) };
         assert_eq!(c[m * n], 7.0, "written past c");
         for i in 0..m {
             for j in 0..n {
                 let terms = (0..k).map(|kk| a[i * a_rs + kk] as f64 * b[kk * b_strides.0 + j * b_strides.1] as f64);
-                let (want, scale) = terms.fold((0.0, 0.0), |(s, t), x| (s + x, t + x.abs()));
-                let got = c[i * n + j] as f64;
+                let (sum, scale) = terms.fold((0.0, 0.0), |(s, t), x| (s + x, t + x.abs()));
+                let (want, scale) = match added {
+                    None => (sum, scale),
+                    Some(times) => (before[i * n + j] as f64 + times as f64 * sum, scale + before[i * n + j].abs() as f64),
+                };
+                let (got, steps) = (c[i * n + j] as f64, k + usize::from(added.is_some()));
                 assert!(
-                    (got - want).abs() <= k as f64 * f32::EPSILON as f64 * scale,
-                    "{m}×{k}·{k}×{n} (transposed {transposed}) at ({i}, {j}): {got} against {want}"
+                    (got - want).abs() <= steps as f64 * f32::EPSILON as f64 * scale,
+                    "{m}×{k}·{k}×{n} (transposed {transposed}, added {added:?}) at ({i}, {j}): {got} against {want}"
                 );
             }
         }
@@ -266,6 +293,11 @@ mod tests {
         for (m, k, n) in [(16, 64, 256), (31, 37, 21), (8, 1, 1), (15, 16, 16), (64, 17, 33), (9, 128, 40)] {
             check(m, k, n, true);
             check(m, k, n, false);
+        }
+        // Added to what `c` holds: a weight's update `W − a·b` in place.
+        for (m, k, n) in [(64, 16, 256), (31, 37, 21), (9, 5, 7)] {
+            check_added(m, k, n, false, Some(-1.0));
+            check_added(m, k, n, true, Some(1.0));
         }
         check(16, 256, 64, true);
         check(9, 512, 17, true);
@@ -288,7 +320,7 @@ mod tests {
         let a: Vec<f32> = (0..k * m).map(|i| i as f32 / 50.0 - 1.0).collect();
         let b: Vec<f32> = (0..n * k).map(|i| 1.0 - i as f32 / 90.0).collect();
         let mut c = vec![0.0f32; m * n];
-        unsafe { super::product(c.as_mut_ptr(), a.as_ptr(), (1, m), b.as_ptr(), (1, k), m, k, n) };
+        unsafe { super::product(c.as_mut_ptr(), a.as_ptr(), (1, m), b.as_ptr(), (1, k), m, k, n, None) };
         for i in 0..m {
             for j in 0..n {
                 let want: f64 = (0..k).map(|kk| a[kk * m + i] as f64 * b[j * k + kk] as f64).sum();

@@ -301,6 +301,17 @@ impl Launch {
         self.outer.iter().product::<Size>() * self.rows * self.n
     }
 
+    /// Whether input `x` (`splat`: one element per row) is read element by element in the order
+    /// the launch walks, as its outputs are written.
+    pub fn reads_in_order(&self, x: &KernelInput, splat: bool) -> bool {
+        let mut axes = self.outer.clone();
+        axes.extend([self.rows, self.n]);
+        let walk = contiguous_strides(&axes);
+        // Strides along axes of length 1 are never applied.
+        let strides = x.strides.iter().chain([&x.row_stride, &Size::ONE]);
+        !splat && axes.iter().zip(strides).zip(&walk).all(|((len, s), w)| len.is_one() || s == w)
+    }
+
     fn uses(&self) -> Vec<Use> {
         let ins = self.ins.iter().enumerate().map(|(i, x)| Use { buf: x.buf, name: format!("in{i}"), access: Access::Read });
         ins.chain(self.outs.iter().enumerate().map(|(i, &o)| Use { buf: o, name: format!("out{i}"), access: Access::Write })).collect()
@@ -545,6 +556,11 @@ pub struct ScanInstr {
     /// last writes the first of them ([`ScanInstr::carry_written`]); each reads the buffer the
     /// iteration before wrote, the first the initial value.
     pub carries: Vec<(BufId, [BufId; 2])>,
+    /// Per carry: whether the body (and the tail) may write it where it reads it
+    /// ([`Function::may_update_in_place`]): one buffer, holding the initial value first, can
+    /// then serve every iteration, so a weight stays in cache from one mini-batch to the next.
+    /// Using the two buffers in turn is always right.
+    pub in_place: Vec<bool>,
     pub seqs: Vec<Slicing>,
     pub invariants: Vec<BufId>,
     /// Per-chunk outputs, written into their place in the stacked result.
@@ -713,6 +729,38 @@ impl Function {
     }
 }
 
+impl Function {
+    /// Whether output `out` may be written into argument `arg`'s memory (a scan's carry updated
+    /// in place, one buffer instead of two in turn): every instruction that reads the argument
+    /// comes no later than the first that writes the output, and that one reads it element by
+    /// element in the order it writes (a kernel, or the epilogue of a product that does not read
+    /// it), each element before it writes that element.
+    pub fn may_update_in_place(&self, specs: &[KernelSpec], arg: usize, out: usize) -> bool {
+        let homed = |home: Home| -> Vec<BufId> { (0..self.bufs.len()).filter(|&b| self.bufs[b].home == home).collect() };
+        let (args, outs) = (homed(Home::Arg(arg)), homed(Home::Out(out)));
+        let touches =
+            |i: &Instr, roots: &[BufId], access: &dyn Fn(Access) -> bool| i.uses().iter().any(|u| access(u.access) && roots.contains(&self.root(u.buf)));
+        let reads = |i: &Instr| touches(i, &args, &|a| a != Access::Write);
+        let Some(w) = self.instrs.iter().position(|i| touches(i, &outs, &|a| a != Access::Read)) else { return false };
+        if self.instrs[w + 1..].iter().any(reads) {
+            return false;
+        }
+        // Whether a buffer starts where its root does.
+        let at_start = |b: BufId| self.locate(b).1.is_zero();
+        let in_order = |l: &Launch| {
+            let walked = |(x, &splat): (&KernelInput, &bool)| at_start(x.buf) && l.reads_in_order(x, splat);
+            l.ins.iter().zip(&specs[l.kernel].splat).filter(|(x, _)| args.contains(&self.root(x.buf))).all(walked)
+                && l.outs.iter().filter(|&&o| outs.contains(&self.root(o))).all(|&o| at_start(o))
+        };
+        match &self.instrs[w] {
+            i if !reads(i) => true,
+            Instr::Kernel(l) => in_order(l),
+            Instr::MatMul { a, b, epilogue: Some(e), .. } => ![a.buf, b.buf].iter().any(|&x| args.contains(&self.root(x))) && in_order(&e.launch),
+            _ => false,
+        }
+    }
+}
+
 /// Whether every range of positions along `axis` of a dense `shape` is one contiguous piece of
 /// memory (every axis before it has length 1): such a piece can be a view.
 fn pieces_contiguous(shape: &[Size], axis: usize) -> bool {
@@ -772,13 +820,14 @@ pub struct Products {
 }
 
 impl Products {
-    /// The CPU's (the `gemm` crate): operands with any strides. No epilogues: its blocking is
-    /// internal, so an epilogue would still run after the whole product, and running the product
-    /// in blocks of rows to keep them in cache for the epilogue gained no more than the
-    /// run-to-run spread (BENCHMARKS.md, "Fusion").
+    /// The CPU's (the `gemm` crate): operands with any strides. Epilogues run on each member of
+    /// a batch of products right after its product, while it is in cache (the mini-batch scans'
+    /// weight updates `W − a·b`); a lone product's after the whole of it (`gemm` blocks
+    /// internally, and blocking its rows for the epilogue gained no more than the run-to-run
+    /// spread: BENCHMARKS.md, "Fusion").
     /// Attention chains run as one instruction (`exec.rs`'s tiled running softmax), and so do
     /// selective scans (a block of channels' state held in registers over the sequence).
-    pub const CPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: false, native: Native { attention: true, recurrences: true } };
+    pub const CPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native { attention: true, recurrences: true } };
     /// The CPU model's portable product (Cranelift's 128-bit vectors; compute-bound: an epilogue
     /// would gain nothing).
     pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, native: Native::NONE };
@@ -1615,6 +1664,8 @@ impl Builder<'_> {
         for (j, &out) in outs[nc..].iter().enumerate() {
             outputs.push(slicing(self, out, scan.is_iteration_output(j)));
         }
+        let functions = std::iter::once(body_fn).chain(tail.map(|t| t.0));
+        let in_place = (0..nc).map(|j| functions.clone().all(|k| self.s.functions[k].may_update_in_place(&self.s.specs, j, j))).collect();
         let scan = ScanInstr {
             body: body_fn,
             tail,
@@ -1624,6 +1675,7 @@ impl Builder<'_> {
             axis,
             reverse: scan.reverse,
             carries,
+            in_place,
             seqs,
             invariants: ins[nc + ns..].to_vec(),
             outputs,
@@ -1712,10 +1764,10 @@ impl Builder<'_> {
 }
 
 /// Makes each elementwise kernel that follows a product, reads it and walks its elements in
-/// order that product's [`Epilogue`]. The kernel may come a few instructions later when those in
-/// between touch neither the product nor the kernel's buffers (a constant's fill).
+/// order that product's [`Epilogue`]. The kernel may come later when those in between touch
+/// neither the product nor the kernel's buffers (a constant's fill; the products of a mini-batch
+/// step between a weight's update `W − a·b` and the step's end, where its runs are emitted).
 fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
-    const LOOKAHEAD: usize = 4;
     let root = |b: BufId| locate(bufs, b).0;
     let roots = |i: &Instr, access: &dyn Fn(Access) -> bool| -> Vec<BufId> { i.uses().into_iter().filter(|u| access(u.access)).map(|u| root(u.buf)).collect() };
     let mut i = 0;
@@ -1727,22 +1779,14 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
         let (c, product) = (*c, [root(*c), root(a.buf), root(b.buf)]);
         let elements = batch.iter().product::<Size>() * *m * *n;
         let fits = |l: &Launch| {
-            let mut axes = l.outer.clone();
-            axes.extend([l.rows, l.n]);
-            let walk = contiguous_strides(&axes);
-            // Strides along axes of length 1 are never applied.
-            let reads_in_order = |x: &KernelInput, splat: bool| {
-                let strides = x.strides.iter().chain([&x.row_stride, &Size::ONE]);
-                !splat && axes.iter().zip(strides).zip(&walk).all(|((len, s), w)| len.is_one() || s == w)
-            };
             l.elements() == elements
                 && l.ins.iter().any(|x| x.buf == c)
-                && l.ins.iter().zip(&specs[l.kernel].splat).all(|(x, &splat)| if x.buf == c { reads_in_order(x, splat) } else { root(x.buf) != product[0] })
+                && l.ins.iter().zip(&specs[l.kernel].splat).all(|(x, &splat)| if x.buf == c { l.reads_in_order(x, splat) } else { root(x.buf) != product[0] })
                 // Written while the product still reads its operands.
                 && l.outs.iter().all(|&o| !product.contains(&root(o)))
         };
         let mut found = None;
-        for (j, next) in instrs.iter().enumerate().skip(i + 1).take(LOOKAHEAD) {
+        for (j, next) in instrs.iter().enumerate().skip(i + 1) {
             if let Instr::Kernel(l) = next {
                 if fits(l) {
                     found = Some(j);
@@ -1757,22 +1801,43 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
             i += 1;
             continue;
         };
-        // The kernel moves up past the instructions in between: none may write what it reads or
-        // touch what it writes.
-        let (reads, writes) = (roots(&instrs[j], &|a| a != Access::Write), roots(&instrs[j], &|a| a != Access::Read));
-        let independent = instrs[i + 1..j].iter().all(|x| {
-            roots(x, &|a| a != Access::Read).iter().all(|r| !reads.contains(r) && !writes.contains(r))
-                && roots(x, &|a| a != Access::Write).iter().all(|r| !writes.contains(r))
+        // The product moves down to the kernel past the instructions in between, which then
+        // must not write its operands (so that a weight's update stays after the step's last
+        // read of the weight: [`Function::may_update_in_place`]); or else the kernel moves up,
+        // past instructions that must neither write what it reads nor touch what it writes.
+        let between = |x: &Instr| (roots(x, &|a| a != Access::Write), roots(x, &|a| a != Access::Read));
+        let sinks = instrs[i + 1..j].iter().all(|x| between(x).1.iter().all(|r| !product[1..].contains(r)));
+        let (reads, writes) = between(&instrs[j]);
+        let rises = instrs[i + 1..j].iter().all(|x| {
+            let (r, w) = between(x);
+            w.iter().all(|b| !reads.contains(b) && !writes.contains(b)) && r.iter().all(|b| !writes.contains(b))
         });
-        if independent {
-            let Instr::Kernel(launch) = instrs.remove(j) else { unreachable!("found above") };
-            let read_later = instrs[i + 1..].iter().any(|later| roots(later, &|a| a != Access::Write).contains(&product[0]));
-            let keep_product = bufs[product[0]].home != Home::Work || read_later;
-            if let Instr::MatMul { epilogue, .. } = &mut instrs[i] {
-                *epilogue = Some(Box::new(Epilogue { launch, keep_product }));
+        let at = match (sinks, rises) {
+            (true, _) => {
+                let product = instrs.remove(i);
+                instrs.insert(j - 1, product);
+                j - 1
             }
+            (false, true) => {
+                let kernel = instrs.remove(j);
+                instrs.insert(i + 1, kernel);
+                i
+            }
+            (false, false) => {
+                i += 1;
+                continue;
+            }
+        };
+        let Instr::Kernel(launch) = instrs.remove(at + 1) else { unreachable!("found above") };
+        let read_later = instrs[at + 1..].iter().any(|later| roots(later, &|a| a != Access::Write).contains(&product[0]));
+        let keep_product = bufs[product[0]].home != Home::Work || read_later;
+        if let Instr::MatMul { epilogue, .. } = &mut instrs[at] {
+            *epilogue = Some(Box::new(Epilogue { launch, keep_product }));
         }
-        i += 1;
+        // After a sinking, the instruction now at `i` is yet to be seen.
+        if !sinks {
+            i += 1;
+        }
     }
 }
 
