@@ -932,9 +932,10 @@ fn products_added_to_a_value_where_they_are_computed() {
 }
 
 /// A scan's carry updated as `W − a·b` after the step's last read of `W` is written where it is
-/// read, one buffer for every iteration; one read again after its update (by a product that
-/// follows one reading the new value) keeps the two buffers in turn. Both match the interpreter,
-/// so an update in place where a later read needs the old value fails.
+/// read, one buffer for every iteration (its value at each chunk's start, an output, copied out
+/// first); one read again after its update (by a product that follows one reading the new value)
+/// keeps the two buffers in turn. Both match the interpreter, so an update in place where a later
+/// read needs the old value fails.
 #[test]
 fn carries_update_in_place_after_their_last_read() {
     for read_after in [false, true] {
@@ -958,8 +959,12 @@ fn carries_update_in_place_after_their_last_read() {
         } else {
             body.matmul(q, w2).unwrap()
         };
+        // The weight at each chunk's start, kept (as a training step's forward scan keeps it for
+        // the backward pass): copied out before its update.
+        let kept = body.reshape(w, vec![b.clone(), Dim::c(2), Dim::c(1), Dim::c(192)]).unwrap();
         body.output("w", w2);
         body.output("y", out);
+        body.output("kept", kept);
         let mut g = Graph::new("in_place");
         let w0 = g.input("w0", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(24), Dim::c(8)]));
         let xs = g.input("xs", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::sym("T"), Dim::c(24)]));
@@ -967,6 +972,7 @@ fn carries_update_in_place_after_their_last_read() {
         let outs = g.scan(Scan { axis: 2, chunk: 4, carries: 1, seqs: 2, body, reverse: false }, &[w0, xs, qs]).unwrap();
         g.output("w", outs[0]);
         g.output("y", outs[1]);
+        g.output("kept", outs[2]);
         let t = 10;
         let args = [
             Tensor::f32(vec![1, 2, 24, 8], values(2 * 24 * 8, 81, -0.5, 0.5)),

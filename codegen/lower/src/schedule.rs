@@ -1058,6 +1058,12 @@ fn new_function(s: &mut Schedule, body: &Body, mut env: SizeEnv, shapes: &[Vec<S
         if f.bufs[root].home != Home::Out(j) || !at.is_zero() || f.bufs[root].len() != f.bufs[b].len() {
             let out = f.buf(f.bufs[b].dtype, f.bufs[b].shape.clone(), Home::Out(j));
             f.copy_all(out, b);
+            // An argument passed through (a scan's weights at a chunk's start, kept for the
+            // backward pass) is copied first, before anything writes over it in place.
+            if matches!(f.bufs[root].home, Home::Arg(_)) {
+                let copy = f.instrs.pop().expect("just pushed");
+                f.instrs.insert(0, copy);
+            }
         }
     }
     let Builder { bufs, mut instrs, .. } = f;
