@@ -879,8 +879,8 @@ fn products_apply_their_epilogues_before_the_store() {
     }
 }
 
-/// A product whose epilogue only adds it to another value (`x − a·b`, `x + a·b`, `a·b + x`) is
-/// added where it is computed, on every path a product takes: a batch of small ones in registers
+/// A product whose epilogue only adds it to another value (`x − a·b`, `x + a·b`, `a·b + x`, the
+/// product read as it is or through a reshape) is added where it is computed, on every path a product takes: a batch of small ones in registers
 /// and of larger ones through `gemm` (each member on its own thread), products of a few rows down
 /// the right operand's rows, a product by a vector split along its long side, and a lone large
 /// one split inside `gemm`. `a·b − x` stays an epilogue run after the product. All match the
@@ -890,9 +890,12 @@ fn products_added_to_a_value_where_they_are_computed() {
     // (batch, m, k, n, b read transposed)
     for (batch, m, k, n, transposed) in [(6, 64, 16, 200, false), (3, 80, 16, 24, false), (4, 5, 7, 9, false), (1, 1, 700, 600, true), (1, 300, 64, 200, false)]
     {
-        for form in ["x - ab", "x + ab", "ab + x", "ab - x"] {
+        for form in ["x - ab", "x + ab", "ab + x", "ab - x", "x + rows(ab)"] {
+            // The last reads the product through a reshape (a gradient's `[1, V, D]` product
+            // added to a `[V, D]` sum): an alias of the product's memory.
+            let x_shape = if form == "x + rows(ab)" { vec![batch * m, n] } else { vec![batch, m, n] };
             let mut g = Graph::new("sum");
-            let x = g.input("x", f32t(&[batch, m, n]));
+            let x = g.input("x", f32t(&x_shape));
             let a = g.input("a", f32t(&[batch, m, k]));
             let b_shape = if transposed { vec![batch, n, k] } else { vec![batch, k, n] };
             let b = g.input("b", f32t(&b_shape));
@@ -902,11 +905,15 @@ fn products_added_to_a_value_where_they_are_computed() {
                 "x - ab" => g.sub(x, p),
                 "x + ab" => g.add(x, p),
                 "ab + x" => g.add(p, x),
-                _ => g.sub(p, x),
+                "ab - x" => g.sub(p, x),
+                _ => {
+                    let rows = g.reshape(p, vec![Dim::c(batch * m), Dim::c(n)]).unwrap();
+                    g.add(x, rows)
+                }
             };
             g.output("out", out.unwrap());
             let args = [
-                Tensor::f32(vec![batch, m, n], values(batch * m * n, 71, -2.0, 2.0)),
+                Tensor::f32(x_shape.clone(), values(batch * m * n, 71, -2.0, 2.0)),
                 Tensor::f32(vec![batch, m, k], values(batch * m * k, 72, -1.0, 1.0)),
                 Tensor::f32(b_shape.clone(), values(batch * k * n, 73, -0.5, 0.5)),
             ];

@@ -1784,10 +1784,12 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
         };
         let (c, product) = (*c, [root(*c), root(a.buf), root(b.buf)]);
         let elements = batch.iter().product::<Size>() * *m * *n;
+        // The product itself, or a reshape of it (an alias of the whole of its memory).
+        let is_product = |b: BufId| b == c || (locate(bufs, b) == locate(bufs, c) && bufs[b].len() == bufs[c].len());
         let fits = |l: &Launch| {
             l.elements() == elements
-                && l.ins.iter().any(|x| x.buf == c)
-                && l.ins.iter().zip(&specs[l.kernel].splat).all(|(x, &splat)| if x.buf == c { l.reads_in_order(x, splat) } else { root(x.buf) != product[0] })
+                && l.ins.iter().any(|x| is_product(x.buf))
+                && l.ins.iter().zip(&specs[l.kernel].splat).all(|(x, &splat)| if is_product(x.buf) { l.reads_in_order(x, splat) } else { root(x.buf) != product[0] })
                 // Written while the product still reads its operands.
                 && l.outs.iter().all(|&o| !product.contains(&root(o)))
         };
@@ -1834,7 +1836,9 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
                 continue;
             }
         };
-        let Instr::Kernel(launch) = instrs.remove(at + 1) else { unreachable!("found above") };
+        let Instr::Kernel(mut launch) = instrs.remove(at + 1) else { unreachable!("found above") };
+        // An epilogue reads the product as `c`.
+        launch.ins.iter_mut().filter(|x| is_product(x.buf)).for_each(|x| x.buf = c);
         let read_later = instrs[at + 1..].iter().any(|later| roots(later, &|a| a != Access::Write).contains(&product[0]));
         let keep_product = bufs[product[0]].home != Home::Work || read_later;
         if let Instr::MatMul { epilogue, .. } = &mut instrs[at] {
