@@ -1004,6 +1004,37 @@ fn carries_update_in_place_after_their_last_read() {
     }
 }
 
+/// A carry whose new value is a product stored in its place, with an epilogue that reads the
+/// carry's old value (`S' = xᵀ·x`, `Y' = S' + S`): the product would overwrite `S` before the
+/// epilogue reads it, so `S` keeps two buffers in turn, and both match the interpreter.
+#[test]
+fn a_product_stored_into_its_carry_keeps_two_buffers_when_its_epilogue_reads_the_carry() {
+    let b = Dim::sym("B");
+    let mut body = Graph::new("step");
+    let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8), Dim::c(8)]));
+    let y = body.input("y", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8), Dim::c(8)]));
+    let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::sym("n"), Dim::c(8)]));
+    let xt = body.transpose_last2(x).unwrap();
+    let p = body.matmul(xt, x).unwrap(); // the new S, stored in its place
+    let y2 = body.add(p, s).unwrap(); // the epilogue, reading the old S
+    let y2 = body.add(y2, y).unwrap();
+    body.output("s", p);
+    body.output("y", y2);
+    let mut g = Graph::new("stored");
+    let s0 = g.input("s0", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8), Dim::c(8)]));
+    let y0 = g.input("y0", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8), Dim::c(8)]));
+    let xs = g.input("xs", Type::new(DType::F32, vec![b, Dim::c(2), Dim::sym("T"), Dim::c(8)]));
+    let outs = g.scan(Scan { axis: 2, chunk: 4, carries: 2, seqs: 1, body, reverse: false }, &[s0, y0, xs]).unwrap();
+    g.output("s", outs[0]);
+    g.output("y", outs[1]);
+    let args = [
+        Tensor::f32(vec![1, 2, 8, 8], values(128, 91, -0.5, 0.5)),
+        Tensor::f32(vec![1, 2, 8, 8], values(128, 92, -0.5, 0.5)),
+        Tensor::f32(vec![1, 2, 12, 8], values(192, 93, -1.0, 1.0)),
+    ];
+    assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0);
+}
+
 /// Fused regions are no walls for the planner: a transpose computed at the end of one region (a
 /// weight gradient's `xᵀ`) and read only by a product in the next is read as strides, and
 /// elementwise ops on either side of the boundary share a kernel.

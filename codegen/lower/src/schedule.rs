@@ -733,8 +733,8 @@ impl Function {
     /// Whether output `out` may be written into argument `arg`'s memory (a scan's carry updated
     /// in place, one buffer instead of two in turn): every instruction that reads the argument
     /// comes no later than the first that writes the output, and that one reads it element by
-    /// element in the order it writes (a kernel, or the epilogue of a product that does not read
-    /// it), each element before it writes that element.
+    /// element in the order it writes (a kernel, or the epilogue of a product that neither reads
+    /// it nor is stored in the output), each element before it writes that element.
     pub fn may_update_in_place(&self, specs: &[KernelSpec], arg: usize, out: usize) -> bool {
         let homed = |home: Home| -> Vec<BufId> { (0..self.bufs.len()).filter(|&b| self.bufs[b].home == home).collect() };
         let (args, outs) = (homed(Home::Arg(arg)), homed(Home::Out(out)));
@@ -755,7 +755,11 @@ impl Function {
         match &self.instrs[w] {
             i if !reads(i) => true,
             Instr::Kernel(l) => in_order(l),
-            Instr::MatMul { a, b, epilogue: Some(e), .. } => ![a.buf, b.buf].iter().any(|&x| args.contains(&self.root(x))) && in_order(&e.launch),
+            // The product itself stored in the output's place would overwrite what the
+            // epilogue still reads.
+            Instr::MatMul { c, a, b, epilogue: Some(e), .. } => {
+                !outs.contains(&self.root(*c)) && ![a.buf, b.buf].iter().any(|&x| args.contains(&self.root(x))) && in_order(&e.launch)
+            }
             _ => false,
         }
     }
