@@ -108,8 +108,9 @@ impl Machine<'_> {
                             product(sum, None);
                         }
                         // A member's epilogue runs as soon as its product is computed, while
-                        // the product is in cache: the rows of the kernel that walk its elements.
-                        (Some(e), None) if (m * n) % e.launch.n.fixed() == 0 => {
+                        // the product is in cache: the rows of the kernel that walk its elements
+                        // (a lone product's, split over the threads, after it).
+                        (Some(e), None) if fixed(batch).iter().product::<usize>() > 1 && (m * n) % e.launch.n.fixed() == 0 => {
                             let rows = Rows::new(self, fr, &e.launch);
                             let per = m * n / rows.n;
                             if !product(stored, Some(&|i| rows.run(i * per, (i + 1) * per, 0, rows.n))) {

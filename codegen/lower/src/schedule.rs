@@ -333,9 +333,10 @@ impl Launch {
 
 /// An elementwise kernel that is part of a product: it walks the product `c`'s elements in
 /// order and reads `c` itself (the inputs whose buffer is `c`), so a backend may apply it to each
-/// element of the product before the store (in registers, on the GPU: only schedules for
-/// [`Products::GPU`] hold epilogues). `c` holds the product afterwards only if `keep_product`
-/// (something else reads it); otherwise it is scratch a backend need not write.
+/// element of the product before the store (in registers, on the GPU; on the CPU, member by
+/// member of a batch, or as the product accumulating into a value it is added to: schedules for
+/// [`Products::GPU`] and [`Products::CPU`] hold epilogues). `c` holds the product afterwards only
+/// if `keep_product` (something else reads it); otherwise it is scratch a backend need not write.
 pub struct Epilogue {
     pub launch: Launch,
     pub keep_product: bool,
