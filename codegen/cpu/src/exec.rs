@@ -94,30 +94,30 @@ impl Machine<'_> {
             match instr {
                 Instr::Kernel(l) => self.launch(fr, l),
                 Instr::MatMul { c, a, b, batch, m, n, k, epilogue } => {
-                    let (m, n, k) = (m.fixed(), n.fixed(), k.fixed());
+                    let (batch, m, n, k) = (fixed(batch), m.fixed(), n.fixed(), k.fixed());
                     let product = |dest: Dest, member: Option<&(dyn Fn(usize) + Sync)>| {
-                        matmul(dest, (fr.f32(a.buf), &a.fixed()), (fr.f32(b.buf), &b.fixed()), &fixed(batch), m, n, k, member)
+                        matmul(dest, (fr.f32(a.buf), &a.fixed()), (fr.f32(b.buf), &b.fixed()), &batch, m, n, k, member)
                     };
                     let stored = Dest { c: fr.f32(*c), added: None };
-                    match (epilogue, epilogue.as_ref().and_then(|e| self.sum(fr, *c, e))) {
-                        (None, _) => {
+                    match epilogue {
+                        None => {
                             product(stored, None);
                         }
                         // `W − a·b`: the product subtracted where it is computed.
-                        (Some(_), Some(sum)) => {
+                        Some(e) if let Some(sum) = self.sum(fr, *c, e) => {
                             product(sum, None);
                         }
-                        // A member's epilogue runs as soon as its product is computed, while
-                        // the product is in cache: the rows of the kernel that walk its elements
-                        // (a lone product's, split over the threads, after it).
-                        (Some(e), None) if fixed(batch).iter().product::<usize>() > 1 && (m * n) % e.launch.n.fixed() == 0 => {
+                        // A member's epilogue runs as soon as its product is computed, while the
+                        // product is in cache: the rows of the kernel that walk its elements.
+                        Some(e) if batch.iter().product::<usize>() > 1 && (m * n) % e.launch.n.fixed() == 0 => {
                             let rows = Rows::new(self, fr, &e.launch);
                             let per = m * n / rows.n;
                             if !product(stored, Some(&|i| rows.run(i * per, (i + 1) * per, 0, rows.n))) {
                                 self.launch(fr, &e.launch);
                             }
                         }
-                        (Some(e), None) => {
+                        // A lone product's, split over the threads, after it.
+                        Some(e) => {
                             product(stored, None);
                             self.launch(fr, &e.launch);
                         }

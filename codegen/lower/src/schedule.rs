@@ -728,9 +728,7 @@ impl Function {
         }
         found
     }
-}
 
-impl Function {
     /// Whether output `out` may be written into argument `arg`'s memory (a scan's carry updated
     /// in place, one buffer instead of two in turn): every instruction that reads the argument
     /// comes no later than the first that writes the output, and that one reads it element by
@@ -1820,26 +1818,24 @@ fn fuse_epilogues(bufs: &[Buf], instrs: &mut Vec<Instr>, specs: &[KernelSpec]) {
         // past instructions that must neither write what it reads nor touch what it writes.
         let between = |x: &Instr| (roots(x, &|a| a != Access::Write), roots(x, &|a| a != Access::Read));
         let sinks = instrs[i + 1..j].iter().all(|x| between(x).1.iter().all(|r| !product[1..].contains(r)));
-        let (reads, writes) = between(&instrs[j]);
-        let rises = instrs[i + 1..j].iter().all(|x| {
-            let (r, w) = between(x);
-            w.iter().all(|b| !reads.contains(b) && !writes.contains(b)) && r.iter().all(|b| !writes.contains(b))
-        });
-        let at = match (sinks, rises) {
-            (true, _) => {
-                let product = instrs.remove(i);
-                instrs.insert(j - 1, product);
-                j - 1
-            }
-            (false, true) => {
-                let kernel = instrs.remove(j);
-                instrs.insert(i + 1, kernel);
-                i
-            }
-            (false, false) => {
-                i += 1;
-                continue;
-            }
+        let rises = || {
+            let (reads, writes) = between(&instrs[j]);
+            instrs[i + 1..j].iter().all(|x| {
+                let (r, w) = between(x);
+                w.iter().all(|b| !reads.contains(b) && !writes.contains(b)) && r.iter().all(|b| !writes.contains(b))
+            })
+        };
+        let at = if sinks {
+            let product = instrs.remove(i);
+            instrs.insert(j - 1, product);
+            j - 1
+        } else if rises() {
+            let kernel = instrs.remove(j);
+            instrs.insert(i + 1, kernel);
+            i
+        } else {
+            i += 1;
+            continue;
         };
         let Instr::Kernel(mut launch) = instrs.remove(at + 1) else { unreachable!("found above") };
         // An epilogue reads the product as `c`.
