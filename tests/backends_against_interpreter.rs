@@ -1004,6 +1004,80 @@ fn carries_update_in_place_after_their_last_read() {
     }
 }
 
+/// Steps of a scan's body that read only its invariants (angles from the chunk's positions, a
+/// product of a weight with itself, a mask over a value the caller computed and reads again
+/// afterwards) run once before the scan on the CPU backends, for the whole chunks; the shorter
+/// last chunk computes them at its own length. Against the interpreter on every backend, and
+/// the CPU's schedule holds those steps outside the whole chunks' body and inside the last's.
+#[test]
+fn scan_steps_that_read_only_invariants_run_once_before_the_scan() {
+    let b = Dim::sym("B");
+    let n = Dim::sym("n");
+    let mut body = Graph::new("step");
+    let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8)]));
+    let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), n.clone(), Dim::c(8)]));
+    let w = body.input("w", f32t(&[2, 8, 8]));
+    let m = body.input("m", f32t(&[8, 8]));
+    let pos = body.iota(n.clone(), DType::F32).unwrap();
+    let rate = body.scalar(0.3).unwrap();
+    let angle = body.mul(pos, rate).unwrap();
+    let cos = body.unary(UnaryOp::Cos, angle).unwrap();
+    let cos = body.reshape(cos, vec![n.clone(), Dim::c(1)]).unwrap();
+    let wt = body.transpose_last2(w).unwrap();
+    let wsq = body.matmul(w, wt).unwrap(); // [2, 8, 8]
+    let lower = body.tri_mask(m, 0.0).unwrap(); // the caller's m, masked in a buffer of its own
+    let scaled = body.mul(x, cos).unwrap();
+    let y = body.matmul(scaled, wsq).unwrap(); // [B, 2, n, 8]
+    let y = body.matmul(y, lower).unwrap();
+    let total = body.reduce(ReduceKind::Sum, y, 2, false).unwrap();
+    let s2 = body.add(s, total).unwrap();
+    body.output("s", s2);
+    body.output("y", y);
+    let mut g = Graph::new("hoisted");
+    let s0 = g.input("s0", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8)]));
+    let xs = g.input("xs", Type::new(DType::F32, vec![b, Dim::c(2), Dim::sym("T"), Dim::c(8)]));
+    let w = g.input("w", f32t(&[2, 8, 8]));
+    let m = g.input("m", f32t(&[8, 8]));
+    let two = g.scalar(2.0).unwrap();
+    let m2 = g.mul(m, two).unwrap();
+    let outs = g.scan(Scan { axis: 2, chunk: 4, carries: 1, seqs: 1, body, reverse: false }, &[s0, xs, w, m2]).unwrap();
+    let after = g.add(m2, two).unwrap(); // reads m2 after the scan: the mask must not be applied to it
+    g.output("s", outs[0]);
+    g.output("y", outs[1]);
+    g.output("after", after);
+    let t = 10; // two whole chunks and one of 2
+    let args = [
+        Tensor::f32(vec![1, 2, 8], values(16, 91, -1.0, 1.0)),
+        Tensor::f32(vec![1, 2, t, 8], values(2 * t * 8, 92, -1.0, 1.0)),
+        Tensor::f32(vec![2, 8, 8], values(128, 93, -0.5, 0.5)),
+        Tensor::f32(vec![8, 8], values(64, 94, -1.0, 1.0)),
+    ];
+    assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0);
+    let mut env = tttc_ir::DimEnv::new();
+    env.insert("B".to_string(), 1);
+    env.insert("T".to_string(), t);
+    let (sched, _) = tttc_lower::schedule::model(&g, &env, tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::CPU, 1).unwrap();
+    use tttc_lower::schedule::Instr;
+    let names = |f: usize| -> Vec<&str> { sched.functions[f].instrs.iter().map(Instr::name).collect() };
+    let top = sched.functions.len() - 1;
+    let scan = sched.functions[top]
+        .instrs
+        .iter()
+        .find_map(|i| match i {
+            Instr::Scan(sc) => Some(sc),
+            _ => None,
+        })
+        .unwrap();
+    let tail = scan.tail.expect("a shorter last chunk").0;
+    for hoisted in ["iota", "tri_mask"] {
+        assert!(names(top).contains(&hoisted), "{hoisted} before the scan: {:?}", names(top));
+        assert!(!names(scan.body).contains(&hoisted), "{hoisted} in the whole chunks' body: {:?}", names(scan.body));
+        assert!(names(tail).contains(&hoisted), "{hoisted} in the last chunk's body: {:?}", names(tail));
+    }
+    let products = |f: usize| names(f).iter().filter(|&&n| n == "matmul").count();
+    assert_eq!((products(scan.body), products(tail)), (2, 3), "w·wᵀ once before the scan, and in the last chunk");
+}
+
 /// A carry whose new value is a product stored in its place, with an epilogue that reads the
 /// carry's old value (`S' = xᵀ·x`, `Y' = S' + S`): the product would overwrite `S` before the
 /// epilogue reads it, so `S` keeps two buffers in turn, and both match the interpreter.

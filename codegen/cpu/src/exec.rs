@@ -483,6 +483,15 @@ unsafe fn copy_axes(dst: *mut u8, src: *const u8, copy: &Walk, axis: usize, size
 unsafe fn copy_line(dst: *mut u8, src: *const u8, n: usize, ds: usize, ss: usize, size: usize) {
     if ds == size && ss == size {
         std::ptr::copy_nonoverlapping(src, dst, n * size);
+    } else if size == 4 && (ds, ss) == (4, 8) {
+        // One of interleaved pairs out (RoPE's even or odd elements): strides the compiler
+        // knows, so it vectorises the loop with shuffles.
+        let (d, s) = (dst as *mut u32, src as *const u32);
+        (0..n).for_each(|i| *d.add(i) = *s.add(2 * i));
+    } else if size == 4 && (ds, ss) == (8, 4) {
+        // Into one of interleaved pairs.
+        let (d, s) = (dst as *mut u32, src as *const u32);
+        (0..n).for_each(|i| *d.add(2 * i) = *s.add(i));
     } else if size == 4 {
         (0..n).for_each(|i| *(dst.add(i * ds) as *mut u32) = *(src.add(i * ss) as *const u32));
     } else {

@@ -5,7 +5,7 @@
 //! neither an argument nor an output gets an offset in the function's workspace, reused once
 //! the buffer is dead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::layout::{broadcast_shape, broadcast_strides, broadcast_strides_of, contiguous_strides, reduction};
@@ -820,6 +820,10 @@ pub struct Products {
     /// The chains that run as one instruction each ([`Instr::Attention`] and its backward,
     /// [`Instr::Recurrence`]), planned as one step each.
     pub native: crate::plan::Native,
+    /// The steps of a scan's body that read only the scan's loop invariants run once before it
+    /// (at the whole chunk's length), their results passed to the body as further invariants
+    /// ([`Hoisted`]), instead of in every iteration.
+    pub hoist_invariants: bool,
 }
 
 impl Products {
@@ -830,16 +834,18 @@ impl Products {
     /// spread: BENCHMARKS.md, "Fusion").
     /// Attention chains run as one instruction (`exec.rs`'s tiled running softmax), and so do
     /// selective scans (a block of channels' state held in registers over the sequence).
-    pub const CPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native { attention: true, recurrences: true } };
+    pub const CPU: Products =
+        Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native { attention: true, recurrences: true }, hoist_invariants: true };
     /// The CPU model's portable product (Cranelift's 128-bit vectors; compute-bound: an epilogue
     /// would gain nothing).
-    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, native: Native::NONE };
+    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, native: Native::NONE, hoist_invariants: true };
     /// The CPU model's AVX-512 product, which gathers a transposed right operand's rows at
     /// about two thirds of its rate with contiguous ones: packing, a pass over the operand,
     /// costs less from a few hundred rows on (BENCHMARKS.md, "The compiled model").
-    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false, native: Native::NONE };
-    /// The GPU's: operands with any strides, epilogues applied in registers.
-    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native::NONE };
+    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false, native: Native::NONE, hoist_invariants: true };
+    /// The GPU's: operands with any strides, epilogues applied in registers. Nothing hoisted:
+    /// a persistent kernel splits a scan's operands into lanes by the scan as written.
+    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native::NONE, hoist_invariants: false };
 }
 
 /// A value the model reads or writes: its shape in the lengths it is launched with.
@@ -997,7 +1003,7 @@ pub fn model(graph: &Graph, env: &DimEnv, lengths: Lengths, products: Products, 
     let bounds: DimEnv = env.iter().filter(|(k, &v)| open(k, v)).map(|(k, &v)| (k.clone(), v)).collect();
     let mut s = Schedule::new(specs, products, bounds.clone());
     let shapes: Vec<Vec<Size>> = body.graph.args.iter().map(|a| body.graph.ty(a.value).sizes(&sizes)).collect::<Result<_>>()?;
-    function(&mut s, &body, sizes.clone(), &shapes).context("scheduling the model")?;
+    function(&mut s, &body, sizes.clone(), &shapes, None).context("scheduling the model")?;
     let slot =
         |name: &str, v: tttc_ir::ValueId| -> Result<Slot> { Ok(Slot { name: name.to_string(), dtype: graph.ty(v).dtype, shape: graph.ty(v).sizes(&sizes)? }) };
     let mut lengths: Vec<(String, usize)> = bounds.into_iter().collect();
@@ -1024,38 +1030,84 @@ pub fn schedule_with_shapes(body: &Body, specs: Vec<KernelSpec>, env: &DimEnv, s
 /// [`schedule_with_shapes`] at sizes that may depend on the length symbols `bounds` bounds.
 pub fn schedule_with_sizes(body: &Body, specs: Vec<KernelSpec>, env: SizeEnv, shapes: &[Vec<Size>], products: Products, bounds: DimEnv) -> Result<Schedule> {
     let mut s = Schedule::new(specs, products, bounds);
-    function(&mut s, body, env, shapes)?;
+    function(&mut s, body, env, shapes, None)?;
     Ok(s)
 }
 
+/// The steps of a scan's body that read only the scan's loop invariants, constants and each
+/// other's values: every iteration of a whole chunk computes the same values with them (a
+/// mini-batch's RoPE angles and token scales, a weight's transpose), so they run once before
+/// the scan and their values reach the body as further invariants
+/// ([`Products::hoist_invariants`]). The shorter last chunk's body computes them itself.
+struct Hoisted {
+    /// Per step of the body: whether it is hoisted.
+    steps: Vec<bool>,
+    /// The values those steps compute, in the order the body receives them after its own
+    /// arguments.
+    values: Vec<ValueId>,
+}
+
+impl Hoisted {
+    /// `body`'s hoistable steps, its arguments from `first_invariant` on being the invariants;
+    /// `None` when there are none.
+    fn find(body: &Body, first_invariant: usize) -> Option<Hoisted> {
+        let g = &body.graph;
+        let mut known: HashSet<ValueId> = g.args[first_invariant..].iter().map(|a| a.value).collect();
+        let mut steps = Vec::with_capacity(body.steps.len());
+        let mut values = Vec::new();
+        for step in &body.steps {
+            let (reads, writes): (Vec<ValueId>, &[ValueId]) = match step {
+                Step::Kernel(k) => (k.inputs.clone(), &k.outputs),
+                Step::Op(i) | Step::Reduce(i) => (g.nodes[*i].inputs.clone(), &g.nodes[*i].outputs),
+                Step::MatMul(i, operands) => (operands.iter().map(|(v, _)| *v).collect(), &g.nodes[*i].outputs),
+                _ => (Vec::new(), &[]),
+            };
+            let hoist = !writes.is_empty() && reads.iter().all(|v| known.contains(v));
+            if hoist {
+                known.extend(writes);
+                values.extend(writes);
+            }
+            steps.push(hoist);
+        }
+        (!values.is_empty()).then_some(Hoisted { steps, values })
+    }
+}
+
 /// Schedules `body` as a function of arguments of `shapes`, binding its symbols in `env` (once
-/// per body, shapes and bindings).
-fn function(s: &mut Schedule, body: &Body, env: SizeEnv, shapes: &[Vec<Size>]) -> Result<usize> {
+/// per body, shapes and bindings); with `hoisted`, a scan's body whose hoisted steps' values
+/// are its last arguments (their shapes the last of `shapes`).
+fn function(s: &mut Schedule, body: &Body, env: SizeEnv, shapes: &[Vec<Size>], hoisted: Option<&Hoisted>) -> Result<usize> {
     let key = body as *const Body as usize;
     if let Some(&(.., f)) = s.scheduled.iter().find(|(b, sh, e, _)| *b == key && sh == shapes && *e == env) {
         return Ok(f);
     }
-    let f = new_function(s, body, env.clone(), shapes)?;
+    let f = new_function(s, body, env.clone(), shapes, hoisted)?;
     s.scheduled.push((key, shapes.to_vec(), env, f));
     Ok(f)
 }
 
-fn new_function(s: &mut Schedule, body: &Body, mut env: SizeEnv, shapes: &[Vec<Size>]) -> Result<usize> {
+fn new_function(s: &mut Schedule, body: &Body, mut env: SizeEnv, shapes: &[Vec<Size>], hoisted: Option<&Hoisted>) -> Result<usize> {
     let g = &body.graph;
     for (a, shape) in g.args.iter().zip(shapes) {
         g.ty(a.value).bind_sizes(shape, &mut env).with_context(|| format!("argument {} of {}", a.name, g.name))?;
     }
     let mut f = Builder { s, bufs: Vec::new(), instrs: Vec::new(), env };
-    let mut args = Vec::new();
+    let mut vals = HashMap::new();
     for (j, a) in g.args.iter().enumerate() {
         let shape = f.shape_of(g, a.value)?;
-        args.push(f.buf(g.ty(a.value).dtype, shape, Home::Arg(j)));
+        vals.insert(a.value, f.buf(g.ty(a.value).dtype, shape, Home::Arg(j)));
+    }
+    for (k, &v) in hoisted.iter().flat_map(|h| &h.values).enumerate() {
+        let j = g.args.len() + k;
+        let shape = shapes.get(j).context("a hoisted value without its shape")?.clone();
+        vals.insert(v, f.buf(g.ty(v).dtype, shape, Home::Arg(j)));
     }
     let mut wanted = HashMap::new();
     for (j, (_, v)) in g.outputs.iter().enumerate() {
         wanted.entry(*v).or_insert(Home::Out(j));
     }
-    let outs = f.body(body, &args, &mut wanted)?;
+    let skip = hoisted.map(|h| h.steps.as_slice());
+    let outs = f.body(body, vals, skip, &mut wanted)?;
     for (j, &b) in outs.iter().enumerate() {
         let (root, at) = locate(&f.bufs, b);
         if f.bufs[root].home != Home::Out(j) || !at.is_zero() || f.bufs[root].len() != f.bufs[b].len() {
@@ -1142,12 +1194,16 @@ impl Builder<'_> {
         self.instrs.push(Instr::Copy { dst, src, copy });
     }
 
-    /// Schedules a planned body whose arguments are `args`; returns its outputs' buffers.
-    fn body(&mut self, body: &Body, args: &[BufId], wanted: &mut HashMap<ValueId, Home>) -> Result<Vec<BufId>> {
+    /// Schedules a planned body given the buffers of its arguments (and of the values of the
+    /// steps `skip` marks, computed before it); returns its outputs' buffers.
+    fn body(&mut self, body: &Body, mut vals: HashMap<ValueId, BufId>, skip: Option<&[bool]>, wanted: &mut HashMap<ValueId, Home>) -> Result<Vec<BufId>> {
         let g = &body.graph;
-        let mut vals: HashMap<ValueId, BufId> = g.args.iter().zip(args).map(|(a, &b)| (a.value, b)).collect();
-        self.place_pieces(g, body, wanted)?;
-        for step in &body.steps {
+        let skipped = |k: usize| skip.is_some_and(|s| s[k]);
+        self.place_pieces(g, body, &skipped, wanted)?;
+        for (k, step) in body.steps.iter().enumerate() {
+            if skipped(k) {
+                continue;
+            }
             let what = || match step {
                 Step::Kernel(k) => format!("kernel {} in {}", k.kernel, g.name),
                 Step::Attention(c) => format!("attention (defining %{}) in {}", g.nodes[c.node].outputs[0].0, g.name),
@@ -1277,9 +1333,12 @@ impl Builder<'_> {
     /// them on), so the concat copies nothing of them and the pad fills only its margins: the
     /// conv's padded input, for one. Only where each piece is contiguous (every axis before the
     /// joined one has length 1); the result keeps the home it is wanted at (an output's).
-    fn place_pieces(&mut self, g: &Graph, body: &Body, wanted: &mut HashMap<ValueId, Home>) -> Result<()> {
-        for step in &body.steps {
+    fn place_pieces(&mut self, g: &Graph, body: &Body, skipped: &dyn Fn(usize) -> bool, wanted: &mut HashMap<ValueId, Home>) -> Result<()> {
+        for (k, step) in body.steps.iter().enumerate() {
             let Step::Op(i) = step else { continue };
+            if skipped(k) {
+                continue;
+            }
             let node = &g.nodes[*i];
             let (axis, pieces) = match node.op {
                 Op::Concat { axis } => {
@@ -1350,6 +1409,7 @@ impl Builder<'_> {
         let readers = g.nodes.iter().filter(|n| n.inputs.contains(&v)).count();
         readers == 1
             && !g.outputs.iter().any(|(_, o)| *o == v)
+            && !g.args.iter().any(|a| a.value == v)
             && self.bufs[b].home == Home::Work
             && !self.bufs.iter().any(|x| matches!(x.home, Home::Alias(of) | Home::View { of, .. } if of == b))
     }
@@ -1642,8 +1702,21 @@ impl Builder<'_> {
                 .collect()
         };
         let env_for_ir = env.clone();
-        let whole = if full.is_zero() { None } else { Some(function(self.s, body, env.clone(), &arg_shapes(Size::of(scan.chunk)))?) };
-        let tail = if rem.is_zero() { None } else { Some((function(self.s, body, env, &arg_shapes(rem))?, rem)) };
+        let (mut whole_shapes, tail_shapes) = (arg_shapes(Size::of(scan.chunk)), arg_shapes(rem));
+        let mut invariants = ins[nc + ns..].to_vec();
+        let whole = if full.is_zero() {
+            None
+        } else {
+            let hoisted = Hoisted::find(body, nc + ns).filter(|_| self.s.products.hoist_invariants);
+            if let Some(h) = &hoisted {
+                let chunk_sym = scan.body.ty(scan.body.args[first].value).shape[scan.axis].sym.clone();
+                let values = self.hoist(body, h, &ins[nc + ns..], nc + ns, chunk_sym.map(|sym| (sym, Size::of(scan.chunk))))?;
+                whole_shapes.extend(values.iter().map(|&b| self.bufs[b].shape.clone()));
+                invariants.extend(values);
+            }
+            Some(function(self.s, body, env.clone(), &whole_shapes, hoisted.as_ref())?)
+        };
+        let tail = if rem.is_zero() { None } else { Some((function(self.s, body, env, &tail_shapes, None)?, rem)) };
         // A staged piece has room for a whole chunk, or the whole sequence when that is shorter.
         let longest = Size::of(self.s.most(total).min(scan.chunk));
         let body_fn = whole.or(tail.map(|t| t.0)).expect("one of them exists");
@@ -1686,7 +1759,7 @@ impl Builder<'_> {
             carries,
             in_place,
             seqs,
-            invariants: ins[nc + ns..].to_vec(),
+            invariants,
             outputs,
             ir: Box::new(scan.clone()),
             env: env_for_ir,
@@ -1707,6 +1780,26 @@ impl Builder<'_> {
 }
 
 impl Builder<'_> {
+    /// Schedules `h`'s steps of a scan's `body` here, once, before the scan: its invariant
+    /// arguments (from `first` on) are `invariants`, the chunk's symbol bound to the whole
+    /// chunk's length. Returns the buffers of the values they compute, in `h`'s order.
+    fn hoist(&mut self, body: &Body, h: &Hoisted, invariants: &[BufId], first: usize, chunk: Option<(String, Size)>) -> Result<Vec<BufId>> {
+        let g = &body.graph;
+        let mut vals: HashMap<ValueId, BufId> = g.args[first..].iter().map(|a| a.value).zip(invariants.iter().copied()).collect();
+        let outer = self.env.clone();
+        self.env.extend(chunk);
+        let mut scheduled = || -> Result<()> {
+            for (step, _) in body.steps.iter().zip(&h.steps).filter(|(_, &hoist)| hoist) {
+                self.step(g, step, &mut vals, &mut HashMap::new()).with_context(|| format!("a step of {} run before its scan", g.name))?;
+            }
+            Ok(())
+        };
+        let done = scheduled();
+        self.env = outer;
+        done?;
+        h.values.iter().map(|v| vals.get(v).copied().context("a hoisted value was not computed")).collect()
+    }
+
     /// A scan split into lanes writing `outs`: one part per lane, each copying its slice of
     /// every operand that has lanes, running the narrower scan and copying its results into
     /// their slices of `outs`. An accumulator's parts write `[parts, …]` rows of a buffer of
