@@ -280,7 +280,10 @@ fn head_and_loss_chunk(h: &Type, head: &Type, vocab: usize) -> Result<Graph> {
     let head = g.input("head", head.clone());
     let head_t = g.transpose_last2(head)?;
     let logits = g.matmul(h, head_t)?;
+    // The log-sum-exp's shift: its derivative cancels (lse − m does not depend on m), so no
+    // gradient goes through it, as through PyTorch's.
     let m = g.reduce(ReduceKind::Max, logits, -1, true)?;
+    let m = g.stop_gradient(m)?;
     let shifted = g.sub(logits, m)?;
     let e = g.unary(UnaryOp::Exp, shifted)?;
     let s = g.reduce(ReduceKind::Sum, e, -1, false)?;

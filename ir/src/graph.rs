@@ -189,6 +189,9 @@ impl Graph {
     pub fn tri_mask(&mut self, x: ValueId, fill: f64) -> Result<ValueId> {
         self.push1(Op::TriMask { fill }, &[x])
     }
+    pub fn stop_gradient(&mut self, x: ValueId) -> Result<ValueId> {
+        self.push1(Op::StopGradient, &[x])
+    }
     pub fn scan(&mut self, scan: Scan, inputs: &[ValueId]) -> Result<Vec<ValueId>> {
         self.push(Op::Scan(Box::new(scan)), inputs)
     }

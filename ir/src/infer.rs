@@ -150,7 +150,7 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
             shape.push(Dim::c(*depth));
             one(Type::new(DType::F32, shape))
         }
-        Op::Barrier => {
+        Op::Barrier | Op::StopGradient => {
             arity(1)?;
             one(ins[0].clone())
         }

@@ -183,7 +183,7 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
             shape.push(*depth);
             one(float_tensor(prec, shape, v))
         }
-        Op::Barrier => one(ins[0].clone()),
+        Op::Barrier | Op::StopGradient => one(ins[0].clone()),
         Op::TriMask { fill } => {
             let t = ins[0];
             let r = t.shape.len();

@@ -108,6 +108,10 @@ pub enum Op {
     /// The identity, which no pass looks through or merges: a rematerialised computation starts
     /// from barriers so that it is not deduplicated with the original.
     Barrier,
+    /// The identity, through which no gradient flows: a value that only keeps a computation in
+    /// range (the maximum a log-sum-exp subtracts before exponentiating and adds back, whose
+    /// derivative cancels), so the autodiff differentiates nothing through it.
+    StopGradient,
     Scan(Box<Scan>),
     /// The gradient of a body's scalar output with respect to some of its arguments. Operands are
     /// the body's arguments; results are the gradients of arguments `wrt`, in that order. Passes
@@ -249,6 +253,7 @@ impl Op {
             Op::OneHot { .. } => "one_hot",
             Op::TriMask { .. } => "tri_mask",
             Op::Barrier => "barrier",
+            Op::StopGradient => "stop_gradient",
             Op::Scan(_) => "scan",
             Op::Grad(_) => "grad",
             Op::Fused(_) => "fused",

@@ -126,7 +126,7 @@ fn float(v: f64) -> String {
 
 fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     match op {
-        Op::Unary(_) | Op::Binary(_) | Op::MatMul | Op::Fused(_) | Op::Barrier => vec![],
+        Op::Unary(_) | Op::Binary(_) | Op::MatMul | Op::Fused(_) | Op::Barrier | Op::StopGradient => vec![],
         Op::Const { value, dtype } => vec![("value", float(*value)), ("dtype", dtype.to_string())],
         Op::Iota { len, dtype } => vec![("len", dim(len)), ("dtype", dtype.to_string())],
         Op::Cast { to } => vec![("to", to.to_string())],
@@ -608,6 +608,7 @@ fn op_named(name: &str, a: &mut Attrs) -> Result<Option<Op>> {
         "scatter_add" => Op::ScatterAdd { depth: a.usize("depth")? },
         "tri_mask" => Op::TriMask { fill: a.f64("fill")? },
         "barrier" => Op::Barrier,
+        "stop_gradient" => Op::StopGradient,
         "scan" => Op::Scan(Box::new(Scan {
             axis: a.usize("axis")?,
             chunk: a.usize("chunk")?,

@@ -532,6 +532,17 @@ fn tri_mask() {
     check(&g, &[tf(&[2, 3, 3], xv), tf(&[2, 3], yv)], &[Want::F(vec![2, 3, 3], want_x), Want::F(vec![2, 3], want_y)]);
 }
 
+/// `stop_gradient` is the identity when run (it only stops the autodiff).
+#[test]
+fn stop_gradient_is_the_identity() {
+    let mut g = Graph::new("held");
+    let x = g.input("x", f32t(vec![c(2), c(3)]));
+    let y = g.stop_gradient(x).unwrap();
+    g.output("y", y);
+    let xv = vals(6);
+    check(&g, &[tf(&[2, 3], xv.clone())], &[Want::F(vec![2, 3], xv.iter().map(|&v| v as f64).collect())]);
+}
+
 #[test]
 fn scan_running_sum_with_ragged_last_chunk() {
     let (b, t) = (2usize, 7usize);

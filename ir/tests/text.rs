@@ -135,6 +135,7 @@ fn shape_ops() -> Graph {
         g.scatter_add(x, k, 5).unwrap(),
         g.tri_mask(x, f64::NEG_INFINITY).unwrap(),
         g.tri_mask(x, 0.0).unwrap(),
+        g.stop_gradient(x).unwrap(),
     ];
     let first = g.slice(x, 1, 0, Some(2)).unwrap();
     let cat = g.concat(&[x, first], 1).unwrap();
@@ -162,6 +163,7 @@ fn shape_ops_round_trip() {
         "transpose(%0) {perm=[2,0,1]} : f32[4,B,T]",
         "reshape(%0) {shape=[B,T,2,2]}",
         "one_hot(%1) {depth=7} : f32[B,T,7]",
+        "stop_gradient(%0) : f32[B,T,4]",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
@@ -249,7 +251,23 @@ fn every_op_is_covered() {
     let mut all: Vec<&str> = Op::UNARY.iter().map(|&u| Op::Unary(u).name()).collect();
     all.extend(Op::BINARY.iter().map(|&b| Op::Binary(b).name()));
     all.extend(Op::REDUCE.iter().map(|&k| Op::Reduce { kind: k, axis: 0, keepdim: false }.name()));
-    all.extend(["const", "iota", "cast", "matmul", "reshape", "transpose", "broadcast", "slice", "concat", "pad", "gather", "one_hot", "tri_mask", "scan"]);
+    all.extend([
+        "const",
+        "iota",
+        "cast",
+        "matmul",
+        "reshape",
+        "transpose",
+        "broadcast",
+        "slice",
+        "concat",
+        "pad",
+        "gather",
+        "one_hot",
+        "tri_mask",
+        "stop_gradient",
+        "scan",
+    ]);
     for n in all {
         assert!(names.contains(&n), "no test graph uses {n}");
     }

@@ -653,6 +653,7 @@ fn vjp(g: &mut Graph, node: &Node, seeds: &[Option<ValueId>]) -> Result<Vec<Opti
         }
         Op::TriMask { .. } => vec![Some(g.tri_mask(d, 0.0)?)],
         Op::Barrier => vec![Some(d)],
+        Op::StopGradient => vec![None],
         Op::Gather { axis } => vec![Some(gather_vjp(g, d, x(0), x(1), *axis)?), None],
         Op::ScatterAdd { .. } => vec![Some(g.gather(d, x(1), 0)?), None],
         Op::Scan(_) => unreachable!("handled above"),

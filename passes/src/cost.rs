@@ -136,7 +136,9 @@ fn node_cost_inner(g: &Graph, node: &Node, env: &DimEnv) -> Result<Cost> {
             plain(mul(mul(out_elems, k)?, 2)?, in_bytes)
         }
         Op::Const { .. } | Op::Iota { .. } => plain(0, 0),
-        Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Concat { .. } | Op::Pad { .. } | Op::Barrier => plain(0, in_bytes),
+        Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Concat { .. } | Op::Pad { .. } | Op::Barrier | Op::StopGradient => {
+            plain(0, in_bytes)
+        }
         // Only the copied elements are read.
         Op::Slice { .. } => plain(0, out_bytes),
         Op::Gather { .. } => {

@@ -32,7 +32,7 @@ pub fn hoist_invariants(g: &Graph) -> Result<Option<Hoisted>> {
     for node in &g.nodes {
         let fixed = node.outputs.iter().all(|v| g.ty(*v).shape.iter().all(|d| d.as_const().is_some()));
         let from_weights = node.inputs.iter().all(|v| invariant[v.index()]);
-        let is_view = matches!(node.op, Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. } | Op::Barrier)
+        let is_view = matches!(node.op, Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. } | Op::Barrier | Op::StopGradient)
             && node.inputs.iter().all(|v| view[v.index()]);
         for v in &node.outputs {
             invariant[v.index()] = fixed && from_weights;

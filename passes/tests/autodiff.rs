@@ -168,6 +168,42 @@ fn data_movement() {
     check("concat", &[f32t(&[2, 3, 4]), f32t(&[2, 2, 4])], &d2, |g, x| g.concat(&[x[0], x[1]], 1));
 }
 
+/// A log-sum-exp shifted by its row maximum with no gradient through the shift (as the language
+/// models' loss computes it): the function does not depend on the shift, so its finite
+/// differences are the softmax the autodiff gives, with no term at the maximum.
+#[test]
+fn log_sum_exp_shifted_by_its_stopped_maximum() {
+    let d = data(&[&[3, 5]], -3.0, 3.0);
+    check("log-sum-exp", &[f32t(&[3, 5])], &d, |g, x| {
+        let m = g.reduce(ReduceKind::Max, x[0], -1, true)?;
+        let m = g.stop_gradient(m)?;
+        let shifted = g.sub(x[0], m)?;
+        let e = g.unary(UnaryOp::Exp, shifted)?;
+        let s = g.reduce(ReduceKind::Sum, e, -1, true)?;
+        let l = g.unary(UnaryOp::Log, s)?;
+        g.add(l, m)
+    });
+}
+
+/// No gradient flows through `stop_gradient`: d/dx Σ x·stop_gradient(x) is x, not 2x.
+#[test]
+fn stop_gradient_passes_nothing_back() {
+    let mut body = Graph::new("loss");
+    let x = body.input("x", f32t(&[4]));
+    let held = body.stop_gradient(x).unwrap();
+    let y = body.mul(x, held).unwrap();
+    let loss = sum_all(&mut body, y).unwrap();
+    body.output("loss", loss);
+    let mut outer = Graph::new("outer");
+    let xo = outer.input("x", f32t(&[4]));
+    let grads = outer.push(Op::Grad(Box::new(Grad { wrt: vec![0], body })), &[xo]).unwrap();
+    outer.output("dx", grads[0]);
+    let expanded = tttc_passes::expand_grads(&outer).unwrap();
+    let xs = vec![0.5, -1.5, 2.0, 3.25];
+    let got = run(&expanded, &[&Tensor::f64(vec![4], xs.clone())], Precision::F64).unwrap();
+    assert_eq!(got[0].to_f64().unwrap(), xs);
+}
+
 /// The TTT inner loss at one step: per-token weights W [n, d, d] (every token its own copy),
 /// Z = k W + b, loss Σ ½‖LN(Z) − (v − k)‖². Its gradient w.r.t. W is each token's outer product.
 #[test]

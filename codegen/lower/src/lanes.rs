@@ -211,7 +211,7 @@ fn lane_of(g: &Graph, node: &tttc_ir::Node, ins: &[Option<usize>], lane_dim: &Di
     let single = ins.first().copied().flatten();
     match &node.op {
         Op::Const { .. } | Op::Iota { .. } => Some(None),
-        Op::Unary(_) | Op::Cast { .. } | Op::Barrier | Op::OneHot { .. } => Some(single),
+        Op::Unary(_) | Op::Cast { .. } | Op::Barrier | Op::StopGradient | Op::OneHot { .. } => Some(single),
         Op::Binary(_) => aligned(0),
         // Lanes in the batch axes; or the left operand's rows (the right one the same for
         // every lane), or the right operand's columns (the left one the same).

@@ -1298,7 +1298,7 @@ impl Builder<'_> {
                 let ins: Vec<BufId> = node.inputs.iter().map(|v| get(vals, v)).collect::<Result<_>>()?;
                 let out = node.outputs[0];
                 let b = match &node.op {
-                    Op::Reshape { .. } | Op::Barrier => {
+                    Op::Reshape { .. } | Op::Barrier | Op::StopGradient => {
                         let ty = g.ty(out);
                         self.buf(ty.dtype, self.shape_of(g, out)?, Home::Alias(ins[0]))
                     }
