@@ -722,6 +722,13 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     fn scan(&mut self, s: &ScanInstr) {
+        // A carry updated in place starts from a copy of its initial value in the buffer every
+        // iteration reads and writes.
+        for ((init, pair), _) in s.carries.iter().zip(&s.in_place).filter(|(_, &in_place)| in_place) {
+            let (to, from) = (self.base(pair[0]), self.base(*init));
+            let bytes = self.size(self.f.bufs[*init].len() * elem_bytes(self.f.bufs[*init].dtype));
+            self.b.call_memcpy(self.refs.frontend, to, from, bytes);
+        }
         for run in s.runs() {
             if run.count.is_one() {
                 let i = self.size(run.first);
@@ -747,11 +754,14 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let parity = self.b.ins().band_imm_s(left, 1);
         let (is_first, even) = (self.b.ins().icmp_imm_s(IntCC::Equal, i, 0), self.b.ins().icmp_imm_s(IntCC::Equal, parity, 0));
         let k = if s.reverse { left } else { i };
-        for (j, (init, pair)) in s.carries.iter().enumerate() {
+        for (j, ((init, pair), &in_place)) in s.carries.iter().zip(&s.in_place).enumerate() {
             let (i0, p0, p1) = (self.base(*init), self.base(pair[0]), self.base(pair[1]));
-            let write = self.b.ins().select(even, p0, p1);
-            let previous = self.b.ins().select(even, p1, p0);
-            let read = self.b.ins().select(is_first, i0, previous);
+            let (read, write) = if in_place {
+                (p0, p0)
+            } else {
+                let previous = self.b.ins().select(even, p1, p0);
+                (self.b.ins().select(is_first, i0, previous), self.b.ins().select(even, p0, p1))
+            };
             self.b.ins().stack_store(self.ptr, read, args, (8 * j) as i32);
             self.b.ins().stack_store(self.ptr, write, outs, (8 * j) as i32);
         }
