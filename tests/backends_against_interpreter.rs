@@ -1078,6 +1078,68 @@ fn scan_steps_that_read_only_invariants_run_once_before_the_scan() {
     assert_eq!((products(scan.body), products(tail)), (2, 3), "w·wᵀ once before the scan, and in the last chunk");
 }
 
+/// A softmax cross-entropy as the language models' head writes it (the log-sum-exp shifted by
+/// a stopped maximum, the target's logit through a one-hot), weighted and summed.
+fn cross_entropy_loss(g: &mut Graph, x: tttc_ir::ValueId, t: tttc_ir::ValueId, w: tttc_ir::ValueId) -> tttc_ir::ValueId {
+    let depth = g.ty(x).shape[2].as_const().unwrap();
+    let m = g.reduce(ReduceKind::Max, x, -1, true).unwrap();
+    let m = g.stop_gradient(m).unwrap();
+    let shifted = g.sub(x, m).unwrap();
+    let e = g.unary(UnaryOp::Exp, shifted).unwrap();
+    let s = g.reduce(ReduceKind::Sum, e, -1, false).unwrap();
+    let l = g.unary(UnaryOp::Log, s).unwrap();
+    let m = g.reduce(ReduceKind::Sum, m, -1, false).unwrap();
+    let lse = g.add(l, m).unwrap();
+    let oh = g.one_hot(t, depth).unwrap();
+    let picked = g.mul(oh, x).unwrap();
+    let picked = g.reduce(ReduceKind::Sum, picked, -1, false).unwrap();
+    let nll = g.sub(lse, picked).unwrap();
+    let nll = g.mul(nll, w).unwrap();
+    let loss = g.reduce(ReduceKind::Sum, nll, 1, false).unwrap();
+    g.reduce(ReduceKind::Sum, loss, 0, false).unwrap()
+}
+
+/// The cross-entropy's loss and its gradient (the backward the autodiff gives it), rows of odd
+/// length: the CPU runs the rows' statistics and the backward as one step each (its schedule
+/// holds them, and no one-hot), every backend matches the interpreter, and a target out of range
+/// is an error.
+#[test]
+fn cross_entropy_rows_and_their_backward() {
+    let (rows, depth) = (6usize, 37usize);
+    let types = [f32t(&[2, rows / 2, depth]), Type::new(DType::I64, vec![Dim::c(2), Dim::c(rows / 2)]), f32t(&[2, rows / 2])];
+    let mut body = Graph::new("loss");
+    let [x, t, w] = [0, 1, 2].map(|i| body.input(["x", "t", "w"][i], types[i].clone()));
+    let loss = cross_entropy_loss(&mut body, x, t, w);
+    body.output("loss", loss);
+    let mut g = Graph::new("cross_entropy");
+    let [x, t, w] = [0, 1, 2].map(|i| g.input(["x", "t", "w"][i], types[i].clone()));
+    let loss = cross_entropy_loss(&mut g, x, t, w);
+    let grads = g.push(Op::Grad(Box::new(tttc_ir::Grad { wrt: vec![0], body })), &[x, t, w]).unwrap();
+    g.output("loss", loss);
+    g.output("dx", grads[0]);
+    let g = tttc_passes::dead_code_elimination(&tttc_passes::simplify(&tttc_passes::expand_grads(&g).unwrap()).unwrap());
+    let targets: Vec<i64> = (0..rows as i64).map(|r| (r * 11 + 3) % depth as i64).collect();
+    let args = |targets: Vec<i64>| {
+        [
+            Tensor::f32(vec![2, rows / 2, depth], values(rows * depth, 95, -4.0, 4.0)),
+            Tensor::i64(vec![2, rows / 2], targets),
+            Tensor::f32(vec![2, rows / 2], values(rows, 96, 0.5, 1.5)),
+        ]
+    };
+    assert!(compare(&g, &args(targets.clone()), 1e-5, 1e-6) <= 1.0);
+    let (sched, _) =
+        tttc_lower::schedule::model(&g, &Default::default(), tttc_lower::schedule::Lengths::Fixed, tttc_lower::schedule::Products::CPU, 1).unwrap();
+    let names: Vec<&str> = sched.functions.iter().flat_map(|f| &f.instrs).map(tttc_lower::schedule::Instr::name).collect();
+    for (name, count) in [("cross_entropy", 1), ("cross_entropy_backward", 1), ("one_hot", 0)] {
+        assert_eq!(names.iter().filter(|&&n| n == name).count(), count, "{name} in {names:?}");
+    }
+    let mut bad = targets;
+    bad[4] = depth as i64;
+    let refs = args(bad);
+    let err = Program::compile(&g).unwrap().run(&refs.iter().collect::<Vec<_>>()).unwrap_err();
+    assert!(format!("{err:#}").contains(&format!("index {depth} out of range for depth {depth}")), "{err:#}");
+}
+
 /// A carry whose new value is a product stored in its place, with an epilogue that reads the
 /// carry's old value (`S' = xᵀ·x`, `Y' = S' + S`): the product would overwrite `S` before the
 /// epilogue reads it, so `S` keeps two buffers in turn, and both match the interpreter.

@@ -214,6 +214,26 @@ impl Machine<'_> {
                     };
                     recurrence.run(fr.f32(r.y), fr.f32(r.final_state))
                 }
+                Instr::CrossEntropy(c) => {
+                    let (rows, depth) = (c.rows.fixed(), c.depth);
+                    let logits = crate::cross_entropy::Rows {
+                        x: std::slice::from_raw_parts(fr.f32(c.x), rows * depth),
+                        target: std::slice::from_raw_parts(fr.i64(c.target), rows),
+                        depth,
+                    };
+                    let row = |b: usize| std::slice::from_raw_parts_mut(fr.f32(b), rows);
+                    logits.statistics(row(c.max), row(c.sum), row(c.picked))?;
+                }
+                Instr::CrossEntropyBackward(c) => {
+                    let (rows, depth) = (c.rows.fixed(), c.depth);
+                    let logits = crate::cross_entropy::Rows {
+                        x: std::slice::from_raw_parts(fr.f32(c.x), rows * depth),
+                        target: std::slice::from_raw_parts(fr.i64(c.target), rows),
+                        depth,
+                    };
+                    let row = |b: usize| std::slice::from_raw_parts(fr.f32(b), rows);
+                    logits.backward(std::slice::from_raw_parts_mut(fr.f32(c.d), rows * depth), row(c.shift), row(c.a), row(c.c))?;
+                }
                 Instr::Parallel { parts } => {
                     let mut results: Vec<Result<()>> = parts.iter().map(|_| Ok(())).collect();
                     rayon::scope(|scope| {
@@ -259,6 +279,8 @@ impl Machine<'_> {
             }
             Instr::Reduce { dst, src, kind, .. } => format!("reduce {kind:?} {} to {}", shape(*src), shape(*dst)),
             Instr::Copy { dst, .. } => format!("copy to {}", shape(*dst)),
+            Instr::CrossEntropy(c) => format!("cross_entropy {}", shape(c.x)),
+            Instr::CrossEntropyBackward(c) => format!("cross_entropy_backward {}", shape(c.d)),
             other => format!("{} {}", other.name(), other.writes().first().map(|&b| shape(b)).unwrap_or_default()),
         }
     }

@@ -19,6 +19,7 @@
 pub mod aot;
 mod attention;
 mod attention_backward;
+mod cross_entropy;
 mod exec;
 pub mod kernel;
 pub mod profile;

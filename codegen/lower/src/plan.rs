@@ -27,6 +27,11 @@ pub enum Step {
     AttentionBackward(Box<crate::attention::Backward>),
     /// A scan that is Mamba's selective scan, as one step (see `recurrence.rs`).
     Recurrence(usize, crate::recurrence::Recurrence),
+    /// A softmax cross-entropy's row statistics, as one step (see `cross_entropy.rs`; its
+    /// `backward` is a step of its own).
+    CrossEntropy(Box<crate::cross_entropy::Rows>),
+    /// Its backward, as one step.
+    CrossEntropyBackward(Box<crate::cross_entropy::Backward>),
 }
 
 /// Chains of ops a backend runs with code of its own, each as one step.
@@ -36,11 +41,13 @@ pub struct Native {
     pub attention: bool,
     /// Mamba's selective scan (`recurrence.rs`).
     pub recurrences: bool,
+    /// A softmax cross-entropy's row statistics and its backward (`cross_entropy.rs`).
+    pub cross_entropy: bool,
 }
 
 impl Native {
     /// Every chain as its ops.
-    pub const NONE: Native = Native { attention: false, recurrences: false };
+    pub const NONE: Native = Native { attention: false, recurrences: false, cross_entropy: false };
 }
 
 /// How a product reads an operand from its source's memory.
@@ -118,6 +125,9 @@ pub struct PlanStats {
     pub attention_backward: usize,
     /// Selective scans run as one step each (see `recurrence.rs`).
     pub recurrences: usize,
+    /// Softmax cross-entropies' row statistics and backwards run as one step each (see
+    /// `cross_entropy.rs`).
+    pub cross_entropy: usize,
 }
 
 /// Plans `graph`, appending the specs of its kernels (and its bodies') to `specs`; scans that
@@ -128,9 +138,25 @@ pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<Kerne
     let mut p = Planner { graph, threads, native, specs, stats, steps: Vec::new(), consts: HashMap::new(), groups: Vec::new(), users: users(graph) };
     let views = operand_views(graph, &p.users);
     let (mut chains, mut backwards) = if native.attention { crate::attention::find(graph, &p.users, &views) } else { Default::default() };
-    let inside_chains: std::collections::HashSet<usize> =
-        chains.values().flat_map(|c| c.inner.iter().copied()).chain(backwards.values().flat_map(|b| b.inner.iter().copied())).collect();
-    let chain_nodes = inside_chains.iter().chain(chains.keys()).chain(backwards.keys()).copied().collect();
+    let entropies = if native.cross_entropy { crate::cross_entropy::find(graph, &p.users) } else { Vec::new() };
+    let inside_chains: std::collections::HashSet<usize> = chains
+        .values()
+        .flat_map(|c| c.inner.iter().copied())
+        .chain(backwards.values().flat_map(|b| b.inner.iter().copied()))
+        .chain(entropies.iter().flat_map(|r| r.inner.iter().copied()))
+        .collect();
+    let mut entropy_backwards: HashMap<usize, crate::cross_entropy::Backward> = HashMap::new();
+    let mut entropies: HashMap<usize, crate::cross_entropy::Rows> = entropies
+        .into_iter()
+        .map(|mut r| {
+            if let Some(b) = r.backward.take() {
+                entropy_backwards.insert(b.node, b);
+            }
+            (r.node, r)
+        })
+        .collect();
+    let chain_nodes =
+        inside_chains.iter().chain(chains.keys()).chain(backwards.keys()).chain(entropies.keys()).chain(entropy_backwards.keys()).copied().collect();
     let permuted = permuted_views(graph, &p.users, &chain_nodes);
     for (i, node) in graph.nodes.iter().enumerate() {
         let result = node.outputs.first().copied().unwrap_or(ValueId(u32::MAX));
@@ -149,6 +175,18 @@ pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<Kerne
             p.close_all();
             p.stats.attention_backward += 1;
             p.steps.push(Step::AttentionBackward(Box::new(backward)));
+            continue;
+        }
+        if let Some(rows) = entropies.remove(&i) {
+            p.close_all();
+            p.stats.cross_entropy += 1;
+            p.steps.push(Step::CrossEntropy(Box::new(rows)));
+            continue;
+        }
+        if let Some(backward) = entropy_backwards.remove(&i) {
+            p.close_all();
+            p.stats.cross_entropy += 1;
+            p.steps.push(Step::CrossEntropyBackward(Box::new(backward)));
             continue;
         }
         let f32_in = |k: usize| graph.ty(node.inputs[k]).dtype == DType::F32;

@@ -139,6 +139,10 @@ pub enum Instr {
     /// Mamba's selective scan in one pass over the sequence (see `recurrence.rs`; the CPU's
     /// only).
     Recurrence(Box<RecurrenceInstr>),
+    /// A softmax cross-entropy's row statistics (see `cross_entropy.rs`; the CPU's only).
+    CrossEntropy(Box<CrossEntropyInstr>),
+    /// Its backward, row by row.
+    CrossEntropyBackward(Box<CrossEntropyBackwardInstr>),
     /// Instruction lists that touch disjoint memory and may run at once (a scan split over its
     /// lanes: each part stages its slice of the operands, runs the narrower scan and puts its
     /// results in place). Only a plan for several threads has them.
@@ -206,6 +210,14 @@ impl Instr {
                 let reads = [(&r.state, "state"), (&r.dt, "dt"), (&r.du, "du"), (&r.b, "b"), (&r.c, "c"), (&r.a, "a")].map(|(b, name)| at(b, name, read));
                 [at(&r.final_state, "final_state", write), at(&r.y, "y", write)].into_iter().chain(reads).collect()
             }
+            Instr::CrossEntropy(c) => {
+                let reads = [at(&c.x, "x", read), at(&c.target, "target", read)];
+                [at(&c.max, "max", write), at(&c.sum, "sum", write), at(&c.picked, "picked", write)].into_iter().chain(reads).collect()
+            }
+            Instr::CrossEntropyBackward(c) => {
+                let reads = [(&c.x, "x"), (&c.target, "target"), (&c.shift, "shift"), (&c.a, "a"), (&c.c, "c")].map(|(b, name)| at(b, name, read));
+                std::iter::once(at(&c.d, "d", write)).chain(reads).collect()
+            }
             Instr::Parallel { parts } => parts.iter().flatten().flat_map(Instr::uses).collect(),
         }
     }
@@ -229,6 +241,8 @@ impl Instr {
             Instr::Attention(_) => "attention",
             Instr::AttentionBackward(_) => "attention_backward",
             Instr::Recurrence(_) => "recurrence",
+            Instr::CrossEntropy(_) => "cross_entropy",
+            Instr::CrossEntropyBackward(_) => "cross_entropy_backward",
             Instr::Parallel { .. } => "parallel",
         }
     }
@@ -240,7 +254,7 @@ impl Instr {
 
     /// Whether it reads token ids or targets that may be out of range (its code reports them).
     pub fn checks_indices(&self) -> bool {
-        matches!(self, Instr::Gather { .. } | Instr::OneHot { .. } | Instr::ScatterAdd { .. })
+        matches!(self, Instr::Gather { .. } | Instr::OneHot { .. } | Instr::ScatterAdd { .. } | Instr::CrossEntropy(_) | Instr::CrossEntropyBackward(_))
     }
 
     /// Floating-point operations of one run (a transcendental counts as one; a scan's and a
@@ -255,6 +269,10 @@ impl Instr {
             Instr::Attention(a) => a.flops(at),
             Instr::AttentionBackward(a) => a.flops(at),
             Instr::Recurrence(r) => r.flops(at),
+            // Per logit: the maximum, the exponential and its sum; the backward's exponential
+            // and multiply-add.
+            Instr::CrossEntropy(c) => 4 * at(c.rows * c.depth),
+            Instr::CrossEntropyBackward(c) => 4 * at(c.rows * c.depth),
             _ => 0,
         }
     }
@@ -279,6 +297,8 @@ impl Instr {
             Instr::Attention(a) => size(&a.out) + size(&a.q.buf) + size(&a.k.buf) + size(&a.v.buf) + a.lse.as_ref().map_or(0, size),
             Instr::AttentionBackward(a) => [a.dq, a.dk, a.dv, a.q.buf, a.k.buf, a.v.buf, a.d_out.buf, a.lse, a.row].iter().map(size).sum(),
             Instr::Recurrence(r) => [r.state, r.dt, r.du, r.b, r.c, r.a, r.final_state, r.y].iter().map(size).sum(),
+            Instr::CrossEntropy(c) => [c.x, c.target, c.max, c.sum, c.picked].iter().map(size).sum(),
+            Instr::CrossEntropyBackward(c) => [c.d, c.x, c.target, c.shift, c.a, c.c].iter().map(size).sum(),
             Instr::Scan(_) | Instr::Parallel { .. } => 0,
         }
     }
@@ -453,6 +473,32 @@ impl RecurrenceInstr {
     fn flops(&self, at: &dyn Fn(Size) -> u64) -> u64 {
         7 * at(self.batch * self.len * self.width * self.states)
     }
+}
+
+/// A softmax cross-entropy's statistics over `rows` rows of `depth` logits `x` (every buffer
+/// contiguous): each row's maximum `max`, the sum of `exp(x − max)` `sum` and the logit at the
+/// row's `target` (i64) `picked`.
+pub struct CrossEntropyInstr {
+    pub x: BufId,
+    pub target: BufId,
+    pub max: BufId,
+    pub sum: BufId,
+    pub picked: BufId,
+    pub rows: Size,
+    pub depth: usize,
+}
+
+/// Its backward: `d = a·one_hot(target) + c·exp(x − shift)` over the same rows, `a`, `c` and
+/// `shift` one value per row.
+pub struct CrossEntropyBackwardInstr {
+    pub d: BufId,
+    pub x: BufId,
+    pub target: BufId,
+    pub shift: BufId,
+    pub a: BufId,
+    pub c: BufId,
+    pub rows: Size,
+    pub depth: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -834,8 +880,12 @@ impl Products {
     /// spread: BENCHMARKS.md, "Fusion").
     /// Attention chains run as one instruction (`exec.rs`'s tiled running softmax), and so do
     /// selective scans (a block of channels' state held in registers over the sequence).
-    pub const CPU: Products =
-        Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native { attention: true, recurrences: true }, hoist_invariants: true };
+    pub const CPU: Products = Products {
+        pack_transposed_rhs_from: usize::MAX,
+        epilogues: true,
+        native: Native { attention: true, recurrences: true, cross_entropy: true },
+        hoist_invariants: true,
+    };
     /// The CPU model's portable product (Cranelift's 128-bit vectors; compute-bound: an epilogue
     /// would gain nothing).
     pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, native: Native::NONE, hoist_invariants: true };
@@ -1208,6 +1258,8 @@ impl Builder<'_> {
                 Step::Kernel(k) => format!("kernel {} in {}", k.kernel, g.name),
                 Step::Attention(c) => format!("attention (defining %{}) in {}", g.nodes[c.node].outputs[0].0, g.name),
                 Step::AttentionBackward(b) => format!("attention's backward (defining %{}) in {}", b.dq.0 .0, g.name),
+                Step::CrossEntropy(r) => format!("a cross-entropy's rows (defining %{}) in {}", r.max.0, g.name),
+                Step::CrossEntropyBackward(b) => format!("a cross-entropy's backward (defining %{}) in {}", b.d.0, g.name),
                 Step::Op(i) | Step::MatMul(i, _) | Step::Reduce(i) | Step::Scan(i, _) | Step::Recurrence(i, _) => {
                     let node = &g.nodes[*i];
                     format!("{} (defining %{}) in {}", node.op.name(), node.outputs.first().map_or(0, |v| v.0), g.name)
@@ -1256,6 +1308,24 @@ impl Builder<'_> {
                 let (dq, dk, dv) = (dq?, dk?, dv?);
                 vals.extend([(b.dq.0, dq.0), (b.dk.0, dk.0), (b.dv.0, dv.0)]);
                 self.attention_backward([dq, dk, dv], [q?, k?, v?, d_out?], [lse, row], b.scale, b.causal)
+            }
+            Step::CrossEntropy(r) => {
+                let (x, target) = (get(vals, &r.x)?, get(vals, &r.target)?);
+                let [max, sum, picked] = [r.max, r.sum, r.picked].map(|v| self.fresh(g, v, wanted));
+                let (max, sum, picked) = (max?, sum?, picked?);
+                vals.extend([(r.max, max), (r.sum, sum), (r.picked, picked)]);
+                let (rows, depth) = self.rows_of(x)?;
+                self.instrs.push(Instr::CrossEntropy(Box::new(CrossEntropyInstr { x, target, max, sum, picked, rows, depth })));
+                Ok(())
+            }
+            Step::CrossEntropyBackward(b) => {
+                let [x, target, shift, a, c] = [b.x, b.target, b.shift, b.a, b.c].map(|v| get(vals, &v));
+                let (x, target, shift, a, c) = (x?, target?, shift?, a?, c?);
+                let d = self.fresh(g, b.d, wanted)?;
+                vals.insert(b.d, d);
+                let (rows, depth) = self.rows_of(x)?;
+                self.instrs.push(Instr::CrossEntropyBackward(Box::new(CrossEntropyBackwardInstr { d, x, target, shift, a, c, rows, depth })));
+                Ok(())
             }
             Step::Reduce(i) => {
                 let node = &g.nodes[*i];
@@ -1412,6 +1482,13 @@ impl Builder<'_> {
             && !g.args.iter().any(|a| a.value == v)
             && self.bufs[b].home == Home::Work
             && !self.bufs.iter().any(|x| matches!(x.home, Home::Alias(of) | Home::View { of, .. } if of == b))
+    }
+
+    /// The rows and the row length (a constant) of logits `x`.
+    fn rows_of(&self, x: BufId) -> Result<(Size, usize)> {
+        let shape = &self.bufs[x].shape;
+        let depth = shape.last().and_then(|d| d.known()).context("a cross-entropy's rows have a known length")?;
+        Ok((shape[..shape.len() - 1].iter().product(), depth))
     }
 
     fn tri_mask(&mut self, dst: BufId, shape: &[Size], fill: f64) -> Result<()> {

@@ -251,8 +251,8 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
         Instr::Scan(_) | Instr::Parallel { .. } => {
             unreachable!("scans are driven by the model, not emitted as one instruction; a GPU model is planned for one thread")
         }
-        Instr::Attention(_) | Instr::AttentionBackward(_) | Instr::Recurrence(_) => {
-            unreachable!("the GPU's schedule runs attention and selective scans as their ops (`Products::GPU`)")
+        Instr::Attention(_) | Instr::AttentionBackward(_) | Instr::Recurrence(_) | Instr::CrossEntropy(_) | Instr::CrossEntropyBackward(_) => {
+            unreachable!("the GPU's schedule runs attention, selective scans and cross-entropies as their ops (`Products::GPU`)")
         }
     }
 }

@@ -586,8 +586,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.unnest(loops);
             }
             Instr::Scan(s) => self.scan(s),
-            Instr::Attention(_) | Instr::AttentionBackward(_) | Instr::Recurrence(_) => {
-                unreachable!("the CPU model's schedule runs attention and selective scans as their ops (`Products::CPU_MODEL*`)")
+            Instr::Attention(_) | Instr::AttentionBackward(_) | Instr::Recurrence(_) | Instr::CrossEntropy(_) | Instr::CrossEntropyBackward(_) => {
+                unreachable!("the CPU model's schedule runs attention, selective scans and cross-entropies as their ops (`Products::CPU_MODEL*`)")
             }
             // One thread runs the parts one after the other.
             Instr::Parallel { parts } => match self.refs.parallel.get(self.parallels).cloned() {
