@@ -215,24 +215,14 @@ impl Machine<'_> {
                     recurrence.run(fr.f32(r.y), fr.f32(r.final_state))
                 }
                 Instr::CrossEntropy(c) => {
-                    let (rows, depth) = (c.rows.fixed(), c.depth);
-                    let logits = crate::cross_entropy::Rows {
-                        x: std::slice::from_raw_parts(fr.f32(c.x), rows * depth),
-                        target: std::slice::from_raw_parts(fr.i64(c.target), rows),
-                        depth,
-                    };
+                    let (logits, rows) = logits(fr, c.x, c.target, c.rows, c.depth);
                     let row = |b: usize| std::slice::from_raw_parts_mut(fr.f32(b), rows);
                     logits.statistics(row(c.max), row(c.sum), row(c.picked))?;
                 }
                 Instr::CrossEntropyBackward(c) => {
-                    let (rows, depth) = (c.rows.fixed(), c.depth);
-                    let logits = crate::cross_entropy::Rows {
-                        x: std::slice::from_raw_parts(fr.f32(c.x), rows * depth),
-                        target: std::slice::from_raw_parts(fr.i64(c.target), rows),
-                        depth,
-                    };
+                    let (logits, rows) = logits(fr, c.x, c.target, c.rows, c.depth);
                     let row = |b: usize| std::slice::from_raw_parts(fr.f32(b), rows);
-                    logits.backward(std::slice::from_raw_parts_mut(fr.f32(c.d), rows * depth), row(c.shift), row(c.a), row(c.c))?;
+                    logits.backward(std::slice::from_raw_parts_mut(fr.f32(c.d), rows * c.depth), row(c.shift), row(c.a), row(c.c))?;
                 }
                 Instr::Parallel { parts } => {
                     let mut results: Vec<Result<()>> = parts.iter().map(|_| Ok(())).collect();
@@ -499,6 +489,18 @@ unsafe fn copy_axes(dst: *mut u8, src: *const u8, copy: &Walk, axis: usize, size
     for i in 0..n {
         copy_axes(dst.add(i * ds), src.add(i * ss), copy, axis + 1, size);
     }
+}
+
+/// A cross-entropy's `rows` rows of `depth` logits in buffer `x` and their targets in `target`,
+/// and the number of rows.
+unsafe fn logits<'a>(fr: &'a Frame, x: usize, target: usize, rows: Size, depth: usize) -> (crate::cross_entropy::Logits<'a>, usize) {
+    let rows = rows.fixed();
+    let logits = crate::cross_entropy::Logits {
+        x: std::slice::from_raw_parts(fr.f32(x), rows * depth),
+        target: std::slice::from_raw_parts(fr.i64(target), rows),
+        depth,
+    };
+    (logits, rows)
 }
 
 /// `n` elements of `size` bytes, `ds` and `ss` bytes apart.

@@ -20,11 +20,11 @@ use std::collections::HashSet;
 use tttc_ir::{BinaryOp, DType, Dim, Graph, Node, Op, ReduceKind, UnaryOp, ValueId};
 
 /// The forward's statistics of each row of `x` (`[.., V]`), at the reduction of its maximum.
-pub struct Rows {
+pub struct Forward {
     /// Where it runs: the node computing the maximum.
     pub node: usize,
-    /// The chain's other nodes, which no step needs (the backward's included, when it is
-    /// one step too).
+    /// The chain's other nodes, not run: the steps define or recompute their values (the
+    /// backward's included, when it is a step too).
     pub inner: Vec<usize>,
     pub x: ValueId,
     /// i64 `[..]`: each row's target.
@@ -53,14 +53,19 @@ pub struct Backward {
 }
 
 /// The chains of `g`, by the node each runs at. `users` lists each value's readers.
-pub fn find(g: &Graph, users: &[Vec<usize>]) -> Vec<Rows> {
+pub fn find(g: &Graph, users: &[Vec<usize>]) -> Vec<Forward> {
     let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
     let mut def = vec![usize::MAX; g.types.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         n.outputs.iter().for_each(|v| def[v.index()] = i);
     }
     let m = Matcher { g, users, def, outputs };
-    (0..g.nodes.len()).filter_map(|i| m.rows(i)).collect()
+    let found: Vec<Forward> = (0..g.nodes.len()).filter_map(|i| m.rows(i)).collect();
+    // Every node in one chain at most.
+    let nodes = |f: &Forward| f.inner.iter().copied().chain([f.node]).chain(f.backward.as_ref().map(|b| b.node)).collect::<Vec<_>>();
+    let mut claims = vec![0usize; g.nodes.len()];
+    found.iter().flat_map(nodes).for_each(|i| claims[i] += 1);
+    found.into_iter().filter(|f| nodes(f).iter().all(|&i| claims[i] == 1)).collect()
 }
 
 struct Matcher<'a> {
@@ -96,7 +101,7 @@ impl Matcher<'_> {
         }
     }
 
-    fn rows(&self, i: usize) -> Option<Rows> {
+    fn rows(&self, i: usize) -> Option<Forward> {
         let g = self.g;
         let n = &g.nodes[i];
         let x = *n.inputs.first()?;
@@ -105,7 +110,7 @@ impl Matcher<'_> {
         if !matches!(n.op, Op::Reduce { kind: ReduceKind::Max, axis, keepdim: true } if axis + 1 == rank) || g.ty(x).dtype != DType::F32 {
             return None;
         }
-        let depth = shape.last()?.as_const()?;
+        let depth = shape.last()?.as_const().filter(|&d| d > 0)?;
         let max = n.outputs[0];
         let mut inner = Vec::new();
         // The shift the exponentials subtract: the maximum, or it through a stop_gradient.
@@ -138,12 +143,14 @@ impl Matcher<'_> {
             let oh = self.other(u, BinaryOp::Mul, x)?;
             let ohn = self.node(oh)?;
             let [sum] = *self.readers(g.nodes[u].outputs[0])? else { return None };
-            (matches!(ohn.op, Op::OneHot { depth: d } if d == depth) && self.row_sum(sum)).then_some((oh, u, sum))
+            let rows_alike = g.ty(oh).shape == *shape && g.ty(g.nodes[u].outputs[0]).shape == *shape;
+            (matches!(ohn.op, Op::OneHot { depth: d } if d == depth) && rows_alike && self.row_sum(sum)).then_some((oh, u, sum))
         })?;
         let target = self.node(one_hot)?.inputs[0];
-        // Defined before the step runs (at the maximum), as x is.
+        // The target defined before the step runs (at the maximum), as x is, and the target
+        // logit read only after.
         let target_at = self.def[target.index()];
-        if target_at != usize::MAX && target_at >= i {
+        if (target_at != usize::MAX && target_at >= i) || picked_node < i {
             return None;
         }
         inner.extend([self.def[one_hot.index()], product, picked_node]);
@@ -158,7 +165,7 @@ impl Matcher<'_> {
             _ => return None,
         };
         let (sum, picked) = (g.nodes[sum_node].outputs[0], g.nodes[picked_node].outputs[0]);
-        Some(Rows { node: i, inner, x, target, max, sum, picked, backward })
+        Some(Forward { node: i, inner, x, target, max, sum, picked, backward })
     }
 
     /// `d = add(mul(a, one_hot), mul(c, e))`, from the readers of `e` and of the one-hot.

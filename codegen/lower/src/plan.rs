@@ -29,9 +29,24 @@ pub enum Step {
     Recurrence(usize, crate::recurrence::Recurrence),
     /// A softmax cross-entropy's row statistics, as one step (see `cross_entropy.rs`; its
     /// `backward` is a step of its own).
-    CrossEntropy(Box<crate::cross_entropy::Rows>),
+    CrossEntropy(Box<crate::cross_entropy::Forward>),
     /// Its backward, as one step.
     CrossEntropyBackward(Box<crate::cross_entropy::Backward>),
+}
+
+impl Step {
+    /// The values the step reads (a product's operands at their sources).
+    pub fn reads(&self, g: &Graph) -> Vec<ValueId> {
+        match self {
+            Step::Op(i) | Step::Reduce(i) | Step::Scan(i, _) | Step::Recurrence(i, _) => g.nodes[*i].inputs.clone(),
+            Step::MatMul(_, operands) => operands.iter().map(|(v, _)| *v).collect(),
+            Step::Kernel(k) => k.inputs.clone(),
+            Step::Attention(c) => vec![c.q.0, c.k.0, c.v.0],
+            Step::AttentionBackward(b) => vec![b.q.0, b.k.0, b.v.0, b.d_out.0, b.lse, b.row],
+            Step::CrossEntropy(r) => vec![r.x, r.target],
+            Step::CrossEntropyBackward(b) => vec![b.x, b.target, b.shift, b.a, b.c],
+        }
+    }
 }
 
 /// Chains of ops a backend runs with code of its own, each as one step.
@@ -138,15 +153,23 @@ pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<Kerne
     let mut p = Planner { graph, threads, native, specs, stats, steps: Vec::new(), consts: HashMap::new(), groups: Vec::new(), users: users(graph) };
     let views = operand_views(graph, &p.users);
     let (mut chains, mut backwards) = if native.attention { crate::attention::find(graph, &p.users, &views) } else { Default::default() };
-    let entropies = if native.cross_entropy { crate::cross_entropy::find(graph, &p.users) } else { Vec::new() };
-    let inside_chains: std::collections::HashSet<usize> = chains
-        .values()
-        .flat_map(|c| c.inner.iter().copied())
-        .chain(backwards.values().flat_map(|b| b.inner.iter().copied()))
+    let attention_nodes: std::collections::HashSet<usize> = chains
+        .iter()
+        .map(|(&i, c)| (i, &c.inner))
+        .chain(backwards.iter().map(|(&i, b)| (i, &b.inner)))
+        .flat_map(|(i, inner)| inner.iter().copied().chain([i]))
+        .collect();
+    // A cross-entropy whose nodes an attention chain takes is left to its ops.
+    let mut entropies = if native.cross_entropy { crate::cross_entropy::find(graph, &p.users) } else { Vec::new() };
+    entropies.retain(|f| !f.inner.iter().chain([&f.node]).chain(f.backward.as_ref().map(|b| &b.node)).any(|i| attention_nodes.contains(i)));
+    let inside_chains: std::collections::HashSet<usize> = attention_nodes
+        .iter()
+        .copied()
+        .filter(|i| !chains.contains_key(i) && !backwards.contains_key(i))
         .chain(entropies.iter().flat_map(|r| r.inner.iter().copied()))
         .collect();
     let mut entropy_backwards: HashMap<usize, crate::cross_entropy::Backward> = HashMap::new();
-    let mut entropies: HashMap<usize, crate::cross_entropy::Rows> = entropies
+    let mut entropies: HashMap<usize, crate::cross_entropy::Forward> = entropies
         .into_iter()
         .map(|mut r| {
             if let Some(b) = r.backward.take() {

@@ -864,12 +864,12 @@ pub struct Products {
     /// stored ([`Epilogue`]).
     pub epilogues: bool,
     /// The chains that run as one instruction each ([`Instr::Attention`] and its backward,
-    /// [`Instr::Recurrence`]), planned as one step each.
+    /// [`Instr::Recurrence`], [`Instr::CrossEntropy`] and its backward), planned as one step each.
     pub native: crate::plan::Native,
     /// The steps of a scan's body that read only the scan's loop invariants run once before it
     /// (at the whole chunk's length), their results passed to the body as further invariants
-    /// ([`Hoisted`]), instead of in every iteration.
-    pub hoist_invariants: bool,
+    /// ([`HoistedSteps`]), instead of in every iteration.
+    pub hoist_scan_invariants: bool,
 }
 
 impl Products {
@@ -879,23 +879,24 @@ impl Products {
     /// internally, and blocking its rows for the epilogue gained no more than the run-to-run
     /// spread: BENCHMARKS.md, "Fusion").
     /// Attention chains run as one instruction (`exec.rs`'s tiled running softmax), and so do
-    /// selective scans (a block of channels' state held in registers over the sequence).
+    /// selective scans (a block of channels' state held in registers over the sequence) and
+    /// cross-entropies' rows. A scan's steps that read only its invariants run before it.
     pub const CPU: Products = Products {
         pack_transposed_rhs_from: usize::MAX,
         epilogues: true,
         native: Native { attention: true, recurrences: true, cross_entropy: true },
-        hoist_invariants: true,
+        hoist_scan_invariants: true,
     };
     /// The CPU model's portable product (Cranelift's 128-bit vectors; compute-bound: an epilogue
     /// would gain nothing).
-    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, native: Native::NONE, hoist_invariants: true };
+    pub const CPU_MODEL: Products = Products { pack_transposed_rhs_from: 0, epilogues: false, native: Native::NONE, hoist_scan_invariants: true };
     /// The CPU model's AVX-512 product, which gathers a transposed right operand's rows at
     /// about two thirds of its rate with contiguous ones: packing, a pass over the operand,
     /// costs less from a few hundred rows on (BENCHMARKS.md, "The compiled model").
-    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false, native: Native::NONE, hoist_invariants: true };
+    pub const CPU_MODEL_AVX512: Products = Products { pack_transposed_rhs_from: 256, epilogues: false, native: Native::NONE, hoist_scan_invariants: true };
     /// The GPU's: operands with any strides, epilogues applied in registers. Nothing hoisted:
     /// a persistent kernel splits a scan's operands into lanes by the scan as written.
-    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native::NONE, hoist_invariants: false };
+    pub const GPU: Products = Products { pack_transposed_rhs_from: usize::MAX, epilogues: true, native: Native::NONE, hoist_scan_invariants: false };
 }
 
 /// A value the model reads or writes: its shape in the lengths it is launched with.
@@ -1088,45 +1089,49 @@ pub fn schedule_with_sizes(body: &Body, specs: Vec<KernelSpec>, env: SizeEnv, sh
 /// other's values: every iteration of a whole chunk computes the same values with them (a
 /// mini-batch's RoPE angles and token scales, a weight's transpose), so they run once before
 /// the scan and their values reach the body as further invariants
-/// ([`Products::hoist_invariants`]). The shorter last chunk's body computes them itself.
-struct Hoisted {
+/// ([`Products::hoist_scan_invariants`]). The shorter last chunk's body computes them itself.
+struct HoistedSteps {
     /// Per step of the body: whether it is hoisted.
     steps: Vec<bool>,
-    /// The values those steps compute, in the order the body receives them after its own
-    /// arguments.
+    /// The values of those steps that the others or the body's outputs read, in the order the
+    /// body receives them after its own arguments.
     values: Vec<ValueId>,
 }
 
-impl Hoisted {
+impl HoistedSteps {
     /// `body`'s hoistable steps, its arguments from `first_invariant` on being the invariants;
     /// `None` when there are none.
-    fn find(body: &Body, first_invariant: usize) -> Option<Hoisted> {
+    fn find(body: &Body, first_invariant: usize) -> Option<HoistedSteps> {
         let g = &body.graph;
         let mut known: HashSet<ValueId> = g.args[first_invariant..].iter().map(|a| a.value).collect();
         let mut steps = Vec::with_capacity(body.steps.len());
-        let mut values = Vec::new();
+        let mut computed = Vec::new();
+        let mut needed: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
         for step in &body.steps {
-            let (reads, writes): (Vec<ValueId>, &[ValueId]) = match step {
-                Step::Kernel(k) => (k.inputs.clone(), &k.outputs),
-                Step::Op(i) | Step::Reduce(i) => (g.nodes[*i].inputs.clone(), &g.nodes[*i].outputs),
-                Step::MatMul(i, operands) => (operands.iter().map(|(v, _)| *v).collect(), &g.nodes[*i].outputs),
-                _ => (Vec::new(), &[]),
+            let reads = step.reads(g);
+            let writes = match step {
+                Step::Kernel(k) => Some(&k.outputs),
+                Step::Op(i) | Step::Reduce(i) | Step::MatMul(i, _) => Some(&g.nodes[*i].outputs),
+                _ => None,
             };
-            let hoist = !writes.is_empty() && reads.iter().all(|v| known.contains(v));
-            if hoist {
+            let hoist = writes.is_some() && reads.iter().all(|v| known.contains(v));
+            if let Some(writes) = writes.filter(|_| hoist) {
                 known.extend(writes);
-                values.extend(writes);
+                computed.extend(writes);
+            } else {
+                needed.extend(reads);
             }
             steps.push(hoist);
         }
-        (!values.is_empty()).then_some(Hoisted { steps, values })
+        let values: Vec<ValueId> = computed.into_iter().filter(|v| needed.contains(v)).collect();
+        (!values.is_empty()).then_some(HoistedSteps { steps, values })
     }
 }
 
 /// Schedules `body` as a function of arguments of `shapes`, binding its symbols in `env` (once
 /// per body, shapes and bindings); with `hoisted`, a scan's body whose hoisted steps' values
 /// are its last arguments (their shapes the last of `shapes`).
-fn function(s: &mut Schedule, body: &Body, env: SizeEnv, shapes: &[Vec<Size>], hoisted: Option<&Hoisted>) -> Result<usize> {
+fn function(s: &mut Schedule, body: &Body, env: SizeEnv, shapes: &[Vec<Size>], hoisted: Option<&HoistedSteps>) -> Result<usize> {
     let key = body as *const Body as usize;
     if let Some(&(.., f)) = s.scheduled.iter().find(|(b, sh, e, _)| *b == key && sh == shapes && *e == env) {
         return Ok(f);
@@ -1136,7 +1141,7 @@ fn function(s: &mut Schedule, body: &Body, env: SizeEnv, shapes: &[Vec<Size>], h
     Ok(f)
 }
 
-fn new_function(s: &mut Schedule, body: &Body, mut env: SizeEnv, shapes: &[Vec<Size>], hoisted: Option<&Hoisted>) -> Result<usize> {
+fn new_function(s: &mut Schedule, body: &Body, mut env: SizeEnv, shapes: &[Vec<Size>], hoisted: Option<&HoistedSteps>) -> Result<usize> {
     let g = &body.graph;
     for (a, shape) in g.args.iter().zip(shapes) {
         g.ty(a.value).bind_sizes(shape, &mut env).with_context(|| format!("argument {} of {}", a.name, g.name))?;
@@ -1784,12 +1789,18 @@ impl Builder<'_> {
         let whole = if full.is_zero() {
             None
         } else {
-            let hoisted = Hoisted::find(body, nc + ns).filter(|_| self.s.products.hoist_invariants);
+            // (Where the lengths are known only at launch, a run may have no whole chunk after
+            // all: the hoisted steps then run for nothing, once.)
+            let mut hoisted = HoistedSteps::find(body, nc + ns).filter(|_| self.s.products.hoist_scan_invariants);
             if let Some(h) = &hoisted {
-                let chunk_sym = scan.body.ty(scan.body.args[first].value).shape[scan.axis].sym.clone();
-                let values = self.hoist(body, h, &ins[nc + ns..], nc + ns, chunk_sym.map(|sym| (sym, Size::of(scan.chunk))))?;
-                whole_shapes.extend(values.iter().map(|&b| self.bufs[b].shape.clone()));
-                invariants.extend(values);
+                match self.hoist(body, h, &ins[nc + ns..], nc + ns, (&env, &whole_shapes)) {
+                    Ok(values) => {
+                        whole_shapes.extend(values.iter().map(|&b| self.bufs[b].shape.clone()));
+                        invariants.extend(values);
+                    }
+                    // Sizes the caller cannot give them: they stay in the body.
+                    Err(_) => hoisted = None,
+                }
             }
             Some(function(self.s, body, env.clone(), &whole_shapes, hoisted.as_ref())?)
         };
@@ -1858,23 +1869,30 @@ impl Builder<'_> {
 
 impl Builder<'_> {
     /// Schedules `h`'s steps of a scan's `body` here, once, before the scan: its invariant
-    /// arguments (from `first` on) are `invariants`, the chunk's symbol bound to the whole
-    /// chunk's length. Returns the buffers of the values they compute, in `h`'s order.
-    fn hoist(&mut self, body: &Body, h: &Hoisted, invariants: &[BufId], first: usize, chunk: Option<(String, Size)>) -> Result<Vec<BufId>> {
+    /// arguments (from `first` on) are `invariants`, its symbols bound as the whole chunks'
+    /// body binds them (`env` and its arguments' `shapes`). Returns the buffers of `h`'s values;
+    /// on an error, nothing is scheduled.
+    fn hoist(&mut self, body: &Body, h: &HoistedSteps, invariants: &[BufId], first: usize, (env, shapes): (&SizeEnv, &[Vec<Size>])) -> Result<Vec<BufId>> {
         let g = &body.graph;
+        let mut inner = env.clone();
+        for (a, shape) in g.args.iter().zip(shapes) {
+            g.ty(a.value).bind_sizes(shape, &mut inner)?;
+        }
         let mut vals: HashMap<ValueId, BufId> = g.args[first..].iter().map(|a| a.value).zip(invariants.iter().copied()).collect();
-        let outer = self.env.clone();
-        self.env.extend(chunk);
-        let mut scheduled = || -> Result<()> {
+        let (outer, instrs, bufs) = (std::mem::replace(&mut self.env, inner), self.instrs.len(), self.bufs.len());
+        let mut scheduled = || -> Result<Vec<BufId>> {
             for (step, _) in body.steps.iter().zip(&h.steps).filter(|(_, &hoist)| hoist) {
-                self.step(g, step, &mut vals, &mut HashMap::new()).with_context(|| format!("a step of {} run before its scan", g.name))?;
+                self.step(g, step, &mut vals, &mut HashMap::new())?;
             }
-            Ok(())
+            h.values.iter().map(|v| vals.get(v).copied().context("a hoisted value was not computed")).collect()
         };
         let done = scheduled();
         self.env = outer;
-        done?;
-        h.values.iter().map(|v| vals.get(v).copied().context("a hoisted value was not computed")).collect()
+        if done.is_err() {
+            self.instrs.truncate(instrs);
+            self.bufs.truncate(bufs);
+        }
+        done
     }
 
     /// A scan split into lanes writing `outs`: one part per lane, each copying its slice of
