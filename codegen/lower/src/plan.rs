@@ -186,30 +186,26 @@ pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<Kerne
         if views.contains_key(&result) || permuted.contains_key(&result) || inside_chains.contains(&i) {
             continue;
         }
-        // At its last node, where its values (read by the first and the last product) are all
-        // defined.
-        if let Some(chain) = chains.remove(&i) {
-            p.close_all();
+        // A native chain runs at the node where its values are all defined (attention's at its
+        // last, a cross-entropy's rows at their maximum).
+        let native = if let Some(chain) = chains.remove(&i) {
             p.stats.attention += 1;
-            p.steps.push(Step::Attention(Box::new(chain)));
-            continue;
-        }
-        if let Some(backward) = backwards.remove(&i) {
-            p.close_all();
+            Some(Step::Attention(Box::new(chain)))
+        } else if let Some(backward) = backwards.remove(&i) {
             p.stats.attention_backward += 1;
-            p.steps.push(Step::AttentionBackward(Box::new(backward)));
-            continue;
-        }
-        if let Some(rows) = entropies.remove(&i) {
-            p.close_all();
+            Some(Step::AttentionBackward(Box::new(backward)))
+        } else if let Some(rows) = entropies.remove(&i) {
             p.stats.cross_entropy += 1;
-            p.steps.push(Step::CrossEntropy(Box::new(rows)));
-            continue;
-        }
-        if let Some(backward) = entropy_backwards.remove(&i) {
-            p.close_all();
+            Some(Step::CrossEntropy(Box::new(rows)))
+        } else if let Some(backward) = entropy_backwards.remove(&i) {
             p.stats.cross_entropy += 1;
-            p.steps.push(Step::CrossEntropyBackward(Box::new(backward)));
+            Some(Step::CrossEntropyBackward(Box::new(backward)))
+        } else {
+            None
+        };
+        if let Some(step) = native {
+            p.close_all();
+            p.steps.push(step);
             continue;
         }
         let f32_in = |k: usize| graph.ty(node.inputs[k]).dtype == DType::F32;
