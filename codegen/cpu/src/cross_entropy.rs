@@ -49,10 +49,10 @@ impl Logits<'_> {
 
     fn check(&self) -> Result<()> {
         let depth = self.depth;
-        match self.target.iter().find(|&&t| t < 0 || t as usize >= depth) {
-            Some(t) => bail!("index {t} out of range for depth {depth}"),
-            None => Ok(()),
+        if let Some(t) = self.target.iter().find(|&&t| t < 0 || t as usize >= depth) {
+            bail!("index {t} out of range for depth {depth}");
         }
+        Ok(())
     }
 
     /// Rows per thread's share at least: a row is too little work to hand to a thread alone.

@@ -62,10 +62,16 @@ pub fn find(g: &Graph, users: &[Vec<usize>]) -> Vec<Forward> {
     let m = Matcher { g, users, def, outputs };
     let found: Vec<Forward> = (0..g.nodes.len()).filter_map(|i| m.rows(i)).collect();
     // Every node in one chain at most.
-    let nodes = |f: &Forward| f.inner.iter().copied().chain([f.node]).chain(f.backward.as_ref().map(|b| b.node)).collect::<Vec<_>>();
     let mut claims = vec![0usize; g.nodes.len()];
-    found.iter().flat_map(nodes).for_each(|i| claims[i] += 1);
-    found.into_iter().filter(|f| nodes(f).iter().all(|&i| claims[i] == 1)).collect()
+    found.iter().flat_map(Forward::nodes).for_each(|i| claims[i] += 1);
+    found.into_iter().filter(|f| f.nodes().all(|i| claims[i] == 1)).collect()
+}
+
+impl Forward {
+    /// Every node of the chain: where its steps run and the nodes they replace.
+    pub fn nodes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.inner.iter().copied().chain([self.node]).chain(self.backward.as_ref().map(|b| b.node))
+    }
 }
 
 struct Matcher<'a> {

@@ -153,21 +153,12 @@ pub fn plan(graph: &Graph, threads: usize, native: Native, specs: &mut Vec<Kerne
     let mut p = Planner { graph, threads, native, specs, stats, steps: Vec::new(), consts: HashMap::new(), groups: Vec::new(), users: users(graph) };
     let views = operand_views(graph, &p.users);
     let (mut chains, mut backwards) = if native.attention { crate::attention::find(graph, &p.users, &views) } else { Default::default() };
-    let attention_nodes: std::collections::HashSet<usize> = chains
-        .iter()
-        .map(|(&i, c)| (i, &c.inner))
-        .chain(backwards.iter().map(|(&i, b)| (i, &b.inner)))
-        .flat_map(|(i, inner)| inner.iter().copied().chain([i]))
-        .collect();
+    let mut inside_chains: std::collections::HashSet<usize> =
+        chains.values().flat_map(|c| c.inner.iter().copied()).chain(backwards.values().flat_map(|b| b.inner.iter().copied())).collect();
     // A cross-entropy whose nodes an attention chain takes is left to its ops.
     let mut entropies = if native.cross_entropy { crate::cross_entropy::find(graph, &p.users) } else { Vec::new() };
-    entropies.retain(|f| !f.inner.iter().chain([&f.node]).chain(f.backward.as_ref().map(|b| &b.node)).any(|i| attention_nodes.contains(i)));
-    let inside_chains: std::collections::HashSet<usize> = attention_nodes
-        .iter()
-        .copied()
-        .filter(|i| !chains.contains_key(i) && !backwards.contains_key(i))
-        .chain(entropies.iter().flat_map(|r| r.inner.iter().copied()))
-        .collect();
+    entropies.retain(|f| !f.nodes().any(|i| inside_chains.contains(&i) || chains.contains_key(&i) || backwards.contains_key(&i)));
+    inside_chains.extend(entropies.iter().flat_map(|r| r.inner.iter().copied()));
     let mut entropy_backwards: HashMap<usize, crate::cross_entropy::Backward> = HashMap::new();
     let mut entropies: HashMap<usize, crate::cross_entropy::Forward> = entropies
         .into_iter()
