@@ -1343,6 +1343,53 @@ fn persistent_scan_kernels_keep_small_state_on_chip() {
     }
 }
 
+/// A persistent kernel's barriers order only instructions that share data: a chain that reads
+/// none of the carried state (a row sum of each chunk, as TTT's RoPE and learning rates are)
+/// runs in the phases of the chain that updates it and adds none to the kernel's serial steps.
+/// Both kernels against the interpreter.
+#[test]
+fn persistent_scan_kernels_run_independent_chains_side_by_side() {
+    let kernel_steps = |side_chain: bool| -> u64 {
+        let b = Dim::sym("B");
+        let mut body = Graph::new("step");
+        let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8), Dim::c(8)]));
+        let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::sym("n"), Dim::c(8)]));
+        let y = body.matmul(x, s).unwrap();
+        let y = body.unary(UnaryOp::Tanh, y).unwrap();
+        let xt = body.transpose_last2(x).unwrap();
+        let upd = body.matmul(xt, y).unwrap();
+        let scale = body.scalar(0.01).unwrap();
+        let upd = body.mul(upd, scale).unwrap();
+        let s2 = body.sub(s, upd).unwrap();
+        body.output("s", s2);
+        body.output("y", y);
+        if side_chain {
+            let sq = body.mul(x, x).unwrap();
+            let r = body.reduce(ReduceKind::Sum, sq, 3, true).unwrap();
+            body.output("r", r);
+        }
+        let mut g = Graph::new("side_by_side");
+        let s0 = g.input("s0", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8), Dim::c(8)]));
+        let xs = g.input("xs", Type::new(DType::F32, vec![b, Dim::c(2), Dim::sym("T"), Dim::c(8)]));
+        let outs = g.scan(Scan { axis: 2, chunk: 16, carries: 1, seqs: 1, body, reverse: false }, &[s0, xs]).unwrap();
+        for (name, v) in ["s", "y", "r"].iter().zip(&outs) {
+            g.output(name, *v);
+        }
+        let args = [Tensor::f32(vec![2, 2, 8, 8], values(256, 53, -0.3, 0.3)), Tensor::f32(vec![2, 2, 37, 8], values(4 * 37 * 8, 54, -1.0, 1.0))];
+        assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "side chain {side_chain}");
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let mut env = tttc_ir::DimEnv::new();
+        tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
+        let gpu = GpuModel::compile(&g, &env).unwrap();
+        let persistent: Vec<usize> = (0..gpu.kernels.len()).filter(|&k| gpu.kernels[k].params.iter().any(|p| p.name == "scratch")).collect();
+        assert_eq!(persistent.len(), 1, "side chain {side_chain}: one persistent kernel");
+        gpu.work()[persistent[0]].serial_steps
+    };
+    let alone = kernel_steps(false);
+    assert!(alone > 0);
+    assert_eq!(kernel_steps(true), alone, "the side chain shares the update's phases");
+}
+
 /// The compiled model's work split over threads, against the interpreter: a product large
 /// enough to be cut into shares of rows, elementwise kernels large enough to be split (one long
 /// row by columns, rows with a broadcast bias by rows), and

@@ -718,6 +718,15 @@ pub struct Function {
 }
 
 impl Function {
+    /// Lays the workspace out again with bytes of its own for every buffer, for a function that
+    /// calls none and whose instructions run in any order their data allows (the phases of a
+    /// persistent GPU kernel): reused bytes would order instructions that share no data.
+    pub fn separate_buffers(&mut self, most: &dyn Fn(Size) -> usize) {
+        assert!(!self.instrs.iter().any(|i| matches!(i, Instr::Scan(_) | Instr::Parallel { .. })), "a function that calls others keeps its layout");
+        self.arena = layout(self, most, false);
+        self.workspace = self.arena;
+    }
+
     /// The buffer whose memory `b` is.
     pub fn root(&self, b: BufId) -> BufId {
         self.locate(b).0
@@ -1181,7 +1190,7 @@ fn new_function(s: &mut Schedule, body: &Body, mut env: SizeEnv, shapes: &[Vec<S
         fuse_epilogues(&bufs, &mut instrs, &s.specs);
     }
     let mut func = Function { bufs, instrs, arena: 0, workspace: 0 };
-    func.arena = layout(&mut func, &|b| s.most(b));
+    func.arena = layout(&mut func, &|b| s.most(b), true);
     // The scans' bodies run in the workspace after the arena; each part of a parallel
     // instruction in its own stretch of it.
     let callee_bytes = |sc: &ScanInstr| std::iter::once(sc.body).chain(sc.tail.map(|t| t.0)).map(|k| s.functions[k].workspace).max().unwrap_or(0);
@@ -2107,9 +2116,9 @@ fn in_matrices(strides: Vec<Size>, size: Size) -> Vec<Size> {
 const ALIGN: usize = 64;
 
 /// Gives every workspace buffer an offset: buffers whose lifetimes (first to last instruction
-/// that touches them or an alias of them) overlap never share bytes. Largest first, each at the
-/// lowest offset that fits. Returns the bytes used.
-fn layout(f: &mut Function, most: &dyn Fn(Size) -> usize) -> usize {
+/// that touches them or an alias of them) overlap never share bytes, nor do any two when not
+/// `reuse`. Largest first, each at the lowest offset that fits. Returns the bytes used.
+fn layout(f: &mut Function, most: &dyn Fn(Size) -> usize, reuse: bool) -> usize {
     let n = f.bufs.len();
     let (mut first, mut last) = (vec![usize::MAX; n], vec![0usize; n]);
     for (t, instr) in f.instrs.iter().enumerate() {
@@ -2125,7 +2134,7 @@ fn layout(f: &mut Function, most: &dyn Fn(Size) -> usize) -> usize {
     let mut used = 0;
     for b in order {
         let size = most(f.bufs[b].bytes()).div_ceil(ALIGN) * ALIGN;
-        let mut busy: Vec<(usize, usize)> = placed.iter().filter(|p| first[p.2] <= last[b] && first[b] <= last[p.2]).map(|p| (p.0, p.1)).collect();
+        let mut busy: Vec<(usize, usize)> = placed.iter().filter(|p| !reuse || (first[p.2] <= last[b] && first[b] <= last[p.2])).map(|p| (p.0, p.1)).collect();
         busy.sort();
         let mut at = 0;
         for (start, end) in busy {

@@ -378,8 +378,8 @@ pub struct Work {
     /// Bytes of global memory read and written, counting each buffer a launch touches once (for a
     /// persistent scan kernel: its operands and outputs, once).
     pub bytes: u64,
-    /// For a persistent scan kernel: the body instructions each block runs one after another,
-    /// with a barrier after each (iterations × instructions): its latency chain.
+    /// For a persistent scan kernel: the barrier-separated phases each block runs one after
+    /// another (iterations × phases per iteration): its latency chain.
     pub serial_steps: u64,
 }
 

@@ -54,18 +54,41 @@ impl Region {
     }
 }
 
-/// What the instructions since the last barrier read and wrote.
-#[derive(Default)]
-struct Pending {
+/// What one instruction reads and writes.
+struct Touches {
     reads: Vec<Region>,
     writes: Vec<Region>,
 }
 
-impl Pending {
-    fn conflicts(&self, reads: &[Region], writes: &[Region]) -> bool {
+impl Touches {
+    /// Whether the two must be ordered: one writes memory the other reads or writes.
+    fn conflict(&self, other: &Touches) -> bool {
         let any = |xs: &[Region], ys: &[Region]| xs.iter().any(|&x| ys.iter().any(|&y| x.overlaps(y)));
-        any(reads, &self.writes) || any(writes, &self.writes) || any(writes, &self.reads)
+        any(&self.reads, &other.writes) || any(&self.writes, &other.writes) || any(&self.writes, &other.reads)
     }
+}
+
+/// The body's instructions grouped into barrier-separated phases, in the order they are emitted,
+/// each with whether a barrier goes before it: an instruction joins the phase after the latest
+/// earlier one it conflicts with, so a barrier orders exactly the pairs that need it and
+/// independent chains (RoPE's copies beside the inner loss's products) share phases instead of
+/// each taking its own. Within a phase the instructions keep their order.
+fn phases_of<'f>(body: &Schedule, f: &'f Function) -> Vec<(bool, &'f Instr)> {
+    let touches: Vec<Touches> = f
+        .instrs
+        .iter()
+        .map(|instr| {
+            let (reads, writes) = regions(body, f, instr);
+            Touches { reads, writes }
+        })
+        .collect();
+    let mut phase_of: Vec<usize> = Vec::with_capacity(touches.len());
+    for i in 0..touches.len() {
+        phase_of.push((0..i).filter(|&j| touches[j].conflict(&touches[i])).map(|j| phase_of[j] + 1).max().unwrap_or(0));
+    }
+    let mut order: Vec<usize> = (0..touches.len()).collect();
+    order.sort_by_key(|&i| phase_of[i]); // stable: program order within a phase
+    order.iter().enumerate().map(|(k, &i)| (k > 0 && phase_of[order[k - 1]] != phase_of[i], &f.instrs[i])).collect()
 }
 
 /// The regions `instr` of `body` reads and writes (a view whose place depends on the lengths
@@ -165,10 +188,13 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
     // One body per run of iterations, in the order they execute.
     let mut bodies = Vec::new();
     for run in s.runs() {
-        let sched = schedule::schedule_with_sizes(&plan, specs.clone(), s.env.clone(), &shapes(run.len), schedule::Products::GPU, model.bounds.clone())?;
+        let mut sched = schedule::schedule_with_sizes(&plan, specs.clone(), s.env.clone(), &shapes(run.len), schedule::Products::GPU, model.bounds.clone())?;
         if sched.functions.len() != 1 || sched.functions[0].instrs.iter().any(|i| matches!(i, Instr::Scan(_))) {
             return Ok(None);
         }
+        // Buffers that share no data share no bytes either, so that only data orders the phases
+        // (the body is scheduled with the model's bounds).
+        sched.functions[0].separate_buffers(&|x| model.most(x));
         bodies.push((sched, run.count));
     }
     let lane_bytes = bodies.iter().map(|(sc, _)| sc.functions[0].workspace).max().unwrap_or(0).div_ceil(LANE_ALIGN) * LANE_ALIGN;
@@ -304,19 +330,13 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         for (j, sl) in s.outputs.iter().enumerate() {
             outs.push(piece_at(&mut b, out_lane[j], chunk, sl.buf, sl.per));
         }
-        // A barrier only where an instruction touches memory another one has touched since the
-        // last barrier, one of them writing; always one at the end of an iteration.
-        let mut pending = Pending::default();
+        // A barrier between phases, and always one at the end of an iteration.
         let mut phases = 1;
-        for instr in &body.instrs {
-            let (reads, writes) = regions(sched, body, instr);
-            if pending.conflicts(&reads, &writes) {
+        for (barrier, instr) in phases_of(sched, body) {
+            if barrier {
                 b.emit(Inst::BarSync);
                 phases += 1;
-                pending = Pending::default();
             }
-            pending.reads.extend(reads);
-            pending.writes.extend(writes);
             let ptrs: Vec<Reg> = params_of(instr)
                 .into_iter()
                 .map(|(p, _)| match p {
