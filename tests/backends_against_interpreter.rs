@@ -1343,6 +1343,59 @@ fn persistent_scan_kernels_keep_small_state_on_chip() {
     }
 }
 
+/// A carry that sums across the lanes (a gradient shared by the heads, as the reverse scan of a
+/// TTT layer's backward pass carries) keeps a persistent kernel: each block sums its own lanes'
+/// share from zero (the first from the initial value) and a kernel after it adds the shares.
+/// Lanes split by heads and by the batch, the carries on chip and off, forward and reverse, a
+/// ragged last chunk; against the interpreter.
+#[test]
+fn persistent_scan_kernels_sum_accumulators_over_their_lanes() {
+    for (d, reverse) in [(8, false), (72, true)] {
+        let b = Dim::sym("B");
+        let mut body = Graph::new("step");
+        let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(d), Dim::c(d)]));
+        let acc = body.input("acc", f32t(&[d]));
+        let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::sym("n"), Dim::c(d)]));
+        let y = body.matmul(x, s).unwrap();
+        let y = body.unary(UnaryOp::Tanh, y).unwrap();
+        let xt = body.transpose_last2(x).unwrap();
+        let upd = body.matmul(xt, y).unwrap();
+        let scale = body.scalar(0.01).unwrap();
+        let upd = body.mul(upd, scale).unwrap();
+        let s2 = body.sub(s, upd).unwrap();
+        let rows = body.reduce(ReduceKind::Sum, y, 2, false).unwrap();
+        let heads = body.reduce(ReduceKind::Sum, rows, 1, false).unwrap();
+        let batch = body.reduce(ReduceKind::Sum, heads, 0, false).unwrap();
+        let acc2 = body.add(acc, batch).unwrap();
+        body.output("s", s2);
+        body.output("acc", acc2);
+        body.output("y", y);
+        let mut g = Graph::new("accumulate");
+        let s0 = g.input("s0", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(d), Dim::c(d)]));
+        let acc0 = g.input("acc0", f32t(&[d]));
+        let xs = g.input("xs", Type::new(DType::F32, vec![b, Dim::c(2), Dim::sym("T"), Dim::c(d)]));
+        let outs = g.scan(Scan { axis: 2, chunk: 16, carries: 2, seqs: 1, body, reverse }, &[s0, acc0, xs]).unwrap();
+        for (name, v) in ["s", "acc", "y"].iter().zip(&outs) {
+            g.output(name, *v);
+        }
+        let args = [
+            Tensor::f32(vec![2, 2, d, d], values(4 * d * d, 55, -0.3, 0.3)),
+            Tensor::f32(vec![d], values(d, 56, -1.0, 1.0)),
+            Tensor::f32(vec![2, 2, 37, d], values(4 * 37 * d, 57, -1.0, 1.0)),
+        ];
+        assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "d = {d}");
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let mut env = tttc_ir::DimEnv::new();
+        tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
+        let gpu = GpuModel::compile(&g, &env).unwrap();
+        let persistent: Vec<usize> = (0..gpu.kernels.len()).filter(|&k| gpu.kernels[k].params.iter().any(|p| p.name == "carry0_even")).collect();
+        assert_eq!(persistent.len(), 1, "d = {d}: one persistent kernel");
+        assert_eq!(gpu.launch_dims()[persistent[0]].unwrap().0, [4, 1, 1], "d = {d}: a block per batch entry and head");
+        let sums = gpu.kernels.iter().filter(|k| k.params.iter().take(2).map(|p| p.name.as_str()).eq(["dst", "scratch"])).count();
+        assert_eq!(sums, 1, "d = {d}: one kernel sums the accumulator's shares");
+    }
+}
+
 /// A persistent kernel's barriers order only instructions that share data: a chain that reads
 /// none of the carried state (a row sum of each chunk, as TTT's RoPE and learning rates are)
 /// runs in the phases of the chain that updates it and adds none to the kernel's serial steps.

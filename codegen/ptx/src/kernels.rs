@@ -267,6 +267,40 @@ pub fn block_copy_words(b: &mut Builder, dst: Reg, src: Reg, words: Size) {
     });
 }
 
+/// Zeroes `words` 4-byte words at `dst` with the threads of a persistent kernel's block.
+pub fn block_zero_words(b: &mut Builder, dst: Reg, words: Size) {
+    elements(b, Spread::Block, words, |b, idx, _| {
+        let to = b.element(dst, idx, 4);
+        b.st(b.memory(), Ty::B32, to, 0, Val::Int(0));
+    });
+}
+
+/// A kernel of its own that sums a persistent scan's accumulator over its lanes into `dst`:
+/// `words` floats at byte `at` of each of `lanes` slices of `lane_bytes` from the scratch, added
+/// in lane order (the same sum every run). Parameters: `dst`, the scratch.
+pub fn lane_sums_kernel(dst: BufId, (lanes, lane_bytes, at): (Size, usize, usize), words: Size, lengths: &[(String, usize)]) -> Generated {
+    let mut b = Builder::new("tttc_kernel", lengths);
+    let (d, scratch) = (b.ptr_param("dst"), b.ptr_param("scratch"));
+    let dims = elements(&mut b, Spread::Grid, words, |b, idx, _| {
+        let first = b.element(scratch, idx, 4);
+        let p = b.bin(BinOp::Add, Ty::U64, first, Val::Int(at as i64));
+        let sum = b.mov(Ty::F32, Val::F32(0.0));
+        let lane = b.mov(Ty::U32, Val::Int(0));
+        let lanes = b.size32(lanes);
+        let top = b.label();
+        b.place(top);
+        let x = b.ld(b.memory(), Ty::F32, p, 0);
+        b.bin_to(sum, BinOp::Add, Ty::F32, sum, x);
+        b.bin_to(p, BinOp::Add, Ty::U64, p, Val::Int(lane_bytes as i64));
+        b.bin_to(lane, BinOp::Add, Ty::U32, lane, Val::Int(1));
+        let more = b.setp(Cmp::Lt, Ty::U32, lane, lanes);
+        b.bra_if(more, false, top);
+        let to = b.element(d, idx, 4);
+        b.st(b.memory(), Ty::F32, to, 0, sum);
+    });
+    Generated::new(b, dims, vec![ParamRef::Buf(dst), ParamRef::Scratch])
+}
+
 /// Runs `body(b, idx, skip)` for every element `idx` (a `u64`) of `0..total`, spread as asked;
 /// `skip` is a label that ends this element's work. Returns the launch dimensions for `Grid`.
 fn elements(b: &mut Builder, spread: Spread, total: Size, body: impl FnOnce(&mut Builder, Reg, u32)) -> Dims {

@@ -52,10 +52,12 @@ enum Step {
         seqs: Vec<PieceCopies>,
         outputs: Vec<PieceCopies>,
     },
-    /// A scan as one persistent kernel, and its work in one run.
+    /// A scan as one persistent kernel, and its work in one run; then its accumulators' sums
+    /// over the lanes, each with its work.
     Persistent {
         launch: Launch,
         work: Work,
+        sums: Vec<(Launch, Work)>,
     },
 }
 
@@ -109,7 +111,8 @@ impl GpuModel {
                     Instr::Scan(s) if fi == entry => match persistent::compile(&schedule, f, s, lengths)? {
                         Some(p) => {
                             signature.workspace_bytes = signature.workspace_bytes.max(f.arena + p.scratch_bytes);
-                            Step::Persistent { launch: kernels.add(p.generated), work: p.work }
+                            let sums = p.sums.into_iter().map(|(g, w)| (kernels.add(g), w)).collect();
+                            Step::Persistent { launch: kernels.add(p.generated), work: p.work, sums }
                         }
                         None => scan_copies(f, s, &mut kernels, lengths),
                     },
@@ -253,8 +256,11 @@ impl GpuModel {
                         self.launch(dev, call, l, buffers(l), ws + f.arena as u64)?;
                     }
                 }
-                (_, Step::Persistent { launch: l, .. }) => {
+                (_, Step::Persistent { launch: l, sums, .. }) => {
                     self.launch(dev, call, l, buffers(l), ws + f.arena as u64).context("a whole scan")?;
+                    for (l, _) in sums {
+                        self.launch(dev, call, l, buffers(l), ws + f.arena as u64).context("a whole scan's sums over its lanes")?;
+                    }
                 }
                 (Instr::Scan(s), Step::Scan { seqs, outputs }) => {
                     let nested = ws + s.workspace_at as u64;
@@ -413,12 +419,14 @@ impl GpuModel {
                         }
                     }
                 }
-                (_, Step::Persistent { launch, work: w }) => {
-                    let k = &mut work[launch.kernel];
-                    k.launches += times * w.launches;
-                    k.flops += times * w.flops;
-                    k.bytes += times * w.bytes;
-                    k.serial_steps += times * w.serial_steps;
+                (_, Step::Persistent { launch, work: w, sums }) => {
+                    for (l, w) in std::iter::once((launch, w)).chain(sums.iter().map(|(l, w)| (l, w))) {
+                        let k = &mut work[l.kernel];
+                        k.launches += times * w.launches;
+                        k.flops += times * w.flops;
+                        k.bytes += times * w.bytes;
+                        k.serial_steps += times * w.serial_steps;
+                    }
                 }
                 (_, Step::Launches(ls)) => {
                     let at = |s: Size| self.schedule.at_bound(s);
@@ -447,7 +455,7 @@ impl GpuModel {
             for step in steps {
                 match step {
                     Step::Launches(ls) => ls.iter().for_each(&mut note),
-                    Step::Persistent { launch, .. } => note(launch),
+                    Step::Persistent { launch, sums, .. } => std::iter::once(launch).chain(sums.iter().map(|s| &s.0)).for_each(&mut note),
                     Step::Scan { seqs, outputs } => seqs.iter().chain(outputs).flat_map(|c| c.full.iter().chain(&c.tail)).for_each(&mut note),
                 }
             }
@@ -519,7 +527,7 @@ impl GpuModel {
                         }})]
                     }
                     (_, Step::Launches(ls)) => ls.iter().map(|l| json!({ "launch": launch(l) })).collect(),
-                    (_, Step::Persistent { launch: l, .. }) => vec![json!({ "launch": launch(l) })],
+                    (_, Step::Persistent { launch: l, sums, .. }) => std::iter::once(l).chain(sums.iter().map(|s| &s.0)).map(|l| json!({ "launch": launch(l) })).collect(),
                     _ => unreachable!("steps are built per instruction"),
                 }).collect();
                 json!({ "buffers": buffers, "arena_bytes": f.arena, "workspace_bytes": f.workspace, "steps": steps })

@@ -34,6 +34,8 @@ pub struct Persistent {
     /// once (the lanes' intermediate values and carries stay in their SM's caches); the serial
     /// steps are the barrier-separated phases each block runs one after another.
     pub work: Work,
+    /// Kernels launched after it, one per accumulator: its lanes' shares summed, in lane order.
+    pub sums: Vec<(Generated, Work)>,
 }
 
 /// Memory a body instruction touches: an argument, an output, or a byte range of the lane's
@@ -69,10 +71,12 @@ impl Touches {
 }
 
 /// The body's instructions grouped into barrier-separated phases, in the order they are emitted,
-/// each with whether a barrier goes before it: an instruction joins the phase after the latest
-/// earlier one it conflicts with, so a barrier orders exactly the pairs that need it and
+/// each with whether a barrier goes before it. Only conflicting instructions are ordered, so
 /// independent chains (RoPE's copies beside the inner loss's products) share phases instead of
-/// each taking its own. Within a phase the instructions keep their order.
+/// each taking its own: the longest chain of conflicts sets the number of phases, and each
+/// instruction goes into the latest phase the instructions after it allow (placed as early as
+/// possible instead, the largest backward body spilled a register). Within a phase the
+/// instructions keep their order.
 fn phases_of<'f>(body: &Schedule, f: &'f Function) -> Vec<(bool, &'f Instr)> {
     let touches: Vec<Touches> = f
         .instrs
@@ -82,13 +86,19 @@ fn phases_of<'f>(body: &Schedule, f: &'f Function) -> Vec<(bool, &'f Instr)> {
             Touches { reads, writes }
         })
         .collect();
-    let mut phase_of: Vec<usize> = Vec::with_capacity(touches.len());
-    for i in 0..touches.len() {
-        phase_of.push((0..i).filter(|&j| touches[j].conflict(&touches[i])).map(|j| phase_of[j] + 1).max().unwrap_or(0));
+    let n = touches.len();
+    let mut earliest: Vec<usize> = Vec::with_capacity(n);
+    for i in 0..n {
+        earliest.push((0..i).filter(|&j| touches[j].conflict(&touches[i])).map(|j| earliest[j] + 1).max().unwrap_or(0));
     }
-    let mut order: Vec<usize> = (0..touches.len()).collect();
-    order.sort_by_key(|&i| phase_of[i]); // stable: program order within a phase
-    order.iter().enumerate().map(|(k, &i)| (k > 0 && phase_of[order[k - 1]] != phase_of[i], &f.instrs[i])).collect()
+    let last = earliest.iter().copied().max().unwrap_or(0);
+    let mut phase = vec![last; n];
+    for i in (0..n).rev() {
+        phase[i] = (i + 1..n).filter(|&j| touches[i].conflict(&touches[j])).map(|j| phase[j] - 1).min().unwrap_or(last);
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| phase[i]); // stable: program order within a phase
+    order.iter().enumerate().map(|(k, &i)| (k > 0 && phase[order[k - 1]] != phase[i], &f.instrs[i])).collect()
 }
 
 /// The regions `instr` of `body` reads and writes (a view whose place depends on the lengths
@@ -197,7 +207,21 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         sched.functions[0].separate_buffers(&|x| model.most(x));
         bodies.push((sched, run.count));
     }
-    let lane_bytes = bodies.iter().map(|(sc, _)| sc.functions[0].workspace).max().unwrap_or(0).div_ceil(LANE_ALIGN) * LANE_ALIGN;
+    // A lane's scratch: its body's workspace, then two copies of each accumulator (a carry that
+    // sums across the lanes: each lane sums its own share, `sums` adds the shares afterwards).
+    let carry_bytes: Vec<Size> =
+        (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<Size>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
+    let slot_bytes: Vec<usize> = carry_bytes.iter().map(|&c| model.most(c).div_ceil(16) * 16).collect();
+    let mut lane_bytes = bodies.iter().map(|(sc, _)| sc.functions[0].workspace).max().unwrap_or(0).div_ceil(16) * 16;
+    let accumulator_at: Vec<Option<usize>> = (0..nc)
+        .map(|j| {
+            lanes.operand[j].iter().all(Option::is_none).then(|| {
+                lane_bytes += 2 * slot_bytes[j];
+                lane_bytes - 2 * slot_bytes[j]
+            })
+        })
+        .collect();
+    let lane_bytes = lane_bytes.div_ceil(LANE_ALIGN) * LANE_ALIGN;
 
     // Parameters: every operand, the carries' two buffers, every output, then scratch and status.
     let mut params: Vec<(ParamRef, String)> = Vec::new();
@@ -251,12 +275,12 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         .enumerate()
         .map(|(j, (_, pair))| [offset(&mut b, pair_ptrs[2 * j], pair[0], &lanes.operand[j]), offset(&mut b, pair_ptrs[2 * j + 1], pair[1], &lanes.operand[j])])
         .collect();
+    let lane_ws = b.fma(Ty::U64, lane, Val::Int(lane_bytes as i64), scratch);
+    let lane_slot = |b: &mut Builder, at: usize| b.bin(BinOp::Add, Ty::U64, lane_ws, Val::Int(at as i64));
     // The carried state between iterations: in shared memory when both copies of every carry
     // fit beside the product tiles (TTT-Linear's inner weights at the 125m width), so it never
-    // leaves the SM; else in the lane's slices of the carries' two buffers.
-    let carry_bytes: Vec<Size> =
-        (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<Size>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
-    let slot_bytes: Vec<usize> = carry_bytes.iter().map(|&c| model.most(c).div_ceil(16) * 16).collect();
+    // leaves the SM; else in the lane's slices of the carries' two buffers (an accumulator's in
+    // the lane's scratch).
     let slots: usize = slot_bytes.iter().map(|c| 2 * c).sum();
     let on_chip = slots <= SHARED_FOR_CARRIES;
     let pair_lane: Vec<[Reg; 2]> = if on_chip {
@@ -277,8 +301,35 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
     } else {
         pair_global.clone()
     };
+    // Where carry `j`'s two copies are: an accumulator's off chip in the lane's scratch, its
+    // addresses computed where they are used (held through the loop, they cost the largest
+    // bodies a spilled register).
+    let carry_slots = |b: &mut Builder, j: usize| match accumulator_at[j] {
+        Some(at) if !on_chip => [lane_slot(b, at), lane_slot(b, at + slot_bytes[j])],
+        _ => pair_lane[j],
+    };
+    // An accumulator starts from its initial value in the first lane and from zero in the others
+    // (in both of its copies: which one the first iteration reads depends on the length).
+    if accumulator_at.iter().any(Option::is_some) {
+        let (others, started) = (b.label(), b.label());
+        let not_first = b.setp(Cmp::Ne, Ty::U64, lane, Val::Int(0));
+        b.bra_if(not_first, false, others);
+        for j in (0..nc).filter(|&j| accumulator_at[j].is_some()) {
+            for slot in carry_slots(&mut b, j) {
+                kernels::block_copy_words(&mut b, slot, op_lane[j], carry_bytes[j].div_exact(4).expect("carries are of 4-byte words"));
+            }
+        }
+        b.bra(started);
+        b.place(others);
+        for j in (0..nc).filter(|&j| accumulator_at[j].is_some()) {
+            for slot in carry_slots(&mut b, j) {
+                kernels::block_zero_words(&mut b, slot, carry_bytes[j].div_exact(4).expect("carries are of 4-byte words"));
+            }
+        }
+        b.place(started);
+        b.emit(Inst::BarSync);
+    }
     let out_lane: Vec<Reg> = s.outputs.iter().enumerate().map(|(j, sl)| offset(&mut b, out_ptrs[j], sl.buf, &lanes.output[j])).collect();
-    let lane_ws = b.fma(Ty::U64, lane, Val::Int(lane_bytes as i64), scratch);
 
     // Where an iteration's piece of a sequence or output starts: `chunk` (a `u32`) times the
     // bytes between consecutive pieces, from `base`.
@@ -318,9 +369,10 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         let at_start = b.setp(Cmp::Eq, Ty::U32, it, Val::Int(0));
         let mut args = Vec::new();
         let mut outs = Vec::new();
-        for (j, pair) in pair_lane.iter().enumerate() {
+        for j in 0..nc {
+            let pair = carry_slots(&mut b, j);
             let previous = b.selp(Ty::U64, even, pair[1], pair[0]);
-            args.push(b.selp(Ty::U64, at_start, op_lane[j], previous));
+            args.push(if accumulator_at[j].is_some() { previous } else { b.selp(Ty::U64, at_start, op_lane[j], previous) });
             outs.push(b.selp(Ty::U64, even, pair[0], pair[1]));
         }
         for (j, sl) in s.seqs.iter().enumerate() {
@@ -378,9 +430,14 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         b.place(after);
     }
     if on_chip {
-        // The final state where the model reads it: the buffer the last iteration wrote.
+        // The final state where the model reads it: the buffer the last iteration wrote (an
+        // accumulator's share where `sums` reads it).
         for (j, &c) in carry_bytes.iter().enumerate() {
-            kernels::block_copy_words(&mut b, pair_global[j][0], pair_lane[j][0], c.div_exact(4).expect("carries are of 4-byte words"));
+            let to = match accumulator_at[j] {
+                Some(at) => lane_slot(&mut b, at),
+                None => pair_global[j][0],
+            };
+            kernels::block_copy_words(&mut b, to, pair_lane[j][0], c.div_exact(4).expect("carries are of 4-byte words"));
         }
     }
     let generated = Generated::new(b, ([count, Size::ONE, Size::ONE], [PERSISTENT_THREADS, 1, 1]), params.into_iter().map(|p| p.0).collect());
@@ -392,7 +449,17 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
             work.flops += at(count * *iterations) * i.flops(&body.specs, &at);
         }
     }
-    Ok(Some(Persistent { generated, scratch_bytes: model.most(count) * lane_bytes, work }))
+    // Each accumulator's lanes' shares summed into the buffer the model reads it from.
+    let sums = (0..nc)
+        .filter_map(|j| {
+            let at = accumulator_at[j]?;
+            let words = carry_bytes[j].div_exact(4).expect("carries are of 4-byte words");
+            let sum = kernels::lane_sums_kernel(s.carries[j].1[0], (count, lane_bytes, at), words, lengths);
+            let bytes = model.at_bound(carry_bytes[j] * (count + Size::ONE));
+            Some((sum, Work { launches: 1, flops: model.at_bound(words * count), bytes, serial_steps: 0 }))
+        })
+        .collect();
+    Ok(Some(Persistent { generated, sums, scratch_bytes: model.most(count) * lane_bytes, work }))
 }
 
 /// Splits the scan into lanes along the axes of its first carry that its body keeps apart: the
@@ -413,8 +480,9 @@ fn split(model: &Schedule, f: &Function, s: &ScanInstr, operands: &[BufId]) -> O
         let Some(arg_axes) = lanes::axes_of_dim(&scan.body, &dim) else { continue };
         // Split into as many lanes as the width at its greatest: each lane one wide.
         let Some(split) = lanes::split_along(&scan, &arg_axes, most, most) else { continue };
-        // One block per lane holds no accumulator shared by the lanes.
-        if split.result_lanes.len() != scan.carries + lanes.output.len() || split.result_lanes.iter().any(Option::is_none) {
+        // Every output has a lane; a carry is an accumulator (no lane) in every split or in none.
+        let carries_agree = (0..scan.carries).all(|j| lanes.operand[j].first().is_none_or(|first| first.is_some() == split.operand_lanes[j].is_some()));
+        if split.result_lanes.len() != scan.carries + lanes.output.len() || split.result_lanes[scan.carries..].iter().any(Option::is_none) || !carries_agree {
             continue;
         }
         for (j, lane) in split.operand_lanes.iter().enumerate() {
