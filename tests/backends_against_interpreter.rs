@@ -7,7 +7,7 @@
 
 use tttc_codegen_cpu::aot::CompiledModel;
 use tttc_codegen_cpu::Program;
-use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Tensor, Type, UnaryOp};
+use tttc_ir::{DType, Dim, Graph, Op, ReduceKind, Scan, Tensor, Type, UnaryOp, ValueId};
 use tttc_ptx::model::GpuModel;
 use tttc_ptx_sim::SimDevice;
 
@@ -1303,6 +1303,23 @@ fn reductions_split_over_threads() {
     }
 }
 
+/// A small inner learner's step, for the scan bodies of the persistent-kernel tests: the output
+/// `y = tanh(x·s)` and the state's update `s − 0.01·xᵀy`. Returns `(s', y)`.
+fn inner_step(body: &mut Graph, s: ValueId, x: ValueId) -> (ValueId, ValueId) {
+    let y = body.matmul(x, s).unwrap();
+    let y = body.unary(UnaryOp::Tanh, y).unwrap();
+    let xt = body.transpose_last2(x).unwrap();
+    let upd = body.matmul(xt, y).unwrap();
+    let scale = body.scalar(0.01).unwrap();
+    let upd = body.mul(upd, scale).unwrap();
+    (body.sub(s, upd).unwrap(), y)
+}
+
+/// The kernels of `gpu` that run a whole scan (they take a carry's two buffers).
+fn persistent_kernels(gpu: &GpuModel) -> Vec<usize> {
+    (0..gpu.kernels.len()).filter(|&k| gpu.kernels[k].params.iter().any(|p| p.name == "carry0_even")).collect()
+}
+
 /// Scans whose lanes separate become one persistent GPU kernel, one block per lane: with a small
 /// carried state it stays in shared memory between iterations, with a large one (two copies of
 /// 72×72 floats exceed what is left beside the product tiles) in the lane's global buffers.
@@ -1315,13 +1332,7 @@ fn persistent_scan_kernels_keep_small_state_on_chip() {
         let mut body = Graph::new("step");
         let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(d), Dim::c(d)]));
         let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), n.clone(), Dim::c(d)]));
-        let y = body.matmul(x, s).unwrap();
-        let y = body.unary(UnaryOp::Tanh, y).unwrap();
-        let xt = body.transpose_last2(x).unwrap();
-        let upd = body.matmul(xt, y).unwrap();
-        let scale = body.scalar(0.01).unwrap();
-        let upd = body.mul(upd, scale).unwrap();
-        let s2 = body.sub(s, upd).unwrap();
+        let (s2, y) = inner_step(&mut body, s, x);
         body.output("s", s2);
         body.output("y", y);
         let mut g = Graph::new("persistent");
@@ -1336,10 +1347,11 @@ fn persistent_scan_kernels_keep_small_state_on_chip() {
         let mut env = tttc_ir::DimEnv::new();
         tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
         let gpu = GpuModel::compile(&g, &env).unwrap();
-        let persistent: Vec<_> = gpu.kernels.iter().filter(|k| k.params.iter().any(|p| p.name == "scratch")).collect();
+        let persistent = persistent_kernels(&gpu);
         assert_eq!(persistent.len(), 1, "d = {d}: one persistent kernel");
-        assert!(persistent[0].uses_tensor_cores(), "d = {d}");
-        assert_eq!(persistent[0].shared.iter().any(|s| s.name == "carries"), on_chip, "d = {d}");
+        let kernel = &gpu.kernels[persistent[0]];
+        assert!(kernel.uses_tensor_cores(), "d = {d}");
+        assert_eq!(kernel.shared.iter().any(|s| s.name == "carries"), on_chip, "d = {d}");
     }
 }
 
@@ -1356,13 +1368,7 @@ fn persistent_scan_kernels_sum_accumulators_over_their_lanes() {
         let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(d), Dim::c(d)]));
         let acc = body.input("acc", f32t(&[d]));
         let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::sym("n"), Dim::c(d)]));
-        let y = body.matmul(x, s).unwrap();
-        let y = body.unary(UnaryOp::Tanh, y).unwrap();
-        let xt = body.transpose_last2(x).unwrap();
-        let upd = body.matmul(xt, y).unwrap();
-        let scale = body.scalar(0.01).unwrap();
-        let upd = body.mul(upd, scale).unwrap();
-        let s2 = body.sub(s, upd).unwrap();
+        let (s2, y) = inner_step(&mut body, s, x);
         let rows = body.reduce(ReduceKind::Sum, y, 2, false).unwrap();
         let heads = body.reduce(ReduceKind::Sum, rows, 1, false).unwrap();
         let batch = body.reduce(ReduceKind::Sum, heads, 0, false).unwrap();
@@ -1388,7 +1394,7 @@ fn persistent_scan_kernels_sum_accumulators_over_their_lanes() {
         let mut env = tttc_ir::DimEnv::new();
         tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
         let gpu = GpuModel::compile(&g, &env).unwrap();
-        let persistent: Vec<usize> = (0..gpu.kernels.len()).filter(|&k| gpu.kernels[k].params.iter().any(|p| p.name == "carry0_even")).collect();
+        let persistent = persistent_kernels(&gpu);
         assert_eq!(persistent.len(), 1, "d = {d}: one persistent kernel");
         assert_eq!(gpu.launch_dims()[persistent[0]].unwrap().0, [4, 1, 1], "d = {d}: a block per batch entry and head");
         let sums = gpu.kernels.iter().filter(|k| k.params.iter().take(2).map(|p| p.name.as_str()).eq(["dst", "scratch"])).count();
@@ -1407,13 +1413,7 @@ fn persistent_scan_kernels_run_independent_chains_side_by_side() {
         let mut body = Graph::new("step");
         let s = body.input("s", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::c(8), Dim::c(8)]));
         let x = body.input("x", Type::new(DType::F32, vec![b.clone(), Dim::c(2), Dim::sym("n"), Dim::c(8)]));
-        let y = body.matmul(x, s).unwrap();
-        let y = body.unary(UnaryOp::Tanh, y).unwrap();
-        let xt = body.transpose_last2(x).unwrap();
-        let upd = body.matmul(xt, y).unwrap();
-        let scale = body.scalar(0.01).unwrap();
-        let upd = body.mul(upd, scale).unwrap();
-        let s2 = body.sub(s, upd).unwrap();
+        let (s2, y) = inner_step(&mut body, s, x);
         body.output("s", s2);
         body.output("y", y);
         if side_chain {
@@ -1434,7 +1434,7 @@ fn persistent_scan_kernels_run_independent_chains_side_by_side() {
         let mut env = tttc_ir::DimEnv::new();
         tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
         let gpu = GpuModel::compile(&g, &env).unwrap();
-        let persistent: Vec<usize> = (0..gpu.kernels.len()).filter(|&k| gpu.kernels[k].params.iter().any(|p| p.name == "scratch")).collect();
+        let persistent = persistent_kernels(&gpu);
         assert_eq!(persistent.len(), 1, "side chain {side_chain}: one persistent kernel");
         gpu.work()[persistent[0]].serial_steps
     };
