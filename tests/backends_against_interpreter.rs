@@ -1315,9 +1315,17 @@ fn inner_step(body: &mut Graph, s: ValueId, x: ValueId) -> (ValueId, ValueId) {
     (body.sub(s, upd).unwrap(), y)
 }
 
-/// The kernels of `gpu` that run a whole scan (they take a carry's two buffers).
-fn persistent_kernels(gpu: &GpuModel) -> Vec<usize> {
-    (0..gpu.kernels.len()).filter(|&k| gpu.kernels[k].params.iter().any(|p| p.name == "carry0_even")).collect()
+/// A graph holding one scan, checked against the interpreter on every backend, and its GPU
+/// model with the one kernel that runs the whole scan (it takes a carry's two buffers).
+fn one_persistent_kernel(g: &Graph, args: &[Tensor], case: &str) -> (GpuModel, usize) {
+    assert!(compare(g, args, 1e-5, 1e-5) <= 1.0, "{case}");
+    let refs: Vec<&Tensor> = args.iter().collect();
+    let mut env = tttc_ir::DimEnv::new();
+    tttc_ir::interp::bind_args(g, &refs, &mut env).unwrap();
+    let gpu = GpuModel::compile(g, &env).unwrap();
+    let persistent: Vec<usize> = (0..gpu.kernels.len()).filter(|&k| gpu.kernels[k].params.iter().any(|p| p.name == "carry0_even")).collect();
+    assert_eq!(persistent.len(), 1, "{case}: one persistent kernel");
+    (gpu, persistent[0])
 }
 
 /// Scans whose lanes separate become one persistent GPU kernel, one block per lane: with a small
@@ -1342,14 +1350,8 @@ fn persistent_scan_kernels_keep_small_state_on_chip() {
         g.output("s", outs[0]);
         g.output("y", outs[1]);
         let args = [Tensor::f32(vec![2, 2, d, d], values(4 * d * d, 51, -0.3, 0.3)), Tensor::f32(vec![2, 2, 37, d], values(4 * 37 * d, 52, -1.0, 1.0))];
-        assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "d = {d}");
-        let refs: Vec<&Tensor> = args.iter().collect();
-        let mut env = tttc_ir::DimEnv::new();
-        tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
-        let gpu = GpuModel::compile(&g, &env).unwrap();
-        let persistent = persistent_kernels(&gpu);
-        assert_eq!(persistent.len(), 1, "d = {d}: one persistent kernel");
-        let kernel = &gpu.kernels[persistent[0]];
+        let (gpu, persistent) = one_persistent_kernel(&g, &args, &format!("d = {d}"));
+        let kernel = &gpu.kernels[persistent];
         assert!(kernel.uses_tensor_cores(), "d = {d}");
         assert_eq!(kernel.shared.iter().any(|s| s.name == "carries"), on_chip, "d = {d}");
     }
@@ -1389,14 +1391,8 @@ fn persistent_scan_kernels_sum_accumulators_over_their_lanes() {
             Tensor::f32(vec![d], values(d, 56, -1.0, 1.0)),
             Tensor::f32(vec![2, 2, 37, d], values(4 * 37 * d, 57, -1.0, 1.0)),
         ];
-        assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "d = {d}");
-        let refs: Vec<&Tensor> = args.iter().collect();
-        let mut env = tttc_ir::DimEnv::new();
-        tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
-        let gpu = GpuModel::compile(&g, &env).unwrap();
-        let persistent = persistent_kernels(&gpu);
-        assert_eq!(persistent.len(), 1, "d = {d}: one persistent kernel");
-        assert_eq!(gpu.launch_dims()[persistent[0]].unwrap().0, [4, 1, 1], "d = {d}: a block per batch entry and head");
+        let (gpu, persistent) = one_persistent_kernel(&g, &args, &format!("d = {d}"));
+        assert_eq!(gpu.launch_dims()[persistent].unwrap().0, [4, 1, 1], "d = {d}: a block per batch entry and head");
         let sums = gpu.kernels.iter().filter(|k| k.params.iter().take(2).map(|p| p.name.as_str()).eq(["dst", "scratch"])).count();
         assert_eq!(sums, 1, "d = {d}: one kernel sums the accumulator's shares");
     }
@@ -1429,14 +1425,8 @@ fn persistent_scan_kernels_run_independent_chains_side_by_side() {
             g.output(name, *v);
         }
         let args = [Tensor::f32(vec![2, 2, 8, 8], values(256, 53, -0.3, 0.3)), Tensor::f32(vec![2, 2, 37, 8], values(4 * 37 * 8, 54, -1.0, 1.0))];
-        assert!(compare(&g, &args, 1e-5, 1e-5) <= 1.0, "side chain {side_chain}");
-        let refs: Vec<&Tensor> = args.iter().collect();
-        let mut env = tttc_ir::DimEnv::new();
-        tttc_ir::interp::bind_args(&g, &refs, &mut env).unwrap();
-        let gpu = GpuModel::compile(&g, &env).unwrap();
-        let persistent = persistent_kernels(&gpu);
-        assert_eq!(persistent.len(), 1, "side chain {side_chain}: one persistent kernel");
-        gpu.work()[persistent[0]].serial_steps
+        let (gpu, persistent) = one_persistent_kernel(&g, &args, &format!("side chain {side_chain}"));
+        gpu.work()[persistent].serial_steps
     };
     let alone = kernel_steps(false);
     assert!(alone > 0);

@@ -67,7 +67,7 @@ pub const INDEX_OUT_OF_RANGE: u32 = 1;
 
 /// How an instruction's elements are spread over threads: a kernel of its own with one thread
 /// per element (`Grid`), or one block of a persistent kernel whose threads stride over them
-/// (`Block`; the caller puts a barrier after each instruction).
+/// (`Block`; the caller puts barriers between instructions that touch the same memory).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spread {
     Grid,

@@ -1,6 +1,7 @@
 //! A whole scan as one kernel: one block per lane (per batch × head for a TTT mini-batch loop)
-//! runs every iteration of the body, the body's instructions one after another with a barrier
-//! between them, so no launch separates two mini-batches. The lanes come from splitting the scan
+//! runs every iteration of the body, the body's instructions in phases with a barrier between
+//! them (only instructions that touch the same memory are ordered), so no launch separates two
+//! mini-batches. The lanes come from splitting the scan
 //! where its body keeps them apart (`tttc_lower::lanes`: the heads, then the batch); each block
 //! reads its lane's slice of every operand in place and keeps its intermediate values in its own
 //! part of the workspace. The carried state (TTT's inner weights) goes back and forth between
@@ -39,7 +40,7 @@ pub struct Persistent {
 }
 
 /// Memory a body instruction touches: an argument, an output, or a byte range of the lane's
-/// workspace (buffers whose lifetimes do not overlap may share bytes there).
+/// workspace (where every buffer has bytes of its own).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Region {
     Arg(usize),
@@ -207,17 +208,24 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         sched.functions[0].separate_buffers(&|x| model.most(x));
         bodies.push((sched, run.count));
     }
-    // A lane's scratch: its body's workspace, then two copies of each accumulator (a carry that
-    // sums across the lanes: each lane sums its own share, `sums` adds the shares afterwards).
+    // The carried state between iterations: in shared memory when both copies of every carry
+    // fit beside the product tiles (TTT-Linear's inner weights at the 125m width), so it never
+    // leaves the SM; else in the lane's slices of the carries' two buffers.
     let carry_bytes: Vec<Size> =
         (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<Size>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
     let slot_bytes: Vec<usize> = carry_bytes.iter().map(|&c| model.most(c).div_ceil(16) * 16).collect();
+    let slots: usize = slot_bytes.iter().map(|c| 2 * c).sum();
+    let on_chip = slots <= SHARED_FOR_CARRIES;
+    // A lane's scratch: its body's workspace, then each accumulator (a carry that sums across the
+    // lanes: each lane sums its own share, `sums` adds the shares afterwards), both of its copies
+    // when off chip, else the final one.
     let mut lane_bytes = bodies.iter().map(|(sc, _)| sc.functions[0].workspace).max().unwrap_or(0).div_ceil(16) * 16;
     let accumulator_at: Vec<Option<usize>> = (0..nc)
         .map(|j| {
             lanes.operand[j].iter().all(Option::is_none).then(|| {
-                lane_bytes += 2 * slot_bytes[j];
-                lane_bytes - 2 * slot_bytes[j]
+                let at = lane_bytes;
+                lane_bytes += if on_chip { 1 } else { 2 } * slot_bytes[j];
+                at
             })
         })
         .collect();
@@ -277,12 +285,6 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         .collect();
     let lane_ws = b.fma(Ty::U64, lane, Val::Int(lane_bytes as i64), scratch);
     let lane_slot = |b: &mut Builder, at: usize| b.bin(BinOp::Add, Ty::U64, lane_ws, Val::Int(at as i64));
-    // The carried state between iterations: in shared memory when both copies of every carry
-    // fit beside the product tiles (TTT-Linear's inner weights at the 125m width), so it never
-    // leaves the SM; else in the lane's slices of the carries' two buffers (an accumulator's in
-    // the lane's scratch).
-    let slots: usize = slot_bytes.iter().map(|c| 2 * c).sum();
-    let on_chip = slots <= SHARED_FOR_CARRIES;
     let pair_lane: Vec<[Reg; 2]> = if on_chip {
         let base = b.shared("carries", slots.max(16), 16);
         let base = b.cvt(None, Ty::U64, Ty::U32, base);
