@@ -20,6 +20,11 @@ use crate::isa::*;
 use crate::kernels::{self, elem_bytes, params_of, Generated, ParamRef, Spread, PERSISTENT_THREADS};
 use crate::model::Work;
 
+/// The most pointers a persistent kernel takes: each is held in registers through the loop, and
+/// with more (a TTT-ReLU³ layer's backward sweep, 48) the body spills registers; such a scan is
+/// driven from the host instead.
+const MOST_PARAMS: usize = 40;
+
 /// Workspace each lane's block gets, rounded to this.
 const LANE_ALIGN: usize = 256;
 
@@ -245,6 +250,9 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
     }
     params.push((ParamRef::Scratch, "scratch".into()));
     params.push((ParamRef::Status, "status".into()));
+    if params.len() > MOST_PARAMS {
+        return Ok(None);
+    }
     let mut b = Builder::new("tttc_kernel", lengths);
     // Generic addresses throughout: the carries may live in shared memory.
     b.use_generic_addresses();
