@@ -218,6 +218,7 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
     // leaves the SM; else in the lane's slices of the carries' two buffers.
     let carry_bytes: Vec<Size> =
         (0..nc).map(|j| narrow(&f.bufs[operands[j]].shape, &lanes.operand[j]).iter().product::<Size>() * elem_bytes(f.bufs[operands[j]].dtype)).collect();
+    let carry_words: Vec<Size> = carry_bytes.iter().map(|c| c.div_exact(4).expect("carries are of 4-byte words")).collect();
     let slot_bytes: Vec<usize> = carry_bytes.iter().map(|&c| model.most(c).div_ceil(16) * 16).collect();
     let slots: usize = slot_bytes.iter().map(|c| 2 * c).sum();
     let on_chip = slots <= SHARED_FOR_CARRIES;
@@ -312,8 +313,7 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         pair_global.clone()
     };
     // Where carry `j`'s two copies are: an accumulator's off chip in the lane's scratch, its
-    // addresses computed where they are used (held through the loop, they cost the largest
-    // bodies a spilled register).
+    // addresses computed where they are used rather than held through the loop.
     let carry_slots = |b: &mut Builder, j: usize| match accumulator_at[j] {
         Some(at) if !on_chip => [lane_slot(b, at), lane_slot(b, at + slot_bytes[j])],
         _ => pair_lane[j],
@@ -326,14 +326,14 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
         b.bra_if(not_first, false, others);
         for j in (0..nc).filter(|&j| accumulator_at[j].is_some()) {
             for slot in carry_slots(&mut b, j) {
-                kernels::block_copy_words(&mut b, slot, op_lane[j], carry_bytes[j].div_exact(4).expect("carries are of 4-byte words"));
+                kernels::block_copy_words(&mut b, slot, op_lane[j], carry_words[j]);
             }
         }
         b.bra(started);
         b.place(others);
         for j in (0..nc).filter(|&j| accumulator_at[j].is_some()) {
             for slot in carry_slots(&mut b, j) {
-                kernels::block_zero_words(&mut b, slot, carry_bytes[j].div_exact(4).expect("carries are of 4-byte words"));
+                kernels::block_zero_words(&mut b, slot, carry_words[j]);
             }
         }
         b.place(started);
@@ -442,12 +442,12 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
     if on_chip {
         // The final state where the model reads it: the buffer the last iteration wrote (an
         // accumulator's share where `sums` reads it).
-        for (j, &c) in carry_bytes.iter().enumerate() {
+        for (j, &words) in carry_words.iter().enumerate() {
             let to = match accumulator_at[j] {
                 Some(at) => lane_slot(&mut b, at),
                 None => pair_global[j][0],
             };
-            kernels::block_copy_words(&mut b, to, pair_lane[j][0], c.div_exact(4).expect("carries are of 4-byte words"));
+            kernels::block_copy_words(&mut b, to, pair_lane[j][0], words);
         }
     }
     let generated = Generated::new(b, ([count, Size::ONE, Size::ONE], [PERSISTENT_THREADS, 1, 1]), params.into_iter().map(|p| p.0).collect());
@@ -463,7 +463,7 @@ pub fn compile(model: &Schedule, f: &Function, s: &ScanInstr, lengths: &[(String
     let sums = (0..nc)
         .filter_map(|j| {
             let at = accumulator_at[j]?;
-            let words = carry_bytes[j].div_exact(4).expect("carries are of 4-byte words");
+            let words = carry_words[j];
             let sum = kernels::lane_sums_kernel(s.carries[j].1[0], (count, lane_bytes, at), words, lengths);
             let bytes = model.at_bound(carry_bytes[j] * (count + Size::ONE));
             Some((sum, Work { launches: 1, flops: model.at_bound(words * count), bytes, serial_steps: 0 }))
