@@ -242,8 +242,8 @@ fn random_weights(model: &Path) {
             "ttt_norm_weight" => (1.0, 0.2),
             "ttt_norm_bias" => (0.0, 0.2),
             "learnable_token_idx" => (0.0, 0.1),
-            "learnable_ttt_lr_weight" => (0.0, 0.5),
-            "learnable_ttt_lr_bias" => (0.0, 0.5),
+            // The learning rate's, the momentum's and the forgetting's gates.
+            l if l.starts_with("learnable_ttt_") => (0.0, 0.5),
             l if l.starts_with('W') => (0.0, (3.0 / shape[1] as f64).sqrt()),
             l if l.starts_with('b') && l.len() == 2 => (0.0, 0.2),
             "weight" if name.contains("conv") => (0.0, 0.5),
@@ -287,12 +287,61 @@ fn learners_match_an_independent_f64_implementation() {
     eprintln!("{}", report.join("\n"));
 }
 
+/// The gated inner optimizer (`ttt_inner.momentum` / `forget`, SPEC §2) with each gate alone and
+/// both, on a preset and a deeper learner, for mini-batch sizes 3 and 16, matches the float64
+/// implementation's per-token recurrence; the model has the gates' weights and no
+/// `learnable_token_idx`.
+#[test]
+fn gated_optimizers_match_an_independent_f64_implementation() {
+    let dir = scratch("inner_gated");
+    let (bsz, t) = (2usize, 11usize);
+    let gates = [json!({"momentum": true}), json!({"forget": true}), json!({"momentum": true, "forget": true})];
+    let mut report = Vec::new();
+    for (i, ((learner, inner), gate)) in [("preset-linear", json!({})), ("relu3", json!({"widths": [4, 2], "activation": "relu"}))]
+        .into_iter()
+        .flat_map(|l| gates.iter().map(move |g| (l.clone(), g)))
+        .enumerate()
+    {
+        let mut inner = inner.clone();
+        inner.as_object_mut().unwrap().extend(gate.as_object().unwrap().clone());
+        for mb in [3usize, 16] {
+            let name = format!("{learner}-{}-b{mb}", gate.as_object().unwrap().keys().cloned().collect::<Vec<_>>().join("-"));
+            let extra =
+                if i % 2 == 0 { json!({"mini_batch_size": mb, "pre_conv": true, "share_qk": true, "use_gate": true}) } else { json!({"mini_batch_size": mb}) };
+            let c = config(learner, &inner, extra);
+            let model = write_model(&dir.join(&name), &c);
+            random_weights(&model);
+            let names: BTreeSet<String> = params(&model).into_keys().collect();
+            let has = |n: &str| names.iter().any(|p| p.ends_with(n));
+            assert!(!has("learnable_token_idx"), "{name}: a gated model has no token scale");
+            for g in ["momentum", "forget"] {
+                let on = gate.get(g).is_some();
+                assert_eq!(has(&format!("learnable_ttt_{g}_weight")) && has(&format!("learnable_ttt_{g}_bias")), on, "{name}: the {g} gate's weights");
+            }
+            let ids = ids_for(bsz, t, 13, i + mb);
+            let (got, _) = run(&model, &ids, bsz, t, "x");
+            let weights = reference::Weights::read(&model.join("model.safetensors"));
+            let want = reference::logits(&reference::Config::from_json(&c), &weights, &ids, bsz, t);
+            assert_eq!(weights.used(), names, "{name}: the model's parameters are not those SPEC §2 reads");
+            let ratio = parity_ratio(&got.f32, &want.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1e-5);
+            report.push(format!("{name}: {ratio:.3}"));
+            assert!(ratio <= 1.0, "{name}: logits at {ratio:.2}× tolerance of the f64 implementation");
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
 /// The float64 implementation itself reproduces the reference vectors (TTT-Linear with both
-/// backbones, TTT-MLP with the Mamba backbone).
+/// backbones, TTT-MLP with the Mamba backbone, TTT-Linear with the gated inner optimizer).
 #[test]
 fn f64_implementation_matches_the_reference_vectors() {
-    for case in ["ttt-linear-transformer-backbone", "ttt-linear-mamba-backbone", "ttt-mlp-mamba-backbone"] {
-        let dir = repo().join("tests/vectors").join(case);
+    let gated = repo().join("tests/vectors-gated/ttt-momentum-forget");
+    for dir in ["ttt-linear-transformer-backbone", "ttt-linear-mamba-backbone", "ttt-mlp-mamba-backbone"]
+        .map(|c| repo().join("tests/vectors").join(c))
+        .into_iter()
+        .chain([gated])
+    {
+        let case = dir.file_name().unwrap().to_str().unwrap();
         let c: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         let io = read(&dir.join("io.safetensors"));
         let (ids, logits) = (&io["input_ids"], &io["logits"]);
@@ -375,6 +424,9 @@ mod reference {
         kernel: usize,
         tied: bool,
         spec: Spec,
+        /// The gated inner optimizer's gates (`ttt_inner.momentum`, `ttt_inner.forget`).
+        momentum: bool,
+        forget: bool,
     }
 
     impl Config {
@@ -382,6 +434,7 @@ mod reference {
             let u = |k: &str, d: u64| c.get(k).and_then(Value::as_u64).unwrap_or(d) as usize;
             let f = |k: &str, d: f64| c.get(k).and_then(Value::as_f64).unwrap_or(d);
             let b = |k: &str, d: bool| c.get(k).and_then(Value::as_bool).unwrap_or(d);
+            let gate = |k: &str| c.get("ttt_inner").and_then(|t| t.get(k)).and_then(Value::as_bool).unwrap_or(false);
             Config {
                 vocab: u("vocab_size", 0),
                 hidden: u("hidden_size", 0),
@@ -398,6 +451,8 @@ mod reference {
                 kernel: u("conv_kernel", 4),
                 tied: b("tie_word_embeddings", true),
                 spec: Spec::from_config(c),
+                momentum: gate("momentum"),
+                forget: gate("forget"),
             }
         }
     }
@@ -654,7 +709,17 @@ mod reference {
                 rope(&mut xk[r * dim + h * d..r * dim + (h + 1) * d], r % c.mb, c.theta);
             }
         }
-        let (lr_w, lr_b, tok) = (get("learnable_ttt_lr_weight"), get("learnable_ttt_lr_bias"), get("learnable_token_idx"));
+        let gated = c.momentum || c.forget;
+        let (lr_w, lr_b) = (get("learnable_ttt_lr_weight"), get("learnable_ttt_lr_bias"));
+        let tok = if gated { &[][..] } else { get("learnable_token_idx") };
+        // A per-head gate sigmoid(x·w_h + b_h) at every position, or 0 when off.
+        let gate = |name: &str, on: bool, h: usize| -> Vec<f64> {
+            if !on {
+                return vec![0.0; t];
+            }
+            let (gw, gb) = (get(&format!("learnable_ttt_{name}_weight")), get(&format!("learnable_ttt_{name}_bias")));
+            (0..t).map(|r| sigmoid((0..dim).map(|j| x[r * dim + j] * gw[h * dim + j]).sum::<f64>() + gb[h])).collect()
+        };
         let sizes = c.spec.sizes(d);
         let depth = sizes.len() - 1;
         let mut z = vec![0.0; t * dim];
@@ -672,11 +737,26 @@ mod reference {
             let head = |m: &[f64], r: usize| m[r * dim + h * d..r * dim + (h + 1) * d].to_vec();
             let lr: Vec<f64> =
                 (0..t).map(|r| c.base_lr * sigmoid((0..dim).map(|j| x[r * dim + j] * lr_w[h * dim + j]).sum::<f64>() + lr_b[h]) / d as f64).collect();
+            let (beta, alpha) = (gate("momentum", c.momentum, h), gate("forget", c.forget, h));
+            // The gated rule's momentum S, zero at the sequence's start and carried across
+            // mini-batches.
+            let mut momentum = vec![0.0; w0.len()];
             for start in (0..t).step_by(c.mb) {
                 let n = c.mb.min(t - start);
                 let g: Vec<Vec<f64>> = (0..n).map(|j| inner.grad(&w0, &head(&xk, start + j), &head(&xv, start + j))).collect();
                 let mut wi = w0.clone();
                 for i in 0..n {
+                    if gated {
+                        // S_i = β_i·S_{i−1} + lr_i·g_i, W_i = (1 − α_i)·W_{i−1} − S_i
+                        let r = start + i;
+                        for ((s, w), gi) in momentum.iter_mut().zip(wi.iter_mut()).zip(&g[i]) {
+                            *s = beta[r] * *s + lr[r] * gi;
+                            *w = (1.0 - alpha[r]) * *w - *s;
+                        }
+                        let out = inner.value(&wi, &head(&xq, r));
+                        z[r * dim + h * d..r * dim + (h + 1) * d].copy_from_slice(&out);
+                        continue;
+                    }
                     let tau = (1.0 / (i as f64 + 1.0) + tok[i]).max(0.0);
                     wi = w0.clone();
                     for (j, gj) in g.iter().enumerate().take(i + 1) {
@@ -877,6 +957,28 @@ fn malformed_widths_are_refused() {
     expect_error(&bad_inner("norm", json!({"norm": "rms_norm"})), &["ttt_inner.norm", "\"rms_norm\""]);
     expect_error(&bad_inner("bias", json!({"bias": "yes"})), &["ttt_inner.bias"]);
     expect_error(&write_model(&scratch("inner_err_table"), &config("x", &json!("mlp"), json!({}))), &["ttt_inner", "table"]);
+}
+
+/// The inner optimizer's keys are booleans; a gated model refuses what it cannot do yet (state
+/// files, decoding) with a one-line error, and writes nothing.
+#[test]
+fn gated_optimizer_errors_are_one_line() {
+    expect_error(&bad_inner("momentum", json!({"momentum": 1})), &["ttt_inner.momentum", "true or false"]);
+    let model = write_model(&scratch("inner_gated_refused"), &config("x", &json!({"forget": true}), json!({})));
+    let input = model.join("in.safetensors");
+    write_raw(&input, &[("input_ids".into(), Dtype::I64, vec![1, 3], i64_bytes(&[1, 2, 3]))]);
+    let (out, state) = (model.join("out.safetensors"), model.join("state.safetensors"));
+    for args in [
+        vec!["run", p(&model), "--input", p(&input), "--output", p(&out), "--state-out", p(&state)],
+        vec!["generate", p(&model), "--prompt", p(&input), "--max-new-tokens", "2", "-o", p(&out)],
+    ] {
+        let r = tttc(&args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{}: succeeded", args[0]);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{}: error is not one line: {stderr}", args[0]);
+        assert!(stderr.contains("gated inner optimizer") && !stderr.contains("panicked"), "{}: {stderr}", args[0]);
+        assert!(!out.exists() && !state.exists(), "{}: wrote an output", args[0]);
+    }
 }
 
 /// The same errors from a model.toml's `[config.ttt_inner]` table name the file and the key.

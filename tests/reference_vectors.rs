@@ -9,19 +9,25 @@ const RTOL_LOGITS: f64 = 1e-5;
 
 #[test]
 fn run_matches_every_reference_case() {
-    check_every_case(&backends(), "reference_vectors");
+    check_every_case(&cases(), &backends(), "reference_vectors");
+}
+
+/// The gated inner optimizer's cases, the same way.
+#[test]
+fn run_matches_every_gated_case() {
+    check_every_case(&gated_cases(), &backends(), "reference_vectors_gated");
 }
 
 #[test]
 #[ignore = "needs a GPU"]
 fn cuda_matches_every_reference_case() {
-    check_every_case(&gpu_backends(), "reference_vectors_cuda");
+    check_every_case(&[cases(), gated_cases()].concat(), &gpu_backends(), "reference_vectors_cuda");
 }
 
-fn check_every_case(backends: &[&str], scratch_name: &str) {
+fn check_every_case(cases: &[std::path::PathBuf], backends: &[&str], scratch_name: &str) {
     let out_dir = scratch(scratch_name);
     let mut failures = Vec::new();
-    for (case, backend) in cases().into_iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))) {
+    for (case, backend) in cases.iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))) {
         let name = format!("{} ({backend})", case.file_name().unwrap().to_str().unwrap());
         let out = out_dir.join(format!("{name}.safetensors"));
         let io = case.join("io.safetensors");
@@ -48,7 +54,7 @@ fn check_every_case(backends: &[&str], scratch_name: &str) {
 #[test]
 fn prefixes_match_the_reference() {
     let out_dir = scratch("reference_prefixes");
-    for (case, backend) in cases().into_iter().flat_map(|c| backends().into_iter().map(move |b| (c.clone(), b))) {
+    for (case, backend) in [cases(), gated_cases()].concat().into_iter().flat_map(|c| backends().into_iter().map(move |b| (c.clone(), b))) {
         let name = format!("{}-{backend}", case.file_name().unwrap().to_str().unwrap());
         let io = read(&case.join("io.safetensors"));
         let (ids, logits) = (&io["input_ids"], &io["logits"]);

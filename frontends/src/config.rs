@@ -370,8 +370,42 @@ pub enum InnerLoss {
     Reconstruction,
 }
 
-/// The keys of a `ttt_inner` table.
-const INNER_KEYS: [&str; 6] = ["widths", "bias", "activation", "residual", "norm", "loss"];
+/// The keys of a `ttt_inner` table: the learner's, then the inner optimizer's.
+const INNER_KEYS: [&str; 8] = ["widths", "bias", "activation", "residual", "norm", "loss", "momentum", "forget"];
+
+/// The `ttt_inner` table's keys, when the config has one.
+fn inner_table<'a>(k: &'a Keys) -> Result<Option<Keys<'a>>> {
+    let Some(table) = k.get("ttt_inner") else { return Ok(None) };
+    let table = table.as_object().with_context(|| format!("config key ttt_inner must be a table of inner-learner keys, got {table}"))?;
+    let t = Keys { map: table, prefix: "ttt_inner.", known: &INNER_KEYS };
+    t.refuse_unknown(&[])?;
+    Ok(Some(t))
+}
+
+/// How the inner weights follow their gradients (SPEC §2 step 5 and "Gated inner optimizer").
+/// Without either gate, the references' rule: `W_i = W₀ − τ[i]·Σ_{j≤i} lr_j g_j` with the
+/// learned token scale τ. With one, per token `S_i = β_i·S_{i−1} + lr_i·g_i` and
+/// `W_i = (1 − α_i)·W_{i−1} − S_i`, the gates β (momentum) and α (forgetting) computed from the
+/// layer's input like the learning rate, and no τ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InnerOptimizer {
+    /// β from `learnable_ttt_momentum_{weight,bias}` (else β ≡ 0).
+    pub momentum: bool,
+    /// α from `learnable_ttt_forget_{weight,bias}` (else α ≡ 0).
+    pub forget: bool,
+}
+
+impl InnerOptimizer {
+    /// Whether the gated rule replaces the references' (either gate is on).
+    pub fn gated(self) -> bool {
+        self.momentum || self.forget
+    }
+
+    fn from_keys(k: &Keys) -> Result<InnerOptimizer> {
+        let Some(t) = inner_table(k)? else { return Ok(InnerOptimizer::default()) };
+        Ok(InnerOptimizer { momentum: t.bool_or("momentum", false)?, forget: t.bool_or("forget", false)? })
+    }
+}
 
 /// Most layers an inner model may have.
 pub const MAX_INNER_DEPTH: usize = 3;
@@ -399,10 +433,7 @@ impl InnerSpec {
             other => bail!("unknown ttt_layer_type {other:?} (expected \"linear\" or \"mlp\")"),
         }
         .spec();
-        let Some(table) = k.get("ttt_inner") else { return Ok(spec) };
-        let table = table.as_object().with_context(|| format!("config key ttt_inner must be a table of inner-learner keys, got {table}"))?;
-        let t = Keys { map: table, prefix: "ttt_inner.", known: &INNER_KEYS };
-        t.refuse_unknown(&[])?;
+        let Some(t) = inner_table(k)? else { return Ok(spec) };
         if let Some(v) = t.get("widths") {
             let list = v.as_array().with_context(|| {
                 format!("config key ttt_inner.widths must be a list of positive integers (hidden widths in multiples of the head dimension), got {v}")
@@ -459,6 +490,9 @@ pub struct TttConfig {
     pub mini_batch_size: usize,
     /// The inner learner: `ttt_layer_type`'s preset, or its `ttt_inner` refinement.
     pub inner: InnerSpec,
+    /// The inner optimizer: the references' rule, or the gated one (`ttt_inner.momentum` /
+    /// `ttt_inner.forget`).
+    pub optimizer: InnerOptimizer,
     pub ttt_base_lr: f64,
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
@@ -595,6 +629,7 @@ impl TttConfig {
             num_heads: k.size("num_attention_heads")?,
             mini_batch_size: k.size_or("mini_batch_size", 16)?,
             inner: InnerSpec::from_keys(k)?,
+            optimizer: InnerOptimizer::from_keys(k)?,
             ttt_base_lr: k.f64_or("ttt_base_lr", 1.0, Range::Finite)?,
             rope_theta: k.f64_or("rope_theta", 10000.0, Range::Positive)?,
             rms_norm_eps: k.f64_or("rms_norm_eps", 1e-6, Range::Positive)?,

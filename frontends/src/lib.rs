@@ -17,7 +17,7 @@ pub mod weights;
 use anyhow::Result;
 
 pub use builder::{Init, Mode, ModelBuilder, StateInit, StateSpec};
-pub use config::{InnerModel, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
+pub use config::{InnerModel, InnerOptimizer, LlamaConfig, MambaConfig, ModelConfig, TttConfig};
 pub use source::{load, load_config, load_structure, outputs_reading_model, parse_config_json, source_files, structure_of, Model, DEFAULT_SEED};
 
 /// Builds the graph of one sequence-mixing layer: argument `x` f32 `[B, T, D]`, the layer's

@@ -6,7 +6,7 @@
 //! The inner gradient is not spelled out: it is a `grad` op over the inner loss, which the passes'
 //! autodiff expands; deriving the dual form is the passes' job too.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
@@ -91,19 +91,23 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let (q, k, v) = (split_heads(b, q, heads, d)?, split_heads(b, k, heads, d)?, split_heads(b, v, heads, d)?);
 
     // lr[b,h,t] = base_lr · sigmoid(x_t · w_h + β_h) / d
-    let lr_w = b.weight(&format!("{s}learnable_ttt_lr_weight"), &[heads, 1, dim], Init::Normal { std: 0.02 });
-    let lr_b = b.weight(&format!("{s}learnable_ttt_lr_bias"), &[heads, 1], Init::Zeros);
-    let lr_w = b.reshape(lr_w, vec![Dim::c(heads), Dim::c(dim)])?;
-    let lr_w = b.transpose_last2(lr_w)?;
-    let logit = b.matmul(x, lr_w)?; // [B, T, H]
-    let lr_b = b.reshape(lr_b, vec![Dim::c(heads)])?;
-    let logit = b.add(logit, lr_b)?;
+    let logit = head_logits(b, x, s, "lr", heads, dim)?;
     let gate = b.unary(UnaryOp::Sigmoid, logit)?;
     let scale = b.scalar(c.ttt_base_lr / d as f64)?;
     let lr = b.mul(gate, scale)?;
     let lr = b.transpose(lr, &[0, 2, 1])?; // [B, H, T]
 
-    let token_idx = b.weight(&format!("{s}learnable_token_idx"), &[c.mini_batch_size], Init::Zeros);
+    let rule = if c.optimizer.gated() {
+        if b.mode != Mode::Forward {
+            bail!("a TTT model with a gated inner optimizer (ttt_inner.momentum or ttt_inner.forget) runs whole sequences only so far: decoding, state files and packed batches are not supported for it yet");
+        }
+        // log β = log sigmoid(z) = −softplus(−z); log(1 − α) = log sigmoid(−z) = −softplus(z).
+        let log_momentum = if c.optimizer.momentum { Some(log_gate(b, x, s, "momentum", heads, dim, false)?) } else { None };
+        let log_keep = if c.optimizer.forget { Some(log_gate(b, x, s, "forget", heads, dim, true)?) } else { None };
+        Rule::Gated { log_momentum, log_keep }
+    } else {
+        Rule::TokenScaled { token_idx: b.weight(&format!("{s}learnable_token_idx"), &[c.mini_batch_size], Init::Zeros) }
+    };
     let norm = match c.inner.norm {
         InnerNorm::LayerNorm => {
             let ln_w = b.weight(&format!("{s}ttt_norm_weight"), &[heads, d], Init::Ones);
@@ -136,10 +140,10 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     }
     let z = if b.mode == Mode::Step {
         let decode = Decode { names: &names, shapes: &state, position: b.position.expect("a step graph has a position") };
-        decode_step(b, c, decode, [q, k, v, lr, token_idx], norm)?
+        decode_step(b, c, decode, [q, k, v, lr], rule, norm)?
     } else {
         let layer = Layer { names: &names, params: &params, shapes: &state };
-        mini_batch_scan(b, c, layer, [q, k, v, lr, token_idx], norm)?
+        mini_batch_scan(b, c, layer, [q, k, v, lr], rule, norm)?
     };
 
     let z = b.transpose(z, &[0, 2, 1, 3])?;
@@ -154,6 +158,40 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
         y = b.mul(gate, y)?;
     }
     b.linear(y, &format!("{s}o_proj"), dim, dim, normal, None)
+}
+
+/// `x_t · w_h + bias_h` for the per-head gate `{s}learnable_ttt_{gate}_weight` `[H, 1, D]` and
+/// `_bias` `[H, 1]`: `[B, T, H]`.
+fn head_logits(b: &mut ModelBuilder, x: ValueId, s: &str, gate: &str, heads: usize, dim: usize) -> Result<ValueId> {
+    let w = b.weight(&format!("{s}learnable_ttt_{gate}_weight"), &[heads, 1, dim], Init::Normal { std: 0.02 });
+    let bias = b.weight(&format!("{s}learnable_ttt_{gate}_bias"), &[heads, 1], Init::Zeros);
+    let w = b.reshape(w, vec![Dim::c(heads), Dim::c(dim)])?;
+    let w = b.transpose_last2(w)?;
+    let logit = b.matmul(x, w)?;
+    let bias = b.reshape(bias, vec![Dim::c(heads)])?;
+    b.add(logit, bias)
+}
+
+/// The logarithm of a per-head gate `sigmoid(z)` from [`head_logits`], or with `complement` of
+/// `1 − sigmoid(z) = sigmoid(−z)`, as `−softplus(∓z)` (finite however saturated the gate),
+/// `[B, H, T]`.
+fn log_gate(b: &mut ModelBuilder, x: ValueId, s: &str, gate: &str, heads: usize, dim: usize, complement: bool) -> Result<ValueId> {
+    let z = head_logits(b, x, s, gate, heads, dim)?;
+    let z = if complement { z } else { b.unary(UnaryOp::Neg, z)? };
+    let softplus = b.unary(UnaryOp::Softplus, z)?;
+    let log = b.unary(UnaryOp::Neg, softplus)?;
+    b.transpose(log, &[0, 2, 1])
+}
+
+/// How a mini-batch's tokens move the inner weights (SPEC §2 step 5), with its layer-level
+/// operands.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// `W_i = W₀ − τ[i]·Σ_{j≤i} lr_j g_j`, τ from `learnable_token_idx` `[b]`.
+    TokenScaled { token_idx: ValueId },
+    /// The gated inner optimizer (`InnerOptimizer`): `log β` and `log(1 − α)`, each `[B, H, T]`,
+    /// for the gates that are on.
+    Gated { log_momentum: Option<ValueId>, log_keep: Option<ValueId> },
 }
 
 /// One mini-batch of n ≤ b tokens, primal form. Arguments: the inner state, the chunk's Q, K, V
@@ -172,6 +210,10 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
 /// `(W₀, A)` instead (SPEC §2, "Decoding"), for steps to continue inside it. With
 /// [`Sums::Read`] a mini-batch starts from sums `A₀` of tokens before it:
 /// `W_i = W₀ − τ[i]·A₀ − Σ_j η[i,j] g_j` and it hands on `A₀ + Σ_j lr[j]·g_j`.
+///
+/// With the gated inner optimizer, the momentum `S` (with `momentum`) is carried after the
+/// weights, the chunk's `log β` and `log(1 − α)` `[B, H, n]` (those that are on) follow lr, and
+/// there is no `learnable_token_idx`; see [`Gated`].
 fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Graph> {
     let hand_off = sums != Sums::None;
     let (heads, d) = (c.num_heads, c.head_dim());
@@ -183,12 +225,18 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     // Zero at every mini-batch's start in a prefill: read only by a resumed run.
     let start_sums: Vec<ValueId> =
         if hand_off { state_types.iter().enumerate().map(|(i, t)| g.input(&format!("acc{i}"), t.clone())).collect() } else { Vec::new() };
+    let gated = c.optimizer.gated();
+    let momentum: Vec<ValueId> =
+        if c.optimizer.momentum { state_types.iter().enumerate().map(|(i, t)| g.input(&format!("momentum{i}"), t.clone())).collect() } else { Vec::new() };
     let chunk = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);
     let q = g.input("q", chunk.clone());
     let k = g.input("k", chunk.clone());
     let v = g.input("v", chunk);
-    let lr = g.input("lr", Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone()]));
-    let token_idx = g.input("token_idx", Type::f32(&[c.mini_batch_size]));
+    let per_token = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone()]);
+    let lr = g.input("lr", per_token.clone());
+    let log_momentum = c.optimizer.momentum.then(|| g.input("log_momentum", per_token.clone()));
+    let log_keep = c.optimizer.forget.then(|| g.input("log_keep", per_token));
+    let token_idx = (!gated).then(|| g.input("token_idx", Type::f32(&[c.mini_batch_size])));
     let norm = match c.inner.norm {
         InnerNorm::LayerNorm => {
             let per_head = Type::f32(&[1, heads, 1, d]);
@@ -204,11 +252,21 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     // η[i,j] = τ[i] · lr[j] for j ≤ i, τ[i] = max(0, 1/(i+1) + learnable_token_idx[i]).
     let pos = g.iota(n.clone(), DType::I64)?;
     let posf = g.cast(pos, DType::F32)?;
-    let tau = token_scale(&mut g, token_idx, pos, posf)?;
-    let tau = g.reshape(tau, vec![n.clone(), Dim::c(1)])?;
-    let lr_row = g.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), n.clone()])?;
-    let eta = g.mul(tau, lr_row)?;
-    let eta = g.tri_mask(eta, 0.0)?; // [B, H, n, n]
+    let lr_shape = vec![bsym.clone(), Dim::c(heads), Dim::c(1), n.clone()];
+    let (tau, lr_row, eta, gates) = match token_idx {
+        Some(token_idx) => {
+            let tau = token_scale(&mut g, token_idx, pos, posf)?;
+            let tau = g.reshape(tau, vec![n.clone(), Dim::c(1)])?;
+            let lr_row = g.reshape(lr, lr_shape)?;
+            let eta = g.mul(tau, lr_row)?;
+            (Some(tau), lr_row, g.tri_mask(eta, 0.0)?, None) // [B, H, n, n]
+        }
+        None => {
+            let lr_row = g.reshape(lr, lr_shape)?;
+            let gates = Gated::new(&mut g, posf, lr_row, log_momentum, log_keep)?;
+            (None, lr_row, gates.eta, Some(gates))
+        }
+    };
 
     // The state as matrices with a token axis of 1, and per-token copies of it.
     let mut start = Vec::new(); // [B, H, 1, rows, cols]
@@ -224,19 +282,43 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     // W_i = W₀ − Σ_j η[i,j] g_j for every weight and bias; the next state is the last token's.
     let mut weights = Vec::new();
     let mut next_state = Vec::new();
+    let mut next_momentum = Vec::new();
     let mut hand_offs = Vec::new();
     for (i, ((&s, &w0), &gj)) in state.iter().zip(&start).zip(&grads).enumerate() {
         let (rows, cols) = matrix_dims(g.ty(s));
         let flat = g.reshape(gj, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows * cols)])?;
+        let per_token = vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)];
         let step = g.matmul(eta, flat)?;
-        let step = g.reshape(step, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?;
-        let mut w = g.sub(w0, step)?;
-        if sums == Sums::Read {
-            // − τ[i]·A₀ per token: a product over a one-long axis, as the η term is one over j.
-            let a0 = g.reshape(start_sums[i], vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows * cols)])?;
-            let before = g.matmul(tau, a0)?;
-            let before = g.reshape(before, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?;
+        let step = g.reshape(step, per_token.clone())?;
+        // Π (1 − α)·W₀ as a product over a one-long axis too (the dual form reads products).
+        let kept = match gates.as_ref().and_then(|gates| gates.kept) {
+            Some(kept) => {
+                let flat_w0 = g.reshape(w0, vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows * cols)])?;
+                let kept = g.matmul(kept, flat_w0)?;
+                g.reshape(kept, per_token.clone())?
+            }
+            None => w0,
+        };
+        let mut w = g.sub(kept, step)?;
+        // The carried term, a product over a one-long axis as the η term is one over j: the
+        // sums before the chunk, − τ[i]·A₀, or the momentum, − c[i]·S₀.
+        let carried = match &gates {
+            Some(gates) => gates.momentum.as_ref().map(|m| (m.into_weights, momentum[i])),
+            None => (sums == Sums::Read).then(|| (tau.expect("the references' rule has τ"), start_sums[i])),
+        };
+        if let Some((scale, before)) = carried {
+            let before = g.reshape(before, vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows * cols)])?;
+            let before = g.matmul(scale, before)?;
+            let before = g.reshape(before, per_token)?;
             w = g.sub(w, before)?;
+        }
+        if let Some(m) = gates.as_ref().and_then(|gates| gates.momentum.as_ref()) {
+            // S_last = Π_m β_m · S₀ + Σ_j P[last,j]·lr_j·g_j
+            let s0 = g.reshape(momentum[i], vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows * cols)])?;
+            let decayed = g.mul(m.last_decay, s0)?;
+            let pushed = g.matmul(m.last_push, flat)?;
+            let next = g.add(decayed, pushed)?;
+            next_momentum.push(g.reshape(next, g.ty(s).shape.clone())?);
         }
         let last = g.slice(w, 2, -1, None)?;
         next_state.push(g.reshape(last, g.ty(s).shape.clone())?);
@@ -275,8 +357,85 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     for (i, a) in next_acc.into_iter().enumerate() {
         g.output(&format!("acc{i}"), a);
     }
+    for (i, m) in next_momentum.into_iter().enumerate() {
+        g.output(&format!("momentum{i}"), m);
+    }
     g.output("out", out);
     Ok(g)
+}
+
+/// The gated inner optimizer over one chunk (SPEC §2, "Gated inner optimizer"). With
+/// `P[i,k] = Π_{k<m≤i} β_m` and `D[i,k] = Π_{k<m≤i} (1 − α_m)` for k ≤ i (0 above the diagonal),
+/// unrolling `S_i = β_i·S_{i−1} + lr_i·g_i` and `W_i = (1 − α_i)·W_{i−1} − S_i` from `(W₀, S₀)`
+/// gives
+///   `S_i = Π_{m≤i} β_m · S₀ + Σ_j P[i,j]·lr_j·g_j`,
+///   `W_i = Π_{m≤i} (1 − α_m) · W₀ − c_i·S₀ − Σ_j η[i,j] g_j`,
+/// with `η = D·(P ⊙ lr)` and `c = D·(Π_{m≤·} β_m)`: the references' form with decay products in
+/// place of τ, so every W_i stays linear in W₀, S₀ and the gradients. Without momentum P is the
+/// identity (β ≡ 0) and S is not carried; without forgetting D is all ones below the diagonal.
+struct Gated {
+    /// η `[B, H, n, n]`.
+    eta: ValueId,
+    /// `Π_{m≤i} (1 − α_m)` `[B, H, n, 1]`, with forgetting.
+    kept: Option<ValueId>,
+    momentum: Option<Momentum>,
+}
+
+/// The momentum's terms of [`Gated`].
+struct Momentum {
+    /// c `[B, H, n, 1]`: how much of S₀ each token's weights lose.
+    into_weights: ValueId,
+    /// The last row of `P ⊙ lr` `[B, H, 1, n]` and `Π_m β_m` `[B, H, 1, 1]`: the next S₀.
+    last_push: ValueId,
+    last_decay: ValueId,
+}
+
+impl Gated {
+    /// From the chunk's positions `[n]` (f32), lr as a row `[B, H, 1, n]` and the gates' logs
+    /// `[B, H, n]`.
+    fn new(g: &mut Graph, positions: ValueId, lr_row: ValueId, log_momentum: Option<ValueId>, log_keep: Option<ValueId>) -> Result<Gated> {
+        let n = g.dim(positions, 0)?;
+        let column = g.reshape(positions, vec![n.clone(), Dim::c(1)])?;
+        let row = g.reshape(positions, vec![Dim::c(1), n])?;
+        let lower = g.binary(BinaryOp::Ge, column, row)?; // [i ≥ m]
+        let one = g.scalar(1.0)?;
+        let next = g.add(row, one)?;
+        let strictly_lower = g.binary(BinaryOp::Ge, column, next)?; // [m > k]
+        let (keep_within, kept) = match log_keep {
+            Some(u) => {
+                let (within, from_start) = decays(g, u, lower, strictly_lower)?;
+                (within, Some(from_start))
+            }
+            None => (lower, None),
+        };
+        let Some(u) = log_momentum else {
+            return Ok(Gated { eta: g.mul(keep_within, lr_row)?, kept, momentum: None });
+        };
+        let (within, from_start) = decays(g, u, lower, strictly_lower)?;
+        let push = g.mul(within, lr_row)?;
+        let momentum = Momentum {
+            into_weights: g.matmul(keep_within, from_start)?,
+            last_push: g.slice(push, 2, -1, None)?,
+            last_decay: g.slice(from_start, 2, -1, None)?,
+        };
+        Ok(Gated { eta: g.matmul(keep_within, push)?, kept, momentum: Some(momentum) })
+    }
+}
+
+/// From per-token logarithms `u` `[B, H, n]`: the products within the chunk,
+/// `exp(Σ_{k<m≤i} u_m)` for k ≤ i and 0 above the diagonal, `[B, H, n, n]`, and from its start,
+/// `exp(Σ_{m≤i} u_m)` `[B, H, n, 1]`. Each segment's sum is summed as `lower · (u ⊙ [m > k])`,
+/// not taken as a difference of running sums, which would cancel.
+fn decays(g: &mut Graph, u: ValueId, lower: ValueId, strictly_lower: ValueId) -> Result<(ValueId, ValueId)> {
+    let mut column = g.ty(u).shape.clone();
+    column.push(Dim::c(1));
+    let u = g.reshape(u, column)?;
+    let after = g.mul(u, strictly_lower)?;
+    let segments = g.matmul(lower, after)?;
+    let within = g.unary(UnaryOp::Exp, segments)?;
+    let within = g.tri_mask(within, 0.0)?;
+    let running = g.matmul(lower, u)?;
+    Ok((within, g.unary(UnaryOp::Exp, running)?))
 }
 
 /// τ[i] = max(0, 1/(i+1) + learnable_token_idx[i]) at the positions i given as `index` (i64) and
@@ -300,13 +459,14 @@ struct Layer<'a> {
 }
 
 /// The mini-batch loop over the whole sequence: a `Scan` of [`mini_batch_body`] in chunks of b,
-/// carrying the inner weights (and, when the graph hands on a state, the gradient sums).
-/// Operands: q, k, v `[B, H, T, d]`, lr `[B, H, T]`, learnable_token_idx; returns `[B, H, T, d]`.
+/// carrying the inner weights (and, when the graph hands on a state, the gradient sums; with
+/// momentum, S). Operands: q, k, v `[B, H, T, d]`, lr `[B, H, T]`, the [`Rule`]'s; returns
+/// `[B, H, T, d]`.
 ///
 /// A resumed run starts from the state given, p tokens into a mini-batch: its sequence is padded
 /// in front with p tokens of lr 0, which change nothing, so that the scan's chunks fall on the
 /// mini-batch boundaries; the first chunk continues from the sums given.
-fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [ValueId; 5], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
+fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [ValueId; 4], rule: Rule, norm: Option<[ValueId; 2]>) -> Result<ValueId> {
     let seen = b.mode.resumed_at();
     ensure!(
         seen < c.mini_batch_size,
@@ -330,7 +490,8 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
         for (&p, shape) in layer.params.iter().zip(layer.shapes) {
             inputs.push(b.broadcast(p, shape.clone())?);
         }
-        if sums == Sums::HandedOn {
+        // The gradient sums, or the momentum: zero at the sequence's start.
+        if sums == Sums::HandedOn || c.optimizer.momentum {
             let zero = b.scalar(0.0)?;
             for shape in layer.shapes {
                 inputs.push(b.broadcast(zero, shape.clone())?);
@@ -340,15 +501,21 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
     let weight_types: Vec<Type> = layer.shapes.iter().map(|s| Type::new(DType::F32, s.clone())).collect();
     let body = mini_batch_body(c, &weight_types, sums)?;
     let carries = inputs.len();
-    let [q, k, v, lr, token_idx] = seqs;
-    for x in [q, k, v, lr] {
+    let mut seqs = seqs.to_vec();
+    let mut invariants = Vec::new();
+    match rule {
+        Rule::TokenScaled { token_idx } => invariants.push(token_idx),
+        Rule::Gated { log_momentum, log_keep } => seqs.extend(log_momentum.into_iter().chain(log_keep)),
+    }
+    for &x in &seqs {
         inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
     }
-    inputs.push(token_idx);
+    inputs.extend(invariants);
     inputs.extend(norm.into_iter().flatten());
-    let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: 4, body, reverse: false }, &inputs)?;
-    let acc_names = layer.names.iter().map(|n| format!("{n}.acc"));
-    for (name, &last) in layer.names.iter().cloned().chain(acc_names).zip(&outs[..carries]) {
+    let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: seqs.len(), body, reverse: false }, &inputs)?;
+    let carried = if c.optimizer.momentum { ".momentum" } else { ".acc" };
+    let carried_names = layer.names.iter().map(|n| format!("{n}{carried}"));
+    for (name, &last) in layer.names.iter().cloned().chain(carried_names).zip(&outs[..carries]) {
         b.state_output(&name, last);
     }
     let z = outs[carries]; // [B, H, seen + T, d]
@@ -381,9 +548,10 @@ struct Decode<'a> {
 /// start of the mini-batch, `state.{name}`) and the lr-weighted gradient sums `A`
 /// (`state.{name}.acc`): `A_i = A + lr·g` with `g` the token's gradient at `W₀`, and the token
 /// reads `W_i = W₀ − τ[i]·A_i`. At the mini-batch's last position `W₀ ← W_i` and `A ← 0`.
-/// Operands: q, k, v `[B, H, 1, d]`, lr `[B, H, 1]`, learnable_token_idx; returns `[B, H, 1, d]`.
+/// Operands: q, k, v `[B, H, 1, d]`, lr `[B, H, 1]`, the references' [`Rule`]; returns `[B, H, 1, d]`.
 /// (A step graph's token axis is 1 by type, so the token's values are matrices of one row.)
-fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr, token_idx]: [ValueId; 5], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
+fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]: [ValueId; 4], rule: Rule, norm: Option<[ValueId; 2]>) -> Result<ValueId> {
+    let Rule::TokenScaled { token_idx } = rule else { bail!("a gated TTT layer has no decoding step yet") };
     let (heads, d) = (c.num_heads, c.head_dim());
     let bsym = Dim::sym("B");
     let pos = state.position; // f32 [1]

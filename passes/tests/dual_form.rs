@@ -96,6 +96,10 @@ fn dual_form_equals_primal_form() {
         r#""ttt_inner": {"widths": [4], "activation": "silu", "residual": false}"#,
         r#""ttt_inner": {"widths": [2], "bias": false}"#,
         r#""ttt_inner": {"widths": [1, 3], "activation": "silu", "bias": false, "norm": "none", "residual": false}"#,
+        // The gated inner optimizer: decay products in place of τ.
+        r#""ttt_inner": {"momentum": true, "forget": true}"#,
+        r#""ttt_layer_type": "mlp", "ttt_inner": {"momentum": true}"#,
+        r#""ttt_inner": {"widths": [4, 2], "activation": "relu", "forget": true}"#,
     ];
     for learner in learners {
         for b in [1usize, 4, 7] {

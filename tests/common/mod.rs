@@ -39,13 +39,23 @@ fn backends_where(keep: impl Fn(&tttc_runtime::Capabilities) -> bool) -> Vec<&'s
 
 /// Every reference case: each folder under `tests/vectors` (a case added there is picked up).
 pub fn cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/vectors"))
-        .expect("tests/vectors exists")
+    cases_in("tests/vectors")
+}
+
+/// The gated inner optimizer's cases (SPEC §2, "Gated inner optimizer"): logits and loss only,
+/// each folder under `tests/vectors-gated`. They join [`cases`] once such models decode.
+pub fn gated_cases() -> Vec<PathBuf> {
+    cases_in("tests/vectors-gated")
+}
+
+fn cases_in(folder: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join(folder))
+        .unwrap_or_else(|e| panic!("{folder}: {e}"))
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("config.json").exists())
         .collect();
     v.sort();
-    assert!(!v.is_empty(), "no reference cases in tests/vectors");
+    assert!(!v.is_empty(), "no reference cases in {folder}");
     v
 }
 
