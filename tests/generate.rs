@@ -32,7 +32,7 @@ fn cuda_generated_logits_equal_a_forward_pass_over_the_final_sequence() {
 
 fn check_decoding(backends: &[&str], scratch_name: &str) {
     let dir = scratch(scratch_name);
-    for case in cases() {
+    for case in all_cases() {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];
@@ -89,7 +89,7 @@ fn check_decoding(backends: &[&str], scratch_name: &str) {
 #[test]
 fn generation_continues_a_saved_state() {
     let dir = scratch("generate_state_in");
-    for case in cases() {
+    for case in all_cases() {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];

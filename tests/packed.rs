@@ -10,7 +10,7 @@ use safetensors::Dtype;
 #[test]
 fn packed_rows_match_separate_runs() {
     let dir = scratch("packed");
-    for case in cases() {
+    for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];
@@ -76,7 +76,7 @@ fn packed_rows_match_separate_runs() {
 #[test]
 fn packed_rows_continue_their_own_states() {
     let dir = scratch("packed_state_in");
-    for case in cases() {
+    for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];

@@ -21,7 +21,7 @@ fn run_matches_every_gated_case() {
 #[test]
 #[ignore = "needs a GPU"]
 fn cuda_matches_every_reference_case() {
-    check_every_case(&[cases(), gated_cases()].concat(), &gpu_backends(), "reference_vectors_cuda");
+    check_every_case(&all_cases(), &gpu_backends(), "reference_vectors_cuda");
 }
 
 fn check_every_case(cases: &[std::path::PathBuf], backends: &[&str], scratch_name: &str) {
@@ -54,7 +54,7 @@ fn check_every_case(cases: &[std::path::PathBuf], backends: &[&str], scratch_nam
 #[test]
 fn prefixes_match_the_reference() {
     let out_dir = scratch("reference_prefixes");
-    for (case, backend) in [cases(), gated_cases()].concat().into_iter().flat_map(|c| backends().into_iter().map(move |b| (c.clone(), b))) {
+    for (case, backend) in all_cases().into_iter().flat_map(|c| backends().into_iter().map(move |b| (c.clone(), b))) {
         let name = format!("{}-{backend}", case.file_name().unwrap().to_str().unwrap());
         let io = read(&case.join("io.safetensors"));
         let (ids, logits) = (&io["input_ids"], &io["logits"]);

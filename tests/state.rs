@@ -16,7 +16,7 @@ use tttc_runtime::Executable;
 #[test]
 fn run_writes_the_state_after_the_sequence() {
     let out_dir = scratch("state_out");
-    for case in cases() {
+    for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = case.join("io.safetensors");
         let model = tttc_frontends::load(&case, None).unwrap();
@@ -95,7 +95,7 @@ enum Splits {
 
 fn check_chunked_runs(backends: &[(&str, Splits)], scratch_name: &str) {
     let dir = scratch(scratch_name);
-    for case in cases() {
+    for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = read(&case.join("io.safetensors"));
         let (ids, t, b) = (&io["input_ids"], io["input_ids"].shape[1], mini_batch(&case));
@@ -142,7 +142,7 @@ fn check_chunked_runs(backends: &[(&str, Splits)], scratch_name: &str) {
 #[test]
 fn grad_from_a_state_gives_the_state_gradients() {
     let dir = scratch("state_grad");
-    for case in cases() {
+    for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = read(&case.join("io.safetensors"));
         let (ids, t, b) = (&io["input_ids"], io["input_ids"].shape[1], mini_batch(&case));

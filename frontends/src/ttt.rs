@@ -6,7 +6,7 @@
 //! The inner gradient is not spelled out: it is a `grad` op over the inner loss, which the passes'
 //! autodiff expands; deriving the dual form is the passes' job too.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
@@ -98,9 +98,6 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let lr = b.transpose(lr, &[0, 2, 1])?; // [B, H, T]
 
     let rule = if c.optimizer.gated() {
-        if b.mode != Mode::Forward {
-            bail!("a TTT model with a gated inner optimizer (ttt_inner.momentum or ttt_inner.forget) runs whole sequences only so far: decoding, state files and packed batches are not supported for it yet");
-        }
         // log β = log sigmoid(z) = −softplus(−z); log(1 − α) = log sigmoid(−z) = −softplus(z).
         let log_momentum = if c.optimizer.momentum { Some(log_gate(b, x, s, "momentum", heads, dim, false)?) } else { None };
         let log_keep = if c.optimizer.forget { Some(log_gate(b, x, s, "forget", heads, dim, true)?) } else { None };
@@ -222,12 +219,20 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     let bsym = Dim::sym("B");
     let mut g = Graph::new("mini_batch");
     let state: Vec<ValueId> = state_types.iter().enumerate().map(|(i, t)| g.input(&format!("state{i}"), t.clone())).collect();
-    // Zero at every mini-batch's start in a prefill: read only by a resumed run.
-    let start_sums: Vec<ValueId> =
-        if hand_off { state_types.iter().enumerate().map(|(i, t)| g.input(&format!("acc{i}"), t.clone())).collect() } else { Vec::new() };
     let gated = c.optimizer.gated();
-    let momentum: Vec<ValueId> =
-        if c.optimizer.momentum { state_types.iter().enumerate().map(|(i, t)| g.input(&format!("momentum{i}"), t.clone())).collect() } else { Vec::new() };
+    let mut inputs = |name: &str, on: bool| -> Vec<ValueId> {
+        if on {
+            state_types.iter().enumerate().map(|(i, t)| g.input(&format!("{name}{i}"), t.clone())).collect()
+        } else {
+            Vec::new()
+        }
+    };
+    // The gradient sums, zero at every mini-batch's start in a prefill: read only by a resumed
+    // run. Gated, the weights the recurrence continues from instead (the state's are where the
+    // gradients are taken), and the momentum.
+    let start_sums = inputs("acc", hand_off && !gated);
+    let current = inputs("current", hand_off && gated);
+    let momentum = inputs("momentum", c.optimizer.momentum);
     let chunk = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);
     let q = g.input("q", chunk.clone());
     let k = g.input("k", chunk.clone());
@@ -235,7 +240,9 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     let per_token = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone()]);
     let lr = g.input("lr", per_token.clone());
     let log_momentum = c.optimizer.momentum.then(|| g.input("log_momentum", per_token.clone()));
-    let log_keep = c.optimizer.forget.then(|| g.input("log_keep", per_token));
+    let log_keep = c.optimizer.forget.then(|| g.input("log_keep", per_token.clone()));
+    // 0 on a resumed run's padding, whose momentum must not move the weights.
+    let real = (c.optimizer.momentum && sums == Sums::Read).then(|| g.input("real", per_token));
     let token_idx = (!gated).then(|| g.input("token_idx", Type::f32(&[c.mini_batch_size])));
     let norm = match c.inner.norm {
         InnerNorm::LayerNorm => {
@@ -263,7 +270,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         }
         None => {
             let lr_row = g.reshape(lr, lr_shape)?;
-            let gates = Gated::new(&mut g, posf, lr_row, log_momentum, log_keep)?;
+            let gates = Gated::new(&mut g, posf, lr_row, log_momentum, log_keep, real)?;
             (None, lr_row, gates.eta, Some(gates))
         }
     };
@@ -286,6 +293,12 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     let mut hand_offs = Vec::new();
     for (i, ((&s, &w0), &gj)) in state.iter().zip(&start).zip(&grads).enumerate() {
         let (rows, cols) = matrix_dims(g.ty(s));
+        // Where the tokens' weights start from: the gradients' W₀, or gated and handed on, the
+        // carried current weights.
+        let w0 = match current.get(i) {
+            Some(&w) => g.reshape(w, vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(rows), Dim::c(cols)])?,
+            None => w0,
+        };
         let flat = g.reshape(gj, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows * cols)])?;
         let per_token = vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)];
         let step = g.matmul(eta, flat)?;
@@ -322,7 +335,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         }
         let last = g.slice(w, 2, -1, None)?;
         next_state.push(g.reshape(last, g.ty(s).shape.clone())?);
-        if hand_off {
+        if hand_off && !gated {
             let acc = g.matmul(lr_row, flat)?; // Σ_j lr[j]·g_j, [B, H, 1, rows·cols]
             let mut acc = g.reshape(acc, g.ty(s).shape.clone())?;
             if sums == Sums::Read {
@@ -333,6 +346,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         weights.push(w);
     }
     let mut next_acc = Vec::new();
+    let mut next_current = Vec::new();
     if hand_off {
         // whole = 1 for a whole mini-batch (n = b), else 0: whole-number blends, exact.
         let upto = g.iota(n.clone(), DType::F32)?;
@@ -341,10 +355,16 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         let whole = g.binary(BinaryOp::Ge, last, b_minus_one)?;
         let one = g.scalar(1.0)?;
         let part = g.sub(one, whole)?;
-        for ((w_last, acc), &w0) in next_state.iter_mut().zip(hand_offs).zip(&state) {
+        for (i, (w_last, &w0)) in next_state.iter_mut().zip(&state).enumerate() {
+            // Gated, the current weights go on as they are, whole mini-batch or not.
+            if gated {
+                next_current.push(*w_last);
+            }
             let (kept, started) = (g.mul(whole, *w_last)?, g.mul(part, w0)?);
             *w_last = g.add(kept, started)?;
-            next_acc.push(g.mul(part, acc)?);
+            if let Some(&acc) = hand_offs.get(i) {
+                next_acc.push(g.mul(part, acc)?);
+            }
         }
     }
 
@@ -356,6 +376,9 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     }
     for (i, a) in next_acc.into_iter().enumerate() {
         g.output(&format!("acc{i}"), a);
+    }
+    for (i, w) in next_current.into_iter().enumerate() {
+        g.output(&format!("current{i}"), w);
     }
     for (i, m) in next_momentum.into_iter().enumerate() {
         g.output(&format!("momentum{i}"), m);
@@ -391,9 +414,18 @@ struct Momentum {
 }
 
 impl Gated {
-    /// From the chunk's positions `[n]` (f32), lr as a row `[B, H, 1, n]` and the gates' logs
-    /// `[B, H, n]`.
-    fn new(g: &mut Graph, positions: ValueId, lr_row: ValueId, log_momentum: Option<ValueId>, log_keep: Option<ValueId>) -> Result<Gated> {
+    /// From the chunk's positions `[n]` (f32), lr as a row `[B, H, 1, n]`, the gates' logs
+    /// `[B, H, n]` and, on a resumed run, which tokens are real `[B, H, n]` (the padding in front,
+    /// with lr 0 and both gates 1, carries S₀ unchanged and must not subtract it from the
+    /// weights: `c = D·(Π β ⊙ real)`; η needs no mask, as the padding's lr is 0).
+    fn new(
+        g: &mut Graph,
+        positions: ValueId,
+        lr_row: ValueId,
+        log_momentum: Option<ValueId>,
+        log_keep: Option<ValueId>,
+        real: Option<ValueId>,
+    ) -> Result<Gated> {
         let n = g.dim(positions, 0)?;
         let column = g.reshape(positions, vec![n.clone(), Dim::c(1)])?;
         let row = g.reshape(positions, vec![Dim::c(1), n])?;
@@ -413,8 +445,16 @@ impl Gated {
         };
         let (within, from_start) = decays(g, u, lower, strictly_lower)?;
         let push = g.mul(within, lr_row)?;
+        let subtracted = match real {
+            Some(real) => {
+                let column = g.ty(from_start).shape.clone();
+                let real = g.reshape(real, column)?;
+                g.mul(from_start, real)?
+            }
+            None => from_start,
+        };
         let momentum = Momentum {
-            into_weights: g.matmul(keep_within, from_start)?,
+            into_weights: g.matmul(keep_within, subtracted)?,
             last_push: g.slice(push, 2, -1, None)?,
             last_decay: g.slice(from_start, 2, -1, None)?,
         };
@@ -478,24 +518,34 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
         Mode::Resume { .. } => Sums::Read,
         _ => Sums::HandedOn,
     };
+    // What the scan carries, one of each per inner weight, in the body's order: the weights
+    // (where the gradients are taken), then handed on, the references' gradient sums or, gated,
+    // the weights the recurrence continues from; then the gated momentum. Each is its state's
+    // `{name}{suffix}`, from the weights or from zero.
+    let gated = c.optimizer.gated();
+    let mut kinds = vec![("", true)];
+    if sums != Sums::None {
+        kinds.push(if gated { (".current", true) } else { (".acc", false) });
+    }
+    if c.optimizer.momentum {
+        kinds.push((".momentum", false));
+    }
     let mut inputs = Vec::new();
-    if sums == Sums::Read {
-        for (name, shape) in layer.names.iter().zip(layer.shapes) {
-            inputs.push(b.state_input(name, Type::new(DType::F32, shape.clone()), StateInit::Param(name.clone())));
-        }
-        for (name, shape) in layer.names.iter().zip(layer.shapes) {
-            inputs.push(b.state_input(&format!("{name}.acc"), Type::new(DType::F32, shape.clone()), StateInit::Zeros));
-        }
-    } else {
-        for (&p, shape) in layer.params.iter().zip(layer.shapes) {
-            inputs.push(b.broadcast(p, shape.clone())?);
-        }
-        // The gradient sums, or the momentum: zero at the sequence's start.
-        if sums == Sums::HandedOn || c.optimizer.momentum {
-            let zero = b.scalar(0.0)?;
-            for shape in layer.shapes {
-                inputs.push(b.broadcast(zero, shape.clone())?);
-            }
+    let mut zero = None;
+    for &(suffix, from_weights) in &kinds {
+        for ((name, shape), &p) in layer.names.iter().zip(layer.shapes).zip(layer.params) {
+            inputs.push(if sums == Sums::Read {
+                let init = if from_weights { StateInit::Param(name.clone()) } else { StateInit::Zeros };
+                b.state_input(&format!("{name}{suffix}"), Type::new(DType::F32, shape.clone()), init)
+            } else if from_weights {
+                b.broadcast(p, shape.clone())?
+            } else {
+                let zero = match zero {
+                    Some(z) => z,
+                    None => *zero.insert(b.scalar(0.0)?),
+                };
+                b.broadcast(zero, shape.clone())?
+            });
         }
     }
     let weight_types: Vec<Type> = layer.shapes.iter().map(|s| Type::new(DType::F32, s.clone())).collect();
@@ -505,7 +555,15 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
     let mut invariants = Vec::new();
     match rule {
         Rule::TokenScaled { token_idx } => invariants.push(token_idx),
-        Rule::Gated { log_momentum, log_keep } => seqs.extend(log_momentum.into_iter().chain(log_keep)),
+        Rule::Gated { log_momentum, log_keep } => {
+            seqs.extend(log_momentum.into_iter().chain(log_keep));
+            if c.optimizer.momentum && sums == Sums::Read {
+                // 1 for every real token; the padding below makes it 0 on the tokens before.
+                let one = b.scalar(1.0)?;
+                let per_token = b.ty(seqs[3]).shape.clone(); // lr's
+                seqs.push(b.broadcast(one, per_token)?);
+            }
+        }
     }
     for &x in &seqs {
         inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
@@ -513,9 +571,8 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
     inputs.extend(invariants);
     inputs.extend(norm.into_iter().flatten());
     let outs = b.scan(Scan { axis: 2, chunk: c.mini_batch_size, carries, seqs: seqs.len(), body, reverse: false }, &inputs)?;
-    let carried = if c.optimizer.momentum { ".momentum" } else { ".acc" };
-    let carried_names = layer.names.iter().map(|n| format!("{n}{carried}"));
-    for (name, &last) in layer.names.iter().cloned().chain(carried_names).zip(&outs[..carries]) {
+    let names = kinds.iter().flat_map(|(suffix, _)| layer.names.iter().map(move |n| format!("{n}{suffix}")));
+    for (name, &last) in names.zip(&outs[..carries]) {
         b.state_output(&name, last);
     }
     let z = outs[carries]; // [B, H, seen + T, d]
@@ -551,7 +608,6 @@ struct Decode<'a> {
 /// Operands: q, k, v `[B, H, 1, d]`, lr `[B, H, 1]`, the references' [`Rule`]; returns `[B, H, 1, d]`.
 /// (A step graph's token axis is 1 by type, so the token's values are matrices of one row.)
 fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]: [ValueId; 4], rule: Rule, norm: Option<[ValueId; 2]>) -> Result<ValueId> {
-    let Rule::TokenScaled { token_idx } = rule else { bail!("a gated TTT layer has no decoding step yet") };
     let (heads, d) = (c.num_heads, c.head_dim());
     let bsym = Dim::sym("B");
     let pos = state.position; // f32 [1]
@@ -560,11 +616,16 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
     let k = rope(&mut b.g, k, angles)?;
 
     // τ[i] = max(0, 1/(i+1) + learnable_token_idx[i]); at i = b − 1 the mini-batch ends.
-    let index = b.cast(pos, DType::I64)?;
-    let tau = token_scale(&mut b.g, token_idx, index, pos)?;
+    let tau = match rule {
+        Rule::TokenScaled { token_idx } => {
+            let index = b.cast(pos, DType::I64)?;
+            Some(token_scale(&mut b.g, token_idx, index, pos)?)
+        }
+        Rule::Gated { .. } => None,
+    };
     let one = b.scalar(1.0)?;
     let unit = vec![Dim::c(1); 4];
-    let tau = b.reshape(tau, unit.clone())?;
+    let tau = tau.map(|tau| b.reshape(tau, unit.clone())).transpose()?;
     let last_index = b.scalar((c.mini_batch_size - 1) as f64)?;
     let ends = b.binary(BinaryOp::Ge, pos, last_index)?;
     let ends = b.reshape(ends, unit.clone())?;
@@ -572,29 +633,77 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
 
     // The token's gradient at W₀ (a `grad` op over the inner loss, as in the mini-batch body;
     // the one token reads the state's weights as they are).
+    // Beside W₀: the references' gradient sums `{name}.acc`, or gated the current weights
+    // W_{i−1} `{name}.current` and the momentum S_{i−1} `{name}.momentum`.
     let mut w0 = Vec::new();
-    let mut acc = Vec::new();
+    let mut carried = Vec::new();
     for (name, shape) in state.names.iter().zip(state.shapes) {
         let ty = Type::new(DType::F32, shape.clone());
         w0.push(b.state_input(name, ty.clone(), StateInit::Param(name.clone())));
-        acc.push(b.state_input(&format!("{name}.acc"), ty, StateInit::Zeros));
+        carried.push(match rule {
+            Rule::TokenScaled { .. } => (b.state_input(&format!("{name}.acc"), ty, StateInit::Zeros), None),
+            Rule::Gated { .. } => (
+                b.state_input(&format!("{name}.current"), ty.clone(), StateInit::Param(name.clone())),
+                c.optimizer.momentum.then(|| b.state_input(&format!("{name}.momentum"), ty, StateInit::Zeros)),
+            ),
+        });
     }
     let grads = inner_gradients(&mut b.g, &c.inner, &w0, k, v, norm)?;
-    // lr of the one token, [B, H, 1, 1].
-    let lr = b.reshape(lr, vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(1)])?;
+    // lr of the one token, [B, H, 1, 1]; gated, β and 1 − α likewise.
+    let per_token = vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(1)];
+    let lr = b.reshape(lr, per_token.clone())?;
+    let (beta, keep) = match rule {
+        Rule::TokenScaled { .. } => (None, None),
+        Rule::Gated { log_momentum, log_keep } => {
+            let mut gate = |log: Option<ValueId>| -> Result<Option<ValueId>> {
+                let Some(log) = log else { return Ok(None) };
+                let log = b.reshape(log, per_token.clone())?;
+                Ok(Some(b.unary(UnaryOp::Exp, log)?))
+            };
+            (gate(log_momentum)?, gate(log_keep)?)
+        }
+    };
 
     let mut weights = Vec::new();
     for (i, name) in state.names.iter().enumerate() {
         let step = b.mul(lr, grads[i])?;
-        let a = b.add(acc[i], step)?;
-        let scaled = b.mul(tau, a)?;
-        let w = b.sub(w0[i], scaled)?;
+        let (first, momentum) = carried[i];
+        let (w, handed_on) = match tau {
+            // A_i = A + lr·g, W_i = W₀ − τ[i]·A_i; A goes on within the mini-batch.
+            Some(tau) => {
+                let a = b.add(first, step)?;
+                let scaled = b.mul(tau, a)?;
+                (b.sub(w0[i], scaled)?, Some(a))
+            }
+            // S_i = β·S_{i−1} + lr·g, W_i = (1 − α)·W_{i−1} − S_i; both go on as they are.
+            None => {
+                let s = match (beta, momentum) {
+                    (Some(beta), Some(before)) => {
+                        let decayed = b.mul(beta, before)?;
+                        b.add(decayed, step)?
+                    }
+                    _ => step,
+                };
+                let kept = match keep {
+                    Some(keep) => b.mul(keep, first)?,
+                    None => first,
+                };
+                let w = b.sub(kept, s)?;
+                b.state_output(&format!("{name}.current"), w);
+                if momentum.is_some() {
+                    b.state_output(&format!("{name}.momentum"), s);
+                }
+                (w, None)
+            }
+        };
         // Whole-number blends, so the kept value is exact.
         let (new_w, old_w) = (b.mul(ends, w)?, b.mul(goes_on, w0[i])?);
         let next_w = b.add(new_w, old_w)?;
-        let next_a = b.mul(goes_on, a)?;
+        let next_a = handed_on.map(|a| b.mul(goes_on, a)).transpose()?;
         b.state_output(name, next_w);
-        b.state_output(&format!("{name}.acc"), next_a);
+        if let Some(next_a) = next_a {
+            b.state_output(&format!("{name}.acc"), next_a);
+        }
         weights.push(w);
     }
     inner_output(&mut b.g, &c.inner, q, &weights, norm)

@@ -42,10 +42,16 @@ pub fn cases() -> Vec<PathBuf> {
     cases_in("tests/vectors")
 }
 
-/// The gated inner optimizer's cases (SPEC §2, "Gated inner optimizer"): logits and loss only,
-/// each folder under `tests/vectors-gated`. They join [`cases`] once such models decode.
+/// The gated inner optimizer's cases (SPEC §2, "Gated inner optimizer"): logits and loss only (no
+/// gradients file: their gradients are checked by finite differences), each folder under
+/// `tests/vectors-gated`.
 pub fn gated_cases() -> Vec<PathBuf> {
     cases_in("tests/vectors-gated")
+}
+
+/// Every case with logits and loss: [`cases`] and [`gated_cases`].
+pub fn all_cases() -> Vec<PathBuf> {
+    [cases(), gated_cases()].concat()
 }
 
 fn cases_in(folder: &str) -> Vec<PathBuf> {
