@@ -304,7 +304,7 @@ fn gated_optimizers_match_an_independent_f64_implementation() {
     {
         let mut inner = inner.clone();
         inner.as_object_mut().unwrap().extend(gate.as_object().unwrap().clone());
-        for mb in [3usize, 16] {
+        for mb in [1usize, 3, 16] {
             let name = format!("{learner}-{}-b{mb}", gate.as_object().unwrap().keys().cloned().collect::<Vec<_>>().join("-"));
             let extra =
                 if i % 2 == 0 { json!({"mini_batch_size": mb, "pre_conv": true, "share_qk": true, "use_gate": true}) } else { json!({"mini_batch_size": mb}) };
@@ -329,6 +329,51 @@ fn gated_optimizers_match_an_independent_f64_implementation() {
         }
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// A gated model with either gate alone (the reference case has both; `tests/state.rs` and
+/// `tests/generate.rs` run it) continues from its state exactly: a sequence run in two pieces
+/// through `--state-out` / `--state-in`, cut inside a mini-batch, gives one run's logits, and
+/// `tttc generate` gives the logits of one run over the sequence it ends with.
+#[test]
+fn gated_optimizers_with_either_gate_resume_and_decode_exactly() {
+    let dir = scratch("inner_gated_state");
+    let (bsz, t, mb) = (2usize, 11usize, 3usize);
+    for (k, gate) in ["momentum", "forget"].into_iter().enumerate() {
+        let model = write_model(&dir.join(gate), &config("preset-linear", &json!({ gate: true }), json!({"mini_batch_size": mb})));
+        random_weights(&model);
+        let ids = ids_for(bsz, t, 13, k);
+        let (whole, _) = run(&model, &ids, bsz, t, "whole");
+        let rows = |from: usize, to: usize| -> Vec<i64> { (0..bsz).flat_map(|r| ids[r * t + from..r * t + to].to_vec()).collect() };
+        let cut = mb + 1;
+        let (state, input, out) = (model.join("state.safetensors"), model.join("piece.safetensors"), model.join("piece-out.safetensors"));
+        let mut pieces = Vec::new();
+        for (from, to) in [(0, cut), (cut, t)] {
+            write_raw(&input, &[("input_ids".into(), Dtype::I64, vec![bsz, to - from], i64_bytes(&rows(from, to)))]);
+            let mut args = vec!["run", p(&model), "--input", p(&input), "--output", p(&out)];
+            args.extend(if from == 0 { ["--state-out", p(&state)] } else { ["--state-in", p(&state)] });
+            let r = tttc(&args);
+            assert!(r.status.success(), "{gate}: {}", String::from_utf8_lossy(&r.stderr));
+            pieces.push(read(&out)["logits"].clone());
+        }
+        let v = whole.shape[2];
+        let chunked: Vec<f32> =
+            (0..bsz).flat_map(|r| [&pieces[0], &pieces[1]].map(|x| x.f32[r * x.shape[1] * v..(r + 1) * x.shape[1] * v].to_vec()).concat()).collect();
+        let ratio = parity_ratio(&chunked, &whole.f32, 1e-5);
+        assert!(ratio <= 1.0, "{gate}: two pieces at {ratio:.2}× tolerance of one run");
+
+        write_raw(&input, &[("input_ids".into(), Dtype::I64, vec![bsz, cut], i64_bytes(&rows(0, cut)))]);
+        let new = t - cut;
+        let r = tttc(&["generate", p(&model), "--prompt", p(&input), "--max-new-tokens", &new.to_string(), "-o", p(&out)]);
+        assert!(r.status.success(), "{gate}: {}", String::from_utf8_lossy(&r.stderr));
+        let got = read(&out);
+        let (tokens, logits) = (&got["tokens"], &got["logits"]);
+        let (all, _) = run(&model, &tokens.i64, bsz, t, "generated");
+        let want: Vec<f32> = (0..bsz).flat_map(|r| all.f32[(r * t + cut - 1) * v..(r * t + t - 1) * v].to_vec()).collect();
+        // SPEC: generated logits equal a forward pass's within 1e-4 relative to the largest.
+        let ratio = parity_ratio(&logits.f32, &want, 1e-4);
+        assert!(ratio <= 1.0, "{gate}: generated logits at {ratio:.2}× tolerance of one run");
+    }
 }
 
 /// The float64 implementation itself reproduces the reference vectors (TTT-Linear with both

@@ -376,7 +376,7 @@ const INNER_KEYS: [&str; 8] = ["widths", "bias", "activation", "residual", "norm
 /// The `ttt_inner` table's keys, when the config has one.
 fn inner_table<'a>(k: &'a Keys) -> Result<Option<Keys<'a>>> {
     let Some(table) = k.get("ttt_inner") else { return Ok(None) };
-    let table = table.as_object().with_context(|| format!("config key ttt_inner must be a table of inner-learner keys, got {table}"))?;
+    let table = table.as_object().with_context(|| format!("config key ttt_inner must be a table of inner-learner and inner-optimizer keys, got {table}"))?;
     let t = Keys { map: table, prefix: "ttt_inner.", known: &INNER_KEYS };
     t.refuse_unknown(&[])?;
     Ok(Some(t))

@@ -1,8 +1,9 @@
 //! TTT language models (ttt-lm-pytorch `TTTForCausalLM`): SPEC §2.
 //!
 //! The TTT layer is built in its **primal** form: inside each mini-batch, token i reads the inner
-//! model with its own weights `W_i = W₀ − Σ_{j≤i} η[i,j] g_j`, all gradients taken at the
-//! mini-batch's starting state `W₀`; the mini-batch loop is a `Scan` carrying the inner state.
+//! model with its own weights `W_i = W₀ − Σ_{j≤i} η[i,j] g_j` (or the gated inner optimizer's
+//! form of the same shape, [`Gated`]), all gradients taken at the mini-batch's starting state
+//! `W₀`; the mini-batch loop is a `Scan` carrying the inner state.
 //! The inner gradient is not spelled out: it is a `grad` op over the inner loss, which the passes'
 //! autodiff expands; deriving the dual form is the passes' job too.
 
@@ -192,8 +193,8 @@ enum Rule {
 }
 
 /// One mini-batch of n ≤ b tokens, primal form. Arguments: the inner state, the chunk's Q, K, V
-/// `[B, H, n, d]` and lr `[B, H, n]`, then `learnable_token_idx` and, with the inner LayerNorm, its
-/// weight and bias. Returns the next state (the last token's weights) and the outputs
+/// `[B, H, n, d]` and lr `[B, H, n]`, then `learnable_token_idx` (the references' rule) and, with
+/// the inner LayerNorm, its weight and bias. Returns the next state (the last token's weights) and the outputs
 /// `f_{W_i}(q_i)` (`q_i + LN(Z_{W_i}(q_i))` for the reference learners).
 ///
 /// Every token reads and is trained through its own copy of the weights, shaped
@@ -208,9 +209,13 @@ enum Rule {
 /// [`Sums::Read`] a mini-batch starts from sums `A₀` of tokens before it:
 /// `W_i = W₀ − τ[i]·A₀ − Σ_j η[i,j] g_j` and it hands on `A₀ + Σ_j lr[j]·g_j`.
 ///
-/// With the gated inner optimizer, the momentum `S` (with `momentum`) is carried after the
-/// weights, the chunk's `log β` and `log(1 − α)` `[B, H, n]` (those that are on) follow lr, and
-/// there is no `learnable_token_idx`; see [`Gated`].
+/// With the gated inner optimizer ([`Gated`]) there are no sums and no `learnable_token_idx`:
+/// the chunk's `log β` and `log(1 − α)` `[B, H, n]` (those that are on) follow lr, and the
+/// momentum `S` (with `momentum`) is carried last. Handing on a state, the body also carries the
+/// weights the recurrence continues from (`current`, after the states), while the states stay
+/// where the gradients are taken: it hands on `(W_last, W_last, S_last)` after a whole
+/// mini-batch and `(W₀, W_last, S_last)` after a shorter one. Resumed (`Sums::Read`), a 0/1
+/// input `real` after the gates marks the tokens that are not padding.
 fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Graph> {
     let hand_off = sums != Sums::None;
     let (heads, d) = (c.num_heads, c.head_dim());
@@ -286,7 +291,8 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     }
     let grads = inner_gradients(&mut g, &c.inner, &copies, k, v, norm)?;
 
-    // W_i = W₀ − Σ_j η[i,j] g_j for every weight and bias; the next state is the last token's.
+    // W_i = W₀ − Σ_j η[i,j] g_j (gated: from the current weights, with the gates' terms) for
+    // every weight and bias; the next state is the last token's.
     let mut weights = Vec::new();
     let mut next_state = Vec::new();
     let mut next_momentum = Vec::new();
@@ -499,13 +505,14 @@ struct Layer<'a> {
 }
 
 /// The mini-batch loop over the whole sequence: a `Scan` of [`mini_batch_body`] in chunks of b,
-/// carrying the inner weights (and, when the graph hands on a state, the gradient sums; with
-/// momentum, S). Operands: q, k, v `[B, H, T, d]`, lr `[B, H, T]`, the [`Rule`]'s; returns
-/// `[B, H, T, d]`.
+/// carrying the inner weights (and, when the graph hands on a state, the gradient sums or, gated,
+/// the current weights; with momentum, S). Operands: q, k, v `[B, H, T, d]`, lr `[B, H, T]`, the
+/// [`Rule`]'s; returns `[B, H, T, d]`.
 ///
 /// A resumed run starts from the state given, p tokens into a mini-batch: its sequence is padded
-/// in front with p tokens of lr 0, which change nothing, so that the scan's chunks fall on the
-/// mini-batch boundaries; the first chunk continues from the sums given.
+/// in front with p tokens of lr 0 (and gates 1), so that the scan's chunks fall on the
+/// mini-batch boundaries; the first chunk continues from the sums given, or gated from the
+/// state's current weights and momentum, the padding kept out of the momentum's term by a mask.
 fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [ValueId; 4], rule: Rule, norm: Option<[ValueId; 2]>) -> Result<ValueId> {
     let seen = b.mode.resumed_at();
     ensure!(
@@ -582,12 +589,15 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
     Ok(z)
 }
 
-/// What the mini-batch scan carries beside the inner weights: the lr-weighted gradient sums `A`.
+/// Whether the mini-batch scan hands on a state, and from where it starts: what it carries
+/// beside the inner weights for that, the lr-weighted gradient sums `A` (or, gated, the current
+/// weights).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sums {
     /// Not carried: the forward pass hands nothing on.
     None,
-    /// Carried from zero and handed on (a prefill): each mini-batch starts at zero.
+    /// Carried from a fresh start and handed on (a prefill): the sums are zero at every
+    /// mini-batch's start; the gated current weights start as the weights.
     HandedOn,
     /// Carried from the state given, which the first mini-batch continues (a resumed run).
     Read,
@@ -605,7 +615,11 @@ struct Decode<'a> {
 /// start of the mini-batch, `state.{name}`) and the lr-weighted gradient sums `A`
 /// (`state.{name}.acc`): `A_i = A + lr·g` with `g` the token's gradient at `W₀`, and the token
 /// reads `W_i = W₀ − τ[i]·A_i`. At the mini-batch's last position `W₀ ← W_i` and `A ← 0`.
-/// Operands: q, k, v `[B, H, 1, d]`, lr `[B, H, 1]`, the references' [`Rule`]; returns `[B, H, 1, d]`.
+/// Gated, from `W₀` (for the gradient), the current weights `W_{i−1}` (`state.{name}.current`)
+/// and the momentum `S_{i−1}` (`state.{name}.momentum`): `S_i = β·S_{i−1} + lr·g`,
+/// `W_i = (1 − α)·W_{i−1} − S_i`, both handed on as they are, and `W₀ ← W_i` at the mini-batch's
+/// last position. Operands: q, k, v `[B, H, 1, d]`, lr `[B, H, 1]`, the [`Rule`]'s; returns
+/// `[B, H, 1, d]`.
 /// (A step graph's token axis is 1 by type, so the token's values are matrices of one row.)
 fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]: [ValueId; 4], rule: Rule, norm: Option<[ValueId; 2]>) -> Result<ValueId> {
     let (heads, d) = (c.num_heads, c.head_dim());

@@ -1,4 +1,5 @@
-//! Shared helpers of the integration tests: the reference cases kept in `tests/vectors`, running
+//! Shared helpers of the integration tests: the reference cases kept in `tests/vectors` and
+//! `tests/vectors-gated`, running
 //! the `tttc` binary, reading tensor files and SPEC §1's parity bound.
 
 #![allow(dead_code)] // each test binary uses its own subset
