@@ -131,6 +131,31 @@ fn dual_form_equals_primal_form() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The gated inner optimizer's bodies that hand on a state (a prefill: the current weights
+/// carried beside W₀) and continue from one (a resumed run: the padding's mask too) are derived
+/// as well; tests/state.rs and tests/generate.rs check what they compute.
+#[test]
+fn gated_bodies_that_hand_on_or_resume_a_state_get_their_dual_form() {
+    use tttc_frontends::Mode;
+    let dir = std::env::temp_dir().join(format!("tttc-dual-gated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for gates in [r#""momentum": true, "forget": true"#, r#""momentum": true"#, r#""forget": true"#] {
+        let config = format!(
+            r#"{{"model_type": "ttt", "vocab_size": 23, "hidden_size": 16, "intermediate_size": 24,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 4, "ttt_inner": {{{gates}}}}}"#
+        );
+        std::fs::write(dir.join("config.json"), &config).unwrap();
+        let model = tttc_frontends::load(&dir, None).unwrap();
+        for mode in [Mode::Prefill, Mode::Resume { position: 2 }] {
+            let g = tttc_frontends::build_for(&model.config, mode).unwrap().g;
+            let (_, reports) = derive_with_report(&dead_code_elimination(&expand_grads(&g).unwrap())).unwrap();
+            let scan = reports.iter().find(|r| r.rewritten > 0).unwrap_or_else(|| panic!("{gates} {mode:?}: nothing derived: {reports:?}"));
+            assert!(!scan.primal_left, "{gates} {mode:?}: {reports:?}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A learner whose per-token weights go through a non-linear function before use has no dual
 /// form: the derivation says so, keeps the per-token weights, and computes the same values.
 #[test]
