@@ -273,13 +273,7 @@ fn learners_match_an_independent_f64_implementation() {
             let c = config(name, &inner, extra);
             let model = write_model(&dir.join(format!("{name}-b{mb}")), &c);
             random_weights(&model);
-            let ids = ids_for(bsz, t, 13, i + mb);
-            let (got, _) = run(&model, &ids, bsz, t, "x");
-            let weights = reference::Weights::read(&model.join("model.safetensors"));
-            let want = reference::logits(&reference::Config::from_json(&c), &weights, &ids, bsz, t);
-            let expected: BTreeSet<String> = params(&model).into_keys().collect();
-            assert_eq!(weights.used(), expected, "{name}: the model's parameters are not those SPEC §2 reads");
-            let ratio = parity_ratio(&got.f32, &want.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1e-5);
+            let ratio = logits_against_f64(&model, &c, &ids_for(bsz, t, 13, i + mb), (bsz, t), name);
             report.push(format!("{name} b={mb}: {ratio:.3}"));
             assert!(ratio <= 1.0, "{name} b={mb}: logits at {ratio:.2}× tolerance of the f64 implementation");
         }
@@ -287,8 +281,19 @@ fn learners_match_an_independent_f64_implementation() {
     eprintln!("{}", report.join("\n"));
 }
 
+/// `tttc run`'s logits of `model` (config `c`) on `ids` `[b, t]`, as a ratio of SPEC §1's bound
+/// to the float64 implementation's, which must read exactly the model's parameters.
+fn logits_against_f64(model: &Path, c: &Value, ids: &[i64], (b, t): (usize, usize), name: &str) -> f64 {
+    let (got, _) = run(model, ids, b, t, "x");
+    let weights = reference::Weights::read(&model.join("model.safetensors"));
+    let want = reference::logits(&reference::Config::from_json(c), &weights, ids, b, t);
+    let expected: BTreeSet<String> = params(model).into_keys().collect();
+    assert_eq!(weights.used(), expected, "{name}: the model's parameters are not those SPEC §2 reads");
+    parity_ratio(&got.f32, &want.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1e-5)
+}
+
 /// The gated inner optimizer (`ttt_inner.momentum` / `forget`, SPEC §2) with each gate alone and
-/// both, on a preset and a deeper learner, for mini-batch sizes 3 and 16, matches the float64
+/// both, on a preset and a deeper learner, for mini-batch sizes 1, 3 and 16, matches the float64
 /// implementation's per-token recurrence; the model has the gates' weights and no
 /// `learnable_token_idx`.
 #[test]
@@ -318,12 +323,7 @@ fn gated_optimizers_match_an_independent_f64_implementation() {
                 let on = gate.get(g).is_some();
                 assert_eq!(has(&format!("learnable_ttt_{g}_weight")) && has(&format!("learnable_ttt_{g}_bias")), on, "{name}: the {g} gate's weights");
             }
-            let ids = ids_for(bsz, t, 13, i + mb);
-            let (got, _) = run(&model, &ids, bsz, t, "x");
-            let weights = reference::Weights::read(&model.join("model.safetensors"));
-            let want = reference::logits(&reference::Config::from_json(&c), &weights, &ids, bsz, t);
-            assert_eq!(weights.used(), names, "{name}: the model's parameters are not those SPEC §2 reads");
-            let ratio = parity_ratio(&got.f32, &want.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1e-5);
+            let ratio = logits_against_f64(&model, &c, &ids_for(bsz, t, 13, i + mb), (bsz, t), &name);
             report.push(format!("{name}: {ratio:.3}"));
             assert!(ratio <= 1.0, "{name}: logits at {ratio:.2}× tolerance of the f64 implementation");
         }
