@@ -608,6 +608,9 @@ fn outputs_reading(model: &Path, inputs: &[(&str, Option<&Path>)]) -> tttc_files
 /// Loads the model, warning (one line each) about weights that hold NaN or infinite values.
 fn load_model(path: &Path, weights: Option<&Path>) -> Result<tttc_frontends::Model> {
     let model = tttc_frontends::load(path, weights)?;
+    for warning in model.config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     warn_nonfinite("weight", model.weights.iter().map(|(n, t)| (n.as_str(), t)));
     Ok(model)
 }

@@ -1,6 +1,6 @@
-//! `tttc grad` on every reference case: the loss within SPEC §1's 1e-5 and every parameter's
-//! gradient within 1e-4 (max-normalised) of `grads.safetensors`, which PyTorch computed in f64,
-//! on every backend that runs here, and on a GPU where there is one.
+//! `tttc grad` on every reference case with gradients (SPEC's and LaCT's): the loss within 1e-5
+//! and every parameter's gradient within 1e-4 (max-normalised) of `grads.safetensors`, computed
+//! in f64, on every backend that runs here, and on a GPU where there is one.
 
 mod common;
 use common::*;
@@ -22,7 +22,8 @@ fn cuda_grad_matches_every_reference_case() {
 fn check_every_case(backends: &[&str], scratch_name: &str) {
     let out_dir = scratch(scratch_name);
     let mut failures = Vec::new();
-    for (case, backend) in cases().into_iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))) {
+    let every = [cases(), lact_cases()].concat();
+    for (case, backend) in every.into_iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))) {
         let name = format!("{} ({backend})", case.file_name().unwrap().to_str().unwrap());
         let out = out_dir.join(format!("{name}.safetensors"));
         let io = case.join("io.safetensors");

@@ -18,10 +18,16 @@ fn run_matches_every_gated_case() {
     check_every_case(&gated_cases(), &backends(), "reference_vectors_gated");
 }
 
+/// LaCT's language-model cases, the same way.
+#[test]
+fn run_matches_every_lact_case() {
+    check_every_case(&lact_cases(), &backends(), "reference_vectors_lact");
+}
+
 #[test]
 #[ignore = "needs a GPU"]
 fn cuda_matches_every_reference_case() {
-    check_every_case(&all_cases(), &gpu_backends(), "reference_vectors_cuda");
+    check_every_case(&[all_cases(), lact_cases()].concat(), &gpu_backends(), "reference_vectors_cuda");
 }
 
 fn check_every_case(cases: &[std::path::PathBuf], backends: &[&str], scratch_name: &str) {
@@ -50,17 +56,17 @@ fn check_every_case(cases: &[std::path::PathBuf], backends: &[&str], scratch_nam
 }
 
 /// Every model is causal, so the logits of a prefix are the reference's first positions: this
-/// runs sequences shorter than a mini-batch, at its edges, and not a multiple of it.
+/// runs sequences shorter than a mini-batch (or LaCT chunk), at its edges, and not a multiple of it.
 #[test]
 fn prefixes_match_the_reference() {
     let out_dir = scratch("reference_prefixes");
-    for (case, backend) in all_cases().into_iter().flat_map(|c| backends().into_iter().map(move |b| (c.clone(), b))) {
+    let every = [all_cases(), lact_cases()].concat();
+    for (case, backend) in every.into_iter().flat_map(|c| backends().into_iter().map(move |b| (c.clone(), b))) {
         let name = format!("{}-{backend}", case.file_name().unwrap().to_str().unwrap());
         let io = read(&case.join("io.safetensors"));
         let (ids, logits) = (&io["input_ids"], &io["logits"]);
         let (b, t, v) = (ids.shape[0], ids.shape[1], logits.shape[2]);
-        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
-        let mb = config["mini_batch_size"].as_u64().unwrap_or(16) as usize;
+        let mb = mini_batch(&case);
         let mut lengths = vec![1, 2, mb - 1, mb, mb + 1, 2 * mb + 3];
         lengths.retain(|&n| n >= 1 && n < t);
         lengths.dedup();

@@ -314,6 +314,8 @@ pub struct LmShape<'a> {
     pub init_std: f64,
     /// TTT's mini-batch size: positions count within mini-batches. `None`: absolute positions.
     pub position_period: Option<usize>,
+    /// The embedding row whose lookups give it no gradient (PyTorch's `padding_idx`).
+    pub pad_token: Option<usize>,
 }
 
 impl ModelBuilder {
@@ -327,7 +329,11 @@ impl ModelBuilder {
         }
         let table = self.weight(lm.embed, &[lm.vocab, lm.hidden], Init::Normal { std: lm.init_std });
         self.embedding = Some(lm.embed.to_string());
-        let mut h = self.gather(table, ids, 0)?;
+        let lookup = match lm.pad_token {
+            Some(pad) => self.without_row_gradient(table, pad, lm.vocab)?,
+            None => table,
+        };
+        let mut h = self.gather(lookup, ids, 0)?;
         for layer in 0..lm.layers {
             h = block(self, h, layer)?;
         }
@@ -350,6 +356,22 @@ impl ModelBuilder {
         let next = self.next_position(lm.position_period)?;
         self.state_output("position", next);
         Ok(())
+    }
+
+    /// `table` `[rows, …]` with the same values, through whose row `row` no gradient flows:
+    /// `table·keep + stop_gradient(table)·(1 − keep)`, exact as `keep` is 0 or 1.
+    fn without_row_gradient(&mut self, table: ValueId, row: usize, rows: usize) -> Result<ValueId> {
+        let index = self.push1(Op::Const { value: row as f64, dtype: DType::I64 }, &[])?;
+        let chosen = self.one_hot(index, rows)?; // [rows]
+        let mut column = vec![Dim::c(rows)];
+        column.extend(std::iter::repeat_n(Dim::c(1), self.ty(table).rank() - 1));
+        let chosen = self.reshape(chosen, column)?;
+        let one = self.scalar(1.0)?;
+        let keep = self.sub(one, chosen)?;
+        let live = self.mul(table, keep)?;
+        let frozen = self.stop_gradient(table)?;
+        let frozen = self.mul(frozen, chosen)?;
+        self.add(live, frozen)
     }
 
     /// The position after this graph's tokens: a prefill's length T (a resumed run's position

@@ -93,6 +93,44 @@ const LLAMA_KEYS: &[&str] = &[
     "initializer_range",
 ];
 
+const LACT_KEYS: &[&str] = &[
+    "model_type",
+    "hidden_act",
+    "pruned_heads",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attn_heads",
+    "num_lact_heads",
+    "inter_multi",
+    "lact_chunk_size",
+    "window_size",
+    "rope_theta",
+    "qkv_bias",
+    "attn_qk_norm",
+    "qkv_silu",
+    "no_v_silu",
+    "use_momentum",
+    "use_muon",
+    "learnable_ttt_scale",
+    "ttt_prenorm",
+    "ttt_nope",
+    "w0_w2_low_rank",
+    "norm_eps",
+    "hidden_ratio",
+    "intermediate_size",
+    "tie_word_embeddings",
+    "pad_token_id",
+    "initializer_range",
+    "fw_init_gain",
+    "lr_dim",
+    "lr_parameterization",
+    "ttt_loss_type",
+    "use_fused_kernel",
+];
+
+const LACT_BIDIRECTIONAL_KEYS: &[&str] = &["model_type", "dim", "head_dim", "inter_multi", "use_o_norm", "qk_l2_norm", "use_muon", "base_lr"];
+
 /// Keys that Hugging Face's `PretrainedConfig` writes into every config.json and whose values
 /// cannot change the model's math: bookkeeping, output and precision switches, token ids and
 /// labels for tokenizers and other heads, and generation defaults. They are ignored by name.
@@ -168,6 +206,11 @@ pub const MAMBA_IGNORED_KEYS: &[&str] = &["residual_in_fp32", "use_mambapy"];
 /// LlamaConfig's: the length of the default RoPE's cache (positions past it are computed alike)
 /// and tensor-parallel slices.
 pub const LLAMA_IGNORED_KEYS: &[&str] = &["max_position_embeddings", "pretraining_tp"];
+
+/// LaCTSWIGLUConfig's (SPEC-lact.md §2): RoPE positions are not capped; every RMSNorm here has
+/// a weight; the fused kernels, states' precision and cache switch choose an implementation.
+pub const LACT_IGNORED_KEYS: &[&str] =
+    &["max_position_embeddings", "elementwise_affine", "fuse_norm", "last_layer_fuse_norm", "fuse_swiglu", "fuse_cross_entropy", "fp32_states"];
 
 /// What a number must be.
 #[derive(Clone, Copy)]
@@ -269,6 +312,12 @@ impl Keys<'_> {
             None => Ok(default),
             Some(v) => v.as_bool().with_context(|| format!("config key {} must be true or false, got {v}", self.name(key))),
         }
+    }
+
+    /// An integer that may be negative (LaCT's `w0_w2_low_rank`, where ≤ 0 means "off").
+    fn i64_or(&self, key: &str, default: i64) -> Result<i64> {
+        let Some(v) = self.get(key) else { return Ok(default) };
+        v.as_i64().with_context(|| format!("config key {} must be an integer, got {v}", self.name(key)))
     }
 
     fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
@@ -540,11 +589,98 @@ pub struct LlamaConfig {
     pub initializer_range: f64,
 }
 
+/// LaCT's language model (`model_type "lact_swiglu"`, SPEC-lact.md): per layer, sliding-window
+/// attention and SwiGLU fast weights updated once per large chunk, then a SwiGLU MLP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LactConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attn_heads: usize,
+    pub num_lact_heads: usize,
+    /// The fast weights' hidden size as a multiple of their head size (m = ⌊d · inter_multi⌋).
+    pub inter_multi: f64,
+    pub chunk_size: usize,
+    /// The attention's window W (keys t − W < j ≤ t); `None`: all earlier keys.
+    pub window_size: Option<usize>,
+    pub rope_theta: f64,
+    pub qkv_bias: bool,
+    pub attn_qk_norm: bool,
+    pub qkv_silu: bool,
+    pub no_v_silu: bool,
+    pub use_momentum: bool,
+    pub use_muon: bool,
+    pub learnable_ttt_scale: bool,
+    /// Pre-norm renormalisation: a raw copy of the fast weights takes the steps.
+    pub ttt_prenorm: bool,
+    /// No RoPE on the fast q and k.
+    pub ttt_nope: bool,
+    /// The rank of `w0` and `w2`'s low-rank parameterisation (`None`: full matrices).
+    pub low_rank: Option<usize>,
+    pub norm_eps: f64,
+    pub intermediate_size: usize,
+    pub tie_word_embeddings: bool,
+    /// The embedding row that gets no gradient from the lookup.
+    pub pad_token_id: Option<usize>,
+    pub initializer_range: f64,
+    pub fw_init_gain: f64,
+}
+
+/// LaCT's bidirectional layer (`model_type "lact_bidirectional_layer"`, SPEC-lact.md §8), for
+/// video and image models: one update of the fast weights on the whole sequence, then applied
+/// to every token. A layer, not a language model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LactBidirectionalConfig {
+    pub dim: usize,
+    /// d: the fast weights' head size (D/d heads).
+    pub head_dim: usize,
+    pub inter_multi: f64,
+    pub use_o_norm: bool,
+    pub qk_l2_norm: bool,
+    pub use_muon: bool,
+    /// The learning rates' value at a zero projection.
+    pub base_lr: f64,
+}
+
+impl LactBidirectionalConfig {
+    fn from_keys(k: &Keys) -> Result<LactBidirectionalConfig> {
+        let c = LactBidirectionalConfig {
+            dim: k.size("dim")?,
+            head_dim: k.size("head_dim")?,
+            inter_multi: k.f64_or("inter_multi", 1.0, Range::Positive)?,
+            use_o_norm: k.bool_or("use_o_norm", true)?,
+            qk_l2_norm: k.bool_or("qk_l2_norm", true)?,
+            use_muon: k.bool_or("use_muon", true)?,
+            base_lr: k.f64_or("base_lr", 1e-2, Range::Positive)?,
+        };
+        if !c.dim.is_multiple_of(c.head_dim) {
+            bail!("config key dim = {} is not a multiple of head_dim {}", c.dim, c.head_dim);
+        }
+        if c.fast_hidden() == 0 || c.fast_hidden() > MAX_SIZE {
+            bail!("config key inter_multi = {} makes a fast-weight hidden size of {} (1 to {MAX_SIZE})", c.inter_multi, c.fast_hidden());
+        }
+        Ok(c)
+    }
+
+    /// The number of fast-weight heads, D/d.
+    pub fn heads(&self) -> usize {
+        self.dim / self.head_dim
+    }
+
+    /// m = ⌊d · inter_multi⌋.
+    pub fn fast_hidden(&self) -> usize {
+        (self.head_dim as f64 * self.inter_multi).floor() as usize
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelConfig {
     Ttt(TttConfig),
     Mamba(MambaConfig),
     Llama(LlamaConfig),
+    Lact(LactConfig),
+    /// A layer only: building a language model from it is refused.
+    LactBidirectional(LactBidirectionalConfig),
 }
 
 impl ModelConfig {
@@ -557,17 +693,26 @@ impl ModelConfig {
             Some("ttt") => (TTT_KEYS, TTT_IGNORED_KEYS),
             Some("mamba") => (MAMBA_KEYS, MAMBA_IGNORED_KEYS),
             Some("llama") => (LLAMA_KEYS, LLAMA_IGNORED_KEYS),
-            _ => bail!("unknown model_type {model_type} (expected \"ttt\", \"mamba\" or \"llama\")"),
+            Some("lact_swiglu") => (LACT_KEYS, LACT_IGNORED_KEYS),
+            Some("lact_bidirectional_layer") => (LACT_BIDIRECTIONAL_KEYS, &[][..]),
+            _ => bail!("unknown model_type {model_type} (expected \"ttt\", \"mamba\", \"llama\", \"lact_swiglu\" or \"lact_bidirectional_layer\")"),
         };
         let k = Keys { map, prefix: "", known };
+        if family == Some("lact_bidirectional_layer") {
+            // A layer's constructor arguments: nothing else belongs in its config.
+            k.refuse_unknown(&[])?;
+            return Ok(ModelConfig::LactBidirectional(LactBidirectionalConfig::from_keys(&k)?));
+        }
         k.refuse_unknown(&[IGNORED_KEYS, ignored].concat())?;
-        // The families here define SwiGLU / the Mamba gate with silu; pruned heads would change
-        // the attention and TTT heads' shapes.
-        k.only("hidden_act", "\"silu\"", |v| v == "silu")?;
+        // The families here define SwiGLU / the Mamba gate with silu (LaCT's config calls it
+        // swish); pruned heads would change the attention and TTT heads' shapes.
+        let silu = if family == Some("lact_swiglu") { "swish" } else { "silu" };
+        k.only("hidden_act", &format!("{silu:?}"), |v| v == silu)?;
         k.only("pruned_heads", "{}", |v| v.as_object().is_some_and(Map::is_empty))?;
         Ok(match family {
             Some("ttt") => ModelConfig::Ttt(TttConfig::from_keys(&k)?),
             Some("mamba") => ModelConfig::Mamba(MambaConfig::from_keys(&k)?),
+            Some("lact_swiglu") => ModelConfig::Lact(LactConfig::from_keys(&k)?),
             _ => ModelConfig::Llama(LlamaConfig::from_keys(&k)?),
         })
     }
@@ -577,6 +722,9 @@ impl ModelConfig {
             ModelConfig::Ttt(c) => c.vocab_size,
             ModelConfig::Mamba(c) => c.vocab_size,
             ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::Lact(c) => c.vocab_size,
+            // A layer has no vocabulary; a language model is never built from it.
+            ModelConfig::LactBidirectional(_) => 0,
         }
     }
 
@@ -585,6 +733,8 @@ impl ModelConfig {
             ModelConfig::Ttt(c) => c.tie_word_embeddings,
             ModelConfig::Mamba(c) => c.tie_word_embeddings,
             ModelConfig::Llama(c) => c.tie_word_embeddings,
+            ModelConfig::Lact(c) => c.tie_word_embeddings,
+            ModelConfig::LactBidirectional(_) => false,
         }
     }
 
@@ -593,6 +743,8 @@ impl ModelConfig {
             ModelConfig::Ttt(_) => "ttt",
             ModelConfig::Mamba(_) => "mamba",
             ModelConfig::Llama(_) => "llama",
+            ModelConfig::Lact(_) => "lact_swiglu",
+            ModelConfig::LactBidirectional(_) => "lact_bidirectional_layer",
         }
     }
 }
@@ -733,6 +885,124 @@ impl LlamaConfig {
     }
 }
 
+impl LactConfig {
+    fn from_keys(k: &Keys) -> Result<LactConfig> {
+        // What LaCT's code computes only for these values (SPEC-lact.md §2).
+        k.only("lr_dim", "1", |v| v.as_u64() == Some(1))?;
+        k.only("lr_parameterization", "\"mamba\"", |v| v == "mamba")?;
+        k.only("ttt_loss_type", "\"dot_product\"", |v| v == "dot_product")?;
+        if k.map.get("rope_theta").is_some_and(Value::is_null) {
+            bail!("config key rope_theta = null is not supported (LaCT's attention needs a RoPE base)");
+        }
+        let hidden = k.size("hidden_size")?;
+        let use_muon = k.bool_or("use_muon", false)?;
+        if use_muon && k.bool_or("use_fused_kernel", false)? {
+            bail!("config key use_fused_kernel = true is not supported with use_muon = true (the fused kernel orthogonalises the stacked update of W0 and W2 jointly, a different function)");
+        }
+        let inter_multi = k.f64_or("inter_multi", 1.0, Range::Positive)?;
+        let hidden_ratio = k.f64_or("hidden_ratio", 4.0, Range::Positive)?;
+        let intermediate_size = match k.get("intermediate_size") {
+            Some(_) => k.size("intermediate_size")?,
+            // fla's GatedMLP: ⌊D · ratio · 2/3⌋ rounded up to a multiple of 256.
+            None => {
+                let n = (hidden as f64 * hidden_ratio * 2.0 / 3.0).floor();
+                if !(1.0..=MAX_SIZE as f64).contains(&n) {
+                    bail!("config key hidden_ratio = {hidden_ratio} makes an intermediate size of {n} (1 to {MAX_SIZE})");
+                }
+                (n as usize).div_ceil(256) * 256
+            }
+        };
+        // Null is unbounded causal attention; absent is the config's default.
+        let window_size = match k.map.get("window_size") {
+            Some(Value::Null) => None,
+            _ => Some(k.size_or("window_size", 2048)?),
+        };
+        let low_rank = k.i64_or("w0_w2_low_rank", -1)?;
+        let c = LactConfig {
+            vocab_size: k.size("vocab_size")?,
+            hidden_size: hidden,
+            num_hidden_layers: k.usize("num_hidden_layers")?,
+            num_attn_heads: k.size_or("num_attn_heads", 32)?,
+            num_lact_heads: k.size_or("num_lact_heads", 4)?,
+            inter_multi,
+            chunk_size: k.size_or("lact_chunk_size", 2048)?,
+            window_size,
+            rope_theta: k.f64_or("rope_theta", 10000.0, Range::Positive)?,
+            qkv_bias: k.bool_or("qkv_bias", false)?,
+            attn_qk_norm: k.bool_or("attn_qk_norm", false)?,
+            qkv_silu: k.bool_or("qkv_silu", true)?,
+            no_v_silu: k.bool_or("no_v_silu", false)?,
+            use_momentum: k.bool_or("use_momentum", true)?,
+            use_muon,
+            learnable_ttt_scale: k.bool_or("learnable_ttt_scale", true)?,
+            ttt_prenorm: k.bool_or("ttt_prenorm", false)?,
+            ttt_nope: k.bool_or("ttt_nope", false)?,
+            low_rank: (low_rank > 0).then_some(low_rank as usize),
+            norm_eps: k.f64_or("norm_eps", 1e-6, Range::Positive)?,
+            intermediate_size,
+            tie_word_embeddings: k.bool_or("tie_word_embeddings", false)?,
+            pad_token_id: k.get("pad_token_id").map(|_| k.usize("pad_token_id")).transpose()?,
+            initializer_range: k.f64_or("initializer_range", 0.006, Range::NonNegative)?,
+            fw_init_gain: k.f64_or("fw_init_gain", 0.5, Range::NonNegative)?,
+        };
+        if !hidden.is_multiple_of(c.num_attn_heads) {
+            bail!("hidden_size {hidden} is not a multiple of num_attn_heads {}", c.num_attn_heads);
+        }
+        if !hidden.is_multiple_of(c.num_lact_heads) {
+            bail!("hidden_size {hidden} is not a multiple of num_lact_heads {}", c.num_lact_heads);
+        }
+        even_head_dim(c.attention_head_dim())?;
+        if c.fast_hidden() == 0 || c.fast_hidden() > MAX_SIZE {
+            bail!("config key inter_multi = {inter_multi} makes a fast-weight hidden size of {} (1 to {MAX_SIZE})", c.fast_hidden());
+        }
+        if let Some(r) = c.low_rank.filter(|&r| r > MAX_SIZE) {
+            bail!("config key w0_w2_low_rank = {r} is too large (at most {MAX_SIZE})");
+        }
+        if let Some(pad) = c.pad_token_id.filter(|&p| p >= c.vocab_size) {
+            bail!("config key pad_token_id = {pad} is outside the vocabulary of {}", c.vocab_size);
+        }
+        Ok(c)
+    }
+
+    /// dh: the attention heads' size, which also groups the fast q and k's RoPE.
+    pub fn attention_head_dim(&self) -> usize {
+        self.hidden_size / self.num_attn_heads
+    }
+
+    /// d: the fast weights' head size.
+    pub fn fast_dim(&self) -> usize {
+        self.hidden_size / self.num_lact_heads
+    }
+
+    /// m = ⌊d · inter_multi⌋: the fast weights' hidden size.
+    pub fn fast_hidden(&self) -> usize {
+        (self.fast_dim() as f64 * self.inter_multi).floor() as usize
+    }
+
+    /// What a user should know about this config that is not an error.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.use_muon && self.chunk_size < self.fast_dim() {
+            w.push(format!(
+                "lact_chunk_size {} is below the fast weights' head size {} with use_muon: Newton-Schulz on these rank-deficient updates is ill-conditioned in f32 (SPEC-lact.md §6)",
+                self.chunk_size,
+                self.fast_dim()
+            ));
+        }
+        w
+    }
+}
+
+impl ModelConfig {
+    /// What a user should know about this config that is not an error, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            ModelConfig::Lact(c) => c.warnings(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The layer count, which a model's size grows with: memory estimates build one and two layers
 /// and extrapolate.
 impl ModelConfig {
@@ -741,6 +1011,8 @@ impl ModelConfig {
             ModelConfig::Ttt(c) => c.num_hidden_layers,
             ModelConfig::Mamba(c) => c.num_hidden_layers,
             ModelConfig::Llama(c) => c.num_hidden_layers,
+            ModelConfig::Lact(c) => c.num_hidden_layers,
+            ModelConfig::LactBidirectional(_) => 1,
         }
     }
 
@@ -751,6 +1023,8 @@ impl ModelConfig {
             ModelConfig::Ttt(c) => c.num_hidden_layers = layers,
             ModelConfig::Mamba(c) => c.num_hidden_layers = layers,
             ModelConfig::Llama(c) => c.num_hidden_layers = layers,
+            ModelConfig::Lact(c) => c.num_hidden_layers = layers,
+            ModelConfig::LactBidirectional(_) => {}
         }
         c
     }

@@ -6,6 +6,7 @@ pub mod builder;
 pub mod config;
 pub mod init;
 mod json;
+mod lact;
 mod llama;
 mod mamba;
 pub mod math;
@@ -35,6 +36,8 @@ pub fn layer_prefix(config: &ModelConfig) -> &'static str {
         ModelConfig::Ttt(_) => ttt::LAYER_PREFIX,
         ModelConfig::Mamba(_) => mamba::LAYER_PREFIX,
         ModelConfig::Llama(_) => llama::LAYER_PREFIX,
+        ModelConfig::Lact(_) => lact::LAYER_PREFIX,
+        ModelConfig::LactBidirectional(_) => "",
     }
 }
 
@@ -50,6 +53,8 @@ pub fn build_layer_for(config: &ModelConfig, mode: Mode) -> Result<ModelBuilder>
         ModelConfig::Ttt(c) => ttt::layer(c, mode),
         ModelConfig::Mamba(c) => mamba::layer(c, mode),
         ModelConfig::Llama(c) => llama::layer(c, mode),
+        ModelConfig::Lact(_) => anyhow::bail!("a LaCT layer on its own is not supported yet (build the whole model)"),
+        ModelConfig::LactBidirectional(c) => lact::bidirectional_layer(c, mode),
     }?;
     if mode != Mode::Forward {
         let period = match config {
@@ -76,6 +81,12 @@ pub fn build_for(config: &ModelConfig, mode: Mode) -> Result<ModelBuilder> {
         ModelConfig::Ttt(c) => ttt::build(c, mode),
         ModelConfig::Mamba(c) => mamba::build(c, mode),
         ModelConfig::Llama(c) => llama::build(c, mode),
+        ModelConfig::Lact(c) => lact::build(c, mode),
+        ModelConfig::LactBidirectional(_) => {
+            anyhow::bail!(
+                "model_type \"lact_bidirectional_layer\" describes one layer, not a language model: use it as a layer (the Python binding's tttc.Layer)"
+            )
+        }
     }?;
     b.g = b.g.canonical();
     Ok(b)

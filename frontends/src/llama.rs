@@ -4,11 +4,11 @@
 //! (angles computed in the graph, so positions are not capped), then a SwiGLU MLP.
 
 use anyhow::{bail, Result};
-use tttc_ir::{DType, Dim, Graph, ReduceKind, Type, UnaryOp, ValueId};
+use tttc_ir::{DType, Dim, Graph, Type, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
 use crate::config::LlamaConfig;
-use crate::math::{rope_angles, rope_angles_at, split_heads};
+use crate::math::{rope, rope_angles, rope_angles_at, scaled_scores, softmax, split_heads};
 
 pub fn build(c: &LlamaConfig, mode: Mode) -> Result<ModelBuilder> {
     let mut b = ModelBuilder::with_mode("llama", mode);
@@ -22,6 +22,7 @@ pub fn build(c: &LlamaConfig, mode: Mode) -> Result<ModelBuilder> {
         tied: c.tie_word_embeddings,
         init_std: c.initializer_range,
         position_period: None,
+        pad_token: None,
     };
     // cos / sin of the RoPE angles, built once (at the first layer) and shared by every layer: at
     // positions 0 … T−1, or at a step's position.
@@ -155,11 +156,7 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
             b.tri_mask(scores, f64::NEG_INFINITY)?
         }
     };
-    let m = b.reduce(ReduceKind::Max, scores, -1, true)?;
-    let shifted = b.sub(scores, m)?;
-    let e = b.unary(UnaryOp::Exp, shifted)?;
-    let sum = b.reduce(ReduceKind::Sum, e, -1, true)?;
-    let probs = b.div(e, sum)?;
+    let probs = softmax(&mut b.g, scores)?;
     let o = b.matmul(probs, v)?; // [B, H, T, d]; a step's [B, Hkv, r, d] is [B, H, 1, d]
     let o = match b.mode {
         Mode::Step => {
@@ -175,14 +172,6 @@ fn attention(b: &mut ModelBuilder, c: &LlamaConfig, x: ValueId, cos: ValueId, si
     b.linear(o, &format!("{s}o_proj"), heads * d, dim, Init::Normal { std }, bias.then_some(Init::Zeros))
 }
 
-/// `q kᵀ / √d` `[B, H, T, S]` of the queries `[B, H, T, d]` and the keys `[B, H, S, d]`.
-fn scaled_scores(g: &mut Graph, q: ValueId, k: ValueId, d: usize) -> Result<ValueId> {
-    let kt = g.transpose_last2(k)?;
-    let scores = g.matmul(q, kt)?;
-    let scale = g.scalar((d as f64).sqrt())?;
-    g.div(scores, scale)
-}
-
 /// `[B, Hkv, T, d]` → `[B, H, T, d]`, kv head j repeated for heads j·r … j·r + r − 1 (r = H/Hkv).
 fn repeat_kv(g: &mut Graph, x: ValueId, heads: usize, kv_heads: usize, d: usize) -> Result<ValueId> {
     if heads == kv_heads {
@@ -192,19 +181,4 @@ fn repeat_kv(g: &mut Graph, x: ValueId, heads: usize, kv_heads: usize, d: usize)
     let x = g.reshape(x, vec![bsym.clone(), Dim::c(kv_heads), Dim::c(1), t.clone(), Dim::c(d)])?;
     let x = g.broadcast(x, vec![bsym.clone(), Dim::c(kv_heads), Dim::c(heads / kv_heads), t.clone(), Dim::c(d)])?;
     g.reshape(x, vec![bsym, Dim::c(heads), t, Dim::c(d)])
-}
-
-/// Rotate-half RoPE over the last axis of `x` `[B, h, T, d]`: for i < d/2,
-/// `x'[i] = x[i]·cos − x[i+d/2]·sin`, `x'[i+d/2] = x[i+d/2]·cos + x[i]·sin`.
-fn rope(g: &mut Graph, x: ValueId, cos: ValueId, sin: ValueId, d: usize) -> Result<ValueId> {
-    let half = (d / 2) as i64;
-    let x1 = g.slice(x, -1, 0, Some(half))?;
-    let x2 = g.slice(x, -1, half, Some(2 * half))?;
-    let a = g.mul(x1, cos)?;
-    let b = g.mul(x2, sin)?;
-    let lo = g.sub(a, b)?;
-    let a = g.mul(x2, cos)?;
-    let b = g.mul(x1, sin)?;
-    let hi = g.add(a, b)?;
-    g.concat(&[lo, hi], -1)
 }

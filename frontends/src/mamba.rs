@@ -22,6 +22,7 @@ pub fn build(c: &MambaConfig, mode: Mode) -> Result<ModelBuilder> {
         tied: c.tie_word_embeddings,
         init_std: c.initializer_range,
         position_period: None,
+        pad_token: None,
     };
     b.language_model(&lm, |b, h, layer| {
         let p = format!("backbone.layers.{layer}.");

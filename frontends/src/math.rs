@@ -47,3 +47,35 @@ pub fn rope_angles_at(g: &mut Graph, pos: ValueId, d: usize, theta: f64) -> Resu
     let angle = g.mul(pos, inv_freq)?; // [len, d/2]
     Ok((g.unary(UnaryOp::Cos, angle)?, g.unary(UnaryOp::Sin, angle)?))
 }
+
+/// `q kᵀ / √d` `[B, H, T, S]` of the queries `[B, H, T, d]` and the keys `[B, H, S, d]`.
+pub fn scaled_scores(g: &mut Graph, q: ValueId, k: ValueId, d: usize) -> Result<ValueId> {
+    let kt = g.transpose_last2(k)?;
+    let scores = g.matmul(q, kt)?;
+    let scale = g.scalar((d as f64).sqrt())?;
+    g.div(scores, scale)
+}
+
+/// The softmax over the last axis, made stable by subtracting each row's maximum.
+pub fn softmax(g: &mut Graph, scores: ValueId) -> Result<ValueId> {
+    let m = g.reduce(ReduceKind::Max, scores, -1, true)?;
+    let shifted = g.sub(scores, m)?;
+    let e = g.unary(UnaryOp::Exp, shifted)?;
+    let sum = g.reduce(ReduceKind::Sum, e, -1, true)?;
+    g.div(e, sum)
+}
+
+/// Rotate-half RoPE over the last axis of `x` `[B, h, T, d]`: for i < d/2,
+/// `x'[i] = x[i]·cos − x[i+d/2]·sin`, `x'[i+d/2] = x[i+d/2]·cos + x[i]·sin`.
+pub fn rope(g: &mut Graph, x: ValueId, cos: ValueId, sin: ValueId, d: usize) -> Result<ValueId> {
+    let half = (d / 2) as i64;
+    let x1 = g.slice(x, -1, 0, Some(half))?;
+    let x2 = g.slice(x, -1, half, Some(2 * half))?;
+    let a = g.mul(x1, cos)?;
+    let b = g.mul(x2, sin)?;
+    let lo = g.sub(a, b)?;
+    let a = g.mul(x2, cos)?;
+    let b = g.mul(x1, sin)?;
+    let hi = g.add(a, b)?;
+    g.concat(&[lo, hi], -1)
+}

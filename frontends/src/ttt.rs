@@ -34,6 +34,7 @@ pub fn build(c: &TttConfig, mode: Mode) -> Result<ModelBuilder> {
         tied: c.tie_word_embeddings,
         init_std: c.initializer_range,
         position_period: Some(c.mini_batch_size),
+        pad_token: None,
     };
     b.language_model(&lm, |b, h, layer| block(b, c, h, &format!("model.layers.{layer}.")))?;
     Ok(b)

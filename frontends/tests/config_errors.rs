@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use tttc_frontends::config::{IGNORED_KEYS, LLAMA_IGNORED_KEYS, MAMBA_IGNORED_KEYS, MAX_CONV_KERNEL, MAX_LAYERS, MAX_SIZE, TTT_IGNORED_KEYS};
+use tttc_frontends::config::{
+    IGNORED_KEYS, LACT_IGNORED_KEYS, LLAMA_IGNORED_KEYS, MAMBA_IGNORED_KEYS, MAX_CONV_KERNEL, MAX_LAYERS, MAX_SIZE, TTT_IGNORED_KEYS,
+};
 use tttc_frontends::parse_config_json;
 
 fn ttt() -> Value {
@@ -19,6 +21,11 @@ fn mamba() -> Value {
 fn llama() -> Value {
     json!({"model_type": "llama", "vocab_size": 13, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1,
            "num_attention_heads": 2, "num_key_value_heads": 1})
+}
+
+fn lact() -> Value {
+    json!({"model_type": "lact_swiglu", "vocab_size": 13, "hidden_size": 16, "num_hidden_layers": 1, "num_attn_heads": 2,
+           "num_lact_heads": 2, "lact_chunk_size": 4, "window_size": 4})
 }
 
 /// `base` with `key` set to `value` (`null` deletes it).
@@ -91,9 +98,11 @@ fn unknown_keys_are_refused_with_the_closest_key() {
 /// Every ignored key is ignored whatever its value, in every family.
 #[test]
 fn ignored_keys_are_ignored() {
-    for (base, own) in [(ttt(), TTT_IGNORED_KEYS), (mamba(), MAMBA_IGNORED_KEYS), (llama(), LLAMA_IGNORED_KEYS)] {
+    for (base, own) in [(ttt(), TTT_IGNORED_KEYS), (mamba(), MAMBA_IGNORED_KEYS), (llama(), LLAMA_IGNORED_KEYS), (lact(), LACT_IGNORED_KEYS)] {
         let mut c = base.clone();
-        for (i, key) in IGNORED_KEYS.iter().chain(own).enumerate() {
+        // LaCT reads pad_token_id: that row of the embedding gets no gradient.
+        let read = |k: &&&str| base["model_type"] == "lact_swiglu" && **k == "pad_token_id";
+        for (i, key) in IGNORED_KEYS.iter().chain(own).filter(|k| !read(k)).enumerate() {
             c = with(c, key, json!([i, "x", {"y": i}]));
         }
         accepted(&c);
@@ -125,6 +134,46 @@ fn unsupported_settings_are_refused() {
     accepted(&with(with(ttt(), "rope_scaling", Value::Null), "pruned_heads", json!({})));
     accepted(&with(llama(), "attention_dropout", json!(0)));
     accepted(&with(with(mamba(), "time_step_init_scheme", json!("random")), "rescale_prenorm_residual", json!(false)));
+}
+
+/// SPEC-lact.md §2: what LaCT's code computes only for some values, and configs it cannot mean.
+#[test]
+fn lact_settings_outside_its_function_are_refused() {
+    refused(&with(lact(), "lr_dim", json!(2)), &["lr_dim", "not supported"]);
+    refused(&with(lact(), "lr_parameterization", json!("linear")), &["lr_parameterization", "not supported"]);
+    refused(&with(lact(), "ttt_loss_type", json!("l2")), &["ttt_loss_type", "not supported"]);
+    refused(&with(lact(), "hidden_act", json!("silu")), &["hidden_act", "\"swish\""]);
+    let null_theta = lact().to_string().replacen('{', "{\"rope_theta\":null,", 1);
+    assert!(error_of(&null_theta).contains("rope_theta = null"));
+    refused(&with(with(lact(), "hidden_size", json!(3072)), "num_attn_heads", json!(25)), &["hidden_size 3072", "num_attn_heads 25"]);
+    refused(&with(lact(), "num_lact_heads", json!(3)), &["num_lact_heads 3"]);
+    refused(&with(with(lact(), "hidden_size", json!(18)), "num_attn_heads", json!(6)), &["head dimension 3", "even"]);
+    refused(&with(with(lact(), "use_muon", json!(true)), "use_fused_kernel", json!(true)), &["use_fused_kernel", "use_muon"]);
+    refused(&with(lact(), "pad_token_id", json!(13)), &["pad_token_id = 13"]);
+    refused(&with(lact(), "inter_multi", json!(0.01)), &["inter_multi"]);
+    // Without Muon the fused kernel computes this function (to its renorm's eps): accepted.
+    accepted(&with(lact(), "use_fused_kernel", json!(true)));
+    accepted(&with(lact(), "window_size", Value::Null));
+    accepted(&with(with(lact(), "w0_w2_low_rank", json!(-1)), "inter_multi", json!(1.5)));
+    // Muon on chunks shorter than the head size is ill-conditioned in f32: a warning, not an error.
+    let (config, _) = parse_config_json(&with(lact(), "use_muon", json!(true)).to_string()).unwrap();
+    assert!(config.warnings().iter().any(|w| w.contains("lact_chunk_size 4") && w.contains("ill-conditioned")), "{:?}", config.warnings());
+    let (config, _) = parse_config_json(&lact().to_string()).unwrap();
+    assert!(config.warnings().is_empty());
+}
+
+/// A bidirectional layer's config holds its constructor's arguments only, and a language model
+/// is not built from it.
+#[test]
+fn a_bidirectional_lact_layer_is_a_layer() {
+    let layer = json!({"model_type": "lact_bidirectional_layer", "dim": 16, "head_dim": 8});
+    accepted(&layer);
+    refused(&with(layer.clone(), "head_dim", json!(5)), &["dim = 16", "head_dim 5"]);
+    refused(&with(layer.clone(), "vocab_size", json!(5)), &["unknown config key vocab_size"]);
+    let (config, _) = parse_config_json(&layer.to_string()).unwrap();
+    assert!(tttc_frontends::build_layer(&config).is_ok());
+    let e = format!("{:#}", tttc_frontends::build(&config).err().unwrap());
+    assert!(e.contains("one layer, not a language model"), "{e}");
 }
 
 #[test]
@@ -216,7 +265,8 @@ fn children(dir: &Path) -> Vec<PathBuf> {
 /// Every reference case and every example loads, and builds.
 #[test]
 fn every_shipped_config_loads() {
-    let cases = children(&repo().join("tests/vectors")).into_iter().filter(|p| p.join("config.json").exists());
+    let folders = ["tests/vectors", "tests/vectors-gated", "tests/vectors-lact"];
+    let cases = folders.into_iter().flat_map(|f| children(&repo().join(f))).filter(|p| p.join("config.json").exists() && !p.join("layer.safetensors").exists());
     let examples = [repo().join("examples"), repo().join("examples/comparison")].into_iter().flat_map(|d| children(&d));
     let models: Vec<PathBuf> = cases.chain(examples.filter(|p| p.extension().is_some_and(|e| e == "toml"))).collect();
     assert!(models.len() >= 15, "{models:?}");

@@ -297,6 +297,8 @@ fn small(c: &ModelConfig) -> bool {
         ModelConfig::Ttt(c) => vec![c.hidden_size, c.intermediate_size, c.num_hidden_layers * 64, c.mini_batch_size, c.conv_kernel * 16],
         ModelConfig::Mamba(c) => vec![c.hidden_size, c.intermediate_size, c.num_hidden_layers * 64, c.state_size, c.conv_kernel * 16, c.time_step_rank],
         ModelConfig::Llama(c) => vec![c.hidden_size, c.intermediate_size, c.num_hidden_layers * 64, c.num_heads],
+        ModelConfig::Lact(c) => vec![c.hidden_size, c.intermediate_size, c.num_hidden_layers * 64, c.chunk_size, c.fast_hidden()],
+        ModelConfig::LactBidirectional(c) => vec![c.dim, c.fast_hidden()],
     };
     c.vocab_size() <= 1024 && sizes.iter().all(|&s| s <= 256)
 }

@@ -92,11 +92,7 @@ impl Layer {
     /// `ttt`, `mamba` or `llama`.
     #[getter]
     fn family(&self) -> &'static str {
-        match self.config {
-            ModelConfig::Ttt(_) => "ttt",
-            ModelConfig::Mamba(_) => "mamba",
-            ModelConfig::Llama(_) => "llama",
-        }
+        self.config.family()
     }
 
     /// Where the layer's names sit in a whole model (`model.layers.0.seq_modeling_block.`):
@@ -404,6 +400,9 @@ fn model_shape(config_json: &str) -> PyResult<String> {
             "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,
             "norm_eps": c.rms_norm_eps, "tie_word_embeddings": c.tie_word_embeddings, "mlp_bias": c.mlp_bias,
         }),
+        ModelConfig::Lact(_) | ModelConfig::LactBidirectional(_) => {
+            return Err(PyValueError::new_err(format!("{} models are not available from Python as whole models yet", config.family())))
+        }
     };
     Ok(shape.to_string())
 }

@@ -1,5 +1,5 @@
-//! Shared helpers of the integration tests: the reference cases kept in `tests/vectors` and
-//! `tests/vectors-gated`, running
+//! Shared helpers of the integration tests: the reference cases kept in `tests/vectors`,
+//! `tests/vectors-gated` and `tests/vectors-lact`, running
 //! the `tttc` binary, reading tensor files and SPEC §1's parity bound.
 
 #![allow(dead_code)] // each test binary uses its own subset
@@ -53,6 +53,18 @@ pub fn gated_cases() -> Vec<PathBuf> {
 /// Every case with logits and loss: [`cases`] and [`gated_cases`].
 pub fn all_cases() -> Vec<PathBuf> {
     [cases(), gated_cases()].concat()
+}
+
+/// LaCT's language-model cases (SPEC-lact.md §1: logits, loss and gradients), each folder under
+/// `tests/vectors-lact` with an `io.safetensors`.
+pub fn lact_cases() -> Vec<PathBuf> {
+    cases_in("tests/vectors-lact").into_iter().filter(|c| c.join("io.safetensors").exists()).collect()
+}
+
+/// LaCT's layer cases (SPEC-lact.md §8: a bidirectional layer's `y`, `dx` and gradients), each
+/// folder under `tests/vectors-lact` with a `layer.safetensors`.
+pub fn lact_layer_cases() -> Vec<PathBuf> {
+    cases_in("tests/vectors-lact").into_iter().filter(|c| c.join("layer.safetensors").exists()).collect()
 }
 
 fn cases_in(folder: &str) -> Vec<PathBuf> {
@@ -151,11 +163,14 @@ pub fn copy_case(case: &str, name: &str) -> PathBuf {
     dir
 }
 
-/// The mini-batch size of a TTT case's config, 16 for the families without one (where the split
-/// points tests derive from it are just points).
+/// The mini-batch size of a TTT case's config or a LaCT case's chunk size (2048 when its config
+/// leaves the default), 16 for the families without one (where the split points tests derive
+/// from it are just points).
 pub fn mini_batch(case: &Path) -> usize {
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
-    config["mini_batch_size"].as_u64().unwrap_or(16) as usize
+    let lact = config["model_type"] == "lact_swiglu";
+    let (key, default) = if lact { ("lact_chunk_size", 2048) } else { ("mini_batch_size", 16) };
+    config[key].as_u64().unwrap_or(default) as usize
 }
 
 /// Asserts that the state file `got` holds, named `prefix` + NAME, each tensor NAME of `want`

@@ -44,6 +44,10 @@ pub struct DualFormReport {
     /// Whether the body, after derivation, still materialises per-token copies of the carried
     /// state (the primal form): a value at least `chunk` times the largest carry.
     pub primal_left: bool,
+    /// Whether the body may hold per-token copies of its state: the primal form the derivation
+    /// is for. A body that updates a state once per chunk of several tokens (applies its state
+    /// to the chunk, then updates it) has none and is kept as it is.
+    pub per_token_state: bool,
     /// Roots whose term reads a value another root computes (for one token per chunk: the
     /// output reads the updated state, the primal form).
     pub shared: usize,
@@ -64,7 +68,9 @@ impl DualFormReport {
     /// One line for people.
     pub fn summary(&self) -> String {
         let sat = if self.saturated { "saturated" } else { "stopped at a limit" };
-        let what = if self.roots == 0 {
+        let what = if !self.per_token_state {
+            "nothing to derive (the state is not copied per token)".to_string()
+        } else if self.roots == 0 {
             "nothing to derive (no contraction)".to_string()
         } else if self.primal_left {
             format!("no dual form found: keeping the primal form ({} of {} regions rewritten)", self.rewritten, self.roots)
@@ -173,8 +179,14 @@ fn roots(g: &Graph) -> Vec<ValueId> {
 /// Whether some value of `body` holds `chunk` or more copies of its largest carried state (at
 /// batch 1, a full chunk): per-token weights. (With chunks of one token the forms coincide.)
 fn materialises_per_token_state(body: &Graph, chunk: usize, carries: usize) -> bool {
+    per_token_copies(body, chunk, carries) == Some(true)
+}
+
+/// Whether `body` carries a state of more than one element through chunks of two or more
+/// tokens and materialises per-token copies of it (`None`: no such state or chunk).
+fn per_token_copies(body: &Graph, chunk: usize, carries: usize) -> Option<bool> {
     if chunk < 2 {
-        return false;
+        return None;
     }
     let env: tttc_ir::DimEnv = [("B".to_string(), 1)].into_iter().collect();
     let chunk_sym = body.args.iter().flat_map(|a| body.ty(a.value).shape.iter()).find_map(|d| d.sym.clone().filter(|s| s != "B"));
@@ -183,8 +195,8 @@ fn materialises_per_token_state(body: &Graph, chunk: usize, carries: usize) -> b
         env.insert(s, chunk);
     }
     let size = |v: &ValueId| body.ty(*v).resolve(&env).map_or(0, |s| s.iter().product::<usize>());
-    let Some(largest) = body.args[..carries].iter().map(|a| size(&a.value)).max() else { return false };
-    largest > 1 && body.nodes.iter().flat_map(|n| &n.outputs).any(|v| size(v) >= chunk * largest)
+    let largest = body.args[..carries].iter().map(|a| size(&a.value)).max().filter(|&n| n > 1)?;
+    Some(body.nodes.iter().flat_map(|n| &n.outputs).any(|v| size(v) >= chunk * largest))
 }
 
 /// Values holding exactly the data of a next-state output: the chain of reshapes, and `[-1:]`
@@ -247,6 +259,25 @@ fn has_sum(eg: &ix::IxGraph, id: Id) -> bool {
 }
 
 fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, DualFormReport)> {
+    // A state updated once per chunk of several tokens (apply, then update) has no per-token
+    // form to turn into a dual one.
+    if per_token_copies(body, chunk, carries) == Some(false) {
+        let report = DualFormReport {
+            per_token_state: false,
+            roots: 0,
+            rewritten: 0,
+            egraph_nodes: 0,
+            egraph_classes: 0,
+            iterations: 0,
+            saturated: true,
+            seconds: 0.0,
+            flops_before: 0.0,
+            flops_after: 0.0,
+            primal_left: false,
+            shared: 0,
+        };
+        return Ok((body.clone(), report));
+    }
     let roots = roots(body);
     let state: Vec<ValueId> = body.outputs[..carries.min(body.outputs.len())].iter().map(|(_, v)| *v).collect();
     let mut lowering = Lowering::new(body, &roots, contracting(body, &roots), state_aliases(body, &state));
@@ -304,6 +335,7 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
     let primal_left = materialises_per_token_state(&crate::dce::dead_code_elimination(&g), chunk, carries);
     let shared = after.iter().filter(|e| e.shares).count();
     let report = DualFormReport {
+        per_token_state: true,
         primal_left,
         shared,
         roots: lowered.len(),
