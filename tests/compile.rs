@@ -48,7 +48,7 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         // points (its KV cache grows), the CPU model (a line per entry point, then the time), the
         // GPU model (a line per program, with a note when ptxas is missing, or its estimate when
         // not), then where the output went.
-        let family = if stem.starts_with("ttt") { "ttt" } else { stem.split('-').next().unwrap() };
+        let family = tttc_frontends::load_config(&ex).unwrap().family();
         let decodes = family != "llama";
         let entry_names: &[&str] = if decodes { &["forward", "loss_and_grad", "prefill", "step"] } else { &["forward", "loss_and_grad"] };
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("    ")).collect();

@@ -38,11 +38,10 @@ fn check_decoding(backends: &[&str], scratch_name: &str) {
         let ids = &io["input_ids"];
         let (rows, t) = (ids.shape[0], ids.shape[1]);
         let b = mini_batch(&case);
-        let new = 2 * b + 5;
-        for &backend in backends {
+        for &backend in backends.iter().filter(|b| runs_on(&case, b)) {
             // The simulator runs every thread of every kernel: one prompt there, ending past a
-            // mini-batch boundary, its new tokens crossing more.
-            let lengths: &[usize] = if backend == "ptx-sim" { &[b + 1] } else { &[1, b - 1, b, b + 1, 2 * b + 3] };
+            // mini-batch (or chunk) boundary, and a few new tokens crossing the next.
+            let (lengths, new): (&[usize], usize) = if backend == "ptx-sim" { (&[2 * b - 3], 5) } else { (&[1, b - 1, b, b + 1, 2 * b + 3], 2 * b + 5) };
             for len in lengths.iter().copied().filter(|&n| n >= 1 && n < t) {
                 let tag = format!("{name}-{backend}-{len}");
                 let prompt: Vec<i64> = (0..rows).flat_map(|r| ids.i64[r * t..r * t + len].to_vec()).collect();
@@ -95,10 +94,16 @@ fn generation_continues_a_saved_state() {
         let ids = &io["input_ids"];
         let (rows, t) = (ids.shape[0], ids.shape[1]);
         let b = mini_batch(&case);
-        let (first, len, new) = (b - 1, (b + 2).min(t), b + 3);
+        let (first, len, new) = ((b - 1).min(t - 1), (b + 2).min(t), b + 3);
+        if first == 0 {
+            continue; // one token: nothing to split
+        }
         let take = |from: usize, to: usize| -> Vec<i64> { (0..rows).flat_map(|r| ids.i64[r * t + from..r * t + to].to_vec()).collect() };
-        for backend in backends() {
+        for backend in backends().into_iter().filter(|b| runs_on(&case, b)) {
             let tag = format!("{name}-{backend}");
+            // The simulator's steps are slow: its new tokens stop short of the next boundary
+            // (the prompt from the state crosses one).
+            let new = if backend == "ptx-sim" { 3 } else { new };
             let n = new.to_string();
             let (whole, whole_out) = (prompt_file(&dir, &format!("{tag}-whole"), rows, &take(0, len)), dir.join(format!("{tag}-whole-out.safetensors")));
             let r = tttc(&["generate", p(&case), "--prompt", p(&whole), "--max-new-tokens", &n, "-o", p(&whole_out), "--backend", backend]);

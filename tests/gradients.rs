@@ -22,8 +22,8 @@ fn cuda_grad_matches_every_reference_case() {
 fn check_every_case(backends: &[&str], scratch_name: &str) {
     let out_dir = scratch(scratch_name);
     let mut failures = Vec::new();
-    let every = [cases(), lact_cases()].concat();
-    for (case, backend) in every.into_iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))) {
+    let every = [cases(), lact_cases()].concat().into_iter().filter(|c| c.join("grads.safetensors").exists());
+    for (case, backend) in every.flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))).filter(|(c, b)| runs_on(c, b)) {
         let name = format!("{} ({backend})", case.file_name().unwrap().to_str().unwrap());
         let out = out_dir.join(format!("{name}.safetensors"));
         let io = case.join("io.safetensors");

@@ -27,13 +27,13 @@ fn run_matches_every_lact_case() {
 #[test]
 #[ignore = "needs a GPU"]
 fn cuda_matches_every_reference_case() {
-    check_every_case(&[all_cases(), lact_cases()].concat(), &gpu_backends(), "reference_vectors_cuda");
+    check_every_case(&all_cases(), &gpu_backends(), "reference_vectors_cuda");
 }
 
 fn check_every_case(cases: &[std::path::PathBuf], backends: &[&str], scratch_name: &str) {
     let out_dir = scratch(scratch_name);
     let mut failures = Vec::new();
-    for (case, backend) in cases.iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))) {
+    for (case, backend) in cases.iter().flat_map(|c| backends.iter().map(move |&b| (c.clone(), b))).filter(|(c, b)| runs_on(c, b)) {
         let name = format!("{} ({backend})", case.file_name().unwrap().to_str().unwrap());
         let out = out_dir.join(format!("{name}.safetensors"));
         let io = case.join("io.safetensors");
@@ -46,7 +46,11 @@ fn check_every_case(cases: &[std::path::PathBuf], backends: &[&str], scratch_nam
         let got = read(&out);
         assert_eq!(got["logits"].shape, want["logits"].shape, "{name}: logits shape");
         let logits = parity_ratio(&got["logits"].f32, &want["logits"].f32, RTOL_LOGITS);
-        let loss = parity_ratio(&got["loss"].f32, &want["loss"].f32, RTOL_LOGITS);
+        // A case of one token has no next-token target, so no loss.
+        let loss = match want.get("loss") {
+            Some(loss) => parity_ratio(&got["loss"].f32, &loss.f32, RTOL_LOGITS),
+            None => 0.0,
+        };
         eprintln!("{name}: logits error {logits:.3} of tolerance, loss {loss:.3}");
         if logits > 1.0 || loss > 1.0 {
             failures.push(format!("{name}: logits at {logits:.2}× tolerance, loss at {loss:.2}×"));
@@ -60,8 +64,7 @@ fn check_every_case(cases: &[std::path::PathBuf], backends: &[&str], scratch_nam
 #[test]
 fn prefixes_match_the_reference() {
     let out_dir = scratch("reference_prefixes");
-    let every = [all_cases(), lact_cases()].concat();
-    for (case, backend) in every.into_iter().flat_map(|c| backends().into_iter().map(move |b| (c.clone(), b))) {
+    for (case, backend) in all_cases().into_iter().flat_map(|c| backends().into_iter().map(move |b| (c.clone(), b))).filter(|(c, b)| runs_on(c, b)) {
         let name = format!("{}-{backend}", case.file_name().unwrap().to_str().unwrap());
         let io = read(&case.join("io.safetensors"));
         let (ids, logits) = (&io["input_ids"], &io["logits"]);

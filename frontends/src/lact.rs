@@ -10,7 +10,7 @@
 use anyhow::{ensure, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, ReduceKind, Scan, Type, UnaryOp, ValueId};
 
-use crate::builder::{Init, LmShape, Mode, ModelBuilder};
+use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
 use crate::config::{LactBidirectionalConfig, LactConfig};
 use crate::math::{rope, scaled_scores, softmax, split_heads};
 
@@ -24,7 +24,6 @@ const NEWTON_SCHULZ: [(f64, f64, f64); 5] =
     [(4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037), (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)];
 
 pub fn build(c: &LactConfig, mode: Mode) -> Result<ModelBuilder> {
-    ensure!(mode == Mode::Forward, "LaCT models run whole sequences only for now: decoding and saved states are not supported yet");
     let mut b = ModelBuilder::with_mode("lact", mode);
     let lm = LmShape {
         embed: "model.embeddings.weight",
@@ -38,27 +37,89 @@ pub fn build(c: &LactConfig, mode: Mode) -> Result<ModelBuilder> {
         position_period: None,
         pad_token: c.pad_token_id,
     };
-    // The RoPE tables, built at the first layer and shared by every layer.
-    let mut angles: Option<(ValueId, ValueId)> = None;
+    // The tokens' positions, built at the first layer and shared by every layer.
+    let mut positions: Option<Positions> = None;
     b.language_model(&lm, |b, h, layer| {
         let p = format!("model.layers.{layer}.");
         let (dim, eps) = (c.hidden_size, c.norm_eps);
-        let angles = match angles {
-            Some(a) => a,
-            None => {
-                let len = b.dim(h, 1)?;
-                let pos = b.iota(len, DType::F32)?;
-                *angles.insert(rope_tables(&mut b.g, pos, c.attention_head_dim(), c.rope_theta)?)
-            }
+        let at = match positions {
+            Some(at) => at,
+            None => *positions.insert(Positions::new(b, c, h)?),
         };
         let x = b.rms_norm(h, &format!("{p}attn_norm.weight"), dim, eps)?;
-        let y = lact_layer(b, c, x, angles, &format!("{p}attn."))?;
+        let y = lact_layer(b, c, x, &at, &format!("{p}attn."))?;
         let h = b.add(h, y)?;
         let x = b.rms_norm(h, &format!("{p}mlp_norm.weight"), dim, eps)?;
         let y = b.swiglu(x, &format!("{p}mlp"), dim, c.intermediate_size, false, c.initializer_range)?;
         b.add(h, y)
     })?;
     Ok(b)
+}
+
+/// Layer 0's LaCT layer alone (see `crate::build_layer`): `x` `[B, T, D]` (after the block's
+/// norm) to `y`, with its state in the modes that hand one on or continue one.
+pub fn layer(c: &LactConfig, mode: Mode) -> Result<ModelBuilder> {
+    let mut b = ModelBuilder::with_mode("lact_layer", mode);
+    let x = b.hidden_input(c.hidden_size);
+    let at = Positions::new(&mut b, c, x)?;
+    let y = lact_layer(&mut b, c, x, &at, LAYER_PREFIX)?;
+    b.output("y", y);
+    Ok(b)
+}
+
+/// Where this graph's tokens are: their absolute positions and RoPE tables, and for a step
+/// whether its token ends a chunk.
+#[derive(Clone, Copy)]
+struct Positions {
+    /// f32 `[T]`: 0 … T−1, a resumed run's after its state's position, or a step's one.
+    absolute: ValueId,
+    /// RoPE's `cos` and `sin` at them, `[T, dh/2]`.
+    angles: (ValueId, ValueId),
+    /// A step's `[1, 1, 1, 1]`: 1 when its token is its chunk's last (the fast weights update
+    /// after it), else 0.
+    chunk_ends: Option<ValueId>,
+}
+
+impl Positions {
+    /// The positions of `h`'s tokens (axis 1). Every graph that hands on a state hands on
+    /// `chunk_position` too, the tokens of the current chunk already seen (a step's state: it
+    /// says when a chunk ends, which the absolute position would say only through a division
+    /// the IR does not have); a resumed run takes it and hands on the one its position gives.
+    fn new(b: &mut ModelBuilder, c: &LactConfig, h: ValueId) -> Result<Positions> {
+        let chunk = c.chunk_size;
+        let absolute = match (b.position, b.mode) {
+            (Some(position), _) => position,
+            (None, mode) => {
+                let len = b.dim(h, 1)?;
+                let upto = b.iota(len, DType::F32)?;
+                let offset = b.scalar(mode.resumed_at() as f64)?;
+                b.add(upto, offset)?
+            }
+        };
+        let chunk_position = b.mode.takes_state().then(|| b.state_input("chunk_position", Type::f32(&[1]), StateInit::Zeros));
+        let mut chunk_ends = None;
+        if b.mode != Mode::Forward {
+            let next = match (b.mode, chunk_position) {
+                (Mode::Step, Some(seen)) => {
+                    let last = b.scalar((chunk - 1) as f64)?;
+                    let ends = b.binary(BinaryOp::Ge, seen, last)?;
+                    chunk_ends = Some(b.reshape(ends, vec![Dim::c(1); 4])?);
+                    // (seen + 1) · (1 − ends): exact, whole numbers.
+                    let one = b.scalar(1.0)?;
+                    let next = b.add(seen, one)?;
+                    let goes_on = b.sub(one, ends)?;
+                    b.mul(next, goes_on)?
+                }
+                _ => b.next_position(Some(chunk))?,
+            };
+            // A count of tokens: nothing differentiates through it (a layer's vector-Jacobian
+            // product seeds every state output).
+            let next = b.stop_gradient(next)?;
+            b.state_output("chunk_position", next);
+        }
+        let angles = rope_tables(&mut b.g, absolute, c.attention_head_dim(), c.rope_theta)?;
+        Ok(Positions { absolute, angles, chunk_ends })
+    }
 }
 
 /// Where layer 0's LaCT layer names its weights (`crate::layer_prefix`).
@@ -83,7 +144,7 @@ fn rope_tables(g: &mut Graph, pos: ValueId, d: usize, theta: f64) -> Result<(Val
 }
 
 /// The LaCT layer on `x` `[B, T, D]` (after `attn_norm`), weights under `s` (§5).
-fn lact_layer(b: &mut ModelBuilder, c: &LactConfig, x: ValueId, angles: (ValueId, ValueId), s: &str) -> Result<ValueId> {
+fn lact_layer(b: &mut ModelBuilder, c: &LactConfig, x: ValueId, at: &Positions, s: &str) -> Result<ValueId> {
     let (dim, std) = (c.hidden_size, c.initializer_range);
     let (heads, d) = (c.num_lact_heads, c.fast_dim());
     let qkv = b.linear(x, &format!("{s}qkv"), dim, 3 * dim, Init::Normal { std }, c.qkv_bias.then_some(Init::Zeros))?;
@@ -98,7 +159,7 @@ fn lact_layer(b: &mut ModelBuilder, c: &LactConfig, x: ValueId, angles: (ValueId
         k = b.rms_norm(k?, &format!("{s}k_norm.weight"), dim, LAYER_EPS);
     }
     let (q, k) = (q?, k?);
-    let attended = window_attention(b, c, [q, k, v], angles)?;
+    let attended = attention(b, c, [q, k, v], at, s)?;
 
     // The fast q, k, v (§5.3): scaled and offset, silu, l2-normalised per fast head, RoPE in
     // groups of the attention heads' size.
@@ -123,7 +184,7 @@ fn lact_layer(b: &mut ModelBuilder, c: &LactConfig, x: ValueId, angles: (ValueId
         if i < 2 {
             x = l2_normalize(&mut b.g, x)?;
             if !c.ttt_nope {
-                x = grouped_rope(b, x, angles, c)?;
+                x = grouped_rope(b, x, at.angles, c)?;
             }
         }
         fast.push(x);
@@ -143,8 +204,7 @@ fn lact_layer(b: &mut ModelBuilder, c: &LactConfig, x: ValueId, angles: (ValueId
         let beta = b.unary(UnaryOp::Sigmoid, beta)?;
         seqs.push(per_head(b, beta, heads, 1)?);
     }
-    let weights = initial_fast_weights(b, c, s)?;
-    let o = chunk_scan(b, c, weights, &seqs)?; // [B, Hf, T, d]
+    let o = fast_weights(b, c, &seqs, at, s)?; // [B, Hf, T, d]
 
     // §5.7: the output norm per head, the TTT scale, heads concatenated, o_proj of the sum.
     let mut y = b.rms_norm(o, &format!("{s}ttt_norm.weight"), d, LAYER_EPS)?;
@@ -163,7 +223,9 @@ fn lact_layer(b: &mut ModelBuilder, c: &LactConfig, x: ValueId, angles: (ValueId
 /// update on the whole sequence (no momentum, no attention, no RoPE), then every token is read
 /// through them. Weight names as the published layer's (no prefix).
 pub fn bidirectional_layer(c: &LactBidirectionalConfig, mode: Mode) -> Result<ModelBuilder> {
-    ensure!(mode == Mode::Forward, "a bidirectional LaCT layer reads the whole sequence at once: it has no state to hand on or resume from");
+    // It hands on no state but the position (`Mode::Run`, as every layer can be asked for its
+    // state), and continues none.
+    ensure!(!mode.takes_state(), "a bidirectional LaCT layer reads the whole sequence at once: it has no state to continue from");
     let mut b = ModelBuilder::with_mode("lact_bidirectional", mode);
     let (dim, heads, d, m) = (c.dim, c.heads(), c.head_dim, c.fast_hidden());
     let linear = Init::Uniform { bound: 1.0 / (dim as f64).sqrt() };
@@ -193,8 +255,9 @@ pub fn bidirectional_layer(c: &LactBidirectionalConfig, mode: Mode) -> Result<Mo
         shape.insert(0, Dim::sym("B"));
         weights.push(b.broadcast(w, shape)?);
     }
-    let updated = update_fast_weights(&mut b.g, &weights, [fast[1], fast[2]], &lr, &norms, None, c.use_muon, None)?;
-    let mut o = fast_mlp(&mut b.g, fast[0], &updated)?;
+    let sums = gradient_sums(&mut b.g, &weights, fast[1], fast[2], &lr)?;
+    let updated = update(&mut b.g, &weights, &sums, None, c.use_muon, None, &norms)?;
+    let mut o = fast_mlp(&mut b.g, fast[0], &updated.weights)?;
     if c.use_o_norm {
         o = b.rms_norm(o, "o_norm.weight", d, LAYER_EPS)?;
     }
@@ -239,21 +302,105 @@ fn grouped_rope(b: &mut ModelBuilder, x: ValueId, (cos, sin): (ValueId, ValueId)
 
 /// Sliding-window causal attention (§5.2) of `[Q, K, V]` `[B, T, D]`: RoPE on q and k, each query
 /// attends to the W keys up to itself. Returns the heads concatenated, `[B, T, D]`.
-fn window_attention(b: &mut ModelBuilder, c: &LactConfig, [q, k, v]: [ValueId; 3], (cos, sin): (ValueId, ValueId)) -> Result<ValueId> {
+///
+/// A graph that hands on a state hands on the keys (after RoPE) and values of its last W − 1
+/// tokens (all of them without a window), `{s}k_cache` and `{s}v_cache` `[B, L, Ha, dh]`
+/// position-major; a step and a resumed run read them before their own tokens, the slots before
+/// the sequence's start masked out.
+fn attention(b: &mut ModelBuilder, c: &LactConfig, [q, k, v]: [ValueId; 3], at: &Positions, s: &str) -> Result<ValueId> {
     let (heads, dh) = (c.num_attn_heads, c.attention_head_dim());
+    let (cos, sin) = at.angles;
     let [q, k, v] = [q, k, v].map(|x| split_heads(&mut b.g, x, heads, dh));
     let q = rope(&mut b.g, q?, cos, sin, dh)?;
     let k = rope(&mut b.g, k?, cos, sin, dh)?;
-    let scores = scaled_scores(&mut b.g, q, k, dh)?; // [B, H, T, T]
-    let mut scores = b.tri_mask(scores, f64::NEG_INFINITY)?;
-    if let Some(window) = c.window_size {
-        let len = b.dim(q, 2)?;
-        let far = keys_past_window(&mut b.g, len, window)?;
-        scores = b.add(scores, far)?;
+    // A window of one position looks back at nothing: no cache.
+    let caches = c.window_size != Some(1);
+    let cached = match (b.mode, c.window_size) {
+        _ if !caches => None,
+        (Mode::Step | Mode::Resume { .. }, Some(window)) => Some(Dim::c(window - 1)),
+        (Mode::Step, None) => Some(Dim::sym("L")),
+        (Mode::Resume { position }, None) => Some(Dim::c(position)),
+        _ => None,
+    };
+    let position_major = [0, 2, 1, 3];
+    let (mut keys, mut values) = (b.transpose(k, &position_major)?, b.transpose(v?, &position_major)?); // [B, S, Ha, dh]
+    if let Some(len) = cached.clone() {
+        let ty = Type::new(DType::F32, vec![Dim::sym("B"), len, Dim::c(heads), Dim::c(dh)]);
+        let past_k = b.state_input(&format!("{s}k_cache"), ty.clone(), StateInit::Zeros);
+        let past_v = b.state_input(&format!("{s}v_cache"), ty, StateInit::Zeros);
+        keys = b.concat(&[past_k, keys], 1)?;
+        values = b.concat(&[past_v, values], 1)?;
     }
+    if b.mode != Mode::Forward && caches {
+        for (name, all) in [("k_cache", keys), ("v_cache", values)] {
+            let kept = match c.window_size {
+                // The last W − 1 positions, zeros before the sequence's start.
+                Some(window) => {
+                    let padded = if cached.is_some() { all } else { b.pad(all, 1, window - 1, 0)? };
+                    b.slice(padded, 1, -(window as i64 - 1), None)?
+                }
+                None => all,
+            };
+            b.state_output(&format!("{s}{name}"), kept);
+        }
+    }
+    let keys = b.transpose(keys, &position_major)?; // [B, Ha, S, dh]
+    let values = b.transpose(values, &position_major)?;
+    let scores = scaled_scores(&mut b.g, q, keys, dh)?; // [B, Ha, T, S]
+    let scores = match cached {
+        None => {
+            let scores = b.tri_mask(scores, f64::NEG_INFINITY)?;
+            match c.window_size {
+                Some(window) => {
+                    let len = b.dim(q, 2)?;
+                    let far = keys_past_window(&mut b.g, len, window)?;
+                    b.add(scores, far)?
+                }
+                None => scores,
+            }
+        }
+        // A step without a window sees every cached key.
+        Some(len) if len.sym.as_deref() == Some("L") => scores,
+        Some(len) => {
+            let all = b.dim(keys, 2)?;
+            let excluded = cache_mask(b, c, at.absolute, len, all)?;
+            b.add(scores, excluded)?
+        }
+    };
     let probs = softmax(&mut b.g, scores)?;
-    let o = b.matmul(probs, v?)?;
+    let o = b.matmul(probs, values)?;
     merge_heads(&mut b.g, o, c.hidden_size)
+}
+
+/// A finite stand-in for −∞ that a mask adds to a score: the softmax's exponential is 0 there.
+const EXCLUDED: f64 = -1e30;
+
+/// `[T, S]`: [`EXCLUDED`] where the query at `absolute[t]` may not see key s of a cache of
+/// `cached` positions followed by the T tokens (key s at position `absolute[0] − cached + s`):
+/// a key after the query, outside its window, or before the sequence's start; else 0.
+fn cache_mask(b: &mut ModelBuilder, c: &LactConfig, absolute: ValueId, cached: Dim, keys: Dim) -> Result<ValueId> {
+    let cached = cached.as_const().expect("a resumed run's or windowed step's cache has a known length") as f64;
+    let first = b.slice(absolute, 0, 0, Some(1))?;
+    let back = b.scalar(cached)?;
+    let first = b.sub(first, back)?;
+    let slots = b.iota(keys.clone(), DType::F32)?;
+    let key = b.add(slots, first)?; // [S]
+    let len = b.dim(absolute, 0)?;
+    let query = b.reshape(absolute, vec![len, Dim::c(1)])?; // [T, 1]
+    let mut seen = b.binary(BinaryOp::Ge, query, key)?;
+    let zero = b.scalar(0.0)?;
+    let started = b.binary(BinaryOp::Ge, key, zero)?;
+    seen = b.mul(seen, started)?;
+    if let Some(window) = c.window_size {
+        let reach = b.scalar((window - 1) as f64)?;
+        let oldest = b.sub(query, reach)?;
+        let near = b.binary(BinaryOp::Ge, key, oldest)?;
+        seen = b.mul(seen, near)?;
+    }
+    let one = b.scalar(1.0)?;
+    let unseen = b.sub(seen, one)?; // 0 or −1
+    let excluded = b.scalar(-EXCLUDED)?;
+    b.mul(unseen, excluded)
 }
 
 /// `[T, T]`: −∞ where key j is W or more positions before query t (t − j ≥ W), else 0. The
@@ -316,117 +463,269 @@ fn renormalize(g: &mut Graph, w: ValueId, target: ValueId) -> Result<ValueId> {
     g.mul(unit, target)
 }
 
-/// The chunk loop (§5.6) over `seqs` = q, k, v `[B, Hf, T, d]`, lr0, lr1, lr2 (and β)
-/// `[B, Hf, T, 1]`, from the initial fast weights (the same for every sequence). Returns the
-/// fast weights' outputs `[B, Hf, T, d]`.
-fn chunk_scan(b: &mut ModelBuilder, c: &LactConfig, weights: [ValueId; 3], seqs: &[ValueId]) -> Result<ValueId> {
-    let bsym = Dim::sym("B");
-    let heads = c.num_lact_heads;
-    let mut shapes = Vec::new();
-    let mut carried = Vec::new();
-    let mut norms = Vec::new();
-    for &w in &weights {
-        let mut shape = b.ty(w).shape.clone();
-        norms.push(row_norms(&mut b.g, w)?); // constants of the sequence, [Hf, rows, 1]
-        shape.insert(0, bsym.clone());
-        carried.push(b.broadcast(w, shape.clone())?);
-        shapes.push(shape);
-    }
-    let mut inputs = carried.clone();
-    if c.use_momentum {
-        let zero = b.scalar(0.0)?;
-        for shape in &shapes {
-            inputs.push(b.broadcast(zero, shape.clone())?);
-        }
-    }
-    if c.ttt_prenorm {
-        inputs.extend(&carried);
-    }
-    let carries = inputs.len();
-    inputs.extend(seqs);
-    inputs.extend(&norms);
-    let types: Vec<Type> = shapes.into_iter().map(|s| Type::new(DType::F32, s)).collect();
-    let body = chunk_body(c, &types, heads)?;
-    let outs = b.scan(Scan { axis: 2, chunk: c.chunk_size, carries, seqs: seqs.len(), body, reverse: false }, &inputs)?;
-    Ok(outs[carries])
+/// The fast weights' recurrent values, in the order the chunk loop carries them and a state
+/// lists them: the weights W0, W1, W2; with momentum, each one's last step `M`; pre-norm, the
+/// raw weights that take the steps; and in a graph that hands on a state, the current chunk's
+/// update so far (`sums`, before momentum) and, with momentum, its tokens' Σβ.
+struct FastState {
+    weights: Vec<ValueId>,
+    momentum: Vec<ValueId>,
+    raw: Vec<ValueId>,
+    sums: Vec<ValueId>,
+    beta_sum: Option<ValueId>,
 }
 
-/// One chunk: apply the fast weights to its queries, then update them with its keys, values and
-/// learning rates (the last chunk's update is never read). Arguments: W0, W1, W2 (and the
-/// momenta, and pre-norm the raw weights), then the chunk of q, k, v, lr0, lr1, lr2 (and β),
-/// then the row norms n0, n1, n2; results: the next carries, then the chunk's outputs.
-fn chunk_body(c: &LactConfig, types: &[Type], heads: usize) -> Result<Graph> {
+impl FastState {
+    fn values(&self) -> Vec<ValueId> {
+        [&self.weights[..], &self.momentum, &self.raw, &self.sums, self.beta_sum.as_slice()].concat()
+    }
+
+    /// The values of a state laid out as [`FastState::layout`] says.
+    fn from_values(values: &[ValueId], layout: &[(String, Type, Part)]) -> FastState {
+        let part = |p: Part| values.iter().zip(layout).filter(|(_, l)| l.2 == p).map(|(&v, _)| v).collect::<Vec<_>>();
+        FastState {
+            weights: part(Part::Weights),
+            momentum: part(Part::Momentum),
+            raw: part(Part::Raw),
+            sums: part(Part::Sums),
+            beta_sum: part(Part::BetaSum).first().copied(),
+        }
+    }
+
+    /// Each value's state name (under the layer's `s`), type and part: what `c` carries, and
+    /// with `hand_on` what a state holds beside.
+    fn layout(c: &LactConfig, hand_on: bool, s: &str) -> Vec<(String, Type, Part)> {
+        let (bsym, heads, d, m) = (Dim::sym("B"), c.num_lact_heads, c.fast_dim(), c.fast_hidden());
+        let shapes = [[m, d], [d, m], [m, d]];
+        let matrix = |[rows, cols]: [usize; 2]| Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), Dim::c(rows), Dim::c(cols)]);
+        let mut layout = Vec::new();
+        let parts =
+            [(Part::Weights, "", true), (Part::Momentum, ".momentum", c.use_momentum), (Part::Raw, ".raw", c.ttt_prenorm), (Part::Sums, ".sum", hand_on)];
+        for (part, suffix, on) in parts {
+            if on {
+                layout.extend(shapes.iter().enumerate().map(|(j, &shape)| (format!("{s}w{j}{suffix}"), matrix(shape), part)));
+            }
+        }
+        if hand_on && c.use_momentum {
+            layout.push((format!("{s}beta_sum"), matrix([1, 1]), Part::BetaSum));
+        }
+        layout
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Weights,
+    Momentum,
+    Raw,
+    Sums,
+    BetaSum,
+}
+
+/// The fast weights over `seqs` = q, k, v `[B, Hf, T, d]`, lr0, lr1, lr2 (and β) `[B, Hf, T, 1]`
+/// (§5.6): the chunk loop, a `Scan` in chunks of C from the initial weights (the same for every
+/// sequence) or a state, or a step's one token. Returns their outputs `[B, Hf, T, d]`.
+///
+/// A resumed run starts p tokens into a chunk: its sequence is padded in front with p tokens of
+/// learning rate and β 0, so that the scan's chunks fall on the chunk boundaries, and the first
+/// chunk continues the state's sums.
+fn fast_weights(b: &mut ModelBuilder, c: &LactConfig, seqs: &[ValueId], at: &Positions, s: &str) -> Result<ValueId> {
+    let initial = initial_fast_weights(b, c, s)?;
+    let norms = initial.iter().map(|&w| row_norms(&mut b.g, w)).collect::<Result<Vec<_>>>()?; // [Hf, rows, 1]
+    let hand_on = b.mode != Mode::Forward;
+    let layout = FastState::layout(c, hand_on, s);
+    let start: Vec<ValueId> = if b.mode.takes_state() {
+        // Low-rank weights have no parameter of their own: a fresh sequence gets them from its
+        // prefill, as every decoding does.
+        let init = |name: &str| match (c.low_rank, name.ends_with("w1")) {
+            (None, _) | (_, true) => StateInit::Param(name.to_string()),
+            _ => StateInit::Zeros,
+        };
+        layout
+            .iter()
+            .map(|(name, ty, part)| {
+                let from = match part {
+                    Part::Weights | Part::Raw => init(name.trim_end_matches(".raw")),
+                    _ => StateInit::Zeros,
+                };
+                b.state_input(name, ty.clone(), from)
+            })
+            .collect()
+    } else {
+        let zero = b.scalar(0.0)?;
+        layout
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty, part))| match part {
+                Part::Weights | Part::Raw => b.broadcast(initial[i % 3], ty.shape.clone()),
+                _ => b.broadcast(zero, ty.shape.clone()),
+            })
+            .collect::<Result<_>>()?
+    };
+    let (out, end) = match at.chunk_ends {
+        Some(ends) => {
+            let state = FastState::from_values(&start, &layout);
+            let (out, next) = chunk(&mut b.g, c, &state, seqs, &norms, Some(ends))?;
+            (out, next.values())
+        }
+        None => {
+            let seen = b.mode.resumed_at() % c.chunk_size;
+            let mut inputs = start.clone();
+            for &x in seqs {
+                inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
+            }
+            inputs.extend(&norms);
+            let types: Vec<Type> = layout.iter().map(|l| l.1.clone()).collect();
+            let body = chunk_body(c, &types, &layout, seqs.len())?;
+            let scan = Scan { axis: 2, chunk: c.chunk_size, carries: start.len(), seqs: seqs.len(), body, reverse: false };
+            let outs = b.scan(scan, &inputs)?;
+            let out = outs[start.len()];
+            let out = if seen > 0 { b.slice(out, 2, seen as i64, None)? } else { out };
+            (out, outs[..start.len()].to_vec())
+        }
+    };
+    for ((name, _, _), v) in layout.iter().zip(end) {
+        b.state_output(name, v);
+    }
+    Ok(out)
+}
+
+/// The chunk loop's body: [`chunk`] on one chunk. Arguments: the state's values (`types`, laid
+/// out as `layout`), the chunk of each of the `seqs` sequences, the row norms n0, n1, n2; results:
+/// the next state's values, then the chunk's outputs. A body that hands on a state keeps the
+/// update of a chunk shorter than C (the sequence's last) in its sums.
+fn chunk_body(c: &LactConfig, types: &[Type], layout: &[(String, Type, Part)], seqs: usize) -> Result<Graph> {
     let n = if c.chunk_size == 1 { Dim::c(1) } else { Dim::sym("n") };
-    let bsym = Dim::sym("B");
+    let (bsym, heads) = (Dim::sym("B"), c.num_lact_heads);
     let mut g = Graph::new("lact_chunk");
-    let carry = |g: &mut Graph, name: &str| -> Vec<ValueId> { types.iter().enumerate().map(|(i, t)| g.input(&format!("{name}{i}"), t.clone())).collect() };
-    let w = carry(&mut g, "w");
-    let momentum = if c.use_momentum { carry(&mut g, "momentum") } else { Vec::new() };
-    let raw = if c.ttt_prenorm { carry(&mut g, "raw") } else { Vec::new() };
-    let chunk = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(c.fast_dim())]);
-    let [q, k, v] = ["q", "k", "v"].map(|name| g.input(name, chunk.clone()));
-    let per_token = Type::new(DType::F32, vec![bsym, Dim::c(heads), n, Dim::c(1)]);
-    let lr: Vec<ValueId> = (0..3).map(|j| g.input(&format!("lr{j}"), per_token.clone())).collect();
-    let beta = c.use_momentum.then(|| g.input("beta", per_token));
-    let norms: Vec<ValueId> = types
+    let state: Vec<ValueId> = types.iter().enumerate().map(|(i, t)| g.input(&format!("state{i}"), t.clone())).collect();
+    let state = FastState::from_values(&state, layout);
+    let chunk_type = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(c.fast_dim())]);
+    let per_token = Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(1)]);
+    let names = ["q", "k", "v", "lr0", "lr1", "lr2", "beta"];
+    let inputs: Vec<ValueId> =
+        names[..seqs].iter().enumerate().map(|(i, name)| g.input(name, if i < 3 { chunk_type.clone() } else { per_token.clone() })).collect();
+    let norms: Vec<ValueId> = state
+        .weights
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            let r = t.rank();
-            g.input(&format!("norm{i}"), Type::new(DType::F32, vec![t.shape[r - 3].clone(), t.shape[r - 2].clone(), Dim::c(1)]))
+        .map(|(j, &w)| {
+            let shape = g.ty(w).shape.clone();
+            g.input(&format!("norm{j}"), Type::new(DType::F32, vec![shape[1].clone(), shape[2].clone(), Dim::c(1)]))
         })
         .collect();
-
-    let out = fast_mlp(&mut g, q, &w)?;
-    let mean_beta = beta.map(|beta| g.reduce(ReduceKind::Mean, beta, 2, true)).transpose()?;
-    let momentum = mean_beta.map(|mean| (mean, &momentum[..]));
-    let raw = c.ttt_prenorm.then_some(&raw[..]);
-    let next = update_fast_weights(&mut g, &w, [k, v], &lr, &norms, momentum, c.use_muon, raw)?;
-    for (i, v) in next.into_iter().enumerate() {
+    // Handing on a state: 1 where the chunk is whole (its update is made), 0 for a shorter last
+    // one (its update is kept in the sums).
+    let whole = if state.sums.is_empty() {
+        None
+    } else {
+        let one = g.scalar(1.0)?;
+        let ones = g.broadcast(one, vec![n])?;
+        let length = g.reduce(ReduceKind::Sum, ones, 0, false)?;
+        let full = g.scalar(c.chunk_size as f64)?;
+        Some(g.binary(BinaryOp::Ge, length, full)?)
+    };
+    let (out, next) = chunk(&mut g, c, &state, &inputs, &norms, whole)?;
+    for (i, v) in next.values().into_iter().enumerate() {
         g.output(&format!("next{i}"), v);
     }
     g.output("out", out);
     Ok(g)
 }
 
-/// One update of the fast weights `w` with the tokens' keys and values `[k, v]` and each
-/// weight's learning rates `lr` (§5.6 steps 2–5): `ΔW_j = Σ_t lr_j,t ∇_{W_j}(v_t · f_W(k_t))`,
-/// the gradient of the values' dot product weighted by that weight's learning rates; with
-/// `momentum` (the mean β and the last steps) `ΔW ← ΔW + β̄·M`; Muon; the step, and every row
-/// renormalised to `norms` (pre-norm: `raw` takes the step and is renormalised into the new
-/// weights). Returns the new weights, then the new momenta and raw weights where there are.
-#[allow(clippy::too_many_arguments)]
-fn update_fast_weights(
+/// One chunk of the fast weights, or a step's one token (§5.6, §7): the queries' outputs through
+/// the state's weights, then the update by the chunk's keys, values and learning rates (`seqs` as
+/// [`fast_weights`] takes them), added to the state's sums when it has them. Without `ends` the
+/// update is made (a forward pass: the last chunk's is never read); with it (1 or 0), only where
+/// the chunk ends, else kept in the sums.
+fn chunk(g: &mut Graph, c: &LactConfig, state: &FastState, seqs: &[ValueId], norms: &[ValueId], ends: Option<ValueId>) -> Result<(ValueId, FastState)> {
+    let (q, k, v) = (seqs[0], seqs[1], seqs[2]);
+    let out = fast_mlp(g, q, &state.weights)?;
+    let mut sums = gradient_sums(g, &state.weights, k, v, &seqs[3..6])?;
+    for (sum, &before) in sums.iter_mut().zip(&state.sums) {
+        *sum = g.add(before, *sum)?;
+    }
+    let mut beta_sum = match seqs.get(6) {
+        Some(&beta) => Some(g.reduce(ReduceKind::Sum, beta, 2, true)?),
+        None => None,
+    };
+    if let (Some(sum), Some(before)) = (beta_sum, state.beta_sum) {
+        beta_sum = Some(g.add(before, sum)?);
+    }
+    // β̄: the mean over the chunk's C tokens.
+    let mean_beta = match beta_sum {
+        Some(sum) => {
+            let count = g.scalar(c.chunk_size as f64)?;
+            Some(g.div(sum, count)?)
+        }
+        None => None,
+    };
+    let momentum = mean_beta.map(|mean| (mean, &state.momentum[..]));
+    let raw = c.ttt_prenorm.then_some(&state.raw[..]);
+    let updated = update(g, &state.weights, &sums, momentum, c.use_muon, raw, norms)?;
+    let Some(ends) = ends else { return Ok((out, updated)) };
+    // Whole-number blends: the kept value is exact.
+    let one = g.scalar(1.0)?;
+    let goes_on = g.sub(one, ends)?;
+    let mut blend = |new: &[ValueId], old: &[ValueId]| -> Result<Vec<ValueId>> {
+        new.iter()
+            .zip(old)
+            .map(|(&new, &old)| {
+                let new = g.mul(ends, new)?;
+                let old = g.mul(goes_on, old)?;
+                g.add(new, old)
+            })
+            .collect()
+    };
+    let weights = blend(&updated.weights, &state.weights)?;
+    let momentum = blend(&updated.momentum, &state.momentum)?;
+    let raw = blend(&updated.raw, &state.raw)?;
+    let sums = sums.iter().map(|&s| g.mul(goes_on, s)).collect::<Result<_>>()?;
+    let beta_sum = beta_sum.map(|s| g.mul(goes_on, s)).transpose()?;
+    Ok((out, FastState { weights, momentum, raw, sums, beta_sum }))
+}
+
+/// `ΔW_j = Σ_t lr_j,t ∇_{W_j}(v_t · f_W(k_t))` for the fast weights `w`: the gradient of the
+/// values' dot product weighted by that weight's learning rates `lr[j]`.
+fn gradient_sums(g: &mut Graph, w: &[ValueId], k: ValueId, v: ValueId, lr: &[ValueId]) -> Result<Vec<ValueId>> {
+    (0..w.len())
+        .map(|j| {
+            let weighted = g.mul(v, lr[j])?;
+            dot_product_gradient(g, w, k, weighted, j)
+        })
+        .collect()
+}
+
+/// One update of the fast weights `w` by the steps `sums` (§5.6 steps 3–5): with `momentum` (β̄
+/// and the last steps) `ΔW ← ΔW + β̄·M`, `M ← ΔW`; Muon; the step, and every row renormalised to
+/// `norms` (pre-norm: `raw` takes the step and is renormalised into the new weights).
+fn update(
     g: &mut Graph,
     w: &[ValueId],
-    [k, v]: [ValueId; 2],
-    lr: &[ValueId],
-    norms: &[ValueId],
+    sums: &[ValueId],
     momentum: Option<(ValueId, &[ValueId])>,
     muon: bool,
     raw: Option<&[ValueId]>,
-) -> Result<Vec<ValueId>> {
-    let mut next = Vec::new();
-    let mut next_momentum = Vec::new();
-    let mut next_raw = Vec::new();
+    norms: &[ValueId],
+) -> Result<FastState> {
+    let mut next = FastState { weights: Vec::new(), momentum: Vec::new(), raw: Vec::new(), sums: Vec::new(), beta_sum: None };
     for j in 0..w.len() {
-        let weighted = g.mul(v, lr[j])?;
-        let mut step = dot_product_gradient(g, w, k, weighted, j)?;
+        let mut step = sums[j];
         if let Some((mean_beta, last)) = momentum {
             let kept = g.mul(mean_beta, last[j])?;
             step = g.add(step, kept)?;
-            next_momentum.push(step);
+            next.momentum.push(step);
         }
         if muon {
             step = newton_schulz(g, step)?;
         }
         let stepped = g.add(raw.map_or(w[j], |raw| raw[j]), step)?;
         if raw.is_some() {
-            next_raw.push(stepped);
+            next.raw.push(stepped);
         }
-        next.push(renormalize(g, stepped, norms[j])?);
+        next.weights.push(renormalize(g, stepped, norms[j])?);
     }
-    Ok([next, next_momentum, next_raw].concat())
+    Ok(next)
 }
 
 /// `f(x) = W1 (silu(W0 x) ⊙ (W2 x))` on the rows of `x` `[B, Hf, n, d]`: `(silu(x W0ᵀ) ⊙ (x W2ᵀ)) W1ᵀ`.

@@ -24,7 +24,7 @@ pub use source::{load, load_config, load_structure, outputs_reading_model, parse
 /// Builds the graph of one sequence-mixing layer: argument `x` f32 `[B, T, D]`, the layer's
 /// weights (named as layer 0's in the whole model), output `y` `[B, T, D]`. TTT: the TTT layer
 /// (projections, the inner loop, post-norm, gate, output projection); Mamba: the mixer; Llama:
-/// self-attention.
+/// self-attention; LaCT: its layer (attention and fast weights), or the bidirectional layer.
 pub fn build_layer(config: &ModelConfig) -> Result<ModelBuilder> {
     build_layer_for(config, Mode::Forward)
 }
@@ -53,7 +53,7 @@ pub fn build_layer_for(config: &ModelConfig, mode: Mode) -> Result<ModelBuilder>
         ModelConfig::Ttt(c) => ttt::layer(c, mode),
         ModelConfig::Mamba(c) => mamba::layer(c, mode),
         ModelConfig::Llama(c) => llama::layer(c, mode),
-        ModelConfig::Lact(_) => anyhow::bail!("a LaCT layer on its own is not supported yet (build the whole model)"),
+        ModelConfig::Lact(c) => lact::layer(c, mode),
         ModelConfig::LactBidirectional(c) => lact::bidirectional_layer(c, mode),
     }?;
     if mode != Mode::Forward {

@@ -228,3 +228,21 @@ fn one_token_per_step_reads_the_updated_state() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// LaCT's chunk loop applies its fast weights to a chunk, then updates them once from the whole
+/// chunk: no per-token copies of the state, nothing to derive. The body is kept as written (with
+/// Muon's chains of products, before any e-graph is built) and says so.
+#[test]
+fn a_state_updated_once_per_chunk_is_kept_as_written() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors-lact/lact-momentum-muon");
+    let g = dead_code_elimination(&expand_grads(&tttc_frontends::load_structure(&model).unwrap().g).unwrap());
+    let (derived, reports) = derive_with_report(&g).unwrap();
+    let chunk_scans: Vec<_> = g.nodes.iter().zip(&derived.nodes).filter(|(n, _)| matches!(&n.op, Op::Scan(s) if s.body.name == "lact_chunk")).collect();
+    assert_eq!(chunk_scans.len(), 2, "one chunk loop per layer");
+    for (before, after) in chunk_scans {
+        assert_eq!(before.op, after.op, "the chunk body is unchanged");
+    }
+    let notes: Vec<String> = reports.iter().map(|r| r.summary()).filter(|s| s.contains("not copied per token")).collect();
+    assert_eq!(notes.len(), 2, "{:?}", reports.iter().map(|r| r.summary()).collect::<Vec<_>>());
+    assert!(reports.iter().filter(|r| !r.per_token_state).all(|r| r.egraph_nodes == 0));
+}

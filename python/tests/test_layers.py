@@ -14,6 +14,9 @@ TINY = {
     "ttt-relu3": lambda: tt.TTTLayer({"hidden_size": 8, "num_attention_heads": 2, "mini_batch_size": 4, "ttt_inner": {"widths": [1, 1], "activation": "relu", "bias": True}}),
     "mamba": lambda: tt.MambaMixer(8, intermediate_size=8, state_size=3, time_step_rank=2),
     "attention": lambda: tt.Attention(8, 2, num_key_value_heads=1),
+    # Without Muon: on so small a layer its Newton-Schulz amplifies f32 rounding and curves too
+    # sharply for these finite differences (SPEC-lact.md §6); the reference cases check Muon.
+    "lact": lambda: tt.LaCTLayer({"hidden_size": 8, "num_attn_heads": 2, "num_lact_heads": 2, "lact_chunk_size": 4, "window_size": 3, "ttt_prenorm": True}),
 }
 
 

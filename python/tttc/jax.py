@@ -46,14 +46,17 @@ class Layer:
     """One tttc-compiled sequence-mixing layer as a JAX function: ``y = layer(params, x)`` for ``x``
     float32 ``[B, T, D]`` and ``params`` a dict of arrays named as the reference modules name them
     (``layer.init(seed)`` draws them as tttc does). ``config`` is a Hugging Face config (``model_type``
-    ``ttt``, ``mamba`` or ``llama``), as for ``tttc.torch.Layer``."""
+    ``ttt``, ``mamba`` or ``llama``, or ``lact_bidirectional_layer``), as for ``tttc.torch.Layer``."""
 
     def __init__(self, config: Any):
         if hasattr(config, "to_dict"):
             config = config.to_dict()
         config = dict(json.loads(config) if isinstance(config, str) else config)
-        for key, value in {"vocab_size": 1, "num_hidden_layers": 1, "intermediate_size": 2 * config.get("hidden_size", 1)}.items():
-            config.setdefault(key, value)
+        # A language model's layer: the keys of the model around it that do not shape the layer
+        # get neutral values (a bidirectional LaCT layer's config has its own keys only).
+        if config.get("model_type") != "lact_bidirectional_layer":
+            for key, value in {"vocab_size": 1, "num_hidden_layers": 1, "intermediate_size": 2 * config.get("hidden_size", 1)}.items():
+                config.setdefault(key, value)
         self.config = config
         self._native = _native.Layer(json.dumps(config))
         self.parameter_shapes = dict(self._native.parameters())
@@ -111,3 +114,10 @@ def ttt_layer(hidden_size: int = 768, num_attention_heads: int = 12, mini_batch_
     :class:`Layer`: ``layer = ttt_layer(64, 4, 16); y = layer(layer.init(), x)``."""
     config.update(model_type="ttt", hidden_size=hidden_size, num_attention_heads=num_attention_heads, mini_batch_size=mini_batch_size, ttt_layer_type=ttt_layer_type)
     return Layer(config)
+
+
+def bidirectional_lact_layer(dim: int, head_dim: int, **config: Any) -> Layer:
+    """LaCT's bidirectional layer (docs/lact.md) as a :class:`Layer`: the fast weights take one
+    update on the whole sequence, then every token is read through them. Keys: ``inter_multi``,
+    ``use_o_norm``, ``qk_l2_norm``, ``use_muon``, ``base_lr``."""
+    return Layer({"model_type": "lact_bidirectional_layer", "dim": dim, "head_dim": head_dim, **config})

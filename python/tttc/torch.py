@@ -213,8 +213,9 @@ class Layer(torch.nn.Module):
     """One tttc-compiled sequence-mixing layer: ``y = layer(x)`` for ``x`` of shape ``[B, T, D]``.
 
     ``config`` is a Hugging Face config (a dict, its JSON text or an object with ``to_dict()``)
-    whose ``model_type`` (``ttt``, ``mamba`` or ``llama``) says which layer: the TTT layer, the
-    Mamba mixer or self-attention. Parameters are named as the reference modules name them
+    whose ``model_type`` (``ttt``, ``mamba``, ``llama``, ``lact_swiglu`` or
+    ``lact_bidirectional_layer``) says which layer: the TTT layer, the Mamba mixer,
+    self-attention, LaCT's layer or its bidirectional layer. Parameters are named as the reference modules name them
     (``q_proj.weight``, ``W1``, ``A_log``), drawn from ``seed`` as tttc initialises a model.
     ``backend`` is the tttc backend the layer runs on (``cpu``, or ``interp`` for the reference
     interpreter).
@@ -273,7 +274,8 @@ class Layer(torch.nn.Module):
         return outs[0]
 
     def extra_repr(self) -> str:
-        return f"model_type={self.config['model_type']!r}, hidden_size={self.config['hidden_size']}, backend={self.backend!r}"
+        width = self.config.get("hidden_size", self.config.get("dim"))
+        return f"model_type={self.config['model_type']!r}, hidden_size={width}, backend={self.backend!r}"
 
 
 def _config_dict(config: Any) -> dict:
@@ -335,6 +337,27 @@ class Attention(Layer):
     def __init__(self, hidden_size: int = 768, num_attention_heads: int = 12, *, seed: int = 0, backend: str = "cpu", **config: Any):
         config.update(hidden_size=hidden_size, num_attention_heads=num_attention_heads)
         super().__init__(_layer_config("llama", config, intermediate_size=1), seed=seed, backend=backend)
+
+
+class LaCTLayer(Layer):
+    """LaCT's causal layer (docs/lact.md: sliding-window attention and SwiGLU fast weights updated
+    per chunk) from a LaCT config: ``hidden_size``, ``num_attn_heads``, ``num_lact_heads``,
+    ``lact_chunk_size``, ``window_size``, ``use_momentum``, ``use_muon``, ... (docs/model-toml.md);
+    parameters named as LaCT's ``attn`` module names them."""
+
+    def __init__(self, config: Any, *, seed: int = 0, backend: str = "cpu"):
+        super().__init__(_layer_config("lact_swiglu", _config_dict(config)), seed=seed, backend=backend)
+
+
+class BidirectionalLaCT(Layer):
+    """LaCT's bidirectional layer for video and image models (docs/lact.md): the fast weights
+    take one update on the whole sequence, then every token is read through them.
+    ``BidirectionalLaCT(dim, head_dim, inter_multi=1, use_o_norm=True, qk_l2_norm=True,
+    use_muon=True, base_lr=0.01)``; parameters named as the published layer's (``to_qkv.weight``,
+    ``w0``, ``w1``, ``w2``, ...)."""
+
+    def __init__(self, dim: int, head_dim: int, *, seed: int = 0, backend: str = "cpu", **config: Any):
+        super().__init__({"model_type": "lact_bidirectional_layer", "dim": dim, "head_dim": head_dim, **config}, seed=seed, backend=backend)
 
 
 def from_reference(module: torch.nn.Module, *, backend: str = "cpu") -> TTTLayer:

@@ -50,21 +50,37 @@ pub fn gated_cases() -> Vec<PathBuf> {
     cases_in("tests/vectors-gated")
 }
 
-/// Every case with logits and loss: [`cases`] and [`gated_cases`].
+/// Every case with logits and loss: [`cases`], [`gated_cases`] and [`lact_cases`].
 pub fn all_cases() -> Vec<PathBuf> {
-    [cases(), gated_cases()].concat()
+    [cases(), gated_cases(), lact_cases()].concat()
 }
 
-/// LaCT's language-model cases (SPEC-lact.md §1: logits, loss and gradients), each folder under
-/// `tests/vectors-lact` with an `io.safetensors`.
+/// LaCT's language-model cases (SPEC-lact.md §1: logits, loss and gradients; none of those for
+/// T = 1): the public ones under `tests/vectors-lact`, and under `tests/vectors-lact-switches`
+/// cases made by the same generator (LaCT's own code) that vary every switch of SPEC-lact.md §2.
+/// Each folder with an `io.safetensors`.
 pub fn lact_cases() -> Vec<PathBuf> {
-    cases_in("tests/vectors-lact").into_iter().filter(|c| c.join("io.safetensors").exists()).collect()
+    lact_folders().into_iter().filter(|c| c.join("io.safetensors").exists()).collect()
 }
 
 /// LaCT's layer cases (SPEC-lact.md §8: a bidirectional layer's `y`, `dx` and gradients), each
-/// folder under `tests/vectors-lact` with a `layer.safetensors`.
+/// folder with a `layer.safetensors`, in the same two places.
 pub fn lact_layer_cases() -> Vec<PathBuf> {
-    cases_in("tests/vectors-lact").into_iter().filter(|c| c.join("layer.safetensors").exists()).collect()
+    lact_folders().into_iter().filter(|c| c.join("layer.safetensors").exists()).collect()
+}
+
+fn lact_folders() -> Vec<PathBuf> {
+    [cases_in("tests/vectors-lact"), cases_in(SWITCHES)].concat()
+}
+
+/// Where the cases that vary LaCT's switches live: they check the model's definition, which every
+/// backend runs alike (the backends are checked op by op and on the public cases), so they run
+/// on the interpreter and the CPU backend only, which keeps the suite's time.
+const SWITCHES: &str = "tests/vectors-lact-switches";
+
+/// Whether the tests run `case` on `backend` (see [`SWITCHES`]).
+pub fn runs_on(case: &Path, backend: &str) -> bool {
+    !case.starts_with(repo().join(SWITCHES)) || ["interp", "cpu"].contains(&backend)
 }
 
 fn cases_in(folder: &str) -> Vec<PathBuf> {
