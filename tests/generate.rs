@@ -154,7 +154,9 @@ fn check_against_forward(model: &Path, dir: &Path, tag: &str, prompt: &[i64], ne
 }
 
 /// Convolutions of kernel 1 carry no window; TTT with a mini-batch of 1 hands over after every
-/// token; a model folder with another kind of tokenizer still generates from ids.
+/// token; LaCT with a window of one position (no cache), pre-norm without momentum and chunks of
+/// 3, and with chunks of 1, low-rank weights of another height than width and no window (a
+/// cache that grows); a model folder with another kind of tokenizer still generates from ids.
 #[test]
 fn edge_configurations_decode_exactly() {
     let dir = scratch("generate_edges");
@@ -162,12 +164,19 @@ fn edge_configurations_decode_exactly() {
         ("mamba-k1", "model_type = \"mamba\"\nseed = 1\n[config]\nvocab_size = 64\nhidden_size = 32\nnum_hidden_layers = 2\nstate_size = 8\nconv_kernel = 1\n"),
         ("ttt-k1-b1", "model_type = \"ttt\"\nseed = 2\n[config]\nvocab_size = 64\nhidden_size = 32\nnum_attention_heads = 2\nintermediate_size = 64\nnum_hidden_layers = 2\nmini_batch_size = 1\npre_conv = true\nconv_kernel = 1\n"),
         ("ttt-mlp-b4", "model_type = \"ttt\"\nseed = 3\n[config]\nvocab_size = 64\nhidden_size = 32\nnum_attention_heads = 2\nintermediate_size = 64\nnum_hidden_layers = 1\nmini_batch_size = 4\nttt_layer_type = \"mlp\"\nshare_qk = true\nuse_gate = true\n"),
+        ("lact-w1-prenorm-c3", "model_type = \"lact_swiglu\"\nseed = 4\n[config]\nvocab_size = 64\nhidden_size = 16\nnum_hidden_layers = 2\nnum_attn_heads = 2\nnum_lact_heads = 2\nlact_chunk_size = 3\nwindow_size = 1\nttt_prenorm = true\nuse_momentum = false\n"),
     ];
     for (name, toml) in models {
         let model = dir.join(format!("{name}.toml"));
         std::fs::write(&model, toml).unwrap();
         check_against_forward(&model, &dir, name, &[3, 1, 4, 1, 5, 9, 2], 9);
     }
+    // A null window is JSON's alone (TOML has no null): a folder.
+    let unbounded = dir.join("lact-c1-lowrank-unbounded");
+    std::fs::create_dir_all(&unbounded).unwrap();
+    let config = r#"{"model_type": "lact_swiglu", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attn_heads": 2, "num_lact_heads": 2, "lact_chunk_size": 1, "window_size": null, "inter_multi": 1.5, "w0_w2_low_rank": 2}"#;
+    std::fs::write(unbounded.join("config.json"), config).unwrap();
+    check_against_forward(&unbounded, &dir, "lact-c1-lowrank-unbounded", &[3, 1, 4, 1, 5, 9, 2], 9);
     // A reference case with a tokenizer.json of another kind: ids work, text is refused.
     let case = &cases()[0];
     let folder = dir.join("foreign-tokenizer");

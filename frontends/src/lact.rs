@@ -127,7 +127,8 @@ pub const LAYER_PREFIX: &str = "model.layers.0.attn.";
 
 /// `cos` and `sin` `[len, d/2]` at the positions `pos` (f32 `[len]`) as fla tables them, in f32:
 /// `inv_freq[i] = 1 / θ^(2i/d)` rounded to f32 (constants here), the angle `pos · inv_freq`
-/// rounded to f32 by the product (SPEC-lact.md §5.2: an angle kept in f64 moves the logits).
+/// rounded to f32 by the product in an f32 run (SPEC-lact.md §5.2: an angle kept in f64 moves
+/// the logits by up to 7e-6; the interpreter's f64 runs, for finite differences, keep it).
 fn rope_tables(g: &mut Graph, pos: ValueId, d: usize, theta: f64) -> Result<(ValueId, ValueId)> {
     let mut inv_freq = Vec::with_capacity(d / 2);
     for i in 0..d / 2 {
@@ -195,14 +196,14 @@ fn lact_layer(b: &mut ModelBuilder, c: &LactConfig, x: ValueId, at: &Positions, 
     let shift = b.scalar(LR_OFFSET)?;
     let z = b.add(z, shift)?;
     let lr = b.unary(UnaryOp::Softplus, z)?;
-    let lr = per_head(b, lr, heads, 3)?; // [B, Hf, T, 3]
+    let lr = split_heads(&mut b.g, lr, heads, 3)?; // [B, Hf, T, 3]: head h's lr0, lr1, lr2
     let lrs = [0, 1, 2].map(|j| b.slice(lr, -1, j, Some(j + 1)));
     let [lr0, lr1, lr2] = lrs;
     let mut seqs = vec![fast[0], fast[1], fast[2], lr0?, lr1?, lr2?];
     if c.use_momentum {
         let beta = b.linear(x, &format!("{s}momentum_proj.0"), dim, heads, Init::Normal { std }, Some(Init::Zeros))?;
         let beta = b.unary(UnaryOp::Sigmoid, beta)?;
-        seqs.push(per_head(b, beta, heads, 1)?);
+        seqs.push(split_heads(&mut b.g, beta, heads, 1)?);
     }
     let o = fast_weights(b, c, &seqs, at, s)?; // [B, Hf, T, d]
 
@@ -211,7 +212,7 @@ fn lact_layer(b: &mut ModelBuilder, c: &LactConfig, x: ValueId, at: &Positions, 
     if c.learnable_ttt_scale {
         let gate = b.linear(x, &format!("{s}ttt_scale_proj"), dim, heads, Init::Normal { std }, Some(Init::Zeros))?;
         let gate = b.unary(UnaryOp::Silu, gate)?;
-        let gate = per_head(b, gate, heads, 1)?;
+        let gate = split_heads(&mut b.g, gate, heads, 1)?;
         y = b.mul(y, gate)?;
     }
     let y = merge_heads(&mut b.g, y, dim)?;
@@ -242,7 +243,7 @@ pub fn bidirectional_layer(c: &LactBidirectionalConfig, mode: Mode) -> Result<Mo
     let shift = b.scalar(c.base_lr.exp_m1().ln())?;
     let z = b.add(z, shift)?;
     let lr = b.unary(UnaryOp::Softplus, z)?;
-    let lr = per_head(&mut b, lr, heads, 3)?;
+    let lr = split_heads(&mut b.g, lr, heads, 3)?;
     let lr = [0, 1, 2].map(|j| b.slice(lr, -1, j, Some(j + 1))).into_iter().collect::<Result<Vec<_>>>()?;
     let w0 = b.weight("w0", &[heads, m, d], Init::Normal { std: 1.0 / (d as f64).sqrt() });
     let w1 = b.weight("w1", &[heads, d, m], Init::Normal { std: 1.0 / (m as f64).sqrt() });
@@ -265,11 +266,6 @@ pub fn bidirectional_layer(c: &LactBidirectionalConfig, mode: Mode) -> Result<Mo
     let y = b.linear(o, "o_proj", dim, dim, linear, None)?;
     b.output("y", y);
     Ok(b)
-}
-
-/// `[B, T, H·k]` → `[B, H, T, k]`: head h's k columns (h·k … h·k + k − 1).
-fn per_head(b: &mut ModelBuilder, x: ValueId, heads: usize, k: usize) -> Result<ValueId> {
-    split_heads(&mut b.g, x, heads, k)
 }
 
 /// `[B, H, T, d]` → `[B, T, H·d]`.
@@ -315,6 +311,8 @@ fn attention(b: &mut ModelBuilder, c: &LactConfig, [q, k, v]: [ValueId; 3], at: 
     let k = rope(&mut b.g, k?, cos, sin, dh)?;
     // A window of one position looks back at nothing: no cache.
     let caches = c.window_size != Some(1);
+    // A step without a window reads a cache that grows, all of whose keys it sees.
+    let grows = matches!((b.mode, c.window_size), (Mode::Step, None));
     let cached = match (b.mode, c.window_size) {
         _ if !caches => None,
         (Mode::Step | Mode::Resume { .. }, Some(window)) => Some(Dim::c(window - 1)),
@@ -359,8 +357,7 @@ fn attention(b: &mut ModelBuilder, c: &LactConfig, [q, k, v]: [ValueId; 3], at: 
                 None => scores,
             }
         }
-        // A step without a window sees every cached key.
-        Some(len) if len.sym.as_deref() == Some("L") => scores,
+        Some(_) if grows => scores,
         Some(len) => {
             let all = b.dim(keys, 2)?;
             let excluded = cache_mask(b, c, at.absolute, len, all)?;
@@ -399,8 +396,8 @@ fn cache_mask(b: &mut ModelBuilder, c: &LactConfig, absolute: ValueId, cached: D
     }
     let one = b.scalar(1.0)?;
     let unseen = b.sub(seen, one)?; // 0 or −1
-    let excluded = b.scalar(-EXCLUDED)?;
-    b.mul(unseen, excluded)
+    let magnitude = b.scalar(-EXCLUDED)?;
+    b.mul(unseen, magnitude)
 }
 
 /// `[T, T]`: −∞ where key j is W or more positions before query t (t − j ≥ W), else 0. The
@@ -575,8 +572,7 @@ fn fast_weights(b: &mut ModelBuilder, c: &LactConfig, seqs: &[ValueId], at: &Pos
                 inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
             }
             inputs.extend(&norms);
-            let types: Vec<Type> = layout.iter().map(|l| l.1.clone()).collect();
-            let body = chunk_body(c, &types, &layout, seqs.len())?;
+            let body = chunk_body(c, &layout, seqs.len())?;
             let scan = Scan { axis: 2, chunk: c.chunk_size, carries: start.len(), seqs: seqs.len(), body, reverse: false };
             let outs = b.scan(scan, &inputs)?;
             let out = outs[start.len()];
@@ -590,15 +586,15 @@ fn fast_weights(b: &mut ModelBuilder, c: &LactConfig, seqs: &[ValueId], at: &Pos
     Ok(out)
 }
 
-/// The chunk loop's body: [`chunk`] on one chunk. Arguments: the state's values (`types`, laid
-/// out as `layout`), the chunk of each of the `seqs` sequences, the row norms n0, n1, n2; results:
+/// The chunk loop's body: [`chunk`] on one chunk. Arguments: the state's values (laid out as
+/// `layout`), the chunk of each of the `seqs` sequences, the row norms n0, n1, n2; results:
 /// the next state's values, then the chunk's outputs. A body that hands on a state keeps the
 /// update of a chunk shorter than C (the sequence's last) in its sums.
-fn chunk_body(c: &LactConfig, types: &[Type], layout: &[(String, Type, Part)], seqs: usize) -> Result<Graph> {
+fn chunk_body(c: &LactConfig, layout: &[(String, Type, Part)], seqs: usize) -> Result<Graph> {
     let n = if c.chunk_size == 1 { Dim::c(1) } else { Dim::sym("n") };
     let (bsym, heads) = (Dim::sym("B"), c.num_lact_heads);
     let mut g = Graph::new("lact_chunk");
-    let state: Vec<ValueId> = types.iter().enumerate().map(|(i, t)| g.input(&format!("state{i}"), t.clone())).collect();
+    let state: Vec<ValueId> = layout.iter().enumerate().map(|(i, (_, ty, _))| g.input(&format!("state{i}"), ty.clone())).collect();
     let state = FastState::from_values(&state, layout);
     let chunk_type = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(c.fast_dim())]);
     let per_token = Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(1)]);

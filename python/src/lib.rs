@@ -89,7 +89,8 @@ impl Layer {
         Ok(Layer { config, prefix, entries: Mutex::new(HashMap::new()) })
     }
 
-    /// `ttt`, `mamba` or `llama`.
+    /// The config's `model_type`: `ttt`, `mamba`, `llama`, `lact_swiglu` or
+    /// `lact_bidirectional_layer`.
     #[getter]
     fn family(&self) -> &'static str {
         self.config.family()

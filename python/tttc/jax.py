@@ -19,7 +19,7 @@ import numpy as np
 from . import _native
 from ._native import Error
 
-__all__ = ["Error", "Layer", "ttt_layer"]
+__all__ = ["Error", "Layer", "ttt_layer", "bidirectional_lact_layer"]
 
 _TARGET = "tttc_layer"
 _registered = False
@@ -46,7 +46,8 @@ class Layer:
     """One tttc-compiled sequence-mixing layer as a JAX function: ``y = layer(params, x)`` for ``x``
     float32 ``[B, T, D]`` and ``params`` a dict of arrays named as the reference modules name them
     (``layer.init(seed)`` draws them as tttc does). ``config`` is a Hugging Face config (``model_type``
-    ``ttt``, ``mamba`` or ``llama``, or ``lact_bidirectional_layer``), as for ``tttc.torch.Layer``."""
+    ``ttt``, ``mamba``, ``llama``, ``lact_swiglu`` or ``lact_bidirectional_layer``), as for
+    ``tttc.torch.Layer``."""
 
     def __init__(self, config: Any):
         if hasattr(config, "to_dict"):

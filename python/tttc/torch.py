@@ -30,6 +30,8 @@ __all__ = [
     "TTTMLP",
     "MambaMixer",
     "Attention",
+    "LaCTLayer",
+    "BidirectionalLaCT",
     "CausalLM",
     "from_reference",
     "from_pretrained",
