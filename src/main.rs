@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "tttc", version, about = "A compiler for test-time-training layers, Mamba and Llama models")]
+#[command(name = "tttc", version, about = "A compiler for test-time-training layers (TTT, LaCT), Mamba and Llama models")]
 #[command(long_about = "tttc reads a model (a Hugging Face style folder with config.json and \
 model.safetensors, or a model.toml), builds a graph of general tensor ops from it, and runs it.\n\n\
 MODEL is a folder holding config.json (its model.safetensors, when present, supplies the weights) \
@@ -62,8 +62,10 @@ The prompt is `input_ids` (i64 [B, P]) in the safetensors file IN (--prompt), or
 with a tokenizer (a `tttc train` checkpoint), text (--prompt-text). It runs through the model's \
 prefill graph in parallel (for TTT, the dual form, handing over inside a mini-batch when the \
 prompt ends in one), then each new token costs one step of the model's step graph, which carries the \
-recurrent state: TTT's inner weights and gradient sums and conv windows, Mamba's scan state and \
-conv window, Llama's KV cache. A step's cost does not grow with the context for TTT and Mamba.\n\n\
+recurrent state: TTT's inner weights and gradient sums and conv windows, LaCT's fast weights, \
+momentum, current chunk's update and attention window, Mamba's scan state and conv window, \
+Llama's KV cache. A step's cost does not grow with the context for TTT, LaCT with a window and \
+Mamba.\n\n\
 Tokens are chosen greedily by default; --temperature > 0 samples from the softmax, restricted \
 by --top-k and --top-p, with a generator seeded by --seed. OUT receives `tokens` (i64 \
 [B, P + N]) and `logits` (f32 [B, N, V], the logits each new token was chosen from), written \
@@ -323,8 +325,9 @@ struct RunArgs {
     #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
     backend: &'static dyn tttc_runtime::Backend,
     /// Safetensors file to write the state after the sequence to: what decoding would continue
-    /// from (TTT's inner weights, gradient sums and position; Mamba's scan state; Llama's KV
-    /// cache; the convolutions' last inputs). docs/state.md lists the names and shapes.
+    /// from (TTT's inner weights, gradient sums and position; LaCT's fast weights, momentum,
+    /// current chunk's update and attention window; Mamba's scan state; Llama's KV cache; the
+    /// convolutions' last inputs). docs/state.md lists the names and shapes.
     #[arg(long, value_name = "S")]
     state_out: Option<PathBuf>,
     /// Safetensors file with the state to start from, as --state-out writes it: the sequence
