@@ -332,7 +332,16 @@ fn rematerialised(out: &mut Graph, g: &Graph, args: &[ValueId], loss: ValueId, w
             tape.push(rec);
         }
         let seeds: Vec<(ValueId, ValueId)> = inside.iter().filter_map(|v| adj.get(v).map(|&d| (local[v], d))).collect();
-        let floats: Vec<(ValueId, ValueId)> = external.into_iter().filter(|(_, b)| out.ty(*b).dtype == DType::F32).collect();
+        // Only the values read before the segment that a seed depends on get adjoints: one that
+        // none does (a count computed from positions, say, or one behind a stop_gradient) would
+        // get a zero gradient, and its own segment would then differentiate what computed it.
+        let mut reached: HashSet<ValueId> = seeds.iter().map(|(v, _)| *v).collect();
+        for rec in tape.iter().rev() {
+            if !matches!(rec.node.op, Op::StopGradient) && rec.node.outputs.iter().any(|o| reached.contains(o)) {
+                reached.extend(rec.node.inputs.iter().copied());
+            }
+        }
+        let floats: Vec<(ValueId, ValueId)> = external.into_iter().filter(|(_, b)| out.ty(*b).dtype == DType::F32 && reached.contains(b)).collect();
         let targets: Vec<ValueId> = floats.iter().map(|(_, b)| *b).collect();
         let grads = backprop(out, &tape, &seeds, &targets)?;
         for ((v, _), d) in floats.into_iter().zip(grads) {
