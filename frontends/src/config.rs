@@ -209,8 +209,18 @@ pub const LLAMA_IGNORED_KEYS: &[&str] = &["max_position_embeddings", "pretrainin
 
 /// LaCTSWIGLUConfig's (SPEC-lact.md §2): RoPE positions are not capped; every RMSNorm here has
 /// a weight; the fused kernels, states' precision and cache switch choose an implementation.
-pub const LACT_IGNORED_KEYS: &[&str] =
-    &["max_position_embeddings", "elementwise_affine", "fuse_norm", "last_layer_fuse_norm", "fuse_swiglu", "fuse_cross_entropy", "fp32_states"];
+/// LaCT's shipped configs also carry `attention_bias`, which its code never reads (the qkv bias
+/// is `qkv_bias`).
+pub const LACT_IGNORED_KEYS: &[&str] = &[
+    "max_position_embeddings",
+    "elementwise_affine",
+    "fuse_norm",
+    "last_layer_fuse_norm",
+    "fuse_swiglu",
+    "fuse_cross_entropy",
+    "fp32_states",
+    "attention_bias",
+];
 
 /// What a number must be.
 #[derive(Clone, Copy)]
@@ -715,6 +725,11 @@ impl ModelConfig {
             Some("lact_swiglu") => ModelConfig::Lact(LactConfig::from_keys(&k)?),
             _ => ModelConfig::Llama(LlamaConfig::from_keys(&k)?),
         })
+    }
+
+    /// Whether the config describes one layer (LaCT's bidirectional layer), not a language model.
+    pub fn is_layer(&self) -> bool {
+        matches!(self, ModelConfig::LactBidirectional(_))
     }
 
     pub fn vocab_size(&self) -> usize {

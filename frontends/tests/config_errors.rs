@@ -110,6 +110,22 @@ fn ignored_keys_are_ignored() {
     }
 }
 
+/// LaCT's own 760M config (its `configs/760M_lact_swiglu_nh4_fwlow_rank_momentum.json`, every key)
+/// loads as written: a real checkpoint's config.json carries these keys.
+#[test]
+fn lact_shipped_config_loads() {
+    let shipped = json!({
+        "attention_bias": false, "bos_token_id": 1, "eos_token_id": 2, "fuse_cross_entropy": true, "fuse_norm": true,
+        "hidden_act": "swish", "hidden_size": 1536, "num_attn_heads": 24, "num_hidden_layers": 24, "initializer_range": 0.02,
+        "max_position_embeddings": 32768, "model_type": "lact_swiglu", "num_lact_heads": 4, "inter_multi": 1,
+        "qkv_bias": false, "attn_qk_norm": false, "qkv_silu": true, "lact_chunk_size": 2048, "window_size": 2048,
+        "use_muon": false, "lr_dim": 1, "lr_parameterization": "mamba", "learnable_ttt_scale": true, "w0_w2_low_rank": 32,
+        "fw_init_gain": 0.5, "use_momentum": true, "rope_theta": 1000000, "norm_eps": 1e-06, "tie_word_embeddings": false,
+        "use_cache": true, "vocab_size": 32000, "fp32_states": false, "use_fused_kernel": false
+    });
+    accepted(&shipped);
+}
+
 #[test]
 fn duplicate_keys_are_refused_at_any_level() {
     let text = ttt().to_string().replacen("\"hidden_size\":16", "\"hidden_size\":16,\"hidden_size\":32", 1);
