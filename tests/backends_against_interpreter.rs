@@ -396,22 +396,22 @@ fn launches_split_over_threads() {
 }
 
 /// A triangular mask of a value read for the last time is applied in place; of one read again
-/// later, on a copy. Rectangular matrices, both fills.
+/// later, on a copy. Rectangular matrices, both fills, with and without a window.
 #[test]
 fn tri_masks_in_place_and_copied() {
-    for fill in [0.0, f64::NEG_INFINITY] {
+    for (fill, window) in [(0.0, None), (f64::NEG_INFINITY, None), (0.0, Some(2)), (f64::NEG_INFINITY, Some(1))] {
         let mut g = Graph::new("mask");
         let x = g.input("x", f32t(&[2, 3, 5, 4]));
         let y = g.unary(UnaryOp::Exp, x).unwrap(); // owned, read by the mask alone
-        let masked = g.tri_mask(y, fill).unwrap();
+        let masked = g.tri_mask_window(y, fill, window).unwrap();
         let z = g.unary(UnaryOp::Neg, x).unwrap(); // owned, read by the mask and later
-        let masked_z = g.tri_mask(z, fill).unwrap();
+        let masked_z = g.tri_mask_window(z, fill, window).unwrap();
         let again = g.add(z, masked_z).unwrap();
         for (name, v) in [("masked", masked), ("again", again)] {
             g.output(name, v);
         }
         let args = [Tensor::f32(vec![2, 3, 5, 4], values(120, 13, -2.0, 2.0))];
-        assert!(compare(&g, &args, 1e-6, 1e-7) <= 1.0, "fill {fill}");
+        assert!(compare(&g, &args, 1e-6, 1e-7) <= 1.0, "fill {fill}, window {window:?}");
     }
 }
 
@@ -577,6 +577,8 @@ struct Attention {
     v_batch: &'static [usize],
     scale: Option<(tttc_ir::BinaryOp, f64)>,
     causal: bool,
+    /// With `causal`, a sliding window: keys this many or more before their query masked out.
+    window: Option<usize>,
     layout: Layout,
 }
 
@@ -605,7 +607,7 @@ impl Attention {
             s = g.binary(op, s, c).unwrap();
         }
         if self.causal {
-            s = g.tri_mask(s, f64::NEG_INFINITY).unwrap();
+            s = g.tri_mask_window(s, f64::NEG_INFINITY, self.window).unwrap();
         }
         let m = g.reduce(ReduceKind::Max, s, -1, true).unwrap();
         let shifted = g.binary(tttc_ir::BinaryOp::Sub, s, m).unwrap();
@@ -627,7 +629,7 @@ impl Attention {
 fn attention_runs_as_one_tiled_step() {
     use tttc_ir::BinaryOp::{Div, Mul};
     use Layout::{Rows, Transposed};
-    let case = |batch, tq, tk, d, dv, v_batch, scale, causal, layout| Attention { batch, tq, tk, d, dv, v_batch, scale, causal, layout };
+    let case = |batch, tq, tk, d, dv, v_batch, scale, causal, layout| Attention { batch, tq, tk, d, dv, v_batch, scale, causal, window: None, layout };
     let cases = [
         case(&[2, 3], 37, 37, 20, 24, &[2, 3], Some((Div, 4.0)), true, Rows),
         case(&[1, 2], 600, 600, 8, 16, &[1, 2], Some((Div, 3.0)), true, Rows),
@@ -637,6 +639,11 @@ fn attention_runs_as_one_tiled_step() {
         case(&[2], 100, 100, 33, 17, &[2], Some((Div, 5.5)), true, Transposed),
         case(&[], 97, 97, 64, 64, &[], Some((Div, 8.0)), true, Rows),
         case(&[2], 130, 40, 9, 5, &[2], None, true, Rows),
+        // Sliding windows: narrower than a panel of keys, starting inside a block, wider than
+        // a block, and of one key.
+        Attention { window: Some(7), ..case(&[2], 600, 600, 8, 16, &[2], Some((Div, 3.0)), true, Rows) },
+        Attention { window: Some(300), ..case(&[1, 2], 600, 600, 24, 20, &[1, 2], Some((Div, 3.0)), true, Rows) },
+        Attention { window: Some(1), ..case(&[2], 40, 40, 9, 5, &[2], None, true, Transposed) },
     ];
     for (seed, a) in (21..).step_by(3).zip(&cases) {
         let g = a.graph();
@@ -773,7 +780,7 @@ fn selective_scans_run_as_one_step() {
 fn attention_backward_runs_as_one_tiled_step() {
     use tttc_ir::BinaryOp::{Div, Mul};
     use Layout::{Rows, Transposed};
-    let case = |batch, tq, tk, d, dv, v_batch, scale, causal, layout| Attention { batch, tq, tk, d, dv, v_batch, scale, causal, layout };
+    let case = |batch, tq, tk, d, dv, v_batch, scale, causal, layout| Attention { batch, tq, tk, d, dv, v_batch, scale, causal, window: None, layout };
     let cases = [
         case(&[2, 3], 37, 37, 20, 24, &[2, 3], Some((Div, 4.0)), true, Rows),
         case(&[1, 2], 300, 300, 8, 16, &[1, 2], Some((Div, 3.0)), true, Rows),
@@ -782,6 +789,8 @@ fn attention_backward_runs_as_one_tiled_step() {
         case(&[2, 3], 37, 37, 20, 24, &[3], None, true, Rows),
         case(&[2], 100, 100, 33, 17, &[2], Some((Div, 5.5)), true, Transposed),
         case(&[2], 130, 70, 9, 5, &[2], None, true, Rows),
+        Attention { window: Some(7), ..case(&[2], 300, 300, 8, 16, &[2], Some((Div, 3.0)), true, Rows) },
+        Attention { window: Some(130), ..case(&[1, 2], 300, 300, 24, 20, &[1, 2], Some((Div, 3.0)), true, Transposed) },
     ];
     for (seed, a) in (61..).step_by(4).zip(&cases) {
         let g = tttc_passes::compile(&tttc_passes::vector_jacobian_product(&a.graph(), &[]).unwrap()).unwrap();

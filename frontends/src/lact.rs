@@ -346,17 +346,7 @@ fn attention(b: &mut ModelBuilder, c: &LactConfig, [q, k, v]: [ValueId; 3], at: 
     let values = b.transpose(values, &position_major)?;
     let scores = scaled_scores(&mut b.g, q, keys, dh)?; // [B, Ha, T, S]
     let scores = match cached {
-        None => {
-            let scores = b.tri_mask(scores, f64::NEG_INFINITY)?;
-            match c.window_size {
-                Some(window) => {
-                    let len = b.dim(q, 2)?;
-                    let far = keys_past_window(&mut b.g, len, window)?;
-                    b.add(scores, far)?
-                }
-                None => scores,
-            }
-        }
+        None => b.g.tri_mask_window(scores, f64::NEG_INFINITY, c.window_size)?,
         Some(_) if grows => scores,
         Some(len) => {
             let all = b.dim(keys, 2)?;
@@ -398,17 +388,6 @@ fn cache_mask(b: &mut ModelBuilder, c: &LactConfig, absolute: ValueId, cached: D
     let unseen = b.sub(seen, one)?; // 0 or −1
     let magnitude = b.scalar(-EXCLUDED)?;
     b.mul(unseen, magnitude)
-}
-
-/// `[T, T]`: −∞ where key j is W or more positions before query t (t − j ≥ W), else 0. The
-/// causal mask of a `[T + W − 1, T]` matrix whose row a is key a − (W − 1): column t is masked
-/// where t > a, that is t − j ≥ W; its last T rows, transposed.
-fn keys_past_window(g: &mut Graph, len: Dim, window: usize) -> Result<ValueId> {
-    let zero = g.scalar(0.0)?;
-    let tall = g.broadcast(zero, vec![len.plus(window as i64 - 1)?, len])?;
-    let masked = g.tri_mask(tall, f64::NEG_INFINITY)?;
-    let keys = g.slice(masked, 0, window as i64 - 1, None)?; // [j, t]
-    g.transpose_last2(keys)
 }
 
 /// The initial fast weights `[W0, W1, W2]` of every head (§5.5): `w1` `[Hf, d, m]`; `w0`, `w2`

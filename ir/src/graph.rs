@@ -187,7 +187,11 @@ impl Graph {
         self.push1(Op::OneHot { depth }, &[x])
     }
     pub fn tri_mask(&mut self, x: ValueId, fill: f64) -> Result<ValueId> {
-        self.push1(Op::TriMask { fill }, &[x])
+        self.push1(Op::TriMask { fill, window: None }, &[x])
+    }
+    /// [`Graph::tri_mask`] that also fills where row − column ≥ `window`.
+    pub fn tri_mask_window(&mut self, x: ValueId, fill: f64, window: Option<usize>) -> Result<ValueId> {
+        self.push1(Op::TriMask { fill, window }, &[x])
     }
     pub fn stop_gradient(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::StopGradient, &[x])

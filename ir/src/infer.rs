@@ -154,8 +154,9 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
             arity(1)?;
             one(ins[0].clone())
         }
-        Op::TriMask { .. } => {
+        Op::TriMask { window, .. } => {
             arity(1)?;
+            ensure!(*window != Some(0), "a window of 0 masks every entry");
             ensure!(ins[0].rank() >= 2, "needs rank ≥ 2");
             ensure!(ins[0].dtype == DType::F32, "needs f32, got {}", ins[0]);
             one(ins[0].clone())

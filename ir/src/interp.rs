@@ -184,11 +184,11 @@ fn eval(op: &Op, ins: &[&Tensor], env: &DimEnv, prec: Precision) -> Result<Vec<T
             one(float_tensor(prec, shape, v))
         }
         Op::Barrier | Op::StopGradient => one(ins[0].clone()),
-        Op::TriMask { fill } => {
+        Op::TriMask { fill, window } => {
             let t = ins[0];
             let r = t.shape.len();
             let (rows, cols) = (t.shape[r - 2], t.shape[r - 1]);
-            one(map_float!(t, t.shape.clone(), |d| tri_mask(d, rows, cols, *fill)))
+            one(map_float!(t, t.shape.clone(), |d| tri_mask(d, rows, cols, *fill, *window)))
         }
         Op::Scan(scan) => run_scan(scan, ins, env, prec),
         Op::Grad(_) => bail!("grad is not executable: the inner-autodiff pass expands it first"),
@@ -648,11 +648,11 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(Tensor { shape, data })
 }
 
-fn tri_mask<R: Real>(v: &[R], rows: usize, cols: usize, fill: f64) -> Vec<R> {
+fn tri_mask<R: Real>(v: &[R], rows: usize, cols: usize, fill: f64, window: Option<usize>) -> Vec<R> {
     let mut out = v.to_vec();
     for (i, x) in out.iter_mut().enumerate() {
         let (r, c) = ((i / cols) % rows, i % cols);
-        if c > r {
+        if c > r || window.is_some_and(|w| r >= c + w) {
             *x = R::from_f64(fill);
         }
     }

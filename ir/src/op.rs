@@ -101,9 +101,12 @@ pub enum Op {
     OneHot {
         depth: usize,
     },
-    /// Over the last two axes, entries above the diagonal (column > row) become `fill`.
+    /// Over the last two axes, entries above the diagonal (column > row) become `fill`; with a
+    /// `window` W, also those W or more below it (row − column ≥ W: a key too far back for a
+    /// sliding-window attention's query).
     TriMask {
         fill: f64,
+        window: Option<usize>,
     },
     /// The identity, which no pass looks through or merges: a rematerialised computation starts
     /// from barriers so that it is not deduplicated with the original.

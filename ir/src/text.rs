@@ -144,7 +144,11 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             vec![("axis", axis.to_string()), ("before", before.to_string()), ("after", after.to_string())]
         }
         Op::OneHot { depth } | Op::ScatterAdd { depth } => vec![("depth", depth.to_string())],
-        Op::TriMask { fill } => vec![("fill", float(*fill))],
+        Op::TriMask { fill, window } => {
+            let mut a = vec![("fill", float(*fill))];
+            a.extend(window.map(|w| ("window", w.to_string())));
+            a
+        }
         Op::Scan(s) => {
             let mut a = vec![("axis", s.axis.to_string()), ("chunk", s.chunk.to_string()), ("carries", s.carries.to_string()), ("seqs", s.seqs.to_string())];
             if s.reverse {
@@ -500,6 +504,15 @@ impl Attrs {
     }
 
     /// An optional boolean attribute, `default` when it is absent.
+    /// An attribute that may be left out (`None`).
+    fn opt_usize(&mut self, key: &str) -> Result<Option<usize>> {
+        if self.items.iter().any(|(k, ..)| k == key) {
+            self.usize(key).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn opt_bool(&mut self, key: &str, default: bool) -> Result<bool> {
         if self.items.iter().any(|(k, ..)| k == key) {
             self.bool(key)
@@ -606,7 +619,7 @@ fn op_named(name: &str, a: &mut Attrs) -> Result<Option<Op>> {
         "gather" => Op::Gather { axis: a.usize("axis")? },
         "one_hot" => Op::OneHot { depth: a.usize("depth")? },
         "scatter_add" => Op::ScatterAdd { depth: a.usize("depth")? },
-        "tri_mask" => Op::TriMask { fill: a.f64("fill")? },
+        "tri_mask" => Op::TriMask { fill: a.f64("fill")?, window: a.opt_usize("window")? },
         "barrier" => Op::Barrier,
         "stop_gradient" => Op::StopGradient,
         "scan" => Op::Scan(Box::new(Scan {

@@ -532,6 +532,19 @@ fn tri_mask() {
     check(&g, &[tf(&[2, 3, 3], xv), tf(&[2, 3], yv)], &[Want::F(vec![2, 3, 3], want_x), Want::F(vec![2, 3], want_y)]);
 }
 
+/// With a window of 2, a `[4, 3]` matrix keeps the diagonal and the entries just below it.
+#[test]
+fn tri_mask_with_a_window() {
+    let mut g = Graph::new("band");
+    let x = g.input("x", f32t(vec![c(4), c(3)]));
+    let m = g.tri_mask_window(x, -1.0, Some(2)).unwrap();
+    g.output("m", m);
+    let kept = [[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]];
+    let xv = vals(12);
+    let want: Vec<f64> = (0..12).map(|i| if kept[i / 3][i % 3] == 1 { xv[i] as f64 } else { -1.0 }).collect();
+    check(&g, &[tf(&[4, 3], xv)], &[Want::F(vec![4, 3], want)]);
+}
+
 /// `stop_gradient` is the identity when run (it only stops the autodiff).
 #[test]
 fn stop_gradient_is_the_identity() {

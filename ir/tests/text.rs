@@ -135,6 +135,7 @@ fn shape_ops() -> Graph {
         g.scatter_add(x, k, 5).unwrap(),
         g.tri_mask(x, f64::NEG_INFINITY).unwrap(),
         g.tri_mask(x, 0.0).unwrap(),
+        g.tri_mask_window(x, f64::NEG_INFINITY, Some(3)).unwrap(),
         g.stop_gradient(x).unwrap(),
     ];
     let first = g.slice(x, 1, 0, Some(2)).unwrap();
@@ -159,6 +160,7 @@ fn shape_ops_round_trip() {
         "slice(%0) {axis=1, start=1, end=-1} : f32[B,T-2,4]",
         "pad(%0) {axis=1, before=2, after=1} : f32[B,T+3,4]",
         "tri_mask(%0) {fill=-inf}",
+        "tri_mask(%0) {fill=-inf, window=3}",
         "reduce_mean(%0) {axis=1, keepdim=true} : f32[B,1,4]",
         "transpose(%0) {perm=[2,0,1]} : f32[4,B,T]",
         "reshape(%0) {shape=[B,T,2,2]}",

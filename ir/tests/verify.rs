@@ -241,4 +241,7 @@ fn builder_rejects_bad_ops_with_the_op_named() {
     let i = g.input("i", i64t(vec![c(2), c(2)]));
     let e = g.tri_mask(i, 0.0).unwrap_err();
     assert!(format!("{e:#}").contains("tri_mask on (i64[2,2]): needs f32"), "{e:#}");
+    let x = g.input("x", f32t(vec![c(2), c(2)]));
+    let e = g.tri_mask_window(x, 0.0, Some(0)).unwrap_err();
+    assert!(format!("{e:#}").contains("a window of 0 masks every entry"), "{e:#}");
 }

@@ -9,7 +9,7 @@
 //! ```text
 //! s = matmul(q, kᵀ)              m = reduce_max(a, last axis)    l = reduce_sum(e, last axis)
 //! s' = div|mul(s, c)  (optional)  e = exp(sub(a, m))              o = matmul(div(e, l), v)
-//! a = tri_mask(s', −∞) (optional)
+//! a = tri_mask(s', −∞) (optional; with a window or not)
 //! ```
 //!
 //! with, optionally, the row log-sum-exp `add(m, log(l))` also read from `m` and `l` (what the
@@ -39,6 +39,8 @@ pub struct Chain {
     pub scale: Option<(BinaryOp, f64)>,
     /// Entries above the diagonal (a key after its query) masked out.
     pub causal: bool,
+    /// With the causal mask, entries `window` or more below the diagonal masked out too.
+    pub window: Option<usize>,
 }
 
 /// The chains among `nodes` (values typed by `g`), none of whose values but the result and the
@@ -136,22 +138,23 @@ impl Matcher<'_> {
             Some(Op::Const { value, .. }) => Some(*value),
             _ => None,
         };
-        let Scores { product: s, scale, causal } = scores(g, a, |x| self.take(&mut inner, x, 1), constant)?;
+        let Scores { product: s, scale, causal, window } = scores(g, a, |x| self.take(&mut inner, x, 1), constant)?;
         if rank < 2 || [s.inputs[0], s.inputs[1], v].iter().any(|&x| g.ty(x).dtype != DType::F32) {
             return None;
         }
         let (q, kt) = (s.inputs[0], s.inputs[1]);
-        Some(Chain { node: last, inner, q, kt, v, max: m, sum: l, lse, scale, causal })
+        Some(Chain { node: last, inner, q, kt, v, max: m, sum: l, lse, scale, causal, window })
     }
 }
 
 /// Attention's scores as the softmax reads them: `q·kᵀ`, then optionally a scaling by a scalar
-/// constant, then optionally the causal mask.
+/// constant, then optionally the causal mask (with a window or not).
 pub struct Scores<'n> {
     /// The product `q·kᵀ`.
     pub product: &'n Node,
     pub scale: Option<(BinaryOp, f64)>,
     pub causal: bool,
+    pub window: Option<usize>,
 }
 
 /// The [`Scores`] whose last node is `s`, walking to each node before through `next` (which
@@ -162,7 +165,10 @@ pub fn scores<'n>(
     mut next: impl FnMut(ValueId) -> Option<&'n Node>,
     constant: impl Fn(ValueId) -> Option<f64>,
 ) -> Option<Scores<'n>> {
-    let causal = matches!(s.op, Op::TriMask { fill } if fill == f64::NEG_INFINITY);
+    let (causal, window) = match s.op {
+        Op::TriMask { fill, window } if fill == f64::NEG_INFINITY => (true, window),
+        _ => (false, None),
+    };
     if causal {
         s = next(s.inputs[0])?;
     }
@@ -170,7 +176,7 @@ pub fn scores<'n>(
     if scale.is_some() {
         s = next(s.inputs[0])?;
     }
-    matches!(s.op, Op::MatMul).then_some(Scores { product: s, scale, causal })
+    matches!(s.op, Op::MatMul).then_some(Scores { product: s, scale, causal, window })
 }
 
 /// `s = op(x, c)` as `(op, c)`, when `op` divides or multiplies by a scalar constant.

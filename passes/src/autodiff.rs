@@ -449,7 +449,7 @@ fn attention_vjp(g: &mut Graph, c: &Chain, k: Option<ValueId>, out: ValueId, d_o
     let scores = g.matmul(q, kt)?;
     let mut scores = scale(g, scores)?;
     if c.causal {
-        scores = g.tri_mask(scores, f64::NEG_INFINITY)?;
+        scores = g.tri_mask_window(scores, f64::NEG_INFINITY, c.window)?;
     }
     let shifted = g.sub(scores, lse)?;
     let p = g.unary(UnaryOp::Exp, shifted)?;
@@ -660,7 +660,7 @@ fn vjp(g: &mut Graph, node: &Node, seeds: &[Option<ValueId>]) -> Result<Vec<Opti
             let end = if *after == 0 { None } else { Some(-(*after as i64)) };
             vec![Some(g.slice(d, *axis as i64, *before as i64, end)?)]
         }
-        Op::TriMask { .. } => vec![Some(g.tri_mask(d, 0.0)?)],
+        Op::TriMask { window, .. } => vec![Some(g.tri_mask_window(d, 0.0, *window)?)],
         Op::Barrier => vec![Some(d)],
         Op::StopGradient => vec![None],
         Op::Gather { axis } => vec![Some(gather_vjp(g, d, x(0), x(1), *axis)?), None],

@@ -164,6 +164,7 @@ fn data_movement() {
     check("slice tail", &t, &d, |g, x| g.slice(x[0], 2, -2, None));
     check("pad", &t, &d, |g, x| g.pad(x[0], 1, 2, 1));
     check("tri_mask", &t, &d, |g, x| g.tri_mask(x[0], 0.0));
+    check("tri_mask window", &t, &d, |g, x| g.tri_mask_window(x[0], 0.0, Some(2)));
     let d2 = data(&[&[2, 3, 4], &[2, 2, 4]], -1.0, 1.0);
     check("concat", &[f32t(&[2, 3, 4]), f32t(&[2, 2, 4])], &d2, |g, x| g.concat(&[x[0], x[1]], 1));
 }
@@ -302,9 +303,18 @@ fn through_a_scan() {
     }
 }
 
-/// `softmax(scale(q·kᵀ), masked) · v` as the frontends build it; `weights_too` also returns the
-/// weights (so the chain is not differentiated as one).
-fn attention(g: &mut Graph, q: ValueId, k: ValueId, v: ValueId, scale: Option<(BinaryOp, f64)>, causal: bool, weights_too: bool) -> Result<ValueId> {
+/// `softmax(scale(q·kᵀ), masked) · v` as the frontends build it (the mask causal or not, with a
+/// window or not); `weights_too` also returns the weights (so the chain is not differentiated as
+/// one).
+fn attention(
+    g: &mut Graph,
+    q: ValueId,
+    k: ValueId,
+    v: ValueId,
+    scale: Option<(BinaryOp, f64)>,
+    (causal, window): (bool, Option<usize>),
+    weights_too: bool,
+) -> Result<ValueId> {
     let kt = g.transpose_last2(k)?;
     let mut s = g.matmul(q, kt)?;
     if let Some((op, c)) = scale {
@@ -312,7 +322,7 @@ fn attention(g: &mut Graph, q: ValueId, k: ValueId, v: ValueId, scale: Option<(B
         s = g.binary(op, s, c)?;
     }
     if causal {
-        s = g.tri_mask(s, f64::NEG_INFINITY)?;
+        s = g.tri_mask_window(s, f64::NEG_INFINITY, window)?;
     }
     let m = g.reduce(ReduceKind::Max, s, -1, true)?;
     let x = g.sub(s, m)?;
@@ -328,28 +338,29 @@ fn attention(g: &mut Graph, q: ValueId, k: ValueId, v: ValueId, scale: Option<(B
 }
 
 /// Attention's chain gets one backward (the weights recomputed from the row log-sum-exp, the
-/// scores from barriers): against finite differences, causal or not, scaled by division, product
-/// or not at all, values broadcast over the batch, and with the weights also read elsewhere (then
-/// differentiated op by op).
+/// scores from barriers): against finite differences, causal or not, with a sliding window,
+/// scaled by division, product or not at all, values broadcast over the batch, and with the
+/// weights also read elsewhere (then differentiated op by op).
 #[test]
 fn attention_chain() {
     let (full, shared): (&[usize], &[usize]) = (&[2, 5, 3], &[1, 5, 3]);
     let cases = [
-        ("causal ÷√d", Some((BinaryOp::Div, 3f64.sqrt())), true, full, false),
-        ("×0.7", Some((BinaryOp::Mul, 0.7)), false, full, false),
-        ("unscaled, causal", None, true, full, false),
-        ("values broadcast", Some((BinaryOp::Div, 2.0)), true, shared, false),
-        ("weights read too", Some((BinaryOp::Div, 2.0)), true, full, true),
+        ("causal ÷√d", Some((BinaryOp::Div, 3f64.sqrt())), (true, None), full, false),
+        ("a window of 2", Some((BinaryOp::Div, 3f64.sqrt())), (true, Some(2)), full, false),
+        ("×0.7", Some((BinaryOp::Mul, 0.7)), (false, None), full, false),
+        ("unscaled, causal", None, (true, None), full, false),
+        ("values broadcast", Some((BinaryOp::Div, 2.0)), (true, None), shared, false),
+        ("weights read too", Some((BinaryOp::Div, 2.0)), (true, Some(3)), full, true),
     ];
-    for (name, scale, causal, vshape, weights_too) in cases {
+    for (name, scale, mask, vshape, weights_too) in cases {
         let shapes: [&[usize]; 3] = [full, full, vshape];
         let d = data(&shapes, -1.5, 1.5);
         let types: Vec<Type> = shapes.iter().map(|s| f32t(s)).collect();
-        check(name, &types, &d, |g, x| attention(g, x[0], x[1], x[2], scale, causal, weights_too));
+        check(name, &types, &d, |g, x| attention(g, x[0], x[1], x[2], scale, mask, weights_too));
         // One backward per chain: its scores recomputed from barriers on q and kᵀ.
         let mut g = Graph::new("a");
         let x: Vec<ValueId> = types.iter().enumerate().map(|(i, t)| g.input(&format!("x{i}"), t.clone())).collect();
-        let y = attention(&mut g, x[0], x[1], x[2], scale, causal, weights_too).unwrap();
+        let y = attention(&mut g, x[0], x[1], x[2], scale, mask, weights_too).unwrap();
         g.output("y", y);
         let grads = tttc_passes::vector_jacobian_product(&g, &[]).unwrap();
         let barriers = grads.nodes.iter().filter(|n| matches!(n.op, Op::Barrier)).count();

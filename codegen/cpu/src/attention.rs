@@ -2,7 +2,8 @@
 //! and block of query rows, the keys in blocks — the block's scores, scaled and masked, each
 //! row's running maximum and sum, the exponentials' product with the values accumulated and
 //! rescaled whenever a row's maximum grows (the online softmax of FlashAttention). The `[tq, tk]`
-//! scores are never stored whole, and under a causal mask nothing past the diagonal is computed.
+//! scores are never stored whole, and under a causal mask nothing past the diagonal is computed
+//! (with a window, nor the blocks of keys before it).
 //!
 //! Each batch index's keys and values are packed once (keys in panels of `NR`, values in rows
 //! padded to `NR`), so the products of every block read them contiguously; the products are
@@ -47,6 +48,18 @@ pub struct Shape<'a> {
     pub dv: usize,
     pub scale: Option<(BinaryOp, f32)>,
     pub causal: bool,
+    /// With the causal mask, keys `window` or more before their query are masked out too.
+    pub window: Option<usize>,
+}
+
+impl Shape<'_> {
+    /// The first key query row `q` sees.
+    pub(crate) fn first_key(&self, q: usize) -> usize {
+        match (self.causal, self.window) {
+            (true, Some(w)) => (q + 1).saturating_sub(w),
+            _ => 0,
+        }
+    }
 }
 
 /// What every block reads.
@@ -157,31 +170,37 @@ impl Attention<'_> {
         s.max[..rows].fill(f32::NEG_INFINITY);
         s.sum[..rows].fill(0.0);
         s.acc[..rows * dvp].fill(0.0);
-        // Row r sees keys 0..=q0 + r under the mask.
+        // Row r sees keys first_key(q0 + r)..=q0 + r under the mask; blocks of keys start at a
+        // panel's.
         let keys = if self.shape.causal { self.shape.tk.min(q0 + rows) } else { self.shape.tk };
-        for k0 in (0..keys).step_by(KEYS) {
+        let start = self.shape.first_key(q0).min(keys) / NR * NR;
+        for k0 in (start..keys).step_by(KEYS) {
             let cols = KEYS.min(keys - k0);
             // The keys a group of rows from `r` sees in this block (its scores past them would
-            // be masked: they are not computed).
+            // be masked: they are not computed), and the first one row `r` sees (a window's).
             let seen_by = |r: usize, mr: usize| if self.shape.causal { cols.min((q0 + r + mr).saturating_sub(k0)) } else { cols };
+            let from_by = |r: usize| self.shape.first_key(q0 + r).saturating_sub(k0).min(cols);
             // A group of rows at a time, its scores, their softmax and the product with the
-            // values in a row, while the scores are in the core's first cache.
+            // values in a row, while the scores are in the core's first cache; from the panel
+            // of the first key the group's first row sees.
             for r in (0..rows).step_by(MR) {
                 let mr = MR.min(rows - r);
                 let seen = seen_by(r, mr);
-                if seen == 0 {
+                let skip = from_by(r) / NR * NR;
+                if seen <= skip {
                     continue;
                 }
-                let panels = (packed.keys.as_ptr().add(k0 / NR * d * NR), NR, d * NR);
-                let scores = (s.scores.as_mut_ptr(), KEYS, NR);
-                tile::<SIMD, 1, MR>(mr, s.queries.as_ptr().add(r * d), panels, d, scores, seen.div_ceil(NR), false);
+                let panels = (packed.keys.as_ptr().add((k0 + skip) / NR * d * NR), NR, d * NR);
+                let scores = (s.scores.as_mut_ptr().add(skip), KEYS, NR);
+                tile::<SIMD, 1, MR>(mr, s.queries.as_ptr().add(r * d), panels, d, scores, (seen - skip).div_ceil(NR), false);
                 for (g, row) in s.scores.chunks_exact_mut(KEYS).take(mr).enumerate() {
                     let acc = &mut s.acc[(r + g) * dvp..(r + g + 1) * dvp];
-                    softmax_row(&mut row[..cols], seen_by(r + g, 1), self.shape.scale, &mut s.max[r + g], &mut s.sum[r + g], acc);
+                    let seen = from_by(r + g) - skip..seen_by(r + g, 1) - skip;
+                    softmax_row(&mut row[skip..cols], seen, self.shape.scale, &mut s.max[r + g], &mut s.sum[r + g], acc);
                 }
-                let values = (packed.values.as_ptr().add(k0 * dvp), dvp, NR);
+                let values = (packed.values.as_ptr().add((k0 + skip) * dvp), dvp, NR);
                 let acc = (s.acc.as_mut_ptr().add(r * dvp), dvp, NR);
-                tile::<SIMD, KEYS, 1>(mr, s.scores.as_ptr(), values, seen, acc, dvp / NR, true);
+                tile::<SIMD, KEYS, 1>(mr, s.scores.as_ptr().add(skip), values, seen - skip, acc, dvp / NR, true);
             }
         }
         for r in 0..rows {
@@ -401,12 +420,14 @@ unsafe fn tile_wide_avx512<const M: usize, const W: usize, const ARS: usize, con
     }
 }
 
-/// One row of a block's scores: its first `seen` entries scaled, the row's running maximum
-/// raised to theirs, the entries replaced by their exponentials from that maximum (the rest by
-/// 0), the running sum and the row's output so far rescaled to it.
+/// One row of a block's scores: its entries in `seen` scaled, the row's running maximum raised
+/// to theirs, the entries replaced by their exponentials from that maximum (the others by 0),
+/// the running sum and the row's output so far rescaled to it.
 #[inline(always)]
-fn softmax_row(row: &mut [f32], seen: usize, scale: Option<(BinaryOp, f32)>, row_max: &mut f32, row_sum: &mut f32, acc: &mut [f32]) {
-    let (x, rest) = row.split_at_mut(seen);
+fn softmax_row(row: &mut [f32], seen: std::ops::Range<usize>, scale: Option<(BinaryOp, f32)>, row_max: &mut f32, row_sum: &mut f32, acc: &mut [f32]) {
+    let (before, rest) = row.split_at_mut(seen.start);
+    before.fill(0.0);
+    let (x, rest) = rest.split_at_mut(seen.len());
     rest.fill(0.0);
     if x.is_empty() {
         return;
@@ -519,10 +540,20 @@ pub(crate) mod tests {
         (s.iter().map(|x| (x - m).exp() / l).collect(), m + l.ln())
     }
 
+    /// The masks the kernels are checked with: none, causal, and causal windows narrower than a
+    /// block of keys (starting inside one) and wider.
+    pub(crate) const MASKS: [(bool, Option<usize>); 4] = [(false, None), (true, None), (true, Some(37)), (true, Some(200))];
+
+    /// The keys query row `i` of `tk` sees under `mask`: from the first, how many.
+    pub(crate) fn seen((causal, window): (bool, Option<usize>), i: usize, tk: usize) -> (usize, usize) {
+        let first = window.map_or(0, |w| (i + 1).saturating_sub(w));
+        (first, if causal { i + 1 - first } else { tk })
+    }
+
     /// Every build this processor runs (AVX-512, AVX2 with FMA, the portable one) against
-    /// softmax attention computed directly in f64, causal and not, with sizes that fill no tile,
-    /// and with more keys than a block holds (the running softmax rescaled) and rows of one to
-    /// five blocks of columns.
+    /// softmax attention computed directly in f64, under every mask of [`MASKS`], with sizes
+    /// that fill no tile, and with more keys than a block holds (the running softmax rescaled)
+    /// and rows of one to five blocks of columns.
     #[test]
     fn every_build_matches_attention_computed_directly() {
         let batch = [2usize];
@@ -534,13 +565,14 @@ pub(crate) mod tests {
             let qs = Strides { batch_strides: vec![tq * d], row_stride: d, col_stride: 1 };
             let ks = Strides { batch_strides: vec![tk * d], row_stride: 1, col_stride: d };
             let vs = Strides { batch_strides: vec![tk * dv], row_stride: dv, col_stride: 1 };
-            for causal in [false, true] {
+            for mask @ (causal, window) in MASKS {
                 let mut want = vec![0f64; 2 * tq * dv];
                 for b in 0..2 {
                     for i in 0..tq {
-                        let (p, _) = weights(&q, &k, b * tq + i, b * tk, if causal { i + 1 } else { tk }, d);
+                        let (first, keys) = seen(mask, i, tk);
+                        let (p, _) = weights(&q, &k, b * tq + i, b * tk + first, keys, d);
                         for c in 0..dv {
-                            want[(b * tq + i) * dv + c] = p.iter().enumerate().map(|(j, w)| w * v[(b * tk + j) * dv + c] as f64).sum();
+                            want[(b * tq + i) * dv + c] = p.iter().enumerate().map(|(j, w)| w * v[(b * tk + first + j) * dv + c] as f64).sum();
                         }
                     }
                 }
@@ -549,13 +581,13 @@ pub(crate) mod tests {
                         q: (q.as_ptr(), &qs),
                         k: (k.as_ptr(), &ks),
                         v: (v.as_ptr(), &vs),
-                        shape: Shape { batch: &batch, tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal },
+                        shape: Shape { batch: &batch, tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal, window },
                     };
                     let mut out = vec![f32::NAN; 2 * tq * dv];
                     // SAFETY: the operands hold their matrices at these strides; `out` its elements.
                     unsafe { a.run_with(out.as_mut_ptr(), None, simd) };
                     for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
-                        assert!((o as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "causal {causal}, {simd:?}, element {i}: {o} against {w}");
+                        assert!((o as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "mask {mask:?}, {simd:?}, element {i}: {o} against {w}");
                     }
                 }
             }

@@ -3,7 +3,8 @@
 //! query rows that sees it recomputes its weights `p = exp(scale(q·kᵀ) − lse)` and
 //! `ds = scale(p ⊙ (d_out·vᵀ − row))`, adds `pᵀ·d_out` and `dsᵀ·q` to the key block's `dv` and
 //! `dk` and `ds·k` to the rows' `dq`. The `[tq, tk]` weights are never stored whole and, under a
-//! causal mask, nothing past the diagonal is computed.
+//! causal mask, nothing past the diagonal is computed (with a window, nor the blocks of rows
+//! past it).
 //!
 //! Every operand is packed once per batch index in the layout its products read (the forward's
 //! panels for `q·kᵀ` and `d_out·vᵀ`, rows padded to `NR` for the others); the five products are
@@ -167,12 +168,18 @@ impl Backward<'_> {
             let cols = KEYS.min(tk - k0);
             s.dk.fill(0.0);
             s.dv.fill(0.0);
-            // Under the mask, the first block of rows that sees a key of this block.
+            // Under the mask, the first block of rows that sees a key of this block, and (under
+            // a window W) the end of the rows that do: the last key's row + W − 1.
             let first = if self.shape.causal { k0 / ROWS * ROWS } else { 0 };
-            for q0 in (first..tq).step_by(ROWS) {
+            let last = match (self.shape.causal, self.shape.window) {
+                (true, Some(w)) => tq.min(k0 + cols + w - 1),
+                _ => tq,
+            };
+            for q0 in (first..last).step_by(ROWS) {
                 let rows = ROWS.min(tq - q0);
-                // The keys of this block row q0 + r sees (past them its weights are 0).
+                // The keys of this block row q0 + r sees (before and past them its weights are 0).
                 let seen_by = |r: usize| if self.shape.causal { cols.min((q0 + r + 1).saturating_sub(k0)) } else { cols };
+                let from_by = |r: usize| self.shape.first_key(q0 + r).saturating_sub(k0).min(cols);
                 // The first row that sees key k0 + c.
                 let first_row = |c: usize| if self.shape.causal { (k0 + c).saturating_sub(q0).min(rows) } else { 0 };
                 // q·kᵀ and d_out·vᵀ, tile by tile up to what the tile's last row sees.
@@ -185,11 +192,14 @@ impl Backward<'_> {
                     tile::<SIMD, 1, MR>(mr, g, v, dvl, (s.ds.as_mut_ptr().add(r * KEYS), KEYS, NR), blocks, false);
                 }
                 for r in 0..rows {
-                    let seen = seen_by(r);
-                    let (p, rest) = s.p[r * KEYS..r * KEYS + cols].split_at_mut(seen);
-                    rest.fill(0.0);
-                    let (ds, rest) = s.ds[r * KEYS..r * KEYS + cols].split_at_mut(seen);
-                    rest.fill(0.0);
+                    let (from, seen) = (from_by(r), seen_by(r));
+                    let [p, ds] = [&mut s.p, &mut s.ds].map(|x| {
+                        let (x, rest) = x[r * KEYS..r * KEYS + cols].split_at_mut(seen);
+                        rest.fill(0.0);
+                        let (before, x) = x.split_at_mut(from.min(seen));
+                        before.fill(0.0);
+                        x
+                    });
                     scaled(p, self.shape.scale);
                     let (l, centre) = (*lse.add(q0 + r), *row.add(q0 + r));
                     p.iter_mut().zip(ds.iter_mut()).for_each(|(p, ds)| {
@@ -236,29 +246,31 @@ unsafe fn store(rows: &[f32], stride: usize, (dst, transposed): (*mut f32, bool)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::tests::{operand, weights};
+    use crate::attention::tests::{operand, seen, weights, MASKS};
     use tttc_ir::BinaryOp;
 
     /// Every build this processor runs against attention's gradients computed directly in f64,
-    /// causal and not, with sizes that fill no tile or block and with rows of one to five blocks
-    /// of columns, the results stored as they are and transposed.
+    /// under every mask of [`MASKS`], with sizes that fill no tile or block and with rows of one
+    /// to five blocks of columns, the results stored as they are and transposed.
     #[test]
     fn every_build_matches_the_gradients_computed_directly() {
         for (tq, tk, d, dv) in [(131, 131, 19, 21), (150, 150, 64, 80)] {
             let [q, k, v, g] = [(tq, d), (tk, d), (tk, dv), (tq, dv)].map(|(rows, width)| operand(2 * rows * width, rows + width));
-            for causal in [false, true] {
+            for mask @ (causal, window) in MASKS {
                 // Weights, log-sum-exp and rowsum(g ⊙ out) per row; then the adjoints.
                 let (mut lse, mut row) = (vec![0f32; 2 * tq], vec![0f32; 2 * tq]);
                 let (mut dq, mut dk, mut dvw) = (vec![0f64; 2 * tq * d], vec![0f64; 2 * tk * d], vec![0f64; 2 * tk * dv]);
                 for b in 0..2 {
                     for i in 0..tq {
-                        let (p, log_sum_exp) = weights(&q, &k, b * tq + i, b * tk, if causal { i + 1 } else { tk }, d);
+                        let (first, keys) = seen(mask, i, tk);
+                        let (p, log_sum_exp) = weights(&q, &k, b * tq + i, b * tk + first, keys, d);
                         let gi = |c: usize| g[(b * tq + i) * dv + c] as f64;
-                        let out = |c: usize| p.iter().enumerate().map(|(j, w)| w * v[(b * tk + j) * dv + c] as f64).sum::<f64>();
+                        let out = |c: usize| p.iter().enumerate().map(|(j, w)| w * v[(b * tk + first + j) * dv + c] as f64).sum::<f64>();
                         let centre: f64 = (0..dv).map(|c| gi(c) * out(c)).sum();
                         lse[b * tq + i] = log_sum_exp as f32;
                         row[b * tq + i] = centre as f32;
                         for (j, w) in p.iter().enumerate() {
+                            let j = first + j;
                             let dpj: f64 = (0..dv).map(|c| gi(c) * v[(b * tk + j) * dv + c] as f64).sum();
                             let ds = w * (dpj - centre) / 3.0;
                             for e in 0..d {
@@ -281,7 +293,7 @@ mod tests {
                         d_out: (g.as_ptr(), &gs),
                         lse: lse.as_ptr(),
                         row: row.as_ptr(),
-                        shape: Shape { batch: &[2], tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal },
+                        shape: Shape { batch: &[2], tq, tk, d, dv, scale: Some((BinaryOp::Div, 3.0)), causal, window },
                         transposed: [transposed; 3],
                     };
                     let (mut gq, mut gk, mut gv) = (vec![f32::NAN; dq.len()], vec![f32::NAN; dk.len()], vec![f32::NAN; dvw.len()]);
@@ -292,7 +304,7 @@ mod tests {
                             // Element (b, r, e) of the matrices, or of their transposes.
                             let (b, r, e) = (i / (rows * width), i / width % rows, i % width);
                             let o = got[if transposed { (b * width + e) * rows + r } else { i }];
-                            assert!((o as f64 - w).abs() <= 1e-5 + 1e-4 * w.abs(), "causal {causal}, {simd:?}, {name}[{i}]: {o} against {w}");
+                            assert!((o as f64 - w).abs() <= 1e-5 + 1e-4 * w.abs(), "mask {mask:?}, {simd:?}, {name}[{i}]: {o} against {w}");
                         }
                     }
                 }

@@ -172,7 +172,9 @@ impl Machine<'_> {
                         (from, _) => std::ptr::copy_nonoverlapping(fr.ptr(*src), fr.ptr(*dst), len * elem_bytes(from)),
                     }
                 }
-                Instr::TriMask { dst, rows, cols, fill } => tri_mask(fr.f32(*dst), f.bufs[*dst].len().fixed(), rows.fixed(), cols.fixed(), *fill),
+                Instr::TriMask { dst, rows, cols, fill, window } => {
+                    tri_mask(fr.f32(*dst), f.bufs[*dst].len().fixed(), rows.fixed(), cols.fixed(), *fill, *window)
+                }
                 Instr::Scan(s) => self.scan(fr, s)?,
                 Instr::Attention(a) => {
                     let (q, k, v, batch) = (a.q.fixed(), a.k.fixed(), a.v.fixed(), fixed(&a.shape.batch));
@@ -533,12 +535,16 @@ unsafe fn fill(dst: *mut u8, len: usize, dtype: DType, bits: u64) {
 }
 
 /// Over matrices of `rows × cols` (`len` elements in all), the entries above the diagonal become
-/// `fill`; split over the threads when large.
-unsafe fn tri_mask(dst: *mut f32, len: usize, rows: usize, cols: usize, fill: f32) {
+/// `fill`, and with a window W those W or more below it; split over the threads when large.
+unsafe fn tri_mask(dst: *mut f32, len: usize, rows: usize, cols: usize, fill: f32, window: Option<usize>) {
     let v = std::slice::from_raw_parts_mut(dst, len);
     let mask = |m: &mut [f32]| {
         for (i, row) in m.chunks_mut(cols.max(1)).enumerate() {
             row.iter_mut().skip(i + 1).for_each(|x| *x = fill);
+            if let Some(w) = window {
+                let far = (i + 1).saturating_sub(w).min(row.len());
+                row[..far].fill(fill);
+            }
         }
     };
     let size = (rows * cols).max(1);
@@ -659,7 +665,7 @@ unsafe fn matmul(
 
 /// An attention instruction's shape at fixed sizes (its batch `batch`, resolved).
 fn shape<'a>(s: &AttentionShape, batch: &'a [usize]) -> Shape<'a> {
-    Shape { batch, tq: s.tq.fixed(), tk: s.tk.fixed(), d: s.d.fixed(), dv: s.dv.fixed(), scale: s.scale, causal: s.causal }
+    Shape { batch, tq: s.tq.fixed(), tk: s.tk.fixed(), d: s.d.fixed(), dv: s.dv.fixed(), scale: s.scale, causal: s.causal, window: s.window }
 }
 
 /// Where member `i` (in row-major order) of a batch of `batch` lies, for `strides`.

@@ -37,6 +37,7 @@ pub struct Chain {
     pub lse: Option<ValueId>,
     pub scale: Option<(BinaryOp, f32)>,
     pub causal: bool,
+    pub window: Option<usize>,
 }
 
 /// The backward of a chain.
@@ -60,6 +61,7 @@ pub struct Backward {
     pub dv: (ValueId, bool),
     pub scale: Option<(BinaryOp, f32)>,
     pub causal: bool,
+    pub window: Option<usize>,
 }
 
 /// The forward chains and backwards of `g`, by the node each runs at. `users` lists each
@@ -77,6 +79,7 @@ pub fn find(g: &Graph, users: &[Vec<usize>], views: &HashMap<ValueId, View>) -> 
         lse: c.lse,
         scale: c.scale.map(|(op, c)| (op, c as f32)),
         causal: c.causal,
+        window: c.window,
     };
     let nodes: Vec<&Node> = g.nodes.iter().collect();
     let forward: Vec<Chain> = tttc_passes::attention::chains(g, &nodes, &|v| outputs.contains(&v)).into_iter().map(chain).collect();
@@ -186,7 +189,7 @@ impl Matcher<'_> {
             return None;
         }
         let a = self.take(&mut inner, a, 1)?;
-        let Scores { product: s, scale, causal } = scores(g, a, |x| self.take(&mut inner, x, 1), |v| self.constant(v))?;
+        let Scores { product: s, scale, causal, window } = scores(g, a, |x| self.take(&mut inner, x, 1), |v| self.constant(v))?;
         if rank < 2 || g.ty(p).dtype != tttc_ir::DType::F32 {
             return None;
         }
@@ -240,6 +243,6 @@ impl Matcher<'_> {
         let node = self.def[ds.index()];
         inner.retain(|&i| i != node);
         let scale = scale.map(|(op, c)| (op, c as f32));
-        Some(Backward { node, inner, q, k, v, d_out, lse, row, dq, dk, dv, scale, causal })
+        Some(Backward { node, inner, q, k, v, d_out, lse, row, dq, dk, dv, scale, causal, window })
     }
 }

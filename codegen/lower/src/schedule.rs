@@ -124,12 +124,14 @@ pub enum Instr {
         dst: BufId,
         src: BufId,
     },
-    /// In place, over matrices of `rows × cols`: entries above the diagonal become `fill`.
+    /// In place, over matrices of `rows × cols`: entries above the diagonal become `fill`, and
+    /// with a window W those W or more below it.
     TriMask {
         dst: BufId,
         rows: Size,
         cols: Size,
         fill: f32,
+        window: Option<usize>,
     },
     Scan(Box<ScanInstr>),
     /// Attention in one pass over blocks of keys (see `attention.rs`; the CPU's only).
@@ -388,12 +390,20 @@ pub struct AttentionShape {
     pub scale: Option<(tttc_ir::BinaryOp, f32)>,
     /// Keys after their query (column > row) masked out.
     pub causal: bool,
+    /// With the causal mask, keys `window` or more before their query masked out too.
+    pub window: Option<usize>,
 }
 
 impl AttentionShape {
-    /// The (query, key) pairs computed: about half of them under a causal mask.
+    /// The (query, key) pairs computed: about half of them under a causal mask, at most `window`
+    /// per query under a window.
     fn pairs(&self, at: &dyn Fn(Size) -> u64) -> u64 {
-        at(self.batch.iter().product::<Size>() * self.tq * self.tk) / if self.causal { 2 } else { 1 }
+        let all = at(self.batch.iter().product::<Size>() * self.tq * self.tk);
+        match (self.causal, self.window) {
+            (false, _) => all,
+            (true, None) => all / 2,
+            (true, Some(w)) => (all / 2).min(at(self.batch.iter().product::<Size>() * self.tq) * w as u64),
+        }
     }
 }
 
@@ -1313,7 +1323,7 @@ impl Builder<'_> {
                 };
                 let out = result(g.nodes[chain.node].outputs[0])?;
                 let lse = chain.lse.map(&mut result).transpose()?;
-                self.attention(out, lse, [q?, k?, v?], chain.scale, chain.causal)
+                self.attention(out, lse, [q?, k?, v?], chain.scale, (chain.causal, chain.window))
             }
             Step::AttentionBackward(b) => {
                 let [q, k, v, d_out] = [b.q, b.k, b.v, b.d_out].map(|(x, t)| get(vals, &x).map(|buf| (buf, t)));
@@ -1321,7 +1331,7 @@ impl Builder<'_> {
                 let [dq, dk, dv] = [b.dq, b.dk, b.dv].map(|(v, t)| self.fresh(g, v, wanted).map(|buf| (buf, t)));
                 let (dq, dk, dv) = (dq?, dk?, dv?);
                 vals.extend([(b.dq.0, dq.0), (b.dk.0, dk.0), (b.dv.0, dv.0)]);
-                self.attention_backward([dq, dk, dv], [q?, k?, v?, d_out?], [lse, row], b.scale, b.causal)
+                self.attention_backward([dq, dk, dv], [q?, k?, v?, d_out?], [lse, row], b.scale, (b.causal, b.window))
             }
             Step::CrossEntropy(r) => {
                 let (x, target) = (get(vals, &r.x)?, get(vals, &r.target)?);
@@ -1394,10 +1404,10 @@ impl Builder<'_> {
                         self.buf(dtype, self.shape_of(g, out)?, Home::View { of: ins[0], at })
                     }
                     // Masked in place when nothing else reads the scores (attention's).
-                    Op::TriMask { fill } if !wanted.contains_key(&out) && self.last_read(g, node.inputs[0], ins[0]) => {
+                    Op::TriMask { fill, window } if !wanted.contains_key(&out) && self.last_read(g, node.inputs[0], ins[0]) => {
                         let shape = self.bufs[ins[0]].shape.clone();
                         let b = self.buf(DType::F32, shape.clone(), Home::Alias(ins[0]));
-                        self.tri_mask(b, &shape, *fill)?;
+                        self.tri_mask(b, &shape, *fill, *window)?;
                         b
                     }
                     op => {
@@ -1505,10 +1515,10 @@ impl Builder<'_> {
         Ok((shape[..shape.len() - 1].iter().product(), depth))
     }
 
-    fn tri_mask(&mut self, dst: BufId, shape: &[Size], fill: f64) -> Result<()> {
+    fn tri_mask(&mut self, dst: BufId, shape: &[Size], fill: f64, window: Option<usize>) -> Result<()> {
         let r = shape.len();
         ensure!(r >= 2, "tri_mask needs rank 2 or more");
-        self.instrs.push(Instr::TriMask { dst, rows: shape[r - 2], cols: shape[r - 1], fill: fill as f32 });
+        self.instrs.push(Instr::TriMask { dst, rows: shape[r - 2], cols: shape[r - 1], fill: fill as f32, window });
         Ok(())
     }
 
@@ -1579,7 +1589,7 @@ impl Builder<'_> {
         lse: Option<BufId>,
         [q, k, v]: [(BufId, bool); 3],
         scale: Option<(tttc_ir::BinaryOp, f32)>,
-        causal: bool,
+        (causal, window): (bool, Option<usize>),
     ) -> Result<()> {
         let (batch, tq, tk, d, q, k) = self.operands((q.0, &Read::transposed_if(q.1)), (k.0, &Read::transposed_if(k.1)))?;
         let values = matrix(&self.bufs[v.0].shape, &Read::transposed_if(v.1))?;
@@ -1591,7 +1601,7 @@ impl Builder<'_> {
         if let Some(lse) = lse {
             self.per_row(lse, &batch, tq)?;
         }
-        let shape = AttentionShape { batch, tq, tk, d, dv, scale, causal };
+        let shape = AttentionShape { batch, tq, tk, d, dv, scale, causal, window };
         self.instrs.push(Instr::Attention(Box::new(AttentionInstr { out, lse, q, k, v, shape })));
         Ok(())
     }
@@ -1604,7 +1614,7 @@ impl Builder<'_> {
         [q, k, v, d_out]: [(BufId, bool); 4],
         [lse, row]: [BufId; 2],
         scale: Option<(tttc_ir::BinaryOp, f32)>,
-        causal: bool,
+        (causal, window): (bool, Option<usize>),
     ) -> Result<()> {
         let read = |(b, t): (BufId, bool)| (b, Read::transposed_if(t));
         let [q, k, v, d_out] = [q, k, v, d_out].map(read);
@@ -1620,7 +1630,7 @@ impl Builder<'_> {
         let [dq, dk, dv] = [dq.0, dk.0, dv.0];
         self.per_row(lse, &batch, tq)?;
         self.per_row(row, &batch, tq)?;
-        let shape = AttentionShape { batch, tq, tk, d, dv: dv_len, scale, causal };
+        let shape = AttentionShape { batch, tq, tk, d, dv: dv_len, scale, causal, window };
         let a = AttentionBackwardInstr { dq, dk, dv, transposed, q, k, v, d_out, lse, row, shape };
         self.instrs.push(Instr::AttentionBackward(Box::new(a)));
         Ok(())
@@ -1724,9 +1734,9 @@ impl Builder<'_> {
                 let row = self.bufs[ins[0]].shape[self.bufs[ins[1]].shape.len()..].iter().product();
                 self.instrs.push(Instr::ScatterAdd { dst, updates: ins[0], index: ins[1], depth: *depth, row });
             }
-            Op::TriMask { fill } => {
+            Op::TriMask { fill, window } => {
                 self.copy_all(dst, ins[0]);
-                self.tri_mask(dst, &shape, *fill)?;
+                self.tri_mask(dst, &shape, *fill, *window)?;
             }
             Op::Unary(u) if self.bufs[ins[0]].dtype == DType::F32 => self.single(Expr::Unary(*u, 0), dst, ins)?,
             Op::Binary(b) if ins.iter().all(|&i| self.bufs[i].dtype == DType::F32) => self.single(Expr::Binary(*b, 0, 1), dst, ins)?,

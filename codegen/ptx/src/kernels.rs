@@ -238,14 +238,23 @@ pub fn emit(b: &mut Builder, spread: Spread, f: &Function, instr: &Instr, specs:
                 }
             })
         }
-        Instr::TriMask { dst, rows, cols, fill } => {
+        Instr::TriMask { dst, rows, cols, fill, window } => {
             let (len, rows, cols) = (f.bufs[*dst].len(), *rows, *cols);
             elements(b, spread, len, |b, idx, _| {
                 // The number of matrices does not matter: only the last two indices are used.
                 let ix = unravel(b, idx, &[len, rows, cols]);
-                let above = b.setp(Cmp::Gt, Ty::U64, ix[2], ix[1]);
                 let to = b.element(ptrs[0], idx, 4);
-                b.guarded(above, false, Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(to), offset: 0 }, src: vec![Val::F32(*fill)] });
+                let store =
+                    |b: &mut Builder| Inst::St { space: b.memory(), ty: Ty::F32, addr: Addr { base: Base::Reg(to), offset: 0 }, src: vec![Val::F32(*fill)] };
+                let above = b.setp(Cmp::Gt, Ty::U64, ix[2], ix[1]);
+                let st = store(b);
+                b.guarded(above, false, st);
+                if let Some(w) = window {
+                    let reach = b.bin(BinOp::Add, Ty::U64, ix[2], Val::Int(*w as i64));
+                    let far = b.setp(Cmp::Ge, Ty::U64, ix[1], reach);
+                    let st = store(b);
+                    b.guarded(far, false, st);
+                }
             })
         }
         Instr::Scan(_) | Instr::Parallel { .. } => {

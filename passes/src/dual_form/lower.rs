@@ -171,7 +171,7 @@ impl<'g> Lowering<'g> {
                 x[*axis] = if g.ty(ins[0]).shape[*axis].is_one() { Axis::Unit } else { Axis::Last };
                 Some(self.lower(ins[0], x))
             }
-            Op::TriMask { fill } if *fill == 0.0 => {
+            Op::TriMask { fill, window: None } if *fill == 0.0 => {
                 let r = axes.len();
                 let inner = self.lower(ins[0], axes.to_vec());
                 match (&axes[r - 2], &axes[r - 1]) {

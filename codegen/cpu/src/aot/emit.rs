@@ -569,20 +569,29 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 self.b.ins().store(mem(), v, dp, 0);
                 self.unnest(loops);
             }
-            Instr::TriMask { dst, rows, cols, fill } => {
+            Instr::TriMask { dst, rows, cols, fill, window } => {
                 let d = self.base(*dst);
                 let shape = &self.f.bufs[*dst].shape;
                 let matrices = shape[..shape.len() - 2].iter().product();
                 let (i, loops) = self.nest(&[matrices, *rows]);
                 let row = self.dot(&i, &[*rows * *cols, *cols]);
                 let row = self.offset(d, row, 4);
-                let start = self.b.ins().iadd_imm_s(i[1], 1);
-                let end = self.size(*cols);
-                let (j, l) = open(self.b, start, end, 1);
-                let p = self.offset(row, j, 4);
-                let v = self.b.ins().f32const(*fill);
-                self.b.ins().store(mem(), v, p, 0);
-                close(self.b, l);
+                let cols = self.size(*cols);
+                // Columns after the row's, then (with a window W) those up to row − W.
+                let after = self.b.ins().iadd_imm_s(i[1], 1);
+                let mut ranges = vec![(after, cols)];
+                if let Some(w) = window {
+                    let zero = self.b.ins().iconst(types::I64, 0);
+                    let far = self.b.ins().iadd_imm_s(i[1], 1 - *w as i64);
+                    ranges.push((zero, self.b.ins().smin(far, cols)));
+                }
+                for (start, end) in ranges {
+                    let (j, l) = open(self.b, start, end, 1);
+                    let p = self.offset(row, j, 4);
+                    let v = self.b.ins().f32const(*fill);
+                    self.b.ins().store(mem(), v, p, 0);
+                    close(self.b, l);
+                }
                 self.unnest(loops);
             }
             Instr::Scan(s) => self.scan(s),
