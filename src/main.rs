@@ -154,7 +154,9 @@ grows) compiled for this machine's CPU for every B from 1 to --batch and T from 
 the lengths given at each call: C functions `tttc_forward`, `tttc_loss_and_grad`, `tttc_prefill` \
 and `tttc_step` that need only the C library (see docs/cpu-model.md and examples/c/). \
 DIR/gpu/sm_80.ptx and DIR/gpu/sm_90.ptx hold the same forward pass as PTX kernels for the same \
-lengths, read at each run, and DIR/gpu/program.json the order to launch them in, on which buffers (the manifest's gpu entry lists the lengths, the slots, the workspace and every kernel; see docs/gpu-model.md); DIR/gpu/loss_and_grad/, DIR/gpu/prefill/ and DIR/gpu/step/ hold the others the same way. When ptxas is found (TTTC_PTXAS, or PATH; the pip package nvidia-cuda-nvcc-cu12 has it) both modules are assembled, an error fails the compile, and each kernel's registers, spills and shared memory per target go into the manifest. Every graph is verified after each pass. A \
+lengths, read at each run, and DIR/gpu/program.json the order to launch them in, on which buffers (the manifest's gpu entry lists the lengths, the slots, the workspace and every kernel; see docs/gpu-model.md); DIR/gpu/loss_and_grad/, DIR/gpu/prefill/ and DIR/gpu/step/ hold the others the same way. When ptxas is found (TTTC_PTXAS, or PATH; the pip package nvidia-cuda-nvcc-cu12 has it) both modules are assembled, an error fails the compile, and each kernel's registers, spills and shared memory per target go into the manifest. A config of one layer \
+(model_type lact_bidirectional_layer) compiles that layer instead: `tttc_forward` (x and the parameters to y) and `tttc_vjp` \
+(also the cotangent d.y, to d.x and d.NAME per parameter), on the CPU and in gpu/ and gpu/vjp/ (see docs/lact.md). Every graph is verified after each pass. A \
 progress line per pass goes to stderr. DIR is built next to itself and then put in its place in \
 one step; an existing DIR is replaced only if it is empty or an earlier compile wrote it: its \
 manifest.json lists every file it holds, and a file it does not list (a driver you added) is named \

@@ -335,6 +335,10 @@ fn compile_reports_bad_models_and_shapes() {
     assert!(!dir.join("x").exists());
     let r = tttc(&["compile", p(&repo().join("examples/llama-tiny.toml")), "--seq-len", "0"]);
     assert!(!r.status.success());
+    // A layer keeps no state to resume from.
+    let layer = repo().join("tests/vectors-lact/lact-bidir-sgd");
+    expect_error(&["compile", p(&layer), "-o", p(&dir.join("y")), "--resume-at", "3"], "describes one layer, which keeps no state between calls");
+    assert!(!dir.join("y").exists());
     no_temp_dirs(&dir);
 }
 

@@ -4,7 +4,8 @@
 //! training entry point, linked into the shipped training-step driver (examples/c/train_step.c):
 //! its loss and gradients match the reference; and its decoding entry points, linked into the
 //! shipped greedy decoder (examples/c/generate.c): its tokens and logits are `tttc generate`'s.
-//! One compiled model serves every length up to the bounds it was compiled for.
+//! One compiled model serves every length up to the bounds it was compiled for. A compiled layer
+//! (LaCT's bidirectional one) runs its forward pass and its backward through the same driver.
 
 mod common;
 use common::*;
@@ -34,8 +35,14 @@ fn compile(case: &Path, out: &Path, seq_len: usize) -> serde_json::Value {
 /// Links `driver` (a file of examples/c/) with the object file compiled into `out`; returns the
 /// executable.
 fn link(out: &Path, driver: &str) -> PathBuf {
-    let exe = out.join(driver.trim_end_matches(".c"));
+    link_with(out, driver, None)
+}
+
+/// [`link`], with the driver built with `-D<define>` (the executable named after it).
+fn link_with(out: &Path, driver: &str, define: Option<&str>) -> PathBuf {
+    let exe = out.join(define.unwrap_or(driver.trim_end_matches(".c")));
     let cc = Command::new("cc")
+        .args(define.map(|d| format!("-D{d}")))
         .args(["-O2", "-Wall", "-Werror", "-I"])
         .arg(out.join("cpu"))
         .arg(repo().join("examples/c").join(driver))
@@ -157,6 +164,54 @@ fn the_compiled_model_links_into_a_c_program_and_matches_every_reference_case() 
         // A length of 0 is refused by the entry point.
         let run = Command::new(&exe).arg(&args).arg(&results).args(lengths(0)).output().unwrap();
         assert!(String::from_utf8_lossy(&run.stderr).contains("tttc_forward returned 2"), "{name}: {}", String::from_utf8_lossy(&run.stderr));
+    }
+}
+
+/// A compiled layer (every LaCT bidirectional layer case, compiled for its B and T) through the
+/// shipped driver: `tttc_forward` gives the case's `y`, and `tttc_vjp` (the driver built with
+/// -DTTTC_RUN_VJP), for the cotangent `r`, its `dx` and every parameter's gradient, within
+/// SPEC-lact.md §1's tolerances.
+#[test]
+fn a_compiled_layer_runs_forward_and_backward_as_the_reference() {
+    let dir = scratch("compiled_layer");
+    for case in lact_layer_cases() {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let io = read(&case.join("layer.safetensors"));
+        let x = &io["x"];
+        let out = dir.join(&name);
+        let (b, t) = (x.shape[0].to_string(), x.shape[1].to_string());
+        let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b, "--seq-len", &t]);
+        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        let entries: Vec<&str> = manifest["cpu"]["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+        assert_eq!(entries, ["forward", "vjp"], "{name}");
+        assert!(manifest["gpu_vjp"].is_object() && manifest.get("gpu_loss_and_grad").is_none(), "{name}: the GPU program of the vjp");
+        // The arguments: x, the weights and (for the vjp) the cotangent d.y = r.
+        let args = out.join("args");
+        std::fs::create_dir_all(&args).unwrap();
+        let weights = read(&case.join("model.safetensors"));
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        for (arg, value) in [("x", &io["x"]), ("d.y", &io["r"])].into_iter().chain(weights.iter().map(|(k, v)| (k.as_str(), v))) {
+            std::fs::write(args.join(format!("{arg}.bin")), f32_bytes(&value.f32)).unwrap();
+        }
+        let grads = read(&case.join("grads.safetensors"));
+        let mut want: Vec<(String, &[f32], f64)> = vec![("y".into(), &io["y"].f32, RTOL_LOGITS), ("d.x".into(), &io["dx"].f32, RTOL_GRADS)];
+        want.extend(grads.iter().map(|(k, v)| (format!("d.{k}"), v.f32.as_slice(), RTOL_GRADS)));
+        let results = out.join("results");
+        std::fs::create_dir_all(&results).unwrap();
+        // The lengths compiled above 1, in the header's order.
+        let lengths: Vec<&String> = manifest["cpu"]["lengths"].as_array().unwrap().iter().map(|l| if l["name"] == "B" { &b } else { &t }).collect();
+        for define in [None, Some("TTTC_RUN_VJP")] {
+            let exe = link_with(&out, "run_model.c", define);
+            let run = Command::new(&exe).arg(&args).arg(&results).args(&lengths).output().unwrap();
+            assert!(run.status.success(), "{name} {define:?}: {}", String::from_utf8_lossy(&run.stderr));
+        }
+        for (output, reference, rtol) in want {
+            let got = floats(&std::fs::read(results.join(format!("{output}.bin"))).unwrap_or_else(|e| panic!("{name}: {output}: {e}")));
+            let ratio = parity_ratio(&got, reference, rtol);
+            eprintln!("{name}: {output} error {ratio:.3} of tolerance");
+            assert!(ratio <= 1.0, "{name}: {output} at {ratio:.2}× tolerance");
+        }
     }
 }
 

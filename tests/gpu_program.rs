@@ -5,7 +5,8 @@
 //! logits, on a sequence that ends inside a mini-batch; compiled with `--resume-at`, continues a sequence
 //! from a saved state; runs the training step's program (reverse scans) to the reference
 //! loss and gradients; and decodes with the prefill's and the step's programs, handing the state
-//! from one call to the next, to the tokens and logits the CPU generates.
+//! from one call to the next, to the tokens and logits the CPU generates. A compiled layer's
+//! forward and backward programs give its reference output and gradients.
 
 mod common;
 use common::*;
@@ -339,6 +340,41 @@ fn the_launch_contract_runs_a_training_step_without_tttc() {
     assert_eq!(got.len(), want.len() + 1, "the loss and one gradient per parameter");
     for (param, reference) in &want {
         let ratio = parity_ratio(&got[param], &reference.f32, 1e-4);
+        assert!(ratio <= 1.0, "d/d{param} at {ratio:.2}x tolerance");
+    }
+}
+
+/// A layer compiled alone (LaCT's bidirectional layer, `tests/vectors-lact/lact-bidir-sgd`): its
+/// forward program gives the case's `y`, and its vector-Jacobian product's (`gpu/vjp/`), for the
+/// cotangent `r`, the case's `dx` and every parameter's gradient.
+#[test]
+fn the_launch_contract_runs_a_compiled_layer_both_ways() {
+    let case = repo().join("tests/vectors-lact/lact-bidir-sgd");
+    let io = read(&case.join("layer.safetensors"));
+    let weights = read_raw(&case.join("model.safetensors"));
+    let (b, t) = (io["x"].shape[0], io["x"].shape[1]);
+    let out = scratch("gpu_program_layer").join("compiled");
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b.to_string(), "--seq-len", &t.to_string()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let slot = |name: &str| -> Vec<u8> {
+        let named = |n: &str| io[n].f32.iter().flat_map(|x| x.to_le_bytes()).collect();
+        match name {
+            "x" => named("x"),
+            "d.y" => named("r"),
+            _ => weights.iter().find(|w| w.0 == name).unwrap_or_else(|| panic!("no weight {name}")).3.clone(),
+        }
+    };
+    let lengths = [("B", b), ("T", t)];
+    let (_, got) = run_compiled(&out, "gpu", &lengths, &slot);
+    let ratio = parity_ratio(&got["y"], &io["y"].f32, 1e-5);
+    assert!(ratio <= 1.0, "y at {ratio:.2}x tolerance");
+    let (_, got) = run_compiled(&out, "gpu_vjp", &lengths, &slot);
+    let ratio = parity_ratio(&got["d.x"], &io["dx"].f32, 1e-4);
+    assert!(ratio <= 1.0, "dx at {ratio:.2}x tolerance");
+    let want = read(&case.join("grads.safetensors"));
+    assert_eq!(got.len(), want.len() + 1, "dx and one gradient per parameter");
+    for (param, reference) in &want {
+        let ratio = parity_ratio(&got[&format!("d.{param}")], &reference.f32, 1e-4);
         assert!(ratio <= 1.0, "d/d{param} at {ratio:.2}x tolerance");
     }
 }

@@ -1,7 +1,8 @@
 //! `tttc compile`: runs the pass pipeline on a model's graph and writes the IR after every pass,
 //! the model compiled for the CPU and for NVIDIA GPUs, and a JSON manifest (what ran, how long,
 //! cost estimates) into an output folder. docs/passes.md describes the layout and the manifest's
-//! fields.
+//! fields. A config that describes one layer (LaCT's bidirectional layer) compiles the layer's
+//! forward pass and its vector–Jacobian product instead of a language model's entry points.
 
 mod folder;
 mod gpu;
@@ -10,7 +11,7 @@ mod manifest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::{DimEnv, Graph};
 use tttc_passes::cost;
 
@@ -40,6 +41,9 @@ pub(crate) type Files = Vec<(String, Vec<u8>)>;
 const SYMBOL_PREFIX: &str = "tttc";
 
 const FORWARD_ABOUT: &str = "the logits and, when T > 1, the loss (mean next-token cross-entropy)";
+const LAYER_FORWARD_ABOUT: &str = "the layer's output y for its input x";
+const VJP_ABOUT: &str =
+    "the layer's vector-Jacobian product: for the cotangent d.y of its output, the gradients d.x of its input and d.NAME of every parameter";
 const LOSS_AND_GRAD_ABOUT: &str =
     "the loss and its gradient with respect to every parameter (named as the parameter) and, for a resumed run, every state input (`state.NAME`)";
 const PREFILL_ABOUT: &str =
@@ -50,9 +54,12 @@ const STEP_ABOUT: &str =
 /// Compiles the model `req` names into its output folder; progress goes to `log`, a line at a time.
 pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
     let config = tttc_frontends::load_config(req.model)?;
-    let builder = match req.resume_at {
-        None => tttc_frontends::structure_of(&config)?,
-        Some(position) => tttc_frontends::build_for(&config, tttc_frontends::Mode::Resume { position })?,
+    let layer = config.is_layer();
+    let builder = match (req.resume_at, layer) {
+        (None, false) => tttc_frontends::structure_of(&config)?,
+        (Some(position), false) => tttc_frontends::build_for(&config, tttc_frontends::Mode::Resume { position })?,
+        (None, true) => tttc_frontends::build_layer(&config)?,
+        (Some(_), true) => bail!("--resume-at: {} describes one layer, which keeps no state between calls", req.model.display()),
     };
     let graph = &builder.g;
     let out = match req.out {
@@ -86,18 +93,28 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
     }
 
     // The training step: the gradient graph of the same model (rematerialised as `tttc grad`
-    // runs it). The loss needs a next token.
+    // runs it; the loss needs a next token); or a layer's vector-Jacobian product.
     let started = std::time::Instant::now();
-    let training = if req.seq_len >= 2 { Some(tttc_runtime::GradientStep::of(graph, config.vocab_size(), None)?) } else { None };
-    let mut entries = vec![tttc_codegen_cpu::aot::Entry { name: "forward", about: FORWARD_ABOUT, graph: last, env: &env }];
+    let training = match layer {
+        true => Some(Backward { name: "vjp", about: VJP_ABOUT, what: "the layer's vector-Jacobian product", graph: layer_vjp(graph)? }),
+        false if req.seq_len >= 2 => Some(Backward {
+            name: "loss_and_grad",
+            about: LOSS_AND_GRAD_ABOUT,
+            what: "the training step",
+            graph: tttc_runtime::GradientStep::of(graph, config.vocab_size(), None)?.graph().clone(),
+        }),
+        false => None,
+    };
+    let about = if layer { LAYER_FORWARD_ABOUT } else { FORWARD_ABOUT };
+    let mut entries = vec![tttc_codegen_cpu::aot::Entry { name: "forward", about, graph: last, env: &env }];
     match &training {
         Some(step) => {
-            log(&format!("loss_and_grad: the gradient graph, {} nodes ({:.2} s)", tttc_passes::count_nodes(step.graph()), started.elapsed().as_secs_f64()));
-            entries.push(tttc_codegen_cpu::aot::Entry { name: "loss_and_grad", about: LOSS_AND_GRAD_ABOUT, graph: step.graph(), env: &env });
+            log(&format!("{}: the gradient graph, {} nodes ({:.2} s)", step.name, tttc_passes::count_nodes(&step.graph), started.elapsed().as_secs_f64()));
+            entries.push(tttc_codegen_cpu::aot::Entry { name: step.name, about: step.about, graph: &step.graph, env: &env });
         }
         None => log("note: no loss_and_grad entry point at --seq-len 1 (the loss needs a next token)"),
     }
-    let decoding = decoding(&config, req.batch, log)?;
+    let decoding = if layer { None } else { decoding(&config, req.batch, log)? };
     if let Some(d) = &decoding {
         entries.push(tttc_codegen_cpu::aot::Entry { name: "prefill", about: PREFILL_ABOUT, graph: &d.prefill, env: &env });
         entries.push(tttc_codegen_cpu::aot::Entry { name: "step", about: STEP_ABOUT, graph: &d.step, env: &env });
@@ -123,7 +140,7 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
     }
     let (gpu_entry, gpu_files) = gpu::gpu_program(last, &env, ptxas.as_deref(), "gpu", "the forward pass", log)?;
     let gpu_training = match &training {
-        Some(step) => Some(gpu::gpu_program(step.graph(), &env, ptxas.as_deref(), "gpu/loss_and_grad", "the training step", log)?),
+        Some(step) => Some((step.name, gpu::gpu_program(&step.graph, &env, ptxas.as_deref(), &format!("gpu/{}", step.name), step.what, log)?)),
         None => None,
     };
     let gpu_decoding = match &decoding {
@@ -153,7 +170,10 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
         files.extend(gpu_files);
         entry
     };
-    let gpu_loss_and_grad = gpu_training.map(&mut gpu_entry_of);
+    let (gpu_vjp, gpu_loss_and_grad) = match gpu_training.map(|(name, program)| (name, gpu_entry_of(program))) {
+        Some(("vjp", entry)) => (Some(entry), None),
+        other => (None, other.map(|(_, entry)| entry)),
+    };
     let (gpu_prefill, gpu_step) = gpu_decoding.map(|(prefill, step)| (gpu_entry_of(prefill), gpu_entry_of(step))).unzip();
     let manifest = Manifest {
         tttc_version: env!("CARGO_PKG_VERSION"),
@@ -208,6 +228,7 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
         },
         gpu: gpu_entry,
         gpu_loss_and_grad,
+        gpu_vjp,
         gpu_prefill,
         gpu_step,
     };
@@ -216,6 +237,23 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
     outputs.write_with(out_dir, |dir| folder::write_files(dir, &files))?;
     outputs.commit()?;
     Ok(Report { out })
+}
+
+/// The second entry point: a language model's training step or a layer's vector-Jacobian
+/// product, with the log's words for it.
+struct Backward {
+    name: &'static str,
+    about: &'static str,
+    what: &'static str,
+    graph: Graph,
+}
+
+/// A layer's vector-Jacobian product (`x`, the parameters and the cotangent `d.y` → `d.x` and
+/// `d.NAME` of every parameter), from the passes' one reverse-mode autodiff, after the pipeline.
+fn layer_vjp(forward: &Graph) -> Result<Graph> {
+    let vjp = tttc_passes::vector_jacobian_product(&tttc_passes::differentiable(forward)?, &[])?;
+    let gradients: Vec<&str> = vjp.outputs.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with(tttc_passes::ADJOINT)).collect();
+    tttc_passes::compile(&tttc_passes::keep_outputs(&vjp, &gradients)).context("compiling the layer's vector-Jacobian product")
 }
 
 /// Decoding's prefill and step graphs after the pass pipeline, their slots in the order

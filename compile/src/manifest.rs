@@ -37,6 +37,9 @@ pub(crate) struct Manifest {
     /// The training step the same way (absent at T = 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) gpu_loss_and_grad: Option<GpuModel>,
+    /// A layer's vector-Jacobian product the same way (a layer's compile only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) gpu_vjp: Option<GpuModel>,
     /// Decoding's prefill and step the same way (absent when the state grows: a KV cache).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) gpu_prefill: Option<GpuModel>,

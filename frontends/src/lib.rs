@@ -84,7 +84,7 @@ pub fn build_for(config: &ModelConfig, mode: Mode) -> Result<ModelBuilder> {
         ModelConfig::Lact(c) => lact::build(c, mode),
         ModelConfig::LactBidirectional(_) => {
             anyhow::bail!(
-                "model_type \"lact_bidirectional_layer\" describes one layer, not a language model: use it as a layer (the Python binding's tttc.Layer)"
+                "model_type \"lact_bidirectional_layer\" describes one layer, not a language model: use it as a layer (the Python binding's tttc.Layer, or tttc compile)"
             )
         }
     }?;
