@@ -457,8 +457,8 @@ impl FastState {
     }
 
     /// The values of a state laid out as [`FastState::layout`] says.
-    fn from_values(values: &[ValueId], layout: &[(String, Type, Part)]) -> FastState {
-        let part = |p: Part| values.iter().zip(layout).filter(|(_, l)| l.2 == p).map(|(&v, _)| v).collect::<Vec<_>>();
+    fn from_values(values: &[ValueId], layout: &[Slot]) -> FastState {
+        let part = |p: Part| values.iter().zip(layout).filter(|(_, l)| l.part == p).map(|(&v, _)| v).collect::<Vec<_>>();
         FastState {
             weights: part(Part::Weights),
             momentum: part(Part::Momentum),
@@ -470,7 +470,7 @@ impl FastState {
 
     /// Each value's state name (under the layer's `s`), type and part: what `c` carries, and
     /// with `hand_on` what a state holds beside.
-    fn layout(c: &LactConfig, hand_on: bool, s: &str) -> Vec<(String, Type, Part)> {
+    fn layout(c: &LactConfig, hand_on: bool, s: &str) -> Vec<Slot> {
         let (bsym, heads, d, m) = (Dim::sym("B"), c.num_lact_heads, c.fast_dim(), c.fast_hidden());
         let shapes = [[m, d], [d, m], [m, d]];
         let matrix = |[rows, cols]: [usize; 2]| Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), Dim::c(rows), Dim::c(cols)]);
@@ -479,14 +479,23 @@ impl FastState {
             [(Part::Weights, "", true), (Part::Momentum, ".momentum", c.use_momentum), (Part::Raw, ".raw", c.ttt_prenorm), (Part::Sums, ".sum", hand_on)];
         for (part, suffix, on) in parts {
             if on {
-                layout.extend(shapes.iter().enumerate().map(|(j, &shape)| (format!("{s}w{j}{suffix}"), matrix(shape), part)));
+                layout.extend(shapes.iter().enumerate().map(|(j, &shape)| Slot { name: format!("{s}w{j}{suffix}"), ty: matrix(shape), part, weight: Some(j) }));
             }
         }
         if hand_on && c.use_momentum {
-            layout.push((format!("{s}beta_sum"), matrix([1, 1]), Part::BetaSum));
+            layout.push(Slot { name: format!("{s}beta_sum"), ty: matrix([1, 1]), part: Part::BetaSum, weight: None });
         }
         layout
     }
+}
+
+/// One value of [`FastState::layout`]: its state name, type, part and, for a part kept per
+/// weight, which weight (0, 1, 2).
+struct Slot {
+    name: String,
+    ty: Type,
+    part: Part,
+    weight: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -512,29 +521,24 @@ fn fast_weights(b: &mut ModelBuilder, c: &LactConfig, seqs: &[ValueId], at: &Pos
     let layout = FastState::layout(c, hand_on, s);
     let start: Vec<ValueId> = if b.mode.takes_state() {
         // Low-rank weights have no parameter of their own: a fresh sequence gets them from its
-        // prefill, as every decoding does.
-        let init = |name: &str| match (c.low_rank, name.ends_with("w1")) {
-            (None, _) | (_, true) => StateInit::Param(name.to_string()),
-            _ => StateInit::Zeros,
-        };
+        // prefill, as every decoding does. W1 is always a parameter.
         layout
             .iter()
-            .map(|(name, ty, part)| {
-                let from = match part {
-                    Part::Weights | Part::Raw => init(name.trim_end_matches(".raw")),
+            .map(|slot| {
+                let from = match (slot.part, slot.weight, c.low_rank) {
+                    (Part::Weights | Part::Raw, Some(j), None) | (Part::Weights | Part::Raw, Some(j @ 1), Some(_)) => StateInit::Param(format!("{s}w{j}")),
                     _ => StateInit::Zeros,
                 };
-                b.state_input(name, ty.clone(), from)
+                b.state_input(&slot.name, slot.ty.clone(), from)
             })
             .collect()
     } else {
         let zero = b.scalar(0.0)?;
         layout
             .iter()
-            .enumerate()
-            .map(|(i, (_, ty, part))| match part {
-                Part::Weights | Part::Raw => b.broadcast(initial[i % 3], ty.shape.clone()),
-                _ => b.broadcast(zero, ty.shape.clone()),
+            .map(|slot| match (slot.part, slot.weight) {
+                (Part::Weights | Part::Raw, Some(j)) => b.broadcast(initial[j], slot.ty.shape.clone()),
+                _ => b.broadcast(zero, slot.ty.shape.clone()),
             })
             .collect::<Result<_>>()?
     };
@@ -559,7 +563,7 @@ fn fast_weights(b: &mut ModelBuilder, c: &LactConfig, seqs: &[ValueId], at: &Pos
             (out, outs[..start.len()].to_vec())
         }
     };
-    for ((name, _, _), v) in layout.iter().zip(end) {
+    for (Slot { name, .. }, v) in layout.iter().zip(end) {
         b.state_output(name, v);
     }
     Ok(out)
@@ -569,11 +573,11 @@ fn fast_weights(b: &mut ModelBuilder, c: &LactConfig, seqs: &[ValueId], at: &Pos
 /// `layout`), the chunk of each of the `seqs` sequences, the row norms n0, n1, n2; results:
 /// the next state's values, then the chunk's outputs. A body that hands on a state keeps the
 /// update of a chunk shorter than C (the sequence's last) in its sums.
-fn chunk_body(c: &LactConfig, layout: &[(String, Type, Part)], seqs: usize) -> Result<Graph> {
+fn chunk_body(c: &LactConfig, layout: &[Slot], seqs: usize) -> Result<Graph> {
     let n = if c.chunk_size == 1 { Dim::c(1) } else { Dim::sym("n") };
     let (bsym, heads) = (Dim::sym("B"), c.num_lact_heads);
     let mut g = Graph::new("lact_chunk");
-    let state: Vec<ValueId> = layout.iter().enumerate().map(|(i, (_, ty, _))| g.input(&format!("state{i}"), ty.clone())).collect();
+    let state: Vec<ValueId> = layout.iter().enumerate().map(|(i, slot)| g.input(&format!("state{i}"), slot.ty.clone())).collect();
     let state = FastState::from_values(&state, layout);
     let chunk_type = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(c.fast_dim())]);
     let per_token = Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(1)]);
