@@ -401,8 +401,16 @@ fn model_shape(config_json: &str) -> PyResult<String> {
             "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,
             "norm_eps": c.rms_norm_eps, "tie_word_embeddings": c.tie_word_embeddings, "mlp_bias": c.mlp_bias,
         }),
-        ModelConfig::Lact(_) | ModelConfig::LactBidirectional(_) => {
-            return Err(PyValueError::new_err(format!("{} models are not available from Python as whole models yet", config.family())))
+        ModelConfig::Lact(c) => serde_json::json!({
+            "family": "lact", "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,
+            "norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_word_embeddings, "mlp_bias": false,
+            "pad_token_id": c.pad_token_id,
+        }),
+        ModelConfig::LactBidirectional(_) => {
+            return Err(Error::new_err(
+                "model_type \"lact_bidirectional_layer\" describes one layer, not a language model: use tttc.torch.Layer or BidirectionalLaCT",
+            ))
         }
     };
     Ok(shape.to_string())

@@ -1,5 +1,6 @@
 """LaCT's bidirectional layer (SPEC-lact.md §8) in PyTorch and JAX: every layer case's output,
-its input gradient and every parameter's gradient (of Σ y⊙r) at SPEC's tolerances."""
+its input gradient and every parameter's gradient (of Σ y⊙r) at SPEC's tolerances; and LaCT's
+language model from its checkpoint folder (logits, loss and gradients)."""
 
 import json
 from pathlib import Path
@@ -60,3 +61,35 @@ def test_the_module_takes_its_constructor_arguments():
     assert "lact_bidirectional_layer" in repr(layer)
     with pytest.raises(tt.Error, match="head_dim"):
         tt.BidirectionalLaCT(30, 8)
+
+
+LM_CASES = sorted(p for p in (ROOT / "vectors-lact").iterdir() if (p / "io.safetensors").is_file() and (p / "grads.safetensors").is_file())
+
+
+@pytest.mark.parametrize("case", LM_CASES, ids=lambda p: p.name)
+def test_a_lact_language_model_matches_the_reference(case):
+    """A LaCT checkpoint as a whole model (PyTorch's embedding, norms, MLPs and head around tttc's
+    LaCT layers): the reference logits, loss and every parameter's gradient, the parameters named
+    as LaCT's checkpoints name them."""
+    model = tt.from_pretrained(case)
+    io = read_safetensors(case / "io.safetensors")
+    out = model(io["input_ids"], labels=io["input_ids"])
+    assert within(out.logits, io["logits"], 1e-5) <= 0
+    assert within(out.loss, io["loss"], 1e-5) <= 0
+    out.loss.backward()
+    grads = read_safetensors(case / "grads.safetensors")
+    names = dict(model.named_parameters())
+    assert set(names) == set(grads), "the parameters are named as the checkpoint's"
+    for name, p in names.items():
+        assert within(p.grad, grads[name], 1e-4) <= 0, name
+
+
+def test_a_pad_token_row_gets_no_gradient_from_the_lookup():
+    """With pad_token_id set, that embedding row's gradient is the head's alone (none untied)."""
+    config = json.loads((LM_CASES[0] / "config.json").read_text())
+    config["pad_token_id"] = 3
+    model = tt.CausalLM(config)
+    ids = torch.tensor([[3, 5, 3, 7, 1, 3, 2, 9]])
+    model(ids, labels=ids).loss.backward()
+    embedding = model.model.embeddings.weight.grad
+    assert torch.count_nonzero(embedding[3]) == 0 and torch.count_nonzero(embedding[5]) > 0

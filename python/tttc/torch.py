@@ -442,6 +442,11 @@ class _Block(torch.nn.Module):
         elif family == "mamba":
             self.norm = _RMSNorm(dim, eps)
             self.mixer = Layer(config, backend=backend)
+        elif family == "lact":
+            self.attn_norm = _RMSNorm(dim, eps)
+            self.attn = Layer(config, backend=backend)
+            self.mlp_norm = _RMSNorm(dim, eps)
+            self.mlp = _SwiGLU(dim, shape["intermediate_size"], shape["mlp_bias"])
         else:
             self.input_layernorm = _RMSNorm(dim, eps)
             self.self_attn = Layer(config, backend=backend)
@@ -456,6 +461,9 @@ class _Block(torch.nn.Module):
             return h + self.mlp(self.ffn_norm(h))
         if self.family == "mamba":
             return h + self.mixer(self.norm(h))
+        if self.family == "lact":
+            h = h + self.attn(self.attn_norm(h))
+            return h + self.mlp(self.mlp_norm(h))
         h = h + self.self_attn(self.input_layernorm(h))
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -463,9 +471,11 @@ class _Block(torch.nn.Module):
 class _Backbone(torch.nn.Module):
     def __init__(self, shape: dict, config: dict, backend: str):
         super().__init__()
-        names = ("embeddings", "norm_f") if shape["family"] == "mamba" else ("embed_tokens", "norm")
+        names = {"mamba": ("embeddings", "norm_f"), "lact": ("embeddings", "norm")}.get(shape["family"], ("embed_tokens", "norm"))
         self._names = names
-        self.add_module(names[0], torch.nn.Embedding(shape["vocab_size"], shape["hidden_size"]))
+        # A pad token's row gets no gradient from the lookup (LaCT's pad_token_id).
+        embedding = torch.nn.Embedding(shape["vocab_size"], shape["hidden_size"], padding_idx=shape.get("pad_token_id"))
+        self.add_module(names[0], embedding)
         self.layers = torch.nn.ModuleList(_Block(shape, config, backend) for _ in range(shape["num_hidden_layers"]))
         self.add_module(names[1], _RMSNorm(shape["hidden_size"], shape["norm_eps"]))
 
@@ -487,8 +497,9 @@ class CausalLMOutput:
 class CausalLM(torch.nn.Module):
     """A causal language model whose sequence-mixing layers are tttc's and whose embedding, norms,
     MLPs and head are PyTorch's, with the parameter names of the family's checkpoints
-    (``model.layers.0.seq_modeling_block.W1``, ``backbone.layers.0.mixer.A_log``). ``model(input_ids,
-    labels=input_ids)`` gives ``.logits`` and the mean next-token cross-entropy ``.loss``."""
+    (``model.layers.0.seq_modeling_block.W1``, ``backbone.layers.0.mixer.A_log``,
+    ``model.layers.0.attn.w1`` for LaCT). ``model(input_ids, labels=input_ids)`` gives ``.logits``
+    and the mean next-token cross-entropy ``.loss``."""
 
     def __init__(self, config: Any, *, backend: str = "cpu"):
         super().__init__()
@@ -513,8 +524,8 @@ class CausalLM(torch.nn.Module):
 
 def from_pretrained(folder: str, *, backend: str = "cpu") -> CausalLM:
     """A Hugging Face style folder (``config.json`` + ``model.safetensors``, model_type ``ttt``,
-    ``mamba`` or ``llama``) or a ``model.toml`` as a :class:`CausalLM`, weights loaded (checked as
-    ``tttc run`` checks them)."""
+    ``mamba``, ``llama`` or ``lact_swiglu``) or a ``model.toml`` as a :class:`CausalLM`, weights
+    loaded (checked as ``tttc run`` checks them)."""
     config_json, weights = _native.load_model(str(folder))
     model = CausalLM(json.loads(config_json), backend=backend)
     state = {name: torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape) for name, shape, data in weights}
