@@ -644,6 +644,8 @@ fn attention_runs_as_one_tiled_step() {
         Attention { window: Some(7), ..case(&[2], 600, 600, 8, 16, &[2], Some((Div, 3.0)), true, Rows) },
         Attention { window: Some(300), ..case(&[1, 2], 600, 600, 24, 20, &[1, 2], Some((Div, 3.0)), true, Rows) },
         Attention { window: Some(1), ..case(&[2], 40, 40, 9, 5, &[2], None, true, Transposed) },
+        // Fewer queries than keys: row i still sees keys i − W + 1 ..= i.
+        Attention { window: Some(9), ..case(&[2], 40, 70, 9, 5, &[2], Some((Div, 2.0)), true, Rows) },
     ];
     for (seed, a) in (21..).step_by(3).zip(&cases) {
         let g = a.graph();
@@ -791,6 +793,7 @@ fn attention_backward_runs_as_one_tiled_step() {
         case(&[2], 130, 70, 9, 5, &[2], None, true, Rows),
         Attention { window: Some(7), ..case(&[2], 300, 300, 8, 16, &[2], Some((Div, 3.0)), true, Rows) },
         Attention { window: Some(130), ..case(&[1, 2], 300, 300, 24, 20, &[1, 2], Some((Div, 3.0)), true, Transposed) },
+        Attention { window: Some(9), ..case(&[2], 40, 70, 9, 5, &[2], Some((Div, 2.0)), true, Rows) },
     ];
     for (seed, a) in (61..).step_by(4).zip(&cases) {
         let g = tttc_passes::compile(&tttc_passes::vector_jacobian_product(&a.graph(), &[]).unwrap()).unwrap();

@@ -24,6 +24,7 @@
 #define ENTRY_WORKSPACE_BYTES TTTC_VJP_WORKSPACE_BYTES
 #define entry_arg_bytes tttc_vjp_arg_bytes
 #define entry_output_bytes tttc_vjp_output_bytes
+#define ENTRY_ERRORS "(2: a length out of range)"
 #else
 #define ENTRY tttc_forward
 #define ENTRY_NAME "tttc_forward"
@@ -34,6 +35,7 @@
 #define ENTRY_WORKSPACE_BYTES TTTC_FORWARD_WORKSPACE_BYTES
 #define entry_arg_bytes tttc_forward_arg_bytes
 #define entry_output_bytes tttc_forward_output_bytes
+#define ENTRY_ERRORS "(1: a token id out of range, 2: a length out of range)"
 #endif
 
 int main(int argc, char **argv) {
@@ -46,7 +48,7 @@ int main(int argc, char **argv) {
     for (int j = 0; j < ENTRY_OUTPUTS; j++) outputs[j] = alloc(entry_output_bytes(lengths, j));
     void *workspace = alloc(ENTRY_WORKSPACE_BYTES);
     int32_t status = ENTRY(lengths, args, outputs, workspace);
-    if (status != 0) { fprintf(stderr, "error: " ENTRY_NAME " returned %d (1: a token id out of range, 2: a length out of range)\n", status); return 1; }
+    if (status != 0) { fprintf(stderr, "error: " ENTRY_NAME " returned %d " ENTRY_ERRORS "\n", status); return 1; }
     for (int j = 0; j < ENTRY_OUTPUTS; j++) write_file(argv[2], "", ENTRY_OUTPUT_NAMES[j], outputs[j], entry_output_bytes(lengths, j));
     return 0;
 }

@@ -157,6 +157,8 @@ pub fn infer(op: &Op, ins: &[&Type]) -> Result<Vec<Type>> {
         Op::TriMask { window, .. } => {
             arity(1)?;
             ensure!(*window != Some(0), "a window of 0 masks every entry");
+            // The kernels add a window to positions and take it as a signed offset.
+            ensure!(window.is_none_or(|w| w <= u32::MAX as usize), "a window above 2^32 − 1");
             ensure!(ins[0].rank() >= 2, "needs rank ≥ 2");
             ensure!(ins[0].dtype == DType::F32, "needs f32, got {}", ins[0]);
             one(ins[0].clone())

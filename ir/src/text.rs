@@ -503,7 +503,6 @@ impl Attrs {
         parsed.ok_or_else(|| self.bad(key, line, "a number", &v))
     }
 
-    /// An optional boolean attribute, `default` when it is absent.
     /// An attribute that may be left out (`None`).
     fn opt_usize(&mut self, key: &str) -> Result<Option<usize>> {
         if self.items.iter().any(|(k, ..)| k == key) {
@@ -513,6 +512,7 @@ impl Attrs {
         }
     }
 
+    /// An optional boolean attribute, `default` when it is absent.
     fn opt_bool(&mut self, key: &str, default: bool) -> Result<bool> {
         if self.items.iter().any(|(k, ..)| k == key) {
             self.bool(key)

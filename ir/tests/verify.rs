@@ -244,4 +244,6 @@ fn builder_rejects_bad_ops_with_the_op_named() {
     let x = g.input("x", f32t(vec![c(2), c(2)]));
     let e = g.tri_mask_window(x, 0.0, Some(0)).unwrap_err();
     assert!(format!("{e:#}").contains("a window of 0 masks every entry"), "{e:#}");
+    let e = g.tri_mask_window(x, 0.0, Some(1 << 40)).unwrap_err();
+    assert!(format!("{e:#}").contains("a window above 2^32"), "{e:#}");
 }
