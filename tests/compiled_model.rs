@@ -26,7 +26,12 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
 /// manifest.
 fn compile(case: &Path, out: &Path, seq_len: usize) -> serde_json::Value {
     let ids = &read(&case.join("io.safetensors"))["input_ids"];
-    let (b, t) = (ids.shape[0].to_string(), seq_len.to_string());
+    compile_for(case, out, ids.shape[0], seq_len)
+}
+
+/// Compiles `case` for B up to `batch` and T up to `seq_len` into `out`; returns the manifest.
+fn compile_for(case: &Path, out: &Path, batch: usize, seq_len: usize) -> serde_json::Value {
+    let (b, t) = (batch.to_string(), seq_len.to_string());
     let r = tttc(&["compile", p(case), "-o", p(out), "--batch", &b, "--seq-len", &t]);
     assert!(r.status.success(), "{}: {}", case.display(), String::from_utf8_lossy(&r.stderr));
     serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap()
@@ -179,10 +184,8 @@ fn a_compiled_layer_runs_forward_and_backward_as_the_reference() {
         let io = read(&case.join("layer.safetensors"));
         let x = &io["x"];
         let out = dir.join(&name);
+        let manifest = compile_for(&case, &out, x.shape[0], x.shape[1]);
         let (b, t) = (x.shape[0].to_string(), x.shape[1].to_string());
-        let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b, "--seq-len", &t]);
-        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
-        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
         let entries: Vec<&str> = manifest["cpu"]["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
         assert_eq!(entries, ["forward", "vjp"], "{name}");
         assert!(manifest["gpu_vjp"].is_object() && manifest.get("gpu_loss_and_grad").is_none(), "{name}: the GPU program of the vjp");

@@ -140,7 +140,7 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
     }
     let (gpu_entry, gpu_files) = gpu::gpu_program(last, &env, ptxas.as_deref(), "gpu", "the forward pass", log)?;
     let gpu_training = match &training {
-        Some(step) => Some((step.name, gpu::gpu_program(&step.graph, &env, ptxas.as_deref(), &format!("gpu/{}", step.name), step.what, log)?)),
+        Some(step) => Some(gpu::gpu_program(&step.graph, &env, ptxas.as_deref(), &format!("gpu/{}", step.name), step.what, log)?),
         None => None,
     };
     let gpu_decoding = match &decoding {
@@ -170,10 +170,8 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
         files.extend(gpu_files);
         entry
     };
-    let (gpu_vjp, gpu_loss_and_grad) = match gpu_training.map(|(name, program)| (name, gpu_entry_of(program))) {
-        Some(("vjp", entry)) => (Some(entry), None),
-        other => (None, other.map(|(_, entry)| entry)),
-    };
+    let gpu_training = gpu_training.map(&mut gpu_entry_of);
+    let (gpu_vjp, gpu_loss_and_grad) = if layer { (gpu_training, None) } else { (None, gpu_training) };
     let (gpu_prefill, gpu_step) = gpu_decoding.map(|(prefill, step)| (gpu_entry_of(prefill), gpu_entry_of(step))).unzip();
     let manifest = Manifest {
         tttc_version: env!("CARGO_PKG_VERSION"),
@@ -252,8 +250,7 @@ struct Backward {
 /// `d.NAME` of every parameter), from the passes' one reverse-mode autodiff, after the pipeline.
 fn layer_vjp(forward: &Graph) -> Result<Graph> {
     let vjp = tttc_passes::vector_jacobian_product(&tttc_passes::differentiable(forward)?, &[])?;
-    let gradients: Vec<&str> = vjp.outputs.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with(tttc_passes::ADJOINT)).collect();
-    tttc_passes::compile(&tttc_passes::keep_outputs(&vjp, &gradients)).context("compiling the layer's vector-Jacobian product")
+    tttc_passes::compile(&tttc_passes::gradients_only(&vjp)).context("compiling the layer's vector-Jacobian product")
 }
 
 /// Decoding's prefill and step graphs after the pass pipeline, their slots in the order

@@ -217,6 +217,13 @@ pub fn vector_jacobian_product(g: &Graph, constant: &[&str]) -> Result<Graph> {
     Ok(crate::dce::dead_code_elimination(&grads))
 }
 
+/// A [`vector_jacobian_product`] with only its gradients `d.NAME` as outputs (the backward
+/// that computes the forward again inside, without handing on the forward's outputs).
+pub fn gradients_only(vjp: &Graph) -> Graph {
+    let gradients: Vec<&str> = vjp.outputs.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with(ADJOINT)).collect();
+    crate::keep_outputs(vjp, &gradients)
+}
+
 /// Where the `segments` rematerialisation segments of `g`'s node list start (the first at 0):
 /// each cut is placed, within half a segment of even spacing, where the fewest bytes are live
 /// (values defined before the cut and read after it, arguments aside). Between layers only the

@@ -11,7 +11,7 @@ mod simplify;
 mod sink_transposes;
 mod split;
 
-pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt, vector_jacobian_product, ADJOINT};
+pub use autodiff::{expand_grads, gradient_graph, gradient_graph_wrt, gradients_only, vector_jacobian_product, ADJOINT};
 pub use dce::{dead_code_elimination, keep_outputs};
 pub use dual_form::{derive_with_report, DualFormReport};
 pub use fuse::{fuse, fuse_with_report, FuseReport};

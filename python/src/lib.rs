@@ -183,8 +183,7 @@ impl Layer {
         let position = format!("{STATE}position");
         let vjp = tttc_passes::vector_jacobian_product(&tttc_passes::differentiable(&forward)?, &[&position])?;
         if key.kind == Kind::Vjp {
-            let gradients: Vec<&str> = vjp.outputs.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with(ADJOINT)).collect();
-            return Ok(vec![(key, self.entry_of(tttc_passes::compile(&tttc_passes::keep_outputs(&vjp, &gradients))?))]);
+            return Ok(vec![(key, self.entry_of(tttc_passes::compile(&tttc_passes::gradients_only(&vjp))?))]);
         }
         let cotangents: Vec<&str> = vjp.args.iter().map(|a| a.name.as_str()).filter(|n| n.starts_with(ADJOINT)).collect();
         let split = tttc_passes::split_at(&vjp, &cotangents)?;
