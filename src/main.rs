@@ -62,7 +62,8 @@ The prompt is `input_ids` (i64 [B, P]) in the safetensors file IN (--prompt), or
 with a tokenizer (a `tttc train` checkpoint), text (--prompt-text). It runs through the model's \
 prefill graph in parallel (for TTT, the dual form, handing over inside a mini-batch when the \
 prompt ends in one), then each new token costs one step of the model's step graph, which carries the \
-recurrent state: TTT's inner weights and gradient sums and conv windows, LaCT's fast weights, \
+recurrent state: TTT's inner weights and gradient sums (or momentum, or the current \
+mini-batch's step with the per-chunk update) and conv windows, LaCT's fast weights, \
 momentum, current chunk's update and attention window, Mamba's scan state and conv window, \
 Llama's KV cache. A step's cost does not grow with the context for TTT, LaCT with a window and \
 Mamba.\n\n\

@@ -430,7 +430,7 @@ pub enum InnerLoss {
 }
 
 /// The keys of a `ttt_inner` table: the learner's, then the inner optimizer's.
-const INNER_KEYS: [&str; 8] = ["widths", "bias", "activation", "residual", "norm", "loss", "momentum", "forget"];
+const INNER_KEYS: [&str; 11] = ["widths", "bias", "activation", "residual", "norm", "loss", "update", "momentum", "forget", "muon", "renormalize"];
 
 /// The `ttt_inner` table's keys, when the config has one.
 fn inner_table<'a>(k: &'a Keys) -> Result<Option<Keys<'a>>> {
@@ -441,28 +441,89 @@ fn inner_table<'a>(k: &'a Keys) -> Result<Option<Keys<'a>>> {
     Ok(Some(t))
 }
 
-/// How the inner weights follow their gradients (SPEC §2 step 5 and "Gated inner optimizer").
-/// Without either gate, the references' rule: `W_i = W₀ − τ[i]·Σ_{j≤i} lr_j g_j` with the
-/// learned token scale τ. With one, per token `S_i = β_i·S_{i−1} + lr_i·g_i` and
-/// `W_i = (1 − α_i)·W_{i−1} − S_i`, the gates β (momentum) and α (forgetting) computed from the
-/// layer's input like the learning rate, and no τ.
+/// How the inner weights follow their gradients (SPEC §2 step 5 and "Gated inner optimizer", and
+/// docs/model-toml.md for `update = "per_chunk"`).
+///
+/// Per token (the default, the references' granularity): without either gate or Muon, the
+/// references' rule `W_i = W₀ − τ[i]·Σ_{j≤i} lr_j g_j` with the learned token scale τ. With one,
+/// per token `S_i = β_i·S_{i−1} + lr_i·g_i` and `W_i = (1 − α_i)·W_{i−1} − S_i` (Muon: minus
+/// `Muon(S_i)`), the gates β (momentum) and α (forgetting) computed from the layer's input like
+/// the learning rate, and no τ.
+///
+/// Per chunk (LaCT's apply-then-update): a mini-batch's tokens read the weights it started from,
+/// then its step `Δ = −Σ_j lr_j g_j` moves them once: with momentum `M ← Δ + β̄·M` (β̄ the
+/// mini-batch's mean gate) and the step `M`; with Muon the step orthogonalised; then
+/// `W ← (1 − ᾱ)·W + step`, and with renormalisation every unit's weights back to their initial
+/// norm.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InnerOptimizer {
+    pub update: Update,
     /// β from `learnable_ttt_momentum_{weight,bias}` (else β ≡ 0).
     pub momentum: bool,
-    /// α from `learnable_ttt_forget_{weight,bias}` (else α ≡ 0).
+    /// α from `learnable_ttt_forget_{weight,bias}` (else α ≡ 0): forgetting, or decoupled weight
+    /// decay.
     pub forget: bool,
+    /// Muon: each step orthogonalised by Newton–Schulz.
+    pub muon: bool,
+    /// The weights' units renormalised to their initial norms after each step (per chunk only).
+    pub renormalize: Option<Renormalize>,
+}
+
+/// When the inner weights move (`ttt_inner.update`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Update {
+    /// `"per_token"`: every token reads weights that its own gradient has moved (TTT's dual form).
+    #[default]
+    PerToken,
+    /// `"per_chunk"`: a mini-batch reads the weights it started from, then updates them once.
+    PerChunk,
+}
+
+/// Where the renormalisation to the initial norms sits (`ttt_inner.renormalize`, LaCT's
+/// `ttt_prenorm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renormalize {
+    /// `"post"`: the weights take the step and are renormalised.
+    Post,
+    /// `"pre"`: unnormalised weights take the steps; the weights read are their renormalisation.
+    Pre,
 }
 
 impl InnerOptimizer {
-    /// Whether the gated rule replaces the references' (either gate is on).
+    /// Whether the per-token gated rule replaces the references' (per token, either gate or
+    /// Muon on).
     pub fn gated(self) -> bool {
-        self.momentum || self.forget
+        self.update == Update::PerToken && (self.momentum || self.forget || self.muon)
     }
 
     fn from_keys(k: &Keys) -> Result<InnerOptimizer> {
         let Some(t) = inner_table(k)? else { return Ok(InnerOptimizer::default()) };
-        Ok(InnerOptimizer { momentum: t.bool_or("momentum", false)?, forget: t.bool_or("forget", false)? })
+        let update = match t.str_or("update", "per_token")? {
+            "per_token" => Update::PerToken,
+            "per_chunk" => Update::PerChunk,
+            other => bail!("config key ttt_inner.update = {other:?} is not supported (expected \"per_token\" or \"per_chunk\")"),
+        };
+        let renormalize = match t.get("renormalize") {
+            None => None,
+            Some(_) => match t.str_or("renormalize", "")? {
+                "post" => Some(Renormalize::Post),
+                "pre" => Some(Renormalize::Pre),
+                other => bail!("config key ttt_inner.renormalize = {other:?} is not supported (expected \"post\" or \"pre\")"),
+            },
+        };
+        let o = InnerOptimizer {
+            update,
+            momentum: t.bool_or("momentum", false)?,
+            forget: t.bool_or("forget", false)?,
+            muon: t.bool_or("muon", false)?,
+            renormalize,
+        };
+        if update == Update::PerToken && o.renormalize.is_some() {
+            // Renormalised per token, each token's weights would depend nonlinearly on the last
+            // token's: no form of a mini-batch at once, as the gradients at its start need.
+            bail!("config key ttt_inner.renormalize needs ttt_inner.update = \"per_chunk\" (renormalised per token, a token's weights are no sum of its mini-batch's steps)");
+        }
+        Ok(o)
     }
 }
 

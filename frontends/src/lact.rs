@@ -11,18 +11,17 @@ use anyhow::{ensure, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, ReduceKind, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
-use crate::config::{LactBidirectionalConfig, LactConfig};
+use crate::chunk_update::{chunk_is_whole, chunk_update, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
+use crate::config::{LactBidirectionalConfig, LactConfig, Renormalize};
 use crate::math::{rope, scaled_scores, softmax, split_heads};
 
+/// LaCT stores a fast weight `[out, in]`: a unit's weights are a row.
+const ROWS: i64 = -1;
 /// The norms inside the layer (q/k-norm, the fast weights' output norm) use fla's default eps,
 /// whatever `norm_eps` is; the fast q and k are l2-normalised with this eps outside the root.
 const LAYER_EPS: f64 = 1e-5;
 /// `ln(e^0.001 − 1)`: the learning rates' softplus starts at 0.001 (`lr_parameterization "mamba"`).
 const LR_OFFSET: f64 = -6.907_255_237_315_470_5;
-/// Newton–Schulz's five steps `(a, b, c)`: `X ← a·X + (b·A + c·A²)·X` with `A = X·Xᵀ` (§6).
-const NEWTON_SCHULZ: [(f64, f64, f64); 5] =
-    [(4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037), (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)];
-
 pub fn build(c: &LactConfig, mode: Mode) -> Result<ModelBuilder> {
     let mut b = ModelBuilder::with_mode("lact", mode);
     let lm = LmShape {
@@ -251,13 +250,16 @@ pub fn bidirectional_layer(c: &LactBidirectionalConfig, mode: Mode) -> Result<Mo
     let mut norms = Vec::new();
     let mut weights = Vec::new();
     for w in [w0, w1, w2] {
-        norms.push(row_norms(&mut b.g, w)?);
+        norms.push(Some(unit_norms(&mut b.g, w, ROWS)?));
         let mut shape = b.ty(w).shape.clone();
         shape.insert(0, Dim::sym("B"));
         weights.push(b.broadcast(w, shape)?);
     }
     let sums = gradient_sums(&mut b.g, &weights, fast[1], fast[2], &lr)?;
-    let updated = update(&mut b.g, &weights, &sums, None, c.use_muon, None, &norms)?;
+    // One update, from the initial weights: no momentum, post-norm.
+    let rule = UpdateRule { chunk: 1, momentum: false, decay: false, muon: c.use_muon, renormalize: Some(Renormalize::Post), unit_axis: ROWS };
+    let initial = ChunkState { weights, momentum: vec![], raw: vec![], sums: vec![], beta_sum: None, alpha_sum: None };
+    let updated = chunk_update(&mut b.g, &rule, &initial, sums, Gates { beta: None, alpha: None }, &norms, None)?;
     let mut o = fast_mlp(&mut b.g, fast[0], &updated.weights)?;
     if c.use_o_norm {
         o = b.rms_norm(o, "o_norm.weight", d, LAYER_EPS)?;
@@ -423,90 +425,6 @@ fn half_identity(g: &mut Graph, rows: usize, cols: usize) -> Result<ValueId> {
     g.mul(eye, half)
 }
 
-/// `‖W[i, :]‖₂` per row `[…, rows, 1]`.
-fn row_norms(g: &mut Graph, w: ValueId) -> Result<ValueId> {
-    let sq = g.mul(w, w)?;
-    let sum = g.reduce(ReduceKind::Sum, sq, -1, true)?;
-    g.unary(UnaryOp::Sqrt, sum)
-}
-
-/// Every row of `w` rescaled to the norm `target` `[…, rows, 1]`: `w / (‖w‖ + 1e-5) · n`.
-fn renormalize(g: &mut Graph, w: ValueId, target: ValueId) -> Result<ValueId> {
-    let norms = row_norms(g, w)?;
-    let eps = g.scalar(LAYER_EPS)?;
-    let norms = g.add(norms, eps)?;
-    let unit = g.div(w, norms)?;
-    g.mul(unit, target)
-}
-
-/// The fast weights' recurrent values, in the order the chunk loop carries them and a state
-/// lists them: the weights W0, W1, W2; with momentum, each one's last step `M`; pre-norm, the
-/// raw weights that take the steps; and in a graph that hands on a state, the current chunk's
-/// update so far (`sums`, before momentum) and, with momentum, its tokens' Σβ.
-struct FastState {
-    weights: Vec<ValueId>,
-    momentum: Vec<ValueId>,
-    raw: Vec<ValueId>,
-    sums: Vec<ValueId>,
-    beta_sum: Option<ValueId>,
-}
-
-impl FastState {
-    fn values(&self) -> Vec<ValueId> {
-        [&self.weights[..], &self.momentum, &self.raw, &self.sums, self.beta_sum.as_slice()].concat()
-    }
-
-    /// The values of a state laid out as [`FastState::layout`] says.
-    fn from_values(values: &[ValueId], layout: &[Slot]) -> FastState {
-        let part = |p: Part| values.iter().zip(layout).filter(|(_, l)| l.part == p).map(|(&v, _)| v).collect::<Vec<_>>();
-        FastState {
-            weights: part(Part::Weights),
-            momentum: part(Part::Momentum),
-            raw: part(Part::Raw),
-            sums: part(Part::Sums),
-            beta_sum: part(Part::BetaSum).first().copied(),
-        }
-    }
-
-    /// Each value's state name (under the layer's `s`), type and part: what `c` carries, and
-    /// with `hand_on` what a state holds beside.
-    fn layout(c: &LactConfig, hand_on: bool, s: &str) -> Vec<Slot> {
-        let (bsym, heads, d, m) = (Dim::sym("B"), c.num_lact_heads, c.fast_dim(), c.fast_hidden());
-        let shapes = [[m, d], [d, m], [m, d]];
-        let matrix = |[rows, cols]: [usize; 2]| Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), Dim::c(rows), Dim::c(cols)]);
-        let mut layout = Vec::new();
-        let parts =
-            [(Part::Weights, "", true), (Part::Momentum, ".momentum", c.use_momentum), (Part::Raw, ".raw", c.ttt_prenorm), (Part::Sums, ".sum", hand_on)];
-        for (part, suffix, on) in parts {
-            if on {
-                layout.extend(shapes.iter().enumerate().map(|(j, &shape)| Slot { name: format!("{s}w{j}{suffix}"), ty: matrix(shape), part, weight: Some(j) }));
-            }
-        }
-        if hand_on && c.use_momentum {
-            layout.push(Slot { name: format!("{s}beta_sum"), ty: matrix([1, 1]), part: Part::BetaSum, weight: None });
-        }
-        layout
-    }
-}
-
-/// One value of [`FastState::layout`]: its state name, type, part and, for a part kept per
-/// weight, which weight (0, 1, 2).
-struct Slot {
-    name: String,
-    ty: Type,
-    part: Part,
-    weight: Option<usize>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Part {
-    Weights,
-    Momentum,
-    Raw,
-    Sums,
-    BetaSum,
-}
-
 /// The fast weights over `seqs` = q, k, v `[B, Hf, T, d]`, lr0, lr1, lr2 (and β) `[B, Hf, T, 1]`
 /// (§5.6): the chunk loop, a `Scan` in chunks of C from the initial weights (the same for every
 /// sequence) or a state, or a step's one token. Returns their outputs `[B, Hf, T, d]`.
@@ -516,35 +434,15 @@ enum Part {
 /// chunk continues the state's sums.
 fn fast_weights(b: &mut ModelBuilder, c: &LactConfig, seqs: &[ValueId], at: &Positions, s: &str) -> Result<ValueId> {
     let initial = initial_fast_weights(b, c, s)?;
-    let norms = initial.iter().map(|&w| row_norms(&mut b.g, w)).collect::<Result<Vec<_>>>()?; // [Hf, rows, 1]
+    let norms = initial.iter().map(|&w| unit_norms(&mut b.g, w, ROWS)).collect::<Result<Vec<_>>>()?; // [Hf, rows, 1]
     let hand_on = b.mode != Mode::Forward;
-    let layout = FastState::layout(c, hand_on, s);
-    let start: Vec<ValueId> = if b.mode.takes_state() {
-        // Low-rank weights have no parameter of their own: a fresh sequence gets them from its
-        // prefill, as every decoding does. W1 is always a parameter.
-        layout
-            .iter()
-            .map(|slot| {
-                let from = match (slot.part, slot.weight, c.low_rank) {
-                    (Part::Weights | Part::Raw, Some(j), None) | (Part::Weights | Part::Raw, Some(j @ 1), Some(_)) => StateInit::Param(format!("{s}w{j}")),
-                    _ => StateInit::Zeros,
-                };
-                b.state_input(&slot.name, slot.ty.clone(), from)
-            })
-            .collect()
-    } else {
-        let zero = b.scalar(0.0)?;
-        layout
-            .iter()
-            .map(|slot| match (slot.part, slot.weight) {
-                (Part::Weights | Part::Raw, Some(j)) => b.broadcast(initial[j], slot.ty.shape.clone()),
-                _ => b.broadcast(zero, slot.ty.shape.clone()),
-            })
-            .collect::<Result<_>>()?
-    };
+    let layout = ChunkState::layout(&update_rule(c), &fast_weight_types(c, s), hand_on, s);
+    // Low-rank weights have no parameter of their own: a fresh sequence gets them from its
+    // prefill, as every decoding does. W1 is always a parameter.
+    let start = start_values(b, &layout, &initial, |j| (c.low_rank.is_none() || j == 1).then(|| format!("{s}w{j}")))?;
     let (out, end) = match at.chunk_ends {
         Some(ends) => {
-            let state = FastState::from_values(&start, &layout);
+            let state = ChunkState::from_values(&start, &layout);
             let (out, next) = chunk(&mut b.g, c, &state, seqs, &norms, Some(ends))?;
             (out, next.values())
         }
@@ -578,7 +476,7 @@ fn chunk_body(c: &LactConfig, layout: &[Slot], seqs: usize) -> Result<Graph> {
     let (bsym, heads) = (Dim::sym("B"), c.num_lact_heads);
     let mut g = Graph::new("lact_chunk");
     let state: Vec<ValueId> = layout.iter().enumerate().map(|(i, slot)| g.input(&format!("state{i}"), slot.ty.clone())).collect();
-    let state = FastState::from_values(&state, layout);
+    let state = ChunkState::from_values(&state, layout);
     let chunk_type = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(c.fast_dim())]);
     let per_token = Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(1)]);
     let names = ["q", "k", "v", "lr0", "lr1", "lr2", "beta"];
@@ -595,15 +493,7 @@ fn chunk_body(c: &LactConfig, layout: &[Slot], seqs: usize) -> Result<Graph> {
         .collect();
     // Handing on a state: 1 where the chunk is whole (its update is made), 0 for a shorter last
     // one (its update is kept in the sums).
-    let whole = if state.sums.is_empty() {
-        None
-    } else {
-        let one = g.scalar(1.0)?;
-        let ones = g.broadcast(one, vec![n])?;
-        let length = g.reduce(ReduceKind::Sum, ones, 0, false)?;
-        let full = g.scalar(c.chunk_size as f64)?;
-        Some(g.binary(BinaryOp::Ge, length, full)?)
-    };
+    let whole = if state.sums.is_empty() { None } else { Some(chunk_is_whole(&mut g, n, c.chunk_size)?) };
     let (out, next) = chunk(&mut g, c, &state, &inputs, &norms, whole)?;
     for (i, v) in next.values().into_iter().enumerate() {
         g.output(&format!("next{i}"), v);
@@ -614,54 +504,33 @@ fn chunk_body(c: &LactConfig, layout: &[Slot], seqs: usize) -> Result<Graph> {
 
 /// One chunk of the fast weights, or a step's one token (§5.6, §7): the queries' outputs through
 /// the state's weights, then the update by the chunk's keys, values and learning rates (`seqs` as
-/// [`fast_weights`] takes them), added to the state's sums when it has them. Without `ends` the
-/// update is made (a forward pass: the last chunk's is never read); with it (1 or 0), only where
-/// the chunk ends, else kept in the sums.
-fn chunk(g: &mut Graph, c: &LactConfig, state: &FastState, seqs: &[ValueId], norms: &[ValueId], ends: Option<ValueId>) -> Result<(ValueId, FastState)> {
+/// [`fast_weights`] takes them), as [`chunk_update`] makes it.
+fn chunk(g: &mut Graph, c: &LactConfig, state: &ChunkState, seqs: &[ValueId], norms: &[ValueId], ends: Option<ValueId>) -> Result<(ValueId, ChunkState)> {
     let (q, k, v) = (seqs[0], seqs[1], seqs[2]);
     let out = fast_mlp(g, q, &state.weights)?;
-    let mut sums = gradient_sums(g, &state.weights, k, v, &seqs[3..6])?;
-    for (sum, &before) in sums.iter_mut().zip(&state.sums) {
-        *sum = g.add(before, *sum)?;
-    }
-    let mut beta_sum = match seqs.get(6) {
-        Some(&beta) => Some(g.reduce(ReduceKind::Sum, beta, 2, true)?),
-        None => None,
-    };
-    if let (Some(sum), Some(before)) = (beta_sum, state.beta_sum) {
-        beta_sum = Some(g.add(before, sum)?);
-    }
-    // β̄: the mean over the chunk's C tokens.
-    let mean_beta = match beta_sum {
-        Some(sum) => {
-            let count = g.scalar(c.chunk_size as f64)?;
-            Some(g.div(sum, count)?)
-        }
-        None => None,
-    };
-    let momentum = mean_beta.map(|mean| (mean, &state.momentum[..]));
-    let raw = c.ttt_prenorm.then_some(&state.raw[..]);
-    let updated = update(g, &state.weights, &sums, momentum, c.use_muon, raw, norms)?;
-    let Some(ends) = ends else { return Ok((out, updated)) };
-    // Whole-number blends: the kept value is exact.
-    let one = g.scalar(1.0)?;
-    let goes_on = g.sub(one, ends)?;
-    let mut blend = |new: &[ValueId], old: &[ValueId]| -> Result<Vec<ValueId>> {
-        new.iter()
-            .zip(old)
-            .map(|(&new, &old)| {
-                let new = g.mul(ends, new)?;
-                let old = g.mul(goes_on, old)?;
-                g.add(new, old)
-            })
-            .collect()
-    };
-    let weights = blend(&updated.weights, &state.weights)?;
-    let momentum = blend(&updated.momentum, &state.momentum)?;
-    let raw = blend(&updated.raw, &state.raw)?;
-    let sums = sums.iter().map(|&s| g.mul(goes_on, s)).collect::<Result<_>>()?;
-    let beta_sum = beta_sum.map(|s| g.mul(goes_on, s)).transpose()?;
-    Ok((out, FastState { weights, momentum, raw, sums, beta_sum }))
+    let steps = gradient_sums(g, &state.weights, k, v, &seqs[3..6])?;
+    let gates = Gates { beta: seqs.get(6).copied(), alpha: None };
+    let norms: Vec<Option<ValueId>> = norms.iter().copied().map(Some).collect();
+    let next = chunk_update(g, &update_rule(c), state, steps, gates, &norms, ends)?;
+    Ok((out, next))
+}
+
+/// LaCT's inner optimizer (§5.6): momentum from the chunk's mean β, Muon, every row
+/// renormalised after the step, or pre-norm before it.
+fn update_rule(c: &LactConfig) -> UpdateRule {
+    let renormalize = if c.ttt_prenorm { Renormalize::Pre } else { Renormalize::Post };
+    UpdateRule { chunk: c.chunk_size, momentum: c.use_momentum, decay: false, muon: c.use_muon, renormalize: Some(renormalize), unit_axis: ROWS }
+}
+
+/// The fast weights' state names and types, `{s}w0` `[B, Hf, m, d]`, `{s}w1` `[B, Hf, d, m]`,
+/// `{s}w2` `[B, Hf, m, d]`.
+fn fast_weight_types(c: &LactConfig, s: &str) -> Vec<(String, Type)> {
+    let (heads, d, m) = (c.num_lact_heads, c.fast_dim(), c.fast_hidden());
+    [[m, d], [d, m], [m, d]]
+        .iter()
+        .enumerate()
+        .map(|(j, &[rows, cols])| (format!("{s}w{j}"), Type::new(DType::F32, vec![Dim::sym("B"), Dim::c(heads), Dim::c(rows), Dim::c(cols)])))
+        .collect()
 }
 
 /// `ΔW_j = Σ_t lr_j,t ∇_{W_j}(v_t · f_W(k_t))` for the fast weights `w`: the gradient of the
@@ -673,38 +542,6 @@ fn gradient_sums(g: &mut Graph, w: &[ValueId], k: ValueId, v: ValueId, lr: &[Val
             dot_product_gradient(g, w, k, weighted, j)
         })
         .collect()
-}
-
-/// One update of the fast weights `w` by the steps `sums` (§5.6 steps 3–5): with `momentum` (β̄
-/// and the last steps) `ΔW ← ΔW + β̄·M`, `M ← ΔW`; Muon; the step, and every row renormalised to
-/// `norms` (pre-norm: `raw` takes the step and is renormalised into the new weights).
-fn update(
-    g: &mut Graph,
-    w: &[ValueId],
-    sums: &[ValueId],
-    momentum: Option<(ValueId, &[ValueId])>,
-    muon: bool,
-    raw: Option<&[ValueId]>,
-    norms: &[ValueId],
-) -> Result<FastState> {
-    let mut next = FastState { weights: Vec::new(), momentum: Vec::new(), raw: Vec::new(), sums: Vec::new(), beta_sum: None };
-    for j in 0..w.len() {
-        let mut step = sums[j];
-        if let Some((mean_beta, last)) = momentum {
-            let kept = g.mul(mean_beta, last[j])?;
-            step = g.add(step, kept)?;
-            next.momentum.push(step);
-        }
-        if muon {
-            step = newton_schulz(g, step)?;
-        }
-        let stepped = g.add(raw.map_or(w[j], |raw| raw[j]), step)?;
-        if raw.is_some() {
-            next.raw.push(stepped);
-        }
-        next.weights.push(renormalize(g, stepped, norms[j])?);
-    }
-    Ok(next)
 }
 
 /// `f(x) = W1 (silu(W0 x) ⊙ (W2 x))` on the rows of `x` `[B, Hf, n, d]`: `(silu(x W0ᵀ) ⊙ (x W2ᵀ)) W1ᵀ`.
@@ -736,37 +573,4 @@ fn dot_product_gradient(g: &mut Graph, w: &[ValueId], k: ValueId, v: ValueId, j:
     operands.extend([k, v]);
     let grads = g.push(Op::Grad(Box::new(Grad { wrt: vec![j], body: loss })), &operands)?;
     Ok(grads[0])
-}
-
-/// Muon's orthogonalisation of each `[rows, cols]` matrix of `x` `[B, Hf, rows, cols]` (§6): on
-/// the transpose when rows > cols, `X = G / (‖G‖_F + 1e-7)`, then the five Newton–Schulz steps.
-fn newton_schulz(g: &mut Graph, x: ValueId) -> Result<ValueId> {
-    let r = g.ty(x).rank();
-    let (rows, cols) = (g.ty(x).shape[r - 2].clone(), g.ty(x).shape[r - 1].clone());
-    let tall = rows.as_const() > cols.as_const();
-    let mut x = if tall { g.transpose_last2(x)? } else { x };
-    let sq = g.mul(x, x)?;
-    let sum = g.reduce(ReduceKind::Sum, sq, -1, true)?;
-    let sum = g.reduce(ReduceKind::Sum, sum, -2, true)?;
-    let norm = g.unary(UnaryOp::Sqrt, sum)?;
-    let eps = g.scalar(1e-7)?;
-    let norm = g.add(norm, eps)?;
-    x = g.div(x, norm)?;
-    for (a, bc, cc) in NEWTON_SCHULZ {
-        let xt = g.transpose_last2(x)?;
-        let gram = g.matmul(x, xt)?;
-        let square = g.matmul(gram, gram)?;
-        let (bs, cs) = (g.scalar(bc)?, g.scalar(cc)?);
-        let lin = g.mul(bs, gram)?;
-        let quad = g.mul(cs, square)?;
-        let poly = g.add(lin, quad)?;
-        let moved = g.matmul(poly, x)?;
-        let a = g.scalar(a)?;
-        let kept = g.mul(a, x)?;
-        x = g.add(kept, moved)?;
-    }
-    if tall {
-        return g.transpose_last2(x);
-    }
-    Ok(x)
 }

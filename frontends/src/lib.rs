@@ -3,6 +3,7 @@
 //! seed.
 
 pub mod builder;
+mod chunk_update;
 pub mod config;
 pub mod init;
 mod json;

@@ -11,7 +11,8 @@ use anyhow::{ensure, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
-use crate::config::{Activation, InnerModel, InnerNorm, InnerSpec, TttConfig};
+use crate::chunk_update::{chunk_is_whole, chunk_update, newton_schulz, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
+use crate::config::{Activation, InnerModel, InnerNorm, InnerSpec, TttConfig, Update};
 use crate::math::{layer_norm, rope_angles, rope_angles_at, split_heads};
 
 /// LayerNorm eps of the inner model's output and of `post_norm` (fixed in the reference).
@@ -99,13 +100,24 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let lr = b.mul(gate, scale)?;
     let lr = b.transpose(lr, &[0, 2, 1])?; // [B, H, T]
 
-    let rule = if c.optimizer.gated() {
+    let update = if c.optimizer.update == Update::PerChunk {
+        let mut gate = |on: bool, name: &str| -> Result<Option<ValueId>> {
+            if !on {
+                return Ok(None);
+            }
+            let z = head_logits(b, x, s, name, heads, dim)?;
+            let gate = b.unary(UnaryOp::Sigmoid, z)?;
+            let gate = b.transpose(gate, &[0, 2, 1])?;
+            Ok(Some(per_token_column(b, gate)?))
+        };
+        InnerUpdate::PerChunk { beta: gate(c.optimizer.momentum, "momentum")?, alpha: gate(c.optimizer.forget, "forget")? }
+    } else if c.optimizer.gated() {
         // log β = log sigmoid(z) = −softplus(−z); log(1 − α) = log sigmoid(−z) = −softplus(z).
         let log_momentum = if c.optimizer.momentum { Some(log_gate(b, x, s, "momentum", heads, dim, false)?) } else { None };
         let log_keep = if c.optimizer.forget { Some(log_gate(b, x, s, "forget", heads, dim, true)?) } else { None };
-        Rule::Gated { log_momentum, log_keep }
+        InnerUpdate::PerToken(Rule::Gated { log_momentum, log_keep })
     } else {
-        Rule::TokenScaled { token_idx: b.weight(&format!("{s}learnable_token_idx"), &[c.mini_batch_size], Init::Zeros) }
+        InnerUpdate::PerToken(Rule::TokenScaled { token_idx: b.weight(&format!("{s}learnable_token_idx"), &[c.mini_batch_size], Init::Zeros) })
     };
     let norm = match c.inner.norm {
         InnerNorm::LayerNorm => {
@@ -121,14 +133,17 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let batch = Dim::sym("B");
     let mut names = Vec::new();
     let mut params = Vec::new();
+    let mut matrices = Vec::new();
     for (l, &(fan_in, fan_out)) in inner_layers(c).iter().enumerate() {
         let w = format!("{s}W{}", l + 1);
         params.push(b.weight(&w, &[heads, fan_in, fan_out], Init::Normal { std: 0.02 }));
         names.push(w);
+        matrices.push(true);
         if c.inner.bias {
             let bias = format!("{s}b{}", l + 1);
             params.push(b.weight(&bias, &[heads, 1, fan_out], Init::Zeros));
             names.push(bias);
+            matrices.push(false);
         }
     }
     let mut state = Vec::new();
@@ -137,12 +152,17 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
         shape.insert(0, batch.clone());
         state.push(shape);
     }
-    let z = if b.mode == Mode::Step {
-        let decode = Decode { names: &names, shapes: &state, position: b.position.expect("a step graph has a position") };
-        decode_step(b, c, decode, [q, k, v, lr], rule, norm)?
-    } else {
-        let layer = Layer { names: &names, params: &params, shapes: &state };
-        mini_batch_scan(b, c, layer, [q, k, v, lr], rule, norm)?
+    let layer = Layer { names: &names, params: &params, shapes: &state, matrices: &matrices };
+    let z = match update {
+        InnerUpdate::PerChunk { beta, alpha } => {
+            let lr = per_token_column(b, lr)?;
+            chunk_loop(b, c, layer, [q, k, v, lr], [beta, alpha], norm, s)?
+        }
+        InnerUpdate::PerToken(rule) if b.mode == Mode::Step => {
+            let decode = Decode { names: &names, shapes: &state, position: b.position.expect("a step graph has a position") };
+            decode_step(b, c, decode, [q, k, v, lr], rule, norm)?
+        }
+        InnerUpdate::PerToken(rule) => mini_batch_scan(b, c, layer, [q, k, v, lr], rule, norm)?,
     };
 
     let z = b.transpose(z, &[0, 2, 1, 3])?;
@@ -182,8 +202,24 @@ fn log_gate(b: &mut ModelBuilder, x: ValueId, s: &str, gate: &str, heads: usize,
     b.transpose(log, &[0, 2, 1])
 }
 
-/// How a mini-batch's tokens move the inner weights (SPEC §2 step 5), with its layer-level
-/// operands.
+/// When the inner weights move, with the layer-level operands of how.
+enum InnerUpdate {
+    /// Per token (the dual form's granularity), by a [`Rule`].
+    PerToken(Rule),
+    /// Once per mini-batch ([`chunk_loop`]), with the momentum gate β and forget gate α
+    /// `[B, H, T, 1]` that are on.
+    PerChunk { beta: Option<ValueId>, alpha: Option<ValueId> },
+}
+
+/// `[B, H, T]` → `[B, H, T, 1]`.
+fn per_token_column(b: &mut ModelBuilder, x: ValueId) -> Result<ValueId> {
+    let mut shape = b.ty(x).shape.clone();
+    shape.push(Dim::c(1));
+    b.reshape(x, shape)
+}
+
+/// How a mini-batch's tokens move the inner weights per token (SPEC §2 step 5), with its
+/// layer-level operands.
 #[derive(Clone, Copy)]
 enum Rule {
     /// `W_i = W₀ − τ[i]·Σ_{j≤i} lr_j g_j`, τ from `learnable_token_idx` `[b]`.
@@ -290,7 +326,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         copies.push(g.broadcast(m, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?);
         start.push(m);
     }
-    let grads = inner_gradients(&mut g, &c.inner, &copies, k, v, norm)?;
+    let grads = inner_gradients(&mut g, &c.inner, &copies, k, v, norm, None)?;
 
     // W_i = W₀ − Σ_j η[i,j] g_j (gated: from the current weights, with the gates' terms) for
     // every weight and bias; the next state is the last token's.
@@ -308,8 +344,14 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         };
         let flat = g.reshape(gj, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows * cols)])?;
         let per_token = vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)];
-        let step = g.matmul(eta, flat)?;
-        let step = g.reshape(step, per_token.clone())?;
+        let muon = gates.as_ref().filter(|_| c.optimizer.muon);
+        let step = match muon {
+            Some(gates) => muon_steps(&mut g, gates, flat, lr, momentum.get(i).copied(), real, &per_token)?,
+            None => {
+                let step = g.matmul(eta, flat)?;
+                g.reshape(step, per_token.clone())?
+            }
+        };
         // Π (1 − α)·W₀ as a product over a one-long axis too (the dual form reads products).
         let kept = match gates.as_ref().and_then(|gates| gates.kept) {
             Some(kept) => {
@@ -323,6 +365,8 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         // The carried term, a product over a one-long axis as the η term is one over j: the
         // sums before the chunk, − τ[i]·A₀, or the momentum, − c[i]·S₀.
         let carried = match &gates {
+            // With Muon, S₀ is inside the orthogonalised steps.
+            Some(_) if muon.is_some() => None,
             Some(gates) => gates.momentum.as_ref().map(|m| (m.into_weights, momentum[i])),
             None => (sums == Sums::Read).then(|| (tau.expect("the references' rule has τ"), start_sums[i])),
         };
@@ -394,6 +438,43 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     Ok(g)
 }
 
+/// With Muon, `Σ_{k≤i} D[i,k]·Muon(S_k)` `[B, H, n, rows, cols]` for every token i (the gated
+/// rule's steps, each orthogonalised, so no sum over the gradients remains: the primal form),
+/// from the tokens' gradients `flat` `[B, H, n, rows·cols]`, lr `[B, H, n]` and, with momentum,
+/// S₀; on a resumed run the padding's steps (`real` 0) are dropped.
+fn muon_steps(g: &mut Graph, gates: &Gated, flat: ValueId, lr: ValueId, s0: Option<ValueId>, real: Option<ValueId>, per_token: &[Dim]) -> Result<ValueId> {
+    let column = |g: &mut Graph, x: ValueId, trailing: usize| -> Result<ValueId> {
+        let mut shape = g.ty(x).shape.clone();
+        shape.extend(std::iter::repeat_n(Dim::c(1), trailing));
+        g.reshape(x, shape)
+    };
+    // S_k = Σ_j P[k,j]·lr_j·g_j + Π_{m≤k} β_m·S₀, or lr_k·g_k without momentum.
+    let steps = match (&gates.momentum, s0) {
+        (Some(m), Some(s0)) => {
+            let pushed = g.matmul(m.push, flat)?;
+            let mut one_row = g.ty(flat).shape.clone();
+            one_row[2] = Dim::c(1);
+            let s0 = g.reshape(s0, one_row)?;
+            let decayed = g.mul(m.from_start, s0)?;
+            g.add(pushed, decayed)?
+        }
+        _ => {
+            let lr = column(g, lr, 1)?;
+            g.mul(lr, flat)?
+        }
+    };
+    let steps = g.reshape(steps, per_token.to_vec())?;
+    let mut orthogonal = newton_schulz(g, steps)?;
+    if let Some(real) = real {
+        let real = column(g, real, 2)?;
+        orthogonal = g.mul(orthogonal, real)?;
+    }
+    let flat_shape = g.ty(flat).shape.clone();
+    let orthogonal = g.reshape(orthogonal, flat_shape)?;
+    let moved = g.matmul(gates.keep_within, orthogonal)?;
+    g.reshape(moved, per_token.to_vec())
+}
+
 /// The gated inner optimizer over one chunk (SPEC §2, "Gated inner optimizer"). With
 /// `P[i,k] = Π_{k<m≤i} β_m` and `D[i,k] = Π_{k<m≤i} (1 − α_m)` for k ≤ i (0 above the diagonal),
 /// unrolling `S_i = β_i·S_{i−1} + lr_i·g_i` and `W_i = (1 − α_i)·W_{i−1} − S_i` from `(W₀, S₀)`
@@ -406,6 +487,8 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
 struct Gated {
     /// η `[B, H, n, n]`.
     eta: ValueId,
+    /// D `[n, n]` or `[B, H, n, n]` (with forgetting).
+    keep_within: ValueId,
     /// `Π_{m≤i} (1 − α_m)` `[B, H, n, 1]`, with forgetting.
     kept: Option<ValueId>,
     momentum: Option<Momentum>,
@@ -418,6 +501,9 @@ struct Momentum {
     /// The last row of `P ⊙ lr` `[B, H, 1, n]` and `Π_m β_m` `[B, H, 1, 1]`: the next S₀.
     last_push: ValueId,
     last_decay: ValueId,
+    /// All of `P ⊙ lr` `[B, H, n, n]` and `Π_{m≤i} β_m` `[B, H, n, 1]`: every S_i (for Muon).
+    push: ValueId,
+    from_start: ValueId,
 }
 
 impl Gated {
@@ -448,7 +534,7 @@ impl Gated {
             None => (lower, None),
         };
         let Some(u) = log_momentum else {
-            return Ok(Gated { eta: g.mul(keep_within, lr_row)?, kept, momentum: None });
+            return Ok(Gated { eta: g.mul(keep_within, lr_row)?, keep_within, kept, momentum: None });
         };
         let (within, from_start) = decays(g, u, lower, strictly_lower)?;
         let push = g.mul(within, lr_row)?;
@@ -464,8 +550,10 @@ impl Gated {
             into_weights: g.matmul(keep_within, subtracted)?,
             last_push: g.slice(push, 2, -1, None)?,
             last_decay: g.slice(from_start, 2, -1, None)?,
+            push,
+            from_start,
         };
-        Ok(Gated { eta: g.matmul(keep_within, push)?, kept, momentum: Some(momentum) })
+        Ok(Gated { eta: g.matmul(keep_within, push)?, keep_within, kept, momentum: Some(momentum) })
     }
 }
 
@@ -497,12 +585,13 @@ fn token_scale(g: &mut Graph, token_idx: ValueId, index: ValueId, position: Valu
     g.binary(BinaryOp::Max, tau, zero)
 }
 
-/// A TTT layer's inner weights: their state names (`{prefix}W1`, …), parameters `[H, rows, cols]`
-/// and state shapes `[B, H, rows, cols]`.
+/// A TTT layer's inner weights: their state names (`{prefix}W1`, …), parameters `[H, rows, cols]`,
+/// state shapes `[B, H, rows, cols]`, and which are matrices (not biases).
 struct Layer<'a> {
     names: &'a [String],
     params: &'a [ValueId],
     shapes: &'a [Vec<Dim>],
+    matrices: &'a [bool],
 }
 
 /// The mini-batch loop over the whole sequence: a `Scan` of [`mini_batch_body`] in chunks of b,
@@ -515,12 +604,7 @@ struct Layer<'a> {
 /// mini-batch boundaries; the first chunk continues from the sums given, or gated from the
 /// state's current weights and momentum, the padding kept out of the momentum's term by a mask.
 fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [ValueId; 4], rule: Rule, norm: Option<[ValueId; 2]>) -> Result<ValueId> {
-    let seen = b.mode.resumed_at();
-    ensure!(
-        seen < c.mini_batch_size,
-        "the state's position {seen} is outside a mini-batch of {} (a TTT state counts positions within its mini-batch)",
-        c.mini_batch_size
-    );
+    let seen = resumed_within_mini_batch(b, c)?;
     let sums = match b.mode {
         Mode::Forward => Sums::None,
         Mode::Resume { .. } => Sums::Read,
@@ -588,6 +672,151 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
         return b.slice(z, 2, seen as i64, None);
     }
     Ok(z)
+}
+
+/// A resumed run's position, the tokens of its first mini-batch already seen.
+fn resumed_within_mini_batch(b: &ModelBuilder, c: &TttConfig) -> Result<usize> {
+    let seen = b.mode.resumed_at();
+    ensure!(
+        seen < c.mini_batch_size,
+        "the state's position {seen} is outside a mini-batch of {} (a TTT state counts positions within its mini-batch)",
+        c.mini_batch_size
+    );
+    Ok(seen)
+}
+
+/// TTT stores an inner weight `[in, out]`: a unit's weights are a column.
+const COLUMNS: i64 = -2;
+
+/// The inner optimizer of `ttt_inner.update = "per_chunk"` (docs/model-toml.md): the chunk is
+/// the mini-batch, the weights' columns keep their initial norms.
+fn update_rule(c: &TttConfig) -> UpdateRule {
+    let o = c.optimizer;
+    UpdateRule { chunk: c.mini_batch_size, momentum: o.momentum, decay: o.forget, muon: o.muon, renormalize: o.renormalize, unit_axis: COLUMNS }
+}
+
+/// The apply-then-update loop (`ttt_inner.update = "per_chunk"`, [`chunk_update`]) over
+/// `seqs` = q, k, v `[B, H, T, d]` and lr `[B, H, T, 1]`, with the gates β and α `[B, H, T, 1]`
+/// that are on: a `Scan` in mini-batches from the initial weights or a state, or a step's one
+/// token. Returns `[B, H, T, d]`.
+///
+/// A resumed run starts p tokens into a mini-batch: its sequence is padded in front with p
+/// tokens of learning rate and gates 0, so that the scan's chunks fall on the mini-batch
+/// boundaries, and the first chunk continues the state's sums.
+fn chunk_loop(
+    b: &mut ModelBuilder,
+    c: &TttConfig,
+    layer: Layer,
+    seqs: [ValueId; 4],
+    gates: [Option<ValueId>; 2],
+    norm: Option<[ValueId; 2]>,
+    s: &str,
+) -> Result<ValueId> {
+    let rule = update_rule(c);
+    let seen = resumed_within_mini_batch(b, c)?;
+    let weights: Vec<(String, Type)> = layer.names.iter().zip(layer.shapes).map(|(n, shape)| (n.clone(), Type::new(DType::F32, shape.clone()))).collect();
+    let layout = ChunkState::layout(&rule, &weights, b.mode != Mode::Forward, s);
+    // The columns' initial norms `[H, 1, cols]`, of the matrices when renormalised.
+    let mut norms = Vec::new();
+    for (&p, &matrix) in layer.params.iter().zip(layer.matrices) {
+        norms.push(if matrix && rule.renormalize.is_some() { Some(unit_norms(&mut b.g, p, COLUMNS)?) } else { None });
+    }
+    let start = start_values(b, &layout, layer.params, |j| Some(layer.names[j].clone()))?;
+    let [q, k, v, lr] = seqs;
+    let (out, end) = if b.mode == Mode::Step {
+        let pos = b.position.expect("a step graph has a position"); // within the mini-batch
+        let angles = rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)?;
+        let (q, k) = (rope(&mut b.g, q, angles)?, rope(&mut b.g, k, angles)?);
+        let last = b.scalar((c.mini_batch_size - 1) as f64)?;
+        let ends = b.binary(BinaryOp::Ge, pos, last)?;
+        let ends = b.reshape(ends, vec![Dim::c(1); 4])?;
+        let state = ChunkState::from_values(&start, &layout);
+        let (out, next) = chunk(&mut b.g, c, &rule, &state, [q, k, v, lr], gates, norm, &norms, Some(ends))?;
+        (out, next.values())
+    } else {
+        let mut inputs = start.clone();
+        let seqs: Vec<ValueId> = [q, k, v, lr].into_iter().chain(gates.into_iter().flatten()).collect();
+        for &x in &seqs {
+            inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
+        }
+        inputs.extend(norms.iter().flatten());
+        inputs.extend(norm.into_iter().flatten());
+        let body = chunk_body(c, &rule, &layout, gates.map(|g| g.is_some()), &norms, norm.is_some())?;
+        let scan = Scan { axis: 2, chunk: c.mini_batch_size, carries: start.len(), seqs: seqs.len(), body, reverse: false };
+        let outs = b.scan(scan, &inputs)?;
+        let out = outs[start.len()];
+        let out = if seen > 0 { b.slice(out, 2, seen as i64, None)? } else { out };
+        (out, outs[..start.len()].to_vec())
+    };
+    for (slot, v) in layout.iter().zip(end) {
+        b.state_output(&slot.name, v);
+    }
+    Ok(out)
+}
+
+/// The apply-then-update loop's body: [`chunk`] on one mini-batch. Arguments: the state's
+/// values (laid out as `layout`); the chunk's q, k, v, lr and the `gates` that are on; the
+/// initial norms of the weights that have them (as `norms` says); with `layer_norm`, the inner
+/// LayerNorm's weight and bias. Results: the next state's values, then the outputs. A body that
+/// hands on a state keeps the step of a mini-batch shorter than b (the sequence's last) in its
+/// sums.
+fn chunk_body(c: &TttConfig, rule: &UpdateRule, layout: &[Slot], gates: [bool; 2], norms: &[Option<ValueId>], layer_norm: bool) -> Result<Graph> {
+    let (heads, d) = (c.num_heads, c.head_dim());
+    let n = if c.mini_batch_size == 1 { Dim::c(1) } else { Dim::sym("n") };
+    let bsym = Dim::sym("B");
+    let mut g = Graph::new("ttt_chunk");
+    let values: Vec<ValueId> = layout.iter().enumerate().map(|(i, slot)| g.input(&format!("state{i}"), slot.ty.clone())).collect();
+    let state = ChunkState::from_values(&values, layout);
+    let rows = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);
+    let per_token = Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(1)]);
+    let [q, k, v] = ["q", "k", "v"].map(|name| g.input(name, rows.clone()));
+    let lr = g.input("lr", per_token.clone());
+    let [beta, alpha] = [("beta", gates[0]), ("alpha", gates[1])].map(|(name, on)| on.then(|| g.input(name, per_token.clone())));
+    let norms: Vec<Option<ValueId>> = norms
+        .iter()
+        .enumerate()
+        .map(|(j, n)| {
+            n.map(|_| {
+                let cols = g.ty(state.weights[j]).shape[3].clone();
+                g.input(&format!("norm{j}"), Type::new(DType::F32, vec![Dim::c(heads), Dim::c(1), cols]))
+            })
+        })
+        .collect();
+    let norm = layer_norm.then(|| {
+        let per_head = Type::f32(&[1, heads, 1, d]);
+        [g.input("ln_weight", per_head.clone()), g.input("ln_bias", per_head)]
+    });
+    let angles = rope_angles(&mut g, n.clone(), d, c.rope_theta)?;
+    let (q, k) = (rope(&mut g, q, angles)?, rope(&mut g, k, angles)?);
+    let whole = if state.sums.is_empty() { None } else { Some(chunk_is_whole(&mut g, n, c.mini_batch_size)?) };
+    let (out, next) = chunk(&mut g, c, rule, &state, [q, k, v, lr], [beta, alpha], norm, &norms, whole)?;
+    for (i, v) in next.values().into_iter().enumerate() {
+        g.output(&format!("next{i}"), v);
+    }
+    g.output("out", out);
+    Ok(g)
+}
+
+/// One mini-batch of the apply-then-update loop, or a step's one token: the queries' outputs
+/// through the state's weights, then the step `−Σ_j lr_j·g_j` of the inner loss's gradients at
+/// those weights, as [`chunk_update`] makes it (`ends` as it takes it).
+#[allow(clippy::too_many_arguments)]
+fn chunk(
+    g: &mut Graph,
+    c: &TttConfig,
+    rule: &UpdateRule,
+    state: &ChunkState,
+    [q, k, v, lr]: [ValueId; 4],
+    [beta, alpha]: [Option<ValueId>; 2],
+    norm: Option<[ValueId; 2]>,
+    norms: &[Option<ValueId>],
+    ends: Option<ValueId>,
+) -> Result<(ValueId, ChunkState)> {
+    let out = inner_output(g, &c.inner, q, &state.weights, norm)?;
+    let descent = g.unary(UnaryOp::Neg, lr)?;
+    let steps = inner_gradients(g, &c.inner, &state.weights, k, v, norm, Some(descent))?;
+    let next = chunk_update(g, rule, state, steps, Gates { beta, alpha }, norms, ends)?;
+    Ok((out, next))
 }
 
 /// Whether the mini-batch scan hands on a state, and from where it starts: what it carries
@@ -663,7 +892,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
             ),
         });
     }
-    let grads = inner_gradients(&mut b.g, &c.inner, &w0, k, v, norm)?;
+    let grads = inner_gradients(&mut b.g, &c.inner, &w0, k, v, norm, None)?;
     // lr of the one token, [B, H, 1, 1]; gated, β and 1 − α likewise.
     let per_token = vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(1)];
     let lr = b.reshape(lr, per_token.clone())?;
@@ -703,7 +932,8 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
                     Some(keep) => b.mul(keep, first)?,
                     None => first,
                 };
-                let w = b.sub(kept, s)?;
+                let step = if c.optimizer.muon { newton_schulz(&mut b.g, s)? } else { s };
+                let w = b.sub(kept, step)?;
                 b.state_output(&format!("{name}.current"), w);
                 if momentum.is_some() {
                     b.state_output(&format!("{name}.momentum"), s);
@@ -777,14 +1007,25 @@ fn inner_output(g: &mut Graph, spec: &InnerSpec, q: ValueId, weights: &[ValueId]
 }
 
 /// The gradients of the inner loss over the keys and values with respect to `weights` (per
-/// token or shared, see [`inner_model`]): a `grad` op, which the passes' autodiff expands.
-fn inner_gradients(g: &mut Graph, spec: &InnerSpec, weights: &[ValueId], k: ValueId, v: ValueId, norm: Option<[ValueId; 2]>) -> Result<Vec<ValueId>> {
+/// token or shared, see [`inner_model`]), each token's loss weighted by `scale` `[B, H, n, 1]`
+/// when given: a `grad` op, which the passes' autodiff expands.
+fn inner_gradients(
+    g: &mut Graph,
+    spec: &InnerSpec,
+    weights: &[ValueId],
+    k: ValueId,
+    v: ValueId,
+    norm: Option<[ValueId; 2]>,
+    scale: Option<ValueId>,
+) -> Result<Vec<ValueId>> {
     let mut operands = weights.to_vec();
     operands.extend([k, v]);
     operands.extend(norm.into_iter().flatten());
+    operands.extend(scale);
     let norm_type = norm.map(|[w, _]| g.ty(w).clone());
+    let scale_type = scale.map(|s| g.ty(s).clone());
     let types: Vec<Type> = weights.iter().map(|&w| g.ty(w).clone()).collect();
-    let loss = inner_loss(spec, &types, g.ty(k), norm_type.as_ref())?;
+    let loss = inner_loss(spec, &types, g.ty(k), norm_type.as_ref(), scale_type.as_ref())?;
     g.push(Op::Grad(Box::new(Grad { wrt: (0..weights.len()).collect(), body: loss })), &operands)
 }
 
@@ -801,20 +1042,24 @@ fn activate(g: &mut Graph, act: Activation, z: ValueId) -> Result<ValueId> {
 
 /// The inner self-supervised loss summed over the mini-batch's tokens, `Σ_j ½‖f_{W_j}(k_j) − v_j‖²`,
 /// built as `Σ_j ½‖N(Z_{W_j}(k_j)) − t_j‖²` with `t_j = v_j − k_j` when the inner model is residual
-/// and `t_j = v_j` otherwise (N the inner LayerNorm or the identity), as a graph of (per-token
-/// weights…, k, v[, LN weight, LN bias]).
-fn inner_loss(spec: &InnerSpec, weight_types: &[Type], kv: &Type, ln: Option<&Type>) -> Result<Graph> {
+/// and `t_j = v_j` otherwise (N the inner LayerNorm or the identity), each token's term times its
+/// `scale` when given, as a graph of (weights…, k, v[, LN weight, LN bias][, scale]).
+fn inner_loss(spec: &InnerSpec, weight_types: &[Type], kv: &Type, ln: Option<&Type>, scale: Option<&Type>) -> Result<Graph> {
     let mut g = Graph::new("inner_loss");
     let weights: Vec<ValueId> = weight_types.iter().enumerate().map(|(i, t)| g.input(&format!("w{i}"), t.clone())).collect();
     let k = g.input("k", kv.clone());
     let v = g.input("v", kv.clone());
     let norm = ln.map(|ln| [g.input("ln_weight", ln.clone()), g.input("ln_bias", ln.clone())]);
+    let scale = scale.map(|s| g.input("scale", s.clone()));
     let y = normed_inner(&mut g, spec, k, &weights, norm)?;
     let target = if spec.residual { g.sub(v, k)? } else { v };
     let diff = g.sub(y, target)?;
     let sq = g.mul(diff, diff)?;
     let half = g.scalar(0.5)?;
     let mut loss = g.mul(half, sq)?;
+    if let Some(scale) = scale {
+        loss = g.mul(loss, scale)?;
+    }
     while g.ty(loss).rank() > 0 {
         loss = g.reduce(tttc_ir::ReduceKind::Sum, loss, 0, false)?;
     }

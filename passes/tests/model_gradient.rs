@@ -51,6 +51,11 @@ fn model_gradients_match_finite_differences() {
         // The gated inner optimizer: both gates, and forgetting alone (no momentum carried).
         r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"momentum": true, "forget": true}}"#,
         r#"{"model_type": "ttt", "ttt_layer_type": "mlp", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 4, "ttt_inner": {"forget": true}}"#,
+        // Muon per token (no dual form: the primal form through the pipeline).
+        r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"muon": true, "momentum": true}}"#,
+        // The apply-then-update inner optimizer with every part (through Muon), and pre-norm.
+        r#"{"model_type": "ttt", "ttt_layer_type": "mlp", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"update": "per_chunk", "momentum": true, "forget": true, "muon": true, "renormalize": "post"}}"#,
+        r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 2, "ttt_inner": {"update": "per_chunk", "renormalize": "pre"}}"#,
         r#"{"model_type": "mamba", "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 3, "conv_kernel": 2}"#,
         r#"{"model_type": "llama", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}"#,
         // LaCT: through Muon, momentum and the low-rank initial weights; and pre-norm with
@@ -131,6 +136,7 @@ fn state_gradients_match_finite_differences() {
     let configs = [
         r#"{"model_type": "ttt", "ttt_layer_type": "mlp", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "pre_conv": true, "share_qk": true, "use_gate": true}"#,
         r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 2, "mini_batch_size": 4}"#,
+        r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"update": "per_chunk", "momentum": true, "forget": true, "muon": true, "renormalize": "pre"}}"#,
         r#"{"model_type": "mamba", "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 3, "conv_kernel": 3}"#,
         r#"{"model_type": "llama", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}"#,
         r#"{"model_type": "lact_swiglu", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attn_heads": 2, "num_lact_heads": 2, "lact_chunk_size": 3, "window_size": 2, "ttt_prenorm": true}"#,
@@ -185,6 +191,8 @@ fn layer_vector_jacobian_products_through_the_state_survive_the_pipeline_and_the
     let configs = [
         r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 4}"#,
         r#"{"model_type": "ttt", "ttt_layer_type": "mlp", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "share_qk": true, "use_gate": true}"#,
+        r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"update": "per_chunk", "momentum": true, "muon": true, "renormalize": "post"}}"#,
+        r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"muon": true, "forget": true}}"#,
         r#"{"model_type": "mamba", "vocab_size": 1, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 3, "conv_kernel": 2}"#,
         r#"{"model_type": "llama", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 4, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}"#,
         r#"{"model_type": "lact_swiglu", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 4, "num_hidden_layers": 1, "num_attn_heads": 2, "num_lact_heads": 2, "lact_chunk_size": 3, "window_size": 2}"#,

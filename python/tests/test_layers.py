@@ -12,6 +12,10 @@ TINY = {
     "ttt-linear": lambda: tt.TTTLinear(8, 2, 4),
     "ttt-mlp": lambda: tt.TTTMLP(8, 2, 4, share_qk=True, use_gate=True),
     "ttt-relu3": lambda: tt.TTTLayer({"hidden_size": 8, "num_attention_heads": 2, "mini_batch_size": 4, "ttt_inner": {"widths": [1, 1], "activation": "relu", "bias": True}}),
+    # LaCT's apply-then-update optimizer on a TTT learner (Muon left out as for LaCT below).
+    "ttt-chunk": lambda: tt.TTTLayer(
+        {"hidden_size": 8, "num_attention_heads": 2, "mini_batch_size": 4, "ttt_inner": {"update": "per_chunk", "momentum": True, "forget": True, "renormalize": "pre"}}
+    ),
     "mamba": lambda: tt.MambaMixer(8, intermediate_size=8, state_size=3, time_step_rank=2),
     "attention": lambda: tt.Attention(8, 2, num_key_value_heads=1),
     # Without Muon: on so small a layer its Newton-Schulz amplifies f32 rounding and curves too

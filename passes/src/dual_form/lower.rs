@@ -50,7 +50,15 @@ pub struct Lowering<'g> {
     aliases: HashMap<ValueId, ValueId>,
     /// The symbols of those alias leaves.
     pub alias_leaves: std::collections::HashSet<egg::Symbol>,
+    /// Set when the terms grew past [`TERM_LIMIT`]: the rest were cut off as leaves, and the
+    /// lowering is no faithful account of the body.
+    pub exceeded: bool,
 }
+
+/// The most classes the terms of one body may take. A value that a chain of products reads
+/// several times is lowered once per set of indices it is read at: a polynomial chain (Muon's
+/// Newton–Schulz steps, each reading its input four times) grows its terms geometrically.
+const TERM_LIMIT: usize = 20_000;
 
 impl<'g> Lowering<'g> {
     /// A lowering of `g` whose terms stop at the `boundary` values and at values without a
@@ -73,6 +81,7 @@ impl<'g> Lowering<'g> {
             contracting,
             aliases,
             alias_leaves: Default::default(),
+            exceeded: false,
         }
     }
 
@@ -106,7 +115,10 @@ impl<'g> Lowering<'g> {
         // Data movement is always looked through: reading a broadcast's source drops an index.
         let moves = self.producer[v.index()]
             .is_some_and(|n| matches!(self.g.nodes[n].op, Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. }));
-        let expand = (self.contracting[v.index()] || moves) && !self.boundary.contains(&v);
+        if self.eg.number_of_classes() > TERM_LIMIT {
+            self.exceeded = true;
+        }
+        let expand = (self.contracting[v.index()] || moves) && !self.boundary.contains(&v) && !self.exceeded;
         let op = if expand { self.lower_op(v, &axes) } else { None };
         let mut id = op.unwrap_or_else(|| self.leaf(Leaf::Value(v, axes.clone())));
         if let Some(&state) = self.aliases.get(&v) {

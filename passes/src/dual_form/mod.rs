@@ -48,6 +48,8 @@ pub struct DualFormReport {
     /// is for. A body that updates a state once per chunk of several tokens (applies its state
     /// to the chunk, then updates it) has none and is kept as it is.
     pub per_token_state: bool,
+    /// Whether the body's terms outgrew the lowering's limit, and the body was kept as written.
+    pub cut_off: bool,
     /// Roots whose term reads a value another root computes (for one token per chunk: the
     /// output reads the updated state, the primal form).
     pub shared: usize,
@@ -65,8 +67,31 @@ pub fn derive_with_notes(g: &Graph) -> Result<crate::Rewrite> {
 }
 
 impl DualFormReport {
+    /// A body kept as written, before any e-graph.
+    fn kept(per_token_state: bool, primal_left: bool) -> DualFormReport {
+        DualFormReport {
+            per_token_state,
+            primal_left,
+            roots: 0,
+            rewritten: 0,
+            egraph_nodes: 0,
+            egraph_classes: 0,
+            iterations: 0,
+            saturated: true,
+            seconds: 0.0,
+            flops_before: 0.0,
+            flops_after: 0.0,
+            shared: 0,
+            cut_off: false,
+        }
+    }
+
     /// One line for people.
     pub fn summary(&self) -> String {
+        if self.cut_off {
+            let kept = if self.primal_left { "no dual form found: keeping the primal form" } else { "kept as written" };
+            return format!("{kept} (its terms outgrew {} e-graph classes before any rewriting)", self.egraph_classes);
+        }
         let sat = if self.saturated { "saturated" } else { "stopped at a limit" };
         let what = if !self.per_token_state {
             "nothing to derive (the state is not copied per token)".to_string()
@@ -262,26 +287,24 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
     // A state updated once per chunk of several tokens (apply, then update) has no per-token
     // form to turn into a dual one.
     if per_token_copies(body, chunk, carries) == Some(false) {
-        let report = DualFormReport {
-            per_token_state: false,
-            roots: 0,
-            rewritten: 0,
-            egraph_nodes: 0,
-            egraph_classes: 0,
-            iterations: 0,
-            saturated: true,
-            seconds: 0.0,
-            flops_before: 0.0,
-            flops_after: 0.0,
-            primal_left: false,
-            shared: 0,
-        };
-        return Ok((body.clone(), report));
+        return Ok((body.clone(), DualFormReport::kept(false, false)));
     }
     let roots = roots(body);
     let state: Vec<ValueId> = body.outputs[..carries.min(body.outputs.len())].iter().map(|(_, v)| *v).collect();
     let mut lowering = Lowering::new(body, &roots, contracting(body, &roots), state_aliases(body, &state));
     let mut lowered: Vec<(ValueId, Id, Vec<lower::Axis>)> = roots.iter().filter_map(|&v| lowering.root(v).map(|(id, axes)| (v, id, axes))).collect();
+    if lowering.exceeded {
+        // Terms too large to saturate or extract: the body stays as written.
+        let report = DualFormReport {
+            roots: lowered.len(),
+            egraph_nodes: lowering.eg.total_number_of_nodes(),
+            egraph_classes: lowering.eg.number_of_classes(),
+            saturated: false,
+            cut_off: true,
+            ..DualFormReport::kept(true, materialises_per_token_state(body, chunk, carries))
+        };
+        return Ok((body.clone(), report));
+    }
     // The next state is computed anyway (with or without a contraction): the other roots may
     // read it for free.
     lowered.retain(|(v, id, _)| state.contains(v) || has_sum(&lowering.eg, *id));
@@ -347,6 +370,7 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
         seconds: sat.seconds,
         flops_before,
         flops_after,
+        cut_off: false,
     };
     Ok((g, report))
 }
