@@ -111,8 +111,8 @@ class Layer:
 
 
 def ttt_layer(hidden_size: int = 768, num_attention_heads: int = 12, mini_batch_size: int = 16, ttt_layer_type: str = "linear", **config: Any) -> Layer:
-    """A TTT layer (``ttt_layer_type`` ``linear`` or ``mlp``, or any ``ttt_inner`` learner) as a
-    :class:`Layer`: ``layer = ttt_layer(64, 4, 16); y = layer(layer.init(), x)``."""
+    """A TTT layer (``ttt_layer_type`` ``linear`` or ``mlp``, or any ``ttt_inner`` learner and
+    inner optimizer) as a :class:`Layer`: ``layer = ttt_layer(64, 4, 16); y = layer(layer.init(), x)``."""
     config.update(model_type="ttt", hidden_size=hidden_size, num_attention_heads=num_attention_heads, mini_batch_size=mini_batch_size, ttt_layer_type=ttt_layer_type)
     return Layer(config)
 

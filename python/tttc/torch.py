@@ -298,8 +298,8 @@ def _layer_config(model_type: str, config: dict, **defaults: Any) -> dict:
 
 
 class TTTLayer(Layer):
-    """A TTT layer (ttt-lm-pytorch's ``TTTLinear``/``TTTMLP``, or any inner learner ``ttt_inner``
-    describes) from a TTT config: ``hidden_size``, ``num_attention_heads``, ``mini_batch_size``,
+    """A TTT layer (ttt-lm-pytorch's ``TTTLinear``/``TTTMLP``, or any inner learner and inner
+    optimizer ``ttt_inner`` describes) from a TTT config: ``hidden_size``, ``num_attention_heads``, ``mini_batch_size``,
     ``ttt_layer_type``, ``share_qk``, ``use_gate``, ``ttt_base_lr``, ... (docs/model-toml.md)."""
 
     def __init__(self, config: Any, *, seed: int = 0, backend: str = "cpu"):
