@@ -991,9 +991,10 @@ mod reference {
         }
     }
 
-    /// Muon on each tensor of the flat parameters laid out as `blocks`.
+    /// Muon on each matrix of the flat parameters laid out as `blocks` (a bias, one row, takes
+    /// its step as it is).
     fn orthogonalise(step: &mut [f64], blocks: &[(usize, usize, usize, bool)]) {
-        for &(off, rows, cols, _) in blocks {
+        for &(off, rows, cols, _) in blocks.iter().filter(|b| b.1 > 1 && b.2 > 1) {
             let o = newton_schulz(&step[off..off + rows * cols], rows, cols);
             step[off..off + rows * cols].copy_from_slice(&o);
         }
@@ -1007,7 +1008,7 @@ mod reference {
     /// One head's apply-then-update loop (`ttt_inner.update = "per_chunk"`, docs/model-toml.md):
     /// every token of a mini-batch reads the weights the mini-batch started from; then
     /// `Δ = −Σ_j lr_j g_j`, with momentum `M ← Δ + β̄M` (β̄ = Σβ / b) and the step M, Muon on
-    /// each tensor, `W ← (1 − ᾱ)W + step` (pre-norm: the unnormalised weights take it), and the
+    /// each matrix, `W ← (1 − ᾱ)W + step` (pre-norm: the unnormalised weights take it), and the
     /// matrices' columns renormalised to their initial norms. Returns the outputs `[t][d]`.
     #[allow(clippy::too_many_arguments)]
     fn per_chunk(

@@ -5,8 +5,8 @@
 //! what the inner optimizer does with a step: momentum from the chunk's mean gate, Muon, decay,
 //! the step itself and the renormalisation of every unit's weights to their initial norm.
 
-use anyhow::Result;
-use tttc_ir::{BinaryOp, DType, Dim, Graph, ReduceKind, Type, UnaryOp, ValueId};
+use anyhow::{ensure, Result};
+use tttc_ir::{BinaryOp, DType, Dim, Graph, ReduceKind, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{ModelBuilder, StateInit};
 use crate::config::Renormalize;
@@ -27,9 +27,11 @@ pub struct UpdateRule {
     /// `M ← Δ + β̄·M`, the step M (β̄ the chunk's mean momentum gate).
     pub momentum: bool,
     /// `W ← (1 − ᾱ)·W + step` (ᾱ the chunk's mean forget gate).
-    pub decay: bool,
-    /// The step orthogonalised by Newton–Schulz.
+    pub forget: bool,
+    /// The step of each matrix orthogonalised ([`muon`]).
     pub muon: bool,
+    /// Every unit of the weights given a norm back to it after the step (`Post`), or the
+    /// unnormalised weights kept in the state's `raw` and renormalised into the weights (`Pre`).
     pub renormalize: Option<Renormalize>,
     /// The axis along which one unit's weights lie, whose norm the renormalisation keeps: −1 for
     /// weights stored `[out, in]` (LaCT's rows), −2 for `[in, out]` (TTT's columns).
@@ -40,6 +42,7 @@ pub struct UpdateRule {
 /// the weights; with momentum, each one's last step `M`; pre-norm, the unnormalised weights that
 /// take the steps; and in a graph that hands on a state, the current chunk's step so far (`sums`,
 /// before momentum) and its tokens' summed gates.
+#[derive(Default)]
 pub struct ChunkState {
     pub weights: Vec<ValueId>,
     pub momentum: Vec<ValueId>,
@@ -107,7 +110,7 @@ impl ChunkState {
         let Some((_, ty)) = weights.first() else { return layout };
         let mut gate = ty.shape[..2].to_vec();
         gate.extend([Dim::c(1), Dim::c(1)]);
-        for (part, name, on) in [(Part::BetaSum, "beta_sum", rule.momentum), (Part::AlphaSum, "alpha_sum", rule.decay)] {
+        for (part, name, on) in [(Part::BetaSum, "beta_sum", rule.momentum), (Part::AlphaSum, "alpha_sum", rule.forget)] {
             if hand_on && on {
                 layout.push(Slot { name: format!("{prefix}{name}"), ty: Type::new(DType::F32, gate.clone()), part, weight: None });
             }
@@ -142,14 +145,54 @@ pub fn start_values(b: &mut ModelBuilder, layout: &[Slot], initial: &[ValueId], 
         .collect()
 }
 
+/// The chunk loop over a sequence: a `Scan` of `body` along axis 2 in chunks of `chunk`,
+/// carrying `start` (laid out as `layout`) over `seqs`, with `invariants` after them. A resumed
+/// run's first `seen` tokens of its first chunk came before: the sequences are padded in front
+/// with `seen` zeros (no learning rate, no gate), so that the chunks fall on the chunk
+/// boundaries, and the outputs cut back. Each value of the state after it is handed on as its
+/// slot's state; returns the outputs.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_chunks(
+    b: &mut ModelBuilder,
+    layout: &[Slot],
+    start: Vec<ValueId>,
+    seqs: &[ValueId],
+    invariants: &[ValueId],
+    body: Graph,
+    chunk: usize,
+    seen: usize,
+) -> Result<ValueId> {
+    let carries = start.len();
+    let mut inputs = start;
+    for &x in seqs {
+        inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
+    }
+    inputs.extend(invariants);
+    let outs = b.scan(Scan { axis: 2, chunk, carries, seqs: seqs.len(), body, reverse: false }, &inputs)?;
+    hand_on(b, layout, &outs[..carries]);
+    let out = outs[carries];
+    if seen > 0 {
+        return b.slice(out, 2, seen as i64, None);
+    }
+    Ok(out)
+}
+
+/// Hands on `values` (laid out as `layout`) as the state after the graph.
+pub fn hand_on(b: &mut ModelBuilder, layout: &[Slot], values: &[ValueId]) {
+    for (slot, &v) in layout.iter().zip(values) {
+        b.state_output(&slot.name, v);
+    }
+}
+
 /// A chunk's per-token gates `[B, H, n, 1]`, those the rule has.
 pub struct Gates {
     pub beta: Option<ValueId>,
     pub alpha: Option<ValueId>,
 }
 
-/// The state after a chunk whose step is `steps` (one per weight), gates `gates`, the weights'
-/// unit norms `norms` (those renormalised; see [`unit_norms`]). Without `ends` the update is made
+/// The state after a chunk whose step is `steps` (one per weight), gates `gates` (those the rule
+/// has), the weights' initial unit norms `norms` (`None` for a weight not renormalised, a bias;
+/// see [`unit_norms`]). Without `ends` the update is made
 /// (a forward pass, or a chunk known to be whole); with it (1 or 0), the chunk's step and gates
 /// are added to the state's sums and the update is made only where it is 1, the sums then
 /// emptied; else the sums go on.
@@ -162,6 +205,13 @@ pub fn chunk_update(
     norms: &[Option<ValueId>],
     ends: Option<ValueId>,
 ) -> Result<ChunkState> {
+    ensure!(
+        gates.beta.is_some() == rule.momentum && gates.alpha.is_some() == rule.forget,
+        "a chunk update's gates do not match its rule (momentum {}, forget {})",
+        rule.momentum,
+        rule.forget
+    );
+    ensure!(state.raw.is_empty() != (rule.renormalize == Some(Renormalize::Pre)), "a pre-norm chunk update carries the unnormalised weights, and only it");
     for (step, &before) in steps.iter_mut().zip(&state.sums) {
         *step = g.add(before, *step)?;
     }
@@ -189,7 +239,7 @@ pub fn chunk_update(
         None => None,
     };
 
-    let mut next = ChunkState { weights: Vec::new(), momentum: Vec::new(), raw: Vec::new(), sums: Vec::new(), beta_sum: None, alpha_sum: None };
+    let mut next = ChunkState::default();
     for (j, &sum) in steps.iter().enumerate() {
         let mut step = sum;
         if let Some(mean_beta) = mean_beta {
@@ -198,7 +248,7 @@ pub fn chunk_update(
             next.momentum.push(step);
         }
         if rule.muon {
-            step = newton_schulz(g, step)?;
+            step = muon(g, step)?;
         }
         let from = state.raw.get(j).copied().unwrap_or(state.weights[j]);
         let from = match keep {
@@ -265,9 +315,21 @@ fn renormalize(g: &mut Graph, w: ValueId, target: ValueId, axis: i64) -> Result<
     g.mul(unit, target)
 }
 
+/// Muon's step for the steps `x` `[…, rows, cols]`: each matrix orthogonalised by
+/// [`newton_schulz`]; a vector (one row or column: a bias) as it is, since orthogonalising a
+/// vector only normalises it, whatever its learning rate.
+pub fn muon(g: &mut Graph, x: ValueId) -> Result<ValueId> {
+    let shape = &g.ty(x).shape;
+    let vector = shape[shape.len() - 2..].iter().any(Dim::is_one);
+    if vector {
+        return Ok(x);
+    }
+    newton_schulz(g, x)
+}
+
 /// Muon's orthogonalisation of each `[rows, cols]` matrix of `x` `[…, rows, cols]` (§6): on
 /// the transpose when rows > cols, `X = G / (‖G‖_F + 1e-7)`, then the five Newton–Schulz steps.
-pub fn newton_schulz(g: &mut Graph, x: ValueId) -> Result<ValueId> {
+fn newton_schulz(g: &mut Graph, x: ValueId) -> Result<ValueId> {
     let r = g.ty(x).rank();
     let (rows, cols) = (g.ty(x).shape[r - 2].clone(), g.ty(x).shape[r - 1].clone());
     let tall = rows.as_const() > cols.as_const();

@@ -491,8 +491,8 @@ pub enum Renormalize {
 
 impl InnerOptimizer {
     /// Whether the per-token gated rule replaces the references' (per token, either gate or
-    /// Muon on).
-    pub fn gated(self) -> bool {
+    /// Muon on: Muon takes the rule's recurrence, with or without its gates).
+    pub fn gated_rule(self) -> bool {
         self.update == Update::PerToken && (self.momentum || self.forget || self.muon)
     }
 
@@ -503,13 +503,11 @@ impl InnerOptimizer {
             "per_chunk" => Update::PerChunk,
             other => bail!("config key ttt_inner.update = {other:?} is not supported (expected \"per_token\" or \"per_chunk\")"),
         };
-        let renormalize = match t.get("renormalize") {
+        let renormalize = match t.get("renormalize").map(|_| t.str_or("renormalize", "")).transpose()? {
             None => None,
-            Some(_) => match t.str_or("renormalize", "")? {
-                "post" => Some(Renormalize::Post),
-                "pre" => Some(Renormalize::Pre),
-                other => bail!("config key ttt_inner.renormalize = {other:?} is not supported (expected \"post\" or \"pre\")"),
-            },
+            Some("post") => Some(Renormalize::Post),
+            Some("pre") => Some(Renormalize::Pre),
+            Some(other) => bail!("config key ttt_inner.renormalize = {other:?} is not supported (expected \"post\" or \"pre\")"),
         };
         let o = InnerOptimizer {
             update,

@@ -8,10 +8,10 @@
 //! every row to its initial norm.
 
 use anyhow::{ensure, Result};
-use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, ReduceKind, Scan, Type, UnaryOp, ValueId};
+use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, ReduceKind, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
-use crate::chunk_update::{chunk_is_whole, chunk_update, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
+use crate::chunk_update::{chunk_is_whole, chunk_update, hand_on, scan_chunks, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
 use crate::config::{LactBidirectionalConfig, LactConfig, Renormalize};
 use crate::math::{rope, scaled_scores, softmax, split_heads};
 
@@ -257,8 +257,8 @@ pub fn bidirectional_layer(c: &LactBidirectionalConfig, mode: Mode) -> Result<Mo
     }
     let sums = gradient_sums(&mut b.g, &weights, fast[1], fast[2], &lr)?;
     // One update, from the initial weights: no momentum, post-norm.
-    let rule = UpdateRule { chunk: 1, momentum: false, decay: false, muon: c.use_muon, renormalize: Some(Renormalize::Post), unit_axis: ROWS };
-    let initial = ChunkState { weights, momentum: vec![], raw: vec![], sums: vec![], beta_sum: None, alpha_sum: None };
+    let rule = UpdateRule { chunk: 1, momentum: false, forget: false, muon: c.use_muon, renormalize: Some(Renormalize::Post), unit_axis: ROWS };
+    let initial = ChunkState { weights, ..ChunkState::default() };
     let updated = chunk_update(&mut b.g, &rule, &initial, sums, Gates { beta: None, alpha: None }, &norms, None)?;
     let mut o = fast_mlp(&mut b.g, fast[0], &updated.weights)?;
     if c.use_o_norm {
@@ -435,36 +435,23 @@ fn half_identity(g: &mut Graph, rows: usize, cols: usize) -> Result<ValueId> {
 fn fast_weights(b: &mut ModelBuilder, c: &LactConfig, seqs: &[ValueId], at: &Positions, s: &str) -> Result<ValueId> {
     let initial = initial_fast_weights(b, c, s)?;
     let norms = initial.iter().map(|&w| unit_norms(&mut b.g, w, ROWS)).collect::<Result<Vec<_>>>()?; // [Hf, rows, 1]
-    let hand_on = b.mode != Mode::Forward;
-    let layout = ChunkState::layout(&update_rule(c), &fast_weight_types(c, s), hand_on, s);
+    let layout = ChunkState::layout(&update_rule(c), &fast_weight_types(c, s), b.mode != Mode::Forward, s);
     // Low-rank weights have no parameter of their own: a fresh sequence gets them from its
     // prefill, as every decoding does. W1 is always a parameter.
     let start = start_values(b, &layout, &initial, |j| (c.low_rank.is_none() || j == 1).then(|| format!("{s}w{j}")))?;
-    let (out, end) = match at.chunk_ends {
+    match at.chunk_ends {
         Some(ends) => {
             let state = ChunkState::from_values(&start, &layout);
             let (out, next) = chunk(&mut b.g, c, &state, seqs, &norms, Some(ends))?;
-            (out, next.values())
+            hand_on(b, &layout, &next.values());
+            Ok(out)
         }
         None => {
             let seen = b.mode.resumed_at() % c.chunk_size;
-            let mut inputs = start.clone();
-            for &x in seqs {
-                inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
-            }
-            inputs.extend(&norms);
             let body = chunk_body(c, &layout, seqs.len())?;
-            let scan = Scan { axis: 2, chunk: c.chunk_size, carries: start.len(), seqs: seqs.len(), body, reverse: false };
-            let outs = b.scan(scan, &inputs)?;
-            let out = outs[start.len()];
-            let out = if seen > 0 { b.slice(out, 2, seen as i64, None)? } else { out };
-            (out, outs[..start.len()].to_vec())
+            scan_chunks(b, &layout, start, seqs, &norms, body, c.chunk_size, seen)
         }
-    };
-    for (Slot { name, .. }, v) in layout.iter().zip(end) {
-        b.state_output(name, v);
     }
-    Ok(out)
 }
 
 /// The chunk loop's body: [`chunk`] on one chunk. Arguments: the state's values (laid out as
@@ -519,7 +506,7 @@ fn chunk(g: &mut Graph, c: &LactConfig, state: &ChunkState, seqs: &[ValueId], no
 /// renormalised after the step, or pre-norm before it.
 fn update_rule(c: &LactConfig) -> UpdateRule {
     let renormalize = if c.ttt_prenorm { Renormalize::Pre } else { Renormalize::Post };
-    UpdateRule { chunk: c.chunk_size, momentum: c.use_momentum, decay: false, muon: c.use_muon, renormalize: Some(renormalize), unit_axis: ROWS }
+    UpdateRule { chunk: c.chunk_size, momentum: c.use_momentum, forget: false, muon: c.use_muon, renormalize: Some(renormalize), unit_axis: ROWS }
 }
 
 /// The fast weights' state names and types, `{s}w0` `[B, Hf, m, d]`, `{s}w1` `[B, Hf, d, m]`,

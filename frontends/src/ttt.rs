@@ -7,11 +7,11 @@
 //! The inner gradient is not spelled out: it is a `grad` op over the inner loss, which the passes'
 //! autodiff expands; deriving the dual form is the passes' job too.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
-use crate::chunk_update::{chunk_is_whole, chunk_update, newton_schulz, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
+use crate::chunk_update::{chunk_is_whole, chunk_update, hand_on, muon, scan_chunks, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
 use crate::config::{Activation, InnerModel, InnerNorm, InnerSpec, TttConfig, Update};
 use crate::math::{layer_norm, rope_angles, rope_angles_at, split_heads};
 
@@ -111,7 +111,7 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
             Ok(Some(per_token_column(b, gate)?))
         };
         InnerUpdate::PerChunk { beta: gate(c.optimizer.momentum, "momentum")?, alpha: gate(c.optimizer.forget, "forget")? }
-    } else if c.optimizer.gated() {
+    } else if c.optimizer.gated_rule() {
         // log β = log sigmoid(z) = −softplus(−z); log(1 − α) = log sigmoid(−z) = −softplus(z).
         let log_momentum = if c.optimizer.momentum { Some(log_gate(b, x, s, "momentum", heads, dim, false)?) } else { None };
         let log_keep = if c.optimizer.forget { Some(log_gate(b, x, s, "forget", heads, dim, true)?) } else { None };
@@ -213,9 +213,14 @@ enum InnerUpdate {
 
 /// `[B, H, T]` → `[B, H, T, 1]`.
 fn per_token_column(b: &mut ModelBuilder, x: ValueId) -> Result<ValueId> {
-    let mut shape = b.ty(x).shape.clone();
-    shape.push(Dim::c(1));
-    b.reshape(x, shape)
+    unit_axes(&mut b.g, x, 1)
+}
+
+/// `x` with `count` trailing axes of size 1.
+fn unit_axes(g: &mut Graph, x: ValueId, count: usize) -> Result<ValueId> {
+    let mut shape = g.ty(x).shape.clone();
+    shape.extend(std::iter::repeat_n(Dim::c(1), count));
+    g.reshape(x, shape)
 }
 
 /// How a mini-batch's tokens move the inner weights per token (SPEC §2 step 5), with its
@@ -251,8 +256,9 @@ enum Rule {
 /// momentum `S` (with `momentum`) is carried last. Handing on a state, the body also carries the
 /// weights the recurrence continues from (`current`, after the states), while the states stay
 /// where the gradients are taken: it hands on `(W_last, W_last, S_last)` after a whole
-/// mini-batch and `(W₀, W_last, S_last)` after a shorter one. Resumed (`Sums::Read`), a 0/1
-/// input `real` after the gates marks the tokens that are not padding.
+/// mini-batch and `(W₀, W_last, S_last)` after a shorter one. Resumed (`Sums::Read`), with
+/// momentum or Muon, a 0/1 input `real` after the gates marks the tokens that are not padding.
+/// With Muon ([`muon_steps`]) each token's step is orthogonalised.
 fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Graph> {
     let hand_off = sums != Sums::None;
     let (heads, d) = (c.num_heads, c.head_dim());
@@ -261,7 +267,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     let bsym = Dim::sym("B");
     let mut g = Graph::new("mini_batch");
     let state: Vec<ValueId> = state_types.iter().enumerate().map(|(i, t)| g.input(&format!("state{i}"), t.clone())).collect();
-    let gated = c.optimizer.gated();
+    let gated = c.optimizer.gated_rule();
     let mut inputs = |name: &str, on: bool| -> Vec<ValueId> {
         if on {
             state_types.iter().enumerate().map(|(i, t)| g.input(&format!("{name}{i}"), t.clone())).collect()
@@ -284,7 +290,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     let log_momentum = c.optimizer.momentum.then(|| g.input("log_momentum", per_token.clone()));
     let log_keep = c.optimizer.forget.then(|| g.input("log_keep", per_token.clone()));
     // 0 on a resumed run's padding, whose momentum must not move the weights.
-    let real = (c.optimizer.momentum && sums == Sums::Read).then(|| g.input("real", per_token));
+    let real = (takes_real(c) && sums == Sums::Read).then(|| g.input("real", per_token));
     let token_idx = (!gated).then(|| g.input("token_idx", Type::f32(&[c.mini_batch_size])));
     let norm = match c.inner.norm {
         InnerNorm::LayerNorm => {
@@ -441,13 +447,9 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
 /// With Muon, `Σ_{k≤i} D[i,k]·Muon(S_k)` `[B, H, n, rows, cols]` for every token i (the gated
 /// rule's steps, each orthogonalised, so no sum over the gradients remains: the primal form),
 /// from the tokens' gradients `flat` `[B, H, n, rows·cols]`, lr `[B, H, n]` and, with momentum,
-/// S₀; on a resumed run the padding's steps (`real` 0) are dropped.
+/// S₀. On a resumed run the padding's steps (`real` 0) are dropped, and replaced by ones before
+/// the orthogonalisation: a zero step's norm has no derivative.
 fn muon_steps(g: &mut Graph, gates: &Gated, flat: ValueId, lr: ValueId, s0: Option<ValueId>, real: Option<ValueId>, per_token: &[Dim]) -> Result<ValueId> {
-    let column = |g: &mut Graph, x: ValueId, trailing: usize| -> Result<ValueId> {
-        let mut shape = g.ty(x).shape.clone();
-        shape.extend(std::iter::repeat_n(Dim::c(1), trailing));
-        g.reshape(x, shape)
-    };
     // S_k = Σ_j P[k,j]·lr_j·g_j + Π_{m≤k} β_m·S₀, or lr_k·g_k without momentum.
     let steps = match (&gates.momentum, s0) {
         (Some(m), Some(s0)) => {
@@ -458,15 +460,22 @@ fn muon_steps(g: &mut Graph, gates: &Gated, flat: ValueId, lr: ValueId, s0: Opti
             let decayed = g.mul(m.from_start, s0)?;
             g.add(pushed, decayed)?
         }
-        _ => {
-            let lr = column(g, lr, 1)?;
+        (None, None) => {
+            let lr = unit_axes(g, lr, 1)?;
             g.mul(lr, flat)?
         }
+        _ => bail!("the momentum's terms and its carried value go together"),
     };
-    let steps = g.reshape(steps, per_token.to_vec())?;
-    let mut orthogonal = newton_schulz(g, steps)?;
+    let mut steps = g.reshape(steps, per_token.to_vec())?;
+    let real = real.map(|real| unit_axes(g, real, 2)).transpose()?;
     if let Some(real) = real {
-        let real = column(g, real, 2)?;
+        let one = g.scalar(1.0)?;
+        let padding = g.sub(one, real)?;
+        let kept = g.mul(steps, real)?;
+        steps = g.add(kept, padding)?;
+    }
+    let mut orthogonal = muon(g, steps)?;
+    if let Some(real) = real {
         orthogonal = g.mul(orthogonal, real)?;
     }
     let flat_shape = g.ty(flat).shape.clone();
@@ -614,7 +623,7 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
     // (where the gradients are taken), then handed on, the references' gradient sums or, gated,
     // the weights the recurrence continues from; then the gated momentum. Each is its state's
     // `{name}{suffix}`, from the weights or from zero.
-    let gated = c.optimizer.gated();
+    let gated = c.optimizer.gated_rule();
     let mut kinds = vec![("", true)];
     if sums != Sums::None {
         kinds.push(if gated { (".current", true) } else { (".acc", false) });
@@ -649,7 +658,7 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
         Rule::TokenScaled { token_idx } => invariants.push(token_idx),
         Rule::Gated { log_momentum, log_keep } => {
             seqs.extend(log_momentum.into_iter().chain(log_keep));
-            if c.optimizer.momentum && sums == Sums::Read {
+            if takes_real(c) && sums == Sums::Read {
                 // 1 for every real token; the padding below makes it 0 on the tokens before.
                 let one = b.scalar(1.0)?;
                 let per_token = b.ty(seqs[3]).shape.clone(); // lr's
@@ -674,6 +683,12 @@ fn mini_batch_scan(b: &mut ModelBuilder, c: &TttConfig, layer: Layer, seqs: [Val
     Ok(z)
 }
 
+/// Whether a resumed run's mini-batch body marks its real tokens (`real`, 0 on the padding):
+/// the padding's momentum must not move the weights, nor its zero step reach Muon.
+fn takes_real(c: &TttConfig) -> bool {
+    c.optimizer.momentum || c.optimizer.muon
+}
+
 /// A resumed run's position, the tokens of its first mini-batch already seen.
 fn resumed_within_mini_batch(b: &ModelBuilder, c: &TttConfig) -> Result<usize> {
     let seen = b.mode.resumed_at();
@@ -692,7 +707,7 @@ const COLUMNS: i64 = -2;
 /// the mini-batch, the weights' columns keep their initial norms.
 fn update_rule(c: &TttConfig) -> UpdateRule {
     let o = c.optimizer;
-    UpdateRule { chunk: c.mini_batch_size, momentum: o.momentum, decay: o.forget, muon: o.muon, renormalize: o.renormalize, unit_axis: COLUMNS }
+    UpdateRule { chunk: c.mini_batch_size, momentum: o.momentum, forget: o.forget, muon: o.muon, renormalize: o.renormalize, unit_axis: COLUMNS }
 }
 
 /// The apply-then-update loop (`ttt_inner.update = "per_chunk"`, [`chunk_update`]) over
@@ -723,7 +738,7 @@ fn chunk_loop(
     }
     let start = start_values(b, &layout, layer.params, |j| Some(layer.names[j].clone()))?;
     let [q, k, v, lr] = seqs;
-    let (out, end) = if b.mode == Mode::Step {
+    if b.mode == Mode::Step {
         let pos = b.position.expect("a step graph has a position"); // within the mini-batch
         let angles = rope_angles_at(&mut b.g, pos, c.head_dim(), c.rope_theta)?;
         let (q, k) = (rope(&mut b.g, q, angles)?, rope(&mut b.g, k, angles)?);
@@ -731,36 +746,23 @@ fn chunk_loop(
         let ends = b.binary(BinaryOp::Ge, pos, last)?;
         let ends = b.reshape(ends, vec![Dim::c(1); 4])?;
         let state = ChunkState::from_values(&start, &layout);
-        let (out, next) = chunk(&mut b.g, c, &rule, &state, [q, k, v, lr], gates, norm, &norms, Some(ends))?;
-        (out, next.values())
-    } else {
-        let mut inputs = start.clone();
-        let seqs: Vec<ValueId> = [q, k, v, lr].into_iter().chain(gates.into_iter().flatten()).collect();
-        for &x in &seqs {
-            inputs.push(if seen > 0 { b.pad(x, 2, seen, 0)? } else { x });
-        }
-        inputs.extend(norms.iter().flatten());
-        inputs.extend(norm.into_iter().flatten());
-        let body = chunk_body(c, &rule, &layout, gates.map(|g| g.is_some()), &norms, norm.is_some())?;
-        let scan = Scan { axis: 2, chunk: c.mini_batch_size, carries: start.len(), seqs: seqs.len(), body, reverse: false };
-        let outs = b.scan(scan, &inputs)?;
-        let out = outs[start.len()];
-        let out = if seen > 0 { b.slice(out, 2, seen as i64, None)? } else { out };
-        (out, outs[..start.len()].to_vec())
-    };
-    for (slot, v) in layout.iter().zip(end) {
-        b.state_output(&slot.name, v);
+        let (out, next) = per_chunk(&mut b.g, c, &rule, &state, [q, k, v, lr], gates, norm, &norms, Some(ends))?;
+        hand_on(b, &layout, &next.values());
+        return Ok(out);
     }
-    Ok(out)
+    let seqs: Vec<ValueId> = [q, k, v, lr].into_iter().chain(gates.into_iter().flatten()).collect();
+    let invariants: Vec<ValueId> = norms.iter().flatten().chain(norm.iter().flatten()).copied().collect();
+    let body = per_chunk_body(c, &rule, &layout, gates.map(|g| g.is_some()), &norms, norm.is_some())?;
+    scan_chunks(b, &layout, start, &seqs, &invariants, body, c.mini_batch_size, seen)
 }
 
-/// The apply-then-update loop's body: [`chunk`] on one mini-batch. Arguments: the state's
+/// The apply-then-update loop's body: [`per_chunk`] on one mini-batch. Arguments: the state's
 /// values (laid out as `layout`); the chunk's q, k, v, lr and the `gates` that are on; the
 /// initial norms of the weights that have them (as `norms` says); with `layer_norm`, the inner
 /// LayerNorm's weight and bias. Results: the next state's values, then the outputs. A body that
 /// hands on a state keeps the step of a mini-batch shorter than b (the sequence's last) in its
 /// sums.
-fn chunk_body(c: &TttConfig, rule: &UpdateRule, layout: &[Slot], gates: [bool; 2], norms: &[Option<ValueId>], layer_norm: bool) -> Result<Graph> {
+fn per_chunk_body(c: &TttConfig, rule: &UpdateRule, layout: &[Slot], gates: [bool; 2], norms: &[Option<ValueId>], layer_norm: bool) -> Result<Graph> {
     let (heads, d) = (c.num_heads, c.head_dim());
     let n = if c.mini_batch_size == 1 { Dim::c(1) } else { Dim::sym("n") };
     let bsym = Dim::sym("B");
@@ -789,7 +791,7 @@ fn chunk_body(c: &TttConfig, rule: &UpdateRule, layout: &[Slot], gates: [bool; 2
     let angles = rope_angles(&mut g, n.clone(), d, c.rope_theta)?;
     let (q, k) = (rope(&mut g, q, angles)?, rope(&mut g, k, angles)?);
     let whole = if state.sums.is_empty() { None } else { Some(chunk_is_whole(&mut g, n, c.mini_batch_size)?) };
-    let (out, next) = chunk(&mut g, c, rule, &state, [q, k, v, lr], [beta, alpha], norm, &norms, whole)?;
+    let (out, next) = per_chunk(&mut g, c, rule, &state, [q, k, v, lr], [beta, alpha], norm, &norms, whole)?;
     for (i, v) in next.values().into_iter().enumerate() {
         g.output(&format!("next{i}"), v);
     }
@@ -801,7 +803,7 @@ fn chunk_body(c: &TttConfig, rule: &UpdateRule, layout: &[Slot], gates: [bool; 2
 /// through the state's weights, then the step `−Σ_j lr_j·g_j` of the inner loss's gradients at
 /// those weights, as [`chunk_update`] makes it (`ends` as it takes it).
 #[allow(clippy::too_many_arguments)]
-fn chunk(
+fn per_chunk(
     g: &mut Graph,
     c: &TttConfig,
     rule: &UpdateRule,
@@ -932,7 +934,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
                     Some(keep) => b.mul(keep, first)?,
                     None => first,
                 };
-                let step = if c.optimizer.muon { newton_schulz(&mut b.g, s)? } else { s };
+                let step = if c.optimizer.muon { muon(&mut b.g, s)? } else { s };
                 let w = b.sub(kept, step)?;
                 b.state_output(&format!("{name}.current"), w);
                 if momentum.is_some() {

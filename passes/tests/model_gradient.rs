@@ -137,6 +137,8 @@ fn state_gradients_match_finite_differences() {
         r#"{"model_type": "ttt", "ttt_layer_type": "mlp", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "pre_conv": true, "share_qk": true, "use_gate": true}"#,
         r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 2, "mini_batch_size": 4}"#,
         r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"update": "per_chunk", "momentum": true, "forget": true, "muon": true, "renormalize": "pre"}}"#,
+        // Muon per token without momentum: the padding's zero steps kept out of Newton–Schulz.
+        r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"muon": true}}"#,
         r#"{"model_type": "mamba", "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 3, "conv_kernel": 3}"#,
         r#"{"model_type": "llama", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}"#,
         r#"{"model_type": "lact_swiglu", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attn_heads": 2, "num_lact_heads": 2, "lact_chunk_size": 3, "window_size": 2, "ttt_prenorm": true}"#,

@@ -301,7 +301,7 @@ fn derive_body(body: &Graph, chunk: usize, carries: usize) -> Result<(Graph, Dua
             egraph_classes: lowering.eg.number_of_classes(),
             saturated: false,
             cut_off: true,
-            ..DualFormReport::kept(true, materialises_per_token_state(body, chunk, carries))
+            ..DualFormReport::kept(per_token_copies(body, chunk, carries) == Some(true), materialises_per_token_state(body, chunk, carries))
         };
         return Ok((body.clone(), report));
     }
