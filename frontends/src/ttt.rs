@@ -108,7 +108,7 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
             let z = head_logits(b, x, s, name, heads, dim)?;
             let gate = b.unary(UnaryOp::Sigmoid, z)?;
             let gate = b.transpose(gate, &[0, 2, 1])?;
-            Ok(Some(per_token_column(b, gate)?))
+            Ok(Some(unit_axes(&mut b.g, gate, 1)?))
         };
         InnerUpdate::PerChunk { beta: gate(c.optimizer.momentum, "momentum")?, alpha: gate(c.optimizer.forget, "forget")? }
     } else if c.optimizer.gated_rule() {
@@ -133,17 +133,14 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let batch = Dim::sym("B");
     let mut names = Vec::new();
     let mut params = Vec::new();
-    let mut matrices = Vec::new();
     for (l, &(fan_in, fan_out)) in inner_layers(c).iter().enumerate() {
         let w = format!("{s}W{}", l + 1);
         params.push(b.weight(&w, &[heads, fan_in, fan_out], Init::Normal { std: 0.02 }));
         names.push(w);
-        matrices.push(true);
         if c.inner.bias {
             let bias = format!("{s}b{}", l + 1);
             params.push(b.weight(&bias, &[heads, 1, fan_out], Init::Zeros));
             names.push(bias);
-            matrices.push(false);
         }
     }
     let mut state = Vec::new();
@@ -152,10 +149,10 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
         shape.insert(0, batch.clone());
         state.push(shape);
     }
-    let layer = Layer { names: &names, params: &params, shapes: &state, matrices: &matrices };
+    let layer = Layer { names: &names, params: &params, shapes: &state };
     let z = match update {
         InnerUpdate::PerChunk { beta, alpha } => {
-            let lr = per_token_column(b, lr)?;
+            let lr = unit_axes(&mut b.g, lr, 1)?;
             chunk_loop(b, c, layer, [q, k, v, lr], [beta, alpha], norm, s)?
         }
         InnerUpdate::PerToken(rule) if b.mode == Mode::Step => {
@@ -209,11 +206,6 @@ enum InnerUpdate {
     /// Once per mini-batch ([`chunk_loop`]), with the momentum gate β and forget gate α
     /// `[B, H, T, 1]` that are on.
     PerChunk { beta: Option<ValueId>, alpha: Option<ValueId> },
-}
-
-/// `[B, H, T]` → `[B, H, T, 1]`.
-fn per_token_column(b: &mut ModelBuilder, x: ValueId) -> Result<ValueId> {
-    unit_axes(&mut b.g, x, 1)
 }
 
 /// `x` with `count` trailing axes of size 1.
@@ -594,13 +586,12 @@ fn token_scale(g: &mut Graph, token_idx: ValueId, index: ValueId, position: Valu
     g.binary(BinaryOp::Max, tau, zero)
 }
 
-/// A TTT layer's inner weights: their state names (`{prefix}W1`, …), parameters `[H, rows, cols]`,
-/// state shapes `[B, H, rows, cols]`, and which are matrices (not biases).
+/// A TTT layer's inner weights: their state names (`{prefix}W1`, …), parameters `[H, rows, cols]`
+/// and state shapes `[B, H, rows, cols]`.
 struct Layer<'a> {
     names: &'a [String],
     params: &'a [ValueId],
     shapes: &'a [Vec<Dim>],
-    matrices: &'a [bool],
 }
 
 /// The mini-batch loop over the whole sequence: a `Scan` of [`mini_batch_body`] in chunks of b,
@@ -731,9 +722,11 @@ fn chunk_loop(
     let seen = resumed_within_mini_batch(b, c)?;
     let weights: Vec<(String, Type)> = layer.names.iter().zip(layer.shapes).map(|(n, shape)| (n.clone(), Type::new(DType::F32, shape.clone()))).collect();
     let layout = ChunkState::layout(&rule, &weights, b.mode != Mode::Forward, s);
-    // The columns' initial norms `[H, 1, cols]`, of the matrices when renormalised.
+    // The columns' initial norms `[H, 1, cols]`, of the matrices (a bias has one row) when
+    // renormalised.
     let mut norms = Vec::new();
-    for (&p, &matrix) in layer.params.iter().zip(layer.matrices) {
+    for &p in layer.params {
+        let matrix = !b.ty(p).shape[1].is_one();
         norms.push(if matrix && rule.renormalize.is_some() { Some(unit_norms(&mut b.g, p, COLUMNS)?) } else { None });
     }
     let start = start_values(b, &layout, layer.params, |j| Some(layer.names[j].clone()))?;
