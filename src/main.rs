@@ -155,7 +155,7 @@ grows) compiled for this machine's CPU for every B from 1 to --batch and T from 
 the lengths given at each call: C functions `tttc_forward`, `tttc_loss_and_grad`, `tttc_prefill` \
 and `tttc_step` that need only the C library (see docs/cpu-model.md and examples/c/). \
 DIR/gpu/sm_80.ptx and DIR/gpu/sm_90.ptx hold the same forward pass as PTX kernels for the same \
-lengths, read at each run, and DIR/gpu/program.json the order to launch them in, on which buffers (the manifest's gpu entry lists the lengths, the slots, the workspace and every kernel; see docs/gpu-model.md); DIR/gpu/loss_and_grad/, DIR/gpu/prefill/ and DIR/gpu/step/ hold the others the same way. When ptxas is found (TTTC_PTXAS, or PATH; the pip package nvidia-cuda-nvcc-cu12 has it) both modules are assembled, an error fails the compile, and each kernel's registers, spills and shared memory per target go into the manifest. A config of one layer \
+lengths, read at each run, and DIR/gpu/program.json the order to launch them in, on which buffers (the manifest's gpu entry lists the lengths, the slots, the workspace and every kernel; see docs/gpu-model.md); DIR/gpu/loss_and_grad/, DIR/gpu/prefill/ and DIR/gpu/step/ hold the others the same way. When ptxas is found (TTTC_PTXAS, or PATH; the pip package nvidia-cuda-nvcc-cu12 has it) and --no-ptxas is not given, both modules are assembled, an error fails the compile, and each kernel's registers, spills and shared memory per target go into the manifest. A config of one layer \
 (model_type lact_bidirectional_layer) compiles that layer instead: `tttc_forward` (x and the parameters to y) and `tttc_vjp` \
 (also the cotangent d.y, to d.x and d.NAME per parameter), on the CPU and in gpu/ and gpu/vjp/ (see docs/lact.md). Every graph is verified after each pass. A \
 progress line per pass goes to stderr. DIR is built next to itself and then put in its place in \
@@ -181,6 +181,11 @@ and the compile refused. See docs/passes.md and docs/errors.md.")]
         /// tensors become arguments and outputs named `state.NAME` (docs/state.md).
         #[arg(long, value_name = "P")]
         resume_at: Option<usize>,
+        /// Leave the PTX unassembled even when ptxas is found: much faster for large kernels
+        /// (ptxas takes most of a compile's time), but the manifest then has no register counts,
+        /// spills or GPU estimate.
+        #[arg(long)]
+        no_ptxas: bool,
     },
     /// Time one layer at the 125m width across context lengths, with the peers in the same run.
     #[command(long_about = "Time one sequence-mixing layer at the 125m width (D 768, 12 heads, \
@@ -522,13 +527,14 @@ fn dispatch(command: Command) -> Result<()> {
             print!("{}", tttc_ir::text::print(&graph));
             Ok(())
         }
-        Command::Compile { model, output, batch, seq_len, resume_at } => {
+        Command::Compile { model, output, batch, seq_len, resume_at, no_ptxas } => {
             let request = tttc_compile::Request {
                 model: &model,
                 out: output.as_deref(),
                 batch: usize::try_from(batch).context("--batch is too large")?,
                 seq_len: usize::try_from(seq_len).context("--seq-len is too large")?,
                 resume_at,
+                assemble: !no_ptxas,
             };
             let report = tttc_compile::compile(&request, &mut |line| eprintln!("{line}"))?;
             eprintln!("wrote {}", report.out.display());

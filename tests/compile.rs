@@ -40,14 +40,14 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
     for ex in examples() {
         let stem = ex.file_stem().unwrap().to_string_lossy().to_string();
         let out = dir.join(format!("{stem}.tttc"));
-        let r = tttc(&["compile", p(&ex), "-o", p(&out), "--seq-len", "100", "--batch", "2"]);
+        let r = tttc(&["compile", p(&ex), "-o", p(&out), "--seq-len", "100", "--batch", "2", "--no-ptxas"]);
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "{stem}: {stderr}");
         // One progress line per pass (the passes' notes indented under it), the fusion summary,
         // the training step's gradient graph, for Llama a note that it has no decoding entry
         // points (its KV cache grows), the CPU model (a line per entry point, then the time), the
-        // GPU model (a line per program, with a note when ptxas is missing, or its estimate when
-        // not), then where the output went.
+        // GPU model (a line per program, unassembled with --no-ptxas: tests/ptx_assembly.rs
+        // assembles them), then where the output went.
         let family = tttc_frontends::load_config(&ex).unwrap().family();
         let decodes = family != "llama";
         let entry_names: &[&str] = if decodes { &["forward", "loss_and_grad", "prefill", "step"] } else { &["forward", "loss_and_grad"] };
@@ -65,8 +65,8 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
         let cpu = lines[at..].iter().take_while(|l| l.starts_with("cpu: ")).count();
         assert_eq!(cpu, entry_names.len() + 1, "{stem}: {stderr}");
         let gpu = &lines[at + cpu..lines.len() - 1];
-        assert!(gpu.iter().all(|l| l.starts_with("gpu") || l.starts_with("note: ptxas not found")), "{stem}: {stderr}");
-        assert_eq!(gpu.iter().filter(|l| l.starts_with("gpu: ")).count(), entry_names.len(), "{stem}: a GPU program per entry point: {stderr}");
+        assert!(gpu.iter().all(|l| l.starts_with("gpu: ") && !l.contains("ptxas")), "{stem}: {stderr}");
+        assert_eq!(gpu.len(), entry_names.len(), "{stem}: a GPU program per entry point: {stderr}");
         assert_eq!(lines.last().unwrap(), &format!("wrote {}", out.display()));
         for target in ["sm_80", "sm_90"] {
             let ptx = std::fs::read_to_string(out.join(format!("gpu/{target}.ptx"))).unwrap();
@@ -174,6 +174,10 @@ fn compile_writes_the_ir_after_every_pass_and_the_manifest() {
             }
         } else {
             assert!(m.get("gpu_prefill").is_none() && m.get("gpu_step").is_none(), "{stem}: decoding programs of a state that grows");
+        }
+        // --no-ptxas: no program was assembled, so none has figures or an estimate.
+        for program in ["gpu", "gpu_loss_and_grad", "gpu_prefill", "gpu_step"].into_iter().filter(|p| m.get(p).is_some()) {
+            assert!(m[program]["ptxas"].is_null() && m[program]["estimate"].is_null(), "{stem}: {program} was assembled");
         }
 
         let passes = m["passes"].as_array().unwrap();

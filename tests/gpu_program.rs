@@ -298,7 +298,7 @@ fn the_launch_contract_runs_a_model_without_tttc() {
     let v = logits.shape[2];
     let t = 21;
     let out = scratch("gpu_program").join("compiled");
-    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", "40"]);
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", "40", "--no-ptxas"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let (steps, got) = run_compiled(&out, "gpu", &[("T", t)], &|name| {
         if name == "input_ids" {
@@ -323,7 +323,7 @@ fn the_launch_contract_runs_a_training_step_without_tttc() {
     let ids = &io["input_ids"];
     let (b, t) = (ids.shape[0], ids.shape[1]);
     let out = scratch("gpu_program_training").join("compiled");
-    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &(b + 1).to_string(), "--seq-len", &(t + 7).to_string()]);
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &(b + 1).to_string(), "--seq-len", &(t + 7).to_string(), "--no-ptxas"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let (steps, got) = run_compiled(&out, "gpu_loss_and_grad", &[("B", b), ("T", t)], &|name| {
         if name == "input_ids" {
@@ -354,7 +354,7 @@ fn the_launch_contract_runs_a_compiled_layer_both_ways() {
     let weights = read_raw(&case.join("model.safetensors"));
     let (b, t) = (io["x"].shape[0], io["x"].shape[1]);
     let out = scratch("gpu_program_layer").join("compiled");
-    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b.to_string(), "--seq-len", &t.to_string()]);
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", &b.to_string(), "--seq-len", &t.to_string(), "--no-ptxas"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let slot = |name: &str| -> Vec<u8> {
         let named = |n: &str| io[n].f32.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -405,7 +405,7 @@ fn the_launch_contract_continues_from_a_state() {
     let position = start.iter().find(|s| s.0 == "position").map(|s| f32::from_le_bytes(s.3[..4].try_into().unwrap())).unwrap() as usize;
     assert_eq!(position, first % 16);
     let out = dir.join("compiled");
-    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string(), "--resume-at", &position.to_string()]);
+    let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &t.to_string(), "--resume-at", &position.to_string(), "--no-ptxas"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let (_, got) = run_compiled(&out, "gpu", &[("T", t)], &|name| match (name, name.strip_prefix("state.")) {
         ("input_ids", _) => id_bytes(ids, first, first + t),
@@ -439,7 +439,7 @@ fn the_launch_contract_decodes_without_tttc() {
         let weights = read_raw(&case.join("model.safetensors"));
         let (len, new) = ((mini_batch(&case) - 2).min(ids.shape[1]), 5);
         let out = dir.join(&name);
-        let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &(len + 3).to_string()]);
+        let r = tttc(&["compile", p(&case), "-o", p(&out), "--batch", "1", "--seq-len", &(len + 3).to_string(), "--no-ptxas"]);
         assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
         let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
         if manifest.get("gpu_step").is_none() {

@@ -27,6 +27,8 @@ fn every_example_assembles_for_sm80_and_sm90() {
         for program in programs {
             let gpu = &manifest[program];
             assert!(gpu["ptxas"].is_string(), "{}: compile did not find ptxas for {program}", ex.display());
+            let seconds = gpu["estimate"]["seconds"].as_f64();
+            assert!(seconds.is_some_and(|s| s > 0.0), "{}: {program} has no H100 estimate from its figures", ex.display());
             let kernels = gpu["kernels"].as_array().unwrap();
             assert!(!kernels.is_empty());
             for k in kernels {

@@ -18,8 +18,13 @@ pub(crate) fn gpu_program(graph: &Graph, env: &DimEnv, ptxas: Option<&Path>, dir
     let modules: Vec<(&'static str, String)> = tttc_ptx::TARGETS.iter().map(|&t| (t, gpu.module(t).to_text())).collect();
     let mut figures: BTreeMap<String, BTreeMap<&'static str, tttc_ptx::ptxas::Figures>> = BTreeMap::new();
     if let Some(ptxas) = ptxas {
-        for (target, text) in &modules {
-            for (kernel, f) in tttc_ptx::ptxas::assemble(ptxas, text, target)? {
+        // The targets at once: ptxas uses one core and takes most of a compile's time.
+        let assembled: Vec<Result<Vec<(String, tttc_ptx::ptxas::Figures)>>> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = modules.iter().map(|(target, text)| scope.spawn(move || tttc_ptx::ptxas::assemble(ptxas, text, target))).collect();
+            jobs.into_iter().map(|job| job.join().unwrap_or_else(|_| Err(anyhow::anyhow!("assembling the PTX failed")))).collect()
+        });
+        for ((target, _), kernels) in modules.iter().zip(assembled) {
+            for (kernel, f) in kernels? {
                 figures.entry(kernel).or_default().insert(target, f);
             }
         }

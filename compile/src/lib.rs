@@ -26,6 +26,8 @@ pub struct Request<'a> {
     /// Compile the run that continues from a state at this position (`Mode::Resume`), whose
     /// state tensors are further arguments and outputs `state.NAME`, instead of the forward pass.
     pub resume_at: Option<usize>,
+    /// Assemble the PTX with `ptxas` when it is found (its figures go into the manifest).
+    pub assemble: bool,
 }
 
 /// What a compile made.
@@ -134,8 +136,8 @@ pub fn compile(req: &Request, log: &mut dyn FnMut(&str)) -> Result<Report> {
     let lengths = if lengths.is_empty() { "the lengths fixed".to_string() } else { format!("any {}, given at each call", lengths.join(", ")) };
     log(&format!("cpu: compiled in {:.2} s for {lengths}, declared in cpu/model.h", started.elapsed().as_secs_f64()));
 
-    let ptxas = tttc_ptx::ptxas::find();
-    if ptxas.is_none() {
+    let ptxas = if req.assemble { tttc_ptx::ptxas::find() } else { None };
+    if req.assemble && ptxas.is_none() {
         log("note: ptxas not found (set TTTC_PTXAS or put it on PATH; pip package nvidia-cuda-nvcc-cu12): the PTX is not assembled and the manifest has no register counts");
     }
     let (gpu_entry, gpu_files) = gpu::gpu_program(last, &env, ptxas.as_deref(), "gpu", "the forward pass", log)?;
