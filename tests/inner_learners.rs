@@ -25,7 +25,15 @@ fn learners() -> Vec<(&'static str, Value)> {
         ("silu2-noresidual", json!({"widths": [4], "activation": "silu", "residual": false})),
         ("mlp-w2-nobias", json!({"widths": [2], "bias": false})),
         ("bare-silu3", json!({"widths": [1, 3], "activation": "silu", "bias": false, "residual": false, "norm": "none"})),
+        ("geglu", json!({"widths": [2], "glu": true})),
+        ("swiglu-dot", lact_learner()),
     ]
+}
+
+/// LaCT's fast-weight learner from parts: `f(x) = (silu(x G) ⊙ (x W1)) W2`, no bias, residual or
+/// norm, and the dot-product loss `−v · f(k)`.
+fn lact_learner() -> Value {
+    json!({"widths": [2], "activation": "silu", "glu": true, "bias": false, "residual": false, "norm": "none", "loss": "dot_product"})
 }
 
 /// The learners above and the two presets (as `ttt_layer_type`, with no `ttt_inner`).
@@ -110,18 +118,14 @@ fn learners_have_the_weights_their_spec_names() {
             let s = format!("model.layers.{layer}.seq_modeling_block.");
             let block: BTreeMap<&str, &Vec<usize>> = got.iter().filter_map(|(n, sh)| n.strip_prefix(&s).map(|k| (k, sh))).collect();
             let mut want: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-            let sizes = spec.sizes(d);
-            for l in 0..sizes.len() - 1 {
-                want.insert(format!("W{}", l + 1), vec![heads, sizes[l], sizes[l + 1]]);
-                if spec.bias {
-                    want.insert(format!("b{}", l + 1), vec![heads, 1, sizes[l + 1]]);
-                }
+            for (tensor, rows, cols) in spec.tensors(d) {
+                want.insert(tensor, vec![heads, rows, cols]);
             }
             if spec.norm {
                 want.insert("ttt_norm_weight".into(), vec![heads, d]);
                 want.insert("ttt_norm_bias".into(), vec![heads, d]);
             }
-            let inner_names = |k: &str| k.starts_with('W') || (k.starts_with('b') && k.len() == 2) || k.starts_with("ttt_norm");
+            let inner_names = |k: &str| k.starts_with('W') || (k.starts_with('b') && (k.len() == 2 || k.ends_with("_gate"))) || k.starts_with("ttt_norm");
             let have: BTreeMap<String, Vec<usize>> = block.iter().filter(|(k, _)| inner_names(k)).map(|(k, sh)| (k.to_string(), (*sh).clone())).collect();
             assert_eq!(have, want, "{name}: inner weights of layer {layer}");
         }
@@ -377,10 +381,11 @@ fn per_chunk_optimizers_match_an_independent_f64_implementation() {
     ];
     let mut report = Vec::new();
     let mut failed = Vec::new();
-    for (i, ((learner, inner, widest), part)) in [("preset-linear", json!({}), 8), ("relu3", json!({"widths": [4, 2], "activation": "relu"}), 32)]
-        .into_iter()
-        .flat_map(|l| parts.iter().map(move |p| (l.clone(), p)))
-        .enumerate()
+    for (i, ((learner, inner, widest), part)) in
+        [("preset-linear", json!({}), 8), ("relu3", json!({"widths": [4, 2], "activation": "relu"}), 32), ("swiglu-dot", lact_learner(), 16)]
+            .into_iter()
+            .flat_map(|l| parts.iter().map(move |p| (l.clone(), p)))
+            .enumerate()
     {
         let mut inner = inner.clone();
         inner.as_object_mut().unwrap().extend(part.as_object().unwrap().clone());
@@ -608,15 +613,18 @@ mod reference {
         pub widths: Vec<usize>,
         pub bias: bool,
         pub activation: String,
+        pub glu: bool,
         pub residual: bool,
         pub norm: bool,
+        pub dot_product: bool,
     }
 
     impl Spec {
         /// `ttt_layer_type`'s preset, then the `ttt_inner` keys over it (docs/model-toml.md).
         pub fn from_config(c: &Value) -> Spec {
             let mlp = c.get("ttt_layer_type").and_then(Value::as_str) == Some("mlp");
-            let mut s = Spec { widths: if mlp { vec![4] } else { vec![] }, bias: true, activation: "gelu_tanh".into(), residual: true, norm: true };
+            let widths = if mlp { vec![4] } else { vec![] };
+            let mut s = Spec { widths, bias: true, activation: "gelu_tanh".into(), glu: false, residual: true, norm: true, dot_product: false };
             if let Some(t) = c.get("ttt_inner").and_then(Value::as_object) {
                 if let Some(w) = t.get("widths") {
                     s.widths = w.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
@@ -626,6 +634,12 @@ mod reference {
                 }
                 if let Some(a) = t.get("activation") {
                     s.activation = a.as_str().unwrap().into();
+                }
+                if let Some(g) = t.get("glu") {
+                    s.glu = g.as_bool().unwrap();
+                }
+                if let Some(l) = t.get("loss") {
+                    s.dot_product = l.as_str().unwrap() == "dot_product";
                 }
                 if let Some(r) = t.get("residual") {
                     s.residual = r.as_bool().unwrap();
@@ -643,6 +657,26 @@ mod reference {
             v.extend(self.widths.iter().map(|w| w * d));
             v.push(d);
             v
+        }
+
+        /// The learner's tensors in order, `(name, rows, cols)`: per layer `W{l}` `[in, out]`,
+        /// `b{l}` `[1, out]` with bias, then with glu on a hidden layer its gate's `W{l}_gate`
+        /// and `b{l}_gate` (docs/model-toml.md).
+        pub fn tensors(&self, d: usize) -> Vec<(String, usize, usize)> {
+            let sizes = self.sizes(d);
+            let depth = sizes.len() - 1;
+            let mut out = Vec::new();
+            for l in 0..depth {
+                let (i, o) = (sizes[l], sizes[l + 1]);
+                let gates: &[&str] = if self.glu && l + 1 < depth { &["", "_gate"] } else { &[""] };
+                for gate in gates {
+                    out.push((format!("W{}{gate}", l + 1), i, o));
+                    if self.bias {
+                        out.push((format!("b{}{gate}", l + 1), 1, o));
+                    }
+                }
+            }
+            out
         }
     }
 
@@ -801,13 +835,14 @@ mod reference {
     }
 
     impl Inner<'_> {
-        /// `f(x)` with the flat parameters `p` = `[W1 (in×out, row-major), b1, W2, b2, …]`.
+        /// `f(x)` with the flat parameters `p`, the tensors of [`Spec::tensors`] in order, each
+        /// row-major (`W1` in×out, `b1`, …).
         fn f(&self, p: &[Dual], x: &[Dual]) -> Vec<Dual> {
             let mut a = x.to_vec();
             let mut off = 0;
             let depth = self.sizes.len() - 1;
-            for l in 0..depth {
-                let (i, o) = (self.sizes[l], self.sizes[l + 1]);
+            // `a·W + b` with the next tensors of `p`.
+            let mut affine = |a: &[Dual], i: usize, o: usize| -> Vec<Dual> {
                 let mut z = vec![c(0.0); o];
                 for (r, &ar) in a.iter().enumerate() {
                     for (col, zc) in z.iter_mut().enumerate() {
@@ -821,7 +856,19 @@ mod reference {
                     }
                     off += o;
                 }
-                a = if l + 1 < depth { z.into_iter().map(|v| activate(&self.spec.activation, v)).collect() } else { z };
+                z
+            };
+            for l in 0..depth {
+                let (i, o) = (self.sizes[l], self.sizes[l + 1]);
+                let z = affine(&a, i, o);
+                a = if l + 1 == depth {
+                    z
+                } else if self.spec.glu {
+                    let gate = affine(&a, i, o);
+                    gate.into_iter().zip(z).map(|(g, z)| activate(&self.spec.activation, g) * z).collect()
+                } else {
+                    z.into_iter().map(|v| activate(&self.spec.activation, v)).collect()
+                };
             }
             assert_eq!(off, p.len());
             let n = match self.ln {
@@ -841,7 +888,7 @@ mod reference {
             }
         }
 
-        /// `∇_p ½‖f(k) − v‖²`, one forward-mode pass per parameter.
+        /// `∇_p ½‖f(k) − v‖²` (or `∇_p −v·f(k)`), one forward-mode pass per parameter.
         fn grad(&self, p: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
             let mut dp: Vec<Dual> = p.iter().map(|&x| c(x)).collect();
             let k: Vec<Dual> = k.iter().map(|&x| c(x)).collect();
@@ -850,7 +897,8 @@ mod reference {
                     dp[i].d = 1.0;
                     let y = self.f(&dp, &k);
                     dp[i].d = 0.0;
-                    y.iter().zip(v).fold(0.0, |s, (yj, &vj)| s + (yj.v - vj) * yj.d)
+                    let adjoint = |yj: &Dual, vj: f64| if self.spec.dot_product { -vj } else { yj.v - vj };
+                    y.iter().zip(v).fold(0.0, |s, (yj, &vj)| s + adjoint(yj, vj) * yj.d)
                 })
                 .collect()
         }
@@ -937,20 +985,16 @@ mod reference {
     }
 
     /// `(offset, rows, cols, is a matrix)` of each tensor in the flat parameters of a learner
-    /// with layer `sizes` (see [`Inner::f`]).
-    fn blocks(sizes: &[usize], bias: bool) -> Vec<(usize, usize, usize, bool)> {
-        let mut out = Vec::new();
+    /// (see [`Inner::f`]).
+    fn blocks(spec: &Spec, d: usize) -> Vec<(usize, usize, usize, bool)> {
         let mut off = 0;
-        for l in 0..sizes.len() - 1 {
-            let (i, o) = (sizes[l], sizes[l + 1]);
-            out.push((off, i, o, true));
-            off += i * o;
-            if bias {
-                out.push((off, 1, o, false));
-                off += o;
-            }
-        }
-        out
+        spec.tensors(d)
+            .into_iter()
+            .map(|(_, rows, cols)| {
+                off += rows * cols;
+                (off - rows * cols, rows, cols, rows > 1)
+            })
+            .collect()
     }
 
     /// `a` `[n, k]` · `b` `[k, m]`, row-major.
@@ -1021,7 +1065,7 @@ mod reference {
         alpha: &[f64],
         t: usize,
     ) -> Vec<Vec<f64>> {
-        let blocks = blocks(&inner.sizes, c.spec.bias);
+        let blocks = blocks(&c.spec, inner.sizes[0]);
         let targets: Vec<Vec<f64>> = blocks.iter().map(|&(off, r, k, _)| column_norms(&w0[off..off + r * k], r, k)).collect();
         let (mut w, mut raw, mut momentum) = (w0.clone(), w0, None::<Vec<f64>>);
         let mut outs = Vec::new();
@@ -1101,18 +1145,13 @@ mod reference {
             (0..t).map(|r| sigmoid((0..dim).map(|j| x[r * dim + j] * gw[h * dim + j]).sum::<f64>() + gb[h])).collect()
         };
         let sizes = c.spec.sizes(d);
-        let depth = sizes.len() - 1;
         let mut z = vec![0.0; t * dim];
         for h in 0..heads {
             let ln = c.spec.norm.then(|| (&get("ttt_norm_weight")[h * d..(h + 1) * d], &get("ttt_norm_bias")[h * d..(h + 1) * d]));
             let inner = Inner { spec: &c.spec, sizes: sizes.clone(), ln };
             let mut w0 = Vec::new();
-            for l in 0..depth {
-                let (i, o) = (sizes[l], sizes[l + 1]);
-                w0.extend_from_slice(&get(&format!("W{}", l + 1))[h * i * o..(h + 1) * i * o]);
-                if c.spec.bias {
-                    w0.extend_from_slice(&get(&format!("b{}", l + 1))[h * o..(h + 1) * o]);
-                }
+            for (name, rows, cols) in c.spec.tensors(d) {
+                w0.extend_from_slice(&get(&name)[h * rows * cols..(h + 1) * rows * cols]);
             }
             let head = |m: &[f64], r: usize| m[r * dim + h * d..r * dim + (h + 1) * d].to_vec();
             let lr: Vec<f64> =
@@ -1142,7 +1181,7 @@ mod reference {
                         }
                         let mut step = momentum.clone();
                         if c.muon {
-                            orthogonalise(&mut step, &blocks(&inner.sizes, c.spec.bias));
+                            orthogonalise(&mut step, &blocks(&c.spec, d));
                         }
                         for (w, s) in wi.iter_mut().zip(&step) {
                             *w = (1.0 - alpha[r]) * *w - s;

@@ -382,15 +382,24 @@ impl InnerModel {
             InnerModel::Linear => vec![],
             InnerModel::Mlp => vec![4],
         };
-        InnerSpec { widths, bias: true, activation: Activation::GeluTanh, residual: true, norm: InnerNorm::LayerNorm, loss: InnerLoss::Reconstruction }
+        InnerSpec {
+            widths,
+            bias: true,
+            activation: Activation::GeluTanh,
+            glu: false,
+            residual: true,
+            norm: InnerNorm::LayerNorm,
+            loss: InnerLoss::Reconstruction,
+        }
     }
 }
 
 /// The TTT inner learner built from parts (config key `ttt_inner`, docs/model-toml.md): per head,
 /// `len(widths) + 1` linear layers `d → widths[0]·d → … → d` with `activation` between
-/// consecutive layers, `N` the inner LayerNorm or the identity, and
-/// `f(x) = x + N(Z(x))` with `residual`, `N(Z(x))` without. The self-supervised loss of a token is
-/// `ℓ = ½‖f(k) − v‖²`, built as `½‖N(Z(k)) − t‖²` with target `t = v − k` (residual) or `t = v`.
+/// consecutive layers (with `glu`, a hidden layer is `act(x G + c) ⊙ (x W + b)`), `N` the inner
+/// LayerNorm or the identity, and `f(x) = x + N(Z(x))` with `residual`, `N(Z(x))` without. The
+/// self-supervised loss of a token is `ℓ = ½‖f(k) − v‖²`, built as `½‖N(Z(k)) − t‖²` with target
+/// `t = v − k` (residual) or `t = v`, or LaCT's `ℓ = −v · f(k)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InnerSpec {
     /// Hidden widths as multiples of the head dimension d (0 to 2 of them).
@@ -399,6 +408,9 @@ pub struct InnerSpec {
     pub bias: bool,
     /// Between consecutive layers (unused by a one-layer model).
     pub activation: Activation,
+    /// Whether every hidden layer is gated (a GLU: SwiGLU with silu): `act(x G{l} + c{l}) ⊙ (x
+    /// W{l} + b{l})`, with the gate's weights `W{l}_gate` (and `b{l}_gate`).
+    pub glu: bool,
     pub residual: bool,
     pub norm: InnerNorm,
     pub loss: InnerLoss,
@@ -427,10 +439,12 @@ pub enum InnerNorm {
 pub enum InnerLoss {
     /// `½‖f(k) − v‖²`.
     Reconstruction,
+    /// `−v · f(k)` (LaCT's: a step ascends the values' dot product with the output).
+    DotProduct,
 }
 
 /// The keys of a `ttt_inner` table: the learner's, then the inner optimizer's.
-const INNER_KEYS: [&str; 11] = ["widths", "bias", "activation", "residual", "norm", "loss", "update", "momentum", "forget", "muon", "renormalize"];
+const INNER_KEYS: [&str; 12] = ["widths", "bias", "activation", "glu", "residual", "norm", "loss", "update", "momentum", "forget", "muon", "renormalize"];
 
 /// The `ttt_inner` table's keys, when the config has one.
 fn inner_table<'a>(k: &'a Keys) -> Result<Option<Keys<'a>>> {
@@ -534,13 +548,20 @@ impl InnerSpec {
         self.widths.len() + 1
     }
 
-    /// The preset this spec is, if any (the activation of a one-layer model does not count).
+    /// The preset this spec is, if any (the activation and gating of a one-layer model do not
+    /// count: it has no hidden layer).
     pub fn preset(&self) -> Option<InnerModel> {
+        let hidden = !self.widths.is_empty();
         [InnerModel::Linear, InnerModel::Mlp].into_iter().find(|m| {
             let p = m.spec();
-            let act = self.widths.is_empty() || self.activation == p.activation;
-            act && InnerSpec { activation: p.activation, ..self.clone() } == p
+            let act = !hidden || self.activation == p.activation;
+            act && InnerSpec { activation: p.activation, glu: hidden && self.glu, ..self.clone() } == p
         })
+    }
+
+    /// Whether layer `l` (from 0) has a gate: a GLU's hidden layers.
+    pub fn gated(&self, l: usize) -> bool {
+        self.glu && l + 1 < self.depth()
     }
 
     /// `ttt_layer_type`'s preset with the keys of `ttt_inner` (when present) replacing its fields.
@@ -572,6 +593,7 @@ impl InnerSpec {
             }
         }
         spec.bias = t.bool_or("bias", spec.bias)?;
+        spec.glu = t.bool_or("glu", spec.glu)?;
         spec.residual = t.bool_or("residual", spec.residual)?;
         if t.get("activation").is_some() {
             spec.activation = match t.str_or("activation", "")? {
@@ -591,7 +613,8 @@ impl InnerSpec {
         if t.get("loss").is_some() {
             spec.loss = match t.str_or("loss", "")? {
                 "reconstruction" => InnerLoss::Reconstruction,
-                other => bail!("config key ttt_inner.loss = {other:?} is not supported (only \"reconstruction\")"),
+                "dot_product" => InnerLoss::DotProduct,
+                other => bail!("config key ttt_inner.loss = {other:?} is not supported (expected \"reconstruction\" or \"dot_product\")"),
             };
         }
         Ok(spec)

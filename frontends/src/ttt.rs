@@ -7,12 +7,12 @@
 //! The inner gradient is not spelled out: it is a `grad` op over the inner loss, which the passes'
 //! autodiff expands; deriving the dual form is the passes' job too.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
 use crate::chunk_update::{chunk_is_whole, chunk_update, hand_on, muon, scan_chunks, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
-use crate::config::{Activation, InnerModel, InnerNorm, InnerSpec, TttConfig, Update};
+use crate::config::{Activation, InnerLoss, InnerModel, InnerNorm, InnerSpec, TttConfig, Update};
 use crate::math::{layer_norm, rope_angles, rope_angles_at, split_heads};
 
 /// LayerNorm eps of the inner model's output and of `post_norm` (fixed in the reference).
@@ -129,18 +129,22 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
         InnerNorm::None => None,
     };
 
-    // The inner state: [W1, b1, W2, b2, …] (no b{l} without bias), each [B, H, rows, cols].
+    // The inner state: [W1, b1, W1_gate, b1_gate, W2, b2, …] (no b{l} without bias, no gate
+    // without glu or on the last layer), each [B, H, rows, cols].
     let batch = Dim::sym("B");
     let mut names = Vec::new();
     let mut params = Vec::new();
     for (l, &(fan_in, fan_out)) in inner_layers(c).iter().enumerate() {
-        let w = format!("{s}W{}", l + 1);
-        params.push(b.weight(&w, &[heads, fan_in, fan_out], Init::Normal { std: 0.02 }));
-        names.push(w);
-        if c.inner.bias {
-            let bias = format!("{s}b{}", l + 1);
-            params.push(b.weight(&bias, &[heads, 1, fan_out], Init::Zeros));
-            names.push(bias);
+        let gates: &[&str] = if c.inner.gated(l) { &["", "_gate"] } else { &[""] };
+        for gate in gates {
+            let w = format!("{s}W{}{gate}", l + 1);
+            params.push(b.weight(&w, &[heads, fan_in, fan_out], Init::Normal { std: 0.02 }));
+            names.push(w);
+            if c.inner.bias {
+                let bias = format!("{s}b{}{gate}", l + 1);
+                params.push(b.weight(&bias, &[heads, 1, fan_out], Init::Zeros));
+                names.push(bias);
+            }
         }
     }
     let mut state = Vec::new();
@@ -955,25 +959,36 @@ fn matrix_dims(t: &Type) -> (usize, usize) {
     (t.shape[r - 2].as_const().expect("static"), t.shape[r - 1].as_const().expect("static"))
 }
 
-/// The inner model's layers `Z(x)` on `x` `[B, H, n, d]` with `weights` `[W1, b1, W2, b2, …]`
-/// (no `b{l}` without bias): per token, each `[B, H, n, rows, cols]`, or shared by the n tokens,
-/// each `[B, H, rows, cols]`: linear layers with the spec's activation between them. Returns
-/// `[B, H, n, d_out]`.
+/// The inner model's layers `Z(x)` on `x` `[B, H, n, d]` with `weights` `[W1, b1, W1_gate,
+/// b1_gate, W2, b2, …]` (no `b{l}` without bias, gates only with glu): per token, each
+/// `[B, H, n, rows, cols]`, or shared by the n tokens, each `[B, H, rows, cols]`: linear layers
+/// with the spec's activation (or GLU) between them. Returns `[B, H, n, d_out]`.
 fn inner_model(g: &mut Graph, spec: &InnerSpec, x: ValueId, weights: &[ValueId]) -> Result<ValueId> {
     let mut shape = g.ty(x).shape.clone();
     let shared = g.ty(weights[0]).rank() == shape.len();
     let mut row_shape = shape.clone();
     row_shape.insert(3, Dim::c(1));
     let mut a = if shared { x } else { g.reshape(x, row_shape)? }; // [B, H, n, 1, d] per token
-    let per_layer = if spec.bias { 2 } else { 1 };
-    let layers = weights.len() / per_layer;
-    debug_assert_eq!(layers, spec.depth());
-    for (l, p) in weights.chunks(per_layer).enumerate() {
-        let mut z = g.matmul(a, p[0])?;
-        if spec.bias {
-            z = g.add(z, p[1])?;
+    let mut next = weights.iter().copied();
+    let mut affine = |g: &mut Graph, a: ValueId| -> Result<ValueId> {
+        let w = next.next().context("too few inner weights")?;
+        let z = g.matmul(a, w)?;
+        match spec.bias {
+            true => g.add(z, next.next().context("too few inner weights")?),
+            false => Ok(z),
         }
-        a = if l + 1 < layers { activate(g, spec.activation, z)? } else { z };
+    };
+    for l in 0..spec.depth() {
+        let z = affine(g, a)?;
+        a = match (l + 1 < spec.depth(), spec.gated(l)) {
+            (false, _) => z,
+            (true, false) => activate(g, spec.activation, z)?,
+            (true, true) => {
+                let gate = affine(g, a)?;
+                let gate = activate(g, spec.activation, gate)?;
+                g.mul(gate, z)?
+            }
+        };
     }
     if shared {
         return Ok(a);
@@ -1037,7 +1052,8 @@ fn activate(g: &mut Graph, act: Activation, z: ValueId) -> Result<ValueId> {
 
 /// The inner self-supervised loss summed over the mini-batch's tokens, `Σ_j ½‖f_{W_j}(k_j) − v_j‖²`,
 /// built as `Σ_j ½‖N(Z_{W_j}(k_j)) − t_j‖²` with `t_j = v_j − k_j` when the inner model is residual
-/// and `t_j = v_j` otherwise (N the inner LayerNorm or the identity), each token's term times its
+/// and `t_j = v_j` otherwise (N the inner LayerNorm or the identity), or `Σ_j −v_j · N(Z_{W_j}(k_j))`
+/// for the dot product (a residual's `v_j · k_j` has no gradient), each token's term times its
 /// `scale` when given, as a graph of (weights…, k, v[, LN weight, LN bias][, scale]).
 fn inner_loss(spec: &InnerSpec, weight_types: &[Type], kv: &Type, ln: Option<&Type>, scale: Option<&Type>) -> Result<Graph> {
     let mut g = Graph::new("inner_loss");
@@ -1047,11 +1063,19 @@ fn inner_loss(spec: &InnerSpec, weight_types: &[Type], kv: &Type, ln: Option<&Ty
     let norm = ln.map(|ln| [g.input("ln_weight", ln.clone()), g.input("ln_bias", ln.clone())]);
     let scale = scale.map(|s| g.input("scale", s.clone()));
     let y = normed_inner(&mut g, spec, k, &weights, norm)?;
-    let target = if spec.residual { g.sub(v, k)? } else { v };
-    let diff = g.sub(y, target)?;
-    let sq = g.mul(diff, diff)?;
-    let half = g.scalar(0.5)?;
-    let mut loss = g.mul(half, sq)?;
+    let mut loss = match spec.loss {
+        InnerLoss::Reconstruction => {
+            let target = if spec.residual { g.sub(v, k)? } else { v };
+            let diff = g.sub(y, target)?;
+            let sq = g.mul(diff, diff)?;
+            let half = g.scalar(0.5)?;
+            g.mul(half, sq)?
+        }
+        InnerLoss::DotProduct => {
+            let product = g.mul(v, y)?;
+            g.unary(UnaryOp::Neg, product)?
+        }
+    };
     if let Some(scale) = scale {
         loss = g.mul(loss, scale)?;
     }
