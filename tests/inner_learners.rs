@@ -26,8 +26,28 @@ fn learners() -> Vec<(&'static str, Value)> {
         ("mlp-w2-nobias", json!({"widths": [2], "bias": false})),
         ("bare-silu3", json!({"widths": [1, 3], "activation": "silu", "bias": false, "residual": false, "norm": "none"})),
         ("geglu", json!({"widths": [2], "glu": true})),
+        ("relu-fractional", json!({"widths": [1.5], "activation": "relu"})),
         ("swiglu-dot", lact_learner()),
     ]
+}
+
+/// LaCT's inner optimizer from parts: per chunk (the key is set by the caller), a learning rate
+/// per matrix, momentum, Muon and post-norm renormalisation.
+fn lact_optimizer() -> Value {
+    json!({"learning_rates": "per_matrix", "momentum": true, "muon": true, "renormalize": "post"})
+}
+
+/// LaCT's learner and optimizer from parts, per chunk: its fast-weight layer's inner loop.
+fn lact_parts() -> Value {
+    let mut inner = lact_learner();
+    inner.as_object_mut().unwrap().extend(lact_optimizer().as_object().unwrap().clone());
+    inner["update"] = json!("per_chunk");
+    inner
+}
+
+fn without_muon(mut inner: Value) -> Value {
+    inner["muon"] = json!(false);
+    inner
 }
 
 /// LaCT's fast-weight learner from parts: `f(x) = (silu(x G) ⊙ (x W1)) W2`, no bias, residual or
@@ -118,7 +138,7 @@ fn learners_have_the_weights_their_spec_names() {
             let s = format!("model.layers.{layer}.seq_modeling_block.");
             let block: BTreeMap<&str, &Vec<usize>> = got.iter().filter_map(|(n, sh)| n.strip_prefix(&s).map(|k| (k, sh))).collect();
             let mut want: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-            for (tensor, rows, cols) in spec.tensors(d) {
+            for (tensor, rows, cols, _) in spec.tensors(d) {
                 want.insert(tensor, vec![heads, rows, cols]);
             }
             if spec.norm {
@@ -378,6 +398,8 @@ fn per_chunk_optimizers_match_an_independent_f64_implementation() {
         json!({"renormalize": "post"}),
         json!({"renormalize": "pre", "momentum": true}),
         json!({"momentum": true, "forget": true, "muon": true, "renormalize": "post"}),
+        json!({"learning_rates": "per_matrix"}),
+        lact_optimizer(),
     ];
     let mut report = Vec::new();
     let mut failed = Vec::new();
@@ -396,8 +418,12 @@ fn per_chunk_optimizers_match_an_independent_f64_implementation() {
         let keys: Vec<String> = part.as_object().unwrap().keys().cloned().collect();
         let name = format!("{learner}-chunk-{}-b{mb}", keys.join("-"));
         let (model, c) = optimizer_case(&dir.join(&name), learner, &inner, mb, i % 2 == 0);
-        let names: BTreeSet<String> = params(&model).into_keys().collect();
-        assert!(!names.iter().any(|p| p.ends_with("learnable_token_idx")), "{name}: a per-chunk model has no token scale");
+        let shapes = params(&model);
+        assert!(!shapes.keys().any(|p| p.ends_with("learnable_token_idx")), "{name}: a per-chunk model has no token scale");
+        // One rate per head, or per head and matrix (a layer's and its gate's).
+        let matrices = 1 + inner["widths"].as_array().map_or(0, |w| w.len()) * if inner.get("glu").is_some() { 2 } else { 1 };
+        let rates = if part.get("learning_rates").is_some() { matrices } else { 1 };
+        assert_eq!(shapes["model.layers.0.seq_modeling_block.learnable_ttt_lr_weight"], [2, rates, 16], "{name}");
         let ratio = logits_against_f64(&model, &c, &ids_for(bsz, t, 13, i + mb), (bsz, t), &name);
         report.push(format!("{name}: {ratio:.3}"));
         if ratio > 1.0 {
@@ -408,23 +434,27 @@ fn per_chunk_optimizers_match_an_independent_f64_implementation() {
     assert!(failed.is_empty(), "{}", failed.join("; "));
 }
 
-/// The apply-then-update optimizer with every part, on the MLP learner, matches the float64
-/// implementation on every backend that runs here.
+/// The apply-then-update optimizer with every part, on the MLP learner, and LaCT's learner and
+/// optimizer from parts match the float64 implementation on every backend that runs here.
 #[test]
 fn per_chunk_optimizer_matches_the_f64_implementation_on_every_backend() {
     let dir = scratch("inner_per_chunk_backends");
-    let inner = json!({"update": "per_chunk", "momentum": true, "forget": true, "muon": true, "renormalize": "pre"});
-    // Muon takes mini-batches as wide as the learner (see the test above): 4·d.
-    let (bsz, t, mb) = (2usize, 37usize, 32usize);
-    let c = config("preset-mlp", &inner, json!({"mini_batch_size": mb, "pre_conv": true}));
-    let model = write_model(&dir.join("all"), &c);
-    random_weights(&model);
+    // Muon takes mini-batches as wide as the learner (see the test above): 4·d, 2·d.
+    let cases = [
+        ("mlp-all", "preset-mlp", json!({"update": "per_chunk", "momentum": true, "forget": true, "muon": true, "renormalize": "pre"}), 37, 32),
+        ("lact", "swiglu-dot", lact_parts(), 21, 16),
+    ];
     let mut failed = Vec::new();
-    for backend in backends() {
-        let ratio = logits_against_f64_on(&model, &c, &ids_for(bsz, t, 13, 5), (bsz, t), backend, backend);
-        eprintln!("{backend}: {ratio:.3}");
-        if ratio > 1.0 {
-            failed.push(format!("{backend}: logits at {ratio:.2}× tolerance of the f64 implementation"));
+    for (name, learner, inner, t, mb) in cases {
+        let c = config(learner, &inner, json!({"mini_batch_size": mb, "pre_conv": true}));
+        let model = write_model(&dir.join(name), &c);
+        random_weights(&model);
+        for backend in backends() {
+            let ratio = logits_against_f64_on(&model, &c, &ids_for(2, t, 13, 5), (2, t), &format!("{name}-{backend}"), backend);
+            eprintln!("{name} on {backend}: {ratio:.3}");
+            if ratio > 1.0 {
+                failed.push(format!("{name} on {backend}: logits at {ratio:.2}× tolerance of the f64 implementation"));
+            }
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("; "));
@@ -534,10 +564,12 @@ fn inner_optimizers_resume_and_decode_exactly() {
         ("forget", json!({"forget": true}), json!({"mini_batch_size": 3})),
         ("chunk", json!({"update": "per_chunk", "renormalize": "post"}), json!({"mini_batch_size": 3})),
         ("chunk-all", json!({"update": "per_chunk", "momentum": true, "forget": true, "muon": true, "renormalize": "pre"}), json!({"mini_batch_size": 8})),
+        // LaCT's learner with a rate per matrix (Muon's f32 rounding needs wider chunks).
+        ("chunk-lact", without_muon(lact_parts()), json!({"mini_batch_size": 3})),
     ];
     for (k, (gate, inner, extra)) in optimizers.into_iter().enumerate() {
         let mb = extra["mini_batch_size"].as_u64().unwrap() as usize;
-        let model = write_model(&dir.join(gate), &config("preset-linear", &inner, extra));
+        let model = write_model(&dir.join(gate), &config(gate, &inner, extra));
         random_weights(&model);
         let ids = ids_for(bsz, t, 13, k);
         let (whole, _) = run(&model, &ids, bsz, t, "whole");
@@ -610,7 +642,8 @@ mod reference {
     use std::ops::{Add, Div, Mul, Sub};
 
     pub struct Spec {
-        pub widths: Vec<usize>,
+        /// Multiples of d: hidden widths ⌊w·d⌋.
+        pub widths: Vec<f64>,
         pub bias: bool,
         pub activation: String,
         pub glu: bool,
@@ -623,11 +656,11 @@ mod reference {
         /// `ttt_layer_type`'s preset, then the `ttt_inner` keys over it (docs/model-toml.md).
         pub fn from_config(c: &Value) -> Spec {
             let mlp = c.get("ttt_layer_type").and_then(Value::as_str) == Some("mlp");
-            let widths = if mlp { vec![4] } else { vec![] };
+            let widths = if mlp { vec![4.0] } else { vec![] };
             let mut s = Spec { widths, bias: true, activation: "gelu_tanh".into(), glu: false, residual: true, norm: true, dot_product: false };
             if let Some(t) = c.get("ttt_inner").and_then(Value::as_object) {
                 if let Some(w) = t.get("widths") {
-                    s.widths = w.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+                    s.widths = w.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
                 }
                 if let Some(b) = t.get("bias") {
                     s.bias = b.as_bool().unwrap();
@@ -654,26 +687,29 @@ mod reference {
         /// Layer widths `d, widths[0]·d, …, d`.
         pub fn sizes(&self, d: usize) -> Vec<usize> {
             let mut v = vec![d];
-            v.extend(self.widths.iter().map(|w| w * d));
+            v.extend(self.widths.iter().map(|w| (w * d as f64).floor() as usize));
             v.push(d);
             v
         }
 
-        /// The learner's tensors in order, `(name, rows, cols)`: per layer `W{l}` `[in, out]`,
-        /// `b{l}` `[1, out]` with bias, then with glu on a hidden layer its gate's `W{l}_gate`
-        /// and `b{l}_gate` (docs/model-toml.md).
-        pub fn tensors(&self, d: usize) -> Vec<(String, usize, usize)> {
+        /// The learner's tensors in order, `(name, rows, cols, matrix)`: per layer `W{l}`
+        /// `[in, out]`, `b{l}` `[1, out]` with bias, then with glu on a hidden layer its gate's
+        /// `W{l}_gate` and `b{l}_gate` (docs/model-toml.md); `matrix` counts the matrices, a
+        /// bias taking its matrix's.
+        pub fn tensors(&self, d: usize) -> Vec<(String, usize, usize, usize)> {
             let sizes = self.sizes(d);
             let depth = sizes.len() - 1;
             let mut out = Vec::new();
+            let mut matrix = 0;
             for l in 0..depth {
                 let (i, o) = (sizes[l], sizes[l + 1]);
                 let gates: &[&str] = if self.glu && l + 1 < depth { &["", "_gate"] } else { &[""] };
                 for gate in gates {
-                    out.push((format!("W{}{gate}", l + 1), i, o));
+                    out.push((format!("W{}{gate}", l + 1), i, o, matrix));
                     if self.bias {
-                        out.push((format!("b{}{gate}", l + 1), 1, o));
+                        out.push((format!("b{}{gate}", l + 1), 1, o, matrix));
                     }
+                    matrix += 1;
                 }
             }
             out
@@ -703,6 +739,8 @@ mod reference {
         per_chunk: bool,
         muon: bool,
         renormalize: Option<String>,
+        /// `ttt_inner.learning_rates = "per_matrix"`.
+        lr_per_matrix: bool,
     }
 
     impl Config {
@@ -733,6 +771,7 @@ mod reference {
                 per_chunk: inner("update").and_then(Value::as_str) == Some("per_chunk"),
                 muon: gate("muon"),
                 renormalize: inner("renormalize").and_then(Value::as_str).map(String::from),
+                lr_per_matrix: inner("learning_rates").and_then(Value::as_str) == Some("per_matrix"),
             }
         }
     }
@@ -990,7 +1029,7 @@ mod reference {
         let mut off = 0;
         spec.tensors(d)
             .into_iter()
-            .map(|(_, rows, cols)| {
+            .map(|(_, rows, cols, _)| {
                 off += rows * cols;
                 (off - rows * cols, rows, cols, rows > 1)
             })
@@ -1051,7 +1090,8 @@ mod reference {
 
     /// One head's apply-then-update loop (`ttt_inner.update = "per_chunk"`, docs/model-toml.md):
     /// every token of a mini-batch reads the weights the mini-batch started from; then
-    /// `Δ = −Σ_j lr_j g_j`, with momentum `M ← Δ + β̄M` (β̄ = Σβ / b) and the step M, Muon on
+    /// `Δ = −Σ_j lr_j g_j` (each matrix's rates with `learning_rates = "per_matrix"`: `rates` holds
+    /// one sequence per matrix then, else one), with momentum `M ← Δ + β̄M` (β̄ = Σβ / b) and the step M, Muon on
     /// each matrix, `W ← (1 − ᾱ)W + step` (pre-norm: the unnormalised weights take it), and the
     /// matrices' columns renormalised to their initial norms. Returns the outputs `[t][d]`.
     #[allow(clippy::too_many_arguments)]
@@ -1060,23 +1100,30 @@ mod reference {
         inner: &Inner,
         w0: Vec<f64>,
         qkv: impl Fn(usize) -> (Vec<f64>, Vec<f64>, Vec<f64>),
-        lr: &[f64],
+        rates: &[Vec<f64>],
         beta: &[f64],
         alpha: &[f64],
         t: usize,
     ) -> Vec<Vec<f64>> {
         let blocks = blocks(&c.spec, inner.sizes[0]);
+        // The rates each flat parameter takes.
+        let rate_of: Vec<&[f64]> = c
+            .spec
+            .tensors(inner.sizes[0])
+            .into_iter()
+            .flat_map(|(_, rows, cols, matrix)| std::iter::repeat_n(&rates[if rates.len() > 1 { matrix } else { 0 }][..], rows * cols))
+            .collect();
         let targets: Vec<Vec<f64>> = blocks.iter().map(|&(off, r, k, _)| column_norms(&w0[off..off + r * k], r, k)).collect();
         let (mut w, mut raw, mut momentum) = (w0.clone(), w0, None::<Vec<f64>>);
         let mut outs = Vec::new();
         for start in (0..t).step_by(c.mb) {
             let end = (start + c.mb).min(t);
             let mut delta = vec![0.0; w.len()];
-            for (r, rate) in lr.iter().enumerate().take(end).skip(start) {
+            for r in start..end {
                 let (q, k, v) = qkv(r);
                 outs.push(inner.value(&w, &q));
-                for (a, g) in delta.iter_mut().zip(inner.grad(&w, &k, &v)) {
-                    *a -= rate * g;
+                for ((a, g), rate) in delta.iter_mut().zip(inner.grad(&w, &k, &v)).zip(&rate_of) {
+                    *a -= rate[r] * g;
                 }
             }
             let mean = |gate: &[f64]| gate[start..end].iter().sum::<f64>() / c.mb as f64;
@@ -1150,15 +1197,22 @@ mod reference {
             let ln = c.spec.norm.then(|| (&get("ttt_norm_weight")[h * d..(h + 1) * d], &get("ttt_norm_bias")[h * d..(h + 1) * d]));
             let inner = Inner { spec: &c.spec, sizes: sizes.clone(), ln };
             let mut w0 = Vec::new();
-            for (name, rows, cols) in c.spec.tensors(d) {
+            for (name, rows, cols, _) in c.spec.tensors(d) {
                 w0.extend_from_slice(&get(&name)[h * rows * cols..(h + 1) * rows * cols]);
             }
             let head = |m: &[f64], r: usize| m[r * dim + h * d..r * dim + (h + 1) * d].to_vec();
-            let lr: Vec<f64> =
-                (0..t).map(|r| c.base_lr * sigmoid((0..dim).map(|j| x[r * dim + j] * lr_w[h * dim + j]).sum::<f64>() + lr_b[h]) / d as f64).collect();
+            // lr_w `[H, M, D]`, lr_b `[H, M]`: M rates per head, one per matrix or one.
+            let count = if c.lr_per_matrix { c.spec.tensors(d).last().unwrap().3 + 1 } else { 1 };
+            let rates: Vec<Vec<f64>> = (0..count)
+                .map(|m| {
+                    let row = h * count + m;
+                    (0..t).map(|r| c.base_lr * sigmoid((0..dim).map(|j| x[r * dim + j] * lr_w[row * dim + j]).sum::<f64>() + lr_b[row]) / d as f64).collect()
+                })
+                .collect();
+            let lr = &rates[0];
             let (beta, alpha) = (gate("momentum", c.momentum, h), gate("forget", c.forget, h));
             if c.per_chunk {
-                let outs = per_chunk(c, &inner, w0, |r| (head(&xq, r), head(&xk, r), head(&xv, r)), &lr, &beta, &alpha, t);
+                let outs = per_chunk(c, &inner, w0, |r| (head(&xq, r), head(&xk, r), head(&xv, r)), &rates, &beta, &alpha, t);
                 for (r, out) in outs.into_iter().enumerate() {
                     z[r * dim + h * d..r * dim + (h + 1) * d].copy_from_slice(&out);
                 }
@@ -1269,6 +1323,19 @@ fn run_case_io(model: &Path, io: &Path, out: &Path) -> BTreeMap<String, Array> {
 /// `ttt_inner` spelling out TTT-MLP (with `ttt_layer_type` removed, so the spec alone decides), in
 /// config.json and in a model.toml, gives the same graph and bit-identical logits and loss as
 /// `ttt_layer_type = "mlp"`, within SPEC §1 of the reference logits.
+/// LaCT's fast weights are a preset of the same parts: the learner its layers build
+/// (`InnerSpec::lact`) is the one these `ttt_inner` keys describe, fractional width included.
+#[test]
+fn lact_fast_weights_are_a_ttt_inner_preset() {
+    let dir = scratch("inner_lact_preset");
+    let mut inner = lact_learner();
+    inner["widths"] = json!([1.5]);
+    let model = write_model(&dir, &config("lact-parts", &inner, json!({})));
+    let tttc_frontends::ModelConfig::Ttt(c) = tttc_frontends::load_config(&model).unwrap() else { panic!("not a TTT config") };
+    assert_eq!(c.inner, tttc_frontends::config::InnerSpec::lact(1.5));
+    assert_eq!(c.inner.preset(), None);
+}
+
 #[test]
 fn explicit_mlp_spec_equals_the_preset() {
     let preset = repo().join("tests/vectors").join(MLP_CASE);
@@ -1386,6 +1453,7 @@ fn unknown_loss_is_refused() {
 #[test]
 fn malformed_widths_are_refused() {
     expect_error(&bad_inner("zero", json!({"widths": [4, 0]})), &["ttt_inner.widths", "positive"]);
+    expect_error(&bad_inner("below_one", json!({"widths": [0.05]})), &["ttt_inner.widths", "is zero"]);
     expect_error(&bad_inner("scalar", json!({"widths": 4})), &["ttt_inner.widths", "list"]);
     expect_error(&bad_inner("norm", json!({"norm": "rms_norm"})), &["ttt_inner.norm", "\"rms_norm\""]);
     expect_error(&bad_inner("bias", json!({"bias": "yes"})), &["ttt_inner.bias"]);
@@ -1407,6 +1475,10 @@ fn inner_optimizer_choices_are_checked() {
     expect_error(&bad_inner("renormalize", json!({"update": "per_chunk", "renormalize": "both"})), &["ttt_inner.renormalize", "\"both\""]);
     expect_error(&bad_inner("muon", json!({"muon": "on"})), &["ttt_inner.muon", "true or false"]);
     expect_error(&bad_inner("per_token_norm", json!({"update": "per_token", "renormalize": "post"})), &["ttt_inner.renormalize", "per_chunk"]);
+    expect_error(&bad_inner("rates", json!({"update": "per_chunk", "learning_rates": "per_layer"})), &["ttt_inner.learning_rates", "\"per_layer\""]);
+    expect_error(&bad_inner("per_token_rates", json!({"learning_rates": "per_matrix"})), &["ttt_inner.learning_rates", "per_chunk"]);
+    expect_error(&bad_inner("glu", json!({"glu": 1})), &["ttt_inner.glu", "true or false"]);
+    expect_error(&bad_inner("loss", json!({"loss": "dot"})), &["ttt_inner.loss", "\"dot\"", "dot_product"]);
 }
 
 /// The same errors from a model.toml's `[config.ttt_inner]` table name the file and the key.

@@ -380,7 +380,7 @@ impl InnerModel {
     pub fn spec(self) -> InnerSpec {
         let widths = match self {
             InnerModel::Linear => vec![],
-            InnerModel::Mlp => vec![4],
+            InnerModel::Mlp => vec![4.0],
         };
         InnerSpec {
             widths,
@@ -395,15 +395,16 @@ impl InnerModel {
 }
 
 /// The TTT inner learner built from parts (config key `ttt_inner`, docs/model-toml.md): per head,
-/// `len(widths) + 1` linear layers `d → widths[0]·d → … → d` with `activation` between
+/// `len(widths) + 1` linear layers `d → ⌊widths[0]·d⌋ → … → d` with `activation` between
 /// consecutive layers (with `glu`, a hidden layer is `act(x G + c) ⊙ (x W + b)`), `N` the inner
 /// LayerNorm or the identity, and `f(x) = x + N(Z(x))` with `residual`, `N(Z(x))` without. The
 /// self-supervised loss of a token is `ℓ = ½‖f(k) − v‖²`, built as `½‖N(Z(k)) − t‖²` with target
 /// `t = v − k` (residual) or `t = v`, or LaCT's `ℓ = −v · f(k)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct InnerSpec {
-    /// Hidden widths as multiples of the head dimension d (0 to 2 of them).
-    pub widths: Vec<usize>,
+    /// Hidden widths as multiples of the head dimension d, each ⌊w·d⌋ (0 to 2 of them; LaCT's
+    /// `inter_multi` may be fractional).
+    pub widths: Vec<f64>,
     /// Whether every layer has a bias `b{l}`.
     pub bias: bool,
     /// Between consecutive layers (unused by a one-layer model).
@@ -414,6 +415,17 @@ pub struct InnerSpec {
     pub residual: bool,
     pub norm: InnerNorm,
     pub loss: InnerLoss,
+}
+
+/// One tensor of the inner model: its name under the layer, `[rows, cols]` per head, whether it
+/// is a bias, and the matrix it belongs to (counted from 0; a bias belongs to its layer's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InnerTensor {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub bias: bool,
+    pub matrix: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -444,7 +456,8 @@ pub enum InnerLoss {
 }
 
 /// The keys of a `ttt_inner` table: the learner's, then the inner optimizer's.
-const INNER_KEYS: [&str; 12] = ["widths", "bias", "activation", "glu", "residual", "norm", "loss", "update", "momentum", "forget", "muon", "renormalize"];
+const INNER_KEYS: [&str; 13] =
+    ["widths", "bias", "activation", "glu", "residual", "norm", "loss", "update", "momentum", "forget", "muon", "renormalize", "learning_rates"];
 
 /// The `ttt_inner` table's keys, when the config has one.
 fn inner_table<'a>(k: &'a Keys) -> Result<Option<Keys<'a>>> {
@@ -481,6 +494,9 @@ pub struct InnerOptimizer {
     pub muon: bool,
     /// The weights' units renormalised to their initial norms after each step (per chunk only).
     pub renormalize: Option<Renormalize>,
+    /// A learning rate per token for each inner matrix (a bias takes its matrix's), LaCT's,
+    /// instead of one per token (per chunk only).
+    pub lr_per_matrix: bool,
 }
 
 /// When the inner weights move (`ttt_inner.update`).
@@ -529,7 +545,16 @@ impl InnerOptimizer {
             forget: t.bool_or("forget", false)?,
             muon: t.bool_or("muon", false)?,
             renormalize,
+            lr_per_matrix: match t.str_or("learning_rates", "per_token")? {
+                "per_token" => false,
+                "per_matrix" => true,
+                other => bail!("config key ttt_inner.learning_rates = {other:?} is not supported (expected \"per_token\" or \"per_matrix\")"),
+            },
         };
+        if update == Update::PerToken && o.lr_per_matrix {
+            // Per token, η would differ per matrix: the references' form has one.
+            bail!("config key ttt_inner.learning_rates = \"per_matrix\" needs ttt_inner.update = \"per_chunk\"");
+        }
         if update == Update::PerToken && o.renormalize.is_some() {
             // Renormalised per token, each token's weights would depend nonlinearly on the last
             // token's: no form of a mini-batch at once, as the gradients at its start need.
@@ -564,6 +589,67 @@ impl InnerSpec {
         self.glu && l + 1 < self.depth()
     }
 
+    /// The inner model's tensors in the order its weights are laid out: per layer `W{l}`
+    /// `[in, out]`, `b{l}` `[1, out]` with bias, then on a gated layer `W{l}_gate` and
+    /// `b{l}_gate`, for head dimension `d`.
+    pub fn tensors(&self, d: usize) -> Vec<InnerTensor> {
+        let mut sizes = vec![d];
+        sizes.extend(self.widths.iter().map(|w| Self::hidden_width(*w, d)));
+        sizes.push(d);
+        self.layout()
+            .into_iter()
+            .map(|(l, gate, bias, matrix)| {
+                let (name, rows) = if bias { (format!("b{}{gate}", l + 1), 1) } else { (format!("W{}{gate}", l + 1), sizes[l]) };
+                InnerTensor { name, rows, cols: sizes[l + 1], bias, matrix }
+            })
+            .collect()
+    }
+
+    /// The matrix each tensor belongs to, in [`InnerSpec::tensors`]' order.
+    pub fn matrix_of_tensors(&self) -> Vec<usize> {
+        self.layout().into_iter().map(|(.., matrix)| matrix).collect()
+    }
+
+    /// `(layer, gate suffix, is a bias, matrix)` of each tensor in order.
+    fn layout(&self) -> Vec<(usize, &'static str, bool, usize)> {
+        let (mut out, mut matrix) = (Vec::new(), 0);
+        for l in 0..self.depth() {
+            let gates: &[&'static str] = if self.gated(l) { &["", "_gate"] } else { &[""] };
+            for &gate in gates {
+                out.push((l, gate, false, matrix));
+                if self.bias {
+                    out.push((l, gate, true, matrix));
+                }
+                matrix += 1;
+            }
+        }
+        out
+    }
+
+    /// A hidden width `⌊w·d⌋` (LaCT's `m = ⌊d · inter_multi⌋`).
+    pub fn hidden_width(w: f64, d: usize) -> usize {
+        (d as f64 * w).floor() as usize
+    }
+
+    /// LaCT's fast weights (SPEC-lact.md §5.6): `f(x) = (silu(x W1_gate) ⊙ (x W1)) W2` with the
+    /// hidden width ⌊d · inter_multi⌋, no bias, residual or norm, and the dot-product loss.
+    pub fn lact(inter_multi: f64) -> InnerSpec {
+        InnerSpec {
+            widths: vec![inter_multi],
+            bias: false,
+            activation: Activation::Silu,
+            glu: true,
+            residual: false,
+            norm: InnerNorm::None,
+            loss: InnerLoss::DotProduct,
+        }
+    }
+
+    /// The number of inner matrices (layers and gates).
+    pub fn matrices(&self) -> usize {
+        self.depth() + if self.glu { self.widths.len() } else { 0 }
+    }
+
     /// `ttt_layer_type`'s preset with the keys of `ttt_inner` (when present) replacing its fields.
     fn from_keys(k: &Keys) -> Result<InnerSpec> {
         let mut spec = match k.str_or("ttt_layer_type", "linear")? {
@@ -575,13 +661,13 @@ impl InnerSpec {
         let Some(t) = inner_table(k)? else { return Ok(spec) };
         if let Some(v) = t.get("widths") {
             let list = v.as_array().with_context(|| {
-                format!("config key ttt_inner.widths must be a list of positive integers (hidden widths in multiples of the head dimension), got {v}")
+                format!("config key ttt_inner.widths must be a list of positive numbers (hidden widths in multiples of the head dimension), got {v}")
             })?;
             spec.widths = list
                 .iter()
-                .map(|w| match w.as_u64() {
-                    Some(n) if n > 0 => Ok(n as usize),
-                    _ => bail!("config key ttt_inner.widths must hold positive integers (multiples of the head dimension), got {w}"),
+                .map(|w| match w.as_f64() {
+                    Some(n) if n > 0.0 && n.is_finite() => Ok(n),
+                    _ => bail!("config key ttt_inner.widths must hold positive numbers (multiples of the head dimension), got {w}"),
                 })
                 .collect::<Result<_>>()?;
             if spec.depth() > MAX_INNER_DEPTH {
@@ -761,7 +847,7 @@ impl LactBidirectionalConfig {
 
     /// m = ⌊d · inter_multi⌋.
     pub fn fast_hidden(&self) -> usize {
-        (self.head_dim as f64 * self.inter_multi).floor() as usize
+        InnerSpec::hidden_width(self.inter_multi, self.head_dim)
     }
 }
 
@@ -891,10 +977,14 @@ impl TttConfig {
         };
         heads_divide(c.hidden_size, c.num_heads)?;
         even_head_dim(c.head_dim())?;
-        // A hidden width of the inner model is a size too: a multiple of the head dimension.
+        // A hidden width of the inner model is a size too: ⌊w · head dimension⌋.
         for &w in &c.inner.widths {
-            if w.checked_mul(c.head_dim()).is_none_or(|n| n > MAX_SIZE) {
+            let width = w * c.head_dim() as f64;
+            if width.floor() > MAX_SIZE as f64 {
                 bail!("config key ttt_inner.widths holds {w}: a hidden width of {w} · {} is too large (at most {MAX_SIZE})", c.head_dim());
+            }
+            if width < 1.0 {
+                bail!("config key ttt_inner.widths holds {w}: a hidden width of ⌊{w} · {}⌋ is zero", c.head_dim());
             }
         }
         Ok(c)
@@ -1073,7 +1163,7 @@ impl LactConfig {
 
     /// m = ⌊d · inter_multi⌋: the fast weights' hidden size.
     pub fn fast_hidden(&self) -> usize {
-        (self.fast_dim() as f64 * self.inter_multi).floor() as usize
+        InnerSpec::hidden_width(self.inter_multi, self.fast_dim())
     }
 
     /// What a user should know about this config that is not an error.

@@ -8,11 +8,12 @@
 //! every row to its initial norm.
 
 use anyhow::{ensure, Result};
-use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, ReduceKind, Type, UnaryOp, ValueId};
+use tttc_ir::{BinaryOp, DType, Dim, Graph, ReduceKind, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
 use crate::chunk_update::{chunk_is_whole, chunk_update, hand_on, scan_chunks, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
-use crate::config::{LactBidirectionalConfig, LactConfig, Renormalize};
+use crate::config::{InnerSpec, LactBidirectionalConfig, LactConfig, Renormalize};
+use crate::learner::{Learner, Stored};
 use crate::math::{rope, scaled_scores, softmax, split_heads};
 
 /// LaCT stores a fast weight `[out, in]`: a unit's weights are a row.
@@ -255,12 +256,13 @@ pub fn bidirectional_layer(c: &LactBidirectionalConfig, mode: Mode) -> Result<Mo
         shape.insert(0, Dim::sym("B"));
         weights.push(b.broadcast(w, shape)?);
     }
-    let sums = gradient_sums(&mut b.g, &weights, fast[1], fast[2], &lr)?;
+    let learner = InnerSpec::lact(c.inter_multi);
+    let sums = fast_steps(&mut b.g, &learner, &weights, fast[1], fast[2], &lr)?;
     // One update, from the initial weights: no momentum, post-norm.
     let rule = UpdateRule { chunk: 1, momentum: false, forget: false, muon: c.use_muon, renormalize: Some(Renormalize::Post), unit_axis: ROWS };
     let initial = ChunkState { weights, ..ChunkState::default() };
     let updated = chunk_update(&mut b.g, &rule, &initial, sums, Gates { beta: None, alpha: None }, &norms, None)?;
-    let mut o = fast_mlp(&mut b.g, fast[0], &updated.weights)?;
+    let mut o = fast_output(&mut b.g, &learner, fast[0], &updated.weights)?;
     if c.use_o_norm {
         o = b.rms_norm(o, "o_norm.weight", d, LAYER_EPS)?;
     }
@@ -494,8 +496,9 @@ fn chunk_body(c: &LactConfig, layout: &[Slot], seqs: usize) -> Result<Graph> {
 /// [`fast_weights`] takes them), as [`chunk_update`] makes it.
 fn chunk(g: &mut Graph, c: &LactConfig, state: &ChunkState, seqs: &[ValueId], norms: &[ValueId], ends: Option<ValueId>) -> Result<(ValueId, ChunkState)> {
     let (q, k, v) = (seqs[0], seqs[1], seqs[2]);
-    let out = fast_mlp(g, q, &state.weights)?;
-    let steps = gradient_sums(g, &state.weights, k, v, &seqs[3..6])?;
+    let learner = InnerSpec::lact(c.inter_multi);
+    let out = fast_output(g, &learner, q, &state.weights)?;
+    let steps = fast_steps(g, &learner, &state.weights, k, v, &seqs[3..6])?;
     let gates = Gates { beta: seqs.get(6).copied(), alpha: None };
     let norms: Vec<Option<ValueId>> = norms.iter().copied().map(Some).collect();
     let next = chunk_update(g, &update_rule(c), state, steps, gates, &norms, ends)?;
@@ -520,44 +523,23 @@ fn fast_weight_types(c: &LactConfig, s: &str) -> Vec<(String, Type)> {
         .collect()
 }
 
-/// `ΔW_j = Σ_t lr_j,t ∇_{W_j}(v_t · f_W(k_t))` for the fast weights `w`: the gradient of the
-/// values' dot product weighted by that weight's learning rates `lr[j]`.
-fn gradient_sums(g: &mut Graph, w: &[ValueId], k: ValueId, v: ValueId, lr: &[ValueId]) -> Result<Vec<ValueId>> {
-    (0..w.len())
-        .map(|j| {
-            let weighted = g.mul(v, lr[j])?;
-            dot_product_gradient(g, w, k, weighted, j)
-        })
-        .collect()
+/// LaCT's fast weights `[w0, w1, w2]` as the learner [`InnerSpec::lact`] takes them, stored as
+/// PyTorch's Linear: `w2` `[m, d]` is its first layer `W1`, `w0` `[m, d]` that layer's gate and
+/// `w1` `[d, m]` its second layer, so `f(x) = W1 (silu(W0 x) ⊙ (W2 x))` (§5.6).
+fn as_learner(w: &[ValueId]) -> [ValueId; 3] {
+    [w[2], w[0], w[1]]
 }
 
-/// `f(x) = W1 (silu(W0 x) ⊙ (W2 x))` on the rows of `x` `[B, Hf, n, d]`: `(silu(x W0ᵀ) ⊙ (x W2ᵀ)) W1ᵀ`.
-fn fast_mlp(g: &mut Graph, x: ValueId, w: &[ValueId]) -> Result<ValueId> {
-    let (w0, w1, w2) = (w[0], w[1], w[2]);
-    let w0t = g.transpose_last2(w0)?;
-    let gate = g.matmul(x, w0t)?;
-    let gate = g.unary(UnaryOp::Silu, gate)?;
-    let w2t = g.transpose_last2(w2)?;
-    let up = g.matmul(x, w2t)?;
-    let hidden = g.mul(gate, up)?;
-    let w1t = g.transpose_last2(w1)?;
-    g.matmul(hidden, w1t)
+/// The fast weights' outputs `f_W(x)` on the rows of `x` `[B, Hf, n, d]`.
+fn fast_output(g: &mut Graph, spec: &InnerSpec, x: ValueId, w: &[ValueId]) -> Result<ValueId> {
+    Learner { spec, stored: Stored::OutIn }.output(g, x, &as_learner(w), None)
 }
 
-/// `∇_{W_j} Σ_t v_t · f_W(k_t)` for the fast weights `w`: a `grad` op over the dot product.
-fn dot_product_gradient(g: &mut Graph, w: &[ValueId], k: ValueId, v: ValueId, j: usize) -> Result<ValueId> {
-    let mut loss = Graph::new("fast_weight_loss");
-    let args: Vec<ValueId> = w.iter().enumerate().map(|(i, &x)| loss.input(&format!("w{i}"), g.ty(x).clone())).collect();
-    let keys = loss.input("k", g.ty(k).clone());
-    let values = loss.input("v", g.ty(v).clone());
-    let f = fast_mlp(&mut loss, keys, &args)?;
-    let mut total = loss.mul(values, f)?;
-    while loss.ty(total).rank() > 0 {
-        total = loss.reduce(ReduceKind::Sum, total, 0, false)?;
-    }
-    loss.output("loss", total);
-    let mut operands = w.to_vec();
-    operands.extend([k, v]);
-    let grads = g.push(Op::Grad(Box::new(Grad { wrt: vec![j], body: loss })), &operands)?;
-    Ok(grads[0])
+/// `ΔW_j = Σ_t lr_j,t ∇_{W_j}(v_t · f_W(k_t))` for the fast weights `w` `[w0, w1, w2]` and their
+/// learning rates `lr` `[lr0, lr1, lr2]`: the learner's steps of the dot-product loss, a rate
+/// per matrix.
+fn fast_steps(g: &mut Graph, spec: &InnerSpec, w: &[ValueId], k: ValueId, v: ValueId, lr: &[ValueId]) -> Result<Vec<ValueId>> {
+    let steps = Learner { spec, stored: Stored::OutIn }.steps(g, &as_learner(w), k, v, None, &as_learner(lr))?;
+    // Back from the learner's order [W1, W1_gate, W2] = [w2, w0, w1].
+    Ok(vec![steps[1], steps[2], steps[0]])
 }

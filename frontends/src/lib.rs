@@ -8,6 +8,7 @@ pub mod config;
 pub mod init;
 mod json;
 mod lact;
+mod learner;
 mod llama;
 mod mamba;
 pub mod math;

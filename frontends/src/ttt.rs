@@ -8,11 +8,12 @@
 //! autodiff expands; deriving the dual form is the passes' job too.
 
 use anyhow::{bail, ensure, Context, Result};
-use tttc_ir::{BinaryOp, DType, Dim, Grad, Graph, Op, Scan, Type, UnaryOp, ValueId};
+use tttc_ir::{BinaryOp, DType, Dim, Graph, Scan, Type, UnaryOp, ValueId};
 
 use crate::builder::{Init, LmShape, Mode, ModelBuilder, StateInit};
 use crate::chunk_update::{chunk_is_whole, chunk_update, hand_on, muon, scan_chunks, start_values, unit_norms, ChunkState, Gates, Slot, UpdateRule};
-use crate::config::{Activation, InnerLoss, InnerModel, InnerNorm, InnerSpec, TttConfig, Update};
+use crate::config::{InnerModel, InnerNorm, TttConfig, Update};
+use crate::learner::{Learner, Stored};
 use crate::math::{layer_norm, rope_angles, rope_angles_at, split_heads};
 
 /// LayerNorm eps of the inner model's output and of `post_norm` (fixed in the reference).
@@ -68,15 +69,6 @@ fn block(b: &mut ModelBuilder, c: &TttConfig, mut h: ValueId, p: &str) -> Result
     b.add(h, y)
 }
 
-/// The inner model's layers: `(in, out)` widths, `d → widths[0]·d → … → d`.
-fn inner_layers(c: &TttConfig) -> Vec<(usize, usize)> {
-    let d = c.head_dim();
-    let mut sizes = vec![d];
-    sizes.extend(c.inner.widths.iter().map(|w| w * d));
-    sizes.push(d);
-    sizes.windows(2).map(|p| (p[0], p[1])).collect()
-}
-
 fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result<ValueId> {
     let (dim, heads, d) = (c.hidden_size, c.num_heads, c.head_dim());
     let normal = Init::Normal { std: c.initializer_range };
@@ -93,19 +85,26 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let v = b.linear(x, &format!("{s}v_proj"), dim, dim, normal.clone(), None)?;
     let (q, k, v) = (split_heads(b, q, heads, d)?, split_heads(b, k, heads, d)?, split_heads(b, v, heads, d)?);
 
-    // lr[b,h,t] = base_lr · sigmoid(x_t · w_h + β_h) / d
-    let logit = head_logits(b, x, s, "lr", heads, dim)?;
+    // lr[b,h,t] = base_lr · sigmoid(x_t · w_h + β_h) / d; per matrix, lr[b,h,t,m] likewise.
+    let rates = if c.optimizer.lr_per_matrix { c.inner.matrices() } else { 1 };
+    let logit = head_logits(b, x, s, "lr", (heads, rates), dim)?;
     let gate = b.unary(UnaryOp::Sigmoid, logit)?;
     let scale = b.scalar(c.ttt_base_lr / d as f64)?;
     let lr = b.mul(gate, scale)?;
-    let lr = b.transpose(lr, &[0, 2, 1])?; // [B, H, T]
+    let lr = if c.optimizer.lr_per_matrix {
+        let (batch, len) = (b.dim(x, 0)?, b.dim(x, 1)?);
+        let lr = b.reshape(lr, vec![batch, len, Dim::c(heads), Dim::c(rates)])?;
+        b.transpose(lr, &[0, 2, 1, 3])? // [B, H, T, M]
+    } else {
+        b.transpose(lr, &[0, 2, 1])? // [B, H, T]
+    };
 
     let update = if c.optimizer.update == Update::PerChunk {
         let mut gate = |on: bool, name: &str| -> Result<Option<ValueId>> {
             if !on {
                 return Ok(None);
             }
-            let z = head_logits(b, x, s, name, heads, dim)?;
+            let z = head_logits(b, x, s, name, (heads, 1), dim)?;
             let gate = b.unary(UnaryOp::Sigmoid, z)?;
             let gate = b.transpose(gate, &[0, 2, 1])?;
             Ok(Some(unit_axes(&mut b.g, gate, 1)?))
@@ -134,18 +133,11 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let batch = Dim::sym("B");
     let mut names = Vec::new();
     let mut params = Vec::new();
-    for (l, &(fan_in, fan_out)) in inner_layers(c).iter().enumerate() {
-        let gates: &[&str] = if c.inner.gated(l) { &["", "_gate"] } else { &[""] };
-        for gate in gates {
-            let w = format!("{s}W{}{gate}", l + 1);
-            params.push(b.weight(&w, &[heads, fan_in, fan_out], Init::Normal { std: 0.02 }));
-            names.push(w);
-            if c.inner.bias {
-                let bias = format!("{s}b{}{gate}", l + 1);
-                params.push(b.weight(&bias, &[heads, 1, fan_out], Init::Zeros));
-                names.push(bias);
-            }
-        }
+    for t in c.inner.tensors(d) {
+        let name = format!("{s}{}", t.name);
+        let init = if t.bias { Init::Zeros } else { Init::Normal { std: 0.02 } };
+        params.push(b.weight(&name, &[heads, t.rows, t.cols], init));
+        names.push(name);
     }
     let mut state = Vec::new();
     for &p in &params {
@@ -156,7 +148,7 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let layer = Layer { names: &names, params: &params, shapes: &state };
     let z = match update {
         InnerUpdate::PerChunk { beta, alpha } => {
-            let lr = unit_axes(&mut b.g, lr, 1)?;
+            let lr = if c.optimizer.lr_per_matrix { lr } else { unit_axes(&mut b.g, lr, 1)? };
             chunk_loop(b, c, layer, [q, k, v, lr], [beta, alpha], norm, s)?
         }
         InnerUpdate::PerToken(rule) if b.mode == Mode::Step => {
@@ -181,14 +173,15 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
 }
 
 /// `x_t · w_h + bias_h` for the per-head gate `{s}learnable_ttt_{gate}_weight` `[H, 1, D]` and
-/// `_bias` `[H, 1]`: `[B, T, H]`.
-fn head_logits(b: &mut ModelBuilder, x: ValueId, s: &str, gate: &str, heads: usize, dim: usize) -> Result<ValueId> {
-    let w = b.weight(&format!("{s}learnable_ttt_{gate}_weight"), &[heads, 1, dim], Init::Normal { std: 0.02 });
-    let bias = b.weight(&format!("{s}learnable_ttt_{gate}_bias"), &[heads, 1], Init::Zeros);
-    let w = b.reshape(w, vec![Dim::c(heads), Dim::c(dim)])?;
+/// `_bias` `[H, 1]`: `[B, T, H]`. With `count` gates per head (`[H, count, D]`, `[H, count]`),
+/// `[B, T, H·count]`, head-major.
+fn head_logits(b: &mut ModelBuilder, x: ValueId, s: &str, gate: &str, (heads, count): (usize, usize), dim: usize) -> Result<ValueId> {
+    let w = b.weight(&format!("{s}learnable_ttt_{gate}_weight"), &[heads, count, dim], Init::Normal { std: 0.02 });
+    let bias = b.weight(&format!("{s}learnable_ttt_{gate}_bias"), &[heads, count], Init::Zeros);
+    let w = b.reshape(w, vec![Dim::c(heads * count), Dim::c(dim)])?;
     let w = b.transpose_last2(w)?;
     let logit = b.matmul(x, w)?;
-    let bias = b.reshape(bias, vec![Dim::c(heads)])?;
+    let bias = b.reshape(bias, vec![Dim::c(heads * count)])?;
     b.add(logit, bias)
 }
 
@@ -196,7 +189,7 @@ fn head_logits(b: &mut ModelBuilder, x: ValueId, s: &str, gate: &str, heads: usi
 /// `1 − sigmoid(z) = sigmoid(−z)`, as `−softplus(∓z)` (finite however saturated the gate),
 /// `[B, H, T]`.
 fn log_gate(b: &mut ModelBuilder, x: ValueId, s: &str, gate: &str, heads: usize, dim: usize, complement: bool) -> Result<ValueId> {
-    let z = head_logits(b, x, s, gate, heads, dim)?;
+    let z = head_logits(b, x, s, gate, (heads, 1), dim)?;
     let z = if complement { z } else { b.unary(UnaryOp::Neg, z)? };
     let softplus = b.unary(UnaryOp::Softplus, z)?;
     let log = b.unary(UnaryOp::Neg, softplus)?;
@@ -328,7 +321,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         copies.push(g.broadcast(m, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?);
         start.push(m);
     }
-    let grads = inner_gradients(&mut g, &c.inner, &copies, k, v, norm, None)?;
+    let grads = learner(c).gradients(&mut g, &copies, (0..copies.len()).collect(), k, v, norm, None)?;
 
     // W_i = W₀ − Σ_j η[i,j] g_j (gated: from the current weights, with the gates' terms) for
     // every weight and bias; the next state is the last token's.
@@ -422,7 +415,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     }
 
     // Token i's output: the inner model with weights W_i applied to q_i.
-    let out = inner_output(&mut g, &c.inner, q, &weights, norm)?;
+    let out = learner(c).output(&mut g, q, &weights, norm)?;
 
     for (i, s) in next_state.into_iter().enumerate() {
         g.output(&format!("state{i}"), s);
@@ -767,9 +760,10 @@ fn per_chunk_body(c: &TttConfig, rule: &UpdateRule, layout: &[Slot], gates: [boo
     let values: Vec<ValueId> = layout.iter().enumerate().map(|(i, slot)| g.input(&format!("state{i}"), slot.ty.clone())).collect();
     let state = ChunkState::from_values(&values, layout);
     let rows = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);
-    let per_token = Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(1)]);
+    let per_token = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(1)]);
     let [q, k, v] = ["q", "k", "v"].map(|name| g.input(name, rows.clone()));
-    let lr = g.input("lr", per_token.clone());
+    let rates = if c.optimizer.lr_per_matrix { c.inner.matrices() } else { 1 };
+    let lr = g.input("lr", Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(rates)]));
     let [beta, alpha] = [("beta", gates[0]), ("alpha", gates[1])].map(|(name, on)| on.then(|| g.input(name, per_token.clone())));
     let norms: Vec<Option<ValueId>> = norms
         .iter()
@@ -811,9 +805,11 @@ fn per_chunk(
     norms: &[Option<ValueId>],
     ends: Option<ValueId>,
 ) -> Result<(ValueId, ChunkState)> {
-    let out = inner_output(g, &c.inner, q, &state.weights, norm)?;
-    let descent = g.unary(UnaryOp::Neg, lr)?;
-    let steps = inner_gradients(g, &c.inner, &state.weights, k, v, norm, Some(descent))?;
+    let learner = learner(c);
+    let out = learner.output(g, q, &state.weights, norm)?;
+    let rates = g.dim(lr, -1)?.as_const().context("a static count of learning rates")?;
+    let rates = (0..rates as i64).map(|m| g.slice(lr, -1, m, Some(m + 1))).collect::<Result<Vec<_>>>()?;
+    let steps = learner.steps(g, &state.weights, k, v, norm, &rates)?;
     let next = chunk_update(g, rule, state, steps, Gates { beta, alpha }, norms, ends)?;
     Ok((out, next))
 }
@@ -891,7 +887,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
             ),
         });
     }
-    let grads = inner_gradients(&mut b.g, &c.inner, &w0, k, v, norm, None)?;
+    let grads = learner(c).gradients(&mut b.g, &w0, (0..w0.len()).collect(), k, v, norm, None)?;
     // lr of the one token, [B, H, 1, 1]; gated, β and 1 − α likewise.
     let per_token = vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(1)];
     let lr = b.reshape(lr, per_token.clone())?;
@@ -950,140 +946,18 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
         }
         weights.push(w);
     }
-    inner_output(&mut b.g, &c.inner, q, &weights, norm)
+    learner(c).output(&mut b.g, q, &weights, norm)
+}
+
+/// The layer's inner learner, its weights stored `[in, out]`.
+fn learner(c: &TttConfig) -> Learner<'_> {
+    Learner { spec: &c.inner, stored: Stored::InOut }
 }
 
 /// `(rows, cols)` of a state tensor `[B, H, rows, cols]` (a bias has one row).
 fn matrix_dims(t: &Type) -> (usize, usize) {
     let r = t.rank();
     (t.shape[r - 2].as_const().expect("static"), t.shape[r - 1].as_const().expect("static"))
-}
-
-/// The inner model's layers `Z(x)` on `x` `[B, H, n, d]` with `weights` `[W1, b1, W1_gate,
-/// b1_gate, W2, b2, …]` (no `b{l}` without bias, gates only with glu): per token, each
-/// `[B, H, n, rows, cols]`, or shared by the n tokens, each `[B, H, rows, cols]`: linear layers
-/// with the spec's activation (or GLU) between them. Returns `[B, H, n, d_out]`.
-fn inner_model(g: &mut Graph, spec: &InnerSpec, x: ValueId, weights: &[ValueId]) -> Result<ValueId> {
-    let mut shape = g.ty(x).shape.clone();
-    let shared = g.ty(weights[0]).rank() == shape.len();
-    let mut row_shape = shape.clone();
-    row_shape.insert(3, Dim::c(1));
-    let mut a = if shared { x } else { g.reshape(x, row_shape)? }; // [B, H, n, 1, d] per token
-    let mut next = weights.iter().copied();
-    let mut affine = |g: &mut Graph, a: ValueId| -> Result<ValueId> {
-        let w = next.next().context("too few inner weights")?;
-        let z = g.matmul(a, w)?;
-        match spec.bias {
-            true => g.add(z, next.next().context("too few inner weights")?),
-            false => Ok(z),
-        }
-    };
-    for l in 0..spec.depth() {
-        let z = affine(g, a)?;
-        a = match (l + 1 < spec.depth(), spec.gated(l)) {
-            (false, _) => z,
-            (true, false) => activate(g, spec.activation, z)?,
-            (true, true) => {
-                let gate = affine(g, a)?;
-                let gate = activate(g, spec.activation, gate)?;
-                g.mul(gate, z)?
-            }
-        };
-    }
-    if shared {
-        return Ok(a);
-    }
-    *shape.last_mut().unwrap() = g.dim(a, -1)?;
-    g.reshape(a, shape)
-}
-
-/// The inner model followed by its LayerNorm (when it has one): `N(Z_W(x))`.
-fn normed_inner(g: &mut Graph, spec: &InnerSpec, x: ValueId, weights: &[ValueId], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
-    let z = inner_model(g, spec, x, weights)?;
-    match norm {
-        Some([ln_w, ln_b]) => layer_norm(g, z, ln_w, ln_b, LN_EPS),
-        None => Ok(z),
-    }
-}
-
-/// A token's output `f_W(q)`: `q + N(Z_W(q))` for a residual learner, `N(Z_W(q))` otherwise.
-fn inner_output(g: &mut Graph, spec: &InnerSpec, q: ValueId, weights: &[ValueId], norm: Option<[ValueId; 2]>) -> Result<ValueId> {
-    let normed = normed_inner(g, spec, q, weights, norm)?;
-    if spec.residual {
-        g.add(q, normed)
-    } else {
-        Ok(normed)
-    }
-}
-
-/// The gradients of the inner loss over the keys and values with respect to `weights` (per
-/// token or shared, see [`inner_model`]), each token's loss weighted by `scale` `[B, H, n, 1]`
-/// when given: a `grad` op, which the passes' autodiff expands.
-fn inner_gradients(
-    g: &mut Graph,
-    spec: &InnerSpec,
-    weights: &[ValueId],
-    k: ValueId,
-    v: ValueId,
-    norm: Option<[ValueId; 2]>,
-    scale: Option<ValueId>,
-) -> Result<Vec<ValueId>> {
-    let mut operands = weights.to_vec();
-    operands.extend([k, v]);
-    operands.extend(norm.into_iter().flatten());
-    operands.extend(scale);
-    let norm_type = norm.map(|[w, _]| g.ty(w).clone());
-    let scale_type = scale.map(|s| g.ty(s).clone());
-    let types: Vec<Type> = weights.iter().map(|&w| g.ty(w).clone()).collect();
-    let loss = inner_loss(spec, &types, g.ty(k), norm_type.as_ref(), scale_type.as_ref())?;
-    g.push(Op::Grad(Box::new(Grad { wrt: (0..weights.len()).collect(), body: loss })), &operands)
-}
-
-fn activate(g: &mut Graph, act: Activation, z: ValueId) -> Result<ValueId> {
-    match act {
-        Activation::GeluTanh => g.unary(UnaryOp::GeluTanh, z),
-        Activation::Silu => g.unary(UnaryOp::Silu, z),
-        Activation::Relu => {
-            let zero = g.scalar(0.0)?;
-            g.binary(BinaryOp::Max, z, zero)
-        }
-    }
-}
-
-/// The inner self-supervised loss summed over the mini-batch's tokens, `Σ_j ½‖f_{W_j}(k_j) − v_j‖²`,
-/// built as `Σ_j ½‖N(Z_{W_j}(k_j)) − t_j‖²` with `t_j = v_j − k_j` when the inner model is residual
-/// and `t_j = v_j` otherwise (N the inner LayerNorm or the identity), or `Σ_j −v_j · N(Z_{W_j}(k_j))`
-/// for the dot product (a residual's `v_j · k_j` has no gradient), each token's term times its
-/// `scale` when given, as a graph of (weights…, k, v[, LN weight, LN bias][, scale]).
-fn inner_loss(spec: &InnerSpec, weight_types: &[Type], kv: &Type, ln: Option<&Type>, scale: Option<&Type>) -> Result<Graph> {
-    let mut g = Graph::new("inner_loss");
-    let weights: Vec<ValueId> = weight_types.iter().enumerate().map(|(i, t)| g.input(&format!("w{i}"), t.clone())).collect();
-    let k = g.input("k", kv.clone());
-    let v = g.input("v", kv.clone());
-    let norm = ln.map(|ln| [g.input("ln_weight", ln.clone()), g.input("ln_bias", ln.clone())]);
-    let scale = scale.map(|s| g.input("scale", s.clone()));
-    let y = normed_inner(&mut g, spec, k, &weights, norm)?;
-    let mut loss = match spec.loss {
-        InnerLoss::Reconstruction => {
-            let target = if spec.residual { g.sub(v, k)? } else { v };
-            let diff = g.sub(y, target)?;
-            let sq = g.mul(diff, diff)?;
-            let half = g.scalar(0.5)?;
-            g.mul(half, sq)?
-        }
-        InnerLoss::DotProduct => {
-            let product = g.mul(v, y)?;
-            g.unary(UnaryOp::Neg, product)?
-        }
-    };
-    if let Some(scale) = scale {
-        loss = g.mul(loss, scale)?;
-    }
-    while g.ty(loss).rank() > 0 {
-        loss = g.reduce(tttc_ir::ReduceKind::Sum, loss, 0, false)?;
-    }
-    g.output("loss", loss);
-    Ok(g)
 }
 
 /// Interleaved RoPE over the last axis of `x` `[B, H, n, d]` with the angles `(cos, sin)`

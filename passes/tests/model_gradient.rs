@@ -56,6 +56,10 @@ fn model_gradients_match_finite_differences() {
         // The apply-then-update inner optimizer with every part (through Muon), and pre-norm.
         r#"{"model_type": "ttt", "ttt_layer_type": "mlp", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"update": "per_chunk", "momentum": true, "forget": true, "muon": true, "renormalize": "post"}}"#,
         r#"{"model_type": "ttt", "ttt_layer_type": "linear", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 2, "ttt_inner": {"update": "per_chunk", "renormalize": "pre"}}"#,
+        // LaCT's learner and optimizer from parts (GLU, the dot product, a rate per matrix).
+        r#"{"model_type": "ttt", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"widths": [2], "activation": "silu", "glu": true, "bias": false, "residual": false, "norm": "none", "loss": "dot_product", "update": "per_chunk", "learning_rates": "per_matrix", "momentum": true, "muon": true, "renormalize": "post"}}"#,
+        // A gated learner per token, with biases (the gate's too).
+        r#"{"model_type": "ttt", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "mini_batch_size": 3, "ttt_inner": {"widths": [2], "glu": true, "loss": "dot_product"}}"#,
         r#"{"model_type": "mamba", "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 3, "conv_kernel": 2}"#,
         r#"{"model_type": "llama", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}"#,
         // LaCT: through Muon, momentum and the low-rank initial weights; and pre-norm with
