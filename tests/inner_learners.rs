@@ -1029,9 +1029,9 @@ mod reference {
         let mut off = 0;
         spec.tensors(d)
             .into_iter()
-            .map(|(_, rows, cols, _)| {
+            .map(|(name, rows, cols, _)| {
                 off += rows * cols;
-                (off - rows * cols, rows, cols, rows > 1)
+                (off - rows * cols, rows, cols, !name.starts_with('b'))
             })
             .collect()
     }
@@ -1077,7 +1077,7 @@ mod reference {
     /// Muon on each matrix of the flat parameters laid out as `blocks` (a bias, one row, takes
     /// its step as it is).
     fn orthogonalise(step: &mut [f64], blocks: &[(usize, usize, usize, bool)]) {
-        for &(off, rows, cols, _) in blocks.iter().filter(|b| b.1 > 1 && b.2 > 1) {
+        for &(off, rows, cols, _) in blocks.iter().filter(|b| b.3) {
             let o = newton_schulz(&step[off..off + rows * cols], rows, cols);
             step[off..off + rows * cols].copy_from_slice(&o);
         }
@@ -1320,9 +1320,6 @@ fn run_case_io(model: &Path, io: &Path, out: &Path) -> BTreeMap<String, Array> {
     read(out)
 }
 
-/// `ttt_inner` spelling out TTT-MLP (with `ttt_layer_type` removed, so the spec alone decides), in
-/// config.json and in a model.toml, gives the same graph and bit-identical logits and loss as
-/// `ttt_layer_type = "mlp"`, within SPEC §1 of the reference logits.
 /// LaCT's fast weights are a preset of the same parts: the learner its layers build
 /// (`InnerSpec::lact`) is the one these `ttt_inner` keys describe, fractional width included.
 #[test]
@@ -1336,6 +1333,9 @@ fn lact_fast_weights_are_a_ttt_inner_preset() {
     assert_eq!(c.inner.preset(), None);
 }
 
+/// `ttt_inner` spelling out TTT-MLP (with `ttt_layer_type` removed, so the spec alone decides), in
+/// config.json and in a model.toml, gives the same graph and bit-identical logits and loss as
+/// `ttt_layer_type = "mlp"`, within SPEC §1 of the reference logits.
 #[test]
 fn explicit_mlp_spec_equals_the_preset() {
     let preset = repo().join("tests/vectors").join(MLP_CASE);
@@ -1453,7 +1453,7 @@ fn unknown_loss_is_refused() {
 #[test]
 fn malformed_widths_are_refused() {
     expect_error(&bad_inner("zero", json!({"widths": [4, 0]})), &["ttt_inner.widths", "positive"]);
-    expect_error(&bad_inner("below_one", json!({"widths": [0.05]})), &["ttt_inner.widths", "is zero"]);
+    expect_error(&bad_inner("below_two", json!({"widths": [0.2]})), &["ttt_inner.widths", "below 2"]);
     expect_error(&bad_inner("scalar", json!({"widths": 4})), &["ttt_inner.widths", "list"]);
     expect_error(&bad_inner("norm", json!({"norm": "rms_norm"})), &["ttt_inner.norm", "\"rms_norm\""]);
     expect_error(&bad_inner("bias", json!({"bias": "yes"})), &["ttt_inner.bias"]);

@@ -417,15 +417,14 @@ pub struct InnerSpec {
     pub loss: InnerLoss,
 }
 
-/// One tensor of the inner model: its name under the layer, `[rows, cols]` per head, whether it
-/// is a bias, and the matrix it belongs to (counted from 0; a bias belongs to its layer's).
+/// One tensor of the inner model: its name under the layer, `[rows, cols]` per head, and whether
+/// it is a bias.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InnerTensor {
     pub name: String,
     pub rows: usize,
     pub cols: usize,
     pub bias: bool,
-    pub matrix: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -598,9 +597,9 @@ impl InnerSpec {
         sizes.push(d);
         self.layout()
             .into_iter()
-            .map(|(l, gate, bias, matrix)| {
+            .map(|(l, gate, bias, _)| {
                 let (name, rows) = if bias { (format!("b{}{gate}", l + 1), 1) } else { (format!("W{}{gate}", l + 1), sizes[l]) };
-                InnerTensor { name, rows, cols: sizes[l + 1], bias, matrix }
+                InnerTensor { name, rows, cols: sizes[l + 1], bias }
             })
             .collect()
     }
@@ -983,8 +982,10 @@ impl TttConfig {
             if width.floor() > MAX_SIZE as f64 {
                 bail!("config key ttt_inner.widths holds {w}: a hidden width of {w} · {} is too large (at most {MAX_SIZE})", c.head_dim());
             }
-            if width < 1.0 {
-                bail!("config key ttt_inner.widths holds {w}: a hidden width of ⌊{w} · {}⌋ is zero", c.head_dim());
+            // One row or column would read as a bias (which Muon and renormalisation leave as
+            // they are), and a matrix of one unit learns little.
+            if width < 2.0 {
+                bail!("config key ttt_inner.widths holds {w}: a hidden width of ⌊{w} · {}⌋ is below 2", c.head_dim());
             }
         }
         Ok(c)

@@ -3,7 +3,7 @@
 //! expands. TTT's layer (per token and per chunk) and LaCT's layers build through it; LaCT's fast
 //! weights are the spec [`InnerSpec::lact`], stored as PyTorch's Linear stores them.
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use tttc_ir::{BinaryOp, Grad, Graph, Op, ReduceKind, Type, UnaryOp, ValueId};
 
 use crate::config::{Activation, InnerLoss, InnerSpec};
@@ -92,23 +92,14 @@ impl Learner<'_> {
         }
     }
 
-    /// The gradients of the inner loss over the keys and values with respect to the `wrt` of
-    /// `weights`, each token's loss weighted by `scale` `[B, H, n, 1]` when given.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gradients(
-        &self,
-        g: &mut Graph,
-        weights: &[ValueId],
-        wrt: Vec<usize>,
-        k: ValueId,
-        v: ValueId,
-        norm: Option<[ValueId; 2]>,
-        scale: Option<ValueId>,
-    ) -> Result<Vec<ValueId>> {
-        self.grad(g, weights, wrt, [k, v], norm, scale, false)
+    /// The gradients of the inner loss summed over the keys and values with respect to every
+    /// one of `weights`.
+    pub fn gradients(&self, g: &mut Graph, weights: &[ValueId], k: ValueId, v: ValueId, norm: Option<[ValueId; 2]>) -> Result<Vec<ValueId>> {
+        self.grad(g, weights, (0..weights.len()).collect(), [k, v], norm, None, false)
     }
 
-    /// [`Learner::gradients`], of `−ℓ` when `descend` (the step's direction).
+    /// The gradients with respect to the `wrt` of `weights` of the loss (of `−ℓ` when `descend`:
+    /// the step's direction), each token's term weighted by `scale` `[B, H, n, 1]` when given.
     #[allow(clippy::too_many_arguments)]
     fn grad(
         &self,
@@ -120,6 +111,8 @@ impl Learner<'_> {
         scale: Option<ValueId>,
         descend: bool,
     ) -> Result<Vec<ValueId>> {
+        // The reconstruction's descent negates its scale.
+        ensure!(scale.is_some() || !descend, "a descent needs its learning rates");
         let mut operands = weights.to_vec();
         operands.extend([k, v]);
         operands.extend(norm.into_iter().flatten());

@@ -16,7 +16,7 @@ use crate::config::{InnerModel, InnerNorm, TttConfig, Update};
 use crate::learner::{Learner, Stored};
 use crate::math::{layer_norm, rope_angles, rope_angles_at, split_heads};
 
-/// LayerNorm eps of the inner model's output and of `post_norm` (fixed in the reference).
+/// LayerNorm eps of `post_norm` (fixed in the reference; the inner LayerNorm's is the learner's).
 const LN_EPS: f64 = 1e-6;
 
 pub fn build(c: &TttConfig, mode: Mode) -> Result<ModelBuilder> {
@@ -321,7 +321,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         copies.push(g.broadcast(m, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)])?);
         start.push(m);
     }
-    let grads = learner(c).gradients(&mut g, &copies, (0..copies.len()).collect(), k, v, norm, None)?;
+    let grads = learner(c).gradients(&mut g, &copies, k, v, norm)?;
 
     // W_i = W₀ − Σ_j η[i,j] g_j (gated: from the current weights, with the gates' terms) for
     // every weight and bias; the next state is the last token's.
@@ -887,7 +887,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
             ),
         });
     }
-    let grads = learner(c).gradients(&mut b.g, &w0, (0..w0.len()).collect(), k, v, norm, None)?;
+    let grads = learner(c).gradients(&mut b.g, &w0, k, v, norm)?;
     // lr of the one token, [B, H, 1, 1]; gated, β and 1 − α likewise.
     let per_token = vec![bsym.clone(), Dim::c(heads), Dim::c(1), Dim::c(1)];
     let lr = b.reshape(lr, per_token.clone())?;

@@ -16,6 +16,28 @@ TINY = {
     "ttt-chunk": lambda: tt.TTTLayer(
         {"hidden_size": 8, "num_attention_heads": 2, "mini_batch_size": 4, "ttt_inner": {"update": "per_chunk", "momentum": True, "forget": True, "renormalize": "pre"}}
     ),
+    # LaCT's fast-weight loop from parts (SwiGLU, the dot-product loss, a rate per matrix), on a
+    # fractional width; Muon left out likewise.
+    "ttt-lact-parts": lambda: tt.TTTLayer(
+        {
+            "hidden_size": 8,
+            "num_attention_heads": 2,
+            "mini_batch_size": 4,
+            "ttt_inner": {
+                "widths": [1.5],
+                "activation": "silu",
+                "glu": True,
+                "bias": False,
+                "residual": False,
+                "norm": "none",
+                "loss": "dot_product",
+                "update": "per_chunk",
+                "learning_rates": "per_matrix",
+                "momentum": True,
+                "renormalize": "post",
+            },
+        }
+    ),
     "mamba": lambda: tt.MambaMixer(8, intermediate_size=8, state_size=3, time_step_rank=2),
     "attention": lambda: tt.Attention(8, 2, num_key_value_heads=1),
     # Without Muon: on so small a layer its Newton-Schulz amplifies f32 rounding and curves too
