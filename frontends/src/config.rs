@@ -646,7 +646,7 @@ impl InnerSpec {
 
     /// The number of inner matrices (layers and gates).
     pub fn matrices(&self) -> usize {
-        self.depth() + if self.glu { self.widths.len() } else { 0 }
+        self.matrix_of_tensors().last().map_or(0, |m| m + 1)
     }
 
     /// `ttt_layer_type`'s preset with the keys of `ttt_inner` (when present) replacing its fields.

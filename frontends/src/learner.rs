@@ -34,7 +34,7 @@ pub struct Learner<'a> {
 impl Learner<'_> {
     /// The layers `Z(x)` on `x` `[B, H, n, d]`: linear layers with the spec's activation (or
     /// GLU) between them. Returns `[B, H, n, d_out]`.
-    pub fn layers(&self, g: &mut Graph, x: ValueId, weights: &[ValueId]) -> Result<ValueId> {
+    fn layers(&self, g: &mut Graph, x: ValueId, weights: &[ValueId]) -> Result<ValueId> {
         let spec = self.spec;
         let mut shape = g.ty(x).shape.clone();
         let shared = g.ty(weights[0]).rank() == shape.len();

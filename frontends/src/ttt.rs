@@ -86,7 +86,7 @@ fn ttt_layer(b: &mut ModelBuilder, c: &TttConfig, x: ValueId, s: &str) -> Result
     let (q, k, v) = (split_heads(b, q, heads, d)?, split_heads(b, k, heads, d)?, split_heads(b, v, heads, d)?);
 
     // lr[b,h,t] = base_lr · sigmoid(x_t · w_h + β_h) / d; per matrix, lr[b,h,t,m] likewise.
-    let rates = if c.optimizer.lr_per_matrix { c.inner.matrices() } else { 1 };
+    let rates = learning_rates(c);
     let logit = head_logits(b, x, s, "lr", (heads, rates), dim)?;
     let gate = b.unary(UnaryOp::Sigmoid, logit)?;
     let scale = b.scalar(c.ttt_base_lr / d as f64)?;
@@ -762,8 +762,7 @@ fn per_chunk_body(c: &TttConfig, rule: &UpdateRule, layout: &[Slot], gates: [boo
     let rows = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(d)]);
     let per_token = Type::new(DType::F32, vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(1)]);
     let [q, k, v] = ["q", "k", "v"].map(|name| g.input(name, rows.clone()));
-    let rates = if c.optimizer.lr_per_matrix { c.inner.matrices() } else { 1 };
-    let lr = g.input("lr", Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(rates)]));
+    let lr = g.input("lr", Type::new(DType::F32, vec![bsym, Dim::c(heads), n.clone(), Dim::c(learning_rates(c))]));
     let [beta, alpha] = [("beta", gates[0]), ("alpha", gates[1])].map(|(name, on)| on.then(|| g.input(name, per_token.clone())));
     let norms: Vec<Option<ValueId>> = norms
         .iter()
@@ -947,6 +946,15 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
         weights.push(w);
     }
     learner(c).output(&mut b.g, q, &weights, norm)
+}
+
+/// Learning rates per token and head: one, or one per inner matrix.
+fn learning_rates(c: &TttConfig) -> usize {
+    if c.optimizer.lr_per_matrix {
+        c.inner.matrices()
+    } else {
+        1
+    }
 }
 
 /// The layer's inner learner, its weights stored `[in, out]`.
