@@ -1,6 +1,6 @@
 //! The compiled model `tttc compile` writes (cpu/model.o, cpu/model.h), linked with the system's
 //! C compiler into the shipped example driver (examples/c/run_model.c) and run on every
-//! reference case: its logits and loss match the reference within SPEC §1's tolerance; and its
+//! reference case (SPEC's, the gated optimizer's and LaCT's language models): its logits and loss match the reference within SPEC §1's tolerance; and its
 //! training entry point, linked into the shipped training-step driver (examples/c/train_step.c):
 //! its loss and gradients match the reference; and its decoding entry points, linked into the
 //! shipped greedy decoder (examples/c/generate.c): its tokens and logits are `tttc generate`'s.
@@ -20,6 +20,12 @@ const RTOL_GRADS: f64 = 1e-4;
 
 fn floats(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// The cases of `cases` that the tests run on the compiled model (every one but LaCT's switch
+/// variants, see `runs_on`).
+fn compiled_cases(cases: Vec<PathBuf>) -> Vec<PathBuf> {
+    cases.into_iter().filter(|c| runs_on(c, "cpu-model")).collect()
 }
 
 /// Compiles `case` for its input's batch size and lengths up to `seq_len` into `out`; returns the
@@ -81,7 +87,7 @@ fn write_args(case: &Path, manifest: &serde_json::Value, entry: &str, ids: &[i64
 /// give the interpreter's outputs; a length past its bound is refused.
 #[test]
 fn one_compiled_model_serves_every_length_up_to_its_bounds() {
-    for case in cases() {
+    for case in compiled_cases(all_cases()) {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let model = tttc_frontends::load(&case, None).unwrap();
         let vocab = model.config.vocab_size();
@@ -133,7 +139,7 @@ fn one_compiled_model_serves_every_length_up_to_its_bounds() {
 #[test]
 fn the_compiled_model_links_into_a_c_program_and_matches_every_reference_case() {
     let dir = scratch("compiled_model");
-    for case in cases() {
+    for case in compiled_cases(all_cases()) {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let io = read(&case.join("io.safetensors"));
         let ids = &io["input_ids"];
@@ -226,7 +232,7 @@ fn a_compiled_layer_runs_forward_and_backward_as_the_reference() {
 fn the_compiled_training_step_matches_every_reference_case() {
     const LR: f32 = 0.05;
     let dir = scratch("compiled_training_step");
-    for case in cases() {
+    for case in compiled_cases([cases(), lact_cases()].concat()).into_iter().filter(|c| c.join("grads.safetensors").exists()) {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let io = read(&case.join("io.safetensors"));
         let out = dir.join(&name);
@@ -302,7 +308,7 @@ fn write_prompt(path: &Path, ids: &Array, len: usize) {
 fn the_compiled_decoder_generates_what_tttc_generate_does() {
     let dir = scratch("compiled_decoding");
     let mut compared = 0;
-    for case in cases() {
+    for case in compiled_cases(all_cases()) {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let ids = &read(&case.join("io.safetensors"))["input_ids"];
         let rows = ids.shape[0];
