@@ -339,7 +339,8 @@ fn optimizer_case(dir: &Path, learner: &str, inner: &Value, mb: usize, backbone:
 }
 
 /// The gated inner optimizer (`ttt_inner.momentum` / `forget`, SPEC §2) with each gate alone and
-/// both, on a preset and a deeper learner, for mini-batch sizes 1, 3 and 16, matches the float64
+/// both, on a preset, a deeper learner and a gated one with the dot-product loss (LaCT's), for
+/// mini-batch sizes 1, 3 and 16, matches the float64
 /// implementation's per-token recurrence; the model has the gates' weights and no
 /// `learnable_token_idx`.
 #[test]
@@ -349,10 +350,11 @@ fn gated_optimizers_match_an_independent_f64_implementation() {
     let gates = [json!({"momentum": true}), json!({"forget": true}), json!({"momentum": true, "forget": true})];
     let mut report = Vec::new();
     let mut failed = Vec::new();
-    for (i, ((learner, inner), gate)) in [("preset-linear", json!({})), ("relu3", json!({"widths": [4, 2], "activation": "relu"}))]
-        .into_iter()
-        .flat_map(|l| gates.iter().map(move |g| (l.clone(), g)))
-        .enumerate()
+    for (i, ((learner, inner), gate)) in
+        [("preset-linear", json!({})), ("relu3", json!({"widths": [4, 2], "activation": "relu"})), ("swiglu-dot", lact_learner())]
+            .into_iter()
+            .flat_map(|l| gates.iter().map(move |g| (l.clone(), g)))
+            .enumerate()
     {
         let mut inner = inner.clone();
         inner.as_object_mut().unwrap().extend(gate.as_object().unwrap().clone());

@@ -10,6 +10,17 @@ use tttc_runtime::Executable;
 
 #[test]
 fn bidirectional_layer_matches_every_case() {
+    check_layer_cases(&backends());
+}
+
+/// The same on a GPU (`cuda`).
+#[test]
+#[ignore = "needs a GPU"]
+fn bidirectional_layer_matches_every_case_on_the_gpu() {
+    check_layer_cases(&gpu_backends());
+}
+
+fn check_layer_cases(backends: &[&str]) {
     for case in lact_layer_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let (config, _) = tttc_frontends::parse_config_json(&std::fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
@@ -22,7 +33,7 @@ fn bidirectional_layer_matches_every_case() {
         let vjp = tttc_passes::vector_jacobian_product(&tttc_passes::differentiable(&layer).unwrap(), &[]).unwrap();
         let vjp = Executable::new(tttc_passes::compile(&vjp).unwrap());
         let cotangent = format!("{ADJOINT}y");
-        for backend in backends().into_iter().filter(|b| runs_on(&case, b)) {
+        for backend in backends.iter().copied().filter(|b| runs_on(&case, b)) {
             let tag = format!("{name} ({backend})");
             let on = tttc_runtime::backend(backend).unwrap();
             let y = forward.run_with(&weights, &[("x", x)], on).unwrap();

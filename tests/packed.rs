@@ -9,7 +9,18 @@ use safetensors::Dtype;
 
 #[test]
 fn packed_rows_match_separate_runs() {
-    let dir = scratch("packed");
+    check_packed_rows(&backends(), "packed");
+}
+
+/// The same on a GPU (`cuda`).
+#[test]
+#[ignore = "needs a GPU"]
+fn packed_rows_match_separate_runs_on_the_gpu() {
+    check_packed_rows(&gpu_backends(), "packed_cuda");
+}
+
+fn check_packed_rows(backends: &[&str], scratch_name: &str) {
+    let dir = scratch(scratch_name);
     for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = read(&case.join("io.safetensors"));
@@ -39,7 +50,7 @@ fn packed_rows_match_separate_runs() {
             &input,
             &[("input_ids".into(), Dtype::I64, vec![1, packed.len()], i64_bytes(&packed)), ("cu_seqlens".into(), Dtype::I64, vec![cu.len()], i64_bytes(&cu))],
         );
-        for backend in backends().into_iter().filter(|b| runs_on(&case, b)) {
+        for backend in backends.iter().copied().filter(|b| runs_on(&case, b)) {
             let (out, state) = (dir.join(format!("{name}-{backend}-out.safetensors")), dir.join(format!("{name}-{backend}-state.safetensors")));
             let r = tttc(&["run", p(&case), "--input", p(&input), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
             assert!(r.status.success(), "{name} ({backend}): {}", String::from_utf8_lossy(&r.stderr));
@@ -78,7 +89,18 @@ fn packed_rows_match_separate_runs() {
 /// prefix and itself.
 #[test]
 fn packed_rows_continue_their_own_states() {
-    let dir = scratch("packed_state_in");
+    check_packed_states(&backends(), "packed_state_in");
+}
+
+/// The same on a GPU (`cuda`).
+#[test]
+#[ignore = "needs a GPU"]
+fn packed_rows_continue_their_own_states_on_the_gpu() {
+    check_packed_states(&gpu_backends(), "packed_state_in_cuda");
+}
+
+fn check_packed_states(backends: &[&str], scratch_name: &str) {
+    let dir = scratch(scratch_name);
     for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = read(&case.join("io.safetensors"));
@@ -91,7 +113,7 @@ fn packed_rows_continue_their_own_states() {
         // (row, prefix, piece length), each inside the row.
         let spans: Vec<(usize, usize, usize)> =
             [(1, 1), (mb + 1, mb - 1), (mb, mb + 3)].iter().enumerate().map(|(k, &(pre, len))| (k % b, pre.min(t - 1), len.min(t - pre.min(t - 1)))).collect();
-        for backend in backends().into_iter().filter(|b| runs_on(&case, b)) {
+        for backend in backends.iter().copied().filter(|b| runs_on(&case, b)) {
             let mut start = Vec::new();
             for (k, &(r, pre, _)) in spans.iter().enumerate() {
                 let (input, out, state) = (

@@ -15,7 +15,18 @@ use tttc_runtime::Executable;
 
 #[test]
 fn run_writes_the_state_after_the_sequence() {
-    let out_dir = scratch("state_out");
+    check_state_out(&backends(), "state_out");
+}
+
+/// The same on a GPU (`cuda`).
+#[test]
+#[ignore = "needs a GPU"]
+fn run_writes_the_state_after_the_sequence_on_the_gpu() {
+    check_state_out(&gpu_backends(), "state_out_cuda");
+}
+
+fn check_state_out(backends: &[&str], scratch_name: &str) {
+    let out_dir = scratch(scratch_name);
     for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = case.join("io.safetensors");
@@ -33,7 +44,7 @@ fn run_writes_the_state_after_the_sequence() {
             .filter_map(|((n, _), t)| n.strip_prefix("state.").map(|s| (s.to_string(), t.as_f32().unwrap().to_vec())))
             .collect();
         assert!(!expected.is_empty(), "{name}: the prefill has no state");
-        for backend in backends().into_iter().filter(|b| runs_on(&case, b)) {
+        for backend in backends.iter().copied().filter(|b| runs_on(&case, b)) {
             let (out, state) = (out_dir.join(format!("{name}-{backend}-out.safetensors")), out_dir.join(format!("{name}-{backend}-state.safetensors")));
             let r = tttc(&["run", p(&case), "--input", p(&io), "--output", p(&out), "--state-out", p(&state), "--backend", backend]);
             assert!(r.status.success(), "{name} ({backend}): {}", String::from_utf8_lossy(&r.stderr));
@@ -146,7 +157,18 @@ fn check_chunked_runs(backends: &[(&str, Splits)], scratch_name: &str) {
 /// in f64 (finite differences check that graph: passes/tests/model_gradient.rs).
 #[test]
 fn grad_from_a_state_gives_the_state_gradients() {
-    let dir = scratch("state_grad");
+    check_state_gradients(&backends(), "state_grad");
+}
+
+/// The same on a GPU (`cuda`).
+#[test]
+#[ignore = "needs a GPU"]
+fn grad_from_a_state_gives_the_state_gradients_on_the_gpu() {
+    check_state_gradients(&gpu_backends(), "state_grad_cuda");
+}
+
+fn check_state_gradients(backends: &[&str], scratch_name: &str) {
+    let dir = scratch(scratch_name);
     for case in all_cases() {
         let name = case.file_name().unwrap().to_str().unwrap().to_string();
         let io = read(&case.join("io.safetensors"));
@@ -189,7 +211,7 @@ fn grad_from_a_state_gives_the_state_gradients() {
             .map(|((n, _), t)| (n.clone(), t.to_f32().unwrap()))
             .collect();
 
-        for backend in backends().into_iter().filter(|b| runs_on(&case, b)) {
+        for backend in backends.iter().copied().filter(|b| runs_on(&case, b)) {
             let out = dir.join(format!("{name}-{backend}-grad.safetensors"));
             let r = tttc(&["grad", p(&case), "--input", p(&input), "--output", p(&out), "--state-in", p(&start), "--backend", backend]);
             assert!(r.status.success(), "{name} ({backend}): {}", String::from_utf8_lossy(&r.stderr));

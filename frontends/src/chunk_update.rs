@@ -192,10 +192,12 @@ pub struct Gates {
 
 /// The state after a chunk whose step is `steps` (one per weight), gates `gates` (those the rule
 /// has), the weights' initial unit norms `norms` (`None` for a weight not renormalised, a bias;
-/// see [`unit_norms`]). Without `ends` the update is made
+/// see [`unit_norms`]), and which weights are biases (`biases`: Muon leaves their steps as they
+/// are). Without `ends` the update is made
 /// (a forward pass, or a chunk known to be whole); with it (1 or 0), the chunk's step and gates
 /// are added to the state's sums and the update is made only where it is 1, the sums then
 /// emptied; else the sums go on.
+#[allow(clippy::too_many_arguments)]
 pub fn chunk_update(
     g: &mut Graph,
     rule: &UpdateRule,
@@ -203,6 +205,7 @@ pub fn chunk_update(
     mut steps: Vec<ValueId>,
     gates: Gates,
     norms: &[Option<ValueId>],
+    biases: &[bool],
     ends: Option<ValueId>,
 ) -> Result<ChunkState> {
     ensure!(
@@ -248,7 +251,7 @@ pub fn chunk_update(
             next.momentum.push(step);
         }
         if rule.muon {
-            step = muon(g, step)?;
+            step = muon(g, step, biases[j])?;
         }
         let from = state.raw.get(j).copied().unwrap_or(state.weights[j]);
         let from = match keep {
@@ -315,13 +318,11 @@ fn renormalize(g: &mut Graph, w: ValueId, target: ValueId, axis: i64) -> Result<
     g.mul(unit, target)
 }
 
-/// Muon's step for the steps `x` `[…, rows, cols]`: each matrix orthogonalised by
-/// [`newton_schulz`]; a vector (one row or column: a bias) as it is, since orthogonalising a
-/// vector only normalises it, whatever its learning rate.
-pub fn muon(g: &mut Graph, x: ValueId) -> Result<ValueId> {
-    let shape = &g.ty(x).shape;
-    let vector = shape[shape.len() - 2..].iter().any(Dim::is_one);
-    if vector {
+/// Muon's step for the steps `x` `[…, rows, cols]` of a weight: each matrix orthogonalised by
+/// [`newton_schulz`] (one of a single row or column too, as LaCT's code does); a bias's as it
+/// is, since orthogonalising a vector only normalises it, whatever its learning rate.
+pub fn muon(g: &mut Graph, x: ValueId, bias: bool) -> Result<ValueId> {
+    if bias {
         return Ok(x);
     }
     newton_schulz(g, x)

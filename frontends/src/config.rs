@@ -982,8 +982,8 @@ impl TttConfig {
             if width.floor() > MAX_SIZE as f64 {
                 bail!("config key ttt_inner.widths holds {w}: a hidden width of {w} · {} is too large (at most {MAX_SIZE})", c.head_dim());
             }
-            // One row or column would read as a bias (which Muon and renormalisation leave as
-            // they are), and a matrix of one unit learns little.
+            // A matrix of one row would read as a bias to the renormalisation (which leaves biases
+            // as they are), and a matrix of one unit learns little.
             if width < 2.0 {
                 bail!("config key ttt_inner.widths holds {w}: a hidden width of ⌊{w} · {}⌋ is below 2", c.head_dim());
             }
@@ -1082,7 +1082,8 @@ impl LactConfig {
         if k.map.get("rope_theta").is_some_and(Value::is_null) {
             bail!("config key rope_theta = null is not supported (LaCT's attention needs a RoPE base)");
         }
-        let hidden = k.size("hidden_size")?;
+        // LaCTSWIGLUConfig's defaults, even for the keys every checkpoint sets.
+        let hidden = k.size_or("hidden_size", 2048)?;
         let use_muon = k.bool_or("use_muon", false)?;
         if use_muon && k.bool_or("use_fused_kernel", false)? {
             bail!("config key use_fused_kernel = true is not supported with use_muon = true (the fused kernel orthogonalises the stacked update of W0 and W2 jointly, a different function)");
@@ -1107,9 +1108,9 @@ impl LactConfig {
         };
         let low_rank = k.i64_or("w0_w2_low_rank", -1)?;
         let c = LactConfig {
-            vocab_size: k.size("vocab_size")?,
+            vocab_size: k.size_or("vocab_size", 32000)?,
             hidden_size: hidden,
-            num_hidden_layers: k.usize("num_hidden_layers")?,
+            num_hidden_layers: k.usize_or("num_hidden_layers", 24)?,
             num_attn_heads: k.size_or("num_attn_heads", 32)?,
             num_lact_heads: k.size_or("num_lact_heads", 4)?,
             inter_multi,

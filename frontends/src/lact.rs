@@ -261,7 +261,8 @@ pub fn bidirectional_layer(c: &LactBidirectionalConfig, mode: Mode) -> Result<Mo
     // One update, from the initial weights: no momentum, post-norm.
     let rule = UpdateRule { chunk: 1, momentum: false, forget: false, muon: c.use_muon, renormalize: Some(Renormalize::Post), unit_axis: ROWS };
     let initial = ChunkState { weights, ..ChunkState::default() };
-    let updated = chunk_update(&mut b.g, &rule, &initial, sums, Gates { beta: None, alpha: None }, &norms, None)?;
+    let biases = vec![false; sums.len()];
+    let updated = chunk_update(&mut b.g, &rule, &initial, sums, Gates { beta: None, alpha: None }, &norms, &biases, None)?;
     let mut o = fast_output(&mut b.g, &learner, fast[0], &updated.weights)?;
     if c.use_o_norm {
         o = b.rms_norm(o, "o_norm.weight", d, LAYER_EPS)?;
@@ -501,7 +502,8 @@ fn chunk(g: &mut Graph, c: &LactConfig, state: &ChunkState, seqs: &[ValueId], no
     let steps = fast_steps(g, &learner, &state.weights, k, v, &seqs[3..6])?;
     let gates = Gates { beta: seqs.get(6).copied(), alpha: None };
     let norms: Vec<Option<ValueId>> = norms.iter().copied().map(Some).collect();
-    let next = chunk_update(g, &update_rule(c), state, steps, gates, &norms, ends)?;
+    let biases = vec![false; steps.len()];
+    let next = chunk_update(g, &update_rule(c), state, steps, gates, &norms, &biases, ends)?;
     Ok((out, next))
 }
 

@@ -329,6 +329,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
     let mut next_state = Vec::new();
     let mut next_momentum = Vec::new();
     let mut hand_offs = Vec::new();
+    let biases = biases(c);
     for (i, ((&s, &w0), &gj)) in state.iter().zip(&start).zip(&grads).enumerate() {
         let (rows, cols) = matrix_dims(g.ty(s));
         // Where the tokens' weights start from: the gradients' W₀, or gated and handed on, the
@@ -341,7 +342,7 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
         let per_token = vec![bsym.clone(), Dim::c(heads), n.clone(), Dim::c(rows), Dim::c(cols)];
         let muon = gates.as_ref().filter(|_| c.optimizer.muon);
         let step = match muon {
-            Some(gates) => muon_steps(&mut g, gates, flat, lr, momentum.get(i).copied(), real, &per_token)?,
+            Some(gates) => muon_steps(&mut g, gates, flat, lr, momentum.get(i).copied(), real, &per_token, biases[i])?,
             None => {
                 let step = g.matmul(eta, flat)?;
                 g.reshape(step, per_token.clone())?
@@ -436,9 +437,20 @@ fn mini_batch_body(c: &TttConfig, state_types: &[Type], sums: Sums) -> Result<Gr
 /// With Muon, `Σ_{k≤i} D[i,k]·Muon(S_k)` `[B, H, n, rows, cols]` for every token i (the gated
 /// rule's steps, each orthogonalised, so no sum over the gradients remains: the primal form),
 /// from the tokens' gradients `flat` `[B, H, n, rows·cols]`, lr `[B, H, n]` and, with momentum,
-/// S₀. On a resumed run the padding's steps (`real` 0) are dropped, and replaced by ones before
-/// the orthogonalisation: a zero step's norm has no derivative.
-fn muon_steps(g: &mut Graph, gates: &Gated, flat: ValueId, lr: ValueId, s0: Option<ValueId>, real: Option<ValueId>, per_token: &[Dim]) -> Result<ValueId> {
+/// S₀ (a bias's steps, `bias`, are not orthogonalised). On a resumed run the padding's steps
+/// (`real` 0) are dropped, and replaced by ones before the orthogonalisation: a zero step's norm
+/// has no derivative.
+#[allow(clippy::too_many_arguments)]
+fn muon_steps(
+    g: &mut Graph,
+    gates: &Gated,
+    flat: ValueId,
+    lr: ValueId,
+    s0: Option<ValueId>,
+    real: Option<ValueId>,
+    per_token: &[Dim],
+    bias: bool,
+) -> Result<ValueId> {
     // S_k = Σ_j P[k,j]·lr_j·g_j + Π_{m≤k} β_m·S₀, or lr_k·g_k without momentum.
     let steps = match (&gates.momentum, s0) {
         (Some(m), Some(s0)) => {
@@ -463,7 +475,7 @@ fn muon_steps(g: &mut Graph, gates: &Gated, flat: ValueId, lr: ValueId, s0: Opti
         let kept = g.mul(steps, real)?;
         steps = g.add(kept, padding)?;
     }
-    let mut orthogonal = muon(g, steps)?;
+    let mut orthogonal = muon(g, steps, bias)?;
     if let Some(real) = real {
         orthogonal = g.mul(orthogonal, real)?;
     }
@@ -809,7 +821,7 @@ fn per_chunk(
     let rates = g.dim(lr, -1)?.as_const().context("a static count of learning rates")?;
     let rates = (0..rates as i64).map(|m| g.slice(lr, -1, m, Some(m + 1))).collect::<Result<Vec<_>>>()?;
     let steps = learner.steps(g, &state.weights, k, v, norm, &rates)?;
-    let next = chunk_update(g, rule, state, steps, Gates { beta, alpha }, norms, ends)?;
+    let next = chunk_update(g, rule, state, steps, Gates { beta, alpha }, norms, &biases(c), ends)?;
     Ok((out, next))
 }
 
@@ -926,7 +938,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
                     Some(keep) => b.mul(keep, first)?,
                     None => first,
                 };
-                let step = if c.optimizer.muon { muon(&mut b.g, s)? } else { s };
+                let step = if c.optimizer.muon { muon(&mut b.g, s, biases(c)[i])? } else { s };
                 let w = b.sub(kept, step)?;
                 b.state_output(&format!("{name}.current"), w);
                 if momentum.is_some() {
@@ -960,6 +972,11 @@ fn learning_rates(c: &TttConfig) -> usize {
 /// The layer's inner learner, its weights stored `[in, out]`.
 fn learner(c: &TttConfig) -> Learner<'_> {
     Learner { spec: &c.inner, stored: Stored::InOut }
+}
+
+/// Which of the inner weights, in their order, are biases.
+fn biases(c: &TttConfig) -> Vec<bool> {
+    c.inner.tensors(c.head_dim()).iter().map(|t| t.bias).collect()
 }
 
 /// `(rows, cols)` of a state tensor `[B, H, rows, cols]` (a bias has one row).

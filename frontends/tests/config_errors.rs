@@ -169,7 +169,20 @@ fn lact_settings_outside_its_function_are_refused() {
     refused(&with(lact(), "inter_multi", json!(0.01)), &["inter_multi"]);
     // Without Muon the fused kernel computes this function (to its renorm's eps): accepted.
     accepted(&with(lact(), "use_fused_kernel", json!(true)));
-    accepted(&with(lact(), "window_size", Value::Null));
+    // A null window is unbounded attention; an absent one LaCT's default (`with` deletes a key
+    // set to null).
+    let window = |config: &Value| match parse_config_json(&config.to_string()).unwrap().0 {
+        tttc_frontends::ModelConfig::Lact(c) => c.window_size,
+        _ => panic!("not a LaCT config"),
+    };
+    let mut unbounded = lact();
+    unbounded["window_size"] = Value::Null;
+    assert_eq!(window(&unbounded), None);
+    assert_eq!(window(&with(lact(), "window_size", Value::Null)), Some(2048));
+    // The keys every checkpoint sets have LaCTSWIGLUConfig's defaults too.
+    let bare = parse_config_json(r#"{"model_type": "lact_swiglu"}"#).unwrap().0;
+    let tttc_frontends::ModelConfig::Lact(c) = bare else { panic!("not a LaCT config") };
+    assert_eq!((c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attn_heads, c.num_lact_heads), (32000, 2048, 24, 32, 4));
     accepted(&with(with(lact(), "w0_w2_low_rank", json!(-1)), "inter_multi", json!(1.5)));
     // Muon on chunks shorter than the head size is ill-conditioned in f32: a warning, not an error.
     let (config, _) = parse_config_json(&with(lact(), "use_muon", json!(true)).to_string()).unwrap();

@@ -100,6 +100,11 @@ fn dual_form_equals_primal_form() {
         r#""ttt_inner": {"momentum": true, "forget": true}"#,
         r#""ttt_layer_type": "mlp", "ttt_inner": {"momentum": true}"#,
         r#""ttt_inner": {"widths": [4, 2], "activation": "relu", "forget": true}"#,
+        // A gated hidden layer (SwiGLU), the dot-product loss with both gates, and LaCT's learner
+        // updated per token. (Other gated learners keep the primal form: docs/model-toml.md.)
+        r#""ttt_inner": {"widths": [2], "activation": "silu", "glu": true, "bias": false}"#,
+        r#""ttt_inner": {"widths": [2], "loss": "dot_product", "norm": "none", "residual": false, "momentum": true, "forget": true}"#,
+        r#""ttt_inner": {"widths": [1], "activation": "silu", "glu": true, "bias": false, "residual": false, "norm": "none", "loss": "dot_product"}"#,
     ];
     for learner in learners {
         for b in [1usize, 4, 7] {
