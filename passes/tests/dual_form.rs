@@ -100,9 +100,11 @@ fn dual_form_equals_primal_form() {
         r#""ttt_inner": {"momentum": true, "forget": true}"#,
         r#""ttt_layer_type": "mlp", "ttt_inner": {"momentum": true}"#,
         r#""ttt_inner": {"widths": [4, 2], "activation": "relu", "forget": true}"#,
-        // A gated hidden layer (SwiGLU), the dot-product loss with both gates, and LaCT's learner
-        // updated per token. (Other gated learners keep the primal form: docs/model-toml.md.)
-        r#""ttt_inner": {"widths": [2], "activation": "silu", "glu": true, "bias": false}"#,
+        // Gated hidden layers (SwiGLU; with and without biases, norm and residual; two of them),
+        // the dot-product loss with both gates, and LaCT's learner updated per token.
+        r#""ttt_inner": {"widths": [2], "activation": "silu", "glu": true}"#,
+        r#""ttt_inner": {"widths": [2], "glu": true, "residual": false, "norm": "none"}"#,
+        r#""ttt_inner": {"widths": [4, 2], "glu": true, "bias": false}"#,
         r#""ttt_inner": {"widths": [2], "loss": "dot_product", "norm": "none", "residual": false, "momentum": true, "forget": true}"#,
         r#""ttt_inner": {"widths": [1], "activation": "silu", "glu": true, "bias": false, "residual": false, "norm": "none", "loss": "dot_product"}"#,
     ];

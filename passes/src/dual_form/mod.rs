@@ -184,20 +184,26 @@ fn is_linear(op: &Op) -> bool {
 }
 
 /// The region boundaries of a body: values made by linear ops that a non-linear op reads or that
-/// the body returns. Each is lowered up to the others.
+/// the body returns, and the two factors of a product of contractions (a GLU's gate and
+/// projection: each is computed once, and the terms that read the product do not carry both
+/// expansions, which a reader that needs the product twice, the dual form, would pay twice). Each
+/// is lowered up to the others.
 fn roots(g: &Graph) -> Vec<ValueId> {
     let producer = producing_op(g);
-    let candidate = |v: &ValueId| producer[v.index()].is_some_and(is_linear);
-    let mut out: Vec<ValueId> = Vec::new();
-    let mut push = |v: ValueId| {
-        if candidate(&v) && !out.contains(&v) {
+    let push = |out: &mut Vec<ValueId>, v: ValueId| {
+        if producer[v.index()].is_some_and(is_linear) && !out.contains(&v) {
             out.push(v);
         }
     };
+    let mut out: Vec<ValueId> = Vec::new();
     for n in g.nodes.iter().filter(|n| !is_linear(&n.op)) {
-        n.inputs.iter().copied().for_each(&mut push);
+        n.inputs.iter().for_each(|&v| push(&mut out, v));
     }
-    g.outputs.iter().for_each(|(_, v)| push(*v));
+    g.outputs.iter().for_each(|(_, v)| push(&mut out, *v));
+    let has = contracting(g, &out);
+    for n in g.nodes.iter().filter(|n| matches!(n.op, Op::Binary(tttc_ir::BinaryOp::Mul)) && n.inputs.iter().all(|v| has[v.index()])) {
+        n.inputs.iter().for_each(|&v| push(&mut out, v));
+    }
     out
 }
 
