@@ -77,8 +77,8 @@ fn check_every_case(backends: &[&str], scratch_name: &str) {
 }
 
 /// The gradient of the loss of `case` on its input, by the interpreter's reverse sweep in f64
-/// (the case's weights widened to f64), after checking each parameter's gradient along one
-/// direction against the central difference of the f64 loss along it.
+/// (the case's weights widened to f64), after checking each parameter's gradient along two
+/// directions against the central differences of the f64 loss along them.
 fn gradients_in_f64(case: &Path) -> BTreeMap<String, Array> {
     let name = case.file_name().unwrap().to_string_lossy();
     let model = tttc_frontends::load(case, None).unwrap();
@@ -96,20 +96,27 @@ fn gradients_in_f64(case: &Path) -> BTreeMap<String, Array> {
     let mut out = BTreeMap::new();
     for ((param, _), tensor) in gradient.outputs.iter().zip(&grads).skip(1) {
         let grad = tensor.to_f64().unwrap();
-        // A direction of ±1 entries in a fixed pattern; the loss moved by ±eps along it.
-        let direction: Vec<f64> = (0..grad.len()).map(|i| if (i * 7 + 3) % 5 < 2 { -1.0 } else { 1.0 }).collect();
-        let loss_along = |eps: f64| {
-            let mut w = weights.clone();
-            let t = &w[param];
-            let moved = t.to_f64().unwrap().iter().zip(&direction).map(|(x, d)| x + eps * d).collect();
-            w.insert(param.clone(), Tensor::f64(t.shape.clone(), moved));
-            eval(&loss_only, &w)[0].to_f64().unwrap()[0]
-        };
-        let eps = 1e-6;
-        let numeric = (loss_along(eps) - loss_along(-eps)) / (2.0 * eps);
-        let analytic: f64 = grad.iter().zip(&direction).map(|(g, d)| g * d).sum();
-        let scale = grad.iter().map(|g| g.abs()).sum::<f64>();
-        assert!((analytic - numeric).abs() <= 1e-6 * (1.0 + scale), "{name}: d loss / d {param} along a direction: autodiff {analytic} vs numeric {numeric}");
+        // Two directions of ±1 entries (signs from a hash of the index); the loss moved by ±eps
+        // along each.
+        for k in 0..2 {
+            let direction: Vec<f64> =
+                (0..grad.len()).map(|i| if ((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (40 + 7 * k)) & 1 == 1 { -1.0 } else { 1.0 }).collect();
+            let loss_along = |eps: f64| {
+                let mut w = weights.clone();
+                let t = &w[param];
+                let moved = t.to_f64().unwrap().iter().zip(&direction).map(|(x, d)| x + eps * d).collect();
+                w.insert(param.clone(), Tensor::f64(t.shape.clone(), moved));
+                eval(&loss_only, &w)[0].to_f64().unwrap()[0]
+            };
+            let eps = 1e-6;
+            let numeric = (loss_along(eps) - loss_along(-eps)) / (2.0 * eps);
+            let analytic: f64 = grad.iter().zip(&direction).map(|(g, d)| g * d).sum();
+            let scale = grad.iter().map(|g| g.abs()).sum::<f64>();
+            assert!(
+                (analytic - numeric).abs() <= 1e-6 * (1.0 + scale),
+                "{name}: d loss / d {param} along direction {k}: autodiff {analytic} vs numeric {numeric}"
+            );
+        }
         out.insert(param.clone(), Array { shape: tensor.shape.clone(), f32: grad.iter().map(|&g| g as f32).collect(), i64: vec![] });
     }
     out

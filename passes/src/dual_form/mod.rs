@@ -184,10 +184,11 @@ fn is_linear(op: &Op) -> bool {
 }
 
 /// The region boundaries of a body: values made by linear ops that a non-linear op reads or that
-/// the body returns, and the two factors of a product of contractions (a GLU's gate and
-/// projection: each is computed once, and the terms that read the product do not carry both
-/// expansions, which a reader that needs the product twice, the dual form, would pay twice). Each
-/// is lowered up to the others.
+/// the body returns, and the two factors of a product of two values that each hold a contraction
+/// (in a gated layer's inner gradient, the gate's adjoint: the product's adjoint times the
+/// projection). Each factor is then computed once, and the terms that read the product do not
+/// carry both expansions, which the dual form, reading them twice, would pay twice. Each root is
+/// lowered up to the others.
 fn roots(g: &Graph) -> Vec<ValueId> {
     let producer = producing_op(g);
     let push = |out: &mut Vec<ValueId>, v: ValueId| {
