@@ -233,9 +233,12 @@ fn a_compiled_layer_runs_forward_and_backward_as_the_reference() {
 fn the_compiled_training_step_matches_every_reference_case() {
     const LR: f32 = 0.05;
     let dir = scratch("compiled_training_step");
-    for case in compiled_cases(all_cases()).into_iter().filter(|c| read(&c.join("io.safetensors"))["input_ids"].shape[1] > 1) {
+    for case in compiled_cases(all_cases()) {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let io = read(&case.join("io.safetensors"));
+        if io["input_ids"].shape[1] < 2 {
+            continue; // one token: no loss to differentiate
+        }
         let out = dir.join(&name);
         let ids = &io["input_ids"];
         let manifest = compile(&case, &out, ids.shape[1]);

@@ -982,8 +982,7 @@ impl TttConfig {
             if width.floor() > MAX_SIZE as f64 {
                 bail!("config key ttt_inner.widths holds {w}: a hidden width of {w} · {} is too large (at most {MAX_SIZE})", c.head_dim());
             }
-            // A matrix of one row would read as a bias to the renormalisation (which leaves biases
-            // as they are), and a matrix of one unit learns little.
+            // A matrix of one unit learns little.
             if width < 2.0 {
                 bail!("config key ttt_inner.widths holds {w}: a hidden width of ⌊{w} · {}⌋ is below 2", c.head_dim());
             }

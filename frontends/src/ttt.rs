@@ -731,12 +731,11 @@ fn chunk_loop(
     let seen = resumed_within_mini_batch(b, c)?;
     let weights: Vec<(String, Type)> = layer.names.iter().zip(layer.shapes).map(|(n, shape)| (n.clone(), Type::new(DType::F32, shape.clone()))).collect();
     let layout = ChunkState::layout(&rule, &weights, b.mode != Mode::Forward, s);
-    // The columns' initial norms `[H, 1, cols]`, of the matrices (a bias has one row) when
+    // The columns' initial norms `[H, 1, cols]`, of the matrices (not the biases) when
     // renormalised.
     let mut norms = Vec::new();
-    for &p in layer.params {
-        let matrix = !b.ty(p).shape[1].is_one();
-        norms.push(if matrix && rule.renormalize.is_some() { Some(unit_norms(&mut b.g, p, COLUMNS)?) } else { None });
+    for (&p, bias) in layer.params.iter().zip(biases(c)) {
+        norms.push(if !bias && rule.renormalize.is_some() { Some(unit_norms(&mut b.g, p, COLUMNS)?) } else { None });
     }
     let start = start_values(b, &layout, layer.params, |j| Some(layer.names[j].clone()))?;
     let [q, k, v, lr] = seqs;
@@ -915,6 +914,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
     };
 
     let mut weights = Vec::new();
+    let biases = biases(c);
     for (i, name) in state.names.iter().enumerate() {
         let step = b.mul(lr, grads[i])?;
         let (first, momentum) = carried[i];
@@ -938,7 +938,7 @@ fn decode_step(b: &mut ModelBuilder, c: &TttConfig, state: Decode, [q, k, v, lr]
                     Some(keep) => b.mul(keep, first)?,
                     None => first,
                 };
-                let step = if c.optimizer.muon { muon(&mut b.g, s, biases(c)[i])? } else { s };
+                let step = if c.optimizer.muon { muon(&mut b.g, s, biases[i])? } else { s };
                 let w = b.sub(kept, step)?;
                 b.state_output(&format!("{name}.current"), w);
                 if momentum.is_some() {
